@@ -1,0 +1,1 @@
+namespace Dtrain; internal static class Placeholder { }
