@@ -1,1 +1,0 @@
-namespace Dtrain; internal static class Placeholder { }

@@ -1,0 +1,197 @@
+namespace Dtrain.Specs;
+
+/// <summary>One training job: everything needed to reproduce a run, locally or on the cluster.</summary>
+public sealed record JobSpec
+{
+    public string Name { get; init; } = "job";
+    /// <summary>"language_model" or "classification".</summary>
+    public string Task { get; init; } = TaskKinds.LanguageModel;
+    public DataSpec Data { get; init; } = new();
+    public TokenizerSpec Tokenizer { get; init; } = new();
+    public ModelSpec Model { get; init; } = new();
+    public OptimizerSpec Optimizer { get; init; } = new();
+    public ScheduleSpec Schedule { get; init; } = new();
+    public TrainingSpec Training { get; init; } = new();
+    /// <summary>Directory for checkpoints and logs; relative paths are relative to the spec file.</summary>
+    public string? Output { get; init; }
+}
+
+public static class TaskKinds
+{
+    public const string LanguageModel = "language_model";
+    public const string Classification = "classification";
+    public static readonly string[] All = [LanguageModel, Classification];
+}
+
+/// <summary>Where the examples come from and how they are split.</summary>
+public sealed record DataSpec
+{
+    /// <summary>"text" (language modelling), "jsonl", "csv" (classification) or "synthetic".</summary>
+    public string Format { get; init; } = DataFormats.Text;
+    /// <summary>Training file; relative paths are relative to the spec file.</summary>
+    public string? Train { get; init; }
+    /// <summary>Optional separate validation file in the same format; otherwise split off the training data.</summary>
+    public string? Validation { get; init; }
+    /// <summary>Share held out for validation: the last part of the text (language modelling) or a seeded random subset (classification).</summary>
+    public double ValidationFraction { get; init; } = 0.05;
+    public string TextField { get; init; } = "text";
+    public string LabelField { get; init; } = "label";
+    /// <summary>Longest record in characters; longer ones are handled by <see cref="Overlength"/>.</summary>
+    public int MaxLength { get; init; } = 2000;
+    /// <summary>"truncate", "skip" or "error" for records longer than <see cref="MaxLength"/>.</summary>
+    public string Overlength { get; init; } = OverlengthPolicies.Truncate;
+    /// <summary>"fail" stops at the first malformed record naming file and line; "skip" drops it and counts it in the report.</summary>
+    public string OnError { get; init; } = ErrorPolicies.Fail;
+    public SyntheticSpec? Synthetic { get; init; }
+}
+
+public static class DataFormats
+{
+    public const string Text = "text";
+    public const string Jsonl = "jsonl";
+    public const string Csv = "csv";
+    public const string Synthetic = "synthetic";
+    public static readonly string[] All = [Text, Jsonl, Csv, Synthetic];
+}
+
+public static class OverlengthPolicies
+{
+    public const string Truncate = "truncate";
+    public const string Skip = "skip";
+    public const string Error = "error";
+    public static readonly string[] All = [Truncate, Skip, Error];
+}
+
+public static class ErrorPolicies
+{
+    public const string Fail = "fail";
+    public const string Skip = "skip";
+    public static readonly string[] All = [Fail, Skip];
+}
+
+/// <summary>A generated long-range task: classify a sequence by the symbol at its start, <see cref="Distance"/> noise symbols earlier.</summary>
+public sealed record SyntheticSpec
+{
+    /// <summary>"recall": the label is the first symbol; the rest is noise.</summary>
+    public string Kind { get; init; } = "recall";
+    public int Distance { get; init; } = 50;
+    public int Classes { get; init; } = 4;
+    public int Samples { get; init; } = 4000;
+    public int Seed { get; init; } = 7;
+}
+
+public sealed record TokenizerSpec
+{
+    /// <summary>"char" or "word".</summary>
+    public string Kind { get; init; } = TokenizerKinds.Char;
+    /// <summary>Tokens seen fewer times than this in the training split map to &lt;unk&gt;.</summary>
+    public int MinFrequency { get; init; } = 1;
+    /// <summary>Keep only the most frequent tokens (0 = no limit).</summary>
+    public int MaxVocab { get; init; }
+    public bool Lowercase { get; init; }
+}
+
+public static class TokenizerKinds
+{
+    public const string Char = "char";
+    public const string Word = "word";
+    public static readonly string[] All = [Char, Word];
+}
+
+public sealed record ModelSpec
+{
+    /// <summary>"lstm", "gru" or "rnn" (plain tanh RNN, the baseline).</summary>
+    public string Cell { get; init; } = CellKinds.Lstm;
+    public int Layers { get; init; } = 2;
+    public int EmbeddingDim { get; init; } = 64;
+    public int HiddenSize { get; init; } = 256;
+    /// <summary>Dropout between stacked layers and before the output layer.</summary>
+    public double Dropout { get; init; }
+    /// <summary>Classification only: read the sequence in both directions.</summary>
+    public bool Bidirectional { get; init; }
+}
+
+public static class CellKinds
+{
+    public const string Lstm = "lstm";
+    public const string Gru = "gru";
+    public const string Rnn = "rnn";
+    public static readonly string[] All = [Lstm, Gru, Rnn];
+}
+
+public sealed record OptimizerSpec
+{
+    /// <summary>"sgd", "adam" or "adamw".</summary>
+    public string Kind { get; init; } = OptimizerKinds.Adam;
+    public double Lr { get; init; } = 2e-3;
+    /// <summary>SGD only.</summary>
+    public double Momentum { get; init; }
+    public double WeightDecay { get; init; }
+    public double Beta1 { get; init; } = 0.9;
+    public double Beta2 { get; init; } = 0.999;
+    public double Eps { get; init; } = 1e-8;
+}
+
+public static class OptimizerKinds
+{
+    public const string Sgd = "sgd";
+    public const string Adam = "adam";
+    public const string AdamW = "adamw";
+    public static readonly string[] All = [Sgd, Adam, AdamW];
+}
+
+public sealed record ScheduleSpec
+{
+    /// <summary>"constant", "step" or "cosine"; every kind can start with a linear warm-up.</summary>
+    public string Kind { get; init; } = ScheduleKinds.Constant;
+    public int WarmupSteps { get; init; }
+    /// <summary>"step": multiply by <see cref="Gamma"/> every <see cref="StepSize"/> steps.</summary>
+    public int StepSize { get; init; } = 1000;
+    public double Gamma { get; init; } = 0.5;
+    /// <summary>"cosine": the rate it decays to at the last step.</summary>
+    public double MinLr { get; init; }
+}
+
+public static class ScheduleKinds
+{
+    public const string Constant = "constant";
+    public const string Step = "step";
+    public const string Cosine = "cosine";
+    public static readonly string[] All = [Constant, Step, Cosine];
+}
+
+public sealed record TrainingSpec
+{
+    /// <summary>Global batch: sequences per optimizer step (split across workers in the cluster).</summary>
+    public int BatchSize { get; init; } = 32;
+    /// <summary>Language modelling: tokens per sequence chunk (truncated BPTT length).</summary>
+    public int SeqLen { get; init; } = 64;
+    /// <summary>Language modelling: "stream" carries the hidden state across consecutive chunks (truncated BPTT); "random" samples independent windows.</summary>
+    public string LmSampling { get; init; } = LmSamplingKinds.Stream;
+    public int Epochs { get; init; } = 1;
+    /// <summary>Stop after this many optimizer steps (0 = run all epochs).</summary>
+    public int MaxSteps { get; init; }
+    /// <summary>Stop after this much wall-clock training time (0 = no limit).</summary>
+    public double MaxMinutes { get; init; }
+    /// <summary>Clip gradients to this global L2 norm (0 = off).</summary>
+    public double ClipNorm { get; init; } = 1.0;
+    public int Seed { get; init; } = 1;
+    /// <summary>Evaluate on the validation split every this many steps (0 = only at the end).</summary>
+    public int EvalInterval { get; init; } = 200;
+    /// <summary>Limit evaluation to this many batches (0 = the whole validation split).</summary>
+    public int EvalBatches { get; init; }
+    /// <summary>Save a checkpoint every this many steps (0 = only at the end).</summary>
+    public int CheckpointInterval { get; init; } = 500;
+    public int KeepCheckpoints { get; init; } = 3;
+    /// <summary>"cpu", "cuda" or "cuda:N"; CUDA falls back to CPU with a message when absent.</summary>
+    public string Device { get; init; } = "cpu";
+    /// <summary>Intra-op torch threads (0 = all cores).</summary>
+    public int Threads { get; init; }
+}
+
+public static class LmSamplingKinds
+{
+    public const string Stream = "stream";
+    public const string Random = "random";
+    public static readonly string[] All = [Stream, Random];
+}

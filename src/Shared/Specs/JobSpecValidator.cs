@@ -1,0 +1,118 @@
+using System.Text.RegularExpressions;
+
+namespace Dtrain.Specs;
+
+/// <summary>Semantic checks on a parsed spec: every value in range and every combination meaningful, before anything reaches torch.</summary>
+public static partial class JobSpecValidator
+{
+    /// <summary>Upper bounds that keep user input from asking libtorch for absurd shapes.</summary>
+    public const int MaxLayers = 16, MaxWidth = 8192, MaxBatch = 65536, MaxSeqLen = 100_000, MaxLengthLimit = 1_000_000;
+
+    public static IReadOnlyList<SpecError> Validate(JobSpec spec)
+    {
+        var e = new List<SpecError>();
+        if (string.IsNullOrWhiteSpace(spec.Name) || !NamePattern().IsMatch(spec.Name))
+            e.Add(new("$.name", $"\"{spec.Name}\" must be 1-64 characters of letters, digits, '.', '_' or '-'"));
+        OneOf(e, "$.task", spec.Task, TaskKinds.All);
+
+        var d = spec.Data;
+        OneOf(e, "$.data.format", d.Format, DataFormats.All);
+        OneOf(e, "$.data.overlength", d.Overlength, OverlengthPolicies.All);
+        OneOf(e, "$.data.on_error", d.OnError, ErrorPolicies.All);
+        if (d.Format == DataFormats.Synthetic)
+        {
+            if (d.Synthetic is null) e.Add(new("$.data.synthetic", "required when format is \"synthetic\""));
+            else
+            {
+                OneOf(e, "$.data.synthetic.kind", d.Synthetic.Kind, ["recall"]);
+                Range(e, "$.data.synthetic.distance", d.Synthetic.Distance, 1, MaxSeqLen);
+                Range(e, "$.data.synthetic.classes", d.Synthetic.Classes, 2, 26);
+                Range(e, "$.data.synthetic.samples", d.Synthetic.Samples, 10, 10_000_000);
+            }
+            if (spec.Task != TaskKinds.Classification) e.Add(new("$.task", "the synthetic recall task is a classification task; set task to \"classification\""));
+        }
+        else
+        {
+            if (string.IsNullOrWhiteSpace(d.Train)) e.Add(new("$.data.train", $"required for format \"{d.Format}\": the path of the training file"));
+            if (d.Synthetic is not null) e.Add(new("$.data.synthetic", "only allowed when format is \"synthetic\""));
+        }
+        if (d.Format == DataFormats.Text && spec.Task != TaskKinds.LanguageModel)
+            e.Add(new("$.data.format", "\"text\" has no labels: it is for task \"language_model\"; use \"jsonl\" or \"csv\" for classification"));
+        if (d.Validation is null && (d.ValidationFraction <= 0 || d.ValidationFraction >= 1 || double.IsNaN(d.ValidationFraction)))
+            e.Add(new("$.data.validation_fraction", $"{d.ValidationFraction} must be in (0, 1) when no validation file is given"));
+        if (string.IsNullOrEmpty(d.TextField)) e.Add(new("$.data.text_field", "must not be empty"));
+        if (spec.Task == TaskKinds.Classification && string.IsNullOrEmpty(d.LabelField)) e.Add(new("$.data.label_field", "must not be empty for classification"));
+        Range(e, "$.data.max_length", d.MaxLength, 1, MaxLengthLimit);
+
+        var t = spec.Tokenizer;
+        OneOf(e, "$.tokenizer.kind", t.Kind, TokenizerKinds.All);
+        Range(e, "$.tokenizer.min_frequency", t.MinFrequency, 1, int.MaxValue);
+        Range(e, "$.tokenizer.max_vocab", t.MaxVocab, 0, 10_000_000);
+        if (t.MaxVocab is > 0 and < 3) e.Add(new("$.tokenizer.max_vocab", $"{t.MaxVocab} leaves no room beside <pad> and <unk>; use 0 (no limit) or at least 3"));
+
+        var m = spec.Model;
+        OneOf(e, "$.model.cell", m.Cell, CellKinds.All);
+        Range(e, "$.model.layers", m.Layers, 1, MaxLayers);
+        Range(e, "$.model.embedding_dim", m.EmbeddingDim, 1, MaxWidth);
+        Range(e, "$.model.hidden_size", m.HiddenSize, 1, MaxWidth);
+        if (!(m.Dropout >= 0 && m.Dropout < 1)) e.Add(new("$.model.dropout", $"{m.Dropout} must be in [0, 1)"));
+        if (m.Bidirectional && spec.Task == TaskKinds.LanguageModel)
+            e.Add(new("$.model.bidirectional", "a language model predicts the next token and cannot read the future; bidirectional is for classification"));
+
+        var o = spec.Optimizer;
+        OneOf(e, "$.optimizer.kind", o.Kind, OptimizerKinds.All);
+        Positive(e, "$.optimizer.lr", o.Lr);
+        if (!(o.Momentum >= 0 && o.Momentum < 1)) e.Add(new("$.optimizer.momentum", $"{o.Momentum} must be in [0, 1)"));
+        if (o.Momentum != 0 && o.Kind != OptimizerKinds.Sgd) e.Add(new("$.optimizer.momentum", $"only used by \"sgd\", not \"{o.Kind}\""));
+        if (!(o.WeightDecay >= 0 && o.WeightDecay < 1)) e.Add(new("$.optimizer.weight_decay", $"{o.WeightDecay} must be in [0, 1)"));
+        if (!(o.Beta1 >= 0 && o.Beta1 < 1)) e.Add(new("$.optimizer.beta1", $"{o.Beta1} must be in [0, 1)"));
+        if (!(o.Beta2 >= 0 && o.Beta2 < 1)) e.Add(new("$.optimizer.beta2", $"{o.Beta2} must be in [0, 1)"));
+        Positive(e, "$.optimizer.eps", o.Eps);
+
+        var s = spec.Schedule;
+        OneOf(e, "$.schedule.kind", s.Kind, ScheduleKinds.All);
+        Range(e, "$.schedule.warmup_steps", s.WarmupSteps, 0, int.MaxValue);
+        Range(e, "$.schedule.step_size", s.StepSize, 1, int.MaxValue);
+        if (!(s.Gamma > 0 && s.Gamma <= 1)) e.Add(new("$.schedule.gamma", $"{s.Gamma} must be in (0, 1]"));
+        if (!(s.MinLr >= 0 && s.MinLr <= o.Lr)) e.Add(new("$.schedule.min_lr", $"{s.MinLr} must be in [0, optimizer.lr = {o.Lr}]"));
+        if (s.Kind == ScheduleKinds.Cosine && spec.Training.MaxSteps == 0 && spec.Training.MaxMinutes > 0)
+            e.Add(new("$.schedule.kind", "\"cosine\" needs a known number of steps: set training.max_steps or rely on epochs without max_minutes"));
+
+        var tr = spec.Training;
+        Range(e, "$.training.batch_size", tr.BatchSize, 1, MaxBatch);
+        Range(e, "$.training.seq_len", tr.SeqLen, 1, MaxSeqLen);
+        OneOf(e, "$.training.lm_sampling", tr.LmSampling, LmSamplingKinds.All);
+        Range(e, "$.training.epochs", tr.Epochs, 1, 1_000_000);
+        Range(e, "$.training.max_steps", tr.MaxSteps, 0, int.MaxValue);
+        if (!(tr.MaxMinutes >= 0 && tr.MaxMinutes < 1e6)) e.Add(new("$.training.max_minutes", $"{tr.MaxMinutes} must be >= 0"));
+        if (!(tr.ClipNorm >= 0 && double.IsFinite(tr.ClipNorm))) e.Add(new("$.training.clip_norm", $"{tr.ClipNorm} must be >= 0 (0 = off)"));
+        Range(e, "$.training.eval_interval", tr.EvalInterval, 0, int.MaxValue);
+        Range(e, "$.training.eval_batches", tr.EvalBatches, 0, int.MaxValue);
+        Range(e, "$.training.checkpoint_interval", tr.CheckpointInterval, 0, int.MaxValue);
+        Range(e, "$.training.keep_checkpoints", tr.KeepCheckpoints, 1, 1000);
+        Range(e, "$.training.threads", tr.Threads, 0, 1024);
+        if (!DevicePattern().IsMatch(tr.Device)) e.Add(new("$.training.device", $"\"{tr.Device}\" must be \"cpu\", \"cuda\" or \"cuda:N\""));
+        return e;
+    }
+
+    static void OneOf(List<SpecError> e, string path, string value, IReadOnlyCollection<string> allowed)
+    {
+        if (!allowed.Contains(value)) e.Add(new(path, $"\"{value}\" is not one of: {string.Join(", ", allowed.Select(a => $"\"{a}\""))}"));
+    }
+
+    static void Range(List<SpecError> e, string path, int value, int min, int max)
+    {
+        if (value < min || value > max) e.Add(new(path, max == int.MaxValue ? $"{value} must be >= {min}" : $"{value} must be in [{min}, {max}]"));
+    }
+
+    static void Positive(List<SpecError> e, string path, double value)
+    {
+        if (!(value > 0 && double.IsFinite(value))) e.Add(new(path, $"{value} must be a positive number"));
+    }
+
+    [GeneratedRegex("^[A-Za-z0-9._-]{1,64}$")]
+    private static partial Regex NamePattern();
+
+    [GeneratedRegex("^(cpu|cuda|cuda:[0-9]{1,2})$")]
+    private static partial Regex DevicePattern();
+}
