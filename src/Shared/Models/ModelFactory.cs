@@ -1,0 +1,21 @@
+using Dtrain.Specs;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dtrain.Models;
+
+/// <summary>Builds the model a spec asks for, seeded so every replica starts from the same weights.</summary>
+public static class ModelFactory
+{
+    public static nn.Module Create(JobSpec spec, int vocabSize, int classes, Device device)
+    {
+        if (vocabSize < 3) throw new ArgumentOutOfRangeException(nameof(vocabSize), vocabSize, "vocabulary must hold <pad>, <unk> and at least one token");
+        random.manual_seed(spec.Training.Seed);
+        nn.Module model = spec.Task == TaskKinds.Classification
+            ? new RecurrentClassifier(spec.Model, vocabSize, classes)
+            : new RecurrentLanguageModel(spec.Model, vocabSize);
+        return model.to(device);
+    }
+
+    public static long ParameterCount(nn.Module model) => model.parameters().Sum(p => p.numel());
+}

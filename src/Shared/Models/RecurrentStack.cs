@@ -1,0 +1,59 @@
+using Dtrain.Specs;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Dtrain.Models;
+
+/// <summary>A stacked LSTM, GRU or plain tanh RNN (batch first) with dropout between layers behind one interface.</summary>
+public sealed class RecurrentStack : nn.Module
+{
+    private readonly LSTM? lstm;
+    private readonly GRU? gru;
+    private readonly RNN? rnn;
+
+    public string Cell { get; }
+    public int Layers { get; }
+    public int HiddenSize { get; }
+    public int Directions { get; }
+
+    public RecurrentStack(string cell, int inputSize, int hiddenSize, int layers, double dropout, bool bidirectional)
+        : base($"{cell}_stack")
+    {
+        Cell = cell;
+        Layers = layers;
+        HiddenSize = hiddenSize;
+        Directions = bidirectional ? 2 : 1;
+        // PyTorch applies RNN dropout only between layers; asking for it with one layer is a no-op that warns.
+        var between = layers > 1 ? dropout : 0.0;
+        switch (cell)
+        {
+            case CellKinds.Lstm: lstm = nn.LSTM(inputSize, hiddenSize, layers, batchFirst: true, dropout: between, bidirectional: bidirectional); break;
+            case CellKinds.Gru: gru = nn.GRU(inputSize, hiddenSize, layers, batchFirst: true, dropout: between, bidirectional: bidirectional); break;
+            case CellKinds.Rnn: rnn = nn.RNN(inputSize, hiddenSize, layers, nn.NonLinearities.Tanh, batchFirst: true, dropout: between, bidirectional: bidirectional); break;
+            default: throw new ArgumentException($"unknown cell \"{cell}\"; allowed: {string.Join(", ", CellKinds.All)}", nameof(cell));
+        }
+        RegisterComponents();
+    }
+
+    /// <summary>(B,T,E) -> (B,T,H*dirs), carrying <paramref name="state"/> in and the final state out.</summary>
+    public (Tensor Output, RecurrentState State) Run(Tensor input, RecurrentState? state)
+    {
+        if (lstm is not null)
+        {
+            var (y, h, c) = lstm.call(input, state is null ? null : (state.H, state.C!));
+            return (y, new RecurrentState(h, c));
+        }
+        var (o, hn) = gru is not null ? gru.call(input, state?.H) : rnn!.call(input, state?.H ?? ZeroState(input));
+        return (o, new RecurrentState(hn, null));
+    }
+
+    /// <summary>Runs a packed batch of variable-length sequences and returns the final hidden state (layers*dirs, B, H).</summary>
+    public Tensor FinalHidden(nn.utils.rnn.PackedSequence packed)
+    {
+        if (lstm is not null) return lstm.call(packed).Item2;
+        return gru is not null ? gru.call(packed).Item2 : rnn!.call(packed).Item2;
+    }
+
+    private Tensor ZeroState(Tensor input) =>
+        zeros(Layers * Directions, input.shape[0], HiddenSize, dtype: input.dtype, device: input.device);
+}

@@ -1,0 +1,44 @@
+namespace Dtrain.Training;
+
+/// <summary>Validation results: mean loss (nats per token or per sample) and the task's own metrics.</summary>
+public sealed record EvalMetrics(double Loss, long Count, double? Accuracy = null, double? MacroF1 = null, double? Perplexity = null, double? BitsPerToken = null)
+{
+    public override string ToString()
+    {
+        var parts = new List<string> { $"loss {Loss:F4}" };
+        if (Accuracy is { } a) parts.Add($"accuracy {a:P2}");
+        if (MacroF1 is { } f) parts.Add($"macro-F1 {f:F4}");
+        if (Perplexity is { } p) parts.Add($"perplexity {p:F2}");
+        if (BitsPerToken is { } b) parts.Add($"bits/token {b:F3}");
+        return string.Join(", ", parts);
+    }
+}
+
+/// <summary>Accuracy and macro-averaged F1 from predicted and true class ids.</summary>
+public static class ClassificationMetrics
+{
+    public static (double Accuracy, double MacroF1) Compute(IReadOnlyList<long> predicted, IReadOnlyList<long> actual, int classes)
+    {
+        if (predicted.Count != actual.Count) throw new ArgumentException("predictions and labels differ in length");
+        if (actual.Count == 0) return (0, 0);
+        var tp = new long[classes];
+        var fp = new long[classes];
+        var fn = new long[classes];
+        long correct = 0;
+        for (var i = 0; i < actual.Count; i++)
+        {
+            if (predicted[i] == actual[i]) { correct++; tp[actual[i]]++; }
+            else { fp[predicted[i]]++; fn[actual[i]]++; }
+        }
+        double f1Sum = 0;
+        var present = 0;
+        for (var c = 0; c < classes; c++)
+        {
+            // Classes absent from both predictions and labels say nothing about this split.
+            if (tp[c] + fp[c] + fn[c] == 0) continue;
+            present++;
+            f1Sum += 2.0 * tp[c] / (2.0 * tp[c] + fp[c] + fn[c]);
+        }
+        return ((double)correct / actual.Count, present == 0 ? 0 : f1Sum / present);
+    }
+}

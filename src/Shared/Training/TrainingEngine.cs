@@ -1,0 +1,139 @@
+using Dtrain.Models;
+using Dtrain.Specs;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Dtrain.Training;
+
+/// <summary>Loss of one micro-batch, summed (not averaged) so replicas can add their shares.</summary>
+public readonly record struct GradientStats(double LossSum, long Count);
+
+/// <summary>
+/// The per-replica training step, split where a data-parallel runtime needs it: <see cref="ComputeGradients"/>
+/// accumulates the gradient of the summed loss; after an all-reduce (or nothing, alone),
+/// <see cref="ApplyGradients"/> divides by the global count, clips and steps the optimizer.
+/// </summary>
+public sealed class TrainingEngine : IDisposable
+{
+    private readonly JobSpec spec;
+    private readonly Device device;
+    private readonly IReadOnlyList<Parameter> parameters;
+    private RecurrentState? carried;
+
+    public nn.Module Model { get; }
+    public optim.Optimizer Optimizer { get; }
+    public bool IsLanguageModel { get; }
+
+    public TrainingEngine(JobSpec spec, int vocabSize, int classes, Device device)
+    {
+        this.spec = spec;
+        this.device = device;
+        IsLanguageModel = spec.Task == TaskKinds.LanguageModel;
+        Model = ModelFactory.Create(spec, vocabSize, classes, device);
+        parameters = Model.parameters().ToList();
+        Optimizer = OptimizerFactory.Create(spec.Optimizer, parameters);
+    }
+
+    public IReadOnlyList<Parameter> Parameters => parameters;
+
+    /// <summary>The hidden state carried between consecutive chunks (stream language modelling), for checkpoints.</summary>
+    public RecurrentState? CarriedState
+    {
+        get => carried;
+        set
+        {
+            carried?.Dispose();
+            carried = value;
+        }
+    }
+
+    /// <summary>Forgets the carried hidden state (start of an epoch).</summary>
+    public void ResetState() => CarriedState = null;
+
+    /// <summary>Zeroes the gradients, runs forward and backward on the summed loss, and returns the loss sum and count.</summary>
+    public GradientStats ComputeGradients(Batch batch, bool carryState)
+    {
+        Model.train();
+        Optimizer.zero_grad();
+        using var scope = NewDisposeScope();
+        var loss = SummedLoss(batch, carryState);
+        loss.backward();
+        return new GradientStats(loss.item<float>(), batch.Count);
+    }
+
+    /// <summary>Averages the accumulated gradients over <paramref name="globalCount"/>, clips them and takes one optimizer step at <paramref name="lr"/>; returns the pre-clip gradient norm.</summary>
+    public double ApplyGradients(long globalCount, double lr)
+    {
+        using var scope = NewDisposeScope();
+        if (globalCount <= 0) throw new ArgumentOutOfRangeException(nameof(globalCount), globalCount, "no samples contributed to this step");
+        var scale = 1.0 / globalCount;
+        using (no_grad())
+        {
+            foreach (var p in parameters) p.grad?.mul_(scale);
+        }
+        var norm = spec.Training.ClipNorm > 0
+            ? nn.utils.clip_grad_norm_(parameters, spec.Training.ClipNorm)
+            : GradientNorm();
+        OptimizerFactory.SetLearningRate(Optimizer, lr);
+        Optimizer.step();
+        return norm;
+    }
+
+    /// <summary>Summed loss of a batch without gradients, and the predicted class per row (classification) for accuracy and F1.</summary>
+    public (double LossSum, long[]? Predictions) Evaluate(Batch batch, ref RecurrentState? state)
+    {
+        Model.eval();
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        var inputs = batch.Inputs.to(device);
+        var targets = batch.Targets.to(device);
+        if (IsLanguageModel)
+        {
+            var lm = (RecurrentLanguageModel)Model;
+            var (logits, next) = lm.Forward(inputs, state);
+            var loss = nn.functional.cross_entropy(logits.reshape(-1, lm.VocabSize), targets.reshape(-1), reduction: nn.Reduction.Sum);
+            state?.Dispose();
+            state = next.Detach();
+            return (loss.item<float>(), null);
+        }
+        var clf = (RecurrentClassifier)Model;
+        var output = clf.Forward(inputs, batch.Lengths!);
+        var l = nn.functional.cross_entropy(output, targets, reduction: nn.Reduction.Sum);
+        var predictions = output.argmax(1).cpu().data<long>().ToArray();
+        return (l.item<float>(), predictions);
+    }
+
+    private Tensor SummedLoss(Batch batch, bool carryState)
+    {
+        var inputs = batch.Inputs.to(device);
+        var targets = batch.Targets.to(device);
+        if (IsLanguageModel)
+        {
+            var lm = (RecurrentLanguageModel)Model;
+            var (logits, next) = lm.Forward(inputs, carryState ? carried : null);
+            if (carryState) CarriedState = next.Detach();
+            return nn.functional.cross_entropy(logits.reshape(-1, lm.VocabSize), targets.reshape(-1), reduction: nn.Reduction.Sum);
+        }
+        var clf = (RecurrentClassifier)Model;
+        return nn.functional.cross_entropy(clf.Forward(inputs, batch.Lengths!), targets, reduction: nn.Reduction.Sum);
+    }
+
+    private double GradientNorm()
+    {
+        double sum = 0;
+        foreach (var p in parameters)
+        {
+            if (p.grad is null) continue;
+            var n = p.grad.norm().item<float>();
+            sum += (double)n * n;
+        }
+        return Math.Sqrt(sum);
+    }
+
+    public void Dispose()
+    {
+        carried?.Dispose();
+        Optimizer.Dispose();
+        Model.Dispose();
+    }
+}
