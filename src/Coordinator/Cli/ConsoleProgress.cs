@@ -1,0 +1,82 @@
+using Dtrain.Training;
+using Spectre.Console;
+
+namespace Dtrain.Cli;
+
+/// <summary>Shows a run: a live progress bar (step, loss, samples/s, ETA) on a terminal, plain log lines otherwise.</summary>
+public static class ConsoleProgress
+{
+    public static TrainingSummary Run(bool plain, Func<ITrainingObserver, TrainingSummary> run)
+    {
+        if (plain || !AnsiConsole.Profile.Capabilities.Interactive || Console.IsOutputRedirected)
+            return run(new LineObserver());
+        TrainingSummary? summary = null;
+        AnsiConsole.Progress()
+            .AutoClear(false)
+            .HideCompleted(false)
+            .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+            .Start(ctx =>
+            {
+                var task = ctx.AddTask("preparing data", autoStart: true, maxValue: 1);
+                summary = run(new BarObserver(task));
+                task.Value = task.MaxValue;
+                task.StopTask();
+            });
+        return summary!;
+    }
+
+    public static void PrintSummary(TrainingSummary s)
+    {
+        Console.WriteLine($"done: {s.StopReason} after {s.Steps} steps in {s.Elapsed:hh\\:mm\\:ss} ({s.SamplesPerSecond:F1} samples/s)");
+        if (s.Final is not null) Console.WriteLine($"validation: {s.Final}");
+        if (s.Checkpoint is not null) Console.WriteLine($"checkpoint: {s.Checkpoint}");
+    }
+
+    static string Describe(TrainingPlan p) =>
+        $"{p.Name}: {p.Task}, {p.Parameters:N0} parameters, vocabulary {p.VocabSize}{(p.Classes > 0 ? $", {p.Classes} classes" : "")}, " +
+        $"{p.TrainExamples:N0} training {(p.Task == Specs.TaskKinds.LanguageModel ? "tokens" : "examples")}, {p.StepsPerEpoch} steps/epoch, " +
+        $"{p.TotalSteps} steps{(p.StartStep > 0 ? $" (resuming at {p.StartStep})" : "")}, device {p.Device}, {p.Threads} thread(s), output {p.OutputDir}";
+
+    sealed class BarObserver(ProgressTask task) : ITrainingObserver
+    {
+        public void OnStart(TrainingPlan plan)
+        {
+            AnsiConsole.MarkupLineInterpolated($"[grey]{Describe(plan)}[/]");
+            task.MaxValue = plan.TotalSteps;
+            task.Value = plan.StartStep;
+        }
+
+        public void OnStep(StepReport r)
+        {
+            task.Value = r.Step;
+            task.Description = $"step {r.Step}/{r.TotalSteps} epoch {r.Epoch + 1} loss {r.Loss:F4} lr {r.Lr:G3} {r.SamplesPerSecond:F0} samples/s";
+        }
+
+        public void OnEvaluation(long step, EvalMetrics m) => AnsiConsole.MarkupLineInterpolated($"[green]step {step}[/] validation: {m}");
+        public void OnCheckpoint(long step, string path) => AnsiConsole.MarkupLineInterpolated($"[grey]step {step} checkpoint {path}[/]");
+        public void OnMessage(string message) => AnsiConsole.MarkupLineInterpolated($"[yellow]{message}[/]");
+    }
+
+    sealed class LineObserver : ITrainingObserver
+    {
+        long every = 1;
+        DateTime last = DateTime.MinValue;
+
+        public void OnStart(TrainingPlan plan)
+        {
+            Console.WriteLine(Describe(plan));
+            every = Math.Max(1, (plan.TotalSteps - plan.StartStep) / 50);
+        }
+
+        public void OnStep(StepReport r)
+        {
+            if (r.Step % every != 0 && r.Step != r.TotalSteps && DateTime.UtcNow - last < TimeSpan.FromSeconds(30)) return;
+            last = DateTime.UtcNow;
+            Console.WriteLine($"step {r.Step}/{r.TotalSteps} epoch {r.Epoch + 1} loss {r.Loss:F4} lr {r.Lr:G3} grad-norm {r.GradNorm:F3} {r.SamplesPerSecond:F1} samples/s elapsed {r.Elapsed:hh\\:mm\\:ss} eta {r.Eta:hh\\:mm\\:ss}");
+        }
+
+        public void OnEvaluation(long step, EvalMetrics m) => Console.WriteLine($"step {step} validation: {m}");
+        public void OnCheckpoint(long step, string path) => Console.WriteLine($"step {step} checkpoint {path}");
+        public void OnMessage(string message) => Console.WriteLine(message);
+    }
+}

@@ -1,0 +1,69 @@
+using System.CommandLine;
+using Dtrain.Data;
+using Dtrain.Inference;
+using Dtrain.Specs;
+using Dtrain.Training;
+
+namespace Dtrain.Cli;
+
+/// <summary>`dtrain eval CHECKPOINT [--data FILE]`: validation metrics of a trained model, on its own split or on another file.</summary>
+public static class EvalCommand
+{
+    public static Command Create()
+    {
+        var checkpoint = new Argument<string>("checkpoint") { Description = "A checkpoint file (.dtck) or a run directory (its newest valid checkpoint is used)." };
+        var data = new Option<FileInfo?>("--data") { Description = "Evaluate on this file instead of the job's validation split (same format and fields as in training unless overridden)." };
+        var format = new Option<string?>("--format") { Description = "Format of --data: text, jsonl or csv (default: the training format)." };
+        var textField = new Option<string?>("--text-field") { Description = "Text field/column of --data (default: as in training)." };
+        var labelField = new Option<string?>("--label-field") { Description = "Label field/column of --data (default: as in training)." };
+        var batch = new Option<int>("--batch-size") { Description = "Evaluation batch size.", DefaultValueFactory = _ => 64 };
+        var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N.", DefaultValueFactory = _ => "cpu" };
+        var cmd = new Command("eval", "Evaluate a trained model: loss and perplexity/bits per token (language model) or accuracy and macro-F1 (classification).");
+        cmd.Arguments.Add(checkpoint);
+        foreach (var o in new Option[] { data, format, textField, labelField, batch, device }) cmd.Options.Add(o);
+        cmd.SetAction(r => CliErrors.Guard(() =>
+        {
+            var batchSize = r.GetValue(batch);
+            if (batchSize is < 1 or > JobSpecValidator.MaxBatch) throw new ArgumentException($"--batch-size {batchSize} must be in [1, {JobSpecValidator.MaxBatch}]");
+            using var model = TrainedModel.Load(r.GetValue(checkpoint)!, r.GetValue(device)!, Console.Error.WriteLine);
+            var spec = model.Spec;
+            var dataSpec = spec.Data with
+            {
+                Format = r.GetValue(format) ?? (spec.Data.Format == DataFormats.Synthetic ? DataFormats.Jsonl : spec.Data.Format),
+                TextField = r.GetValue(textField) ?? spec.Data.TextField,
+                LabelField = r.GetValue(labelField) ?? spec.Data.LabelField,
+            };
+            if (!DataFormats.All.Contains(dataSpec.Format) || dataSpec.Format == DataFormats.Synthetic)
+                throw new ArgumentException($"--format \"{dataSpec.Format}\" must be text, jsonl or csv");
+            var isLm = spec.Task == TaskKinds.LanguageModel;
+            EvalMetrics metrics;
+            string what;
+            var report = new DataReportBuilder();
+            if (r.GetValue(data) is { } file)
+            {
+                var records = DatasetReader.Read(file.FullName, ReadOptions.From(dataSpec, labels: !isLm, limitLength: !isLm), report);
+                what = file.FullName;
+                metrics = isLm
+                    ? Evaluator.LanguageModel(model.Engine, model.Tokenizer.Encode(string.Join('\n', records.Select(x => x.Text))), batchSize, spec.Training.SeqLen, 0)
+                    : Evaluator.Classification(model.Engine,
+                        records.Select(x => PreparedData.EncodeNonEmpty(model.Tokenizer, x.Text)).ToArray(),
+                        records.Select(x => model.Labels.IdOf(x.Label ?? "", x.File, x.Line)).ToArray(),
+                        model.Labels.Count, batchSize, 0);
+            }
+            else
+            {
+                var prepared = PreparedData.Load(spec, Directory.GetCurrentDirectory(), model.Tokenizer, isLm ? null : model.Labels);
+                what = "the job's validation split";
+                metrics = isLm
+                    ? Evaluator.LanguageModel(model.Engine, prepared.ValidationTokens, batchSize, spec.Training.SeqLen, 0)
+                    : Evaluator.Classification(model.Engine, prepared.ValidationSequences, prepared.ValidationLabels, model.Labels.Count, batchSize, 0);
+            }
+            var rep = report.ToReport();
+            if (rep.Skipped > 0) Console.Error.WriteLine($"skipped {rep.Skipped} malformed record(s): {string.Join("; ", rep.SkippedExamples)}");
+            Console.WriteLine($"{model.Path} (step {model.State.Step}) on {what}: {metrics.Count} {(isLm ? "tokens" : "examples")}");
+            Console.WriteLine(metrics.ToString());
+            return CliErrors.Ok;
+        }));
+        return cmd;
+    }
+}

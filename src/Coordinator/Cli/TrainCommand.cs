@@ -1,0 +1,69 @@
+using System.CommandLine;
+using Dtrain.Specs;
+using Dtrain.Training;
+
+namespace Dtrain.Cli;
+
+/// <summary>`dtrain train job.json`: trains in this process with a live progress bar; Ctrl-C saves a checkpoint and exits.</summary>
+public static class TrainCommand
+{
+    public static Command Create()
+    {
+        var spec = new Argument<FileInfo>("spec") { Description = "Job spec (JSON). Relative paths inside it are relative to the spec file." };
+        var output = new Option<DirectoryInfo?>("--output", "-o") { Description = "Directory for checkpoints (default: the spec's \"output\", else runs/NAME)." };
+        var resume = new Option<bool>("--resume") { Description = "Continue from the newest valid checkpoint in the output directory." };
+        var maxSteps = new Option<int?>("--max-steps") { Description = "Override training.max_steps." };
+        var maxMinutes = new Option<double?>("--max-minutes") { Description = "Override training.max_minutes (wall-clock limit)." };
+        var threads = new Option<int?>("--threads") { Description = "Override training.threads (intra-op torch threads; 0 = all cores)." };
+        var device = new Option<string?>("--device") { Description = "Override training.device: cpu, cuda or cuda:N (falls back to CPU when CUDA is absent)." };
+        var seed = new Option<int?>("--seed") { Description = "Override training.seed." };
+        var plain = new Option<bool>("--plain") { Description = "Print log lines instead of a live progress bar (automatic when output is not a terminal)." };
+        var cmd = new Command("train", "Train a model in this process from a job spec, with evaluation and checkpoints; Ctrl-C saves a checkpoint and exits cleanly.");
+        cmd.Arguments.Add(spec);
+        foreach (var o in new Option[] { output, resume, maxSteps, maxMinutes, threads, device, seed, plain }) cmd.Options.Add(o);
+        cmd.SetAction(r => CliErrors.Guard(() =>
+        {
+            var file = r.GetValue(spec)!;
+            var job = JobSpecSerializer.Load(file.FullName);
+            var t = job.Training;
+            job = job with
+            {
+                Training = t with
+                {
+                    MaxSteps = r.GetValue(maxSteps) ?? t.MaxSteps,
+                    MaxMinutes = r.GetValue(maxMinutes) ?? t.MaxMinutes,
+                    Threads = r.GetValue(threads) ?? t.Threads,
+                    Device = r.GetValue(device) ?? t.Device,
+                    Seed = r.GetValue(seed) ?? t.Seed,
+                },
+            };
+            var errors = JobSpecValidator.Validate(job);
+            if (errors.Count > 0) throw new SpecException($"{file.Name} with command-line overrides", errors);
+
+            using var cts = new CancellationTokenSource();
+            var interrupts = 0;
+            ConsoleCancelEventHandler onCancel = (_, e) =>
+            {
+                if (Interlocked.Increment(ref interrupts) == 1)
+                {
+                    e.Cancel = true;
+                    Console.Error.WriteLine("interrupt: finishing the current step and saving a checkpoint (press Ctrl-C again to abort without saving)");
+                    cts.Cancel();
+                }
+            };
+            Console.CancelKeyPress += onCancel;
+            try
+            {
+                var summary = ConsoleProgress.Run(r.GetValue(plain), observer =>
+                    Trainer.Run(job, file.DirectoryName!, new TrainOptions { OutputDir = r.GetValue(output)?.FullName, Resume = r.GetValue(resume) }, observer, cts.Token));
+                ConsoleProgress.PrintSummary(summary);
+                return summary.StopReason == "interrupted" ? CliErrors.Interrupted : CliErrors.Ok;
+            }
+            finally
+            {
+                Console.CancelKeyPress -= onCancel;
+            }
+        }));
+        return cmd;
+    }
+}

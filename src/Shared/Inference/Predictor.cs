@@ -1,0 +1,45 @@
+using Dtrain.Models;
+using Dtrain.Training;
+using static TorchSharp.torch;
+
+namespace Dtrain.Inference;
+
+/// <summary>One text's predicted label and the probability of every label.</summary>
+public sealed record Prediction(string Label, double Probability, IReadOnlyDictionary<string, double> Probabilities);
+
+/// <summary>Classifies texts with a trained classifier, encoding them exactly as in training.</summary>
+public static class Predictor
+{
+    public static IReadOnlyList<Prediction> Predict(TrainedModel trained, IReadOnlyList<string> texts, int batchSize = 64)
+    {
+        if (trained.Engine.Model is not RecurrentClassifier clf)
+            throw new ArgumentException($"{trained.Path} holds a {trained.Spec.Task} model; predict needs a classification checkpoint");
+        var maxChars = trained.Spec.Data.MaxLength;
+        var sequences = texts.Select(t => PreparedData.EncodeNonEmpty(trained.Tokenizer, t.Length > maxChars ? t[..maxChars] : t)).ToArray();
+        var labels = new int[sequences.Length];
+        var source = new ClassificationBatches(sequences, labels, batchSize, seed: 0, shuffle: false);
+        var results = new List<Prediction>(texts.Count);
+        using var noGrad = no_grad();
+        for (long k = 0; k < source.StepsPerEpoch; k++)
+        {
+            var position = new StepPosition(0, k);
+            using var batch = source.Get(position, 0, source.RowsAt(position));
+            if (batch is null) break;
+            using var scope = NewDisposeScope();
+            var probs = nn.functional.softmax(clf.Forward(batch.Inputs, batch.Lengths!), 1).cpu();
+            var values = probs.data<float>().ToArray();
+            for (var r = 0; r < batch.Rows; r++)
+            {
+                var dict = new Dictionary<string, double>();
+                var best = 0;
+                for (var c = 0; c < clf.Classes; c++)
+                {
+                    dict[trained.Labels.Names[c]] = values[r * clf.Classes + c];
+                    if (values[r * clf.Classes + c] > values[r * clf.Classes + best]) best = c;
+                }
+                results.Add(new Prediction(trained.Labels.Names[best], values[r * clf.Classes + best], dict));
+            }
+        }
+        return results;
+    }
+}

@@ -1,0 +1,72 @@
+using Dtrain.Models;
+using static TorchSharp.torch;
+
+namespace Dtrain.Inference;
+
+/// <summary>Samples text from a language model: temperature (0 = greedy) and top-k, seeded.</summary>
+public static class TextGenerator
+{
+    public const int MaxTokens = 100_000;
+
+    public static string Generate(TrainedModel trained, string prompt, int length, double temperature, int topK, long seed)
+    {
+        if (trained.Engine.Model is not RecurrentLanguageModel lm)
+            throw new ArgumentException($"{trained.Path} holds a {trained.Spec.Task} model; generate needs a language_model checkpoint");
+        if (length is < 1 or > MaxTokens) throw new ArgumentException($"--length {length} must be in [1, {MaxTokens}]");
+        if (!(temperature >= 0 && double.IsFinite(temperature))) throw new ArgumentException($"--temperature {temperature} must be >= 0");
+        if (topK < 0) throw new ArgumentException($"--top-k {topK} must be >= 0 (0 = no limit)");
+        var tokenizer = trained.Tokenizer;
+        var ids = tokenizer.Encode(prompt);
+        if (ids.Length == 0) ids = [StartToken(trained)];
+        var device = trained.Engine.Model.parameters().First().device;
+        var gen = new Generator((ulong)seed);
+        var output = new List<int>(length);
+        using var noGrad = no_grad();
+        RecurrentState? state = null;
+        try
+        {
+            using (var scope = NewDisposeScope())
+            {
+                var (logits, next) = lm.Forward(tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Length]).to(device), null);
+                state = next.Detach();
+                output.Add(Sample(logits[0, -1], temperature, topK, gen, tokenizer.VocabSize));
+            }
+            while (output.Count < length)
+            {
+                using var scope = NewDisposeScope();
+                var (logits, next) = lm.Forward(tensor(new long[] { output[^1] }, [1, 1]).to(device), state);
+                state.Dispose();
+                state = next.Detach();
+                output.Add(Sample(logits[0, -1], temperature, topK, gen, tokenizer.VocabSize));
+            }
+        }
+        finally
+        {
+            state?.Dispose();
+        }
+        return tokenizer.Decode(output);
+    }
+
+    /// <summary>With no prompt, start from a newline when the vocabulary has one, else from the most frequent token.</summary>
+    private static int StartToken(TrainedModel trained)
+    {
+        var nl = trained.Tokenizer.Encode("\n");
+        return nl.Length == 1 && nl[0] != trained.Tokenizer.UnkId ? nl[0] : Math.Min(2, trained.Tokenizer.VocabSize - 1);
+    }
+
+    private static int Sample(Tensor logits, double temperature, int topK, Generator gen, int vocab)
+    {
+        // Never emit <pad> (0): it is not text.
+        logits = logits.clone();
+        logits[0] = float.NegativeInfinity;
+        if (temperature == 0) return (int)logits.argmax().item<long>();
+        logits = logits / temperature;
+        if (topK > 0 && topK < vocab)
+        {
+            var kth = logits.topk(topK).values[-1];
+            logits = logits.masked_fill(logits < kth, float.NegativeInfinity);
+        }
+        var probs = nn.functional.softmax(logits, 0);
+        return (int)multinomial(probs, 1, generator: gen).item<long>();
+    }
+}

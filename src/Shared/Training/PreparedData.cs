@@ -1,0 +1,54 @@
+using Dtrain.Data;
+using Dtrain.Specs;
+
+namespace Dtrain.Training;
+
+/// <summary>A job's data after tokenization: token ids for language modelling, id sequences and label ids for classification.</summary>
+public sealed class PreparedData
+{
+    public required ITokenizer Tokenizer { get; init; }
+    /// <summary>Class names in id order (classification), empty for language modelling.</summary>
+    public required LabelSet Labels { get; init; }
+    public int[] TrainTokens { get; init; } = [];
+    public int[] ValidationTokens { get; init; } = [];
+    public IReadOnlyList<int[]> TrainSequences { get; init; } = [];
+    public IReadOnlyList<int> TrainLabels { get; init; } = [];
+    public IReadOnlyList<int[]> ValidationSequences { get; init; } = [];
+    public IReadOnlyList<int> ValidationLabels { get; init; } = [];
+    public DataReport Report { get; init; } = DataReport.Empty;
+
+    /// <summary>Loads the spec's data, fits the tokenizer and label set on the training split (or reuses those given, when resuming) and encodes everything.</summary>
+    public static PreparedData Load(JobSpec spec, string specDir, ITokenizer? tokenizer = null, LabelSet? labels = null)
+    {
+        var data = DatasetLoader.Load(spec, specDir);
+        tokenizer ??= TokenizerFactory.Fit(spec.Tokenizer, data.Train.Select(r => r.Text));
+        if (spec.Task == TaskKinds.LanguageModel)
+        {
+            var train = tokenizer.Encode(string.Join('\n', data.Train.Select(r => r.Text)));
+            var valid = tokenizer.Encode(string.Join('\n', data.Validation.Select(r => r.Text)));
+            if (valid.Length < 2)
+                throw new DataFormatException(data.Validation.FirstOrDefault()?.File ?? spec.Data.Train ?? "?", 0, $"the validation split has {valid.Length} token(s); raise data.validation_fraction or give a longer validation file");
+            return new PreparedData { Tokenizer = tokenizer, Labels = LabelSet.Empty, TrainTokens = train, ValidationTokens = valid, Report = data.Report };
+        }
+        labels ??= LabelSet.FromTraining(data.Train.Select(r => r.Label ?? ""));
+        if (labels.Count < 2)
+            throw new DataFormatException(data.Train.FirstOrDefault()?.File ?? "?", 0, $"classification needs at least 2 distinct labels in the training split, found {labels.Count}");
+        return new PreparedData
+        {
+            Tokenizer = tokenizer,
+            Labels = labels,
+            TrainSequences = data.Train.Select(r => EncodeNonEmpty(tokenizer, r.Text)).ToArray(),
+            TrainLabels = data.Train.Select(r => labels.IdOf(r.Label ?? "", r.File, r.Line)).ToArray(),
+            ValidationSequences = data.Validation.Select(r => EncodeNonEmpty(tokenizer, r.Text)).ToArray(),
+            ValidationLabels = data.Validation.Select(r => labels.IdOf(r.Label ?? "", r.File, r.Line)).ToArray(),
+            Report = data.Report,
+        };
+    }
+
+    /// <summary>A text that yields no tokens (e.g. only whitespace for the word tokenizer) becomes one &lt;unk&gt;, so no sequence is empty.</summary>
+    public static int[] EncodeNonEmpty(ITokenizer tokenizer, string text)
+    {
+        var ids = tokenizer.Encode(text);
+        return ids.Length > 0 ? ids : [tokenizer.UnkId];
+    }
+}

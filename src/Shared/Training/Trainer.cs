@@ -1,0 +1,124 @@
+using System.Diagnostics;
+using Dtrain.Checkpoints;
+using Dtrain.Runtime;
+using Dtrain.Specs;
+
+namespace Dtrain.Training;
+
+/// <summary>Options of a local run that are not part of the job itself.</summary>
+public sealed record TrainOptions
+{
+    /// <summary>Directory for checkpoints; defaults to the spec's output.</summary>
+    public string? OutputDir { get; init; }
+    /// <summary>Continue from the newest valid checkpoint in the output directory, if any.</summary>
+    public bool Resume { get; init; }
+}
+
+/// <summary>Single-process training: the engine's step in a loop with evaluation, checkpoints, time limits and clean interruption.</summary>
+public static class Trainer
+{
+    public static TrainingSummary Run(JobSpec spec, string specDir, TrainOptions options, ITrainingObserver observer, CancellationToken cancel)
+    {
+        var outputDir = options.OutputDir ?? JobSpecPaths.OutputDir(spec, specDir);
+        var store = new CheckpointStore(Path.Combine(outputDir, "checkpoints"), spec.Training.KeepCheckpoints);
+        LoadResult? resume = null;
+        if (options.Resume)
+        {
+            resume = store.LoadLatest();
+            foreach (var skipped in resume?.Skipped ?? [])
+                observer.OnMessage($"warning: skipping corrupt checkpoint {skipped.Path}: {skipped.Reason}");
+            if (resume is null) observer.OnMessage($"no checkpoint in {store.Directory}; starting from scratch");
+        }
+
+        var threads = TorchThreads.Apply(spec.Training.Threads);
+        var device = DeviceSelector.Resolve(spec.Training.Device, observer.OnMessage);
+        var tokenizer = resume is null ? null : TrainingCheckpoint.ReadTokenizer(resume.Data, resume.Path);
+        var labels = resume is null ? null : TrainingCheckpoint.ReadLabels(resume.Data, resume.Path);
+        var data = PreparedData.Load(spec, specDir, tokenizer, labels);
+        if (data.Report.Skipped > 0 || data.Report.Truncated > 0)
+        {
+            observer.OnMessage($"data: read {data.Report.Read} records, skipped {data.Report.Skipped}, truncated {data.Report.Truncated}");
+            foreach (var example in data.Report.SkippedExamples) observer.OnMessage($"  skipped {example}");
+        }
+
+        var isLm = spec.Task == TaskKinds.LanguageModel;
+        IBatchSource source = isLm
+            ? new LanguageModelBatches(data.TrainTokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.LmSampling, spec.Training.Seed)
+            : new ClassificationBatches(data.TrainSequences, data.TrainLabels, spec.Training.BatchSize, spec.Training.Seed);
+        var carries = source is LanguageModelBatches { CarriesState: true };
+        var total = spec.Training.MaxSteps > 0 ? spec.Training.MaxSteps : spec.Training.Epochs * source.StepsPerEpoch;
+        var schedule = new LearningRateSchedule(spec.Schedule, spec.Optimizer.Lr, total);
+
+        using var engine = new TrainingEngine(spec, data.Tokenizer.VocabSize, data.Labels.Count, device);
+        var state = new TrainingState();
+        if (resume is not null)
+        {
+            TrainingCheckpoint.Restore(resume.Data, resume.Path, engine, withOptimizer: true);
+            state = TrainingCheckpoint.ReadState(resume.Data, resume.Path);
+            observer.OnMessage($"resumed from {resume.Path} at step {state.Step}");
+        }
+
+        observer.OnStart(new TrainingPlan(spec.Name, spec.Task, total, source.StepsPerEpoch, state.Step, Models.ModelFactory.ParameterCount(engine.Model),
+            data.Tokenizer.VocabSize, data.Labels.Count, isLm ? data.TrainTokens.Length : data.TrainSequences.Count, device.ToString(), threads, outputDir));
+
+        EvalMetrics Evaluate() => isLm
+            ? Evaluator.LanguageModel(engine, data.ValidationTokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.EvalBatches)
+            : Evaluator.Classification(engine, data.ValidationSequences, data.ValidationLabels, data.Labels.Count, spec.Training.BatchSize, spec.Training.EvalBatches);
+
+        string? lastCheckpoint = null;
+        void Save()
+        {
+            lastCheckpoint = store.Save(TrainingCheckpoint.Capture(spec, data.Tokenizer, data.Labels, state, engine));
+            observer.OnCheckpoint(state.Step, lastCheckpoint);
+        }
+
+        var clock = Stopwatch.StartNew();
+        var startElapsed = state.ElapsedSeconds;
+        var runStartStep = state.Step;
+        long runSamples = 0;
+        var stopReason = "finished";
+        var maxSeconds = spec.Training.MaxMinutes * 60;
+        while (state.Step < total)
+        {
+            if (cancel.IsCancellationRequested) { stopReason = "interrupted"; break; }
+            if (maxSeconds > 0 && startElapsed + clock.Elapsed.TotalSeconds >= maxSeconds) { stopReason = $"time limit of {spec.Training.MaxMinutes} min reached"; break; }
+
+            var position = new StepPosition(state.Step / source.StepsPerEpoch, state.Step % source.StepsPerEpoch);
+            if (carries && position.StepInEpoch == 0) engine.ResetState();
+            var lr = schedule.At(state.Step);
+            double loss, norm;
+            int rows;
+            using (var batch = source.Get(position, 0, source.RowsAt(position))!)
+            {
+                var stats = engine.ComputeGradients(batch, carries);
+                norm = engine.ApplyGradients(stats.Count, lr);
+                loss = stats.LossSum / stats.Count;
+                rows = batch.Rows;
+            }
+            if (!double.IsFinite(loss))
+                throw new InvalidOperationException($"loss became {loss} at step {state.Step}; lower optimizer.lr or enable training.clip_norm");
+            runSamples += rows;
+            var elapsed = TimeSpan.FromSeconds(startElapsed + clock.Elapsed.TotalSeconds);
+            state = state with { Step = state.Step + 1, SamplesSeen = state.SamplesSeen + rows, ElapsedSeconds = elapsed.TotalSeconds, LastLr = lr };
+            var perStep = clock.Elapsed.TotalSeconds / (state.Step - runStartStep);
+            var eta = TimeSpan.FromSeconds(perStep * (total - state.Step));
+            if (maxSeconds > 0) eta = TimeSpan.FromSeconds(Math.Min(eta.TotalSeconds, Math.Max(0, maxSeconds - elapsed.TotalSeconds)));
+            observer.OnStep(new StepReport(state.Step, total, position.Epoch, loss, lr, norm, runSamples / clock.Elapsed.TotalSeconds, elapsed, eta));
+
+            if (spec.Training.EvalInterval > 0 && state.Step % spec.Training.EvalInterval == 0 && state.Step < total)
+            {
+                var m = Evaluate();
+                state = state with { LastEval = m };
+                observer.OnEvaluation(state.Step, m);
+            }
+            if (spec.Training.CheckpointInterval > 0 && state.Step % spec.Training.CheckpointInterval == 0 && state.Step < total) Save();
+        }
+
+        var final = Evaluate();
+        state = state with { LastEval = final };
+        observer.OnEvaluation(state.Step, final);
+        Save();
+        var seconds = clock.Elapsed.TotalSeconds;
+        return new TrainingSummary(state.Step, TimeSpan.FromSeconds(state.ElapsedSeconds), seconds > 0 ? runSamples / seconds : 0, final, lastCheckpoint, stopReason);
+    }
+}
