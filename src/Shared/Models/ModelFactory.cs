@@ -7,13 +7,22 @@ namespace Dtrain.Models;
 /// <summary>Builds the model a spec asks for, seeded so every replica starts from the same weights.</summary>
 public static class ModelFactory
 {
+    // Torch's default generator is process-wide: seeding and drawing the initial weights must not interleave
+    // with another thread doing the same (several replicas in one process, parallel tests).
+    private static readonly Lock SeedLock = new();
+
     public static nn.Module Create(JobSpec spec, int vocabSize, int classes, Device device)
     {
         if (vocabSize < 3) throw new ArgumentOutOfRangeException(nameof(vocabSize), vocabSize, "vocabulary must hold <pad>, <unk> and at least one token");
-        random.manual_seed(spec.Training.Seed);
-        nn.Module model = spec.Task == TaskKinds.Classification
-            ? new RecurrentClassifier(spec.Model, vocabSize, classes)
-            : new RecurrentLanguageModel(spec.Model, vocabSize);
+        if (spec.Task == TaskKinds.Classification && classes < 2) throw new ArgumentOutOfRangeException(nameof(classes), classes, "a classifier needs at least 2 classes");
+        nn.Module model;
+        lock (SeedLock)
+        {
+            random.manual_seed(spec.Training.Seed);
+            model = spec.Task == TaskKinds.Classification
+                ? new RecurrentClassifier(spec.Model, vocabSize, classes)
+                : new RecurrentLanguageModel(spec.Model, vocabSize);
+        }
         return model.to(device);
     }
 

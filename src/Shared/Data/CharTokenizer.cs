@@ -1,0 +1,107 @@
+using System.Text;
+
+namespace Dtrain.Data;
+
+/// <summary>
+/// One token per Unicode scalar value (<see cref="Rune"/>), so surrogate pairs stay whole. Decoding concatenates
+/// the tokens: text made only of known characters round-trips exactly. &lt;pad&gt; decodes to nothing,
+/// &lt;unk&gt; to U+FFFD. A lone surrogate in the input is read as U+FFFD.
+/// </summary>
+public sealed class CharTokenizer : ITokenizer
+{
+    /// <summary>Scalar values below this are looked up in a flat table (the hot path); the rest in a dictionary.</summary>
+    const int DenseLimit = 0x3000;
+
+    readonly string[] _tokens;
+    readonly int[] _dense;
+    readonly Dictionary<int, int> _sparse = [];
+
+    internal CharTokenizer(IReadOnlyList<string> tokens, bool lowercase)
+    {
+        _tokens = [.. tokens];
+        Lowercase = lowercase;
+        var maxDense = 0;
+        for (var id = 2; id < _tokens.Length; id++)
+        {
+            var v = Rune.GetRuneAt(_tokens[id], 0).Value;
+            if (v < DenseLimit) maxDense = Math.Max(maxDense, v + 1);
+        }
+        _dense = new int[maxDense];
+        Array.Fill(_dense, Vocabulary.UnkId);
+        for (var id = 2; id < _tokens.Length; id++)
+        {
+            var v = Rune.GetRuneAt(_tokens[id], 0).Value;
+            if (v < DenseLimit) _dense[v] = id;
+            else _sparse[v] = id;
+        }
+    }
+
+    public string Kind => "char";
+    public int VocabSize => _tokens.Length;
+    public bool Lowercase { get; }
+
+    /// <summary>Fits the vocabulary to <paramref name="texts"/> (the training split only).</summary>
+    public static CharTokenizer Fit(IEnumerable<string> texts, int minFrequency, int maxVocab, bool lowercase)
+    {
+        ArgumentNullException.ThrowIfNull(texts);
+        var counts = new Dictionary<int, long>();
+        foreach (var text in texts)
+        {
+            ArgumentNullException.ThrowIfNull(text, nameof(texts));
+            for (var i = 0; i < text.Length;)
+            {
+                var v = NextScalar(text, ref i, lowercase);
+                counts[v] = counts.GetValueOrDefault(v) + 1;
+            }
+        }
+        var byString = counts.ToDictionary(kv => new Rune(kv.Key).ToString(), kv => kv.Value, StringComparer.Ordinal);
+        return new CharTokenizer(Vocabulary.Build(byString, minFrequency, maxVocab), lowercase);
+    }
+
+    public int[] Encode(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var ids = new int[text.Length];
+        var n = 0;
+        var dense = _dense;
+        for (var i = 0; i < text.Length;)
+        {
+            var v = NextScalar(text, ref i, Lowercase);
+            ids[n++] = (uint)v < (uint)dense.Length ? dense[v] : _sparse.GetValueOrDefault(v, Vocabulary.UnkId);
+        }
+        return n == ids.Length ? ids : ids[..n];
+    }
+
+    public string Decode(IEnumerable<int> ids) => Vocabulary.Decode(ids, _tokens, "\uFFFD", "");
+
+    public TokenizerState ToState() => new(Kind, Lowercase, [.. _tokens]);
+
+    /// <summary>The scalar value at <paramref name="i"/> (advancing past it); lone surrogates read as U+FFFD.</summary>
+    static int NextScalar(string s, ref int i, bool lowercase)
+    {
+        int v = s[i];
+        if (!char.IsSurrogate((char)v)) i++;
+        else if (char.IsHighSurrogate((char)v) && i + 1 < s.Length && char.IsLowSurrogate(s[i + 1]))
+        {
+            v = char.ConvertToUtf32((char)v, s[i + 1]);
+            i += 2;
+        }
+        else
+        {
+            v = 0xFFFD;
+            i++;
+        }
+        if (lowercase)
+        {
+            if (v < 128) { if (v is >= 'A' and <= 'Z') v += 32; }
+            else v = Rune.ToLowerInvariant(new Rune(v)).Value;
+        }
+        return v;
+    }
+
+    /// <summary>Why <paramref name="token"/> cannot be a character token, or null.</summary>
+    internal static string? TokenProblem(string token) =>
+        Rune.DecodeFromUtf16(token, out _, out var used) == System.Buffers.OperationStatus.Done && used == token.Length
+            ? null
+            : "is not exactly one Unicode scalar value";
+}

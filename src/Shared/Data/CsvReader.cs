@@ -1,0 +1,122 @@
+using System.Text;
+
+namespace Dtrain.Data;
+
+/// <summary>
+/// CSV as in RFC 4180: a header row naming the columns, comma-separated fields, quoted fields with "" for a quote
+/// and line breaks allowed inside quotes, rows ending in CRLF or LF. Empty lines are ignored. A record's line
+/// number is the line where it starts. An unterminated quote is always fatal (it swallows the rest of the file).
+/// </summary>
+public static class CsvReader
+{
+    public static IReadOnlyList<TextRecord> Read(string path, ReadOptions options, DataReportBuilder report)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var text = DatasetReader.ReadAllText(path);
+        DatasetReader.RequireContent(path, text);
+        var parser = new Parser(path, text);
+        if (!parser.Next(out var header, out var headerLine, out _)) throw new DataFormatException(path, 0, "file is empty");
+        var textColumn = Column(path, header, headerLine, options.TextField);
+        var labelColumn = options.LabelField is { } lf ? Column(path, header, headerLine, lf) : -1;
+
+        var records = new RecordCollector(path, options, report);
+        while (parser.Next(out var fields, out var line, out var problem))
+        {
+            if (problem is not null) { records.Bad(line, problem); continue; }
+            if (fields.Count != header.Count)
+            {
+                records.Bad(line, $"expected {header.Count} fields as in the header, found {fields.Count}");
+                continue;
+            }
+            var value = fields[textColumn];
+            if (string.IsNullOrWhiteSpace(value)) { records.Bad(line, $"field '{options.TextField}' is empty"); continue; }
+            string? label = null;
+            if (labelColumn >= 0)
+            {
+                label = fields[labelColumn];
+                if (string.IsNullOrWhiteSpace(label)) { records.Bad(line, $"field '{options.LabelField}' is empty"); continue; }
+            }
+            records.Add(value, label, line);
+        }
+        return records.Finish();
+    }
+
+    static int Column(string path, List<string> header, int headerLine, string name)
+    {
+        var index = header.IndexOf(name);
+        if (index < 0)
+            throw new DataFormatException(path, headerLine, $"no column '{name}' in header; columns are: {string.Join(", ", header)}");
+        return index;
+    }
+
+    /// <summary>Splits the text into records; tracks line numbers across quoted line breaks.</summary>
+    sealed class Parser(string file, string s)
+    {
+        int _pos;
+        int _line = 1;
+        readonly StringBuilder _field = new();
+
+        /// <summary>The next record's fields and start line; <paramref name="problem"/> is set for a malformed record.</summary>
+        public bool Next(out List<string> fields, out int startLine, out string? problem)
+        {
+            fields = [];
+            problem = null;
+            while (_pos < s.Length && (s[_pos] == '\n' || (s[_pos] == '\r' && _pos + 1 < s.Length && s[_pos + 1] == '\n')))
+            {
+                _pos += s[_pos] == '\n' ? 1 : 2;
+                _line++;
+            }
+            startLine = _line;
+            if (_pos >= s.Length) return false;
+
+            while (true)
+            {
+                _field.Clear();
+                if (s[_pos] == '"') problem ??= QuotedField(startLine);
+                UnquotedRest();
+                fields.Add(_field.ToString());
+                if (_pos >= s.Length) return true;
+                var c = s[_pos];
+                if (c == ',') { _pos++; if (_pos >= s.Length) { fields.Add(""); return true; } continue; }
+                _pos += c == '\r' ? 2 : 1; // "\r\n" or "\n"
+                _line++;
+                return true;
+            }
+        }
+
+        /// <summary>Reads a quoted field starting at the opening quote; returns a problem if text follows the closing quote.</summary>
+        string? QuotedField(int startLine)
+        {
+            _pos++;
+            while (true)
+            {
+                if (_pos >= s.Length)
+                    throw new DataFormatException(file, startLine, "unterminated quoted field: the record starting on this line never closes its quote");
+                var c = s[_pos];
+                if (c == '"')
+                {
+                    if (_pos + 1 < s.Length && s[_pos + 1] == '"') { _field.Append('"'); _pos += 2; continue; }
+                    _pos++;
+                    break;
+                }
+                if (c == '\n') _line++;
+                _field.Append(c);
+                _pos++;
+            }
+            return AtFieldEnd() ? null : $"unexpected character '{s[_pos]}' after a closing quote (a quote inside a quoted field must be doubled)";
+        }
+
+        /// <summary>Reads up to the end of the field; a quote here is taken literally.</summary>
+        void UnquotedRest()
+        {
+            while (!AtFieldEnd())
+            {
+                _field.Append(s[_pos]);
+                _pos++;
+            }
+        }
+
+        bool AtFieldEnd() =>
+            _pos >= s.Length || s[_pos] == ',' || s[_pos] == '\n' || (s[_pos] == '\r' && _pos + 1 < s.Length && s[_pos + 1] == '\n');
+    }
+}

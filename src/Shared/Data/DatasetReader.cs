@@ -1,0 +1,124 @@
+using System.Text;
+using System.Text.Unicode;
+using Dtrain.Specs;
+
+namespace Dtrain.Data;
+
+/// <summary>
+/// Reads one data file into records, by format (<see cref="TextFileReader"/>, <see cref="JsonlReader"/>,
+/// <see cref="CsvReader"/>). Every problem with the data is a <see cref="DataFormatException"/> naming the file
+/// and 1-based line; with on_error = "skip" malformed records are dropped and counted in the report instead.
+/// </summary>
+public static class DatasetReader
+{
+    static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+
+    public static IReadOnlyList<TextRecord> Read(string path, ReadOptions options, DataReportBuilder report)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(report);
+        if (!OverlengthPolicies.All.Contains(options.Overlength))
+            throw new ArgumentException($"unknown overlength policy \"{options.Overlength}\"", nameof(options));
+        if (!ErrorPolicies.All.Contains(options.OnError))
+            throw new ArgumentException($"unknown on_error policy \"{options.OnError}\"", nameof(options));
+        return options.Format switch
+        {
+            DataFormats.Text => TextFileReader.Read(path, options, report),
+            DataFormats.Jsonl => JsonlReader.Read(path, options, report),
+            DataFormats.Csv => CsvReader.Read(path, options, report),
+            _ => throw new ArgumentException($"cannot read format \"{options.Format}\" from a file; expected text, jsonl or csv", nameof(options)),
+        };
+    }
+
+    /// <summary>The file's text, decoded as strict UTF-8 (a leading BOM is dropped).</summary>
+    /// <exception cref="DataFormatException">The file is missing or unreadable, or holds an invalid UTF-8 sequence (reported with its line and byte offset).</exception>
+    public static string ReadAllText(string path)
+    {
+        if (!File.Exists(path))
+            throw new DataFormatException(path, 0, Directory.Exists(path) ? "is a directory, not a file" : "file not found");
+        byte[] bytes;
+        try
+        {
+            bytes = File.ReadAllBytes(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new DataFormatException(path, 0, $"cannot read the file: {e.Message}");
+        }
+        return DecodeUtf8(path, bytes);
+    }
+
+    /// <summary>Strict UTF-8 decoding of <paramref name="bytes"/> read from <paramref name="file"/>.</summary>
+    public static string DecodeUtf8(string file, byte[] bytes)
+    {
+        ArgumentNullException.ThrowIfNull(bytes);
+        var start = bytes.AsSpan().StartsWith((ReadOnlySpan<byte>)[0xEF, 0xBB, 0xBF]) ? 3 : 0;
+        try
+        {
+            return StrictUtf8.GetString(bytes, start, bytes.Length - start);
+        }
+        catch (DecoderFallbackException)
+        {
+            // Find the offending offset ourselves: the exception's index is relative to an internal chunk.
+            var body = bytes.AsSpan(start);
+            Utf8.ToUtf16(body, new char[body.Length], out var valid, out _, replaceInvalidSequences: false);
+            var offset = start + valid;
+            var line = 1 + bytes.AsSpan(0, offset).Count((byte)'\n');
+            throw new DataFormatException(file, line, $"invalid UTF-8 byte sequence at byte offset {offset}");
+        }
+    }
+
+    /// <summary>"file is empty" for text that is empty or only whitespace.</summary>
+    internal static void RequireContent(string file, string text)
+    {
+        if (string.IsNullOrWhiteSpace(text)) throw new DataFormatException(file, 0, "file is empty");
+    }
+}
+
+/// <summary>Applies the error and over-length policies to the records of one file.</summary>
+internal sealed class RecordCollector(string file, ReadOptions options, DataReportBuilder report)
+{
+    readonly List<TextRecord> _records = [];
+    int _skipped;
+
+    /// <summary>A malformed record: fatal, or skipped and counted under on_error = "skip".</summary>
+    public void Bad(int line, string problem)
+    {
+        if (options.OnError != ErrorPolicies.Skip) throw new DataFormatException(file, line, problem);
+        _skipped++;
+        report.Skip(file, line, problem);
+    }
+
+    public void Add(string text, string? label, int line)
+    {
+        if (options.MaxLength > 0 && text.Length > options.MaxLength)
+        {
+            var problem = $"record is {text.Length} characters long, more than max_length {options.MaxLength}";
+            switch (options.Overlength)
+            {
+                case OverlengthPolicies.Error:
+                    throw new DataFormatException(file, line, problem);
+                case OverlengthPolicies.Skip:
+                    _skipped++;
+                    report.Skip(file, line, problem);
+                    return;
+                default:
+                    var cut = options.MaxLength;
+                    if (char.IsHighSurrogate(text[cut - 1]) && char.IsLowSurrogate(text[cut])) cut--; // never split a pair
+                    text = text[..cut];
+                    report.CountTruncated();
+                    break;
+            }
+        }
+        _records.Add(new TextRecord(text, label, file, line));
+        report.CountRead();
+    }
+
+    public IReadOnlyList<TextRecord> Finish()
+    {
+        if (_records.Count == 0)
+            throw new DataFormatException(file, 0, _skipped > 0 ? $"no records ({_skipped} skipped as malformed or over-long)" : "no records");
+        return _records;
+    }
+}

@@ -1,0 +1,137 @@
+using System.Globalization;
+using System.Text.Json;
+
+namespace Dtrain.Data;
+
+/// <summary>
+/// JSON Lines: one JSON object per line (blank lines ignored). The text field must be a non-empty string; the
+/// label may be a string, an integer or a boolean and is kept as its string form ("3", "true").
+/// </summary>
+public static class JsonlReader
+{
+    public static IReadOnlyList<TextRecord> Read(string path, ReadOptions options, DataReportBuilder report)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var text = DatasetReader.ReadAllText(path);
+        DatasetReader.RequireContent(path, text);
+        var records = new RecordCollector(path, options, report);
+        var lineNo = 0;
+        for (var pos = 0; pos <= text.Length;)
+        {
+            var nl = text.IndexOf('\n', pos);
+            var end = nl < 0 ? text.Length : nl;
+            var line = text.AsSpan(pos, end - pos);
+            lineNo++;
+            if (!line.IsWhiteSpace()) ReadLine(line.TrimEnd('\r'), lineNo, options, records);
+            if (nl < 0) break;
+            pos = nl + 1;
+        }
+        return records.Finish();
+    }
+
+    static void ReadLine(ReadOnlySpan<char> line, int lineNo, ReadOptions options, RecordCollector records)
+    {
+        JsonDocument doc;
+        try
+        {
+            doc = JsonDocument.Parse(line.ToString());
+        }
+        catch (JsonException e)
+        {
+            records.Bad(lineNo, $"malformed JSON (at byte {(e.BytePositionInLine ?? 0) + 1} of the line): {Describe(e)}");
+            return;
+        }
+        using (doc)
+        {
+            var root = doc.RootElement;
+            if (root.ValueKind != JsonValueKind.Object)
+            {
+                records.Bad(lineNo, $"expected a JSON object, found {KindName(root)}");
+                return;
+            }
+            if (!TryText(root, options.TextField, out var text, out var problem))
+            {
+                records.Bad(lineNo, problem);
+                return;
+            }
+            string? label = null;
+            if (options.LabelField is { } labelField && !TryLabel(root, labelField, out label, out problem))
+            {
+                records.Bad(lineNo, problem);
+                return;
+            }
+            records.Add(text, label, lineNo);
+        }
+    }
+
+    static bool TryText(JsonElement root, string field, out string text, out string problem)
+    {
+        text = "";
+        if (!root.TryGetProperty(field, out var value)) { problem = $"missing field '{field}'"; return false; }
+        if (value.ValueKind != JsonValueKind.String) { problem = $"field '{field}' must be a string, found {KindName(value)}"; return false; }
+        if (!TryGetString(value, field, out text, out problem)) return false;
+        if (string.IsNullOrWhiteSpace(text)) { problem = $"field '{field}' is empty"; return false; }
+        return true;
+    }
+
+    static bool TryLabel(JsonElement root, string field, out string? label, out string problem)
+    {
+        label = null;
+        if (!root.TryGetProperty(field, out var value)) { problem = $"missing field '{field}'"; return false; }
+        switch (value.ValueKind)
+        {
+            case JsonValueKind.String:
+                if (!TryGetString(value, field, out var s, out problem)) return false;
+                label = s;
+                break;
+            case JsonValueKind.Number when value.TryGetInt64(out var n):
+                label = n.ToString(CultureInfo.InvariantCulture);
+                break;
+            case JsonValueKind.True or JsonValueKind.False:
+                label = value.GetBoolean() ? "true" : "false";
+                break;
+            default:
+                problem = $"field '{field}' must be a string, integer or boolean, found {KindName(value)}";
+                return false;
+        }
+        if (string.IsNullOrWhiteSpace(label)) { problem = $"field '{field}' is empty"; return false; }
+        problem = "";
+        return true;
+    }
+
+    static bool TryGetString(JsonElement value, string field, out string text, out string problem)
+    {
+        try
+        {
+            text = value.GetString() ?? "";
+            problem = "";
+            return true;
+        }
+        catch (InvalidOperationException)
+        {
+            // e.g. an escaped lone surrogate ("\ud800"), which is not text.
+            text = "";
+            problem = $"field '{field}' is not valid Unicode text";
+            return false;
+        }
+    }
+
+    static string KindName(JsonElement e) => e.ValueKind switch
+    {
+        JsonValueKind.Object => "an object",
+        JsonValueKind.Array => "an array",
+        JsonValueKind.String => "a string",
+        JsonValueKind.Number => $"the number {e.GetRawText()}",
+        JsonValueKind.True or JsonValueKind.False => "a boolean",
+        JsonValueKind.Null => "null",
+        _ => e.ValueKind.ToString(),
+    };
+
+    /// <summary>The parser's message without its own (0-based, single-line) position suffix.</summary>
+    static string Describe(JsonException e)
+    {
+        var m = e.Message;
+        var cut = m.IndexOf(" LineNumber:", StringComparison.Ordinal);
+        return (cut >= 0 ? m[..cut] : m).TrimEnd();
+    }
+}

@@ -1,0 +1,40 @@
+namespace Dtrain.Data;
+
+/// <summary>
+/// SplitMix64 (Steele, Lea and Flood 2014): a tiny PRNG whose output is fixed by its definition, unlike
+/// <see cref="Random"/>, whose algorithm may change between .NET versions. Used wherever a seed must give
+/// the same data on every machine and runtime (splits, synthetic tasks).
+/// </summary>
+public sealed class SplitMix64(ulong seed)
+{
+    ulong _state = seed;
+
+    public ulong NextUInt64()
+    {
+        var z = _state += 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
+    }
+
+    /// <summary>Uniform in [0, bound) without modulo bias (rejection sampling).</summary>
+    public int NextInt(int bound)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(bound);
+        var b = (ulong)bound;
+        var limit = ulong.MaxValue - (ulong.MaxValue % b);
+        ulong x;
+        do x = NextUInt64(); while (x >= limit);
+        return (int)(x % b);
+    }
+
+    /// <summary>Fisher-Yates shuffle in place.</summary>
+    public void Shuffle<T>(IList<T> items)
+    {
+        for (var i = items.Count - 1; i > 0; i--)
+        {
+            var j = NextInt(i + 1);
+            (items[i], items[j]) = (items[j], items[i]);
+        }
+    }
+}

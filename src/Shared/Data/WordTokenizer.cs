@@ -1,0 +1,133 @@
+using System.Globalization;
+using System.Text;
+
+namespace Dtrain.Data;
+
+/// <summary>
+/// Words and punctuation: a token is a run of letters, digits and combining marks (with apostrophes ' or ’
+/// allowed between them, as in "don't"), or any other single non-whitespace character. Whitespace only separates.
+/// Decoding joins tokens with single spaces, so it is lossy in whitespace: "Hi, there!\n" decodes as
+/// "Hi , there !". &lt;pad&gt; decodes to nothing, &lt;unk&gt; to the text "&lt;unk&gt;".
+/// </summary>
+public sealed class WordTokenizer : ITokenizer
+{
+    readonly string[] _tokens;
+    readonly Dictionary<string, int> _ids;
+    readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _lookup;
+
+    internal WordTokenizer(IReadOnlyList<string> tokens, bool lowercase)
+    {
+        _tokens = [.. tokens];
+        Lowercase = lowercase;
+        _ids = new Dictionary<string, int>(_tokens.Length, StringComparer.Ordinal);
+        for (var id = 2; id < _tokens.Length; id++) _ids[_tokens[id]] = id;
+        _lookup = _ids.GetAlternateLookup<ReadOnlySpan<char>>();
+    }
+
+    public string Kind => "word";
+    public int VocabSize => _tokens.Length;
+    public bool Lowercase { get; }
+
+    /// <summary>Fits the vocabulary to <paramref name="texts"/> (the training split only).</summary>
+    public static WordTokenizer Fit(IEnumerable<string> texts, int minFrequency, int maxVocab, bool lowercase)
+    {
+        ArgumentNullException.ThrowIfNull(texts);
+        var counts = new Dictionary<string, long>(StringComparer.Ordinal);
+        var lookup = counts.GetAlternateLookup<ReadOnlySpan<char>>();
+        var spans = new List<(int Start, int Length)>();
+        foreach (var raw in texts)
+        {
+            ArgumentNullException.ThrowIfNull(raw, nameof(texts));
+            var text = lowercase ? raw.ToLowerInvariant() : raw;
+            Split(text, spans);
+            foreach (var (start, length) in spans)
+            {
+                var token = text.AsSpan(start, length);
+                lookup[token] = lookup.TryGetValue(token, out var c) ? c + 1 : 1;
+            }
+        }
+        return new WordTokenizer(Vocabulary.Build(counts, minFrequency, maxVocab), lowercase);
+    }
+
+    public int[] Encode(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        if (Lowercase) text = text.ToLowerInvariant();
+        var spans = new List<(int Start, int Length)>();
+        Split(text, spans);
+        var ids = new int[spans.Count];
+        for (var i = 0; i < ids.Length; i++)
+            ids[i] = _lookup.TryGetValue(text.AsSpan(spans[i].Start, spans[i].Length), out var id) ? id : Vocabulary.UnkId;
+        return ids;
+    }
+
+    public string Decode(IEnumerable<int> ids) => Vocabulary.Decode(ids, _tokens, Vocabulary.Unk, " ");
+
+    public TokenizerState ToState() => new(Kind, Lowercase, [.. _tokens]);
+
+    /// <summary>The token strings of <paramref name="text"/> (before any vocabulary lookup or lowercasing).</summary>
+    public static IReadOnlyList<string> Tokenize(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var spans = new List<(int Start, int Length)>();
+        Split(text, spans);
+        return [.. spans.Select(s => text.Substring(s.Start, s.Length))];
+    }
+
+    static void Split(string text, List<(int Start, int Length)> spans)
+    {
+        spans.Clear();
+        var i = 0;
+        while (i < text.Length)
+        {
+            var r = RuneAt(text, i, out var len);
+            if (Rune.IsWhiteSpace(r)) { i += len; continue; }
+            var start = i;
+            i += len;
+            if (IsWordRune(r))
+            {
+                while (i < text.Length)
+                {
+                    var next = RuneAt(text, i, out var nlen);
+                    if (IsWordRune(next)) { i += nlen; continue; }
+                    if (next.Value is '\'' or '\u2019' && i + nlen < text.Length && IsWordRune(RuneAt(text, i + nlen, out var alen)))
+                    {
+                        i += nlen + alen;
+                        continue;
+                    }
+                    break;
+                }
+            }
+            spans.Add((start, i - start));
+        }
+    }
+
+    static Rune RuneAt(string s, int i, out int length)
+    {
+        var c = s[i];
+        if (char.IsHighSurrogate(c) && i + 1 < s.Length && char.IsLowSurrogate(s[i + 1]))
+        {
+            length = 2;
+            return new Rune(c, s[i + 1]);
+        }
+        length = 1;
+        return char.IsSurrogate(c) ? Rune.ReplacementChar : new Rune(c);
+    }
+
+    static bool IsWordRune(Rune r)
+    {
+        if (r.Value < 128) return r.Value is (>= 'a' and <= 'z') or (>= 'A' and <= 'Z') or (>= '0' and <= '9');
+        if (Rune.IsLetterOrDigit(r)) return true;
+        var cat = Rune.GetUnicodeCategory(r);
+        return cat is UnicodeCategory.NonSpacingMark or UnicodeCategory.SpacingCombiningMark or UnicodeCategory.EnclosingMark
+            or UnicodeCategory.LetterNumber or UnicodeCategory.OtherNumber;
+    }
+
+    /// <summary>Why <paramref name="token"/> cannot be a word token, or null.</summary>
+    internal static string? TokenProblem(string token)
+    {
+        if (token.Length == 0) return "is empty";
+        var parts = Tokenize(token);
+        return parts.Count == 1 && parts[0].Length == token.Length ? null : "is not a single word or punctuation token";
+    }
+}
