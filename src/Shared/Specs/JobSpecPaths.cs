@@ -9,4 +9,8 @@ public static class JobSpecPaths
     /// <summary>The output directory: spec.output, or runs/NAME under the current directory.</summary>
     public static string OutputDir(JobSpec spec, string baseDir) =>
         Resolve(baseDir, spec.Output) ?? Path.GetFullPath(Path.Combine("runs", spec.Name));
+
+    /// <summary>The spec with its data file paths made absolute against <paramref name="baseDir"/>.</summary>
+    public static JobSpec WithAbsoluteDataPaths(JobSpec spec, string baseDir) =>
+        spec with { Data = spec.Data with { Train = Resolve(baseDir, spec.Data.Train), Validation = Resolve(baseDir, spec.Data.Validation) } };
 }

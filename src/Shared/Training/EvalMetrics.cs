@@ -6,7 +6,7 @@ public sealed record EvalMetrics(double Loss, long Count, double? Accuracy = nul
     public override string ToString()
     {
         var parts = new List<string> { $"loss {Loss:F4}" };
-        if (Accuracy is { } a) parts.Add($"accuracy {a:P2}");
+        if (Accuracy is { } a) parts.Add($"accuracy {a * 100:F2}%");
         if (MacroF1 is { } f) parts.Add($"macro-F1 {f:F4}");
         if (Perplexity is { } p) parts.Add($"perplexity {p:F2}");
         if (BitsPerToken is { } b) parts.Add($"bits/token {b:F3}");
