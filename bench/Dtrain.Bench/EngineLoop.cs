@@ -1,3 +1,4 @@
+using Dtrain.Data;
 using Dtrain.Specs;
 using Dtrain.Training;
 using static TorchSharp.torch;
@@ -17,7 +18,7 @@ public static class EngineLoop
         };
         using var engine = new TrainingEngine(spec, vocab, 0, CPU);
         var rng = new SplitMix64(0);
-        var tokens = Enumerable.Range(0, batch * (seq + 1) * 4).Select(_ => (int)rng.NextBelow(vocab)).ToArray();
+        var tokens = Enumerable.Range(0, batch * (seq + 1) * 4).Select(_ => rng.NextInt(vocab)).ToArray();
         var source = new LanguageModelBatches(tokens, batch, seq, LmSamplingKinds.Random, 0);
         var sw = new System.Diagnostics.Stopwatch();
         for (var i = 0; i < warmup + steps; i++)

@@ -18,14 +18,28 @@ public sealed class SplitMix64(ulong seed)
     }
 
     /// <summary>Uniform in [0, bound) without modulo bias (rejection sampling).</summary>
-    public int NextInt(int bound)
+    public int NextInt(int bound) => (int)NextLong(bound);
+
+    /// <summary>Uniform in [0, bound) without modulo bias (rejection sampling).</summary>
+    public long NextLong(long bound)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(bound);
         var b = (ulong)bound;
         var limit = ulong.MaxValue - (ulong.MaxValue % b);
         ulong x;
         do x = NextUInt64(); while (x >= limit);
-        return (int)(x % b);
+        return (long)(x % b);
+    }
+
+    /// <summary>
+    /// A generator keyed by several values at once, e.g. (seed, epoch, step, row): the data a row gets depends only
+    /// on its key, not on how many draws other rows or other workers made.
+    /// </summary>
+    public static SplitMix64 For(params long[] keys)
+    {
+        var acc = new SplitMix64(0x5EEDUL).NextUInt64();
+        foreach (var k in keys) acc = new SplitMix64(acc ^ (ulong)k).NextUInt64();
+        return new SplitMix64(acc);
     }
 
     /// <summary>Fisher-Yates shuffle in place.</summary>

@@ -18,7 +18,7 @@ public sealed class RecurrentClassifier : nn.Module, IRecurrentModel
     {
         Classes = classes;
         embedding = nn.Embedding(vocabSize, spec.EmbeddingDim, padding_idx: 0);
-        rnn = new RecurrentStack(spec.Cell, spec.EmbeddingDim, spec.HiddenSize, spec.Layers, spec.Dropout, spec.Bidirectional);
+        rnn = new RecurrentStack(spec.Cell, spec.EmbeddingDim, spec.HiddenSize, spec.Layers, spec.Dropout, spec.Bidirectional, spec.GateBias);
         dropout = nn.Dropout(spec.Dropout);
         head = nn.Linear(spec.HiddenSize * rnn.Directions, classes);
         RegisterComponents();

@@ -18,7 +18,7 @@ public sealed class RecurrentLanguageModel : nn.Module, IRecurrentModel
     {
         VocabSize = vocabSize;
         embedding = nn.Embedding(vocabSize, spec.EmbeddingDim);
-        rnn = new RecurrentStack(spec.Cell, spec.EmbeddingDim, spec.HiddenSize, spec.Layers, spec.Dropout, bidirectional: false);
+        rnn = new RecurrentStack(spec.Cell, spec.EmbeddingDim, spec.HiddenSize, spec.Layers, spec.Dropout, bidirectional: false, spec.GateBias);
         dropout = nn.Dropout(spec.Dropout);
         head = nn.Linear(spec.HiddenSize, vocabSize);
         RegisterComponents();

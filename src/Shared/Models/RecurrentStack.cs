@@ -16,7 +16,7 @@ public sealed class RecurrentStack : nn.Module
     public int HiddenSize { get; }
     public int Directions { get; }
 
-    public RecurrentStack(string cell, int inputSize, int hiddenSize, int layers, double dropout, bool bidirectional)
+    public RecurrentStack(string cell, int inputSize, int hiddenSize, int layers, double dropout, bool bidirectional, double memoryGateBias = 1.0)
         : base($"{cell}_stack")
     {
         Cell = cell;
@@ -27,8 +27,14 @@ public sealed class RecurrentStack : nn.Module
         var between = layers > 1 ? dropout : 0.0;
         switch (cell)
         {
-            case CellKinds.Lstm: lstm = nn.LSTM(inputSize, hiddenSize, layers, batchFirst: true, dropout: between, bidirectional: bidirectional); break;
-            case CellKinds.Gru: gru = nn.GRU(inputSize, hiddenSize, layers, batchFirst: true, dropout: between, bidirectional: bidirectional); break;
+            case CellKinds.Lstm:
+                lstm = nn.LSTM(inputSize, hiddenSize, layers, batchFirst: true, dropout: between, bidirectional: bidirectional);
+                InitGateBias(lstm, hiddenSize, gate: 1, memoryGateBias);
+                break;
+            case CellKinds.Gru:
+                gru = nn.GRU(inputSize, hiddenSize, layers, batchFirst: true, dropout: between, bidirectional: bidirectional);
+                InitGateBias(gru, hiddenSize, gate: 1, memoryGateBias);
+                break;
             case CellKinds.Rnn: rnn = nn.RNN(inputSize, hiddenSize, layers, nn.NonLinearities.Tanh, batchFirst: true, dropout: between, bidirectional: bidirectional); break;
             default: throw new ArgumentException($"unknown cell \"{cell}\"; allowed: {string.Join(", ", CellKinds.All)}", nameof(cell));
         }
@@ -52,6 +58,24 @@ public sealed class RecurrentStack : nn.Module
     {
         if (lstm is not null) return lstm.call(packed).Item2;
         return gru is not null ? gru.call(packed).Item2 : rnn!.call(packed).Item2;
+    }
+
+    /// <summary>
+    /// Initial bias of the gate that keeps memory: the LSTM forget gate (gate 1 of input, forget, cell, output) or
+    /// the GRU update gate (gate 1 of reset, update, new). PyTorch starts it near 0, so memory decays as 0.5^t and
+    /// long-range signals never reach the gradient; 1 is the usual LSTM choice (Gers et al. 2000, Jozefowicz et al.
+    /// 2015), larger values (about ln of the dependency length, "chrono" initialisation) suit longer ranges.
+    /// Only the input-side bias is set; the hidden-side bias of that gate starts at 0.
+    /// </summary>
+    private static void InitGateBias(nn.Module rnn, int hiddenSize, int gate, double bias)
+    {
+        using var _ = no_grad();
+        var slice = (gate * hiddenSize)..((gate + 1) * hiddenSize);
+        foreach (var (name, p) in rnn.named_parameters())
+        {
+            if (name.StartsWith("bias_ih", StringComparison.Ordinal)) p[slice].fill_(bias);
+            else if (name.StartsWith("bias_hh", StringComparison.Ordinal)) p[slice].fill_(0.0);
+        }
     }
 
     private Tensor ZeroState(Tensor input) =>

@@ -109,6 +109,8 @@ public sealed record ModelSpec
     public double Dropout { get; init; }
     /// <summary>Classification only: read the sequence in both directions.</summary>
     public bool Bidirectional { get; init; }
+    /// <summary>Initial bias of the memory gate (LSTM forget gate, GRU update gate); larger keeps information longer at the start of training. Ignored by "rnn".</summary>
+    public double GateBias { get; init; } = 1.0;
 }
 
 public static class CellKinds

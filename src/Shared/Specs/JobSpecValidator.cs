@@ -56,6 +56,7 @@ public static partial class JobSpecValidator
         Range(e, "$.model.embedding_dim", m.EmbeddingDim, 1, MaxWidth);
         Range(e, "$.model.hidden_size", m.HiddenSize, 1, MaxWidth);
         if (!(m.Dropout >= 0 && m.Dropout < 1)) e.Add(new("$.model.dropout", $"{m.Dropout} must be in [0, 1)"));
+        if (!(m.GateBias >= -10 && m.GateBias <= 10)) e.Add(new("$.model.gate_bias", $"{m.GateBias} must be in [-10, 10]"));
         if (m.Bidirectional && spec.Task == TaskKinds.LanguageModel)
             e.Add(new("$.model.bidirectional", "a language model predicts the next token and cannot read the future; bidirectional is for classification"));
 

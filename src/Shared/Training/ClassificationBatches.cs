@@ -1,3 +1,4 @@
+using Dtrain.Data;
 using static TorchSharp.torch;
 
 namespace Dtrain.Training;
@@ -43,15 +44,7 @@ public sealed class ClassificationBatches(IReadOnlyList<int[]> sequences, IReadO
     {
         if (epoch == cachedEpoch) return order;
         var p = Enumerable.Range(0, sequences.Count).ToArray();
-        if (shuffle)
-        {
-            var rng = SplitMix64.For(seed, epoch);
-            for (var i = p.Length - 1; i > 0; i--)
-            {
-                var j = (int)rng.NextBelow(i + 1);
-                (p[i], p[j]) = (p[j], p[i]);
-            }
-        }
+        if (shuffle) SplitMix64.For(seed, epoch).Shuffle(p);
         cachedEpoch = epoch;
         order = p;
         return p;

@@ -1,3 +1,4 @@
+using Dtrain.Data;
 using Dtrain.Specs;
 using static TorchSharp.torch;
 
@@ -58,7 +59,7 @@ public sealed class LanguageModelBatches : IBatchSource
         {
             width = seqLen;
             var maxOffset = tokens.Length - seqLen - 1;
-            offsetOf = row => SplitMix64.For(seed, position.Epoch, position.StepInEpoch, rowStart + row).NextBelow(maxOffset + 1);
+            offsetOf = row => SplitMix64.For(seed, position.Epoch, position.StepInEpoch, rowStart + row).NextLong(maxOffset + 1);
         }
         var x = new long[rowCount * width];
         var y = new long[rowCount * width];
