@@ -34,6 +34,8 @@ switch (mode)
         while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
         return QualityBench.Run(Path.Combine(root, "examples"), args.Skip(1).ToArray());
     }
+    case "allreduce":
+        return CollectiveBench.Run(args);
     default:
         Console.Error.WriteLine("usage: dtrain-bench speed [threads] | quality [moby|spam|recall ...]");
         return 2;

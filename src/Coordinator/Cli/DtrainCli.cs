@@ -9,12 +9,17 @@ public static class DtrainCli
     {
         var root = new RootCommand(
             "dtrain: train LSTM/GRU language models and text classifiers with TorchSharp, locally or on a cluster.\n" +
-            "Start with: dtrain train examples/moby-char-lstm.json");
+            "Start with: dtrain train examples/quickstart.json, or on a local cluster: dtrain cluster run examples/quickstart.json --workers 2");
+        root.Options.Add(Remote.CoordinatorOption);
         root.Subcommands.Add(TrainCommand.Create());
         root.Subcommands.Add(ValidateCommand.Create());
         root.Subcommands.Add(EvalCommand.Create());
         root.Subcommands.Add(PredictCommand.Create());
         root.Subcommands.Add(GenerateCommand.Create());
+        root.Subcommands.Add(ServeCommand.Create());
+        root.Subcommands.Add(ServeCommand.CreateWorker());
+        foreach (var c in JobCommands.Create()) root.Subcommands.Add(c);
+        root.Subcommands.Add(ClusterCommand.Create());
         return root;
     }
 }

@@ -1,5 +1,4 @@
 using Dtrain.Data;
-using static TorchSharp.torch;
 
 namespace Dtrain.Training;
 
@@ -18,7 +17,7 @@ public sealed class ClassificationBatches(IReadOnlyList<int[]> sequences, IReadO
     public int RowsAt(StepPosition position) =>
         (int)Math.Min(batchSize, sequences.Count - position.StepInEpoch * batchSize);
 
-    public Batch? Get(StepPosition position, int rowStart, int rowCount)
+    public BatchRows? GetRows(StepPosition position, int rowStart, int rowCount)
     {
         var rows = RowsAt(position);
         rowCount = Math.Min(rowCount, rows - rowStart);
@@ -37,7 +36,7 @@ public sealed class ClassificationBatches(IReadOnlyList<int[]> sequences, IReadO
             lengths[r] = Math.Max(1, seq.Length);
             y[r] = labels[perm[first + r]];
         }
-        return new Batch(tensor(x, [rowCount, maxLen]), tensor(y), tensor(lengths), rowCount, rowCount);
+        return new BatchRows(rowCount, maxLen, x, y, lengths, rowCount);
     }
 
     private int[] Permutation(long epoch)

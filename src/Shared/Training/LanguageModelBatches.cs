@@ -1,6 +1,5 @@
 using Dtrain.Data;
 using Dtrain.Specs;
-using static TorchSharp.torch;
 
 namespace Dtrain.Training;
 
@@ -43,7 +42,7 @@ public sealed class LanguageModelBatches : IBatchSource
 
     public int RowsAt(StepPosition position) => batchSize;
 
-    public Batch? Get(StepPosition position, int rowStart, int rowCount)
+    public BatchRows? GetRows(StepPosition position, int rowStart, int rowCount)
     {
         rowCount = Math.Min(rowCount, batchSize - rowStart);
         if (rowCount <= 0) return null;
@@ -72,7 +71,7 @@ public sealed class LanguageModelBatches : IBatchSource
                 y[r * width + t] = tokens[off + t + 1];
             }
         }
-        return new Batch(tensor(x, [rowCount, width]), tensor(y, [rowCount, width]), null, rowCount, (long)rowCount * width);
+        return new BatchRows(rowCount, width, x, y, null, (long)rowCount * width);
     }
 
     /// <summary>Whether the hidden state should carry from the previous step of the same epoch.</summary>

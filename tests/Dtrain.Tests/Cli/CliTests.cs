@@ -28,8 +28,8 @@ public class CliTests
     public void Train_then_eval_predict_on_a_classifier()
     {
         using var tmp = new Scratch();
-        tmp.Write("d.jsonl", Jobs.ClassificationJsonl());
-        var spec = WriteSpec(tmp, Jobs.Classifier("d.jsonl", steps: 40) with { Output = "out" });
+        tmp.Write("d.jsonl", TestJobs.ClassificationJsonl());
+        var spec = WriteSpec(tmp, TestJobs.Classifier("d.jsonl", steps: 40) with { Output = "out" });
         var train = CliRunner.Run(tmp.Dir, "train", spec);
         Assert.True(train.ExitCode == 0, train.ToString());
         Assert.Contains("validation: loss", train.Stdout);
@@ -51,8 +51,8 @@ public class CliTests
     public void Train_then_generate_from_a_language_model_is_reproducible_by_seed()
     {
         using var tmp = new Scratch();
-        tmp.Write("t.txt", Jobs.Text());
-        var spec = WriteSpec(tmp, Jobs.CharLm("t.txt", steps: 30) with { Output = "lm" });
+        tmp.Write("t.txt", TestJobs.Text());
+        var spec = WriteSpec(tmp, TestJobs.CharLm("t.txt", steps: 30) with { Output = "lm" });
         var train = CliRunner.Run(tmp.Dir, "train", spec);
         Assert.True(train.ExitCode == 0, train.ToString());
         var a = CliRunner.Run(tmp.Dir, "generate", "lm", "--prompt", "the ", "--length", "40", "--seed", "7");
@@ -82,7 +82,7 @@ public class CliTests
     {
         using var tmp = new Scratch();
         tmp.Write("d.jsonl", "{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\",\"label\":\"y\"}\n{\"text\": oops}\n");
-        var spec = WriteSpec(tmp, Jobs.Classifier("d.jsonl"));
+        var spec = WriteSpec(tmp, TestJobs.Classifier("d.jsonl"));
         var r = CliRunner.Run(tmp.Dir, "train", spec);
         Assert.Equal(2, r.ExitCode);
         Assert.Contains("d.jsonl:3", r.Stderr);

@@ -68,7 +68,7 @@ public class JobSpecTests
     [Fact]
     public void Serialized_spec_parses_back_to_an_equal_spec()
     {
-        var spec = Jobs.Classifier("data.jsonl");
+        var spec = TestJobs.Classifier("data.jsonl");
         var again = JobSpecSerializer.Parse(JobSpecSerializer.Serialize(spec));
         Assert.Equal(JobSpecSerializer.Serialize(spec), JobSpecSerializer.Serialize(again));
         Assert.Equal(spec.Training, again.Training);

@@ -22,9 +22,9 @@ public class TrainingTests
     public void Language_model_loss_goes_down(string cell)
     {
         using var tmp = new Scratch();
-        var text = tmp.Write("t.txt", Jobs.Text());
+        var text = tmp.Write("t.txt", TestJobs.Text());
         var rec = new Recorder();
-        var summary = Trainer.Run(Jobs.CharLm(text, cell, steps: 60), tmp.Dir, new TrainOptions { OutputDir = tmp.Dir }, rec, CancellationToken.None);
+        var summary = Trainer.Run(TestJobs.CharLm(text, cell, steps: 60), tmp.Dir, new TrainOptions { OutputDir = tmp.Dir }, rec, CancellationToken.None);
         Assert.Equal(60, summary.Steps);
         var first = rec.Steps.Take(5).Average(s => s.Loss);
         var last = rec.Steps.TakeLast(5).Average(s => s.Loss);
@@ -37,8 +37,8 @@ public class TrainingTests
     public void Classifier_learns_a_keyword_task()
     {
         using var tmp = new Scratch();
-        var data = tmp.Write("d.jsonl", Jobs.ClassificationJsonl());
-        var summary = Trainer.Run(Jobs.Classifier(data, steps: 40), tmp.Dir, new TrainOptions { OutputDir = tmp.Dir }, new Recorder(), CancellationToken.None);
+        var data = tmp.Write("d.jsonl", TestJobs.ClassificationJsonl());
+        var summary = Trainer.Run(TestJobs.Classifier(data, steps: 40), tmp.Dir, new TrainOptions { OutputDir = tmp.Dir }, new Recorder(), CancellationToken.None);
         Assert.True(summary.Final!.Accuracy >= 0.95, $"accuracy {summary.Final.Accuracy}");
         Assert.True(summary.Final.MacroF1 >= 0.95);
     }
@@ -46,8 +46,8 @@ public class TrainingTests
     [Fact]
     public void Summed_gradients_of_row_slices_equal_the_full_batch_gradient()
     {
-        var spec = Jobs.CharLm("unused") with { Training = Jobs.CharLm("unused").Training with { ClipNorm = 0 } };
-        var tokens = Jobs.Text(10).Select(c => 2 + c % 20).ToArray();
+        var spec = TestJobs.CharLm("unused") with { Training = TestJobs.CharLm("unused").Training with { ClipNorm = 0 } };
+        var tokens = TestJobs.Text(10).Select(c => 2 + c % 20).ToArray();
         var source = new LanguageModelBatches(tokens, 6, 12, LmSamplingKinds.Random, seed: 2);
         var pos = new StepPosition(0, 0);
         using var whole = new TrainingEngine(spec, 24, 0, CPU);
@@ -68,8 +68,8 @@ public class TrainingTests
     public void Checkpoint_round_trip_gives_identical_outputs()
     {
         using var tmp = new Scratch();
-        var text = tmp.Write("t.txt", Jobs.Text());
-        var spec = Jobs.CharLm(text, steps: 8);
+        var text = tmp.Write("t.txt", TestJobs.Text());
+        var spec = TestJobs.CharLm(text, steps: 8);
         var summary = Trainer.Run(spec, tmp.Dir, new TrainOptions { OutputDir = tmp.Dir }, new Recorder(), CancellationToken.None);
         using var a = Dtrain.Inference.TrainedModel.Load(summary.Checkpoint!);
         using var b = Dtrain.Inference.TrainedModel.Load(tmp.Dir);
@@ -87,8 +87,8 @@ public class TrainingTests
     public void Resumed_run_ends_with_the_same_parameters_as_an_uninterrupted_one(string sampling)
     {
         using var tmp = new Scratch();
-        var text = tmp.Write("t.txt", Jobs.Text());
-        var baseSpec = Jobs.CharLm(text, steps: 12);
+        var text = tmp.Write("t.txt", TestJobs.Text());
+        var baseSpec = TestJobs.CharLm(text, steps: 12);
         var spec = baseSpec with { Model = baseSpec.Model with { Dropout = 0.2 }, Training = baseSpec.Training with { LmSampling = sampling } };
         var straight = Path.Combine(tmp.Dir, "straight");
         var split = Path.Combine(tmp.Dir, "split");
@@ -109,8 +109,8 @@ public class TrainingTests
     public void Resume_skips_a_corrupt_newest_checkpoint_with_a_warning()
     {
         using var tmp = new Scratch();
-        var text = tmp.Write("t.txt", Jobs.Text());
-        var spec = Jobs.CharLm(text, steps: 6) with { Training = Jobs.CharLm(text).Training with { MaxSteps = 6, CheckpointInterval = 3, KeepCheckpoints = 5 } };
+        var text = tmp.Write("t.txt", TestJobs.Text());
+        var spec = TestJobs.CharLm(text, steps: 6) with { Training = TestJobs.CharLm(text).Training with { MaxSteps = 6, CheckpointInterval = 3, KeepCheckpoints = 5 } };
         Trainer.Run(spec, tmp.Dir, new TrainOptions { OutputDir = tmp.Dir }, new Recorder(), CancellationToken.None);
         var newest = new CheckpointStore(Path.Combine(tmp.Dir, "checkpoints"), 5).List()[^1];
         Assert.Equal(6, newest.Step);
@@ -128,10 +128,10 @@ public class TrainingTests
     public void Cancellation_stops_cleanly_and_saves_a_checkpoint()
     {
         using var tmp = new Scratch();
-        var text = tmp.Write("t.txt", Jobs.Text());
+        var text = tmp.Write("t.txt", TestJobs.Text());
         using var cts = new CancellationTokenSource();
         var rec = new CancellingRecorder(cts, afterSteps: 3);
-        var summary = Trainer.Run(Jobs.CharLm(text, steps: 1000), tmp.Dir, new TrainOptions { OutputDir = tmp.Dir }, rec, cts.Token);
+        var summary = Trainer.Run(TestJobs.CharLm(text, steps: 1000), tmp.Dir, new TrainOptions { OutputDir = tmp.Dir }, rec, cts.Token);
         Assert.Equal("interrupted", summary.StopReason);
         Assert.Equal(3, summary.Steps);
         Assert.Equal(3, Dtrain.Inference.TrainedModel.Load(summary.Checkpoint!).State.Step);

@@ -3,7 +3,7 @@ using Dtrain.Specs;
 namespace Dtrain.Tests.Support;
 
 /// <summary>Small, fast job specs and data for tests.</summary>
-public static class Jobs
+public static class TestJobs
 {
     /// <summary>A repetitive text a tiny char model learns in a few dozen steps.</summary>
     public static string Text(int repeats = 60) =>

@@ -1,0 +1,94 @@
+using System.CommandLine;
+using Dtrain.Protos.Jobs;
+using Dtrain.Specs;
+
+namespace Dtrain.Cli;
+
+/// <summary>`dtrain cluster up|run`: a coordinator and N workers on this machine, for trying things and for tests.</summary>
+public static class ClusterCommand
+{
+    public static Command Create()
+    {
+        var cmd = new Command("cluster", "Run a local cluster (a coordinator and workers on loopback) on this machine.");
+        cmd.Subcommands.Add(Up());
+        cmd.Subcommands.Add(Run());
+        return cmd;
+    }
+
+    static (Option<int> Workers, Option<int> Port, Option<int?> Threads, Option<string> Logs) CommonOptions() => (
+        new Option<int>("--workers", "-w") { Description = "Number of workers.", DefaultValueFactory = _ => 2 },
+        new Option<int>("--port", "-p") { Description = "Coordinator port (0 = any free port).", DefaultValueFactory = _ => 0 },
+        new Option<int?>("--threads") { Description = "Torch threads per worker (default: cores / workers, at least 1)." },
+        new Option<string>("--logs") { Description = "Directory for the processes' logs and the coordinator's data.", DefaultValueFactory = _ => ".dtrain/cluster" });
+
+    static int ThreadsFor(int workers, int? threads) => threads ?? Math.Max(1, Environment.ProcessorCount / workers);
+
+    static Command Up()
+    {
+        var (workers, port, threads, logs) = CommonOptions();
+        var cmd = new Command("up", "Start a coordinator and workers and keep them running until Ctrl-C; submit jobs from another terminal with --coordinator.");
+        foreach (var o in new Option[] { workers, port, threads, logs }) cmd.Options.Add(o);
+        cmd.SetAction(r => CliErrors.Guard(() =>
+        {
+            var n = r.GetValue(workers);
+            using var cluster = LocalCluster.Start(n, r.GetValue(port) is 0 ? 5000 : r.GetValue(port), ThreadsFor(n, r.GetValue(threads)), r.GetValue(logs)!, TimeSpan.FromMinutes(2));
+            Console.WriteLine($"cluster up: coordinator {cluster.Address}, {n} worker(s), logs in {cluster.LogDir}");
+            Console.WriteLine($"  export DTRAIN_COORDINATOR={cluster.Address}; ./dtrain submit examples/quickstart.json --watch");
+            Console.WriteLine("press Ctrl-C to stop");
+            using var stop = new ManualResetEventSlim();
+            Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.Set(); };
+            stop.Wait();
+            return CliErrors.Ok;
+        }));
+        return cmd;
+    }
+
+    static Command Run()
+    {
+        var (workers, port, threads, logs) = CommonOptions();
+        var spec = new Argument<FileInfo>("spec") { Description = "Job spec to train." };
+        var output = new Option<FileInfo?>("--output", "-o") { Description = "Where to save the final model (default: runs/NAME/model.dtck)." };
+        var plain = new Option<bool>("--plain") { Description = "Log lines instead of a progress bar." };
+        var cmd = new Command("run", "Start a local cluster, train one job on it with live progress, download the model and stop the cluster.");
+        cmd.Arguments.Add(spec);
+        foreach (var o in new Option[] { workers, port, threads, logs, output, plain }) cmd.Options.Add(o);
+        cmd.SetAction(r => CliErrors.Guard(() =>
+        {
+            var file = r.GetValue(spec)!;
+            var request = JobCommands.BuildSubmit(file, r.GetValue(workers));
+            var name = JobSpecSerializer.Load(file.FullName).Name;
+            var n = r.GetValue(workers);
+            Console.WriteLine($"starting a local cluster: coordinator + {n} worker(s)...");
+            using var cluster = LocalCluster.Start(n, r.GetValue(port), ThreadsFor(n, r.GetValue(threads)), r.GetValue(logs)!, TimeSpan.FromMinutes(2));
+            using var channel = Remote.Channel(cluster.Address);
+            var client = new Jobs.JobsClient(channel);
+            var id = client.Submit(request).JobId;
+            Console.WriteLine($"{id} submitted to {cluster.Address} (logs in {cluster.LogDir})");
+            using var cancel = new CancelOnCtrlC(client, id);
+            var status = JobWatcher.Watch(client, id, r.GetValue(plain));
+            if (status != CliErrors.Ok) return status;
+            var target = r.GetValue(output)?.FullName ?? Path.GetFullPath(Path.Combine("runs", name, "model.dtck"));
+            return JobCommands.DownloadTo(client, id, target);
+        }));
+        return cmd;
+    }
+
+    /// <summary>Ctrl-C cancels the job (the watcher then sees it end) instead of killing the CLI mid-stream.</summary>
+    sealed class CancelOnCtrlC : IDisposable
+    {
+        private readonly ConsoleCancelEventHandler handler;
+
+        public CancelOnCtrlC(Jobs.JobsClient client, string id)
+        {
+            handler = (_, e) =>
+            {
+                e.Cancel = true;
+                Console.Error.WriteLine($"interrupt: cancelling {id}");
+                try { client.Cancel(new CancelJobRequest { JobId = id }); } catch (Grpc.Core.RpcException) { }
+            };
+            Console.CancelKeyPress += handler;
+        }
+
+        public void Dispose() => Console.CancelKeyPress -= handler;
+    }
+}

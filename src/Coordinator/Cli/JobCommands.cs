@@ -1,0 +1,174 @@
+using System.CommandLine;
+using System.Globalization;
+using Dtrain.Protos.Jobs;
+using Dtrain.Specs;
+using Google.Protobuf;
+using Spectre.Console;
+
+namespace Dtrain.Cli;
+
+/// <summary>The job verbs against a coordinator: submit, watch, status, list, cancel, workers, download.</summary>
+public static class JobCommands
+{
+    public static IEnumerable<Command> Create()
+    {
+        yield return Submit();
+        yield return Watch();
+        yield return Status();
+        yield return List();
+        yield return Cancel();
+        yield return Workers();
+        yield return Download();
+    }
+
+    static Command Submit()
+    {
+        var spec = new Argument<FileInfo>("spec") { Description = "Job spec (JSON); its data files are uploaded with it." };
+        var workers = new Option<int>("--workers", "-w") { Description = "Number of workers (0 = all idle workers when the job starts).", DefaultValueFactory = _ => 0 };
+        var watch = new Option<bool>("--watch") { Description = "Follow the job's progress until it ends (exit status 0 = succeeded)." };
+        var plain = new Option<bool>("--plain") { Description = "With --watch: log lines instead of a progress bar." };
+        var cmd = new Command("submit", "Submit a job spec to the coordinator's queue; prints the job id.");
+        cmd.Arguments.Add(spec);
+        foreach (var o in new Option[] { workers, watch, plain }) cmd.Options.Add(o);
+        cmd.SetAction(r => Remote.Guard(r, client =>
+        {
+            var request = BuildSubmit(r.GetValue(spec)!, r.GetValue(workers));
+            var id = client.Submit(request).JobId;
+            Console.WriteLine(id);
+            return r.GetValue(watch) ? JobWatcher.Watch(client, id, r.GetValue(plain)) : CliErrors.Ok;
+        }));
+        return cmd;
+    }
+
+    /// <summary>Validates the spec locally (fast, precise errors) and attaches its data files.</summary>
+    public static SubmitRequest BuildSubmit(FileInfo file, int workers)
+    {
+        var parsed = JobSpecSerializer.Load(file.FullName);
+        var request = new SubmitRequest { SpecJson = File.ReadAllText(file.FullName), Workers = workers, Source = file.Name };
+        foreach (var (path, field) in new[] { (parsed.Data.Train, "train"), (parsed.Data.Validation, "validation") })
+        {
+            if (path is null || parsed.Data.Format == DataFormats.Synthetic) continue;
+            var full = JobSpecPaths.Resolve(file.DirectoryName!, path)!;
+            if (!File.Exists(full)) throw new SpecException(file.Name, [new SpecError($"$.data.{field}", $"file not found: {full}")]);
+            request.Files[path] = ByteString.CopyFrom(File.ReadAllBytes(full));
+        }
+        return request;
+    }
+
+    static Command Watch()
+    {
+        var id = new Argument<string>("job") { Description = "Job id (see `dtrain list`)." };
+        var plain = new Option<bool>("--plain") { Description = "Log lines instead of a progress bar." };
+        var cmd = new Command("watch", "Follow a job: live progress (epoch, step, loss, samples/s, ETA, workers) until it ends; exit status 0 = succeeded, 1 = failed, 3 = cancelled.");
+        cmd.Arguments.Add(id);
+        cmd.Options.Add(plain);
+        cmd.SetAction(r => Remote.Guard(r, client => JobWatcher.Watch(client, r.GetValue(id)!, r.GetValue(plain))));
+        return cmd;
+    }
+
+    static Command Status()
+    {
+        var id = new Argument<string>("job") { Description = "Job id." };
+        var cmd = new Command("status", "Show one job: state, step, loss, last evaluation, workers, checkpoint.");
+        cmd.Arguments.Add(id);
+        cmd.SetAction(r => Remote.Guard(r, client =>
+        {
+            var j = client.Get(new GetJobRequest { JobId = r.GetValue(id)! });
+            Console.WriteLine($"{j.JobId} {j.Name} ({j.Task}): {StateName(j.State)}{(j.Message == "" ? "" : $" - {j.Message}")}");
+            Console.WriteLine($"  step {j.Step}/{j.TotalSteps}, epoch {j.Epoch + 1}, loss {j.Loss:F4}, {j.SamplesPerSecond:F1} samples/s, {j.Parameters:N0} parameters");
+            if (j.LastEval is { } m) Console.WriteLine($"  validation: {JobWatcher.Describe(m)}");
+            Console.WriteLine($"  workers: {(j.WorkerIds.Count == 0 ? "-" : string.Join(", ", j.WorkerIds))} (requested {(j.WorkersRequested == 0 ? "all idle" : j.WorkersRequested.ToString(CultureInfo.InvariantCulture))})");
+            if (j.Checkpoint != "") Console.WriteLine($"  checkpoint: {j.Checkpoint}");
+            return CliErrors.Ok;
+        }));
+        return cmd;
+    }
+
+    static Command List()
+    {
+        var cmd = new Command("list", "List the coordinator's jobs.");
+        cmd.SetAction(r => Remote.Guard(r, client =>
+        {
+            var table = new Table().AddColumns("job", "name", "task", "state", "step", "loss", "workers", "message");
+            foreach (var j in client.List(new ListJobsRequest()).Jobs)
+                table.AddRow(Markup.Escape(j.JobId), Markup.Escape(j.Name), j.Task, StateName(j.State), $"{j.Step}/{j.TotalSteps}", j.Step > 0 ? j.Loss.ToString("F4", CultureInfo.InvariantCulture) : "-",
+                    j.WorkerIds.Count.ToString(CultureInfo.InvariantCulture), Markup.Escape(j.Message));
+            AnsiConsole.Write(table);
+            return CliErrors.Ok;
+        }));
+        return cmd;
+    }
+
+    static Command Cancel()
+    {
+        var id = new Argument<string>("job") { Description = "Job id." };
+        var cmd = new Command("cancel", "Cancel a queued or running job; its workers return to idle.");
+        cmd.Arguments.Add(id);
+        cmd.SetAction(r => Remote.Guard(r, client =>
+        {
+            var j = client.Cancel(new CancelJobRequest { JobId = r.GetValue(id)! });
+            Console.WriteLine($"{j.JobId}: {(j.State is JobState.Running or JobState.Preparing ? "cancelling" : StateName(j.State))}");
+            return CliErrors.Ok;
+        }));
+        return cmd;
+    }
+
+    static Command Workers()
+    {
+        var cmd = new Command("workers", "List the workers known to the coordinator and their state.");
+        cmd.SetAction(r => Remote.Guard(r, client =>
+        {
+            var table = new Table().AddColumns("worker", "address", "state", "job", "cores", "threads", "device", "last heartbeat");
+            var now = DateTimeOffset.UtcNow;
+            foreach (var w in client.ListWorkers(new ListWorkersRequest()).Workers)
+            {
+                var ago = (now - DateTimeOffset.FromUnixTimeMilliseconds(w.LastHeartbeatUnixMs)).TotalSeconds;
+                table.AddRow(Markup.Escape(w.WorkerId), Markup.Escape(w.Address), w.State.ToString().ToLowerInvariant(), Markup.Escape(w.JobId == "" ? "-" : w.JobId),
+                    w.Cores.ToString(CultureInfo.InvariantCulture), w.Threads.ToString(CultureInfo.InvariantCulture), Markup.Escape(w.Device), $"{ago:F1}s ago");
+            }
+            AnsiConsole.Write(table);
+            return CliErrors.Ok;
+        }));
+        return cmd;
+    }
+
+    static Command Download()
+    {
+        var id = new Argument<string>("job") { Description = "Job id." };
+        var output = new Option<FileInfo>("--output", "-o") { Description = "Where to write the checkpoint (default: JOB.dtck).", };
+        var cmd = new Command("download", "Download a job's newest checkpoint (its final model once it succeeded); use it with generate / predict / eval.");
+        cmd.Arguments.Add(id);
+        cmd.Options.Add(output);
+        cmd.SetAction(r => Remote.Guard(r, client =>
+        {
+            var job = r.GetValue(id)!;
+            var target = r.GetValue(output)?.FullName ?? Path.GetFullPath($"{job}.dtck");
+            return DownloadTo(client, job, target);
+        }));
+        return cmd;
+    }
+
+    public static int DownloadTo(Jobs.JobsClient client, string job, string target)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+        var tmp = target + ".part";
+        long total = 0;
+        using (var call = client.Download(new DownloadRequest { JobId = job }))
+        using (var file = File.Create(tmp))
+        {
+            while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
+            {
+                call.ResponseStream.Current.Data.WriteTo(file);
+                total += call.ResponseStream.Current.Data.Length;
+            }
+            file.Flush(flushToDisk: true);
+        }
+        File.Move(tmp, target, overwrite: true);
+        // Verify what arrived before telling the user it is there.
+        Checkpoints.CheckpointStore.ReadFile(target);
+        Console.WriteLine($"{target} ({total:N0} bytes)");
+        return CliErrors.Ok;
+    }
+
+    public static string StateName(JobState s) => s.ToString().ToLowerInvariant();
+}

@@ -1,0 +1,119 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using Dtrain.Protos.Jobs;
+using Grpc.Core;
+
+namespace Dtrain.Cli;
+
+/// <summary>A coordinator and N workers as child processes on loopback, for `dtrain cluster` and multi-process tests.</summary>
+public sealed class LocalCluster : IDisposable
+{
+    private readonly List<Process> processes = [];
+
+    public string Address { get; }
+    public string LogDir { get; }
+
+    private LocalCluster(string address, string logDir)
+    {
+        Address = address;
+        LogDir = logDir;
+    }
+
+    /// <summary>Starts the processes and waits until every worker is registered and idle.</summary>
+    public static LocalCluster Start(int workers, int port, int threadsPerWorker, string logDir, TimeSpan timeout, IDictionary<string, string>? environment = null)
+    {
+        if (workers is < 1 or > 64) throw new ArgumentException($"--workers {workers} must be in [1, 64]");
+        if (port == 0) port = FreePort();
+        Directory.CreateDirectory(logDir);
+        var cluster = new LocalCluster($"http://127.0.0.1:{port}", Path.GetFullPath(logDir));
+        try
+        {
+            cluster.Spawn("coordinator", environment, "serve", "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--data-dir", Path.Combine(logDir, "coordinator"));
+            for (var i = 0; i < workers; i++)
+                cluster.Spawn($"worker-{i + 1}", environment, "worker", "--coordinator", cluster.Address, "--threads", threadsPerWorker.ToString(System.Globalization.CultureInfo.InvariantCulture), "--name", $"worker-{i + 1}");
+            cluster.WaitForWorkers(workers, timeout);
+            return cluster;
+        }
+        catch
+        {
+            cluster.Dispose();
+            throw;
+        }
+    }
+
+    private void Spawn(string name, IDictionary<string, string>? environment, params string[] args)
+    {
+        var (exe, prefix) = Self();
+        var psi = new ProcessStartInfo(exe) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in prefix.Concat(args)) psi.ArgumentList.Add(a);
+        foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
+        var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {name}");
+        var log = new StreamWriter(Path.Combine(LogDir, name + ".log")) { AutoFlush = true };
+        p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
+        p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
+        p.BeginOutputReadLine();
+        p.BeginErrorReadLine();
+        processes.Add(p);
+    }
+
+    /// <summary>How to run this same CLI again: the apphost, or `dotnet dtrain.dll`.</summary>
+    private static (string Exe, string[] Prefix) Self()
+    {
+        var dll = typeof(LocalCluster).Assembly.Location;
+        var process = Environment.ProcessPath ?? "dotnet";
+        return Path.GetFileNameWithoutExtension(process) == "dotnet" ? (process, [dll]) : ("dotnet", [dll]);
+    }
+
+    private void WaitForWorkers(int count, TimeSpan timeout)
+    {
+        using var channel = Remote.Channel(Address);
+        var client = new Jobs.JobsClient(channel);
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            foreach (var p in processes.Where(p => p.HasExited))
+                throw new InvalidOperationException($"a cluster process exited with status {p.ExitCode} during start-up; see the logs in {LogDir}");
+            try
+            {
+                var idle = client.ListWorkers(new ListWorkersRequest(), deadline: DateTime.UtcNow.AddSeconds(5)).Workers.Count(w => w.State == WorkerState.Idle);
+                if (idle >= count) return;
+            }
+            catch (RpcException)
+            {
+                // The coordinator is still starting.
+            }
+            if (clock.Elapsed > timeout) throw new TimeoutException($"only some of {count} workers registered within {timeout.TotalSeconds:F0}s; see the logs in {LogDir}");
+            Thread.Sleep(200);
+        }
+    }
+
+    /// <summary>Kills worker <paramref name="index"/> (0-based) abruptly, as a crash would.</summary>
+    public void KillWorker(int index) => processes[index + 1].Kill(entireProcessTree: true);
+
+    private static int FreePort()
+    {
+        using var l = new TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        return ((IPEndPoint)l.LocalEndpoint).Port;
+    }
+
+    public void Dispose()
+    {
+        // Workers first so they leave cleanly, then the coordinator.
+        foreach (var p in Enumerable.Reverse(processes))
+        {
+            try
+            {
+                if (!p.HasExited) p.Kill(entireProcessTree: true);
+                p.WaitForExit(5000);
+            }
+            catch (InvalidOperationException)
+            {
+                // Already gone.
+            }
+            p.Dispose();
+        }
+        processes.Clear();
+    }
+}

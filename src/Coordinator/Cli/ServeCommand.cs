@@ -1,0 +1,63 @@
+using System.CommandLine;
+using Dtrain.Server;
+using Dtrain.Worker;
+
+namespace Dtrain.Cli;
+
+/// <summary>`dtrain serve` (the coordinator) and `dtrain worker` (a worker) in the foreground.</summary>
+public static class ServeCommand
+{
+    public static Command Create()
+    {
+        var port = new Option<int?>("--port", "-p") { Description = "Port to listen on (default 5000; 0 = any free port)." };
+        var listen = new Option<string?>("--listen") { Description = "Interface to listen on (default 127.0.0.1; 0.0.0.0 for all)." };
+        var dataDir = new Option<string?>("--data-dir") { Description = "Directory for job data and checkpoints (default .dtrain/coordinator)." };
+        var cmd = new Command("serve", "Run the coordinator: workers register with it, the CLI submits jobs to it. Settings also come from appsettings.json and DTRAIN_Coordinator__* variables.");
+        foreach (var o in new Option[] { port, listen, dataDir }) cmd.Options.Add(o);
+        cmd.SetAction(r => CliErrors.Guard(() =>
+        {
+            var options = CoordinatorHost.ReadOptions(r.UnmatchedTokens.ToArray());
+            options = options with
+            {
+                Port = r.GetValue(port) ?? options.Port,
+                Listen = r.GetValue(listen) ?? options.Listen,
+                DataDir = r.GetValue(dataDir) ?? options.DataDir,
+            };
+            var app = CoordinatorHost.Build(options);
+            app.Lifetime.ApplicationStarted.Register(() => Console.WriteLine($"coordinator listening on {CoordinatorHost.Address(app)}"));
+            app.Run();
+            return CliErrors.Ok;
+        }));
+        cmd.TreatUnmatchedTokensAsErrors = false;
+        return cmd;
+    }
+
+    public static Command CreateWorker()
+    {
+        var port = new Option<int?>("--port", "-p") { Description = "Port of this worker's gRPC server (default 0 = any free port)." };
+        var listen = new Option<string?>("--listen") { Description = "Interface to listen on (default 127.0.0.1)." };
+        var advertise = new Option<string?>("--advertise") { Description = "Host name or IP peers use to reach this worker (default: the listen address)." };
+        var threads = new Option<int?>("--threads") { Description = "Intra-op torch threads (default 1: several workers may share a machine)." };
+        var device = new Option<string?>("--device") { Description = "cpu, cuda or cuda:N (falls back to CPU when CUDA is absent)." };
+        var name = new Option<string?>("--name") { Description = "A name shown by `dtrain workers`." };
+        var cmd = new Command("worker", "Run a worker that registers with the coordinator (--coordinator) and trains replicas of its jobs. Settings also come from DTRAIN_Worker__* variables.");
+        foreach (var o in new Option[] { port, listen, advertise, threads, device, name }) cmd.Options.Add(o);
+        cmd.SetAction(r => CliErrors.Guard(() =>
+        {
+            var options = WorkerHost.ReadOptions(r.UnmatchedTokens.ToArray());
+            options = options with
+            {
+                Coordinator = r.GetValue(Remote.CoordinatorOption) ?? Environment.GetEnvironmentVariable("DTRAIN_COORDINATOR") ?? options.Coordinator,
+                Port = r.GetValue(port) ?? options.Port,
+                Listen = r.GetValue(listen) ?? options.Listen,
+                AdvertiseHost = r.GetValue(advertise) ?? options.AdvertiseHost,
+                Threads = r.GetValue(threads) ?? options.Threads,
+                Device = r.GetValue(device) ?? options.Device,
+                Name = r.GetValue(name) ?? options.Name,
+            };
+            return WorkerHost.RunAsync(options).GetAwaiter().GetResult();
+        }));
+        cmd.TreatUnmatchedTokensAsErrors = false;
+        return cmd;
+    }
+}

@@ -1,0 +1,90 @@
+using System.Threading.Channels;
+using Dtrain.Protos.Jobs;
+using Dtrain.Specs;
+
+namespace Dtrain.Server;
+
+/// <summary>One job: its spec, its state and the history of its events, fanned out to watchers.</summary>
+public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRequested, DateTimeOffset submitted)
+{
+    private readonly Lock gate = new();
+    private readonly List<JobEvent> history = [];
+    private readonly List<Channel<JobEvent>> watchers = [];
+    private const int MaxHistory = 2000;
+
+    public string Id { get; } = id;
+    public JobSpec Spec { get; } = spec;
+    public string Dir { get; } = dir;
+    public CancellationTokenSource Cancel { get; } = new();
+    public JobInfo Info { get; } = new()
+    {
+        JobId = id,
+        Name = spec.Name,
+        Task = spec.Task,
+        State = JobState.Queued,
+        WorkersRequested = workersRequested,
+        SubmittedUnixMs = submitted.ToUnixTimeMilliseconds(),
+    };
+
+    public bool IsFinished => Info.State is JobState.Succeeded or JobState.Failed or JobState.Cancelled;
+
+    public JobInfo Snapshot()
+    {
+        lock (gate) return Info.Clone();
+    }
+
+    /// <summary>Changes the job's info under the lock and publishes the new state to watchers.</summary>
+    public void Update(Action<JobInfo> change, bool publishState = true)
+    {
+        JobInfo snapshot;
+        lock (gate)
+        {
+            change(Info);
+            snapshot = Info.Clone();
+        }
+        if (publishState) Publish(new JobEvent { State = snapshot });
+    }
+
+    public void Publish(JobEvent e)
+    {
+        Channel<JobEvent>[] targets;
+        lock (gate)
+        {
+            // Keep every state change; drop the oldest step events when the history grows long.
+            if (history.Count >= MaxHistory)
+            {
+                var i = history.FindIndex(x => x.KindCase == JobEvent.KindOneofCase.Step);
+                history.RemoveAt(i >= 0 ? i : 0);
+            }
+            history.Add(e);
+            targets = [.. watchers];
+        }
+        foreach (var w in targets) w.Writer.TryWrite(e);
+        if (e.KindCase == JobEvent.KindOneofCase.State && IsFinished)
+        {
+            lock (gate)
+            {
+                foreach (var w in watchers) w.Writer.TryComplete();
+                watchers.Clear();
+            }
+        }
+    }
+
+    /// <summary>The events so far followed by live ones; completes when the job has finished.</summary>
+    public ChannelReader<JobEvent> Watch()
+    {
+        var channel = Channel.CreateBounded<JobEvent>(new BoundedChannelOptions(10_000) { FullMode = BoundedChannelFullMode.DropOldest });
+        lock (gate)
+        {
+            foreach (var e in history) channel.Writer.TryWrite(e);
+            if (IsFinished) channel.Writer.TryComplete();
+            else watchers.Add(channel);
+        }
+        return channel.Reader;
+    }
+
+    public void Unwatch(ChannelReader<JobEvent> reader)
+    {
+        lock (gate) watchers.RemoveAll(c => c.Reader == reader);
+    }
+}

@@ -1,0 +1,163 @@
+using Dtrain.Protos.Jobs;
+using Dtrain.Protos.Membership;
+using Microsoft.Extensions.Logging;
+
+namespace Dtrain.Server;
+
+/// <summary>
+/// Membership. Transitions: Register → Joining; first heartbeat → Idle; reserved for a job → Training; job ends →
+/// Idle; Leave while training → Draining (removed when its job ends); Leave while idle → removed; no heartbeat for
+/// WorkerTimeout → Lost (its job fails; a later heartbeat is answered "unknown" and the worker registers anew).
+/// </summary>
+public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider clock, ILogger<WorkerRegistry> log)
+{
+    private readonly Lock gate = new();
+    private readonly Dictionary<string, WorkerRecord> workers = [];
+    private int nextId;
+
+    /// <summary>Raised (outside the lock) when a worker is declared lost, with its id and the job it had.</summary>
+    public event Action<WorkerRecord>? WorkerLost;
+    /// <summary>Raised when workers become available, for the scheduler.</summary>
+    public event Action? Changed;
+
+    public WorkerRecord Register(RegisterRequest request)
+    {
+        if (!Uri.TryCreate(request.Address, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))
+            throw new ArgumentException($"address \"{request.Address}\" must be an http(s) URL the coordinator and peers can reach");
+        WorkerRecord record;
+        lock (gate)
+        {
+            var id = $"w{++nextId}";
+            record = new WorkerRecord(id, string.IsNullOrWhiteSpace(request.Name) ? id : request.Name, request.Address, request.Capabilities ?? new WorkerCapabilities(), clock.GetUtcNow());
+            workers[id] = record;
+        }
+        log.LogInformation("worker {Id} registered from {Address} ({Cores} cores, {Device})", record.Id, record.Address, record.Capabilities.Cores, record.Capabilities.Device);
+        return record;
+    }
+
+    public bool Heartbeat(string id)
+    {
+        bool becameIdle;
+        lock (gate)
+        {
+            if (!workers.TryGetValue(id, out var w) || w.State == WorkerState.Lost) return false;
+            w.LastHeartbeat = clock.GetUtcNow();
+            becameIdle = w.State == WorkerState.Joining;
+            if (becameIdle) w.State = WorkerState.Idle;
+        }
+        if (becameIdle) Changed?.Invoke();
+        return true;
+    }
+
+    public void Leave(string id, string reason)
+    {
+        lock (gate)
+        {
+            if (!workers.TryGetValue(id, out var w)) return;
+            if (w.State == WorkerState.Training) w.State = WorkerState.Draining;
+            else workers.Remove(id);
+        }
+        log.LogInformation("worker {Id} leaves: {Reason}", id, reason);
+    }
+
+    public IReadOnlyList<WorkerRecord> Snapshot()
+    {
+        lock (gate) return [.. workers.Values.OrderBy(w => w.Registered).Select(w => w.Clone())];
+    }
+
+    public int IdleCount()
+    {
+        lock (gate) return workers.Values.Count(w => w.State == WorkerState.Idle);
+    }
+
+    /// <summary>Reserves <paramref name="count"/> idle workers (0 = all idle, at least one) for a job, oldest first; null when not enough are idle.</summary>
+    public IReadOnlyList<WorkerRecord>? TryReserve(int count, string jobId)
+    {
+        lock (gate)
+        {
+            var idle = workers.Values.Where(w => w.State == WorkerState.Idle).OrderBy(w => w.Registered).ToList();
+            var n = count == 0 ? idle.Count : count;
+            if (n == 0 || idle.Count < n) return null;
+            var chosen = idle.Take(n).ToList();
+            foreach (var w in chosen) { w.State = WorkerState.Training; w.JobId = jobId; }
+            return [.. chosen.Select(w => w.Clone())];
+        }
+    }
+
+    /// <summary>Returns a job's workers to Idle (draining ones are removed, lost ones stay lost).</summary>
+    public void Release(string jobId)
+    {
+        lock (gate)
+        {
+            foreach (var w in workers.Values.Where(w => w.JobId == jobId).ToList())
+            {
+                w.JobId = "";
+                if (w.State == WorkerState.Draining) workers.Remove(w.Id);
+                else if (w.State == WorkerState.Training) w.State = WorkerState.Idle;
+            }
+        }
+        Changed?.Invoke();
+    }
+
+    public WorkerState StateOf(string id)
+    {
+        lock (gate) return workers.TryGetValue(id, out var w) ? w.State : WorkerState.Lost;
+    }
+
+    /// <summary>Declares workers without a recent heartbeat lost.</summary>
+    public void Sweep()
+    {
+        var lost = new List<WorkerRecord>();
+        var now = clock.GetUtcNow();
+        lock (gate)
+        {
+            foreach (var w in workers.Values)
+            {
+                if (w.State == WorkerState.Lost) continue;
+                if ((now - w.LastHeartbeat).TotalSeconds > options.WorkerTimeoutSeconds)
+                {
+                    w.State = WorkerState.Lost;
+                    lost.Add(w.Clone());
+                }
+            }
+            // Lost workers without a job are forgotten after a while; the listing keeps them visible meanwhile.
+            foreach (var w in workers.Values.Where(w => w.State == WorkerState.Lost && w.JobId == "" && (now - w.LastHeartbeat).TotalSeconds > 10 * options.WorkerTimeoutSeconds).ToList())
+                workers.Remove(w.Id);
+        }
+        foreach (var w in lost)
+        {
+            log.LogWarning("worker {Id} ({Address}) lost: no heartbeat for {Seconds:F1}s{Job}", w.Id, w.Address, (now - w.LastHeartbeat).TotalSeconds, w.JobId == "" ? "" : $" during job {w.JobId}");
+            WorkerLost?.Invoke(w);
+        }
+    }
+}
+
+/// <summary>What the coordinator knows about one worker.</summary>
+public sealed class WorkerRecord(string id, string name, string address, WorkerCapabilities capabilities, DateTimeOffset registered)
+{
+    public string Id { get; } = id;
+    public string Name { get; } = name;
+    public string Address { get; } = address;
+    public WorkerCapabilities Capabilities { get; } = capabilities;
+    public DateTimeOffset Registered { get; } = registered;
+    public DateTimeOffset LastHeartbeat { get; set; } = registered;
+    public WorkerState State { get; set; } = WorkerState.Joining;
+    public string JobId { get; set; } = "";
+
+    public WorkerRecord Clone() => new(Id, Name, Address, Capabilities, Registered) { LastHeartbeat = LastHeartbeat, State = State, JobId = JobId };
+
+    public WorkerInfo ToInfo() => new()
+    {
+        WorkerId = Id,
+        Name = Name,
+        Address = Address,
+        State = State,
+        JobId = JobId,
+        Cores = Capabilities.Cores,
+        Device = Capabilities.Device,
+        MemoryBytes = Capabilities.MemoryBytes,
+        Threads = Capabilities.Threads,
+        LastHeartbeatUnixMs = LastHeartbeat.ToUnixTimeMilliseconds(),
+        RegisteredUnixMs = Registered.ToUnixTimeMilliseconds(),
+    };
+}

@@ -1,0 +1,212 @@
+using System.Globalization;
+using System.Net;
+using Dtrain.Protos.Collective;
+using Grpc.Core;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+using CollectiveGrpc = Dtrain.Protos.Collective.Collective;
+
+namespace Dtrain.Collective;
+
+/// <summary>
+/// Server side of the ring: accepts the long-lived <c>Push</c> stream of this worker's left-hand neighbour and drops
+/// its chunks into the mailbox of the (job, generation) ring registered by <see cref="GrpcRingTransport.ConnectAsync"/>.
+/// </summary>
+/// <remarks>
+/// Host it with <see cref="CollectiveHosting"/> (one call on the builder, one on the app):
+/// <code>
+/// builder.AddDtrainCollective(new IPEndPoint(IPAddress.Any, port));   // Kestrel HTTP/2-only listener, gRPC, RingMailboxes singleton
+/// app.MapDtrainCollective();                                          // MapGrpcService&lt;CollectiveService&gt;()
+/// var mailboxes = app.Services.GetRequiredService&lt;RingMailboxes&gt;(); // pass to GrpcRingTransport.ConnectAsync
+/// </code>
+/// What that configures: the endpoint speaks HTTP/2 only (<c>Protocols = Http2</c>, cleartext h2c); gRPC
+/// <c>MaxReceiveMessageSize</c> = maxPieceFloats * 4 + 64 KiB; HTTP/2 stream/connection windows of 16/32 MiB; HTTP/2
+/// keep-alive pings every 10 s (20 s timeout) so a silently dead sender is noticed.
+/// Refusals: a stream for an unknown (not yet registered) ring gets FailedPrecondition with trailer
+/// <c>dtrain-refusal: not-registered</c> (the client retries until its connect timeout), one for an older generation
+/// gets FailedPrecondition with <c>dtrain-refusal: superseded</c>; malformed or oversized chunks get InvalidArgument.
+/// </remarks>
+public sealed class CollectiveService(RingMailboxes mailboxes) : CollectiveGrpc.CollectiveBase
+{
+    internal const string JobHeader = "dtrain-job";
+    internal const string GenerationHeader = "dtrain-generation";
+    internal const string SenderHeader = "dtrain-sender";
+    internal const string WorldHeader = "dtrain-world";
+    internal const string AcceptedHeader = "dtrain-ring";
+    internal const string RefusalTrailer = "dtrain-refusal";
+
+    public override async Task<PushReply> Push(IAsyncStreamReader<RingChunk> requestStream, ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(requestStream);
+        ArgumentNullException.ThrowIfNull(context);
+        var headers = context.RequestHeaders;
+        var jobId = headers.GetValue(JobHeader);
+        if (string.IsNullOrEmpty(jobId)
+            || !long.TryParse(headers.GetValue(GenerationHeader), NumberStyles.Integer, CultureInfo.InvariantCulture, out var generation)
+            || !int.TryParse(headers.GetValue(SenderHeader), NumberStyles.Integer, CultureInfo.InvariantCulture, out var sender)
+            || !int.TryParse(headers.GetValue(WorldHeader), NumberStyles.Integer, CultureInfo.InvariantCulture, out var world))
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"a Push stream needs the request headers {JobHeader}, {GenerationHeader}, {SenderHeader} and {WorldHeader}"));
+
+        var (mailbox, refusal, detail) = mailboxes.Find(jobId, generation);
+        if (mailbox is null)
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, detail!), new Metadata { { RefusalTrailer, refusal! } });
+        if (world != mailbox.WorldSize || sender != mailbox.LeftRank)
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"ring {jobId}/{generation}: rank {sender} of {world} is not the left neighbour of rank {mailbox.Rank} of {mailbox.WorldSize}"));
+        if (!mailbox.TryAttachInbound())
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"ring {jobId}/{generation}: rank {mailbox.Rank} already has (or had) a stream from rank {sender}, or the ring is closed"));
+
+        var maxBytes = mailboxes.MaxPieceFloats * sizeof(float);
+        long received = 0;
+        try
+        {
+            await context.WriteResponseHeadersAsync(new Metadata { { AcceptedHeader, "accepted" } }).ConfigureAwait(false);
+            while (await requestStream.MoveNext(context.CancellationToken).ConfigureAwait(false))
+            {
+                var chunk = requestStream.Current;
+                if (chunk.JobId != jobId || chunk.Generation != generation || chunk.SenderRank != sender)
+                    throw Invalid($"chunk of ring {chunk.JobId}/{chunk.Generation} from rank {chunk.SenderRank} on the stream of ring {jobId}/{generation} from rank {sender}");
+                if (chunk.Data.Length > maxBytes || chunk.Data.Length % sizeof(float) != 0)
+                    throw Invalid($"chunk data of {chunk.Data.Length} bytes: must be whole float32 values, at most {maxBytes} bytes ({mailboxes.MaxPieceFloats} floats)");
+                if (chunk.Phase is not (0 or 1) || chunk.RingStep < 0 || chunk.RingStep > world - 2 || chunk.Pieces < 1 || chunk.Piece < 0 || chunk.Piece >= chunk.Pieces || chunk.Offset < 0)
+                    throw Invalid($"chunk position out of range: phase {chunk.Phase}, ring step {chunk.RingStep}, piece {chunk.Piece}/{chunk.Pieces}, offset {chunk.Offset}");
+                var tag = new RingTag(chunk.Operation, chunk.Phase, chunk.RingStep, chunk.Piece);
+                // The ByteString was freshly allocated by the parser: keep it, no copy (the reducer reads it as floats).
+                var piece = RingPiece.FromBytes(tag, chunk.Offset, chunk.Pieces, chunk.Data.Memory);
+                try
+                {
+                    mailbox.Deliver(piece);
+                }
+                catch (InvalidDataException ex)
+                {
+                    throw Invalid(ex.Message);
+                }
+                catch (InvalidOperationException ex)
+                {
+                    throw new RpcException(new Status(StatusCode.FailedPrecondition, ex.Message), new Metadata { { RefusalTrailer, "closed" } });
+                }
+                received++;
+            }
+            mailbox.CompleteInbound(null);
+            return new PushReply { ChunksReceived = received };
+        }
+        catch (Exception ex)
+        {
+            mailbox.CompleteInbound(ex);
+            throw;
+        }
+
+        RpcException Invalid(string detail) => new(new Status(StatusCode.InvalidArgument, $"ring {jobId}/{generation} from rank {sender}: {detail}"));
+    }
+}
+
+/// <summary>
+/// The rings this worker takes part in, one mailbox per job (its current generation). Register it as a singleton
+/// (done by <see cref="CollectiveHosting.AddDtrainCollective(IServiceCollection, int)"/>).
+/// </summary>
+public sealed class RingMailboxes(int maxPieceFloats = RingAllReduce.DefaultMaxPieceFloats)
+{
+    private readonly Lock _gate = new();
+    private readonly Dictionary<string, RingMailbox> _current = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, long> _newest = new(StringComparer.Ordinal);
+
+    /// <summary>Largest piece accepted from a neighbour, in floats; must match the senders' <see cref="RingAllReduce.MaxPieceFloats"/>.</summary>
+    public int MaxPieceFloats { get; } = maxPieceFloats > 0 ? maxPieceFloats : throw new ArgumentOutOfRangeException(nameof(maxPieceFloats));
+
+    internal RingMailbox Register(string jobId, long generation, int rank, int worldSize)
+    {
+        RingMailbox? superseded = null;
+        RingMailbox mailbox;
+        lock (_gate)
+        {
+            if (_newest.TryGetValue(jobId, out var newest) && newest >= generation)
+                throw new InvalidOperationException($"ring {jobId}: generation {newest} is already registered here, cannot register generation {generation}");
+            _current.Remove(jobId, out superseded);
+            mailbox = new RingMailbox(jobId, generation, rank, worldSize);
+            _current[jobId] = mailbox;
+            _newest[jobId] = generation;
+        }
+        superseded?.Close(new InvalidOperationException($"ring {jobId}/{superseded.Generation} superseded by generation {generation}"));
+        return mailbox;
+    }
+
+    internal void Unregister(RingMailbox mailbox, Exception reason)
+    {
+        lock (_gate)
+        {
+            if (_current.TryGetValue(mailbox.JobId, out var current) && current == mailbox) _current.Remove(mailbox.JobId);
+        }
+        mailbox.Close(reason);
+    }
+
+    /// <summary>The open mailbox of that ring, or null, a refusal kind (not-registered / superseded / closed) and why.</summary>
+    internal (RingMailbox? Mailbox, string? Refusal, string? Detail) Find(string jobId, long generation)
+    {
+        lock (_gate)
+        {
+            var newest = _newest.TryGetValue(jobId, out var n) ? n : long.MinValue;
+            if (generation < newest) return (null, "superseded", $"ring {jobId}/{generation} is superseded by generation {newest} on this worker");
+            if (_current.TryGetValue(jobId, out var mailbox) && mailbox.Generation == generation && mailbox.ClosedReason is null) return (mailbox, null, null);
+            if (generation == newest) return (null, "closed", $"ring {jobId}/{generation} is closed on this worker");
+            return (null, "not-registered", $"no ring {jobId}/{generation} is registered on this worker (yet)");
+        }
+    }
+}
+
+/// <summary>One-call registration of the collective endpoint in a worker's ASP.NET Core host.</summary>
+public static class CollectiveHosting
+{
+    /// <summary>Room for the RingChunk fields around the data bytes.</summary>
+    public const int MessageOverheadBytes = 64 * 1024;
+
+    /// <summary>
+    /// Listens on <paramref name="endpoint"/> with HTTP/2 only and registers gRPC, <see cref="CollectiveService"/> options
+    /// and the <see cref="RingMailboxes"/> singleton. Then call <see cref="MapDtrainCollective"/> on the built app.
+    /// </summary>
+    public static WebApplicationBuilder AddDtrainCollective(this WebApplicationBuilder builder, IPEndPoint endpoint, int maxPieceFloats = RingAllReduce.DefaultMaxPieceFloats)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        ArgumentNullException.ThrowIfNull(endpoint);
+        builder.WebHost.ConfigureKestrel(kestrel => kestrel.ListenDtrainCollective(endpoint));
+        builder.Services.AddDtrainCollective(maxPieceFloats);
+        return builder;
+    }
+
+    /// <summary>gRPC with the message limits, HTTP/2 flow-control windows and keep-alive, and the <see cref="RingMailboxes"/> singleton (no listener).</summary>
+    public static IServiceCollection AddDtrainCollective(this IServiceCollection services, int maxPieceFloats = RingAllReduce.DefaultMaxPieceFloats)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        services.AddSingleton(new RingMailboxes(maxPieceFloats));
+        services.AddGrpc().AddServiceOptions<CollectiveService>(options =>
+        {
+            options.MaxReceiveMessageSize = maxPieceFloats * sizeof(float) + MessageOverheadBytes;
+            options.MaxSendMessageSize = MessageOverheadBytes;
+        });
+        services.Configure<KestrelServerOptions>(ConfigureHttp2Limits);
+        return services;
+    }
+
+    /// <summary>Large HTTP/2 windows (a 1 MiB piece must not wait for window updates) and keep-alive pings.</summary>
+    public static void ConfigureHttp2Limits(KestrelServerOptions kestrel)
+    {
+        ArgumentNullException.ThrowIfNull(kestrel);
+        kestrel.Limits.Http2.InitialStreamWindowSize = 16 * 1024 * 1024;
+        kestrel.Limits.Http2.InitialConnectionWindowSize = 32 * 1024 * 1024;
+        kestrel.Limits.Http2.KeepAlivePingDelay = TimeSpan.FromSeconds(10);
+        kestrel.Limits.Http2.KeepAlivePingTimeout = TimeSpan.FromSeconds(20);
+    }
+
+    /// <summary>An HTTP/2-only (cleartext h2c) listener for the collective traffic.</summary>
+    public static KestrelServerOptions ListenDtrainCollective(this KestrelServerOptions kestrel, IPEndPoint endpoint)
+    {
+        ArgumentNullException.ThrowIfNull(kestrel);
+        kestrel.Listen(endpoint, listen => listen.Protocols = HttpProtocols.Http2);
+        return kestrel;
+    }
+
+    /// <summary>Maps <see cref="CollectiveService"/> (the <c>Push</c> endpoint).</summary>
+    public static GrpcServiceEndpointConventionBuilder MapDtrainCollective(this IEndpointRouteBuilder endpoints) =>
+        endpoints.MapGrpcService<CollectiveService>();
+}

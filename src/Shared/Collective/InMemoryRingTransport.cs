@@ -1,0 +1,65 @@
+namespace Dtrain.Collective;
+
+/// <summary>
+/// An in-process ring for tests: each send copies the piece into a pooled buffer and drops it into the right-hand
+/// neighbour's mailbox. Disposing a transport closes its mailbox and ends the stream its right neighbour receives.
+/// </summary>
+public sealed class InMemoryRingTransport : IRingTransport
+{
+    private readonly RingMailbox _mailbox;
+    private InMemoryRingTransport? _right;
+    private int _disposed;
+
+    private InMemoryRingTransport(int rank, int worldSize)
+    {
+        _mailbox = new RingMailbox("in-memory", 0, rank, worldSize);
+        _mailbox.TryAttachInbound();
+    }
+
+    /// <summary>W transports, element i being rank i, each sending to rank (i + 1) mod W.</summary>
+    public static IReadOnlyList<InMemoryRingTransport> CreateRing(int worldSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(worldSize, 1);
+        var ring = Enumerable.Range(0, worldSize).Select(rank => new InMemoryRingTransport(rank, worldSize)).ToArray();
+        for (var rank = 0; rank < worldSize; rank++) ring[rank]._right = ring[(rank + 1) % worldSize];
+        return ring;
+    }
+
+    public int Rank => _mailbox.Rank;
+
+    public int WorldSize => _mailbox.WorldSize;
+
+    public string DescribeRank(int rank) => $"rank {rank}";
+
+    public ValueTask SendAsync(RingPiece piece, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(piece);
+        cancellationToken.ThrowIfCancellationRequested();
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        var right = _right!;
+        try
+        {
+            right._mailbox.Deliver(RingPiece.CopyOf(piece.Tag, piece.Offset, piece.Pieces, piece.Bytes.Span));
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or InvalidDataException)
+        {
+            throw new RingTransportException($"right neighbour rank {right.Rank} refused {piece.Tag}: {ex.Message}", right.Rank, DescribeRank(right.Rank), ex);
+        }
+        return ValueTask.CompletedTask;
+    }
+
+    public ValueTask<RingPiece> ReceiveAsync(RingTag tag, CancellationToken cancellationToken)
+    {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        var left = _mailbox.LeftRank;
+        return _mailbox.ReceiveAsync(tag, ex => new RingTransportException($"cannot receive {tag} from left neighbour rank {left}: {ex.Message}", left, DescribeRank(left), ex), cancellationToken);
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return ValueTask.CompletedTask;
+        _mailbox.Close(new ObjectDisposedException(nameof(InMemoryRingTransport), $"rank {Rank} left the ring"));
+        _right?._mailbox.CompleteInbound(null);
+        return ValueTask.CompletedTask;
+    }
+}

@@ -1,0 +1,263 @@
+using System.Numerics;
+using System.Runtime.InteropServices;
+
+namespace Dtrain.Collective;
+
+/// <summary>
+/// Sum all-reduce over a ring of W workers: reduce-scatter (W - 1 steps) then all-gather (W - 1 steps). The buffer is
+/// split into W contiguous chunks of near-equal size; at global step k (0 .. 2W - 3) rank r sends chunk (r - k) mod W
+/// and receives chunk (r - k - 1) mod W, adding it during reduce-scatter and copying it during all-gather. Chunks
+/// travel as pieces of at most <see cref="MaxPieceFloats"/> values, and the steps are pipelined per piece: piece p of
+/// step k is forwarded as soon as piece p of step k - 1 has been received and reduced, so large buffers stream.
+/// Each chunk's final sum is computed on exactly one rank (in a fixed order) and then copied, so every rank ends
+/// with bit-identical values. Torch-free: plain floats.
+/// </summary>
+/// <remarks>
+/// All ranks must call <see cref="SumAsync"/> with the same operation id, buffer length and <see cref="MaxPieceFloats"/>.
+/// Operations with distinct ids may run concurrently on the same transport. Not reentrant for the same operation id.
+/// </remarks>
+public sealed class RingAllReduce
+{
+    /// <summary>256K floats = 1 MiB per message.</summary>
+    public const int DefaultMaxPieceFloats = 256 * 1024;
+
+    /// <summary>Default per-operation timeout (it includes waiting for the slowest worker to arrive).</summary>
+    public static readonly TimeSpan DefaultOperationTimeout = TimeSpan.FromMinutes(2);
+
+    private readonly IRingTransport _transport;
+
+    public RingAllReduce(IRingTransport transport, int maxPieceFloats = DefaultMaxPieceFloats, TimeSpan? operationTimeout = null)
+    {
+        ArgumentNullException.ThrowIfNull(transport);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxPieceFloats, 1);
+        var timeout = operationTimeout ?? DefaultOperationTimeout;
+        if (timeout <= TimeSpan.Zero && timeout != Timeout.InfiniteTimeSpan) throw new ArgumentOutOfRangeException(nameof(operationTimeout), "must be positive or infinite");
+        _transport = transport;
+        MaxPieceFloats = maxPieceFloats;
+        OperationTimeout = timeout;
+    }
+
+    public IRingTransport Transport => _transport;
+
+    public int Rank => _transport.Rank;
+
+    public int WorldSize => _transport.WorldSize;
+
+    /// <summary>Largest number of floats per message (all ranks must agree).</summary>
+    public int MaxPieceFloats { get; }
+
+    /// <summary>An operation that has not completed after this long fails with <see cref="CollectiveTimeoutException"/>.</summary>
+    public TimeSpan OperationTimeout { get; }
+
+    internal static string PhaseName(int phase) => phase switch { 0 => "reduce-scatter", 1 => "all-gather", _ => $"phase {phase}" };
+
+    /// <summary>
+    /// Replaces <paramref name="buffer"/> on every rank with the element-wise sum over all ranks. Does not divide.
+    /// Throws <see cref="CollectiveTimeoutException"/> after <see cref="OperationTimeout"/>, <see cref="CollectiveException"/>
+    /// when a neighbour fails, and <see cref="OperationCanceledException"/> (with the position in the message) when
+    /// <paramref name="cancellationToken"/> fires. After a failure the buffer content is undefined.
+    /// </summary>
+    public async Task SumAsync(Memory<float> buffer, long operation, CancellationToken cancellationToken = default)
+    {
+        var world = WorldSize;
+        cancellationToken.ThrowIfCancellationRequested();
+        if (world == 1 || buffer.IsEmpty) return;
+
+        var op = new Op(this, buffer, operation);
+        using var timeout = new CancellationTokenSource(OperationTimeout);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
+        using var ready = new SemaphoreSlim(0);
+        var send = op.RunAsync(op.SendLoopAsync(ready, linked.Token), linked);
+        var receive = op.RunAsync(op.ReceiveLoopAsync(ready, linked.Token), linked);
+        try
+        {
+            await Task.WhenAll(send, receive).ConfigureAwait(false);
+        }
+        catch
+        {
+            // fall through: report the first real failure, not whichever task Task.WhenAll happens to rethrow
+        }
+        if (op.FirstFailure is null) return;
+
+        if (op.FirstFailure is not OperationCanceledException) throw op.FirstFailure;
+        // Cancelled: say where we were stuck. The receive side is what waits on the ring; if it is done, the send side.
+        var (position, direction, peer) = op.ReceiveDone
+            ? (op.SendPosition, "sending to right neighbour", (Rank + 1) % world)
+            : (op.ReceivePosition, "waiting for left neighbour", (Rank - 1 + world) % world);
+        var where = $"ring all-reduce operation {operation} ({buffer.Length} floats, rank {Rank} of {world}) {{0}} in {PhaseName(position.Phase)} step {position.RingStep}/{world - 1} piece {position.Piece}, {direction} {_transport.DescribeRank(peer)}";
+        if (cancellationToken.IsCancellationRequested)
+            throw new OperationCanceledException(string.Format(System.Globalization.CultureInfo.InvariantCulture, where, "was cancelled"), op.FirstFailure, cancellationToken);
+        throw new CollectiveTimeoutException(string.Format(System.Globalization.CultureInfo.InvariantCulture, where, $"timed out after {OperationTimeout.TotalSeconds:0.###} s"),
+            operation, position.Phase, position.RingStep, position.Piece, peer, op.FirstFailure);
+    }
+
+    /// <summary>One operation in flight on this rank.</summary>
+    private sealed class Op(RingAllReduce owner, Memory<float> buffer, long operation)
+    {
+        private readonly IRingTransport _transport = owner._transport;
+        private readonly int _rank = owner.Rank;
+        private readonly int _world = owner.WorldSize;
+        private readonly int _maxPiece = owner.MaxPieceFloats;
+        private Exception? _firstFailure;
+
+        public Exception? FirstFailure => Volatile.Read(ref _firstFailure);
+
+        public RingTag SendPosition { get; private set; }
+
+        public RingTag ReceivePosition { get; private set; }
+
+        public bool ReceiveDone { get; private set; }
+
+        private int Steps => 2 * (_world - 1);
+
+        private int Mod(int x) => ((x % _world) + _world) % _world;
+
+        private (int Start, int Length) Chunk(int chunk)
+        {
+            var n = (long)buffer.Length;
+            var start = chunk * n / _world;
+            var end = (chunk + 1) * n / _world;
+            return ((int)start, (int)(end - start));
+        }
+
+        private int PieceCount(int length) => (int)(((long)length + _maxPiece - 1) / _maxPiece);
+
+        private RingTag TagOf(int step, int piece) =>
+            step < _world - 1 ? new RingTag(operation, 0, step, piece) : new RingTag(operation, 1, step - (_world - 1), piece);
+
+        /// <summary>A transport failure at <paramref name="tag"/>; the peer at fault is the one the transport names, if any.</summary>
+        private CollectiveException Failed(RingTag tag, string doing, int neighbour, Exception ex)
+        {
+            var peer = ex is RingTransportException { PeerRank: >= 0 } transport ? transport.PeerRank : neighbour;
+            return new CollectiveException(
+                $"ring all-reduce operation {operation} (rank {_rank} of {_world}) failed in {PhaseName(tag.Phase)} step {tag.RingStep} piece {tag.Piece} while {doing} {_transport.DescribeRank(neighbour)}: {ex.Message}",
+                operation, tag.Phase, tag.RingStep, tag.Piece, peer, ex);
+        }
+
+        /// <summary>Records the first failure and stops the other loop.</summary>
+        public async Task RunAsync(Task loop, CancellationTokenSource stopAll)
+        {
+            try
+            {
+                await loop.ConfigureAwait(false);
+            }
+            catch (Exception ex)
+            {
+                // A transport error caused by our own cancellation (timeout / caller) counts as that cancellation.
+                var failure = ex is OperationCanceledException or CollectiveException || !stopAll.IsCancellationRequested
+                    ? ex
+                    : new OperationCanceledException(ex.Message, ex, stopAll.Token);
+                Interlocked.CompareExchange(ref _firstFailure, failure, null);
+                try { await stopAll.CancelAsync().ConfigureAwait(false); } catch (ObjectDisposedException) { }
+                throw;
+            }
+        }
+
+        public async Task SendLoopAsync(SemaphoreSlim ready, CancellationToken cancellationToken)
+        {
+            await Task.Yield();
+            for (var step = 0; step < Steps; step++)
+            {
+                var (start, length) = Chunk(Mod(_rank - step));
+                var pieces = PieceCount(length);
+                for (var p = 0; p < pieces; p++)
+                {
+                    var tag = TagOf(step, p);
+                    SendPosition = tag;
+                    // Step k forwards what step k - 1 received into the same chunk: wait until that piece is reduced.
+                    if (step > 0) await ready.WaitAsync(cancellationToken).ConfigureAwait(false);
+                    var offset = start + p * _maxPiece;
+                    var count = Math.Min(_maxPiece, length - p * _maxPiece);
+                    // Zero-copy: this region is not written again before the piece has reached the right neighbour
+                    // (the next write to it is the all-gather copy W - 1 steps later, which causally depends on it).
+                    using var piece = RingPiece.Borrow(tag, offset, pieces, buffer.Slice(offset, count));
+                    try
+                    {
+                        await _transport.SendAsync(piece, cancellationToken).ConfigureAwait(false);
+                    }
+                    catch (Exception ex) when (!cancellationToken.IsCancellationRequested)
+                    {
+                        throw Failed(tag, "sending to right neighbour", Mod(_rank + 1), ex);
+                    }
+                }
+            }
+        }
+
+        public async Task ReceiveLoopAsync(SemaphoreSlim ready, CancellationToken cancellationToken)
+        {
+            await Task.Yield();
+            var left = Mod(_rank - 1);
+            for (var step = 0; step < Steps; step++)
+            {
+                var (start, length) = Chunk(Mod(_rank - step - 1));
+                var pieces = PieceCount(length);
+                for (var p = 0; p < pieces; p++)
+                {
+                    var tag = TagOf(step, p);
+                    ReceivePosition = tag;
+                    RingPiece piece;
+                    try
+                    {
+                        piece = await _transport.ReceiveAsync(tag, cancellationToken).ConfigureAwait(false);
+                    }
+                    catch (Exception ex) when (!cancellationToken.IsCancellationRequested)
+                    {
+                        throw Failed(tag, "receiving from left neighbour", left, ex);
+                    }
+                    using (piece)
+                    {
+                        var offset = start + p * _maxPiece;
+                        var count = Math.Min(_maxPiece, length - p * _maxPiece);
+                        if (piece.Offset != offset || piece.Count != count || piece.Pieces != pieces)
+                            throw new CollectiveException(
+                                $"ring all-reduce operation {operation} (rank {_rank} of {_world}): {tag} from left neighbour {_transport.DescribeRank(left)} covers [{piece.Offset}, +{piece.Count}) of {piece.Pieces} pieces, expected [{offset}, +{count}) of {pieces}; do all ranks use the same buffer length ({buffer.Length}) and max piece size ({_maxPiece})?",
+                                operation, tag.Phase, tag.RingStep, tag.Piece, left);
+                        var destination = buffer.Span.Slice(offset, count);
+                        if (step < _world - 1) Add(destination, piece.Values);
+                        else piece.Values.CopyTo(destination);
+                    }
+                    if (step < Steps - 1) ready.Release();
+                }
+            }
+            ReceiveDone = true;
+        }
+    }
+
+    /// <summary>destination[i] += source[i]; element-wise IEEE adds, so vectorisation does not change the result.</summary>
+    internal static void Add(Span<float> destination, ReadOnlySpan<float> source)
+    {
+        var i = 0;
+        if (Vector.IsHardwareAccelerated && destination.Length >= Vector<float>.Count)
+        {
+            var d = MemoryMarshal.Cast<float, Vector<float>>(destination);
+            var s = MemoryMarshal.Cast<float, Vector<float>>(source[..destination.Length]);
+            for (var v = 0; v < d.Length; v++) d[v] += s[v];
+            i = d.Length * Vector<float>.Count;
+        }
+        for (; i < destination.Length; i++) destination[i] += source[i];
+    }
+}
+
+/// <summary>A collective operation failed; says which operation, where in it, and which neighbour was involved.</summary>
+public class CollectiveException(string message, long operation, int phase, int ringStep, int piece, int peerRank, Exception? inner = null)
+    : Exception(message, inner)
+{
+    /// <summary>The operation id passed to <see cref="RingAllReduce.SumAsync"/>.</summary>
+    public long Operation { get; } = operation;
+
+    /// <summary>0 = reduce-scatter, 1 = all-gather.</summary>
+    public int Phase { get; } = phase;
+
+    /// <summary>Ring step inside the phase, 0 .. W - 2.</summary>
+    public int RingStep { get; } = ringStep;
+
+    /// <summary>Piece index inside the chunk of that step.</summary>
+    public int Piece { get; } = piece;
+
+    /// <summary>The neighbour at fault: the one the transport blamed, else the one being waited for (left) or sent to (right).</summary>
+    public int PeerRank { get; } = peerRank;
+}
+
+/// <summary>A collective operation did not complete within its timeout (a worker never arrived or the ring stalled).</summary>
+public sealed class CollectiveTimeoutException(string message, long operation, int phase, int ringStep, int piece, int peerRank, Exception? inner = null)
+    : CollectiveException(message, operation, phase, ringStep, piece, peerRank, inner);

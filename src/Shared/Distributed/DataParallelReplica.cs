@@ -1,0 +1,66 @@
+using System.Diagnostics;
+using Dtrain.Specs;
+using Dtrain.Training;
+using static TorchSharp.torch;
+
+namespace Dtrain.Distributed;
+
+/// <summary>What one replica did in one data-parallel step.</summary>
+public sealed record ReplicaStepResult(double LossSum, long Count, int Rows, double GradNorm, double ComputeMs, double ReduceMs);
+
+/// <summary>
+/// One model replica of a data-parallel job: computes the gradient of the summed loss on its rows of the global
+/// batch, sums gradients with every other replica through <see cref="IGradientReducer"/>, then divides by the global
+/// count and steps the optimizer — so all replicas take the same step as one process on the whole batch.
+/// </summary>
+public sealed class DataParallelReplica : IDisposable
+{
+    private readonly IGradientReducer reducer;
+    private readonly GradientBuffer gradients;
+
+    public TrainingEngine Engine { get; }
+
+    public DataParallelReplica(JobSpec spec, int vocabSize, int classes, Device device, IGradientReducer reducer)
+    {
+        this.reducer = reducer;
+        Engine = new TrainingEngine(spec, vocabSize, classes, device);
+        gradients = new GradientBuffer(Engine.Parameters);
+    }
+
+    public long ParameterCount => gradients.Values.Length;
+
+    /// <summary>Runs step <paramref name="step"/> on <paramref name="rows"/> (null = no rows for this replica this step).</summary>
+    public async Task<ReplicaStepResult> StepAsync(BatchRows? rows, bool resetState, bool carryState, long globalCount, double lr, long step, CancellationToken cancel)
+    {
+        var clock = Stopwatch.StartNew();
+        if (resetState) Engine.ResetState();
+        GradientStats stats = default;
+        if (rows is not null)
+        {
+            using var batch = Batch.From(rows);
+            stats = Engine.ComputeGradients(batch, carryState);
+        }
+        else
+        {
+            Engine.Optimizer.zero_grad();
+        }
+        gradients.Gather();
+        var computeMs = clock.Elapsed.TotalMilliseconds;
+        await reducer.SumAsync(gradients.Values, step, cancel).ConfigureAwait(false);
+        var reduceMs = clock.Elapsed.TotalMilliseconds - computeMs;
+        gradients.Scatter();
+        var norm = Engine.ApplyGradients(globalCount, lr);
+        return new ReplicaStepResult(stats.LossSum, stats.Count, rows?.Rows ?? 0, norm, computeMs, reduceMs);
+    }
+
+    /// <summary>Sum of all parameter values in double precision: replicas that took the same steps agree exactly.</summary>
+    public double ParameterChecksum()
+    {
+        using var _ = no_grad();
+        double sum = 0;
+        foreach (var p in Engine.Parameters) sum += p.to_type(ScalarType.Float64).sum().item<double>();
+        return sum;
+    }
+
+    public void Dispose() => Engine.Dispose();
+}

@@ -1,0 +1,43 @@
+using System.Runtime.InteropServices;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Dtrain.Distributed;
+
+/// <summary>All gradients of a model flattened into one float buffer, in parameter order, and written back after a reduce.</summary>
+public sealed class GradientBuffer(IReadOnlyList<Parameter> parameters)
+{
+    public float[] Values { get; } = new float[parameters.Sum(p => p.numel())];
+
+    /// <summary>Copies every gradient in; a parameter without a gradient (no rows this step) contributes zeros.</summary>
+    public void Gather()
+    {
+        var offset = 0;
+        foreach (var p in parameters)
+        {
+            var n = (int)p.numel();
+            var dest = Values.AsSpan(offset, n);
+            if (p.grad is { } g)
+            {
+                using var c = g.contiguous();
+                MemoryMarshal.Cast<byte, float>(c.bytes).CopyTo(dest);
+            }
+            else dest.Clear();
+            offset += n;
+        }
+    }
+
+    /// <summary>Writes the (reduced) buffer back into the gradients, creating them where missing.</summary>
+    public void Scatter()
+    {
+        var offset = 0;
+        using var _ = no_grad();
+        foreach (var p in parameters)
+        {
+            var n = (int)p.numel();
+            if (p.grad is null) p.grad = zeros_like(p);
+            p.grad.bytes = MemoryMarshal.AsBytes(Values.AsSpan(offset, n));
+            offset += n;
+        }
+    }
+}

@@ -1,0 +1,25 @@
+using Dtrain.Training;
+
+namespace Dtrain.Distributed;
+
+/// <summary>
+/// How a job's global batches are split across ranks: at every step rank r gets rows
+/// [r·R/W, (r+1)·R/W) of the global batch of R rows, so the union over ranks is exactly the batch one process
+/// would see (DistributedSampler semantics: every example once per epoch, uneven remainders spread by one row).
+/// </summary>
+public sealed class ShardPlan(IBatchSource source, int worldSize, long totalSteps)
+{
+    public int WorldSize { get; } = worldSize;
+    public long TotalSteps { get; } = totalSteps;
+    public long StepsPerEpoch => source.StepsPerEpoch;
+
+    public StepPosition PositionOf(long step) => new(step / source.StepsPerEpoch, step % source.StepsPerEpoch);
+
+    /// <summary>Rows of rank <paramref name="rank"/> at global step <paramref name="step"/>; null when it has none.</summary>
+    public BatchRows? RowsFor(long step, int rank)
+    {
+        var position = PositionOf(step);
+        var (start, count) = BatchSourceExtensions.RowRange(source.RowsAt(position), rank, WorldSize);
+        return count == 0 ? null : source.GetRows(position, start, count);
+    }
+}

@@ -1,0 +1,76 @@
+using System.Diagnostics;
+using Dtrain.Checkpoints;
+using Dtrain.Data;
+using Dtrain.Specs;
+using Grpc.Core;
+using Grpc.Core.Interceptors;
+using Microsoft.Extensions.Logging;
+
+namespace Dtrain.Rpc;
+
+/// <summary>
+/// Every server call goes through here: timing and logging, and user-caused exceptions mapped to precise status
+/// codes with the offending value in the message (bad spec/data → InvalidArgument, missing → NotFound), so no
+/// handler leaks "Exception was thrown by handler" and no bad request takes the process down.
+/// </summary>
+public sealed class ServerInterceptor(ILogger<ServerInterceptor> log) : Interceptor
+{
+    public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
+    {
+        var clock = Stopwatch.StartNew();
+        try
+        {
+            return await continuation(request, context).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is not RpcException)
+        {
+            throw Map(e, context);
+        }
+        finally
+        {
+            log.LogDebug("{Method} {Ms:F1} ms", context.Method, clock.Elapsed.TotalMilliseconds);
+        }
+    }
+
+    public override async Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        try
+        {
+            return await continuation(requestStream, context).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is not RpcException)
+        {
+            throw Map(e, context);
+        }
+    }
+
+    public override async Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        try
+        {
+            await continuation(request, responseStream, context).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is not RpcException)
+        {
+            throw Map(e, context);
+        }
+    }
+
+    private RpcException Map(Exception e, ServerCallContext context)
+    {
+        var code = e switch
+        {
+            SpecException or DataFormatException or ArgumentException or InvalidDataException or FormatException => StatusCode.InvalidArgument,
+            KeyNotFoundException or FileNotFoundException => StatusCode.NotFound,
+            CorruptCheckpointException => StatusCode.DataLoss,
+            OperationCanceledException when context.CancellationToken.IsCancellationRequested => StatusCode.Cancelled,
+            OperationCanceledException => StatusCode.Aborted,
+            TimeoutException => StatusCode.DeadlineExceeded,
+            InvalidOperationException => StatusCode.FailedPrecondition,
+            _ => StatusCode.Internal,
+        };
+        if (code == StatusCode.Internal) log.LogError(e, "{Method} failed", context.Method);
+        else log.LogInformation("{Method}: {Code}: {Message}", context.Method, code, e.Message);
+        return new RpcException(new Status(code, e.Message));
+    }
+}

@@ -1,0 +1,29 @@
+using Dtrain.Collective;
+using Dtrain.Distributed;
+using Dtrain.Protos.Worker;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Dtrain.Worker;
+
+/// <summary>Joins a job's ring over gRPC: this worker pushes to its right-hand neighbour and receives from its left one through the collective service it hosts.</summary>
+public sealed class GrpcRingConnector(RingMailboxes mailboxes, WorkerOptions options) : IRingConnector
+{
+    public static void AddServices(IServiceCollection services, WorkerOptions options) => services.AddDtrainCollective();
+
+    public static void MapServices(WebApplication app) => app.MapDtrainCollective();
+
+    public async Task<RingConnection> ConnectAsync(AssignRequest request, CancellationToken cancel)
+    {
+        if (request.WorldSize == 1) return new RingConnection(LocalReducer.Instance);
+        var addresses = request.Peers.OrderBy(p => p.Rank).Select(p => p.Address).ToList();
+        var transport = await GrpcRingTransport.ConnectAsync(request.JobId, request.Generation, request.Rank, request.WorldSize, addresses, mailboxes, cancellationToken: cancel).ConfigureAwait(false);
+        var ring = new RingAllReduce(transport, operationTimeout: TimeSpan.FromSeconds(options.CollectiveTimeoutSeconds));
+        return new RingConnection(new RingReducer(ring), () => transport.DisposeAsync());
+    }
+
+    private sealed class RingReducer(RingAllReduce ring) : IGradientReducer
+    {
+        public Task SumAsync(float[] buffer, long operation, CancellationToken cancel) => ring.SumAsync(buffer, operation, cancel);
+    }
+}

@@ -1,0 +1,132 @@
+using Dtrain.Data;
+using Dtrain.Distributed;
+using Dtrain.Protos.Worker;
+using Dtrain.Specs;
+using Dtrain.Training;
+
+namespace Dtrain.Worker;
+
+/// <summary>The job this worker is assigned: its replica, its shard of the data and its place in the ring.</summary>
+public sealed class ReplicaJob : IAsyncDisposable
+{
+    private readonly Dictionary<long, ShardStep> steps = [];
+    private readonly IAsyncDisposable? ring;
+
+    public string JobId { get; }
+    public long Generation { get; }
+    public int Rank { get; }
+    public int WorldSize { get; }
+    public JobSpec Spec { get; }
+    public ITokenizer Tokenizer { get; }
+    public LabelSet Labels { get; }
+    public DataParallelReplica Replica { get; }
+    public List<int> ValidationTokens { get; } = [];
+    public List<int[]> ValidationSequences { get; } = [];
+    public List<int> ValidationLabels { get; } = [];
+    /// <summary>Cancelled when the job is released: unblocks a collective waiting for a dead peer.</summary>
+    public CancellationTokenSource Cancel { get; } = new();
+    /// <summary>One step at a time: the replica and torch are not re-entrant.</summary>
+    public SemaphoreSlim Gate { get; } = new(1, 1);
+    public long LastStep { get; set; } = -1;
+
+    public ReplicaJob(AssignRequest request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, DataParallelReplica replica, IAsyncDisposable? ring)
+    {
+        JobId = request.JobId;
+        Generation = request.Generation;
+        Rank = request.Rank;
+        WorldSize = request.WorldSize;
+        Spec = spec;
+        Tokenizer = tokenizer;
+        Labels = labels;
+        Replica = replica;
+        this.ring = ring;
+    }
+
+    public int StepsReceived
+    {
+        get { lock (steps) return steps.Count; }
+    }
+
+    /// <summary>Adds a chunk of the shard after checking every token id against the vocabulary (an out-of-range id would abort libtorch).</summary>
+    public void Add(ShardChunk chunk)
+    {
+        var vocab = Tokenizer.VocabSize;
+        foreach (var s in chunk.Steps)
+        {
+            CheckStep(s, vocab);
+            lock (steps) steps[s.Step] = s;
+        }
+        foreach (var t in chunk.ValidationTokens) CheckToken(t, vocab, "validation token");
+        ValidationTokens.AddRange(chunk.ValidationTokens);
+        foreach (var ex in chunk.ValidationExamples)
+        {
+            foreach (var t in ex.Tokens) CheckToken(t, vocab, "validation token");
+            if (ex.Label < 0 || ex.Label >= Labels.Count) throw new ArgumentException($"validation label id {ex.Label} outside [0, {Labels.Count})");
+            if (ex.Tokens.Count == 0) throw new ArgumentException("validation example without tokens");
+            ValidationSequences.Add([.. ex.Tokens]);
+            ValidationLabels.Add(ex.Label);
+        }
+    }
+
+    /// <summary>The micro-batch of step <paramref name="step"/>, or null when this rank has no rows then; removed once taken.</summary>
+    public bool TryTake(long step, out ShardStep? shardStep)
+    {
+        lock (steps)
+        {
+            if (steps.Remove(step, out var s)) { shardStep = s; return true; }
+        }
+        shardStep = null;
+        return false;
+    }
+
+    public static BatchRows? ToRows(ShardStep? s, bool languageModel)
+    {
+        if (s is null || s.Rows == 0) return null;
+        return new BatchRows(s.Rows, s.Width,
+            s.Inputs.Select(v => (long)v).ToArray(),
+            s.Targets.Select(v => (long)v).ToArray(),
+            languageModel ? null : s.Lengths.Select(v => (long)v).ToArray(),
+            s.Count);
+    }
+
+    private void CheckStep(ShardStep s, int vocab)
+    {
+        var lm = Spec.Task == TaskKinds.LanguageModel;
+        if (s.Rows < 0 || s.Width < 1 || (long)s.Rows * s.Width != s.Inputs.Count)
+            throw new ArgumentException($"step {s.Step}: {s.Inputs.Count} inputs do not fill {s.Rows} x {s.Width}");
+        if (s.Targets.Count != (lm ? s.Inputs.Count : s.Rows))
+            throw new ArgumentException($"step {s.Step}: {s.Targets.Count} targets for {s.Rows} rows");
+        foreach (var t in s.Inputs) CheckToken(t, vocab, $"step {s.Step} input");
+        if (lm)
+        {
+            foreach (var t in s.Targets) CheckToken(t, vocab, $"step {s.Step} target");
+        }
+        else
+        {
+            if (s.Lengths.Count != s.Rows) throw new ArgumentException($"step {s.Step}: {s.Lengths.Count} lengths for {s.Rows} rows");
+            foreach (var l in s.Lengths) if (l < 1 || l > s.Width) throw new ArgumentException($"step {s.Step}: length {l} outside [1, {s.Width}]");
+            foreach (var t in s.Targets) if (t < 0 || t >= Labels.Count) throw new ArgumentException($"step {s.Step}: label id {t} outside [0, {Labels.Count})");
+        }
+    }
+
+    private static void CheckToken(int id, int vocab, string what)
+    {
+        if ((uint)id >= (uint)vocab) throw new ArgumentException($"{what} id {id} outside the vocabulary [0, {vocab})");
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await Cancel.CancelAsync().ConfigureAwait(false);
+        await Gate.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            if (ring is not null) await ring.DisposeAsync().ConfigureAwait(false);
+            Replica.Dispose();
+        }
+        finally
+        {
+            Gate.Release();
+            Cancel.Dispose();
+        }
+    }
+}

@@ -1,0 +1,182 @@
+using Dtrain.Checkpoints;
+using Dtrain.Data;
+using Dtrain.Distributed;
+using Dtrain.Protos.Worker;
+using Dtrain.Runtime;
+using Dtrain.Specs;
+using Dtrain.Training;
+using Google.Protobuf;
+using Grpc.Core;
+using Microsoft.Extensions.Logging;
+
+namespace Dtrain.Worker;
+
+/// <summary>The coordinator's handle on this worker: assign a job, load its shard, run steps, evaluate, hand over state, release.</summary>
+public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings, WorkerOptions options, ILogger<WorkerControlService> log) : WorkerControl.WorkerControlBase
+{
+    public override async Task<AssignReply> Assign(AssignRequest request, ServerCallContext context)
+    {
+        if (request.WorldSize < 1 || request.Rank < 0 || request.Rank >= request.WorldSize)
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"rank {request.Rank} outside world of {request.WorldSize}"));
+        if (request.Peers.Count != request.WorldSize)
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"{request.Peers.Count} peers for a world of {request.WorldSize}"));
+        JobSpec spec;
+        try
+        {
+            spec = JobSpecSerializer.Parse(request.SpecJson, $"job {request.JobId}");
+        }
+        catch (SpecException e)
+        {
+            throw new RpcException(new Status(StatusCode.InvalidArgument, e.Message));
+        }
+        ITokenizer tokenizer;
+        LabelSet labels;
+        try
+        {
+            tokenizer = TokenizerFactory.FromState(new TokenizerState(request.TokenizerKind, request.TokenizerLowercase, [.. request.TokenizerTokens]));
+            labels = new LabelSet(request.Labels);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new RpcException(new Status(StatusCode.InvalidArgument, e.Message));
+        }
+        if (spec.Task == TaskKinds.Classification && labels.Count < 2)
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"classification job with {labels.Count} labels"));
+
+        await state.ReleaseAsync("replaced by a new assignment").ConfigureAwait(false);
+        var threads = request.Threads > 0 ? request.Threads : options.Threads > 0 ? options.Threads : 1;
+        TorchThreads.Apply(threads);
+        var device = DeviceSelector.Resolve(options.Device, m => log.LogWarning("{Message}", m));
+        var ring = await rings.ConnectAsync(request, context.CancellationToken).ConfigureAwait(false);
+        var replica = new DataParallelReplica(spec, tokenizer.VocabSize, labels.Count, device, ring.Reducer);
+        var job = new ReplicaJob(request, spec, tokenizer, labels, replica, ring);
+        state.Current = job;
+        log.LogInformation("assigned job {JobId} generation {Generation}: rank {Rank}/{World}, {Parameters} parameters, {Threads} thread(s)",
+            request.JobId, request.Generation, request.Rank, request.WorldSize, replica.ParameterCount, threads);
+        return new AssignReply { Parameters = replica.ParameterCount, ParameterChecksum = replica.ParameterChecksum() };
+    }
+
+    public override async Task<ShardReply> LoadShard(IAsyncStreamReader<ShardChunk> requestStream, ServerCallContext context)
+    {
+        ReplicaJob? job = null;
+        await foreach (var chunk in requestStream.ReadAllAsync(context.CancellationToken).ConfigureAwait(false))
+        {
+            job = state.Require(chunk.JobId);
+            try
+            {
+                job.Add(chunk);
+            }
+            catch (ArgumentException e)
+            {
+                throw new RpcException(new Status(StatusCode.InvalidArgument, $"job {chunk.JobId}: bad shard: {e.Message}"));
+            }
+        }
+        return new ShardReply { StepsReceived = job?.StepsReceived ?? 0 };
+    }
+
+    public override async Task<RunStepReply> RunStep(RunStepRequest request, ServerCallContext context)
+    {
+        var job = state.Require(request.JobId);
+        if (request.GlobalCount <= 0) throw new RpcException(new Status(StatusCode.InvalidArgument, $"global_count {request.GlobalCount} must be positive"));
+        if (!(request.Lr > 0 && double.IsFinite(request.Lr))) throw new RpcException(new Status(StatusCode.InvalidArgument, $"lr {request.Lr} must be positive"));
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(job.Cancel.Token, context.CancellationToken);
+        await job.Gate.WaitAsync(linked.Token).ConfigureAwait(false);
+        try
+        {
+            if (request.Step != job.LastStep + 1)
+                throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {job.JobId}: step {request.Step} requested after step {job.LastStep}"));
+            job.TryTake(request.Step, out var shardStep);
+            var lm = job.Spec.Task == TaskKinds.LanguageModel;
+            var carries = lm && job.Spec.Training.LmSampling == LmSamplingKinds.Stream;
+            var rows = ReplicaJob.ToRows(shardStep, lm);
+            if (shardStep is null && job.StepsReceived == 0 && request.Step == 0)
+                throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {job.JobId}: no shard loaded"));
+            ReplicaStepResult result;
+            try
+            {
+                result = await job.Replica.StepAsync(rows, shardStep?.ResetState ?? false, carries, request.GlobalCount, request.Lr, request.Step, linked.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (job.Cancel.IsCancellationRequested)
+            {
+                throw new RpcException(new Status(StatusCode.Cancelled, $"job {job.JobId} was released during step {request.Step}"));
+            }
+            job.LastStep = request.Step;
+            state.Step = request.Step;
+            return new RunStepReply
+            {
+                LossSum = result.LossSum,
+                Count = result.Count,
+                Rows = result.Rows,
+                GradNorm = result.GradNorm,
+                ParameterChecksum = request.ReportChecksum ? job.Replica.ParameterChecksum() : 0,
+                ComputeMs = result.ComputeMs,
+                AllreduceMs = result.ReduceMs,
+            };
+        }
+        finally
+        {
+            job.Gate.Release();
+        }
+    }
+
+    public override async Task<EvaluateReply> Evaluate(EvaluateRequest request, ServerCallContext context)
+    {
+        var job = state.Require(request.JobId);
+        if (request.BatchSize is < 1 or > JobSpecValidator.MaxBatch) throw new RpcException(new Status(StatusCode.InvalidArgument, $"batch_size {request.BatchSize} out of range"));
+        await job.Gate.WaitAsync(context.CancellationToken).ConfigureAwait(false);
+        try
+        {
+            EvalMetrics m;
+            if (job.Spec.Task == TaskKinds.LanguageModel)
+            {
+                if (job.ValidationTokens.Count < 2) throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {job.JobId}: this replica holds no validation data"));
+                m = Evaluator.LanguageModel(job.Replica.Engine, [.. job.ValidationTokens], request.BatchSize, job.Spec.Training.SeqLen, request.MaxBatches);
+            }
+            else
+            {
+                if (job.ValidationSequences.Count == 0) throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {job.JobId}: this replica holds no validation data"));
+                m = Evaluator.Classification(job.Replica.Engine, job.ValidationSequences, job.ValidationLabels, job.Labels.Count, request.BatchSize, request.MaxBatches);
+            }
+            var reply = new EvaluateReply { Loss = m.Loss, Count = m.Count };
+            if (m.Accuracy is { } a) reply.Accuracy = a;
+            if (m.MacroF1 is { } f) reply.MacroF1 = f;
+            return reply;
+        }
+        finally
+        {
+            job.Gate.Release();
+        }
+    }
+
+    public override async Task GetState(GetStateRequest request, IServerStreamWriter<StateChunk> responseStream, ServerCallContext context)
+    {
+        var job = state.Require(request.JobId);
+        byte[] bytes;
+        await job.Gate.WaitAsync(context.CancellationToken).ConfigureAwait(false);
+        try
+        {
+            var training = new TrainingState { Step = request.Step, ElapsedSeconds = request.ElapsedSeconds, SamplesSeen = request.SamplesSeen };
+            var data = TrainingCheckpoint.Capture(job.Spec, job.Tokenizer, job.Labels, training, job.Replica.Engine);
+            using var ms = new MemoryStream();
+            CheckpointFormat.Write(ms, data);
+            bytes = ms.ToArray();
+        }
+        finally
+        {
+            job.Gate.Release();
+        }
+        const int chunk = 1024 * 1024;
+        for (var offset = 0; offset < bytes.Length || offset == 0; offset += chunk)
+        {
+            var n = Math.Min(chunk, bytes.Length - offset);
+            await responseStream.WriteAsync(new StateChunk { TotalBytes = bytes.Length, Data = ByteString.CopyFrom(bytes, offset, n) }, context.CancellationToken).ConfigureAwait(false);
+            if (n == 0) break;
+        }
+    }
+
+    public override async Task<ReleaseReply> Release(ReleaseRequest request, ServerCallContext context)
+    {
+        if (state.Current?.JobId == request.JobId) await state.ReleaseAsync(request.Reason).ConfigureAwait(false);
+        return new ReleaseReply();
+    }
+}

@@ -1,0 +1,81 @@
+using System.Net;
+using Dtrain.Rpc;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Dtrain.Worker;
+
+/// <summary>Builds and runs a worker: a Kestrel gRPC server (control + collective) and the link to the coordinator.</summary>
+public static class WorkerHost
+{
+    /// <summary>Options from appsettings.json, DTRAIN_-prefixed environment variables (DTRAIN_Worker__Coordinator) and --Worker:Key=value arguments, in that order.</summary>
+    public static WorkerOptions ReadOptions(string[] args)
+    {
+        var config = new ConfigurationBuilder()
+            .AddJsonFile("appsettings.json", optional: true)
+            .AddEnvironmentVariables("DTRAIN_")
+            .AddCommandLine(args)
+            .Build();
+        return config.GetSection("Worker").Get<WorkerOptions>() ?? new WorkerOptions();
+    }
+
+    public static WebApplication Build(WorkerOptions options, Action<ILoggingBuilder>? logging = null)
+    {
+        var errors = options.Validate();
+        if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; });
+        builder.Logging.SetMinimumLevel(LogLevel.Information);
+        builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
+        builder.Logging.AddFilter("Grpc", LogLevel.Warning);
+        logging?.Invoke(builder.Logging);
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.Listen(IPAddress.Parse(options.Listen), options.Port, l => l.Protocols = HttpProtocols.Http2);
+            k.Limits.MaxRequestBodySize = null;
+            k.Limits.Http2.InitialConnectionWindowSize = 16 * 1024 * 1024;
+            k.Limits.Http2.InitialStreamWindowSize = 16 * 1024 * 1024;
+            k.Limits.Http2.MaxStreamsPerConnection = 1000;
+        });
+        builder.Services.AddGrpc(o =>
+        {
+            o.MaxReceiveMessageSize = options.MaxMessageBytes;
+            o.MaxSendMessageSize = options.MaxMessageBytes;
+            o.EnableDetailedErrors = true;
+            o.Interceptors.Add<ServerInterceptor>();
+        });
+        builder.Services.AddSingleton(options);
+        builder.Services.AddSingleton<WorkerIdentity>();
+        builder.Services.AddSingleton<WorkerSlot>();
+        builder.Services.AddSingleton<IRingConnector, GrpcRingConnector>();
+        builder.Services.AddHostedService<CoordinatorLink>();
+        GrpcRingConnector.AddServices(builder.Services, options);
+        var app = builder.Build();
+        app.MapGrpcService<WorkerControlService>();
+        GrpcRingConnector.MapServices(app);
+        app.Lifetime.ApplicationStarted.Register(() =>
+        {
+            var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+            var port = new Uri(bound).Port;
+            var host = options.AdvertiseHost ?? (options.Listen is "0.0.0.0" or "::" ? Dns.GetHostName() : options.Listen);
+            app.Services.GetRequiredService<WorkerIdentity>().SetAddress($"http://{host}:{port}");
+        });
+        return app;
+    }
+
+    public static async Task<int> RunAsync(WorkerOptions options, CancellationToken stop = default)
+    {
+        await using var app = Build(options);
+        await app.StartAsync(stop).ConfigureAwait(false);
+        await app.WaitForShutdownAsync(stop).ConfigureAwait(false);
+        return 0;
+    }
+}

@@ -1,0 +1,11 @@
+namespace Dtrain.Worker;
+
+/// <summary>What this worker process knows about itself: the address it serves on and the id the coordinator gave it.</summary>
+public sealed class WorkerIdentity
+{
+    private readonly TaskCompletionSource<string> address = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public string? WorkerId { get; set; }
+    public Task<string> Address => address.Task;
+    public void SetAddress(string value) => address.TrySetResult(value);
+}
