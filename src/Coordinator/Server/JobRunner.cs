@@ -18,8 +18,11 @@ namespace Dtrain.Server;
 /// </summary>
 public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registry, WorkerClients clients, TimeProvider clock, ILogger<JobRunner> log)
 {
-    /// <summary>Why a job stopped early: carries the message shown to the user.</summary>
-    private sealed class JobFailure(string message) : Exception(message);
+    /// <summary>Why a job stopped early: the message shown to the user, and the worker that could not be reached, if any.</summary>
+    private sealed class JobFailure(string message, WorkerRecord? unreachable = null) : Exception(message)
+    {
+        public WorkerRecord? Unreachable { get; } = unreachable;
+    }
 
     public async Task RunAsync(JobRecord job, IReadOnlyList<WorkerRecord> workers, CancellationToken stop)
     {
@@ -54,6 +57,13 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         {
             Finish(job, JobState.Failed, lostMessage);
             log.LogDebug(e, "job {Id} interrupted by a lost worker", job.Id);
+        }
+        catch (JobFailure e) when (e.Unreachable is { } w)
+        {
+            // A worker that cannot be reached must not be handed the next job; if it is alive after all, its
+            // next heartbeat is answered "unknown" and it registers again.
+            registry.MarkLost(w.Id, e.Message);
+            Finish(job, JobState.Failed, e.Message);
         }
         catch (Exception e) when (e is JobFailure or DataFormatException or SpecException or ArgumentException or InvalidDataException or CorruptCheckpointException)
         {
@@ -306,7 +316,11 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         }
         catch (RpcException e) when (e.StatusCode == StatusCode.DeadlineExceeded)
         {
-            throw new JobFailure($"worker {w.Id} ({w.Address}) did not finish {what} at step {step} within {timeoutSeconds:F0}s (hung or overloaded)");
+            throw new JobFailure($"worker {w.Id} ({w.Address}) did not finish {what} at step {step} within {timeoutSeconds:F0}s (hung or overloaded)", w);
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && !cancel.IsCancellationRequested)
+        {
+            throw new JobFailure($"worker {w.Id} ({w.Address}) unreachable during {what} at step {step}: {e.Status.Detail}", w);
         }
         catch (RpcException e) when (!cancel.IsCancellationRequested)
         {

@@ -104,6 +104,17 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         lock (gate) return workers.TryGetValue(id, out var w) ? w.State : WorkerState.Lost;
     }
 
+    /// <summary>Declares a worker lost now (it could not be reached), so it is not given the next job.</summary>
+    public void MarkLost(string id, string reason)
+    {
+        lock (gate)
+        {
+            if (!workers.TryGetValue(id, out var w) || w.State == WorkerState.Lost) return;
+            w.State = WorkerState.Lost;
+        }
+        log.LogWarning("worker {Id} marked lost: {Reason}", id, reason);
+    }
+
     /// <summary>Declares workers without a recent heartbeat lost.</summary>
     public void Sweep()
     {

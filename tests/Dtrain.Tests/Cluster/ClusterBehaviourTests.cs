@@ -1,0 +1,116 @@
+using Dtrain.Protos.Jobs;
+using Dtrain.Server;
+using Dtrain.Specs;
+using Dtrain.Tests.Support;
+using Grpc.Core;
+
+namespace Dtrain.Tests.Cluster;
+
+/// <summary>The coordinator's contract with users: precise errors, a queue that keeps going, cancellation.</summary>
+public class ClusterBehaviourTests
+{
+    static SubmitRequest Submit(Scratch tmp, JobSpec spec, int workers)
+    {
+        var path = tmp.Write($"{spec.Name}.json", JobSpecSerializer.Serialize(spec));
+        return Dtrain.Cli.JobCommands.BuildSubmit(new FileInfo(path), workers);
+    }
+
+    static JobSpec SmallLm(Scratch tmp, string name, int steps)
+    {
+        tmp.Write("t.txt", TestJobs.Text());
+        var spec = TestJobs.CharLm("t.txt", steps: steps) with { Name = name };
+        return spec with { Training = spec.Training with { EvalInterval = 0, CheckpointInterval = 0 } };
+    }
+
+    [Fact]
+    public async Task Invalid_spec_is_rejected_at_submit_with_field_paths_before_any_worker_is_touched()
+    {
+        await using var cluster = await InProcessCluster.StartAsync(1);
+        var e = Assert.Throws<RpcException>(() => cluster.Client.Submit(new SubmitRequest { SpecJson = """{"name":"x","data":{"train":"t.txt"},"model":{"cell":"lstmm"}}""", Source = "bad.json" }));
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.Contains("$.model.cell", e.Status.Detail);
+        Assert.Contains("bad.json", e.Status.Detail);
+        Assert.Empty(cluster.Client.List(new ListJobsRequest()).Jobs);
+        Assert.All(cluster.Client.ListWorkers(new ListWorkersRequest()).Workers, w => Assert.Equal(WorkerState.Idle, w.State));
+
+        var missing = Assert.Throws<RpcException>(() => cluster.Client.Submit(new SubmitRequest { SpecJson = """{"name":"x","data":{"train":"nowhere.txt"}}""" }));
+        Assert.Equal(StatusCode.InvalidArgument, missing.StatusCode);
+        Assert.Contains("$.data.train", missing.Status.Detail);
+    }
+
+    [Fact]
+    public async Task Unknown_job_ids_give_NotFound()
+    {
+        await using var cluster = await InProcessCluster.StartAsync(1);
+        Assert.Equal(StatusCode.NotFound, Assert.Throws<RpcException>(() => cluster.Client.Get(new GetJobRequest { JobId = "job-9999" })).StatusCode);
+        Assert.Equal(StatusCode.NotFound, Assert.Throws<RpcException>(() => cluster.Client.Cancel(new CancelJobRequest { JobId = "job-9999" })).StatusCode);
+        var watch = cluster.Client.Watch(new WatchJobRequest { JobId = "nope" });
+        Assert.Equal(StatusCode.NotFound, (await Assert.ThrowsAsync<RpcException>(() => watch.ResponseStream.MoveNext(CancellationToken.None))).StatusCode);
+    }
+
+    [Fact]
+    public async Task Malformed_dataset_fails_the_job_with_file_and_line_and_the_next_job_still_runs()
+    {
+        using var tmp = new Scratch();
+        await using var cluster = await InProcessCluster.StartAsync(2);
+        tmp.Write("bad.jsonl", "{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\",\"label\":\"y\"}\n{\"text\": oops}\n");
+        var bad = TestJobs.Classifier("bad.jsonl") with { Name = "bad" };
+        var id = cluster.Client.Submit(Submit(tmp, bad, 2)).JobId;
+        var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(1));
+        Assert.Equal(JobState.Failed, info.State);
+        Assert.Contains("bad.jsonl:3", info.Message);
+
+        var good = cluster.Client.Submit(Submit(tmp, SmallLm(tmp, "good", 5), 2)).JobId;
+        Assert.Equal(JobState.Succeeded, (await cluster.WaitAsync(good, TimeSpan.FromMinutes(1))).State);
+    }
+
+    [Fact]
+    public async Task Cancel_mid_job_stops_it_and_frees_the_workers_for_the_next_job()
+    {
+        using var tmp = new Scratch();
+        await using var cluster = await InProcessCluster.StartAsync(2);
+        var id = cluster.Client.Submit(Submit(tmp, SmallLm(tmp, "long", 100_000), 2)).JobId;
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        while (cluster.Client.Get(new GetJobRequest { JobId = id }).Step < 3)
+        {
+            Assert.True(DateTime.UtcNow < deadline, "job never started");
+            await Task.Delay(50);
+        }
+        cluster.Client.Cancel(new CancelJobRequest { JobId = id });
+        var info = await cluster.WaitAsync(id, TimeSpan.FromSeconds(60));
+        Assert.Equal(JobState.Cancelled, info.State);
+        Assert.True(info.Step < 100_000);
+        await cluster.WaitForIdleAsync(2, TimeSpan.FromSeconds(10));
+        var next = cluster.Client.Submit(Submit(tmp, SmallLm(tmp, "after", 5), 2)).JobId;
+        Assert.Equal(JobState.Succeeded, (await cluster.WaitAsync(next, TimeSpan.FromMinutes(1))).State);
+    }
+
+    [Fact]
+    public async Task Two_jobs_queued_back_to_back_both_succeed_in_order()
+    {
+        using var tmp = new Scratch();
+        await using var cluster = await InProcessCluster.StartAsync(2);
+        var first = cluster.Client.Submit(Submit(tmp, SmallLm(tmp, "first", 15), 2)).JobId;
+        var second = cluster.Client.Submit(Submit(tmp, SmallLm(tmp, "second", 15), 2)).JobId;
+        Assert.Equal(JobState.Queued, cluster.Client.Get(new GetJobRequest { JobId = second }).State);
+        var a = await cluster.WaitAsync(first, TimeSpan.FromMinutes(1));
+        var b = await cluster.WaitAsync(second, TimeSpan.FromMinutes(1));
+        Assert.Equal(JobState.Succeeded, a.State);
+        Assert.Equal(JobState.Succeeded, b.State);
+        Assert.True(b.StartedUnixMs >= a.FinishedUnixMs, "the second job started before the first finished although both need every worker");
+        Assert.Equal(15, b.Step);
+    }
+
+    [Fact]
+    public async Task Oversized_message_is_refused_with_a_clear_status()
+    {
+        using var tmp = new Scratch();
+        await using var cluster = await InProcessCluster.StartAsync(1, new CoordinatorOptions { MaxMessageBytes = 1024 * 1024 });
+        tmp.Write("big.txt", new string('a', 3 * 1024 * 1024));
+        var spec = SmallLm(tmp, "big", 5) with { Data = new DataSpec { Format = DataFormats.Text, Train = "big.txt" } };
+        var e = Assert.Throws<RpcException>(() => cluster.Client.Submit(Submit(tmp, spec, 1)));
+        Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+        // The coordinator is still serving.
+        Assert.Single(cluster.Client.ListWorkers(new ListWorkersRequest()).Workers);
+    }
+}
