@@ -1,7 +1,7 @@
 using Dtrain.Bench;
 using static TorchSharp.torch;
 
-// Usage: dtrain-bench speed [threads] | quality [moby|spam|recall ...]
+// Usage: dtrain-bench speed [threads] | cluster | allreduce | quality [moby|spam|recall ...]
 var mode = args.FirstOrDefault() ?? "speed";
 switch (mode)
 {
@@ -27,6 +27,12 @@ switch (mode)
             Console.WriteLine($"round {round + 1} threads={threads}: plain TorchSharp {plain * 1e3:F1} ms/step ({32 / plain:F1} samples/s) | engine {engine * 1e3:F1} ms/step ({32 / engine:F1} samples/s) | engine/plain throughput {plain / engine:F3}");
         }
         return 0;
+    }
+    case "cluster":
+    {
+        var root = AppContext.BaseDirectory;
+        while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
+        return ClusterBench.Run(root);
     }
     case "quality":
     {

@@ -1,0 +1,120 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using Dtrain.Cli;
+using Dtrain.Protos.Jobs;
+using Dtrain.Specs;
+
+namespace Dtrain.Bench;
+
+/// <summary>
+/// W1 throughput side by side in one run: plain single-process TorchSharp (2 threads), the engine alone, the
+/// cluster with 1 worker (2 threads) and with 2 workers (1 thread each) on loopback, and PyTorch DDP over gloo
+/// (bench/anchors/pytorch_ddp_bench.py) when Debian's python3-torch is installed.
+/// </summary>
+public static class ClusterBench
+{
+    const int Vocab = 96, Embed = 64, Hidden = 256, Layers = 2, Batch = 32, Seq = 64, Warmup = 5, Timed = 30;
+
+    public static int Run(string root)
+    {
+        var rows = new List<(string System, double SamplesPerSecond, string Note)>();
+        TorchSharp.torch.set_num_threads(2);
+        var plain = Batch / PlainCharLm.SecondsPerStep(Vocab, Embed, Hidden, Layers, Batch, Seq, Warmup, Timed);
+        rows.Add(("plain TorchSharp, 1 process x 2 threads", plain, "reference"));
+        var engine = Batch / EngineLoop.SecondsPerStep(Vocab, Embed, Hidden, Layers, Batch, Seq, Warmup, Timed);
+        rows.Add(("dtrain engine, 1 process x 2 threads", engine, ""));
+
+        using var tmp = new TempDir();
+        var data = Path.Combine(tmp.Path, "w1.txt");
+        // Random printable characters: the vocabulary is ~96 like W1's, and throughput does not depend on content.
+        var rng = new Random(1);
+        var sb = new StringBuilder();
+        for (var i = 0; i < 400_000; i++) sb.Append((char)(32 + rng.Next(95)));
+        File.WriteAllText(data, sb.ToString());
+        var spec = new JobSpec
+        {
+            Name = "w1",
+            Data = new DataSpec { Format = DataFormats.Text, Train = data, ValidationFraction = 0.01 },
+            Model = new ModelSpec { Cell = CellKinds.Lstm, Layers = Layers, EmbeddingDim = Embed, HiddenSize = Hidden, GateBias = 0 },
+            Optimizer = new OptimizerSpec { Kind = OptimizerKinds.Adam, Lr = 2e-3 },
+            Training = new TrainingSpec { BatchSize = Batch, SeqLen = Seq, LmSampling = LmSamplingKinds.Random, MaxSteps = Warmup + Timed, ClipNorm = 1.0, EvalInterval = 0, CheckpointInterval = 0 },
+        };
+        var specPath = Path.Combine(tmp.Path, "w1.json");
+        File.WriteAllText(specPath, JobSpecSerializer.Serialize(spec));
+        foreach (var (workers, threads) in new[] { (1, 2), (2, 1) })
+        {
+            var sps = ClusterThroughput(specPath, workers, threads, Path.Combine(tmp.Path, $"cluster-{workers}"));
+            rows.Add(($"dtrain cluster, {workers} worker(s) x {threads} thread(s)", sps, ""));
+        }
+        var anchor = Path.Combine(root, "bench", "anchors", "pytorch_ddp_bench.py");
+        foreach (var args in new[] { "single 2", "ddp 2" })
+        {
+            var (sps, note) = PyTorch(anchor, args);
+            rows.Add(($"PyTorch {args.Replace("single 2", "1 process x 2 threads").Replace("ddp 2", "DDP gloo, 2 processes x 1 thread")}", sps, note));
+        }
+
+        Console.WriteLine();
+        Console.WriteLine("W1: char LSTM LM, vocab 96, embedding 64, hidden 256, 2 layers, batch 32 x 64, Adam 2e-3, clip 1.0; loopback, this machine");
+        Console.WriteLine("| system | samples/s | vs plain TorchSharp | note |");
+        Console.WriteLine("|---|---|---|---|");
+        foreach (var r in rows)
+            Console.WriteLine($"| {r.System} | {(double.IsNaN(r.SamplesPerSecond) ? "-" : r.SamplesPerSecond.ToString("F1", CultureInfo.InvariantCulture))} | {(double.IsNaN(r.SamplesPerSecond) ? "-" : (r.SamplesPerSecond / plain).ToString("F3", CultureInfo.InvariantCulture))} | {r.Note} |");
+        return 0;
+    }
+
+    /// <summary>Samples/s between the end of the warm-up steps and the last step, from the coordinator's step events.</summary>
+    static double ClusterThroughput(string specPath, int workers, int threads, string logs)
+    {
+        using var cluster = LocalCluster.Start(workers, 0, threads, logs, TimeSpan.FromMinutes(2));
+        using var channel = Remote.Channel(cluster.Address);
+        var client = new Jobs.JobsClient(channel);
+        var id = client.Submit(JobCommands.BuildSubmit(new FileInfo(specPath), workers)).JobId;
+        using var call = client.Watch(new WatchJobRequest { JobId = id });
+        double start = double.NaN, end = double.NaN;
+        JobInfo? last = null;
+        while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
+        {
+            var e = call.ResponseStream.Current;
+            if (e.KindCase == JobEvent.KindOneofCase.Step)
+            {
+                if (e.Step.Step == Warmup) start = e.Step.ElapsedSeconds;
+                if (e.Step.Step == Warmup + Timed) end = e.Step.ElapsedSeconds;
+            }
+            if (e.KindCase == JobEvent.KindOneofCase.State) last = e.State;
+        }
+        if (last?.State != JobState.Succeeded) throw new InvalidOperationException($"benchmark job {last?.State}: {last?.Message}; logs in {logs}");
+        return Timed * Batch / (end - start);
+    }
+
+    static (double SamplesPerSecond, string Note) PyTorch(string script, string args)
+    {
+        const string python = "/usr/bin/python3";
+        var probe = Process.Start(new ProcessStartInfo(python, ["-c", "import torch"]) { RedirectStandardError = true, UseShellExecute = false });
+        if (probe is null || !probe.WaitForExit(60_000) || probe.ExitCode != 0)
+            return (double.NaN, "not run: apt-get install python3-torch libopenblas0-pthread");
+        var psi = new ProcessStartInfo(python) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(script);
+        foreach (var a in args.Split(' ')) psi.ArgumentList.Add(a);
+        // As in the anchor's instructions: Debian's OpenBLAS tuned for this CPU, one BLAS thread per process.
+        psi.Environment.Remove("OPENBLAS_CORETYPE");
+        psi.Environment.Remove("OPENBLAS_L2_SIZE");
+        psi.Environment["OPENBLAS_NUM_THREADS"] = "1";
+        using var p = Process.Start(psi)!;
+        var output = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        var line = output.Split('\n').FirstOrDefault(l => l.Contains("samples_per_s=", StringComparison.Ordinal));
+        if (line is null) return (double.NaN, "failed: " + p.StandardError.ReadToEnd().Split('\n').LastOrDefault(l => l.Length > 0));
+        var value = line[(line.IndexOf("samples_per_s=", StringComparison.Ordinal) + "samples_per_s=".Length)..].Trim();
+        return (double.Parse(value, CultureInfo.InvariantCulture), "bench/anchors/pytorch_ddp_bench.py " + args);
+    }
+
+    sealed class TempDir : IDisposable
+    {
+        public string Path { get; } = Directory.CreateTempSubdirectory("dtrain-bench-").FullName;
+        public void Dispose()
+        {
+            try { Directory.Delete(Path, recursive: true); } catch (IOException) { }
+        }
+    }
+}
