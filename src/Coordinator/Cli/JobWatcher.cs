@@ -76,8 +76,9 @@ public static class JobWatcher
                     task.StopTask();
                 });
         }
-        last ??= client.Get(new GetJobRequest { JobId = jobId });
-        Console.WriteLine($"{jobId}: {JobCommands.StateName(last.State)}{(last.Message == "" ? "" : $" - {last.Message}")}");
+        // The stream's last state event can precede the final metrics; ask once more for the settled record.
+        last = client.Get(new GetJobRequest { JobId = jobId });
+        Console.WriteLine($"{jobId}: {JobCommands.StateName(last.State)} after {last.Step} of {last.TotalSteps} steps{(last.Message == "" ? "" : $" - {last.Message}")}");
         if (last.LastEval is { } m) Console.WriteLine($"validation: {Describe(m)}");
         return last.State switch
         {

@@ -15,7 +15,7 @@ public class CliTests
         using var tmp = new Scratch();
         var root = CliRunner.Run(tmp.Dir, "--help");
         Assert.Equal(0, root.ExitCode);
-        foreach (var verb in new[] { "train", "validate", "eval", "predict", "generate" })
+        foreach (var verb in new[] { "train", "validate", "eval", "predict", "generate", "serve", "worker", "submit", "watch", "status", "list", "cancel", "workers", "download", "cluster" })
         {
             Assert.Contains(verb, root.Stdout);
             var help = CliRunner.Run(tmp.Dir, verb, "--help");

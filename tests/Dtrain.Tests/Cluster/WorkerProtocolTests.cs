@@ -1,0 +1,56 @@
+using Dtrain.Protos.Jobs;
+using Dtrain.Protos.Worker;
+using Dtrain.Specs;
+using Dtrain.Tests.Support;
+using Grpc.Core;
+using Grpc.Net.Client;
+
+namespace Dtrain.Tests.Cluster;
+
+/// <summary>A worker refuses malformed control messages with a clear status instead of passing them to libtorch (which would abort the process).</summary>
+public class WorkerProtocolTests
+{
+    [Fact]
+    public async Task Malformed_assignments_and_shards_are_refused_and_the_worker_keeps_serving()
+    {
+        await using var cluster = await InProcessCluster.StartAsync(1);
+        var worker = cluster.Client.ListWorkers(new ListWorkersRequest()).Workers.Single();
+        using var channel = GrpcChannel.ForAddress(worker.Address);
+        var client = new WorkerControl.WorkerControlClient(channel);
+
+        var badSpec = new AssignRequest { JobId = "j", WorldSize = 1, SpecJson = """{"model":{"layers":-3}}""", TokenizerKind = "char" };
+        badSpec.Peers.Add(new Peer { Rank = 0, Address = worker.Address });
+        var e1 = Assert.Throws<RpcException>(() => client.Assign(badSpec));
+        Assert.Equal(StatusCode.InvalidArgument, e1.StatusCode);
+        Assert.Contains("$.model.layers", e1.Status.Detail);
+
+        var spec = TestJobs.CharLm("unused.txt");
+        var ok = new AssignRequest { JobId = "j", Generation = 1, WorldSize = 1, SpecJson = JobSpecSerializer.Serialize(spec), TokenizerKind = "char" };
+        ok.Peers.Add(new Peer { Rank = 0, Address = worker.Address });
+        ok.TokenizerTokens.AddRange(["<pad>", "<unk>", "a", "b", "c"]);
+        Assert.True(client.Assign(ok).Parameters > 0);
+
+        using (var call = client.LoadShard())
+        {
+            var chunk = new ShardChunk { JobId = "j" };
+            var step = new ShardStep { Step = 0, Rows = 1, Width = 2, Count = 2 };
+            step.Inputs.AddRange([2, 999_999]);
+            step.Targets.AddRange([3, 4]);
+            chunk.Steps.Add(step);
+            await call.RequestStream.WriteAsync(chunk);
+            await call.RequestStream.CompleteAsync();
+            var e2 = await Assert.ThrowsAsync<RpcException>(() => call.ResponseAsync);
+            Assert.Equal(StatusCode.InvalidArgument, e2.StatusCode);
+            Assert.Contains("999999", e2.Status.Detail);
+        }
+
+        var e3 = Assert.Throws<RpcException>(() => client.RunStep(new RunStepRequest { JobId = "j", Step = 0, Lr = 0.1, GlobalCount = 0 }));
+        Assert.Equal(StatusCode.InvalidArgument, e3.StatusCode);
+        var e4 = Assert.Throws<RpcException>(() => client.RunStep(new RunStepRequest { JobId = "other", Step = 0, Lr = 0.1, GlobalCount = 2 }));
+        Assert.Equal(StatusCode.NotFound, e4.StatusCode);
+
+        // Still alive and serving.
+        client.Release(new ReleaseRequest { JobId = "j", Reason = "test" });
+        Assert.Single(cluster.Client.ListWorkers(new ListWorkersRequest()).Workers);
+    }
+}
