@@ -7,18 +7,18 @@ namespace Dtrain.Tests.Cli;
 /// <summary>The `dtrain` executable end to end, as a user runs it: train, then eval / predict / generate on the checkpoint.</summary>
 public class CliTests
 {
-    static string WriteSpec(Scratch tmp, JobSpec spec) => tmp.Write("job.json", JobSpecSerializer.Serialize(spec));
+    static string WriteSpec(TempDir tmp, JobSpec spec) => tmp.Write("job.json", JobSpecSerializer.Serialize(spec));
 
     [Fact]
     public void Help_lists_every_verb_and_each_verb_has_help()
     {
-        using var tmp = new Scratch();
-        var root = CliRunner.Run(tmp.Dir, "--help");
+        using var tmp = new TempDir();
+        var root = CliRunner.Run(tmp.Path, "--help");
         Assert.Equal(0, root.ExitCode);
         foreach (var verb in new[] { "train", "validate", "eval", "predict", "generate", "serve", "worker", "submit", "watch", "status", "list", "cancel", "workers", "download", "cluster" })
         {
             Assert.Contains(verb, root.Stdout);
-            var help = CliRunner.Run(tmp.Dir, verb, "--help");
+            var help = CliRunner.Run(tmp.Path, verb, "--help");
             Assert.True(help.ExitCode == 0, help.ToString());
             Assert.Contains("Usage:", help.Stdout);
         }
@@ -27,20 +27,20 @@ public class CliTests
     [Fact]
     public void Train_then_eval_predict_on_a_classifier()
     {
-        using var tmp = new Scratch();
+        using var tmp = new TempDir();
         tmp.Write("d.jsonl", TestJobs.ClassificationJsonl());
         var spec = WriteSpec(tmp, TestJobs.Classifier("d.jsonl", steps: 40) with { Output = "out" });
-        var train = CliRunner.Run(tmp.Dir, "train", spec);
+        var train = CliRunner.Run(tmp.Path, "train", spec);
         Assert.True(train.ExitCode == 0, train.ToString());
         Assert.Contains("validation: loss", train.Stdout);
         Assert.Contains("accuracy", train.Stdout);
 
         tmp.Write("test.csv", "text,label\n\"win money now offer 999\",spam\n\"meeting notes for project 999\",ham\n");
-        var eval = CliRunner.Run(tmp.Dir, "eval", "out", "--data", "test.csv", "--format", "csv");
+        var eval = CliRunner.Run(tmp.Path, "eval", "out", "--data", "test.csv", "--format", "csv");
         Assert.True(eval.ExitCode == 0, eval.ToString());
         Assert.Contains("accuracy 100.00%", eval.Stdout);
 
-        var predict = CliRunner.Run(tmp.Dir, "predict", "out", "win money now offer 5", "meeting notes for project 5");
+        var predict = CliRunner.Run(tmp.Path, "predict", "out", "win money now offer 5", "meeting notes for project 5");
         Assert.True(predict.ExitCode == 0, predict.ToString());
         var lines = predict.Stdout.Trim().Split('\n');
         Assert.StartsWith("spam\t", lines[0]);
@@ -50,18 +50,18 @@ public class CliTests
     [Fact]
     public void Train_then_generate_from_a_language_model_is_reproducible_by_seed()
     {
-        using var tmp = new Scratch();
+        using var tmp = new TempDir();
         tmp.Write("t.txt", TestJobs.Text());
         var spec = WriteSpec(tmp, TestJobs.CharLm("t.txt", steps: 30) with { Output = "lm" });
-        var train = CliRunner.Run(tmp.Dir, "train", spec);
+        var train = CliRunner.Run(tmp.Path, "train", spec);
         Assert.True(train.ExitCode == 0, train.ToString());
-        var a = CliRunner.Run(tmp.Dir, "generate", "lm", "--prompt", "the ", "--length", "40", "--seed", "7");
-        var b = CliRunner.Run(tmp.Dir, "generate", "lm", "--prompt", "the ", "--length", "40", "--seed", "7");
+        var a = CliRunner.Run(tmp.Path, "generate", "lm", "--prompt", "the ", "--length", "40", "--seed", "7");
+        var b = CliRunner.Run(tmp.Path, "generate", "lm", "--prompt", "the ", "--length", "40", "--seed", "7");
         Assert.True(a.ExitCode == 0, a.ToString());
         Assert.StartsWith("the ", a.Stdout);
         Assert.Equal(a.Stdout, b.Stdout);
         Assert.True(a.Stdout.TrimEnd('\n').Length >= 44);
-        var eval = CliRunner.Run(tmp.Dir, "eval", "lm");
+        var eval = CliRunner.Run(tmp.Path, "eval", "lm");
         Assert.True(eval.ExitCode == 0, eval.ToString());
         Assert.Contains("perplexity", eval.Stdout);
     }
@@ -69,9 +69,9 @@ public class CliTests
     [Fact]
     public void Invalid_spec_fails_with_field_paths_and_exit_code_2()
     {
-        using var tmp = new Scratch();
+        using var tmp = new TempDir();
         var spec = tmp.Write("bad.json", """{"name":"x","data":{"train":"t.txt"},"model":{"cell":"lstmm","hiden_size":3}}""");
-        var r = CliRunner.Run(tmp.Dir, "train", spec);
+        var r = CliRunner.Run(tmp.Path, "train", spec);
         Assert.Equal(2, r.ExitCode);
         Assert.Contains("$.model.hiden_size", r.Stderr);
         Assert.DoesNotContain("   at ", r.Stderr);
@@ -80,10 +80,10 @@ public class CliTests
     [Fact]
     public void Malformed_data_fails_naming_file_and_line()
     {
-        using var tmp = new Scratch();
+        using var tmp = new TempDir();
         tmp.Write("d.jsonl", "{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\",\"label\":\"y\"}\n{\"text\": oops}\n");
         var spec = WriteSpec(tmp, TestJobs.Classifier("d.jsonl"));
-        var r = CliRunner.Run(tmp.Dir, "train", spec);
+        var r = CliRunner.Run(tmp.Path, "train", spec);
         Assert.Equal(2, r.ExitCode);
         Assert.Contains("d.jsonl:3", r.Stderr);
     }
@@ -91,8 +91,8 @@ public class CliTests
     [Fact]
     public void Missing_checkpoint_and_wrong_model_kind_are_clear_errors()
     {
-        using var tmp = new Scratch();
-        var missing = CliRunner.Run(tmp.Dir, "generate", "nope.dtck");
+        using var tmp = new TempDir();
+        var missing = CliRunner.Run(tmp.Path, "generate", "nope.dtck");
         Assert.Equal(2, missing.ExitCode);
         Assert.Contains("nope.dtck", missing.Stderr);
     }
@@ -100,9 +100,9 @@ public class CliTests
     [Fact]
     public void Validate_prints_the_spec_with_defaults()
     {
-        using var tmp = new Scratch();
+        using var tmp = new TempDir();
         var spec = tmp.Write("ok.json", """{"name":"ok","data":{"train":"t.txt"}}""");
-        var r = CliRunner.Run(tmp.Dir, "validate", spec);
+        var r = CliRunner.Run(tmp.Path, "validate", spec);
         Assert.True(r.ExitCode == 0, r.ToString());
         using var doc = JsonDocument.Parse(r.Stdout);
         Assert.Equal(256, doc.RootElement.GetProperty("model").GetProperty("hidden_size").GetInt32());

@@ -9,13 +9,13 @@ namespace Dtrain.Tests.Cluster;
 /// <summary>The coordinator's contract with users: precise errors, a queue that keeps going, cancellation.</summary>
 public class ClusterBehaviourTests
 {
-    static SubmitRequest Submit(Scratch tmp, JobSpec spec, int workers)
+    static SubmitRequest Submit(TempDir tmp, JobSpec spec, int workers)
     {
         var path = tmp.Write($"{spec.Name}.json", JobSpecSerializer.Serialize(spec));
         return Dtrain.Cli.JobCommands.BuildSubmit(new FileInfo(path), workers);
     }
 
-    static JobSpec SmallLm(Scratch tmp, string name, int steps)
+    static JobSpec SmallLm(TempDir tmp, string name, int steps)
     {
         tmp.Write("t.txt", TestJobs.Text());
         var spec = TestJobs.CharLm("t.txt", steps: steps) with { Name = name };
@@ -51,7 +51,7 @@ public class ClusterBehaviourTests
     [Fact]
     public async Task Malformed_dataset_fails_the_job_with_file_and_line_and_the_next_job_still_runs()
     {
-        using var tmp = new Scratch();
+        using var tmp = new TempDir();
         await using var cluster = await InProcessCluster.StartAsync(2);
         tmp.Write("bad.jsonl", "{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\",\"label\":\"y\"}\n{\"text\": oops}\n");
         var bad = TestJobs.Classifier("bad.jsonl") with { Name = "bad" };
@@ -67,7 +67,7 @@ public class ClusterBehaviourTests
     [Fact]
     public async Task Cancel_mid_job_stops_it_and_frees_the_workers_for_the_next_job()
     {
-        using var tmp = new Scratch();
+        using var tmp = new TempDir();
         await using var cluster = await InProcessCluster.StartAsync(2);
         var id = cluster.Client.Submit(Submit(tmp, SmallLm(tmp, "long", 100_000), 2)).JobId;
         var deadline = DateTime.UtcNow.AddSeconds(60);
@@ -88,7 +88,7 @@ public class ClusterBehaviourTests
     [Fact]
     public async Task Two_jobs_queued_back_to_back_both_succeed_in_order()
     {
-        using var tmp = new Scratch();
+        using var tmp = new TempDir();
         await using var cluster = await InProcessCluster.StartAsync(2);
         var first = cluster.Client.Submit(Submit(tmp, SmallLm(tmp, "first", 15), 2)).JobId;
         var second = cluster.Client.Submit(Submit(tmp, SmallLm(tmp, "second", 15), 2)).JobId;
@@ -104,7 +104,7 @@ public class ClusterBehaviourTests
     [Fact]
     public async Task Oversized_message_is_refused_with_a_clear_status()
     {
-        using var tmp = new Scratch();
+        using var tmp = new TempDir();
         await using var cluster = await InProcessCluster.StartAsync(1, new CoordinatorOptions { MaxMessageBytes = 1024 * 1024 });
         tmp.Write("big.txt", new string('a', 3 * 1024 * 1024));
         var spec = SmallLm(tmp, "big", 5) with { Data = new DataSpec { Format = DataFormats.Text, Train = "big.txt" } };

@@ -26,7 +26,7 @@ public class EquivalenceTests
     public async Task One_to_four_workers_match_single_process_after_20_steps(string task, string cell, int unused)
     {
         _ = unused;
-        using var tmp = new Scratch();
+        using var tmp = new TempDir();
         JobSpec spec;
         if (task == TaskKinds.LanguageModel)
         {
@@ -51,7 +51,7 @@ public class EquivalenceTests
         spec = spec with { Training = spec.Training with { EvalInterval = 0, CheckpointInterval = 0 } };
         var specPath = tmp.Write("job.json", JobSpecSerializer.Serialize(spec));
 
-        var single = Trainer.Run(spec, tmp.Dir, new TrainOptions { OutputDir = Path.Combine(tmp.Dir, "single") }, new NullObserver(), CancellationToken.None);
+        var single = Trainer.Run(spec, tmp.Path, new TrainOptions { OutputDir = Path.Combine(tmp.Path, "single") }, new NullObserver(), CancellationToken.None);
         using var reference = TrainedModel.Load(single.Checkpoint!);
 
         await using var cluster = await InProcessCluster.StartAsync(4);

@@ -16,9 +16,9 @@ public class WorkerFailureTests
         ["DTRAIN_Coordinator__StepTimeoutSeconds"] = "20",
     };
 
-    static (Scratch Tmp, string Spec) LongJob(int steps)
+    static (TempDir Tmp, string Spec) LongJob(int steps)
     {
-        var tmp = new Scratch();
+        var tmp = new TempDir();
         tmp.Write("t.txt", TestJobs.Text(200));
         var spec = TestJobs.CharLm("t.txt", steps: steps);
         spec = spec with { Training = spec.Training with { EvalInterval = 0, CheckpointInterval = 0, BatchSize = 8 } };
@@ -56,7 +56,7 @@ public class WorkerFailureTests
     {
         var (tmp, spec) = LongJob(100_000);
         using var _ = tmp;
-        using var cluster = LocalCluster.Start(3, 0, 1, Path.Combine(tmp.Dir, "cluster"), TimeSpan.FromMinutes(2), FastTimeouts);
+        using var cluster = LocalCluster.Start(3, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), FastTimeouts);
         using var channel = Remote.Channel(cluster.Address);
         var client = new Jobs.JobsClient(channel);
         var id = client.Submit(JobCommands.BuildSubmit(new FileInfo(spec), 3)).JobId;
@@ -82,7 +82,7 @@ public class WorkerFailureTests
     {
         var (tmp, spec) = LongJob(100_000);
         using var _ = tmp;
-        using var cluster = LocalCluster.Start(2, 0, 1, Path.Combine(tmp.Dir, "cluster"), TimeSpan.FromMinutes(2), FastTimeouts);
+        using var cluster = LocalCluster.Start(2, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), FastTimeouts);
         using var channel = Remote.Channel(cluster.Address);
         var client = new Jobs.JobsClient(channel);
         var id = client.Submit(JobCommands.BuildSubmit(new FileInfo(spec), 2)).JobId;

@@ -1,6 +1,8 @@
 using Dtrain.Data;
 using Dtrain.Specs;
 
+using Dtrain.Tests.Support;
+
 namespace Dtrain.Tests.Data;
 
 /// <summary>The datasets committed under data/ load through the same code path as a job's data.</summary>

@@ -1,6 +1,8 @@
 using Dtrain.Data;
 using Dtrain.Specs;
 
+using Dtrain.Tests.Support;
+
 namespace Dtrain.Tests.Data;
 
 public sealed class DatasetLoaderTests : IDisposable

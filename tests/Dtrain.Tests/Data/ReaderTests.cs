@@ -1,5 +1,7 @@
 using Dtrain.Data;
 
+using Dtrain.Tests.Support;
+
 namespace Dtrain.Tests.Data;
 
 public sealed class ReaderTests : IDisposable

@@ -3,6 +3,8 @@ using System.Text.Json;
 using Dtrain.Data;
 using Dtrain.Specs;
 
+using Dtrain.Tests.Support;
+
 namespace Dtrain.Tests.Data;
 
 public class TokenizerTests

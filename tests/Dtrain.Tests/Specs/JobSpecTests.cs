@@ -78,7 +78,7 @@ public class JobSpecTests
     [Fact]
     public void Every_bundled_example_spec_is_valid()
     {
-        var files = Directory.GetFiles(Repo.PathOf("examples"), "*.json");
+        var files = Directory.GetFiles(RepoFiles.PathOf("examples"), "*.json");
         Assert.NotEmpty(files);
         foreach (var f in files) JobSpecSerializer.Load(f);
     }

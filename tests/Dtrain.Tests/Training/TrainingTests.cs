@@ -21,10 +21,10 @@ public class TrainingTests
     [InlineData(CellKinds.Gru)]
     public void Language_model_loss_goes_down(string cell)
     {
-        using var tmp = new Scratch();
+        using var tmp = new TempDir();
         var text = tmp.Write("t.txt", TestJobs.Text());
         var rec = new Recorder();
-        var summary = Trainer.Run(TestJobs.CharLm(text, cell, steps: 60), tmp.Dir, new TrainOptions { OutputDir = tmp.Dir }, rec, CancellationToken.None);
+        var summary = Trainer.Run(TestJobs.CharLm(text, cell, steps: 60), tmp.Path, new TrainOptions { OutputDir = tmp.Path }, rec, CancellationToken.None);
         Assert.Equal(60, summary.Steps);
         var first = rec.Steps.Take(5).Average(s => s.Loss);
         var last = rec.Steps.TakeLast(5).Average(s => s.Loss);
@@ -36,9 +36,9 @@ public class TrainingTests
     [Fact]
     public void Classifier_learns_a_keyword_task()
     {
-        using var tmp = new Scratch();
+        using var tmp = new TempDir();
         var data = tmp.Write("d.jsonl", TestJobs.ClassificationJsonl());
-        var summary = Trainer.Run(TestJobs.Classifier(data, steps: 40), tmp.Dir, new TrainOptions { OutputDir = tmp.Dir }, new Recorder(), CancellationToken.None);
+        var summary = Trainer.Run(TestJobs.Classifier(data, steps: 40), tmp.Path, new TrainOptions { OutputDir = tmp.Path }, new Recorder(), CancellationToken.None);
         Assert.True(summary.Final!.Accuracy >= 0.95, $"accuracy {summary.Final.Accuracy}");
         Assert.True(summary.Final.MacroF1 >= 0.95);
     }
@@ -67,12 +67,12 @@ public class TrainingTests
     [Fact]
     public void Checkpoint_round_trip_gives_identical_outputs()
     {
-        using var tmp = new Scratch();
+        using var tmp = new TempDir();
         var text = tmp.Write("t.txt", TestJobs.Text());
         var spec = TestJobs.CharLm(text, steps: 8);
-        var summary = Trainer.Run(spec, tmp.Dir, new TrainOptions { OutputDir = tmp.Dir }, new Recorder(), CancellationToken.None);
+        var summary = Trainer.Run(spec, tmp.Path, new TrainOptions { OutputDir = tmp.Path }, new Recorder(), CancellationToken.None);
         using var a = Dtrain.Inference.TrainedModel.Load(summary.Checkpoint!);
-        using var b = Dtrain.Inference.TrainedModel.Load(tmp.Dir);
+        using var b = Dtrain.Inference.TrainedModel.Load(tmp.Path);
         Assert.Equal(8, a.State.Step);
         using var x = randint(2, a.Tokenizer.VocabSize, [2, 9]);
         var la = ((Dtrain.Models.RecurrentLanguageModel)a.Engine.Model).Forward(x, null).Logits;
@@ -86,16 +86,16 @@ public class TrainingTests
     [InlineData(LmSamplingKinds.Random)]
     public void Resumed_run_ends_with_the_same_parameters_as_an_uninterrupted_one(string sampling)
     {
-        using var tmp = new Scratch();
+        using var tmp = new TempDir();
         var text = tmp.Write("t.txt", TestJobs.Text());
         var baseSpec = TestJobs.CharLm(text, steps: 12);
         var spec = baseSpec with { Model = baseSpec.Model with { Dropout = 0.2 }, Training = baseSpec.Training with { LmSampling = sampling } };
-        var straight = Path.Combine(tmp.Dir, "straight");
-        var split = Path.Combine(tmp.Dir, "split");
-        Trainer.Run(spec, tmp.Dir, new TrainOptions { OutputDir = straight }, new Recorder(), CancellationToken.None);
-        Trainer.Run(spec with { Training = spec.Training with { MaxSteps = 5 } }, tmp.Dir, new TrainOptions { OutputDir = split }, new Recorder(), CancellationToken.None);
+        var straight = Path.Combine(tmp.Path, "straight");
+        var split = Path.Combine(tmp.Path, "split");
+        Trainer.Run(spec, tmp.Path, new TrainOptions { OutputDir = straight }, new Recorder(), CancellationToken.None);
+        Trainer.Run(spec with { Training = spec.Training with { MaxSteps = 5 } }, tmp.Path, new TrainOptions { OutputDir = split }, new Recorder(), CancellationToken.None);
         var rec = new Recorder();
-        Trainer.Run(spec, tmp.Dir, new TrainOptions { OutputDir = split, Resume = true }, rec, CancellationToken.None);
+        Trainer.Run(spec, tmp.Path, new TrainOptions { OutputDir = split, Resume = true }, rec, CancellationToken.None);
         Assert.Contains(rec.Messages, m => m.Contains("resumed") && m.Contains("step 5"));
         Assert.Equal(7, rec.Steps.Count);
         using var a = Dtrain.Inference.TrainedModel.Load(straight);
@@ -108,17 +108,17 @@ public class TrainingTests
     [Fact]
     public void Resume_skips_a_corrupt_newest_checkpoint_with_a_warning()
     {
-        using var tmp = new Scratch();
+        using var tmp = new TempDir();
         var text = tmp.Write("t.txt", TestJobs.Text());
         var spec = TestJobs.CharLm(text, steps: 6) with { Training = TestJobs.CharLm(text).Training with { MaxSteps = 6, CheckpointInterval = 3, KeepCheckpoints = 5 } };
-        Trainer.Run(spec, tmp.Dir, new TrainOptions { OutputDir = tmp.Dir }, new Recorder(), CancellationToken.None);
-        var newest = new CheckpointStore(Path.Combine(tmp.Dir, "checkpoints"), 5).List()[^1];
+        Trainer.Run(spec, tmp.Path, new TrainOptions { OutputDir = tmp.Path }, new Recorder(), CancellationToken.None);
+        var newest = new CheckpointStore(Path.Combine(tmp.Path, "checkpoints"), 5).List()[^1];
         Assert.Equal(6, newest.Step);
         var bytes = File.ReadAllBytes(newest.Path);
         bytes[bytes.Length / 2] ^= 0xFF;
         File.WriteAllBytes(newest.Path, bytes);
         var rec = new Recorder();
-        Trainer.Run(spec with { Training = spec.Training with { MaxSteps = 8 } }, tmp.Dir, new TrainOptions { OutputDir = tmp.Dir, Resume = true }, rec, CancellationToken.None);
+        Trainer.Run(spec with { Training = spec.Training with { MaxSteps = 8 } }, tmp.Path, new TrainOptions { OutputDir = tmp.Path, Resume = true }, rec, CancellationToken.None);
         Assert.Contains(rec.Messages, m => m.Contains("corrupt") && m.Contains(Path.GetFileName(newest.Path)));
         Assert.Contains(rec.Messages, m => m.Contains("resumed") && m.Contains("step 3"));
         Assert.Equal(5, rec.Steps.Count);
@@ -127,11 +127,11 @@ public class TrainingTests
     [Fact]
     public void Cancellation_stops_cleanly_and_saves_a_checkpoint()
     {
-        using var tmp = new Scratch();
+        using var tmp = new TempDir();
         var text = tmp.Write("t.txt", TestJobs.Text());
         using var cts = new CancellationTokenSource();
         var rec = new CancellingRecorder(cts, afterSteps: 3);
-        var summary = Trainer.Run(TestJobs.CharLm(text, steps: 1000), tmp.Dir, new TrainOptions { OutputDir = tmp.Dir }, rec, cts.Token);
+        var summary = Trainer.Run(TestJobs.CharLm(text, steps: 1000), tmp.Path, new TrainOptions { OutputDir = tmp.Path }, rec, cts.Token);
         Assert.Equal("interrupted", summary.StopReason);
         Assert.Equal(3, summary.Steps);
         Assert.Equal(3, Dtrain.Inference.TrainedModel.Load(summary.Checkpoint!).State.Step);

@@ -1,7 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Text;
 
-namespace Dtrain.Tests.Data;
+namespace Dtrain.Tests.Support;
 
 /// <summary>A unique directory under the system temp path, deleted on dispose.</summary>
 public sealed class TempDir : IDisposable
