@@ -1,6 +1,7 @@
 using Dtrain.Data;
 using Dtrain.Distributed;
 using Dtrain.Protos.Worker;
+using Dtrain.Runtime;
 using Dtrain.Specs;
 using Dtrain.Training;
 
@@ -20,6 +21,8 @@ public sealed class ReplicaJob : IAsyncDisposable
     public ITokenizer Tokenizer { get; }
     public LabelSet Labels { get; }
     public DataParallelReplica Replica { get; }
+    /// <summary>The one thread all of this replica's torch work runs on.</summary>
+    public TorchThread Torch { get; }
     public List<int> ValidationTokens { get; } = [];
     public List<int[]> ValidationSequences { get; } = [];
     public List<int> ValidationLabels { get; } = [];
@@ -29,8 +32,9 @@ public sealed class ReplicaJob : IAsyncDisposable
     public SemaphoreSlim Gate { get; } = new(1, 1);
     public long LastStep { get; set; } = -1;
 
-    public ReplicaJob(AssignRequest request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, DataParallelReplica replica, IAsyncDisposable? ring)
+    public ReplicaJob(AssignRequest request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, DataParallelReplica replica, IAsyncDisposable? ring, TorchThread torch)
     {
+        Torch = torch;
         JobId = request.JobId;
         Generation = request.Generation;
         Rank = request.Rank;
@@ -121,7 +125,8 @@ public sealed class ReplicaJob : IAsyncDisposable
         try
         {
             if (ring is not null) await ring.DisposeAsync().ConfigureAwait(false);
-            Replica.Dispose();
+            await Torch.RunAsync(Replica.Dispose).ConfigureAwait(false);
+            Torch.Dispose();
         }
         finally
         {

@@ -45,15 +45,15 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
 
         await state.ReleaseAsync("replaced by a new assignment").ConfigureAwait(false);
         var threads = request.Threads > 0 ? request.Threads : options.Threads > 0 ? options.Threads : 1;
-        TorchThreads.Apply(threads);
         var device = DeviceSelector.Resolve(options.Device, m => log.LogWarning("{Message}", m));
         var ring = await rings.ConnectAsync(request, context.CancellationToken).ConfigureAwait(false);
-        var replica = new DataParallelReplica(spec, tokenizer.VocabSize, labels.Count, device, ring.Reducer);
-        var job = new ReplicaJob(request, spec, tokenizer, labels, replica, ring);
+        var torch = new TorchThread($"torch-{request.JobId}", threads);
+        var replica = await torch.RunAsync(() => new DataParallelReplica(spec, tokenizer.VocabSize, labels.Count, device, ring.Reducer)).ConfigureAwait(false);
+        var job = new ReplicaJob(request, spec, tokenizer, labels, replica, ring, torch);
         state.Current = job;
         log.LogInformation("assigned job {JobId} generation {Generation}: rank {Rank}/{World}, {Parameters} parameters, {Threads} thread(s)",
             request.JobId, request.Generation, request.Rank, request.WorldSize, replica.ParameterCount, threads);
-        return new AssignReply { Parameters = replica.ParameterCount, ParameterChecksum = replica.ParameterChecksum() };
+        return new AssignReply { Parameters = replica.ParameterCount, ParameterChecksum = await torch.RunAsync(replica.ParameterChecksum).ConfigureAwait(false) };
     }
 
     public override async Task<ShardReply> LoadShard(IAsyncStreamReader<ShardChunk> requestStream, ServerCallContext context)
@@ -94,7 +94,7 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
             ReplicaStepResult result;
             try
             {
-                result = await job.Replica.StepAsync(rows, shardStep?.ResetState ?? false, carries, request.GlobalCount, request.Lr, request.Step, linked.Token).ConfigureAwait(false);
+                result = await job.Replica.StepAsync(rows, shardStep?.ResetState ?? false, carries, request.GlobalCount, request.Lr, request.Step, linked.Token, job.Torch).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (job.Cancel.IsCancellationRequested)
             {
@@ -108,7 +108,7 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
                 Count = result.Count,
                 Rows = result.Rows,
                 GradNorm = result.GradNorm,
-                ParameterChecksum = request.ReportChecksum ? job.Replica.ParameterChecksum() : 0,
+                ParameterChecksum = request.ReportChecksum ? await job.Torch.RunAsync(job.Replica.ParameterChecksum).ConfigureAwait(false) : 0,
                 ComputeMs = result.ComputeMs,
                 AllreduceMs = result.ReduceMs,
             };
@@ -126,17 +126,12 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
         await job.Gate.WaitAsync(context.CancellationToken).ConfigureAwait(false);
         try
         {
-            EvalMetrics m;
-            if (job.Spec.Task == TaskKinds.LanguageModel)
-            {
-                if (job.ValidationTokens.Count < 2) throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {job.JobId}: this replica holds no validation data"));
-                m = Evaluator.LanguageModel(job.Replica.Engine, [.. job.ValidationTokens], request.BatchSize, job.Spec.Training.SeqLen, request.MaxBatches);
-            }
-            else
-            {
-                if (job.ValidationSequences.Count == 0) throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {job.JobId}: this replica holds no validation data"));
-                m = Evaluator.Classification(job.Replica.Engine, job.ValidationSequences, job.ValidationLabels, job.Labels.Count, request.BatchSize, request.MaxBatches);
-            }
+            var lm = job.Spec.Task == TaskKinds.LanguageModel;
+            if (lm ? job.ValidationTokens.Count < 2 : job.ValidationSequences.Count == 0)
+                throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {job.JobId}: this replica holds no validation data"));
+            var m = await job.Torch.RunAsync(() => lm
+                ? Evaluator.LanguageModel(job.Replica.Engine, [.. job.ValidationTokens], request.BatchSize, job.Spec.Training.SeqLen, request.MaxBatches)
+                : Evaluator.Classification(job.Replica.Engine, job.ValidationSequences, job.ValidationLabels, job.Labels.Count, request.BatchSize, request.MaxBatches)).ConfigureAwait(false);
             var reply = new EvaluateReply { Loss = m.Loss, Count = m.Count };
             if (m.Accuracy is { } a) reply.Accuracy = a;
             if (m.MacroF1 is { } f) reply.MacroF1 = f;
@@ -156,7 +151,7 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
         try
         {
             var training = new TrainingState { Step = request.Step, ElapsedSeconds = request.ElapsedSeconds, SamplesSeen = request.SamplesSeen };
-            var data = TrainingCheckpoint.Capture(job.Spec, job.Tokenizer, job.Labels, training, job.Replica.Engine);
+            var data = await job.Torch.RunAsync(() => TrainingCheckpoint.Capture(job.Spec, job.Tokenizer, job.Labels, training, job.Replica.Engine)).ConfigureAwait(false);
             using var ms = new MemoryStream();
             CheckpointFormat.Write(ms, data);
             bytes = ms.ToArray();

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Dtrain.Runtime;
 using Dtrain.Specs;
 using Dtrain.Training;
 using static TorchSharp.torch;
@@ -29,10 +30,20 @@ public sealed class DataParallelReplica : IDisposable
 
     public long ParameterCount => gradients.Values.Length;
 
-    /// <summary>Runs step <paramref name="step"/> on <paramref name="rows"/> (null = no rows for this replica this step).</summary>
-    public async Task<ReplicaStepResult> StepAsync(BatchRows? rows, bool resetState, bool carryState, long globalCount, double lr, long step, CancellationToken cancel)
+    /// <summary>Runs step <paramref name="step"/> on <paramref name="rows"/> (null = no rows for this replica this step); torch work runs on <paramref name="torch"/> when given.</summary>
+    public async Task<ReplicaStepResult> StepAsync(BatchRows? rows, bool resetState, bool carryState, long globalCount, double lr, long step, CancellationToken cancel, TorchThread? torch = null)
     {
         var clock = Stopwatch.StartNew();
+        var stats = torch is null ? Compute(rows, resetState, carryState) : await torch.RunAsync(() => Compute(rows, resetState, carryState)).ConfigureAwait(false);
+        var computeMs = clock.Elapsed.TotalMilliseconds;
+        await reducer.SumAsync(gradients.Values, step, cancel).ConfigureAwait(false);
+        var reduceMs = clock.Elapsed.TotalMilliseconds - computeMs;
+        var norm = torch is null ? Apply(globalCount, lr) : await torch.RunAsync(() => Apply(globalCount, lr)).ConfigureAwait(false);
+        return new ReplicaStepResult(stats.LossSum, stats.Count, rows?.Rows ?? 0, norm, computeMs, reduceMs);
+    }
+
+    private GradientStats Compute(BatchRows? rows, bool resetState, bool carryState)
+    {
         if (resetState) Engine.ResetState();
         GradientStats stats = default;
         if (rows is not null)
@@ -45,12 +56,13 @@ public sealed class DataParallelReplica : IDisposable
             Engine.Optimizer.zero_grad();
         }
         gradients.Gather();
-        var computeMs = clock.Elapsed.TotalMilliseconds;
-        await reducer.SumAsync(gradients.Values, step, cancel).ConfigureAwait(false);
-        var reduceMs = clock.Elapsed.TotalMilliseconds - computeMs;
+        return stats;
+    }
+
+    private double Apply(long globalCount, double lr)
+    {
         gradients.Scatter();
-        var norm = Engine.ApplyGradients(globalCount, lr);
-        return new ReplicaStepResult(stats.LossSum, stats.Count, rows?.Rows ?? 0, norm, computeMs, reduceMs);
+        return Engine.ApplyGradients(globalCount, lr);
     }
 
     /// <summary>Sum of all parameter values in double precision: replicas that took the same steps agree exactly.</summary>
