@@ -14,7 +14,8 @@ namespace Dtrain.Bench;
 /// </summary>
 public static class ClusterBench
 {
-    const int Vocab = 96, Embed = 64, Hidden = 256, Layers = 2, Batch = 32, Seq = 64, Warmup = 5, Timed = 30;
+    // A long warm-up: the first steps of a fresh process are slow while libtorch pages in and builds its kernels.
+    const int Vocab = 96, Embed = 64, Hidden = 256, Layers = 2, Batch = 32, Seq = 64, Warmup = 20, Timed = 40;
 
     public static int Run(string root)
     {

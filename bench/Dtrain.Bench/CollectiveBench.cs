@@ -63,7 +63,8 @@ public static class CollectiveBench
                     UseShellExecute = false,
                 };
                 foreach (var a in prefix.Concat(["allreduce", "--peer", kind, $"{rank}", $"{world}", $"{floats}"])) start.ArgumentList.Add(a);
-                start.Environment["DOTNET_PROCESSOR_COUNT"] = "1";
+                // One CPU per worker unless the caller says otherwise (children inherit the environment).
+                if (Environment.GetEnvironmentVariable("DOTNET_PROCESSOR_COUNT") is null) start.Environment["DOTNET_PROCESSOR_COUNT"] = "1";
                 peers.Add(Process.Start(start) ?? throw new InvalidOperationException("cannot start a peer process"));
             }
             using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(5));
@@ -121,7 +122,7 @@ public static class CollectiveBench
         await app.StartAsync();
         Console.WriteLine($"ADDRESS {app.Urls.Single()}");
         var addresses = (Console.ReadLine() ?? throw new InvalidOperationException("no peer list on stdin")).Split(',');
-        await using var transport = await GrpcRingTransport.ConnectAsync("bench", 1, rank, world, addresses, app.Services.GetRequiredService<RingMailboxes>());
+        var transport = await GrpcRingTransport.ConnectAsync("bench", 1, rank, world, addresses, app.Services.GetRequiredService<RingMailboxes>());
 
         double seconds;
         if (kind == "p2p") seconds = await PointToPointAsync(transport, floats);
@@ -138,7 +139,12 @@ public static class CollectiveBench
             for (var i = 0; i < Iterations; i++) await allReduce.SumAsync(buffer, op++);
             seconds = clock.Elapsed.TotalSeconds / Iterations;
         }
+        if (Environment.GetEnvironmentVariable("DTRAIN_BENCH_GC") is not null)
+            Console.Error.WriteLine($"[{kind} w{world} r{rank} {floats >> 20}M] gc {GC.CollectionCount(0)}/{GC.CollectionCount(1)}/{GC.CollectionCount(2)} allocated {GC.GetTotalAllocatedBytes() >> 20} MiB");
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"RESULT {seconds:R}"));
+        // Leave the ring first: completing our stream lets the right neighbour's server finish its Push call, so no
+        // host waits out its graceful-shutdown timeout for an inbound stream that is still open.
+        await transport.DisposeAsync();
         await app.StopAsync();
         return 0;
     }

@@ -24,7 +24,8 @@ switch (mode)
                 engine = EngineLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, 5, 30);
                 plain = PlainCharLm.SecondsPerStep(96, 64, 256, 2, 32, 64, 5, 30);
             }
-            Console.WriteLine($"round {round + 1} threads={threads}: plain TorchSharp {plain * 1e3:F1} ms/step ({32 / plain:F1} samples/s) | engine {engine * 1e3:F1} ms/step ({32 / engine:F1} samples/s) | engine/plain throughput {plain / engine:F3}");
+            var replica = ReplicaLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, 5, 30, threads).GetAwaiter().GetResult();
+            Console.WriteLine($"round {round + 1} threads={threads}: plain TorchSharp {plain * 1e3:F1} ms/step ({32 / plain:F1} samples/s) | engine {engine * 1e3:F1} ms/step ({32 / engine:F1} samples/s, {plain / engine:F3}x) | replica on a torch thread {replica * 1e3:F1} ms/step ({plain / replica:F3}x)");
         }
         return 0;
     }

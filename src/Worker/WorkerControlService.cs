@@ -102,6 +102,7 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
             }
             job.LastStep = request.Step;
             state.Step = request.Step;
+            log.LogDebug("job {JobId} step {Step}: {Rows} rows, compute {Compute:F1} ms, all-reduce {Reduce:F1} ms", job.JobId, request.Step, result.Rows, result.ComputeMs, result.ReduceMs);
             return new RunStepReply
             {
                 LossSum = result.LossSum,

@@ -61,6 +61,8 @@ public static class WorkerHost
         var app = builder.Build();
         app.MapGrpcService<WorkerControlService>();
         GrpcRingConnector.MapServices(app);
+        // Leave the ring before Kestrel drains: an open collective stream would hold graceful shutdown for its full timeout.
+        app.Lifetime.ApplicationStopping.Register(() => app.Services.GetRequiredService<WorkerSlot>().ReleaseAsync("worker shutting down").GetAwaiter().GetResult());
         app.Lifetime.ApplicationStarted.Register(() =>
         {
             var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();

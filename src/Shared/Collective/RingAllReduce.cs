@@ -1,4 +1,6 @@
+using System.Globalization;
 using System.Numerics;
+using System.Runtime.ExceptionServices;
 using System.Runtime.InteropServices;
 
 namespace Dtrain.Collective;
@@ -79,15 +81,16 @@ public sealed class RingAllReduce
         }
         if (op.FirstFailure is null) return;
 
-        if (op.FirstFailure is not OperationCanceledException) throw op.FirstFailure;
+        if (op.FirstFailure is not OperationCanceledException) ExceptionDispatchInfo.Throw(op.FirstFailure);
         // Cancelled: say where we were stuck. The receive side is what waits on the ring; if it is done, the send side.
         var (position, direction, peer) = op.ReceiveDone
             ? (op.SendPosition, "sending to right neighbour", (Rank + 1) % world)
             : (op.ReceivePosition, "waiting for left neighbour", (Rank - 1 + world) % world);
-        var where = $"ring all-reduce operation {operation} ({buffer.Length} floats, rank {Rank} of {world}) {{0}} in {PhaseName(position.Phase)} step {position.RingStep}/{world - 1} piece {position.Piece}, {direction} {_transport.DescribeRank(peer)}";
+        string Where(string what) =>
+            $"ring all-reduce operation {operation} ({buffer.Length} floats, rank {Rank} of {world}) {what} in {PhaseName(position.Phase)} step {position.RingStep}/{world - 1} piece {position.Piece}, {direction} {_transport.DescribeRank(peer)}";
         if (cancellationToken.IsCancellationRequested)
-            throw new OperationCanceledException(string.Format(System.Globalization.CultureInfo.InvariantCulture, where, "was cancelled"), op.FirstFailure, cancellationToken);
-        throw new CollectiveTimeoutException(string.Format(System.Globalization.CultureInfo.InvariantCulture, where, $"timed out after {OperationTimeout.TotalSeconds:0.###} s"),
+            throw new OperationCanceledException(Where("was cancelled"), op.FirstFailure, cancellationToken);
+        throw new CollectiveTimeoutException(Where(string.Create(CultureInfo.InvariantCulture, $"timed out after {OperationTimeout.TotalSeconds:0.###} s")),
             operation, position.Phase, position.RingStep, position.Piece, peer, op.FirstFailure);
     }
 
