@@ -19,9 +19,11 @@ namespace Dtrain.Server;
 public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registry, WorkerClients clients, TimeProvider clock, ILogger<JobRunner> log)
 {
     /// <summary>Why a job stopped early: the message shown to the user, and the worker that could not be reached, if any.</summary>
-    private sealed class JobFailure(string message, WorkerRecord? unreachable = null) : Exception(message)
+    private sealed class JobFailure(string message, WorkerRecord? unreachable = null, bool peerFailure = false) : Exception(message)
     {
         public WorkerRecord? Unreachable { get; } = unreachable;
+        /// <summary>The worker reported that a ring peer failed: a consequence, not the cause.</summary>
+        public bool PeerFailure { get; } = peerFailure;
     }
 
     public async Task RunAsync(JobRecord job, IReadOnlyList<WorkerRecord> workers, CancellationToken stop)
@@ -300,8 +302,18 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
             pending.Remove(finished);
             if (finished.IsFaulted || finished.IsCanceled)
             {
+                // A worker that reports a failed peer usually hears of it before the coordinator's own call to the
+                // dead peer fails: give that call a moment to fail on its own, so the dead worker is the one named.
+                if (finished.Exception?.InnerException is JobFailure { PeerFailure: true })
+                    await Task.WhenAny(Task.WhenAll(pending), Task.Delay(TimeSpan.FromSeconds(3), CancellationToken.None)).ConfigureAwait(false);
                 await group.CancelAsync().ConfigureAwait(false);
                 await Task.WhenAll(pending.Select(t => t.ContinueWith(_ => { }, TaskScheduler.Default))).ConfigureAwait(false);
+                // When a worker dies its ring neighbours fail too, often first: blame the one that could not be reached.
+                var failures = tasks.Where(t => t.IsFaulted).Select(t => t.Exception!.InnerException!).ToList();
+                var culprit = failures.OfType<JobFailure>().FirstOrDefault(f => f.Unreachable is not null)
+                    ?? failures.OfType<JobFailure>().FirstOrDefault(f => !f.PeerFailure)
+                    ?? failures.FirstOrDefault();
+                if (culprit is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(culprit);
                 await finished.ConfigureAwait(false);
             }
         }
@@ -322,9 +334,9 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         {
             throw new JobFailure($"worker {w.Id} ({w.Address}) unreachable during {what} at step {step}: {e.Status.Detail}", w);
         }
-        catch (RpcException e) when (!cancel.IsCancellationRequested)
+        catch (RpcException e) when (!cancel.IsCancellationRequested || e.StatusCode == StatusCode.Aborted)
         {
-            throw new JobFailure($"worker {w.Id} ({w.Address}) failed {what} at step {step}: {e.StatusCode}: {e.Status.Detail}");
+            throw new JobFailure($"worker {w.Id} ({w.Address}) failed {what} at step {step}: {e.StatusCode}: {e.Status.Detail}", peerFailure: e.StatusCode == StatusCode.Aborted);
         }
     }
 

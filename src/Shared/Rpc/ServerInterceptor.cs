@@ -60,6 +60,8 @@ public sealed class ServerInterceptor(ILogger<ServerInterceptor> log) : Intercep
     {
         var code = e switch
         {
+            // A collective failure is a peer's fault (dead or hung neighbour): Aborted tells the coordinator so.
+            Collective.CollectiveException or Collective.RingTransportException => StatusCode.Aborted,
             SpecException or DataFormatException or ArgumentException or InvalidDataException or FormatException => StatusCode.InvalidArgument,
             KeyNotFoundException or FileNotFoundException => StatusCode.NotFound,
             CorruptCheckpointException => StatusCode.DataLoss,
