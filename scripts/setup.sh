@@ -8,7 +8,7 @@ if ! command -v dotnet >/dev/null 2>&1; then
   echo "setup: the .NET 10 SDK is required (https://dotnet.microsoft.com/download); install it and run again" >&2
   exit 1
 fi
-libstdcxx="$(ldconfig -p 2>/dev/null | awk '/libstdc\+\+\.so\.6 .*x86-64/ {print $NF; exit}')"
+libstdcxx="$(ldconfig -p 2>/dev/null | awk '/libstdc\+\+\.so\.6 .*x86-64/ && !found {print $NF; found = 1}')"
 if [[ -n "$libstdcxx" ]] && ! grep -q "GLIBCXX_3.4.32" "$libstdcxx"; then
   command -v patchelf >/dev/null 2>&1 || need+=(patchelf)
   command -v g++ >/dev/null 2>&1 || need+=(g++)
