@@ -31,7 +31,7 @@ public static class JobWatcher
                         var s = e.Step;
                         if (s.Step % every != 0 && s.Step != s.TotalSteps && DateTime.UtcNow - lastPrint < TimeSpan.FromSeconds(30)) break;
                         lastPrint = DateTime.UtcNow;
-                        Console.WriteLine(StepLine(s));
+                        Console.WriteLine($"{StepLine(s)} (step {s.StepMs:F0} ms: compute {s.ComputeMs:F0}, all-reduce {s.AllreduceMs:F0})");
                         break;
                     case JobEvent.KindOneofCase.Eval:
                         Console.WriteLine($"step {e.Eval.Step} validation: {Describe(e.Eval.Metrics)}");

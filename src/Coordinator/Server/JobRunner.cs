@@ -150,6 +150,7 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
             var count = globalCounts[step];
             globalCounts.Remove(step);
             var current = step;
+            var stepClock = Stopwatch.StartNew();
             var replies = await OnAllAsync(workers, "step", step, options.StepTimeoutSeconds, cancel, (w, rank, deadline, ct) =>
                 clients.For(w.Address).RunStepAsync(new RunStepRequest { JobId = job.Id, Step = current, Lr = lr, GlobalCount = count, ReportChecksum = checksum },
                     deadline: deadline, cancellationToken: ct).ResponseAsync).ConfigureAwait(false);
@@ -162,7 +163,11 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
             var sps = samples / Math.Max(1e-9, elapsed);
             var eta = elapsed / done * (total - done);
             job.Update(i => { i.Step = done; i.Epoch = plan.PositionOf(step).Epoch; i.Loss = loss; i.SamplesPerSecond = sps; }, publishState: false);
-            job.Publish(new JobEvent { Step = new StepEvent { Step = done, TotalSteps = total, Epoch = plan.PositionOf(step).Epoch, Loss = loss, Lr = lr, SamplesPerSecond = sps, ElapsedSeconds = elapsed, EtaSeconds = eta, Workers = world } });
+            job.Publish(new JobEvent { Step = new StepEvent
+            {
+                Step = done, TotalSteps = total, Epoch = plan.PositionOf(step).Epoch, Loss = loss, Lr = lr, SamplesPerSecond = sps, ElapsedSeconds = elapsed, EtaSeconds = eta, Workers = world,
+                ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs), StepMs = stepClock.Elapsed.TotalMilliseconds,
+            } });
 
             var last = done == total;
             if (last || (spec.Training.EvalInterval > 0 && done % spec.Training.EvalInterval == 0))
