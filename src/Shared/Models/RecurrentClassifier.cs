@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 namespace Dtrain.Models;
 
 /// <summary>Embedding → stacked (optionally bidirectional) RNN → final hidden state → dropout → Linear: one label per sequence.</summary>
-public sealed class RecurrentClassifier : nn.Module, IRecurrentModel
+public sealed class RecurrentClassifier : nn.Module
 {
     private readonly Embedding embedding;
     private readonly RecurrentStack rnn;

@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 namespace Dtrain.Models;
 
 /// <summary>Embedding → stacked RNN → dropout → Linear: next-token logits at every position.</summary>
-public sealed class RecurrentLanguageModel : nn.Module, IRecurrentModel
+public sealed class RecurrentLanguageModel : nn.Module
 {
     private readonly Embedding embedding;
     private readonly RecurrentStack rnn;
