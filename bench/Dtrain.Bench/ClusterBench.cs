@@ -70,7 +70,7 @@ public static class ClusterBench
         using var cluster = LocalCluster.Start(workers, 0, threads, logs, TimeSpan.FromMinutes(2));
         using var channel = Remote.Channel(cluster.Address);
         var client = new Jobs.JobsClient(channel);
-        var id = client.Submit(JobCommands.BuildSubmit(new FileInfo(specPath), workers)).JobId;
+        var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(specPath), workers)).JobId;
         using var call = client.Watch(new WatchJobRequest { JobId = id });
         double start = double.NaN, end = double.NaN;
         JobInfo? last = null;

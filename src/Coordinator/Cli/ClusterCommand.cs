@@ -55,14 +55,13 @@ public static class ClusterCommand
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var file = r.GetValue(spec)!;
-            var request = JobCommands.BuildSubmit(file, r.GetValue(workers));
             var name = JobSpecSerializer.Load(file.FullName).Name;
             var n = r.GetValue(workers);
             Console.WriteLine($"starting a local cluster: coordinator + {n} worker(s)...");
             using var cluster = LocalCluster.Start(n, r.GetValue(port), ThreadsFor(n, r.GetValue(threads)), r.GetValue(logs)!, TimeSpan.FromMinutes(2));
             using var channel = Remote.Channel(cluster.Address);
             var client = new Jobs.JobsClient(channel);
-            var id = client.Submit(request).JobId;
+            var id = client.Submit(JobCommands.BuildSubmit(client, file, r.GetValue(workers))).JobId;
             Console.WriteLine($"{id} submitted to {cluster.Address} (logs in {cluster.LogDir})");
             using var cancel = new CancelOnCtrlC(client, id);
             var status = JobWatcher.Watch(client, id, r.GetValue(plain));

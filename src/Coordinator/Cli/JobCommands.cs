@@ -3,6 +3,7 @@ using System.Globalization;
 using Dtrain.Protos.Jobs;
 using Dtrain.Specs;
 using Google.Protobuf;
+using Grpc.Core;
 using Spectre.Console;
 
 namespace Dtrain.Cli;
@@ -32,7 +33,7 @@ public static class JobCommands
         foreach (var o in new Option[] { workers, watch, plain }) cmd.Options.Add(o);
         cmd.SetAction(r => Remote.Guard(r, client =>
         {
-            var request = BuildSubmit(r.GetValue(spec)!, r.GetValue(workers));
+            var request = BuildSubmit(client, r.GetValue(spec)!, r.GetValue(workers));
             var id = client.Submit(request).JobId;
             Console.WriteLine(id);
             return r.GetValue(watch) ? JobWatcher.Watch(client, id, r.GetValue(plain)) : CliErrors.Ok;
@@ -40,8 +41,8 @@ public static class JobCommands
         return cmd;
     }
 
-    /// <summary>Validates the spec locally (fast, precise errors) and attaches its data files.</summary>
-    public static SubmitRequest BuildSubmit(FileInfo file, int workers)
+    /// <summary>Validates the spec locally (fast, precise errors) and uploads its data files in chunks.</summary>
+    public static SubmitRequest BuildSubmit(Jobs.JobsClient client, FileInfo file, int workers)
     {
         var parsed = JobSpecSerializer.Load(file.FullName);
         var request = new SubmitRequest { SpecJson = File.ReadAllText(file.FullName), Workers = workers, Source = file.Name };
@@ -50,9 +51,39 @@ public static class JobCommands
             if (path is null || parsed.Data.Format == DataFormats.Synthetic) continue;
             var full = JobSpecPaths.Resolve(file.DirectoryName!, path)!;
             if (!File.Exists(full)) throw new SpecException(file.Name, [new SpecError($"$.data.{field}", $"file not found: {full}")]);
-            request.Files[path] = ByteString.CopyFrom(File.ReadAllBytes(full));
+            request.UploadedFiles[path] = Upload(client, full);
         }
         return request;
+    }
+
+    /// <summary>Streams a file to the coordinator in 512 KiB chunks (under the smallest allowed message limit); returns its upload handle.</summary>
+    public static string Upload(Jobs.JobsClient client, string path)
+    {
+        using var call = client.Upload();
+        using var file = File.OpenRead(path);
+        var buffer = new byte[512 * 1024];
+        var first = true;
+        int n;
+        try
+        {
+            while ((n = file.Read(buffer)) > 0 || first)
+            {
+                var chunk = new FileChunk { Data = ByteString.CopyFrom(buffer, 0, n) };
+                if (first) { chunk.Name = Path.GetFileName(path); chunk.TotalBytes = file.Length; first = false; }
+                call.RequestStream.WriteAsync(chunk).GetAwaiter().GetResult();
+                if (n == 0) break;
+            }
+            call.RequestStream.CompleteAsync().GetAwaiter().GetResult();
+        }
+        catch (RpcException) when (call.ResponseAsync.Wait(TimeSpan.FromSeconds(10)) || call.ResponseAsync.IsFaulted)
+        {
+            // The coordinator refused the upload mid-stream; its answer below says why.
+        }
+        catch (AggregateException) when (call.ResponseAsync.IsFaulted)
+        {
+            // As above: the response carries the coordinator's status.
+        }
+        return call.ResponseAsync.GetAwaiter().GetResult().FileId;
     }
 
     static Command Watch()

@@ -51,6 +51,7 @@ public static class CoordinatorHost
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(TimeProvider.System);
         builder.Services.AddSingleton<WorkerRegistry>();
+        builder.Services.AddSingleton<UploadStore>();
         builder.Services.AddSingleton<WorkerClients>();
         builder.Services.AddSingleton<JobRunner>();
         builder.Services.AddSingleton<JobManager>();

@@ -19,8 +19,10 @@ public sealed record CoordinatorOptions
     public double CallTimeoutSeconds { get; init; } = 300;
     /// <summary>Compare replica parameter checksums every this many steps (and at the end).</summary>
     public int ChecksumInterval { get; init; } = 25;
-    /// <summary>Largest gRPC message, in bytes (a job submission with its data files is one message).</summary>
-    public int MaxMessageBytes { get; init; } = 256 * 1024 * 1024;
+    /// <summary>Largest gRPC message, in bytes; larger ones are refused with ResourceExhausted (data files travel in chunks).</summary>
+    public int MaxMessageBytes { get; init; } = 64 * 1024 * 1024;
+    /// <summary>Largest data file a client may upload, in bytes.</summary>
+    public long MaxUploadBytes { get; init; } = 4L * 1024 * 1024 * 1024;
     /// <summary>Largest shard message sent to a worker, in int32 values (larger shards are chunked).</summary>
     public int ShardChunkValues { get; init; } = 1024 * 1024;
 

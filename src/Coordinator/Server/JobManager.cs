@@ -8,7 +8,7 @@ using Microsoft.Extensions.Logging;
 namespace Dtrain.Server;
 
 /// <summary>The job queue: accepts submissions (validated before any worker is touched), starts jobs in FIFO order as workers become idle, and keeps every job's record.</summary>
-public sealed class JobManager(CoordinatorOptions options, WorkerRegistry registry, JobRunner runner, TimeProvider clock, ILogger<JobManager> log) : BackgroundService
+public sealed class JobManager(CoordinatorOptions options, WorkerRegistry registry, JobRunner runner, UploadStore uploads, TimeProvider clock, ILogger<JobManager> log) : BackgroundService
 {
     private readonly ConcurrentDictionary<string, JobRecord> jobs = new();
     private readonly ConcurrentQueue<JobRecord> queue = new();
@@ -22,7 +22,7 @@ public sealed class JobManager(CoordinatorOptions options, WorkerRegistry regist
         var spec = JobSpecSerializer.Parse(request.SpecJson, source);
         var id = $"job-{Interlocked.Increment(ref nextId):D4}";
         var dir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs", id));
-        spec = StoreFiles(spec, request, Path.Combine(dir, "data"), source);
+        spec = StoreFiles(spec, request, uploads, Path.Combine(dir, "data"), source);
         var record = new JobRecord(id, spec with { Output = dir }, dir, request.Workers, clock.GetUtcNow());
         jobs[id] = record;
         queue.Enqueue(record);
@@ -74,11 +74,18 @@ public sealed class JobManager(CoordinatorOptions options, WorkerRegistry regist
     }
 
     /// <summary>Writes the uploaded data files into the job directory and points the spec at them.</summary>
-    private static JobSpec StoreFiles(JobSpec spec, SubmitRequest request, string dataDir, string source)
+    private static JobSpec StoreFiles(JobSpec spec, SubmitRequest request, UploadStore uploads, string dataDir, string source)
     {
         string? Place(string? path, string field)
         {
             if (path is null) return null;
+            if (request.UploadedFiles.TryGetValue(path, out var fileId))
+            {
+                Directory.CreateDirectory(dataDir);
+                var target = Path.Combine(dataDir, $"{field}-{Path.GetFileName(path)}");
+                File.Move(uploads.PathOf(fileId, $"$.data.{field}"), target, overwrite: true);
+                return target;
+            }
             if (request.Files.TryGetValue(path, out var bytes))
             {
                 Directory.CreateDirectory(dataDir);

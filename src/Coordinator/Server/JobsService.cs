@@ -5,8 +5,11 @@ using Grpc.Core;
 namespace Dtrain.Server;
 
 /// <summary>The CLI's API: submit, inspect, watch, cancel and download jobs; list workers.</summary>
-public sealed class JobsService(JobManager jobs, WorkerRegistry registry) : Jobs.JobsBase
+public sealed class JobsService(JobManager jobs, WorkerRegistry registry, UploadStore uploads) : Jobs.JobsBase
 {
+    public override Task<UploadReply> Upload(IAsyncStreamReader<FileChunk> requestStream, ServerCallContext context) =>
+        uploads.ReceiveAsync(requestStream, context.CancellationToken);
+
     public override Task<SubmitReply> Submit(SubmitRequest request, ServerCallContext context) =>
         Task.FromResult(new SubmitReply { JobId = jobs.Submit(request).Id });
 

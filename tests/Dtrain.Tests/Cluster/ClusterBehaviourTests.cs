@@ -9,10 +9,10 @@ namespace Dtrain.Tests.Cluster;
 /// <summary>The coordinator's contract with users: precise errors, a queue that keeps going, cancellation.</summary>
 public class ClusterBehaviourTests
 {
-    static SubmitRequest Submit(TempDir tmp, JobSpec spec, int workers)
+    static SubmitRequest Submit(InProcessCluster cluster, TempDir tmp, JobSpec spec, int workers)
     {
         var path = tmp.Write($"{spec.Name}.json", JobSpecSerializer.Serialize(spec));
-        return Dtrain.Cli.JobCommands.BuildSubmit(new FileInfo(path), workers);
+        return Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(path), workers);
     }
 
     static JobSpec SmallLm(TempDir tmp, string name, int steps)
@@ -55,12 +55,12 @@ public class ClusterBehaviourTests
         await using var cluster = await InProcessCluster.StartAsync(2);
         tmp.Write("bad.jsonl", "{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\",\"label\":\"y\"}\n{\"text\": oops}\n");
         var bad = TestJobs.Classifier("bad.jsonl") with { Name = "bad" };
-        var id = cluster.Client.Submit(Submit(tmp, bad, 2)).JobId;
+        var id = cluster.Client.Submit(Submit(cluster, tmp, bad, 2)).JobId;
         var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(1));
         Assert.Equal(JobState.Failed, info.State);
         Assert.Contains("bad.jsonl:3", info.Message);
 
-        var good = cluster.Client.Submit(Submit(tmp, SmallLm(tmp, "good", 5), 2)).JobId;
+        var good = cluster.Client.Submit(Submit(cluster, tmp, SmallLm(tmp, "good", 5), 2)).JobId;
         Assert.Equal(JobState.Succeeded, (await cluster.WaitAsync(good, TimeSpan.FromMinutes(1))).State);
     }
 
@@ -69,7 +69,7 @@ public class ClusterBehaviourTests
     {
         using var tmp = new TempDir();
         await using var cluster = await InProcessCluster.StartAsync(2);
-        var id = cluster.Client.Submit(Submit(tmp, SmallLm(tmp, "long", 100_000), 2)).JobId;
+        var id = cluster.Client.Submit(Submit(cluster, tmp, SmallLm(tmp, "long", 100_000), 2)).JobId;
         var deadline = DateTime.UtcNow.AddSeconds(60);
         while (cluster.Client.Get(new GetJobRequest { JobId = id }).Step < 3)
         {
@@ -81,7 +81,7 @@ public class ClusterBehaviourTests
         Assert.Equal(JobState.Cancelled, info.State);
         Assert.True(info.Step < 100_000);
         await cluster.WaitForIdleAsync(2, TimeSpan.FromSeconds(10));
-        var next = cluster.Client.Submit(Submit(tmp, SmallLm(tmp, "after", 5), 2)).JobId;
+        var next = cluster.Client.Submit(Submit(cluster, tmp, SmallLm(tmp, "after", 5), 2)).JobId;
         Assert.Equal(JobState.Succeeded, (await cluster.WaitAsync(next, TimeSpan.FromMinutes(1))).State);
     }
 
@@ -90,8 +90,8 @@ public class ClusterBehaviourTests
     {
         using var tmp = new TempDir();
         await using var cluster = await InProcessCluster.StartAsync(2);
-        var first = cluster.Client.Submit(Submit(tmp, SmallLm(tmp, "first", 15), 2)).JobId;
-        var second = cluster.Client.Submit(Submit(tmp, SmallLm(tmp, "second", 15), 2)).JobId;
+        var first = cluster.Client.Submit(Submit(cluster, tmp, SmallLm(tmp, "first", 15), 2)).JobId;
+        var second = cluster.Client.Submit(Submit(cluster, tmp, SmallLm(tmp, "second", 15), 2)).JobId;
         Assert.Equal(JobState.Queued, cluster.Client.Get(new GetJobRequest { JobId = second }).State);
         var a = await cluster.WaitAsync(first, TimeSpan.FromMinutes(1));
         var b = await cluster.WaitAsync(second, TimeSpan.FromMinutes(1));
@@ -102,15 +102,24 @@ public class ClusterBehaviourTests
     }
 
     [Fact]
-    public async Task Oversized_message_is_refused_with_a_clear_status()
+    public async Task Oversized_message_is_refused_with_a_clear_status_and_large_files_travel_in_chunks()
     {
         using var tmp = new TempDir();
-        await using var cluster = await InProcessCluster.StartAsync(1, new CoordinatorOptions { MaxMessageBytes = 1024 * 1024 });
-        tmp.Write("big.txt", new string('a', 3 * 1024 * 1024));
-        var spec = SmallLm(tmp, "big", 5) with { Data = new DataSpec { Format = DataFormats.Text, Train = "big.txt" } };
-        var e = Assert.Throws<RpcException>(() => cluster.Client.Submit(Submit(tmp, spec, 1)));
+        await using var cluster = await InProcessCluster.StartAsync(1, new CoordinatorOptions { MaxMessageBytes = 1024 * 1024, MaxUploadBytes = 8 * 1024 * 1024 });
+        // One message over the limit is refused...
+        var huge = new SubmitRequest { SpecJson = "{\"name\":\"" + new string('x', 2 * 1024 * 1024) + "\"}" };
+        var e = Assert.Throws<RpcException>(() => cluster.Client.Submit(huge));
         Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
-        // The coordinator is still serving.
-        Assert.Single(cluster.Client.ListWorkers(new ListWorkersRequest()).Workers);
+        // ...while a data file three times the message limit is uploaded in chunks and trains.
+        tmp.Write("big.txt", string.Concat(Enumerable.Repeat(TestJobs.Text(1), 3 * 1024 * 1024 / TestJobs.Text(1).Length + 1)));
+        var spec = SmallLm(tmp, "big", 3) with { Data = new DataSpec { Format = DataFormats.Text, Train = "big.txt" } };
+        var id = cluster.Client.Submit(Submit(cluster, tmp, spec, 1)).JobId;
+        var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(2));
+        Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
+        // An upload over MaxUploadBytes is refused.
+        tmp.Write("too-big.txt", new string('a', 9 * 1024 * 1024));
+        var tooBig = Assert.Throws<RpcException>(() => Dtrain.Cli.JobCommands.Upload(cluster.Client, System.IO.Path.Combine(tmp.Path, "too-big.txt")));
+        Assert.Equal(StatusCode.ResourceExhausted, tooBig.StatusCode);
+        Assert.Contains("MaxUploadBytes", tooBig.Status.Detail);
     }
 }

@@ -57,7 +57,7 @@ public class EquivalenceTests
         await using var cluster = await InProcessCluster.StartAsync(4);
         foreach (var world in new[] { 1, 2, 3, 4 })
         {
-            var request = Dtrain.Cli.JobCommands.BuildSubmit(new FileInfo(specPath), world);
+            var request = Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(specPath), world);
             var id = cluster.Client.Submit(request).JobId;
             var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
             Assert.True(info.State == JobState.Succeeded, $"{world} worker(s): {info.State} {info.Message}");

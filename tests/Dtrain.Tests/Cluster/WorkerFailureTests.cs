@@ -59,7 +59,7 @@ public class WorkerFailureTests
         using var cluster = LocalCluster.Start(3, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), FastTimeouts);
         using var channel = Remote.Channel(cluster.Address);
         var client = new Jobs.JobsClient(channel);
-        var id = client.Submit(JobCommands.BuildSubmit(new FileInfo(spec), 3)).JobId;
+        var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(spec), 3)).JobId;
         await WaitForStep(client, id, 3);
         var victim = IdOfWorker(client, 1);
         Assert.Contains(victim, client.Get(new GetJobRequest { JobId = id }).WorkerIds);
@@ -71,7 +71,7 @@ public class WorkerFailureTests
         Assert.Contains("step", info.Message);
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30));
 
-        var next = client.Submit(JobCommands.BuildSubmit(new FileInfo(tmp.Write("short.json", JobSpecSerializer.Serialize(TestJobs.CharLm("t.txt", steps: 5)))), 2)).JobId;
+        var next = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(tmp.Write("short.json", JobSpecSerializer.Serialize(TestJobs.CharLm("t.txt", steps: 5)))), 2)).JobId;
         var done = await WaitForEnd(client, next, TimeSpan.FromSeconds(60));
         Assert.True(done.State == JobState.Succeeded, $"{done.State}: {done.Message}");
         Assert.DoesNotContain(victim, done.WorkerIds);
@@ -85,7 +85,7 @@ public class WorkerFailureTests
         using var cluster = LocalCluster.Start(2, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), FastTimeouts);
         using var channel = Remote.Channel(cluster.Address);
         var client = new Jobs.JobsClient(channel);
-        var id = client.Submit(JobCommands.BuildSubmit(new FileInfo(spec), 2)).JobId;
+        var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(spec), 2)).JobId;
         await WaitForStep(client, id, 3);
         var victim = IdOfWorker(client, 1);
         var pid = cluster.WorkerProcessId(1);
