@@ -19,7 +19,8 @@ public static class ConsoleProgress
             {
                 var task = ctx.AddTask("preparing data", autoStart: true, maxValue: 1);
                 summary = run(new BarObserver(task));
-                task.Value = task.MaxValue;
+                // An interrupted run keeps its bar where it stopped.
+                if (summary.StopReason == "finished") task.Value = task.MaxValue;
                 task.StopTask();
             });
         return summary!;
