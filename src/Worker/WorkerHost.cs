@@ -1,11 +1,6 @@
 using System.Net;
 using Dtrain.Rpc;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
-using Microsoft.AspNetCore.Server.Kestrel.Core;
-using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -16,42 +11,17 @@ namespace Dtrain.Worker;
 public static class WorkerHost
 {
     /// <summary>Options from appsettings.json, DTRAIN_-prefixed environment variables (DTRAIN_Worker__Coordinator) and --Worker:Key=value arguments, in that order.</summary>
-    public static WorkerOptions ReadOptions(string[] args)
-    {
-        var config = new ConfigurationBuilder()
-            .AddJsonFile("appsettings.json", optional: true)
-            .AddEnvironmentVariables("DTRAIN_")
-            .AddCommandLine(args)
-            .Build();
-        return config.GetSection("Worker").Get<WorkerOptions>() ?? new WorkerOptions();
-    }
+    public static WorkerOptions ReadOptions(string[] args) => GrpcServerHost.ReadOptions<WorkerOptions>("Worker", args);
 
     public static WebApplication Build(WorkerOptions options, Action<ILoggingBuilder>? logging = null)
     {
         var errors = options.Validate();
         if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
-        var builder = WebApplication.CreateSlimBuilder();
-        builder.Logging.ClearProviders();
-        builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; });
-        builder.Logging.SetMinimumLevel(LogLevel.Information);
-        builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
-        builder.Logging.AddFilter("Grpc", LogLevel.Warning);
-        logging?.Invoke(builder.Logging);
-        builder.WebHost.ConfigureKestrel(k =>
+        var builder = GrpcServerHost.CreateBuilder(options.Listen, options.Port, options.MaxMessageBytes, logging, k =>
         {
-            k.Listen(IPAddress.Parse(options.Listen), options.Port, l => l.Protocols = HttpProtocols.Http2);
             k.Limits.MaxRequestBodySize = null;
-            k.Limits.Http2.InitialConnectionWindowSize = 16 * 1024 * 1024;
-            k.Limits.Http2.InitialStreamWindowSize = 16 * 1024 * 1024;
             k.Limits.Http2.MaxStreamsPerConnection = 1000;
-        });
-        builder.Services.AddGrpc(o =>
-        {
-            o.MaxReceiveMessageSize = options.MaxMessageBytes;
-            o.MaxSendMessageSize = options.MaxMessageBytes;
-            o.EnableDetailedErrors = true;
-            o.Interceptors.Add<ServerInterceptor>();
-        });
+        }, detailedErrors: true);
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton<WorkerIdentity>();
         builder.Services.AddSingleton<WorkerSlot>();
@@ -65,8 +35,7 @@ public static class WorkerHost
         app.Lifetime.ApplicationStopping.Register(() => app.Services.GetRequiredService<WorkerSlot>().ReleaseAsync("worker shutting down").GetAwaiter().GetResult());
         app.Lifetime.ApplicationStarted.Register(() =>
         {
-            var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-            var port = new Uri(bound).Port;
+            var port = GrpcServerHost.BoundAddress(app).Port;
             var host = options.AdvertiseHost ?? (options.Listen is "0.0.0.0" or "::" ? Dns.GetHostName() : options.Listen);
             app.Services.GetRequiredService<WorkerIdentity>().SetAddress($"http://{host}:{port}");
         });

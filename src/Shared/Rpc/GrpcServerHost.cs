@@ -1,0 +1,58 @@
+using System.Net;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace Dtrain.Rpc;
+
+/// <summary>What the coordinator and worker servers share: how options are read, logging, HTTP/2-only Kestrel with large windows, gRPC limits and the interceptor.</summary>
+public static class GrpcServerHost
+{
+    /// <summary>Options of <paramref name="section"/> from appsettings.json, DTRAIN_-prefixed environment variables (DTRAIN_Section__Key) and --Section:Key=value arguments, in that order.</summary>
+    public static T ReadOptions<T>(string section, string[] args) where T : new()
+    {
+        var config = new ConfigurationBuilder()
+            .AddJsonFile("appsettings.json", optional: true)
+            .AddEnvironmentVariables("DTRAIN_")
+            .AddCommandLine(args)
+            .Build();
+        return config.GetSection(section).Get<T>() ?? new T();
+    }
+
+    /// <summary>A builder listening on <paramref name="listen"/>:<paramref name="port"/> (HTTP/2 only) with gRPC messages bounded by <paramref name="maxMessageBytes"/>.</summary>
+    public static WebApplicationBuilder CreateBuilder(string listen, int port, int maxMessageBytes, Action<ILoggingBuilder>? logging,
+        Action<KestrelServerOptions>? kestrel = null, bool detailedErrors = false)
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; });
+        builder.Logging.SetMinimumLevel(LogLevel.Information);
+        builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
+        builder.Logging.AddFilter("Grpc", LogLevel.Warning);
+        logging?.Invoke(builder.Logging);
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.Listen(IPAddress.Parse(listen), port, l => l.Protocols = HttpProtocols.Http2);
+            k.Limits.Http2.InitialConnectionWindowSize = 16 * 1024 * 1024;
+            k.Limits.Http2.InitialStreamWindowSize = 16 * 1024 * 1024;
+            kestrel?.Invoke(k);
+        });
+        builder.Services.AddGrpc(o =>
+        {
+            o.MaxReceiveMessageSize = maxMessageBytes;
+            o.MaxSendMessageSize = maxMessageBytes;
+            o.EnableDetailedErrors = detailedErrors;
+            o.Interceptors.Add<ServerInterceptor>();
+        });
+        return builder;
+    }
+
+    /// <summary>The address the started server is bound to (with the real port when 0 was asked for).</summary>
+    public static Uri BoundAddress(WebApplication app) =>
+        new(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First());
+}
