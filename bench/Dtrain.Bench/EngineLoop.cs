@@ -1,5 +1,3 @@
-using Dtrain.Data;
-using Dtrain.Specs;
 using Dtrain.Training;
 using static TorchSharp.torch;
 
@@ -10,16 +8,9 @@ public static class EngineLoop
 {
     public static double SecondsPerStep(int vocab, int embed, int hidden, int layers, int batch, int seq, int warmup, int steps)
     {
-        var spec = new JobSpec
-        {
-            Model = new ModelSpec { Cell = CellKinds.Lstm, Layers = layers, EmbeddingDim = embed, HiddenSize = hidden },
-            Optimizer = new OptimizerSpec { Kind = OptimizerKinds.Adam, Lr = 2e-3 },
-            Training = new TrainingSpec { BatchSize = batch, SeqLen = seq, ClipNorm = 1.0, Seed = 0 },
-        };
+        var spec = W1.Spec(embed, hidden, layers, batch, seq);
         using var engine = new TrainingEngine(spec, vocab, 0, CPU);
-        var rng = new SplitMix64(0);
-        var tokens = Enumerable.Range(0, batch * (seq + 1) * 4).Select(_ => rng.NextInt(vocab)).ToArray();
-        var source = new LanguageModelBatches(tokens, batch, seq, LmSamplingKinds.Random, 0);
+        var source = W1.Batches(vocab, batch, seq);
         var sw = new System.Diagnostics.Stopwatch();
         for (var i = 0; i < warmup + steps; i++)
         {

@@ -1,8 +1,8 @@
 using System.CommandLine;
 using System.Globalization;
 using Dtrain.Protos.Jobs;
+using Dtrain.Rpc;
 using Dtrain.Specs;
-using Google.Protobuf;
 using Grpc.Core;
 using Spectre.Console;
 
@@ -60,19 +60,10 @@ public static class JobCommands
     public static string Upload(Jobs.JobsClient client, string path)
     {
         using var call = client.Upload();
-        using var file = File.OpenRead(path);
-        var buffer = new byte[512 * 1024];
-        var first = true;
-        int n;
         try
         {
-            while ((n = file.Read(buffer)) > 0 || first)
-            {
-                var chunk = new FileChunk { Data = ByteString.CopyFrom(buffer, 0, n) };
-                if (first) { chunk.Name = Path.GetFileName(path); chunk.TotalBytes = file.Length; first = false; }
+            foreach (var chunk in FileChunks.Read(path, 512 * 1024))
                 call.RequestStream.WriteAsync(chunk).GetAwaiter().GetResult();
-                if (n == 0) break;
-            }
             call.RequestStream.CompleteAsync().GetAwaiter().GetResult();
         }
         catch (RpcException) when (call.ResponseAsync.Wait(TimeSpan.FromSeconds(10)) || call.ResponseAsync.IsFaulted)

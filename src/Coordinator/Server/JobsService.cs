@@ -1,5 +1,5 @@
 using Dtrain.Protos.Jobs;
-using Google.Protobuf;
+using Dtrain.Rpc;
 using Grpc.Core;
 
 namespace Dtrain.Server;
@@ -55,16 +55,7 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
         var path = job.Snapshot().Checkpoint;
         if (string.IsNullOrEmpty(path) || !File.Exists(path))
             throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {request.JobId} has no checkpoint yet (state {job.Snapshot().State})"));
-        await using var file = File.OpenRead(path);
-        var buffer = new byte[1024 * 1024];
-        var first = true;
-        int n;
-        while ((n = await file.ReadAsync(buffer, context.CancellationToken).ConfigureAwait(false)) > 0 || first)
-        {
-            var chunk = new FileChunk { Data = ByteString.CopyFrom(buffer, 0, n) };
-            if (first) { chunk.Name = Path.GetFileName(path); chunk.TotalBytes = file.Length; first = false; }
+        foreach (var chunk in FileChunks.Read(path, 1024 * 1024))
             await responseStream.WriteAsync(chunk, context.CancellationToken).ConfigureAwait(false);
-            if (n == 0) break;
-        }
     }
 }

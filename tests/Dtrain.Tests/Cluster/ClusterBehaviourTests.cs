@@ -99,6 +99,11 @@ public class ClusterBehaviourTests
         Assert.Equal(JobState.Succeeded, b.State);
         Assert.True(b.StartedUnixMs >= a.FinishedUnixMs, "the second job started before the first finished although both need every worker");
         Assert.Equal(15, b.Step);
+        // The final model downloads intact (the CLI verifies its checksum) and loads.
+        var model = System.IO.Path.Combine(tmp.Path, "second.dtck");
+        Assert.Equal(0, Dtrain.Cli.JobCommands.DownloadTo(cluster.Client, second, model));
+        using var trained = Dtrain.Inference.TrainedModel.Load(model);
+        Assert.Equal(15, trained.State.Step);
     }
 
     [Fact]
