@@ -66,13 +66,11 @@ public static class JobCommands
                 call.RequestStream.WriteAsync(chunk).GetAwaiter().GetResult();
             call.RequestStream.CompleteAsync().GetAwaiter().GetResult();
         }
-        catch (RpcException) when (call.ResponseAsync.Wait(TimeSpan.FromSeconds(10)) || call.ResponseAsync.IsFaulted)
+        catch (RpcException)
         {
-            // The coordinator refused the upload mid-stream; its answer below says why.
-        }
-        catch (AggregateException) when (call.ResponseAsync.IsFaulted)
-        {
-            // As above: the response carries the coordinator's status.
+            // The call ended while sending (e.g. the coordinator refused the upload mid-stream): its final
+            // status, read below, says why. (A filter that waits on the response would throw on a faulted
+            // response and let the less precise write error escape instead.)
         }
         return call.ResponseAsync.GetAwaiter().GetResult().FileId;
     }
