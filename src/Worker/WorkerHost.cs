@@ -17,11 +17,8 @@ public static class WorkerHost
     {
         var errors = options.Validate();
         if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
-        var builder = GrpcServerHost.CreateBuilder(options.Listen, options.Port, options.MaxMessageBytes, logging, k =>
-        {
-            k.Limits.MaxRequestBodySize = null;
-            k.Limits.Http2.MaxStreamsPerConnection = 1000;
-        }, detailedErrors: true);
+        var builder = GrpcServerHost.CreateBuilder(options.Listen, options.Port, options.MaxMessageBytes, logging,
+            k => k.Limits.Http2.MaxStreamsPerConnection = 1000, detailedErrors: true);
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton<WorkerIdentity>();
         builder.Services.AddSingleton<WorkerSlot>();

@@ -40,6 +40,10 @@ public static class GrpcServerHost
             k.Listen(IPAddress.Parse(listen), port, l => l.Protocols = HttpProtocols.Http2);
             k.Limits.Http2.InitialConnectionWindowSize = 16 * 1024 * 1024;
             k.Limits.Http2.InitialStreamWindowSize = 16 * 1024 * 1024;
+            // Each gRPC message is bounded by maxMessageBytes below. Kestrel's own body limit would count a whole
+            // stream, and it is checked as DATA frames arrive, before the gRPC handler can lift it: a large unary
+            // request then raced the handler and was reset (the client saw Unknown instead of ResourceExhausted).
+            k.Limits.MaxRequestBodySize = null;
             kestrel?.Invoke(k);
         });
         builder.Services.AddGrpc(o =>
