@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using Dtrain.Cli;
+using Dtrain.Runtime;
 using Dtrain.Protos.Jobs;
 using Dtrain.Specs;
 
@@ -15,17 +16,11 @@ namespace Dtrain.Bench;
 public static class ClusterBench
 {
     // A long warm-up: the first steps of a fresh process are slow while libtorch pages in and builds its kernels.
-    const int Vocab = 96, Embed = 64, Hidden = 256, Layers = 2, Batch = 32, Seq = 64, Warmup = 20, Timed = 40;
+    const int Embed = 64, Hidden = 256, Layers = 2, Batch = 32, Seq = 64, Warmup = 20, Timed = 40;
 
-    public static int Run(string root)
+    public static int Run(string root, int rounds = 2)
     {
         var rows = new List<(string System, double SamplesPerSecond, string Note)>();
-        TorchSharp.torch.set_num_threads(2);
-        var plain = Batch / PlainCharLm.SecondsPerStep(Vocab, Embed, Hidden, Layers, Batch, Seq, Warmup, Timed);
-        rows.Add(("plain TorchSharp, 1 process x 2 threads", plain, "reference"));
-        var engine = Batch / EngineLoop.SecondsPerStep(Vocab, Embed, Hidden, Layers, Batch, Seq, Warmup, Timed);
-        rows.Add(("dtrain engine, 1 process x 2 threads", engine, ""));
-
         using var tmp = new TempDir();
         var data = Path.Combine(tmp.Path, "w1.txt");
         // Random printable characters: the vocabulary is ~96 like W1's, and throughput does not depend on content.
@@ -43,11 +38,28 @@ public static class ClusterBench
         };
         var specPath = Path.Combine(tmp.Path, "w1.json");
         File.WriteAllText(specPath, JobSpecSerializer.Serialize(spec));
-        foreach (var (workers, threads) in new[] { (1, 2), (2, 1) })
+
+        // Every system runs in a fresh process of its own, in the same order each round; rounds are averaged so
+        // drift on a noisy machine does not favour one side.
+        var systems = new (string Name, Func<double> SamplesPerSecond, string Note)[]
         {
-            var sps = ClusterThroughput(specPath, workers, threads, Path.Combine(tmp.Path, $"cluster-{workers}"));
-            rows.Add(($"dtrain cluster, {workers} worker(s) x {threads} thread(s)", sps, ""));
-        }
+            ("plain TorchSharp, 1 process x 2 threads", () => Loop("plain"), "reference: a hand-written loop, default glibc malloc"),
+            ("plain TorchSharp on tcmalloc", () => Loop("plain-tcmalloc"), "the same loop with dtrain's allocator (LD_PRELOAD)"),
+            ("dtrain engine (`dtrain train`), 1 process x 2 threads", () => Loop("engine"), ""),
+            ("dtrain cluster, 1 worker x 2 threads", () => ClusterThroughput(specPath, 1, 2, Path.Combine(tmp.Path, "cluster-1")), "coordinator + worker processes, loopback"),
+            ("dtrain cluster, 2 workers x 1 thread", () => ClusterThroughput(specPath, 2, 1, Path.Combine(tmp.Path, "cluster-2")), "ring all-reduce over gRPC"),
+        };
+        var measured = systems.Select(_ => new List<double>()).ToArray();
+        for (var round = 0; round < rounds; round++)
+            for (var i = 0; i < systems.Length; i++)
+            {
+                measured[i].Add(systems[i].SamplesPerSecond());
+                Console.WriteLine($"round {round + 1}: {systems[i].Name}: {measured[i][^1]:F1} samples/s");
+            }
+        for (var i = 0; i < systems.Length; i++)
+            rows.Add((systems[i].Name, measured[i].Average(), (systems[i].Note + $" (rounds: {string.Join(", ", measured[i].Select(v => v.ToString("F1", CultureInfo.InvariantCulture)))})").Trim()));
+        var plain = rows[0].SamplesPerSecond;
+        var tuned = rows[1].SamplesPerSecond;
         var anchor = Path.Combine(root, "bench", "anchors", "pytorch_ddp_bench.py");
         foreach (var args in new[] { "single 2", "ddp 2" })
         {
@@ -57,11 +69,31 @@ public static class ClusterBench
 
         Console.WriteLine();
         Console.WriteLine("W1: char LSTM LM, vocab 96, embedding 64, hidden 256, 2 layers, batch 32 x 64, Adam 2e-3, clip 1.0; loopback, this machine");
-        Console.WriteLine("| system | samples/s | vs plain TorchSharp | note |");
-        Console.WriteLine("|---|---|---|---|");
+        Console.WriteLine("| system | samples/s | vs plain TorchSharp | vs plain on tcmalloc | note |");
+        Console.WriteLine("|---|---|---|---|---|");
         foreach (var r in rows)
-            Console.WriteLine($"| {r.System} | {(double.IsNaN(r.SamplesPerSecond) ? "-" : r.SamplesPerSecond.ToString("F1", CultureInfo.InvariantCulture))} | {(double.IsNaN(r.SamplesPerSecond) ? "-" : (r.SamplesPerSecond / plain).ToString("F3", CultureInfo.InvariantCulture))} | {r.Note} |");
+            Console.WriteLine($"| {r.System} | {Format(r.SamplesPerSecond, "F1")} | {Format(r.SamplesPerSecond / plain, "F3")} | {Format(r.SamplesPerSecond / tuned, "F3")} | {r.Note} |");
         return 0;
+    }
+
+    static string Format(double v, string format) => double.IsNaN(v) ? "-" : v.ToString(format, CultureInfo.InvariantCulture);
+
+    /// <summary>Samples/s of one W1 loop run alone in a fresh bench process (`loop NAME 2 warmup timed`).</summary>
+    static double Loop(string name)
+    {
+        var psi = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true, UseShellExecute = false };
+        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath!) == "dotnet") psi.ArgumentList.Add(typeof(ClusterBench).Assembly.Location);
+        // A user's plain loop runs on the default allocator; dtrain's processes start on tcmalloc (NativeAllocator).
+        if (name != "plain") NativeAllocator.Preload(psi);
+        else psi.Environment.Remove("LD_PRELOAD");
+        foreach (var a in new[] { "loop", name, "2", Warmup.ToString(CultureInfo.InvariantCulture), Timed.ToString(CultureInfo.InvariantCulture) }) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var output = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        const string key = "seconds_per_step=";
+        var at = output.IndexOf(key, StringComparison.Ordinal);
+        if (p.ExitCode != 0 || at < 0) throw new InvalidOperationException($"loop {name} failed ({p.ExitCode}): {output}");
+        return Batch / double.Parse(output[(at + key.Length)..].Trim(), CultureInfo.InvariantCulture);
     }
 
     /// <summary>Samples/s between the end of the warm-up steps and the last step, from the coordinator's step events.</summary>

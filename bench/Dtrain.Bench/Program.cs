@@ -29,11 +29,31 @@ switch (mode)
         }
         return 0;
     }
+    case "loop":
+    {
+        // One loop alone in a fresh process: loop plain|plain-tcmalloc|engine|replica [threads] [warmup] [steps]
+        // (plain-tcmalloc is the plain loop; the caller starts it with tcmalloc preloaded.)
+        var which = args.Length > 1 ? args[1] : "engine";
+        var threads = args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 2;
+        var warmup = args.Length > 3 ? int.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture) : 10;
+        var steps = args.Length > 4 ? int.Parse(args[4], System.Globalization.CultureInfo.InvariantCulture) : 40;
+        Console.Error.WriteLine($"allocator: {Dtrain.Runtime.NativeAllocator.Describe()}");
+        if (which != "replica") set_num_threads(threads);
+        var seconds = which switch
+        {
+            "plain" or "plain-tcmalloc" => PlainCharLm.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps),
+            "engine" => EngineLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps),
+            "replica" => ReplicaLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps, threads).GetAwaiter().GetResult(),
+            _ => throw new ArgumentException($"unknown loop {which}"),
+        };
+        Console.WriteLine($"{which} threads={threads}: {seconds * 1e3:F1} ms/step ({32 / seconds:F1} samples/s) seconds_per_step={seconds.ToString("R", System.Globalization.CultureInfo.InvariantCulture)}");
+        return 0;
+    }
     case "cluster":
     {
         var root = AppContext.BaseDirectory;
         while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
-        return ClusterBench.Run(root);
+        return ClusterBench.Run(root, args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 2);
     }
     case "quality":
     {

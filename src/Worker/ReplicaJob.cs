@@ -4,6 +4,7 @@ using Dtrain.Protos.Worker;
 using Dtrain.Runtime;
 using Dtrain.Specs;
 using Dtrain.Training;
+using Grpc.Core;
 
 namespace Dtrain.Worker;
 
@@ -30,7 +31,37 @@ public sealed class ReplicaJob : IAsyncDisposable
     public CancellationTokenSource Cancel { get; } = new();
     /// <summary>One step at a time: the replica and torch are not re-entrant.</summary>
     public SemaphoreSlim Gate { get; } = new(1, 1);
-    public long LastStep { get; set; } = -1;
+    public long LastStep { get; private set; } = -1;
+    private TaskCompletionSource turn = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>
+    /// Takes <see cref="Gate"/> for step <paramref name="step"/>. The coordinator sends step k+1 while step k runs,
+    /// and the two requests may arrive in either order: k+1 waits for k to end; anything else is refused.
+    /// </summary>
+    public async Task EnterStepAsync(long step, CancellationToken cancel)
+    {
+        while (true)
+        {
+            await Gate.WaitAsync(cancel).ConfigureAwait(false);
+            if (step == LastStep + 1) return;
+            var next = turn.Task;
+            var last = LastStep;
+            Gate.Release();
+            if (step != last + 2)
+                throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {JobId}: step {step} requested after step {last}"));
+            await next.WaitAsync(cancel).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Ends the step holding <see cref="Gate"/> (<paramref name="completed"/>: it succeeded) and wakes a step waiting its turn.</summary>
+    public void ExitStep(long step, bool completed)
+    {
+        if (completed) LastStep = step;
+        var woken = turn;
+        turn = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        woken.SetResult();
+        Gate.Release();
+    }
 
     public ReplicaJob(AssignRequest request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, DataParallelReplica replica, IAsyncDisposable? ring, TorchThread torch)
     {

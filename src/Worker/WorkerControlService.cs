@@ -51,8 +51,8 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
         var replica = await torch.RunAsync(() => new DataParallelReplica(spec, tokenizer.VocabSize, labels.Count, device, ring.Reducer)).ConfigureAwait(false);
         var job = new ReplicaJob(request, spec, tokenizer, labels, replica, ring, torch);
         state.Current = job;
-        log.LogInformation("assigned job {JobId} generation {Generation}: rank {Rank}/{World}, {Parameters} parameters, {Threads} thread(s)",
-            request.JobId, request.Generation, request.Rank, request.WorldSize, replica.ParameterCount, threads);
+        log.LogInformation("assigned job {JobId} generation {Generation}: rank {Rank}/{World}, {Parameters} parameters, {Threads} thread(s); allocator: {Allocator}",
+            request.JobId, request.Generation, request.Rank, request.WorldSize, replica.ParameterCount, threads, NativeAllocator.Describe());
         return new AssignReply { Parameters = replica.ParameterCount, ParameterChecksum = await torch.RunAsync(replica.ParameterChecksum).ConfigureAwait(false) };
     }
 
@@ -80,11 +80,10 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
         if (request.GlobalCount <= 0) throw new RpcException(new Status(StatusCode.InvalidArgument, $"global_count {request.GlobalCount} must be positive"));
         if (!(request.Lr > 0 && double.IsFinite(request.Lr))) throw new RpcException(new Status(StatusCode.InvalidArgument, $"lr {request.Lr} must be positive"));
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(job.Cancel.Token, context.CancellationToken);
-        await job.Gate.WaitAsync(linked.Token).ConfigureAwait(false);
+        await job.EnterStepAsync(request.Step, linked.Token).ConfigureAwait(false);
+        var completed = false;
         try
         {
-            if (request.Step != job.LastStep + 1)
-                throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {job.JobId}: step {request.Step} requested after step {job.LastStep}"));
             job.TryTake(request.Step, out var shardStep);
             var lm = job.Spec.Task == TaskKinds.LanguageModel;
             var carries = lm && job.Spec.Training.LmSampling == LmSamplingKinds.Stream;
@@ -100,7 +99,7 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
             {
                 throw new RpcException(new Status(StatusCode.Cancelled, $"job {job.JobId} was released during step {request.Step}"));
             }
-            job.LastStep = request.Step;
+            completed = true;
             state.Step = request.Step;
             log.LogDebug("job {JobId} step {Step}: {Rows} rows, compute {Compute:F1} ms, all-reduce {Reduce:F1} ms", job.JobId, request.Step, result.Rows, result.ComputeMs, result.ReduceMs);
             return new RunStepReply
@@ -116,7 +115,7 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
         }
         finally
         {
-            job.Gate.Release();
+            job.ExitStep(request.Step, completed);
         }
     }
 

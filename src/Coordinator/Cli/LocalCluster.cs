@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using Dtrain.Protos.Jobs;
+using Dtrain.Runtime;
 using Grpc.Core;
 
 namespace Dtrain.Cli;
@@ -48,6 +49,7 @@ public sealed class LocalCluster : IDisposable
         var psi = new ProcessStartInfo(exe) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in prefix.Concat(args)) psi.ArgumentList.Add(a);
         foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
+        NativeAllocator.Preload(psi);
         var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {name}");
         var log = new StreamWriter(Path.Combine(LogDir, name + ".log")) { AutoFlush = true };
         p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };

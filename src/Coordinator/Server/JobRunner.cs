@@ -134,14 +134,19 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         long samples = 0;
         long loadedUntil = 0;
         var sendValidation = true;
-        for (long step = 0; step < total; step++)
+        double lastDone = 0;
+        using var pipeline = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+
+        // Step k+1 is sent while step k runs (a window of two): workers queue it and start the moment step k ends,
+        // so neither the round trip nor the coordinator's bookkeeping sits between two steps. Steps after which the
+        // coordinator evaluates or checkpoints are not overlapped: those need the replicas to stand still.
+        async Task<InFlight> LaunchAsync(long step, bool behindAnother)
         {
-            cancel.ThrowIfCancellationRequested();
             if (step == loadedUntil)
             {
                 // Stream each rank its rows of the whole next epoch (and rank 0 the validation split, once).
                 var epochEnd = Math.Min(total, (plan.PositionOf(step).Epoch + 1) * plan.StepsPerEpoch);
-                await SendShardsAsync(job, workers, plan, step, epochEnd, globalCounts, sendValidation ? data : null, cancel).ConfigureAwait(false);
+                await SendShardsAsync(job, workers, plan, step, epochEnd, globalCounts, sendValidation ? data : null, pipeline.Token).ConfigureAwait(false);
                 sendValidation = false;
                 loadedUntil = epochEnd;
             }
@@ -149,33 +154,68 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
             var checksum = (step + 1) % options.ChecksumInterval == 0 || step + 1 == total;
             var count = globalCounts[step];
             globalCounts.Remove(step);
-            var current = step;
-            var stepClock = Stopwatch.StartNew();
-            var replies = await OnAllAsync(workers, "step", step, options.StepTimeoutSeconds, cancel, (w, rank, deadline, ct) =>
-                clients.For(w.Address).RunStepAsync(new RunStepRequest { JobId = job.Id, Step = current, Lr = lr, GlobalCount = count, ReportChecksum = checksum },
-                    deadline: deadline, cancellationToken: ct).ResponseAsync).ConfigureAwait(false);
-            if (checksum) CheckChecksums(workers, replies.Select(r => r.ParameterChecksum).ToArray(), $"at step {step + 1}");
-            var loss = replies.Sum(r => r.LossSum) / replies.Sum(r => r.Count);
-            if (!double.IsFinite(loss)) throw new JobFailure($"loss became {loss} at step {step + 1}; lower optimizer.lr or enable training.clip_norm");
-            samples += replies.Sum(r => r.Rows);
-            var done = step + 1;
-            var elapsed = clock.Elapsed.TotalSeconds;
-            var sps = samples / Math.Max(1e-9, elapsed);
-            var eta = elapsed / done * (total - done);
-            job.Update(i => { i.Step = done; i.Epoch = plan.PositionOf(step).Epoch; i.Loss = loss; i.SamplesPerSecond = sps; }, publishState: false);
-            job.Publish(new JobEvent { Step = new StepEvent
-            {
-                Step = done, TotalSteps = total, Epoch = plan.PositionOf(step).Epoch, Loss = loss, Lr = lr, SamplesPerSecond = sps, ElapsedSeconds = elapsed, EtaSeconds = eta, Workers = world,
-                ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs), StepMs = stepClock.Elapsed.TotalMilliseconds,
-            } });
+            // A queued step may wait for the whole of the one before it.
+            var timeout = options.StepTimeoutSeconds * (behindAnother ? 2 : 1);
+            var replies = OnAllAsync(workers, "step", step, timeout, pipeline.Token, (w, rank, deadline, ct) =>
+                clients.For(w.Address).RunStepAsync(new RunStepRequest { JobId = job.Id, Step = step, Lr = lr, GlobalCount = count, ReportChecksum = checksum },
+                    deadline: deadline, cancellationToken: ct).ResponseAsync);
+            return new InFlight(step, lr, checksum, clock.Elapsed.TotalMilliseconds, replies);
+        }
 
-            var last = done == total;
-            if (last || (spec.Training.EvalInterval > 0 && done % spec.Training.EvalInterval == 0))
-                await EvaluateAsync(job, workers[0], done, cancel).ConfigureAwait(false);
-            if (last || (spec.Training.CheckpointInterval > 0 && done % spec.Training.CheckpointInterval == 0))
-                await CheckpointAsync(job, workers[0], store, done, elapsed, samples, cancel).ConfigureAwait(false);
+        bool StandsStill(long done) => done == total
+            || (spec.Training.EvalInterval > 0 && done % spec.Training.EvalInterval == 0)
+            || (spec.Training.CheckpointInterval > 0 && done % spec.Training.CheckpointInterval == 0);
+
+        InFlight? next = null;
+        try
+        {
+            var current = await LaunchAsync(0, behindAnother: false).ConfigureAwait(false);
+            for (long step = 0; step < total; step++)
+            {
+                cancel.ThrowIfCancellationRequested();
+                var done = step + 1;
+                next = StandsStill(done) ? null : await LaunchAsync(done, behindAnother: true).ConfigureAwait(false);
+                var replies = await current.Replies.ConfigureAwait(false);
+                var finishedMs = clock.Elapsed.TotalMilliseconds;
+                if (current.Checksum) CheckChecksums(workers, replies.Select(r => r.ParameterChecksum).ToArray(), $"at step {done}");
+                var loss = replies.Sum(r => r.LossSum) / replies.Sum(r => r.Count);
+                if (!double.IsFinite(loss)) throw new JobFailure($"loss became {loss} at step {done}; lower optimizer.lr or enable training.clip_norm");
+                samples += replies.Sum(r => r.Rows);
+                var elapsed = clock.Elapsed.TotalSeconds;
+                var sps = samples / Math.Max(1e-9, elapsed);
+                var eta = elapsed / done * (total - done);
+                var epoch = plan.PositionOf(step).Epoch;
+                job.Update(i => { i.Step = done; i.Epoch = epoch; i.Loss = loss; i.SamplesPerSecond = sps; }, publishState: false);
+                job.Publish(new JobEvent { Step = new StepEvent
+                {
+                    Step = done, TotalSteps = total, Epoch = epoch, Loss = loss, Lr = current.Lr, SamplesPerSecond = sps, ElapsedSeconds = elapsed, EtaSeconds = eta, Workers = world,
+                    ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs),
+                    // From when this step could start (sent, and the step before it finished) to its last reply.
+                    StepMs = finishedMs - Math.Max(current.SentMs, lastDone),
+                } });
+                lastDone = finishedMs;
+
+                if (done == total || (spec.Training.EvalInterval > 0 && done % spec.Training.EvalInterval == 0))
+                    await EvaluateAsync(job, workers[0], done, cancel).ConfigureAwait(false);
+                if (done == total || (spec.Training.CheckpointInterval > 0 && done % spec.Training.CheckpointInterval == 0))
+                    await CheckpointAsync(job, workers[0], store, done, elapsed, samples, cancel).ConfigureAwait(false);
+                if (done < total) current = next ?? await LaunchAsync(done, behindAnother: false).ConfigureAwait(false);
+                next = null;
+            }
+        }
+        finally
+        {
+            if (next is not null)
+            {
+                // The step before it failed or the job was cancelled: stop the queued step and let it end quietly.
+                await pipeline.CancelAsync().ConfigureAwait(false);
+                await next.Replies.ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
+            }
         }
     }
+
+    /// <summary>A step sent to every worker: its learning rate, whether replies carry checksums, when it was sent, and the replies.</summary>
+    private sealed record InFlight(long Step, double Lr, bool Checksum, double SentMs, Task<RunStepReply[]> Replies);
 
     private async Task SendShardsAsync(JobRecord job, IReadOnlyList<WorkerRecord> workers, ShardPlan plan, long from, long to, Dictionary<long, long> globalCounts, PreparedData? validation, CancellationToken cancel)
     {

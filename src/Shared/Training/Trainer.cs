@@ -60,6 +60,7 @@ public static class Trainer
             observer.OnMessage($"resumed from {resume.Path} at step {state.Step}");
         }
 
+        observer.OnMessage($"allocator: {NativeAllocator.Describe()}");
         observer.OnStart(new TrainingPlan(spec.Name, spec.Task, total, source.StepsPerEpoch, state.Step, Models.ModelFactory.ParameterCount(engine.Model),
             data.Tokenizer.VocabSize, data.Labels.Count, isLm ? data.TrainTokens.Length : data.TrainSequences.Count, device.ToString(), threads, outputDir));
 

@@ -53,4 +53,48 @@ public class WorkerProtocolTests
         client.Release(new ReleaseRequest { JobId = "j", Reason = "test" });
         Assert.Single(cluster.Client.ListWorkers(new ListWorkersRequest()).Workers);
     }
+
+    [Fact]
+    public async Task A_step_sent_ahead_waits_for_the_one_before_it_and_steps_out_of_the_window_are_refused()
+    {
+        await using var cluster = await InProcessCluster.StartAsync(1);
+        var worker = cluster.Client.ListWorkers(new ListWorkersRequest()).Workers.Single();
+        using var channel = GrpcChannel.ForAddress(worker.Address);
+        var client = new WorkerControl.WorkerControlClient(channel);
+        var spec = TestJobs.CharLm("unused.txt");
+        var assign = new AssignRequest { JobId = "j", Generation = 1, WorldSize = 1, SpecJson = JobSpecSerializer.Serialize(spec), TokenizerKind = "char" };
+        assign.Peers.Add(new Peer { Rank = 0, Address = worker.Address });
+        assign.TokenizerTokens.AddRange(["<pad>", "<unk>", "a", "b", "c"]);
+        client.Assign(assign);
+        using (var call = client.LoadShard())
+        {
+            var chunk = new ShardChunk { JobId = "j" };
+            for (var k = 0; k < 4; k++)
+            {
+                var step = new ShardStep { Step = k, Rows = 1, Width = 2, Count = 2 };
+                step.Inputs.AddRange([2, 3]);
+                step.Targets.AddRange([3, 4]);
+                chunk.Steps.Add(step);
+            }
+            await call.RequestStream.WriteAsync(chunk);
+            await call.RequestStream.CompleteAsync();
+            await call.ResponseAsync;
+        }
+
+        // Step 1 arrives first (the coordinator sends it while step 0 runs; the network may reorder them): it waits.
+        var one = client.RunStepAsync(new RunStepRequest { JobId = "j", Step = 1, Lr = 0.1, GlobalCount = 2 }).ResponseAsync;
+        await Task.Delay(300);
+        Assert.False(one.IsCompleted, "step 1 ran before step 0");
+        var zero = client.RunStepAsync(new RunStepRequest { JobId = "j", Step = 0, Lr = 0.1, GlobalCount = 2 }).ResponseAsync;
+        Assert.Equal(2, (await zero).Count);
+        Assert.Equal(2, (await one).Count);
+        // Beyond one step ahead, or a step already taken: refused, and the worker goes on.
+        var ahead = await Assert.ThrowsAsync<RpcException>(() => client.RunStepAsync(new RunStepRequest { JobId = "j", Step = 4, Lr = 0.1, GlobalCount = 2 }).ResponseAsync);
+        Assert.Equal(StatusCode.FailedPrecondition, ahead.StatusCode);
+        Assert.Contains("step 4 requested after step 1", ahead.Status.Detail);
+        var again = await Assert.ThrowsAsync<RpcException>(() => client.RunStepAsync(new RunStepRequest { JobId = "j", Step = 1, Lr = 0.1, GlobalCount = 2 }).ResponseAsync);
+        Assert.Equal(StatusCode.FailedPrecondition, again.StatusCode);
+        Assert.Equal(2, (await client.RunStepAsync(new RunStepRequest { JobId = "j", Step = 2, Lr = 0.1, GlobalCount = 2 })).Count);
+        client.Release(new ReleaseRequest { JobId = "j", Reason = "test" });
+    }
 }
