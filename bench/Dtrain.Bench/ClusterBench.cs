@@ -44,7 +44,7 @@ public static class ClusterBench
         var systems = new (string Name, Func<double> SamplesPerSecond, string Note)[]
         {
             ("plain TorchSharp, 1 process x 2 threads", () => Loop("plain"), "reference: a hand-written loop, default glibc malloc"),
-            ("plain TorchSharp on tcmalloc", () => Loop("plain-tcmalloc"), "the same loop with dtrain's allocator (LD_PRELOAD)"),
+            ("plain TorchSharp, dtrain's process settings", () => Loop("plain-tuned"), "the same loop on tcmalloc, tiered compilation off"),
             ("dtrain engine (`dtrain train`), 1 process x 2 threads", () => Loop("engine"), ""),
             ("dtrain cluster, 1 worker x 2 threads", () => ClusterThroughput(specPath, 1, 2, Path.Combine(tmp.Path, "cluster-1")), "coordinator + worker processes, loopback"),
             ("dtrain cluster, 2 workers x 1 thread", () => ClusterThroughput(specPath, 2, 1, Path.Combine(tmp.Path, "cluster-2")), "ring all-reduce over gRPC"),
@@ -69,7 +69,7 @@ public static class ClusterBench
 
         Console.WriteLine();
         Console.WriteLine("W1: char LSTM LM, vocab 96, embedding 64, hidden 256, 2 layers, batch 32 x 64, Adam 2e-3, clip 1.0; loopback, this machine");
-        Console.WriteLine("| system | samples/s | vs plain TorchSharp | vs plain on tcmalloc | note |");
+        Console.WriteLine("| system | samples/s | vs plain TorchSharp | vs plain, same settings | note |");
         Console.WriteLine("|---|---|---|---|---|");
         foreach (var r in rows)
             Console.WriteLine($"| {r.System} | {Format(r.SamplesPerSecond, "F1")} | {Format(r.SamplesPerSecond / plain, "F3")} | {Format(r.SamplesPerSecond / tuned, "F3")} | {r.Note} |");
@@ -83,9 +83,18 @@ public static class ClusterBench
     {
         var psi = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true, UseShellExecute = false };
         if (Path.GetFileNameWithoutExtension(Environment.ProcessPath!) == "dotnet") psi.ArgumentList.Add(typeof(ClusterBench).Assembly.Location);
-        // A user's plain loop runs on the default allocator; dtrain's processes start on tcmalloc (NativeAllocator).
-        if (name != "plain") NativeAllocator.Preload(psi);
-        else psi.Environment.Remove("LD_PRELOAD");
+        // A user's plain loop runs on the .NET and glibc defaults; dtrain's processes start on tcmalloc
+        // (NativeAllocator) without tiered compilation (the dtrain and dtrain-worker projects): the other loops too.
+        if (name != "plain")
+        {
+            NativeAllocator.Preload(psi);
+            psi.Environment["DOTNET_TieredCompilation"] = "0";
+        }
+        else
+        {
+            psi.Environment.Remove("LD_PRELOAD");
+            psi.Environment.Remove("DOTNET_TieredCompilation");
+        }
         foreach (var a in new[] { "loop", name, "2", Warmup.ToString(CultureInfo.InvariantCulture), Timed.ToString(CultureInfo.InvariantCulture) }) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
         var output = p.StandardOutput.ReadToEnd();

@@ -31,8 +31,8 @@ switch (mode)
     }
     case "loop":
     {
-        // One loop alone in a fresh process: loop plain|plain-tcmalloc|engine|replica [threads] [warmup] [steps]
-        // (plain-tcmalloc is the plain loop; the caller starts it with tcmalloc preloaded.)
+        // One loop alone in a fresh process: loop plain|plain-tuned|engine|replica [threads] [warmup] [steps]
+        // (plain-tuned is the plain loop; the caller starts it with dtrain's process settings.)
         var which = args.Length > 1 ? args[1] : "engine";
         var threads = args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 2;
         var warmup = args.Length > 3 ? int.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture) : 10;
@@ -41,7 +41,7 @@ switch (mode)
         if (which != "replica") set_num_threads(threads);
         var seconds = which switch
         {
-            "plain" or "plain-tcmalloc" => PlainCharLm.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps),
+            "plain" or "plain-tuned" => PlainCharLm.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps),
             "engine" => EngineLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps),
             "replica" => ReplicaLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps, threads).GetAwaiter().GetResult(),
             _ => throw new ArgumentException($"unknown loop {which}"),
