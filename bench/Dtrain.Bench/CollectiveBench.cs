@@ -140,7 +140,7 @@ public static class CollectiveBench
             seconds = clock.Elapsed.TotalSeconds / Iterations;
         }
         if (Environment.GetEnvironmentVariable("DTRAIN_BENCH_GC") is not null)
-            Console.Error.WriteLine($"[{kind} w{world} r{rank} {floats >> 20}M] gc {GC.CollectionCount(0)}/{GC.CollectionCount(1)}/{GC.CollectionCount(2)} allocated {GC.GetTotalAllocatedBytes() >> 20} MiB");
+            Console.Error.WriteLine($"[{kind} w{world} r{rank} {floats >> 20}M] gc {GC.CollectionCount(0)}/{GC.CollectionCount(1)}/{GC.CollectionCount(2)} allocated {GC.GetTotalAllocatedBytes() >> 20} MiB cpu {Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds:F2}s user {Process.GetCurrentProcess().UserProcessorTime.TotalSeconds:F2}s wall {seconds * (Warmup + Iterations):F2}s");
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"RESULT {seconds:R}"));
         // Leave the ring first: completing our stream lets the right neighbour's server finish its Push call, so no
         // host waits out its graceful-shutdown timeout for an inbound stream that is still open.

@@ -18,12 +18,15 @@ public sealed class DataParallelReplica : IDisposable
 {
     private readonly IGradientReducer reducer;
     private readonly GradientBuffer gradients;
+    /// <summary>A world of one: the gradients stay in the model, no copy out and back.</summary>
+    private readonly bool alone;
 
     public TrainingEngine Engine { get; }
 
     public DataParallelReplica(JobSpec spec, int vocabSize, int classes, Device device, IGradientReducer reducer)
     {
         this.reducer = reducer;
+        alone = reducer is LocalReducer;
         Engine = new TrainingEngine(spec, vocabSize, classes, device);
         gradients = new GradientBuffer(Engine.Parameters);
     }
@@ -36,7 +39,7 @@ public sealed class DataParallelReplica : IDisposable
         var clock = Stopwatch.StartNew();
         var stats = torch is null ? Compute(rows, resetState, carryState) : await torch.RunAsync(() => Compute(rows, resetState, carryState)).ConfigureAwait(false);
         var computeMs = clock.Elapsed.TotalMilliseconds;
-        await reducer.SumAsync(gradients.Values, step, cancel).ConfigureAwait(false);
+        if (!alone) await reducer.SumAsync(gradients.Values, step, cancel).ConfigureAwait(false);
         var reduceMs = clock.Elapsed.TotalMilliseconds - computeMs;
         var norm = torch is null ? Apply(globalCount, lr) : await torch.RunAsync(() => Apply(globalCount, lr)).ConfigureAwait(false);
         return new ReplicaStepResult(stats.LossSum, stats.Count, rows?.Rows ?? 0, norm, computeMs, reduceMs);
@@ -55,13 +58,19 @@ public sealed class DataParallelReplica : IDisposable
         {
             Engine.Optimizer.zero_grad();
         }
-        gradients.Gather();
+        if (!alone) gradients.Gather();
         return stats;
     }
 
     private double Apply(long globalCount, double lr)
     {
-        gradients.Scatter();
+        if (!alone) gradients.Scatter();
+        else if (Engine.Parameters.Any(p => p.grad is null))
+        {
+            // No rows this step: an all-zero gradient, as the reduce would have produced.
+            using var _ = no_grad();
+            foreach (var p in Engine.Parameters) p.grad ??= zeros_like(p);
+        }
         return Engine.ApplyGradients(globalCount, lr);
     }
 
