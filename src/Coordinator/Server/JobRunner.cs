@@ -166,16 +166,16 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
             || (spec.Training.EvalInterval > 0 && done % spec.Training.EvalInterval == 0)
             || (spec.Training.CheckpointInterval > 0 && done % spec.Training.CheckpointInterval == 0);
 
-        InFlight? next = null;
+        InFlight? current = null, next = null;
         try
         {
-            var current = await LaunchAsync(0, behindAnother: false).ConfigureAwait(false);
+            current = await LaunchAsync(0, behindAnother: false).ConfigureAwait(false);
             for (long step = 0; step < total; step++)
             {
                 cancel.ThrowIfCancellationRequested();
                 var done = step + 1;
                 next = StandsStill(done) ? null : await LaunchAsync(done, behindAnother: true).ConfigureAwait(false);
-                var replies = await current.Replies.ConfigureAwait(false);
+                var replies = await current!.Replies.ConfigureAwait(false);
                 var finishedMs = clock.Elapsed.TotalMilliseconds;
                 if (current.Checksum) CheckChecksums(workers, replies.Select(r => r.ParameterChecksum).ToArray(), $"at step {done}");
                 var loss = replies.Sum(r => r.LossSum) / replies.Sum(r => r.Count);
@@ -199,18 +199,17 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
                     await EvaluateAsync(job, workers[0], done, cancel).ConfigureAwait(false);
                 if (done == total || (spec.Training.CheckpointInterval > 0 && done % spec.Training.CheckpointInterval == 0))
                     await CheckpointAsync(job, workers[0], store, done, elapsed, samples, cancel).ConfigureAwait(false);
-                if (done < total) current = next ?? await LaunchAsync(done, behindAnother: false).ConfigureAwait(false);
+                current = done < total ? next ?? await LaunchAsync(done, behindAnother: false).ConfigureAwait(false) : null;
                 next = null;
             }
         }
         finally
         {
-            if (next is not null)
-            {
-                // The step before it failed or the job was cancelled: stop the queued step and let it end quietly.
-                await pipeline.CancelAsync().ConfigureAwait(false);
-                await next.Replies.ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
-            }
+            // Left early (a step or a shard transfer failed, or the job was cancelled): stop the steps still in
+            // flight and let them end quietly; the first failure is what the job reports.
+            var left = new[] { current, next }.OfType<InFlight>().ToList();
+            if (left.Any(f => !f.Replies.IsCompleted)) await pipeline.CancelAsync().ConfigureAwait(false);
+            foreach (var f in left) await f.Replies.ContinueWith(t => _ = t.Exception, TaskScheduler.Default).ConfigureAwait(false);
         }
     }
 
