@@ -10,6 +10,15 @@ namespace Dtrain.Tests.Cluster;
 /// <summary>A worker refuses malformed control messages with a clear status instead of passing them to libtorch (which would abort the process).</summary>
 public class WorkerProtocolTests
 {
+    /// <summary>A valid assignment of a one-worker char LM job "j" over the tokens &lt;pad&gt; &lt;unk&gt; a b c.</summary>
+    private static AssignRequest CharLmAssignment(string workerAddress)
+    {
+        var request = new AssignRequest { JobId = "j", Generation = 1, WorldSize = 1, SpecJson = JobSpecSerializer.Serialize(TestJobs.CharLm("unused.txt")), TokenizerKind = "char" };
+        request.Peers.Add(new Peer { Rank = 0, Address = workerAddress });
+        request.TokenizerTokens.AddRange(["<pad>", "<unk>", "a", "b", "c"]);
+        return request;
+    }
+
     [Fact]
     public async Task Malformed_assignments_and_shards_are_refused_and_the_worker_keeps_serving()
     {
@@ -24,11 +33,7 @@ public class WorkerProtocolTests
         Assert.Equal(StatusCode.InvalidArgument, e1.StatusCode);
         Assert.Contains("$.model.layers", e1.Status.Detail);
 
-        var spec = TestJobs.CharLm("unused.txt");
-        var ok = new AssignRequest { JobId = "j", Generation = 1, WorldSize = 1, SpecJson = JobSpecSerializer.Serialize(spec), TokenizerKind = "char" };
-        ok.Peers.Add(new Peer { Rank = 0, Address = worker.Address });
-        ok.TokenizerTokens.AddRange(["<pad>", "<unk>", "a", "b", "c"]);
-        Assert.True(client.Assign(ok).Parameters > 0);
+        Assert.True(client.Assign(CharLmAssignment(worker.Address)).Parameters > 0);
 
         using (var call = client.LoadShard())
         {
@@ -61,11 +66,7 @@ public class WorkerProtocolTests
         var worker = cluster.Client.ListWorkers(new ListWorkersRequest()).Workers.Single();
         using var channel = GrpcChannel.ForAddress(worker.Address);
         var client = new WorkerControl.WorkerControlClient(channel);
-        var spec = TestJobs.CharLm("unused.txt");
-        var assign = new AssignRequest { JobId = "j", Generation = 1, WorldSize = 1, SpecJson = JobSpecSerializer.Serialize(spec), TokenizerKind = "char" };
-        assign.Peers.Add(new Peer { Rank = 0, Address = worker.Address });
-        assign.TokenizerTokens.AddRange(["<pad>", "<unk>", "a", "b", "c"]);
-        client.Assign(assign);
+        client.Assign(CharLmAssignment(worker.Address));
         using (var call = client.LoadShard())
         {
             var chunk = new ShardChunk { JobId = "j" };
