@@ -142,7 +142,8 @@ public static class JobCommands
             var now = DateTimeOffset.UtcNow;
             foreach (var w in client.ListWorkers(new ListWorkersRequest()).Workers)
             {
-                var ago = (now - DateTimeOffset.FromUnixTimeMilliseconds(w.LastHeartbeatUnixMs)).TotalSeconds;
+                // Clocks of the coordinator and this machine may differ slightly: never print "-0.0s ago".
+                var ago = Math.Max(0, (now - DateTimeOffset.FromUnixTimeMilliseconds(w.LastHeartbeatUnixMs)).TotalSeconds);
                 table.AddRow(Markup.Escape(w.WorkerId), Markup.Escape(w.Address), w.State.ToString().ToLowerInvariant(), Markup.Escape(w.JobId == "" ? "-" : w.JobId),
                     w.Cores.ToString(CultureInfo.InvariantCulture), w.Threads.ToString(CultureInfo.InvariantCulture), Markup.Escape(w.Device), $"{ago:F1}s ago");
             }
