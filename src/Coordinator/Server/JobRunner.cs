@@ -159,12 +159,11 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
             var replies = OnAllAsync(workers, "step", step, timeout, pipeline.Token, (w, rank, deadline, ct) =>
                 clients.For(w.Address).RunStepAsync(new RunStepRequest { JobId = job.Id, Step = step, Lr = lr, GlobalCount = count, ReportChecksum = checksum },
                     deadline: deadline, cancellationToken: ct).ResponseAsync);
-            return new InFlight(step, lr, checksum, clock.Elapsed.TotalMilliseconds, replies);
+            return new InFlight(lr, checksum, clock.Elapsed.TotalMilliseconds, replies);
         }
 
-        bool StandsStill(long done) => done == total
-            || (spec.Training.EvalInterval > 0 && done % spec.Training.EvalInterval == 0)
-            || (spec.Training.CheckpointInterval > 0 && done % spec.Training.CheckpointInterval == 0);
+        bool EvaluatesAfter(long done) => done == total || (spec.Training.EvalInterval > 0 && done % spec.Training.EvalInterval == 0);
+        bool CheckpointsAfter(long done) => done == total || (spec.Training.CheckpointInterval > 0 && done % spec.Training.CheckpointInterval == 0);
 
         InFlight? current = null, next = null;
         try
@@ -174,7 +173,7 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
             {
                 cancel.ThrowIfCancellationRequested();
                 var done = step + 1;
-                next = StandsStill(done) ? null : await LaunchAsync(done, behindAnother: true).ConfigureAwait(false);
+                next = EvaluatesAfter(done) || CheckpointsAfter(done) ? null : await LaunchAsync(done, behindAnother: true).ConfigureAwait(false);
                 var replies = await current!.Replies.ConfigureAwait(false);
                 var finishedMs = clock.Elapsed.TotalMilliseconds;
                 if (current.Checksum) CheckChecksums(workers, replies.Select(r => r.ParameterChecksum).ToArray(), $"at step {done}");
@@ -195,9 +194,8 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
                 } });
                 lastDone = finishedMs;
 
-                if (done == total || (spec.Training.EvalInterval > 0 && done % spec.Training.EvalInterval == 0))
-                    await EvaluateAsync(job, workers[0], done, cancel).ConfigureAwait(false);
-                if (done == total || (spec.Training.CheckpointInterval > 0 && done % spec.Training.CheckpointInterval == 0))
+                if (EvaluatesAfter(done)) await EvaluateAsync(job, workers[0], done, cancel).ConfigureAwait(false);
+                if (CheckpointsAfter(done))
                     await CheckpointAsync(job, workers[0], store, done, elapsed, samples, cancel).ConfigureAwait(false);
                 current = done < total ? next ?? await LaunchAsync(done, behindAnother: false).ConfigureAwait(false) : null;
                 next = null;
@@ -214,7 +212,7 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
     }
 
     /// <summary>A step sent to every worker: its learning rate, whether replies carry checksums, when it was sent, and the replies.</summary>
-    private sealed record InFlight(long Step, double Lr, bool Checksum, double SentMs, Task<RunStepReply[]> Replies);
+    private sealed record InFlight(double Lr, bool Checksum, double SentMs, Task<RunStepReply[]> Replies);
 
     private async Task SendShardsAsync(JobRecord job, IReadOnlyList<WorkerRecord> workers, ShardPlan plan, long from, long to, Dictionary<long, long> globalCounts, PreparedData? validation, CancellationToken cancel)
     {
