@@ -81,8 +81,8 @@ public static class ClusterBench
     /// <summary>Samples/s of one W1 loop run alone in a fresh bench process (`loop NAME 2 warmup timed`).</summary>
     static double Loop(string name)
     {
-        var psi = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true, UseShellExecute = false };
-        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath!) == "dotnet") psi.ArgumentList.Add(typeof(ClusterBench).Assembly.Location);
+        var (exe, prefix) = CollectiveBench.SelfCommand();
+        var psi = new ProcessStartInfo(exe, prefix);
         // A user's plain loop runs on the .NET and glibc defaults; dtrain's processes start on tcmalloc
         // (NativeAllocator) without tiered compilation (the dtrain and dtrain-worker projects): the other loops too.
         if (name != "plain")
@@ -96,13 +96,24 @@ public static class ClusterBench
             psi.Environment.Remove("DOTNET_TieredCompilation");
         }
         foreach (var a in new[] { "loop", name, "2", Warmup.ToString(CultureInfo.InvariantCulture), Timed.ToString(CultureInfo.InvariantCulture) }) psi.ArgumentList.Add(a);
+        var (seconds, exitCode, error) = RunForValue(psi, "seconds_per_step=");
+        if (exitCode != 0 || seconds is null) throw new InvalidOperationException($"loop {name} failed ({exitCode}): {error}");
+        return Batch / seconds.Value;
+    }
+
+    /// <summary>Runs a process to its end; the number after <paramref name="key"/> on its standard output (null when absent), its exit code and its last error line.</summary>
+    static (double? Value, int ExitCode, string Error) RunForValue(ProcessStartInfo psi, string key)
+    {
+        psi.RedirectStandardOutput = true;
+        psi.RedirectStandardError = true;
+        psi.UseShellExecute = false;
         using var p = Process.Start(psi)!;
+        var error = p.StandardError.ReadToEndAsync();
         var output = p.StandardOutput.ReadToEnd();
         p.WaitForExit();
-        const string key = "seconds_per_step=";
-        var at = output.IndexOf(key, StringComparison.Ordinal);
-        if (p.ExitCode != 0 || at < 0) throw new InvalidOperationException($"loop {name} failed ({p.ExitCode}): {output}");
-        return Batch / double.Parse(output[(at + key.Length)..].Trim(), CultureInfo.InvariantCulture);
+        var line = output.Split('\n').FirstOrDefault(l => l.Contains(key, StringComparison.Ordinal));
+        double? value = line is null ? null : double.Parse(line[(line.IndexOf(key, StringComparison.Ordinal) + key.Length)..].Trim(), CultureInfo.InvariantCulture);
+        return (value, p.ExitCode, error.GetAwaiter().GetResult().Split('\n').LastOrDefault(l => l.Length > 0) ?? "");
     }
 
     /// <summary>Samples/s between the end of the warm-up steps and the last step, from the coordinator's step events.</summary>
@@ -135,20 +146,15 @@ public static class ClusterBench
         var probe = Process.Start(new ProcessStartInfo(python, ["-c", "import torch"]) { RedirectStandardError = true, UseShellExecute = false });
         if (probe is null || !probe.WaitForExit(60_000) || probe.ExitCode != 0)
             return (double.NaN, "not run: apt-get install python3-torch libopenblas0-pthread");
-        var psi = new ProcessStartInfo(python) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        var psi = new ProcessStartInfo(python);
         psi.ArgumentList.Add(script);
         foreach (var a in args.Split(' ')) psi.ArgumentList.Add(a);
         // As in the anchor's instructions: Debian's OpenBLAS tuned for this CPU, one BLAS thread per process.
         psi.Environment.Remove("OPENBLAS_CORETYPE");
         psi.Environment.Remove("OPENBLAS_L2_SIZE");
         psi.Environment["OPENBLAS_NUM_THREADS"] = "1";
-        using var p = Process.Start(psi)!;
-        var output = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        var line = output.Split('\n').FirstOrDefault(l => l.Contains("samples_per_s=", StringComparison.Ordinal));
-        if (line is null) return (double.NaN, "failed: " + p.StandardError.ReadToEnd().Split('\n').LastOrDefault(l => l.Length > 0));
-        var value = line[(line.IndexOf("samples_per_s=", StringComparison.Ordinal) + "samples_per_s=".Length)..].Trim();
-        return (double.Parse(value, CultureInfo.InvariantCulture), "bench/anchors/pytorch_ddp_bench.py " + args);
+        var (samplesPerSecond, _, error) = RunForValue(psi, "samples_per_s=");
+        return samplesPerSecond is { } v ? (v, "bench/anchors/pytorch_ddp_bench.py " + args) : (double.NaN, "failed: " + error);
     }
 
     sealed class TempDir : IDisposable

@@ -99,7 +99,8 @@ public static class CollectiveBench
         }
     }
 
-    private static (string Exe, string[] Prefix) SelfCommand()
+    /// <summary>How to start this bench again in a child process: the apphost, or `dotnet dtrain-bench.dll`.</summary>
+    internal static (string Exe, string[] Prefix) SelfCommand()
     {
         var process = Environment.ProcessPath ?? throw new InvalidOperationException("no process path");
         // Run through "dotnet dtrain-bench.dll": start the dll the same way.
