@@ -67,7 +67,7 @@ public sealed class DataParallelReplica : IDisposable
         if (!alone) gradients.Scatter();
         else if (Engine.Parameters.Any(p => p.grad is null))
         {
-            // No rows this step: an all-zero gradient, as the reduce would have produced.
+            // A parameter the step did not reach gets an all-zero gradient, as Gather and Scatter would have given it.
             using var _ = no_grad();
             foreach (var p in Engine.Parameters) p.grad ??= zeros_like(p);
         }

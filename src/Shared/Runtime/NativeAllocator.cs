@@ -47,7 +47,7 @@ public static class NativeAllocator
         child.Environment["LD_PRELOAD"] = current.Length == 0 ? library : $"{library}:{current}";
     }
 
-    /// <summary>The allocator this process runs on, for logs: "tcmalloc (...)" or "glibc malloc (...)".</summary>
+    /// <summary>The allocator this process runs on, for logs: "tcmalloc (...)" or "glibc malloc (...)"; never throws.</summary>
     public static string Describe()
     {
         try
@@ -63,8 +63,16 @@ public static class NativeAllocator
         catch (IOException)
         {
         }
-        return Library() is { } available
-            ? $"glibc malloc ({available} is installed but not preloaded: start through ./dtrain or set LD_PRELOAD)"
-            : "glibc malloc (install libtcmalloc-minimal4 for faster recurrent training)";
+        try
+        {
+            return Library() is { } available
+                ? $"glibc malloc ({available} is installed but not preloaded: start through ./dtrain or set LD_PRELOAD)"
+                : "glibc malloc (install libtcmalloc-minimal4 for faster recurrent training)";
+        }
+        catch (FileNotFoundException e)
+        {
+            // A log line must not fail the work it describes: the bad setting is reported, not thrown.
+            return $"glibc malloc ({e.Message})";
+        }
     }
 }

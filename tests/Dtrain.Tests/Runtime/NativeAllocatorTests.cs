@@ -40,24 +40,36 @@ public sealed class NativeAllocatorTests
         Assert.Equal([NativeAllocator.Library()!, "/lib/other.so"], parts);
     }
 
-    [Fact]
-    public void The_dtrain_script_preloads_tcmalloc_unless_told_not_to()
+    /// <summary>
+    /// Runs the ./dtrain script with <paramref name="setting"/> as DTRAIN_MALLOC, up to where it would start the CLI:
+    /// an `echo` of LD_PRELOAD stands in for `exec dotnet`, and a just-written file for the built CLI (so no build).
+    /// </summary>
+    private static (int ExitCode, string Output) RunScript(string setting)
     {
-        // The script exports LD_PRELOAD before exec-ing the CLI; `env` in its place shows what the CLI would get.
         using var tmp = new TempDir();
         var fresh = tmp.Write("dtrain.dll", "newer than every source: no build");
         var script = File.ReadAllText(Path.Combine(RepoFiles.Root, "dtrain"));
-        Assert.Contains("libtcmalloc_minimal.so.4", script, StringComparison.Ordinal);
+        var psi = new ProcessStartInfo("/bin/bash", ["-c", script.Replace("exec dotnet \"$dll\" \"$@\"", "echo \"LD_PRELOAD=${LD_PRELOAD:-}\"", StringComparison.Ordinal)
+            .Replace("dll=\"$root/src/Coordinator/bin/Release/net10.0/dtrain.dll\"", $"dll={fresh}", StringComparison.Ordinal)])
+        { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false, WorkingDirectory = RepoFiles.Root };
+        psi.Environment.Remove("LD_PRELOAD");
+        psi.Environment["DTRAIN_MALLOC"] = setting;
+        using var p = Process.Start(psi)!;
+        var error = p.StandardError.ReadToEndAsync();
+        var output = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        return (p.ExitCode, output + error.GetAwaiter().GetResult());
+    }
+
+    [Fact]
+    public void The_dtrain_script_preloads_tcmalloc_unless_told_not_to()
+    {
+        Assert.Contains("libtcmalloc_minimal.so.4", File.ReadAllText(Path.Combine(RepoFiles.Root, "dtrain")), StringComparison.Ordinal);
         foreach (var (setting, expected) in new[] { ("", true), ("default", false) })
         {
-            var psi = new ProcessStartInfo("/bin/bash", ["-c", script.Replace("exec dotnet \"$dll\" \"$@\"", "echo \"LD_PRELOAD=${LD_PRELOAD:-}\"", StringComparison.Ordinal)
-                .Replace("dll=\"$root/src/Coordinator/bin/Release/net10.0/dtrain.dll\"", $"dll={fresh}", StringComparison.Ordinal)])
-            { RedirectStandardOutput = true, UseShellExecute = false, WorkingDirectory = RepoFiles.Root };
-            psi.Environment.Remove("LD_PRELOAD");
-            psi.Environment["DTRAIN_MALLOC"] = setting;
-            using var p = Process.Start(psi)!;
-            var output = p.StandardOutput.ReadToEnd();
-            p.WaitForExit();
+            var (exitCode, output) = RunScript(setting);
+            Assert.Equal(0, exitCode);
+            Assert.Contains("LD_PRELOAD=", output, StringComparison.Ordinal);
             Assert.Equal(expected, output.Contains("tcmalloc", StringComparison.Ordinal));
         }
     }
@@ -69,5 +81,9 @@ public sealed class NativeAllocatorTests
         Assert.Equal(NativeAllocator.Library(null), NativeAllocator.Library(""));
         var e = Assert.Throws<FileNotFoundException>(() => NativeAllocator.Library("/nonexistent/libfoo.so"));
         Assert.Contains("/nonexistent/libfoo.so", e.Message, StringComparison.Ordinal);
+        // The script refuses it before starting anything, with the same wording.
+        var (exitCode, output) = RunScript("/nonexistent/libfoo.so");
+        Assert.Equal(2, exitCode);
+        Assert.Contains("DTRAIN_MALLOC names /nonexistent/libfoo.so, which does not exist", output, StringComparison.Ordinal);
     }
 }
