@@ -6,6 +6,7 @@ using static TorchSharp.torch;
 
 namespace Dtrain.Tests.Training;
 
+[Collection(TorchRngCollection.Name)]
 public class TrainingTests
 {
     sealed class Recorder : ITrainingObserver
