@@ -1,4 +1,5 @@
 using Dtrain.Protos.Membership;
+using Dtrain.Rpc;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Microsoft.Extensions.Hosting;
@@ -6,10 +7,14 @@ using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Worker;
 
-/// <summary>Registers with the coordinator once this worker's server is listening, then heartbeats; registers again when the coordinator forgot it; leaves on shutdown.</summary>
-public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identity, WorkerSlot state, ILogger<CoordinatorLink> log) : BackgroundService
+/// <summary>
+/// Registers with the coordinator once this worker's server is listening, then heartbeats; registers again when the
+/// coordinator forgot it; leaves on shutdown (once, and then stays away). Readiness (health) follows registration.
+/// </summary>
+public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identity, WorkerSlot state, ServerHealth health, ILogger<CoordinatorLink> log) : BackgroundService
 {
     private Membership.MembershipClient? client;
+    private int left;
 
     protected override async Task ExecuteAsync(CancellationToken stop)
     {
@@ -18,7 +23,7 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
         client = new Membership.MembershipClient(channel);
         var interval = TimeSpan.FromSeconds(1);
         var delay = TimeSpan.FromMilliseconds(200);
-        while (!stop.IsCancellationRequested)
+        while (!stop.IsCancellationRequested && Volatile.Read(ref left) == 0)
         {
             try
             {
@@ -33,23 +38,26 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
                             Cores = Environment.ProcessorCount,
                             Device = options.Device,
                             MemoryBytes = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes,
-                            Threads = options.Threads > 0 ? options.Threads : 1,
+                            Threads = options.ResolvedThreads,
                             Version = typeof(CoordinatorLink).Assembly.GetName().Version?.ToString() ?? "",
                         },
                     }, deadline: DateTime.UtcNow.AddSeconds(10), cancellationToken: stop).ConfigureAwait(false);
                     identity.WorkerId = reply.WorkerId;
                     interval = TimeSpan.FromMilliseconds(Math.Max(100, reply.HeartbeatIntervalMs));
-                    log.LogInformation("registered with {Coordinator} as {WorkerId} ({Address})", options.Coordinator, reply.WorkerId, address);
+                    log.LogInformation("registered with {Coordinator} as {WorkerId} ({Address}, {Threads} torch thread(s))", options.Coordinator, reply.WorkerId, address, options.ResolvedThreads);
                 }
                 var beat = await client.HeartbeatAsync(new HeartbeatRequest { WorkerId = identity.WorkerId, JobId = state.Current?.JobId ?? "", Step = state.Step },
                     deadline: DateTime.UtcNow.AddSeconds(10), cancellationToken: stop).ConfigureAwait(false);
                 if (!beat.Known)
                 {
+                    if (Volatile.Read(ref left) != 0) break;
+                    health.Set(WorkerHost.ReadinessService, false);
                     log.LogWarning("coordinator does not know worker {WorkerId}; registering again", identity.WorkerId);
                     identity.WorkerId = null;
                     await state.ReleaseAsync("coordinator forgot this worker").ConfigureAwait(false);
                     continue;
                 }
+                health.Set(WorkerHost.ReadinessService, Volatile.Read(ref left) == 0);
                 delay = TimeSpan.FromMilliseconds(200);
                 await Task.Delay(interval, stop).ConfigureAwait(false);
             }
@@ -62,19 +70,27 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
         }
     }
 
+    /// <summary>Tells the coordinator this worker leaves (once); heartbeats stop, so it is not registered again.</summary>
+    public async Task LeaveAsync(string reason)
+    {
+        if (Interlocked.Exchange(ref left, 1) != 0) return;
+        health.Set(WorkerHost.ReadinessService, false);
+        if (client is null || identity.WorkerId is not { } id) return;
+        try
+        {
+            await client.LeaveAsync(new LeaveRequest { WorkerId = id, Reason = reason }, deadline: DateTime.UtcNow.AddSeconds(5)).ConfigureAwait(false);
+            log.LogInformation("left coordinator {Coordinator} as {WorkerId}: {Reason}", options.Coordinator, id, reason);
+        }
+        catch (RpcException e)
+        {
+            // The coordinator will declare this worker lost when heartbeats stop.
+            log.LogWarning("could not tell coordinator {Coordinator} that {WorkerId} leaves ({Status}); it will notice missing heartbeats", options.Coordinator, id, e.StatusCode);
+        }
+    }
+
     public override async Task StopAsync(CancellationToken cancellationToken)
     {
-        if (client is not null && identity.WorkerId is { } id)
-        {
-            try
-            {
-                await client.LeaveAsync(new LeaveRequest { WorkerId = id, Reason = "worker shutting down" }, deadline: DateTime.UtcNow.AddSeconds(2), cancellationToken: cancellationToken).ConfigureAwait(false);
-            }
-            catch (RpcException)
-            {
-                // The coordinator will declare this worker lost when heartbeats stop.
-            }
-        }
+        await LeaveAsync("worker shutting down").ConfigureAwait(false);
         await base.StopAsync(cancellationToken).ConfigureAwait(false);
     }
 }

@@ -32,6 +32,13 @@ public sealed class ReplicaJob : IAsyncDisposable
     /// <summary>One step at a time: the replica and torch are not re-entrant.</summary>
     public SemaphoreSlim Gate { get; } = new(1, 1);
     public long LastStep { get; private set; } = -1;
+    /// <summary>Set when the worker drains (shuts down): no further step starts.</summary>
+    public bool Draining
+    {
+        get => draining;
+        set => draining = value;
+    }
+    private volatile bool draining;
     private TaskCompletionSource turn = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     /// <summary>
@@ -43,6 +50,11 @@ public sealed class ReplicaJob : IAsyncDisposable
         while (true)
         {
             await Gate.WaitAsync(cancel).ConfigureAwait(false);
+            if (Draining)
+            {
+                Gate.Release();
+                throw new RpcException(new Status(StatusCode.Cancelled, $"job {JobId}: this worker is shutting down (drained after step {LastStep + 1})"));
+            }
             if (step == LastStep + 1) return;
             var next = turn.Task;
             var last = LastStep;

@@ -44,7 +44,11 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
             throw new RpcException(new Status(StatusCode.InvalidArgument, $"classification job with {labels.Count} labels"));
 
         await state.ReleaseAsync("replaced by a new assignment").ConfigureAwait(false);
-        var threads = request.Threads > 0 ? request.Threads : options.Threads > 0 ? options.Threads : 1;
+        // The spec's training.threads, but never more than the CPUs this process may use (a container's quota):
+        // more torch threads than CPUs only makes them wait on each other.
+        var threads = request.Threads > 0 ? Math.Min(request.Threads, Environment.ProcessorCount) : options.ResolvedThreads;
+        if (request.Threads > threads)
+            log.LogInformation("job {JobId}: training.threads {Requested} capped at the {Cpus} CPU(s) this worker may use", request.JobId, request.Threads, Environment.ProcessorCount);
         var device = DeviceSelector.Resolve(options.Device, m => log.LogWarning("{Message}", m));
         var ring = await rings.ConnectAsync(request, context.CancellationToken).ConfigureAwait(false);
         var torch = new TorchThread($"torch-{request.JobId}", threads);

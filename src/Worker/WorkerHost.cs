@@ -1,4 +1,5 @@
 using System.Net;
+using System.Net.NetworkInformation;
 using Dtrain.Rpc;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
@@ -23,20 +24,49 @@ public static class WorkerHost
         builder.Services.AddSingleton<WorkerIdentity>();
         builder.Services.AddSingleton<WorkerSlot>();
         builder.Services.AddSingleton<IRingConnector, GrpcRingConnector>();
-        builder.Services.AddHostedService<CoordinatorLink>();
+        builder.Services.AddSingleton<CoordinatorLink>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<CoordinatorLink>());
         GrpcRingConnector.AddServices(builder.Services, options);
         var app = builder.Build();
         app.MapGrpcService<WorkerControlService>();
         GrpcRingConnector.MapServices(app);
-        // Leave the ring before Kestrel drains: an open collective stream would hold graceful shutdown for its full timeout.
-        app.Lifetime.ApplicationStopping.Register(() => app.Services.GetRequiredService<WorkerSlot>().ReleaseAsync("worker shutting down").GetAwaiter().GetResult());
+        GrpcServerHost.MapHealth(app, ReadinessService);
+        // SIGTERM (docker stop, compose scale-down, a pod's termination): finish the step in progress, tell the
+        // coordinator, then leave the ring — before Kestrel drains, since an open collective stream would hold
+        // graceful shutdown for its full timeout.
+        app.Lifetime.ApplicationStopping.Register(() =>
+        {
+            var link = app.Services.GetRequiredService<CoordinatorLink>();
+            app.Services.GetRequiredService<WorkerSlot>()
+                .DrainAsync(TimeSpan.FromSeconds(options.DrainTimeoutSeconds), () => link.LeaveAsync("worker shutting down"), "worker shutting down")
+                .GetAwaiter().GetResult();
+        });
         app.Lifetime.ApplicationStarted.Register(() =>
         {
             var port = GrpcServerHost.BoundAddress(app).Port;
-            var host = options.AdvertiseHost ?? (options.Listen is "0.0.0.0" or "::" ? Dns.GetHostName() : options.Listen);
-            app.Services.GetRequiredService<WorkerIdentity>().SetAddress($"http://{host}:{port}");
+            app.Services.GetRequiredService<WorkerIdentity>().SetAddress($"http://{AdvertisedHost(options)}:{port}");
         });
         return app;
+    }
+
+    /// <summary>The health service name that is SERVING while this worker is registered with a coordinator and not draining.</summary>
+    public const string ReadinessService = "dtrain.worker.v1.WorkerControl";
+
+    /// <summary>
+    /// The host peers dial: <see cref="WorkerOptions.AdvertiseHost"/>; else the listen address; for a wildcard listen
+    /// address, the first non-loopback IPv4 address of an interface that is up (a container's or pod's own address,
+    /// which peers on its network can reach, unlike a container's host name), else the host name.
+    /// </summary>
+    public static string AdvertisedHost(WorkerOptions options)
+    {
+        if (!string.IsNullOrWhiteSpace(options.AdvertiseHost)) return options.AdvertiseHost.Trim();
+        if (options.Listen is not ("0.0.0.0" or "::")) return options.Listen;
+        var address = NetworkInterface.GetAllNetworkInterfaces()
+            .Where(n => n.OperationalStatus == OperationalStatus.Up && n.NetworkInterfaceType != NetworkInterfaceType.Loopback)
+            .SelectMany(n => n.GetIPProperties().UnicastAddresses)
+            .Select(a => a.Address)
+            .FirstOrDefault(a => a.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork && !IPAddress.IsLoopback(a));
+        return address?.ToString() ?? Dns.GetHostName();
     }
 
     public static async Task<int> RunAsync(WorkerOptions options, CancellationToken stop = default)

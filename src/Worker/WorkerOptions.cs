@@ -12,11 +12,16 @@ public sealed record WorkerOptions
     public int Port { get; init; }
     /// <summary>Interface to listen on.</summary>
     public string Listen { get; init; } = "127.0.0.1";
-    /// <summary>Host name or IP other parties use to reach this worker (default: the listen address).</summary>
+    /// <summary>Host name or IP other parties use to reach this worker (default: the listen address; with a wildcard listen address, this machine's first non-loopback IPv4 address — a container's or pod's own IP).</summary>
     public string? AdvertiseHost { get; init; }
     public string? Name { get; init; }
-    /// <summary>Intra-op torch threads (0 = 1 when several workers may share the machine, which is the default assumption).</summary>
-    public int Threads { get; init; }
+    /// <summary>
+    /// Intra-op torch threads: a number, or "auto" = the CPUs this process may use (its cgroup CPU quota and
+    /// affinity, as a container or pod is given). Default 1: several workers may share a machine.
+    /// </summary>
+    public string Threads { get; init; } = "1";
+    /// <summary>On shutdown (SIGTERM), how long a training worker waits for its current step before it leaves anyway.</summary>
+    public double DrainTimeoutSeconds { get; init; } = 60;
     public string Device { get; init; } = "cpu";
     /// <summary>Largest gRPC message accepted, in bytes.</summary>
     public int MaxMessageBytes { get; init; } = 64 * 1024 * 1024;
@@ -29,9 +34,24 @@ public sealed record WorkerOptions
         if (!Uri.TryCreate(Coordinator, UriKind.Absolute, out var u) || (u.Scheme != "http" && u.Scheme != "https"))
             e.Add($"Worker:Coordinator \"{Coordinator}\" must be an http(s) URL, e.g. http://127.0.0.1:5000");
         if (Port is < 0 or > 65535) e.Add($"Worker:Port {Port} must be in [0, 65535]");
-        if (Threads is < 0 or > 1024) e.Add($"Worker:Threads {Threads} must be in [0, 1024]");
+        if (!TryResolveThreads(Threads, out _)) e.Add($"Worker:Threads \"{Threads}\" must be \"auto\" or a number in [1, 1024]");
         if (MaxMessageBytes < 1024 * 1024) e.Add($"Worker:MaxMessageBytes {MaxMessageBytes} must be at least 1 MiB");
         if (!(CollectiveTimeoutSeconds > 0)) e.Add($"Worker:CollectiveTimeoutSeconds {CollectiveTimeoutSeconds} must be positive");
+        if (!(DrainTimeoutSeconds >= 0)) e.Add($"Worker:DrainTimeoutSeconds {DrainTimeoutSeconds} must be >= 0");
         return e;
+    }
+
+    /// <summary>The torch thread count <see cref="Threads"/> stands for (call after <see cref="Validate"/>).</summary>
+    public int ResolvedThreads => TryResolveThreads(Threads, out var n) ? n : throw new ArgumentException($"Worker:Threads \"{Threads}\" must be \"auto\" or a number in [1, 1024]");
+
+    /// <summary>"auto" → <see cref="Environment.ProcessorCount"/>, which .NET derives from the cgroup CPU quota and the affinity mask; 0 (the old default) → 1.</summary>
+    public static bool TryResolveThreads(string? value, out int threads)
+    {
+        threads = 0;
+        var v = (value ?? "").Trim();
+        if (v.Equals("auto", StringComparison.OrdinalIgnoreCase)) threads = Environment.ProcessorCount;
+        else if (int.TryParse(v, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var n) && n <= 1024) threads = Math.Max(1, n);
+        else return false;
+        return true;
     }
 }

@@ -17,6 +17,34 @@ public sealed class WorkerSlot(ILogger<WorkerSlot> log)
         return job;
     }
 
+    /// <summary>
+    /// Leaves at a step boundary: waits up to <paramref name="timeout"/> for the step in progress to end, runs
+    /// <paramref name="leave"/> (tell the coordinator) while no further step can start, then refuses further steps
+    /// and releases the job. Without a job, only <paramref name="leave"/> runs.
+    /// </summary>
+    public async Task DrainAsync(TimeSpan timeout, Func<Task> leave, string reason)
+    {
+        var job = Current;
+        if (job is null)
+        {
+            await leave().ConfigureAwait(false);
+            return;
+        }
+        var standing = await job.Gate.WaitAsync(timeout).ConfigureAwait(false);
+        if (standing) log.LogInformation("draining: job {JobId} stands after step {Step}", job.JobId, job.LastStep);
+        else log.LogWarning("draining: job {JobId} step {Step} did not end within {Timeout}s; leaving anyway", job.JobId, job.LastStep + 1, timeout.TotalSeconds);
+        try
+        {
+            await leave().ConfigureAwait(false);
+        }
+        finally
+        {
+            job.Draining = true;
+            if (standing) job.Gate.Release();
+        }
+        await ReleaseAsync(reason).ConfigureAwait(false);
+    }
+
     public async Task ReleaseAsync(string reason)
     {
         var job = Current;

@@ -96,6 +96,10 @@ public sealed class LocalCluster : IDisposable
     /// <summary>Process id of worker <paramref name="index"/> (0-based), e.g. to stop it with SIGSTOP as a hang would.</summary>
     public int WorkerProcessId(int index) => processes[index + 1].Id;
 
+    /// <summary>Exit status of worker <paramref name="index"/> (0-based) once it exits within <paramref name="timeout"/>; null if it is still running.</summary>
+    public int? WaitForWorkerExit(int index, TimeSpan timeout) =>
+        processes[index + 1].WaitForExit(timeout) ? processes[index + 1].ExitCode : null;
+
     private static int FreePort()
     {
         using var l = new TcpListener(IPAddress.Loopback, 0);

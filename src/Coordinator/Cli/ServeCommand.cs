@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Dtrain.Rpc;
 using Dtrain.Server;
 using Dtrain.Worker;
 
@@ -24,7 +25,12 @@ public static class ServeCommand
                 DataDir = r.GetValue(dataDir) ?? options.DataDir,
             };
             var app = CoordinatorHost.Build(options);
-            app.Lifetime.ApplicationStarted.Register(() => Console.WriteLine($"coordinator listening on {CoordinatorHost.Address(app)}"));
+            app.Lifetime.ApplicationStarted.Register(() =>
+            {
+                var bound = GrpcServerHost.BoundAddress(app).ToString().TrimEnd('/');
+                var local = CoordinatorHost.Address(app);
+                Console.WriteLine(bound == local ? $"coordinator listening on {local}" : $"coordinator listening on {bound} (from this machine: {local})");
+            });
             app.Run();
             return CliErrors.Ok;
         }));
@@ -37,7 +43,7 @@ public static class ServeCommand
         var port = new Option<int?>("--port", "-p") { Description = "Port of this worker's gRPC server (default 0 = any free port)." };
         var listen = new Option<string?>("--listen") { Description = "Interface to listen on (default 127.0.0.1)." };
         var advertise = new Option<string?>("--advertise") { Description = "Host name or IP peers use to reach this worker (default: the listen address)." };
-        var threads = new Option<int?>("--threads") { Description = "Intra-op torch threads (default 1: several workers may share a machine)." };
+        var threads = new Option<string?>("--threads") { Description = "Intra-op torch threads: a number, or auto = the CPUs this process may use (a container's CPU quota). Default 1: several workers may share a machine." };
         var device = new Option<string?>("--device") { Description = "cpu, cuda or cuda:N (falls back to CPU when CUDA is absent)." };
         var name = new Option<string?>("--name") { Description = "A name shown by `dtrain workers`." };
         var cmd = new Command("worker", "Run a worker that registers with the coordinator (--coordinator) and trains replicas of its jobs. Settings also come from DTRAIN_Worker__* variables.");

@@ -27,13 +27,14 @@ public static class CoordinatorHost
         var app = builder.Build();
         app.MapGrpcService<MembershipService>();
         app.MapGrpcService<JobsService>();
+        GrpcServerHost.MapHealth(app, ReadinessService);
+        app.Lifetime.ApplicationStarted.Register(() => app.Services.GetRequiredService<ServerHealth>().Set(ReadinessService, true));
         return app;
     }
 
     /// <summary>The http://host:port the coordinator listens on, once started.</summary>
-    public static string Address(WebApplication app)
-    {
-        var bound = GrpcServerHost.BoundAddress(app).ToString().TrimEnd('/');
-        return bound.Replace("[::]", "127.0.0.1", StringComparison.Ordinal).Replace("0.0.0.0", "127.0.0.1", StringComparison.Ordinal);
-    }
+    public static string Address(WebApplication app) => GrpcServerHost.LocalAddress(app);
+
+    /// <summary>The health service name that is SERVING while the coordinator accepts jobs.</summary>
+    public const string ReadinessService = "dtrain.jobs.v1.Jobs";
 }

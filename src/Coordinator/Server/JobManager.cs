@@ -13,7 +13,9 @@ public sealed class JobManager(CoordinatorOptions options, WorkerRegistry regist
     private readonly ConcurrentDictionary<string, JobRecord> jobs = new();
     private readonly ConcurrentQueue<JobRecord> queue = new();
     private readonly SemaphoreSlim wake = new(0);
-    private int nextId;
+    // Job records live in memory, but their directories (data, checkpoints) survive a restart on the same data
+    // directory: numbering continues after the highest one there, so a new job never writes into an old one's.
+    private int nextId = HighestJobNumber(Path.Combine(options.DataDir, "jobs"));
 
     public JobRecord Submit(SubmitRequest request)
     {
@@ -31,6 +33,13 @@ public sealed class JobManager(CoordinatorOptions options, WorkerRegistry regist
         wake.Release();
         return record;
     }
+
+    private static int HighestJobNumber(string jobsDir) =>
+        Directory.Exists(jobsDir)
+            ? Directory.EnumerateDirectories(jobsDir, "job-*")
+                .Select(d => int.TryParse(Path.GetFileName(d).AsSpan(4), NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : 0)
+                .DefaultIfEmpty(0).Max()
+            : 0;
 
     public JobRecord Get(string id) =>
         jobs.TryGetValue(id, out var r) ? r : throw new KeyNotFoundException($"no job \"{id}\"; `dtrain list` shows the known jobs");

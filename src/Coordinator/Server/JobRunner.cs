@@ -30,13 +30,20 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
     {
         using var failure = CancellationTokenSource.CreateLinkedTokenSource(job.Cancel.Token, stop);
         string? lostMessage = null;
-        void OnLost(WorkerRecord w)
+        void Depart(WorkerRecord w, string message)
         {
             if (w.JobId != job.Id) return;
-            lostMessage ??= $"worker {w.Id} ({w.Address}) lost: no heartbeat for {options.WorkerTimeoutSeconds:F0}s at step {job.Snapshot().Step}";
+            lock (failure)
+            {
+                lostMessage ??= message;
+            }
             failure.Cancel();
         }
+        void OnLost(WorkerRecord w) => Depart(w, $"worker {w.Id} ({w.Address}) lost: no heartbeat for {options.WorkerTimeoutSeconds:F0}s at step {job.Snapshot().Step}");
+        // Continuing without it (elastic resize) is future work: the job fails at the step boundary the worker drained at.
+        void OnLeft(WorkerRecord w, string reason) => Depart(w, $"worker {w.Id} ({w.Address}) left after step {job.Snapshot().Step}: {reason}");
         registry.WorkerLost += OnLost;
+        registry.WorkerLeft += OnLeft;
         job.Update(i =>
         {
             i.State = JobState.Preparing;
@@ -79,6 +86,7 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         finally
         {
             registry.WorkerLost -= OnLost;
+            registry.WorkerLeft -= OnLeft;
             await ReleaseAsync(job, workers).ConfigureAwait(false);
             registry.Release(job.Id);
         }

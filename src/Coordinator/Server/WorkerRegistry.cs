@@ -17,6 +17,8 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
 
     /// <summary>Raised (outside the lock) when a worker is declared lost, with its id and the job it had.</summary>
     public event Action<WorkerRecord>? WorkerLost;
+    /// <summary>Raised (outside the lock) when a worker that holds a job leaves (drains), with its record and reason.</summary>
+    public event Action<WorkerRecord, string>? WorkerLeft;
     /// <summary>Raised when workers become available, for the scheduler.</summary>
     public event Action? Changed;
 
@@ -51,13 +53,19 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
 
     public void Leave(string id, string reason)
     {
+        WorkerRecord? draining = null;
         lock (gate)
         {
             if (!workers.TryGetValue(id, out var w)) return;
-            if (w.State == WorkerState.Training) w.State = WorkerState.Draining;
+            if (w.State == WorkerState.Training)
+            {
+                w.State = WorkerState.Draining;
+                draining = w.Clone();
+            }
             else workers.Remove(id);
         }
-        log.LogInformation("worker {Id} leaves: {Reason}", id, reason);
+        log.LogInformation("worker {Id} leaves: {Reason}{Job}", id, reason, draining is null ? "" : $" (draining from job {draining.JobId})");
+        if (draining is not null) WorkerLeft?.Invoke(draining, reason);
     }
 
     public IReadOnlyList<WorkerRecord> Snapshot()

@@ -53,7 +53,37 @@ public static class GrpcServerHost
             o.EnableDetailedErrors = detailedErrors;
             o.Interceptors.Add<ServerInterceptor>();
         });
+        builder.Services.AddSingleton<ServerHealth>();
+        builder.Services.AddSingleton(sp => sp.GetRequiredService<ServerHealth>().Service);
         return builder;
+    }
+
+    /// <summary>Environment variable naming a file the server writes its reachable address into once it listens (`dtrain health` reads it; the container image sets it).</summary>
+    public const string AddressFileVariable = "DTRAIN_ADDRESS_FILE";
+
+    /// <summary>
+    /// Maps the gRPC health service: liveness ("") SERVING once the server listens, everything NOT_SERVING once it
+    /// stops; <paramref name="readiness"/> is left to the caller. Writes the address file when one is configured.
+    /// </summary>
+    public static void MapHealth(WebApplication app, string readiness)
+    {
+        app.MapGrpcService<Grpc.HealthCheck.HealthServiceImpl>();
+        var health = app.Services.GetRequiredService<ServerHealth>();
+        health.Set(readiness, false);
+        app.Lifetime.ApplicationStarted.Register(() =>
+        {
+            health.Set(ServerHealth.Live, true);
+            if (Environment.GetEnvironmentVariable(AddressFileVariable) is { Length: > 0 } file)
+                File.WriteAllText(file, LocalAddress(app) + "\n");
+        });
+        app.Lifetime.ApplicationStopping.Register(() => health.Stopping(readiness));
+    }
+
+    /// <summary>The http://host:port a client on this machine reaches the started server on (a wildcard listen address becomes loopback).</summary>
+    public static string LocalAddress(WebApplication app)
+    {
+        var bound = BoundAddress(app).ToString().TrimEnd('/');
+        return bound.Replace("[::]", "127.0.0.1", StringComparison.Ordinal).Replace("0.0.0.0", "127.0.0.1", StringComparison.Ordinal);
     }
 
     /// <summary>The address the started server is bound to (with the real port when 0 was asked for).</summary>

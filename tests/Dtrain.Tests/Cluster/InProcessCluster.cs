@@ -41,7 +41,7 @@ public sealed class InProcessCluster : IAsyncDisposable
 
     public async Task AddWorkerAsync(WorkerOptions? options = null)
     {
-        var w = WorkerHost.Build((options ?? new WorkerOptions()) with { Coordinator = Address, Port = 0, Threads = 1, Name = $"test-{workers.Count + 1}" }, Quiet);
+        var w = WorkerHost.Build((options ?? new WorkerOptions()) with { Coordinator = Address, Port = 0, Threads = "1", Name = $"test-{workers.Count + 1}" }, Quiet);
         await w.StartAsync();
         workers.Add(w);
     }
