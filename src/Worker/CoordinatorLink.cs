@@ -10,16 +10,21 @@ namespace Dtrain.Worker;
 /// <summary>
 /// Registers with the coordinator once this worker's server is listening, then heartbeats; registers again when the
 /// coordinator forgot it; leaves on shutdown (once, and then stays away). Readiness (health) follows registration.
+/// Shutdown (SIGTERM) drains in <see cref="StoppingAsync"/>, which the host awaits before it stops any service (Kestrel
+/// included, which still serves the step meanwhile): the step in progress ends, the coordinator is told, the job and
+/// its ring are released — an open collective stream would otherwise hold Kestrel's graceful stop for its timeout.
 /// </summary>
-public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identity, WorkerSlot state, ServerHealth health, ILogger<CoordinatorLink> log) : BackgroundService
+public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identity, WorkerSlot state, ServerHealth health, ILogger<CoordinatorLink> log)
+    : BackgroundService, IHostedLifecycleService
 {
+    // Owned here, not by the loop: the loop ends when this worker leaves, while the Leave call may still be in flight.
+    private readonly GrpcChannel channel = GrpcChannel.ForAddress(options.Coordinator);
     private Membership.MembershipClient? client;
     private int left;
 
     protected override async Task ExecuteAsync(CancellationToken stop)
     {
         var address = await identity.Address.WaitAsync(stop).ConfigureAwait(false);
-        using var channel = GrpcChannel.ForAddress(options.Coordinator);
         client = new Membership.MembershipClient(channel);
         var interval = TimeSpan.FromSeconds(1);
         var delay = TimeSpan.FromMilliseconds(200);
@@ -43,10 +48,11 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
                         },
                     }, deadline: DateTime.UtcNow.AddSeconds(10), cancellationToken: stop).ConfigureAwait(false);
                     identity.WorkerId = reply.WorkerId;
+                    identity.Token = reply.Token;
                     interval = TimeSpan.FromMilliseconds(Math.Max(100, reply.HeartbeatIntervalMs));
                     log.LogInformation("registered with {Coordinator} as {WorkerId} ({Address}, {Threads} torch thread(s))", options.Coordinator, reply.WorkerId, address, options.ResolvedThreads);
                 }
-                var beat = await client.HeartbeatAsync(new HeartbeatRequest { WorkerId = identity.WorkerId, JobId = state.Current?.JobId ?? "", Step = state.Step },
+                var beat = await client.HeartbeatAsync(new HeartbeatRequest { WorkerId = identity.WorkerId, Token = identity.Token, JobId = state.Current?.JobId ?? "", Step = state.Step },
                     deadline: DateTime.UtcNow.AddSeconds(10), cancellationToken: stop).ConfigureAwait(false);
                 if (!beat.Known)
                 {
@@ -78,7 +84,7 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
         if (client is null || identity.WorkerId is not { } id) return;
         try
         {
-            await client.LeaveAsync(new LeaveRequest { WorkerId = id, Reason = reason }, deadline: DateTime.UtcNow.AddSeconds(5)).ConfigureAwait(false);
+            await client.LeaveAsync(new LeaveRequest { WorkerId = id, Token = identity.Token, Reason = reason }, deadline: DateTime.UtcNow.AddSeconds(5)).ConfigureAwait(false);
             log.LogInformation("left coordinator {Coordinator} as {WorkerId}: {Reason}", options.Coordinator, id, reason);
         }
         catch (RpcException e)
@@ -88,9 +94,19 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
         }
     }
 
-    public override async Task StopAsync(CancellationToken cancellationToken)
+    public Task StoppingAsync(CancellationToken cancellationToken)
     {
-        await LeaveAsync("worker shutting down").ConfigureAwait(false);
-        await base.StopAsync(cancellationToken).ConfigureAwait(false);
+        const string reason = "worker shutting down";
+        return state.DrainAsync(TimeSpan.FromSeconds(options.DrainTimeoutSeconds), () => LeaveAsync(reason), reason);
+    }
+
+    public Task StartingAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+    public Task StartedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+    public Task StoppedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public override void Dispose()
+    {
+        channel.Dispose();
+        base.Dispose();
     }
 }

@@ -24,6 +24,9 @@ public static class WorkerHost
         builder.Services.AddSingleton<WorkerIdentity>();
         builder.Services.AddSingleton<WorkerSlot>();
         builder.Services.AddSingleton<IRingConnector, GrpcRingConnector>();
+        // SIGTERM drains in CoordinatorLink.StoppingAsync (finish the step, tell the coordinator, release the ring)
+        // before Kestrel stops; the host must give it that long.
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(options.DrainTimeoutSeconds + 15));
         builder.Services.AddSingleton<CoordinatorLink>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<CoordinatorLink>());
         GrpcRingConnector.AddServices(builder.Services, options);
@@ -31,16 +34,6 @@ public static class WorkerHost
         app.MapGrpcService<WorkerControlService>();
         GrpcRingConnector.MapServices(app);
         GrpcServerHost.MapHealth(app, ReadinessService);
-        // SIGTERM (docker stop, compose scale-down, a pod's termination): finish the step in progress, tell the
-        // coordinator, then leave the ring — before Kestrel drains, since an open collective stream would hold
-        // graceful shutdown for its full timeout.
-        app.Lifetime.ApplicationStopping.Register(() =>
-        {
-            var link = app.Services.GetRequiredService<CoordinatorLink>();
-            app.Services.GetRequiredService<WorkerSlot>()
-                .DrainAsync(TimeSpan.FromSeconds(options.DrainTimeoutSeconds), () => link.LeaveAsync("worker shutting down"), "worker shutting down")
-                .GetAwaiter().GetResult();
-        });
         app.Lifetime.ApplicationStarted.Register(() =>
         {
             var port = GrpcServerHost.BoundAddress(app).Port;

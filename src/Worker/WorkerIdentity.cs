@@ -1,11 +1,13 @@
 namespace Dtrain.Worker;
 
-/// <summary>What this worker process knows about itself: the address it serves on and the id the coordinator gave it.</summary>
+/// <summary>What this worker process knows about itself: the address it serves on and the id (and registration token) the coordinator gave it.</summary>
 public sealed class WorkerIdentity
 {
     private readonly TaskCompletionSource<string> address = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     public string? WorkerId { get; set; }
+    /// <summary>The secret of the current registration, sent with heartbeats and leave.</summary>
+    public string Token { get; set; } = "";
     public Task<string> Address => address.Task;
     public void SetAddress(string value) => address.TrySetResult(value);
 }

@@ -30,19 +30,23 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         lock (gate)
         {
             var id = $"w{++nextId}";
-            record = new WorkerRecord(id, string.IsNullOrWhiteSpace(request.Name) ? id : request.Name, request.Address, request.Capabilities ?? new WorkerCapabilities(), clock.GetUtcNow());
+            record = new WorkerRecord(id, string.IsNullOrWhiteSpace(request.Name) ? id : request.Name, request.Address, request.Capabilities ?? new WorkerCapabilities(), clock.GetUtcNow())
+            {
+                Token = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(16)),
+            };
             workers[id] = record;
         }
         log.LogInformation("worker {Id} registered from {Address} ({Cores} cores, {Device})", record.Id, record.Address, record.Capabilities.Cores, record.Capabilities.Device);
         return record;
     }
 
-    public bool Heartbeat(string id)
+    /// <summary>Records a heartbeat; false (register again) for an unknown or lost worker, or another registration's token.</summary>
+    public bool Heartbeat(string id, string token)
     {
         bool becameIdle;
         lock (gate)
         {
-            if (!workers.TryGetValue(id, out var w) || w.State == WorkerState.Lost) return false;
+            if (!workers.TryGetValue(id, out var w) || w.State == WorkerState.Lost || !w.Holds(token)) return false;
             w.LastHeartbeat = clock.GetUtcNow();
             becameIdle = w.State == WorkerState.Joining;
             if (becameIdle) w.State = WorkerState.Idle;
@@ -51,12 +55,13 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         return true;
     }
 
-    public void Leave(string id, string reason)
+    /// <summary>A worker leaves; ignored for an unknown id or another registration's token.</summary>
+    public void Leave(string id, string token, string reason)
     {
         WorkerRecord? draining = null;
         lock (gate)
         {
-            if (!workers.TryGetValue(id, out var w)) return;
+            if (!workers.TryGetValue(id, out var w) || !w.Holds(token)) return;
             if (w.State == WorkerState.Training)
             {
                 w.State = WorkerState.Draining;
@@ -162,8 +167,13 @@ public sealed class WorkerRecord(string id, string name, string address, WorkerC
     public DateTimeOffset LastHeartbeat { get; set; } = registered;
     public WorkerState State { get; set; } = WorkerState.Joining;
     public string JobId { get; set; } = "";
+    /// <summary>This registration's secret (<see cref="RegisterReply.Token"/>).</summary>
+    public string Token { get; init; } = "";
 
-    public WorkerRecord Clone() => new(Id, Name, Address, Capabilities, Registered) { LastHeartbeat = LastHeartbeat, State = State, JobId = JobId };
+    public bool Holds(string token) =>
+        System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(System.Text.Encoding.ASCII.GetBytes(token), System.Text.Encoding.ASCII.GetBytes(Token));
+
+    public WorkerRecord Clone() => new(Id, Name, Address, Capabilities, Registered) { LastHeartbeat = LastHeartbeat, State = State, JobId = JobId, Token = Token };
 
     public WorkerInfo ToInfo() => new()
     {
