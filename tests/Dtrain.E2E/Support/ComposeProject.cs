@@ -1,0 +1,99 @@
+using System.Net;
+using System.Net.Sockets;
+using Xunit.Abstractions;
+
+namespace Dtrain.E2E.Support;
+
+/// <summary>
+/// deploy/docker-compose.yml as a user runs it, under a unique project name (-p) with DTRAIN_IMAGE=dtrain:e2e and the
+/// coordinator published on a free loopback port. <see cref="DisposeAsync"/> runs `down -v` unless the test did.
+/// </summary>
+public sealed class ComposeProject(ITestOutputHelper output) : IAsyncDisposable
+{
+    public string Name { get; } = UniqueName.For("compose");
+
+    public int Port { get; } = FreeLoopbackPort();
+
+    public string Address => $"http://127.0.0.1:{Port}";
+
+    public bool IsDown { get; private set; }
+
+    Dictionary<string, string> Env => new()
+    {
+        ["DTRAIN_IMAGE"] = ImageFixture.Image,
+        ["DTRAIN_PORT"] = Port.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        ["DTRAIN_BIND"] = "127.0.0.1",
+    };
+
+    /// <summary>`docker compose -f deploy/docker-compose.yml -p NAME ARGS...` (printed with its output).</summary>
+    public async Task<ProcessResult> RunAsync(TimeSpan timeout, params string[] args)
+    {
+        var r = await ProcessRunner.RunAsync("docker", ["compose", "-f", RepoFiles.PathOf("deploy", "docker-compose.yml"), "-p", Name, .. args], timeout, RepoFiles.Root, Env)
+            .ConfigureAwait(false);
+        output.WriteLine($"[{DateTime.Now:HH:mm:ss}] docker compose -p {Name} {string.Join(' ', args)}: exit {r.ExitCode} in {r.Elapsed.TotalSeconds:F1} s");
+        foreach (var text in new[] { r.Stdout, r.Stderr })
+            if (text.Trim().Length > 0) output.WriteLine(string.Join('\n', text.TrimEnd().Split('\n').Select(l => "    " + l)));
+        return r;
+    }
+
+    public async Task<ProcessResult> CheckAsync(TimeSpan timeout, params string[] args)
+    {
+        var r = await RunAsync(timeout, args).ConfigureAwait(false);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        return r;
+    }
+
+    /// <summary>Ids of the service's running containers (`compose ps -q SERVICE`).</summary>
+    public async Task<IReadOnlyList<string>> ContainerIdsAsync(string service)
+    {
+        var r = await CheckAsync(TimeSpan.FromSeconds(60), "ps", "-q", service).ConfigureAwait(false);
+        return r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+    }
+
+    /// <summary>Containers, networks and volumes that carry this project's label (com.docker.compose.project=NAME).</summary>
+    public async Task<(string[] Containers, string[] Networks, string[] Volumes)> LabelledResourcesAsync()
+    {
+        var label = $"label=com.docker.compose.project={Name}";
+        async Task<string[]> Ids(params string[] args)
+        {
+            var r = await DockerEngine.CheckAsync(args).ConfigureAwait(false);
+            return r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        }
+        return (await Ids("ps", "-a", "-q", "--filter", label).ConfigureAwait(false),
+                await Ids("network", "ls", "-q", "--filter", label).ConfigureAwait(false),
+                await Ids("volume", "ls", "-q", "--filter", label).ConfigureAwait(false));
+    }
+
+    public async Task<ProcessResult> DownAsync()
+    {
+        var r = await RunAsync(TimeSpan.FromMinutes(3), "down", "-v", "--remove-orphans", "-t", "30").ConfigureAwait(false);
+        if (r.ExitCode == 0) IsDown = true;
+        return r;
+    }
+
+    public async Task PrintLogsAsync()
+    {
+        var r = await ProcessRunner.RunAsync("docker", ["compose", "-f", RepoFiles.PathOf("deploy", "docker-compose.yml"), "-p", Name, "logs", "--no-color", "--timestamps", "--tail", "200"],
+            TimeSpan.FromSeconds(60), RepoFiles.Root, Env).ConfigureAwait(false);
+        output.WriteLine($"===== docker compose -p {Name} logs =====\n{r.Stdout}{r.Stderr}");
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (!IsDown) await DownAsync().ConfigureAwait(false);
+        var (containers, networks, volumes) = await LabelledResourcesAsync().ConfigureAwait(false);
+        // Backstop for a failed `down`: remove by label whatever is left.
+        foreach (var id in containers) await DockerEngine.RunAsync("rm", "-f", "-v", id).ConfigureAwait(false);
+        foreach (var id in networks) await DockerEngine.RunAsync("network", "rm", id).ConfigureAwait(false);
+        foreach (var id in volumes) await DockerEngine.RunAsync("volume", "rm", "-f", id).ConfigureAwait(false);
+        if (containers.Length + networks.Length + volumes.Length > 0)
+            output.WriteLine($"removed leftovers of {Name}: {containers.Length} container(s), {networks.Length} network(s), {volumes.Length} volume(s)");
+    }
+
+    static int FreeLoopbackPort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+}
