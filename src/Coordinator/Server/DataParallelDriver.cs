@@ -1,0 +1,236 @@
+using System.Diagnostics;
+using Dtrain.Checkpoints;
+using Dtrain.Distributed;
+using Dtrain.Protos.Jobs;
+using Dtrain.Protos.Worker;
+using Dtrain.Specs;
+using Dtrain.Training;
+
+namespace Dtrain.Server;
+
+/// <summary>
+/// Drives a data-parallel job on its workers: assigns ranks (every replica builds the same model from the seed; the
+/// checksums prove it), streams every rank its rows epoch by epoch, runs the steps (pipelined with a window of two),
+/// checks that replicas agree, evaluates and checkpoints from rank 0. It reaches the workers only through
+/// <see cref="IJobWorkers"/>, so it runs the same over gRPC and in memory; failures surface as <see cref="JobFailure"/>.
+/// </summary>
+public sealed class DataParallelDriver(CoordinatorOptions options)
+{
+    public async Task RunAsync(JobRecord job, PreparedJob prepared, IJobWorkers workers, CancellationToken cancel)
+    {
+        var spec = job.Spec;
+        var world = workers.Members.Count;
+        var (data, source, total, schedule) = (prepared.Data, prepared.Source, prepared.TotalSteps, prepared.Schedule);
+        if (spec.Training.BatchSize < world)
+            throw new JobFailure($"training.batch_size {spec.Training.BatchSize} is smaller than the {world} workers: every worker needs at least one row");
+        var plan = new ShardPlan(source, world, total);
+        var store = new CheckpointStore(Path.Combine(job.Dir, "checkpoints"), spec.Training.KeepCheckpoints);
+
+        // Assign ranks: every replica builds the same model from the same seed; the checksums prove it.
+        var specJson = JobSpecSerializer.Serialize(spec);
+        var tokenizer = data.Tokenizer.ToState();
+        var peers = workers.Members.Select((w, r) => new Peer { Rank = r, WorkerId = w.Id, Address = w.Address }).ToList();
+        var assigned = await workers.AssignAsync(rank =>
+        {
+            var request = new AssignRequest
+            {
+                JobId = job.Id, Generation = 1, SpecJson = specJson, Rank = rank, WorldSize = world,
+                TokenizerKind = tokenizer.Kind, TokenizerLowercase = tokenizer.Lowercase,
+                TotalSteps = total, StepsPerEpoch = source.StepsPerEpoch, Threads = spec.Training.Threads,
+            };
+            request.Peers.AddRange(peers);
+            request.TokenizerTokens.AddRange(tokenizer.Tokens);
+            request.Labels.AddRange(data.Labels.Names);
+            return request;
+        }, cancel).ConfigureAwait(false);
+        CheckChecksums(workers, assigned.Select(a => a.ParameterChecksum).ToArray(), "after initialisation");
+        job.Update(i => { i.Parameters = assigned[0].Parameters; i.TotalSteps = total; i.State = JobState.Running; i.Message = ""; });
+        job.Publish(new JobEvent { Log = $"{world} worker(s): {string.Join(", ", workers.Members.Select((w, r) => $"rank {r} = {w.Id} {w.Address}"))}; {assigned[0].Parameters:N0} parameters, {total} steps" });
+
+        var globalCounts = new Dictionary<long, long>();
+        var clock = Stopwatch.StartNew();
+        long samples = 0;
+        long loadedUntil = 0;
+        var sendValidation = true;
+        double lastDone = 0;
+        using var pipeline = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+
+        // Step k+1 is sent while step k runs (a window of two): workers queue it and start the moment step k ends,
+        // so neither the round trip nor the coordinator's bookkeeping sits between two steps. Steps after which the
+        // coordinator evaluates or checkpoints are not overlapped: those need the replicas to stand still.
+        async Task<InFlight> LaunchAsync(long step, bool behindAnother)
+        {
+            if (step == loadedUntil)
+            {
+                // Stream each rank its rows of the whole next epoch (and rank 0 the validation split, once).
+                var epochEnd = Math.Min(total, (plan.PositionOf(step).Epoch + 1) * plan.StepsPerEpoch);
+                await SendShardsAsync(job, workers, plan, step, epochEnd, globalCounts, sendValidation ? data : null, pipeline.Token).ConfigureAwait(false);
+                sendValidation = false;
+                loadedUntil = epochEnd;
+            }
+            var lr = schedule.At(step);
+            var checksum = (step + 1) % options.ChecksumInterval == 0 || step + 1 == total;
+            var count = globalCounts[step];
+            globalCounts.Remove(step);
+            // A queued step may wait for the whole of the one before it.
+            var timeout = options.StepTimeoutSeconds * (behindAnother ? 2 : 1);
+            var replies = workers.RunStepAsync(new RunStepRequest { JobId = job.Id, Step = step, Lr = lr, GlobalCount = count, ReportChecksum = checksum }, timeout, pipeline.Token);
+            return new InFlight(lr, checksum, clock.Elapsed.TotalMilliseconds, replies);
+        }
+
+        bool EvaluatesAfter(long done) => done == total || (spec.Training.EvalInterval > 0 && done % spec.Training.EvalInterval == 0);
+        bool CheckpointsAfter(long done) => done == total || (spec.Training.CheckpointInterval > 0 && done % spec.Training.CheckpointInterval == 0);
+
+        InFlight? current = null, next = null;
+        try
+        {
+            current = await LaunchAsync(0, behindAnother: false).ConfigureAwait(false);
+            for (long step = 0; step < total; step++)
+            {
+                cancel.ThrowIfCancellationRequested();
+                var done = step + 1;
+                next = EvaluatesAfter(done) || CheckpointsAfter(done) ? null : await LaunchAsync(done, behindAnother: true).ConfigureAwait(false);
+                var replies = await current!.Replies.ConfigureAwait(false);
+                var finishedMs = clock.Elapsed.TotalMilliseconds;
+                if (current.Checksum) CheckChecksums(workers, replies.Select(r => r.ParameterChecksum).ToArray(), $"at step {done}");
+                var loss = replies.Sum(r => r.LossSum) / replies.Sum(r => r.Count);
+                if (!double.IsFinite(loss)) throw new JobFailure($"loss became {loss} at step {done}; lower optimizer.lr or enable training.clip_norm");
+                samples += replies.Sum(r => r.Rows);
+                var elapsed = clock.Elapsed.TotalSeconds;
+                var sps = samples / Math.Max(1e-9, elapsed);
+                var eta = elapsed / done * (total - done);
+                var epoch = plan.PositionOf(step).Epoch;
+                job.Update(i => { i.Step = done; i.Epoch = epoch; i.Loss = loss; i.SamplesPerSecond = sps; }, publishState: false);
+                job.Publish(new JobEvent { Step = new StepEvent
+                {
+                    Step = done, TotalSteps = total, Epoch = epoch, Loss = loss, Lr = current.Lr, SamplesPerSecond = sps, ElapsedSeconds = elapsed, EtaSeconds = eta, Workers = world,
+                    ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs),
+                    // From when this step could start (sent, and the step before it finished) to its last reply.
+                    StepMs = finishedMs - Math.Max(current.SentMs, lastDone),
+                } });
+                lastDone = finishedMs;
+
+                if (EvaluatesAfter(done)) await EvaluateAsync(job, workers, done, cancel).ConfigureAwait(false);
+                if (CheckpointsAfter(done))
+                    await CheckpointAsync(job, workers, store, done, elapsed, samples, cancel).ConfigureAwait(false);
+                current = done < total ? next ?? await LaunchAsync(done, behindAnother: false).ConfigureAwait(false) : null;
+                next = null;
+            }
+        }
+        finally
+        {
+            // Left early (a step or a shard transfer failed, or the job was cancelled): stop the steps still in
+            // flight and let them end quietly; the first failure is what the job reports.
+            var left = new[] { current, next }.OfType<InFlight>().ToList();
+            if (left.Any(f => !f.Replies.IsCompleted)) await pipeline.CancelAsync().ConfigureAwait(false);
+            foreach (var f in left) await f.Replies.ContinueWith(t => _ = t.Exception, TaskScheduler.Default).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>A step sent to every worker: its learning rate, whether replies carry checksums, when it was sent, and the replies.</summary>
+    private sealed record InFlight(double Lr, bool Checksum, double SentMs, Task<RunStepReply[]> Replies);
+
+    private async Task SendShardsAsync(JobRecord job, IJobWorkers workers, ShardPlan plan, long from, long to, Dictionary<long, long> globalCounts, PreparedData? validation, CancellationToken cancel)
+    {
+        var world = workers.Members.Count;
+        var perRank = Enumerable.Range(0, world).Select(_ => new List<ShardChunk>()).ToArray();
+        var sizes = new long[world];
+        for (var step = from; step < to; step++)
+        {
+            long count = 0;
+            var position = plan.PositionOf(step);
+            for (var rank = 0; rank < world; rank++)
+            {
+                var rows = plan.RowsFor(step, rank);
+                var s = new ShardStep { Step = step, ResetState = position.StepInEpoch == 0 };
+                if (rows is not null)
+                {
+                    s.Rows = rows.Rows;
+                    s.Width = rows.Width;
+                    s.Count = rows.Count;
+                    s.Inputs.AddRange(rows.Inputs.Select(v => (int)v));
+                    s.Targets.AddRange(rows.Targets.Select(v => (int)v));
+                    if (rows.Lengths is not null) s.Lengths.AddRange(rows.Lengths.Select(v => (int)v));
+                    count += rows.Count;
+                }
+                else
+                {
+                    s.Width = 1;
+                }
+                var chunks = perRank[rank];
+                if (chunks.Count == 0 || sizes[rank] + s.Inputs.Count + s.Targets.Count > options.ShardChunkValues)
+                {
+                    chunks.Add(new ShardChunk { JobId = job.Id });
+                    sizes[rank] = 0;
+                }
+                chunks[^1].Steps.Add(s);
+                sizes[rank] += s.Inputs.Count + s.Targets.Count;
+            }
+            globalCounts[step] = count;
+        }
+        if (validation is not null)
+        {
+            // Validation goes to rank 0 only, in chunks of its own.
+            if (validation.ValidationTokens.Length > 0)
+            {
+                foreach (var part in validation.ValidationTokens.Chunk(options.ShardChunkValues))
+                {
+                    var c = new ShardChunk { JobId = job.Id };
+                    c.ValidationTokens.AddRange(part);
+                    perRank[0].Add(c);
+                }
+            }
+            var current = new ShardChunk { JobId = job.Id };
+            long size = 0;
+            for (var i = 0; i < validation.ValidationSequences.Count; i++)
+            {
+                var ex = new ValidationExample { Label = validation.ValidationLabels[i] };
+                ex.Tokens.AddRange(validation.ValidationSequences[i]);
+                if (size + ex.Tokens.Count > options.ShardChunkValues && current.ValidationExamples.Count > 0)
+                {
+                    perRank[0].Add(current);
+                    current = new ShardChunk { JobId = job.Id };
+                    size = 0;
+                }
+                current.ValidationExamples.Add(ex);
+                size += ex.Tokens.Count;
+            }
+            if (current.ValidationExamples.Count > 0) perRank[0].Add(current);
+        }
+        await workers.LoadShardsAsync(perRank, from, cancel).ConfigureAwait(false);
+    }
+
+    private static async Task EvaluateAsync(JobRecord job, IJobWorkers workers, long step, CancellationToken cancel)
+    {
+        var reply = await workers.EvaluateAsync(0, new EvaluateRequest { JobId = job.Id, BatchSize = job.Spec.Training.BatchSize, MaxBatches = job.Spec.Training.EvalBatches }, step, cancel).ConfigureAwait(false);
+        var metrics = new Metrics { Loss = reply.Loss, Count = reply.Count };
+        if (reply.HasAccuracy) metrics.Accuracy = reply.Accuracy;
+        if (reply.HasMacroF1) metrics.MacroF1 = reply.MacroF1;
+        if (job.Spec.Task == TaskKinds.LanguageModel)
+        {
+            metrics.Perplexity = Math.Exp(reply.Loss);
+            metrics.BitsPerToken = reply.Loss / Math.Log(2);
+        }
+        job.Update(i => i.LastEval = metrics, publishState: false);
+        job.Publish(new JobEvent { Eval = new EvalEvent { Step = step, Metrics = metrics } });
+    }
+
+    private static async Task CheckpointAsync(JobRecord job, IJobWorkers workers, CheckpointStore store, long step, double elapsed, long samples, CancellationToken cancel)
+    {
+        var bytes = await workers.GetStateAsync(0, new GetStateRequest { JobId = job.Id, Step = step, ElapsedSeconds = elapsed, SamplesSeen = samples }, step, cancel).ConfigureAwait(false);
+        var data = CheckpointFormat.Read(new MemoryStream(bytes), $"state of job {job.Id} from worker {workers.Members[0].Id}");
+        var path = store.Save(data);
+        job.Update(i => i.Checkpoint = path, publishState: false);
+        job.Publish(new JobEvent { Log = $"step {step}: checkpoint {path}" });
+    }
+
+    private static void CheckChecksums(IJobWorkers workers, double[] sums, string when)
+    {
+        for (var r = 1; r < sums.Length; r++)
+        {
+            var scale = Math.Max(1.0, Math.Abs(sums[0]));
+            if (Math.Abs(sums[r] - sums[0]) > 1e-9 * scale)
+                throw new JobFailure($"replicas diverged {when}: worker {workers.Members[r].Id} (rank {r}) parameter checksum {sums[r]:R} != {sums[0]:R} of worker {workers.Members[0].Id} (rank 0)");
+        }
+    }
+}

@@ -1,0 +1,9 @@
+namespace Dtrain.Server;
+
+/// <summary>Why a job stopped early: the message shown to the user, and the worker that could not be reached, if any.</summary>
+public sealed class JobFailure(string message, WorkerRecord? unreachable = null, bool peerFailure = false) : Exception(message)
+{
+    public WorkerRecord? Unreachable { get; } = unreachable;
+    /// <summary>The worker reported that a ring peer failed: a consequence, not the cause.</summary>
+    public bool PeerFailure { get; } = peerFailure;
+}

@@ -1,0 +1,125 @@
+using Dtrain.Protos.Worker;
+using Grpc.Core;
+using Microsoft.Extensions.Logging;
+
+namespace Dtrain.Server;
+
+/// <summary>
+/// The workers of one job, by rank — the only way a step driver reaches them. Every call that fails throws a
+/// <see cref="JobFailure"/> naming the worker and the step; a call on all ranks fails with the first real cause
+/// (not a peer that only saw the failure) and cancels the others. Over gRPC in a cluster (<see cref="GrpcJobWorkers"/>),
+/// or in memory in tests.
+/// </summary>
+public interface IJobWorkers
+{
+    /// <summary>Worker id and address of each rank.</summary>
+    IReadOnlyList<(string Id, string Address)> Members { get; }
+
+    Task<AssignReply[]> AssignAsync(Func<int, AssignRequest> request, CancellationToken cancel);
+    Task LoadShardsAsync(IReadOnlyList<IReadOnlyList<ShardChunk>> perRank, long step, CancellationToken cancel);
+    Task<RunStepReply[]> RunStepAsync(RunStepRequest request, double timeoutSeconds, CancellationToken cancel);
+    Task<EvaluateReply> EvaluateAsync(int rank, EvaluateRequest request, long step, CancellationToken cancel);
+    Task<byte[]> GetStateAsync(int rank, GetStateRequest request, long step, CancellationToken cancel);
+}
+
+/// <summary>A job's workers over gRPC, with the failure attribution the user sees.</summary>
+public sealed class GrpcJobWorkers(IReadOnlyList<WorkerRecord> workers, WorkerClients clients, CoordinatorOptions options) : IJobWorkers
+{
+    public IReadOnlyList<(string Id, string Address)> Members { get; } = [.. workers.Select(w => (w.Id, w.Address))];
+
+    public Task<AssignReply[]> AssignAsync(Func<int, AssignRequest> request, CancellationToken cancel) =>
+        OnAllAsync("assign", 0, options.CallTimeoutSeconds, cancel, (w, rank, deadline, ct) =>
+            clients.For(w.Address).AssignAsync(request(rank), deadline: deadline, cancellationToken: ct).ResponseAsync);
+
+    public Task LoadShardsAsync(IReadOnlyList<IReadOnlyList<ShardChunk>> perRank, long step, CancellationToken cancel) =>
+        OnAllAsync("load shard", step, options.CallTimeoutSeconds, cancel, async (w, rank, deadline, ct) =>
+        {
+            using var call = clients.For(w.Address).LoadShard(deadline: deadline, cancellationToken: ct);
+            foreach (var chunk in perRank[rank]) await call.RequestStream.WriteAsync(chunk, ct).ConfigureAwait(false);
+            await call.RequestStream.CompleteAsync().ConfigureAwait(false);
+            return await call.ResponseAsync.ConfigureAwait(false);
+        });
+
+    public Task<RunStepReply[]> RunStepAsync(RunStepRequest request, double timeoutSeconds, CancellationToken cancel) =>
+        OnAllAsync("step", request.Step, timeoutSeconds, cancel, (w, rank, deadline, ct) =>
+            clients.For(w.Address).RunStepAsync(request, deadline: deadline, cancellationToken: ct).ResponseAsync);
+
+    public Task<EvaluateReply> EvaluateAsync(int rank, EvaluateRequest request, long step, CancellationToken cancel) =>
+        Call(workers[rank], "evaluate", step, options.CallTimeoutSeconds, cancel, (deadline, ct) =>
+            clients.For(workers[rank].Address).EvaluateAsync(request, deadline: deadline, cancellationToken: ct).ResponseAsync);
+
+    public Task<byte[]> GetStateAsync(int rank, GetStateRequest request, long step, CancellationToken cancel) =>
+        Call(workers[rank], "checkpoint", step, options.CallTimeoutSeconds, cancel, async (deadline, ct) =>
+        {
+            using var call = clients.For(workers[rank].Address).GetState(request, deadline: deadline, cancellationToken: ct);
+            using var ms = new MemoryStream();
+            await foreach (var chunk in call.ResponseStream.ReadAllAsync(ct).ConfigureAwait(false)) chunk.Data.WriteTo(ms);
+            return ms.ToArray();
+        });
+
+    /// <summary>Releases every worker that is not lost from the job (best effort: a worker that cannot be told is logged).</summary>
+    public static Task ReleaseAsync(IReadOnlyList<WorkerRecord> workers, WorkerClients clients, WorkerRegistry registry, string jobId, string reason, ILogger log) =>
+        Task.WhenAll(workers.Select(async w =>
+        {
+            if (registry.StateOf(w.Id) == Protos.Jobs.WorkerState.Lost) return;
+            try
+            {
+                await clients.For(w.Address).ReleaseAsync(new ReleaseRequest { JobId = jobId, Reason = reason }, deadline: DateTime.UtcNow.AddSeconds(10)).ConfigureAwait(false);
+            }
+            catch (RpcException e)
+            {
+                log.LogWarning("could not release worker {Id} from job {Job}: {Status}", w.Id, jobId, e.Status.Detail);
+            }
+        }));
+
+    /// <summary>Runs a call on every worker at once; the first failure fails the job naming that worker and step, and cancels the other calls.</summary>
+    private async Task<T[]> OnAllAsync<T>(string what, long step, double timeoutSeconds, CancellationToken cancel,
+        Func<WorkerRecord, int, DateTime, CancellationToken, Task<T>> call)
+    {
+        using var group = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+        var tasks = workers.Select((w, rank) => Call(w, what, step, timeoutSeconds, group.Token, (deadline, ct) => call(w, rank, deadline, ct))).ToList();
+        var pending = new List<Task<T>>(tasks);
+        while (pending.Count > 0)
+        {
+            var finished = await Task.WhenAny(pending).ConfigureAwait(false);
+            pending.Remove(finished);
+            if (finished.IsFaulted || finished.IsCanceled)
+            {
+                // A worker that reports a failed peer usually hears of it before the coordinator's own call to the
+                // dead peer fails: give that call a moment to fail on its own, so the dead worker is the one named.
+                if (finished.Exception?.InnerException is JobFailure { PeerFailure: true })
+                    await Task.WhenAny(Task.WhenAll(pending), Task.Delay(TimeSpan.FromSeconds(3), CancellationToken.None)).ConfigureAwait(false);
+                await group.CancelAsync().ConfigureAwait(false);
+                await Task.WhenAll(pending.Select(t => t.ContinueWith(_ => { }, TaskScheduler.Default))).ConfigureAwait(false);
+                // When a worker dies its ring neighbours fail too, often first: blame the one that could not be reached.
+                var failures = tasks.Where(t => t.IsFaulted).Select(t => t.Exception!.InnerException!).ToList();
+                var culprit = failures.OfType<JobFailure>().FirstOrDefault(f => f.Unreachable is not null)
+                    ?? failures.OfType<JobFailure>().FirstOrDefault(f => !f.PeerFailure)
+                    ?? failures.FirstOrDefault();
+                if (culprit is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(culprit);
+                await finished.ConfigureAwait(false);
+            }
+        }
+        return [.. tasks.Select(t => t.Result)];
+    }
+
+    private static async Task<T> Call<T>(WorkerRecord w, string what, long step, double timeoutSeconds, CancellationToken cancel, Func<DateTime, CancellationToken, Task<T>> call)
+    {
+        try
+        {
+            return await call(DateTime.UtcNow.AddSeconds(timeoutSeconds), cancel).ConfigureAwait(false);
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.DeadlineExceeded)
+        {
+            throw new JobFailure($"worker {w.Id} ({w.Address}) did not finish {what} at step {step} within {timeoutSeconds:F0}s (hung or overloaded)", w);
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && !cancel.IsCancellationRequested)
+        {
+            throw new JobFailure($"worker {w.Id} ({w.Address}) unreachable during {what} at step {step}: {e.Status.Detail}", w);
+        }
+        catch (RpcException e) when (!cancel.IsCancellationRequested || e.StatusCode == StatusCode.Aborted)
+        {
+            throw new JobFailure($"worker {w.Id} ({w.Address}) failed {what} at step {step}: {e.StatusCode}: {e.Status.Detail}", peerFailure: e.StatusCode == StatusCode.Aborted);
+        }
+    }
+}

@@ -1,0 +1,21 @@
+using Dtrain.Specs;
+using Dtrain.Training;
+
+namespace Dtrain.Server;
+
+/// <summary>A job's data read and tokenized once, its batches, its length in steps and its learning-rate schedule: what every way of running it shares.</summary>
+public sealed record PreparedJob(PreparedData Data, IBatchSource Source, long TotalSteps, LearningRateSchedule Schedule)
+{
+    public static async Task<PreparedJob> LoadAsync(JobRecord job, CancellationToken cancel)
+    {
+        var spec = job.Spec;
+        var data = await Task.Run(() => PreparedData.Load(spec, job.Dir), cancel).ConfigureAwait(false);
+        if (data.Report.Skipped > 0 || data.Report.Truncated > 0)
+            job.Publish(new Protos.Jobs.JobEvent { Log = $"data: read {data.Report.Read} records, skipped {data.Report.Skipped}, truncated {data.Report.Truncated}" });
+        IBatchSource source = spec.Task == TaskKinds.LanguageModel
+            ? new LanguageModelBatches(data.TrainTokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.LmSampling, spec.Training.Seed)
+            : new ClassificationBatches(data.TrainSequences, data.TrainLabels, spec.Training.BatchSize, spec.Training.Seed);
+        var total = spec.Training.MaxSteps > 0 ? spec.Training.MaxSteps : spec.Training.Epochs * source.StepsPerEpoch;
+        return new PreparedJob(data, source, total, new LearningRateSchedule(spec.Schedule, spec.Optimizer.Lr, total));
+    }
+}
