@@ -1,0 +1,241 @@
+using System.Text.RegularExpressions;
+using Dtrain.Models;
+using Dtrain.Specs;
+using Dtrain.Training;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Dtrain.Distributed.Pipeline;
+
+/// <summary>
+/// One pipeline stage of a language model: the embedding (first stage), recurrent layers [first, end) as one fused
+/// module, and the dropout, head and loss (last stage), with its own optimizer over its own parameters. The stage
+/// API works on activations: <see cref="Forward"/> of micro-batch m takes token ids (first stage) or the previous
+/// stage's activation and returns the activation for the next stage (or the summed loss, last stage);
+/// <see cref="Backward"/> of m takes the next stage's activation gradient and returns the gradient for the previous
+/// stage. Gradients accumulate over the micro-batches of a step; <see cref="Apply"/> then averages, clips by the
+/// global norm (every stage's <see cref="SquaredGradientNorm"/> summed) and steps. Each stage keeps the carried
+/// hidden state of its own layers per micro-batch, so truncated BPTT runs exactly as in one process.
+/// The weights start as the whole model's (built from the same seed, then sliced), so a pipeline trains the model
+/// that one process would.
+/// </summary>
+public sealed partial class PipelineStage : IDisposable
+{
+    private readonly JobSpec spec;
+    private readonly Device device;
+    private readonly StageModule module;
+    private readonly IReadOnlyList<Parameter> parameters;
+    private readonly Dictionary<int, InFlight> inFlight = [];
+    private readonly Dictionary<int, RecurrentState> carried = [];
+
+    public StagePlan Plan { get; }
+    public bool IsFirst => Plan.HasEmbedding;
+    public bool IsLast => Plan.HasHead;
+    public optim.Optimizer Optimizer { get; }
+    public IReadOnlyList<Parameter> Parameters => parameters;
+
+    public PipelineStage(JobSpec spec, int vocabSize, StagePlan plan, Device device)
+    {
+        if (spec.Task != TaskKinds.LanguageModel) throw new NotSupportedException("pipeline stages are implemented for language models only so far");
+        this.spec = spec;
+        this.device = device;
+        Plan = plan;
+        var m = spec.Model;
+        if (plan.EndLayer > m.Layers) throw new ArgumentException($"stage {plan.Stage} ends at layer {plan.EndLayer} of a {m.Layers}-layer model");
+        module = new StageModule(m, vocabSize, plan);
+        using (var whole = ModelFactory.Create(spec, vocabSize, 0, CPU))
+        {
+            var source = whole.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+            using var _ = no_grad();
+            foreach (var (name, p) in module.named_parameters())
+            {
+                var global = GlobalName(name, plan.FirstLayer);
+                if (!source.TryGetValue(global, out var from)) throw new InvalidOperationException($"stage parameter {name} has no counterpart {global} in the whole model");
+                p.copy_(from);
+            }
+        }
+        module.to(device);
+        parameters = [.. module.parameters()];
+        Optimizer = OptimizerFactory.Create(spec.Optimizer, parameters);
+    }
+
+    /// <summary>The name a stage parameter has in the whole model (and in its checkpoints): layer indices shift by the stage's first layer.</summary>
+    public static string GlobalName(string stageName, int firstLayer) =>
+        LayerSuffix().Replace(stageName, mm => $"_l{int.Parse(mm.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) + firstLayer}");
+
+    [GeneratedRegex(@"_l(\d+)(?=$|_reverse$)")]
+    private static partial Regex LayerSuffix();
+
+    /// <summary>The stage's parameters under their whole-model names.</summary>
+    public IEnumerable<(string Name, Parameter Parameter)> NamedParameters() =>
+        module.named_parameters().Select(p => (GlobalName(p.name, Plan.FirstLayer), p.parameter));
+
+    /// <summary>Starts a step: zeroes the gradients.</summary>
+    public void BeginStep()
+    {
+        module.train();
+        Optimizer.zero_grad();
+    }
+
+    /// <summary>Forgets every micro-batch's carried hidden state (start of an epoch).</summary>
+    public void ResetState()
+    {
+        foreach (var s in carried.Values) s.Dispose();
+        carried.Clear();
+    }
+
+    /// <summary>
+    /// Forward of micro-batch <paramref name="micro"/>: <paramref name="input"/> is (B,T) token ids on the first stage,
+    /// else the previous stage's (B,T,H) activation. Returns the (B,T,H) activation to send on (detached; the stage
+    /// keeps its own graph), or on the last stage the summed loss against <paramref name="targets"/> (B,T).
+    /// </summary>
+    public Tensor Forward(int micro, Tensor input, Tensor? targets, bool carryState)
+    {
+        if (inFlight.ContainsKey(micro)) throw new InvalidOperationException($"stage {Plan.Stage}: micro-batch {micro} forwarded twice in one step");
+        if (IsLast && targets is null) throw new ArgumentNullException(nameof(targets), "the last stage computes the loss: it needs the targets");
+        using var scope = NewDisposeScope();
+        Tensor leaf;
+        Tensor x;
+        if (IsFirst)
+        {
+            leaf = input.to(device);
+            x = module.Embedding!.call(leaf);
+        }
+        else
+        {
+            leaf = input.to(device).detach().requires_grad_(true);
+            // Dropout between layers, as the fused stack applies it before every layer but the first.
+            x = spec.Model.Dropout > 0 ? nn.functional.dropout(leaf, spec.Model.Dropout, training: true) : leaf;
+        }
+        var (y, next) = module.Rnn.Run(x, carryState && carried.TryGetValue(micro, out var state) ? state : null);
+        if (carryState)
+        {
+            if (carried.Remove(micro, out var old)) old.Dispose();
+            carried[micro] = next.Detach();
+        }
+        Tensor output, result;
+        if (IsLast)
+        {
+            using var dropped = module.Dropout.call(y);
+            var logits = module.Head!.call(dropped);
+            output = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[^1]), targets!.to(device).reshape(-1), reduction: nn.Reduction.Sum);
+            result = output.detach();
+        }
+        else
+        {
+            output = y;
+            result = y.detach();
+        }
+        inFlight[micro] = new InFlight(leaf.MoveToOuterDisposeScope(), output.MoveToOuterDisposeScope());
+        return result.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Backward of micro-batch <paramref name="micro"/>: <paramref name="outputGradient"/> is the gradient of the loss
+    /// with respect to this stage's activation (null on the last stage). Returns the gradient with respect to the
+    /// stage's input activation, for the previous stage (null on the first stage).
+    /// </summary>
+    public Tensor? Backward(int micro, Tensor? outputGradient)
+    {
+        if (!inFlight.Remove(micro, out var f)) throw new InvalidOperationException($"stage {Plan.Stage}: backward of micro-batch {micro} before its forward");
+        using (f)
+        {
+            if (IsLast) f.Output.backward();
+            else
+            {
+                if (outputGradient is null) throw new ArgumentNullException(nameof(outputGradient), "a stage before the last needs the next stage's activation gradient");
+                if (!outputGradient.shape.SequenceEqual(f.Output.shape))
+                    throw new ArgumentException($"stage {Plan.Stage}: activation gradient of shape [{string.Join(", ", outputGradient.shape)}] for an activation of [{string.Join(", ", f.Output.shape)}]");
+                f.Output.backward([outputGradient.to(device)]);
+            }
+            return IsFirst ? null : f.Input.grad!.detach().clone();
+        }
+    }
+
+    /// <summary>Micro-batches forwarded and not yet backwarded (their activations are held).</summary>
+    public int InFlightCount => inFlight.Count;
+
+    /// <summary>Squared L2 norm of this stage's gradients after dividing by <paramref name="globalCount"/> (double precision).</summary>
+    public double SquaredGradientNorm(long globalCount)
+    {
+        using var _ = no_grad();
+        double sum = 0;
+        foreach (var p in parameters)
+        {
+            if (p.grad is null) continue;
+            var n = p.grad.norm().item<float>() / (double)globalCount;
+            sum += n * n;
+        }
+        return sum;
+    }
+
+    /// <summary>
+    /// Divides the accumulated gradients by <paramref name="globalCount"/>, clips them by the whole model's norm
+    /// <paramref name="globalNorm"/> (as clip_grad_norm_ would over all stages' parameters) and steps the optimizer.
+    /// </summary>
+    public void Apply(long globalCount, double lr, double globalNorm)
+    {
+        if (globalCount <= 0) throw new ArgumentOutOfRangeException(nameof(globalCount), globalCount, "no samples contributed to this step");
+        if (inFlight.Count > 0) throw new InvalidOperationException($"stage {Plan.Stage}: {inFlight.Count} micro-batch(es) still in flight at the optimizer step");
+        var scale = 1.0 / globalCount;
+        var clip = spec.Training.ClipNorm;
+        if (clip > 0)
+        {
+            var coefficient = clip / (globalNorm + 1e-6);
+            if (coefficient < 1) scale *= coefficient;
+        }
+        using (no_grad())
+        {
+            foreach (var p in parameters)
+            {
+                if (p.grad is null) p.grad = zeros_like(p);
+                else p.grad.mul_(scale);
+            }
+        }
+        OptimizerFactory.SetLearningRate(Optimizer, lr);
+        Optimizer.step();
+    }
+
+    public void Dispose()
+    {
+        foreach (var f in inFlight.Values) f.Dispose();
+        inFlight.Clear();
+        ResetState();
+        Optimizer.Dispose();
+        module.Dispose();
+    }
+
+    private sealed record InFlight(Tensor Input, Tensor Output) : IDisposable
+    {
+        public void Dispose()
+        {
+            Input.Dispose();
+            Output.Dispose();
+        }
+    }
+
+    /// <summary>The stage's modules, named as in <see cref="RecurrentLanguageModel"/> so that names map one to one.</summary>
+    private sealed class StageModule : nn.Module
+    {
+        private readonly Embedding? embedding;
+        private readonly RecurrentStack rnn;
+        private readonly Dropout dropout;
+        private readonly Linear? head;
+
+        public Embedding? Embedding => embedding;
+        public RecurrentStack Rnn => rnn;
+        public Dropout Dropout => dropout;
+        public Linear? Head => head;
+
+        public StageModule(ModelSpec m, int vocabSize, StagePlan plan) : base("pipeline_stage")
+        {
+            var dirs = m.Bidirectional ? 2 : 1;
+            if (plan.HasEmbedding) embedding = nn.Embedding(vocabSize, m.EmbeddingDim);
+            rnn = new RecurrentStack(m.Cell, plan.HasEmbedding ? m.EmbeddingDim : m.HiddenSize * dirs, m.HiddenSize, plan.LayerCount, m.Dropout, m.Bidirectional, m.GateBias);
+            dropout = nn.Dropout(m.Dropout);
+            if (plan.HasHead) head = nn.Linear(m.HiddenSize * dirs, vocabSize);
+            RegisterComponents();
+        }
+    }
+}
