@@ -30,9 +30,12 @@ public static class WorkerHost
         builder.Services.AddSingleton<CoordinatorLink>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<CoordinatorLink>());
         GrpcRingConnector.AddServices(builder.Services, options);
+        // Pipeline stages' point-to-point links (activations forward, gradients back) share the worker's port.
+        builder.Services.AddSingleton<Dtrain.Distributed.Pipeline.StageMailboxes>();
         var app = builder.Build();
         app.MapGrpcService<WorkerControlService>();
         GrpcRingConnector.MapServices(app);
+        app.MapGrpcService<Dtrain.Distributed.Pipeline.StageLinkService>();
         GrpcServerHost.MapHealth(app, ReadinessService);
         app.Lifetime.ApplicationStarted.Register(() =>
         {

@@ -15,7 +15,7 @@ public class PipelineEquivalenceTests
 {
     const int Vocab = 23, Steps = 6;
 
-    static JobSpec Spec(string cell) => new()
+    internal static JobSpec Spec(string cell) => new()
     {
         Name = "pipe",
         Task = TaskKinds.LanguageModel,
@@ -49,7 +49,15 @@ public class PipelineEquivalenceTests
         return engine.Model.named_parameters().ToDictionary(p => p.name, p => p.parameter.data<float>().ToArray());
     }
 
-    static async Task<Dictionary<string, float[]>> Pipelined(JobSpec spec, int stages, int micro, string kind)
+    internal static Task<Dictionary<string, float[]>> Pipelined(JobSpec spec, int stages, int micro, string kind) =>
+        Pipelined(spec, stages, micro, kind, _ =>
+        {
+            var links = new MemoryLinks();
+            return [.. Enumerable.Range(0, stages).Select(links.For)];
+        });
+
+    /// <summary>Trains with K stages in this process; <paramref name="linksForStep"/> gives each stage its links for a step.</summary>
+    internal static async Task<Dictionary<string, float[]>> Pipelined(JobSpec spec, int stages, int micro, string kind, Func<long, IReadOnlyList<IStageLinks>> linksForStep)
     {
         var source = Source(spec);
         var plan = PipelinePartitioner.Balanced(ModelLayout.Of(spec.Model, Vocab, Vocab), stages);
@@ -67,9 +75,9 @@ public class PipelineEquivalenceTests
                     var (start, count) = BatchSourceExtensions.RowRange(rows, m, micro);
                     return source.Get(position, start, count)!;
                 }).ToList();
-                var links = new MemoryLinks();
+                var links = linksForStep(step);
                 var results = await Task.WhenAll(parts.Select(p => Task.Run(() =>
-                    StageRunner.RunStepAsync(p, schedule.PerStage[p.Plan.Stage], batches, links.For(p.Plan.Stage), carryState: true, CancellationToken.None))));
+                    StageRunner.RunStepAsync(p, schedule.PerStage[p.Plan.Stage], batches, links[p.Plan.Stage], carryState: true, CancellationToken.None))));
                 var globalCount = batches.Sum(b => b.Count);
                 Assert.Equal(globalCount, results[^1].Count);
                 var norm = Math.Sqrt(parts.Sum(p => p.SquaredGradientNorm(globalCount)));

@@ -1,0 +1,107 @@
+using System.Runtime.InteropServices;
+using Dtrain.Protos.Pipeline;
+using Google.Protobuf;
+using Grpc.Core;
+using Grpc.Net.Client;
+using static TorchSharp.torch;
+
+namespace Dtrain.Distributed.Pipeline;
+
+/// <summary>
+/// One stage's links to its neighbours over gRPC: a long-lived StageLink stream to the next stage (activations)
+/// and one to the previous stage (activation gradients), opened on first use; what arrives for this stage is read
+/// from the worker's <see cref="StageMailboxes"/>. A failed send names the peer stage and its address.
+/// </summary>
+public sealed class GrpcStageLinks(string jobId, long generation, int replica, int stage, string? previous, string? next, StageMailboxes mailboxes,
+    int frameBytes = 1 << 20) : IAsyncDisposable
+{
+    private readonly Outbound? toNext = next is null ? null : new Outbound(next, stage + 1);
+    private readonly Outbound? toPrevious = previous is null ? null : new Outbound(previous, stage - 1);
+
+    /// <summary>The links as seen by step <paramref name="step"/> (tensors are matched by step and micro-batch).</summary>
+    public IStageLinks ForStep(long step) => new StepLinks(this, step);
+
+    private async Task SendAsync(Outbound? to, StageTensorKind kind, long step, int micro, Tensor tensor, CancellationToken cancel)
+    {
+        if (to is null) throw new InvalidOperationException($"stage {stage} has no {(kind == StageTensorKind.Activation ? "next" : "previous")} stage to send a {kind} to");
+        using var cpu = tensor.to(CPU).contiguous();
+        var values = cpu.data<float>().ToArray();
+        var bytes = MemoryMarshal.AsBytes(values.AsSpan()).ToArray();
+        await to.Gate.WaitAsync(cancel).ConfigureAwait(false);
+        try
+        {
+            var call = to.Call ??= new StageLink.StageLinkClient(to.Channel).Send(cancellationToken: to.Closing.Token);
+            for (var offset = 0; offset < bytes.Length || offset == 0; offset += frameBytes)
+            {
+                var n = Math.Min(frameBytes, bytes.Length - offset);
+                var frame = new TensorFrame
+                {
+                    JobId = jobId, Generation = generation, Replica = replica, FromStage = stage, ToStage = to.Stage,
+                    Kind = (int)kind, Step = step, MicroBatch = micro, TotalBytes = bytes.Length, Data = ByteString.CopyFrom(bytes, offset, n),
+                };
+                if (offset == 0) frame.Shape.AddRange(cpu.shape);
+                await call.RequestStream.WriteAsync(frame, cancel).ConfigureAwait(false);
+                if (n == 0) break;
+            }
+        }
+        catch (Exception e) when (e is RpcException or IOException or InvalidOperationException && !cancel.IsCancellationRequested)
+        {
+            throw new IOException($"job {jobId}: stage {stage} could not send the {kind.ToString().ToLowerInvariant()} of step {step} micro-batch {micro} to stage {to.Stage} ({to.Address}): {e.Message}", e);
+        }
+        finally
+        {
+            to.Gate.Release();
+        }
+    }
+
+    private async Task<Tensor> ReceiveAsync(StageTensorKind kind, long step, int micro, CancellationToken cancel)
+    {
+        var t = await mailboxes.ReceiveAsync(jobId, generation, replica, stage, kind, step, micro, cancel).ConfigureAwait(false);
+        return t.ToTensor();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        foreach (var o in new[] { toNext, toPrevious }.OfType<Outbound>()) await o.DisposeAsync().ConfigureAwait(false);
+        mailboxes.Forget(jobId, generation);
+    }
+
+    private sealed class StepLinks(GrpcStageLinks links, long step) : IStageLinks
+    {
+        public Task SendActivationAsync(int micro, Tensor activation, CancellationToken cancel) => links.SendAsync(links.toNext, StageTensorKind.Activation, step, micro, activation, cancel);
+        public Task<Tensor> ReceiveActivationAsync(int micro, CancellationToken cancel) => links.ReceiveAsync(StageTensorKind.Activation, step, micro, cancel);
+        public Task SendGradientAsync(int micro, Tensor gradient, CancellationToken cancel) => links.SendAsync(links.toPrevious, StageTensorKind.Gradient, step, micro, gradient, cancel);
+        public Task<Tensor> ReceiveGradientAsync(int micro, CancellationToken cancel) => links.ReceiveAsync(StageTensorKind.Gradient, step, micro, cancel);
+    }
+
+    private sealed class Outbound(string address, int stage) : IAsyncDisposable
+    {
+        public string Address { get; } = address;
+        public int Stage { get; } = stage;
+        public GrpcChannel Channel { get; } = GrpcChannel.ForAddress(address, new GrpcChannelOptions { MaxSendMessageSize = 64 << 20 });
+        public SemaphoreSlim Gate { get; } = new(1, 1);
+        public CancellationTokenSource Closing { get; } = new();
+        public AsyncClientStreamingCall<TensorFrame, SendReply>? Call { get; set; }
+
+        public async ValueTask DisposeAsync()
+        {
+            if (Call is { } call)
+            {
+                try
+                {
+                    await call.RequestStream.CompleteAsync().ConfigureAwait(false);
+                    await call.ResponseAsync.WaitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is RpcException or TimeoutException or InvalidOperationException)
+                {
+                    // The peer is gone or already closed the stream; nothing left to deliver.
+                }
+                call.Dispose();
+            }
+            await Closing.CancelAsync().ConfigureAwait(false);
+            Closing.Dispose();
+            Channel.Dispose();
+            Gate.Dispose();
+        }
+    }
+}

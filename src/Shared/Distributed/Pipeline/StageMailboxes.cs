@@ -1,0 +1,119 @@
+using System.Collections.Concurrent;
+using System.Runtime.InteropServices;
+using Dtrain.Protos.Pipeline;
+using Grpc.Core;
+
+namespace Dtrain.Distributed.Pipeline;
+
+/// <summary>What a stage receives: activations (from the previous stage) and activation gradients (from the next one).</summary>
+public enum StageTensorKind
+{
+    Activation = 0,
+    Gradient = 1,
+}
+
+/// <summary>A received tensor: float32 values and their shape.</summary>
+public sealed record StageTensor(long[] Shape, float[] Values)
+{
+    public TorchSharp.torch.Tensor ToTensor() => TorchSharp.torch.tensor(Values, Shape);
+}
+
+/// <summary>
+/// The receiving side of stage links on one worker: tensors that arrived, by (job, generation, replica, stage, kind,
+/// step, micro-batch), and the stages waiting for them. A receive may come before or after the tensor arrives.
+/// </summary>
+public sealed class StageMailboxes
+{
+    private readonly ConcurrentDictionary<(string Job, long Generation, int Replica, int Stage, StageTensorKind Kind, long Step, int Micro), TaskCompletionSource<StageTensor>> slots = new();
+    private readonly ConcurrentDictionary<(string Job, long Generation), Exception> closed = new();
+
+    private TaskCompletionSource<StageTensor> Slot(string job, long generation, int replica, int stage, StageTensorKind kind, long step, int micro) =>
+        slots.GetOrAdd((job, generation, replica, stage, kind, step, micro), _ => new TaskCompletionSource<StageTensor>(TaskCreationOptions.RunContinuationsAsynchronously));
+
+    public void Deliver(string job, long generation, int replica, int stage, StageTensorKind kind, long step, int micro, StageTensor tensor)
+    {
+        if (!Slot(job, generation, replica, stage, kind, step, micro).TrySetResult(tensor))
+            throw new InvalidDataException($"job {job}: {kind} of step {step} micro-batch {micro} for stage {stage} arrived twice");
+    }
+
+    public async Task<StageTensor> ReceiveAsync(string job, long generation, int replica, int stage, StageTensorKind kind, long step, int micro, CancellationToken cancel)
+    {
+        if (closed.TryGetValue((job, generation), out var why)) throw why;
+        var key = (job, generation, replica, stage, kind, step, micro);
+        try
+        {
+            return await Slot(job, generation, replica, stage, kind, step, micro).Task.WaitAsync(cancel).ConfigureAwait(false);
+        }
+        finally
+        {
+            slots.TryRemove(key, out _);
+        }
+    }
+
+    /// <summary>Fails every receive of a job (its peer went away, or the job was released).</summary>
+    public void Close(string job, long generation, Exception reason)
+    {
+        closed[(job, generation)] = reason;
+        foreach (var (key, slot) in slots)
+            if (key.Job == job && key.Generation == generation) slot.TrySetException(reason);
+    }
+
+    /// <summary>Forgets a finished job.</summary>
+    public void Forget(string job, long generation)
+    {
+        closed.TryRemove((job, generation), out _);
+        foreach (var key in slots.Keys.Where(k => k.Job == job && k.Generation == generation).ToList()) slots.TryRemove(key, out _);
+    }
+}
+
+/// <summary>The StageLink service: reassembles the frames of each incoming stream into tensors and delivers them.</summary>
+public sealed class StageLinkService(StageMailboxes mailboxes) : StageLink.StageLinkBase
+{
+    public override async Task<SendReply> Send(IAsyncStreamReader<TensorFrame> requestStream, ServerCallContext context)
+    {
+        long received = 0;
+        TensorFrame? head = null;
+        float[]? values = null;
+        var filled = 0L;
+        string? job = null;
+        long generation = 0;
+        try
+        {
+            await foreach (var f in requestStream.ReadAllAsync(context.CancellationToken).ConfigureAwait(false))
+            {
+                (job, generation) = (f.JobId, f.Generation);
+                if (head is null)
+                {
+                    if (f.TotalBytes < 0 || f.TotalBytes % sizeof(float) != 0 || f.TotalBytes > int.MaxValue * 4L)
+                        throw new RpcException(new Status(StatusCode.InvalidArgument, $"tensor of {f.TotalBytes} bytes is not a whole number of float32 values"));
+                    var elements = f.Shape.Aggregate(1L, (a, b) => b < 0 ? -1 : a * b);
+                    if (f.Shape.Count == 0 || elements * sizeof(float) != f.TotalBytes)
+                        throw new RpcException(new Status(StatusCode.InvalidArgument, $"tensor shape [{string.Join(", ", f.Shape)}] does not hold {f.TotalBytes} bytes"));
+                    if (f.Kind is not (0 or 1)) throw new RpcException(new Status(StatusCode.InvalidArgument, $"tensor kind {f.Kind} is neither 0 (activation) nor 1 (gradient)"));
+                    head = f;
+                    values = new float[f.TotalBytes / sizeof(float)];
+                    filled = 0;
+                }
+                if (filled + f.Data.Length > head.TotalBytes)
+                    throw new RpcException(new Status(StatusCode.InvalidArgument, $"tensor of step {head.Step} micro-batch {head.MicroBatch}: more than the announced {head.TotalBytes} bytes"));
+                f.Data.Span.CopyTo(MemoryMarshal.AsBytes(values.AsSpan())[(int)filled..]);
+                filled += f.Data.Length;
+                if (filled == head.TotalBytes)
+                {
+                    mailboxes.Deliver(head.JobId, head.Generation, head.Replica, head.ToStage, (StageTensorKind)head.Kind, head.Step, head.MicroBatch, new StageTensor([.. head.Shape], values!));
+                    received++;
+                    head = null;
+                    values = null;
+                }
+            }
+        }
+        catch (Exception e) when (job is not null && e is not RpcException)
+        {
+            mailboxes.Close(job, generation, new IOException($"job {job}: the link from a neighbouring stage broke: {e.Message}", e));
+            throw;
+        }
+        if (head is not null)
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"stream ended inside a tensor (step {head.Step} micro-batch {head.MicroBatch}: {filled} of {head.TotalBytes} bytes)"));
+        return new SendReply { TensorsReceived = received };
+    }
+}
