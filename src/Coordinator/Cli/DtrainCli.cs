@@ -20,6 +20,7 @@ public static class DtrainCli
         root.Subcommands.Add(ServeCommand.CreateWorker());
         foreach (var c in JobCommands.Create()) root.Subcommands.Add(c);
         root.Subcommands.Add(ClusterCommand.Create());
+        root.Subcommands.Add(PlanCommand.Create());
         root.Subcommands.Add(HealthCommand.Create());
         return root;
     }

@@ -12,8 +12,47 @@ public sealed record JobSpec
     public OptimizerSpec Optimizer { get; init; } = new();
     public ScheduleSpec Schedule { get; init; } = new();
     public TrainingSpec Training { get; init; } = new();
+    /// <summary>How a cluster splits the work; absent = data parallelism over the workers a job is given.</summary>
+    public ParallelismSpec? Parallelism { get; init; }
     /// <summary>Directory for checkpoints and logs; relative paths are relative to the spec file.</summary>
     public string? Output { get; init; }
+}
+
+/// <summary>Data × pipeline parallelism: D replicas of a model split into K pipeline stages.</summary>
+public sealed record ParallelismSpec
+{
+    /// <summary>Data-parallel replicas D (0 = as many as the workers allow: workers / stages).</summary>
+    public int Data { get; init; }
+    public PipelineSpec? Pipeline { get; init; }
+}
+
+/// <summary>Model parallelism across layers: stages on different workers, micro-batches through them.</summary>
+public sealed record PipelineSpec
+{
+    /// <summary>Pipeline stages K: stage 0 holds the embedding and the first layers, the last stage the last layers and the head.</summary>
+    public int Stages { get; init; } = 2;
+    /// <summary>Micro-batches M per optimizer step; must divide training.batch_size.</summary>
+    public int Microbatches { get; init; } = 1;
+    /// <summary>"gpipe" (all forwards, then all backwards) or "1f1b" (at most K micro-batches' activations in flight).</summary>
+    public string Schedule { get; init; } = Distributed.Pipeline.PipelineSchedule.OneFOneBKind;
+    /// <summary>"balanced" (layers split by parameter count) or inclusive layer ranges per stage, e.g. "0-1,2-4,5-7".</summary>
+    public string Partition { get; init; } = "balanced";
+
+    /// <summary>The explicit ranges of <see cref="Partition"/> as (first, count); null for "balanced"; throws <see cref="FormatException"/> when malformed.</summary>
+    public IReadOnlyList<(int First, int Count)>? Ranges()
+    {
+        if (Partition == "balanced") return null;
+        var ranges = new List<(int, int)>();
+        foreach (var part in Partition.Split(','))
+        {
+            var bounds = part.Trim().Split('-');
+            if (bounds.Length is < 1 or > 2 || !int.TryParse(bounds[0], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var first)
+                || !int.TryParse(bounds[^1], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var last) || last < first)
+                throw new FormatException($"\"{part.Trim()}\" is not a layer range like \"2-4\" (first-last, inclusive) or a single layer");
+            ranges.Add((first, last - first + 1));
+        }
+        return ranges;
+    }
 }
 
 public static class TaskKinds

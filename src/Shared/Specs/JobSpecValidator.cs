@@ -93,7 +93,53 @@ public static partial class JobSpecValidator
         Range(e, "$.training.keep_checkpoints", tr.KeepCheckpoints, 1, 1000);
         Range(e, "$.training.threads", tr.Threads, 0, 1024);
         if (!DevicePattern().IsMatch(tr.Device)) e.Add(new("$.training.device", $"\"{tr.Device}\" must be \"cpu\", \"cuda\" or \"cuda:N\""));
+
+        if (spec.Parallelism is { } par)
+        {
+            Range(e, "$.parallelism.data", par.Data, 0, 4096);
+            if (par.Pipeline is null && par.Data != 0)
+                e.Add(new("$.parallelism.data", "only used with parallelism.pipeline; for data parallelism alone, choose the workers with `submit --workers N`"));
+            if (par.Pipeline is { } pp)
+            {
+                Range(e, "$.parallelism.pipeline.stages", pp.Stages, 1, MaxLayers);
+                if (pp.Stages > m.Layers) e.Add(new("$.parallelism.pipeline.stages", $"{pp.Stages} exceeds model.layers {m.Layers}: every stage needs at least one recurrent layer"));
+                Range(e, "$.parallelism.pipeline.microbatches", pp.Microbatches, 1, MaxBatch);
+                if (pp.Microbatches >= 1 && tr.BatchSize % pp.Microbatches != 0)
+                    e.Add(new("$.parallelism.pipeline.microbatches", $"{pp.Microbatches} does not divide training.batch_size {tr.BatchSize}: every micro-batch must have the same rows"));
+                OneOf(e, "$.parallelism.pipeline.schedule", pp.Schedule, Distributed.Pipeline.PipelineSchedule.Kinds);
+                try
+                {
+                    if (pp.Ranges() is { } ranges)
+                    {
+                        if (ranges.Count != pp.Stages) e.Add(new("$.parallelism.pipeline.partition", $"{ranges.Count} layer range(s) for {pp.Stages} stages"));
+                        var next = 0;
+                        foreach (var (first, count) in ranges)
+                        {
+                            if (first != next) { e.Add(new("$.parallelism.pipeline.partition", $"\"{pp.Partition}\": a range starts at layer {first} where {next} was expected; the ranges must cover layers 0..{m.Layers - 1} in order")); break; }
+                            next = first + count;
+                        }
+                        if (next == ranges.Sum(r => r.Count) && next != m.Layers)
+                            e.Add(new("$.parallelism.pipeline.partition", $"\"{pp.Partition}\" covers layers 0..{next - 1} of model.layers {m.Layers}"));
+                    }
+                }
+                catch (FormatException ex)
+                {
+                    e.Add(new("$.parallelism.pipeline.partition", $"{ex.Message}; or \"balanced\""));
+                }
+            }
+        }
         return e;
+    }
+
+    /// <summary>
+    /// Refuses a spec this version can plan but not yet run: pipeline stages are executed by the stage API and links
+    /// (src/Shared/Distributed/Pipeline) but not yet scheduled by the coordinator.
+    /// </summary>
+    public static void ThrowIfNotRunnable(JobSpec spec, string source)
+    {
+        if (spec.Parallelism?.Pipeline is not null)
+            throw new SpecException(source, [new SpecError("$.parallelism.pipeline",
+                "pipeline execution is not available in this version yet; `dtrain plan SPEC --workers N` shows the layout, memory and schedule it will use. Remove parallelism to train with data parallelism")]);
     }
 
     static void OneOf(List<SpecError> e, string path, string value, IReadOnlyCollection<string> allowed)

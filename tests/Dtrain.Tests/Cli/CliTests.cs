@@ -15,7 +15,7 @@ public class CliTests
         using var tmp = new TempDir();
         var root = CliRunner.Run(tmp.Path, "--help");
         Assert.Equal(0, root.ExitCode);
-        foreach (var verb in new[] { "train", "validate", "eval", "predict", "generate", "serve", "worker", "submit", "watch", "status", "list", "cancel", "workers", "download", "cluster" })
+        foreach (var verb in new[] { "train", "validate", "eval", "predict", "generate", "serve", "worker", "submit", "watch", "status", "list", "cancel", "workers", "download", "cluster", "plan", "health" })
         {
             Assert.Contains(verb, root.Stdout);
             var help = CliRunner.Run(tmp.Path, verb, "--help");
