@@ -31,7 +31,7 @@ public sealed class WorkerSlot(ILogger<WorkerSlot> log)
             return;
         }
         var standing = await job.Gate.WaitAsync(timeout).ConfigureAwait(false);
-        if (standing) log.LogInformation("draining: job {JobId} stands after step {Step}", job.JobId, job.LastStep);
+        if (standing) log.LogInformation("draining: job {JobId} stands after step {Step}", job.JobId, job.LastStep + 1);
         else log.LogWarning("draining: job {JobId} step {Step} did not end within {Timeout}s; leaving anyway", job.JobId, job.LastStep + 1, timeout.TotalSeconds);
         try
         {
