@@ -21,7 +21,13 @@ public sealed class ReplicaJob : IAsyncDisposable
     public JobSpec Spec { get; }
     public ITokenizer Tokenizer { get; }
     public LabelSet Labels { get; }
-    public DataParallelReplica Replica { get; }
+    private readonly DataParallelReplica? replica;
+    private readonly StageWork? stage;
+
+    /// <summary>The whole-model replica of a data-parallel job.</summary>
+    public DataParallelReplica Replica => replica ?? throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {JobId}: this worker holds pipeline stage {stage!.Stage.Plan.Stage}, not a whole replica"));
+    /// <summary>The pipeline stage of a pipelined job, or null.</summary>
+    public StageWork? Stage => stage;
     /// <summary>The one thread all of this replica's torch work runs on.</summary>
     public TorchThread Torch { get; }
     public List<int> ValidationTokens { get; } = [];
@@ -75,8 +81,10 @@ public sealed class ReplicaJob : IAsyncDisposable
         Gate.Release();
     }
 
-    public ReplicaJob(AssignRequest request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, DataParallelReplica replica, IAsyncDisposable? ring, TorchThread torch)
+    public ReplicaJob(AssignRequest request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, DataParallelReplica? replica, StageWork? stage, IAsyncDisposable? ring, TorchThread torch)
     {
+        if ((replica is null) == (stage is null)) throw new ArgumentException("a job holds either a whole replica or a pipeline stage");
+        this.stage = stage;
         Torch = torch;
         JobId = request.JobId;
         Generation = request.Generation;
@@ -85,7 +93,7 @@ public sealed class ReplicaJob : IAsyncDisposable
         Spec = spec;
         Tokenizer = tokenizer;
         Labels = labels;
-        Replica = replica;
+        this.replica = replica;
         this.ring = ring;
     }
 
@@ -168,7 +176,12 @@ public sealed class ReplicaJob : IAsyncDisposable
         try
         {
             if (ring is not null) await ring.DisposeAsync().ConfigureAwait(false);
-            await Torch.RunAsync(Replica.Dispose).ConfigureAwait(false);
+            if (stage is not null)
+            {
+                await stage.DisposeAsync().ConfigureAwait(false);
+                await Torch.RunAsync(stage.Stage.Dispose).ConfigureAwait(false);
+            }
+            if (replica is not null) await Torch.RunAsync(replica.Dispose).ConfigureAwait(false);
             Torch.Dispose();
         }
         finally

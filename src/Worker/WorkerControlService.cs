@@ -1,6 +1,7 @@
 using Dtrain.Checkpoints;
 using Dtrain.Data;
 using Dtrain.Distributed;
+using Dtrain.Distributed.Pipeline;
 using Dtrain.Protos.Worker;
 using Dtrain.Runtime;
 using Dtrain.Specs;
@@ -12,7 +13,7 @@ using Microsoft.Extensions.Logging;
 namespace Dtrain.Worker;
 
 /// <summary>The coordinator's handle on this worker: assign a job, load its shard, run steps, evaluate, hand over state, release.</summary>
-public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings, WorkerOptions options, ILogger<WorkerControlService> log) : WorkerControl.WorkerControlBase
+public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings, WorkerOptions options, StageMailboxes mailboxes, ILogger<WorkerControlService> log) : WorkerControl.WorkerControlBase
 {
     public override async Task<AssignReply> Assign(AssignRequest request, ServerCallContext context)
     {
@@ -52,12 +53,46 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
         var device = DeviceSelector.Resolve(options.Device, m => log.LogWarning("{Message}", m));
         var ring = await rings.ConnectAsync(request, context.CancellationToken).ConfigureAwait(false);
         var torch = new TorchThread($"torch-{request.JobId}", threads);
+        if (request.Pipeline is { } pipeline) return await AssignStageAsync(request, pipeline, spec, tokenizer, labels, device, ring, torch, threads).ConfigureAwait(false);
         var replica = await torch.RunAsync(() => new DataParallelReplica(spec, tokenizer.VocabSize, labels.Count, device, ring.Reducer)).ConfigureAwait(false);
-        var job = new ReplicaJob(request, spec, tokenizer, labels, replica, ring, torch);
+        var job = new ReplicaJob(request, spec, tokenizer, labels, replica, null, ring, torch);
         state.Current = job;
         log.LogInformation("assigned job {JobId} generation {Generation}: rank {Rank}/{World}, {Parameters} parameters, {Threads} thread(s); allocator: {Allocator}",
             request.JobId, request.Generation, request.Rank, request.WorldSize, replica.ParameterCount, threads, NativeAllocator.Describe());
         return new AssignReply { Parameters = replica.ParameterCount, ParameterChecksum = await torch.RunAsync(replica.ParameterChecksum).ConfigureAwait(false) };
+    }
+
+    /// <summary>Checks a pipeline assignment in managed code (nothing unchecked reaches torch), builds the stage and its links.</summary>
+    private async Task<AssignReply> AssignStageAsync(AssignRequest request, PipelineAssignment p, JobSpec spec, ITokenizer tokenizer, LabelSet labels, TorchSharp.torch.Device device,
+        RingConnection ring, TorchThread torch, int threads)
+    {
+        string? Bad()
+        {
+            if (spec.Task != TaskKinds.LanguageModel) return "pipeline stages are implemented for language models only so far";
+            if (p.Stages < 1 || p.Stage < 0 || p.Stage >= p.Stages) return $"stage {p.Stage} outside [0, {p.Stages})";
+            if (p.LayerCount < 1 || p.FirstLayer < 0 || p.FirstLayer + p.LayerCount > spec.Model.Layers) return $"layers [{p.FirstLayer}, {p.FirstLayer + p.LayerCount}) outside the model's {spec.Model.Layers}";
+            if (p.Microbatches < 1 || p.Microbatches > JobSpecValidator.MaxBatch) return $"microbatches {p.Microbatches} out of range";
+            if (!PipelineSchedule.Kinds.Contains(p.Schedule)) return $"schedule \"{p.Schedule}\" is not one of {string.Join(", ", PipelineSchedule.Kinds)}";
+            if (p.Replicas < 1 || p.Replica < 0 || p.Replica >= p.Replicas) return $"replica {p.Replica} outside [0, {p.Replicas})";
+            if (p.Stage > 0 && !Uri.TryCreate(p.PreviousAddress, UriKind.Absolute, out _)) return $"stage {p.Stage} needs the previous stage's address, got \"{p.PreviousAddress}\"";
+            if (p.Stage < p.Stages - 1 && !Uri.TryCreate(p.NextAddress, UriKind.Absolute, out _)) return $"stage {p.Stage} needs the next stage's address, got \"{p.NextAddress}\"";
+            return null;
+        }
+        if (Bad() is { } why)
+        {
+            await ring.DisposeAsync().ConfigureAwait(false);
+            torch.Dispose();
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"job {request.JobId}: {why}"));
+        }
+        var plan = new StagePlan(p.Stage, p.FirstLayer, p.LayerCount, 0, HasEmbedding: p.Stage == 0, HasHead: p.Stage == p.Stages - 1);
+        var stage = await torch.RunAsync(() => new PipelineStage(spec, tokenizer.VocabSize, plan, device)).ConfigureAwait(false);
+        var links = new GrpcStageLinks(request.JobId, request.Generation, p.Replica, p.Stage, p.Stage > 0 ? p.PreviousAddress : null, p.Stage < p.Stages - 1 ? p.NextAddress : null, mailboxes);
+        var work = new StageWork(stage, links, PipelineSchedule.Create(p.Schedule, p.Stages, p.Microbatches), ring.Reducer);
+        state.Current = new ReplicaJob(request, spec, tokenizer, labels, null, work, ring, torch);
+        var parameters = stage.Parameters.Sum(x => x.numel());
+        log.LogInformation("assigned job {JobId} generation {Generation}: pipeline stage {Stage}/{Stages} (layers {First}-{Last}) of replica {Replica}/{Replicas}, {Parameters} parameters, {Threads} thread(s); allocator: {Allocator}",
+            request.JobId, request.Generation, p.Stage, p.Stages, p.FirstLayer, p.FirstLayer + p.LayerCount - 1, p.Replica, p.Replicas, parameters, threads, NativeAllocator.Describe());
+        return new AssignReply { Parameters = parameters, ParameterChecksum = await torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false) };
     }
 
     public override async Task<ShardReply> LoadShard(IAsyncStreamReader<ShardChunk> requestStream, ServerCallContext context)
@@ -94,6 +129,34 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
             var rows = ReplicaJob.ToRows(shardStep, lm);
             if (shardStep is null && job.StepsReceived == 0 && request.Step == 0)
                 throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {job.JobId}: no shard loaded"));
+            if (job.Stage is { } work)
+            {
+                StageStepReport report;
+                try
+                {
+                    report = await work.RunAsync(request.Step, rows, shardStep?.ResetState ?? false, carries, request.GlobalCount, job.Torch, linked.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (job.Cancel.IsCancellationRequested)
+                {
+                    throw new RpcException(new Status(StatusCode.Cancelled, $"job {job.JobId} was released during step {request.Step}"));
+                }
+                catch (Exception e) when (e is InvalidOperationException or InvalidDataException)
+                {
+                    throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {job.JobId}: {e.Message}"));
+                }
+                catch (IOException e)
+                {
+                    // A neighbouring stage went away: a consequence; the coordinator names the worker that failed.
+                    throw new RpcException(new Status(StatusCode.Aborted, e.Message));
+                }
+                completed = true;
+                state.Step = request.Step;
+                return new RunStepReply
+                {
+                    LossSum = report.LossSum, Count = report.Count, Rows = report.Rows, SquaredGradNorm = report.SquaredNorm,
+                    ComputeMs = report.ComputeMs, AllreduceMs = report.ReduceMs, IdleMs = report.IdleMs,
+                };
+            }
             ReplicaStepResult result;
             try
             {
@@ -171,6 +234,51 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
             await responseStream.WriteAsync(new StateChunk { TotalBytes = bytes.Length, Data = ByteString.CopyFrom(bytes, offset, n) }, context.CancellationToken).ConfigureAwait(false);
             if (n == 0) break;
         }
+    }
+
+    public override async Task<ApplyStepReply> ApplyStep(ApplyStepRequest request, ServerCallContext context)
+    {
+        var job = state.Require(request.JobId);
+        var work = job.Stage ?? throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {job.JobId}: ApplyStep is for pipeline stages; this worker holds a whole replica"));
+        if (request.GlobalCount <= 0) throw new RpcException(new Status(StatusCode.InvalidArgument, $"global_count {request.GlobalCount} must be positive"));
+        if (!(request.Lr > 0 && double.IsFinite(request.Lr))) throw new RpcException(new Status(StatusCode.InvalidArgument, $"lr {request.Lr} must be positive"));
+        if (!(request.GlobalNorm >= 0 && double.IsFinite(request.GlobalNorm))) throw new RpcException(new Status(StatusCode.InvalidArgument, $"global_norm {request.GlobalNorm} must be a finite number >= 0"));
+        await job.Gate.WaitAsync(context.CancellationToken).ConfigureAwait(false);
+        try
+        {
+            await job.Torch.RunAsync(() => work.Apply(request.Step, request.GlobalCount, request.Lr, request.GlobalNorm)).ConfigureAwait(false);
+            return new ApplyStepReply { ParameterChecksum = request.ReportChecksum ? await job.Torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false) : 0 };
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {job.JobId}: {e.Message}"));
+        }
+        finally
+        {
+            job.Gate.Release();
+        }
+    }
+
+    public override async Task GetStageParameters(GetStateRequest request, IServerStreamWriter<NamedTensor> responseStream, ServerCallContext context)
+    {
+        var job = state.Require(request.JobId);
+        var work = job.Stage ?? throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {job.JobId}: this worker holds a whole replica; use GetState"));
+        List<NamedTensor> tensors;
+        await job.Gate.WaitAsync(context.CancellationToken).ConfigureAwait(false);
+        try
+        {
+            tensors = await job.Torch.RunAsync(() => work.Stage.NamedParameters().Select(p =>
+            {
+                var t = new NamedTensor { Name = p.Name, Data = ByteString.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(p.Parameter.data<float>().ToArray().AsSpan())) };
+                t.Shape.AddRange(p.Parameter.shape);
+                return t;
+            }).ToList()).ConfigureAwait(false);
+        }
+        finally
+        {
+            job.Gate.Release();
+        }
+        foreach (var t in tensors) await responseStream.WriteAsync(t, context.CancellationToken).ConfigureAwait(false);
     }
 
     public override async Task<ReleaseReply> Release(ReleaseRequest request, ServerCallContext context)

@@ -31,7 +31,7 @@ public static class JobWatcher
                         var s = e.Step;
                         if (s.Step % every != 0 && s.Step != s.TotalSteps && DateTime.UtcNow - lastPrint < TimeSpan.FromSeconds(30)) break;
                         lastPrint = DateTime.UtcNow;
-                        Console.WriteLine($"{StepLine(s)} (step {s.StepMs:F0} ms: compute {s.ComputeMs:F0}, all-reduce {s.AllreduceMs:F0})");
+                        Console.WriteLine($"{StepLine(s)} (step {s.StepMs:F0} ms: compute {s.ComputeMs:F0}, all-reduce {s.AllreduceMs:F0}{StageTimes(s)})");
                         break;
                     case JobEvent.KindOneofCase.Eval:
                         Console.WriteLine($"step {e.Eval.Step} validation: {Describe(e.Eval.Metrics)}");
@@ -106,4 +106,8 @@ public static class JobWatcher
         if (m.HasBitsPerToken) parts.Add($"bits/token {m.BitsPerToken.ToString("F3", CultureInfo.InvariantCulture)}");
         return string.Join(", ", parts);
     }
+
+    /// <summary>Pipeline jobs: each stage's compute time and the share of the step the stages waited for each other.</summary>
+    static string StageTimes(StepEvent s) => s.StageComputeMs.Count == 0 ? ""
+        : $"; stages {string.Join("/", s.StageComputeMs.Select(ms => ms.ToString("F0", System.Globalization.CultureInfo.InvariantCulture)))} ms, bubble {s.Bubble:P0}";
 }

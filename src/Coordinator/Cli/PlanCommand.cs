@@ -31,8 +31,6 @@ public static class PlanCommand
             var plan = PipelinePlan.Create(job, r.GetValue(workers), data.Tokenizer.VocabSize, outputs, (long)(mb * 1e6));
             Console.WriteLine($"plan for {file.Name} on {r.GetValue(workers)} worker(s) (vocabulary {data.Tokenizer.VocabSize:N0})");
             Console.Write(plan.Render());
-            if (job.Parallelism?.Pipeline is not null)
-                Console.WriteLine("note: this version plans pipelines but does not run them yet; train and submit refuse parallelism.pipeline");
             return CliErrors.Ok;
         }));
         return cmd;

@@ -132,7 +132,16 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
 
     private async Task SendShardsAsync(JobRecord job, IJobWorkers workers, ShardPlan plan, long from, long to, Dictionary<long, long> globalCounts, PreparedData? validation, CancellationToken cancel)
     {
-        var world = workers.Members.Count;
+        var perRank = BuildShards(job.Id, plan, workers.Members.Count, from, to, globalCounts, validation, options.ShardChunkValues);
+        await workers.LoadShardsAsync(perRank, from, cancel).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Every rank's rows of steps [<paramref name="from"/>, <paramref name="to"/>) in chunks of at most
+    /// <paramref name="chunkValues"/> values, and the validation split for rank 0 when given; records each step's global count.
+    /// </summary>
+    internal static List<ShardChunk>[] BuildShards(string jobId, ShardPlan plan, int world, long from, long to, Dictionary<long, long> globalCounts, PreparedData? validation, int chunkValues)
+    {
         var perRank = Enumerable.Range(0, world).Select(_ => new List<ShardChunk>()).ToArray();
         var sizes = new long[world];
         for (var step = from; step < to; step++)
@@ -158,9 +167,9 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                     s.Width = 1;
                 }
                 var chunks = perRank[rank];
-                if (chunks.Count == 0 || sizes[rank] + s.Inputs.Count + s.Targets.Count > options.ShardChunkValues)
+                if (chunks.Count == 0 || sizes[rank] + s.Inputs.Count + s.Targets.Count > chunkValues)
                 {
-                    chunks.Add(new ShardChunk { JobId = job.Id });
+                    chunks.Add(new ShardChunk { JobId = jobId });
                     sizes[rank] = 0;
                 }
                 chunks[^1].Steps.Add(s);
@@ -173,23 +182,23 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
             // Validation goes to rank 0 only, in chunks of its own.
             if (validation.ValidationTokens.Length > 0)
             {
-                foreach (var part in validation.ValidationTokens.Chunk(options.ShardChunkValues))
+                foreach (var part in validation.ValidationTokens.Chunk(chunkValues))
                 {
-                    var c = new ShardChunk { JobId = job.Id };
+                    var c = new ShardChunk { JobId = jobId };
                     c.ValidationTokens.AddRange(part);
                     perRank[0].Add(c);
                 }
             }
-            var current = new ShardChunk { JobId = job.Id };
+            var current = new ShardChunk { JobId = jobId };
             long size = 0;
             for (var i = 0; i < validation.ValidationSequences.Count; i++)
             {
                 var ex = new ValidationExample { Label = validation.ValidationLabels[i] };
                 ex.Tokens.AddRange(validation.ValidationSequences[i]);
-                if (size + ex.Tokens.Count > options.ShardChunkValues && current.ValidationExamples.Count > 0)
+                if (size + ex.Tokens.Count > chunkValues && current.ValidationExamples.Count > 0)
                 {
                     perRank[0].Add(current);
-                    current = new ShardChunk { JobId = job.Id };
+                    current = new ShardChunk { JobId = jobId };
                     size = 0;
                 }
                 current.ValidationExamples.Add(ex);
@@ -197,7 +206,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
             }
             if (current.ValidationExamples.Count > 0) perRank[0].Add(current);
         }
-        await workers.LoadShardsAsync(perRank, from, cancel).ConfigureAwait(false);
+        return perRank;
     }
 
     private static async Task EvaluateAsync(JobRecord job, IJobWorkers workers, long step, CancellationToken cancel)

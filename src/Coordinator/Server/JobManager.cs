@@ -22,7 +22,7 @@ public sealed class JobManager(CoordinatorOptions options, WorkerRegistry regist
         if (request.Workers < 0 || request.Workers > 4096) throw new ArgumentException($"workers {request.Workers} must be in [0, 4096] (0 = all idle workers)");
         var source = string.IsNullOrWhiteSpace(request.Source) ? "submitted spec" : request.Source;
         var spec = JobSpecSerializer.Parse(request.SpecJson, source);
-        JobSpecValidator.ThrowIfNotRunnable(spec, source);
+        JobSpecValidator.ThrowIfNotRunnable(spec, source, onCluster: true);
         var id = $"job-{Interlocked.Increment(ref nextId):D4}";
         var dir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs", id));
         spec = StoreFiles(spec, request, uploads, Path.Combine(dir, "data"), source);

@@ -90,6 +90,8 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
     private async Task RunCoreAsync(JobRecord job, IReadOnlyList<WorkerRecord> workers, CancellationToken cancel)
     {
         var prepared = await PreparedJob.LoadAsync(job, cancel).ConfigureAwait(false);
-        await new DataParallelDriver(options).RunAsync(job, prepared, new GrpcJobWorkers(workers, clients, options), cancel).ConfigureAwait(false);
+        var group = new GrpcJobWorkers(workers, clients, options);
+        if (job.Spec.Parallelism?.Pipeline is not null) await new PipelineDriver(options).RunAsync(job, prepared, group, cancel).ConfigureAwait(false);
+        else await new DataParallelDriver(options).RunAsync(job, prepared, group, cancel).ConfigureAwait(false);
     }
 }

@@ -20,6 +20,10 @@ public interface IJobWorkers
     Task<RunStepReply[]> RunStepAsync(RunStepRequest request, double timeoutSeconds, CancellationToken cancel);
     Task<EvaluateReply> EvaluateAsync(int rank, EvaluateRequest request, long step, CancellationToken cancel);
     Task<byte[]> GetStateAsync(int rank, GetStateRequest request, long step, CancellationToken cancel);
+    /// <summary>Pipeline jobs: the second half of a step on every worker.</summary>
+    Task<ApplyStepReply[]> ApplyStepAsync(ApplyStepRequest request, CancellationToken cancel);
+    /// <summary>Pipeline jobs: a stage's parameters under their whole-model names.</summary>
+    Task<IReadOnlyList<NamedTensor>> GetStageParametersAsync(int rank, GetStateRequest request, long step, CancellationToken cancel);
 }
 
 /// <summary>A job's workers over gRPC, with the failure attribution the user sees.</summary>
@@ -55,6 +59,19 @@ public sealed class GrpcJobWorkers(IReadOnlyList<WorkerRecord> workers, WorkerCl
             using var ms = new MemoryStream();
             await foreach (var chunk in call.ResponseStream.ReadAllAsync(ct).ConfigureAwait(false)) chunk.Data.WriteTo(ms);
             return ms.ToArray();
+        });
+
+    public Task<ApplyStepReply[]> ApplyStepAsync(ApplyStepRequest request, CancellationToken cancel) =>
+        OnAllAsync("apply step", request.Step, options.StepTimeoutSeconds, cancel, (w, rank, deadline, ct) =>
+            clients.For(w.Address).ApplyStepAsync(request, deadline: deadline, cancellationToken: ct).ResponseAsync);
+
+    public Task<IReadOnlyList<NamedTensor>> GetStageParametersAsync(int rank, GetStateRequest request, long step, CancellationToken cancel) =>
+        Call(workers[rank], "checkpoint", step, options.CallTimeoutSeconds, cancel, async (deadline, ct) =>
+        {
+            using var call = clients.For(workers[rank].Address).GetStageParameters(request, deadline: deadline, cancellationToken: ct);
+            var list = new List<NamedTensor>();
+            await foreach (var t in call.ResponseStream.ReadAllAsync(ct).ConfigureAwait(false)) list.Add(t);
+            return (IReadOnlyList<NamedTensor>)list;
         });
 
     /// <summary>Releases every worker that is not lost from the job (best effort: a worker that cannot be told is logged).</summary>

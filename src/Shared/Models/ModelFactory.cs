@@ -26,5 +26,14 @@ public static class ModelFactory
         return model.to(device);
     }
 
+    /// <summary>
+    /// Runs <paramref name="create"/> under the lock that seeding holds: building modules draws initial weights from
+    /// torch's process-wide generator, which would otherwise shift a seeded model being built on another thread.
+    /// </summary>
+    public static T Locked<T>(Func<T> create)
+    {
+        lock (SeedLock) return create();
+    }
+
     public static long ParameterCount(nn.Module model) => model.parameters().Sum(p => p.numel());
 }

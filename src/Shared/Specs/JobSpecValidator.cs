@@ -132,14 +132,17 @@ public static partial class JobSpecValidator
     }
 
     /// <summary>
-    /// Refuses a spec this version can plan but not yet run: pipeline stages are executed by the stage API and links
-    /// (src/Shared/Distributed/Pipeline) but not yet scheduled by the coordinator.
+    /// Refuses what this version cannot run: pipeline stages run on a cluster only (<paramref name="onCluster"/>), and
+    /// for language models only so far.
     /// </summary>
-    public static void ThrowIfNotRunnable(JobSpec spec, string source)
+    public static void ThrowIfNotRunnable(JobSpec spec, string source, bool onCluster)
     {
-        if (spec.Parallelism?.Pipeline is not null)
+        if (spec.Parallelism?.Pipeline is null) return;
+        if (!onCluster)
             throw new SpecException(source, [new SpecError("$.parallelism.pipeline",
-                "pipeline execution is not available in this version yet; `dtrain plan SPEC --workers N` shows the layout, memory and schedule it will use. Remove parallelism to train with data parallelism")]);
+                "pipeline stages run on a cluster (`dtrain submit` or `dtrain cluster run`); remove parallelism to train the whole model in this process")]);
+        if (spec.Task != TaskKinds.LanguageModel)
+            throw new SpecException(source, [new SpecError("$.parallelism.pipeline", "pipeline stages are implemented for language models only so far; remove parallelism to train this classifier with data parallelism")]);
     }
 
     static void OneOf(List<SpecError> e, string path, string value, IReadOnlyCollection<string> allowed)

@@ -19,7 +19,7 @@ public static class Trainer
 {
     public static TrainingSummary Run(JobSpec spec, string specDir, TrainOptions options, ITrainingObserver observer, CancellationToken cancel)
     {
-        JobSpecValidator.ThrowIfNotRunnable(spec, spec.Name);
+        JobSpecValidator.ThrowIfNotRunnable(spec, spec.Name, onCluster: false);
         // Checkpoints carry the spec; absolute data paths let `dtrain eval` find the data from anywhere.
         spec = JobSpecPaths.WithAbsoluteDataPaths(spec, specDir);
         var outputDir = options.OutputDir ?? JobSpecPaths.OutputDir(spec, specDir);

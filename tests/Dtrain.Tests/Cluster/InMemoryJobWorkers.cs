@@ -23,7 +23,7 @@ public sealed class InMemoryJobWorkers : IJobWorkers, IAsyncDisposable
     {
         var connector = new Connector(world);
         slots = [.. Enumerable.Range(0, world).Select(_ => new WorkerSlot(NullLogger<WorkerSlot>.Instance))];
-        services = [.. slots.Select(s => new WorkerControlService(s, connector, new WorkerOptions(), NullLogger<WorkerControlService>.Instance))];
+        services = [.. slots.Select(s => new WorkerControlService(s, connector, new WorkerOptions(), new Dtrain.Distributed.Pipeline.StageMailboxes(), NullLogger<WorkerControlService>.Instance))];
         Members = [.. Enumerable.Range(0, world).Select(r => ($"mem{r}", $"memory://{r}"))];
     }
 
@@ -46,6 +46,16 @@ public sealed class InMemoryJobWorkers : IJobWorkers, IAsyncDisposable
         using var ms = new MemoryStream();
         foreach (var c in writer.Written) c.Data.WriteTo(ms);
         return ms.ToArray();
+    }
+
+    public Task<ApplyStepReply[]> ApplyStepAsync(ApplyStepRequest request, CancellationToken cancel) =>
+        Task.WhenAll(services.Select(s => s.ApplyStep(request, new Context(cancel))));
+
+    public async Task<IReadOnlyList<NamedTensor>> GetStageParametersAsync(int rank, GetStateRequest request, long step, CancellationToken cancel)
+    {
+        var writer = new Writer<NamedTensor>();
+        await services[rank].GetStageParameters(request, writer, new Context(cancel));
+        return writer.Written;
     }
 
     public async ValueTask DisposeAsync()

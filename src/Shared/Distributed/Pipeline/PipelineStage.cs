@@ -43,7 +43,8 @@ public sealed partial class PipelineStage : IDisposable
         Plan = plan;
         var m = spec.Model;
         if (plan.EndLayer > m.Layers) throw new ArgumentException($"stage {plan.Stage} ends at layer {plan.EndLayer} of a {m.Layers}-layer model");
-        module = new StageModule(m, vocabSize, plan);
+        // Its own initial weights are overwritten below, but drawing them must not disturb a seeded build elsewhere.
+        module = ModelFactory.Locked(() => new StageModule(m, vocabSize, plan));
         using (var whole = ModelFactory.Create(spec, vocabSize, 0, CPU))
         {
             var source = whole.named_parameters().ToDictionary(p => p.name, p => p.parameter);

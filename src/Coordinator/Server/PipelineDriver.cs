@@ -1,0 +1,185 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using Dtrain.Checkpoints;
+using Dtrain.Distributed;
+using Dtrain.Distributed.Pipeline;
+using Dtrain.Protos.Jobs;
+using Dtrain.Protos.Worker;
+using Dtrain.Runtime;
+using Dtrain.Training;
+using static TorchSharp.torch;
+
+namespace Dtrain.Server;
+
+/// <summary>
+/// Drives a pipelined language-model job: D data-parallel replicas × K stages on D × K workers (slot = replica × K +
+/// stage, in the order the workers were reserved). Each worker gets its stage's layers, its neighbours' addresses and
+/// the ring of the same stage of every replica; each replica's stages get that replica's rows. A step is two rounds:
+/// RunStep (every stage follows the schedule, all-reduces with its replicas and reports its squared gradient norm),
+/// then ApplyStep with the whole model's norm, so clipping is global. For evaluation and checkpoints the coordinator
+/// gathers every stage's parameters into the whole model (today's checkpoint format; the optimizer state is not
+/// gathered yet, so a resumed job restarts its optimizer moments).
+/// </summary>
+public sealed class PipelineDriver(CoordinatorOptions options)
+{
+    public async Task RunAsync(JobRecord job, PreparedJob prepared, IJobWorkers workers, CancellationToken cancel)
+    {
+        var spec = job.Spec;
+        var pipeline = spec.Parallelism?.Pipeline ?? throw new ArgumentException("not a pipeline job");
+        var k = pipeline.Stages;
+        var n = workers.Members.Count;
+        var (data, source, total, lrSchedule) = (prepared.Data, prepared.Source, prepared.TotalSteps, prepared.Schedule);
+        var vocab = data.Tokenizer.VocabSize;
+        PipelinePlan layout;
+        try
+        {
+            layout = PipelinePlan.Create(spec, n, vocab, vocab);
+        }
+        catch (ArgumentException e)
+        {
+            throw new JobFailure($"pipeline layout: {e.Message}");
+        }
+        var d = layout.Replicas;
+        if (d * k != n) throw new JobFailure($"the layout uses {d} replica(s) × {k} stages = {d * k} workers, but the job has {n}: submit it with --workers {d * k}");
+        var shards = new ShardPlan(source, d, total);
+        var store = new CheckpointStore(Path.Combine(job.Dir, "checkpoints"), spec.Training.KeepCheckpoints);
+        int Slot(int replica, int stage) => replica * k + stage;
+
+        var specJson = Specs.JobSpecSerializer.Serialize(spec);
+        var tokenizer = data.Tokenizer.ToState();
+        var assigned = await workers.AssignAsync(slot =>
+        {
+            var (replica, stage) = (slot / k, slot % k);
+            var plan = layout.Stages[stage];
+            var request = new AssignRequest
+            {
+                JobId = job.Id, Generation = 1, SpecJson = specJson, Rank = replica, WorldSize = d,
+                TokenizerKind = tokenizer.Kind, TokenizerLowercase = tokenizer.Lowercase,
+                TotalSteps = total, StepsPerEpoch = source.StepsPerEpoch, Threads = spec.Training.Threads,
+                Pipeline = new PipelineAssignment
+                {
+                    Stage = stage, Stages = k, FirstLayer = plan.FirstLayer, LayerCount = plan.LayerCount, Microbatches = pipeline.Microbatches,
+                    Schedule = pipeline.Schedule, Replica = replica, Replicas = d,
+                    PreviousAddress = stage > 0 ? workers.Members[Slot(replica, stage - 1)].Address : "",
+                    NextAddress = stage < k - 1 ? workers.Members[Slot(replica, stage + 1)].Address : "",
+                },
+            };
+            // The ring of this stage: the same stage of every replica.
+            request.Peers.AddRange(Enumerable.Range(0, d).Select(r => new Peer { Rank = r, WorkerId = workers.Members[Slot(r, stage)].Id, Address = workers.Members[Slot(r, stage)].Address }));
+            request.TokenizerTokens.AddRange(tokenizer.Tokens);
+            request.Labels.AddRange(data.Labels.Names);
+            return request;
+        }, cancel).ConfigureAwait(false);
+        CheckChecksums(workers, k, d, assigned.Select(a => a.ParameterChecksum).ToArray(), "after initialisation");
+        job.Update(i => { i.Parameters = layout.Model.Total; i.TotalSteps = total; i.State = JobState.Running; i.Message = ""; });
+        job.Publish(new JobEvent { Log = $"pipeline: {d} replica(s) × {k} stages, {pipeline.Microbatches} micro-batch(es), {pipeline.Schedule}; " +
+            string.Join(", ", Enumerable.Range(0, n).Select(slot => $"replica {slot / k} stage {slot % k} (layers {layout.Stages[slot % k].FirstLayer}-{layout.Stages[slot % k].EndLayer - 1}) = {workers.Members[slot].Id} {workers.Members[slot].Address}")) +
+            $"; {layout.Model.Total:N0} parameters, {total} steps" });
+
+        using var torch = new TorchThread($"gather-{job.Id}", 1);
+        var globalCounts = new Dictionary<long, long>();
+        long loadedUntil = 0, samples = 0;
+        var clock = Stopwatch.StartNew();
+        var lastStage = Enumerable.Range(0, d).Select(r => Slot(r, k - 1)).ToArray();
+        for (long step = 0; step < total; step++)
+        {
+            cancel.ThrowIfCancellationRequested();
+            if (step == loadedUntil)
+            {
+                var epochEnd = Math.Min(total, (shards.PositionOf(step).Epoch + 1) * shards.StepsPerEpoch);
+                var perReplica = DataParallelDriver.BuildShards(job.Id, shards, d, step, epochEnd, globalCounts, null, options.ShardChunkValues);
+                await workers.LoadShardsAsync([.. Enumerable.Range(0, n).Select(slot => (IReadOnlyList<ShardChunk>)perReplica[slot / k])], step, cancel).ConfigureAwait(false);
+                loadedUntil = epochEnd;
+            }
+            var started = clock.Elapsed.TotalMilliseconds;
+            var lr = lrSchedule.At(step);
+            var count = globalCounts[step];
+            globalCounts.Remove(step);
+            var replies = await workers.RunStepAsync(new RunStepRequest { JobId = job.Id, Step = step, Lr = lr, GlobalCount = count }, options.StepTimeoutSeconds, cancel).ConfigureAwait(false);
+            // After the all-reduce every replica of a stage holds the same gradients: one replica's norms cover the model.
+            var norm = Math.Sqrt(Enumerable.Range(0, k).Sum(s => replies[Slot(0, s)].SquaredGradNorm));
+            var done = step + 1;
+            var checksum = done % options.ChecksumInterval == 0 || done == total;
+            var applied = await workers.ApplyStepAsync(new ApplyStepRequest { JobId = job.Id, Step = step, Lr = lr, GlobalCount = count, GlobalNorm = norm, ReportChecksum = checksum }, cancel).ConfigureAwait(false);
+            if (checksum) CheckChecksums(workers, k, d, applied.Select(a => a.ParameterChecksum).ToArray(), $"at step {done}");
+            var loss = lastStage.Sum(s => replies[s].LossSum) / lastStage.Sum(s => replies[s].Count);
+            if (!double.IsFinite(loss)) throw new JobFailure($"loss became {loss} at step {done}; lower optimizer.lr or enable training.clip_norm");
+            samples += lastStage.Sum(s => replies[s].Rows);
+            var elapsed = clock.Elapsed.TotalSeconds;
+            var stepMs = clock.Elapsed.TotalMilliseconds - started;
+            var epoch = shards.PositionOf(step).Epoch;
+            job.Update(i => { i.Step = done; i.Epoch = epoch; i.Loss = loss; i.SamplesPerSecond = samples / Math.Max(1e-9, elapsed); }, publishState: false);
+            var e = new StepEvent
+            {
+                Step = done, TotalSteps = total, Epoch = epoch, Loss = loss, Lr = lr, SamplesPerSecond = samples / Math.Max(1e-9, elapsed), ElapsedSeconds = elapsed,
+                EtaSeconds = elapsed / done * (total - done), Workers = n, ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs), StepMs = stepMs,
+                Bubble = replies.Average(r => r.IdleMs / Math.Max(1e-9, r.IdleMs + r.ComputeMs)),
+            };
+            e.StageComputeMs.AddRange(Enumerable.Range(0, k).Select(s => Enumerable.Range(0, d).Max(r => replies[Slot(r, s)].ComputeMs)));
+            job.Publish(new JobEvent { Step = e });
+
+            var evaluates = done == total || (spec.Training.EvalInterval > 0 && done % spec.Training.EvalInterval == 0);
+            var checkpoints = done == total || (spec.Training.CheckpointInterval > 0 && done % spec.Training.CheckpointInterval == 0);
+            if (!evaluates && !checkpoints) continue;
+            var parameters = new List<NamedTensor>();
+            for (var s = 0; s < k; s++)
+                parameters.AddRange(await workers.GetStageParametersAsync(Slot(0, s), new GetStateRequest { JobId = job.Id, Step = done }, done, cancel).ConfigureAwait(false));
+            var training = new TrainingState { Step = done, ElapsedSeconds = elapsed, SamplesSeen = samples, LastLr = lr };
+            var (metrics, checkpoint) = await torch.RunAsync(() => Gather(job, data, parameters, training, evaluates, checkpoints)).ConfigureAwait(false);
+            if (metrics is not null)
+            {
+                job.Update(i => i.LastEval = metrics, publishState: false);
+                job.Publish(new JobEvent { Eval = new EvalEvent { Step = done, Metrics = metrics } });
+            }
+            if (checkpoint is not null)
+            {
+                var path = store.Save(checkpoint);
+                job.Update(i => i.Checkpoint = path, publishState: false);
+                job.Publish(new JobEvent { Log = $"step {done}: checkpoint {path} (gathered from {k} stages)" });
+            }
+        }
+    }
+
+    /// <summary>Builds the whole model from the stages' parameters; evaluates it on the validation split and/or captures a checkpoint.</summary>
+    private static (Metrics?, CheckpointData?) Gather(JobRecord job, PreparedData data, IReadOnlyList<NamedTensor> parameters, TrainingState training, bool evaluate, bool checkpoint)
+    {
+        var spec = job.Spec;
+        using var engine = new TrainingEngine(spec, data.Tokenizer.VocabSize, data.Labels.Count, CPU);
+        var byName = parameters.ToDictionary(p => p.Name);
+        using (no_grad())
+        {
+            foreach (var (name, p) in engine.Model.named_parameters())
+            {
+                if (!byName.Remove(name, out var t)) throw new JobFailure($"gathering the model: no stage sent parameter {name}");
+                if (!t.Shape.SequenceEqual(p.shape)) throw new JobFailure($"gathering the model: parameter {name} has shape [{string.Join(", ", t.Shape)}], expected [{string.Join(", ", p.shape)}]");
+                var values = MemoryMarshal.Cast<byte, float>(t.Data.Span).ToArray();
+                using var source = tensor(values, p.shape);
+                p.copy_(source);
+            }
+        }
+        if (byName.Count > 0) throw new JobFailure($"gathering the model: unexpected parameters {string.Join(", ", byName.Keys)}");
+        Metrics? metrics = null;
+        if (evaluate)
+        {
+            var m = Evaluator.LanguageModel(engine, data.ValidationTokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.EvalBatches);
+            metrics = new Metrics { Loss = m.Loss, Count = m.Count, Perplexity = Math.Exp(m.Loss), BitsPerToken = m.Loss / Math.Log(2) };
+        }
+        var state = checkpoint ? TrainingCheckpoint.Capture(spec with { Parallelism = null }, data.Tokenizer, data.Labels, training, engine) : null;
+        return (metrics, state);
+    }
+
+    /// <summary>Replicas of the same stage must hold the same parameters.</summary>
+    private static void CheckChecksums(IJobWorkers workers, int k, int d, double[] sums, string when)
+    {
+        for (var s = 0; s < k; s++)
+        {
+            var first = sums[s];
+            for (var r = 1; r < d; r++)
+            {
+                var other = sums[r * k + s];
+                if (Math.Abs(other - first) > 1e-9 * Math.Max(1.0, Math.Abs(first)))
+                    throw new JobFailure($"replicas of stage {s} diverged {when}: worker {workers.Members[r * k + s].Id} (replica {r}) checksum {other:R} != {first:R} of worker {workers.Members[s].Id} (replica 0)");
+            }
+        }
+    }
+}

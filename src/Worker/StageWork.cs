@@ -1,0 +1,87 @@
+using System.Diagnostics;
+using Dtrain.Distributed;
+using Dtrain.Distributed.Pipeline;
+using Dtrain.Runtime;
+using Dtrain.Training;
+using static TorchSharp.torch;
+
+namespace Dtrain.Worker;
+
+/// <summary>What one pipeline-stage step did on this worker.</summary>
+public sealed record StageStepReport(double LossSum, long Count, int Rows, double SquaredNorm, double ComputeMs, double IdleMs, double ReduceMs);
+
+/// <summary>
+/// This worker's pipeline stage of a job: the stage, its links to the neighbouring stages, its schedule, and — with
+/// several data-parallel replicas — the ring of the same stage of every replica, over which its gradients are summed.
+/// A step is two calls: <see cref="RunAsync"/> (the schedule, the all-reduce, the squared norm) and, once the
+/// coordinator has added every stage's norm, <see cref="Apply"/>.
+/// </summary>
+public sealed class StageWork(PipelineStage stage, GrpcStageLinks links, PipelineSchedule schedule, IGradientReducer reducer) : IAsyncDisposable
+{
+    private readonly GradientBuffer? gradients = reducer is LocalReducer ? null : new GradientBuffer(stage.Parameters);
+
+    public PipelineStage Stage { get; } = stage;
+    /// <summary>The step whose gradients are accumulated and not yet applied (-1 = none).</summary>
+    public long Pending { get; private set; } = -1;
+
+    public async Task<StageStepReport> RunAsync(long step, BatchRows? rows, bool resetState, bool carryState, long globalCount, TorchThread torch, CancellationToken cancel)
+    {
+        if (Pending >= 0) throw new InvalidOperationException($"step {step} started before step {Pending} was applied");
+        var clock = Stopwatch.StartNew();
+        if (resetState) await torch.RunAsync(Stage.ResetState).ConfigureAwait(false);
+        var micro = schedule.MicroBatches;
+        var batches = new List<Batch>(micro);
+        try
+        {
+            if (rows is null || rows.Rows % micro != 0)
+                throw new InvalidDataException($"stage {Stage.Plan.Stage}: step {step} has {rows?.Rows ?? 0} rows, not a multiple of {micro} micro-batches");
+            var per = rows.Rows / micro;
+            for (var m = 0; m < micro; m++) batches.Add(Batch.From(Slice(rows, m * per, per)));
+            var result = await StageRunner.RunStepAsync(Stage, schedule.PerStage[Stage.Plan.Stage], batches, links.ForStep(step), carryState, cancel,
+                f => torch.RunAsync(f)).ConfigureAwait(false);
+            var computed = clock.Elapsed.TotalMilliseconds;
+            if (gradients is not null)
+            {
+                await torch.RunAsync(gradients.Gather).ConfigureAwait(false);
+                await reducer.SumAsync(gradients.Values, step, cancel).ConfigureAwait(false);
+                await torch.RunAsync(gradients.Scatter).ConfigureAwait(false);
+            }
+            var reduceMs = clock.Elapsed.TotalMilliseconds - computed;
+            var norm = await torch.RunAsync(() => Stage.SquaredGradientNorm(globalCount)).ConfigureAwait(false);
+            Pending = step;
+            return new StageStepReport(result.LossSum, result.Count, rows.Rows, norm, result.ComputeMs, computed - result.ComputeMs, reduceMs);
+        }
+        finally
+        {
+            foreach (var b in batches) b.Dispose();
+        }
+    }
+
+    public void Apply(long step, long globalCount, double lr, double globalNorm)
+    {
+        if (Pending != step) throw new InvalidOperationException(Pending < 0 ? $"apply of step {step}, which has not run" : $"apply of step {step} while step {Pending} is pending");
+        Stage.Apply(globalCount, lr, globalNorm);
+        Pending = -1;
+    }
+
+    /// <summary>Rows [start, start + count) of a language-model step (every row holds Width tokens).</summary>
+    private static BatchRows Slice(BatchRows r, int start, int count)
+    {
+        if (r.Lengths is not null) throw new NotSupportedException("pipeline stages are implemented for language models only so far");
+        var w = r.Width;
+        return new BatchRows(count, w, r.Inputs[(start * w)..((start + count) * w)], r.Targets[(start * w)..((start + count) * w)], null, (long)count * w);
+    }
+
+    public double ParameterChecksum()
+    {
+        using var _ = no_grad();
+        double sum = 0;
+        foreach (var p in Stage.Parameters) sum += p.to_type(ScalarType.Float64).sum().item<double>();
+        return sum;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await links.DisposeAsync().ConfigureAwait(false);
+    }
+}
