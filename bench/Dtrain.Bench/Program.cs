@@ -1,7 +1,7 @@
 using Dtrain.Bench;
 using static TorchSharp.torch;
 
-// Usage: dtrain-bench speed [threads] | cluster | allreduce | quality [moby|spam|recall ...]
+// Usage: dtrain-bench speed [threads] | cluster | allreduce | pipeline | quality [moby|spam|recall ...]
 var mode = args.FirstOrDefault() ?? "speed";
 switch (mode)
 {
@@ -49,6 +49,8 @@ switch (mode)
         Console.WriteLine($"{which} threads={threads}: {seconds * 1e3:F1} ms/step ({32 / seconds:F1} samples/s) seconds_per_step={seconds.ToString("R", System.Globalization.CultureInfo.InvariantCulture)}");
         return 0;
     }
+    case "pipeline":
+        return PipelineBench.Run();
     case "cluster":
     {
         var root = AppContext.BaseDirectory;

@@ -1,0 +1,100 @@
+using System.Globalization;
+using System.Text;
+using Dtrain.Cli;
+using Dtrain.Protos.Jobs;
+using Dtrain.Specs;
+
+namespace Dtrain.Bench;
+
+/// <summary>
+/// Pipeline parallelism on worker processes (loopback, 1 torch thread per stage): throughput, the measured bubble
+/// against the bound (K−1)/(M+K−1), each stage's compute time, and each stage worker's peak resident memory against
+/// the whole model on one worker (K = 1, the same machinery).
+/// </summary>
+public static class PipelineBench
+{
+    const int Layers = 8, Hidden = 256, Embed = 64, Batch = 32, Seq = 32, Warmup = 3, Timed = 8;
+
+    public static int Run()
+    {
+        var tmp = Directory.CreateTempSubdirectory("dtrain-pipebench-").FullName;
+        try
+        {
+            var data = Path.Combine(tmp, "text.txt");
+            var rng = new Random(1);
+            var sb = new StringBuilder();
+            for (var i = 0; i < 200_000; i++) sb.Append((char)(32 + rng.Next(95)));
+            File.WriteAllText(data, sb.ToString());
+            var rows = new List<string>();
+            double? baseline = null;
+            foreach (var (k, m) in new[] { (1, 1), (2, 1), (2, 4), (2, 8), (4, 1), (4, 4), (4, 8) })
+            {
+                var r = Measure(tmp, data, k, m);
+                baseline ??= r.SamplesPerSecond;
+                var bound = (k - 1.0) / (m + k - 1);
+                rows.Add($"| {k} | {m} | {r.SamplesPerSecond:F2} | {r.SamplesPerSecond / baseline:F2} | {r.Bubble:P0} | {bound:P0} | {string.Join(" / ", r.StageMs.Select(v => v.ToString("F0", CultureInfo.InvariantCulture)))} | {string.Join(" / ", r.PeakMb.Select(v => v.ToString("F0", CultureInfo.InvariantCulture)))} |");
+                Console.WriteLine(rows[^1]);
+            }
+            Console.WriteLine();
+            Console.WriteLine($"LSTM LM, {Layers} layers x hidden {Hidden}, embedding {Embed}, batch {Batch} x {Seq}, Adam; 1 torch thread per stage, worker processes on loopback, {Environment.ProcessorCount} cores");
+            Console.WriteLine("| K | M | samples/s | vs K=1 | bubble (measured) | bubble bound (K-1)/(M+K-1) | stage compute ms | peak RSS per stage MB |");
+            Console.WriteLine("|---|---|---|---|---|---|---|---|");
+            foreach (var r in rows) Console.WriteLine(r);
+            return 0;
+        }
+        finally
+        {
+            try { Directory.Delete(tmp, recursive: true); } catch (IOException) { }
+        }
+    }
+
+    sealed record Result(double SamplesPerSecond, double Bubble, double[] StageMs, double[] PeakMb);
+
+    static Result Measure(string tmp, string data, int k, int m)
+    {
+        var spec = new JobSpec
+        {
+            Name = $"pipe-k{k}-m{m}",
+            Data = new DataSpec { Format = DataFormats.Text, Train = data, ValidationFraction = 0.01 },
+            Model = new ModelSpec { Cell = CellKinds.Lstm, Layers = Layers, EmbeddingDim = Embed, HiddenSize = Hidden },
+            Training = new TrainingSpec { BatchSize = Batch, SeqLen = Seq, LmSampling = LmSamplingKinds.Random, MaxSteps = Warmup + Timed, EvalInterval = 0, CheckpointInterval = 0, Threads = 1 },
+            Parallelism = new ParallelismSpec { Pipeline = new PipelineSpec { Stages = k, Microbatches = m, Schedule = "1f1b" } },
+        };
+        var specPath = Path.Combine(tmp, spec.Name + ".json");
+        File.WriteAllText(specPath, JobSpecSerializer.Serialize(spec));
+        using var cluster = LocalCluster.Start(k, 0, 1, Path.Combine(tmp, spec.Name), TimeSpan.FromMinutes(2));
+        using var channel = Remote.Channel(cluster.Address);
+        var client = new Jobs.JobsClient(channel);
+        var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(specPath), k)).JobId;
+        using var call = client.Watch(new WatchJobRequest { JobId = id });
+        double start = double.NaN, end = double.NaN;
+        var bubbles = new List<double>();
+        var stageMs = new double[k];
+        JobInfo? last = null;
+        while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
+        {
+            var e = call.ResponseStream.Current;
+            if (e.KindCase == JobEvent.KindOneofCase.Step)
+            {
+                if (e.Step.Step == Warmup) start = e.Step.ElapsedSeconds;
+                if (e.Step.Step == Warmup + Timed) end = e.Step.ElapsedSeconds;
+                if (e.Step.Step > Warmup)
+                {
+                    bubbles.Add(e.Step.Bubble);
+                    for (var s = 0; s < k && s < e.Step.StageComputeMs.Count; s++) stageMs[s] += e.Step.StageComputeMs[s] / Timed;
+                }
+            }
+            if (e.KindCase == JobEvent.KindOneofCase.State) last = e.State;
+        }
+        if (last?.State != JobState.Succeeded) throw new InvalidOperationException($"pipeline benchmark job {last?.State}: {last?.Message}");
+        var peak = Enumerable.Range(0, k).Select(i => PeakResidentMb(cluster.WorkerProcessId(i))).ToArray();
+        return new Result(Timed * Batch / (end - start), bubbles.Average(), stageMs, peak);
+    }
+
+    /// <summary>VmHWM of a process: its peak resident set, in MB.</summary>
+    static double PeakResidentMb(int pid)
+    {
+        var line = File.ReadLines($"/proc/{pid}/status").First(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
+        return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024.0;
+    }
+}
