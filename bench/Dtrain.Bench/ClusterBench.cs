@@ -123,21 +123,27 @@ public static class ClusterBench
         using var channel = Remote.Channel(cluster.Address);
         var client = new Jobs.JobsClient(channel);
         var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(specPath), workers)).JobId;
-        using var call = client.Watch(new WatchJobRequest { JobId = id });
         double start = double.NaN, end = double.NaN;
+        FollowToSuccess(client, id, logs, s =>
+        {
+            if (s.Step == Warmup) start = s.ElapsedSeconds;
+            if (s.Step == Warmup + Timed) end = s.ElapsedSeconds;
+        });
+        return Timed * Batch / (end - start);
+    }
+
+    /// <summary>Watches a job to its end, handing every step event to <paramref name="onStep"/>; throws unless it succeeded.</summary>
+    internal static void FollowToSuccess(Jobs.JobsClient client, string id, string logs, Action<StepEvent> onStep)
+    {
+        using var call = client.Watch(new WatchJobRequest { JobId = id });
         JobInfo? last = null;
         while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
         {
             var e = call.ResponseStream.Current;
-            if (e.KindCase == JobEvent.KindOneofCase.Step)
-            {
-                if (e.Step.Step == Warmup) start = e.Step.ElapsedSeconds;
-                if (e.Step.Step == Warmup + Timed) end = e.Step.ElapsedSeconds;
-            }
+            if (e.KindCase == JobEvent.KindOneofCase.Step) onStep(e.Step);
             if (e.KindCase == JobEvent.KindOneofCase.State) last = e.State;
         }
         if (last?.State != JobState.Succeeded) throw new InvalidOperationException($"benchmark job {last?.State}: {last?.Message}; logs in {logs}");
-        return Timed * Batch / (end - start);
     }
 
     static (double SamplesPerSecond, string Note) PyTorch(string script, string args)

@@ -66,27 +66,17 @@ public static class PipelineBench
         using var channel = Remote.Channel(cluster.Address);
         var client = new Jobs.JobsClient(channel);
         var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(specPath), k)).JobId;
-        using var call = client.Watch(new WatchJobRequest { JobId = id });
         double start = double.NaN, end = double.NaN;
         var bubbles = new List<double>();
         var stageMs = new double[k];
-        JobInfo? last = null;
-        while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
+        ClusterBench.FollowToSuccess(client, id, cluster.LogDir, s =>
         {
-            var e = call.ResponseStream.Current;
-            if (e.KindCase == JobEvent.KindOneofCase.Step)
-            {
-                if (e.Step.Step == Warmup) start = e.Step.ElapsedSeconds;
-                if (e.Step.Step == Warmup + Timed) end = e.Step.ElapsedSeconds;
-                if (e.Step.Step > Warmup)
-                {
-                    bubbles.Add(e.Step.Bubble);
-                    for (var s = 0; s < k && s < e.Step.StageComputeMs.Count; s++) stageMs[s] += e.Step.StageComputeMs[s] / Timed;
-                }
-            }
-            if (e.KindCase == JobEvent.KindOneofCase.State) last = e.State;
-        }
-        if (last?.State != JobState.Succeeded) throw new InvalidOperationException($"pipeline benchmark job {last?.State}: {last?.Message}");
+            if (s.Step == Warmup) start = s.ElapsedSeconds;
+            if (s.Step == Warmup + Timed) end = s.ElapsedSeconds;
+            if (s.Step <= Warmup) return;
+            bubbles.Add(s.Bubble);
+            for (var i = 0; i < k && i < s.StageComputeMs.Count; i++) stageMs[i] += s.StageComputeMs[i] / Timed;
+        });
         var peak = Enumerable.Range(0, k).Select(i => PeakResidentMb(cluster.WorkerProcessId(i))).ToArray();
         return new Result(Timed * Batch / (end - start), bubbles.Average(), stageMs, peak);
     }
