@@ -128,6 +128,29 @@ public class PipelineEquivalenceTests
         Assert.True(maxDiff / maxAbs <= 1e-5, $"{cell}, {stages} stages × {micro} micro-batches: max |dp| / max |p| = {maxDiff / maxAbs:E2}");
     }
 
+    [Theory]
+    [InlineData(CellKinds.Lstm)]
+    [InlineData(CellKinds.Gru)]
+    [InlineData(CellKinds.Rnn)]
+    public void Stages_start_from_exactly_the_seeded_whole_models_weights_built_a_layer_at_a_time(string cell)
+    {
+        var spec = Spec(cell);
+        using var whole = Dtrain.Models.ModelFactory.Create(spec, Vocab, 0, CPU);
+        var expected = whole.named_parameters().ToDictionary(p => p.name, p => p.parameter.data<float>().ToArray());
+        var plan = PipelinePartitioner.FromRanges(ModelLayout.Of(spec.Model, Vocab, Vocab), [(0, 1), (1, 2)]);
+        var seen = new HashSet<string>();
+        foreach (var p in plan)
+        {
+            using var stage = new PipelineStage(spec, Vocab, p, CPU);
+            foreach (var (name, parameter) in stage.NamedParameters())
+            {
+                Assert.True(seen.Add(name), $"{name} in two stages");
+                Assert.Equal(expected[name], parameter.data<float>().ToArray());
+            }
+        }
+        Assert.Equal(expected.Keys.Order(), seen.Order());
+    }
+
     [Fact]
     public void Stage_parameter_names_map_to_the_whole_models()
     {

@@ -43,19 +43,38 @@ public sealed partial class PipelineStage : IDisposable
         Plan = plan;
         var m = spec.Model;
         if (plan.EndLayer > m.Layers) throw new ArgumentException($"stage {plan.Stage} ends at layer {plan.EndLayer} of a {m.Layers}-layer model");
-        // Its own initial weights are overwritten below, but drawing them must not disturb a seeded build elsewhere.
-        module = ModelFactory.Locked(() => new StageModule(m, vocabSize, plan));
-        using (var whole = ModelFactory.Create(spec, vocabSize, 0, CPU))
+        module = ModelFactory.Locked(() =>
         {
-            var source = whole.named_parameters().ToDictionary(p => p.name, p => p.parameter);
-            using var _ = no_grad();
-            foreach (var (name, p) in module.named_parameters())
+            // The stage's own initial draws are overwritten; then the whole model's initialisation is replayed piece by
+            // piece from the seed, in the order RecurrentLanguageModel draws it (embedding, each layer, head) — one
+            // layer at a time, so a stage never holds more than its share plus one layer.
+            var built = new StageModule(m, vocabSize, plan);
+            var target = built.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+            void Take(nn.Module piece, Func<string, string> stageName)
             {
-                var global = GlobalName(name, plan.FirstLayer);
-                if (!source.TryGetValue(global, out var from)) throw new InvalidOperationException($"stage parameter {name} has no counterpart {global} in the whole model");
-                p.copy_(from);
+                using var _ = no_grad();
+                foreach (var (name, p) in piece.named_parameters())
+                {
+                    var local = stageName(name);
+                    if (!target.Remove(local, out var into)) throw new InvalidOperationException($"whole-model parameter {name} has no stage counterpart {local}");
+                    into.copy_(p);
+                }
             }
-        }
+            random.manual_seed(spec.Training.Seed);
+            using (var embedding = nn.Embedding(vocabSize, m.EmbeddingDim))
+                if (plan.HasEmbedding) Take(embedding, n => $"embedding.{n}");
+            var dirs = m.Bidirectional ? 2 : 1;
+            for (var layer = 0; layer < m.Layers; layer++)
+            {
+                using var one = new RecurrentStack(m.Cell, layer == 0 ? m.EmbeddingDim : m.HiddenSize * dirs, m.HiddenSize, 1, m.Dropout, m.Bidirectional, m.GateBias);
+                var index = layer - plan.FirstLayer;
+                if (index >= 0 && index < plan.LayerCount) Take(one, n => "rnn." + LayerSuffix().Replace(n, _ => $"_l{index}"));
+            }
+            using (var head = nn.Linear(m.HiddenSize * dirs, vocabSize))
+                if (plan.HasHead) Take(head, n => $"head.{n}");
+            if (target.Count > 0) throw new InvalidOperationException($"stage parameters without a whole-model counterpart: {string.Join(", ", target.Keys)}");
+            return built;
+        });
         module.to(device);
         parameters = [.. module.parameters()];
         Optimizer = OptimizerFactory.Create(spec.Optimizer, parameters);
