@@ -30,13 +30,15 @@ public sealed class StageWork(PipelineStage stage, GrpcStageLinks links, Pipelin
         var clock = Stopwatch.StartNew();
         if (resetState) await torch.RunAsync(Stage.ResetState).ConfigureAwait(false);
         var micro = schedule.MicroBatches;
-        var batches = new List<Batch>(micro);
+        var batches = new List<Batch?>(micro);
         try
         {
-            if (rows is null || rows.Rows % micro != 0)
-                throw new InvalidDataException($"stage {Stage.Plan.Stage}: step {step} has {rows?.Rows ?? 0} rows, not a multiple of {micro} micro-batches");
-            var per = rows.Rows / micro;
-            for (var m = 0; m < micro; m++) batches.Add(Batch.From(Slice(rows, m * per, per)));
+            // Micro-batches of nearly equal rows; a short batch (or a replica without rows) leaves some empty.
+            for (var m = 0; m < micro; m++)
+            {
+                var (start, count) = rows is null ? (0, 0) : BatchSourceExtensions.RowRange(rows.Rows, m, micro);
+                batches.Add(count == 0 ? null : Batch.From(Slice(rows!, start, count)));
+            }
             var result = await StageRunner.RunStepAsync(Stage, schedule.PerStage[Stage.Plan.Stage], batches, links.ForStep(step), carryState, cancel,
                 f => torch.RunAsync(f)).ConfigureAwait(false);
             var computed = clock.Elapsed.TotalMilliseconds;
@@ -49,11 +51,11 @@ public sealed class StageWork(PipelineStage stage, GrpcStageLinks links, Pipelin
             var reduceMs = clock.Elapsed.TotalMilliseconds - computed;
             var norm = await torch.RunAsync(() => Stage.SquaredGradientNorm(globalCount)).ConfigureAwait(false);
             Pending = step;
-            return new StageStepReport(result.LossSum, result.Count, rows.Rows, norm, result.ComputeMs, computed - result.ComputeMs, reduceMs);
+            return new StageStepReport(result.LossSum, result.Count, rows?.Rows ?? 0, norm, result.ComputeMs, computed - result.ComputeMs, reduceMs);
         }
         finally
         {
-            foreach (var b in batches) b.Dispose();
+            foreach (var b in batches) b?.Dispose();
         }
     }
 
@@ -64,12 +66,14 @@ public sealed class StageWork(PipelineStage stage, GrpcStageLinks links, Pipelin
         Pending = -1;
     }
 
-    /// <summary>Rows [start, start + count) of a language-model step (every row holds Width tokens).</summary>
+    /// <summary>Rows [start, start + count) of a step: a language model's rows hold Width targets each, a classifier's one label.</summary>
     private static BatchRows Slice(BatchRows r, int start, int count)
     {
-        if (r.Lengths is not null) throw new NotSupportedException("pipeline stages are implemented for language models only so far");
         var w = r.Width;
-        return new BatchRows(count, w, r.Inputs[(start * w)..((start + count) * w)], r.Targets[(start * w)..((start + count) * w)], null, (long)count * w);
+        var inputs = r.Inputs[(start * w)..((start + count) * w)];
+        return r.Lengths is null
+            ? new BatchRows(count, w, inputs, r.Targets[(start * w)..((start + count) * w)], null, (long)count * w)
+            : new BatchRows(count, w, inputs, r.Targets[start..(start + count)], r.Lengths[start..(start + count)], count);
     }
 
     public double ParameterChecksum()

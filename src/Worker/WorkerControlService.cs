@@ -68,7 +68,6 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
     {
         string? Bad()
         {
-            if (spec.Task != TaskKinds.LanguageModel) return "pipeline stages are implemented for language models only so far";
             if (p.Stages < 1 || p.Stage < 0 || p.Stage >= p.Stages) return $"stage {p.Stage} outside [0, {p.Stages})";
             if (p.LayerCount < 1 || p.FirstLayer < 0 || p.FirstLayer + p.LayerCount > spec.Model.Layers) return $"layers [{p.FirstLayer}, {p.FirstLayer + p.LayerCount}) outside the model's {spec.Model.Layers}";
             if (p.Microbatches < 1 || p.Microbatches > JobSpecValidator.MaxBatch) return $"microbatches {p.Microbatches} out of range";
@@ -85,7 +84,7 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
             throw new RpcException(new Status(StatusCode.InvalidArgument, $"job {request.JobId}: {why}"));
         }
         var plan = new StagePlan(p.Stage, p.FirstLayer, p.LayerCount, 0, HasEmbedding: p.Stage == 0, HasHead: p.Stage == p.Stages - 1);
-        var stage = await torch.RunAsync(() => new PipelineStage(spec, tokenizer.VocabSize, plan, device)).ConfigureAwait(false);
+        var stage = await torch.RunAsync(() => new PipelineStage(spec, tokenizer.VocabSize, spec.Task == TaskKinds.LanguageModel ? tokenizer.VocabSize : labels.Count, plan, device)).ConfigureAwait(false);
         var links = new GrpcStageLinks(request.JobId, request.Generation, p.Replica, p.Stage, p.Stage > 0 ? p.PreviousAddress : null, p.Stage < p.Stages - 1 ? p.NextAddress : null, mailboxes);
         var work = new StageWork(stage, links, PipelineSchedule.Create(p.Schedule, p.Stages, p.Microbatches), ring.Reducer);
         state.Current = new ReplicaJob(request, spec, tokenizer, labels, null, work, ring, torch);

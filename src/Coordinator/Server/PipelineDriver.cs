@@ -12,7 +12,7 @@ using static TorchSharp.torch;
 namespace Dtrain.Server;
 
 /// <summary>
-/// Drives a pipelined language-model job: D data-parallel replicas × K stages on D × K workers (slot = replica × K +
+/// Drives a pipelined job (language model or classifier): D data-parallel replicas × K stages on D × K workers (slot = replica × K +
 /// stage, in the order the workers were reserved). Each worker gets its stage's layers, its neighbours' addresses and
 /// the ring of the same stage of every replica; each replica's stages get that replica's rows. A step is two rounds:
 /// RunStep (every stage follows the schedule, all-reduces with its replicas and reports its squared gradient norm),
@@ -30,10 +30,11 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         var n = workers.Members.Count;
         var (data, source, total, lrSchedule) = (prepared.Data, prepared.Source, prepared.TotalSteps, prepared.Schedule);
         var vocab = data.Tokenizer.VocabSize;
+        var outputs = spec.Task == Specs.TaskKinds.LanguageModel ? vocab : data.Labels.Count;
         PipelinePlan layout;
         try
         {
-            layout = PipelinePlan.Create(spec, n, vocab, vocab);
+            layout = PipelinePlan.Create(spec, n, vocab, outputs);
         }
         catch (ArgumentException e)
         {
@@ -161,8 +162,18 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         Metrics? metrics = null;
         if (evaluate)
         {
-            var m = Evaluator.LanguageModel(engine, data.ValidationTokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.EvalBatches);
-            metrics = new Metrics { Loss = m.Loss, Count = m.Count, Perplexity = Math.Exp(m.Loss), BitsPerToken = m.Loss / Math.Log(2) };
+            if (spec.Task == Specs.TaskKinds.LanguageModel)
+            {
+                var m = Evaluator.LanguageModel(engine, data.ValidationTokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.EvalBatches);
+                metrics = new Metrics { Loss = m.Loss, Count = m.Count, Perplexity = Math.Exp(m.Loss), BitsPerToken = m.Loss / Math.Log(2) };
+            }
+            else
+            {
+                var m = Evaluator.Classification(engine, data.ValidationSequences, data.ValidationLabels, data.Labels.Count, spec.Training.BatchSize, spec.Training.EvalBatches);
+                metrics = new Metrics { Loss = m.Loss, Count = m.Count };
+                if (m.Accuracy is { } a) metrics.Accuracy = a;
+                if (m.MacroF1 is { } f) metrics.MacroF1 = f;
+            }
         }
         var state = checkpoint ? TrainingCheckpoint.Capture(spec with { Parallelism = null }, data.Tokenizer, data.Labels, training, engine) : null;
         return (metrics, state);

@@ -53,6 +53,18 @@ public sealed class RecurrentStack : nn.Module
         return (o, new RecurrentState(hn, null));
     }
 
+    /// <summary>Runs a packed batch of variable-length sequences: the packed outputs of the last layer and the final hidden state (layers*dirs, B, H).</summary>
+    public (nn.utils.rnn.PackedSequence Output, Tensor Hidden) RunPacked(nn.utils.rnn.PackedSequence packed)
+    {
+        if (lstm is not null)
+        {
+            var (o, h, c) = lstm.call(packed);
+            c.Dispose();
+            return (o, h);
+        }
+        return gru is not null ? gru.call(packed) : rnn!.call(packed);
+    }
+
     /// <summary>Runs a packed batch of variable-length sequences and returns the final hidden state (layers*dirs, B, H).</summary>
     public Tensor FinalHidden(nn.utils.rnn.PackedSequence packed)
     {

@@ -132,8 +132,7 @@ public static partial class JobSpecValidator
     }
 
     /// <summary>
-    /// Refuses what this version cannot run: pipeline stages run on a cluster only (<paramref name="onCluster"/>), and
-    /// for language models only so far.
+    /// Refuses what this version cannot run: pipeline stages run on a cluster only (<paramref name="onCluster"/>).
     /// </summary>
     public static void ThrowIfNotRunnable(JobSpec spec, string source, bool onCluster)
     {
@@ -141,8 +140,6 @@ public static partial class JobSpecValidator
         if (!onCluster)
             throw new SpecException(source, [new SpecError("$.parallelism.pipeline",
                 "pipeline stages run on a cluster (`dtrain submit` or `dtrain cluster run`); remove parallelism to train the whole model in this process")]);
-        if (spec.Task != TaskKinds.LanguageModel)
-            throw new SpecException(source, [new SpecError("$.parallelism.pipeline", "pipeline stages are implemented for language models only so far; remove parallelism to train this classifier with data parallelism")]);
     }
 
     static void OneOf(List<SpecError> e, string path, string value, IReadOnlyCollection<string> allowed)

@@ -25,19 +25,32 @@ public class PipelineJobTests
         };
     }
 
-    public static TheoryData<int, int, int, string> Layouts => new()
+    static JobSpec Classifier(TempDir tmp)
     {
-        { 2, 1, 2, "1f1b" },
-        { 4, 1, 4, "gpipe" },
-        { 2, 2, 2, "1f1b" },
+        tmp.Write("d.jsonl", TestJobs.ClassificationJsonl(110));
+        var spec = TestJobs.Classifier("d.jsonl", steps: 10);
+        return spec with
+        {
+            Model = spec.Model with { Layers = 2, EmbeddingDim = 8, HiddenSize = 12, Bidirectional = true },
+            Optimizer = new OptimizerSpec { Kind = OptimizerKinds.Sgd, Lr = 0.5, Momentum = 0.9 },
+            Training = spec.Training with { BatchSize = 8, ClipNorm = 0.05, EvalInterval = 5, CheckpointInterval = 0 },
+        };
+    }
+
+    public static TheoryData<string, int, int, int, string> Layouts => new()
+    {
+        { TaskKinds.LanguageModel, 2, 1, 2, "1f1b" },
+        { TaskKinds.LanguageModel, 4, 1, 4, "gpipe" },
+        { TaskKinds.LanguageModel, 2, 2, 2, "1f1b" },
+        { TaskKinds.Classification, 2, 2, 2, "gpipe" },
     };
 
     [Theory]
     [MemberData(nameof(Layouts))]
-    public async Task Pipelined_job_trains_the_model_one_process_trains(int stages, int replicas, int micro, string schedule)
+    public async Task Pipelined_job_trains_the_model_one_process_trains(string task, int stages, int replicas, int micro, string schedule)
     {
         using var tmp = new TempDir();
-        var spec = Spec(tmp);
+        var spec = task == TaskKinds.LanguageModel ? Spec(tmp) : Classifier(tmp);
         var single = Trainer.Run(spec, tmp.Path, new TrainOptions { OutputDir = Path.Combine(tmp.Path, "single") }, new NullObserver(), CancellationToken.None);
         using var reference = TrainedModel.Load(single.Checkpoint!);
 
@@ -54,6 +67,7 @@ public class PipelineJobTests
         Assert.True(relative <= 1e-5, $"{replicas} x {stages} stages, {micro} micro-batches, {schedule}: max |dp| / max |p| = {relative:E2}");
         // The coordinator evaluated the gathered model as one process evaluates its own.
         Assert.Equal(single.Final!.Loss, info.LastEval.Loss, 4);
+        if (task == TaskKinds.Classification) Assert.Equal(single.Final.Accuracy!.Value, info.LastEval.Accuracy, 4);
     }
 
     sealed class NullObserver : ITrainingObserver;

@@ -13,7 +13,7 @@ namespace Dtrain.Tests.Distributed;
 /// </summary>
 public class PipelineEquivalenceTests
 {
-    const int Vocab = 23, Steps = 6;
+    const int Vocab = 23, Steps = 6, Classes = 3;
 
     internal static JobSpec Spec(string cell) => new()
     {
@@ -26,24 +26,40 @@ public class PipelineEquivalenceTests
         Training = new TrainingSpec { BatchSize = 8, SeqLen = 8, ClipNorm = 0.05, Seed = 11, LmSampling = LmSamplingKinds.Stream, Threads = 1 },
     };
 
-    static LanguageModelBatches Source(JobSpec spec)
+    /// <summary>A bidirectional classifier of variable-length sequences (lengths 2..13); 45 examples, batch 8: a short last batch.</summary>
+    internal static JobSpec ClassifierSpec(string cell) => Spec(cell) with
     {
+        Task = TaskKinds.Classification,
+        Model = new ModelSpec { Cell = cell, Layers = 3, EmbeddingDim = 8, HiddenSize = 16, Dropout = 0, Bidirectional = true },
+    };
+
+    static IBatchSource Source(JobSpec spec)
+    {
+        if (spec.Task == TaskKinds.Classification)
+        {
+            var random = new Random(2);
+            var sequences = Enumerable.Range(0, 45).Select(_ => Enumerable.Range(0, random.Next(2, 14)).Select(_ => random.Next(2, Vocab)).ToArray()).ToList();
+            var labels = sequences.Select(x => x.Sum() % Classes).ToList();
+            return new ClassificationBatches(sequences, labels, spec.Training.BatchSize, spec.Training.Seed);
+        }
         var tokens = Enumerable.Range(0, 3000).Select(i => 2 + (i * 7 + i / 5) % (Vocab - 2)).ToArray();
         return new LanguageModelBatches(tokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.LmSampling, spec.Training.Seed);
     }
+
+    static bool IsLm(JobSpec spec) => spec.Task == TaskKinds.LanguageModel;
 
     static StepPosition At(IBatchSource source, int step) => new(step / source.StepsPerEpoch, step % source.StepsPerEpoch);
 
     static Dictionary<string, float[]> SingleProcess(JobSpec spec)
     {
         var source = Source(spec);
-        using var engine = new TrainingEngine(spec, Vocab, 0, CPU);
+        using var engine = new TrainingEngine(spec, Vocab, IsLm(spec) ? 0 : Classes, CPU);
         for (var step = 0; step < Steps; step++)
         {
             var position = At(source, step);
             if (position.StepInEpoch == 0) engine.ResetState();
             using var batch = source.Get(position, 0, source.RowsAt(position))!;
-            engine.ComputeGradients(batch, carryState: true);
+            engine.ComputeGradients(batch, carryState: IsLm(spec));
             engine.ApplyGradients(batch.Count, spec.Optimizer.Lr);
         }
         return engine.Model.named_parameters().ToDictionary(p => p.name, p => p.parameter.data<float>().ToArray());
@@ -60,9 +76,10 @@ public class PipelineEquivalenceTests
     internal static async Task<Dictionary<string, float[]>> Pipelined(JobSpec spec, int stages, int micro, string kind, Func<long, IReadOnlyList<IStageLinks>> linksForStep)
     {
         var source = Source(spec);
-        var plan = PipelinePartitioner.Balanced(ModelLayout.Of(spec.Model, Vocab, Vocab), stages);
+        var outputs = IsLm(spec) ? Vocab : Classes;
+        var plan = PipelinePartitioner.Balanced(ModelLayout.Of(spec.Model, Vocab, outputs), stages);
         var schedule = PipelineSchedule.Create(kind, stages, micro);
-        var parts = plan.Select(p => new PipelineStage(spec, Vocab, p, CPU)).ToList();
+        var parts = plan.Select(p => new PipelineStage(spec, Vocab, outputs, p, CPU)).ToList();
         try
         {
             for (var step = 0; step < Steps; step++)
@@ -73,17 +90,17 @@ public class PipelineEquivalenceTests
                 var batches = Enumerable.Range(0, micro).Select(m =>
                 {
                     var (start, count) = BatchSourceExtensions.RowRange(rows, m, micro);
-                    return source.Get(position, start, count)!;
+                    return count == 0 ? null : source.Get(position, start, count);
                 }).ToList();
                 var links = linksForStep(step);
                 var results = await Task.WhenAll(parts.Select(p => Task.Run(() =>
-                    StageRunner.RunStepAsync(p, schedule.PerStage[p.Plan.Stage], batches, links[p.Plan.Stage], carryState: true, CancellationToken.None))));
-                var globalCount = batches.Sum(b => b.Count);
+                    StageRunner.RunStepAsync(p, schedule.PerStage[p.Plan.Stage], batches, links[p.Plan.Stage], carryState: IsLm(spec), CancellationToken.None))));
+                var globalCount = batches.Sum(b => b?.Count ?? 0);
                 Assert.Equal(globalCount, results[^1].Count);
                 var norm = Math.Sqrt(parts.Sum(p => p.SquaredGradientNorm(globalCount)));
                 foreach (var p in parts) p.Apply(globalCount, spec.Optimizer.Lr, norm);
                 Assert.All(parts, p => Assert.Equal(0, p.InFlightCount));
-                batches.ForEach(b => b.Dispose());
+                batches.ForEach(b => b?.Dispose());
             }
             return parts.SelectMany(p => p.NamedParameters()).ToDictionary(p => p.Name, p => p.Parameter.data<float>().ToArray());
         }
@@ -93,21 +110,22 @@ public class PipelineEquivalenceTests
         }
     }
 
-    public static TheoryData<string, int, int> Cases()
+    public static TheoryData<string, string, int, int> Cases()
     {
-        var data = new TheoryData<string, int, int>();
-        foreach (var cell in new[] { CellKinds.Lstm, CellKinds.Gru })
-            foreach (var k in new[] { 2, 3 })
-                foreach (var m in new[] { 1, 4 })
-                    data.Add(cell, k, m);
+        var data = new TheoryData<string, string, int, int>();
+        foreach (var task in new[] { TaskKinds.LanguageModel, TaskKinds.Classification })
+            foreach (var cell in new[] { CellKinds.Lstm, CellKinds.Gru })
+                foreach (var k in new[] { 2, 3 })
+                    foreach (var m in new[] { 1, 4 })
+                        data.Add(task, cell, k, m);
         return data;
     }
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public async Task Stages_train_the_model_one_process_trains(string cell, int stages, int micro)
+    public async Task Stages_train_the_model_one_process_trains(string task, string cell, int stages, int micro)
     {
-        var spec = Spec(cell);
+        var spec = task == TaskKinds.LanguageModel ? Spec(cell) : ClassifierSpec(cell);
         var reference = SingleProcess(spec);
         var gpipe = await Pipelined(spec, stages, micro, PipelineSchedule.GPipeKind);
         var ofob = await Pipelined(spec, stages, micro, PipelineSchedule.OneFOneBKind);
@@ -125,7 +143,7 @@ public class PipelineEquivalenceTests
             // Same accumulation order in both schedules: identical numbers, not merely close ones.
             Assert.Equal(got, ofob[name]);
         }
-        Assert.True(maxDiff / maxAbs <= 1e-5, $"{cell}, {stages} stages × {micro} micro-batches: max |dp| / max |p| = {maxDiff / maxAbs:E2}");
+        Assert.True(maxDiff / maxAbs <= 1e-5, $"{task} {cell}, {stages} stages × {micro} micro-batches: max |dp| / max |p| = {maxDiff / maxAbs:E2}");
     }
 
     [Theory]
@@ -141,7 +159,7 @@ public class PipelineEquivalenceTests
         var seen = new HashSet<string>();
         foreach (var p in plan)
         {
-            using var stage = new PipelineStage(spec, Vocab, p, CPU);
+            using var stage = new PipelineStage(spec, Vocab, Vocab, p, CPU);
             foreach (var (name, parameter) in stage.NamedParameters())
             {
                 Assert.True(seen.Add(name), $"{name} in two stages");

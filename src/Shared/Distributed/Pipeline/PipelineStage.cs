@@ -9,8 +9,10 @@ using static TorchSharp.torch;
 namespace Dtrain.Distributed.Pipeline;
 
 /// <summary>
-/// One pipeline stage of a language model: the embedding (first stage), recurrent layers [first, end) as one fused
-/// module, and the dropout, head and loss (last stage), with its own optimizer over its own parameters. The stage
+/// One pipeline stage of a language model or classifier: the embedding (first stage), recurrent layers [first, end)
+/// as one fused module, and the dropout, head and loss (last stage), with its own optimizer over its own parameters.
+/// A classifier's stages pass padded per-position outputs on and pack them again with the sequence lengths, so padding
+/// never enters the recurrence; the last stage classifies from its last layer's final hidden state. The stage
 /// API works on activations: <see cref="Forward"/> of micro-batch m takes token ids (first stage) or the previous
 /// stage's activation and returns the activation for the next stage (or the summed loss, last stage);
 /// <see cref="Backward"/> of m takes the next stage's activation gradient and returns the gradient for the previous
@@ -35,10 +37,13 @@ public sealed partial class PipelineStage : IDisposable
     public optim.Optimizer Optimizer { get; }
     public IReadOnlyList<Parameter> Parameters => parameters;
 
-    public PipelineStage(JobSpec spec, int vocabSize, StagePlan plan, Device device)
+    private readonly bool languageModel;
+
+    /// <param name="outputs">The head's outputs: the vocabulary size (language model) or the number of classes.</param>
+    public PipelineStage(JobSpec spec, int vocabSize, int outputs, StagePlan plan, Device device)
     {
-        if (spec.Task != TaskKinds.LanguageModel) throw new NotSupportedException("pipeline stages are implemented for language models only so far");
         this.spec = spec;
+        languageModel = spec.Task == TaskKinds.LanguageModel;
         this.device = device;
         Plan = plan;
         var m = spec.Model;
@@ -48,7 +53,7 @@ public sealed partial class PipelineStage : IDisposable
             // The stage's own initial draws are overwritten; then the whole model's initialisation is replayed piece by
             // piece from the seed, in the order RecurrentLanguageModel draws it (embedding, each layer, head) — one
             // layer at a time, so a stage never holds more than its share plus one layer.
-            var built = new StageModule(m, vocabSize, plan);
+            var built = new StageModule(m, vocabSize, outputs, languageModel, plan);
             var target = built.named_parameters().ToDictionary(p => p.name, p => p.parameter);
             void Take(nn.Module piece, Func<string, string> stageName)
             {
@@ -61,7 +66,7 @@ public sealed partial class PipelineStage : IDisposable
                 }
             }
             random.manual_seed(spec.Training.Seed);
-            using (var embedding = nn.Embedding(vocabSize, m.EmbeddingDim))
+            using (var embedding = languageModel ? nn.Embedding(vocabSize, m.EmbeddingDim) : nn.Embedding(vocabSize, m.EmbeddingDim, padding_idx: 0))
                 if (plan.HasEmbedding) Take(embedding, n => $"embedding.{n}");
             var dirs = m.Bidirectional ? 2 : 1;
             for (var layer = 0; layer < m.Layers; layer++)
@@ -70,7 +75,7 @@ public sealed partial class PipelineStage : IDisposable
                 var index = layer - plan.FirstLayer;
                 if (index >= 0 && index < plan.LayerCount) Take(one, n => "rnn." + LayerSuffix().Replace(n, _ => $"_l{index}"));
             }
-            using (var head = nn.Linear(m.HiddenSize * dirs, vocabSize))
+            using (var head = nn.Linear(m.HiddenSize * dirs, outputs))
                 if (plan.HasHead) Take(head, n => $"head.{n}");
             if (target.Count > 0) throw new InvalidOperationException($"stage parameters without a whole-model counterpart: {string.Join(", ", target.Keys)}");
             return built;
@@ -108,12 +113,14 @@ public sealed partial class PipelineStage : IDisposable
     /// <summary>
     /// Forward of micro-batch <paramref name="micro"/>: <paramref name="input"/> is (B,T) token ids on the first stage,
     /// else the previous stage's (B,T,H) activation. Returns the (B,T,H) activation to send on (detached; the stage
-    /// keeps its own graph), or on the last stage the summed loss against <paramref name="targets"/> (B,T).
+    /// keeps its own graph), or on the last stage the summed loss against <paramref name="targets"/> ((B,T) next tokens,
+    /// or (B) labels). A classifier needs the (B) sequence <paramref name="lengths"/> on every stage.
     /// </summary>
-    public Tensor Forward(int micro, Tensor input, Tensor? targets, bool carryState)
+    public Tensor Forward(int micro, Tensor input, Tensor? targets, Tensor? lengths, bool carryState)
     {
         if (inFlight.ContainsKey(micro)) throw new InvalidOperationException($"stage {Plan.Stage}: micro-batch {micro} forwarded twice in one step");
         if (IsLast && targets is null) throw new ArgumentNullException(nameof(targets), "the last stage computes the loss: it needs the targets");
+        if (!languageModel && lengths is null) throw new ArgumentNullException(nameof(lengths), "a classifier's stages need the sequence lengths");
         using var scope = NewDisposeScope();
         Tensor leaf;
         Tensor x;
@@ -128,24 +135,49 @@ public sealed partial class PipelineStage : IDisposable
             // Dropout between layers, as the fused stack applies it before every layer but the first.
             x = spec.Model.Dropout > 0 ? nn.functional.dropout(leaf, spec.Model.Dropout, training: true) : leaf;
         }
-        var (y, next) = module.Rnn.Run(x, carryState && carried.TryGetValue(micro, out var state) ? state : null);
-        if (carryState)
-        {
-            if (carried.Remove(micro, out var old)) old.Dispose();
-            carried[micro] = next.Detach();
-        }
         Tensor output, result;
-        if (IsLast)
+        if (languageModel)
         {
-            using var dropped = module.Dropout.call(y);
-            var logits = module.Head!.call(dropped);
-            output = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[^1]), targets!.to(device).reshape(-1), reduction: nn.Reduction.Sum);
-            result = output.detach();
+            var (y, next) = module.Rnn.Run(x, carryState && carried.TryGetValue(micro, out var state) ? state : null);
+            if (carryState)
+            {
+                if (carried.Remove(micro, out var old)) old.Dispose();
+                carried[micro] = next.Detach();
+            }
+            if (IsLast)
+            {
+                using var dropped = module.Dropout.call(y);
+                var logits = module.Head!.call(dropped);
+                output = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[^1]), targets!.to(device).reshape(-1), reduction: nn.Reduction.Sum);
+                result = output.detach();
+            }
+            else
+            {
+                output = y;
+                result = y.detach();
+            }
         }
         else
         {
-            output = y;
-            result = y.detach();
+            using var packed = nn.utils.rnn.pack_padded_sequence(x, lengths!, batch_first: true, enforce_sorted: false);
+            var (packedOut, hidden) = module.Rnn.RunPacked(packed);
+            if (IsLast)
+            {
+                packedOut.Dispose();
+                var dirs = module.Rnn.Directions;
+                var last = dirs == 1 ? hidden[-1] : cat([hidden[-2], hidden[-1]], dim: 1);
+                var logits = module.Head!.call(module.Dropout.call(last));
+                output = nn.functional.cross_entropy(logits, targets!.to(device), reduction: nn.Reduction.Sum);
+                result = output.detach();
+            }
+            else
+            {
+                // Padded again to the input's width, so every stage sees (B, T, H·dirs) and the gradient the same shape.
+                var (padded, _) = nn.utils.rnn.pad_packed_sequence(packedOut, batch_first: true, total_length: x.shape[1]);
+                packedOut.Dispose();
+                output = padded;
+                result = padded.detach();
+            }
         }
         inFlight[micro] = new InFlight(leaf.MoveToOuterDisposeScope(), output.MoveToOuterDisposeScope());
         return result.MoveToOuterDisposeScope();
@@ -235,7 +267,7 @@ public sealed partial class PipelineStage : IDisposable
         }
     }
 
-    /// <summary>The stage's modules, named as in <see cref="RecurrentLanguageModel"/> so that names map one to one.</summary>
+    /// <summary>The stage's modules, named as in <see cref="RecurrentLanguageModel"/> and <see cref="RecurrentClassifier"/> so that names map one to one.</summary>
     private sealed class StageModule : nn.Module
     {
         private readonly Embedding? embedding;
@@ -248,13 +280,13 @@ public sealed partial class PipelineStage : IDisposable
         public Dropout Dropout => dropout;
         public Linear? Head => head;
 
-        public StageModule(ModelSpec m, int vocabSize, StagePlan plan) : base("pipeline_stage")
+        public StageModule(ModelSpec m, int vocabSize, int outputs, bool languageModel, StagePlan plan) : base("pipeline_stage")
         {
             var dirs = m.Bidirectional ? 2 : 1;
-            if (plan.HasEmbedding) embedding = nn.Embedding(vocabSize, m.EmbeddingDim);
+            if (plan.HasEmbedding) embedding = languageModel ? nn.Embedding(vocabSize, m.EmbeddingDim) : nn.Embedding(vocabSize, m.EmbeddingDim, padding_idx: 0);
             rnn = new RecurrentStack(m.Cell, plan.HasEmbedding ? m.EmbeddingDim : m.HiddenSize * dirs, m.HiddenSize, plan.LayerCount, m.Dropout, m.Bidirectional, m.GateBias);
             dropout = nn.Dropout(m.Dropout);
-            if (plan.HasHead) head = nn.Linear(m.HiddenSize * dirs, vocabSize);
+            if (plan.HasHead) head = nn.Linear(m.HiddenSize * dirs, outputs);
             RegisterComponents();
         }
     }

@@ -27,8 +27,11 @@ public sealed record StageStepResult(double LossSum, long Count, double ComputeM
 /// </summary>
 public static class StageRunner
 {
-    /// <param name="microBatches">The step's micro-batches: token ids for the first stage, targets for the last; others ignore them.</param>
-    public static async Task<StageStepResult> RunStepAsync(PipelineStage stage, IReadOnlyList<PipelineAction> actions, IReadOnlyList<Batch> microBatches,
+    /// <param name="microBatches">
+    /// The step's micro-batches: token ids for the first stage, targets for the last, and a classifier's lengths for all.
+    /// Null = an empty micro-batch (a short batch has fewer rows than micro-batches): every stage skips its actions.
+    /// </param>
+    public static async Task<StageStepResult> RunStepAsync(PipelineStage stage, IReadOnlyList<PipelineAction> actions, IReadOnlyList<Batch?> microBatches,
         IStageLinks links, bool carryState, CancellationToken cancel, Func<Func<object?>, Task<object?>>? onTorch = null)
     {
         onTorch ??= f => Task.FromResult(f());
@@ -43,7 +46,7 @@ public static class StageRunner
             foreach (var a in actions)
             {
                 if (a.Stage != stage.Plan.Stage) throw new ArgumentException($"action {a} of stage {a.Stage} given to stage {stage.Plan.Stage}");
-                var batch = microBatches[a.MicroBatch];
+                if (microBatches[a.MicroBatch] is not { } batch) continue;
                 if (a.Op == PipelineOp.Forward)
                 {
                     Tensor input;
@@ -54,7 +57,7 @@ public static class StageRunner
                         input = await links.ReceiveActivationAsync(a.MicroBatch, cancel).ConfigureAwait(false);
                         waitMs += clock.Elapsed.TotalMilliseconds - waited;
                     }
-                    var output = (Tensor)(await onTorch(() => stage.Forward(a.MicroBatch, input, stage.IsLast ? batch.Targets : null, carryState)).ConfigureAwait(false))!;
+                    var output = (Tensor)(await onTorch(() => stage.Forward(a.MicroBatch, input, stage.IsLast ? batch.Targets : null, batch.Lengths, carryState)).ConfigureAwait(false))!;
                     if (!stage.IsFirst) input.Dispose();
                     if (stage.IsLast)
                     {
