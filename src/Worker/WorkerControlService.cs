@@ -44,6 +44,7 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
         if (spec.Task == TaskKinds.Classification && labels.Count < 2)
             throw new RpcException(new Status(StatusCode.InvalidArgument, $"classification job with {labels.Count} labels"));
 
+        CheckMemoryBudget(request, spec, tokenizer.VocabSize, labels.Count);
         await state.ReleaseAsync("replaced by a new assignment").ConfigureAwait(false);
         // The spec's training.threads, but never more than the CPUs this process may use (a container's quota):
         // more torch threads than CPUs only makes them wait on each other.
@@ -60,6 +61,37 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
         log.LogInformation("assigned job {JobId} generation {Generation}: rank {Rank}/{World}, {Parameters} parameters, {Threads} thread(s); allocator: {Allocator}",
             request.JobId, request.Generation, request.Rank, request.WorldSize, replica.ParameterCount, threads, NativeAllocator.Describe());
         return new AssignReply { Parameters = replica.ParameterCount, ParameterChecksum = await torch.RunAsync(replica.ParameterChecksum).ConfigureAwait(false) };
+    }
+
+    /// <summary>Refuses an assignment whose estimated memory (the whole model, or this stage) exceeds Worker:MemoryBudgetMb.</summary>
+    private void CheckMemoryBudget(AssignRequest request, JobSpec spec, int vocabSize, int classes)
+    {
+        if (options.MemoryBudgetMb <= 0) return;
+        var outputs = spec.Task == TaskKinds.LanguageModel ? vocabSize : classes;
+        var layout = ModelLayout.Of(spec.Model, vocabSize, outputs);
+        StageMemory need;
+        string what;
+        if (request.Pipeline is { } p && p.Stages > 0 && p.FirstLayer >= 0 && p.LayerCount >= 1 && p.FirstLayer + p.LayerCount <= layout.Layers.Count)
+        {
+            var last = p.Stage == p.Stages - 1;
+            var parameters = layout.Layers.Skip(p.FirstLayer).Take(p.LayerCount).Sum() + (p.Stage == 0 ? layout.Embedding : 0) + (last ? layout.Head : 0);
+            var plan = new StagePlan(p.Stage, p.FirstLayer, p.LayerCount, parameters, p.Stage == 0, last);
+            var rows = Math.Max(1, spec.Training.BatchSize / Math.Max(1, p.Replicas) / Math.Max(1, p.Microbatches));
+            need = PipelinePlan.Estimate(spec, plan, rows, Math.Min(p.Stages - p.Stage, Math.Max(1, p.Microbatches)), outputs);
+            what = $"pipeline stage {p.Stage} (layers {p.FirstLayer}-{p.FirstLayer + p.LayerCount - 1})";
+        }
+        else
+        {
+            var whole = new StagePlan(0, 0, layout.Layers.Count, layout.Total, true, true);
+            need = PipelinePlan.Estimate(spec, whole, Math.Max(1, spec.Training.BatchSize / Math.Max(1, request.WorldSize)), 1, outputs);
+            what = "the whole model";
+        }
+        var budget = (long)(options.MemoryBudgetMb * 1e6);
+        if (need.Total > budget)
+            throw new RpcException(new Status(StatusCode.ResourceExhausted,
+                $"job {request.JobId}: {what} needs about {PipelinePlan.Mb(need.Total)} MB (weights {PipelinePlan.Mb(need.Weights)}, gradients {PipelinePlan.Mb(need.Gradients)}, " +
+                $"optimizer {PipelinePlan.Mb(need.OptimizerState)}, activations {PipelinePlan.Mb(need.Activations)}), over this worker's budget of {PipelinePlan.Mb(budget)} MB (Worker:MemoryBudgetMb); " +
+                "split the model into pipeline stages (parallelism.pipeline; `dtrain plan` shows the memory per stage)"));
     }
 
     /// <summary>Checks a pipeline assignment in managed code (nothing unchecked reaches torch), builds the stage and its links.</summary>

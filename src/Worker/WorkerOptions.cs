@@ -20,6 +20,8 @@ public sealed record WorkerOptions
     /// affinity, as a container or pod is given). Default 1: several workers may share a machine.
     /// </summary>
     public string Threads { get; init; } = "1";
+    /// <summary>Memory this worker may use for a job, in MB (0 = no limit): an assignment whose estimated weights, gradients, optimizer state and activations exceed it is refused (split the model into pipeline stages).</summary>
+    public double MemoryBudgetMb { get; init; }
     /// <summary>On shutdown (SIGTERM), how long a training worker waits for its current step before it leaves anyway.</summary>
     public double DrainTimeoutSeconds { get; init; } = 60;
     public string Device { get; init; } = "cpu";
@@ -38,6 +40,7 @@ public sealed record WorkerOptions
         if (MaxMessageBytes < 1024 * 1024) e.Add($"Worker:MaxMessageBytes {MaxMessageBytes} must be at least 1 MiB");
         if (!(CollectiveTimeoutSeconds > 0)) e.Add($"Worker:CollectiveTimeoutSeconds {CollectiveTimeoutSeconds} must be positive");
         if (!(DrainTimeoutSeconds >= 0)) e.Add($"Worker:DrainTimeoutSeconds {DrainTimeoutSeconds} must be >= 0");
+        if (!(MemoryBudgetMb >= 0 && double.IsFinite(MemoryBudgetMb))) e.Add($"Worker:MemoryBudgetMb {MemoryBudgetMb} must be >= 0 (0 = no limit)");
         return e;
     }
 

@@ -46,8 +46,9 @@ public static class ServeCommand
         var threads = new Option<string?>("--threads") { Description = "Intra-op torch threads: a number, or auto = the CPUs this process may use (a container's CPU quota). Default 1: several workers may share a machine." };
         var device = new Option<string?>("--device") { Description = "cpu, cuda or cuda:N (falls back to CPU when CUDA is absent)." };
         var name = new Option<string?>("--name") { Description = "A name shown by `dtrain workers`." };
+        var budget = new Option<double?>("--memory-budget") { Description = "Memory this worker may use for a job, in MB (default 0 = no limit): a larger model is refused, to be split into pipeline stages." };
         var cmd = new Command("worker", "Run a worker that registers with the coordinator (--coordinator) and trains replicas of its jobs. Settings also come from DTRAIN_Worker__* variables.");
-        foreach (var o in new Option[] { port, listen, advertise, threads, device, name }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { port, listen, advertise, threads, device, name, budget }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var options = WorkerHost.ReadOptions(r.UnmatchedTokens.ToArray());
@@ -60,6 +61,7 @@ public static class ServeCommand
                 Threads = r.GetValue(threads) ?? options.Threads,
                 Device = r.GetValue(device) ?? options.Device,
                 Name = r.GetValue(name) ?? options.Name,
+                MemoryBudgetMb = r.GetValue(budget) ?? options.MemoryBudgetMb,
             };
             return WorkerHost.RunAsync(options).GetAwaiter().GetResult();
         }));

@@ -1,3 +1,4 @@
+using Dtrain.Distributed.Pipeline;
 using Dtrain.Inference;
 using Dtrain.Protos.Jobs;
 using Dtrain.Specs;
@@ -71,4 +72,38 @@ public class PipelineJobTests
     }
 
     sealed class NullObserver : ITrainingObserver;
+}
+
+/// <summary>A worker's memory budget: a model that does not fit is refused with the numbers, and trains once split.</summary>
+public class MemoryBudgetTests
+{
+    [Fact]
+    public async Task A_model_over_the_worker_budget_is_refused_unsplit_and_trains_split_into_stages()
+    {
+        using var tmp = new TempDir();
+        tmp.Write("t.txt", TestJobs.Text(60));
+        var spec = TestJobs.CharLm("t.txt", steps: 3) with { Model = new ModelSpec { Layers = 4, EmbeddingDim = 16, HiddenSize = 192 } };
+        spec = spec with { Training = spec.Training with { BatchSize = 8, SeqLen = 12 } };
+        var split = spec with { Parallelism = new ParallelismSpec { Pipeline = new PipelineSpec { Stages = 2, Microbatches = 2 } } };
+        var vocab = PreparedData.Load(spec, tmp.Path).Tokenizer.VocabSize;
+        var layout = ModelLayout.Of(spec.Model, vocab, vocab);
+        var whole = PipelinePlan.Estimate(spec, new StagePlan(0, 0, 4, layout.Total, true, true), 8, 1, vocab).Total;
+        var stage = PipelinePlan.Create(split, 2, vocab, vocab).Memory.Max(m => m.Total);
+        Assert.True(stage < whole);
+        var budgetMb = (stage + whole) / 2 / 1e6;
+
+        await using var cluster = await InProcessCluster.StartAsync(0);
+        for (var i = 0; i < 2; i++) await cluster.AddWorkerAsync(new Dtrain.Worker.WorkerOptions { MemoryBudgetMb = budgetMb });
+        await cluster.WaitForIdleAsync(2, TimeSpan.FromSeconds(30));
+
+        var unsplit = cluster.Client.Submit(Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(tmp.Write("whole.json", JobSpecSerializer.Serialize(spec))), 1)).JobId;
+        var refused = await cluster.WaitAsync(unsplit, TimeSpan.FromMinutes(1));
+        Assert.Equal(JobState.Failed, refused.State);
+        Assert.Contains("the whole model needs about", refused.Message);
+        Assert.Contains("Worker:MemoryBudgetMb", refused.Message);
+
+        var staged = cluster.Client.Submit(Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(tmp.Write("split.json", JobSpecSerializer.Serialize(split))), 2)).JobId;
+        var trained = await cluster.WaitAsync(staged, TimeSpan.FromMinutes(1));
+        Assert.True(trained.State == JobState.Succeeded, $"{trained.State}: {trained.Message}");
+    }
 }

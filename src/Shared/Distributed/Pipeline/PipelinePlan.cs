@@ -63,7 +63,7 @@ public sealed class PipelinePlan
         if (batch / d % m != 0) throw new ArgumentException($"the {batch / d} rows of each replica's batch do not split into {m} equal micro-batches");
         var rows = batch / d / m;
         var schedule = PipelineSchedule.Create(pipeline?.Schedule ?? PipelineSchedule.OneFOneBKind, k, m);
-        var memory = stages.Select(s => Estimate(spec, model, s, rows, schedule.PeakInFlight(s.Stage), vocabSize, outputs)).ToList();
+        var memory = stages.Select(s => Estimate(spec, s, rows, schedule.PeakInFlight(s.Stage), outputs)).ToList();
         if (memoryBudgetBytes > 0)
         {
             var over = memory.Select((mem, s) => (mem, s)).Where(x => x.mem.Total > memoryBudgetBytes).ToList();
@@ -79,7 +79,7 @@ public sealed class PipelinePlan
     /// momentum one). Activations per micro-batch in flight: the stage's input, and per layer and time step the gate
     /// pre-activations and the hidden (and cell) state; the last stage also holds the logits and their gradient.
     /// </summary>
-    private static StageMemory Estimate(JobSpec spec, ModelLayout model, StagePlan s, int rows, int inFlight, int vocabSize, int outputs)
+    public static StageMemory Estimate(JobSpec spec, StagePlan s, int rows, int inFlight, int outputs)
     {
         var p = s.Parameters;
         var moments = spec.Optimizer.Kind switch
@@ -98,7 +98,7 @@ public sealed class PipelinePlan
         return new StageMemory(4 * p, 4 * p, 4L * moments * p, 4 * perMicro * inFlight);
     }
 
-    private static string Mb(long bytes) => (bytes / 1e6).ToString("N1", CultureInfo.InvariantCulture);
+    public static string Mb(long bytes) => (bytes / 1e6).ToString("N1", CultureInfo.InvariantCulture);
 
     /// <summary>The plan as text: layout, a row per stage, and the schedule grid.</summary>
     public string Render()
