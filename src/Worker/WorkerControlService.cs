@@ -298,9 +298,15 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
         await job.Gate.WaitAsync(context.CancellationToken).ConfigureAwait(false);
         try
         {
-            tensors = await job.Torch.RunAsync(() => work.Stage.NamedParameters().Select(p =>
+            tensors = await job.Torch.RunAsync(() => work.Stage.NamedParameters().Zip(work.Stage.OptimizerStates()).Select(x =>
             {
-                var t = new NamedTensor { Name = p.Name, Data = ByteString.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(p.Parameter.data<float>().ToArray().AsSpan())) };
+                var (p, optimizerState) = x;
+                var t = new NamedTensor
+                {
+                    Name = p.Name,
+                    Data = ByteString.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(p.Parameter.data<float>().ToArray().AsSpan())),
+                    OptimizerState = ByteString.CopyFrom(optimizerState),
+                };
                 t.Shape.AddRange(p.Parameter.shape);
                 return t;
             }).ToList()).ConfigureAwait(false);

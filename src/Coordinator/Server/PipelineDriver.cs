@@ -17,8 +17,7 @@ namespace Dtrain.Server;
 /// the ring of the same stage of every replica; each replica's stages get that replica's rows. A step is two rounds:
 /// RunStep (every stage follows the schedule, all-reduces with its replicas and reports its squared gradient norm),
 /// then ApplyStep with the whole model's norm, so clipping is global. For evaluation and checkpoints the coordinator
-/// gathers every stage's parameters into the whole model (today's checkpoint format; the optimizer state is not
-/// gathered yet, so a resumed job restarts its optimizer moments).
+/// gathers every stage's parameters and optimizer state into the whole model, in today's checkpoint format.
 /// </summary>
 public sealed class PipelineDriver(CoordinatorOptions options)
 {
@@ -159,6 +158,16 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             }
         }
         if (byName.Count > 0) throw new JobFailure($"gathering the model: unexpected parameters {string.Join(", ", byName.Keys)}");
+        // The whole model's parameters in order are the stages' in order: their optimizer states line up the same way.
+        var states = engine.Model.named_parameters().Select(p => (p.name, parameters.First(t => t.Name == p.name).OptimizerState.ToByteArray())).ToList();
+        try
+        {
+            OptimizerStateBytes.Load((TorchSharp.Modules.OptimizerHelper)engine.Optimizer, states);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new JobFailure($"gathering the optimizer state: {e.Message}");
+        }
         Metrics? metrics = null;
         if (evaluate)
         {

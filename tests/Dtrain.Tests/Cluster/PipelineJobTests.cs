@@ -71,6 +71,39 @@ public class PipelineJobTests
         if (task == TaskKinds.Classification) Assert.Equal(single.Final.Accuracy!.Value, info.LastEval.Accuracy, 4);
     }
 
+    [Fact]
+    public async Task A_gathered_checkpoint_carries_the_optimizer_state_and_resumes_in_one_process_as_if_never_split()
+    {
+        using var tmp = new TempDir();
+        tmp.Write("t.txt", TestJobs.Text(120));
+        var spec = TestJobs.CharLm("t.txt", steps: 12);
+        // Adam (its moments must survive the gather), random windows (no carried state), no dropout.
+        spec = spec with
+        {
+            Model = spec.Model with { Layers = 3, EmbeddingDim = 8, HiddenSize = 16 },
+            Optimizer = new OptimizerSpec { Kind = OptimizerKinds.Adam, Lr = 0.01 },
+            Training = spec.Training with { BatchSize = 8, SeqLen = 12, LmSampling = LmSamplingKinds.Random, EvalInterval = 0, CheckpointInterval = 0 },
+        };
+        var uninterrupted = Trainer.Run(spec, tmp.Path, new TrainOptions { OutputDir = Path.Combine(tmp.Path, "single") }, new NullObserver(), CancellationToken.None);
+        using var reference = TrainedModel.Load(uninterrupted.Checkpoint!);
+
+        var first = spec with { Training = spec.Training with { MaxSteps = 7 }, Parallelism = new ParallelismSpec { Pipeline = new PipelineSpec { Stages = 3, Microbatches = 2 } } };
+        await using var cluster = await InProcessCluster.StartAsync(3);
+        var id = cluster.Client.Submit(Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(tmp.Write("first.json", JobSpecSerializer.Serialize(first))), 3)).JobId;
+        var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(2));
+        Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
+
+        // Resume the rest without a pipeline (K = 1) from the gathered checkpoint.
+        var resumed = Path.Combine(tmp.Path, "resumed");
+        Directory.CreateDirectory(Path.Combine(resumed, "checkpoints"));
+        File.Copy(info.Checkpoint, Path.Combine(resumed, "checkpoints", Path.GetFileName(info.Checkpoint)));
+        var rest = Trainer.Run(spec, tmp.Path, new TrainOptions { OutputDir = resumed, Resume = true }, new NullObserver(), CancellationToken.None);
+        Assert.Equal(12, rest.Steps);
+        using var continued = TrainedModel.Load(rest.Checkpoint!);
+        var relative = ParameterDiff.MaxRelative(reference.Engine.Parameters, continued.Engine.Parameters);
+        Assert.True(relative <= 1e-5, $"7 pipelined + 5 resumed steps vs 12 in one process: max |dp| / max |p| = {relative:E2}");
+    }
+
     sealed class NullObserver : ITrainingObserver;
 }
 

@@ -96,6 +96,9 @@ public sealed partial class PipelineStage : IDisposable
     public IEnumerable<(string Name, Parameter Parameter)> NamedParameters() =>
         module.named_parameters().Select(p => (GlobalName(p.name, Plan.FirstLayer), p.parameter));
 
+    /// <summary>The optimizer's state of each parameter, in <see cref="NamedParameters"/> order (TorchSharp's per-parameter format).</summary>
+    public IEnumerable<byte[]> OptimizerStates() => OptimizerStateBytes.Save((TorchSharp.Modules.OptimizerHelper)Optimizer);
+
     /// <summary>Starts a step: zeroes the gradients.</summary>
     public void BeginStep()
     {
