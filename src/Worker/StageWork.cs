@@ -3,7 +3,6 @@ using Dtrain.Distributed;
 using Dtrain.Distributed.Pipeline;
 using Dtrain.Runtime;
 using Dtrain.Training;
-using static TorchSharp.torch;
 
 namespace Dtrain.Worker;
 
@@ -76,13 +75,7 @@ public sealed class StageWork(PipelineStage stage, GrpcStageLinks links, Pipelin
             : new BatchRows(count, w, inputs, r.Targets[start..(start + count)], r.Lengths[start..(start + count)], count);
     }
 
-    public double ParameterChecksum()
-    {
-        using var _ = no_grad();
-        double sum = 0;
-        foreach (var p in Stage.Parameters) sum += p.to_type(ScalarType.Float64).sum().item<double>();
-        return sum;
-    }
+    public double ParameterChecksum() => ParameterChecksums.Sum(Stage.Parameters);
 
     public async ValueTask DisposeAsync()
     {

@@ -78,8 +78,8 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
             return new InFlight(lr, checksum, clock.Elapsed.TotalMilliseconds, replies);
         }
 
-        bool EvaluatesAfter(long done) => done == total || (spec.Training.EvalInterval > 0 && done % spec.Training.EvalInterval == 0);
-        bool CheckpointsAfter(long done) => done == total || (spec.Training.CheckpointInterval > 0 && done % spec.Training.CheckpointInterval == 0);
+        bool EvaluatesAfter(long done) => prepared.EvaluatesAfter(spec.Training, done);
+        bool CheckpointsAfter(long done) => prepared.CheckpointsAfter(spec.Training, done);
 
         InFlight? current = null, next = null;
         try
@@ -215,13 +215,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         var metrics = new Metrics { Loss = reply.Loss, Count = reply.Count };
         if (reply.HasAccuracy) metrics.Accuracy = reply.Accuracy;
         if (reply.HasMacroF1) metrics.MacroF1 = reply.MacroF1;
-        if (job.Spec.Task == TaskKinds.LanguageModel)
-        {
-            metrics.Perplexity = Math.Exp(reply.Loss);
-            metrics.BitsPerToken = reply.Loss / Math.Log(2);
-        }
-        job.Update(i => i.LastEval = metrics, publishState: false);
-        job.Publish(new JobEvent { Eval = new EvalEvent { Step = step, Metrics = metrics } });
+        job.PublishEval(step, metrics);
     }
 
     private static async Task CheckpointAsync(JobRecord job, IJobWorkers workers, CheckpointStore store, long step, double elapsed, long samples, CancellationToken cancel)

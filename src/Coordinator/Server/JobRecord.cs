@@ -45,6 +45,18 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
         if (publishState) Publish(new JobEvent { State = snapshot });
     }
 
+    /// <summary>Records and publishes validation metrics after <paramref name="step"/>, adding perplexity and bits per token for language models.</summary>
+    public void PublishEval(long step, Metrics metrics)
+    {
+        if (Spec.Task == TaskKinds.LanguageModel)
+        {
+            metrics.Perplexity = Math.Exp(metrics.Loss);
+            metrics.BitsPerToken = metrics.Loss / Math.Log(2);
+        }
+        Update(i => i.LastEval = metrics, publishState: false);
+        Publish(new JobEvent { Eval = new EvalEvent { Step = step, Metrics = metrics } });
+    }
+
     public void Publish(JobEvent e)
     {
         Channel<JobEvent>[] targets;

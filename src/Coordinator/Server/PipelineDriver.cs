@@ -118,19 +118,15 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             e.StageComputeMs.AddRange(Enumerable.Range(0, k).Select(s => Enumerable.Range(0, d).Max(r => replies[Slot(r, s)].ComputeMs)));
             job.Publish(new JobEvent { Step = e });
 
-            var evaluates = done == total || (spec.Training.EvalInterval > 0 && done % spec.Training.EvalInterval == 0);
-            var checkpoints = done == total || (spec.Training.CheckpointInterval > 0 && done % spec.Training.CheckpointInterval == 0);
+            var evaluates = prepared.EvaluatesAfter(spec.Training, done);
+            var checkpoints = prepared.CheckpointsAfter(spec.Training, done);
             if (!evaluates && !checkpoints) continue;
             var parameters = new List<NamedTensor>();
             for (var s = 0; s < k; s++)
                 parameters.AddRange(await workers.GetStageParametersAsync(Slot(0, s), new GetStateRequest { JobId = job.Id, Step = done }, done, cancel).ConfigureAwait(false));
             var training = new TrainingState { Step = done, ElapsedSeconds = elapsed, SamplesSeen = samples, LastLr = lr };
             var (metrics, checkpoint) = await torch.RunAsync(() => Gather(job, data, parameters, training, evaluates, checkpoints)).ConfigureAwait(false);
-            if (metrics is not null)
-            {
-                job.Update(i => i.LastEval = metrics, publishState: false);
-                job.Publish(new JobEvent { Eval = new EvalEvent { Step = done, Metrics = metrics } });
-            }
+            if (metrics is not null) job.PublishEval(done, metrics);
             if (checkpoint is not null)
             {
                 var path = store.Save(checkpoint);
@@ -174,7 +170,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             if (spec.Task == Specs.TaskKinds.LanguageModel)
             {
                 var m = Evaluator.LanguageModel(engine, data.ValidationTokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.EvalBatches);
-                metrics = new Metrics { Loss = m.Loss, Count = m.Count, Perplexity = Math.Exp(m.Loss), BitsPerToken = m.Loss / Math.Log(2) };
+                metrics = new Metrics { Loss = m.Loss, Count = m.Count };
             }
             else
             {

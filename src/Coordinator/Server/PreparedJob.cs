@@ -6,6 +6,12 @@ namespace Dtrain.Server;
 /// <summary>A job's data read and tokenized once, its batches, its length in steps and its learning-rate schedule: what every way of running it shares.</summary>
 public sealed record PreparedJob(PreparedData Data, IBatchSource Source, long TotalSteps, LearningRateSchedule Schedule)
 {
+    /// <summary>Whether the job evaluates after <paramref name="done"/> steps: every eval_interval steps and at the end.</summary>
+    public bool EvaluatesAfter(TrainingSpec t, long done) => done == TotalSteps || (t.EvalInterval > 0 && done % t.EvalInterval == 0);
+
+    /// <summary>Whether the job checkpoints after <paramref name="done"/> steps: every checkpoint_interval steps and at the end.</summary>
+    public bool CheckpointsAfter(TrainingSpec t, long done) => done == TotalSteps || (t.CheckpointInterval > 0 && done % t.CheckpointInterval == 0);
+
     public static async Task<PreparedJob> LoadAsync(JobRecord job, CancellationToken cancel)
     {
         var spec = job.Spec;

@@ -75,13 +75,7 @@ public sealed class DataParallelReplica : IDisposable
     }
 
     /// <summary>Sum of all parameter values in double precision: replicas that took the same steps agree exactly.</summary>
-    public double ParameterChecksum()
-    {
-        using var _ = no_grad();
-        double sum = 0;
-        foreach (var p in Engine.Parameters) sum += p.to_type(ScalarType.Float64).sum().item<double>();
-        return sum;
-    }
+    public double ParameterChecksum() => ParameterChecksums.Sum(Engine.Parameters);
 
     public void Dispose() => Engine.Dispose();
 }
