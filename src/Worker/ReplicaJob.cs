@@ -37,7 +37,9 @@ public sealed class ReplicaJob : IAsyncDisposable
     public CancellationTokenSource Cancel { get; } = new();
     /// <summary>One step at a time: the replica and torch are not re-entrant.</summary>
     public SemaphoreSlim Gate { get; } = new(1, 1);
-    public long LastStep { get; private set; } = -1;
+    public long LastStep { get; private set; }
+    /// <summary>The first step this job runs: 0, or a resumed job's checkpoint step.</summary>
+    public long StartStep { get; }
     /// <summary>Set when the worker drains (shuts down): no further step starts.</summary>
     public bool Draining
     {
@@ -89,6 +91,8 @@ public sealed class ReplicaJob : IAsyncDisposable
         JobId = request.JobId;
         Generation = request.Generation;
         Rank = request.Rank;
+        StartStep = request.StartStep;
+        LastStep = request.StartStep - 1;
         WorldSize = request.WorldSize;
         Spec = spec;
         Tokenizer = tokenizer;

@@ -17,6 +17,8 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
 {
     public override async Task<AssignReply> Assign(AssignRequest request, ServerCallContext context)
     {
+        if (request.StartStep < 0 || (request.TotalSteps > 0 && request.StartStep >= request.TotalSteps))
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"start_step {request.StartStep} outside [0, {request.TotalSteps})"));
         if (request.WorldSize < 1 || request.Rank < 0 || request.Rank >= request.WorldSize)
             throw new RpcException(new Status(StatusCode.InvalidArgument, $"rank {request.Rank} outside world of {request.WorldSize}"));
         if (request.Peers.Count != request.WorldSize)
@@ -60,7 +62,9 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
         state.Current = job;
         log.LogInformation("assigned job {JobId} generation {Generation}: rank {Rank}/{World}, {Parameters} parameters, {Threads} thread(s); allocator: {Allocator}",
             request.JobId, request.Generation, request.Rank, request.WorldSize, replica.ParameterCount, threads, NativeAllocator.Describe());
-        return new AssignReply { Parameters = replica.ParameterCount, ParameterChecksum = await torch.RunAsync(replica.ParameterChecksum).ConfigureAwait(false) };
+        var reply = new AssignReply { Parameters = replica.ParameterCount, ParameterChecksum = await torch.RunAsync(replica.ParameterChecksum).ConfigureAwait(false) };
+        reply.ParameterNames.AddRange(await torch.RunAsync(() => replica.Engine.Model.named_parameters().Select(p => p.name).ToList()).ConfigureAwait(false));
+        return reply;
     }
 
     /// <summary>Refuses an assignment whose estimated memory (the whole model, or this stage) exceeds Worker:MemoryBudgetMb.</summary>
@@ -123,7 +127,9 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
         var parameters = stage.Parameters.Sum(x => x.numel());
         log.LogInformation("assigned job {JobId} generation {Generation}: pipeline stage {Stage}/{Stages} (layers {First}-{Last}) of replica {Replica}/{Replicas}, {Parameters} parameters, {Threads} thread(s); allocator: {Allocator}",
             request.JobId, request.Generation, p.Stage, p.Stages, p.FirstLayer, p.FirstLayer + p.LayerCount - 1, p.Replica, p.Replicas, parameters, threads, NativeAllocator.Describe());
-        return new AssignReply { Parameters = parameters, ParameterChecksum = await torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false) };
+        var reply = new AssignReply { Parameters = parameters, ParameterChecksum = await torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false) };
+        reply.ParameterNames.AddRange(await torch.RunAsync(() => stage.NamedParameters().Select(p => p.Name).ToList()).ConfigureAwait(false));
+        return reply;
     }
 
     public override async Task<ShardReply> LoadShard(IAsyncStreamReader<ShardChunk> requestStream, ServerCallContext context)
@@ -158,7 +164,7 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
             var lm = job.Spec.Task == TaskKinds.LanguageModel;
             var carries = lm && job.Spec.Training.LmSampling == LmSamplingKinds.Stream;
             var rows = ReplicaJob.ToRows(shardStep, lm);
-            if (shardStep is null && job.StepsReceived == 0 && request.Step == 0)
+            if (shardStep is null && job.StepsReceived == 0 && request.Step == job.StartStep)
                 throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {job.JobId}: no shard loaded"));
             if (job.Stage is { } work)
             {
@@ -298,24 +304,53 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
         await job.Gate.WaitAsync(context.CancellationToken).ConfigureAwait(false);
         try
         {
-            tensors = await job.Torch.RunAsync(() => work.Stage.NamedParameters().Zip(work.Stage.OptimizerStates()).Select(x =>
-            {
-                var (p, optimizerState) = x;
-                var t = new NamedTensor
-                {
-                    Name = p.Name,
-                    Data = ByteString.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(p.Parameter.data<float>().ToArray().AsSpan())),
-                    OptimizerState = ByteString.CopyFrom(optimizerState),
-                };
-                t.Shape.AddRange(p.Parameter.shape);
-                return t;
-            }).ToList()).ConfigureAwait(false);
+            tensors = await job.Torch.RunAsync(() => ParameterTransfer.Capture(work.Stage.NamedParameters(), (TorchSharp.Modules.OptimizerHelper)work.Stage.Optimizer)).ConfigureAwait(false);
         }
         finally
         {
             job.Gate.Release();
         }
         foreach (var t in tensors) await responseStream.WriteAsync(t, context.CancellationToken).ConfigureAwait(false);
+    }
+
+    public override async Task<LoadStateReply> LoadState(IAsyncStreamReader<LoadStateChunk> requestStream, ServerCallContext context)
+    {
+        ReplicaJob? job = null;
+        var tensors = new Dictionary<string, NamedTensor>(StringComparer.Ordinal);
+        await foreach (var chunk in requestStream.ReadAllAsync(context.CancellationToken).ConfigureAwait(false))
+        {
+            job ??= state.Require(chunk.JobId);
+            if (chunk.JobId != job.JobId) throw new RpcException(new Status(StatusCode.InvalidArgument, $"state of job {chunk.JobId} sent with job {job.JobId}"));
+            if (chunk.Tensor is null || !tensors.TryAdd(chunk.Tensor.Name, chunk.Tensor))
+                throw new RpcException(new Status(StatusCode.InvalidArgument, $"job {job.JobId}: state without a tensor, or parameter \"{chunk.Tensor?.Name}\" sent twice"));
+        }
+        if (job is null) throw new RpcException(new Status(StatusCode.InvalidArgument, "empty state"));
+        await job.Gate.WaitAsync(context.CancellationToken).ConfigureAwait(false);
+        try
+        {
+            if (job.LastStep >= job.StartStep) throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {job.JobId}: state loaded after step {job.LastStep} ran"));
+            var checksum = await job.Torch.RunAsync(() =>
+            {
+                if (job.Stage is { } work)
+                {
+                    ParameterTransfer.Load(work.Stage.NamedParameters(), (TorchSharp.Modules.OptimizerHelper)work.Stage.Optimizer, tensors);
+                    return work.ParameterChecksum();
+                }
+                var engine = job.Replica.Engine;
+                ParameterTransfer.Load(engine.Model.named_parameters().Select(p => (p.name, p.parameter)), (TorchSharp.Modules.OptimizerHelper)engine.Optimizer, tensors);
+                return job.Replica.ParameterChecksum();
+            }).ConfigureAwait(false);
+            log.LogInformation("job {JobId}: loaded {Count} parameter(s) and their optimizer state; continuing at step {Step}", job.JobId, tensors.Count, job.StartStep);
+            return new LoadStateReply { ParameterChecksum = checksum, Tensors = tensors.Count };
+        }
+        catch (InvalidDataException e)
+        {
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"job {job.JobId}: state does not fit: {e.Message}"));
+        }
+        finally
+        {
+            job.Gate.Release();
+        }
     }
 
     public override async Task<ReleaseReply> Release(ReleaseRequest request, ServerCallContext context)

@@ -14,6 +14,7 @@ public static class JobCommands
     public static IEnumerable<Command> Create()
     {
         yield return Submit();
+        yield return Resume();
         yield return Watch();
         yield return Status();
         yield return List();
@@ -28,17 +29,81 @@ public static class JobCommands
         var workers = new Option<int>("--workers", "-w") { Description = "Number of workers (0 = all idle workers when the job starts).", DefaultValueFactory = _ => 0 };
         var watch = new Option<bool>("--watch") { Description = "Follow the job's progress until it ends (exit status 0 = succeeded)." };
         var plain = new Option<bool>("--plain") { Description = "With --watch: log lines instead of a progress bar." };
+        var resume = new Option<string?>("--resume")
+        {
+            Description = "Start from a checkpoint instead of the seed: a job id (its newest checkpoint on the coordinator) or a local .dtck file or run directory (uploaded). " +
+                "The model and optimizer must match the spec's; parallelism (--workers, parallelism.data, parallelism.pipeline) may differ.",
+        };
         var cmd = new Command("submit", "Submit a job spec to the coordinator's queue; prints the job id.");
         cmd.Arguments.Add(spec);
-        foreach (var o in new Option[] { workers, watch, plain }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { workers, resume, watch, plain }) cmd.Options.Add(o);
         cmd.SetAction(r => Remote.Guard(r, client =>
         {
             var request = BuildSubmit(client, r.GetValue(spec)!, r.GetValue(workers));
+            if (r.GetValue(resume) is { } from) AddResume(client, request, from);
             var id = client.Submit(request).JobId;
             Console.WriteLine(id);
             return r.GetValue(watch) ? JobWatcher.Watch(client, id, r.GetValue(plain)) : CliErrors.Ok;
         }));
         return cmd;
+    }
+
+    static Command Resume()
+    {
+        var id = new Argument<string>("job") { Description = "The failed, cancelled or finished job to continue (see `dtrain list`)." };
+        var workers = new Option<int?>("--workers", "-w") { Description = "Number of workers (default: as many as the job asked for)." };
+        var watch = new Option<bool>("--watch") { Description = "Follow the new job's progress until it ends (exit status 0 = succeeded)." };
+        var plain = new Option<bool>("--plain") { Description = "With --watch: log lines instead of a progress bar." };
+        var cmd = new Command("resume", "Continue a job from its newest checkpoint as a new job with the same spec and data (no upload); prints the new job id. " +
+            "To change the spec or the parallelism, use `dtrain submit SPEC --resume JOB`.");
+        cmd.Arguments.Add(id);
+        foreach (var o in new Option[] { workers, watch, plain }) cmd.Options.Add(o);
+        cmd.SetAction(r => Remote.Guard(r, client =>
+        {
+            var job = r.GetValue(id)!;
+            var count = r.GetValue(workers) ?? WorkersOf(client, job);
+            var newId = client.Submit(new SubmitRequest { ResumeJob = job, Workers = count, Source = $"spec of {job}" }).JobId;
+            Console.WriteLine(newId);
+            return r.GetValue(watch) ? JobWatcher.Watch(client, newId, r.GetValue(plain)) : CliErrors.Ok;
+        }));
+        return cmd;
+    }
+
+    /// <summary>How many workers a job asked for; 0 (all idle) for a job the coordinator only knows from its disk (after a restart).</summary>
+    private static int WorkersOf(Jobs.JobsClient client, string job)
+    {
+        try
+        {
+            return client.Get(new GetJobRequest { JobId = job }).WorkersRequested;
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.NotFound)
+        {
+            return 0;
+        }
+    }
+
+    /// <summary>
+    /// `--resume FROM`: a local checkpoint file or run directory is uploaded (the coordinator needs no shared
+    /// filesystem); anything else names a job on the coordinator.
+    /// </summary>
+    public static void AddResume(Jobs.JobsClient client, SubmitRequest request, string from)
+    {
+        string? file = null;
+        if (File.Exists(from)) file = from;
+        else if (Directory.Exists(from))
+        {
+            var dir = Directory.Exists(Path.Combine(from, "checkpoints")) ? Path.Combine(from, "checkpoints") : from;
+            file = new Checkpoints.CheckpointStore(dir, int.MaxValue).LoadLatest()?.Path
+                ?? throw new FileNotFoundException($"--resume: no valid checkpoint in {dir}");
+        }
+        if (file is not null)
+        {
+            // Check it here first: a precise message, and no upload of a file the coordinator would refuse.
+            Checkpoints.CheckpointStore.ReadFile(file);
+            request.ResumeUpload = Upload(client, file);
+        }
+        else if (from.StartsWith("job-", StringComparison.Ordinal)) request.ResumeJob = from;
+        else throw new FileNotFoundException($"--resume {from}: neither a checkpoint file, a run directory nor a job id (job-NNNN)");
     }
 
     /// <summary>Validates the spec locally (fast, precise errors) and uploads its data files in chunks.</summary>
@@ -98,6 +163,7 @@ public static class JobCommands
             Console.WriteLine($"  step {j.Step}/{j.TotalSteps}, epoch {j.Epoch + 1}, loss {j.Loss:F4}, {j.SamplesPerSecond:F1} samples/s, {j.Parameters:N0} parameters");
             if (j.LastEval is { } m) Console.WriteLine($"  validation: {JobWatcher.Describe(m)}");
             Console.WriteLine($"  workers: {(j.WorkerIds.Count == 0 ? "-" : string.Join(", ", j.WorkerIds))} (requested {(j.WorkersRequested == 0 ? "all idle" : j.WorkersRequested.ToString(CultureInfo.InvariantCulture))})");
+            if (j.ResumedFrom != "") Console.WriteLine($"  resumed from {j.ResumedFrom} at step {j.StartStep}");
             if (j.Checkpoint != "") Console.WriteLine($"  checkpoint: {j.Checkpoint}");
             return CliErrors.Ok;
         }));

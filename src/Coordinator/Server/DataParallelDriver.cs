@@ -36,7 +36,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
             {
                 JobId = job.Id, Generation = 1, SpecJson = specJson, Rank = rank, WorldSize = world,
                 TokenizerKind = tokenizer.Kind, TokenizerLowercase = tokenizer.Lowercase,
-                TotalSteps = total, StepsPerEpoch = source.StepsPerEpoch, Threads = spec.Training.Threads,
+                TotalSteps = total, StepsPerEpoch = source.StepsPerEpoch, Threads = spec.Training.Threads, StartStep = prepared.StartStep,
             };
             request.Peers.AddRange(peers);
             request.TokenizerTokens.AddRange(tokenizer.Tokens);
@@ -44,13 +44,15 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
             return request;
         }, cancel).ConfigureAwait(false);
         CheckChecksums(workers, assigned.Select(a => a.ParameterChecksum).ToArray(), "after initialisation");
+        await ResumeLoader.LoadAsync(job, prepared, workers, assigned, cancel).ConfigureAwait(false);
+        var start = prepared.StartStep;
         job.Update(i => { i.Parameters = assigned[0].Parameters; i.TotalSteps = total; i.State = JobState.Running; i.Message = ""; });
         job.Publish(new JobEvent { Log = $"{world} worker(s): {string.Join(", ", workers.Members.Select((w, r) => $"rank {r} = {w.Id} {w.Address}"))}; {assigned[0].Parameters:N0} parameters, {total} steps" });
 
         var globalCounts = new Dictionary<long, long>();
         var clock = Stopwatch.StartNew();
         long samples = 0;
-        long loadedUntil = 0;
+        long loadedUntil = start;
         var sendValidation = true;
         double lastDone = 0;
         using var pipeline = CancellationTokenSource.CreateLinkedTokenSource(cancel);
@@ -84,8 +86,8 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         InFlight? current = null, next = null;
         try
         {
-            current = await LaunchAsync(0, behindAnother: false).ConfigureAwait(false);
-            for (long step = 0; step < total; step++)
+            current = await LaunchAsync(start, behindAnother: false).ConfigureAwait(false);
+            for (long step = start; step < total; step++)
             {
                 cancel.ThrowIfCancellationRequested();
                 var done = step + 1;
@@ -98,12 +100,12 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                 samples += replies.Sum(r => r.Rows);
                 var elapsed = clock.Elapsed.TotalSeconds;
                 var sps = samples / Math.Max(1e-9, elapsed);
-                var eta = elapsed / done * (total - done);
+                var eta = elapsed / (done - start) * (total - done);
                 var epoch = plan.PositionOf(step).Epoch;
                 job.Update(i => { i.Step = done; i.Epoch = epoch; i.Loss = loss; i.SamplesPerSecond = sps; }, publishState: false);
                 job.Publish(new JobEvent { Step = new StepEvent
                 {
-                    Step = done, TotalSteps = total, Epoch = epoch, Loss = loss, Lr = current.Lr, SamplesPerSecond = sps, ElapsedSeconds = elapsed, EtaSeconds = eta, Workers = world,
+                    Step = done, TotalSteps = total, Epoch = epoch, Loss = loss, Lr = current.Lr, SamplesPerSecond = sps, ElapsedSeconds = prepared.ElapsedBefore + elapsed, EtaSeconds = eta, Workers = world,
                     ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs),
                     // From when this step could start (sent, and the step before it finished) to its last reply.
                     StepMs = finishedMs - Math.Max(current.SentMs, lastDone),
@@ -112,7 +114,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
 
                 if (EvaluatesAfter(done)) await EvaluateAsync(job, workers, done, cancel).ConfigureAwait(false);
                 if (CheckpointsAfter(done))
-                    await CheckpointAsync(job, workers, store, done, elapsed, samples, cancel).ConfigureAwait(false);
+                    await CheckpointAsync(job, workers, store, done, prepared.ElapsedBefore + elapsed, prepared.SamplesBefore + samples, cancel).ConfigureAwait(false);
                 current = done < total ? next ?? await LaunchAsync(done, behindAnother: false).ConfigureAwait(false) : null;
                 next = null;
             }

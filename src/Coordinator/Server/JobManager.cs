@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Globalization;
+using Dtrain.Checkpoints;
 using Dtrain.Protos.Jobs;
 using Dtrain.Specs;
 using Microsoft.Extensions.Hosting;
@@ -8,7 +9,7 @@ using Microsoft.Extensions.Logging;
 namespace Dtrain.Server;
 
 /// <summary>The job queue: accepts submissions (validated before any worker is touched), starts jobs in FIFO order as workers become idle, and keeps every job's record.</summary>
-public sealed class JobManager(CoordinatorOptions options, WorkerRegistry registry, JobRunner runner, UploadStore uploads, TimeProvider clock, ILogger<JobManager> log) : BackgroundService
+public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistry registry, JobRunner runner, UploadStore uploads, TimeProvider clock, ILogger<JobManager> log) : BackgroundService
 {
     private readonly ConcurrentDictionary<string, JobRecord> jobs = new();
     private readonly ConcurrentQueue<JobRecord> queue = new();
@@ -21,19 +22,108 @@ public sealed class JobManager(CoordinatorOptions options, WorkerRegistry regist
     {
         if (request.Workers < 0 || request.Workers > 4096) throw new ArgumentException($"workers {request.Workers} must be in [0, 4096] (0 = all idle workers)");
         var source = string.IsNullOrWhiteSpace(request.Source) ? "submitted spec" : request.Source;
-        var spec = JobSpecSerializer.Parse(request.SpecJson, source);
+        if (request.ResumeJob != "" && request.ResumeUpload != "") throw new ArgumentException("resume from a job or from an uploaded checkpoint, not both");
+        var resume = request.ResumeJob != "" ? ResumeOfJob(request.ResumeJob)
+            : request.ResumeUpload != "" ? ResumeOfUpload(request.ResumeUpload)
+            : null;
+        JobSpec spec;
+        var ownData = false;
+        if (string.IsNullOrWhiteSpace(request.SpecJson))
+        {
+            // `dtrain resume JOB`: that job's spec and the data files it was given.
+            if (request.ResumeJob == "") throw new ArgumentException("the job spec is empty (only a resumed job may leave it out, to reuse its spec)");
+            spec = SpecOfJob(request.ResumeJob);
+            source = $"spec of {request.ResumeJob}";
+            ownData = true;
+        }
+        else
+        {
+            spec = JobSpecSerializer.Parse(request.SpecJson, source);
+        }
         JobSpecValidator.ThrowIfNotRunnable(spec, source, onCluster: true);
+        resume?.CheckCompatible(spec, source);
         var id = $"job-{Interlocked.Increment(ref nextId):D4}";
         var dir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs", id));
-        spec = StoreFiles(spec, request, uploads, Path.Combine(dir, "data"), source);
-        var record = new JobRecord(id, spec with { Output = dir }, dir, request.Workers, clock.GetUtcNow());
+        Directory.CreateDirectory(dir);
+        if (!ownData) spec = StoreFiles(spec, request, uploads, Path.Combine(dir, "data"), source);
+        if (request.ResumeUpload != "")
+        {
+            // The upload becomes the job's: it stays with the job (and is not counted as a pending upload).
+            var kept = Path.Combine(dir, "resume-from.dtck");
+            File.Move(resume!.Path, kept);
+            resume = ResumePoint.OfFile(resume.From, kept);
+        }
+        spec = spec with { Output = dir };
+        // The spec as it runs (data paths on this coordinator): what `dtrain resume` continues with.
+        File.WriteAllText(Path.Combine(dir, "spec.json"), JobSpecSerializer.Serialize(spec));
+        var record = new JobRecord(id, spec, dir, request.Workers, clock.GetUtcNow()) { Resume = resume };
+        if (resume is not null)
+        {
+            record.Info.ResumedFrom = resume.From;
+            record.Info.StartStep = resume.State.Step;
+        }
         jobs[id] = record;
         queue.Enqueue(record);
         record.Publish(new JobEvent { State = record.Snapshot() });
-        log.LogInformation("job {Id} ({Name}) queued for {Workers} worker(s)", id, spec.Name, request.Workers == 0 ? "all idle" : request.Workers.ToString(CultureInfo.InvariantCulture));
+        log.LogInformation("job {Id} ({Name}) queued for {Workers} worker(s){Resume}", id, spec.Name, request.Workers == 0 ? "all idle" : request.Workers.ToString(CultureInfo.InvariantCulture),
+            resume is null ? "" : $", resuming {resume.From} at step {resume.State.Step}");
         wake.Release();
         return record;
     }
+
+    /// <summary>The newest valid checkpoint of a job that has ended (or of an earlier coordinator's job still on disk).</summary>
+    private ResumePoint ResumeOfJob(string jobId)
+    {
+        var dir = JobDir(jobId);
+        if (jobs.TryGetValue(jobId, out var job) && !job.IsFinished)
+            throw new InvalidOperationException($"job {jobId} is {job.Snapshot().State.ToString().ToLowerInvariant()}: cancel it (or wait for it to end) before resuming it");
+        try
+        {
+            return ResumePoint.OfJob(jobId, dir) ?? throw new InvalidOperationException($"job {jobId} has no checkpoint to resume from (it saves one every training.checkpoint_interval steps)");
+        }
+        catch (InvalidDataException e)
+        {
+            throw new InvalidOperationException($"job {jobId} cannot be resumed: {e.Message}", e);
+        }
+    }
+
+    private ResumePoint ResumeOfUpload(string fileId)
+    {
+        var path = uploads.PathOf(fileId, "resume_upload");
+        try
+        {
+            return ResumePoint.OfFile("an uploaded checkpoint", path);
+        }
+        catch (CorruptCheckpointException e)
+        {
+            throw new InvalidDataException($"the uploaded checkpoint is not valid: {e.Message.Replace(path, "upload", StringComparison.Ordinal)}", e);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new InvalidDataException(e.Message.Replace(path, "the uploaded checkpoint", StringComparison.Ordinal), e);
+        }
+    }
+
+    /// <summary>The spec a job ran with: from memory, or from its directory after a coordinator restart.</summary>
+    private JobSpec SpecOfJob(string jobId)
+    {
+        if (jobs.TryGetValue(jobId, out var job)) return job.Spec;
+        var file = Path.Combine(JobDir(jobId), "spec.json");
+        if (!File.Exists(file)) throw new KeyNotFoundException($"no job \"{jobId}\" on this coordinator");
+        return JobSpecSerializer.Parse(File.ReadAllText(file), $"{jobId}/spec.json");
+    }
+
+    /// <summary>The directory of job <paramref name="jobId"/>; only well-formed ids (no path tricks).</summary>
+    private string JobDir(string jobId)
+    {
+        if (!JobId().IsMatch(jobId)) throw new KeyNotFoundException($"no job \"{jobId}\"; job ids look like job-0001 (`dtrain list` shows the known jobs)");
+        var dir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs", jobId));
+        if (!jobs.ContainsKey(jobId) && !Directory.Exists(dir)) throw new KeyNotFoundException($"no job \"{jobId}\" on this coordinator");
+        return dir;
+    }
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"^job-[0-9]{4,9}$")]
+    private static partial System.Text.RegularExpressions.Regex JobId();
 
     private static int HighestJobNumber(string jobsDir) =>
         Directory.Exists(jobsDir)

@@ -16,6 +16,8 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     public JobSpec Spec { get; } = spec;
     public string Dir { get; } = dir;
     public CancellationTokenSource Cancel { get; } = new();
+    /// <summary>The checkpoint a resumed job starts from; null for a job that starts from its seed.</summary>
+    public ResumePoint? Resume { get; init; }
     public JobInfo Info { get; } = new()
     {
         JobId = id,

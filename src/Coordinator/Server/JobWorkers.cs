@@ -24,6 +24,8 @@ public interface IJobWorkers
     Task<ApplyStepReply[]> ApplyStepAsync(ApplyStepRequest request, CancellationToken cancel);
     /// <summary>Pipeline jobs: a stage's parameters under their whole-model names.</summary>
     Task<IReadOnlyList<NamedTensor>> GetStageParametersAsync(int rank, GetStateRequest request, long step, CancellationToken cancel);
+    /// <summary>Resumed jobs: every rank's parameters and optimizer state (the tensors it holds), after Assign.</summary>
+    Task<LoadStateReply[]> LoadStateAsync(string jobId, Func<int, IEnumerable<NamedTensor>> perRank, long step, CancellationToken cancel);
 }
 
 /// <summary>A job's workers over gRPC, with the failure attribution the user sees.</summary>
@@ -72,6 +74,15 @@ public sealed class GrpcJobWorkers(IReadOnlyList<WorkerRecord> workers, WorkerCl
             var list = new List<NamedTensor>();
             await foreach (var t in call.ResponseStream.ReadAllAsync(ct).ConfigureAwait(false)) list.Add(t);
             return (IReadOnlyList<NamedTensor>)list;
+        });
+
+    public Task<LoadStateReply[]> LoadStateAsync(string jobId, Func<int, IEnumerable<NamedTensor>> perRank, long step, CancellationToken cancel) =>
+        OnAllAsync("load the checkpoint's state", step, options.CallTimeoutSeconds, cancel, async (w, rank, deadline, ct) =>
+        {
+            using var call = clients.For(w.Address).LoadState(deadline: deadline, cancellationToken: ct);
+            foreach (var t in perRank(rank)) await call.RequestStream.WriteAsync(new LoadStateChunk { JobId = jobId, Tensor = t }, ct).ConfigureAwait(false);
+            await call.RequestStream.CompleteAsync().ConfigureAwait(false);
+            return await call.ResponseAsync.ConfigureAwait(false);
         });
 
     /// <summary>Releases every worker that is not lost from the job (best effort: a worker that cannot be told is logged).</summary>

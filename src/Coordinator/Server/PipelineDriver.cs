@@ -55,7 +55,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             {
                 JobId = job.Id, Generation = 1, SpecJson = specJson, Rank = replica, WorldSize = d,
                 TokenizerKind = tokenizer.Kind, TokenizerLowercase = tokenizer.Lowercase,
-                TotalSteps = total, StepsPerEpoch = source.StepsPerEpoch, Threads = spec.Training.Threads,
+                TotalSteps = total, StepsPerEpoch = source.StepsPerEpoch, Threads = spec.Training.Threads, StartStep = prepared.StartStep,
                 Pipeline = new PipelineAssignment
                 {
                     Stage = stage, Stages = k, FirstLayer = plan.FirstLayer, LayerCount = plan.LayerCount, Microbatches = pipeline.Microbatches,
@@ -71,6 +71,8 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             return request;
         }, cancel).ConfigureAwait(false);
         CheckChecksums(workers, k, d, assigned.Select(a => a.ParameterChecksum).ToArray(), "after initialisation");
+        await ResumeLoader.LoadAsync(job, prepared, workers, assigned, cancel).ConfigureAwait(false);
+        var start = prepared.StartStep;
         job.Update(i => { i.Parameters = layout.Model.Total; i.TotalSteps = total; i.State = JobState.Running; i.Message = ""; });
         job.Publish(new JobEvent { Log = $"pipeline: {d} replica(s) × {k} stages, {pipeline.Microbatches} micro-batch(es), {pipeline.Schedule}; " +
             string.Join(", ", Enumerable.Range(0, n).Select(slot => $"replica {slot / k} stage {slot % k} (layers {layout.Stages[slot % k].FirstLayer}-{layout.Stages[slot % k].EndLayer - 1}) = {workers.Members[slot].Id} {workers.Members[slot].Address}")) +
@@ -78,10 +80,10 @@ public sealed class PipelineDriver(CoordinatorOptions options)
 
         using var torch = new TorchThread($"gather-{job.Id}", 1);
         var globalCounts = new Dictionary<long, long>();
-        long loadedUntil = 0, samples = 0;
+        long loadedUntil = start, samples = 0;
         var clock = Stopwatch.StartNew();
         var lastStage = Enumerable.Range(0, d).Select(r => Slot(r, k - 1)).ToArray();
-        for (long step = 0; step < total; step++)
+        for (long step = start; step < total; step++)
         {
             cancel.ThrowIfCancellationRequested();
             if (step == loadedUntil)
@@ -105,14 +107,15 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             var loss = lastStage.Sum(s => replies[s].LossSum) / lastStage.Sum(s => replies[s].Count);
             if (!double.IsFinite(loss)) throw new JobFailure($"loss became {loss} at step {done}; lower optimizer.lr or enable training.clip_norm");
             samples += lastStage.Sum(s => replies[s].Rows);
-            var elapsed = clock.Elapsed.TotalSeconds;
+            var runSeconds = clock.Elapsed.TotalSeconds;
+            var elapsed = prepared.ElapsedBefore + runSeconds;
             var stepMs = clock.Elapsed.TotalMilliseconds - started;
             var epoch = shards.PositionOf(step).Epoch;
-            job.Update(i => { i.Step = done; i.Epoch = epoch; i.Loss = loss; i.SamplesPerSecond = samples / Math.Max(1e-9, elapsed); }, publishState: false);
+            job.Update(i => { i.Step = done; i.Epoch = epoch; i.Loss = loss; i.SamplesPerSecond = samples / Math.Max(1e-9, runSeconds); }, publishState: false);
             var e = new StepEvent
             {
-                Step = done, TotalSteps = total, Epoch = epoch, Loss = loss, Lr = lr, SamplesPerSecond = samples / Math.Max(1e-9, elapsed), ElapsedSeconds = elapsed,
-                EtaSeconds = elapsed / done * (total - done), Workers = n, ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs), StepMs = stepMs,
+                Step = done, TotalSteps = total, Epoch = epoch, Loss = loss, Lr = lr, SamplesPerSecond = samples / Math.Max(1e-9, runSeconds), ElapsedSeconds = elapsed,
+                EtaSeconds = runSeconds / (done - start) * (total - done), Workers = n, ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs), StepMs = stepMs,
                 Bubble = replies.Average(r => r.IdleMs / Math.Max(1e-9, r.IdleMs + r.ComputeMs)),
             };
             e.StageComputeMs.AddRange(Enumerable.Range(0, k).Select(s => Enumerable.Range(0, d).Max(r => replies[Slot(r, s)].ComputeMs)));
@@ -124,7 +127,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             var parameters = new List<NamedTensor>();
             for (var s = 0; s < k; s++)
                 parameters.AddRange(await workers.GetStageParametersAsync(Slot(0, s), new GetStateRequest { JobId = job.Id, Step = done }, done, cancel).ConfigureAwait(false));
-            var training = new TrainingState { Step = done, ElapsedSeconds = elapsed, SamplesSeen = samples, LastLr = lr };
+            var training = new TrainingState { Step = done, ElapsedSeconds = elapsed, SamplesSeen = prepared.SamplesBefore + samples, LastLr = lr };
             var (metrics, checkpoint) = await torch.RunAsync(() => Gather(job, data, parameters, training, evaluates, checkpoints)).ConfigureAwait(false);
             if (metrics is not null) job.PublishEval(done, metrics);
             if (checkpoint is not null)

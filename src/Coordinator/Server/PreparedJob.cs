@@ -3,9 +3,18 @@ using Dtrain.Training;
 
 namespace Dtrain.Server;
 
-/// <summary>A job's data read and tokenized once, its batches, its length in steps and its learning-rate schedule: what every way of running it shares.</summary>
+/// <summary>
+/// A job's data read and tokenized once, its batches, its length in steps, its learning-rate schedule and where it
+/// starts (step 0, or a resumed job's checkpoint step with the time and samples before it): what every way of running it shares.
+/// </summary>
 public sealed record PreparedJob(PreparedData Data, IBatchSource Source, long TotalSteps, LearningRateSchedule Schedule)
 {
+    /// <summary>The first step to run: 0, or the step of the checkpoint a resumed job starts from.</summary>
+    public long StartStep { get; init; }
+    /// <summary>Training time and samples before <see cref="StartStep"/> (carried into checkpoints).</summary>
+    public double ElapsedBefore { get; init; }
+    public long SamplesBefore { get; init; }
+
     /// <summary>Whether the job evaluates after <paramref name="done"/> steps: every eval_interval steps and at the end.</summary>
     public bool EvaluatesAfter(TrainingSpec t, long done) => done == TotalSteps || (t.EvalInterval > 0 && done % t.EvalInterval == 0);
 
@@ -15,13 +24,21 @@ public sealed record PreparedJob(PreparedData Data, IBatchSource Source, long To
     public static async Task<PreparedJob> LoadAsync(JobRecord job, CancellationToken cancel)
     {
         var spec = job.Spec;
-        var data = await Task.Run(() => PreparedData.Load(spec, job.Dir), cancel).ConfigureAwait(false);
+        var resume = job.Resume;
+        // A resumed job keeps the checkpoint's vocabulary and labels: its token ids are the model's.
+        var data = await Task.Run(() => PreparedData.Load(spec, job.Dir, resume?.Tokenizer, resume?.Labels), cancel).ConfigureAwait(false);
         if (data.Report.Skipped > 0 || data.Report.Truncated > 0)
             job.Publish(new Protos.Jobs.JobEvent { Log = $"data: read {data.Report.Read} records, skipped {data.Report.Skipped}, truncated {data.Report.Truncated}" });
         IBatchSource source = spec.Task == TaskKinds.LanguageModel
             ? new LanguageModelBatches(data.TrainTokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.LmSampling, spec.Training.Seed)
             : new ClassificationBatches(data.TrainSequences, data.TrainLabels, spec.Training.BatchSize, spec.Training.Seed);
         var total = spec.Training.MaxSteps > 0 ? spec.Training.MaxSteps : spec.Training.Epochs * source.StepsPerEpoch;
-        return new PreparedJob(data, source, total, new LearningRateSchedule(spec.Schedule, spec.Optimizer.Lr, total));
+        var start = resume?.State.Step ?? 0;
+        if (start >= total)
+            throw new JobFailure($"the checkpoint {resume!.Path} is at step {start} and the job has {total} steps: nothing left to train (raise training.max_steps or training.epochs)");
+        return new PreparedJob(data, source, total, new LearningRateSchedule(spec.Schedule, spec.Optimizer.Lr, total))
+        {
+            StartStep = start, ElapsedBefore = resume?.State.ElapsedSeconds ?? 0, SamplesBefore = resume?.State.SamplesSeen ?? 0,
+        };
     }
 }

@@ -58,6 +58,9 @@ public sealed class InMemoryJobWorkers : IJobWorkers, IAsyncDisposable
         return writer.Written;
     }
 
+    public Task<LoadStateReply[]> LoadStateAsync(string jobId, Func<int, IEnumerable<NamedTensor>> perRank, long step, CancellationToken cancel) =>
+        Task.WhenAll(services.Select((s, rank) => s.LoadState(new Reader<LoadStateChunk>([.. perRank(rank).Select(t => new LoadStateChunk { JobId = jobId, Tensor = t })]), new Context(cancel))));
+
     public async ValueTask DisposeAsync()
     {
         foreach (var s in slots) await s.ReleaseAsync("test over");

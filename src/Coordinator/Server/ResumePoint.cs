@@ -1,0 +1,107 @@
+using System.Globalization;
+using Dtrain.Checkpoints;
+using Dtrain.Data;
+using Dtrain.Distributed;
+using Dtrain.Protos.Worker;
+using Dtrain.Specs;
+using Dtrain.Training;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Dtrain.Server;
+
+/// <summary>
+/// Where a resumed job starts: a checkpoint (of an earlier job, or uploaded) with its step, tokenizer, labels and
+/// spec. The new job's model and optimizer must match the checkpoint's; its parallelism may differ — a model
+/// trained on 4 pipeline stages continues on 2 data-parallel replicas, or the other way round — because the
+/// checkpoint holds the whole model under its whole-model names and every worker takes the parameters it holds.
+/// </summary>
+public sealed class ResumePoint
+{
+    public string From { get; }
+    public string Path { get; }
+    public CheckpointData Checkpoint { get; }
+    public JobSpec Spec { get; }
+    public TrainingState State { get; }
+    public ITokenizer Tokenizer { get; }
+    public LabelSet Labels { get; }
+
+    private ResumePoint(string from, string path, CheckpointData checkpoint)
+    {
+        From = from;
+        Path = path;
+        Checkpoint = checkpoint;
+        try
+        {
+            Spec = TrainingCheckpoint.ReadSpec(checkpoint, path);
+            State = TrainingCheckpoint.ReadState(checkpoint, path);
+            Tokenizer = TrainingCheckpoint.ReadTokenizer(checkpoint, path);
+            Labels = TrainingCheckpoint.ReadLabels(checkpoint, path);
+        }
+        catch (Exception e) when (e is System.Text.Json.JsonException or SpecException or ArgumentException)
+        {
+            throw new InvalidDataException($"{path}: not a training checkpoint: {e.Message}", e);
+        }
+        if (!checkpoint.Sections.ContainsKey(TrainingCheckpoint.Model) || !checkpoint.Sections.ContainsKey(TrainingCheckpoint.Optimizer))
+            throw new InvalidDataException($"{path}: the checkpoint has no model weights or optimizer state to resume from");
+    }
+
+    /// <summary>The newest valid checkpoint of the job in <paramref name="jobDir"/>; null when it has none.</summary>
+    public static ResumePoint? OfJob(string jobId, string jobDir)
+    {
+        var dir = System.IO.Path.Combine(jobDir, "checkpoints");
+        if (!Directory.Exists(dir)) return null;
+        var latest = new CheckpointStore(dir, 1_000_000).LoadLatest();
+        return latest is null ? null : new ResumePoint(jobId, latest.Path, latest.Data);
+    }
+
+    /// <summary>A checkpoint file (an upload), verified.</summary>
+    public static ResumePoint OfFile(string description, string path) => new(description, path, CheckpointStore.ReadFile(path));
+
+    /// <summary>Refuses a spec whose model or optimizer cannot take this checkpoint's state (field paths, both values).</summary>
+    public void CheckCompatible(JobSpec spec, string source)
+    {
+        var errors = new List<SpecError>();
+        void Same<T>(string path, T mine, T theirs)
+        {
+            if (!EqualityComparer<T>.Default.Equals(mine, theirs))
+                errors.Add(new SpecError(path, $"{Format(mine)} here, {Format(theirs)} in the checkpoint {From} resumes from: a resumed job keeps the checkpoint's model and optimizer"));
+        }
+        Same("$.task", spec.Task, Spec.Task);
+        Same("$.model.cell", spec.Model.Cell, Spec.Model.Cell);
+        Same("$.model.layers", spec.Model.Layers, Spec.Model.Layers);
+        Same("$.model.embedding_dim", spec.Model.EmbeddingDim, Spec.Model.EmbeddingDim);
+        Same("$.model.hidden_size", spec.Model.HiddenSize, Spec.Model.HiddenSize);
+        Same("$.model.bidirectional", spec.Model.Bidirectional, Spec.Model.Bidirectional);
+        Same("$.optimizer.kind", spec.Optimizer.Kind, Spec.Optimizer.Kind);
+        Same("$.optimizer.momentum (zero or not)", spec.Optimizer.Momentum > 0, Spec.Optimizer.Momentum > 0);
+        if (errors.Count > 0) throw new SpecException(source, errors);
+        if (spec.Task == TaskKinds.Classification && Labels.Count < 2)
+            throw new SpecException(source, [new SpecError("$.task", $"the checkpoint {From} resumes from has {Labels.Count} label(s)")]);
+    }
+
+    /// <summary>
+    /// The checkpoint's parameters and optimizer state, one message per parameter under its whole-model name, and
+    /// their checksum (what the workers must report once loaded). Runs torch: call it on a torch thread.
+    /// </summary>
+    public (List<NamedTensor> Tensors, double Checksum) Tensors(JobSpec spec)
+    {
+        var classes = Labels.Count;
+        using var engine = new TrainingEngine(spec with { Parallelism = null }, Tokenizer.VocabSize, classes, CPU);
+        using (var ms = new MemoryStream(Checkpoint.Sections[TrainingCheckpoint.Model]))
+            engine.Model.load(ms);
+        using (var ms = new MemoryStream(Checkpoint.Sections[TrainingCheckpoint.Optimizer]))
+        using (var reader = new BinaryReader(ms))
+            ((OptimizerHelper)engine.Optimizer).load_state_dict(reader);
+        var tensors = ParameterTransfer.Capture(engine.Model.named_parameters().Select(p => (p.name, p.parameter)), (OptimizerHelper)engine.Optimizer);
+        return (tensors, ParameterChecksums.Sum(engine.Parameters));
+    }
+
+    private static string Format<T>(T value) => value switch
+    {
+        string s => $"\"{s}\"",
+        bool b => b ? "true" : "false",
+        IFormattable f => f.ToString(null, CultureInfo.InvariantCulture),
+        _ => value?.ToString() ?? "null",
+    };
+}

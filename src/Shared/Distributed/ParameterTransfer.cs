@@ -1,0 +1,71 @@
+using System.Runtime.InteropServices;
+using Dtrain.Protos.Worker;
+using Dtrain.Training;
+using Google.Protobuf;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Dtrain.Distributed;
+
+/// <summary>
+/// Parameters and their optimizer state as <see cref="NamedTensor"/> messages under whole-model names: how a
+/// pipeline stage hands its share to the coordinator, and how a resumed job's checkpoint reaches every replica or
+/// stage. Everything a message says is checked in managed code before it touches a tensor (a libtorch error would
+/// abort the process).
+/// </summary>
+public static class ParameterTransfer
+{
+    /// <summary>Each parameter (in order) with its values and the optimizer's state of it.</summary>
+    public static List<NamedTensor> Capture(IEnumerable<(string Name, Parameter Parameter)> parameters, OptimizerHelper optimizer)
+    {
+        var named = parameters.ToList();
+        var states = OptimizerStateBytes.Save(optimizer).ToList();
+        if (states.Count != named.Count) throw new InvalidOperationException($"{states.Count} optimizer states for {named.Count} parameters");
+        return [.. named.Zip(states).Select(x =>
+        {
+            var ((name, p), state) = x;
+            using var cpu = p.detach().cpu().contiguous();
+            var t = new NamedTensor
+            {
+                Name = name,
+                Data = ByteString.CopyFrom(MemoryMarshal.AsBytes(cpu.data<float>().ToArray().AsSpan())),
+                OptimizerState = ByteString.CopyFrom(state),
+            };
+            t.Shape.AddRange(p.shape);
+            return t;
+        })];
+    }
+
+    /// <summary>
+    /// Copies the values and optimizer state of every parameter in <paramref name="parameters"/> from
+    /// <paramref name="tensors"/> (keyed by whole-model name; tensors this holder does not hold are ignored).
+    /// Throws <see cref="InvalidDataException"/> naming the parameter when one is missing or does not fit.
+    /// </summary>
+    public static void Load(IEnumerable<(string Name, Parameter Parameter)> parameters, OptimizerHelper optimizer, IReadOnlyDictionary<string, NamedTensor> tensors)
+    {
+        var named = parameters.ToList();
+        var values = new List<float[]>(named.Count);
+        foreach (var (name, p) in named)
+        {
+            if (!tensors.TryGetValue(name, out var t)) throw new InvalidDataException($"no value for parameter {name}");
+            if (!t.Shape.SequenceEqual(p.shape))
+                throw new InvalidDataException($"parameter {name} has shape [{string.Join(", ", t.Shape)}], this model's is [{string.Join(", ", p.shape)}]");
+            if (t.Data.Length != p.numel() * sizeof(float))
+                throw new InvalidDataException($"parameter {name}: {t.Data.Length} bytes for {p.numel()} float32 values");
+            var v = MemoryMarshal.Cast<byte, float>(t.Data.Span).ToArray();
+            if (v.Any(x => !float.IsFinite(x))) throw new InvalidDataException($"parameter {name} holds non-finite values");
+            values.Add(v);
+        }
+        // The optimizer state first: if it does not fit, the parameters are left as they were.
+        OptimizerStateBytes.Load(optimizer, [.. named.Select(n => (n.Name, tensors[n.Name].OptimizerState.ToByteArray()))]);
+        using (no_grad())
+        {
+            for (var i = 0; i < named.Count; i++)
+            {
+                var p = named[i].Parameter;
+                using var source = tensor(values[i], p.shape);
+                p.copy_(source);
+            }
+        }
+    }
+}
