@@ -4,7 +4,7 @@ using Dtrain.Protos.Worker;
 using Dtrain.Runtime;
 using Dtrain.Specs;
 using Dtrain.Training;
-using Grpc.Core;
+using Dtrain.Rpc;
 
 namespace Dtrain.Worker;
 
@@ -12,12 +12,13 @@ namespace Dtrain.Worker;
 public sealed class ReplicaJob : IAsyncDisposable
 {
     private readonly Dictionary<long, ShardStep> steps = [];
-    private readonly IAsyncDisposable? ring;
+    private IAsyncDisposable? ring;
 
     public string JobId { get; }
-    public long Generation { get; }
-    public int Rank { get; }
-    public int WorldSize { get; }
+    /// <summary>The membership generation this replica works in; requests of another one are refused.</summary>
+    public long Generation { get; private set; }
+    public int Rank { get; private set; }
+    public int WorldSize { get; private set; }
     public JobSpec Spec { get; }
     public ITokenizer Tokenizer { get; }
     public LabelSet Labels { get; }
@@ -25,7 +26,7 @@ public sealed class ReplicaJob : IAsyncDisposable
     private readonly StageWork? stage;
 
     /// <summary>The whole-model replica of a data-parallel job.</summary>
-    public DataParallelReplica Replica => replica ?? throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {JobId}: this worker holds pipeline stage {stage!.Stage.Plan.Stage}, not a whole replica"));
+    public DataParallelReplica Replica => replica ?? throw new InvalidOperationException($"job {JobId}: this worker holds pipeline stage {stage!.Stage.Plan.Stage}, not a whole replica");
     /// <summary>The pipeline stage of a pipelined job, or null.</summary>
     public StageWork? Stage => stage;
     /// <summary>The one thread all of this replica's torch work runs on.</summary>
@@ -35,6 +36,9 @@ public sealed class ReplicaJob : IAsyncDisposable
     public List<int> ValidationLabels { get; } = [];
     /// <summary>Cancelled when the job is released: unblocks a collective waiting for a dead peer.</summary>
     public CancellationTokenSource Cancel { get; } = new();
+    /// <summary>Cancelled when the steps of this generation are abandoned (<see cref="AbortAsync"/>); replaced by the next generation's.</summary>
+    public CancellationToken StepsCancelled => stepCancel.Token;
+    private CancellationTokenSource stepCancel = new();
     /// <summary>One step at a time: the replica and torch are not re-entrant.</summary>
     public SemaphoreSlim Gate { get; } = new(1, 1);
     public long LastStep { get; private set; }
@@ -61,14 +65,14 @@ public sealed class ReplicaJob : IAsyncDisposable
             if (Draining)
             {
                 Gate.Release();
-                throw new RpcException(new Status(StatusCode.Cancelled, $"job {JobId}: this worker is shutting down (drained after step {LastStep + 1})"));
+                throw new WorkStoppedException($"job {JobId}: this worker is shutting down (drained after step {LastStep + 1})");
             }
             if (step == LastStep + 1) return;
             var next = turn.Task;
             var last = LastStep;
             Gate.Release();
             if (step != last + 2)
-                throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {JobId}: step {step} requested after step {last}"));
+                throw new InvalidOperationException($"job {JobId}: step {step} requested after step {last}");
             await next.WaitAsync(cancel).ConfigureAwait(false);
         }
     }
@@ -100,6 +104,46 @@ public sealed class ReplicaJob : IAsyncDisposable
         this.replica = replica;
         this.ring = ring;
     }
+
+    /// <summary>
+    /// Abandons this generation's steps: the one running stops (before its optimizer step, unless it already took
+    /// it: a step is applied whole or not at all) and queued ones are refused; then closes the ring. Returns with
+    /// <see cref="Gate"/> held, so nothing runs until <see cref="Reconfigure"/> or <see cref="EndAbort"/>.
+    /// </summary>
+    public async Task AbortAsync(long generation, TimeSpan timeout)
+    {
+        if (generation <= Generation) throw new StaleGenerationException($"job {JobId}: abort for generation {generation}, but this worker is already at generation {Generation}");
+        await stepCancel.CancelAsync().ConfigureAwait(false);
+        if (!await Gate.WaitAsync(timeout).ConfigureAwait(false))
+            throw new TimeoutException($"job {JobId}: step {LastStep + 1} did not stop within {timeout.TotalSeconds:F0}s");
+        if (ring is not null)
+        {
+            await ring.DisposeAsync().ConfigureAwait(false);
+            ring = null;
+        }
+    }
+
+    /// <summary>Ends an abort without a new ring (the gate is released; steps stay refused until the next Reconfigure).</summary>
+    public void EndAbort() => Gate.Release();
+
+    /// <summary>Enters generation <paramref name="generation"/> as <paramref name="rank"/> of <paramref name="world"/> over <paramref name="newRing"/>, at step <paramref name="nextStep"/>, with no shard (it is sent again).</summary>
+    public void Reconfigure(long generation, int rank, int world, RingConnection newRing, long nextStep)
+    {
+        Generation = generation;
+        Rank = rank;
+        WorldSize = world;
+        ring = newRing;
+        replica?.Reducer = newRing.Reducer;
+        LastStep = nextStep - 1;
+        lock (steps) steps.Clear();
+        ValidationTokens.Clear();
+        ValidationSequences.Clear();
+        ValidationLabels.Clear();
+        stepCancel = new CancellationTokenSource();
+    }
+
+    /// <summary>A replica whose state was replaced (from a peer) stands at <paramref name="nextStep"/>.</summary>
+    public void StandAt(long nextStep) => LastStep = nextStep - 1;
 
     public int StepsReceived
     {
@@ -179,6 +223,7 @@ public sealed class ReplicaJob : IAsyncDisposable
         await Gate.WaitAsync().ConfigureAwait(false);
         try
         {
+            await stepCancel.CancelAsync().ConfigureAwait(false);
             if (ring is not null) await ring.DisposeAsync().ConfigureAwait(false);
             if (stage is not null)
             {
@@ -192,6 +237,7 @@ public sealed class ReplicaJob : IAsyncDisposable
         {
             Gate.Release();
             Cancel.Dispose();
+            stepCancel.Dispose();
         }
     }
 }

@@ -24,6 +24,8 @@ public static class WorkerHost
         builder.Services.AddSingleton<WorkerIdentity>();
         builder.Services.AddSingleton<WorkerSlot>();
         builder.Services.AddSingleton<IRingConnector, GrpcRingConnector>();
+        builder.Services.AddSingleton<IPeerState, GrpcPeerState>();
+        builder.Services.AddSingleton<WorkerRuntime>();
         // SIGTERM drains in CoordinatorLink.StoppingAsync (finish the step, tell the coordinator, release the ring)
         // before Kestrel stops; the host must give it that long.
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(options.DrainTimeoutSeconds + 15));

@@ -1,4 +1,3 @@
-using Grpc.Core;
 using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Worker;
@@ -13,7 +12,7 @@ public sealed class WorkerSlot(ILogger<WorkerSlot> log)
     {
         var job = Current;
         if (job is null || job.JobId != jobId)
-            throw new RpcException(new Status(StatusCode.NotFound, $"job {jobId} is not assigned to this worker{(job is null ? "" : $" (it runs {job.JobId})")}"));
+            throw new KeyNotFoundException($"job {jobId} is not assigned to this worker{(job is null ? "" : $" (it runs {job.JobId})")}");
         return job;
     }
 

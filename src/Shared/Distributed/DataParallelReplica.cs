@@ -16,17 +16,18 @@ public sealed record ReplicaStepResult(double LossSum, long Count, int Rows, dou
 /// </summary>
 public sealed class DataParallelReplica : IDisposable
 {
-    private readonly IGradientReducer reducer;
     private readonly GradientBuffer gradients;
     /// <summary>A world of one: the gradients stay in the model, no copy out and back.</summary>
-    private readonly bool alone;
+    private bool Alone => Reducer is LocalReducer;
+
+    /// <summary>How gradients are summed with the other replicas; replaced when the membership (and the ring) changes.</summary>
+    public IGradientReducer Reducer { get; set; }
 
     public TrainingEngine Engine { get; }
 
     public DataParallelReplica(JobSpec spec, int vocabSize, int classes, Device device, IGradientReducer reducer)
     {
-        this.reducer = reducer;
-        alone = reducer is LocalReducer;
+        Reducer = reducer;
         Engine = new TrainingEngine(spec, vocabSize, classes, device);
         gradients = new GradientBuffer(Engine.Parameters);
     }
@@ -39,7 +40,7 @@ public sealed class DataParallelReplica : IDisposable
         var clock = Stopwatch.StartNew();
         var stats = torch is null ? Compute(rows, resetState, carryState) : await torch.RunAsync(() => Compute(rows, resetState, carryState)).ConfigureAwait(false);
         var computeMs = clock.Elapsed.TotalMilliseconds;
-        if (!alone) await reducer.SumAsync(gradients.Values, step, cancel).ConfigureAwait(false);
+        if (!Alone) await Reducer.SumAsync(gradients.Values, step, cancel).ConfigureAwait(false);
         var reduceMs = clock.Elapsed.TotalMilliseconds - computeMs;
         var norm = torch is null ? Apply(globalCount, lr) : await torch.RunAsync(() => Apply(globalCount, lr)).ConfigureAwait(false);
         return new ReplicaStepResult(stats.LossSum, stats.Count, rows?.Rows ?? 0, norm, computeMs, reduceMs);
@@ -58,13 +59,13 @@ public sealed class DataParallelReplica : IDisposable
         {
             Engine.Optimizer.zero_grad();
         }
-        if (!alone) gradients.Gather();
+        if (!Alone) gradients.Gather();
         return stats;
     }
 
     private double Apply(long globalCount, double lr)
     {
-        if (!alone) gradients.Scatter();
+        if (!Alone) gradients.Scatter();
         else if (Engine.Parameters.Any(p => p.grad is null))
         {
             // A parameter the step did not reach gets an all-zero gradient, as Gather and Scatter would have given it.

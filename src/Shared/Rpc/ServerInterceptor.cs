@@ -62,6 +62,9 @@ public sealed class ServerInterceptor(ILogger<ServerInterceptor> log) : Intercep
         {
             // A collective failure is a peer's fault (dead or hung neighbour): Aborted tells the coordinator so.
             Collective.CollectiveException or Collective.RingTransportException => StatusCode.Aborted,
+            PeerFailureException => StatusCode.Aborted,
+            WorkStoppedException => StatusCode.Cancelled,
+            InsufficientMemoryException => StatusCode.ResourceExhausted,
             SpecException or DataFormatException or ArgumentException or InvalidDataException or FormatException => StatusCode.InvalidArgument,
             KeyNotFoundException or FileNotFoundException => StatusCode.NotFound,
             CorruptCheckpointException => StatusCode.DataLoss,

@@ -1,0 +1,25 @@
+using Dtrain.Protos.Worker;
+using Grpc.Core;
+using Grpc.Net.Client;
+
+namespace Dtrain.Worker;
+
+/// <summary>Takes a peer's training state, worker to worker (a joining or lagging replica of an elastic job).</summary>
+public interface IPeerState
+{
+    Task<byte[]> FetchStateAsync(string address, string jobId, long step, CancellationToken cancel);
+}
+
+/// <summary>Over the peer's WorkerControl.GetState (chunked), on a channel made for the transfer.</summary>
+public sealed class GrpcPeerState(WorkerOptions options) : IPeerState
+{
+    public async Task<byte[]> FetchStateAsync(string address, string jobId, long step, CancellationToken cancel)
+    {
+        using var channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions { MaxReceiveMessageSize = options.MaxMessageBytes });
+        var client = new WorkerControl.WorkerControlClient(channel);
+        using var call = client.GetState(new GetStateRequest { JobId = jobId, Step = step }, deadline: DateTime.UtcNow.AddSeconds(options.CollectiveTimeoutSeconds), cancellationToken: cancel);
+        using var ms = new MemoryStream();
+        await foreach (var chunk in call.ResponseStream.ReadAllAsync(cancel).ConfigureAwait(false)) chunk.Data.WriteTo(ms);
+        return ms.ToArray();
+    }
+}

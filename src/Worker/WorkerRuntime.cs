@@ -1,0 +1,475 @@
+using Dtrain.Checkpoints;
+using Dtrain.Data;
+using Dtrain.Distributed;
+using Dtrain.Distributed.Pipeline;
+using Dtrain.Protos.Worker;
+using Dtrain.Rpc;
+using Dtrain.Runtime;
+using Dtrain.Specs;
+using Dtrain.Training;
+using Microsoft.Extensions.Logging;
+
+namespace Dtrain.Worker;
+
+/// <summary>
+/// What a worker does for the coordinator — assign a job, load its shard, run steps, evaluate, hand over and take
+/// state, change membership generation, release — without gRPC: requests in, replies out, and failures as the
+/// exceptions the server interceptor maps to status codes (bad request → ArgumentException, wrong moment →
+/// InvalidOperationException, unknown job → KeyNotFoundException, over budget → InsufficientMemoryException, a peer
+/// gone → PeerFailureException, stopped on purpose → WorkStoppedException). <see cref="WorkerControlService"/> adapts it to gRPC.
+/// </summary>
+public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerState peers, WorkerOptions options, StageMailboxes mailboxes, ILogger<WorkerRuntime> log)
+{
+    public async Task<AssignReply> AssignAsync(AssignRequest request, CancellationToken cancel)
+    {
+        if (request.StartStep < 0 || (request.TotalSteps > 0 && request.StartStep >= request.TotalSteps))
+            throw new ArgumentException($"start_step {request.StartStep} outside [0, {request.TotalSteps})");
+        if (request.WorldSize < 1 || request.Rank < 0 || request.Rank >= request.WorldSize)
+            throw new ArgumentException($"rank {request.Rank} outside world of {request.WorldSize}");
+        if (request.Peers.Count != request.WorldSize)
+            throw new ArgumentException($"{request.Peers.Count} peers for a world of {request.WorldSize}");
+        JobSpec spec;
+        try
+        {
+            spec = JobSpecSerializer.Parse(request.SpecJson, $"job {request.JobId}");
+        }
+        catch (SpecException e)
+        {
+            throw new ArgumentException(e.Message);
+        }
+        ITokenizer tokenizer;
+        LabelSet labels;
+        try
+        {
+            tokenizer = TokenizerFactory.FromState(new TokenizerState(request.TokenizerKind, request.TokenizerLowercase, [.. request.TokenizerTokens]));
+            labels = new LabelSet(request.Labels);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new ArgumentException(e.Message);
+        }
+        if (spec.Task == TaskKinds.Classification && labels.Count < 2)
+            throw new ArgumentException($"classification job with {labels.Count} labels");
+
+        CheckMemoryBudget(request, spec, tokenizer.VocabSize, labels.Count);
+        await state.ReleaseAsync("replaced by a new assignment").ConfigureAwait(false);
+        // The worker's own --threads (its operator's decision, "auto" = its CPUs) is the most it runs; a spec's
+        // training.threads may only ask for fewer.
+        var threads = request.Threads > 0 ? Math.Min(request.Threads, options.ResolvedThreads) : options.ResolvedThreads;
+        if (request.Threads > threads)
+            log.LogInformation("job {JobId}: training.threads {Requested} capped at this worker's {Threads} (Worker:Threads)", request.JobId, request.Threads, threads);
+        var device = DeviceSelector.Resolve(options.Device, m => log.LogWarning("{Message}", m));
+        if (request.Pipeline is { } pipeline) CheckStage(request, pipeline, spec);
+        RingConnection? ring = null;
+        TorchThread? torch = null;
+        try
+        {
+            ring = await rings.ConnectAsync(request, cancel).ConfigureAwait(false);
+            torch = new TorchThread($"torch-{request.JobId}", threads);
+            var (job, reply) = request.Pipeline is { } p
+                ? await AssignStageAsync(request, p, spec, tokenizer, labels, device, ring, torch, threads).ConfigureAwait(false)
+                : await AssignReplicaAsync(request, spec, tokenizer, labels, device, ring, torch, threads).ConfigureAwait(false);
+            state.Current = job;
+            ring = null;
+            torch = null;
+            return reply;
+        }
+        finally
+        {
+            // Anything that failed after the ring or the torch thread existed must not leak them.
+            if (ring is not null) await ring.DisposeAsync().ConfigureAwait(false);
+            torch?.Dispose();
+        }
+    }
+
+    private async Task<(ReplicaJob, AssignReply)> AssignReplicaAsync(AssignRequest request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, TorchSharp.torch.Device device, RingConnection ring, TorchThread torch, int threads)
+    {
+        var replica = await torch.RunAsync(() => new DataParallelReplica(spec, tokenizer.VocabSize, labels.Count, device, ring.Reducer)).ConfigureAwait(false);
+        var job = new ReplicaJob(request, spec, tokenizer, labels, replica, null, ring, torch);
+        log.LogInformation("assigned job {JobId} generation {Generation}: rank {Rank}/{World}, {Parameters} parameters, {Threads} thread(s); allocator: {Allocator}",
+            request.JobId, request.Generation, request.Rank, request.WorldSize, replica.ParameterCount, threads, NativeAllocator.Describe());
+        var reply = new AssignReply { Parameters = replica.ParameterCount, ParameterChecksum = await torch.RunAsync(replica.ParameterChecksum).ConfigureAwait(false) };
+        reply.ParameterNames.AddRange(await torch.RunAsync(() => replica.Engine.Model.named_parameters().Select(p => p.name).ToList()).ConfigureAwait(false));
+        return (job, reply);
+    }
+
+    /// <summary>Refuses an assignment whose estimated memory (the whole model, or this stage) exceeds Worker:MemoryBudgetMb.</summary>
+    private void CheckMemoryBudget(AssignRequest request, JobSpec spec, int vocabSize, int classes)
+    {
+        if (options.MemoryBudgetMb <= 0) return;
+        var outputs = spec.Task == TaskKinds.LanguageModel ? vocabSize : classes;
+        var layout = ModelLayout.Of(spec.Model, vocabSize, outputs);
+        StageMemory need;
+        string what;
+        if (request.Pipeline is { } p && p.Stages > 0 && p.FirstLayer >= 0 && p.LayerCount >= 1 && p.FirstLayer + p.LayerCount <= layout.Layers.Count)
+        {
+            var last = p.Stage == p.Stages - 1;
+            var parameters = layout.Layers.Skip(p.FirstLayer).Take(p.LayerCount).Sum() + (p.Stage == 0 ? layout.Embedding : 0) + (last ? layout.Head : 0);
+            var plan = new StagePlan(p.Stage, p.FirstLayer, p.LayerCount, parameters, p.Stage == 0, last);
+            var rows = Math.Max(1, spec.Training.BatchSize / Math.Max(1, p.Replicas) / Math.Max(1, p.Microbatches));
+            need = PipelinePlan.Estimate(spec, plan, rows, Math.Min(p.Stages - p.Stage, Math.Max(1, p.Microbatches)), outputs);
+            what = $"pipeline stage {p.Stage} (layers {p.FirstLayer}-{p.FirstLayer + p.LayerCount - 1})";
+        }
+        else
+        {
+            var whole = new StagePlan(0, 0, layout.Layers.Count, layout.Total, true, true);
+            need = PipelinePlan.Estimate(spec, whole, Math.Max(1, spec.Training.BatchSize / Math.Max(1, request.WorldSize)), 1, outputs);
+            what = "the whole model";
+        }
+        var budget = (long)(options.MemoryBudgetMb * 1e6);
+        if (need.Total > budget)
+            throw new InsufficientMemoryException(
+                $"job {request.JobId}: {what} needs about {PipelinePlan.Mb(need.Total)} MB (weights {PipelinePlan.Mb(need.Weights)}, gradients {PipelinePlan.Mb(need.Gradients)}, " +
+                $"optimizer {PipelinePlan.Mb(need.OptimizerState)}, activations {PipelinePlan.Mb(need.Activations)}), over this worker's budget of {PipelinePlan.Mb(budget)} MB (Worker:MemoryBudgetMb); " +
+                "split the model into pipeline stages (parallelism.pipeline; `dtrain plan` shows the memory per stage)");
+    }
+
+    /// <summary>Checks a pipeline assignment in managed code: nothing unchecked reaches torch.</summary>
+    private static void CheckStage(AssignRequest request, PipelineAssignment p, JobSpec spec)
+    {
+        string? Bad()
+        {
+            if (p.Stages < 1 || p.Stage < 0 || p.Stage >= p.Stages) return $"stage {p.Stage} outside [0, {p.Stages})";
+            if (p.LayerCount < 1 || p.FirstLayer < 0 || p.FirstLayer + p.LayerCount > spec.Model.Layers) return $"layers [{p.FirstLayer}, {p.FirstLayer + p.LayerCount}) outside the model's {spec.Model.Layers}";
+            if (p.Microbatches < 1 || p.Microbatches > JobSpecValidator.MaxBatch) return $"microbatches {p.Microbatches} out of range";
+            if (!PipelineSchedule.Kinds.Contains(p.Schedule)) return $"schedule \"{p.Schedule}\" is not one of {string.Join(", ", PipelineSchedule.Kinds)}";
+            if (p.Replicas < 1 || p.Replica < 0 || p.Replica >= p.Replicas) return $"replica {p.Replica} outside [0, {p.Replicas})";
+            if (p.Stage > 0 && !Uri.TryCreate(p.PreviousAddress, UriKind.Absolute, out _)) return $"stage {p.Stage} needs the previous stage's address, got \"{p.PreviousAddress}\"";
+            if (p.Stage < p.Stages - 1 && !Uri.TryCreate(p.NextAddress, UriKind.Absolute, out _)) return $"stage {p.Stage} needs the next stage's address, got \"{p.NextAddress}\"";
+            return null;
+        }
+        if (Bad() is { } why) throw new ArgumentException($"job {request.JobId}: {why}");
+    }
+
+    /// <summary>Builds a checked pipeline assignment's stage and its links.</summary>
+    private async Task<(ReplicaJob, AssignReply)> AssignStageAsync(AssignRequest request, PipelineAssignment p, JobSpec spec, ITokenizer tokenizer, LabelSet labels, TorchSharp.torch.Device device,
+        RingConnection ring, TorchThread torch, int threads)
+    {
+        var plan = new StagePlan(p.Stage, p.FirstLayer, p.LayerCount, 0, HasEmbedding: p.Stage == 0, HasHead: p.Stage == p.Stages - 1);
+        var stage = await torch.RunAsync(() => new PipelineStage(spec, tokenizer.VocabSize, spec.Task == TaskKinds.LanguageModel ? tokenizer.VocabSize : labels.Count, plan, device)).ConfigureAwait(false);
+        var links = new GrpcStageLinks(request.JobId, request.Generation, p.Replica, p.Stage, p.Stage > 0 ? p.PreviousAddress : null, p.Stage < p.Stages - 1 ? p.NextAddress : null, mailboxes);
+        var work = new StageWork(stage, links, PipelineSchedule.Create(p.Schedule, p.Stages, p.Microbatches), ring.Reducer);
+        var job = new ReplicaJob(request, spec, tokenizer, labels, null, work, ring, torch);
+        var parameters = stage.Parameters.Sum(x => x.numel());
+        log.LogInformation("assigned job {JobId} generation {Generation}: pipeline stage {Stage}/{Stages} (layers {First}-{Last}) of replica {Replica}/{Replicas}, {Parameters} parameters, {Threads} thread(s); allocator: {Allocator}",
+            request.JobId, request.Generation, p.Stage, p.Stages, p.FirstLayer, p.FirstLayer + p.LayerCount - 1, p.Replica, p.Replicas, parameters, threads, NativeAllocator.Describe());
+        var reply = new AssignReply { Parameters = parameters, ParameterChecksum = await torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false) };
+        reply.ParameterNames.AddRange(await torch.RunAsync(() => stage.NamedParameters().Select(p => p.Name).ToList()).ConfigureAwait(false));
+        return (job, reply);
+    }
+
+    public async Task<ShardReply> LoadShardAsync(IAsyncEnumerable<ShardChunk> chunks, CancellationToken cancel)
+    {
+        ReplicaJob? job = null;
+        await foreach (var chunk in chunks.WithCancellation(cancel).ConfigureAwait(false))
+        {
+            job = state.Require(chunk.JobId);
+            try
+            {
+                job.Add(chunk);
+            }
+            catch (ArgumentException e)
+            {
+                throw new ArgumentException($"job {chunk.JobId}: bad shard: {e.Message}");
+            }
+        }
+        return new ShardReply { StepsReceived = job?.StepsReceived ?? 0 };
+    }
+
+    public async Task<RunStepReply> RunStepAsync(RunStepRequest request, CancellationToken cancel)
+    {
+        var job = state.Require(request.JobId);
+        if (request.Generation != 0 && request.Generation != job.Generation)
+            throw new StaleGenerationException($"job {job.JobId}: step {request.Step} of generation {request.Generation}, but this worker is at generation {job.Generation}");
+        if (request.GlobalCount <= 0) throw new ArgumentException($"global_count {request.GlobalCount} must be positive");
+        if (!(request.Lr > 0 && double.IsFinite(request.Lr))) throw new ArgumentException($"lr {request.Lr} must be positive");
+        var abandoned = job.StepsCancelled;
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(job.Cancel.Token, abandoned, cancel);
+        await job.EnterStepAsync(request.Step, linked.Token).ConfigureAwait(false);
+        var completed = false;
+        try
+        {
+            job.TryTake(request.Step, out var shardStep);
+            var lm = job.Spec.Task == TaskKinds.LanguageModel;
+            var carries = lm && job.Spec.Training.LmSampling == LmSamplingKinds.Stream;
+            var rows = ReplicaJob.ToRows(shardStep, lm);
+            if (shardStep is null && job.StepsReceived == 0 && request.Step == job.StartStep)
+                throw new InvalidOperationException($"job {job.JobId}: no shard loaded");
+            if (job.Stage is { } work)
+            {
+                StageStepReport report;
+                try
+                {
+                    report = await work.RunAsync(request.Step, rows, shardStep?.ResetState ?? false, carries, request.GlobalCount, job.Torch, linked.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (job.Cancel.IsCancellationRequested || abandoned.IsCancellationRequested)
+                {
+                    throw Stopped(job, request.Step, abandoned);
+                }
+                catch (Exception e) when (e is InvalidOperationException or InvalidDataException)
+                {
+                    throw new InvalidOperationException($"job {job.JobId}: {e.Message}");
+                }
+                catch (IOException e)
+                {
+                    // A neighbouring stage went away: a consequence; the coordinator names the worker that failed.
+                    throw new PeerFailureException(e.Message);
+                }
+                completed = true;
+                state.Step = request.Step;
+                return new RunStepReply
+                {
+                    LossSum = report.LossSum, Count = report.Count, Rows = report.Rows, SquaredGradNorm = report.SquaredNorm,
+                    ComputeMs = report.ComputeMs, AllreduceMs = report.ReduceMs, IdleMs = report.IdleMs,
+                };
+            }
+            ReplicaStepResult result;
+            try
+            {
+                result = await job.Replica.StepAsync(rows, shardStep?.ResetState ?? false, carries, request.GlobalCount, request.Lr, request.Step, linked.Token, job.Torch).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (job.Cancel.IsCancellationRequested || abandoned.IsCancellationRequested)
+            {
+                throw Stopped(job, request.Step, abandoned);
+            }
+            completed = true;
+            state.Step = request.Step;
+            log.LogDebug("job {JobId} step {Step}: {Rows} rows, compute {Compute:F1} ms, all-reduce {Reduce:F1} ms", job.JobId, request.Step, result.Rows, result.ComputeMs, result.ReduceMs);
+            return new RunStepReply
+            {
+                LossSum = result.LossSum,
+                Count = result.Count,
+                Rows = result.Rows,
+                GradNorm = result.GradNorm,
+                ParameterChecksum = request.ReportChecksum ? await job.Torch.RunAsync(job.Replica.ParameterChecksum).ConfigureAwait(false) : 0,
+                ComputeMs = result.ComputeMs,
+                AllreduceMs = result.ReduceMs,
+            };
+        }
+        finally
+        {
+            job.ExitStep(request.Step, completed);
+        }
+    }
+
+    private static WorkStoppedException Stopped(ReplicaJob job, long step, CancellationToken abandoned) =>
+        new(abandoned.IsCancellationRequested
+            ? $"job {job.JobId}: step {step} abandoned for a new membership generation"
+            : $"job {job.JobId} was released during step {step}");
+
+    public async Task<EvaluateReply> EvaluateAsync(EvaluateRequest request, CancellationToken cancel)
+    {
+        var job = state.Require(request.JobId);
+        if (request.BatchSize is < 1 or > JobSpecValidator.MaxBatch) throw new ArgumentException($"batch_size {request.BatchSize} out of range");
+        await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
+        try
+        {
+            var lm = job.Spec.Task == TaskKinds.LanguageModel;
+            if (lm ? job.ValidationTokens.Count < 2 : job.ValidationSequences.Count == 0)
+                throw new InvalidOperationException($"job {job.JobId}: this replica holds no validation data");
+            var m = await job.Torch.RunAsync(() => lm
+                ? Evaluator.LanguageModel(job.Replica.Engine, [.. job.ValidationTokens], request.BatchSize, job.Spec.Training.SeqLen, request.MaxBatches)
+                : Evaluator.Classification(job.Replica.Engine, job.ValidationSequences, job.ValidationLabels, job.Labels.Count, request.BatchSize, request.MaxBatches)).ConfigureAwait(false);
+            var reply = new EvaluateReply { Loss = m.Loss, Count = m.Count };
+            if (m.Accuracy is { } a) reply.Accuracy = a;
+            if (m.MacroF1 is { } f) reply.MacroF1 = f;
+            return reply;
+        }
+        finally
+        {
+            job.Gate.Release();
+        }
+    }
+
+    /// <summary>The replica's full training state in the checkpoint format, taken at step <paramref name="request"/>.Step, which must be where it stands.</summary>
+    public async Task<byte[]> GetStateAsync(GetStateRequest request, CancellationToken cancel)
+    {
+        var job = state.Require(request.JobId);
+        byte[] bytes;
+        await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
+        try
+        {
+            if (request.Step != job.LastStep + 1)
+                throw new InvalidOperationException($"job {job.JobId}: state at step {request.Step} asked, but this replica stands at step {job.LastStep + 1}");
+            var training = new TrainingState { Step = request.Step, ElapsedSeconds = request.ElapsedSeconds, SamplesSeen = request.SamplesSeen };
+            var data = await job.Torch.RunAsync(() => TrainingCheckpoint.Capture(job.Spec, job.Tokenizer, job.Labels, training, job.Replica.Engine)).ConfigureAwait(false);
+            using var ms = new MemoryStream();
+            CheckpointFormat.Write(ms, data);
+            bytes = ms.ToArray();
+        }
+        finally
+        {
+            job.Gate.Release();
+        }
+        return bytes;
+    }
+
+    public async Task<ApplyStepReply> ApplyStepAsync(ApplyStepRequest request, CancellationToken cancel)
+    {
+        var job = state.Require(request.JobId);
+        var work = job.Stage ?? throw new InvalidOperationException($"job {job.JobId}: ApplyStep is for pipeline stages; this worker holds a whole replica");
+        if (request.GlobalCount <= 0) throw new ArgumentException($"global_count {request.GlobalCount} must be positive");
+        if (!(request.Lr > 0 && double.IsFinite(request.Lr))) throw new ArgumentException($"lr {request.Lr} must be positive");
+        if (!(request.GlobalNorm >= 0 && double.IsFinite(request.GlobalNorm))) throw new ArgumentException($"global_norm {request.GlobalNorm} must be a finite number >= 0");
+        await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
+        try
+        {
+            await job.Torch.RunAsync(() => work.Apply(request.Step, request.GlobalCount, request.Lr, request.GlobalNorm)).ConfigureAwait(false);
+            return new ApplyStepReply { ParameterChecksum = request.ReportChecksum ? await job.Torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false) : 0 };
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new InvalidOperationException($"job {job.JobId}: {e.Message}");
+        }
+        finally
+        {
+            job.Gate.Release();
+        }
+    }
+
+    public async Task<List<NamedTensor>> GetStageParametersAsync(GetStateRequest request, CancellationToken cancel)
+    {
+        var job = state.Require(request.JobId);
+        var work = job.Stage ?? throw new InvalidOperationException($"job {job.JobId}: this worker holds a whole replica; use GetState");
+        List<NamedTensor> tensors;
+        await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
+        try
+        {
+            tensors = await job.Torch.RunAsync(() => ParameterTransfer.Capture(work.Stage.NamedParameters(), (TorchSharp.Modules.OptimizerHelper)work.Stage.Optimizer)).ConfigureAwait(false);
+        }
+        finally
+        {
+            job.Gate.Release();
+        }
+        return tensors;
+    }
+
+    public async Task<LoadStateReply> LoadStateAsync(IAsyncEnumerable<LoadStateChunk> chunks, CancellationToken cancel)
+    {
+        ReplicaJob? job = null;
+        var tensors = new Dictionary<string, NamedTensor>(StringComparer.Ordinal);
+        await foreach (var chunk in chunks.WithCancellation(cancel).ConfigureAwait(false))
+        {
+            job ??= state.Require(chunk.JobId);
+            if (chunk.JobId != job.JobId) throw new ArgumentException($"state of job {chunk.JobId} sent with job {job.JobId}");
+            if (chunk.Tensor is null || !tensors.TryAdd(chunk.Tensor.Name, chunk.Tensor))
+                throw new ArgumentException($"job {job.JobId}: state without a tensor, or parameter \"{chunk.Tensor?.Name}\" sent twice");
+        }
+        if (job is null) throw new ArgumentException("empty state");
+        await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
+        try
+        {
+            if (job.LastStep >= job.StartStep) throw new InvalidOperationException($"job {job.JobId}: state loaded after step {job.LastStep} ran");
+            var checksum = await job.Torch.RunAsync(() =>
+            {
+                if (job.Stage is { } work)
+                {
+                    ParameterTransfer.Load(work.Stage.NamedParameters(), (TorchSharp.Modules.OptimizerHelper)work.Stage.Optimizer, tensors);
+                    return work.ParameterChecksum();
+                }
+                var engine = job.Replica.Engine;
+                ParameterTransfer.Load(engine.Model.named_parameters().Select(p => (p.name, p.parameter)), (TorchSharp.Modules.OptimizerHelper)engine.Optimizer, tensors);
+                return job.Replica.ParameterChecksum();
+            }).ConfigureAwait(false);
+            log.LogInformation("job {JobId}: loaded {Count} parameter(s) and their optimizer state; continuing at step {Step}", job.JobId, tensors.Count, job.StartStep);
+            return new LoadStateReply { ParameterChecksum = checksum, Tensors = tensors.Count };
+        }
+        catch (InvalidDataException e)
+        {
+            throw new ArgumentException($"job {job.JobId}: state does not fit: {e.Message}");
+        }
+        finally
+        {
+            job.Gate.Release();
+        }
+    }
+
+    /// <summary>Elastic jobs: abandons the step in flight (and any queued one), closes the ring, and says where this replica stands.</summary>
+    public async Task<AbortReply> AbortAsync(AbortRequest request)
+    {
+        var job = state.Require(request.JobId);
+        if (job.Stage is not null) throw new InvalidOperationException($"job {job.JobId}: a pipeline stage cannot change membership; the job restarts from its checkpoint instead");
+        await job.AbortAsync(request.Generation, TimeSpan.FromSeconds(options.CollectiveTimeoutSeconds)).ConfigureAwait(false);
+        try
+        {
+            var checksum = await job.Torch.RunAsync(job.Replica.ParameterChecksum).ConfigureAwait(false);
+            log.LogInformation("job {JobId}: steps of generation {Old} abandoned for generation {New} ({Reason}); standing at step {Step}", job.JobId, job.Generation, request.Generation, request.Reason, job.LastStep + 1);
+            return new AbortReply { NextStep = job.LastStep + 1, ParameterChecksum = checksum };
+        }
+        finally
+        {
+            job.EndAbort();
+        }
+    }
+
+    /// <summary>Elastic jobs: joins the ring of a new generation as a new rank, standing at <see cref="ReconfigureRequest.NextStep"/>.</summary>
+    public async Task<ReconfigureReply> ReconfigureAsync(ReconfigureRequest request, CancellationToken cancel)
+    {
+        var job = state.Require(request.JobId);
+        if (job.Stage is not null) throw new InvalidOperationException($"job {job.JobId}: a pipeline stage cannot change membership");
+        if (request.Generation <= job.Generation)
+            throw new StaleGenerationException($"job {job.JobId}: reconfigure to generation {request.Generation}, but this worker is already at generation {job.Generation}");
+        if (request.WorldSize < 1 || request.Rank < 0 || request.Rank >= request.WorldSize || request.Peers.Count != request.WorldSize)
+            throw new ArgumentException($"rank {request.Rank} of a world of {request.WorldSize} with {request.Peers.Count} peers");
+        if (request.NextStep < 0) throw new ArgumentException($"next_step {request.NextStep} must be >= 0");
+        await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
+        try
+        {
+            var ringRequest = new AssignRequest { JobId = job.JobId, Generation = request.Generation, Rank = request.Rank, WorldSize = request.WorldSize };
+            ringRequest.Peers.AddRange(request.Peers);
+            var ring = await rings.ConnectAsync(ringRequest, cancel).ConfigureAwait(false);
+            job.Reconfigure(request.Generation, request.Rank, request.WorldSize, ring, request.NextStep);
+            // The rows each replica holds change with the world: a carried hidden state belongs to the old rows.
+            await job.Torch.RunAsync(job.Replica.Engine.ResetState).ConfigureAwait(false);
+            log.LogInformation("job {JobId}: generation {Generation}: rank {Rank}/{World} from step {Step}", job.JobId, request.Generation, request.Rank, request.WorldSize, request.NextStep);
+            return new ReconfigureReply();
+        }
+        finally
+        {
+            job.Gate.Release();
+        }
+    }
+
+    /// <summary>Elastic jobs: replaces this replica's parameters, optimizer and RNG state with a peer's (worker to worker), at a committed step.</summary>
+    public async Task<SyncStateReply> SyncStateAsync(SyncStateRequest request, CancellationToken cancel)
+    {
+        var job = state.Require(request.JobId);
+        if (job.Stage is not null) throw new InvalidOperationException($"job {job.JobId}: a pipeline stage cannot take a peer's state");
+        if (request.Generation != job.Generation)
+            throw new StaleGenerationException($"job {job.JobId}: state sync of generation {request.Generation}, but this worker is at generation {job.Generation}");
+        if (!Uri.TryCreate(request.SourceAddress, UriKind.Absolute, out _)) throw new ArgumentException($"source_address \"{request.SourceAddress}\" is not a URL");
+        byte[] bytes;
+        try
+        {
+            bytes = await peers.FetchStateAsync(request.SourceAddress, job.JobId, request.NextStep, cancel).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            throw new PeerFailureException($"job {job.JobId}: could not take the state of step {request.NextStep} from {request.SourceAddress}: {e.Message}", e);
+        }
+        await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
+        try
+        {
+            var data = CheckpointFormat.Read(new MemoryStream(bytes), $"state of job {job.JobId} from {request.SourceAddress}");
+            var checksum = await job.Torch.RunAsync(() =>
+            {
+                TrainingCheckpoint.Restore(data, request.SourceAddress, job.Replica.Engine, withOptimizer: true);
+                job.Replica.Engine.ResetState();
+                return job.Replica.ParameterChecksum();
+            }).ConfigureAwait(false);
+            job.StandAt(request.NextStep);
+            log.LogInformation("job {JobId}: took the state of step {Step} ({Bytes} bytes) from {Source}", job.JobId, request.NextStep, bytes.Length, request.SourceAddress);
+            return new SyncStateReply { ParameterChecksum = checksum, Bytes = bytes.Length };
+        }
+        finally
+        {
+            job.Gate.Release();
+        }
+    }
+
+    public async Task<ReleaseReply> ReleaseAsync(ReleaseRequest request)
+    {
+        if (state.Current?.JobId == request.JobId) await state.ReleaseAsync(request.Reason).ConfigureAwait(false);
+        return new ReleaseReply();
+    }
+}
