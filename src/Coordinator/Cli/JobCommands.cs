@@ -34,13 +34,23 @@ public static class JobCommands
             Description = "Start from a checkpoint instead of the seed: a job id (its newest checkpoint on the coordinator) or a local .dtck file or run directory (uploaded). " +
                 "The model and optimizer must match the spec's; parallelism (--workers, parallelism.data, parallelism.pipeline) may differ.",
         };
+        var minWorkers = new Option<int>("--min-workers")
+        {
+            Description = "Data-parallel jobs are elastic: they go on without workers that die, hang or leave while at least this many remain (default 1), and wait (state \"waiting\") for more below it.",
+        };
+        var maxWorkers = new Option<int>("--max-workers")
+        {
+            Description = "Idle workers join a running data-parallel job at a step boundary while it has fewer than this (default: the number it started with).",
+        };
         var cmd = new Command("submit", "Submit a job spec to the coordinator's queue; prints the job id.");
         cmd.Arguments.Add(spec);
-        foreach (var o in new Option[] { workers, resume, watch, plain }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { workers, minWorkers, maxWorkers, resume, watch, plain }) cmd.Options.Add(o);
         cmd.SetAction(r => Remote.Guard(r, client =>
         {
             var request = BuildSubmit(client, r.GetValue(spec)!, r.GetValue(workers));
             if (r.GetValue(resume) is { } from) AddResume(client, request, from);
+            request.MinWorkers = r.GetValue(minWorkers);
+            request.MaxWorkers = r.GetValue(maxWorkers);
             var id = client.Submit(request).JobId;
             Console.WriteLine(id);
             return r.GetValue(watch) ? JobWatcher.Watch(client, id, r.GetValue(plain)) : CliErrors.Ok;
@@ -154,8 +164,10 @@ public static class JobCommands
     static Command Status()
     {
         var id = new Argument<string>("job") { Description = "Job id." };
+        var ledger = new Option<bool>("--ledger") { Description = "Also show the sample ledger: which rows of every epoch each committed step trained, on which workers, and whether every sample was seen exactly once." };
         var cmd = new Command("status", "Show one job: state, step, loss, last evaluation, workers, checkpoint.");
         cmd.Arguments.Add(id);
+        cmd.Options.Add(ledger);
         cmd.SetAction(r => Remote.Guard(r, client =>
         {
             var j = client.Get(new GetJobRequest { JobId = r.GetValue(id)! });
@@ -163,8 +175,11 @@ public static class JobCommands
             Console.WriteLine($"  step {j.Step}/{j.TotalSteps}, epoch {j.Epoch + 1}, loss {j.Loss:F4}, {j.SamplesPerSecond:F1} samples/s, {j.Parameters:N0} parameters");
             if (j.LastEval is { } m) Console.WriteLine($"  validation: {JobWatcher.Describe(m)}");
             Console.WriteLine($"  workers: {(j.WorkerIds.Count == 0 ? "-" : string.Join(", ", j.WorkerIds))} (requested {(j.WorkersRequested == 0 ? "all idle" : j.WorkersRequested.ToString(CultureInfo.InvariantCulture))})");
+            if (j.Generation > 1 || j.MaxWorkers > 0)
+                Console.WriteLine($"  membership generation {j.Generation}, workers min {j.MinWorkers} max {j.MaxWorkers}{(j.Restarts > 0 ? $", {j.Restarts} restart(s)" : "")}");
             if (j.ResumedFrom != "") Console.WriteLine($"  resumed from {j.ResumedFrom} at step {j.StartStep}");
             if (j.Checkpoint != "") Console.WriteLine($"  checkpoint: {j.Checkpoint}");
+            if (r.GetValue(ledger)) LedgerView.Print(client.Ledger(new GetJobRequest { JobId = j.JobId }), j);
             return CliErrors.Ok;
         }));
         return cmd;

@@ -11,6 +11,9 @@ namespace Dtrain.Cli;
 public sealed class LocalCluster : IDisposable
 {
     private readonly List<Process> processes = [];
+    private IDictionary<string, string>? environment;
+    private int threads = 1;
+    private int workerCount;
 
     public string Address { get; }
     public string LogDir { get; }
@@ -27,12 +30,11 @@ public sealed class LocalCluster : IDisposable
         if (workers is < 1 or > 64) throw new ArgumentException($"--workers {workers} must be in [1, 64]");
         if (port == 0) port = FreePort();
         Directory.CreateDirectory(logDir);
-        var cluster = new LocalCluster($"http://127.0.0.1:{port}", Path.GetFullPath(logDir));
+        var cluster = new LocalCluster($"http://127.0.0.1:{port}", Path.GetFullPath(logDir)) { environment = environment, threads = threadsPerWorker };
         try
         {
             cluster.Spawn("coordinator", environment, "serve", "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--data-dir", Path.Combine(logDir, "coordinator"));
-            for (var i = 0; i < workers; i++)
-                cluster.Spawn($"worker-{i + 1}", environment, "worker", "--coordinator", cluster.Address, "--threads", threadsPerWorker.ToString(System.Globalization.CultureInfo.InvariantCulture), "--name", $"worker-{i + 1}");
+            for (var i = 0; i < workers; i++) cluster.AddWorker();
             cluster.WaitForWorkers(workers, timeout);
             return cluster;
         }
@@ -41,6 +43,14 @@ public sealed class LocalCluster : IDisposable
             cluster.Dispose();
             throw;
         }
+    }
+
+    /// <summary>Starts one more worker process (named worker-N, N counting from 1); returns its 0-based index.</summary>
+    public int AddWorker()
+    {
+        var n = ++workerCount;
+        Spawn($"worker-{n}", environment, "worker", "--coordinator", Address, "--threads", threads.ToString(System.Globalization.CultureInfo.InvariantCulture), "--name", $"worker-{n}");
+        return n - 1;
     }
 
     private void Spawn(string name, IDictionary<string, string>? environment, params string[] args)

@@ -15,6 +15,8 @@ public sealed record CoordinatorOptions
     public double WorkerTimeoutSeconds { get; init; } = 10;
     /// <summary>A worker that does not finish a step within this long fails its job (a hung worker).</summary>
     public double StepTimeoutSeconds { get; init; } = 300;
+    /// <summary>An elastic job below its minimum of workers waits this long for more (state "waiting") before it fails (or restarts from its checkpoint, training.max_restarts).</summary>
+    public double WaitForWorkersSeconds { get; init; } = 60;
     /// <summary>Deadline of assignment, shard upload, evaluation and state transfer calls.</summary>
     public double CallTimeoutSeconds { get; init; } = 300;
     /// <summary>Compare replica parameter checksums every this many steps (and at the end).</summary>
@@ -33,6 +35,7 @@ public sealed record CoordinatorOptions
         if (HeartbeatIntervalMs is < 50 or > 60_000) e.Add($"Coordinator:HeartbeatIntervalMs {HeartbeatIntervalMs} must be in [50, 60000]");
         if (!(WorkerTimeoutSeconds * 1000 > 2 * HeartbeatIntervalMs)) e.Add($"Coordinator:WorkerTimeoutSeconds {WorkerTimeoutSeconds} must exceed two heartbeat intervals");
         if (!(StepTimeoutSeconds > 0)) e.Add($"Coordinator:StepTimeoutSeconds {StepTimeoutSeconds} must be positive");
+        if (!(WaitForWorkersSeconds >= 0)) e.Add($"Coordinator:WaitForWorkersSeconds {WaitForWorkersSeconds} must be >= 0");
         if (!(CallTimeoutSeconds > 0)) e.Add($"Coordinator:CallTimeoutSeconds {CallTimeoutSeconds} must be positive");
         if (ChecksumInterval < 1) e.Add($"Coordinator:ChecksumInterval {ChecksumInterval} must be >= 1");
         if (MaxMessageBytes < 1024 * 1024) e.Add($"Coordinator:MaxMessageBytes {MaxMessageBytes} must be at least 1 MiB");

@@ -16,46 +16,124 @@ namespace Dtrain.Server;
 /// </summary>
 public sealed class DataParallelDriver(CoordinatorOptions options)
 {
-    public async Task RunAsync(JobRecord job, PreparedJob prepared, IJobWorkers workers, CancellationToken cancel)
+    /// <summary>Runs the job on workers that never change.</summary>
+    public Task RunAsync(JobRecord job, PreparedJob prepared, IJobWorkers workers, CancellationToken cancel) => RunAsync(job, prepared, new FixedFleet(workers), cancel);
+
+    /// <summary>
+    /// Runs the job on <paramref name="fleet"/>: generation after generation, each on the workers it has then. When a
+    /// member is lost, hangs, is cut off or drains — or idle workers can join at a step boundary — the generation
+    /// ends, every member stops at one committed step (no half-applied optimizer step anywhere), and the next
+    /// generation continues from there with the same global batch split over the new world.
+    /// </summary>
+    public async Task RunAsync(JobRecord job, PreparedJob prepared, IJobFleet fleet, CancellationToken cancel)
     {
         var spec = job.Spec;
-        var world = workers.Members.Count;
-        var (data, source, total, schedule) = (prepared.Data, prepared.Source, prepared.TotalSteps, prepared.Schedule);
-        if (spec.Training.BatchSize < world)
-            throw new JobFailure($"training.batch_size {spec.Training.BatchSize} is smaller than the {world} workers: every worker needs at least one row");
-        var plan = new ShardPlan(source, world, total);
-        var store = new CheckpointStore(Path.Combine(job.Dir, "checkpoints"), spec.Training.KeepCheckpoints);
-
-        // Assign ranks: every replica builds the same model from the same seed; the checksums prove it.
+        var (data, source, total) = (prepared.Data, prepared.Source, prepared.TotalSteps);
         var specJson = JobSpecSerializer.Serialize(spec);
         var tokenizer = data.Tokenizer.ToState();
-        var peers = workers.Members.Select((w, r) => new Peer { Rank = r, WorkerId = w.Id, Address = w.Address }).ToList();
-        var assigned = await workers.AssignAsync(rank =>
+        AssignRequest Assignment(int rank, int world, long generation, long startStep, IReadOnlyList<Peer> peers)
         {
             var request = new AssignRequest
             {
-                JobId = job.Id, Generation = 1, SpecJson = specJson, Rank = rank, WorldSize = world,
+                JobId = job.Id, Generation = generation, SpecJson = specJson, Rank = rank, WorldSize = world,
                 TokenizerKind = tokenizer.Kind, TokenizerLowercase = tokenizer.Lowercase,
-                TotalSteps = total, StepsPerEpoch = source.StepsPerEpoch, Threads = spec.Training.Threads, StartStep = prepared.StartStep,
+                TotalSteps = total, StepsPerEpoch = source.StepsPerEpoch, Threads = spec.Training.Threads, StartStep = startStep,
             };
             request.Peers.AddRange(peers);
             request.TokenizerTokens.AddRange(tokenizer.Tokens);
             request.Labels.AddRange(data.Labels.Names);
             return request;
-        }, cancel).ConfigureAwait(false);
+        }
+
+        // Assign ranks: every replica builds the same model from the same seed; the checksums prove it.
+        var workers = fleet.Workers;
+        var world = workers.Members.Count;
+        if (spec.Training.BatchSize < world)
+            throw new JobFailure($"training.batch_size {spec.Training.BatchSize} is smaller than the {world} workers: every worker needs at least one row");
+        var peers = workers.Members.Select((w, r) => new Peer { Rank = r, WorkerId = w.Id, Address = w.Address }).ToList();
+        var assigned = await workers.AssignAsync(rank => Assignment(rank, world, fleet.Generation, prepared.StartStep, peers), cancel).ConfigureAwait(false);
         CheckChecksums(workers, assigned.Select(a => a.ParameterChecksum).ToArray(), "after initialisation");
         await ResumeLoader.LoadAsync(job, prepared, workers, assigned, cancel).ConfigureAwait(false);
-        var start = prepared.StartStep;
         job.Update(i => { i.Parameters = assigned[0].Parameters; i.TotalSteps = total; i.State = JobState.Running; i.Message = ""; });
         job.Publish(new JobEvent { Log = $"{world} worker(s): {string.Join(", ", workers.Members.Select((w, r) => $"rank {r} = {w.Id} {w.Address}"))}; {assigned[0].Parameters:N0} parameters, {total} steps" });
 
+        var progress = new Progress { Next = prepared.StartStep, Clock = Stopwatch.StartNew() };
+        while (true)
+        {
+            var plan = new ShardPlan(source, fleet.Workers.Members.Count, total);
+            string reason;
+            try
+            {
+                await RunGenerationAsync(job, prepared, fleet, plan, progress, cancel).ConfigureAwait(false);
+                if (progress.Next == total) return;
+                reason = "idle workers can join";
+            }
+            catch (Exception e) when (!cancel.IsCancellationRequested && e is not (SpecException or ArgumentException))
+            {
+                if (!await fleet.AbsorbsAsync(e, cancel).ConfigureAwait(false)) throw;
+                reason = e is JobFailure ? e.Message : $"a worker of generation {fleet.Generation} went away";
+            }
+            // Re-form on who is left (and who can join); a member lost while re-forming is dropped and the re-forming repeated.
+            var before = plan;
+            var beforeMembers = fleet.Workers.Members.Select(m => m.Id).ToList();
+            var beforeGeneration = fleet.Generation;
+            Reconfiguration change;
+            while (true)
+            {
+                try
+                {
+                    change = await fleet.ReconfigureAsync(reason, Assignment, cancel).ConfigureAwait(false);
+                    break;
+                }
+                catch (Exception e) when (!cancel.IsCancellationRequested && e is JobFailure or Grpc.Core.RpcException)
+                {
+                    if (!await fleet.AbsorbsAsync(e, cancel).ConfigureAwait(false)) throw;
+                    reason = e.Message;
+                }
+            }
+            // Steps every survivor had applied but whose replies the coordinator never saw are committed all the same.
+            for (var step = progress.Next; step < change.NextStep; step++)
+                job.Ledger.Commit(step, before, beforeGeneration, beforeMembers);
+            progress.Next = change.NextStep;
+            if (spec.Training.BatchSize < change.Members.Count)
+                throw new JobFailure($"training.batch_size {spec.Training.BatchSize} is smaller than the {change.Members.Count} workers: every worker needs at least one row");
+            job.Publish(new JobEvent { Log = $"generation {change.Generation}: {change.Members.Count} worker(s) ({string.Join(", ", change.Members)}) from step {change.NextStep}" +
+                (change.Gone.Count > 0 ? $"; without {string.Join(", ", change.Gone)}" : "") + (change.Joined.Count > 0 ? $"; admitted {string.Join(", ", change.Joined)}" : "") + $" ({reason})" });
+        }
+    }
+
+    /// <summary>Where the job stands across generations: the next step to commit, samples and timing since this run started.</summary>
+    private sealed class Progress
+    {
+        public long Next;
+        public long Samples;
+        public double LastDoneMs;
+        public required Stopwatch Clock;
+        public long StepsRun;
+    }
+
+    /// <summary>
+    /// Runs steps on the current generation until the job ends, or until idle workers can join (at a step boundary).
+    /// Every rank streams its rows epoch by epoch (rank 0 also the validation split); steps are pipelined with a window of two.
+    /// </summary>
+    private async Task RunGenerationAsync(JobRecord job, PreparedJob prepared, IJobFleet fleet, ShardPlan plan, Progress progress, CancellationToken cancel)
+    {
+        var spec = job.Spec;
+        var workers = fleet.Workers;
+        var members = workers.Members.Select(m => m.Id).ToList();
+        var generation = fleet.Generation;
+        var world = members.Count;
+        var (data, total, schedule) = (prepared.Data, prepared.TotalSteps, prepared.Schedule);
+        var store = new CheckpointStore(Path.Combine(job.Dir, "checkpoints"), spec.Training.KeepCheckpoints);
         var globalCounts = new Dictionary<long, long>();
-        var clock = Stopwatch.StartNew();
-        long samples = 0;
+        var start = progress.Next;
         long loadedUntil = start;
         var sendValidation = true;
-        double lastDone = 0;
-        using var pipeline = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+        var clock = progress.Clock;
+        var firstStep = true;
+        var recentMs = new Queue<double>();
+        using var generationCancel = CancellationTokenSource.CreateLinkedTokenSource(cancel, fleet.Departed);
+        using var pipeline = CancellationTokenSource.CreateLinkedTokenSource(generationCancel.Token);
 
         // Step k+1 is sent while step k runs (a window of two): workers queue it and start the moment step k ends,
         // so neither the round trip nor the coordinator's bookkeeping sits between two steps. Steps after which the
@@ -64,7 +142,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         {
             if (step == loadedUntil)
             {
-                // Stream each rank its rows of the whole next epoch (and rank 0 the validation split, once).
+                // Stream each rank its rows of the whole next epoch (and rank 0 the validation split, once per generation).
                 var epochEnd = Math.Min(total, (plan.PositionOf(step).Epoch + 1) * plan.StepsPerEpoch);
                 await SendShardsAsync(job, workers, plan, step, epochEnd, globalCounts, sendValidation ? data : null, pipeline.Token).ConfigureAwait(false);
                 sendValidation = false;
@@ -74,59 +152,80 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
             var checksum = (step + 1) % options.ChecksumInterval == 0 || step + 1 == total;
             var count = globalCounts[step];
             globalCounts.Remove(step);
-            // A queued step may wait for the whole of the one before it.
-            var timeout = options.StepTimeoutSeconds * (behindAnother ? 2 : 1);
-            var replies = workers.RunStepAsync(new RunStepRequest { JobId = job.Id, Step = step, Lr = lr, GlobalCount = count, ReportChecksum = checksum }, timeout, pipeline.Token);
+            // The deadline follows the steps seen so far (a first step warms up); a queued step may wait for the whole of the one before it.
+            var timeout = StepDeadline(firstStep, recentMs) * (behindAnother ? 2 : 1);
+            firstStep = false;
+            var replies = workers.RunStepAsync(new RunStepRequest { JobId = job.Id, Step = step, Lr = lr, GlobalCount = count, ReportChecksum = checksum, Generation = generation }, timeout, pipeline.Token);
             return new InFlight(lr, checksum, clock.Elapsed.TotalMilliseconds, replies);
         }
 
         bool EvaluatesAfter(long done) => prepared.EvaluatesAfter(spec.Training, done);
         bool CheckpointsAfter(long done) => prepared.CheckpointsAfter(spec.Training, done);
+        // Joiners are admitted at a step boundary: no step is launched behind one while they wait.
+        bool Pause(long done) => done < total && fleet.CanGrow;
 
         InFlight? current = null, next = null;
         try
         {
             current = await LaunchAsync(start, behindAnother: false).ConfigureAwait(false);
-            for (long step = start; step < total; step++)
+            for (var step = start; step < total; step++)
             {
-                cancel.ThrowIfCancellationRequested();
+                generationCancel.Token.ThrowIfCancellationRequested();
                 var done = step + 1;
-                next = EvaluatesAfter(done) || CheckpointsAfter(done) ? null : await LaunchAsync(done, behindAnother: true).ConfigureAwait(false);
+                next = EvaluatesAfter(done) || CheckpointsAfter(done) || Pause(done) ? null : await LaunchAsync(done, behindAnother: true).ConfigureAwait(false);
                 var replies = await current!.Replies.ConfigureAwait(false);
                 var finishedMs = clock.Elapsed.TotalMilliseconds;
                 if (current.Checksum) CheckChecksums(workers, replies.Select(r => r.ParameterChecksum).ToArray(), $"at step {done}");
+                job.Ledger.Commit(step, plan, generation, members);
+                progress.Next = done;
+                progress.StepsRun++;
                 var loss = replies.Sum(r => r.LossSum) / replies.Sum(r => r.Count);
                 if (!double.IsFinite(loss)) throw new JobFailure($"loss became {loss} at step {done}; lower optimizer.lr or enable training.clip_norm");
-                samples += replies.Sum(r => r.Rows);
+                progress.Samples += replies.Sum(r => r.Rows);
                 var elapsed = clock.Elapsed.TotalSeconds;
-                var sps = samples / Math.Max(1e-9, elapsed);
-                var eta = elapsed / (done - start) * (total - done);
+                var sps = progress.Samples / Math.Max(1e-9, elapsed);
+                var eta = elapsed / progress.StepsRun * (total - done);
                 var epoch = plan.PositionOf(step).Epoch;
+                var stepMs = finishedMs - Math.Max(current.SentMs, progress.LastDoneMs);
+                recentMs.Enqueue(stepMs);
+                if (recentMs.Count > 20) recentMs.Dequeue();
                 job.Update(i => { i.Step = done; i.Epoch = epoch; i.Loss = loss; i.SamplesPerSecond = sps; }, publishState: false);
                 job.Publish(new JobEvent { Step = new StepEvent
                 {
                     Step = done, TotalSteps = total, Epoch = epoch, Loss = loss, Lr = current.Lr, SamplesPerSecond = sps, ElapsedSeconds = prepared.ElapsedBefore + elapsed, EtaSeconds = eta, Workers = world,
                     ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs),
                     // From when this step could start (sent, and the step before it finished) to its last reply.
-                    StepMs = finishedMs - Math.Max(current.SentMs, lastDone),
+                    StepMs = stepMs,
                 } });
-                lastDone = finishedMs;
+                progress.LastDoneMs = finishedMs;
 
-                if (EvaluatesAfter(done)) await EvaluateAsync(job, workers, done, cancel).ConfigureAwait(false);
+                if (EvaluatesAfter(done)) await EvaluateAsync(job, workers, done, generationCancel.Token).ConfigureAwait(false);
                 if (CheckpointsAfter(done))
-                    await CheckpointAsync(job, workers, store, done, prepared.ElapsedBefore + elapsed, prepared.SamplesBefore + samples, cancel).ConfigureAwait(false);
+                    await CheckpointAsync(job, workers, store, done, prepared.ElapsedBefore + elapsed, prepared.SamplesBefore + progress.Samples, generationCancel.Token).ConfigureAwait(false);
+                if (done < total && next is null && Pause(done)) return;
                 current = done < total ? next ?? await LaunchAsync(done, behindAnother: false).ConfigureAwait(false) : null;
                 next = null;
             }
         }
         finally
         {
-            // Left early (a step or a shard transfer failed, or the job was cancelled): stop the steps still in
-            // flight and let them end quietly; the first failure is what the job reports.
+            // Left early (a step or a shard transfer failed, the membership changed, or the job was cancelled): stop
+            // the steps still in flight and let them end quietly; the first failure is what the job reports.
             var left = new[] { current, next }.OfType<InFlight>().ToList();
             if (left.Any(f => !f.Replies.IsCompleted)) await pipeline.CancelAsync().ConfigureAwait(false);
             foreach (var f in left) await f.Replies.ContinueWith(t => _ = t.Exception, TaskScheduler.Default).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>
+    /// How long a step may take before its slowest worker counts as hung: at least <see cref="CoordinatorOptions.StepTimeoutSeconds"/>,
+    /// and 10 times the slowest of the last 20 steps; a generation's first step (warm-up, shards) gets 6 times the minimum.
+    /// </summary>
+    private double StepDeadline(bool first, IEnumerable<double> recentMs)
+    {
+        if (first) return Math.Max(options.StepTimeoutSeconds * 6, 60);
+        var slowest = recentMs.DefaultIfEmpty(0).Max() / 1000;
+        return Math.Max(options.StepTimeoutSeconds, 10 * slowest);
     }
 
     /// <summary>A step sent to every worker: its learning rate, whether replies carry checksums, when it was sent, and the replies.</summary>

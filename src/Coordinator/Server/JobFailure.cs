@@ -6,4 +6,6 @@ public sealed class JobFailure(string message, WorkerRecord? unreachable = null,
     public WorkerRecord? Unreachable { get; } = unreachable;
     /// <summary>The worker reported that a ring peer failed: a consequence, not the cause.</summary>
     public bool PeerFailure { get; } = peerFailure;
+    /// <summary>No change of workers can help (too few of them for too long, none left): the job stops here.</summary>
+    public bool Terminal { get; init; }
 }

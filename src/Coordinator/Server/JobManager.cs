@@ -22,6 +22,10 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
     {
         if (request.Workers < 0 || request.Workers > 4096) throw new ArgumentException($"workers {request.Workers} must be in [0, 4096] (0 = all idle workers)");
         var source = string.IsNullOrWhiteSpace(request.Source) ? "submitted spec" : request.Source;
+        if (request.MinWorkers < 0 || request.MaxWorkers < 0) throw new ArgumentException($"min_workers {request.MinWorkers} and max_workers {request.MaxWorkers} must be >= 0 (0 = default)");
+        if (request.MaxWorkers > 0 && request.MinWorkers > request.MaxWorkers) throw new ArgumentException($"min_workers {request.MinWorkers} is more than max_workers {request.MaxWorkers}");
+        if (request.Workers > 0 && request.MinWorkers > request.Workers) throw new ArgumentException($"min_workers {request.MinWorkers} is more than the {request.Workers} workers the job starts with");
+        if (request.Workers > 0 && request.MaxWorkers > 0 && request.MaxWorkers < request.Workers) throw new ArgumentException($"max_workers {request.MaxWorkers} is less than the {request.Workers} workers the job starts with");
         if (request.ResumeJob != "" && request.ResumeUpload != "") throw new ArgumentException("resume from a job or from an uploaded checkpoint, not both");
         var resume = request.ResumeJob != "" ? ResumeOfJob(request.ResumeJob)
             : request.ResumeUpload != "" ? ResumeOfUpload(request.ResumeUpload)
@@ -57,6 +61,8 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         // The spec as it runs (data paths on this coordinator): what `dtrain resume` continues with.
         File.WriteAllText(Path.Combine(dir, "spec.json"), JobSpecSerializer.Serialize(spec));
         var record = new JobRecord(id, spec, dir, request.Workers, clock.GetUtcNow()) { Resume = resume };
+        record.Info.MinWorkers = request.MinWorkers;
+        record.Info.MaxWorkers = request.MaxWorkers;
         if (resume is not null)
         {
             record.Info.ResumedFrom = resume.From;

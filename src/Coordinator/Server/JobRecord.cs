@@ -16,8 +16,10 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     public JobSpec Spec { get; } = spec;
     public string Dir { get; } = dir;
     public CancellationTokenSource Cancel { get; } = new();
-    /// <summary>The checkpoint a resumed job starts from; null for a job that starts from its seed.</summary>
-    public ResumePoint? Resume { get; init; }
+    /// <summary>The checkpoint a resumed job starts from; null for a job that starts from its seed (set again when the job restarts from its own checkpoint).</summary>
+    public ResumePoint? Resume { get; set; }
+    /// <summary>Which rows every committed step used, on which workers (data-parallel jobs).</summary>
+    public SampleLedger Ledger { get; } = new(Path.Combine(dir, "ledger.jsonl"));
     public JobInfo Info { get; } = new()
     {
         JobId = id,

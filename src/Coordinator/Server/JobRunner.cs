@@ -19,9 +19,15 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
     {
         using var failure = CancellationTokenSource.CreateLinkedTokenSource(job.Cancel.Token, stop);
         string? lostMessage = null;
+        // A data-parallel job is elastic: its fleet absorbs workers that go and admits ones that come. A pipeline's
+        // stages cannot change: a worker that goes fails the job (or restarts it from its checkpoint).
+        var info = job.Snapshot();
+        using var fleet = job.Spec.Parallelism?.Pipeline is null
+            ? new JobFleet(job, workers, info.MinWorkers, info.MaxWorkers, registry, clients, options, log)
+            : null;
         void Depart(WorkerRecord w, string message)
         {
-            if (w.JobId != job.Id) return;
+            if (w.JobId != job.Id || fleet is not null) return;
             lock (failure)
             {
                 lostMessage ??= message;
@@ -43,7 +49,7 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         });
         try
         {
-            await RunCoreAsync(job, workers, failure.Token).ConfigureAwait(false);
+            await RunCoreAsync(job, workers, fleet, failure.Token).ConfigureAwait(false);
             job.Update(i => { i.State = JobState.Succeeded; i.Message = ""; i.FinishedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds(); });
             log.LogInformation("job {Id} succeeded", job.Id);
         }
@@ -76,7 +82,7 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         {
             registry.WorkerLost -= OnLost;
             registry.WorkerLeft -= OnLeft;
-            await GrpcJobWorkers.ReleaseAsync(workers, clients, registry, job.Id, job.Snapshot().State.ToString(), log).ConfigureAwait(false);
+            await GrpcJobWorkers.ReleaseAsync(fleet?.Everyone ?? workers, clients, registry, job.Id, job.Snapshot().State.ToString(), log).ConfigureAwait(false);
             registry.Release(job.Id);
         }
     }
@@ -87,11 +93,10 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         job.Update(i => { i.State = state; i.Message = message; i.FinishedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds(); });
     }
 
-    private async Task RunCoreAsync(JobRecord job, IReadOnlyList<WorkerRecord> workers, CancellationToken cancel)
+    private async Task RunCoreAsync(JobRecord job, IReadOnlyList<WorkerRecord> workers, JobFleet? fleet, CancellationToken cancel)
     {
         var prepared = await PreparedJob.LoadAsync(job, cancel).ConfigureAwait(false);
-        var group = new GrpcJobWorkers(workers, clients, options);
-        if (job.Spec.Parallelism?.Pipeline is not null) await new PipelineDriver(options).RunAsync(job, prepared, group, cancel).ConfigureAwait(false);
-        else await new DataParallelDriver(options).RunAsync(job, prepared, group, cancel).ConfigureAwait(false);
+        if (fleet is null) await new PipelineDriver(options).RunAsync(job, prepared, new GrpcJobWorkers(workers, clients, options), cancel).ConfigureAwait(false);
+        else await new DataParallelDriver(options).RunAsync(job, prepared, fleet, cancel).ConfigureAwait(false);
     }
 }

@@ -85,6 +85,16 @@ public sealed class GrpcJobWorkers(IReadOnlyList<WorkerRecord> workers, WorkerCl
             return await call.ResponseAsync.ConfigureAwait(false);
         });
 
+    /// <summary>Elastic jobs: every member joins the ring of a new generation.</summary>
+    public Task<ReconfigureReply[]> ReconfigureAsync(Func<int, ReconfigureRequest> request, CancellationToken cancel) =>
+        OnAllAsync("re-form the ring", 0, options.CallTimeoutSeconds, cancel, (w, rank, deadline, ct) =>
+            clients.For(w.Address).ReconfigureAsync(request(rank), deadline: deadline, cancellationToken: ct).ResponseAsync);
+
+    /// <summary>Elastic jobs: every one of these workers takes the state of a peer.</summary>
+    public Task<SyncStateReply[]> SyncStateAsync(SyncStateRequest request, long step, CancellationToken cancel) =>
+        OnAllAsync("take a peer's state", step, options.CallTimeoutSeconds, cancel, (w, rank, deadline, ct) =>
+            clients.For(w.Address).SyncStateAsync(request, deadline: deadline, cancellationToken: ct).ResponseAsync);
+
     /// <summary>Releases every worker that is not lost from the job (best effort: a worker that cannot be told is logged).</summary>
     public static Task ReleaseAsync(IReadOnlyList<WorkerRecord> workers, WorkerClients clients, WorkerRegistry registry, string jobId, string reason, ILogger log) =>
         Task.WhenAll(workers.Select(async w =>

@@ -49,6 +49,9 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
         return Task.FromResult(reply);
     }
 
+    public override Task<LedgerReply> Ledger(GetJobRequest request, ServerCallContext context) =>
+        Task.FromResult(jobs.Get(request.JobId).Ledger.Snapshot());
+
     public override async Task Download(DownloadRequest request, IServerStreamWriter<FileChunk> responseStream, ServerCallContext context)
     {
         var job = jobs.Get(request.JobId);

@@ -97,6 +97,31 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         }
     }
 
+    /// <summary>Reserves up to <paramref name="max"/> idle workers (oldest first) for a running job that can grow; possibly none.</summary>
+    public IReadOnlyList<WorkerRecord> TryReserveUpTo(int max, string jobId)
+    {
+        if (max <= 0) return [];
+        lock (gate)
+        {
+            var chosen = workers.Values.Where(w => w.State == WorkerState.Idle).OrderBy(w => w.Registered).Take(max).ToList();
+            foreach (var w in chosen) { w.State = WorkerState.Training; w.JobId = jobId; }
+            return [.. chosen.Select(w => w.Clone())];
+        }
+    }
+
+    /// <summary>A job continues without this worker: a draining one is removed, one still training returns to Idle, a lost one stays lost.</summary>
+    public void Detach(string id, string jobId)
+    {
+        lock (gate)
+        {
+            if (!workers.TryGetValue(id, out var w) || w.JobId != jobId) return;
+            w.JobId = "";
+            if (w.State == WorkerState.Draining) workers.Remove(id);
+            else if (w.State == WorkerState.Training) w.State = WorkerState.Idle;
+        }
+        Changed?.Invoke();
+    }
+
     /// <summary>Returns a job's workers to Idle (draining ones are removed, lost ones stay lost).</summary>
     public void Release(string jobId)
     {

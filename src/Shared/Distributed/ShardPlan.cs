@@ -15,6 +15,12 @@ public sealed class ShardPlan(IBatchSource source, int worldSize, long totalStep
 
     public StepPosition PositionOf(long step) => new(step / source.StepsPerEpoch, step % source.StepsPerEpoch);
 
+    /// <summary>Rows of the global batch of step <paramref name="step"/>.</summary>
+    public int RowsAt(long step) => source.RowsAt(PositionOf(step));
+
+    /// <summary>The rows [Start, Start + Count) of step <paramref name="step"/>'s global batch that rank <paramref name="rank"/> gets.</summary>
+    public (int Start, int Count) RangeFor(long step, int rank) => BatchSourceExtensions.RowRange(RowsAt(step), rank, WorldSize);
+
     /// <summary>Rows of rank <paramref name="rank"/> at global step <paramref name="step"/>; null when it has none.</summary>
     public BatchRows? RowsFor(long step, int rank)
     {

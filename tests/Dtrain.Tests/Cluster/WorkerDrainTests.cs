@@ -42,10 +42,14 @@ public class WorkerDrainTests
         var spec = TestJobs.CharLm("t.txt", steps: 100_000);
         spec = spec with { Training = spec.Training with { EvalInterval = 0, CheckpointInterval = 0, BatchSize = 8 } };
         var path = tmp.Write("job.json", JobSpecSerializer.Serialize(spec));
-        using var cluster = LocalCluster.Start(3, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2));
+        using var cluster = LocalCluster.Start(3, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2),
+            new Dictionary<string, string> { ["DTRAIN_Coordinator__WaitForWorkersSeconds"] = "1" });
         using var channel = Remote.Channel(cluster.Address);
         var client = new Jobs.JobsClient(channel);
-        var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(path), 3)).JobId;
+        // A job that needs all 3 workers (an elastic one goes on without the one that leaves: ElasticTests).
+        var request = JobCommands.BuildSubmit(client, new FileInfo(path), 3);
+        request.MinWorkers = 3;
+        var id = client.Submit(request).JobId;
         await WaitFor(client, id, i => i.Step >= 3, TimeSpan.FromSeconds(90));
         var victim = IdOfWorker(client, 1);
 

@@ -6,7 +6,11 @@ using Dtrain.Tests.Support;
 
 namespace Dtrain.Tests.Cluster;
 
-/// <summary>Real processes: a worker that dies or hangs mid-job fails that job within a bounded time, naming the worker and the step; the rest of the cluster takes the next job.</summary>
+/// <summary>
+/// Real processes: in a job that needs all its workers (--min-workers = its workers), a worker that dies or hangs mid-job
+/// fails that job within a bounded time, naming the worker and the step; the rest of the cluster takes the next job.
+/// (Elastic jobs, which go on without it, are in <see cref="ElasticTests"/>.)
+/// </summary>
 public class WorkerFailureTests
 {
     static readonly Dictionary<string, string> FastTimeouts = new()
@@ -14,7 +18,15 @@ public class WorkerFailureTests
         ["DTRAIN_Coordinator__HeartbeatIntervalMs"] = "300",
         ["DTRAIN_Coordinator__WorkerTimeoutSeconds"] = "3",
         ["DTRAIN_Coordinator__StepTimeoutSeconds"] = "20",
+        ["DTRAIN_Coordinator__WaitForWorkersSeconds"] = "1",
     };
+
+    static string SubmitRigid(Jobs.JobsClient client, string spec, int workers)
+    {
+        var request = JobCommands.BuildSubmit(client, new FileInfo(spec), workers);
+        request.MinWorkers = workers;
+        return client.Submit(request).JobId;
+    }
 
     static (TempDir Tmp, string Spec) LongJob(int steps)
     {
@@ -59,7 +71,7 @@ public class WorkerFailureTests
         using var cluster = LocalCluster.Start(3, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), FastTimeouts);
         using var channel = Remote.Channel(cluster.Address);
         var client = new Jobs.JobsClient(channel);
-        var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(spec), 3)).JobId;
+        var id = SubmitRigid(client, spec, 3);
         await WaitForStep(client, id, 3);
         var victim = IdOfWorker(client, 1);
         Assert.Contains(victim, client.Get(new GetJobRequest { JobId = id }).WorkerIds);
@@ -85,7 +97,7 @@ public class WorkerFailureTests
         using var cluster = LocalCluster.Start(2, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), FastTimeouts);
         using var channel = Remote.Channel(cluster.Address);
         var client = new Jobs.JobsClient(channel);
-        var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(spec), 2)).JobId;
+        var id = SubmitRigid(client, spec, 2);
         await WaitForStep(client, id, 3);
         var victim = IdOfWorker(client, 1);
         var pid = cluster.WorkerProcessId(1);

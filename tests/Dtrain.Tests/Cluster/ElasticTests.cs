@@ -1,0 +1,251 @@
+using System.Diagnostics;
+using System.Globalization;
+using Dtrain.Cli;
+using Dtrain.Protos.Jobs;
+using Dtrain.Server;
+using Dtrain.Specs;
+using Dtrain.Tests.Support;
+using Dtrain.Training;
+using Grpc.Core;
+
+namespace Dtrain.Tests.Cluster;
+
+/// <summary>
+/// Elastic data-parallel jobs on real worker processes (faults injected by the test): a worker killed, hung or drained
+/// mid-job, or one that joins, and the job finishes with the model it would have had, every sample once per epoch.
+/// </summary>
+public class ElasticTests
+{
+    const int Steps = 240;
+
+    static readonly Dictionary<string, string> FastTimeouts = new()
+    {
+        ["DTRAIN_Coordinator__HeartbeatIntervalMs"] = "300",
+        ["DTRAIN_Coordinator__WorkerTimeoutSeconds"] = "3",
+        ["DTRAIN_Coordinator__StepTimeoutSeconds"] = "10",
+        ["DTRAIN_Coordinator__WaitForWorkersSeconds"] = "20",
+    };
+
+    /// <summary>Random windows (no carried state), Adam, 12-row batches (split evenly over 2, 3 or 4 workers), validation at the end.</summary>
+    static (TempDir Tmp, JobSpec Spec, string Path) Job()
+    {
+        var tmp = new TempDir();
+        tmp.Write("t.txt", TestJobs.Text(200));
+        var spec = TestJobs.CharLm("t.txt", steps: Steps);
+        spec = spec with
+        {
+            Model = spec.Model with { HiddenSize = 48 },
+            Training = spec.Training with { BatchSize = 12, SeqLen = 16, LmSampling = LmSamplingKinds.Random, EvalInterval = 0, CheckpointInterval = 0 },
+        };
+        return (tmp, spec, tmp.Write("job.json", JobSpecSerializer.Serialize(spec)));
+    }
+
+    static double FaultFreeLoss(TempDir tmp, JobSpec spec) =>
+        Trainer.Run(spec, tmp.Path, new TrainOptions { OutputDir = Path.Combine(tmp.Path, "single") }, new NullObserver(), CancellationToken.None).Final!.Loss;
+
+    static async Task<long> WaitForStep(Jobs.JobsClient client, string id, long step)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(120);
+        while (true)
+        {
+            var info = client.Get(new GetJobRequest { JobId = id });
+            if (info.Step >= step) return info.Step;
+            Assert.True(info.State is JobState.Queued or JobState.Preparing or JobState.Running, $"job {id} is {info.State}: {info.Message}");
+            Assert.True(DateTime.UtcNow < deadline, $"job {id} did not reach step {step}");
+            await Task.Delay(20);
+        }
+    }
+
+    static async Task<JobInfo> WaitForEnd(Jobs.JobsClient client, string id)
+    {
+        var deadline = DateTime.UtcNow.AddMinutes(3);
+        while (true)
+        {
+            var info = client.Get(new GetJobRequest { JobId = id });
+            if (info.State is JobState.Succeeded or JobState.Failed or JobState.Cancelled) return info;
+            Assert.True(DateTime.UtcNow < deadline, $"job {id} still {info.State} at step {info.Step}: {info.Message}");
+            await Task.Delay(100);
+        }
+    }
+
+    static string IdOfWorker(Jobs.JobsClient client, int index) =>
+        client.ListWorkers(new ListWorkersRequest()).Workers.Single(w => w.Name == $"worker-{index + 1}" && w.State != WorkerState.Lost).WorkerId;
+
+    /// <summary>Every step committed once, every row of every step trained by exactly one worker.</summary>
+    static LedgerReply AssertLedger(Jobs.JobsClient client, string id)
+    {
+        var ledger = client.Ledger(new GetJobRequest { JobId = id });
+        var problems = SampleLedger.Check(ledger, 0, Steps);
+        Assert.True(problems.Count == 0, string.Join("; ", problems.Take(10)));
+        return ledger;
+    }
+
+    static void AssertLoss(double faultFree, JobInfo info)
+    {
+        var relative = Math.Abs(info.LastEval.Loss - faultFree) / faultFree;
+        Assert.True(relative <= 0.02, $"validation loss {info.LastEval.Loss:F4} vs fault-free {faultFree:F4}: {relative:P2}");
+    }
+
+    [Fact]
+    public async Task Killing_one_of_three_workers_mid_job_loses_no_step_and_ends_with_the_fault_free_loss()
+    {
+        var (tmp, spec, path) = Job();
+        using var _ = tmp;
+        var faultFree = FaultFreeLoss(tmp, spec);
+        using var cluster = LocalCluster.Start(3, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), FastTimeouts);
+        using var channel = Remote.Channel(cluster.Address);
+        var client = new Jobs.JobsClient(channel);
+        var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(path), 3)).JobId;
+        var at = new Random(7).Next(20, 60);
+        await WaitForStep(client, id, at);
+        var victim = IdOfWorker(client, 1);
+        cluster.KillWorker(1);
+        var killedAt = client.Get(new GetJobRequest { JobId = id }).Step;
+
+        var info = await WaitForEnd(client, id);
+        Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
+        Assert.Equal(Steps, info.Step);
+        Assert.True(info.Generation >= 2, $"generation {info.Generation}");
+        Assert.DoesNotContain(victim, info.WorkerIds);
+        Assert.Equal(2, info.WorkerIds.Count);
+        AssertLoss(faultFree, info);
+        var ledger = AssertLedger(client, id);
+        // The victim trained its share up to the kill, the survivors the whole batch after it.
+        Assert.Contains(ledger.Steps, s => s.Shares.Any(x => x.WorkerId == victim));
+        Assert.All(ledger.Steps.Where(s => s.Step > killedAt + 2), s => Assert.Equal(2, s.Shares.Count));
+    }
+
+    [Fact]
+    public async Task A_worker_started_mid_job_is_admitted_within_two_steps_and_the_replicas_stay_identical()
+    {
+        var (tmp, spec, path) = Job();
+        using var _ = tmp;
+        var faultFree = FaultFreeLoss(tmp, spec);
+        using var cluster = LocalCluster.Start(2, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), FastTimeouts);
+        using var channel = Remote.Channel(cluster.Address);
+        var client = new Jobs.JobsClient(channel);
+        var request = JobCommands.BuildSubmit(client, new FileInfo(path), 2);
+        request.MaxWorkers = 3;
+        var id = client.Submit(request).JobId;
+        await WaitForStep(client, id, 20);
+        cluster.AddWorker();
+        // When the new worker is idle (registered), note the step: it must train from at most two steps later.
+        long idleAt;
+        while (true)
+        {
+            var w = client.ListWorkers(new ListWorkersRequest()).Workers.SingleOrDefault(x => x.Name == "worker-3");
+            if (w is { State: WorkerState.Idle or WorkerState.Training }) { idleAt = client.Get(new GetJobRequest { JobId = id }).Step; break; }
+            await Task.Delay(10);
+        }
+        var info = await WaitForEnd(client, id);
+        // Success includes the replicas' checksums agreeing every 25 steps and at the end.
+        Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
+        Assert.Equal(3, info.WorkerIds.Count);
+        var joiner = IdOfWorker(client, 2);
+        var ledger = AssertLedger(client, id);
+        var firstWithJoiner = ledger.Steps.Where(s => s.Shares.Any(x => x.WorkerId == joiner)).Min(s => s.Step);
+        Assert.True(firstWithJoiner <= idleAt + 2, $"idle at step {idleAt}, first trained step {firstWithJoiner}");
+        AssertLoss(faultFree, info);
+    }
+
+    [Fact]
+    public async Task A_stopped_worker_is_evicted_the_job_goes_on_and_once_continued_it_is_fenced_and_registers_again()
+    {
+        var (tmp, spec, path) = Job();
+        using var _ = tmp;
+        var faultFree = FaultFreeLoss(tmp, spec);
+        using var cluster = LocalCluster.Start(3, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), FastTimeouts);
+        using var channel = Remote.Channel(cluster.Address);
+        var client = new Jobs.JobsClient(channel);
+        var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(path), 3)).JobId;
+        await WaitForStep(client, id, 20);
+        var victim = IdOfWorker(client, 2);
+        var pid = cluster.WorkerProcessId(2).ToString(CultureInfo.InvariantCulture);
+        Process.Start("kill", ["-STOP", pid])!.WaitForExit();
+        try
+        {
+            // Evicted after the heartbeat timeout; the job goes on with two.
+            var deadline = DateTime.UtcNow.AddSeconds(60);
+            while (client.Get(new GetJobRequest { JobId = id }).Generation < 2)
+            {
+                Assert.True(DateTime.UtcNow < deadline, "the stopped worker was not evicted");
+                await Task.Delay(50);
+            }
+            var after = client.Get(new GetJobRequest { JobId = id });
+            Assert.DoesNotContain(victim, after.WorkerIds);
+            // A survivor refuses a step of the old generation.
+            var survivor = client.ListWorkers(new ListWorkersRequest()).Workers.First(w => w.WorkerId == after.WorkerIds[0]);
+            using (var workerChannel = Remote.Channel(survivor.Address))
+            {
+                var stale = Assert.Throws<RpcException>(() => new Dtrain.Protos.Worker.WorkerControl.WorkerControlClient(workerChannel)
+                    .RunStep(new Dtrain.Protos.Worker.RunStepRequest { JobId = id, Step = after.Step + 5, Lr = 0.01, GlobalCount = 1, Generation = 1 }));
+                Assert.Equal(StatusCode.FailedPrecondition, stale.StatusCode);
+                Assert.Contains("generation", stale.Status.Detail);
+            }
+        }
+        finally
+        {
+            Process.Start("kill", ["-CONT", pid])!.WaitForExit();
+        }
+        // Continued, it learns it was dropped (its heartbeat is refused) and registers again under a new id.
+        var until = DateTime.UtcNow.AddSeconds(60);
+        while (!client.ListWorkers(new ListWorkersRequest()).Workers.Any(w => w.Name == "worker-3" && w.WorkerId != victim && w.State is WorkerState.Idle or WorkerState.Training))
+        {
+            Assert.True(DateTime.UtcNow < until, "the continued worker did not register again");
+            await Task.Delay(100);
+        }
+        var info = await WaitForEnd(client, id);
+        Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
+        AssertLedger(client, id);
+        AssertLoss(faultFree, info);
+    }
+
+    [Fact]
+    public async Task A_worker_drained_during_a_step_leaves_at_the_step_boundary_and_no_step_is_lost()
+    {
+        var (tmp, spec, _) = Job();
+        using var __ = tmp;
+        var faultFree = FaultFreeLoss(tmp, spec);
+        await using var cluster = await InProcessCluster.StartAsync(3);
+        var id = cluster.Client.Submit(JobCommands.BuildSubmit(cluster.Client, new FileInfo(tmp.Write("job2.json", JobSpecSerializer.Serialize(spec with { Data = spec.Data with { Train = Path.Combine(tmp.Path, "t.txt") } }))), 3)).JobId;
+        await WaitForStep(cluster.Client, id, 30);
+        await cluster.StopWorkerAsync(1); // SIGTERM's path: finish the step, leave, release
+        var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
+        Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
+        Assert.Equal(2, info.WorkerIds.Count);
+        Assert.True(info.Generation >= 2);
+        AssertLedger(cluster.Client, id);
+        AssertLoss(faultFree, info);
+    }
+
+    [Fact]
+    public async Task Below_the_minimum_the_job_waits_visibly_and_fails_after_the_timeout_naming_the_worker()
+    {
+        var (tmp, _, path) = Job();
+        using var __ = tmp;
+        var env = new Dictionary<string, string>(FastTimeouts) { ["DTRAIN_Coordinator__WaitForWorkersSeconds"] = "4" };
+        using var cluster = LocalCluster.Start(2, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), env);
+        using var channel = Remote.Channel(cluster.Address);
+        var client = new Jobs.JobsClient(channel);
+        var request = JobCommands.BuildSubmit(client, new FileInfo(path), 2);
+        request.MinWorkers = 2;
+        var id = client.Submit(request).JobId;
+        await WaitForStep(client, id, 10);
+        var victim = IdOfWorker(client, 1);
+        cluster.KillWorker(1);
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        JobInfo seen;
+        while ((seen = client.Get(new GetJobRequest { JobId = id })).State != JobState.Waiting)
+        {
+            Assert.True(DateTime.UtcNow < deadline && seen.State == JobState.Running, $"never waiting: {seen.State} {seen.Message}");
+            await Task.Delay(20);
+        }
+        Assert.Matches(@"waiting for 1 more worker\(s\), \d+ s left", seen.Message);
+        var info = await WaitForEnd(client, id);
+        Assert.Equal(JobState.Failed, info.State);
+        Assert.Contains("fewer than the minimum of 2", info.Message);
+        Assert.Contains(victim, info.Message);
+    }
+
+    sealed class NullObserver : ITrainingObserver;
+}
