@@ -8,7 +8,7 @@ using Microsoft.Extensions.Logging;
 namespace Dtrain.Server;
 
 /// <summary>The job queue: accepts submissions (validated before any worker is touched), starts jobs in FIFO order as workers become idle, and keeps every job's record.</summary>
-public sealed class JobManager(CoordinatorOptions options, WorkerRegistry registry, JobRunner runner, UploadStore uploads, TimeProvider clock, ILogger<JobManager> log) : BackgroundService
+public sealed class JobManager(CoordinatorOptions options, WorkerRegistry registry, JobRunner runner, DataAccess data, TimeProvider clock, ILogger<JobManager> log) : BackgroundService
 {
     private readonly ConcurrentDictionary<string, JobRecord> jobs = new();
     private readonly ConcurrentQueue<JobRecord> queue = new();
@@ -19,14 +19,15 @@ public sealed class JobManager(CoordinatorOptions options, WorkerRegistry regist
 
     public JobRecord Submit(SubmitRequest request)
     {
-        if (request.Workers < 0 || request.Workers > 4096) throw new ArgumentException($"workers {request.Workers} must be in [0, 4096] (0 = all idle workers)");
+        if (request.Workers < 0 || request.Workers > options.MaxWorkersPerJob)
+            throw new ArgumentException($"workers {request.Workers} must be in [0, {options.MaxWorkersPerJob}] (0 = all idle workers; at most Coordinator:MaxWorkersPerJob = {options.MaxWorkersPerJob} per job)");
         var source = string.IsNullOrWhiteSpace(request.Source) ? "submitted spec" : request.Source;
         var spec = JobSpecSerializer.Parse(request.SpecJson, source);
         JobSpecValidator.ThrowIfNotRunnable(spec, source, onCluster: true);
         var id = $"job-{Interlocked.Increment(ref nextId):D4}";
         var dir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs", id));
-        spec = StoreFiles(spec, request, uploads, Path.Combine(dir, "data"), source);
-        var record = new JobRecord(id, spec with { Output = dir }, dir, request.Workers, clock.GetUtcNow());
+        spec = StoreFiles(spec, request, Path.Combine(dir, "data"), source);
+        var record = new JobRecord(id, spec with { Output = dir }, dir, request.Workers, clock.GetUtcNow()) { DataLimits = data.LimitsFor(id, Path.Combine(dir, "data")) };
         jobs[id] = record;
         queue.Enqueue(record);
         record.Publish(new JobEvent { State = record.Snapshot() });
@@ -83,30 +84,9 @@ public sealed class JobManager(CoordinatorOptions options, WorkerRegistry regist
         }
     }
 
-    /// <summary>Writes the uploaded data files into the job directory and points the spec at them.</summary>
-    private static JobSpec StoreFiles(JobSpec spec, SubmitRequest request, UploadStore uploads, string dataDir, string source)
-    {
-        string? Place(string? path, string field)
-        {
-            if (path is null) return null;
-            if (request.UploadedFiles.TryGetValue(path, out var fileId))
-            {
-                Directory.CreateDirectory(dataDir);
-                var target = Path.Combine(dataDir, $"{field}-{Path.GetFileName(path)}");
-                File.Move(uploads.PathOf(fileId, $"$.data.{field}"), target, overwrite: true);
-                return target;
-            }
-            if (request.Files.TryGetValue(path, out var bytes))
-            {
-                Directory.CreateDirectory(dataDir);
-                var target = Path.Combine(dataDir, $"{field}-{Path.GetFileName(path)}");
-                File.WriteAllBytes(target, bytes.ToByteArray());
-                return target;
-            }
-            if (Path.IsPathRooted(path) && File.Exists(path)) return path;
-            throw new SpecException(source, [new SpecError($"$.data.{field}", $"file \"{path}\" was not uploaded with the job and does not exist on the coordinator")]);
-        }
-        if (spec.Data.Format == DataFormats.Synthetic) return spec;
-        return spec with { Data = spec.Data with { Train = Place(spec.Data.Train, "train"), Validation = Place(spec.Data.Validation, "validation") } };
-    }
+    /// <summary>
+    /// Checks the spec's data files and moves its uploads into the job directory, pointing the spec at the files the job
+    /// reads: its uploads, or regular files under the coordinator's data roots (see <see cref="DataAccess"/>).
+    /// </summary>
+    private JobSpec StoreFiles(JobSpec spec, SubmitRequest request, string dataDir, string source) => data.Place(spec, request, dataDir, source);
 }

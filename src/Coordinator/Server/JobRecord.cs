@@ -1,4 +1,5 @@
 using System.Threading.Channels;
+using Dtrain.Data;
 using Dtrain.Protos.Jobs;
 using Dtrain.Specs;
 
@@ -16,6 +17,8 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     public JobSpec Spec { get; } = spec;
     public string Dir { get; } = dir;
     public CancellationTokenSource Cancel { get; } = new();
+    /// <summary>How the job's data files are read (size limit, quoting in messages, progress); set at submit.</summary>
+    public DataReadLimits DataLimits { get; init; } = DataReadLimits.Local;
     public JobInfo Info { get; } = new()
     {
         JobId = id,

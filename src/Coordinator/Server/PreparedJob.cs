@@ -15,7 +15,7 @@ public sealed record PreparedJob(PreparedData Data, IBatchSource Source, long To
     public static async Task<PreparedJob> LoadAsync(JobRecord job, CancellationToken cancel)
     {
         var spec = job.Spec;
-        var data = await Task.Run(() => PreparedData.Load(spec, job.Dir), cancel).ConfigureAwait(false);
+        var data = await Task.Run(() => PreparedData.Load(spec, job.Dir, limits: job.DataLimits, cancel: cancel), cancel).ConfigureAwait(false);
         if (data.Report.Skipped > 0 || data.Report.Truncated > 0)
             job.Publish(new Protos.Jobs.JobEvent { Log = $"data: read {data.Report.Read} records, skipped {data.Report.Skipped}, truncated {data.Report.Truncated}" });
         IBatchSource source = spec.Task == TaskKinds.LanguageModel
