@@ -42,12 +42,13 @@ public static class JobCommands
         {
             Description = "Idle workers join a running data-parallel job at a step boundary while it has fewer than this (default: the number it started with).",
         };
+        var coordinatorData = new Option<bool>("--coordinator-data") { Description = "Upload nothing: data.train / data.validation are absolute paths of files on the coordinator, under a directory its operator allowed (`dtrain serve --data-root DIR`)." };
         var cmd = new Command("submit", "Submit a job spec to the coordinator's queue; prints the job id.");
         cmd.Arguments.Add(spec);
-        foreach (var o in new Option[] { workers, minWorkers, maxWorkers, resume, watch, plain }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { workers, minWorkers, maxWorkers, resume, watch, plain, coordinatorData }) cmd.Options.Add(o);
         cmd.SetAction(r => Remote.Guard(r, client =>
         {
-            var request = BuildSubmit(client, r.GetValue(spec)!, r.GetValue(workers));
+            var request = BuildSubmit(client, r.GetValue(spec)!, r.GetValue(workers), upload: !r.GetValue(coordinatorData));
             if (r.GetValue(resume) is { } from) AddResume(client, request, from);
             request.MinWorkers = r.GetValue(minWorkers);
             request.MaxWorkers = r.GetValue(maxWorkers);
@@ -116,14 +117,19 @@ public static class JobCommands
         else throw new FileNotFoundException($"--resume {from}: neither a checkpoint file, a run directory nor a job id (job-NNNN)");
     }
 
-    /// <summary>Validates the spec locally (fast, precise errors) and uploads its data files in chunks.</summary>
-    public static SubmitRequest BuildSubmit(Jobs.JobsClient client, FileInfo file, int workers)
+    /// <summary>Validates the spec locally (fast, precise errors) and uploads its data files in chunks (unless <paramref name="upload"/> is false: then they name files on the coordinator).</summary>
+    public static SubmitRequest BuildSubmit(Jobs.JobsClient client, FileInfo file, int workers, bool upload = true)
     {
         var parsed = JobSpecSerializer.Load(file.FullName);
         var request = new SubmitRequest { SpecJson = File.ReadAllText(file.FullName), Workers = workers, Source = file.Name };
         foreach (var (path, field) in new[] { (parsed.Data.Train, "train"), (parsed.Data.Validation, "validation") })
         {
             if (path is null || parsed.Data.Format == DataFormats.Synthetic) continue;
+            if (!upload)
+            {
+                if (!Path.IsPathRooted(path)) throw new SpecException(file.Name, [new SpecError($"$.data.{field}", $"\"{path}\" must be an absolute path on the coordinator with --coordinator-data")]);
+                continue;
+            }
             var full = JobSpecPaths.Resolve(file.DirectoryName!, path)!;
             if (!File.Exists(full)) throw new SpecException(file.Name, [new SpecError($"$.data.{field}", $"file not found: {full}")]);
             request.UploadedFiles[path] = Upload(client, full);

@@ -13,8 +13,9 @@ public static class ServeCommand
         var port = new Option<int?>("--port", "-p") { Description = "Port to listen on (default 5000; 0 = any free port)." };
         var listen = new Option<string?>("--listen") { Description = "Interface to listen on (default 127.0.0.1; 0.0.0.0 for all)." };
         var dataDir = new Option<string?>("--data-dir") { Description = "Directory for job data and checkpoints (default .dtrain/coordinator)." };
+        var dataRoots = new Option<string[]>("--data-root") { Description = "A directory whose regular files jobs may name as data by absolute path instead of uploading them (repeatable; default none: the coordinator reads only uploaded files)." };
         var cmd = new Command("serve", "Run the coordinator: workers register with it, the CLI submits jobs to it. Settings also come from appsettings.json and DTRAIN_Coordinator__* variables.");
-        foreach (var o in new Option[] { port, listen, dataDir }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { port, listen, dataDir, dataRoots }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var options = CoordinatorHost.ReadOptions(r.UnmatchedTokens.ToArray());
@@ -23,6 +24,7 @@ public static class ServeCommand
                 Port = r.GetValue(port) ?? options.Port,
                 Listen = r.GetValue(listen) ?? options.Listen,
                 DataDir = r.GetValue(dataDir) ?? options.DataDir,
+                DataRoots = r.GetValue(dataRoots) is { Length: > 0 } roots ? [.. roots.Select(Path.GetFullPath)] : options.DataRoots,
             };
             var app = CoordinatorHost.Build(options);
             app.Lifetime.ApplicationStarted.Register(() =>

@@ -1,6 +1,8 @@
 using Dtrain.Rpc;
+using Grpc.AspNetCore.Server;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Server;
@@ -11,7 +13,8 @@ public static class CoordinatorHost
     /// <summary>Options from appsettings.json, DTRAIN_-prefixed environment variables (DTRAIN_Coordinator__Port) and --Coordinator:Key=value arguments.</summary>
     public static CoordinatorOptions ReadOptions(string[] args) => GrpcServerHost.ReadOptions<CoordinatorOptions>("Coordinator", args);
 
-    public static WebApplication Build(CoordinatorOptions options, Action<ILoggingBuilder>? logging = null)
+    /// <param name="services">Last changes to the services (tests replace the clock with a fake one here).</param>
+    public static WebApplication Build(CoordinatorOptions options, Action<ILoggingBuilder>? logging = null, Action<IServiceCollection>? services = null)
     {
         var errors = options.Validate();
         if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
@@ -19,11 +22,16 @@ public static class CoordinatorHost
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(TimeProvider.System);
         builder.Services.AddSingleton<WorkerRegistry>();
+        builder.Services.TryAddSingleton<ICallerIdentity, PeerAddressIdentity>();
         builder.Services.AddSingleton<UploadStore>();
+        builder.Services.AddSingleton<DataAccess>();
+        builder.Services.AddSingleton<CallRateLimits>();
+        builder.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<CallRateLimits>());
         builder.Services.AddSingleton<WorkerClients>();
         builder.Services.AddSingleton<JobRunner>();
         builder.Services.AddSingleton<JobManager>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<JobManager>());
+        services?.Invoke(builder.Services);
         var app = builder.Build();
         app.MapGrpcService<MembershipService>();
         app.MapGrpcService<JobsService>();

@@ -1,3 +1,5 @@
+using Dtrain.Data;
+
 namespace Dtrain.Server;
 
 /// <summary>
@@ -23,10 +25,34 @@ public sealed record CoordinatorOptions
     public int ChecksumInterval { get; init; } = 25;
     /// <summary>Largest gRPC message, in bytes; larger ones are refused with ResourceExhausted (data files travel in chunks).</summary>
     public int MaxMessageBytes { get; init; } = 64 * 1024 * 1024;
-    /// <summary>Largest data file a client may upload, in bytes.</summary>
-    public long MaxUploadBytes { get; init; } = 4L * 1024 * 1024 * 1024;
+    /// <summary>Largest data file a client may upload, in bytes (at most <see cref="MaxDataFileBytes"/>).</summary>
+    public long MaxUploadBytes { get; init; } = 1L << 30;
     /// <summary>Largest shard message sent to a worker, in int32 values (larger shards are chunked).</summary>
     public int ShardChunkValues { get; init; } = 1024 * 1024;
+
+    /// <summary>
+    /// Directories whose regular files a job may name as data without uploading them (absolute paths; symbolic links
+    /// and <c>..</c> are resolved before the containment check). Empty (the default): only uploaded files are read.
+    /// </summary>
+    public string[] DataRoots { get; init; } = [];
+    /// <summary>Largest data file the coordinator reads, uploaded or under a data root, in bytes (at most 1 GiB).</summary>
+    public long MaxDataFileBytes { get; init; } = 1L << 30;
+    /// <summary>Most workers one job may ask for (<c>submit --workers</c>); more is refused at submit.</summary>
+    public int MaxWorkersPerJob { get; init; } = 64;
+    /// <summary>Most uploads one client may have pending (received, not yet used by a job, not expired), in progress included.</summary>
+    public int MaxPendingUploads { get; init; } = 16;
+    /// <summary>Most bytes one client may have in pending uploads (in progress counted at their announced size).</summary>
+    public long MaxPendingUploadBytes { get; init; } = 4L << 30;
+    /// <summary>An upload no job has used this long after it completed is deleted.</summary>
+    public double UploadTtlMinutes { get; init; } = 60;
+    /// <summary>Job submissions each client may make per minute on average (0 = no limit); beyond it, ResourceExhausted.</summary>
+    public double SubmitsPerMinute { get; init; } = 60;
+    /// <summary>Submissions a client may make in a burst before <see cref="SubmitsPerMinute"/> applies.</summary>
+    public int SubmitBurst { get; init; } = 20;
+    /// <summary>Worker registrations each client address may make per minute on average (0 = no limit).</summary>
+    public double RegistrationsPerMinute { get; init; } = 60;
+    /// <summary>Registrations a client address may make in a burst (a machine starting many workers at once).</summary>
+    public int RegistrationBurst { get; init; } = 64;
 
     public IReadOnlyList<string> Validate()
     {
@@ -40,6 +66,31 @@ public sealed record CoordinatorOptions
         if (ChecksumInterval < 1) e.Add($"Coordinator:ChecksumInterval {ChecksumInterval} must be >= 1");
         if (MaxMessageBytes < 1024 * 1024) e.Add($"Coordinator:MaxMessageBytes {MaxMessageBytes} must be at least 1 MiB");
         if (ShardChunkValues < 1024) e.Add($"Coordinator:ShardChunkValues {ShardChunkValues} must be at least 1024");
+        foreach (var root in DataRoots ?? [])
+        {
+            if (string.IsNullOrWhiteSpace(root) || !Path.IsPathRooted(root)) e.Add($"Coordinator:DataRoots: \"{root}\" must be an absolute path");
+            else if (!Directory.Exists(root)) e.Add($"Coordinator:DataRoots: \"{root}\" is not an existing directory");
+            else if (Overlaps(root, DataDir))
+                e.Add($"Coordinator:DataRoots: \"{root}\" overlaps the data directory \"{DataDir}\": jobs could read other jobs' uploads and checkpoints; allow a directory apart from it");
+        }
+        if (MaxDataFileBytes is < 1 or > DataFile.DefaultMaxBytes) e.Add($"Coordinator:MaxDataFileBytes {MaxDataFileBytes} must be in [1, {DataFile.DefaultMaxBytes}] (1 GiB: a file is decoded into one string)");
+        if (MaxUploadBytes < 1 || MaxUploadBytes > MaxDataFileBytes) e.Add($"Coordinator:MaxUploadBytes {MaxUploadBytes} must be in [1, MaxDataFileBytes = {MaxDataFileBytes}]: a larger upload could not be read");
+        if (MaxWorkersPerJob is < 1 or > 4096) e.Add($"Coordinator:MaxWorkersPerJob {MaxWorkersPerJob} must be in [1, 4096]");
+        if (MaxPendingUploads < 1) e.Add($"Coordinator:MaxPendingUploads {MaxPendingUploads} must be >= 1");
+        if (MaxPendingUploadBytes < MaxUploadBytes) e.Add($"Coordinator:MaxPendingUploadBytes {MaxPendingUploadBytes} must be at least MaxUploadBytes = {MaxUploadBytes}");
+        if (!(UploadTtlMinutes > 0)) e.Add($"Coordinator:UploadTtlMinutes {UploadTtlMinutes} must be positive");
+        if (!(SubmitsPerMinute >= 0)) e.Add($"Coordinator:SubmitsPerMinute {SubmitsPerMinute} must be >= 0 (0 = no limit)");
+        if (SubmitBurst < 1) e.Add($"Coordinator:SubmitBurst {SubmitBurst} must be >= 1");
+        if (!(RegistrationsPerMinute >= 0)) e.Add($"Coordinator:RegistrationsPerMinute {RegistrationsPerMinute} must be >= 0 (0 = no limit)");
+        if (RegistrationBurst < 1) e.Add($"Coordinator:RegistrationBurst {RegistrationBurst} must be >= 1");
         return e;
+    }
+
+    /// <summary>Whether one directory is the other or inside it, symbolic links resolved where they exist.</summary>
+    private static bool Overlaps(string a, string b)
+    {
+        static string Canonical(string p) => DataFile.RealPath(p) ?? Path.GetFullPath(p);
+        var (x, y) = (Canonical(a), Canonical(b));
+        return DataFile.IsUnder(x, y) || DataFile.IsUnder(y, x);
     }
 }

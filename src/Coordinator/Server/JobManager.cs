@@ -9,7 +9,7 @@ using Microsoft.Extensions.Logging;
 namespace Dtrain.Server;
 
 /// <summary>The job queue: accepts submissions (validated before any worker is touched), starts jobs in FIFO order as workers become idle, and keeps every job's record.</summary>
-public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistry registry, JobRunner runner, UploadStore uploads, TimeProvider clock, ILogger<JobManager> log) : BackgroundService
+public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistry registry, JobRunner runner, DataAccess data, UploadStore uploads, TimeProvider clock, ILogger<JobManager> log) : BackgroundService
 {
     private readonly ConcurrentDictionary<string, JobRecord> jobs = new();
     private readonly ConcurrentQueue<JobRecord> queue = new();
@@ -20,7 +20,8 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
 
     public JobRecord Submit(SubmitRequest request)
     {
-        if (request.Workers < 0 || request.Workers > 4096) throw new ArgumentException($"workers {request.Workers} must be in [0, 4096] (0 = all idle workers)");
+        if (request.Workers < 0 || request.Workers > options.MaxWorkersPerJob)
+            throw new ArgumentException($"workers {request.Workers} must be in [0, {options.MaxWorkersPerJob}] (0 = all idle workers; at most Coordinator:MaxWorkersPerJob = {options.MaxWorkersPerJob} per job)");
         var source = string.IsNullOrWhiteSpace(request.Source) ? "submitted spec" : request.Source;
         if (request.MinWorkers < 0 || request.MaxWorkers < 0) throw new ArgumentException($"min_workers {request.MinWorkers} and max_workers {request.MaxWorkers} must be >= 0 (0 = default)");
         if (request.MaxWorkers > 0 && request.MinWorkers > request.MaxWorkers) throw new ArgumentException($"min_workers {request.MinWorkers} is more than max_workers {request.MaxWorkers}");
@@ -49,18 +50,18 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         var id = $"job-{Interlocked.Increment(ref nextId):D4}";
         var dir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs", id));
         Directory.CreateDirectory(dir);
-        if (!ownData) spec = StoreFiles(spec, request, uploads, Path.Combine(dir, "data"), source);
+        if (!ownData) spec = StoreFiles(spec, request, Path.Combine(dir, "data"), source);
         if (request.ResumeUpload != "")
         {
             // The upload becomes the job's: it stays with the job (and is not counted as a pending upload).
             var kept = Path.Combine(dir, "resume-from.dtck");
-            File.Move(resume!.Path, kept);
-            resume = ResumePoint.OfFile(resume.From, kept);
+            uploads.Claim(request.ResumeUpload, "resume_upload", kept);
+            resume = ResumePoint.OfFile(resume!.From, kept);
         }
         spec = spec with { Output = dir };
         // The spec as it runs (data paths on this coordinator): what `dtrain resume` continues with.
         File.WriteAllText(Path.Combine(dir, "spec.json"), JobSpecSerializer.Serialize(spec));
-        var record = new JobRecord(id, spec, dir, request.Workers, clock.GetUtcNow()) { Resume = resume };
+        var record = new JobRecord(id, spec, dir, request.Workers, clock.GetUtcNow()) { Resume = resume, DataLimits = data.LimitsFor(id, Path.Combine(dir, "data")) };
         record.Info.MinWorkers = request.MinWorkers;
         record.Info.MaxWorkers = request.MaxWorkers;
         if (resume is not null)
@@ -179,30 +180,9 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         }
     }
 
-    /// <summary>Writes the uploaded data files into the job directory and points the spec at them.</summary>
-    private static JobSpec StoreFiles(JobSpec spec, SubmitRequest request, UploadStore uploads, string dataDir, string source)
-    {
-        string? Place(string? path, string field)
-        {
-            if (path is null) return null;
-            if (request.UploadedFiles.TryGetValue(path, out var fileId))
-            {
-                Directory.CreateDirectory(dataDir);
-                var target = Path.Combine(dataDir, $"{field}-{Path.GetFileName(path)}");
-                File.Move(uploads.PathOf(fileId, $"$.data.{field}"), target, overwrite: true);
-                return target;
-            }
-            if (request.Files.TryGetValue(path, out var bytes))
-            {
-                Directory.CreateDirectory(dataDir);
-                var target = Path.Combine(dataDir, $"{field}-{Path.GetFileName(path)}");
-                File.WriteAllBytes(target, bytes.ToByteArray());
-                return target;
-            }
-            if (Path.IsPathRooted(path) && File.Exists(path)) return path;
-            throw new SpecException(source, [new SpecError($"$.data.{field}", $"file \"{path}\" was not uploaded with the job and does not exist on the coordinator")]);
-        }
-        if (spec.Data.Format == DataFormats.Synthetic) return spec;
-        return spec with { Data = spec.Data with { Train = Place(spec.Data.Train, "train"), Validation = Place(spec.Data.Validation, "validation") } };
-    }
+    /// <summary>
+    /// Checks the spec's data files and moves its uploads into the job directory, pointing the spec at the files the job
+    /// reads: its uploads, or regular files under the coordinator's data roots (see <see cref="DataAccess"/>).
+    /// </summary>
+    private JobSpec StoreFiles(JobSpec spec, SubmitRequest request, string dataDir, string source) => data.Place(spec, request, dataDir, source);
 }

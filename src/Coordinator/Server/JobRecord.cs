@@ -1,4 +1,5 @@
 using System.Threading.Channels;
+using Dtrain.Data;
 using Dtrain.Protos.Jobs;
 using Dtrain.Specs;
 
@@ -20,6 +21,8 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     public ResumePoint? Resume { get; set; }
     /// <summary>Which rows every committed step used, on which workers (data-parallel jobs).</summary>
     public SampleLedger Ledger { get; } = new(Path.Combine(dir, "ledger.jsonl"));
+    /// <summary>How the job's data files are read (size limit, quoting in messages, progress); set at submit.</summary>
+    public DataReadLimits DataLimits { get; init; } = DataReadLimits.Local;
     public JobInfo Info { get; } = new()
     {
         JobId = id,

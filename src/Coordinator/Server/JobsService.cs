@@ -8,7 +8,7 @@ namespace Dtrain.Server;
 public sealed class JobsService(JobManager jobs, WorkerRegistry registry, UploadStore uploads) : Jobs.JobsBase
 {
     public override Task<UploadReply> Upload(IAsyncStreamReader<FileChunk> requestStream, ServerCallContext context) =>
-        uploads.ReceiveAsync(requestStream, context.CancellationToken);
+        uploads.ReceiveAsync(requestStream, context);
 
     public override Task<SubmitReply> Submit(SubmitRequest request, ServerCallContext context) =>
         Task.FromResult(new SubmitReply { JobId = jobs.Submit(request).Id });

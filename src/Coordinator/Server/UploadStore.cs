@@ -1,15 +1,63 @@
+using System.Collections.Concurrent;
+using System.Globalization;
 using Dtrain.Protos.Jobs;
 using Grpc.Core;
+using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Server;
 
-/// <summary>Data files uploaded in chunks before a submission, kept under DATA_DIR/uploads until a job claims them.</summary>
-public sealed class UploadStore(CoordinatorOptions options)
+/// <summary>
+/// Data files uploaded in chunks before a submission, kept under DATA_DIR/uploads until a job claims them. Each client
+/// (<see cref="ICallerIdentity"/>) may have at most <see cref="CoordinatorOptions.MaxPendingUploads"/> pending uploads
+/// totalling <see cref="CoordinatorOptions.MaxPendingUploadBytes"/> (an upload in progress counts at its announced
+/// size); an upload no job claimed within <see cref="CoordinatorOptions.UploadTtlMinutes"/> of completing is deleted by
+/// a sweep that runs on the coordinator's clock. Files left from before a restart belong to no client and expire alike.
+/// </summary>
+public sealed class UploadStore : IDisposable
 {
+    private sealed class Entry(string owner, long bytes)
+    {
+        public string Owner { get; } = owner;
+        public long Bytes { get; } = bytes;
+        /// <summary>When the upload completed; null while it is in progress.</summary>
+        public DateTimeOffset? Completed { get; set; }
+    }
+
+    private const string RestartOwner = "(before restart)";
+    private readonly CoordinatorOptions options;
+    private readonly ICallerIdentity identity;
+    private readonly TimeProvider clock;
+    private readonly ILogger<UploadStore> log;
+    private readonly ConcurrentDictionary<string, Entry> entries = new();
+    private readonly Lock quota = new();
+    private readonly ITimer sweeper;
+
+    public UploadStore(CoordinatorOptions options, ICallerIdentity identity, TimeProvider clock, ILogger<UploadStore> log)
+    {
+        this.options = options;
+        this.identity = identity;
+        this.clock = clock;
+        this.log = log;
+        Adopt();
+        sweeper = clock.CreateTimer(_ => Sweep(), null, SweepInterval, SweepInterval);
+    }
+
     private string Dir => Path.GetFullPath(Path.Combine(options.DataDir, "uploads"));
 
-    public async Task<UploadReply> ReceiveAsync(IAsyncStreamReader<FileChunk> chunks, CancellationToken cancel)
+    private TimeSpan Ttl => TimeSpan.FromMinutes(options.UploadTtlMinutes);
+
+    /// <summary>How often expired uploads are looked for: a tenth of the TTL, between 1 s and 1 min.</summary>
+    private TimeSpan SweepInterval => TimeSpan.FromTicks(Math.Clamp(Ttl.Ticks / 10, TimeSpan.TicksPerSecond, TimeSpan.TicksPerMinute));
+
+    public Task<UploadReply> ReceiveAsync(IAsyncStreamReader<FileChunk> chunks, ServerCallContext context)
     {
+        ArgumentNullException.ThrowIfNull(context);
+        return ReceiveAsync(chunks, identity.Of(context), context.CancellationToken);
+    }
+
+    public async Task<UploadReply> ReceiveAsync(IAsyncStreamReader<FileChunk> chunks, string owner, CancellationToken cancel)
+    {
+        ArgumentNullException.ThrowIfNull(chunks);
         Directory.CreateDirectory(Dir);
         var id = Guid.NewGuid().ToString("N");
         var part = Path.Combine(Dir, id + ".part");
@@ -25,6 +73,7 @@ public sealed class UploadStore(CoordinatorOptions options)
                         total = chunk.TotalBytes;
                         if (total < 0 || total > options.MaxUploadBytes)
                             throw new RpcException(new Status(StatusCode.ResourceExhausted, $"upload \"{chunk.Name}\" of {total} bytes exceeds Coordinator:MaxUploadBytes = {options.MaxUploadBytes}"));
+                        Reserve(id, owner, total, chunk.Name);
                     }
                     received += chunk.Data.Length;
                     if (received > total)
@@ -36,21 +85,112 @@ public sealed class UploadStore(CoordinatorOptions options)
             if (total < 0) throw new RpcException(new Status(StatusCode.InvalidArgument, "empty upload: the first chunk must carry the file's name and total_bytes"));
             if (received != total) throw new RpcException(new Status(StatusCode.InvalidArgument, $"upload ended after {received} of {total} bytes"));
             File.Move(part, Path.Combine(Dir, id));
+            entries[id].Completed = clock.GetUtcNow();
             return new UploadReply { FileId = id, Bytes = received };
         }
         catch
         {
+            entries.TryRemove(id, out _);
             File.Delete(part);
             throw;
         }
     }
 
-    /// <summary>The stored file of an upload handle; anything but a handle this store issued is refused.</summary>
+    /// <summary>Counts an upload against its owner's quota, or refuses it with ResourceExhausted naming the limit.</summary>
+    private void Reserve(string id, string owner, long bytes, string name)
+    {
+        lock (quota)
+        {
+            var mine = entries.Values.Where(e => e.Owner == owner).ToList();
+            var pendingBytes = mine.Sum(e => e.Bytes);
+            var advice = $"submit the jobs that use them, or wait for unused ones to expire (Coordinator:UploadTtlMinutes = {options.UploadTtlMinutes.ToString(CultureInfo.InvariantCulture)})";
+            if (mine.Count >= options.MaxPendingUploads)
+                throw new RpcException(new Status(StatusCode.ResourceExhausted,
+                    $"upload \"{name}\" refused: client {owner} already has {mine.Count} pending uploads, the most allowed (Coordinator:MaxPendingUploads = {options.MaxPendingUploads}); {advice}"));
+            if (pendingBytes + bytes > options.MaxPendingUploadBytes)
+                throw new RpcException(new Status(StatusCode.ResourceExhausted,
+                    $"upload \"{name}\" of {bytes} bytes refused: client {owner} already has {pendingBytes} bytes in pending uploads, and at most Coordinator:MaxPendingUploadBytes = {options.MaxPendingUploadBytes} are allowed; {advice}"));
+            entries[id] = new Entry(owner, bytes);
+        }
+    }
+
+    /// <summary>Whether <paramref name="fileId"/> is a pending upload this store issued (completed, not expired).</summary>
+    public bool IsPending(string fileId) =>
+        entries.TryGetValue(fileId, out var e) && e.Completed is { } done && clock.GetUtcNow() - done < Ttl && File.Exists(Path.Combine(Dir, fileId));
+
+    /// <summary>
+    /// Moves the uploaded file to <paramref name="target"/> for a job (once: the upload is no longer pending and no longer
+    /// counts against its owner's quota). Anything but a pending handle this store issued is refused, naming <paramref name="field"/>.
+    /// </summary>
+    public void Claim(string fileId, string field, string target)
+    {
+        Check(fileId, field);
+        if (!entries.TryRemove(fileId, out _)) throw NotFound(fileId, field);
+        File.Move(Path.Combine(Dir, fileId), target, overwrite: true);
+    }
+
+    /// <summary>Where a pending upload is, to read it before it is claimed (e.g. a checkpoint to resume from); refused like <see cref="Check"/>.</summary>
     public string PathOf(string fileId, string field)
     {
+        Check(fileId, field);
+        return Path.Combine(Dir, fileId);
+    }
+
+    /// <summary>Refuses, naming <paramref name="field"/>, anything but a pending handle this store issued.</summary>
+    public void Check(string fileId, string field)
+    {
+        ArgumentNullException.ThrowIfNull(fileId);
         if (fileId.Length != 32 || !fileId.All(char.IsAsciiHexDigitLower))
             throw new ArgumentException($"{field}: \"{fileId}\" is not an upload handle");
-        var path = Path.Combine(Dir, fileId);
-        return File.Exists(path) ? path : throw new ArgumentException($"{field}: upload \"{fileId}\" not found on the coordinator (expired or never completed)");
+        if (!IsPending(fileId)) throw NotFound(fileId, field);
     }
+
+    private ArgumentException NotFound(string fileId, string field) =>
+        new($"{field}: upload \"{fileId}\" not found on the coordinator (unused for Coordinator:UploadTtlMinutes = {options.UploadTtlMinutes.ToString(CultureInfo.InvariantCulture)} and deleted, already used by a job, or never completed); upload the file again");
+
+    /// <summary>Deletes the completed uploads that no job claimed within the TTL; returns how many.</summary>
+    public int Sweep()
+    {
+        var now = clock.GetUtcNow();
+        var expired = 0;
+        foreach (var (id, e) in entries)
+        {
+            if (e.Completed is not { } done || now - done < Ttl) continue;
+            if (!entries.TryRemove(new KeyValuePair<string, Entry>(id, e))) continue;
+            try
+            {
+                File.Delete(Path.Combine(Dir, id));
+                expired++;
+                log.LogInformation("upload {Id} of {Owner} ({Bytes} bytes) expired unused after {Ttl} min", id, e.Owner, e.Bytes, options.UploadTtlMinutes);
+            }
+            catch (IOException ex)
+            {
+                log.LogWarning("could not delete expired upload {Id}: {Message}", id, ex.Message);
+            }
+        }
+        return expired;
+    }
+
+    /// <summary>Pending uploads of <paramref name="owner"/>: how many and their bytes.</summary>
+    public (int Count, long Bytes) PendingOf(string owner)
+    {
+        var mine = entries.Values.Where(e => e.Owner == owner).ToList();
+        return (mine.Count, mine.Sum(e => e.Bytes));
+    }
+
+    /// <summary>After a restart: unfinished parts are deleted; finished uploads are kept for one TTL from now, owned by no client.</summary>
+    private void Adopt()
+    {
+        if (!Directory.Exists(Dir)) return;
+        foreach (var path in Directory.EnumerateFiles(Dir))
+        {
+            var name = Path.GetFileName(path);
+            if (name.Length == 32 && name.All(char.IsAsciiHexDigitLower))
+                entries[name] = new Entry(RestartOwner, new FileInfo(path).Length) { Completed = clock.GetUtcNow() };
+            else
+                File.Delete(path);
+        }
+    }
+
+    public void Dispose() => sweeper.Dispose();
 }

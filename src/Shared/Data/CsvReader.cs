@@ -6,22 +6,25 @@ namespace Dtrain.Data;
 /// CSV as in RFC 4180: a header row naming the columns, comma-separated fields, quoted fields with "" for a quote
 /// and line breaks allowed inside quotes, rows ending in CRLF or LF. Empty lines are ignored. A record's line
 /// number is the line where it starts. An unterminated quote is always fatal (it swallows the rest of the file).
+/// Without <see cref="ReadOptions.QuoteContent"/>, messages name the line and column but quote nothing from the file.
 /// </summary>
 public static class CsvReader
 {
-    public static IReadOnlyList<TextRecord> Read(string path, ReadOptions options, DataReportBuilder report)
+    public static IReadOnlyList<TextRecord> Read(string path, ReadOptions options, DataReportBuilder report, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(options);
-        var text = DatasetReader.ReadAllText(path);
+        var text = DatasetReader.ReadAllText(path, options, cancel);
         DatasetReader.RequireContent(path, text);
-        var parser = new Parser(path, text);
+        var parser = new Parser(path, text, options.QuoteContent);
         if (!parser.Next(out var header, out var headerLine, out _)) throw new DataFormatException(path, 0, "file is empty");
-        var textColumn = Column(path, header, headerLine, options.TextField);
-        var labelColumn = options.LabelField is { } lf ? Column(path, header, headerLine, lf) : -1;
+        var textColumn = Column(path, header, headerLine, options.TextField, options.QuoteContent);
+        var labelColumn = options.LabelField is { } lf ? Column(path, header, headerLine, lf, options.QuoteContent) : -1;
 
         var records = new RecordCollector(path, options, report);
+        var count = 0;
         while (parser.Next(out var fields, out var line, out var problem))
         {
+            if (++count % 4096 == 0) cancel.ThrowIfCancellationRequested();
             if (problem is not null) { records.Bad(line, problem); continue; }
             if (fields.Count != header.Count)
             {
@@ -41,16 +44,18 @@ public static class CsvReader
         return records.Finish();
     }
 
-    static int Column(string path, List<string> header, int headerLine, string name)
+    static int Column(string path, List<string> header, int headerLine, string name, bool quote)
     {
         var index = header.IndexOf(name);
         if (index < 0)
-            throw new DataFormatException(path, headerLine, $"no column '{name}' in header; columns are: {string.Join(", ", header)}");
+            throw new DataFormatException(path, headerLine, quote
+                ? $"no column '{name}' in header; columns are: {string.Join(", ", header)}"
+                : $"no column '{name}' in header (it has {header.Count} columns)");
         return index;
     }
 
     /// <summary>Splits the text into records; tracks line numbers across quoted line breaks.</summary>
-    sealed class Parser(string file, string s)
+    sealed class Parser(string file, string s, bool quote)
     {
         int _pos;
         int _line = 1;
@@ -103,7 +108,10 @@ public static class CsvReader
                 _field.Append(c);
                 _pos++;
             }
-            return AtFieldEnd() ? null : $"unexpected character '{s[_pos]}' after a closing quote (a quote inside a quoted field must be doubled)";
+            if (AtFieldEnd()) return null;
+            return quote
+                ? $"unexpected character '{s[_pos]}' after a closing quote (a quote inside a quoted field must be doubled)"
+                : "unexpected character after a closing quote (a quote inside a quoted field must be doubled)";
         }
 
         /// <summary>Reads up to the end of the field; a quote here is taken literally.</summary>

@@ -14,14 +14,17 @@ namespace Dtrain.Data;
 /// whose label has no training example is moved back to training. With data.validation, that file is the validation
 /// split and a label in it that never occurs in training is a <see cref="DataFormatException"/> at its line.</item>
 /// </list>
-/// Relative paths are resolved against <c>baseDir</c> (the spec file's directory).
+/// Relative paths are resolved against <c>baseDir</c> (the spec file's directory). Files are read under
+/// the given <see cref="DataReadLimits"/> (default <see cref="DataReadLimits.Local"/>): size limit, quoting policy, progress; reading
+/// stops with <see cref="OperationCanceledException"/> when the cancellation token fires.
 /// </summary>
 public static class DatasetLoader
 {
-    public static LoadedDataset Load(JobSpec spec, string baseDir)
+    public static LoadedDataset Load(JobSpec spec, string baseDir, DataReadLimits? limits = null, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(spec);
         ArgumentNullException.ThrowIfNull(baseDir);
+        limits ??= DataReadLimits.Local;
         var d = spec.Data;
         var report = new DataReportBuilder();
 
@@ -45,10 +48,10 @@ public static class DatasetLoader
             case TaskKinds.LanguageModel:
             {
                 var options = ReadOptions.From(d, labels: false, limitLength: false);
-                var trainRecords = DatasetReader.Read(trainPath, options, report);
+                var trainRecords = DatasetReader.Read(trainPath, limits.Apply(options, trainPath), report, cancel);
                 if (validationPath is not null)
                 {
-                    var validationRecords = DatasetReader.Read(validationPath, options, report);
+                    var validationRecords = DatasetReader.Read(validationPath, limits.Apply(options, validationPath), report, cancel);
                     return new LoadedDataset([Join(trainRecords)], [Join(validationRecords)], report.ToReport());
                 }
                 var (train, validation) = SplitText(trainRecords, d.Format, d.ValidationFraction);
@@ -59,19 +62,21 @@ public static class DatasetLoader
                 if (d.Format == DataFormats.Text)
                     throw new ArgumentException("plain text has no labels; use jsonl or csv for classification", nameof(spec));
                 var options = ReadOptions.From(d, labels: true, limitLength: true);
-                var trainRecords = DatasetReader.Read(trainPath, options, report);
+                var trainRecords = DatasetReader.Read(trainPath, limits.Apply(options, trainPath), report, cancel);
                 if (validationPath is null)
                 {
                     var (train, validation) = SplitRecords(trainRecords, trainPath, d.ValidationFraction, spec.Training.Seed);
                     return new LoadedDataset(train, validation, report.ToReport());
                 }
-                var validationRecords = DatasetReader.Read(validationPath, options, report);
+                var validationRecords = DatasetReader.Read(validationPath, limits.Apply(options, validationPath), report, cancel);
                 var known = new HashSet<string>(trainRecords.Select(r => r.Label!), StringComparer.Ordinal);
+                var quote = limits.QuotesContentOf(trainPath) && limits.QuotesContentOf(validationPath);
                 foreach (var r in validationRecords)
                 {
                     if (!known.Contains(r.Label!))
-                        throw new DataFormatException(r.File, r.Line,
-                            $"label \"{r.Label}\" never occurs in the training data ({trainPath}), so the model cannot predict it; training labels: {LabelSet.FromTraining(known).Describe()}");
+                        throw new DataFormatException(r.File, r.Line, quote
+                            ? $"label \"{r.Label}\" never occurs in the training data ({trainPath}), so the model cannot predict it; training labels: {LabelSet.FromTraining(known).Describe()}"
+                            : $"the label (field '{d.LabelField}') never occurs in the training data ({trainPath}), so the model cannot predict it");
                 }
                 return new LoadedDataset(trainRecords, validationRecords, report.ToReport());
             }

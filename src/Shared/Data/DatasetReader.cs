@@ -13,7 +13,7 @@ public static class DatasetReader
 {
     static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
-    public static IReadOnlyList<TextRecord> Read(string path, ReadOptions options, DataReportBuilder report)
+    public static IReadOnlyList<TextRecord> Read(string path, ReadOptions options, DataReportBuilder report, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(options);
@@ -24,29 +24,23 @@ public static class DatasetReader
             throw new ArgumentException($"unknown on_error policy \"{options.OnError}\"", nameof(options));
         return options.Format switch
         {
-            DataFormats.Text => TextFileReader.Read(path, options, report),
-            DataFormats.Jsonl => JsonlReader.Read(path, options, report),
-            DataFormats.Csv => CsvReader.Read(path, options, report),
+            DataFormats.Text => TextFileReader.Read(path, options, report, cancel),
+            DataFormats.Jsonl => JsonlReader.Read(path, options, report, cancel),
+            DataFormats.Csv => CsvReader.Read(path, options, report, cancel),
             _ => throw new ArgumentException($"cannot read format \"{options.Format}\" from a file; expected text, jsonl or csv", nameof(options)),
         };
     }
 
-    /// <summary>The file's text, decoded as strict UTF-8 (a leading BOM is dropped).</summary>
-    /// <exception cref="DataFormatException">The file is missing or unreadable, or holds an invalid UTF-8 sequence (reported with its line and byte offset).</exception>
-    public static string ReadAllText(string path)
+    /// <summary>The file's text, decoded as strict UTF-8 (a leading BOM is dropped), within the default size limit.</summary>
+    /// <exception cref="DataFormatException">The file is missing or unreadable, not a regular file, too large, or holds an invalid UTF-8 sequence (reported with its line and byte offset).</exception>
+    public static string ReadAllText(string path) => ReadAllText(path, new ReadOptions(), default);
+
+    /// <summary>The file's text, decoded as strict UTF-8, read through <see cref="DataFile.ReadAllBytes"/> with the size limit, progress and cancellation of <paramref name="options"/>.</summary>
+    /// <exception cref="DataFormatException">The file is missing or unreadable, not a regular file (FIFO, device, directory), larger than <see cref="ReadOptions.MaxFileBytes"/>, or holds an invalid UTF-8 sequence.</exception>
+    public static string ReadAllText(string path, ReadOptions options, CancellationToken cancel)
     {
-        if (!File.Exists(path))
-            throw new DataFormatException(path, 0, Directory.Exists(path) ? "is a directory, not a file" : "file not found");
-        byte[] bytes;
-        try
-        {
-            bytes = File.ReadAllBytes(path);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new DataFormatException(path, 0, $"cannot read the file: {e.Message}");
-        }
-        return DecodeUtf8(path, bytes);
+        ArgumentNullException.ThrowIfNull(options);
+        return DecodeUtf8(path, DataFile.ReadAllBytes(path, options.MaxFileBytes, options.MaxFileBytesName, cancel, options.Progress));
     }
 
     /// <summary>Strict UTF-8 decoding of <paramref name="bytes"/> read from <paramref name="file"/>.</summary>

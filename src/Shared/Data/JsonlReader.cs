@@ -5,14 +5,15 @@ namespace Dtrain.Data;
 
 /// <summary>
 /// JSON Lines: one JSON object per line (blank lines ignored). The text field must be a non-empty string; the
-/// label may be a string, an integer or a boolean and is kept as its string form ("3", "true").
+/// label may be a string, an integer or a boolean and is kept as its string form ("3", "true"). Without
+/// <see cref="ReadOptions.QuoteContent"/>, messages name the line, byte and field but quote nothing from the file.
 /// </summary>
 public static class JsonlReader
 {
-    public static IReadOnlyList<TextRecord> Read(string path, ReadOptions options, DataReportBuilder report)
+    public static IReadOnlyList<TextRecord> Read(string path, ReadOptions options, DataReportBuilder report, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(options);
-        var text = DatasetReader.ReadAllText(path);
+        var text = DatasetReader.ReadAllText(path, options, cancel);
         DatasetReader.RequireContent(path, text);
         var records = new RecordCollector(path, options, report);
         var lineNo = 0;
@@ -21,7 +22,7 @@ public static class JsonlReader
             var nl = text.IndexOf('\n', pos);
             var end = nl < 0 ? text.Length : nl;
             var line = text.AsSpan(pos, end - pos);
-            lineNo++;
+            if (++lineNo % 4096 == 0) cancel.ThrowIfCancellationRequested();
             if (!line.IsWhiteSpace()) ReadLine(line.TrimEnd('\r'), lineNo, options, records);
             if (nl < 0) break;
             pos = nl + 1;
@@ -38,7 +39,8 @@ public static class JsonlReader
         }
         catch (JsonException e)
         {
-            records.Bad(lineNo, $"malformed JSON (at byte {(e.BytePositionInLine ?? 0) + 1} of the line): {Describe(e)}");
+            var at = $"malformed JSON (at byte {(e.BytePositionInLine ?? 0) + 1} of the line)";
+            records.Bad(lineNo, options.QuoteContent ? $"{at}: {Describe(e)}" : at);
             return;
         }
         using (doc)
@@ -46,16 +48,16 @@ public static class JsonlReader
             var root = doc.RootElement;
             if (root.ValueKind != JsonValueKind.Object)
             {
-                records.Bad(lineNo, $"expected a JSON object, found {KindName(root)}");
+                records.Bad(lineNo, $"expected a JSON object, found {KindName(root, options.QuoteContent)}");
                 return;
             }
-            if (!TryText(root, options.TextField, out var text, out var problem))
+            if (!TryText(root, options.TextField, options.QuoteContent, out var text, out var problem))
             {
                 records.Bad(lineNo, problem);
                 return;
             }
             string? label = null;
-            if (options.LabelField is { } labelField && !TryLabel(root, labelField, out label, out problem))
+            if (options.LabelField is { } labelField && !TryLabel(root, labelField, options.QuoteContent, out label, out problem))
             {
                 records.Bad(lineNo, problem);
                 return;
@@ -64,17 +66,17 @@ public static class JsonlReader
         }
     }
 
-    static bool TryText(JsonElement root, string field, out string text, out string problem)
+    static bool TryText(JsonElement root, string field, bool quote, out string text, out string problem)
     {
         text = "";
         if (!root.TryGetProperty(field, out var value)) { problem = $"missing field '{field}'"; return false; }
-        if (value.ValueKind != JsonValueKind.String) { problem = $"field '{field}' must be a string, found {KindName(value)}"; return false; }
+        if (value.ValueKind != JsonValueKind.String) { problem = $"field '{field}' must be a string, found {KindName(value, quote)}"; return false; }
         if (!TryGetString(value, field, out text, out problem)) return false;
         if (string.IsNullOrWhiteSpace(text)) { problem = $"field '{field}' is empty"; return false; }
         return true;
     }
 
-    static bool TryLabel(JsonElement root, string field, out string? label, out string problem)
+    static bool TryLabel(JsonElement root, string field, bool quote, out string? label, out string problem)
     {
         label = null;
         if (!root.TryGetProperty(field, out var value)) { problem = $"missing field '{field}'"; return false; }
@@ -91,7 +93,7 @@ public static class JsonlReader
                 label = value.GetBoolean() ? "true" : "false";
                 break;
             default:
-                problem = $"field '{field}' must be a string, integer or boolean, found {KindName(value)}";
+                problem = $"field '{field}' must be a string, integer or boolean, found {KindName(value, quote)}";
                 return false;
         }
         if (string.IsNullOrWhiteSpace(label)) { problem = $"field '{field}' is empty"; return false; }
@@ -116,12 +118,12 @@ public static class JsonlReader
         }
     }
 
-    static string KindName(JsonElement e) => e.ValueKind switch
+    static string KindName(JsonElement e, bool quote) => e.ValueKind switch
     {
         JsonValueKind.Object => "an object",
         JsonValueKind.Array => "an array",
         JsonValueKind.String => "a string",
-        JsonValueKind.Number => $"the number {e.GetRawText()}",
+        JsonValueKind.Number => quote ? $"the number {e.GetRawText()}" : "a number",
         JsonValueKind.True or JsonValueKind.False => "a boolean",
         JsonValueKind.Null => "null",
         _ => e.ValueKind.ToString(),

@@ -17,11 +17,17 @@ public sealed class PreparedData
     public IReadOnlyList<int> ValidationLabels { get; init; } = [];
     public DataReport Report { get; init; } = DataReport.Empty;
 
-    /// <summary>Loads the spec's data, fits the tokenizer and label set on the training split (or reuses those given, when resuming) and encodes everything.</summary>
-    public static PreparedData Load(JobSpec spec, string specDir, ITokenizer? tokenizer = null, LabelSet? labels = null)
+    /// <summary>
+    /// Loads the spec's data (under <paramref name="limits"/>, see <see cref="DatasetLoader"/>), fits the tokenizer and label
+    /// set on the training split (or reuses those given, when resuming) and encodes everything; <paramref name="cancel"/>
+    /// stops reading between chunks and records, and between these phases.
+    /// </summary>
+    public static PreparedData Load(JobSpec spec, string specDir, ITokenizer? tokenizer = null, LabelSet? labels = null, DataReadLimits? limits = null, CancellationToken cancel = default)
     {
-        var data = DatasetLoader.Load(spec, specDir);
+        var data = DatasetLoader.Load(spec, specDir, limits, cancel);
+        cancel.ThrowIfCancellationRequested();
         tokenizer ??= TokenizerFactory.Fit(spec.Tokenizer, data.Train.Select(r => r.Text));
+        cancel.ThrowIfCancellationRequested();
         if (spec.Task == TaskKinds.LanguageModel)
         {
             var train = tokenizer.Encode(string.Join('\n', data.Train.Select(r => r.Text)));

@@ -3,6 +3,7 @@ using Dtrain.Server;
 using Dtrain.Worker;
 using Grpc.Net.Client;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Tests.Cluster;
@@ -27,11 +28,15 @@ public sealed class InProcessCluster : IAsyncDisposable
         Client = new Jobs.JobsClient(channel);
     }
 
-    public static async Task<InProcessCluster> StartAsync(int workers, CoordinatorOptions? options = null)
+    /// <summary>The coordinator's services (its <see cref="DataAccess"/>, <see cref="UploadStore"/>, ...).</summary>
+    public IServiceProvider Services => coordinator.Services;
+
+    /// <param name="services">Replaces coordinator services, e.g. its clock with a fake one.</param>
+    public static async Task<InProcessCluster> StartAsync(int workers, CoordinatorOptions? options = null, Action<IServiceCollection>? services = null)
     {
         var dataDir = Directory.CreateTempSubdirectory("dtrain-cluster-").FullName;
         options = (options ?? new CoordinatorOptions()) with { Port = 0, DataDir = dataDir };
-        var app = CoordinatorHost.Build(options, Quiet);
+        var app = CoordinatorHost.Build(options, Quiet, services);
         await app.StartAsync();
         var cluster = new InProcessCluster(app, CoordinatorHost.Address(app), dataDir);
         for (var i = 0; i < workers; i++) await cluster.AddWorkerAsync();

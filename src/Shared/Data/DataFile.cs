@@ -1,0 +1,204 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+
+namespace Dtrain.Data;
+
+/// <summary>
+/// Opening and reading a data file safely: only regular files are read (a FIFO, a device, a socket or a directory is
+/// refused before anything blocks on it or reads from it forever), within a size limit, in chunks that honour
+/// cancellation. Also resolves a path to the physical file it names (symbolic links and <c>..</c> followed, as the
+/// kernel would), for the coordinator's data-root containment check. Linux (the platform dtrain builds for).
+/// </summary>
+public static class DataFile
+{
+    /// <summary>The largest data file read by default (and the most any limit may allow): one file is decoded into one string.</summary>
+    public const long DefaultMaxBytes = 1L << 30;
+
+    /// <summary>How the default limit is named in messages.</summary>
+    public const string DefaultLimitName = "the 1 GiB limit on a data file";
+
+    /// <summary>Bytes read between two cancellation checks and progress reports.</summary>
+    public const int ChunkBytes = 1 << 20;
+
+    /// <summary>
+    /// Why <paramref name="path"/> cannot be read as a data file (missing, unreadable, not a regular file, larger than
+    /// <paramref name="maxBytes"/>), or null when it can. Nothing is opened: a device or FIFO is never touched.
+    /// </summary>
+    public static string? Problem(string path, long maxBytes, string limitName = DefaultLimitName)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        if (Native.Statx(Native.AtFdCwd, path, 0, out var st) != 0) return OpenError(Marshal.GetLastPInvokeError());
+        return TypeOrSizeProblem(st, maxBytes, limitName);
+    }
+
+    /// <summary>
+    /// The whole file, read in <see cref="ChunkBytes"/> chunks; <paramref name="progress"/> is told after each chunk and
+    /// <paramref name="cancel"/> is checked before each. A file that is not a regular file, or larger than
+    /// <paramref name="maxBytes"/>, is refused before its content is read.
+    /// </summary>
+    /// <exception cref="DataFormatException">The file is missing, unreadable, not a regular file or too large.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancel"/> was cancelled while reading.</exception>
+    public static byte[] ReadAllBytes(string path, long maxBytes, string limitName = DefaultLimitName, CancellationToken cancel = default, Action<DataReadProgress>? progress = null)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(maxBytes, DefaultMaxBytes);
+        cancel.ThrowIfCancellationRequested();
+        // Look before opening: opening a FIFO blocks until a writer comes, and opening some devices has side effects.
+        if (Problem(path, maxBytes, limitName) is { } problem) throw new DataFormatException(path, 0, problem);
+        // O_NONBLOCK: should the path have been swapped for a FIFO since, open still returns at once; fstat refuses it.
+        var fd = Native.Open(path, Native.ORdOnly | Native.ONonBlock | Native.ONoCtty | Native.OCloExec);
+        if (fd < 0) throw new DataFormatException(path, 0, OpenError(Marshal.GetLastPInvokeError()));
+        using var handle = new SafeFileHandle(fd, ownsHandle: true);
+        if (Native.Statx(fd, "", Native.AtEmptyPath, out var st) != 0)
+            throw new DataFormatException(path, 0, $"cannot read the file: {Describe(Marshal.GetLastPInvokeError())}");
+        if (TypeOrSizeProblem(st, maxBytes, limitName) is { } changed) throw new DataFormatException(path, 0, changed);
+
+        var size = checked((int)st.Size);
+        var bytes = new byte[size];
+        var done = 0;
+        try
+        {
+            while (done < size)
+            {
+                cancel.ThrowIfCancellationRequested();
+                var n = RandomAccess.Read(handle, bytes.AsSpan(done, Math.Min(ChunkBytes, size - done)), done);
+                if (n == 0) break; // the file shrank while being read: keep what is there
+                done += n;
+                progress?.Invoke(new DataReadProgress(path, done, size));
+            }
+        }
+        catch (IOException e)
+        {
+            throw new DataFormatException(path, 0, $"cannot read the file: {e.Message}");
+        }
+        if (done < size) Array.Resize(ref bytes, done);
+        return bytes;
+    }
+
+    /// <summary>
+    /// The physical location <paramref name="absolutePath"/> names, with every symbolic link and <c>..</c> resolved as
+    /// the kernel resolves them, and whether a file exists there. For a path that does not exist, its longest existing
+    /// prefix is resolved and the rest appended; null when the rest climbs with <c>..</c> (its location is unknowable).
+    /// </summary>
+    public static (string? Physical, bool Exists) Locate(string absolutePath)
+    {
+        ArgumentNullException.ThrowIfNull(absolutePath);
+        if (!Path.IsPathRooted(absolutePath)) throw new ArgumentException($"\"{absolutePath}\" is not an absolute path", nameof(absolutePath));
+        if (RealPath(absolutePath) is { } whole) return (whole, true);
+        var parts = absolutePath.Split('/', StringSplitOptions.RemoveEmptyEntries);
+        for (var k = parts.Length - 1; k >= 0; k--)
+        {
+            if (RealPath("/" + string.Join('/', parts[..k])) is not { } prefix) continue;
+            var rest = parts[k..].Where(p => p != ".").ToArray();
+            if (rest.Contains("..")) return (null, false);
+            return (Path.Join([prefix, .. rest]), false);
+        }
+        return (null, false);
+    }
+
+    /// <summary>realpath(3): the canonical absolute path of an existing file or directory, or null.</summary>
+    public static string? RealPath(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        var p = Native.RealPath(path, IntPtr.Zero);
+        if (p == IntPtr.Zero) return null;
+        try
+        {
+            return Marshal.PtrToStringUTF8(p);
+        }
+        finally
+        {
+            Native.Free(p);
+        }
+    }
+
+    /// <summary>Whether <paramref name="physical"/> is <paramref name="root"/> or inside it (both canonical, absolute).</summary>
+    public static bool IsUnder(string physical, string root)
+    {
+        ArgumentNullException.ThrowIfNull(physical);
+        ArgumentNullException.ThrowIfNull(root);
+        var r = root.TrimEnd('/');
+        return physical == root || r.Length == 0 || physical.StartsWith(r + "/", StringComparison.Ordinal);
+    }
+
+    static string? TypeOrSizeProblem(in Native.StatxBuffer st, long maxBytes, string limitName)
+    {
+        var kind = (st.Mode & Native.SIfMt) switch
+        {
+            Native.SIfReg => null,
+            Native.SIfDir => "a directory",
+            Native.SIfIfo => "a FIFO (named pipe)",
+            Native.SIfChr => "a character device",
+            Native.SIfBlk => "a block device",
+            Native.SIfSock => "a socket",
+            var other => $"a special file (type 0x{other:x})",
+        };
+        if (kind is not null) return $"is {kind}, not a regular file; only regular files are read as data";
+        if (st.Size > (ulong)maxBytes)
+            return $"is {st.Size.ToString("N0", CultureInfo.InvariantCulture)} bytes, over {limitName} ({maxBytes.ToString("N0", CultureInfo.InvariantCulture)} bytes)";
+        return null;
+    }
+
+    static string OpenError(int errno) => errno switch
+    {
+        Native.ENoEnt or Native.ENotDir => "file not found",
+        Native.EAcces or Native.EPerm => "permission denied: the process cannot read this file",
+        _ => $"cannot open the file: {Describe(errno)}",
+    };
+
+    static string Describe(int errno) => Marshal.GetPInvokeErrorMessage(errno);
+
+    static class Native
+    {
+        public const int AtFdCwd = -100;
+        public const int AtEmptyPath = 0x1000;
+        public const int ORdOnly = 0;
+        public const int ONoCtty = 0x100;
+        public const int ONonBlock = 0x800;
+        public const int OCloExec = 0x80000;
+        public const int EPerm = 1;
+        public const int ENoEnt = 2;
+        public const int EAcces = 13;
+        public const int ENotDir = 20;
+        public const int SIfMt = 0xF000;
+        public const int SIfIfo = 0x1000;
+        public const int SIfChr = 0x2000;
+        public const int SIfDir = 0x4000;
+        public const int SIfBlk = 0x6000;
+        public const int SIfReg = 0x8000;
+        public const int SIfSock = 0xC000;
+        const uint StatxType = 0x1, StatxSize = 0x200;
+
+        /// <summary>struct statx: the same layout on every Linux architecture (unlike struct stat).</summary>
+        [StructLayout(LayoutKind.Explicit, Size = 256)]
+        public struct StatxBuffer
+        {
+            [FieldOffset(28)] public ushort Mode;
+            [FieldOffset(40)] public ulong Size;
+        }
+
+        public static int Statx(int dirfd, string path, int flags, out StatxBuffer buffer) => statx(dirfd, path, flags, StatxType | StatxSize, out buffer);
+
+        public static int Open(string path, int flags) => open(path, flags);
+
+        public static IntPtr RealPath(string path, IntPtr resolved) => realpath(path, resolved);
+
+        public static void Free(IntPtr p) => free(p);
+
+        [DllImport("libc", SetLastError = true)]
+        private static extern int statx(int dirfd, [MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags, uint mask, out StatxBuffer buffer);
+
+        [DllImport("libc", SetLastError = true)]
+        private static extern int open([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags);
+
+        [DllImport("libc", SetLastError = true)]
+        private static extern IntPtr realpath([MarshalAs(UnmanagedType.LPUTF8Str)] string path, IntPtr resolved);
+
+        [DllImport("libc")]
+        private static extern void free(IntPtr p);
+    }
+}
+
+/// <summary>How far reading one data file has come.</summary>
+public readonly record struct DataReadProgress(string File, long BytesRead, long TotalBytes);
