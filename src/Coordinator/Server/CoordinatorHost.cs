@@ -1,4 +1,5 @@
 using Dtrain.Rpc;
+using Dtrain.Server.Auth;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
@@ -24,7 +25,9 @@ public static class CoordinatorHost
         builder.Services.AddSingleton<JobRunner>();
         builder.Services.AddSingleton<JobManager>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<JobManager>());
+        builder.Services.AddCoordinatorAuth(options);
         var app = builder.Build();
+        app.UseCoordinatorAuth();
         app.MapGrpcService<MembershipService>();
         app.MapGrpcService<JobsService>();
         GrpcServerHost.MapHealth(app, ReadinessService);

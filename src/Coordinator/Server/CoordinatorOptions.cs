@@ -25,6 +25,10 @@ public sealed record CoordinatorOptions
     public long MaxUploadBytes { get; init; } = 4L * 1024 * 1024 * 1024;
     /// <summary>Largest shard message sent to a worker, in int32 values (larger shards are chunked).</summary>
     public int ShardChunkValues { get; init; } = 1024 * 1024;
+    /// <summary>Bearer tokens on the Jobs API: auto (on when listening beyond loopback or once DATA_DIR/tokens.json has a token), on, off.</summary>
+    public string Auth { get; init; } = "auto";
+    /// <summary>The audit log records each token's first use and then again after this many minutes (0 = every call).</summary>
+    public double AuditTokenUseMinutes { get; init; } = 10;
 
     public IReadOnlyList<string> Validate()
     {
@@ -37,6 +41,8 @@ public sealed record CoordinatorOptions
         if (ChecksumInterval < 1) e.Add($"Coordinator:ChecksumInterval {ChecksumInterval} must be >= 1");
         if (MaxMessageBytes < 1024 * 1024) e.Add($"Coordinator:MaxMessageBytes {MaxMessageBytes} must be at least 1 MiB");
         if (ShardChunkValues < 1024) e.Add($"Coordinator:ShardChunkValues {ShardChunkValues} must be at least 1024");
+        if (Auth is not ("auto" or "on" or "off")) e.Add($"Coordinator:Auth \"{Auth}\" must be auto, on or off");
+        if (!(AuditTokenUseMinutes >= 0)) e.Add($"Coordinator:AuditTokenUseMinutes {AuditTokenUseMinutes} must be >= 0");
         return e;
     }
 }

@@ -17,7 +17,8 @@ public sealed class JobManager(CoordinatorOptions options, WorkerRegistry regist
     // directory: numbering continues after the highest one there, so a new job never writes into an old one's.
     private int nextId = HighestJobNumber(Path.Combine(options.DataDir, "jobs"));
 
-    public JobRecord Submit(SubmitRequest request)
+    /// <summary>Validates and queues a job; <paramref name="owner"/> is the submitting token's name ("" when auth is off).</summary>
+    public JobRecord Submit(SubmitRequest request, string owner = "")
     {
         if (request.Workers < 0 || request.Workers > 4096) throw new ArgumentException($"workers {request.Workers} must be in [0, 4096] (0 = all idle workers)");
         var source = string.IsNullOrWhiteSpace(request.Source) ? "submitted spec" : request.Source;
@@ -26,7 +27,7 @@ public sealed class JobManager(CoordinatorOptions options, WorkerRegistry regist
         var id = $"job-{Interlocked.Increment(ref nextId):D4}";
         var dir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs", id));
         spec = StoreFiles(spec, request, uploads, Path.Combine(dir, "data"), source);
-        var record = new JobRecord(id, spec with { Output = dir }, dir, request.Workers, clock.GetUtcNow());
+        var record = new JobRecord(id, spec with { Output = dir }, dir, request.Workers, clock.GetUtcNow(), owner);
         jobs[id] = record;
         queue.Enqueue(record);
         record.Publish(new JobEvent { State = record.Snapshot() });
