@@ -10,6 +10,8 @@ public static class CoordinatorAuth
     /// <summary>Registers the audit log, the token check and the Jobs service's auth interceptor.</summary>
     public static void AddCoordinatorAuth(this IServiceCollection services, CoordinatorOptions options)
     {
+        // A broken or group-writable tokens file stops the coordinator before it listens (InvalidDataException naming it).
+        TokenStore.Load(TokenStore.PathIn(options.DataDir));
         services.AddSingleton(sp => new AuditLog(options.DataDir, sp.GetRequiredService<ILoggerFactory>().CreateLogger(AuditLog.Category), sp.GetRequiredService<TimeProvider>()));
         services.AddSingleton<TokenAuthenticator>();
         services.AddSingleton<JobAccess>();
@@ -17,13 +19,12 @@ public static class CoordinatorAuth
     }
 
     /// <summary>
-    /// Before the server starts: refuses to start on an unreadable tokens file, audits worker admission, departure
-    /// and loss (<see cref="WorkerRegistry"/>'s events), and logs once listening whether auth is on and why.
+    /// Before the server starts: audits worker admission, departure and loss (<see cref="WorkerRegistry"/>'s events),
+    /// and logs once listening whether auth is on and why.
     /// </summary>
     public static void UseCoordinatorAuth(this WebApplication app)
     {
         var auth = app.Services.GetRequiredService<TokenAuthenticator>();
-        if (auth.Current().FileError is { } error) throw new InvalidDataException(error);
         var audit = app.Services.GetRequiredService<AuditLog>();
         var registry = app.Services.GetRequiredService<WorkerRegistry>();
         registry.WorkerRegistered += w => audit.Write("worker.join", null, null,
