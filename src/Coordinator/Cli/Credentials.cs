@@ -20,7 +20,7 @@ public static class Credentials
 
     public static readonly Option<string?> TokenFileOption = new("--token-file")
     {
-        Description = "File holding the coordinator token, mode 0600 (default: $DTRAIN_TOKEN, $DTRAIN_TOKEN_FILE, then \"token\" in ~/.config/dtrain/config.json).",
+        Description = "File holding the coordinator token, mode 0600 (default: $DTRAIN_TOKEN, $DTRAIN_TOKEN_FILE, then \"token\" in ~/.config/dtrain/config.json, or $XDG_CONFIG_HOME/dtrain/config.json when set).",
         Recursive = true,
     };
 

@@ -89,7 +89,7 @@ public static class JobCommands
     static Command Status()
     {
         var id = new Argument<string>("job") { Description = "Job id." };
-        var cmd = new Command("status", "Show one job: state, step, loss, last evaluation, workers, checkpoint.");
+        var cmd = new Command("status", "Show one job: state, owner, step, loss, last evaluation, workers, checkpoint.");
         cmd.Arguments.Add(id);
         cmd.SetAction(r => Remote.Guard(r, client =>
         {
@@ -136,7 +136,7 @@ public static class JobCommands
 
     static Command Workers()
     {
-        var cmd = new Command("workers", "List the workers known to the coordinator and their state.");
+        var cmd = new Command("workers", "List the workers known to the coordinator and their state (with auth on: a viewer or admin token).");
         cmd.SetAction(r => Remote.Guard(r, client =>
         {
             var table = new Table().AddColumns("worker", "address", "state", "job", "cores", "threads", "device", "last heartbeat");

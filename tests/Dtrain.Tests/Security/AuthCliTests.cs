@@ -109,6 +109,11 @@ public class AuthCliTests
         Assert.Contains("idle", ok.Stdout);
         env["DTRAIN_TOKEN_FILE"] = file;
         Assert.Equal(0, Cli(tmp, env, "workers", "--coordinator", cluster.Address).ExitCode);
+        // --token-file comes first, then $DTRAIN_TOKEN, then $DTRAIN_TOKEN_FILE.
+        env["DTRAIN_TOKEN"] = "dtr_wrong";
+        Assert.Equal(1, Cli(tmp, env, "workers", "--coordinator", cluster.Address).ExitCode);
+        Assert.Equal(0, Cli(tmp, env, "workers", "--coordinator", cluster.Address, "--token-file", file).ExitCode);
+        env["DTRAIN_TOKEN"] = null;
 
         File.SetUnixFileMode(file, SecureFiles.OwnerOnly | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
         var open = Cli(tmp, env, "workers", "--coordinator", cluster.Address);
