@@ -25,7 +25,9 @@ public sealed class ComposeTests(ImageFixture image, ITestOutputHelper output)
         try
         {
             await compose.CheckAsync(TimeSpan.FromMinutes(4), "up", "-d", "--scale", "worker=3");
-            using var client = new CoordinatorClient(compose.Address);
+            // The coordinator listens beyond loopback in its container: auth is on; the README's first step makes a token.
+            cli.Token = await compose.CreateAdminTokenAsync("e2e");
+            using var client = new CoordinatorClient(compose.Address, cli.Token);
             await client.WaitForIdleWorkersAsync(3, TimeSpan.FromSeconds(90));
             var coordinatorId = Assert.Single(await compose.ContainerIdsAsync("coordinator"));
             var first = await compose.ContainerIdsAsync("worker");

@@ -171,13 +171,14 @@ public static class JobCommands
     {
         var id = new Argument<string>("job") { Description = "Job id." };
         var ledger = new Option<bool>("--ledger") { Description = "Also show the sample ledger: which rows of every epoch each committed step trained, on which workers, and whether every sample was seen exactly once." };
-        var cmd = new Command("status", "Show one job: state, step, loss, last evaluation, workers, checkpoint.");
+        var cmd = new Command("status", "Show one job: state, owner, step, loss, last evaluation, workers, checkpoint.");
         cmd.Arguments.Add(id);
         cmd.Options.Add(ledger);
         cmd.SetAction(r => Remote.Guard(r, client =>
         {
             var j = client.Get(new GetJobRequest { JobId = r.GetValue(id)! });
             Console.WriteLine($"{j.JobId} {j.Name} ({j.Task}): {StateName(j.State)}{(j.Message == "" ? "" : $" - {j.Message}")}");
+            Console.WriteLine($"  owner: {Owner(j)}");
             Console.WriteLine($"  step {j.Step}/{j.TotalSteps}, epoch {j.Epoch + 1}, loss {j.Loss:F4}, {j.SamplesPerSecond:F1} samples/s, {j.Parameters:N0} parameters");
             if (j.LastEval is { } m) Console.WriteLine($"  validation: {JobWatcher.Describe(m)}");
             Console.WriteLine($"  workers: {(j.WorkerIds.Count == 0 ? "-" : string.Join(", ", j.WorkerIds))} (requested {(j.WorkersRequested == 0 ? "all idle" : j.WorkersRequested.ToString(CultureInfo.InvariantCulture))})");
@@ -193,12 +194,12 @@ public static class JobCommands
 
     static Command List()
     {
-        var cmd = new Command("list", "List the coordinator's jobs.");
+        var cmd = new Command("list", "List the coordinator's jobs (a submitter token sees only its own) with their owner.");
         cmd.SetAction(r => Remote.Guard(r, client =>
         {
-            var table = new Table().AddColumns("job", "name", "task", "state", "step", "loss", "workers", "message");
+            var table = new Table().AddColumns("job", "owner", "name", "task", "state", "step", "loss", "workers", "message");
             foreach (var j in client.List(new ListJobsRequest()).Jobs)
-                table.AddRow(Markup.Escape(j.JobId), Markup.Escape(j.Name), j.Task, StateName(j.State), $"{j.Step}/{j.TotalSteps}", j.Step > 0 ? j.Loss.ToString("F4", CultureInfo.InvariantCulture) : "-",
+                table.AddRow(Markup.Escape(j.JobId), Markup.Escape(Owner(j)), Markup.Escape(j.Name), j.Task, StateName(j.State), $"{j.Step}/{j.TotalSteps}", j.Step > 0 ? j.Loss.ToString("F4", CultureInfo.InvariantCulture) : "-",
                     j.WorkerIds.Count.ToString(CultureInfo.InvariantCulture), Markup.Escape(j.Message));
             AnsiConsole.Write(table);
             return CliErrors.Ok;
@@ -222,7 +223,7 @@ public static class JobCommands
 
     static Command Workers()
     {
-        var cmd = new Command("workers", "List the workers known to the coordinator and their state.");
+        var cmd = new Command("workers", "List the workers known to the coordinator and their state (with auth on: a viewer or admin token).");
         cmd.SetAction(r => Remote.Guard(r, client =>
         {
             var table = new Table().AddColumns("worker", "address", "state", "job", "cores", "threads", "device", "last heartbeat");
@@ -279,4 +280,7 @@ public static class JobCommands
     }
 
     public static string StateName(JobState s) => s.ToString().ToLowerInvariant();
+
+    /// <summary>The token name that submitted a job; "-" when the coordinator's auth was off.</summary>
+    static string Owner(JobInfo j) => j.Owner == "" ? "-" : j.Owner;
 }

@@ -29,14 +29,25 @@ public static class Remote
     public static int Guard(ParseResult r, Func<Jobs.JobsClient, int> action) => CliErrors.Guard(() =>
     {
         var address = Address(r);
+        var token = Credentials.Resolve(r);
         using var channel = Channel(address);
         try
         {
-            return action(new Jobs.JobsClient(channel));
+            return action(new Jobs.JobsClient(Credentials.Attach(channel, token, address)));
         }
         catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
         {
             CliErrors.Error($"coordinator {address} is unreachable ({e.Status.Detail}); start one with `dtrain serve` or `dtrain cluster up`, or pass --coordinator");
+            return CliErrors.Failed;
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.Unauthenticated)
+        {
+            CliErrors.Error(Credentials.Explain(address, token, e.Status.Detail));
+            return CliErrors.Failed;
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.PermissionDenied)
+        {
+            CliErrors.Error(e.Status.Detail);
             return CliErrors.Failed;
         }
         catch (RpcException e) when (e.StatusCode is StatusCode.InvalidArgument or StatusCode.NotFound or StatusCode.FailedPrecondition)

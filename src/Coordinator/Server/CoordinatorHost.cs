@@ -1,5 +1,6 @@
 using Dtrain.Rpc;
 using Grpc.AspNetCore.Server;
+using Dtrain.Server.Auth;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
@@ -32,7 +33,9 @@ public static class CoordinatorHost
         builder.Services.AddSingleton<JobManager>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<JobManager>());
         services?.Invoke(builder.Services);
+        builder.Services.AddCoordinatorAuth(options);
         var app = builder.Build();
+        app.UseCoordinatorAuth();
         app.MapGrpcService<MembershipService>();
         app.MapGrpcService<JobsService>();
         GrpcServerHost.MapHealth(app, ReadinessService);

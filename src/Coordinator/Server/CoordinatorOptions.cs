@@ -29,6 +29,10 @@ public sealed record CoordinatorOptions
     public long MaxUploadBytes { get; init; } = 1L << 30;
     /// <summary>Largest shard message sent to a worker, in int32 values (larger shards are chunked).</summary>
     public int ShardChunkValues { get; init; } = 1024 * 1024;
+    /// <summary>Bearer tokens on the Jobs API: auto (on when listening beyond loopback or once DATA_DIR/tokens.json has a token), on, off.</summary>
+    public string Auth { get; init; } = "auto";
+    /// <summary>The audit log records each token's first use and then again after this many minutes (0 = every call).</summary>
+    public double AuditTokenUseMinutes { get; init; } = 10;
 
     /// <summary>
     /// Directories whose regular files a job may name as data without uploading them (absolute paths; symbolic links
@@ -83,6 +87,8 @@ public sealed record CoordinatorOptions
         if (SubmitBurst < 1) e.Add($"Coordinator:SubmitBurst {SubmitBurst} must be >= 1");
         if (!(RegistrationsPerMinute >= 0)) e.Add($"Coordinator:RegistrationsPerMinute {RegistrationsPerMinute} must be >= 0 (0 = no limit)");
         if (RegistrationBurst < 1) e.Add($"Coordinator:RegistrationBurst {RegistrationBurst} must be >= 1");
+        if (Auth is not ("auto" or "on" or "off")) e.Add($"Coordinator:Auth \"{Auth}\" must be auto, on or off");
+        if (!(AuditTokenUseMinutes >= 0)) e.Add($"Coordinator:AuditTokenUseMinutes {AuditTokenUseMinutes} must be >= 0");
         return e;
     }
 

@@ -18,7 +18,8 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
     // directory: numbering continues after the highest one there, so a new job never writes into an old one's.
     private int nextId = HighestJobNumber(Path.Combine(options.DataDir, "jobs"));
 
-    public JobRecord Submit(SubmitRequest request)
+    /// <summary>Validates and queues a job; <paramref name="owner"/> is the submitting token's name ("" when auth is off).</summary>
+    public JobRecord Submit(SubmitRequest request, string owner = "")
     {
         if (request.Workers < 0 || request.Workers > options.MaxWorkersPerJob)
             throw new ArgumentException($"workers {request.Workers} must be in [0, {options.MaxWorkersPerJob}] (0 = all idle workers; at most Coordinator:MaxWorkersPerJob = {options.MaxWorkersPerJob} per job)");
@@ -61,7 +62,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         spec = spec with { Output = dir };
         // The spec as it runs (data paths on this coordinator): what `dtrain resume` continues with.
         File.WriteAllText(Path.Combine(dir, "spec.json"), JobSpecSerializer.Serialize(spec));
-        var record = new JobRecord(id, spec, dir, request.Workers, clock.GetUtcNow()) { Resume = resume, DataLimits = data.LimitsFor(id, Path.Combine(dir, "data")) };
+        var record = new JobRecord(id, spec, dir, request.Workers, clock.GetUtcNow(), owner) { Resume = resume, DataLimits = data.LimitsFor(id, Path.Combine(dir, "data")) };
         record.Info.MinWorkers = request.MinWorkers;
         record.Info.MaxWorkers = request.MaxWorkers;
         if (resume is not null)
@@ -141,6 +142,9 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
 
     public JobRecord Get(string id) =>
         jobs.TryGetValue(id, out var r) ? r : throw new KeyNotFoundException($"no job \"{id}\"; `dtrain list` shows the known jobs");
+
+    /// <summary>Whether the job is in this coordinator's memory (not only on its disk).</summary>
+    public bool Knows(string id) => jobs.ContainsKey(id);
 
     public IReadOnlyList<JobRecord> List() => [.. jobs.Values.OrderBy(j => j.Id, StringComparer.Ordinal)];
 

@@ -6,7 +6,7 @@ using Dtrain.Specs;
 namespace Dtrain.Server;
 
 /// <summary>One job: its spec, its state and the history of its events, fanned out to watchers.</summary>
-public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRequested, DateTimeOffset submitted)
+public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRequested, DateTimeOffset submitted, string owner = "")
 {
     private readonly Lock gate = new();
     private readonly List<JobEvent> history = [];
@@ -31,7 +31,11 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
         State = JobState.Queued,
         WorkersRequested = workersRequested,
         SubmittedUnixMs = submitted.ToUnixTimeMilliseconds(),
+        Owner = owner,
     };
+
+    /// <summary>Name of the token that submitted the job ("" when auth was off); never changes.</summary>
+    public string Owner { get; } = owner;
 
     public bool IsFinished => Info.State is JobState.Succeeded or JobState.Failed or JobState.Cancelled;
 

@@ -1,34 +1,55 @@
 using Dtrain.Protos.Jobs;
 using Dtrain.Rpc;
+using Dtrain.Server.Auth;
 using Grpc.Core;
 
 namespace Dtrain.Server;
 
-/// <summary>The CLI's API: submit, inspect, watch, cancel and download jobs; list workers.</summary>
-public sealed class JobsService(JobManager jobs, WorkerRegistry registry, UploadStore uploads) : Jobs.JobsBase
+/// <summary>The CLI's API: submit, inspect, watch, cancel and download jobs; list workers. Behind <see cref="AuthInterceptor"/>; per-job access through <see cref="JobAccess"/>.</summary>
+public sealed class JobsService(JobManager jobs, WorkerRegistry registry, UploadStore uploads, JobAccess access) : Jobs.JobsBase
 {
-    public override Task<UploadReply> Upload(IAsyncStreamReader<FileChunk> requestStream, ServerCallContext context) =>
-        uploads.ReceiveAsync(requestStream, context);
+    public override async Task<UploadReply> Upload(IAsyncStreamReader<FileChunk> requestStream, ServerCallContext context)
+    {
+        var reply = await uploads.ReceiveAsync(requestStream, context).ConfigureAwait(false);
+        access.Record(context, "data.upload", ("file", reply.FileId), ("bytes", reply.Bytes));
+        return reply;
+    }
 
-    public override Task<SubmitReply> Submit(SubmitRequest request, ServerCallContext context) =>
-        Task.FromResult(new SubmitReply { JobId = jobs.Submit(request).Id });
+    public override Task<SubmitReply> Submit(SubmitRequest request, ServerCallContext context)
+    {
+        // Resuming a job hands its model to the new one: only who may see that job may resume it. A job known only
+        // from the data directory (an earlier coordinator run) has no recorded owner: admins only.
+        if (request.ResumeJob != "")
+        {
+            if (jobs.Knows(request.ResumeJob)) access.Job(context, request.ResumeJob, "resume");
+            else if (Caller.Of(context).Role != Role.Admin) throw new RpcException(new Status(StatusCode.NotFound, JobAccess.NotFoundMessage(request.ResumeJob)));
+        }
+        var job = jobs.Submit(request, Caller.Of(context).Name);
+        access.Record(context, "job.submit", ("job", job.Id), ("name", job.Spec.Name), ("workers", request.Workers), ("source", request.Source));
+        return Task.FromResult(new SubmitReply { JobId = job.Id });
+    }
 
     public override Task<JobInfo> Get(GetJobRequest request, ServerCallContext context) =>
-        Task.FromResult(jobs.Get(request.JobId).Snapshot());
+        Task.FromResult(access.Job(context, request.JobId, "get").Snapshot());
 
     public override Task<ListJobsReply> List(ListJobsRequest request, ServerCallContext context)
     {
         var reply = new ListJobsReply();
-        reply.Jobs.AddRange(jobs.List().Select(j => j.Snapshot()));
+        reply.Jobs.AddRange(access.Visible(context).Select(j => j.Snapshot()));
         return Task.FromResult(reply);
     }
 
-    public override Task<JobInfo> Cancel(CancelJobRequest request, ServerCallContext context) =>
-        Task.FromResult(jobs.Cancel(request.JobId).Snapshot());
+    public override Task<JobInfo> Cancel(CancelJobRequest request, ServerCallContext context)
+    {
+        var before = access.Job(context, request.JobId, "cancel").Snapshot().State;
+        var job = jobs.Cancel(request.JobId);
+        access.Record(context, "job.cancel", ("job", job.Id), ("owner", job.Owner), ("state", before.ToString().ToLowerInvariant()));
+        return Task.FromResult(job.Snapshot());
+    }
 
     public override async Task Watch(WatchJobRequest request, IServerStreamWriter<JobEvent> responseStream, ServerCallContext context)
     {
-        var job = jobs.Get(request.JobId);
+        var job = access.Job(context, request.JobId, "watch");
         var reader = job.Watch();
         try
         {
@@ -54,11 +75,24 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
 
     public override async Task Download(DownloadRequest request, IServerStreamWriter<FileChunk> responseStream, ServerCallContext context)
     {
-        var job = jobs.Get(request.JobId);
+        var job = access.Job(context, request.JobId, "download");
         var path = job.Snapshot().Checkpoint;
         if (string.IsNullOrEmpty(path) || !File.Exists(path))
             throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {request.JobId} has no checkpoint yet (state {job.Snapshot().State})"));
-        foreach (var chunk in FileChunks.Read(path, 1024 * 1024))
-            await responseStream.WriteAsync(chunk, context.CancellationToken).ConfigureAwait(false);
+        long sent = 0;
+        var complete = false;
+        try
+        {
+            foreach (var chunk in FileChunks.Read(path, 1024 * 1024))
+            {
+                await responseStream.WriteAsync(chunk, context.CancellationToken).ConfigureAwait(false);
+                sent += chunk.Data.Length;
+            }
+            complete = true;
+        }
+        finally
+        {
+            access.Record(context, "job.download", ("job", job.Id), ("owner", job.Owner), ("checkpoint", path), ("bytes", sent), ("complete", complete));
+        }
     }
 }

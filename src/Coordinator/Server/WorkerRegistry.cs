@@ -21,6 +21,10 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
     public event Action<WorkerRecord, string>? WorkerLeft;
     /// <summary>Raised when workers become available, for the scheduler.</summary>
     public event Action? Changed;
+    /// <summary>Raised (outside the lock) when a worker is admitted (registers), with its record.</summary>
+    public event Action<WorkerRecord>? WorkerRegistered;
+    /// <summary>Raised (outside the lock) when a worker leaves, idle or training, with its record and reason.</summary>
+    public event Action<WorkerRecord, string>? WorkerDeparted;
 
     public WorkerRecord Register(RegisterRequest request)
     {
@@ -37,6 +41,7 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
             workers[id] = record;
         }
         log.LogInformation("worker {Id} registered from {Address} ({Cores} cores, {Device})", record.Id, record.Address, record.Capabilities.Cores, record.Capabilities.Device);
+        WorkerRegistered?.Invoke(record.Clone());
         return record;
     }
 
@@ -59,6 +64,7 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
     public void Leave(string id, string token, string reason)
     {
         WorkerRecord? draining = null;
+        WorkerRecord left;
         lock (gate)
         {
             if (!workers.TryGetValue(id, out var w) || !w.Holds(token)) return;
@@ -68,8 +74,10 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
                 draining = w.Clone();
             }
             else workers.Remove(id);
+            left = w.Clone();
         }
         log.LogInformation("worker {Id} leaves: {Reason}{Job}", id, reason, draining is null ? "" : $" (draining from job {draining.JobId})");
+        WorkerDeparted?.Invoke(left, reason);
         if (draining is not null) WorkerLeft?.Invoke(draining, reason);
     }
 

@@ -43,6 +43,15 @@ public sealed class ComposeProject(ITestOutputHelper output) : IAsyncDisposable
         return r;
     }
 
+    /// <summary>`compose exec -T coordinator dtrain tokens create --role admin --name NAME`, as docs/deploy.md says; returns the token.</summary>
+    public async Task<string> CreateAdminTokenAsync(string name)
+    {
+        var r = await CheckAsync(TimeSpan.FromSeconds(60), "exec", "-T", "coordinator", "dtrain", "tokens", "create", "--role", "admin", "--name", name).ConfigureAwait(false);
+        var token = r.Stdout.Trim();
+        Assert.True(token.StartsWith("dtr_", StringComparison.Ordinal), $"`dtrain tokens create` printed no token\n{r}");
+        return token;
+    }
+
     /// <summary>Ids of the service's running containers (`compose ps -q SERVICE`).</summary>
     public async Task<IReadOnlyList<string>> ContainerIdsAsync(string service)
     {

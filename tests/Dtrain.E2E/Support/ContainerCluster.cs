@@ -54,7 +54,11 @@ public sealed class ContainerCluster : IAsyncDisposable
     /// </summary>
     public static async Task<ContainerCluster> StartAsync(ITestOutputHelper output, string purpose, int workerCount, IReadOnlyDictionary<string, string>? coordinatorEnv = null)
     {
-        var cluster = new ContainerCluster(output, UniqueName.For(purpose), coordinatorEnv ?? new Dictionary<string, string>());
+        // The coordinator listens on 0.0.0.0 in its container, so its auth would be on: these clusters test training,
+        // membership and restarts with auth off, explicitly (ComposeTests goes through tokens as the README does).
+        var env = new Dictionary<string, string>(coordinatorEnv ?? new Dictionary<string, string>());
+        env.TryAdd("DTRAIN_Coordinator__Auth", "off");
+        var cluster = new ContainerCluster(output, UniqueName.For(purpose), env);
         try
         {
             var clock = Stopwatch.StartNew();

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Dtrain.Cli;
 using Dtrain.Protos.Jobs;
 using Grpc.Core;
+using Grpc.Core.Interceptors;
 using Grpc.Net.Client;
 
 namespace Dtrain.E2E.Support;
@@ -14,11 +15,14 @@ public sealed class CoordinatorClient : IDisposable
 {
     readonly GrpcChannel channel;
 
-    public CoordinatorClient(string address)
+    /// <summary>A client of <paramref name="address"/> that sends <paramref name="token"/> (none when null).</summary>
+    public CoordinatorClient(string address, string? token = null)
     {
         Address = address;
         channel = Remote.Channel(address);
-        Jobs = new Jobs.JobsClient(channel);
+        Jobs = token is null
+            ? new Jobs.JobsClient(channel)
+            : new Jobs.JobsClient(channel.Intercept(m => { m.Add("authorization", "Bearer " + token); return m; }));
     }
 
     public string Address { get; }

@@ -12,10 +12,13 @@ public sealed class HostCli(ITestOutputHelper output, string workDir)
 {
     public string WorkDir { get; } = workDir;
 
+    /// <summary>Sent as DTRAIN_TOKEN when set.</summary>
+    public string? Token { get; set; }
+
     public async Task<ProcessResult> RunAsync(TimeSpan timeout, params string[] args)
     {
         var r = await ProcessRunner.RunAsync("dotnet", ["exec", Path.Combine(AppContext.BaseDirectory, "dtrain.dll"), .. args], timeout, WorkDir,
-            new Dictionary<string, string> { ["DTRAIN_THREADS"] = "1" }).ConfigureAwait(false);
+            Token is null ? new Dictionary<string, string> { ["DTRAIN_THREADS"] = "1" } : new Dictionary<string, string> { ["DTRAIN_THREADS"] = "1", ["DTRAIN_TOKEN"] = Token }).ConfigureAwait(false);
         output.WriteLine($"[{DateTime.Now:HH:mm:ss}] dtrain {string.Join(' ', args)}: exit {r.ExitCode} in {r.Elapsed.TotalSeconds:F1} s");
         output.WriteLine(Indent(r.Stdout));
         if (r.Stderr.Trim().Length > 0) output.WriteLine(Indent("stderr: " + r.Stderr));

@@ -139,11 +139,12 @@ public class ClusterResumeTests
         var savedStep = saved.State.Step;
         saved.Dispose();
 
-        var result = CliRunner.Run(tmp.Path, "resume", id, "--coordinator", cluster.Address);
+        var admin = new Dictionary<string, string?> { ["DTRAIN_TOKEN"] = cluster.AdminToken };
+        var result = CliRunner.Run(tmp.Path, TimeSpan.FromMinutes(3), admin, "resume", id, "--coordinator", cluster.Address);
         Assert.True(result.ExitCode == 0, result.ToString());
         var newId = result.Stdout.Trim();
         Assert.NotEqual(id, newId);
-        var status = CliRunner.Run(tmp.Path, "status", newId, "--coordinator", cluster.Address);
+        var status = CliRunner.Run(tmp.Path, TimeSpan.FromMinutes(3), admin, "status", newId, "--coordinator", cluster.Address);
         Assert.Contains($"resumed from {id} at step {savedStep}", status.Stdout);
         cluster.Client.Cancel(new CancelJobRequest { JobId = newId });
         var info = await cluster.WaitAsync(newId, TimeSpan.FromMinutes(1));
@@ -189,6 +190,10 @@ public class ClusterResumeTests
         Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
         Assert.Contains("cancel it", e.Status.Detail);
         cluster.Client.Cancel(new CancelJobRequest { JobId = running });
+
+        // Another submitter may not resume it (its model would be theirs): the job does not exist for them.
+        var (mallory, _, _) = Dtrain.Tests.Security.AuthTestSupport.Token(cluster, "mallory", Dtrain.Server.Auth.Role.Submitter);
+        Assert.Equal(StatusCode.NotFound, Assert.Throws<RpcException>(() => mallory.Submit(new SubmitRequest { ResumeJob = first, Workers = 1 })).StatusCode);
 
         // Nothing left to train: the job fails saying so.
         var nothing = cluster.Client.Submit(new SubmitRequest { ResumeJob = first, Workers = 1 }).JobId;

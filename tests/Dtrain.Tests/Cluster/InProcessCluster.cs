@@ -1,6 +1,8 @@
 using Dtrain.Protos.Jobs;
 using Dtrain.Server;
+using Dtrain.Server.Auth;
 using Dtrain.Worker;
+using Grpc.Core.Interceptors;
 using Grpc.Net.Client;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
@@ -17,28 +19,38 @@ public sealed class InProcessCluster : IAsyncDisposable
 
     public string Address { get; }
     public string DataDir { get; }
+    /// <summary>Sends <see cref="AdminToken"/> when there is one.</summary>
     public Jobs.JobsClient Client { get; }
+    /// <summary>An admin token created before the coordinator started (null with Coordinator:Auth=off).</summary>
+    public string? AdminToken { get; }
 
-    private InProcessCluster(WebApplication coordinator, string address, string dataDir)
+    private InProcessCluster(WebApplication coordinator, string address, string dataDir, string? adminToken)
     {
         this.coordinator = coordinator;
         Address = address;
         DataDir = dataDir;
+        AdminToken = adminToken;
         channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions { MaxReceiveMessageSize = 256 << 20, MaxSendMessageSize = 256 << 20 });
-        Client = new Jobs.JobsClient(channel);
+        Client = ClientFor(adminToken);
     }
 
     /// <summary>The coordinator's services (its <see cref="DataAccess"/>, <see cref="UploadStore"/>, ...).</summary>
     public IServiceProvider Services => coordinator.Services;
 
+    /// <summary>
+    /// Starts the coordinator and <paramref name="workers"/> workers. Unless <paramref name="options"/> sets
+    /// Coordinator:Auth=off, an admin token is created in the data directory first — so auth is on, even on loopback —
+    /// and <see cref="Client"/> sends it: every cluster test also exercises the admin role.
+    /// </summary>
     /// <param name="services">Replaces coordinator services, e.g. its clock with a fake one.</param>
     public static async Task<InProcessCluster> StartAsync(int workers, CoordinatorOptions? options = null, Action<IServiceCollection>? services = null)
     {
         var dataDir = Directory.CreateTempSubdirectory("dtrain-cluster-").FullName;
         options = (options ?? new CoordinatorOptions()) with { Port = 0, DataDir = dataDir };
+        var adminToken = options.Auth == "off" ? null : TokenStore.Create(dataDir, "cluster-admin", Role.Admin, DateTimeOffset.UtcNow).Secret;
         var app = CoordinatorHost.Build(options, Quiet, services);
         await app.StartAsync();
-        var cluster = new InProcessCluster(app, CoordinatorHost.Address(app), dataDir);
+        var cluster = new InProcessCluster(app, CoordinatorHost.Address(app), dataDir, adminToken);
         for (var i = 0; i < workers; i++) await cluster.AddWorkerAsync();
         await cluster.WaitForIdleAsync(workers, TimeSpan.FromSeconds(30));
         return cluster;
@@ -71,6 +83,11 @@ public sealed class InProcessCluster : IAsyncDisposable
         while (await call.ResponseStream.MoveNext(cts.Token)) { }
         return Client.Get(new GetJobRequest { JobId = jobId });
     }
+
+    /// <summary>A Jobs client on this cluster's channel that sends <paramref name="token"/> (none when null).</summary>
+    public Jobs.JobsClient ClientFor(string? token) => token is null
+        ? new Jobs.JobsClient(channel)
+        : new Jobs.JobsClient(channel.Intercept(m => { m.Add("authorization", "Bearer " + token); return m; }));
 
     static void Quiet(ILoggingBuilder logging) => logging.SetMinimumLevel(LogLevel.Warning);
 

@@ -1,0 +1,65 @@
+using Grpc.Core;
+using Grpc.Core.Interceptors;
+
+namespace Dtrain.Server.Auth;
+
+/// <summary>
+/// In front of every Jobs call: authenticates the bearer token (<see cref="TokenAuthenticator"/>) and checks the
+/// role may call the method at all; per-job ownership is checked by <see cref="JobAccess"/> in the service. A
+/// method missing from the table below is admin-only, so a new RPC is closed until someone decides otherwise.
+/// </summary>
+public sealed class AuthInterceptor(TokenAuthenticator authenticator, AuditLog audit) : Interceptor
+{
+    static readonly Role[] Everyone = [Role.Viewer, Role.Submitter, Role.Admin];
+
+    /// <summary>Method → the roles that may call it, and what it does (for the refusal message).</summary>
+    static readonly Dictionary<string, (Role[] Roles, string Action)> Methods = new(StringComparer.Ordinal)
+    {
+        ["Upload"] = ([Role.Submitter, Role.Admin], "submit jobs (upload their data)"),
+        ["Submit"] = ([Role.Submitter, Role.Admin], "submit jobs"),
+        ["Cancel"] = ([Role.Submitter, Role.Admin], "cancel jobs"),
+        ["Get"] = (Everyone, "read jobs"),
+        ["List"] = (Everyone, "list jobs"),
+        ["Watch"] = (Everyone, "watch jobs"),
+        ["Download"] = (Everyone, "download checkpoints"),
+        ["ListWorkers"] = ([Role.Viewer, Role.Admin], "list the workers"),
+    };
+
+    void Admit(ServerCallContext context)
+    {
+        var caller = authenticator.Authenticate(context);
+        var method = context.Method[(context.Method.LastIndexOf('/') + 1)..];
+        var (roles, action) = Methods.TryGetValue(method, out var m) ? m : ([Role.Admin], $"call {method}");
+        if (!roles.Contains(caller.Role))
+        {
+            audit.Write("auth.denied", caller, context.Peer, ("method", context.Method));
+            var needs = string.Join(" or ", roles.Select(r => r.Name()));
+            throw new RpcException(new Status(StatusCode.PermissionDenied, $"token {caller.TokenId} (\"{caller.Name}\") has role {caller.Role.Name()}, which may not {action}; that needs {needs}"));
+        }
+        caller.AttachTo(context);
+    }
+
+    public override Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
+    {
+        Admit(context);
+        return continuation(request, context);
+    }
+
+    public override Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        Admit(context);
+        return continuation(requestStream, context);
+    }
+
+    public override Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        Admit(context);
+        return continuation(request, responseStream, context);
+    }
+
+    public override Task DuplexStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, DuplexStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        Admit(context);
+        return continuation(requestStream, responseStream, context);
+    }
+}

@@ -1,0 +1,159 @@
+using System.Globalization;
+using System.Net;
+using Grpc.Core;
+using Microsoft.Extensions.Logging;
+
+namespace Dtrain.Server.Auth;
+
+/// <summary>
+/// Checks the bearer token of each Jobs call against DATA_DIR/tokens.json, re-read whenever the file changes (a
+/// token created or revoked with `dtrain tokens` counts from the next call). Coordinator:Auth decides whether a
+/// token is needed: on, off, or auto — needed when the coordinator listens beyond loopback or the file holds any
+/// token; on loopback with no token ever created the API stays open (`dtrain cluster run`, the quickstart).
+/// </summary>
+public sealed class TokenAuthenticator
+{
+    private readonly CoordinatorOptions options;
+    private readonly AuditLog audit;
+    private readonly TimeProvider clock;
+    private readonly ILogger<TokenAuthenticator> log;
+    private readonly Lock gate = new();
+    private readonly Dictionary<string, DateTimeOffset> lastUse = [];
+    private (bool Exists, DateTime Written, long Length) stamp = (false, default, -1);
+    private IReadOnlyList<TokenEntry> tokens = [];
+    private string? fileError;
+    private bool? lastRequired;
+
+    public TokenAuthenticator(CoordinatorOptions options, AuditLog audit, TimeProvider clock, ILogger<TokenAuthenticator> log)
+    {
+        this.options = options;
+        this.audit = audit;
+        this.clock = clock;
+        this.log = log;
+        TokensPath = TokenStore.PathIn(options.DataDir);
+        BeyondLoopback = !(IPAddress.TryParse(options.Listen, out var ip) && IPAddress.IsLoopback(ip)) && options.Listen != "localhost";
+    }
+
+    public string TokensPath { get; }
+    public bool BeyondLoopback { get; }
+
+    /// <summary>What a call is checked against right now.</summary>
+    public sealed record State(bool Required, string Why, IReadOnlyList<TokenEntry> Tokens, string? FileError);
+
+    public State Current()
+    {
+        lock (gate)
+        {
+            Reload();
+            var required = options.Auth switch
+            {
+                "on" => true,
+                "off" => false,
+                _ => BeyondLoopback || tokens.Count > 0 || fileError is not null,
+            };
+            var why = options.Auth switch
+            {
+                "on" or "off" => $"Coordinator:Auth={options.Auth}",
+                _ when BeyondLoopback => $"Coordinator:Auth=auto, listening on {options.Listen}",
+                _ when tokens.Count > 0 || fileError is not null => $"Coordinator:Auth=auto, {TokensPath} has tokens",
+                _ => $"Coordinator:Auth=auto, listening on {options.Listen} only and no tokens created",
+            };
+            var state = new State(required, why, tokens, fileError);
+            if (lastRequired is { } before && before != required) LogState(state, changed: true);
+            lastRequired = required;
+            return state;
+        }
+    }
+
+    /// <summary>Logs whether auth is on and why, loudly when it is off; called once the server listens.</summary>
+    public void LogStartup() => LogState(Current(), changed: false);
+
+    void LogState(State s, bool changed)
+    {
+        var create = $"dtrain tokens create --role admin --name NAME --data-dir {Path.GetDirectoryName(TokensPath)}";
+        var prefix = changed ? "auth changed: " : "";
+        if (!s.Required)
+        {
+            log.LogWarning("{Prefix}AUTH IS OFF ({Why}): anyone who can connect to the coordinator can submit, read, cancel and download every job. " +
+                           "Create a token to turn it on ({Create}), or set Coordinator:Auth=on", prefix, s.Why, create);
+            return;
+        }
+        if (s.FileError is not null)
+        {
+            log.LogError("{Prefix}auth on ({Why}), but {Error}: every job call is refused until the file is fixed", prefix, s.Why, s.FileError);
+            return;
+        }
+        var active = s.Tokens.Count(t => t.Active);
+        if (active == 0)
+            log.LogWarning("{Prefix}auth on ({Why}) and no active token exists: every job call is refused until one is created on this host: {Create}", prefix, s.Why, create);
+        else
+            log.LogInformation("{Prefix}auth on ({Why}): job calls need a bearer token; {Active} active token(s) in {Path}; audit log {Audit}", prefix, s.Why, active, TokensPath, audit.Path);
+    }
+
+    void Reload()
+    {
+        var info = new FileInfo(TokensPath);
+        var now = (info.Exists, info.Exists ? info.LastWriteTimeUtc : default, info.Exists ? info.Length : -1);
+        if (now == stamp) return;
+        stamp = now;
+        try
+        {
+            tokens = TokenStore.Load(TokensPath);
+            fileError = null;
+        }
+        catch (Exception e) when (e is InvalidDataException or IOException or UnauthorizedAccessException)
+        {
+            // Fail closed: a broken file refuses every call rather than falling back to an older set of tokens.
+            tokens = [];
+            fileError = e.Message;
+            log.LogError("{Error}", e.Message);
+        }
+    }
+
+    /// <summary>The caller of <paramref name="context"/>, or an RpcException (Unauthenticated) that says what is wrong; failures are audited.</summary>
+    public Caller Authenticate(ServerCallContext context)
+    {
+        var state = Current();
+        if (!state.Required) return Caller.Open;
+        if (state.FileError is not null)
+            throw Fail(context, StatusCode.Internal, "tokens file invalid", $"the coordinator cannot check tokens: {state.FileError}");
+        var header = context.RequestHeaders.GetValue("authorization");
+        if (string.IsNullOrEmpty(header))
+        {
+            var hint = state.Tokens.Any(t => t.Active) ? "" :
+                $"; no token exists yet: on the coordinator's host run `dtrain tokens create --role admin --name NAME --data-dir {Path.GetDirectoryName(TokensPath)}`";
+            throw Fail(context, StatusCode.Unauthenticated, "no token", $"this coordinator requires a bearer token (metadata \"authorization: Bearer TOKEN\") and none was sent{hint}");
+        }
+        if (!header.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) || header.Length <= 7)
+            throw Fail(context, StatusCode.Unauthenticated, "malformed authorization", "the authorization metadata must be \"Bearer TOKEN\"");
+        var entry = TokenStore.Match(state.Tokens, header[7..].Trim());
+        if (entry is null)
+            throw Fail(context, StatusCode.Unauthenticated, "unknown token", "the token is not valid on this coordinator (unknown token)");
+        if (!entry.Active)
+            throw Fail(context, StatusCode.Unauthenticated, "revoked token",
+                string.Create(CultureInfo.InvariantCulture, $"token {entry.Id} (\"{entry.Name}\") was revoked at {entry.Revoked:yyyy-MM-dd HH:mm:ss} UTC"), entry);
+        var caller = new Caller(entry.Name, entry.Parsed, entry.Id);
+        NoteUse(caller, context);
+        return caller;
+    }
+
+    RpcException Fail(ServerCallContext context, StatusCode code, string reason, string message, TokenEntry? entry = null)
+    {
+        var fields = new List<(string, object?)> { ("method", context.Method), ("reason", reason) };
+        if (entry is not null) { fields.Add(("token", entry.Id)); fields.Add(("name", entry.Name)); }
+        audit.Write("auth.failed", null, context.Peer, [.. fields]);
+        return new RpcException(new Status(code, message));
+    }
+
+    /// <summary>Audits a token's first use, and again once <see cref="CoordinatorOptions.AuditTokenUseMinutes"/> have passed since the last line.</summary>
+    void NoteUse(Caller caller, ServerCallContext context)
+    {
+        var now = clock.GetUtcNow();
+        lock (gate)
+        {
+            if (lastUse.TryGetValue(caller.TokenId, out var last) && options.AuditTokenUseMinutes > 0 && now - last < TimeSpan.FromMinutes(options.AuditTokenUseMinutes)) return;
+            lastUse[caller.TokenId] = now;
+        }
+        audit.Write("token.use", caller, context.Peer, ("method", context.Method));
+    }
+}
