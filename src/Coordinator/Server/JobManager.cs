@@ -22,7 +22,7 @@ public sealed class JobManager(CoordinatorOptions options, WorkerRegistry regist
         if (request.Workers < 0 || request.Workers > 4096) throw new ArgumentException($"workers {request.Workers} must be in [0, 4096] (0 = all idle workers)");
         var source = string.IsNullOrWhiteSpace(request.Source) ? "submitted spec" : request.Source;
         var spec = JobSpecSerializer.Parse(request.SpecJson, source);
-        JobSpecValidator.ThrowIfNotRunnable(spec, source, onCluster: true);
+        JobSpecValidator.ThrowIfNotRunnable(spec, source, onCluster: true, LargestWorker(), request.Workers > 0 ? request.Workers : Math.Max(1, registry.Snapshot().Count));
         var id = $"job-{Interlocked.Increment(ref nextId):D4}";
         var dir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs", id));
         spec = StoreFiles(spec, request, uploads, Path.Combine(dir, "data"), source);
@@ -34,6 +34,12 @@ public sealed class JobManager(CoordinatorOptions options, WorkerRegistry regist
         wake.Release();
         return record;
     }
+
+    /// <summary>The memory of the largest registered worker: a job whose replica needs more can run on none of them (no check while none is registered).</summary>
+    private Training.MemoryBudget? LargestWorker() =>
+        registry.Snapshot().Where(w => w.Capabilities.MemoryBytes > 0).MaxBy(w => w.Capabilities.MemoryBytes) is { } w
+            ? new Training.MemoryBudget(w.Capabilities.MemoryBytes, $"the memory of the largest worker, {w.Id}", "or add workers with more memory")
+            : null;
 
     private static int HighestJobNumber(string jobsDir) =>
         Directory.Exists(jobsDir)

@@ -133,14 +133,15 @@ public static partial class JobSpecValidator
 
     /// <summary>
     /// Refuses what this version cannot run: pipeline stages run on a cluster only (<paramref name="onCluster"/>); a job
-    /// whose whole model and batch need more than <paramref name="memory"/> in one process (see
-    /// <see cref="Training.TrainingMemory.ThrowIfOver"/>; pipeline stages are checked per stage by the plan and the workers).
+    /// whose whole model and its share of the batch over <paramref name="workers"/> need more than
+    /// <paramref name="memory"/> in one process (see <see cref="Training.TrainingMemory.ThrowIfOver"/>; pipeline stages
+    /// are checked per stage by the plan and by each worker's budget).
     /// </summary>
-    public static void ThrowIfNotRunnable(JobSpec spec, string source, bool onCluster, Training.MemoryBudget? memory = null)
+    public static void ThrowIfNotRunnable(JobSpec spec, string source, bool onCluster, Training.MemoryBudget? memory = null, int workers = 1)
     {
         if (spec.Parallelism?.Pipeline is null)
         {
-            if (memory is not null) Training.TrainingMemory.ThrowIfOver(spec, source, memory);
+            if (memory is not null) Training.TrainingMemory.ThrowIfOver(spec, source, memory, workers: workers);
             return;
         }
         if (!onCluster)

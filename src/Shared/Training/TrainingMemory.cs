@@ -4,8 +4,8 @@ using Dtrain.Specs;
 
 namespace Dtrain.Training;
 
-/// <summary>How much memory training may use, and where that number comes from (for messages).</summary>
-public sealed record MemoryBudget(long Bytes, string Source)
+/// <summary>How much memory training may use, where that number comes from, and how to change it (for messages).</summary>
+public sealed record MemoryBudget(long Bytes, string Source, string Remedy = "or set the budget with --memory-budget MB (0 = no check)")
 {
     /// <summary>No check.</summary>
     public static readonly MemoryBudget None = new(0, "no limit");
@@ -126,23 +126,25 @@ public static class TrainingMemory
     }
 
     /// <summary>
-    /// Throws a <see cref="SpecException"/> naming the fields and the estimate when training <paramref name="spec"/> in
-    /// one process needs more than <paramref name="budget"/>. Without the data (<paramref name="vocabSize"/> null) the
-    /// smallest possible vocabulary is assumed, so only a spec that cannot fit with any data is refused.
+    /// Throws a <see cref="SpecException"/> naming the fields and the estimate when training <paramref name="spec"/> needs
+    /// more than <paramref name="budget"/> in one process — or, with <paramref name="workers"/> data-parallel workers,
+    /// in each of them (a whole replica, its share of the batch). Without the data (<paramref name="vocabSize"/> null)
+    /// the smallest possible vocabulary is assumed, so only a spec that cannot fit with any data is refused.
     /// </summary>
-    public static void ThrowIfOver(JobSpec spec, string source, MemoryBudget budget, int? vocabSize = null, int? classes = null, int? longestSequence = null)
+    public static void ThrowIfOver(JobSpec spec, string source, MemoryBudget budget, int? vocabSize = null, int? classes = null, int? longestSequence = null, int workers = 1)
     {
         if (budget.Bytes <= 0) return;
         var vocab = vocabSize ?? MinimumVocabulary;
         var outputs = spec.Task == TaskKinds.LanguageModel ? vocab : classes ?? (spec.Data.Synthetic?.Classes ?? 2);
+        var rows = (int)Math.Max(1, ((long)spec.Training.BatchSize + Math.Max(1, workers) - 1) / Math.Max(1, workers));
         // Within the validator's bounds (16 layers, widths 8192, batch 65536, sequences 10^6, vocabulary 10^7) the
         // estimate stays below 10^18 bytes: no overflow.
-        var need = Estimate(spec, vocab, outputs, spec.Training.BatchSize, longestSequence);
+        var need = Estimate(spec, vocab, outputs, rows, longestSequence);
         if (need.Total <= budget.Bytes) return;
-        throw new SpecException(source, [Error(spec, need, budget, vocabSize, vocab, outputs, longestSequence)]);
+        throw new SpecException(source, [Error(spec, need, budget, vocabSize, vocab, outputs, longestSequence, rows)]);
     }
 
-    private static SpecError Error(JobSpec spec, StageMemory need, MemoryBudget budget, int? knownVocab, int vocab, int outputs, int? longest)
+    private static SpecError Error(JobSpec spec, StageMemory need, MemoryBudget budget, int? knownVocab, int vocab, int outputs, int? longest, int rows)
     {
         var m = spec.Model;
         var t = spec.Training;
@@ -156,8 +158,8 @@ public static class TrainingMemory
             $"optimizer.kind {spec.Optimizer.Kind}; {parameters.ToString("N0", inv)} parameters{(knownVocab is null ? " with the smallest possible vocabulary" : $" with a vocabulary of {vocab.ToString("N0", inv)}")})";
         var message = $"training needs about {PipelinePlan.Mb(need.Total)} MB — weights {PipelinePlan.Mb(need.Weights)} + gradients {PipelinePlan.Mb(need.Gradients)} + " +
             $"optimizer state {PipelinePlan.Mb(need.OptimizerState)} + activations {PipelinePlan.Mb(need.Activations)} — for {model} and the activations of " +
-            $"training.batch_size {t.BatchSize} × {length}; that is over the memory budget of {budget.Describe()}. " +
-            "Make the model or the batch smaller, split the model over workers (parallelism.pipeline), or set the budget with --memory-budget MB (0 = no check)";
+            $"training.batch_size {t.BatchSize}{(rows == t.BatchSize ? "" : $" ({rows} rows per worker)")} × {length}; that is over the memory budget of {budget.Describe()}. " +
+            $"Make the model or the batch smaller, split the model over workers (parallelism.pipeline), {budget.Remedy}";
         // Name the part that does not fit: the model itself, or the batch on top of it.
         return new SpecError(state > budget.Bytes ? "$.model" : "$.training.batch_size", message);
     }

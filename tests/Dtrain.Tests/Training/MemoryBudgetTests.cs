@@ -41,6 +41,25 @@ public class MemoryBudgetTests
     }
 
     [Fact]
+    public async Task The_coordinator_refuses_at_submit_a_job_no_registered_worker_can_hold()
+    {
+        await using var cluster = await Dtrain.Tests.Cluster.InProcessCluster.StartAsync(1);
+        using var tmp = new TempDir();
+        tmp.Write("t.txt", TestJobs.Text());
+        var worker = cluster.Client.ListWorkers(new Dtrain.Protos.Jobs.ListWorkersRequest()).Workers.Single();
+        var e = Assert.Throws<Grpc.Core.RpcException>(() =>
+            cluster.Client.Submit(Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(tmp.Write("absurd.json", Absurd)), 1)));
+        Assert.Equal(Grpc.Core.StatusCode.InvalidArgument, e.StatusCode);
+        foreach (var expected in new[] { "$.model", "training needs about", "model.layers 16", "training.batch_size 65536", $"the memory of the largest worker, {worker.WorkerId}", "add workers with more memory" })
+            Assert.Contains(expected, e.Status.Detail);
+        Assert.Empty(cluster.Client.List(new Dtrain.Protos.Jobs.ListJobsRequest()).Jobs);
+
+        // A job that fits is still accepted, with its batch shared by the workers it asks for.
+        var ok = cluster.Client.Submit(Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(tmp.Write("ok.json", JobSpecSerializer.Serialize(TestJobs.CharLm("t.txt", steps: 2)))), 1));
+        Assert.Equal(Dtrain.Protos.Jobs.JobState.Succeeded, (await cluster.WaitAsync(ok.JobId, TimeSpan.FromMinutes(2))).State);
+    }
+
+    [Fact]
     public void An_explicit_budget_refuses_a_small_job_and_0_turns_the_check_off()
     {
         using var tmp = new TempDir();
