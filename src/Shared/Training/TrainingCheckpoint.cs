@@ -88,7 +88,8 @@ public static class TrainingCheckpoint
         if (layout.Total * sizeof(float) > have)
         {
             throw new CorruptCheckpointException(source, Model,
-                $"holds {have:N0} bytes, but the model that {Spec}, {Tokenizer} and {Labels} describe has {layout.Total:N0} parameters ({layout.Total * sizeof(float):N0} bytes)");
+                $"holds {have:N0} bytes, but the spec's model ({spec.Model.Cell}, {spec.Model.Layers} layer(s) × hidden {spec.Model.HiddenSize}, embedding {spec.Model.EmbeddingDim}) " +
+                $"with the checkpoint's vocabulary of {vocabSize:N0}{(spec.Task == TaskKinds.Classification ? $" and {classes} labels" : "")} has {layout.Total:N0} parameters ({layout.Total * sizeof(float):N0} bytes)");
         }
     }
 

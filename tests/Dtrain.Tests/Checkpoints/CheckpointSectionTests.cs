@@ -60,7 +60,7 @@ public class CheckpointSectionTests
         { TrainingCheckpoint.Labels, "broken-json", TrainingCheckpoint.Labels, "" },
         { TrainingCheckpoint.Spec, "invalid-utf8", TrainingCheckpoint.Spec, "UTF-8" },
         // A spec that parses but describes a far larger model than the weights hold: refused before it is built.
-        { TrainingCheckpoint.Spec, "huge-model", TrainingCheckpoint.Model, "spec.json" },
+        { TrainingCheckpoint.Spec, "huge-model", TrainingCheckpoint.Model, "hidden 8192" },
     };
 
     static byte[] Damage(string section, string how, byte[] bytes) => how switch
