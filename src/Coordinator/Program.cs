@@ -1,3 +1,3 @@
 using Dtrain.Cli;
 
-return DtrainCli.Build().Parse(args).Invoke();
+return DtrainCli.Run(args);

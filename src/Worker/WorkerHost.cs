@@ -14,7 +14,8 @@ public static class WorkerHost
     /// <summary>Options from appsettings.json, DTRAIN_-prefixed environment variables (DTRAIN_Worker__Coordinator) and --Worker:Key=value arguments, in that order.</summary>
     public static WorkerOptions ReadOptions(string[] args) => GrpcServerHost.ReadOptions<WorkerOptions>("Worker", args);
 
-    public static WebApplication Build(WorkerOptions options, Action<ILoggingBuilder>? logging = null)
+    /// <param name="configure">Called before the app is built, e.g. for tests to add a gRPC interceptor.</param>
+    public static WebApplication Build(WorkerOptions options, Action<ILoggingBuilder>? logging = null, Action<WebApplicationBuilder>? configure = null)
     {
         var errors = options.Validate();
         if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
@@ -34,6 +35,7 @@ public static class WorkerHost
         GrpcRingConnector.AddServices(builder.Services, options);
         // Pipeline stages' point-to-point links (activations forward, gradients back) share the worker's port.
         builder.Services.AddSingleton<Dtrain.Distributed.Pipeline.StageMailboxes>();
+        configure?.Invoke(builder);
         var app = builder.Build();
         app.MapGrpcService<WorkerControlService>();
         GrpcRingConnector.MapServices(app);

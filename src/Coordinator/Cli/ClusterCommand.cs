@@ -57,6 +57,8 @@ public static class ClusterCommand
             var file = r.GetValue(spec)!;
             var name = JobSpecSerializer.Load(file.FullName).Name;
             var n = r.GetValue(workers);
+            var target = r.GetValue(output)?.FullName ?? Path.GetFullPath(Path.Combine("runs", name, "model.dtck"));
+            CheckModelTarget(target, r.GetValue(output) is null ? "the default output runs/NAME/model.dtck" : "--output");
             Console.WriteLine($"starting a local cluster: coordinator + {n} worker(s)...");
             using var cluster = LocalCluster.Start(n, r.GetValue(port), ThreadsFor(n, r.GetValue(threads)), r.GetValue(logs)!, TimeSpan.FromMinutes(2));
             using var channel = Remote.Channel(cluster.Address);
@@ -66,10 +68,17 @@ public static class ClusterCommand
             using var cancel = new CancelOnCtrlC(client, id);
             var status = JobWatcher.Watch(client, id, r.GetValue(plain));
             if (status != CliErrors.Ok) return status;
-            var target = r.GetValue(output)?.FullName ?? Path.GetFullPath(Path.Combine("runs", name, "model.dtck"));
             return JobCommands.DownloadTo(client, id, target);
         }));
         return cmd;
+    }
+
+    /// <summary>Refuses, before any training, a model file that could not be written at the end: a directory, or under a file.</summary>
+    static void CheckModelTarget(string target, string setting)
+    {
+        if (Directory.Exists(target)) throw new ArgumentException($"{setting}: {target} is an existing directory; give the file to save the model to, e.g. {Path.Combine(target, "model.dtck")}");
+        for (var dir = Path.GetDirectoryName(target); !string.IsNullOrEmpty(dir) && !Directory.Exists(dir); dir = Path.GetDirectoryName(dir))
+            if (File.Exists(dir)) throw new ArgumentException($"{setting}: cannot write {target}: {dir} is an existing file");
     }
 
     /// <summary>Ctrl-C cancels the job (the watcher then sees it end) instead of killing the CLI mid-stream.</summary>

@@ -5,6 +5,9 @@ namespace Dtrain.Cli;
 /// <summary>The `dtrain` command line: one verb per file, composed here.</summary>
 public static class DtrainCli
 {
+    /// <summary>Runs the command line; exit status 2 for arguments that do not parse (see <see cref="CliParsing"/>).</summary>
+    public static int Run(string[] args) => CliParsing.Run(Build(), args);
+
     public static RootCommand Build()
     {
         var root = new RootCommand(
@@ -24,6 +27,7 @@ public static class DtrainCli
         root.Subcommands.Add(PlanCommand.Create());
         root.Subcommands.Add(HealthCommand.Create());
         root.Subcommands.Add(TokensCommand.Create());
+        CliParsing.UseClearNumberErrors(root);
         return root;
     }
 }

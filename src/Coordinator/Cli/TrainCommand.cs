@@ -18,9 +18,10 @@ public static class TrainCommand
         var device = new Option<string?>("--device") { Description = "Override training.device: cpu, cuda or cuda:N (falls back to CPU when CUDA is absent)." };
         var seed = new Option<int?>("--seed") { Description = "Override training.seed." };
         var plain = new Option<bool>("--plain") { Description = "Print log lines instead of a live progress bar (automatic when output is not a terminal)." };
+        var budget = MemoryBudgetOption();
         var cmd = new Command("train", "Train a model in this process from a job spec, with evaluation and checkpoints; Ctrl-C saves a checkpoint and exits cleanly.");
         cmd.Arguments.Add(spec);
-        foreach (var o in new Option[] { output, resume, maxSteps, maxMinutes, threads, device, seed, plain }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { output, resume, maxSteps, maxMinutes, threads, device, seed, plain, budget }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var file = r.GetValue(spec)!;
@@ -39,6 +40,7 @@ public static class TrainCommand
             };
             var errors = JobSpecValidator.Validate(job);
             if (errors.Count > 0) throw new SpecException($"{file.Name} with command-line overrides", errors);
+            var memory = Budget(r.GetValue(budget));
 
             using var cts = new CancellationTokenSource();
             var interrupts = 0;
@@ -55,7 +57,7 @@ public static class TrainCommand
             try
             {
                 var summary = ConsoleProgress.Run(r.GetValue(plain), observer =>
-                    Trainer.Run(job, file.DirectoryName!, new TrainOptions { OutputDir = r.GetValue(output)?.FullName, Resume = r.GetValue(resume) }, observer, cts.Token));
+                    Trainer.Run(job, file.DirectoryName!, new TrainOptions { OutputDir = r.GetValue(output)?.FullName, Resume = r.GetValue(resume), MemoryBudget = memory, Source = file.Name }, observer, cts.Token));
                 ConsoleProgress.PrintSummary(summary);
                 return summary.StopReason == "interrupted" ? CliErrors.Interrupted : CliErrors.Ok;
             }
@@ -66,4 +68,15 @@ public static class TrainCommand
         }));
         return cmd;
     }
+
+    /// <summary>`--memory-budget MB` of train and validate: the memory a job may need, else refused before anything is allocated.</summary>
+    public static Option<double?> MemoryBudgetOption() => new("--memory-budget")
+    {
+        Description = "Refuse a job whose estimated memory (weights, gradients, optimizer state, activations of a batch) exceeds this many MB " +
+                      "(10^6 bytes), before anything is allocated; 0 = no check. Default: the memory available now (MemAvailable, cgroup limit).",
+    };
+
+    /// <summary>The budget a --memory-budget value stands for: the given MB, 0 = none, absent = the available memory.</summary>
+    public static MemoryBudget Budget(double? megabytes) =>
+        megabytes is { } mb ? MemoryBudget.FromMegabytes(mb, "--memory-budget") : MemoryBudget.Available();
 }

@@ -1,5 +1,7 @@
 using System.CommandLine;
+using Dtrain.Distributed.Pipeline;
 using Dtrain.Specs;
+using Dtrain.Training;
 
 namespace Dtrain.Cli;
 
@@ -9,13 +11,29 @@ public static class ValidateCommand
     public static Command Create()
     {
         var spec = new Argument<FileInfo>("spec") { Description = "Job spec (JSON) to check." };
-        var cmd = new Command("validate", "Check a job spec: every field, its type and range; unknown fields are errors. Prints the spec with defaults filled in.");
+        var budget = TrainCommand.MemoryBudgetOption();
+        var cmd = new Command("validate",
+            "Check a job spec: every field, its type and range; unknown fields are errors; and that training it in one process fits the memory " +
+            "(--memory-budget; the data is not read, so the smallest vocabulary is assumed). Prints the spec with defaults filled in.");
         cmd.Arguments.Add(spec);
+        cmd.Options.Add(budget);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
-            var parsed = JobSpecSerializer.Load(r.GetValue(spec)!.FullName);
+            var file = r.GetValue(spec)!;
+            var parsed = JobSpecSerializer.Load(file.FullName);
+            var memory = TrainCommand.Budget(r.GetValue(budget));
+            // A pipelined job runs on a cluster, where each worker holds a stage: `dtrain plan` checks that.
+            JobSpecValidator.ThrowIfNotRunnable(parsed, file.Name, onCluster: true, memory);
             Console.WriteLine(JobSpecSerializer.Serialize(parsed));
-            Console.Error.WriteLine($"{r.GetValue(spec)!.Name}: valid");
+            if (parsed.Parallelism?.Pipeline is null)
+            {
+                var need = TrainingMemory.Estimate(parsed, TrainingMemory.MinimumVocabulary, parsed.Task == TaskKinds.LanguageModel ? TrainingMemory.MinimumVocabulary : parsed.Data.Synthetic?.Classes ?? 2, parsed.Training.BatchSize);
+                Console.Error.WriteLine($"{file.Name}: valid; training in one process needs at least {PipelinePlan.Mb(need.Total)} MB (before the vocabulary is known) of {memory.Describe()}");
+            }
+            else
+            {
+                Console.Error.WriteLine($"{file.Name}: valid; its pipeline runs on a cluster: `dtrain plan {file.Name} --workers N --memory-budget MB` shows each stage's memory");
+            }
             return CliErrors.Ok;
         }));
         return cmd;

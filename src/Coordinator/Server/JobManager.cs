@@ -46,7 +46,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         {
             spec = JobSpecSerializer.Parse(request.SpecJson, source);
         }
-        JobSpecValidator.ThrowIfNotRunnable(spec, source, onCluster: true);
+        JobSpecValidator.ThrowIfNotRunnable(spec, source, onCluster: true, LargestWorker(), request.Workers > 0 ? request.Workers : Math.Max(1, registry.Snapshot().Count));
         resume?.CheckCompatible(spec, source);
         var id = $"job-{Interlocked.Increment(ref nextId):D4}";
         var dir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs", id));
@@ -132,6 +132,12 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
 
     [System.Text.RegularExpressions.GeneratedRegex(@"^job-[0-9]{4,9}$")]
     private static partial System.Text.RegularExpressions.Regex JobId();
+
+    /// <summary>The memory of the largest registered worker: a job whose replica needs more can run on none of them (no check while none is registered).</summary>
+    private Training.MemoryBudget? LargestWorker() =>
+        registry.Snapshot().Where(w => w.Capabilities.MemoryBytes > 0).MaxBy(w => w.Capabilities.MemoryBytes) is { } w
+            ? new Training.MemoryBudget(w.Capabilities.MemoryBytes, $"the memory of the largest worker, {w.Id}", "or add workers with more memory")
+            : null;
 
     private static int HighestJobNumber(string jobsDir) =>
         Directory.Exists(jobsDir)

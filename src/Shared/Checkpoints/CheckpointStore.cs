@@ -91,6 +91,37 @@ public sealed class CheckpointStore
         return finalPath;
     }
 
+    /// <summary>
+    /// Makes sure checkpoints can be saved here before any work is done: creates the directory and a probe file in it.
+    /// Throws <see cref="ArgumentException"/> naming <paramref name="setting"/> (e.g. "--output") and the path when the
+    /// directory or its parent is an existing file, or cannot be created or written.
+    /// </summary>
+    public void EnsureWritable(string setting)
+    {
+        for (var dir = Directory; !string.IsNullOrEmpty(dir); dir = System.IO.Path.GetDirectoryName(dir))
+        {
+            if (File.Exists(dir))
+            {
+                throw new ArgumentException(dir == Directory || dir == System.IO.Path.GetDirectoryName(Directory)
+                    ? $"{setting}: {dir} is an existing file; checkpoints are written into a directory ({Directory})"
+                    : $"{setting}: cannot create {Directory}: {dir} is an existing file");
+            }
+            if (System.IO.Directory.Exists(dir)) break;
+        }
+        var probe = System.IO.Path.Combine(Directory, $"{TempPrefix}probe-{Guid.NewGuid():N}{TempExtension}");
+        try
+        {
+            System.IO.Directory.CreateDirectory(Directory);
+            using (new FileStream(probe, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1, FileOptions.DeleteOnClose))
+            {
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ArgumentException($"{setting}: cannot write checkpoints to {Directory}: {e.Message}", e);
+        }
+    }
+
     /// <summary>Checkpoint files in the directory, by ascending step. Temporary files are not listed.</summary>
     public IReadOnlyList<CheckpointInfo> List()
     {

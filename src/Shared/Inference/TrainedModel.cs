@@ -40,10 +40,20 @@ public sealed class TrainedModel : IDisposable
         var spec = TrainingCheckpoint.ReadSpec(data, file);
         var tokenizer = TrainingCheckpoint.ReadTokenizer(data, file);
         var labels = TrainingCheckpoint.ReadLabels(data, file);
+        var state = TrainingCheckpoint.ReadState(data, file);
+        TrainingCheckpoint.CheckModelFits(data, file, spec, tokenizer.VocabSize, labels.Count);
         var engine = new TrainingEngine(spec, tokenizer.VocabSize, labels.Count, DeviceSelector.Resolve(device, warn));
-        TrainingCheckpoint.Restore(data, file, engine, withOptimizer: false);
+        try
+        {
+            TrainingCheckpoint.Restore(data, file, engine, withOptimizer: false);
+        }
+        catch
+        {
+            engine.Dispose();
+            throw;
+        }
         engine.Model.eval();
-        return new TrainedModel { Path = file, Spec = spec, Tokenizer = tokenizer, Labels = labels, State = TrainingCheckpoint.ReadState(data, file), Engine = engine };
+        return new TrainedModel { Path = file, Spec = spec, Tokenizer = tokenizer, Labels = labels, State = state, Engine = engine };
     }
 
     public void Dispose() => Engine.Dispose();

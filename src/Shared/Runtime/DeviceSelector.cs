@@ -12,7 +12,9 @@ public static class DeviceSelector
         if (requested == "cpu") return CPU;
         if (requested != "cuda" && !requested.StartsWith("cuda:", StringComparison.Ordinal))
             throw new ArgumentException($"device \"{requested}\" must be \"cpu\", \"cuda\" or \"cuda:N\"", nameof(requested));
-        var index = requested == "cuda" ? 0 : int.Parse(requested.AsSpan(5), CultureInfo.InvariantCulture);
+        var index = 0;
+        if (requested != "cuda" && !int.TryParse(requested.AsSpan(5), NumberStyles.None, CultureInfo.InvariantCulture, out index))
+            throw new ArgumentException($"device \"{requested}\": N in cuda:N must be a device number (0, 1, ...)", nameof(requested));
         if (!cuda.is_available())
         {
             warn?.Invoke($"device {requested} requested but CUDA is not available (this build uses TorchSharp-cpu, or no GPU/driver is present); training on CPU instead");

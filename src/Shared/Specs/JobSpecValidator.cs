@@ -132,11 +132,18 @@ public static partial class JobSpecValidator
     }
 
     /// <summary>
-    /// Refuses what this version cannot run: pipeline stages run on a cluster only (<paramref name="onCluster"/>).
+    /// Refuses what this version cannot run: pipeline stages run on a cluster only (<paramref name="onCluster"/>); a job
+    /// whose whole model and its share of the batch over <paramref name="workers"/> need more than
+    /// <paramref name="memory"/> in one process (see <see cref="Training.TrainingMemory.ThrowIfOver"/>; pipeline stages
+    /// are checked per stage by the plan and by each worker's budget).
     /// </summary>
-    public static void ThrowIfNotRunnable(JobSpec spec, string source, bool onCluster)
+    public static void ThrowIfNotRunnable(JobSpec spec, string source, bool onCluster, Training.MemoryBudget? memory = null, int workers = 1)
     {
-        if (spec.Parallelism?.Pipeline is null) return;
+        if (spec.Parallelism?.Pipeline is null)
+        {
+            if (memory is not null) Training.TrainingMemory.ThrowIfOver(spec, source, memory, workers: workers);
+            return;
+        }
         if (!onCluster)
             throw new SpecException(source, [new SpecError("$.parallelism.pipeline",
                 "pipeline stages run on a cluster (`dtrain submit` or `dtrain cluster run`); remove parallelism to train the whole model in this process")]);

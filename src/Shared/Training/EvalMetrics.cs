@@ -1,17 +1,33 @@
 namespace Dtrain.Training;
 
-/// <summary>Validation results: mean loss (nats per token or per sample) and the task's own metrics.</summary>
+/// <summary>
+/// Validation results: mean loss (nats per token or per sample) and the task's own metrics. Any of them may be NaN or
+/// infinite — an empty validation split gives NaN, a diverging model an infinite loss or perplexity — and must still
+/// print, travel and be checkpointed (<see cref="TrainingCheckpoint"/> stores them as "NaN", "Infinity", "-Infinity").
+/// </summary>
 public sealed record EvalMetrics(double Loss, long Count, double? Accuracy = null, double? MacroF1 = null, double? Perplexity = null, double? BitsPerToken = null)
 {
     public override string ToString()
     {
-        var parts = new List<string> { $"loss {Loss:F4}" };
-        if (Accuracy is { } a) parts.Add($"accuracy {a * 100:F2}%");
-        if (MacroF1 is { } f) parts.Add($"macro-F1 {f:F4}");
-        if (Perplexity is { } p) parts.Add($"perplexity {p:F2}");
-        if (BitsPerToken is { } b) parts.Add($"bits/token {b:F3}");
-        return string.Join(", ", parts);
+        if (Count == 0) return "no validation data (the validation split is empty): loss and metrics are undefined";
+        var parts = new List<string> { $"loss {Format(Loss, "F4")}" };
+        if (Accuracy is { } a) parts.Add($"accuracy {Format(a * 100, "F2")}%");
+        if (MacroF1 is { } f) parts.Add($"macro-F1 {Format(f, "F4")}");
+        if (Perplexity is { } p) parts.Add($"perplexity {Format(p, "F2")}");
+        if (BitsPerToken is { } b) parts.Add($"bits/token {Format(b, "F3")}");
+        var text = string.Join(", ", parts);
+        double?[] all = [Loss, Accuracy, MacroF1, Perplexity, BitsPerToken];
+        return all.All(v => v is null || double.IsFinite(v.Value)) ? text : text + " (not finite: the model diverged)";
     }
+
+    /// <summary>A metric for people: fixed decimals (invariant culture), or "NaN", "inf", "-inf".</summary>
+    public static string Format(double value, string format) => value switch
+    {
+        double.NaN => "NaN",
+        double.PositiveInfinity => "inf",
+        double.NegativeInfinity => "-inf",
+        _ => value.ToString(format, System.Globalization.CultureInfo.InvariantCulture),
+    };
 }
 
 /// <summary>Accuracy and macro-averaged F1 from predicted and true class ids.</summary>

@@ -12,6 +12,10 @@ public sealed record TrainOptions
     public string? OutputDir { get; init; }
     /// <summary>Continue from the newest valid checkpoint in the output directory, if any.</summary>
     public bool Resume { get; init; }
+    /// <summary>Refuse a job whose estimated memory exceeds this before allocating anything; null = the memory available now (<see cref="MemoryBudget.Available"/>).</summary>
+    public MemoryBudget? MemoryBudget { get; init; }
+    /// <summary>Names the spec in errors (e.g. its file name); default: the job's name.</summary>
+    public string? Source { get; init; }
 }
 
 /// <summary>Single-process training: the engine's step in a loop with evaluation, checkpoints, time limits and clean interruption.</summary>
@@ -19,11 +23,16 @@ public static class Trainer
 {
     public static TrainingSummary Run(JobSpec spec, string specDir, TrainOptions options, ITrainingObserver observer, CancellationToken cancel)
     {
-        JobSpecValidator.ThrowIfNotRunnable(spec, spec.Name, onCluster: false);
+        var specName = options.Source ?? spec.Name;
+        // Refuse what cannot finish before spending any time on it: a job too large for the memory (even with the
+        // smallest vocabulary the data could give), and an output directory checkpoints cannot be written to.
+        var budget = options.MemoryBudget ?? MemoryBudget.Available();
+        JobSpecValidator.ThrowIfNotRunnable(spec, specName, onCluster: false, budget);
         // Checkpoints carry the spec; absolute data paths let `dtrain eval` find the data from anywhere.
         spec = JobSpecPaths.WithAbsoluteDataPaths(spec, specDir);
         var outputDir = options.OutputDir ?? JobSpecPaths.OutputDir(spec, specDir);
         var store = new CheckpointStore(Path.Combine(outputDir, "checkpoints"), spec.Training.KeepCheckpoints);
+        store.EnsureWritable(options.OutputDir is null ? "$.output" : "--output");
         LoadResult? resume = null;
         if (options.Resume)
         {
@@ -45,6 +54,9 @@ public static class Trainer
         }
 
         var isLm = spec.Task == TaskKinds.LanguageModel;
+        if (resume is not null) TrainingCheckpoint.CheckModelFits(resume.Data, resume.Path, spec, data.Tokenizer.VocabSize, data.Labels.Count);
+        TrainingMemory.ThrowIfOver(spec, specName, budget, data.Tokenizer.VocabSize, data.Labels.Count,
+            isLm ? null : data.TrainSequences.Concat(data.ValidationSequences).Select(x => x.Length).DefaultIfEmpty(1).Max());
         IBatchSource source = isLm
             ? new LanguageModelBatches(data.TrainTokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.LmSampling, spec.Training.Seed)
             : new ClassificationBatches(data.TrainSequences, data.TrainLabels, spec.Training.BatchSize, spec.Training.Seed);

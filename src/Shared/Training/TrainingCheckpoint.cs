@@ -1,7 +1,9 @@
 using System.Text;
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using Dtrain.Checkpoints;
 using Dtrain.Data;
+using Dtrain.Distributed.Pipeline;
 using Dtrain.Models;
 using Dtrain.Specs;
 using TorchSharp.Modules;
@@ -13,12 +15,22 @@ namespace Dtrain.Training;
 /// Maps a training run to checkpoint sections and back: spec, tokenizer, labels, state, model weights, optimizer
 /// state, torch RNG state and the carried hidden state, so a resumed run continues where it stopped.
 /// </summary>
+/// <remarks>
+/// Reading trusts nothing inside a section, even of a file whose checksum is right: every malformed section — bad
+/// JSON or UTF-8, a truncated or reshaped tensor, an impossible RNG state — is a <see cref="CorruptCheckpointException"/>
+/// naming the file and the section, raised in managed code before any byte reaches torch.
+/// </remarks>
 public static class TrainingCheckpoint
 {
     public const string Spec = "spec.json", Tokenizer = "tokenizer.json", Labels = "labels.json", State = "state.json",
         Model = "model.bin", Optimizer = "optimizer.bin", Rng = "rng.bin", Carried = "carried.bin";
 
-    private static readonly JsonSerializerOptions Json = new(JobSpecSerializer.Options) { UnmappedMemberHandling = System.Text.Json.Serialization.JsonUnmappedMemberHandling.Skip };
+    private static readonly JsonSerializerOptions Json = new(JobSpecSerializer.Options) { UnmappedMemberHandling = JsonUnmappedMemberHandling.Skip };
+
+    /// <summary>state.json: metrics may be NaN or infinite (an empty validation split, a diverging run); they are written as "NaN", "Infinity", "-Infinity".</summary>
+    private static readonly JsonSerializerOptions StateJson = new(Json) { NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
+
+    private static readonly UTF8Encoding StrictUtf8 = new(false, throwOnInvalidBytes: true);
 
     public static CheckpointData Capture(JobSpec spec, ITokenizer tokenizer, LabelSet labels, TrainingState state, TrainingEngine engine)
     {
@@ -27,7 +39,7 @@ public static class TrainingCheckpoint
             [Spec] = Encoding.UTF8.GetBytes(JobSpecSerializer.Serialize(spec)),
             [Tokenizer] = JsonSerializer.SerializeToUtf8Bytes(tokenizer.ToState(), Json),
             [Labels] = JsonSerializer.SerializeToUtf8Bytes(labels.Names, Json),
-            [State] = JsonSerializer.SerializeToUtf8Bytes(state, Json),
+            [State] = JsonSerializer.SerializeToUtf8Bytes(state, StateJson),
             [Model] = SaveModel(engine.Model),
             [Optimizer] = SaveOptimizer(engine.Optimizer),
             [Rng] = random.get_rng_state().bytes.ToArray(),
@@ -36,38 +48,106 @@ public static class TrainingCheckpoint
         return new CheckpointData(state.Step, sections, DateTimeOffset.UtcNow);
     }
 
-    public static JobSpec ReadSpec(CheckpointData data, string source) =>
-        JobSpecSerializer.Parse(Encoding.UTF8.GetString(Require(data, Spec, source)), $"{source} ({Spec})");
+    public static JobSpec ReadSpec(CheckpointData data, string source) => Read(source, Spec, () =>
+    {
+        var json = StrictUtf8.GetString(Require(data, Spec, source));
+        try
+        {
+            return JobSpecSerializer.Parse(json, Spec);
+        }
+        catch (SpecException e)
+        {
+            throw new InvalidDataException(string.Join("; ", e.Errors));
+        }
+    });
 
-    public static ITokenizer ReadTokenizer(CheckpointData data, string source) =>
-        TokenizerFactory.FromState(JsonSerializer.Deserialize<TokenizerState>(Require(data, Tokenizer, source), Json)
-            ?? throw new InvalidDataException($"{source}: {Tokenizer} is empty"));
+    public static ITokenizer ReadTokenizer(CheckpointData data, string source) => Read(source, Tokenizer, () =>
+        TokenizerFactory.FromState(JsonSerializer.Deserialize<TokenizerState>(Require(data, Tokenizer, source), Json) ?? throw new InvalidDataException("is null")));
 
-    public static LabelSet ReadLabels(CheckpointData data, string source) =>
-        new(JsonSerializer.Deserialize<string[]>(Require(data, Labels, source), Json) ?? []);
+    public static LabelSet ReadLabels(CheckpointData data, string source) => Read(source, Labels, () =>
+        new LabelSet(JsonSerializer.Deserialize<string[]>(Require(data, Labels, source), Json) ?? throw new InvalidDataException("is null")));
 
-    public static TrainingState ReadState(CheckpointData data, string source) =>
-        JsonSerializer.Deserialize<TrainingState>(Require(data, State, source), Json) ?? throw new InvalidDataException($"{source}: {State} is empty");
+    public static TrainingState ReadState(CheckpointData data, string source) => Read(source, State, () =>
+    {
+        var state = JsonSerializer.Deserialize<TrainingState>(Require(data, State, source), StateJson) ?? throw new InvalidDataException("is null");
+        if (state.Step != data.Step) throw new InvalidDataException($"says step {state.Step}, the checkpoint is step {data.Step}");
+        if (state.SamplesSeen < 0 || !(state.ElapsedSeconds >= 0)) throw new InvalidDataException($"has impossible counters (samples {state.SamplesSeen}, elapsed {state.ElapsedSeconds} s)");
+        return state;
+    });
+
+    /// <summary>
+    /// Before a model is built for this checkpoint: the spec, vocabulary and labels it names must describe a model whose
+    /// weights fit in its model section, so a damaged spec or tokenizer never makes this process allocate a huge model.
+    /// </summary>
+    public static void CheckModelFits(CheckpointData data, string source, JobSpec spec, int vocabSize, int classes)
+    {
+        if (vocabSize < 3) throw new CorruptCheckpointException(source, Tokenizer, $"holds {vocabSize} token(s); a model needs <pad>, <unk> and at least one more");
+        if (spec.Task == TaskKinds.Classification && classes < 2) throw new CorruptCheckpointException(source, Labels, $"holds {classes} label(s); a classifier needs at least 2");
+        var layout = ModelLayout.Of(spec.Model, vocabSize, spec.Task == TaskKinds.LanguageModel ? vocabSize : classes);
+        var have = Require(data, Model, source).LongLength;
+        if (layout.Total * sizeof(float) > have)
+        {
+            throw new CorruptCheckpointException(source, Model,
+                $"holds {have:N0} bytes, but the spec's model ({spec.Model.Cell}, {spec.Model.Layers} layer(s) × hidden {spec.Model.HiddenSize}, embedding {spec.Model.EmbeddingDim}) " +
+                $"with the checkpoint's vocabulary of {vocabSize:N0}{(spec.Task == TaskKinds.Classification ? $" and {classes} labels" : "")} has {layout.Total:N0} parameters ({layout.Total * sizeof(float):N0} bytes)");
+        }
+    }
 
     /// <summary>Loads weights (and, when <paramref name="withOptimizer"/>, optimizer, RNG and carried state) into an engine built from the same spec.</summary>
     public static void Restore(CheckpointData data, string source, TrainingEngine engine, bool withOptimizer)
     {
-        using (var ms = new MemoryStream(Require(data, Model, source)))
+        var model = Require(data, Model, source);
+        Read(source, Model, () => TorchStateFormat.CheckModule(model, engine.Model));
+        using (var ms = new MemoryStream(model))
             engine.Model.load(ms);
         if (!withOptimizer) return;
-        using (var ms = new MemoryStream(Require(data, Optimizer, source)))
+
+        var optimizer = Require(data, Optimizer, source);
+        Read(source, Optimizer, () => TorchStateFormat.CheckOptimizer(optimizer, engine.Optimizer, engine.Parameters));
+        using (var ms = new MemoryStream(optimizer))
         using (var reader = new BinaryReader(ms))
             ((OptimizerHelper)engine.Optimizer).load_state_dict(reader);
+
         var rng = random.get_rng_state();
         var bytes = Require(data, Rng, source);
-        if (bytes.Length != rng.bytes.Length) throw new InvalidDataException($"{source}: {Rng} has {bytes.Length} bytes, this torch expects {rng.bytes.Length}");
+        Read(source, Rng, () => TorchStateFormat.CheckRngState(bytes, rng.bytes.Length));
         rng.bytes = bytes;
         random.set_rng_state(rng);
-        engine.CarriedState = data.Sections.TryGetValue(Carried, out var carried) ? LoadState(carried) : null;
+
+        RecurrentState? carried = null;
+        if (data.Sections.TryGetValue(Carried, out var carriedBytes))
+        {
+            carried = Read(source, Carried, () => LoadState(carriedBytes, engine.Spec));
+            var rows = carried.H.shape[1];
+            if (rows != engine.Spec.Training.BatchSize)
+            {
+                carried.Dispose();
+                throw new InvalidDataException(
+                    $"{source}: the carried hidden state holds {rows} streams, but training.batch_size is {engine.Spec.Training.BatchSize}; resume with the batch size the checkpoint was trained with");
+            }
+        }
+        engine.CarriedState = carried;
     }
 
+    /// <summary>Runs a section reader, turning whatever its malformed contents raise into a <see cref="CorruptCheckpointException"/> naming file and section.</summary>
+    private static T Read<T>(string source, string section, Func<T> read)
+    {
+        try
+        {
+            return read();
+        }
+        catch (Exception e) when (e is JsonException or InvalidDataException or DecoderFallbackException or EndOfStreamException or FormatException or NotSupportedException
+            || e is ArgumentException and not ArgumentNullException)
+        {
+            var message = e is DecoderFallbackException ? "is not valid UTF-8" : e.Message;
+            throw new CorruptCheckpointException(source, section, message, e);
+        }
+    }
+
+    private static void Read(string source, string section, Action check) => Read(source, section, () => { check(); return 0; });
+
     private static byte[] Require(CheckpointData data, string name, string source) =>
-        data.Sections.TryGetValue(name, out var bytes) ? bytes : throw new InvalidDataException($"{source}: checkpoint has no section \"{name}\"");
+        data.Sections.TryGetValue(name, out var bytes) ? bytes : throw new CorruptCheckpointException(source, $"has no section \"{name}\"");
 
     private static byte[] SaveModel(nn.Module model)
     {
@@ -95,12 +175,35 @@ public static class TrainingCheckpoint
         return ms.ToArray();
     }
 
-    private static RecurrentState LoadState(byte[] bytes)
+    /// <summary>The carried state: h, and c exactly for an LSTM, each (layers, streams, hidden) of the spec's model; nothing after them.</summary>
+    private static RecurrentState LoadState(byte[] bytes, JobSpec spec)
     {
+        if (spec.Task != TaskKinds.LanguageModel) throw new InvalidDataException("a classifier carries no hidden state");
         using var r = new BinaryReader(new MemoryStream(bytes));
-        var h = ReadTensor(r);
-        var c = r.ReadBoolean() ? ReadTensor(r) : null;
-        return new RecurrentState(h, c);
+        var h = ReadTensor(r, spec.Model, "h");
+        try
+        {
+            var hasC = r.ReadByte() switch { 0 => false, 1 => true, var b => throw new InvalidDataException($"cell-state flag is {b}, not a boolean") };
+            if (hasC != (spec.Model.Cell == CellKinds.Lstm))
+                throw new InvalidDataException(hasC ? $"holds a cell state, which a {spec.Model.Cell} has not" : "has no cell state, which an LSTM needs");
+            var c = hasC ? ReadTensor(r, spec.Model, "c") : null;
+            if (c is not null && !c.shape.SequenceEqual(h.shape))
+            {
+                c.Dispose();
+                throw new InvalidDataException($"c has shape [{string.Join(", ", c.shape)}], h [{string.Join(", ", h.shape)}]");
+            }
+            if (r.BaseStream.Position != bytes.Length)
+            {
+                c?.Dispose();
+                throw new InvalidDataException($"{bytes.Length - r.BaseStream.Position} unexpected byte(s) at the end");
+            }
+            return new RecurrentState(h, c);
+        }
+        catch
+        {
+            h.Dispose();
+            throw;
+        }
     }
 
     private static void WriteTensor(BinaryWriter w, Tensor t)
@@ -113,14 +216,17 @@ public static class TrainingCheckpoint
         foreach (var v in data) w.Write(v);
     }
 
-    private static Tensor ReadTensor(BinaryReader r)
+    private static Tensor ReadTensor(BinaryReader r, ModelSpec model, string name)
     {
         var rank = r.ReadInt32();
-        if (rank is < 1 or > 8) throw new InvalidDataException($"carried state: tensor rank {rank}");
+        if (rank != 3) throw new InvalidDataException($"{name} has rank {rank}, expected 3 (layers, streams, hidden)");
         var shape = new long[rank];
         for (var i = 0; i < rank; i++) shape[i] = r.ReadInt64();
+        if (shape[0] != model.Layers || shape[2] != model.HiddenSize || shape[1] is < 1 or > JobSpecValidator.MaxBatch)
+            throw new InvalidDataException($"{name} has shape [{string.Join(", ", shape)}]; the model needs [{model.Layers}, streams (1..{JobSpecValidator.MaxBatch}), {model.HiddenSize}]");
         var n = r.ReadInt32();
-        if (n != shape.Aggregate(1L, (a, b) => a * b)) throw new InvalidDataException("carried state: size does not match shape");
+        if (n != shape[0] * shape[1] * shape[2]) throw new InvalidDataException($"{name}: {n} values for shape [{string.Join(", ", shape)}]");
+        if (r.BaseStream.Length - r.BaseStream.Position < 4L * n) throw new InvalidDataException($"{name}: truncated, {n} values need {4L * n} bytes, {r.BaseStream.Length - r.BaseStream.Position} left");
         var data = new float[n];
         for (var i = 0; i < n; i++) data[i] = r.ReadSingle();
         var t = tensor(data, shape);

@@ -20,6 +20,9 @@ public sealed class TrainingEngine : IDisposable
     private readonly IReadOnlyList<Parameter> parameters;
     private RecurrentState? carried;
 
+    /// <summary>The job this engine trains (model, optimizer and training settings).</summary>
+    public JobSpec Spec => spec;
+
     public nn.Module Model { get; }
     public optim.Optimizer Optimizer { get; }
     public bool IsLanguageModel { get; }

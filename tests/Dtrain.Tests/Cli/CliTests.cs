@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Text.Json;
 using Dtrain.Specs;
 using Dtrain.Tests.Support;
@@ -106,5 +107,77 @@ public class CliTests
         Assert.True(r.ExitCode == 0, r.ToString());
         using var doc = JsonDocument.Parse(r.Stdout);
         Assert.Equal(256, doc.RootElement.GetProperty("model").GetProperty("hidden_size").GetInt32());
+    }
+
+    /// <summary>Every integer and number option of every verb, as the command tree declares them.</summary>
+    static IEnumerable<(string Path, Option Option, bool Integer)> NumericOptions(Command command, string path)
+    {
+        foreach (var o in command.Options)
+        {
+            if (o.ValueType == typeof(int) || o.ValueType == typeof(int?) || o.ValueType == typeof(long) || o.ValueType == typeof(long?)) yield return (path, o, true);
+            else if (o.ValueType == typeof(double) || o.ValueType == typeof(double?)) yield return (path, o, false);
+        }
+        foreach (var sub in command.Subcommands)
+            foreach (var x in NumericOptions(sub, $"{path} {sub.Name}".Trim())) yield return x;
+    }
+
+    [Fact]
+    public void Every_numeric_option_of_every_verb_names_itself_and_the_expected_kind_of_value()
+    {
+        var found = NumericOptions(Dtrain.Cli.DtrainCli.Build(), "").ToList();
+        Assert.Contains(found, x => x.Path == "train" && x.Option.Name == "--seed");
+        Assert.Contains(found, x => x.Path == "generate" && x.Option.Name == "--seed");
+        Assert.True(found.Count >= 15, $"only {found.Count} numeric options found");
+        foreach (var (path, option, integer) in found)
+        {
+            foreach (var bad in integer ? new[] { "abc", "1.5", "99999999999999999999" } : ["abc", "NaN"])
+            {
+                var result = Dtrain.Cli.DtrainCli.Build().Parse([.. path.Split(' '), option.Name, bad]);
+                var messages = string.Join(" | ", result.Errors.Select(e => e.Message));
+                Assert.Contains($"{option.Name}: \"{bad}\" ", messages);
+                Assert.Contains(integer ? (bad.Length > 10 ? "out of range" : "is not an integer") : bad == "NaN" ? "is not a finite number" : "is not a number", messages);
+                Assert.DoesNotContain("System.", messages);
+            }
+            // A good value still parses.
+            var good = Dtrain.Cli.DtrainCli.Build().Parse([.. path.Split(' '), option.Name, "2"]);
+            Assert.DoesNotContain(good.Errors, e => e.Message.Contains(option.Name, StringComparison.Ordinal));
+        }
+    }
+
+    [Fact]
+    public void A_value_that_does_not_parse_exits_2_with_one_clear_line()
+    {
+        using var tmp = new TempDir();
+        var r = CliRunner.Run(tmp.Path, "train", "job.json", "--seed", "abc");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("error: --seed: \"abc\" is not an integer", r.Stderr);
+        Assert.Contains("see: dtrain train --help", r.Stderr);
+        Assert.DoesNotContain("Nullable", r.Stderr + r.Stdout);
+        Assert.DoesNotContain("Usage:", r.Stdout);
+        Assert.Equal(2, CliRunner.Run(tmp.Path, "train", "job.json", "--no-such-option").ExitCode);
+    }
+
+    [Fact]
+    public void An_output_that_is_an_existing_file_is_refused_before_training()
+    {
+        using var tmp = new TempDir();
+        tmp.Write("t.txt", TestJobs.Text());
+        var spec = WriteSpec(tmp, TestJobs.CharLm("t.txt", steps: 5));
+        var file = tmp.Write("taken", "not a directory");
+        var r = CliRunner.Run(tmp.Path, "train", spec, "--output", file);
+        Assert.True(r.ExitCode == 2, r.ToString());
+        Assert.Contains($"--output: {file} is an existing file", r.Stderr);
+        Assert.DoesNotContain("step 1", r.Stdout);
+        Assert.Equal("not a directory", File.ReadAllText(file));
+
+        // The same through the spec's "output", and for the model file of `cluster run` (an existing directory).
+        var viaSpec = CliRunner.Run(tmp.Path, "train", WriteSpec(tmp, TestJobs.CharLm("t.txt", steps: 5) with { Output = "taken" }));
+        Assert.True(viaSpec.ExitCode == 2, viaSpec.ToString());
+        Assert.Contains($"$.output: {file} is an existing file", viaSpec.Stderr);
+        Directory.CreateDirectory(Path.Combine(tmp.Path, "models"));
+        var cluster = CliRunner.Run(tmp.Path, "cluster", "run", spec, "--output", "models");
+        Assert.True(cluster.ExitCode == 2, cluster.ToString());
+        Assert.Contains("is an existing directory", cluster.Stderr);
+        Assert.DoesNotContain("starting a local cluster", cluster.Stdout);
     }
 }

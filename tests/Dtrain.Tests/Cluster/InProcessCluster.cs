@@ -56,9 +56,10 @@ public sealed class InProcessCluster : IAsyncDisposable
         return cluster;
     }
 
-    public async Task AddWorkerAsync(WorkerOptions? options = null)
+    /// <param name="configure">Changes the worker's server before it is built (e.g. a gRPC interceptor standing in for a fault).</param>
+    public async Task AddWorkerAsync(WorkerOptions? options = null, Action<WebApplicationBuilder>? configure = null)
     {
-        var w = WorkerHost.Build((options ?? new WorkerOptions()) with { Coordinator = Address, Port = 0, Threads = "1", Name = $"test-{workers.Count + 1}" }, Quiet);
+        var w = WorkerHost.Build((options ?? new WorkerOptions()) with { Coordinator = Address, Port = 0, Threads = "1", Name = $"test-{workers.Count + 1}" }, Quiet, configure);
         await w.StartAsync();
         workers.Add(w);
     }

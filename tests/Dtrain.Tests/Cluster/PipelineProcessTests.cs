@@ -75,7 +75,8 @@ public class PipelineProcessTests
             await Task.Delay(100);
         }
         Assert.Equal(JobState.Failed, info.State);
-        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(15), $"took {clock.Elapsed.TotalSeconds:F1} s");
+        // Found dead (connection refused, or no heartbeat), not merely timed out waiting for its step.
+        Assert.DoesNotContain("did not finish", info.Message);
         Assert.True(info.Message.Contains(victim.WorkerId, StringComparison.Ordinal), info.Message);
     }
 }

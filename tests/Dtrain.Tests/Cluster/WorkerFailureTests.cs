@@ -75,13 +75,13 @@ public class WorkerFailureTests
         await WaitForStep(client, id, 3);
         var victim = IdOfWorker(client, 1);
         Assert.Contains(victim, client.Get(new GetJobRequest { JobId = id }).WorkerIds);
-        var clock = Stopwatch.StartNew();
         cluster.KillWorker(1);
         var info = await WaitForEnd(client, id, TimeSpan.FromSeconds(30));
         Assert.Equal(JobState.Failed, info.State);
         Assert.Contains(victim, info.Message);
         Assert.Contains("step", info.Message);
-        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30));
+        // Found dead (connection refused, or no heartbeat), not merely timed out waiting for its step.
+        Assert.DoesNotContain("did not finish", info.Message);
 
         var next = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(tmp.Write("short.json", JobSpecSerializer.Serialize(TestJobs.CharLm("t.txt", steps: 5)))), 2)).JobId;
         var done = await WaitForEnd(client, next, TimeSpan.FromSeconds(60));
@@ -104,13 +104,13 @@ public class WorkerFailureTests
         Process.Start("kill", ["-STOP", pid.ToString(System.Globalization.CultureInfo.InvariantCulture)])!.WaitForExit();
         try
         {
-            var clock = Stopwatch.StartNew();
             var info = await WaitForEnd(client, id, TimeSpan.FromSeconds(30));
             Assert.Equal(JobState.Failed, info.State);
             Assert.Contains(victim, info.Message);
             Assert.Contains("step", info.Message);
-            // Lost after 3 s without heartbeats, well before the 20 s step timeout.
-            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(15), $"took {clock.Elapsed}");
+            // A stopped process sends no heartbeats: it is lost (after 3 s), which the message says — not the 20 s
+            // step timeout (that path has its own test, with a worker that keeps heart-beating).
+            Assert.Contains("lost: no heartbeat", info.Message);
         }
         finally
         {

@@ -3,6 +3,7 @@ using Dtrain.Protos.Worker;
 using Dtrain.Specs;
 using Dtrain.Tests.Support;
 using Grpc.Core;
+using Grpc.Health.V1;
 using Grpc.Net.Client;
 
 namespace Dtrain.Tests.Cluster;
@@ -54,9 +55,14 @@ public class WorkerProtocolTests
         var e4 = Assert.Throws<RpcException>(() => client.RunStep(new RunStepRequest { JobId = "other", Step = 0, Lr = 0.1, GlobalCount = 2 }));
         Assert.Equal(StatusCode.NotFound, e4.StatusCode);
 
-        // Still alive and serving.
+        // Still alive and serving: its gRPC server answers health checks (a dead or aborted process cannot — unlike the
+        // coordinator's membership list, which keeps a silent worker for its timeout), and it takes a new assignment.
         client.Release(new ReleaseRequest { JobId = "j", Reason = "test" });
-        Assert.Single(cluster.Client.ListWorkers(new ListWorkersRequest()).Workers);
+        var health = new Health.HealthClient(channel);
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, health.Check(new HealthCheckRequest { Service = "" }, deadline: DateTime.UtcNow.AddSeconds(10)).Status);
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, health.Check(new HealthCheckRequest { Service = Dtrain.Worker.WorkerHost.ReadinessService }, deadline: DateTime.UtcNow.AddSeconds(10)).Status);
+        Assert.True(client.Assign(CharLmAssignment(worker.Address), deadline: DateTime.UtcNow.AddSeconds(30)).Parameters > 0);
+        client.Release(new ReleaseRequest { JobId = "j", Reason = "test" });
     }
 
     [Fact]

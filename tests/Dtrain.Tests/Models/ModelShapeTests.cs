@@ -74,12 +74,30 @@ public class ModelShapeTests
     }
 
     [Fact]
-    public void Cuda_request_falls_back_to_cpu_with_a_message()
+    public void Device_selection_uses_cuda_where_present_and_falls_back_to_cpu_with_a_message_elsewhere()
     {
+        // True on any machine: with CUDA, cuda:0 is the first GPU and no message; without it, CPU and a message saying why.
         var messages = new List<string>();
-        var device = Dtrain.Runtime.DeviceSelector.Resolve("cuda:1", messages.Add);
-        Assert.False(cuda.is_available(), "this project ships TorchSharp-cpu; a CUDA build needs its own test of the GPU path");
-        Assert.Equal(TorchSharp.DeviceType.CPU, device.type);
-        Assert.Contains("CUDA is not available", Assert.Single(messages));
+        var device = Dtrain.Runtime.DeviceSelector.Resolve("cuda:0", messages.Add);
+        if (cuda.is_available())
+        {
+            Assert.Equal((TorchSharp.DeviceType.CUDA, 0), (device.type, (int)device.index));
+            Assert.Empty(messages);
+        }
+        else
+        {
+            Assert.Equal(TorchSharp.DeviceType.CPU, device.type);
+            Assert.Contains("device cuda:0 requested but CUDA is not available", Assert.Single(messages));
+        }
+
+        // A device number past the last GPU falls back with a message, whether there are GPUs or none.
+        messages.Clear();
+        Assert.Equal(TorchSharp.DeviceType.CPU, Dtrain.Runtime.DeviceSelector.Resolve("cuda:99", messages.Add).type);
+        Assert.Contains("cuda:99 requested but", Assert.Single(messages));
+        Assert.Equal(TorchSharp.DeviceType.CPU, Dtrain.Runtime.DeviceSelector.Resolve("cpu", messages.Add).type);
+
+        // What is not a device is an error naming it, never a silent fallback or a FormatException.
+        foreach (var bad in new[] { "cuda:abc", "cuda:", "cuda:-1", "gpu", "CPU" })
+            Assert.Contains($"\"{bad}\"", Assert.Throws<ArgumentException>(() => Dtrain.Runtime.DeviceSelector.Resolve(bad)).Message);
     }
 }

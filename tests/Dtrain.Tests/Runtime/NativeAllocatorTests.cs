@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Dtrain.Cli;
 using Dtrain.Runtime;
 using Dtrain.Tests.Support;
 
@@ -6,27 +7,20 @@ namespace Dtrain.Tests.Runtime;
 
 public sealed class NativeAllocatorTests
 {
-    /// <summary>Runs `grep` on the child's own memory map, started the way dtrain starts its processes.</summary>
-    private static string ChildMaps(Action<ProcessStartInfo> prepare)
-    {
-        var psi = new ProcessStartInfo("/bin/sh", ["-c", "cat /proc/self/maps"]) { RedirectStandardOutput = true, UseShellExecute = false };
-        psi.Environment.Remove("LD_PRELOAD");
-        prepare(psi);
-        using var p = Process.Start(psi)!;
-        var maps = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        Assert.Equal(0, p.ExitCode);
-        return maps;
-    }
-
     [Fact]
     public void Cluster_processes_start_on_tcmalloc()
     {
         // scripts/setup.sh installs libtcmalloc-minimal4; without it dtrain trains ~1.5x slower, so this fails loudly.
-        var library = NativeAllocator.Library();
-        Assert.True(library is not null, "no tcmalloc found: run scripts/setup.sh (Debian package libtcmalloc-minimal4)");
-        Assert.Contains("libtcmalloc_minimal.so", ChildMaps(NativeAllocator.Preload), StringComparison.Ordinal);
-        Assert.DoesNotContain("tcmalloc", ChildMaps(_ => { }), StringComparison.Ordinal);
+        Assert.True(NativeAllocator.Library() is not null, "no tcmalloc found: run scripts/setup.sh (Debian package libtcmalloc-minimal4)");
+        // A real worker of a local cluster, started the way `dtrain cluster` starts it, with nothing preloaded by
+        // the environment it inherits: its own memory map must hold tcmalloc.
+        using var tmp = new TempDir();
+        using var cluster = LocalCluster.Start(1, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), new Dictionary<string, string> { ["LD_PRELOAD"] = "" });
+        var pid = cluster.WorkerProcessId(0);
+        var cmdline = File.ReadAllText($"/proc/{pid}/cmdline").Replace('\0', ' ');
+        Assert.Contains("dtrain.dll worker", cmdline, StringComparison.Ordinal);
+        var mapped = File.ReadLines($"/proc/{pid}/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries).LastOrDefault() ?? "").ToHashSet();
+        Assert.Contains(mapped, f => f.Contains("libtcmalloc_minimal.so", StringComparison.Ordinal));
     }
 
     [Fact]

@@ -82,4 +82,42 @@ public class JobSpecTests
         Assert.NotEmpty(files);
         foreach (var f in files) JobSpecSerializer.Load(f);
     }
+
+    [Fact]
+    public void A_field_given_twice_is_rejected_with_its_path_and_both_lines()
+    {
+        var e = Reject("{\"name\": \"x\", \"data\": {\"train\": \"t.txt\"},\n \"model\": {\"layers\": 2,\n\n   \"layers\": 3}}");
+        var err = Assert.Single(e.Errors);
+        Assert.Equal("$.model.layers", err.Path);
+        Assert.Contains("duplicate field: given at line 2 and again at line 4", err.Message);
+        // At the top level, and inside nested objects, too.
+        Assert.Equal("$.name", Assert.Single(Reject("""{"name":"a","data":{"train":"t.txt"},"name":"b"}""").Errors).Path);
+        // The same name in different objects is fine.
+        JobSpecSerializer.Parse("""{"data":{"train":"t.txt"},"model":{"layers":2},"parallelism":null,"training":{"seed":1},"optimizer":{"lr":0.01}}""");
+    }
+
+    [Fact]
+    public void Invalid_utf8_in_a_spec_file_is_an_error_at_its_line_and_column()
+    {
+        using var tmp = new TempDir();
+        byte[] bytes = [.. "{\"name\": \"x\",\n  \"data\": {\"train\": \"caf"u8, 0xE9, .. ".txt\"}}"u8];
+        var e = Assert.Throws<SpecException>(() => JobSpecSerializer.Load(tmp.WriteBytes("latin1.json", bytes)));
+        var err = Assert.Single(e.Errors);
+        Assert.Contains("invalid UTF-8 at line 2, byte 25 (0xE9", err.Message);
+        Assert.Contains("latin1.json", e.Message);
+        // UTF-16 gets a hint; a UTF-8 byte-order mark is fine.
+        Assert.Contains("UTF-16", Assert.Throws<SpecException>(() => JobSpecSerializer.Load(tmp.WriteBytes("u16.json", System.Text.Encoding.Unicode.GetPreamble().Concat(System.Text.Encoding.Unicode.GetBytes("{}")).ToArray()))).Message);
+        Assert.Equal("x", JobSpecSerializer.Load(tmp.WriteBytes("bom.json", [0xEF, 0xBB, 0xBF, .. "{\"name\": \"x\", \"data\": {\"train\": \"t.txt\"}}"u8])).Name);
+    }
+
+    [Fact]
+    public void A_spec_path_that_is_a_directory_says_so()
+    {
+        using var tmp = new TempDir();
+        var dir = Directory.CreateDirectory(Path.Combine(tmp.Path, "job.json")).FullName;
+        var e = Assert.Throws<SpecException>(() => JobSpecSerializer.Load(dir));
+        Assert.Contains($"{dir} is a directory, not a spec file", e.Message);
+        Assert.DoesNotContain("not found", e.Message);
+        Assert.Contains("file not found", Assert.Throws<SpecException>(() => JobSpecSerializer.Load(Path.Combine(tmp.Path, "nope.json"))).Message);
+    }
 }
