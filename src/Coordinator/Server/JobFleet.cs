@@ -60,7 +60,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
 
     public int Min { get; }
     public int Max { get; }
-    public long Generation { get; private set; } = 1;
+    public long Generation { get; private set; }
     public IJobWorkers Workers { get; private set; }
     public CancellationToken Departed => departed.Token;
     public bool CanGrow => idleSeen && MemberCount < Max && registry.IdleCount() > 0;
@@ -87,7 +87,8 @@ public sealed class JobFleet : IJobFleet, IDisposable
         registry.WorkerLost += OnLost;
         registry.WorkerLeft += OnLeft;
         registry.Changed += OnChanged;
-        job.Update(i => { i.Generation = 1; i.MinWorkers = Min; i.MaxWorkers = Max; });
+        Generation = job.NextGeneration();
+        job.Update(i => { i.MinWorkers = Min; i.MaxWorkers = Max; });
     }
 
     private bool IsMember(WorkerRecord w)

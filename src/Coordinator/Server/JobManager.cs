@@ -149,6 +149,50 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
     public JobRecord Get(string id) =>
         jobs.TryGetValue(id, out var r) ? r : throw new KeyNotFoundException($"no job \"{id}\"; `dtrain list` shows the known jobs");
 
+    /// <summary>
+    /// Puts a job that cannot go on back in the queue to restart from its newest checkpoint (training.max_restarts):
+    /// the steps after that checkpoint are undone (and trained again), the workers are reserved anew.
+    /// </summary>
+    public void Requeue(JobRecord job, string reason)
+    {
+        ResumePoint? from;
+        try
+        {
+            from = ResumePoint.OfJob(job.Id, job.Dir) ?? job.Resume;
+        }
+        catch (InvalidDataException e)
+        {
+            log.LogWarning("job {Id}: its checkpoint is unusable ({Message}); restarting from where it started", job.Id, e.Message);
+            from = job.Resume;
+        }
+        job.Resume = from;
+        var step = from?.State.Step ?? 0;
+        job.Ledger.RollBack(step);
+        job.Update(i =>
+        {
+            i.Restarts++;
+            i.State = JobState.Queued;
+            i.StartStep = step;
+            i.Step = step;
+            i.WorkerIds.Clear();
+            i.Message = $"restart {i.Restarts} of {job.Spec.Training.MaxRestarts} from step {step} once workers are idle, after: {reason}";
+        });
+        log.LogWarning("job {Id} restarts from step {Step}: {Reason}", job.Id, step, reason);
+        queue.Enqueue(job);
+        wake.Release();
+    }
+
+    /// <summary>
+    /// Workers to reserve for the job: what it asked for; a restarted data-parallel job starts with its minimum and
+    /// grows as workers become idle (a pipeline needs all its stages).
+    /// </summary>
+    private static int WorkersWanted(JobRecord job)
+    {
+        var info = job.Snapshot();
+        if (info.Restarts == 0 || job.Spec.Parallelism?.Pipeline is not null) return info.WorkersRequested;
+        return Math.Max(1, info.MinWorkers);
+    }
+
     /// <summary>Whether the job is in this coordinator's memory (not only on its disk).</summary>
     public bool Knows(string id) => jobs.ContainsKey(id);
 
@@ -176,16 +220,20 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
             while (queue.TryPeek(out var head))
             {
                 if (head.IsFinished) { queue.TryDequeue(out _); continue; }
-                var workers = registry.TryReserve(head.Info.WorkersRequested, head.Id);
+                var workers = registry.TryReserve(WorkersWanted(head), head.Id);
                 if (workers is null)
                 {
-                    var wanted = head.Info.WorkersRequested == 0 ? "at least 1" : head.Info.WorkersRequested.ToString(CultureInfo.InvariantCulture);
+                    var wanted = WorkersWanted(head) == 0 ? "at least 1" : WorkersWanted(head).ToString(CultureInfo.InvariantCulture);
                     var message = $"waiting for {wanted} idle worker(s); {registry.IdleCount()} idle";
                     if (head.Snapshot().Message != message) head.Update(i => i.Message = message);
                     break;
                 }
                 queue.TryDequeue(out _);
-                _ = Task.Run(() => runner.RunAsync(head, workers, stop), CancellationToken.None);
+                var job = head;
+                _ = Task.Run(async () =>
+                {
+                    if (await runner.RunAsync(job, workers, stop).ConfigureAwait(false) is { } reason) Requeue(job, reason);
+                }, CancellationToken.None);
             }
         }
     }

@@ -37,6 +37,17 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     /// <summary>Name of the token that submitted the job ("" when auth was off); never changes.</summary>
     public string Owner { get; } = owner;
 
+    /// <summary>
+    /// Starts the job's next membership generation (1 for a new job): a restarted job's generations continue its
+    /// earlier ones, so workers that kept a ring of an older generation refuse it (fencing).
+    /// </summary>
+    public long NextGeneration()
+    {
+        long generation = 0;
+        Update(i => generation = ++i.Generation, publishState: false);
+        return generation;
+    }
+
     public bool IsFinished => Info.State is JobState.Succeeded or JobState.Failed or JobState.Cancelled;
 
     public JobInfo Snapshot()

@@ -15,8 +15,18 @@ namespace Dtrain.Server;
 /// </summary>
 public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registry, WorkerClients clients, TimeProvider clock, ILogger<JobRunner> log)
 {
-    public async Task RunAsync(JobRecord job, IReadOnlyList<WorkerRecord> workers, CancellationToken stop)
+    /// <summary>Runs the job to its end; returns why it should restart from its checkpoint (training.max_restarts), or null when it ended.</summary>
+    public async Task<string?> RunAsync(JobRecord job, IReadOnlyList<WorkerRecord> workers, CancellationToken stop)
     {
+        string? restart = null;
+        // A failure caused by workers (lost, unreachable, too few) restarts the job while it has restarts left.
+        bool Restarts(string message)
+        {
+            var done = job.Snapshot().Restarts;
+            if (stop.IsCancellationRequested || job.Cancel.IsCancellationRequested || done >= job.Spec.Training.MaxRestarts) return false;
+            restart = message;
+            return true;
+        }
         using var failure = CancellationTokenSource.CreateLinkedTokenSource(job.Cancel.Token, stop);
         string? lostMessage = null;
         // A data-parallel job is elastic: its fleet absorbs workers that go and admits ones that come. A pipeline's
@@ -59,7 +69,7 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         }
         catch (Exception e) when (lostMessage is not null)
         {
-            Finish(job, JobState.Failed, lostMessage);
+            if (!Restarts(lostMessage)) Finish(job, JobState.Failed, lostMessage);
             log.LogDebug(e, "job {Id} interrupted by a lost worker", job.Id);
         }
         catch (JobFailure e) when (e.Unreachable is { } w)
@@ -67,7 +77,11 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
             // A worker that cannot be reached must not be handed the next job; if it is alive after all, its
             // next heartbeat is answered "unknown" and it registers again.
             registry.MarkLost(w.Id, e.Message);
-            Finish(job, JobState.Failed, e.Message);
+            if (!Restarts(e.Message)) Finish(job, JobState.Failed, e.Message);
+        }
+        catch (JobFailure e) when (e.Terminal || e.PeerFailure)
+        {
+            if (!Restarts(e.Message)) Finish(job, JobState.Failed, e.Message);
         }
         catch (Exception e) when (e is JobFailure or DataFormatException or SpecException or ArgumentException or InvalidDataException or CorruptCheckpointException)
         {
@@ -82,9 +96,10 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         {
             registry.WorkerLost -= OnLost;
             registry.WorkerLeft -= OnLeft;
-            await GrpcJobWorkers.ReleaseAsync(fleet?.Everyone ?? workers, clients, registry, job.Id, job.Snapshot().State.ToString(), log).ConfigureAwait(false);
+            await GrpcJobWorkers.ReleaseAsync(fleet?.Everyone ?? workers, clients, registry, job.Id, restart is null ? job.Snapshot().State.ToString() : "restarting", log).ConfigureAwait(false);
             registry.Release(job.Id);
         }
+        return restart;
     }
 
     private void Finish(JobRecord job, JobState state, string message)

@@ -46,6 +46,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         int Slot(int replica, int stage) => replica * k + stage;
 
         var specJson = Specs.JobSpecSerializer.Serialize(spec);
+        var generation = job.NextGeneration();
         var tokenizer = data.Tokenizer.ToState();
         var assigned = await workers.AssignAsync(slot =>
         {
@@ -53,7 +54,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             var plan = layout.Stages[stage];
             var request = new AssignRequest
             {
-                JobId = job.Id, Generation = 1, SpecJson = specJson, Rank = replica, WorldSize = d,
+                JobId = job.Id, Generation = generation, SpecJson = specJson, Rank = replica, WorldSize = d,
                 TokenizerKind = tokenizer.Kind, TokenizerLowercase = tokenizer.Lowercase,
                 TotalSteps = total, StepsPerEpoch = source.StepsPerEpoch, Threads = spec.Training.Threads, StartStep = prepared.StartStep,
                 Pipeline = new PipelineAssignment

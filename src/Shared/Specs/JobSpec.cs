@@ -224,6 +224,8 @@ public sealed record TrainingSpec
     /// <summary>Save a checkpoint every this many steps (0 = only at the end).</summary>
     public int CheckpointInterval { get; init; } = 500;
     public int KeepCheckpoints { get; init; } = 3;
+    /// <summary>Cluster jobs: how many times the job restarts by itself from its newest checkpoint when it cannot go on (a pipeline stage lost, too few workers for too long).</summary>
+    public int MaxRestarts { get; init; }
     /// <summary>"cpu", "cuda" or "cuda:N"; CUDA falls back to CPU with a message when absent.</summary>
     public string Device { get; init; } = "cpu";
     /// <summary>Intra-op torch threads (0 = all cores).</summary>

@@ -91,6 +91,7 @@ public static partial class JobSpecValidator
         Range(e, "$.training.eval_batches", tr.EvalBatches, 0, int.MaxValue);
         Range(e, "$.training.checkpoint_interval", tr.CheckpointInterval, 0, int.MaxValue);
         Range(e, "$.training.keep_checkpoints", tr.KeepCheckpoints, 1, 1000);
+        Range(e, "$.training.max_restarts", tr.MaxRestarts, 0, 1000);
         Range(e, "$.training.threads", tr.Threads, 0, 1024);
         if (!DevicePattern().IsMatch(tr.Device)) e.Add(new("$.training.device", $"\"{tr.Device}\" must be \"cpu\", \"cuda\" or \"cuda:N\""));
 

@@ -58,6 +58,7 @@ public class ClusterResumeTests
         { TaskKinds.LanguageModel, "data2", "2x2" },
         { TaskKinds.LanguageModel, "2x2", "none" },
         { TaskKinds.Classification, "pipe2", "data2" },
+        { TaskKinds.LanguageModel, "pipe2", "pipe2" },
     };
 
     [Theory]

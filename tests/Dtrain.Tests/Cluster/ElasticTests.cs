@@ -249,3 +249,82 @@ public class ElasticTests
 
     sealed class NullObserver : ITrainingObserver;
 }
+
+/// <summary>training.max_restarts: a job that cannot go on restarts by itself from its newest checkpoint.</summary>
+public class RestartTests
+{
+    [Fact]
+    public async Task A_pipeline_that_loses_a_stage_restarts_from_its_checkpoint_on_the_remaining_workers_and_ends_as_if_uninterrupted()
+    {
+        using var tmp = new TempDir();
+        tmp.Write("t.txt", TestJobs.Text(200));
+        var spec = TestJobs.CharLm("t.txt", steps: 300);
+        spec = spec with
+        {
+            Model = spec.Model with { Layers = 2, HiddenSize = 48 },
+            Training = spec.Training with { BatchSize = 8, SeqLen = 16, LmSampling = LmSamplingKinds.Random, EvalInterval = 0, CheckpointInterval = 20, MaxRestarts = 1 },
+            Parallelism = new ParallelismSpec { Pipeline = new PipelineSpec { Stages = 2, Microbatches = 2 } },
+        };
+        var path = tmp.Write("pipe.json", JobSpecSerializer.Serialize(spec));
+        var env = new Dictionary<string, string> { ["DTRAIN_Coordinator__HeartbeatIntervalMs"] = "300", ["DTRAIN_Coordinator__WorkerTimeoutSeconds"] = "3" };
+        using var cluster = LocalCluster.Start(3, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), env);
+        using var channel = Remote.Channel(cluster.Address);
+        var client = new Jobs.JobsClient(channel);
+        // The same job without a fault: the reference (a pipeline is deterministic; a restart replays it exactly).
+        var clean = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(path), 2)).JobId;
+        var deadline = DateTime.UtcNow.AddMinutes(4);
+        JobInfo info;
+        while ((info = client.Get(new GetJobRequest { JobId = clean })).State != JobState.Succeeded)
+        {
+            Assert.True(DateTime.UtcNow < deadline && info.State is not (JobState.Failed or JobState.Cancelled), $"{info.State}: {info.Message}");
+            await Task.Delay(50);
+        }
+        using var reference = Dtrain.Inference.TrainedModel.Load(info.Checkpoint);
+
+        var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(path), 2)).JobId;
+        // Kill a stage's worker once a checkpoint exists.
+        while ((info = client.Get(new GetJobRequest { JobId = id })).Checkpoint == "")
+        {
+            Assert.True(DateTime.UtcNow < deadline && info.State is JobState.Queued or JobState.Preparing or JobState.Running, $"{info.State}: {info.Message}");
+            await Task.Delay(20);
+        }
+        var victim = info.WorkerIds[1];
+        var index = client.ListWorkers(new ListWorkersRequest()).Workers.Single(w => w.WorkerId == victim).Name switch { "worker-1" => 0, "worker-2" => 1, _ => 2 };
+        cluster.KillWorker(index);
+        while ((info = client.Get(new GetJobRequest { JobId = id })).State != JobState.Succeeded)
+        {
+            Assert.True(DateTime.UtcNow < deadline && info.State is not (JobState.Failed or JobState.Cancelled), $"{info.State}: {info.Message}");
+            await Task.Delay(100);
+        }
+        Assert.Equal(1, info.Restarts);
+        Assert.DoesNotContain(victim, info.WorkerIds);
+        using var trained = Dtrain.Inference.TrainedModel.Load(info.Checkpoint);
+        var relative = Support.ParameterDiff.MaxRelative(reference.Engine.Parameters, trained.Engine.Parameters);
+        Assert.True(relative <= 1e-6, $"restarted vs uninterrupted pipeline: max |dp| / max |p| = {relative:E2}");
+    }
+
+    [Fact]
+    public async Task Without_restarts_left_the_job_fails_and_with_them_a_restart_shows_in_status()
+    {
+        using var tmp = new TempDir();
+        tmp.Write("t.txt", TestJobs.Text(200));
+        var spec = TestJobs.CharLm("t.txt", steps: 100_000);
+        spec = spec with { Training = spec.Training with { BatchSize = 8, EvalInterval = 0, CheckpointInterval = 5, MaxRestarts = 0 } };
+        var env = new Dictionary<string, string> { ["DTRAIN_Coordinator__HeartbeatIntervalMs"] = "300", ["DTRAIN_Coordinator__WorkerTimeoutSeconds"] = "3", ["DTRAIN_Coordinator__WaitForWorkersSeconds"] = "1" };
+        using var cluster = LocalCluster.Start(2, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), env);
+        using var channel = Remote.Channel(cluster.Address);
+        var client = new Jobs.JobsClient(channel);
+        var request = JobCommands.BuildSubmit(client, new FileInfo(tmp.Write("a.json", JobSpecSerializer.Serialize(spec))), 2);
+        request.MinWorkers = 2;
+        var id = client.Submit(request).JobId;
+        var deadline = DateTime.UtcNow.AddMinutes(2);
+        while (client.Get(new GetJobRequest { JobId = id }).Step < 10) { Assert.True(DateTime.UtcNow < deadline); await Task.Delay(20); }
+        cluster.KillWorker(1);
+        JobInfo info;
+        while ((info = client.Get(new GetJobRequest { JobId = id })).State is not (JobState.Failed or JobState.Succeeded or JobState.Cancelled)) { Assert.True(DateTime.UtcNow < deadline); await Task.Delay(50); }
+        Assert.Equal(JobState.Failed, info.State);
+        Assert.Equal(0, info.Restarts);
+    }
+
+    sealed class NullObserver : ITrainingObserver;
+}
