@@ -1,3 +1,5 @@
 using Dtrain.Cli;
 
-return DtrainCli.Build().Parse(args).Invoke();
+var parsed = DtrainCli.Build().Parse(args);
+CliTls.Capture(parsed);
+return parsed.Invoke();

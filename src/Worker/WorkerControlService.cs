@@ -13,7 +13,8 @@ using Microsoft.Extensions.Logging;
 namespace Dtrain.Worker;
 
 /// <summary>The coordinator's handle on this worker: assign a job, load its shard, run steps, evaluate, hand over state, release.</summary>
-public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings, WorkerOptions options, StageMailboxes mailboxes, ILogger<WorkerControlService> log) : WorkerControl.WorkerControlBase
+public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings, WorkerOptions options, StageMailboxes mailboxes, ILogger<WorkerControlService> log,
+    WorkerSecurity? security = null) : WorkerControl.WorkerControlBase
 {
     public override async Task<AssignReply> Assign(AssignRequest request, ServerCallContext context)
     {
@@ -107,6 +108,8 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
             if (p.Replicas < 1 || p.Replica < 0 || p.Replica >= p.Replicas) return $"replica {p.Replica} outside [0, {p.Replicas})";
             if (p.Stage > 0 && !Uri.TryCreate(p.PreviousAddress, UriKind.Absolute, out _)) return $"stage {p.Stage} needs the previous stage's address, got \"{p.PreviousAddress}\"";
             if (p.Stage < p.Stages - 1 && !Uri.TryCreate(p.NextAddress, UriKind.Absolute, out _)) return $"stage {p.Stage} needs the next stage's address, got \"{p.NextAddress}\"";
+            if (security?.Tls is not null && ((p.Stage > 0 && Neighbour(p.Previous) is null) || (p.Stage < p.Stages - 1 && Neighbour(p.Next) is null)))
+                return $"stage {p.Stage}: with TLS the assignment must name the neighbouring stages' workers and certificates (pipeline.previous / pipeline.next)";
             return null;
         }
         if (Bad() is { } why)
@@ -117,7 +120,8 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
         }
         var plan = new StagePlan(p.Stage, p.FirstLayer, p.LayerCount, 0, HasEmbedding: p.Stage == 0, HasHead: p.Stage == p.Stages - 1);
         var stage = await torch.RunAsync(() => new PipelineStage(spec, tokenizer.VocabSize, spec.Task == TaskKinds.LanguageModel ? tokenizer.VocabSize : labels.Count, plan, device)).ConfigureAwait(false);
-        var links = new GrpcStageLinks(request.JobId, request.Generation, p.Replica, p.Stage, p.Stage > 0 ? p.PreviousAddress : null, p.Stage < p.Stages - 1 ? p.NextAddress : null, mailboxes);
+        var links = new GrpcStageLinks(request.JobId, request.Generation, p.Replica, p.Stage, p.Stage > 0 ? p.PreviousAddress : null, p.Stage < p.Stages - 1 ? p.NextAddress : null, mailboxes,
+            security: security?.Tls is { } tls ? new StageLinkSecurity(tls, Neighbour(p.Previous), Neighbour(p.Next)) : null);
         var work = new StageWork(stage, links, PipelineSchedule.Create(p.Schedule, p.Stages, p.Microbatches), ring.Reducer);
         state.Current = new ReplicaJob(request, spec, tokenizer, labels, null, work, ring, torch);
         var parameters = stage.Parameters.Sum(x => x.numel());
@@ -125,6 +129,8 @@ public sealed class WorkerControlService(WorkerSlot state, IRingConnector rings,
             request.JobId, request.Generation, p.Stage, p.Stages, p.FirstLayer, p.FirstLayer + p.LayerCount - 1, p.Replica, p.Replicas, parameters, threads, NativeAllocator.Describe());
         return new AssignReply { Parameters = parameters, ParameterChecksum = await torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false) };
     }
+
+    private static Rpc.ExpectedPeer? Neighbour(Peer? peer) => peer is null || peer.WorkerId.Length == 0 ? null : Rpc.ExpectedPeer.Worker(peer.WorkerId, peer.CertificateSha256);
 
     public override async Task<ShardReply> LoadShard(IAsyncStreamReader<ShardChunk> requestStream, ServerCallContext context)
     {

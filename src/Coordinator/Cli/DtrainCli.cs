@@ -11,6 +11,7 @@ public static class DtrainCli
             "dtrain: train LSTM/GRU language models and text classifiers with TorchSharp, locally or on a cluster.\n" +
             "Start with: dtrain train examples/quickstart.json, or on a local cluster: dtrain cluster run examples/quickstart.json --workers 2");
         root.Options.Add(Remote.CoordinatorOption);
+        CliTls.AddTo(root);
         root.Subcommands.Add(TrainCommand.Create());
         root.Subcommands.Add(ValidateCommand.Create());
         root.Subcommands.Add(EvalCommand.Create());
@@ -22,6 +23,7 @@ public static class DtrainCli
         root.Subcommands.Add(ClusterCommand.Create());
         root.Subcommands.Add(PlanCommand.Create());
         root.Subcommands.Add(HealthCommand.Create());
+        root.Subcommands.Add(CertsCommand.Create());
         return root;
     }
 }

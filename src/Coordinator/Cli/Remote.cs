@@ -19,11 +19,7 @@ public static class Remote
     public static string Address(ParseResult r) =>
         r.GetValue(CoordinatorOption) ?? Environment.GetEnvironmentVariable("DTRAIN_COORDINATOR") ?? DefaultAddress;
 
-    public static GrpcChannel Channel(string address) => GrpcChannel.ForAddress(address, new GrpcChannelOptions
-    {
-        MaxReceiveMessageSize = 256 * 1024 * 1024,
-        MaxSendMessageSize = 256 * 1024 * 1024,
-    });
+    public static GrpcChannel Channel(string address) => CliTls.Channel(address);
 
     /// <summary>Runs a remote verb: a connection or server error becomes one clear line and an exit status.</summary>
     public static int Guard(ParseResult r, Func<Jobs.JobsClient, int> action) => CliErrors.Guard(() =>

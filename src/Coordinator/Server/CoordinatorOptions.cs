@@ -26,6 +26,13 @@ public sealed record CoordinatorOptions
     /// <summary>Largest shard message sent to a worker, in int32 values (larger shards are chunked).</summary>
     public int ShardChunkValues { get; init; } = 1024 * 1024;
 
+    /// <summary>TLS: Dir (ca.crt, tls.crt, tls.key, ca.key), or Ca, Cert, Key, CaKey; Insecure = plaintext beyond loopback. See <see cref="CoordinatorSecurity"/>.</summary>
+    public Rpc.TlsSettings Tls { get; init; } = new();
+    /// <summary>Tokens a worker may join with instead of a worker certificate (at least 16 characters each).</summary>
+    public string[] JoinTokens { get; init; } = [];
+    /// <summary>A file of join tokens, one per line (blank lines and lines starting with # are ignored).</summary>
+    public string? JoinTokenFile { get; init; }
+
     public IReadOnlyList<string> Validate()
     {
         var e = new List<string>();
