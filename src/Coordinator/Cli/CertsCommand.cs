@@ -97,7 +97,6 @@ public static partial class CertsCommand
         var dir = new Argument<string>("dir") { Description = "The directory `dtrain certs init` made (its ca.crt and ca.key sign the certificate)." };
         var name = new Option<string>("--name") { Description = "The certificate's name (CN) and its directory DIR/NAME.", Required = true };
         var role = new Option<string>("--role") { Description = "worker (a bootstrap certificate to join with), client (the CLI), or coordinator (default worker).", DefaultValueFactory = _ => ClusterRoles.Worker };
-        role.AcceptOnlyFromAmong([.. ClusterRoles.All]);
         var hosts = Hosts("the certificate is for (a coordinator's: the names clients and workers dial)");
         var days = Days(365, "the certificate is");
         var force = new Option<bool>("--force") { Description = "Replace DIR/NAME's certificate and key if they exist (re-issue)." };
@@ -110,6 +109,7 @@ public static partial class CertsCommand
             var who = r.GetValue(name)!;
             if (!SafeName().IsMatch(who) || who is "." or "..") throw new ArgumentException($"--name \"{who}\" must be letters, digits and ._- (it names the directory DIR/{who})");
             var kind = r.GetValue(role)!;
+            if (!ClusterRoles.All.Contains(kind)) throw new ArgumentException($"--role \"{kind}\" must be one of {string.Join(", ", ClusterRoles.All)}");
             var validity = CheckDays(r.GetValue(days), "--days");
             var extra = r.GetValue(hosts) ?? [];
             foreach (var h in extra) if (!IsHost(h)) throw new ArgumentException($"--host \"{h}\" is neither an IP address nor a DNS name");

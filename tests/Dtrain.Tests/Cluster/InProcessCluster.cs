@@ -1,13 +1,19 @@
 using Dtrain.Protos.Jobs;
+using Dtrain.Rpc;
 using Dtrain.Server;
+using Dtrain.Tests.Security;
 using Dtrain.Worker;
 using Grpc.Net.Client;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Tests.Cluster;
 
-/// <summary>A real coordinator and real workers (Kestrel on loopback, port 0) inside the test process.</summary>
+/// <summary>
+/// A real coordinator and real workers (Kestrel on loopback, port 0) inside the test process; with a <see cref="TestPki"/>,
+/// everything runs over mutual TLS (the coordinator with DIR/coordinator, workers joining with DIR/worker, this client with DIR/client).
+/// </summary>
 public sealed class InProcessCluster : IAsyncDisposable
 {
     private readonly WebApplication coordinator;
@@ -17,23 +23,27 @@ public sealed class InProcessCluster : IAsyncDisposable
     public string Address { get; }
     public string DataDir { get; }
     public Jobs.JobsClient Client { get; }
+    public TestPki? Pki { get; }
 
-    private InProcessCluster(WebApplication coordinator, string address, string dataDir)
+    private InProcessCluster(WebApplication coordinator, string address, string dataDir, TestPki? pki)
     {
         this.coordinator = coordinator;
         Address = address;
         DataDir = dataDir;
-        channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions { MaxReceiveMessageSize = 256 << 20, MaxSendMessageSize = 256 << 20 });
+        Pki = pki;
+        channel = Channels.Create(address, pki?.TlsOf(pki.ClientDir), ExpectedPeer.Coordinator,
+            new GrpcChannelOptions { MaxReceiveMessageSize = 256 << 20, MaxSendMessageSize = 256 << 20 });
         Client = new Jobs.JobsClient(channel);
     }
 
-    public static async Task<InProcessCluster> StartAsync(int workers, CoordinatorOptions? options = null)
+    public static async Task<InProcessCluster> StartAsync(int workers, CoordinatorOptions? options = null, TestPki? pki = null)
     {
         var dataDir = Directory.CreateTempSubdirectory("dtrain-cluster-").FullName;
         options = (options ?? new CoordinatorOptions()) with { Port = 0, DataDir = dataDir };
+        if (pki is not null) options = options with { Tls = new TlsSettings { Dir = pki.CoordinatorDir } };
         var app = CoordinatorHost.Build(options, Quiet);
         await app.StartAsync();
-        var cluster = new InProcessCluster(app, CoordinatorHost.Address(app), dataDir);
+        var cluster = new InProcessCluster(app, CoordinatorHost.Address(app), dataDir, pki);
         for (var i = 0; i < workers; i++) await cluster.AddWorkerAsync();
         await cluster.WaitForIdleAsync(workers, TimeSpan.FromSeconds(30));
         return cluster;
@@ -41,10 +51,18 @@ public sealed class InProcessCluster : IAsyncDisposable
 
     public async Task AddWorkerAsync(WorkerOptions? options = null)
     {
-        var w = WorkerHost.Build((options ?? new WorkerOptions()) with { Coordinator = Address, Port = 0, Threads = "1", Name = $"test-{workers.Count + 1}" }, Quiet);
+        options = (options ?? new WorkerOptions()) with { Coordinator = Address, Port = 0, Threads = "1", Name = $"test-{workers.Count + 1}" };
+        if (Pki is not null && !options.Tls.HasMaterial) options = options with { Tls = new TlsSettings { Dir = Pki.WorkerDir } };
+        var w = WorkerHost.Build(options, Quiet);
         await w.StartAsync();
         workers.Add(w);
     }
+
+    /// <summary>A service of the coordinator (e.g. its <see cref="WorkerRegistry"/>).</summary>
+    public T CoordinatorService<T>() where T : notnull => coordinator.Services.GetRequiredService<T>();
+
+    /// <summary>A service of worker <paramref name="index"/> (e.g. its <see cref="WorkerSecurity"/>).</summary>
+    public T WorkerService<T>(int index) where T : notnull => workers[index].Services.GetRequiredService<T>();
 
     public async Task StopWorkerAsync(int index) => await workers[index].StopAsync();
 
