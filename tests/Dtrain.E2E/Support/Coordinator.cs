@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Dtrain.Cli;
 using Dtrain.Protos.Jobs;
+using Dtrain.Rpc;
 using Grpc.Core;
 using Grpc.Net.Client;
 
@@ -14,10 +15,12 @@ public sealed class CoordinatorClient : IDisposable
 {
     readonly GrpcChannel channel;
 
-    public CoordinatorClient(string address)
+    /// <param name="address">https://127.0.0.1:PORT of a TLS cluster.</param>
+    /// <param name="tlsDir">The client certificate directory (ca.crt, tls.crt, tls.key) the cluster's `certs init` made.</param>
+    public CoordinatorClient(string address, string? tlsDir)
     {
         Address = address;
-        channel = Remote.Channel(address);
+        channel = CliTls.Channel(address, settings: new TlsSettings { Dir = tlsDir });
         Jobs = new Jobs.JobsClient(channel);
     }
 
