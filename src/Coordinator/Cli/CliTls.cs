@@ -14,13 +14,14 @@ public static class CliTls
     public static readonly Option<string?> Dir = new("--tls-dir")
     {
         Description = "TLS: a directory with ca.crt (the cluster CA) and tls.crt, tls.key (this party's certificate and key), e.g. DIR/client of " +
-                      "`dtrain certs init DIR` (default: $DTRAIN_TLS_DIR). With serve and worker: their own certificates (DIR/coordinator, DIR/worker).",
+                      "`dtrain certs init DIR` (CLI default: $DTRAIN_TLS_DIR). With serve and worker: their own certificates (DIR/coordinator, DIR/worker; " +
+                      "else Coordinator:Tls:Dir / Worker:Tls:Dir).",
         Recursive = true,
     };
 
-    public static readonly Option<string?> Ca = new("--ca") { Description = "TLS: the cluster CA certificate(s), PEM (default: $DTRAIN_CA, else ca.crt in --tls-dir).", Recursive = true };
-    public static readonly Option<string?> Cert = new("--cert") { Description = "TLS: this party's certificate, PEM (default: $DTRAIN_CERT, else tls.crt in --tls-dir).", Recursive = true };
-    public static readonly Option<string?> Key = new("--key") { Description = "TLS: this party's private key, PEM (default: $DTRAIN_KEY, else tls.key in --tls-dir).", Recursive = true };
+    public static readonly Option<string?> Ca = new("--ca") { Description = "TLS: the cluster CA certificate(s), PEM (default: ca.crt in --tls-dir; CLI: $DTRAIN_CA).", Recursive = true };
+    public static readonly Option<string?> Cert = new("--cert") { Description = "TLS: this party's certificate, PEM (default: tls.crt in --tls-dir; CLI: $DTRAIN_CERT).", Recursive = true };
+    public static readonly Option<string?> Key = new("--key") { Description = "TLS: this party's private key, PEM (default: tls.key in --tls-dir; CLI: $DTRAIN_KEY).", Recursive = true };
 
     private static TlsSettings? commandLine;
 

@@ -91,6 +91,12 @@ public class CertsCommandTests
     public void Issue_adds_certificates_of_each_role_and_re_issues_only_with_force()
     {
         using var tmp = new TempDir();
+        Assert.Contains("certs", CliRunner.Run(tmp.Path, "--help").Stdout);
+        foreach (var verb in new[] { new[] { "certs", "--help" }, ["certs", "init", "--help"], ["certs", "issue", "--help"] })
+        {
+            var help = CliRunner.Run(tmp.Path, verb);
+            Assert.True(help.ExitCode == 0 && help.Stdout.Contains("Usage:", StringComparison.Ordinal), help.ToString());
+        }
         var dir = Path.Combine(tmp.Path, "pki");
         Assert.Equal(0, CliRunner.Run(tmp.Path, "certs", "init", dir).ExitCode);
 

@@ -142,6 +142,26 @@ public class TlsClusterTests
     }
 
     [Fact]
+    public void Tls_and_join_token_settings_bind_like_the_other_options_and_the_command_line_wins()
+    {
+        var c = CoordinatorHost.ReadOptions(["--Coordinator:Tls:Dir=/x/coordinator", "--Coordinator:Tls:CaKey=/x/ca.key", "--Coordinator:Tls:Insecure=true",
+            "--Coordinator:JoinTokens:0=aaaaaaaaaaaaaaaa", "--Coordinator:JoinTokens:1=bbbbbbbbbbbbbbbb", "--Coordinator:JoinTokenFile=/x/tokens"]);
+        Assert.Equal(("/x/coordinator", "/x/ca.key", true), (c.Tls.Dir, c.Tls.CaKey, c.Tls.Insecure));
+        Assert.Equal(["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"], c.JoinTokens);
+        Assert.Equal("/x/tokens", c.JoinTokenFile);
+        var w = WorkerHost.ReadOptions(["--Worker:Tls:Ca=/x/ca.crt", "--Worker:Tls:Cert=/x/w.crt", "--Worker:Tls:Key=/x/w.key", "--Worker:JoinToken=cccccccccccccccc"]);
+        Assert.Equal(("/x/ca.crt", "/x/w.crt", "/x/w.key", "cccccccccccccccc"), (w.Tls.Ca, w.Tls.Cert, w.Tls.Key, w.JoinToken));
+
+        using var tmp = new TempDir();
+        var r = CliRunner.Run(tmp.Path, "serve", "--port", "0", "--data-dir", tmp.Path, "--tls-dir", Path.Combine(tmp.Path, "given"), $"--Coordinator:Tls:Dir={Path.Combine(tmp.Path, "configured")}");
+        Assert.True(r.ExitCode == 2, r.ToString());
+        Assert.Contains(Path.Combine(tmp.Path, "given", "ca.crt"), r.Stderr);
+        var worker = CliRunner.Run(tmp.Path, "worker", "--coordinator", "https://127.0.0.1:1", $"--Worker:Tls:Dir={Path.Combine(tmp.Path, "configured")}");
+        Assert.True(worker.ExitCode == 2, worker.ToString());
+        Assert.Contains($"Worker:Tls: {Path.Combine(tmp.Path, "configured", "ca.crt")} not found", worker.Stderr);
+    }
+
+    [Fact]
     public void Tls_settings_errors_name_the_file_and_the_setting()
     {
         using var tmp = new TempDir();
