@@ -14,18 +14,30 @@ namespace Dtrain.Worker;
 /// included, which still serves the step meanwhile): the step in progress ends, the coordinator is told, the job and
 /// its ring are released — an open collective stream would otherwise hold Kestrel's graceful stop for its timeout.
 /// </summary>
-public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identity, WorkerSlot state, ServerHealth health, ILogger<CoordinatorLink> log)
+/// <remarks>
+/// With TLS, each registration carries a signing request for a fresh key (and the join token, if any); the certificate
+/// the coordinator returns is installed at once, and the channel to the coordinator is made anew to present it.
+/// </remarks>
+public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identity, WorkerSlot state, ServerHealth health, WorkerSecurity security, ILogger<CoordinatorLink> log)
     : BackgroundService, IHostedLifecycleService
 {
     // Owned here, not by the loop: the loop ends when this worker leaves, while the Leave call may still be in flight.
-    private readonly GrpcChannel channel = GrpcChannel.ForAddress(options.Coordinator);
+    // A new channel after each registration with TLS (it presents the certificate just issued); all are disposed at the end.
+    private readonly List<GrpcChannel> channels = [];
     private Membership.MembershipClient? client;
     private int left;
+
+    private Membership.MembershipClient Connect()
+    {
+        var channel = Channels.Create(options.Coordinator, security.Tls, ExpectedPeer.Coordinator);
+        lock (channels) channels.Add(channel);
+        return new Membership.MembershipClient(channel);
+    }
 
     protected override async Task ExecuteAsync(CancellationToken stop)
     {
         var address = await identity.Address.WaitAsync(stop).ConfigureAwait(false);
-        client = new Membership.MembershipClient(channel);
+        client = Connect();
         var interval = TimeSpan.FromSeconds(1);
         var delay = TimeSpan.FromMilliseconds(200);
         while (!stop.IsCancellationRequested && Volatile.Read(ref left) == 0)
@@ -34,10 +46,11 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
             {
                 if (identity.WorkerId is null)
                 {
-                    var reply = await client.RegisterAsync(new RegisterRequest
+                    var request = new RegisterRequest
                     {
                         Address = address,
                         Name = options.Name ?? "",
+                        JoinToken = security.JoinToken ?? "",
                         Capabilities = new WorkerCapabilities
                         {
                             Cores = Environment.ProcessorCount,
@@ -46,11 +59,38 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
                             Threads = options.ResolvedThreads,
                             Version = typeof(CoordinatorLink).Assembly.GetName().Version?.ToString() ?? "",
                         },
-                    }, deadline: DateTime.UtcNow.AddSeconds(10), cancellationToken: stop).ConfigureAwait(false);
-                    identity.WorkerId = reply.WorkerId;
-                    identity.Token = reply.Token;
-                    interval = TimeSpan.FromMilliseconds(Math.Max(100, reply.HeartbeatIntervalMs));
-                    log.LogInformation("registered with {Coordinator} as {WorkerId} ({Address}, {Threads} torch thread(s))", options.Coordinator, reply.WorkerId, address, options.ResolvedThreads);
+                    };
+                    System.Security.Cryptography.ECDsa? key = null;
+                    if (security.Tls is not null)
+                    {
+                        (key, var csr) = WorkerSecurity.NewSigningRequest(options.Name ?? "worker");
+                        request.Csr = Google.Protobuf.ByteString.CopyFrom(csr);
+                    }
+                    using (key)
+                    {
+                        var reply = await client.RegisterAsync(request, deadline: DateTime.UtcNow.AddSeconds(10), cancellationToken: stop).ConfigureAwait(false);
+                        if (key is not null)
+                        {
+                            PeerIdentity issued;
+                            try
+                            {
+                                issued = security.Install(reply.Certificate, key);
+                            }
+                            catch (InvalidDataException e)
+                            {
+                                log.LogError("registered with {Coordinator} as {WorkerId}, but {Message}; registering again in {Delay}", options.Coordinator, reply.WorkerId, e.Message, delay);
+                                await Task.Delay(delay, stop).ConfigureAwait(false);
+                                delay = TimeSpan.FromMilliseconds(Math.Min(5000, delay.TotalMilliseconds * 2));
+                                continue;
+                            }
+                            client = Connect();
+                            log.LogInformation("{WorkerId}: serving and dialling with the certificate the coordinator issued ({Identity})", reply.WorkerId, issued);
+                        }
+                        identity.WorkerId = reply.WorkerId;
+                        identity.Token = reply.Token;
+                        interval = TimeSpan.FromMilliseconds(Math.Max(100, reply.HeartbeatIntervalMs));
+                        log.LogInformation("registered with {Coordinator} as {WorkerId} ({Address}, {Threads} torch thread(s))", options.Coordinator, reply.WorkerId, address, options.ResolvedThreads);
+                    }
                 }
                 var beat = await client.HeartbeatAsync(new HeartbeatRequest { WorkerId = identity.WorkerId, Token = identity.Token, JobId = state.Current?.JobId ?? "", Step = state.Step },
                     deadline: DateTime.UtcNow.AddSeconds(10), cancellationToken: stop).ConfigureAwait(false);
@@ -69,7 +109,10 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
             }
             catch (RpcException e) when (!stop.IsCancellationRequested)
             {
-                log.LogWarning("coordinator {Coordinator} unreachable ({Status}); retrying in {Delay}", options.Coordinator, e.StatusCode, delay);
+                if (e.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded)
+                    log.LogWarning("coordinator {Coordinator} unreachable ({Status}); retrying in {Delay}", options.Coordinator, e.StatusCode, delay);
+                else
+                    log.LogError("coordinator {Coordinator} refused this worker: {Status}: {Detail}; retrying in {Delay}", options.Coordinator, e.StatusCode, e.Status.Detail, delay);
                 await Task.Delay(delay, stop).ConfigureAwait(false);
                 delay = TimeSpan.FromMilliseconds(Math.Min(5000, delay.TotalMilliseconds * 2));
             }
@@ -106,7 +149,11 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
 
     public override void Dispose()
     {
-        channel.Dispose();
+        lock (channels)
+        {
+            foreach (var c in channels) c.Dispose();
+            channels.Clear();
+        }
         base.Dispose();
     }
 }

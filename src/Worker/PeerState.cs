@@ -1,4 +1,5 @@
 using Dtrain.Protos.Worker;
+using Dtrain.Rpc;
 using Grpc.Core;
 using Grpc.Net.Client;
 
@@ -7,15 +8,15 @@ namespace Dtrain.Worker;
 /// <summary>Takes a peer's training state, worker to worker (a joining or lagging replica of an elastic job).</summary>
 public interface IPeerState
 {
-    Task<byte[]> FetchStateAsync(string address, string jobId, long step, CancellationToken cancel);
+    Task<byte[]> FetchStateAsync(string address, string workerId, string certificateSha256, string jobId, long step, CancellationToken cancel);
 }
 
-/// <summary>Over the peer's WorkerControl.GetState (chunked), on a channel made for the transfer.</summary>
-public sealed class GrpcPeerState(WorkerOptions options) : IPeerState
+/// <summary>Over the peer's WorkerControl.GetState (chunked), on a channel made for the transfer; with TLS it accepts only the peer's issued certificate.</summary>
+public sealed class GrpcPeerState(WorkerOptions options, WorkerSecurity security) : IPeerState
 {
-    public async Task<byte[]> FetchStateAsync(string address, string jobId, long step, CancellationToken cancel)
+    public async Task<byte[]> FetchStateAsync(string address, string workerId, string certificateSha256, string jobId, long step, CancellationToken cancel)
     {
-        using var channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions { MaxReceiveMessageSize = options.MaxMessageBytes });
+        using var channel = Channels.Create(address, security.Tls, ExpectedPeer.Worker(workerId, certificateSha256), new GrpcChannelOptions { MaxReceiveMessageSize = options.MaxMessageBytes });
         var client = new WorkerControl.WorkerControlClient(channel);
         using var call = client.GetState(new GetStateRequest { JobId = jobId, Step = step }, deadline: DateTime.UtcNow.AddSeconds(options.CollectiveTimeoutSeconds), cancellationToken: cancel);
         using var ms = new MemoryStream();

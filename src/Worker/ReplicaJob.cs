@@ -15,6 +15,8 @@ public sealed class ReplicaJob : IAsyncDisposable
     private IAsyncDisposable? ring;
 
     public string JobId { get; }
+    /// <summary>The worker ids of the job's current generation (rank order): the peers that may take this replica's state.</summary>
+    public IReadOnlyList<string> PeerIds { get; private set; }
     /// <summary>The membership generation this replica works in; requests of another one are refused.</summary>
     public long Generation { get; private set; }
     public int Rank { get; private set; }
@@ -96,6 +98,7 @@ public sealed class ReplicaJob : IAsyncDisposable
         Generation = request.Generation;
         Rank = request.Rank;
         StartStep = request.StartStep;
+        PeerIds = [.. request.Peers.OrderBy(p => p.Rank).Select(p => p.WorkerId)];
         LastStep = request.StartStep - 1;
         WorldSize = request.WorldSize;
         Spec = spec;
@@ -127,8 +130,9 @@ public sealed class ReplicaJob : IAsyncDisposable
     public void EndAbort() => Gate.Release();
 
     /// <summary>Enters generation <paramref name="generation"/> as <paramref name="rank"/> of <paramref name="world"/> over <paramref name="newRing"/>, at step <paramref name="nextStep"/>, with no shard (it is sent again).</summary>
-    public void Reconfigure(long generation, int rank, int world, RingConnection newRing, long nextStep)
+    public void Reconfigure(long generation, int rank, int world, RingConnection newRing, long nextStep, IReadOnlyList<string> peerIds)
     {
+        PeerIds = peerIds;
         Generation = generation;
         Rank = rank;
         WorldSize = world;

@@ -21,7 +21,10 @@ public sealed class WorkerControlService(WorkerRuntime runtime) : WorkerControl.
 
     public override async Task GetState(GetStateRequest request, IServerStreamWriter<StateChunk> responseStream, ServerCallContext context)
     {
-        var bytes = await runtime.GetStateAsync(request, context.CancellationToken).ConfigureAwait(false);
+        // The coordinator (checkpoints), or — worker to worker — a peer of an elastic job taking this replica's state.
+        var caller = Dtrain.Rpc.PeerIdentity.Of(context);
+        var peer = caller is { Role: Dtrain.Rpc.ClusterRoles.Worker } ? caller.Name : null;
+        var bytes = await runtime.GetStateAsync(request, context.CancellationToken, peer).ConfigureAwait(false);
         const int chunk = 1024 * 1024;
         for (var offset = 0; offset < bytes.Length || offset == 0; offset += chunk)
         {

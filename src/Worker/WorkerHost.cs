@@ -8,7 +8,7 @@ using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Worker;
 
-/// <summary>Builds and runs a worker: a Kestrel gRPC server (control + collective) and the link to the coordinator.</summary>
+/// <summary>Builds and runs a worker: a Kestrel gRPC server (control + collective; TLS per <see cref="WorkerSecurity"/>) and the link to the coordinator.</summary>
 public static class WorkerHost
 {
     /// <summary>Options from appsettings.json, DTRAIN_-prefixed environment variables (DTRAIN_Worker__Coordinator) and --Worker:Key=value arguments, in that order.</summary>
@@ -19,9 +19,11 @@ public static class WorkerHost
     {
         var errors = options.Validate();
         if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
+        var security = WorkerSecurity.Create(options);
         var builder = GrpcServerHost.CreateBuilder(options.Listen, options.Port, options.MaxMessageBytes, logging,
-            k => k.Limits.Http2.MaxStreamsPerConnection = 1000, detailedErrors: true);
+            k => k.Limits.Http2.MaxStreamsPerConnection = 1000, detailedErrors: true, security: security.Server, insecureWarning: security.InsecureWarning);
         builder.Services.AddSingleton(options);
+        builder.Services.AddSingleton(security);
         builder.Services.AddSingleton<WorkerIdentity>();
         builder.Services.AddSingleton<WorkerSlot>();
         builder.Services.AddSingleton<IRingConnector, GrpcRingConnector>();
@@ -44,7 +46,7 @@ public static class WorkerHost
         app.Lifetime.ApplicationStarted.Register(() =>
         {
             var port = GrpcServerHost.BoundAddress(app).Port;
-            app.Services.GetRequiredService<WorkerIdentity>().SetAddress($"http://{AdvertisedHost(options)}:{port}");
+            app.Services.GetRequiredService<WorkerIdentity>().SetAddress($"{security.Scheme}://{AdvertisedHost(options)}:{port}");
         });
         return app;
     }

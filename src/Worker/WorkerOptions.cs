@@ -6,7 +6,7 @@ namespace Dtrain.Worker;
 /// </summary>
 public sealed record WorkerOptions
 {
-    /// <summary>Coordinator URL, e.g. http://127.0.0.1:5000.</summary>
+    /// <summary>Coordinator URL, e.g. http://127.0.0.1:5000 (https://HOST:5000 with TLS).</summary>
     public string Coordinator { get; init; } = "http://127.0.0.1:5000";
     /// <summary>Port of this worker's gRPC server (0 = any free port).</summary>
     public int Port { get; init; }
@@ -29,6 +29,13 @@ public sealed record WorkerOptions
     public int MaxMessageBytes { get; init; } = 64 * 1024 * 1024;
     /// <summary>Give up a single collective operation after this long (a dead or hung peer).</summary>
     public double CollectiveTimeoutSeconds { get; init; } = 120;
+
+    /// <summary>TLS: Dir (ca.crt, and the worker certificate tls.crt, tls.key), or Ca, Cert, Key; Insecure = plaintext beyond loopback. See <see cref="WorkerSecurity"/>.</summary>
+    public Rpc.TlsSettings Tls { get; init; } = new();
+    /// <summary>A join token (proof for Register instead of a worker certificate).</summary>
+    public string? JoinToken { get; init; }
+    /// <summary>A file whose first line (not blank, not a # comment) is the join token.</summary>
+    public string? JoinTokenFile { get; init; }
 
     public IReadOnlyList<string> Validate()
     {

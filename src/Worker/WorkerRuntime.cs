@@ -18,7 +18,8 @@ namespace Dtrain.Worker;
 /// InvalidOperationException, unknown job → KeyNotFoundException, over budget → InsufficientMemoryException, a peer
 /// gone → PeerFailureException, stopped on purpose → WorkStoppedException). <see cref="WorkerControlService"/> adapts it to gRPC.
 /// </summary>
-public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerState peers, WorkerOptions options, StageMailboxes mailboxes, ILogger<WorkerRuntime> log)
+public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerState peers, WorkerOptions options, StageMailboxes mailboxes, ILogger<WorkerRuntime> log,
+    WorkerSecurity? security = null)
 {
     public async Task<AssignReply> AssignAsync(AssignRequest request, CancellationToken cancel)
     {
@@ -125,7 +126,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     }
 
     /// <summary>Checks a pipeline assignment in managed code: nothing unchecked reaches torch.</summary>
-    private static void CheckStage(AssignRequest request, PipelineAssignment p, JobSpec spec)
+    private void CheckStage(AssignRequest request, PipelineAssignment p, JobSpec spec)
     {
         string? Bad()
         {
@@ -136,6 +137,8 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             if (p.Replicas < 1 || p.Replica < 0 || p.Replica >= p.Replicas) return $"replica {p.Replica} outside [0, {p.Replicas})";
             if (p.Stage > 0 && !Uri.TryCreate(p.PreviousAddress, UriKind.Absolute, out _)) return $"stage {p.Stage} needs the previous stage's address, got \"{p.PreviousAddress}\"";
             if (p.Stage < p.Stages - 1 && !Uri.TryCreate(p.NextAddress, UriKind.Absolute, out _)) return $"stage {p.Stage} needs the next stage's address, got \"{p.NextAddress}\"";
+            if (security?.Tls is not null && ((p.Stage > 0 && Neighbour(p.Previous) is null) || (p.Stage < p.Stages - 1 && Neighbour(p.Next) is null)))
+                return $"stage {p.Stage}: with TLS the assignment must name the neighbouring stages' workers and certificates (pipeline.previous / pipeline.next)";
             return null;
         }
         if (Bad() is { } why) throw new ArgumentException($"job {request.JobId}: {why}");
@@ -147,7 +150,8 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     {
         var plan = new StagePlan(p.Stage, p.FirstLayer, p.LayerCount, 0, HasEmbedding: p.Stage == 0, HasHead: p.Stage == p.Stages - 1);
         var stage = await torch.RunAsync(() => new PipelineStage(spec, tokenizer.VocabSize, spec.Task == TaskKinds.LanguageModel ? tokenizer.VocabSize : labels.Count, plan, device)).ConfigureAwait(false);
-        var links = new GrpcStageLinks(request.JobId, request.Generation, p.Replica, p.Stage, p.Stage > 0 ? p.PreviousAddress : null, p.Stage < p.Stages - 1 ? p.NextAddress : null, mailboxes);
+        var links = new GrpcStageLinks(request.JobId, request.Generation, p.Replica, p.Stage, p.Stage > 0 ? p.PreviousAddress : null, p.Stage < p.Stages - 1 ? p.NextAddress : null, mailboxes,
+            security: security?.Tls is { } tls ? new StageLinkSecurity(tls, Neighbour(p.Previous), Neighbour(p.Next)) : null);
         var work = new StageWork(stage, links, PipelineSchedule.Create(p.Schedule, p.Stages, p.Microbatches), ring.Reducer);
         var job = new ReplicaJob(request, spec, tokenizer, labels, null, work, ring, torch);
         var parameters = stage.Parameters.Sum(x => x.numel());
@@ -157,6 +161,8 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         reply.ParameterNames.AddRange(await torch.RunAsync(() => stage.NamedParameters().Select(p => p.Name).ToList()).ConfigureAwait(false));
         return (job, reply);
     }
+
+    private static ExpectedPeer? Neighbour(Peer? peer) => peer is null || peer.WorkerId.Length == 0 ? null : ExpectedPeer.Worker(peer.WorkerId, peer.CertificateSha256);
 
     public async Task<ShardReply> LoadShardAsync(IAsyncEnumerable<ShardChunk> chunks, CancellationToken cancel)
     {
@@ -281,10 +287,16 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         }
     }
 
-    /// <summary>The replica's full training state in the checkpoint format, taken at step <paramref name="request"/>.Step, which must be where it stands.</summary>
-    public async Task<byte[]> GetStateAsync(GetStateRequest request, CancellationToken cancel)
+    /// <summary>
+    /// The replica's full training state in the checkpoint format, taken at step <paramref name="request"/>.Step, which
+    /// must be where it stands. <paramref name="peerWorker"/>: the worker asking (a peer of an elastic job taking this
+    /// state), which must be a member of the job's current generation; null for the coordinator.
+    /// </summary>
+    public async Task<byte[]> GetStateAsync(GetStateRequest request, CancellationToken cancel, string? peerWorker = null)
     {
         var job = state.Require(request.JobId);
+        if (peerWorker is not null && !job.PeerIds.Contains(peerWorker))
+            throw new UnauthorizedAccessException($"worker {peerWorker} is not a member of job {job.JobId} (generation {job.Generation}): it may not take its state");
         byte[] bytes;
         await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
         try
@@ -418,7 +430,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             var ringRequest = new AssignRequest { JobId = job.JobId, Generation = request.Generation, Rank = request.Rank, WorldSize = request.WorldSize };
             ringRequest.Peers.AddRange(request.Peers);
             var ring = await rings.ConnectAsync(ringRequest, cancel).ConfigureAwait(false);
-            job.Reconfigure(request.Generation, request.Rank, request.WorldSize, ring, request.NextStep);
+            job.Reconfigure(request.Generation, request.Rank, request.WorldSize, ring, request.NextStep, [.. request.Peers.OrderBy(p => p.Rank).Select(p => p.WorkerId)]);
             // The rows each replica holds change with the world: a carried hidden state belongs to the old rows.
             await job.Torch.RunAsync(job.Replica.Engine.ResetState).ConfigureAwait(false);
             log.LogInformation("job {JobId}: generation {Generation}: rank {Rank}/{World} from step {Step}", job.JobId, request.Generation, request.Rank, request.WorldSize, request.NextStep);
@@ -441,7 +453,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         byte[] bytes;
         try
         {
-            bytes = await peers.FetchStateAsync(request.SourceAddress, job.JobId, request.NextStep, cancel).ConfigureAwait(false);
+            bytes = await peers.FetchStateAsync(request.SourceAddress, request.SourceWorkerId, request.SourceCertificateSha256, job.JobId, request.NextStep, cancel).ConfigureAwait(false);
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {

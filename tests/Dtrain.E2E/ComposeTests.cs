@@ -6,9 +6,10 @@ using Xunit.Abstractions;
 namespace Dtrain.E2E;
 
 /// <summary>
-/// deploy/docker-compose.yml itself: up with 3 workers, a job on all 3; scaled to 4 without touching the running
-/// containers, a job on 4; scaled back to 3 while idle (the removed worker leaves cleanly: gone from the list, never
-/// "lost"); `down -v` leaves no container, network or volume of the project.
+/// deploy/docker-compose.yml itself: up with 3 workers over mutual TLS (the CLI on the host needs the client certificate
+/// copied out with `compose cp`, as the README says, and is refused without it), a job on all 3; scaled to 4 without
+/// touching the running containers, a job on 4; scaled back to 3 while idle (the removed worker leaves cleanly: gone
+/// from the list, never "lost"); `down -v` leaves no container, network or volume of the project.
 /// </summary>
 [Collection(DockerCollection.Name)]
 public sealed class ComposeTests(ImageFixture image, ITestOutputHelper output)
@@ -25,10 +26,21 @@ public sealed class ComposeTests(ImageFixture image, ITestOutputHelper output)
         try
         {
             await compose.CheckAsync(TimeSpan.FromMinutes(4), "up", "-d", "--scale", "worker=3");
+            var tls = await compose.ClientTlsAsync();
             // The coordinator listens beyond loopback in its container: auth is on; the README's first step makes a token.
             cli.Token = await compose.CreateAdminTokenAsync("e2e");
-            using var client = new CoordinatorClient(compose.Address, cli.Token);
-            await client.WaitForIdleWorkersAsync(3, TimeSpan.FromSeconds(90));
+            using var client = new CoordinatorClient(compose.Address, tls, cli.Token);
+            var idle = await client.WaitForIdleWorkersAsync(3, TimeSpan.FromSeconds(90));
+            Assert.All(idle, w => Assert.StartsWith("https://", w.Address, StringComparison.Ordinal));
+
+            // TLS is on: without the client certificate the CLI is refused, and told what to do.
+            var untrusted = await cli.RunAsync("workers", "--coordinator", compose.Address);
+            Assert.True(untrusted.ExitCode == 2 && untrusted.Stderr.Contains("not trusted", StringComparison.Ordinal), untrusted.ToString());
+            var plaintext = await cli.RunAsync("workers", "--coordinator", $"http://127.0.0.1:{compose.Port}");
+            Assert.True(plaintext.ExitCode == 2 && plaintext.Stderr.Contains($"use {compose.Address}", StringComparison.Ordinal), plaintext.ToString());
+            var caOnly = await cli.RunAsync("workers", "--coordinator", compose.Address, "--ca", Path.Combine(tls, "ca.crt"));
+            Assert.True(caOnly.ExitCode == 1 && caOnly.Stderr.Contains("needs a client certificate", StringComparison.Ordinal), caOnly.ToString());
+            cli.TlsDir = tls;
             var coordinatorId = Assert.Single(await compose.ContainerIdsAsync("coordinator"));
             var first = await compose.ContainerIdsAsync("worker");
             Assert.Equal(3, first.Count);
@@ -63,7 +75,7 @@ public sealed class ComposeTests(ImageFixture image, ITestOutputHelper output)
             var third = await compose.ContainerIdsAsync("worker");
             Assert.Equal(3, third.Count);
             var removed = Assert.Single(second.Except(third));
-            var removedAddress = $"http://{ips[removed]}:7000";
+            var removedAddress = $"https://{ips[removed]}:7000";
             output.WriteLine($"scale-down removed container {removed[..12]} ({removedAddress}) in {scaledDown.TotalSeconds:F1} s; its last log lines:");
             output.WriteLine(string.Join('\n', (await followers[removed].TextAsync(TimeSpan.FromSeconds(5))).TrimEnd().Split('\n').TakeLast(6)));
             IReadOnlyList<WorkerInfo> workers;

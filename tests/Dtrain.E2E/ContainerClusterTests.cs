@@ -35,12 +35,13 @@ public sealed class ContainerClusterTests(ImageFixture image, ITestOutputHelper 
         await using var cluster = await ContainerCluster.StartAsync(output, "cluster", 3);
         await cluster.RunAsync(async () =>
         {
-            using var client = new CoordinatorClient(cluster.Address);
+            cli.TlsDir = cluster.ClientTlsDir;
+            using var client = cluster.NewClient();
             var workers = client.Workers();
             // --threads auto under a 1-CPU quota: one torch thread each.
             Assert.All(workers, w => Assert.True(w.Threads == 1, $"{w.WorkerId} runs {w.Threads} torch threads under a 1-CPU limit"));
-            // Every worker advertises its own container IP (what its peers dial), port 7000.
-            foreach (var w in workers) Assert.Equal($"http://{cluster.WorkerAt(w.Address).IpAddress}:7000", w.Address);
+            // Every worker advertises its own container IP (what its peers dial), port 7000, over TLS.
+            foreach (var w in workers) Assert.Equal($"https://{cluster.WorkerAt(w.Address).IpAddress}:7000", w.Address);
             var listed = await cli.CheckAsync("workers", "--coordinator", cluster.Address);
             foreach (var w in workers) Assert.Contains(w.WorkerId, listed.Stdout);
             Assert.Contains("idle", listed.Stdout);

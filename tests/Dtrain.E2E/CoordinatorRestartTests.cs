@@ -21,6 +21,7 @@ public sealed class CoordinatorRestartTests(ImageFixture image, ITestOutputHelpe
         var cli = new HostCli(output, tmp.Path);
         var spec = E2EJobs.ShortLm(tmp);
         await using var cluster = await ContainerCluster.StartAsync(output, "restart", 2);
+        cli.TlsDir = cluster.ClientTlsDir;
         await cluster.RunAsync(async () =>
         {
             var (first, watch) = await cli.SubmitAsync(cluster.Address, spec, workers: 2, watch: true);
@@ -37,7 +38,7 @@ public sealed class CoordinatorRestartTests(ImageFixture image, ITestOutputHelpe
             // worker that registered first (and got the first id) is frozen (docker pause) over the restart, so the
             // other one registers first this time — and may be given that id; the frozen one then comes back with
             // its old id, and must still end up registered under its own address.
-            using var oldClient = new CoordinatorClient(cluster.Address);
+            using var oldClient = cluster.NewClient();
             var firstRegistered = oldClient.Workers().MinBy(w => w.RegisteredUnixMs)!;
             var frozen = cluster.WorkerAt(firstRegistered.Address);
             var other = cluster.Workers.Single(w => w != frozen);
@@ -50,10 +51,10 @@ public sealed class CoordinatorRestartTests(ImageFixture image, ITestOutputHelpe
                 output.WriteLine($"docker restart took {clock.Elapsed.TotalSeconds:F1} s; the coordinator now at {cluster.Address}");
                 // (a) it answers health again.
                 await cluster.WaitForJobsServiceAsync(TimeSpan.FromSeconds(60));
-                using var early = new CoordinatorClient(cluster.Address);
+                using var early = cluster.NewClient();
                 var registered = await early.WaitForIdleWorkersAsync(1, TimeSpan.FromSeconds(15));
                 output.WriteLine($"before the unpause: {CoordinatorClient.Describe(registered)}");
-                Assert.Equal($"http://{other.IpAddress}:7000", registered[0].Address);
+                Assert.Equal($"https://{other.IpAddress}:7000", registered[0].Address);
             }
             finally
             {
@@ -61,12 +62,12 @@ public sealed class CoordinatorRestartTests(ImageFixture image, ITestOutputHelpe
             }
             var unpaused = clock.Elapsed;
             // (b) both workers register again by themselves, each under its own address.
-            using var client = new CoordinatorClient(cluster.Address);
+            using var client = cluster.NewClient();
             var workers = await client.WaitForIdleWorkersAsync(2, TimeSpan.FromSeconds(15),
                 $"{frozen.Name} ({firstRegistered.Address}) held {firstRegistered.WorkerId} before the restart; the restarted coordinator has since given ids to other workers. " +
                 "If its log shows no 'registering again', its heartbeats under the old id were accepted as another worker's");
             output.WriteLine($"2 idle workers {(clock.Elapsed - unpaused).TotalSeconds:F1} s after the unpause: {CoordinatorClient.Describe(workers)}");
-            Assert.Equal(cluster.Workers.Select(w => $"http://{w.IpAddress}:7000").Order(), workers.Select(w => w.Address).Order());
+            Assert.Equal(cluster.Workers.Select(w => $"https://{w.IpAddress}:7000").Order(), workers.Select(w => w.Address).Order());
 
             // (c) the job list is forgotten ...
             var list = await cli.CheckAsync("list", "--coordinator", cluster.Address);

@@ -26,9 +26,10 @@ public sealed class WorkerFailureTests(ImageFixture image, ITestOutputHelper out
         var longJob = E2EJobs.LongLm(tmp);
         var shortJob = E2EJobs.ShortLm(tmp);
         await using var cluster = await ContainerCluster.StartAsync(output, "kill", 3, FastLoss);
+        cli.TlsDir = cluster.ClientTlsDir;
         await cluster.RunAsync(async () =>
         {
-            using var client = new CoordinatorClient(cluster.Address);
+            using var client = cluster.NewClient();
             var (id, _) = await cli.SubmitAsync(cluster.Address, longJob, workers: 3, watch: false);
             var running = await client.WaitForStepAsync(id, 5, TimeSpan.FromSeconds(90));
             Assert.Equal(3, running.WorkerIds.Count);
@@ -67,9 +68,10 @@ public sealed class WorkerFailureTests(ImageFixture image, ITestOutputHelper out
         var cli = new HostCli(output, tmp.Path);
         var longJob = E2EJobs.LongLm(tmp);
         await using var cluster = await ContainerCluster.StartAsync(output, "drain", 2, FastLoss);
+        cli.TlsDir = cluster.ClientTlsDir;
         await cluster.RunAsync(async () =>
         {
-            using var client = new CoordinatorClient(cluster.Address);
+            using var client = cluster.NewClient();
             var (id, _) = await cli.SubmitAsync(cluster.Address, longJob, workers: 2, watch: false);
             var running = await client.WaitForStepAsync(id, 5, TimeSpan.FromSeconds(90));
             var victim = client.Workers().Single(w => w.WorkerId == running.WorkerIds[1]);

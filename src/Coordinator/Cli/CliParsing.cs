@@ -15,6 +15,7 @@ public static class CliParsing
     public static int Run(RootCommand root, string[] args)
     {
         var result = root.Parse(args);
+        CliTls.Capture(result);
         if (result.Errors.Count > 0 && result.Action is ParseErrorAction)
         {
             foreach (var error in result.Errors) CliErrors.Error(error.Message);

@@ -15,6 +15,7 @@ public static class DtrainCli
             "Start with: dtrain train examples/quickstart.json, or on a local cluster: dtrain cluster run examples/quickstart.json --workers 2");
         root.Options.Add(Remote.CoordinatorOption);
         root.Options.Add(Credentials.TokenFileOption);
+        CliTls.AddTo(root);
         root.Subcommands.Add(TrainCommand.Create());
         root.Subcommands.Add(ValidateCommand.Create());
         root.Subcommands.Add(EvalCommand.Create());
@@ -27,6 +28,7 @@ public static class DtrainCli
         root.Subcommands.Add(PlanCommand.Create());
         root.Subcommands.Add(HealthCommand.Create());
         root.Subcommands.Add(TokensCommand.Create());
+        root.Subcommands.Add(CertsCommand.Create());
         CliParsing.UseClearNumberErrors(root);
         return root;
     }

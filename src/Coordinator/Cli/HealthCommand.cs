@@ -12,8 +12,9 @@ public static class HealthCommand
     {
         var address = new Argument<string?>("address")
         {
-            Description = $"Server URL, e.g. http://127.0.0.1:5000 (default: the address in ${GrpcServerHost.AddressFileVariable}, which a server writes " +
-                          "once it listens — the container image sets it; else $DTRAIN_COORDINATOR, else " + Remote.DefaultAddress + ").",
+            Description = $"Server URL, e.g. http://127.0.0.1:5000 or https://HOST:5000 (default: the address in ${GrpcServerHost.AddressFileVariable}, which a server writes " +
+                          "once it listens, with its CA for TLS — the container image sets it; else $DTRAIN_COORDINATOR, else " + Remote.DefaultAddress + "). " +
+                          "For https the cluster CA comes from --tls-dir / --ca (DTRAIN_TLS_DIR / DTRAIN_CA); no client certificate is needed.",
             Arity = ArgumentArity.ZeroOrOne,
         };
         var service = new Option<string>("--service", "-s")
@@ -29,13 +30,19 @@ public static class HealthCommand
         cmd.Options.Add(timeout);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
-            var target = r.GetValue(address) ?? FromAddressFile() ?? Remote.Address(r);
+            var (fileAddress, fileCa) = FromAddressFile();
+            var given = r.GetValue(address);
+            var target = given ?? fileAddress ?? Remote.Address(r);
             if (!Uri.TryCreate(target, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))
                 throw new ArgumentException($"address \"{target}\" must be an http(s) URL, e.g. http://127.0.0.1:5000");
             var seconds = r.GetValue(timeout);
             if (!(seconds > 0)) throw new ArgumentException($"--timeout {seconds} must be positive");
             var name = r.GetValue(service) ?? ServerHealth.Live;
-            using var channel = Remote.Channel(target);
+            // A coordinator or a worker: any certificate of the cluster for the host dialled. In a container probing
+            // itself, the server's own CA bundle (from the address file) checks it when the CLI is given none.
+            var tls = CliTls.Current;
+            if (given is null && fileAddress is not null && fileCa is not null && !tls.HasMaterial) tls = new TlsSettings { Ca = fileCa };
+            using var channel = CliTls.Channel(target, ExpectedPeer.AnyMember, tls);
             try
             {
                 var reply = new Health.HealthClient(channel).Check(new HealthCheckRequest { Service = name }, deadline: DateTime.UtcNow.AddSeconds(seconds));
@@ -52,11 +59,14 @@ public static class HealthCommand
         return cmd;
     }
 
-    private static string? FromAddressFile()
+    /// <summary>The address a server wrote (first line) and, for a TLS server, its CA bundle (a "ca=PATH" line).</summary>
+    private static (string? Address, string? Ca) FromAddressFile()
     {
         var file = Environment.GetEnvironmentVariable(GrpcServerHost.AddressFileVariable);
-        if (string.IsNullOrEmpty(file) || !File.Exists(file)) return null;
-        var text = File.ReadAllText(file).Trim();
-        return text.Length == 0 ? null : text;
+        if (string.IsNullOrEmpty(file) || !File.Exists(file)) return (null, null);
+        var lines = File.ReadAllLines(file).Select(l => l.Trim()).Where(l => l.Length > 0).ToList();
+        if (lines.Count == 0) return (null, null);
+        var ca = lines.Skip(1).FirstOrDefault(l => l.StartsWith(GrpcServerHost.AddressFileCaPrefix, StringComparison.Ordinal))?[GrpcServerHost.AddressFileCaPrefix.Length..];
+        return (lines[0], ca);
     }
 }

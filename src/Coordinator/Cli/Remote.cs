@@ -19,11 +19,7 @@ public static class Remote
     public static string Address(ParseResult r) =>
         r.GetValue(CoordinatorOption) ?? Environment.GetEnvironmentVariable("DTRAIN_COORDINATOR") ?? DefaultAddress;
 
-    public static GrpcChannel Channel(string address) => GrpcChannel.ForAddress(address, new GrpcChannelOptions
-    {
-        MaxReceiveMessageSize = 256 * 1024 * 1024,
-        MaxSendMessageSize = 256 * 1024 * 1024,
-    });
+    public static GrpcChannel Channel(string address) => CliTls.Channel(address);
 
     /// <summary>Runs a remote verb: a connection or server error becomes one clear line and an exit status.</summary>
     public static int Guard(ParseResult r, Func<Jobs.JobsClient, int> action) => CliErrors.Guard(() =>
@@ -42,12 +38,15 @@ public static class Remote
         }
         catch (RpcException e) when (e.StatusCode == StatusCode.Unauthenticated)
         {
-            CliErrors.Error(Credentials.Explain(address, token, e.Status.Detail));
+            // Refused for its TLS client certificate (mTLS, before any token is looked at), or for its token.
+            CliErrors.Error(e.Status.Detail.Contains("certificate", StringComparison.Ordinal)
+                ? $"coordinator {address}: Unauthenticated: {e.Status.Detail}"
+                : Credentials.Explain(address, token, e.Status.Detail));
             return CliErrors.Failed;
         }
         catch (RpcException e) when (e.StatusCode == StatusCode.PermissionDenied)
         {
-            CliErrors.Error(e.Status.Detail);
+            CliErrors.Error($"PermissionDenied: {e.Status.Detail}");
             return CliErrors.Failed;
         }
         catch (RpcException e) when (e.StatusCode is StatusCode.InvalidArgument or StatusCode.NotFound or StatusCode.FailedPrecondition)

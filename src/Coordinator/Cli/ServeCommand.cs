@@ -2,6 +2,7 @@ using System.CommandLine;
 using Dtrain.Rpc;
 using Dtrain.Server;
 using Dtrain.Worker;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Dtrain.Cli;
 
@@ -14,8 +15,12 @@ public static class ServeCommand
         var listen = new Option<string?>("--listen") { Description = "Interface to listen on (default 127.0.0.1; 0.0.0.0 for all)." };
         var dataDir = new Option<string?>("--data-dir") { Description = "Directory for job data and checkpoints (default .dtrain/coordinator)." };
         var dataRoots = new Option<string[]>("--data-root") { Description = "A directory whose regular files jobs may name as data by absolute path instead of uploading them (repeatable; default none: the coordinator reads only uploaded files)." };
-        var cmd = new Command("serve", "Run the coordinator: workers register with it, the CLI submits jobs to it. Settings also come from appsettings.json and DTRAIN_Coordinator__* variables.");
-        foreach (var o in new Option[] { port, listen, dataDir, dataRoots }) cmd.Options.Add(o);
+        var caKey = new Option<string?>("--ca-key") { Description = "TLS: the CA's private key, with which the coordinator signs each worker's certificate (default: ca.key in --tls-dir)." };
+        var insecure = Insecure("the coordinator");
+        var joinTokens = new Option<string?>("--join-token-file") { Description = "Join tokens, one per line: a worker may join with one instead of a worker certificate (Coordinator:JoinTokens)." };
+        var cmd = new Command("serve", "Run the coordinator: workers register with it, the CLI submits jobs to it. TLS with --tls-dir DIR/coordinator " +
+                                       "(from `dtrain certs init`); required when listening beyond loopback. Settings also come from appsettings.json and DTRAIN_Coordinator__* variables.");
+        foreach (var o in new Option[] { port, listen, dataDir, dataRoots, caKey, insecure, joinTokens }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var options = CoordinatorHost.ReadOptions(r.UnmatchedTokens.ToArray());
@@ -25,6 +30,8 @@ public static class ServeCommand
                 Listen = r.GetValue(listen) ?? options.Listen,
                 DataDir = r.GetValue(dataDir) ?? options.DataDir,
                 DataRoots = r.GetValue(dataRoots) is { Length: > 0 } roots ? [.. roots.Select(Path.GetFullPath)] : options.DataRoots,
+                Tls = (options.Tls ?? new TlsSettings()).Over(CliTls.CommandLine(r) with { CaKey = r.GetValue(caKey), Insecure = r.GetValue(insecure) }),
+                JoinTokenFile = r.GetValue(joinTokens) ?? options.JoinTokenFile,
             };
             var app = CoordinatorHost.Build(options);
             app.Lifetime.ApplicationStarted.Register(() =>
@@ -32,6 +39,7 @@ public static class ServeCommand
                 var bound = GrpcServerHost.BoundAddress(app).ToString().TrimEnd('/');
                 var local = CoordinatorHost.Address(app);
                 Console.WriteLine(bound == local ? $"coordinator listening on {local}" : $"coordinator listening on {bound} (from this machine: {local})");
+                Console.WriteLine(SecurityLine(app.Services.GetRequiredService<CoordinatorSecurity>()));
             });
             app.Run();
             return CliErrors.Ok;
@@ -49,8 +57,11 @@ public static class ServeCommand
         var device = new Option<string?>("--device") { Description = "cpu, cuda or cuda:N (falls back to CPU when CUDA is absent)." };
         var name = new Option<string?>("--name") { Description = "A name shown by `dtrain workers`." };
         var budget = new Option<double?>("--memory-budget") { Description = "Memory this worker may use for a job, in MB (default 0 = no limit): a larger model is refused, to be split into pipeline stages." };
-        var cmd = new Command("worker", "Run a worker that registers with the coordinator (--coordinator) and trains replicas of its jobs. Settings also come from DTRAIN_Worker__* variables.");
-        foreach (var o in new Option[] { port, listen, advertise, threads, device, name, budget }) cmd.Options.Add(o);
+        var insecure = Insecure("this worker");
+        var joinToken = new Option<string?>("--join-token-file") { Description = "A file holding a join token: proof for joining instead of a worker certificate (with --ca and an https --coordinator)." };
+        var cmd = new Command("worker", "Run a worker that registers with the coordinator (--coordinator) and trains replicas of its jobs. TLS with --tls-dir DIR/worker " +
+                                        "(from `dtrain certs init`) and an https coordinator; required when listening beyond loopback. Settings also come from DTRAIN_Worker__* variables.");
+        foreach (var o in new Option[] { port, listen, advertise, threads, device, name, budget, insecure, joinToken }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var options = WorkerHost.ReadOptions(r.UnmatchedTokens.ToArray());
@@ -64,10 +75,26 @@ public static class ServeCommand
                 Device = r.GetValue(device) ?? options.Device,
                 Name = r.GetValue(name) ?? options.Name,
                 MemoryBudgetMb = r.GetValue(budget) ?? options.MemoryBudgetMb,
+                Tls = (options.Tls ?? new TlsSettings()).Over(CliTls.CommandLine(r) with { Insecure = r.GetValue(insecure) }),
+                JoinTokenFile = r.GetValue(joinToken) ?? options.JoinTokenFile,
             };
             return WorkerHost.RunAsync(options).GetAwaiter().GetResult();
         }));
         cmd.TreatUnmatchedTokensAsErrors = false;
         return cmd;
+    }
+
+    static Option<bool> Insecure(string who) => new("--insecure")
+    {
+        Description = $"Let {who} listen beyond loopback WITHOUT TLS or authentication (plaintext; anyone who reaches the port controls it). Logged as a warning.",
+    };
+
+    static string SecurityLine(CoordinatorSecurity security)
+    {
+        var tokens = security.JoinTokenCount > 0 ? $"; {security.JoinTokenCount} join token(s)" : "";
+        if (security.Tls is { Certificate: { } own } tls)
+            return $"TLS: certificate \"{own.Subject}\" for {string.Join(", ", ClusterCertificates.Hosts(own))}, expires {own.NotAfter:yyyy-MM-dd}; " +
+                   $"clients and workers need certificates from the CA in {tls.AuthorityPath}{tokens}";
+        return security.InsecureWarning is { } warning ? $"WARNING: {warning}" : $"plaintext on loopback (no TLS){tokens}";
     }
 }

@@ -8,7 +8,7 @@ using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Server;
 
-/// <summary>Builds the coordinator: Kestrel (HTTP/2) serving the membership and jobs services, the job queue and its runner.</summary>
+/// <summary>Builds the coordinator: Kestrel (HTTP/2; TLS per <see cref="CoordinatorSecurity"/>) serving the membership and jobs services, the job queue and its runner.</summary>
 public static class CoordinatorHost
 {
     /// <summary>Options from appsettings.json, DTRAIN_-prefixed environment variables (DTRAIN_Coordinator__Port) and --Coordinator:Key=value arguments.</summary>
@@ -19,8 +19,11 @@ public static class CoordinatorHost
     {
         var errors = options.Validate();
         if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
-        var builder = GrpcServerHost.CreateBuilder(options.Listen, options.Port, options.MaxMessageBytes, logging);
+        var security = CoordinatorSecurity.Create(options);
+        var builder = GrpcServerHost.CreateBuilder(options.Listen, options.Port, options.MaxMessageBytes, logging,
+            security: security.Server, insecureWarning: security.InsecureWarning);
         builder.Services.AddSingleton(options);
+        builder.Services.AddSingleton(security);
         builder.Services.AddSingleton(TimeProvider.System);
         builder.Services.AddSingleton<WorkerRegistry>();
         builder.Services.TryAddSingleton<ICallerIdentity, PeerAddressIdentity>();
@@ -43,7 +46,7 @@ public static class CoordinatorHost
         return app;
     }
 
-    /// <summary>The http://host:port the coordinator listens on, once started.</summary>
+    /// <summary>The http(s)://host:port the coordinator listens on, once started.</summary>
     public static string Address(WebApplication app) => GrpcServerHost.LocalAddress(app);
 
     /// <summary>The health service name that is SERVING while the coordinator accepts jobs.</summary>

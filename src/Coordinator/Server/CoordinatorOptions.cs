@@ -58,6 +58,13 @@ public sealed record CoordinatorOptions
     /// <summary>Registrations a client address may make in a burst (a machine starting many workers at once).</summary>
     public int RegistrationBurst { get; init; } = 64;
 
+    /// <summary>TLS: Dir (ca.crt, tls.crt, tls.key, ca.key), or Ca, Cert, Key, CaKey; Insecure = plaintext beyond loopback. See <see cref="CoordinatorSecurity"/>.</summary>
+    public Rpc.TlsSettings Tls { get; init; } = new();
+    /// <summary>Tokens a worker may join with instead of a worker certificate (at least 16 characters each).</summary>
+    public string[] JoinTokens { get; init; } = [];
+    /// <summary>A file of join tokens, one per line (blank lines and lines starting with # are ignored).</summary>
+    public string? JoinTokenFile { get; init; }
+
     public IReadOnlyList<string> Validate()
     {
         var e = new List<string>();

@@ -160,7 +160,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
         {
             try
             {
-                var reply = await clients.For(w.Address).AbortAsync(new AbortRequest { JobId = job.Id, Generation = generation, Reason = reason },
+                var reply = await clients.For(w).AbortAsync(new AbortRequest { JobId = job.Id, Generation = generation, Reason = reason },
                     deadline: DateTime.UtcNow.AddSeconds(options.CallTimeoutSeconds), cancellationToken: cancel).ConfigureAwait(false);
                 lock (standing) standing[w.Id] = reply;
             }
@@ -201,7 +201,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
 
         var all = survivors.Concat(newcomers).ToList();
         var world = all.Count;
-        var peers = all.Select((w, r) => new Peer { Rank = r, WorkerId = w.Id, Address = w.Address }).ToList();
+        var peers = all.Select((w, r) => new Peer { Rank = r, WorkerId = w.Id, Address = w.Address, CertificateSha256 = w.Certificate }).ToList();
         lock (gate)
         {
             foreach (var n in newcomers) everyone[n.Id] = n;
@@ -223,7 +223,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
             var pullers = all.Where(w => !standing.TryGetValue(w.Id, out var s) || s.NextStep != next).ToList();
             if (pullers.Count > 0)
             {
-                var synced = await new GrpcJobWorkers(pullers, clients, options).SyncStateAsync(new SyncStateRequest { JobId = job.Id, Generation = generation, SourceAddress = source.Address, NextStep = next }, next, cancel).ConfigureAwait(false);
+                var synced = await new GrpcJobWorkers(pullers, clients, options).SyncStateAsync(new SyncStateRequest { JobId = job.Id, Generation = generation, SourceAddress = source.Address, SourceWorkerId = source.Id, SourceCertificateSha256 = source.Certificate, NextStep = next }, next, cancel).ConfigureAwait(false);
                 for (var i = 0; i < pullers.Count; i++)
                     if (synced[i].ParameterChecksum != expected)
                         throw new JobFailure($"worker {pullers[i].Id} took the state of step {next} from {source.Id} but its checksum {synced[i].ParameterChecksum:R} != {expected:R}");

@@ -35,12 +35,12 @@ public sealed class GrpcJobWorkers(IReadOnlyList<WorkerRecord> workers, WorkerCl
 
     public Task<AssignReply[]> AssignAsync(Func<int, AssignRequest> request, CancellationToken cancel) =>
         OnAllAsync("assign", 0, options.CallTimeoutSeconds, cancel, (w, rank, deadline, ct) =>
-            clients.For(w.Address).AssignAsync(request(rank), deadline: deadline, cancellationToken: ct).ResponseAsync);
+            clients.For(w).AssignAsync(WorkerClients.Pin(request(rank), workers), deadline: deadline, cancellationToken: ct).ResponseAsync);
 
     public Task LoadShardsAsync(IReadOnlyList<IReadOnlyList<ShardChunk>> perRank, long step, CancellationToken cancel) =>
         OnAllAsync("load shard", step, options.CallTimeoutSeconds, cancel, async (w, rank, deadline, ct) =>
         {
-            using var call = clients.For(w.Address).LoadShard(deadline: deadline, cancellationToken: ct);
+            using var call = clients.For(w).LoadShard(deadline: deadline, cancellationToken: ct);
             foreach (var chunk in perRank[rank]) await call.RequestStream.WriteAsync(chunk, ct).ConfigureAwait(false);
             await call.RequestStream.CompleteAsync().ConfigureAwait(false);
             return await call.ResponseAsync.ConfigureAwait(false);
@@ -48,16 +48,16 @@ public sealed class GrpcJobWorkers(IReadOnlyList<WorkerRecord> workers, WorkerCl
 
     public Task<RunStepReply[]> RunStepAsync(RunStepRequest request, double timeoutSeconds, CancellationToken cancel) =>
         OnAllAsync("step", request.Step, timeoutSeconds, cancel, (w, rank, deadline, ct) =>
-            clients.For(w.Address).RunStepAsync(request, deadline: deadline, cancellationToken: ct).ResponseAsync);
+            clients.For(w).RunStepAsync(request, deadline: deadline, cancellationToken: ct).ResponseAsync);
 
     public Task<EvaluateReply> EvaluateAsync(int rank, EvaluateRequest request, long step, CancellationToken cancel) =>
         Call(workers[rank], "evaluate", step, options.CallTimeoutSeconds, cancel, (deadline, ct) =>
-            clients.For(workers[rank].Address).EvaluateAsync(request, deadline: deadline, cancellationToken: ct).ResponseAsync);
+            clients.For(workers[rank]).EvaluateAsync(request, deadline: deadline, cancellationToken: ct).ResponseAsync);
 
     public Task<byte[]> GetStateAsync(int rank, GetStateRequest request, long step, CancellationToken cancel) =>
         Call(workers[rank], "checkpoint", step, options.CallTimeoutSeconds, cancel, async (deadline, ct) =>
         {
-            using var call = clients.For(workers[rank].Address).GetState(request, deadline: deadline, cancellationToken: ct);
+            using var call = clients.For(workers[rank]).GetState(request, deadline: deadline, cancellationToken: ct);
             using var ms = new MemoryStream();
             await foreach (var chunk in call.ResponseStream.ReadAllAsync(ct).ConfigureAwait(false)) chunk.Data.WriteTo(ms);
             return ms.ToArray();
@@ -65,12 +65,12 @@ public sealed class GrpcJobWorkers(IReadOnlyList<WorkerRecord> workers, WorkerCl
 
     public Task<ApplyStepReply[]> ApplyStepAsync(ApplyStepRequest request, CancellationToken cancel) =>
         OnAllAsync("apply step", request.Step, options.StepTimeoutSeconds, cancel, (w, rank, deadline, ct) =>
-            clients.For(w.Address).ApplyStepAsync(request, deadline: deadline, cancellationToken: ct).ResponseAsync);
+            clients.For(w).ApplyStepAsync(request, deadline: deadline, cancellationToken: ct).ResponseAsync);
 
     public Task<IReadOnlyList<NamedTensor>> GetStageParametersAsync(int rank, GetStateRequest request, long step, CancellationToken cancel) =>
         Call(workers[rank], "checkpoint", step, options.CallTimeoutSeconds, cancel, async (deadline, ct) =>
         {
-            using var call = clients.For(workers[rank].Address).GetStageParameters(request, deadline: deadline, cancellationToken: ct);
+            using var call = clients.For(workers[rank]).GetStageParameters(request, deadline: deadline, cancellationToken: ct);
             var list = new List<NamedTensor>();
             await foreach (var t in call.ResponseStream.ReadAllAsync(ct).ConfigureAwait(false)) list.Add(t);
             return (IReadOnlyList<NamedTensor>)list;
@@ -79,7 +79,7 @@ public sealed class GrpcJobWorkers(IReadOnlyList<WorkerRecord> workers, WorkerCl
     public Task<LoadStateReply[]> LoadStateAsync(string jobId, Func<int, IEnumerable<NamedTensor>> perRank, long step, CancellationToken cancel) =>
         OnAllAsync("load the checkpoint's state", step, options.CallTimeoutSeconds, cancel, async (w, rank, deadline, ct) =>
         {
-            using var call = clients.For(w.Address).LoadState(deadline: deadline, cancellationToken: ct);
+            using var call = clients.For(w).LoadState(deadline: deadline, cancellationToken: ct);
             foreach (var t in perRank(rank)) await call.RequestStream.WriteAsync(new LoadStateChunk { JobId = jobId, Tensor = t }, ct).ConfigureAwait(false);
             await call.RequestStream.CompleteAsync().ConfigureAwait(false);
             return await call.ResponseAsync.ConfigureAwait(false);
@@ -88,12 +88,12 @@ public sealed class GrpcJobWorkers(IReadOnlyList<WorkerRecord> workers, WorkerCl
     /// <summary>Elastic jobs: every member joins the ring of a new generation.</summary>
     public Task<ReconfigureReply[]> ReconfigureAsync(Func<int, ReconfigureRequest> request, CancellationToken cancel) =>
         OnAllAsync("re-form the ring", 0, options.CallTimeoutSeconds, cancel, (w, rank, deadline, ct) =>
-            clients.For(w.Address).ReconfigureAsync(request(rank), deadline: deadline, cancellationToken: ct).ResponseAsync);
+            clients.For(w).ReconfigureAsync(request(rank), deadline: deadline, cancellationToken: ct).ResponseAsync);
 
     /// <summary>Elastic jobs: every one of these workers takes the state of a peer.</summary>
     public Task<SyncStateReply[]> SyncStateAsync(SyncStateRequest request, long step, CancellationToken cancel) =>
         OnAllAsync("take a peer's state", step, options.CallTimeoutSeconds, cancel, (w, rank, deadline, ct) =>
-            clients.For(w.Address).SyncStateAsync(request, deadline: deadline, cancellationToken: ct).ResponseAsync);
+            clients.For(w).SyncStateAsync(request, deadline: deadline, cancellationToken: ct).ResponseAsync);
 
     /// <summary>Releases every worker that is not lost from the job (best effort: a worker that cannot be told is logged).</summary>
     public static Task ReleaseAsync(IReadOnlyList<WorkerRecord> workers, WorkerClients clients, WorkerRegistry registry, string jobId, string reason, ILogger log) =>
@@ -102,7 +102,7 @@ public sealed class GrpcJobWorkers(IReadOnlyList<WorkerRecord> workers, WorkerCl
             if (registry.StateOf(w.Id) == Protos.Jobs.WorkerState.Lost) return;
             try
             {
-                await clients.For(w.Address).ReleaseAsync(new ReleaseRequest { JobId = jobId, Reason = reason }, deadline: DateTime.UtcNow.AddSeconds(10)).ConfigureAwait(false);
+                await clients.For(w).ReleaseAsync(new ReleaseRequest { JobId = jobId, Reason = reason }, deadline: DateTime.UtcNow.AddSeconds(10)).ConfigureAwait(false);
             }
             catch (RpcException e)
             {

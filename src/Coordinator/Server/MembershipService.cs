@@ -1,23 +1,37 @@
 using Dtrain.Protos.Membership;
+using Dtrain.Rpc;
 using Grpc.Core;
+using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Server;
 
-/// <summary>Register, heartbeat, leave: a thin adapter over <see cref="WorkerRegistry"/>.</summary>
-public sealed class MembershipService(WorkerRegistry registry, CoordinatorOptions options) : Membership.MembershipBase
+/// <summary>Register, heartbeat, leave: a thin adapter over <see cref="WorkerRegistry"/>, with admission and identity checks by <see cref="CoordinatorSecurity"/>.</summary>
+public sealed class MembershipService(WorkerRegistry registry, CoordinatorOptions options, CoordinatorSecurity security, ILogger<MembershipService> log) : Membership.MembershipBase
 {
     public override Task<RegisterReply> Register(RegisterRequest request, ServerCallContext context)
     {
-        var w = registry.Register(request);
-        return Task.FromResult(new RegisterReply { WorkerId = w.Id, HeartbeatIntervalMs = options.HeartbeatIntervalMs, Token = w.Token });
+        var admission = security.Admit(request, context);
+        var certificate = "";
+        var w = registry.Register(request, admission.Certify is null ? null : id =>
+        {
+            using var issued = admission.Certify(id);
+            certificate = issued.ExportCertificatePem();
+            return ClusterCertificates.Sha256(issued);
+        });
+        log.LogInformation("worker {Id} admitted; proof: {Proof}{Issued}", w.Id, admission.Proof, certificate.Length == 0 ? "" : $"; issued its certificate sha256 {w.Certificate[..16]}…");
+        return Task.FromResult(new RegisterReply { WorkerId = w.Id, HeartbeatIntervalMs = options.HeartbeatIntervalMs, Token = w.Token, Certificate = certificate });
     }
 
-    public override Task<HeartbeatReply> Heartbeat(HeartbeatRequest request, ServerCallContext context) =>
-        Task.FromResult(new HeartbeatReply { Known = registry.Heartbeat(request.WorkerId, request.Token) });
+    public override Task<HeartbeatReply> Heartbeat(HeartbeatRequest request, ServerCallContext context)
+    {
+        security.CheckSpeaksFor(registry, request.WorkerId, request.Token, context, "heartbeat");
+        return Task.FromResult(new HeartbeatReply { Known = registry.Heartbeat(request.WorkerId, request.Token, PeerIdentity.Of(context)?.Sha256) });
+    }
 
     public override Task<LeaveReply> Leave(LeaveRequest request, ServerCallContext context)
     {
-        registry.Leave(request.WorkerId, request.Token, string.IsNullOrWhiteSpace(request.Reason) ? "no reason given" : request.Reason);
+        security.CheckSpeaksFor(registry, request.WorkerId, request.Token, context, "leave");
+        registry.Leave(request.WorkerId, request.Token, string.IsNullOrWhiteSpace(request.Reason) ? "no reason given" : request.Reason, PeerIdentity.Of(context)?.Sha256);
         return Task.FromResult(new LeaveReply());
     }
 }

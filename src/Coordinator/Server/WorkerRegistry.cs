@@ -26,7 +26,11 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
     /// <summary>Raised (outside the lock) when a worker leaves, idle or training, with its record and reason.</summary>
     public event Action<WorkerRecord, string>? WorkerDeparted;
 
-    public WorkerRecord Register(RegisterRequest request)
+    /// <summary>
+    /// Adds a worker (Joining) under a new id. With TLS, <paramref name="certify"/> signs its certificate for that id
+    /// and returns the certificate's SHA-256, which the record pins: heartbeats and leave must come with it.
+    /// </summary>
+    public WorkerRecord Register(RegisterRequest request, Func<string, string>? certify = null)
     {
         if (!Uri.TryCreate(request.Address, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))
             throw new ArgumentException($"address \"{request.Address}\" must be an http(s) URL the coordinator and peers can reach");
@@ -37,6 +41,7 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
             record = new WorkerRecord(id, string.IsNullOrWhiteSpace(request.Name) ? id : request.Name, request.Address, request.Capabilities ?? new WorkerCapabilities(), clock.GetUtcNow())
             {
                 Token = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(16)),
+                Certificate = certify?.Invoke(id) ?? "",
             };
             workers[id] = record;
         }
@@ -45,13 +50,13 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         return record;
     }
 
-    /// <summary>Records a heartbeat; false (register again) for an unknown or lost worker, or another registration's token.</summary>
-    public bool Heartbeat(string id, string token)
+    /// <summary>Records a heartbeat; false (register again) for an unknown or lost worker, or another registration's token or certificate.</summary>
+    public bool Heartbeat(string id, string token, string? certificate = null)
     {
         bool becameIdle;
         lock (gate)
         {
-            if (!workers.TryGetValue(id, out var w) || w.State == WorkerState.Lost || !w.Holds(token)) return false;
+            if (!workers.TryGetValue(id, out var w) || w.State == WorkerState.Lost || !w.Holds(token, certificate)) return false;
             w.LastHeartbeat = clock.GetUtcNow();
             becameIdle = w.State == WorkerState.Joining;
             if (becameIdle) w.State = WorkerState.Idle;
@@ -60,14 +65,14 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         return true;
     }
 
-    /// <summary>A worker leaves; ignored for an unknown id or another registration's token.</summary>
-    public void Leave(string id, string token, string reason)
+    /// <summary>A worker leaves; ignored for an unknown id or another registration's token or certificate.</summary>
+    public void Leave(string id, string token, string reason, string? certificate = null)
     {
         WorkerRecord? draining = null;
         WorkerRecord left;
         lock (gate)
         {
-            if (!workers.TryGetValue(id, out var w) || !w.Holds(token)) return;
+            if (!workers.TryGetValue(id, out var w) || !w.Holds(token, certificate)) return;
             if (w.State == WorkerState.Training)
             {
                 w.State = WorkerState.Draining;
@@ -79,6 +84,12 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         log.LogInformation("worker {Id} leaves: {Reason}{Job}", id, reason, draining is null ? "" : $" (draining from job {draining.JobId})");
         WorkerDeparted?.Invoke(left, reason);
         if (draining is not null) WorkerLeft?.Invoke(draining, reason);
+    }
+
+    /// <summary>For a known worker: whether <paramref name="token"/> is its registration's, and the SHA-256 of its pinned certificate ("" without TLS); null for an unknown id.</summary>
+    public (bool TokenMatches, string Certificate)? Claim(string id, string token)
+    {
+        lock (gate) return workers.TryGetValue(id, out var w) ? (w.Holds(token, w.Certificate), w.Certificate) : null;
     }
 
     public IReadOnlyList<WorkerRecord> Snapshot()
@@ -202,11 +213,15 @@ public sealed class WorkerRecord(string id, string name, string address, WorkerC
     public string JobId { get; set; } = "";
     /// <summary>This registration's secret (<see cref="RegisterReply.Token"/>).</summary>
     public string Token { get; init; } = "";
+    /// <summary>With TLS: SHA-256 (hex) of the certificate the coordinator issued to this registration; "" without TLS.</summary>
+    public string Certificate { get; init; } = "";
 
-    public bool Holds(string token) =>
-        System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(System.Text.Encoding.ASCII.GetBytes(token), System.Text.Encoding.ASCII.GetBytes(Token));
+    /// <summary>Whether a call with this token (and, with TLS, this client certificate) comes from this registration.</summary>
+    public bool Holds(string token, string? certificate = null) =>
+        System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(System.Text.Encoding.ASCII.GetBytes(token), System.Text.Encoding.ASCII.GetBytes(Token))
+        && (Certificate.Length == 0 || string.Equals(certificate, Certificate, StringComparison.OrdinalIgnoreCase));
 
-    public WorkerRecord Clone() => new(Id, Name, Address, Capabilities, Registered) { LastHeartbeat = LastHeartbeat, State = State, JobId = JobId, Token = Token };
+    public WorkerRecord Clone() => new(Id, Name, Address, Capabilities, Registered) { LastHeartbeat = LastHeartbeat, State = State, JobId = JobId, Token = Token, Certificate = Certificate };
 
     public WorkerInfo ToInfo() => new()
     {

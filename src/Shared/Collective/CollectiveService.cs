@@ -25,10 +25,12 @@ namespace Dtrain.Collective;
 /// app.MapDtrainCollective();                                          // MapGrpcService&lt;CollectiveService&gt;()
 /// var mailboxes = app.Services.GetRequiredService&lt;RingMailboxes&gt;(); // pass to GrpcRingTransport.ConnectAsync
 /// </code>
-/// What that configures: the endpoint speaks HTTP/2 only (<c>Protocols = Http2</c>, cleartext h2c); gRPC
+/// What that configures: the endpoint speaks HTTP/2 only (<c>Protocols = Http2</c>, cleartext h2c; a worker's own
+/// listener, made by <see cref="Rpc.GrpcServerHost"/>, adds TLS); gRPC
 /// <c>MaxReceiveMessageSize</c> = maxPieceFloats * 4 + 64 KiB; HTTP/2 stream/connection windows of 16/32 MiB; HTTP/2
 /// keep-alive pings every 10 s (20 s timeout) so a silently dead sender is noticed.
-/// Refusals: a stream for an unknown (not yet registered) ring gets FailedPrecondition with trailer
+/// Refusals: on a TLS server, a stream whose client certificate is not the left neighbour's (as registered with the
+/// ring) gets PermissionDenied; a stream for an unknown (not yet registered) ring gets FailedPrecondition with trailer
 /// <c>dtrain-refusal: not-registered</c> (the client retries until its connect timeout), one for an older generation
 /// gets FailedPrecondition with <c>dtrain-refusal: superseded</c>; malformed or oversized chunks get InvalidArgument.
 /// <para>
@@ -89,6 +91,12 @@ public class CollectiveService(RingMailboxes mailboxes) : CollectiveGrpc.Collect
             throw new RpcException(new Status(StatusCode.FailedPrecondition, detail!), new Metadata { { RefusalTrailer, refusal! } });
         if (world != mailbox.WorldSize || sender != mailbox.LeftRank)
             throw new RpcException(new Status(StatusCode.FailedPrecondition, $"ring {jobId}/{generation}: rank {sender} of {world} is not the left neighbour of rank {mailbox.Rank} of {mailbox.WorldSize}"));
+        // With TLS the sender is who its certificate says, not what its headers claim: only the left neighbour's
+        // certificate (pinned by the coordinator) may feed this ring; anyone else is refused before attaching.
+        if (Rpc.PeerIdentity.Of(context) is { } peer
+            && (mailbox.ExpectedLeft is null ? $"rank {mailbox.Rank} was given no identity for its left neighbour" : mailbox.ExpectedLeft.Mismatch(peer)) is { } refused)
+            throw new RpcException(new Status(StatusCode.PermissionDenied,
+                $"ring {jobId}/{generation}: a stream claiming to be rank {sender} is refused: {refused}; rank {mailbox.Rank} accepts only its left neighbour rank {mailbox.LeftRank}"));
         if (!mailbox.TryAttachInbound())
             throw new RpcException(new Status(StatusCode.FailedPrecondition, $"ring {jobId}/{generation}: rank {mailbox.Rank} already has (or had) a stream from rank {sender}, or the ring is closed"));
 
@@ -279,7 +287,7 @@ public sealed class RingMailboxes(int maxPieceFloats = RingAllReduce.DefaultMaxP
     /// <summary>Largest piece accepted from a neighbour, in floats; must match the senders' <see cref="RingAllReduce.MaxPieceFloats"/>.</summary>
     public int MaxPieceFloats { get; } = maxPieceFloats > 0 ? maxPieceFloats : throw new ArgumentOutOfRangeException(nameof(maxPieceFloats));
 
-    internal RingMailbox Register(string jobId, long generation, int rank, int worldSize)
+    internal RingMailbox Register(string jobId, long generation, int rank, int worldSize, Rpc.ExpectedPeer? expectedLeft = null)
     {
         RingMailbox? superseded = null;
         RingMailbox mailbox;
@@ -288,7 +296,7 @@ public sealed class RingMailboxes(int maxPieceFloats = RingAllReduce.DefaultMaxP
             if (_newest.TryGetValue(jobId, out var newest) && newest >= generation)
                 throw new InvalidOperationException($"ring {jobId}: generation {newest} is already registered here, cannot register generation {generation}");
             _current.Remove(jobId, out superseded);
-            mailbox = new RingMailbox(jobId, generation, rank, worldSize);
+            mailbox = new RingMailbox(jobId, generation, rank, worldSize) { ExpectedLeft = expectedLeft };
             _current[jobId] = mailbox;
             _newest[jobId] = generation;
         }

@@ -3,9 +3,13 @@ using Dtrain.Protos.Collective;
 using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Dtrain.Rpc;
 using CollectiveGrpc = Dtrain.Protos.Collective.Collective;
 
 namespace Dtrain.Collective;
+
+/// <summary>TLS of one ring: this worker's certificate and the cluster CA, and whose certificate each rank must present.</summary>
+public sealed record RingSecurity(ClusterTls Tls, IReadOnlyList<ExpectedPeer> Ranks);
 
 /// <summary>
 /// The ring over gRPC: ONE long-lived client-streaming <c>Push</c> call to the right-hand neighbour carries every
@@ -63,9 +67,13 @@ public sealed class GrpcRingTransport : IRingTransport
     /// <paramref name="connectTimeout"/> (default 30 s). The neighbours must use the same max piece size as
     /// <paramref name="localMailboxes"/>.
     /// </summary>
+    /// <remarks>
+    /// With <paramref name="security"/> (TLS): the stream to the right neighbour presents this worker's certificate and
+    /// accepts only the right neighbour's server certificate; the mailbox accepts only the left neighbour's stream.
+    /// </remarks>
     public static async Task<GrpcRingTransport> ConnectAsync(
         string jobId, long generation, int rank, int worldSize, IReadOnlyList<string> peerAddresses, RingMailboxes localMailboxes,
-        TimeSpan? connectTimeout = null, CancellationToken cancellationToken = default)
+        TimeSpan? connectTimeout = null, RingSecurity? security = null, CancellationToken cancellationToken = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(jobId);
         ArgumentNullException.ThrowIfNull(peerAddresses);
@@ -74,13 +82,17 @@ public sealed class GrpcRingTransport : IRingTransport
         ArgumentOutOfRangeException.ThrowIfNegative(rank);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(rank, worldSize);
         if (peerAddresses.Count != worldSize) throw new ArgumentException($"need {worldSize} peer addresses (one per rank), got {peerAddresses.Count}", nameof(peerAddresses));
-        var peers = peerAddresses.Select(a => a.Contains("://", StringComparison.Ordinal) ? a : "http://" + a).ToArray();
+        if (security is not null && security.Ranks.Count != worldSize)
+            throw new ArgumentException($"need {worldSize} peer identities (one per rank), got {security.Ranks.Count}", nameof(security));
+        var scheme = security is null ? "http://" : "https://";
+        var peers = peerAddresses.Select(a => a.Contains("://", StringComparison.Ordinal) ? a : scheme + a).ToArray();
 
-        var mailbox = localMailboxes.Register(jobId, generation, rank, worldSize);
+        var left = (rank - 1 + worldSize) % worldSize;
+        var mailbox = localMailboxes.Register(jobId, generation, rank, worldSize, security?.Ranks[left]);
         if (worldSize == 1) return new GrpcRingTransport(localMailboxes, mailbox, peers, null, null);
 
         var right = (rank + 1) % worldSize;
-        var channel = CreateChannel(peers[right], localMailboxes.MaxPieceFloats);
+        var channel = CreateChannel(peers[right], localMailboxes.MaxPieceFloats, security, right);
         try
         {
             var call = await OpenStreamAsync(new CollectiveGrpc.CollectiveClient(channel), jobId, generation, rank, worldSize, right, peers[right],
@@ -95,22 +107,20 @@ public sealed class GrpcRingTransport : IRingTransport
         }
     }
 
-    private static GrpcChannel CreateChannel(string address, int maxPieceFloats) =>
-        GrpcChannel.ForAddress(address, new GrpcChannelOptions
+    private static GrpcChannel CreateChannel(string address, int maxPieceFloats, RingSecurity? security, int right) =>
+        Channels.Create(address, security?.Tls, security?.Ranks[right] ?? ExpectedPeer.AnyMember, new GrpcChannelOptions
         {
-            HttpHandler = new SocketsHttpHandler
-            {
-                EnableMultipleHttp2Connections = true,
-                InitialHttp2StreamWindowSize = 16 * 1024 * 1024,
-                KeepAlivePingDelay = TimeSpan.FromSeconds(10),
-                KeepAlivePingTimeout = TimeSpan.FromSeconds(20),
-                KeepAlivePingPolicy = HttpKeepAlivePingPolicy.Always,
-                PooledConnectionIdleTimeout = Timeout.InfiniteTimeSpan,
-                ConnectTimeout = TimeSpan.FromSeconds(10),
-            },
-            DisposeHttpClient = true,
             MaxSendMessageSize = maxPieceFloats * sizeof(float) + CollectiveHosting.MessageOverheadBytes,
             MaxReceiveMessageSize = CollectiveHosting.MessageOverheadBytes,
+        }, handler =>
+        {
+            handler.EnableMultipleHttp2Connections = true;
+            handler.InitialHttp2StreamWindowSize = 16 * 1024 * 1024;
+            handler.KeepAlivePingDelay = TimeSpan.FromSeconds(10);
+            handler.KeepAlivePingTimeout = TimeSpan.FromSeconds(20);
+            handler.KeepAlivePingPolicy = HttpKeepAlivePingPolicy.Always;
+            handler.PooledConnectionIdleTimeout = Timeout.InfiniteTimeSpan;
+            handler.ConnectTimeout = TimeSpan.FromSeconds(10);
         });
 
     /// <summary>Starts Push and waits for the neighbour's "accepted" response headers, retrying refusals that may be transient.</summary>

@@ -24,6 +24,9 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
 
     public int LeftRank => (Rank - 1 + WorldSize) % WorldSize;
 
+    /// <summary>With TLS: whose certificate the inbound stream must come with (the left neighbour's); null = not checked (plaintext).</summary>
+    public Dtrain.Rpc.ExpectedPeer? ExpectedLeft { get; init; }
+
     /// <summary>Why the ring was closed on this side, or null while open.</summary>
     public Exception? ClosedReason
     {

@@ -1,9 +1,11 @@
 using System.Net;
+using System.Security.Authentication;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.AspNetCore.Server.Kestrel.Https;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
@@ -24,9 +26,15 @@ public static class GrpcServerHost
         return config.GetSection(section).Get<T>() ?? new T();
     }
 
-    /// <summary>A builder listening on <paramref name="listen"/>:<paramref name="port"/> (HTTP/2 only) with gRPC messages bounded by <paramref name="maxMessageBytes"/>.</summary>
+    /// <summary>
+    /// A builder listening on <paramref name="listen"/>:<paramref name="port"/> (HTTP/2 only) with gRPC messages bounded
+    /// by <paramref name="maxMessageBytes"/>. With <paramref name="security"/>: TLS 1.2+ with the certificate it selects,
+    /// client certificates requested, and every call admitted by <see cref="AccessInterceptor"/> first. Without it,
+    /// plaintext; <paramref name="insecureWarning"/> (listening beyond loopback with --insecure) is then logged at start
+    /// and sent to every client in the <see cref="Channels.InsecureHeader"/> response header.
+    /// </summary>
     public static WebApplicationBuilder CreateBuilder(string listen, int port, int maxMessageBytes, Action<ILoggingBuilder>? logging,
-        Action<KestrelServerOptions>? kestrel = null, bool detailedErrors = false)
+        Action<KestrelServerOptions>? kestrel = null, bool detailedErrors = false, ServerSecurity? security = null, string? insecureWarning = null)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
@@ -37,7 +45,11 @@ public static class GrpcServerHost
         logging?.Invoke(builder.Logging);
         builder.WebHost.ConfigureKestrel(k =>
         {
-            k.Listen(IPAddress.Parse(listen), port, l => l.Protocols = HttpProtocols.Http2);
+            k.Listen(IPAddress.Parse(listen), port, l =>
+            {
+                l.Protocols = HttpProtocols.Http2;
+                if (security is not null) l.UseHttps(https => ConfigureHttps(https, security));
+            });
             k.Limits.Http2.InitialConnectionWindowSize = 16 * 1024 * 1024;
             k.Limits.Http2.InitialStreamWindowSize = 16 * 1024 * 1024;
             // Each gRPC message is bounded by maxMessageBytes below. Kestrel's own body limit would count a whole
@@ -51,15 +63,36 @@ public static class GrpcServerHost
             o.MaxReceiveMessageSize = maxMessageBytes;
             o.MaxSendMessageSize = maxMessageBytes;
             o.EnableDetailedErrors = detailedErrors;
+            if (security is not null) o.Interceptors.Add<AccessInterceptor>();
             o.Interceptors.Add<ServerInterceptor>();
         });
+        if (security is not null)
+        {
+            builder.Services.AddSingleton(security);
+            builder.Services.AddSingleton(security.Tls);
+            builder.Services.AddSingleton(security.Policy);
+        }
+        builder.Services.AddSingleton(new ServerMode(security, insecureWarning));
         builder.Services.AddSingleton<ServerHealth>();
         builder.Services.AddSingleton(sp => sp.GetRequiredService<ServerHealth>().Service);
         return builder;
     }
 
+    private static void ConfigureHttps(HttpsConnectionAdapterOptions https, ServerSecurity security)
+    {
+        https.SslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13;
+        https.ServerCertificateSelector = (_, _) => security.SelectCertificate();
+        // Requested, not required at the handshake: the AccessInterceptor identifies the certificate against the
+        // cluster CA and refuses calls with a precise status and message (a failed handshake would say nothing).
+        https.ClientCertificateMode = ClientCertificateMode.AllowCertificate;
+        https.AllowAnyClientCertificate();
+    }
+
     /// <summary>Environment variable naming a file the server writes its reachable address into once it listens (`dtrain health` reads it; the container image sets it).</summary>
     public const string AddressFileVariable = "DTRAIN_ADDRESS_FILE";
+
+    /// <summary>The line of the address file naming the CA bundle of a TLS server (`dtrain health` checks the server with it).</summary>
+    public const string AddressFileCaPrefix = "ca=";
 
     /// <summary>
     /// Maps the gRPC health service: liveness ("") SERVING once the server listens, everything NOT_SERVING once it
@@ -70,16 +103,24 @@ public static class GrpcServerHost
         app.MapGrpcService<Grpc.HealthCheck.HealthServiceImpl>();
         var health = app.Services.GetRequiredService<ServerHealth>();
         health.Set(readiness, false);
+        var mode = app.Services.GetRequiredService<ServerMode>();
+        if (mode.InsecureWarning is { } warning)
+            app.Use((http, next) =>
+            {
+                http.Response.Headers[Channels.InsecureHeader] = warning;
+                return next(http);
+            });
         app.Lifetime.ApplicationStarted.Register(() =>
         {
             health.Set(ServerHealth.Live, true);
+            if (mode.InsecureWarning is { } w) app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("Dtrain.Security").LogWarning("INSECURE: {Warning}", w);
             if (Environment.GetEnvironmentVariable(AddressFileVariable) is { Length: > 0 } file)
-                File.WriteAllText(file, LocalAddress(app) + "\n");
+                File.WriteAllText(file, LocalAddress(app) + "\n" + (mode.Security is { } s ? $"{AddressFileCaPrefix}{Path.GetFullPath(s.Tls.AuthorityPath)}\n" : ""));
         });
         app.Lifetime.ApplicationStopping.Register(() => health.Stopping(readiness));
     }
 
-    /// <summary>The http://host:port a client on this machine reaches the started server on (a wildcard listen address becomes loopback).</summary>
+    /// <summary>The http(s)://host:port a client on this machine reaches the started server on (a wildcard listen address becomes loopback).</summary>
     public static string LocalAddress(WebApplication app)
     {
         var bound = BoundAddress(app).ToString().TrimEnd('/');
@@ -90,3 +131,6 @@ public static class GrpcServerHost
     public static Uri BoundAddress(WebApplication app) =>
         new(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First());
 }
+
+/// <summary>How a server was built: TLS (and its admission rules) or plaintext, and the --insecure warning if any.</summary>
+public sealed record ServerMode(ServerSecurity? Security, string? InsecureWarning);

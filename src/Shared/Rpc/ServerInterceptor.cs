@@ -65,6 +65,7 @@ public sealed class ServerInterceptor(ILogger<ServerInterceptor> log) : Intercep
             PeerFailureException => StatusCode.Aborted,
             WorkStoppedException => StatusCode.Cancelled,
             InsufficientMemoryException => StatusCode.ResourceExhausted,
+            UnauthorizedAccessException => StatusCode.PermissionDenied,
             SpecException or DataFormatException or ArgumentException or InvalidDataException or FormatException => StatusCode.InvalidArgument,
             KeyNotFoundException or FileNotFoundException => StatusCode.NotFound,
             CorruptCheckpointException => StatusCode.DataLoss,

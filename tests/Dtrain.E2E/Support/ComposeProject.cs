@@ -6,15 +6,33 @@ namespace Dtrain.E2E.Support;
 
 /// <summary>
 /// deploy/docker-compose.yml as a user runs it, under a unique project name (-p) with DTRAIN_IMAGE=dtrain:e2e and the
-/// coordinator published on a free loopback port. <see cref="DisposeAsync"/> runs `down -v` unless the test did.
+/// coordinator published on a free loopback port, over TLS: <see cref="ClientTlsAsync"/> copies the client certificate
+/// out of the coordinator as the README says (`docker compose cp`). <see cref="DisposeAsync"/> runs `down -v` unless the test did.
 /// </summary>
 public sealed class ComposeProject(ITestOutputHelper output) : IAsyncDisposable
 {
+    readonly string scratch = Directory.CreateTempSubdirectory("dtrain-compose-").FullName;
+    string? clientTls;
+
     public string Name { get; } = UniqueName.For("compose");
 
     public int Port { get; } = FreeLoopbackPort();
 
-    public string Address => $"http://127.0.0.1:{Port}";
+    public string Address => $"https://127.0.0.1:{Port}";
+
+    /// <summary>
+    /// The client certificate directory (ca.crt, tls.crt, tls.key) for the CLI on the host:
+    /// `docker compose cp coordinator:/etc/dtrain/tls/client DIR`, once the coordinator runs.
+    /// </summary>
+    public async Task<string> ClientTlsAsync()
+    {
+        if (clientTls is not null) return clientTls;
+        var target = Path.Combine(scratch, "client");
+        await CheckAsync(TimeSpan.FromSeconds(60), "cp", "coordinator:/etc/dtrain/tls/client", target).ConfigureAwait(false);
+        foreach (var file in new[] { "ca.crt", "tls.crt", "tls.key" })
+            Assert.True(File.Exists(Path.Combine(target, file)), $"`compose cp` of the client certificates gave no {file} in {target}");
+        return clientTls = target;
+    }
 
     public bool IsDown { get; private set; }
 
@@ -90,6 +108,7 @@ public sealed class ComposeProject(ITestOutputHelper output) : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         if (!IsDown) await DownAsync().ConfigureAwait(false);
+        try { Directory.Delete(scratch, recursive: true); } catch (IOException) { }
         var (containers, networks, volumes) = await LabelledResourcesAsync().ConfigureAwait(false);
         // Backstop for a failed `down`: remove by label whatever is left.
         foreach (var id in containers) await DockerEngine.RunAsync("rm", "-f", "-v", id).ConfigureAwait(false);

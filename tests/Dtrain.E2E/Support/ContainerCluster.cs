@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using Docker.DotNet.Models;
 using DotNet.Testcontainers.Builders;
+using DotNet.Testcontainers.Configurations;
 using DotNet.Testcontainers.Containers;
 using DotNet.Testcontainers.Networks;
 using DotNet.Testcontainers.Volumes;
@@ -10,11 +11,13 @@ using Xunit.Abstractions;
 namespace Dtrain.E2E.Support;
 
 /// <summary>
-/// A dtrain cluster in containers, made with Testcontainers from <see cref="ImageFixture.Image"/>: a private network,
-/// a coordinator (`serve`, network alias "coordinator", its port 5000 published on a random 127.0.0.1 port, its data
-/// directory on a named volume) and workers (`worker --coordinator http://coordinator:5000 --threads auto`, 1 CPU
-/// each). All names carry a random suffix; <see cref="DisposeAsync"/> removes every container, the network and the
-/// volume, also after a failed test.
+/// A dtrain cluster in containers, made with Testcontainers from <see cref="ImageFixture.Image"/>, over mutual TLS as
+/// deploy/docker-compose.yml runs it: a private network; a one-shot `certs init` container writing the cluster CA and
+/// certificates into three volumes (coordinator, worker, client — the client's copied to the host for the CLI,
+/// <see cref="ClientTlsDir"/>); a coordinator (`serve --tls-dir`, network alias "coordinator", its port 5000 published
+/// on a random 127.0.0.1 port, its data directory on a named volume) and workers (`worker --coordinator
+/// https://coordinator:5000 --tls-dir ... --threads auto`, 1 CPU each). All names carry a random suffix;
+/// <see cref="DisposeAsync"/> removes every container, the network and the volumes, also after a failed test.
 /// </summary>
 public sealed class ContainerCluster : IAsyncDisposable
 {
@@ -24,10 +27,16 @@ public sealed class ContainerCluster : IAsyncDisposable
     readonly ITestOutputHelper output;
     readonly IReadOnlyDictionary<string, string> coordinatorEnv;
     readonly List<IContainer> workers = [];
+    readonly string scratch = Directory.CreateTempSubdirectory("dtrain-cluster-tls-").FullName;
     INetwork? network;
     IVolume? volume;
+    readonly Dictionary<string, IVolume> certificates = [];
+    IContainer? certs;
     IContainer? coordinator;
     int port;
+
+    const string TlsRoot = "/etc/dtrain/tls";
+    static readonly string[] Roles = ["coordinator", "worker", "client"];
 
     ContainerCluster(ITestOutputHelper output, string name, IReadOnlyDictionary<string, string> coordinatorEnv)
     {
@@ -41,8 +50,14 @@ public sealed class ContainerCluster : IAsyncDisposable
 
     public string VolumeName => $"{Name}-data";
 
-    /// <summary>The coordinator as the host reaches it: http://127.0.0.1:PORT.</summary>
-    public string Address => $"http://127.0.0.1:{port}";
+    /// <summary>The coordinator as the host reaches it: https://127.0.0.1:PORT.</summary>
+    public string Address => $"https://127.0.0.1:{port}";
+
+    /// <summary>The client certificate directory on the host (ca.crt, tls.crt, tls.key), for DTRAIN_TLS_DIR.</summary>
+    public string ClientTlsDir => Path.Combine(scratch, "client");
+
+    /// <summary>A client of the coordinator with the client certificate.</summary>
+    public CoordinatorClient NewClient() => new(Address, ClientTlsDir);
 
     public IContainer Coordinator => coordinator ?? throw new InvalidOperationException("not started");
 
@@ -66,9 +81,10 @@ public sealed class ContainerCluster : IAsyncDisposable
             await cluster.network.CreateAsync().ConfigureAwait(false);
             cluster.volume = new VolumeBuilder().WithName(cluster.VolumeName).Build();
             await cluster.volume.CreateAsync().ConfigureAwait(false);
+            await cluster.MakeCertificatesAsync().ConfigureAwait(false);
             await cluster.StartCoordinatorAsync().ConfigureAwait(false);
             for (var i = 0; i < workerCount; i++) await cluster.AddWorkerAsync().ConfigureAwait(false);
-            using var client = new CoordinatorClient(cluster.Address);
+            using var client = cluster.NewClient();
             var idle = await client.WaitForIdleWorkersAsync(workerCount, TimeSpan.FromSeconds(90)).ConfigureAwait(false);
             output.WriteLine($"cluster {cluster.Name} up in {clock.Elapsed.TotalSeconds:F1} s at {cluster.Address}: {CoordinatorClient.Describe(idle)}");
             return cluster;
@@ -81,15 +97,38 @@ public sealed class ContainerCluster : IAsyncDisposable
         }
     }
 
+    /// <summary>`dtrain certs init /etc/dtrain/tls --host coordinator` in a one-shot container, into a volume per role; the client's copied to the host.</summary>
+    async Task MakeCertificatesAsync()
+    {
+        foreach (var role in Roles)
+        {
+            var v = new VolumeBuilder().WithName($"{Name}-certs-{role}").Build();
+            await v.CreateAsync().ConfigureAwait(false);
+            certificates[role] = v;
+        }
+        var builder = new ContainerBuilder(ImageFixture.Image)
+            .WithName($"{Name}-certs")
+            .WithCommand("certs", "init", TlsRoot, "--host", "coordinator");
+        foreach (var role in Roles) builder = builder.WithVolumeMount(certificates[role], $"{TlsRoot}/{role}");
+        certs = builder.Build();
+        await certs.StartAsync().ConfigureAwait(false);
+        var exit = await certs.GetExitCodeAsync().ConfigureAwait(false);
+        var (stdout, stderr) = await certs.GetLogsAsync().ConfigureAwait(false);
+        Assert.True(exit == 0, $"dtrain certs init in {certs.Name}: exit {exit}\n{stdout}{stderr}");
+        await DockerEngine.CheckAsync("cp", $"{certs.Id}:{TlsRoot}/client", ClientTlsDir).ConfigureAwait(false);
+        Assert.True(File.Exists(Path.Combine(ClientTlsDir, "tls.key")), $"no client key copied to {ClientTlsDir}");
+    }
+
     async Task StartCoordinatorAsync()
     {
         coordinator = new ContainerBuilder(ImageFixture.Image)
             .WithName($"{Name}-coordinator")
             .WithNetwork(network)
             .WithNetworkAliases("coordinator")
-            .WithCommand("serve")
+            .WithCommand("serve", "--tls-dir", $"{TlsRoot}/coordinator")
             .WithEnvironment(coordinatorEnv)
             .WithVolumeMount(volume, DataDir)
+            .WithVolumeMount(certificates["coordinator"], $"{TlsRoot}/coordinator", AccessMode.ReadOnly)
             .WithPortBinding(5000, assignRandomHostPort: true)
             // Published on loopback only (Testcontainers binds every interface by default).
             .WithCreateParameterModifier(p =>
@@ -114,7 +153,7 @@ public sealed class ContainerCluster : IAsyncDisposable
         while (clock.Elapsed < timeout)
         {
             last = await ProcessRunner.RunAsync("dotnet", ["exec", Path.Combine(AppContext.BaseDirectory, "dtrain.dll"), "health", Address, "--service", "dtrain.jobs.v1.Jobs", "--timeout", "3"],
-                TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+                TimeSpan.FromSeconds(30), env: new Dictionary<string, string> { ["DTRAIN_TLS_DIR"] = ClientTlsDir }).ConfigureAwait(false);
             if (last.ExitCode == 0)
             {
                 output.WriteLine($"coordinator healthy after {clock.Elapsed.TotalSeconds:F1} s: {last.Stdout.Trim()}");
@@ -131,7 +170,8 @@ public sealed class ContainerCluster : IAsyncDisposable
         var worker = new ContainerBuilder(ImageFixture.Image)
             .WithName($"{Name}-worker-{workers.Count + 1}")
             .WithNetwork(network)
-            .WithCommand("worker", "--coordinator", "http://coordinator:5000", "--threads", "auto")
+            .WithCommand("worker", "--coordinator", "https://coordinator:5000", "--tls-dir", $"{TlsRoot}/worker", "--threads", "auto")
+            .WithVolumeMount(certificates["worker"], $"{TlsRoot}/worker", AccessMode.ReadOnly)
             .WithCreateParameterModifier(p => (p.HostConfig ??= new HostConfig()).NanoCPUs = OneCpu)
             .Build();
         workers.Add(worker);
@@ -139,7 +179,7 @@ public sealed class ContainerCluster : IAsyncDisposable
         return worker;
     }
 
-    /// <summary>The worker container whose IP address is in the coordinator's address for it (http://IP:7000).</summary>
+    /// <summary>The worker container whose IP address is in the coordinator's address for it (https://IP:7000).</summary>
     public IContainer WorkerAt(string address)
     {
         var host = new Uri(address).Host;
@@ -214,14 +254,18 @@ public sealed class ContainerCluster : IAsyncDisposable
         }
         foreach (var w in workers) await Remove("worker", w).ConfigureAwait(false);
         await Remove("coordinator", coordinator).ConfigureAwait(false);
+        await Remove("certs", certs).ConfigureAwait(false);
         await Remove("network", network).ConfigureAwait(false);
         await Remove("volume", volume).ConfigureAwait(false);
+        foreach (var v in certificates.Values) await Remove("certificate volume", v).ConfigureAwait(false);
+        try { Directory.Delete(scratch, recursive: true); } catch (IOException) { }
         // Backstop: anything of this cluster's that Testcontainers did not remove (e.g. after a failed start).
         var left = await DockerEngine.RunAsync("ps", "-aq", "--filter", $"name={Name}-").ConfigureAwait(false);
         foreach (var id in left.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
             errors.Add($"left over container {id}: {(await DockerEngine.RunAsync("rm", "-f", "-v", id).ConfigureAwait(false)).ExitCode}");
         await DockerEngine.RunAsync("network", "rm", Name).ConfigureAwait(false);
         await DockerEngine.RunAsync("volume", "rm", VolumeName).ConfigureAwait(false);
+        foreach (var role in Roles) await DockerEngine.RunAsync("volume", "rm", $"{Name}-certs-{role}").ConfigureAwait(false);
         output.WriteLine(errors.Count == 0 ? $"cluster {Name} removed" : $"cluster {Name} removed with problems: {string.Join("; ", errors)}");
     }
 }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Dtrain.Cli;
 using Dtrain.Protos.Jobs;
+using Dtrain.Rpc;
 using Grpc.Core;
 using Grpc.Core.Interceptors;
 using Grpc.Net.Client;
@@ -15,11 +16,13 @@ public sealed class CoordinatorClient : IDisposable
 {
     readonly GrpcChannel channel;
 
-    /// <summary>A client of <paramref name="address"/> that sends <paramref name="token"/> (none when null).</summary>
-    public CoordinatorClient(string address, string? token = null)
+    /// <param name="address">http(s)://127.0.0.1:PORT of the cluster.</param>
+    /// <param name="tlsDir">The client certificate directory (ca.crt, tls.crt, tls.key) a TLS cluster's `certs init` made, or null.</param>
+    /// <param name="token">Sent as a bearer token when not null.</param>
+    public CoordinatorClient(string address, string? tlsDir, string? token = null)
     {
         Address = address;
-        channel = Remote.Channel(address);
+        channel = CliTls.Channel(address, settings: new TlsSettings { Dir = tlsDir });
         Jobs = token is null
             ? new Jobs.JobsClient(channel)
             : new Jobs.JobsClient(channel.Intercept(m => { m.Add("authorization", "Bearer " + token); return m; }));

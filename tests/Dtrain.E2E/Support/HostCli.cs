@@ -6,7 +6,8 @@ namespace Dtrain.E2E.Support;
 
 /// <summary>
 /// The `dtrain` CLI on the host, as a real process (the dtrain.dll built next to these tests, like
-/// tests/Dtrain.Tests' CliRunner): every command and its output go to the test output.
+/// tests/Dtrain.Tests' CliRunner): every command and its output go to the test output. With <see cref="TlsDir"/> set,
+/// it runs with DTRAIN_TLS_DIR (the cluster CA and the client certificate, as a user exports it); otherwise without.
 /// </summary>
 public sealed class HostCli(ITestOutputHelper output, string workDir)
 {
@@ -15,10 +16,14 @@ public sealed class HostCli(ITestOutputHelper output, string workDir)
     /// <summary>Sent as DTRAIN_TOKEN when set.</summary>
     public string? Token { get; set; }
 
+    /// <summary>The client certificate directory of the cluster under test (DTRAIN_TLS_DIR), or null.</summary>
+    public string? TlsDir { get; set; }
+
     public async Task<ProcessResult> RunAsync(TimeSpan timeout, params string[] args)
     {
-        var r = await ProcessRunner.RunAsync("dotnet", ["exec", Path.Combine(AppContext.BaseDirectory, "dtrain.dll"), .. args], timeout, WorkDir,
-            Token is null ? new Dictionary<string, string> { ["DTRAIN_THREADS"] = "1" } : new Dictionary<string, string> { ["DTRAIN_THREADS"] = "1", ["DTRAIN_TOKEN"] = Token }).ConfigureAwait(false);
+        var env = new Dictionary<string, string> { ["DTRAIN_THREADS"] = "1", ["DTRAIN_TLS_DIR"] = TlsDir ?? "" };
+        if (Token is not null) env["DTRAIN_TOKEN"] = Token;
+        var r = await ProcessRunner.RunAsync("dotnet", ["exec", Path.Combine(AppContext.BaseDirectory, "dtrain.dll"), .. args], timeout, WorkDir, env).ConfigureAwait(false);
         output.WriteLine($"[{DateTime.Now:HH:mm:ss}] dtrain {string.Join(' ', args)}: exit {r.ExitCode} in {r.Elapsed.TotalSeconds:F1} s");
         output.WriteLine(Indent(r.Stdout));
         if (r.Stderr.Trim().Length > 0) output.WriteLine(Indent("stderr: " + r.Stderr));

@@ -9,7 +9,8 @@ namespace Dtrain.E2E.Support;
 /// </summary>
 public sealed class ImageFixture(IMessageSink diagnostics) : IAsyncLifetime
 {
-    public const string Image = "dtrain:e2e";
+    /// <summary>dtrain:e2e, or $DTRAIN_E2E_IMAGE (a tag of its own when several checkouts share one Docker engine).</summary>
+    public static readonly string Image = Environment.GetEnvironmentVariable("DTRAIN_E2E_IMAGE") is { Length: > 0 } tag ? tag : "dtrain:e2e";
 
     readonly object gate = new();
     ProcessResult? build;

@@ -247,6 +247,25 @@ public class ElasticTests
         Assert.Contains(victim, info.Message);
     }
 
+    [Fact]
+    public async Task Over_mutual_tls_a_joining_worker_takes_a_peers_state_worker_to_worker()
+    {
+        var (tmp, spec, _) = Job();
+        using var __ = tmp;
+        using var pki = new Dtrain.Tests.Security.TestPki();
+        await using var cluster = await InProcessCluster.StartAsync(2, pki: pki);
+        var request = JobCommands.BuildSubmit(cluster.Client, new FileInfo(tmp.Write("tls.json", JobSpecSerializer.Serialize(spec with { Data = spec.Data with { Train = Path.Combine(tmp.Path, "t.txt") } }))), 2);
+        request.MaxWorkers = 3;
+        var id = cluster.Client.Submit(request).JobId;
+        await WaitForStep(cluster.Client, id, 20);
+        await cluster.AddWorkerAsync();
+        var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
+        Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
+        Assert.Equal(3, info.WorkerIds.Count);
+        Assert.True(info.Generation >= 2);
+        AssertLedger(cluster.Client, id);
+    }
+
     sealed class NullObserver : ITrainingObserver;
 }
 

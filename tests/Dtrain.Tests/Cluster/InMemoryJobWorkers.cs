@@ -74,6 +74,6 @@ public sealed class InMemoryJobWorkers : IJobWorkers, IAsyncDisposable
 
     private sealed class NoPeers : IPeerState
     {
-        public Task<byte[]> FetchStateAsync(string address, string jobId, long step, CancellationToken cancel) => throw new NotSupportedException("in-memory workers do not change membership");
+        public Task<byte[]> FetchStateAsync(string address, string workerId, string certificateSha256, string jobId, long step, CancellationToken cancel) => throw new NotSupportedException("in-memory workers do not change membership");
     }
 }

@@ -1,6 +1,8 @@
 using Dtrain.Protos.Jobs;
+using Dtrain.Rpc;
 using Dtrain.Server;
 using Dtrain.Server.Auth;
+using Dtrain.Tests.Security;
 using Dtrain.Worker;
 using Grpc.Core.Interceptors;
 using Grpc.Net.Client;
@@ -10,7 +12,10 @@ using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Tests.Cluster;
 
-/// <summary>A real coordinator and real workers (Kestrel on loopback, port 0) inside the test process.</summary>
+/// <summary>
+/// A real coordinator and real workers (Kestrel on loopback, port 0) inside the test process; with a <see cref="TestPki"/>,
+/// everything runs over mutual TLS (the coordinator with DIR/coordinator, workers joining with DIR/worker, this client with DIR/client).
+/// </summary>
 public sealed class InProcessCluster : IAsyncDisposable
 {
     private readonly WebApplication coordinator;
@@ -23,14 +28,17 @@ public sealed class InProcessCluster : IAsyncDisposable
     public Jobs.JobsClient Client { get; }
     /// <summary>An admin token created before the coordinator started (null with Coordinator:Auth=off).</summary>
     public string? AdminToken { get; }
+    public TestPki? Pki { get; }
 
-    private InProcessCluster(WebApplication coordinator, string address, string dataDir, string? adminToken)
+    private InProcessCluster(WebApplication coordinator, string address, string dataDir, string? adminToken, TestPki? pki)
     {
         this.coordinator = coordinator;
         Address = address;
         DataDir = dataDir;
         AdminToken = adminToken;
-        channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions { MaxReceiveMessageSize = 256 << 20, MaxSendMessageSize = 256 << 20 });
+        Pki = pki;
+        channel = Channels.Create(address, pki?.TlsOf(pki.ClientDir), ExpectedPeer.Coordinator,
+            new GrpcChannelOptions { MaxReceiveMessageSize = 256 << 20, MaxSendMessageSize = 256 << 20 });
         Client = ClientFor(adminToken);
     }
 
@@ -40,17 +48,18 @@ public sealed class InProcessCluster : IAsyncDisposable
     /// <summary>
     /// Starts the coordinator and <paramref name="workers"/> workers. Unless <paramref name="options"/> sets
     /// Coordinator:Auth=off, an admin token is created in the data directory first — so auth is on, even on loopback —
-    /// and <see cref="Client"/> sends it: every cluster test also exercises the admin role.
+    /// and <see cref="Client"/> sends it: every cluster test also exercises the admin role. With <paramref name="pki"/>, TLS is on.
     /// </summary>
     /// <param name="services">Replaces coordinator services, e.g. its clock with a fake one.</param>
-    public static async Task<InProcessCluster> StartAsync(int workers, CoordinatorOptions? options = null, Action<IServiceCollection>? services = null)
+    public static async Task<InProcessCluster> StartAsync(int workers, CoordinatorOptions? options = null, Action<IServiceCollection>? services = null, TestPki? pki = null)
     {
         var dataDir = Directory.CreateTempSubdirectory("dtrain-cluster-").FullName;
         options = (options ?? new CoordinatorOptions()) with { Port = 0, DataDir = dataDir };
+        if (pki is not null) options = options with { Tls = new TlsSettings { Dir = pki.CoordinatorDir } };
         var adminToken = options.Auth == "off" ? null : TokenStore.Create(dataDir, "cluster-admin", Role.Admin, DateTimeOffset.UtcNow).Secret;
         var app = CoordinatorHost.Build(options, Quiet, services);
         await app.StartAsync();
-        var cluster = new InProcessCluster(app, CoordinatorHost.Address(app), dataDir, adminToken);
+        var cluster = new InProcessCluster(app, CoordinatorHost.Address(app), dataDir, adminToken, pki);
         for (var i = 0; i < workers; i++) await cluster.AddWorkerAsync();
         await cluster.WaitForIdleAsync(workers, TimeSpan.FromSeconds(30));
         return cluster;
@@ -59,10 +68,18 @@ public sealed class InProcessCluster : IAsyncDisposable
     /// <param name="configure">Changes the worker's server before it is built (e.g. a gRPC interceptor standing in for a fault).</param>
     public async Task AddWorkerAsync(WorkerOptions? options = null, Action<WebApplicationBuilder>? configure = null)
     {
-        var w = WorkerHost.Build((options ?? new WorkerOptions()) with { Coordinator = Address, Port = 0, Threads = "1", Name = $"test-{workers.Count + 1}" }, Quiet, configure);
+        options = (options ?? new WorkerOptions()) with { Coordinator = Address, Port = 0, Threads = "1", Name = $"test-{workers.Count + 1}" };
+        if (Pki is not null && !options.Tls.HasMaterial) options = options with { Tls = new TlsSettings { Dir = Pki.WorkerDir } };
+        var w = WorkerHost.Build(options, Quiet, configure);
         await w.StartAsync();
         workers.Add(w);
     }
+
+    /// <summary>A service of the coordinator (e.g. its <see cref="WorkerRegistry"/>).</summary>
+    public T CoordinatorService<T>() where T : notnull => coordinator.Services.GetRequiredService<T>();
+
+    /// <summary>A service of worker <paramref name="index"/> (e.g. its <see cref="WorkerSecurity"/>).</summary>
+    public T WorkerService<T>(int index) where T : notnull => workers[index].Services.GetRequiredService<T>();
 
     public async Task StopWorkerAsync(int index) => await workers[index].StopAsync();
 

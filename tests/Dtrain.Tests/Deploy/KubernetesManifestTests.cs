@@ -10,8 +10,8 @@ namespace Dtrain.Tests.Deploy;
 
 /// <summary>
 /// deploy/k8s as Kubernetes receives it: rendered by `kubectl kustomize` (a real process) and checked against what the
-/// servers need and docs/deploy.md promises — ports, gRPC health services, storage, the worker's advertised pod IP,
-/// the non-root user, the options ConfigMap and the NetworkPolicy. Nothing is applied to a cluster.
+/// servers need and docs/deploy.md promises — ports, health probes (over TLS), storage, the worker's advertised pod IP,
+/// TLS certificates from Secrets, the non-root user, the options ConfigMap and the NetworkPolicy. Nothing is applied to a cluster.
 /// </summary>
 public class KubernetesManifestTests
 {
@@ -57,7 +57,7 @@ public class KubernetesManifestTests
     }
 
     [Fact]
-    public void Coordinator_keeps_its_data_on_a_claim_and_is_probed_over_grpc_health()
+    public void Coordinator_keeps_its_data_on_a_claim_and_is_probed_over_grpc_health_with_tls()
     {
         var c = OnlyContainer(Coordinator);
         var args = Args(c);
@@ -70,9 +70,7 @@ public class KubernetesManifestTests
         var dataMount = Assert.Single(c.Seq("volumeMounts"), m => m.Str("mountPath") == DataDir);
         Assert.True(claims.Contains(dataMount.Str("name")), $"{DataDir} is mounted from '{dataMount.Str("name")}', not from a volumeClaimTemplate ({string.Join(", ", claims)})");
 
-        AssertGrpcProbe(c, "livenessProbe", CoordinatorPort, "");
-        AssertGrpcProbe(c, "readinessProbe", CoordinatorPort, "dtrain.jobs.v1.Jobs");
-        if (c.At("startupProbe") is not null) AssertGrpcProbe(c, "startupProbe", CoordinatorPort, "");
+        AssertProbes(c, CoordinatorPort, "dtrain.jobs.v1.Jobs");
 
         var governing = Resource("Service", Coordinator.Str("spec", "serviceName") ?? "(no serviceName)");
         Assert.Equal("None", governing.Str("spec", "clusterIP"));
@@ -85,7 +83,7 @@ public class KubernetesManifestTests
         var c = OnlyContainer(Workers);
         var args = Args(c);
         Assert.True(args.FirstOrDefault() == "worker", $"the worker's first argument must be the role `worker`: [{string.Join(' ', args)}]");
-        Assert.Equal("http://dtrain-coordinator:5000", OptionValue(args, "--coordinator"));
+        Assert.Equal("https://dtrain-coordinator:5000", OptionValue(args, "--coordinator"));
         Assert.Equal("auto", OptionValue(args, "--threads"));
         Assert.True(c.At("resources", "limits", "cpu") is not null, "--threads auto sizes itself from limits.cpu: set it");
 
@@ -98,13 +96,37 @@ public class KubernetesManifestTests
 
         Assert.Contains(WorkerPort.ToString(CultureInfo.InvariantCulture), c.Seq("ports").Select(p => p.Str("containerPort")));
         AssertOptionIfGiven(args, "--port", WorkerPort.ToString(CultureInfo.InvariantCulture));
-        AssertGrpcProbe(c, "livenessProbe", WorkerPort, "");
-        AssertGrpcProbe(c, "readinessProbe", WorkerPort, "dtrain.worker.v1.WorkerControl");
-        if (c.At("startupProbe") is not null) AssertGrpcProbe(c, "startupProbe", WorkerPort, "");
+        AssertProbes(c, WorkerPort, "dtrain.worker.v1.WorkerControl");
 
         var grace = PodSpec(Workers).Str("terminationGracePeriodSeconds");
         Assert.True(grace is not null && int.Parse(grace, CultureInfo.InvariantCulture) >= 60,
             $"a training worker finishes its step before leaving: terminationGracePeriodSeconds {grace ?? "(default 30)"} < 60");
+    }
+
+    [Fact]
+    public void Servers_listen_beyond_loopback_only_with_tls_certificates_from_secrets()
+    {
+        foreach (var (workload, role, secret) in new[] { (Coordinator, "coordinator", "dtrain-coordinator-tls"), (Workers, "worker", "dtrain-worker-tls") })
+        {
+            var what = $"{workload.Str("kind")}/{workload.Str("metadata", "name")}";
+            var c = OnlyContainer(workload);
+            var args = Args(c);
+            Assert.Equal("0.0.0.0", OptionValue(args, "--listen"));
+            Assert.False(args.Contains("--insecure"), $"{what} runs with --insecure");
+            var dir = OptionValue(args, "--tls-dir");
+            Assert.True(dir is not null, $"{what} listens beyond loopback, which needs TLS: no --tls-dir in [{string.Join(' ', args)}]");
+            Assert.Equal($"/etc/dtrain/tls/{role}", dir);
+            var mount = Assert.Single(c.Seq("volumeMounts"), m => m.Str("mountPath") == dir);
+            Assert.Equal("true", mount.Str("readOnly"));
+            var volume = Assert.Single(PodSpec(workload).Seq("volumes"), v => v.Str("name") == mount.Str("name"));
+            Assert.Equal(secret, volume.Str("secret", "secretName"));
+            Assert.Null(volume.Str("secret", "optional"));
+            // Mounted root:fsGroup; the dtrain user (not root) reads it through the group, nobody else at all.
+            var mode = Convert.ToInt32(volume.Str("secret", "defaultMode") ?? "420", CultureInfo.InvariantCulture);
+            Assert.True((mode & 0b000_100_000) != 0, $"{what}: defaultMode {Convert.ToString(mode, 8)} does not let the fsGroup read the certificates");
+            Assert.True((mode & 0b000_000_111) == 0, $"{what}: defaultMode {Convert.ToString(mode, 8)} lets every user read the private keys");
+        }
+        Assert.StartsWith("https://", OptionValue(Args(OnlyContainer(Workers)), "--coordinator"), StringComparison.Ordinal);
     }
 
     [Fact]
@@ -180,8 +202,8 @@ public class KubernetesManifestTests
     {
         var sections = new (string Prefix, Type Options, string[] SetByManifests)[]
         {
-            ("DTRAIN_Coordinator__", typeof(CoordinatorOptions), ["Port", "Listen", "DataDir"]),
-            ("DTRAIN_Worker__", typeof(WorkerOptions), ["Coordinator", "Port", "Listen", "AdvertiseHost", "Name", "Threads"]),
+            ("DTRAIN_Coordinator__", typeof(CoordinatorOptions), ["Port", "Listen", "DataDir", "Tls"]),
+            ("DTRAIN_Worker__", typeof(WorkerOptions), ["Coordinator", "Port", "Listen", "AdvertiseHost", "Name", "Threads", "Tls"]),
         };
         var keys = OptionsConfigMap.At("data").Strings().Keys.ToList();
         foreach (var (prefix, options, setByManifests) in sections)
@@ -245,12 +267,30 @@ public class KubernetesManifestTests
         Assert.True(value is null || value == expected, $"{name} {value} disagrees with the manifest's {expected}");
     }
 
-    static void AssertGrpcProbe(YamlNode container, string probe, int port, string service)
+    /// <summary>
+    /// The servers speak only TLS, which the kubelet's grpc probes cannot: liveness (and startup) probe the port;
+    /// readiness runs `dtrain health --service SERVICE` in the container (it reads the address and CA the server wrote).
+    /// </summary>
+    static void AssertProbes(YamlNode container, int port, string readiness)
     {
-        var grpc = container.At(probe, "grpc");
-        Assert.True(grpc is not null, $"{container.Str("name")}: {probe} must be a native grpc probe");
-        Assert.Equal(port.ToString(CultureInfo.InvariantCulture), grpc.Str("port"));
-        Assert.Equal(service, grpc.Str("service") ?? "");
+        var name = container.Str("name");
+        foreach (var probe in new[] { "livenessProbe", "readinessProbe", "startupProbe" })
+            Assert.True(container.At(probe, "grpc") is null, $"{name}: {probe} is a grpc probe, which cannot speak TLS");
+        Assert.Equal(port.ToString(CultureInfo.InvariantCulture), container.Str("livenessProbe", "tcpSocket", "port"));
+        if (container.At("startupProbe") is not null) Assert.Equal(port.ToString(CultureInfo.InvariantCulture), container.Str("startupProbe", "tcpSocket", "port"));
+        var command = container.Seq("readinessProbe", "exec", "command").Select(Scalar).ToList();
+        Assert.True(command.Take(2).SequenceEqual(["dtrain", "health"]), $"{name}: readiness must run `dtrain health`: [{string.Join(' ', command)}]");
+        Assert.Equal(readiness, OptionValue(command, "--service"));
+        var positional = new List<string>();
+        for (var i = 2; i < command.Count; i++)
+        {
+            if (command[i] is "--service" or "-s" or "--timeout") i++;
+            else if (!command[i].StartsWith('-')) positional.Add(command[i]);
+        }
+        Assert.True(positional.Count == 0, $"{name}: `dtrain health` in the probe must take the address (and CA) from the server's address file, not from [{string.Join(' ', positional)}]");
+        var timeout = int.Parse(container.Str("readinessProbe", "timeoutSeconds") ?? "1", CultureInfo.InvariantCulture);
+        var inner = double.Parse(OptionValue(command, "--timeout") ?? "5", CultureInfo.InvariantCulture);
+        Assert.True(timeout > inner, $"{name}: readiness timeoutSeconds {timeout} must exceed the health call's --timeout {inner} plus the CLI's start");
     }
 
     /// <summary>A label selector (matchLabels and matchExpressions) matches the labels; an empty selector matches all.</summary>

@@ -85,7 +85,7 @@ public class AuthModeTests
     public async Task Auto_beyond_loopback_needs_a_token_even_before_one_exists_and_says_how_to_create_one()
     {
         using var tmp = new TempDir();
-        await using var c = new Coordinator(tmp.Path, new CoordinatorOptions { Listen = "0.0.0.0" });
+        await using var c = new Coordinator(tmp.Path, new CoordinatorOptions { Listen = "0.0.0.0", Tls = new Dtrain.Rpc.TlsSettings { Insecure = true } });
         var e = Assert.Throws<RpcException>(() => c.Client().ListWorkers(new ListWorkersRequest()));
         Assert.Equal(StatusCode.Unauthenticated, e.StatusCode);
         Assert.Contains($"no token exists yet: on the coordinator's host run `dtrain tokens create --role admin --name NAME --data-dir {tmp.Path}`", e.Status.Detail);

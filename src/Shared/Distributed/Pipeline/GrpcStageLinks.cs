@@ -1,22 +1,46 @@
 using System.Runtime.InteropServices;
 using Dtrain.Protos.Pipeline;
 using Google.Protobuf;
+using Dtrain.Rpc;
 using Grpc.Core;
 using Grpc.Net.Client;
 using static TorchSharp.torch;
 
 namespace Dtrain.Distributed.Pipeline;
 
+/// <summary>TLS of a stage's links: this worker's certificate and the CA, and whose certificates the previous and next stage must present.</summary>
+public sealed record StageLinkSecurity(ClusterTls Tls, ExpectedPeer? Previous, ExpectedPeer? Next);
+
 /// <summary>
 /// One stage's links to its neighbours over gRPC: a long-lived StageLink stream to the next stage (activations)
 /// and one to the previous stage (activation gradients), opened on first use; what arrives for this stage is read
-/// from the worker's <see cref="StageMailboxes"/>. A failed send names the peer stage and its address.
+/// from the worker's <see cref="StageMailboxes"/>. A failed send names the peer stage and its address. With
+/// a <see cref="StageLinkSecurity"/> (TLS), streams go out with this worker's certificate to the neighbours' pinned
+/// certificates only, and only the neighbours' streams are accepted for this stage.
 /// </summary>
-public sealed class GrpcStageLinks(string jobId, long generation, int replica, int stage, string? previous, string? next, StageMailboxes mailboxes,
-    int frameBytes = 1 << 20) : IAsyncDisposable
+public sealed class GrpcStageLinks : IAsyncDisposable
 {
-    private readonly Outbound? toNext = next is null ? null : new Outbound(next, stage + 1);
-    private readonly Outbound? toPrevious = previous is null ? null : new Outbound(previous, stage - 1);
+    private readonly string jobId;
+    private readonly long generation;
+    private readonly int replica;
+    private readonly int stage;
+    private readonly StageMailboxes mailboxes;
+    private readonly int frameBytes;
+    private readonly Outbound? toNext;
+    private readonly Outbound? toPrevious;
+
+    public GrpcStageLinks(string jobId, long generation, int replica, int stage, string? previous, string? next, StageMailboxes mailboxes,
+        int frameBytes = 1 << 20, StageLinkSecurity? security = null)
+    {
+        (this.jobId, this.generation, this.replica, this.stage, this.mailboxes, this.frameBytes) = (jobId, generation, replica, stage, mailboxes, frameBytes);
+        if (security is not null)
+        {
+            if (previous is not null) mailboxes.Expect(jobId, generation, replica, stage - 1, stage, security.Previous ?? throw new ArgumentException($"stage {stage}: no identity for the previous stage"));
+            if (next is not null) mailboxes.Expect(jobId, generation, replica, stage + 1, stage, security.Next ?? throw new ArgumentException($"stage {stage}: no identity for the next stage"));
+        }
+        toNext = next is null ? null : new Outbound(next, stage + 1, security?.Tls, security?.Next);
+        toPrevious = previous is null ? null : new Outbound(previous, stage - 1, security?.Tls, security?.Previous);
+    }
 
     /// <summary>The links as seen by step <paramref name="step"/> (tensors are matched by step and micro-batch).</summary>
     public IStageLinks ForStep(long step) => new StepLinks(this, step);
@@ -74,11 +98,11 @@ public sealed class GrpcStageLinks(string jobId, long generation, int replica, i
         public Task<Tensor> ReceiveGradientAsync(int micro, CancellationToken cancel) => links.ReceiveAsync(StageTensorKind.Gradient, step, micro, cancel);
     }
 
-    private sealed class Outbound(string address, int stage) : IAsyncDisposable
+    private sealed class Outbound(string address, int stage, ClusterTls? tls, ExpectedPeer? expected) : IAsyncDisposable
     {
         public string Address { get; } = address;
         public int Stage { get; } = stage;
-        public GrpcChannel Channel { get; } = GrpcChannel.ForAddress(address, new GrpcChannelOptions { MaxSendMessageSize = 64 << 20 });
+        public GrpcChannel Channel { get; } = Channels.Create(address, tls, expected ?? ExpectedPeer.AnyMember, new GrpcChannelOptions { MaxSendMessageSize = 64 << 20 });
         public SemaphoreSlim Gate { get; } = new(1, 1);
         public CancellationTokenSource Closing { get; } = new();
         public AsyncClientStreamingCall<TensorFrame, SendReply>? Call { get; set; }

@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Runtime.InteropServices;
 using Dtrain.Protos.Pipeline;
+using Dtrain.Rpc;
 using Grpc.Core;
 
 namespace Dtrain.Distributed.Pipeline;
@@ -26,6 +27,17 @@ public sealed class StageMailboxes
 {
     private readonly ConcurrentDictionary<(string Job, long Generation, int Replica, int Stage, StageTensorKind Kind, long Step, int Micro), TaskCompletionSource<StageTensor>> slots = new();
     private readonly ConcurrentDictionary<(string Job, long Generation), Exception> closed = new();
+    private readonly ConcurrentDictionary<(string Job, long Generation, int Replica, int From, int To), ExpectedPeer> senders = new();
+
+    /// <summary>With TLS: the link from stage <paramref name="fromStage"/> to <paramref name="toStage"/> of a job is accepted only from <paramref name="peer"/>.</summary>
+    public void Expect(string job, long generation, int replica, int fromStage, int toStage, ExpectedPeer peer) =>
+        senders[(job, generation, replica, fromStage, toStage)] = peer;
+
+    /// <summary>Why a link carrying frames (job, generation, replica, from → to) from <paramref name="peer"/> is refused, or null when it is that link's expected sender.</summary>
+    public string? Refusal(string job, long generation, int replica, int fromStage, int toStage, PeerIdentity peer) =>
+        senders.TryGetValue((job, generation, replica, fromStage, toStage), out var expected)
+            ? expected.Mismatch(peer)
+            : $"no stage on this worker expects a link from stage {fromStage} to stage {toStage} of job {job}/{generation} replica {replica}";
 
     private TaskCompletionSource<StageTensor> Slot(string job, long generation, int replica, int stage, StageTensorKind kind, long step, int micro) =>
         slots.GetOrAdd((job, generation, replica, stage, kind, step, micro), _ => new TaskCompletionSource<StageTensor>(TaskCreationOptions.RunContinuationsAsynchronously));
@@ -63,10 +75,15 @@ public sealed class StageMailboxes
     {
         closed.TryRemove((job, generation), out _);
         foreach (var key in slots.Keys.Where(k => k.Job == job && k.Generation == generation).ToList()) slots.TryRemove(key, out _);
+        foreach (var key in senders.Keys.Where(k => k.Job == job && k.Generation == generation).ToList()) senders.TryRemove(key, out _);
     }
 }
 
-/// <summary>The StageLink service: reassembles the frames of each incoming stream into tensors and delivers them.</summary>
+/// <summary>
+/// The StageLink service: reassembles the frames of each incoming stream into tensors and delivers them. Every frame
+/// of a stream must belong to the same link (job, generation, replica, from-stage, to-stage); with TLS the stream is
+/// accepted only from the worker whose certificate that link's receiving stage expects (<see cref="StageMailboxes.Expect"/>).
+/// </summary>
 public sealed class StageLinkService(StageMailboxes mailboxes) : StageLink.StageLinkBase
 {
     public override async Task<SendReply> Send(IAsyncStreamReader<TensorFrame> requestStream, ServerCallContext context)
@@ -77,10 +94,24 @@ public sealed class StageLinkService(StageMailboxes mailboxes) : StageLink.Stage
         var filled = 0L;
         string? job = null;
         long generation = 0;
+        (string Job, long Generation, int Replica, int From, int To)? link = null;
         try
         {
             await foreach (var f in requestStream.ReadAllAsync(context.CancellationToken).ConfigureAwait(false))
             {
+                var frameLink = (f.JobId, f.Generation, f.Replica, f.FromStage, f.ToStage);
+                if (link is null)
+                {
+                    if (PeerIdentity.Of(context) is { } peer && mailboxes.Refusal(f.JobId, f.Generation, f.Replica, f.FromStage, f.ToStage, peer) is { } refused)
+                        throw new RpcException(new Status(StatusCode.PermissionDenied,
+                            $"job {f.JobId}/{f.Generation}: a link claiming to be stage {f.FromStage} → stage {f.ToStage} of replica {f.Replica} is refused: {refused}"));
+                    link = frameLink;
+                }
+                else if (link != frameLink)
+                {
+                    throw new RpcException(new Status(StatusCode.InvalidArgument,
+                        $"a frame of job {f.JobId}/{f.Generation} replica {f.Replica} stage {f.FromStage} → {f.ToStage} on the stream of job {link.Value.Job}/{link.Value.Generation} replica {link.Value.Replica} stage {link.Value.From} → {link.Value.To}"));
+                }
                 (job, generation) = (f.JobId, f.Generation);
                 if (head is null)
                 {

@@ -1,0 +1,173 @@
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using System.Text;
+using Dtrain.Protos.Membership;
+using Dtrain.Rpc;
+using Grpc.Core;
+
+namespace Dtrain.Server;
+
+/// <summary>
+/// The coordinator's TLS and admission of workers. TLS is on whenever TLS files are configured, and required when it
+/// listens beyond loopback (plaintext then only with an explicit, loudly logged --insecure). A worker joins with proof:
+/// a worker certificate from the cluster CA on its connection, or a join token; over TLS it sends a certificate signing
+/// request and gets back its own certificate (CN = its worker id, signed with the CA key), which the registry pins:
+/// its heartbeats, leave, and ring and pipeline traffic are then accepted only with that certificate.
+/// </summary>
+public sealed class CoordinatorSecurity
+{
+    /// <summary>Shortest join token accepted (a guessable token is no proof).</summary>
+    public const int MinJoinTokenLength = 16;
+
+    private readonly byte[][] joinTokens;
+
+    private CoordinatorSecurity(ClusterTls? tls, string? insecureWarning, byte[][] joinTokens)
+    {
+        Tls = tls;
+        InsecureWarning = insecureWarning;
+        this.joinTokens = joinTokens;
+    }
+
+    /// <summary>The CA, the coordinator's certificate and the CA key; null = plaintext.</summary>
+    public ClusterTls? Tls { get; }
+
+    /// <summary>Set when listening beyond loopback without TLS (--insecure).</summary>
+    public string? InsecureWarning { get; }
+
+    public int JoinTokenCount => joinTokens.Length;
+
+    /// <summary>The server side of TLS: this certificate, and the coordinator's admission rules; null = plaintext.</summary>
+    public ServerSecurity? Server => Tls is null ? null : new ServerSecurity(Tls, AccessPolicy.Coordinator());
+
+    /// <summary>Loads TLS and join tokens; every problem is an <see cref="ArgumentException"/> naming the setting or file.</summary>
+    public static CoordinatorSecurity Create(CoordinatorOptions options)
+    {
+        var settings = options.Tls ?? new TlsSettings();
+        if (settings.Insecure && settings.HasMaterial)
+            throw new ArgumentException("Coordinator:Tls: --insecure (Insecure) and TLS files (--tls-dir, --ca, --cert, --key, --ca-key) exclude each other");
+        var tokens = LoadJoinTokens(options);
+        if (settings.HasMaterial)
+        {
+            var tls = settings.Load("Coordinator:Tls", CertificateNeed.Required, signer: true);
+            var own = tls.Certificate!;
+            var identity = tls.Identify(own, asServer: true, out var error)
+                ?? throw new ArgumentException($"Coordinator:Tls: {settings.CertPath} cannot serve: {error}");
+            if (identity.Role != ClusterRoles.Coordinator)
+                throw new ArgumentException($"Coordinator:Tls: {settings.CertPath} is a {identity.Role} certificate (\"{own.Subject}\"); the coordinator needs the one `dtrain certs init` writes to DIR/coordinator (OU=coordinator)");
+            if (tls.Identify(own, asServer: false, out error) is null)
+                throw new ArgumentException($"Coordinator:Tls: {settings.CertPath} cannot dial workers: {error}");
+            return new CoordinatorSecurity(tls, null, tokens);
+        }
+        if (TlsSettings.IsLoopback(options.Listen)) return new CoordinatorSecurity(null, null, tokens);
+        if (!settings.Insecure)
+            throw new ArgumentException($"Coordinator:Listen {options.Listen} reaches beyond this machine, so TLS is required: make certificates with " +
+                                        "`dtrain certs init DIR --host NAME` (NAME: the host name or IP workers and clients dial) and pass --tls-dir DIR/coordinator " +
+                                        "(Coordinator:Tls:Dir); or accept plaintext without any authentication with --insecure (Coordinator:Tls:Insecure)");
+        return new CoordinatorSecurity(null,
+            $"the coordinator listens on {options.Listen}:{options.Port} without TLS or authentication (--insecure): anyone who reaches it can register workers and submit, cancel and download jobs",
+            tokens);
+    }
+
+    private static byte[][] LoadJoinTokens(CoordinatorOptions options)
+    {
+        var tokens = new List<string>();
+        foreach (var (t, i) in (options.JoinTokens ?? []).Select((t, i) => (t, i)))
+        {
+            if ((t ?? "").Trim().Length < MinJoinTokenLength)
+                throw new ArgumentException($"Coordinator:JoinTokens:{i} is shorter than {MinJoinTokenLength} characters: use a random token, e.g. `head -c 24 /dev/urandom | base64`");
+            tokens.Add(t!.Trim());
+        }
+        if (!string.IsNullOrWhiteSpace(options.JoinTokenFile))
+        {
+            var file = options.JoinTokenFile.Trim();
+            if (!File.Exists(file)) throw new ArgumentException($"Coordinator:JoinTokenFile: {file} not found");
+            var lines = File.ReadAllLines(file);
+            var before = tokens.Count;
+            for (var n = 0; n < lines.Length; n++)
+            {
+                var line = lines[n].Trim();
+                if (line.Length == 0 || line.StartsWith('#')) continue;
+                if (line.Length < MinJoinTokenLength)
+                    throw new ArgumentException($"{file}:{n + 1}: join token shorter than {MinJoinTokenLength} characters: use a random token, e.g. `head -c 24 /dev/urandom | base64`");
+                tokens.Add(line);
+            }
+            if (tokens.Count == before) throw new ArgumentException($"Coordinator:JoinTokenFile: {file} holds no token (one per line; # starts a comment)");
+        }
+        return [.. tokens.Select(Encoding.UTF8.GetBytes)];
+    }
+
+    /// <summary>Whether <paramref name="token"/> is one of the join tokens (compared in constant time).</summary>
+    public bool IsJoinToken(string token)
+    {
+        if (string.IsNullOrEmpty(token)) return false;
+        var given = Encoding.UTF8.GetBytes(token.Trim());
+        var match = false;
+        foreach (var t in joinTokens) match |= CryptographicOperations.FixedTimeEquals(t, given);
+        return match;
+    }
+
+    /// <summary>A registration admitted: what proved it, and (with TLS) how to sign the worker's certificate once it has an id.</summary>
+    public sealed record Admission(string Proof, Func<string, X509Certificate2>? Certify);
+
+    /// <summary>
+    /// Admits a Register call or throws: over TLS it needs a worker certificate from the cluster CA or a join token, an
+    /// https address and a certificate signing request; in plaintext, a join token when the coordinator has any.
+    /// </summary>
+    public Admission Admit(RegisterRequest request, ServerCallContext context)
+    {
+        var peer = PeerIdentity.Of(context);
+        var tokenGiven = !string.IsNullOrEmpty(request.JoinToken);
+        var tokenOk = tokenGiven && IsJoinToken(request.JoinToken);
+        if (tokenGiven && !tokenOk)
+            throw new RpcException(new Status(StatusCode.PermissionDenied, "Register refused: the join token is not one of this coordinator's (Coordinator:JoinTokens / --join-token-file)"));
+        if (Tls is null)
+        {
+            if (joinTokens.Length > 0 && !tokenOk)
+                throw new RpcException(new Status(StatusCode.Unauthenticated, "Register refused: this coordinator admits workers with a join token only: start the worker with --join-token-file FILE"));
+            return new Admission(tokenOk ? "join token" : "none (plaintext)", null);
+        }
+
+        string proof;
+        if (peer is { Role: ClusterRoles.Worker }) proof = $"certificate {peer}";
+        else if (tokenOk) proof = "join token";
+        else if (peer is not null)
+            throw new RpcException(new Status(StatusCode.PermissionDenied, $"Register refused: {peer} is not a worker certificate; a worker joins with one (--tls-dir DIR/worker of `dtrain certs init`) or with a join token"));
+        else
+            throw new RpcException(new Status(StatusCode.Unauthenticated,
+                "Register refused: a worker must prove it may join: a worker certificate signed by the cluster CA on the connection (--tls-dir DIR/worker of `dtrain certs init`) or a join token (--join-token-file FILE)"));
+
+        if (!Uri.TryCreate(request.Address, UriKind.Absolute, out var address) || address.Scheme != Uri.UriSchemeHttps)
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"address \"{request.Address}\" must be an https URL: this coordinator uses TLS, and so must its workers"));
+        if (request.Csr.IsEmpty)
+            throw new RpcException(new Status(StatusCode.InvalidArgument, "Register over TLS needs a certificate signing request (csr) for the worker's own certificate"));
+        CertificateRequest csr;
+        try
+        {
+            csr = CertificateRequest.LoadSigningRequest(request.Csr.ToByteArray(), HashAlgorithmName.SHA256, CertificateRequestLoadOptions.Default);
+        }
+        catch (CryptographicException e)
+        {
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"the certificate signing request (csr) is not a valid PKCS#10 request: {e.Message}"));
+        }
+        var signer = Tls.Signer!;
+        string[] hosts = [address.Host, "127.0.0.1", "localhost"];
+        return new Admission(proof, id => ClusterCertificates.Sign(signer,
+            new CertificateRequest(ClusterCertificates.Subject(id, ClusterRoles.Worker), csr.PublicKey, HashAlgorithmName.SHA256),
+            ClusterRoles.Worker, hosts, ClusterCertificates.IssuedWorkerValidity));
+    }
+
+    /// <summary>
+    /// With TLS, refuses a heartbeat or leave of worker <paramref name="id"/> that comes with its token but with another
+    /// certificate than the one it was issued (someone else speaking for it). Without TLS, or for an unknown id or
+    /// another registration's token (a worker the coordinator forgot, which registers again), does nothing.
+    /// </summary>
+    public void CheckSpeaksFor(WorkerRegistry registry, string id, string token, ServerCallContext context, string what)
+    {
+        if (Tls is null) return;
+        if (registry.Claim(id, token) is not (true, { Length: > 0 } pinned)) return;
+        var peer = PeerIdentity.Of(context);
+        if (string.Equals(peer?.Sha256, pinned, StringComparison.OrdinalIgnoreCase)) return;
+        throw new RpcException(new Status(StatusCode.PermissionDenied,
+            $"{what} for worker {id} refused: {(peer is null ? "no certificate" : peer.ToString())} is not the certificate issued to {id} (sha256 {pinned[..16]}…)"));
+    }
+}
