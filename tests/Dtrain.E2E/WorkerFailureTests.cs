@@ -7,15 +7,16 @@ using Xunit.Abstractions;
 namespace Dtrain.E2E;
 
 /// <summary>
-/// Workers that go away mid-job, as containers do: killed (SIGKILL — the job fails naming the worker and the
-/// coordinator carries on with the survivors) or stopped (SIGTERM — the worker drains: it finishes its step, tells
-/// the coordinator it leaves and exits 0 well within its grace period; it is not reported lost).
+/// Workers that go away mid-job, as containers do, in jobs that need all their workers (`--min-workers` = their
+/// workers; elastic jobs go on without them — tests/Dtrain.Tests/Cluster/ElasticTests): killed (SIGKILL — the job
+/// fails naming the worker and the coordinator carries on with the survivors) or stopped (SIGTERM — the worker drains:
+/// it finishes its step, tells the coordinator it leaves and exits 0 well within its grace period; it is not reported lost).
 /// </summary>
 [Collection(DockerCollection.Name)]
 public sealed class WorkerFailureTests(ImageFixture image, ITestOutputHelper output)
 {
     /// <summary>Heartbeats every second (the default); a worker is lost after 5 s without one.</summary>
-    static readonly Dictionary<string, string> FastLoss = new() { ["DTRAIN_Coordinator__WorkerTimeoutSeconds"] = "5" };
+    static readonly Dictionary<string, string> FastLoss = new() { ["DTRAIN_Coordinator__WorkerTimeoutSeconds"] = "5", ["DTRAIN_Coordinator__WaitForWorkersSeconds"] = "1" };
 
     [DockerFact]
     public async Task Killed_worker_container_fails_its_job_naming_it_and_the_survivors_take_the_next_job()
@@ -30,7 +31,7 @@ public sealed class WorkerFailureTests(ImageFixture image, ITestOutputHelper out
         await cluster.RunAsync(async () =>
         {
             using var client = cluster.NewClient();
-            var (id, _) = await cli.SubmitAsync(cluster.Address, longJob, workers: 3, watch: false);
+            var (id, _) = await cli.SubmitAsync(cluster.Address, longJob, workers: 3, watch: false, extra: ["--min-workers", "3"]);
             var running = await client.WaitForStepAsync(id, 5, TimeSpan.FromSeconds(90));
             Assert.Equal(3, running.WorkerIds.Count);
             var victim = client.Workers().Single(w => w.WorkerId == running.WorkerIds[1]);
@@ -72,7 +73,7 @@ public sealed class WorkerFailureTests(ImageFixture image, ITestOutputHelper out
         await cluster.RunAsync(async () =>
         {
             using var client = cluster.NewClient();
-            var (id, _) = await cli.SubmitAsync(cluster.Address, longJob, workers: 2, watch: false);
+            var (id, _) = await cli.SubmitAsync(cluster.Address, longJob, workers: 2, watch: false, extra: ["--min-workers", "2"]);
             var running = await client.WaitForStepAsync(id, 5, TimeSpan.FromSeconds(90));
             var victim = client.Workers().Single(w => w.WorkerId == running.WorkerIds[1]);
             var survivor = running.WorkerIds[0];

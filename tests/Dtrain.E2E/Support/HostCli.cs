@@ -43,9 +43,9 @@ public sealed class HostCli(ITestOutputHelper output, string workDir)
     public Task<ProcessResult> CheckAsync(params string[] args) => CheckAsync(TimeSpan.FromMinutes(3), args);
 
     /// <summary>`submit SPEC --workers N [--watch]`; returns the job id (the first line `submit` prints) and the result.</summary>
-    public async Task<(string Id, ProcessResult Result)> SubmitAsync(string coordinator, string spec, int workers, bool watch, TimeSpan? timeout = null)
+    public async Task<(string Id, ProcessResult Result)> SubmitAsync(string coordinator, string spec, int workers, bool watch, TimeSpan? timeout = null, params string[] extra)
     {
-        string[] args = ["submit", spec, "--workers", workers.ToString(CultureInfo.InvariantCulture), "--coordinator", coordinator];
+        string[] args = ["submit", spec, "--workers", workers.ToString(CultureInfo.InvariantCulture), "--coordinator", coordinator, .. extra];
         var r = await RunAsync(timeout ?? TimeSpan.FromMinutes(3), watch ? [.. args, "--watch", "--plain"] : args).ConfigureAwait(false);
         var id = Regex.Match(r.Stdout, @"^(job-\d+)\s*$", RegexOptions.Multiline);
         Assert.True(id.Success, $"submit printed no job id\n{r}");
