@@ -162,13 +162,14 @@ public static class ClusterBench
         var (samplesPerSecond, _, error) = RunForValue(psi, "samples_per_s=");
         return samplesPerSecond is { } v ? (v, "bench/anchors/pytorch_ddp_bench.py " + args) : (double.NaN, "failed: " + error);
     }
+}
 
-    sealed class TempDir : IDisposable
+/// <summary>A scratch directory removed at the end of a benchmark.</summary>
+sealed class TempDir : IDisposable
+{
+    public string Path { get; } = Directory.CreateTempSubdirectory("dtrain-bench-").FullName;
+    public void Dispose()
     {
-        public string Path { get; } = Directory.CreateTempSubdirectory("dtrain-bench-").FullName;
-        public void Dispose()
-        {
-            try { Directory.Delete(Path, recursive: true); } catch (IOException) { }
-        }
+        try { Directory.Delete(Path, recursive: true); } catch (IOException) { }
     }
 }

@@ -198,6 +198,9 @@ public static class JobCommands
         cmd.SetAction(r => Remote.Guard(r, client =>
         {
             var table = new Table().AddColumns("job", "owner", "name", "task", "state", "step", "loss", "workers", "message");
+            // Ids, states and steps never wrap (scripts grep for them); redirected output is not squeezed to 80 columns.
+            foreach (var c in table.Columns.Take(8)) c.NoWrap();
+            if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 200);
             foreach (var j in client.List(new ListJobsRequest()).Jobs)
                 table.AddRow(Markup.Escape(j.JobId), Markup.Escape(Owner(j)), Markup.Escape(j.Name), j.Task, StateName(j.State), $"{j.Step}/{j.TotalSteps}", j.Step > 0 ? j.Loss.ToString("F4", CultureInfo.InvariantCulture) : "-",
                     j.WorkerIds.Count.ToString(CultureInfo.InvariantCulture), Markup.Escape(j.Message));
