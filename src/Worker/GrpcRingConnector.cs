@@ -17,7 +17,16 @@ public sealed class GrpcRingConnector(RingMailboxes mailboxes, WorkerOptions opt
     {
         if (request.WorldSize == 1) return new RingConnection(LocalReducer.Instance);
         var addresses = request.Peers.OrderBy(p => p.Rank).Select(p => p.Address).ToList();
-        var transport = await GrpcRingTransport.ConnectAsync(request.JobId, request.Generation, request.Rank, request.WorldSize, addresses, mailboxes, cancellationToken: cancel).ConfigureAwait(false);
+        GrpcRingTransport transport;
+        try
+        {
+            transport = await GrpcRingTransport.ConnectAsync(request.JobId, request.Generation, request.Rank, request.WorldSize, addresses, mailboxes,
+                TimeSpan.FromSeconds(options.RingConnectTimeoutSeconds), cancel).ConfigureAwait(false);
+        }
+        catch (RingTransportException e)
+        {
+            throw new RingTransportException($"{e.Message} (gave up after Worker:RingConnectTimeoutSeconds = {options.RingConnectTimeoutSeconds:0.###} s)", e.PeerRank, e.Peer, e);
+        }
         var ring = new RingAllReduce(transport, operationTimeout: TimeSpan.FromSeconds(options.CollectiveTimeoutSeconds));
         return new RingConnection(new RingReducer(ring), () => transport.DisposeAsync());
     }

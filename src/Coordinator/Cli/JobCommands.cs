@@ -181,7 +181,7 @@ public static class JobCommands
             Console.WriteLine($"  owner: {Owner(j)}");
             Console.WriteLine($"  step {j.Step}/{j.TotalSteps}, epoch {j.Epoch + 1}, loss {j.Loss:F4}, {j.SamplesPerSecond:F1} samples/s, {j.Parameters:N0} parameters");
             if (j.LastEval is { } m) Console.WriteLine($"  validation: {JobWatcher.Describe(m)}");
-            Console.WriteLine($"  workers: {(j.WorkerIds.Count == 0 ? "-" : string.Join(", ", j.WorkerIds))} (requested {(j.WorkersRequested == 0 ? "all idle" : j.WorkersRequested.ToString(CultureInfo.InvariantCulture))})");
+            Console.WriteLine($"  workers: {(j.WorkerIds.Count == 0 ? "-" : WorkerCommands.Label(client, j.WorkerIds))} (requested {(j.WorkersRequested == 0 ? "all idle" : j.WorkersRequested.ToString(CultureInfo.InvariantCulture))})");
             if (j.Generation > 1 || j.MaxWorkers > 0)
                 Console.WriteLine($"  membership generation {j.Generation}, workers min {j.MinWorkers} max {j.MaxWorkers}{(j.Restarts > 0 ? $", {j.Restarts} restart(s)" : "")}");
             if (j.ResumedFrom != "") Console.WriteLine($"  resumed from {j.ResumedFrom} at step {j.StartStep}");
@@ -221,25 +221,7 @@ public static class JobCommands
         return cmd;
     }
 
-    static Command Workers()
-    {
-        var cmd = new Command("workers", "List the workers known to the coordinator and their state (with auth on: a viewer or admin token).");
-        cmd.SetAction(r => Remote.Guard(r, client =>
-        {
-            var table = new Table().AddColumns("worker", "address", "state", "job", "cores", "threads", "device", "last heartbeat");
-            var now = DateTimeOffset.UtcNow;
-            foreach (var w in client.ListWorkers(new ListWorkersRequest()).Workers)
-            {
-                // Clocks of the coordinator and this machine may differ slightly: never print "-0.0s ago".
-                var ago = Math.Max(0, (now - DateTimeOffset.FromUnixTimeMilliseconds(w.LastHeartbeatUnixMs)).TotalSeconds);
-                table.AddRow(Markup.Escape(w.WorkerId), Markup.Escape(w.Address), w.State.ToString().ToLowerInvariant(), Markup.Escape(w.JobId == "" ? "-" : w.JobId),
-                    w.Cores.ToString(CultureInfo.InvariantCulture), w.Threads.ToString(CultureInfo.InvariantCulture), Markup.Escape(w.Device), $"{ago:F1}s ago");
-            }
-            AnsiConsole.Write(table);
-            return CliErrors.Ok;
-        }));
-        return cmd;
-    }
+    static Command Workers() => WorkerCommands.Create();
 
     static Command Download()
     {

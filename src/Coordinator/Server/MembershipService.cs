@@ -8,12 +8,27 @@ public sealed class MembershipService(WorkerRegistry registry, CoordinatorOption
 {
     public override Task<RegisterReply> Register(RegisterRequest request, ServerCallContext context)
     {
-        var w = registry.Register(request);
+        WorkerRecord w;
+        try
+        {
+            w = registry.Register(request);
+        }
+        catch (WorkerNameTakenException e)
+        {
+            throw new RpcException(new Status(StatusCode.AlreadyExists, e.Message));
+        }
+        catch (ClusterFullException e)
+        {
+            throw new RpcException(new Status(StatusCode.ResourceExhausted, e.Message));
+        }
         return Task.FromResult(new RegisterReply { WorkerId = w.Id, HeartbeatIntervalMs = options.HeartbeatIntervalMs, Token = w.Token });
     }
 
-    public override Task<HeartbeatReply> Heartbeat(HeartbeatRequest request, ServerCallContext context) =>
-        Task.FromResult(new HeartbeatReply { Known = registry.Heartbeat(request.WorkerId, request.Token) });
+    public override Task<HeartbeatReply> Heartbeat(HeartbeatRequest request, ServerCallContext context)
+    {
+        var known = registry.Heartbeat(request.WorkerId, request.Token, out var cordoned);
+        return Task.FromResult(new HeartbeatReply { Known = known, Cordoned = cordoned });
+    }
 
     public override Task<LeaveReply> Leave(LeaveRequest request, ServerCallContext context)
     {

@@ -17,9 +17,9 @@ public sealed class WorkerClients(CoordinatorOptions options) : IDisposable
             HttpHandler = new SocketsHttpHandler
             {
                 EnableMultipleHttp2Connections = true,
-                KeepAlivePingDelay = TimeSpan.FromSeconds(10),
-                KeepAlivePingTimeout = TimeSpan.FromSeconds(10),
-                ConnectTimeout = TimeSpan.FromSeconds(10),
+                KeepAlivePingDelay = TimeSpan.FromSeconds(options.KeepAlivePingSeconds),
+                KeepAlivePingTimeout = TimeSpan.FromSeconds(options.KeepAlivePingSeconds),
+                ConnectTimeout = TimeSpan.FromSeconds(options.WorkerConnectTimeoutSeconds),
             },
         })));
 

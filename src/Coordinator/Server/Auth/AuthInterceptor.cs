@@ -23,6 +23,9 @@ public sealed class AuthInterceptor(TokenAuthenticator authenticator, AuditLog a
         ["Watch"] = (Everyone, "watch jobs"),
         ["Download"] = (Everyone, "download checkpoints"),
         ["ListWorkers"] = ([Role.Viewer, Role.Admin], "list the workers"),
+        ["CordonWorker"] = ([Role.Admin], "cordon workers"),
+        ["DrainWorker"] = ([Role.Admin], "drain workers"),
+        ["UncordonWorker"] = ([Role.Admin], "uncordon workers"),
     };
 
     void Admit(ServerCallContext context)
