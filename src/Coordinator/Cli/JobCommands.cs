@@ -26,7 +26,7 @@ public static class JobCommands
     static Command Submit()
     {
         var spec = new Argument<FileInfo>("spec") { Description = "Job spec (JSON); its data files are uploaded with it." };
-        var workers = new Option<int>("--workers", "-w") { Description = "Number of workers (0 = all idle workers when the job starts).", DefaultValueFactory = _ => 0 };
+        var workers = new Option<int>("--workers", "-w") { Description = "Number of workers (0 = all idle workers when the job starts; a pipeline job with parallelism.data D runs on exactly D × K).", DefaultValueFactory = _ => 0 };
         var watch = new Option<bool>("--watch") { Description = "Follow the job's progress until it ends (exit status 0 = succeeded)." };
         var plain = new Option<bool>("--plain") { Description = "With --watch: log lines instead of a progress bar." };
         var resume = new Option<string?>("--resume")
@@ -201,7 +201,7 @@ public static class JobCommands
             foreach (var j in client.List(new ListJobsRequest()).Jobs)
                 table.AddRow(Markup.Escape(j.JobId), Markup.Escape(Owner(j)), Markup.Escape(j.Name), j.Task, StateName(j.State), $"{j.Step}/{j.TotalSteps}", j.Step > 0 ? j.Loss.ToString("F4", CultureInfo.InvariantCulture) : "-",
                     j.WorkerIds.Count.ToString(CultureInfo.InvariantCulture), Markup.Escape(j.Message));
-            AnsiConsole.Write(table);
+            TableOutput.Console().Write(table);
             return CliErrors.Ok;
         }));
         return cmd;

@@ -26,22 +26,13 @@ public static class WorkerCommands
                 table.AddRow(Markup.Escape(w.WorkerId), Markup.Escape(w.Name == "" ? "-" : w.Name), Markup.Escape(w.Address), StateName(w), Markup.Escape(w.JobId == "" ? "-" : w.JobId),
                     w.Cores.ToString(CultureInfo.InvariantCulture), w.Threads.ToString(CultureInfo.InvariantCulture), Markup.Escape(w.Device), $"{ago:F1}s ago", Markup.Escape(w.Message));
             }
-            Output().Write(table);
+            TableOutput.Console().Write(table);
             return CliErrors.Ok;
         }));
         cmd.Subcommands.Add(Cordon());
         cmd.Subcommands.Add(Drain());
         cmd.Subcommands.Add(Uncordon());
         return cmd;
-    }
-
-    /// <summary>The terminal; redirected output (a file, a pipe, a script) gets the table unwrapped instead of squeezed into 80 columns.</summary>
-    static IAnsiConsole Output()
-    {
-        if (!Console.IsOutputRedirected) return AnsiConsole.Console;
-        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Out), Ansi = AnsiSupport.No, ColorSystem = ColorSystemSupport.NoColors });
-        console.Profile.Width = 400;
-        return console;
     }
 
     /// <summary>The state as listed: "training, cordoned" for a worker that keeps its job but takes no new one.</summary>

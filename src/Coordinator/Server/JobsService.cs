@@ -84,7 +84,7 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
     private WorkerInfo Cordon(WorkerRequest request, ServerCallContext context, bool drain)
     {
         var w = registry.Cordon(request.Worker, drain, By(context));
-        access.Record(context, drain ? "worker.drain" : "worker.cordon", ("worker", w.Id), ("name", w.Name), ("address", w.Address), ("job", w.JobId));
+        access.Record(context, drain ? "worker.drain" : "worker.cordon", ("worker", w.Id), ("name", w.Name), ("address", w.Address), ("job", w.JobId == "" ? null : w.JobId));
         return w.ToInfo();
     }
 
