@@ -208,7 +208,8 @@ public sealed class JobFleet : IJobFleet, IDisposable
         var leaving = survivors.Where(s => drained.Contains(s.Id)).ToList();
         survivors = [.. survivors.Where(s => !drained.Contains(s.Id))];
         // Admit idle workers up to the maximum; below the minimum, wait for them (visibly) for a bounded time.
-        var newcomers = registry.TryReserveUpTo(Max - survivors.Count, job.Id).ToList();
+        // Below the minimum (not counting drained members: a drain yields to the queue) even workers held for the queue's head may be taken.
+        var newcomers = registry.TryReserveUpTo(Max - survivors.Count, job.Id, needed: Min - survivors.Count - leaving.Count).ToList();
         if (leaving.Count > 0 && survivors.Count + newcomers.Count < Min)
         {
             survivors.AddRange(leaving);
@@ -233,7 +234,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
                 var missing = Min - survivors.Count - newcomers.Count;
                 job.Update(i => { i.State = JobState.Waiting; i.Message = $"waiting for {missing} more worker(s), {left:F0} s left"; });
                 await Task.Delay(TimeSpan.FromMilliseconds(500), cancel).ConfigureAwait(false);
-                newcomers.AddRange(registry.TryReserveUpTo(Max - survivors.Count - newcomers.Count, job.Id));
+                newcomers.AddRange(registry.TryReserveUpTo(Max - survivors.Count - newcomers.Count, job.Id, needed: Min - survivors.Count - newcomers.Count));
             }
             job.Update(i => { i.State = JobState.Running; i.Message = ""; });
         }

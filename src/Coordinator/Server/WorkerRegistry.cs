@@ -277,13 +277,19 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         }
     }
 
-    /// <summary>Reserves up to <paramref name="max"/> free workers (oldest first; not those held for the queue) for a running job that can grow; possibly none.</summary>
-    public IReadOnlyList<WorkerRecord> TryReserveUpTo(int max, string jobId)
+    /// <summary>
+    /// Reserves up to <paramref name="max"/> idle workers (oldest first) for a running job that can grow; possibly none.
+    /// Workers held for the queue (<see cref="HoldForQueue"/>) are taken only for the <paramref name="needed"/> a job
+    /// needs to stay at its minimum: keeping a running job alive comes before starting the next one.
+    /// </summary>
+    public IReadOnlyList<WorkerRecord> TryReserveUpTo(int max, string jobId, int needed = 0)
     {
         if (max <= 0) return [];
         lock (gate)
         {
-            var chosen = workers.Values.Where(w => w.State == WorkerState.Idle).OrderBy(w => w.Registered).Take(Math.Min(max, FreeLocked())).ToList();
+            var idle = workers.Values.Count(w => w.State == WorkerState.Idle);
+            var take = Math.Min(max, Math.Max(FreeLocked(), Math.Min(idle, needed)));
+            var chosen = workers.Values.Where(w => w.State == WorkerState.Idle).OrderBy(w => w.Registered).Take(take).ToList();
             foreach (var w in chosen) { w.State = WorkerState.Training; w.JobId = jobId; }
             return [.. chosen.Select(w => w.Clone())];
         }

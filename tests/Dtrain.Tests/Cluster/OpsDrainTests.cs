@@ -12,7 +12,7 @@ namespace Dtrain.Tests.Cluster;
 /// leaves its elastic job at a step boundary (the job completes, every step once), stays up cordoned, takes no new job
 /// until uncordoned; a drain that would leave a job below its minimum waits for a replacement; a pipeline job fails.
 /// </summary>
-public class OpsDrainTests
+public class OpsDrainTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     const int Steps = 600;
 
@@ -70,7 +70,11 @@ public class OpsDrainTests
         var victim = Worker(cluster, "test-2");
 
         // By name; the command waits until the worker has left its job.
+        var askedAt = cluster.Client.Get(new GetJobRequest { JobId = id }).Step;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         var drain = Cli(cluster, tmp, "workers", "drain", "test-2");
+        var leftAt = cluster.Client.Get(new GetJobRequest { JobId = id }).Step;
+        output.WriteLine($"drain command: {clock.Elapsed.TotalSeconds:F2} s (process start included), job at step {askedAt} before it and {leftAt} after it");
         Assert.True(drain.ExitCode == 0, drain.ToString());
         Assert.Contains($"worker {victim.WorkerId} (name test-2): cordoned; leaving {id} at the next step boundary", drain.Stdout);
         Assert.Contains($"worker {victim.WorkerId} (name test-2): left {id}; cordoned", drain.Stdout);
@@ -90,7 +94,8 @@ public class OpsDrainTests
         var ledger = cluster.Client.Ledger(new GetJobRequest { JobId = id });
         Assert.Empty(SampleLedger.Check(ledger, 0, Steps));
         var lastWithVictim = ledger.Steps.Where(s => s.Shares.Any(x => x.WorkerId == victim.WorkerId)).Max(s => s.Step);
-        Assert.True(lastWithVictim >= 29, $"drained after step {lastWithVictim}");
+        Assert.True(lastWithVictim >= 29 && lastWithVictim < leftAt, $"drained after step {lastWithVictim}");
+        output.WriteLine($"the drained worker trained steps 1-{lastWithVictim + 1}; {Steps} steps, generation {info.Generation}");
         Assert.All(ledger.Steps.Where(s => s.Step > lastWithVictim), s => Assert.Equal(2, s.Shares.Count));
         var status = Cli(cluster, tmp, "status", id, "--ledger");
         Assert.Contains($"every sample of steps 1-{Steps} seen exactly once", status.Stdout);

@@ -44,6 +44,26 @@ public class OpsQueueTests
     }
 
     [Fact]
+    public void Idle_workers_are_held_for_the_head_only_once_the_cluster_can_give_it_its_workers_and_a_job_below_its_minimum_may_still_take_them()
+    {
+        var registry = new WorkerRegistry(new CoordinatorOptions(), TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger<WorkerRegistry>.Instance);
+        for (var i = 0; i < 3; i++)
+        {
+            var w = registry.Register(new Protos.Membership.RegisterRequest { Address = $"http://10.0.0.{i + 1}:7000" });
+            registry.Heartbeat(w.Id, w.Token);
+        }
+        Assert.NotNull(registry.TryReserve(1, "job-0001"));
+        registry.HoldForQueue(4); // 3 can take jobs, the head needs 4: nothing is held, a running job may grow
+        Assert.Equal(new ClusterCapacity(Idle: 2, Free: 2, Schedulable: 3, Cordoned: 0, Live: 3), registry.Capacity());
+        registry.HoldForQueue(3); // enough for the head once job-0001 ends: both idle workers are held
+        Assert.Equal(0, registry.FreeCount());
+        Assert.Empty(registry.TryReserveUpTo(2, "job-0001"));
+        Assert.Single(registry.TryReserveUpTo(2, "job-0001", needed: 1)); // to get back to its minimum
+        registry.Cordon("w3", drain: false, "test"); // a cordoned worker cannot take jobs: the head can no longer start
+        Assert.Equal(new ClusterCapacity(Idle: 0, Free: 0, Schedulable: 2, Cordoned: 1, Live: 3), registry.Capacity());
+    }
+
+    [Fact]
     public async Task What_can_never_run_is_refused_at_submit_naming_the_limit_or_the_field()
     {
         using var tmp = new TempDir();
