@@ -49,7 +49,8 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
                     var request = new RegisterRequest
                     {
                         Address = address,
-                        Name = options.Name ?? "",
+                        Name = options.Name?.Trim() ?? "",
+                        Cordoned = identity.Cordoned,
                         JoinToken = security.JoinToken ?? "",
                         Capabilities = new WorkerCapabilities
                         {
@@ -68,7 +69,7 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
                     }
                     using (key)
                     {
-                        var reply = await client.RegisterAsync(request, deadline: DateTime.UtcNow.AddSeconds(10), cancellationToken: stop).ConfigureAwait(false);
+                        var reply = await client.RegisterAsync(request, deadline: DateTime.UtcNow.AddSeconds(options.CoordinatorCallTimeoutSeconds), cancellationToken: stop).ConfigureAwait(false);
                         if (key is not null)
                         {
                             PeerIdentity issued;
@@ -89,11 +90,12 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
                         identity.WorkerId = reply.WorkerId;
                         identity.Token = reply.Token;
                         interval = TimeSpan.FromMilliseconds(Math.Max(100, reply.HeartbeatIntervalMs));
-                        log.LogInformation("registered with {Coordinator} as {WorkerId} ({Address}, {Threads} torch thread(s))", options.Coordinator, reply.WorkerId, address, options.ResolvedThreads);
+                        log.LogInformation("registered with {Coordinator} as {WorkerId}{Name} ({Address}, {Threads} torch thread(s))", options.Coordinator, reply.WorkerId,
+                            string.IsNullOrWhiteSpace(options.Name) ? "" : $" (name {options.Name.Trim()})", address, options.ResolvedThreads);
                     }
                 }
                 var beat = await client.HeartbeatAsync(new HeartbeatRequest { WorkerId = identity.WorkerId, Token = identity.Token, JobId = state.Current?.JobId ?? "", Step = state.Step },
-                    deadline: DateTime.UtcNow.AddSeconds(10), cancellationToken: stop).ConfigureAwait(false);
+                    deadline: DateTime.UtcNow.AddSeconds(options.CoordinatorCallTimeoutSeconds), cancellationToken: stop).ConfigureAwait(false);
                 if (!beat.Known)
                 {
                     if (Volatile.Read(ref left) != 0) break;
@@ -103,9 +105,23 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
                     await state.ReleaseAsync("coordinator forgot this worker").ConfigureAwait(false);
                     continue;
                 }
+                if (beat.Cordoned != identity.Cordoned)
+                {
+                    identity.Cordoned = beat.Cordoned;
+                    if (beat.Cordoned) log.LogInformation("cordoned by the coordinator: takes no new job (`dtrain workers uncordon {WorkerId}` undoes it)", identity.WorkerId);
+                    else log.LogInformation("uncordoned: {WorkerId} takes jobs again", identity.WorkerId);
+                }
                 health.Set(WorkerHost.ReadinessService, Volatile.Read(ref left) == 0);
                 delay = TimeSpan.FromMilliseconds(200);
                 await Task.Delay(interval, stop).ConfigureAwait(false);
+            }
+            catch (RpcException e) when (!stop.IsCancellationRequested && e.StatusCode is StatusCode.AlreadyExists or StatusCode.ResourceExhausted or StatusCode.InvalidArgument or StatusCode.PermissionDenied)
+            {
+                // Refused, not unreachable: say why. A name held by a worker that is then lost, or a full cluster that
+                // gets room, admits it later, so keep trying.
+                log.LogError("coordinator {Coordinator} refused to register this worker: {Detail}; retrying in {Delay}", options.Coordinator, e.Status.Detail, delay);
+                await Task.Delay(delay, stop).ConfigureAwait(false);
+                delay = TimeSpan.FromMilliseconds(Math.Min(5000, delay.TotalMilliseconds * 2));
             }
             catch (RpcException e) when (!stop.IsCancellationRequested)
             {
@@ -127,7 +143,7 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
         if (client is null || identity.WorkerId is not { } id) return;
         try
         {
-            await client.LeaveAsync(new LeaveRequest { WorkerId = id, Token = identity.Token, Reason = reason }, deadline: DateTime.UtcNow.AddSeconds(5)).ConfigureAwait(false);
+            await client.LeaveAsync(new LeaveRequest { WorkerId = id, Token = identity.Token, Reason = reason }, deadline: DateTime.UtcNow.AddSeconds(options.CoordinatorCallTimeoutSeconds)).ConfigureAwait(false);
             log.LogInformation("left coordinator {Coordinator} as {WorkerId}: {Reason}", options.Coordinator, id, reason);
         }
         catch (RpcException e)

@@ -21,8 +21,16 @@ public sealed class GrpcRingConnector(RingMailboxes mailboxes, WorkerOptions opt
         var addresses = peers.Select(p => p.Address).ToList();
         // With TLS each neighbour is who the coordinator says (its worker id and issued certificate), not who it claims.
         var ringSecurity = security.Tls is { } tls ? new RingSecurity(tls, [.. peers.Select(p => ExpectedPeer.Worker(p.WorkerId, p.CertificateSha256))]) : null;
-        var transport = await GrpcRingTransport.ConnectAsync(request.JobId, request.Generation, request.Rank, request.WorldSize, addresses, mailboxes,
-            security: ringSecurity, cancellationToken: cancel).ConfigureAwait(false);
+        GrpcRingTransport transport;
+        try
+        {
+            transport = await GrpcRingTransport.ConnectAsync(request.JobId, request.Generation, request.Rank, request.WorldSize, addresses, mailboxes,
+                TimeSpan.FromSeconds(options.RingConnectTimeoutSeconds), ringSecurity, cancel).ConfigureAwait(false);
+        }
+        catch (RingTransportException e)
+        {
+            throw new RingTransportException($"{e.Message} (gave up after Worker:RingConnectTimeoutSeconds = {options.RingConnectTimeoutSeconds:0.###} s)", e.PeerRank, e.Peer, e);
+        }
         var ring = new RingAllReduce(transport, operationTimeout: TimeSpan.FromSeconds(options.CollectiveTimeoutSeconds));
         return new RingConnection(new RingReducer(ring), () => transport.DisposeAsync());
     }

@@ -8,6 +8,8 @@ public sealed class WorkerIdentity
     public string? WorkerId { get; set; }
     /// <summary>The secret of the current registration, sent with heartbeats and leave.</summary>
     public string Token { get; set; } = "";
+    /// <summary>The coordinator cordoned this worker (learnt from heartbeats); sent again when it registers, so a restarted coordinator keeps the cordon.</summary>
+    public bool Cordoned { get; set; }
     public Task<string> Address => address.Task;
     public void SetAddress(string value) => address.TrySetResult(value);
 }

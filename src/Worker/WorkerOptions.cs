@@ -14,6 +14,10 @@ public sealed record WorkerOptions
     public string Listen { get; init; } = "127.0.0.1";
     /// <summary>Host name or IP other parties use to reach this worker (default: the listen address; with a wildcard listen address, this machine's first non-loopback IPv4 address — a container's or pod's own IP).</summary>
     public string? AdvertiseHost { get; init; }
+    /// <summary>
+    /// The operator's name for this worker, shown next to its id by `dtrain workers` and usable in place of the id
+    /// (`dtrain workers drain NAME`). Not of the form of an id (w followed by digits): ids are the coordinator's.
+    /// </summary>
     public string? Name { get; init; }
     /// <summary>
     /// Intra-op torch threads: a number, or "auto" = the CPUs this process may use (its cgroup CPU quota and
@@ -29,6 +33,10 @@ public sealed record WorkerOptions
     public int MaxMessageBytes { get; init; } = 64 * 1024 * 1024;
     /// <summary>Give up a single collective operation after this long (a dead or hung peer).</summary>
     public double CollectiveTimeoutSeconds { get; init; } = 120;
+    /// <summary>How long joining a job's ring keeps retrying while the right-hand neighbour is not up or has not joined yet.</summary>
+    public double RingConnectTimeoutSeconds { get; init; } = 30;
+    /// <summary>Deadline of this worker's calls to the coordinator: register, heartbeat, leave.</summary>
+    public double CoordinatorCallTimeoutSeconds { get; init; } = 10;
 
     /// <summary>TLS: Dir (ca.crt, and the worker certificate tls.crt, tls.key), or Ca, Cert, Key; Insecure = plaintext beyond loopback. See <see cref="WorkerSecurity"/>.</summary>
     public Rpc.TlsSettings Tls { get; init; } = new();
@@ -46,6 +54,9 @@ public sealed record WorkerOptions
         if (!TryResolveThreads(Threads, out _)) e.Add($"Worker:Threads \"{Threads}\" must be \"auto\" or a number in [1, 1024]");
         if (MaxMessageBytes < 1024 * 1024) e.Add($"Worker:MaxMessageBytes {MaxMessageBytes} must be at least 1 MiB");
         if (!(CollectiveTimeoutSeconds > 0)) e.Add($"Worker:CollectiveTimeoutSeconds {CollectiveTimeoutSeconds} must be positive");
+        if (!(RingConnectTimeoutSeconds > 0 && RingConnectTimeoutSeconds <= 86_400)) e.Add($"Worker:RingConnectTimeoutSeconds {RingConnectTimeoutSeconds} must be a number of seconds > 0 and at most 86400");
+        if (!(CoordinatorCallTimeoutSeconds > 0 && CoordinatorCallTimeoutSeconds <= 86_400)) e.Add($"Worker:CoordinatorCallTimeoutSeconds {CoordinatorCallTimeoutSeconds} must be a number of seconds > 0 and at most 86400");
+        if (!string.IsNullOrWhiteSpace(Name) && Dtrain.Distributed.WorkerNames.Problem(Name.Trim()) is { } name) e.Add($"Worker:Name (--name): {name}");
         if (!(DrainTimeoutSeconds >= 0)) e.Add($"Worker:DrainTimeoutSeconds {DrainTimeoutSeconds} must be >= 0");
         if (!(MemoryBudgetMb >= 0 && double.IsFinite(MemoryBudgetMb))) e.Add($"Worker:MemoryBudgetMb {MemoryBudgetMb} must be >= 0 (0 = no limit)");
         return e;

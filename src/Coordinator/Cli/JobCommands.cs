@@ -26,7 +26,7 @@ public static class JobCommands
     static Command Submit()
     {
         var spec = new Argument<FileInfo>("spec") { Description = "Job spec (JSON); its data files are uploaded with it." };
-        var workers = new Option<int>("--workers", "-w") { Description = "Number of workers (0 = all idle workers when the job starts).", DefaultValueFactory = _ => 0 };
+        var workers = new Option<int>("--workers", "-w") { Description = "Number of workers (0 = all idle workers when the job starts; a pipeline job with parallelism.data D runs on exactly D × K).", DefaultValueFactory = _ => 0 };
         var watch = new Option<bool>("--watch") { Description = "Follow the job's progress until it ends (exit status 0 = succeeded)." };
         var plain = new Option<bool>("--plain") { Description = "With --watch: log lines instead of a progress bar." };
         var resume = new Option<string?>("--resume")
@@ -181,7 +181,7 @@ public static class JobCommands
             Console.WriteLine($"  owner: {Owner(j)}");
             Console.WriteLine($"  step {j.Step}/{j.TotalSteps}, epoch {j.Epoch + 1}, loss {j.Loss:F4}, {j.SamplesPerSecond:F1} samples/s, {j.Parameters:N0} parameters");
             if (j.LastEval is { } m) Console.WriteLine($"  validation: {JobWatcher.Describe(m)}");
-            Console.WriteLine($"  workers: {(j.WorkerIds.Count == 0 ? "-" : string.Join(", ", j.WorkerIds))} (requested {(j.WorkersRequested == 0 ? "all idle" : j.WorkersRequested.ToString(CultureInfo.InvariantCulture))})");
+            Console.WriteLine($"  workers: {(j.WorkerIds.Count == 0 ? "-" : WorkerCommands.Label(client, j.WorkerIds))} (requested {(j.WorkersRequested == 0 ? "all idle" : j.WorkersRequested.ToString(CultureInfo.InvariantCulture))})");
             if (j.Generation > 1 || j.MaxWorkers > 0)
                 Console.WriteLine($"  membership generation {j.Generation}, workers min {j.MinWorkers} max {j.MaxWorkers}{(j.Restarts > 0 ? $", {j.Restarts} restart(s)" : "")}");
             if (j.ResumedFrom != "") Console.WriteLine($"  resumed from {j.ResumedFrom} at step {j.StartStep}");
@@ -204,7 +204,7 @@ public static class JobCommands
             foreach (var j in client.List(new ListJobsRequest()).Jobs)
                 table.AddRow(Markup.Escape(j.JobId), Markup.Escape(Owner(j)), Markup.Escape(j.Name), j.Task, StateName(j.State), $"{j.Step}/{j.TotalSteps}", j.Step > 0 ? j.Loss.ToString("F4", CultureInfo.InvariantCulture) : "-",
                     j.WorkerIds.Count.ToString(CultureInfo.InvariantCulture), Markup.Escape(j.Message));
-            AnsiConsole.Write(table);
+            TableOutput.Console().Write(table);
             return CliErrors.Ok;
         }));
         return cmd;
@@ -224,25 +224,7 @@ public static class JobCommands
         return cmd;
     }
 
-    static Command Workers()
-    {
-        var cmd = new Command("workers", "List the workers known to the coordinator and their state (with auth on: a viewer or admin token).");
-        cmd.SetAction(r => Remote.Guard(r, client =>
-        {
-            var table = new Table().AddColumns("worker", "address", "state", "job", "cores", "threads", "device", "last heartbeat");
-            var now = DateTimeOffset.UtcNow;
-            foreach (var w in client.ListWorkers(new ListWorkersRequest()).Workers)
-            {
-                // Clocks of the coordinator and this machine may differ slightly: never print "-0.0s ago".
-                var ago = Math.Max(0, (now - DateTimeOffset.FromUnixTimeMilliseconds(w.LastHeartbeatUnixMs)).TotalSeconds);
-                table.AddRow(Markup.Escape(w.WorkerId), Markup.Escape(w.Address), w.State.ToString().ToLowerInvariant(), Markup.Escape(w.JobId == "" ? "-" : w.JobId),
-                    w.Cores.ToString(CultureInfo.InvariantCulture), w.Threads.ToString(CultureInfo.InvariantCulture), Markup.Escape(w.Device), $"{ago:F1}s ago");
-            }
-            AnsiConsole.Write(table);
-            return CliErrors.Ok;
-        }));
-        return cmd;
-    }
+    static Command Workers() => WorkerCommands.Create();
 
     static Command Download()
     {

@@ -21,6 +21,18 @@ public sealed record CoordinatorOptions
     public double WaitForWorkersSeconds { get; init; } = 60;
     /// <summary>Deadline of assignment, shard upload, evaluation and state transfer calls.</summary>
     public double CallTimeoutSeconds { get; init; } = 300;
+    /// <summary>
+    /// When a worker reports that a peer failed (its ring neighbour went away), how long the coordinator waits for its
+    /// own calls to the other workers to fail too, so the job's message names the worker that died rather than the one
+    /// that noticed it.
+    /// </summary>
+    public double FailureBlameGraceSeconds { get; init; } = 3;
+    /// <summary>Deadline of telling a worker its job ended (Release); a worker that does not answer is logged, and returns to idle all the same.</summary>
+    public double ReleaseTimeoutSeconds { get; init; } = 10;
+    /// <summary>How long the coordinator tries to open a TCP connection to a worker before the call fails as unreachable.</summary>
+    public double WorkerConnectTimeoutSeconds { get; init; } = 10;
+    /// <summary>An idle connection to a worker is pinged after this long, and dropped when a ping is not answered within it (a worker behind a dead link is found without waiting for a call's deadline).</summary>
+    public double KeepAlivePingSeconds { get; init; } = 10;
     /// <summary>Compare replica parameter checksums every this many steps (and at the end).</summary>
     public int ChecksumInterval { get; init; } = 25;
     /// <summary>Largest gRPC message, in bytes; larger ones are refused with ResourceExhausted (data files travel in chunks).</summary>
@@ -43,6 +55,8 @@ public sealed record CoordinatorOptions
     public long MaxDataFileBytes { get; init; } = 1L << 30;
     /// <summary>Most workers one job may ask for (<c>submit --workers</c>); more is refused at submit.</summary>
     public int MaxWorkersPerJob { get; init; } = 64;
+    /// <summary>The cluster's size: most workers registered at once (0 = no limit). Registrations beyond it are refused; a job asking for more can never run and is refused at submit.</summary>
+    public int MaxWorkers { get; init; }
     /// <summary>Most uploads one client may have pending (received, not yet used by a job, not expired), in progress included.</summary>
     public int MaxPendingUploads { get; init; } = 16;
     /// <summary>Most bytes one client may have in pending uploads (in progress counted at their announced size).</summary>
@@ -74,6 +88,10 @@ public sealed record CoordinatorOptions
         if (!(StepTimeoutSeconds > 0)) e.Add($"Coordinator:StepTimeoutSeconds {StepTimeoutSeconds} must be positive");
         if (!(WaitForWorkersSeconds >= 0)) e.Add($"Coordinator:WaitForWorkersSeconds {WaitForWorkersSeconds} must be >= 0");
         if (!(CallTimeoutSeconds > 0)) e.Add($"Coordinator:CallTimeoutSeconds {CallTimeoutSeconds} must be positive");
+        Positive(e, "FailureBlameGraceSeconds", FailureBlameGraceSeconds, zeroAllowed: true);
+        Positive(e, "ReleaseTimeoutSeconds", ReleaseTimeoutSeconds);
+        Positive(e, "WorkerConnectTimeoutSeconds", WorkerConnectTimeoutSeconds);
+        Positive(e, "KeepAlivePingSeconds", KeepAlivePingSeconds);
         if (ChecksumInterval < 1) e.Add($"Coordinator:ChecksumInterval {ChecksumInterval} must be >= 1");
         if (MaxMessageBytes < 1024 * 1024) e.Add($"Coordinator:MaxMessageBytes {MaxMessageBytes} must be at least 1 MiB");
         if (ShardChunkValues < 1024) e.Add($"Coordinator:ShardChunkValues {ShardChunkValues} must be at least 1024");
@@ -87,6 +105,7 @@ public sealed record CoordinatorOptions
         if (MaxDataFileBytes is < 1 or > DataFile.DefaultMaxBytes) e.Add($"Coordinator:MaxDataFileBytes {MaxDataFileBytes} must be in [1, {DataFile.DefaultMaxBytes}] (1 GiB: a file is decoded into one string)");
         if (MaxUploadBytes < 1 || MaxUploadBytes > MaxDataFileBytes) e.Add($"Coordinator:MaxUploadBytes {MaxUploadBytes} must be in [1, MaxDataFileBytes = {MaxDataFileBytes}]: a larger upload could not be read");
         if (MaxWorkersPerJob is < 1 or > 4096) e.Add($"Coordinator:MaxWorkersPerJob {MaxWorkersPerJob} must be in [1, 4096]");
+        if (MaxWorkers is < 0 or > 65536) e.Add($"Coordinator:MaxWorkers {MaxWorkers} must be in [0, 65536] (0 = no limit)");
         if (MaxPendingUploads < 1) e.Add($"Coordinator:MaxPendingUploads {MaxPendingUploads} must be >= 1");
         if (MaxPendingUploadBytes < MaxUploadBytes) e.Add($"Coordinator:MaxPendingUploadBytes {MaxPendingUploadBytes} must be at least MaxUploadBytes = {MaxUploadBytes}");
         if (!(UploadTtlMinutes > 0)) e.Add($"Coordinator:UploadTtlMinutes {UploadTtlMinutes} must be positive");
@@ -97,6 +116,13 @@ public sealed record CoordinatorOptions
         if (Auth is not ("auto" or "on" or "off")) e.Add($"Coordinator:Auth \"{Auth}\" must be auto, on or off");
         if (!(AuditTokenUseMinutes >= 0)) e.Add($"Coordinator:AuditTokenUseMinutes {AuditTokenUseMinutes} must be >= 0");
         return e;
+    }
+
+    /// <summary>A duration in seconds: a finite number above 0 (or 0 itself when <paramref name="zeroAllowed"/>), at most a day.</summary>
+    private static void Positive(List<string> e, string key, double value, bool zeroAllowed = false)
+    {
+        if (!(zeroAllowed ? value >= 0 : value > 0) || !(value <= 86_400))
+            e.Add($"Coordinator:{key} {value} must be a number of seconds {(zeroAllowed ? ">= 0" : "> 0")} and at most 86400");
     }
 
     /// <summary>Whether one directory is the other or inside it, symbolic links resolved where they exist.</summary>

@@ -66,7 +66,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
             {
                 await RunGenerationAsync(job, prepared, fleet, plan, progress, cancel).ConfigureAwait(false);
                 if (progress.Next == total) return;
-                reason = "idle workers can join";
+                reason = fleet.ChangeDue ?? "the membership changes";
             }
             catch (Exception e) when (!cancel.IsCancellationRequested && e is not (SpecException or ArgumentException))
             {
@@ -113,7 +113,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
     }
 
     /// <summary>
-    /// Runs steps on the current generation until the job ends, or until idle workers can join (at a step boundary).
+    /// Runs steps on the current generation until the job ends, or until its membership should change (idle workers can join, a member was drained: at a step boundary).
     /// Every rank streams its rows epoch by epoch (rank 0 also the validation split); steps are pipelined with a window of two.
     /// </summary>
     private async Task RunGenerationAsync(JobRecord job, PreparedJob prepared, IJobFleet fleet, ShardPlan plan, Progress progress, CancellationToken cancel)
@@ -161,8 +161,8 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
 
         bool EvaluatesAfter(long done) => prepared.EvaluatesAfter(spec.Training, done);
         bool CheckpointsAfter(long done) => prepared.CheckpointsAfter(spec.Training, done);
-        // Joiners are admitted at a step boundary: no step is launched behind one while they wait.
-        bool Pause(long done) => done < total && fleet.CanGrow;
+        // Joiners are admitted, and drained members let go, at a step boundary: no step is launched behind one while a change is due.
+        bool Pause(long done) => done < total && fleet.ChangeDue is not null;
 
         InFlight? current = null, next = null;
         try

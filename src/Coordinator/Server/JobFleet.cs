@@ -24,8 +24,8 @@ public interface IJobFleet
     long Generation { get; }
     /// <summary>Cancelled when a member of the current generation is lost or leaves.</summary>
     CancellationToken Departed { get; }
-    /// <summary>Idle workers could join now (checked at step boundaries).</summary>
-    bool CanGrow { get; }
+    /// <summary>Why the membership should change at the next step boundary — idle workers could join, or an admin drained a member — or null (checked at step boundaries).</summary>
+    string? ChangeDue { get; }
     /// <summary>Whether a failure is one a new membership recovers from (a member lost, hung, unreachable or gone); removes the culprit.</summary>
     Task<bool> AbsorbsAsync(Exception failure, CancellationToken cancel);
     /// <summary>Stops the generation, drops departed members, admits joiners (waiting while below the minimum), and starts the next generation with every member at one committed step.</summary>
@@ -38,7 +38,7 @@ public sealed class FixedFleet(IJobWorkers workers) : IJobFleet
     public IJobWorkers Workers { get; } = workers;
     public long Generation => 1;
     public CancellationToken Departed => CancellationToken.None;
-    public bool CanGrow => false;
+    public string? ChangeDue => null;
     public Task<bool> AbsorbsAsync(Exception failure, CancellationToken cancel) => Task.FromResult(false);
     public Task<Reconfiguration> ReconfigureAsync(string reason, AssignmentBuilder assign, CancellationToken cancel) => throw new InvalidOperationException("a fixed set of workers cannot change");
 }
@@ -63,8 +63,33 @@ public sealed class JobFleet : IJobFleet, IDisposable
     public long Generation { get; private set; }
     public IJobWorkers Workers { get; private set; }
     public CancellationToken Departed => departed.Token;
-    public bool CanGrow => idleSeen && MemberCount < Max && registry.IdleCount() > 0;
     private int MemberCount { get { lock (gate) return members.Count; } }
+
+    public string? ChangeDue
+    {
+        get
+        {
+            var drained = Drained();
+            if (drained.Count > 0)
+            {
+                // A drain lets a member go only while at least the minimum stays (with idle workers that replace it),
+                // as a PodDisruptionBudget holds up kubectl drain; meanwhile the listing says why it waits.
+                var free = registry.FreeCount();
+                if (MemberCount - drained.Count + free >= Min) return $"{string.Join(", ", drained)} drained";
+                foreach (var id in drained)
+                    registry.SetMessage(id, $"drain waits: {job.Id} needs at least {Min} worker(s) and has {MemberCount}; it leaves when an idle worker can take its place");
+            }
+            return idleSeen && MemberCount < Max && registry.FreeCount() > 0 ? "idle workers can join" : null;
+        }
+    }
+
+    /// <summary>Members an admin drained that are still in the job.</summary>
+    private List<string> Drained()
+    {
+        var ids = registry.DrainsOf(job.Id);
+        if (ids.Count == 0) return [];
+        lock (gate) return [.. ids.Where(id => members.Any(m => m.Id == id))];
+    }
 
     /// <summary>Every worker that was ever a member (to release at the end).</summary>
     public IReadOnlyList<WorkerRecord> Everyone
@@ -173,12 +198,29 @@ public sealed class JobFleet : IJobFleet, IDisposable
         while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != WorkerState.Draining);
         survivors.RemoveAll(s => !standing.ContainsKey(s.Id));
         if (survivors.Count == 0) throw new JobFailure($"no worker of the job is left: {(why.Count > 0 ? string.Join("; ", why) : reason)}") { Terminal = true };
+        var drained = Drained().Where(standing.ContainsKey).ToHashSet();
         var next = survivors.Max(s => standing[s.Id].NextStep);
-        var source = survivors.First(s => standing[s.Id].NextStep == next);
+        // A member that stays is the preferred source of the committed state; a drained one is as good (it still holds the job).
+        var source = survivors.OrderBy(s => drained.Contains(s.Id)).First(s => standing[s.Id].NextStep == next);
         var expected = standing[source.Id].ParameterChecksum;
 
+        // Members an admin drained stood still at the committed step like the others (and may hand it over), but
+        // are not in the next generation — unless too few would stay: then they stay and their drain waits.
+        var leaving = survivors.Where(s => drained.Contains(s.Id)).ToList();
+        survivors = [.. survivors.Where(s => !drained.Contains(s.Id))];
         // Admit idle workers up to the maximum; below the minimum, wait for them (visibly) for a bounded time.
-        var newcomers = registry.TryReserveUpTo(Max - survivors.Count, job.Id).ToList();
+        // Below the minimum (not counting drained members: a drain yields to the queue) even workers held for the queue's head may be taken.
+        var newcomers = registry.TryReserveUpTo(Max - survivors.Count, job.Id, needed: Min - survivors.Count - leaving.Count).ToList();
+        if (leaving.Count > 0 && survivors.Count + newcomers.Count < Min)
+        {
+            survivors.AddRange(leaving);
+            leaving.Clear();
+            foreach (var extra in newcomers.Skip(Math.Max(0, Max - survivors.Count)).ToList())
+            {
+                registry.Detach(extra.Id, job.Id);
+                newcomers.Remove(extra);
+            }
+        }
         if (survivors.Count + newcomers.Count < Min)
         {
             var waitUntil = DateTime.UtcNow.AddSeconds(options.WaitForWorkersSeconds);
@@ -193,7 +235,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
                 var missing = Min - survivors.Count - newcomers.Count;
                 job.Update(i => { i.State = JobState.Waiting; i.Message = $"waiting for {missing} more worker(s), {left:F0} s left"; });
                 await Task.Delay(TimeSpan.FromMilliseconds(500), cancel).ConfigureAwait(false);
-                newcomers.AddRange(registry.TryReserveUpTo(Max - survivors.Count - newcomers.Count, job.Id));
+                newcomers.AddRange(registry.TryReserveUpTo(Max - survivors.Count - newcomers.Count, job.Id, needed: Min - survivors.Count - newcomers.Count));
             }
             job.Update(i => { i.State = JobState.Running; i.Message = ""; });
         }
@@ -234,6 +276,17 @@ public sealed class JobFleet : IJobFleet, IDisposable
             // Failed half way: the caller may try again with who is left; newcomers that did not make it go back.
             Generation = generation;
             throw;
+        }
+        finally
+        {
+            // Drained members are let go whether or not the re-forming succeeded: they are no longer members.
+            foreach (var w in leaving)
+            {
+                gone.Add(w.Id);
+                job.Publish(new JobEvent { Log = $"generation {generation}: without worker {w.Id} ({w.Address}): drained; it stays up, cordoned" });
+            }
+            await GrpcJobWorkers.ReleaseAsync(leaving, clients, registry, job.Id, "drained", options.ReleaseTimeoutSeconds, log).ConfigureAwait(false);
+            foreach (var w in leaving) registry.Detach(w.Id, job.Id);
         }
         joined.AddRange(newcomers.Select(n => n.Id));
         Generation = generation;

@@ -8,11 +8,13 @@ using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Server;
 
-/// <summary>The job queue: accepts submissions (validated before any worker is touched), starts jobs in FIFO order as workers become idle, and keeps every job's record.</summary>
+/// <summary>The job queue: accepts submissions (validated before any worker is touched), starts jobs in submission order as workers become idle (with backfilling: JobQueue.cs), and keeps every job's record.</summary>
 public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistry registry, JobRunner runner, DataAccess data, UploadStore uploads, TimeProvider clock, ILogger<JobManager> log) : BackgroundService
 {
     private readonly ConcurrentDictionary<string, JobRecord> jobs = new();
     private readonly ConcurrentQueue<JobRecord> queue = new();
+    // Jobs going back to work from their checkpoint (training.max_restarts): they start before the queue when workers allow.
+    private readonly ConcurrentQueue<JobRecord> restarts = new();
     private readonly SemaphoreSlim wake = new(0);
     // Job records live in memory, but their directories (data, checkpoints) survive a restart on the same data
     // directory: numbering continues after the highest one there, so a new job never writes into an old one's.
@@ -46,7 +48,8 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         {
             spec = JobSpecSerializer.Parse(request.SpecJson, source);
         }
-        JobSpecValidator.ThrowIfNotRunnable(spec, source, onCluster: true, LargestWorker(), request.Workers > 0 ? request.Workers : Math.Max(1, registry.Snapshot().Count));
+        var workers = RunnableWorkers(request, spec, source);
+        JobSpecValidator.ThrowIfNotRunnable(spec, source, onCluster: true, LargestWorker(), workers > 0 ? workers : Math.Max(1, registry.Snapshot().Count));
         resume?.CheckCompatible(spec, source);
         var id = $"job-{Interlocked.Increment(ref nextId):D4}";
         var dir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs", id));
@@ -62,7 +65,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         spec = spec with { Output = dir };
         // The spec as it runs (data paths on this coordinator): what `dtrain resume` continues with.
         File.WriteAllText(Path.Combine(dir, "spec.json"), JobSpecSerializer.Serialize(spec));
-        var record = new JobRecord(id, spec, dir, request.Workers, clock.GetUtcNow(), owner) { Resume = resume, DataLimits = data.LimitsFor(id, Path.Combine(dir, "data")) };
+        var record = new JobRecord(id, spec, dir, workers, clock.GetUtcNow(), owner) { Resume = resume, DataLimits = data.LimitsFor(id, Path.Combine(dir, "data")) };
         record.Info.MinWorkers = request.MinWorkers;
         record.Info.MaxWorkers = request.MaxWorkers;
         if (resume is not null)
@@ -73,7 +76,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         jobs[id] = record;
         queue.Enqueue(record);
         record.Publish(new JobEvent { State = record.Snapshot() });
-        log.LogInformation("job {Id} ({Name}) queued for {Workers} worker(s){Resume}", id, spec.Name, request.Workers == 0 ? "all idle" : request.Workers.ToString(CultureInfo.InvariantCulture),
+        log.LogInformation("job {Id} ({Name}) queued for {Workers} worker(s){Resume}", id, spec.Name, workers == 0 ? "all idle" : workers.ToString(CultureInfo.InvariantCulture),
             resume is null ? "" : $", resuming {resume.From} at step {resume.State.Step}");
         wake.Release();
         return record;
@@ -178,7 +181,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
             i.Message = $"restart {i.Restarts} of {job.Spec.Training.MaxRestarts} from step {step} once workers are idle, after: {reason}";
         });
         log.LogWarning("job {Id} restarts from step {Step}: {Reason}", job.Id, step, reason);
-        queue.Enqueue(job);
+        restarts.Enqueue(job);
         wake.Release();
     }
 
@@ -216,25 +219,8 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         {
             await wake.WaitAsync(TimeSpan.FromSeconds(1), stop).ConfigureAwait(false);
             registry.Sweep();
-            // Strict FIFO: the head of the queue waits for its workers; later jobs do not overtake it.
-            while (queue.TryPeek(out var head))
-            {
-                if (head.IsFinished) { queue.TryDequeue(out _); continue; }
-                var workers = registry.TryReserve(WorkersWanted(head), head.Id);
-                if (workers is null)
-                {
-                    var wanted = WorkersWanted(head) == 0 ? "at least 1" : WorkersWanted(head).ToString(CultureInfo.InvariantCulture);
-                    var message = $"waiting for {wanted} idle worker(s); {registry.IdleCount()} idle";
-                    if (head.Snapshot().Message != message) head.Update(i => i.Message = message);
-                    break;
-                }
-                queue.TryDequeue(out _);
-                var job = head;
-                _ = Task.Run(async () =>
-                {
-                    if (await runner.RunAsync(job, workers, stop).ConfigureAwait(false) is { } reason) Requeue(job, reason);
-                }, CancellationToken.None);
-            }
+            // In submission order, with backfilling while the head waits for workers to register (JobQueue.cs).
+            Schedule(stop);
         }
     }
 

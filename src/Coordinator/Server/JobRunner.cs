@@ -47,8 +47,11 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         void OnLost(WorkerRecord w) => Depart(w, $"worker {w.Id} ({w.Address}) lost: no heartbeat for {options.WorkerTimeoutSeconds:F0}s at step {job.Snapshot().Step}");
         // Continuing without it (elastic resize) is future work: the job fails at the step boundary the worker drained at.
         void OnLeft(WorkerRecord w, string reason) => Depart(w, $"worker {w.Id} ({w.Address}) left after step {job.Snapshot().Step}: {reason}");
+        // An admin's drain: a pipeline's stages cannot change, so its job fails as when the worker leaves (an elastic job lets it go at a step boundary).
+        void OnDrained(WorkerRecord w, string reason) => Depart(w, $"worker {w.Id} ({w.Address}) was drained after step {job.Snapshot().Step} ({reason}); a pipeline job cannot go on without a stage");
         registry.WorkerLost += OnLost;
         registry.WorkerLeft += OnLeft;
+        registry.DrainRequested += OnDrained;
         job.Update(i =>
         {
             i.State = JobState.Preparing;
@@ -96,7 +99,8 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         {
             registry.WorkerLost -= OnLost;
             registry.WorkerLeft -= OnLeft;
-            await GrpcJobWorkers.ReleaseAsync(fleet?.Everyone ?? workers, clients, registry, job.Id, restart is null ? job.Snapshot().State.ToString() : "restarting", log).ConfigureAwait(false);
+            registry.DrainRequested -= OnDrained;
+            await GrpcJobWorkers.ReleaseAsync(fleet?.Everyone ?? workers, clients, registry, job.Id, restart is null ? job.Snapshot().State.ToString() : "restarting", options.ReleaseTimeoutSeconds, log).ConfigureAwait(false);
             registry.Release(job.Id);
         }
         return restart;

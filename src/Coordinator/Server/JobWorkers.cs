@@ -95,14 +95,14 @@ public sealed class GrpcJobWorkers(IReadOnlyList<WorkerRecord> workers, WorkerCl
         OnAllAsync("take a peer's state", step, options.CallTimeoutSeconds, cancel, (w, rank, deadline, ct) =>
             clients.For(w).SyncStateAsync(request, deadline: deadline, cancellationToken: ct).ResponseAsync);
 
-    /// <summary>Releases every worker that is not lost from the job (best effort: a worker that cannot be told is logged).</summary>
-    public static Task ReleaseAsync(IReadOnlyList<WorkerRecord> workers, WorkerClients clients, WorkerRegistry registry, string jobId, string reason, ILogger log) =>
+    /// <summary>Releases every worker that is not lost from the job (best effort, within <paramref name="timeoutSeconds"/>: a worker that cannot be told is logged).</summary>
+    public static Task ReleaseAsync(IReadOnlyList<WorkerRecord> workers, WorkerClients clients, WorkerRegistry registry, string jobId, string reason, double timeoutSeconds, ILogger log) =>
         Task.WhenAll(workers.Select(async w =>
         {
             if (registry.StateOf(w.Id) == Protos.Jobs.WorkerState.Lost) return;
             try
             {
-                await clients.For(w).ReleaseAsync(new ReleaseRequest { JobId = jobId, Reason = reason }, deadline: DateTime.UtcNow.AddSeconds(10)).ConfigureAwait(false);
+                await clients.For(w).ReleaseAsync(new ReleaseRequest { JobId = jobId, Reason = reason }, deadline: DateTime.UtcNow.AddSeconds(timeoutSeconds)).ConfigureAwait(false);
             }
             catch (RpcException e)
             {
@@ -126,7 +126,7 @@ public sealed class GrpcJobWorkers(IReadOnlyList<WorkerRecord> workers, WorkerCl
                 // A worker that reports a failed peer usually hears of it before the coordinator's own call to the
                 // dead peer fails: give that call a moment to fail on its own, so the dead worker is the one named.
                 if (finished.Exception?.InnerException is JobFailure { PeerFailure: true })
-                    await Task.WhenAny(Task.WhenAll(pending), Task.Delay(TimeSpan.FromSeconds(3), CancellationToken.None)).ConfigureAwait(false);
+                    await Task.WhenAny(Task.WhenAll(pending), Task.Delay(TimeSpan.FromSeconds(options.FailureBlameGraceSeconds), CancellationToken.None)).ConfigureAwait(false);
                 await group.CancelAsync().ConfigureAwait(false);
                 await Task.WhenAll(pending.Select(t => t.ContinueWith(_ => { }, TaskScheduler.Default))).ConfigureAwait(false);
                 // When a worker dies its ring neighbours fail too, often first: blame the one that could not be reached.

@@ -70,8 +70,29 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
         return Task.FromResult(reply);
     }
 
+    public override Task<WorkerInfo> CordonWorker(WorkerRequest request, ServerCallContext context) => Task.FromResult(Cordon(request, context, drain: false));
+
+    public override Task<WorkerInfo> DrainWorker(WorkerRequest request, ServerCallContext context) => Task.FromResult(Cordon(request, context, drain: true));
+
+    public override Task<WorkerInfo> UncordonWorker(WorkerRequest request, ServerCallContext context)
+    {
+        var w = registry.Uncordon(request.Worker, By(context));
+        access.Record(context, "worker.uncordon", ("worker", w.Id), ("name", w.Name), ("address", w.Address));
+        return Task.FromResult(w.ToInfo());
+    }
+
+    private WorkerInfo Cordon(WorkerRequest request, ServerCallContext context, bool drain)
+    {
+        var w = registry.Cordon(request.Worker, drain, By(context));
+        access.Record(context, drain ? "worker.drain" : "worker.cordon", ("worker", w.Id), ("name", w.Name), ("address", w.Address), ("job", w.JobId == "" ? null : w.JobId));
+        return w.ToInfo();
+    }
+
+    /// <summary>Who cordons or drains, for the worker listing: the token's name, or "an admin" when auth is off.</summary>
+    private static string By(ServerCallContext context) => Caller.Of(context) is { Authenticated: true } c ? c.Name : "an admin";
+
     public override Task<LedgerReply> Ledger(GetJobRequest request, ServerCallContext context) =>
-        Task.FromResult(jobs.Get(request.JobId).Ledger.Snapshot());
+        Task.FromResult(access.Job(context, request.JobId, "ledger").Ledger.Snapshot());
 
     public override async Task Download(DownloadRequest request, IServerStreamWriter<FileChunk> responseStream, ServerCallContext context)
     {

@@ -12,12 +12,24 @@ public sealed class MembershipService(WorkerRegistry registry, CoordinatorOption
     {
         var admission = security.Admit(request, context);
         var certificate = "";
-        var w = registry.Register(request, admission.Certify is null ? null : id =>
+        WorkerRecord w;
+        try
         {
-            using var issued = admission.Certify(id);
-            certificate = issued.ExportCertificatePem();
-            return ClusterCertificates.Sha256(issued);
-        });
+            w = registry.Register(request, admission.Certify is null ? null : id =>
+            {
+                using var issued = admission.Certify(id);
+                certificate = issued.ExportCertificatePem();
+                return ClusterCertificates.Sha256(issued);
+            });
+        }
+        catch (WorkerNameTakenException e)
+        {
+            throw new RpcException(new Status(StatusCode.AlreadyExists, e.Message));
+        }
+        catch (ClusterFullException e)
+        {
+            throw new RpcException(new Status(StatusCode.ResourceExhausted, e.Message));
+        }
         log.LogInformation("worker {Id} admitted; proof: {Proof}{Issued}", w.Id, admission.Proof, certificate.Length == 0 ? "" : $"; issued its certificate sha256 {w.Certificate[..16]}…");
         return Task.FromResult(new RegisterReply { WorkerId = w.Id, HeartbeatIntervalMs = options.HeartbeatIntervalMs, Token = w.Token, Certificate = certificate });
     }
@@ -25,7 +37,8 @@ public sealed class MembershipService(WorkerRegistry registry, CoordinatorOption
     public override Task<HeartbeatReply> Heartbeat(HeartbeatRequest request, ServerCallContext context)
     {
         security.CheckSpeaksFor(registry, request.WorkerId, request.Token, context, "heartbeat");
-        return Task.FromResult(new HeartbeatReply { Known = registry.Heartbeat(request.WorkerId, request.Token, PeerIdentity.Of(context)?.Sha256) });
+        var known = registry.Heartbeat(request.WorkerId, request.Token, PeerIdentity.Of(context)?.Sha256, out var cordoned);
+        return Task.FromResult(new HeartbeatReply { Known = known, Cordoned = cordoned });
     }
 
     public override Task<LeaveReply> Leave(LeaveRequest request, ServerCallContext context)

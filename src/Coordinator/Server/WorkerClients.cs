@@ -22,9 +22,9 @@ public sealed class WorkerClients(CoordinatorOptions options, CoordinatorSecurit
             }, handler =>
             {
                 handler.EnableMultipleHttp2Connections = true;
-                handler.KeepAlivePingDelay = TimeSpan.FromSeconds(10);
-                handler.KeepAlivePingTimeout = TimeSpan.FromSeconds(10);
-                handler.ConnectTimeout = TimeSpan.FromSeconds(10);
+                handler.KeepAlivePingDelay = TimeSpan.FromSeconds(options.KeepAlivePingSeconds);
+                handler.KeepAlivePingTimeout = TimeSpan.FromSeconds(options.KeepAlivePingSeconds);
+                handler.ConnectTimeout = TimeSpan.FromSeconds(options.WorkerConnectTimeoutSeconds);
             })));
 
     /// <summary>

@@ -1,3 +1,4 @@
+using Dtrain.Distributed;
 using Dtrain.Protos.Jobs;
 using Dtrain.Protos.Membership;
 using Microsoft.Extensions.Logging;
@@ -5,15 +6,21 @@ using Microsoft.Extensions.Logging;
 namespace Dtrain.Server;
 
 /// <summary>
-/// Membership. Transitions: Register → Joining; first heartbeat → Idle; reserved for a job → Training; job ends →
-/// Idle; Leave while training → Draining (removed when its job ends); Leave while idle → removed; no heartbeat for
-/// WorkerTimeout → Lost (its job fails; a later heartbeat is answered "unknown" and the worker registers anew).
+/// Membership. Transitions: Register → Joining; first heartbeat → Idle (Cordoned if it was cordoned); reserved for a
+/// job → Training; job ends → Idle; Leave while training → Draining (removed when its job ends); Leave while idle →
+/// removed; no heartbeat for WorkerTimeout → Lost (its job fails or goes on without it; a later heartbeat is answered
+/// "unknown" and the worker registers anew). An admin's cordon keeps a worker from new jobs (Idle → Cordoned); a drain
+/// also takes it out of its job at a step boundary (Training → Draining → Cordoned, the process stays up); uncordon
+/// returns it (Cordoned → Idle, a drain not yet carried out is called off).
+/// Ids (w1, w2, ...) are the registry's; an operator's name never has that form and one live worker holds it at a time.
 /// </summary>
 public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider clock, ILogger<WorkerRegistry> log)
 {
     private readonly Lock gate = new();
     private readonly Dictionary<string, WorkerRecord> workers = [];
     private int nextId;
+    // Workers the head of the job queue waits for (0: none waits); see HoldForQueue.
+    private int queueNeed;
 
     /// <summary>Raised (outside the lock) when a worker is declared lost, with its id and the job it had.</summary>
     public event Action<WorkerRecord>? WorkerLost;
@@ -25,6 +32,8 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
     public event Action<WorkerRecord>? WorkerRegistered;
     /// <summary>Raised (outside the lock) when a worker leaves, idle or training, with its record and reason.</summary>
     public event Action<WorkerRecord, string>? WorkerDeparted;
+    /// <summary>Raised (outside the lock) when an admin drains a worker that holds a job, with its record and reason; the process stays up.</summary>
+    public event Action<WorkerRecord, string>? DrainRequested;
 
     /// <summary>
     /// Adds a worker (Joining) under a new id. With TLS, <paramref name="certify"/> signs its certificate for that id
@@ -34,48 +43,81 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
     {
         if (!Uri.TryCreate(request.Address, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))
             throw new ArgumentException($"address \"{request.Address}\" must be an http(s) URL the coordinator and peers can reach");
+        var name = request.Name?.Trim() ?? "";
+        if (name != "" && WorkerNames.Problem(name) is { } problem) throw new ArgumentException(problem);
         WorkerRecord record;
+        WorkerRecord? replaced = null;
         lock (gate)
         {
-            var id = $"w{++nextId}";
-            record = new WorkerRecord(id, string.IsNullOrWhiteSpace(request.Name) ? id : request.Name, request.Address, request.Capabilities ?? new WorkerCapabilities(), clock.GetUtcNow())
+            if (name != "" && workers.Values.FirstOrDefault(w => w.Name == name && w.State != WorkerState.Lost) is { } holder)
+            {
+                // The same name from the holder's own address is that worker restarted (its old process cannot still
+                // serve there): the new registration replaces the old one. From anywhere else it is a second worker.
+                if (holder.Address != request.Address)
+                    throw new WorkerNameTakenException($"worker name \"{name}\" is held by worker {holder.Id} at {holder.Address} ({Describe(holder)}); " +
+                        "give this worker another --name (Worker:Name), or stop that one (a lost worker's name is free again)");
+                holder.State = WorkerState.Lost;
+                replaced = holder.Clone();
+            }
+            var live = workers.Values.Count(w => w.State != WorkerState.Lost);
+            if (options.MaxWorkers > 0 && live >= options.MaxWorkers)
+                throw new ClusterFullException($"the cluster is full: {live} workers are registered and Coordinator:MaxWorkers is {options.MaxWorkers}; this worker ({request.Address}) is not admitted");
+            var id = WorkerNames.Id(++nextId);
+            record = new WorkerRecord(id, name, request.Address, request.Capabilities ?? new WorkerCapabilities(), clock.GetUtcNow())
             {
                 Token = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(16)),
                 Certificate = certify?.Invoke(id) ?? "",
+                Cordoned = request.Cordoned,
+                CordonedBy = request.Cordoned ? "cordoned before it registered again" : "",
+                Message = request.Cordoned ? "cordoned before it registered again" : "",
             };
             workers[id] = record;
         }
-        log.LogInformation("worker {Id} registered from {Address} ({Cores} cores, {Device})", record.Id, record.Address, record.Capabilities.Cores, record.Capabilities.Device);
+        if (replaced is not null)
+        {
+            log.LogWarning("worker {Id} ({Address}) replaced: a worker named {Name} registered again from its address", replaced.Id, replaced.Address, name);
+            WorkerLost?.Invoke(replaced);
+        }
+        log.LogInformation("worker {Id}{Name} registered from {Address} ({Cores} cores, {Device}){Cordoned}", record.Id, name == "" ? "" : $" \"{name}\"", record.Address,
+            record.Capabilities.Cores, record.Capabilities.Device, record.Cordoned ? ", cordoned" : "");
         WorkerRegistered?.Invoke(record.Clone());
         return record;
     }
 
     /// <summary>Records a heartbeat; false (register again) for an unknown or lost worker, or another registration's token or certificate.</summary>
-    public bool Heartbeat(string id, string token, string? certificate = null)
+    public bool Heartbeat(string id, string token, string? certificate = null) => Heartbeat(id, token, certificate, out _);
+
+    /// <inheritdoc cref="Heartbeat(string, string, string?)"/>
+    /// <param name="cordoned">Whether the worker is cordoned (it remembers that for its next registration).</param>
+    public bool Heartbeat(string id, string token, string? certificate, out bool cordoned)
     {
         bool becameIdle;
         lock (gate)
         {
+            cordoned = false;
             if (!workers.TryGetValue(id, out var w) || w.State == WorkerState.Lost || !w.Holds(token, certificate)) return false;
             w.LastHeartbeat = clock.GetUtcNow();
+            cordoned = w.Cordoned;
             becameIdle = w.State == WorkerState.Joining;
-            if (becameIdle) w.State = WorkerState.Idle;
+            if (becameIdle) w.State = w.Cordoned ? WorkerState.Cordoned : WorkerState.Idle;
         }
         if (becameIdle) Changed?.Invoke();
         return true;
     }
 
-    /// <summary>A worker leaves; ignored for an unknown id or another registration's token or certificate.</summary>
+    /// <summary>A worker leaves (its process stops); ignored for an unknown id or another registration's token or certificate.</summary>
     public void Leave(string id, string token, string reason, string? certificate = null)
     {
         WorkerRecord? draining = null;
         WorkerRecord left;
         lock (gate)
         {
-            if (!workers.TryGetValue(id, out var w) || !w.Holds(token, certificate)) return;
-            if (w.State == WorkerState.Training)
+            if (!workers.TryGetValue(id, out var w) || !w.Holds(token, certificate) || w.Leaving) return;
+            if (w.State is WorkerState.Training or WorkerState.Draining)
             {
                 w.State = WorkerState.Draining;
+                w.Leaving = true;
+                w.Message = $"leaving: {reason}";
                 draining = w.Clone();
             }
             else workers.Remove(id);
@@ -92,6 +134,101 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         lock (gate) return workers.TryGetValue(id, out var w) ? (w.Holds(token, w.Certificate), w.Certificate) : null;
     }
 
+    /// <summary>
+    /// An admin cordons a worker (by id, or by the name a live worker holds): it takes no new job. With
+    /// <paramref name="drain"/> it also leaves its job at the next step boundary (<see cref="DrainsOf"/>; a pipeline
+    /// job fails) and stays up, cordoned. Idempotent. <paramref name="by"/> names who asked, for the listing.
+    /// </summary>
+    public WorkerRecord Cordon(string worker, bool drain, string by)
+    {
+        WorkerRecord result;
+        WorkerRecord? drained = null;
+        var verb = drain ? "drained" : "cordoned";
+        lock (gate)
+        {
+            var w = Find(worker);
+            if (w.State == WorkerState.Lost)
+                throw new InvalidOperationException($"worker {w.Id} ({w.Address}) is lost: there is nothing to {(drain ? "drain" : "cordon")}; it is forgotten {10 * options.WorkerTimeoutSeconds:F0}s after its last heartbeat, and registers anew if it comes back");
+            if (!w.Leaving)
+            {
+                w.Cordoned = true;
+                if (w.CordonedBy == "" || drain) w.CordonedBy = $"{verb} by {by}";
+                switch (w.State)
+                {
+                    case WorkerState.Idle:
+                        w.State = WorkerState.Cordoned;
+                        w.Message = $"{verb} by {by}";
+                        break;
+                    case WorkerState.Joining:
+                        w.Message = $"{verb} by {by}";
+                        break;
+                    case WorkerState.Training when drain:
+                        w.State = WorkerState.Draining;
+                        w.Message = $"drained by {by}: leaves {w.JobId} at the next step boundary";
+                        drained = w.Clone();
+                        break;
+                    case WorkerState.Training when w.Message == "":
+                        w.Message = $"cordoned by {by}: keeps {w.JobId}, takes no new job";
+                        break;
+                }
+            }
+            result = w.Clone();
+        }
+        log.LogInformation("worker {Id} {Verb} by {By}{Job}", result.Id, verb, by, drained is null ? "" : $": leaves job {drained.JobId} at the next step boundary");
+        if (drained is not null) DrainRequested?.Invoke(drained, $"drained by {by}");
+        return result;
+    }
+
+    /// <summary>Undoes a cordon or a drain (by id or name): an idle cordoned worker is idle again; one whose drain has not happened yet keeps its job.</summary>
+    public WorkerRecord Uncordon(string worker, string by)
+    {
+        WorkerRecord result;
+        var freed = false;
+        lock (gate)
+        {
+            var w = Find(worker);
+            if (w.State == WorkerState.Lost) throw new InvalidOperationException($"worker {w.Id} ({w.Address}) is lost: there is nothing to uncordon");
+            if (w.Leaving) throw new InvalidOperationException($"worker {w.Id} ({w.Address}) is shutting down ({w.Message}); it cannot be uncordoned");
+            w.Cordoned = false;
+            w.CordonedBy = "";
+            w.Message = "";
+            if (w.State == WorkerState.Cordoned)
+            {
+                w.State = WorkerState.Idle;
+                freed = true;
+            }
+            else if (w.State == WorkerState.Draining) w.State = WorkerState.Training;
+            result = w.Clone();
+        }
+        log.LogInformation("worker {Id} uncordoned by {By}", result.Id, by);
+        if (freed) Changed?.Invoke();
+        return result;
+    }
+
+    /// <summary>Workers of <paramref name="jobId"/> an admin drained that have not left it yet (not those shutting down: they are departures).</summary>
+    public IReadOnlyList<string> DrainsOf(string jobId)
+    {
+        lock (gate) return [.. workers.Values.Where(w => w.JobId == jobId && w.State == WorkerState.Draining && !w.Leaving).Select(w => w.Id)];
+    }
+
+    /// <summary>Sets what <c>dtrain workers</c> says about a worker (e.g. why its drain waits).</summary>
+    public void SetMessage(string id, string message)
+    {
+        lock (gate)
+        {
+            if (workers.TryGetValue(id, out var w)) w.Message = message;
+        }
+    }
+
+    /// <summary>A worker by id, else by the name a live worker holds (else a lost one's); KeyNotFoundException naming what exists.</summary>
+    private WorkerRecord Find(string worker)
+    {
+        if (workers.TryGetValue(worker, out var w)) return w;
+        var named = workers.Values.Where(x => x.Name == worker).OrderBy(x => x.State == WorkerState.Lost).ThenByDescending(x => x.Registered).FirstOrDefault();
+        if (named is not null && !WorkerNames.IsId(worker)) return named;
+        throw new KeyNotFoundException($"no worker with id or name \"{worker}\"; `dtrain workers` lists them ({(workers.Count == 0 ? "none is registered" : string.Join(", ", workers.Values.OrderBy(x => x.Registered).Take(8).Select(x => x.Name == "" ? x.Id : $"{x.Id} {x.Name}")))})");
+    }
+
     public IReadOnlyList<WorkerRecord> Snapshot()
     {
         lock (gate) return [.. workers.Values.OrderBy(w => w.Registered).Select(w => w.Clone())];
@@ -100,6 +237,41 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
     public int IdleCount()
     {
         lock (gate) return workers.Values.Count(w => w.State == WorkerState.Idle);
+    }
+
+    /// <summary>Idle workers a running job may grow onto: the idle ones not held for the head of the job queue (<see cref="HoldForQueue"/>).</summary>
+    public int FreeCount()
+    {
+        lock (gate) return FreeLocked();
+    }
+
+    /// <summary>What the scheduler sees: idle workers, free ones (idle, not held for the queue), workers that can take jobs (not cordoned, draining or lost), cordoned ones, and all that are not lost.</summary>
+    public ClusterCapacity Capacity()
+    {
+        lock (gate)
+        {
+            var idle = workers.Values.Count(w => w.State == WorkerState.Idle);
+            return new ClusterCapacity(idle, FreeLocked(), SchedulableLocked(), workers.Values.Count(w => w.Cordoned && w.State != WorkerState.Lost), workers.Values.Count(w => w.State != WorkerState.Lost));
+        }
+    }
+
+    /// <summary>
+    /// The head of the job queue waits for <paramref name="need"/> workers (0: none waits). Once the workers that can
+    /// take jobs are enough for it — it only waits for running jobs to end — idle workers are held for it: running
+    /// elastic jobs do not grow onto them (<see cref="TryReserveUpTo"/>), so the head goes first.
+    /// </summary>
+    public void HoldForQueue(int need)
+    {
+        lock (gate) queueNeed = Math.Max(0, need);
+    }
+
+    private int SchedulableLocked() => workers.Values.Count(w => !w.Cordoned && w.State is WorkerState.Joining or WorkerState.Idle or WorkerState.Training);
+
+    private int FreeLocked()
+    {
+        var idle = workers.Values.Count(w => w.State == WorkerState.Idle);
+        var held = queueNeed > 0 && SchedulableLocked() >= queueNeed ? Math.Min(idle, queueNeed) : 0;
+        return idle - held;
     }
 
     /// <summary>Reserves <paramref name="count"/> idle workers (0 = all idle, at least one) for a job, oldest first; null when not enough are idle.</summary>
@@ -116,44 +288,60 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         }
     }
 
-    /// <summary>Reserves up to <paramref name="max"/> idle workers (oldest first) for a running job that can grow; possibly none.</summary>
-    public IReadOnlyList<WorkerRecord> TryReserveUpTo(int max, string jobId)
+    /// <summary>
+    /// Reserves up to <paramref name="max"/> idle workers (oldest first) for a running job that can grow; possibly none.
+    /// Workers held for the queue (<see cref="HoldForQueue"/>) are taken only for the <paramref name="needed"/> a job
+    /// needs to stay at its minimum: keeping a running job alive comes before starting the next one.
+    /// </summary>
+    public IReadOnlyList<WorkerRecord> TryReserveUpTo(int max, string jobId, int needed = 0)
     {
         if (max <= 0) return [];
         lock (gate)
         {
-            var chosen = workers.Values.Where(w => w.State == WorkerState.Idle).OrderBy(w => w.Registered).Take(max).ToList();
+            var idle = workers.Values.Count(w => w.State == WorkerState.Idle);
+            var take = Math.Min(max, Math.Max(FreeLocked(), Math.Min(idle, needed)));
+            var chosen = workers.Values.Where(w => w.State == WorkerState.Idle).OrderBy(w => w.Registered).Take(take).ToList();
             foreach (var w in chosen) { w.State = WorkerState.Training; w.JobId = jobId; }
             return [.. chosen.Select(w => w.Clone())];
         }
     }
 
-    /// <summary>A job continues without this worker: a draining one is removed, one still training returns to Idle, a lost one stays lost.</summary>
+    /// <summary>A job continues without this worker: one shutting down is removed, a drained or cordoned one is cordoned, one still training returns to Idle, a lost one stays lost.</summary>
     public void Detach(string id, string jobId)
     {
         lock (gate)
         {
             if (!workers.TryGetValue(id, out var w) || w.JobId != jobId) return;
-            w.JobId = "";
-            if (w.State == WorkerState.Draining) workers.Remove(id);
-            else if (w.State == WorkerState.Training) w.State = WorkerState.Idle;
+            Settle(w);
         }
         Changed?.Invoke();
     }
 
-    /// <summary>Returns a job's workers to Idle (draining ones are removed, lost ones stay lost).</summary>
+    /// <summary>Returns a job's workers to Idle (those shutting down are removed, cordoned ones stay cordoned, lost ones stay lost).</summary>
     public void Release(string jobId)
     {
         lock (gate)
         {
-            foreach (var w in workers.Values.Where(w => w.JobId == jobId).ToList())
-            {
-                w.JobId = "";
-                if (w.State == WorkerState.Draining) workers.Remove(w.Id);
-                else if (w.State == WorkerState.Training) w.State = WorkerState.Idle;
-            }
+            foreach (var w in workers.Values.Where(w => w.JobId == jobId).ToList()) Settle(w);
         }
         Changed?.Invoke();
+    }
+
+    /// <summary>Where a worker goes when it leaves its job (under the lock).</summary>
+    private void Settle(WorkerRecord w)
+    {
+        var job = w.JobId;
+        w.JobId = "";
+        if (w.State == WorkerState.Draining && w.Leaving) workers.Remove(w.Id);
+        else if (w.State is WorkerState.Training or WorkerState.Draining)
+        {
+            if (w.Cordoned)
+            {
+                w.Message = w.State == WorkerState.Draining ? $"{w.CordonedBy}; left {job}" : $"{w.CordonedBy}; {job} ended";
+                w.State = WorkerState.Cordoned;
+            }
+            else w.State = WorkerState.Idle;
+        }
     }
 
     public WorkerState StateOf(string id)
@@ -198,12 +386,25 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
             WorkerLost?.Invoke(w);
         }
     }
+
+    private static string Describe(WorkerRecord w) =>
+        w.State.ToString().ToLowerInvariant() + (w.JobId == "" ? "" : $" in {w.JobId}") + ", last heartbeat " + w.LastHeartbeat.ToString("u", System.Globalization.CultureInfo.InvariantCulture);
 }
+
+/// <summary>The registry's counts for the scheduler (see <see cref="WorkerRegistry.Capacity"/>).</summary>
+public readonly record struct ClusterCapacity(int Idle, int Free, int Schedulable, int Cordoned, int Live);
+
+/// <summary>A worker asked for a name a live worker at another address holds (gRPC ALREADY_EXISTS).</summary>
+public sealed class WorkerNameTakenException(string message) : InvalidOperationException(message);
+
+/// <summary>Coordinator:MaxWorkers workers are registered already (gRPC RESOURCE_EXHAUSTED).</summary>
+public sealed class ClusterFullException(string message) : InvalidOperationException(message);
 
 /// <summary>What the coordinator knows about one worker.</summary>
 public sealed class WorkerRecord(string id, string name, string address, WorkerCapabilities capabilities, DateTimeOffset registered)
 {
     public string Id { get; } = id;
+    /// <summary>The operator's name for it ("" when none was given); never of the form of an id.</summary>
     public string Name { get; } = name;
     public string Address { get; } = address;
     public WorkerCapabilities Capabilities { get; } = capabilities;
@@ -215,13 +416,24 @@ public sealed class WorkerRecord(string id, string name, string address, WorkerC
     public string Token { get; init; } = "";
     /// <summary>With TLS: SHA-256 (hex) of the certificate the coordinator issued to this registration; "" without TLS.</summary>
     public string Certificate { get; init; } = "";
+    /// <summary>Takes no new job (cordon or drain), until uncordoned.</summary>
+    public bool Cordoned { get; set; }
+    /// <summary>The process is shutting down (it called Leave): it is removed once its job lets it go.</summary>
+    public bool Leaving { get; set; }
+    /// <summary>What is happening to it, for the listing (who cordoned it, why a drain waits).</summary>
+    public string Message { get; set; } = "";
+    /// <summary>"drained by alice", "cordoned by bob": who took it out of scheduling ("" when not cordoned).</summary>
+    public string CordonedBy { get; set; } = "";
 
     /// <summary>Whether a call with this token (and, with TLS, this client certificate) comes from this registration.</summary>
     public bool Holds(string token, string? certificate = null) =>
         System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(System.Text.Encoding.ASCII.GetBytes(token), System.Text.Encoding.ASCII.GetBytes(Token))
         && (Certificate.Length == 0 || string.Equals(certificate, Certificate, StringComparison.OrdinalIgnoreCase));
 
-    public WorkerRecord Clone() => new(Id, Name, Address, Capabilities, Registered) { LastHeartbeat = LastHeartbeat, State = State, JobId = JobId, Token = Token, Certificate = Certificate };
+    public WorkerRecord Clone() => new(Id, Name, Address, Capabilities, Registered)
+    {
+        LastHeartbeat = LastHeartbeat, State = State, JobId = JobId, Token = Token, Certificate = Certificate, Cordoned = Cordoned, Leaving = Leaving, Message = Message, CordonedBy = CordonedBy,
+    };
 
     public WorkerInfo ToInfo() => new()
     {
@@ -236,5 +448,7 @@ public sealed class WorkerRecord(string id, string name, string address, WorkerC
         Threads = Capabilities.Threads,
         LastHeartbeatUnixMs = LastHeartbeat.ToUnixTimeMilliseconds(),
         RegisteredUnixMs = Registered.ToUnixTimeMilliseconds(),
+        Cordoned = Cordoned,
+        Message = Message,
     };
 }

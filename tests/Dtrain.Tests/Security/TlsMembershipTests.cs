@@ -20,11 +20,15 @@ namespace Dtrain.Tests.Security;
 /// </summary>
 public class TlsMembershipTests
 {
+    static int registrations;
+
+    /// <summary>A registration under a name of its own (one live worker holds a name at a time).</summary>
     static RegisterRequest Registration(string address = "https://127.0.0.1:1", string token = "")
     {
         var (key, csr) = WorkerSecurity.NewSigningRequest("phantom");
         key.Dispose();
-        return new RegisterRequest { Address = address, Name = "phantom", JoinToken = token, Csr = ByteString.CopyFrom(csr), Capabilities = new WorkerCapabilities { Cores = 1 } };
+        var name = $"phantom-{Interlocked.Increment(ref registrations)}";
+        return new RegisterRequest { Address = address, Name = name, JoinToken = token, Csr = ByteString.CopyFrom(csr), Capabilities = new WorkerCapabilities { Cores = 1 } };
     }
 
     static RpcException Refused(Func<object> call) => Assert.Throws<RpcException>(call);

@@ -22,7 +22,11 @@ public sealed class AuthInterceptor(TokenAuthenticator authenticator, AuditLog a
         ["List"] = (Everyone, "list jobs"),
         ["Watch"] = (Everyone, "watch jobs"),
         ["Download"] = (Everyone, "download checkpoints"),
+        ["Ledger"] = (Everyone, "read jobs' sample ledgers"),
         ["ListWorkers"] = ([Role.Viewer, Role.Admin], "list the workers"),
+        ["CordonWorker"] = ([Role.Admin], "cordon workers"),
+        ["DrainWorker"] = ([Role.Admin], "drain workers"),
+        ["UncordonWorker"] = ([Role.Admin], "uncordon workers"),
     };
 
     void Admit(ServerCallContext context)

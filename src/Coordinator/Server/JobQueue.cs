@@ -1,0 +1,126 @@
+using System.Globalization;
+using Dtrain.Protos.Jobs;
+using Dtrain.Specs;
+using Microsoft.Extensions.Logging;
+
+namespace Dtrain.Server;
+
+/// <summary>
+/// The queue policy: what can never run is refused at submit; otherwise jobs start in submission order, except that
+/// a later job may start ahead of a head job that cannot start (backfilling, EASY-style without run-time estimates):
+/// only while the head waits for workers to register — the workers that can take jobs are fewer than it needs, so
+/// no job that ends would let it start — and only on idle workers. Once the workers that can take jobs are enough
+/// for the head, nothing overtakes it: it starts as soon as the running jobs release enough of them, and idle
+/// workers are held for it (running elastic jobs do not grow onto them).
+/// </summary>
+public sealed partial class JobManager
+{
+    // Jobs the scheduling loop has started but that are still in the queue (behind a head that waits).
+    private readonly HashSet<string> startedFromQueue = [];
+
+    /// <summary>
+    /// The number of workers a job runs on, checked against what the cluster can ever give it: --workers and
+    /// max_workers at most Coordinator:MaxWorkersPerJob and Coordinator:MaxWorkers; a pipeline job exactly D × K
+    /// workers (--workers 0 stands for that when parallelism.data is set).
+    /// </summary>
+    private int RunnableWorkers(SubmitRequest request, JobSpec spec, string source)
+    {
+        var workers = request.Workers;
+        if (spec.Parallelism?.Pipeline is { } pipeline)
+        {
+            var k = pipeline.Stages;
+            var d = spec.Parallelism.Data;
+            if (d > 0)
+            {
+                if (workers == 0) workers = d * k;
+                else if (workers != d * k)
+                    throw new SpecException(source, [new SpecError("$.parallelism.data", $"{d} replica(s) × {k} pipeline stages run on exactly {d * k} workers, but --workers is {workers}: submit it with --workers {d * k} (or 0)")]);
+            }
+            else if (workers == 0 || workers % k != 0)
+            {
+                throw new SpecException(source, [new SpecError("$.parallelism.pipeline.stages",
+                    $"a pipeline of {k} stages with parallelism.data 0 (replicas = workers / stages) needs --workers set to a multiple of {k}; it is {workers}")]);
+            }
+        }
+        var limit = options.MaxWorkers > 0 ? Math.Min(options.MaxWorkers, options.MaxWorkersPerJob) : options.MaxWorkersPerJob;
+        var why = options.MaxWorkers > 0 && options.MaxWorkers < options.MaxWorkersPerJob
+            ? $"the cluster has at most Coordinator:MaxWorkers = {options.MaxWorkers} workers"
+            : $"at most Coordinator:MaxWorkersPerJob = {options.MaxWorkersPerJob} per job";
+        if (workers > limit) throw new ArgumentException($"the job needs {workers} workers, but {why}: it could never start");
+        if (request.MaxWorkers > limit) throw new ArgumentException($"max_workers {request.MaxWorkers} is more than any job may have: {why}");
+        if (request.MinWorkers > limit) throw new ArgumentException($"min_workers {request.MinWorkers} is more than any job may have: {why}");
+        return workers;
+    }
+
+    /// <summary>Runs a job on its reserved workers; a job that asks to restart from its checkpoint goes back to the queue.</summary>
+    private void Start(JobRecord job, IReadOnlyList<WorkerRecord> workers, CancellationToken stop) =>
+        _ = Task.Run(async () =>
+        {
+            if (await runner.RunAsync(job, workers, stop).ConfigureAwait(false) is { } reason) Requeue(job, reason);
+        }, CancellationToken.None);
+
+    /// <summary>One pass over the queue: starts what may start now, and says in each waiting job's message why it waits.</summary>
+    private void Schedule(CancellationToken stop)
+    {
+        // Restarting jobs first: they were running, and they take their minimum (a pipeline all its stages).
+        while (restarts.TryPeek(out var again))
+        {
+            if (again.IsFinished) { restarts.TryDequeue(out _); continue; }
+            if (registry.TryReserve(WorkersWanted(again), again.Id) is not { } reserved) break;
+            restarts.TryDequeue(out _);
+            Start(again, reserved, stop);
+        }
+        while (queue.TryPeek(out var first) && (first.IsFinished || startedFromQueue.Contains(first.Id)))
+        {
+            queue.TryDequeue(out _);
+            startedFromQueue.Remove(first.Id);
+        }
+        JobRecord? head = null;
+        var headNeed = 0;
+        var backfill = false;
+        // Enumerating a ConcurrentQueue is a snapshot: jobs submitted meanwhile are seen on the next pass.
+        foreach (var job in queue)
+        {
+            if (job.IsFinished || startedFromQueue.Contains(job.Id)) continue;
+            var requested = job.Info.WorkersRequested;
+            var need = Math.Max(1, requested);
+            if ((head is null || backfill) && registry.TryReserve(requested, job.Id) is { } workers)
+            {
+                startedFromQueue.Add(job.Id);
+                if (head is not null)
+                {
+                    log.LogInformation("job {Id} starts ahead of {Head} (backfill: {Head} waits for {Need} workers to register)", job.Id, head.Id, head.Id, headNeed);
+                    job.Publish(new JobEvent { Log = $"started ahead of {head.Id}, which waits for {headNeed} workers while fewer can take jobs (backfill)" });
+                }
+                Start(job, workers, stop);
+                continue;
+            }
+            var capacity = registry.Capacity();
+            string message;
+            if (head is null)
+            {
+                head = job;
+                headNeed = need;
+                backfill = capacity.Schedulable < need;
+                message = WaitingMessage(requested, capacity) + (backfill
+                    ? $"; it starts once {need - capacity.Schedulable} more register (smaller jobs behind it may run meanwhile)"
+                    : "; it starts when running jobs release them (jobs behind it wait)");
+            }
+            else
+            {
+                message = backfill
+                    ? $"{WaitingMessage(requested, capacity)}; behind {head.Id}, which waits for workers to register (this job may start before it)"
+                    : $"queued behind {head.Id}, which waits for {headNeed} idle workers: starting this job first would delay it";
+            }
+            if (job.Snapshot().Message != message) job.Update(i => i.Message = message);
+        }
+        registry.HoldForQueue(head is null ? 0 : headNeed);
+    }
+
+    /// <summary>"waiting for 3 idle workers: 2 can take jobs (1 idle, 1 cordoned of 3 registered)".</summary>
+    private static string WaitingMessage(int requested, ClusterCapacity c)
+    {
+        var wanted = requested == 0 ? "at least 1 idle worker" : $"{requested.ToString(CultureInfo.InvariantCulture)} idle worker(s)";
+        return $"waiting for {wanted}; {c.Idle} idle, {c.Schedulable} can take jobs" + (c.Cordoned > 0 ? $", {c.Cordoned} cordoned" : "") + $" ({c.Live} registered)";
+    }
+}
