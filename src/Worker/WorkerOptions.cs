@@ -29,6 +29,15 @@ public sealed record WorkerOptions
     public int MaxMessageBytes { get; init; } = 64 * 1024 * 1024;
     /// <summary>Give up a single collective operation after this long (a dead or hung peer).</summary>
     public double CollectiveTimeoutSeconds { get; init; } = 120;
+    /// <summary>
+    /// Fault drill, never set in normal operation: at these steps (1-based) of every job this worker makes its own loss
+    /// ("loss:3,7") or one gradient element ("gradient:5") non-finite, to rehearse how a job skips such a step.
+    /// </summary>
+    public string? InjectNonFinite { get; init; }
+
+    /// <summary>The parsed <see cref="InjectNonFinite"/> (call after <see cref="Validate"/>).</summary>
+    public Training.NonFiniteInjection? NonFiniteInjection =>
+        string.IsNullOrWhiteSpace(InjectNonFinite) ? null : Training.NonFiniteInjection.Parse(InjectNonFinite, "Worker:InjectNonFinite");
 
     public IReadOnlyList<string> Validate()
     {
@@ -41,6 +50,14 @@ public sealed record WorkerOptions
         if (!(CollectiveTimeoutSeconds > 0)) e.Add($"Worker:CollectiveTimeoutSeconds {CollectiveTimeoutSeconds} must be positive");
         if (!(DrainTimeoutSeconds >= 0)) e.Add($"Worker:DrainTimeoutSeconds {DrainTimeoutSeconds} must be >= 0");
         if (!(MemoryBudgetMb >= 0 && double.IsFinite(MemoryBudgetMb))) e.Add($"Worker:MemoryBudgetMb {MemoryBudgetMb} must be >= 0 (0 = no limit)");
+        try
+        {
+            _ = NonFiniteInjection;
+        }
+        catch (ArgumentException x)
+        {
+            e.Add(x.Message);
+        }
         return e;
     }
 
