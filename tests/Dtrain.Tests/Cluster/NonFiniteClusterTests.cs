@@ -200,8 +200,10 @@ public class NonFiniteClusterTests
 
     static JobSpec Pipelined(JobSpec spec) => spec with { Parallelism = new ParallelismSpec { Pipeline = new PipelineSpec { Stages = 2, Microbatches = 2, Schedule = "1f1b" } } };
 
-    [Fact]
-    public async Task Pipeline_of_2_stages_skips_a_non_finite_step_on_every_stage_and_ends_with_the_local_skipping_runs_model()
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    public async Task Pipeline_of_2_stages_skips_a_non_finite_step_on_every_stage_and_ends_with_the_local_skipping_runs_model(int faultyStage)
     {
         using var tmp = new TempDir();
         var spec = PipelineSpec(tmp);
@@ -210,10 +212,14 @@ public class NonFiniteClusterTests
         var path = tmp.Write("pipe.json", JobSpecSerializer.Serialize(Pipelined(spec)));
 
         await using var cluster = await InProcessCluster.StartAsync(0, EveryStepChecked);
-        // Whichever stage this worker holds, its step 4 is NaN: the loss itself (last stage) or the activation it sends on (first).
-        await cluster.AddWorkerAsync(new WorkerOptions { InjectNonFinite = "loss:4" });
-        await cluster.AddWorkerAsync();
-        await cluster.WaitForIdleAsync(2, TimeSpan.FromSeconds(30));
+        // Stages go to workers in registration order. On the last stage the drill makes the loss NaN; on the first, the
+        // activation it sends on — so the last stage's carried hidden state turns NaN too and must be rolled back.
+        for (var stage = 0; stage < 2; stage++)
+        {
+            await cluster.AddWorkerAsync(stage == faultyStage ? new WorkerOptions { InjectNonFinite = "loss:4" } : null);
+            await cluster.WaitForIdleAsync(stage + 1, TimeSpan.FromSeconds(30));
+        }
+        var faulty = cluster.Client.ListWorkers(new ListWorkersRequest()).Workers.Single(w => w.Name == $"test-{faultyStage + 1}").WorkerId;
         var (info, steps, logs) = await RunOnClusterAsync(cluster, path, 2);
 
         Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
@@ -221,6 +227,8 @@ public class NonFiniteClusterTests
         var skipped = Assert.Single(steps, s => s.Skipped);
         Assert.Equal(4, skipped.Step);
         Assert.Equal(NonFiniteCauses.Loss, skipped.Nonfinite);
+        Assert.Contains(logs, l => l.StartsWith("pipeline: ", StringComparison.Ordinal) && l.Contains($"replica 0 stage {faultyStage} (layers ", StringComparison.Ordinal) &&
+            l.Contains($"stage {faultyStage} (layers {faultyStage * 2}-{faultyStage * 2 + 1}) = {faulty} ", StringComparison.Ordinal));
         Assert.Single(logs, l => l.StartsWith("step 4 skipped: non-finite loss (NaN from replica 0, worker ", StringComparison.Ordinal));
         using var gathered = TrainedModel.Load(info.Checkpoint);
         var relative = ParameterDiff.MaxRelative(skipping.Engine.Parameters, gathered.Engine.Parameters);
@@ -262,6 +270,18 @@ public class NonFiniteClusterTests
         Assert.Equal(JobState.Failed, info.State);
         Assert.StartsWith("gathered from every stage: refusing to write a checkpoint at step 4: ", info.Message);
         Assert.Equal(["ckpt-000000002.dtck"], Directory.EnumerateFiles(cluster.DataDir, "*.dtck", SearchOption.AllDirectories).Select(Path.GetFileName));
+    }
+
+    [Theory]
+    [InlineData("nan:3", "\"nan:3\" must be loss:STEPS, gradient:STEPS or parameters:STEPS")]
+    [InlineData("loss:0", "step \"0\" in \"loss:0\" must be a whole number >= 1")]
+    [InlineData("gradient:2,x", "step \"x\" in \"gradient:2,x\" must be a whole number >= 1")]
+    [InlineData("loss", "\"loss\" names no step; e.g. loss:3")]
+    public void A_malformed_fault_drill_stops_the_worker_naming_the_key(string value, string expected)
+    {
+        var error = Assert.Single(new WorkerOptions { InjectNonFinite = value }.Validate());
+        Assert.StartsWith($"Worker:InjectNonFinite: {expected}", error);
+        Assert.Throws<ArgumentException>(() => WorkerHost.Build(new WorkerOptions { InjectNonFinite = value }));
     }
 
     sealed class NullObserver : ITrainingObserver;

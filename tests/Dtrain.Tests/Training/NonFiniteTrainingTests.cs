@@ -59,6 +59,9 @@ public class NonFiniteTrainingTests
         var (four, five, six) = (Checkpoint(dir, 4), Checkpoint(dir, 5), Checkpoint(dir, 6));
         Assert.Equal(four.Sections[TrainingCheckpoint.Model], five.Sections[TrainingCheckpoint.Model]);
         Assert.Equal(four.Sections[TrainingCheckpoint.Optimizer], five.Sections[TrainingCheckpoint.Optimizer]);
+        // The hidden state carried to the next chunk is the one from before the skipped step, too.
+        Assert.Equal(four.Sections[TrainingCheckpoint.Carried], five.Sections[TrainingCheckpoint.Carried]);
+        Assert.NotEqual(five.Sections[TrainingCheckpoint.Carried], six.Sections[TrainingCheckpoint.Carried]);
         Assert.NotEqual(five.Sections[TrainingCheckpoint.Model], six.Sections[TrainingCheckpoint.Model]);
         Assert.NotEqual(five.Sections[TrainingCheckpoint.Optimizer], six.Sections[TrainingCheckpoint.Optimizer]);
 
