@@ -22,8 +22,10 @@ public sealed class StageWork(PipelineStage stage, GrpcStageLinks links, Pipelin
     public PipelineStage Stage { get; } = stage;
     /// <summary>The step whose gradients are accumulated and not yet applied (-1 = none).</summary>
     public long Pending { get; private set; } = -1;
+    private double pendingNorm;
 
-    public async Task<StageStepReport> RunAsync(long step, BatchRows? rows, bool resetState, bool carryState, long globalCount, TorchThread torch, CancellationToken cancel)
+    /// <param name="inject">A deliberate non-finite loss (this stage's output: the loss, or the activation it sends on) or gradient at this step (<see cref="NonFiniteInjection"/>; tests and drills).</param>
+    public async Task<StageStepReport> RunAsync(long step, BatchRows? rows, bool resetState, bool carryState, long globalCount, TorchThread torch, CancellationToken cancel, string? inject = null)
     {
         if (Pending >= 0) throw new InvalidOperationException($"step {step} started before step {Pending} was applied");
         var clock = Stopwatch.StartNew();
@@ -38,8 +40,18 @@ public sealed class StageWork(PipelineStage stage, GrpcStageLinks links, Pipelin
                 var (start, count) = rows is null ? (0, 0) : BatchSourceExtensions.RowRange(rows.Rows, m, micro);
                 batches.Add(count == 0 ? null : Batch.From(Slice(rows!, start, count)));
             }
-            var result = await StageRunner.RunStepAsync(Stage, schedule.PerStage[Stage.Plan.Stage], batches, links.ForStep(step), carryState, cancel,
-                f => torch.RunAsync(f)).ConfigureAwait(false);
+            Stage.InjectNonFinite = inject == NonFiniteCauses.Loss;
+            StageStepResult result;
+            try
+            {
+                result = await StageRunner.RunStepAsync(Stage, schedule.PerStage[Stage.Plan.Stage], batches, links.ForStep(step), carryState, cancel,
+                    f => torch.RunAsync(f)).ConfigureAwait(false);
+            }
+            finally
+            {
+                Stage.InjectNonFinite = false;
+            }
+            if (inject == NonFiniteCauses.Gradient) await torch.RunAsync(() => TrainingEngine.PoisonGradient(Stage.Parameters)).ConfigureAwait(false);
             var computed = clock.Elapsed.TotalMilliseconds;
             if (gradients is not null)
             {
@@ -49,6 +61,7 @@ public sealed class StageWork(PipelineStage stage, GrpcStageLinks links, Pipelin
             }
             var reduceMs = clock.Elapsed.TotalMilliseconds - computed;
             var norm = await torch.RunAsync(() => Stage.SquaredGradientNorm(globalCount)).ConfigureAwait(false);
+            pendingNorm = norm;
             Pending = step;
             return new StageStepReport(result.LossSum, result.Count, rows?.Rows ?? 0, norm, result.ComputeMs, computed - result.ComputeMs, reduceMs);
         }
@@ -58,10 +71,17 @@ public sealed class StageWork(PipelineStage stage, GrpcStageLinks links, Pipelin
         }
     }
 
-    public void Apply(long step, long globalCount, double lr, double globalNorm)
+    /// <summary>
+    /// The second half of the step: the optimizer step clipped by the whole model's norm, or — when the coordinator saw
+    /// a non-finite loss or gradient norm anywhere (<paramref name="skip"/>) — no step at all: the gradients are zeroed.
+    /// </summary>
+    public void Apply(long step, long globalCount, double lr, double globalNorm, bool skip = false)
     {
         if (Pending != step) throw new InvalidOperationException(Pending < 0 ? $"apply of step {step}, which has not run" : $"apply of step {step} while step {Pending} is pending");
-        Stage.Apply(globalCount, lr, globalNorm);
+        if (skip) Stage.Skip();
+        else if (!double.IsFinite(pendingNorm))
+            throw new InvalidOperationException($"apply of step {step}: this stage's gradient norm is {pendingNorm} (not finite), yet the step was not marked to skip");
+        else Stage.Apply(globalCount, lr, globalNorm);
         Pending = -1;
     }
 

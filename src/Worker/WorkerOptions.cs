@@ -45,6 +45,16 @@ public sealed record WorkerOptions
     /// <summary>A file whose first line (not blank, not a # comment) is the join token.</summary>
     public string? JoinTokenFile { get; init; }
 
+    /// <summary>
+    /// Fault drill, never set in normal operation: at these steps (1-based) of every job this worker makes its own loss
+    /// ("loss:3,7") or one gradient element ("gradient:5") non-finite, to rehearse how a job skips such a step.
+    /// </summary>
+    public string? InjectNonFinite { get; init; }
+
+    /// <summary>The parsed <see cref="InjectNonFinite"/> (call after <see cref="Validate"/>).</summary>
+    public Training.NonFiniteInjection? NonFiniteInjection =>
+        string.IsNullOrWhiteSpace(InjectNonFinite) ? null : Training.NonFiniteInjection.Parse(InjectNonFinite, "Worker:InjectNonFinite");
+
     public IReadOnlyList<string> Validate()
     {
         var e = new List<string>();
@@ -59,6 +69,14 @@ public sealed record WorkerOptions
         if (!string.IsNullOrWhiteSpace(Name) && Dtrain.Distributed.WorkerNames.Problem(Name.Trim()) is { } name) e.Add($"Worker:Name (--name): {name}");
         if (!(DrainTimeoutSeconds >= 0)) e.Add($"Worker:DrainTimeoutSeconds {DrainTimeoutSeconds} must be >= 0");
         if (!(MemoryBudgetMb >= 0 && double.IsFinite(MemoryBudgetMb))) e.Add($"Worker:MemoryBudgetMb {MemoryBudgetMb} must be >= 0 (0 = no limit)");
+        try
+        {
+            _ = NonFiniteInjection;
+        }
+        catch (ArgumentException x)
+        {
+            e.Add(x.Message);
+        }
         return e;
     }
 

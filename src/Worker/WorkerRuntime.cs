@@ -21,6 +21,9 @@ namespace Dtrain.Worker;
 public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerState peers, WorkerOptions options, StageMailboxes mailboxes, ILogger<WorkerRuntime> log,
     WorkerSecurity? security = null)
 {
+    /// <summary>Worker:InjectNonFinite, the fault drill (null in normal operation).</summary>
+    private readonly NonFiniteInjection? inject = options.NonFiniteInjection;
+
     public async Task<AssignReply> AssignAsync(AssignRequest request, CancellationToken cancel)
     {
         if (request.StartStep < 0 || (request.TotalSteps > 0 && request.StartStep >= request.TotalSteps))
@@ -206,7 +209,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
                 StageStepReport report;
                 try
                 {
-                    report = await work.RunAsync(request.Step, rows, shardStep?.ResetState ?? false, carries, request.GlobalCount, job.Torch, linked.Token).ConfigureAwait(false);
+                    report = await work.RunAsync(request.Step, rows, shardStep?.ResetState ?? false, carries, request.GlobalCount, job.Torch, linked.Token, Injected(job, request.Step)).ConfigureAwait(false);
                 }
                 catch (OperationCanceledException) when (job.Cancel.IsCancellationRequested || abandoned.IsCancellationRequested)
                 {
@@ -232,7 +235,9 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             ReplicaStepResult result;
             try
             {
-                result = await job.Replica.StepAsync(rows, shardStep?.ResetState ?? false, carries, request.GlobalCount, request.Lr, request.Step, linked.Token, job.Torch).ConfigureAwait(false);
+                var fault = Injected(job, request.Step);
+                result = await job.Replica.StepAsync(rows, shardStep?.ResetState ?? false, carries, request.GlobalCount, request.Lr, request.Step, linked.Token, job.Torch, fault).ConfigureAwait(false);
+                if (fault == NonFiniteInjection.Parameters) await job.Torch.RunAsync(() => NonFiniteInjection.PoisonParameters(job.Replica.Engine.Parameters)).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (job.Cancel.IsCancellationRequested || abandoned.IsCancellationRequested)
             {
@@ -241,6 +246,8 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             completed = true;
             state.Step = request.Step;
             log.LogDebug("job {JobId} step {Step}: {Rows} rows, compute {Compute:F1} ms, all-reduce {Reduce:F1} ms", job.JobId, request.Step, result.Rows, result.ComputeMs, result.ReduceMs);
+            if (result.Skipped)
+                log.LogWarning("job {JobId} step {Step}: skipped, the {What} summed over the replicas is not finite (local loss sum {Loss})", job.JobId, request.Step + 1, result.NonFinite, result.LossSum);
             return new RunStepReply
             {
                 LossSum = result.LossSum,
@@ -250,12 +257,22 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
                 ParameterChecksum = request.ReportChecksum ? await job.Torch.RunAsync(job.Replica.ParameterChecksum).ConfigureAwait(false) : 0,
                 ComputeMs = result.ComputeMs,
                 AllreduceMs = result.ReduceMs,
+                Skipped = result.Skipped,
+                Nonfinite = result.NonFinite ?? "",
             };
         }
         finally
         {
             job.ExitStep(request.Step, completed);
         }
+    }
+
+    /// <summary>The fault drill's cause at this step (0-based index), logged when it fires.</summary>
+    private string? Injected(ReplicaJob job, long step)
+    {
+        var cause = inject?.At(step);
+        if (cause is not null) log.LogWarning("job {JobId} step {Step}: injecting a non-finite {What} (Worker:InjectNonFinite)", job.JobId, step + 1, cause);
+        return cause;
     }
 
     private static WorkStoppedException Stopped(ReplicaJob job, long step, CancellationToken abandoned) =>
@@ -322,12 +339,15 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         var work = job.Stage ?? throw new InvalidOperationException($"job {job.JobId}: ApplyStep is for pipeline stages; this worker holds a whole replica");
         if (request.GlobalCount <= 0) throw new ArgumentException($"global_count {request.GlobalCount} must be positive");
         if (!(request.Lr > 0 && double.IsFinite(request.Lr))) throw new ArgumentException($"lr {request.Lr} must be positive");
-        if (!(request.GlobalNorm >= 0 && double.IsFinite(request.GlobalNorm))) throw new ArgumentException($"global_norm {request.GlobalNorm} must be a finite number >= 0");
+        if (!request.Skip && !(request.GlobalNorm >= 0 && double.IsFinite(request.GlobalNorm))) throw new ArgumentException($"global_norm {request.GlobalNorm} must be a finite number >= 0");
         await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
         try
         {
-            await job.Torch.RunAsync(() => work.Apply(request.Step, request.GlobalCount, request.Lr, request.GlobalNorm)).ConfigureAwait(false);
-            return new ApplyStepReply { ParameterChecksum = request.ReportChecksum ? await job.Torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false) : 0 };
+            await job.Torch.RunAsync(() => work.Apply(request.Step, request.GlobalCount, request.Lr, request.GlobalNorm, request.Skip)).ConfigureAwait(false);
+            if (inject?.At(request.Step) == NonFiniteInjection.Parameters)
+                await job.Torch.RunAsync(() => NonFiniteInjection.PoisonParameters(work.Stage.Parameters)).ConfigureAwait(false);
+            if (request.Skip) log.LogWarning("job {JobId} step {Step}: skipped (the coordinator found a non-finite loss or gradient norm)", job.JobId, request.Step + 1);
+            return new ApplyStepReply { ParameterChecksum = request.ReportChecksum ? await job.Torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false) : 0, Skipped = request.Skip };
         }
         catch (InvalidOperationException e)
         {

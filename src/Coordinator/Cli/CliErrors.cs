@@ -21,6 +21,11 @@ public static class CliErrors
             Error(e.Message);
             return BadInput;
         }
+        catch (Training.TrainingDivergedException e)
+        {
+            Error(e.Message);
+            return Failed;
+        }
         catch (Exception e)
         {
             Error($"{e.GetType().Name}: {e.Message}");

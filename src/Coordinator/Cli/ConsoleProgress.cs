@@ -50,7 +50,7 @@ public static class ConsoleProgress
         public void OnStep(StepReport r)
         {
             task.Value = r.Step;
-            task.Description = $"step {r.Step}/{r.TotalSteps} epoch {r.Epoch + 1} loss {r.Loss:F4} lr {r.Lr:G3} {r.SamplesPerSecond:F0} samples/s";
+            task.Description = $"step {r.Step}/{r.TotalSteps} epoch {r.Epoch + 1} loss {r.Loss:F4}{(r.Skipped ? " (skipped)" : "")} lr {r.Lr:G3} {r.SamplesPerSecond:F0} samples/s";
         }
 
         public void OnEvaluation(long step, EvalMetrics m) => AnsiConsole.MarkupLineInterpolated($"[green]step {step}[/] validation: {m}");
@@ -71,9 +71,9 @@ public static class ConsoleProgress
 
         public void OnStep(StepReport r)
         {
-            if (r.Step % every != 0 && r.Step != r.TotalSteps && DateTime.UtcNow - last < TimeSpan.FromSeconds(30)) return;
+            if (!r.Skipped && r.Step % every != 0 && r.Step != r.TotalSteps && DateTime.UtcNow - last < TimeSpan.FromSeconds(30)) return;
             last = DateTime.UtcNow;
-            Console.WriteLine($"step {r.Step}/{r.TotalSteps} epoch {r.Epoch + 1} loss {r.Loss:F4} lr {r.Lr:G3} grad-norm {r.GradNorm:F3} {r.SamplesPerSecond:F1} samples/s elapsed {r.Elapsed:hh\\:mm\\:ss} eta {r.Eta:hh\\:mm\\:ss}");
+            Console.WriteLine($"step {r.Step}/{r.TotalSteps} epoch {r.Epoch + 1} loss {r.Loss:F4}{(r.Skipped ? " (skipped)" : "")} lr {r.Lr:G3} grad-norm {r.GradNorm:F3} {r.SamplesPerSecond:F1} samples/s elapsed {r.Elapsed:hh\\:mm\\:ss} eta {r.Eta:hh\\:mm\\:ss}");
         }
 
         public void OnEvaluation(long step, EvalMetrics m) => Console.WriteLine($"step {step} validation: {m}");

@@ -29,7 +29,7 @@ public static class JobWatcher
                         break;
                     case JobEvent.KindOneofCase.Step:
                         var s = e.Step;
-                        if (s.Step % every != 0 && s.Step != s.TotalSteps && DateTime.UtcNow - lastPrint < TimeSpan.FromSeconds(30)) break;
+                        if (!s.Skipped && s.Step % every != 0 && s.Step != s.TotalSteps && DateTime.UtcNow - lastPrint < TimeSpan.FromSeconds(30)) break;
                         lastPrint = DateTime.UtcNow;
                         Console.WriteLine($"{StepLine(s)} (step {s.StepMs:F0} ms: compute {s.ComputeMs:F0}, all-reduce {s.AllreduceMs:F0}{StageTimes(s)})");
                         break;
@@ -94,7 +94,7 @@ public static class JobWatcher
     }
 
     static string StepLine(StepEvent s) =>
-        $"step {s.Step}/{s.TotalSteps} epoch {s.Epoch + 1} loss {s.Loss:F4} lr {s.Lr:G3} {s.SamplesPerSecond:F1} samples/s workers {s.Workers} " +
+        $"step {s.Step}/{s.TotalSteps} epoch {s.Epoch + 1} loss {s.Loss:F4}{(s.Skipped ? $" (skipped: non-finite {s.Nonfinite})" : "")} lr {s.Lr:G3} {s.SamplesPerSecond:F1} samples/s workers {s.Workers} " +
         $"elapsed {TimeSpan.FromSeconds(s.ElapsedSeconds):hh\\:mm\\:ss} eta {TimeSpan.FromSeconds(s.EtaSeconds):hh\\:mm\\:ss}";
 
     public static string Describe(Metrics m)

@@ -57,7 +57,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         job.Update(i => { i.Parameters = assigned[0].Parameters; i.TotalSteps = total; i.State = JobState.Running; i.Message = ""; });
         job.Publish(new JobEvent { Log = $"{world} worker(s): {string.Join(", ", workers.Members.Select((w, r) => $"rank {r} = {w.Id} {w.Address}"))}; {assigned[0].Parameters:N0} parameters, {total} steps" });
 
-        var progress = new Progress { Next = prepared.StartStep, Clock = Stopwatch.StartNew() };
+        var progress = new Progress { Next = prepared.StartStep, Clock = Stopwatch.StartNew(), NonFinite = new NonFiniteSteps(spec) };
         while (true)
         {
             var plan = new ShardPlan(source, fleet.Workers.Members.Count, total);
@@ -110,6 +110,8 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         public double LastDoneMs;
         public required Stopwatch Clock;
         public long StepsRun;
+        /// <summary>Steps skipped for a non-finite loss or gradient, in a row (across generations).</summary>
+        public required NonFiniteSteps NonFinite;
     }
 
     /// <summary>
@@ -180,7 +182,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                 progress.Next = done;
                 progress.StepsRun++;
                 var loss = replies.Sum(r => r.LossSum) / replies.Sum(r => r.Count);
-                if (!double.IsFinite(loss)) throw new JobFailure($"loss became {loss} at step {done}; lower optimizer.lr or enable training.clip_norm");
+                var skipped = progress.NonFinite.Record(done, NonFiniteReplies.DataParallel(replies, workers, done, loss));
                 progress.Samples += replies.Sum(r => r.Rows);
                 var elapsed = clock.Elapsed.TotalSeconds;
                 var sps = progress.Samples / Math.Max(1e-9, elapsed);
@@ -196,8 +198,14 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                     ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs),
                     // From when this step could start (sent, and the step before it finished) to its last reply.
                     StepMs = stepMs,
+                    Skipped = skipped is not null, Nonfinite = skipped is null ? "" : replies[0].Nonfinite,
                 } });
                 progress.LastDoneMs = finishedMs;
+                if (skipped is not null)
+                {
+                    job.Publish(new JobEvent { Log = skipped.Line });
+                    if (skipped.Failure is { } failure) throw new JobFailure(failure) { Terminal = true };
+                }
 
                 if (EvaluatesAfter(done)) await EvaluateAsync(job, workers, done, generationCancel.Token).ConfigureAwait(false);
                 if (CheckpointsAfter(done))

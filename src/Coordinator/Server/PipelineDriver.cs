@@ -84,6 +84,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         long loadedUntil = start, samples = 0;
         var clock = Stopwatch.StartNew();
         var lastStage = Enumerable.Range(0, d).Select(r => Slot(r, k - 1)).ToArray();
+        var nonFinite = new NonFiniteSteps(spec);
         for (long step = start; step < total; step++)
         {
             cancel.ThrowIfCancellationRequested();
@@ -103,10 +104,12 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             var norm = Math.Sqrt(Enumerable.Range(0, k).Sum(s => replies[Slot(0, s)].SquaredGradNorm));
             var done = step + 1;
             var checksum = done % options.ChecksumInterval == 0 || done == total;
-            var applied = await workers.ApplyStepAsync(new ApplyStepRequest { JobId = job.Id, Step = step, Lr = lr, GlobalCount = count, GlobalNorm = norm, ReportChecksum = checksum }, cancel).ConfigureAwait(false);
-            if (checksum) CheckChecksums(workers, k, d, applied.Select(a => a.ParameterChecksum).ToArray(), $"at step {done}");
             var loss = lastStage.Sum(s => replies[s].LossSum) / lastStage.Sum(s => replies[s].Count);
-            if (!double.IsFinite(loss)) throw new JobFailure($"loss became {loss} at step {done}; lower optimizer.lr or enable training.clip_norm");
+            // A non-finite loss or gradient norm anywhere: every stage of every replica skips the optimizer step.
+            var why = NonFiniteReplies.Pipeline(replies, workers, k, lastStage, loss, norm);
+            var applied = await workers.ApplyStepAsync(new ApplyStepRequest { JobId = job.Id, Step = step, Lr = lr, GlobalCount = count, GlobalNorm = why is null ? norm : 0, ReportChecksum = checksum, Skip = why is not null }, cancel).ConfigureAwait(false);
+            if (checksum) CheckChecksums(workers, k, d, applied.Select(a => a.ParameterChecksum).ToArray(), $"at step {done}");
+            var skipped = nonFinite.Record(done, why);
             samples += lastStage.Sum(s => replies[s].Rows);
             var runSeconds = clock.Elapsed.TotalSeconds;
             var elapsed = prepared.ElapsedBefore + runSeconds;
@@ -118,9 +121,15 @@ public sealed class PipelineDriver(CoordinatorOptions options)
                 Step = done, TotalSteps = total, Epoch = epoch, Loss = loss, Lr = lr, SamplesPerSecond = samples / Math.Max(1e-9, runSeconds), ElapsedSeconds = elapsed,
                 EtaSeconds = runSeconds / (done - start) * (total - done), Workers = n, ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs), StepMs = stepMs,
                 Bubble = replies.Average(r => r.IdleMs / Math.Max(1e-9, r.IdleMs + r.ComputeMs)),
+                Skipped = skipped is not null, Nonfinite = why is null ? "" : double.IsFinite(loss) ? NonFiniteCauses.Gradient : NonFiniteCauses.Loss,
             };
             e.StageComputeMs.AddRange(Enumerable.Range(0, k).Select(s => Enumerable.Range(0, d).Max(r => replies[Slot(r, s)].ComputeMs)));
             job.Publish(new JobEvent { Step = e });
+            if (skipped is not null)
+            {
+                job.Publish(new JobEvent { Log = skipped.Line });
+                if (skipped.Failure is { } failure) throw new JobFailure(failure) { Terminal = true };
+            }
 
             var evaluates = prepared.EvaluatesAfter(spec.Training, done);
             var checkpoints = prepared.CheckpointsAfter(spec.Training, done);
@@ -184,7 +193,15 @@ public sealed class PipelineDriver(CoordinatorOptions options)
                 if (m.MacroF1 is { } f) metrics.MacroF1 = f;
             }
         }
-        var state = checkpoint ? TrainingCheckpoint.Capture(spec with { Parallelism = null }, data.Tokenizer, data.Labels, training, engine) : null;
+        CheckpointData? state = null;
+        try
+        {
+            if (checkpoint) state = TrainingCheckpoint.Capture(spec with { Parallelism = null }, data.Tokenizer, data.Labels, training, engine);
+        }
+        catch (TrainingDivergedException e)
+        {
+            throw new JobFailure($"gathered from every stage: {e.Message}") { Terminal = true };
+        }
         return (metrics, state);
     }
 

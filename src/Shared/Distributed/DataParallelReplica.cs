@@ -6,13 +6,22 @@ using static TorchSharp.torch;
 
 namespace Dtrain.Distributed;
 
-/// <summary>What one replica did in one data-parallel step.</summary>
-public sealed record ReplicaStepResult(double LossSum, long Count, int Rows, double GradNorm, double ComputeMs, double ReduceMs);
+/// <summary>
+/// What one replica did in one data-parallel step. <paramref name="NonFinite"/>: null when the optimizer step was
+/// applied; "loss" or "gradient" (<see cref="NonFiniteCauses"/>) when the step's loss or gradient, summed over every
+/// replica, was not finite and every replica skipped it.
+/// </summary>
+public sealed record ReplicaStepResult(double LossSum, long Count, int Rows, double GradNorm, double ComputeMs, double ReduceMs, string? NonFinite = null)
+{
+    public bool Skipped => NonFinite is not null;
+}
 
 /// <summary>
 /// One model replica of a data-parallel job: computes the gradient of the summed loss on its rows of the global
 /// batch, sums gradients with every other replica through <see cref="IGradientReducer"/>, then divides by the global
-/// count and steps the optimizer — so all replicas take the same step as one process on the whole batch.
+/// count and steps the optimizer — so all replicas take the same step as one process on the whole batch. The reduced
+/// buffer carries every replica's summed loss in one more slot: when the summed loss or the summed gradient is not
+/// finite, every replica sees it in the same reduced values and skips the step alike.
 /// </summary>
 public sealed class DataParallelReplica : IDisposable
 {
@@ -32,38 +41,49 @@ public sealed class DataParallelReplica : IDisposable
         gradients = new GradientBuffer(Engine.Parameters);
     }
 
-    public long ParameterCount => gradients.Values.Length;
+    public long ParameterCount => gradients.GradientCount;
 
-    /// <summary>Runs step <paramref name="step"/> on <paramref name="rows"/> (null = no rows for this replica this step); torch work runs on <paramref name="torch"/> when given.</summary>
-    public async Task<ReplicaStepResult> StepAsync(BatchRows? rows, bool resetState, bool carryState, long globalCount, double lr, long step, CancellationToken cancel, TorchThread? torch = null)
+    /// <summary>
+    /// Runs step <paramref name="step"/> on <paramref name="rows"/> (null = no rows for this replica this step); torch work
+    /// runs on <paramref name="torch"/> when given. <paramref name="inject"/>: a deliberate non-finite loss or gradient on
+    /// this replica (<see cref="NonFiniteInjection"/>; tests and drills).
+    /// </summary>
+    public async Task<ReplicaStepResult> StepAsync(BatchRows? rows, bool resetState, bool carryState, long globalCount, double lr, long step, CancellationToken cancel, TorchThread? torch = null,
+        string? inject = null)
     {
         var clock = Stopwatch.StartNew();
-        var stats = torch is null ? Compute(rows, resetState, carryState) : await torch.RunAsync(() => Compute(rows, resetState, carryState)).ConfigureAwait(false);
+        var stats = torch is null ? Compute(rows, resetState, carryState, inject) : await torch.RunAsync(() => Compute(rows, resetState, carryState, inject)).ConfigureAwait(false);
         var computeMs = clock.Elapsed.TotalMilliseconds;
         if (!Alone) await Reducer.SumAsync(gradients.Values, step, cancel).ConfigureAwait(false);
         var reduceMs = clock.Elapsed.TotalMilliseconds - computeMs;
-        var norm = torch is null ? Apply(globalCount, lr) : await torch.RunAsync(() => Apply(globalCount, lr)).ConfigureAwait(false);
-        return new ReplicaStepResult(stats.LossSum, stats.Count, rows?.Rows ?? 0, norm, computeMs, reduceMs);
+        var applied = torch is null ? Apply(globalCount, lr, stats.LossSum) : await torch.RunAsync(() => Apply(globalCount, lr, stats.LossSum)).ConfigureAwait(false);
+        return new ReplicaStepResult(stats.LossSum, stats.Count, rows?.Rows ?? 0, applied.GradNorm, computeMs, reduceMs, applied.NonFinite);
     }
 
-    private GradientStats Compute(BatchRows? rows, bool resetState, bool carryState)
+    private GradientStats Compute(BatchRows? rows, bool resetState, bool carryState, string? inject)
     {
         if (resetState) Engine.ResetState();
         GradientStats stats = default;
         if (rows is not null)
         {
             using var batch = Batch.From(rows);
-            stats = Engine.ComputeGradients(batch, carryState);
+            stats = Engine.ComputeGradients(batch, carryState, inject);
         }
         else
         {
             Engine.Optimizer.zero_grad();
+            if (inject == NonFiniteCauses.Loss) stats = new GradientStats(double.NaN, 0);
+            else if (inject == NonFiniteCauses.Gradient) TrainingEngine.PoisonGradient(Engine.Parameters);
         }
-        if (!Alone) gradients.Gather();
+        if (!Alone)
+        {
+            gradients.Gather();
+            gradients.LossSum = (float)stats.LossSum;
+        }
         return stats;
     }
 
-    private double Apply(long globalCount, double lr)
+    private AppliedStep Apply(long globalCount, double lr, double localLossSum)
     {
         if (!Alone) gradients.Scatter();
         else if (Engine.Parameters.Any(p => p.grad is null))
@@ -72,7 +92,8 @@ public sealed class DataParallelReplica : IDisposable
             using var _ = no_grad();
             foreach (var p in Engine.Parameters) p.grad ??= zeros_like(p);
         }
-        return Engine.ApplyGradients(globalCount, lr);
+        // Every replica decides on the same reduced values (the loss slot, the gradients): all skip, or none does.
+        return Engine.ApplyGradients(globalCount, lr, Alone ? localLossSum : gradients.LossSum);
     }
 
     /// <summary>Sum of all parameter values in double precision: replicas that took the same steps agree exactly.</summary>

@@ -4,10 +4,27 @@ using static TorchSharp.torch;
 
 namespace Dtrain.Distributed;
 
-/// <summary>All gradients of a model flattened into one float buffer, in parameter order, and written back after a reduce.</summary>
+/// <summary>
+/// All gradients of a model flattened into one float buffer, in parameter order, and written back after a reduce.
+/// One more slot at the end carries the replica's summed loss, so after the all-reduce every replica holds the whole
+/// step's loss too: a non-finite loss anywhere makes every replica skip the step alike, with no extra round trip.
+/// </summary>
 public sealed class GradientBuffer(IReadOnlyList<Parameter> parameters)
 {
-    public float[] Values { get; } = new float[parameters.Sum(p => p.numel())];
+    private readonly int gradientCount = checked((int)parameters.Sum(p => p.numel()));
+
+    /// <summary>The gradients, then the loss slot: what is all-reduced.</summary>
+    public float[] Values { get; } = new float[checked((int)parameters.Sum(p => p.numel()) + 1)];
+
+    /// <summary>Gradient values (the buffer without its loss slot).</summary>
+    public int GradientCount => gradientCount;
+
+    /// <summary>The loss slot: this replica's summed loss before the reduce, every replica's after it.</summary>
+    public float LossSum
+    {
+        get => Values[gradientCount];
+        set => Values[gradientCount] = value;
+    }
 
     /// <summary>Copies every gradient in; a parameter without a gradient (no rows this step) contributes zeros.</summary>
     public void Gather()

@@ -216,6 +216,8 @@ public sealed record TrainingSpec
     public double MaxMinutes { get; init; }
     /// <summary>Clip gradients to this global L2 norm (0 = off).</summary>
     public double ClipNorm { get; init; } = 1.0;
+    /// <summary>A step whose loss or gradient is not finite is skipped (on every replica alike); this many skipped steps in a row fail the run.</summary>
+    public int MaxNonfiniteSteps { get; init; } = 5;
     public int Seed { get; init; } = 1;
     /// <summary>Evaluate on the validation split every this many steps (0 = only at the end).</summary>
     public int EvalInterval { get; init; } = 200;

@@ -87,6 +87,7 @@ public static partial class JobSpecValidator
         Range(e, "$.training.max_steps", tr.MaxSteps, 0, int.MaxValue);
         if (!(tr.MaxMinutes >= 0 && tr.MaxMinutes < 1e6)) e.Add(new("$.training.max_minutes", $"{tr.MaxMinutes} must be >= 0"));
         if (!(tr.ClipNorm >= 0 && double.IsFinite(tr.ClipNorm))) e.Add(new("$.training.clip_norm", $"{tr.ClipNorm} must be >= 0 (0 = off)"));
+        Range(e, "$.training.max_nonfinite_steps", tr.MaxNonfiniteSteps, 1, 1_000_000);
         Range(e, "$.training.eval_interval", tr.EvalInterval, 0, int.MaxValue);
         Range(e, "$.training.eval_batches", tr.EvalBatches, 0, int.MaxValue);
         Range(e, "$.training.checkpoint_interval", tr.CheckpointInterval, 0, int.MaxValue);

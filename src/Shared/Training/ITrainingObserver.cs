@@ -15,7 +15,7 @@ public sealed record TrainingPlan(string Name, string Task, long TotalSteps, lon
     int VocabSize, int Classes, long TrainExamples, string Device, int Threads, string OutputDir);
 
 /// <summary>One finished optimizer step.</summary>
-public sealed record StepReport(long Step, long TotalSteps, long Epoch, double Loss, double Lr, double GradNorm, double SamplesPerSecond, TimeSpan Elapsed, TimeSpan? Eta);
+public sealed record StepReport(long Step, long TotalSteps, long Epoch, double Loss, double Lr, double GradNorm, double SamplesPerSecond, TimeSpan Elapsed, TimeSpan? Eta, bool Skipped = false);
 
 /// <summary>How a run ended.</summary>
 public sealed record TrainingSummary(long Steps, TimeSpan Elapsed, double SamplesPerSecond, EvalMetrics? Final, string? Checkpoint, string StopReason);

@@ -16,9 +16,15 @@ public sealed record TrainOptions
     public MemoryBudget? MemoryBudget { get; init; }
     /// <summary>Names the spec in errors (e.g. its file name); default: the job's name.</summary>
     public string? Source { get; init; }
+    /// <summary>A deliberate non-finite loss or gradient at chosen steps (tests and drills); null in normal runs.</summary>
+    public NonFiniteInjection? InjectNonFinite { get; init; }
 }
 
-/// <summary>Single-process training: the engine's step in a loop with evaluation, checkpoints, time limits and clean interruption.</summary>
+/// <summary>
+/// Single-process training: the engine's step in a loop with evaluation, checkpoints, time limits and clean
+/// interruption. A step whose loss or gradient is not finite is skipped and counted (<see cref="NonFiniteSteps"/>),
+/// exactly as on a cluster.
+/// </summary>
 public static class Trainer
 {
     public static TrainingSummary Run(JobSpec spec, string specDir, TrainOptions options, ITrainingObserver observer, CancellationToken cancel)
@@ -88,6 +94,7 @@ public static class Trainer
             observer.OnCheckpoint(state.Step, lastCheckpoint);
         }
 
+        var nonFinite = new NonFiniteSteps(spec);
         var clock = Stopwatch.StartNew();
         var startElapsed = state.ElapsedSeconds;
         var runStartStep = state.Step;
@@ -102,24 +109,32 @@ public static class Trainer
             var position = new StepPosition(state.Step / source.StepsPerEpoch, state.Step % source.StepsPerEpoch);
             if (carries && position.StepInEpoch == 0) engine.ResetState();
             var lr = schedule.At(state.Step);
-            double loss, norm;
+            double loss;
+            AppliedStep applied;
             int rows;
             using (var batch = source.Get(position, 0, source.RowsAt(position))!)
             {
-                var stats = engine.ComputeGradients(batch, carries);
-                norm = engine.ApplyGradients(stats.Count, lr);
+                var inject = options.InjectNonFinite?.At(state.Step);
+                var stats = engine.ComputeGradients(batch, carries, inject);
+                applied = engine.ApplyGradients(stats.Count, lr, stats.LossSum);
+                if (inject == NonFiniteInjection.Parameters) NonFiniteInjection.PoisonParameters(engine.Parameters);
                 loss = stats.LossSum / stats.Count;
                 rows = batch.Rows;
             }
-            if (!double.IsFinite(loss))
-                throw new InvalidOperationException($"loss became {loss} at step {state.Step}; lower optimizer.lr or enable training.clip_norm");
+            var norm = applied.GradNorm;
+            // A skipped step still counts: the schedule and the data order move on, as on a cluster.
+            if (nonFinite.Record(state.Step + 1, applied.Describe(loss)) is { } skipped)
+            {
+                observer.OnMessage(skipped.Line);
+                if (skipped.Failure is { } failure) throw new TrainingDivergedException(failure);
+            }
             runSamples += rows;
             var elapsed = TimeSpan.FromSeconds(startElapsed + clock.Elapsed.TotalSeconds);
             state = state with { Step = state.Step + 1, SamplesSeen = state.SamplesSeen + rows, ElapsedSeconds = elapsed.TotalSeconds, LastLr = lr };
             var perStep = clock.Elapsed.TotalSeconds / (state.Step - runStartStep);
             var eta = TimeSpan.FromSeconds(perStep * (total - state.Step));
             if (maxSeconds > 0) eta = TimeSpan.FromSeconds(Math.Min(eta.TotalSeconds, Math.Max(0, maxSeconds - elapsed.TotalSeconds)));
-            observer.OnStep(new StepReport(state.Step, total, position.Epoch, loss, lr, norm, runSamples / clock.Elapsed.TotalSeconds, elapsed, eta));
+            observer.OnStep(new StepReport(state.Step, total, position.Epoch, loss, lr, norm, runSamples / clock.Elapsed.TotalSeconds, elapsed, eta, applied.Skipped));
 
             if (spec.Training.EvalInterval > 0 && state.Step % spec.Training.EvalInterval == 0 && state.Step < total)
             {

@@ -32,8 +32,10 @@ public static class TrainingCheckpoint
 
     private static readonly UTF8Encoding StrictUtf8 = new(false, throwOnInvalidBytes: true);
 
+    /// <summary>The run's state as checkpoint sections; refuses (<see cref="TrainingDivergedException"/>) parameters that are not all finite.</summary>
     public static CheckpointData Capture(JobSpec spec, ITokenizer tokenizer, LabelSet labels, TrainingState state, TrainingEngine engine)
     {
+        FiniteParameters.ThrowIfAny(engine.Model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)), state.Step, spec);
         var sections = new Dictionary<string, byte[]>
         {
             [Spec] = Encoding.UTF8.GetBytes(JobSpecSerializer.Serialize(spec)),

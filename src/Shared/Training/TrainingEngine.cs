@@ -9,6 +9,23 @@ namespace Dtrain.Training;
 public readonly record struct GradientStats(double LossSum, long Count);
 
 /// <summary>
+/// What <see cref="TrainingEngine.ApplyGradients"/> did: the gradient norm before clipping, and — when the loss or the
+/// gradient was not finite — what, in which case the optimizer step was skipped (<see cref="NonFiniteCauses"/>).
+/// </summary>
+public readonly record struct AppliedStep(double GradNorm, string? NonFinite)
+{
+    public bool Skipped => NonFinite is not null;
+
+    /// <summary>"loss NaN" or "gradient norm Infinity", for messages; null for an applied step.</summary>
+    public string? Describe(double loss) => NonFinite switch
+    {
+        null => null,
+        NonFiniteCauses.Loss => $"non-finite loss ({NonFiniteSteps.G(loss)})",
+        _ => $"non-finite gradient (norm {NonFiniteSteps.G(GradNorm)})",
+    };
+}
+
+/// <summary>
 /// The per-replica training step, split where a data-parallel runtime needs it: <see cref="ComputeGradients"/>
 /// accumulates the gradient of the summed loss; after an all-reduce (or nothing, alone),
 /// <see cref="ApplyGradients"/> divides by the global count, clips and steps the optimizer.
@@ -19,6 +36,9 @@ public sealed class TrainingEngine : IDisposable
     private readonly Device device;
     private readonly IReadOnlyList<Parameter> parameters;
     private RecurrentState? carried;
+    /// <summary>The carried state before the last step that carried one, until that step is applied (dropped) or skipped (restored).</summary>
+    private RecurrentState? beforeStep;
+    private bool stepCarried;
 
     /// <summary>The job this engine trains (model, optimizer and training settings).</summary>
     public JobSpec Spec => spec;
@@ -45,6 +65,7 @@ public sealed class TrainingEngine : IDisposable
         get => carried;
         set
         {
+            SettleCarriedState(restore: false);
             carried?.Dispose();
             carried = value;
         }
@@ -53,19 +74,55 @@ public sealed class TrainingEngine : IDisposable
     /// <summary>Forgets the carried hidden state (start of an epoch).</summary>
     public void ResetState() => CarriedState = null;
 
-    /// <summary>Zeroes the gradients, runs forward and backward on the summed loss, and returns the loss sum and count.</summary>
-    public GradientStats ComputeGradients(Batch batch, bool carryState)
+    /// <summary>Ends a step for the carried state: kept (the step was applied), or back to what it was before the step (skipped).</summary>
+    private void SettleCarriedState(bool restore)
+    {
+        if (!stepCarried) return;
+        stepCarried = false;
+        if (restore)
+        {
+            carried?.Dispose();
+            carried = beforeStep;
+        }
+        else beforeStep?.Dispose();
+        beforeStep = null;
+    }
+
+    /// <summary>
+    /// Zeroes the gradients, runs forward and backward on the summed loss, and returns the loss sum and count.
+    /// <paramref name="inject"/> (a <see cref="NonFiniteCauses"/> value; tests and drills, see <see cref="NonFiniteInjection"/>)
+    /// makes the loss NaN before the backward pass, or one gradient element infinite after it.
+    /// </summary>
+    public GradientStats ComputeGradients(Batch batch, bool carryState, string? inject = null)
     {
         Model.train();
         Optimizer.zero_grad();
         using var scope = NewDisposeScope();
         var loss = SummedLoss(batch, carryState);
+        if (inject == NonFiniteCauses.Loss) loss = loss * double.NaN;
         loss.backward();
+        if (inject == NonFiniteCauses.Gradient) PoisonGradient(parameters);
         return new GradientStats(loss.item<float>(), batch.Count);
     }
 
-    /// <summary>Averages the accumulated gradients over <paramref name="globalCount"/>, clips them and takes one optimizer step at <paramref name="lr"/>; returns the pre-clip gradient norm.</summary>
-    public double ApplyGradients(long globalCount, double lr)
+    /// <summary>Makes the first element of the first gradient infinite (fault injection).</summary>
+    public static void PoisonGradient(IEnumerable<Parameter> parameters)
+    {
+        using var _ = no_grad();
+        var p = parameters.First();
+        p.grad ??= zeros_like(p);
+        var element = p.grad;
+        while (element.dim() > 0) element = element[0];
+        element.fill_(float.PositiveInfinity);
+    }
+
+    /// <summary>
+    /// Averages the accumulated gradients over <paramref name="globalCount"/>, clips them and takes one optimizer step at
+    /// <paramref name="lr"/>; returns the pre-clip gradient norm. When <paramref name="lossSum"/> (the step's summed loss,
+    /// over every replica) or the gradient norm is not finite, the step is skipped instead: the gradients are zeroed and
+    /// neither the parameters nor the optimizer's state (moments, step count) change.
+    /// </summary>
+    public AppliedStep ApplyGradients(long globalCount, double lr, double lossSum = 0)
     {
         using var scope = NewDisposeScope();
         if (globalCount <= 0) throw new ArgumentOutOfRangeException(nameof(globalCount), globalCount, "no samples contributed to this step");
@@ -77,9 +134,19 @@ public sealed class TrainingEngine : IDisposable
         var norm = spec.Training.ClipNorm > 0
             ? nn.utils.clip_grad_norm_(parameters, spec.Training.ClipNorm)
             : GradientNorm();
+        var nonFinite = !double.IsFinite(lossSum) ? NonFiniteCauses.Loss : !double.IsFinite(norm) ? NonFiniteCauses.Gradient : null;
+        if (nonFinite is not null)
+        {
+            // Nothing of the step remains: not its gradients, not its update, not the hidden state it carried on
+            // (which a non-finite activation may have poisoned); only the position in the data moves on.
+            Optimizer.zero_grad();
+            SettleCarriedState(restore: true);
+            return new AppliedStep(norm, nonFinite);
+        }
+        SettleCarriedState(restore: false);
         OptimizerFactory.SetLearningRate(Optimizer, lr);
         Optimizer.step();
-        return norm;
+        return new AppliedStep(norm, null);
     }
 
     /// <summary>Summed loss of a batch without gradients, and the predicted class per row (classification) for accuracy and F1.</summary>
@@ -114,7 +181,14 @@ public sealed class TrainingEngine : IDisposable
         {
             var lm = (RecurrentLanguageModel)Model;
             var (logits, next) = lm.Forward(inputs, carryState ? carried : null);
-            if (carryState) CarriedState = next.Detach();
+            if (carryState)
+            {
+                // The state before this step is kept until the step is applied or skipped.
+                SettleCarriedState(restore: false);
+                beforeStep = carried;
+                stepCarried = true;
+                carried = next.Detach();
+            }
             return nn.functional.cross_entropy(logits.reshape(-1, lm.VocabSize), targets.reshape(-1), reduction: nn.Reduction.Sum);
         }
         var clf = (RecurrentClassifier)Model;
@@ -135,6 +209,7 @@ public sealed class TrainingEngine : IDisposable
 
     public void Dispose()
     {
+        SettleCarriedState(restore: false);
         carried?.Dispose();
         Optimizer.Dispose();
         Model.Dispose();

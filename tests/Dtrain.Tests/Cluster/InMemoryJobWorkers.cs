@@ -18,11 +18,12 @@ public sealed class InMemoryJobWorkers : IJobWorkers, IAsyncDisposable
 
     public IReadOnlyList<(string Id, string Address)> Members { get; }
 
-    public InMemoryJobWorkers(int world)
+    /// <param name="options">Each rank's worker options (default: the defaults), e.g. a fault drill on one rank.</param>
+    public InMemoryJobWorkers(int world, Func<int, WorkerOptions>? options = null)
     {
         var connector = new Connector(world);
         slots = [.. Enumerable.Range(0, world).Select(_ => new WorkerSlot(NullLogger<WorkerSlot>.Instance))];
-        services = [.. slots.Select(s => new WorkerRuntime(s, connector, new NoPeers(), new WorkerOptions(), new Dtrain.Distributed.Pipeline.StageMailboxes(), NullLogger<WorkerRuntime>.Instance))];
+        services = [.. slots.Select((s, rank) => new WorkerRuntime(s, connector, new NoPeers(), options?.Invoke(rank) ?? new WorkerOptions(), new Dtrain.Distributed.Pipeline.StageMailboxes(), NullLogger<WorkerRuntime>.Instance))];
         Members = [.. Enumerable.Range(0, world).Select(r => ($"mem{r}", $"memory://{r}"))];
     }
 

@@ -30,12 +30,16 @@ public sealed partial class PipelineStage : IDisposable
     private readonly IReadOnlyList<Parameter> parameters;
     private readonly Dictionary<int, InFlight> inFlight = [];
     private readonly Dictionary<int, RecurrentState> carried = [];
+    /// <summary>Each micro-batch's carried state before this step (null = none), until the step is applied (dropped) or skipped (restored).</summary>
+    private readonly Dictionary<int, RecurrentState?> beforeStep = [];
 
     public StagePlan Plan { get; }
     public bool IsFirst => Plan.HasEmbedding;
     public bool IsLast => Plan.HasHead;
     public optim.Optimizer Optimizer { get; }
     public IReadOnlyList<Parameter> Parameters => parameters;
+    /// <summary>Fault drill (<see cref="NonFiniteInjection"/>): while set, <see cref="Forward"/> multiplies its output — the loss, or the activation it sends on — by NaN.</summary>
+    public bool InjectNonFinite { get; set; }
 
     private readonly bool languageModel;
 
@@ -104,11 +108,29 @@ public sealed partial class PipelineStage : IDisposable
     {
         module.train();
         Optimizer.zero_grad();
+        SettleCarriedState(restore: false);
+    }
+
+    /// <summary>Ends a step for the carried states: kept (applied), or back to what they were before the step (skipped).</summary>
+    private void SettleCarriedState(bool restore)
+    {
+        foreach (var (micro, before) in beforeStep)
+        {
+            if (!restore)
+            {
+                before?.Dispose();
+                continue;
+            }
+            if (carried.Remove(micro, out var now)) now.Dispose();
+            if (before is not null) carried[micro] = before;
+        }
+        beforeStep.Clear();
     }
 
     /// <summary>Forgets every micro-batch's carried hidden state (start of an epoch).</summary>
     public void ResetState()
     {
+        SettleCarriedState(restore: false);
         foreach (var s in carried.Values) s.Dispose();
         carried.Clear();
     }
@@ -144,7 +166,9 @@ public sealed partial class PipelineStage : IDisposable
             var (y, next) = module.Rnn.Run(x, carryState && carried.TryGetValue(micro, out var state) ? state : null);
             if (carryState)
             {
-                if (carried.Remove(micro, out var old)) old.Dispose();
+                // The state before this step is kept until the step is applied or skipped.
+                carried.Remove(micro, out var old);
+                if (!beforeStep.TryAdd(micro, old)) old?.Dispose();
                 carried[micro] = next.Detach();
             }
             if (IsLast)
@@ -181,6 +205,11 @@ public sealed partial class PipelineStage : IDisposable
                 output = padded;
                 result = padded.detach();
             }
+        }
+        if (InjectNonFinite)
+        {
+            output = output * double.NaN;
+            result = output.detach();
         }
         inFlight[micro] = new InFlight(leaf.MoveToOuterDisposeScope(), output.MoveToOuterDisposeScope());
         return result.MoveToOuterDisposeScope();
@@ -248,8 +277,20 @@ public sealed partial class PipelineStage : IDisposable
                 else p.grad.mul_(scale);
             }
         }
+        SettleCarriedState(restore: false);
         OptimizerFactory.SetLearningRate(Optimizer, lr);
         Optimizer.step();
+    }
+
+    /// <summary>
+    /// Skips the optimizer step (the step's loss or gradient was not finite somewhere): zeroes the gradients; parameters
+    /// and optimizer state stay as they are, and the carried hidden states go back to what they were before the step.
+    /// </summary>
+    public void Skip()
+    {
+        if (inFlight.Count > 0) throw new InvalidOperationException($"stage {Plan.Stage}: {inFlight.Count} micro-batch(es) still in flight at the optimizer step");
+        Optimizer.zero_grad();
+        SettleCarriedState(restore: true);
     }
 
     public void Dispose()
