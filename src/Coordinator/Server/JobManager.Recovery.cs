@@ -44,7 +44,9 @@ public sealed partial class JobManager
                 finished++;
                 continue;
             }
-            if (ReloadResume(job, stored.ResumePath) is { } problem)
+            // A job that was running and has a checkpoint of its own restarts from that one: the one it resumed from is not needed.
+            var ownCheckpoint = stored.Info.State != JobState.Queued && stored.Info.Checkpoint != "" && File.Exists(stored.Info.Checkpoint);
+            if (ReloadResume(job, stored.ResumePath) is { } problem && !ownCheckpoint)
             {
                 job.Update(i => { i.State = JobState.Failed; i.Message = problem; i.FinishedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds(); });
                 log.LogError("job {Id} failed on restart: {Message}", id, problem);
