@@ -160,7 +160,7 @@ public static class JobCommands
     {
         var id = new Argument<string>("job") { Description = "Job id (see `dtrain list`)." };
         var plain = new Option<bool>("--plain") { Description = "Log lines instead of a progress bar." };
-        var cmd = new Command("watch", "Follow a job: live progress (epoch, step, loss, samples/s, ETA, workers) until it ends; exit status 0 = succeeded, 1 = failed, 3 = cancelled.");
+        var cmd = new Command("watch", "Follow a job: live progress (epoch, step, loss, samples/s, ETA, workers) until it ends; reconnects (with backoff, up to 15 minutes) while the coordinator is unreachable or restarting; exit status 0 = succeeded, 1 = failed, 3 = cancelled.");
         cmd.Arguments.Add(id);
         cmd.Options.Add(plain);
         cmd.SetAction(r => Remote.Guard(r, client => JobWatcher.Watch(client, r.GetValue(id)!, r.GetValue(plain))));

@@ -10,9 +10,12 @@ public static class JobWatcher
 {
     public const int Cancelled = 3;
 
+    /// <summary>How long `watch` keeps reconnecting to a coordinator it cannot reach before it gives up (exit 1).</summary>
+    public static readonly TimeSpan GiveUpAfter = TimeSpan.FromMinutes(15);
+
     public static int Watch(Jobs.JobsClient client, string jobId, bool plain)
     {
-        using var call = client.Watch(new WatchJobRequest { JobId = jobId });
+        var call = new Reconnecting(client, jobId);
         JobInfo? last = null;
         if (plain || !AnsiConsole.Profile.Capabilities.Interactive || Console.IsOutputRedirected)
         {
@@ -77,7 +80,7 @@ public static class JobWatcher
                 });
         }
         // The stream's last state event can precede the final metrics; ask once more for the settled record.
-        last = client.Get(new GetJobRequest { JobId = jobId });
+        last = call.Retry(() => client.Get(new GetJobRequest { JobId = jobId }));
         Console.WriteLine($"{jobId}: {JobCommands.StateName(last.State)} after {last.Step} of {last.TotalSteps} steps{(last.Message == "" ? "" : $" - {last.Message}")}");
         if (last.LastEval is { } m) Console.WriteLine($"validation: {Describe(m)}");
         return last.State switch
@@ -88,9 +91,92 @@ public static class JobWatcher
         };
     }
 
-    static IEnumerable<JobEvent> Read(AsyncServerStreamingCall<JobEvent> call)
+    static IEnumerable<JobEvent> Read(Reconnecting call) => call.Events();
+
+    /// <summary>
+    /// The job's events across coordinator restarts: when the stream breaks (or ends before the job has) the watch
+    /// says so on stderr, reconnects with backoff (0.5 s doubling to 10 s) and subscribes again — the coordinator
+    /// replays the job's state and last progress, then live events — until the job ends, or gives up after
+    /// <see cref="GiveUpAfter"/> without reaching the coordinator.
+    /// </summary>
+    sealed class Reconnecting(Jobs.JobsClient client, string jobId)
     {
-        while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult()) yield return call.ResponseStream.Current;
+        private DateTime? lostSince;
+        private TimeSpan delay = TimeSpan.FromMilliseconds(500);
+
+        static bool Transient(StatusCode code) => code is StatusCode.Unavailable or StatusCode.Internal or StatusCode.Unknown or StatusCode.Cancelled
+            or StatusCode.DeadlineExceeded or StatusCode.Aborted;
+
+        public IEnumerable<JobEvent> Events()
+        {
+            while (true)
+            {
+                var finished = false;
+                RpcException? broken = null;
+                using (var call = client.Watch(new WatchJobRequest { JobId = jobId }))
+                {
+                    while (true)
+                    {
+                        (var e, broken) = Next(call);
+                        if (e is null) break;
+                        Reached();
+                        if (e.KindCase == JobEvent.KindOneofCase.State)
+                            finished = e.State.State is JobState.Succeeded or JobState.Failed or JobState.Cancelled;
+                        yield return e;
+                    }
+                }
+                if (finished) yield break;
+                Lost(broken?.Status.Detail ?? "the event stream ended before the job did", broken);
+            }
+        }
+
+        /// <summary>The next event; null at the end of the stream or when it broke in a way a reconnect may mend.</summary>
+        static (JobEvent? Event, RpcException? Broken) Next(AsyncServerStreamingCall<JobEvent> call)
+        {
+            try
+            {
+                return call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult() ? (call.ResponseStream.Current, null) : (null, null);
+            }
+            catch (RpcException e) when (Transient(e.StatusCode))
+            {
+                return (null, e);
+            }
+        }
+
+        public T Retry<T>(Func<T> call)
+        {
+            while (true)
+            {
+                try
+                {
+                    var result = call();
+                    Reached();
+                    return result;
+                }
+                catch (RpcException e) when (Transient(e.StatusCode))
+                {
+                    Lost(e.Status.Detail, e);
+                }
+            }
+        }
+
+        private void Reached()
+        {
+            if (lostSince is null) return;
+            Console.Error.WriteLine($"{jobId}: coordinator reachable again; watching");
+            lostSince = null;
+            delay = TimeSpan.FromMilliseconds(500);
+        }
+
+        private void Lost(string why, RpcException? error)
+        {
+            lostSince ??= DateTime.UtcNow;
+            if (DateTime.UtcNow - lostSince > GiveUpAfter)
+                throw error ?? new RpcException(new Grpc.Core.Status(StatusCode.Unavailable, $"coordinator unreachable for {GiveUpAfter.TotalMinutes:F0} minutes while watching {jobId}: {why}"));
+            Console.Error.WriteLine($"{jobId}: coordinator unreachable ({why}), reconnecting in {delay.TotalSeconds:F1} s...");
+            Thread.Sleep(delay);
+            delay = TimeSpan.FromMilliseconds(Math.Min(10_000, delay.TotalMilliseconds * 2));
+        }
     }
 
     static string StepLine(StepEvent s) =>

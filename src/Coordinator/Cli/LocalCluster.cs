@@ -14,6 +14,7 @@ public sealed class LocalCluster : IDisposable
     private IDictionary<string, string>? environment;
     private int threads = 1;
     private int workerCount;
+    private string[] coordinatorArgs = [];
 
     public string Address { get; }
     public string LogDir { get; }
@@ -33,7 +34,8 @@ public sealed class LocalCluster : IDisposable
         var cluster = new LocalCluster($"http://127.0.0.1:{port}", Path.GetFullPath(logDir)) { environment = environment, threads = threadsPerWorker };
         try
         {
-            cluster.Spawn("coordinator", environment, "serve", "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--data-dir", Path.Combine(logDir, "coordinator"));
+            cluster.coordinatorArgs = ["serve", "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--data-dir", Path.Combine(logDir, "coordinator")];
+            cluster.processes.Add(cluster.Spawn("coordinator", environment, cluster.coordinatorArgs));
             for (var i = 0; i < workers; i++) cluster.AddWorker();
             cluster.WaitForWorkers(workers, timeout);
             return cluster;
@@ -49,11 +51,11 @@ public sealed class LocalCluster : IDisposable
     public int AddWorker()
     {
         var n = ++workerCount;
-        Spawn($"worker-{n}", environment, "worker", "--coordinator", Address, "--threads", threads.ToString(System.Globalization.CultureInfo.InvariantCulture), "--name", $"worker-{n}");
+        processes.Add(Spawn($"worker-{n}", environment, "worker", "--coordinator", Address, "--threads", threads.ToString(System.Globalization.CultureInfo.InvariantCulture), "--name", $"worker-{n}"));
         return n - 1;
     }
 
-    private void Spawn(string name, IDictionary<string, string>? environment, params string[] args)
+    private Process Spawn(string name, IDictionary<string, string>? environment, params string[] args)
     {
         var (exe, prefix) = Self();
         var psi = new ProcessStartInfo(exe) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
@@ -61,12 +63,12 @@ public sealed class LocalCluster : IDisposable
         foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
         NativeAllocator.Preload(psi);
         var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {name}");
-        var log = new StreamWriter(Path.Combine(LogDir, name + ".log")) { AutoFlush = true };
+        var log = new StreamWriter(Path.Combine(LogDir, name + ".log"), append: true) { AutoFlush = true };
         p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
         p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
         p.BeginOutputReadLine();
         p.BeginErrorReadLine();
-        processes.Add(p);
+        return p;
     }
 
     /// <summary>How to run this same CLI again: the apphost, or `dotnet dtrain.dll`.</summary>
@@ -96,6 +98,41 @@ public sealed class LocalCluster : IDisposable
                 // The coordinator is still starting.
             }
             if (clock.Elapsed > timeout) throw new TimeoutException($"only some of {count} workers registered within {timeout.TotalSeconds:F0}s; see the logs in {LogDir}");
+            Thread.Sleep(200);
+        }
+    }
+
+    /// <summary>Kills the coordinator abruptly (SIGKILL), as a crash would; its data directory stays.</summary>
+    public void KillCoordinator()
+    {
+        processes[0].Kill(entireProcessTree: true);
+        processes[0].WaitForExit();
+    }
+
+    /// <summary>
+    /// Starts the coordinator again on the same port and data directory (after <see cref="KillCoordinator"/>) and
+    /// waits until every worker has registered with it again (busy or idle).
+    /// </summary>
+    public void RestartCoordinator(TimeSpan timeout)
+    {
+        if (!processes[0].HasExited) throw new InvalidOperationException("the coordinator is still running: kill it first");
+        processes[0].Dispose();
+        processes[0] = Spawn("coordinator", environment, coordinatorArgs);
+        using var channel = Remote.Channel(Address);
+        var client = new Jobs.JobsClient(channel);
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            if (processes[0].HasExited) throw new InvalidOperationException($"the restarted coordinator exited with status {processes[0].ExitCode}; see {Path.Combine(LogDir, "coordinator.log")}");
+            try
+            {
+                if (client.ListWorkers(new ListWorkersRequest(), deadline: DateTime.UtcNow.AddSeconds(5)).Workers.Count >= processes.Count(p => !p.HasExited) - 1) return;
+            }
+            catch (RpcException)
+            {
+                // Still starting.
+            }
+            if (clock.Elapsed > timeout) throw new TimeoutException($"the workers did not register with the restarted coordinator within {timeout.TotalSeconds:F0}s; see the logs in {LogDir}");
             Thread.Sleep(200);
         }
     }

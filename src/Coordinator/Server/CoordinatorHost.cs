@@ -33,6 +33,7 @@ public static class CoordinatorHost
         builder.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<CallRateLimits>());
         builder.Services.AddSingleton<WorkerClients>();
         builder.Services.AddSingleton<JobRunner>();
+        builder.Services.AddSingleton(sp => new JobStore(Path.Combine(options.DataDir, "jobs.db"), sp.GetRequiredService<ILogger<JobStore>>()));
         builder.Services.AddSingleton<JobManager>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<JobManager>());
         services?.Invoke(builder.Services);

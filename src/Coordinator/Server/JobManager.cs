@@ -8,17 +8,18 @@ using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Server;
 
-/// <summary>The job queue: accepts submissions (validated before any worker is touched), starts jobs in submission order as workers become idle (with backfilling: JobQueue.cs), and keeps every job's record.</summary>
-public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistry registry, JobRunner runner, DataAccess data, UploadStore uploads, TimeProvider clock, ILogger<JobManager> log) : BackgroundService
+/// <summary>The job queue: accepts submissions (validated before any worker is touched), starts jobs in submission order as workers become idle (with backfilling: JobQueue.cs), keeps every job's record, durably (JobStore).</summary>
+public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistry registry, JobRunner runner, DataAccess data, UploadStore uploads, JobStore store, TimeProvider clock, ILogger<JobManager> log) : BackgroundService
 {
     private readonly ConcurrentDictionary<string, JobRecord> jobs = new();
     private readonly ConcurrentQueue<JobRecord> queue = new();
     // Jobs going back to work from their checkpoint (training.max_restarts): they start before the queue when workers allow.
     private readonly ConcurrentQueue<JobRecord> restarts = new();
     private readonly SemaphoreSlim wake = new(0);
-    // Job records live in memory, but their directories (data, checkpoints) survive a restart on the same data
-    // directory: numbering continues after the highest one there, so a new job never writes into an old one's.
+    // Job records are kept in the store (see JobManager.Recovery.cs); numbering continues after the highest job
+    // directory too, so a new job never writes into an old one's (even one the store does not know).
     private int nextId = HighestJobNumber(Path.Combine(options.DataDir, "jobs"));
+    private long enqueued;
 
     /// <summary>Validates and queues a job; <paramref name="owner"/> is the submitting token's name ("" when auth is off).</summary>
     public JobRecord Submit(SubmitRequest request, string owner = "")
@@ -73,6 +74,10 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
             record.Info.ResumedFrom = resume.From;
             record.Info.StartStep = resume.State.Step;
         }
+        record.QueueOrder = Interlocked.Increment(ref enqueued);
+        record.Persist(store);
+        // Queued only once the store holds it: a coordinator restart keeps every job it said it accepted.
+        if (!store.SaveNow(record)) throw new IOException($"job {id} could not be saved in {store.Path} (see the coordinator's log); it was not queued");
         jobs[id] = record;
         queue.Enqueue(record);
         record.Publish(new JobEvent { State = record.Snapshot() });
@@ -156,7 +161,8 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
     /// Puts a job that cannot go on back in the queue to restart from its newest checkpoint (training.max_restarts):
     /// the steps after that checkpoint are undone (and trained again), the workers are reserved anew.
     /// </summary>
-    public void Requeue(JobRecord job, string reason)
+    /// <param name="counted">Whether the restart counts against training.max_restarts (not when the coordinator itself restarted).</param>
+    public void Requeue(JobRecord job, string reason, bool counted = true)
     {
         ResumePoint? from;
         try
@@ -171,14 +177,17 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         job.Resume = from;
         var step = from?.State.Step ?? 0;
         job.Ledger.RollBack(step);
+        job.QueueOrder = Interlocked.Increment(ref enqueued);
         job.Update(i =>
         {
-            i.Restarts++;
+            if (counted) i.Restarts++;
             i.State = JobState.Queued;
             i.StartStep = step;
             i.Step = step;
             i.WorkerIds.Clear();
-            i.Message = $"restart {i.Restarts} of {job.Spec.Training.MaxRestarts} from step {step} once workers are idle, after: {reason}";
+            i.Message = counted
+                ? $"restart {i.Restarts} of {job.Spec.Training.MaxRestarts} from step {step} once workers are idle, after: {reason}"
+                : $"{reason}; resuming from step {step} once workers are idle";
         });
         log.LogWarning("job {Id} restarts from step {Step}: {Reason}", job.Id, step, reason);
         restarts.Enqueue(job);
@@ -214,6 +223,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
 
     protected override async Task ExecuteAsync(CancellationToken stop)
     {
+        Recover();
         registry.Changed += () => wake.Release();
         while (!stop.IsCancellationRequested)
         {

@@ -23,7 +23,7 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     public SampleLedger Ledger { get; } = new(Path.Combine(dir, "ledger.jsonl"));
     /// <summary>How the job's data files are read (size limit, quoting in messages, progress); set at submit.</summary>
     public DataReadLimits DataLimits { get; init; } = DataReadLimits.Local;
-    public JobInfo Info { get; } = new()
+    public JobInfo Info { get; private set; } = new()
     {
         JobId = id,
         Name = spec.Name,
@@ -36,6 +36,40 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
 
     /// <summary>Name of the token that submitted the job ("" when auth was off); never changes.</summary>
     public string Owner { get; } = owner;
+
+    /// <summary>Where the job's record is kept across coordinator restarts (null: in memory only, as in unit tests).</summary>
+    public JobStore? Store { get; private set; }
+
+    /// <summary>The job's place in the queue: set each time it is queued (kept by the store, so a restart keeps the order).</summary>
+    public long QueueOrder { get; set; }
+
+    /// <summary>Keeps the record in <paramref name="store"/> from now on: state changes at once, progress and ledger steps batched.</summary>
+    public void Persist(JobStore store)
+    {
+        Store = store;
+        Ledger.OnCommit = step => store.Committed(Id, step);
+        Ledger.OnRollBack = step => store.RolledBack(Id, step);
+    }
+
+    /// <summary>
+    /// A job as an earlier coordinator run left it in its store: its info, ledger and place in the queue; its event
+    /// history starts with that state and its last progress.
+    /// </summary>
+    public static JobRecord Restore(StoredJob stored, JobSpec spec, string dir, DataReadLimits limits)
+    {
+        var info = stored.Info;
+        var record = new JobRecord(info.JobId, spec, dir, info.WorkersRequested, DateTimeOffset.FromUnixTimeMilliseconds(info.SubmittedUnixMs), info.Owner)
+        {
+            Info = info.Clone(),
+            QueueOrder = stored.QueueOrder,
+            DataLimits = limits,
+        };
+        record.Ledger.Restore(stored.Ledger);
+        record.history.Add(new JobEvent { State = info.Clone() });
+        if (info.Step > 0)
+            record.history.Add(new JobEvent { Step = new StepEvent { Step = info.Step, TotalSteps = info.TotalSteps, Epoch = info.Epoch, Loss = info.Loss, SamplesPerSecond = info.SamplesPerSecond, Workers = info.WorkerIds.Count } });
+        return record;
+    }
 
     /// <summary>
     /// Starts the job's next membership generation (1 for a new job): a restarted job's generations continue its
@@ -59,11 +93,17 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     public void Update(Action<JobInfo> change, bool publishState = true)
     {
         JobInfo snapshot;
+        bool durable;
         lock (gate)
         {
+            var (state, checkpoint, generation, restarts) = (Info.State, Info.Checkpoint, Info.Generation, Info.Restarts);
             change(Info);
             snapshot = Info.Clone();
+            durable = state != Info.State || checkpoint != Info.Checkpoint || generation != Info.Generation || restarts != Info.Restarts;
         }
+        // A change of state (or of checkpoint, generation, restarts) is on disk before the caller goes on; progress is batched.
+        if (durable) Store?.SaveNow(this);
+        else Store?.SaveSoon(this);
         if (publishState) Publish(new JobEvent { State = snapshot });
     }
 

@@ -66,6 +66,11 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
             job.Update(i => { i.State = JobState.Succeeded; i.Message = ""; i.FinishedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds(); });
             log.LogInformation("job {Id} succeeded", job.Id);
         }
+        catch (Exception e) when (stop.IsCancellationRequested && !job.Cancel.IsCancellationRequested)
+        {
+            // The coordinator stops: the job stays running in its store and resumes from its checkpoint at the next start.
+            log.LogWarning("job {Id} interrupted at step {Step} by the coordinator stopping; it resumes from its newest checkpoint when the coordinator starts again ({Message})", job.Id, job.Snapshot().Step, e.Message);
+        }
         catch (Exception e) when (job.Cancel.IsCancellationRequested && lostMessage is null)
         {
             Finish(job, JobState.Cancelled, "cancelled by user" + (e is OperationCanceledException or RpcException ? "" : $" ({e.Message})"));

@@ -15,6 +15,17 @@ public sealed class SampleLedger(string? file = null)
     private readonly Lock gate = new();
     private readonly SortedDictionary<long, LedgerStep> steps = [];
 
+    /// <summary>Called (under the ledger's lock, in order) for every committed step and every roll-back: the coordinator's <see cref="Server.JobStore"/> keeps them.</summary>
+    public Action<LedgerStep>? OnCommit { get; set; }
+    public Action<long>? OnRollBack { get; set; }
+
+    /// <summary>Takes back the steps a coordinator's store kept (after a restart), without writing them again.</summary>
+    public void Restore(IEnumerable<LedgerStep> kept)
+    {
+        lock (gate)
+            foreach (var s in kept) steps[s.Step] = s;
+    }
+
     /// <summary>Records step <paramref name="step"/> as committed by <paramref name="members"/> (rank order) under <paramref name="plan"/>'s split; a step is recorded once.</summary>
     public void Commit(long step, ShardPlan plan, long generation, IReadOnlyList<string> members)
     {
@@ -33,6 +44,7 @@ public sealed class SampleLedger(string? file = null)
                 Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(file))!);
                 File.AppendAllText(file, Google.Protobuf.JsonFormatter.Default.Format(entry) + "\n");
             }
+            OnCommit?.Invoke(entry);
         }
     }
 
@@ -43,6 +55,7 @@ public sealed class SampleLedger(string? file = null)
         {
             foreach (var k in steps.Keys.Where(k => k >= step).ToList()) steps.Remove(k);
             if (file is not null && File.Exists(file)) File.AppendAllText(file, $"{{\"rollbackTo\": {step}}}\n");
+            OnRollBack?.Invoke(step);
         }
     }
 

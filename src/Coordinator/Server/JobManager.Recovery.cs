@@ -1,0 +1,105 @@
+using Dtrain.Checkpoints;
+using Dtrain.Protos.Jobs;
+using Dtrain.Specs;
+using Microsoft.Extensions.Logging;
+
+namespace Dtrain.Server;
+
+/// <summary>
+/// A coordinator that starts on a data directory with a job store takes back its jobs: finished ones stay listed
+/// and downloadable, queued ones stay queued in their order, and ones that were running when it stopped go back to
+/// the head of the queue to restart from their newest checkpoint (the steps after it are trained again).
+/// </summary>
+public sealed partial class JobManager
+{
+    private void Recover()
+    {
+        var interrupted = new List<JobRecord>();
+        var waiting = new List<JobRecord>();
+        var finished = 0;
+        foreach (var stored in store.LoadAll())
+        {
+            var id = stored.Info.JobId;
+            if (!JobId().IsMatch(id))
+            {
+                log.LogError("{Store}: a job record with id \"{Id}\" (not a job id) is left out", store.Path, id);
+                continue;
+            }
+            var dir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs", id));
+            JobSpec spec;
+            try
+            {
+                spec = JobSpecSerializer.Parse(File.ReadAllText(Path.Combine(dir, "spec.json")), $"{id}/spec.json");
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or SpecException)
+            {
+                log.LogError("{Store}: job {Id} is left out: its spec cannot be read: {Message}", store.Path, id, e.Message);
+                continue;
+            }
+            var job = JobRecord.Restore(stored, spec, dir, data.LimitsFor(id, Path.Combine(dir, "data")));
+            job.Persist(store);
+            jobs[id] = job;
+            if (job.IsFinished)
+            {
+                finished++;
+                continue;
+            }
+            // A job that was running and has a checkpoint of its own restarts from that one: the one it resumed from is not needed.
+            var ownCheckpoint = stored.Info.State != JobState.Queued && stored.Info.Checkpoint != "" && File.Exists(stored.Info.Checkpoint);
+            if (ReloadResume(job, stored.ResumePath) is { } problem && !ownCheckpoint)
+            {
+                job.Update(i => { i.State = JobState.Failed; i.Message = problem; i.FinishedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds(); });
+                log.LogError("job {Id} failed on restart: {Message}", id, problem);
+                continue;
+            }
+            (stored.Info.State == JobState.Queued ? waiting : interrupted).Add(job);
+        }
+        // The jobs that were running started before any still queued: they go first.
+        foreach (var job in interrupted.OrderBy(j => j.QueueOrder))
+            Requeue(job, "coordinator restarted", counted: false);
+        foreach (var job in waiting.OrderBy(j => j.QueueOrder))
+        {
+            job.QueueOrder = Interlocked.Increment(ref enqueued);
+            store.SaveNow(job);
+            queue.Enqueue(job);
+        }
+        if (jobs.Count > 0)
+        {
+            log.LogInformation("{Store}: {Count} job(s) taken back: {Running} resume from their newest checkpoint, {Queued} stay queued, {Finished} finished",
+                store.Path, jobs.Count, interrupted.Count, waiting.Count, finished);
+            wake.Release();
+        }
+    }
+
+    /// <summary>The checkpoint a job that has not finished started from (it restarts from it when it has none of its own); null when fine, else why the job cannot go on.</summary>
+    private string? ReloadResume(JobRecord job, string path)
+    {
+        if (path == "") return null;
+        var from = job.Snapshot().ResumedFrom;
+        try
+        {
+            job.Resume = ResumePoint.OfFile(from, path);
+            return null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException or CorruptCheckpointException)
+        {
+            // The checkpoint of another job may have been rotated away since: that job's newest serves as well.
+            if (JobId().IsMatch(from))
+            {
+                try
+                {
+                    if (ResumePoint.OfJob(from, Path.GetFullPath(Path.Combine(options.DataDir, "jobs", from))) is { } newest)
+                    {
+                        job.Resume = newest;
+                        return null;
+                    }
+                }
+                catch (Exception inner) when (inner is IOException or UnauthorizedAccessException or InvalidDataException or CorruptCheckpointException)
+                {
+                    return $"the checkpoint it resumes from ({from}) cannot be read after the coordinator restarted: {inner.Message}";
+                }
+            }
+            return $"the checkpoint it resumes from ({from}, {path}) cannot be read after the coordinator restarted: {e.Message}";
+        }
+    }
+}

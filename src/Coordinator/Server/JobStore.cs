@@ -1,0 +1,209 @@
+using System.Security.Cryptography;
+using Dtrain.Protos.Jobs;
+using Google.Protobuf;
+using Microsoft.Data.Sqlite;
+using Microsoft.Extensions.Logging;
+
+namespace Dtrain.Server;
+
+/// <summary>A job as the store kept it: its info (state, progress, owner, generation, newest checkpoint), the checkpoint it resumes from, its place in the queue and its ledger.</summary>
+public sealed record StoredJob(JobInfo Info, string ResumePath, long QueueOrder, IReadOnlyList<LedgerStep> Ledger);
+
+/// <summary>
+/// The coordinator's durable job records: an SQLite database (DATA_DIR/jobs.db, write-ahead log, synchronous=FULL)
+/// with one row per job — its <see cref="JobInfo"/> as protobuf bytes with a SHA-256 — and one row per committed
+/// ledger step. A state change (<see cref="SaveNow"/>) is on disk before the call returns, with every step
+/// recorded before it; progress (<see cref="SaveSoon"/>) and ledger steps are queued and written together by a
+/// background flush at most every <see cref="FlushInterval"/>, so a training step never waits for the disk. A row whose
+/// bytes do not match its hash (a torn or damaged write) is skipped with an error naming the job; SQLite itself
+/// discards a transaction the log holds only in part.
+/// </summary>
+public sealed class JobStore : IDisposable
+{
+    /// <summary>How often queued progress and ledger steps are written.</summary>
+    public static readonly TimeSpan FlushInterval = TimeSpan.FromSeconds(1);
+
+    private readonly SqliteConnection db;
+    private readonly Lock writeGate = new();
+    private readonly Lock pendingGate = new();
+    private readonly Dictionary<string, JobRecord> dirty = [];
+    private readonly List<Action<SqliteTransaction>> ledgerOps = [];
+    private readonly ILogger log;
+    private readonly Timer flusher;
+    private bool disposed;
+
+    public string Path { get; }
+
+    public JobStore(string path, ILogger log)
+    {
+        Path = System.IO.Path.GetFullPath(path);
+        this.log = log;
+        Directory.CreateDirectory(System.IO.Path.GetDirectoryName(Path)!);
+        try
+        {
+            db = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = Path, Mode = SqliteOpenMode.ReadWriteCreate, Pooling = false }.ToString());
+            db.Open();
+            Execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;");
+            Execute("""
+                CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, info BLOB NOT NULL, hash BLOB NOT NULL, resume_path TEXT NOT NULL, queue_order INTEGER NOT NULL);
+                CREATE TABLE IF NOT EXISTS ledger (job_id TEXT NOT NULL, step INTEGER NOT NULL, entry BLOB NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (job_id, step));
+                """);
+        }
+        catch (SqliteException e)
+        {
+            db?.Dispose();
+            throw new InvalidDataException($"{Path}: cannot open the coordinator's job store: {e.Message} (SQLite error {e.SqliteErrorCode}); move the damaged file aside to start with no jobs", e);
+        }
+        flusher = new Timer(_ => Flush(), null, FlushInterval, FlushInterval);
+    }
+
+    /// <summary>Writes the job's current record now, after every queued write (its ledger steps first); false (and logged) when the disk refused it.</summary>
+    public bool SaveNow(JobRecord job)
+    {
+        lock (pendingGate) dirty.Remove(job.Id);
+        return Write([job]);
+    }
+
+    /// <summary>Queues the job's record (progress) for the next flush.</summary>
+    public void SaveSoon(JobRecord job)
+    {
+        lock (pendingGate) dirty[job.Id] = job;
+    }
+
+    /// <summary>Queues a committed ledger step of <paramref name="jobId"/>.</summary>
+    public void Committed(string jobId, LedgerStep step)
+    {
+        var bytes = step.ToByteArray();
+        lock (pendingGate)
+        {
+            ledgerOps.Add(tx => Run(tx, "INSERT OR REPLACE INTO ledger (job_id, step, entry, hash) VALUES ($id, $step, $entry, $hash)",
+                ("$id", jobId), ("$step", step.Step), ("$entry", bytes), ("$hash", Hash(bytes))));
+        }
+    }
+
+    /// <summary>Queues the removal of <paramref name="jobId"/>'s ledger steps from <paramref name="step"/> on (a restart from its checkpoint).</summary>
+    public void RolledBack(string jobId, long step)
+    {
+        lock (pendingGate)
+            ledgerOps.Add(tx => Run(tx, "DELETE FROM ledger WHERE job_id = $id AND step >= $step", ("$id", jobId), ("$step", step)));
+    }
+
+    /// <summary>Writes what is queued.</summary>
+    public void Flush() => Write([]);
+
+    private bool Write(IReadOnlyList<JobRecord> now)
+    {
+        lock (writeGate)
+        {
+            if (disposed) return false;
+            List<JobRecord> jobs;
+            List<Action<SqliteTransaction>> ops;
+            lock (pendingGate)
+            {
+                jobs = [.. dirty.Values, .. now];
+                dirty.Clear();
+                ops = [.. ledgerOps];
+                ledgerOps.Clear();
+            }
+            if (jobs.Count == 0 && ops.Count == 0) return true;
+            try
+            {
+                using var tx = db.BeginTransaction();
+                foreach (var op in ops) op(tx);
+                foreach (var job in jobs)
+                {
+                    var info = job.Snapshot().ToByteArray();
+                    Run(tx, "INSERT OR REPLACE INTO jobs (id, info, hash, resume_path, queue_order) VALUES ($id, $info, $hash, $resume, $order)",
+                        ("$id", job.Id), ("$info", info), ("$hash", Hash(info)), ("$resume", job.Resume?.Path ?? ""), ("$order", job.QueueOrder));
+                }
+                tx.Commit();
+                return true;
+            }
+            catch (SqliteException e)
+            {
+                // The jobs go on; what could not be written is said, and written again with the next change.
+                log.LogError(e, "{Path}: could not save {Jobs}: {Message}", Path, string.Join(", ", jobs.Select(j => j.Id).DefaultIfEmpty("ledger steps")), e.Message);
+                return false;
+            }
+        }
+    }
+
+    /// <summary>Every job the store holds, in id order, with its ledger; a row that does not match its hash is skipped with an error naming it.</summary>
+    public IReadOnlyList<StoredJob> LoadAll()
+    {
+        lock (writeGate)
+        {
+            var ledgers = new Dictionary<string, List<LedgerStep>>();
+            using (var cmd = db.CreateCommand())
+            {
+                cmd.CommandText = "SELECT job_id, step, entry, hash FROM ledger ORDER BY job_id, step";
+                using var r = cmd.ExecuteReader();
+                while (r.Read())
+                {
+                    var (id, step, bytes) = (r.GetString(0), r.GetInt64(1), (byte[])r[2]);
+                    if (!Hash(bytes).AsSpan().SequenceEqual((byte[])r[3]))
+                    {
+                        log.LogError("{Path}: ledger step {Step} of job {Id} is damaged (hash mismatch); left out", Path, step, id);
+                        continue;
+                    }
+                    if (!ledgers.TryGetValue(id, out var list)) ledgers[id] = list = [];
+                    list.Add(LedgerStep.Parser.ParseFrom(bytes));
+                }
+            }
+            var jobs = new List<StoredJob>();
+            using (var cmd = db.CreateCommand())
+            {
+                cmd.CommandText = "SELECT id, info, hash, resume_path, queue_order FROM jobs ORDER BY id";
+                using var r = cmd.ExecuteReader();
+                while (r.Read())
+                {
+                    var (id, bytes) = (r.GetString(0), (byte[])r[1]);
+                    JobInfo info;
+                    try
+                    {
+                        if (!Hash(bytes).AsSpan().SequenceEqual((byte[])r[2])) throw new InvalidDataException("hash mismatch");
+                        info = JobInfo.Parser.ParseFrom(bytes);
+                        if (info.JobId != id) throw new InvalidDataException($"the record is of job \"{info.JobId}\"");
+                    }
+                    catch (Exception e) when (e is InvalidDataException or InvalidProtocolBufferException)
+                    {
+                        log.LogError("{Path}: the record of job {Id} is damaged ({Message}); the job is left out (its directory stays; an admin can `dtrain resume` it)", Path, id, e.Message);
+                        continue;
+                    }
+                    jobs.Add(new StoredJob(info, r.GetString(3), r.GetInt64(4), ledgers.TryGetValue(id, out var l) ? l : []));
+                }
+            }
+            return jobs;
+        }
+    }
+
+    private static byte[] Hash(byte[] bytes) => SHA256.HashData(bytes);
+
+    private void Execute(string sql)
+    {
+        using var cmd = db.CreateCommand();
+        cmd.CommandText = sql;
+        cmd.ExecuteNonQuery();
+    }
+
+    private void Run(SqliteTransaction tx, string sql, params (string Name, object Value)[] parameters)
+    {
+        using var cmd = db.CreateCommand();
+        cmd.Transaction = tx;
+        cmd.CommandText = sql;
+        foreach (var (name, value) in parameters) cmd.Parameters.AddWithValue(name, value);
+        cmd.ExecuteNonQuery();
+    }
+
+    public void Dispose()
+    {
+        flusher.Dispose();
+        Flush();
+        lock (writeGate)
+        {
+            if (disposed) return;
+            disposed = true;
+            db.Dispose();
+        }
+    }
+}

@@ -1,0 +1,104 @@
+using Dtrain.Cli;
+using Dtrain.Protos.Jobs;
+using Dtrain.Server;
+using Dtrain.Specs;
+using Dtrain.Tests.Support;
+using Grpc.Core;
+
+namespace Dtrain.Tests.Cluster;
+
+/// <summary>
+/// Real processes: the coordinator is killed (SIGKILL) mid-job and started again on the same data directory and port.
+/// Its jobs come back from its store: the running one resumes from its newest checkpoint and ends as an
+/// uninterrupted run does, the queued one stays queued and runs after, the finished one stays listed and
+/// downloadable, ids continue, and a `dtrain watch` started before the kill reconnects and exits 0.
+/// </summary>
+public class CoordinatorRestartTests
+{
+    static readonly Dictionary<string, string> FastTimeouts = new()
+    {
+        ["DTRAIN_Coordinator__HeartbeatIntervalMs"] = "300",
+        ["DTRAIN_Coordinator__WorkerTimeoutSeconds"] = "3",
+    };
+
+    static async Task<JobInfo> WaitFor(Jobs.JobsClient client, string id, Func<JobInfo, bool> done, DateTime deadline)
+    {
+        while (true)
+        {
+            var info = client.Get(new GetJobRequest { JobId = id });
+            if (done(info)) return info;
+            Assert.True(DateTime.UtcNow < deadline, $"job {id}: {info.State} at step {info.Step}: {info.Message}");
+            Assert.False(info.State is JobState.Failed or JobState.Cancelled, $"job {id} {info.State}: {info.Message}");
+            await Task.Delay(50);
+        }
+    }
+
+    [Fact]
+    public async Task Killed_coordinator_restarts_on_its_data_dir_and_its_jobs_resume_stay_queued_and_stay_downloadable()
+    {
+        using var tmp = new TempDir();
+        tmp.Write("t.txt", TestJobs.Text(200));
+        var spec = TestJobs.CharLm("t.txt", steps: 160);
+        spec = spec with { Training = spec.Training with { BatchSize = 8, SeqLen = 16, LmSampling = LmSamplingKinds.Random, EvalInterval = 0, CheckpointInterval = 20 } };
+        var path = tmp.Write("lm.json", JobSpecSerializer.Serialize(spec));
+        var small = tmp.Write("small.json", JobSpecSerializer.Serialize(TestJobs.CharLm("t.txt", steps: 10)));
+        using var cluster = LocalCluster.Start(2, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), FastTimeouts);
+        using var channel = Remote.Channel(cluster.Address);
+        var client = new Jobs.JobsClient(channel);
+        var deadline = DateTime.UtcNow.AddMinutes(8);
+
+        // The reference: the same job, uninterrupted. It is also the finished job that must stay downloadable.
+        var clean = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(path), 2)).JobId;
+        var reference = await WaitFor(client, clean, i => i.State == JobState.Succeeded, deadline);
+
+        var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(path), 2)).JobId;
+        var queued = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(small), 2)).JobId;
+        var watch = Task.Run(() => CliRunner.Run(tmp.Path, TimeSpan.FromMinutes(8), "watch", id, "--coordinator", cluster.Address, "--plain"));
+        var before = await WaitFor(client, id, i => i.Checkpoint != "" && i.Step >= 50, deadline);
+        Assert.Equal(JobState.Queued, client.Get(new GetJobRequest { JobId = queued }).State);
+
+        cluster.KillCoordinator();
+        cluster.RestartCoordinator(TimeSpan.FromMinutes(2));
+
+        // The finished job: listed, same record, downloadable, its ledger kept.
+        var list = client.List(new ListJobsRequest()).Jobs;
+        Assert.Equal([clean, id, queued], list.Select(j => j.JobId));
+        var kept = list[0];
+        Assert.Equal(JobState.Succeeded, kept.State);
+        Assert.Equal(reference.LastEval, kept.LastEval);
+        Assert.Equal(reference.Checkpoint, kept.Checkpoint);
+        var model = Path.Combine(tmp.Path, "clean.dtck");
+        Assert.Equal(0, JobCommands.DownloadTo(client, clean, model));
+        Assert.Equal(File.ReadAllBytes(reference.Checkpoint), File.ReadAllBytes(model));
+        Assert.Equal(160, client.Ledger(new GetJobRequest { JobId = clean }).Steps.Count);
+
+        // The interrupted job resumes from a checkpoint at or before where it was; the queued one waits behind it.
+        var resumed = client.Get(new GetJobRequest { JobId = id });
+        Assert.Equal(0, resumed.Restarts);
+        Assert.True(resumed.StartStep >= 20 && resumed.StartStep <= before.Step, $"resumed at {resumed.StartStep}, was at {before.Step}");
+        Assert.True(resumed.Generation >= before.Generation, $"generation {resumed.Generation} after {before.Generation}");
+        var info = await WaitFor(client, id, i => i.State == JobState.Succeeded, deadline);
+        Assert.Equal(160, info.Step);
+        var drift = Math.Abs(info.LastEval.Loss - reference.LastEval.Loss) / reference.LastEval.Loss;
+        Assert.True(drift <= 0.02, $"validation loss {info.LastEval.Loss} after the restart vs {reference.LastEval.Loss} uninterrupted ({drift:P2})");
+        using (var a = Dtrain.Inference.TrainedModel.Load(reference.Checkpoint))
+        using (var b = Dtrain.Inference.TrainedModel.Load(info.Checkpoint))
+        {
+            var relative = ParameterDiff.MaxRelative(a.Engine.Parameters, b.Engine.Parameters);
+            Assert.True(relative <= 1e-5, $"resumed vs uninterrupted: max |dp| / max |p| = {relative:E2}");
+        }
+        Assert.Empty(SampleLedger.Check(client.Ledger(new GetJobRequest { JobId = id }), 0, 160));
+
+        var result = await watch;
+        Assert.True(result.ExitCode == 0, result.ToString());
+        Assert.Contains("coordinator unreachable", result.Stderr, StringComparison.Ordinal);
+        Assert.Contains($"{id}: succeeded after 160 of 160 steps", result.Stdout, StringComparison.Ordinal);
+
+        var last = await WaitFor(client, queued, i => i.State == JobState.Succeeded, deadline);
+        Assert.True(last.StartedUnixMs >= info.StartedUnixMs, "the queued job ran after the resumed one");
+        // Numbering continues after the highest job.
+        var next = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(small), 1)).JobId;
+        Assert.Equal("job-0004", next);
+        Assert.Equal(StatusCode.NotFound, Assert.Throws<RpcException>(() => client.Get(new GetJobRequest { JobId = "job-0005" })).StatusCode);
+    }
+}
