@@ -1,6 +1,5 @@
 using System.Security.Cryptography.X509Certificates;
 using Grpc.Core;
-using Grpc.Core.Interceptors;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
 
@@ -57,33 +56,10 @@ public sealed class AccessPolicy
 /// <see cref="PeerIdentity.Of"/>. Refusals: no or an invalid certificate → Unauthenticated; the wrong role →
 /// PermissionDenied; both logged with the caller's address.
 /// </summary>
-public sealed class AccessInterceptor(ClusterTls tls, AccessPolicy policy, ILogger<AccessInterceptor> log) : Interceptor
+public sealed class AccessInterceptor(ClusterTls tls, AccessPolicy policy, ILogger<AccessInterceptor> log) : AdmissionInterceptor
 {
-    public override Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
-    {
-        Admit(context);
-        return continuation(request, context);
-    }
 
-    public override Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
-    {
-        Admit(context);
-        return continuation(requestStream, context);
-    }
-
-    public override Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
-    {
-        Admit(context);
-        return continuation(request, responseStream, context);
-    }
-
-    public override Task DuplexStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, DuplexStreamingServerMethod<TRequest, TResponse> continuation)
-    {
-        Admit(context);
-        return continuation(requestStream, responseStream, context);
-    }
-
-    private void Admit(ServerCallContext context)
+    protected override void Admit(ServerCallContext context)
     {
         var http = context.GetHttpContext();
         var presented = http.Connection.ClientCertificate;

@@ -1,5 +1,5 @@
+using Dtrain.Rpc;
 using Grpc.Core;
-using Grpc.Core.Interceptors;
 
 namespace Dtrain.Server.Auth;
 
@@ -8,7 +8,7 @@ namespace Dtrain.Server.Auth;
 /// role may call the method at all; per-job ownership is checked by <see cref="JobAccess"/> in the service. A
 /// method missing from the table below is admin-only, so a new RPC is closed until someone decides otherwise.
 /// </summary>
-public sealed class AuthInterceptor(TokenAuthenticator authenticator, AuditLog audit) : Interceptor
+public sealed class AuthInterceptor(TokenAuthenticator authenticator, AuditLog audit) : AdmissionInterceptor
 {
     static readonly Role[] Everyone = [Role.Viewer, Role.Submitter, Role.Admin];
 
@@ -29,7 +29,7 @@ public sealed class AuthInterceptor(TokenAuthenticator authenticator, AuditLog a
         ["UncordonWorker"] = ([Role.Admin], "uncordon workers"),
     };
 
-    void Admit(ServerCallContext context)
+    protected override void Admit(ServerCallContext context)
     {
         var caller = authenticator.Authenticate(context);
         var method = context.Method[(context.Method.LastIndexOf('/') + 1)..];
@@ -43,27 +43,4 @@ public sealed class AuthInterceptor(TokenAuthenticator authenticator, AuditLog a
         caller.AttachTo(context);
     }
 
-    public override Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
-    {
-        Admit(context);
-        return continuation(request, context);
-    }
-
-    public override Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
-    {
-        Admit(context);
-        return continuation(requestStream, context);
-    }
-
-    public override Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
-    {
-        Admit(context);
-        return continuation(request, responseStream, context);
-    }
-
-    public override Task DuplexStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, DuplexStreamingServerMethod<TRequest, TResponse> continuation)
-    {
-        Admit(context);
-        return continuation(requestStream, responseStream, context);
-    }
 }
