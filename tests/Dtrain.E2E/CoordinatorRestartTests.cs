@@ -1,20 +1,21 @@
 using System.Diagnostics;
 using System.Globalization;
 using Dtrain.E2E.Support;
+using Dtrain.Protos.Jobs;
 using Xunit.Abstractions;
 
 namespace Dtrain.E2E;
 
 /// <summary>
-/// The coordinator container restarted on the same volume. Kept: the files on the volume (uploads, checkpoints),
-/// and job numbering continues after the highest job directory there. Forgotten (job records are in memory, as
-/// documented): the job list. The workers find the new coordinator by themselves and register again.
+/// The coordinator container restarted on the same volume. Kept: the files on the volume (uploads, checkpoints), the
+/// job records (its job store, jobs.db: the finished job is still listed, its status shown and its model downloadable),
+/// and job numbering continues after the highest job. The workers find the new coordinator by themselves and register again.
 /// </summary>
 [Collection(DockerCollection.Name)]
 public sealed class CoordinatorRestartTests(ImageFixture image, ITestOutputHelper output)
 {
     [DockerFact]
-    public async Task Restarted_coordinator_keeps_its_files_forgets_its_jobs_and_continues_numbering()
+    public async Task Restarted_coordinator_keeps_its_files_and_its_jobs_and_continues_numbering()
     {
         image.EnsureBuilt(output);
         using var tmp = new TempDir();
@@ -69,11 +70,13 @@ public sealed class CoordinatorRestartTests(ImageFixture image, ITestOutputHelpe
             output.WriteLine($"2 idle workers {(clock.Elapsed - unpaused).TotalSeconds:F1} s after the unpause: {CoordinatorClient.Describe(workers)}");
             Assert.Equal(cluster.Workers.Select(w => $"https://{w.IpAddress}:7000").Order(), workers.Select(w => w.Address).Order());
 
-            // (c) the job list is forgotten ...
+            // (c) the job list is kept (the job store on the volume) ...
             var list = await cli.CheckAsync("list", "--coordinator", cluster.Address);
-            Assert.DoesNotContain(first, list.Stdout);
-            Assert.Empty(client.List());
-            // (d) ... the job's files are not.
+            Assert.Contains(first, list.Stdout);
+            Assert.Equal(JobState.Succeeded, Assert.Single(client.List()).State);
+            var download = await cli.CheckAsync("download", first, "--coordinator", cluster.Address, "-o", Path.Combine(tmp.Path, "first.dtck"));
+            Assert.True(File.Exists(Path.Combine(tmp.Path, "first.dtck")), download.ToString());
+            // (d) ... and so are the job's files.
             var after = await ListAsync(cluster, checkpoints);
             Assert.Equal(before, after);
             Assert.Equal(dataBefore, await ListAsync(cluster, data));
@@ -88,9 +91,9 @@ public sealed class CoordinatorRestartTests(ImageFixture image, ITestOutputHelpe
 
             output.WriteLine("after a coordinator restart on the same volume:");
             output.WriteLine($"  kept:      {checkpoints}/ ({string.Join(", ", after)}), {data}/ ({string.Join(", ", dataBefore)}); job numbering ({second} follows {first})");
-            output.WriteLine($"  forgotten: the job records (`dtrain list` no longer shows {first}; `status {first}` is unknown) and the worker registrations (the workers registered again)");
+            output.WriteLine($"  kept too:  the job records (`dtrain list` still shows {first}, succeeded, and its model downloads); forgotten: the worker registrations (the workers registered again)");
             var status = await cli.RunAsync("status", first, "--coordinator", cluster.Address);
-            Assert.NotEqual(0, status.ExitCode);
+            Assert.True(status.ExitCode == 0 && status.Stdout.Contains("succeeded", StringComparison.Ordinal), status.ToString());
         });
     }
 
