@@ -340,8 +340,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
     {
         for (var r = 1; r < sums.Length; r++)
         {
-            var scale = Math.Max(1.0, Math.Abs(sums[0]));
-            if (Math.Abs(sums[r] - sums[0]) > 1e-9 * scale)
+            if (!ParameterChecksums.Agree(sums[r], sums[0]))
                 throw new JobFailure($"replicas diverged {when}: worker {workers.Members[r].Id} (rank {r}) parameter checksum {sums[r]:R} != {sums[0]:R} of worker {workers.Members[0].Id} (rank 0)");
         }
     }

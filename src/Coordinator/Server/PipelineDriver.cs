@@ -214,7 +214,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             for (var r = 1; r < d; r++)
             {
                 var other = sums[r * k + s];
-                if (Math.Abs(other - first) > 1e-9 * Math.Max(1.0, Math.Abs(first)))
+                if (!ParameterChecksums.Agree(other, first))
                     throw new JobFailure($"replicas of stage {s} diverged {when}: worker {workers.Members[r * k + s].Id} (replica {r}) checksum {other:R} != {first:R} of worker {workers.Members[s].Id} (replica 0)");
             }
         }

@@ -25,7 +25,7 @@ public static class ResumeLoader
         for (var rank = 0; rank < replies.Length; rank++)
         {
             var expected = assigned[rank].ParameterNames.Sum(n => Sum(byName[n]));
-            if (replies[rank].Tensors != assigned[rank].ParameterNames.Count || Math.Abs(replies[rank].ParameterChecksum - expected) > 1e-9 * Math.Max(1.0, Math.Abs(expected)))
+            if (replies[rank].Tensors != assigned[rank].ParameterNames.Count || !Distributed.ParameterChecksums.Agree(replies[rank].ParameterChecksum, expected))
                 throw new JobFailure($"worker {workers.Members[rank].Id} loaded the checkpoint's state wrongly: checksum {replies[rank].ParameterChecksum:R} of {replies[rank].Tensors} tensors, expected {expected:R} of {assigned[rank].ParameterNames.Count}");
         }
         job.Publish(new JobEvent { Log = $"resumed from {resume.From} ({resume.Path}) at step {prepared.StartStep}: {tensors.Count} parameter tensors and their optimizer state loaded into {replies.Length} worker(s)" });

@@ -13,4 +13,10 @@ public static class ParameterChecksums
         foreach (var p in parameters) sum += p.to_type(ScalarType.Float64).sum().item<double>();
         return sum;
     }
+
+    /// <summary>
+    /// Whether checksum <paramref name="other"/> agrees with <paramref name="reference"/>: within 1e-9 of it, relative to
+    /// its size (at least 1). Copies summed in another order (stages, a gathered model) differ only in rounding.
+    /// </summary>
+    public static bool Agree(double other, double reference) => !(Math.Abs(other - reference) > 1e-9 * Math.Max(1.0, Math.Abs(reference)));
 }
