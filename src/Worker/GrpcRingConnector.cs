@@ -37,6 +37,8 @@ public sealed class GrpcRingConnector(RingMailboxes mailboxes, WorkerOptions opt
 
     private sealed class RingReducer(RingAllReduce ring) : IGradientReducer
     {
-        public Task SumAsync(float[] buffer, long operation, CancellationToken cancel) => ring.SumAsync(buffer, operation, cancel);
+        public int WorldSize => ring.WorldSize;
+
+        public Task SumAsync(Memory<float> buffer, long operation, CancellationToken cancel) => ring.SumAsync(buffer, operation, cancel);
     }
 }

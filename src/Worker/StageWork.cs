@@ -17,7 +17,7 @@ public sealed record StageStepReport(double LossSum, long Count, int Rows, doubl
 /// </summary>
 public sealed class StageWork(PipelineStage stage, GrpcStageLinks links, PipelineSchedule schedule, IGradientReducer reducer) : IAsyncDisposable
 {
-    private readonly GradientBuffer? gradients = reducer is LocalReducer ? null : new GradientBuffer(stage.Parameters);
+    private readonly GradientBuffer? gradients = reducer.WorldSize == 1 ? null : new GradientBuffer(stage.Parameters);
 
     public PipelineStage Stage { get; } = stage;
     /// <summary>The step whose gradients are accumulated and not yet applied (-1 = none).</summary>

@@ -27,7 +27,7 @@ public sealed class DataParallelReplica : IDisposable
 {
     private readonly GradientBuffer gradients;
     /// <summary>A world of one: the gradients stay in the model, no copy out and back.</summary>
-    private bool Alone => Reducer is LocalReducer;
+    private bool Alone => Reducer.WorldSize == 1;
 
     /// <summary>How gradients are summed with the other replicas; replaced when the membership (and the ring) changes.</summary>
     public IGradientReducer Reducer { get; set; }

@@ -1,14 +1,22 @@
 namespace Dtrain.Distributed;
 
-/// <summary>Sums a buffer element-wise across all replicas, in place (an all-reduce); operation ids keep concurrent calls apart.</summary>
+/// <summary>
+/// Sums a buffer element-wise across all replicas, in place (an all-reduce); operation ids keep concurrent calls apart.
+/// The buffer may be any memory (a managed array, a slice of a bucket, pinned or native memory behind a
+/// <see cref="System.Buffers.MemoryManager{T}"/>): reducers never copy it to a managed array of their own.
+/// </summary>
 public interface IGradientReducer
 {
-    Task SumAsync(float[] buffer, long operation, CancellationToken cancel);
+    /// <summary>Number of replicas taking part; 1 means there is nothing to add and callers may skip the copy out of the model.</summary>
+    int WorldSize { get; }
+
+    Task SumAsync(Memory<float> buffer, long operation, CancellationToken cancel);
 }
 
 /// <summary>The reducer of a world of one: nothing to add.</summary>
 public sealed class LocalReducer : IGradientReducer
 {
     public static readonly LocalReducer Instance = new();
-    public Task SumAsync(float[] buffer, long operation, CancellationToken cancel) => Task.CompletedTask;
+    public int WorldSize => 1;
+    public Task SumAsync(Memory<float> buffer, long operation, CancellationToken cancel) => Task.CompletedTask;
 }

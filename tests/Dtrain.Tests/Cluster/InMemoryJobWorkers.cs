@@ -70,7 +70,9 @@ public sealed class InMemoryJobWorkers : IJobWorkers, IAsyncDisposable
 
     private sealed class Reducer(RingAllReduce ring) : IGradientReducer
     {
-        public Task SumAsync(float[] buffer, long operation, CancellationToken cancel) => ring.SumAsync(buffer, operation, cancel);
+        public int WorldSize => ring.WorldSize;
+
+        public Task SumAsync(Memory<float> buffer, long operation, CancellationToken cancel) => ring.SumAsync(buffer, operation, cancel);
     }
 
     private sealed class NoPeers : IPeerState
