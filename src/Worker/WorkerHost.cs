@@ -21,7 +21,8 @@ public static class WorkerHost
         if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
         var security = WorkerSecurity.Create(options);
         var builder = GrpcServerHost.CreateBuilder(options.Listen, options.Port, options.MaxMessageBytes, logging,
-            k => k.Limits.Http2.MaxStreamsPerConnection = 1000, detailedErrors: true, security: security.Server, insecureWarning: security.InsecureWarning);
+            k => k.Limits.Http2.MaxStreamsPerConnection = 1000, detailedErrors: true, security: security.Server, insecureWarning: security.InsecureWarning,
+            httpPort: options.HttpPort);
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(security);
         builder.Services.AddSingleton<WorkerIdentity>();

@@ -12,6 +12,8 @@ public sealed record WorkerOptions
     public int Port { get; init; }
     /// <summary>Interface to listen on.</summary>
     public string Listen { get; init; } = "127.0.0.1";
+    /// <summary>Port of this worker's HTTP/1.1 listener (Prometheus /metrics), on the same interface: null or -1 = none, 0 = any free port.</summary>
+    public int? HttpPort { get; init; }
     /// <summary>Host name or IP other parties use to reach this worker (default: the listen address; with a wildcard listen address, this machine's first non-loopback IPv4 address — a container's or pod's own IP).</summary>
     public string? AdvertiseHost { get; init; }
     /// <summary>
@@ -61,6 +63,7 @@ public sealed record WorkerOptions
         if (!Uri.TryCreate(Coordinator, UriKind.Absolute, out var u) || (u.Scheme != "http" && u.Scheme != "https"))
             e.Add($"Worker:Coordinator \"{Coordinator}\" must be an http(s) URL, e.g. http://127.0.0.1:5000");
         if (Port is < 0 or > 65535) e.Add($"Worker:Port {Port} must be in [0, 65535]");
+        if (HttpPort is < -1 or > 65535) e.Add($"Worker:HttpPort {HttpPort} must be in [0, 65535], or -1 for none");
         if (!TryResolveThreads(Threads, out _)) e.Add($"Worker:Threads \"{Threads}\" must be \"auto\" or a number in [1, 1024]");
         if (MaxMessageBytes < 1024 * 1024) e.Add($"Worker:MaxMessageBytes {MaxMessageBytes} must be at least 1 MiB");
         if (!(CollectiveTimeoutSeconds > 0)) e.Add($"Worker:CollectiveTimeoutSeconds {CollectiveTimeoutSeconds} must be positive");

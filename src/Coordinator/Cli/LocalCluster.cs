@@ -34,7 +34,7 @@ public sealed class LocalCluster : IDisposable
         var cluster = new LocalCluster($"http://127.0.0.1:{port}", Path.GetFullPath(logDir)) { environment = environment, threads = threadsPerWorker };
         try
         {
-            cluster.coordinatorArgs = ["serve", "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--data-dir", Path.Combine(logDir, "coordinator")];
+            cluster.coordinatorArgs = ["serve", "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--data-dir", Path.Combine(logDir, "coordinator"), "--http-port", "0"];
             cluster.processes.Add(cluster.Spawn("coordinator", environment, cluster.coordinatorArgs));
             for (var i = 0; i < workers; i++) cluster.AddWorker();
             cluster.WaitForWorkers(workers, timeout);

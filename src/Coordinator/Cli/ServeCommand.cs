@@ -13,6 +13,7 @@ public static class ServeCommand
     {
         var port = new Option<int?>("--port", "-p") { Description = "Port to listen on (default 5000; 0 = any free port)." };
         var listen = new Option<string?>("--listen") { Description = "Interface to listen on (default 127.0.0.1; 0.0.0.0 for all)." };
+        var httpPort = new Option<int?>("--http-port") { Description = $"Port of the dashboard and Prometheus /metrics (HTTP/1.1, same interface; HTTPS with TLS; default {CoordinatorOptions.DefaultHttpPort}; 0 = any free port; -1 = off)." };
         var dataDir = new Option<string?>("--data-dir") { Description = "Directory for job data and checkpoints (default .dtrain/coordinator)." };
         var dataRoots = new Option<string[]>("--data-root") { Description = "A directory whose regular files jobs may name as data by absolute path instead of uploading them (repeatable; default none: the coordinator reads only uploaded files)." };
         var caKey = new Option<string?>("--ca-key") { Description = "TLS: the CA's private key, with which the coordinator signs each worker's certificate (default: ca.key in --tls-dir)." };
@@ -20,7 +21,7 @@ public static class ServeCommand
         var joinTokens = new Option<string?>("--join-token-file") { Description = "Join tokens, one per line: a worker may join with one instead of a worker certificate (Coordinator:JoinTokens)." };
         var cmd = new Command("serve", "Run the coordinator: workers register with it, the CLI submits jobs to it. TLS with --tls-dir DIR/coordinator " +
                                        "(from `dtrain certs init`); required when listening beyond loopback. Settings also come from appsettings.json and DTRAIN_Coordinator__* variables.");
-        foreach (var o in new Option[] { port, listen, dataDir, dataRoots, caKey, insecure, joinTokens }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { port, listen, httpPort, dataDir, dataRoots, caKey, insecure, joinTokens }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var options = CoordinatorHost.ReadOptions(r.UnmatchedTokens.ToArray());
@@ -28,6 +29,7 @@ public static class ServeCommand
             {
                 Port = r.GetValue(port) ?? options.Port,
                 Listen = r.GetValue(listen) ?? options.Listen,
+                HttpPort = r.GetValue(httpPort) ?? options.HttpPort ?? DefaultHttpPort(r.GetValue(listen) ?? options.Listen),
                 DataDir = r.GetValue(dataDir) ?? options.DataDir,
                 DataRoots = r.GetValue(dataRoots) is { Length: > 0 } roots ? [.. roots.Select(Path.GetFullPath)] : options.DataRoots,
                 Tls = (options.Tls ?? new TlsSettings()).Over(CliTls.CommandLine(r) with { CaKey = r.GetValue(caKey), Insecure = r.GetValue(insecure) }),
@@ -39,6 +41,7 @@ public static class ServeCommand
                 var bound = GrpcServerHost.BoundAddress(app).ToString().TrimEnd('/');
                 var local = CoordinatorHost.Address(app);
                 Console.WriteLine(bound == local ? $"coordinator listening on {local}" : $"coordinator listening on {bound} (from this machine: {local})");
+                if (CoordinatorHost.HttpAddress(app) is { } web) Console.WriteLine($"dashboard and /metrics on {web}");
                 Console.WriteLine(SecurityLine(app.Services.GetRequiredService<CoordinatorSecurity>()));
             });
             app.Run();
@@ -52,6 +55,7 @@ public static class ServeCommand
     {
         var port = new Option<int?>("--port", "-p") { Description = "Port of this worker's gRPC server (default 0 = any free port)." };
         var listen = new Option<string?>("--listen") { Description = "Interface to listen on (default 127.0.0.1)." };
+        var httpPort = new Option<int?>("--http-port") { Description = "Port of this worker's Prometheus /metrics (HTTP/1.1, same interface; default none; 0 = any free port)." };
         var advertise = new Option<string?>("--advertise") { Description = "Host name or IP peers use to reach this worker (default: the listen address)." };
         var threads = new Option<string?>("--threads") { Description = "Intra-op torch threads: a number, or auto = the CPUs this process may use (a container's CPU quota). Default 1: several workers may share a machine." };
         var device = new Option<string?>("--device") { Description = "cpu, cuda or cuda:N (falls back to CPU when CUDA is absent)." };
@@ -61,7 +65,7 @@ public static class ServeCommand
         var joinToken = new Option<string?>("--join-token-file") { Description = "A file holding a join token: proof for joining instead of a worker certificate (with --ca and an https --coordinator)." };
         var cmd = new Command("worker", "Run a worker that registers with the coordinator (--coordinator) and trains replicas of its jobs. TLS with --tls-dir DIR/worker " +
                                         "(from `dtrain certs init`) and an https coordinator; required when listening beyond loopback. Settings also come from DTRAIN_Worker__* variables.");
-        foreach (var o in new Option[] { port, listen, advertise, threads, device, name, budget, insecure, joinToken }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { port, listen, httpPort, advertise, threads, device, name, budget, insecure, joinToken }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var options = WorkerHost.ReadOptions(r.UnmatchedTokens.ToArray());
@@ -70,6 +74,7 @@ public static class ServeCommand
                 Coordinator = r.GetValue(Remote.CoordinatorOption) ?? Environment.GetEnvironmentVariable("DTRAIN_COORDINATOR") ?? options.Coordinator,
                 Port = r.GetValue(port) ?? options.Port,
                 Listen = r.GetValue(listen) ?? options.Listen,
+                HttpPort = r.GetValue(httpPort) ?? options.HttpPort,
                 AdvertiseHost = r.GetValue(advertise) ?? options.AdvertiseHost,
                 Threads = r.GetValue(threads) ?? options.Threads,
                 Device = r.GetValue(device) ?? options.Device,
@@ -82,6 +87,26 @@ public static class ServeCommand
         }));
         cmd.TreatUnmatchedTokensAsErrors = false;
         return cmd;
+    }
+
+    /// <summary>
+    /// <see cref="CoordinatorOptions.DefaultHttpPort"/> when it is free on <paramref name="listen"/>; otherwise any free port
+    /// (said at start): a second coordinator on the machine, or a test, must not fail because the default is taken.
+    /// A port asked for explicitly is never replaced.
+    /// </summary>
+    static int DefaultHttpPort(string listen)
+    {
+        try
+        {
+            using var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Parse(listen), CoordinatorOptions.DefaultHttpPort);
+            probe.Start();
+            return CoordinatorOptions.DefaultHttpPort;
+        }
+        catch (Exception e) when (e is System.Net.Sockets.SocketException or FormatException)
+        {
+            Console.Error.WriteLine($"port {CoordinatorOptions.DefaultHttpPort} (the dashboard's default) is in use: using any free port (set --http-port to choose)");
+            return 0;
+        }
     }
 
     static Option<bool> Insecure(string who) => new("--insecure")

@@ -21,7 +21,7 @@ public static class CoordinatorHost
         if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
         var security = CoordinatorSecurity.Create(options);
         var builder = GrpcServerHost.CreateBuilder(options.Listen, options.Port, options.MaxMessageBytes, logging,
-            security: security.Server, insecureWarning: security.InsecureWarning);
+            security: security.Server, insecureWarning: security.InsecureWarning, httpPort: options.HttpPort);
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(security);
         builder.Services.AddSingleton(TimeProvider.System);
@@ -49,6 +49,9 @@ public static class CoordinatorHost
 
     /// <summary>The http(s)://host:port the coordinator listens on, once started.</summary>
     public static string Address(WebApplication app) => GrpcServerHost.LocalAddress(app);
+
+    /// <summary>The http(s)://host:port of the dashboard and /metrics listener, once started; null when off (<see cref="CoordinatorOptions.HttpPort"/>).</summary>
+    public static string? HttpAddress(WebApplication app) => GrpcServerHost.HttpAddress(app);
 
     /// <summary>The health service name that is SERVING while the coordinator accepts jobs.</summary>
     public const string ReadinessService = "dtrain.jobs.v1.Jobs";

@@ -10,6 +10,14 @@ public sealed record CoordinatorOptions
 {
     public int Port { get; init; } = 5000;
     public string Listen { get; init; } = "127.0.0.1";
+    /// <summary>
+    /// Port of the HTTP/1.1 listener (same interface as gRPC) serving the dashboard and Prometheus /metrics: null or -1 =
+    /// none, 0 = any free port. `dtrain serve` defaults it to <see cref="DefaultHttpPort"/>; the builder API leaves it off.
+    /// </summary>
+    public int? HttpPort { get; init; }
+
+    /// <summary>The port `dtrain serve` gives the dashboard when none is configured (Ray's dashboard port).</summary>
+    public const int DefaultHttpPort = 8265;
     /// <summary>Where jobs keep their uploaded data and checkpoints.</summary>
     public string DataDir { get; init; } = ".dtrain/coordinator";
     public int HeartbeatIntervalMs { get; init; } = 1000;
@@ -83,6 +91,8 @@ public sealed record CoordinatorOptions
     {
         var e = new List<string>();
         if (Port is < 0 or > 65535) e.Add($"Coordinator:Port {Port} must be in [0, 65535]");
+        if (HttpPort is < -1 or > 65535) e.Add($"Coordinator:HttpPort {HttpPort} must be in [0, 65535], or -1 for none");
+        if (HttpPort is > 0 && HttpPort == Port) e.Add($"Coordinator:HttpPort {HttpPort} must differ from Coordinator:Port");
         if (HeartbeatIntervalMs is < 50 or > 60_000) e.Add($"Coordinator:HeartbeatIntervalMs {HeartbeatIntervalMs} must be in [50, 60000]");
         if (!(WorkerTimeoutSeconds * 1000 > 2 * HeartbeatIntervalMs)) e.Add($"Coordinator:WorkerTimeoutSeconds {WorkerTimeoutSeconds} must exceed two heartbeat intervals");
         if (!(StepTimeoutSeconds > 0)) e.Add($"Coordinator:StepTimeoutSeconds {StepTimeoutSeconds} must be positive");

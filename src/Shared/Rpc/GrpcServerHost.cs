@@ -4,6 +4,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.AspNetCore.Server.Kestrel.Https;
 using Microsoft.Extensions.Configuration;
@@ -33,9 +34,16 @@ public static class GrpcServerHost
     /// plaintext; <paramref name="insecureWarning"/> (listening beyond loopback with --insecure) is then logged at start
     /// and sent to every client in the <see cref="Channels.InsecureHeader"/> response header.
     /// </summary>
+    /// <param name="httpPort">
+    /// A second listener on the same interface for HTTP/1.1 clients (browsers, Prometheus): null or -1 = none, 0 = any free
+    /// port. It is TLS when <paramref name="security"/> is. gRPC is not served on it (gRPC needs HTTP/2); what it serves is
+    /// mapped by the caller, restricted to it with <see cref="RequireHttpPort{T}"/>.
+    /// </param>
     public static WebApplicationBuilder CreateBuilder(string listen, int port, int maxMessageBytes, Action<ILoggingBuilder>? logging,
-        Action<KestrelServerOptions>? kestrel = null, bool detailedErrors = false, ServerSecurity? security = null, string? insecureWarning = null)
+        Action<KestrelServerOptions>? kestrel = null, bool detailedErrors = false, ServerSecurity? security = null, string? insecureWarning = null,
+        int? httpPort = null)
     {
+        var endpoints = new ServerEndpoints();
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
         builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; });
@@ -49,7 +57,16 @@ public static class GrpcServerHost
             {
                 l.Protocols = HttpProtocols.Http2;
                 if (security is not null) l.UseHttps(https => ConfigureHttps(https, security));
+                endpoints.Grpc = l;
             });
+            if (httpPort is >= 0 and var webPort)
+                k.Listen(IPAddress.Parse(listen), webPort, l =>
+                {
+                    l.Protocols = HttpProtocols.Http1;
+                    if (security is not null) l.UseHttps(https => ConfigureHttps(https, security));
+                    endpoints.Http = l;
+                    endpoints.HttpScheme = security is null ? "http" : "https";
+                });
             k.Limits.Http2.InitialConnectionWindowSize = 16 * 1024 * 1024;
             k.Limits.Http2.InitialStreamWindowSize = 16 * 1024 * 1024;
             // Each gRPC message is bounded by maxMessageBytes below. Kestrel's own body limit would count a whole
@@ -73,6 +90,7 @@ public static class GrpcServerHost
             builder.Services.AddSingleton(security.Policy);
         }
         builder.Services.AddSingleton(new ServerMode(security, insecureWarning));
+        builder.Services.AddSingleton(endpoints);
         builder.Services.AddSingleton<ServerHealth>();
         builder.Services.AddSingleton(sp => sp.GetRequiredService<ServerHealth>().Service);
         return builder;
@@ -127,9 +145,48 @@ public static class GrpcServerHost
         return bound.Replace("[::]", "127.0.0.1", StringComparison.Ordinal).Replace("0.0.0.0", "127.0.0.1", StringComparison.Ordinal);
     }
 
-    /// <summary>The address the started server is bound to (with the real port when 0 was asked for).</summary>
-    public static Uri BoundAddress(WebApplication app) =>
-        new(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First());
+    /// <summary>The address the started server's gRPC listener is bound to (with the real port when 0 was asked for).</summary>
+    public static Uri BoundAddress(WebApplication app)
+    {
+        var grpcPort = app.Services.GetRequiredService<ServerEndpoints>().Grpc?.IPEndPoint?.Port;
+        var addresses = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.Select(a => new Uri(a)).ToList();
+        return addresses.FirstOrDefault(a => a.Port == grpcPort) ?? addresses.First();
+    }
+
+    /// <summary>The http(s)://host:port a browser on this machine reaches the started server's HTTP/1.1 listener on; null when it has none.</summary>
+    public static string? HttpAddress(WebApplication app)
+    {
+        var endpoints = app.Services.GetRequiredService<ServerEndpoints>();
+        if (endpoints.Http?.IPEndPoint is not { } ep) return null;
+        var host = IPAddress.Any.Equals(ep.Address) || IPAddress.IPv6Any.Equals(ep.Address) ? "127.0.0.1" : ep.Address.ToString();
+        return $"{endpoints.HttpScheme}://{host}:{ep.Port}";
+    }
+
+    /// <summary>Serves <paramref name="endpoint"/> only on the HTTP/1.1 listener (not on the gRPC port).</summary>
+    public static T RequireHttpPort<T>(T endpoint, WebApplication app) where T : IEndpointConventionBuilder
+    {
+        var endpoints = app.Services.GetRequiredService<ServerEndpoints>();
+        endpoint.Add(b =>
+        {
+            var inner = b.RequestDelegate;
+            if (inner is null) return;
+            b.RequestDelegate = http =>
+            {
+                if (endpoints.Http?.IPEndPoint is { } ep && http.Connection.LocalPort == ep.Port) return inner(http);
+                http.Response.StatusCode = StatusCodes.Status404NotFound;
+                return Task.CompletedTask;
+            };
+        });
+        return endpoint;
+    }
+}
+
+/// <summary>The listeners of a server: gRPC (HTTP/2) and, when configured, HTTP/1.1 for browsers and scrapers. Ports are the bound ones once started.</summary>
+public sealed class ServerEndpoints
+{
+    public ListenOptions? Grpc { get; internal set; }
+    public ListenOptions? Http { get; internal set; }
+    public string HttpScheme { get; internal set; } = "http";
 }
 
 /// <summary>How a server was built: TLS (and its admission rules) or plaintext, and the --insecure warning if any.</summary>
