@@ -21,6 +21,7 @@ public static class JobCommands
         yield return Cancel();
         yield return Workers();
         yield return Download();
+        yield return MetricsCommand.Create();
     }
 
     static Command Submit()
