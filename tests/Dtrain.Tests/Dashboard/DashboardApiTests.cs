@@ -196,6 +196,38 @@ public class DashboardApiTests
         Assert.False(string.IsNullOrEmpty(sample.GetProperty("text").GetString()));
     }
 
+    [Fact]
+    public async Task With_tls_the_dashboard_is_https_with_the_coordinators_certificate_and_still_needs_a_token()
+    {
+        using var pki = new TestPki();
+        await using var cluster = await InProcessCluster.StartAsync(1, WithDashboard, pki: pki);
+        Assert.StartsWith("https://127.0.0.1:", cluster.HttpAddress, StringComparison.Ordinal);
+        // A browser has no client certificate: the page is reached with the cluster CA's trust alone.
+        var trust = new System.Security.Cryptography.X509Certificates.X509Certificate2Collection(pki.Authority);
+        using var handler = new HttpClientHandler
+        {
+            AllowAutoRedirect = false,
+            ServerCertificateCustomValidationCallback = (_, certificate, _, _) =>
+            {
+                using var chain = new System.Security.Cryptography.X509Certificates.X509Chain();
+                chain.ChainPolicy.TrustMode = System.Security.Cryptography.X509Certificates.X509ChainTrustMode.CustomRootTrust;
+                chain.ChainPolicy.CustomTrustStore.AddRange(trust);
+                chain.ChainPolicy.RevocationMode = System.Security.Cryptography.X509Certificates.X509RevocationMode.NoCheck;
+                return certificate is not null && chain.Build(certificate);
+            },
+        };
+        using var http = new HttpClient(handler) { BaseAddress = new Uri(cluster.HttpAddress!) };
+        Assert.Equal(HttpStatusCode.Unauthorized, (await http.GetAsync("/api/jobs")).StatusCode);
+        using var request = new HttpRequestMessage(HttpMethod.Get, "/api/workers");
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", cluster.AdminToken);
+        var reply = await http.SendAsync(request);
+        Assert.Equal(HttpStatusCode.OK, reply.StatusCode);
+        Assert.Single(JsonDocument.Parse(await reply.Content.ReadAsStringAsync()).RootElement.EnumerateArray());
+        // Plaintext HTTP on that port gets no page.
+        using var plain = new HttpClient();
+        await Assert.ThrowsAnyAsync<HttpRequestException>(() => plain.GetAsync(cluster.HttpAddress!.Replace("https://", "http://", StringComparison.Ordinal) + "/api/jobs"));
+    }
+
     public sealed record Sse(string Event, string Data);
 
     /// <summary>Reads server-sent events until <paramref name="count"/> have arrived or the stream ends.</summary>
