@@ -100,6 +100,27 @@ public class JobHistoryTests
         Assert.Equal(0.75, JsonDocument.Parse(lines[1]).RootElement.GetProperty("val_accuracy").GetDouble());
     }
 
+    [Fact]
+    public async Task A_pipeline_jobs_history_has_each_stages_compute_time_the_bubble_and_the_gradient_norm_on_every_step()
+    {
+        using var tmp = new TempDir();
+        tmp.Write("t.txt", TestJobs.Text());
+        var spec = TestJobs.CharLm("t.txt", steps: 6) with { Parallelism = new ParallelismSpec { Pipeline = new PipelineSpec { Stages = 2, Microbatches = 2 } } };
+        var path = tmp.Write("pipe.json", JobSpecSerializer.Serialize(spec));
+        await using var cluster = await Cluster.InProcessCluster.StartAsync(2);
+        var id = cluster.Client.Submit(JobCommands.BuildSubmit(cluster.Client, new FileInfo(path), 2)).JobId;
+        var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
+        Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
+        var rows = MetricsTable.Rows(cluster.Client.History(new GetJobRequest { JobId = id }).Events);
+        Assert.Equal(6, rows.Count);
+        Assert.All(rows, r =>
+        {
+            Assert.Equal(2, r.StageComputeMs.Count);
+            Assert.InRange(r.Bubble!.Value, 0, 1);
+            Assert.True(r.GradNorm > 0, $"step {r.Step}: grad norm {r.GradNorm}");
+        });
+    }
+
     /// <summary>Real processes: a job runs, the coordinator is killed and started again, and `dtrain metrics` still exports every step.</summary>
     [Fact]
     public void Dtrain_metrics_exports_every_step_and_evaluation_of_a_finished_job_after_a_coordinator_restart()
