@@ -122,23 +122,40 @@
     { id: 'throughput', title: 'Samples/s', series: [['samples_per_second', 'samples/s']] },
     { id: 'time', title: 'Step time (ms): compute / all-reduce / waiting', series: [['compute_ms', 'compute'], ['allreduce_ms', 'all-reduce'], ['waiting_ms', 'waiting'], ['step_ms', 'step']] },
     { id: 'bubble', title: 'Pipeline bubble (share of the step stages wait)', series: [['bubble', 'bubble']], optional: true },
+    { id: 'stages', title: 'Pipeline stages: compute time (ms)', series: [], optional: true, stages: true },
     { id: 'gradnorm', title: 'Gradient norm', series: [['grad_norm', 'grad norm']] },
   ];
 
+  // A series key "stage_compute_ms#2" is the third element of that array.
+  function value(row, key) {
+    const [name, index] = key.split('#');
+    const v = index === undefined ? row[name] : (row[name] || [])[Number(index)];
+    return v === undefined ? null : v;
+  }
+
   function chartData(def) {
     const steps = [...dtrain.rows.keys()].sort((a, b) => a - b);
-    const cols = def.series.map(([key]) => steps.map(s => { const v = dtrain.rows.get(s)[key]; return v === undefined ? null : v; }));
+    const cols = def.series.map(([key]) => steps.map(s => value(dtrain.rows.get(s), key)));
     return [steps, ...cols];
+  }
+
+  // The stages chart has one series per stage, known once a pipeline step has arrived.
+  function stageSeries(def) {
+    if (!def.stages || def.series.length > 0) return;
+    let k = 0;
+    for (const r of dtrain.rows.values()) if (r.stage_compute_ms) k = Math.max(k, r.stage_compute_ms.length);
+    for (let i = 0; i < k; i++) def.series.push([`stage_compute_ms#${i}`, `stage ${i}`]);
   }
 
   function drawCharts(container) {
     for (const def of chartDefs) {
+      stageSeries(def);
       const data = chartData(def);
       const present = data.slice(1).map(col => col.some(v => v !== null));
       const box = document.getElementById(`chart-${def.id}`) || container.appendChild(
         el('div', { class: 'chart', id: `chart-${def.id}` }, el('h3', { text: def.title })));
       // The number of steps with a value of the chart's first series: what the browser tests compare with the steps reported.
-      box.dataset.points = String(data[1].filter(v => v !== null).length);
+      box.dataset.points = String(data.length > 1 ? data[1].filter(v => v !== null).length : 0);
       const hide = def.optional && !present.some(Boolean);
       box.hidden = hide;
       if (hide) continue;
