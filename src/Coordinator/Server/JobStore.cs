@@ -102,32 +102,34 @@ public sealed class JobStore : IDisposable
                 ("$id", jobId), ("$seq", seq), ("$step", step), ("$event", bytes)));
     }
 
-    /// <summary>The step and evaluation events of <paramref name="jobId"/> written so far (call <see cref="Flush"/> first for the queued ones), in order.</summary>
+    /// <summary>
+    /// The step and evaluation events of <paramref name="jobId"/> written so far (call <see cref="Flush"/> first for the
+    /// queued ones), in order. Read on a connection of its own (the log lets readers and the writer go side by side), so
+    /// a long history read by the dashboard never holds up the training loop's writes.
+    /// </summary>
     public IReadOnlyList<JobEvent> Events(string jobId, out long lastSeq)
     {
-        lock (writeGate)
+        var events = new List<JobEvent>();
+        lastSeq = 0;
+        using var reader = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = Path, Mode = SqliteOpenMode.ReadOnly, Pooling = false }.ToString());
+        reader.Open();
+        using var cmd = reader.CreateCommand();
+        cmd.CommandText = "SELECT seq, event FROM events WHERE job_id = $id ORDER BY seq";
+        cmd.Parameters.AddWithValue("$id", jobId);
+        using var r = cmd.ExecuteReader();
+        while (r.Read())
         {
-            var events = new List<JobEvent>();
-            lastSeq = 0;
-            if (disposed) return events;
-            using var cmd = db.CreateCommand();
-            cmd.CommandText = "SELECT seq, event FROM events WHERE job_id = $id ORDER BY seq";
-            cmd.Parameters.AddWithValue("$id", jobId);
-            using var r = cmd.ExecuteReader();
-            while (r.Read())
+            lastSeq = r.GetInt64(0);
+            try
             {
-                lastSeq = r.GetInt64(0);
-                try
-                {
-                    events.Add(JobEvent.Parser.ParseFrom((byte[])r[1]));
-                }
-                catch (InvalidProtocolBufferException e)
-                {
-                    log.LogError("{Path}: event {Seq} of job {Id} is damaged ({Message}); left out", Path, lastSeq, jobId, e.Message);
-                }
+                events.Add(JobEvent.Parser.ParseFrom((byte[])r[1]));
             }
-            return events;
+            catch (InvalidProtocolBufferException e)
+            {
+                log.LogError("{Path}: event {Seq} of job {Id} is damaged ({Message}); left out", Path, lastSeq, jobId, e.Message);
+            }
         }
+        return events;
     }
 
     /// <summary>The place of <paramref name="jobId"/>'s newest stored event (0: none), so a restored job's events continue after it.</summary>
