@@ -1,7 +1,7 @@
 using Dtrain.Bench;
 using static TorchSharp.torch;
 
-// Usage: dtrain-bench speed [threads] | cluster | allreduce | pipeline | elastic | quality [moby|spam|recall ...]
+// Usage: dtrain-bench speed [threads] | cluster | allreduce | pipeline | elastic | history | quality [moby|spam|recall ...]
 var mode = args.FirstOrDefault() ?? "speed";
 switch (mode)
 {
@@ -67,6 +67,8 @@ switch (mode)
         return CollectiveBench.Run(args);
     case "elastic":
         return ElasticBench.Run();
+    case "history":
+        return HistoryBench.Run();
     default:
         Console.Error.WriteLine("usage: dtrain-bench speed [threads] | quality [moby|spam|recall ...]");
         return 2;

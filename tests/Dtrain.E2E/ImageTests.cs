@@ -31,4 +31,42 @@ public sealed class ImageTests(ImageFixture image, ITestOutputHelper output)
         Assert.Contains("\"dtrain\",\"health\"", inspect.Stdout);
         Assert.Contains("[\"dtrain\"]", inspect.Stdout);
     }
+
+    /// <summary>The dashboard's files (pages, scripts, the vendored uPlot) are inside the published dtrain.dll the image carries.</summary>
+    [DockerFact]
+    public async Task The_image_serves_the_dashboard_and_its_chart_library_on_8265()
+    {
+        image.EnsureBuilt(output);
+        // Listening on every interface of the container: plaintext needs --insecure, and auth is on (auto, beyond loopback).
+        var run = await DockerEngine.CheckAsync("run", "-d", "--rm", "-p", "127.0.0.1::8265", ImageFixture.Image, "serve", "--insecure");
+        var id = run.Stdout.Trim();
+        try
+        {
+            var mapped = (await DockerEngine.CheckAsync("port", id, "8265/tcp")).Stdout.Split('\n', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)[0];
+            var web = $"http://{mapped}";
+            output.WriteLine($"dashboard at {web}");
+            using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
+            var deadline = DateTime.UtcNow.AddMinutes(2);
+            HttpResponseMessage? chart = null;
+            while (chart is null)
+            {
+                try
+                {
+                    chart = await http.GetAsync(web + "/static/vendor/uplot/uPlot.iife.min.js");
+                }
+                catch (HttpRequestException) when (DateTime.UtcNow < deadline)
+                {
+                    await Task.Delay(500);
+                }
+            }
+            Assert.Equal(System.Net.HttpStatusCode.OK, chart.StatusCode);
+            Assert.Contains("uPlot", await chart.Content.ReadAsStringAsync());
+            Assert.Contains("MIT License", await http.GetStringAsync(web + "/static/vendor/uplot/LICENSE"));
+            Assert.Equal(System.Net.HttpStatusCode.Unauthorized, (await http.GetAsync(web + "/api/jobs")).StatusCode);
+        }
+        finally
+        {
+            await DockerEngine.RunAsync("rm", "-f", id);
+        }
+    }
 }

@@ -33,6 +33,7 @@ public static class ClusterCommand
             var n = r.GetValue(workers);
             using var cluster = LocalCluster.Start(n, r.GetValue(port) is 0 ? 5000 : r.GetValue(port), ThreadsFor(n, r.GetValue(threads)), r.GetValue(logs)!, TimeSpan.FromMinutes(2));
             Console.WriteLine($"cluster up: coordinator {cluster.Address}, {n} worker(s), logs in {cluster.LogDir}");
+            if (cluster.DashboardUrl is { } web) Console.WriteLine($"  dashboard: {web}");
             Console.WriteLine($"  export DTRAIN_COORDINATOR={cluster.Address}; ./dtrain submit examples/quickstart.json --watch");
             Console.WriteLine("press Ctrl-C to stop");
             using var stop = new ManualResetEventSlim();
@@ -65,6 +66,7 @@ public static class ClusterCommand
             var client = new Jobs.JobsClient(channel);
             var id = client.Submit(JobCommands.BuildSubmit(client, file, r.GetValue(workers))).JobId;
             Console.WriteLine($"{id} submitted to {cluster.Address} (logs in {cluster.LogDir})");
+            if (cluster.DashboardUrl is { } web) Console.WriteLine($"dashboard: {web}jobs/{id}");
             using var cancel = new CancelOnCtrlC(client, id);
             var status = JobWatcher.Watch(client, id, r.GetValue(plain));
             if (status != CliErrors.Ok) return status;

@@ -8,7 +8,7 @@ using Spectre.Console;
 
 namespace Dtrain.Cli;
 
-/// <summary>The job verbs against a coordinator: submit, watch, status, list, cancel, workers, download.</summary>
+/// <summary>The job verbs against a coordinator: submit, watch, status, list, cancel, workers, download, metrics.</summary>
 public static class JobCommands
 {
     public static IEnumerable<Command> Create()
@@ -21,6 +21,7 @@ public static class JobCommands
         yield return Cancel();
         yield return Workers();
         yield return Download();
+        yield return MetricsCommand.Create();
     }
 
     static Command Submit()

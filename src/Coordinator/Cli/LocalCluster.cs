@@ -19,6 +19,11 @@ public sealed class LocalCluster : IDisposable
     public string Address { get; }
     public string LogDir { get; }
 
+    /// <summary>The coordinator's dashboard (http://127.0.0.1:PORT/), from the line `dtrain serve` prints; null until it has printed it.</summary>
+    public string? DashboardUrl { get; private set; }
+
+    private const string DashboardLine = "dashboard and /metrics on ";
+
     private LocalCluster(string address, string logDir)
     {
         Address = address;
@@ -64,7 +69,12 @@ public sealed class LocalCluster : IDisposable
         NativeAllocator.Preload(psi);
         var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {name}");
         var log = new StreamWriter(Path.Combine(LogDir, name + ".log"), append: true) { AutoFlush = true };
-        p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
+        p.OutputDataReceived += (_, e) =>
+        {
+            if (e.Data is null) return;
+            lock (log) log.WriteLine(e.Data);
+            if (name == "coordinator" && e.Data.StartsWith(DashboardLine, StringComparison.Ordinal)) DashboardUrl = e.Data[DashboardLine.Length..].Trim() + "/";
+        };
         p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
         p.BeginOutputReadLine();
         p.BeginErrorReadLine();

@@ -1,3 +1,4 @@
+using Dtrain.Dashboard;
 using Dtrain.Rpc;
 using Grpc.AspNetCore.Server;
 using Dtrain.Server.Auth;
@@ -36,12 +37,14 @@ public static class CoordinatorHost
         builder.Services.AddSingleton(sp => new JobStore(Path.Combine(options.DataDir, "jobs.db"), sp.GetRequiredService<ILogger<JobStore>>()));
         builder.Services.AddSingleton<JobManager>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<JobManager>());
+        builder.Services.AddDashboard();
         services?.Invoke(builder.Services);
         builder.Services.AddCoordinatorAuth(options);
         var app = builder.Build();
         app.UseCoordinatorAuth();
         app.MapGrpcService<MembershipService>();
         app.MapGrpcService<JobsService>();
+        DashboardEndpoints.Map(app);
         GrpcServerHost.MapHealth(app, ReadinessService);
         app.Lifetime.ApplicationStarted.Register(() => app.Services.GetRequiredService<ServerHealth>().Set(ReadinessService, true));
         return app;

@@ -197,7 +197,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                     Step = done, TotalSteps = total, Epoch = epoch, Loss = loss, Lr = current.Lr, SamplesPerSecond = sps, ElapsedSeconds = prepared.ElapsedBefore + elapsed, EtaSeconds = eta, Workers = world,
                     ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs),
                     // From when this step could start (sent, and the step before it finished) to its last reply.
-                    StepMs = stepMs,
+                    StepMs = stepMs, GradNorm = replies[0].GradNorm,
                     Skipped = skipped is not null, Nonfinite = skipped is null ? "" : replies[0].Nonfinite,
                 } });
                 progress.LastDoneMs = finishedMs;

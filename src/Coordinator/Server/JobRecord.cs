@@ -11,6 +11,9 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     private readonly Lock gate = new();
     private readonly List<JobEvent> history = [];
     private readonly List<Channel<JobEvent>> watchers = [];
+    // Step and evaluation events: numbered, and kept in the store (in memory only when the record has none).
+    private readonly List<JobEvent> unstored = [];
+    private long eventSeq;
     private const int MaxHistory = 2000;
 
     public string Id { get; } = id;
@@ -46,7 +49,15 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     /// <summary>Keeps the record in <paramref name="store"/> from now on: state changes at once, progress and ledger steps batched.</summary>
     public void Persist(JobStore store)
     {
+        // The store's lock is taken before the record's when it writes (Snapshot): never the other way round.
+        var last = store.LastSeq(Id);
         Store = store;
+        lock (gate)
+        {
+            eventSeq = Math.Max(eventSeq, last);
+            foreach (var e in unstored) store.Recorded(Id, ++eventSeq, e);
+            unstored.Clear();
+        }
         Ledger.OnCommit = step => store.Committed(Id, step);
         Ledger.OnRollBack = step => store.RolledBack(Id, step);
     }
@@ -131,6 +142,11 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
                 history.RemoveAt(i >= 0 ? i : 0);
             }
             history.Add(e);
+            if (e.KindCase is JobEvent.KindOneofCase.Step or JobEvent.KindOneofCase.Eval)
+            {
+                if (Store is { } store) store.Recorded(Id, ++eventSeq, e);
+                else unstored.Add(e);
+            }
             targets = [.. watchers];
         }
         foreach (var w in targets) w.Writer.TryWrite(e);
@@ -142,6 +158,21 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
                 watchers.Clear();
             }
         }
+    }
+
+    /// <summary>
+    /// Every step and evaluation event of the job, in order, from its store (so a job of an earlier coordinator run
+    /// has them too): what `dtrain metrics` exports and the dashboard draws. Events published after this call reach
+    /// watchers (<see cref="Watch"/>).
+    /// </summary>
+    public IReadOnlyList<JobEvent> History()
+    {
+        if (Store is { } store)
+        {
+            store.Flush();
+            return store.Events(Id, out _);
+        }
+        lock (gate) return [.. unstored];
     }
 
     /// <summary>The events so far followed by live ones; completes when the job has finished.</summary>

@@ -47,6 +47,7 @@ public sealed class JobStore : IDisposable
             Execute("""
                 CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, info BLOB NOT NULL, hash BLOB NOT NULL, resume_path TEXT NOT NULL, queue_order INTEGER NOT NULL);
                 CREATE TABLE IF NOT EXISTS ledger (job_id TEXT NOT NULL, step INTEGER NOT NULL, entry BLOB NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (job_id, step));
+                CREATE TABLE IF NOT EXISTS events (job_id TEXT NOT NULL, seq INTEGER NOT NULL, step INTEGER NOT NULL, event BLOB NOT NULL, PRIMARY KEY (job_id, seq));
                 """);
         }
         catch (SqliteException e)
@@ -86,6 +87,62 @@ public sealed class JobStore : IDisposable
     {
         lock (pendingGate)
             ledgerOps.Add(tx => Run(tx, "DELETE FROM ledger WHERE job_id = $id AND step >= $step", ("$id", jobId), ("$step", step)));
+    }
+
+    /// <summary>
+    /// Queues a step or evaluation event of <paramref name="jobId"/> (<paramref name="seq"/>: its place among the job's
+    /// events), written with the next flush: a fast job's steps cost one transaction a second, not one each.
+    /// </summary>
+    public void Recorded(string jobId, long seq, JobEvent e)
+    {
+        var bytes = e.ToByteArray();
+        var step = e.KindCase == JobEvent.KindOneofCase.Eval ? e.Eval.Step : e.Step.Step;
+        lock (pendingGate)
+            ledgerOps.Add(tx => Run(tx, "INSERT OR REPLACE INTO events (job_id, seq, step, event) VALUES ($id, $seq, $step, $event)",
+                ("$id", jobId), ("$seq", seq), ("$step", step), ("$event", bytes)));
+    }
+
+    /// <summary>
+    /// The step and evaluation events of <paramref name="jobId"/> written so far (call <see cref="Flush"/> first for the
+    /// queued ones), in order. Read on a connection of its own (the log lets readers and the writer go side by side), so
+    /// a long history read by the dashboard never holds up the training loop's writes.
+    /// </summary>
+    public IReadOnlyList<JobEvent> Events(string jobId, out long lastSeq)
+    {
+        var events = new List<JobEvent>();
+        lastSeq = 0;
+        using var reader = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = Path, Mode = SqliteOpenMode.ReadOnly, Pooling = false }.ToString());
+        reader.Open();
+        using var cmd = reader.CreateCommand();
+        cmd.CommandText = "SELECT seq, event FROM events WHERE job_id = $id ORDER BY seq";
+        cmd.Parameters.AddWithValue("$id", jobId);
+        using var r = cmd.ExecuteReader();
+        while (r.Read())
+        {
+            lastSeq = r.GetInt64(0);
+            try
+            {
+                events.Add(JobEvent.Parser.ParseFrom((byte[])r[1]));
+            }
+            catch (InvalidProtocolBufferException e)
+            {
+                log.LogError("{Path}: event {Seq} of job {Id} is damaged ({Message}); left out", Path, lastSeq, jobId, e.Message);
+            }
+        }
+        return events;
+    }
+
+    /// <summary>The place of <paramref name="jobId"/>'s newest stored event (0: none), so a restored job's events continue after it.</summary>
+    public long LastSeq(string jobId)
+    {
+        lock (writeGate)
+        {
+            if (disposed) return 0;
+            using var cmd = db.CreateCommand();
+            cmd.CommandText = "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = $id";
+            cmd.Parameters.AddWithValue("$id", jobId);
+            return (long)cmd.ExecuteScalar()!;
+        }
     }
 
     /// <summary>Writes what is queued.</summary>

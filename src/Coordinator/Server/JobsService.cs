@@ -94,6 +94,15 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
     public override Task<LedgerReply> Ledger(GetJobRequest request, ServerCallContext context) =>
         Task.FromResult(access.Job(context, request.JobId, "ledger").Ledger.Snapshot());
 
+    public override Task<JobHistory> History(GetJobRequest request, ServerCallContext context)
+    {
+        var job = access.Job(context, request.JobId, "history");
+        var reply = new JobHistory();
+        reply.Events.AddRange(job.History());
+        reply.Job = job.Snapshot();
+        return Task.FromResult(reply);
+    }
+
     public override async Task Download(DownloadRequest request, IServerStreamWriter<FileChunk> responseStream, ServerCallContext context)
     {
         var job = access.Job(context, request.JobId, "download");

@@ -119,7 +119,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             var e = new StepEvent
             {
                 Step = done, TotalSteps = total, Epoch = epoch, Loss = loss, Lr = lr, SamplesPerSecond = samples / Math.Max(1e-9, runSeconds), ElapsedSeconds = elapsed,
-                EtaSeconds = runSeconds / (done - start) * (total - done), Workers = n, ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs), StepMs = stepMs,
+                EtaSeconds = runSeconds / (done - start) * (total - done), Workers = n, ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs), StepMs = stepMs, GradNorm = norm,
                 Bubble = replies.Average(r => r.IdleMs / Math.Max(1e-9, r.IdleMs + r.ComputeMs)),
                 Skipped = skipped is not null, Nonfinite = why is null ? "" : double.IsFinite(loss) ? NonFiniteCauses.Gradient : NonFiniteCauses.Loss,
             };

@@ -23,6 +23,8 @@ public sealed class InProcessCluster : IAsyncDisposable
     private readonly GrpcChannel channel;
 
     public string Address { get; }
+    /// <summary>The dashboard's http://127.0.0.1:PORT when the options set Coordinator:HttpPort (0 = any free port); null otherwise.</summary>
+    public string? HttpAddress => CoordinatorHost.HttpAddress(coordinator);
     public string DataDir { get; }
     /// <summary>Sends <see cref="AdminToken"/> when there is one.</summary>
     public Jobs.JobsClient Client { get; }

@@ -37,6 +37,7 @@ public class PipelineProcessTests
         var piped = CliRunner.Run(tmp.Path, "cluster", "run", "pipe.json", "--workers", "4", "--threads", "1", "--plain");
         Assert.True(piped.ExitCode == 0, piped.ToString());
         Assert.Contains("stages ", piped.Stdout);   // watch shows per-stage compute and the bubble
+        Assert.Matches(@"dashboard: http://127\.0\.0\.1:\d+/jobs/job-0001", piped.Stdout);
         var (a, b) = (FinalValidationLoss(single), FinalValidationLoss(piped));
         Assert.True(Math.Abs(a - b) <= 0.01, $"validation loss {b} with 4 stages vs {a} in one process");
         var eval = CliRunner.Run(tmp.Path, "eval", "runs/pipe/model.dtck");

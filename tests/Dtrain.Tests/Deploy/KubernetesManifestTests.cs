@@ -130,7 +130,7 @@ public class KubernetesManifestTests
     }
 
     [Fact]
-    public void Service_selects_only_the_coordinator_pod_and_targets_its_grpc_port()
+    public void Service_selects_only_the_coordinator_pod_and_targets_its_grpc_and_dashboard_ports()
     {
         var service = Resource("Service", "dtrain-coordinator");
         var selector = service.At("spec", "selector").Strings();
@@ -140,13 +140,18 @@ public class KubernetesManifestTests
             Assert.True(coordinatorLabels.GetValueOrDefault(key) == value, $"Service selector {key}={value} does not match the coordinator pod's labels");
         Assert.False(selector.All(s => PodLabels(Workers).GetValueOrDefault(s.Key) == s.Value), "the coordinator Service also selects the worker pods");
 
-        var port = Assert.Single(service.Seq("spec", "ports"));
-        Assert.Equal("5000", port.Str("port"));
-        var target = port.Str("targetPort") ?? port.Str("port")!;
-        var resolved = int.TryParse(target, NumberStyles.None, CultureInfo.InvariantCulture, out _)
-            ? target
-            : OnlyContainer(Coordinator).Seq("ports").SingleOrDefault(p => p.Str("name") == target)?.Str("containerPort");
-        Assert.True(resolved == "5000", $"the Service's targetPort '{target}' resolves to {resolved ?? "no container port"}, not 5000");
+        // gRPC on 5000 and the dashboard on 8265, each reaching the container port of that number.
+        foreach (var (name, number) in new[] { ("grpc", "5000"), ("http", "8265") })
+        {
+            var port = Assert.Single(service.Seq("spec", "ports"), p => p.Str("name") == name);
+            Assert.Equal(number, port.Str("port"));
+            var target = port.Str("targetPort") ?? port.Str("port")!;
+            var resolved = int.TryParse(target, NumberStyles.None, CultureInfo.InvariantCulture, out _)
+                ? target
+                : OnlyContainer(Coordinator).Seq("ports").SingleOrDefault(p => p.Str("name") == target)?.Str("containerPort");
+            Assert.True(resolved == number, $"the Service's {name} targetPort '{target}' resolves to {resolved ?? "no container port"}, not {number}");
+        }
+        AssertOptionIfGiven(Args(OnlyContainer(Coordinator)), "--http-port", "8265");
     }
 
     [Fact]

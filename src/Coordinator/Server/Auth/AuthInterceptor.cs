@@ -23,6 +23,7 @@ public sealed class AuthInterceptor(TokenAuthenticator authenticator, AuditLog a
         ["Watch"] = (Everyone, "watch jobs"),
         ["Download"] = (Everyone, "download checkpoints"),
         ["Ledger"] = (Everyone, "read jobs' sample ledgers"),
+        ["History"] = (Everyone, "read jobs' step and evaluation history"),
         ["ListWorkers"] = ([Role.Viewer, Role.Admin], "list the workers"),
         ["CordonWorker"] = ([Role.Admin], "cordon workers"),
         ["DrainWorker"] = ([Role.Admin], "drain workers"),

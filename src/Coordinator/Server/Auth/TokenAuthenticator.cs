@@ -111,42 +111,50 @@ public sealed class TokenAuthenticator
     }
 
     /// <summary>The caller of <paramref name="context"/>, or an RpcException (Unauthenticated) that says what is wrong; failures are audited.</summary>
-    public Caller Authenticate(ServerCallContext context)
+    public Caller Authenticate(ServerCallContext context) =>
+        Authenticate(context.RequestHeaders.GetValue("authorization"), context.Peer, context.Method, "metadata");
+
+    /// <summary>
+    /// The caller who sent <paramref name="authorization"/> ("Bearer TOKEN", or null), or an RpcException (Unauthenticated)
+    /// that says what is wrong; failures are audited with <paramref name="peer"/> and <paramref name="method"/>. The
+    /// dashboard checks its requests with this too (<paramref name="carrier"/> names where the token travels).
+    /// </summary>
+    public Caller Authenticate(string? authorization, string peer, string method, string carrier = "header")
     {
         var state = Current();
         if (!state.Required) return Caller.Open;
         if (state.FileError is not null)
-            throw Fail(context, StatusCode.Internal, "tokens file invalid", $"the coordinator cannot check tokens: {state.FileError}");
-        var header = context.RequestHeaders.GetValue("authorization");
+            throw Fail(peer, method, StatusCode.Internal, "tokens file invalid", $"the coordinator cannot check tokens: {state.FileError}");
+        var header = authorization;
         if (string.IsNullOrEmpty(header))
         {
             var hint = state.Tokens.Any(t => t.Active) ? "" :
                 $"; no token exists yet: on the coordinator's host run `dtrain tokens create --role admin --name NAME --data-dir {Path.GetDirectoryName(TokensPath)}`";
-            throw Fail(context, StatusCode.Unauthenticated, "no token", $"this coordinator requires a bearer token (metadata \"authorization: Bearer TOKEN\") and none was sent{hint}");
+            throw Fail(peer, method, StatusCode.Unauthenticated, "no token", $"this coordinator requires a bearer token ({carrier} \"authorization: Bearer TOKEN\") and none was sent{hint}");
         }
         if (!header.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) || header.Length <= 7)
-            throw Fail(context, StatusCode.Unauthenticated, "malformed authorization", "the authorization metadata must be \"Bearer TOKEN\"");
+            throw Fail(peer, method, StatusCode.Unauthenticated, "malformed authorization", $"the authorization {carrier} must be \"Bearer TOKEN\"");
         var entry = TokenStore.Match(state.Tokens, header[7..].Trim());
         if (entry is null)
-            throw Fail(context, StatusCode.Unauthenticated, "unknown token", "the token is not valid on this coordinator (unknown token)");
+            throw Fail(peer, method, StatusCode.Unauthenticated, "unknown token", "the token is not valid on this coordinator (unknown token)");
         if (!entry.Active)
-            throw Fail(context, StatusCode.Unauthenticated, "revoked token",
+            throw Fail(peer, method, StatusCode.Unauthenticated, "revoked token",
                 string.Create(CultureInfo.InvariantCulture, $"token {entry.Id} (\"{entry.Name}\") was revoked at {entry.Revoked:yyyy-MM-dd HH:mm:ss} UTC"), entry);
         var caller = new Caller(entry.Name, entry.Parsed, entry.Id);
-        NoteUse(caller, context);
+        NoteUse(caller, peer, method);
         return caller;
     }
 
-    RpcException Fail(ServerCallContext context, StatusCode code, string reason, string message, TokenEntry? entry = null)
+    RpcException Fail(string peer, string method, StatusCode code, string reason, string message, TokenEntry? entry = null)
     {
-        var fields = new List<(string, object?)> { ("method", context.Method), ("reason", reason) };
+        var fields = new List<(string, object?)> { ("method", method), ("reason", reason) };
         if (entry is not null) { fields.Add(("token", entry.Id)); fields.Add(("name", entry.Name)); }
-        audit.Write("auth.failed", null, context.Peer, [.. fields]);
+        audit.Write("auth.failed", null, peer, [.. fields]);
         return new RpcException(new Status(code, message));
     }
 
     /// <summary>Audits a token's first use, and again once <see cref="CoordinatorOptions.AuditTokenUseMinutes"/> have passed since the last line.</summary>
-    void NoteUse(Caller caller, ServerCallContext context)
+    void NoteUse(Caller caller, string peer, string method)
     {
         var now = clock.GetUtcNow();
         lock (gate)
@@ -154,6 +162,6 @@ public sealed class TokenAuthenticator
             if (lastUse.TryGetValue(caller.TokenId, out var last) && options.AuditTokenUseMinutes > 0 && now - last < TimeSpan.FromMinutes(options.AuditTokenUseMinutes)) return;
             lastUse[caller.TokenId] = now;
         }
-        audit.Write("token.use", caller, context.Peer, ("method", context.Method));
+        audit.Write("token.use", caller, peer, ("method", method));
     }
 }
