@@ -47,7 +47,10 @@ public static class WorkerHost
         app.Lifetime.ApplicationStarted.Register(() =>
         {
             var port = GrpcServerHost.BoundAddress(app).Port;
-            app.Services.GetRequiredService<WorkerIdentity>().SetAddress($"{security.Scheme}://{AdvertisedHost(options)}:{port}");
+            var identity = app.Services.GetRequiredService<WorkerIdentity>();
+            if (app.Services.GetRequiredService<ServerEndpoints>().Http?.IPEndPoint is { } http)
+                identity.HttpAddress = $"{security.Scheme}://{AdvertisedHost(options)}:{http.Port}";
+            identity.SetAddress($"{security.Scheme}://{AdvertisedHost(options)}:{port}");
         });
         return app;
     }

@@ -36,6 +36,8 @@ public static class CoordinatorHost
         builder.Services.AddSingleton(sp => new JobStore(Path.Combine(options.DataDir, "jobs.db"), sp.GetRequiredService<ILogger<JobStore>>()));
         builder.Services.AddSingleton<JobManager>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<JobManager>());
+        builder.Services.AddSingleton<StallMonitor>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<StallMonitor>());
         services?.Invoke(builder.Services);
         builder.Services.AddCoordinatorAuth(options);
         var app = builder.Build();
