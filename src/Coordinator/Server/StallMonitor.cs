@@ -93,7 +93,7 @@ public static class StallDiagnosis
             {
                 var root = ActivityPhases.IsWaiting(Phase(w)) ? Root(w) : null;
                 var through = root is not null && w.Activity!.WaitingOn != root ? $" (which waits on {root})" : "";
-                return (w, text: Doing(w, now) + through);
+                return (w, text: Doing(w, now, through));
             }).ToList();
             var same = descriptions.Select(d => Describe(d.w)).Distinct().Count() == 1 && descriptions.All(d => d.w.Activity?.WaitingOn is { Length: > 0 } on && culprits.Contains(on));
             parts.Add(same && others.Count > 1
@@ -107,8 +107,8 @@ public static class StallDiagnosis
     private static string Describe(WorkerRecord w) =>
         w.Activity is { } a ? WorkerActivity.Describe(a.Phase, a.Detail, a.WaitingOn) : Phase(w);
 
-    private static string Doing(WorkerRecord w, DateTimeOffset now) =>
-        string.Create(CultureInfo.InvariantCulture, $"{Label(w.Id, w.Name)} in {Describe(w)} for {InPhase(w, now):F0} s");
+    private static string Doing(WorkerRecord w, DateTimeOffset now, string through = "") =>
+        string.Create(CultureInfo.InvariantCulture, $"{Label(w.Id, w.Name)} in {Describe(w)}{through} for {InPhase(w, now):F0} s");
 }
 
 /// <summary>
