@@ -19,7 +19,7 @@ namespace Dtrain.Worker;
 /// gone → PeerFailureException, stopped on purpose → WorkStoppedException). <see cref="WorkerControlService"/> adapts it to gRPC.
 /// </summary>
 public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerState peers, WorkerOptions options, StageMailboxes mailboxes, ILogger<WorkerRuntime> log,
-    WorkerSecurity? security = null)
+    WorkerSecurity? security = null, WorkerMetrics? metrics = null)
 {
     /// <summary>Worker:InjectNonFinite, the fault drill (null in normal operation).</summary>
     private readonly NonFiniteInjection? inject = options.NonFiniteInjection;
@@ -240,6 +240,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
                 }
                 completed = true;
                 state.Step = request.Step;
+                metrics?.Step(job.JobId, report.ComputeMs, report.ReduceMs, 0, job.WorldSize, state.Activity.Snapshot().Transport);
                 return new RunStepReply
                 {
                     LossSum = report.LossSum, Count = report.Count, Rows = report.Rows, SquaredGradNorm = report.SquaredNorm,
@@ -259,6 +260,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             }
             completed = true;
             state.Step = request.Step;
+            metrics?.Step(job.JobId, result.ComputeMs, result.ReduceMs, job.Replica.ParameterCount + 1, job.WorldSize, job.Replica.Reducer.Transport);
             log.LogDebug("job {JobId} step {Step}: {Rows} rows, compute {Compute:F1} ms, all-reduce {Reduce:F1} ms", job.JobId, request.Step, result.Rows, result.ComputeMs, result.ReduceMs);
             if (result.Skipped)
                 log.LogWarning("job {JobId} step {Step}: skipped, the {What} summed over the replicas is not finite (local loss sum {Loss})", job.JobId, request.Step + 1, result.NonFinite, result.LossSum);

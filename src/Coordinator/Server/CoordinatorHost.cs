@@ -38,6 +38,8 @@ public static class CoordinatorHost
         builder.Services.AddHostedService(sp => sp.GetRequiredService<JobManager>());
         builder.Services.AddSingleton<StallMonitor>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<StallMonitor>());
+        builder.Services.AddSingleton<CoordinatorMetrics>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<CoordinatorMetrics>());
         services?.Invoke(builder.Services);
         builder.Services.AddCoordinatorAuth(options);
         var app = builder.Build();
@@ -45,6 +47,7 @@ public static class CoordinatorHost
         app.MapGrpcService<MembershipService>();
         app.MapGrpcService<JobsService>();
         GrpcServerHost.MapHealth(app, ReadinessService);
+        if (options.HttpPort is >= 0) CoordinatorMetrics.Map(app, options);
         app.Lifetime.ApplicationStarted.Register(() => app.Services.GetRequiredService<ServerHealth>().Set(ReadinessService, true));
         return app;
     }
