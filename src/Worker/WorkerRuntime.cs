@@ -372,6 +372,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         if (!(request.Lr > 0 && double.IsFinite(request.Lr))) throw new ArgumentException($"lr {request.Lr} must be positive");
         if (!request.Skip && !(request.GlobalNorm >= 0 && double.IsFinite(request.GlobalNorm))) throw new ArgumentException($"global_norm {request.GlobalNorm} must be a finite number >= 0");
         await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
+        using var phase = Phase(ActivityPhases.Optimizer);
         try
         {
             await job.Torch.RunAsync(() => work.Apply(request.Step, request.GlobalCount, request.Lr, request.GlobalNorm, request.Skip)).ConfigureAwait(false);

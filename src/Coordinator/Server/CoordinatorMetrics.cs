@@ -5,6 +5,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 using Prometheus;
 
 namespace Dtrain.Server;
@@ -26,6 +27,7 @@ public sealed class CoordinatorMetrics : BackgroundService
     private readonly WorkerRegistry registry;
     private readonly StallMonitor stalls;
     private readonly TimeProvider clock;
+    private readonly ILogger<CoordinatorMetrics> log;
     private readonly Dictionary<string, Task> followed = [];
     private readonly HashSet<string> labelled = [];
 
@@ -35,8 +37,9 @@ public sealed class CoordinatorMetrics : BackgroundService
     private readonly Histogram stepSeconds, computeSeconds, allReduceSeconds;
     private readonly Counter steps, skipped;
 
-    public CoordinatorMetrics(JobManager jobs, WorkerRegistry registry, StallMonitor stalls, TimeProvider clock)
+    public CoordinatorMetrics(JobManager jobs, WorkerRegistry registry, StallMonitor stalls, TimeProvider clock, ILogger<CoordinatorMetrics> log)
     {
+        this.log = log;
         this.jobs = jobs;
         this.registry = registry;
         this.stalls = stalls;
@@ -167,13 +170,21 @@ public sealed class CoordinatorMetrics : BackgroundService
         using var timer = new PeriodicTimer(TimeSpan.FromMilliseconds(500), clock);
         do
         {
-            foreach (var job in jobs.List())
+            try
             {
-                if (job.IsFinished || followed.ContainsKey(job.Id)) continue;
-                followed[job.Id] = FollowAsync(job, stop);
+                foreach (var job in jobs.List())
+                {
+                    if (job.IsFinished || followed.ContainsKey(job.Id)) continue;
+                    followed[job.Id] = FollowAsync(job, stop);
+                }
+                foreach (var done in followed.Where(f => f.Value.IsCompleted).Select(f => f.Key).ToList())
+                    if (jobs.List().FirstOrDefault(j => j.Id == done) is not { IsFinished: false }) followed.Remove(done);
             }
-            foreach (var done in followed.Where(f => f.Value.IsCompleted).Select(f => f.Key).ToList())
-                if (jobs.List().FirstOrDefault(j => j.Id == done) is not { IsFinished: false }) followed.Remove(done);
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                // Metrics must never take the coordinator down (a failing BackgroundService stops the host).
+                log.LogError(e, "metrics: following jobs failed");
+            }
         }
         while (await timer.WaitForNextTickAsync(stop).ConfigureAwait(false));
     }
@@ -198,6 +209,10 @@ public sealed class CoordinatorMetrics : BackgroundService
         catch (OperationCanceledException)
         {
             // The coordinator stops.
+        }
+        catch (Exception e)
+        {
+            log.LogError(e, "metrics: following job {Id} failed", job.Id);
         }
         finally
         {

@@ -27,7 +27,7 @@ public sealed record CoordinatorOptions
     /// A running job's worker that lags this long — silent (no heartbeat), or waited on by the others (in all-reduce or
     /// for a pipeline neighbour) — is named with its phase in a stall warning: `dtrain status`, a watch event and the
     /// coordinator's log. Well under <see cref="WorkerTimeoutSeconds"/> and <see cref="StepTimeoutSeconds"/>, so a hang is
-    /// named long before the job gives up on the worker.
+    /// named long before the job gives up on the worker. A worker counts as silent only after two heartbeat intervals at least.
     /// </summary>
     public double StallWarningSeconds { get; init; } = 5;
     /// <summary>
@@ -108,8 +108,7 @@ public sealed record CoordinatorOptions
         if (HeartbeatIntervalMs is < 50 or > 60_000) e.Add($"Coordinator:HeartbeatIntervalMs {HeartbeatIntervalMs} must be in [50, 60000]");
         if (!(WorkerTimeoutSeconds * 1000 > 2 * HeartbeatIntervalMs)) e.Add($"Coordinator:WorkerTimeoutSeconds {WorkerTimeoutSeconds} must exceed two heartbeat intervals");
         if (!(StepTimeoutSeconds > 0)) e.Add($"Coordinator:StepTimeoutSeconds {StepTimeoutSeconds} must be positive");
-        if (!(StallWarningSeconds * 1000 >= 2 * HeartbeatIntervalMs) || !(StallWarningSeconds < StepTimeoutSeconds))
-            e.Add($"Coordinator:StallWarningSeconds {StallWarningSeconds} must be at least two heartbeat intervals ({2 * HeartbeatIntervalMs / 1000.0:0.###} s) and less than StepTimeoutSeconds ({StepTimeoutSeconds})");
+        Positive(e, "StallWarningSeconds", StallWarningSeconds);
         if (MetricsToken is { } token && token.Trim().Length < 16) e.Add("Coordinator:MetricsToken must be at least 16 characters (or unset)");
         if (!(WaitForWorkersSeconds >= 0)) e.Add($"Coordinator:WaitForWorkersSeconds {WaitForWorkersSeconds} must be >= 0");
         if (!(CallTimeoutSeconds > 0)) e.Add($"Coordinator:CallTimeoutSeconds {CallTimeoutSeconds} must be positive");

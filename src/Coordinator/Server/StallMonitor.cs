@@ -41,12 +41,13 @@ public static class StallDiagnosis
     public static string Label(string id, string name) => name == "" ? id : $"{id} ({name})";
 
     /// <summary>The stall of a job whose live workers are <paramref name="workers"/>, or null when none lags <paramref name="thresholdSeconds"/>.</summary>
-    public static Stall? Diagnose(IReadOnlyList<WorkerRecord> workers, DateTimeOffset now, double thresholdSeconds)
+    /// <param name="silentSeconds">How long without a heartbeat makes a worker silent (default: <paramref name="thresholdSeconds"/>).</param>
+    public static Stall? Diagnose(IReadOnlyList<WorkerRecord> workers, DateTimeOffset now, double thresholdSeconds, double? silentSeconds = null)
     {
         var live = workers.Where(w => w.State != WorkerState.Lost).ToList();
         if (live.Count == 0) return null;
         var byId = live.ToDictionary(w => w.Id);
-        var silent = live.Where(w => Age(w, now) >= thresholdSeconds).ToList();
+        var silent = live.Where(w => Age(w, now) >= (silentSeconds ?? thresholdSeconds)).ToList();
         var waiting = live.Where(w => w.Activity is { } a && ActivityPhases.IsWaiting(a.Phase) && a.WaitingOn != "" && InPhase(w, now) >= thresholdSeconds).ToList();
         // Who each waiting worker ultimately waits on: follow "waiting on" to a worker that is not waiting (or silent).
         string? Root(WorkerRecord w)
@@ -128,6 +129,9 @@ public sealed class StallMonitor(CoordinatorOptions options, WorkerRegistry regi
             .OrderBy(w => order.TryGetValue(w.Id, out var i) ? i : int.MaxValue)];
     }
 
+    /// <summary>Silent: no heartbeat for the stall warning time, and at least two heartbeat intervals (a heartbeat is not late before).</summary>
+    private double SilentSeconds => Math.Max(options.StallWarningSeconds, 2 * options.HeartbeatIntervalMs / 1000.0);
+
     private static bool Running(JobInfo info) => info.State is JobState.Running or JobState.Waiting;
 
     /// <summary>Fills <paramref name="info"/>'s live fields: a row per worker (<see cref="JobInfo.WorkerRows"/>) and the stall line, if any.</summary>
@@ -136,7 +140,7 @@ public sealed class StallMonitor(CoordinatorOptions options, WorkerRegistry regi
         if (!Running(info) && info.State != JobState.Preparing) return info;
         var now = clock.GetUtcNow();
         var workers = WorkersOf(info);
-        var stall = info.State == JobState.Preparing ? null : StallDiagnosis.Diagnose(workers, now, options.StallWarningSeconds);
+        var stall = info.State == JobState.Preparing ? null : StallDiagnosis.Diagnose(workers, now, options.StallWarningSeconds, SilentSeconds);
         foreach (var w in workers)
         {
             var row = StallDiagnosis.Info(w, now);
@@ -164,7 +168,7 @@ public sealed class StallMonitor(CoordinatorOptions options, WorkerRegistry regi
             var info = job.Snapshot();
             if (!Running(info)) continue;
             seen.Add(job.Id);
-            var stall = StallDiagnosis.Diagnose(WorkersOf(info), now, options.StallWarningSeconds);
+            var stall = StallDiagnosis.Diagnose(WorkersOf(info), now, options.StallWarningSeconds, SilentSeconds);
             (Stall Stall, DateTimeOffset Since) before;
             bool had;
             lock (current) had = current.TryGetValue(job.Id, out before);

@@ -18,14 +18,14 @@ public static class ActivityPhases
     public const string Optimizer = "optimizer";
     public const string Evaluation = "evaluation";
     public const string CheckpointTransfer = "checkpoint transfer";
+    /// <summary>A pipeline stage waiting for a neighbouring stage's activation or gradient.</summary>
     public const string PipelineReceive = "pipeline receive";
-    public const string PipelineSend = "pipeline send";
 
     /// <summary>Phases in which a worker waits for another one (the one it waits on is the laggard's candidate).</summary>
-    public static bool IsWaiting(string phase) => phase is AllReduce or PipelineReceive or PipelineSend;
+    public static bool IsWaiting(string phase) => phase is AllReduce or PipelineReceive;
 
     /// <summary>Every phase, for metrics (one series each).</summary>
-    public static readonly IReadOnlyList<string> All = [Idle, Loading, WaitingForData, Forward, Backward, AllReduce, Optimizer, Evaluation, CheckpointTransfer, PipelineReceive, PipelineSend];
+    public static readonly IReadOnlyList<string> All = [Idle, Loading, WaitingForData, Forward, Backward, AllReduce, Optimizer, Evaluation, CheckpointTransfer, PipelineReceive];
 }
 
 /// <summary>What <see cref="WorkerActivity"/> says at one moment.</summary>

@@ -80,6 +80,7 @@ public class HangDiagnosisTests
             // The CLI shows the same: the victim with its phase, and the others waiting on it (directly, or on one who waits on it).
             var status = CliRunner.Run(tmp.Path, TimeSpan.FromMinutes(1), "status", id, "--coordinator", cluster.Address);
             Assert.True(status.ExitCode == 0, status.ToString());
+            Console.WriteLine(status.Stdout);
             Assert.Contains($"STALL: {victim} (worker-2) in {row.Activity.Phase}", status.Stdout);
             Assert.Contains($"waiting on {victim}", status.Stdout);
             Assert.Contains("last heartbeat", status.Stdout);
