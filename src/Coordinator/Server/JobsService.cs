@@ -30,7 +30,7 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
     }
 
     public override Task<JobInfo> Get(GetJobRequest request, ServerCallContext context) =>
-        Task.FromResult(stalls.Describe(access.Job(context, request.JobId, "get").Snapshot()));
+        Task.FromResult(stalls.Describe(access.Job(context, request.JobId, "get").Snapshot(), names: Caller.Of(context).Role != Role.Submitter));
 
     public override Task<ListJobsReply> List(ListJobsRequest request, ServerCallContext context)
     {

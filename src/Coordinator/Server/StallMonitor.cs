@@ -42,8 +42,10 @@ public static class StallDiagnosis
 
     /// <summary>The stall of a job whose live workers are <paramref name="workers"/>, or null when none lags <paramref name="thresholdSeconds"/>.</summary>
     /// <param name="silentSeconds">How long without a heartbeat makes a worker silent (default: <paramref name="thresholdSeconds"/>).</param>
-    public static Stall? Diagnose(IReadOnlyList<WorkerRecord> workers, DateTimeOffset now, double thresholdSeconds, double? silentSeconds = null)
+    /// <param name="names">Whether the text shows workers' names beside their ids (not for callers who may not list workers).</param>
+    public static Stall? Diagnose(IReadOnlyList<WorkerRecord> workers, DateTimeOffset now, double thresholdSeconds, double? silentSeconds = null, bool names = true)
     {
+        string Label(WorkerRecord w) => names ? StallDiagnosis.Label(w.Id, w.Name) : w.Id;
         var live = workers.Where(w => w.State != WorkerState.Lost).ToList();
         if (live.Count == 0) return null;
         var byId = live.ToDictionary(w => w.Id);
@@ -71,7 +73,7 @@ public static class StallDiagnosis
             culprits = [.. waiting.Select(Root).OfType<string>().Distinct()];
             if (culprits.Count == 0)
                 return new Stall([], string.Create(CultureInfo.InvariantCulture,
-                    $"all {live.Count} workers wait on each other ({string.Join("; ", live.Select(w => Doing(w, now)))}) — the ring is stuck"));
+                    $"all {live.Count} workers wait on each other ({string.Join("; ", live.Select(w => Doing(w, now, Label(w))))}) — the ring is stuck"));
         }
         else return null;
 
@@ -85,7 +87,7 @@ public static class StallDiagnosis
             }
             var step = c.Activity is { Step: > 0 } a ? $", step {a.Step}" : "";
             parts.Add(string.Create(CultureInfo.InvariantCulture,
-                $"{Label(c.Id, c.Name)} in {Describe(c)} for {InPhase(c, now):F0} s (last heartbeat {Age(c, now):F0} s ago){step}"));
+                $"{Label(c)} in {Describe(c)} for {InPhase(c, now):F0} s (last heartbeat {Age(c, now):F0} s ago){step}"));
         }
         var others = live.Where(w => !culprits.Contains(w.Id)).ToList();
         if (others.Count > 0)
@@ -94,7 +96,7 @@ public static class StallDiagnosis
             {
                 var root = ActivityPhases.IsWaiting(Phase(w)) ? Root(w) : null;
                 var through = root is not null && w.Activity!.WaitingOn != root ? $" (which waits on {root})" : "";
-                return (w, text: Doing(w, now, through));
+                return (w, text: Doing(w, now, Label(w), through));
             }).ToList();
             var same = descriptions.Select(d => Describe(d.w)).Distinct().Count() == 1 && descriptions.All(d => d.w.Activity?.WaitingOn is { Length: > 0 } on && culprits.Contains(on));
             parts.Add(same && others.Count > 1
@@ -108,8 +110,8 @@ public static class StallDiagnosis
     private static string Describe(WorkerRecord w) =>
         w.Activity is { } a ? WorkerActivity.Describe(a.Phase, a.Detail, a.WaitingOn) : Phase(w);
 
-    private static string Doing(WorkerRecord w, DateTimeOffset now, string through = "") =>
-        string.Create(CultureInfo.InvariantCulture, $"{Label(w.Id, w.Name)} in {Describe(w)}{through} for {InPhase(w, now):F0} s");
+    private static string Doing(WorkerRecord w, DateTimeOffset now, string label, string through = "") =>
+        string.Create(CultureInfo.InvariantCulture, $"{label} in {Describe(w)}{through} for {InPhase(w, now):F0} s");
 }
 
 /// <summary>
@@ -134,17 +136,21 @@ public sealed class StallMonitor(CoordinatorOptions options, WorkerRegistry regi
 
     private static bool Running(JobInfo info) => info.State is JobState.Running or JobState.Waiting;
 
-    /// <summary>Fills <paramref name="info"/>'s live fields: a row per worker (<see cref="JobInfo.WorkerRows"/>) and the stall line, if any.</summary>
-    public JobInfo Describe(JobInfo info)
+    /// <summary>
+    /// Fills <paramref name="info"/>'s live fields: a row per worker (<see cref="JobInfo.WorkerRows"/>) and the stall line, if any.
+    /// <paramref name="names"/>: whether workers' names are shown (callers who may list workers), else ids only.
+    /// </summary>
+    public JobInfo Describe(JobInfo info, bool names = true)
     {
         if (!Running(info) && info.State != JobState.Preparing) return info;
         var now = clock.GetUtcNow();
         var workers = WorkersOf(info);
-        var stall = info.State == JobState.Preparing ? null : StallDiagnosis.Diagnose(workers, now, options.StallWarningSeconds, SilentSeconds);
+        var stall = info.State == JobState.Preparing ? null : StallDiagnosis.Diagnose(workers, now, options.StallWarningSeconds, SilentSeconds, names);
         foreach (var w in workers)
         {
             var row = StallDiagnosis.Info(w, now);
             row.Address = "";   // status is for the job's owner: where workers run is the operator's business (`dtrain workers`)
+            if (!names) row.Name = "";
             row.Stalled = stall?.Culprits.Contains(w.Id) == true;
             info.WorkerRows.Add(row);
         }
@@ -168,7 +174,8 @@ public sealed class StallMonitor(CoordinatorOptions options, WorkerRegistry regi
             var info = job.Snapshot();
             if (!Running(info)) continue;
             seen.Add(job.Id);
-            var stall = StallDiagnosis.Diagnose(WorkersOf(info), now, options.StallWarningSeconds, SilentSeconds);
+            var workers = WorkersOf(info);
+            var stall = StallDiagnosis.Diagnose(workers, now, options.StallWarningSeconds, SilentSeconds);
             (Stall Stall, DateTimeOffset Since) before;
             bool had;
             lock (current) had = current.TryGetValue(job.Id, out before);
@@ -188,7 +195,9 @@ public sealed class StallMonitor(CoordinatorOptions options, WorkerRegistry regi
             }
             lock (current) current[job.Id] = (stall, now);
             log.LogWarning("job {Id}: stall warning (Coordinator:StallWarningSeconds = {Seconds} s): {Text}", job.Id, options.StallWarningSeconds, stall.Text);
-            job.Publish(new JobEvent { Log = $"stall warning: {stall.Text}" });
+            // Watchers include submitters, who see worker ids but not names (`dtrain status` shows names to those who may list workers).
+            var forWatchers = StallDiagnosis.Diagnose(workers, now, options.StallWarningSeconds, SilentSeconds, names: false) ?? stall;
+            job.Publish(new JobEvent { Log = $"stall warning: {forWatchers.Text}" });
         }
         lock (current)
         {
