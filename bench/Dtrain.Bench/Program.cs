@@ -67,6 +67,8 @@ switch (mode)
         return CollectiveBench.Run(args);
     case "elastic":
         return ElasticBench.Run();
+    case "activity":
+        return ActivityBench.Run();
     default:
         Console.Error.WriteLine("usage: dtrain-bench speed [threads] | quality [moby|spam|recall ...]");
         return 2;
