@@ -15,6 +15,15 @@ if ! bash scripts/docker-setup.sh; then
     echo "test: no usable Docker engine: the container tests will be skipped (run scripts/docker-setup.sh as root to enable them)" >&2
   fi
 fi
+# The Prometheus scrape test (tests/Dtrain.Tests/Observability) runs a real Prometheus (Debian: apt-get install -y
+# prometheus). Without it, it fails in CI or with DTRAIN_REQUIRE_PROMETHEUS=1 (.ci/run installs it), and is skipped elsewhere.
+if [[ -z "${DTRAIN_PROMETHEUS:-}" ]] && ! command -v prometheus >/dev/null 2>&1 && [[ ! -x /usr/bin/prometheus ]]; then
+  if [[ -n "${CI:-}" || "${DTRAIN_REQUIRE_PROMETHEUS:-}" == "1" ]]; then
+    echo "test: no prometheus binary: the Prometheus scrape test will fail (apt-get install -y prometheus)" >&2
+  else
+    echo "test: no prometheus binary: the Prometheus scrape test will be skipped (apt-get install -y prometheus to run it)" >&2
+  fi
+fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 # Build once, then run the test projects one after another (-m:1): the container tests and the in-process

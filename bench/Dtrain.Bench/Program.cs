@@ -69,6 +69,8 @@ switch (mode)
         return ElasticBench.Run();
     case "history":
         return HistoryBench.Run();
+    case "activity":
+        return ActivityBench.Run();
     default:
         Console.Error.WriteLine("usage: dtrain-bench speed [threads] | quality [moby|spam|recall ...]");
         return 2;

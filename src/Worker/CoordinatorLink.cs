@@ -51,6 +51,7 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
                         Address = address,
                         Name = options.Name?.Trim() ?? "",
                         Cordoned = identity.Cordoned,
+                        HttpAddress = identity.HttpAddress,
                         JoinToken = security.JoinToken ?? "",
                         Capabilities = new WorkerCapabilities
                         {
@@ -94,7 +95,7 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
                             string.IsNullOrWhiteSpace(options.Name) ? "" : $" (name {options.Name.Trim()})", address, options.ResolvedThreads);
                     }
                 }
-                var beat = await client.HeartbeatAsync(new HeartbeatRequest { WorkerId = identity.WorkerId, Token = identity.Token, JobId = state.Current?.JobId ?? "", Step = state.Step },
+                var beat = await client.HeartbeatAsync(new HeartbeatRequest { WorkerId = identity.WorkerId, Token = identity.Token, JobId = state.Current?.JobId ?? "", Step = state.Step, Activity = Report(state.Activity.Snapshot()) },
                     deadline: DateTime.UtcNow.AddSeconds(options.CoordinatorCallTimeoutSeconds), cancellationToken: stop).ConfigureAwait(false);
                 if (!beat.Known)
                 {
@@ -134,6 +135,21 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
             }
         }
     }
+
+    /// <summary>The activity as the heartbeat carries it.</summary>
+    public static WorkerActivity Report(Distributed.ActivitySnapshot a) => new()
+    {
+        Phase = a.Phase,
+        Detail = a.Detail,
+        Step = a.Step,
+        InPhaseMs = (long)a.InPhase.TotalMilliseconds,
+        WaitingOn = a.WaitingOn,
+        JobId = a.JobId,
+        SubPhase = a.SubPhase,
+        Piece = a.Piece,
+        Pieces = a.Pieces,
+        Transport = a.Transport,
+    };
 
     /// <summary>Tells the coordinator this worker leaves (once); heartbeats stop, so it is not registered again.</summary>
     public async Task LeaveAsync(string reason)

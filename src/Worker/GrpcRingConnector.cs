@@ -40,5 +40,13 @@ public sealed class GrpcRingConnector(RingMailboxes mailboxes, WorkerOptions opt
         public int WorldSize => ring.WorldSize;
 
         public Task SumAsync(Memory<float> buffer, long operation, CancellationToken cancel) => ring.SumAsync(buffer, operation, cancel);
+
+        public string Transport => "grpc";
+
+        public IRingProgress? Progress
+        {
+            get => ring.Progress;
+            set => ring.Progress = value;
+        }
     }
 }

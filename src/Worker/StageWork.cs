@@ -20,6 +20,12 @@ public sealed class StageWork(PipelineStage stage, GrpcStageLinks links, Pipelin
     private readonly GradientBuffer? gradients = reducer.WorldSize == 1 ? null : new GradientBuffer(stage.Parameters);
 
     public PipelineStage Stage { get; } = stage;
+
+    /// <summary>Optional: the worker's live phase (forward, backward, pipeline receive from a neighbour, all-reduce).</summary>
+    public WorkerActivity? Activity { get; init; }
+
+    /// <summary>Worker ids of the previous and next stage ("" when none or unknown), named when this stage waits for them.</summary>
+    public (string Previous, string Next) Neighbours { get; init; } = ("", "");
     /// <summary>The step whose gradients are accumulated and not yet applied (-1 = none).</summary>
     public long Pending { get; private set; } = -1;
     private double pendingNorm;
@@ -44,7 +50,9 @@ public sealed class StageWork(PipelineStage stage, GrpcStageLinks links, Pipelin
             StageStepResult result;
             try
             {
-                result = await StageRunner.RunStepAsync(Stage, schedule.PerStage[Stage.Plan.Stage], batches, links.ForStep(step), carryState, cancel,
+                Activity?.Enter(ActivityPhases.Forward, newStep: step + 1);
+                var stepLinks = Activity is { } activity ? new ObservedLinks(links.ForStep(step), activity, Neighbours) : links.ForStep(step);
+                result = await StageRunner.RunStepAsync(Stage, schedule.PerStage[Stage.Plan.Stage], batches, stepLinks, carryState, cancel,
                     f => torch.RunAsync(f)).ConfigureAwait(false);
             }
             finally
@@ -56,6 +64,7 @@ public sealed class StageWork(PipelineStage stage, GrpcStageLinks links, Pipelin
             if (gradients is not null)
             {
                 await torch.RunAsync(gradients.Gather).ConfigureAwait(false);
+                Activity?.Enter(ActivityPhases.AllReduce);
                 await reducer.SumAsync(gradients.Values, step, cancel).ConfigureAwait(false);
                 await torch.RunAsync(gradients.Scatter).ConfigureAwait(false);
             }
@@ -93,6 +102,30 @@ public sealed class StageWork(PipelineStage stage, GrpcStageLinks links, Pipelin
         return r.Lengths is null
             ? new BatchRows(count, w, inputs, r.Targets[(start * w)..((start + count) * w)], null, (long)count * w)
             : new BatchRows(count, w, inputs, r.Targets[start..(start + count)], r.Lengths[start..(start + count)], count);
+    }
+
+    /// <summary>Reports waits for a neighbouring stage as "pipeline receive" (naming its worker), and the compute after them as forward or backward.</summary>
+    private sealed class ObservedLinks(IStageLinks inner, WorkerActivity activity, (string Previous, string Next) neighbours) : IStageLinks
+    {
+        public Task SendActivationAsync(int micro, TorchSharp.torch.Tensor activation, CancellationToken cancel) => inner.SendActivationAsync(micro, activation, cancel);
+
+        public Task SendGradientAsync(int micro, TorchSharp.torch.Tensor gradient, CancellationToken cancel) => inner.SendGradientAsync(micro, gradient, cancel);
+
+        public async Task<TorchSharp.torch.Tensor> ReceiveActivationAsync(int micro, CancellationToken cancel)
+        {
+            activity.Enter(ActivityPhases.PipelineReceive, $"activation of micro-batch {micro + 1} from the previous stage", newWaitingOn: neighbours.Previous);
+            var t = await inner.ReceiveActivationAsync(micro, cancel).ConfigureAwait(false);
+            activity.Enter(ActivityPhases.Forward, $"micro-batch {micro + 1}");
+            return t;
+        }
+
+        public async Task<TorchSharp.torch.Tensor> ReceiveGradientAsync(int micro, CancellationToken cancel)
+        {
+            activity.Enter(ActivityPhases.PipelineReceive, $"gradient of micro-batch {micro + 1} from the next stage", newWaitingOn: neighbours.Next);
+            var t = await inner.ReceiveGradientAsync(micro, cancel).ConfigureAwait(false);
+            activity.Enter(ActivityPhases.Backward, $"micro-batch {micro + 1}");
+            return t;
+        }
     }
 
     public double ParameterChecksum() => ParameterChecksums.Sum(Stage.Parameters);

@@ -30,6 +30,7 @@ public static class WorkerHost
         builder.Services.AddSingleton<IRingConnector, GrpcRingConnector>();
         builder.Services.AddSingleton<IPeerState, GrpcPeerState>();
         builder.Services.AddSingleton<WorkerRuntime>();
+        builder.Services.AddSingleton<WorkerMetrics>();
         // SIGTERM drains in CoordinatorLink.StoppingAsync (finish the step, tell the coordinator, release the ring)
         // before Kestrel stops; the host must give it that long.
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(options.DrainTimeoutSeconds + 15));
@@ -44,10 +45,14 @@ public static class WorkerHost
         GrpcRingConnector.MapServices(app);
         app.MapGrpcService<Dtrain.Distributed.Pipeline.StageLinkService>();
         GrpcServerHost.MapHealth(app, ReadinessService);
+        if (options.HttpPort is >= 0) MetricsEndpoint.Map(app, app.Services.GetRequiredService<WorkerMetrics>().Registry, options.MetricsToken);
         app.Lifetime.ApplicationStarted.Register(() =>
         {
             var port = GrpcServerHost.BoundAddress(app).Port;
-            app.Services.GetRequiredService<WorkerIdentity>().SetAddress($"{security.Scheme}://{AdvertisedHost(options)}:{port}");
+            var identity = app.Services.GetRequiredService<WorkerIdentity>();
+            if (app.Services.GetRequiredService<ServerEndpoints>().Http?.IPEndPoint is { } http)
+                identity.HttpAddress = $"{security.Scheme}://{AdvertisedHost(options)}:{http.Port}";
+            identity.SetAddress($"{security.Scheme}://{AdvertisedHost(options)}:{port}");
         });
         return app;
     }

@@ -11,5 +11,7 @@ public sealed class WorkerIdentity
     /// <summary>The coordinator cordoned this worker (learnt from heartbeats); sent again when it registers, so a restarted coordinator keeps the cordon.</summary>
     public bool Cordoned { get; set; }
     public Task<string> Address => address.Task;
+    /// <summary>Where Prometheus scrapes this worker's /metrics (its HTTP listener, Worker:HttpPort); "" when it has none. Set before <see cref="Address"/>.</summary>
+    public string HttpAddress { get; set; } = "";
     public void SetAddress(string value) => address.TrySetResult(value);
 }

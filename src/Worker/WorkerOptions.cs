@@ -14,6 +14,8 @@ public sealed record WorkerOptions
     public string Listen { get; init; } = "127.0.0.1";
     /// <summary>Port of this worker's HTTP/1.1 listener (Prometheus /metrics), on the same interface: null or -1 = none, 0 = any free port.</summary>
     public int? HttpPort { get; init; }
+    /// <summary>When set (at least 16 characters), GET /metrics needs "Authorization: Bearer TOKEN"; unset, it is open to whoever reaches the HTTP listener.</summary>
+    public string? MetricsToken { get; init; }
     /// <summary>Host name or IP other parties use to reach this worker (default: the listen address; with a wildcard listen address, this machine's first non-loopback IPv4 address — a container's or pod's own IP).</summary>
     public string? AdvertiseHost { get; init; }
     /// <summary>
@@ -60,6 +62,7 @@ public sealed record WorkerOptions
     public IReadOnlyList<string> Validate()
     {
         var e = new List<string>();
+        if (MetricsToken is { } token && token.Trim().Length < 16) e.Add("Worker:MetricsToken must be at least 16 characters (or unset)");
         if (!Uri.TryCreate(Coordinator, UriKind.Absolute, out var u) || (u.Scheme != "http" && u.Scheme != "https"))
             e.Add($"Worker:Coordinator \"{Coordinator}\" must be an http(s) URL, e.g. http://127.0.0.1:5000");
         if (Port is < 0 or > 65535) e.Add($"Worker:Port {Port} must be in [0, 65535]");

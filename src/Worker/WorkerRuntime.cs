@@ -19,7 +19,7 @@ namespace Dtrain.Worker;
 /// gone → PeerFailureException, stopped on purpose → WorkStoppedException). <see cref="WorkerControlService"/> adapts it to gRPC.
 /// </summary>
 public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerState peers, WorkerOptions options, StageMailboxes mailboxes, ILogger<WorkerRuntime> log,
-    WorkerSecurity? security = null)
+    WorkerSecurity? security = null, WorkerMetrics? metrics = null)
 {
     /// <summary>Worker:InjectNonFinite, the fault drill (null in normal operation).</summary>
     private readonly NonFiniteInjection? inject = options.NonFiniteInjection;
@@ -57,6 +57,9 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
 
         CheckMemoryBudget(request, spec, tokenizer.VocabSize, labels.Count);
         await state.ReleaseAsync("replaced by a new assignment").ConfigureAwait(false);
+        var activity = state.Activity;
+        activity.Job(request.JobId);
+        activity.Enter(ActivityPhases.Loading, "assignment", request.StartStep + 1);
         // The worker's own --threads (its operator's decision, "auto" = its CPUs) is the most it runs; a spec's
         // training.threads may only ask for fewer.
         var threads = request.Threads > 0 ? Math.Min(request.Threads, options.ResolvedThreads) : options.ResolvedThreads;
@@ -69,6 +72,8 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         try
         {
             ring = await rings.ConnectAsync(request, cancel).ConfigureAwait(false);
+            state.Observe(ring.Reducer, [.. request.Peers.OrderBy(p => p.Rank).Select(p => p.WorkerId)]);
+            activity.Job(request.JobId, ring.Reducer.Transport);
             torch = new TorchThread($"torch-{request.JobId}", threads);
             var (job, reply) = request.Pipeline is { } p
                 ? await AssignStageAsync(request, p, spec, tokenizer, labels, device, ring, torch, threads).ConfigureAwait(false)
@@ -76,6 +81,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             state.Current = job;
             ring = null;
             torch = null;
+            activity.Enter(ActivityPhases.WaitingForData, "shard", request.StartStep + 1);
             return reply;
         }
         finally
@@ -89,6 +95,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     private async Task<(ReplicaJob, AssignReply)> AssignReplicaAsync(AssignRequest request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, TorchSharp.torch.Device device, RingConnection ring, TorchThread torch, int threads)
     {
         var replica = await torch.RunAsync(() => new DataParallelReplica(spec, tokenizer.VocabSize, labels.Count, device, ring.Reducer)).ConfigureAwait(false);
+        replica.Activity = state.Activity;
         var job = new ReplicaJob(request, spec, tokenizer, labels, replica, null, ring, torch);
         log.LogInformation("assigned job {JobId} generation {Generation}: rank {Rank}/{World}, {Parameters} parameters, {Threads} thread(s); allocator: {Allocator}",
             request.JobId, request.Generation, request.Rank, request.WorldSize, replica.ParameterCount, threads, NativeAllocator.Describe());
@@ -155,7 +162,11 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         var stage = await torch.RunAsync(() => new PipelineStage(spec, tokenizer.VocabSize, spec.Task == TaskKinds.LanguageModel ? tokenizer.VocabSize : labels.Count, plan, device)).ConfigureAwait(false);
         var links = new GrpcStageLinks(request.JobId, request.Generation, p.Replica, p.Stage, p.Stage > 0 ? p.PreviousAddress : null, p.Stage < p.Stages - 1 ? p.NextAddress : null, mailboxes,
             security: security?.Tls is { } tls ? new StageLinkSecurity(tls, Neighbour(p.Previous), Neighbour(p.Next)) : null);
-        var work = new StageWork(stage, links, PipelineSchedule.Create(p.Schedule, p.Stages, p.Microbatches), ring.Reducer);
+        var work = new StageWork(stage, links, PipelineSchedule.Create(p.Schedule, p.Stages, p.Microbatches), ring.Reducer)
+        {
+            Activity = state.Activity,
+            Neighbours = (p.Previous?.WorkerId ?? "", p.Next?.WorkerId ?? ""),
+        };
         var job = new ReplicaJob(request, spec, tokenizer, labels, null, work, ring, torch);
         var parameters = stage.Parameters.Sum(x => x.numel());
         log.LogInformation("assigned job {JobId} generation {Generation}: pipeline stage {Stage}/{Stages} (layers {First}-{Last}) of replica {Replica}/{Replicas}, {Parameters} parameters, {Threads} thread(s); allocator: {Allocator}",
@@ -173,6 +184,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         await foreach (var chunk in chunks.WithCancellation(cancel).ConfigureAwait(false))
         {
             job = state.Require(chunk.JobId);
+            state.Activity.Enter(ActivityPhases.Loading, "shard");
             try
             {
                 job.Add(chunk);
@@ -182,6 +194,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
                 throw new ArgumentException($"job {chunk.JobId}: bad shard: {e.Message}");
             }
         }
+        if (job is not null) state.Activity.Enter(ActivityPhases.WaitingForData, $"step {job.LastStep + 2}");
         return new ShardReply { StepsReceived = job?.StepsReceived ?? 0 };
     }
 
@@ -196,6 +209,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(job.Cancel.Token, abandoned, cancel);
         await job.EnterStepAsync(request.Step, linked.Token).ConfigureAwait(false);
         var completed = false;
+        state.Activity.Enter(ActivityPhases.Forward, newStep: request.Step + 1);
         try
         {
             job.TryTake(request.Step, out var shardStep);
@@ -226,6 +240,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
                 }
                 completed = true;
                 state.Step = request.Step;
+                metrics?.Step(job.JobId, report.ComputeMs, report.ReduceMs, 0, job.WorldSize, state.Activity.Snapshot().Transport);
                 return new RunStepReply
                 {
                     LossSum = report.LossSum, Count = report.Count, Rows = report.Rows, SquaredGradNorm = report.SquaredNorm,
@@ -245,6 +260,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             }
             completed = true;
             state.Step = request.Step;
+            metrics?.Step(job.JobId, result.ComputeMs, result.ReduceMs, job.Replica.ParameterCount + 1, job.WorldSize, job.Replica.Reducer.Transport);
             log.LogDebug("job {JobId} step {Step}: {Rows} rows, compute {Compute:F1} ms, all-reduce {Reduce:F1} ms", job.JobId, request.Step, result.Rows, result.ComputeMs, result.ReduceMs);
             if (result.Skipped)
                 log.LogWarning("job {JobId} step {Step}: skipped, the {What} summed over the replicas is not finite (local loss sum {Loss})", job.JobId, request.Step + 1, result.NonFinite, result.LossSum);
@@ -263,8 +279,21 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         }
         finally
         {
+            state.Activity.Enter(ActivityPhases.WaitingForData, $"step {request.Step + 2} from the coordinator");
             job.ExitStep(request.Step, completed);
         }
+    }
+
+    /// <summary>Enters <paramref name="phase"/> until disposed, then "waiting for data" (the next step).</summary>
+    private PhaseScope Phase(string phase, string detail = "")
+    {
+        state.Activity.Enter(phase, detail);
+        return new PhaseScope(state.Activity);
+    }
+
+    private readonly struct PhaseScope(WorkerActivity activity) : IDisposable
+    {
+        public void Dispose() => activity.Enter(ActivityPhases.WaitingForData, "next step from the coordinator");
     }
 
     /// <summary>The fault drill's cause at this step (0-based index), logged when it fires.</summary>
@@ -285,6 +314,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         var job = state.Require(request.JobId);
         if (request.BatchSize is < 1 or > JobSpecValidator.MaxBatch) throw new ArgumentException($"batch_size {request.BatchSize} out of range");
         await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
+        using var phase = Phase(ActivityPhases.Evaluation);
         try
         {
             var lm = job.Spec.Task == TaskKinds.LanguageModel;
@@ -316,6 +346,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             throw new UnauthorizedAccessException($"worker {peerWorker} is not a member of job {job.JobId} (generation {job.Generation}): it may not take its state");
         byte[] bytes;
         await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
+        using var phase = Phase(ActivityPhases.CheckpointTransfer, "state to the coordinator or a peer");
         try
         {
             if (request.Step != job.LastStep + 1)
@@ -341,6 +372,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         if (!(request.Lr > 0 && double.IsFinite(request.Lr))) throw new ArgumentException($"lr {request.Lr} must be positive");
         if (!request.Skip && !(request.GlobalNorm >= 0 && double.IsFinite(request.GlobalNorm))) throw new ArgumentException($"global_norm {request.GlobalNorm} must be a finite number >= 0");
         await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
+        using var phase = Phase(ActivityPhases.Optimizer);
         try
         {
             await job.Torch.RunAsync(() => work.Apply(request.Step, request.GlobalCount, request.Lr, request.GlobalNorm, request.Skip)).ConfigureAwait(false);
@@ -365,6 +397,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         var work = job.Stage ?? throw new InvalidOperationException($"job {job.JobId}: this worker holds a whole replica; use GetState");
         List<NamedTensor> tensors;
         await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
+        using var phase = Phase(ActivityPhases.CheckpointTransfer, "stage parameters to the coordinator");
         try
         {
             tensors = await job.Torch.RunAsync(() => ParameterTransfer.Capture(work.Stage.NamedParameters(), (TorchSharp.Modules.OptimizerHelper)work.Stage.Optimizer)).ConfigureAwait(false);
@@ -389,6 +422,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         }
         if (job is null) throw new ArgumentException("empty state");
         await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
+        using var phase = Phase(ActivityPhases.CheckpointTransfer, "loading state");
         try
         {
             if (job.LastStep >= job.StartStep) throw new InvalidOperationException($"job {job.JobId}: state loaded after step {job.LastStep} ran");
@@ -450,6 +484,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             var ringRequest = new AssignRequest { JobId = job.JobId, Generation = request.Generation, Rank = request.Rank, WorldSize = request.WorldSize };
             ringRequest.Peers.AddRange(request.Peers);
             var ring = await rings.ConnectAsync(ringRequest, cancel).ConfigureAwait(false);
+            state.Observe(ring.Reducer, [.. request.Peers.OrderBy(p => p.Rank).Select(p => p.WorkerId)]);
             job.Reconfigure(request.Generation, request.Rank, request.WorldSize, ring, request.NextStep, [.. request.Peers.OrderBy(p => p.Rank).Select(p => p.WorkerId)]);
             // The rows each replica holds change with the world: a carried hidden state belongs to the old rows.
             await job.Torch.RunAsync(job.Replica.Engine.ResetState).ConfigureAwait(false);
@@ -471,6 +506,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             throw new StaleGenerationException($"job {job.JobId}: state sync of generation {request.Generation}, but this worker is at generation {job.Generation}");
         if (!Uri.TryCreate(request.SourceAddress, UriKind.Absolute, out _)) throw new ArgumentException($"source_address \"{request.SourceAddress}\" is not a URL");
         byte[] bytes;
+        using var phase = Phase(ActivityPhases.CheckpointTransfer, $"state from {request.SourceWorkerId}");
         try
         {
             bytes = await peers.FetchStateAsync(request.SourceAddress, request.SourceWorkerId, request.SourceCertificateSha256, job.JobId, request.NextStep, cancel).ConfigureAwait(false);

@@ -1,3 +1,4 @@
+using Dtrain.Distributed;
 using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Worker;
@@ -7,6 +8,11 @@ public sealed class WorkerSlot(ILogger<WorkerSlot> log)
 {
     public ReplicaJob? Current { get; set; }
     public long Step { get; set; }
+    /// <summary>What this worker does right now (phase, step, since when), sent with every heartbeat.</summary>
+    public WorkerActivity Activity { get; } = new();
+
+    /// <summary>Connects <paramref name="reducer"/>'s progress (all-reduce piece k of n, the peer waited on) to <see cref="Activity"/>; <paramref name="peerIds"/> in rank order.</summary>
+    public void Observe(IGradientReducer reducer, IReadOnlyList<string> peerIds) => reducer.Progress = Activity.RingObserver(peerIds);
 
     public ReplicaJob Require(string jobId)
     {
@@ -50,6 +56,7 @@ public sealed class WorkerSlot(ILogger<WorkerSlot> log)
         if (job is null) return;
         Current = null;
         Step = 0;
+        Activity.Job("");
         log.LogInformation("released job {JobId}: {Reason}", job.JobId, reason);
         await job.DisposeAsync().ConfigureAwait(false);
     }

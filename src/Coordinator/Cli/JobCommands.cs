@@ -187,6 +187,8 @@ public static class JobCommands
                 Console.WriteLine($"  membership generation {j.Generation}, workers min {j.MinWorkers} max {j.MaxWorkers}{(j.Restarts > 0 ? $", {j.Restarts} restart(s)" : "")}");
             if (j.ResumedFrom != "") Console.WriteLine($"  resumed from {j.ResumedFrom} at step {j.StartStep}");
             if (j.Checkpoint != "") Console.WriteLine($"  checkpoint: {j.Checkpoint}");
+            if (j.Stall != "") Console.WriteLine($"  STALL: {j.Stall}");
+            if (j.WorkerRows.Count > 0) WorkerRows(j);
             if (r.GetValue(ledger)) LedgerView.Print(client.Ledger(new GetJobRequest { JobId = j.JobId }), j);
             return CliErrors.Ok;
         }));
@@ -264,6 +266,27 @@ public static class JobCommands
         Console.WriteLine($"{target} ({total:N0} bytes)");
         return CliErrors.Ok;
     }
+
+    /// <summary>A row per worker of a running job: step, phase (with detail), time in phase, heartbeat age; laggards marked.</summary>
+    private static void WorkerRows(JobInfo j)
+    {
+        var table = new Table().AddColumns("worker", "step", "phase", "in phase", "last heartbeat", "state");
+        foreach (var c in table.Columns.Where((_, i) => i != 2)) c.NoWrap();
+        if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 200);
+        foreach (var w in j.WorkerRows)
+        {
+            var a = w.Activity;
+            table.AddRow(Markup.Escape((w.Stalled ? "! " : "") + (w.Name == "" ? w.WorkerId : $"{w.WorkerId} {w.Name}")),
+                a is { Step: > 0 } ? a.Step.ToString(CultureInfo.InvariantCulture) : "-",
+                Markup.Escape(a is null ? "-" : WorkerCommands.Phase(a)),
+                a is null ? "-" : Seconds(a.InPhaseMs),
+                Seconds(w.HeartbeatAgeMs) + " ago",
+                WorkerCommands.StateName(w) + (w.Stalled ? ", stalled" : ""));
+        }
+        TableOutput.Console().Write(table);
+    }
+
+    private static string Seconds(long ms) => (ms / 1000.0).ToString("F1", CultureInfo.InvariantCulture) + " s";
 
     public static string StateName(JobState s) => s.ToString().ToLowerInvariant();
 

@@ -17,13 +17,14 @@ public static class WorkerCommands
             "(with auth on: a viewer or admin token). Subcommands cordon, drain and uncordon take a worker out of scheduling and back (admin token).");
         cmd.SetAction(r => Remote.Guard(r, client =>
         {
-            var table = new Table().AddColumns("worker", "name", "address", "state", "job", "cores", "threads", "device", "last heartbeat", "message");
+            var table = new Table().AddColumns("worker", "name", "address", "state", "job", "phase", "cores", "threads", "device", "last heartbeat", "message");
             var now = DateTimeOffset.UtcNow;
             foreach (var w in client.ListWorkers(new ListWorkersRequest()).Workers)
             {
                 // Clocks of the coordinator and this machine may differ slightly: never print "-0.0s ago".
                 var ago = Math.Max(0, (now - DateTimeOffset.FromUnixTimeMilliseconds(w.LastHeartbeatUnixMs)).TotalSeconds);
-                table.AddRow(Markup.Escape(w.WorkerId), Markup.Escape(w.Name == "" ? "-" : w.Name), Markup.Escape(w.Address), StateName(w), Markup.Escape(w.JobId == "" ? "-" : w.JobId),
+                table.AddRow(Markup.Escape(w.WorkerId), Markup.Escape(w.Name == "" ? "-" : w.Name), Markup.Escape(w.Address), StateName(w) + (w.Stalled ? ", stalled" : ""), Markup.Escape(w.JobId == "" ? "-" : w.JobId),
+                    Markup.Escape(w.Activity is { } a && w.State != WorkerState.Lost ? $"{Phase(a)} ({a.InPhaseMs / 1000.0:F0} s)" : "-"),
                     w.Cores.ToString(CultureInfo.InvariantCulture), w.Threads.ToString(CultureInfo.InvariantCulture), Markup.Escape(w.Device), $"{ago:F1}s ago", Markup.Escape(w.Message));
             }
             TableOutput.Console().Write(table);
@@ -34,6 +35,9 @@ public static class WorkerCommands
         cmd.Subcommands.Add(Uncordon());
         return cmd;
     }
+
+    /// <summary>"all-reduce reduce-scatter step 1/2 piece 3/8, waiting on w3": a reported phase with its detail.</summary>
+    public static string Phase(Dtrain.Protos.Membership.WorkerActivity a) => Distributed.WorkerActivity.Describe(a.Phase, a.Detail, a.WaitingOn);
 
     /// <summary>The state as listed: "training, cordoned" for a worker that keeps its job but takes no new one.</summary>
     public static string StateName(WorkerInfo w) =>

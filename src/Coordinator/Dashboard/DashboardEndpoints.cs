@@ -353,8 +353,10 @@ public static class DashboardEndpoints
         ["address"] = w.Address,
         ["state"] = w.State.ToString().ToLowerInvariant(),
         ["job"] = w.JobId,
-        // The worker's live phase (forward, all-reduce, ...) once heartbeats carry it; empty until then.
-        ["phase"] = "",
+        // The worker's live phase from its last heartbeat (forward, all-reduce reduce-scatter piece k/n waiting on wN, ...).
+        ["phase"] = w.Activity is { Phase.Length: > 0 } a ? Distributed.WorkerActivity.Describe(a.Phase, a.Detail, a.WaitingOn) : "",
+        ["step"] = w.Activity?.Step ?? 0,
+        ["in_phase_seconds"] = w.Activity is { } p ? p.InPhaseMs / 1000.0 : 0,
         ["last_heartbeat_unix_ms"] = w.LastHeartbeatUnixMs,
         ["heartbeat_age_seconds"] = Math.Max(0, now - w.LastHeartbeatUnixMs) / 1000.0,
         ["cores"] = w.Cores,

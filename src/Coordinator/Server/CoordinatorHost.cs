@@ -38,6 +38,10 @@ public static class CoordinatorHost
         builder.Services.AddSingleton<JobManager>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<JobManager>());
         builder.Services.AddDashboard();
+        builder.Services.AddSingleton<StallMonitor>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<StallMonitor>());
+        builder.Services.AddSingleton<CoordinatorMetrics>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<CoordinatorMetrics>());
         services?.Invoke(builder.Services);
         builder.Services.AddCoordinatorAuth(options);
         var app = builder.Build();
@@ -46,6 +50,7 @@ public static class CoordinatorHost
         app.MapGrpcService<JobsService>();
         DashboardEndpoints.Map(app);
         GrpcServerHost.MapHealth(app, ReadinessService);
+        if (options.HttpPort is >= 0) CoordinatorMetrics.Map(app, options);
         app.Lifetime.ApplicationStarted.Register(() => app.Services.GetRequiredService<ServerHealth>().Set(ReadinessService, true));
         return app;
     }

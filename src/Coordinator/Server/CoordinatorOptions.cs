@@ -23,6 +23,18 @@ public sealed record CoordinatorOptions
     public int HeartbeatIntervalMs { get; init; } = 1000;
     /// <summary>A worker without a heartbeat for this long is lost; its job fails (named worker and step).</summary>
     public double WorkerTimeoutSeconds { get; init; } = 10;
+    /// <summary>
+    /// A running job's worker that lags this long — silent (no heartbeat), or waited on by the others (in all-reduce or
+    /// for a pipeline neighbour) — is named with its phase in a stall warning: `dtrain status`, a watch event and the
+    /// coordinator's log. Well under <see cref="WorkerTimeoutSeconds"/> and <see cref="StepTimeoutSeconds"/>, so a hang is
+    /// named long before the job gives up on the worker. A worker counts as silent only after two heartbeat intervals at least.
+    /// </summary>
+    public double StallWarningSeconds { get; init; } = 5;
+    /// <summary>
+    /// When set (at least 16 characters), GET /metrics and /metrics/targets on the HTTP listener need
+    /// "Authorization: Bearer TOKEN" (Prometheus: authorization.credentials_file). Unset: they are open to whoever reaches the listener.
+    /// </summary>
+    public string? MetricsToken { get; init; }
     /// <summary>A worker that does not finish a step within this long fails its job (a hung worker).</summary>
     public double StepTimeoutSeconds { get; init; } = 300;
     /// <summary>An elastic job below its minimum of workers waits this long for more (state "waiting") before it fails (or restarts from its checkpoint, training.max_restarts).</summary>
@@ -96,6 +108,8 @@ public sealed record CoordinatorOptions
         if (HeartbeatIntervalMs is < 50 or > 60_000) e.Add($"Coordinator:HeartbeatIntervalMs {HeartbeatIntervalMs} must be in [50, 60000]");
         if (!(WorkerTimeoutSeconds * 1000 > 2 * HeartbeatIntervalMs)) e.Add($"Coordinator:WorkerTimeoutSeconds {WorkerTimeoutSeconds} must exceed two heartbeat intervals");
         if (!(StepTimeoutSeconds > 0)) e.Add($"Coordinator:StepTimeoutSeconds {StepTimeoutSeconds} must be positive");
+        Positive(e, "StallWarningSeconds", StallWarningSeconds);
+        if (MetricsToken is { } token && token.Trim().Length < 16) e.Add("Coordinator:MetricsToken must be at least 16 characters (or unset)");
         if (!(WaitForWorkersSeconds >= 0)) e.Add($"Coordinator:WaitForWorkersSeconds {WaitForWorkersSeconds} must be >= 0");
         if (!(CallTimeoutSeconds > 0)) e.Add($"Coordinator:CallTimeoutSeconds {CallTimeoutSeconds} must be positive");
         Positive(e, "FailureBlameGraceSeconds", FailureBlameGraceSeconds, zeroAllowed: true);

@@ -329,10 +329,12 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
 
     private static async Task CheckpointAsync(JobRecord job, IJobWorkers workers, CheckpointStore store, long step, double elapsed, long samples, CancellationToken cancel)
     {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         var bytes = await workers.GetStateAsync(0, new GetStateRequest { JobId = job.Id, Step = step, ElapsedSeconds = elapsed, SamplesSeen = samples }, step, cancel).ConfigureAwait(false);
         var data = CheckpointFormat.Read(new MemoryStream(bytes), $"state of job {job.Id} from worker {workers.Members[0].Id}");
         var path = store.Save(data);
-        job.Update(i => i.Checkpoint = path, publishState: false);
+        var size = new FileInfo(path).Length;
+        job.Update(i => { i.Checkpoint = path; i.CheckpointSeconds = clock.Elapsed.TotalSeconds; i.CheckpointBytes = size; }, publishState: false);
         job.Publish(new JobEvent { Log = $"step {step}: checkpoint {path}" });
     }
 

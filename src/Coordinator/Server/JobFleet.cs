@@ -128,7 +128,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
         lock (gate) departed.Cancel();
     }
 
-    private void OnLost(WorkerRecord w) => Depart(w, $"worker {w.Id} ({w.Address}) lost: no heartbeat for {options.WorkerTimeoutSeconds:F0}s at step {job.Snapshot().Step}");
+    private void OnLost(WorkerRecord w) => Depart(w, $"worker {w.Id} ({w.Address}) lost: no heartbeat for {options.WorkerTimeoutSeconds:F0}s at step {job.Snapshot().Step}{w.LastSeenDoing(DateTimeOffset.UtcNow)}");
     private void OnLeft(WorkerRecord w, string reason) => Depart(w, $"worker {w.Id} ({w.Address}) left after step {job.Snapshot().Step}: {reason}");
     private void OnChanged() => idleSeen = true;
 

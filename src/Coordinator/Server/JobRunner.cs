@@ -44,7 +44,7 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
             }
             failure.Cancel();
         }
-        void OnLost(WorkerRecord w) => Depart(w, $"worker {w.Id} ({w.Address}) lost: no heartbeat for {options.WorkerTimeoutSeconds:F0}s at step {job.Snapshot().Step}");
+        void OnLost(WorkerRecord w) => Depart(w, $"worker {w.Id} ({w.Address}) lost: no heartbeat for {options.WorkerTimeoutSeconds:F0}s at step {job.Snapshot().Step}{w.LastSeenDoing(DateTimeOffset.UtcNow)}");
         // Continuing without it (elastic resize) is future work: the job fails at the step boundary the worker drained at.
         void OnLeft(WorkerRecord w, string reason) => Depart(w, $"worker {w.Id} ({w.Address}) left after step {job.Snapshot().Step}: {reason}");
         // An admin's drain: a pipeline's stages cannot change, so its job fails as when the worker leaves (an elastic job lets it go at a step boundary).

@@ -6,7 +6,7 @@ using Grpc.Core;
 namespace Dtrain.Server;
 
 /// <summary>The CLI's API: submit, inspect, watch, cancel and download jobs; list workers. Behind <see cref="AuthInterceptor"/>; per-job access through <see cref="JobAccess"/>.</summary>
-public sealed class JobsService(JobManager jobs, WorkerRegistry registry, UploadStore uploads, JobAccess access) : Jobs.JobsBase
+public sealed class JobsService(JobManager jobs, WorkerRegistry registry, UploadStore uploads, JobAccess access, StallMonitor stalls, TimeProvider clock) : Jobs.JobsBase
 {
     public override async Task<UploadReply> Upload(IAsyncStreamReader<FileChunk> requestStream, ServerCallContext context)
     {
@@ -30,7 +30,7 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
     }
 
     public override Task<JobInfo> Get(GetJobRequest request, ServerCallContext context) =>
-        Task.FromResult(access.Job(context, request.JobId, "get").Snapshot());
+        Task.FromResult(stalls.Describe(access.Job(context, request.JobId, "get").Snapshot(), names: Caller.Of(context).Role != Role.Submitter));
 
     public override Task<ListJobsReply> List(ListJobsRequest request, ServerCallContext context)
     {
@@ -66,7 +66,14 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
     {
         registry.Sweep();
         var reply = new ListWorkersReply();
-        reply.Workers.AddRange(registry.Snapshot().Select(w => w.ToInfo()));
+        var now = clock.GetUtcNow();
+        var stalled = stalls.StalledWorkers();
+        reply.Workers.AddRange(registry.Snapshot().Select(w =>
+        {
+            var info = StallDiagnosis.Info(w, now);
+            info.Stalled = stalled.Contains(w.Id);
+            return info;
+        }));
         return Task.FromResult(reply);
     }
 

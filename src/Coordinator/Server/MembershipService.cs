@@ -38,6 +38,7 @@ public sealed class MembershipService(WorkerRegistry registry, CoordinatorOption
     {
         security.CheckSpeaksFor(registry, request.WorkerId, request.Token, context, "heartbeat");
         var known = registry.Heartbeat(request.WorkerId, request.Token, PeerIdentity.Of(context)?.Sha256, out var cordoned);
+        if (known) registry.Report(request.WorkerId, request.Activity);
         return Task.FromResult(new HeartbeatReply { Known = known, Cordoned = cordoned });
     }
 

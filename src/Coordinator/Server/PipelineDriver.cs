@@ -142,8 +142,10 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             if (metrics is not null) job.PublishEval(done, metrics);
             if (checkpoint is not null)
             {
+                var saving = System.Diagnostics.Stopwatch.StartNew();
                 var path = store.Save(checkpoint);
-                job.Update(i => i.Checkpoint = path, publishState: false);
+                var size = new FileInfo(path).Length;
+                job.Update(i => { i.Checkpoint = path; i.CheckpointSeconds = saving.Elapsed.TotalSeconds; i.CheckpointBytes = size; }, publishState: false);
                 job.Publish(new JobEvent { Log = $"step {done}: checkpoint {path} (gathered from {k} stages)" });
             }
         }

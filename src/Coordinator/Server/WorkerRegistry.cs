@@ -68,6 +68,7 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
                 Token = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(16)),
                 Certificate = certify?.Invoke(id) ?? "",
                 Cordoned = request.Cordoned,
+                HttpAddress = Uri.TryCreate(request.HttpAddress, UriKind.Absolute, out var http) && http.Scheme is "http" or "https" ? request.HttpAddress : "",
                 CordonedBy = request.Cordoned ? "cordoned before it registered again" : "",
                 Message = request.Cordoned ? "cordoned before it registered again" : "",
             };
@@ -103,6 +104,16 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         }
         if (becameIdle) Changed?.Invoke();
         return true;
+    }
+
+    /// <summary>Keeps what a worker said it is doing with its last heartbeat (<see cref="WorkerRecord.Activity"/>); ignored for an unknown or lost worker.</summary>
+    public void Report(string id, Protos.Membership.WorkerActivity? activity)
+    {
+        if (activity is null) return;
+        lock (gate)
+        {
+            if (workers.TryGetValue(id, out var w) && w.State != WorkerState.Lost) w.Activity = activity;
+        }
     }
 
     /// <summary>A worker leaves (its process stops); ignored for an unknown id or another registration's token or certificate.</summary>
@@ -382,7 +393,7 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         }
         foreach (var w in lost)
         {
-            log.LogWarning("worker {Id} ({Address}) lost: no heartbeat for {Seconds:F1}s{Job}", w.Id, w.Address, (now - w.LastHeartbeat).TotalSeconds, w.JobId == "" ? "" : $" during job {w.JobId}");
+            log.LogWarning("worker {Id} ({Address}) lost: no heartbeat for {Seconds:F1}s{Job}{Activity}", w.Id, w.Address, (now - w.LastHeartbeat).TotalSeconds, w.JobId == "" ? "" : $" during job {w.JobId}", w.LastSeenDoing(now));
             WorkerLost?.Invoke(w);
         }
     }
@@ -424,6 +435,19 @@ public sealed class WorkerRecord(string id, string name, string address, WorkerC
     public string Message { get; set; } = "";
     /// <summary>"drained by alice", "cordoned by bob": who took it out of scheduling ("" when not cordoned).</summary>
     public string CordonedBy { get; set; } = "";
+    /// <summary>What it said it was doing with its last heartbeat (phase, step, time in phase then); null before its first report.</summary>
+    public Protos.Membership.WorkerActivity? Activity { get; set; }
+    /// <summary>Its HTTP listener for Prometheus (<see cref="RegisterRequest.HttpAddress"/>); "" when it has none.</summary>
+    public string HttpAddress { get; init; } = "";
+
+    /// <summary>", last seen in backward for 12 s at step 17" — its last reported phase, for messages about it; "" before any report.</summary>
+    public string LastSeenDoing(DateTimeOffset now)
+    {
+        if (Activity is not { Phase.Length: > 0 } a || a.Phase == Distributed.ActivityPhases.Idle) return "";
+        var seconds = (a.InPhaseMs + Math.Max(0, (now - LastHeartbeat).TotalMilliseconds)) / 1000;
+        return string.Create(System.Globalization.CultureInfo.InvariantCulture,
+            $", last seen in {Distributed.WorkerActivity.Describe(a.Phase, a.Detail, a.WaitingOn)} for {seconds:F0} s{(a.Step > 0 ? $" at step {a.Step}" : "")}");
+    }
 
     /// <summary>Whether a call with this token (and, with TLS, this client certificate) comes from this registration.</summary>
     public bool Holds(string token, string? certificate = null) =>
@@ -433,6 +457,7 @@ public sealed class WorkerRecord(string id, string name, string address, WorkerC
     public WorkerRecord Clone() => new(Id, Name, Address, Capabilities, Registered)
     {
         LastHeartbeat = LastHeartbeat, State = State, JobId = JobId, Token = Token, Certificate = Certificate, Cordoned = Cordoned, Leaving = Leaving, Message = Message, CordonedBy = CordonedBy,
+        Activity = Activity, HttpAddress = HttpAddress,
     };
 
     public WorkerInfo ToInfo() => new()

@@ -51,6 +51,9 @@ public sealed class RingAllReduce
     /// <summary>An operation that has not completed after this long fails with <see cref="CollectiveTimeoutException"/>.</summary>
     public TimeSpan OperationTimeout { get; }
 
+    /// <summary>Optional: told where each operation on this rank waits (piece k of n, from which neighbour), for live diagnosis.</summary>
+    public IRingProgress? Progress { get; set; }
+
     internal static string PhaseName(int phase) => phase switch { 0 => "reduce-scatter", 1 => "all-gather", _ => $"phase {phase}" };
 
     /// <summary>
@@ -79,6 +82,7 @@ public sealed class RingAllReduce
         {
             // fall through: report the first real failure, not whichever task Task.WhenAll happens to rethrow
         }
+        Progress?.Done(operation);
         if (op.FirstFailure is null) return;
 
         if (op.FirstFailure is not OperationCanceledException) ExceptionDispatchInfo.Throw(op.FirstFailure);
@@ -101,6 +105,7 @@ public sealed class RingAllReduce
         private readonly int _rank = owner.Rank;
         private readonly int _world = owner.WorldSize;
         private readonly int _maxPiece = owner.MaxPieceFloats;
+        private readonly IRingProgress? _progress = owner.Progress;
         private Exception? _firstFailure;
 
         public Exception? FirstFailure => Volatile.Read(ref _firstFailure);
@@ -190,6 +195,11 @@ public sealed class RingAllReduce
         {
             await Task.Yield();
             var left = Mod(_rank - 1);
+            var progress = _progress;
+            var total = 0;
+            if (progress is not null)
+                for (var step = 0; step < Steps; step++) total += PieceCount(Chunk(Mod(_rank - step - 1)).Length);
+            var received = 0;
             for (var step = 0; step < Steps; step++)
             {
                 var (start, length) = Chunk(Mod(_rank - step - 1));
@@ -198,6 +208,7 @@ public sealed class RingAllReduce
                 {
                     var tag = TagOf(step, p);
                     ReceivePosition = tag;
+                    progress?.Waiting(operation, tag.Phase, tag.RingStep + 1, _world - 1, ++received, total, left);
                     RingPiece piece;
                     try
                     {
@@ -239,6 +250,16 @@ public sealed class RingAllReduce
         }
         for (; i < destination.Length; i++) destination[i] += source[i];
     }
+}
+
+/// <summary>Where a ring all-reduce on this rank waits, reported as it goes (<see cref="RingAllReduce.Progress"/>); called from the operation's receive loop, so keep it cheap.</summary>
+public interface IRingProgress
+{
+    /// <summary>Operation <paramref name="operation"/> waits for piece <paramref name="piece"/> (from 1) of <paramref name="pieces"/> (over the whole operation), in phase <paramref name="phase"/> (0 = reduce-scatter, 1 = all-gather) ring step <paramref name="ringStep"/> of <paramref name="ringSteps"/>, from rank <paramref name="peerRank"/>.</summary>
+    void Waiting(long operation, int phase, int ringStep, int ringSteps, int piece, int pieces, int peerRank);
+
+    /// <summary>Operation <paramref name="operation"/> ended (completed or failed).</summary>
+    void Done(long operation);
 }
 
 /// <summary>A collective operation failed; says which operation, where in it, and which neighbour was involved.</summary>

@@ -34,6 +34,19 @@ public sealed class DataParallelReplica : IDisposable
 
     public TrainingEngine Engine { get; }
 
+    /// <summary>Optional: the worker's live phase (forward, backward, all-reduce, optimizer), set as the step goes.</summary>
+    public WorkerActivity? Activity
+    {
+        get => activity;
+        set
+        {
+            activity = value;
+            Engine.PhaseChanged = value is null ? null : p => value.Enter(p);
+        }
+    }
+
+    private WorkerActivity? activity;
+
     public DataParallelReplica(JobSpec spec, int vocabSize, int classes, Device device, IGradientReducer reducer)
     {
         Reducer = reducer;
@@ -54,8 +67,13 @@ public sealed class DataParallelReplica : IDisposable
         var clock = Stopwatch.StartNew();
         var stats = torch is null ? Compute(rows, resetState, carryState, inject) : await torch.RunAsync(() => Compute(rows, resetState, carryState, inject)).ConfigureAwait(false);
         var computeMs = clock.Elapsed.TotalMilliseconds;
-        if (!Alone) await Reducer.SumAsync(gradients.Values, step, cancel).ConfigureAwait(false);
+        if (!Alone)
+        {
+            activity?.Enter(ActivityPhases.AllReduce);
+            await Reducer.SumAsync(gradients.Values, step, cancel).ConfigureAwait(false);
+        }
         var reduceMs = clock.Elapsed.TotalMilliseconds - computeMs;
+        activity?.Enter(ActivityPhases.Optimizer);
         var applied = torch is null ? Apply(globalCount, lr, stats.LossSum) : await torch.RunAsync(() => Apply(globalCount, lr, stats.LossSum)).ConfigureAwait(false);
         return new ReplicaStepResult(stats.LossSum, stats.Count, rows?.Rows ?? 0, applied.GradNorm, computeMs, reduceMs, applied.NonFinite);
     }

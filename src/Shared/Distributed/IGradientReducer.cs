@@ -11,6 +11,16 @@ public interface IGradientReducer
     int WorldSize { get; }
 
     Task SumAsync(Memory<float> buffer, long operation, CancellationToken cancel);
+
+    /// <summary>Name of the transport the sums travel over ("grpc", ...), for metrics and the worker's live activity; "" when none (a world of one).</summary>
+    string Transport => "";
+
+    /// <summary>Optional: told where each sum waits (piece k of n, from which peer), for live diagnosis; a reducer that cannot say ignores it.</summary>
+    Collective.IRingProgress? Progress
+    {
+        get => null;
+        set { }
+    }
 }
 
 /// <summary>The reducer of a world of one: nothing to add.</summary>

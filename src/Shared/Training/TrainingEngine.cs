@@ -88,6 +88,9 @@ public sealed class TrainingEngine : IDisposable
         beforeStep = null;
     }
 
+    /// <summary>Optional: told when <see cref="ComputeGradients"/> enters the forward and the backward pass (a worker's live phase).</summary>
+    public Action<string>? PhaseChanged { get; set; }
+
     /// <summary>
     /// Zeroes the gradients, runs forward and backward on the summed loss, and returns the loss sum and count.
     /// <paramref name="inject"/> (a <see cref="NonFiniteCauses"/> value; tests and drills, see <see cref="NonFiniteInjection"/>)
@@ -98,8 +101,10 @@ public sealed class TrainingEngine : IDisposable
         Model.train();
         Optimizer.zero_grad();
         using var scope = NewDisposeScope();
+        PhaseChanged?.Invoke(Distributed.ActivityPhases.Forward);
         var loss = SummedLoss(batch, carryState);
         if (inject == NonFiniteCauses.Loss) loss = loss * double.NaN;
+        PhaseChanged?.Invoke(Distributed.ActivityPhases.Backward);
         loss.backward();
         if (inject == NonFiniteCauses.Gradient) PoisonGradient(parameters);
         return new GradientStats(loss.item<float>(), batch.Count);

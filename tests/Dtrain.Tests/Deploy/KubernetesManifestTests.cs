@@ -201,6 +201,29 @@ public class KubernetesManifestTests
         Assert.False(Admits(policies, stranger, worker, WorkerPort), "any pod may reach the workers on 7000");
     }
 
+    /// <summary>Prometheus finds both servers by their pod annotations, the annotated port is the one the server's --http-port opens, and only a Prometheus pod (besides dtrain's) may reach it.</summary>
+    [Fact]
+    public void Pods_carry_scrape_annotations_for_the_http_port_that_prometheus_may_reach()
+    {
+        var policies = Documents.Where(d => d.Str("kind") == "NetworkPolicy").ToList();
+        var prometheus = new Dictionary<string, string> { ["app.kubernetes.io/name"] = "prometheus" };
+        var stranger = new Dictionary<string, string> { ["app.kubernetes.io/name"] = "something-else" };
+        foreach (var (workload, port) in new[] { (Coordinator, 8265), (Workers, 9400) })
+        {
+            var name = workload.Str("metadata", "name");
+            var annotations = workload.At("spec", "template", "metadata", "annotations").Strings();
+            Assert.Equal("true", annotations.GetValueOrDefault("prometheus.io/scrape"));
+            Assert.Equal("https", annotations.GetValueOrDefault("prometheus.io/scheme"));   // the HTTP listener is TLS when the server is
+            Assert.Equal("/metrics", annotations.GetValueOrDefault("prometheus.io/path"));
+            Assert.Equal(port.ToString(CultureInfo.InvariantCulture), annotations.GetValueOrDefault("prometheus.io/port"));
+            var container = OnlyContainer(workload);
+            Assert.True(OptionValue(Args(container), "--http-port") == port.ToString(CultureInfo.InvariantCulture), $"{name}: --http-port is not {port}");
+            Assert.Contains(container.Seq("ports"), p => p.Str("containerPort") == port.ToString(CultureInfo.InvariantCulture));
+            Assert.True(Admits(policies, prometheus, PodLabels(workload), port), $"{name}: a Prometheus pod cannot reach port {port}");
+            Assert.False(Admits(policies, stranger, PodLabels(workload), port), $"{name}: any pod may reach port {port}");
+        }
+    }
+
     /// <summary>Every DTRAIN_Coordinator__X / DTRAIN_Worker__X key in the ConfigMap binds an existing option.</summary>
     [Fact]
     public void ConfigMap_keys_name_real_options()

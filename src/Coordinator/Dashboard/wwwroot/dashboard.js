@@ -101,7 +101,7 @@
         el('td', { text: w.id }), el('td', { text: w.name }),
         el('td', { class: `state-${w.state}`, text: w.state + (w.cordoned && w.state !== 'cordoned' ? ' (cordoned)' : '') }),
         el('td', {}, w.job ? el('a', { href: `/jobs/${encodeURIComponent(w.job)}`, text: w.job }) : ''),
-        el('td', { class: 'phase', text: w.phase || '' }),
+        el('td', { class: 'phase', text: w.phase ? (w.in_phase_seconds >= 1 ? `${w.phase} (${Math.round(w.in_phase_seconds)} s)` : w.phase) : '' }),
         el('td', { class: 'num', text: `${fixed(w.heartbeat_age_seconds)} s ago`, title: when(w.last_heartbeat_unix_ms) }),
         el('td', { text: w.address }), el('td', { class: 'num', text: w.cores }), el('td', { text: w.device }),
         el('td', { class: 'num', text: w.threads }), el('td', { class: 'num', text: bytes(w.memory_bytes) }),

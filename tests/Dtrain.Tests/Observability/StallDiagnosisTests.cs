@@ -1,0 +1,69 @@
+using Dtrain.Protos.Jobs;
+using Dtrain.Protos.Membership;
+using Dtrain.Server;
+
+namespace Dtrain.Tests.Observability;
+
+/// <summary>The diagnosis rule on its own: who lags, from the phases workers reported and their heartbeat ages.</summary>
+public class StallDiagnosisTests
+{
+    static readonly DateTimeOffset Now = new(2026, 1, 1, 12, 0, 0, TimeSpan.Zero);
+
+    static WorkerRecord Worker(string id, double heartbeatAgo, string phase, double inPhase, string waitingOn = "", string detail = "", long step = 17) =>
+        new(id, "", "http://127.0.0.1:1", new WorkerCapabilities(), Now.AddMinutes(-5))
+        {
+            State = WorkerState.Training,
+            JobId = "job-0001",
+            LastHeartbeat = Now.AddSeconds(-heartbeatAgo),
+            Activity = new WorkerActivity { Phase = phase, Detail = detail, Step = step, InPhaseMs = (long)(inPhase * 1000), WaitingOn = waitingOn },
+        };
+
+    [Fact]
+    public void A_silent_worker_is_named_with_its_last_phase_and_the_others_wait_on_it()
+    {
+        var stall = StallDiagnosis.Diagnose(
+        [
+            Worker("w1", 0.2, "all-reduce", 41, "w3", "reduce-scatter step 1/2 piece 5/8"),
+            Worker("w2", 0.3, "all-reduce", 41, "w3", "reduce-scatter step 1/2 piece 5/8"),
+            Worker("w3", 41, "backward", 1),
+        ], Now, 5);
+        Assert.NotNull(stall);
+        Assert.Equal(["w3"], stall.Culprits);
+        Assert.Equal("w3 in backward for 42 s (last heartbeat 41 s ago), step 17; all others in all-reduce reduce-scatter step 1/2 piece 5/8, waiting on w3", stall.Text);
+    }
+
+    [Fact]
+    public void A_worker_that_keeps_heart_beating_but_is_waited_on_is_found_through_the_chain()
+    {
+        var stall = StallDiagnosis.Diagnose(
+        [
+            Worker("w1", 0.1, "all-reduce", 8, "w3", "all-gather step 1/2 piece 1/4"),
+            Worker("w2", 0.1, "all-reduce", 8, "w1", "all-gather step 2/2 piece 2/4"),
+            Worker("w3", 0.1, "forward", 9),
+        ], Now, 5);
+        Assert.NotNull(stall);
+        Assert.Equal(["w3"], stall.Culprits);
+        Assert.StartsWith("w3 in forward for 9 s (last heartbeat 0 s ago), step 17; others: ", stall.Text);
+        Assert.Contains("w2 in all-reduce all-gather step 2/2 piece 2/4, waiting on w1 (which waits on w3) for 8 s", stall.Text);
+    }
+
+    [Fact]
+    public void No_stall_while_every_worker_computes_or_waits_less_than_the_threshold()
+    {
+        Assert.Null(StallDiagnosis.Diagnose([Worker("w1", 0.5, "forward", 30), Worker("w2", 0.5, "backward", 30)], Now, 5));
+        Assert.Null(StallDiagnosis.Diagnose([Worker("w1", 0.5, "all-reduce", 2, "w2"), Worker("w2", 0.5, "backward", 6)], Now, 5));
+        // A lost worker is the job's business (it goes on without it, or fails): not a stall.
+        var lost = Worker("w2", 60, "backward", 1);
+        lost.State = WorkerState.Lost;
+        Assert.Null(StallDiagnosis.Diagnose([Worker("w1", 0.5, "forward", 1), lost], Now, 5));
+    }
+
+    [Fact]
+    public void Workers_waiting_on_each_other_are_reported_as_a_stuck_ring()
+    {
+        var stall = StallDiagnosis.Diagnose([Worker("w1", 0.1, "all-reduce", 7, "w2"), Worker("w2", 0.1, "all-reduce", 7, "w1")], Now, 5);
+        Assert.NotNull(stall);
+        Assert.Empty(stall.Culprits);
+        Assert.Contains("the ring is stuck", stall.Text);
+    }
+}
