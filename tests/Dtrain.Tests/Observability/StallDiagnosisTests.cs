@@ -59,6 +59,14 @@ public class StallDiagnosisTests
     }
 
     [Fact]
+    public void A_lost_workers_message_carries_its_last_phase()
+    {
+        var w = Worker("w3", 10, "backward", 2);
+        Assert.Equal(", last seen in backward for 12 s at step 17", w.LastSeenDoing(Now));
+        Assert.Equal("", Worker("w1", 10, "idle", 2).LastSeenDoing(Now));
+    }
+
+    [Fact]
     public void Workers_waiting_on_each_other_are_reported_as_a_stuck_ring()
     {
         var stall = StallDiagnosis.Diagnose([Worker("w1", 0.1, "all-reduce", 7, "w2"), Worker("w2", 0.1, "all-reduce", 7, "w1")], Now, 5);
