@@ -18,7 +18,7 @@ public class WorkerRowsTests
         var id = AuthTestSupport.SubmitLm(alice, tmp, "rows", 100_000, workers: 2);
         var deadline = DateTime.UtcNow.AddSeconds(60);
         JobInfo mine;
-        while ((mine = alice.Get(new GetJobRequest { JobId = id })).Step < 3 || mine.WorkerRows.Count < 2 || mine.WorkerRows.Any(r => r.Activity?.JobId != id || r.Activity.Step == 0))
+        while ((mine = alice.Get(new GetJobRequest { JobId = id })).Step < 3 || mine.WorkerRows.Count < 2 || mine.WorkerRows.Any(r => r.Activity?.JobId != id || r.Activity.Step == 0 || r.Activity.Phase == Dtrain.Distributed.ActivityPhases.Loading))
         {
             Assert.True(DateTime.UtcNow < deadline, $"no rows with phases of the job (heartbeats carry them, every second): {mine}");
             await Task.Delay(100);
