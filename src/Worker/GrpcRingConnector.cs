@@ -40,5 +40,7 @@ public sealed class GrpcRingConnector(RingMailboxes mailboxes, WorkerOptions opt
         public int WorldSize => ring.WorldSize;
 
         public Task SumAsync(Memory<float> buffer, long operation, CancellationToken cancel) => ring.SumAsync(buffer, operation, cancel);
+
+        public Task SumAsync(Memory<float> buffer, long operation, RingCompression compression, CancellationToken cancel) => ring.SumAsync(buffer, operation, compression, cancel);
     }
 }
