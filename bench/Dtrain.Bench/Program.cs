@@ -1,7 +1,8 @@
 using Dtrain.Bench;
 using static TorchSharp.torch;
 
-// Usage: dtrain-bench speed [threads] | cluster | allreduce | pipeline | elastic | quality [moby|spam|recall ...]
+// Usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--report FILE] | allreduce | pipeline | elastic
+//        | quality [moby|spam|recall ...] | compression [steps] | scaling-model
 var mode = args.FirstOrDefault() ?? "speed";
 switch (mode)
 {
@@ -55,8 +56,28 @@ switch (mode)
     {
         var root = AppContext.BaseDirectory;
         while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
-        return ClusterBench.Run(root, args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 2);
+        return ClusterBench.Run(root, args.Skip(1).ToArray());
     }
+    case "train":
+    {
+        // One single-process run in a fresh process: train SPEC WARMUP -> samples/s over the steps after WARMUP.
+        var spec = Dtrain.Specs.JobSpecSerializer.Load(args[1]);
+        var warmup = int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture);
+        var observer = new StepClock(warmup, spec.Training.MaxSteps);
+        using var output = new TempDir();
+        Dtrain.Training.Trainer.Run(spec, Path.GetDirectoryName(Path.GetFullPath(args[1]))!, new Dtrain.Training.TrainOptions { OutputDir = output.Path }, observer, CancellationToken.None);
+        var seconds = (observer.End - observer.Start).TotalSeconds;
+        Console.WriteLine($"samples_per_s={((spec.Training.MaxSteps - warmup) * spec.Training.BatchSize / seconds).ToString("R", System.Globalization.CultureInfo.InvariantCulture)}");
+        return 0;
+    }
+    case "compression":
+    {
+        var root = AppContext.BaseDirectory;
+        while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
+        return CompressionBench.Run(root, args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 300);
+    }
+    case "scaling-model":
+        return ScalingModel.Run(args.Skip(1).ToArray());
     case "quality":
     {
         var root = AppContext.BaseDirectory;
@@ -68,6 +89,6 @@ switch (mode)
     case "elastic":
         return ElasticBench.Run();
     default:
-        Console.Error.WriteLine("usage: dtrain-bench speed [threads] | quality [moby|spam|recall ...]");
+        Console.Error.WriteLine("usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--report FILE] | allreduce | pipeline | elastic | quality [moby|spam|recall ...] | compression [steps] | scaling-model");
         return 2;
 }

@@ -107,6 +107,8 @@ public static partial class JobSpecValidator
             else if (par.Overlap == OverlapKinds.On && par.Pipeline is not null)
                 e.Add(new("$.parallelism.overlap", "\"on\" is for data parallelism alone: pipeline stages reduce their gradients after their last backward; use \"auto\" or \"off\""));
             OneOf(e, "$.parallelism.gradient_compression", par.GradientCompression, CompressionKinds.All);
+            if (par.Pipeline is not null && par.GradientCompression is CompressionKinds.Fp16 or CompressionKinds.Bf16)
+                e.Add(new("$.parallelism.gradient_compression", $"\"{par.GradientCompression}\" applies to data parallelism alone: pipeline stages sum their gradients in fp32; use \"none\""));
             if (par.Pipeline is null && par.Data != 0)
                 e.Add(new("$.parallelism.data", "only used with parallelism.pipeline; for data parallelism alone, choose the workers with `submit --workers N`"));
             if (par.Pipeline is { } pp)
