@@ -32,7 +32,7 @@ switch (mode)
     }
     case "loop":
     {
-        // One loop alone in a fresh process: loop plain|plain-tuned|engine|replica [threads] [warmup] [steps]
+        // One loop alone in a fresh process: loop plain|plain-tuned|engine|engine-layers|replica [threads] [warmup] [steps]
         // (plain-tuned is the plain loop; the caller starts it with dtrain's process settings.)
         var which = args.Length > 1 ? args[1] : "engine";
         var threads = args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 2;
@@ -44,6 +44,8 @@ switch (mode)
         {
             "plain" or "plain-tuned" => PlainCharLm.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps),
             "engine" => EngineLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps),
+            // The model overlap builds: one module per recurrent layer (same math).
+            "engine-layers" => EngineLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps, perLayer: true),
             "replica" => ReplicaLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps, threads).GetAwaiter().GetResult(),
             _ => throw new ArgumentException($"unknown loop {which}"),
         };

@@ -56,11 +56,12 @@ public sealed class DataParallelReplica : IDisposable
     public bool InBackward { get; private set; }
 
     /// <param name="bucketFloats">Smallest overlap bucket (values); <see cref="BucketFloats"/> unless a test wants small models cut in several.</param>
-    public DataParallelReplica(JobSpec spec, int vocabSize, int classes, Device device, IGradientReducer reducer, int bucketFloats = BucketFloats)
+    /// <param name="spareCores">Cores of this host left after the torch threads of every worker of the job on it: "auto" overlaps only when some are (<see cref="OverlapKinds.Enabled"/>).</param>
+    public DataParallelReplica(JobSpec spec, int vocabSize, int classes, Device device, IGradientReducer reducer, int bucketFloats = BucketFloats, int spareCores = 0)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(bucketFloats, 1);
         Reducer = reducer;
-        Overlap = OverlapKinds.Enabled(spec);
+        Overlap = OverlapKinds.Enabled(spec, spareCores);
         compression = (spec.Parallelism?.GradientCompression ?? CompressionKinds.None) switch
         {
             CompressionKinds.Fp16 => RingCompression.Fp16,

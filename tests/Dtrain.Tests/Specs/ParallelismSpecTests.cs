@@ -49,9 +49,12 @@ public class ParallelismSpecTests
     {
         var spec = JobSpecSerializer.Parse(Spec("""{"gradient_compression": "bf16"}"""));
         Assert.Equal((OverlapKinds.Auto, CompressionKinds.Bf16), (spec.Parallelism!.Overlap, spec.Parallelism.GradientCompression));
-        Assert.True(OverlapKinds.Enabled(spec));
-        Assert.False(OverlapKinds.Enabled(JobSpecSerializer.Parse(Spec("""{"overlap": "off"}"""))));
-        Assert.False(OverlapKinds.Enabled(JobSpecSerializer.Parse(Spec("""{"overlap": "auto"}""", layers: 1))));
+        // auto: on only with a core to spare for the data plane; on: always (where possible); off: never.
+        Assert.True(OverlapKinds.Enabled(spec, spareCores: 1));
+        Assert.False(OverlapKinds.Enabled(spec, spareCores: 0));
+        Assert.True(OverlapKinds.Enabled(JobSpecSerializer.Parse(Spec("""{"overlap": "on"}""")), spareCores: 0));
+        Assert.False(OverlapKinds.Enabled(JobSpecSerializer.Parse(Spec("""{"overlap": "off"}""")), spareCores: 8));
+        Assert.False(OverlapKinds.Enabled(JobSpecSerializer.Parse(Spec("""{"overlap": "auto"}""", layers: 1)), spareCores: 8));
         var e = Invalid(Spec("""{"overlap": "on"}""", layers: 1));
         Assert.Contains(e.Errors, x => x.Path == "$.parallelism.overlap" && x.Message.Contains("model.layers >= 2", StringComparison.Ordinal));
         var classifier = Spec("""{"overlap": "on"}""").Replace("\"name\": \"p\",", "\"name\": \"p\", \"task\": \"classification\",", StringComparison.Ordinal);
