@@ -187,6 +187,14 @@ public sealed class RecurrentStack : nn.Module
         }
     }
 
+    /// <summary>The single-layer modules are not children (their parameters are registered by name instead): dispose them here.</summary>
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing && layerModules is not null)
+            foreach (var m in layerModules) m.Dispose();
+        base.Dispose(disposing);
+    }
+
     /// <summary>
     /// Registers the parameters of single-layer modules under the names a fused stack gives them (weight_ih_l{k}, ...)
     /// without registering the modules themselves, so each parameter appears once, in the fused order.
