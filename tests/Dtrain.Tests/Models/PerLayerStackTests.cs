@@ -1,5 +1,6 @@
 using Dtrain.Models;
 using Dtrain.Specs;
+using Dtrain.Tests.Support;
 using static TorchSharp.torch;
 
 namespace Dtrain.Tests.Models;
@@ -8,6 +9,7 @@ namespace Dtrain.Tests.Models;
 /// A language model built with one module per recurrent layer (for gradient overlap) is the fused model in another
 /// shape: same parameter names, order and initial values, bit-identical outputs, states and gradients.
 /// </summary>
+[Collection(TorchRngCollection.Name)]
 public class PerLayerStackTests
 {
     static JobSpec Spec(string cell, double dropout) => new()
