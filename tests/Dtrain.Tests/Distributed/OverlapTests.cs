@@ -70,11 +70,13 @@ public class OverlapTests
         return (parameters, reducers, replicas);
     }
 
-    [Fact]
-    public async Task Overlap_on_and_off_end_with_bit_identical_parameters()
+    [Theory]
+    [InlineData(CellKinds.Lstm)]
+    [InlineData(CellKinds.Gru)]
+    public async Task Overlap_on_and_off_end_with_bit_identical_parameters(string cell)
     {
-        var (off, _, offReplicas) = await TrainAsync(Spec(OverlapKinds.Off), 3, 6);
-        var (on, reducers, onReplicas) = await TrainAsync(Spec(OverlapKinds.On), 3, 6);
+        var (off, _, offReplicas) = await TrainAsync(Spec(OverlapKinds.Off, cell: cell), 3, 6);
+        var (on, reducers, onReplicas) = await TrainAsync(Spec(OverlapKinds.On, cell: cell), 3, 6);
         try
         {
             Assert.False(offReplicas[0].Overlap);
