@@ -9,77 +9,185 @@ using Dtrain.Specs;
 namespace Dtrain.Bench;
 
 /// <summary>
-/// W1 throughput side by side in one run: plain single-process TorchSharp (2 threads), the engine alone, the
-/// cluster with 1 worker (2 threads) and with 2 workers (1 thread each) on loopback, and PyTorch DDP over gloo
-/// (bench/anchors/pytorch_ddp_bench.py) when Debian's python3-torch is installed.
+/// The cluster suite, side by side in one run: for each workload (W1, W2, GRU, spam classification) the single-process
+/// engine with 1 and 2 threads, the cluster with 1, 2 and 4 workers (1 thread each; 1 worker also with 2 threads), 2
+/// workers with overlap on (auto leaves it off when the workers' threads fill the cores), and PyTorch's single process and DDP over gloo (bench/anchors/pytorch_ddp_bench.py) when
+/// Debian's python3-torch is installed. Every system runs in a fresh process of its own, in the same order each
+/// round; the table shows the median over rounds with min–max. Scaling efficiency = throughput(N workers x 1 thread)
+/// / (N x throughput(1 process x 1 thread)), each system against its own single process.
 /// </summary>
 public static class ClusterBench
 {
     // A long warm-up: the first steps of a fresh process are slow while libtorch pages in and builds its kernels.
-    const int Embed = 64, Hidden = 256, Layers = 2, Batch = 32, Seq = 64, Warmup = 20, Timed = 40;
+    const int Warmup = 20, Timed = 40;
 
-    public static int Run(string root, int rounds = 2)
+    /// <summary>One workload: its spec (threads and steps are set per run) and what to run of it.</summary>
+    sealed record Workload(string Key, string Title, JobSpec Spec, int Warmup, int Timed, string? PyTorchCell, int PyTorchHidden, bool Overlap, bool FourWorkers);
+
+    sealed record Row(string Workload, string Name, Func<double> SamplesPerSecond, string Note)
     {
-        var rows = new List<(string System, double SamplesPerSecond, string Note)>();
+        public List<double> Rounds { get; } = [];
+        public double Median => Rounds.Count == 0 ? double.NaN : Rounds.Order().ElementAt(Rounds.Count / 2) is var m && Rounds.Count % 2 == 0 ? (m + Rounds.Order().ElementAt(Rounds.Count / 2 - 1)) / 2 : m;
+        public double Mean => Rounds.Count == 0 ? double.NaN : Rounds.Average();
+    }
+
+    /// <summary>`cluster [rounds] [w1,w2,gru,spam] [--systems TEXT,...] [--report FILE]` (--systems: only rows whose name contains one of the texts).</summary>
+    public static int Run(string root, string[] args)
+    {
+        var rounds = args.Length > 0 && int.TryParse(args[0], CultureInfo.InvariantCulture, out var r) ? r : 3;
+        string? Option(string name) => Array.IndexOf(args, name) is >= 0 and var i && i + 1 < args.Length ? args[i + 1] : null;
+        var report = Option("--report") ?? "bench-cluster.md";
+        var filter = Option("--systems")?.Split(',');
+        var only = args.Skip(1).Where((a, i) => !a.StartsWith("--", StringComparison.Ordinal) && (i == 0 || !args[i].StartsWith("--", StringComparison.Ordinal))).FirstOrDefault()?.Split(',')
+            ?? ["w1", "w2", "gru", "spam"];
         using var tmp = new TempDir();
-        var data = Path.Combine(tmp.Path, "w1.txt");
+        var text = Path.Combine(tmp.Path, "random.txt");
         // Random printable characters: the vocabulary is ~96 like W1's, and throughput does not depend on content.
         var rng = new Random(1);
         var sb = new StringBuilder();
         for (var i = 0; i < 400_000; i++) sb.Append((char)(32 + rng.Next(95)));
-        File.WriteAllText(data, sb.ToString());
-        var spec = new JobSpec
+        File.WriteAllText(text, sb.ToString());
+
+        JobSpec CharLm(string name, string cell, int hidden) => new()
         {
-            Name = "w1",
-            Data = new DataSpec { Format = DataFormats.Text, Train = data, ValidationFraction = 0.01 },
-            Model = new ModelSpec { Cell = CellKinds.Lstm, Layers = Layers, EmbeddingDim = Embed, HiddenSize = Hidden, GateBias = 0 },
+            Name = name,
+            Data = new DataSpec { Format = DataFormats.Text, Train = text, ValidationFraction = 0.01 },
+            Model = new ModelSpec { Cell = cell, Layers = 2, EmbeddingDim = 64, HiddenSize = hidden, GateBias = 0 },
             Optimizer = new OptimizerSpec { Kind = OptimizerKinds.Adam, Lr = 2e-3 },
-            Training = new TrainingSpec { BatchSize = Batch, SeqLen = Seq, LmSampling = LmSamplingKinds.Random, MaxSteps = Warmup + Timed, ClipNorm = 1.0, EvalInterval = 0, CheckpointInterval = 0 },
+            Training = new TrainingSpec { BatchSize = 32, SeqLen = 64, LmSampling = LmSamplingKinds.Random, ClipNorm = 1.0, EvalInterval = 0, CheckpointInterval = 0 },
         };
-        var specPath = Path.Combine(tmp.Path, "w1.json");
-        File.WriteAllText(specPath, JobSpecSerializer.Serialize(spec));
-
-        // Every system runs in a fresh process of its own, in the same order each round; rounds are averaged so
-        // drift on a noisy machine does not favour one side.
-        var systems = new (string Name, Func<double> SamplesPerSecond, string Note)[]
+        var spamPath = Path.Combine(root, "examples", "spam-lstm.json");
+        var spam = JobSpecSerializer.Parse(File.ReadAllText(spamPath), spamPath);
+        spam = spam with
         {
-            ("plain TorchSharp, 1 process x 2 threads", () => Loop("plain"), "reference: a hand-written loop, default glibc malloc"),
-            ("plain TorchSharp, dtrain's process settings", () => Loop("plain-tuned"), "the same loop on tcmalloc, tiered compilation off"),
-            ("dtrain engine (`dtrain train`), 1 process x 2 threads", () => Loop("engine"), ""),
-            ("dtrain cluster, 1 worker x 2 threads", () => ClusterThroughput(specPath, 1, 2, Path.Combine(tmp.Path, "cluster-1")), "coordinator + worker processes, loopback"),
-            ("dtrain cluster, 2 workers x 1 thread", () => ClusterThroughput(specPath, 2, 1, Path.Combine(tmp.Path, "cluster-2")), "ring all-reduce over gRPC"),
+            Data = spam.Data with { Train = Path.GetFullPath(Path.Combine(Path.GetDirectoryName(spamPath)!, spam.Data.Train ?? throw new InvalidOperationException($"{spamPath} names no data.train"))) },
+            Training = spam.Training with { EvalInterval = 0, CheckpointInterval = 0 },
         };
-        var measured = systems.Select(_ => new List<double>()).ToArray();
-        for (var round = 0; round < rounds; round++)
-            for (var i = 0; i < systems.Length; i++)
+        var workloads = new List<Workload>
+        {
+            new("w1", "W1: char LSTM LM, vocab ~96, embedding 64, hidden 256, 2 layers, batch 32 x 64, Adam 2e-3, clip 1.0 (0.89 M parameters)",
+                CharLm("w1", CellKinds.Lstm, 256), Warmup, Timed, "lstm", 256, Overlap: true, FourWorkers: true),
+            new("w2", "W2: W1 with hidden 1024 (12.96 M parameters)", CharLm("w2", CellKinds.Lstm, 1024), 5, 15, "lstm", 1024, Overlap: true, FourWorkers: true),
+            new("gru", "GRU: W1 with a GRU cell", CharLm("gru", CellKinds.Gru, 256), Warmup, Timed, "gru", 256, Overlap: true, FourWorkers: false),
+            new("spam", "spam: examples/spam-lstm.json (SpamAssassin, word tokens, bidirectional LSTM classifier, batch 32)", spam, 10, 40, null, 0, Overlap: false, FourWorkers: false),
+        }.Where(w => only.Contains(w.Key)).ToList();
+        var python = PyTorchAvailable();
+
+        var systems = new List<Row>();
+        foreach (var w in workloads)
+        {
+            string SpecFile(string suffix, JobSpec spec)
             {
-                measured[i].Add(systems[i].SamplesPerSecond());
-                Console.WriteLine($"round {round + 1}: {systems[i].Name}: {measured[i][^1]:F1} samples/s");
+                var path = Path.Combine(tmp.Path, $"{w.Key}-{suffix}.json");
+                File.WriteAllText(path, JobSpecSerializer.Serialize(spec with { Training = spec.Training with { MaxSteps = w.Warmup + w.Timed } }));
+                return path;
             }
-        for (var i = 0; i < systems.Length; i++)
-            rows.Add((systems[i].Name, measured[i].Average(), (systems[i].Note + $" (rounds: {string.Join(", ", measured[i].Select(v => v.ToString("F1", CultureInfo.InvariantCulture)))})").Trim()));
-        var plain = rows[0].SamplesPerSecond;
-        var tuned = rows[1].SamplesPerSecond;
-        var anchor = Path.Combine(root, "bench", "anchors", "pytorch_ddp_bench.py");
-        foreach (var args in new[] { "single 2", "ddp 2" })
-        {
-            var (sps, note) = PyTorch(anchor, args);
-            rows.Add(($"PyTorch {args.Replace("single 2", "1 process x 2 threads").Replace("ddp 2", "DDP gloo, 2 processes x 1 thread")}", sps, note));
+            JobSpec Threads(int n) => w.Spec with { Training = w.Spec.Training with { Threads = n } };
+            var one = SpecFile("t1", Threads(1));
+            var two = SpecFile("t2", Threads(2));
+            var cluster = SpecFile("cluster", Threads(0));
+            var on = SpecFile("on", Threads(0) with { Parallelism = new ParallelismSpec { Overlap = OverlapKinds.On } });
+            var overlapNote = OverlapKinds.Possible(w.Spec) ? "overlap auto: off when the workers' threads fill the host's cores" : "no overlap (classifier)";
+            systems.Add(new(w.Key, "dtrain, 1 process x 1 thread", () => SingleProcess(one, w), "`dtrain train` engine, fresh process"));
+            systems.Add(new(w.Key, "dtrain, 1 process x 2 threads", () => SingleProcess(two, w), ""));
+            systems.Add(new(w.Key, "dtrain cluster, 1 worker x 2 threads", () => ClusterThroughput(cluster, 1, 2, w, Path.Combine(tmp.Path, $"{w.Key}-c1")), "coordinator + worker processes, loopback"));
+            systems.Add(new(w.Key, "dtrain cluster, 2 workers x 1 thread", () => ClusterThroughput(cluster, 2, 1, w, Path.Combine(tmp.Path, $"{w.Key}-c2")), overlapNote));
+            if (w.Overlap)
+                systems.Add(new(w.Key, "dtrain cluster, 2 workers x 1 thread, overlap on", () => ClusterThroughput(on, 2, 1, w, Path.Combine(tmp.Path, $"{w.Key}-c2on")), "buckets leave during backward"));
+            if (w.FourWorkers)
+                systems.Add(new(w.Key, "dtrain cluster, 4 workers x 1 thread", () => ClusterThroughput(cluster, 4, 1, w, Path.Combine(tmp.Path, $"{w.Key}-c4")), "4 processes on this machine's cores"));
+            if (w.PyTorchCell is { } cell)
+            {
+                var steps = w.Key == "w2" ? "10" : "30";
+                var warm = w.Key == "w2" ? "3" : "5";
+                systems.Add(new(w.Key, "PyTorch, 1 process x 1 thread", () => PyTorch(python, $"single 1 {cell} {w.PyTorchHidden} {steps} {warm}"), "bench/anchors/pytorch_ddp_bench.py"));
+                if (w.Key == "w1") systems.Add(new(w.Key, "PyTorch, 1 process x 2 threads", () => PyTorch(python, $"single 2 {cell} {w.PyTorchHidden} {steps} {warm}"), ""));
+                systems.Add(new(w.Key, "PyTorch DDP gloo, 2 processes x 1 thread", () => PyTorch(python, $"ddp 2 {cell} {w.PyTorchHidden} {steps} {warm}"), ""));
+                if (w.FourWorkers && w.Key == "w1") systems.Add(new(w.Key, "PyTorch DDP gloo, 4 processes x 1 thread", () => PyTorch(python, $"ddp 4 {cell} {w.PyTorchHidden} {steps} {warm}"), ""));
+            }
         }
+        if (filter is not null) systems.RemoveAll(s => !filter.Any(f => s.Name.Contains(f, StringComparison.OrdinalIgnoreCase)));
+        for (var round = 0; round < rounds; round++)
+            foreach (var s in systems)
+            {
+                double v;
+                try
+                {
+                    v = s.SamplesPerSecond();
+                }
+                catch (Exception e) when (e is InvalidOperationException or IOException)
+                {
+                    Console.WriteLine($"round {round + 1}: {s.Workload}: {s.Name}: failed: {e.Message}");
+                    continue;
+                }
+                if (!double.IsNaN(v)) s.Rounds.Add(v);
+                Console.WriteLine($"round {round + 1}: {s.Workload}: {s.Name}: {Format(v, "F1")} samples/s");
+            }
 
+        var md = new StringBuilder();
+        md.AppendLine(CultureInfo.InvariantCulture, $"# dtrain cluster bench ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {Environment.ProcessorCount} cores, {rounds} round(s); median [min–max] samples/s)");
+        md.AppendLine();
+        if (python is null) md.AppendLine("PyTorch rows not run: python3-torch is not installed (`apt-get install -y python3-torch libopenblas0-pthread`).").AppendLine();
+        var summary = new List<(string What, double Value, double Target)>();
+        foreach (var w in workloads)
+        {
+            var rows = systems.Where(s => s.Workload == w.Key).ToList();
+            double Of(string name) => rows.FirstOrDefault(s => s.Name == name)?.Median ?? double.NaN;
+            var single1 = Of("dtrain, 1 process x 1 thread");
+            var torch1 = Of("PyTorch, 1 process x 1 thread");
+            md.AppendLine(CultureInfo.InvariantCulture, $"## {w.Title}").AppendLine();
+            md.AppendLine("| system | samples/s | vs its 1-thread single process | scaling efficiency | note |");
+            md.AppendLine("|---|---|---|---|---|");
+            foreach (var s in rows)
+            {
+                var reference = s.Name.StartsWith("PyTorch", StringComparison.Ordinal) ? torch1 : single1;
+                var workers = s.Name.Contains("2 workers", StringComparison.Ordinal) || s.Name.Contains("2 processes", StringComparison.Ordinal) ? 2
+                    : s.Name.Contains("4 workers", StringComparison.Ordinal) || s.Name.Contains("4 processes", StringComparison.Ordinal) ? 4 : 0;
+                var efficiency = workers > 0 ? s.Median / (workers * reference) : double.NaN;
+                var range = s.Rounds.Count > 1 ? $" [{Format(s.Rounds.Min(), "F1")}–{Format(s.Rounds.Max(), "F1")}]" : "";
+                md.AppendLine(CultureInfo.InvariantCulture, $"| {s.Name} | {Format(s.Median, "F1")}{range} | {Format(s.Median / reference, "F3")} | {Format(efficiency, "F3")} | {s.Note} |");
+            }
+            md.AppendLine();
+            var two = Of("dtrain cluster, 2 workers x 1 thread");
+            summary.Add(($"{w.Key}: dtrain scaling efficiency, 2 workers x 1 thread", two / (2 * single1), w.Key is "w1" or "w2" ? 0.85 : double.NaN));
+            if (!double.IsNaN(torch1)) summary.Add(($"{w.Key}: PyTorch DDP scaling efficiency, 2 processes x 1 thread", Of("PyTorch DDP gloo, 2 processes x 1 thread") / (2 * torch1), double.NaN));
+            summary.Add(($"{w.Key}: 2 workers x 1 thread vs a single process with 2 threads", two / Of("dtrain, 1 process x 2 threads"), w.Key == "w1" ? 0.9 : double.NaN));
+            var oneWorker = rows.FirstOrDefault(s => s.Name == "dtrain cluster, 1 worker x 2 threads");
+            var singleTwo = rows.FirstOrDefault(s => s.Name == "dtrain, 1 process x 2 threads");
+            if (oneWorker is not null && singleTwo is not null)
+                summary.Add(($"{w.Key}: 1 worker vs single process, both 2 threads ({rounds}-round average)", oneWorker.Mean / singleTwo.Mean, w.Key == "w1" ? 0.97 : double.NaN));
+            if (w.Overlap) summary.Add(($"{w.Key}: 2 workers, overlap on vs auto", Of("dtrain cluster, 2 workers x 1 thread, overlap on") / two, double.NaN));
+            if (w.FourWorkers) summary.Add(($"{w.Key}: dtrain scaling efficiency, 4 workers x 1 thread", Of("dtrain cluster, 4 workers x 1 thread") / (4 * single1), double.NaN));
+        }
+        md.AppendLine("## Ratios and targets (issue 10)").AppendLine();
+        md.AppendLine("| ratio | measured | target | met |");
+        md.AppendLine("|---|---|---|---|");
+        foreach (var (what, value, target) in summary)
+            md.AppendLine(CultureInfo.InvariantCulture, $"| {what} | {Format(value, "F3")} | {(double.IsNaN(target) ? "" : ">= " + target.ToString("0.00", CultureInfo.InvariantCulture))} | {(double.IsNaN(target) || double.IsNaN(value) ? "" : value >= target ? "yes" : "no")} |");
         Console.WriteLine();
-        Console.WriteLine("W1: char LSTM LM, vocab 96, embedding 64, hidden 256, 2 layers, batch 32 x 64, Adam 2e-3, clip 1.0; loopback, this machine");
-        Console.WriteLine("| system | samples/s | vs plain TorchSharp | vs plain, same settings | note |");
-        Console.WriteLine("|---|---|---|---|---|");
-        foreach (var r in rows)
-            Console.WriteLine($"| {r.System} | {Format(r.SamplesPerSecond, "F1")} | {Format(r.SamplesPerSecond / plain, "F3")} | {Format(r.SamplesPerSecond / tuned, "F3")} | {r.Note} |");
+        Console.WriteLine(md.ToString());
+        File.WriteAllText(report, md.ToString());
+        Console.WriteLine($"report written to {Path.GetFullPath(report)}");
         return 0;
     }
 
     static string Format(double v, string format) => double.IsNaN(v) ? "-" : v.ToString(format, CultureInfo.InvariantCulture);
 
+    /// <summary>Samples/s of `dtrain train` on <paramref name="specPath"/> in a fresh bench process with dtrain's process settings (`train SPEC WARMUP`).</summary>
+    static double SingleProcess(string specPath, Workload w)
+    {
+        var (exe, prefix) = CollectiveBench.SelfCommand();
+        var psi = new ProcessStartInfo(exe, prefix);
+        NativeAllocator.Preload(psi);
+        psi.Environment["DOTNET_TieredCompilation"] = "0";
+        foreach (var a in new[] { "train", specPath, w.Warmup.ToString(CultureInfo.InvariantCulture) }) psi.ArgumentList.Add(a);
+        var (value, exitCode, error) = RunForValue(psi, "samples_per_s=");
+        if (exitCode != 0 || value is null) throw new InvalidOperationException($"train {specPath} failed ({exitCode}): {error}");
+        return value.Value;
+    }
+
     /// <summary>Samples/s of one W1 loop run alone in a fresh bench process (`loop NAME 2 warmup timed`).</summary>
-    static double Loop(string name)
+    internal static double Loop(string name)
     {
         var (exe, prefix) = CollectiveBench.SelfCommand();
         var psi = new ProcessStartInfo(exe, prefix);
@@ -98,7 +206,7 @@ public static class ClusterBench
         foreach (var a in new[] { "loop", name, "2", Warmup.ToString(CultureInfo.InvariantCulture), Timed.ToString(CultureInfo.InvariantCulture) }) psi.ArgumentList.Add(a);
         var (seconds, exitCode, error) = RunForValue(psi, "seconds_per_step=");
         if (exitCode != 0 || seconds is null) throw new InvalidOperationException($"loop {name} failed ({exitCode}): {error}");
-        return Batch / seconds.Value;
+        return 32 / seconds.Value;
     }
 
     /// <summary>Runs a process to its end; the number after <paramref name="key"/> on its standard output (null when absent), its exit code and its last error line.</summary>
@@ -112,24 +220,36 @@ public static class ClusterBench
         var output = p.StandardOutput.ReadToEnd();
         p.WaitForExit();
         var line = output.Split('\n').FirstOrDefault(l => l.Contains(key, StringComparison.Ordinal));
-        double? value = line is null ? null : double.Parse(line[(line.IndexOf(key, StringComparison.Ordinal) + key.Length)..].Trim(), CultureInfo.InvariantCulture);
+        double? value = null;
+        if (line is not null)
+        {
+            var rest = line[(line.IndexOf(key, StringComparison.Ordinal) + key.Length)..].Trim();
+            value = double.Parse(rest.Split(' ')[0], CultureInfo.InvariantCulture);
+        }
         return (value, p.ExitCode, error.GetAwaiter().GetResult().Split('\n').LastOrDefault(l => l.Length > 0) ?? "");
     }
 
     /// <summary>Samples/s between the end of the warm-up steps and the last step, from the coordinator's step events.</summary>
-    static double ClusterThroughput(string specPath, int workers, int threads, string logs)
+    static double ClusterThroughput(string specPath, int workers, int threads, Workload w, string logs)
     {
         using var cluster = LocalCluster.Start(workers, 0, threads, logs, TimeSpan.FromMinutes(2));
         using var channel = Remote.Channel(cluster.Address);
         var client = new Jobs.JobsClient(channel);
         var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(specPath), workers)).JobId;
-        double start = double.NaN, end = double.NaN;
+        double start = double.NaN, end = double.NaN, compute = 0, reduce = 0;
         FollowToSuccess(client, id, logs, s =>
         {
-            if (s.Step == Warmup) start = s.ElapsedSeconds;
-            if (s.Step == Warmup + Timed) end = s.ElapsedSeconds;
+            if (s.Step == w.Warmup) start = s.ElapsedSeconds;
+            if (s.Step == w.Warmup + w.Timed) end = s.ElapsedSeconds;
+            if (s.Step > w.Warmup && s.Step <= w.Warmup + w.Timed)
+            {
+                compute += s.ComputeMs;
+                reduce += s.AllreduceMs;
+            }
         });
-        return Timed * Batch / (end - start);
+        // The step events' split (slowest replica): what a cost model is calibrated on (docs/scaling.md).
+        Console.WriteLine($"  {w.Key} {workers} worker(s) x {threads}: per step compute {compute / w.Timed:F1} ms, all-reduce wait {reduce / w.Timed:F1} ms");
+        return w.Timed * w.Spec.Training.BatchSize / (end - start);
     }
 
     /// <summary>Watches a job to its end, handing every step event to <paramref name="onStep"/>; throws unless it succeeded.</summary>
@@ -146,21 +266,37 @@ public static class ClusterBench
         if (last?.State != JobState.Succeeded) throw new InvalidOperationException($"benchmark job {last?.State}: {last?.Message}; logs in {logs}");
     }
 
-    static (double SamplesPerSecond, string Note) PyTorch(string script, string args)
+    const string Python = "/usr/bin/python3";
+
+    /// <summary>The anchor script when Debian's python3-torch can be imported, else null.</summary>
+    static string? PyTorchAvailable()
     {
-        const string python = "/usr/bin/python3";
-        var probe = Process.Start(new ProcessStartInfo(python, ["-c", "import torch"]) { RedirectStandardError = true, UseShellExecute = false });
-        if (probe is null || !probe.WaitForExit(60_000) || probe.ExitCode != 0)
-            return (double.NaN, "not run: apt-get install python3-torch libopenblas0-pthread");
-        var psi = new ProcessStartInfo(python);
+        try
+        {
+            using var probe = Process.Start(new ProcessStartInfo(Python, ["-c", "import torch"]) { RedirectStandardError = true, UseShellExecute = false });
+            if (probe is null || !probe.WaitForExit(60_000) || probe.ExitCode != 0) return null;
+        }
+        catch (global::System.ComponentModel.Win32Exception)
+        {
+            return null;
+        }
+        var root = AppContext.BaseDirectory;
+        while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
+        return Path.Combine(root, "bench", "anchors", "pytorch_ddp_bench.py");
+    }
+
+    static double PyTorch(string? script, string args)
+    {
+        if (script is null) return double.NaN;
+        var psi = new ProcessStartInfo(Python);
         psi.ArgumentList.Add(script);
         foreach (var a in args.Split(' ')) psi.ArgumentList.Add(a);
         // As in the anchor's instructions: Debian's OpenBLAS tuned for this CPU, one BLAS thread per process.
         psi.Environment.Remove("OPENBLAS_CORETYPE");
         psi.Environment.Remove("OPENBLAS_L2_SIZE");
-        psi.Environment["OPENBLAS_NUM_THREADS"] = "1";
+        psi.Environment["OPENBLAS_NUM_THREADS"] = args.StartsWith("single 2", StringComparison.Ordinal) ? "2" : "1";
         var (samplesPerSecond, _, error) = RunForValue(psi, "samples_per_s=");
-        return samplesPerSecond is { } v ? (v, "bench/anchors/pytorch_ddp_bench.py " + args) : (double.NaN, "failed: " + error);
+        return samplesPerSecond ?? throw new InvalidOperationException($"pytorch_ddp_bench.py {args} failed: {error}");
     }
 }
 

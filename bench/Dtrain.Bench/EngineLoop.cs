@@ -6,10 +6,10 @@ namespace Dtrain.Bench;
 /// <summary>The same workload through the engine's ComputeGradients/ApplyGradients step.</summary>
 public static class EngineLoop
 {
-    public static double SecondsPerStep(int vocab, int embed, int hidden, int layers, int batch, int seq, int warmup, int steps)
+    public static double SecondsPerStep(int vocab, int embed, int hidden, int layers, int batch, int seq, int warmup, int steps, bool perLayer = false)
     {
         var spec = W1.Spec(embed, hidden, layers, batch, seq);
-        using var engine = new TrainingEngine(spec, vocab, 0, CPU);
+        using var engine = new TrainingEngine(spec, vocab, 0, CPU, perLayer);
         var source = W1.Batches(vocab, batch, seq);
         var sw = new System.Diagnostics.Stopwatch();
         for (var i = 0; i < warmup + steps; i++)

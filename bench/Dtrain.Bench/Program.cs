@@ -1,7 +1,8 @@
 using Dtrain.Bench;
 using static TorchSharp.torch;
 
-// Usage: dtrain-bench speed [threads] | cluster | allreduce | pipeline | elastic | history | quality [moby|spam|recall ...]
+// Usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--report FILE] | allreduce | pipeline | elastic
+//        | history | activity | quality [moby|spam|recall ...] | compression [steps] | scaling-model
 var mode = args.FirstOrDefault() ?? "speed";
 switch (mode)
 {
@@ -31,7 +32,7 @@ switch (mode)
     }
     case "loop":
     {
-        // One loop alone in a fresh process: loop plain|plain-tuned|engine|replica [threads] [warmup] [steps]
+        // One loop alone in a fresh process: loop plain|plain-tuned|engine|engine-layers|replica [threads] [warmup] [steps]
         // (plain-tuned is the plain loop; the caller starts it with dtrain's process settings.)
         var which = args.Length > 1 ? args[1] : "engine";
         var threads = args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 2;
@@ -43,6 +44,8 @@ switch (mode)
         {
             "plain" or "plain-tuned" => PlainCharLm.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps),
             "engine" => EngineLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps),
+            // The model overlap builds: one module per recurrent layer (same math).
+            "engine-layers" => EngineLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps, perLayer: true),
             "replica" => ReplicaLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps, threads).GetAwaiter().GetResult(),
             _ => throw new ArgumentException($"unknown loop {which}"),
         };
@@ -55,8 +58,28 @@ switch (mode)
     {
         var root = AppContext.BaseDirectory;
         while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
-        return ClusterBench.Run(root, args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 2);
+        return ClusterBench.Run(root, args.Skip(1).ToArray());
     }
+    case "train":
+    {
+        // One single-process run in a fresh process: train SPEC WARMUP -> samples/s over the steps after WARMUP.
+        var spec = Dtrain.Specs.JobSpecSerializer.Load(args[1]);
+        var warmup = int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture);
+        var observer = new StepClock(warmup, spec.Training.MaxSteps);
+        using var output = new TempDir();
+        Dtrain.Training.Trainer.Run(spec, Path.GetDirectoryName(Path.GetFullPath(args[1]))!, new Dtrain.Training.TrainOptions { OutputDir = output.Path }, observer, CancellationToken.None);
+        var seconds = (observer.End - observer.Start).TotalSeconds;
+        Console.WriteLine($"samples_per_s={((spec.Training.MaxSteps - warmup) * spec.Training.BatchSize / seconds).ToString("R", System.Globalization.CultureInfo.InvariantCulture)}");
+        return 0;
+    }
+    case "compression":
+    {
+        var root = AppContext.BaseDirectory;
+        while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
+        return CompressionBench.Run(root, args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 300);
+    }
+    case "scaling-model":
+        return ScalingModel.Run(args.Skip(1).ToArray());
     case "quality":
     {
         var root = AppContext.BaseDirectory;
@@ -72,6 +95,6 @@ switch (mode)
     case "activity":
         return ActivityBench.Run();
     default:
-        Console.Error.WriteLine("usage: dtrain-bench speed [threads] | quality [moby|spam|recall ...]");
+        Console.Error.WriteLine("usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--report FILE] | allreduce | pipeline | elastic | quality [moby|spam|recall ...] | compression [steps] | scaling-model");
         return 2;
 }

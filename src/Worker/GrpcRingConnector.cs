@@ -48,5 +48,7 @@ public sealed class GrpcRingConnector(RingMailboxes mailboxes, WorkerOptions opt
             get => ring.Progress;
             set => ring.Progress = value;
         }
+
+        public Task SumAsync(Memory<float> buffer, long operation, RingCompression compression, CancellationToken cancel) => ring.SumAsync(buffer, operation, compression, cancel);
     }
 }

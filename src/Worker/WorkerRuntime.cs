@@ -94,14 +94,25 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
 
     private async Task<(ReplicaJob, AssignReply)> AssignReplicaAsync(AssignRequest request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, TorchSharp.torch.Device device, RingConnection ring, TorchThread torch, int threads)
     {
-        var replica = await torch.RunAsync(() => new DataParallelReplica(spec, tokenizer.VocabSize, labels.Count, device, ring.Reducer)).ConfigureAwait(false);
+        // parallelism.overlap "auto" needs a core beyond the torch threads of every worker of this job on this host.
+        var spare = Environment.ProcessorCount - threads * Math.Max(1, SameHost(request));
+        var replica = await torch.RunAsync(() => new DataParallelReplica(spec, tokenizer.VocabSize, labels.Count, device, ring.Reducer, spareCores: spare)).ConfigureAwait(false);
         replica.Activity = state.Activity;
         var job = new ReplicaJob(request, spec, tokenizer, labels, replica, null, ring, torch);
-        log.LogInformation("assigned job {JobId} generation {Generation}: rank {Rank}/{World}, {Parameters} parameters, {Threads} thread(s); allocator: {Allocator}",
-            request.JobId, request.Generation, request.Rank, request.WorldSize, replica.ParameterCount, threads, NativeAllocator.Describe());
+        log.LogInformation("assigned job {JobId} generation {Generation}: rank {Rank}/{World}, {Parameters} parameters, {Threads} thread(s), {Buckets} gradient bucket(s), overlap with backward {Overlap}; allocator: {Allocator}",
+            request.JobId, request.Generation, request.Rank, request.WorldSize, replica.ParameterCount, threads, replica.Buckets.Count,
+            replica.Overlap ? "on" : $"off ({spec.Parallelism?.Overlap ?? OverlapKinds.Auto}, {spare} spare core(s))", NativeAllocator.Describe());
         var reply = new AssignReply { Parameters = replica.ParameterCount, ParameterChecksum = await torch.RunAsync(replica.ParameterChecksum).ConfigureAwait(false) };
         reply.ParameterNames.AddRange(await torch.RunAsync(() => replica.Engine.Model.named_parameters().Select(p => p.name).ToList()).ConfigureAwait(false));
         return (job, reply);
+    }
+
+    /// <summary>Workers of the assignment on this worker's host (its own address's host; 1 when unknown).</summary>
+    private static int SameHost(AssignRequest request)
+    {
+        var self = request.Peers.FirstOrDefault(p => p.Rank == request.Rank);
+        if (self is null || !Uri.TryCreate(self.Address, UriKind.Absolute, out var own)) return 1;
+        return request.Peers.Count(p => Uri.TryCreate(p.Address, UriKind.Absolute, out var u) && string.Equals(u.Host, own.Host, StringComparison.OrdinalIgnoreCase));
     }
 
     /// <summary>Refuses an assignment whose estimated memory (the whole model, or this stage) exceeds Worker:MemoryBudgetMb.</summary>

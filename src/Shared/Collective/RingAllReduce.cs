@@ -15,7 +15,7 @@ namespace Dtrain.Collective;
 /// with bit-identical values. Torch-free: plain floats.
 /// </summary>
 /// <remarks>
-/// All ranks must call <see cref="SumAsync"/> with the same operation id, buffer length and <see cref="MaxPieceFloats"/>.
+/// All ranks must call <see cref="SumAsync(Memory{float}, long, CancellationToken)"/> with the same operation id, buffer length and <see cref="MaxPieceFloats"/>.
 /// Operations with distinct ids may run concurrently on the same transport. Not reentrant for the same operation id.
 /// </remarks>
 public sealed class RingAllReduce
@@ -62,13 +62,23 @@ public sealed class RingAllReduce
     /// when a neighbour fails, and <see cref="OperationCanceledException"/> (with the position in the message) when
     /// <paramref name="cancellationToken"/> fires. After a failure the buffer content is undefined.
     /// </summary>
-    public async Task SumAsync(Memory<float> buffer, long operation, CancellationToken cancellationToken = default)
+    public Task SumAsync(Memory<float> buffer, long operation, CancellationToken cancellationToken = default) =>
+        SumAsync(buffer, operation, RingCompression.None, cancellationToken);
+
+    /// <summary>
+    /// As <see cref="SumAsync(Memory{float}, long, CancellationToken)"/>, with the values travelling as
+    /// <paramref name="compression"/> (16-bit numbers, added in fp32 on arrival). Each chunk's final sum is rounded to
+    /// 16 bits on the rank that computed it before it is sent round, so every rank still ends with identical values.
+    /// All ranks must pass the same <paramref name="compression"/>.
+    /// </summary>
+    public async Task SumAsync(Memory<float> buffer, long operation, RingCompression compression, CancellationToken cancellationToken = default)
     {
         var world = WorldSize;
         cancellationToken.ThrowIfCancellationRequested();
+        if (!Enum.IsDefined(compression)) throw new ArgumentOutOfRangeException(nameof(compression), compression, "unknown compression");
         if (world == 1 || buffer.IsEmpty) return;
 
-        var op = new Op(this, buffer, operation);
+        var op = new Op(this, buffer, operation, compression);
         using var timeout = new CancellationTokenSource(OperationTimeout);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
         using var ready = new SemaphoreSlim(0);
@@ -99,7 +109,7 @@ public sealed class RingAllReduce
     }
 
     /// <summary>One operation in flight on this rank.</summary>
-    private sealed class Op(RingAllReduce owner, Memory<float> buffer, long operation)
+    private sealed class Op(RingAllReduce owner, Memory<float> buffer, long operation, RingCompression compression)
     {
         private readonly IRingTransport _transport = owner._transport;
         private readonly int _rank = owner.Rank;
@@ -178,7 +188,9 @@ public sealed class RingAllReduce
                     var count = Math.Min(_maxPiece, length - p * _maxPiece);
                     // Zero-copy: this region is not written again before the piece has reached the right neighbour
                     // (the next write to it is the all-gather copy W - 1 steps later, which causally depends on it).
-                    using var piece = RingPiece.Borrow(tag, offset, pieces, buffer.Slice(offset, count));
+                    using var piece = compression == RingCompression.None
+                        ? RingPiece.Borrow(tag, offset, pieces, buffer.Slice(offset, count))
+                        : WireCodec.Encode(compression, tag, offset, pieces, buffer.Span.Slice(offset, count));
                     try
                     {
                         await _transport.SendAsync(piece, cancellationToken).ConfigureAwait(false);
@@ -222,13 +234,22 @@ public sealed class RingAllReduce
                     {
                         var offset = start + p * _maxPiece;
                         var count = Math.Min(_maxPiece, length - p * _maxPiece);
-                        if (piece.Offset != offset || piece.Count != count || piece.Pieces != pieces)
+                        if (piece.Offset != offset || piece.Bytes.Length != WireCodec.EncodedBytes(compression, count) || piece.Pieces != pieces)
                             throw new CollectiveException(
-                                $"ring all-reduce operation {operation} (rank {_rank} of {_world}): {tag} from left neighbour {_transport.DescribeRank(left)} covers [{piece.Offset}, +{piece.Count}) of {piece.Pieces} pieces, expected [{offset}, +{count}) of {pieces}; do all ranks use the same buffer length ({buffer.Length}) and max piece size ({_maxPiece})?",
+                                $"ring all-reduce operation {operation} (rank {_rank} of {_world}): {tag} from left neighbour {_transport.DescribeRank(left)} covers [{piece.Offset}, {piece.Bytes.Length} bytes) of {piece.Pieces} pieces, expected [{offset}, +{count} values = {WireCodec.EncodedBytes(compression, count)} bytes) of {pieces}; do all ranks use the same buffer length ({buffer.Length}), max piece size ({_maxPiece}) and gradient compression ({compression})?",
                                 operation, tag.Phase, tag.RingStep, tag.Piece, left);
                         var destination = buffer.Span.Slice(offset, count);
-                        if (step < _world - 1) Add(destination, piece.Values);
-                        else piece.Values.CopyTo(destination);
+                        if (compression == RingCompression.None)
+                        {
+                            if (step < _world - 1) Add(destination, piece.Values);
+                            else piece.Values.CopyTo(destination);
+                        }
+                        else
+                        {
+                            WireCodec.Decode(compression, piece.Bytes.Span, destination, add: step < _world - 1);
+                            // This rank computed the chunk's final sum: round it as every other rank will receive it.
+                            if (step == _world - 2) WireCodec.Round(compression, destination);
+                        }
                     }
                     if (step < Steps - 1) ready.Release();
                 }
@@ -266,7 +287,7 @@ public interface IRingProgress
 public class CollectiveException(string message, long operation, int phase, int ringStep, int piece, int peerRank, Exception? inner = null)
     : Exception(message, inner)
 {
-    /// <summary>The operation id passed to <see cref="RingAllReduce.SumAsync"/>.</summary>
+    /// <summary>The operation id passed to <see cref="RingAllReduce.SumAsync(Memory{float}, long, CancellationToken)"/>.</summary>
     public long Operation { get; } = operation;
 
     /// <summary>0 = reduce-scatter, 1 = all-gather.</summary>

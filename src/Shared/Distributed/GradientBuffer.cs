@@ -26,12 +26,28 @@ public sealed class GradientBuffer(IReadOnlyList<Parameter> parameters)
         set => Values[gradientCount] = value;
     }
 
-    /// <summary>Copies every gradient in; a parameter without a gradient (no rows this step) contributes zeros.</summary>
-    public void Gather()
+    private readonly int[] offsets = Offsets(parameters);
+
+    private static int[] Offsets(IReadOnlyList<Parameter> parameters)
     {
-        var offset = 0;
-        foreach (var p in parameters)
+        var offsets = new int[parameters.Count + 1];
+        for (var i = 0; i < parameters.Count; i++) offsets[i + 1] = checked(offsets[i] + (int)parameters[i].numel());
+        return offsets;
+    }
+
+    /// <summary>Where parameter <paramref name="index"/>'s gradient starts in <see cref="Values"/> (index = parameter count: the loss slot).</summary>
+    public int OffsetOf(int index) => offsets[index];
+
+    /// <summary>Copies every gradient in; a parameter without a gradient (no rows this step) contributes zeros.</summary>
+    public void Gather() => Gather(0, parameters.Count);
+
+    /// <summary>Copies the gradients of parameters [<paramref name="first"/>, <paramref name="end"/>) in (zeros where there is none).</summary>
+    public void Gather(int first, int end)
+    {
+        var offset = offsets[first];
+        for (var i = first; i < end; i++)
         {
+            var p = parameters[i];
             var n = (int)p.numel();
             var dest = Values.AsSpan(offset, n);
             if (p.grad is { } g)

@@ -1,3 +1,5 @@
+using Dtrain.Collective;
+
 namespace Dtrain.Distributed;
 
 /// <summary>
@@ -10,6 +12,10 @@ public interface IGradientReducer
     /// <summary>Number of replicas taking part; 1 means there is nothing to add and callers may skip the copy out of the model.</summary>
     int WorldSize { get; }
 
+    /// <summary>
+    /// Starts the sum and returns its task without blocking the caller on I/O (replicas call it from inside backward,
+    /// on the torch thread).
+    /// </summary>
     Task SumAsync(Memory<float> buffer, long operation, CancellationToken cancel);
 
     /// <summary>Name of the transport the sums travel over ("grpc", ...), for metrics and the worker's live activity; "" when none (a world of one).</summary>
@@ -21,6 +27,15 @@ public interface IGradientReducer
         get => null;
         set { }
     }
+
+    /// <summary>
+    /// The sum with values travelling as <paramref name="compression"/> (<see cref="RingAllReduce.SumAsync(Memory{float}, long, RingCompression, CancellationToken)"/>);
+    /// every replica passes the same. A reducer that cannot compress sends fp32 only.
+    /// </summary>
+    Task SumAsync(Memory<float> buffer, long operation, RingCompression compression, CancellationToken cancel) =>
+        compression == RingCompression.None || WorldSize == 1
+            ? SumAsync(buffer, operation, cancel)
+            : throw new NotSupportedException($"{GetType().Name} sends fp32 gradients only (gradient compression {compression} asked)");
 }
 
 /// <summary>The reducer of a world of one: nothing to add.</summary>

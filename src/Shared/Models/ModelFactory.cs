@@ -11,7 +11,12 @@ public static class ModelFactory
     // with another thread doing the same (several replicas in one process, parallel tests).
     private static readonly Lock SeedLock = new();
 
-    public static nn.Module Create(JobSpec spec, int vocabSize, int classes, Device device)
+    /// <summary>
+    /// <paramref name="perLayer"/>: a language model with one module per recurrent layer (same parameters and results; see
+    /// <see cref="RecurrentStack"/>). CPU only: moving the model to another device would not move the layer modules,
+    /// whose parameters are registered by name rather than as children; elsewhere the fused stack is built.
+    /// </summary>
+    public static nn.Module Create(JobSpec spec, int vocabSize, int classes, Device device, bool perLayer = false)
     {
         if (vocabSize < 3) throw new ArgumentOutOfRangeException(nameof(vocabSize), vocabSize, "vocabulary must hold <pad>, <unk> and at least one token");
         if (spec.Task == TaskKinds.Classification && classes < 2) throw new ArgumentOutOfRangeException(nameof(classes), classes, "a classifier needs at least 2 classes");
@@ -21,7 +26,7 @@ public static class ModelFactory
             random.manual_seed(spec.Training.Seed);
             model = spec.Task == TaskKinds.Classification
                 ? new RecurrentClassifier(spec.Model, vocabSize, classes)
-                : new RecurrentLanguageModel(spec.Model, vocabSize);
+                : new RecurrentLanguageModel(spec.Model, vocabSize, perLayer && device.type == DeviceType.CPU);
         }
         return model.to(device);
     }

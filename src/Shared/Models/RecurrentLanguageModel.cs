@@ -14,11 +14,31 @@ public sealed class RecurrentLanguageModel : nn.Module
 
     public int VocabSize { get; }
 
-    public RecurrentLanguageModel(ModelSpec spec, int vocabSize) : base("language_model")
+    /// <summary>
+    /// Called during backward with the index of the first ready part once its gradients are final: the number of
+    /// layers when the head's are, k when layers k.. (and the head) are. Needs a per-layer model for the layers.
+    /// </summary>
+    public Action<int>? GradientsReady
+    {
+        get => gradientsReady;
+        set
+        {
+            gradientsReady = value;
+            rnn.GradientsReady = value;
+        }
+    }
+
+    private Action<int>? gradientsReady;
+
+    /// <summary>Recurrent layers.</summary>
+    public int Layers => rnn.Layers;
+
+    /// <summary><paramref name="perLayer"/>: one module per recurrent layer (see <see cref="RecurrentStack"/>), so gradients can be signalled between layers.</summary>
+    public RecurrentLanguageModel(ModelSpec spec, int vocabSize, bool perLayer = false) : base("language_model")
     {
         VocabSize = vocabSize;
         embedding = nn.Embedding(vocabSize, spec.EmbeddingDim);
-        rnn = new RecurrentStack(spec.Cell, spec.EmbeddingDim, spec.HiddenSize, spec.Layers, spec.Dropout, bidirectional: false, spec.GateBias);
+        rnn = new RecurrentStack(spec.Cell, spec.EmbeddingDim, spec.HiddenSize, spec.Layers, spec.Dropout, bidirectional: false, spec.GateBias, perLayer);
         dropout = nn.Dropout(spec.Dropout);
         head = nn.Linear(spec.HiddenSize, vocabSize);
         RegisterComponents();
@@ -32,7 +52,9 @@ public sealed class RecurrentLanguageModel : nn.Module
         using (y)
         {
             using var dropped = dropout.call(y);
-            return (head.call(dropped), next);
+            var marked = GradientSignal.Mark(dropped, gradientsReady, rnn.Layers);
+            using (ReferenceEquals(marked, dropped) ? null : marked)
+                return (head.call(marked), next);
         }
     }
 }

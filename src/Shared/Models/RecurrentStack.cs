@@ -4,19 +4,35 @@ using static TorchSharp.torch;
 
 namespace Dtrain.Models;
 
-/// <summary>A stacked LSTM, GRU or plain tanh RNN (batch first) with dropout between layers behind one interface.</summary>
+/// <summary>
+/// A stacked LSTM, GRU or plain tanh RNN (batch first) with dropout between layers behind one interface. Normally one
+/// fused module; with <c>perLayer</c> one single-layer module per layer instead (same parameter names, order and
+/// initial values, same results), so that a <see cref="GradientSignal"/> can sit between layers.
+/// </summary>
 public sealed class RecurrentStack : nn.Module
 {
     private readonly LSTM? lstm;
     private readonly GRU? gru;
     private readonly RNN? rnn;
+    /// <summary>Per-layer mode: the single-layer modules, in order (their parameters are registered under the fused names).</summary>
+    private readonly nn.Module[]? layerModules;
+    private readonly double between;
+
+    /// <summary>
+    /// Per-layer mode only: called during backward with layer k once the gradients of layers k.. are final (see
+    /// <see cref="GradientSignal"/>); null = no signals.
+    /// </summary>
+    public Action<int>? GradientsReady { get; set; }
+
+    /// <summary>True when each layer is a module of its own (signals between layers are possible).</summary>
+    public bool PerLayer => layerModules is not null;
 
     public string Cell { get; }
     public int Layers { get; }
     public int HiddenSize { get; }
     public int Directions { get; }
 
-    public RecurrentStack(string cell, int inputSize, int hiddenSize, int layers, double dropout, bool bidirectional, double memoryGateBias = 1.0)
+    public RecurrentStack(string cell, int inputSize, int hiddenSize, int layers, double dropout, bool bidirectional, double memoryGateBias = 1.0, bool perLayer = false)
         : base($"{cell}_stack")
     {
         Cell = cell;
@@ -24,7 +40,29 @@ public sealed class RecurrentStack : nn.Module
         HiddenSize = hiddenSize;
         Directions = bidirectional ? 2 : 1;
         // PyTorch applies RNN dropout only between layers; asking for it with one layer is a no-op that warns.
-        var between = layers > 1 ? dropout : 0.0;
+        between = layers > 1 ? dropout : 0.0;
+        if (perLayer && !bidirectional && layers > 1)
+        {
+            if (!CellKinds.All.Contains(cell)) throw new ArgumentException($"unknown cell \"{cell}\"; allowed: {string.Join(", ", CellKinds.All)}", nameof(cell));
+            // Built in layer order, each drawing its initial weights as the fused module draws that layer's.
+            layerModules = new nn.Module[layers];
+            for (var k = 0; k < layers; k++)
+            {
+                var input = k == 0 ? inputSize : hiddenSize;
+                layerModules[k] = cell switch
+                {
+                    CellKinds.Lstm => nn.LSTM(input, hiddenSize, 1, batchFirst: true),
+                    CellKinds.Gru => nn.GRU(input, hiddenSize, 1, batchFirst: true),
+                    _ => nn.RNN(input, hiddenSize, 1, nn.NonLinearities.Tanh, batchFirst: true),
+                };
+                if (cell != CellKinds.Rnn) InitGateBias(layerModules[k], hiddenSize, gate: 1, memoryGateBias);
+            }
+            RegisterComponents();
+            // The fused module's name ("lstm", "gru", "rnn") and parameter names (weight_ih_l{k}, ...): checkpoints,
+            // optimizer state and pipeline stages see the same model either way.
+            register_module(cell, new LayerParameters(layerModules));
+            return;
+        }
         switch (cell)
         {
             case CellKinds.Lstm:
@@ -44,6 +82,7 @@ public sealed class RecurrentStack : nn.Module
     /// <summary>(B,T,E) -> (B,T,H*dirs), carrying <paramref name="state"/> in and the final state out.</summary>
     public (Tensor Output, RecurrentState State) Run(Tensor input, RecurrentState? state)
     {
+        if (layerModules is not null) return RunPerLayer(input, state);
         if (lstm is not null)
         {
             var (y, h, c) = lstm.call(input, state is null ? null : (state.H, state.C!));
@@ -53,9 +92,66 @@ public sealed class RecurrentStack : nn.Module
         return (o, new RecurrentState(hn, null));
     }
 
+    /// <summary>Layer by layer, as the fused module computes it: dropout on every layer's input but the first (training only).</summary>
+    private (Tensor Output, RecurrentState State) RunPerLayer(Tensor input, RecurrentState? state)
+    {
+        var hs = new List<Tensor>(Layers);
+        var cs = new List<Tensor>(Layers);
+        var x = input;
+        var owned = false;
+        for (var k = 0; k < Layers; k++)
+        {
+            if (k > 0 && between > 0 && training) Replace(nn.functional.dropout(x, between, training: true));
+            // Backward reaches this point once layer k's gradients are final.
+            var marked = GradientSignal.Mark(x, GradientsReady, k);
+            if (!ReferenceEquals(marked, x)) Replace(marked);
+            using var h0 = state?.H.narrow(0, k, 1);
+            Tensor y;
+            switch (layerModules![k])
+            {
+                case LSTM l:
+                {
+                    using var c0 = state?.C?.narrow(0, k, 1);
+                    var (o, h, c) = l.call(x, h0 is null || c0 is null ? null : (h0, c0));
+                    y = o;
+                    hs.Add(h);
+                    cs.Add(c);
+                    break;
+                }
+                case GRU g:
+                {
+                    var (o, h) = g.call(x, h0);
+                    y = o;
+                    hs.Add(h);
+                    break;
+                }
+                default:
+                {
+                    var (o, h) = ((RNN)layerModules[k]).call(x, h0 ?? zeros(1, x.shape[0], HiddenSize, dtype: x.dtype, device: x.device));
+                    y = o;
+                    hs.Add(h);
+                    break;
+                }
+            }
+            Replace(y);
+        }
+        void Replace(Tensor next)
+        {
+            if (owned) x.Dispose();
+            x = next;
+            owned = true;
+        }
+        var hn = cat(hs, 0);
+        var cn = cs.Count > 0 ? cat(cs, 0) : null;
+        foreach (var t in hs) t.Dispose();
+        foreach (var t in cs) t.Dispose();
+        return (x, new RecurrentState(hn, cn));
+    }
+
     /// <summary>Runs a packed batch of variable-length sequences: the packed outputs of the last layer and the final hidden state (layers*dirs, B, H).</summary>
     public (nn.utils.rnn.PackedSequence Output, Tensor Hidden) RunPacked(nn.utils.rnn.PackedSequence packed)
     {
+        if (layerModules is not null) throw new NotSupportedException("packed sequences run on the fused stack (per-layer stacks are built for language models only)");
         if (lstm is not null)
         {
             var (o, h, c) = lstm.call(packed);
@@ -68,6 +164,7 @@ public sealed class RecurrentStack : nn.Module
     /// <summary>Runs a packed batch of variable-length sequences and returns the final hidden state (layers*dirs, B, H).</summary>
     public Tensor FinalHidden(nn.utils.rnn.PackedSequence packed)
     {
+        if (layerModules is not null) throw new NotSupportedException("packed sequences run on the fused stack (per-layer stacks are built for language models only)");
         if (lstm is not null) return lstm.call(packed).Item2;
         return gru is not null ? gru.call(packed).Item2 : rnn!.call(packed).Item2;
     }
@@ -87,6 +184,31 @@ public sealed class RecurrentStack : nn.Module
         {
             if (name.StartsWith("bias_ih", StringComparison.Ordinal)) p[slice].fill_(bias);
             else if (name.StartsWith("bias_hh", StringComparison.Ordinal)) p[slice].fill_(0.0);
+        }
+    }
+
+    /// <summary>The single-layer modules are not children (their parameters are registered by name instead): dispose them here.</summary>
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing && layerModules is not null)
+            foreach (var m in layerModules) m.Dispose();
+        base.Dispose(disposing);
+    }
+
+    /// <summary>
+    /// Registers the parameters of single-layer modules under the names a fused stack gives them (weight_ih_l{k}, ...)
+    /// without registering the modules themselves, so each parameter appears once, in the fused order.
+    /// </summary>
+    private sealed class LayerParameters : nn.Module
+    {
+        public LayerParameters(nn.Module[] layers) : base("layers")
+        {
+            for (var k = 0; k < layers.Length; k++)
+                foreach (var (name, p) in layers[k].named_parameters())
+                {
+                    if (!name.EndsWith("_l0", StringComparison.Ordinal)) throw new InvalidOperationException($"unexpected single-layer parameter name {name}");
+                    register_parameter(string.Concat(name.AsSpan(0, name.Length - 1), k.ToString(System.Globalization.CultureInfo.InvariantCulture)), p);
+                }
         }
     }
 

@@ -24,6 +24,48 @@ public sealed record ParallelismSpec
     /// <summary>Data-parallel replicas D (0 = as many as the workers allow: workers / stages).</summary>
     public int Data { get; init; }
     public PipelineSpec? Pipeline { get; init; }
+    /// <summary>
+    /// All-reduce gradient buckets while earlier layers are still in backward: "auto" (on where it pays: a data-parallel
+    /// language model with 2 or more layers on a host with a core to spare), "on" or "off" (<see cref="OverlapKinds"/>).
+    /// Same results either way.
+    /// </summary>
+    public string Overlap { get; init; } = OverlapKinds.Auto;
+    /// <summary>Gradients on the wire: "none" (fp32), "fp16" or "bf16" (16-bit values, summed in fp32; <see cref="CompressionKinds"/>).</summary>
+    public string GradientCompression { get; init; } = CompressionKinds.None;
+}
+
+public static class OverlapKinds
+{
+    public const string Auto = "auto";
+    public const string On = "on";
+    public const string Off = "off";
+    public static readonly string[] All = [Auto, On, Off];
+
+    /// <summary>
+    /// Whether this job's language model can overlap its all-reduce with backward: a language model (classifiers run
+    /// packed sequences through the fused stack) with 2 or more layers (one layer leaves nothing earlier to overlap
+    /// with), no pipeline (stages reduce their own gradients after their last backward), and overlap not "off".
+    /// </summary>
+    public static bool Possible(JobSpec spec) =>
+        (spec.Parallelism?.Overlap ?? Auto) != Off && spec.Parallelism?.Pipeline is null && spec.Task == TaskKinds.LanguageModel && spec.Model.Layers >= 2;
+
+    /// <summary>
+    /// Whether a replica overlaps: "on" where <see cref="Possible"/>; "auto" only when its host has a core to spare for
+    /// the data plane beyond the torch threads of every worker of the job on it (<paramref name="spareCores"/> &gt; 0). The
+    /// ring's sends, receives and additions need CPU: with every core running torch, overlapping them with backward
+    /// only slows backward down (measured in docs/benchmarks.md). Replicas may decide differently: the buckets, and so
+    /// the result, are the same either way.
+    /// </summary>
+    public static bool Enabled(JobSpec spec, int spareCores) =>
+        Possible(spec) && ((spec.Parallelism?.Overlap ?? Auto) == On || spareCores > 0);
+}
+
+public static class CompressionKinds
+{
+    public const string None = "none";
+    public const string Fp16 = "fp16";
+    public const string Bf16 = "bf16";
+    public static readonly string[] All = [None, Fp16, Bf16];
 }
 
 /// <summary>Model parallelism across layers: stages on different workers, micro-batches through them.</summary>

@@ -99,6 +99,16 @@ public static partial class JobSpecValidator
         if (spec.Parallelism is { } par)
         {
             Range(e, "$.parallelism.data", par.Data, 0, 4096);
+            OneOf(e, "$.parallelism.overlap", par.Overlap, OverlapKinds.All);
+            if (par.Overlap == OverlapKinds.On && spec.Task != TaskKinds.LanguageModel)
+                e.Add(new("$.parallelism.overlap", "\"on\" needs task language_model: classifiers run packed sequences through the fused recurrent stack, with no point between layers to signal; use \"auto\" or \"off\""));
+            else if (par.Overlap == OverlapKinds.On && m.Layers < 2)
+                e.Add(new("$.parallelism.overlap", $"\"on\" needs model.layers >= 2 (got {m.Layers}): with one layer no backward is left to overlap with; use \"auto\" or \"off\""));
+            else if (par.Overlap == OverlapKinds.On && par.Pipeline is not null)
+                e.Add(new("$.parallelism.overlap", "\"on\" is for data parallelism alone: pipeline stages reduce their gradients after their last backward; use \"auto\" or \"off\""));
+            OneOf(e, "$.parallelism.gradient_compression", par.GradientCompression, CompressionKinds.All);
+            if (par.Pipeline is not null && par.GradientCompression is CompressionKinds.Fp16 or CompressionKinds.Bf16)
+                e.Add(new("$.parallelism.gradient_compression", $"\"{par.GradientCompression}\" applies to data parallelism alone: pipeline stages sum their gradients in fp32; use \"none\""));
             if (par.Pipeline is null && par.Data != 0)
                 e.Add(new("$.parallelism.data", "only used with parallelism.pipeline; for data parallelism alone, choose the workers with `submit --workers N`"));
             if (par.Pipeline is { } pp)

@@ -47,17 +47,31 @@ public sealed class TrainingEngine : IDisposable
     public optim.Optimizer Optimizer { get; }
     public bool IsLanguageModel { get; }
 
-    public TrainingEngine(JobSpec spec, int vocabSize, int classes, Device device)
+    /// <param name="perLayer">A language model with one module per recurrent layer, so that <see cref="GradientsReady"/> can fire between layers (same parameters and results).</param>
+    public TrainingEngine(JobSpec spec, int vocabSize, int classes, Device device, bool perLayer = false)
     {
         this.spec = spec;
         this.device = device;
         IsLanguageModel = spec.Task == TaskKinds.LanguageModel;
-        Model = ModelFactory.Create(spec, vocabSize, classes, device);
+        Model = ModelFactory.Create(spec, vocabSize, classes, device, perLayer);
         parameters = Model.parameters().ToList();
         Optimizer = OptimizerFactory.Create(spec.Optimizer, parameters);
     }
 
     public IReadOnlyList<Parameter> Parameters => parameters;
+
+    /// <summary>
+    /// Language models only: called during backward, on the thread running it, with the index of the first ready part
+    /// once the gradients of that part and of everything after it are final — the number of layers when the head's
+    /// are, k when layers k.. are (per-layer models only; a fused stack signals the head alone).
+    /// </summary>
+    public Action<int>? GradientsReady
+    {
+        set
+        {
+            if (Model is RecurrentLanguageModel lm) lm.GradientsReady = value;
+        }
+    }
 
     /// <summary>The hidden state carried between consecutive chunks (stream language modelling), for checkpoints.</summary>
     public RecurrentState? CarriedState
@@ -96,7 +110,8 @@ public sealed class TrainingEngine : IDisposable
     /// <paramref name="inject"/> (a <see cref="NonFiniteCauses"/> value; tests and drills, see <see cref="NonFiniteInjection"/>)
     /// makes the loss NaN before the backward pass, or one gradient element infinite after it.
     /// </summary>
-    public GradientStats ComputeGradients(Batch batch, bool carryState, string? inject = null)
+    /// <param name="lossReady">Called with the summed loss after the forward pass, before backward starts.</param>
+    public GradientStats ComputeGradients(Batch batch, bool carryState, string? inject = null, Action<double>? lossReady = null)
     {
         Model.train();
         Optimizer.zero_grad();
@@ -104,6 +119,7 @@ public sealed class TrainingEngine : IDisposable
         PhaseChanged?.Invoke(Distributed.ActivityPhases.Forward);
         var loss = SummedLoss(batch, carryState);
         if (inject == NonFiniteCauses.Loss) loss = loss * double.NaN;
+        lossReady?.Invoke(loss.item<float>());
         PhaseChanged?.Invoke(Distributed.ActivityPhases.Backward);
         loss.backward();
         if (inject == NonFiniteCauses.Gradient) PoisonGradient(parameters);

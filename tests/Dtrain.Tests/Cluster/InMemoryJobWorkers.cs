@@ -73,6 +73,8 @@ public sealed class InMemoryJobWorkers : IJobWorkers, IAsyncDisposable
         public int WorldSize => ring.WorldSize;
 
         public Task SumAsync(Memory<float> buffer, long operation, CancellationToken cancel) => ring.SumAsync(buffer, operation, cancel);
+
+        public Task SumAsync(Memory<float> buffer, long operation, RingCompression compression, CancellationToken cancel) => ring.SumAsync(buffer, operation, compression, cancel);
     }
 
     private sealed class NoPeers : IPeerState

@@ -34,10 +34,32 @@ public class ParallelismSpecTests
     [InlineData("""{"pipeline": {"stages": 2, "partition": "0..1,2-3"}}""", "$.parallelism.pipeline.partition", "is not a layer range")]
     [InlineData("""{"data": 2}""", "$.parallelism.data", "only used with parallelism.pipeline")]
     [InlineData("""{"pipeline": {"stages": 2, "extra": 1}}""", "$.parallelism.pipeline.extra", "unknown field")]
+    [InlineData("""{"overlap": "maybe"}""", "$.parallelism.overlap", "\"auto\", \"on\", \"off\"")]
+    [InlineData("""{"overlap": "on", "pipeline": {"stages": 2}}""", "$.parallelism.overlap", "for data parallelism alone")]
+    [InlineData("""{"gradient_compression": "fp16", "pipeline": {"stages": 2}}""", "$.parallelism.gradient_compression", "applies to data parallelism alone")]
+    [InlineData("""{"gradient_compression": "int8"}""", "$.parallelism.gradient_compression", "\"none\", \"fp16\", \"bf16\"")]
     public void Bad_layouts_are_refused_naming_the_field(string parallelism, string path, string message)
     {
         var e = Invalid(Spec(parallelism));
         Assert.Contains(e.Errors, x => x.Path == path && x.Message.Contains(message, StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void Overlap_and_compression_parse_with_defaults_and_on_is_refused_where_nothing_can_overlap()
+    {
+        var spec = JobSpecSerializer.Parse(Spec("""{"gradient_compression": "bf16"}"""));
+        Assert.Equal((OverlapKinds.Auto, CompressionKinds.Bf16), (spec.Parallelism!.Overlap, spec.Parallelism.GradientCompression));
+        // auto: on only with a core to spare for the data plane; on: always (where possible); off: never.
+        Assert.True(OverlapKinds.Enabled(spec, spareCores: 1));
+        Assert.False(OverlapKinds.Enabled(spec, spareCores: 0));
+        Assert.True(OverlapKinds.Enabled(JobSpecSerializer.Parse(Spec("""{"overlap": "on"}""")), spareCores: 0));
+        Assert.False(OverlapKinds.Enabled(JobSpecSerializer.Parse(Spec("""{"overlap": "off"}""")), spareCores: 8));
+        Assert.False(OverlapKinds.Enabled(JobSpecSerializer.Parse(Spec("""{"overlap": "auto"}""", layers: 1)), spareCores: 8));
+        var e = Invalid(Spec("""{"overlap": "on"}""", layers: 1));
+        Assert.Contains(e.Errors, x => x.Path == "$.parallelism.overlap" && x.Message.Contains("model.layers >= 2", StringComparison.Ordinal));
+        var classifier = Spec("""{"overlap": "on"}""").Replace("\"name\": \"p\",", "\"name\": \"p\", \"task\": \"classification\",", StringComparison.Ordinal);
+        e = Invalid(classifier);
+        Assert.Contains(e.Errors, x => x.Path == "$.parallelism.overlap" && x.Message.Contains("needs task language_model", StringComparison.Ordinal));
     }
 
     [Fact]
