@@ -45,15 +45,31 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
             return request;
         }
 
-        // Assign ranks: every replica builds the same model from the same seed; the checksums prove it.
-        var workers = fleet.Workers;
-        var world = workers.Members.Count;
-        if (spec.Training.BatchSize < world)
-            throw new JobFailure($"training.batch_size {spec.Training.BatchSize} is smaller than the {world} workers: every worker needs at least one row");
-        var peers = workers.Members.Select((w, r) => new Peer { Rank = r, WorkerId = w.Id, Address = w.Address }).ToList();
-        var assigned = await workers.AssignAsync(rank => Assignment(rank, world, fleet.Generation, prepared.StartStep, peers), cancel).ConfigureAwait(false);
-        CheckChecksums(workers, assigned.Select(a => a.ParameterChecksum).ToArray(), "after initialisation");
-        await ResumeLoader.LoadAsync(job, prepared, workers, assigned, cancel).ConfigureAwait(false);
+        // Assign ranks: every replica builds the same model from the same seed; the checksums prove it. A worker that
+        // dies or is cut off meanwhile (before any step) is dropped and the others are assigned again, in a new generation.
+        IJobWorkers workers;
+        int world;
+        AssignReply[] assigned;
+        while (true)
+        {
+            workers = fleet.Workers;
+            world = workers.Members.Count;
+            CheckBatch(spec, world);
+            var peers = workers.Members.Select((w, r) => new Peer { Rank = r, WorkerId = w.Id, Address = w.Address }).ToList();
+            try
+            {
+                assigned = await workers.AssignAsync(rank => Assignment(rank, world, fleet.Generation, prepared.StartStep, peers), cancel).ConfigureAwait(false);
+                CheckChecksums(workers, assigned.Select(a => a.ParameterChecksum).ToArray(), "after initialisation");
+                await ResumeLoader.LoadAsync(job, prepared, workers, assigned, cancel).ConfigureAwait(false);
+                break;
+            }
+            catch (Exception e) when (!cancel.IsCancellationRequested && e is JobFailure or Grpc.Core.RpcException)
+            {
+                if (!await fleet.AbsorbsAsync(e, cancel).ConfigureAwait(false)) throw;
+                job.Publish(new JobEvent { Log = $"generation {fleet.Generation}: the assignment failed before step {prepared.StartStep}: {e.Message}; assigning again without it" });
+                await fleet.ReassignAsync(e.Message, cancel).ConfigureAwait(false);
+            }
+        }
         job.Update(i => { i.Parameters = assigned[0].Parameters; i.TotalSteps = total; i.State = JobState.Running; i.Message = ""; });
         job.Publish(new JobEvent { Log = $"{world} worker(s): {string.Join(", ", workers.Members.Select((w, r) => $"rank {r} = {w.Id} {w.Address}"))}; {assigned[0].Parameters:N0} parameters, {total} steps" });
 
@@ -95,8 +111,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
             for (var step = progress.Next; step < change.NextStep; step++)
                 job.Ledger.Commit(step, before, beforeGeneration, beforeMembers);
             progress.Next = change.NextStep;
-            if (spec.Training.BatchSize < change.Members.Count)
-                throw new JobFailure($"training.batch_size {spec.Training.BatchSize} is smaller than the {change.Members.Count} workers: every worker needs at least one row");
+            CheckBatch(spec, change.Members.Count);
             job.Publish(new JobEvent { Log = $"generation {change.Generation}: {change.Members.Count} worker(s) ({string.Join(", ", change.Members)}) from step {change.NextStep}" +
                 (change.Gone.Count > 0 ? $"; without {string.Join(", ", change.Gone)}" : "") + (change.Joined.Count > 0 ? $"; admitted {string.Join(", ", change.Joined)}" : "") + $" ({reason})" });
         }
@@ -334,6 +349,13 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         var path = store.Save(data);
         job.Update(i => i.Checkpoint = path, publishState: false);
         job.Publish(new JobEvent { Log = $"step {step}: checkpoint {path}" });
+    }
+
+    /// <summary>Every worker needs at least one row of the global batch.</summary>
+    private static void CheckBatch(JobSpec spec, int world)
+    {
+        if (spec.Training.BatchSize < world)
+            throw new JobFailure($"training.batch_size {spec.Training.BatchSize} is smaller than the {world} workers: every worker needs at least one row");
     }
 
     private static void CheckChecksums(IJobWorkers workers, double[] sums, string when)
