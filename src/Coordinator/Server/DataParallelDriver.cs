@@ -73,7 +73,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         job.Update(i => { i.Parameters = assigned[0].Parameters; i.TotalSteps = total; i.State = JobState.Running; i.Message = ""; });
         job.Publish(new JobEvent { Log = $"{world} worker(s): {string.Join(", ", workers.Members.Select((w, r) => $"rank {r} = {w.Id} {w.Address}"))}; {assigned[0].Parameters:N0} parameters, {total} steps" });
 
-        var progress = new Progress { Next = prepared.StartStep, Clock = Stopwatch.StartNew(), NonFinite = new NonFiniteSteps(spec) };
+        var progress = new Progress { Next = prepared.StartStep, Clock = Stopwatch.StartNew(), NonFinite = new NonFiniteSteps(spec, prepared.NonFiniteBefore) };
         while (true)
         {
             var plan = new ShardPlan(source, fleet.Workers.Members.Count, total);
@@ -224,7 +224,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
 
                 if (EvaluatesAfter(done)) await EvaluateAsync(job, workers, done, generationCancel.Token).ConfigureAwait(false);
                 if (CheckpointsAfter(done))
-                    await CheckpointAsync(job, workers, store, done, prepared.ElapsedBefore + elapsed, prepared.SamplesBefore + progress.Samples, generationCancel.Token).ConfigureAwait(false);
+                    await CheckpointAsync(job, workers, store, done, prepared.ElapsedBefore + elapsed, prepared.SamplesBefore + progress.Samples, progress.NonFinite.Consecutive, generationCancel.Token).ConfigureAwait(false);
                 if (done < total && next is null && Pause(done)) return;
                 current = done < total ? next ?? await LaunchAsync(done, behindAnother: false).ConfigureAwait(false) : null;
                 next = null;
@@ -342,9 +342,9 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         job.PublishEval(step, metrics);
     }
 
-    private static async Task CheckpointAsync(JobRecord job, IJobWorkers workers, CheckpointStore store, long step, double elapsed, long samples, CancellationToken cancel)
+    private static async Task CheckpointAsync(JobRecord job, IJobWorkers workers, CheckpointStore store, long step, double elapsed, long samples, int nonFiniteStreak, CancellationToken cancel)
     {
-        var bytes = await workers.GetStateAsync(0, new GetStateRequest { JobId = job.Id, Step = step, ElapsedSeconds = elapsed, SamplesSeen = samples }, step, cancel).ConfigureAwait(false);
+        var bytes = await workers.GetStateAsync(0, new GetStateRequest { JobId = job.Id, Step = step, ElapsedSeconds = elapsed, SamplesSeen = samples, NonfiniteStreak = nonFiniteStreak }, step, cancel).ConfigureAwait(false);
         var data = CheckpointFormat.Read(new MemoryStream(bytes), $"state of job {job.Id} from worker {workers.Members[0].Id}");
         var path = store.Save(data);
         job.Update(i => i.Checkpoint = path, publishState: false);

@@ -84,7 +84,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         long loadedUntil = start, samples = 0;
         var clock = Stopwatch.StartNew();
         var lastStage = Enumerable.Range(0, d).Select(r => Slot(r, k - 1)).ToArray();
-        var nonFinite = new NonFiniteSteps(spec);
+        var nonFinite = new NonFiniteSteps(spec, prepared.NonFiniteBefore);
         for (long step = start; step < total; step++)
         {
             cancel.ThrowIfCancellationRequested();
@@ -137,7 +137,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             var parameters = new List<NamedTensor>();
             for (var s = 0; s < k; s++)
                 parameters.AddRange(await workers.GetStageParametersAsync(Slot(0, s), new GetStateRequest { JobId = job.Id, Step = done }, done, cancel).ConfigureAwait(false));
-            var training = new TrainingState { Step = done, ElapsedSeconds = elapsed, SamplesSeen = prepared.SamplesBefore + samples, LastLr = lr };
+            var training = new TrainingState { Step = done, ElapsedSeconds = elapsed, SamplesSeen = prepared.SamplesBefore + samples, LastLr = lr, NonFiniteStreak = nonFinite.Consecutive };
             var (metrics, checkpoint) = await torch.RunAsync(() => Gather(job, data, parameters, training, evaluates, checkpoints)).ConfigureAwait(false);
             if (metrics is not null) job.PublishEval(done, metrics);
             if (checkpoint is not null)
