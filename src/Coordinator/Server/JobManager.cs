@@ -227,7 +227,8 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         registry.Changed += () => wake.Release();
         while (!stop.IsCancellationRequested)
         {
-            await wake.WaitAsync(TimeSpan.FromSeconds(1), stop).ConfigureAwait(false);
+            // Half a heartbeat interval (at most 1 s) between sweeps: a silent worker is declared lost at most that long after its timeout.
+            await wake.WaitAsync(TimeSpan.FromMilliseconds(Math.Min(1000, options.HeartbeatIntervalMs / 2.0)), stop).ConfigureAwait(false);
             registry.Sweep();
             // In submission order, with backfilling while the head waits for workers to register (JobQueue.cs).
             Schedule(stop);
