@@ -70,7 +70,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                 await fleet.ReassignAsync(e.Message, cancel).ConfigureAwait(false);
             }
         }
-        job.Update(i => { i.Parameters = assigned[0].Parameters; i.TotalSteps = total; i.State = JobState.Running; i.Message = ""; });
+        job.Transition(JobTrigger.Run, "", i => { i.Parameters = assigned[0].Parameters; i.TotalSteps = total; });
         job.Publish(new JobEvent { Log = $"{world} worker(s): {string.Join(", ", workers.Members.Select((w, r) => $"rank {r} = {w.Id} {w.Address}"))}; {assigned[0].Parameters:N0} parameters, {total} steps" });
 
         var progress = new Progress { Next = prepared.StartStep, Clock = Stopwatch.StartNew(), NonFinite = new NonFiniteSteps(spec, prepared.NonFiniteBefore) };

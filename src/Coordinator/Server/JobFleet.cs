@@ -184,7 +184,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
             else registry.Detach(w.Id, job.Id);
             job.Publish(new JobEvent { Log = $"generation {generation}: without {cause}" });
         }
-        while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != WorkerState.Draining);
+        while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != MembershipState.Draining);
 
         // Stop every survivor's steps; where each stands decides the committed step (a step is applied whole or not at all).
         var standing = new Dictionary<string, AbortReply>();
@@ -202,7 +202,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
                 lock (standing) Drop(w, $"worker {w.Id} ({w.Address}): abort failed: {e.Status.Detail}", lost: e.StatusCode != StatusCode.NotFound);
             }
         })).ConfigureAwait(false);
-        while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != WorkerState.Draining);
+        while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != MembershipState.Draining);
         survivors.RemoveAll(s => !standing.ContainsKey(s.Id));
         if (survivors.Count == 0) throw new JobFailure($"no worker of the job is left: {(why.Count > 0 ? string.Join("; ", why) : reason)}") { Terminal = true };
         var drained = Drained().Where(standing.ContainsKey).ToHashSet();
@@ -313,11 +313,11 @@ public sealed class JobFleet : IJobFleet, IDisposable
                 throw new JobFailure($"fewer than the minimum of {Min} worker(s) for {options.WaitForWorkersSeconds:F0}s after {after}") { Terminal = true };
             }
             var missing = Min - survivors.Count - newcomers.Count;
-            job.Update(i => { i.State = JobState.Waiting; i.Message = $"waiting for {missing} more worker(s), {left:F0} s left"; });
+            job.Transition(JobTrigger.Wait, $"waiting for {missing} more worker(s), {left:F0} s left");
             await Task.Delay(TimeSpan.FromMilliseconds(500), cancel).ConfigureAwait(false);
             newcomers.AddRange(registry.TryReserveUpTo(Max - survivors.Count - newcomers.Count, job.Id, needed: Min - survivors.Count - newcomers.Count));
         }
-        job.Update(i => { i.State = JobState.Running; i.Message = ""; });
+        job.Transition(JobTrigger.Run, "");
     }
 
     public async Task ReassignAsync(string reason, CancellationToken cancel)
@@ -335,7 +335,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
             else registry.Detach(w.Id, job.Id);
             job.Publish(new JobEvent { Log = $"generation {generation}: assigning again without {cause}" });
         }
-        while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != WorkerState.Draining);
+        while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != MembershipState.Draining);
 
         // No step ran: what the others built of the failed assignment is released (a worker that never got it answers all the
         // same, and Assign would replace it anyway). Only one that cannot be reached is dropped.
@@ -351,7 +351,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
                 lock (survivors) Drop(w, $"worker {w.Id} ({w.Address}): release failed: {e.Status.Detail}", lost: e.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded);
             }
         })).ConfigureAwait(false);
-        while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != WorkerState.Draining);
+        while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != MembershipState.Draining);
         // Drained members hold nothing yet: they go at once.
         foreach (var id in Drained())
             if (survivors.FirstOrDefault(s => s.Id == id) is { } w) Drop(w, $"worker {w.Id} ({w.Address}): drained", lost: false);

@@ -74,7 +74,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         CheckChecksums(workers, k, d, assigned.Select(a => a.ParameterChecksum).ToArray(), "after initialisation");
         await ResumeLoader.LoadAsync(job, prepared, workers, assigned, cancel).ConfigureAwait(false);
         var start = prepared.StartStep;
-        job.Update(i => { i.Parameters = layout.Model.Total; i.TotalSteps = total; i.State = JobState.Running; i.Message = ""; });
+        job.Transition(JobTrigger.Run, "", i => { i.Parameters = layout.Model.Total; i.TotalSteps = total; });
         job.Publish(new JobEvent { Log = $"pipeline: {d} replica(s) × {k} stages, {pipeline.Microbatches} micro-batch(es), {pipeline.Schedule}; " +
             string.Join(", ", Enumerable.Range(0, n).Select(slot => $"replica {slot / k} stage {slot % k} (layers {layout.Stages[slot % k].FirstLayer}-{layout.Stages[slot % k].EndLayer - 1}) = {workers.Members[slot].Id} {workers.Members[slot].Address}")) +
             $"; {layout.Model.Total:N0} parameters, {total} steps" });
