@@ -73,6 +73,7 @@ public class NonFiniteClusterTests
 
         var dir = Path.Combine(tmp.Path, "job");
         var job = new JobRecord("job-0001", spec with { Output = dir }, dir, 3, DateTimeOffset.UtcNow);
+        job.Transition(JobTrigger.Start, "preparing data"); // as the runner does before the driver
         await using (var workers = new InMemoryJobWorkers(3, r => r == rank ? new WorkerOptions { InjectNonFinite = $"{cause}:4" } : new WorkerOptions()))
         {
             var prepared = await PreparedJob.LoadAsync(job, CancellationToken.None);
@@ -105,6 +106,7 @@ public class NonFiniteClusterTests
         spec = spec with { Training = spec.Training with { MaxNonfiniteSteps = 3 } };
         var dir = Path.Combine(tmp.Path, "job");
         var job = new JobRecord("job-0001", spec with { Output = dir }, dir, 3, DateTimeOffset.UtcNow);
+        job.Transition(JobTrigger.Start, "preparing data"); // as the runner does before the driver
         await using var workers = new InMemoryJobWorkers(3, r => r == 0 ? new WorkerOptions { InjectNonFinite = "loss:3,4,5" } : new WorkerOptions());
         var prepared = await PreparedJob.LoadAsync(job, CancellationToken.None);
         var e = await Assert.ThrowsAsync<JobFailure>(() => new DataParallelDriver(EveryStepChecked).RunAsync(job, prepared, workers, CancellationToken.None));
