@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Runtime.InteropServices;
 using Dtrain.Checkpoints;
 using Dtrain.Distributed;
 using Dtrain.Distributed.Pipeline;
@@ -154,28 +153,15 @@ public sealed class PipelineDriver(CoordinatorOptions options)
     {
         var spec = job.Spec;
         using var engine = new TrainingEngine(spec, data.Tokenizer.VocabSize, data.Labels.Count, CPU);
-        var byName = parameters.ToDictionary(p => p.Name);
-        using (no_grad())
-        {
-            foreach (var (name, p) in engine.Model.named_parameters())
-            {
-                if (!byName.Remove(name, out var t)) throw new JobFailure($"gathering the model: no stage sent parameter {name}");
-                if (!t.Shape.SequenceEqual(p.shape)) throw new JobFailure($"gathering the model: parameter {name} has shape [{string.Join(", ", t.Shape)}], expected [{string.Join(", ", p.shape)}]");
-                var values = MemoryMarshal.Cast<byte, float>(t.Data.Span).ToArray();
-                using var source = tensor(values, p.shape);
-                p.copy_(source);
-            }
-        }
-        if (byName.Count > 0) throw new JobFailure($"gathering the model: unexpected parameters {string.Join(", ", byName.Keys)}");
-        // The whole model's parameters in order are the stages' in order: their optimizer states line up the same way.
-        var states = engine.Model.named_parameters().Select(p => (p.name, parameters.First(t => t.Name == p.name).OptimizerState.ToByteArray())).ToList();
+        // One way parameters and their optimizer state move into a model, here as for a resumed replica or stage.
         try
         {
-            OptimizerStateBytes.Load((TorchSharp.Modules.OptimizerHelper)engine.Optimizer, states);
+            ParameterTransfer.Load(engine.Model.named_parameters().Select(p => (p.name, p.parameter)), (TorchSharp.Modules.OptimizerHelper)engine.Optimizer,
+                parameters.ToDictionary(p => p.Name, StringComparer.Ordinal), exact: true, allowNonFinite: true);
         }
         catch (InvalidDataException e)
         {
-            throw new JobFailure($"gathering the optimizer state: {e.Message}");
+            throw new JobFailure($"gathering the model from every stage: {e.Message}");
         }
         Metrics? metrics = null;
         if (evaluate)
