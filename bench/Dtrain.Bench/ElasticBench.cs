@@ -34,7 +34,7 @@ public static class ElasticBench
         };
         var specPath = Path.Combine(tmp.Path, "elastic.json");
         File.WriteAllText(specPath, JobSpecSerializer.Serialize(spec));
-        Console.WriteLine("model: char LSTM, 2 layers x 128 hidden, batch 24 x 32, 1 torch thread per worker; coordinator defaults (heartbeat 1 s, worker timeout 5 s)");
+        Console.WriteLine("model: char LSTM, 2 layers x 128 hidden, batch 24 x 32, 1 torch thread per worker; coordinator defaults (heartbeat 1 s, worker timeout 7 s)");
 
         var rows = new List<string>();
         foreach (var (name, signal) in new[] { ("kill -9 (process dies)", "KILL"), ("SIGSTOP (process hangs)", "STOP") })

@@ -15,10 +15,10 @@ public sealed record CoordinatorOptions
     public int HeartbeatIntervalMs { get; init; } = 1000;
     /// <summary>
     /// A worker without a heartbeat for this long is lost: an elastic job goes on without it, a fixed one waits or fails
-    /// (named worker and step). 5 heartbeat intervals by default: heartbeats come from their own task, not from the torch
+    /// (named worker and step). 7 heartbeat intervals by default: heartbeats come from their own task, not from the torch
     /// thread that runs steps, so a long step does not delay them (a hung or stopped process stops them).
     /// </summary>
-    public double WorkerTimeoutSeconds { get; init; } = 5;
+    public double WorkerTimeoutSeconds { get; init; } = 7;
     /// <summary>A worker that does not finish a step within this long fails its job (a hung worker).</summary>
     public double StepTimeoutSeconds { get; init; } = 300;
     /// <summary>An elastic job below its minimum of workers waits this long for more (state "waiting") before it fails (or restarts from its checkpoint, training.max_restarts).</summary>
