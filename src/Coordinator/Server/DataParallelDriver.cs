@@ -346,6 +346,9 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
     {
         var bytes = await workers.GetStateAsync(0, new GetStateRequest { JobId = job.Id, Step = step, ElapsedSeconds = elapsed, SamplesSeen = samples, NonfiniteStreak = nonFiniteStreak }, step, cancel).ConfigureAwait(false);
         var data = CheckpointFormat.Read(new MemoryStream(bytes), $"state of job {job.Id} from worker {workers.Members[0].Id}");
+        // The ledger's steps up to this one are on disk before the checkpoint file is: a coordinator killed right after
+        // resumes from this file, and its ledger must already hold every step the file includes.
+        job.Store?.Flush();
         var path = store.Save(data);
         job.Update(i => i.Checkpoint = path, publishState: false);
         job.Publish(new JobEvent { Log = $"step {step}: checkpoint {path}" });

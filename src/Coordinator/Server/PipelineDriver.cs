@@ -141,6 +141,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             if (metrics is not null) job.PublishEval(done, metrics);
             if (checkpoint is not null)
             {
+                job.Store?.Flush(); // the ledger up to this step before the file (a restart resumes from the file)
                 var path = store.Save(checkpoint);
                 job.Update(i => i.Checkpoint = path, publishState: false);
                 job.Publish(new JobEvent { Log = $"step {done}: checkpoint {path} (gathered from {k} stages)" });
