@@ -17,6 +17,8 @@ public static class ElasticBench
     public static int Run()
     {
         using var tmp = new TempDir();
+        // DTRAIN_BENCH_LOGS=DIR keeps the processes' logs there (they go with the temporary directory otherwise).
+        var logs = Environment.GetEnvironmentVariable("DTRAIN_BENCH_LOGS") is { Length: > 0 } keep ? keep : tmp.Path;
         var data = Path.Combine(tmp.Path, "w.txt");
         var rng = new Random(1);
         var sb = new StringBuilder();
@@ -32,12 +34,12 @@ public static class ElasticBench
         };
         var specPath = Path.Combine(tmp.Path, "elastic.json");
         File.WriteAllText(specPath, JobSpecSerializer.Serialize(spec));
-        Console.WriteLine("model: char LSTM, 2 layers x 128 hidden, batch 24 x 32, 1 torch thread per worker; coordinator defaults (heartbeat 1 s, worker timeout 10 s)");
+        Console.WriteLine("model: char LSTM, 2 layers x 128 hidden, batch 24 x 32, 1 torch thread per worker; coordinator defaults (heartbeat 1 s, worker timeout 7 s)");
 
         var rows = new List<string>();
         foreach (var (name, signal) in new[] { ("kill -9 (process dies)", "KILL"), ("SIGSTOP (process hangs)", "STOP") })
         {
-            using var cluster = LocalCluster.Start(3, 0, 1, Path.Combine(tmp.Path, signal), TimeSpan.FromMinutes(2));
+            using var cluster = LocalCluster.Start(3, 0, 1, Path.Combine(logs, signal), TimeSpan.FromMinutes(2));
             using var channel = Remote.Channel(cluster.Address);
             var client = new Jobs.JobsClient(channel);
             var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(specPath), 3)).JobId;
@@ -69,7 +71,7 @@ public static class ElasticBench
         }
 
         {
-            using var cluster = LocalCluster.Start(2, 0, 1, Path.Combine(tmp.Path, "join"), TimeSpan.FromMinutes(2));
+            using var cluster = LocalCluster.Start(2, 0, 1, Path.Combine(logs, "join"), TimeSpan.FromMinutes(2));
             using var channel = Remote.Channel(cluster.Address);
             var client = new Jobs.JobsClient(channel);
             var request = JobCommands.BuildSubmit(client, new FileInfo(specPath), 2);

@@ -13,6 +13,8 @@ public sealed class ReplicaJob : IAsyncDisposable
 {
     private readonly Dictionary<long, ShardStep> steps = [];
     private IAsyncDisposable? ring;
+    /// <summary>Rings of earlier generations still closing (see <see cref="AbortAsync"/>); the job's disposal waits for them.</summary>
+    private readonly List<Task> closing = [];
 
     public string JobId { get; }
     /// <summary>The worker ids of the job's current generation (rank order): the peers that may take this replica's state.</summary>
@@ -110,7 +112,9 @@ public sealed class ReplicaJob : IAsyncDisposable
 
     /// <summary>
     /// Abandons this generation's steps: the one running stops (before its optimizer step, unless it already took
-    /// it: a step is applied whole or not at all) and queued ones are refused; then closes the ring. Returns with
+    /// it: a step is applied whole or not at all) and queued ones are refused; then lets the ring close in the
+    /// background (a ring with a hung peer may take seconds to close: its streams to that peer never finish; the next
+    /// generation's ring is another one, and fencing keeps the two apart). Returns with
     /// <see cref="Gate"/> held, so nothing runs until <see cref="Reconfigure"/> or <see cref="EndAbort"/>.
     /// </summary>
     public async Task AbortAsync(long generation, TimeSpan timeout)
@@ -121,8 +125,9 @@ public sealed class ReplicaJob : IAsyncDisposable
             throw new TimeoutException($"job {JobId}: step {LastStep + 1} did not stop within {timeout.TotalSeconds:F0}s");
         if (ring is not null)
         {
-            await ring.DisposeAsync().ConfigureAwait(false);
+            var old = ring;
             ring = null;
+            lock (closing) closing.Add(Task.Run(async () => await old.DisposeAsync().ConfigureAwait(false)));
         }
     }
 
@@ -229,6 +234,10 @@ public sealed class ReplicaJob : IAsyncDisposable
         {
             await stepCancel.CancelAsync().ConfigureAwait(false);
             if (ring is not null) await ring.DisposeAsync().ConfigureAwait(false);
+            Task[] old;
+            lock (closing) old = [.. closing];
+            // Earlier generations' rings were abandoned: how they closed does not matter any more.
+            await Task.WhenAll(old).ContinueWith(t => _ = t.Exception, TaskScheduler.Default).ConfigureAwait(false);
             if (stage is not null)
             {
                 await stage.DisposeAsync().ConfigureAwait(false);

@@ -362,7 +362,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         {
             if (request.Step != job.LastStep + 1)
                 throw new InvalidOperationException($"job {job.JobId}: state at step {request.Step} asked, but this replica stands at step {job.LastStep + 1}");
-            var training = new TrainingState { Step = request.Step, ElapsedSeconds = request.ElapsedSeconds, SamplesSeen = request.SamplesSeen };
+            var training = new TrainingState { Step = request.Step, ElapsedSeconds = request.ElapsedSeconds, SamplesSeen = request.SamplesSeen, NonFiniteStreak = request.NonfiniteStreak };
             var data = await job.Torch.RunAsync(() => TrainingCheckpoint.Capture(job.Spec, job.Tokenizer, job.Labels, training, job.Replica.Engine)).ConfigureAwait(false);
             using var ms = new MemoryStream();
             CheckpointFormat.Write(ms, data);

@@ -17,12 +17,9 @@ public sealed class CoordinatorRestartTests(ImageFixture image, ITestOutputHelpe
     [DockerFact]
     public async Task Restarted_coordinator_keeps_its_files_and_its_jobs_and_continues_numbering()
     {
-        image.EnsureBuilt(output);
-        using var tmp = new TempDir();
-        var cli = new HostCli(output, tmp.Path);
+        await using var scene = await ClusterScene.StartAsync(image, output, "restart", 2);
+        var (tmp, cli, cluster) = (scene.Tmp, scene.Cli, scene.Cluster);
         var spec = E2EJobs.ShortLm(tmp);
-        await using var cluster = await ContainerCluster.StartAsync(output, "restart", 2);
-        cli.TlsDir = cluster.ClientTlsDir;
         await cluster.RunAsync(async () =>
         {
             var (first, watch) = await cli.SubmitAsync(cluster.Address, spec, workers: 2, watch: true);

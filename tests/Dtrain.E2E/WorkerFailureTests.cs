@@ -21,13 +21,10 @@ public sealed class WorkerFailureTests(ImageFixture image, ITestOutputHelper out
     [DockerFact]
     public async Task Killed_worker_container_fails_its_job_naming_it_and_the_survivors_take_the_next_job()
     {
-        image.EnsureBuilt(output);
-        using var tmp = new TempDir();
-        var cli = new HostCli(output, tmp.Path);
-        var longJob = E2EJobs.LongLm(tmp);
-        var shortJob = E2EJobs.ShortLm(tmp);
-        await using var cluster = await ContainerCluster.StartAsync(output, "kill", 3, FastLoss);
-        cli.TlsDir = cluster.ClientTlsDir;
+        await using var scene = await ClusterScene.StartAsync(image, output, "kill", 3, FastLoss);
+        var (cli, cluster) = (scene.Cli, scene.Cluster);
+        var longJob = E2EJobs.LongLm(scene.Tmp);
+        var shortJob = E2EJobs.ShortLm(scene.Tmp);
         await cluster.RunAsync(async () =>
         {
             using var client = cluster.NewClient();
@@ -64,12 +61,9 @@ public sealed class WorkerFailureTests(ImageFixture image, ITestOutputHelper out
     [DockerFact]
     public async Task Stopped_worker_container_drains_leaves_and_exits_0_and_its_job_fails_naming_it()
     {
-        image.EnsureBuilt(output);
-        using var tmp = new TempDir();
-        var cli = new HostCli(output, tmp.Path);
-        var longJob = E2EJobs.LongLm(tmp);
-        await using var cluster = await ContainerCluster.StartAsync(output, "drain", 2, FastLoss);
-        cli.TlsDir = cluster.ClientTlsDir;
+        await using var scene = await ClusterScene.StartAsync(image, output, "drain", 2, FastLoss);
+        var (cli, cluster) = (scene.Cli, scene.Cluster);
+        var longJob = E2EJobs.LongLm(scene.Tmp);
         await cluster.RunAsync(async () =>
         {
             using var client = cluster.NewClient();

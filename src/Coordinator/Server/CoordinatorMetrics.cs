@@ -88,7 +88,7 @@ public sealed class CoordinatorMetrics : BackgroundService
     public string Targets()
     {
         var groups = registry.Snapshot()
-            .Where(w => w.State != WorkerState.Lost && w.HttpAddress != "")
+            .Where(w => w.State != MembershipState.Lost && w.HttpAddress != "")
             .Select(w =>
             {
                 var uri = new Uri(w.HttpAddress);
@@ -114,7 +114,7 @@ public sealed class CoordinatorMetrics : BackgroundService
         queueLength.Set(all.Count(j => j.State == JobState.Queued));
         var workers = registry.Snapshot();
         foreach (var s in Enum.GetValues<WorkerState>().Where(s => s != WorkerState.Unspecified))
-            workersByState.WithLabels(Name(s)).Set(workers.Count(w => w.State == s));
+            workersByState.WithLabels(Name(s)).Set(workers.Count(w => w.State.ToProto() == s));
         var culprits = stalls.StalledWorkers();
         var now = clock.GetUtcNow();
         foreach (var j in all)

@@ -21,8 +21,12 @@ public sealed record CoordinatorOptions
     /// <summary>Where jobs keep their uploaded data and checkpoints.</summary>
     public string DataDir { get; init; } = ".dtrain/coordinator";
     public int HeartbeatIntervalMs { get; init; } = 1000;
-    /// <summary>A worker without a heartbeat for this long is lost; its job fails (named worker and step).</summary>
-    public double WorkerTimeoutSeconds { get; init; } = 10;
+    /// <summary>
+    /// A worker without a heartbeat for this long is lost: an elastic job goes on without it, a fixed one waits or fails
+    /// (named worker and step). 7 heartbeat intervals by default: heartbeats come from their own task, not from the torch
+    /// thread that runs steps, so a long step does not delay them (a hung or stopped process stops them).
+    /// </summary>
+    public double WorkerTimeoutSeconds { get; init; } = 7;
     /// <summary>
     /// A running job's worker that lags this long — silent (no heartbeat), or waited on by the others (in all-reduce or
     /// for a pipeline neighbour) — is named with its phase in a stall warning: `dtrain status`, a watch event and the

@@ -45,19 +45,35 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
             return request;
         }
 
-        // Assign ranks: every replica builds the same model from the same seed; the checksums prove it.
-        var workers = fleet.Workers;
-        var world = workers.Members.Count;
-        if (spec.Training.BatchSize < world)
-            throw new JobFailure($"training.batch_size {spec.Training.BatchSize} is smaller than the {world} workers: every worker needs at least one row");
-        var peers = workers.Members.Select((w, r) => new Peer { Rank = r, WorkerId = w.Id, Address = w.Address }).ToList();
-        var assigned = await workers.AssignAsync(rank => Assignment(rank, world, fleet.Generation, prepared.StartStep, peers), cancel).ConfigureAwait(false);
-        CheckChecksums(workers, assigned.Select(a => a.ParameterChecksum).ToArray(), "after initialisation");
-        await ResumeLoader.LoadAsync(job, prepared, workers, assigned, cancel).ConfigureAwait(false);
-        job.Update(i => { i.Parameters = assigned[0].Parameters; i.TotalSteps = total; i.State = JobState.Running; i.Message = ""; });
+        // Assign ranks: every replica builds the same model from the same seed; the checksums prove it. A worker that
+        // dies or is cut off meanwhile (before any step) is dropped and the others are assigned again, in a new generation.
+        IJobWorkers workers;
+        int world;
+        AssignReply[] assigned;
+        while (true)
+        {
+            workers = fleet.Workers;
+            world = workers.Members.Count;
+            CheckBatch(spec, world);
+            var peers = workers.Members.Select((w, r) => new Peer { Rank = r, WorkerId = w.Id, Address = w.Address }).ToList();
+            try
+            {
+                assigned = await workers.AssignAsync(rank => Assignment(rank, world, fleet.Generation, prepared.StartStep, peers), cancel).ConfigureAwait(false);
+                CheckChecksums(workers, assigned.Select(a => a.ParameterChecksum).ToArray(), "after initialisation");
+                await ResumeLoader.LoadAsync(job, prepared, workers, assigned, cancel).ConfigureAwait(false);
+                break;
+            }
+            catch (Exception e) when (!cancel.IsCancellationRequested && e is JobFailure or Grpc.Core.RpcException)
+            {
+                if (!await fleet.AbsorbsAsync(e, cancel).ConfigureAwait(false)) throw;
+                job.Publish(new JobEvent { Log = $"generation {fleet.Generation}: the assignment failed before step {prepared.StartStep}: {e.Message}; assigning again without it" });
+                await fleet.ReassignAsync(e.Message, cancel).ConfigureAwait(false);
+            }
+        }
+        job.Transition(JobTrigger.Run, "", i => { i.Parameters = assigned[0].Parameters; i.TotalSteps = total; });
         job.Publish(new JobEvent { Log = $"{world} worker(s): {string.Join(", ", workers.Members.Select((w, r) => $"rank {r} = {w.Id} {w.Address}"))}; {assigned[0].Parameters:N0} parameters, {total} steps" });
 
-        var progress = new Progress { Next = prepared.StartStep, Clock = Stopwatch.StartNew(), NonFinite = new NonFiniteSteps(spec) };
+        var progress = new Progress { Next = prepared.StartStep, Clock = Stopwatch.StartNew(), NonFinite = new NonFiniteSteps(spec, prepared.NonFiniteBefore) };
         while (true)
         {
             var plan = new ShardPlan(source, fleet.Workers.Members.Count, total);
@@ -95,8 +111,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
             for (var step = progress.Next; step < change.NextStep; step++)
                 job.Ledger.Commit(step, before, beforeGeneration, beforeMembers);
             progress.Next = change.NextStep;
-            if (spec.Training.BatchSize < change.Members.Count)
-                throw new JobFailure($"training.batch_size {spec.Training.BatchSize} is smaller than the {change.Members.Count} workers: every worker needs at least one row");
+            CheckBatch(spec, change.Members.Count);
             job.Publish(new JobEvent { Log = $"generation {change.Generation}: {change.Members.Count} worker(s) ({string.Join(", ", change.Members)}) from step {change.NextStep}" +
                 (change.Gone.Count > 0 ? $"; without {string.Join(", ", change.Gone)}" : "") + (change.Joined.Count > 0 ? $"; admitted {string.Join(", ", change.Joined)}" : "") + $" ({reason})" });
         }
@@ -209,7 +224,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
 
                 if (EvaluatesAfter(done)) await EvaluateAsync(job, workers, done, generationCancel.Token).ConfigureAwait(false);
                 if (CheckpointsAfter(done))
-                    await CheckpointAsync(job, workers, store, done, prepared.ElapsedBefore + elapsed, prepared.SamplesBefore + progress.Samples, generationCancel.Token).ConfigureAwait(false);
+                    await CheckpointAsync(job, workers, store, done, prepared.ElapsedBefore + elapsed, prepared.SamplesBefore + progress.Samples, progress.NonFinite.Consecutive, generationCancel.Token).ConfigureAwait(false);
                 if (done < total && next is null && Pause(done)) return;
                 current = done < total ? next ?? await LaunchAsync(done, behindAnother: false).ConfigureAwait(false) : null;
                 next = null;
@@ -327,15 +342,25 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         job.PublishEval(step, metrics);
     }
 
-    private static async Task CheckpointAsync(JobRecord job, IJobWorkers workers, CheckpointStore store, long step, double elapsed, long samples, CancellationToken cancel)
+    private static async Task CheckpointAsync(JobRecord job, IJobWorkers workers, CheckpointStore store, long step, double elapsed, long samples, int nonFiniteStreak, CancellationToken cancel)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        var bytes = await workers.GetStateAsync(0, new GetStateRequest { JobId = job.Id, Step = step, ElapsedSeconds = elapsed, SamplesSeen = samples }, step, cancel).ConfigureAwait(false);
+        var bytes = await workers.GetStateAsync(0, new GetStateRequest { JobId = job.Id, Step = step, ElapsedSeconds = elapsed, SamplesSeen = samples, NonfiniteStreak = nonFiniteStreak }, step, cancel).ConfigureAwait(false);
         var data = CheckpointFormat.Read(new MemoryStream(bytes), $"state of job {job.Id} from worker {workers.Members[0].Id}");
+        // The ledger's steps up to this one are on disk before the checkpoint file is: a coordinator killed right after
+        // resumes from this file, and its ledger must already hold every step the file includes.
+        job.Store?.Flush();
         var path = store.Save(data);
         var size = new FileInfo(path).Length;
         job.Update(i => { i.Checkpoint = path; i.CheckpointSeconds = clock.Elapsed.TotalSeconds; i.CheckpointBytes = size; }, publishState: false);
         job.Publish(new JobEvent { Log = $"step {step}: checkpoint {path}" });
+    }
+
+    /// <summary>Every worker needs at least one row of the global batch.</summary>
+    private static void CheckBatch(JobSpec spec, int world)
+    {
+        if (spec.Training.BatchSize < world)
+            throw new JobFailure($"training.batch_size {spec.Training.BatchSize} is smaller than the {world} workers: every worker needs at least one row");
     }
 
     private static void CheckChecksums(IJobWorkers workers, double[] sums, string when)

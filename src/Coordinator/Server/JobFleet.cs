@@ -30,6 +30,12 @@ public interface IJobFleet
     Task<bool> AbsorbsAsync(Exception failure, CancellationToken cancel);
     /// <summary>Stops the generation, drops departed members, admits joiners (waiting while below the minimum), and starts the next generation with every member at one committed step.</summary>
     Task<Reconfiguration> ReconfigureAsync(string reason, AssignmentBuilder assign, CancellationToken cancel);
+    /// <summary>
+    /// The job's first assignment (Assign, and LoadState when resumed) failed before any step: drops departed members,
+    /// releases what the others half built, admits idle workers (waiting while below the minimum) and starts a new
+    /// generation that the caller assigns from scratch.
+    /// </summary>
+    Task ReassignAsync(string reason, CancellationToken cancel);
 }
 
 /// <summary>A job's workers that never change (in-memory drivers, and jobs that may not resize).</summary>
@@ -41,6 +47,7 @@ public sealed class FixedFleet(IJobWorkers workers) : IJobFleet
     public string? ChangeDue => null;
     public Task<bool> AbsorbsAsync(Exception failure, CancellationToken cancel) => Task.FromResult(false);
     public Task<Reconfiguration> ReconfigureAsync(string reason, AssignmentBuilder assign, CancellationToken cancel) => throw new InvalidOperationException("a fixed set of workers cannot change");
+    public Task ReassignAsync(string reason, CancellationToken cancel) => throw new InvalidOperationException("a fixed set of workers cannot change");
 }
 
 /// <summary>An elastic data-parallel job's workers over gRPC, tracking membership through the registry's events.</summary>
@@ -177,7 +184,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
             else registry.Detach(w.Id, job.Id);
             job.Publish(new JobEvent { Log = $"generation {generation}: without {cause}" });
         }
-        while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != WorkerState.Draining);
+        while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != MembershipState.Draining);
 
         // Stop every survivor's steps; where each stands decides the committed step (a step is applied whole or not at all).
         var standing = new Dictionary<string, AbortReply>();
@@ -195,7 +202,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
                 lock (standing) Drop(w, $"worker {w.Id} ({w.Address}): abort failed: {e.Status.Detail}", lost: e.StatusCode != StatusCode.NotFound);
             }
         })).ConfigureAwait(false);
-        while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != WorkerState.Draining);
+        while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != MembershipState.Draining);
         survivors.RemoveAll(s => !standing.ContainsKey(s.Id));
         if (survivors.Count == 0) throw new JobFailure($"no worker of the job is left: {(why.Count > 0 ? string.Join("; ", why) : reason)}") { Terminal = true };
         var drained = Drained().Where(standing.ContainsKey).ToHashSet();
@@ -221,24 +228,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
                 newcomers.Remove(extra);
             }
         }
-        if (survivors.Count + newcomers.Count < Min)
-        {
-            var waitUntil = DateTime.UtcNow.AddSeconds(options.WaitForWorkersSeconds);
-            while (survivors.Count + newcomers.Count < Min)
-            {
-                var left = (waitUntil - DateTime.UtcNow).TotalSeconds;
-                if (left <= 0)
-                {
-                    foreach (var n in newcomers) registry.Detach(n.Id, job.Id);
-                    throw new JobFailure($"fewer than the minimum of {Min} worker(s) for {options.WaitForWorkersSeconds:F0}s after {(why.Count > 0 ? string.Join("; ", why) : reason)}") { Terminal = true };
-                }
-                var missing = Min - survivors.Count - newcomers.Count;
-                job.Update(i => { i.State = JobState.Waiting; i.Message = $"waiting for {missing} more worker(s), {left:F0} s left"; });
-                await Task.Delay(TimeSpan.FromMilliseconds(500), cancel).ConfigureAwait(false);
-                newcomers.AddRange(registry.TryReserveUpTo(Max - survivors.Count - newcomers.Count, job.Id, needed: Min - survivors.Count - newcomers.Count));
-            }
-            job.Update(i => { i.State = JobState.Running; i.Message = ""; });
-        }
+        await WaitForMinimumAsync(survivors, newcomers, why.Count > 0 ? string.Join("; ", why) : reason, cancel).ConfigureAwait(false);
         idleSeen = false;
 
         var all = survivors.Concat(newcomers).ToList();
@@ -307,6 +297,86 @@ public sealed class JobFleet : IJobFleet, IDisposable
         log.LogInformation("job {Job} generation {Generation}: {World} worker(s) from step {Step}{Gone}{Joined}", job.Id, generation, world, next,
             gone.Count > 0 ? $"; without {string.Join(", ", gone)}" : "", joined.Count > 0 ? $"; admitted {string.Join(", ", joined)}" : "");
         return new Reconfiguration(next, generation, gone, joined, [.. all.Select(w => w.Id)]);
+    }
+
+    /// <summary>Below the minimum, waits (visibly, state waiting) for idle workers to reserve, at most Coordinator:WaitForWorkersSeconds; then the job fails.</summary>
+    private async Task WaitForMinimumAsync(List<WorkerRecord> survivors, List<WorkerRecord> newcomers, string after, CancellationToken cancel)
+    {
+        if (survivors.Count + newcomers.Count >= Min) return;
+        var waitUntil = DateTime.UtcNow.AddSeconds(options.WaitForWorkersSeconds);
+        while (survivors.Count + newcomers.Count < Min)
+        {
+            var left = (waitUntil - DateTime.UtcNow).TotalSeconds;
+            if (left <= 0)
+            {
+                foreach (var n in newcomers) registry.Detach(n.Id, job.Id);
+                throw new JobFailure($"fewer than the minimum of {Min} worker(s) for {options.WaitForWorkersSeconds:F0}s after {after}") { Terminal = true };
+            }
+            var missing = Min - survivors.Count - newcomers.Count;
+            job.Transition(JobTrigger.Wait, $"waiting for {missing} more worker(s), {left:F0} s left");
+            await Task.Delay(TimeSpan.FromMilliseconds(500), cancel).ConfigureAwait(false);
+            newcomers.AddRange(registry.TryReserveUpTo(Max - survivors.Count - newcomers.Count, job.Id, needed: Min - survivors.Count - newcomers.Count));
+        }
+        job.Transition(JobTrigger.Run, "");
+    }
+
+    public async Task ReassignAsync(string reason, CancellationToken cancel)
+    {
+        var generation = Generation + 1;
+        var why = new List<string>();
+        List<WorkerRecord> survivors;
+        lock (gate) survivors = [.. members];
+
+        void Drop(WorkerRecord w, string cause, bool lost)
+        {
+            if (survivors.RemoveAll(s => s.Id == w.Id) == 0) return;
+            why.Add(cause);
+            if (lost) registry.MarkLost(w.Id, cause);
+            else registry.Detach(w.Id, job.Id);
+            job.Publish(new JobEvent { Log = $"generation {generation}: assigning again without {cause}" });
+        }
+        while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != MembershipState.Draining);
+
+        // No step ran: what the others built of the failed assignment is released (a worker that never got it answers all the
+        // same, and Assign would replace it anyway). Only one that cannot be reached is dropped.
+        await Task.WhenAll(survivors.ToList().Select(async w =>
+        {
+            try
+            {
+                await clients.For(w).ReleaseAsync(new ReleaseRequest { JobId = job.Id, Reason = $"assigning again: {reason}" },
+                    deadline: DateTime.UtcNow.AddSeconds(options.ReleaseTimeoutSeconds), cancellationToken: cancel).ConfigureAwait(false);
+            }
+            catch (RpcException e) when (!cancel.IsCancellationRequested)
+            {
+                lock (survivors) Drop(w, $"worker {w.Id} ({w.Address}): release failed: {e.Status.Detail}", lost: e.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded);
+            }
+        })).ConfigureAwait(false);
+        while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != MembershipState.Draining);
+        // Drained members hold nothing yet: they go at once.
+        foreach (var id in Drained())
+            if (survivors.FirstOrDefault(s => s.Id == id) is { } w) Drop(w, $"worker {w.Id} ({w.Address}): drained", lost: false);
+
+        var newcomers = registry.TryReserveUpTo(Max - survivors.Count, job.Id, needed: Min - survivors.Count).ToList();
+        await WaitForMinimumAsync(survivors, newcomers, why.Count > 0 ? string.Join("; ", why) : reason, cancel).ConfigureAwait(false);
+        idleSeen = false;
+        var all = survivors.Concat(newcomers).ToList();
+        lock (gate)
+        {
+            foreach (var n in newcomers) everyone[n.Id] = n;
+            members = all;
+            departed.Dispose();
+            departed = new CancellationTokenSource();
+            if (!departures.IsEmpty) departed.Cancel();
+        }
+        Generation = generation;
+        Workers = new GrpcJobWorkers(all, clients, options);
+        job.Update(i =>
+        {
+            i.Generation = generation;
+            i.WorkerIds.Clear();
+            i.WorkerIds.AddRange(all.Select(w => w.Id));
+        });
+        log.LogInformation("job {Job} generation {Generation}: assigning {World} worker(s) again ({Reason})", job.Id, generation, all.Count, reason);
     }
 
     public void Dispose()

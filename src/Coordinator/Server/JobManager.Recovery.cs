@@ -48,7 +48,7 @@ public sealed partial class JobManager
             var ownCheckpoint = stored.Info.State != JobState.Queued && stored.Info.Checkpoint != "" && File.Exists(stored.Info.Checkpoint);
             if (ReloadResume(job, stored.ResumePath) is { } problem && !ownCheckpoint)
             {
-                job.Update(i => { i.State = JobState.Failed; i.Message = problem; i.FinishedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds(); });
+                job.Transition(JobTrigger.Fail, problem, i => i.FinishedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds());
                 log.LogError("job {Id} failed on restart: {Message}", id, problem);
                 continue;
             }

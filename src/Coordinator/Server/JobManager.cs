@@ -178,16 +178,15 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         var step = from?.State.Step ?? 0;
         job.Ledger.RollBack(step);
         job.QueueOrder = Interlocked.Increment(ref enqueued);
-        job.Update(i =>
+        var restart = job.Snapshot().Restarts + (counted ? 1 : 0);
+        job.Transition(JobTrigger.Requeue, counted
+                ? $"restart {restart} of {job.Spec.Training.MaxRestarts} from step {step} once workers are idle, after: {reason}"
+                : $"{reason}; resuming from step {step} once workers are idle", i =>
         {
-            if (counted) i.Restarts++;
-            i.State = JobState.Queued;
+            i.Restarts = restart;
             i.StartStep = step;
             i.Step = step;
             i.WorkerIds.Clear();
-            i.Message = counted
-                ? $"restart {i.Restarts} of {job.Spec.Training.MaxRestarts} from step {step} once workers are idle, after: {reason}"
-                : $"{reason}; resuming from step {step} once workers are idle";
         });
         log.LogWarning("job {Id} restarts from step {Step}: {Reason}", job.Id, step, reason);
         restarts.Enqueue(job);
@@ -216,8 +215,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         if (job.IsFinished) return job;
         job.Cancel.Cancel();
         // A queued job is cancelled here; a running one by its runner at the next step boundary.
-        if (job.Snapshot().State == JobState.Queued)
-            job.Update(i => { i.State = JobState.Cancelled; i.Message = "cancelled while queued"; i.FinishedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds(); });
+        job.TryTransition(JobTrigger.Cancel, "cancelled while queued", i => i.FinishedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds(), when: s => s == JobStatus.Queued);
         return job;
     }
 
@@ -227,7 +225,8 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         registry.Changed += () => wake.Release();
         while (!stop.IsCancellationRequested)
         {
-            await wake.WaitAsync(TimeSpan.FromSeconds(1), stop).ConfigureAwait(false);
+            // Half a heartbeat interval (at most 1 s) between sweeps: a silent worker is declared lost at most that long after its timeout.
+            await wake.WaitAsync(TimeSpan.FromMilliseconds(Math.Min(1000, options.HeartbeatIntervalMs / 2.0)), stop).ConfigureAwait(false);
             registry.Sweep();
             // In submission order, with backfilling while the head waits for workers to register (JobQueue.cs).
             Schedule(stop);

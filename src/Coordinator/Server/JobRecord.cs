@@ -5,7 +5,10 @@ using Dtrain.Specs;
 
 namespace Dtrain.Server;
 
-/// <summary>One job: its spec, its state and the history of its events, fanned out to watchers.</summary>
+/// <summary>
+/// One job: its spec, its state and the history of its events, fanned out to watchers. Its state changes only through
+/// <see cref="Transition"/> (the table of <see cref="JobLifecycle"/>); <see cref="Update"/> changes the rest of its record.
+/// </summary>
 public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRequested, DateTimeOffset submitted, string owner = "")
 {
     private readonly Lock gate = new();
@@ -72,6 +75,7 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
         var record = new JobRecord(info.JobId, spec, dir, info.WorkersRequested, DateTimeOffset.FromUnixTimeMilliseconds(info.SubmittedUnixMs), info.Owner)
         {
             Info = info.Clone(),
+            Status = ProtoMapper.FromProto(info.State),
             QueueOrder = stored.QueueOrder,
             DataLimits = limits,
         };
@@ -93,22 +97,66 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
         return generation;
     }
 
-    public bool IsFinished => Info.State is JobState.Succeeded or JobState.Failed or JobState.Cancelled;
+    /// <summary>Where the job stands; changed only by <see cref="Transition"/>.</summary>
+    public JobStatus Status { get; private set; } = JobStatus.Queued;
+
+    public bool IsFinished => JobLifecycle.IsFinished(Status);
+
+    /// <summary>
+    /// Moves the job by one transition of <see cref="JobLifecycle.Table"/> with its <paramref name="message"/> (and any
+    /// <paramref name="alongside"/> change of its record, in the same write): on disk before it returns, and published
+    /// to watchers. <see cref="InvalidTransitionException"/> when the table does not allow it.
+    /// </summary>
+    public void Transition(JobTrigger trigger, string message, Action<JobInfo>? alongside = null) => Move(trigger, message, alongside, null, throwIfRefused: true);
+
+    /// <summary>
+    /// <see cref="Transition"/> when the job stands where <paramref name="when"/> says (checked in the same lock) and the
+    /// table allows it; false, changing nothing, otherwise (e.g. cancelling a queued job that its runner started meanwhile).
+    /// </summary>
+    public bool TryTransition(JobTrigger trigger, string message, Action<JobInfo>? alongside = null, Func<JobStatus, bool>? when = null) =>
+        Move(trigger, message, alongside, when, throwIfRefused: false);
+
+    private bool Move(JobTrigger trigger, string message, Action<JobInfo>? alongside, Func<JobStatus, bool>? when, bool throwIfRefused)
+    {
+        return Write(i =>
+        {
+            if (when is not null && !when(Status)) return false;
+            JobStatus next;
+            if (throwIfRefused) next = JobLifecycle.Next($"job {Id}", Status, trigger);
+            else if (!JobLifecycle.Table.TryGetValue((Status, trigger), out next)) return false;
+            Status = next;
+            i.State = next.ToProto();
+            i.Message = message;
+            alongside?.Invoke(i);
+            return true;
+        }, publishState: true, stateChange: true);
+    }
 
     public JobInfo Snapshot()
     {
         lock (gate) return Info.Clone();
     }
 
-    /// <summary>Changes the job's info under the lock and publishes the new state to watchers.</summary>
-    public void Update(Action<JobInfo> change, bool publishState = true)
+    /// <summary>Changes the job's record (not its state: <see cref="Transition"/>) under the lock and publishes it to watchers.</summary>
+    public void Update(Action<JobInfo> change, bool publishState = true) => Write(i =>
+    {
+        change(i);
+        return true;
+    }, publishState, stateChange: false);
+
+    private bool Write(Func<JobInfo, bool> change, bool publishState, bool stateChange)
     {
         JobInfo snapshot;
         bool durable;
         lock (gate)
         {
             var (state, checkpoint, generation, restarts) = (Info.State, Info.Checkpoint, Info.Generation, Info.Restarts);
-            change(Info);
+            if (!change(Info)) return false;
+            if (!stateChange && Info.State != state)
+            {
+                Info.State = state;
+                throw new InvalidOperationException($"job {Id}: its state changes only through a transition (JobRecord.Transition), not Update");
+            }
             snapshot = Info.Clone();
             durable = state != Info.State || checkpoint != Info.Checkpoint || generation != Info.Generation || restarts != Info.Restarts;
         }
@@ -116,6 +164,7 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
         if (durable) Store?.SaveNow(this);
         else Store?.SaveSoon(this);
         if (publishState) Publish(new JobEvent { State = snapshot });
+        return true;
     }
 
     /// <summary>Records and publishes validation metrics after <paramref name="step"/>, adding perplexity and bits per token for language models.</summary>

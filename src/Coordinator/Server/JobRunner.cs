@@ -1,6 +1,5 @@
 using Dtrain.Checkpoints;
 using Dtrain.Data;
-using Dtrain.Protos.Jobs;
 using Dtrain.Specs;
 using Grpc.Core;
 using Microsoft.Extensions.Logging;
@@ -18,6 +17,17 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
     /// <summary>Runs the job to its end; returns why it should restart from its checkpoint (training.max_restarts), or null when it ended.</summary>
     public async Task<string?> RunAsync(JobRecord job, IReadOnlyList<WorkerRecord> workers, CancellationToken stop)
     {
+        // Cancelled while queued just as the scheduler took it: it does not start, its workers go back.
+        if (!job.TryTransition(JobTrigger.Start, "preparing data", i =>
+            {
+                i.StartedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds();
+                i.WorkerIds.Clear();
+                i.WorkerIds.AddRange(workers.Select(w => w.Id));
+            }, when: s => s == JobStatus.Queued))
+        {
+            registry.Release(job.Id);
+            return null;
+        }
         string? restart = null;
         // A failure caused by workers (lost, unreachable, too few) restarts the job while it has restarts left.
         bool Restarts(string message)
@@ -52,18 +62,10 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         registry.WorkerLost += OnLost;
         registry.WorkerLeft += OnLeft;
         registry.DrainRequested += OnDrained;
-        job.Update(i =>
-        {
-            i.State = JobState.Preparing;
-            i.Message = "preparing data";
-            i.StartedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds();
-            i.WorkerIds.Clear();
-            i.WorkerIds.AddRange(workers.Select(w => w.Id));
-        });
         try
         {
             await RunCoreAsync(job, workers, fleet, failure.Token).ConfigureAwait(false);
-            job.Update(i => { i.State = JobState.Succeeded; i.Message = ""; i.FinishedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds(); });
+            job.Transition(JobTrigger.Succeed, "", i => i.FinishedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds());
             log.LogInformation("job {Id} succeeded", job.Id);
         }
         catch (Exception e) when (stop.IsCancellationRequested && !job.Cancel.IsCancellationRequested)
@@ -73,11 +75,11 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         }
         catch (Exception e) when (job.Cancel.IsCancellationRequested && lostMessage is null)
         {
-            Finish(job, JobState.Cancelled, "cancelled by user" + (e is OperationCanceledException or RpcException ? "" : $" ({e.Message})"));
+            Finish(job, JobTrigger.Cancel, "cancelled by user" + (e is OperationCanceledException or RpcException ? "" : $" ({e.Message})"));
         }
         catch (Exception e) when (lostMessage is not null)
         {
-            if (!Restarts(lostMessage)) Finish(job, JobState.Failed, lostMessage);
+            if (!Restarts(lostMessage)) Finish(job, JobTrigger.Fail, lostMessage);
             log.LogDebug(e, "job {Id} interrupted by a lost worker", job.Id);
         }
         catch (JobFailure e) when (e.Unreachable is { } w)
@@ -85,20 +87,20 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
             // A worker that cannot be reached must not be handed the next job; if it is alive after all, its
             // next heartbeat is answered "unknown" and it registers again.
             registry.MarkLost(w.Id, e.Message);
-            if (!Restarts(e.Message)) Finish(job, JobState.Failed, e.Message);
+            if (!Restarts(e.Message)) Finish(job, JobTrigger.Fail, e.Message);
         }
         catch (JobFailure e) when (e.Terminal || e.PeerFailure)
         {
-            if (!Restarts(e.Message)) Finish(job, JobState.Failed, e.Message);
+            if (!Restarts(e.Message)) Finish(job, JobTrigger.Fail, e.Message);
         }
         catch (Exception e) when (e is JobFailure or DataFormatException or SpecException or ArgumentException or InvalidDataException or CorruptCheckpointException)
         {
-            Finish(job, JobState.Failed, e.Message);
+            Finish(job, JobTrigger.Fail, e.Message);
         }
         catch (Exception e)
         {
             log.LogError(e, "job {Id} failed", job.Id);
-            Finish(job, JobState.Failed, $"{e.GetType().Name}: {e.Message}");
+            Finish(job, JobTrigger.Fail, $"{e.GetType().Name}: {e.Message}");
         }
         finally
         {
@@ -111,10 +113,10 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         return restart;
     }
 
-    private void Finish(JobRecord job, JobState state, string message)
+    private void Finish(JobRecord job, JobTrigger trigger, string message)
     {
-        log.LogWarning("job {Id} {State}: {Message}", job.Id, state, message);
-        job.Update(i => { i.State = state; i.Message = message; i.FinishedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds(); });
+        job.Transition(trigger, message, i => i.FinishedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds());
+        log.LogWarning("job {Id} {State}: {Message}", job.Id, job.Status, message);
     }
 
     private async Task RunCoreAsync(JobRecord job, IReadOnlyList<WorkerRecord> workers, JobFleet? fleet, CancellationToken cancel)

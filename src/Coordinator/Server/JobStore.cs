@@ -6,6 +6,9 @@ using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Server;
 
+/// <summary>A pending upload as the store kept it: its handle, its owner (whose quota it counts against), its size, when it completed (its TTL runs from then) and its file name.</summary>
+public sealed record StoredUpload(string Id, string Owner, long Bytes, DateTimeOffset Completed, string Name);
+
 /// <summary>A job as the store kept it: its info (state, progress, owner, generation, newest checkpoint), the checkpoint it resumes from, its place in the queue and its ledger.</summary>
 public sealed record StoredJob(JobInfo Info, string ResumePath, long QueueOrder, IReadOnlyList<LedgerStep> Ledger);
 
@@ -48,6 +51,7 @@ public sealed class JobStore : IDisposable
                 CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, info BLOB NOT NULL, hash BLOB NOT NULL, resume_path TEXT NOT NULL, queue_order INTEGER NOT NULL);
                 CREATE TABLE IF NOT EXISTS ledger (job_id TEXT NOT NULL, step INTEGER NOT NULL, entry BLOB NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (job_id, step));
                 CREATE TABLE IF NOT EXISTS events (job_id TEXT NOT NULL, seq INTEGER NOT NULL, step INTEGER NOT NULL, event BLOB NOT NULL, PRIMARY KEY (job_id, seq));
+                CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY, owner TEXT NOT NULL, bytes INTEGER NOT NULL, completed_unix_ms INTEGER NOT NULL, name TEXT NOT NULL);
                 """);
         }
         catch (SqliteException e)
@@ -142,6 +146,48 @@ public sealed class JobStore : IDisposable
             cmd.CommandText = "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = $id";
             cmd.Parameters.AddWithValue("$id", jobId);
             return (long)cmd.ExecuteScalar()!;
+        }
+    }
+
+    /// <summary>Records a completed upload (its file is already fsynced in place) before the client is told its handle; false (and logged) when the disk refused it.</summary>
+    public bool AddUpload(StoredUpload upload) => WriteNow($"upload {upload.Id}", tx => Run(tx,
+        "INSERT OR REPLACE INTO uploads (id, owner, bytes, completed_unix_ms, name) VALUES ($id, $owner, $bytes, $done, $name)",
+        ("$id", upload.Id), ("$owner", upload.Owner), ("$bytes", upload.Bytes), ("$done", upload.Completed.ToUnixTimeMilliseconds()), ("$name", upload.Name)));
+
+    /// <summary>Forgets an upload (claimed by a job, or expired).</summary>
+    public bool RemoveUpload(string id) => WriteNow($"upload {id}", tx => Run(tx, "DELETE FROM uploads WHERE id = $id", ("$id", id)));
+
+    /// <summary>Every pending upload the store holds.</summary>
+    public IReadOnlyList<StoredUpload> LoadUploads()
+    {
+        lock (writeGate)
+        {
+            using var cmd = db.CreateCommand();
+            cmd.CommandText = "SELECT id, owner, bytes, completed_unix_ms, name FROM uploads ORDER BY id";
+            using var r = cmd.ExecuteReader();
+            var list = new List<StoredUpload>();
+            while (r.Read()) list.Add(new StoredUpload(r.GetString(0), r.GetString(1), r.GetInt64(2), DateTimeOffset.FromUnixTimeMilliseconds(r.GetInt64(3)), r.GetString(4)));
+            return list;
+        }
+    }
+
+    private bool WriteNow(string what, Action<SqliteTransaction> op)
+    {
+        lock (writeGate)
+        {
+            if (disposed) return false;
+            try
+            {
+                using var tx = db.BeginTransaction();
+                op(tx);
+                tx.Commit();
+                return true;
+            }
+            catch (SqliteException e)
+            {
+                log.LogError(e, "{Path}: could not save {What}: {Message}", Path, what, e.Message);
+                return false;
+            }
         }
     }
 

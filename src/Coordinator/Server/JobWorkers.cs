@@ -99,7 +99,7 @@ public sealed class GrpcJobWorkers(IReadOnlyList<WorkerRecord> workers, WorkerCl
     public static Task ReleaseAsync(IReadOnlyList<WorkerRecord> workers, WorkerClients clients, WorkerRegistry registry, string jobId, string reason, double timeoutSeconds, ILogger log) =>
         Task.WhenAll(workers.Select(async w =>
         {
-            if (registry.StateOf(w.Id) == Protos.Jobs.WorkerState.Lost) return;
+            if (registry.StateOf(w.Id) == MembershipState.Lost) return;
             try
             {
                 await clients.For(w).ReleaseAsync(new ReleaseRequest { JobId = jobId, Reason = reason }, deadline: DateTime.UtcNow.AddSeconds(timeoutSeconds)).ConfigureAwait(false);

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Runtime.InteropServices;
 using Dtrain.Checkpoints;
 using Dtrain.Distributed;
 using Dtrain.Distributed.Pipeline;
@@ -74,7 +73,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         CheckChecksums(workers, k, d, assigned.Select(a => a.ParameterChecksum).ToArray(), "after initialisation");
         await ResumeLoader.LoadAsync(job, prepared, workers, assigned, cancel).ConfigureAwait(false);
         var start = prepared.StartStep;
-        job.Update(i => { i.Parameters = layout.Model.Total; i.TotalSteps = total; i.State = JobState.Running; i.Message = ""; });
+        job.Transition(JobTrigger.Run, "", i => { i.Parameters = layout.Model.Total; i.TotalSteps = total; });
         job.Publish(new JobEvent { Log = $"pipeline: {d} replica(s) × {k} stages, {pipeline.Microbatches} micro-batch(es), {pipeline.Schedule}; " +
             string.Join(", ", Enumerable.Range(0, n).Select(slot => $"replica {slot / k} stage {slot % k} (layers {layout.Stages[slot % k].FirstLayer}-{layout.Stages[slot % k].EndLayer - 1}) = {workers.Members[slot].Id} {workers.Members[slot].Address}")) +
             $"; {layout.Model.Total:N0} parameters, {total} steps" });
@@ -84,7 +83,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         long loadedUntil = start, samples = 0;
         var clock = Stopwatch.StartNew();
         var lastStage = Enumerable.Range(0, d).Select(r => Slot(r, k - 1)).ToArray();
-        var nonFinite = new NonFiniteSteps(spec);
+        var nonFinite = new NonFiniteSteps(spec, prepared.NonFiniteBefore);
         for (long step = start; step < total; step++)
         {
             cancel.ThrowIfCancellationRequested();
@@ -137,11 +136,12 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             var parameters = new List<NamedTensor>();
             for (var s = 0; s < k; s++)
                 parameters.AddRange(await workers.GetStageParametersAsync(Slot(0, s), new GetStateRequest { JobId = job.Id, Step = done }, done, cancel).ConfigureAwait(false));
-            var training = new TrainingState { Step = done, ElapsedSeconds = elapsed, SamplesSeen = prepared.SamplesBefore + samples, LastLr = lr };
+            var training = new TrainingState { Step = done, ElapsedSeconds = elapsed, SamplesSeen = prepared.SamplesBefore + samples, LastLr = lr, NonFiniteStreak = nonFinite.Consecutive };
             var (metrics, checkpoint) = await torch.RunAsync(() => Gather(job, data, parameters, training, evaluates, checkpoints)).ConfigureAwait(false);
             if (metrics is not null) job.PublishEval(done, metrics);
             if (checkpoint is not null)
             {
+                job.Store?.Flush(); // the ledger up to this step before the file (a restart resumes from the file)
                 var saving = System.Diagnostics.Stopwatch.StartNew();
                 var path = store.Save(checkpoint);
                 var size = new FileInfo(path).Length;
@@ -156,28 +156,15 @@ public sealed class PipelineDriver(CoordinatorOptions options)
     {
         var spec = job.Spec;
         using var engine = new TrainingEngine(spec, data.Tokenizer.VocabSize, data.Labels.Count, CPU);
-        var byName = parameters.ToDictionary(p => p.Name);
-        using (no_grad())
-        {
-            foreach (var (name, p) in engine.Model.named_parameters())
-            {
-                if (!byName.Remove(name, out var t)) throw new JobFailure($"gathering the model: no stage sent parameter {name}");
-                if (!t.Shape.SequenceEqual(p.shape)) throw new JobFailure($"gathering the model: parameter {name} has shape [{string.Join(", ", t.Shape)}], expected [{string.Join(", ", p.shape)}]");
-                var values = MemoryMarshal.Cast<byte, float>(t.Data.Span).ToArray();
-                using var source = tensor(values, p.shape);
-                p.copy_(source);
-            }
-        }
-        if (byName.Count > 0) throw new JobFailure($"gathering the model: unexpected parameters {string.Join(", ", byName.Keys)}");
-        // The whole model's parameters in order are the stages' in order: their optimizer states line up the same way.
-        var states = engine.Model.named_parameters().Select(p => (p.name, parameters.First(t => t.Name == p.name).OptimizerState.ToByteArray())).ToList();
+        // One way parameters and their optimizer state move into a model, here as for a resumed replica or stage.
         try
         {
-            OptimizerStateBytes.Load((TorchSharp.Modules.OptimizerHelper)engine.Optimizer, states);
+            ParameterTransfer.Load(engine.Model.named_parameters().Select(p => (p.name, p.parameter)), (TorchSharp.Modules.OptimizerHelper)engine.Optimizer,
+                parameters.ToDictionary(p => p.Name, StringComparer.Ordinal), exact: true, allowNonFinite: true);
         }
         catch (InvalidDataException e)
         {
-            throw new JobFailure($"gathering the optimizer state: {e.Message}");
+            throw new JobFailure($"gathering the model from every stage: {e.Message}");
         }
         Metrics? metrics = null;
         if (evaluate)

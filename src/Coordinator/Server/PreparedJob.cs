@@ -14,6 +14,8 @@ public sealed record PreparedJob(PreparedData Data, IBatchSource Source, long To
     /// <summary>Training time and samples before <see cref="StartStep"/> (carried into checkpoints).</summary>
     public double ElapsedBefore { get; init; }
     public long SamplesBefore { get; init; }
+    /// <summary>Steps skipped in a row for a non-finite loss or gradient before <see cref="StartStep"/> (the checkpoint's count).</summary>
+    public int NonFiniteBefore { get; init; }
 
     /// <summary>Whether the job evaluates after <paramref name="done"/> steps: every eval_interval steps and at the end.</summary>
     public bool EvaluatesAfter(TrainingSpec t, long done) => done == TotalSteps || (t.EvalInterval > 0 && done % t.EvalInterval == 0);
@@ -39,6 +41,7 @@ public sealed record PreparedJob(PreparedData Data, IBatchSource Source, long To
         return new PreparedJob(data, source, total, new LearningRateSchedule(spec.Schedule, spec.Optimizer.Lr, total))
         {
             StartStep = start, ElapsedBefore = resume?.State.ElapsedSeconds ?? 0, SamplesBefore = resume?.State.SamplesSeen ?? 0,
+            NonFiniteBefore = resume?.State.NonFiniteStreak ?? 0,
         };
     }
 }

@@ -46,7 +46,7 @@ public static class StallDiagnosis
     public static Stall? Diagnose(IReadOnlyList<WorkerRecord> workers, DateTimeOffset now, double thresholdSeconds, double? silentSeconds = null, bool names = true)
     {
         string Label(WorkerRecord w) => names ? StallDiagnosis.Label(w.Id, w.Name) : w.Id;
-        var live = workers.Where(w => w.State != WorkerState.Lost).ToList();
+        var live = workers.Where(w => w.State != MembershipState.Lost).ToList();
         if (live.Count == 0) return null;
         var byId = live.ToDictionary(w => w.Id);
         var silent = live.Where(w => Age(w, now) >= (silentSeconds ?? thresholdSeconds)).ToList();
@@ -127,7 +127,7 @@ public sealed class StallMonitor(CoordinatorOptions options, WorkerRegistry regi
     private List<WorkerRecord> WorkersOf(JobInfo info)
     {
         var order = info.WorkerIds.Select((id, i) => (id, i)).ToDictionary(x => x.id, x => x.i);
-        return [.. registry.Snapshot().Where(w => w.JobId == info.JobId || order.ContainsKey(w.Id) && w.JobId == "" && w.State == WorkerState.Lost)
+        return [.. registry.Snapshot().Where(w => w.JobId == info.JobId || order.ContainsKey(w.Id) && w.JobId == "" && w.State == MembershipState.Lost)
             .OrderBy(w => order.TryGetValue(w.Id, out var i) ? i : int.MaxValue)];
     }
 

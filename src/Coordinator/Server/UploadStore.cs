@@ -1,3 +1,4 @@
+using Dtrain.Checkpoints;
 using System.Collections.Concurrent;
 using System.Globalization;
 using Dtrain.Protos.Jobs;
@@ -11,7 +12,9 @@ namespace Dtrain.Server;
 /// (<see cref="ICallerIdentity"/>) may have at most <see cref="CoordinatorOptions.MaxPendingUploads"/> pending uploads
 /// totalling <see cref="CoordinatorOptions.MaxPendingUploadBytes"/> (an upload in progress counts at its announced
 /// size); an upload no job claimed within <see cref="CoordinatorOptions.UploadTtlMinutes"/> of completing is deleted by
-/// a sweep that runs on the coordinator's clock. Files left from before a restart belong to no client and expire alike.
+/// a sweep that runs on the coordinator's clock. A completed upload is on disk (file fsynced, renamed, directory fsynced)
+/// and indexed in the job store (<see cref="JobStore"/>: owner, size, completion time) before the client gets its
+/// handle, so after a restart — <c>kill -9</c> included — it is still pending for the same client, with the same TTL.
 /// </summary>
 public sealed class UploadStore : IDisposable
 {
@@ -23,8 +26,8 @@ public sealed class UploadStore : IDisposable
         public DateTimeOffset? Completed { get; set; }
     }
 
-    private const string RestartOwner = "(before restart)";
     private readonly CoordinatorOptions options;
+    private readonly JobStore store;
     private readonly ICallerIdentity identity;
     private readonly TimeProvider clock;
     private readonly ILogger<UploadStore> log;
@@ -32,9 +35,10 @@ public sealed class UploadStore : IDisposable
     private readonly Lock quota = new();
     private readonly ITimer sweeper;
 
-    public UploadStore(CoordinatorOptions options, ICallerIdentity identity, TimeProvider clock, ILogger<UploadStore> log)
+    public UploadStore(CoordinatorOptions options, JobStore store, ICallerIdentity identity, TimeProvider clock, ILogger<UploadStore> log)
     {
         this.options = options;
+        this.store = store;
         this.identity = identity;
         this.clock = clock;
         this.log = log;
@@ -62,6 +66,7 @@ public sealed class UploadStore : IDisposable
         var id = Guid.NewGuid().ToString("N");
         var part = Path.Combine(Dir, id + ".part");
         long total = -1, received = 0;
+        var name = "";
         try
         {
             await using (var file = File.Create(part))
@@ -71,6 +76,7 @@ public sealed class UploadStore : IDisposable
                     if (total < 0)
                     {
                         total = chunk.TotalBytes;
+                        name = chunk.Name;
                         if (total < 0 || total > options.MaxUploadBytes)
                             throw new RpcException(new Status(StatusCode.ResourceExhausted, $"upload \"{chunk.Name}\" of {total} bytes exceeds Coordinator:MaxUploadBytes = {options.MaxUploadBytes}"));
                         Reserve(id, owner, total, chunk.Name);
@@ -81,11 +87,19 @@ public sealed class UploadStore : IDisposable
                     chunk.Data.WriteTo(file);
                 }
                 await file.FlushAsync(cancel).ConfigureAwait(false);
+                file.Flush(flushToDisk: true);
             }
             if (total < 0) throw new RpcException(new Status(StatusCode.InvalidArgument, "empty upload: the first chunk must carry the file's name and total_bytes"));
             if (received != total) throw new RpcException(new Status(StatusCode.InvalidArgument, $"upload ended after {received} of {total} bytes"));
+            var done = clock.GetUtcNow();
             File.Move(part, Path.Combine(Dir, id));
-            entries[id].Completed = clock.GetUtcNow();
+            DirectorySync.Fsync(Dir);
+            if (!store.AddUpload(new StoredUpload(id, owner, received, done, name)))
+            {
+                File.Delete(Path.Combine(Dir, id));
+                throw new RpcException(new Status(StatusCode.Unavailable, $"upload \"{name}\" received but the coordinator could not record it in its job store ({store.Path}); upload it again"));
+            }
+            entries[id].Completed = done;
             return new UploadReply { FileId = id, Bytes = received };
         }
         catch
@@ -127,6 +141,7 @@ public sealed class UploadStore : IDisposable
         Check(fileId, field);
         if (!entries.TryRemove(fileId, out _)) throw NotFound(fileId, field);
         File.Move(Path.Combine(Dir, fileId), target, overwrite: true);
+        store.RemoveUpload(fileId);
     }
 
     /// <summary>Where a pending upload is, to read it before it is claimed (e.g. a checkpoint to resume from); refused like <see cref="Check"/>.</summary>
@@ -160,6 +175,7 @@ public sealed class UploadStore : IDisposable
             try
             {
                 File.Delete(Path.Combine(Dir, id));
+                store.RemoveUpload(id);
                 expired++;
                 log.LogInformation("upload {Id} of {Owner} ({Bytes} bytes) expired unused after {Ttl} min", id, e.Owner, e.Bytes, options.UploadTtlMinutes);
             }
@@ -178,17 +194,29 @@ public sealed class UploadStore : IDisposable
         return (mine.Count, mine.Sum(e => e.Bytes));
     }
 
-    /// <summary>After a restart: unfinished parts are deleted; finished uploads are kept for one TTL from now, owned by no client.</summary>
+    /// <summary>
+    /// After a restart: the uploads the job store lists are pending again for their owners, their TTL running from when
+    /// they completed; a listed upload whose file is gone is forgotten; files it does not list (unfinished parts, or a
+    /// file whose client was never given its handle) are deleted.
+    /// </summary>
     private void Adopt()
     {
+        var listed = store.LoadUploads().ToDictionary(u => u.Id);
+        foreach (var u in listed.Values)
+        {
+            if (File.Exists(Path.Combine(Dir, u.Id))) entries[u.Id] = new Entry(u.Owner, u.Bytes) { Completed = u.Completed };
+            else
+            {
+                log.LogWarning("upload {Id} ({Name}) of {Owner} is in the job store but its file is gone; forgotten", u.Id, u.Name, u.Owner);
+                store.RemoveUpload(u.Id);
+            }
+        }
         if (!Directory.Exists(Dir)) return;
         foreach (var path in Directory.EnumerateFiles(Dir))
         {
-            var name = Path.GetFileName(path);
-            if (name.Length == 32 && name.All(char.IsAsciiHexDigitLower))
-                entries[name] = new Entry(RestartOwner, new FileInfo(path).Length) { Completed = clock.GetUtcNow() };
-            else
-                File.Delete(path);
+            if (listed.ContainsKey(Path.GetFileName(path))) continue;
+            log.LogInformation("deleting {Path}: an upload the coordinator never completed", path);
+            File.Delete(path);
         }
     }
 

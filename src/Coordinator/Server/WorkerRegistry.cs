@@ -1,12 +1,11 @@
 using Dtrain.Distributed;
-using Dtrain.Protos.Jobs;
 using Dtrain.Protos.Membership;
 using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Server;
 
 /// <summary>
-/// Membership. Transitions: Register → Joining; first heartbeat → Idle (Cordoned if it was cordoned); reserved for a
+/// Membership (states and their one transition table: <see cref="MembershipTable"/>). Transitions: Register → Joining; first heartbeat → Idle (Cordoned if it was cordoned); reserved for a
 /// job → Training; job ends → Idle; Leave while training → Draining (removed when its job ends); Leave while idle →
 /// removed; no heartbeat for WorkerTimeout → Lost (its job fails or goes on without it; a later heartbeat is answered
 /// "unknown" and the worker registers anew). An admin's cordon keeps a worker from new jobs (Idle → Cordoned); a drain
@@ -49,17 +48,17 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         WorkerRecord? replaced = null;
         lock (gate)
         {
-            if (name != "" && workers.Values.FirstOrDefault(w => w.Name == name && w.State != WorkerState.Lost) is { } holder)
+            if (name != "" && workers.Values.FirstOrDefault(w => w.Name == name && w.State != MembershipState.Lost) is { } holder)
             {
                 // The same name from the holder's own address is that worker restarted (its old process cannot still
                 // serve there): the new registration replaces the old one. From anywhere else it is a second worker.
                 if (holder.Address != request.Address)
                     throw new WorkerNameTakenException($"worker name \"{name}\" is held by worker {holder.Id} at {holder.Address} ({Describe(holder)}); " +
                         "give this worker another --name (Worker:Name), or stop that one (a lost worker's name is free again)");
-                holder.State = WorkerState.Lost;
+                holder.Apply(MembershipEvent.Lose);
                 replaced = holder.Clone();
             }
-            var live = workers.Values.Count(w => w.State != WorkerState.Lost);
+            var live = workers.Values.Count(w => w.State != MembershipState.Lost);
             if (options.MaxWorkers > 0 && live >= options.MaxWorkers)
                 throw new ClusterFullException($"the cluster is full: {live} workers are registered and Coordinator:MaxWorkers is {options.MaxWorkers}; this worker ({request.Address}) is not admitted");
             var id = WorkerNames.Id(++nextId);
@@ -96,11 +95,11 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         lock (gate)
         {
             cordoned = false;
-            if (!workers.TryGetValue(id, out var w) || w.State == WorkerState.Lost || !w.Holds(token, certificate)) return false;
+            if (!workers.TryGetValue(id, out var w) || w.State == MembershipState.Lost || !w.Holds(token, certificate)) return false;
             w.LastHeartbeat = clock.GetUtcNow();
             cordoned = w.Cordoned;
-            becameIdle = w.State == WorkerState.Joining;
-            if (becameIdle) w.State = w.Cordoned ? WorkerState.Cordoned : WorkerState.Idle;
+            becameIdle = w.State == MembershipState.Joining;
+            if (becameIdle) w.Apply(w.Cordoned ? MembershipEvent.ReadyCordoned : MembershipEvent.Ready);
         }
         if (becameIdle) Changed?.Invoke();
         return true;
@@ -112,7 +111,7 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         if (activity is null) return;
         lock (gate)
         {
-            if (workers.TryGetValue(id, out var w) && w.State != WorkerState.Lost) w.Activity = activity;
+            if (workers.TryGetValue(id, out var w) && w.State != MembershipState.Lost) w.Activity = activity;
         }
     }
 
@@ -124,9 +123,9 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         lock (gate)
         {
             if (!workers.TryGetValue(id, out var w) || !w.Holds(token, certificate) || w.Leaving) return;
-            if (w.State is WorkerState.Training or WorkerState.Draining)
+            if (w.State is MembershipState.Training or MembershipState.Draining)
             {
-                w.State = WorkerState.Draining;
+                w.Apply(MembershipEvent.Leave);
                 w.Leaving = true;
                 w.Message = $"leaving: {reason}";
                 draining = w.Clone();
@@ -158,7 +157,7 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         lock (gate)
         {
             var w = Find(worker);
-            if (w.State == WorkerState.Lost)
+            if (w.State == MembershipState.Lost)
                 throw new InvalidOperationException($"worker {w.Id} ({w.Address}) is lost: there is nothing to {(drain ? "drain" : "cordon")}; it is forgotten {10 * options.WorkerTimeoutSeconds:F0}s after its last heartbeat, and registers anew if it comes back");
             if (!w.Leaving)
             {
@@ -166,19 +165,19 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
                 if (w.CordonedBy == "" || drain) w.CordonedBy = $"{verb} by {by}";
                 switch (w.State)
                 {
-                    case WorkerState.Idle:
-                        w.State = WorkerState.Cordoned;
+                    case MembershipState.Idle:
+                        w.Apply(MembershipEvent.Cordon);
                         w.Message = $"{verb} by {by}";
                         break;
-                    case WorkerState.Joining:
+                    case MembershipState.Joining:
                         w.Message = $"{verb} by {by}";
                         break;
-                    case WorkerState.Training when drain:
-                        w.State = WorkerState.Draining;
+                    case MembershipState.Training when drain:
+                        w.Apply(MembershipEvent.Drain);
                         w.Message = $"drained by {by}: leaves {w.JobId} at the next step boundary";
                         drained = w.Clone();
                         break;
-                    case WorkerState.Training when w.Message == "":
+                    case MembershipState.Training when w.Message == "":
                         w.Message = $"cordoned by {by}: keeps {w.JobId}, takes no new job";
                         break;
                 }
@@ -198,17 +197,17 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         lock (gate)
         {
             var w = Find(worker);
-            if (w.State == WorkerState.Lost) throw new InvalidOperationException($"worker {w.Id} ({w.Address}) is lost: there is nothing to uncordon");
+            if (w.State == MembershipState.Lost) throw new InvalidOperationException($"worker {w.Id} ({w.Address}) is lost: there is nothing to uncordon");
             if (w.Leaving) throw new InvalidOperationException($"worker {w.Id} ({w.Address}) is shutting down ({w.Message}); it cannot be uncordoned");
             w.Cordoned = false;
             w.CordonedBy = "";
             w.Message = "";
-            if (w.State == WorkerState.Cordoned)
+            if (w.State == MembershipState.Cordoned)
             {
-                w.State = WorkerState.Idle;
+                w.Apply(MembershipEvent.Uncordon);
                 freed = true;
             }
-            else if (w.State == WorkerState.Draining) w.State = WorkerState.Training;
+            else if (w.State == MembershipState.Draining) w.Apply(MembershipEvent.Uncordon);
             result = w.Clone();
         }
         log.LogInformation("worker {Id} uncordoned by {By}", result.Id, by);
@@ -219,7 +218,7 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
     /// <summary>Workers of <paramref name="jobId"/> an admin drained that have not left it yet (not those shutting down: they are departures).</summary>
     public IReadOnlyList<string> DrainsOf(string jobId)
     {
-        lock (gate) return [.. workers.Values.Where(w => w.JobId == jobId && w.State == WorkerState.Draining && !w.Leaving).Select(w => w.Id)];
+        lock (gate) return [.. workers.Values.Where(w => w.JobId == jobId && w.State == MembershipState.Draining && !w.Leaving).Select(w => w.Id)];
     }
 
     /// <summary>Sets what <c>dtrain workers</c> says about a worker (e.g. why its drain waits).</summary>
@@ -235,7 +234,7 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
     private WorkerRecord Find(string worker)
     {
         if (workers.TryGetValue(worker, out var w)) return w;
-        var named = workers.Values.Where(x => x.Name == worker).OrderBy(x => x.State == WorkerState.Lost).ThenByDescending(x => x.Registered).FirstOrDefault();
+        var named = workers.Values.Where(x => x.Name == worker).OrderBy(x => x.State == MembershipState.Lost).ThenByDescending(x => x.Registered).FirstOrDefault();
         if (named is not null && !WorkerNames.IsId(worker)) return named;
         throw new KeyNotFoundException($"no worker with id or name \"{worker}\"; `dtrain workers` lists them ({(workers.Count == 0 ? "none is registered" : string.Join(", ", workers.Values.OrderBy(x => x.Registered).Take(8).Select(x => x.Name == "" ? x.Id : $"{x.Id} {x.Name}")))})");
     }
@@ -247,7 +246,7 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
 
     public int IdleCount()
     {
-        lock (gate) return workers.Values.Count(w => w.State == WorkerState.Idle);
+        lock (gate) return workers.Values.Count(w => w.State == MembershipState.Idle);
     }
 
     /// <summary>Idle workers a running job may grow onto: the idle ones not held for the head of the job queue (<see cref="HoldForQueue"/>).</summary>
@@ -261,8 +260,8 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
     {
         lock (gate)
         {
-            var idle = workers.Values.Count(w => w.State == WorkerState.Idle);
-            return new ClusterCapacity(idle, FreeLocked(), SchedulableLocked(), workers.Values.Count(w => w.Cordoned && w.State != WorkerState.Lost), workers.Values.Count(w => w.State != WorkerState.Lost));
+            var idle = workers.Values.Count(w => w.State == MembershipState.Idle);
+            return new ClusterCapacity(idle, FreeLocked(), SchedulableLocked(), workers.Values.Count(w => w.Cordoned && w.State != MembershipState.Lost), workers.Values.Count(w => w.State != MembershipState.Lost));
         }
     }
 
@@ -276,11 +275,11 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         lock (gate) queueNeed = Math.Max(0, need);
     }
 
-    private int SchedulableLocked() => workers.Values.Count(w => !w.Cordoned && w.State is WorkerState.Joining or WorkerState.Idle or WorkerState.Training);
+    private int SchedulableLocked() => workers.Values.Count(w => !w.Cordoned && w.State is MembershipState.Joining or MembershipState.Idle or MembershipState.Training);
 
     private int FreeLocked()
     {
-        var idle = workers.Values.Count(w => w.State == WorkerState.Idle);
+        var idle = workers.Values.Count(w => w.State == MembershipState.Idle);
         var held = queueNeed > 0 && SchedulableLocked() >= queueNeed ? Math.Min(idle, queueNeed) : 0;
         return idle - held;
     }
@@ -290,11 +289,11 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
     {
         lock (gate)
         {
-            var idle = workers.Values.Where(w => w.State == WorkerState.Idle).OrderBy(w => w.Registered).ToList();
+            var idle = workers.Values.Where(w => w.State == MembershipState.Idle).OrderBy(w => w.Registered).ToList();
             var n = count == 0 ? idle.Count : count;
             if (n == 0 || idle.Count < n) return null;
             var chosen = idle.Take(n).ToList();
-            foreach (var w in chosen) { w.State = WorkerState.Training; w.JobId = jobId; }
+            foreach (var w in chosen) { w.Apply(MembershipEvent.Reserve); w.JobId = jobId; }
             return [.. chosen.Select(w => w.Clone())];
         }
     }
@@ -309,10 +308,10 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         if (max <= 0) return [];
         lock (gate)
         {
-            var idle = workers.Values.Count(w => w.State == WorkerState.Idle);
+            var idle = workers.Values.Count(w => w.State == MembershipState.Idle);
             var take = Math.Min(max, Math.Max(FreeLocked(), Math.Min(idle, needed)));
-            var chosen = workers.Values.Where(w => w.State == WorkerState.Idle).OrderBy(w => w.Registered).Take(take).ToList();
-            foreach (var w in chosen) { w.State = WorkerState.Training; w.JobId = jobId; }
+            var chosen = workers.Values.Where(w => w.State == MembershipState.Idle).OrderBy(w => w.Registered).Take(take).ToList();
+            foreach (var w in chosen) { w.Apply(MembershipEvent.Reserve); w.JobId = jobId; }
             return [.. chosen.Select(w => w.Clone())];
         }
     }
@@ -343,21 +342,21 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
     {
         var job = w.JobId;
         w.JobId = "";
-        if (w.State == WorkerState.Draining && w.Leaving) workers.Remove(w.Id);
-        else if (w.State is WorkerState.Training or WorkerState.Draining)
+        if (w.State == MembershipState.Draining && w.Leaving) workers.Remove(w.Id);
+        else if (w.State is MembershipState.Training or MembershipState.Draining)
         {
             if (w.Cordoned)
             {
-                w.Message = w.State == WorkerState.Draining ? $"{w.CordonedBy}; left {job}" : $"{w.CordonedBy}; {job} ended";
-                w.State = WorkerState.Cordoned;
+                w.Message = w.State == MembershipState.Draining ? $"{w.CordonedBy}; left {job}" : $"{w.CordonedBy}; {job} ended";
+                w.Apply(MembershipEvent.ReleaseCordoned);
             }
-            else w.State = WorkerState.Idle;
+            else w.Apply(MembershipEvent.Release);
         }
     }
 
-    public WorkerState StateOf(string id)
+    public MembershipState StateOf(string id)
     {
-        lock (gate) return workers.TryGetValue(id, out var w) ? w.State : WorkerState.Lost;
+        lock (gate) return workers.TryGetValue(id, out var w) ? w.State : MembershipState.Lost;
     }
 
     /// <summary>Declares a worker lost now (it could not be reached), so it is not given the next job.</summary>
@@ -365,8 +364,8 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
     {
         lock (gate)
         {
-            if (!workers.TryGetValue(id, out var w) || w.State == WorkerState.Lost) return;
-            w.State = WorkerState.Lost;
+            if (!workers.TryGetValue(id, out var w) || w.State == MembershipState.Lost) return;
+            w.Apply(MembershipEvent.Lose);
         }
         log.LogWarning("worker {Id} marked lost: {Reason}", id, reason);
     }
@@ -380,15 +379,15 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         {
             foreach (var w in workers.Values)
             {
-                if (w.State == WorkerState.Lost) continue;
+                if (w.State == MembershipState.Lost) continue;
                 if ((now - w.LastHeartbeat).TotalSeconds > options.WorkerTimeoutSeconds)
                 {
-                    w.State = WorkerState.Lost;
+                    w.Apply(MembershipEvent.Lose);
                     lost.Add(w.Clone());
                 }
             }
             // Lost workers without a job are forgotten after a while; the listing keeps them visible meanwhile.
-            foreach (var w in workers.Values.Where(w => w.State == WorkerState.Lost && w.JobId == "" && (now - w.LastHeartbeat).TotalSeconds > 10 * options.WorkerTimeoutSeconds).ToList())
+            foreach (var w in workers.Values.Where(w => w.State == MembershipState.Lost && w.JobId == "" && (now - w.LastHeartbeat).TotalSeconds > 10 * options.WorkerTimeoutSeconds).ToList())
                 workers.Remove(w.Id);
         }
         foreach (var w in lost)
@@ -421,7 +420,11 @@ public sealed class WorkerRecord(string id, string name, string address, WorkerC
     public WorkerCapabilities Capabilities { get; } = capabilities;
     public DateTimeOffset Registered { get; } = registered;
     public DateTimeOffset LastHeartbeat { get; set; } = registered;
-    public WorkerState State { get; set; } = WorkerState.Joining;
+    /// <summary>Changed only through <see cref="Apply"/> (the table of <see cref="MembershipTable"/>).</summary>
+    public MembershipState State { get; private set; } = MembershipState.Joining;
+
+    /// <summary>Moves the worker by one transition of <see cref="MembershipTable.Table"/>; <see cref="InvalidTransitionException"/> when it does not allow it.</summary>
+    public void Apply(MembershipEvent happened) => State = MembershipTable.Next($"worker {Id}", State, happened);
     public string JobId { get; set; } = "";
     /// <summary>This registration's secret (<see cref="RegisterReply.Token"/>).</summary>
     public string Token { get; init; } = "";
@@ -458,22 +461,5 @@ public sealed class WorkerRecord(string id, string name, string address, WorkerC
     {
         LastHeartbeat = LastHeartbeat, State = State, JobId = JobId, Token = Token, Certificate = Certificate, Cordoned = Cordoned, Leaving = Leaving, Message = Message, CordonedBy = CordonedBy,
         Activity = Activity, HttpAddress = HttpAddress,
-    };
-
-    public WorkerInfo ToInfo() => new()
-    {
-        WorkerId = Id,
-        Name = Name,
-        Address = Address,
-        State = State,
-        JobId = JobId,
-        Cores = Capabilities.Cores,
-        Device = Capabilities.Device,
-        MemoryBytes = Capabilities.MemoryBytes,
-        Threads = Capabilities.Threads,
-        LastHeartbeatUnixMs = LastHeartbeat.ToUnixTimeMilliseconds(),
-        RegisteredUnixMs = Registered.ToUnixTimeMilliseconds(),
-        Cordoned = Cordoned,
-        Message = Message,
     };
 }

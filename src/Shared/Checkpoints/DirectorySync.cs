@@ -3,7 +3,7 @@ using System.Runtime.InteropServices;
 namespace Dtrain.Checkpoints;
 
 /// <summary>fsync of a directory, so that a rename inside it survives a power loss. Linux only; no-op elsewhere.</summary>
-internal static class DirectorySync
+public static class DirectorySync
 {
     private const int ORdOnly = 0;
     private const int OCloExec = 0x80000;

@@ -38,10 +38,14 @@ public static class ParameterTransfer
 
     /// <summary>
     /// Copies the values and optimizer state of every parameter in <paramref name="parameters"/> from
-    /// <paramref name="tensors"/> (keyed by whole-model name; tensors this holder does not hold are ignored).
-    /// Throws <see cref="InvalidDataException"/> naming the parameter when one is missing or does not fit.
+    /// <paramref name="tensors"/> (keyed by whole-model name): into a replica or stage from a checkpoint, and into the
+    /// coordinator's whole model from every pipeline stage (the gather). Tensors this holder does not hold are ignored,
+    /// unless <paramref name="exact"/> (the gather: every tensor must be one of its parameters). Non-finite values are
+    /// refused unless <paramref name="allowNonFinite"/> (the gather leaves them to the checkpoint guard, which says so).
+    /// Throws <see cref="InvalidDataException"/> naming the parameter when one is missing, extra or does not fit.
     /// </summary>
-    public static void Load(IEnumerable<(string Name, Parameter Parameter)> parameters, OptimizerHelper optimizer, IReadOnlyDictionary<string, NamedTensor> tensors)
+    public static void Load(IEnumerable<(string Name, Parameter Parameter)> parameters, OptimizerHelper optimizer, IReadOnlyDictionary<string, NamedTensor> tensors,
+        bool exact = false, bool allowNonFinite = false)
     {
         var named = parameters.ToList();
         var values = new List<float[]>(named.Count);
@@ -53,9 +57,11 @@ public static class ParameterTransfer
             if (t.Data.Length != p.numel() * sizeof(float))
                 throw new InvalidDataException($"parameter {name}: {t.Data.Length} bytes for {p.numel()} float32 values");
             var v = MemoryMarshal.Cast<byte, float>(t.Data.Span).ToArray();
-            if (v.Any(x => !float.IsFinite(x))) throw new InvalidDataException($"parameter {name} holds non-finite values");
+            if (!allowNonFinite && v.Any(x => !float.IsFinite(x))) throw new InvalidDataException($"parameter {name} holds non-finite values");
             values.Add(v);
         }
+        if (exact && tensors.Keys.Except(named.Select(n => n.Name), StringComparer.Ordinal).ToList() is { Count: > 0 } extra)
+            throw new InvalidDataException($"unexpected parameters {string.Join(", ", extra)}");
         // The optimizer state first: if it does not fit, the parameters are left as they were.
         OptimizerStateBytes.Load(optimizer, [.. named.Select(n => (n.Name, tensors[n.Name].OptimizerState.ToByteArray()))]);
         using (no_grad())

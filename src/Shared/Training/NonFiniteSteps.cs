@@ -20,14 +20,15 @@ public sealed class TrainingDivergedException(string message) : InvalidOperation
 /// The rule for non-finite steps, the same in local training and on a cluster: a step whose loss or gradient is not
 /// finite is skipped — no parameter and no optimizer state changes, on every replica alike — but counts as a step
 /// (the learning-rate schedule and the data order move on); <see cref="TrainingSpec.MaxNonfiniteSteps"/> skipped
-/// steps in a row fail the run, naming the step, what was not finite and what to change.
+/// steps in a row fail the run, naming the step, what was not finite and what to change. The count goes on across a
+/// resume from a checkpoint (<paramref name="consecutive"/>: <see cref="TrainingState.NonFiniteStreak"/> of that checkpoint).
 /// </summary>
-public sealed class NonFiniteSteps(JobSpec spec)
+public sealed class NonFiniteSteps(JobSpec spec, int consecutive = 0)
 {
     private readonly int max = spec.Training.MaxNonfiniteSteps;
 
     /// <summary>Skipped steps in a row, up to the last one recorded.</summary>
-    public int Consecutive { get; private set; }
+    public int Consecutive { get; private set; } = Math.Max(0, consecutive);
     /// <summary>Skipped steps in all.</summary>
     public long Skipped { get; private set; }
 

@@ -94,7 +94,7 @@ public static class Trainer
             observer.OnCheckpoint(state.Step, lastCheckpoint);
         }
 
-        var nonFinite = new NonFiniteSteps(spec);
+        var nonFinite = new NonFiniteSteps(spec, state.NonFiniteStreak);
         var clock = Stopwatch.StartNew();
         var startElapsed = state.ElapsedSeconds;
         var runStartStep = state.Step;
@@ -130,7 +130,7 @@ public static class Trainer
             }
             runSamples += rows;
             var elapsed = TimeSpan.FromSeconds(startElapsed + clock.Elapsed.TotalSeconds);
-            state = state with { Step = state.Step + 1, SamplesSeen = state.SamplesSeen + rows, ElapsedSeconds = elapsed.TotalSeconds, LastLr = lr };
+            state = state with { Step = state.Step + 1, SamplesSeen = state.SamplesSeen + rows, ElapsedSeconds = elapsed.TotalSeconds, LastLr = lr, NonFiniteStreak = nonFinite.Consecutive };
             var perStep = clock.Elapsed.TotalSeconds / (state.Step - runStartStep);
             var eta = TimeSpan.FromSeconds(perStep * (total - state.Step));
             if (maxSeconds > 0) eta = TimeSpan.FromSeconds(Math.Min(eta.TotalSeconds, Math.Max(0, maxSeconds - elapsed.TotalSeconds)));

@@ -9,4 +9,9 @@ public sealed record TrainingState
     public double ElapsedSeconds { get; init; }
     public double LastLr { get; init; }
     public EvalMetrics? LastEval { get; init; }
+    /// <summary>
+    /// Steps skipped in a row for a non-finite loss or gradient up to <see cref="Step"/> (<see cref="NonFiniteSteps"/>):
+    /// a resumed run goes on counting from here, so training.max_nonfinite_steps holds across resumes and restarts.
+    /// </summary>
+    public int NonFiniteStreak { get; init; }
 }

@@ -21,6 +21,7 @@ public class DataParallelDriverTests
 
         var dir = Path.Combine(tmp.Path, "job");
         var job = new JobRecord("job-0001", spec with { Output = dir }, dir, 3, DateTimeOffset.UtcNow);
+        job.Transition(JobTrigger.Start, "preparing data"); // as the runner does before the driver
         await using var workers = new InMemoryJobWorkers(3);
         var prepared = await PreparedJob.LoadAsync(job, CancellationToken.None);
         await new DataParallelDriver(new CoordinatorOptions()).RunAsync(job, prepared, workers, CancellationToken.None);

@@ -18,7 +18,7 @@ public class ElasticTests
 {
     const int Steps = 240;
 
-    static readonly Dictionary<string, string> FastTimeouts = new()
+    internal static readonly Dictionary<string, string> FastTimeouts = new()
     {
         ["DTRAIN_Coordinator__HeartbeatIntervalMs"] = "300",
         ["DTRAIN_Coordinator__WorkerTimeoutSeconds"] = "3",
@@ -92,10 +92,9 @@ public class ElasticTests
         var (tmp, spec, path) = Job();
         using var _ = tmp;
         var faultFree = FaultFreeLoss(tmp, spec);
-        using var cluster = LocalCluster.Start(3, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), FastTimeouts);
-        using var channel = Remote.Channel(cluster.Address);
-        var client = new Jobs.JobsClient(channel);
-        var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(path), 3)).JobId;
+        using var processes = new Processes(tmp, 3);
+        var (cluster, client) = (processes.Cluster, processes.Client);
+        var id = processes.Submit(path, 3);
         var at = new Random(7).Next(20, 60);
         await WaitForStep(client, id, at);
         var victim = IdOfWorker(client, 1);
@@ -124,12 +123,9 @@ public class ElasticTests
         spec = spec with { Training = spec.Training with { MaxSteps = 1000 } };
         var path = tmp.Write("long.json", JobSpecSerializer.Serialize(spec));
         var faultFree = FaultFreeLoss(tmp, spec);
-        using var cluster = LocalCluster.Start(2, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), FastTimeouts);
-        using var channel = Remote.Channel(cluster.Address);
-        var client = new Jobs.JobsClient(channel);
-        var request = JobCommands.BuildSubmit(client, new FileInfo(path), 2);
-        request.MaxWorkers = 3;
-        var id = client.Submit(request).JobId;
+        using var processes = new Processes(tmp, 2);
+        var (cluster, client) = (processes.Cluster, processes.Client);
+        var id = processes.Submit(path, 2, max: 3);
         await WaitForStep(client, id, 20);
         cluster.AddWorker();
         // When the new worker is idle (registered), note the step: it must train from at most two steps later.
@@ -159,10 +155,9 @@ public class ElasticTests
         var (tmp, spec, path) = Job();
         using var _ = tmp;
         var faultFree = FaultFreeLoss(tmp, spec);
-        using var cluster = LocalCluster.Start(3, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), FastTimeouts);
-        using var channel = Remote.Channel(cluster.Address);
-        var client = new Jobs.JobsClient(channel);
-        var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(path), 3)).JobId;
+        using var processes = new Processes(tmp, 3);
+        var (cluster, client) = (processes.Cluster, processes.Client);
+        var id = processes.Submit(path, 3);
         await WaitForStep(client, id, 20);
         var victim = IdOfWorker(client, 2);
         var pid = cluster.WorkerProcessId(2).ToString(CultureInfo.InvariantCulture);
@@ -229,12 +224,9 @@ public class ElasticTests
         var (tmp, _, path) = Job();
         using var __ = tmp;
         var env = new Dictionary<string, string>(FastTimeouts) { ["DTRAIN_Coordinator__WaitForWorkersSeconds"] = "4" };
-        using var cluster = LocalCluster.Start(2, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), env);
-        using var channel = Remote.Channel(cluster.Address);
-        var client = new Jobs.JobsClient(channel);
-        var request = JobCommands.BuildSubmit(client, new FileInfo(path), 2);
-        request.MinWorkers = 2;
-        var id = client.Submit(request).JobId;
+        using var processes = new Processes(tmp, 2, env);
+        var (cluster, client) = (processes.Cluster, processes.Client);
+        var id = processes.Submit(path, 2, min: 2);
         await WaitForStep(client, id, 10);
         var victim = IdOfWorker(client, 1);
         cluster.KillWorker(1);
@@ -274,6 +266,36 @@ public class ElasticTests
     sealed class NullObserver : ITrainingObserver;
 }
 
+/// <summary>A cluster of worker processes on loopback (ElasticTests' fast timeouts unless <c>env</c> says otherwise) and a client of its coordinator: the set-up the elastic and restart tests share.</summary>
+internal sealed class Processes : IDisposable
+{
+    private readonly Grpc.Net.Client.GrpcChannel channel;
+    public LocalCluster Cluster { get; }
+    public Jobs.JobsClient Client { get; }
+
+    public Processes(TempDir tmp, int workers, IDictionary<string, string>? env = null)
+    {
+        Cluster = LocalCluster.Start(workers, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), env ?? ElasticTests.FastTimeouts);
+        channel = Remote.Channel(Cluster.Address);
+        Client = new Jobs.JobsClient(channel);
+    }
+
+    /// <summary>Submits the spec at <paramref name="path"/> on <paramref name="workers"/> workers (and the given minimum and maximum); returns its id.</summary>
+    public string Submit(string path, int workers, int min = 0, int max = 0)
+    {
+        var request = JobCommands.BuildSubmit(Client, new FileInfo(path), workers);
+        request.MinWorkers = min;
+        request.MaxWorkers = max;
+        return Client.Submit(request).JobId;
+    }
+
+    public void Dispose()
+    {
+        channel.Dispose();
+        Cluster.Dispose();
+    }
+}
+
 /// <summary>training.max_restarts: a job that cannot go on restarts by itself from its newest checkpoint.</summary>
 public class RestartTests
 {
@@ -291,11 +313,10 @@ public class RestartTests
         };
         var path = tmp.Write("pipe.json", JobSpecSerializer.Serialize(spec));
         var env = new Dictionary<string, string> { ["DTRAIN_Coordinator__HeartbeatIntervalMs"] = "300", ["DTRAIN_Coordinator__WorkerTimeoutSeconds"] = "3" };
-        using var cluster = LocalCluster.Start(3, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), env);
-        using var channel = Remote.Channel(cluster.Address);
-        var client = new Jobs.JobsClient(channel);
+        using var processes = new Processes(tmp, 3, env);
+        var (cluster, client) = (processes.Cluster, processes.Client);
         // The same job without a fault: the reference (a pipeline is deterministic; a restart replays it exactly).
-        var clean = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(path), 2)).JobId;
+        var clean = processes.Submit(path, 2);
         var deadline = DateTime.UtcNow.AddMinutes(4);
         JobInfo info;
         while ((info = client.Get(new GetJobRequest { JobId = clean })).State != JobState.Succeeded)
@@ -335,12 +356,9 @@ public class RestartTests
         var spec = TestJobs.CharLm("t.txt", steps: 100_000);
         spec = spec with { Training = spec.Training with { BatchSize = 8, EvalInterval = 0, CheckpointInterval = 5, MaxRestarts = 0 } };
         var env = new Dictionary<string, string> { ["DTRAIN_Coordinator__HeartbeatIntervalMs"] = "300", ["DTRAIN_Coordinator__WorkerTimeoutSeconds"] = "3", ["DTRAIN_Coordinator__WaitForWorkersSeconds"] = "1" };
-        using var cluster = LocalCluster.Start(2, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), env);
-        using var channel = Remote.Channel(cluster.Address);
-        var client = new Jobs.JobsClient(channel);
-        var request = JobCommands.BuildSubmit(client, new FileInfo(tmp.Write("a.json", JobSpecSerializer.Serialize(spec))), 2);
-        request.MinWorkers = 2;
-        var id = client.Submit(request).JobId;
+        using var processes = new Processes(tmp, 2, env);
+        var (cluster, client) = (processes.Cluster, processes.Client);
+        var id = processes.Submit(tmp.Write("a.json", JobSpecSerializer.Serialize(spec)), 2, min: 2);
         var deadline = DateTime.UtcNow.AddMinutes(2);
         while (client.Get(new GetJobRequest { JobId = id }).Step < 10) { Assert.True(DateTime.UtcNow < deadline); await Task.Delay(20); }
         cluster.KillWorker(1);

@@ -18,7 +18,8 @@ namespace Dtrain.Tests.Cluster;
 /// </summary>
 public sealed class InProcessCluster : IAsyncDisposable
 {
-    private readonly WebApplication coordinator;
+    private WebApplication coordinator;
+    private readonly CoordinatorOptions options;
     private readonly List<WebApplication> workers = [];
     private readonly GrpcChannel channel;
 
@@ -32,9 +33,10 @@ public sealed class InProcessCluster : IAsyncDisposable
     public string? AdminToken { get; }
     public TestPki? Pki { get; }
 
-    private InProcessCluster(WebApplication coordinator, string address, string dataDir, string? adminToken, TestPki? pki)
+    private InProcessCluster(WebApplication coordinator, CoordinatorOptions options, string address, string dataDir, string? adminToken, TestPki? pki)
     {
         this.coordinator = coordinator;
+        this.options = options;
         Address = address;
         DataDir = dataDir;
         AdminToken = adminToken;
@@ -61,10 +63,23 @@ public sealed class InProcessCluster : IAsyncDisposable
         var adminToken = options.Auth == "off" ? null : TokenStore.Create(dataDir, "cluster-admin", Role.Admin, DateTimeOffset.UtcNow).Secret;
         var app = CoordinatorHost.Build(options, Quiet, services);
         await app.StartAsync();
-        var cluster = new InProcessCluster(app, CoordinatorHost.Address(app), dataDir, adminToken, pki);
+        var cluster = new InProcessCluster(app, options, CoordinatorHost.Address(app), dataDir, adminToken, pki);
         for (var i = 0; i < workers; i++) await cluster.AddWorkerAsync();
         await cluster.WaitForIdleAsync(workers, TimeSpan.FromSeconds(30));
         return cluster;
+    }
+
+    /// <summary>
+    /// Stops the coordinator and starts a new one on the same data directory and port (its job store, uploads and tokens
+    /// are what it finds on disk); <paramref name="services"/> replaces services of the new one (e.g. a clock further on).
+    /// </summary>
+    public async Task RestartCoordinatorAsync(Action<IServiceCollection>? services = null)
+    {
+        var port = new Uri(Address).Port;
+        await coordinator.StopAsync();
+        await coordinator.DisposeAsync();
+        coordinator = CoordinatorHost.Build(options with { Port = port }, Quiet, services);
+        await coordinator.StartAsync();
     }
 
     /// <param name="configure">Changes the worker's server before it is built (e.g. a gRPC interceptor standing in for a fault).</param>

@@ -44,7 +44,8 @@ public class JobStoreTests
             job.Persist(store);
             Assert.True(store.SaveNow(job));
             job.NextGeneration();
-            job.Update(i => { i.State = JobState.Running; i.TotalSteps = 100; i.WorkerIds.Add("w-1"); i.WorkerIds.Add("w-2"); });
+            job.Transition(JobTrigger.Start, "preparing data");
+            job.Transition(JobTrigger.Run, "", i => { i.TotalSteps = 100; i.WorkerIds.Add("w-1"); i.WorkerIds.Add("w-2"); });
             for (var s = 0; s < 6; s++) store.Committed(job.Id, Step(s));
             store.RolledBack(job.Id, 4);
             store.Committed(job.Id, Step(4));
@@ -77,7 +78,9 @@ public class JobStoreTests
         store.SaveNow(job);
         store.Committed(job.Id, Step(0));
         job.Update(i => { i.Step = 1; }, publishState: false);
-        job.Update(i => i.State = JobState.Succeeded);
+        job.Transition(JobTrigger.Start, "preparing data");
+        job.Transition(JobTrigger.Run, "");
+        job.Transition(JobTrigger.Succeed, "");
         // No flush, no close: what a kill -9 right now would leave.
         using (var crashed = new JobStore(CrashCopy(db, Path.Combine(tmp.Path, "crash1")), NullLogger.Instance))
         {

@@ -1,3 +1,4 @@
+using Dtrain.Checkpoints;
 using Dtrain.Inference;
 using Dtrain.Protos.Jobs;
 using Dtrain.Server;
@@ -72,6 +73,7 @@ public class NonFiniteClusterTests
 
         var dir = Path.Combine(tmp.Path, "job");
         var job = new JobRecord("job-0001", spec with { Output = dir }, dir, 3, DateTimeOffset.UtcNow);
+        job.Transition(JobTrigger.Start, "preparing data"); // as the runner does before the driver
         await using (var workers = new InMemoryJobWorkers(3, r => r == rank ? new WorkerOptions { InjectNonFinite = $"{cause}:4" } : new WorkerOptions()))
         {
             var prepared = await PreparedJob.LoadAsync(job, CancellationToken.None);
@@ -104,6 +106,7 @@ public class NonFiniteClusterTests
         spec = spec with { Training = spec.Training with { MaxNonfiniteSteps = 3 } };
         var dir = Path.Combine(tmp.Path, "job");
         var job = new JobRecord("job-0001", spec with { Output = dir }, dir, 3, DateTimeOffset.UtcNow);
+        job.Transition(JobTrigger.Start, "preparing data"); // as the runner does before the driver
         await using var workers = new InMemoryJobWorkers(3, r => r == 0 ? new WorkerOptions { InjectNonFinite = "loss:3,4,5" } : new WorkerOptions());
         var prepared = await PreparedJob.LoadAsync(job, CancellationToken.None);
         var e = await Assert.ThrowsAsync<JobFailure>(() => new DataParallelDriver(EveryStepChecked).RunAsync(job, prepared, workers, CancellationToken.None));
@@ -145,6 +148,33 @@ public class NonFiniteClusterTests
         Assert.True(watch.ExitCode == 0, watch.ToString());
         Assert.Contains("step 6/10 epoch 1 loss NaN (skipped: non-finite loss) lr", watch.Stdout);
         Assert.Contains(line, watch.Stdout);
+    }
+
+    [Fact]
+    public async Task On_a_cluster_the_count_of_skipped_steps_in_a_row_goes_on_in_a_job_resumed_from_the_checkpoint()
+    {
+        using var tmp = new TempDir();
+        var spec = Spec(tmp, steps: 5);
+        spec = spec with { Training = spec.Training with { MaxNonfiniteSteps = 3 } };
+        var path = tmp.Write("job.json", JobSpecSerializer.Serialize(spec));
+        await using var cluster = await InProcessCluster.StartAsync(0);
+        // The worker's fault drill: a non-finite loss at steps 4, 5 and 6.
+        await cluster.AddWorkerAsync(new WorkerOptions { InjectNonFinite = "loss:4,5,6" });
+        await cluster.WaitForIdleAsync(1, TimeSpan.FromSeconds(30));
+        var (first, _, _) = await RunOnClusterAsync(cluster, path, 1);
+        Assert.True(first.State == JobState.Succeeded, $"{first.State}: {first.Message}");
+        using (var file = File.OpenRead(first.Checkpoint))
+            Assert.Equal(2, TrainingCheckpoint.ReadState(CheckpointFormat.Read(file, first.Checkpoint), first.Checkpoint).NonFiniteStreak);
+
+        // Resumed to 8 steps: step 6 is the third skipped in a row.
+        var longer = tmp.Write("longer.json", JobSpecSerializer.Serialize(spec with { Training = spec.Training with { MaxSteps = 8 } }));
+        var request = Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(longer), 1);
+        request.ResumeJob = first.JobId;
+        var id = cluster.Client.Submit(request).JobId;
+        var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
+        Assert.Equal(JobState.Failed, info.State);
+        Assert.Equal(6, info.Step);
+        Assert.StartsWith("3 consecutive steps (4-6) were skipped", info.Message);
     }
 
     [Fact]

@@ -63,14 +63,14 @@ public class OpsWorkerNamesTests
         var again = registry.Register(At("http://10.0.0.1:7000", "gpu-a"));
         Assert.Equal("w2", again.Id); // a refused registration takes no id; ids are never reused
         Assert.Equal(new[] { "w1" }, lost);
-        Assert.Equal(WorkerState.Lost, registry.StateOf("w1"));
+        Assert.Equal(MembershipState.Lost, registry.StateOf("w1"));
 
         // Now that w1 is lost, its name is w3's; once w3 is lost too the name is free for anyone.
         registry.MarkLost(again.Id, "test");
         var other = registry.Register(At("http://10.0.0.9:7000", "gpu-a"));
         Assert.Equal("gpu-a", other.Name);
         Assert.Equal(3, registry.Snapshot().Count(w => w.Name == "gpu-a"));
-        Assert.Single(registry.Snapshot(), w => w.Name == "gpu-a" && w.State != WorkerState.Lost);
+        Assert.Single(registry.Snapshot(), w => w.Name == "gpu-a" && w.State != MembershipState.Lost);
     }
 
     [Fact]

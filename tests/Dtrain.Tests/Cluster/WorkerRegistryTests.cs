@@ -1,4 +1,3 @@
-using Dtrain.Protos.Jobs;
 using Dtrain.Protos.Membership;
 using Dtrain.Server;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -45,7 +44,7 @@ public class WorkerRegistryTests
         registry.WorkerLeft += (r, reason) => left = (r.Id, r.JobId, reason);
         registry.Leave(w.Id, w.Token, "worker shutting down");
         Assert.Equal((w.Id, "job-0001", "worker shutting down"), left);
-        Assert.Equal(WorkerState.Draining, registry.StateOf(w.Id));
+        Assert.Equal(MembershipState.Draining, registry.StateOf(w.Id));
         registry.Release("job-0001");
         Assert.Empty(registry.Snapshot());
     }

@@ -1,4 +1,3 @@
-using Dtrain.Protos.Jobs;
 using Dtrain.Protos.Membership;
 using Dtrain.Server;
 
@@ -9,14 +8,18 @@ public class StallDiagnosisTests
 {
     static readonly DateTimeOffset Now = new(2026, 1, 1, 12, 0, 0, TimeSpan.Zero);
 
-    static WorkerRecord Worker(string id, double heartbeatAgo, string phase, double inPhase, string waitingOn = "", string detail = "", long step = 17) =>
-        new(id, "", "http://127.0.0.1:1", new WorkerCapabilities(), Now.AddMinutes(-5))
+    static WorkerRecord Worker(string id, double heartbeatAgo, string phase, double inPhase, string waitingOn = "", string detail = "", long step = 17)
+    {
+        var w = new WorkerRecord(id, "", "http://127.0.0.1:1", new WorkerCapabilities(), Now.AddMinutes(-5))
         {
-            State = WorkerState.Training,
             JobId = "job-0001",
             LastHeartbeat = Now.AddSeconds(-heartbeatAgo),
             Activity = new WorkerActivity { Phase = phase, Detail = detail, Step = step, InPhaseMs = (long)(inPhase * 1000), WaitingOn = waitingOn },
         };
+        w.Apply(MembershipEvent.Ready);
+        w.Apply(MembershipEvent.Reserve);
+        return w;
+    }
 
     [Fact]
     public void A_silent_worker_is_named_with_its_last_phase_and_the_others_wait_on_it()
@@ -54,7 +57,7 @@ public class StallDiagnosisTests
         Assert.Null(StallDiagnosis.Diagnose([Worker("w1", 0.5, "all-reduce", 2, "w2"), Worker("w2", 0.5, "backward", 6)], Now, 5));
         // A lost worker is the job's business (it goes on without it, or fails): not a stall.
         var lost = Worker("w2", 60, "backward", 1);
-        lost.State = WorkerState.Lost;
+        lost.Apply(MembershipEvent.Lose);
         Assert.Null(StallDiagnosis.Diagnose([Worker("w1", 0.5, "forward", 1), lost], Now, 5));
     }
 

@@ -93,6 +93,29 @@ public class NonFiniteTrainingTests
     }
 
     [Fact]
+    public void The_count_of_skipped_steps_in_a_row_goes_on_after_a_resume_from_the_checkpoint()
+    {
+        using var tmp = new TempDir();
+        var spec = Spec(tmp, steps: 5);
+        spec = spec with { Training = spec.Training with { MaxNonfiniteSteps = 3, CheckpointInterval = 5 } };
+        var dir = Path.Combine(tmp.Path, "run");
+        // Steps 4 and 5 skipped: the run ends at step 5 (2 < 3) and its checkpoint says 2 in a row.
+        Trainer.Run(spec, tmp.Path, new TrainOptions { OutputDir = dir, InjectNonFinite = NonFiniteInjection.Parse("loss:4,5", "test") }, new Recorder(), CancellationToken.None);
+        Assert.Equal(2, TrainingCheckpoint.ReadState(Checkpoint(dir, 5), "step 5").NonFiniteStreak);
+
+        // Resumed to 8 steps: step 6 is the third in a row, and fails the run as it would have without the break.
+        var longer = spec with { Training = spec.Training with { MaxSteps = 8 } };
+        var e = Assert.Throws<TrainingDivergedException>(() => Trainer.Run(longer, tmp.Path,
+            new TrainOptions { OutputDir = dir, Resume = true, InjectNonFinite = NonFiniteInjection.Parse("loss:6", "test") }, new Recorder(), CancellationToken.None));
+        Assert.StartsWith("3 consecutive steps (4-6) were skipped", e.Message);
+
+        // A finite step resets it: resumed from step 5 with step 6 fine, the checkpoint after it says 0.
+        var seen = new Recorder();
+        Trainer.Run(longer with { Training = longer.Training with { CheckpointInterval = 1 } }, tmp.Path, new TrainOptions { OutputDir = dir, Resume = true }, seen, CancellationToken.None);
+        Assert.Equal(0, TrainingCheckpoint.ReadState(Checkpoint(dir, 6), "step 6").NonFiniteStreak);
+    }
+
+    [Fact]
     public void A_checkpoint_of_non_finite_parameters_is_refused_and_no_such_file_is_written()
     {
         using var tmp = new TempDir();
