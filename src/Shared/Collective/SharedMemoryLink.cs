@@ -279,31 +279,41 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
     public void Write(RingPiece piece, CancellationToken cancellationToken)
     {
         var need = PieceFrame.Size + Aligned(piece.Bytes.Length);
-        if (need > _capacity) throw new InvalidOperationException($"a piece of {piece.Bytes.Length} bytes does not fit the shared-memory ring of {_capacity} bytes");
+        if (need > _capacity / 2) throw new InvalidOperationException($"a piece of {piece.Bytes.Length} bytes does not fit the shared-memory ring of {_capacity} bytes");
         var write = Long(OffWrite);
+        // Frames are contiguous (the reader lends the payload in place): one that would wrap starts at the ring's
+        // beginning instead, after a pad (a header with length -1 when there is room for one; else implied).
+        var at = write % _capacity;
+        var pad = at + need > _capacity ? _capacity - at : 0;
         while (true)
         {
             ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0 || Closing, this);
             var seen = Int(OffSpaceSeq);
-            if (_capacity - (write - Long(OffRead)) >= need) break;
+            if (_capacity - (write - Long(OffRead)) >= pad + need) break;
             cancellationToken.ThrowIfCancellationRequested();
             if (PeerGone() is { } gone) throw new IOException(gone);
             Wait(OffSpaceSeq, seen);
         }
+        if (pad >= PieceFrame.Size) *(int*)(_base + HeaderBytes + at + 32) = -1;
         Span<byte> header = stackalloc byte[PieceFrame.Size];
         PieceFrame.Write(header, piece);
-        CopyIn(write, header);
-        CopyIn(write + PieceFrame.Size, piece.Bytes.Span);
-        SetLong(OffWrite, write + need);
+        CopyIn(write + pad, header);
+        CopyIn(write + pad + PieceFrame.Size, piece.Bytes.Span);
+        SetLong(OffWrite, write + pad + need);
         Signal(OffDataSeq);
     }
 
     /// <summary>Checks, without waiting, whether the receiver is gone (for sends that found room).</summary>
     public string? ReceiverGone() => _writer ? PeerGone() : null;
 
-    /// <summary>Reader loop (its own thread): frames into pooled buffers, into the mailbox, until the sender closes or dies.</summary>
+    /// <summary>
+    /// Reader loop (its own thread), until the sender closes or dies. A frame whose receiver is already waiting is lent
+    /// in place (the reduce reads the shared memory itself; the slot is freed when the piece is disposed); any other
+    /// is copied into a pooled buffer and queued, so a piece nobody asked for yet never holds the ring up.
+    /// </summary>
     public void ReadInto(RingMailbox mailbox, int maxBytes)
     {
+        using var returned = new ManualResetEventSlim(false);
         try
         {
             Span<byte> header = stackalloc byte[PieceFrame.Size];
@@ -313,13 +323,29 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
                 var read = Long(OffRead);
                 if (Long(OffWrite) > read)
                 {
+                    var at = read % _capacity;
+                    if (_capacity - at < PieceFrame.Size || *(int*)(_base + HeaderBytes + at + 32) == -1)
+                    {
+                        SetLong(OffRead, read + (_capacity - at));   // pad before a frame that would have wrapped
+                        continue;
+                    }
                     CopyOut(read, header);
                     var (tag, pieces, offset, length) = PieceFrame.Read(header, maxBytes, mailbox.WorldSize);
-                    var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(1, length));
-                    CopyOut(read + PieceFrame.Size, buffer.AsSpan(0, length));
+                    if (at + PieceFrame.Size + length > _capacity) throw new InvalidDataException($"a frame of {length} bytes at {at} runs past the ring's end");
+                    var lent = new Lent(_base + HeaderBytes + at + PieceFrame.Size, length, returned);
+                    returned.Reset();
+                    if (mailbox.TryHandToWaiter(RingPiece.FromBytes(tag, offset, pieces, lent.Memory, lent)))
+                    {
+                        returned.Wait();   // the reduce reads it in place, then disposes the piece
+                    }
+                    else
+                    {
+                        var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(1, length));
+                        CopyOut(read + PieceFrame.Size, buffer.AsSpan(0, length));
+                        mailbox.Deliver(RingPiece.FromBytes(tag, offset, pieces, buffer.AsMemory(0, length), new Pooled(buffer)));
+                    }
                     SetLong(OffRead, read + PieceFrame.Size + Aligned(length));
                     Signal(OffSpaceSeq);
-                    mailbox.Deliver(RingPiece.FromBytes(tag, offset, pieces, buffer.AsMemory(0, length), new Pooled(buffer)));
                     continue;
                 }
                 if (Int(OffWriterClosed) != 0)
@@ -356,6 +382,30 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
         _view.SafeMemoryMappedViewHandle.ReleasePointer();
         _view.Dispose();
         _file.Dispose();
+    }
+
+    /// <summary>A payload lent in place from the mapping; disposing the piece gives the slot back to the reader.</summary>
+    private sealed class Lent(byte* pointer, int length, ManualResetEventSlim returned) : MemoryManager<byte>, IDisposable
+    {
+        private int _returned;
+
+        public override Span<byte> GetSpan() => new(pointer, length);
+
+        public override MemoryHandle Pin(int elementIndex = 0) => new(pointer + elementIndex);
+
+        public override void Unpin()
+        {
+        }
+
+        void IDisposable.Dispose()
+        {
+            if (Interlocked.Exchange(ref _returned, 1) == 0) returned.Set();
+        }
+
+        protected override void Dispose(bool disposing)
+        {
+            if (Interlocked.Exchange(ref _returned, 1) == 0) returned.Set();
+        }
     }
 
     private sealed class Pooled(byte[] buffer) : IDisposable
