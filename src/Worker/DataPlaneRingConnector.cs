@@ -11,8 +11,23 @@ namespace Dtrain.Worker;
 /// neighbour on this host, TCP to one elsewhere; or shm, tcp, grpc), negotiated with the right-hand neighbour through
 /// the gRPC control plane (<see cref="DataPlane"/>), and logs the choice ("ring w1->w2: shared memory").
 /// </summary>
-public sealed class DataPlaneRingConnector(DataPlane dataPlane, WorkerOptions options, WorkerSecurity security, ILogger<DataPlaneRingConnector>? logger = null) : IRingConnector
+public sealed class DataPlaneRingConnector : IRingConnector
 {
+    private readonly DataPlane dataPlane;
+    private readonly WorkerOptions options;
+    private readonly WorkerSecurity security;
+    private readonly ILogger<DataPlaneRingConnector>? logger;
+
+    public DataPlaneRingConnector(DataPlane dataPlane, WorkerOptions options, WorkerSecurity security, ILogger<DataPlaneRingConnector>? logger = null)
+    {
+        this.dataPlane = dataPlane;
+        this.options = options;
+        this.security = security;
+        this.logger = logger;
+        // With cluster TLS the TCP listener speaks TLS from its first connection on.
+        if (security.Tls is { } tls) dataPlane.Tls ??= tls;
+    }
+
     public async Task<RingConnection> ConnectAsync(AssignRequest request, CancellationToken cancel)
     {
         if (request.WorldSize == 1) return new RingConnection(LocalReducer.Instance);

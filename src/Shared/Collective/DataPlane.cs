@@ -219,7 +219,20 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
             await stream.DisposeAsync().ConfigureAwait(false);
             return;
         }
-        await TcpLink.ReceiveAsync(stream, mailbox!, mailboxes.MaxPieceFloats * sizeof(float), _stopping.Token).ConfigureAwait(false);
+        var maxBytes = mailboxes.MaxPieceFloats * sizeof(float);
+        if (stream is NetworkStream)
+        {
+            // Plain TCP: blocking reads on a thread of its own (no async hop per segment), like the shared-memory reader.
+            var inbound = mailbox!;
+            var thread = new Thread(() => TcpLink.ReceiveBlocking(socket, stream, inbound, maxBytes, _stopping.Token))
+            {
+                IsBackground = true,
+                Name = $"dtrain tcp {inbound.LeftRank}->{inbound.Rank}",
+            };
+            thread.Start();
+            return;
+        }
+        await TcpLink.ReceiveAsync(stream, mailbox!, maxBytes, _stopping.Token).ConfigureAwait(false);
     }
 
     private static string SafeRemote(Socket socket)

@@ -243,10 +243,11 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
     private void Wait(int offset, int seen)
     {
         var word = Word(offset);
-        for (var i = 0; i < 64; i++)
+        // A short spin only: on a busy machine the peer needs the core more than we need the latency.
+        for (var i = 0; i < 16; i++)
         {
             if (Volatile.Read(ref *word) != seen) return;
-            Thread.SpinWait(20);
+            Thread.SpinWait(10);
         }
         Futex.Wait(word, seen, 20_000_000);
     }

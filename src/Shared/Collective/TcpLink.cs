@@ -168,6 +168,53 @@ internal static class TcpLink
         }
     }
 
+    /// <summary>As <see cref="ReceiveAsync"/>, with blocking socket reads (its own thread; a stop closes the socket).</summary>
+    public static void ReceiveBlocking(Socket socket, Stream stream, RingMailbox mailbox, int maxBytes, CancellationToken stop)
+    {
+        using var closeOnStop = stop.Register(() => socket.Dispose());
+        var header = new byte[PieceFrame.Size];
+        try
+        {
+            while (mailbox.ClosedReason is null)
+            {
+                var got = Fill(socket, header);
+                if (got == 0) break;
+                if (got < header.Length) throw new EndOfStreamException("the connection ended inside a frame header");
+                var (tag, pieces, offset, length) = PieceFrame.Read(header, maxBytes, mailbox.WorldSize);
+                var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(length, 1));
+                var owner = new Pooled(buffer);
+                if (Fill(socket, buffer.AsSpan(0, length)) < length)
+                {
+                    owner.Dispose();
+                    throw new EndOfStreamException("the connection ended inside a frame");
+                }
+                mailbox.Deliver(RingPiece.FromBytes(tag, offset, pieces, buffer.AsMemory(0, length), owner));
+            }
+            mailbox.CompleteInbound(null);
+        }
+        catch (Exception ex)
+        {
+            mailbox.CompleteInbound(ex);
+        }
+        finally
+        {
+            stream.Dispose();
+        }
+    }
+
+    /// <summary>Reads until <paramref name="buffer"/> is full or the peer closes; returns the bytes read.</summary>
+    private static int Fill(Socket socket, Span<byte> buffer)
+    {
+        var total = 0;
+        while (total < buffer.Length)
+        {
+            var n = socket.Receive(buffer[total..], SocketFlags.None);
+            if (n == 0) break;
+            total += n;
+        }
+        return total;
+    }
+
     private sealed class Pooled(byte[] buffer) : IDisposable
     {
         private byte[]? _buffer = buffer;
