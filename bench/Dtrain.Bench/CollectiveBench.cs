@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Net;
 using System.Text;
 using Dtrain.Collective;
+using Dtrain.Rpc;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
@@ -31,13 +32,14 @@ public static class CollectiveBench
             var i = Array.IndexOf(args, name);
             return i >= 0 && i + 1 < args.Length ? args[i + 1] : fallback;
         }
-        var transports = Option("--transports", "shm,tcp,grpc").Split(',', StringSplitOptions.RemoveEmptyEntries);
+        var transports = Option("--transports", "shm,tcp,tcp+tls,grpc").Split(',', StringSplitOptions.RemoveEmptyEntries);
         var workers = Option("--workers", "2,4").Split(',').Select(w => int.Parse(w, CultureInfo.InvariantCulture)).ToArray();
         var sizes = Option("--sizes", "4,16,64").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture) << 20).ToArray();
         var rounds = int.Parse(Option("--rounds", "5"), CultureInfo.InvariantCulture);
         var report = Option("--report", "");
         foreach (var t in transports)
-            if (!DataTransports.TryParse(t, out var parsed) || parsed == DataTransport.Auto) throw new ArgumentException($"--transports: \"{t}\" is not shm, tcp or grpc");
+            if (!DataTransports.TryParse(t.Replace("+tls", "", StringComparison.Ordinal), out var parsed) || parsed == DataTransport.Auto)
+                throw new ArgumentException($"--transports: \"{t}\" is not shm, tcp, tcp+tls, grpc or grpc+tls");
         return MainAsync(transports, workers, sizes, rounds, report).GetAwaiter().GetResult();
     }
 
@@ -175,6 +177,7 @@ public static class CollectiveBench
     {
         var (exe, prefix) = SelfCommand();
         var peers = new List<Process>();
+        var pki = transport.EndsWith("+tls", StringComparison.Ordinal) ? Pki(world) : null;
         try
         {
             for (var rank = 0; rank < world; rank++)
@@ -185,7 +188,7 @@ public static class CollectiveBench
                     RedirectStandardOutput = true,
                     UseShellExecute = false,
                 };
-                foreach (var a in prefix.Concat(["allreduce", "--peer", transport, $"{rank}", $"{world}", $"{floats}", $"{rounds}", $"{Iterations(floats)}"])) start.ArgumentList.Add(a);
+                foreach (var a in prefix.Concat(["allreduce", "--peer", transport, $"{rank}", $"{world}", $"{floats}", $"{rounds}", $"{Iterations(floats)}", pki ?? "-"])) start.ArgumentList.Add(a);
                 // One CPU per worker unless the caller says otherwise (children inherit the environment).
                 if (Environment.GetEnvironmentVariable("DOTNET_PROCESSOR_COUNT") is null) start.Environment["DOTNET_PROCESSOR_COUNT"] = "1";
                 peers.Add(Process.Start(start) ?? throw new InvalidOperationException("cannot start a peer process"));
@@ -211,7 +214,24 @@ public static class CollectiveBench
                 if (!peer.HasExited) peer.Kill(entireProcessTree: true);
                 peer.Dispose();
             }
+            if (pki is not null) Directory.Delete(pki, recursive: true);
         }
+    }
+
+    /// <summary>A throw-away cluster CA and one worker certificate per rank (w0, w1, ...), as `dtrain certs` makes them.</summary>
+    private static string Pki(int world)
+    {
+        var dir = Path.Combine(Path.GetTempPath(), $"dtrain-bench-pki-{Guid.NewGuid():N}");
+        ClusterCertificates.CreatePrivateDirectory(dir);
+        using var authority = ClusterCertificates.CreateAuthority("bench CA", TimeSpan.FromDays(1));
+        ClusterCertificates.WriteFile(Path.Combine(dir, "ca.crt"), authority.ExportCertificatePem(), secret: false);
+        for (var rank = 0; rank < world; rank++)
+        {
+            using var certificate = ClusterCertificates.Issue(authority, $"w{rank}", ClusterRoles.Worker, ["localhost", "127.0.0.1"], TimeSpan.FromDays(1));
+            ClusterCertificates.WriteFile(Path.Combine(dir, $"w{rank}.crt"), certificate.ExportCertificatePem(), secret: false);
+            ClusterCertificates.WriteFile(Path.Combine(dir, $"w{rank}.key"), ClusterCertificates.KeyPem(certificate), secret: true);
+        }
+        return dir;
     }
 
     private static async Task<string> ReadTaggedLineAsync(Process peer, string tag, CancellationToken cancellationToken)
@@ -234,22 +254,44 @@ public static class CollectiveBench
     /// <summary>A worker: host the collective endpoint, print its address, read everyone's, join the ring, run, print each round's mean.</summary>
     private static async Task<int> PeerAsync(string[] args)
     {
-        var transport = DataTransports.TryParse(args[0], out var t) ? t : throw new ArgumentException(args[0]);
+        var tls = args[0].EndsWith("+tls", StringComparison.Ordinal);
+        var transport = DataTransports.TryParse(args[0].Replace("+tls", "", StringComparison.Ordinal), out var t) ? t : throw new ArgumentException(args[0]);
         var rank = int.Parse(args[1], CultureInfo.InvariantCulture);
         var world = int.Parse(args[2], CultureInfo.InvariantCulture);
         var floats = int.Parse(args[3], CultureInfo.InvariantCulture);
         var rounds = int.Parse(args[4], CultureInfo.InvariantCulture);
         var iterations = int.Parse(args[5], CultureInfo.InvariantCulture);
 
-        var builder = WebApplication.CreateSlimBuilder();
-        builder.Logging.ClearProviders();
-        builder.AddDtrainCollective(new IPEndPoint(IPAddress.Loopback, 0));
-        await using var app = builder.Build();
+        WebApplication app;
+        RingSecurity? security = null;
+        if (tls)
+        {
+            // As a worker with cluster TLS: mutual TLS on the gRPC port, the ring pinned to each rank's certificate.
+            var pki = args[6];
+            var own = new TlsSettings { Ca = Path.Combine(pki, "ca.crt"), Cert = Path.Combine(pki, $"w{rank}.crt"), Key = Path.Combine(pki, $"w{rank}.key") }.Load("bench", CertificateNeed.Required);
+            var ranks = Enumerable.Range(0, world).Select(r =>
+            {
+                using var c = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPem(File.ReadAllText(Path.Combine(pki, $"w{r}.crt")));
+                return ExpectedPeer.Worker($"w{r}", ClusterCertificates.Sha256(c));
+            }).ToList();
+            security = new RingSecurity(own, ranks);
+            var builder = GrpcServerHost.CreateBuilder("127.0.0.1", 0, 64 << 20, l => l.ClearProviders(), security: new ServerSecurity(own, AccessPolicy.Worker()));
+            builder.Services.AddDtrainCollective();
+            app = builder.Build();
+        }
+        else
+        {
+            var builder = WebApplication.CreateSlimBuilder();
+            builder.Logging.ClearProviders();
+            builder.AddDtrainCollective(new IPEndPoint(IPAddress.Loopback, 0));
+            app = builder.Build();
+        }
+        await using var _ = app;
         app.MapDtrainCollective();
         await app.StartAsync();
-        Console.WriteLine($"ADDRESS {app.Urls.Single()}");
+        Console.WriteLine($"ADDRESS {GrpcServerHost.LocalAddress(app)}");
         var addresses = (Console.ReadLine() ?? throw new InvalidOperationException("no peer list on stdin")).Split(',');
-        var ring = await app.Services.GetRequiredService<DataPlane>().ConnectRingAsync("bench", 1, rank, world, addresses, transport);
+        var ring = await app.Services.GetRequiredService<DataPlane>().ConnectRingAsync("bench", 1, rank, world, addresses, transport, security: security);
 
         var buffer = new float[floats];
         var random = new Random(rank);
