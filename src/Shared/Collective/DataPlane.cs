@@ -219,20 +219,15 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
             await stream.DisposeAsync().ConfigureAwait(false);
             return;
         }
+        // Blocking reads on a thread of the link's own (no async hop per segment or TLS record), like the shared-memory reader.
         var maxBytes = mailboxes.MaxPieceFloats * sizeof(float);
-        if (stream is NetworkStream)
+        var inbound = mailbox!;
+        var thread = new Thread(() => TcpLink.ReceiveBlocking(socket, stream, inbound, maxBytes, _stopping.Token))
         {
-            // Plain TCP: blocking reads on a thread of its own (no async hop per segment), like the shared-memory reader.
-            var inbound = mailbox!;
-            var thread = new Thread(() => TcpLink.ReceiveBlocking(socket, stream, inbound, maxBytes, _stopping.Token))
-            {
-                IsBackground = true,
-                Name = $"dtrain tcp {inbound.LeftRank}->{inbound.Rank}",
-            };
-            thread.Start();
-            return;
-        }
-        await TcpLink.ReceiveAsync(stream, mailbox!, maxBytes, _stopping.Token).ConfigureAwait(false);
+            IsBackground = true,
+            Name = $"dtrain tcp {inbound.LeftRank}->{inbound.Rank}",
+        };
+        thread.Start();
     }
 
     private static string SafeRemote(Socket socket)

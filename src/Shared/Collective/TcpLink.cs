@@ -131,44 +131,7 @@ internal static class TcpLink
         await stream.FlushAsync(cancellationToken).ConfigureAwait(false);
     }
 
-    /// <summary>Reads frames into pooled buffers and delivers them until the sender closes (clean) or the connection breaks.</summary>
-    public static async Task ReceiveAsync(Stream stream, RingMailbox mailbox, int maxBytes, CancellationToken cancellationToken)
-    {
-        var header = new byte[PieceFrame.Size];
-        try
-        {
-            while (true)
-            {
-                var got = await stream.ReadAtLeastAsync(header, header.Length, throwOnEndOfStream: false, cancellationToken).ConfigureAwait(false);
-                if (got == 0) break;
-                if (got < header.Length) throw new EndOfStreamException("the connection ended inside a frame header");
-                var (tag, pieces, offset, length) = PieceFrame.Read(header, maxBytes, mailbox.WorldSize);
-                var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(length, 1));
-                var owner = new Pooled(buffer);
-                try
-                {
-                    await stream.ReadExactlyAsync(buffer.AsMemory(0, length), cancellationToken).ConfigureAwait(false);
-                }
-                catch
-                {
-                    owner.Dispose();
-                    throw;
-                }
-                mailbox.Deliver(RingPiece.FromBytes(tag, offset, pieces, buffer.AsMemory(0, length), owner));
-            }
-            mailbox.CompleteInbound(null);
-        }
-        catch (Exception ex)
-        {
-            mailbox.CompleteInbound(ex);
-        }
-        finally
-        {
-            await stream.DisposeAsync().ConfigureAwait(false);
-        }
-    }
-
-    /// <summary>As <see cref="ReceiveAsync"/>, with blocking socket reads (its own thread; a stop closes the socket).</summary>
+    /// <summary>Reads frames with blocking reads (on a thread of its own; a stop closes the socket) until the sender closes or the connection breaks.</summary>
     public static void ReceiveBlocking(Socket socket, Stream stream, RingMailbox mailbox, int maxBytes, CancellationToken stop)
     {
         using var closeOnStop = stop.Register(() => socket.Dispose());
@@ -177,13 +140,13 @@ internal static class TcpLink
         {
             while (mailbox.ClosedReason is null)
             {
-                var got = Fill(socket, header);
+                var got = Fill(stream, header);
                 if (got == 0) break;
                 if (got < header.Length) throw new EndOfStreamException("the connection ended inside a frame header");
                 var (tag, pieces, offset, length) = PieceFrame.Read(header, maxBytes, mailbox.WorldSize);
                 var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(length, 1));
                 var owner = new Pooled(buffer);
-                if (Fill(socket, buffer.AsSpan(0, length)) < length)
+                if (Fill(stream, buffer.AsSpan(0, length)) < length)
                 {
                     owner.Dispose();
                     throw new EndOfStreamException("the connection ended inside a frame");
@@ -203,17 +166,7 @@ internal static class TcpLink
     }
 
     /// <summary>Reads until <paramref name="buffer"/> is full or the peer closes; returns the bytes read.</summary>
-    private static int Fill(Socket socket, Span<byte> buffer)
-    {
-        var total = 0;
-        while (total < buffer.Length)
-        {
-            var n = socket.Receive(buffer[total..], SocketFlags.None);
-            if (n == 0) break;
-            total += n;
-        }
-        return total;
-    }
+    private static int Fill(Stream stream, Span<byte> buffer) => stream.ReadAtLeast(buffer, buffer.Length, throwOnEndOfStream: false);
 
     private sealed class Pooled(byte[] buffer) : IDisposable
     {
