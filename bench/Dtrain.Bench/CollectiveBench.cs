@@ -275,7 +275,7 @@ public static class CollectiveBench
                 return ExpectedPeer.Worker($"w{r}", ClusterCertificates.Sha256(c));
             }).ToList();
             security = new RingSecurity(own, ranks);
-            var builder = GrpcServerHost.CreateBuilder("127.0.0.1", 0, 64 << 20, l => l.ClearProviders(), security: new ServerSecurity(own, AccessPolicy.Worker()));
+            var builder = GrpcServerHost.CreateBuilder("127.0.0.1", 0, 64 << 20, l => l.SetMinimumLevel(LogLevel.Warning), security: new ServerSecurity(own, AccessPolicy.Worker()));
             builder.Services.AddDtrainCollective();
             app = builder.Build();
         }
@@ -283,6 +283,7 @@ public static class CollectiveBench
         {
             var builder = WebApplication.CreateSlimBuilder();
             builder.Logging.ClearProviders();
+            builder.Logging.AddSimpleConsole().SetMinimumLevel(LogLevel.Warning);   // a link that breaks says why
             builder.AddDtrainCollective(new IPEndPoint(IPAddress.Loopback, 0));
             app = builder.Build();
         }

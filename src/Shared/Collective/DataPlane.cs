@@ -222,7 +222,8 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         // Blocking reads on a thread of the link's own (no async hop per segment or TLS record), like the shared-memory reader.
         var maxBytes = mailboxes.MaxPieceFloats * sizeof(float);
         var inbound = mailbox!;
-        var thread = new Thread(() => TcpLink.ReceiveBlocking(socket, stream, inbound, maxBytes, _stopping.Token))
+        var thread = new Thread(() => TcpLink.ReceiveBlocking(socket, stream, inbound, maxBytes, _stopping.Token,
+            ex => logger?.LogWarning("data plane: the TCP link from rank {Sender} of ring {Job}/{Generation} broke: {Reason}", inbound.LeftRank, inbound.JobId, inbound.Generation, ex.Message)))
         {
             IsBackground = true,
             Name = $"dtrain tcp {inbound.LeftRank}->{inbound.Rank}",

@@ -449,19 +449,27 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
     }
 }
 
-/// <summary>The sending end of a <see cref="SharedMemoryRing"/>: one writer at a time; a wait for room blocks the calling thread (futex).</summary>
+/// <summary>
+/// The sending end of a <see cref="SharedMemoryRing"/>. Pieces are copied in by a thread of the link's own, which may
+/// block (futex) while the ring is full: never a thread-pool thread, whose blocking could starve the continuations that
+/// free the peer's ring (with lent pieces, the two ends of a pair wait on each other's pools).
+/// </summary>
 internal sealed class SharedMemoryOutbound : IOutboundLink
 {
     private readonly SharedMemoryRing ring;
-    private readonly SemaphoreSlim _writeLock = new(1, 1);
+    private readonly System.Collections.Concurrent.BlockingCollection<(RingPiece Piece, TaskCompletionSource Done, CancellationToken Cancel)> _queue = new();
+    private readonly Thread _writer;
     private readonly CancellationTokenSource _broken = new();
     private readonly Timer _watch;
     private Exception? _fault;
+    private int _busy;
     private int _disposed;
 
     public SharedMemoryOutbound(SharedMemoryRing ring)
     {
         this.ring = ring;
+        _writer = new Thread(WriteLoop) { IsBackground = true, Name = "dtrain shm writer" };
+        _writer.Start();
         // Notice a receiver that closed or died while we have nothing to send (the ring then fails its receives too).
         _watch = new Timer(_ => Check(), null, TimeSpan.FromMilliseconds(100), TimeSpan.FromMilliseconds(100));
     }
@@ -472,18 +480,38 @@ internal sealed class SharedMemoryOutbound : IOutboundLink
 
     public Exception? Fault => Volatile.Read(ref _fault);
 
+    private void WriteLoop()
+    {
+        foreach (var (piece, done, cancel) in _queue.GetConsumingEnumerable())
+        {
+            Volatile.Write(ref _busy, 1);
+            try
+            {
+                if (Volatile.Read(ref _fault) is { } fault) throw new IOException(fault.Message, fault);
+                if (ring.ReceiverGone() is { } gone) throw new IOException(gone);
+                ring.Write(piece, cancel);
+                done.SetResult();
+            }
+            catch (OperationCanceledException ex)
+            {
+                done.SetCanceled(ex.CancellationToken);
+            }
+            catch (Exception ex)
+            {
+                Break(ex is IOException ? ex : new IOException(ex.Message, ex));
+                done.SetException(ex);
+            }
+            finally
+            {
+                Volatile.Write(ref _busy, 0);
+            }
+        }
+    }
+
     private void Check()
     {
-        if (Volatile.Read(ref _disposed) != 0 || Volatile.Read(ref _fault) is not null) return;
-        if (!_writeLock.Wait(0)) return;   // a send is under way: it checks by itself
-        try
-        {
-            if (Volatile.Read(ref _disposed) == 0 && ring.ReceiverGone() is { } gone) Break(new IOException(gone));
-        }
-        finally
-        {
-            _writeLock.Release();
-        }
+        if (Volatile.Read(ref _disposed) != 0 || Volatile.Read(ref _fault) is not null || Volatile.Read(ref _busy) != 0) return;
+        if (ring.ReceiverGone() is { } gone) Break(new IOException(gone));
     }
 
     private void Break(Exception ex)
@@ -492,26 +520,22 @@ internal sealed class SharedMemoryOutbound : IOutboundLink
         try { _broken.Cancel(); } catch (ObjectDisposedException) { }
     }
 
+    /// <summary>Completes when the piece is in the ring (the caller's memory is not read after that).</summary>
     public async ValueTask SendAsync(RingPiece piece, CancellationToken cancellationToken)
     {
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
         if (Volatile.Read(ref _fault) is { } fault) throw new IOException(fault.Message, fault);
-        await _writeLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         try
         {
-            if (ring.ReceiverGone() is { } gone) Break(new IOException(gone));
-            if (Volatile.Read(ref _fault) is { } f) throw new IOException(f.Message, f);
-            ring.Write(piece, cancellationToken);
+            _queue.Add((piece, done, cancellationToken), CancellationToken.None);
         }
-        catch (IOException ex)
+        catch (InvalidOperationException)
         {
-            Break(ex);
-            throw;
+            throw new ObjectDisposedException(nameof(SharedMemoryOutbound));
         }
-        finally
-        {
-            _writeLock.Release();
-        }
+        // Not abandoned on cancellation: the writer may be copying the caller's memory; it stops at its next wait.
+        await done.Task.ConfigureAwait(false);
     }
 
     public async ValueTask DisposeAsync()
@@ -520,16 +544,10 @@ internal sealed class SharedMemoryOutbound : IOutboundLink
         await _watch.DisposeAsync().ConfigureAwait(false);
         ring.Closing = true;
         Break(new ObjectDisposedException(nameof(SharedMemoryOutbound), "the link was closed on this side"));
-        try
-        {
-            // A send waiting for room notices Closing within 20 ms; only then may the mapping go.
-            using var grace = new CancellationTokenSource(TimeSpan.FromSeconds(5));
-            await _writeLock.WaitAsync(grace.Token).ConfigureAwait(false);
-            ring.Dispose();
-        }
-        catch (OperationCanceledException)
-        {
-            // a write is stuck in a copy: leave the mapping to the finalizer rather than pull it from under it
-        }
+        _queue.CompleteAdding();
+        // A write waiting for room notices Closing within 20 ms; only then may the mapping go.
+        if (await Task.Run(() => _writer.Join(TimeSpan.FromSeconds(5))).ConfigureAwait(false)) ring.Dispose();
+        // else: a write is stuck in a copy; leave the mapping rather than pull it from under it
+        _queue.Dispose();
     }
 }

@@ -132,7 +132,7 @@ internal static class TcpLink
     }
 
     /// <summary>Reads frames with blocking reads (on a thread of its own; a stop closes the socket) until the sender closes or the connection breaks.</summary>
-    public static void ReceiveBlocking(Socket socket, Stream stream, RingMailbox mailbox, int maxBytes, CancellationToken stop)
+    public static void ReceiveBlocking(Socket socket, Stream stream, RingMailbox mailbox, int maxBytes, CancellationToken stop, Action<Exception>? failed = null)
     {
         using var closeOnStop = stop.Register(() => socket.Dispose());
         var header = new byte[PieceFrame.Size];
@@ -157,6 +157,7 @@ internal static class TcpLink
         }
         catch (Exception ex)
         {
+            if (!stop.IsCancellationRequested) failed?.Invoke(ex);
             mailbox.CompleteInbound(ex);
         }
         finally
