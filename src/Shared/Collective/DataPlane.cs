@@ -124,7 +124,8 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
             ring.Dispose();
             throw new RpcException(new Status(StatusCode.FailedPrecondition, $"ring {request.JobId}/{request.Generation}: rank {mailbox.Rank} already has (or had) a link from rank {request.SenderRank}, or the ring is closed"));
         }
-        var thread = new Thread(() => ring.ReadInto(mailbox, mailboxes.MaxPieceFloats * sizeof(float)))
+        var thread = new Thread(() => ring.ReadInto(mailbox, mailboxes.MaxPieceFloats * sizeof(float),
+            ex => logger?.LogWarning("data plane: the shared-memory link from rank {Sender} of ring {Job}/{Generation} broke: {Reason}", request.SenderRank, request.JobId, request.Generation, ex.Message)))
         {
             IsBackground = true,
             Name = $"dtrain shm {request.SenderRank}->{mailbox.Rank}",
