@@ -160,7 +160,7 @@ internal sealed class PeerMesh(int rank, int worldSize, string[] peers, IReadOnl
     private void ThrowIfBroken()
     {
         foreach (var (rank, link) in outbound)
-            if (link.Fault is { } fault)
+            if (link.Broken.IsCancellationRequested && link.Fault is { } fault)
                 throw new RingTransportException($"{link.Kind} link to {DescribeRank(rank)} failed: {fault.Message}", rank, DescribeRank(rank), fault);
     }
 

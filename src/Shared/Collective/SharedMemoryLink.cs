@@ -31,6 +31,11 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
     /// <summary>Lend frames in place to a waiting receiver (saves a copy, costs two thread hand-offs per piece; measured faster here at 2 and 4 workers).</summary>
     public static bool LendInPlace { get; set; } = true;
 
+    internal const string ReceiverClosedMessage = "the receiver closed the shared-memory ring";
+
+    /// <summary>How long a sender's receives go on after its receiver closed cleanly.</summary>
+    public static readonly TimeSpan CleanCloseGrace = TimeSpan.FromSeconds(5);
+
     /// <summary>A peer whose heartbeat has not moved for this long is taken for dead.</summary>
     public static TimeSpan PeerSilentAfter { get; set; } = TimeSpan.FromSeconds(10);
 
@@ -204,7 +209,7 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
     /// <summary>Why the other side is gone, or null while it is alive and has not closed.</summary>
     private string? PeerGone()
     {
-        if (Int(_writer ? OffReaderClosed : OffWriterClosed) != 0) return _writer ? "the receiver closed the shared-memory ring" : null;
+        if (Int(_writer ? OffReaderClosed : OffWriterClosed) != 0) return _writer ? ReceiverClosedMessage : null;
         var pid = Int(_writer ? OffReaderPid : OffWriterPid);
         var ns = Long(_writer ? OffReaderPidNs : OffWriterPidNs);
         var now = Stopwatch.GetTimestamp();
@@ -535,10 +540,22 @@ internal sealed class SharedMemoryOutbound : IOutboundLink
         if (ring.ReceiverGone() is { } gone) Break(new IOException(gone));
     }
 
+    /// <summary>
+    /// Sends fail from now on. Receives of this worker fail too — after <see cref="SharedMemoryRing.CleanCloseGrace"/>
+    /// when the receiver closed the ring cleanly (it finished its last operation: this worker may still be receiving
+    /// the end of that operation from its other neighbour), at once when it died.
+    /// </summary>
     private void Break(Exception ex)
     {
         if (Interlocked.CompareExchange(ref _fault, ex, null) is not null) return;
-        try { _broken.Cancel(); } catch (ObjectDisposedException) { }
+        try
+        {
+            if (ex.Message == SharedMemoryRing.ReceiverClosedMessage) _broken.CancelAfter(SharedMemoryRing.CleanCloseGrace);
+            else _broken.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+        }
     }
 
     /// <summary>Completes when the piece is in the ring (the caller's memory is not read after that).</summary>

@@ -213,7 +213,7 @@ internal static class TcpLink
                 var n = _stream is SslStream
                     ? await _stream.ReadAsync(one, _broken.Token).ConfigureAwait(false)
                     : await _socket.ReceiveAsync(one, SocketFlags.None, _broken.Token).ConfigureAwait(false);
-                Break(new IOException(n == 0 ? "the receiver closed the connection" : "the receiver sent unexpected bytes"));
+                Break(new IOException(n == 0 ? "the receiver closed the connection" : "the receiver sent unexpected bytes"), clean: n == 0);
             }
             catch (OperationCanceledException)
             {
@@ -224,10 +224,18 @@ internal static class TcpLink
             }
         }
 
-        private void Break(Exception ex)
+        /// <summary>Sends fail from now on; receives too, after a grace when the receiver closed cleanly (see SharedMemoryOutbound).</summary>
+        private void Break(Exception ex, bool clean = false)
         {
             if (Interlocked.CompareExchange(ref _fault, ex, null) is not null) return;
-            try { _broken.Cancel(); } catch (ObjectDisposedException) { }
+            try
+            {
+                if (clean) _broken.CancelAfter(SharedMemoryRing.CleanCloseGrace);
+                else _broken.Cancel();
+            }
+            catch (ObjectDisposedException)
+            {
+            }
             try { _socket.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
         }
 
