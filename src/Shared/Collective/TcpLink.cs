@@ -220,7 +220,8 @@ internal static class TcpLink
             }
             catch (Exception ex)
             {
-                Break(ex);
+                // A TLS receiver that closed after its last operation often shows as a reset: also with grace.
+                Break(ex, clean: true);
             }
         }
 
