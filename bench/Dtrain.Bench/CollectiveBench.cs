@@ -1,7 +1,9 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
+using System.Text;
 using Dtrain.Collective;
+using Dtrain.Rpc;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
@@ -9,49 +11,173 @@ using Microsoft.Extensions.Logging;
 namespace Dtrain.Bench;
 
 /// <summary>
-/// <c>dtrain-bench allreduce</c>: the gRPC ring all-reduce against the point-to-point limit of its own transport, every
-/// worker a separate process (children of this exe, <c>allreduce --peer ...</c>) on loopback ports, each told it has
-/// one CPU (DOTNET_PROCESSOR_COUNT=1). Bus bandwidth as in nccl-tests: algbw = bytes / time, busbw = algbw * 2(W-1)/W.
+/// <c>dtrain-bench allreduce [--transports shm,tcp,grpc] [--workers 2,4] [--sizes 4,16,64] [--rounds 5] [--report FILE]</c>:
+/// the ring all-reduce over each data-plane transport, every worker a separate process (children of this exe,
+/// <c>allreduce --peer ...</c>) on loopback, each told it has one CPU (DOTNET_PROCESSOR_COUNT=1), joined exactly as
+/// workers join (gRPC Hello, then shared memory / TCP / the gRPC streams). Bus bandwidth as in nccl-tests:
+/// algbw = bytes / time, busbw = algbw * 2(W-1)/W; per round the slowest rank's mean over the round's iterations;
+/// the table shows the median of the rounds and their min–max. Beside each row, gloo's bus bandwidth for the same
+/// world and size from bench/anchors/pytorch_ddp_bench.py (median of 3 runs) when PyTorch is installed.
 /// </summary>
 public static class CollectiveBench
 {
-    private const int Warmup = 3;
-    private const int Iterations = 10;
-    private const int P2pPiecesPerIteration = 64;   // 64 MiB per timed transfer
+    private const int Warmup = 2;
 
     public static int Run(string[] args)
     {
         ArgumentNullException.ThrowIfNull(args);
         if (args.Length > 1 && args[1] == "--peer") return PeerAsync(args[2..]).GetAwaiter().GetResult();
-        return MainAsync().GetAwaiter().GetResult();
+        string Option(string name, string fallback)
+        {
+            var i = Array.IndexOf(args, name);
+            return i >= 0 && i + 1 < args.Length ? args[i + 1] : fallback;
+        }
+        var transports = Option("--transports", "shm,tcp,tcp+tls,grpc").Split(',', StringSplitOptions.RemoveEmptyEntries);
+        var workers = Option("--workers", "2,4").Split(',').Select(w => int.Parse(w, CultureInfo.InvariantCulture)).ToArray();
+        var sizes = Option("--sizes", "4,16,64").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture) << 20).ToArray();
+        var rounds = int.Parse(Option("--rounds", "5"), CultureInfo.InvariantCulture);
+        var report = Option("--report", "");
+        foreach (var t in transports)
+            if (!DataTransports.TryParse(t.Replace("+tls", "", StringComparison.Ordinal), out var parsed) || parsed == DataTransport.Auto)
+                throw new ArgumentException($"--transports: \"{t}\" is not shm, tcp, tcp+tls, grpc or grpc+tls");
+        return MainAsync(transports, workers, sizes, rounds, report).GetAwaiter().GetResult();
     }
 
-    private static async Task<int> MainAsync()
+    private static async Task<int> MainAsync(string[] transports, int[] workers, int[] sizes, int rounds, string report)
     {
-        Console.WriteLine($"ring all-reduce over gRPC: loopback, one process per worker (DOTNET_PROCESSOR_COUNT=1), {Environment.ProcessorCount} cores, {Warmup} warm-up + {Iterations} timed iterations");
-        var p2pSeconds = await RunWorkersAsync("p2p", 2, RingAllReduce.DefaultMaxPieceFloats * P2pPiecesPerIteration);
-        var p2p = (double)P2pPiecesPerIteration * RingAllReduce.DefaultMaxPieceFloats * sizeof(float) / p2pSeconds / 1e9;
-        Console.WriteLine($"p2p: one client stream, 1 MiB chunks, 2 processes: {p2p:F3} GB/s");
-        Console.WriteLine();
-        Console.WriteLine("workers  floats   MB     ms/op   algbw GB/s  busbw GB/s  p2p GB/s  busbw/p2p");
-        foreach (var world in new[] { 2, 4 })
-            foreach (var floats in new[] { 4 << 20, 16 << 20 })
+        var conditions = $"loopback, one process per worker (DOTNET_PROCESSOR_COUNT=1), {Environment.ProcessorCount} cores, load average {LoadAverage()}, " +
+                         $"{Warmup} warm-up ops, then {rounds} rounds (each the mean of {IterationsText(sizes)}); median [min–max] of the rounds";
+        var gloo = GlooAvailable(out var glooWhy);
+        var lines = new List<string>
+        {
+            $"ring all-reduce: {conditions}",
+            gloo ? "gloo: bench/anchors/pytorch_ddp_bench.py allreduce (PyTorch gloo over TCP on loopback, 1 thread per process), median of 3 runs, measured in this run"
+                 : $"gloo: not measured ({glooWhy}); install it with `apt-get install -y python3-torch libopenblas0-pthread`",
+            "",
+            "| transport | workers | floats | MB | ms/op | busbw GB/s (median [min–max]) | gloo busbw GB/s | dtrain / gloo |",
+            "|---|---|---|---|---|---|---|---|",
+        };
+        foreach (var line in lines) Console.WriteLine(line);
+        var glooCache = new Dictionary<(int, int), double?>();
+        foreach (var world in workers)
+            foreach (var floats in sizes)
             {
-                var seconds = await RunWorkersAsync("ring", world, floats);
-                var bytes = (double)floats * sizeof(float);
-                var algbw = bytes / seconds / 1e9;
-                var busbw = algbw * 2 * (world - 1) / world;
-                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"{world,7}  {floats >> 20,4}M  {bytes / 1e6,5:F1}  {seconds * 1e3,7:F1}  {algbw,10:F3}  {busbw,10:F3}  {p2p,8:F3}  {busbw / p2p,9:F2}"));
+                double? glooBus = null;
+                if (gloo)
+                {
+                    glooBus = RunGloo(world, floats);
+                    glooCache[(world, floats)] = glooBus;
+                }
+                foreach (var transport in transports)
+                {
+                    var perRound = await RunWorkersAsync(transport, world, floats, rounds);
+                    var bytes = (double)floats * sizeof(float);
+                    double Bus(double seconds) => bytes / seconds / 1e9 * 2 * (world - 1) / world;
+                    var sorted = perRound.Order().ToArray();
+                    var median = sorted[sorted.Length / 2];
+                    var line = string.Create(CultureInfo.InvariantCulture,
+                        $"| {transport} | {world} | {floats >> 20}M | {bytes / 1e6:F0} | {median * 1e3:F1} | {Bus(median):F3} [{Bus(sorted[^1]):F3}–{Bus(sorted[0]):F3}] | {(glooBus is { } g ? g.ToString("F3", CultureInfo.InvariantCulture) : "–")} | {(glooBus is { } g2 ? (Bus(median) / g2).ToString("F2", CultureInfo.InvariantCulture) + "×" : "–")} |");
+                    Console.WriteLine(line);
+                    lines.Add(line);
+                }
             }
+        if (!string.IsNullOrEmpty(report))
+        {
+            await File.WriteAllTextAsync(report, string.Join('\n', lines) + "\n");
+            Console.WriteLine($"report: {report}");
+        }
         return 0;
     }
 
-    /// <summary>Starts W peers, wires their addresses, returns the slowest rank's mean seconds per iteration.</summary>
-    private static async Task<double> RunWorkersAsync(string kind, int world, int floats)
+    private static string IterationsText(int[] sizes) => string.Join(", ", sizes.Select(s => string.Create(CultureInfo.InvariantCulture, $"{Iterations(s)} ops at {s >> 20}M")));
+
+    /// <summary>Fewer ops per round for larger buffers, so every round lasts about as long.</summary>
+    private static int Iterations(int floats) => Math.Max(3, (int)(10L * (4 << 20) / floats));
+
+    private static string LoadAverage()
+    {
+        try
+        {
+            return File.ReadAllText("/proc/loadavg").Split(' ')[0];
+        }
+        catch (IOException)
+        {
+            return "?";
+        }
+    }
+
+    private static string? AnchorScript()
+    {
+        var root = AppContext.BaseDirectory;
+        while (!File.Exists(Path.Combine(root, "Distributed.sln")))
+        {
+            var parent = Path.GetDirectoryName(root);
+            if (parent is null) return null;
+            root = parent;
+        }
+        var script = Path.Combine(root, "bench", "anchors", "pytorch_ddp_bench.py");
+        return File.Exists(script) ? script : null;
+    }
+
+    private static bool GlooAvailable(out string why)
+    {
+        if (AnchorScript() is null)
+        {
+            why = "bench/anchors/pytorch_ddp_bench.py not found";
+            return false;
+        }
+        if (!File.Exists("/usr/bin/python3"))
+        {
+            why = "/usr/bin/python3 is not installed";
+            return false;
+        }
+        var (code, output) = Python("-c", "import torch, torch.distributed; print(torch.__version__)");
+        why = code == 0 ? "" : "PyTorch (python3-torch) is not installed";
+        return code == 0 && output.Length > 0;
+    }
+
+    private static (int Code, string Output) Python(params string[] arguments)
+    {
+        var start = new ProcessStartInfo("/usr/bin/python3") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in arguments) start.ArgumentList.Add(a);
+        // Debian's OpenBLAS must pick its own core type: the variables some images set break it.
+        start.Environment.Remove("OPENBLAS_CORETYPE");
+        start.Environment.Remove("OPENBLAS_L2_SIZE");
+        start.Environment["OPENBLAS_NUM_THREADS"] = "1";
+        using var process = Process.Start(start) ?? throw new InvalidOperationException("cannot start /usr/bin/python3");
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        _ = process.StandardError.ReadToEndAsync();
+        if (!process.WaitForExit(TimeSpan.FromMinutes(5)))
+        {
+            process.Kill(entireProcessTree: true);
+            return (-1, "");
+        }
+        return (process.ExitCode, stdout.Result);
+    }
+
+    /// <summary>gloo's bus bandwidth for W ranks x N floats: the median of 3 runs of the anchor script.</summary>
+    private static double? RunGloo(int world, int floats)
+    {
+        var figures = new List<double>();
+        for (var run = 0; run < 3; run++)
+        {
+            var (code, output) = Python(AnchorScript()!, "allreduce", world.ToString(CultureInfo.InvariantCulture), floats.ToString(CultureInfo.InvariantCulture));
+            var at = output.IndexOf("busbw_GBps=", StringComparison.Ordinal);
+            if (code != 0 || at < 0) continue;
+            var value = output[(at + "busbw_GBps=".Length)..].Split(' ', '\n')[0];
+            figures.Add(double.Parse(value, CultureInfo.InvariantCulture));
+        }
+        if (figures.Count == 0) return null;
+        figures.Sort();
+        return figures[figures.Count / 2];
+    }
+
+    /// <summary>Starts W peers, wires their addresses, returns per round the slowest rank's mean seconds per op.</summary>
+    private static async Task<double[]> RunWorkersAsync(string transport, int world, int floats, int rounds)
     {
         var (exe, prefix) = SelfCommand();
         var peers = new List<Process>();
+        var pki = transport.EndsWith("+tls", StringComparison.Ordinal) ? Pki(world) : null;
         try
         {
             for (var rank = 0; rank < world; rank++)
@@ -62,12 +188,12 @@ public static class CollectiveBench
                     RedirectStandardOutput = true,
                     UseShellExecute = false,
                 };
-                foreach (var a in prefix.Concat(["allreduce", "--peer", kind, $"{rank}", $"{world}", $"{floats}"])) start.ArgumentList.Add(a);
+                foreach (var a in prefix.Concat(["allreduce", "--peer", transport, $"{rank}", $"{world}", $"{floats}", $"{rounds}", $"{Iterations(floats)}", pki ?? "-"])) start.ArgumentList.Add(a);
                 // One CPU per worker unless the caller says otherwise (children inherit the environment).
                 if (Environment.GetEnvironmentVariable("DOTNET_PROCESSOR_COUNT") is null) start.Environment["DOTNET_PROCESSOR_COUNT"] = "1";
                 peers.Add(Process.Start(start) ?? throw new InvalidOperationException("cannot start a peer process"));
             }
-            using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(5));
+            using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(15));
             var addresses = new List<string>();
             foreach (var peer in peers) addresses.Add(await ReadTaggedLineAsync(peer, "ADDRESS ", timeout.Token));
             foreach (var peer in peers)
@@ -75,10 +201,11 @@ public static class CollectiveBench
                 await peer.StandardInput.WriteLineAsync(string.Join(',', addresses));
                 await peer.StandardInput.FlushAsync(timeout.Token);
             }
-            var results = new List<double>();
-            foreach (var peer in peers) results.Add(double.Parse(await ReadTaggedLineAsync(peer, "RESULT ", timeout.Token), CultureInfo.InvariantCulture));
+            var results = new List<double[]>();
+            foreach (var peer in peers)
+                results.Add([.. (await ReadTaggedLineAsync(peer, "RESULT ", timeout.Token)).Split(',').Select(s => double.Parse(s, CultureInfo.InvariantCulture))]);
             foreach (var peer in peers) await peer.WaitForExitAsync(timeout.Token);
-            return results.Max();
+            return [.. Enumerable.Range(0, rounds).Select(r => results.Max(perRank => perRank[r]))];
         }
         finally
         {
@@ -87,7 +214,24 @@ public static class CollectiveBench
                 if (!peer.HasExited) peer.Kill(entireProcessTree: true);
                 peer.Dispose();
             }
+            if (pki is not null) Directory.Delete(pki, recursive: true);
         }
+    }
+
+    /// <summary>A throw-away cluster CA and one worker certificate per rank (w0, w1, ...), as `dtrain certs` makes them.</summary>
+    private static string Pki(int world)
+    {
+        var dir = Path.Combine(Path.GetTempPath(), $"dtrain-bench-pki-{Guid.NewGuid():N}");
+        ClusterCertificates.CreatePrivateDirectory(dir);
+        using var authority = ClusterCertificates.CreateAuthority("bench CA", TimeSpan.FromDays(1));
+        ClusterCertificates.WriteFile(Path.Combine(dir, "ca.crt"), authority.ExportCertificatePem(), secret: false);
+        for (var rank = 0; rank < world; rank++)
+        {
+            using var certificate = ClusterCertificates.Issue(authority, $"w{rank}", ClusterRoles.Worker, ["localhost", "127.0.0.1"], TimeSpan.FromDays(1));
+            ClusterCertificates.WriteFile(Path.Combine(dir, $"w{rank}.crt"), certificate.ExportCertificatePem(), secret: false);
+            ClusterCertificates.WriteFile(Path.Combine(dir, $"w{rank}.key"), ClusterCertificates.KeyPem(certificate), secret: true);
+        }
+        return dir;
     }
 
     private static async Task<string> ReadTaggedLineAsync(Process peer, string tag, CancellationToken cancellationToken)
@@ -107,76 +251,72 @@ public static class CollectiveBench
         return Path.GetFileNameWithoutExtension(process) == "dotnet" ? (process, [typeof(CollectiveBench).Assembly.Location]) : (process, []);
     }
 
-    /// <summary>A worker: host the collective endpoint, print its address, read everyone's, run, print the mean time.</summary>
+    /// <summary>A worker: host the collective endpoint, print its address, read everyone's, join the ring, run, print each round's mean.</summary>
     private static async Task<int> PeerAsync(string[] args)
     {
-        var kind = args[0];
+        var tls = args[0].EndsWith("+tls", StringComparison.Ordinal);
+        var transport = DataTransports.TryParse(args[0].Replace("+tls", "", StringComparison.Ordinal), out var t) ? t : throw new ArgumentException(args[0]);
         var rank = int.Parse(args[1], CultureInfo.InvariantCulture);
         var world = int.Parse(args[2], CultureInfo.InvariantCulture);
         var floats = int.Parse(args[3], CultureInfo.InvariantCulture);
+        var rounds = int.Parse(args[4], CultureInfo.InvariantCulture);
+        var iterations = int.Parse(args[5], CultureInfo.InvariantCulture);
 
-        var builder = WebApplication.CreateSlimBuilder();
-        builder.Logging.ClearProviders();
-        builder.AddDtrainCollective(new IPEndPoint(IPAddress.Loopback, 0));
-        await using var app = builder.Build();
-        app.MapDtrainCollective();
-        await app.StartAsync();
-        Console.WriteLine($"ADDRESS {app.Urls.Single()}");
-        var addresses = (Console.ReadLine() ?? throw new InvalidOperationException("no peer list on stdin")).Split(',');
-        var transport = await GrpcRingTransport.ConnectAsync("bench", 1, rank, world, addresses, app.Services.GetRequiredService<RingMailboxes>());
-
-        double seconds;
-        if (kind == "p2p") seconds = await PointToPointAsync(transport, floats);
+        WebApplication app;
+        RingSecurity? security = null;
+        if (tls)
+        {
+            // As a worker with cluster TLS: mutual TLS on the gRPC port, the ring pinned to each rank's certificate.
+            var pki = args[6];
+            var own = new TlsSettings { Ca = Path.Combine(pki, "ca.crt"), Cert = Path.Combine(pki, $"w{rank}.crt"), Key = Path.Combine(pki, $"w{rank}.key") }.Load("bench", CertificateNeed.Required);
+            var ranks = Enumerable.Range(0, world).Select(r =>
+            {
+                using var c = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPem(File.ReadAllText(Path.Combine(pki, $"w{r}.crt")));
+                return ExpectedPeer.Worker($"w{r}", ClusterCertificates.Sha256(c));
+            }).ToList();
+            security = new RingSecurity(own, ranks);
+            var builder = GrpcServerHost.CreateBuilder("127.0.0.1", 0, 64 << 20, l => l.SetMinimumLevel(LogLevel.Warning), security: new ServerSecurity(own, AccessPolicy.Worker()));
+            builder.Services.AddDtrainCollective();
+            app = builder.Build();
+        }
         else
         {
-            var buffer = new float[floats];
-            var random = new Random(rank);
-            for (var i = 0; i < buffer.Length; i++) buffer[i] = random.NextSingle();
-            var allReduce = new RingAllReduce(transport);
-            long op = 0;
-            for (var i = 0; i < Warmup; i++) await allReduce.SumAsync(buffer, op++);
+            var builder = WebApplication.CreateSlimBuilder();
+            builder.Logging.ClearProviders();
+            builder.Logging.AddSimpleConsole().SetMinimumLevel(LogLevel.Warning);   // a link that breaks says why
+            builder.AddDtrainCollective(new IPEndPoint(IPAddress.Loopback, 0));
+            app = builder.Build();
+        }
+        await using var _ = app;
+        app.MapDtrainCollective();
+        await app.StartAsync();
+        Console.WriteLine($"ADDRESS {GrpcServerHost.LocalAddress(app)}");
+        var addresses = (Console.ReadLine() ?? throw new InvalidOperationException("no peer list on stdin")).Split(',');
+        var ring = await app.Services.GetRequiredService<DataPlane>().ConnectRingAsync("bench", 1, rank, world, addresses, transport, security: security);
+
+        var buffer = new float[floats];
+        var random = new Random(rank);
+        for (var i = 0; i < buffer.Length; i++) buffer[i] = random.NextSingle();
+        var allReduce = new RingAllReduce(ring, operationTimeout: TimeSpan.FromMinutes(10));
+        long op = 0;
+        for (var i = 0; i < Warmup; i++) await allReduce.SumAsync(buffer, op++);
+        var perRound = new List<double>();
+        for (var round = 0; round < rounds; round++)
+        {
             await allReduce.SumAsync(new float[world], op++);   // barrier
             var clock = Stopwatch.StartNew();
-            for (var i = 0; i < Iterations; i++) await allReduce.SumAsync(buffer, op++);
-            seconds = clock.Elapsed.TotalSeconds / Iterations;
+            for (var i = 0; i < iterations; i++) await allReduce.SumAsync(buffer, op++);
+            perRound.Add(clock.Elapsed.TotalSeconds / iterations);
         }
         if (Environment.GetEnvironmentVariable("DTRAIN_BENCH_GC") is not null)
-            Console.Error.WriteLine($"[{kind} w{world} r{rank} {floats >> 20}M] gc {GC.CollectionCount(0)}/{GC.CollectionCount(1)}/{GC.CollectionCount(2)} allocated {GC.GetTotalAllocatedBytes() >> 20} MiB cpu {Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds:F2}s user {Process.GetCurrentProcess().UserProcessorTime.TotalSeconds:F2}s wall {seconds * (Warmup + Iterations):F2}s");
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"RESULT {seconds:R}"));
-        // Leave the ring first: completing our stream lets the right neighbour's server finish its Push call, so no
-        // host waits out its graceful-shutdown timeout for an inbound stream that is still open.
-        await transport.DisposeAsync();
+            Console.Error.WriteLine($"[{args[0]} w{world} r{rank} {floats >> 20}M] gc {GC.CollectionCount(0)}/{GC.CollectionCount(1)}/{GC.CollectionCount(2)} allocated {GC.GetTotalAllocatedBytes() >> 20} MiB cpu {Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds:F2}s");
+        var result = new StringBuilder();
+        foreach (var seconds in perRound) result.Append(result.Length > 0 ? "," : "").Append(seconds.ToString("R", CultureInfo.InvariantCulture));
+        Console.WriteLine($"RESULT {result}");
+        // Leave the ring first: closing our links lets the right neighbour's reader finish, so no host waits out its
+        // graceful-shutdown timeout for an inbound stream that is still open.
+        await ring.DisposeAsync();
         await app.StopAsync();
         return 0;
-    }
-
-    /// <summary>Rank 0 streams 1 MiB pieces to rank 1, which acknowledges each iteration with one float.</summary>
-    private static async Task<double> PointToPointAsync(IRingTransport transport, int floats)
-    {
-        var pieceFloats = RingAllReduce.DefaultMaxPieceFloats;
-        var pieces = floats / pieceFloats;
-        var data = new float[pieceFloats];
-        var ack = new float[1];
-        var clock = new Stopwatch();
-        for (var iteration = 0; iteration < Warmup + Iterations; iteration++)
-        {
-            if (iteration == Warmup) clock.Start();
-            if (transport.Rank == 0)
-            {
-                for (var p = 0; p < pieces; p++)
-                {
-                    using var piece = RingPiece.Borrow(new RingTag(iteration, 0, 0, p), 0, pieces, data);
-                    await transport.SendAsync(piece, CancellationToken.None);
-                }
-                (await transport.ReceiveAsync(new RingTag(iteration, 1, 0, 0), CancellationToken.None)).Dispose();
-            }
-            else
-            {
-                for (var p = 0; p < pieces; p++) (await transport.ReceiveAsync(new RingTag(iteration, 0, 0, p), CancellationToken.None)).Dispose();
-                using var piece = RingPiece.Borrow(new RingTag(iteration, 1, 0, 0), 0, 1, ack);
-                await transport.SendAsync(piece, CancellationToken.None);
-            }
-        }
-        return clock.Elapsed.TotalSeconds / Iterations;
     }
 }

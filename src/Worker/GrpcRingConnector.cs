@@ -32,23 +32,6 @@ public sealed class GrpcRingConnector(RingMailboxes mailboxes, WorkerOptions opt
             throw new RingTransportException($"{e.Message} (gave up after Worker:RingConnectTimeoutSeconds = {options.RingConnectTimeoutSeconds:0.###} s)", e.PeerRank, e.Peer, e);
         }
         var ring = new RingAllReduce(transport, operationTimeout: TimeSpan.FromSeconds(options.CollectiveTimeoutSeconds));
-        return new RingConnection(new RingReducer(ring), () => transport.DisposeAsync());
-    }
-
-    private sealed class RingReducer(RingAllReduce ring) : IGradientReducer
-    {
-        public int WorldSize => ring.WorldSize;
-
-        public Task SumAsync(Memory<float> buffer, long operation, CancellationToken cancel) => ring.SumAsync(buffer, operation, cancel);
-
-        public string Transport => "grpc";
-
-        public IRingProgress? Progress
-        {
-            get => ring.Progress;
-            set => ring.Progress = value;
-        }
-
-        public Task SumAsync(Memory<float> buffer, long operation, RingCompression compression, CancellationToken cancel) => ring.SumAsync(buffer, operation, compression, cancel);
+        return new RingConnection(new RingReducer(ring, "grpc"), () => transport.DisposeAsync());
     }
 }

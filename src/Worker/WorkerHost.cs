@@ -27,7 +27,8 @@ public static class WorkerHost
         builder.Services.AddSingleton(security);
         builder.Services.AddSingleton<WorkerIdentity>();
         builder.Services.AddSingleton<WorkerSlot>();
-        builder.Services.AddSingleton<IRingConnector, GrpcRingConnector>();
+        builder.Services.AddSingleton<IRingConnector, DataPlaneRingConnector>();
+        builder.Services.AddSingleton(new Dtrain.Collective.DataPlaneOptions { Listen = options.Listen, TcpPort = options.DataPort });
         builder.Services.AddSingleton<IPeerState, GrpcPeerState>();
         builder.Services.AddSingleton<WorkerRuntime>();
         builder.Services.AddSingleton<WorkerMetrics>();

@@ -39,6 +39,14 @@ public sealed record WorkerOptions
     public double CollectiveTimeoutSeconds { get; init; } = 120;
     /// <summary>How long joining a job's ring keeps retrying while the right-hand neighbour is not up or has not joined yet.</summary>
     public double RingConnectTimeoutSeconds { get; init; } = 30;
+    /// <summary>
+    /// How gradient bytes travel to the ring neighbour: auto (default) = shared memory when the neighbour is on this host
+    /// (same kernel and the same /dev/shm, checked with a probe file), TCP otherwise; shm (same host only), tcp, or grpc
+    /// (the gRPC streams, the fallback). Negotiated through the gRPC control plane; see docs/cluster.md.
+    /// </summary>
+    public string Transport { get; init; } = "auto";
+    /// <summary>Port of this worker's data-plane TCP listener (0 = any free port; peers learn it through gRPC).</summary>
+    public int DataPort { get; init; }
     /// <summary>Deadline of this worker's calls to the coordinator: register, heartbeat, leave.</summary>
     public double CoordinatorCallTimeoutSeconds { get; init; } = 10;
 
@@ -67,6 +75,8 @@ public sealed record WorkerOptions
             e.Add($"Worker:Coordinator \"{Coordinator}\" must be an http(s) URL, e.g. http://127.0.0.1:5000");
         if (Port is < 0 or > 65535) e.Add($"Worker:Port {Port} must be in [0, 65535]");
         if (HttpPort is < -1 or > 65535) e.Add($"Worker:HttpPort {HttpPort} must be in [0, 65535], or -1 for none");
+        if (DataPort is < 0 or > 65535) e.Add($"Worker:DataPort {DataPort} must be in [0, 65535]");
+        if (!Collective.DataTransports.TryParse(Transport, out _)) e.Add($"Worker:Transport \"{Transport}\" must be auto, shm, tcp or grpc");
         if (!TryResolveThreads(Threads, out _)) e.Add($"Worker:Threads \"{Threads}\" must be \"auto\" or a number in [1, 1024]");
         if (MaxMessageBytes < 1024 * 1024) e.Add($"Worker:MaxMessageBytes {MaxMessageBytes} must be at least 1 MiB");
         if (!(CollectiveTimeoutSeconds > 0)) e.Add($"Worker:CollectiveTimeoutSeconds {CollectiveTimeoutSeconds} must be positive");
@@ -85,6 +95,9 @@ public sealed record WorkerOptions
         }
         return e;
     }
+
+    /// <summary>The parsed <see cref="Transport"/> (call after <see cref="Validate"/>).</summary>
+    public Collective.DataTransport DataTransport => Collective.DataTransports.TryParse(Transport, out var t) ? t : throw new ArgumentException($"Worker:Transport \"{Transport}\" must be auto, shm, tcp or grpc");
 
     /// <summary>The torch thread count <see cref="Threads"/> stands for (call after <see cref="Validate"/>).</summary>
     public int ResolvedThreads => TryResolveThreads(Threads, out var n) ? n : throw new ArgumentException($"Worker:Threads \"{Threads}\" must be \"auto\" or a number in [1, 1024]");

@@ -41,7 +41,7 @@ namespace Dtrain.Collective;
 /// </para>
 /// </remarks>
 [BindServiceMethod(typeof(CollectiveService), nameof(BindService))]
-public class CollectiveService(RingMailboxes mailboxes) : CollectiveGrpc.CollectiveBase
+public class CollectiveService(RingMailboxes mailboxes, DataPlane dataPlane) : CollectiveGrpc.CollectiveBase
 {
     internal const string JobHeader = "dtrain-job";
     internal const string GenerationHeader = "dtrain-generation";
@@ -71,7 +71,21 @@ public class CollectiveService(RingMailboxes mailboxes) : CollectiveGrpc.Collect
     {
         ArgumentNullException.ThrowIfNull(serviceBinder);
         serviceBinder.AddMethod(PushMethod, serviceImpl is null ? null! : serviceImpl.Push);
+        serviceBinder.AddMethod(HelloMethod, serviceImpl is null ? null! : serviceImpl.Hello);
+        serviceBinder.AddMethod(AttachMethod, serviceImpl is null ? null! : serviceImpl.AttachSharedMemory);
     }
+
+    private static readonly Method<DataPlaneHello, DataPlaneOffer> HelloMethod = new(MethodType.Unary, CollectiveGrpc.Descriptor.FullName, "Hello",
+        Marshallers.Create(m => m.ToByteArray(), DataPlaneHello.Parser.ParseFrom), Marshallers.Create(m => m.ToByteArray(), DataPlaneOffer.Parser.ParseFrom));
+
+    private static readonly Method<SharedMemoryAttach, SharedMemoryAttached> AttachMethod = new(MethodType.Unary, CollectiveGrpc.Descriptor.FullName, "AttachSharedMemory",
+        Marshallers.Create(m => m.ToByteArray(), SharedMemoryAttach.Parser.ParseFrom), Marshallers.Create(m => m.ToByteArray(), SharedMemoryAttached.Parser.ParseFrom));
+
+    /// <summary>(Declared here, not overridden: grpc-dotnet binds only methods of the type carrying BindService.) Data-plane negotiation: where and how the left neighbour may send tensor bytes (see <see cref="DataPlane"/>).</summary>
+    public new virtual Task<DataPlaneOffer> Hello(DataPlaneHello request, ServerCallContext context) => Task.FromResult(dataPlane.Hello(request, context));
+
+    /// <summary>Maps the left neighbour's shared-memory ring (see <see cref="DataPlane"/>).</summary>
+    public new virtual Task<SharedMemoryAttached> AttachSharedMemory(SharedMemoryAttach request, ServerCallContext context) => Task.FromResult(dataPlane.AttachSharedMemory(request, context));
 
     /// <summary>The Push handler (bound by <see cref="BindService"/>; virtual only because grpc-dotnet requires it).</summary>
     public virtual async Task<PushReply> Push(IAsyncStreamReader<PooledRingChunk> requestStream, ServerCallContext context)
@@ -351,6 +365,7 @@ public static class CollectiveHosting
     {
         ArgumentNullException.ThrowIfNull(services);
         services.AddSingleton(new RingMailboxes(maxPieceFloats));
+        services.AddSingleton(sp => new DataPlane(sp.GetRequiredService<RingMailboxes>(), sp.GetService<DataPlaneOptions>(), sp.GetService<Microsoft.Extensions.Logging.ILogger<DataPlane>>()));
         services.AddGrpc().AddServiceOptions<CollectiveService>(options =>
         {
             options.MaxReceiveMessageSize = maxPieceFloats * sizeof(float) + MessageOverheadBytes;

@@ -1,7 +1,6 @@
 using System.Globalization;
-using System.Numerics;
+using System.Numerics.Tensors;
 using System.Runtime.ExceptionServices;
-using System.Runtime.InteropServices;
 
 namespace Dtrain.Collective;
 
@@ -258,19 +257,12 @@ public sealed class RingAllReduce
         }
     }
 
-    /// <summary>destination[i] += source[i]; element-wise IEEE adds, so vectorisation does not change the result.</summary>
-    internal static void Add(Span<float> destination, ReadOnlySpan<float> source)
-    {
-        var i = 0;
-        if (Vector.IsHardwareAccelerated && destination.Length >= Vector<float>.Count)
-        {
-            var d = MemoryMarshal.Cast<float, Vector<float>>(destination);
-            var s = MemoryMarshal.Cast<float, Vector<float>>(source[..destination.Length]);
-            for (var v = 0; v < d.Length; v++) d[v] += s[v];
-            i = d.Length * Vector<float>.Count;
-        }
-        for (; i < destination.Length; i++) destination[i] += source[i];
-    }
+    /// <summary>
+    /// destination[i] += source[i] with <see cref="TensorPrimitives.Add(ReadOnlySpan{float}, ReadOnlySpan{float}, Span{float})"/>
+    /// (AVX-512/AVX2/SSE as the CPU has): element-wise IEEE adds, so vectorisation does not change the result.
+    /// </summary>
+    internal static void Add(Span<float> destination, ReadOnlySpan<float> source) =>
+        TensorPrimitives.Add(destination, source[..destination.Length], destination);
 }
 
 /// <summary>Where a ring all-reduce on this rank waits, reported as it goes (<see cref="RingAllReduce.Progress"/>); called from the operation's receive loop, so keep it cheap.</summary>

@@ -68,6 +68,20 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
         }
     }
 
+    /// <summary>
+    /// Hands the piece to a receiver already waiting for its tag and returns true; false (keeping nothing) when none
+    /// waits. Lets a transport lend memory it must get back soon (a shared-memory slot) only to a consumer that is there.
+    /// </summary>
+    public bool TryHandToWaiter(RingPiece piece)
+    {
+        lock (_gate)
+        {
+            if (_closed is not null || !_waiting.Remove(piece.Tag, out var waiter)) return false;
+            waiter.SetResult(piece);
+            return true;
+        }
+    }
+
     /// <summary>Waits for the piece with this tag; the caller owns (and must dispose) the result.</summary>
     public async ValueTask<RingPiece> ReceiveAsync(RingTag tag, Func<Exception, Exception> wrapFailure, CancellationToken cancellationToken)
     {

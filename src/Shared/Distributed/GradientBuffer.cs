@@ -38,7 +38,12 @@ public sealed class GradientBuffer(IReadOnlyList<Parameter> parameters)
     /// <summary>Where parameter <paramref name="index"/>'s gradient starts in <see cref="Values"/> (index = parameter count: the loss slot).</summary>
     public int OffsetOf(int index) => offsets[index];
 
-    /// <summary>Copies every gradient in; a parameter without a gradient (no rows this step) contributes zeros.</summary>
+    /// <summary>
+    /// Copies every gradient in; a parameter without a gradient (no rows this step) contributes zeros. One copy per
+    /// value, native to managed: in TorchSharp 0.107 <c>Tensor.bytes</c> of a contiguous CPU tensor is a span over the
+    /// tensor's own memory and <c>contiguous()</c> of a contiguous tensor shares it, so no managed array is made per
+    /// parameter per step (GradientBufferTests checks the allocation).
+    /// </summary>
     public void Gather() => Gather(0, parameters.Count);
 
     /// <summary>Copies the gradients of parameters [<paramref name="first"/>, <paramref name="end"/>) in (zeros where there is none).</summary>

@@ -51,7 +51,9 @@ public class JobHistoryTests
             job.PublishEval(40, new Metrics { Loss = 2.5, Count = 64 });
             // Log lines and state changes are not metrics: not kept in the events table.
             job.Publish(new JobEvent { Log = "step 40: checkpoint x" });
-            job.Update(i => i.State = JobState.Succeeded);
+            job.Transition(JobTrigger.Start, "starting");
+            job.Transition(JobTrigger.Run, "running");
+            job.Transition(JobTrigger.Succeed, "done");
             Assert.Equal(41, job.History().Count);
             Assert.Equal(41, StoredRows(db));
             stored = Assert.Single(store.LoadAll());

@@ -1,0 +1,438 @@
+using System.Collections.Concurrent;
+using System.Globalization;
+using System.Net;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using Dtrain.Protos.Collective;
+using Dtrain.Rpc;
+using Grpc.Core;
+using Microsoft.Extensions.Logging;
+using CollectiveGrpc = Dtrain.Protos.Collective.Collective;
+
+namespace Dtrain.Collective;
+
+/// <summary>
+/// This worker's end of the data plane for tensor bytes: rings over shared memory or TCP, negotiated through the
+/// gRPC control plane (<c>Hello</c>, <c>AttachSharedMemory</c> on <see cref="CollectiveService"/>), with today's gRPC
+/// <c>Push</c> streams as the fallback. One per process (a singleton registered by <see cref="CollectiveHosting"/>).
+/// </summary>
+/// <remarks>
+/// How a pair is chosen (the sender decides, per directed pair): <c>grpc</c> = the Push stream; <c>tcp</c> = a TCP
+/// connection; <c>shm</c> = a shared-memory ring, refused when the peer is not on this host; <c>auto</c> = shared memory
+/// when the peer is on this host, TCP otherwise. "On this host" is checked for real: the peer's kernel boot id must be
+/// ours, and a probe file the peer just made in its /dev/shm (with a random nonce) must be readable here.
+/// Authentication: the receiver hands a fresh 32-byte token to the sender in the answer to <c>Hello</c> — a gRPC call
+/// that, with cluster TLS, is mutually authenticated and pinned to the left neighbour's certificate — and accepts a
+/// TCP connection or a shared-memory file only with that token, once, for that job, generation and sender rank
+/// (a stranger, another job or an older generation is refused). With cluster TLS, TCP also runs inside TLS with
+/// the workers' certificates, each side pinned to the peer the coordinator named. Shared-memory files are created
+/// with mode 0600 and deleted as soon as the receiver has mapped them.
+/// </remarks>
+public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options = null, ILogger<DataPlane>? logger = null) : IAsyncDisposable
+{
+    private static readonly Lazy<string> OwnHostId = new(ReadHostId);
+    private readonly DataPlaneOptions _options = options ?? new DataPlaneOptions();
+    private readonly ConcurrentDictionary<(string Job, long Generation, int Sender), byte[]> _tokens = new();
+    private readonly ConcurrentDictionary<string, byte> _probes = new();
+    private readonly Lock _gate = new();
+    private readonly CancellationTokenSource _stopping = new();
+    private TcpListener? _listener;
+
+    public RingMailboxes Mailboxes => mailboxes;
+
+    /// <summary>Cluster TLS of this worker (set by the first ring that has it): TCP links then run inside TLS.</summary>
+    public ClusterTls? Tls { get; set; }
+
+    /// <summary>This host's identity as peers compare it: the kernel boot id (shared by containers of one host).</summary>
+    public static string HostId => OwnHostId.Value;
+
+    private static string ReadHostId()
+    {
+        try
+        {
+            return File.ReadAllText("/proc/sys/kernel/random/boot_id").Trim();
+        }
+        catch (IOException)
+        {
+            return Environment.MachineName;
+        }
+    }
+
+    /// <summary>The TCP port this worker receives ring bytes on (starts the listener on first use).</summary>
+    public int TcpPort
+    {
+        get
+        {
+            lock (_gate)
+            {
+                if (_listener is null)
+                {
+                    var address = _options.Listen == "localhost" ? IPAddress.Loopback : IPAddress.TryParse(_options.Listen, out var ip) ? ip : IPAddress.Any;
+                    var listener = new TcpListener(address, _options.TcpPort);
+                    listener.Start(64);
+                    _listener = listener;
+                    _ = AcceptLoopAsync(listener);
+                }
+                return ((IPEndPoint)_listener.LocalEndpoint).Port;
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- receiving side (server)
+
+    internal DataPlaneOffer Hello(DataPlaneHello request, ServerCallContext context)
+    {
+        _ = CheckedMailbox(request.JobId, request.Generation, request.SenderRank, request.WorldSize, context);
+        var token = RandomNumberGenerator.GetBytes(32);
+        _tokens[(request.JobId, request.Generation, request.SenderRank)] = token;
+        var offer = new DataPlaneOffer { HostId = HostId, Token = Google.Protobuf.ByteString.CopyFrom(token), TcpPort = TcpPort };
+        // A probe only the same /dev/shm shows: the sender reads it (and deletes it).
+        try
+        {
+            var nonce = Convert.ToHexString(RandomNumberGenerator.GetBytes(16));
+            var path = Path.Combine(SharedMemoryRing.Directory, $"dtrain-probe-{Guid.NewGuid():N}");
+            File.WriteAllText(path, nonce);
+            _probes[path] = 0;
+            offer.ProbePath = path;
+            offer.ProbeNonce = nonce;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            // no /dev/shm here: shared memory is not offered
+        }
+        return offer;
+    }
+
+    internal SharedMemoryAttached AttachSharedMemory(SharedMemoryAttach request, ServerCallContext context)
+    {
+        var mailbox = CheckedMailbox(request.JobId, request.Generation, request.SenderRank, null, context);
+        if (!_tokens.TryRemove((request.JobId, request.Generation, request.SenderRank), out var token))
+            throw new RpcException(new Status(StatusCode.PermissionDenied, $"ring {request.JobId}/{request.Generation}: rank {request.SenderRank} did not say Hello first (no token issued)"));
+        SharedMemoryRing ring;
+        try
+        {
+            ring = SharedMemoryRing.Open(request.Path, request.JobId, request.Generation, request.SenderRank, token);
+        }
+        catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException or ArgumentException)
+        {
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"ring {request.JobId}/{request.Generation}: cannot map the shared-memory ring of rank {request.SenderRank}: {ex.Message}"));
+        }
+        if (!mailbox.TryAttachInbound())
+        {
+            ring.Dispose();
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"ring {request.JobId}/{request.Generation}: rank {mailbox.Rank} already has (or had) a link from rank {request.SenderRank}, or the ring is closed"));
+        }
+        var thread = new Thread(() => ring.ReadInto(mailbox, mailboxes.MaxPieceFloats * sizeof(float),
+            ex => logger?.LogWarning("data plane: the shared-memory link from rank {Sender} of ring {Job}/{Generation} broke: {Reason}", request.SenderRank, request.JobId, request.Generation, ex.Message)))
+        {
+            IsBackground = true,
+            Name = $"dtrain shm {request.SenderRank}->{mailbox.Rank}",
+        };
+        thread.Start();
+        CleanProbes();
+        return new SharedMemoryAttached();
+    }
+
+    /// <summary>The mailbox of that ring if the caller is its left neighbour (by rank, and with TLS by certificate); RpcException otherwise.</summary>
+    private RingMailbox CheckedMailbox(string jobId, long generation, int sender, int? world, ServerCallContext context)
+    {
+        var (mailbox, refusal, detail) = mailboxes.Find(jobId, generation);
+        if (mailbox is null)
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, detail!), new Metadata { { CollectiveService.RefusalTrailer, refusal! } });
+        if ((world is { } w && w != mailbox.WorldSize) || sender != mailbox.LeftRank)
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"ring {jobId}/{generation}: rank {sender} of {world ?? mailbox.WorldSize} is not the left neighbour of rank {mailbox.Rank} of {mailbox.WorldSize}"));
+        if (PeerIdentity.Of(context) is { } peer
+            && (mailbox.ExpectedLeft is null ? $"rank {mailbox.Rank} was given no identity for its left neighbour" : mailbox.ExpectedLeft.Mismatch(peer)) is { } refused)
+            throw new RpcException(new Status(StatusCode.PermissionDenied,
+                $"ring {jobId}/{generation}: a caller claiming to be rank {sender} is refused: {refused}; rank {mailbox.Rank} accepts only its left neighbour rank {mailbox.LeftRank}"));
+        return mailbox;
+    }
+
+    private void CleanProbes()
+    {
+        foreach (var path in _probes.Keys)
+        {
+            if (!File.Exists(path) || File.GetCreationTimeUtc(path) < DateTime.UtcNow.AddMinutes(-1))
+            {
+                SharedMemoryRing.TryDelete(path);
+                _probes.TryRemove(path, out _);
+            }
+        }
+    }
+
+    private async Task AcceptLoopAsync(TcpListener listener)
+    {
+        while (!_stopping.IsCancellationRequested)
+        {
+            Socket socket;
+            try
+            {
+                socket = await listener.AcceptSocketAsync(_stopping.Token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException or SocketException)
+            {
+                if (_stopping.IsCancellationRequested) return;
+                continue;
+            }
+            _ = ServeAsync(socket);
+        }
+    }
+
+    /// <summary>One inbound TCP connection: TLS (if configured), the claim, the checks, then the frames into the ring's mailbox.</summary>
+    private async Task ServeAsync(Socket socket)
+    {
+        Stream stream = new NetworkStream(socket, ownsSocket: true);
+        RingMailbox? mailbox = null;
+        try
+        {
+            TcpLink.Tune(socket);
+            using var handshake = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token);
+            handshake.CancelAfter(TimeSpan.FromSeconds(15));
+            PeerIdentity? peer = null;
+            var tls = Tls;
+            if (tls is not null)
+            {
+                var ssl = new SslStream(stream, leaveInnerStreamOpen: false);
+                stream = ssl;
+                await ssl.AuthenticateAsServerAsync(new SslServerAuthenticationOptions
+                {
+                    ServerCertificate = tls.ServerCertificate,
+                    ClientCertificateRequired = true,
+                    RemoteCertificateValidationCallback = (_, certificate, _, _) => certificate is X509Certificate2 c && tls.Identify(c, asServer: false, out _) is not null,
+                }, handshake.Token).ConfigureAwait(false);
+                peer = ssl.RemoteCertificate is X509Certificate2 presented ? tls.Identify(presented, asServer: false, out _) : null;
+            }
+            var claim = await TcpLink.ReadClaimAsync(stream, handshake.Token).ConfigureAwait(false);
+            var refusal = Check(claim, peer, tls is not null, out mailbox);
+            await TcpLink.AnswerAsync(stream, refusal, handshake.Token).ConfigureAwait(false);
+            if (refusal is not null)
+            {
+                logger?.LogWarning("data plane: refused a TCP connection from {Remote}: {Reason}", socket.RemoteEndPoint, refusal);
+                await stream.DisposeAsync().ConfigureAwait(false);
+                return;
+            }
+        }
+        catch (Exception ex)
+        {
+            logger?.LogWarning("data plane: TCP connection from {Remote} failed before it was accepted: {Reason}", SafeRemote(socket), ex.Message);
+            await stream.DisposeAsync().ConfigureAwait(false);
+            return;
+        }
+        // Blocking reads on a thread of the link's own (no async hop per segment or TLS record), like the shared-memory reader.
+        var maxBytes = mailboxes.MaxPieceFloats * sizeof(float);
+        var inbound = mailbox!;
+        var thread = new Thread(() => TcpLink.ReceiveBlocking(socket, stream, inbound, maxBytes, _stopping.Token,
+            ex => logger?.LogWarning("data plane: the TCP link from rank {Sender} of ring {Job}/{Generation} broke: {Reason}", inbound.LeftRank, inbound.JobId, inbound.Generation, ex.Message)))
+        {
+            IsBackground = true,
+            Name = $"dtrain tcp {inbound.LeftRank}->{inbound.Rank}",
+        };
+        thread.Start();
+    }
+
+    private static string SafeRemote(Socket socket)
+    {
+        try
+        {
+            return socket.RemoteEndPoint?.ToString() ?? "?";
+        }
+        catch (ObjectDisposedException)
+        {
+            return "?";
+        }
+    }
+
+    private string? Check(TcpLink.Claim claim, PeerIdentity? peer, bool tls, out RingMailbox? mailbox)
+    {
+        mailbox = null;
+        var (found, _, detail) = mailboxes.Find(claim.JobId, claim.Generation);
+        if (found is null) return detail;
+        if (claim.WorldSize != found.WorldSize || claim.Sender != found.LeftRank)
+            return $"ring {claim.JobId}/{claim.Generation}: rank {claim.Sender} of {claim.WorldSize} is not the left neighbour of rank {found.Rank} of {found.WorldSize}";
+        if (tls && (found.ExpectedLeft is null ? "no identity is known for the left neighbour" : found.ExpectedLeft.Mismatch(peer)) is { } who)
+            return $"ring {claim.JobId}/{claim.Generation}: the connection claiming to be rank {claim.Sender} is refused: {who}";
+        if (!_tokens.TryRemove((claim.JobId, claim.Generation, claim.Sender), out var token) || !CryptographicOperations.FixedTimeEquals(token, claim.Token))
+            return $"ring {claim.JobId}/{claim.Generation}: rank {claim.Sender} did not present the token this worker gave it (say Hello over gRPC first)";
+        if (!found.TryAttachInbound()) return $"ring {claim.JobId}/{claim.Generation}: rank {found.Rank} already has (or had) a link from rank {claim.Sender}, or the ring is closed";
+        mailbox = found;
+        return null;
+    }
+
+    // ---------------------------------------------------------------- sending side (client)
+
+    /// <summary>
+    /// Joins ring (<paramref name="jobId"/>, <paramref name="generation"/>) as <paramref name="rank"/> with this
+    /// worker's choice of <paramref name="transport"/> for the link to its right neighbour (the left neighbour's own
+    /// choice decides the inbound link). Retries while the neighbour is not up or has not joined yet, for up to
+    /// <paramref name="connectTimeout"/>. Failures: <see cref="RingTransportException"/> naming the neighbour.
+    /// </summary>
+    public async Task<IRingTransport> ConnectRingAsync(string jobId, long generation, int rank, int worldSize, IReadOnlyList<string> peerAddresses,
+        DataTransport transport, TimeSpan? connectTimeout = null, RingSecurity? security = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(jobId);
+        ArgumentNullException.ThrowIfNull(peerAddresses);
+        if (security is not null) Tls ??= security.Tls;
+        var timeout = connectTimeout ?? GrpcRingTransport.DefaultConnectTimeout;
+        if (transport == DataTransport.Grpc)
+            return await GrpcRingTransport.ConnectAsync(jobId, generation, rank, worldSize, peerAddresses, mailboxes, timeout, security, cancellationToken).ConfigureAwait(false);
+        ArgumentOutOfRangeException.ThrowIfLessThan(worldSize, 1);
+        ArgumentOutOfRangeException.ThrowIfNegative(rank);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(rank, worldSize);
+        if (peerAddresses.Count != worldSize) throw new ArgumentException($"need {worldSize} peer addresses (one per rank), got {peerAddresses.Count}", nameof(peerAddresses));
+        var scheme = security is null ? "http://" : "https://";
+        var peers = peerAddresses.Select(a => a.Contains("://", StringComparison.Ordinal) ? a : scheme + a).ToArray();
+        var left = (rank - 1 + worldSize) % worldSize;
+        var right = (rank + 1) % worldSize;
+        var mailbox = mailboxes.Register(jobId, generation, rank, worldSize, security?.Ranks[left]);
+        ValueTask Leave()
+        {
+            mailboxes.Unregister(mailbox, new ObjectDisposedException(nameof(DataPlane), $"rank {rank} left ring {jobId}/{generation}"));
+            return ValueTask.CompletedTask;
+        }
+        if (worldSize == 1) return new PeerRingTransport(new PeerMesh(rank, worldSize, peers, new Dictionary<int, IOutboundLink>(), new Dictionary<int, RingMailbox> { [left] = mailbox }, Leave));
+        try
+        {
+            var link = await OpenLinkAsync(jobId, generation, rank, worldSize, right, peers[right], transport, timeout, security, cancellationToken).ConfigureAwait(false);
+            return new PeerRingTransport(new PeerMesh(rank, worldSize, peers, new Dictionary<int, IOutboundLink> { [right] = link }, new Dictionary<int, RingMailbox> { [left] = mailbox }, Leave));
+        }
+        catch
+        {
+            await Leave().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    private async Task<IOutboundLink> OpenLinkAsync(string jobId, long generation, int rank, int worldSize, int peer, string address, DataTransport transport,
+        TimeSpan connectTimeout, RingSecurity? security, CancellationToken cancellationToken)
+    {
+        var expected = security?.Ranks[peer];
+        using var channel = Channels.Create(address, security?.Tls, expected ?? ExpectedPeer.AnyMember);
+        var client = new CollectiveGrpc.CollectiveClient(channel);
+        var deadline = DateTime.UtcNow + connectTimeout;
+        RingTransportException Failed(string why, Exception? inner = null) =>
+            new($"rank {rank} cannot open the ring stream of {jobId}/{generation} to its right neighbour rank {peer} ({address}): {why}", peer, $"rank {peer} ({address})", inner);
+
+        var offer = await RetryAsync(() => client.HelloAsync(new DataPlaneHello { JobId = jobId, Generation = generation, SenderRank = rank, WorldSize = worldSize },
+            deadline: deadline, cancellationToken: cancellationToken).ResponseAsync, deadline, Failed, cancellationToken).ConfigureAwait(false);
+        var sameHost = SameHost(offer, out var why);
+        var kind = transport switch
+        {
+            DataTransport.Shm when !sameHost => throw Failed($"the transport is shm but the peer is not on this host ({why})"),
+            DataTransport.Shm => DataTransport.Shm,
+            DataTransport.Tcp => DataTransport.Tcp,
+            _ => sameHost ? DataTransport.Shm : DataTransport.Tcp,
+        };
+        var token = offer.Token.ToByteArray();
+        try
+        {
+            if (kind == DataTransport.Shm)
+            {
+                var capacity = Math.Max(_options.SharedMemoryBytes, 2L * (mailboxes.MaxPieceFloats * sizeof(float) + PieceFrame.Size + 8));
+                var path = Path.Combine(SharedMemoryRing.Directory, $"dtrain-{Environment.ProcessId}-{Guid.NewGuid():N}.ring");
+                var ring = SharedMemoryRing.Create(path, capacity, jobId, generation, rank, token);
+                try
+                {
+                    await client.AttachSharedMemoryAsync(new SharedMemoryAttach { JobId = jobId, Generation = generation, SenderRank = rank, Path = path },
+                        deadline: DateTime.UtcNow + connectTimeout, cancellationToken: cancellationToken).ResponseAsync.ConfigureAwait(false);
+                }
+                catch
+                {
+                    ring.Dispose();
+                    throw;
+                }
+                finally
+                {
+                    SharedMemoryRing.TryDelete(path);
+                }
+                return new SharedMemoryOutbound(ring);
+            }
+            var host = new Uri(address).Host;
+            return await TcpLink.ConnectAsync(host, offer.TcpPort, jobId, generation, rank, worldSize, token, security?.Tls, expected, cancellationToken).ConfigureAwait(false);
+        }
+        catch (RpcException ex)
+        {
+            throw Failed($"{DataTransports.Describe(kind)}: {ex.StatusCode}: {ex.Status.Detail}", ex);
+        }
+        catch (Exception ex) when (ex is IOException or SocketException or InvalidOperationException or System.Security.Authentication.AuthenticationException or UnauthorizedAccessException)
+        {
+            throw Failed($"{DataTransports.Describe(kind, security is not null)}: {ex.Message}", ex);
+        }
+    }
+
+    private static bool SameHost(DataPlaneOffer offer, out string why)
+    {
+        if (offer.HostId != HostId)
+        {
+            why = "another kernel boot id";
+            return false;
+        }
+        if (string.IsNullOrEmpty(offer.ProbePath))
+        {
+            why = "it offers no /dev/shm";
+            return false;
+        }
+        try
+        {
+            var ok = offer.ProbePath.StartsWith(SharedMemoryRing.Directory + "/dtrain-probe-", StringComparison.Ordinal) && !offer.ProbePath.Contains("..", StringComparison.Ordinal)
+                && File.ReadAllText(offer.ProbePath) == offer.ProbeNonce;
+            SharedMemoryRing.TryDelete(offer.ProbePath);
+            why = ok ? "" : "its /dev/shm probe is not visible here (another /dev/shm)";
+            return ok;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            why = "its /dev/shm probe is not visible here (another /dev/shm)";
+            return false;
+        }
+    }
+
+    /// <summary>Retries calls refused as not-registered (the neighbour has not joined yet) or unavailable, until the deadline.</summary>
+    private static async Task<T> RetryAsync<T>(Func<Task<T>> call, DateTime deadline, Func<string, Exception?, RingTransportException> failed, CancellationToken cancellationToken)
+    {
+        var delay = TimeSpan.FromMilliseconds(25);
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                return await call().ConfigureAwait(false);
+            }
+            catch (RpcException ex)
+            {
+                var retryable = ex.StatusCode == StatusCode.Unavailable
+                    || (ex.StatusCode == StatusCode.FailedPrecondition && ex.Trailers.GetValue(CollectiveService.RefusalTrailer) == "not-registered");
+                if (ex.StatusCode == StatusCode.DeadlineExceeded) throw failed(string.Create(CultureInfo.InvariantCulture, $"no answer after {attempt} attempt(s)"), ex);
+                if (!retryable || DateTime.UtcNow + delay > deadline)
+                    throw failed(string.Create(CultureInfo.InvariantCulture, $"after {attempt} attempt(s): {ex.StatusCode}: {ex.Status.Detail}"), ex);
+            }
+            await Task.Delay(delay, cancellationToken).ConfigureAwait(false);
+            delay = delay * 2 > TimeSpan.FromSeconds(1) ? TimeSpan.FromSeconds(1) : delay * 2;
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stopping.CancelAsync().ConfigureAwait(false);
+        lock (_gate)
+        {
+            _listener?.Stop();
+            _listener = null;
+        }
+        foreach (var path in _probes.Keys) SharedMemoryRing.TryDelete(path);
+        _probes.Clear();
+    }
+}
+
+/// <summary>Where the data plane listens and how big its shared-memory rings are.</summary>
+public sealed record DataPlaneOptions
+{
+    /// <summary>Address of the TCP listener (the worker's listen address).</summary>
+    public string Listen { get; init; } = "127.0.0.1";
+
+    /// <summary>TCP port (0 = any free port; peers learn it through <c>Hello</c>).</summary>
+    public int TcpPort { get; init; }
+
+    /// <summary>Bytes of data per shared-memory ring (one per directed pair), at least two pieces' worth.</summary>
+    public long SharedMemoryBytes { get; init; } = 8L * 1024 * 1024;
+}

@@ -1,0 +1,25 @@
+using Dtrain.Collective;
+
+namespace Dtrain.Distributed;
+
+/// <summary>
+/// The gradient reducer of a connected ring: sums through <see cref="RingAllReduce"/> (fp32 or compressed), names the
+/// transport its bytes travel over (for metrics and the worker's live phase) and passes the progress observer on.
+/// One class for every ring connector, so none of them forgets a member.
+/// </summary>
+public sealed class RingReducer(RingAllReduce ring, string transport) : IGradientReducer
+{
+    public int WorldSize => ring.WorldSize;
+
+    public string Transport => transport;
+
+    public IRingProgress? Progress
+    {
+        get => ring.Progress;
+        set => ring.Progress = value;
+    }
+
+    public Task SumAsync(Memory<float> buffer, long operation, CancellationToken cancel) => ring.SumAsync(buffer, operation, cancel);
+
+    public Task SumAsync(Memory<float> buffer, long operation, RingCompression compression, CancellationToken cancel) => ring.SumAsync(buffer, operation, compression, cancel);
+}

@@ -1,0 +1,58 @@
+using Dtrain.Collective;
+using Dtrain.Distributed;
+using Dtrain.Protos.Worker;
+using Dtrain.Rpc;
+using Microsoft.Extensions.Logging;
+
+namespace Dtrain.Worker;
+
+/// <summary>
+/// Joins a job's ring with the transport <see cref="WorkerOptions.Transport"/> names (auto = shared memory to a
+/// neighbour on this host, TCP to one elsewhere; or shm, tcp, grpc), negotiated with the right-hand neighbour through
+/// the gRPC control plane (<see cref="DataPlane"/>), and logs the choice ("ring w1->w2: shared memory").
+/// </summary>
+public sealed class DataPlaneRingConnector : IRingConnector
+{
+    private readonly DataPlane dataPlane;
+    private readonly WorkerOptions options;
+    private readonly WorkerSecurity security;
+    private readonly ILogger<DataPlaneRingConnector>? logger;
+
+    public DataPlaneRingConnector(DataPlane dataPlane, WorkerOptions options, WorkerSecurity security, ILogger<DataPlaneRingConnector>? logger = null)
+    {
+        this.dataPlane = dataPlane;
+        this.options = options;
+        this.security = security;
+        this.logger = logger;
+        // With cluster TLS the TCP listener speaks TLS from its first connection on.
+        if (security.Tls is { } tls) dataPlane.Tls ??= tls;
+    }
+
+    public async Task<RingConnection> ConnectAsync(AssignRequest request, CancellationToken cancel)
+    {
+        if (request.WorldSize == 1) return new RingConnection(LocalReducer.Instance);
+        var peers = request.Peers.OrderBy(p => p.Rank).ToList();
+        var addresses = peers.Select(p => p.Address).ToList();
+        // With TLS each neighbour is who the coordinator says (its worker id and issued certificate), not who it claims.
+        var ringSecurity = security.Tls is { } tls ? new RingSecurity(tls, [.. peers.Select(p => ExpectedPeer.Worker(p.WorkerId, p.CertificateSha256))]) : null;
+        IRingTransport transport;
+        try
+        {
+            transport = await dataPlane.ConnectRingAsync(request.JobId, request.Generation, request.Rank, request.WorldSize, addresses, options.DataTransport,
+                TimeSpan.FromSeconds(options.RingConnectTimeoutSeconds), ringSecurity, cancel).ConfigureAwait(false);
+        }
+        catch (RingTransportException e)
+        {
+            throw new RingTransportException($"{e.Message} (gave up after Worker:RingConnectTimeoutSeconds = {options.RingConnectTimeoutSeconds:0.###} s)", e.PeerRank, e.Peer, e);
+        }
+        var right = (request.Rank + 1) % request.WorldSize;
+        var kind = transport is PeerRingTransport mesh ? mesh.Peers.LinkTo(right) : DataTransports.Describe(DataTransport.Grpc, ringSecurity is not null);
+        logger?.LogInformation("ring {From}->{To}: {Kind} (job {Job} generation {Generation}, Worker:Transport = {Option})",
+            Name(peers, request.Rank), Name(peers, right), kind, request.JobId, request.Generation, options.Transport);
+        var ring = new RingAllReduce(transport, operationTimeout: TimeSpan.FromSeconds(options.CollectiveTimeoutSeconds));
+        return new RingConnection(new RingReducer(ring, kind ?? "unknown"), () => transport.DisposeAsync());
+    }
+
+    private static string Name(List<Peer> peers, int rank) => rank < peers.Count && !string.IsNullOrEmpty(peers[rank].WorkerId) ? peers[rank].WorkerId : $"rank {rank}";
+
+}
