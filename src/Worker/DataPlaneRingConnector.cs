@@ -50,8 +50,16 @@ public sealed class DataPlaneRingConnector : IRingConnector
         logger?.LogInformation("ring {From}->{To}: {Kind} (job {Job} generation {Generation}, Worker:Transport = {Option})",
             Name(peers, request.Rank), Name(peers, right), kind, request.JobId, request.Generation, options.Transport);
         var ring = new RingAllReduce(transport, operationTimeout: TimeSpan.FromSeconds(options.CollectiveTimeoutSeconds));
-        return new RingConnection(new RingReducer(ring, kind ?? "unknown"), () => transport.DisposeAsync());
+        return new RingConnection(new RingReducer(ring, ShortName(kind)), () => transport.DisposeAsync());
     }
+
+    /// <summary>The transport's name for metrics labels and the live phase: shm, tcp, tcp+tls, grpc, grpc+tls.</summary>
+    private static string ShortName(string? kind) => kind switch
+    {
+        null => "unknown",
+        "shared memory" => "shm",
+        _ => kind,
+    };
 
     private static string Name(List<Peer> peers, int rank) => rank < peers.Count && !string.IsNullOrEmpty(peers[rank].WorkerId) ? peers[rank].WorkerId : $"rank {rank}";
 

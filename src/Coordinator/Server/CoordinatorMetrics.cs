@@ -164,7 +164,9 @@ public sealed class CoordinatorMetrics : BackgroundService
         return string.Concat(s.Select((c, i) => i > 0 && char.IsUpper(c) ? "_" + char.ToLowerInvariant(c) : char.ToLowerInvariant(c).ToString()));
     }
 
-    /// <summary>Follows every job that is not finished, from its start: its step events feed the histograms and counters.</summary>
+    private readonly HashSet<string> seen = [];
+
+    /// <summary>Follows every job once, from its start: its step events feed the histograms and counters.</summary>
     protected override async Task ExecuteAsync(CancellationToken stop)
     {
         using var timer = new PeriodicTimer(TimeSpan.FromMilliseconds(500), clock);
@@ -174,7 +176,9 @@ public sealed class CoordinatorMetrics : BackgroundService
             {
                 foreach (var job in jobs.List())
                 {
-                    if (job.IsFinished || followed.ContainsKey(job.Id)) continue;
+                    // Every job once, finished ones too: a short job can start and end between two ticks, and
+                    // its events are still in its history (Watch replays them).
+                    if (!seen.Add(job.Id)) continue;
                     followed[job.Id] = FollowAsync(job, stop);
                 }
                 foreach (var done in followed.Where(f => f.Value.IsCompleted).Select(f => f.Key).ToList())

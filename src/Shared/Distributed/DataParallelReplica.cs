@@ -136,7 +136,6 @@ public sealed class DataParallelReplica : IDisposable
         var computeMs = clock.Elapsed.TotalMilliseconds;
         if (!Alone)
         {
-            activity?.Enter(ActivityPhases.AllReduce);
             try
             {
                 await Task.WhenAll(inFlight.Select(t => t!)).ConfigureAwait(false);
@@ -185,6 +184,8 @@ public sealed class DataParallelReplica : IDisposable
         {
             // With rows the loss slot was filled before backward (a bucket may already be carrying it).
             if (rows is null) gradients.LossSum = (float)stats.LossSum;
+            // Before the remaining sums start: the ring then reports where each waits (piece k of n, from whom).
+            activity?.Enter(ActivityPhases.AllReduce);
             for (var b = 0; b < buckets.Count; b++)
                 if (inFlight[b] is null) Start(b);
         }

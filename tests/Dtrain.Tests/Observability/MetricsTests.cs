@@ -76,8 +76,8 @@ public class MetricsTests
         {
             var worker = await http.GetStringAsync(WorkerHttp(cluster, w) + "/metrics");
             Assert.Equal(20, Value(worker, $"dtrain_worker_steps_total{{job_id=\"{id}\"}}"));
-            Assert.Equal(20, Value(worker, $"dtrain_worker_allreduce_seconds_count{{job_id=\"{id}\",transport=\"grpc\"}}"));
-            Assert.True(Value(worker, $"dtrain_worker_allreduce_bytes_total{{job_id=\"{id}\",transport=\"grpc\"}}") > 0);
+            Assert.Equal(20, Value(worker, $"dtrain_worker_allreduce_seconds_count{{job_id=\"{id}\",transport=\"shm\"}}"));
+            Assert.True(Value(worker, $"dtrain_worker_allreduce_bytes_total{{job_id=\"{id}\",transport=\"shm\"}}") > 0);
             Assert.Equal(1, Value(worker, "dtrain_worker_phase{phase=\"idle\"}"));
             Assert.Equal(1, Value(worker, "dtrain_worker_transport_info{transport=\"none\"}"));
         }

@@ -51,7 +51,7 @@ public class PrometheusScrapeTests
             var ids = cluster.Client.ListWorkers(new ListWorkersRequest()).Workers.Select(w => w.WorkerId).Order().ToList();
             Assert.Equal(ids, workerSteps.Select(s => s.Labels["worker"]).Order().ToList());
             Assert.All(workerSteps, s => Assert.Equal("dtrain-workers", s.Labels["job"]));
-            var bytes = await prometheus.QueryAsync($"dtrain_worker_allreduce_bytes_total{{job_id=\"{id}\",transport=\"grpc\"}}");
+            var bytes = await prometheus.QueryAsync($"dtrain_worker_allreduce_bytes_total{{job_id=\"{id}\",transport=\"shm\"}}");
             Assert.Equal(2, bytes.Count);
             Assert.All(bytes, b => Assert.True(b.Value > 0));
             Console.WriteLine($"Prometheus: step {step[0].Value}, loss {loss[0].Value:F4}, worker steps {string.Join(", ", workerSteps.Select(s => s.Value))} after {clock.Elapsed.TotalSeconds:F1} s");
