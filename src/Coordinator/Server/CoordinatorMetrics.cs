@@ -44,6 +44,8 @@ public sealed class CoordinatorMetrics : BackgroundService
         this.registry = registry;
         this.stalls = stalls;
         this.clock = clock;
+        // Followed from the moment the job exists: a short job may start and end between two of the loop's ticks.
+        jobs.JobAdded += Follow;
         var f = Prometheus.Metrics.WithCustomRegistry(Registry);
         jobsByState = f.CreateGauge("dtrain_jobs", "Jobs the coordinator knows, by state.", "state");
         queueLength = f.CreateGauge("dtrain_queue_length", "Jobs queued, waiting for workers.");
@@ -166,7 +168,25 @@ public sealed class CoordinatorMetrics : BackgroundService
 
     private readonly HashSet<string> seen = [];
 
-    /// <summary>Follows every job once, from its start: its step events feed the histograms and counters.</summary>
+    private readonly CancellationTokenSource stopping = new();
+
+    /// <summary>Follows <paramref name="job"/>'s events once (finished ones too: Watch replays their history).</summary>
+    private void Follow(JobRecord job)
+    {
+        lock (followed)
+        {
+            if (stopping.IsCancellationRequested || !seen.Add(job.Id)) return;
+            followed[job.Id] = FollowAsync(job, stopping.Token);
+        }
+    }
+
+    public override Task StopAsync(CancellationToken cancellationToken)
+    {
+        stopping.Cancel();
+        return base.StopAsync(cancellationToken);
+    }
+
+    /// <summary>Follows every job once, from its start (jobs added before this service started included): its step events feed the histograms and counters.</summary>
     protected override async Task ExecuteAsync(CancellationToken stop)
     {
         using var timer = new PeriodicTimer(TimeSpan.FromMilliseconds(500), clock);
@@ -174,15 +194,10 @@ public sealed class CoordinatorMetrics : BackgroundService
         {
             try
             {
-                foreach (var job in jobs.List())
-                {
-                    // Every job once, finished ones too: a short job can start and end between two ticks, and
-                    // its events are still in its history (Watch replays them).
-                    if (!seen.Add(job.Id)) continue;
-                    followed[job.Id] = FollowAsync(job, stop);
-                }
-                foreach (var done in followed.Where(f => f.Value.IsCompleted).Select(f => f.Key).ToList())
-                    if (jobs.List().FirstOrDefault(j => j.Id == done) is not { IsFinished: false }) followed.Remove(done);
+                foreach (var job in jobs.List()) Follow(job);
+                lock (followed)
+                    foreach (var done in followed.Where(f => f.Value.IsCompleted).Select(f => f.Key).ToList())
+                        followed.Remove(done);
             }
             catch (Exception e) when (e is not OperationCanceledException)
             {

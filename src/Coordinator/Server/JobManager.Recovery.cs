@@ -39,6 +39,7 @@ public sealed partial class JobManager
             var job = JobRecord.Restore(stored, spec, dir, data.LimitsFor(id, Path.Combine(dir, "data")));
             job.Persist(store);
             jobs[id] = job;
+            JobAdded?.Invoke(job);
             if (job.IsFinished)
             {
                 finished++;

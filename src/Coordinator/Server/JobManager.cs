@@ -12,6 +12,9 @@ namespace Dtrain.Server;
 public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistry registry, JobRunner runner, DataAccess data, UploadStore uploads, JobStore store, TimeProvider clock, ILogger<JobManager> log) : BackgroundService
 {
     private readonly ConcurrentDictionary<string, JobRecord> jobs = new();
+
+    /// <summary>A job was submitted or restored from the store; called before it can start, so a follower of its events misses none.</summary>
+    public event Action<JobRecord>? JobAdded;
     private readonly ConcurrentQueue<JobRecord> queue = new();
     // Jobs going back to work from their checkpoint (training.max_restarts): they start before the queue when workers allow.
     private readonly ConcurrentQueue<JobRecord> restarts = new();
@@ -79,6 +82,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         // Queued only once the store holds it: a coordinator restart keeps every job it said it accepted.
         if (!store.SaveNow(record)) throw new IOException($"job {id} could not be saved in {store.Path} (see the coordinator's log); it was not queued");
         jobs[id] = record;
+        JobAdded?.Invoke(record);
         queue.Enqueue(record);
         record.Publish(new JobEvent { State = record.Snapshot() });
         log.LogInformation("job {Id} ({Name}) queued for {Workers} worker(s){Resume}", id, spec.Name, workers == 0 ? "all idle" : workers.ToString(CultureInfo.InvariantCulture),

@@ -33,12 +33,15 @@ public class CoordinatorRestartTests
         }
     }
 
+    const int Steps = 600;
+
     [Fact]
     public async Task Killed_coordinator_restarts_on_its_data_dir_and_its_jobs_resume_stay_queued_and_stay_downloadable()
     {
         using var tmp = new TempDir();
         tmp.Write("t.txt", TestJobs.Text(200));
-        var spec = TestJobs.CharLm("t.txt", steps: 160);
+        // Long enough that the job is still running when the test sees step 50 (steps over shared memory take milliseconds).
+        var spec = TestJobs.CharLm("t.txt", steps: Steps);
         spec = spec with { Training = spec.Training with { BatchSize = 8, SeqLen = 16, LmSampling = LmSamplingKinds.Random, EvalInterval = 0, CheckpointInterval = 20 } };
         var path = tmp.Write("lm.json", JobSpecSerializer.Serialize(spec));
         var small = tmp.Write("small.json", JobSpecSerializer.Serialize(TestJobs.CharLm("t.txt", steps: 10)));
@@ -70,7 +73,7 @@ public class CoordinatorRestartTests
         var model = Path.Combine(tmp.Path, "clean.dtck");
         Assert.Equal(0, JobCommands.DownloadTo(client, clean, model));
         Assert.Equal(File.ReadAllBytes(reference.Checkpoint), File.ReadAllBytes(model));
-        Assert.Equal(160, client.Ledger(new GetJobRequest { JobId = clean }).Steps.Count);
+        Assert.Equal(Steps, client.Ledger(new GetJobRequest { JobId = clean }).Steps.Count);
 
         // The interrupted job resumes from a checkpoint at or before where it was; the queued one waits behind it.
         var resumed = client.Get(new GetJobRequest { JobId = id });
@@ -78,7 +81,7 @@ public class CoordinatorRestartTests
         Assert.True(resumed.StartStep >= 20 && resumed.StartStep <= before.Step, $"resumed at {resumed.StartStep}, was at {before.Step}");
         Assert.True(resumed.Generation >= before.Generation, $"generation {resumed.Generation} after {before.Generation}");
         var info = await WaitFor(client, id, i => i.State == JobState.Succeeded, deadline);
-        Assert.Equal(160, info.Step);
+        Assert.Equal(Steps, info.Step);
         var drift = Math.Abs(info.LastEval.Loss - reference.LastEval.Loss) / reference.LastEval.Loss;
         Assert.True(drift <= 0.02, $"validation loss {info.LastEval.Loss} after the restart vs {reference.LastEval.Loss} uninterrupted ({drift:P2})");
         using (var a = Dtrain.Inference.TrainedModel.Load(reference.Checkpoint))
@@ -87,12 +90,12 @@ public class CoordinatorRestartTests
             var relative = ParameterDiff.MaxRelative(a.Engine.Parameters, b.Engine.Parameters);
             Assert.True(relative <= 1e-5, $"resumed vs uninterrupted: max |dp| / max |p| = {relative:E2}");
         }
-        Assert.Empty(SampleLedger.Check(client.Ledger(new GetJobRequest { JobId = id }), 0, 160));
+        Assert.Empty(SampleLedger.Check(client.Ledger(new GetJobRequest { JobId = id }), 0, Steps));
 
         var result = await watch;
         Assert.True(result.ExitCode == 0, result.ToString());
         Assert.Contains("coordinator unreachable", result.Stderr, StringComparison.Ordinal);
-        Assert.Contains($"{id}: succeeded after 160 of 160 steps", result.Stdout, StringComparison.Ordinal);
+        Assert.Contains($"{id}: succeeded after {Steps} of {Steps} steps", result.Stdout, StringComparison.Ordinal);
 
         var last = await WaitFor(client, queued, i => i.State == JobState.Succeeded, deadline);
         Assert.True(last.StartedUnixMs >= info.StartedUnixMs, "the queued job ran after the resumed one");
