@@ -1,3 +1,4 @@
+using Dtrain.Collective;
 using System.Net;
 using System.Net.NetworkInformation;
 using Dtrain.Rpc;
@@ -37,13 +38,14 @@ public static class WorkerHost
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(options.DrainTimeoutSeconds + 15));
         builder.Services.AddSingleton<CoordinatorLink>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<CoordinatorLink>());
-        GrpcRingConnector.AddServices(builder.Services, options);
+        // The collective service (ring Hello/attach and the gRPC ring streams) on the worker's port.
+        builder.Services.AddDtrainCollective();
         // Pipeline stages' point-to-point links (activations forward, gradients back) share the worker's port.
         builder.Services.AddSingleton<Dtrain.Distributed.Pipeline.StageMailboxes>();
         configure?.Invoke(builder);
         var app = builder.Build();
         app.MapGrpcService<WorkerControlService>();
-        GrpcRingConnector.MapServices(app);
+        app.MapDtrainCollective();
         app.MapGrpcService<Dtrain.Distributed.Pipeline.StageLinkService>();
         GrpcServerHost.MapHealth(app, ReadinessService);
         if (options.HttpPort is >= 0) MetricsEndpoint.Map(app, app.Services.GetRequiredService<WorkerMetrics>().Registry, options.MetricsToken);

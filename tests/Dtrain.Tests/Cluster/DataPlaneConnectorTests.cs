@@ -8,14 +8,16 @@ namespace Dtrain.Tests.Cluster;
 /// <summary>The worker's ring connector (what WorkerHost wires): its option, and how it gives up.</summary>
 public class DataPlaneConnectorTests
 {
-    [Fact]
-    public async Task Joining_a_ring_gives_up_after_Worker_RingConnectTimeoutSeconds_and_says_so()
+    [Theory]
+    [InlineData("tcp")]
+    [InlineData("grpc")]
+    public async Task Joining_a_ring_gives_up_after_Worker_RingConnectTimeoutSeconds_and_says_so(string transport)
     {
         using var closed = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
         closed.Start();
         var port = ((IPEndPoint)closed.LocalEndpoint).Port;
         closed.Stop();
-        var options = new WorkerOptions { RingConnectTimeoutSeconds = 1, Transport = "tcp" };
+        var options = new WorkerOptions { RingConnectTimeoutSeconds = 1, Transport = transport };
         await using var plane = new DataPlane(new RingMailboxes());
         var connector = new DataPlaneRingConnector(plane, options, WorkerSecurity.Create(options));
         var request = new AssignRequest { JobId = "job-0001", Generation = 1, Rank = 0, WorldSize = 2 };

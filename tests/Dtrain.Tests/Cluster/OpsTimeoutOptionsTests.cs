@@ -1,9 +1,6 @@
 using System.Collections.Concurrent;
-using System.Net;
 using Dtrain.Cli;
-using Dtrain.Collective;
 using Dtrain.Protos.Jobs;
-using Dtrain.Protos.Worker;
 using Dtrain.Server;
 using Dtrain.Specs;
 using Dtrain.Tests.Support;
@@ -102,23 +99,5 @@ public class OpsTimeoutOptionsTests
         await cluster.WaitForIdleAsync(1, TimeSpan.FromSeconds(30));
         Assert.InRange(deadlines.Seen["Register"].TotalSeconds, 60, 77);
         Assert.InRange(deadlines.Seen["Heartbeat"].TotalSeconds, 60, 77);
-    }
-
-    [Fact]
-    public async Task Joining_a_ring_gives_up_after_Worker_RingConnectTimeoutSeconds_and_says_so()
-    {
-        using var closed = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
-        closed.Start();
-        var port = ((IPEndPoint)closed.LocalEndpoint).Port;
-        closed.Stop();
-        var options = new WorkerOptions { RingConnectTimeoutSeconds = 1 };
-        var connector = new GrpcRingConnector(new RingMailboxes(), options, WorkerSecurity.Create(options));
-        var request = new AssignRequest { JobId = "job-0001", Generation = 1, Rank = 0, WorldSize = 2 };
-        request.Peers.Add(new Peer { Rank = 0, WorkerId = "w1", Address = "http://127.0.0.1:1" });
-        request.Peers.Add(new Peer { Rank = 1, WorkerId = "w2", Address = $"http://127.0.0.1:{port}" });
-        using var guard = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        var e = await Assert.ThrowsAsync<RingTransportException>(() => connector.ConnectAsync(request, guard.Token));
-        Assert.Contains($"cannot open the ring stream of job-0001/1 to its right neighbour rank 1 (http://127.0.0.1:{port})", e.Message);
-        Assert.EndsWith("(gave up after Worker:RingConnectTimeoutSeconds = 1 s)", e.Message);
     }
 }
