@@ -1,11 +1,9 @@
-using System.Net;
 using Dtrain.Collective;
 using Dtrain.Protos.Collective;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 using CollectiveGrpc = Dtrain.Protos.Collective.Collective;
 
 namespace Dtrain.Tests.Collective;
@@ -193,12 +191,7 @@ public class DataPlaneRingTests
 
         public static async Task<Host> StartHostAsync(int maxPieceFloats = RingAllReduce.DefaultMaxPieceFloats)
         {
-            var builder = WebApplication.CreateSlimBuilder();
-            builder.Logging.ClearProviders();
-            builder.AddDtrainCollective(new IPEndPoint(IPAddress.Loopback, 0), maxPieceFloats);
-            var app = builder.Build();
-            app.MapDtrainCollective();
-            await app.StartAsync();
+            var app = await CollectiveTestHost.StartAsync(maxPieceFloats);
             return new Host(app, app.Urls.Single(), app.Services.GetRequiredService<DataPlane>());
         }
 

@@ -1,11 +1,9 @@
-using System.Net;
 using Dtrain.Collective;
 using Dtrain.Protos.Collective;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 using CollectiveGrpc = Dtrain.Protos.Collective.Collective;
 
 namespace Dtrain.Tests.Collective;
@@ -165,12 +163,7 @@ public class GrpcRingTests
 
         public static async Task<WorkerHost> StartHostAsync(int maxPieceFloats = RingAllReduce.DefaultMaxPieceFloats)
         {
-            var builder = WebApplication.CreateSlimBuilder();
-            builder.Logging.ClearProviders();
-            builder.AddDtrainCollective(new IPEndPoint(IPAddress.Loopback, 0), maxPieceFloats);
-            var app = builder.Build();
-            app.MapDtrainCollective();
-            await app.StartAsync();
+            var app = await CollectiveTestHost.StartAsync(maxPieceFloats);
             return new WorkerHost(app, app.Urls.Single(), app.Services.GetRequiredService<RingMailboxes>());
         }
 
