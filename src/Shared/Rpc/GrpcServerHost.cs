@@ -145,10 +145,13 @@ public static class GrpcServerHost
         return bound.Replace("[::]", "127.0.0.1", StringComparison.Ordinal).Replace("0.0.0.0", "127.0.0.1", StringComparison.Ordinal);
     }
 
-    /// <summary>The address the started server's gRPC listener is bound to (with the real port when 0 was asked for).</summary>
+    /// <summary>
+    /// The address the started server's gRPC listener is bound to (with the real port when 0 was asked for). A server
+    /// not made by <see cref="CreateBuilder"/> (one listener, no <see cref="ServerEndpoints"/>) gives its first address.
+    /// </summary>
     public static Uri BoundAddress(WebApplication app)
     {
-        var grpcPort = app.Services.GetRequiredService<ServerEndpoints>().Grpc?.IPEndPoint?.Port;
+        var grpcPort = app.Services.GetService<ServerEndpoints>()?.Grpc?.IPEndPoint?.Port;
         var addresses = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.Select(a => new Uri(a)).ToList();
         return addresses.FirstOrDefault(a => a.Port == grpcPort) ?? addresses.First();
     }
