@@ -11,7 +11,7 @@ using Microsoft.Extensions.Logging;
 namespace Dtrain.Bench;
 
 /// <summary>
-/// <c>dtrain-bench allreduce [--transports shm,tcp,grpc] [--workers 2,4] [--sizes 4,16,64] [--rounds 5] [--report FILE]</c>:
+/// <c>dtrain-bench allreduce [--transports shm,shm-ring,tcp,tcp+tls,grpc] [--workers 2,4] [--sizes 4,16,64] [--rounds 5] [--report FILE]</c>:
 /// the ring all-reduce over each data-plane transport, every worker a separate process (children of this exe,
 /// <c>allreduce --peer ...</c>) on loopback, each told it has one CPU (DOTNET_PROCESSOR_COUNT=1), joined exactly as
 /// workers join (gRPC Hello, then shared memory / TCP / the gRPC streams). Bus bandwidth as in nccl-tests:
@@ -32,16 +32,19 @@ public static class CollectiveBench
             var i = Array.IndexOf(args, name);
             return i >= 0 && i + 1 < args.Length ? args[i + 1] : fallback;
         }
-        var transports = Option("--transports", "shm,tcp,tcp+tls,grpc").Split(',', StringSplitOptions.RemoveEmptyEntries);
+        var transports = Option("--transports", "shm,shm-ring,tcp,tcp+tls,grpc").Split(',', StringSplitOptions.RemoveEmptyEntries);
         var workers = Option("--workers", "2,4").Split(',').Select(w => int.Parse(w, CultureInfo.InvariantCulture)).ToArray();
         var sizes = Option("--sizes", "4,16,64").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture) << 20).ToArray();
         var rounds = int.Parse(Option("--rounds", "5"), CultureInfo.InvariantCulture);
         var report = Option("--report", "");
         foreach (var t in transports)
-            if (!DataTransports.TryParse(t.Replace("+tls", "", StringComparison.Ordinal), out var parsed) || parsed == DataTransport.Auto)
-                throw new ArgumentException($"--transports: \"{t}\" is not shm, tcp, tcp+tls, grpc or grpc+tls");
+            if (!DataTransports.TryParse(BaseTransport(t), out var parsed) || parsed == DataTransport.Auto || (t.EndsWith("-ring", StringComparison.Ordinal) && parsed != DataTransport.Shm))
+                throw new ArgumentException($"--transports: \"{t}\" is not shm, shm-ring, tcp, tcp+tls, grpc or grpc+tls");
         return MainAsync(transports, workers, sizes, rounds, report).GetAwaiter().GetResult();
     }
+
+    /// <summary>"shm-ring" is the ring over shared memory; "shm" is what workers use by default on one host (the shared-memory group).</summary>
+    private static string BaseTransport(string name) => name.Replace("+tls", "", StringComparison.Ordinal).Replace("-ring", "", StringComparison.Ordinal);
 
     private static async Task<int> MainAsync(string[] transports, int[] workers, int[] sizes, int rounds, string report)
     {
@@ -50,7 +53,8 @@ public static class CollectiveBench
         var gloo = GlooAvailable(out var glooWhy);
         var lines = new List<string>
         {
-            $"ring all-reduce: {conditions}",
+            $"all-reduce: {conditions}",
+            "shm = the shared-memory group workers of one host use by default (Worker:SharedMemoryGroup); shm-ring = the ring over shared-memory links; tcp, tcp+tls, grpc = the ring over those links",
             gloo ? "gloo: bench/anchors/pytorch_ddp_bench.py allreduce (PyTorch gloo over TCP on loopback, 1 thread per process), median of 3 runs, measured in this run"
                  : $"gloo: not measured ({glooWhy}); install it with `apt-get install -y python3-torch libopenblas0-pthread`",
             "",
@@ -255,7 +259,8 @@ public static class CollectiveBench
     private static async Task<int> PeerAsync(string[] args)
     {
         var tls = args[0].EndsWith("+tls", StringComparison.Ordinal);
-        var transport = DataTransports.TryParse(args[0].Replace("+tls", "", StringComparison.Ordinal), out var t) ? t : throw new ArgumentException(args[0]);
+        var transport = DataTransports.TryParse(BaseTransport(args[0]), out var t) ? t : throw new ArgumentException(args[0]);
+        var useGroup = args[0] == "shm";
         var rank = int.Parse(args[1], CultureInfo.InvariantCulture);
         var world = int.Parse(args[2], CultureInfo.InvariantCulture);
         var floats = int.Parse(args[3], CultureInfo.InvariantCulture);
@@ -298,16 +303,22 @@ public static class CollectiveBench
         var random = new Random(rank);
         for (var i = 0; i < buffer.Length; i++) buffer[i] = random.NextSingle();
         var allReduce = new RingAllReduce(ring, operationTimeout: TimeSpan.FromMinutes(10));
+        // As a worker does (DataPlaneRingConnector): every rank takes part in forming the group.
+        var (group, whyNot) = await SharedMemoryAllReduce.FormAsync(allReduce, useGroup, ring is PeerRingTransport mesh && mesh.Peers.LinkTo((rank + 1) % world) == "shared memory",
+            -1000, TimeSpan.FromMinutes(10));
+        if (useGroup && group is null) throw new InvalidOperationException($"no shared-memory group: {whyNot}");
+        Task Sum(float[] values, long operation) => group is not null ? group.SumAsync(values, operation) : allReduce.SumAsync(values, operation);
         long op = 0;
-        for (var i = 0; i < Warmup; i++) await allReduce.SumAsync(buffer, op++);
+        for (var i = 0; i < Warmup; i++) await Sum(buffer, op++);
         var perRound = new List<double>();
         for (var round = 0; round < rounds; round++)
         {
-            await allReduce.SumAsync(new float[world], op++);   // barrier
+            await Sum(new float[world], op++);   // barrier
             var clock = Stopwatch.StartNew();
-            for (var i = 0; i < iterations; i++) await allReduce.SumAsync(buffer, op++);
+            for (var i = 0; i < iterations; i++) await Sum(buffer, op++);
             perRound.Add(clock.Elapsed.TotalSeconds / iterations);
         }
+        if (group is not null) await group.DisposeAsync();
         if (Environment.GetEnvironmentVariable("DTRAIN_BENCH_GC") is not null)
             Console.Error.WriteLine($"[{args[0]} w{world} r{rank} {floats >> 20}M] gc {GC.CollectionCount(0)}/{GC.CollectionCount(1)}/{GC.CollectionCount(2)} allocated {GC.GetTotalAllocatedBytes() >> 20} MiB cpu {Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds:F2}s");
         var result = new StringBuilder();

@@ -50,8 +50,39 @@ public sealed class DataPlaneRingConnector : IRingConnector
         logger?.LogInformation("ring {From}->{To}: {Kind} (job {Job} generation {Generation}, Worker:Transport = {Option})",
             Name(peers, request.Rank), Name(peers, right), kind, request.JobId, request.Generation, options.Transport);
         var ring = new RingAllReduce(transport, operationTimeout: TimeSpan.FromSeconds(options.CollectiveTimeoutSeconds));
+        // Every rank takes part in forming the group (two tiny sums on the ring), whether or not it can join it.
+        SharedMemoryAllReduce? group;
+        string? whyNot;
+        try
+        {
+            using var formTimeout = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+            formTimeout.CancelAfter(TimeSpan.FromSeconds(options.RingConnectTimeoutSeconds));
+            (group, whyNot) = await SharedMemoryAllReduce.FormAsync(ring, options.SharedMemoryGroup, kind == DataTransports.Describe(DataTransport.Shm),
+                GroupSetupOperation, TimeSpan.FromSeconds(options.CollectiveTimeoutSeconds), cancel: formTimeout.Token).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is CollectiveException or OperationCanceledException && !cancel.IsCancellationRequested)
+        {
+            await transport.DisposeAsync().ConfigureAwait(false);
+            var peer = e is CollectiveException c ? c.PeerRank : -1;
+            throw new RingTransportException($"ring of job {request.JobId} generation {request.Generation} connected but its ranks did not agree on the all-reduce (Worker:RingConnectTimeoutSeconds = {options.RingConnectTimeoutSeconds:0.###} s): {e.Message}",
+                peer, peer >= 0 ? transport.DescribeRank(peer) : "", e);
+        }
+        if (group is not null)
+        {
+            logger?.LogInformation("all-reduce of job {Job} generation {Generation}: shared-memory group of {World} workers on this host (no ring; {SlotMiB} MiB blocks)",
+                request.JobId, request.Generation, request.WorldSize, group.SlotFloats * sizeof(float) >> 20);
+            return new RingConnection(new SharedMemoryGroupReducer(group, ring), async () =>
+            {
+                await group.DisposeAsync().ConfigureAwait(false);
+                await transport.DisposeAsync().ConfigureAwait(false);
+            });
+        }
+        logger?.LogInformation("all-reduce of job {Job} generation {Generation}: ring (no shared-memory group: {Reason})", request.JobId, request.Generation, whyNot);
         return new RingConnection(new RingReducer(ring, ShortName(kind)), () => transport.DisposeAsync());
     }
+
+    /// <summary>The ring operations that form the shared-memory group (training's operations count from 0).</summary>
+    public const long GroupSetupOperation = -1000;
 
     /// <summary>The transport's name for metrics labels and the live phase: shm, tcp, tcp+tls, grpc, grpc+tls.</summary>
     private static string ShortName(string? kind) => kind switch

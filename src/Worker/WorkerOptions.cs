@@ -45,6 +45,12 @@ public sealed record WorkerOptions
     /// (the gRPC streams, the fallback). Negotiated through the gRPC control plane; see docs/cluster.md.
     /// </summary>
     public string Transport { get; init; } = "auto";
+    /// <summary>
+    /// When every worker of a ring is on this host (each one's link is shared memory), fp32 all-reduces skip the ring:
+    /// each worker maps the others' segments and a block is summed in two barriers (see docs/cluster.md). All workers of
+    /// the ring must allow it; false = the ring over shared memory.
+    /// </summary>
+    public bool SharedMemoryGroup { get; init; } = true;
     /// <summary>Port of this worker's data-plane TCP listener (0 = any free port; peers learn it through gRPC).</summary>
     public int DataPort { get; init; }
     /// <summary>Deadline of this worker's calls to the coordinator: register, heartbeat, leave.</summary>

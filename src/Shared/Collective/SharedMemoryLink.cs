@@ -42,7 +42,7 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
     private static readonly List<WeakReference<SharedMemoryRing>> Live = [];
     // A thread of its own, not a thread-pool timer: a busy pool must not make this process look dead to its peers.
     private static readonly Thread Heartbeat = StartHeartbeat();
-    private static readonly long OwnPidNamespace = PidNamespace();
+    internal static readonly long OwnPidNamespace = PidNamespace();
 
     private readonly MemoryMappedFile _file;
     private readonly MemoryMappedViewAccessor _view;
@@ -227,7 +227,7 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
         return null;
     }
 
-    private static bool ProcessAlive(int pid)
+    internal static bool ProcessAlive(int pid)
     {
         try
         {
@@ -446,7 +446,7 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
     }
 
     /// <summary>Linux futex on a shared mapping (not FUTEX_PRIVATE: the waiter and the waker are different processes).</summary>
-    private static class Futex
+    internal static class Futex
     {
         private const long SysFutex = 202;   // x86-64
         private const int FutexWait = 0, FutexWake = 1;

@@ -23,3 +23,30 @@ public sealed class RingReducer(RingAllReduce ring, string transport) : IGradien
 
     public Task SumAsync(Memory<float> buffer, long operation, RingCompression compression, CancellationToken cancel) => ring.SumAsync(buffer, operation, compression, cancel);
 }
+
+/// <summary>
+/// The gradient reducer of workers that all share one host: fp32 sums go through the shared-memory group
+/// (<see cref="SharedMemoryAllReduce"/>, bit-identical to the ring's), compressed ones through the ring (16-bit values
+/// save nothing in shared memory, but a job that asks for them gets the same rounding as on any transport).
+/// </summary>
+public sealed class SharedMemoryGroupReducer(SharedMemoryAllReduce group, RingAllReduce ring) : IGradientReducer
+{
+    public int WorldSize => group.WorldSize;
+
+    public string Transport => "shm";
+
+    public IRingProgress? Progress
+    {
+        get => group.Progress;
+        set
+        {
+            group.Progress = value;
+            ring.Progress = value;
+        }
+    }
+
+    public Task SumAsync(Memory<float> buffer, long operation, CancellationToken cancel) => group.SumAsync(buffer, operation, cancel);
+
+    public Task SumAsync(Memory<float> buffer, long operation, RingCompression compression, CancellationToken cancel) =>
+        compression == RingCompression.None ? group.SumAsync(buffer, operation, cancel) : ring.SumAsync(buffer, operation, compression, cancel);
+}

@@ -13,11 +13,12 @@ namespace Dtrain.Tests.Cluster;
 public class TransportClusterTests
 {
     [Theory]
-    [InlineData("shm", "shared memory")]
-    [InlineData("tcp", "tcp")]
-    [InlineData("grpc", "grpc")]
-    [InlineData("auto", "shared memory")]
-    public async Task A_two_worker_job_trains_to_equal_replicas_over(string transport, string logged)
+    [InlineData("shm", "shared memory", true)]
+    [InlineData("shm", "shared memory", false)]
+    [InlineData("tcp", "tcp", true)]
+    [InlineData("grpc", "grpc", true)]
+    [InlineData("auto", "shared memory", true)]
+    public async Task A_two_worker_job_trains_to_equal_replicas_over(string transport, string logged, bool group)
     {
         using var tmp = new TempDir();
         tmp.Write("t.txt", TestJobs.Text(200));
@@ -29,7 +30,7 @@ public class TransportClusterTests
         };
         var path = tmp.Write("job.json", JobSpecSerializer.Serialize(spec));
         var logs = Path.Combine(tmp.Path, "cluster");
-        using (var cluster = LocalCluster.Start(2, 0, 1, logs, TimeSpan.FromMinutes(2), new Dictionary<string, string> { ["DTRAIN_Worker__Transport"] = transport }))
+        using (var cluster = LocalCluster.Start(2, 0, 1, logs, TimeSpan.FromMinutes(2), new Dictionary<string, string> { ["DTRAIN_Worker__Transport"] = transport, ["DTRAIN_Worker__SharedMemoryGroup"] = group ? "true" : "false" }))
         {
             using var channel = Remote.Channel(cluster.Address);
             var client = new Jobs.JobsClient(channel);
@@ -49,5 +50,10 @@ public class TransportClusterTests
         var workerLogs = string.Join("\n", Directory.GetFiles(logs, "worker-*.log").Select(File.ReadAllText));
         Assert.Matches($@"ring w\d+->w\d+: {logged} ", workerLogs);
         Assert.DoesNotMatch(@"ring w\d+->w\d+: (?!" + logged + " )", workerLogs);
+        // Both workers share this host: over shared-memory links they sum in the shared-memory group unless it is turned off.
+        if (logged == "shared memory" && group)
+            Assert.Matches(@"all-reduce of job \S+ generation 1: shared-memory group of 2 workers on this host", workerLogs);
+        else
+            Assert.Matches(@"all-reduce of job \S+ generation 1: ring \(no shared-memory group: " + (group ? "the link to the right-hand neighbour is not shared memory" : "turned off"), workerLogs);
     }
 }

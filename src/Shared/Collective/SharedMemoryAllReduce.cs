@@ -1,0 +1,547 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Globalization;
+using System.IO.MemoryMappedFiles;
+using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using System.Security.Cryptography;
+
+namespace Dtrain.Collective;
+
+/// <summary>
+/// Sum all-reduce among the workers of one host through shared memory, without a ring: every rank maps every other
+/// rank's segment (a file in /dev/shm), so a block of the buffer is reduced in two barriers instead of 2(W - 1) ring
+/// hand-offs — how MPI and NCCL reduce between local ranks. Per block (at most <see cref="SlotFloats"/> values):
+/// each rank copies the parts it does not own into a slot of its segment; barrier; rank q sums part q reading the
+/// other ranks' slots, writes the sum to its slot and its buffer; barrier; each rank copies the other parts' sums out of
+/// their owners' slots. Two slots per segment alternate, so the next block's copy-in never overwrites a slot a peer
+/// still reads (a block's slot is written again only after the barrier that every rank reaches after reading it).
+/// </summary>
+/// <remarks>
+/// Results are bit-identical to <see cref="RingAllReduce"/> over the same ranks: each value is summed in the ring's
+/// order (its ring chunk c starts at rank c, then c + 1, ...), so switching between the group and the ring changes no
+/// bit of training. Operations run one at a time in the order they are called, which must be the same on every rank
+/// (it is checked: a rank that runs another operation fails all of them with a message saying so). Synchronisation:
+/// a 32-bit arrival counter per rank, waited on with a shared Linux futex; a waiting rank re-checks its peers every
+/// 20 ms (closed flag, process alive, heartbeat) as <see cref="SharedMemoryRing"/> does, so a dead peer fails the
+/// operation with a <see cref="CollectiveException"/> naming it instead of hanging. After any failure the group is
+/// unusable (its ranks are out of step) and every later operation fails at once; the membership change that follows
+/// forms a new one.
+/// </remarks>
+public sealed class SharedMemoryAllReduce : IAsyncDisposable
+{
+    private const long MagicValue = 0x3150524723544444;   // arbitrary, "DDT#GRP1"
+    private const int HeaderBytes = 4096;
+    private const int OffMagic = 0, OffRank = 8, OffWorld = 12, OffPid = 16, OffClosed = 20, OffPidNs = 24, OffBeat = 32,
+        OffSlotFloats = 40, OffArrive = 128, OffOperation = 192, OffLength = 200;
+
+    /// <summary>Values per slot unless told otherwise: 4M floats (16 MiB); a segment holds two slots.</summary>
+    public const int DefaultSlotFloats = 4 << 20;
+
+    private static readonly List<WeakReference<SharedMemoryAllReduce>> Live = [];
+    private static readonly Thread Heartbeat = StartHeartbeat();
+
+    private readonly Segment[] _segments;
+    private readonly int _rank;
+    private readonly int _world;
+    private readonly Func<int, string> _describe;
+    private readonly BlockingCollection<Request> _queue = new();
+    private readonly Thread _thread;
+    private Exception? _broken;
+    private long _barrier;
+    private long _block;
+    private int _disposed;
+
+    private SharedMemoryAllReduce(Segment[] segments, int rank, int slotFloats, Func<int, string> describe, TimeSpan operationTimeout)
+    {
+        _segments = segments;
+        _rank = rank;
+        _world = segments.Length;
+        SlotFloats = slotFloats;
+        _describe = describe;
+        OperationTimeout = operationTimeout;
+        lock (Live) Live.Add(new WeakReference<SharedMemoryAllReduce>(this));
+        _thread = new Thread(Run) { IsBackground = true, Name = $"dtrain shm all-reduce rank {rank}" };
+        _thread.Start();
+    }
+
+    public int Rank => _rank;
+
+    public int WorldSize => _world;
+
+    /// <summary>The segments' file names (for tests: none exists once the group is formed).</summary>
+    internal IEnumerable<string> FilePaths => _segments.Select(s => s.FilePath);
+
+    /// <summary>Largest block reduced between two barriers.</summary>
+    public int SlotFloats { get; }
+
+    /// <summary>An operation not done this long after it was called fails with <see cref="CollectiveTimeoutException"/>.</summary>
+    public TimeSpan OperationTimeout { get; }
+
+    /// <summary>Optional: told which peer each operation waits for at a barrier, for live diagnosis.</summary>
+    public IRingProgress? Progress { get; set; }
+
+    /// <summary>
+    /// Forms the group of a ring's ranks when every rank is willing and its right neighbour is on this host (its link is
+    /// shared memory): a collective call — every rank of <paramref name="ring"/> must make it, whatever it brings —
+    /// using two small sums on the ring (operations <paramref name="setupOperation"/> and the one after it) to agree and
+    /// to exchange the segments' random names. Returns null (on every rank alike) when any rank cannot, with the reason in
+    /// WhyNot. Segment files are deleted once every rank has mapped them.
+    /// </summary>
+    public static async Task<(SharedMemoryAllReduce? Group, string? WhyNot)> FormAsync(RingAllReduce ring, bool willing, bool rightIsLocal, long setupOperation,
+        TimeSpan operationTimeout, int slotFloats = DefaultSlotFloats, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(ring);
+        ArgumentOutOfRangeException.ThrowIfLessThan(slotFloats, 1);
+        var (rank, world) = (ring.Rank, ring.WorldSize);
+        if (world < 2) return (null, "a world of one");
+        const int Fields = 5;   // willing-and-able, then the segment's 64-bit id as four 16-bit values (exact as floats)
+        Segment? own = null;
+        string? reason = !willing ? "turned off (Worker:SharedMemoryGroup = false)"
+            : !rightIsLocal ? "the link to the right-hand neighbour is not shared memory"
+            : !(OperatingSystem.IsLinux() && RuntimeInformation.ProcessArchitecture == Architecture.X64) ? "needs Linux on x86-64"
+            : null;
+        if (reason is null)
+        {
+            try
+            {
+                own = Segment.Create(rank, world, slotFloats);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                reason = $"cannot create a {SegmentBytes(slotFloats) >> 20} MiB segment in {SharedMemoryRing.Directory}: {e.Message}";
+            }
+        }
+        var offer = new float[world * Fields];
+        if (own is not null)
+        {
+            offer[rank * Fields] = 1;
+            for (var i = 0; i < 4; i++) offer[rank * Fields + 1 + i] = (float)((own.Id >> (16 * i)) & 0xFFFF);
+        }
+        var segments = new Segment?[world];
+        segments[rank] = own;
+        try
+        {
+            await ring.SumAsync(offer, setupOperation, cancel).ConfigureAwait(false);
+            var unable = Enumerable.Range(0, world).Where(r => offer[r * Fields] != 1).ToList();
+            if (unable.Count > 0)
+            {
+                Release(segments);
+                return (null, reason ?? $"{string.Join(", ", unable.Select(r => ring.Transport.DescribeRank(r)))} cannot (its neighbour is elsewhere, or it turned the group off)");
+            }
+            string? mapFailure = null;
+            for (var r = 0; r < world && mapFailure is null; r++)
+            {
+                if (r == rank) continue;
+                ulong id = 0;
+                for (var i = 0; i < 4; i++) id |= (ulong)offer[r * Fields + 1 + i] << (16 * i);
+                try
+                {
+                    segments[r] = Segment.Open(id, r, world, slotFloats);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException)
+                {
+                    mapFailure = $"cannot map {ring.Transport.DescribeRank(r)}'s segment: {e.Message}";
+                }
+            }
+            var mapped = new float[world];
+            mapped[rank] = mapFailure is null ? 1 : 0;
+            await ring.SumAsync(mapped, setupOperation + 1, cancel).ConfigureAwait(false);
+            if (mapped.Any(m => m != 1))
+            {
+                Release(segments);
+                return (null, mapFailure ?? "another rank could not map the segments");
+            }
+            // Every rank has mapped every segment: the names can go (the mappings stay valid; nothing outlives the processes).
+            own!.DeleteFile();
+            return (new SharedMemoryAllReduce(segments!, rank, slotFloats, ring.Transport.DescribeRank, operationTimeout), null);
+        }
+        catch
+        {
+            Release(segments);
+            throw;
+        }
+    }
+
+    private static void Release(Segment?[] segments)
+    {
+        foreach (var s in segments) s?.Dispose();
+    }
+
+    private static long SegmentBytes(int slotFloats) => HeaderBytes + 2L * slotFloats * sizeof(float);
+
+    /// <summary>
+    /// Replaces <paramref name="buffer"/> on every rank with the element-wise sum over all ranks (bit-identical to the
+    /// ring's). Runs after the operations called before it on this rank. Failures: <see cref="CollectiveException"/>
+    /// (a peer died, left or ran another operation), <see cref="CollectiveTimeoutException"/>, <see cref="OperationCanceledException"/>.
+    /// </summary>
+    public Task SumAsync(Memory<float> buffer, long operation, CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        cancellationToken.ThrowIfCancellationRequested();
+        if (buffer.IsEmpty) return Task.CompletedTask;
+        var request = new Request(buffer, operation, cancellationToken, Stopwatch.GetTimestamp());
+        try
+        {
+            _queue.Add(request, CancellationToken.None);
+        }
+        catch (InvalidOperationException)
+        {
+            throw new ObjectDisposedException(nameof(SharedMemoryAllReduce));
+        }
+        return request.Done.Task;
+    }
+
+    private sealed record Request(Memory<float> Buffer, long Operation, CancellationToken Cancel, long Called)
+    {
+        public TaskCompletionSource Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    private void Run()
+    {
+        foreach (var request in _queue.GetConsumingEnumerable())
+        {
+            if (_broken is { } broken)
+            {
+                request.Done.TrySetException(new CollectiveException(
+                    $"shared-memory all-reduce operation {request.Operation} (rank {_rank} of {_world}): the group failed earlier: {broken.Message}", request.Operation, 0, 0, 0, -1, broken));
+                continue;
+            }
+            try
+            {
+                Sum(request);
+                request.Done.TrySetResult();
+            }
+            catch (Exception e)
+            {
+                _broken = e;
+                // Tell the peers at once: they fail their waits on us instead of waiting out a heartbeat.
+                _segments[_rank].SetInt(OffClosed, 1);
+                _segments[_rank].Wake();
+                if (e is OperationCanceledException oce) request.Done.TrySetCanceled(oce.CancellationToken);
+                else request.Done.TrySetException(e);
+            }
+            finally
+            {
+                Progress?.Done(request.Operation);
+            }
+        }
+    }
+
+    private void Sum(Request request)
+    {
+        var buffer = request.Buffer.Span;
+        var n = buffer.Length;
+        var op = request.Operation;
+        var own = _segments[_rank];
+        own.SetLong(OffOperation, op);
+        own.SetLong(OffLength, n);
+        var blocks = (n + SlotFloats - 1) / SlotFloats;
+        for (var b = 0; b < blocks; b++)
+        {
+            var start = b * SlotFloats;
+            var length = Math.Min(SlotFloats, n - start);
+            var slot = (int)(_block++ & 1);
+            // 1. The parts other ranks own, into this rank's slot (at the same place as in the buffer's block).
+            for (var q = 0; q < _world; q++)
+            {
+                if (q == _rank) continue;
+                var (ps, pl) = Part(length, q);
+                buffer.Slice(start + ps, pl).CopyTo(own.Slot(slot, ps, pl));
+            }
+            Barrier(request, phase: 0, b, blocks);
+            if (b == 0)
+                for (var r = 0; r < _world; r++)
+                    if (_segments[r].Long(OffOperation) != op || _segments[r].Long(OffLength) != n)
+                        throw new CollectiveException(
+                            $"shared-memory all-reduce operation {op} ({n} floats, rank {_rank} of {_world}): {_describe(r)} runs operation {_segments[r].Long(OffOperation)} ({_segments[r].Long(OffLength)} floats) instead; every rank must call its sums in the same order with the same lengths",
+                            op, 0, 0, 0, r);
+            // 2. This rank's part: summed in the ring's order, into its slot (where the others read it) and its buffer.
+            {
+                var (ps, pl) = Part(length, _rank);
+                var sum = own.Slot(slot, ps, pl);
+                var at = 0;
+                while (at < pl)
+                {
+                    // Values [i, i + run) of the buffer fall in one ring chunk c: summed x_c + x_(c+1) + ... as the ring does.
+                    var i = start + ps + at;
+                    var chunk = ChunkOf(i, n);
+                    var run = (int)Math.Min(pl - at, ChunkEnd(chunk, n) - i);
+                    var dest = sum.Slice(at, run);
+                    TensorPrimitives.Add(Values(buffer, (chunk + 1) % _world, slot, i, ps + at, run), Values(buffer, chunk, slot, i, ps + at, run), dest);
+                    for (var j = 2; j < _world; j++) TensorPrimitives.Add(Values(buffer, (chunk + j) % _world, slot, i, ps + at, run), dest, dest);
+                    at += run;
+                }
+                sum.CopyTo(buffer.Slice(start + ps, pl));
+            }
+            Barrier(request, phase: 1, b, blocks);
+            // 3. The other parts' sums, from their owners' slots.
+            for (var q = 0; q < _world; q++)
+            {
+                if (q == _rank) continue;
+                var (ps, pl) = Part(length, q);
+                _segments[q].Slot(slot, ps, pl).CopyTo(buffer.Slice(start + ps, pl));
+            }
+        }
+    }
+
+    /// <summary>Rank <paramref name="r"/>'s values [<paramref name="index"/>, +<paramref name="count"/>) of the block: this rank's own from its buffer, the others' from their slots.</summary>
+    private ReadOnlySpan<float> Values(Span<float> buffer, int r, int slot, int index, int slotOffset, int count) =>
+        r == _rank ? buffer.Slice(index, count) : _segments[r].Slot(slot, slotOffset, count);
+
+    /// <summary>Part q of a block of <paramref name="length"/> values: W near-equal contiguous runs.</summary>
+    private (int Start, int Length) Part(int length, int q)
+    {
+        var s = (int)((long)q * length / _world);
+        var e = (int)((long)(q + 1) * length / _world);
+        return (s, e - s);
+    }
+
+    /// <summary>The ring's chunk of value <paramref name="i"/> of <paramref name="n"/> (chunk c = [c n / W, (c + 1) n / W)).</summary>
+    private int ChunkOf(int i, int n)
+    {
+        var c = (int)((long)i * _world / n);
+        while (c > 0 && (long)c * n / _world > i) c--;
+        while (c < _world - 1 && (long)(c + 1) * n / _world <= i) c++;
+        return c;
+    }
+
+    private long ChunkEnd(int chunk, int n) => (long)(chunk + 1) * n / _world;
+
+    /// <summary>Arrives at the next barrier and waits until every peer has, checking that they are alive.</summary>
+    private void Barrier(Request request, int phase, int block, int blocks)
+    {
+        var target = ++_barrier;
+        var own = _segments[_rank];
+        own.SetInt(OffArrive, (int)target);
+        own.Wake();
+        for (var r = 0; r < _world; r++)
+        {
+            if (r == _rank) continue;
+            var peer = _segments[r];
+            var reported = false;
+            var lastCheck = Stopwatch.GetTimestamp();
+            for (var spin = 0; ; spin++)
+            {
+                var seen = peer.Int(OffArrive);
+                if (seen - (int)target >= 0) break;
+                if (spin < 32)
+                {
+                    Thread.SpinWait(20);
+                    continue;
+                }
+                if (!reported)
+                {
+                    Progress?.Waiting(request.Operation, phase, 1, 1, block + 1, blocks, r);
+                    reported = true;
+                }
+                peer.WaitChange(OffArrive, seen);
+                var now = Stopwatch.GetTimestamp();
+                if (request.Cancel.IsCancellationRequested)
+                    throw new OperationCanceledException(Where(request, phase, block, blocks, r, "was cancelled"), request.Cancel);
+                if (OperationTimeout != Timeout.InfiniteTimeSpan && Stopwatch.GetElapsedTime(request.Called, now) > OperationTimeout)
+                    throw new CollectiveTimeoutException(Where(request, phase, block, blocks, r, string.Create(CultureInfo.InvariantCulture, $"timed out after {OperationTimeout.TotalSeconds:0.###} s")),
+                        request.Operation, phase, 0, block, r);
+                if (Stopwatch.GetElapsedTime(lastCheck, now) > TimeSpan.FromMilliseconds(100))
+                {
+                    lastCheck = now;
+                    if (peer.Gone() is { } why)
+                        throw new CollectiveException(Where(request, phase, block, blocks, r, $"failed: {why}"), request.Operation, phase, 0, block, r,
+                            new RingTransportException($"shared-memory group peer {_describe(r)}: {why}", r, _describe(r)));
+                }
+            }
+        }
+    }
+
+    private string Where(Request request, int phase, int block, int blocks, int peer, string what) =>
+        $"shared-memory all-reduce operation {request.Operation} ({request.Buffer.Length} floats, rank {_rank} of {_world}) {what} in {(phase == 0 ? "reduce" : "gather")} of block {block + 1}/{blocks}, waiting for {_describe(peer)}";
+
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        _queue.CompleteAdding();
+        _segments[_rank].SetInt(OffClosed, 1);
+        _segments[_rank].Wake();
+        // The worker thread ends after the operation in hand; it cannot wait long: peers see our closed flag.
+        var ended = await Task.Run(() => _thread.Join(TimeSpan.FromSeconds(30))).ConfigureAwait(false);
+        // Never unmap under a thread that may still touch the mappings (the process ends before it matters).
+        if (!ended) return;
+        foreach (var s in _segments) s.Dispose();
+        _queue.Dispose();
+    }
+
+    private static Thread StartHeartbeat()
+    {
+        var thread = new Thread(() =>
+        {
+            while (true)
+            {
+                Thread.Sleep(250);
+                lock (Live)
+                {
+                    for (var i = Live.Count - 1; i >= 0; i--)
+                    {
+                        if (!Live[i].TryGetTarget(out var group) || Volatile.Read(ref group._disposed) != 0)
+                        {
+                            Live.RemoveAt(i);
+                            continue;
+                        }
+                        group._segments[group._rank].Beat();
+                    }
+                }
+            }
+        })
+        { IsBackground = true, Name = "dtrain shm group heartbeat" };
+        thread.Start();
+        return thread;
+    }
+
+    /// <summary>One rank's segment, mapped: a 4 KiB header, then two slots of values.</summary>
+    private sealed unsafe class Segment : IDisposable
+    {
+        private readonly MemoryMappedFile _file;
+        private readonly MemoryMappedViewAccessor _view;
+        private readonly byte* _base;
+        private readonly int _slotFloats;
+        private readonly string _path;
+        private readonly bool _owned;
+        private long _lastBeat = -1;
+        private long _lastBeatAt = Stopwatch.GetTimestamp();
+        private int _disposed;
+
+        private Segment(MemoryMappedFile file, string path, ulong id, int slotFloats, bool owned)
+        {
+            _file = file;
+            _owned = owned;
+            _path = path;
+            Id = id;
+            _slotFloats = slotFloats;
+            _view = file.CreateViewAccessor(0, 0, MemoryMappedFileAccess.ReadWrite);
+            byte* pointer = null;
+            _view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
+            _base = pointer + _view.PointerOffset;
+        }
+
+        public ulong Id { get; }
+
+        public string FilePath => _path;
+
+        private static string PathOf(ulong id) => Path.Combine(SharedMemoryRing.Directory, $"dtrain-group-{id:x16}.seg");
+
+        /// <summary>Creates this rank's segment (mode 0600), its pages reserved up front: a full /dev/shm fails here, not later with SIGBUS.</summary>
+        public static Segment Create(int rank, int world, int slotFloats)
+        {
+            var id = BitConverter.ToUInt64(RandomNumberGenerator.GetBytes(8));
+            var path = PathOf(id);
+            var bytes = SegmentBytes(slotFloats);
+            var stream = new FileStream(path, new FileStreamOptions
+            {
+                Mode = FileMode.CreateNew,
+                Access = FileAccess.ReadWrite,
+                Share = FileShare.ReadWrite | FileShare.Delete,
+                UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+                PreallocationSize = bytes,
+            });
+            Segment segment;
+            try
+            {
+                stream.SetLength(bytes);
+                var file = MemoryMappedFile.CreateFromFile(stream, null, bytes, MemoryMappedFileAccess.ReadWrite, HandleInheritability.None, leaveOpen: false);
+                segment = new Segment(file, path, id, slotFloats, owned: true);
+            }
+            catch
+            {
+                stream.Dispose();
+                try { File.Delete(path); } catch (IOException) { }
+                throw;
+            }
+            segment.SetInt(OffRank, rank);
+            segment.SetInt(OffWorld, world);
+            segment.SetInt(OffPid, Environment.ProcessId);
+            segment.SetLong(OffPidNs, SharedMemoryRing.OwnPidNamespace);
+            segment.SetLong(OffSlotFloats, slotFloats);
+            segment.SetLong(OffMagic, MagicValue);
+            return segment;
+        }
+
+        /// <summary>Maps rank <paramref name="rank"/>'s segment by its id and checks its header.</summary>
+        public static Segment Open(ulong id, int rank, int world, int slotFloats)
+        {
+            var path = PathOf(id);
+            var bytes = SegmentBytes(slotFloats);
+            var stream = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite | FileShare.Delete);
+            Segment segment;
+            try
+            {
+                if (stream.Length != bytes) throw new InvalidDataException($"{path} has {stream.Length} bytes, expected {bytes}");
+                var file = MemoryMappedFile.CreateFromFile(stream, null, bytes, MemoryMappedFileAccess.ReadWrite, HandleInheritability.None, leaveOpen: false);
+                segment = new Segment(file, path, id, slotFloats, owned: false);
+            }
+            catch
+            {
+                stream.Dispose();
+                throw;
+            }
+            if (segment.Long(OffMagic) != MagicValue || segment.Int(OffRank) != rank || segment.Int(OffWorld) != world || segment.Long(OffSlotFloats) != slotFloats)
+            {
+                segment.Dispose();
+                throw new InvalidDataException($"{path} is not rank {rank}'s segment of this group of {world}");
+            }
+            return segment;
+        }
+
+        /// <summary>Removes the segment's name (its owner only; the mappings stay valid).</summary>
+        public void DeleteFile()
+        {
+            if (!_owned) return;
+            try { File.Delete(_path); } catch (IOException) { }
+        }
+
+        public Span<float> Slot(int slot, int offset, int count) =>
+            new((float*)(_base + HeaderBytes) + (long)slot * _slotFloats + offset, count);
+
+        public long Long(int offset) => Volatile.Read(ref *(long*)(_base + offset));
+
+        public void SetLong(int offset, long value) => Volatile.Write(ref *(long*)(_base + offset), value);
+
+        public int Int(int offset) => Volatile.Read(ref *(int*)(_base + offset));
+
+        public void SetInt(int offset, int value) => Volatile.Write(ref *(int*)(_base + offset), value);
+
+        public void Wake() => SharedMemoryRing.Futex.WakeAll((int*)(_base + OffArrive));
+
+        /// <summary>Waits until the word at <paramref name="offset"/> is no longer <paramref name="seen"/>, or 20 ms pass.</summary>
+        public void WaitChange(int offset, int seen) => SharedMemoryRing.Futex.Wait((int*)(_base + offset), seen, 20_000_000);
+
+        public void Beat() => Interlocked.Increment(ref *(long*)(_base + OffBeat));
+
+        /// <summary>Why this (peer's) segment's owner is gone, or null while it is alive and in the group.</summary>
+        public string? Gone()
+        {
+            if (Int(OffClosed) != 0) return "it left the group (its operation failed, or it was stopped)";
+            var pid = Int(OffPid);
+            var ns = Long(OffPidNs);
+            if (pid > 0 && ns != 0 && ns == SharedMemoryRing.OwnPidNamespace && pid != Environment.ProcessId && !SharedMemoryRing.ProcessAlive(pid))
+                return $"its process {pid} died";
+            var now = Stopwatch.GetTimestamp();
+            var beat = Long(OffBeat);
+            if (beat != _lastBeat)
+            {
+                _lastBeat = beat;
+                _lastBeatAt = now;
+            }
+            else if (Stopwatch.GetElapsedTime(_lastBeatAt, now) > SharedMemoryRing.PeerSilentAfter)
+                return $"it has shown no heartbeat for {SharedMemoryRing.PeerSilentAfter.TotalSeconds:0.#} s";
+            return null;
+        }
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+            _view.SafeMemoryMappedViewHandle.ReleasePointer();
+            _view.Dispose();
+            _file.Dispose();
+            DeleteFile();
+        }
+    }
+}
