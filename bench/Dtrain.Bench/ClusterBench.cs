@@ -90,6 +90,9 @@ public static class ClusterBench
             var overlapNote = OverlapKinds.Possible(w.Spec) ? "overlap auto: off when the workers' threads fill the host's cores" : "no overlap (classifier)";
             systems.Add(new(w.Key, "dtrain, 1 process x 1 thread", () => SingleProcess(one, w), "`dtrain train` engine, fresh process"));
             systems.Add(new(w.Key, "dtrain, 1 process x 2 threads", () => SingleProcess(two, w), ""));
+            // The machine's own ceiling for 2 x 1 thread: two independent processes at once (no communication at all),
+            // each slowed only by sharing the memory system and caches with the other. Reported as their mean.
+            systems.Add(new(w.Key, "dtrain, 2 independent processes x 1 thread at once (mean)", () => TwoAtOnce(one, w), "no communication: the machine's ceiling for 2 x 1 thread"));
             systems.Add(new(w.Key, "dtrain cluster, 1 worker x 2 threads", () => ClusterThroughput(cluster, 1, 2, w, Path.Combine(tmp.Path, $"{w.Key}-c1")), "coordinator + worker processes, loopback"));
             systems.Add(new(w.Key, "dtrain cluster, 2 workers x 1 thread", () => ClusterThroughput(cluster, 2, 1, w, Path.Combine(tmp.Path, $"{w.Key}-c2")), overlapNote));
             if (w.Overlap)
@@ -152,6 +155,7 @@ public static class ClusterBench
             summary.Add(($"{w.Key}: dtrain scaling efficiency, 2 workers x 1 thread", two / (2 * single1), w.Key is "w1" or "w2" ? 0.85 : double.NaN));
             if (!double.IsNaN(torch1)) summary.Add(($"{w.Key}: PyTorch DDP scaling efficiency, 2 processes x 1 thread", Of("PyTorch DDP gloo, 2 processes x 1 thread") / (2 * torch1), double.NaN));
             summary.Add(($"{w.Key}: 2 workers x 1 thread vs a single process with 2 threads", two / Of("dtrain, 1 process x 2 threads"), w.Key == "w1" ? 0.9 : double.NaN));
+            summary.Add(($"{w.Key}: machine ceiling, 2 independent 1-thread processes at once vs one alone", Of("dtrain, 2 independent processes x 1 thread at once (mean)") / single1, double.NaN));
             var oneWorker = rows.FirstOrDefault(s => s.Name == "dtrain cluster, 1 worker x 2 threads");
             var singleTwo = rows.FirstOrDefault(s => s.Name == "dtrain, 1 process x 2 threads");
             if (oneWorker is not null && singleTwo is not null)
@@ -172,6 +176,13 @@ public static class ClusterBench
     }
 
     static string Format(double v, string format) => double.IsNaN(v) ? "-" : v.ToString(format, CultureInfo.InvariantCulture);
+
+    /// <summary>Two <see cref="SingleProcess"/> runs started together; the mean of their samples/s.</summary>
+    static double TwoAtOnce(string specPath, Workload w)
+    {
+        var runs = Enumerable.Range(0, 2).Select(_ => Task.Run(() => SingleProcess(specPath, w))).ToArray();
+        return runs.Select(r => r.GetAwaiter().GetResult()).Average();
+    }
 
     /// <summary>Samples/s of `dtrain train` on <paramref name="specPath"/> in a fresh bench process with dtrain's process settings (`train SPEC WARMUP`).</summary>
     static double SingleProcess(string specPath, Workload w)
