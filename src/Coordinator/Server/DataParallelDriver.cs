@@ -70,7 +70,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                 await fleet.ReassignAsync(e.Message, cancel).ConfigureAwait(false);
             }
         }
-        job.Transition(JobTrigger.Run, "", i => { i.Parameters = assigned[0].Parameters; i.TotalSteps = total; });
+        job.Transition(JobTrigger.Run, "", p => p with { Parameters = assigned[0].Parameters, TotalSteps = total });
         job.Publish(new JobEvent { Log = $"{world} worker(s): {string.Join(", ", workers.Members.Select((w, r) => $"rank {r} = {w.Id} {w.Address}"))}; {assigned[0].Parameters:N0} parameters, {total} steps" });
 
         var progress = new Progress { Next = prepared.StartStep, Clock = Stopwatch.StartNew(), NonFinite = new NonFiniteSteps(spec, prepared.NonFiniteBefore) };
@@ -206,7 +206,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                 var stepMs = finishedMs - Math.Max(current.SentMs, progress.LastDoneMs);
                 recentMs.Enqueue(stepMs);
                 if (recentMs.Count > 20) recentMs.Dequeue();
-                job.Update(i => { i.Step = done; i.Epoch = epoch; i.Loss = loss; i.SamplesPerSecond = sps; }, publishState: false);
+                job.Update(p => p with { Step = done, Epoch = epoch, Loss = loss, SamplesPerSecond = sps }, publishState: false);
                 job.Publish(new JobEvent { Step = new StepEvent
                 {
                     Step = done, TotalSteps = total, Epoch = epoch, Loss = loss, Lr = current.Lr, SamplesPerSecond = sps, ElapsedSeconds = prepared.ElapsedBefore + elapsed, EtaSeconds = eta, Workers = world,
@@ -336,10 +336,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
     private static async Task EvaluateAsync(JobRecord job, IJobWorkers workers, long step, CancellationToken cancel)
     {
         var reply = await workers.EvaluateAsync(0, new EvaluateRequest { JobId = job.Id, BatchSize = job.Spec.Training.BatchSize, MaxBatches = job.Spec.Training.EvalBatches }, step, cancel).ConfigureAwait(false);
-        var metrics = new Metrics { Loss = reply.Loss, Count = reply.Count };
-        if (reply.HasAccuracy) metrics.Accuracy = reply.Accuracy;
-        if (reply.HasMacroF1) metrics.MacroF1 = reply.MacroF1;
-        job.PublishEval(step, metrics);
+        job.PublishEval(step, new EvalMetrics(reply.Loss, reply.Count) { Accuracy = reply.HasAccuracy ? reply.Accuracy : null, MacroF1 = reply.HasMacroF1 ? reply.MacroF1 : null });
     }
 
     private static async Task CheckpointAsync(JobRecord job, IJobWorkers workers, CheckpointStore store, long step, double elapsed, long samples, int nonFiniteStreak, CancellationToken cancel)
@@ -352,7 +349,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         job.Store?.Flush();
         var path = store.Save(data);
         var size = new FileInfo(path).Length;
-        job.Update(i => { i.Checkpoint = path; i.CheckpointSeconds = clock.Elapsed.TotalSeconds; i.CheckpointBytes = size; }, publishState: false);
+        job.Update(p => p with { Checkpoint = path, CheckpointSeconds = clock.Elapsed.TotalSeconds, CheckpointBytes = size }, publishState: false);
         job.Publish(new JobEvent { Log = $"step {step}: checkpoint {path}" });
     }
 

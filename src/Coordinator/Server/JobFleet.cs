@@ -120,7 +120,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
         registry.WorkerLeft += OnLeft;
         registry.Changed += OnChanged;
         Generation = job.NextGeneration();
-        job.Update(i => { i.MinWorkers = Min; i.MaxWorkers = Max; });
+        job.Update(p => p with { MinWorkers = Min, MaxWorkers = Max });
     }
 
     private bool IsMember(WorkerRecord w)
@@ -135,8 +135,8 @@ public sealed class JobFleet : IJobFleet, IDisposable
         lock (gate) departed.Cancel();
     }
 
-    private void OnLost(WorkerRecord w) => Depart(w, $"worker {w.Id} ({w.Address}) lost: no heartbeat for {options.WorkerTimeoutSeconds:F0}s at step {job.Snapshot().Step}{w.LastSeenDoing(DateTimeOffset.UtcNow)}");
-    private void OnLeft(WorkerRecord w, string reason) => Depart(w, $"worker {w.Id} ({w.Address}) left after step {job.Snapshot().Step}: {reason}");
+    private void OnLost(WorkerRecord w) => Depart(w, $"worker {w.Id} ({w.Address}) lost: no heartbeat for {options.WorkerTimeoutSeconds:F0}s at step {job.Progress.Step}{w.LastSeenDoing(DateTimeOffset.UtcNow)}");
+    private void OnLeft(WorkerRecord w, string reason) => Depart(w, $"worker {w.Id} ({w.Address}) left after step {job.Progress.Step}: {reason}");
     private void OnChanged() => idleSeen = true;
 
     public async Task<bool> AbsorbsAsync(Exception failure, CancellationToken cancel)
@@ -288,12 +288,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
             // A departure raised while re-forming (after the drain above) belongs to the new generation.
             if (!departures.IsEmpty) departed.Cancel();
         }
-        job.Update(i =>
-        {
-            i.Generation = generation;
-            i.WorkerIds.Clear();
-            i.WorkerIds.AddRange(all.Select(w => w.Id));
-        });
+        job.Update(p => p with { Generation = generation, WorkerIds = [.. all.Select(w => w.Id)] });
         log.LogInformation("job {Job} generation {Generation}: {World} worker(s) from step {Step}{Gone}{Joined}", job.Id, generation, world, next,
             gone.Count > 0 ? $"; without {string.Join(", ", gone)}" : "", joined.Count > 0 ? $"; admitted {string.Join(", ", joined)}" : "");
         return new Reconfiguration(next, generation, gone, joined, [.. all.Select(w => w.Id)]);
@@ -370,12 +365,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
         }
         Generation = generation;
         Workers = new GrpcJobWorkers(all, clients, options);
-        job.Update(i =>
-        {
-            i.Generation = generation;
-            i.WorkerIds.Clear();
-            i.WorkerIds.AddRange(all.Select(w => w.Id));
-        });
+        job.Update(p => p with { Generation = generation, WorkerIds = [.. all.Select(w => w.Id)] });
         log.LogInformation("job {Job} generation {Generation}: assigning {World} worker(s) again ({Reason})", job.Id, generation, all.Count, reason);
     }
 

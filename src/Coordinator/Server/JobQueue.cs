@@ -82,7 +82,7 @@ public sealed partial class JobManager
         foreach (var job in queue)
         {
             if (job.IsFinished || startedFromQueue.Contains(job.Id)) continue;
-            var requested = job.Info.WorkersRequested;
+            var requested = job.WorkersRequested;
             var need = Math.Max(1, requested);
             if ((head is null || backfill) && registry.TryReserve(requested, job.Id) is { } workers)
             {
@@ -112,7 +112,7 @@ public sealed partial class JobManager
                     ? $"{WaitingMessage(requested, capacity)}; behind {head.Id}, which waits for workers to register (this job may start before it)"
                     : $"queued behind {head.Id}, which waits for {headNeed} idle workers: starting this job first would delay it";
             }
-            if (job.Snapshot().Message != message) job.Update(i => i.Message = message);
+            if (job.Progress.Message != message) job.Update(p => p with { Message = message });
         }
         registry.HoldForQueue(head is null ? 0 : headNeed);
     }

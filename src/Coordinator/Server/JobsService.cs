@@ -30,21 +30,21 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
     }
 
     public override Task<JobInfo> Get(GetJobRequest request, ServerCallContext context) =>
-        Task.FromResult(stalls.Describe(access.Job(context, request.JobId, "get").Snapshot(), names: Caller.Of(context).Role != Role.Submitter));
+        Task.FromResult(stalls.Describe(access.Job(context, request.JobId, "get"), names: Caller.Of(context).Role != Role.Submitter));
 
     public override Task<ListJobsReply> List(ListJobsRequest request, ServerCallContext context)
     {
         var reply = new ListJobsReply();
-        reply.Jobs.AddRange(access.Visible(context).Select(j => j.Snapshot()));
+        reply.Jobs.AddRange(access.Visible(context).Select(j => j.ToProto()));
         return Task.FromResult(reply);
     }
 
     public override Task<JobInfo> Cancel(CancelJobRequest request, ServerCallContext context)
     {
-        var before = access.Job(context, request.JobId, "cancel").Snapshot().State;
+        var before = access.Job(context, request.JobId, "cancel").Status;
         var job = jobs.Cancel(request.JobId);
         access.Record(context, "job.cancel", ("job", job.Id), ("owner", job.Owner), ("state", before.ToString().ToLowerInvariant()));
-        return Task.FromResult(job.Snapshot());
+        return Task.FromResult(job.ToProto());
     }
 
     public override async Task Watch(WatchJobRequest request, IServerStreamWriter<JobEvent> responseStream, ServerCallContext context)
@@ -106,16 +106,16 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
         var job = access.Job(context, request.JobId, "history");
         var reply = new JobHistory();
         reply.Events.AddRange(job.History());
-        reply.Job = job.Snapshot();
+        reply.Job = job.ToProto();
         return Task.FromResult(reply);
     }
 
     public override async Task Download(DownloadRequest request, IServerStreamWriter<FileChunk> responseStream, ServerCallContext context)
     {
         var job = access.Job(context, request.JobId, "download");
-        var path = job.Snapshot().Checkpoint;
+        var path = job.Progress.Checkpoint;
         if (string.IsNullOrEmpty(path) || !File.Exists(path))
-            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {request.JobId} has no checkpoint yet (state {job.Snapshot().State})"));
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {request.JobId} has no checkpoint yet (state {job.Status.ToProto()})"));
         long sent = 0;
         var complete = false;
         try

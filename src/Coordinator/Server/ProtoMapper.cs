@@ -28,7 +28,7 @@ public static class ProtoMapper
         _ => throw new ArgumentOutOfRangeException(nameof(status), status, "no proto state for it"),
     };
 
-    /// <summary>A stored job's state (the job store keeps the proto record).</summary>
+    /// <summary>A job's state in a record of the job store's first format (proto bytes), migrated on open.</summary>
     public static JobStatus FromProto(JobState state) => state switch
     {
         JobState.Queued => JobStatus.Queued,
@@ -57,4 +57,96 @@ public static class ProtoMapper
         Cordoned = w.Cordoned,
         Message = w.Message,
     };
+
+    /// <summary>The job as the gRPC services, the dashboard and `dtrain status` show it: the only place a job's <see cref="JobInfo"/> is built.</summary>
+    public static JobInfo ToProto(this JobRecord job)
+    {
+        var (status, progress) = job.Read();
+        return job.ToProto(status, progress);
+    }
+
+    /// <summary>The job with this state and progress (read together, under the record's lock).</summary>
+    public static JobInfo ToProto(this JobRecord job, JobStatus status, JobProgress p)
+    {
+        var info = new JobInfo
+        {
+            JobId = job.Id,
+            Name = job.Spec.Name,
+            Task = job.Spec.Task,
+            Owner = job.Owner,
+            WorkersRequested = job.WorkersRequested,
+            SubmittedUnixMs = job.Submitted.ToUnixTimeMilliseconds(),
+            State = status.ToProto(),
+            Message = p.Message,
+            Step = p.Step,
+            TotalSteps = p.TotalSteps,
+            Epoch = p.Epoch,
+            Loss = p.Loss,
+            SamplesPerSecond = p.SamplesPerSecond,
+            StartedUnixMs = p.Started?.ToUnixTimeMilliseconds() ?? 0,
+            FinishedUnixMs = p.Finished?.ToUnixTimeMilliseconds() ?? 0,
+            Checkpoint = p.Checkpoint,
+            CheckpointSeconds = p.CheckpointSeconds,
+            CheckpointBytes = p.CheckpointBytes,
+            Parameters = p.Parameters,
+            ResumedFrom = p.ResumedFrom,
+            StartStep = p.StartStep,
+            MinWorkers = p.MinWorkers,
+            MaxWorkers = p.MaxWorkers,
+            Generation = p.Generation,
+            Restarts = p.Restarts,
+            LastEval = p.LastEval?.ToProto(),
+        };
+        info.WorkerIds.AddRange(p.WorkerIds);
+        return info;
+    }
+
+    /// <summary>The step event a restored job's history starts with: its last progress.</summary>
+    public static StepEvent LastStep(JobProgress p) => new()
+    {
+        Step = p.Step, TotalSteps = p.TotalSteps, Epoch = p.Epoch, Loss = p.Loss, SamplesPerSecond = p.SamplesPerSecond, Workers = p.WorkerIds.Count,
+    };
+
+    public static Metrics ToProto(this EvalMetrics m)
+    {
+        var proto = new Metrics { Loss = m.Loss, Count = m.Count };
+        if (m.Accuracy is { } a) proto.Accuracy = a;
+        if (m.MacroF1 is { } f) proto.MacroF1 = f;
+        if (m.Perplexity is { } pp) proto.Perplexity = pp;
+        if (m.BitsPerToken is { } b) proto.BitsPerToken = b;
+        return proto;
+    }
+
+    public static EvalMetrics FromProto(Metrics m) => new(m.Loss, m.Count)
+    {
+        Accuracy = m.HasAccuracy ? m.Accuracy : null,
+        MacroF1 = m.HasMacroF1 ? m.MacroF1 : null,
+        Perplexity = m.HasPerplexity ? m.Perplexity : null,
+        BitsPerToken = m.HasBitsPerToken ? m.BitsPerToken : null,
+    };
+
+    /// <summary>A job record of the job store's first format (its <see cref="JobInfo"/> as proto bytes), for the migration to the current one.</summary>
+    public static JobDocument FromProto(JobInfo i) => new(i.JobId, i.Name, i.Task, i.Owner, i.WorkersRequested, DateTimeOffset.FromUnixTimeMilliseconds(i.SubmittedUnixMs), FromProto(i.State), new JobProgress
+    {
+        Message = i.Message,
+        WorkerIds = [.. i.WorkerIds],
+        Step = i.Step,
+        TotalSteps = i.TotalSteps,
+        Epoch = i.Epoch,
+        Loss = i.Loss,
+        SamplesPerSecond = i.SamplesPerSecond,
+        LastEval = i.LastEval is { } m ? FromProto(m) : null,
+        Started = i.StartedUnixMs > 0 ? DateTimeOffset.FromUnixTimeMilliseconds(i.StartedUnixMs) : null,
+        Finished = i.FinishedUnixMs > 0 ? DateTimeOffset.FromUnixTimeMilliseconds(i.FinishedUnixMs) : null,
+        Checkpoint = i.Checkpoint,
+        CheckpointSeconds = i.CheckpointSeconds,
+        CheckpointBytes = i.CheckpointBytes,
+        Parameters = i.Parameters,
+        ResumedFrom = i.ResumedFrom,
+        StartStep = i.StartStep,
+        MinWorkers = i.MinWorkers,
+        MaxWorkers = i.MaxWorkers,
+        Generation = i.Generation,
+        Restarts = i.Restarts,
+    });
 }

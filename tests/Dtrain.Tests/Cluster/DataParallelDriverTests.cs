@@ -26,7 +26,7 @@ public class DataParallelDriverTests
         var prepared = await PreparedJob.LoadAsync(job, CancellationToken.None);
         await new DataParallelDriver(new CoordinatorOptions()).RunAsync(job, prepared, workers, CancellationToken.None);
 
-        var info = job.Snapshot();
+        var info = job.Progress;
         Assert.Equal(12, info.Step);
         Assert.Equal(12, info.TotalSteps);
         using var distributed = TrainedModel.Load(info.Checkpoint);

@@ -81,7 +81,7 @@ public class NonFiniteClusterTests
             await new DataParallelDriver(EveryStepChecked).RunAsync(job, prepared, workers, CancellationToken.None);
         }
 
-        var info = job.Snapshot();
+        var info = job.Progress;
         Assert.Equal(10, info.Step);
         var (steps, logs) = Events(job);
         Assert.Equal(Enumerable.Range(1, 10).Select(i => (long)i), steps.Select(s => s.Step));
