@@ -46,11 +46,12 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         }
 
         // Assign ranks: every replica builds the same model from the same seed; the checksums prove it. A worker that
-        // dies or is cut off meanwhile (before any step) is dropped and the others are assigned again, in a new generation.
+        // dies or is cut off meanwhile (before any step) is dropped and the others are assigned again, in a new generation,
+        // at most Coordinator:AssignAttempts times in all, with a doubling wait between attempts.
         IJobWorkers workers;
         int world;
         AssignReply[] assigned;
-        while (true)
+        for (var attempt = 1; ; attempt++)
         {
             workers = fleet.Workers;
             world = workers.Members.Count;
@@ -66,7 +67,11 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
             catch (Exception e) when (!cancel.IsCancellationRequested && e is JobFailure or Grpc.Core.RpcException)
             {
                 if (!await fleet.AbsorbsAsync(e, cancel).ConfigureAwait(false)) throw;
-                job.Publish(new JobEvent { Log = $"generation {fleet.Generation}: the assignment failed before step {prepared.StartStep}: {e.Message}; assigning again without it" });
+                if (attempt >= options.AssignAttempts)
+                    throw new JobFailure($"assigning the job's workers failed {attempt} time(s) before step {prepared.StartStep} (Coordinator:AssignAttempts = {options.AssignAttempts}); the last attempt: {e.Message}") { Terminal = true };
+                var backoff = options.AssignBackoffSeconds * Math.Pow(2, Math.Min(attempt - 1, 4));
+                job.Publish(new JobEvent { Log = $"generation {fleet.Generation}: the assignment failed before step {prepared.StartStep} (attempt {attempt} of {options.AssignAttempts}): {e.Message}; assigning again without it in {backoff:0.##} s" });
+                await Task.Delay(TimeSpan.FromSeconds(backoff), cancel).ConfigureAwait(false);
                 await fleet.ReassignAsync(e.Message, cancel).ConfigureAwait(false);
             }
         }
