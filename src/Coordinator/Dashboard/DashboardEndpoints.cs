@@ -61,7 +61,7 @@ public static class DashboardEndpoints
         Get("/api/jobs/{id}/history", (HttpContext http, string id) => Api(http, caller =>
         {
             var job = Job(http, caller, id, "history");
-            var rows = MetricsTable.Rows(job.History());
+            var rows = MetricsTable.Rows(job.History().Select(ProtoMapper.EventOf));
             return new JsonObject { ["job"] = JobJson(job.ToProto(), Services(http).Clock.GetUtcNow()), ["rows"] = new JsonArray([.. rows.Select(RowJson)]) };
         }));
         Get("/api/jobs/{id}/metrics.csv", MetricsCsv);
@@ -374,7 +374,7 @@ public static class DashboardEndpoints
         try
         {
             var job = Job(http, Authenticate(http), id, "metrics");
-            var csv = MetricsTable.Csv(MetricsTable.Rows(job.History()));
+            var csv = MetricsTable.Csv(MetricsTable.Rows(job.History().Select(ProtoMapper.EventOf)));
             return Results.File(Encoding.UTF8.GetBytes(csv), "text/csv", $"{job.Id}-metrics.csv");
         }
         catch (Refusal r)
@@ -459,7 +459,8 @@ public static class DashboardEndpoints
                 try
                 {
                     if (!await reader.WaitToReadAsync(cancel.Token).ConfigureAwait(false)) break;
-                    if (!reader.TryRead(out e!)) continue;
+                    if (!reader.TryRead(out var notice)) continue;
+                    e = job.ToProto(notice);
                 }
                 catch (OperationCanceledException)
                 {

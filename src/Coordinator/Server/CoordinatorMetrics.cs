@@ -214,7 +214,7 @@ public sealed class CoordinatorMetrics : BackgroundService
         {
             await foreach (var e in reader.ReadAllAsync(stop).ConfigureAwait(false))
             {
-                if (e.Step is not { } s) continue;
+                if (e is not JobNotice.Step { Report: var s }) continue;
                 var id = job.Id;
                 steps.WithLabels(id).Inc();
                 if (s.Skipped) skipped.WithLabels(id).Inc();

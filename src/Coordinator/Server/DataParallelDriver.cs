@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using Dtrain.Checkpoints;
 using Dtrain.Distributed;
-using Dtrain.Protos.Jobs;
 using Dtrain.Protos.Worker;
 using Dtrain.Specs;
 using Dtrain.Training;
@@ -70,13 +69,13 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                 if (attempt >= options.AssignAttempts)
                     throw new JobFailure($"assigning the job's workers failed {attempt} time(s) before step {prepared.StartStep} (Coordinator:AssignAttempts = {options.AssignAttempts}); the last attempt: {e.Message}") { Terminal = true };
                 var backoff = options.AssignBackoffSeconds * Math.Pow(2, Math.Min(attempt - 1, 4));
-                job.Publish(new JobEvent { Log = $"generation {fleet.Generation}: the assignment failed before step {prepared.StartStep} (attempt {attempt} of {options.AssignAttempts}): {e.Message}; assigning again without it in {backoff:0.##} s" });
+                job.Log($"generation {fleet.Generation}: the assignment failed before step {prepared.StartStep} (attempt {attempt} of {options.AssignAttempts}): {e.Message}; assigning again without it in {backoff:0.##} s");
                 await Task.Delay(TimeSpan.FromSeconds(backoff), cancel).ConfigureAwait(false);
                 await fleet.ReassignAsync(e.Message, cancel).ConfigureAwait(false);
             }
         }
         job.Transition(JobTrigger.Run, "", p => p with { Parameters = assigned[0].Parameters, TotalSteps = total });
-        job.Publish(new JobEvent { Log = $"{world} worker(s): {string.Join(", ", workers.Members.Select((w, r) => $"rank {r} = {w.Id} {w.Address}"))}; {assigned[0].Parameters:N0} parameters, {total} steps" });
+        job.Log($"{world} worker(s): {string.Join(", ", workers.Members.Select((w, r) => $"rank {r} = {w.Id} {w.Address}"))}; {assigned[0].Parameters:N0} parameters, {total} steps");
 
         var progress = new Progress { Next = prepared.StartStep, Clock = Stopwatch.StartNew(), NonFinite = new NonFiniteSteps(spec, prepared.NonFiniteBefore) };
         while (true)
@@ -117,8 +116,8 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                 job.Ledger.Commit(step, before, beforeGeneration, beforeMembers);
             progress.Next = change.NextStep;
             CheckBatch(spec, change.Members.Count);
-            job.Publish(new JobEvent { Log = $"generation {change.Generation}: {change.Members.Count} worker(s) ({string.Join(", ", change.Members)}) from step {change.NextStep}" +
-                (change.Gone.Count > 0 ? $"; without {string.Join(", ", change.Gone)}" : "") + (change.Joined.Count > 0 ? $"; admitted {string.Join(", ", change.Joined)}" : "") + $" ({reason})" });
+            job.Log($"generation {change.Generation}: {change.Members.Count} worker(s) ({string.Join(", ", change.Members)}) from step {change.NextStep}" +
+                (change.Gone.Count > 0 ? $"; without {string.Join(", ", change.Gone)}" : "") + (change.Joined.Count > 0 ? $"; admitted {string.Join(", ", change.Joined)}" : "") + $" ({reason})");
         }
     }
 
@@ -212,18 +211,18 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                 recentMs.Enqueue(stepMs);
                 if (recentMs.Count > 20) recentMs.Dequeue();
                 job.Update(p => p with { Step = done, Epoch = epoch, Loss = loss, SamplesPerSecond = sps }, publishState: false);
-                job.Publish(new JobEvent { Step = new StepEvent
+                job.PublishStep(new StepReport
                 {
                     Step = done, TotalSteps = total, Epoch = epoch, Loss = loss, Lr = current.Lr, SamplesPerSecond = sps, ElapsedSeconds = prepared.ElapsedBefore + elapsed, EtaSeconds = eta, Workers = world,
                     ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs),
                     // From when this step could start (sent, and the step before it finished) to its last reply.
                     StepMs = stepMs, GradNorm = replies[0].GradNorm,
                     Skipped = skipped is not null, Nonfinite = skipped is null ? "" : replies[0].Nonfinite,
-                } });
+                });
                 progress.LastDoneMs = finishedMs;
                 if (skipped is not null)
                 {
-                    job.Publish(new JobEvent { Log = skipped.Line });
+                    job.Log(skipped.Line);
                     if (skipped.Failure is { } failure) throw new JobFailure(failure) { Terminal = true };
                 }
 
@@ -355,7 +354,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         var path = store.Save(data);
         var size = new FileInfo(path).Length;
         job.Update(p => p with { Checkpoint = path, CheckpointSeconds = clock.Elapsed.TotalSeconds, CheckpointBytes = size }, publishState: false);
-        job.Publish(new JobEvent { Log = $"step {step}: checkpoint {path}" });
+        job.Log($"step {step}: checkpoint {path}");
     }
 
     /// <summary>Every worker needs at least one row of the global batch.</summary>

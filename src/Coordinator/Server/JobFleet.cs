@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using Dtrain.Protos.Jobs;
 using Dtrain.Protos.Worker;
 using Grpc.Core;
 using Microsoft.Extensions.Logging;
@@ -182,7 +181,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
             why.Add(cause);
             if (lost) registry.MarkLost(w.Id, cause);
             else registry.Detach(w.Id, job.Id);
-            job.Publish(new JobEvent { Log = $"generation {generation}: without {cause}" });
+            job.Log($"generation {generation}: without {cause}");
         }
         while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != MembershipState.Draining);
 
@@ -273,7 +272,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
             foreach (var w in leaving)
             {
                 gone.Add(w.Id);
-                job.Publish(new JobEvent { Log = $"generation {generation}: without worker {w.Id} ({w.Address}): drained; it stays up, cordoned" });
+                job.Log($"generation {generation}: without worker {w.Id} ({w.Address}): drained; it stays up, cordoned");
             }
             await GrpcJobWorkers.ReleaseAsync(leaving, clients, registry, job.Id, "drained", options.ReleaseTimeoutSeconds, log).ConfigureAwait(false);
             foreach (var w in leaving) registry.Detach(w.Id, job.Id);
@@ -328,7 +327,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
             why.Add(cause);
             if (lost) registry.MarkLost(w.Id, cause);
             else registry.Detach(w.Id, job.Id);
-            job.Publish(new JobEvent { Log = $"generation {generation}: assigning again without {cause}" });
+            job.Log($"generation {generation}: assigning again without {cause}");
         }
         while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != MembershipState.Draining);
 

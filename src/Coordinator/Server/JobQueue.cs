@@ -90,7 +90,7 @@ public sealed partial class JobManager
                 if (head is not null)
                 {
                     log.LogInformation("job {Id} starts ahead of {Head} (backfill: {Head} waits for {Need} workers to register)", job.Id, head.Id, head.Id, headNeed);
-                    job.Publish(new JobEvent { Log = $"started ahead of {head.Id}, which waits for {headNeed} workers while fewer can take jobs (backfill)" });
+                    job.Log($"started ahead of {head.Id}, which waits for {headNeed} workers while fewer can take jobs (backfill)");
                 }
                 Start(job, workers, stop);
                 continue;

@@ -1,6 +1,5 @@
 using System.Threading.Channels;
 using Dtrain.Data;
-using Dtrain.Protos.Jobs;
 using Dtrain.Specs;
 
 namespace Dtrain.Server;
@@ -12,10 +11,10 @@ namespace Dtrain.Server;
 public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRequested, DateTimeOffset submitted, string owner = "")
 {
     private readonly Lock gate = new();
-    private readonly List<JobEvent> history = [];
-    private readonly List<Channel<JobEvent>> watchers = [];
+    private readonly List<JobNotice> history = [];
+    private readonly List<Channel<JobNotice>> watchers = [];
     // Step and evaluation events: numbered, and kept in the store (in memory only when the record has none).
-    private readonly List<JobEvent> unstored = [];
+    private readonly List<JobNotice> unstored = [];
     private long eventSeq;
     private const int MaxHistory = 2000;
 
@@ -94,9 +93,12 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
             DataLimits = limits,
         };
         record.Ledger.Restore(stored.Ledger);
-        record.history.Add(new JobEvent { State = record.ToProto(d.Status, d.Progress) });
+        record.history.Add(new JobNotice.State(d.Status, d.Progress));
         if (d.Progress.Step > 0)
-            record.history.Add(new JobEvent { Step = ProtoMapper.LastStep(d.Progress) });
+        {
+            var p = d.Progress;
+            record.history.Add(new JobNotice.Step(new StepReport { Step = p.Step, TotalSteps = p.TotalSteps, Epoch = p.Epoch, Loss = p.Loss, SamplesPerSecond = p.SamplesPerSecond, Workers = p.WorkerIds.Count }));
+        }
         return record;
     }
 
@@ -167,7 +169,7 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
         // A change of state (or of checkpoint, generation, restarts) is on disk before the caller goes on; progress is batched.
         if (durable) Store?.SaveNow(this);
         else Store?.SaveSoon(this);
-        if (publishState) Publish(new JobEvent { State = this.ToProto(status, after) });
+        if (publishState) Publish(new JobNotice.State(status, after));
         return true;
     }
 
@@ -177,25 +179,35 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
         if (Spec.Task == TaskKinds.LanguageModel)
             metrics = metrics with { Perplexity = Math.Exp(metrics.Loss), BitsPerToken = metrics.Loss / Math.Log(2) };
         Update(p => p with { LastEval = metrics }, publishState: false);
-        Publish(new JobEvent { Eval = new EvalEvent { Step = step, Metrics = metrics.ToProto() } });
+        Publish(new JobNotice.Eval(step, metrics));
     }
 
     /// <summary>Publishes the record as it is now to watchers (a state event).</summary>
-    public void PublishState() => Publish(new JobEvent { State = this.ToProto() });
-
-    public void Publish(JobEvent e)
+    public void PublishState()
     {
-        Channel<JobEvent>[] targets;
+        var (status, p) = Read();
+        Publish(new JobNotice.State(status, p));
+    }
+
+    /// <summary>Publishes a line of the job's log to its watchers (not kept in the store).</summary>
+    public void Log(string text) => Publish(new JobNotice.Log(text));
+
+    /// <summary>Publishes a committed step to the job's watchers and keeps it in the job's metrics history.</summary>
+    public void PublishStep(StepReport step) => Publish(new JobNotice.Step(step));
+
+    public void Publish(JobNotice e)
+    {
+        Channel<JobNotice>[] targets;
         lock (gate)
         {
             // Keep every state change; drop the oldest step events when the history grows long.
             if (history.Count >= MaxHistory)
             {
-                var i = history.FindIndex(x => x.KindCase == JobEvent.KindOneofCase.Step);
+                var i = history.FindIndex(x => x is JobNotice.Step);
                 history.RemoveAt(i >= 0 ? i : 0);
             }
             history.Add(e);
-            if (e.KindCase is JobEvent.KindOneofCase.Step or JobEvent.KindOneofCase.Eval)
+            if (e is JobNotice.Step or JobNotice.Eval)
             {
                 if (Store is { } store) store.Recorded(Id, ++eventSeq, e);
                 else unstored.Add(e);
@@ -203,7 +215,7 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
             targets = [.. watchers];
         }
         foreach (var w in targets) w.Writer.TryWrite(e);
-        if (e.KindCase == JobEvent.KindOneofCase.State && IsFinished)
+        if (e is JobNotice.State && IsFinished)
         {
             lock (gate)
             {
@@ -218,7 +230,7 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     /// has them too): what `dtrain metrics` exports and the dashboard draws. Events published after this call reach
     /// watchers (<see cref="Watch"/>).
     /// </summary>
-    public IReadOnlyList<JobEvent> History()
+    public IReadOnlyList<JobNotice> History()
     {
         if (Store is { } store)
         {
@@ -229,9 +241,9 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     }
 
     /// <summary>The events so far followed by live ones; completes when the job has finished.</summary>
-    public ChannelReader<JobEvent> Watch()
+    public ChannelReader<JobNotice> Watch()
     {
-        var channel = Channel.CreateBounded<JobEvent>(new BoundedChannelOptions(10_000) { FullMode = BoundedChannelFullMode.DropOldest });
+        var channel = Channel.CreateBounded<JobNotice>(new BoundedChannelOptions(10_000) { FullMode = BoundedChannelFullMode.DropOldest });
         lock (gate)
         {
             foreach (var e in history) channel.Writer.TryWrite(e);
@@ -241,7 +253,7 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
         return channel.Reader;
     }
 
-    public void Unwatch(ChannelReader<JobEvent> reader)
+    public void Unwatch(ChannelReader<JobNotice> reader)
     {
         lock (gate) watchers.RemoveAll(c => c.Reader == reader);
     }

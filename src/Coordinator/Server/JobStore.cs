@@ -131,10 +131,15 @@ public sealed class JobStore : IDisposable
     /// Queues a step or evaluation event of <paramref name="jobId"/> (<paramref name="seq"/>: its place among the job's
     /// events), written with the next flush: a fast job's steps cost one transaction a second, not one each.
     /// </summary>
-    public void Recorded(string jobId, long seq, JobEvent e)
+    public void Recorded(string jobId, long seq, JobNotice e)
     {
-        var bytes = e.ToByteArray();
-        var step = e.KindCase == JobEvent.KindOneofCase.Eval ? e.Eval.Step : e.Step.Step;
+        var bytes = ProtoMapper.EventOf(e).ToByteArray();
+        var step = e switch
+        {
+            JobNotice.Eval v => v.AtStep,
+            JobNotice.Step s => s.Report.Step,
+            _ => throw new ArgumentException($"only step and evaluation events are kept, not {e.GetType().Name}", nameof(e)),
+        };
         lock (pendingGate)
             ledgerOps.Add(tx => Run(tx, "INSERT OR REPLACE INTO events (job_id, seq, step, event) VALUES ($id, $seq, $step, $event)",
                 ("$id", jobId), ("$seq", seq), ("$step", step), ("$event", bytes)));
@@ -145,9 +150,9 @@ public sealed class JobStore : IDisposable
     /// queued ones), in order. Read on a connection of its own (the log lets readers and the writer go side by side), so
     /// a long history read by the dashboard never holds up the training loop's writes.
     /// </summary>
-    public IReadOnlyList<JobEvent> Events(string jobId, out long lastSeq)
+    public IReadOnlyList<JobNotice> Events(string jobId, out long lastSeq)
     {
-        var events = new List<JobEvent>();
+        var events = new List<JobNotice>();
         lastSeq = 0;
         using var reader = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = Path, Mode = SqliteOpenMode.ReadOnly, Pooling = false }.ToString());
         reader.Open();
@@ -160,9 +165,9 @@ public sealed class JobStore : IDisposable
             lastSeq = r.GetInt64(0);
             try
             {
-                events.Add(JobEvent.Parser.ParseFrom((byte[])r[1]));
+                events.Add(ProtoMapper.FromProto(JobEvent.Parser.ParseFrom((byte[])r[1])));
             }
-            catch (InvalidProtocolBufferException e)
+            catch (Exception e) when (e is InvalidProtocolBufferException or InvalidDataException)
             {
                 log.LogError("{Path}: event {Seq} of job {Id} is damaged ({Message}); left out", Path, lastSeq, jobId, e.Message);
             }

@@ -54,7 +54,7 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
         try
         {
             await foreach (var e in reader.ReadAllAsync(context.CancellationToken).ConfigureAwait(false))
-                await responseStream.WriteAsync(e, context.CancellationToken).ConfigureAwait(false);
+                await responseStream.WriteAsync(job.ToProto(e), context.CancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -105,7 +105,7 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
     {
         var job = access.Job(context, request.JobId, "history");
         var reply = new JobHistory();
-        reply.Events.AddRange(job.History());
+        reply.Events.AddRange(job.History().Select(ProtoMapper.EventOf));
         reply.Job = job.ToProto();
         return Task.FromResult(reply);
     }

@@ -2,7 +2,6 @@ using System.Diagnostics;
 using Dtrain.Checkpoints;
 using Dtrain.Distributed;
 using Dtrain.Distributed.Pipeline;
-using Dtrain.Protos.Jobs;
 using Dtrain.Protos.Worker;
 using Dtrain.Runtime;
 using Dtrain.Training;
@@ -74,9 +73,9 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         await ResumeLoader.LoadAsync(job, prepared, workers, assigned, cancel).ConfigureAwait(false);
         var start = prepared.StartStep;
         job.Transition(JobTrigger.Run, "", p => p with { Parameters = layout.Model.Total, TotalSteps = total });
-        job.Publish(new JobEvent { Log = $"pipeline: {d} replica(s) × {k} stages, {pipeline.Microbatches} micro-batch(es), {pipeline.Schedule}; " +
+        job.Log($"pipeline: {d} replica(s) × {k} stages, {pipeline.Microbatches} micro-batch(es), {pipeline.Schedule}; " +
             string.Join(", ", Enumerable.Range(0, n).Select(slot => $"replica {slot / k} stage {slot % k} (layers {layout.Stages[slot % k].FirstLayer}-{layout.Stages[slot % k].EndLayer - 1}) = {workers.Members[slot].Id} {workers.Members[slot].Address}")) +
-            $"; {layout.Model.Total:N0} parameters, {total} steps" });
+            $"; {layout.Model.Total:N0} parameters, {total} steps");
 
         using var torch = new TorchThread($"gather-{job.Id}", 1);
         var globalCounts = new Dictionary<long, long>();
@@ -115,18 +114,17 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             var stepMs = clock.Elapsed.TotalMilliseconds - started;
             var epoch = shards.PositionOf(step).Epoch;
             job.Update(p => p with { Step = done, Epoch = epoch, Loss = loss, SamplesPerSecond = samples / Math.Max(1e-9, runSeconds) }, publishState: false);
-            var e = new StepEvent
+            job.PublishStep(new StepReport
             {
                 Step = done, TotalSteps = total, Epoch = epoch, Loss = loss, Lr = lr, SamplesPerSecond = samples / Math.Max(1e-9, runSeconds), ElapsedSeconds = elapsed,
                 EtaSeconds = runSeconds / (done - start) * (total - done), Workers = n, ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs), StepMs = stepMs, GradNorm = norm,
                 Bubble = replies.Average(r => r.IdleMs / Math.Max(1e-9, r.IdleMs + r.ComputeMs)),
                 Skipped = skipped is not null, Nonfinite = why is null ? "" : double.IsFinite(loss) ? NonFiniteCauses.Gradient : NonFiniteCauses.Loss,
-            };
-            e.StageComputeMs.AddRange(Enumerable.Range(0, k).Select(s => Enumerable.Range(0, d).Max(r => replies[Slot(r, s)].ComputeMs)));
-            job.Publish(new JobEvent { Step = e });
+                StageComputeMs = [.. Enumerable.Range(0, k).Select(s => Enumerable.Range(0, d).Max(r => replies[Slot(r, s)].ComputeMs))],
+            });
             if (skipped is not null)
             {
-                job.Publish(new JobEvent { Log = skipped.Line });
+                job.Log(skipped.Line);
                 if (skipped.Failure is { } failure) throw new JobFailure(failure) { Terminal = true };
             }
 
@@ -146,7 +144,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
                 var path = store.Save(checkpoint);
                 var size = new FileInfo(path).Length;
                 job.Update(p => p with { Checkpoint = path, CheckpointSeconds = saving.Elapsed.TotalSeconds, CheckpointBytes = size }, publishState: false);
-                job.Publish(new JobEvent { Log = $"step {done}: checkpoint {path} (gathered from {k} stages)" });
+                job.Log($"step {done}: checkpoint {path} (gathered from {k} stages)");
             }
         }
     }

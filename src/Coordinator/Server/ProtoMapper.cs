@@ -101,10 +101,45 @@ public static class ProtoMapper
         return info;
     }
 
-    /// <summary>The step event a restored job's history starts with: its last progress.</summary>
-    public static StepEvent LastStep(JobProgress p) => new()
+    /// <summary>A notice of <paramref name="job"/> as the Watch and History RPCs stream it.</summary>
+    public static JobEvent ToProto(this JobRecord job, JobNotice notice) =>
+        notice is JobNotice.State s ? new JobEvent { State = job.ToProto(s.Status, s.Progress) } : EventOf(notice);
+
+    /// <summary>A step, evaluation or log notice as a proto event (a state notice needs its job: <see cref="ToProto(JobRecord, JobNotice)"/>); the store keeps step and evaluation events so.</summary>
+    public static JobEvent EventOf(JobNotice notice) => notice switch
     {
-        Step = p.Step, TotalSteps = p.TotalSteps, Epoch = p.Epoch, Loss = p.Loss, SamplesPerSecond = p.SamplesPerSecond, Workers = p.WorkerIds.Count,
+        JobNotice.Step s => new JobEvent { Step = s.Report.ToProto() },
+        JobNotice.Eval v => new JobEvent { Eval = new EvalEvent { Step = v.AtStep, Metrics = v.Metrics.ToProto() } },
+        JobNotice.Log l => new JobEvent { Log = l.Text },
+        _ => throw new ArgumentException($"a {notice.GetType().Name} notice needs its job", nameof(notice)),
+    };
+
+    /// <summary>A stored step or evaluation event.</summary>
+    public static JobNotice FromProto(JobEvent e) => e.KindCase switch
+    {
+        JobEvent.KindOneofCase.Step => new JobNotice.Step(FromProto(e.Step)),
+        JobEvent.KindOneofCase.Eval => new JobNotice.Eval(e.Eval.Step, FromProto(e.Eval.Metrics ?? new Metrics())),
+        JobEvent.KindOneofCase.Log => new JobNotice.Log(e.Log),
+        _ => throw new InvalidDataException($"a stored event of kind {e.KindCase}: only steps, evaluations and log lines are kept"),
+    };
+
+    public static StepEvent ToProto(this StepReport s)
+    {
+        var e = new StepEvent
+        {
+            Step = s.Step, TotalSteps = s.TotalSteps, Epoch = s.Epoch, Loss = s.Loss, Lr = s.Lr, SamplesPerSecond = s.SamplesPerSecond,
+            ElapsedSeconds = s.ElapsedSeconds, EtaSeconds = s.EtaSeconds, Workers = s.Workers, ComputeMs = s.ComputeMs, AllreduceMs = s.AllreduceMs,
+            StepMs = s.StepMs, Bubble = s.Bubble, Skipped = s.Skipped, Nonfinite = s.Nonfinite, GradNorm = s.GradNorm,
+        };
+        e.StageComputeMs.AddRange(s.StageComputeMs);
+        return e;
+    }
+
+    public static StepReport FromProto(StepEvent e) => new()
+    {
+        Step = e.Step, TotalSteps = e.TotalSteps, Epoch = e.Epoch, Loss = e.Loss, Lr = e.Lr, SamplesPerSecond = e.SamplesPerSecond,
+        ElapsedSeconds = e.ElapsedSeconds, EtaSeconds = e.EtaSeconds, Workers = e.Workers, ComputeMs = e.ComputeMs, AllreduceMs = e.AllreduceMs,
+        StepMs = e.StepMs, StageComputeMs = [.. e.StageComputeMs], Bubble = e.Bubble, Skipped = e.Skipped, Nonfinite = e.Nonfinite, GradNorm = e.GradNorm,
     };
 
     public static Metrics ToProto(this EvalMetrics m)

@@ -188,7 +188,7 @@ public sealed class StallMonitor(CoordinatorOptions options, WorkerRegistry regi
                 lock (current) current.Remove(job.Id);
                 var line = string.Create(CultureInfo.InvariantCulture, $"stall cleared after {(now - before.Since).TotalSeconds:F0} s (at step {progress.Step})");
                 log.LogInformation("job {Id}: {Line}", job.Id, line);
-                job.Publish(new JobEvent { Log = line });
+                job.Log(line);
                 continue;
             }
             if (had && before.Stall.Culprits.SequenceEqual(stall.Culprits))
@@ -200,7 +200,7 @@ public sealed class StallMonitor(CoordinatorOptions options, WorkerRegistry regi
             log.LogWarning("job {Id}: stall warning (Coordinator:StallWarningSeconds = {Seconds} s): {Text}", job.Id, options.StallWarningSeconds, stall.Text);
             // Watchers include submitters, who see worker ids but not names (`dtrain status` shows names to those who may list workers).
             var forWatchers = StallDiagnosis.Diagnose(workers, now, options.StallWarningSeconds, SilentSeconds, names: false) ?? stall;
-            job.Publish(new JobEvent { Log = $"stall warning: {forWatchers.Text}" });
+            job.Log($"stall warning: {forWatchers.Text}");
         }
         lock (current)
         {

@@ -36,8 +36,9 @@ public class DataParallelDriverTests
         var steps = new List<StepEvent>();
         var evals = new List<EvalEvent>();
         var history = job.Watch();
-        while (history.TryRead(out var e))
+        while (history.TryRead(out var notice))
         {
+            var e = job.ToProto(notice);
             if (e.Step is { } s) steps.Add(s);
             if (e.Eval is { } v) evals.Add(v);
         }

@@ -300,7 +300,7 @@ public class JobStoreTests
             Assert.Equal(running, restored.ToProto());
             Assert.Equal(queued, JobRecord.Restore(b, spec, Path.Combine(tmp.Path, "jobs", "job-0005"), Dtrain.Data.DataReadLimits.Local).ToProto());
             // The other tables are untouched.
-            Assert.Equal(3, Assert.Single(store.Events("job-0004", out _)).Step.Step);
+            Assert.Equal(3, Assert.IsType<JobNotice.Step>(Assert.Single(store.Events("job-0004", out _))).Report.Step);
             Assert.Equal("dave", Assert.Single(store.LoadUploads()).Owner);
             // And the migrated store is written in the new format from now on.
             restored.Persist(store);

@@ -37,8 +37,9 @@ public class NonFiniteClusterTests
         var steps = new List<StepEvent>();
         var logs = new List<string>();
         var history = job.Watch();
-        while (history.TryRead(out var e))
+        while (history.TryRead(out var notice))
         {
+            var e = job.ToProto(notice);
             if (e.Step is { } s) steps.Add(s);
             if (e.KindCase == JobEvent.KindOneofCase.Log) logs.Add(e.Log);
         }
