@@ -1,7 +1,6 @@
 using System.Collections.Concurrent;
 using System.Globalization;
 using Dtrain.Checkpoints;
-using Dtrain.Protos.Jobs;
 using Dtrain.Specs;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -25,7 +24,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
     private long enqueued;
 
     /// <summary>Validates and queues a job; <paramref name="owner"/> is the submitting token's name ("" when auth is off).</summary>
-    public JobRecord Submit(SubmitRequest request, string owner = "")
+    public JobRecord Submit(JobSubmission request, string owner = "")
     {
         if (request.Workers < 0 || request.Workers > options.MaxWorkersPerJob)
             throw new ArgumentException($"workers {request.Workers} must be in [0, {options.MaxWorkersPerJob}] (0 = all idle workers; at most Coordinator:MaxWorkersPerJob = {options.MaxWorkersPerJob} per job)");
@@ -235,5 +234,5 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
     /// Checks the spec's data files and moves its uploads into the job directory, pointing the spec at the files the job
     /// reads: its uploads, or regular files under the coordinator's data roots (see <see cref="DataAccess"/>).
     /// </summary>
-    private JobSpec StoreFiles(JobSpec spec, SubmitRequest request, string dataDir, string source) => data.Place(spec, request, dataDir, source);
+    private JobSpec StoreFiles(JobSpec spec, JobSubmission request, string dataDir, string source) => data.Place(spec, request, dataDir, source);
 }

@@ -47,3 +47,27 @@ public abstract record JobNotice
 
     public sealed record Log(string Text) : JobNotice;
 }
+
+/// <summary>
+/// A job as submitted (the domain's own type; the Submit RPC's request is mapped to it at the service edge):
+/// its spec (empty only to resume a job with that job's spec), how many workers, data files sent with it, and what
+/// it resumes from.
+/// </summary>
+public sealed record JobSubmission
+{
+    public string SpecJson { get; init; } = "";
+    /// <summary>Workers to start with; 0 = all idle workers when the job starts (a pipeline: D × K).</summary>
+    public int Workers { get; init; }
+    /// <summary>Name of the spec file, for messages only ("" = "submitted spec").</summary>
+    public string Source { get; init; } = "";
+    /// <summary>Small data files sent inline, by the path written in the spec.</summary>
+    public IReadOnlyDictionary<string, ReadOnlyMemory<byte>> Files { get; init; } = new Dictionary<string, ReadOnlyMemory<byte>>();
+    /// <summary>Data files uploaded beforehand, by the path written in the spec: their upload handles.</summary>
+    public IReadOnlyDictionary<string, string> UploadedFiles { get; init; } = new Dictionary<string, string>();
+    /// <summary>Resume from the newest checkpoint of this job ("" = not), or from this uploaded checkpoint.</summary>
+    public string ResumeJob { get; init; } = "";
+    public string ResumeUpload { get; init; } = "";
+    /// <summary>Elastic bounds: 0 = the default (1; the number it starts with).</summary>
+    public int MinWorkers { get; init; }
+    public int MaxWorkers { get; init; }
+}

@@ -1,5 +1,4 @@
 using System.Globalization;
-using Dtrain.Protos.Jobs;
 using Dtrain.Specs;
 using Microsoft.Extensions.Logging;
 
@@ -23,7 +22,7 @@ public sealed partial class JobManager
     /// max_workers at most Coordinator:MaxWorkersPerJob and Coordinator:MaxWorkers; a pipeline job exactly D × K
     /// workers (--workers 0 stands for that when parallelism.data is set).
     /// </summary>
-    private int RunnableWorkers(SubmitRequest request, JobSpec spec, string source)
+    private int RunnableWorkers(JobSubmission request, JobSpec spec, string source)
     {
         var workers = request.Workers;
         if (spec.Parallelism?.Pipeline is { } pipeline)

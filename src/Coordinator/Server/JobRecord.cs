@@ -79,8 +79,8 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     }
 
     /// <summary>
-    /// A job as an earlier coordinator run left it in its store: its info, ledger and place in the queue; its event
-    /// history starts with that state and its last progress.
+    /// A job as an earlier coordinator run left it in its store: its state, progress, ledger and place in the queue; its
+    /// event history starts with that state and its last progress.
     /// </summary>
     public static JobRecord Restore(StoredJob stored, JobSpec spec, string dir, DataReadLimits limits)
     {

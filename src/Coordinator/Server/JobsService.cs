@@ -24,7 +24,7 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
             if (jobs.Knows(request.ResumeJob)) access.Job(context, request.ResumeJob, "resume");
             else if (Caller.Of(context).Role != Role.Admin) throw new RpcException(new Status(StatusCode.NotFound, JobAccess.NotFoundMessage(request.ResumeJob)));
         }
-        var job = jobs.Submit(request, Caller.Of(context).Name);
+        var job = jobs.Submit(request.FromProto(), Caller.Of(context).Name);
         access.Record(context, "job.submit", ("job", job.Id), ("name", job.Spec.Name), ("workers", request.Workers), ("source", request.Source));
         return Task.FromResult(new SubmitReply { JobId = job.Id });
     }

@@ -101,6 +101,20 @@ public static class ProtoMapper
         return info;
     }
 
+    /// <summary>A Submit request as the job manager takes it.</summary>
+    public static JobSubmission FromProto(this SubmitRequest r) => new()
+    {
+        SpecJson = r.SpecJson,
+        Workers = r.Workers,
+        Source = r.Source,
+        Files = r.Files.ToDictionary(f => f.Key, f => f.Value.Memory, StringComparer.Ordinal),
+        UploadedFiles = r.UploadedFiles.ToDictionary(f => f.Key, f => f.Value, StringComparer.Ordinal),
+        ResumeJob = r.ResumeJob,
+        ResumeUpload = r.ResumeUpload,
+        MinWorkers = r.MinWorkers,
+        MaxWorkers = r.MaxWorkers,
+    };
+
     /// <summary>A notice of <paramref name="job"/> as the Watch and History RPCs stream it.</summary>
     public static JobEvent ToProto(this JobRecord job, JobNotice notice) =>
         notice is JobNotice.State s ? new JobEvent { State = job.ToProto(s.Status, s.Progress) } : EventOf(notice);
