@@ -1,5 +1,4 @@
 using System.Text.Json;
-using Dtrain.Protos.Jobs;
 using Dtrain.Rpc;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
@@ -115,8 +114,8 @@ public sealed class CoordinatorMetrics : BackgroundService
             jobsByState.WithLabels(Name(s)).Set(all.Count(j => j.State.Status == s));
         queueLength.Set(all.Count(j => j.State.Status == JobStatus.Queued));
         var workers = registry.Snapshot();
-        foreach (var s in Enum.GetValues<WorkerState>().Where(s => s != WorkerState.Unspecified))
-            workersByState.WithLabels(Name(s)).Set(workers.Count(w => w.State.ToProto() == s));
+        foreach (var s in Enum.GetValues<MembershipState>())
+            workersByState.WithLabels(Name(s)).Set(workers.Count(w => w.State == s));
         var culprits = stalls.StalledWorkers();
         var now = clock.GetUtcNow();
         foreach (var (id, (status, j)) in all)
