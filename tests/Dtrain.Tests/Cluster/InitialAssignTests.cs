@@ -208,4 +208,13 @@ public class InitialAssignTests
         Assert.Equal(2, logs.Count(l => l.Contains("the assignment failed before step 0", StringComparison.Ordinal) && l.Contains("assigning again", StringComparison.Ordinal)));
         Assert.Contains(logs, l => l.Contains("(attempt 2 of 3)", StringComparison.Ordinal));
     }
+
+    [Fact]
+    public void AssignAttempts_and_AssignBackoffSeconds_are_validated_naming_the_key()
+    {
+        var errors = new CoordinatorOptions { AssignAttempts = 0, AssignBackoffSeconds = -1 }.Validate();
+        Assert.Equal(["Coordinator:AssignAttempts 0 must be >= 1", "Coordinator:AssignBackoffSeconds -1 must be a number of seconds >= 0 and at most 86400"], errors);
+        Assert.Empty(new CoordinatorOptions { AssignAttempts = 1, AssignBackoffSeconds = 0 }.Validate());
+        Assert.Equal((5, 0.5), (new CoordinatorOptions().AssignAttempts, new CoordinatorOptions().AssignBackoffSeconds));
+    }
 }
