@@ -13,7 +13,7 @@ namespace Dtrain.Server;
 public sealed record StoredUpload(string Id, string Owner, long Bytes, DateTimeOffset Completed, string Name);
 
 /// <summary>A job as the store kept it: its record (identity, state, progress, generation, newest checkpoint), the checkpoint it resumes from, its place in the queue and its ledger.</summary>
-public sealed record StoredJob(JobDocument Job, string ResumePath, long QueueOrder, IReadOnlyList<LedgerStep> Ledger);
+public sealed record StoredJob(JobDocument Job, string ResumePath, long QueueOrder, IReadOnlyList<LedgerEntry> Ledger);
 
 /// <summary>The job store's JSON of a job's record (source-generated; non-finite numbers allowed: a loss may be NaN).</summary>
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower, UseStringEnumConverter = true,
@@ -110,9 +110,9 @@ public sealed class JobStore : IDisposable
     }
 
     /// <summary>Queues a committed ledger step of <paramref name="jobId"/>.</summary>
-    public void Committed(string jobId, LedgerStep step)
+    public void Committed(string jobId, LedgerEntry step)
     {
-        var bytes = step.ToByteArray();
+        var bytes = step.ToProto().ToByteArray();
         lock (pendingGate)
         {
             ledgerOps.Add(tx => Run(tx, "INSERT OR REPLACE INTO ledger (job_id, step, entry, hash) VALUES ($id, $step, $entry, $hash)",
@@ -275,7 +275,7 @@ public sealed class JobStore : IDisposable
     {
         lock (writeGate)
         {
-            var ledgers = new Dictionary<string, List<LedgerStep>>();
+            var ledgers = new Dictionary<string, List<LedgerEntry>>();
             using (var cmd = db.CreateCommand())
             {
                 cmd.CommandText = "SELECT job_id, step, entry, hash FROM ledger ORDER BY job_id, step";
@@ -289,7 +289,7 @@ public sealed class JobStore : IDisposable
                         continue;
                     }
                     if (!ledgers.TryGetValue(id, out var list)) ledgers[id] = list = [];
-                    list.Add(LedgerStep.Parser.ParseFrom(bytes));
+                    list.Add(ProtoMapper.FromProto(LedgerStep.Parser.ParseFrom(bytes)));
                 }
             }
             var jobs = new List<StoredJob>();

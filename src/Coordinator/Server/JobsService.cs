@@ -99,7 +99,7 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
     private static string By(ServerCallContext context) => Caller.Of(context) is { Authenticated: true } c ? c.Name : "an admin";
 
     public override Task<LedgerReply> Ledger(GetJobRequest request, ServerCallContext context) =>
-        Task.FromResult(access.Job(context, request.JobId, "ledger").Ledger.Snapshot());
+        Task.FromResult(ProtoMapper.ToProto(access.Job(context, request.JobId, "ledger").Ledger.Snapshot()));
 
     public override Task<JobHistory> History(GetJobRequest request, ServerCallContext context)
     {

@@ -101,6 +101,27 @@ public static class ProtoMapper
         return info;
     }
 
+    public static LedgerStep ToProto(this LedgerEntry e)
+    {
+        var step = new LedgerStep { Step = e.Step, Epoch = e.Epoch, StepInEpoch = e.StepInEpoch, Rows = e.Rows, Generation = e.Generation };
+        step.Shares.AddRange(e.Shares.Select(s => new LedgerShare { WorkerId = s.WorkerId, FirstRow = s.FirstRow, Rows = s.Rows }));
+        return step;
+    }
+
+    public static LedgerEntry FromProto(LedgerStep s) =>
+        new(s.Step, s.Epoch, s.StepInEpoch, s.Rows, s.Generation, [.. s.Shares.Select(x => new RowShare(x.WorkerId, x.FirstRow, x.Rows))]);
+
+    /// <summary>The ledger as `dtrain status --ledger` gets it.</summary>
+    public static LedgerReply ToProto(IEnumerable<LedgerEntry> ledger)
+    {
+        var reply = new LedgerReply();
+        reply.Steps.AddRange(ledger.Select(e => e.ToProto()));
+        return reply;
+    }
+
+    /// <summary>A ledger as the Ledger RPC answered it, e.g. to <see cref="SampleLedger.Check"/> it.</summary>
+    public static IReadOnlyList<LedgerEntry> FromProto(LedgerReply reply) => [.. reply.Steps.Select(FromProto)];
+
     /// <summary>A Submit request as the job manager takes it.</summary>
     public static JobSubmission FromProto(this SubmitRequest r) => new()
     {

@@ -134,7 +134,7 @@ public class InitialAssignTests
         Assert.True(info.Generation >= 2, $"generation {info.Generation}");
         var logs = await LogsAsync(cluster, id);
         Assert.Contains(logs, l => l.Contains("the assignment failed before step 0", StringComparison.Ordinal) && l.Contains(culprit, StringComparison.Ordinal));
-        var problems = SampleLedger.Check(cluster.Client.Ledger(new GetJobRequest { JobId = id }), 0, Steps);
+        var problems = SampleLedger.Check(ProtoMapper.FromProto(cluster.Client.Ledger(new GetJobRequest { JobId = id })), 0, Steps);
         Assert.True(problems.Count == 0, string.Join("; ", problems));
     }
 

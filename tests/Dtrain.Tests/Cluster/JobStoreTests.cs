@@ -16,11 +16,7 @@ public class JobStoreTests
         return new JobRecord(id, spec, dir, 2, DateTimeOffset.FromUnixTimeMilliseconds(1_700_000_000_000), owner);
     }
 
-    static LedgerStep Step(long step) => new()
-    {
-        Step = step, Epoch = 0, StepInEpoch = step, Rows = 8, Generation = 1,
-        Shares = { new LedgerShare { WorkerId = "w-1", FirstRow = 0, Rows = 4 }, new LedgerShare { WorkerId = "w-2", FirstRow = 4, Rows = 4 } },
-    };
+    static LedgerEntry Step(long step) => new(step, 0, step, 8, 1, [new RowShare("w-1", 0, 4), new RowShare("w-2", 4, 4)]);
 
     /// <summary>A copy of the database and its write-ahead log as they are on disk now, as a kill -9 would leave them (the store stays open).</summary>
     static string CrashCopy(string db, string to)
@@ -225,7 +221,7 @@ public class JobStoreTests
     }
 
     /// <summary>A jobs.db as the first format wrote it: the same tables, with each job's proto JobInfo bytes and their SHA-256 in column info.</summary>
-    static void WriteFirstFormat(string db, IEnumerable<(JobInfo Info, string Resume, long Order, bool Damaged)> jobs, IEnumerable<LedgerStep> ledger)
+    static void WriteFirstFormat(string db, IEnumerable<(JobInfo Info, string Resume, long Order, bool Damaged)> jobs, IEnumerable<LedgerEntry> ledger)
     {
         using var c = new SqliteConnection($"Data Source={db};Pooling=False");
         c.Open();
@@ -253,7 +249,7 @@ public class JobStoreTests
         }
         foreach (var step in ledger)
         {
-            var bytes = Google.Protobuf.MessageExtensions.ToByteArray(step);
+            var bytes = Google.Protobuf.MessageExtensions.ToByteArray(step.ToProto());
             Sql("INSERT INTO ledger (job_id, step, entry, hash) VALUES ('job-0004', $step, $entry, $hash)",
                 ("$step", step.Step), ("$entry", bytes), ("$hash", System.Security.Cryptography.SHA256.HashData(bytes)));
         }
