@@ -2,7 +2,12 @@ using Dtrain.Protos.Jobs;
 
 namespace Dtrain.Server;
 
-/// <summary>The service edge: domain types to the protos the gRPC services answer with (and nowhere else).</summary>
+/// <summary>
+/// The service edge: domain types (<see cref="JobRecord"/>'s <see cref="JobStatus"/> and <see cref="JobProgress"/>,
+/// <see cref="JobNotice"/>, <see cref="LedgerEntry"/>, <see cref="JobSubmission"/>, membership) to and from the protos
+/// the gRPC services and the dashboard answer with, and the job store's proto-coded tables (ledger and events; a job
+/// store of the first format is read through it once, when migrated). The only place a job's <c>JobInfo</c> is built.
+/// </summary>
 public static class ProtoMapper
 {
     public static WorkerState ToProto(this MembershipState state) => state switch
