@@ -50,12 +50,12 @@ public static class HistoryBench
         }
     }
 
-    static JobEvent Step(long step) => new()
-    {
-        Step = new StepEvent { Step = step, TotalSteps = Steps, Loss = 2.0 / step, Lr = 1e-3, SamplesPerSecond = 100, StepMs = 80, ComputeMs = 60, AllreduceMs = 15, GradNorm = 0.5, Workers = 3 },
-    };
+    static StepReport Report(long step) => new() { Step = step, TotalSteps = Steps, Loss = 2.0 / step, Lr = 1e-3, SamplesPerSecond = 100, StepMs = 80, ComputeMs = 60, AllreduceMs = 15, GradNorm = 0.5, Workers = 3 };
 
-    /// <summary>µs per JobRecord.Publish of a step event; with the store, the final flush is timed too (every event on disk).</summary>
+    /// <summary>The step as the store keeps it (proto bytes in the events table).</summary>
+    static JobEvent Step(long step) => ProtoMapper.EventOf(new JobNotice.Step(Report(step)));
+
+    /// <summary>µs per JobRecord.PublishStep; with the store, the final flush is timed too (every event on disk).</summary>
     static double Publish(string root, bool store)
     {
         var dir = Directory.CreateDirectory(Path.Combine(root, "run-" + Guid.NewGuid().ToString("N"))).FullName;
@@ -67,7 +67,7 @@ public static class HistoryBench
             jobs.SaveNow(job);
         }
         var clock = Stopwatch.StartNew();
-        for (var s = 1; s <= Steps; s++) job.Publish(Step(s));
+        for (var s = 1; s <= Steps; s++) job.PublishStep(Report(s));
         jobs?.Flush();
         var elapsed = clock.Elapsed.TotalMilliseconds * 1000 / Steps;
         if (jobs is not null && job.History().Count != Steps) throw new InvalidOperationException("events were lost");

@@ -32,7 +32,7 @@ public static class LedgerView
             }
         }
         var first = ledger.Steps.Min(s => s.Step);
-        var problems = SampleLedger.Check(ledger, first, job.Step);
+        var problems = SampleLedger.Check(ProtoMapper.FromProto(ledger), first, job.Step);
         Console.WriteLine(problems.Count == 0
             ? $"    every sample of steps {first + 1}-{job.Step} seen exactly once (each step committed once; its rows split among its workers without gap or overlap)"
             : $"    PROBLEMS: {string.Join("; ", problems.Take(10))}");

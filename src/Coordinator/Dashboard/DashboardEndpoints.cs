@@ -56,13 +56,13 @@ public static class DashboardEndpoints
             ["may_list_workers"] = MayListWorkers(caller),
         }));
         Get("/api/jobs", (HttpContext http) => Api(http, caller =>
-            new JsonArray([.. Visible(http, caller).Select(j => (JsonNode)JobJson(j.Snapshot(), Services(http).Clock.GetUtcNow()))])));
+            new JsonArray([.. Visible(http, caller).Select(j => (JsonNode)JobJson(j.ToProto(), Services(http).Clock.GetUtcNow()))])));
         Get("/api/jobs/{id}", (HttpContext http, string id) => Api(http, caller => JobDetail(http, Job(http, caller, id, "get"))));
         Get("/api/jobs/{id}/history", (HttpContext http, string id) => Api(http, caller =>
         {
             var job = Job(http, caller, id, "history");
-            var rows = MetricsTable.Rows(job.History());
-            return new JsonObject { ["job"] = JobJson(job.Snapshot(), Services(http).Clock.GetUtcNow()), ["rows"] = new JsonArray([.. rows.Select(RowJson)]) };
+            var rows = MetricsTable.Rows(job.History().Select(ProtoMapper.EventOf));
+            return new JsonObject { ["job"] = JobJson(job.ToProto(), Services(http).Clock.GetUtcNow()), ["rows"] = new JsonArray([.. rows.Select(RowJson)]) };
         }));
         Get("/api/jobs/{id}/metrics.csv", MetricsCsv);
         Get("/api/jobs/{id}/events", JobEvents);
@@ -322,7 +322,7 @@ public static class DashboardEndpoints
 
     static JsonObject JobDetail(HttpContext http, JobRecord job)
     {
-        var o = JobJson(job.Snapshot(), Services(http).Clock.GetUtcNow());
+        var o = JobJson(job.ToProto(), Services(http).Clock.GetUtcNow());
         o["spec"] = JsonNode.Parse(JobSpecSerializer.Serialize(job.Spec));
         var dir = Path.Combine(job.Dir, "checkpoints");
         var files = Directory.Exists(dir) ? new DirectoryInfo(dir).GetFiles("ckpt-*.dtck").OrderBy(f => f.Name, StringComparer.Ordinal) : Enumerable.Empty<FileInfo>();
@@ -374,7 +374,7 @@ public static class DashboardEndpoints
         try
         {
             var job = Job(http, Authenticate(http), id, "metrics");
-            var csv = MetricsTable.Csv(MetricsTable.Rows(job.History()));
+            var csv = MetricsTable.Csv(MetricsTable.Rows(job.History().Select(ProtoMapper.EventOf)));
             return Results.File(Encoding.UTF8.GetBytes(csv), "text/csv", $"{job.Id}-metrics.csv");
         }
         catch (Refusal r)
@@ -409,7 +409,7 @@ public static class DashboardEndpoints
         {
             var job = Job(http, Authenticate(http), id, "sample");
             if (job.Spec.Task != TaskKinds.LanguageModel) throw new Refusal(StatusCodes.Status404NotFound, $"job {id} is not a language model (task {job.Spec.Task})");
-            var checkpoint = job.Snapshot().Checkpoint;
+            var checkpoint = job.Progress.Checkpoint;
             if (checkpoint.Length == 0 || !File.Exists(checkpoint)) return Results.Text(new JsonObject { ["text"] = null, ["note"] = "no checkpoint yet" }.ToJsonString(), "application/json");
             var sample = await Services(http).Samples.GetAsync(checkpoint).ConfigureAwait(false);
             return Results.Text(new JsonObject { ["text"] = sample.Text, ["checkpoint"] = Path.GetFileName(checkpoint), ["step"] = sample.Step, ["settings"] = DashboardSamples.Settings }.ToJsonString(), "application/json");
@@ -459,7 +459,8 @@ public static class DashboardEndpoints
                 try
                 {
                     if (!await reader.WaitToReadAsync(cancel.Token).ConfigureAwait(false)) break;
-                    if (!reader.TryRead(out e!)) continue;
+                    if (!reader.TryRead(out var notice)) continue;
+                    e = job.ToProto(notice);
                 }
                 catch (OperationCanceledException)
                 {
@@ -472,7 +473,7 @@ public static class DashboardEndpoints
                     _ => new SseItem<string>(new JsonObject { ["text"] = e.Log }.ToJsonString(), "log"),
                 };
             }
-            yield return new SseItem<string>(JobJson(job.Snapshot(), now.GetUtcNow()).ToJsonString(), "end");
+            yield return new SseItem<string>(JobJson(job.ToProto(), now.GetUtcNow()).ToJsonString(), "end");
         }
         finally
         {
@@ -505,7 +506,7 @@ public static class DashboardEndpoints
         while (!cancel.IsCancellationRequested)
         {
             var now = parts.Clock.GetUtcNow();
-            var jobs = new JsonArray([.. Visible(http, caller).Select(j => (JsonNode)JobJson(j.Snapshot(), now))]).ToJsonString();
+            var jobs = new JsonArray([.. Visible(http, caller).Select(j => (JsonNode)JobJson(j.ToProto(), now))]).ToJsonString();
             if (jobs != lastJobs) yield return new SseItem<string>(lastJobs = jobs, "jobs");
             if (MayListWorkers(caller))
             {

@@ -1,5 +1,4 @@
 using System.Text.Json;
-using Dtrain.Protos.Jobs;
 using Dtrain.Rpc;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
@@ -110,25 +109,24 @@ public sealed class CoordinatorMetrics : BackgroundService
 
     private void RefreshLocked()
     {
-        var all = jobs.List().Select(j => j.Snapshot()).ToList();
-        foreach (var s in Enum.GetValues<JobState>().Where(s => s != JobState.Unspecified))
-            jobsByState.WithLabels(Name(s)).Set(all.Count(j => j.State == s));
-        queueLength.Set(all.Count(j => j.State == JobState.Queued));
+        var all = jobs.List().Select(j => (j.Id, State: j.Read())).ToList();
+        foreach (var s in Enum.GetValues<JobStatus>())
+            jobsByState.WithLabels(Name(s)).Set(all.Count(j => j.State.Status == s));
+        queueLength.Set(all.Count(j => j.State.Status == JobStatus.Queued));
         var workers = registry.Snapshot();
-        foreach (var s in Enum.GetValues<WorkerState>().Where(s => s != WorkerState.Unspecified))
-            workersByState.WithLabels(Name(s)).Set(workers.Count(w => w.State.ToProto() == s));
+        foreach (var s in Enum.GetValues<MembershipState>())
+            workersByState.WithLabels(Name(s)).Set(workers.Count(w => w.State == s));
         var culprits = stalls.StalledWorkers();
         var now = clock.GetUtcNow();
-        foreach (var j in all)
+        foreach (var (id, (status, j)) in all)
         {
-            var finished = j.State is JobState.Succeeded or JobState.Failed or JobState.Cancelled;
-            if (j.State == JobState.Queued || (finished && now - DateTimeOffset.FromUnixTimeMilliseconds(j.FinishedUnixMs) > KeepFinished))
+            var finished = JobLifecycle.IsFinished(status);
+            if (status == JobStatus.Queued || (finished && now - (j.Finished ?? DateTimeOffset.UnixEpoch) > KeepFinished))
             {
-                if (labelled.Remove(j.JobId)) Forget(j.JobId);
+                if (labelled.Remove(id)) Forget(id);
                 continue;
             }
-            labelled.Add(j.JobId);
-            var id = j.JobId;
+            labelled.Add(id);
             step.WithLabels(id).Set(j.Step);
             totalSteps.WithLabels(id).Set(j.TotalSteps);
             if (j.Step > 0) loss.WithLabels(id).Set(j.Loss);
@@ -138,10 +136,10 @@ public sealed class CoordinatorMetrics : BackgroundService
             if (j.LastEval is { } m)
             {
                 validation.WithLabels(id, "loss").Set(m.Loss);
-                if (m.HasAccuracy) validation.WithLabels(id, "accuracy").Set(m.Accuracy);
-                if (m.HasMacroF1) validation.WithLabels(id, "macro_f1").Set(m.MacroF1);
-                if (m.HasPerplexity) validation.WithLabels(id, "perplexity").Set(m.Perplexity);
-                if (m.HasBitsPerToken) validation.WithLabels(id, "bits_per_token").Set(m.BitsPerToken);
+                if (m.Accuracy is { } accuracy) validation.WithLabels(id, "accuracy").Set(accuracy);
+                if (m.MacroF1 is { } f1) validation.WithLabels(id, "macro_f1").Set(f1);
+                if (m.Perplexity is { } perplexity) validation.WithLabels(id, "perplexity").Set(perplexity);
+                if (m.BitsPerToken is { } bits) validation.WithLabels(id, "bits_per_token").Set(bits);
             }
             if (j.CheckpointBytes > 0)
             {
@@ -215,7 +213,7 @@ public sealed class CoordinatorMetrics : BackgroundService
         {
             await foreach (var e in reader.ReadAllAsync(stop).ConfigureAwait(false))
             {
-                if (e.Step is not { } s) continue;
+                if (e is not JobNotice.Step { Report: var s }) continue;
                 var id = job.Id;
                 steps.WithLabels(id).Inc();
                 if (s.Skipped) skipped.WithLabels(id).Inc();

@@ -43,6 +43,14 @@ public sealed record CoordinatorOptions
     public double StepTimeoutSeconds { get; init; } = 300;
     /// <summary>An elastic job below its minimum of workers waits this long for more (state "waiting") before it fails (or restarts from its checkpoint, training.max_restarts).</summary>
     public double WaitForWorkersSeconds { get; init; } = 60;
+    /// <summary>
+    /// How many times a job's first assignment (Assign, and LoadState when resumed) is tried before any step: after a
+    /// failed attempt the failing worker is dropped and the job assigned again (a new generation); when the last
+    /// attempt fails too, the job fails naming the worker and its error.
+    /// </summary>
+    public int AssignAttempts { get; init; } = 5;
+    /// <summary>Wait before the second assignment attempt, doubled before each later one (at most 16 times this).</summary>
+    public double AssignBackoffSeconds { get; init; } = 0.5;
     /// <summary>Deadline of assignment, shard upload, evaluation and state transfer calls.</summary>
     public double CallTimeoutSeconds { get; init; } = 300;
     /// <summary>
@@ -115,6 +123,8 @@ public sealed record CoordinatorOptions
         Positive(e, "StallWarningSeconds", StallWarningSeconds);
         if (MetricsToken is { } token && token.Trim().Length < 16) e.Add("Coordinator:MetricsToken must be at least 16 characters (or unset)");
         if (!(WaitForWorkersSeconds >= 0)) e.Add($"Coordinator:WaitForWorkersSeconds {WaitForWorkersSeconds} must be >= 0");
+        if (AssignAttempts < 1) e.Add($"Coordinator:AssignAttempts {AssignAttempts} must be >= 1");
+        Positive(e, "AssignBackoffSeconds", AssignBackoffSeconds, zeroAllowed: true);
         if (!(CallTimeoutSeconds > 0)) e.Add($"Coordinator:CallTimeoutSeconds {CallTimeoutSeconds} must be positive");
         Positive(e, "FailureBlameGraceSeconds", FailureBlameGraceSeconds, zeroAllowed: true);
         Positive(e, "ReleaseTimeoutSeconds", ReleaseTimeoutSeconds);

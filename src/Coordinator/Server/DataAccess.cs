@@ -1,5 +1,4 @@
 using Dtrain.Data;
-using Dtrain.Protos.Jobs;
 using Dtrain.Specs;
 
 namespace Dtrain.Server;
@@ -40,7 +39,7 @@ public sealed class DataAccess
     /// the spec pointing at the files the job will read. Nothing is moved unless every file is acceptable.
     /// </summary>
     /// <exception cref="SpecException">A file is not uploaded and not allowed, missing, not a regular file, or too large; the error names the field.</exception>
-    public JobSpec Place(JobSpec spec, SubmitRequest request, string dataDir, string source)
+    public JobSpec Place(JobSpec spec, JobSubmission request, string dataDir, string source)
     {
         ArgumentNullException.ThrowIfNull(spec);
         ArgumentNullException.ThrowIfNull(request);
@@ -62,7 +61,7 @@ public sealed class DataAccess
             {
                 if (bytes.Length > options.MaxDataFileBytes)
                     throw Refuse(source, at, $"the inline file \"{path}\" is {bytes.Length} bytes, over Coordinator:MaxDataFileBytes = {options.MaxDataFileBytes}");
-                plans[path] = () => { Directory.CreateDirectory(dataDir); File.WriteAllBytes(target, bytes.ToByteArray()); return target; };
+                plans[path] = () => { Directory.CreateDirectory(dataDir); File.WriteAllBytes(target, bytes.Span); return target; };
             }
             else
             {

@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using Dtrain.Checkpoints;
 using Dtrain.Distributed;
-using Dtrain.Protos.Jobs;
 using Dtrain.Protos.Worker;
 using Dtrain.Specs;
 using Dtrain.Training;
@@ -46,11 +45,12 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         }
 
         // Assign ranks: every replica builds the same model from the same seed; the checksums prove it. A worker that
-        // dies or is cut off meanwhile (before any step) is dropped and the others are assigned again, in a new generation.
+        // dies or is cut off meanwhile (before any step) is dropped and the others are assigned again, in a new generation,
+        // at most Coordinator:AssignAttempts times in all, with a doubling wait between attempts.
         IJobWorkers workers;
         int world;
         AssignReply[] assigned;
-        while (true)
+        for (var attempt = 1; ; attempt++)
         {
             workers = fleet.Workers;
             world = workers.Members.Count;
@@ -66,12 +66,16 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
             catch (Exception e) when (!cancel.IsCancellationRequested && e is JobFailure or Grpc.Core.RpcException)
             {
                 if (!await fleet.AbsorbsAsync(e, cancel).ConfigureAwait(false)) throw;
-                job.Publish(new JobEvent { Log = $"generation {fleet.Generation}: the assignment failed before step {prepared.StartStep}: {e.Message}; assigning again without it" });
+                if (attempt >= options.AssignAttempts)
+                    throw new JobFailure($"assigning the job's workers failed {attempt} time(s) before step {prepared.StartStep} (Coordinator:AssignAttempts = {options.AssignAttempts}); the last attempt: {e.Message}") { Terminal = true };
+                var backoff = options.AssignBackoffSeconds * Math.Pow(2, Math.Min(attempt - 1, 4));
+                job.Log($"generation {fleet.Generation}: the assignment failed before step {prepared.StartStep} (attempt {attempt} of {options.AssignAttempts}): {e.Message}; assigning again without it in {backoff:0.##} s");
+                await Task.Delay(TimeSpan.FromSeconds(backoff), cancel).ConfigureAwait(false);
                 await fleet.ReassignAsync(e.Message, cancel).ConfigureAwait(false);
             }
         }
-        job.Transition(JobTrigger.Run, "", i => { i.Parameters = assigned[0].Parameters; i.TotalSteps = total; });
-        job.Publish(new JobEvent { Log = $"{world} worker(s): {string.Join(", ", workers.Members.Select((w, r) => $"rank {r} = {w.Id} {w.Address}"))}; {assigned[0].Parameters:N0} parameters, {total} steps" });
+        job.Transition(JobTrigger.Run, "", p => p with { Parameters = assigned[0].Parameters, TotalSteps = total });
+        job.Log($"{world} worker(s): {string.Join(", ", workers.Members.Select((w, r) => $"rank {r} = {w.Id} {w.Address}"))}; {assigned[0].Parameters:N0} parameters, {total} steps");
 
         var progress = new Progress { Next = prepared.StartStep, Clock = Stopwatch.StartNew(), NonFinite = new NonFiniteSteps(spec, prepared.NonFiniteBefore) };
         while (true)
@@ -112,8 +116,8 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                 job.Ledger.Commit(step, before, beforeGeneration, beforeMembers);
             progress.Next = change.NextStep;
             CheckBatch(spec, change.Members.Count);
-            job.Publish(new JobEvent { Log = $"generation {change.Generation}: {change.Members.Count} worker(s) ({string.Join(", ", change.Members)}) from step {change.NextStep}" +
-                (change.Gone.Count > 0 ? $"; without {string.Join(", ", change.Gone)}" : "") + (change.Joined.Count > 0 ? $"; admitted {string.Join(", ", change.Joined)}" : "") + $" ({reason})" });
+            job.Log($"generation {change.Generation}: {change.Members.Count} worker(s) ({string.Join(", ", change.Members)}) from step {change.NextStep}" +
+                (change.Gone.Count > 0 ? $"; without {string.Join(", ", change.Gone)}" : "") + (change.Joined.Count > 0 ? $"; admitted {string.Join(", ", change.Joined)}" : "") + $" ({reason})");
         }
     }
 
@@ -206,19 +210,19 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                 var stepMs = finishedMs - Math.Max(current.SentMs, progress.LastDoneMs);
                 recentMs.Enqueue(stepMs);
                 if (recentMs.Count > 20) recentMs.Dequeue();
-                job.Update(i => { i.Step = done; i.Epoch = epoch; i.Loss = loss; i.SamplesPerSecond = sps; }, publishState: false);
-                job.Publish(new JobEvent { Step = new StepEvent
+                job.Update(p => p with { Step = done, Epoch = epoch, Loss = loss, SamplesPerSecond = sps }, publishState: false);
+                job.PublishStep(new StepReport
                 {
                     Step = done, TotalSteps = total, Epoch = epoch, Loss = loss, Lr = current.Lr, SamplesPerSecond = sps, ElapsedSeconds = prepared.ElapsedBefore + elapsed, EtaSeconds = eta, Workers = world,
                     ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs),
                     // From when this step could start (sent, and the step before it finished) to its last reply.
                     StepMs = stepMs, GradNorm = replies[0].GradNorm,
                     Skipped = skipped is not null, Nonfinite = skipped is null ? "" : replies[0].Nonfinite,
-                } });
+                });
                 progress.LastDoneMs = finishedMs;
                 if (skipped is not null)
                 {
-                    job.Publish(new JobEvent { Log = skipped.Line });
+                    job.Log(skipped.Line);
                     if (skipped.Failure is { } failure) throw new JobFailure(failure) { Terminal = true };
                 }
 
@@ -336,10 +340,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
     private static async Task EvaluateAsync(JobRecord job, IJobWorkers workers, long step, CancellationToken cancel)
     {
         var reply = await workers.EvaluateAsync(0, new EvaluateRequest { JobId = job.Id, BatchSize = job.Spec.Training.BatchSize, MaxBatches = job.Spec.Training.EvalBatches }, step, cancel).ConfigureAwait(false);
-        var metrics = new Metrics { Loss = reply.Loss, Count = reply.Count };
-        if (reply.HasAccuracy) metrics.Accuracy = reply.Accuracy;
-        if (reply.HasMacroF1) metrics.MacroF1 = reply.MacroF1;
-        job.PublishEval(step, metrics);
+        job.PublishEval(step, new EvalMetrics(reply.Loss, reply.Count) { Accuracy = reply.HasAccuracy ? reply.Accuracy : null, MacroF1 = reply.HasMacroF1 ? reply.MacroF1 : null });
     }
 
     private static async Task CheckpointAsync(JobRecord job, IJobWorkers workers, CheckpointStore store, long step, double elapsed, long samples, int nonFiniteStreak, CancellationToken cancel)
@@ -352,8 +353,8 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         job.Store?.Flush();
         var path = store.Save(data);
         var size = new FileInfo(path).Length;
-        job.Update(i => { i.Checkpoint = path; i.CheckpointSeconds = clock.Elapsed.TotalSeconds; i.CheckpointBytes = size; }, publishState: false);
-        job.Publish(new JobEvent { Log = $"step {step}: checkpoint {path}" });
+        job.Update(p => p with { Checkpoint = path, CheckpointSeconds = clock.Elapsed.TotalSeconds, CheckpointBytes = size }, publishState: false);
+        job.Log($"step {step}: checkpoint {path}");
     }
 
     /// <summary>Every worker needs at least one row of the global batch.</summary>

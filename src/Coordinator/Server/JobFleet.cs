@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using Dtrain.Protos.Jobs;
 using Dtrain.Protos.Worker;
 using Grpc.Core;
 using Microsoft.Extensions.Logging;
@@ -120,7 +119,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
         registry.WorkerLeft += OnLeft;
         registry.Changed += OnChanged;
         Generation = job.NextGeneration();
-        job.Update(i => { i.MinWorkers = Min; i.MaxWorkers = Max; });
+        job.Update(p => p with { MinWorkers = Min, MaxWorkers = Max });
     }
 
     private bool IsMember(WorkerRecord w)
@@ -135,8 +134,8 @@ public sealed class JobFleet : IJobFleet, IDisposable
         lock (gate) departed.Cancel();
     }
 
-    private void OnLost(WorkerRecord w) => Depart(w, $"worker {w.Id} ({w.Address}) lost: no heartbeat for {options.WorkerTimeoutSeconds:F0}s at step {job.Snapshot().Step}{w.LastSeenDoing(DateTimeOffset.UtcNow)}");
-    private void OnLeft(WorkerRecord w, string reason) => Depart(w, $"worker {w.Id} ({w.Address}) left after step {job.Snapshot().Step}: {reason}");
+    private void OnLost(WorkerRecord w) => Depart(w, $"worker {w.Id} ({w.Address}) lost: no heartbeat for {options.WorkerTimeoutSeconds:F0}s at step {job.Progress.Step}{w.LastSeenDoing(DateTimeOffset.UtcNow)}");
+    private void OnLeft(WorkerRecord w, string reason) => Depart(w, $"worker {w.Id} ({w.Address}) left after step {job.Progress.Step}: {reason}");
     private void OnChanged() => idleSeen = true;
 
     public async Task<bool> AbsorbsAsync(Exception failure, CancellationToken cancel)
@@ -182,7 +181,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
             why.Add(cause);
             if (lost) registry.MarkLost(w.Id, cause);
             else registry.Detach(w.Id, job.Id);
-            job.Publish(new JobEvent { Log = $"generation {generation}: without {cause}" });
+            job.Log($"generation {generation}: without {cause}");
         }
         while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != MembershipState.Draining);
 
@@ -273,7 +272,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
             foreach (var w in leaving)
             {
                 gone.Add(w.Id);
-                job.Publish(new JobEvent { Log = $"generation {generation}: without worker {w.Id} ({w.Address}): drained; it stays up, cordoned" });
+                job.Log($"generation {generation}: without worker {w.Id} ({w.Address}): drained; it stays up, cordoned");
             }
             await GrpcJobWorkers.ReleaseAsync(leaving, clients, registry, job.Id, "drained", options.ReleaseTimeoutSeconds, log).ConfigureAwait(false);
             foreach (var w in leaving) registry.Detach(w.Id, job.Id);
@@ -288,12 +287,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
             // A departure raised while re-forming (after the drain above) belongs to the new generation.
             if (!departures.IsEmpty) departed.Cancel();
         }
-        job.Update(i =>
-        {
-            i.Generation = generation;
-            i.WorkerIds.Clear();
-            i.WorkerIds.AddRange(all.Select(w => w.Id));
-        });
+        job.Update(p => p with { Generation = generation, WorkerIds = [.. all.Select(w => w.Id)] });
         log.LogInformation("job {Job} generation {Generation}: {World} worker(s) from step {Step}{Gone}{Joined}", job.Id, generation, world, next,
             gone.Count > 0 ? $"; without {string.Join(", ", gone)}" : "", joined.Count > 0 ? $"; admitted {string.Join(", ", joined)}" : "");
         return new Reconfiguration(next, generation, gone, joined, [.. all.Select(w => w.Id)]);
@@ -333,7 +327,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
             why.Add(cause);
             if (lost) registry.MarkLost(w.Id, cause);
             else registry.Detach(w.Id, job.Id);
-            job.Publish(new JobEvent { Log = $"generation {generation}: assigning again without {cause}" });
+            job.Log($"generation {generation}: assigning again without {cause}");
         }
         while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != MembershipState.Draining);
 
@@ -370,12 +364,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
         }
         Generation = generation;
         Workers = new GrpcJobWorkers(all, clients, options);
-        job.Update(i =>
-        {
-            i.Generation = generation;
-            i.WorkerIds.Clear();
-            i.WorkerIds.AddRange(all.Select(w => w.Id));
-        });
+        job.Update(p => p with { Generation = generation, WorkerIds = [.. all.Select(w => w.Id)] });
         log.LogInformation("job {Job} generation {Generation}: assigning {World} worker(s) again ({Reason})", job.Id, generation, all.Count, reason);
     }
 

@@ -1,5 +1,4 @@
 using Dtrain.Checkpoints;
-using Dtrain.Protos.Jobs;
 using Dtrain.Specs;
 using Microsoft.Extensions.Logging;
 
@@ -19,7 +18,7 @@ public sealed partial class JobManager
         var finished = 0;
         foreach (var stored in store.LoadAll())
         {
-            var id = stored.Info.JobId;
+            var id = stored.Job.Id;
             if (!JobId().IsMatch(id))
             {
                 log.LogError("{Store}: a job record with id \"{Id}\" (not a job id) is left out", store.Path, id);
@@ -46,14 +45,14 @@ public sealed partial class JobManager
                 continue;
             }
             // A job that was running and has a checkpoint of its own restarts from that one: the one it resumed from is not needed.
-            var ownCheckpoint = stored.Info.State != JobState.Queued && stored.Info.Checkpoint != "" && File.Exists(stored.Info.Checkpoint);
+            var ownCheckpoint = stored.Job.Status != JobStatus.Queued && stored.Job.Progress.Checkpoint != "" && File.Exists(stored.Job.Progress.Checkpoint);
             if (ReloadResume(job, stored.ResumePath) is { } problem && !ownCheckpoint)
             {
-                job.Transition(JobTrigger.Fail, problem, i => i.FinishedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds());
+                job.Transition(JobTrigger.Fail, problem, p => p with { Finished = clock.GetUtcNow() });
                 log.LogError("job {Id} failed on restart: {Message}", id, problem);
                 continue;
             }
-            (stored.Info.State == JobState.Queued ? waiting : interrupted).Add(job);
+            (stored.Job.Status == JobStatus.Queued ? waiting : interrupted).Add(job);
         }
         // The jobs that were running started before any still queued: they go first.
         foreach (var job in interrupted.OrderBy(j => j.QueueOrder))
@@ -76,7 +75,7 @@ public sealed partial class JobManager
     private string? ReloadResume(JobRecord job, string path)
     {
         if (path == "") return null;
-        var from = job.Snapshot().ResumedFrom;
+        var from = job.Progress.ResumedFrom;
         try
         {
             job.Resume = ResumePoint.OfFile(from, path);

@@ -1,7 +1,6 @@
 using System.Collections.Concurrent;
 using System.Globalization;
 using Dtrain.Checkpoints;
-using Dtrain.Protos.Jobs;
 using Dtrain.Specs;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -25,7 +24,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
     private long enqueued;
 
     /// <summary>Validates and queues a job; <paramref name="owner"/> is the submitting token's name ("" when auth is off).</summary>
-    public JobRecord Submit(SubmitRequest request, string owner = "")
+    public JobRecord Submit(JobSubmission request, string owner = "")
     {
         if (request.Workers < 0 || request.Workers > options.MaxWorkersPerJob)
             throw new ArgumentException($"workers {request.Workers} must be in [0, {options.MaxWorkersPerJob}] (0 = all idle workers; at most Coordinator:MaxWorkersPerJob = {options.MaxWorkersPerJob} per job)");
@@ -70,13 +69,13 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         // The spec as it runs (data paths on this coordinator): what `dtrain resume` continues with.
         File.WriteAllText(Path.Combine(dir, "spec.json"), JobSpecSerializer.Serialize(spec));
         var record = new JobRecord(id, spec, dir, workers, clock.GetUtcNow(), owner) { Resume = resume, DataLimits = data.LimitsFor(id, Path.Combine(dir, "data")) };
-        record.Info.MinWorkers = request.MinWorkers;
-        record.Info.MaxWorkers = request.MaxWorkers;
-        if (resume is not null)
+        record.Update(p => p with
         {
-            record.Info.ResumedFrom = resume.From;
-            record.Info.StartStep = resume.State.Step;
-        }
+            MinWorkers = request.MinWorkers,
+            MaxWorkers = request.MaxWorkers,
+            ResumedFrom = resume?.From ?? "",
+            StartStep = resume?.State.Step ?? 0,
+        }, publishState: false);
         record.QueueOrder = Interlocked.Increment(ref enqueued);
         record.Persist(store);
         // Queued only once the store holds it: a coordinator restart keeps every job it said it accepted.
@@ -84,7 +83,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         jobs[id] = record;
         JobAdded?.Invoke(record);
         queue.Enqueue(record);
-        record.Publish(new JobEvent { State = record.Snapshot() });
+        record.PublishState();
         log.LogInformation("job {Id} ({Name}) queued for {Workers} worker(s){Resume}", id, spec.Name, workers == 0 ? "all idle" : workers.ToString(CultureInfo.InvariantCulture),
             resume is null ? "" : $", resuming {resume.From} at step {resume.State.Step}");
         wake.Release();
@@ -96,7 +95,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
     {
         var dir = JobDir(jobId);
         if (jobs.TryGetValue(jobId, out var job) && !job.IsFinished)
-            throw new InvalidOperationException($"job {jobId} is {job.Snapshot().State.ToString().ToLowerInvariant()}: cancel it (or wait for it to end) before resuming it");
+            throw new InvalidOperationException($"job {jobId} is {job.Status.ToString().ToLowerInvariant()}: cancel it (or wait for it to end) before resuming it");
         try
         {
             return ResumePoint.OfJob(jobId, dir) ?? throw new InvalidOperationException($"job {jobId} has no checkpoint to resume from (it saves one every training.checkpoint_interval steps)");
@@ -182,16 +181,10 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         var step = from?.State.Step ?? 0;
         job.Ledger.RollBack(step);
         job.QueueOrder = Interlocked.Increment(ref enqueued);
-        var restart = job.Snapshot().Restarts + (counted ? 1 : 0);
+        var restart = job.Progress.Restarts + (counted ? 1 : 0);
         job.Transition(JobTrigger.Requeue, counted
                 ? $"restart {restart} of {job.Spec.Training.MaxRestarts} from step {step} once workers are idle, after: {reason}"
-                : $"{reason}; resuming from step {step} once workers are idle", i =>
-        {
-            i.Restarts = restart;
-            i.StartStep = step;
-            i.Step = step;
-            i.WorkerIds.Clear();
-        });
+                : $"{reason}; resuming from step {step} once workers are idle", p => p with { Restarts = restart, StartStep = step, Step = step, WorkerIds = [] });
         log.LogWarning("job {Id} restarts from step {Step}: {Reason}", job.Id, step, reason);
         restarts.Enqueue(job);
         wake.Release();
@@ -203,9 +196,9 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
     /// </summary>
     private static int WorkersWanted(JobRecord job)
     {
-        var info = job.Snapshot();
-        if (info.Restarts == 0 || job.Spec.Parallelism?.Pipeline is not null) return info.WorkersRequested;
-        return Math.Max(1, info.MinWorkers);
+        var p = job.Progress;
+        if (p.Restarts == 0 || job.Spec.Parallelism?.Pipeline is not null) return job.WorkersRequested;
+        return Math.Max(1, p.MinWorkers);
     }
 
     /// <summary>Whether the job is in this coordinator's memory (not only on its disk).</summary>
@@ -219,7 +212,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         if (job.IsFinished) return job;
         job.Cancel.Cancel();
         // A queued job is cancelled here; a running one by its runner at the next step boundary.
-        job.TryTransition(JobTrigger.Cancel, "cancelled while queued", i => i.FinishedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds(), when: s => s == JobStatus.Queued);
+        job.TryTransition(JobTrigger.Cancel, "cancelled while queued", p => p with { Finished = clock.GetUtcNow() }, when: s => s == JobStatus.Queued);
         return job;
     }
 
@@ -241,5 +234,5 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
     /// Checks the spec's data files and moves its uploads into the job directory, pointing the spec at the files the job
     /// reads: its uploads, or regular files under the coordinator's data roots (see <see cref="DataAccess"/>).
     /// </summary>
-    private JobSpec StoreFiles(JobSpec spec, SubmitRequest request, string dataDir, string source) => data.Place(spec, request, dataDir, source);
+    private JobSpec StoreFiles(JobSpec spec, JobSubmission request, string dataDir, string source) => data.Place(spec, request, dataDir, source);
 }

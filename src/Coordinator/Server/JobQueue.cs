@@ -1,5 +1,4 @@
 using System.Globalization;
-using Dtrain.Protos.Jobs;
 using Dtrain.Specs;
 using Microsoft.Extensions.Logging;
 
@@ -23,7 +22,7 @@ public sealed partial class JobManager
     /// max_workers at most Coordinator:MaxWorkersPerJob and Coordinator:MaxWorkers; a pipeline job exactly D × K
     /// workers (--workers 0 stands for that when parallelism.data is set).
     /// </summary>
-    private int RunnableWorkers(SubmitRequest request, JobSpec spec, string source)
+    private int RunnableWorkers(JobSubmission request, JobSpec spec, string source)
     {
         var workers = request.Workers;
         if (spec.Parallelism?.Pipeline is { } pipeline)
@@ -82,7 +81,7 @@ public sealed partial class JobManager
         foreach (var job in queue)
         {
             if (job.IsFinished || startedFromQueue.Contains(job.Id)) continue;
-            var requested = job.Info.WorkersRequested;
+            var requested = job.WorkersRequested;
             var need = Math.Max(1, requested);
             if ((head is null || backfill) && registry.TryReserve(requested, job.Id) is { } workers)
             {
@@ -90,7 +89,7 @@ public sealed partial class JobManager
                 if (head is not null)
                 {
                     log.LogInformation("job {Id} starts ahead of {Head} (backfill: {Head} waits for {Need} workers to register)", job.Id, head.Id, head.Id, headNeed);
-                    job.Publish(new JobEvent { Log = $"started ahead of {head.Id}, which waits for {headNeed} workers while fewer can take jobs (backfill)" });
+                    job.Log($"started ahead of {head.Id}, which waits for {headNeed} workers while fewer can take jobs (backfill)");
                 }
                 Start(job, workers, stop);
                 continue;
@@ -112,7 +111,7 @@ public sealed partial class JobManager
                     ? $"{WaitingMessage(requested, capacity)}; behind {head.Id}, which waits for workers to register (this job may start before it)"
                     : $"queued behind {head.Id}, which waits for {headNeed} idle workers: starting this job first would delay it";
             }
-            if (job.Snapshot().Message != message) job.Update(i => i.Message = message);
+            if (job.Progress.Message != message) job.Update(p => p with { Message = message });
         }
         registry.HoldForQueue(head is null ? 0 : headNeed);
     }

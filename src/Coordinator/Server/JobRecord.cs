@@ -1,6 +1,5 @@
 using System.Threading.Channels;
 using Dtrain.Data;
-using Dtrain.Protos.Jobs;
 using Dtrain.Specs;
 
 namespace Dtrain.Server;
@@ -12,10 +11,10 @@ namespace Dtrain.Server;
 public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRequested, DateTimeOffset submitted, string owner = "")
 {
     private readonly Lock gate = new();
-    private readonly List<JobEvent> history = [];
-    private readonly List<Channel<JobEvent>> watchers = [];
+    private readonly List<JobNotice> history = [];
+    private readonly List<Channel<JobNotice>> watchers = [];
     // Step and evaluation events: numbered, and kept in the store (in memory only when the record has none).
-    private readonly List<JobEvent> unstored = [];
+    private readonly List<JobNotice> unstored = [];
     private long eventSeq;
     private const int MaxHistory = 2000;
 
@@ -29,16 +28,30 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     public SampleLedger Ledger { get; } = new(Path.Combine(dir, "ledger.jsonl"));
     /// <summary>How the job's data files are read (size limit, quoting in messages, progress); set at submit.</summary>
     public DataReadLimits DataLimits { get; init; } = DataReadLimits.Local;
-    public JobInfo Info { get; private set; } = new()
+    /// <summary>When the job was submitted; never changes.</summary>
+    public DateTimeOffset Submitted { get; } = submitted;
+    /// <summary>How many workers the job asked for (0: all idle ones); never changes.</summary>
+    public int WorkersRequested { get; } = workersRequested;
+    private JobProgress progress = new();
+
+    /// <summary>The job's progress now (immutable: a later <see cref="Update"/> replaces it).</summary>
+    public JobProgress Progress
     {
-        JobId = id,
-        Name = spec.Name,
-        Task = spec.Task,
-        State = JobState.Queued,
-        WorkersRequested = workersRequested,
-        SubmittedUnixMs = submitted.ToUnixTimeMilliseconds(),
-        Owner = owner,
-    };
+        get { lock (gate) return progress; }
+    }
+
+    /// <summary>The job's state and progress, read together.</summary>
+    public (JobStatus Status, JobProgress Progress) Read()
+    {
+        lock (gate) return (Status, progress);
+    }
+
+    /// <summary>The job as the store keeps it.</summary>
+    public JobDocument Document()
+    {
+        var (status, p) = Read();
+        return new JobDocument(Id, Spec.Name, Spec.Task, Owner, WorkersRequested, Submitted, status, p);
+    }
 
     /// <summary>Name of the token that submitted the job ("" when auth was off); never changes.</summary>
     public string Owner { get; } = owner;
@@ -52,7 +65,7 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     /// <summary>Keeps the record in <paramref name="store"/> from now on: state changes at once, progress and ledger steps batched.</summary>
     public void Persist(JobStore store)
     {
-        // The store's lock is taken before the record's when it writes (Snapshot): never the other way round.
+        // The store's lock is taken before the record's when it writes (Document): never the other way round.
         var last = store.LastSeq(Id);
         Store = store;
         lock (gate)
@@ -66,23 +79,26 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     }
 
     /// <summary>
-    /// A job as an earlier coordinator run left it in its store: its info, ledger and place in the queue; its event
-    /// history starts with that state and its last progress.
+    /// A job as an earlier coordinator run left it in its store: its state, progress, ledger and place in the queue; its
+    /// event history starts with that state and its last progress.
     /// </summary>
     public static JobRecord Restore(StoredJob stored, JobSpec spec, string dir, DataReadLimits limits)
     {
-        var info = stored.Info;
-        var record = new JobRecord(info.JobId, spec, dir, info.WorkersRequested, DateTimeOffset.FromUnixTimeMilliseconds(info.SubmittedUnixMs), info.Owner)
+        var d = stored.Job;
+        var record = new JobRecord(d.Id, spec, dir, d.WorkersRequested, d.Submitted, d.Owner)
         {
-            Info = info.Clone(),
-            Status = ProtoMapper.FromProto(info.State),
+            progress = d.Progress,
+            Status = d.Status,
             QueueOrder = stored.QueueOrder,
             DataLimits = limits,
         };
         record.Ledger.Restore(stored.Ledger);
-        record.history.Add(new JobEvent { State = info.Clone() });
-        if (info.Step > 0)
-            record.history.Add(new JobEvent { Step = new StepEvent { Step = info.Step, TotalSteps = info.TotalSteps, Epoch = info.Epoch, Loss = info.Loss, SamplesPerSecond = info.SamplesPerSecond, Workers = info.WorkerIds.Count } });
+        record.history.Add(new JobNotice.State(d.Status, d.Progress));
+        if (d.Progress.Step > 0)
+        {
+            var p = d.Progress;
+            record.history.Add(new JobNotice.Step(new StepReport { Step = p.Step, TotalSteps = p.TotalSteps, Epoch = p.Epoch, Loss = p.Loss, SamplesPerSecond = p.SamplesPerSecond, Workers = p.WorkerIds.Count }));
+        }
         return record;
     }
 
@@ -93,7 +109,7 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     public long NextGeneration()
     {
         long generation = 0;
-        Update(i => generation = ++i.Generation, publishState: false);
+        Update(p => p with { Generation = generation = p.Generation + 1 }, publishState: false);
         return generation;
     }
 
@@ -107,91 +123,91 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     /// <paramref name="alongside"/> change of its record, in the same write): on disk before it returns, and published
     /// to watchers. <see cref="InvalidTransitionException"/> when the table does not allow it.
     /// </summary>
-    public void Transition(JobTrigger trigger, string message, Action<JobInfo>? alongside = null) => Move(trigger, message, alongside, null, throwIfRefused: true);
+    public void Transition(JobTrigger trigger, string message, Func<JobProgress, JobProgress>? alongside = null) => Move(trigger, message, alongside, null, throwIfRefused: true);
 
     /// <summary>
     /// <see cref="Transition"/> when the job stands where <paramref name="when"/> says (checked in the same lock) and the
     /// table allows it; false, changing nothing, otherwise (e.g. cancelling a queued job that its runner started meanwhile).
     /// </summary>
-    public bool TryTransition(JobTrigger trigger, string message, Action<JobInfo>? alongside = null, Func<JobStatus, bool>? when = null) =>
+    public bool TryTransition(JobTrigger trigger, string message, Func<JobProgress, JobProgress>? alongside = null, Func<JobStatus, bool>? when = null) =>
         Move(trigger, message, alongside, when, throwIfRefused: false);
 
-    private bool Move(JobTrigger trigger, string message, Action<JobInfo>? alongside, Func<JobStatus, bool>? when, bool throwIfRefused)
+    private bool Move(JobTrigger trigger, string message, Func<JobProgress, JobProgress>? alongside, Func<JobStatus, bool>? when, bool throwIfRefused)
     {
-        return Write(i =>
+        JobStatus next = default;
+        return Write(p =>
         {
-            if (when is not null && !when(Status)) return false;
-            JobStatus next;
+            if (when is not null && !when(Status)) return null;
             if (throwIfRefused) next = JobLifecycle.Next($"job {Id}", Status, trigger);
-            else if (!JobLifecycle.Table.TryGetValue((Status, trigger), out next)) return false;
-            Status = next;
-            i.State = next.ToProto();
-            i.Message = message;
-            alongside?.Invoke(i);
-            return true;
-        }, publishState: true, stateChange: true);
+            else if (!JobLifecycle.Table.TryGetValue((Status, trigger), out next)) return null;
+            var changed = p with { Message = message };
+            return alongside is null ? changed : alongside(changed);
+        }, publishState: true, to: () => next);
     }
 
-    public JobInfo Snapshot()
-    {
-        lock (gate) return Info.Clone();
-    }
+    /// <summary>
+    /// Changes the job's progress (never its state: that is <see cref="Transition"/>'s, and <see cref="JobProgress"/>
+    /// holds none) under the lock and publishes the record to watchers.
+    /// </summary>
+    public void Update(Func<JobProgress, JobProgress> change, bool publishState = true) => Write(change, publishState, to: null);
 
-    /// <summary>Changes the job's record (not its state: <see cref="Transition"/>) under the lock and publishes it to watchers.</summary>
-    public void Update(Action<JobInfo> change, bool publishState = true) => Write(i =>
+    /// <param name="change">The new progress, or null to change nothing.</param>
+    /// <param name="to">The state to move to (a transition), called under the lock after <paramref name="change"/>; null: the state stays.</param>
+    private bool Write(Func<JobProgress, JobProgress?> change, bool publishState, Func<JobStatus>? to)
     {
-        change(i);
-        return true;
-    }, publishState, stateChange: false);
-
-    private bool Write(Func<JobInfo, bool> change, bool publishState, bool stateChange)
-    {
-        JobInfo snapshot;
+        JobStatus status;
+        JobProgress after;
         bool durable;
         lock (gate)
         {
-            var (state, checkpoint, generation, restarts) = (Info.State, Info.Checkpoint, Info.Generation, Info.Restarts);
-            if (!change(Info)) return false;
-            if (!stateChange && Info.State != state)
-            {
-                Info.State = state;
-                throw new InvalidOperationException($"job {Id}: its state changes only through a transition (JobRecord.Transition), not Update");
-            }
-            snapshot = Info.Clone();
-            durable = state != Info.State || checkpoint != Info.Checkpoint || generation != Info.Generation || restarts != Info.Restarts;
+            var before = progress;
+            if (change(before) is not { } changed) return false;
+            status = to?.Invoke() ?? Status;
+            durable = status != Status || before.Checkpoint != changed.Checkpoint || before.Generation != changed.Generation || before.Restarts != changed.Restarts;
+            (Status, progress, after) = (status, changed, changed);
         }
         // A change of state (or of checkpoint, generation, restarts) is on disk before the caller goes on; progress is batched.
         if (durable) Store?.SaveNow(this);
         else Store?.SaveSoon(this);
-        if (publishState) Publish(new JobEvent { State = snapshot });
+        if (publishState) Publish(new JobNotice.State(status, after));
         return true;
     }
 
     /// <summary>Records and publishes validation metrics after <paramref name="step"/>, adding perplexity and bits per token for language models.</summary>
-    public void PublishEval(long step, Metrics metrics)
+    public void PublishEval(long step, EvalMetrics metrics)
     {
         if (Spec.Task == TaskKinds.LanguageModel)
-        {
-            metrics.Perplexity = Math.Exp(metrics.Loss);
-            metrics.BitsPerToken = metrics.Loss / Math.Log(2);
-        }
-        Update(i => i.LastEval = metrics, publishState: false);
-        Publish(new JobEvent { Eval = new EvalEvent { Step = step, Metrics = metrics } });
+            metrics = metrics with { Perplexity = Math.Exp(metrics.Loss), BitsPerToken = metrics.Loss / Math.Log(2) };
+        Update(p => p with { LastEval = metrics }, publishState: false);
+        Publish(new JobNotice.Eval(step, metrics));
     }
 
-    public void Publish(JobEvent e)
+    /// <summary>Publishes the record as it is now to watchers (a state event).</summary>
+    public void PublishState()
     {
-        Channel<JobEvent>[] targets;
+        var (status, p) = Read();
+        Publish(new JobNotice.State(status, p));
+    }
+
+    /// <summary>Publishes a line of the job's log to its watchers (not kept in the store).</summary>
+    public void Log(string text) => Publish(new JobNotice.Log(text));
+
+    /// <summary>Publishes a committed step to the job's watchers and keeps it in the job's metrics history.</summary>
+    public void PublishStep(StepReport step) => Publish(new JobNotice.Step(step));
+
+    public void Publish(JobNotice e)
+    {
+        Channel<JobNotice>[] targets;
         lock (gate)
         {
             // Keep every state change; drop the oldest step events when the history grows long.
             if (history.Count >= MaxHistory)
             {
-                var i = history.FindIndex(x => x.KindCase == JobEvent.KindOneofCase.Step);
+                var i = history.FindIndex(x => x is JobNotice.Step);
                 history.RemoveAt(i >= 0 ? i : 0);
             }
             history.Add(e);
-            if (e.KindCase is JobEvent.KindOneofCase.Step or JobEvent.KindOneofCase.Eval)
+            if (e is JobNotice.Step or JobNotice.Eval)
             {
                 if (Store is { } store) store.Recorded(Id, ++eventSeq, e);
                 else unstored.Add(e);
@@ -199,7 +215,7 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
             targets = [.. watchers];
         }
         foreach (var w in targets) w.Writer.TryWrite(e);
-        if (e.KindCase == JobEvent.KindOneofCase.State && IsFinished)
+        if (e is JobNotice.State && IsFinished)
         {
             lock (gate)
             {
@@ -214,7 +230,7 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     /// has them too): what `dtrain metrics` exports and the dashboard draws. Events published after this call reach
     /// watchers (<see cref="Watch"/>).
     /// </summary>
-    public IReadOnlyList<JobEvent> History()
+    public IReadOnlyList<JobNotice> History()
     {
         if (Store is { } store)
         {
@@ -225,9 +241,9 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     }
 
     /// <summary>The events so far followed by live ones; completes when the job has finished.</summary>
-    public ChannelReader<JobEvent> Watch()
+    public ChannelReader<JobNotice> Watch()
     {
-        var channel = Channel.CreateBounded<JobEvent>(new BoundedChannelOptions(10_000) { FullMode = BoundedChannelFullMode.DropOldest });
+        var channel = Channel.CreateBounded<JobNotice>(new BoundedChannelOptions(10_000) { FullMode = BoundedChannelFullMode.DropOldest });
         lock (gate)
         {
             foreach (var e in history) channel.Writer.TryWrite(e);
@@ -237,7 +253,7 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
         return channel.Reader;
     }
 
-    public void Unwatch(ChannelReader<JobEvent> reader)
+    public void Unwatch(ChannelReader<JobNotice> reader)
     {
         lock (gate) watchers.RemoveAll(c => c.Reader == reader);
     }

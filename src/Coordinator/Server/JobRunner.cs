@@ -18,12 +18,7 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
     public async Task<string?> RunAsync(JobRecord job, IReadOnlyList<WorkerRecord> workers, CancellationToken stop)
     {
         // Cancelled while queued just as the scheduler took it: it does not start, its workers go back.
-        if (!job.TryTransition(JobTrigger.Start, "preparing data", i =>
-            {
-                i.StartedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds();
-                i.WorkerIds.Clear();
-                i.WorkerIds.AddRange(workers.Select(w => w.Id));
-            }, when: s => s == JobStatus.Queued))
+        if (!job.TryTransition(JobTrigger.Start, "preparing data", p => p with { Started = clock.GetUtcNow(), WorkerIds = [.. workers.Select(w => w.Id)] }, when: s => s == JobStatus.Queued))
         {
             registry.Release(job.Id);
             return null;
@@ -32,7 +27,7 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         // A failure caused by workers (lost, unreachable, too few) restarts the job while it has restarts left.
         bool Restarts(string message)
         {
-            var done = job.Snapshot().Restarts;
+            var done = job.Progress.Restarts;
             if (stop.IsCancellationRequested || job.Cancel.IsCancellationRequested || done >= job.Spec.Training.MaxRestarts) return false;
             restart = message;
             return true;
@@ -41,9 +36,9 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         string? lostMessage = null;
         // A data-parallel job is elastic: its fleet absorbs workers that go and admits ones that come. A pipeline's
         // stages cannot change: a worker that goes fails the job (or restarts it from its checkpoint).
-        var info = job.Snapshot();
+        var progress = job.Progress;
         using var fleet = job.Spec.Parallelism?.Pipeline is null
-            ? new JobFleet(job, workers, info.MinWorkers, info.MaxWorkers, registry, clients, options, log)
+            ? new JobFleet(job, workers, progress.MinWorkers, progress.MaxWorkers, registry, clients, options, log)
             : null;
         void Depart(WorkerRecord w, string message)
         {
@@ -54,24 +49,24 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
             }
             failure.Cancel();
         }
-        void OnLost(WorkerRecord w) => Depart(w, $"worker {w.Id} ({w.Address}) lost: no heartbeat for {options.WorkerTimeoutSeconds:F0}s at step {job.Snapshot().Step}{w.LastSeenDoing(DateTimeOffset.UtcNow)}");
+        void OnLost(WorkerRecord w) => Depart(w, $"worker {w.Id} ({w.Address}) lost: no heartbeat for {options.WorkerTimeoutSeconds:F0}s at step {job.Progress.Step}{w.LastSeenDoing(DateTimeOffset.UtcNow)}");
         // Continuing without it (elastic resize) is future work: the job fails at the step boundary the worker drained at.
-        void OnLeft(WorkerRecord w, string reason) => Depart(w, $"worker {w.Id} ({w.Address}) left after step {job.Snapshot().Step}: {reason}");
+        void OnLeft(WorkerRecord w, string reason) => Depart(w, $"worker {w.Id} ({w.Address}) left after step {job.Progress.Step}: {reason}");
         // An admin's drain: a pipeline's stages cannot change, so its job fails as when the worker leaves (an elastic job lets it go at a step boundary).
-        void OnDrained(WorkerRecord w, string reason) => Depart(w, $"worker {w.Id} ({w.Address}) was drained after step {job.Snapshot().Step} ({reason}); a pipeline job cannot go on without a stage");
+        void OnDrained(WorkerRecord w, string reason) => Depart(w, $"worker {w.Id} ({w.Address}) was drained after step {job.Progress.Step} ({reason}); a pipeline job cannot go on without a stage");
         registry.WorkerLost += OnLost;
         registry.WorkerLeft += OnLeft;
         registry.DrainRequested += OnDrained;
         try
         {
             await RunCoreAsync(job, workers, fleet, failure.Token).ConfigureAwait(false);
-            job.Transition(JobTrigger.Succeed, "", i => i.FinishedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds());
+            job.Transition(JobTrigger.Succeed, "", p => p with { Finished = clock.GetUtcNow() });
             log.LogInformation("job {Id} succeeded", job.Id);
         }
         catch (Exception e) when (stop.IsCancellationRequested && !job.Cancel.IsCancellationRequested)
         {
             // The coordinator stops: the job stays running in its store and resumes from its checkpoint at the next start.
-            log.LogWarning("job {Id} interrupted at step {Step} by the coordinator stopping; it resumes from its newest checkpoint when the coordinator starts again ({Message})", job.Id, job.Snapshot().Step, e.Message);
+            log.LogWarning("job {Id} interrupted at step {Step} by the coordinator stopping; it resumes from its newest checkpoint when the coordinator starts again ({Message})", job.Id, job.Progress.Step, e.Message);
         }
         catch (Exception e) when (job.Cancel.IsCancellationRequested && lostMessage is null)
         {
@@ -107,7 +102,7 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
             registry.WorkerLost -= OnLost;
             registry.WorkerLeft -= OnLeft;
             registry.DrainRequested -= OnDrained;
-            await GrpcJobWorkers.ReleaseAsync(fleet?.Everyone ?? workers, clients, registry, job.Id, restart is null ? job.Snapshot().State.ToString() : "restarting", options.ReleaseTimeoutSeconds, log).ConfigureAwait(false);
+            await GrpcJobWorkers.ReleaseAsync(fleet?.Everyone ?? workers, clients, registry, job.Id, restart is null ? job.Status.ToString() : "restarting", options.ReleaseTimeoutSeconds, log).ConfigureAwait(false);
             registry.Release(job.Id);
         }
         return restart;
@@ -115,7 +110,7 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
 
     private void Finish(JobRecord job, JobTrigger trigger, string message)
     {
-        job.Transition(trigger, message, i => i.FinishedUnixMs = clock.GetUtcNow().ToUnixTimeMilliseconds());
+        job.Transition(trigger, message, p => p with { Finished = clock.GetUtcNow() });
         log.LogWarning("job {Id} {State}: {Message}", job.Id, job.Status, message);
     }
 

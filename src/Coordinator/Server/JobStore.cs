@@ -1,4 +1,7 @@
 using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Serialization;
 using Dtrain.Protos.Jobs;
 using Google.Protobuf;
 using Microsoft.Data.Sqlite;
@@ -9,22 +12,36 @@ namespace Dtrain.Server;
 /// <summary>A pending upload as the store kept it: its handle, its owner (whose quota it counts against), its size, when it completed (its TTL runs from then) and its file name.</summary>
 public sealed record StoredUpload(string Id, string Owner, long Bytes, DateTimeOffset Completed, string Name);
 
-/// <summary>A job as the store kept it: its info (state, progress, owner, generation, newest checkpoint), the checkpoint it resumes from, its place in the queue and its ledger.</summary>
-public sealed record StoredJob(JobInfo Info, string ResumePath, long QueueOrder, IReadOnlyList<LedgerStep> Ledger);
+/// <summary>A job as the store kept it: its record (identity, state, progress, generation, newest checkpoint), the checkpoint it resumes from, its place in the queue and its ledger.</summary>
+public sealed record StoredJob(JobDocument Job, string ResumePath, long QueueOrder, IReadOnlyList<LedgerEntry> Ledger);
+
+/// <summary>The job store's JSON of a job's record (source-generated; non-finite numbers allowed: a loss may be NaN).</summary>
+[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower, UseStringEnumConverter = true,
+    NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
+[JsonSerializable(typeof(JobDocument))]
+internal sealed partial class JobStoreJson : JsonSerializerContext;
 
 /// <summary>
 /// The coordinator's durable job records: an SQLite database (DATA_DIR/jobs.db, write-ahead log, synchronous=FULL)
-/// with one row per job — its <see cref="JobInfo"/> as protobuf bytes with a SHA-256 — and one row per committed
+/// with one row per job — its <see cref="JobDocument"/> as JSON with a SHA-256 — and one row per committed
 /// ledger step. A state change (<see cref="SaveNow"/>) is on disk before the call returns, with every step
 /// recorded before it; progress (<see cref="SaveSoon"/>) and ledger steps are queued and written together by a
 /// background flush at most every <see cref="FlushInterval"/>, so a training step never waits for the disk. A row whose
 /// bytes do not match its hash (a torn or damaged write) is skipped with an error naming the job; SQLite itself
-/// discards a transaction the log holds only in part.
+/// discards a transaction the log holds only in part. The schema's version is the database's <c>user_version</c>
+/// (<see cref="SchemaVersion"/>); a store of the first format (version 0: each job's proto <c>JobInfo</c> bytes, column
+/// <c>info</c>) is migrated when opened, in one transaction.
 /// </summary>
 public sealed class JobStore : IDisposable
 {
     /// <summary>How often queued progress and ledger steps are written.</summary>
     public static readonly TimeSpan FlushInterval = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// The format this code writes: 2 = each job's record as JSON (column <c>record</c>). 0 (SQLite's default) is the
+    /// first format, proto bytes in column <c>info</c>, or a new file; 1 was never written.
+    /// </summary>
+    public const int SchemaVersion = 2;
 
     private readonly SqliteConnection db;
     private readonly Lock writeGate = new();
@@ -47,17 +64,34 @@ public sealed class JobStore : IDisposable
             db = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = Path, Mode = SqliteOpenMode.ReadWriteCreate, Pooling = false }.ToString());
             db.Open();
             Execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;");
-            Execute("""
-                CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, info BLOB NOT NULL, hash BLOB NOT NULL, resume_path TEXT NOT NULL, queue_order INTEGER NOT NULL);
-                CREATE TABLE IF NOT EXISTS ledger (job_id TEXT NOT NULL, step INTEGER NOT NULL, entry BLOB NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (job_id, step));
-                CREATE TABLE IF NOT EXISTS events (job_id TEXT NOT NULL, seq INTEGER NOT NULL, step INTEGER NOT NULL, event BLOB NOT NULL, PRIMARY KEY (job_id, seq));
-                CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY, owner TEXT NOT NULL, bytes INTEGER NOT NULL, completed_unix_ms INTEGER NOT NULL, name TEXT NOT NULL);
-                """);
+            var version = Convert.ToInt32(Scalar("PRAGMA user_version"), System.Globalization.CultureInfo.InvariantCulture);
+            if (version > SchemaVersion)
+                throw new InvalidDataException($"{Path}: the job store has schema version {version}, written by a newer dtrain (this one reads up to {SchemaVersion}); run that version, or move the file aside to start with no jobs");
+            if (version < SchemaVersion)
+            {
+                var first = Columns("jobs").Contains("info");
+                using var tx = db.BeginTransaction();
+                if (first) Run(tx, "ALTER TABLE jobs RENAME TO jobs_v0");
+                Run(tx, """
+                    CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, record TEXT NOT NULL, hash BLOB NOT NULL, resume_path TEXT NOT NULL, queue_order INTEGER NOT NULL);
+                    CREATE TABLE IF NOT EXISTS ledger (job_id TEXT NOT NULL, step INTEGER NOT NULL, entry BLOB NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (job_id, step));
+                    CREATE TABLE IF NOT EXISTS events (job_id TEXT NOT NULL, seq INTEGER NOT NULL, step INTEGER NOT NULL, event BLOB NOT NULL, PRIMARY KEY (job_id, seq));
+                    CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY, owner TEXT NOT NULL, bytes INTEGER NOT NULL, completed_unix_ms INTEGER NOT NULL, name TEXT NOT NULL);
+                    """);
+                if (first) MigrateFirstFormat(tx);
+                Run(tx, $"PRAGMA user_version = {SchemaVersion}");
+                tx.Commit();
+            }
         }
         catch (SqliteException e)
         {
             db?.Dispose();
             throw new InvalidDataException($"{Path}: cannot open the coordinator's job store: {e.Message} (SQLite error {e.SqliteErrorCode}); move the damaged file aside to start with no jobs", e);
+        }
+        catch (InvalidDataException)
+        {
+            db?.Dispose();
+            throw;
         }
         flusher = new Timer(_ => Flush(), null, FlushInterval, FlushInterval);
     }
@@ -76,9 +110,9 @@ public sealed class JobStore : IDisposable
     }
 
     /// <summary>Queues a committed ledger step of <paramref name="jobId"/>.</summary>
-    public void Committed(string jobId, LedgerStep step)
+    public void Committed(string jobId, LedgerEntry step)
     {
-        var bytes = step.ToByteArray();
+        var bytes = step.ToProto().ToByteArray();
         lock (pendingGate)
         {
             ledgerOps.Add(tx => Run(tx, "INSERT OR REPLACE INTO ledger (job_id, step, entry, hash) VALUES ($id, $step, $entry, $hash)",
@@ -97,10 +131,15 @@ public sealed class JobStore : IDisposable
     /// Queues a step or evaluation event of <paramref name="jobId"/> (<paramref name="seq"/>: its place among the job's
     /// events), written with the next flush: a fast job's steps cost one transaction a second, not one each.
     /// </summary>
-    public void Recorded(string jobId, long seq, JobEvent e)
+    public void Recorded(string jobId, long seq, JobNotice e)
     {
-        var bytes = e.ToByteArray();
-        var step = e.KindCase == JobEvent.KindOneofCase.Eval ? e.Eval.Step : e.Step.Step;
+        var bytes = ProtoMapper.EventOf(e).ToByteArray();
+        var step = e switch
+        {
+            JobNotice.Eval v => v.AtStep,
+            JobNotice.Step s => s.Report.Step,
+            _ => throw new ArgumentException($"only step and evaluation events are kept, not {e.GetType().Name}", nameof(e)),
+        };
         lock (pendingGate)
             ledgerOps.Add(tx => Run(tx, "INSERT OR REPLACE INTO events (job_id, seq, step, event) VALUES ($id, $seq, $step, $event)",
                 ("$id", jobId), ("$seq", seq), ("$step", step), ("$event", bytes)));
@@ -111,9 +150,9 @@ public sealed class JobStore : IDisposable
     /// queued ones), in order. Read on a connection of its own (the log lets readers and the writer go side by side), so
     /// a long history read by the dashboard never holds up the training loop's writes.
     /// </summary>
-    public IReadOnlyList<JobEvent> Events(string jobId, out long lastSeq)
+    public IReadOnlyList<JobNotice> Events(string jobId, out long lastSeq)
     {
-        var events = new List<JobEvent>();
+        var events = new List<JobNotice>();
         lastSeq = 0;
         using var reader = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = Path, Mode = SqliteOpenMode.ReadOnly, Pooling = false }.ToString());
         reader.Open();
@@ -126,9 +165,9 @@ public sealed class JobStore : IDisposable
             lastSeq = r.GetInt64(0);
             try
             {
-                events.Add(JobEvent.Parser.ParseFrom((byte[])r[1]));
+                events.Add(ProtoMapper.FromProto(JobEvent.Parser.ParseFrom((byte[])r[1])));
             }
-            catch (InvalidProtocolBufferException e)
+            catch (Exception e) when (e is InvalidProtocolBufferException or InvalidDataException)
             {
                 log.LogError("{Path}: event {Seq} of job {Id} is damaged ({Message}); left out", Path, lastSeq, jobId, e.Message);
             }
@@ -215,9 +254,9 @@ public sealed class JobStore : IDisposable
                 foreach (var op in ops) op(tx);
                 foreach (var job in jobs)
                 {
-                    var info = job.Snapshot().ToByteArray();
-                    Run(tx, "INSERT OR REPLACE INTO jobs (id, info, hash, resume_path, queue_order) VALUES ($id, $info, $hash, $resume, $order)",
-                        ("$id", job.Id), ("$info", info), ("$hash", Hash(info)), ("$resume", job.Resume?.Path ?? ""), ("$order", job.QueueOrder));
+                    var record = JsonSerializer.Serialize(job.Document(), JobStoreJson.Default.JobDocument);
+                    Run(tx, "INSERT OR REPLACE INTO jobs (id, record, hash, resume_path, queue_order) VALUES ($id, $record, $hash, $resume, $order)",
+                        ("$id", job.Id), ("$record", record), ("$hash", Hash(record)), ("$resume", job.Resume?.Path ?? ""), ("$order", job.QueueOrder));
                 }
                 tx.Commit();
                 return true;
@@ -236,7 +275,7 @@ public sealed class JobStore : IDisposable
     {
         lock (writeGate)
         {
-            var ledgers = new Dictionary<string, List<LedgerStep>>();
+            var ledgers = new Dictionary<string, List<LedgerEntry>>();
             using (var cmd = db.CreateCommand())
             {
                 cmd.CommandText = "SELECT job_id, step, entry, hash FROM ledger ORDER BY job_id, step";
@@ -250,30 +289,30 @@ public sealed class JobStore : IDisposable
                         continue;
                     }
                     if (!ledgers.TryGetValue(id, out var list)) ledgers[id] = list = [];
-                    list.Add(LedgerStep.Parser.ParseFrom(bytes));
+                    list.Add(ProtoMapper.FromProto(LedgerStep.Parser.ParseFrom(bytes)));
                 }
             }
             var jobs = new List<StoredJob>();
             using (var cmd = db.CreateCommand())
             {
-                cmd.CommandText = "SELECT id, info, hash, resume_path, queue_order FROM jobs ORDER BY id";
+                cmd.CommandText = "SELECT id, record, hash, resume_path, queue_order FROM jobs ORDER BY id";
                 using var r = cmd.ExecuteReader();
                 while (r.Read())
                 {
-                    var (id, bytes) = (r.GetString(0), (byte[])r[1]);
-                    JobInfo info;
+                    var (id, text) = (r.GetString(0), r.GetString(1));
+                    JobDocument job;
                     try
                     {
-                        if (!Hash(bytes).AsSpan().SequenceEqual((byte[])r[2])) throw new InvalidDataException("hash mismatch");
-                        info = JobInfo.Parser.ParseFrom(bytes);
-                        if (info.JobId != id) throw new InvalidDataException($"the record is of job \"{info.JobId}\"");
+                        if (!Hash(text).AsSpan().SequenceEqual((byte[])r[2])) throw new InvalidDataException("hash mismatch");
+                        job = JsonSerializer.Deserialize(text, JobStoreJson.Default.JobDocument) ?? throw new InvalidDataException("an empty record");
+                        if (job.Id != id) throw new InvalidDataException($"the record is of job \"{job.Id}\"");
                     }
-                    catch (Exception e) when (e is InvalidDataException or InvalidProtocolBufferException)
+                    catch (Exception e) when (e is InvalidDataException or JsonException)
                     {
                         log.LogError("{Path}: the record of job {Id} is damaged ({Message}); the job is left out (its directory stays; an admin can `dtrain resume` it)", Path, id, e.Message);
                         continue;
                     }
-                    jobs.Add(new StoredJob(info, r.GetString(3), r.GetInt64(4), ledgers.TryGetValue(id, out var l) ? l : []));
+                    jobs.Add(new StoredJob(job, r.GetString(3), r.GetInt64(4), ledgers.TryGetValue(id, out var l) ? l : []));
                 }
             }
             return jobs;
@@ -281,6 +320,66 @@ public sealed class JobStore : IDisposable
     }
 
     private static byte[] Hash(byte[] bytes) => SHA256.HashData(bytes);
+
+    private static byte[] Hash(string text) => SHA256.HashData(Encoding.UTF8.GetBytes(text));
+
+    /// <summary>
+    /// Rewrites every job of the first format (table jobs_v0: proto <c>JobInfo</c> bytes) as a JSON record, then drops
+    /// the old table. A row that does not match its hash or does not parse is left out with an error naming the job, as
+    /// loading it would have done.
+    /// </summary>
+    private void MigrateFirstFormat(SqliteTransaction tx)
+    {
+        var rows = new List<(string Id, byte[] Info, byte[] Hash, string Resume, long Order)>();
+        using (var cmd = db.CreateCommand())
+        {
+            cmd.Transaction = tx;
+            cmd.CommandText = "SELECT id, info, hash, resume_path, queue_order FROM jobs_v0 ORDER BY id";
+            using var r = cmd.ExecuteReader();
+            while (r.Read()) rows.Add((r.GetString(0), (byte[])r[1], (byte[])r[2], r.GetString(3), r.GetInt64(4)));
+        }
+        var migrated = 0;
+        foreach (var (id, bytes, hash, resume, order) in rows)
+        {
+            JobDocument job;
+            try
+            {
+                if (!Hash(bytes).AsSpan().SequenceEqual(hash)) throw new InvalidDataException("hash mismatch");
+                var info = JobInfo.Parser.ParseFrom(bytes);
+                if (info.JobId != id) throw new InvalidDataException($"the record is of job \"{info.JobId}\"");
+                job = ProtoMapper.FromProto(info);
+            }
+            catch (Exception e) when (e is InvalidDataException or InvalidProtocolBufferException)
+            {
+                log.LogError("{Path}: the record of job {Id} is damaged ({Message}); the job is left out (its directory stays; an admin can `dtrain resume` it)", Path, id, e.Message);
+                continue;
+            }
+            var record = JsonSerializer.Serialize(job, JobStoreJson.Default.JobDocument);
+            Run(tx, "INSERT OR REPLACE INTO jobs (id, record, hash, resume_path, queue_order) VALUES ($id, $record, $hash, $resume, $order)",
+                ("$id", id), ("$record", record), ("$hash", Hash(record)), ("$resume", resume), ("$order", order));
+            migrated++;
+        }
+        Run(tx, "DROP TABLE jobs_v0");
+        log.LogInformation("{Path}: job store migrated from schema version 0 (proto records) to {Version} (JSON records): {Count} job(s)", Path, SchemaVersion, migrated);
+    }
+
+    private object? Scalar(string sql)
+    {
+        using var cmd = db.CreateCommand();
+        cmd.CommandText = sql;
+        return cmd.ExecuteScalar();
+    }
+
+    /// <summary>The columns of <paramref name="table"/> (none when it does not exist).</summary>
+    private HashSet<string> Columns(string table)
+    {
+        using var cmd = db.CreateCommand();
+        cmd.CommandText = $"SELECT name FROM pragma_table_info('{table}')";
+        using var r = cmd.ExecuteReader();
+        var names = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
+        while (r.Read()) names.Add(r.GetString(0));
+        return names;
+    }
 
     private void Execute(string sql)
     {

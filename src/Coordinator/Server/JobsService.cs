@@ -24,27 +24,27 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
             if (jobs.Knows(request.ResumeJob)) access.Job(context, request.ResumeJob, "resume");
             else if (Caller.Of(context).Role != Role.Admin) throw new RpcException(new Status(StatusCode.NotFound, JobAccess.NotFoundMessage(request.ResumeJob)));
         }
-        var job = jobs.Submit(request, Caller.Of(context).Name);
+        var job = jobs.Submit(request.FromProto(), Caller.Of(context).Name);
         access.Record(context, "job.submit", ("job", job.Id), ("name", job.Spec.Name), ("workers", request.Workers), ("source", request.Source));
         return Task.FromResult(new SubmitReply { JobId = job.Id });
     }
 
     public override Task<JobInfo> Get(GetJobRequest request, ServerCallContext context) =>
-        Task.FromResult(stalls.Describe(access.Job(context, request.JobId, "get").Snapshot(), names: Caller.Of(context).Role != Role.Submitter));
+        Task.FromResult(stalls.Describe(access.Job(context, request.JobId, "get"), names: Caller.Of(context).Role != Role.Submitter));
 
     public override Task<ListJobsReply> List(ListJobsRequest request, ServerCallContext context)
     {
         var reply = new ListJobsReply();
-        reply.Jobs.AddRange(access.Visible(context).Select(j => j.Snapshot()));
+        reply.Jobs.AddRange(access.Visible(context).Select(j => j.ToProto()));
         return Task.FromResult(reply);
     }
 
     public override Task<JobInfo> Cancel(CancelJobRequest request, ServerCallContext context)
     {
-        var before = access.Job(context, request.JobId, "cancel").Snapshot().State;
+        var before = access.Job(context, request.JobId, "cancel").Status;
         var job = jobs.Cancel(request.JobId);
         access.Record(context, "job.cancel", ("job", job.Id), ("owner", job.Owner), ("state", before.ToString().ToLowerInvariant()));
-        return Task.FromResult(job.Snapshot());
+        return Task.FromResult(job.ToProto());
     }
 
     public override async Task Watch(WatchJobRequest request, IServerStreamWriter<JobEvent> responseStream, ServerCallContext context)
@@ -54,7 +54,7 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
         try
         {
             await foreach (var e in reader.ReadAllAsync(context.CancellationToken).ConfigureAwait(false))
-                await responseStream.WriteAsync(e, context.CancellationToken).ConfigureAwait(false);
+                await responseStream.WriteAsync(job.ToProto(e), context.CancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -99,23 +99,23 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
     private static string By(ServerCallContext context) => Caller.Of(context) is { Authenticated: true } c ? c.Name : "an admin";
 
     public override Task<LedgerReply> Ledger(GetJobRequest request, ServerCallContext context) =>
-        Task.FromResult(access.Job(context, request.JobId, "ledger").Ledger.Snapshot());
+        Task.FromResult(ProtoMapper.ToProto(access.Job(context, request.JobId, "ledger").Ledger.Snapshot()));
 
     public override Task<JobHistory> History(GetJobRequest request, ServerCallContext context)
     {
         var job = access.Job(context, request.JobId, "history");
         var reply = new JobHistory();
-        reply.Events.AddRange(job.History());
-        reply.Job = job.Snapshot();
+        reply.Events.AddRange(job.History().Select(ProtoMapper.EventOf));
+        reply.Job = job.ToProto();
         return Task.FromResult(reply);
     }
 
     public override async Task Download(DownloadRequest request, IServerStreamWriter<FileChunk> responseStream, ServerCallContext context)
     {
         var job = access.Job(context, request.JobId, "download");
-        var path = job.Snapshot().Checkpoint;
+        var path = job.Progress.Checkpoint;
         if (string.IsNullOrEmpty(path) || !File.Exists(path))
-            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {request.JobId} has no checkpoint yet (state {job.Snapshot().State})"));
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {request.JobId} has no checkpoint yet (state {job.Status.ToProto()})"));
         long sent = 0;
         var complete = false;
         try

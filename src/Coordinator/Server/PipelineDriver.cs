@@ -2,7 +2,6 @@ using System.Diagnostics;
 using Dtrain.Checkpoints;
 using Dtrain.Distributed;
 using Dtrain.Distributed.Pipeline;
-using Dtrain.Protos.Jobs;
 using Dtrain.Protos.Worker;
 using Dtrain.Runtime;
 using Dtrain.Training;
@@ -73,10 +72,10 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         CheckChecksums(workers, k, d, assigned.Select(a => a.ParameterChecksum).ToArray(), "after initialisation");
         await ResumeLoader.LoadAsync(job, prepared, workers, assigned, cancel).ConfigureAwait(false);
         var start = prepared.StartStep;
-        job.Transition(JobTrigger.Run, "", i => { i.Parameters = layout.Model.Total; i.TotalSteps = total; });
-        job.Publish(new JobEvent { Log = $"pipeline: {d} replica(s) × {k} stages, {pipeline.Microbatches} micro-batch(es), {pipeline.Schedule}; " +
+        job.Transition(JobTrigger.Run, "", p => p with { Parameters = layout.Model.Total, TotalSteps = total });
+        job.Log($"pipeline: {d} replica(s) × {k} stages, {pipeline.Microbatches} micro-batch(es), {pipeline.Schedule}; " +
             string.Join(", ", Enumerable.Range(0, n).Select(slot => $"replica {slot / k} stage {slot % k} (layers {layout.Stages[slot % k].FirstLayer}-{layout.Stages[slot % k].EndLayer - 1}) = {workers.Members[slot].Id} {workers.Members[slot].Address}")) +
-            $"; {layout.Model.Total:N0} parameters, {total} steps" });
+            $"; {layout.Model.Total:N0} parameters, {total} steps");
 
         using var torch = new TorchThread($"gather-{job.Id}", 1);
         var globalCounts = new Dictionary<long, long>();
@@ -114,19 +113,18 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             var elapsed = prepared.ElapsedBefore + runSeconds;
             var stepMs = clock.Elapsed.TotalMilliseconds - started;
             var epoch = shards.PositionOf(step).Epoch;
-            job.Update(i => { i.Step = done; i.Epoch = epoch; i.Loss = loss; i.SamplesPerSecond = samples / Math.Max(1e-9, runSeconds); }, publishState: false);
-            var e = new StepEvent
+            job.Update(p => p with { Step = done, Epoch = epoch, Loss = loss, SamplesPerSecond = samples / Math.Max(1e-9, runSeconds) }, publishState: false);
+            job.PublishStep(new StepReport
             {
                 Step = done, TotalSteps = total, Epoch = epoch, Loss = loss, Lr = lr, SamplesPerSecond = samples / Math.Max(1e-9, runSeconds), ElapsedSeconds = elapsed,
                 EtaSeconds = runSeconds / (done - start) * (total - done), Workers = n, ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs), StepMs = stepMs, GradNorm = norm,
                 Bubble = replies.Average(r => r.IdleMs / Math.Max(1e-9, r.IdleMs + r.ComputeMs)),
                 Skipped = skipped is not null, Nonfinite = why is null ? "" : double.IsFinite(loss) ? NonFiniteCauses.Gradient : NonFiniteCauses.Loss,
-            };
-            e.StageComputeMs.AddRange(Enumerable.Range(0, k).Select(s => Enumerable.Range(0, d).Max(r => replies[Slot(r, s)].ComputeMs)));
-            job.Publish(new JobEvent { Step = e });
+                StageComputeMs = [.. Enumerable.Range(0, k).Select(s => Enumerable.Range(0, d).Max(r => replies[Slot(r, s)].ComputeMs))],
+            });
             if (skipped is not null)
             {
-                job.Publish(new JobEvent { Log = skipped.Line });
+                job.Log(skipped.Line);
                 if (skipped.Failure is { } failure) throw new JobFailure(failure) { Terminal = true };
             }
 
@@ -145,14 +143,14 @@ public sealed class PipelineDriver(CoordinatorOptions options)
                 var saving = System.Diagnostics.Stopwatch.StartNew();
                 var path = store.Save(checkpoint);
                 var size = new FileInfo(path).Length;
-                job.Update(i => { i.Checkpoint = path; i.CheckpointSeconds = saving.Elapsed.TotalSeconds; i.CheckpointBytes = size; }, publishState: false);
-                job.Publish(new JobEvent { Log = $"step {done}: checkpoint {path} (gathered from {k} stages)" });
+                job.Update(p => p with { Checkpoint = path, CheckpointSeconds = saving.Elapsed.TotalSeconds, CheckpointBytes = size }, publishState: false);
+                job.Log($"step {done}: checkpoint {path} (gathered from {k} stages)");
             }
         }
     }
 
     /// <summary>Builds the whole model from the stages' parameters; evaluates it on the validation split and/or captures a checkpoint.</summary>
-    private static (Metrics?, CheckpointData?) Gather(JobRecord job, PreparedData data, IReadOnlyList<NamedTensor> parameters, TrainingState training, bool evaluate, bool checkpoint)
+    private static (EvalMetrics?, CheckpointData?) Gather(JobRecord job, PreparedData data, IReadOnlyList<NamedTensor> parameters, TrainingState training, bool evaluate, bool checkpoint)
     {
         var spec = job.Spec;
         using var engine = new TrainingEngine(spec, data.Tokenizer.VocabSize, data.Labels.Count, CPU);
@@ -166,20 +164,18 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         {
             throw new JobFailure($"gathering the model from every stage: {e.Message}");
         }
-        Metrics? metrics = null;
+        EvalMetrics? metrics = null;
         if (evaluate)
         {
             if (spec.Task == Specs.TaskKinds.LanguageModel)
             {
                 var m = Evaluator.LanguageModel(engine, data.ValidationTokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.EvalBatches);
-                metrics = new Metrics { Loss = m.Loss, Count = m.Count };
+                metrics = new EvalMetrics(m.Loss, m.Count);
             }
             else
             {
                 var m = Evaluator.Classification(engine, data.ValidationSequences, data.ValidationLabels, data.Labels.Count, spec.Training.BatchSize, spec.Training.EvalBatches);
-                metrics = new Metrics { Loss = m.Loss, Count = m.Count };
-                if (m.Accuracy is { } a) metrics.Accuracy = a;
-                if (m.MacroF1 is { } f) metrics.MacroF1 = f;
+                metrics = new EvalMetrics(m.Loss, m.Count) { Accuracy = m.Accuracy, MacroF1 = m.MacroF1 };
             }
         }
         CheckpointData? state = null;

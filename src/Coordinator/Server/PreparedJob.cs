@@ -30,7 +30,7 @@ public sealed record PreparedJob(PreparedData Data, IBatchSource Source, long To
         // A resumed job keeps the checkpoint's vocabulary and labels: its token ids are the model's.
         var data = await Task.Run(() => PreparedData.Load(spec, job.Dir, resume?.Tokenizer, resume?.Labels, limits: job.DataLimits, cancel: cancel), cancel).ConfigureAwait(false);
         if (data.Report.Skipped > 0 || data.Report.Truncated > 0)
-            job.Publish(new Protos.Jobs.JobEvent { Log = $"data: read {data.Report.Read} records, skipped {data.Report.Skipped}, truncated {data.Report.Truncated}" });
+            job.Log($"data: read {data.Report.Read} records, skipped {data.Report.Skipped}, truncated {data.Report.Truncated}");
         IBatchSource source = spec.Task == TaskKinds.LanguageModel
             ? new LanguageModelBatches(data.TrainTokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.LmSampling, spec.Training.Seed)
             : new ClassificationBatches(data.TrainSequences, data.TrainLabels, spec.Training.BatchSize, spec.Training.Seed);

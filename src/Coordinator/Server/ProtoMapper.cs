@@ -2,7 +2,12 @@ using Dtrain.Protos.Jobs;
 
 namespace Dtrain.Server;
 
-/// <summary>The service edge: domain types to the protos the gRPC services answer with (and nowhere else).</summary>
+/// <summary>
+/// The service edge: domain types (<see cref="JobRecord"/>'s <see cref="JobStatus"/> and <see cref="JobProgress"/>,
+/// <see cref="JobNotice"/>, <see cref="LedgerEntry"/>, <see cref="JobSubmission"/>, membership) to and from the protos
+/// the gRPC services and the dashboard answer with, and the job store's proto-coded tables (ledger and events; a job
+/// store of the first format is read through it once, when migrated). The only place a job's <c>JobInfo</c> is built.
+/// </summary>
 public static class ProtoMapper
 {
     public static WorkerState ToProto(this MembershipState state) => state switch
@@ -28,7 +33,7 @@ public static class ProtoMapper
         _ => throw new ArgumentOutOfRangeException(nameof(status), status, "no proto state for it"),
     };
 
-    /// <summary>A stored job's state (the job store keeps the proto record).</summary>
+    /// <summary>A job's state in a record of the job store's first format (proto bytes), migrated on open.</summary>
     public static JobStatus FromProto(JobState state) => state switch
     {
         JobState.Queued => JobStatus.Queued,
@@ -57,4 +62,166 @@ public static class ProtoMapper
         Cordoned = w.Cordoned,
         Message = w.Message,
     };
+
+    /// <summary>The job as the gRPC services, the dashboard and `dtrain status` show it: the only place a job's <see cref="JobInfo"/> is built.</summary>
+    public static JobInfo ToProto(this JobRecord job)
+    {
+        var (status, progress) = job.Read();
+        return job.ToProto(status, progress);
+    }
+
+    /// <summary>The job with this state and progress (read together, under the record's lock).</summary>
+    public static JobInfo ToProto(this JobRecord job, JobStatus status, JobProgress p)
+    {
+        var info = new JobInfo
+        {
+            JobId = job.Id,
+            Name = job.Spec.Name,
+            Task = job.Spec.Task,
+            Owner = job.Owner,
+            WorkersRequested = job.WorkersRequested,
+            SubmittedUnixMs = job.Submitted.ToUnixTimeMilliseconds(),
+            State = status.ToProto(),
+            Message = p.Message,
+            Step = p.Step,
+            TotalSteps = p.TotalSteps,
+            Epoch = p.Epoch,
+            Loss = p.Loss,
+            SamplesPerSecond = p.SamplesPerSecond,
+            StartedUnixMs = p.Started?.ToUnixTimeMilliseconds() ?? 0,
+            FinishedUnixMs = p.Finished?.ToUnixTimeMilliseconds() ?? 0,
+            Checkpoint = p.Checkpoint,
+            CheckpointSeconds = p.CheckpointSeconds,
+            CheckpointBytes = p.CheckpointBytes,
+            Parameters = p.Parameters,
+            ResumedFrom = p.ResumedFrom,
+            StartStep = p.StartStep,
+            MinWorkers = p.MinWorkers,
+            MaxWorkers = p.MaxWorkers,
+            Generation = p.Generation,
+            Restarts = p.Restarts,
+            LastEval = p.LastEval?.ToProto(),
+        };
+        info.WorkerIds.AddRange(p.WorkerIds);
+        return info;
+    }
+
+    public static LedgerStep ToProto(this LedgerEntry e)
+    {
+        var step = new LedgerStep { Step = e.Step, Epoch = e.Epoch, StepInEpoch = e.StepInEpoch, Rows = e.Rows, Generation = e.Generation };
+        step.Shares.AddRange(e.Shares.Select(s => new LedgerShare { WorkerId = s.WorkerId, FirstRow = s.FirstRow, Rows = s.Rows }));
+        return step;
+    }
+
+    public static LedgerEntry FromProto(LedgerStep s) =>
+        new(s.Step, s.Epoch, s.StepInEpoch, s.Rows, s.Generation, [.. s.Shares.Select(x => new RowShare(x.WorkerId, x.FirstRow, x.Rows))]);
+
+    /// <summary>The ledger as `dtrain status --ledger` gets it.</summary>
+    public static LedgerReply ToProto(IEnumerable<LedgerEntry> ledger)
+    {
+        var reply = new LedgerReply();
+        reply.Steps.AddRange(ledger.Select(e => e.ToProto()));
+        return reply;
+    }
+
+    /// <summary>A ledger as the Ledger RPC answered it, e.g. to <see cref="SampleLedger.Check"/> it.</summary>
+    public static IReadOnlyList<LedgerEntry> FromProto(LedgerReply reply) => [.. reply.Steps.Select(FromProto)];
+
+    /// <summary>A Submit request as the job manager takes it.</summary>
+    public static JobSubmission FromProto(this SubmitRequest r) => new()
+    {
+        SpecJson = r.SpecJson,
+        Workers = r.Workers,
+        Source = r.Source,
+        Files = r.Files.ToDictionary(f => f.Key, f => f.Value.Memory, StringComparer.Ordinal),
+        UploadedFiles = r.UploadedFiles.ToDictionary(f => f.Key, f => f.Value, StringComparer.Ordinal),
+        ResumeJob = r.ResumeJob,
+        ResumeUpload = r.ResumeUpload,
+        MinWorkers = r.MinWorkers,
+        MaxWorkers = r.MaxWorkers,
+    };
+
+    /// <summary>A notice of <paramref name="job"/> as the Watch and History RPCs stream it.</summary>
+    public static JobEvent ToProto(this JobRecord job, JobNotice notice) =>
+        notice is JobNotice.State s ? new JobEvent { State = job.ToProto(s.Status, s.Progress) } : EventOf(notice);
+
+    /// <summary>A step, evaluation or log notice as a proto event (a state notice needs its job: <see cref="ToProto(JobRecord, JobNotice)"/>); the store keeps step and evaluation events so.</summary>
+    public static JobEvent EventOf(JobNotice notice) => notice switch
+    {
+        JobNotice.Step s => new JobEvent { Step = s.Report.ToProto() },
+        JobNotice.Eval v => new JobEvent { Eval = new EvalEvent { Step = v.AtStep, Metrics = v.Metrics.ToProto() } },
+        JobNotice.Log l => new JobEvent { Log = l.Text },
+        _ => throw new ArgumentException($"a {notice.GetType().Name} notice needs its job", nameof(notice)),
+    };
+
+    /// <summary>A stored step or evaluation event.</summary>
+    public static JobNotice FromProto(JobEvent e) => e.KindCase switch
+    {
+        JobEvent.KindOneofCase.Step => new JobNotice.Step(FromProto(e.Step)),
+        JobEvent.KindOneofCase.Eval => new JobNotice.Eval(e.Eval.Step, FromProto(e.Eval.Metrics ?? new Metrics())),
+        JobEvent.KindOneofCase.Log => new JobNotice.Log(e.Log),
+        _ => throw new InvalidDataException($"a stored event of kind {e.KindCase}: only steps, evaluations and log lines are kept"),
+    };
+
+    public static StepEvent ToProto(this StepReport s)
+    {
+        var e = new StepEvent
+        {
+            Step = s.Step, TotalSteps = s.TotalSteps, Epoch = s.Epoch, Loss = s.Loss, Lr = s.Lr, SamplesPerSecond = s.SamplesPerSecond,
+            ElapsedSeconds = s.ElapsedSeconds, EtaSeconds = s.EtaSeconds, Workers = s.Workers, ComputeMs = s.ComputeMs, AllreduceMs = s.AllreduceMs,
+            StepMs = s.StepMs, Bubble = s.Bubble, Skipped = s.Skipped, Nonfinite = s.Nonfinite, GradNorm = s.GradNorm,
+        };
+        e.StageComputeMs.AddRange(s.StageComputeMs);
+        return e;
+    }
+
+    public static StepReport FromProto(StepEvent e) => new()
+    {
+        Step = e.Step, TotalSteps = e.TotalSteps, Epoch = e.Epoch, Loss = e.Loss, Lr = e.Lr, SamplesPerSecond = e.SamplesPerSecond,
+        ElapsedSeconds = e.ElapsedSeconds, EtaSeconds = e.EtaSeconds, Workers = e.Workers, ComputeMs = e.ComputeMs, AllreduceMs = e.AllreduceMs,
+        StepMs = e.StepMs, StageComputeMs = [.. e.StageComputeMs], Bubble = e.Bubble, Skipped = e.Skipped, Nonfinite = e.Nonfinite, GradNorm = e.GradNorm,
+    };
+
+    public static Metrics ToProto(this EvalMetrics m)
+    {
+        var proto = new Metrics { Loss = m.Loss, Count = m.Count };
+        if (m.Accuracy is { } a) proto.Accuracy = a;
+        if (m.MacroF1 is { } f) proto.MacroF1 = f;
+        if (m.Perplexity is { } pp) proto.Perplexity = pp;
+        if (m.BitsPerToken is { } b) proto.BitsPerToken = b;
+        return proto;
+    }
+
+    public static EvalMetrics FromProto(Metrics m) => new(m.Loss, m.Count)
+    {
+        Accuracy = m.HasAccuracy ? m.Accuracy : null,
+        MacroF1 = m.HasMacroF1 ? m.MacroF1 : null,
+        Perplexity = m.HasPerplexity ? m.Perplexity : null,
+        BitsPerToken = m.HasBitsPerToken ? m.BitsPerToken : null,
+    };
+
+    /// <summary>A job record of the job store's first format (its <see cref="JobInfo"/> as proto bytes), for the migration to the current one.</summary>
+    public static JobDocument FromProto(JobInfo i) => new(i.JobId, i.Name, i.Task, i.Owner, i.WorkersRequested, DateTimeOffset.FromUnixTimeMilliseconds(i.SubmittedUnixMs), FromProto(i.State), new JobProgress
+    {
+        Message = i.Message,
+        WorkerIds = [.. i.WorkerIds],
+        Step = i.Step,
+        TotalSteps = i.TotalSteps,
+        Epoch = i.Epoch,
+        Loss = i.Loss,
+        SamplesPerSecond = i.SamplesPerSecond,
+        LastEval = i.LastEval is { } m ? FromProto(m) : null,
+        Started = i.StartedUnixMs > 0 ? DateTimeOffset.FromUnixTimeMilliseconds(i.StartedUnixMs) : null,
+        Finished = i.FinishedUnixMs > 0 ? DateTimeOffset.FromUnixTimeMilliseconds(i.FinishedUnixMs) : null,
+        Checkpoint = i.Checkpoint,
+        CheckpointSeconds = i.CheckpointSeconds,
+        CheckpointBytes = i.CheckpointBytes,
+        Parameters = i.Parameters,
+        ResumedFrom = i.ResumedFrom,
+        StartStep = i.StartStep,
+        MinWorkers = i.MinWorkers,
+        MaxWorkers = i.MaxWorkers,
+        Generation = i.Generation,
+        Restarts = i.Restarts,
+    });
 }

@@ -1,5 +1,4 @@
 using System.Runtime.InteropServices;
-using Dtrain.Protos.Jobs;
 using Dtrain.Protos.Worker;
 using Dtrain.Runtime;
 
@@ -28,7 +27,7 @@ public static class ResumeLoader
             if (replies[rank].Tensors != assigned[rank].ParameterNames.Count || !Distributed.ParameterChecksums.Agree(replies[rank].ParameterChecksum, expected))
                 throw new JobFailure($"worker {workers.Members[rank].Id} loaded the checkpoint's state wrongly: checksum {replies[rank].ParameterChecksum:R} of {replies[rank].Tensors} tensors, expected {expected:R} of {assigned[rank].ParameterNames.Count}");
         }
-        job.Publish(new JobEvent { Log = $"resumed from {resume.From} ({resume.Path}) at step {prepared.StartStep}: {tensors.Count} parameter tensors and their optimizer state loaded into {replies.Length} worker(s)" });
+        job.Log($"resumed from {resume.From} ({resume.Path}) at step {prepared.StartStep}: {tensors.Count} parameter tensors and their optimizer state loaded into {replies.Length} worker(s)");
     }
 
     private static double Sum(NamedTensor t)

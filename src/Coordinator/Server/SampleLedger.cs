@@ -1,7 +1,31 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
 using Dtrain.Distributed;
-using Dtrain.Protos.Jobs;
 
 namespace Dtrain.Server;
+
+/// <summary>Rows <paramref name="FirstRow"/> .. <paramref name="FirstRow"/> + <paramref name="Rows"/> - 1 of a step's global batch, trained by <paramref name="WorkerId"/>.</summary>
+public sealed record RowShare(string WorkerId, int FirstRow, int Rows);
+
+/// <summary>
+/// One committed step of the sample ledger: its place in the epoch's sample order, the rows of its global batch, its
+/// membership generation and which worker trained which rows (the domain's own type; the proto <c>LedgerStep</c> is
+/// built from it at the service edge and in the job store).
+/// </summary>
+public sealed record LedgerEntry(long Step, long Epoch, long StepInEpoch, int Rows, long Generation, IReadOnlyList<RowShare> Shares)
+{
+    /// <summary>Value equality, with the shares compared by content.</summary>
+    public bool Equals(LedgerEntry? other) =>
+        other is not null && Step == other.Step && Epoch == other.Epoch && StepInEpoch == other.StepInEpoch && Rows == other.Rows
+        && Generation == other.Generation && Shares.SequenceEqual(other.Shares);
+
+    public override int GetHashCode() => HashCode.Combine(Step, Epoch, Generation, Shares.Count);
+}
+
+/// <summary>ledger.jsonl's lines (camelCase, as the protobuf JSON of the same fields).</summary>
+[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase)]
+[JsonSerializable(typeof(LedgerEntry))]
+internal sealed partial class LedgerJson : JsonSerializerContext;
 
 /// <summary>
 /// Which rows of the epoch's sample order every committed step used, on which workers, in which membership
@@ -13,14 +37,14 @@ namespace Dtrain.Server;
 public sealed class SampleLedger(string? file = null)
 {
     private readonly Lock gate = new();
-    private readonly SortedDictionary<long, LedgerStep> steps = [];
+    private readonly SortedDictionary<long, LedgerEntry> steps = [];
 
     /// <summary>Called (under the ledger's lock, in order) for every committed step and every roll-back: the coordinator's <see cref="Server.JobStore"/> keeps them.</summary>
-    public Action<LedgerStep>? OnCommit { get; set; }
+    public Action<LedgerEntry>? OnCommit { get; set; }
     public Action<long>? OnRollBack { get; set; }
 
     /// <summary>Takes back the steps a coordinator's store kept (after a restart), without writing them again.</summary>
-    public void Restore(IEnumerable<LedgerStep> kept)
+    public void Restore(IEnumerable<LedgerEntry> kept)
     {
         lock (gate)
             foreach (var s in kept) steps[s.Step] = s;
@@ -30,19 +54,19 @@ public sealed class SampleLedger(string? file = null)
     public void Commit(long step, ShardPlan plan, long generation, IReadOnlyList<string> members)
     {
         var position = plan.PositionOf(step);
-        var entry = new LedgerStep { Step = step, Epoch = position.Epoch, StepInEpoch = position.StepInEpoch, Rows = plan.RowsAt(step), Generation = generation };
-        for (var rank = 0; rank < members.Count; rank++)
-        {
-            var (start, count) = plan.RangeFor(step, rank);
-            entry.Shares.Add(new LedgerShare { WorkerId = members[rank], FirstRow = start, Rows = count });
-        }
+        var entry = new LedgerEntry(step, position.Epoch, position.StepInEpoch, plan.RowsAt(step), generation,
+            [.. members.Select((id, rank) =>
+            {
+                var (start, count) = plan.RangeFor(step, rank);
+                return new RowShare(id, start, count);
+            })]);
         lock (gate)
         {
             if (!steps.TryAdd(step, entry)) throw new InvalidOperationException($"step {step} committed twice (generation {steps[step].Generation} and {generation})");
             if (file is not null)
             {
                 Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(file))!);
-                File.AppendAllText(file, Google.Protobuf.JsonFormatter.Default.Format(entry) + "\n");
+                File.AppendAllText(file, JsonSerializer.Serialize(entry, LedgerJson.Default.LedgerEntry) + "\n");
             }
             OnCommit?.Invoke(entry);
         }
@@ -64,19 +88,18 @@ public sealed class SampleLedger(string? file = null)
         lock (gate) return steps.ContainsKey(step);
     }
 
-    public LedgerReply Snapshot()
+    /// <summary>The committed steps, in order.</summary>
+    public IReadOnlyList<LedgerEntry> Snapshot()
     {
-        var reply = new LedgerReply();
-        lock (gate) reply.Steps.AddRange(steps.Values.Select(s => s.Clone()));
-        return reply;
+        lock (gate) return [.. steps.Values];
     }
 
     /// <summary>What is wrong with a ledger (empty when every step from <paramref name="from"/> to <paramref name="to"/> appears once and its shares partition its rows).</summary>
-    public static IReadOnlyList<string> Check(LedgerReply ledger, long from, long to)
+    public static IReadOnlyList<string> Check(IEnumerable<LedgerEntry> ledger, long from, long to)
     {
         var problems = new List<string>();
         var seen = new HashSet<long>();
-        foreach (var s in ledger.Steps)
+        foreach (var s in ledger)
         {
             if (!seen.Add(s.Step)) problems.Add($"step {s.Step} appears twice");
             var next = 0;

@@ -124,28 +124,31 @@ public sealed class StallMonitor(CoordinatorOptions options, WorkerRegistry regi
     private readonly Dictionary<string, (Stall Stall, DateTimeOffset Since)> current = [];
 
     /// <summary>Workers of the job, in the job's rank order (those the registry still knows).</summary>
-    private List<WorkerRecord> WorkersOf(JobInfo info)
+    private List<WorkerRecord> WorkersOf(string jobId, IEnumerable<string> workerIds)
     {
-        var order = info.WorkerIds.Select((id, i) => (id, i)).ToDictionary(x => x.id, x => x.i);
-        return [.. registry.Snapshot().Where(w => w.JobId == info.JobId || order.ContainsKey(w.Id) && w.JobId == "" && w.State == MembershipState.Lost)
+        var order = workerIds.Select((id, i) => (id, i)).ToDictionary(x => x.id, x => x.i);
+        return [.. registry.Snapshot().Where(w => w.JobId == jobId || order.ContainsKey(w.Id) && w.JobId == "" && w.State == MembershipState.Lost)
             .OrderBy(w => order.TryGetValue(w.Id, out var i) ? i : int.MaxValue)];
     }
 
     /// <summary>Silent: no heartbeat for the stall warning time, and at least two heartbeat intervals (a heartbeat is not late before).</summary>
     private double SilentSeconds => Math.Max(options.StallWarningSeconds, 2 * options.HeartbeatIntervalMs / 1000.0);
 
-    private static bool Running(JobInfo info) => info.State is JobState.Running or JobState.Waiting;
+    private static bool Running(JobStatus status) => status is JobStatus.Running or JobStatus.Waiting;
 
     /// <summary>
-    /// Fills <paramref name="info"/>'s live fields: a row per worker (<see cref="JobInfo.WorkerRows"/>) and the stall line, if any.
+    /// The job as `dtrain status` shows it (<see cref="ProtoMapper.ToProto(JobRecord)"/>) with its live fields: a row per
+    /// worker (<see cref="JobInfo.WorkerRows"/>) and the stall line, if any.
     /// <paramref name="names"/>: whether workers' names are shown (callers who may list workers), else ids only.
     /// </summary>
-    public JobInfo Describe(JobInfo info, bool names = true)
+    public JobInfo Describe(JobRecord job, bool names = true)
     {
-        if (!Running(info) && info.State != JobState.Preparing) return info;
+        var (status, progress) = job.Read();
+        var info = job.ToProto(status, progress);
+        if (!Running(status) && status != JobStatus.Preparing) return info;
         var now = clock.GetUtcNow();
-        var workers = WorkersOf(info);
-        var stall = info.State == JobState.Preparing ? null : StallDiagnosis.Diagnose(workers, now, options.StallWarningSeconds, SilentSeconds, names);
+        var workers = WorkersOf(job.Id, progress.WorkerIds);
+        var stall = status == JobStatus.Preparing ? null : StallDiagnosis.Diagnose(workers, now, options.StallWarningSeconds, SilentSeconds, names);
         foreach (var w in workers)
         {
             var row = StallDiagnosis.Info(w, now);
@@ -171,10 +174,10 @@ public sealed class StallMonitor(CoordinatorOptions options, WorkerRegistry regi
         var seen = new HashSet<string>();
         foreach (var job in jobs.List())
         {
-            var info = job.Snapshot();
-            if (!Running(info)) continue;
+            var (status, progress) = job.Read();
+            if (!Running(status)) continue;
             seen.Add(job.Id);
-            var workers = WorkersOf(info);
+            var workers = WorkersOf(job.Id, progress.WorkerIds);
             var stall = StallDiagnosis.Diagnose(workers, now, options.StallWarningSeconds, SilentSeconds);
             (Stall Stall, DateTimeOffset Since) before;
             bool had;
@@ -183,9 +186,9 @@ public sealed class StallMonitor(CoordinatorOptions options, WorkerRegistry regi
             {
                 if (!had) continue;
                 lock (current) current.Remove(job.Id);
-                var line = string.Create(CultureInfo.InvariantCulture, $"stall cleared after {(now - before.Since).TotalSeconds:F0} s (at step {info.Step})");
+                var line = string.Create(CultureInfo.InvariantCulture, $"stall cleared after {(now - before.Since).TotalSeconds:F0} s (at step {progress.Step})");
                 log.LogInformation("job {Id}: {Line}", job.Id, line);
-                job.Publish(new JobEvent { Log = line });
+                job.Log(line);
                 continue;
             }
             if (had && before.Stall.Culprits.SequenceEqual(stall.Culprits))
@@ -197,7 +200,7 @@ public sealed class StallMonitor(CoordinatorOptions options, WorkerRegistry regi
             log.LogWarning("job {Id}: stall warning (Coordinator:StallWarningSeconds = {Seconds} s): {Text}", job.Id, options.StallWarningSeconds, stall.Text);
             // Watchers include submitters, who see worker ids but not names (`dtrain status` shows names to those who may list workers).
             var forWatchers = StallDiagnosis.Diagnose(workers, now, options.StallWarningSeconds, SilentSeconds, names: false) ?? stall;
-            job.Publish(new JobEvent { Log = $"stall warning: {forWatchers.Text}" });
+            job.Log($"stall warning: {forWatchers.Text}");
         }
         lock (current)
         {

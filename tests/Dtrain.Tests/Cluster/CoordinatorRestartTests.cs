@@ -90,7 +90,7 @@ public class CoordinatorRestartTests
             var relative = ParameterDiff.MaxRelative(a.Engine.Parameters, b.Engine.Parameters);
             Assert.True(relative <= 1e-5, $"resumed vs uninterrupted: max |dp| / max |p| = {relative:E2}");
         }
-        Assert.Empty(SampleLedger.Check(client.Ledger(new GetJobRequest { JobId = id }), 0, Steps));
+        Assert.Empty(SampleLedger.Check(ProtoMapper.FromProto(client.Ledger(new GetJobRequest { JobId = id })), 0, Steps));
 
         var result = await watch;
         Assert.True(result.ExitCode == 0, result.ToString());

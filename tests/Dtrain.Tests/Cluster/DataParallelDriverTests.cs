@@ -26,7 +26,7 @@ public class DataParallelDriverTests
         var prepared = await PreparedJob.LoadAsync(job, CancellationToken.None);
         await new DataParallelDriver(new CoordinatorOptions()).RunAsync(job, prepared, workers, CancellationToken.None);
 
-        var info = job.Snapshot();
+        var info = job.Progress;
         Assert.Equal(12, info.Step);
         Assert.Equal(12, info.TotalSteps);
         using var distributed = TrainedModel.Load(info.Checkpoint);
@@ -36,8 +36,9 @@ public class DataParallelDriverTests
         var steps = new List<StepEvent>();
         var evals = new List<EvalEvent>();
         var history = job.Watch();
-        while (history.TryRead(out var e))
+        while (history.TryRead(out var notice))
         {
+            var e = job.ToProto(notice);
             if (e.Step is { } s) steps.Add(s);
             if (e.Eval is { } v) evals.Add(v);
         }

@@ -75,7 +75,7 @@ public class ElasticTests
     static LedgerReply AssertLedger(Jobs.JobsClient client, string id)
     {
         var ledger = client.Ledger(new GetJobRequest { JobId = id });
-        var problems = SampleLedger.Check(ledger, 0, Steps);
+        var problems = SampleLedger.Check(ProtoMapper.FromProto(ledger), 0, Steps);
         Assert.True(problems.Count == 0, string.Join("; ", problems.Take(10)));
         return ledger;
     }
@@ -142,7 +142,7 @@ public class ElasticTests
         Assert.Equal(3, info.WorkerIds.Count);
         var joiner = IdOfWorker(client, 2);
         var ledger = client.Ledger(new GetJobRequest { JobId = id });
-        var problems = SampleLedger.Check(ledger, 0, 1000);
+        var problems = SampleLedger.Check(ProtoMapper.FromProto(ledger), 0, 1000);
         Assert.True(problems.Count == 0, string.Join("; ", problems.Take(10)));
         var firstWithJoiner = ledger.Steps.Where(s => s.Shares.Any(x => x.WorkerId == joiner)).Min(s => s.Step);
         Assert.True(firstWithJoiner <= idleAt + 2, $"idle at step {idleAt}, first trained step {firstWithJoiner}");

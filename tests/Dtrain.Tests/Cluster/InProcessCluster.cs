@@ -71,13 +71,15 @@ public sealed class InProcessCluster : IAsyncDisposable
 
     /// <summary>
     /// Stops the coordinator and starts a new one on the same data directory and port (its job store, uploads and tokens
-    /// are what it finds on disk); <paramref name="services"/> replaces services of the new one (e.g. a clock further on).
+    /// are what it finds on disk); <paramref name="services"/> replaces services of the new one (e.g. a clock further on);
+    /// <paramref name="whileStopped"/> runs between the two (e.g. to change the data directory as an older version left it).
     /// </summary>
-    public async Task RestartCoordinatorAsync(Action<IServiceCollection>? services = null)
+    public async Task RestartCoordinatorAsync(Action<IServiceCollection>? services = null, Action? whileStopped = null)
     {
         var port = new Uri(Address).Port;
         await coordinator.StopAsync();
         await coordinator.DisposeAsync();
+        whileStopped?.Invoke();
         coordinator = CoordinatorHost.Build(options with { Port = port }, Quiet, services);
         await coordinator.StartAsync();
     }

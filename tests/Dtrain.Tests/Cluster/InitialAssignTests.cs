@@ -34,6 +34,25 @@ public class InitialAssignTests
         }
     }
 
+    /// <summary>How many Assign calls the worker refused.</summary>
+    sealed class Refusals
+    {
+        private int count;
+        public int Count => Volatile.Read(ref count);
+        public void Add() => Interlocked.Increment(ref count);
+    }
+
+    /// <summary>The worker's Assign always fails as an unreachable worker's does, while the worker lives on: it heartbeats, and registers again once marked lost.</summary>
+    sealed class AlwaysFailsAssign(Refusals refusals) : Interceptor
+    {
+        public override Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
+        {
+            if (request is not AssignRequest) return continuation(request, context);
+            refusals.Add();
+            throw new RpcException(new Status(StatusCode.Unavailable, $"connection reset (refusal {refusals.Count})"));
+        }
+    }
+
     const int Steps = 12;
 
     /// <summary>Two workers and a third (index 2, "test-3") that dies during its first Assign; the returned task stops it then.</summary>
@@ -52,12 +71,12 @@ public class InitialAssignTests
         return (cluster, culprit, died);
     }
 
-    static string Submit(InProcessCluster cluster, TempDir tmp, int min, int max)
+    static string Submit(InProcessCluster cluster, TempDir tmp, int min, int max, int workers = 3)
     {
         tmp.Write("t.txt", TestJobs.Text(100));
         var spec = TestJobs.CharLm("t.txt", steps: Steps);
         spec = spec with { Training = spec.Training with { BatchSize = 6, EvalInterval = 0, CheckpointInterval = 0 } };
-        var request = JobCommands.BuildSubmit(cluster.Client, new FileInfo(tmp.Write("job.json", JobSpecSerializer.Serialize(spec))), 3);
+        var request = JobCommands.BuildSubmit(cluster.Client, new FileInfo(tmp.Write("job.json", JobSpecSerializer.Serialize(spec))), workers);
         request.MinWorkers = min;
         request.MaxWorkers = max;
         return cluster.Client.Submit(request).JobId;
@@ -115,7 +134,7 @@ public class InitialAssignTests
         Assert.True(info.Generation >= 2, $"generation {info.Generation}");
         var logs = await LogsAsync(cluster, id);
         Assert.Contains(logs, l => l.Contains("the assignment failed before step 0", StringComparison.Ordinal) && l.Contains(culprit, StringComparison.Ordinal));
-        var problems = SampleLedger.Check(cluster.Client.Ledger(new GetJobRequest { JobId = id }), 0, Steps);
+        var problems = SampleLedger.Check(ProtoMapper.FromProto(cluster.Client.Ledger(new GetJobRequest { JobId = id })), 0, Steps);
         Assert.True(problems.Count == 0, string.Join("; ", problems));
     }
 
@@ -160,5 +179,42 @@ public class InitialAssignTests
         Assert.Equal(0, info.Step);
         Assert.Contains("fewer than the minimum of 3 worker(s)", info.Message);
         Assert.True(info.Message.Contains(culprit, StringComparison.Ordinal), info.Message);
+    }
+
+    [Fact]
+    public async Task A_job_whose_first_assign_keeps_failing_fails_after_AssignAttempts_naming_the_worker_and_its_last_error()
+    {
+        // One worker that refuses every Assign but lives on: each attempt marks it lost, it registers again, the job
+        // (waiting for its minimum of 1) takes it back and tries again — without a limit, for ever.
+        await using var cluster = await InProcessCluster.StartAsync(0, new CoordinatorOptions { AssignAttempts = 3, AssignBackoffSeconds = 0.1, WaitForWorkersSeconds = 120 });
+        var refusals = new Refusals();
+        await cluster.AddWorkerAsync(configure: b =>
+        {
+            b.Services.AddSingleton(refusals);
+            b.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<AlwaysFailsAssign>());
+        });
+        await cluster.WaitForIdleAsync(1, TimeSpan.FromSeconds(30));
+        using var tmp = new TempDir();
+        var id = Submit(cluster, tmp, min: 1, max: 1, workers: 1);
+        var info = await WaitForEndAsync(cluster, id);
+
+        Assert.Equal(JobState.Failed, info.State);
+        Assert.Equal(0, info.Step);
+        Assert.Equal(3, refusals.Count);
+        Assert.StartsWith("assigning the job's workers failed 3 time(s) before step 0 (Coordinator:AssignAttempts = 3); the last attempt: ", info.Message);
+        // The worker by the id it had at the last attempt (its third registration) and its last error.
+        Assert.Matches(@"the last attempt: worker w3 \([^)]+\) unreachable during assign at step 0: connection reset \(refusal 3\)$", info.Message);
+        var logs = await LogsAsync(cluster, id);
+        Assert.Equal(2, logs.Count(l => l.Contains("the assignment failed before step 0", StringComparison.Ordinal) && l.Contains("assigning again", StringComparison.Ordinal)));
+        Assert.Contains(logs, l => l.Contains("(attempt 2 of 3)", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void AssignAttempts_and_AssignBackoffSeconds_are_validated_naming_the_key()
+    {
+        var errors = new CoordinatorOptions { AssignAttempts = 0, AssignBackoffSeconds = -1 }.Validate();
+        Assert.Equal(["Coordinator:AssignAttempts 0 must be >= 1", "Coordinator:AssignBackoffSeconds -1 must be a number of seconds >= 0 and at most 86400"], errors);
+        Assert.Empty(new CoordinatorOptions { AssignAttempts = 1, AssignBackoffSeconds = 0 }.Validate());
+        Assert.Equal((5, 0.5), (new CoordinatorOptions().AssignAttempts, new CoordinatorOptions().AssignBackoffSeconds));
     }
 }

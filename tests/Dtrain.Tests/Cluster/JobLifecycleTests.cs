@@ -63,19 +63,22 @@ public class JobLifecycleTests
         using var tmp = new TempDir();
         var job = new JobRecord("job-0001", TestJobs.CharLm("t.txt"), tmp.Path, 1, DateTimeOffset.UnixEpoch);
         Assert.Equal(JobStatus.Queued, job.Status);
-        Assert.Throws<InvalidOperationException>(() => job.Update(i => i.State = Protos.Jobs.JobState.Running));
-        Assert.Equal(Protos.Jobs.JobState.Queued, job.Snapshot().State);
+        // Progress holds no state (by its type), so an update of it leaves the state where it was.
+        Assert.DoesNotContain(typeof(JobProgress).GetProperties(), p => p.PropertyType == typeof(JobStatus) || p.PropertyType == typeof(Protos.Jobs.JobState));
+        job.Update(p => p with { Step = 3, Message = "running, says the update" });
+        Assert.Equal((JobStatus.Queued, 3L), (job.Status, job.Progress.Step));
+        Assert.Equal(Protos.Jobs.JobState.Queued, job.ToProto().State);
         Assert.Throws<InvalidTransitionException>(() => job.Transition(JobTrigger.Succeed, ""));
 
         job.Transition(JobTrigger.Start, "preparing data");
-        Assert.Equal((Protos.Jobs.JobState.Preparing, "preparing data"), (job.Snapshot().State, job.Snapshot().Message));
+        Assert.Equal((Protos.Jobs.JobState.Preparing, "preparing data"), (job.ToProto().State, job.ToProto().Message));
         // Conditional: cancelling "while queued" does nothing to a job that started meanwhile.
         Assert.False(job.TryTransition(JobTrigger.Cancel, "cancelled while queued", when: s => s == JobStatus.Queued));
         Assert.Equal(JobStatus.Preparing, job.Status);
-        job.Transition(JobTrigger.Run, "", i => i.TotalSteps = 7);
+        job.Transition(JobTrigger.Run, "", p => p with { TotalSteps = 7 });
         job.Transition(JobTrigger.Succeed, "");
         Assert.True(job.IsFinished);
-        Assert.Equal((Protos.Jobs.JobState.Succeeded, 7L), (job.Snapshot().State, job.Snapshot().TotalSteps));
+        Assert.Equal((Protos.Jobs.JobState.Succeeded, 7L), (job.ToProto().State, job.ToProto().TotalSteps));
         Assert.False(job.TryTransition(JobTrigger.Fail, "too late"));
         Assert.Equal(JobStatus.Succeeded, job.Status);
     }

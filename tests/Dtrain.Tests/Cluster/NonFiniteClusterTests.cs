@@ -37,8 +37,9 @@ public class NonFiniteClusterTests
         var steps = new List<StepEvent>();
         var logs = new List<string>();
         var history = job.Watch();
-        while (history.TryRead(out var e))
+        while (history.TryRead(out var notice))
         {
+            var e = job.ToProto(notice);
             if (e.Step is { } s) steps.Add(s);
             if (e.KindCase == JobEvent.KindOneofCase.Log) logs.Add(e.Log);
         }
@@ -81,7 +82,7 @@ public class NonFiniteClusterTests
             await new DataParallelDriver(EveryStepChecked).RunAsync(job, prepared, workers, CancellationToken.None);
         }
 
-        var info = job.Snapshot();
+        var info = job.Progress;
         Assert.Equal(10, info.Step);
         var (steps, logs) = Events(job);
         Assert.Equal(Enumerable.Range(1, 10).Select(i => (long)i), steps.Select(s => s.Step));

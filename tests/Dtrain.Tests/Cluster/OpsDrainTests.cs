@@ -92,7 +92,7 @@ public class OpsDrainTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.DoesNotContain(victim.WorkerId, info.WorkerIds);
         Assert.Equal(2, info.Generation); // one change: the drain (no worker was lost or re-formed again)
         var ledger = cluster.Client.Ledger(new GetJobRequest { JobId = id });
-        Assert.Empty(SampleLedger.Check(ledger, 0, Steps));
+        Assert.Empty(SampleLedger.Check(ProtoMapper.FromProto(ledger), 0, Steps));
         var lastWithVictim = ledger.Steps.Where(s => s.Shares.Any(x => x.WorkerId == victim.WorkerId)).Max(s => s.Step);
         Assert.True(lastWithVictim >= 29 && lastWithVictim < leftAt, $"drained after step {lastWithVictim}");
         output.WriteLine($"the drained worker trained steps 1-{lastWithVictim + 1}; {Steps} steps, generation {info.Generation}");
@@ -152,7 +152,7 @@ public class OpsDrainTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
         Assert.Equal(new[] { Worker(cluster, "test-1").WorkerId, Worker(cluster, "test-3").WorkerId }.Order(), info.WorkerIds.Order());
         Assert.Equal(2, info.Generation);
-        Assert.Empty(SampleLedger.Check(cluster.Client.Ledger(new GetJobRequest { JobId = id }), 0, Steps));
+        Assert.Empty(SampleLedger.Check(ProtoMapper.FromProto(cluster.Client.Ledger(new GetJobRequest { JobId = id })), 0, Steps));
     }
 
     [Fact]

@@ -47,10 +47,10 @@ public class JobHistoryTests
             var job = NewJob(tmp, "job-0003");
             job.Persist(store);
             store.SaveNow(job);
-            for (var s = 1; s <= 40; s++) job.Publish(StepAt(s, 3.0 - s * 0.01));
-            job.PublishEval(40, new Metrics { Loss = 2.5, Count = 64 });
+            for (var s = 1; s <= 40; s++) job.Publish(ProtoMapper.FromProto(StepAt(s, 3.0 - s * 0.01)));
+            job.PublishEval(40, new EvalMetrics(2.5, 64));
             // Log lines and state changes are not metrics: not kept in the events table.
-            job.Publish(new JobEvent { Log = "step 40: checkpoint x" });
+            job.Log("step 40: checkpoint x");
             job.Transition(JobTrigger.Start, "starting");
             job.Transition(JobTrigger.Run, "running");
             job.Transition(JobTrigger.Succeed, "done");
@@ -61,15 +61,15 @@ public class JobHistoryTests
         using var reopened = new JobStore(db, NullLogger.Instance);
         var restored = JobRecord.Restore(stored, TestJobs.CharLm("t.txt"), Path.Combine(tmp.Path, "jobs", "job-0003"), Dtrain.Data.DataReadLimits.Local);
         restored.Persist(reopened);
-        var history = restored.History();
+        var history = restored.History().Select(ProtoMapper.EventOf).ToList();
         Assert.Equal(41, history.Count);
         Assert.Equal(Enumerable.Range(1, 40).Select(s => (long)s), history.Take(40).Select(e => e.Step.Step));
         Assert.Equal(40, history[40].Eval.Step);
         // Perplexity is added for language models before the event is stored.
         Assert.Equal(Math.Exp(2.5), history[40].Eval.Metrics.Perplexity, 9);
         // A step run again (a restart from a checkpoint) is kept after the earlier events, not in their place.
-        restored.Publish(StepAt(40, 1.0));
-        var again = restored.History();
+        restored.Publish(ProtoMapper.FromProto(StepAt(40, 1.0)));
+        var again = restored.History().Select(ProtoMapper.EventOf).ToList();
         Assert.Equal(42, again.Count);
         Assert.Equal(1.0, again[41].Step.Loss);
     }
