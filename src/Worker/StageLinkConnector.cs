@@ -27,7 +27,7 @@ public sealed class StageLinkConnector(DataPlane dataPlane, WorkerOptions option
         {
             links = new GrpcStageLinks(request.JobId, request.Generation, p.Replica, p.Stage, previous, next, mailboxes,
                 security: tls is not null ? new StageLinkSecurity(tls, expectPrevious, expectNext) : null);
-            described = links.Transport;
+            described = Describe(request, p, stage => stage >= 0 && stage < p.Stages ? links.Transport : null);
         }
         else
         {
@@ -43,14 +43,18 @@ public sealed class StageLinkConnector(DataPlane dataPlane, WorkerOptions option
                 throw new RingTransportException($"{e.Message} (gave up after Worker:RingConnectTimeoutSeconds = {options.RingConnectTimeoutSeconds:0.###} s)", e.PeerRank, e.Peer, e);
             }
             links = new PeerStageLinks(peers, request.JobId, dataPlane.Mailboxes.MaxPieceFloats);
-            described = string.Join(", ", new[] { (p.Stage + 1, p.Next), (p.Stage - 1, p.Previous) }
-                .Where(x => peers.LinkTo(x.Item1) is not null)
-                .Select(x => $"{Self(request)}->{Name(x.Item2, x.Item1)}: {peers.LinkTo(x.Item1)}"));
+            described = Describe(request, p, stage => stage >= 0 && stage < p.Stages ? peers.LinkTo(stage) : null);
         }
         logger?.LogInformation("stage links {Links} (job {Job} generation {Generation}, stage {Stage}/{Stages} of replica {Replica}, Worker:Transport = {Option})",
             described.Length == 0 ? "none" : described, request.JobId, request.Generation, p.Stage, p.Stages, p.Replica, options.Transport);
         return links;
     }
+
+    /// <summary>"w1->w2: shared memory, w1->w0: tcp": each outbound link (next stage first) and how it travels.</summary>
+    private static string Describe(AssignRequest request, PipelineAssignment p, Func<int, string?> kind) =>
+        string.Join(", ", new[] { (Stage: p.Stage + 1, Peer: p.Next), (Stage: p.Stage - 1, Peer: p.Previous) }
+            .Where(x => kind(x.Stage) is not null)
+            .Select(x => $"{Self(request)}->{Name(x.Peer, x.Stage)}: {kind(x.Stage)}"));
 
     private static ExpectedPeer? Neighbour(Peer? peer) => peer is null || peer.WorkerId.Length == 0 ? null : ExpectedPeer.Worker(peer.WorkerId, peer.CertificateSha256);
 

@@ -222,7 +222,7 @@ internal static class PieceFrame
             BinaryPrimitives.ReadInt32LittleEndian(header[16..]),
             (PeerMessageKind)rawKind);
         if (tag.Kind != kind)
-            throw new InvalidDataException($"a {Describe(tag.Kind)} on a link that carries {Describe(kind)}s only");
+            throw new InvalidDataException($"{(tag.Kind == PeerMessageKind.StageTensor ? "a stage tensor" : "an all-reduce piece")} on a link that carries {Describe(kind)}s only");
         var pieces = BinaryPrimitives.ReadInt32LittleEndian(header[20..]);
         var offset = BinaryPrimitives.ReadInt64LittleEndian(header[24..]);
         var length = BinaryPrimitives.ReadInt32LittleEndian(header[32..]);

@@ -132,8 +132,8 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
     public void CompleteInbound(Exception? error)
     {
         var reason = error is null
-            ? new EndOfStreamException($"left neighbour rank {LeftRank} closed its stream")
-            : new IOException($"stream from left neighbour rank {LeftRank} broke: {error.Message}", error);
+            ? new EndOfStreamException($"{SenderRole} rank {LeftRank} closed its stream")
+            : new IOException($"stream from {SenderRole} rank {LeftRank} broke: {error.Message}", error);
         List<TaskCompletionSource<RingPiece>> failed;
         lock (_gate)
         {
