@@ -34,18 +34,17 @@ public static class PipelineBench
             File.WriteAllText(data, sb.ToString());
             var rows = new List<string>();
             var withTransport = transports.Length > 1 || transports[0] != "";
-            foreach (var transport in transports)
-            {
-                double? baseline = null;
-                foreach (var (k, m) in layouts)
+            // Layouts outer, transports inner: the transports of one layout run back to back (a shared machine drifts).
+            var baselines = new Dictionary<string, double>();
+            foreach (var (k, m) in layouts)
+                foreach (var transport in transports)
                 {
                     var r = Measure(tmp, data, k, m, transport);
-                    baseline ??= r.SamplesPerSecond;
+                    if (!baselines.TryGetValue(transport, out var baseline)) baselines[transport] = baseline = r.SamplesPerSecond;
                     var bound = (k - 1.0) / (m + k - 1);
                     rows.Add($"| {(withTransport ? transport + " | " : "")}{k} | {m} | {r.SamplesPerSecond:F2} | {r.SamplesPerSecond / baseline:F2} | {r.Bubble:P0} | {bound:P0} | {string.Join(" / ", r.StageMs.Select(v => v.ToString("F0", CultureInfo.InvariantCulture)))} | {string.Join(" / ", r.PeakMb.Select(v => v.ToString("F0", CultureInfo.InvariantCulture)))} |");
                     Console.WriteLine(rows[^1]);
                 }
-            }
             Console.WriteLine();
             Console.WriteLine($"LSTM LM, {Layers} layers x hidden {Hidden}, embedding {Embed}, batch {Batch} x {Seq}, Adam; 1 torch thread per stage, worker processes on loopback, {Environment.ProcessorCount} cores");
             Console.WriteLine($"| {(withTransport ? "transport | " : "")}K | M | samples/s | vs K=1 | bubble (measured) | bubble bound (K-1)/(M+K-1) | stage compute ms | peak RSS per stage MB |");

@@ -186,8 +186,8 @@ internal static class PieceFrame
     /// <summary>Most dimensions a stage tensor may have on the wire.</summary>
     public const int MaxDims = 4;
 
-    /// <summary>Largest element count a stage tensor may announce (2^31 - 1 floats: what one torch allocation of this kind may hold here).</summary>
-    public const long MaxTensorElements = int.MaxValue;
+    /// <summary>Largest element count a stage tensor may announce: 2^29 - 1 floats, so that its bytes fit one span (2 GiB).</summary>
+    public const long MaxTensorElements = int.MaxValue / sizeof(float);
 
     public static void Write(Span<byte> header, RingPiece piece)
     {

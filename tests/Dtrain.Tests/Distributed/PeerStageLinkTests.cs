@@ -151,7 +151,7 @@ public class PeerStageLinkTests
         Refused(Header(1, 7, 0, 0, 0, 1, 0, 8), "shape dimension 0 of 0");
         Refused(Header(1, 7, 0, 0, 0, 1, 0, 8, 2, -4), "shape dimension 1 of -4");
         Refused(Header(1, 7, 0, 0, 0, 1, 0, 8, 2, 0, 3), "shape dimension 2 of 3");
-        Refused(Header(1, 7, 0, 0, 0, 1, 0, 8, 1L << 40, 1L << 40), "at most 2147483647 elements");
+        Refused(Header(1, 7, 0, 0, 0, 1, 0, 8, 1L << 40, 1L << 40), "at most 536870911 elements");
         Refused(Header(1, 7, 0, 0, 0, 1, 4, 24, 2, 4), "6 values at offset 4 run past the tensor's 8 elements (shape [2, 4])");
         Refused(Header(1, 7, 0, 0, 0, 1, 0, 6, 2), "must be whole float32 values");
         Refused(Header(0, 7, 0, 0, 0, 1, 0, 8, 2), "carries a tensor shape", PeerMessageKind.AllReduce);

@@ -65,8 +65,8 @@ public sealed class PeerStageLinks : IStageLinkSet
         if (cpu.dtype != ScalarType.Float32) throw new InvalidOperationException($"stage {stage}: the {what} of step {step} micro-batch {micro} is {cpu.dtype}, stage links carry float32");
         var shape = cpu.shape;
         var count = cpu.numel();
-        if (shape.Length is < 1 or > PieceFrame.MaxDims || count < 1 || count > int.MaxValue)
-            throw new InvalidOperationException($"stage {stage}: the {what} of step {step} micro-batch {micro} has shape [{string.Join(", ", shape)}]; stage links carry 1 to {PieceFrame.MaxDims} dimensions and 1 to {int.MaxValue} values");
+        if (shape.Length is < 1 or > PieceFrame.MaxDims || count < 1 || count > PieceFrame.MaxTensorElements)
+            throw new InvalidOperationException($"stage {stage}: the {what} of step {step} micro-batch {micro} has shape [{string.Join(", ", shape)}]; stage links carry 1 to {PieceFrame.MaxDims} dimensions and 1 to {PieceFrame.MaxTensorElements} values");
         var gate = phase == 0 ? toNext : toPrevious;
         await gate.WaitAsync(cancel).ConfigureAwait(false);
         try
