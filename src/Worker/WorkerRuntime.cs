@@ -185,19 +185,29 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             stage.Dispose();
             throw;
         }
-        state.Activity.Job(request.JobId, CombinedTransport(ring.Reducer.Transport, links.Transport));
-        var work = new StageWork(stage, links, PipelineSchedule.Create(p.Schedule, p.Stages, p.Microbatches), ring.Reducer)
+        try
         {
-            Activity = state.Activity,
-            Neighbours = (p.Previous?.WorkerId ?? "", p.Next?.WorkerId ?? ""),
-        };
-        var job = new ReplicaJob(request, spec, tokenizer, labels, null, work, ring, torch);
-        var parameters = stage.Parameters.Sum(x => x.numel());
-        log.LogInformation("assigned job {JobId} generation {Generation}: pipeline stage {Stage}/{Stages} (layers {First}-{Last}) of replica {Replica}/{Replicas}, {Parameters} parameters, {Threads} thread(s); allocator: {Allocator}",
-            request.JobId, request.Generation, p.Stage, p.Stages, p.FirstLayer, p.FirstLayer + p.LayerCount - 1, p.Replica, p.Replicas, parameters, threads, NativeAllocator.Describe());
-        var reply = new AssignReply { Parameters = parameters, ParameterChecksum = await torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false) };
-        reply.ParameterNames.AddRange(await torch.RunAsync(() => stage.NamedParameters().Select(p => p.Name).ToList()).ConfigureAwait(false));
-        return (job, reply);
+            state.Activity.Job(request.JobId, CombinedTransport(ring.Reducer.Transport, links.Transport));
+            var work = new StageWork(stage, links, PipelineSchedule.Create(p.Schedule, p.Stages, p.Microbatches), ring.Reducer)
+            {
+                Activity = state.Activity,
+                Neighbours = (p.Previous?.WorkerId ?? "", p.Next?.WorkerId ?? ""),
+            };
+            var job = new ReplicaJob(request, spec, tokenizer, labels, null, work, ring, torch);
+            var parameters = stage.Parameters.Sum(x => x.numel());
+            log.LogInformation("assigned job {JobId} generation {Generation}: pipeline stage {Stage}/{Stages} (layers {First}-{Last}) of replica {Replica}/{Replicas}, {Parameters} parameters, {Threads} thread(s); allocator: {Allocator}",
+                request.JobId, request.Generation, p.Stage, p.Stages, p.FirstLayer, p.FirstLayer + p.LayerCount - 1, p.Replica, p.Replicas, parameters, threads, NativeAllocator.Describe());
+            var reply = new AssignReply { Parameters = parameters, ParameterChecksum = await torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false) };
+            reply.ParameterNames.AddRange(await torch.RunAsync(() => stage.NamedParameters().Select(p => p.Name).ToList()).ConfigureAwait(false));
+            return (job, reply);
+        }
+        catch
+        {
+            // The stage links hold registered channels and open links: release them with the stage.
+            await links.DisposeAsync().ConfigureAwait(false);
+            stage.Dispose();
+            throw;
+        }
     }
 
     /// <summary>What the activity (and the metrics' transport label) names for a stage: its ring's transport and its stage links' ("shm", or "tcp, stages shm").</summary>
