@@ -9,14 +9,21 @@ namespace Dtrain.Bench;
 /// <summary>
 /// Pipeline parallelism on worker processes (loopback, 1 torch thread per stage): throughput, the measured bubble
 /// against the bound (K−1)/(M+K−1), each stage's compute time, and each stage worker's peak resident memory against
-/// the whole model on one worker (K = 1, the same machinery).
+/// the whole model on one worker (K = 1, the same machinery). <c>--transports grpc,shm,tcp</c> runs every layout once per
+/// worker transport (DTRAIN_Worker__Transport: how the stage links travel), side by side; <c>--layouts 2x4,4x8</c>
+/// picks the K x M layouts (K = 1 is always measured first, as the baseline).
 /// </summary>
 public static class PipelineBench
 {
     const int Layers = 8, Hidden = 256, Embed = 64, Batch = 32, Seq = 32, Warmup = 3, Timed = 8;
 
-    public static int Run()
+    public static int Run(string[] args)
     {
+        string? Option(string name) { var i = Array.IndexOf(args, name); return i >= 0 && i + 1 < args.Length ? args[i + 1] : null; }
+        var transports = Option("--transports")?.Split(',', StringSplitOptions.RemoveEmptyEntries) ?? [""];
+        var layouts = Option("--layouts") is { } l
+            ? [(1, 1), .. l.Split(',').Select(x => x.Split('x')).Select(p => (int.Parse(p[0], CultureInfo.InvariantCulture), int.Parse(p[1], CultureInfo.InvariantCulture)))]
+            : new[] { (1, 1), (2, 1), (2, 4), (2, 8), (4, 1), (4, 4), (4, 8) };
         var tmp = Directory.CreateTempSubdirectory("dtrain-pipebench-").FullName;
         try
         {
@@ -26,19 +33,22 @@ public static class PipelineBench
             for (var i = 0; i < 200_000; i++) sb.Append((char)(32 + rng.Next(95)));
             File.WriteAllText(data, sb.ToString());
             var rows = new List<string>();
-            double? baseline = null;
-            foreach (var (k, m) in new[] { (1, 1), (2, 1), (2, 4), (2, 8), (4, 1), (4, 4), (4, 8) })
-            {
-                var r = Measure(tmp, data, k, m);
-                baseline ??= r.SamplesPerSecond;
-                var bound = (k - 1.0) / (m + k - 1);
-                rows.Add($"| {k} | {m} | {r.SamplesPerSecond:F2} | {r.SamplesPerSecond / baseline:F2} | {r.Bubble:P0} | {bound:P0} | {string.Join(" / ", r.StageMs.Select(v => v.ToString("F0", CultureInfo.InvariantCulture)))} | {string.Join(" / ", r.PeakMb.Select(v => v.ToString("F0", CultureInfo.InvariantCulture)))} |");
-                Console.WriteLine(rows[^1]);
-            }
+            var withTransport = transports.Length > 1 || transports[0] != "";
+            // Layouts outer, transports inner: the transports of one layout run back to back (a shared machine drifts).
+            var baselines = new Dictionary<string, double>();
+            foreach (var (k, m) in layouts)
+                foreach (var transport in transports)
+                {
+                    var r = Measure(tmp, data, k, m, transport);
+                    if (!baselines.TryGetValue(transport, out var baseline)) baselines[transport] = baseline = r.SamplesPerSecond;
+                    var bound = (k - 1.0) / (m + k - 1);
+                    rows.Add($"| {(withTransport ? transport + " | " : "")}{k} | {m} | {r.SamplesPerSecond:F2} | {r.SamplesPerSecond / baseline:F2} | {r.Bubble:P0} | {bound:P0} | {string.Join(" / ", r.StageMs.Select(v => v.ToString("F0", CultureInfo.InvariantCulture)))} | {string.Join(" / ", r.PeakMb.Select(v => v.ToString("F0", CultureInfo.InvariantCulture)))} |");
+                    Console.WriteLine(rows[^1]);
+                }
             Console.WriteLine();
             Console.WriteLine($"LSTM LM, {Layers} layers x hidden {Hidden}, embedding {Embed}, batch {Batch} x {Seq}, Adam; 1 torch thread per stage, worker processes on loopback, {Environment.ProcessorCount} cores");
-            Console.WriteLine("| K | M | samples/s | vs K=1 | bubble (measured) | bubble bound (K-1)/(M+K-1) | stage compute ms | peak RSS per stage MB |");
-            Console.WriteLine("|---|---|---|---|---|---|---|---|");
+            Console.WriteLine($"| {(withTransport ? "transport | " : "")}K | M | samples/s | vs K=1 | bubble (measured) | bubble bound (K-1)/(M+K-1) | stage compute ms | peak RSS per stage MB |");
+            Console.WriteLine($"|{(withTransport ? "---|" : "")}---|---|---|---|---|---|---|---|");
             foreach (var r in rows) Console.WriteLine(r);
             return 0;
         }
@@ -50,11 +60,11 @@ public static class PipelineBench
 
     sealed record Result(double SamplesPerSecond, double Bubble, double[] StageMs, double[] PeakMb);
 
-    static Result Measure(string tmp, string data, int k, int m)
+    static Result Measure(string tmp, string data, int k, int m, string transport)
     {
         var spec = new JobSpec
         {
-            Name = $"pipe-k{k}-m{m}",
+            Name = $"pipe-k{k}-m{m}{(transport == "" ? "" : "-" + transport)}",
             Data = new DataSpec { Format = DataFormats.Text, Train = data, ValidationFraction = 0.01 },
             Model = new ModelSpec { Cell = CellKinds.Lstm, Layers = Layers, EmbeddingDim = Embed, HiddenSize = Hidden },
             Training = new TrainingSpec { BatchSize = Batch, SeqLen = Seq, LmSampling = LmSamplingKinds.Random, MaxSteps = Warmup + Timed, EvalInterval = 0, CheckpointInterval = 0, Threads = 1 },
@@ -62,7 +72,8 @@ public static class PipelineBench
         };
         var specPath = Path.Combine(tmp, spec.Name + ".json");
         File.WriteAllText(specPath, JobSpecSerializer.Serialize(spec));
-        using var cluster = LocalCluster.Start(k, 0, 1, Path.Combine(tmp, spec.Name), TimeSpan.FromMinutes(2));
+        using var cluster = LocalCluster.Start(k, 0, 1, Path.Combine(tmp, spec.Name), TimeSpan.FromMinutes(2),
+            transport == "" ? null : new Dictionary<string, string> { ["DTRAIN_Worker__Transport"] = transport });
         using var channel = Remote.Channel(cluster.Address);
         var client = new Jobs.JobsClient(channel);
         var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(specPath), k)).JobId;

@@ -1,8 +1,9 @@
 using Dtrain.Bench;
 using static TorchSharp.torch;
 
-// Usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--report FILE] | allreduce | pipeline | elastic
-//        | history | activity | quality [moby|spam|recall ...] | compression [steps] | scaling-model
+// Usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--report FILE] | allreduce
+//        | pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8] | pipeline links [rounds] | elastic
+//        | history | activity | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model
 var mode = args.FirstOrDefault() ?? "speed";
 switch (mode)
 {
@@ -52,8 +53,10 @@ switch (mode)
         Console.WriteLine($"{which} threads={threads}: {seconds * 1e3:F1} ms/step ({32 / seconds:F1} samples/s) seconds_per_step={seconds.ToString("R", System.Globalization.CultureInfo.InvariantCulture)}");
         return 0;
     }
+    case "pipeline" when args.Length > 1 && args[1] == "links":
+        return StageLinkBench.Run(args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 3);
     case "pipeline":
-        return PipelineBench.Run();
+        return PipelineBench.Run(args.Skip(1).ToArray());
     case "cluster":
     {
         var root = AppContext.BaseDirectory;
@@ -72,6 +75,8 @@ switch (mode)
         Console.WriteLine($"samples_per_s={((spec.Training.MaxSteps - warmup) * spec.Training.BatchSize / seconds).ToString("R", System.Globalization.CultureInfo.InvariantCulture)}");
         return 0;
     }
+    case "compression" when args.Length > 1 && args[1] == "codec":
+        return CompressionBench.Codec(args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 5);
     case "compression":
     {
         var root = AppContext.BaseDirectory;
@@ -95,6 +100,6 @@ switch (mode)
     case "activity":
         return ActivityBench.Run();
     default:
-        Console.Error.WriteLine("usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--report FILE] | allreduce | pipeline | elastic | quality [moby|spam|recall ...] | compression [steps] | scaling-model");
+        Console.Error.WriteLine("usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--report FILE] | allreduce | pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8] | pipeline links [rounds] | elastic | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model");
         return 2;
 }

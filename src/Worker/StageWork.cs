@@ -15,7 +15,7 @@ public sealed record StageStepReport(double LossSum, long Count, int Rows, doubl
 /// A step is two calls: <see cref="RunAsync"/> (the schedule, the all-reduce, the squared norm) and, once the
 /// coordinator has added every stage's norm, <see cref="Apply"/>.
 /// </summary>
-public sealed class StageWork(PipelineStage stage, GrpcStageLinks links, PipelineSchedule schedule, IGradientReducer reducer) : IAsyncDisposable
+public sealed class StageWork(PipelineStage stage, IStageLinkSet links, PipelineSchedule schedule, IGradientReducer reducer) : IAsyncDisposable
 {
     private readonly GradientBuffer? gradients = reducer.WorldSize == 1 ? null : new GradientBuffer(stage.Parameters);
 

@@ -29,6 +29,7 @@ public static class WorkerHost
         builder.Services.AddSingleton<WorkerIdentity>();
         builder.Services.AddSingleton<WorkerSlot>();
         builder.Services.AddSingleton<IRingConnector, DataPlaneRingConnector>();
+        builder.Services.AddSingleton<StageLinkConnector>();
         builder.Services.AddSingleton(new Dtrain.Collective.DataPlaneOptions { Listen = options.Listen, TcpPort = options.DataPort });
         builder.Services.AddSingleton<IPeerState, GrpcPeerState>();
         builder.Services.AddSingleton<WorkerRuntime>();

@@ -40,7 +40,7 @@ public sealed record WorkerOptions
     /// <summary>How long joining a job's ring keeps retrying while the right-hand neighbour is not up or has not joined yet.</summary>
     public double RingConnectTimeoutSeconds { get; init; } = 30;
     /// <summary>
-    /// How gradient bytes travel to the ring neighbour: auto (default) = shared memory when the neighbour is on this host
+    /// How gradient bytes travel to the ring neighbour (and a pipeline stage's tensors to its neighbouring stages): auto (default) = shared memory when the neighbour is on this host
     /// (same kernel and the same /dev/shm, checked with a probe file), TCP otherwise; shm (same host only), tcp, or grpc
     /// (the gRPC streams, the fallback). Negotiated through the gRPC control plane; see docs/cluster.md.
     /// </summary>

@@ -19,7 +19,7 @@ namespace Dtrain.Worker;
 /// gone → PeerFailureException, stopped on purpose → WorkStoppedException). <see cref="WorkerControlService"/> adapts it to gRPC.
 /// </summary>
 public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerState peers, WorkerOptions options, StageMailboxes mailboxes, ILogger<WorkerRuntime> log,
-    WorkerSecurity? security = null, WorkerMetrics? metrics = null)
+    WorkerSecurity? security = null, WorkerMetrics? metrics = null, StageLinkConnector? stageLinks = null)
 {
     /// <summary>Worker:InjectNonFinite, the fault drill (null in normal operation).</summary>
     private readonly NonFiniteInjection? inject = options.NonFiniteInjection;
@@ -76,7 +76,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             activity.Job(request.JobId, ring.Reducer.Transport);
             torch = new TorchThread($"torch-{request.JobId}", threads);
             var (job, reply) = request.Pipeline is { } p
-                ? await AssignStageAsync(request, p, spec, tokenizer, labels, device, ring, torch, threads).ConfigureAwait(false)
+                ? await AssignStageAsync(request, p, spec, tokenizer, labels, device, ring, torch, threads, cancel).ConfigureAwait(false)
                 : await AssignReplicaAsync(request, spec, tokenizer, labels, device, ring, torch, threads).ConfigureAwait(false);
             state.Current = job;
             ring = null;
@@ -167,25 +167,52 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
 
     /// <summary>Builds a checked pipeline assignment's stage and its links.</summary>
     private async Task<(ReplicaJob, AssignReply)> AssignStageAsync(AssignRequest request, PipelineAssignment p, JobSpec spec, ITokenizer tokenizer, LabelSet labels, TorchSharp.torch.Device device,
-        RingConnection ring, TorchThread torch, int threads)
+        RingConnection ring, TorchThread torch, int threads, CancellationToken cancel)
     {
         var plan = new StagePlan(p.Stage, p.FirstLayer, p.LayerCount, 0, HasEmbedding: p.Stage == 0, HasHead: p.Stage == p.Stages - 1);
         var stage = await torch.RunAsync(() => new PipelineStage(spec, tokenizer.VocabSize, spec.Task == TaskKinds.LanguageModel ? tokenizer.VocabSize : labels.Count, plan, device)).ConfigureAwait(false);
-        var links = new GrpcStageLinks(request.JobId, request.Generation, p.Replica, p.Stage, p.Stage > 0 ? p.PreviousAddress : null, p.Stage < p.Stages - 1 ? p.NextAddress : null, mailboxes,
-            security: security?.Tls is { } tls ? new StageLinkSecurity(tls, Neighbour(p.Previous), Neighbour(p.Next)) : null);
-        var work = new StageWork(stage, links, PipelineSchedule.Create(p.Schedule, p.Stages, p.Microbatches), ring.Reducer)
+        // Over the worker's data transport (shm / tcp / grpc, as its ring); without a connector (in-memory tests) the gRPC StageLink streams.
+        IStageLinkSet links;
+        try
         {
-            Activity = state.Activity,
-            Neighbours = (p.Previous?.WorkerId ?? "", p.Next?.WorkerId ?? ""),
-        };
-        var job = new ReplicaJob(request, spec, tokenizer, labels, null, work, ring, torch);
-        var parameters = stage.Parameters.Sum(x => x.numel());
-        log.LogInformation("assigned job {JobId} generation {Generation}: pipeline stage {Stage}/{Stages} (layers {First}-{Last}) of replica {Replica}/{Replicas}, {Parameters} parameters, {Threads} thread(s); allocator: {Allocator}",
-            request.JobId, request.Generation, p.Stage, p.Stages, p.FirstLayer, p.FirstLayer + p.LayerCount - 1, p.Replica, p.Replicas, parameters, threads, NativeAllocator.Describe());
-        var reply = new AssignReply { Parameters = parameters, ParameterChecksum = await torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false) };
-        reply.ParameterNames.AddRange(await torch.RunAsync(() => stage.NamedParameters().Select(p => p.Name).ToList()).ConfigureAwait(false));
-        return (job, reply);
+            links = stageLinks is not null
+                ? await stageLinks.ConnectAsync(request, p, cancel).ConfigureAwait(false)
+                : new GrpcStageLinks(request.JobId, request.Generation, p.Replica, p.Stage, p.Stage > 0 ? p.PreviousAddress : null, p.Stage < p.Stages - 1 ? p.NextAddress : null, mailboxes,
+                    security: security?.Tls is { } tls ? new StageLinkSecurity(tls, Neighbour(p.Previous), Neighbour(p.Next)) : null);
+        }
+        catch
+        {
+            stage.Dispose();
+            throw;
+        }
+        try
+        {
+            state.Activity.Job(request.JobId, CombinedTransport(ring.Reducer.Transport, links.Transport));
+            var work = new StageWork(stage, links, PipelineSchedule.Create(p.Schedule, p.Stages, p.Microbatches), ring.Reducer)
+            {
+                Activity = state.Activity,
+                Neighbours = (p.Previous?.WorkerId ?? "", p.Next?.WorkerId ?? ""),
+            };
+            var job = new ReplicaJob(request, spec, tokenizer, labels, null, work, ring, torch);
+            var parameters = stage.Parameters.Sum(x => x.numel());
+            log.LogInformation("assigned job {JobId} generation {Generation}: pipeline stage {Stage}/{Stages} (layers {First}-{Last}) of replica {Replica}/{Replicas}, {Parameters} parameters, {Threads} thread(s); allocator: {Allocator}",
+                request.JobId, request.Generation, p.Stage, p.Stages, p.FirstLayer, p.FirstLayer + p.LayerCount - 1, p.Replica, p.Replicas, parameters, threads, NativeAllocator.Describe());
+            var reply = new AssignReply { Parameters = parameters, ParameterChecksum = await torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false) };
+            reply.ParameterNames.AddRange(await torch.RunAsync(() => stage.NamedParameters().Select(p => p.Name).ToList()).ConfigureAwait(false));
+            return (job, reply);
+        }
+        catch
+        {
+            // The stage links hold registered channels and open links: release them with the stage.
+            await links.DisposeAsync().ConfigureAwait(false);
+            stage.Dispose();
+            throw;
+        }
     }
+
+    /// <summary>What the activity (and the metrics' transport label) names for a stage: its ring's transport and its stage links' ("shm", or "tcp, stages shm").</summary>
+    private static string CombinedTransport(string ring, string stages) =>
+        ring.Length == 0 ? stages : stages.Length == 0 || stages == ring ? ring : $"{ring}, stages {stages}";
 
     private static ExpectedPeer? Neighbour(Peer? peer) => peer is null || peer.WorkerId.Length == 0 ? null : ExpectedPeer.Worker(peer.WorkerId, peer.CertificateSha256);
 

@@ -60,7 +60,7 @@ public static class ServeCommand
         var threads = new Option<string?>("--threads") { Description = "Intra-op torch threads: a number, or auto = the CPUs this process may use (a container's CPU quota). Default 1: several workers may share a machine." };
         var device = new Option<string?>("--device") { Description = "cpu, cuda or cuda:N (falls back to CPU when CUDA is absent)." };
         var name = new Option<string?>("--name") { Description = "A name shown next to this worker's id by `dtrain workers` and accepted in its place (1-63 letters, digits, '.', '_', '-'; not w followed by digits: ids w1, w2, ... are the coordinator's)." };
-        var transport = new Option<string?>("--transport") { Description = "How gradient bytes travel between workers: auto (default; shared memory to a worker on this host, TCP to one elsewhere), shm, tcp or grpc." };
+        var transport = new Option<string?>("--transport") { Description = "How gradient bytes (and a pipeline stage's activations and activation gradients) travel between workers: auto (default; shared memory to a worker on this host, TCP to one elsewhere), shm, tcp or grpc." };
         var budget = new Option<double?>("--memory-budget") { Description = "Memory this worker may use for a job, in MB (default 0 = no limit): a larger model is refused, to be split into pipeline stages." };
         var insecure = Insecure("this worker");
         var joinToken = new Option<string?>("--join-token-file") { Description = "A file holding a join token: proof for joining instead of a worker certificate (with --ca and an https --coordinator)." };

@@ -301,7 +301,12 @@ public sealed class RingMailboxes(int maxPieceFloats = RingAllReduce.DefaultMaxP
     /// <summary>Largest piece accepted from a neighbour, in floats; must match the senders' <see cref="RingAllReduce.MaxPieceFloats"/>.</summary>
     public int MaxPieceFloats { get; } = maxPieceFloats > 0 ? maxPieceFloats : throw new ArgumentOutOfRangeException(nameof(maxPieceFloats));
 
-    internal RingMailbox Register(string jobId, long generation, int rank, int worldSize, Rpc.ExpectedPeer? expectedLeft = null)
+    /// <summary>
+    /// Registers the mailbox of channel <paramref name="jobId"/> (a job's ring, or a stage link's channel id, see
+    /// <see cref="StageChannels"/>) at <paramref name="generation"/>, superseding older generations of that channel.
+    /// </summary>
+    internal RingMailbox Register(string jobId, long generation, int rank, int worldSize, Rpc.ExpectedPeer? expectedLeft = null, int? sender = null,
+        PeerMessageKind kind = PeerMessageKind.AllReduce)
     {
         RingMailbox? superseded = null;
         RingMailbox mailbox;
@@ -310,7 +315,7 @@ public sealed class RingMailboxes(int maxPieceFloats = RingAllReduce.DefaultMaxP
             if (_newest.TryGetValue(jobId, out var newest) && newest >= generation)
                 throw new InvalidOperationException($"ring {jobId}: generation {newest} is already registered here, cannot register generation {generation}");
             _current.Remove(jobId, out superseded);
-            mailbox = new RingMailbox(jobId, generation, rank, worldSize) { ExpectedLeft = expectedLeft };
+            mailbox = new RingMailbox(jobId, generation, rank, worldSize, sender, kind) { ExpectedLeft = expectedLeft };
             _current[jobId] = mailbox;
             _newest[jobId] = generation;
         }

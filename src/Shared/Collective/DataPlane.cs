@@ -142,11 +142,11 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         if (mailbox is null)
             throw new RpcException(new Status(StatusCode.FailedPrecondition, detail!), new Metadata { { CollectiveService.RefusalTrailer, refusal! } });
         if ((world is { } w && w != mailbox.WorldSize) || sender != mailbox.LeftRank)
-            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"ring {jobId}/{generation}: rank {sender} of {world ?? mailbox.WorldSize} is not the left neighbour of rank {mailbox.Rank} of {mailbox.WorldSize}"));
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"ring {jobId}/{generation}: rank {sender} of {world ?? mailbox.WorldSize} is not the {mailbox.SenderRole} of rank {mailbox.Rank} of {mailbox.WorldSize}"));
         if (PeerIdentity.Of(context) is { } peer
-            && (mailbox.ExpectedLeft is null ? $"rank {mailbox.Rank} was given no identity for its left neighbour" : mailbox.ExpectedLeft.Mismatch(peer)) is { } refused)
+            && (mailbox.ExpectedLeft is null ? $"rank {mailbox.Rank} was given no identity for its {mailbox.SenderRole}" : mailbox.ExpectedLeft.Mismatch(peer)) is { } refused)
             throw new RpcException(new Status(StatusCode.PermissionDenied,
-                $"ring {jobId}/{generation}: a caller claiming to be rank {sender} is refused: {refused}; rank {mailbox.Rank} accepts only its left neighbour rank {mailbox.LeftRank}"));
+                $"ring {jobId}/{generation}: a caller claiming to be rank {sender} is refused: {refused}; rank {mailbox.Rank} accepts only its {mailbox.SenderRole} rank {mailbox.LeftRank}"));
         return mailbox;
     }
 
@@ -250,8 +250,8 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         var (found, _, detail) = mailboxes.Find(claim.JobId, claim.Generation);
         if (found is null) return detail;
         if (claim.WorldSize != found.WorldSize || claim.Sender != found.LeftRank)
-            return $"ring {claim.JobId}/{claim.Generation}: rank {claim.Sender} of {claim.WorldSize} is not the left neighbour of rank {found.Rank} of {found.WorldSize}";
-        if (tls && (found.ExpectedLeft is null ? "no identity is known for the left neighbour" : found.ExpectedLeft.Mismatch(peer)) is { } who)
+            return $"ring {claim.JobId}/{claim.Generation}: rank {claim.Sender} of {claim.WorldSize} is not the {found.SenderRole} of rank {found.Rank} of {found.WorldSize}";
+        if (tls && (found.ExpectedLeft is null ? $"no identity is known for the {found.SenderRole}" : found.ExpectedLeft.Mismatch(peer)) is { } who)
             return $"ring {claim.JobId}/{claim.Generation}: the connection claiming to be rank {claim.Sender} is refused: {who}";
         if (!_tokens.TryRemove((claim.JobId, claim.Generation, claim.Sender), out var token) || !CryptographicOperations.FixedTimeEquals(token, claim.Token))
             return $"ring {claim.JobId}/{claim.Generation}: rank {claim.Sender} did not present the token this worker gave it (say Hello over gRPC first)";
@@ -294,7 +294,8 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         if (worldSize == 1) return new PeerRingTransport(new PeerMesh(rank, worldSize, peers, new Dictionary<int, IOutboundLink>(), new Dictionary<int, RingMailbox> { [left] = mailbox }, Leave));
         try
         {
-            var link = await OpenLinkAsync(jobId, generation, rank, worldSize, right, peers[right], transport, timeout, security, cancellationToken).ConfigureAwait(false);
+            var link = await OpenLinkAsync(jobId, generation, rank, worldSize, right, peers[right], transport, timeout, security?.Ranks[right], security?.Tls,
+                $"the ring stream of {jobId}/{generation} to its right neighbour", cancellationToken).ConfigureAwait(false);
             return new PeerRingTransport(new PeerMesh(rank, worldSize, peers, new Dictionary<int, IOutboundLink> { [right] = link }, new Dictionary<int, RingMailbox> { [left] = mailbox }, Leave));
         }
         catch
@@ -304,15 +305,18 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         }
     }
 
+    /// <summary>
+    /// Opens this worker's outbound link of channel <paramref name="jobId"/> (a ring, or a stage link) to
+    /// <paramref name="peer"/>: Hello over gRPC (pinned to <paramref name="expected"/> with TLS), then shared memory or TCP.
+    /// </summary>
     private async Task<IOutboundLink> OpenLinkAsync(string jobId, long generation, int rank, int worldSize, int peer, string address, DataTransport transport,
-        TimeSpan connectTimeout, RingSecurity? security, CancellationToken cancellationToken)
+        TimeSpan connectTimeout, ExpectedPeer? expected, ClusterTls? tls, string what, CancellationToken cancellationToken)
     {
-        var expected = security?.Ranks[peer];
-        using var channel = Channels.Create(address, security?.Tls, expected ?? ExpectedPeer.AnyMember);
+        using var channel = Channels.Create(address, tls, expected ?? ExpectedPeer.AnyMember);
         var client = new CollectiveGrpc.CollectiveClient(channel);
         var deadline = DateTime.UtcNow + connectTimeout;
         RingTransportException Failed(string why, Exception? inner = null) =>
-            new($"rank {rank} cannot open the ring stream of {jobId}/{generation} to its right neighbour rank {peer} ({address}): {why}", peer, $"rank {peer} ({address})", inner);
+            new($"rank {rank} cannot open {what} rank {peer} ({address}): {why}", peer, $"rank {peer} ({address})", inner);
 
         var offer = await RetryAsync(() => client.HelloAsync(new DataPlaneHello { JobId = jobId, Generation = generation, SenderRank = rank, WorldSize = worldSize },
             deadline: deadline, cancellationToken: cancellationToken).ResponseAsync, deadline, Failed, cancellationToken).ConfigureAwait(false);
@@ -349,7 +353,7 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
                 return new SharedMemoryOutbound(ring);
             }
             var host = new Uri(address).Host;
-            return await TcpLink.ConnectAsync(host, offer.TcpPort, jobId, generation, rank, worldSize, token, security?.Tls, expected, cancellationToken).ConfigureAwait(false);
+            return await TcpLink.ConnectAsync(host, offer.TcpPort, jobId, generation, rank, worldSize, token, tls, expected, cancellationToken).ConfigureAwait(false);
         }
         catch (RpcException ex)
         {
@@ -357,7 +361,82 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         }
         catch (Exception ex) when (ex is IOException or SocketException or InvalidOperationException or System.Security.Authentication.AuthenticationException or UnauthorizedAccessException)
         {
-            throw Failed($"{DataTransports.Describe(kind, security is not null)}: {ex.Message}", ex);
+            throw Failed($"{DataTransports.Describe(kind, tls is not null)}: {ex.Message}", ex);
+        }
+    }
+
+    /// <summary>
+    /// Joins the pipeline stage links of (<paramref name="jobId"/>, <paramref name="generation"/>) as stage
+    /// <paramref name="stage"/> of <paramref name="stages"/> in replica <paramref name="replica"/>: registers the inbound
+    /// channels from the previous stage (activations) and the next stage (activation gradients), then opens this
+    /// stage's outbound links to them with this worker's choice of <paramref name="transport"/> (shm, tcp or auto; the
+    /// grpc flavour is <c>GrpcStageLinks</c>), negotiated exactly as a ring's link is (Hello, one-time token, TLS
+    /// pinned to <paramref name="previous"/> / <paramref name="next"/>). Each directed link is its own channel
+    /// (<see cref="StageChannels.Link"/>), fenced by generation like a ring. The result's ranks are stage indices.
+    /// Failures: <see cref="RingTransportException"/> naming the neighbouring stage.
+    /// </summary>
+    public async Task<IPeerTransport> ConnectStageLinksAsync(string jobId, long generation, int replica, int stage, int stages, string? previousAddress, string? nextAddress,
+        DataTransport transport, TimeSpan? connectTimeout = null, ClusterTls? tls = null, ExpectedPeer? previous = null, ExpectedPeer? next = null,
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(jobId);
+        ArgumentOutOfRangeException.ThrowIfLessThan(stages, 1);
+        ArgumentOutOfRangeException.ThrowIfNegative(stage);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(stage, stages);
+        ArgumentOutOfRangeException.ThrowIfNegative(replica);
+        if (transport == DataTransport.Grpc) throw new ArgumentException("the grpc flavour of stage links is GrpcStageLinks (the StageLink streams)", nameof(transport));
+        if ((stage > 0) != (previousAddress is not null)) throw new ArgumentException($"stage {stage} of {stages}: {(stage > 0 ? "needs" : "has no")} a previous stage address", nameof(previousAddress));
+        if ((stage < stages - 1) != (nextAddress is not null)) throw new ArgumentException($"stage {stage} of {stages}: {(stage < stages - 1 ? "needs" : "has no")} a next stage address", nameof(nextAddress));
+        if (tls is not null)
+        {
+            Tls ??= tls;
+            if ((previousAddress is not null && previous is null) || (nextAddress is not null && next is null))
+                throw new ArgumentException($"stage {stage}: with TLS the identities of the neighbouring stages are required");
+        }
+        var timeout = connectTimeout ?? GrpcRingTransport.DefaultConnectTimeout;
+        var scheme = tls is null ? "http://" : "https://";
+        var peers = new string[stages];
+        Array.Fill(peers, "");
+        if (previousAddress is not null) peers[stage - 1] = previousAddress.Contains("://", StringComparison.Ordinal) ? previousAddress : scheme + previousAddress;
+        if (nextAddress is not null) peers[stage + 1] = nextAddress.Contains("://", StringComparison.Ordinal) ? nextAddress : scheme + nextAddress;
+        var inbound = new Dictionary<int, RingMailbox>();
+        ValueTask Leave()
+        {
+            foreach (var mailbox in inbound.Values)
+                mailboxes.Unregister(mailbox, new ObjectDisposedException(nameof(DataPlane), $"stage {stage} left the stage links of {jobId}/{generation} replica {replica}"));
+            return ValueTask.CompletedTask;
+        }
+        var outbound = new Dictionary<int, IOutboundLink>();
+        try
+        {
+            // Both inbound channels first: the neighbours' Hello finds them whatever order the stages connect in.
+            if (previousAddress is not null)
+                inbound[stage - 1] = mailboxes.Register(StageChannels.Link(jobId, replica, stage - 1, stage), generation, stage, stages, previous, stage - 1, PeerMessageKind.StageTensor);
+            if (nextAddress is not null)
+                inbound[stage + 1] = mailboxes.Register(StageChannels.Link(jobId, replica, stage + 1, stage), generation, stage, stages, next, stage + 1, PeerMessageKind.StageTensor);
+            var opening = new List<Task<(int Peer, IOutboundLink Link)>>();
+            async Task<(int, IOutboundLink)> Open(int peer, ExpectedPeer? expected, string what) =>
+                (peer, await OpenLinkAsync(StageChannels.Link(jobId, replica, stage, peer), generation, stage, stages, peer, peers[peer], transport, timeout, expected, tls,
+                    $"the {what} link of {jobId}/{generation} replica {replica} from stage {stage} to the {(peer > stage ? "next" : "previous")} stage,", cancellationToken).ConfigureAwait(false));
+            if (nextAddress is not null) opening.Add(Open(stage + 1, next, "activation"));
+            if (previousAddress is not null) opening.Add(Open(stage - 1, previous, "gradient"));
+            try
+            {
+                await Task.WhenAll(opening).ConfigureAwait(false);
+            }
+            catch
+            {
+                foreach (var t in opening.Where(t => t.IsCompletedSuccessfully)) await t.Result.Link.DisposeAsync().ConfigureAwait(false);
+                throw opening.Select(t => t.Exception?.InnerException).OfType<RingTransportException>().FirstOrDefault()
+                    ?? opening.Select(t => t.Exception?.InnerException).OfType<Exception>().First();
+            }
+            foreach (var t in opening) outbound[t.Result.Peer] = t.Result.Link;
+            return new PeerMesh(stage, stages, peers, outbound, inbound, Leave);
+        }
+        catch
+        {
+            await Leave().ConfigureAwait(false);
+            throw;
         }
     }
 
@@ -422,6 +501,18 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         foreach (var path in _probes.Keys) SharedMemoryRing.TryDelete(path);
         _probes.Clear();
     }
+}
+
+/// <summary>
+/// Channel ids of pipeline stage links: each directed link (replica, from-stage → to-stage) of a job is a channel of
+/// its own in <see cref="RingMailboxes"/>, negotiated and fenced by generation exactly like the job's ring (whose
+/// channel id is the job id itself).
+/// </summary>
+public static class StageChannels
+{
+    /// <summary>"JOB|stage FROM->TO replica R": the channel of one directed stage link.</summary>
+    public static string Link(string jobId, int replica, int fromStage, int toStage) =>
+        string.Create(CultureInfo.InvariantCulture, $"{jobId}|stage {fromStage}->{toStage} replica {replica}");
 }
 
 /// <summary>Where the data plane listens and how big its shared-memory rings are.</summary>

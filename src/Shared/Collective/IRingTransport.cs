@@ -33,11 +33,34 @@ public interface IRingTransport : IAsyncDisposable
     ValueTask<RingPiece> ReceiveAsync(RingTag tag, CancellationToken cancellationToken);
 }
 
-/// <summary>Identifies one piece of one collective operation: phase 0 = reduce-scatter, 1 = all-gather.</summary>
-public readonly record struct RingTag(long Operation, int Phase, int RingStep, int Piece)
+/// <summary>What a message on a point-to-point link is (the frame says it, and a link accepts only its own kind).</summary>
+public enum PeerMessageKind
 {
+    /// <summary>A piece of a ring all-reduce: operation, phase (0 reduce-scatter, 1 all-gather), ring step, piece.</summary>
+    AllReduce = 0,
+
+    /// <summary>A piece of a pipeline stage tensor: step, phase (0 activation, 1 activation gradient), micro-batch, piece; carries the tensor's shape.</summary>
+    StageTensor = 1,
+}
+
+/// <summary>
+/// Identifies one piece of a message. For <see cref="PeerMessageKind.AllReduce"/>: one piece of one collective
+/// operation, phase 0 = reduce-scatter, 1 = all-gather. For <see cref="PeerMessageKind.StageTensor"/>: piece
+/// <see cref="Piece"/> of the activation (phase 0) or activation gradient (phase 1) of training step
+/// <see cref="Operation"/>, micro-batch <see cref="RingStep"/> (see <see cref="StageTag"/>).
+/// </summary>
+public readonly record struct RingTag(long Operation, int Phase, int RingStep, int Piece, PeerMessageKind Kind = PeerMessageKind.AllReduce)
+{
+    /// <summary>The tag of piece <paramref name="piece"/> of a stage tensor: phase 0 = activation, 1 = activation gradient.</summary>
+    public static RingTag StageTag(long step, int phase, int microBatch, int piece) => new(step, phase, microBatch, piece, PeerMessageKind.StageTensor);
+
+    /// <summary>"activation" or "gradient" for a stage tensor's phase.</summary>
+    public static string StagePhaseName(int phase) => phase switch { 0 => "activation", 1 => "gradient", _ => $"phase {phase}" };
+
     /// <inheritdoc />
-    public override string ToString() => $"op {Operation} {RingAllReduce.PhaseName(Phase)} step {RingStep} piece {Piece}";
+    public override string ToString() => Kind == PeerMessageKind.StageTensor
+        ? $"{StagePhaseName(Phase)} of step {Operation} micro-batch {RingStep} piece {Piece}"
+        : $"op {Operation} {RingAllReduce.PhaseName(Phase)} step {RingStep} piece {Piece}";
 }
 
 /// <summary>
@@ -86,8 +109,18 @@ public sealed class RingPiece : IDisposable
     /// <summary>Element offset of the first value in the flattened buffer.</summary>
     public long Offset { get; }
 
-    /// <summary>Number of pieces the chunk sent at this ring step is split into.</summary>
+    /// <summary>Number of pieces the chunk sent at this ring step (or the stage tensor) is split into.</summary>
     public int Pieces { get; }
+
+    /// <summary>A stage tensor piece: the whole tensor's shape (every piece carries it); null for all-reduce pieces.</summary>
+    public long[]? Shape { get; private set; }
+
+    /// <summary>Sets the shape of the stage tensor this piece belongs to (1 to <see cref="PieceFrame.MaxDims"/> dimensions); returns the piece.</summary>
+    public RingPiece WithShape(long[]? shape)
+    {
+        Shape = shape;
+        return this;
+    }
 
     /// <summary>The values as little-endian float32 bytes.</summary>
     public ReadOnlyMemory<byte> Bytes { get; }

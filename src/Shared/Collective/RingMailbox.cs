@@ -1,11 +1,12 @@
 namespace Dtrain.Collective;
 
 /// <summary>
-/// Pieces from the left-hand neighbour of one ring (one job generation), waiting for the local all-reduce to ask for
-/// them by tag. Thread-safe. Memory is bounded by the algorithm: a neighbour can run at most W - 1 ring steps ahead of
+/// Pieces from the left-hand neighbour of one ring (one job generation) — or, for a pipeline stage link, from the one
+/// sending stage of that channel (<paramref name="sender"/>, <paramref name="kind"/> = stage tensors) — waiting for
+/// the local all-reduce (or stage) to ask for them by tag. Thread-safe. Memory is bounded by the algorithm: a neighbour can run at most W - 1 ring steps ahead of
 /// this worker within an operation, i.e. at most about one buffer's worth of pieces per concurrent operation.
 /// </summary>
-internal sealed class RingMailbox(string jobId, long generation, int rank, int worldSize)
+internal sealed class RingMailbox(string jobId, long generation, int rank, int worldSize, int? sender = null, PeerMessageKind kind = PeerMessageKind.AllReduce)
 {
     private readonly Lock _gate = new();
     private readonly Dictionary<RingTag, RingPiece> _arrived = [];
@@ -22,7 +23,14 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
 
     public int WorldSize { get; } = worldSize;
 
-    public int LeftRank => (Rank - 1 + WorldSize) % WorldSize;
+    /// <summary>The only rank whose link may fill this mailbox: the left neighbour in a ring, the given sender on a stage link.</summary>
+    public int LeftRank { get; } = sender ?? (rank - 1 + worldSize) % worldSize;
+
+    /// <summary>What the channel carries: all-reduce pieces, or stage tensors; frames of the other kind are refused.</summary>
+    public PeerMessageKind Kind { get; } = kind;
+
+    /// <summary>"left neighbour" in a ring, "sending stage" on a stage link (for refusals).</summary>
+    public string SenderRole => Kind == PeerMessageKind.AllReduce ? "left neighbour" : "sending stage";
 
     /// <summary>With TLS: whose certificate the inbound stream must come with (the left neighbour's); null = not checked (plaintext).</summary>
     public Dtrain.Rpc.ExpectedPeer? ExpectedLeft { get; init; }
@@ -47,6 +55,11 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
     /// <summary>Hands a piece to the waiting (or a future) receiver; the mailbox owns the piece from here on.</summary>
     public void Deliver(RingPiece piece)
     {
+        if (piece.Tag.Kind != Kind)
+        {
+            piece.Dispose();
+            throw new InvalidDataException($"{piece.Tag} from rank {LeftRank}: channel {JobId} carries {(Kind == PeerMessageKind.AllReduce ? "all-reduce pieces" : "stage tensors")} only");
+        }
         lock (_gate)
         {
             if (_closed is not null)
@@ -119,8 +132,8 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
     public void CompleteInbound(Exception? error)
     {
         var reason = error is null
-            ? new EndOfStreamException($"left neighbour rank {LeftRank} closed its stream")
-            : new IOException($"stream from left neighbour rank {LeftRank} broke: {error.Message}", error);
+            ? new EndOfStreamException($"{SenderRole} rank {LeftRank} closed its stream")
+            : new IOException($"stream from {SenderRole} rank {LeftRank} broke: {error.Message}", error);
         List<TaskCompletionSource<RingPiece>> failed;
         lock (_gate)
         {

@@ -356,11 +356,11 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
                         continue;
                     }
                     CopyOut(read, header);
-                    var (tag, pieces, offset, length) = PieceFrame.Read(header, maxBytes, mailbox.WorldSize);
+                    var (tag, pieces, offset, length, shape) = PieceFrame.Read(header, maxBytes, mailbox.WorldSize, mailbox.Kind);
                     if (at + PieceFrame.Size + length > _capacity) throw new InvalidDataException($"a frame of {length} bytes at {at} runs past the ring's end");
                     var lent = new Lent(_base + HeaderBytes + at + PieceFrame.Size, length, returned);
                     returned.Reset();
-                    if (LendInPlace && mailbox.TryHandToWaiter(RingPiece.FromBytes(tag, offset, pieces, lent.Memory, lent)))
+                    if (LendInPlace && mailbox.TryHandToWaiter(RingPiece.FromBytes(tag, offset, pieces, lent.Memory, lent).WithShape(shape)))
                     {
                         returned.Wait();   // the reduce reads it in place, then disposes the piece
                     }
@@ -368,7 +368,7 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
                     {
                         var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(1, length));
                         CopyOut(read + PieceFrame.Size, buffer.AsSpan(0, length));
-                        mailbox.Deliver(RingPiece.FromBytes(tag, offset, pieces, buffer.AsMemory(0, length), new Pooled(buffer)));
+                        mailbox.Deliver(RingPiece.FromBytes(tag, offset, pieces, buffer.AsMemory(0, length), new Pooled(buffer)).WithShape(shape));
                     }
                     SetLong(OffRead, read + PieceFrame.Size + Aligned(length));
                     Signal(OffSpaceSeq);

@@ -143,7 +143,7 @@ internal static class TcpLink
                 var got = Fill(stream, header);
                 if (got == 0) break;
                 if (got < header.Length) throw new EndOfStreamException("the connection ended inside a frame header");
-                var (tag, pieces, offset, length) = PieceFrame.Read(header, maxBytes, mailbox.WorldSize);
+                var (tag, pieces, offset, length, shape) = PieceFrame.Read(header, maxBytes, mailbox.WorldSize, mailbox.Kind);
                 var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(length, 1));
                 var owner = new Pooled(buffer);
                 if (Fill(stream, buffer.AsSpan(0, length)) < length)
@@ -151,7 +151,7 @@ internal static class TcpLink
                     owner.Dispose();
                     throw new EndOfStreamException("the connection ended inside a frame");
                 }
-                mailbox.Deliver(RingPiece.FromBytes(tag, offset, pieces, buffer.AsMemory(0, length), owner));
+                mailbox.Deliver(RingPiece.FromBytes(tag, offset, pieces, buffer.AsMemory(0, length), owner).WithShape(shape));
             }
             mailbox.CompleteInbound(null);
         }

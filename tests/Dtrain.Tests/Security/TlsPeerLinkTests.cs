@@ -184,4 +184,57 @@ public class TlsPeerLinkTests
             await stage1.App.DisposeAsync();
         }
     }
+
+    [Fact]
+    public async Task A_data_plane_stage_link_over_tcp_tls_is_accepted_only_from_the_neighbouring_stages_certificate()
+    {
+        using var pki = new TestPki();
+        var stage0 = await StartRingMemberAsync(pki, "s0");
+        var stage1 = await StartRingMemberAsync(pki, "s1");
+        var outsider = await StartRingMemberAsync(pki, "s9");   // a worker of the cluster, but not stage 1's neighbour
+        DataPlane Plane(Member m) => m.App!.Services.GetRequiredService<DataPlane>();
+        try
+        {
+            // Stage 1 registers its links (expecting s0 as its previous stage) and waits for stage 0.
+            var joining1 = Plane(stage1).ConnectStageLinksAsync("job", 1, 0, 1, 2, stage0.Address, null, DataTransport.Tcp, TimeSpan.FromSeconds(60),
+                stage1.Own(), stage0.Expected, null);
+            await Task.Delay(200);
+            // s9 claims to be stage 0 (pinning stage 1's real certificate): its Hello is refused for its certificate.
+            var refused = await Assert.ThrowsAsync<RingTransportException>(() => Plane(outsider).ConnectStageLinksAsync("job", 1, 0, 0, 2, null, stage1.Address,
+                DataTransport.Tcp, TimeSpan.FromSeconds(5), outsider.Own(), null, stage1.Expected));
+            Assert.Contains("PermissionDenied", refused.Message, StringComparison.Ordinal);
+            Assert.Contains("worker \"s9\"", refused.Message, StringComparison.Ordinal);
+            Assert.Contains("accepts only its sending stage rank 0", refused.Message, StringComparison.Ordinal);
+            // Stage 0 does not send to a "stage 1" serving another certificate than the one it was told to expect.
+            using (var impostor = new Member(pki, "s1"))
+            {
+                var wrong = await Assert.ThrowsAsync<RingTransportException>(() => Plane(stage0).ConnectStageLinksAsync("job-x", 1, 0, 0, 2, null, stage1.Address,
+                    DataTransport.Tcp, TimeSpan.FromSeconds(5), stage0.Own(), null, impostor.Expected));
+                Assert.Contains("is not the one expected", wrong.Message, StringComparison.Ordinal);
+            }
+
+            // The real stage 0 then links up over TCP inside TLS, and tensors cross both ways.
+            await using var links0 = new PeerStageLinks(await Plane(stage0).ConnectStageLinksAsync("job", 1, 0, 0, 2, null, stage1.Address, DataTransport.Tcp,
+                TimeSpan.FromSeconds(60), stage0.Own(), null, stage1.Expected), "job", 1 << 16);
+            await using var links1 = new PeerStageLinks(await joining1, "job", 1 << 16);
+            Assert.Equal("tcp+tls", links0.Peers.LinkTo(1));
+            Assert.Equal("tcp+tls", links1.Peers.LinkTo(0));
+            using var activation = arange(0, 6, dtype: float32).reshape(2, 3);
+            await links0.ForStep(0).SendActivationAsync(0, activation, CancellationToken.None);
+            using var got = await links1.ForStep(0).ReceiveActivationAsync(0, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(30));
+            Assert.Equal([2L, 3], got.shape);
+            Assert.Equal([0f, 1, 2, 3, 4, 5], got.data<float>().ToArray());
+            await links1.ForStep(0).SendGradientAsync(0, got * -1, CancellationToken.None);
+            using var back = await links0.ForStep(0).ReceiveGradientAsync(0, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(30));
+            Assert.Equal([0f, -1, -2, -3, -4, -5], back.data<float>().ToArray());
+        }
+        finally
+        {
+            foreach (var m in new[] { stage0, stage1, outsider })
+            {
+                await m.App!.DisposeAsync();
+                m.Dispose();
+            }
+        }
+    }
 }

@@ -1,4 +1,4 @@
-using System.Runtime.InteropServices;
+using Dtrain.Collective;
 using Dtrain.Protos.Pipeline;
 using Google.Protobuf;
 using Dtrain.Rpc;
@@ -18,7 +18,7 @@ public sealed record StageLinkSecurity(ClusterTls Tls, ExpectedPeer? Previous, E
 /// a <see cref="StageLinkSecurity"/> (TLS), streams go out with this worker's certificate to the neighbours' pinned
 /// certificates only, and only the neighbours' streams are accepted for this stage.
 /// </summary>
-public sealed class GrpcStageLinks : IAsyncDisposable
+public sealed class GrpcStageLinks : IStageLinkSet
 {
     private readonly string jobId;
     private readonly long generation;
@@ -28,11 +28,13 @@ public sealed class GrpcStageLinks : IAsyncDisposable
     private readonly int frameBytes;
     private readonly Outbound? toNext;
     private readonly Outbound? toPrevious;
+    private readonly bool tls;
 
     public GrpcStageLinks(string jobId, long generation, int replica, int stage, string? previous, string? next, StageMailboxes mailboxes,
         int frameBytes = 1 << 20, StageLinkSecurity? security = null)
     {
         (this.jobId, this.generation, this.replica, this.stage, this.mailboxes, this.frameBytes) = (jobId, generation, replica, stage, mailboxes, frameBytes);
+        tls = security is not null;
         if (security is not null)
         {
             if (previous is not null) mailboxes.Expect(jobId, generation, replica, stage - 1, stage, security.Previous ?? throw new ArgumentException($"stage {stage}: no identity for the previous stage"));
@@ -45,12 +47,17 @@ public sealed class GrpcStageLinks : IAsyncDisposable
     /// <summary>The links as seen by step <paramref name="step"/> (tensors are matched by step and micro-batch).</summary>
     public IStageLinks ForStep(long step) => new StepLinks(this, step);
 
+    /// <summary>"grpc", or "grpc+tls" with cluster TLS.</summary>
+    public string Transport => DataTransports.Describe(DataTransport.Grpc, tls);
+
     private async Task SendAsync(Outbound? to, StageTensorKind kind, long step, int micro, Tensor tensor, CancellationToken cancel)
     {
         if (to is null) throw new InvalidOperationException($"stage {stage} has no {(kind == StageTensorKind.Activation ? "next" : "previous")} stage to send a {kind} to");
         using var cpu = tensor.to(CPU).contiguous();
-        var values = cpu.data<float>().ToArray();
-        var bytes = MemoryMarshal.AsBytes(values.AsSpan()).ToArray();
+        if (cpu.dtype != ScalarType.Float32) throw new InvalidOperationException($"stage {stage}: the {kind.ToString().ToLowerInvariant()} of step {step} micro-batch {micro} is {cpu.dtype}, stage links carry float32");
+        // The frames are cut straight from the tensor's memory (one copy, into each protobuf frame).
+        using var memory = cpu.numel() == 0 ? null : TensorMemory.Of(cpu);
+        var bytes = memory?.Memory ?? Memory<byte>.Empty;
         await to.Gate.WaitAsync(cancel).ConfigureAwait(false);
         try
         {
@@ -61,7 +68,7 @@ public sealed class GrpcStageLinks : IAsyncDisposable
                 var frame = new TensorFrame
                 {
                     JobId = jobId, Generation = generation, Replica = replica, FromStage = stage, ToStage = to.Stage,
-                    Kind = (int)kind, Step = step, MicroBatch = micro, TotalBytes = bytes.Length, Data = ByteString.CopyFrom(bytes, offset, n),
+                    Kind = (int)kind, Step = step, MicroBatch = micro, TotalBytes = bytes.Length, Data = ByteString.CopyFrom(bytes.Span.Slice(offset, n)),
                 };
                 if (offset == 0) frame.Shape.AddRange(cpu.shape);
                 await call.RequestStream.WriteAsync(frame, cancel).ConfigureAwait(false);
