@@ -80,10 +80,17 @@ public class ElasticTests
         return ledger;
     }
 
-    static void AssertLoss(double faultFree, JobInfo info)
+    /// <summary>
+    /// Within 2 % of the fault-free run's validation loss, or within <paramref name="absolute"/> nats of it when that is
+    /// larger: a run long enough to learn the test's repeated sentence ends near zero loss, where 2 % is less than the
+    /// difference the order of floating-point sums makes (a join changes which rows each worker sums).
+    /// </summary>
+    static void AssertLoss(double faultFree, JobInfo info, double absolute = 0)
     {
-        var relative = Math.Abs(info.LastEval.Loss - faultFree) / faultFree;
-        Assert.True(relative <= 0.02, $"validation loss {info.LastEval.Loss:F4} vs fault-free {faultFree:F4}: {relative:P2}");
+        var difference = Math.Abs(info.LastEval.Loss - faultFree);
+        var relative = difference / faultFree;
+        Assert.True(relative <= 0.02 || difference <= absolute,
+            $"validation loss {info.LastEval.Loss:F4} vs fault-free {faultFree:F4}: {relative:P2} ({difference:F4} nats; allowed 2 %{(absolute > 0 ? $" or {absolute} nats" : "")})");
     }
 
     [Fact]
@@ -146,7 +153,8 @@ public class ElasticTests
         Assert.True(problems.Count == 0, string.Join("; ", problems.Take(10)));
         var firstWithJoiner = ledger.Steps.Where(s => s.Shares.Any(x => x.WorkerId == joiner)).Min(s => s.Step);
         Assert.True(firstWithJoiner <= idleAt + 2, $"idle at step {idleAt}, first trained step {firstWithJoiner}");
-        AssertLoss(faultFree, info);
+        // 1000 steps learn the repeated sentence: the fault-free loss is ~0.045, where 2 % is 0.0009 nats.
+        AssertLoss(faultFree, info, absolute: 0.005);
     }
 
     [Fact]
