@@ -75,10 +75,13 @@ public class CoordinatorRestartTests
         Assert.Equal(File.ReadAllBytes(reference.Checkpoint), File.ReadAllBytes(model));
         Assert.Equal(Steps, client.Ledger(new GetJobRequest { JobId = clean }).Steps.Count);
 
-        // The interrupted job resumes from a checkpoint at or before where it was; the queued one waits behind it.
+        // The interrupted job resumes from its newest checkpoint: one of every 20 steps, no older than the newest one
+        // seen before the kill (the job went on for a few steps between that look and the kill, and may have taken
+        // another; a step is counted just before its checkpoint is saved, hence step - 1); the queued one waits behind it.
         var resumed = client.Get(new GetJobRequest { JobId = id });
         Assert.Equal(0, resumed.Restarts);
-        Assert.True(resumed.StartStep >= 20 && resumed.StartStep <= before.Step, $"resumed at {resumed.StartStep}, was at {before.Step}");
+        Assert.True(resumed.StartStep % 20 == 0 && resumed.StartStep >= (before.Step - 1) / 20 * 20 && resumed.StartStep < Steps,
+            $"resumed at {resumed.StartStep}, was at {before.Step} (checkpoints every 20 steps) when last seen before the kill");
         Assert.True(resumed.Generation >= before.Generation, $"generation {resumed.Generation} after {before.Generation}");
         var info = await WaitFor(client, id, i => i.State == JobState.Succeeded, deadline);
         Assert.Equal(Steps, info.Step);
