@@ -195,6 +195,11 @@ public static class CollectiveBench
                 foreach (var a in prefix.Concat(["allreduce", "--peer", transport, $"{rank}", $"{world}", $"{floats}", $"{rounds}", $"{Iterations(floats)}", pki ?? "-"])) start.ArgumentList.Add(a);
                 // One CPU per worker unless the caller says otherwise (children inherit the environment).
                 if (Environment.GetEnvironmentVariable("DOTNET_PROCESSOR_COUNT") is null) start.Environment["DOTNET_PROCESSOR_COUNT"] = "1";
+                // As a worker runs (dtrain.dll: no tiered compilation, pool threads that do not spin): without it the
+                // reduction loop ran as tier-0 code (TensorPrimitives' Vector512 add QuickJitted, per perf) for most of
+                // a short run, which no worker ever does.
+                start.Environment["DOTNET_TieredCompilation"] = "0";
+                start.Environment["DOTNET_ThreadPool_UnfairSemaphoreSpinLimit"] = "0";
                 peers.Add(Process.Start(start) ?? throw new InvalidOperationException("cannot start a peer process"));
             }
             using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(15));
