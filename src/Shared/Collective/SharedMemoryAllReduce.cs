@@ -50,6 +50,7 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
     private readonly Func<int, string> _describe;
     private readonly BlockingCollection<Request> _queue = new();
     private readonly Thread _thread;
+    private readonly float[] _tile = new float[TileFloats];
     private Exception? _broken;
     private long _barrier;
     private long _block;
@@ -250,7 +251,7 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
             {
                 if (q == _rank) continue;
                 var (ps, pl) = Part(length, q);
-                buffer.Slice(start + ps, pl).CopyTo(own.Slot(slot, ps, pl));
+                NonTemporal.Copy(buffer.Slice(start + ps, pl), own.Slot(slot, ps, pl));
             }
             Barrier(request, phase: 0, b, blocks);
             if (b == 0)
@@ -271,10 +272,11 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
                     var i = start + ps + at;
                     var chunk = ChunkOf(i, n);
                     var run = (int)Math.Min(Math.Min(pl - at, ChunkEnd(chunk, n) - i), TileFloats);
-                    var dest = sum.Slice(at, run);
-                    TensorPrimitives.Add(Values(buffer, (chunk + 1) % _world, slot, i, ps + at, run), Values(buffer, chunk, slot, i, ps + at, run), dest);
-                    for (var j = 2; j < _world; j++) TensorPrimitives.Add(Values(buffer, (chunk + j) % _world, slot, i, ps + at, run), dest, dest);
-                    dest.CopyTo(buffer.Slice(i, run));
+                    var tile = _tile.AsSpan(0, run);
+                    TensorPrimitives.Add(Values(buffer, (chunk + 1) % _world, slot, i, ps + at, run), Values(buffer, chunk, slot, i, ps + at, run), tile);
+                    for (var j = 2; j < _world; j++) TensorPrimitives.Add(Values(buffer, (chunk + j) % _world, slot, i, ps + at, run), tile, tile);
+                    NonTemporal.Copy(tile, sum.Slice(at, run));
+                    NonTemporal.Copy(tile, buffer.Slice(i, run));
                     at += run;
                 }
             }
@@ -284,9 +286,10 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
             {
                 if (q == _rank) continue;
                 var (ps, pl) = Part(length, q);
-                _segments[q].Slot(slot, ps, pl).CopyTo(buffer.Slice(start + ps, pl));
+                NonTemporal.Copy(_segments[q].Slot(slot, ps, pl), buffer.Slice(start + ps, pl));
             }
         }
+        NonTemporal.Fence();
     }
 
     /// <summary>Rank <paramref name="r"/>'s values [<paramref name="index"/>, +<paramref name="count"/>) of the block: this rank's own from its buffer, the others' from their slots.</summary>
@@ -315,6 +318,8 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
     /// <summary>Arrives at the next barrier and waits until every peer has, checking that they are alive.</summary>
     private void Barrier(Request request, int phase, int block, int blocks)
     {
+        // Non-temporal stores are weakly ordered: make the block's bytes visible before the peers are told they are there.
+        NonTemporal.Fence();
         var target = ++_barrier;
         var own = _segments[_rank];
         own.SetInt(OffArrive, (int)target);
@@ -547,5 +552,48 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
             _file.Dispose();
             DeleteFile();
         }
+    }
+}
+
+/// <summary>
+/// Copies with non-temporal (streaming) stores: the destination lines are not read first (no read-for-ownership) and
+/// do not displace the cache — for blocks another process reads next, or that this one reads only much later. The
+/// stores are weakly ordered: <see cref="Fence"/> before anyone else may look.
+/// </summary>
+internal static unsafe class NonTemporal
+{
+    /// <summary>Below this many values a plain copy is as fast.</summary>
+    private const int MinFloats = 1024;
+
+    public static void Copy(ReadOnlySpan<float> source, Span<float> destination)
+    {
+        if (destination.Length < source.Length) throw new ArgumentException("destination too short", nameof(destination));
+        var n = source.Length;
+        if (!System.Runtime.Intrinsics.X86.Avx.IsSupported || n < MinFloats)
+        {
+            source.CopyTo(destination);
+            return;
+        }
+        fixed (float* s = source)
+        fixed (float* d = destination)
+        {
+            var i = 0;
+            // Streaming stores need 32-byte aligned destinations: plain stores up to the first aligned address.
+            while (i < n && ((nuint)(d + i) & 31) != 0)
+            {
+                d[i] = s[i];
+                i++;
+            }
+            for (; i + 8 <= n; i += 8)
+                System.Runtime.Intrinsics.X86.Avx.StoreAlignedNonTemporal(d + i, System.Runtime.Intrinsics.X86.Avx.LoadVector256(s + i));
+            for (; i < n; i++) d[i] = s[i];
+        }
+    }
+
+    /// <summary>Orders the streaming stores before any later store (SFENCE).</summary>
+    public static void Fence()
+    {
+        if (System.Runtime.Intrinsics.X86.Sse.IsSupported) System.Runtime.Intrinsics.X86.Sse.StoreFence();
+        else Thread.MemoryBarrier();
     }
 }
