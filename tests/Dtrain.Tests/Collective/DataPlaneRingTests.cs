@@ -2,7 +2,6 @@ using Dtrain.Collective;
 using Dtrain.Protos.Collective;
 using Grpc.Core;
 using Grpc.Net.Client;
-using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using CollectiveGrpc = Dtrain.Protos.Collective.Collective;
 
@@ -24,8 +23,8 @@ public class DataPlaneRingTests
     {
         foreach (var world in new[] { 2, 3 })
         {
-            await using var ring = await Ring.StartAsync(world, Parse(transport), maxPieceFloats: 4096);
-            ring.AssertLinks(transport);
+            await using var ring = await StartRingAsync(world, Parse(transport), maxPieceFloats: 4096);
+            AssertLinks(ring, transport);
             const int length = 100_003;
             for (var op = 0; op < 2; op++)
             {
@@ -44,7 +43,7 @@ public class DataPlaneRingTests
     public async Task Many_concurrent_operations_each_get_their_own_sum(string transport)
     {
         const int world = 3, ops = 12, length = 20_000;
-        await using var ring = await Ring.StartAsync(world, Parse(transport), maxPieceFloats: 1024);
+        await using var ring = await StartRingAsync(world, Parse(transport), maxPieceFloats: 1024);
         var buffers = Enumerable.Range(0, ops).Select(op => RingAllReduceTests.RandomBuffers(world, length, seed: 100 + op)).ToArray();
         var expected = buffers.Select(b => RingAllReduceTests.SerialSumInDouble(b, length)).ToArray();
         var reducers = ring.Transports.Select(t => new RingAllReduce(t, 1024, TimeSpan.FromSeconds(60))).ToArray();
@@ -62,7 +61,7 @@ public class DataPlaneRingTests
     public async Task A_peer_that_dies_fails_its_neighbours_with_a_transport_error_naming_it(string transport)
     {
         const int world = 3, dead = 1;
-        await using var ring = await Ring.StartAsync(world, Parse(transport));
+        await using var ring = await StartRingAsync(world, Parse(transport));
         var survivors = new[] { 0, 2 }.Select(rank => (rank, task: new RingAllReduce(ring.Transports[rank], operationTimeout: TimeSpan.FromSeconds(60)).SumAsync(new float[1 << 20], 5))).ToList();
         await Task.Delay(300);
         await ring.KillAsync(dead);
@@ -80,7 +79,7 @@ public class DataPlaneRingTests
     [MemberData(nameof(Transports))]
     public async Task A_sender_of_another_generation_is_refused(string transport)
     {
-        var hosts = await Task.WhenAll(Ring.StartHostAsync(), Ring.StartHostAsync());
+        var hosts = await Task.WhenAll(CollectiveTestHost.StartHostAsync(), CollectiveTestHost.StartHostAsync());
         try
         {
             string[] addresses = [hosts[0].Address, hosts[1].Address];
@@ -102,7 +101,7 @@ public class DataPlaneRingTests
     [Fact]
     public async Task A_tcp_connection_without_the_token_from_Hello_is_refused()
     {
-        var hosts = await Task.WhenAll(Ring.StartHostAsync(), Ring.StartHostAsync());
+        var hosts = await Task.WhenAll(CollectiveTestHost.StartHostAsync(), CollectiveTestHost.StartHostAsync());
         try
         {
             string[] addresses = [hosts[0].Address, hosts[1].Address];
@@ -135,7 +134,7 @@ public class DataPlaneRingTests
     [Fact]
     public async Task A_shared_memory_file_without_the_token_is_refused_and_removed_files_do_not_linger()
     {
-        var hosts = await Task.WhenAll(Ring.StartHostAsync(), Ring.StartHostAsync());
+        var hosts = await Task.WhenAll(CollectiveTestHost.StartHostAsync(), CollectiveTestHost.StartHostAsync());
         try
         {
             string[] addresses = [hosts[0].Address, hosts[1].Address];
@@ -167,75 +166,22 @@ public class DataPlaneRingTests
     [Fact]
     public async Task Auto_picks_shared_memory_for_a_peer_on_this_host()
     {
-        await using var ring = await Ring.StartAsync(2, DataTransport.Auto);
-        ring.AssertLinks("shm");
+        await using var ring = await StartRingAsync(2, DataTransport.Auto);
+        AssertLinks(ring, "shm");
     }
 
-    internal sealed record Host(WebApplication App, string Address, DataPlane Plane);
-
     /// <summary>W in-process hosts on 127.0.0.1, each joined to one ring with the given transport.</summary>
-    internal sealed class Ring : IAsyncDisposable
+    internal static Task<CollectiveTestRing<IRingTransport>> StartRingAsync(int world, DataTransport transport, int maxPieceFloats = RingAllReduce.DefaultMaxPieceFloats) =>
+        CollectiveTestRing<IRingTransport>.StartAsync(world,
+            (host, jobId, rank, addresses) => host.Plane.ConnectRingAsync(jobId, 1, rank, world, addresses, transport, TimeSpan.FromSeconds(30)), maxPieceFloats);
+
+    /// <summary>Every rank's link to its right neighbour is of this kind.</summary>
+    private static void AssertLinks(CollectiveTestRing<IRingTransport> ring, string transport)
     {
-        private readonly Host?[] _hosts;
-
-        private Ring(Host[] hosts, IRingTransport[] transports)
+        foreach (var t in ring.Transports)
         {
-            _hosts = hosts;
-            Transports = transports;
-            Addresses = hosts.Select(h => h.Address).ToArray();
-        }
-
-        public IReadOnlyList<IRingTransport> Transports { get; }
-
-        public IReadOnlyList<string> Addresses { get; }
-
-        public static async Task<Host> StartHostAsync(int maxPieceFloats = RingAllReduce.DefaultMaxPieceFloats)
-        {
-            var app = await CollectiveTestHost.StartAsync(maxPieceFloats);
-            return new Host(app, app.Urls.Single(), app.Services.GetRequiredService<DataPlane>());
-        }
-
-        public static async Task<Ring> StartAsync(int world, DataTransport transport, int maxPieceFloats = RingAllReduce.DefaultMaxPieceFloats)
-        {
-            var hosts = await Task.WhenAll(Enumerable.Range(0, world).Select(_ => StartHostAsync(maxPieceFloats)));
-            var addresses = hosts.Select(h => h.Address).ToArray();
-            var jobId = $"test-{Guid.NewGuid():N}";
-            var transports = await Task.WhenAll(Enumerable.Range(0, world).Select(rank =>
-                hosts[rank].Plane.ConnectRingAsync(jobId, 1, rank, world, addresses, transport, TimeSpan.FromSeconds(30))));
-            return new Ring(hosts, transports);
-        }
-
-        /// <summary>Every rank's link to its right neighbour is of this kind.</summary>
-        public void AssertLinks(string transport)
-        {
-            foreach (var t in Transports)
-            {
-                if (transport == "grpc") Assert.IsType<GrpcRingTransport>(t);
-                else Assert.Equal(transport == "shm" ? "shared memory" : "tcp", Assert.IsType<PeerRingTransport>(t).Peers.LinkTo((t.Rank + 1) % t.WorldSize));
-            }
-        }
-
-        /// <summary>Like a crash: the server aborts its connections, the worker's own links go away.</summary>
-        public async Task KillAsync(int rank)
-        {
-            var host = _hosts[rank]!;
-            _hosts[rank] = null;
-            try
-            {
-                await host.App.StopAsync(new CancellationToken(canceled: true));
-            }
-            catch (OperationCanceledException)
-            {
-            }
-            await Transports[rank].DisposeAsync();
-            await host.App.DisposeAsync();
-        }
-
-        public async ValueTask DisposeAsync()
-        {
-            foreach (var transport in Transports) await transport.DisposeAsync();
-            foreach (var host in _hosts)
-                if (host is not null) await host.App.DisposeAsync();
+            if (transport == "grpc") Assert.IsType<GrpcRingTransport>(t);
+            else Assert.Equal(transport == "shm" ? "shared memory" : "tcp", Assert.IsType<PeerRingTransport>(t).Peers.LinkTo((t.Rank + 1) % t.WorldSize));
         }
     }
 }

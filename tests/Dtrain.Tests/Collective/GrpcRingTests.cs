@@ -2,8 +2,6 @@ using Dtrain.Collective;
 using Dtrain.Protos.Collective;
 using Grpc.Core;
 using Grpc.Net.Client;
-using Microsoft.AspNetCore.Builder;
-using Microsoft.Extensions.DependencyInjection;
 using CollectiveGrpc = Dtrain.Protos.Collective.Collective;
 
 namespace Dtrain.Tests.Collective;
@@ -18,7 +16,7 @@ public class GrpcRingTests
     public async Task Sum_over_grpc_matches_serial_sum_for_2_3_and_4_workers(int world)
     {
         const int length = 1 << 20;
-        await using var cluster = await Cluster.StartAsync(world);
+        await using var cluster = await StartClusterAsync(world);
         for (var op = 0; op < 2; op++)
         {
             var buffers = RingAllReduceTests.RandomBuffers(world, length, seed: (world * 10) + op);
@@ -34,7 +32,7 @@ public class GrpcRingTests
     public async Task A_dead_worker_makes_both_neighbours_fail_naming_it_within_seconds()
     {
         const int world = 3, dead = 1;
-        await using var cluster = await Cluster.StartAsync(world);
+        await using var cluster = await StartClusterAsync(world);
         var deadAddress = cluster.Addresses[dead];
         // Ranks 0 and 2 are mid-operation (their first pieces are out); rank 1 dies before contributing.
         var survivors = new[] { 0, 2 }.Select(rank => (rank, task: new RingAllReduce(cluster.Transports[rank], operationTimeout: TimeSpan.FromSeconds(60)).SumAsync(new float[1 << 20], 5))).ToList();
@@ -53,7 +51,7 @@ public class GrpcRingTests
     [Fact]
     public async Task A_stream_for_an_unknown_ring_is_refused_with_FailedPrecondition()
     {
-        var host = await Cluster.StartHostAsync();
+        var host = await CollectiveTestHost.StartHostAsync();
         try
         {
             var ex = await PushAsync(host.Address, "no-such-job", 3);
@@ -69,7 +67,7 @@ public class GrpcRingTests
     [Fact]
     public async Task A_stream_for_an_older_generation_is_refused_with_FailedPrecondition()
     {
-        var host = await Cluster.StartHostAsync();
+        var host = await CollectiveTestHost.StartHostAsync();
         try
         {
             // A ring of one registers its mailbox without any neighbour.
@@ -87,8 +85,8 @@ public class GrpcRingTests
     [Fact]
     public async Task Connecting_to_a_neighbour_that_never_registers_the_ring_fails_after_the_connect_timeout()
     {
-        var host = await Cluster.StartHostAsync();
-        var local = await Cluster.StartHostAsync();
+        var host = await CollectiveTestHost.StartHostAsync();
+        var local = await CollectiveTestHost.StartHostAsync();
         try
         {
             var ex = await Assert.ThrowsAsync<RingTransportException>(() =>
@@ -107,7 +105,7 @@ public class GrpcRingTests
     [Fact]
     public async Task An_oversized_piece_is_rejected_with_InvalidArgument_and_breaks_the_senders_stream()
     {
-        await using var cluster = await Cluster.StartAsync(2, maxPieceFloats: 16);
+        await using var cluster = await StartClusterAsync(2, maxPieceFloats: 16);
         var sender = cluster.Transports[0];
         using var big = RingPiece.CopyOf(new RingTag(0, 0, 0, 0), 0, 1, new byte[17 * sizeof(float)]);
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(20));
@@ -143,61 +141,8 @@ public class GrpcRingTests
         return await Assert.ThrowsAsync<RpcException>(() => call.ResponseAsync);
     }
 
-    internal sealed record WorkerHost(WebApplication App, string Address, RingMailboxes Mailboxes);
-
-    /// <summary>W in-process worker hosts on 127.0.0.1, port 0, each with a transport in one ring.</summary>
-    internal sealed class Cluster : IAsyncDisposable
-    {
-        private readonly WorkerHost?[] _hosts;
-
-        private Cluster(WorkerHost[] hosts, GrpcRingTransport[] transports)
-        {
-            _hosts = hosts;
-            Transports = transports;
-            Addresses = hosts.Select(h => h.Address).ToArray();
-        }
-
-        public IReadOnlyList<GrpcRingTransport> Transports { get; }
-
-        public IReadOnlyList<string> Addresses { get; }
-
-        public static async Task<WorkerHost> StartHostAsync(int maxPieceFloats = RingAllReduce.DefaultMaxPieceFloats)
-        {
-            var app = await CollectiveTestHost.StartAsync(maxPieceFloats);
-            return new WorkerHost(app, app.Urls.Single(), app.Services.GetRequiredService<RingMailboxes>());
-        }
-
-        public static async Task<Cluster> StartAsync(int world, int maxPieceFloats = RingAllReduce.DefaultMaxPieceFloats)
-        {
-            var hosts = await Task.WhenAll(Enumerable.Range(0, world).Select(_ => StartHostAsync(maxPieceFloats)));
-            var addresses = hosts.Select(h => h.Address).ToArray();
-            var jobId = $"test-{Guid.NewGuid():N}";
-            var transports = await Task.WhenAll(Enumerable.Range(0, world).Select(rank =>
-                GrpcRingTransport.ConnectAsync(jobId, 1, rank, world, addresses, hosts[rank].Mailboxes, TimeSpan.FromSeconds(30))));
-            return new Cluster(hosts, transports);
-        }
-
-        /// <summary>Like a crash: the server aborts its connections and the worker's own stream goes away.</summary>
-        public async Task KillAsync(int rank)
-        {
-            var host = _hosts[rank]!;
-            _hosts[rank] = null;
-            try
-            {
-                await host.App.StopAsync(new CancellationToken(canceled: true));
-            }
-            catch (OperationCanceledException)
-            {
-            }
-            await Transports[rank].DisposeAsync();
-            await host.App.DisposeAsync();
-        }
-
-        public async ValueTask DisposeAsync()
-        {
-            foreach (var transport in Transports) await transport.DisposeAsync();
-            foreach (var host in _hosts)
-                if (host is not null) await host.App.DisposeAsync();
-        }
-    }
+    /// <summary>W in-process worker hosts on 127.0.0.1, port 0, each with a gRPC transport in one ring.</summary>
+    private static Task<CollectiveTestRing<GrpcRingTransport>> StartClusterAsync(int world, int maxPieceFloats = RingAllReduce.DefaultMaxPieceFloats) =>
+        CollectiveTestRing<GrpcRingTransport>.StartAsync(world,
+            (host, jobId, rank, addresses) => GrpcRingTransport.ConnectAsync(jobId, 1, rank, world, addresses, host.Mailboxes, TimeSpan.FromSeconds(30)), maxPieceFloats);
 }

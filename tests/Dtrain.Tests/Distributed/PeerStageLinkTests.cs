@@ -20,7 +20,7 @@ public class PeerStageLinkTests
 
     private static DataTransport Parse(string name) => DataTransports.TryParse(name, out var t) ? t : throw new ArgumentException(name);
 
-    private static async Task<IPeerTransport[]> ConnectAsync(DataPlaneRingTests.Host[] hosts, string job, long generation, DataTransport transport, TimeSpan? timeout = null)
+    private static async Task<IPeerTransport[]> ConnectAsync(CollectiveHost[] hosts, string job, long generation, DataTransport transport, TimeSpan? timeout = null)
     {
         var k = hosts.Length;
         return await Task.WhenAll(Enumerable.Range(0, k).Select(s => hosts[s].Plane.ConnectStageLinksAsync(job, generation, 0, s, k,
@@ -31,7 +31,7 @@ public class PeerStageLinkTests
     [MemberData(nameof(Transports))]
     public async Task Activations_and_gradients_cross_three_stages_exactly_also_in_several_pieces(string transport)
     {
-        var hosts = await Task.WhenAll(Enumerable.Range(0, 3).Select(_ => DataPlaneRingTests.Ring.StartHostAsync(maxPieceFloats: 1000)));
+        var hosts = await Task.WhenAll(Enumerable.Range(0, 3).Select(_ => CollectiveTestHost.StartHostAsync(maxPieceFloats: 1000)));
         try
         {
             var peers = await ConnectAsync(hosts, $"job-{Guid.NewGuid():N}", 1, Parse(transport));
@@ -90,7 +90,7 @@ public class PeerStageLinkTests
     [MemberData(nameof(Transports))]
     public async Task A_stage_of_an_older_generation_is_refused(string transport)
     {
-        var hosts = await Task.WhenAll(DataPlaneRingTests.Ring.StartHostAsync(), DataPlaneRingTests.Ring.StartHostAsync());
+        var hosts = await Task.WhenAll(CollectiveTestHost.StartHostAsync(), CollectiveTestHost.StartHostAsync());
         try
         {
             // Stage 1 is in generation 2; stage 0 still thinks it is generation 1.
@@ -162,7 +162,7 @@ public class PeerStageLinkTests
     [InlineData("carries stage tensors only")]
     public async Task A_malformed_stage_frame_on_a_real_tcp_link_fails_the_receiving_stage_naming_it(string expected)
     {
-        var host = await DataPlaneRingTests.Ring.StartHostAsync();
+        var host = await CollectiveTestHost.StartHostAsync();
         try
         {
             var plane = host.Plane;
