@@ -11,7 +11,7 @@ using Microsoft.Extensions.Logging;
 namespace Dtrain.Bench;
 
 /// <summary>
-/// <c>dtrain-bench allreduce [--transports shm,shm-ring,tcp,tcp+tls,grpc] [--workers 2,4] [--sizes 4,16,64] [--rounds 5] [--report FILE]</c>:
+/// <c>dtrain-bench allreduce [--transports shm,shm-copy,shm-ring,tcp,tcp+tls,grpc] [--workers 2,4] [--sizes 4,16,64] [--rounds 5] [--report FILE]</c>:
 /// the ring all-reduce over each data-plane transport, every worker a separate process (children of this exe,
 /// <c>allreduce --peer ...</c>) on loopback, each told it has one CPU (DOTNET_PROCESSOR_COUNT=1), joined exactly as
 /// workers join (gRPC Hello, then shared memory / TCP / the gRPC streams). Bus bandwidth as in nccl-tests:
@@ -32,19 +32,23 @@ public static class CollectiveBench
             var i = Array.IndexOf(args, name);
             return i >= 0 && i + 1 < args.Length ? args[i + 1] : fallback;
         }
-        var transports = Option("--transports", "shm,shm-ring,tcp,tcp+tls,grpc").Split(',', StringSplitOptions.RemoveEmptyEntries);
+        var transports = Option("--transports", "shm,shm-copy,shm-ring,tcp,tcp+tls,grpc").Split(',', StringSplitOptions.RemoveEmptyEntries);
         var workers = Option("--workers", "2,4").Split(',').Select(w => int.Parse(w, CultureInfo.InvariantCulture)).ToArray();
         var sizes = Option("--sizes", "4,16,64").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture) << 20).ToArray();
         var rounds = int.Parse(Option("--rounds", "5"), CultureInfo.InvariantCulture);
         var report = Option("--report", "");
         foreach (var t in transports)
-            if (!DataTransports.TryParse(BaseTransport(t), out var parsed) || parsed == DataTransport.Auto || (t.EndsWith("-ring", StringComparison.Ordinal) && parsed != DataTransport.Shm))
-                throw new ArgumentException($"--transports: \"{t}\" is not shm, shm-ring, tcp, tcp+tls, grpc or grpc+tls");
+            if (!DataTransports.TryParse(BaseTransport(t), out var parsed) || parsed == DataTransport.Auto || ((t.EndsWith("-ring", StringComparison.Ordinal) || t.EndsWith("-copy", StringComparison.Ordinal)) && parsed != DataTransport.Shm))
+                throw new ArgumentException($"--transports: \"{t}\" is not shm, shm-copy, shm-ring, tcp, tcp+tls, grpc or grpc+tls");
         return MainAsync(transports, workers, sizes, rounds, report).GetAwaiter().GetResult();
     }
 
-    /// <summary>"shm-ring" is the ring over shared memory; "shm" is what workers use by default on one host (the shared-memory group).</summary>
-    private static string BaseTransport(string name) => name.Replace("+tls", "", StringComparison.Ordinal).Replace("-ring", "", StringComparison.Ordinal);
+    /// <summary>
+    /// "shm" is what workers use by default on one host: the shared-memory group, summing a registered buffer in place;
+    /// "shm-copy" is the group summing memory of the caller's own (copied through its slots); "shm-ring" the ring over
+    /// shared-memory links.
+    /// </summary>
+    private static string BaseTransport(string name) => name.Replace("+tls", "", StringComparison.Ordinal).Replace("-ring", "", StringComparison.Ordinal).Replace("-copy", "", StringComparison.Ordinal);
 
     private static async Task<int> MainAsync(string[] transports, int[] workers, int[] sizes, int rounds, string report)
     {
@@ -54,7 +58,7 @@ public static class CollectiveBench
         var lines = new List<string>
         {
             $"all-reduce: {conditions}",
-            "shm = the shared-memory group workers of one host use by default (Worker:SharedMemoryGroup); shm-ring = the ring over shared-memory links; tcp, tcp+tls, grpc = the ring over those links",
+            "shm = the shared-memory group workers of one host use by default (Worker:SharedMemoryGroup), on the registered gradient buffer as replicas sum it (zero-copy); shm-copy = the group on a buffer of the caller's own (copied through the group's slots); shm-ring = the ring over shared-memory links; tcp, tcp+tls, grpc = the ring over those links",
             gloo ? "gloo: bench/anchors/pytorch_ddp_bench.py allreduce (PyTorch gloo over TCP on loopback, 1 thread per process), median of 3 runs, measured in this run"
                  : $"gloo: not measured ({glooWhy}); install it with `apt-get install -y python3-torch libopenblas0-pthread`",
             "",
@@ -265,7 +269,8 @@ public static class CollectiveBench
     {
         var tls = args[0].EndsWith("+tls", StringComparison.Ordinal);
         var transport = DataTransports.TryParse(BaseTransport(args[0]), out var t) ? t : throw new ArgumentException(args[0]);
-        var useGroup = args[0] == "shm";
+        var useGroup = args[0] is "shm" or "shm-copy";
+        var registered = args[0] == "shm";
         var rank = int.Parse(args[1], CultureInfo.InvariantCulture);
         var world = int.Parse(args[2], CultureInfo.InvariantCulture);
         var floats = int.Parse(args[3], CultureInfo.InvariantCulture);
@@ -304,15 +309,18 @@ public static class CollectiveBench
         var addresses = (Console.ReadLine() ?? throw new InvalidOperationException("no peer list on stdin")).Split(',');
         var ring = await app.Services.GetRequiredService<DataPlane>().ConnectRingAsync("bench", 1, rank, world, addresses, transport, security: security);
 
-        var buffer = new float[floats];
-        var random = new Random(rank);
-        for (var i = 0; i < buffer.Length; i++) buffer[i] = random.NextSingle();
         var allReduce = new RingAllReduce(ring, operationTimeout: TimeSpan.FromMinutes(10));
         // As a worker does (DataPlaneRingConnector): every rank takes part in forming the group.
         var (group, whyNot) = await SharedMemoryAllReduce.FormAsync(allReduce, useGroup, ring is PeerRingTransport mesh && mesh.Peers.LinkTo((rank + 1) % world) == "shared memory",
             -1000, TimeSpan.FromMinutes(10));
         if (useGroup && group is null) throw new InvalidOperationException($"no shared-memory group: {whyNot}");
-        Task Sum(float[] values, long operation) => group is not null ? group.SumAsync(values, operation) : allReduce.SumAsync(values, operation);
+        // As a replica's gradient buffer is: registered with the group when there is one (DataParallelReplica).
+        using var region = registered ? await group!.RegisterBufferAsync(floats, -998) ?? throw new InvalidOperationException("the group could not register a buffer") : null;
+        var buffer = region?.Memory ?? new float[floats];
+        var random = new Random(rank);
+        var span = buffer.Span;
+        for (var i = 0; i < span.Length; i++) span[i] = random.NextSingle();
+        Task Sum(Memory<float> values, long operation) => group is not null ? group.SumAsync(values, operation) : allReduce.SumAsync(values, operation);
         long op = 0;
         for (var i = 0; i < Warmup; i++) await Sum(buffer, op++);
         var perRound = new List<double>();

@@ -33,7 +33,11 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
     private const long MagicValue = 0x3150524723544444;   // arbitrary, "DDT#GRP1"
     private const int HeaderBytes = 4096;
     private const int OffMagic = 0, OffRank = 8, OffWorld = 12, OffPid = 16, OffClosed = 20, OffPidNs = 24, OffBeat = 32,
-        OffSlotFloats = 40, OffArrive = 128, OffOperation = 192, OffLength = 200;
+        OffSlotFloats = 40, OffArrive = 128, OffOperation = 192, OffLength = 200, OffMode = 208, OffStart = 216,
+        OffRegionId = 256, OffRegionFloats = 264, OffRegionState = 272, OffRegionMapped = 276;
+
+    /// <summary><see cref="OffMode"/>: the sum copies the buffer through the slots, or works on the registered regions in place.</summary>
+    private const long ModeCopy = 1, ModeRegistered = 2;
 
     /// <summary>Values summed at a time (16 KiB): the partial sum stays in L1/L2 across the W - 1 adds.</summary>
     private const int TileFloats = 4096;
@@ -52,6 +56,8 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
     private readonly Thread _thread;
     private readonly float[] _tile = new float[TileFloats];
     private Exception? _broken;
+    private RegisteredBuffer? _region;
+    private Mapping[]? _peerRegions;
     private long _barrier;
     private long _block;
     private int _disposed;
@@ -184,7 +190,29 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
         cancellationToken.ThrowIfCancellationRequested();
         if (buffer.IsEmpty) return Task.CompletedTask;
-        var request = new Request(buffer, operation, cancellationToken, Stopwatch.GetTimestamp());
+        return Enqueue(new Request(buffer, operation, cancellationToken, Stopwatch.GetTimestamp())).Done.Task;
+    }
+
+    /// <summary>
+    /// A collective call (every rank, at the same place in its sequence of operations, with the same
+    /// <paramref name="floats"/>): gives this rank a buffer of <paramref name="floats"/> values in shared memory that
+    /// every other rank of the group maps. A sum of a slice of it (the same slice on every rank) is zero-copy: rank q sums
+    /// part q straight from the peers' buffers into its own, then each rank copies the other parts' sums from their
+    /// owners (no copy into slots first). Returns null on every rank alike when any rank cannot make or map one
+    /// (/dev/shm full, ...); sums of other memory go through the slots as before. The caller owns the result and
+    /// disposes it; the memory stays mapped until both the caller and this group have let it go.
+    /// </summary>
+    public async Task<RegisteredBuffer?> RegisterBufferAsync(int floats, long operation, CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(floats, 1);
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        var request = Enqueue(new Request(Memory<float>.Empty, operation, cancellationToken, Stopwatch.GetTimestamp()) { RegisterFloats = floats });
+        await request.Done.Task.ConfigureAwait(false);
+        return request.Registered;
+    }
+
+    private Request Enqueue(Request request)
+    {
         try
         {
             _queue.Add(request, CancellationToken.None);
@@ -193,12 +221,17 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
         {
             throw new ObjectDisposedException(nameof(SharedMemoryAllReduce));
         }
-        return request.Done.Task;
+        return request;
     }
 
     private sealed record Request(Memory<float> Buffer, long Operation, CancellationToken Cancel, long Called)
     {
         public TaskCompletionSource Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        /// <summary>Non-zero: a <see cref="RegisterBufferAsync"/> request of this many values.</summary>
+        public int RegisterFloats { get; init; }
+
+        public RegisteredBuffer? Registered { get; set; }
     }
 
     private void Run()
@@ -213,7 +246,11 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
             }
             try
             {
-                Sum(request);
+                if (request.RegisterFloats > 0) Register(request);
+                else if (MemoryMarshal.TryGetMemoryManager<float, RegisteredBuffer>(request.Buffer, out var registered, out var start, out var length)
+                         && registered == _region && _peerRegions is not null)
+                    SumRegistered(request, start, length);
+                else Sum(request);
                 request.Done.TrySetResult();
             }
             catch (Exception e)
@@ -238,8 +275,7 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
         var n = buffer.Length;
         var op = request.Operation;
         var own = _segments[_rank];
-        own.SetLong(OffOperation, op);
-        own.SetLong(OffLength, n);
+        Publish(op, n, ModeCopy, 0);
         var blocks = (n + SlotFloats - 1) / SlotFloats;
         for (var b = 0; b < blocks; b++)
         {
@@ -254,12 +290,7 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
                 NonTemporal.Copy(buffer.Slice(start + ps, pl), own.Slot(slot, ps, pl));
             }
             Barrier(request, phase: 0, b, blocks);
-            if (b == 0)
-                for (var r = 0; r < _world; r++)
-                    if (_segments[r].Long(OffOperation) != op || _segments[r].Long(OffLength) != n)
-                        throw new CollectiveException(
-                            $"shared-memory all-reduce operation {op} ({n} floats, rank {_rank} of {_world}): {_describe(r)} runs operation {_segments[r].Long(OffOperation)} ({_segments[r].Long(OffLength)} floats) instead; every rank must call its sums in the same order with the same lengths",
-                            op, 0, 0, 0, r);
+            if (b == 0) CheckSameOperation(op, n, ModeCopy, 0);
             // 2. This rank's part: summed in the ring's order, into its slot (where the others read it) and its buffer.
             {
                 var (ps, pl) = Part(length, _rank);
@@ -291,6 +322,141 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
         }
         NonTemporal.Fence();
     }
+
+    private void Publish(long op, int n, long mode, int start)
+    {
+        var own = _segments[_rank];
+        own.SetLong(OffOperation, op);
+        own.SetLong(OffLength, n);
+        own.SetLong(OffMode, mode);
+        own.SetLong(OffStart, start);
+    }
+
+    /// <summary>After the first barrier of an operation: every rank must be running the same one, the same way.</summary>
+    private void CheckSameOperation(long op, int n, long mode, int start)
+    {
+        for (var r = 0; r < _world; r++)
+        {
+            var peer = _segments[r];
+            if (peer.Long(OffOperation) == op && peer.Long(OffLength) == n && peer.Long(OffMode) == mode && peer.Long(OffStart) == start) continue;
+            static string How(long m, long at) => m == ModeRegistered ? $"values at {at} of its registered buffer" : "values of its own memory";
+            throw new CollectiveException(
+                $"shared-memory all-reduce operation {op} ({n} {How(mode, start)}, rank {_rank} of {_world}): {_describe(r)} runs operation {peer.Long(OffOperation)} ({peer.Long(OffLength)} {How(peer.Long(OffMode), peer.Long(OffStart))}) instead; every rank must call its sums in the same order with the same lengths (and register its buffer alike)",
+                op, 0, 0, 0, r);
+        }
+    }
+
+    /// <summary>
+    /// <see cref="RegisterBufferAsync"/> on the group's thread: make and publish this rank's region; barrier; map the
+    /// peers' (all or none); barrier; agree. Every rank returns the same answer.
+    /// </summary>
+    private void Register(Request request)
+    {
+        var floats = request.RegisterFloats;
+        var own = _segments[_rank];
+        ReleaseRegions();
+        Mapping? mine = null;
+        try
+        {
+            mine = Mapping.Create(".buf", (long)floats * sizeof(float));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+        }
+        Publish(request.Operation, floats, 0, 0);
+        own.SetLong(OffRegionFloats, floats);
+        own.SetLong(OffRegionId, mine is null ? 0 : (long)mine.Id);
+        own.SetInt(OffRegionState, mine is null ? -1 : 1);
+        own.SetInt(OffRegionMapped, 0);
+        Barrier(request, phase: 0, 0, 1);
+        CheckSameOperation(request.Operation, floats, 0, 0);
+        var peers = new Mapping?[_world];
+        var ok = mine is not null;
+        for (var r = 0; r < _world && ok; r++)
+        {
+            if (r == _rank) continue;
+            var peer = _segments[r];
+            if (peer.Int(OffRegionState) != 1 || peer.Long(OffRegionFloats) != floats)
+            {
+                ok = false;
+                break;
+            }
+            try
+            {
+                peers[r] = Mapping.Open(".buf", (ulong)peer.Long(OffRegionId), (long)floats * sizeof(float));
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException)
+            {
+                ok = false;
+            }
+        }
+        own.SetInt(OffRegionMapped, ok ? 1 : -1);
+        Barrier(request, phase: 1, 0, 1);
+        for (var r = 0; r < _world; r++)
+            if (_segments[r].Int(OffRegionMapped) != 1) ok = false;
+        // Every rank has mapped every region (or given up): the names can go.
+        mine?.DeleteFile();
+        if (!ok)
+        {
+            foreach (var m in peers) m?.Dispose();
+            mine?.Dispose();
+            return;
+        }
+        _peerRegions = peers!;
+        _region = new RegisteredBuffer(mine!, floats);
+        request.Registered = _region;
+    }
+
+    private void ReleaseRegions()
+    {
+        if (_peerRegions is { } peers)
+            foreach (var m in peers) m?.Dispose();
+        _peerRegions = null;
+        _region?.Release();
+        _region = null;
+    }
+
+    /// <summary>
+    /// Values [<paramref name="start"/>, +<paramref name="n"/>) of every rank's registered buffer, summed in place:
+    /// barrier (every rank's values are there); rank q sums part q from all buffers into its own; barrier; each rank
+    /// copies the other parts' sums from their owners; barrier (no rank still reads this rank's part when the caller
+    /// writes the buffer again).
+    /// </summary>
+    private void SumRegistered(Request request, int start, int n)
+    {
+        var op = request.Operation;
+        var own = _region!.Span;
+        Publish(op, n, ModeRegistered, start);
+        Barrier(request, phase: 0, 0, 1);
+        CheckSameOperation(op, n, ModeRegistered, start);
+        var length = _region.Length;
+        {
+            var (ps, pl) = Part(n, _rank);
+            var at = 0;
+            while (at < pl)
+            {
+                var i = ps + at;
+                var chunk = ChunkOf(i, n);
+                var run = (int)Math.Min(Math.Min(pl - at, ChunkEnd(chunk, n) - i), TileFloats);
+                var tile = _tile.AsSpan(0, run);
+                TensorPrimitives.Add(Region((chunk + 1) % _world, own, length).Slice(start + i, run), Region(chunk, own, length).Slice(start + i, run), tile);
+                for (var j = 2; j < _world; j++) TensorPrimitives.Add(Region((chunk + j) % _world, own, length).Slice(start + i, run), tile, tile);
+                NonTemporal.Copy(tile, own.Slice(start + i, run));
+                at += run;
+            }
+        }
+        Barrier(request, phase: 1, 0, 1);
+        for (var q = 0; q < _world; q++)
+        {
+            if (q == _rank) continue;
+            var (ps, pl) = Part(n, q);
+            NonTemporal.Copy(Region(q, own, length).Slice(start + ps, pl), own.Slice(start + ps, pl));
+        }
+        Barrier(request, phase: 2, 0, 1);
+    }
+
+    /// <summary>Rank <paramref name="r"/>'s registered buffer (this rank's is <paramref name="own"/>).</summary>
+    private Span<float> Region(int r, Span<float> own, int length) => r == _rank ? own : _peerRegions![r].Floats(length);
 
     /// <summary>Rank <paramref name="r"/>'s values [<paramref name="index"/>, +<paramref name="count"/>) of the block: this rank's own from its buffer, the others' from their slots.</summary>
     private ReadOnlySpan<float> Values(Span<float> buffer, int r, int slot, int index, int slotOffset, int count) =>
@@ -363,7 +529,7 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
     }
 
     private string Where(Request request, int phase, int block, int blocks, int peer, string what) =>
-        $"shared-memory all-reduce operation {request.Operation} ({request.Buffer.Length} floats, rank {_rank} of {_world}) {what} in {(phase == 0 ? "reduce" : "gather")} of block {block + 1}/{blocks}, waiting for {_describe(peer)}";
+        $"shared-memory all-reduce operation {request.Operation} ({request.Buffer.Length} floats, rank {_rank} of {_world}) {what} in {phase switch { 0 => "reduce", 1 => "gather", _ => "release" }} of block {block + 1}/{blocks}, waiting for {_describe(peer)}";
 
     public async ValueTask DisposeAsync()
     {
@@ -375,6 +541,7 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
         var ended = await Task.Run(() => _thread.Join(TimeSpan.FromSeconds(30))).ConfigureAwait(false);
         // Never unmap under a thread that may still touch the mappings (the process ends before it matters).
         if (!ended) return;
+        ReleaseRegions();
         foreach (var s in _segments) s.Dispose();
         _queue.Dispose();
     }
@@ -403,6 +570,100 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
         { IsBackground = true, Name = "dtrain shm group heartbeat" };
         thread.Start();
         return thread;
+    }
+
+    /// <summary>A file in /dev/shm mapped read-write: a registered buffer (this rank's or a peer's).</summary>
+    internal sealed unsafe class Mapping : IDisposable
+    {
+        private readonly MemoryMappedFile _file;
+        private readonly MemoryMappedViewAccessor _view;
+        private readonly string _path;
+        private readonly bool _owned;
+        private int _disposed;
+
+        private Mapping(MemoryMappedFile file, string path, ulong id, long bytes, bool owned)
+        {
+            _file = file;
+            _path = path;
+            _owned = owned;
+            Id = id;
+            Bytes = bytes;
+            _view = file.CreateViewAccessor(0, bytes, MemoryMappedFileAccess.ReadWrite);
+            byte* pointer = null;
+            _view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
+            Base = pointer + _view.PointerOffset;
+        }
+
+        public ulong Id { get; }
+
+        public long Bytes { get; }
+
+        public byte* Base { get; }
+
+        private static string PathOf(string suffix, ulong id) => Path.Combine(SharedMemoryRing.Directory, $"dtrain-group-{id:x16}{suffix}");
+
+        /// <summary>Creates a new file (mode 0600), its pages reserved up front: a full /dev/shm fails here, not later with SIGBUS.</summary>
+        public static Mapping Create(string suffix, long bytes)
+        {
+            var id = BitConverter.ToUInt64(RandomNumberGenerator.GetBytes(8));
+            var path = PathOf(suffix, id);
+            var stream = new FileStream(path, new FileStreamOptions
+            {
+                Mode = FileMode.CreateNew,
+                Access = FileAccess.ReadWrite,
+                Share = FileShare.ReadWrite | FileShare.Delete,
+                UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+                PreallocationSize = bytes,
+            });
+            try
+            {
+                stream.SetLength(bytes);
+                var file = MemoryMappedFile.CreateFromFile(stream, null, bytes, MemoryMappedFileAccess.ReadWrite, HandleInheritability.None, leaveOpen: false);
+                return new Mapping(file, path, id, bytes, owned: true);
+            }
+            catch
+            {
+                stream.Dispose();
+                try { File.Delete(path); } catch (IOException) { }
+                throw;
+            }
+        }
+
+        /// <summary>Maps a peer's file by its id; its length must be <paramref name="bytes"/>.</summary>
+        public static Mapping Open(string suffix, ulong id, long bytes)
+        {
+            var path = PathOf(suffix, id);
+            var stream = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite | FileShare.Delete);
+            try
+            {
+                if (stream.Length != bytes) throw new InvalidDataException($"{path} has {stream.Length} bytes, expected {bytes}");
+                var file = MemoryMappedFile.CreateFromFile(stream, null, bytes, MemoryMappedFileAccess.ReadWrite, HandleInheritability.None, leaveOpen: false);
+                return new Mapping(file, path, id, bytes, owned: false);
+            }
+            catch
+            {
+                stream.Dispose();
+                throw;
+            }
+        }
+
+        public Span<float> Floats(int count) => new(Base, count);
+
+        /// <summary>Removes the file's name (its creator only; the mappings stay valid).</summary>
+        public void DeleteFile()
+        {
+            if (!_owned) return;
+            try { File.Delete(_path); } catch (IOException) { }
+        }
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+            _view.SafeMemoryMappedViewHandle.ReleasePointer();
+            _view.Dispose();
+            _file.Dispose();
+            DeleteFile();
+        }
     }
 
     /// <summary>One rank's segment, mapped: a 4 KiB header, then two slots of values.</summary>
@@ -553,6 +814,58 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
             DeleteFile();
         }
     }
+}
+
+/// <summary>
+/// A rank's buffer in shared memory that the other ranks of its <see cref="SharedMemoryAllReduce"/> group have mapped
+/// (<see cref="SharedMemoryAllReduce.RegisterBufferAsync"/>): sums of its slices are zero-copy. Use it as any
+/// <see cref="Memory{T}"/> (<see cref="System.Buffers.MemoryManager{T}.Memory"/>); dispose it when done. The memory stays
+/// mapped until both its owner and the group have let it go, so a group that ends first never pulls it away.
+/// </summary>
+public sealed unsafe class RegisteredBuffer : System.Buffers.MemoryManager<float>
+{
+    private readonly SharedMemoryAllReduce.Mapping _mapping;
+    private readonly int _length;
+    private int _references = 2;   // the caller's and the group's
+
+    internal RegisteredBuffer(SharedMemoryAllReduce.Mapping mapping, int length)
+    {
+        _mapping = mapping;
+        _length = length;
+    }
+
+    /// <summary>Values in the buffer.</summary>
+    public int Length => _length;
+
+    private byte* Base => _mapping.Base;
+
+    public Span<float> Span => GetSpan();
+
+    public override Span<float> GetSpan() => Volatile.Read(ref _references) > 0 ? new Span<float>(Base, _length) : throw new ObjectDisposedException(nameof(RegisteredBuffer));
+
+    public override System.Buffers.MemoryHandle Pin(int elementIndex = 0)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(elementIndex);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(elementIndex, _length);
+        return new System.Buffers.MemoryHandle((float*)Base + elementIndex);
+    }
+
+    public override void Unpin()
+    {
+    }
+
+    /// <summary>Drops one reference (the owner's through Dispose, the group's when it ends or registers again); the last one unmaps.</summary>
+    internal void Release()
+    {
+        if (Interlocked.Decrement(ref _references) == 0) _mapping.Dispose();
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing && Interlocked.Exchange(ref _ownerReleased, 1) == 0) Release();
+    }
+
+    private int _ownerReleased;
 }
 
 /// <summary>

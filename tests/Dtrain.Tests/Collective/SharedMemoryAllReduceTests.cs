@@ -191,4 +191,107 @@ public class SharedMemoryAllReduceTests
         Assert.Equal(1, e.PeerRank);
         Assert.Contains("timed out", e.Message, StringComparison.Ordinal);
     }
+
+    /// <summary>Every rank registers a buffer of <paramref name="length"/> values (a collective call).</summary>
+    private static async Task<RegisteredBuffer[]> RegisterAsync(Group group, int length, long operation = -998)
+    {
+        var registered = await Task.WhenAll(group.Members.Select(m => m!.RegisterBufferAsync(length, operation))).WaitAsync(Timeout);
+        Assert.All(registered, Assert.NotNull);
+        return registered!;
+    }
+
+    [Theory]
+    [InlineData(2, 1)]
+    [InlineData(2, 300_001)]
+    [InlineData(3, 1001)]
+    [InlineData(4, 10_007)]
+    [InlineData(5, 100_003)]
+    public async Task Sums_of_registered_buffers_are_zero_copy_and_bit_identical_to_the_ring(int world, int length)
+    {
+        // Slot size 64: a sum that went through the slots would take many blocks; the registered path takes none.
+        await using var group = await Group.FormAsync(world, 64);
+        var registered = await RegisterAsync(group, length);
+        try
+        {
+            // The whole buffer, then slices as a replica's buckets are (the same slice on every rank).
+            var slices = new List<(int Start, int Length)> { (0, length) };
+            if (length > 10) slices.AddRange([(0, length / 3), (length / 3, length - length / 3), (length / 2, 7)]);
+            var op = 0;
+            foreach (var (start, count) in slices)
+            {
+                var values = RandomBuffers(world, count, seed: op * 10 + world);
+                var viaRing = values.Select(v => v.ToArray()).ToArray();
+                await Task.WhenAll(group.Rings.Select((ring, rank) => ring.SumAsync(viaRing[rank], 100 + op)));
+                for (var rank = 0; rank < world; rank++)
+                {
+                    registered[rank].Span.Fill(float.NaN);
+                    values[rank].CopyTo(registered[rank].Span[start..]);
+                }
+                await Task.WhenAll(registered.Select((r, rank) => group.Members[rank]!.SumAsync(r.Memory.Slice(start, count), op))).WaitAsync(Timeout);
+                for (var rank = 0; rank < world; rank++)
+                {
+                    AssertBitIdentical(viaRing[0], registered[rank].Span.Slice(start, count).ToArray(), $"slice [{start}, +{count}), rank {rank}");
+                    // Values outside the slice are not touched.
+                    Assert.All(registered[rank].Span[..start].ToArray(), v => Assert.True(float.IsNaN(v), $"rank {rank}: a value before the slice was written"));
+                    Assert.All(registered[rank].Span[(start + count)..].ToArray(), v => Assert.True(float.IsNaN(v), $"rank {rank}: a value after the slice was written"));
+                }
+                op++;
+            }
+            // Memory of the caller's own still goes through the slots, on the same group.
+            var own = RandomBuffers(world, 5000, seed: 7);
+            var expected = own.Select(v => v.ToArray()).ToArray();
+            await Task.WhenAll(group.Rings.Select((ring, rank) => ring.SumAsync(expected[rank], 200)));
+            await group.SumAsync(own, op).WaitAsync(Timeout);
+            for (var rank = 0; rank < world; rank++) AssertBitIdentical(expected[0], own[rank], $"own memory, rank {rank}");
+        }
+        finally
+        {
+            foreach (var r in registered) ((IDisposable)r).Dispose();
+        }
+    }
+
+    [Fact]
+    public async Task Ranks_that_sum_different_slices_of_their_registered_buffers_fail_saying_so()
+    {
+        await using var group = await Group.FormAsync(2, 1024);
+        var registered = await RegisterAsync(group, 1000);
+        var first = group.Members[0]!.SumAsync(registered[0].Memory.Slice(0, 100), 1);
+        var second = group.Members[1]!.SumAsync(registered[1].Memory.Slice(100, 100), 1);
+        var e0 = await Assert.ThrowsAsync<CollectiveException>(() => first.WaitAsync(Timeout));
+        var e1 = await Assert.ThrowsAsync<CollectiveException>(() => second.WaitAsync(Timeout));
+        Assert.Contains("values at 100 of its registered buffer", e0.Message + e1.Message, StringComparison.Ordinal);
+        foreach (var r in registered) ((IDisposable)r).Dispose();
+    }
+
+    [Fact]
+    public async Task Ranks_that_register_different_lengths_fail_saying_so()
+    {
+        await using var group = await Group.FormAsync(2, 1024);
+        var first = group.Members[0]!.RegisterBufferAsync(1000, -998);
+        var second = group.Members[1]!.RegisterBufferAsync(1001, -998);
+        var e0 = await Assert.ThrowsAsync<CollectiveException>(() => first.WaitAsync(Timeout));
+        var e1 = await Assert.ThrowsAsync<CollectiveException>(() => second.WaitAsync(Timeout));
+        Assert.Contains("same lengths", e0.Message + e1.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_registered_buffer_outlives_its_group_and_leaves_no_file()
+    {
+        RegisteredBuffer[] registered;
+        await using (var group = await Group.FormAsync(3, 1024))
+        {
+            var before = Directory.GetFiles("/dev/shm", "dtrain-group-*.buf").ToHashSet();
+            registered = await RegisterAsync(group, 4096);
+            Assert.DoesNotContain(Directory.GetFiles("/dev/shm", "dtrain-group-*.buf"), f => !before.Contains(f));
+            for (var rank = 0; rank < 3; rank++) registered[rank].Span.Fill(rank + 1);
+            await Task.WhenAll(registered.Select((r, rank) => group.Members[rank]!.SumAsync(r.Memory, 0))).WaitAsync(Timeout);
+        }
+        // The group is gone; each owner still reads its buffer (the sums), then lets it go.
+        foreach (var r in registered)
+        {
+            Assert.All(r.Span.ToArray(), v => Assert.Equal(6f, v));
+            ((IDisposable)r).Dispose();
+            Assert.Throws<ObjectDisposedException>(() => r.Span.Length);
+        }
+    }
 }
