@@ -71,7 +71,16 @@ public sealed class DataPlaneRingConnector : IRingConnector
         {
             logger?.LogInformation("all-reduce of job {Job} generation {Generation}: shared-memory group of {World} workers on this host (no ring; {SlotMiB} MiB blocks)",
                 request.JobId, request.Generation, request.WorldSize, group.SlotFloats * sizeof(float) >> 20);
-            return new RingConnection(new SharedMemoryGroupReducer(group, ring), async () =>
+            void Registered(int floats, RegisteredBuffer? buffer)
+            {
+                if (buffer is not null)
+                    logger?.LogInformation("gradient buffer of job {Job} generation {Generation}: {Floats} values registered with the shared-memory group (sums are zero-copy)",
+                        request.JobId, request.Generation, floats);
+                else
+                    logger?.LogWarning("gradient buffer of job {Job} generation {Generation}: a rank could not make or map a {MiB} MiB buffer in /dev/shm; sums copy through the group's blocks",
+                        request.JobId, request.Generation, (long)floats * sizeof(float) >> 20);
+            }
+            return new RingConnection(new SharedMemoryGroupReducer(group, ring, Registered), async () =>
             {
                 await group.DisposeAsync().ConfigureAwait(false);
                 await transport.DisposeAsync().ConfigureAwait(false);

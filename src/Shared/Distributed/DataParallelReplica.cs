@@ -30,6 +30,7 @@ public sealed class DataParallelReplica : IDisposable
     public const int BucketFloats = 256 * 1024;
 
     private readonly GradientBuffer gradients;
+    private IGradientReducer? boundReducer;
     private readonly IReadOnlyList<GradientBucket> buckets;
     private readonly RingCompression compression;
     /// <summary>The buckets of the step in flight: started (their sums' tasks) or not yet (null).</summary>
@@ -153,6 +154,7 @@ public sealed class DataParallelReplica : IDisposable
 
     private GradientStats Compute(BatchRows? rows, bool resetState, bool carryState, string? inject, long step, CancellationToken cancel)
     {
+        if (!Alone && boundReducer != Reducer) BindGradients(cancel);
         if (resetState) Engine.ResetState();
         GradientStats stats = default;
         currentStep = step;
@@ -192,6 +194,21 @@ public sealed class DataParallelReplica : IDisposable
         return stats;
     }
 
+    /// <summary>
+    /// The first step with a reducer (every replica of the generation makes it at the same step): ask the reducer for
+    /// the gradient buffer's memory — the shared-memory group's registered buffer makes every sum zero-copy — or keep
+    /// a managed array. A collective call: it waits for the other replicas.
+    /// </summary>
+    private void BindGradients(CancellationToken cancel)
+    {
+        var reducer = Reducer;
+        gradients.Bind(reducer.AllocateBufferAsync(gradients.Length, cancel).GetAwaiter().GetResult());
+        boundReducer = reducer;
+    }
+
+    /// <summary>Whether the gradient buffer lives in memory the reducer gave (its sums are zero-copy).</summary>
+    public bool GradientsRegistered => gradients.IsBound;
+
     /// <summary>Backward reached <paramref name="point"/> (torch thread, inside loss.backward()): start the buckets it completes.</summary>
     private void OnGradientsReady(int point)
     {
@@ -209,7 +226,7 @@ public sealed class DataParallelReplica : IDisposable
             gradients.Gather(bucket.FirstParameter, bucket.EndParameter);
             // Distinct operation ids per bucket, the same on every replica; one bucket keeps the step number itself.
             var operation = checked(currentStep * buckets.Count + b);
-            inFlight[b] = Reducer.SumAsync(gradients.Values.AsMemory(bucket.Start, bucket.Length), operation, compression, currentCancel);
+            inFlight[b] = Reducer.SumAsync(gradients.Values.Slice(bucket.Start, bucket.Length), operation, compression, currentCancel);
         }
         catch (Exception e)
         {
@@ -233,7 +250,11 @@ public sealed class DataParallelReplica : IDisposable
     /// <summary>Sum of all parameter values in double precision: replicas that took the same steps agree exactly.</summary>
     public double ParameterChecksum() => ParameterChecksums.Sum(Engine.Parameters);
 
-    public void Dispose() => Engine.Dispose();
+    public void Dispose()
+    {
+        gradients.Dispose();
+        Engine.Dispose();
+    }
 }
 
 /// <summary>

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Runtime.InteropServices;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -8,13 +9,38 @@ namespace Dtrain.Distributed;
 /// All gradients of a model flattened into one float buffer, in parameter order, and written back after a reduce.
 /// One more slot at the end carries the replica's summed loss, so after the all-reduce every replica holds the whole
 /// step's loss too: a non-finite loss anywhere makes every replica skip the step alike, with no extra round trip.
+/// The values live in a managed array unless <see cref="Bind"/> gives them other memory (a reducer's registered buffer).
 /// </summary>
-public sealed class GradientBuffer(IReadOnlyList<Parameter> parameters)
+public sealed class GradientBuffer(IReadOnlyList<Parameter> parameters) : IDisposable
 {
     private readonly int gradientCount = checked((int)parameters.Sum(p => p.numel()));
+    private IMemoryOwner<float>? owner;
 
     /// <summary>The gradients, then the loss slot: what is all-reduced.</summary>
-    public float[] Values { get; } = new float[checked((int)parameters.Sum(p => p.numel()) + 1)];
+    public Memory<float> Values { get; private set; } = new float[checked((int)parameters.Sum(p => p.numel()) + 1)];
+
+    /// <summary>Moves the values to <paramref name="memory"/> (at least <see cref="Length"/> values; this buffer disposes it), or to a managed array when null; the values are not kept.</summary>
+    public void Bind(IMemoryOwner<float>? memory)
+    {
+        if (memory is not null && memory.Memory.Length < Length)
+            throw new ArgumentException($"{memory.Memory.Length} values given, {Length} needed", nameof(memory));
+        var previous = owner;
+        owner = memory;
+        Values = memory is null ? new float[Length] : memory.Memory[..Length];
+        previous?.Dispose();
+    }
+
+    /// <summary>Values in the buffer: the gradients and the loss slot.</summary>
+    public int Length => gradientCount + 1;
+
+    /// <summary>True when the values live in memory a reducer gave (<see cref="Bind"/>).</summary>
+    public bool IsBound => owner is not null;
+
+    public void Dispose()
+    {
+        owner?.Dispose();
+        owner = null;
+    }
 
     /// <summary>Gradient values (the buffer without its loss slot).</summary>
     public int GradientCount => gradientCount;
@@ -22,8 +48,8 @@ public sealed class GradientBuffer(IReadOnlyList<Parameter> parameters)
     /// <summary>The loss slot: this replica's summed loss before the reduce, every replica's after it.</summary>
     public float LossSum
     {
-        get => Values[gradientCount];
-        set => Values[gradientCount] = value;
+        get => Values.Span[gradientCount];
+        set => Values.Span[gradientCount] = value;
     }
 
     private readonly int[] offsets = Offsets(parameters);
@@ -54,7 +80,7 @@ public sealed class GradientBuffer(IReadOnlyList<Parameter> parameters)
         {
             var p = parameters[i];
             var n = (int)p.numel();
-            var dest = Values.AsSpan(offset, n);
+            var dest = Values.Span.Slice(offset, n);
             if (p.grad is { } g)
             {
                 using var c = g.contiguous();
@@ -74,7 +100,7 @@ public sealed class GradientBuffer(IReadOnlyList<Parameter> parameters)
         {
             var n = (int)p.numel();
             if (p.grad is null) p.grad = zeros_like(p);
-            p.grad.bytes = MemoryMarshal.AsBytes(Values.AsSpan(offset, n));
+            p.grad.bytes = MemoryMarshal.AsBytes(Values.Span.Slice(offset, n));
             offset += n;
         }
     }

@@ -18,6 +18,14 @@ public interface IGradientReducer
     /// </summary>
     Task SumAsync(Memory<float> buffer, long operation, CancellationToken cancel);
 
+    /// <summary>
+    /// A collective call (every replica, at the same point, with the same <paramref name="floats"/>): memory for the
+    /// buffer this reducer will sum, when it has a faster kind than the caller's own (the shared-memory group's registered
+    /// buffers: sums of their slices are zero-copy). Null when it has none; the caller then uses memory of its own. The
+    /// caller disposes the result when it stops using it.
+    /// </summary>
+    Task<System.Buffers.IMemoryOwner<float>?> AllocateBufferAsync(int floats, CancellationToken cancel) => Task.FromResult<System.Buffers.IMemoryOwner<float>?>(null);
+
     /// <summary>Name of the transport the sums travel over ("grpc", ...), for metrics and the worker's live activity; "" when none (a world of one).</summary>
     string Transport => "";
 

@@ -52,7 +52,11 @@ public class TransportClusterTests
         Assert.DoesNotMatch(@"ring w\d+->w\d+: (?!" + logged + " )", workerLogs);
         // Both workers share this host: over shared-memory links they sum in the shared-memory group unless it is turned off.
         if (logged == "shared memory" && group)
+        {
             Assert.Matches(@"all-reduce of job \S+ generation 1: shared-memory group of 2 workers on this host", workerLogs);
+            // Each replica's gradient buffer lives in the group's shared memory: its sums are zero-copy.
+            Assert.Equal(2, System.Text.RegularExpressions.Regex.Count(workerLogs, @"gradient buffer of job \S+ generation 1: \d+ values registered with the shared-memory group \(sums are zero-copy\)"));
+        }
         else
             Assert.Matches(@"all-reduce of job \S+ generation 1: ring \(no shared-memory group: " + (group ? "the link to the right-hand neighbour is not shared memory" : "turned off"), workerLogs);
     }
