@@ -596,6 +596,8 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
 
         public ulong Id { get; }
 
+        public string FilePath => _path;
+
         public long Bytes { get; }
 
         public byte* Base { get; }
@@ -669,62 +671,28 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
     /// <summary>One rank's segment, mapped: a 4 KiB header, then two slots of values.</summary>
     private sealed unsafe class Segment : IDisposable
     {
-        private readonly MemoryMappedFile _file;
-        private readonly MemoryMappedViewAccessor _view;
+        private const string Suffix = ".seg";
+        private readonly Mapping _mapping;
         private readonly byte* _base;
         private readonly int _slotFloats;
-        private readonly string _path;
-        private readonly bool _owned;
         private long _lastBeat = -1;
         private long _lastBeatAt = Stopwatch.GetTimestamp();
-        private int _disposed;
 
-        private Segment(MemoryMappedFile file, string path, ulong id, int slotFloats, bool owned)
+        private Segment(Mapping mapping, int slotFloats)
         {
-            _file = file;
-            _owned = owned;
-            _path = path;
-            Id = id;
+            _mapping = mapping;
+            _base = mapping.Base;
             _slotFloats = slotFloats;
-            _view = file.CreateViewAccessor(0, 0, MemoryMappedFileAccess.ReadWrite);
-            byte* pointer = null;
-            _view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
-            _base = pointer + _view.PointerOffset;
         }
 
-        public ulong Id { get; }
+        public ulong Id => _mapping.Id;
 
-        public string FilePath => _path;
-
-        private static string PathOf(ulong id) => Path.Combine(SharedMemoryRing.Directory, $"dtrain-group-{id:x16}.seg");
+        public string FilePath => _mapping.FilePath;
 
         /// <summary>Creates this rank's segment (mode 0600), its pages reserved up front: a full /dev/shm fails here, not later with SIGBUS.</summary>
         public static Segment Create(int rank, int world, int slotFloats)
         {
-            var id = BitConverter.ToUInt64(RandomNumberGenerator.GetBytes(8));
-            var path = PathOf(id);
-            var bytes = SegmentBytes(slotFloats);
-            var stream = new FileStream(path, new FileStreamOptions
-            {
-                Mode = FileMode.CreateNew,
-                Access = FileAccess.ReadWrite,
-                Share = FileShare.ReadWrite | FileShare.Delete,
-                UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
-                PreallocationSize = bytes,
-            });
-            Segment segment;
-            try
-            {
-                stream.SetLength(bytes);
-                var file = MemoryMappedFile.CreateFromFile(stream, null, bytes, MemoryMappedFileAccess.ReadWrite, HandleInheritability.None, leaveOpen: false);
-                segment = new Segment(file, path, id, slotFloats, owned: true);
-            }
-            catch
-            {
-                stream.Dispose();
-                try { File.Delete(path); } catch (IOException) { }
-                throw;
-            }
+            var segment = new Segment(Mapping.Create(Suffix, SegmentBytes(slotFloats)), slotFloats);
             segment.SetInt(OffRank, rank);
             segment.SetInt(OffWorld, world);
             segment.SetInt(OffPid, Environment.ProcessId);
@@ -737,35 +705,17 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
         /// <summary>Maps rank <paramref name="rank"/>'s segment by its id and checks its header.</summary>
         public static Segment Open(ulong id, int rank, int world, int slotFloats)
         {
-            var path = PathOf(id);
-            var bytes = SegmentBytes(slotFloats);
-            var stream = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite | FileShare.Delete);
-            Segment segment;
-            try
-            {
-                if (stream.Length != bytes) throw new InvalidDataException($"{path} has {stream.Length} bytes, expected {bytes}");
-                var file = MemoryMappedFile.CreateFromFile(stream, null, bytes, MemoryMappedFileAccess.ReadWrite, HandleInheritability.None, leaveOpen: false);
-                segment = new Segment(file, path, id, slotFloats, owned: false);
-            }
-            catch
-            {
-                stream.Dispose();
-                throw;
-            }
+            var segment = new Segment(Mapping.Open(Suffix, id, SegmentBytes(slotFloats)), slotFloats);
             if (segment.Long(OffMagic) != MagicValue || segment.Int(OffRank) != rank || segment.Int(OffWorld) != world || segment.Long(OffSlotFloats) != slotFloats)
             {
                 segment.Dispose();
-                throw new InvalidDataException($"{path} is not rank {rank}'s segment of this group of {world}");
+                throw new InvalidDataException($"{segment.FilePath} is not rank {rank}'s segment of this group of {world}");
             }
             return segment;
         }
 
         /// <summary>Removes the segment's name (its owner only; the mappings stay valid).</summary>
-        public void DeleteFile()
-        {
-            if (!_owned) return;
-            try { File.Delete(_path); } catch (IOException) { }
-        }
+        public void DeleteFile() => _mapping.DeleteFile();
 
         public Span<float> Slot(int slot, int offset, int count) =>
             new((float*)(_base + HeaderBytes) + (long)slot * _slotFloats + offset, count);
@@ -805,14 +755,7 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
             return null;
         }
 
-        public void Dispose()
-        {
-            if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-            _view.SafeMemoryMappedViewHandle.ReleasePointer();
-            _view.Dispose();
-            _file.Dispose();
-            DeleteFile();
-        }
+        public void Dispose() => _mapping.Dispose();
     }
 }
 
