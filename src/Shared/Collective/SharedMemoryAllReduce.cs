@@ -16,6 +16,8 @@ namespace Dtrain.Collective;
 /// other ranks' slots, writes the sum to its slot and its buffer; barrier; each rank copies the other parts' sums out of
 /// their owners' slots. Two slots per segment alternate, so the next block's copy-in never overwrites a slot a peer
 /// still reads (a block's slot is written again only after the barrier that every rank reaches after reading it).
+/// A buffer made by <see cref="RegisterBufferAsync"/> skips the slots: every rank maps every other rank's buffer, and a
+/// sum of a slice of it reads the peers' values in place (three barriers, no copy-in).
 /// </summary>
 /// <remarks>
 /// Results are bit-identical to <see cref="RingAllReduce"/> over the same ranks: each value is summed in the ring's
