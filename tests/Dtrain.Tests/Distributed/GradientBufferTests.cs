@@ -35,4 +35,43 @@ public class GradientBufferTests
         Assert.Equal(4f, weight.grad!.max().item<float>());
         Assert.Equal(1f, unused.grad!.max().item<float>());
     }
+
+    private sealed class Owner(int length) : System.Buffers.IMemoryOwner<float>
+    {
+        public Memory<float> Memory { get; } = new float[length];
+        public bool Disposed { get; private set; }
+        public void Dispose() => Disposed = true;
+    }
+
+    [Fact]
+    public void Bound_memory_carries_the_values_and_is_disposed_when_replaced_or_with_the_buffer()
+    {
+        using var scope = NewDisposeScope();
+        var weight = new Parameter(randn(64, 32));
+        (weight.sum() * 2).backward();
+        using var buffer = new GradientBuffer([weight]);
+        Assert.Throws<ArgumentException>(() => buffer.Bind(new Owner(buffer.Length - 1)));
+        Assert.False(buffer.IsBound);
+
+        var first = new Owner(buffer.Length + 5);
+        buffer.Bind(first);
+        Assert.True(buffer.IsBound);
+        buffer.Gather();
+        // The values are in the given memory (no copy of their own), the loss slot at its end.
+        Assert.All(first.Memory.Span[..(64 * 32)].ToArray(), v => Assert.Equal(2f, v));
+        buffer.LossSum = 7;
+        Assert.Equal(7f, first.Memory.Span[64 * 32]);
+        first.Memory.Span[..(64 * 32)].Fill(5);
+        buffer.Scatter();
+        Assert.Equal(5f, weight.grad!.min().item<float>());
+
+        var second = new Owner(buffer.Length);
+        buffer.Bind(second);
+        Assert.True(first.Disposed);
+        Assert.False(second.Disposed);
+        buffer.Bind(null);
+        Assert.True(second.Disposed);
+        Assert.False(buffer.IsBound);
+        Assert.Equal(buffer.Length, buffer.Values.Length);
+    }
 }
