@@ -34,12 +34,17 @@ public static class ClusterBench
     /// <summary>`cluster [rounds] [w1,w2,gru,spam] [--systems TEXT,...] [--report FILE]` (--systems: only rows whose name contains one of the texts).</summary>
     public static int Run(string root, string[] args)
     {
+        const string Usage = "dtrain-bench cluster [ROUNDS] [w1,w2,gru,spam] [--systems TEXT,...] [--report FILE]";
+        if (BenchArgs.Help(args, Usage)) return 0;
+        BenchArgs.CheckOptions(args, Usage, "--systems", "--report");
         var rounds = args.Length > 0 && int.TryParse(args[0], CultureInfo.InvariantCulture, out var r) ? r : 3;
         string? Option(string name) => Array.IndexOf(args, name) is >= 0 and var i && i + 1 < args.Length ? args[i + 1] : null;
         var report = Option("--report") ?? "bench-cluster.md";
         var filter = Option("--systems")?.Split(',');
         var only = args.Skip(1).Where((a, i) => !a.StartsWith("--", StringComparison.Ordinal) && (i == 0 || !args[i].StartsWith("--", StringComparison.Ordinal))).FirstOrDefault()?.Split(',')
             ?? ["w1", "w2", "gru", "spam"];
+        if (only.FirstOrDefault(k => k is not ("w1" or "w2" or "gru" or "spam")) is { } unknown)
+            throw new ArgumentException($"unknown workload \"{unknown}\": w1, w2, gru or spam (usage: {Usage})");
         using var tmp = new TempDir();
         var text = Path.Combine(tmp.Path, "random.txt");
         // Random printable characters: the vocabulary is ~96 like W1's, and throughput does not depend on content.

@@ -27,6 +27,9 @@ public static class CollectiveBench
     {
         ArgumentNullException.ThrowIfNull(args);
         if (args.Length > 1 && args[1] == "--peer") return PeerAsync(args[2..]).GetAwaiter().GetResult();
+        const string Usage = "dtrain-bench allreduce [--transports shm,shm-copy,shm-ring,tcp,tcp+tls,grpc] [--workers 2,4] [--sizes 4,16,64] [--rounds 5] [--report FILE]";
+        if (BenchArgs.Help(args, Usage)) return 0;
+        BenchArgs.CheckOptions(args[1..], Usage, "--transports", "--workers", "--sizes", "--rounds", "--report");
         string Option(string name, string fallback)
         {
             var i = Array.IndexOf(args, name);

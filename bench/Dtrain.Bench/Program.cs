@@ -5,101 +5,114 @@ using static TorchSharp.torch;
 //        | pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8] | pipeline links [rounds] | elastic
 //        | history | activity | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model
 var mode = args.FirstOrDefault() ?? "speed";
-switch (mode)
+try
 {
-    case "speed":
+    return Dispatch();
+}
+catch (ArgumentException e)
+{
+    Console.Error.WriteLine($"dtrain-bench {mode}: {e.Message}");
+    return 2;
+}
+
+int Dispatch()
+{
+    switch (mode)
     {
-        var threads = args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 2;
-        set_num_threads(threads);
-        Console.WriteLine("W1: char LSTM LM, vocab 96, embedding 64, hidden 256, 2 layers, batch 32 x 64, Adam 2e-3, clip 1.0");
-        for (var round = 0; round < 3; round++)
+        case "speed":
         {
-            // Alternate the order so drift on a noisy machine does not favour one side.
-            double plain, engine;
-            if (round % 2 == 0)
+            var threads = args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 2;
+            set_num_threads(threads);
+            Console.WriteLine("W1: char LSTM LM, vocab 96, embedding 64, hidden 256, 2 layers, batch 32 x 64, Adam 2e-3, clip 1.0");
+            for (var round = 0; round < 3; round++)
             {
-                plain = PlainCharLm.SecondsPerStep(96, 64, 256, 2, 32, 64, 5, 30);
-                engine = EngineLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, 5, 30);
+                // Alternate the order so drift on a noisy machine does not favour one side.
+                double plain, engine;
+                if (round % 2 == 0)
+                {
+                    plain = PlainCharLm.SecondsPerStep(96, 64, 256, 2, 32, 64, 5, 30);
+                    engine = EngineLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, 5, 30);
+                }
+                else
+                {
+                    engine = EngineLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, 5, 30);
+                    plain = PlainCharLm.SecondsPerStep(96, 64, 256, 2, 32, 64, 5, 30);
+                }
+                var replica = ReplicaLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, 5, 30, threads).GetAwaiter().GetResult();
+                Console.WriteLine($"round {round + 1} threads={threads}: plain TorchSharp {plain * 1e3:F1} ms/step ({32 / plain:F1} samples/s) | engine {engine * 1e3:F1} ms/step ({32 / engine:F1} samples/s, {plain / engine:F3}x) | replica on a torch thread {replica * 1e3:F1} ms/step ({plain / replica:F3}x)");
             }
-            else
-            {
-                engine = EngineLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, 5, 30);
-                plain = PlainCharLm.SecondsPerStep(96, 64, 256, 2, 32, 64, 5, 30);
-            }
-            var replica = ReplicaLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, 5, 30, threads).GetAwaiter().GetResult();
-            Console.WriteLine($"round {round + 1} threads={threads}: plain TorchSharp {plain * 1e3:F1} ms/step ({32 / plain:F1} samples/s) | engine {engine * 1e3:F1} ms/step ({32 / engine:F1} samples/s, {plain / engine:F3}x) | replica on a torch thread {replica * 1e3:F1} ms/step ({plain / replica:F3}x)");
+            return 0;
         }
-        return 0;
-    }
-    case "loop":
-    {
-        // One loop alone in a fresh process: loop plain|plain-tuned|engine|engine-layers|replica [threads] [warmup] [steps]
-        // (plain-tuned is the plain loop; the caller starts it with dtrain's process settings.)
-        var which = args.Length > 1 ? args[1] : "engine";
-        var threads = args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 2;
-        var warmup = args.Length > 3 ? int.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture) : 10;
-        var steps = args.Length > 4 ? int.Parse(args[4], System.Globalization.CultureInfo.InvariantCulture) : 40;
-        Console.Error.WriteLine($"allocator: {Dtrain.Runtime.NativeAllocator.Describe()}");
-        if (which != "replica") set_num_threads(threads);
-        var seconds = which switch
+        case "loop":
         {
-            "plain" or "plain-tuned" => PlainCharLm.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps),
-            "engine" => EngineLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps),
-            // The model overlap builds: one module per recurrent layer (same math).
-            "engine-layers" => EngineLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps, perLayer: true),
-            "replica" => ReplicaLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps, threads).GetAwaiter().GetResult(),
-            _ => throw new ArgumentException($"unknown loop {which}"),
-        };
-        Console.WriteLine($"{which} threads={threads}: {seconds * 1e3:F1} ms/step ({32 / seconds:F1} samples/s) seconds_per_step={seconds.ToString("R", System.Globalization.CultureInfo.InvariantCulture)}");
-        return 0;
+            // One loop alone in a fresh process: loop plain|plain-tuned|engine|engine-layers|replica [threads] [warmup] [steps]
+            // (plain-tuned is the plain loop; the caller starts it with dtrain's process settings.)
+            var which = args.Length > 1 ? args[1] : "engine";
+            var threads = args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 2;
+            var warmup = args.Length > 3 ? int.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture) : 10;
+            var steps = args.Length > 4 ? int.Parse(args[4], System.Globalization.CultureInfo.InvariantCulture) : 40;
+            Console.Error.WriteLine($"allocator: {Dtrain.Runtime.NativeAllocator.Describe()}");
+            if (which != "replica") set_num_threads(threads);
+            var seconds = which switch
+            {
+                "plain" or "plain-tuned" => PlainCharLm.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps),
+                "engine" => EngineLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps),
+                // The model overlap builds: one module per recurrent layer (same math).
+                "engine-layers" => EngineLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps, perLayer: true),
+                "replica" => ReplicaLoop.SecondsPerStep(96, 64, 256, 2, 32, 64, warmup, steps, threads).GetAwaiter().GetResult(),
+                _ => throw new ArgumentException($"unknown loop {which}"),
+            };
+            Console.WriteLine($"{which} threads={threads}: {seconds * 1e3:F1} ms/step ({32 / seconds:F1} samples/s) seconds_per_step={seconds.ToString("R", System.Globalization.CultureInfo.InvariantCulture)}");
+            return 0;
+        }
+        case "pipeline" when args.Length > 1 && args[1] == "links":
+            return StageLinkBench.Run(args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 3);
+        case "pipeline":
+            return PipelineBench.Run(args.Skip(1).ToArray());
+        case "cluster":
+        {
+            var root = AppContext.BaseDirectory;
+            while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
+            return ClusterBench.Run(root, args.Skip(1).ToArray());
+        }
+        case "train":
+        {
+            // One single-process run in a fresh process: train SPEC WARMUP -> samples/s over the steps after WARMUP.
+            var spec = Dtrain.Specs.JobSpecSerializer.Load(args[1]);
+            var warmup = int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture);
+            var observer = new StepClock(warmup, spec.Training.MaxSteps);
+            using var output = new TempDir();
+            Dtrain.Training.Trainer.Run(spec, Path.GetDirectoryName(Path.GetFullPath(args[1]))!, new Dtrain.Training.TrainOptions { OutputDir = output.Path }, observer, CancellationToken.None);
+            var seconds = (observer.End - observer.Start).TotalSeconds;
+            Console.WriteLine($"samples_per_s={((spec.Training.MaxSteps - warmup) * spec.Training.BatchSize / seconds).ToString("R", System.Globalization.CultureInfo.InvariantCulture)}");
+            return 0;
+        }
+        case "compression" when args.Length > 1 && args[1] == "codec":
+            return CompressionBench.Codec(args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 5);
+        case "compression":
+        {
+            var root = AppContext.BaseDirectory;
+            while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
+            return CompressionBench.Run(root, args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 300);
+        }
+        case "scaling-model":
+            return ScalingModel.Run(args.Skip(1).ToArray());
+        case "quality":
+        {
+            var root = AppContext.BaseDirectory;
+            while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
+            return QualityBench.Run(Path.Combine(root, "examples"), args.Skip(1).ToArray());
+        }
+        case "allreduce":
+            return CollectiveBench.Run(args);
+        case "elastic":
+            return ElasticBench.Run();
+        case "history":
+            return HistoryBench.Run();
+        case "activity":
+            return ActivityBench.Run();
+        default:
+            Console.Error.WriteLine("usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--systems TEXT,...] [--report FILE] | allreduce [--transports ...] [--workers ...] [--sizes ...] [--rounds N] [--report FILE] | pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8] | pipeline links [rounds] | elastic | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model");
+            return 2;
     }
-    case "pipeline" when args.Length > 1 && args[1] == "links":
-        return StageLinkBench.Run(args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 3);
-    case "pipeline":
-        return PipelineBench.Run(args.Skip(1).ToArray());
-    case "cluster":
-    {
-        var root = AppContext.BaseDirectory;
-        while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
-        return ClusterBench.Run(root, args.Skip(1).ToArray());
-    }
-    case "train":
-    {
-        // One single-process run in a fresh process: train SPEC WARMUP -> samples/s over the steps after WARMUP.
-        var spec = Dtrain.Specs.JobSpecSerializer.Load(args[1]);
-        var warmup = int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture);
-        var observer = new StepClock(warmup, spec.Training.MaxSteps);
-        using var output = new TempDir();
-        Dtrain.Training.Trainer.Run(spec, Path.GetDirectoryName(Path.GetFullPath(args[1]))!, new Dtrain.Training.TrainOptions { OutputDir = output.Path }, observer, CancellationToken.None);
-        var seconds = (observer.End - observer.Start).TotalSeconds;
-        Console.WriteLine($"samples_per_s={((spec.Training.MaxSteps - warmup) * spec.Training.BatchSize / seconds).ToString("R", System.Globalization.CultureInfo.InvariantCulture)}");
-        return 0;
-    }
-    case "compression" when args.Length > 1 && args[1] == "codec":
-        return CompressionBench.Codec(args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 5);
-    case "compression":
-    {
-        var root = AppContext.BaseDirectory;
-        while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
-        return CompressionBench.Run(root, args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 300);
-    }
-    case "scaling-model":
-        return ScalingModel.Run(args.Skip(1).ToArray());
-    case "quality":
-    {
-        var root = AppContext.BaseDirectory;
-        while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
-        return QualityBench.Run(Path.Combine(root, "examples"), args.Skip(1).ToArray());
-    }
-    case "allreduce":
-        return CollectiveBench.Run(args);
-    case "elastic":
-        return ElasticBench.Run();
-    case "history":
-        return HistoryBench.Run();
-    case "activity":
-        return ActivityBench.Run();
-    default:
-        Console.Error.WriteLine("usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--report FILE] | allreduce | pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8] | pipeline links [rounds] | elastic | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model");
-        return 2;
 }

@@ -1,0 +1,25 @@
+namespace Dtrain.Bench;
+
+/// <summary>Command-line checks shared by the suites: --help prints the usage, an unknown option is an error naming it (never silently ignored).</summary>
+internal static class BenchArgs
+{
+    /// <summary>True when <paramref name="args"/> ask for help (the usage is then printed).</summary>
+    public static bool Help(string[] args, string usage)
+    {
+        if (!args.Any(a => a is "--help" or "-h")) return false;
+        Console.WriteLine($"usage: {usage}");
+        return true;
+    }
+
+    /// <summary>Throws <see cref="ArgumentException"/> for any --option not in <paramref name="known"/>, or one given without its value.</summary>
+    public static void CheckOptions(string[] args, string usage, params string[] known)
+    {
+        for (var i = 0; i < args.Length; i++)
+        {
+            if (!args[i].StartsWith("--", StringComparison.Ordinal)) continue;
+            if (!known.Contains(args[i])) throw new ArgumentException($"unknown option {args[i]} (usage: {usage})");
+            if (i + 1 >= args.Length || args[i + 1].StartsWith("--", StringComparison.Ordinal)) throw new ArgumentException($"option {args[i]} needs a value (usage: {usage})");
+            i++;
+        }
+    }
+}
