@@ -297,20 +297,14 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
             {
                 var (ps, pl) = Part(length, _rank);
                 var sum = own.Slot(slot, ps, pl);
-                var at = 0;
-                while (at < pl)
+                // Rank r's values at buffer index i: this rank's from its buffer, the others' from their slots (at i - start).
+                RankValues values = (r, i, count) => r == _rank ? request.Buffer.Span.Slice(i, count) : _segments[r].Slot(slot, i - start, count);
+                for (var at = 0; at < pl;)
                 {
-                    // Values [i, i + run) of the buffer fall in one ring chunk c: summed x_c + x_(c+1) + ... as the ring does,
-                    // a tile at a time so the partial sum stays in cache between the adds and for the copy to the buffer.
-                    var i = start + ps + at;
-                    var chunk = ChunkOf(i, n);
-                    var run = (int)Math.Min(Math.Min(pl - at, ChunkEnd(chunk, n) - i), TileFloats);
-                    var tile = _tile.AsSpan(0, run);
-                    TensorPrimitives.Add(Values(buffer, (chunk + 1) % _world, slot, i, ps + at, run), Values(buffer, chunk, slot, i, ps + at, run), tile);
-                    for (var j = 2; j < _world; j++) TensorPrimitives.Add(Values(buffer, (chunk + j) % _world, slot, i, ps + at, run), tile, tile);
-                    NonTemporal.Copy(tile, sum.Slice(at, run));
-                    NonTemporal.Copy(tile, buffer.Slice(i, run));
-                    at += run;
+                    var tile = SumTile(start + ps + at, n, pl - at, values);
+                    NonTemporal.Copy(tile, sum.Slice(at, tile.Length));
+                    NonTemporal.Copy(tile, buffer.Slice(start + ps + at, tile.Length));
+                    at += tile.Length;
                 }
             }
             Barrier(request, phase: 1, b, blocks);
@@ -381,7 +375,7 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
             if (peer.Int(OffRegionState) != 1 || peer.Long(OffRegionFloats) != floats)
             {
                 ok = false;
-                break;
+                continue;
             }
             try
             {
@@ -431,20 +425,14 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
         Publish(op, n, ModeRegistered, start);
         Barrier(request, phase: 0, 0, 1);
         CheckSameOperation(op, n, ModeRegistered, start);
-        var length = _region.Length;
         {
             var (ps, pl) = Part(n, _rank);
-            var at = 0;
-            while (at < pl)
+            RankValues values = (r, i, count) => Region(r).Slice(start + i, count);
+            for (var at = 0; at < pl;)
             {
-                var i = ps + at;
-                var chunk = ChunkOf(i, n);
-                var run = (int)Math.Min(Math.Min(pl - at, ChunkEnd(chunk, n) - i), TileFloats);
-                var tile = _tile.AsSpan(0, run);
-                TensorPrimitives.Add(Region((chunk + 1) % _world, own, length).Slice(start + i, run), Region(chunk, own, length).Slice(start + i, run), tile);
-                for (var j = 2; j < _world; j++) TensorPrimitives.Add(Region((chunk + j) % _world, own, length).Slice(start + i, run), tile, tile);
-                NonTemporal.Copy(tile, own.Slice(start + i, run));
-                at += run;
+                var tile = SumTile(ps + at, n, pl - at, values);
+                NonTemporal.Copy(tile, own.Slice(start + ps + at, tile.Length));
+                at += tile.Length;
             }
         }
         Barrier(request, phase: 1, 0, 1);
@@ -452,17 +440,32 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
         {
             if (q == _rank) continue;
             var (ps, pl) = Part(n, q);
-            NonTemporal.Copy(Region(q, own, length).Slice(start + ps, pl), own.Slice(start + ps, pl));
+            NonTemporal.Copy(Region(q).Slice(start + ps, pl), own.Slice(start + ps, pl));
         }
         Barrier(request, phase: 2, 0, 1);
     }
 
-    /// <summary>Rank <paramref name="r"/>'s registered buffer (this rank's is <paramref name="own"/>).</summary>
-    private Span<float> Region(int r, Span<float> own, int length) => r == _rank ? own : _peerRegions![r].Floats(length);
+    /// <summary>Rank <paramref name="r"/>'s registered buffer.</summary>
+    private Span<float> Region(int r) => r == _rank ? _region!.Span : _peerRegions![r].Floats(_region!.Length);
 
-    /// <summary>Rank <paramref name="r"/>'s values [<paramref name="index"/>, +<paramref name="count"/>) of the block: this rank's own from its buffer, the others' from their slots.</summary>
-    private ReadOnlySpan<float> Values(Span<float> buffer, int r, int slot, int index, int slotOffset, int count) =>
-        r == _rank ? buffer.Slice(index, count) : _segments[r].Slot(slot, slotOffset, count);
+    /// <summary>Rank <paramref name="rank"/>'s values [<paramref name="index"/>, +<paramref name="count"/>) of the buffer being summed.</summary>
+    private delegate ReadOnlySpan<float> RankValues(int rank, int index, int count);
+
+    /// <summary>
+    /// The sum over all ranks of values [<paramref name="i"/>, +run) of an <paramref name="n"/>-value buffer, where run is
+    /// at most <paramref name="left"/> and one tile and stays inside i's ring chunk c: added x_c + x_(c+1) + ... as the
+    /// ring does (so the result is the ring's, bit for bit), a tile at a time so the partial sum stays in cache between
+    /// the adds and for the copies after. The result is this group's tile buffer, valid until the next call.
+    /// </summary>
+    private Span<float> SumTile(int i, int n, int left, RankValues values)
+    {
+        var chunk = ChunkOf(i, n);
+        var run = (int)Math.Min(Math.Min(left, ChunkEnd(chunk, n) - i), TileFloats);
+        var tile = _tile.AsSpan(0, run);
+        TensorPrimitives.Add(values((chunk + 1) % _world, i, run), values(chunk, i, run), tile);
+        for (var j = 2; j < _world; j++) TensorPrimitives.Add(values((chunk + j) % _world, i, run), tile, tile);
+        return tile;
+    }
 
     /// <summary>Part q of a block of <paramref name="length"/> values: W near-equal contiguous runs.</summary>
     private (int Start, int Length) Part(int length, int q)
@@ -589,7 +592,6 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
             _path = path;
             _owned = owned;
             Id = id;
-            Bytes = bytes;
             _view = file.CreateViewAccessor(0, bytes, MemoryMappedFileAccess.ReadWrite);
             byte* pointer = null;
             _view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
@@ -599,8 +601,6 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
         public ulong Id { get; }
 
         public string FilePath => _path;
-
-        public long Bytes { get; }
 
         public byte* Base { get; }
 
@@ -772,6 +772,7 @@ public sealed unsafe class RegisteredBuffer : System.Buffers.MemoryManager<float
     private readonly SharedMemoryAllReduce.Mapping _mapping;
     private readonly int _length;
     private int _references = 2;   // the caller's and the group's
+    private int _ownerReleased;
 
     internal RegisteredBuffer(SharedMemoryAllReduce.Mapping mapping, int length)
     {
@@ -809,8 +810,6 @@ public sealed unsafe class RegisteredBuffer : System.Buffers.MemoryManager<float
     {
         if (disposing && Interlocked.Exchange(ref _ownerReleased, 1) == 0) Release();
     }
-
-    private int _ownerReleased;
 }
 
 /// <summary>

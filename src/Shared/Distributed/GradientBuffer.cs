@@ -26,7 +26,9 @@ public sealed class GradientBuffer(IReadOnlyList<Parameter> parameters) : IDispo
             throw new ArgumentException($"{memory.Memory.Length} values given, {Length} needed", nameof(memory));
         var previous = owner;
         owner = memory;
-        Values = memory is null ? new float[Length] : memory.Memory[..Length];
+        // Memory of its own is made only when leaving given memory: a managed array is kept as it is.
+        if (memory is not null) Values = memory.Memory[..Length];
+        else if (previous is not null) Values = new float[Length];
         previous?.Dispose();
     }
 
