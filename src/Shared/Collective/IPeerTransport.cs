@@ -68,6 +68,9 @@ public interface IPeerTransport : IAsyncDisposable
 
     /// <summary>Receives the piece with this tag from <paramref name="peer"/> (the caller disposes it). Failures: <see cref="RingTransportException"/>.</summary>
     ValueTask<RingPiece> ReceiveAsync(int peer, RingTag tag, CancellationToken cancellationToken);
+
+    /// <summary>Optional: where pieces from <paramref name="peer"/> land in place (see <see cref="IRingTransport.Expect"/>); null when this transport cannot.</summary>
+    RingLandingZone? Expect(int peer, IReadOnlyList<RingLanding> landings) => null;
 }
 
 /// <summary>The ring over a point-to-point transport: send to rank + 1, receive from rank - 1.</summary>
@@ -84,6 +87,8 @@ public sealed class PeerRingTransport(IPeerTransport peers) : IRingTransport
     public ValueTask SendAsync(RingPiece piece, CancellationToken cancellationToken) => Peers.SendAsync((Rank + 1) % WorldSize, piece, cancellationToken);
 
     public ValueTask<RingPiece> ReceiveAsync(RingTag tag, CancellationToken cancellationToken) => Peers.ReceiveAsync((Rank - 1 + WorldSize) % WorldSize, tag, cancellationToken);
+
+    public RingLandingZone? Expect(IReadOnlyList<RingLanding> landings) => Peers.Expect((Rank - 1 + WorldSize) % WorldSize, landings);
 
     public ValueTask DisposeAsync() => Peers.DisposeAsync();
 }
@@ -157,11 +162,31 @@ internal sealed class PeerMesh(int rank, int worldSize, string[] peers, IReadOnl
         }
     }
 
-    private void ThrowIfBroken()
+    /// <summary>Pieces from <paramref name="peer"/> land where the caller says; the zone is broken as soon as any outbound link of this worker breaks (see <see cref="ReceiveAsync"/>).</summary>
+    public RingLandingZone? Expect(int peer, IReadOnlyList<RingLanding> landings)
+    {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        if (!inbound.TryGetValue(peer, out var mailbox)) throw new InvalidOperationException($"rank {Rank} has no link from {DescribeRank(peer)}");
+        mailbox.Expect(landings, ex => new RingTransportException($"cannot receive from {DescribeRank(peer)}: {ex.Message}", peer, DescribeRank(peer), ex));
+        var broken = outbound.Count == 0 ? null : CancellationTokenSource.CreateLinkedTokenSource([.. outbound.Values.Select(l => l.Broken)]);
+        return new RingLandingZone(() =>
+        {
+            mailbox.Revoke(landings);
+            broken?.Dispose();
+        }, broken?.Token ?? CancellationToken.None, BrokenFailure);
+    }
+
+    private RingTransportException? BrokenFailure()
     {
         foreach (var (rank, link) in outbound)
             if (link.Broken.IsCancellationRequested && link.Fault is { } fault)
-                throw new RingTransportException($"{link.Kind} link to {DescribeRank(rank)} failed: {fault.Message}", rank, DescribeRank(rank), fault);
+                return new RingTransportException($"{link.Kind} link to {DescribeRank(rank)} failed: {fault.Message}", rank, DescribeRank(rank), fault);
+        return null;
+    }
+
+    private void ThrowIfBroken()
+    {
+        if (BrokenFailure() is { } broken) throw broken;
     }
 
     public async ValueTask DisposeAsync()

@@ -31,6 +31,13 @@ public interface IRingTransport : IAsyncDisposable
     /// returned piece and must dispose it. Failures surface as <see cref="RingTransportException"/>.
     /// </summary>
     ValueTask<RingPiece> ReceiveAsync(RingTag tag, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Optional: takes where the pieces of one operation from the left-hand neighbour land (<see cref="RingLanding"/>),
+    /// so that whichever thread receives one adds or copies it in place. Null when this transport cannot; the caller
+    /// then receives with <see cref="ReceiveAsync"/>. The caller must dispose the zone before it lets go of the memory.
+    /// </summary>
+    RingLandingZone? Expect(IReadOnlyList<RingLanding> landings) => null;
 }
 
 /// <summary>What a message on a point-to-point link is (the frame says it, and a link accepts only its own kind).</summary>

@@ -7,20 +7,26 @@ namespace Dtrain.Collective;
 public sealed class InMemoryRingTransport : IRingTransport
 {
     private readonly RingMailbox _mailbox;
+    private readonly bool _landings;
     private InMemoryRingTransport? _right;
     private int _disposed;
 
-    private InMemoryRingTransport(int rank, int worldSize)
+    private InMemoryRingTransport(int rank, int worldSize, bool landings)
     {
         _mailbox = new RingMailbox("in-memory", 0, rank, worldSize);
         _mailbox.TryAttachInbound();
+        _landings = landings;
     }
 
-    /// <summary>W transports, element i being rank i, each sending to rank (i + 1) mod W.</summary>
-    public static IReadOnlyList<InMemoryRingTransport> CreateRing(int worldSize)
+    /// <summary>
+    /// W transports, element i being rank i, each sending to rank (i + 1) mod W. With <paramref name="landings"/>,
+    /// pieces land in place as the data-plane links land them (<see cref="IRingTransport.Expect"/>); without, the
+    /// operation receives them one by one.
+    /// </summary>
+    public static IReadOnlyList<InMemoryRingTransport> CreateRing(int worldSize, bool landings = false)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(worldSize, 1);
-        var ring = Enumerable.Range(0, worldSize).Select(rank => new InMemoryRingTransport(rank, worldSize)).ToArray();
+        var ring = Enumerable.Range(0, worldSize).Select(rank => new InMemoryRingTransport(rank, worldSize, landings)).ToArray();
         for (var rank = 0; rank < worldSize; rank++) ring[rank]._right = ring[(rank + 1) % worldSize];
         return ring;
     }
@@ -53,6 +59,15 @@ public sealed class InMemoryRingTransport : IRingTransport
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
         var left = _mailbox.LeftRank;
         return _mailbox.ReceiveAsync(tag, ex => new RingTransportException($"cannot receive {tag} from left neighbour rank {left}: {ex.Message}", left, DescribeRank(left), ex), cancellationToken);
+    }
+
+    public RingLandingZone? Expect(IReadOnlyList<RingLanding> landings)
+    {
+        if (!_landings) return null;
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        var left = _mailbox.LeftRank;
+        _mailbox.Expect(landings, ex => new RingTransportException($"cannot receive from left neighbour rank {left}: {ex.Message}", left, DescribeRank(left), ex));
+        return new RingLandingZone(() => _mailbox.Revoke(landings), CancellationToken.None, () => null);
     }
 
     public ValueTask DisposeAsync()

@@ -81,8 +81,11 @@ public sealed class RingAllReduce
         using var timeout = new CancellationTokenSource(OperationTimeout);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
         using var ready = new SemaphoreSlim(0);
-        var send = op.RunAsync(op.SendLoopAsync(ready, linked.Token), linked);
-        var receive = op.RunAsync(op.ReceiveLoopAsync(ready, linked.Token), linked);
+        // Where the transport can, pieces land in place on the thread that receives them (no hop through this
+        // operation's receive loop); else the receive loop takes each piece and adds or copies it.
+        var zone = op.ExpectLandings();
+        var send = op.RunAsync(op.SendLoopAsync(zone is null ? ready : null, linked.Token), linked);
+        var receive = op.RunAsync(zone is null ? op.ReceiveLoopAsync(ready, linked.Token) : op.AwaitLandingsAsync(zone, linked.Token), linked);
         try
         {
             await Task.WhenAll(send, receive).ConfigureAwait(false);
@@ -90,6 +93,11 @@ public sealed class RingAllReduce
         catch
         {
             // fall through: report the first real failure, not whichever task Task.WhenAll happens to rethrow
+        }
+        finally
+        {
+            // After this nothing writes into the buffer any more, whatever failed.
+            zone?.Dispose();
         }
         Progress?.Done(operation);
         if (op.FirstFailure is null) return;
@@ -116,6 +124,10 @@ public sealed class RingAllReduce
         private readonly int _maxPiece = owner.MaxPieceFloats;
         private readonly IRingProgress? _progress = owner.Progress;
         private Exception? _firstFailure;
+        private RingLanding[]? _landings;   // in the order they arrive; null when pieces are received one by one
+        private int[][] _landingIndex = []; // [ring step][piece]: index in _landings
+        private int _pending;
+        private readonly TaskCompletionSource _allLanded = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
         public Exception? FirstFailure => Volatile.Read(ref _firstFailure);
 
@@ -170,34 +182,130 @@ public sealed class RingAllReduce
             }
         }
 
-        public async Task SendLoopAsync(SemaphoreSlim ready, CancellationToken cancellationToken)
+        private int Left => Mod(_rank - 1);
+
+        /// <summary>A piece from the left that does not fit where it should land: ranks disagree on the layout.</summary>
+        private CollectiveException Mismatch(RingTag tag, long offset, int bytes, int pieces, long expectedOffset, int count, int expectedPieces) => new(
+            $"ring all-reduce operation {operation} (rank {_rank} of {_world}): {tag} from left neighbour {_transport.DescribeRank(Left)} covers [{offset}, {bytes} bytes) of {pieces} pieces, expected [{expectedOffset}, +{count} values = {WireCodec.EncodedBytes(compression, count)} bytes) of {expectedPieces}; do all ranks use the same buffer length ({buffer.Length}), max piece size ({_maxPiece}) and gradient compression ({compression})?",
+            operation, tag.Phase, tag.RingStep, tag.Piece, Left);
+
+        /// <summary>Why a piece could not land, as this operation reports it.</summary>
+        private CollectiveException ReceiveFailure(RingLanding landing, Exception failure) => failure is RingLandingMismatchException m
+            ? Mismatch(landing.Tag, m.Offset, m.Bytes, m.Pieces, landing.Offset, landing.Destination.Length, landing.Pieces)
+            : Failed(landing.Tag, "receiving from left neighbour", Left, failure);
+
+        /// <summary>The pieces this rank sends (or receives), in order: ring step by ring step, each chunk's pieces in turn.</summary>
+        private List<(int Step, int Piece)> Order(bool receive)
+        {
+            var order = new List<(int, int)>();
+            for (var step = 0; step < Steps; step++)
+                for (var p = 0; p < PieceCount(Chunk(Mod(_rank - step - (receive ? 1 : 0))).Length); p++)
+                    order.Add((step, p));
+            return order;
+        }
+
+        /// <summary>Hands the transport where every piece from the left lands; null (nothing handed) when it cannot take landings.</summary>
+        public RingLandingZone? ExpectLandings()
+        {
+            var order = Order(receive: true);
+            var landings = new RingLanding[order.Count];
+            _landingIndex = new int[Steps][];
+            for (var step = 0; step < Steps; step++) _landingIndex[step] = new int[PieceCount(Chunk(Mod(_rank - step - 1)).Length)];
+            for (var i = 0; i < order.Count; i++)
+            {
+                var (step, p) = order[i];
+                var (start, length) = Chunk(Mod(_rank - step - 1));
+                var offset = start + p * _maxPiece;
+                var count = Math.Min(_maxPiece, length - p * _maxPiece);
+                _landingIndex[step][p] = i;
+                // Reduce-scatter adds; the rank that computes a chunk's final sum (step W - 2) rounds it for the wire; all-gather copies.
+                landings[i] = new RingLanding(TagOf(step, p), offset, PieceCount(length), buffer.Slice(offset, count), add: step < _world - 1, compression, round: step == _world - 2, OnLanded);
+            }
+            _landings = landings;
+            _pending = landings.Length;
+            ReceivePosition = landings[0].Tag;
+            var zone = _transport.Expect(landings);
+            if (zone is null) _landings = null;
+            else if (!landings[0].Landed.IsCompleted) _progress?.Waiting(operation, ReceivePosition.Phase, ReceivePosition.RingStep + 1, _world - 1, 1, landings.Length, Left);
+            return zone;
+        }
+
+        private int IndexOf(RingTag tag) => _landingIndex[tag.Phase == 0 ? tag.RingStep : _world - 1 + tag.RingStep][tag.Piece];
+
+        /// <summary>A piece landed (or cannot): on the thread that landed it, so keep it short.</summary>
+        private void OnLanded(RingLanding landing, Exception? failure)
+        {
+            if (failure is not null)
+            {
+                _allLanded.TrySetException(ReceiveFailure(landing, failure));
+                return;
+            }
+            if (Interlocked.Decrement(ref _pending) == 0)
+            {
+                ReceiveDone = true;
+                _allLanded.TrySetResult();
+                return;
+            }
+            var next = IndexOf(landing.Tag) + 1;
+            if (next < _landings!.Length && !_landings[next].Landed.IsCompleted)
+            {
+                var tag = _landings[next].Tag;
+                ReceivePosition = tag;
+                _progress?.Waiting(operation, tag.Phase, tag.RingStep + 1, _world - 1, next + 1, _landings.Length, Left);
+            }
+        }
+
+        /// <summary>The receive side when pieces land in place: wait for the last, or the first failure, or a broken link.</summary>
+        public async Task AwaitLandingsAsync(RingLandingZone zone, CancellationToken cancellationToken)
+        {
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, zone.Broken);
+            try
+            {
+                await _allLanded.Task.WaitAsync(linked.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested && zone.BrokenFailure() is { } broken)
+            {
+                throw Failed(ReceivePosition, "receiving from left neighbour", Left, broken);
+            }
+        }
+
+        /// <summary>Sends step by step; from step 1 on, each piece waits until what it forwards has arrived (<paramref name="ready"/> counts pieces reduced by the receive loop, or else the landings say).</summary>
+        public async Task SendLoopAsync(SemaphoreSlim? ready, CancellationToken cancellationToken)
         {
             await Task.Yield();
-            for (var step = 0; step < Steps; step++)
+            foreach (var (step, p) in Order(receive: false))
             {
                 var (start, length) = Chunk(Mod(_rank - step));
                 var pieces = PieceCount(length);
-                for (var p = 0; p < pieces; p++)
+                var tag = TagOf(step, p);
+                SendPosition = tag;
+                // Step k forwards what step k - 1 received into the same chunk: wait until that piece is reduced.
+                if (step > 0 && ready is not null) await ready.WaitAsync(cancellationToken).ConfigureAwait(false);
+                else if (step > 0)
                 {
-                    var tag = TagOf(step, p);
-                    SendPosition = tag;
-                    // Step k forwards what step k - 1 received into the same chunk: wait until that piece is reduced.
-                    if (step > 0) await ready.WaitAsync(cancellationToken).ConfigureAwait(false);
-                    var offset = start + p * _maxPiece;
-                    var count = Math.Min(_maxPiece, length - p * _maxPiece);
-                    // Zero-copy: this region is not written again before the piece has reached the right neighbour
-                    // (the next write to it is the all-gather copy W - 1 steps later, which causally depends on it).
-                    using var piece = compression == RingCompression.None
-                        ? RingPiece.Borrow(tag, offset, pieces, buffer.Slice(offset, count))
-                        : WireCodec.Encode(compression, tag, offset, pieces, buffer.Span.Slice(offset, count));
-                    try
+                    var landing = _landings![_landingIndex[step - 1][p]];
+                    if (!landing.Landed.IsCompletedSuccessfully)
                     {
-                        await _transport.SendAsync(piece, cancellationToken).ConfigureAwait(false);
+                        await landing.Landed.WaitAsync(cancellationToken).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+                        cancellationToken.ThrowIfCancellationRequested();
+                        // The receive side reports why (the same failure); stop sending.
+                        if (!landing.Landed.IsCompletedSuccessfully) throw ReceiveFailure(landing, landing.Landed.Exception!.InnerException!);
                     }
-                    catch (Exception ex) when (!cancellationToken.IsCancellationRequested)
-                    {
-                        throw Failed(tag, "sending to right neighbour", Mod(_rank + 1), ex);
-                    }
+                }
+                var offset = start + p * _maxPiece;
+                var count = Math.Min(_maxPiece, length - p * _maxPiece);
+                // Zero-copy: this region is not written again before the piece has reached the right neighbour
+                // (the next write to it is the all-gather copy W - 1 steps later, which causally depends on it).
+                using var piece = compression == RingCompression.None
+                    ? RingPiece.Borrow(tag, offset, pieces, buffer.Slice(offset, count))
+                    : WireCodec.Encode(compression, tag, offset, pieces, buffer.Span.Slice(offset, count));
+                try
+                {
+                    await _transport.SendAsync(piece, cancellationToken).ConfigureAwait(false);
+                }
+                catch (Exception ex) when (!cancellationToken.IsCancellationRequested)
+                {
+                    throw Failed(tag, "sending to right neighbour", Mod(_rank + 1), ex);
                 }
             }
         }
@@ -205,53 +313,46 @@ public sealed class RingAllReduce
         public async Task ReceiveLoopAsync(SemaphoreSlim ready, CancellationToken cancellationToken)
         {
             await Task.Yield();
-            var left = Mod(_rank - 1);
+            var left = Left;
             var progress = _progress;
-            var total = 0;
-            if (progress is not null)
-                for (var step = 0; step < Steps; step++) total += PieceCount(Chunk(Mod(_rank - step - 1)).Length);
+            var order = Order(receive: true);
             var received = 0;
-            for (var step = 0; step < Steps; step++)
+            foreach (var (step, p) in order)
             {
                 var (start, length) = Chunk(Mod(_rank - step - 1));
                 var pieces = PieceCount(length);
-                for (var p = 0; p < pieces; p++)
+                var tag = TagOf(step, p);
+                ReceivePosition = tag;
+                progress?.Waiting(operation, tag.Phase, tag.RingStep + 1, _world - 1, ++received, order.Count, left);
+                RingPiece piece;
+                try
                 {
-                    var tag = TagOf(step, p);
-                    ReceivePosition = tag;
-                    progress?.Waiting(operation, tag.Phase, tag.RingStep + 1, _world - 1, ++received, total, left);
-                    RingPiece piece;
-                    try
-                    {
-                        piece = await _transport.ReceiveAsync(tag, cancellationToken).ConfigureAwait(false);
-                    }
-                    catch (Exception ex) when (!cancellationToken.IsCancellationRequested)
-                    {
-                        throw Failed(tag, "receiving from left neighbour", left, ex);
-                    }
-                    using (piece)
-                    {
-                        var offset = start + p * _maxPiece;
-                        var count = Math.Min(_maxPiece, length - p * _maxPiece);
-                        if (piece.Offset != offset || piece.Bytes.Length != WireCodec.EncodedBytes(compression, count) || piece.Pieces != pieces)
-                            throw new CollectiveException(
-                                $"ring all-reduce operation {operation} (rank {_rank} of {_world}): {tag} from left neighbour {_transport.DescribeRank(left)} covers [{piece.Offset}, {piece.Bytes.Length} bytes) of {piece.Pieces} pieces, expected [{offset}, +{count} values = {WireCodec.EncodedBytes(compression, count)} bytes) of {pieces}; do all ranks use the same buffer length ({buffer.Length}), max piece size ({_maxPiece}) and gradient compression ({compression})?",
-                                operation, tag.Phase, tag.RingStep, tag.Piece, left);
-                        var destination = buffer.Span.Slice(offset, count);
-                        if (compression == RingCompression.None)
-                        {
-                            if (step < _world - 1) Add(destination, piece.Values);
-                            else piece.Values.CopyTo(destination);
-                        }
-                        else
-                        {
-                            WireCodec.Decode(compression, piece.Bytes.Span, destination, add: step < _world - 1);
-                            // This rank computed the chunk's final sum: round it as every other rank will receive it.
-                            if (step == _world - 2) WireCodec.Round(compression, destination);
-                        }
-                    }
-                    if (step < Steps - 1) ready.Release();
+                    piece = await _transport.ReceiveAsync(tag, cancellationToken).ConfigureAwait(false);
                 }
+                catch (Exception ex) when (!cancellationToken.IsCancellationRequested)
+                {
+                    throw Failed(tag, "receiving from left neighbour", left, ex);
+                }
+                using (piece)
+                {
+                    var offset = start + p * _maxPiece;
+                    var count = Math.Min(_maxPiece, length - p * _maxPiece);
+                    if (piece.Offset != offset || piece.Bytes.Length != WireCodec.EncodedBytes(compression, count) || piece.Pieces != pieces)
+                        throw Mismatch(tag, piece.Offset, piece.Bytes.Length, piece.Pieces, offset, count, pieces);
+                    var destination = buffer.Span.Slice(offset, count);
+                    if (compression == RingCompression.None)
+                    {
+                        if (step < _world - 1) Add(destination, piece.Values);
+                        else piece.Values.CopyTo(destination);
+                    }
+                    else
+                    {
+                        WireCodec.Decode(compression, piece.Bytes.Span, destination, add: step < _world - 1);
+                        // This rank computed the chunk's final sum: round it as every other rank will receive it.
+                        if (step == _world - 2) WireCodec.Round(compression, destination);
+                    }
+                }
+                if (step < Steps - 1) ready.Release();
             }
             ReceiveDone = true;
         }

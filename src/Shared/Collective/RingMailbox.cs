@@ -11,6 +11,8 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
     private readonly Lock _gate = new();
     private readonly Dictionary<RingTag, RingPiece> _arrived = [];
     private readonly Dictionary<RingTag, TaskCompletionSource<RingPiece>> _waiting = [];
+    private readonly Dictionary<RingTag, RingLanding> _landings = [];
+    private Func<Exception, Exception> _wrapLandingFailure = e => e;
     private bool _inboundAttached;
     private Exception? _inboundEnded;   // the left neighbour's stream is over: unmatched receives can never complete
     private Exception? _closed;         // the ring is gone on this side: everything fails
@@ -41,6 +43,12 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
         get { lock (_gate) return _closed; }
     }
 
+    /// <summary>
+    /// Set by a link reader that blocks on a socket read: breaks the link, so that a read straight into a landing being
+    /// taken back (<see cref="Revoke"/>) stops at once.
+    /// </summary>
+    public Action? AbortInbound { get; set; }
+
     /// <summary>Claims the single inbound stream of this generation; false if one is (or was) attached already.</summary>
     public bool TryAttachInbound()
     {
@@ -60,6 +68,7 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
             piece.Dispose();
             throw new InvalidDataException($"{piece.Tag} from rank {LeftRank}: channel {JobId} carries {(Kind == PeerMessageKind.AllReduce ? "all-reduce pieces" : "stage tensors")} only");
         }
+        RingLanding? landing;
         lock (_gate)
         {
             if (_closed is not null)
@@ -67,18 +76,137 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
                 piece.Dispose();
                 throw new InvalidOperationException($"ring {JobId}/{Generation} is closed on rank {Rank}: {_closed.Message}", _closed);
             }
-            if (_waiting.Remove(piece.Tag, out var waiter))
+            landing = ClaimLocked(piece.Tag, blockingRead: false);
+            if (landing is null && _waiting.Remove(piece.Tag, out var waiter))
             {
                 // Continuations run asynchronously, so completing under the lock is safe and keeps cancellation race-free.
                 waiter.SetResult(piece);
                 return;
             }
-            if (!_arrived.TryAdd(piece.Tag, piece))
+            if (landing is null && !_arrived.TryAdd(piece.Tag, piece))
             {
                 piece.Dispose();
                 throw new InvalidDataException($"duplicate piece {piece.Tag} from rank {LeftRank}");
             }
         }
+        if (landing is not null) Land(landing, piece);
+    }
+
+    /// <summary>Lands a piece on the calling thread (its bytes are not needed afterwards), then ends the claim.</summary>
+    private void Land(RingLanding landing, RingPiece piece)
+    {
+        using (piece)
+        {
+            try
+            {
+                landing.Apply(piece.Bytes.Span, piece.Offset, piece.Pieces);
+            }
+            finally
+            {
+                Release(landing);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Takes the pieces of <paramref name="landings"/> as they come, landing each in place on the thread that brings it;
+    /// pieces that came before are landed here. Failures of the link are wrapped by <paramref name="wrapFailure"/>.
+    /// The caller must <see cref="Revoke"/> them before it lets go of the destinations.
+    /// </summary>
+    public void Expect(IReadOnlyList<RingLanding> landings, Func<Exception, Exception> wrapFailure)
+    {
+        var early = new List<(RingLanding Landing, RingPiece Piece)>();
+        Exception? failure;
+        lock (_gate)
+        {
+            _wrapLandingFailure = wrapFailure;
+            failure = _closed ?? _inboundEnded;
+            foreach (var landing in landings)
+            {
+                if (_waiting.ContainsKey(landing.Tag) || _landings.ContainsKey(landing.Tag)) throw new InvalidOperationException($"piece {landing.Tag} is already being received");
+                if (_arrived.Remove(landing.Tag, out var piece))
+                {
+                    landing.State = RingLanding.Claimed;
+                    early.Add((landing, piece));
+                }
+                else if (failure is null) _landings.Add(landing.Tag, landing);
+                else landing.State = RingLanding.Ended;
+            }
+        }
+        foreach (var (landing, piece) in early) Land(landing, piece);
+        if (failure is not null)
+            foreach (var landing in landings)
+                if (!landing.Landed.IsCompleted) landing.Fail(wrapFailure(failure));
+    }
+
+    /// <summary>For a link reader: the landing waiting for this tag, now claimed (end it with <see cref="Release"/>), or null.</summary>
+    public RingLanding? TryClaim(RingTag tag, bool blockingRead)
+    {
+        lock (_gate) return ClaimLocked(tag, blockingRead);
+    }
+
+    private RingLanding? ClaimLocked(RingTag tag, bool blockingRead)
+    {
+        if (_landings.Count == 0 || !_landings.Remove(tag, out var landing)) return null;
+        landing.State = RingLanding.Claimed;
+        landing.BlockingRead = blockingRead;
+        return landing;
+    }
+
+    /// <summary>A claimed landing's link broke while its piece was being read.</summary>
+    public void Fail(RingLanding landing, Exception error)
+    {
+        Func<Exception, Exception> wrap;
+        lock (_gate) wrap = _wrapLandingFailure;
+        landing.Fail(wrap(new IOException($"stream from {SenderRole} rank {LeftRank} broke: {error.Message}", error)));
+    }
+
+    /// <summary>Ends a claim (the landing has landed or failed, or the reader gave up on it).</summary>
+    public void Release(RingLanding landing)
+    {
+        lock (_gate) landing.State = RingLanding.Ended;
+    }
+
+    /// <summary>
+    /// Takes back the landings that have not landed: once this returns, nothing writes into their destinations. A landing
+    /// being read straight from a socket is stopped by breaking the link (<see cref="AbortInbound"/>): the operation
+    /// that gives up on it has failed, and the ring with it.
+    /// </summary>
+    public void Revoke(IReadOnlyList<RingLanding> landings)
+    {
+        var aborted = false;
+        while (true)
+        {
+            var busy = false;
+            Action? abort = null;
+            lock (_gate)
+            {
+                foreach (var landing in landings)
+                {
+                    if (landing.State == RingLanding.Pending)
+                    {
+                        _landings.Remove(landing.Tag);
+                        landing.State = RingLanding.Ended;
+                    }
+                    else if (landing.State == RingLanding.Claimed && !landing.Landed.IsCompleted)
+                    {
+                        // Being written (a claim whose piece has landed or failed only has its release to come).
+                        busy = true;
+                        if (landing.BlockingRead) abort = AbortInbound;
+                    }
+                }
+            }
+            if (!busy) break;
+            if (abort is not null && !aborted)
+            {
+                aborted = true;
+                abort();
+            }
+            Thread.Sleep(1);
+        }
+        var cancelled = new OperationCanceledException("the operation took back where its pieces were to land");
+        foreach (var landing in landings)
+            if (!landing.Landed.IsCompleted) landing.Fail(cancelled);
     }
 
     /// <summary>
@@ -87,12 +215,20 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
     /// </summary>
     public bool TryHandToWaiter(RingPiece piece)
     {
+        RingLanding? landing;
         lock (_gate)
         {
-            if (_closed is not null || !_waiting.Remove(piece.Tag, out var waiter)) return false;
-            waiter.SetResult(piece);
-            return true;
+            if (_closed is not null) return false;
+            landing = ClaimLocked(piece.Tag, blockingRead: false);
+            if (landing is null)
+            {
+                if (!_waiting.Remove(piece.Tag, out var waiter)) return false;
+                waiter.SetResult(piece);
+                return true;
+            }
         }
+        Land(landing, piece);
+        return true;
     }
 
     /// <summary>Waits for the piece with this tag; the caller owns (and must dispose) the result.</summary>
@@ -135,14 +271,26 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
             ? new EndOfStreamException($"{SenderRole} rank {LeftRank} closed its stream")
             : new IOException($"stream from {SenderRole} rank {LeftRank} broke: {error.Message}", error);
         List<TaskCompletionSource<RingPiece>> failed;
+        List<RingLanding> landings;
+        Func<Exception, Exception> wrap;
         lock (_gate)
         {
             if (_inboundEnded is not null) return;
             _inboundEnded = reason;
             failed = [.. _waiting.Values];
             _waiting.Clear();
+            (landings, wrap) = TakeLandingsLocked();
         }
         foreach (var waiter in failed) waiter.TrySetException(reason);
+        foreach (var landing in landings) landing.Fail(wrap(reason));
+    }
+
+    private (List<RingLanding>, Func<Exception, Exception>) TakeLandingsLocked()
+    {
+        List<RingLanding> landings = [.. _landings.Values];
+        _landings.Clear();
+        foreach (var landing in landings) landing.State = RingLanding.Ended;
+        return (landings, _wrapLandingFailure);
     }
 
     /// <summary>The ring is over on this side (transport disposed, or superseded by a newer generation).</summary>
@@ -150,6 +298,8 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
     {
         List<TaskCompletionSource<RingPiece>> failed;
         List<RingPiece> dropped;
+        List<RingLanding> landings;
+        Func<Exception, Exception> wrap;
         lock (_gate)
         {
             if (_closed is not null) return;
@@ -158,8 +308,10 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
             dropped = [.. _arrived.Values];
             _waiting.Clear();
             _arrived.Clear();
+            (landings, wrap) = TakeLandingsLocked();
         }
         foreach (var waiter in failed) waiter.TrySetException(reason);
         foreach (var piece in dropped) piece.Dispose();
+        foreach (var landing in landings) landing.Fail(wrap(reason));
     }
 }

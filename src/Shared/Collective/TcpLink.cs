@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Buffers.Binary;
 using System.Net.Security;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 using System.Security.Cryptography.X509Certificates;
 using System.Text;
 using Dtrain.Rpc;
@@ -135,7 +136,9 @@ internal static class TcpLink
     public static void ReceiveBlocking(Socket socket, Stream stream, RingMailbox mailbox, int maxBytes, CancellationToken stop, Action<Exception>? failed = null)
     {
         using var closeOnStop = stop.Register(() => socket.Dispose());
+        mailbox.AbortInbound = socket.Dispose;
         var header = new byte[PieceFrame.Size];
+        byte[]? scratch = null;
         try
         {
             while (mailbox.ClosedReason is null)
@@ -144,6 +147,34 @@ internal static class TcpLink
                 if (got == 0) break;
                 if (got < header.Length) throw new EndOfStreamException("the connection ended inside a frame header");
                 var (tag, pieces, offset, length, shape) = PieceFrame.Read(header, maxBytes, mailbox.WorldSize, mailbox.Kind);
+                if (shape is null && mailbox.TryClaim(tag, blockingRead: true) is { } landing)
+                {
+                    // Expected: read straight into place (a copy), or into this link's one scratch buffer and add from there.
+                    try
+                    {
+                        if (landing.TakesDirect(offset, pieces, length))
+                        {
+                            if (Fill(stream, MemoryMarshal.AsBytes(landing.Destination.Span)) < length) throw new EndOfStreamException("the connection ended inside a frame");
+                            landing.Complete();
+                        }
+                        else
+                        {
+                            scratch ??= new byte[maxBytes];
+                            if (Fill(stream, scratch.AsSpan(0, length)) < length) throw new EndOfStreamException("the connection ended inside a frame");
+                            landing.Apply(scratch.AsSpan(0, length), offset, pieces);
+                        }
+                    }
+                    catch (Exception ex)
+                    {
+                        mailbox.Fail(landing, ex);
+                        throw;
+                    }
+                    finally
+                    {
+                        mailbox.Release(landing);
+                    }
+                    continue;
+                }
                 var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(length, 1));
                 var owner = new Pooled(buffer);
                 if (Fill(stream, buffer.AsSpan(0, length)) < length)

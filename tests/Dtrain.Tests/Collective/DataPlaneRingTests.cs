@@ -77,6 +77,39 @@ public class DataPlaneRingTests
 
     [Theory]
     [MemberData(nameof(Transports))]
+    public async Task Ranks_with_different_buffer_lengths_fail_naming_the_layout(string transport)
+    {
+        await using var ring = await StartRingAsync(2, Parse(transport), maxPieceFloats: 1024);
+        var a = new RingAllReduce(ring.Transports[0], 1024, TimeSpan.FromSeconds(10)).SumAsync(new float[5000], 1);
+        var b = new RingAllReduce(ring.Transports[1], 1024, TimeSpan.FromSeconds(10)).SumAsync(new float[5004], 1);
+        var errors = new[] { await Assert.ThrowsAnyAsync<CollectiveException>(() => a), await Assert.ThrowsAnyAsync<CollectiveException>(() => b) };
+        Assert.Contains(errors, e => e.Message.Contains("do all ranks use the same buffer length", StringComparison.Ordinal) && e is not CollectiveTimeoutException);
+    }
+
+    [Theory]
+    [MemberData(nameof(Transports))]
+    public async Task An_operation_that_gave_up_is_not_written_into_when_its_pieces_come_late(string transport)
+    {
+        await using var ring = await StartRingAsync(2, Parse(transport), maxPieceFloats: 1024);
+        var mine = Enumerable.Repeat(1f, 8192).ToArray();
+        // Rank 1 comes too late: rank 0's operation times out and returns.
+        await Assert.ThrowsAsync<CollectiveTimeoutException>(() => new RingAllReduce(ring.Transports[0], 1024, TimeSpan.FromSeconds(1)).SumAsync(mine, 3));
+        var after = (float[])mine.Clone();
+        // Now rank 1 sends all it would: its pieces reach rank 0, and must stay out of the buffer rank 0 let go of.
+        var late = new RingAllReduce(ring.Transports[1], 1024, TimeSpan.FromSeconds(2)).SumAsync(Enumerable.Repeat(5f, 8192).ToArray(), 3);
+        await Assert.ThrowsAnyAsync<CollectiveException>(() => late);
+        await Task.Delay(200);
+        Assert.Equal(after, mine);
+        // And the ring still works: the next operation of both sums.
+        var x = Enumerable.Repeat(2f, 8192).ToArray();
+        var y = Enumerable.Repeat(3f, 8192).ToArray();
+        await Task.WhenAll(new RingAllReduce(ring.Transports[0], 1024, TimeSpan.FromSeconds(30)).SumAsync(x, 4), new RingAllReduce(ring.Transports[1], 1024, TimeSpan.FromSeconds(30)).SumAsync(y, 4));
+        Assert.All(x, v => Assert.Equal(5f, v));
+        Assert.All(y, v => Assert.Equal(5f, v));
+    }
+
+    [Theory]
+    [MemberData(nameof(Transports))]
     public async Task A_sender_of_another_generation_is_refused(string transport)
     {
         var hosts = await Task.WhenAll(CollectiveTestHost.StartHostAsync(), CollectiveTestHost.StartHostAsync());

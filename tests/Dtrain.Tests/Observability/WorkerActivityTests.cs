@@ -35,6 +35,28 @@ public class WorkerActivityTests
     }
 
     [Fact]
+    public async Task With_pieces_landing_in_place_the_ring_reports_the_pieces_it_still_waits_for_in_order()
+    {
+        const int world = 3, length = 30, piece = 4;
+        var ring = InMemoryRingTransport.CreateRing(world, landings: true);
+        var seen = Enumerable.Range(0, world).Select(_ => new List<(int Phase, int Step, int Piece, int Pieces, int Peer)>()).ToArray();
+        var buffers = Enumerable.Range(0, world).Select(r => Enumerable.Range(0, length).Select(i => (float)(r + i)).ToArray()).ToArray();
+        await Task.WhenAll(Enumerable.Range(0, world).Select(r =>
+            new RingAllReduce(ring[r], maxPieceFloats: piece) { Progress = new Recorder(seen[r], new WorkerActivity().RingObserver(["w1", "w2", "w3"])) }.SumAsync(buffers[r], 7)));
+        for (var r = 0; r < world; r++)
+        {
+            // Reported only while a piece is still awaited, not for each one.
+            List<(int Phase, int Step, int Piece, int Pieces, int Peer)> reports;
+            lock (seen[r]) reports = [.. seen[r]];
+            Assert.NotEmpty(reports);
+            Assert.All(reports, s => Assert.InRange(s.Piece, 1, 12));
+            Assert.All(reports, s => Assert.Equal(12, s.Pieces));
+            Assert.All(reports, s => Assert.Equal((r + world - 1) % world, s.Peer));
+            foreach (var (v, i) in buffers[r].Select((v, i) => (v, i))) Assert.Equal(3 * i + 3, v);
+        }
+    }
+
+    [Fact]
     public void Entering_a_phase_restarts_its_clock_only_when_the_phase_changes()
     {
         var a = new WorkerActivity();
