@@ -30,7 +30,7 @@ namespace Dtrain.Collective;
 /// unusable (its ranks are out of step) and every later operation fails at once; the membership change that follows
 /// forms a new one.
 /// </remarks>
-public sealed class SharedMemoryAllReduce : IAsyncDisposable
+public sealed class SharedMemoryAllReduce : IAsyncDisposable, SharedMemoryLiveness.IBeating
 {
     private const long MagicValue = 0x3150524723544444;   // arbitrary, "DDT#GRP1"
     private const int HeaderBytes = 4096;
@@ -46,9 +46,6 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
 
     /// <summary>Values per slot unless told otherwise: 4M floats (16 MiB); a segment holds two slots.</summary>
     public const int DefaultSlotFloats = 4 << 20;
-
-    private static readonly List<WeakReference<SharedMemoryAllReduce>> Live = [];
-    private static readonly Thread Heartbeat = StartHeartbeat();
 
     private readonly Segment[] _segments;
     private readonly int _rank;
@@ -72,7 +69,7 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
         SlotFloats = slotFloats;
         _describe = describe;
         OperationTimeout = operationTimeout;
-        lock (Live) Live.Add(new WeakReference<SharedMemoryAllReduce>(this));
+        SharedMemoryLiveness.Start(this);
         _thread = new Thread(Run) { IsBackground = true, Name = $"dtrain shm all-reduce rank {rank}" };
         _thread.Start();
     }
@@ -539,6 +536,7 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        SharedMemoryLiveness.Stop(this);
         _queue.CompleteAdding();
         _segments[_rank].SetInt(OffClosed, 1);
         _segments[_rank].Wake();
@@ -551,31 +549,7 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
         _queue.Dispose();
     }
 
-    private static Thread StartHeartbeat()
-    {
-        var thread = new Thread(() =>
-        {
-            while (true)
-            {
-                Thread.Sleep(250);
-                lock (Live)
-                {
-                    for (var i = Live.Count - 1; i >= 0; i--)
-                    {
-                        if (!Live[i].TryGetTarget(out var group) || Volatile.Read(ref group._disposed) != 0)
-                        {
-                            Live.RemoveAt(i);
-                            continue;
-                        }
-                        group._segments[group._rank].Beat();
-                    }
-                }
-            }
-        })
-        { IsBackground = true, Name = "dtrain shm group heartbeat" };
-        thread.Start();
-        return thread;
-    }
+    void SharedMemoryLiveness.IBeating.Beat() => _segments[_rank].Beat();
 
     /// <summary>A file in /dev/shm mapped read-write: a registered buffer (this rank's or a peer's).</summary>
     internal sealed unsafe class Mapping : IDisposable
@@ -677,8 +651,7 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
         private readonly Mapping _mapping;
         private readonly byte* _base;
         private readonly int _slotFloats;
-        private long _lastBeat = -1;
-        private long _lastBeatAt = Stopwatch.GetTimestamp();
+        private readonly PeerLiveness _liveness = new();
 
         private Segment(Mapping mapping, int slotFloats)
         {
@@ -698,7 +671,7 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
             segment.SetInt(OffRank, rank);
             segment.SetInt(OffWorld, world);
             segment.SetInt(OffPid, Environment.ProcessId);
-            segment.SetLong(OffPidNs, SharedMemoryRing.OwnPidNamespace);
+            segment.SetLong(OffPidNs, SharedMemoryLiveness.OwnPidNamespace);
             segment.SetLong(OffSlotFloats, slotFloats);
             segment.SetLong(OffMagic, MagicValue);
             return segment;
@@ -742,19 +715,12 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable
         {
             if (Int(OffClosed) != 0) return "it left the group (its operation failed, or it was stopped)";
             var pid = Int(OffPid);
-            var ns = Long(OffPidNs);
-            if (pid > 0 && ns != 0 && ns == SharedMemoryRing.OwnPidNamespace && pid != Environment.ProcessId && !SharedMemoryRing.ProcessAlive(pid))
-                return $"its process {pid} died";
-            var now = Stopwatch.GetTimestamp();
-            var beat = Long(OffBeat);
-            if (beat != _lastBeat)
+            return _liveness.Check(pid, Long(OffPidNs), Long(OffBeat)) switch
             {
-                _lastBeat = beat;
-                _lastBeatAt = now;
-            }
-            else if (Stopwatch.GetElapsedTime(_lastBeatAt, now) > SharedMemoryRing.PeerSilentAfter)
-                return $"it has shown no heartbeat for {SharedMemoryRing.PeerSilentAfter.TotalSeconds:0.#} s";
-            return null;
+                PeerLiveness.Verdict.Died => $"its process {pid} died",
+                PeerLiveness.Verdict.Silent => $"it has shown no heartbeat for {SharedMemoryLiveness.PeerSilentAfter.TotalSeconds:0.#} s",
+                _ => null,
+            };
         }
 
         public void Dispose() => _mapping.Dispose();

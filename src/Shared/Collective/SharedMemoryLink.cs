@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Diagnostics;
 using System.IO.MemoryMappedFiles;
 using System.Runtime.InteropServices;
 using System.Text;
@@ -14,10 +13,10 @@ namespace Dtrain.Collective;
 /// bytes), and two 32-bit sequence words bumped with Interlocked after every publish; a side with nothing to do
 /// waits on the word with a Linux futex (shared, so it works across processes) for at most 20 ms, then re-checks
 /// the peer: its closed flag, its process (when in our pid namespace) and its heartbeat (a counter each side bumps
-/// every 250 ms). A dead or silent peer (no heartbeat for <see cref="PeerSilentAfter"/>) fails the link with an
+/// every 250 ms). A dead or silent peer (no heartbeat for <see cref="SharedMemoryLiveness.PeerSilentAfter"/>) fails the link with an
 /// <see cref="IOException"/> the transport turns into a <see cref="RingTransportException"/>.
 /// </summary>
-internal sealed unsafe class SharedMemoryRing : IDisposable
+internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLiveness.IBeating
 {
     public const string Directory = "/dev/shm";
     private const long MagicValue = 0x314D48534E525444;   // "DTRNSHM1"
@@ -36,22 +35,12 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
     /// <summary>How long a sender's receives go on after its receiver closed cleanly.</summary>
     public static readonly TimeSpan CleanCloseGrace = TimeSpan.FromSeconds(5);
 
-    /// <summary>A peer whose heartbeat has not moved for this long is taken for dead.</summary>
-    public static TimeSpan PeerSilentAfter { get; set; } = TimeSpan.FromSeconds(10);
-
-    private static readonly List<WeakReference<SharedMemoryRing>> Live = [];
-    // A thread of its own, not a thread-pool timer: a busy pool must not make this process look dead to its peers.
-    private static readonly Thread Heartbeat = StartHeartbeat();
-    internal static readonly long OwnPidNamespace = PidNamespace();
-
     private readonly MemoryMappedFile _file;
     private readonly MemoryMappedViewAccessor _view;
     private readonly byte* _base;
     private readonly long _capacity;
     private readonly bool _writer;
-    private long _lastPeerBeat = -1;
-    private long _lastPeerBeatAt = Stopwatch.GetTimestamp();
-    private long _lastPidCheckAt;
+    private readonly PeerLiveness _peer = new();
     private int _disposed;
 
     private SharedMemoryRing(MemoryMappedFile file, bool writer)
@@ -64,13 +53,13 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
         _writer = writer;
         _capacity = writer ? 0 : Long(OffCapacity);
         if (writer) return;
-        lock (Live) Live.Add(new WeakReference<SharedMemoryRing>(this));
+        SharedMemoryLiveness.Start(this);
     }
 
     private SharedMemoryRing(MemoryMappedFile file, long capacity) : this(file, writer: true)
     {
         _capacity = capacity;
-        lock (Live) Live.Add(new WeakReference<SharedMemoryRing>(this));
+        SharedMemoryLiveness.Start(this);
     }
 
     public long Capacity => _capacity;
@@ -112,7 +101,7 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
         ring.SetInt(OffJobLength, job.Length);
         job.CopyTo(new Span<byte>(ring._base + OffJob, job.Length));
         ring.SetInt(OffWriterPid, Environment.ProcessId);
-        ring.SetLong(OffWriterPidNs, OwnPidNamespace);
+        ring.SetLong(OffWriterPidNs, SharedMemoryLiveness.OwnPidNamespace);
         Volatile.Write(ref *(long*)(ring._base + OffMagic), MagicValue);
         return ring;
     }
@@ -149,7 +138,7 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
             if (token.IsEmpty || !System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(presented, token))
                 throw new InvalidDataException($"{path} does not carry the token this worker gave rank {sender} of ring {jobId}/{generation}");
             ring.SetInt(OffReaderPid, Environment.ProcessId);
-            ring.SetLong(OffReaderPidNs, OwnPidNamespace);
+            ring.SetLong(OffReaderPidNs, SharedMemoryLiveness.OwnPidNamespace);
             TryDelete(path);
             return ring;
         }
@@ -175,93 +164,21 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
 
     private int* Word(int offset) => (int*)(_base + offset);
 
-    private static Thread StartHeartbeat()
-    {
-        var thread = new Thread(() =>
-        {
-            while (true)
-            {
-                Thread.Sleep(250);
-                Beat();
-            }
-        })
-        { IsBackground = true, Name = "dtrain shm heartbeat" };
-        thread.Start();
-        return thread;
-    }
-
-    private static void Beat()
-    {
-        lock (Live)
-        {
-            for (var i = Live.Count - 1; i >= 0; i--)
-            {
-                if (!Live[i].TryGetTarget(out var ring) || ring._disposed != 0)
-                {
-                    Live.RemoveAt(i);
-                    continue;
-                }
-                Interlocked.Increment(ref *(long*)(ring._base + (ring._writer ? OffWriterBeat : OffReaderBeat)));
-            }
-        }
-    }
+    void SharedMemoryLiveness.IBeating.Beat() => Interlocked.Increment(ref *(long*)(_base + (_writer ? OffWriterBeat : OffReaderBeat)));
 
     /// <summary>Why the other side is gone, or null while it is alive and has not closed.</summary>
     private string? PeerGone()
     {
         if (Int(_writer ? OffReaderClosed : OffWriterClosed) != 0) return _writer ? ReceiverClosedMessage : null;
         var pid = Int(_writer ? OffReaderPid : OffWriterPid);
-        var ns = Long(_writer ? OffReaderPidNs : OffWriterPidNs);
-        var now = Stopwatch.GetTimestamp();
-        var checkPid = Stopwatch.GetElapsedTime(_lastPidCheckAt, now) > TimeSpan.FromMilliseconds(100);
-        if (checkPid) _lastPidCheckAt = now;
-        if (checkPid && pid > 0 && ns == OwnPidNamespace && ns != 0 && !ProcessAlive(pid)) return $"the {(_writer ? "receiving" : "sending")} process {pid} died";
-        var beat = Long(_writer ? OffReaderBeat : OffWriterBeat);
-        if (beat != _lastPeerBeat)
+        return _peer.Check(pid, Long(_writer ? OffReaderPidNs : OffWriterPidNs), Long(_writer ? OffReaderBeat : OffWriterBeat)) switch
         {
-            _lastPeerBeat = beat;
-            _lastPeerBeatAt = now;
-        }
-        else if (Stopwatch.GetElapsedTime(_lastPeerBeatAt, now) > PeerSilentAfter)
-            return $"the {(_writer ? "receiving" : "sending")} side has not shown a heartbeat for {PeerSilentAfter.TotalSeconds:0.#} s";
-        return null;
+            PeerLiveness.Verdict.Died => $"the {(_writer ? "receiving" : "sending")} process {pid} died",
+            PeerLiveness.Verdict.Silent => $"the {(_writer ? "receiving" : "sending")} side has not shown a heartbeat for {SharedMemoryLiveness.PeerSilentAfter.TotalSeconds:0.#} s",
+            _ => null,
+        };
     }
 
-    internal static bool ProcessAlive(int pid)
-    {
-        try
-        {
-            var stat = File.ReadAllText($"/proc/{pid}/stat");
-            var close = stat.LastIndexOf(')');
-            return close < 0 || close + 2 >= stat.Length || stat[close + 2] is not ('Z' or 'X');
-        }
-        catch (IOException)
-        {
-            return false;
-        }
-        catch (UnauthorizedAccessException)
-        {
-            return true;
-        }
-    }
-
-    private static long PidNamespace()
-    {
-        try
-        {
-            var target = new FileInfo("/proc/self/ns/pid").LinkTarget ?? "";
-            var open = target.IndexOf('[', StringComparison.Ordinal);
-            return open >= 0 && long.TryParse(target.AsSpan(open + 1, target.Length - open - 2), out var inode) ? inode : 0;
-        }
-        catch (IOException)
-        {
-            return 0;
-        }
-        catch (UnauthorizedAccessException)
-        {
-            return 0;
-        }
-    }
 
     /// <summary>Waits until the word differs from <paramref name="seen"/> or 20 ms pass (a short spin first).</summary>
     private void Wait(int offset, int seen)
@@ -338,7 +255,6 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
     /// </summary>
     public void ReadInto(RingMailbox mailbox, int maxBytes, Action<Exception>? failed = null)
     {
-        _ = Heartbeat;
         using var returned = new ManualResetEventSlim(false);
         try
         {
@@ -398,11 +314,8 @@ internal sealed unsafe class SharedMemoryRing : IDisposable
     /// <summary>Unmaps. A reader ring is disposed only by its own reader thread (it stops within 20 ms of its mailbox closing).</summary>
     public void Dispose()
     {
-        lock (Live)
-        {
-            if (_disposed != 0) return;
-            Volatile.Write(ref _disposed, 1);
-        }
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        SharedMemoryLiveness.Stop(this);   // no beat after this: the view is about to go
         SetInt(_writer ? OffWriterClosed : OffReaderClosed, 1);
         Signal(OffDataSeq);
         Signal(OffSpaceSeq);
