@@ -121,9 +121,11 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
         {
             _wrapLandingFailure = wrapFailure;
             failure = _closed ?? _inboundEnded;
+            // All or nothing: a refused landing must not leave the others registered.
+            foreach (var landing in landings)
+                if (_waiting.ContainsKey(landing.Tag) || _landings.ContainsKey(landing.Tag)) throw new InvalidOperationException($"piece {landing.Tag} is already being received");
             foreach (var landing in landings)
             {
-                if (_waiting.ContainsKey(landing.Tag) || _landings.ContainsKey(landing.Tag)) throw new InvalidOperationException($"piece {landing.Tag} is already being received");
                 if (_arrived.Remove(landing.Tag, out var piece))
                 {
                     landing.State = RingLanding.Claimed;

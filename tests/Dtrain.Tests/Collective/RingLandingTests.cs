@@ -155,6 +155,18 @@ public class RingLandingTests
     }
 
     [Fact]
+    public void Expecting_a_piece_already_expected_is_refused_and_registers_none_of_the_others()
+    {
+        var mailbox = Mailbox();
+        mailbox.Expect([new RingLanding(Tag(0), 0, 2, new float[2], add: false)], Wrap);
+        var other = new float[] { 1, 1 };
+        var ex = Assert.Throws<InvalidOperationException>(() => mailbox.Expect([new RingLanding(Tag(1), 2, 2, other, add: false), new RingLanding(Tag(0), 0, 2, new float[2], add: false)], Wrap));
+        Assert.Contains("already being received", ex.Message, StringComparison.Ordinal);
+        mailbox.Deliver(Piece(1, 2, 30, 40));
+        Assert.Equal([1f, 1f], other);
+    }
+
+    [Fact]
     public async Task Closing_or_ending_the_inbound_stream_fails_pending_landings_with_the_transports_error()
     {
         var mailbox = Mailbox();
