@@ -43,7 +43,14 @@ public static class StallDiagnosis
     /// <summary>The stall of a job whose live workers are <paramref name="workers"/>, or null when none lags <paramref name="thresholdSeconds"/>.</summary>
     /// <param name="silentSeconds">How long without a heartbeat makes a worker silent (default: <paramref name="thresholdSeconds"/>).</param>
     /// <param name="names">Whether the text shows workers' names beside their ids (not for callers who may not list workers).</param>
-    public static Stall? Diagnose(IReadOnlyList<WorkerRecord> workers, DateTimeOffset now, double thresholdSeconds, double? silentSeconds = null, bool names = true)
+    /// <param name="lateSeconds">
+    /// A worker whose heartbeat is this late (e.g. two heartbeat intervals) is not where its last report says: when a
+    /// chain of waits reaches it, it is the one waited on, not whoever it last said it waited on. Without this, a worker
+    /// frozen while it waited (its report says "waiting on w1", and w1 now waits on it) reads as a stuck ring until its
+    /// heartbeat is old enough to make it silent. Null: no such rule.
+    /// </param>
+    public static Stall? Diagnose(IReadOnlyList<WorkerRecord> workers, DateTimeOffset now, double thresholdSeconds, double? silentSeconds = null, bool names = true,
+        double? lateSeconds = null)
     {
         string Label(WorkerRecord w) => names ? StallDiagnosis.Label(w.Id, w.Name) : w.Id;
         var live = workers.Where(w => w.State != MembershipState.Lost).ToList();
@@ -58,7 +65,7 @@ public static class StallDiagnosis
             var at = w;
             while (seen.Add(at.Id))
             {
-                if (at != w && (!ActivityPhases.IsWaiting(Phase(at)) || silent.Contains(at))) return at.Id;
+                if (at != w && (!ActivityPhases.IsWaiting(Phase(at)) || silent.Contains(at) || Age(at, now) >= lateSeconds)) return at.Id;
                 var next = at.Activity?.WaitingOn ?? "";
                 if (next == "") return at == w ? null : at.Id;
                 if (!byId.TryGetValue(next, out var n)) return next;   // waits on a worker outside the job's live ones
@@ -134,6 +141,9 @@ public sealed class StallMonitor(CoordinatorOptions options, WorkerRegistry regi
     /// <summary>Silent: no heartbeat for the stall warning time, and at least two heartbeat intervals (a heartbeat is not late before).</summary>
     private double SilentSeconds => Math.Max(options.StallWarningSeconds, 2 * options.HeartbeatIntervalMs / 1000.0);
 
+    /// <summary>Late: two heartbeat intervals without one; its last report no longer says where it is.</summary>
+    private double LateSeconds => 2 * options.HeartbeatIntervalMs / 1000.0;
+
     private static bool Running(JobStatus status) => status is JobStatus.Running or JobStatus.Waiting;
 
     /// <summary>
@@ -148,7 +158,7 @@ public sealed class StallMonitor(CoordinatorOptions options, WorkerRegistry regi
         if (!Running(status) && status != JobStatus.Preparing) return info;
         var now = clock.GetUtcNow();
         var workers = WorkersOf(job.Id, progress.WorkerIds);
-        var stall = status == JobStatus.Preparing ? null : StallDiagnosis.Diagnose(workers, now, options.StallWarningSeconds, SilentSeconds, names);
+        var stall = status == JobStatus.Preparing ? null : StallDiagnosis.Diagnose(workers, now, options.StallWarningSeconds, SilentSeconds, names, LateSeconds);
         foreach (var w in workers)
         {
             var row = StallDiagnosis.Info(w, now);
@@ -178,7 +188,7 @@ public sealed class StallMonitor(CoordinatorOptions options, WorkerRegistry regi
             if (!Running(status)) continue;
             seen.Add(job.Id);
             var workers = WorkersOf(job.Id, progress.WorkerIds);
-            var stall = StallDiagnosis.Diagnose(workers, now, options.StallWarningSeconds, SilentSeconds);
+            var stall = StallDiagnosis.Diagnose(workers, now, options.StallWarningSeconds, SilentSeconds, lateSeconds: LateSeconds);
             (Stall Stall, DateTimeOffset Since) before;
             bool had;
             lock (current) had = current.TryGetValue(job.Id, out before);
@@ -199,7 +209,7 @@ public sealed class StallMonitor(CoordinatorOptions options, WorkerRegistry regi
             lock (current) current[job.Id] = (stall, now);
             log.LogWarning("job {Id}: stall warning (Coordinator:StallWarningSeconds = {Seconds} s): {Text}", job.Id, options.StallWarningSeconds, stall.Text);
             // Watchers include submitters, who see worker ids but not names (`dtrain status` shows names to those who may list workers).
-            var forWatchers = StallDiagnosis.Diagnose(workers, now, options.StallWarningSeconds, SilentSeconds, names: false) ?? stall;
+            var forWatchers = StallDiagnosis.Diagnose(workers, now, options.StallWarningSeconds, SilentSeconds, names: false, LateSeconds) ?? stall;
             job.Log($"stall warning: {forWatchers.Text}");
         }
         lock (current)

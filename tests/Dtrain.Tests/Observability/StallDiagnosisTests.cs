@@ -70,6 +70,22 @@ public class StallDiagnosisTests
     }
 
     [Fact]
+    public void A_worker_frozen_while_it_waited_is_named_once_its_heartbeat_is_late_not_the_one_its_stale_report_names()
+    {
+        // w2 stopped 2.9 s ago while it waited on w1 (its report says so); w1 and w3 now wait on it. Silent only at 5 s.
+        WorkerRecord[] workers = [Worker("w1", 0.1, "all-reduce", 3, "w2"), Worker("w2", 2.9, "all-reduce", 0.2, "w1"), Worker("w3", 0.1, "all-reduce", 3, "w2")];
+        var stuck = StallDiagnosis.Diagnose(workers, Now, 3, silentSeconds: 5);
+        Assert.NotNull(stuck);
+        Assert.Empty(stuck.Culprits);   // without the rule: a cycle
+        var stall = StallDiagnosis.Diagnose(workers, Now, 3, silentSeconds: 5, lateSeconds: 0.6);
+        Assert.NotNull(stall);
+        Assert.Equal(["w2"], stall.Culprits);
+        Assert.StartsWith("w2 in all-reduce, waiting on w1 for 3 s (last heartbeat 3 s ago)", stall.Text);
+        // A worker whose heartbeats come on time is still followed through its report.
+        Assert.Empty(StallDiagnosis.Diagnose([Worker("w1", 0.1, "all-reduce", 7, "w2"), Worker("w2", 0.1, "all-reduce", 7, "w1")], Now, 5, lateSeconds: 0.6)!.Culprits);
+    }
+
+    [Fact]
     public void Workers_waiting_on_each_other_are_reported_as_a_stuck_ring()
     {
         var stall = StallDiagnosis.Diagnose([Worker("w1", 0.1, "all-reduce", 7, "w2"), Worker("w2", 0.1, "all-reduce", 7, "w1")], Now, 5);
