@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
+using System.Runtime.InteropServices;
 using System.Text;
 using Dtrain.Collective;
 using Dtrain.Rpc;
@@ -189,6 +190,15 @@ public static class CollectiveBench
         var (exe, prefix) = SelfCommand();
         var peers = new List<Process>();
         var pki = transport.EndsWith("+tls", StringComparison.Ordinal) ? Pki(world) : null;
+        // Stopped (Ctrl-C, `timeout`), the bench takes its peers with it: none is left holding a core.
+        void KillPeers()
+        {
+            lock (peers)
+                foreach (var peer in peers)
+                    try { if (!peer.HasExited) peer.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
+        }
+        using var onTerm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, _ => KillPeers());
+        using var onInt = PosixSignalRegistration.Create(PosixSignal.SIGINT, _ => KillPeers());
         try
         {
             for (var rank = 0; rank < world; rank++)
@@ -207,11 +217,13 @@ public static class CollectiveBench
                 // a short run, which no worker ever does.
                 start.Environment["DOTNET_TieredCompilation"] = "0";
                 start.Environment["DOTNET_ThreadPool_UnfairSemaphoreSpinLimit"] = "0";
-                peers.Add(Process.Start(start) ?? throw new InvalidOperationException("cannot start a peer process"));
+                var started = Process.Start(start) ?? throw new BenchFailureException("cannot start a peer process");
+                lock (peers) peers.Add(started);
             }
             using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(15));
             var addresses = new List<string>();
-            foreach (var peer in peers) addresses.Add(await ReadTaggedLineAsync(peer, "ADDRESS ", timeout.Token));
+            string Row() => $"{transport}, {world} workers x {floats >> 20}M floats";
+            foreach (var peer in peers) addresses.Add(await ReadTaggedLineAsync(peer, peers.IndexOf(peer), Row(), "ADDRESS ", timeout.Token));
             foreach (var peer in peers)
             {
                 await peer.StandardInput.WriteLineAsync(string.Join(',', addresses));
@@ -219,17 +231,14 @@ public static class CollectiveBench
             }
             var results = new List<double[]>();
             foreach (var peer in peers)
-                results.Add([.. (await ReadTaggedLineAsync(peer, "RESULT ", timeout.Token)).Split(',').Select(s => double.Parse(s, CultureInfo.InvariantCulture))]);
+                results.Add([.. (await ReadTaggedLineAsync(peer, peers.IndexOf(peer), Row(), "RESULT ", timeout.Token)).Split(',').Select(s => double.Parse(s, CultureInfo.InvariantCulture))]);
             foreach (var peer in peers) await peer.WaitForExitAsync(timeout.Token);
             return [.. Enumerable.Range(0, rounds).Select(r => results.Max(perRank => perRank[r]))];
         }
         finally
         {
-            foreach (var peer in peers)
-            {
-                if (!peer.HasExited) peer.Kill(entireProcessTree: true);
-                peer.Dispose();
-            }
+            KillPeers();
+            foreach (var peer in peers) peer.Dispose();
             if (pki is not null) Directory.Delete(pki, recursive: true);
         }
     }
@@ -250,11 +259,16 @@ public static class CollectiveBench
         return dir;
     }
 
-    private static async Task<string> ReadTaggedLineAsync(Process peer, string tag, CancellationToken cancellationToken)
+    private static async Task<string> ReadTaggedLineAsync(Process peer, int rank, string row, string tag, CancellationToken cancellationToken)
     {
         while (true)
         {
-            var line = await peer.StandardOutput.ReadLineAsync(cancellationToken) ?? throw new InvalidOperationException($"peer {peer.Id} exited before printing {tag.Trim()}");
+            var line = await peer.StandardOutput.ReadLineAsync(cancellationToken);
+            if (line is null)
+            {
+                await peer.WaitForExitAsync(cancellationToken);
+                throw new BenchFailureException($"{row}: peer rank {rank} (pid {peer.Id}) exited with code {peer.ExitCode} before printing {tag.Trim()} (its error is above)");
+            }
             if (line.StartsWith(tag, StringComparison.Ordinal)) return line[tag.Length..];
         }
     }
@@ -347,3 +361,6 @@ public static class CollectiveBench
         return 0;
     }
 }
+
+/// <summary>A bench row could not be measured (a peer failed); the bench says which and exits 1, without a stack trace.</summary>
+internal sealed class BenchFailureException(string message) : Exception(message);

@@ -14,6 +14,11 @@ catch (ArgumentException e)
     Console.Error.WriteLine($"dtrain-bench {mode}: {e.Message}");
     return 2;
 }
+catch (BenchFailureException e)
+{
+    Console.Error.WriteLine($"dtrain-bench {mode}: {e.Message}");
+    return 1;
+}
 
 int Dispatch()
 {
