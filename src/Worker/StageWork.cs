@@ -18,6 +18,7 @@ public sealed record StageStepReport(double LossSum, long Count, int Rows, doubl
 public sealed class StageWork(PipelineStage stage, IStageLinkSet links, PipelineSchedule schedule, IGradientReducer reducer) : IAsyncDisposable
 {
     private readonly GradientBuffer? gradients = reducer.WorldSize == 1 ? null : new GradientBuffer(stage.Parameters);
+    private bool gradientsBound;
 
     public PipelineStage Stage { get; } = stage;
 
@@ -63,6 +64,13 @@ public sealed class StageWork(PipelineStage stage, IStageLinkSet links, Pipeline
             var computed = clock.Elapsed.TotalMilliseconds;
             if (gradients is not null)
             {
+                // At the first sum, as every replica of this stage (the same step for all): memory the reducer gives,
+                // e.g. registered with the shared-memory group so that the sums are zero-copy (null: keep our own).
+                if (!gradientsBound)
+                {
+                    gradients.Bind(await reducer.AllocateBufferAsync(gradients.Length, cancel).ConfigureAwait(false));
+                    gradientsBound = true;
+                }
                 await torch.RunAsync(gradients.Gather).ConfigureAwait(false);
                 Activity?.Enter(ActivityPhases.AllReduce);
                 await reducer.SumAsync(gradients.Values, step, cancel).ConfigureAwait(false);
@@ -133,5 +141,6 @@ public sealed class StageWork(PipelineStage stage, IStageLinkSet links, Pipeline
     public async ValueTask DisposeAsync()
     {
         await links.DisposeAsync().ConfigureAwait(false);
+        gradients?.Dispose();
     }
 }
