@@ -80,12 +80,11 @@ public sealed class RingAllReduce
         var op = new Op(this, buffer, operation, compression);
         using var timeout = new CancellationTokenSource(OperationTimeout);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
-        using var ready = new SemaphoreSlim(0);
         // Where the transport can, pieces land in place on the thread that receives them (no hop through this
-        // operation's receive loop); else the receive loop takes each piece and adds or copies it.
+        // operation's receive loop); else the receive loop takes each piece and lands it.
         var zone = op.ExpectLandings();
-        var send = op.RunAsync(op.SendLoopAsync(zone is null ? ready : null, linked.Token), linked);
-        var receive = op.RunAsync(zone is null ? op.ReceiveLoopAsync(ready, linked.Token) : op.AwaitLandingsAsync(zone, linked.Token), linked);
+        var send = op.RunAsync(op.SendLoopAsync(linked.Token), linked);
+        var receive = op.RunAsync(zone is null ? op.ReceiveLoopAsync(linked.Token) : op.AwaitLandingsAsync(zone, linked.Token), linked);
         try
         {
             await Task.WhenAll(send, receive).ConfigureAwait(false);
@@ -124,8 +123,8 @@ public sealed class RingAllReduce
         private readonly int _maxPiece = owner.MaxPieceFloats;
         private readonly IRingProgress? _progress = owner.Progress;
         private Exception? _firstFailure;
-        private RingLanding[]? _landings;   // in the order they arrive; null when pieces are received one by one
-        private int[][] _landingIndex = []; // [ring step][piece]: index in _landings
+        private RingLanding[] _landings = [];   // every piece from the left, in the order it comes
+        private int[][] _landingIndex = [];     // [ring step][piece]: index in _landings
         private int _pending;
         private readonly TaskCompletionSource _allLanded = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -204,7 +203,10 @@ public sealed class RingAllReduce
             return order;
         }
 
-        /// <summary>Hands the transport where every piece from the left lands; null (nothing handed) when it cannot take landings.</summary>
+        /// <summary>
+        /// Where every piece from the left lands; handed to the transport, which lands them as they come (the zone), or
+        /// null when it cannot: the receive loop lands them then.
+        /// </summary>
         public RingLandingZone? ExpectLandings()
         {
             var order = Order(receive: true);
@@ -225,8 +227,8 @@ public sealed class RingAllReduce
             _pending = landings.Length;
             ReceivePosition = landings[0].Tag;
             var zone = _transport.Expect(landings);
-            if (zone is null) _landings = null;
-            else if (!landings[0].Landed.IsCompleted) _progress?.Waiting(operation, ReceivePosition.Phase, ReceivePosition.RingStep + 1, _world - 1, 1, landings.Length, Left);
+            // Later pieces are reported as the one before lands (OnLanded).
+            if (!landings[0].Landed.IsCompleted) _progress?.Waiting(operation, ReceivePosition.Phase, ReceivePosition.RingStep + 1, _world - 1, 1, landings.Length, Left);
             return zone;
         }
 
@@ -247,7 +249,7 @@ public sealed class RingAllReduce
                 return;
             }
             var next = IndexOf(landing.Tag) + 1;
-            if (next < _landings!.Length && !_landings[next].Landed.IsCompleted)
+            if (next < _landings.Length && !_landings[next].Landed.IsCompleted)
             {
                 var tag = _landings[next].Tag;
                 ReceivePosition = tag;
@@ -269,8 +271,8 @@ public sealed class RingAllReduce
             }
         }
 
-        /// <summary>Sends step by step; from step 1 on, each piece waits until what it forwards has arrived (<paramref name="ready"/> counts pieces reduced by the receive loop, or else the landings say).</summary>
-        public async Task SendLoopAsync(SemaphoreSlim? ready, CancellationToken cancellationToken)
+        /// <summary>Sends step by step; from step 1 on, each piece waits until what it forwards has landed.</summary>
+        public async Task SendLoopAsync(CancellationToken cancellationToken)
         {
             await Task.Yield();
             foreach (var (step, p) in Order(receive: false))
@@ -280,10 +282,9 @@ public sealed class RingAllReduce
                 var tag = TagOf(step, p);
                 SendPosition = tag;
                 // Step k forwards what step k - 1 received into the same chunk: wait until that piece is reduced.
-                if (step > 0 && ready is not null) await ready.WaitAsync(cancellationToken).ConfigureAwait(false);
-                else if (step > 0)
+                if (step > 0)
                 {
-                    var landing = _landings![_landingIndex[step - 1][p]];
+                    var landing = _landings[_landingIndex[step - 1][p]];
                     if (!landing.Landed.IsCompletedSuccessfully)
                     {
                         await landing.Landed.WaitAsync(cancellationToken).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
@@ -310,51 +311,24 @@ public sealed class RingAllReduce
             }
         }
 
-        public async Task ReceiveLoopAsync(SemaphoreSlim ready, CancellationToken cancellationToken)
+        /// <summary>The receive side when the transport cannot land pieces: take each in turn and land it here.</summary>
+        public async Task ReceiveLoopAsync(CancellationToken cancellationToken)
         {
             await Task.Yield();
-            var left = Left;
-            var progress = _progress;
-            var order = Order(receive: true);
-            var received = 0;
-            foreach (var (step, p) in order)
+            foreach (var landing in _landings)
             {
-                var (start, length) = Chunk(Mod(_rank - step - 1));
-                var pieces = PieceCount(length);
-                var tag = TagOf(step, p);
-                ReceivePosition = tag;
-                progress?.Waiting(operation, tag.Phase, tag.RingStep + 1, _world - 1, ++received, order.Count, left);
                 RingPiece piece;
                 try
                 {
-                    piece = await _transport.ReceiveAsync(tag, cancellationToken).ConfigureAwait(false);
+                    piece = await _transport.ReceiveAsync(landing.Tag, cancellationToken).ConfigureAwait(false);
                 }
                 catch (Exception ex) when (!cancellationToken.IsCancellationRequested)
                 {
-                    throw Failed(tag, "receiving from left neighbour", left, ex);
+                    throw Failed(landing.Tag, "receiving from left neighbour", Left, ex);
                 }
-                using (piece)
-                {
-                    var offset = start + p * _maxPiece;
-                    var count = Math.Min(_maxPiece, length - p * _maxPiece);
-                    if (piece.Offset != offset || piece.Bytes.Length != WireCodec.EncodedBytes(compression, count) || piece.Pieces != pieces)
-                        throw Mismatch(tag, piece.Offset, piece.Bytes.Length, piece.Pieces, offset, count, pieces);
-                    var destination = buffer.Span.Slice(offset, count);
-                    if (compression == RingCompression.None)
-                    {
-                        if (step < _world - 1) Add(destination, piece.Values);
-                        else piece.Values.CopyTo(destination);
-                    }
-                    else
-                    {
-                        WireCodec.Decode(compression, piece.Bytes.Span, destination, add: step < _world - 1);
-                        // This rank computed the chunk's final sum: round it as every other rank will receive it.
-                        if (step == _world - 2) WireCodec.Round(compression, destination);
-                    }
-                }
-                if (step < Steps - 1) ready.Release();
+                using (piece) landing.Apply(piece.Bytes.Span, piece.Offset, piece.Pieces);
+                if (landing.Landed.Exception is { } failed) throw ReceiveFailure(landing, failed.InnerException!);
             }
-            ReceiveDone = true;
         }
     }
 
