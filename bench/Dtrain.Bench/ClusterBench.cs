@@ -10,7 +10,8 @@ namespace Dtrain.Bench;
 
 /// <summary>
 /// The cluster suite, side by side in one run: for each workload (W1, W2, GRU, spam classification) the single-process
-/// engine with 1 and 2 threads, the cluster with 1, 2 and 4 workers (1 thread each; 1 worker also with 2 threads), 2
+/// engine with 1 and 2 threads, two independent 1-thread processes at once (with the whole batch each: the machine's
+/// ceiling; with half of it each: the data-parallel ceiling), the cluster with 1, 2 and 4 workers (1 thread each; 1 worker also with 2 threads), 2
 /// workers with overlap on (auto leaves it off when the workers' threads fill the cores), and PyTorch's single process and DDP over gloo (bench/anchors/pytorch_ddp_bench.py) when
 /// Debian's python3-torch is installed. Every system runs in a fresh process of its own, in the same order each
 /// round; the table shows the median over rounds with min–max. Scaling efficiency = throughput(N workers x 1 thread)
@@ -19,7 +20,10 @@ namespace Dtrain.Bench;
 public static class ClusterBench
 {
     // A long warm-up: the first steps of a fresh process are slow while libtorch pages in and builds its kernels.
-    const int Warmup = 20, Timed = 40;
+    // 100 timed steps (~7-12 s of W1): shorter windows swung ~10 % round to round on this 2-core machine.
+    const int Warmup = 20, Timed = 100;
+
+    const string HalfBatchRow = "dtrain, 2 independent processes x 1 thread at once, half the batch each (sum)";
 
     /// <summary>One workload: its spec (threads and steps are set per run) and what to run of it.</summary>
     sealed record Workload(string Key, string Title, JobSpec Spec, int Warmup, int Timed, string? PyTorchCell, int PyTorchHidden, bool Overlap, bool FourWorkers);
@@ -98,6 +102,10 @@ public static class ClusterBench
             // The machine's own ceiling for 2 x 1 thread: two independent processes at once (no communication at all),
             // each slowed only by sharing the memory system and caches with the other. Reported as their mean.
             systems.Add(new(w.Key, "dtrain, 2 independent processes x 1 thread at once (mean)", () => TwoAtOnce(one, w), "no communication: the machine's ceiling for 2 x 1 thread"));
+            // What data parallelism itself allows here: each of 2 replicas computes half the global batch. Two
+            // independent processes with half the batch each, at once, no communication; their samples/s summed.
+            var half = SpecFile("t1-half", Threads(1) with { Training = Threads(1).Training with { BatchSize = w.Spec.Training.BatchSize / 2 } });
+            systems.Add(new(w.Key, HalfBatchRow, () => 2 * TwoAtOnce(half, w), "no communication: the ceiling for 2 data-parallel replicas (see `dtrain-bench recurrent`)"));
             systems.Add(new(w.Key, "dtrain cluster, 1 worker x 2 threads", () => ClusterThroughput(cluster, 1, 2, w, Path.Combine(tmp.Path, $"{w.Key}-c1")), "coordinator + worker processes, loopback"));
             systems.Add(new(w.Key, "dtrain cluster, 2 workers x 1 thread", () => ClusterThroughput(cluster, 2, 1, w, Path.Combine(tmp.Path, $"{w.Key}-c2")), overlapNote));
             if (w.Overlap)
@@ -149,7 +157,7 @@ public static class ClusterBench
             foreach (var s in rows)
             {
                 var reference = s.Name.StartsWith("PyTorch", StringComparison.Ordinal) ? torch1 : single1;
-                var workers = s.Name.Contains("2 workers", StringComparison.Ordinal) || s.Name.Contains("2 processes", StringComparison.Ordinal) ? 2
+                var workers = s.Name.Contains("2 workers", StringComparison.Ordinal) || s.Name.Contains("2 processes", StringComparison.Ordinal) || s.Name == HalfBatchRow ? 2
                     : s.Name.Contains("4 workers", StringComparison.Ordinal) || s.Name.Contains("4 processes", StringComparison.Ordinal) ? 4 : 0;
                 var efficiency = workers > 0 ? s.Median / (workers * reference) : double.NaN;
                 var range = s.Rounds.Count > 1 ? $" [{Format(s.Rounds.Min(), "F1")}–{Format(s.Rounds.Max(), "F1")}]" : "";
@@ -161,6 +169,9 @@ public static class ClusterBench
             if (!double.IsNaN(torch1)) summary.Add(($"{w.Key}: PyTorch DDP scaling efficiency, 2 processes x 1 thread", Of("PyTorch DDP gloo, 2 processes x 1 thread") / (2 * torch1), double.NaN));
             summary.Add(($"{w.Key}: 2 workers x 1 thread vs a single process with 2 threads", two / Of("dtrain, 1 process x 2 threads"), w.Key == "w1" ? 0.9 : double.NaN));
             summary.Add(($"{w.Key}: machine ceiling, 2 independent 1-thread processes at once vs one alone", Of("dtrain, 2 independent processes x 1 thread at once (mean)") / single1, double.NaN));
+            var halfBatch = Of(HalfBatchRow);
+            summary.Add(($"{w.Key}: data-parallel ceiling, scaling efficiency of 2 independent 1-thread processes with half the batch each", halfBatch / (2 * single1), double.NaN));
+            summary.Add(($"{w.Key}: dtrain 2 workers x 1 thread vs that ceiling", two / halfBatch, double.NaN));
             var oneWorker = rows.FirstOrDefault(s => s.Name == "dtrain cluster, 1 worker x 2 threads");
             var singleTwo = rows.FirstOrDefault(s => s.Name == "dtrain, 1 process x 2 threads");
             if (oneWorker is not null && singleTwo is not null)

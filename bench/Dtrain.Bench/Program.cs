@@ -3,7 +3,7 @@ using static TorchSharp.torch;
 
 // Usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--report FILE] | allreduce
 //        | pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8] | pipeline links [rounds] | elastic
-//        | history | activity | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model
+//        | history | activity | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model | recurrent
 var mode = args.FirstOrDefault() ?? "speed";
 try
 {
@@ -114,10 +114,12 @@ int Dispatch()
             return ElasticBench.Run();
         case "history":
             return HistoryBench.Run();
+        case "recurrent":
+            return RecurrentBench.Run(args[1..]);
         case "activity":
             return ActivityBench.Run();
         default:
-            Console.Error.WriteLine("usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--systems TEXT,...] [--report FILE] | allreduce [--transports ...] [--workers ...] [--sizes ...] [--rounds N] [--report FILE] | pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8] | pipeline links [rounds] | elastic | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model");
+            Console.Error.WriteLine("usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--systems TEXT,...] [--report FILE] | allreduce [--transports ...] [--workers ...] [--sizes ...] [--rounds N] [--report FILE] | pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8] | pipeline links [rounds] | elastic | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model | recurrent [--cell lstm|gru] [--hidden 256,1024] [--rows 8,16,32,64] [--batch 32] [--rounds 3]");
             return 2;
     }
 }

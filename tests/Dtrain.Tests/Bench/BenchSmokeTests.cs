@@ -32,4 +32,33 @@ public class BenchSmokeTests
         foreach (var transport in new[] { "shm", "shm-ring", "tcp", "grpc" })
             Assert.Matches($@"(?m)^\| {transport} \| 2 \| 1M \| 4 \| [0-9.]+ \| [0-9.]+ \[", stdout);
     }
+
+    [Fact]
+    public async Task Recurrent_prints_each_batch_size_and_the_split_ceiling()
+    {
+        var (code, stdout, stderr) = await RunAsync("recurrent", "--cell", "gru", "--hidden", "32", "--rows", "4", "--batch", "8", "--rounds", "1");
+        Assert.True(code == 0, $"exit status {code}\n{stdout}\n{stderr}");
+        // Rows 4 and 8 (the batch) with 1 thread, the batch with 2 threads; then the ceiling of a 2-way split.
+        foreach (var (rows, threads) in new[] { (4, 1), (8, 1), (8, 2) })
+            Assert.Matches($@"(?m)^\| 32 \| 0 \| {rows} \| {threads} \| [0-9.]+ \| [0-9.]+ \|$", stdout);
+        Assert.Matches(@"(?m)^\| 32 \| 0 \| [0-9.]+ \| [0-9.]+ \|$", stdout);
+        Assert.Contains("2 replicas x 4 rows", stdout);
+
+        (code, _, stderr) = await RunAsync("recurrent", "--batch", "7");
+        Assert.Equal(2, code);
+        Assert.Contains("--batch 7: must be even", stderr);
+    }
+
+    private static async Task<(int Code, string Stdout, string Stderr)> RunAsync(params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(BenchDll());
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stderr = p.StandardError.ReadToEndAsync();
+        var stdout = await p.StandardOutput.ReadToEndAsync();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(5));
+        await p.WaitForExitAsync(timeout.Token);
+        return (p.ExitCode, stdout, await stderr);
+    }
 }

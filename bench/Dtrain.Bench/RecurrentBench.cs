@@ -1,0 +1,140 @@
+using System.Diagnostics;
+using System.Globalization;
+using Dtrain.Specs;
+using static TorchSharp.torch;
+
+namespace Dtrain.Bench;
+
+/// <summary>
+/// One recurrent layer alone (libtorch's LSTM or GRU, input and hidden size H, 64 time steps, forward and backward):
+/// time per call for several batch sizes with 1 thread, and for the full batch with 2 threads. It shows what bounds
+/// data-parallel (strong) scaling on this machine before any communication: a replica with half the batch still
+/// streams the whole recurrent weight matrix (16 H^2 bytes) at every time step, forward and backward, for half the
+/// rows; once that matrix no longer fits in the cache, the stream and not the arithmetic sets the time, and half the
+/// batch takes more than half as long. The cluster suite's "half batch" row measures the same ceiling on whole steps.
+/// </summary>
+public static class RecurrentBench
+{
+    const string Usage = "dtrain-bench recurrent [--cell lstm|gru] [--hidden 256,1024] [--rows 8,16,32,64] [--batch 32] [--rounds 3]";
+    const int Steps = 64;
+
+    public static int Run(string[] args)
+    {
+        if (BenchArgs.Help(args, Usage)) return 0;
+        BenchArgs.CheckOptions(args, Usage, "--cell", "--hidden", "--rows", "--batch", "--rounds");
+        string? Option(string name) => Array.IndexOf(args, name) is >= 0 and var i ? args[i + 1] : null;
+        int[] List(string name, string fallback) => (Option(name) ?? fallback).Split(',').Select(v =>
+            int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n > 0 ? n : throw new ArgumentException($"{name}: \"{v}\" is not a positive whole number (usage: {Usage})")).ToArray();
+        var cell = Option("--cell") ?? CellKinds.Lstm;
+        if (cell is not (CellKinds.Lstm or CellKinds.Gru)) throw new ArgumentException($"--cell {cell}: lstm or gru (usage: {Usage})");
+        var hidden = List("--hidden", "256,1024");
+        var batch = List("--batch", "32").Single();
+        if (batch % 2 != 0) throw new ArgumentException($"--batch {batch}: must be even (it is split between 2 replicas)");
+        var rows = List("--rows", "8,16,32,64").Append(batch).Append(batch / 2).Distinct().Order().ToArray();
+        var rounds = List("--rounds", "3").Single();
+        var gates = cell == CellKinds.Lstm ? 4 : 3;
+
+        Console.WriteLine($"one {cell.ToUpperInvariant()} layer (libtorch), input = hidden = H, {Steps} time steps, forward + backward (gradients of input and weights), fp32, " +
+                          $"{Environment.ProcessorCount} cores; median of {rounds} rounds, each the mean of calls filling ~0.5 s");
+        Console.WriteLine();
+        Console.WriteLine("| H | recurrent weight MB | rows | threads | ms/call | ms per row |");
+        Console.WriteLine("|---|---|---|---|---|---|");
+        var ceilings = new List<string>();
+        foreach (var h in hidden)
+        {
+            var weightMb = (double)gates * h * h * sizeof(float) / (1 << 20);
+            var oneThread = new Dictionary<int, double>();
+            foreach (var r in rows)
+            {
+                oneThread[r] = Measure(cell, r, h, threads: 1, rounds);
+                Print(h, weightMb, r, 1, oneThread[r]);
+            }
+            var twoThreads = Measure(cell, batch, h, threads: 2, rounds);
+            Print(h, weightMb, batch, 2, twoThreads);
+            ceilings.Add(string.Create(CultureInfo.InvariantCulture,
+                $"| {h} | {weightMb:F0} | {oneThread[batch] / (2 * oneThread[batch / 2]):F3} | {oneThread[batch] / (2 * twoThreads):F3} |"));
+        }
+        Console.WriteLine();
+        Console.WriteLine($"What the layer alone allows, batch {batch} (scaling efficiency, no communication): 2 replicas x 1 thread with {batch / 2} rows each = " +
+                          $"t({batch} rows) / (2 t({batch / 2} rows)); 1 process x 2 threads = t(1 thread) / (2 t(2 threads))");
+        Console.WriteLine();
+        Console.WriteLine($"| H | recurrent weight MB | 2 replicas x {batch / 2} rows | 1 process x 2 threads |");
+        Console.WriteLine("|---|---|---|---|");
+        foreach (var line in ceilings) Console.WriteLine(line);
+        return 0;
+    }
+
+    static void Print(int h, double weightMb, int rows, int threads, double ms) =>
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {h} | {weightMb:F0} | {rows} | {threads} | {ms:F2} | {ms / rows:F3} |"));
+
+    /// <summary>Milliseconds per forward + backward: the median over rounds of the mean over as many calls as fill ~0.5 s (at least 2).</summary>
+    static double Measure(string cell, int rows, int h, int threads, int rounds)
+    {
+        set_num_threads(threads);
+        random.manual_seed(1);
+        using var layer = cell == CellKinds.Lstm ? (nn.Module<Tensor, Tensor>)new LstmLayer(h) : new GruLayer(h);
+        using var input = randn([rows, Steps, h], generator: new Generator(1)).requires_grad_();
+        void Call()
+        {
+            using var scope = NewDisposeScope();
+            layer.zero_grad();
+            input.grad?.zero_();
+            var output = layer.call(input);
+            output.sum().backward();
+        }
+        var clock = Stopwatch.StartNew();
+        var calls = 0;
+        // Warm-up: the first calls pick kernels and fault the weights in; also how many calls fill a round.
+        while (calls < 2 || clock.Elapsed.TotalSeconds < 0.2)
+        {
+            Call();
+            calls++;
+        }
+        var perRound = Math.Max(2, (int)(0.5 / (clock.Elapsed.TotalSeconds / calls)));
+        var times = new List<double>();
+        for (var round = 0; round < rounds; round++)
+        {
+            clock.Restart();
+            for (var i = 0; i < perRound; i++) Call();
+            times.Add(clock.Elapsed.TotalMilliseconds / perRound);
+        }
+        return times.Order().ElementAt(times.Count / 2);
+    }
+
+    sealed class LstmLayer : nn.Module<Tensor, Tensor>
+    {
+        private readonly TorchSharp.Modules.LSTM lstm;
+
+        public LstmLayer(int h) : base("lstm_layer")
+        {
+            lstm = nn.LSTM(h, h, 1, batchFirst: true);
+            RegisterComponents();
+        }
+
+        public override Tensor forward(Tensor x)
+        {
+            var (y, hn, cn) = lstm.call(x);
+            hn.Dispose();
+            cn.Dispose();
+            return y;
+        }
+    }
+
+    sealed class GruLayer : nn.Module<Tensor, Tensor>
+    {
+        private readonly TorchSharp.Modules.GRU gru;
+
+        public GruLayer(int h) : base("gru_layer")
+        {
+            gru = nn.GRU(h, h, 1, batchFirst: true);
+            RegisterComponents();
+        }
+
+        public override Tensor forward(Tensor x)
+        {
+            var (y, hn) = gru.call(x);
+            hn.Dispose();
+            return y;
+        }
+    }
+}
