@@ -1,7 +1,7 @@
 using System.Buffers;
+using System.Numerics;
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
-using System.Runtime.Intrinsics;
 
 namespace Dtrain.Collective;
 
@@ -21,7 +21,7 @@ public enum RingCompression
 /// so a piece of n values is 4 * ceil(n / 2) bytes; the receiver knows n. Rounding is to nearest, ties to even, for both
 /// formats; NaN and infinities stay NaN and infinities, so a non-finite gradient is still seen by every replica.
 /// Vectorised: fp16 through <see cref="TensorPrimitives.ConvertToHalf"/> / <see cref="TensorPrimitives.ConvertToSingle(ReadOnlySpan{Half}, Span{float})"/>,
-/// bf16 with <see cref="Vector256"/> (or <see cref="Vector128"/>) integer arithmetic that gives the same bits as the
+/// bf16 with <see cref="Vector{T}"/> integer arithmetic (the hardware's vector width) that gives the same bits as the
 /// scalar reference (<see cref="ToBf16(float)"/>, <see cref="EncodeScalar"/>, <see cref="DecodeScalar"/>).
 /// </summary>
 public static class WireCodec
@@ -119,86 +119,48 @@ public static class WireCodec
         }
     }
 
-    /// <summary>float32 -> bfloat16 for a span: 16 (or 8) values per iteration, the same bits as <see cref="ToBf16(float)"/>.</summary>
+    /// <summary>float32 -> bfloat16 for a span: two hardware vectors per iteration, the same bits as <see cref="ToBf16(float)"/>.</summary>
     private static void ToBf16(ReadOnlySpan<float> values, Span<ushort> words)
     {
         var bits = MemoryMarshal.Cast<float, uint>(values);
         var i = 0;
-        if (Vector256.IsHardwareAccelerated)
+        if (Vector.IsHardwareAccelerated)
         {
-            for (; i <= bits.Length - 2 * Vector256<uint>.Count; i += 2 * Vector256<uint>.Count)
-            {
-                var lower = Bf16Bits(Vector256.Create(bits.Slice(i, Vector256<uint>.Count)));
-                var upper = Bf16Bits(Vector256.Create(bits.Slice(i + Vector256<uint>.Count, Vector256<uint>.Count)));
-                Vector256.Narrow(lower, upper).CopyTo(words[i..]);
-            }
-        }
-        else if (Vector128.IsHardwareAccelerated)
-        {
-            for (; i <= bits.Length - 2 * Vector128<uint>.Count; i += 2 * Vector128<uint>.Count)
-            {
-                var lower = Bf16Bits(Vector128.Create(bits.Slice(i, Vector128<uint>.Count)));
-                var upper = Bf16Bits(Vector128.Create(bits.Slice(i + Vector128<uint>.Count, Vector128<uint>.Count)));
-                Vector128.Narrow(lower, upper).CopyTo(words[i..]);
-            }
+            var n = Vector<uint>.Count;
+            for (; i <= bits.Length - 2 * n; i += 2 * n)
+                Vector.Narrow(Bf16Bits(new Vector<uint>(bits.Slice(i, n))), Bf16Bits(new Vector<uint>(bits.Slice(i + n, n)))).CopyTo(words[i..]);
         }
         for (; i < bits.Length; i++) words[i] = ToBf16(values[i]);
     }
 
-    /// <summary>The bfloat16 bits (in the low half of each lane) of 8 floats: round to nearest even, NaN made quiet.</summary>
-    private static Vector256<uint> Bf16Bits(Vector256<uint> bits)
+    /// <summary>The bfloat16 bits (in the low half of each lane) of a vector of floats: round to nearest even, NaN made quiet.</summary>
+    private static Vector<uint> Bf16Bits(Vector<uint> bits)
     {
-        var nan = Vector256.GreaterThan(bits & Vector256.Create(0x7FFF_FFFFu), Vector256.Create(0x7F80_0000u));
-        var rounded = Vector256.ShiftRightLogical(bits + Vector256.Create(0x7FFFu) + (Vector256.ShiftRightLogical(bits, 16) & Vector256<uint>.One), 16);
-        var quiet = Vector256.ShiftRightLogical(bits, 16) | Vector256.Create(0x0040u);
-        return Vector256.ConditionalSelect(nan, quiet, rounded);
-    }
-
-    private static Vector128<uint> Bf16Bits(Vector128<uint> bits)
-    {
-        var nan = Vector128.GreaterThan(bits & Vector128.Create(0x7FFF_FFFFu), Vector128.Create(0x7F80_0000u));
-        var rounded = Vector128.ShiftRightLogical(bits + Vector128.Create(0x7FFFu) + (Vector128.ShiftRightLogical(bits, 16) & Vector128<uint>.One), 16);
-        var quiet = Vector128.ShiftRightLogical(bits, 16) | Vector128.Create(0x0040u);
-        return Vector128.ConditionalSelect(nan, quiet, rounded);
+        var nan = Vector.GreaterThan(bits & new Vector<uint>(0x7FFF_FFFFu), new Vector<uint>(0x7F80_0000u));
+        var rounded = Vector.ShiftRightLogical(bits + new Vector<uint>(0x7FFFu) + (Vector.ShiftRightLogical(bits, 16) & Vector<uint>.One), 16);
+        var quiet = Vector.ShiftRightLogical(bits, 16) | new Vector<uint>(0x0040u);
+        return Vector.ConditionalSelect(nan, quiet, rounded);
     }
 
     /// <summary>bfloat16 -> float32 for a span (a shift into the high half), adding or overwriting.</summary>
     private static void FromBf16(ReadOnlySpan<ushort> words, Span<float> destination, bool add)
     {
         var i = 0;
-        if (Vector256.IsHardwareAccelerated)
+        if (Vector.IsHardwareAccelerated)
         {
-            for (; i <= destination.Length - Vector256<ushort>.Count; i += Vector256<ushort>.Count)
+            var n = Vector<float>.Count;
+            for (; i <= destination.Length - 2 * n; i += 2 * n)
             {
-                var (lower, upper) = Vector256.Widen(Vector256.Create(words.Slice(i, Vector256<ushort>.Count)));
-                var a = Vector256.ShiftLeft(lower, 16).AsSingle();
-                var b = Vector256.ShiftLeft(upper, 16).AsSingle();
-                var at = destination.Slice(i, Vector256<float>.Count);
-                var bt = destination.Slice(i + Vector256<float>.Count, Vector256<float>.Count);
+                Vector.Widen(new Vector<ushort>(words.Slice(i, 2 * n)), out var lower, out var upper);
+                var a = Vector.AsVectorSingle(Vector.ShiftLeft(lower, 16));
+                var b = Vector.AsVectorSingle(Vector.ShiftLeft(upper, 16));
+                var at = destination.Slice(i, n);
+                var bt = destination.Slice(i + n, n);
                 if (add)
                 {
                     // destination + decoded, in the scalar reference's operand order (the same NaN payloads too).
-                    a = Vector256.Create<float>(at) + a;
-                    b = Vector256.Create<float>(bt) + b;
-                }
-                a.CopyTo(at);
-                b.CopyTo(bt);
-            }
-        }
-        else if (Vector128.IsHardwareAccelerated)
-        {
-            for (; i <= destination.Length - Vector128<ushort>.Count; i += Vector128<ushort>.Count)
-            {
-                var (lower, upper) = Vector128.Widen(Vector128.Create(words.Slice(i, Vector128<ushort>.Count)));
-                var a = Vector128.ShiftLeft(lower, 16).AsSingle();
-                var b = Vector128.ShiftLeft(upper, 16).AsSingle();
-                var at = destination.Slice(i, Vector128<float>.Count);
-                var bt = destination.Slice(i + Vector128<float>.Count, Vector128<float>.Count);
-                if (add)
-                {
-                    // destination + decoded, in the scalar reference's operand order (the same NaN payloads too).
-                    a = Vector128.Create<float>(at) + a;
-                    b = Vector128.Create<float>(bt) + b;
+                    a = new Vector<float>(at) + a;
+                    b = new Vector<float>(bt) + b;
                 }
                 a.CopyTo(at);
                 b.CopyTo(bt);
