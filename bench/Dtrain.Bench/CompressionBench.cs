@@ -29,7 +29,7 @@ public static class CompressionBench
         var words = new ushort[n];
         var sink = new float[n];
         var bytes = new byte[n * 2];
-        Console.WriteLine($"WireCodec, {n} floats per call, GB/s of float32 values, median of {rounds} rounds (min-max); Vector256 accelerated: {System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated}");
+        Console.WriteLine($"WireCodec, {n} floats per call, GB/s of float32 values, median of {rounds} rounds (min-max); hardware vectors: {(System.Numerics.Vector.IsHardwareAccelerated ? $"{System.Numerics.Vector<float>.Count * 32} bits" : "none")}");
         Console.WriteLine("| codec | operation | scalar reference | vectorised | speed-up |");
         Console.WriteLine("|---|---|---|---|---|");
         foreach (var compression in new[] { RingCompression.Fp16, RingCompression.Bf16 })
