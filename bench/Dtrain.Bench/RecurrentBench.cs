@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using Dtrain.Runtime;
 using Dtrain.Specs;
 using static TorchSharp.torch;
 
@@ -32,10 +33,11 @@ public static class RecurrentBench
         if (batch % 2 != 0) throw new ArgumentException($"--batch {batch}: must be even (it is split between 2 replicas)");
         var rows = List("--rows", "8,16,32,64").Append(batch).Append(batch / 2).Distinct().Order().ToArray();
         var rounds = List("--rounds", "3").Single();
+        if (Environment.GetEnvironmentVariable(ChildVariable) is null && NativeAllocator.Library() is not null) return InDtrainSettings(args);
         var gates = cell == CellKinds.Lstm ? 4 : 3;
 
         Console.WriteLine($"one {cell.ToUpperInvariant()} layer (libtorch), input = hidden = H, {Steps} time steps, forward + backward (gradients of input and weights), fp32, " +
-                          $"{Environment.ProcessorCount} cores; median of {rounds} rounds, each the mean of calls filling ~0.5 s");
+                          $"{Environment.ProcessorCount} cores, allocator {NativeAllocator.Describe()}; median of {rounds} rounds, each the mean of calls filling ~0.5 s");
         Console.WriteLine();
         Console.WriteLine("| H | recurrent weight MB | rows | threads | ms/call | ms per row |");
         Console.WriteLine("|---|---|---|---|---|---|");
@@ -62,6 +64,26 @@ public static class RecurrentBench
         Console.WriteLine("|---|---|---|---|");
         foreach (var line in ceilings) Console.WriteLine(line);
         return 0;
+    }
+
+    const string ChildVariable = "DTRAIN_BENCH_RECURRENT_CHILD";
+
+    /// <summary>
+    /// Runs the measurement again in a child process with dtrain's process settings (tcmalloc preloaded, no tiered
+    /// compilation), as the cluster suite runs its single processes: the allocator alone moves these times by 20-40 %.
+    /// </summary>
+    static int InDtrainSettings(string[] args)
+    {
+        var (exe, prefix) = CollectiveBench.SelfCommand();
+        var psi = new ProcessStartInfo(exe, prefix) { UseShellExecute = false };
+        NativeAllocator.Preload(psi);
+        psi.Environment["DOTNET_TieredCompilation"] = "0";
+        psi.Environment[ChildVariable] = "1";
+        psi.ArgumentList.Add("recurrent");
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var child = Process.Start(psi) ?? throw new BenchFailureException("could not start the measuring process");
+        child.WaitForExit();
+        return child.ExitCode;
     }
 
     static void Print(int h, double weightMb, int rows, int threads, double ms) =>
