@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using Dtrain.Models;
 using Dtrain.Runtime;
 using Dtrain.Specs;
 using static TorchSharp.torch;
@@ -36,7 +37,7 @@ public static class RecurrentBench
         if (Environment.GetEnvironmentVariable(ChildVariable) is null && NativeAllocator.Library() is not null) return InDtrainSettings(args);
         var gates = cell == CellKinds.Lstm ? 4 : 3;
 
-        Console.WriteLine($"one {cell.ToUpperInvariant()} layer (libtorch), input = hidden = H, {Steps} time steps, forward + backward (gradients of input and weights), fp32, " +
+        Console.WriteLine($"one {cell.ToUpperInvariant()} layer (dtrain's RecurrentStack over libtorch's fused module), input = hidden = H, {Steps} time steps, forward + backward (gradients of input and weights), fp32, " +
                           $"{Environment.ProcessorCount} cores, allocator {NativeAllocator.Describe()}; median of {rounds} rounds, each the mean of calls filling ~0.5 s");
         Console.WriteLine();
         Console.WriteLine("| H | recurrent weight MB | rows | threads | ms/call | ms per row |");
@@ -94,15 +95,17 @@ public static class RecurrentBench
     {
         set_num_threads(threads);
         random.manual_seed(1);
-        using var layer = cell == CellKinds.Lstm ? (nn.Module<Tensor, Tensor>)new LstmLayer(h) : new GruLayer(h);
+        // The engine's own recurrent module, one layer (libtorch's fused LSTM or GRU underneath).
+        using var layer = new RecurrentStack(cell, h, h, layers: 1, dropout: 0, bidirectional: false);
         using var input = randn([rows, Steps, h], generator: new Generator(1)).requires_grad_();
         void Call()
         {
             using var scope = NewDisposeScope();
             layer.zero_grad();
             input.grad?.zero_();
-            var output = layer.call(input);
+            var (output, state) = layer.Run(input, null);
             output.sum().backward();
+            state.Dispose();
         }
         var clock = Stopwatch.StartNew();
         var calls = 0;
@@ -121,42 +124,5 @@ public static class RecurrentBench
             times.Add(clock.Elapsed.TotalMilliseconds / perRound);
         }
         return times.Order().ElementAt(times.Count / 2);
-    }
-
-    sealed class LstmLayer : nn.Module<Tensor, Tensor>
-    {
-        private readonly TorchSharp.Modules.LSTM lstm;
-
-        public LstmLayer(int h) : base("lstm_layer")
-        {
-            lstm = nn.LSTM(h, h, 1, batchFirst: true);
-            RegisterComponents();
-        }
-
-        public override Tensor forward(Tensor x)
-        {
-            var (y, hn, cn) = lstm.call(x);
-            hn.Dispose();
-            cn.Dispose();
-            return y;
-        }
-    }
-
-    sealed class GruLayer : nn.Module<Tensor, Tensor>
-    {
-        private readonly TorchSharp.Modules.GRU gru;
-
-        public GruLayer(int h) : base("gru_layer")
-        {
-            gru = nn.GRU(h, h, 1, batchFirst: true);
-            RegisterComponents();
-        }
-
-        public override Tensor forward(Tensor x)
-        {
-            var (y, hn) = gru.call(x);
-            hn.Dispose();
-            return y;
-        }
     }
 }
