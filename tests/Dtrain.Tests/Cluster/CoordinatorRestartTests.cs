@@ -33,7 +33,9 @@ public class CoordinatorRestartTests
         }
     }
 
-    const int Steps = 600;
+    // Steps over shared memory take milliseconds: 600 of them ended before a CI machine under load let the test look
+    // at step 50 (the job, then the queued one, had finished). 2000 leave seconds between that look and the end.
+    const int Steps = 2000;
 
     [Fact]
     public async Task Killed_coordinator_restarts_on_its_data_dir_and_its_jobs_resume_stay_queued_and_stay_downloadable()
@@ -58,6 +60,7 @@ public class CoordinatorRestartTests
         var queued = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(small), 2)).JobId;
         var watch = Task.Run(() => CliRunner.Run(tmp.Path, TimeSpan.FromMinutes(8), "watch", id, "--coordinator", cluster.Address, "--plain"));
         var before = await WaitFor(client, id, i => i.Checkpoint != "" && i.Step >= 50, deadline);
+        Assert.True(before.State is JobState.Running or JobState.Waiting, $"job {id} is {before.State} at step {before.Step} of {Steps} before the kill: the test looked too late");
         Assert.Equal(JobState.Queued, client.Get(new GetJobRequest { JobId = queued }).State);
 
         cluster.KillCoordinator();
