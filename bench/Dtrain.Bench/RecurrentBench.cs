@@ -29,11 +29,15 @@ public static class RecurrentBench
             int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n > 0 ? n : throw new ArgumentException($"{name}: \"{v}\" is not a positive whole number (usage: {Usage})")).ToArray();
         var cell = Option("--cell") ?? CellKinds.Lstm;
         if (cell is not (CellKinds.Lstm or CellKinds.Gru)) throw new ArgumentException($"--cell {cell}: lstm or gru (usage: {Usage})");
-        var hidden = List("--hidden", "256,1024");
-        var batch = List("--batch", "32").Single();
+        // Bounded before libtorch sees them: an allocation it cannot make must be an error here, not in native code.
+        int[] Bounded(string name, int[] values, int max) => values.FirstOrDefault(v => v > max) is var big and > 0
+            ? throw new ArgumentException($"{name}: {big} is above {max} (usage: {Usage})") : values;
+        int One(string name, int[] values) => values.Length == 1 ? values[0] : throw new ArgumentException($"{name} takes one number (usage: {Usage})");
+        var hidden = Bounded("--hidden", List("--hidden", "256,1024"), 4096);
+        var batch = One("--batch", Bounded("--batch", List("--batch", "32"), 1024));
         if (batch % 2 != 0) throw new ArgumentException($"--batch {batch}: must be even (it is split between 2 replicas)");
-        var rows = List("--rows", "8,16,32,64").Append(batch).Append(batch / 2).Distinct().Order().ToArray();
-        var rounds = List("--rounds", "3").Single();
+        var rows = Bounded("--rows", List("--rows", "8,16,32,64"), 1024).Append(batch).Append(batch / 2).Distinct().Order().ToArray();
+        var rounds = One("--rounds", Bounded("--rounds", List("--rounds", "3"), 100));
         if (Environment.GetEnvironmentVariable(ChildVariable) is null && NativeAllocator.Library() is not null) return InDtrainSettings(args);
         var gates = cell == CellKinds.Lstm ? 4 : 3;
 

@@ -47,6 +47,10 @@ public class BenchSmokeTests
         (code, _, stderr) = await RunAsync("recurrent", "--batch", "7");
         Assert.Equal(2, code);
         Assert.Contains("--batch 7: must be even", stderr);
+
+        (code, _, stderr) = await RunAsync("recurrent", "--hidden", "256,100000");
+        Assert.Equal(2, code);
+        Assert.Contains("--hidden: 100000 is above 4096", stderr);
     }
 
     private static async Task<(int Code, string Stdout, string Stderr)> RunAsync(params string[] args)
