@@ -42,12 +42,11 @@ public static class ActivityBench
             observed.Add(Once(true));
         }
         var pieces = 2 * (world - 1) * (floats / world / piece + 1);
-        double Median(List<double> x) => x.Order().ElementAt(x.Count / 2);
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"in-memory ring all-reduce, {world} ranks, {floats >> 20}M floats, pieces of {piece} floats (~{pieces} progress reports per rank per op), median of {rounds} interleaved rounds:"));
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  without the activity observer: {Median(plain),8:F1} ms/op"));
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  with the activity observer:    {Median(observed),8:F1} ms/op"));
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  ratio with/without: {Median(observed) / Median(plain):F3}"));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  without the activity observer: {BenchArgs.Median(plain),8:F1} ms/op"));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  with the activity observer:    {BenchArgs.Median(observed),8:F1} ms/op"));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  ratio with/without: {BenchArgs.Median(observed) / BenchArgs.Median(plain):F3}"));
         return 0;
     }
 }

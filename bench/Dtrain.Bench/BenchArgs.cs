@@ -22,4 +22,14 @@ internal static class BenchArgs
             i++;
         }
     }
+
+    /// <summary>The value after <paramref name="name"/> in <paramref name="args"/>, or null when the option is absent (or last).</summary>
+    public static string? Option(string[] args, string name) => Array.IndexOf(args, name) is >= 0 and var i && i + 1 < args.Length ? args[i + 1] : null;
+
+    /// <summary>The middle of <paramref name="values"/> (of an even count, the upper of the two middle ones), as the suites report rounds.</summary>
+    public static double Median(IEnumerable<double> values)
+    {
+        var sorted = values.Order().ToList();
+        return sorted[sorted.Count / 2];
+    }
 }

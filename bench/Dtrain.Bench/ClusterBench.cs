@@ -42,7 +42,7 @@ public static class ClusterBench
         if (BenchArgs.Help(args, Usage)) return 0;
         BenchArgs.CheckOptions(args, Usage, "--systems", "--report");
         var rounds = args.Length > 0 && int.TryParse(args[0], CultureInfo.InvariantCulture, out var r) ? r : 3;
-        string? Option(string name) => Array.IndexOf(args, name) is >= 0 and var i && i + 1 < args.Length ? args[i + 1] : null;
+        string? Option(string name) => BenchArgs.Option(args, name);
         var report = Option("--report") ?? "bench-cluster.md";
         var filter = Option("--systems")?.Split(',');
         var only = args.Skip(1).Where((a, i) => !a.StartsWith("--", StringComparison.Ordinal) && (i == 0 || !args[i].StartsWith("--", StringComparison.Ordinal))).FirstOrDefault()?.Split(',')

@@ -60,9 +60,8 @@ public static class CompressionBench
                     else { v.Add(Rate(vector)); s.Add(Rate(scalar)); }
                     Array.Clear(sink);
                 }
-                double Median(List<double> l) => l.Order().ElementAt(l.Count / 2);
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {compression} | {name} | {Median(s):F2} ({s.Min():F2}-{s.Max():F2}) | {Median(v):F2} ({v.Min():F2}-{v.Max():F2}) | {Median(v) / Median(s):F1}x |"));
+                    $"| {compression} | {name} | {BenchArgs.Median(s):F2} ({s.Min():F2}-{s.Max():F2}) | {BenchArgs.Median(v):F2} ({v.Min():F2}-{v.Max():F2}) | {BenchArgs.Median(v) / BenchArgs.Median(s):F1}x |"));
             }
         }
         return 0;

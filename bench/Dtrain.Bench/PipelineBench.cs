@@ -19,7 +19,7 @@ public static class PipelineBench
 
     public static int Run(string[] args)
     {
-        string? Option(string name) { var i = Array.IndexOf(args, name); return i >= 0 && i + 1 < args.Length ? args[i + 1] : null; }
+        string? Option(string name) => BenchArgs.Option(args, name);
         var transports = Option("--transports")?.Split(',', StringSplitOptions.RemoveEmptyEntries) ?? [""];
         var layouts = Option("--layouts") is { } l
             ? [(1, 1), .. l.Split(',').Select(x => x.Split('x')).Select(p => (int.Parse(p[0], CultureInfo.InvariantCulture), int.Parse(p[1], CultureInfo.InvariantCulture)))]

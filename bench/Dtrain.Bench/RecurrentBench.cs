@@ -24,7 +24,7 @@ public static class RecurrentBench
     {
         if (BenchArgs.Help(args, Usage)) return 0;
         BenchArgs.CheckOptions(args, Usage, "--cell", "--hidden", "--rows", "--batch", "--rounds");
-        string? Option(string name) => Array.IndexOf(args, name) is >= 0 and var i ? args[i + 1] : null;
+        string? Option(string name) => BenchArgs.Option(args, name);
         int[] List(string name, string fallback) => (Option(name) ?? fallback).Split(',').Select(v =>
             int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n > 0 ? n : throw new ArgumentException($"{name}: \"{v}\" is not a positive whole number (usage: {Usage})")).ToArray();
         var cell = Option("--cell") ?? CellKinds.Lstm;
@@ -127,6 +127,6 @@ public static class RecurrentBench
             for (var i = 0; i < perRound; i++) Call();
             times.Add(clock.Elapsed.TotalMilliseconds / perRound);
         }
-        return times.Order().ElementAt(times.Count / 2);
+        return BenchArgs.Median(times);
     }
 }

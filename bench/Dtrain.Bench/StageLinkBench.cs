@@ -100,7 +100,7 @@ public static class StageLinkBench
         foreach (var size in sizes)
         {
             var n = size.Item1 * size.Item2 * size.Item3;
-            double Median(string t) { var l = results[(t, n)].Order().ToList(); return l[l.Count / 2]; }
+            double Median(string t) => BenchArgs.Median(results[(t, n)]);
             string Cell(string t) { var l = results[(t, n)]; return string.Create(CultureInfo.InvariantCulture, $"{Median(t):F2} ({l.Min():F2}-{l.Max():F2})"); }
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"| {n} | {n * 4 / 1e6:F2} | {string.Join(" | ", transports.Select(Cell))} | {Median("shm") / Median("grpc"):F2}x | {Median("tcp") / Median("grpc"):F2}x |"));
