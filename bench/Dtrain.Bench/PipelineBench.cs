@@ -17,12 +17,20 @@ public static class PipelineBench
 {
     const int Layers = 8, Hidden = 256, Embed = 64, Batch = 32, Seq = 32, Warmup = 3, Timed = 8;
 
+    const string Usage = "dtrain-bench pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8]";
+
     public static int Run(string[] args)
     {
+        if (BenchArgs.Help(args, Usage)) return 0;
+        BenchArgs.CheckOptions(args, Usage, "--transports", "--layouts");
+        if (args.FirstOrDefault(a => !a.StartsWith("--", StringComparison.Ordinal) && Array.IndexOf(args, a) is var i && (i == 0 || !args[i - 1].StartsWith("--", StringComparison.Ordinal))) is { } stray)
+            throw new ArgumentException($"unexpected argument \"{stray}\" (usage: {Usage})");
         string? Option(string name) => BenchArgs.Option(args, name);
         var transports = Option("--transports")?.Split(',', StringSplitOptions.RemoveEmptyEntries) ?? [""];
+        if (transports.FirstOrDefault(t => t != "" && !Collective.DataTransports.TryParse(t, out _)) is { } badTransport)
+            throw new ArgumentException($"--transports: \"{badTransport}\" is not a worker transport (auto, shm, tcp or grpc; usage: {Usage})");
         var layouts = Option("--layouts") is { } l
-            ? [(1, 1), .. l.Split(',').Select(x => x.Split('x')).Select(p => (int.Parse(p[0], CultureInfo.InvariantCulture), int.Parse(p[1], CultureInfo.InvariantCulture)))]
+            ? [(1, 1), .. l.Split(',').Select(Layout)]
             : new[] { (1, 1), (2, 1), (2, 4), (2, 8), (4, 1), (4, 4), (4, 8) };
         var tmp = Directory.CreateTempSubdirectory("dtrain-pipebench-").FullName;
         try
@@ -56,6 +64,17 @@ public static class PipelineBench
         {
             try { Directory.Delete(tmp, recursive: true); } catch (IOException) { }
         }
+    }
+
+    /// <summary>One K x M layout of --layouts: K stages (1..Layers) and M micro-batches (1..Batch, dividing it).</summary>
+    static (int K, int M) Layout(string text)
+    {
+        var parts = text.Split('x');
+        if (parts.Length != 2 || !int.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out var k) || !int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out var m))
+            throw new ArgumentException($"--layouts: \"{text}\" is not K x M, such as 2x4 (usage: {Usage})");
+        if (k < 1 || k > Layers) throw new ArgumentException($"--layouts {text}: {k} stages, the model has {Layers} layers (1..{Layers})");
+        if (m < 1 || m > Batch || Batch % m != 0) throw new ArgumentException($"--layouts {text}: {m} micro-batches must divide the batch of {Batch}");
+        return (k, m);
     }
 
     sealed record Result(double SamplesPerSecond, double Bubble, double[] StageMs, double[] PeakMb);

@@ -53,6 +53,30 @@ public class BenchSmokeTests
         Assert.Contains("--hidden: 100000 is above 4096", stderr);
     }
 
+    [Fact]
+    public async Task Pipeline_refuses_options_and_layouts_it_cannot_run_before_starting_workers()
+    {
+        var (code, _, stderr) = await RunAsync("pipeline", "--layout", "2x4");
+        Assert.Equal(2, code);
+        Assert.Contains("unknown option --layout", stderr);
+
+        (code, _, stderr) = await RunAsync("pipeline", "--layouts", "2by4");
+        Assert.Equal(2, code);
+        Assert.Contains("\"2by4\" is not K x M", stderr);
+
+        (code, _, stderr) = await RunAsync("pipeline", "--layouts", "9x4");
+        Assert.Equal(2, code);
+        Assert.Contains("9 stages, the model has 8 layers", stderr);
+
+        (code, _, stderr) = await RunAsync("pipeline", "--layouts", "2x5");
+        Assert.Equal(2, code);
+        Assert.Contains("5 micro-batches must divide the batch of 32", stderr);
+
+        (code, _, stderr) = await RunAsync("pipeline", "--transports", "shm,udp");
+        Assert.Equal(2, code);
+        Assert.Contains("\"udp\" is not a worker transport", stderr);
+    }
+
     private static async Task<(int Code, string Stdout, string Stderr)> RunAsync(params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
