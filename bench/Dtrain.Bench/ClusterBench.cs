@@ -24,6 +24,10 @@ public static class ClusterBench
     const int Warmup = 20, Timed = 100;
 
     const string HalfBatchRow = "dtrain, 2 independent processes x 1 thread at once, half the batch each (sum)";
+    // Weak scaling: every replica keeps the whole single-process batch (the global batch doubles), as DDP's and
+    // Horovod's per-process batch sizes usually are; the rows above split the same global batch (strong scaling).
+    const string WeakRow = "dtrain cluster, 2 workers x 1 thread, whole batch each (weak scaling)";
+    const string WeakTorchRow = "PyTorch DDP gloo, 2 processes x 1 thread, whole batch each (weak scaling)";
 
     /// <summary>One workload: its spec (threads and steps are set per run) and what to run of it.</summary>
     sealed record Workload(string Key, string Title, JobSpec Spec, int Warmup, int Timed, string? PyTorchCell, int PyTorchHidden, bool Overlap, bool FourWorkers);
@@ -110,6 +114,12 @@ public static class ClusterBench
             systems.Add(new(w.Key, "dtrain cluster, 2 workers x 1 thread", () => ClusterThroughput(cluster, 2, 1, w, Path.Combine(tmp.Path, $"{w.Key}-c2")), overlapNote));
             if (w.Overlap)
                 systems.Add(new(w.Key, "dtrain cluster, 2 workers x 1 thread, overlap on", () => ClusterThroughput(on, 2, 1, w, Path.Combine(tmp.Path, $"{w.Key}-c2on")), "buckets leave during backward"));
+            if (w.PyTorchCell is not null)
+            {
+                var weak = SpecFile("weak", Threads(0) with { Training = Threads(0).Training with { BatchSize = 2 * w.Spec.Training.BatchSize } });
+                systems.Add(new(w.Key, WeakRow, () => ClusterThroughput(weak, 2, 1, w, Path.Combine(tmp.Path, $"{w.Key}-c2weak")),
+                    $"global batch {2 * w.Spec.Training.BatchSize}: {w.Spec.Training.BatchSize} rows per worker; ceiling: the whole-batch row above"));
+            }
             if (w.FourWorkers)
                 systems.Add(new(w.Key, "dtrain cluster, 4 workers x 1 thread", () => ClusterThroughput(cluster, 4, 1, w, Path.Combine(tmp.Path, $"{w.Key}-c4")), "4 processes on this machine's cores"));
             if (w.PyTorchCell is { } cell)
@@ -119,6 +129,7 @@ public static class ClusterBench
                 systems.Add(new(w.Key, "PyTorch, 1 process x 1 thread", () => PyTorch(python, $"single 1 {cell} {w.PyTorchHidden} {steps} {warm}"), "bench/anchors/pytorch_ddp_bench.py"));
                 if (w.Key == "w1") systems.Add(new(w.Key, "PyTorch, 1 process x 2 threads", () => PyTorch(python, $"single 2 {cell} {w.PyTorchHidden} {steps} {warm}"), ""));
                 systems.Add(new(w.Key, "PyTorch DDP gloo, 2 processes x 1 thread", () => PyTorch(python, $"ddp 2 {cell} {w.PyTorchHidden} {steps} {warm}"), ""));
+                systems.Add(new(w.Key, WeakTorchRow, () => PyTorch(python, $"ddp-weak 2 {cell} {w.PyTorchHidden} {steps} {warm}"), $"{w.Spec.Training.BatchSize} rows per process"));
                 if (w.FourWorkers && w.Key == "w1") systems.Add(new(w.Key, "PyTorch DDP gloo, 4 processes x 1 thread", () => PyTorch(python, $"ddp 4 {cell} {w.PyTorchHidden} {steps} {warm}"), ""));
             }
         }
@@ -176,6 +187,13 @@ public static class ClusterBench
             var singleTwo = rows.FirstOrDefault(s => s.Name == "dtrain, 1 process x 2 threads");
             if (oneWorker is not null && singleTwo is not null)
                 summary.Add(($"{w.Key}: 1 worker vs single process, both 2 threads ({rounds}-round average)", oneWorker.Mean / singleTwo.Mean, w.Key == "w1" ? 0.97 : double.NaN));
+            if (w.PyTorchCell is not null)
+            {
+                // Against the same 1-thread single process: the ideal is 2x its samples/s, since each replica computes a whole batch.
+                summary.Add(($"{w.Key}: dtrain weak-scaling efficiency, 2 workers x 1 thread, whole batch each", Of(WeakRow) / (2 * single1), double.NaN));
+                if (!double.IsNaN(torch1)) summary.Add(($"{w.Key}: PyTorch DDP weak-scaling efficiency, 2 processes x 1 thread, whole batch each", Of(WeakTorchRow) / (2 * torch1), double.NaN));
+                summary.Add(($"{w.Key}: dtrain weak scaling vs the machine ceiling (2 independent processes, whole batch each)", Of(WeakRow) / (2 * Of("dtrain, 2 independent processes x 1 thread at once (mean)")), double.NaN));
+            }
             if (w.Overlap) summary.Add(($"{w.Key}: 2 workers, overlap on vs auto", Of("dtrain cluster, 2 workers x 1 thread, overlap on") / two, double.NaN));
             if (w.FourWorkers) summary.Add(($"{w.Key}: dtrain scaling efficiency, 4 workers x 1 thread", Of("dtrain cluster, 4 workers x 1 thread") / (4 * single1), double.NaN));
         }
@@ -262,6 +280,7 @@ public static class ClusterBench
         using var cluster = LocalCluster.Start(workers, 0, threads, logs, TimeSpan.FromMinutes(2));
         using var channel = Remote.Channel(cluster.Address);
         var client = new Jobs.JobsClient(channel);
+        var batch = JobSpecSerializer.Load(specPath).Training.BatchSize;
         var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(specPath), workers)).JobId;
         double start = double.NaN, end = double.NaN, compute = 0, reduce = 0;
         FollowToSuccess(client, id, logs, s =>
@@ -276,7 +295,7 @@ public static class ClusterBench
         });
         // The step events' split (slowest replica): what a cost model is calibrated on (docs/scaling.md).
         Console.WriteLine($"  {w.Key} {workers} worker(s) x {threads}: per step compute {compute / w.Timed:F1} ms, all-reduce wait {reduce / w.Timed:F1} ms");
-        return w.Timed * w.Spec.Training.BatchSize / (end - start);
+        return w.Timed * batch / (end - start);
     }
 
     /// <summary>Watches a job to its end, handing every step event to <paramref name="onStep"/>; throws unless it succeeded.</summary>
