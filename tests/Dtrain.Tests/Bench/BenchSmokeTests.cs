@@ -44,37 +44,26 @@ public class BenchSmokeTests
         Assert.Matches(@"(?m)^\| 32 \| 0 \| [0-9.]+ \| [0-9.]+ \|$", stdout);
         Assert.Contains("2 replicas x 4 rows", stdout);
 
-        (code, _, stderr) = await RunAsync("recurrent", "--batch", "7");
-        Assert.Equal(2, code);
-        Assert.Contains("--batch 7: must be even", stderr);
-
-        (code, _, stderr) = await RunAsync("recurrent", "--hidden", "256,100000");
-        Assert.Equal(2, code);
-        Assert.Contains("--hidden: 100000 is above 4096", stderr);
+        await AssertRefusedAsync("--batch 7: must be even", "recurrent", "--batch", "7");
+        await AssertRefusedAsync("--hidden: 100000 is above 4096", "recurrent", "--hidden", "256,100000");
     }
 
     [Fact]
     public async Task Pipeline_refuses_options_and_layouts_it_cannot_run_before_starting_workers()
     {
-        var (code, _, stderr) = await RunAsync("pipeline", "--layout", "2x4");
-        Assert.Equal(2, code);
-        Assert.Contains("unknown option --layout", stderr);
+        await AssertRefusedAsync("unknown option --layout", "pipeline", "--layout", "2x4");
+        await AssertRefusedAsync("\"2by4\" is not K x M", "pipeline", "--layouts", "2by4");
+        await AssertRefusedAsync("9 stages, the model has 8 layers", "pipeline", "--layouts", "9x4");
+        await AssertRefusedAsync("5 micro-batches must divide the batch of 32", "pipeline", "--layouts", "2x5");
+        await AssertRefusedAsync("\"udp\" is not a worker transport", "pipeline", "--transports", "shm,udp");
+    }
 
-        (code, _, stderr) = await RunAsync("pipeline", "--layouts", "2by4");
-        Assert.Equal(2, code);
-        Assert.Contains("\"2by4\" is not K x M", stderr);
-
-        (code, _, stderr) = await RunAsync("pipeline", "--layouts", "9x4");
-        Assert.Equal(2, code);
-        Assert.Contains("9 stages, the model has 8 layers", stderr);
-
-        (code, _, stderr) = await RunAsync("pipeline", "--layouts", "2x5");
-        Assert.Equal(2, code);
-        Assert.Contains("5 micro-batches must divide the batch of 32", stderr);
-
-        (code, _, stderr) = await RunAsync("pipeline", "--transports", "shm,udp");
-        Assert.Equal(2, code);
-        Assert.Contains("\"udp\" is not a worker transport", stderr);
+    /// <summary>The bench exits with status 2 and says <paramref name="expected"/> on stderr.</summary>
+    private static async Task AssertRefusedAsync(string expected, params string[] args)
+    {
+        var (code, stdout, stderr) = await RunAsync(args);
+        Assert.True(code == 2, $"{string.Join(' ', args)}: exit status {code}\n{stdout}\n{stderr}");
+        Assert.Contains(expected, stderr);
     }
 
     private static async Task<(int Code, string Stdout, string Stderr)> RunAsync(params string[] args)
