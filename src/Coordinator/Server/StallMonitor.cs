@@ -61,6 +61,8 @@ public static class StallDiagnosis
         // Who each waiting worker ultimately waits on: follow "waiting on" to a worker that is not waiting (or silent).
         string? Root(WorkerRecord w)
         {
+            // A late worker's own report is stale too: frozen while it waited, it is the one stuck, not whom it named.
+            if (Age(w, now) >= lateSeconds) return w.Id;
             var seen = new HashSet<string>();
             var at = w;
             while (seen.Add(at.Id))
@@ -102,7 +104,7 @@ public static class StallDiagnosis
             var descriptions = others.Select(w =>
             {
                 var root = ActivityPhases.IsWaiting(Phase(w)) ? Root(w) : null;
-                var through = root is not null && w.Activity!.WaitingOn != root ? $" (which waits on {root})" : "";
+                var through = root is not null && root != w.Id && w.Activity!.WaitingOn != root ? $" (which waits on {root})" : "";
                 return (w, text: Doing(w, now, Label(w), through));
             }).ToList();
             var same = descriptions.Select(d => Describe(d.w)).Distinct().Count() == 1 && descriptions.All(d => d.w.Activity?.WaitingOn is { Length: > 0 } on && culprits.Contains(on));

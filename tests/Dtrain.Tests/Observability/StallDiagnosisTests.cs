@@ -86,6 +86,21 @@ public class StallDiagnosisTests
     }
 
     [Fact]
+    public void A_worker_frozen_while_it_waited_names_itself_before_the_ones_waiting_on_it_have_waited_long()
+    {
+        // HangDiagnosisTests under CI load: w3 stopped 2.99 s ago in a wait on w1 that its report still shows (3.01 s in
+        // phase); w1 and w2 went on to the next step and have waited on w3 for less than the threshold. w3's own stale
+        // report led to w1 (a cycle through w1's wait on w3, or w1 itself when it computed): w3 must be the one named.
+        WorkerRecord[] waiting = [Worker("w1", 0.1, "all-reduce", 1.5, "w3"), Worker("w2", 0.1, "all-reduce", 1.5, "w1"), Worker("w3", 2.99, "all-reduce", 0.02, "w1")];
+        var stall = StallDiagnosis.Diagnose(waiting, Now, 3, silentSeconds: 3, lateSeconds: 0.6);
+        Assert.NotNull(stall);
+        Assert.Equal(["w3"], stall.Culprits);
+        Assert.StartsWith("w3 in all-reduce, waiting on w1 for 3 s (last heartbeat 3 s ago)", stall.Text);
+        WorkerRecord[] computing = [Worker("w1", 0.1, "backward", 1.5), Worker("w2", 0.1, "backward", 1.5), Worker("w3", 2.99, "all-reduce", 0.02, "w1")];
+        Assert.Equal(["w3"], StallDiagnosis.Diagnose(computing, Now, 3, silentSeconds: 3, lateSeconds: 0.6)!.Culprits);
+    }
+
+    [Fact]
     public void Workers_waiting_on_each_other_are_reported_as_a_stuck_ring()
     {
         var stall = StallDiagnosis.Diagnose([Worker("w1", 0.1, "all-reduce", 7, "w2"), Worker("w2", 0.1, "all-reduce", 7, "w1")], Now, 5);
