@@ -12,7 +12,8 @@ namespace Dtrain.Bench;
 /// The cluster suite, side by side in one run: for each workload (W1, W2, GRU, spam classification) the single-process
 /// engine with 1 and 2 threads, two independent 1-thread processes at once (with the whole batch each: the machine's
 /// ceiling; with half of it each: the data-parallel ceiling), the cluster with 1, 2 and 4 workers (1 thread each; 1 worker also with 2 threads), 2
-/// workers with overlap on (auto leaves it off when the workers' threads fill the cores), and PyTorch's single process and DDP over gloo (bench/anchors/pytorch_ddp_bench.py) when
+/// workers with overlap on (auto leaves it off when the workers' threads fill the cores), 2 workers with the whole batch each
+/// (weak scaling: global batch doubled; DDP the same), and PyTorch's single process and DDP over gloo (bench/anchors/pytorch_ddp_bench.py) when
 /// Debian's python3-torch is installed. Every system runs in a fresh process of its own, in the same order each
 /// round; the table shows the median over rounds with min–max. Scaling efficiency = throughput(N workers x 1 thread)
 /// / (N x throughput(1 process x 1 thread)), each system against its own single process.
