@@ -61,8 +61,15 @@ public static class StallDiagnosis
         // Who each waiting worker ultimately waits on: follow "waiting on" to a worker that is not waiting (or silent).
         string? Root(WorkerRecord w)
         {
-            // A late worker's own report is stale too: frozen while it waited, it is the one stuck, not whom it named.
-            if (Age(w, now) >= lateSeconds) return w.Id;
+            var root = Follow(w);
+            // A late worker's own report may be stale too (frozen while it waited): when its chain ends in a cycle, or at
+            // a worker that has been in its phase for less time than this one says it has waited (it moved on since), the
+            // late one is stuck, not whom it named.
+            if (Age(w, now) >= lateSeconds && (root is null || (byId.TryGetValue(root, out var r) && r != w && InPhase(r, now) < InPhase(w, now)))) return w.Id;
+            return root;
+        }
+        string? Follow(WorkerRecord w)
+        {
             var seen = new HashSet<string>();
             var at = w;
             while (seen.Add(at.Id))

@@ -98,6 +98,9 @@ public class StallDiagnosisTests
         Assert.StartsWith("w3 in all-reduce, waiting on w1 for 3 s (last heartbeat 3 s ago)", stall.Text);
         WorkerRecord[] computing = [Worker("w1", 0.1, "backward", 1.5), Worker("w2", 0.1, "backward", 1.5), Worker("w3", 2.99, "all-reduce", 0.02, "w1")];
         Assert.Equal(["w3"], StallDiagnosis.Diagnose(computing, Now, 3, silentSeconds: 3, lateSeconds: 0.6)!.Culprits);
+        // A late report that still holds — w1 has computed for longer than w3 has waited on it — is followed to w1.
+        WorkerRecord[] slow = [Worker("w1", 0.1, "backward", 10), Worker("w2", 0.1, "all-reduce", 4, "w1"), Worker("w3", 0.7, "all-reduce", 3.3, "w1")];
+        Assert.Equal(["w1"], StallDiagnosis.Diagnose(slow, Now, 3, silentSeconds: 3, lateSeconds: 0.6)!.Culprits);
     }
 
     [Fact]
