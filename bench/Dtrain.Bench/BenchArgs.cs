@@ -23,6 +23,18 @@ internal static class BenchArgs
         }
     }
 
+    /// <summary>The arguments that are neither an --option nor an option's value, in order (call after <see cref="CheckOptions"/>).</summary>
+    public static IReadOnlyList<string> Positional(string[] args)
+    {
+        var positional = new List<string>();
+        for (var i = 0; i < args.Length; i++)
+        {
+            if (args[i].StartsWith("--", StringComparison.Ordinal)) i++;
+            else positional.Add(args[i]);
+        }
+        return positional;
+    }
+
     /// <summary>The value after <paramref name="name"/> in <paramref name="args"/>, or null when the option is absent (or last).</summary>
     public static string? Option(string[] args, string name) => Array.IndexOf(args, name) is >= 0 and var i && i + 1 < args.Length ? args[i + 1] : null;
 

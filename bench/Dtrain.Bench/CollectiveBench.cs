@@ -31,11 +31,7 @@ public static class CollectiveBench
         const string Usage = "dtrain-bench allreduce [--transports shm,shm-copy,shm-ring,tcp,tcp+tls,grpc] [--workers 2,4] [--sizes 4,16,64] [--rounds 5] [--report FILE]";
         if (BenchArgs.Help(args, Usage)) return 0;
         BenchArgs.CheckOptions(args[1..], Usage, "--transports", "--workers", "--sizes", "--rounds", "--report");
-        string Option(string name, string fallback)
-        {
-            var i = Array.IndexOf(args, name);
-            return i >= 0 && i + 1 < args.Length ? args[i + 1] : fallback;
-        }
+        string Option(string name, string fallback) => BenchArgs.Option(args, name) ?? fallback;
         var transports = Option("--transports", "shm,shm-copy,shm-ring,tcp,tcp+tls,grpc").Split(',', StringSplitOptions.RemoveEmptyEntries);
         var workers = Option("--workers", "2,4").Split(',').Select(w => int.Parse(w, CultureInfo.InvariantCulture)).ToArray();
         var sizes = Option("--sizes", "4,16,64").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture) << 20).ToArray();

@@ -23,7 +23,7 @@ public static class PipelineBench
     {
         if (BenchArgs.Help(args, Usage)) return 0;
         BenchArgs.CheckOptions(args, Usage, "--transports", "--layouts");
-        if (args.FirstOrDefault(a => !a.StartsWith("--", StringComparison.Ordinal) && Array.IndexOf(args, a) is var i && (i == 0 || !args[i - 1].StartsWith("--", StringComparison.Ordinal))) is { } stray)
+        if (BenchArgs.Positional(args).FirstOrDefault() is { } stray)
             throw new ArgumentException($"unexpected argument \"{stray}\" (usage: {Usage})");
         string? Option(string name) => BenchArgs.Option(args, name);
         var transports = Option("--transports")?.Split(',', StringSplitOptions.RemoveEmptyEntries) ?? [""];

@@ -56,6 +56,8 @@ public class BenchSmokeTests
         await AssertRefusedAsync("9 stages, the model has 8 layers", "pipeline", "--layouts", "9x4");
         await AssertRefusedAsync("5 micro-batches must divide the batch of 32", "pipeline", "--layouts", "2x5");
         await AssertRefusedAsync("\"udp\" is not a worker transport", "pipeline", "--transports", "shm,udp");
+        // A stray argument equal to an option's value is still stray.
+        await AssertRefusedAsync("unexpected argument \"2x4\"", "pipeline", "--layouts", "2x4", "2x4");
     }
 
     /// <summary>The bench exits with status 2 and says <paramref name="expected"/> on stderr.</summary>
