@@ -24,6 +24,7 @@ public static class ClusterBench
     // 100 timed steps (~7-12 s of W1): shorter windows swung ~10 % round to round on this 2-core machine.
     const int Warmup = 20, Timed = 100;
 
+    const string MachineCeilingRow = "dtrain, 2 independent processes x 1 thread at once (mean)";
     const string HalfBatchRow = "dtrain, 2 independent processes x 1 thread at once, half the batch each (sum)";
     // Weak scaling: every replica keeps the whole single-process batch (the global batch doubles), as DDP's and
     // Horovod's per-process batch sizes usually are; the rows above split the same global batch (strong scaling).
@@ -46,12 +47,20 @@ public static class ClusterBench
         const string Usage = "dtrain-bench cluster [ROUNDS] [w1,w2,gru,spam] [--systems TEXT,...] [--report FILE]";
         if (BenchArgs.Help(args, Usage)) return 0;
         BenchArgs.CheckOptions(args, Usage, "--systems", "--report");
-        var rounds = args.Length > 0 && int.TryParse(args[0], CultureInfo.InvariantCulture, out var r) ? r : 3;
+        // [ROUNDS] [WORKLOADS]: either may be left out (a number is the rounds).
+        var positional = BenchArgs.Positional(args).ToList();
+        var rounds = 3;
+        if (positional.Count > 0 && positional[0].All(char.IsAsciiDigit))
+        {
+            rounds = int.TryParse(positional[0], NumberStyles.None, CultureInfo.InvariantCulture, out var r) && r is >= 1 and <= 100 ? r
+                : throw new ArgumentException($"ROUNDS {positional[0]}: a whole number from 1 to 100 (usage: {Usage})");
+            positional.RemoveAt(0);
+        }
+        if (positional.Count > 1) throw new ArgumentException($"unexpected argument \"{positional[1]}\" (usage: {Usage})");
         string? Option(string name) => BenchArgs.Option(args, name);
         var report = Option("--report") ?? "bench-cluster.md";
         var filter = Option("--systems")?.Split(',');
-        var only = args.Skip(1).Where((a, i) => !a.StartsWith("--", StringComparison.Ordinal) && (i == 0 || !args[i].StartsWith("--", StringComparison.Ordinal))).FirstOrDefault()?.Split(',')
-            ?? ["w1", "w2", "gru", "spam"];
+        var only = positional.FirstOrDefault()?.Split(',') ?? ["w1", "w2", "gru", "spam"];
         if (only.FirstOrDefault(k => k is not ("w1" or "w2" or "gru" or "spam")) is { } unknown)
             throw new ArgumentException($"unknown workload \"{unknown}\": w1, w2, gru or spam (usage: {Usage})");
         using var tmp = new TempDir();
@@ -106,7 +115,7 @@ public static class ClusterBench
             systems.Add(new(w.Key, "dtrain, 1 process x 2 threads", () => SingleProcess(two, w), ""));
             // The machine's own ceiling for 2 x 1 thread: two independent processes at once (no communication at all),
             // each slowed only by sharing the memory system and caches with the other. Reported as their mean.
-            systems.Add(new(w.Key, "dtrain, 2 independent processes x 1 thread at once (mean)", () => TwoAtOnce(one, w), "no communication: the machine's ceiling for 2 x 1 thread"));
+            systems.Add(new(w.Key, MachineCeilingRow, () => TwoAtOnce(one, w), "no communication: the machine's ceiling for 2 x 1 thread"));
             // What data parallelism itself allows here: each of 2 replicas computes half the global batch. Two
             // independent processes with half the batch each, at once, no communication; their samples/s summed.
             var half = SpecFile("t1-half", Threads(1) with { Training = Threads(1).Training with { BatchSize = w.Spec.Training.BatchSize / 2 } });
@@ -180,7 +189,7 @@ public static class ClusterBench
             summary.Add(($"{w.Key}: dtrain scaling efficiency, 2 workers x 1 thread", two / (2 * single1), w.Key is "w1" or "w2" ? 0.85 : double.NaN));
             if (!double.IsNaN(torch1)) summary.Add(($"{w.Key}: PyTorch DDP scaling efficiency, 2 processes x 1 thread", Of("PyTorch DDP gloo, 2 processes x 1 thread") / (2 * torch1), double.NaN));
             summary.Add(($"{w.Key}: 2 workers x 1 thread vs a single process with 2 threads", two / Of("dtrain, 1 process x 2 threads"), w.Key == "w1" ? 0.9 : double.NaN));
-            summary.Add(($"{w.Key}: machine ceiling, 2 independent 1-thread processes at once vs one alone", Of("dtrain, 2 independent processes x 1 thread at once (mean)") / single1, double.NaN));
+            summary.Add(($"{w.Key}: machine ceiling, 2 independent 1-thread processes at once vs one alone", Of(MachineCeilingRow) / single1, double.NaN));
             var halfBatch = Of(HalfBatchRow);
             summary.Add(($"{w.Key}: data-parallel ceiling, scaling efficiency of 2 independent 1-thread processes with half the batch each", halfBatch / (2 * single1), double.NaN));
             summary.Add(($"{w.Key}: dtrain 2 workers x 1 thread vs that ceiling", two / halfBatch, double.NaN));
@@ -193,7 +202,7 @@ public static class ClusterBench
                 // Against the same 1-thread single process: the ideal is 2x its samples/s, since each replica computes a whole batch.
                 summary.Add(($"{w.Key}: dtrain weak-scaling efficiency, 2 workers x 1 thread, whole batch each", Of(WeakRow) / (2 * single1), double.NaN));
                 if (!double.IsNaN(torch1)) summary.Add(($"{w.Key}: PyTorch DDP weak-scaling efficiency, 2 processes x 1 thread, whole batch each", Of(WeakTorchRow) / (2 * torch1), double.NaN));
-                summary.Add(($"{w.Key}: dtrain weak scaling vs the machine ceiling (2 independent processes, whole batch each)", Of(WeakRow) / (2 * Of("dtrain, 2 independent processes x 1 thread at once (mean)")), double.NaN));
+                summary.Add(($"{w.Key}: dtrain weak scaling vs the machine ceiling (2 independent processes, whole batch each)", Of(WeakRow) / (2 * Of(MachineCeilingRow)), double.NaN));
             }
             if (w.Overlap) summary.Add(($"{w.Key}: 2 workers, overlap on vs auto", Of("dtrain cluster, 2 workers x 1 thread, overlap on") / two, double.NaN));
             if (w.FourWorkers) summary.Add(($"{w.Key}: dtrain scaling efficiency, 4 workers x 1 thread", Of("dtrain cluster, 4 workers x 1 thread") / (4 * single1), double.NaN));

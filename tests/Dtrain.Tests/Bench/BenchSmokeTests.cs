@@ -60,6 +60,16 @@ public class BenchSmokeTests
         await AssertRefusedAsync("unexpected argument \"2x4\"", "pipeline", "--layouts", "2x4", "2x4");
     }
 
+    [Fact]
+    public async Task Cluster_reads_its_workloads_with_or_without_rounds_and_refuses_what_it_cannot_run()
+    {
+        // The workloads without ROUNDS used to be ignored (every workload ran): an unknown one is now refused at once.
+        await AssertRefusedAsync("unknown workload \"w9\"", "cluster", "w9");
+        await AssertRefusedAsync("unknown workload \"w9\"", "cluster", "2", "w9", "--report", "x.md");
+        await AssertRefusedAsync("ROUNDS 0: a whole number from 1 to 100", "cluster", "0", "w1");
+        await AssertRefusedAsync("unexpected argument \"gru\"", "cluster", "1", "w1", "gru");
+    }
+
     /// <summary>The bench exits with status 2 and says <paramref name="expected"/> on stderr.</summary>
     private static async Task AssertRefusedAsync(string expected, params string[] args)
     {
