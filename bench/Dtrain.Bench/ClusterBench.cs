@@ -106,6 +106,7 @@ public static class ClusterBench
                 return path;
             }
             JobSpec Threads(int n) => w.Spec with { Training = w.Spec.Training with { Threads = n } };
+            JobSpec Batch(JobSpec spec, int rows) => spec with { Training = spec.Training with { BatchSize = rows } };
             var one = SpecFile("t1", Threads(1));
             var two = SpecFile("t2", Threads(2));
             var cluster = SpecFile("cluster", Threads(0));
@@ -118,7 +119,7 @@ public static class ClusterBench
             systems.Add(new(w.Key, MachineCeilingRow, () => TwoAtOnce(one, w), "no communication: the machine's ceiling for 2 x 1 thread"));
             // What data parallelism itself allows here: each of 2 replicas computes half the global batch. Two
             // independent processes with half the batch each, at once, no communication; their samples/s summed.
-            var half = SpecFile("t1-half", Threads(1) with { Training = Threads(1).Training with { BatchSize = w.Spec.Training.BatchSize / 2 } });
+            var half = SpecFile("t1-half", Batch(Threads(1), w.Spec.Training.BatchSize / 2));
             systems.Add(new(w.Key, HalfBatchRow, () => 2 * TwoAtOnce(half, w), "no communication: the ceiling for 2 data-parallel replicas (see `dtrain-bench recurrent`)"));
             systems.Add(new(w.Key, "dtrain cluster, 1 worker x 2 threads", () => ClusterThroughput(cluster, 1, 2, w, Path.Combine(tmp.Path, $"{w.Key}-c1")), "coordinator + worker processes, loopback"));
             systems.Add(new(w.Key, "dtrain cluster, 2 workers x 1 thread", () => ClusterThroughput(cluster, 2, 1, w, Path.Combine(tmp.Path, $"{w.Key}-c2")), overlapNote));
@@ -126,7 +127,7 @@ public static class ClusterBench
                 systems.Add(new(w.Key, "dtrain cluster, 2 workers x 1 thread, overlap on", () => ClusterThroughput(on, 2, 1, w, Path.Combine(tmp.Path, $"{w.Key}-c2on")), "buckets leave during backward"));
             if (w.PyTorchCell is not null)
             {
-                var weak = SpecFile("weak", Threads(0) with { Training = Threads(0).Training with { BatchSize = 2 * w.Spec.Training.BatchSize } });
+                var weak = SpecFile("weak", Batch(Threads(0), 2 * w.Spec.Training.BatchSize));
                 systems.Add(new(w.Key, WeakRow, () => ClusterThroughput(weak, 2, 1, w, Path.Combine(tmp.Path, $"{w.Key}-c2weak")),
                     $"global batch {2 * w.Spec.Training.BatchSize}: {w.Spec.Training.BatchSize} rows per worker; ceiling: the whole-batch row above"));
             }
