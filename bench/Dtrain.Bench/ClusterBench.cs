@@ -37,7 +37,7 @@ public static class ClusterBench
     sealed record Row(string Workload, string Name, Func<double> SamplesPerSecond, string Note)
     {
         public List<double> Rounds { get; } = [];
-        public double Median => Rounds.Count == 0 ? double.NaN : Rounds.Order().ElementAt(Rounds.Count / 2) is var m && Rounds.Count % 2 == 0 ? (m + Rounds.Order().ElementAt(Rounds.Count / 2 - 1)) / 2 : m;
+        public double Median => BenchArgs.Median(Rounds);
         public double Mean => Rounds.Count == 0 ? double.NaN : Rounds.Average();
     }
 

@@ -33,9 +33,10 @@ public static class CollectiveBench
         BenchArgs.CheckOptions(args[1..], Usage, "--transports", "--workers", "--sizes", "--rounds", "--report");
         string Option(string name, string fallback) => BenchArgs.Option(args, name) ?? fallback;
         var transports = Option("--transports", "shm,shm-copy,shm-ring,tcp,tcp+tls,grpc").Split(',', StringSplitOptions.RemoveEmptyEntries);
-        var workers = Option("--workers", "2,4").Split(',').Select(w => int.Parse(w, CultureInfo.InvariantCulture)).ToArray();
-        var sizes = Option("--sizes", "4,16,64").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture) << 20).ToArray();
-        var rounds = int.Parse(Option("--rounds", "5"), CultureInfo.InvariantCulture);
+        // Bounded here: a world of one has no ring, and --sizes is in millions of floats (256M floats = 1 GB per worker).
+        var workers = BenchArgs.Numbers("--workers", Option("--workers", "2,4"), 2, 16, Usage);
+        var sizes = BenchArgs.Numbers("--sizes", Option("--sizes", "4,16,64"), 1, 256, Usage).Select(s => s << 20).ToArray();
+        var rounds = BenchArgs.Number("--rounds", Option("--rounds", "5"), 1, 100, Usage);
         var report = Option("--report", "");
         foreach (var t in transports)
             if (!DataTransports.TryParse(BaseTransport(t), out var parsed) || parsed == DataTransport.Auto || ((t.EndsWith("-ring", StringComparison.Ordinal) || t.EndsWith("-copy", StringComparison.Ordinal)) && parsed != DataTransport.Shm))
@@ -82,7 +83,7 @@ public static class CollectiveBench
                     var bytes = (double)floats * sizeof(float);
                     double Bus(double seconds) => bytes / seconds / 1e9 * 2 * (world - 1) / world;
                     var sorted = perRound.Order().ToArray();
-                    var median = sorted[sorted.Length / 2];
+                    var median = BenchArgs.Median(sorted);
                     var line = string.Create(CultureInfo.InvariantCulture,
                         $"| {transport} | {world} | {floats >> 20}M | {bytes / 1e6:F0} | {median * 1e3:F1} | {Bus(median):F3} [{Bus(sorted[^1]):F3}–{Bus(sorted[0]):F3}] | {(glooBus is { } g ? g.ToString("F3", CultureInfo.InvariantCulture) : "–")} | {(glooBus is { } g2 ? (Bus(median) / g2).ToString("F2", CultureInfo.InvariantCulture) + "×" : "–")} |");
                     Console.WriteLine(line);
@@ -175,9 +176,7 @@ public static class CollectiveBench
             var value = output[(at + "busbw_GBps=".Length)..].Split(' ', '\n')[0];
             figures.Add(double.Parse(value, CultureInfo.InvariantCulture));
         }
-        if (figures.Count == 0) return null;
-        figures.Sort();
-        return figures[figures.Count / 2];
+        return figures.Count == 0 ? null : BenchArgs.Median(figures);
     }
 
     /// <summary>Starts W peers, wires their addresses, returns per round the slowest rank's mean seconds per op.</summary>

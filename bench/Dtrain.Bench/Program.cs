@@ -20,13 +20,18 @@ catch (BenchFailureException e)
     return 1;
 }
 
+// The positional number at args[index] (fallback when absent; -1: required), bounded: a bad one is exit 2 naming it, not a FormatException.
+int Positional(int index, string name, int fallback, int min, int max) =>
+    index < args.Length ? BenchArgs.Number(name, args[index], min, max)
+        : fallback >= 0 ? fallback : throw new ArgumentException($"{name} is required");
+
 int Dispatch()
 {
     switch (mode)
     {
         case "speed":
         {
-            var threads = args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 2;
+            var threads = Positional(1, "threads", 2, 1, 64);
             set_num_threads(threads);
             Console.WriteLine("W1: char LSTM LM, vocab 96, embedding 64, hidden 256, 2 layers, batch 32 x 64, Adam 2e-3, clip 1.0");
             for (var round = 0; round < 3; round++)
@@ -53,9 +58,9 @@ int Dispatch()
             // One loop alone in a fresh process: loop plain|plain-tuned|engine|engine-layers|replica [threads] [warmup] [steps]
             // (plain-tuned is the plain loop; the caller starts it with dtrain's process settings.)
             var which = args.Length > 1 ? args[1] : "engine";
-            var threads = args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 2;
-            var warmup = args.Length > 3 ? int.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture) : 10;
-            var steps = args.Length > 4 ? int.Parse(args[4], System.Globalization.CultureInfo.InvariantCulture) : 40;
+            var threads = Positional(2, "threads", 2, 1, 64);
+            var warmup = Positional(3, "warmup", 10, 0, 100_000);
+            var steps = Positional(4, "steps", 40, 1, 100_000);
             Console.Error.WriteLine($"allocator: {Dtrain.Runtime.NativeAllocator.Describe()}");
             if (which != "replica") set_num_threads(threads);
             var seconds = which switch
@@ -71,7 +76,7 @@ int Dispatch()
             return 0;
         }
         case "pipeline" when args.Length > 1 && args[1] == "links":
-            return StageLinkBench.Run(args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 3);
+            return StageLinkBench.Run(Positional(2, "rounds", 3, 1, 100));
         case "pipeline":
             return PipelineBench.Run(args.Skip(1).ToArray());
         case "cluster":
@@ -84,7 +89,7 @@ int Dispatch()
         {
             // One single-process run in a fresh process: train SPEC WARMUP -> samples/s over the steps after WARMUP.
             var spec = Dtrain.Specs.JobSpecSerializer.Load(args[1]);
-            var warmup = int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture);
+            var warmup = Positional(2, "WARMUP", -1, 0, 100_000);
             var observer = new StepClock(warmup, spec.Training.MaxSteps);
             using var output = new TempDir();
             Dtrain.Training.Trainer.Run(spec, Path.GetDirectoryName(Path.GetFullPath(args[1]))!, new Dtrain.Training.TrainOptions { OutputDir = output.Path }, observer, CancellationToken.None);
@@ -93,12 +98,12 @@ int Dispatch()
             return 0;
         }
         case "compression" when args.Length > 1 && args[1] == "codec":
-            return CompressionBench.Codec(args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 5);
+            return CompressionBench.Codec(Positional(2, "rounds", 5, 1, 100));
         case "compression":
         {
             var root = AppContext.BaseDirectory;
             while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
-            return CompressionBench.Run(root, args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 300);
+            return CompressionBench.Run(root, Positional(1, "steps", 300, 1, 100_000));
         }
         case "scaling-model":
             return ScalingModel.Run(args.Skip(1).ToArray());

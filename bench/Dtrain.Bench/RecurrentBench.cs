@@ -25,19 +25,16 @@ public static class RecurrentBench
         if (BenchArgs.Help(args, Usage)) return 0;
         BenchArgs.CheckOptions(args, Usage, "--cell", "--hidden", "--rows", "--batch", "--rounds");
         string? Option(string name) => BenchArgs.Option(args, name);
-        int[] List(string name, string fallback) => (Option(name) ?? fallback).Split(',').Select(v =>
-            int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n > 0 ? n : throw new ArgumentException($"{name}: \"{v}\" is not a positive whole number (usage: {Usage})")).ToArray();
         var cell = Option("--cell") ?? CellKinds.Lstm;
         if (cell is not (CellKinds.Lstm or CellKinds.Gru)) throw new ArgumentException($"--cell {cell}: lstm or gru (usage: {Usage})");
         // Bounded before libtorch sees them: an allocation it cannot make must be an error here, not in native code.
-        int[] Bounded(string name, int[] values, int max) => values.FirstOrDefault(v => v > max) is var big and > 0
-            ? throw new ArgumentException($"{name}: {big} is above {max} (usage: {Usage})") : values;
-        int One(string name, int[] values) => values.Length == 1 ? values[0] : throw new ArgumentException($"{name} takes one number (usage: {Usage})");
-        var hidden = Bounded("--hidden", List("--hidden", "256,1024"), 4096);
-        var batch = One("--batch", Bounded("--batch", List("--batch", "32"), 1024));
+        int[] List(string name, string fallback, int max) => BenchArgs.Numbers(name, Option(name) ?? fallback, 1, max, Usage);
+        int One(string name, string fallback, int max) => BenchArgs.Number(name, Option(name) ?? fallback, 1, max, Usage);
+        var hidden = List("--hidden", "256,1024", 4096);
+        var batch = One("--batch", "32", 1024);
         if (batch % 2 != 0) throw new ArgumentException($"--batch {batch}: must be even (it is split between 2 replicas)");
-        var rows = Bounded("--rows", List("--rows", "8,16,32,64"), 1024).Append(batch).Append(batch / 2).Distinct().Order().ToArray();
-        var rounds = One("--rounds", Bounded("--rounds", List("--rounds", "3"), 100));
+        var rows = List("--rows", "8,16,32,64", 1024).Append(batch).Append(batch / 2).Distinct().Order().ToArray();
+        var rounds = One("--rounds", "3", 100);
         if (Environment.GetEnvironmentVariable(ChildVariable) is null && NativeAllocator.Library() is not null) return InDtrainSettings(args);
         var gates = cell == CellKinds.Lstm ? 4 : 3;
 

@@ -45,7 +45,18 @@ public class BenchSmokeTests
         Assert.Contains("2 replicas x 4 rows", stdout);
 
         await AssertRefusedAsync("--batch 7: must be even", "recurrent", "--batch", "7");
-        await AssertRefusedAsync("--hidden: 100000 is above 4096", "recurrent", "--hidden", "256,100000");
+        await AssertRefusedAsync("--hidden: \"100000\" is not a whole number from 1 to 4096", "recurrent", "--hidden", "256,100000");
+    }
+
+    [Fact]
+    public async Task Numbers_that_do_not_parse_or_are_out_of_range_are_refused_naming_the_argument()
+    {
+        // These ended in an unhandled FormatException (or an overflowed size) before.
+        await AssertRefusedAsync("--workers: \"x\" is not a whole number from 2 to 16", "allreduce", "--workers", "x");
+        await AssertRefusedAsync("--sizes: \"4096\" is not a whole number from 1 to 256", "allreduce", "--sizes", "16,4096");
+        await AssertRefusedAsync("--rounds: \"0\" is not a whole number from 1 to 100", "allreduce", "--rounds", "0");
+        await AssertRefusedAsync("threads: \"two\" is not a whole number from 1 to 64", "speed", "two");
+        await AssertRefusedAsync("rounds: \"-1\" is not a whole number from 1 to 100", "pipeline", "links", "-1");
     }
 
     [Fact]
