@@ -65,6 +65,35 @@ public static class RecurrentBench
         Console.WriteLine($"| H | recurrent weight MB | 2 replicas x {batch / 2} rows | 1 process x 2 threads |");
         Console.WriteLine("|---|---|---|---|");
         foreach (var line in ceilings) Console.WriteLine(line);
+
+        // Why: the products of one time step. The two that carry the state (forward, and the state gradient in backward)
+        // cannot be batched over time; each streams the whole recurrent weight matrix for its rows.
+        Console.WriteLine();
+        Console.WriteLine($"The matrix products of one time step, 1 thread, ms (G = {gates} gates): forward h·Wᵀ and the state gradient dG·W stream the [G·H x H] weights once per " +
+                          $"step whatever the rows; autograd takes the weight gradient a step at a time (dGᵀ·h added into its sum), a backward through time written by hand could take it as one product over all {Steps} steps");
+        Console.WriteLine();
+        Console.WriteLine("| H | rows | forward h·Wᵀ | state gradient dG·W | weight gradient, per step (+ sum) | weight gradient, one product / steps | forward + state gradient, GFLOP/s |");
+        Console.WriteLine("|---|---|---|---|---|---|---|");
+        var splits = new List<string>();
+        foreach (var h in hidden)
+        {
+            var carried = new Dictionary<int, double>();
+            foreach (var r in rows)
+            {
+                var p = Products(gates, r, h, rounds);
+                carried[r] = p.Forward + p.StateGradient;
+                var gflops = 2 * 2.0 * r * gates * h * h / (carried[r] * 1e6);
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {h} | {r} | {p.Forward:F3} | {p.StateGradient:F3} | {p.WeightGradient:F3} | {p.WeightGradientOnce:F3} | {gflops:F1} |"));
+            }
+            splits.Add(string.Create(CultureInfo.InvariantCulture, $"| {h} | {carried[batch] / (2 * carried[batch / 2]):F3} |"));
+        }
+        Console.WriteLine();
+        Console.WriteLine($"What the two state-carrying products allow for 2 replicas x {batch / 2} rows (t({batch}) / (2 t({batch / 2}))):");
+        Console.WriteLine();
+        Console.WriteLine("| H | forward + state gradient |");
+        Console.WriteLine("|---|---|");
+        foreach (var line in splits) Console.WriteLine(line);
         return 0;
     }
 
@@ -99,7 +128,7 @@ public static class RecurrentBench
         // The engine's own recurrent module, one layer (libtorch's fused LSTM or GRU underneath).
         using var layer = new RecurrentStack(cell, h, h, layers: 1, dropout: 0, bidirectional: false);
         using var input = randn([rows, Steps, h], generator: new Generator(1)).requires_grad_();
-        void Call()
+        return Time(() =>
         {
             using var scope = NewDisposeScope();
             layer.zero_grad();
@@ -107,13 +136,40 @@ public static class RecurrentBench
             var (output, state) = layer.Run(input, null);
             output.sum().backward();
             state.Dispose();
-        }
+        }, rounds);
+    }
+
+    /// <summary>
+    /// Milliseconds per time step, 1 thread, of the matrix products a recurrent layer's step is made of, with
+    /// <paramref name="rows"/> rows and the [G·H × H] recurrent weights: forward h·Wᵀ, the backward product for the
+    /// state gradient dG·W, the weight gradient dGᵀ·h added into its sum (how autograd takes it, a step at a time), and
+    /// the same weight gradient as one product over all <see cref="Steps"/> time steps (what a hand-written backward
+    /// through time could do instead), divided by the steps.
+    /// </summary>
+    static (double Forward, double StateGradient, double WeightGradient, double WeightGradientOnce) Products(int gates, int rows, int h, int rounds)
+    {
+        set_num_threads(1);
+        var generator = new Generator(1);
+        using var w = randn([gates * h, h], generator: generator);
+        using var state = randn([rows, h], generator: generator);
+        using var gateGradient = randn([rows, gates * h], generator: generator);
+        using var sum = zeros([gates * h, h]);
+        using var allGates = randn([Steps * rows, gates * h], generator: generator);
+        using var allStates = randn([Steps * rows, h], generator: generator);
+        double Op(Func<Tensor> op) => Time(() => { using var scope = NewDisposeScope(); op(); }, rounds);
+        return (Op(() => state.matmul(w.t())), Op(() => gateGradient.matmul(w)), Op(() => sum.add_(gateGradient.t().matmul(state))),
+            Op(() => allGates.t().matmul(allStates)) / Steps);
+    }
+
+    /// <summary>Milliseconds per call: the median over rounds of the mean over as many calls as fill ~0.5 s (at least 2).</summary>
+    static double Time(Action call, int rounds)
+    {
         var clock = Stopwatch.StartNew();
         var calls = 0;
-        // Warm-up: the first calls pick kernels and fault the weights in; also how many calls fill a round.
+        // Warm-up: the first calls pick kernels and fault the memory in; also how many calls fill a round.
         while (calls < 2 || clock.Elapsed.TotalSeconds < 0.2)
         {
-            Call();
+            call();
             calls++;
         }
         var perRound = Math.Max(2, (int)(0.5 / (clock.Elapsed.TotalSeconds / calls)));
@@ -121,7 +177,7 @@ public static class RecurrentBench
         for (var round = 0; round < rounds; round++)
         {
             clock.Restart();
-            for (var i = 0; i < perRound; i++) Call();
+            for (var i = 0; i < perRound; i++) call();
             times.Add(clock.Elapsed.TotalMilliseconds / perRound);
         }
         return BenchArgs.Median(times);

@@ -43,6 +43,11 @@ public class BenchSmokeTests
             Assert.Matches($@"(?m)^\| 32 \| 0 \| {rows} \| {threads} \| [0-9.]+ \| [0-9.]+ \|$", stdout);
         Assert.Matches(@"(?m)^\| 32 \| 0 \| [0-9.]+ \| [0-9.]+ \|$", stdout);
         Assert.Contains("2 replicas x 4 rows", stdout);
+        // The per-time-step products (GRU: 3 gates), for each row count, and what they allow for the split.
+        foreach (var rows in new[] { 4, 8 })
+            Assert.Matches($@"(?m)^\| 32 \| {rows} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|$", stdout);
+        Assert.Contains("(G = 3 gates)", stdout);
+        Assert.Matches(@"(?m)^\| 32 \| [0-9.]+ \|$", stdout);
 
         await AssertRefusedAsync("--batch 7: must be even", "recurrent", "--batch", "7");
         await AssertRefusedAsync("--hidden: \"100000\" is not a whole number from 1 to 4096", "recurrent", "--hidden", "256,100000");
