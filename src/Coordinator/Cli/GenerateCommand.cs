@@ -15,7 +15,7 @@ public static class GenerateCommand
         var topK = new Option<int>("--top-k", "-k") { Description = "Sample only among the k most likely tokens (0 = all).", DefaultValueFactory = _ => 0 };
         var seed = new Option<long>("--seed") { Description = "Random seed: the same seed gives the same text.", DefaultValueFactory = _ => 1 };
         var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N.", DefaultValueFactory = _ => "cpu" };
-        var cmd = new Command("generate", "Generate text from a trained language model, with temperature and top-k sampling.");
+        var cmd = new Command("generate", "Generate text from a trained language model, with temperature and top-k sampling (never <pad> or <unk>).");
         cmd.Arguments.Add(checkpoint);
         foreach (var o in new Option[] { prompt, length, temperature, topK, seed, device }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>

@@ -29,7 +29,7 @@ public static class TextGenerator
             {
                 var (logits, next) = lm.Forward(tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Length]).to(device), null);
                 state = next.Detach();
-                output.Add(Sample(logits[0, -1], temperature, topK, gen, tokenizer.VocabSize));
+                output.Add(Sample(logits[0, -1], temperature, topK, gen, tokenizer.VocabSize, tokenizer.UnkId));
             }
             while (output.Count < length)
             {
@@ -37,7 +37,7 @@ public static class TextGenerator
                 var (logits, next) = lm.Forward(tensor(new long[] { output[^1] }, [1, 1]).to(device), state);
                 state.Dispose();
                 state = next.Detach();
-                output.Add(Sample(logits[0, -1], temperature, topK, gen, tokenizer.VocabSize));
+                output.Add(Sample(logits[0, -1], temperature, topK, gen, tokenizer.VocabSize, tokenizer.UnkId));
             }
         }
         finally
@@ -54,17 +54,22 @@ public static class TextGenerator
         return nl.Length == 1 && nl[0] != trained.Tokenizer.UnkId ? nl[0] : Math.Min(2, trained.Tokenizer.VocabSize - 1);
     }
 
-    private static int Sample(Tensor logits, double temperature, int topK, Generator gen, int vocab)
+    private static int Sample(Tensor logits, double temperature, int topK, Generator gen, int vocab, int unk)
     {
-        // Never emit <pad> (0): it is not text.
-        logits = logits.clone();
-        logits[0] = float.NegativeInfinity;
+        // In float64 and from the largest logit down, so that no temperature in range overflows: (x - max) / T is 0 for
+        // the most likely token and at most 0 for every other, -inf at worst; softmax of that is always a distribution.
+        logits = logits.to_type(ScalarType.Float64);
+        if (logits.isnan().any().item<bool>() || logits.isposinf().any().item<bool>())
+            throw new InvalidDataException("the model's output is not finite (the checkpoint's weights have diverged): nothing to sample from");
+        // Never emit <pad> or <unk>: neither is text (<unk> would print as \uFFFD).
+        logits[0] = double.NegativeInfinity;
+        if (unk > 0 && unk < vocab && vocab > 2) logits[unk] = double.NegativeInfinity;
         if (temperature == 0) return (int)logits.argmax().item<long>();
-        logits = logits / temperature;
+        logits = (logits - logits.max()) / temperature;
         if (topK > 0 && topK < vocab)
         {
             var kth = logits.topk(topK).values[-1];
-            logits = logits.masked_fill(logits < kth, float.NegativeInfinity);
+            logits = logits.masked_fill(logits < kth, double.NegativeInfinity);
         }
         var probs = nn.functional.softmax(logits, 0);
         return (int)multinomial(probs, 1, generator: gen).item<long>();

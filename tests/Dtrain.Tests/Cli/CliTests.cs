@@ -62,6 +62,15 @@ public class CliTests
         Assert.StartsWith("the ", a.Stdout);
         Assert.Equal(a.Stdout, b.Stdout);
         Assert.True(a.Stdout.TrimEnd('\n').Length >= 44);
+        // Temperatures at both ends of the range sample (they overflowed float32 into NaN probabilities inside libtorch);
+        // near infinity every token but <pad> and <unk> is equally likely, and <unk> (printed as U+FFFD) is never emitted.
+        foreach (var t in new[] { "1e-40", "1e300" })
+        {
+            var extreme = CliRunner.Run(tmp.Path, "generate", "lm", "--prompt", "the ", "--length", "400", "--temperature", t);
+            Assert.True(extreme.ExitCode == 0, $"--temperature {t}: {extreme}");
+            Assert.DoesNotContain('\uFFFD', extreme.Stdout);
+            Assert.True(extreme.Stdout.TrimEnd('\n').Length >= 404, extreme.Stdout);
+        }
         var eval = CliRunner.Run(tmp.Path, "eval", "lm");
         Assert.True(eval.ExitCode == 0, eval.ToString());
         Assert.Contains("perplexity", eval.Stdout);
