@@ -7,7 +7,7 @@ namespace Dtrain.Cli;
 /// <summary>Exit codes and the one place that turns user-caused exceptions into clear messages.</summary>
 public static class CliErrors
 {
-    public const int Ok = 0, Failed = 1, BadInput = 2, Interrupted = 130;
+    public const int Ok = 0, Failed = 1, BadInput = 2, Interrupted = 130, Terminated = 143;
 
     /// <summary>Runs <paramref name="action"/>, printing bad-input errors (spec, data, checkpoint, arguments) without a stack trace.</summary>
     public static int Guard(Func<int> action)

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Runtime.InteropServices;
 using Dtrain.Specs;
 using Dtrain.Training;
 
@@ -44,22 +45,29 @@ public static class TrainCommand
 
             using var cts = new CancellationTokenSource();
             var interrupts = 0;
-            ConsoleCancelEventHandler onCancel = (_, e) =>
+            var terminated = false;
+            // Ctrl-C, and SIGTERM as `timeout`, systemd, Docker and Kubernetes stop a process: finish the current step and
+            // save a checkpoint; a second signal aborts at once without saving.
+            bool Interrupt(string what, string again)
             {
-                if (Interlocked.Increment(ref interrupts) == 1)
-                {
-                    e.Cancel = true;
-                    Console.Error.WriteLine("interrupt: finishing the current step and saving a checkpoint (press Ctrl-C again to abort without saving)");
-                    cts.Cancel();
-                }
-            };
+                if (Interlocked.Increment(ref interrupts) != 1) return false;
+                Console.Error.WriteLine($"{what}: finishing the current step and saving a checkpoint ({again} again to abort without saving)");
+                cts.Cancel();
+                return true;
+            }
+            ConsoleCancelEventHandler onCancel = (_, e) => e.Cancel = Interrupt("interrupt", "press Ctrl-C");
             Console.CancelKeyPress += onCancel;
+            using var onTerm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c =>
+            {
+                terminated = true;
+                c.Cancel = Interrupt("SIGTERM", "send SIGTERM");
+            });
             try
             {
                 var summary = ConsoleProgress.Run(r.GetValue(plain), observer =>
                     Trainer.Run(job, file.DirectoryName!, new TrainOptions { OutputDir = r.GetValue(output)?.FullName, Resume = r.GetValue(resume), MemoryBudget = memory, Source = file.Name }, observer, cts.Token));
                 ConsoleProgress.PrintSummary(summary);
-                return summary.StopReason == "interrupted" ? CliErrors.Interrupted : CliErrors.Ok;
+                return summary.StopReason != "interrupted" ? CliErrors.Ok : terminated ? CliErrors.Terminated : CliErrors.Interrupted;
             }
             finally
             {

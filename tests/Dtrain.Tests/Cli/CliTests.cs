@@ -77,6 +77,46 @@ public class CliTests
     }
 
     [Fact]
+    public async Task SIGTERM_finishes_the_step_saves_a_checkpoint_and_exits_143_and_resume_continues_from_it()
+    {
+        // How `timeout`, systemd, Docker and Kubernetes stop a process: it used to end at once (143) with nothing saved.
+        using var tmp = new TempDir();
+        tmp.Write("t.txt", TestJobs.Text());
+        var spec = WriteSpec(tmp, TestJobs.CharLm("t.txt", steps: 1_000_000) with { Output = "lm" });
+        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { WorkingDirectory = tmp.Path, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { "exec", Path.Combine(AppContext.BaseDirectory, "dtrain.dll"), "train", spec, "--plain" }) psi.ArgumentList.Add(a);
+        psi.Environment["DTRAIN_THREADS"] = "1";
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var stderr = p.StandardError.ReadToEndAsync();
+        var stdout = new System.Text.StringBuilder();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(3));
+        try
+        {
+            // Training has started once a step line is printed.
+            while (await p.StandardOutput.ReadLineAsync(timeout.Token) is { } line)
+            {
+                stdout.AppendLine(line);
+                if (line.Contains("step", StringComparison.Ordinal) && line.Contains("loss", StringComparison.Ordinal)) break;
+            }
+            using (var kill = System.Diagnostics.Process.Start("kill", ["-TERM", p.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])!) await kill.WaitForExitAsync(timeout.Token);
+            stdout.Append(await p.StandardOutput.ReadToEndAsync(timeout.Token));
+            await p.WaitForExitAsync(timeout.Token);
+        }
+        finally
+        {
+            if (!p.HasExited) p.Kill(entireProcessTree: true);
+        }
+        var err = await stderr;
+        Assert.True(p.ExitCode == 143, $"exit {p.ExitCode}\n{stdout}\n{err}");
+        Assert.Contains("SIGTERM: finishing the current step and saving a checkpoint", err);
+        var saved = Directory.GetFiles(Path.Combine(tmp.Path, "lm", "checkpoints"), "ckpt-*.dtck");
+        Assert.True(saved.Length == 1, string.Join(", ", saved));
+        var resumed = CliRunner.Run(tmp.Path, "train", spec, "--resume", "--max-steps", "1000000", "--max-minutes", "0.05", "--plain");
+        Assert.True(resumed.ExitCode == 0, resumed.ToString());
+        Assert.Contains($"resumed from {saved[0]} at step", resumed.Stdout + resumed.Stderr);
+    }
+
+    [Fact]
     public void Invalid_spec_fails_with_field_paths_and_exit_code_2()
     {
         using var tmp = new TempDir();
