@@ -18,7 +18,8 @@ public static class CliErrors
         }
         catch (Exception e) when (e is SpecException or DataFormatException or CorruptCheckpointException or InvalidDataException or ArgumentException or FileNotFoundException or DirectoryNotFoundException)
         {
-            Error(e.Message);
+            // An ArgumentException's Message ends in " (Parameter 'name')", a .NET name the user never typed.
+            Error(e is ArgumentException { ParamName: { } name } ? e.Message.Replace($" (Parameter '{name}')", "", StringComparison.Ordinal) : e.Message);
             return BadInput;
         }
         catch (Training.TrainingDivergedException e)

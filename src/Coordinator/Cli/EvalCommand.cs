@@ -16,17 +16,17 @@ public static class EvalCommand
         var format = new Option<string?>("--format") { Description = "Format of --data: text, jsonl or csv (default: the training format)." };
         var textField = new Option<string?>("--text-field") { Description = "Text field/column of --data (default: as in training)." };
         var labelField = new Option<string?>("--label-field") { Description = "Label field/column of --data (default: as in training)." };
-        var batch = new Option<int>("--batch-size") { Description = "Evaluation batch size.", DefaultValueFactory = _ => 64 };
+        var batch = new Option<int?>("--batch-size") { Description = "Evaluation batch size (default: the job's training.batch_size, as training's own validation used, so the figures match it)." };
         var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N.", DefaultValueFactory = _ => "cpu" };
         var cmd = new Command("eval", "Evaluate a trained model: loss and perplexity/bits per token (language model) or accuracy and macro-F1 (classification).");
         cmd.Arguments.Add(checkpoint);
         foreach (var o in new Option[] { data, format, textField, labelField, batch, device }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
-            var batchSize = r.GetValue(batch);
-            if (batchSize is < 1 or > JobSpecValidator.MaxBatch) throw new ArgumentException($"--batch-size {batchSize} must be in [1, {JobSpecValidator.MaxBatch}]");
+            if (r.GetValue(batch) is < 1 or > JobSpecValidator.MaxBatch) throw new ArgumentException($"--batch-size {r.GetValue(batch)} must be in [1, {JobSpecValidator.MaxBatch}]");
             using var model = TrainedModel.Load(r.GetValue(checkpoint)!, r.GetValue(device)!, Console.Error.WriteLine);
             var spec = model.Spec;
+            var batchSize = r.GetValue(batch) ?? spec.Training.BatchSize;
             var dataSpec = spec.Data with
             {
                 Format = r.GetValue(format) ?? (spec.Data.Format == DataFormats.Synthetic ? DataFormats.Jsonl : spec.Data.Format),

@@ -17,13 +17,13 @@ public static class DeviceSelector
             throw new ArgumentException($"device \"{requested}\": N in cuda:N must be a device number (0, 1, ...)", nameof(requested));
         if (!cuda.is_available())
         {
-            warn?.Invoke($"device {requested} requested but CUDA is not available (this build uses TorchSharp-cpu, or no GPU/driver is present); training on CPU instead");
+            warn?.Invoke($"device {requested} requested but CUDA is not available (this build uses TorchSharp-cpu, or no GPU/driver is present); running on CPU instead");
             return CPU;
         }
         var count = cuda.device_count();
         if (index >= count)
         {
-            warn?.Invoke($"device {requested} requested but only {count} CUDA device(s) exist (cuda:0..cuda:{count - 1}); training on CPU instead");
+            warn?.Invoke($"device {requested} requested but only {count} CUDA device(s) exist (cuda:0..cuda:{count - 1}); running on CPU instead");
             return CPU;
         }
         return new Device(DeviceType.CUDA, index);

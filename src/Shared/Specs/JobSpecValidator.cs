@@ -85,7 +85,7 @@ public static partial class JobSpecValidator
         OneOf(e, "$.training.lm_sampling", tr.LmSampling, LmSamplingKinds.All);
         Range(e, "$.training.epochs", tr.Epochs, 1, 1_000_000);
         Range(e, "$.training.max_steps", tr.MaxSteps, 0, int.MaxValue);
-        if (!(tr.MaxMinutes >= 0 && tr.MaxMinutes < 1e6)) e.Add(new("$.training.max_minutes", $"{tr.MaxMinutes} must be >= 0"));
+        if (!(tr.MaxMinutes >= 0 && tr.MaxMinutes < 1e6)) e.Add(new("$.training.max_minutes", $"{tr.MaxMinutes} must be in [0, 1e6) (0 = no limit)"));
         if (!(tr.ClipNorm >= 0 && double.IsFinite(tr.ClipNorm))) e.Add(new("$.training.clip_norm", $"{tr.ClipNorm} must be >= 0 (0 = off)"));
         Range(e, "$.training.max_nonfinite_steps", tr.MaxNonfiniteSteps, 1, 1_000_000);
         Range(e, "$.training.eval_interval", tr.EvalInterval, 0, int.MaxValue);

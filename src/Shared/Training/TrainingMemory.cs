@@ -14,7 +14,8 @@ public sealed record MemoryBudget(long Bytes, string Source, string Remedy = "or
     public static MemoryBudget FromMegabytes(double megabytes, string source)
     {
         if (!(megabytes >= 0 && double.IsFinite(megabytes))) throw new ArgumentException($"{source} {megabytes.ToString(CultureInfo.InvariantCulture)} must be a number of MB >= 0 (0 = no check)");
-        return megabytes == 0 ? None : new MemoryBudget((long)Math.Min(megabytes * 1e6, long.MaxValue), source);
+        // Any budget above 0 is one (a fraction of a byte still refuses every job), never "no check".
+        return megabytes == 0 ? None : new MemoryBudget(Math.Max(1, (long)Math.Min(megabytes * 1e6, long.MaxValue)), source);
     }
 
     /// <summary>

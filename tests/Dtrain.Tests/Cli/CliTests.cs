@@ -74,6 +74,18 @@ public class CliTests
         var eval = CliRunner.Run(tmp.Path, "eval", "lm");
         Assert.True(eval.ExitCode == 0, eval.ToString());
         Assert.Contains("perplexity", eval.Stdout);
+        // By default eval reads the validation split as training's own validation did (its batch size): the same figures.
+        var trained = System.Text.RegularExpressions.Regex.Matches(train.Stdout + train.Stderr, @"validation: (loss [0-9.]+, perplexity [0-9.]+)");
+        Assert.NotEmpty(trained);
+        Assert.Contains(trained[^1].Groups[1].Value, eval.Stdout);
+        // A bad device names what was typed, without .NET's "(Parameter 'requested')".
+        var device = CliRunner.Run(tmp.Path, "eval", "lm", "--device", "gpu0");
+        Assert.True(device.ExitCode == 2, device.ToString());
+        Assert.Contains("device \"gpu0\" must be", device.Stderr);
+        Assert.DoesNotContain("(Parameter", device.Stderr);
+        // A budget of a fraction of a byte is a budget (it was rounded to 0 bytes, which meant "no check").
+        var budget = CliRunner.Run(tmp.Path, "validate", spec, "--memory-budget", "0.0000009");
+        Assert.True(budget.ExitCode == 2, budget.ToString());
     }
 
     [Fact]
