@@ -54,6 +54,10 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         var workers = RunnableWorkers(request, spec, source);
         JobSpecValidator.ThrowIfNotRunnable(spec, source, onCluster: true, LargestWorker(), workers > 0 ? workers : Math.Max(1, registry.Snapshot().Count));
         resume?.CheckCompatible(spec, source);
+        // Refused here rather than as a job that fails at once (a resume of a job that trained all its max_steps).
+        if (resume is not null && spec.Training.MaxSteps > 0 && resume.State.Step >= spec.Training.MaxSteps)
+            throw new ArgumentException($"{source}: the checkpoint {resume.From} is at step {resume.State.Step} and training.max_steps is {spec.Training.MaxSteps}: " +
+                                        "nothing left to train (submit the spec with a larger training.max_steps and --resume)");
         var id = $"job-{Interlocked.Increment(ref nextId):D4}";
         var dir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs", id));
         Directory.CreateDirectory(dir);

@@ -196,11 +196,10 @@ public class ClusterResumeTests
         var (mallory, _, _) = Dtrain.Tests.Security.AuthTestSupport.Token(cluster, "mallory", Dtrain.Server.Auth.Role.Submitter);
         Assert.Equal(StatusCode.NotFound, Assert.Throws<RpcException>(() => mallory.Submit(new SubmitRequest { ResumeJob = first, Workers = 1 })).StatusCode);
 
-        // Nothing left to train: the job fails saying so.
-        var nothing = cluster.Client.Submit(new SubmitRequest { ResumeJob = first, Workers = 1 }).JobId;
-        var info = await cluster.WaitAsync(nothing, TimeSpan.FromMinutes(1));
-        Assert.Equal(JobState.Failed, info.State);
-        Assert.Contains("nothing left to train", info.Message);
+        // Nothing left to train (its checkpoint is at training.max_steps): refused at once, not a job that fails.
+        e = Refused(new SubmitRequest { ResumeJob = first, Workers = 1 });
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.Contains("is at step 3 and training.max_steps is 3: nothing left to train", e.Status.Detail);
     }
 
     static string Submit(InProcessCluster cluster, TempDir tmp, string name, JobSpec spec, int workers) =>
