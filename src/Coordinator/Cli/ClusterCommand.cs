@@ -48,7 +48,7 @@ public static class ClusterCommand
     {
         var (workers, port, threads, logs) = CommonOptions();
         var spec = new Argument<FileInfo>("spec") { Description = "Job spec to train." };
-        var output = new Option<FileInfo?>("--output", "-o") { Description = "Where to save the final model (default: runs/NAME/model.dtck)." };
+        var output = new Option<FileInfo?>("--output", "-o") { Description = "Where to save the final model (default: OUTPUT/model.dtck, OUTPUT being the spec's \"output\", else runs/NAME)." };
         var plain = new Option<bool>("--plain") { Description = "Log lines instead of a progress bar." };
         var cmd = new Command("run", "Start a local cluster, train one job on it with live progress, download the model and stop the cluster.");
         cmd.Arguments.Add(spec);
@@ -56,10 +56,12 @@ public static class ClusterCommand
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var file = r.GetValue(spec)!;
-            var name = JobSpecSerializer.Load(file.FullName).Name;
+            var job = JobSpecSerializer.Load(file.FullName);
             var n = r.GetValue(workers);
-            var target = r.GetValue(output)?.FullName ?? Path.GetFullPath(Path.Combine("runs", name, "model.dtck"));
-            CheckModelTarget(target, r.GetValue(output) is null ? "the default output runs/NAME/model.dtck" : "--output");
+            // Like `dtrain train`: the spec's "output" (relative to the spec file), else runs/NAME, is the run directory.
+            var runDir = r.GetValue(output) is null ? JobSpecPaths.OutputDir(job, file.DirectoryName!) : null;
+            var target = r.GetValue(output)?.FullName ?? Path.Combine(runDir!, Checkpoints.RunDirectory.ModelFile);
+            CheckModelTarget(target, r.GetValue(output) is not null ? "--output" : job.Output is null ? "the default output runs/NAME/model.dtck" : "$.output");
             Console.WriteLine($"starting a local cluster: coordinator + {n} worker(s)...");
             using var cluster = LocalCluster.Start(n, r.GetValue(port), ThreadsFor(n, r.GetValue(threads)), r.GetValue(logs)!, TimeSpan.FromMinutes(2));
             using var channel = Remote.Channel(cluster.Address);
@@ -70,6 +72,10 @@ public static class ClusterCommand
             using var cancel = new CancelOnCtrlC(client, id);
             var status = JobWatcher.Watch(client, id, r.GetValue(plain));
             if (status != CliErrors.Ok) return status;
+            // A new run's model: an earlier run's files in the run directory (local checkpoints, model.dtck) are kept,
+            // moved aside, so that the directory stands for this run's model only.
+            if (runDir is not null && Checkpoints.RunDirectory.MoveEarlierRunAside(runDir, DateTime.UtcNow) is { } earlier)
+                Console.WriteLine($"{runDir} held an earlier run's checkpoints; moved them to {earlier}");
             return JobCommands.DownloadTo(client, id, target);
         }));
         return cmd;

@@ -11,7 +11,7 @@ public static class EvalCommand
 {
     public static Command Create()
     {
-        var checkpoint = new Argument<string>("checkpoint") { Description = "A checkpoint file (.dtck) or a run directory (its newest valid checkpoint is used)." };
+        var checkpoint = new Argument<string>("checkpoint") { Description = "A checkpoint file (.dtck) or a run directory (the model its run wrote last: newest valid checkpoints/ckpt-*.dtck or model.dtck)." };
         var data = new Option<FileInfo?>("--data") { Description = "Evaluate on this file instead of the job's validation split (same format and fields as in training unless overridden)." };
         var format = new Option<string?>("--format") { Description = "Format of --data: text, jsonl or csv (default: the training format)." };
         var textField = new Option<string?>("--text-field") { Description = "Text field/column of --data (default: as in training)." };

@@ -104,9 +104,10 @@ public static class JobCommands
         if (File.Exists(from)) file = from;
         else if (Directory.Exists(from))
         {
-            var dir = Directory.Exists(Path.Combine(from, "checkpoints")) ? Path.Combine(from, "checkpoints") : from;
-            file = new Checkpoints.CheckpointStore(dir, int.MaxValue).LoadLatest()?.Path
-                ?? throw new FileNotFoundException($"--resume: no valid checkpoint in {dir}");
+            var latest = Checkpoints.RunDirectory.LoadLatest(from)
+                ?? throw new FileNotFoundException("--resume: " + Checkpoints.RunDirectory.NothingIn(from));
+            foreach (var s in latest.Skipped) Console.Error.WriteLine($"warning: skipping corrupt checkpoint {s.Path}: {s.Reason}");
+            file = latest.Path;
         }
         if (file is not null)
         {

@@ -12,7 +12,7 @@ public static class TrainCommand
     {
         var spec = new Argument<FileInfo>("spec") { Description = "Job spec (JSON). Relative paths inside it are relative to the spec file." };
         var output = new Option<DirectoryInfo?>("--output", "-o") { Description = "Directory for checkpoints (default: the spec's \"output\", else runs/NAME)." };
-        var resume = new Option<bool>("--resume") { Description = "Continue from the newest valid checkpoint in the output directory." };
+        var resume = new Option<bool>("--resume") { Description = "Continue from the newest valid checkpoint in the output directory. Without it the run starts from scratch, and an earlier run's checkpoints there are first moved to OUTPUT/earlier-<UTC time>/." };
         var maxSteps = new Option<int?>("--max-steps") { Description = "Override training.max_steps." };
         var maxMinutes = new Option<double?>("--max-minutes") { Description = "Override training.max_minutes (wall-clock limit)." };
         var threads = new Option<int?>("--threads") { Description = "Override training.threads (intra-op torch threads; 0 = all cores)." };

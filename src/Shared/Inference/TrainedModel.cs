@@ -16,16 +16,15 @@ public sealed class TrainedModel : IDisposable
     public required TrainingState State { get; init; }
     public required TrainingEngine Engine { get; init; }
 
-    /// <summary>Loads a checkpoint file, or the newest valid checkpoint of a run directory (its checkpoints/ folder).</summary>
+    /// <summary>Loads a checkpoint file, or the model a run directory stands for (<see cref="RunDirectory.LoadLatest"/>: the newest of its checkpoints/ and model.dtck).</summary>
     public static TrainedModel Load(string path, string device = "cpu", Action<string>? warn = null)
     {
         CheckpointData data;
         string file;
         if (Directory.Exists(path))
         {
-            var dir = Directory.Exists(System.IO.Path.Combine(path, "checkpoints")) ? System.IO.Path.Combine(path, "checkpoints") : path;
-            var latest = new CheckpointStore(dir, int.MaxValue).LoadLatest()
-                ?? throw new FileNotFoundException($"no valid checkpoint in {dir}");
+            var latest = RunDirectory.LoadLatest(path)
+                ?? throw new FileNotFoundException(RunDirectory.NothingIn(path));
             foreach (var s in latest.Skipped) warn?.Invoke($"warning: skipping corrupt checkpoint {s.Path}: {s.Reason}");
             (data, file) = (latest.Data, latest.Path);
         }

@@ -10,7 +10,10 @@ public sealed record TrainOptions
 {
     /// <summary>Directory for checkpoints; defaults to the spec's output.</summary>
     public string? OutputDir { get; init; }
-    /// <summary>Continue from the newest valid checkpoint in the output directory, if any.</summary>
+    /// <summary>
+    /// Continue from the newest valid checkpoint in the output directory, if any (<see cref="RunDirectory.LoadLatest"/>).
+    /// Without it an earlier run's checkpoints there are moved aside first (<see cref="RunDirectory.MoveEarlierRunAside"/>).
+    /// </summary>
     public bool Resume { get; init; }
     /// <summary>Refuse a job whose estimated memory exceeds this before allocating anything; null = the memory available now (<see cref="MemoryBudget.Available"/>).</summary>
     public MemoryBudget? MemoryBudget { get; init; }
@@ -42,7 +45,7 @@ public static class Trainer
         LoadResult? resume = null;
         if (options.Resume)
         {
-            resume = store.LoadLatest();
+            resume = RunDirectory.LoadLatest(outputDir);
             foreach (var skipped in resume?.Skipped ?? [])
                 observer.OnMessage($"warning: skipping corrupt checkpoint {skipped.Path}: {skipped.Reason}");
             if (resume is null) observer.OnMessage($"no checkpoint in {store.Directory}; starting from scratch");
@@ -77,6 +80,17 @@ public static class Trainer
             TrainingCheckpoint.Restore(resume.Data, resume.Path, engine, withOptimizer: true);
             state = TrainingCheckpoint.ReadState(resume.Data, resume.Path);
             observer.OnMessage($"resumed from {resume.Path} at step {state.Step}");
+            // Resumed from the run directory's model.dtck, written after its checkpoints/: those are an earlier run's,
+            // and must not be pruned with this run's saves nor outrank them by step.
+            if (Path.GetDirectoryName(Path.GetFullPath(resume.Path)) != store.Directory && store.List().Count > 0
+                && RunDirectory.MoveEarlierRunAside(outputDir, DateTime.UtcNow, checkpointsOnly: true) is { } older)
+                observer.OnMessage($"{store.Directory} held an earlier run's checkpoints (older than {resume.Path}); moved them to {older}");
+        }
+        else if (!options.Resume && RunDirectory.MoveEarlierRunAside(outputDir, DateTime.UtcNow) is { } earlier)
+        {
+            // A fresh run: an earlier run's checkpoints would be taken for this run's (by eval, predict, --resume) and
+            // pruned by its saves; they are kept, out of the way.
+            observer.OnMessage($"{outputDir} held an earlier run's checkpoints; moved them to {earlier} (this run starts from scratch; use --resume to continue a run)");
         }
 
         observer.OnMessage($"allocator: {NativeAllocator.Describe()}");

@@ -241,4 +241,21 @@ public class CliTests
         Assert.Contains("is an existing directory", cluster.Stderr);
         Assert.DoesNotContain("starting a local cluster", cluster.Stdout);
     }
+
+    [Fact]
+    public void Cluster_run_saves_its_model_into_the_specs_output_like_train()
+    {
+        // The spec's "output" is the run directory of `cluster run` too: its model goes to OUTPUT/model.dtck. A
+        // directory in the way there is refused before any cluster starts, naming $.output (and runs/NAME is not used).
+        using var tmp = new TempDir();
+        tmp.Write("t.txt", TestJobs.Text());
+        var spec = WriteSpec(tmp, TestJobs.CharLm("t.txt", steps: 5) with { Output = "elsewhere" });
+        var inTheWay = Path.Combine(tmp.Path, "elsewhere", "model.dtck");
+        Directory.CreateDirectory(inTheWay);
+        Directory.CreateDirectory(Path.Combine(tmp.Path, "runs", "test-lm", "model.dtck"));
+        var r = CliRunner.Run(tmp.Path, "cluster", "run", spec);
+        Assert.True(r.ExitCode == 2, r.ToString());
+        Assert.Contains($"$.output: {inTheWay} is an existing directory", r.Stderr);
+        Assert.DoesNotContain("starting a local cluster", r.Stdout);
+    }
 }
