@@ -258,4 +258,50 @@ public class CliTests
         Assert.Contains($"$.output: {inTheWay} is an existing directory", r.Stderr);
         Assert.DoesNotContain("starting a local cluster", r.Stdout);
     }
+
+    [Fact]
+    public void Predict_file_gives_every_record_a_row_in_order_or_fails_naming_the_line()
+    {
+        // Trained to skip malformed and over-long records: predict must still not drop any of its input.
+        using var tmp = new TempDir();
+        tmp.Write("d.jsonl", TestJobs.ClassificationJsonl());
+        var clf = TestJobs.Classifier("d.jsonl", steps: 5) with { Output = "out" };
+        clf = clf with { Data = clf.Data with { OnError = ErrorPolicies.Skip, Overlength = OverlengthPolicies.Skip, MaxLength = 40 } };
+        var train = CliRunner.Run(tmp.Path, "train", WriteSpec(tmp, clf));
+        Assert.True(train.ExitCode == 0, train.ToString());
+
+        var longText = string.Concat(Enumerable.Repeat("meeting notes ", 5)).Trim();
+        tmp.Write("bad.jsonl", $"{{\"text\": \"win money\"}}\n{{\"text\": broken}}\n{{\"text\": \"{longText}\"}}\n");
+        var bad = CliRunner.Run(tmp.Path, "predict", "out", "--file", "bad.jsonl");
+        Assert.True(bad.ExitCode == 2, bad.ToString());
+        Assert.Contains("bad.jsonl:2", bad.Stderr);
+        Assert.Equal("", bad.Stdout);
+
+        tmp.Write("ok.jsonl", $"{{\"text\": \"win money\"}}\n{{\"text\": \"{longText}\"}}\n");
+        var ok = CliRunner.Run(tmp.Path, "predict", "out", "--file", "ok.jsonl");
+        Assert.True(ok.ExitCode == 0, ok.ToString());
+        Assert.Equal(2, ok.Stdout.TrimEnd('\n').Split('\n').Length);
+        Assert.EndsWith("\twin money", ok.Stdout.Split('\n')[0]);
+        Assert.Contains("1 text(s) longer than the model's data.max_length of 40 characters", ok.Stderr);
+        Assert.Contains("ok.jsonl:2", ok.Stderr);
+        // The long text is classified as the same text given as an argument is (cut to max_length).
+        var single = CliRunner.Run(tmp.Path, "predict", "out", longText);
+        Assert.Equal(single.Stdout.Split('\t')[..3], ok.Stdout.Split('\n')[1].Split('\t')[..3]);
+
+        // Plain lines: an empty line is a text too (as `predict ""`), so rows line up with lines.
+        tmp.Write("lines.txt", "win money\n\nmeeting notes\n");
+        var lines = CliRunner.Run(tmp.Path, "predict", "out", "--file", "lines.txt");
+        Assert.True(lines.ExitCode == 0, lines.ToString());
+        var rows = lines.Stdout.TrimEnd('\n').Split('\n');
+        Assert.Equal(3, rows.Length);
+        Assert.EndsWith("\t", rows[1]);
+        Assert.EndsWith("\tmeeting notes", rows[2]);
+
+        foreach (var top in new[] { "0", "-1" })
+        {
+            var r = CliRunner.Run(tmp.Path, "predict", "out", "win money", "--top", top);
+            Assert.True(r.ExitCode == 2, r.ToString());
+            Assert.Contains($"--top: {top} is out of range; it must be 1 or more", r.Stderr);
+        }
+    }
 }
