@@ -1,4 +1,3 @@
-using System.Globalization;
 using Dtrain.Checkpoints;
 using Dtrain.Data;
 using Dtrain.Distributed;
@@ -61,23 +60,13 @@ public sealed class ResumePoint
     /// <summary>Refuses a spec whose model or optimizer cannot take this checkpoint's state (field paths, both values).</summary>
     public void CheckCompatible(JobSpec spec, string source)
     {
-        var errors = new List<SpecError>();
-        void Same<T>(string path, T mine, T theirs)
-        {
-            if (!EqualityComparer<T>.Default.Equals(mine, theirs))
-                errors.Add(new SpecError(path, $"{Format(mine)} here, {Format(theirs)} in the checkpoint {From} resumes from: a resumed job keeps the checkpoint's model and optimizer"));
-        }
-        Same("$.task", spec.Task, Spec.Task);
-        Same("$.model.cell", spec.Model.Cell, Spec.Model.Cell);
-        Same("$.model.layers", spec.Model.Layers, Spec.Model.Layers);
-        Same("$.model.embedding_dim", spec.Model.EmbeddingDim, Spec.Model.EmbeddingDim);
-        Same("$.model.hidden_size", spec.Model.HiddenSize, Spec.Model.HiddenSize);
-        Same("$.model.bidirectional", spec.Model.Bidirectional, Spec.Model.Bidirectional);
-        Same("$.optimizer.kind", spec.Optimizer.Kind, Spec.Optimizer.Kind);
-        Same("$.optimizer.momentum (zero or not)", spec.Optimizer.Momentum > 0, Spec.Optimizer.Momentum > 0);
+        // From is "job-0003" or "an uploaded checkpoint".
+        var errors = TrainingCheckpoint.ResumeMismatches(spec, Spec)
+            .Select(m => new SpecError(m.Field, $"{m.Spec} here, {m.Checkpoint} in the checkpoint this job resumes from ({From}): a resumed job keeps the checkpoint's model and optimizer"))
+            .ToList();
         if (errors.Count > 0) throw new SpecException(source, errors);
         if (spec.Task == TaskKinds.Classification && Labels.Count < 2)
-            throw new SpecException(source, [new SpecError("$.task", $"the checkpoint {From} resumes from has {Labels.Count} label(s)")]);
+            throw new SpecException(source, [new SpecError("$.task", $"the checkpoint this job resumes from ({From}) has {Labels.Count} label(s); a classifier needs at least 2")]);
     }
 
     /// <summary>
@@ -96,12 +85,4 @@ public sealed class ResumePoint
         var tensors = ParameterTransfer.Capture(engine.Model.named_parameters().Select(p => (p.name, p.parameter)), (OptimizerHelper)engine.Optimizer);
         return (tensors, ParameterChecksums.Sum(engine.Parameters));
     }
-
-    private static string Format<T>(T value) => value switch
-    {
-        string s => $"\"{s}\"",
-        bool b => b ? "true" : "false",
-        IFormattable f => f.ToString(null, CultureInfo.InvariantCulture),
-        _ => value?.ToString() ?? "null",
-    };
 }

@@ -49,6 +49,8 @@ public static class Trainer
             foreach (var skipped in resume?.Skipped ?? [])
                 observer.OnMessage($"warning: skipping corrupt checkpoint {skipped.Path}: {skipped.Reason}");
             if (resume is null) observer.OnMessage($"no checkpoint in {store.Directory}; starting from scratch");
+            // An intact checkpoint of another model (the spec changed since) is refused as such, before any data is read.
+            if (resume is not null) TrainingCheckpoint.ThrowIfSpecChanged(resume.Data, resume.Path, spec, specName);
         }
 
         var threads = TorchThreads.Apply(spec.Training.Threads);

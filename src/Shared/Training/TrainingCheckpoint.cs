@@ -78,6 +78,52 @@ public static class TrainingCheckpoint
     });
 
     /// <summary>
+    /// What a resumed run must take over from the checkpoint it continues, because the weights and optimizer state have
+    /// its shape: the task, the model's cell, layers, widths and direction, the optimizer kind and whether it keeps
+    /// momentum. Each field where <paramref name="spec"/> differs from <paramref name="saved"/> (the checkpoint's spec),
+    /// as its field path and both values (formatted as in a spec: strings quoted).
+    /// </summary>
+    public static IReadOnlyList<(string Field, string Spec, string Checkpoint)> ResumeMismatches(JobSpec spec, JobSpec saved)
+    {
+        var result = new List<(string, string, string)>();
+        void Same<T>(string path, T mine, T theirs)
+        {
+            if (!EqualityComparer<T>.Default.Equals(mine, theirs)) result.Add((path, FormatValue(mine), FormatValue(theirs)));
+        }
+        Same("$.task", spec.Task, saved.Task);
+        Same("$.model.cell", spec.Model.Cell, saved.Model.Cell);
+        Same("$.model.layers", spec.Model.Layers, saved.Model.Layers);
+        Same("$.model.embedding_dim", spec.Model.EmbeddingDim, saved.Model.EmbeddingDim);
+        Same("$.model.hidden_size", spec.Model.HiddenSize, saved.Model.HiddenSize);
+        Same("$.model.bidirectional", spec.Model.Bidirectional, saved.Model.Bidirectional);
+        Same("$.optimizer.kind", spec.Optimizer.Kind, saved.Optimizer.Kind);
+        Same("$.optimizer.momentum (zero or not)", spec.Optimizer.Momentum > 0, saved.Optimizer.Momentum > 0);
+        return result;
+    }
+
+    /// <summary>
+    /// `train --resume`: refuses a spec that no longer matches the checkpoint's model or optimizer (the checkpoint is
+    /// intact; the spec changed), naming each differing field and both values.
+    /// </summary>
+    public static void ThrowIfSpecChanged(CheckpointData data, string source, JobSpec spec, string specName)
+    {
+        var mismatches = ResumeMismatches(spec, ReadSpec(data, source));
+        if (mismatches.Count == 0) return;
+        throw new ArgumentException(
+            $"checkpoint {source} does not match the spec {specName}: " +
+            string.Join("; ", mismatches.Select(m => $"{m.Field} is {m.Spec} in the spec, {m.Checkpoint} in the checkpoint")) +
+            ". --resume continues the checkpoint's model and optimizer: set the spec back, or train without --resume to start a new run (the earlier run's checkpoints are then moved aside)");
+    }
+
+    private static string FormatValue<T>(T value) => value switch
+    {
+        string s => $"\"{s}\"",
+        bool b => b ? "true" : "false",
+        IFormattable f => f.ToString(null, System.Globalization.CultureInfo.InvariantCulture),
+        _ => value?.ToString() ?? "null",
+    };
+
+    /// <summary>
     /// Before a model is built for this checkpoint: the spec, vocabulary and labels it names must describe a model whose
     /// weights fit in its model section, so a damaged spec or tokenizer never makes this process allocate a huge model.
     /// </summary>

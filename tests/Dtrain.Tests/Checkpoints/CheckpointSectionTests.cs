@@ -212,4 +212,24 @@ public class CheckpointSectionTests
             Assert.Equal(4, summary.Steps);
         }
     }
+
+    [Theory]
+    [InlineData(48)]
+    [InlineData(16)]
+    public void Resuming_after_the_specs_model_changed_says_so_and_does_not_call_the_checkpoint_corrupt(int hidden)
+    {
+        using var tmp = new TempDir();
+        var checkpoint = TrainLm(tmp);
+        var spec = TestJobs.CharLm("t.txt", steps: 6) with { Output = "lm" };
+        tmp.Write("changed.json", JobSpecSerializer.Serialize(spec with { Model = spec.Model with { HiddenSize = hidden } }));
+        var r = CliRunner.Run(tmp.Path, "train", "changed.json", "--resume");
+        Assert.True(r.ExitCode == 2, r.ToString());
+        Assert.Contains($"checkpoint {checkpoint} does not match the spec changed.json: $.model.hidden_size is {hidden} in the spec, 32 in the checkpoint", r.Stderr);
+        Assert.DoesNotContain("corrupt", r.Stderr);
+
+        // The coordinator's check of a resumed job names the field the same way, and where the checkpoint came from.
+        var e = Assert.Throws<SpecException>(() => Dtrain.Server.ResumePoint.OfFile("an uploaded checkpoint", checkpoint)
+            .CheckCompatible(spec with { Model = spec.Model with { HiddenSize = hidden } }, "changed.json"));
+        Assert.Contains($"$.model.hidden_size: {hidden} here, 32 in the checkpoint this job resumes from (an uploaded checkpoint)", e.Message);
+    }
 }
