@@ -98,19 +98,18 @@ public static class DataFile
     }
 
     /// <summary>realpath(3): the canonical absolute path of an existing file or directory, or null.</summary>
+    /// <remarks>
+    /// realpath writes into a PATH_MAX buffer this method owns. Never let realpath allocate the result (a null second
+    /// argument): it would malloc through whatever allocator is preloaded (./dtrain preloads tcmalloc), and freeing that
+    /// through a P/Invoke of libc's free binds glibc's own free, not the interposed one; the mismatch crashed the process.
+    /// </remarks>
     public static string? RealPath(string path)
     {
         ArgumentNullException.ThrowIfNull(path);
-        var p = Native.RealPath(path, IntPtr.Zero);
-        if (p == IntPtr.Zero) return null;
-        try
-        {
-            return Marshal.PtrToStringUTF8(p);
-        }
-        finally
-        {
-            Native.Free(p);
-        }
+        var buffer = new byte[Native.PathMax];
+        if (Native.RealPath(path, buffer) == IntPtr.Zero) return null;
+        var length = Array.IndexOf(buffer, (byte)0);
+        return System.Text.Encoding.UTF8.GetString(buffer, 0, length < 0 ? buffer.Length : length);
     }
 
     /// <summary>Whether <paramref name="physical"/> is <paramref name="root"/> or inside it (both canonical, absolute).</summary>
@@ -182,9 +181,14 @@ public static class DataFile
 
         public static int Open(string path, int flags) => open(path, flags);
 
-        public static IntPtr RealPath(string path, IntPtr resolved) => realpath(path, resolved);
+        /// <summary>PATH_MAX on Linux: the size of the buffer realpath(3) writes into, terminating NUL included.</summary>
+        public const int PathMax = 4096;
 
-        public static void Free(IntPtr p) => free(p);
+        public static IntPtr RealPath(string path, byte[] resolved)
+        {
+            if (resolved.Length < PathMax) throw new ArgumentException($"realpath needs a buffer of {PathMax} bytes", nameof(resolved));
+            return realpath(path, resolved);
+        }
 
         [DllImport("libc", SetLastError = true)]
         private static extern int statx(int dirfd, [MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags, uint mask, out StatxBuffer buffer);
@@ -193,10 +197,7 @@ public static class DataFile
         private static extern int open([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags);
 
         [DllImport("libc", SetLastError = true)]
-        private static extern IntPtr realpath([MarshalAs(UnmanagedType.LPUTF8Str)] string path, IntPtr resolved);
-
-        [DllImport("libc")]
-        private static extern void free(IntPtr p);
+        private static extern IntPtr realpath([MarshalAs(UnmanagedType.LPUTF8Str)] string path, [Out] byte[] resolved);
     }
 }
 

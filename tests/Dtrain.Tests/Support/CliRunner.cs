@@ -35,4 +35,55 @@ public static class CliRunner
         }
         return new Result(p.ExitCode, stdout.Result, stderr.Result);
     }
+
+    /// <summary>
+    /// Starts a long-running command (serve, worker, cluster up) and waits until a line of its standard output satisfies
+    /// <paramref name="ready"/>, it exits, or <paramref name="timeout"/> passes; then stops it (its whole process tree).
+    /// Ready is false when it exited or timed out first; the output so far (and the exit code, -1 when it was stopped) is returned.
+    /// </summary>
+    public static (bool Ready, Result Output) RunUntil(string workDir, TimeSpan timeout, IReadOnlyDictionary<string, string?>? environment, Func<string, bool> ready, params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { WorkingDirectory = workDir, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add("exec");
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "dtrain.dll"));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        psi.Environment["DTRAIN_THREADS"] = "1";
+        foreach (var (k, v) in environment ?? new Dictionary<string, string?>())
+            if (v is null) psi.Environment.Remove(k);
+            else psi.Environment[k] = v;
+        var stdout = new System.Text.StringBuilder();
+        var stderr = new System.Text.StringBuilder();
+        var seen = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var p = new Process { StartInfo = psi };
+        p.OutputDataReceived += (_, e) =>
+        {
+            if (e.Data is null) return;
+            lock (stdout) stdout.AppendLine(e.Data);
+            if (ready(e.Data)) seen.TrySetResult();
+        };
+        p.ErrorDataReceived += (_, e) =>
+        {
+            if (e.Data is null) return;
+            lock (stderr) stderr.AppendLine(e.Data);
+        };
+        p.Start();
+        p.BeginOutputReadLine();
+        p.BeginErrorReadLine();
+        var exited = p.WaitForExitAsync();
+        Task.WaitAny([seen.Task, exited], timeout);
+        var isReady = seen.Task.IsCompleted;
+        var exitCode = -1;
+        if (!p.HasExited)
+        {
+            p.Kill(entireProcessTree: true);
+            p.WaitForExit();
+        }
+        else
+        {
+            p.WaitForExit(); // drains the redirected streams
+            exitCode = p.ExitCode;
+        }
+        string Text(System.Text.StringBuilder b) { lock (b) return b.ToString(); }
+        return (isReady, new Result(exitCode, Text(stdout), Text(stderr)));
+    }
 }
