@@ -15,23 +15,29 @@ public static class ClusterCommand
         return cmd;
     }
 
-    static (Option<int> Workers, Option<int> Port, Option<int?> Threads, Option<string> Logs) CommonOptions() => (
-        new Option<int>("--workers", "-w") { Description = "Number of workers.", DefaultValueFactory = _ => 2 },
-        new Option<int>("--port", "-p") { Description = "Coordinator port (0 = any free port).", DefaultValueFactory = _ => 0 },
-        new Option<int?>("--threads") { Description = "Torch threads per worker (default: cores / workers, at least 1)." },
+    static (Option<int> Workers, Option<int> Port, Option<int?> Threads, Option<string> Logs) CommonOptions(int defaultPort) => (
+        new Option<int>("--workers", "-w") { Description = $"Number of workers, {LocalCluster.MinWorkers} to {LocalCluster.MaxWorkers}.", DefaultValueFactory = _ => 2 },
+        new Option<int>("--port", "-p") { Description = "Coordinator port (0 = any free port).", DefaultValueFactory = _ => defaultPort },
+        new Option<int?>("--threads") { Description = $"Torch threads per worker, {LocalCluster.MinThreads} to {LocalCluster.MaxThreads} (default: cores / workers, at least 1)." },
         new Option<string>("--logs") { Description = "Directory for the processes' logs and the coordinator's data.", DefaultValueFactory = _ => ".dtrain/cluster" });
 
-    static int ThreadsFor(int workers, int? threads) => threads ?? Math.Max(1, Environment.ProcessorCount / workers);
+    /// <summary>The threads per worker, after <see cref="LocalCluster.CheckOptions"/> has refused a bad --workers, --threads or --port (exit 2, before anything starts).</summary>
+    static int Checked(int workers, int port, int? threads)
+    {
+        LocalCluster.CheckOptions(workers, port, threads);
+        return threads ?? Math.Max(1, Environment.ProcessorCount / workers);
+    }
 
     static Command Up()
     {
-        var (workers, port, threads, logs) = CommonOptions();
+        var (workers, port, threads, logs) = CommonOptions(0);
         var cmd = new Command("up", "Start a coordinator and workers and keep them running until Ctrl-C; submit jobs from another terminal with --coordinator.");
         foreach (var o in new Option[] { workers, port, threads, logs }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var n = r.GetValue(workers);
-            using var cluster = LocalCluster.Start(n, r.GetValue(port) is 0 ? 5000 : r.GetValue(port), ThreadsFor(n, r.GetValue(threads)), r.GetValue(logs)!, TimeSpan.FromMinutes(2));
+            var perWorker = Checked(n, r.GetValue(port), r.GetValue(threads));
+            using var cluster = LocalCluster.Start(n, r.GetValue(port) is 0 ? 5000 : r.GetValue(port), perWorker, r.GetValue(logs)!, TimeSpan.FromMinutes(2));
             Console.WriteLine($"cluster up: coordinator {cluster.Address}, {n} worker(s), logs in {cluster.LogDir}");
             if (cluster.DashboardUrl is { } web) Console.WriteLine($"  dashboard: {web}");
             Console.WriteLine($"  export DTRAIN_COORDINATOR={cluster.Address}; ./dtrain submit examples/quickstart.json --watch");
@@ -46,7 +52,7 @@ public static class ClusterCommand
 
     static Command Run()
     {
-        var (workers, port, threads, logs) = CommonOptions();
+        var (workers, port, threads, logs) = CommonOptions(0);
         var spec = new Argument<FileInfo>("spec") { Description = "Job spec to train." };
         var output = new Option<FileInfo?>("--output", "-o") { Description = "Where to save the final model (default: OUTPUT/model.dtck, OUTPUT being the spec's \"output\", else runs/NAME)." };
         var plain = new Option<bool>("--plain") { Description = "Log lines instead of a progress bar." };
@@ -56,14 +62,15 @@ public static class ClusterCommand
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var file = r.GetValue(spec)!;
-            var job = JobSpecSerializer.Load(file.FullName);
             var n = r.GetValue(workers);
+            var perWorker = Checked(n, r.GetValue(port), r.GetValue(threads));
+            var job = JobSpecSerializer.Load(file.FullName);
             // Like `dtrain train`: the spec's "output" (relative to the spec file), else runs/NAME, is the run directory.
             var runDir = r.GetValue(output) is null ? JobSpecPaths.OutputDir(job, file.DirectoryName!) : null;
             var target = r.GetValue(output)?.FullName ?? Path.Combine(runDir!, Checkpoints.RunDirectory.ModelFile);
             CheckModelTarget(target, r.GetValue(output) is not null ? "--output" : job.Output is null ? "the default output runs/NAME/model.dtck" : "$.output");
             Console.WriteLine($"starting a local cluster: coordinator + {n} worker(s)...");
-            using var cluster = LocalCluster.Start(n, r.GetValue(port), ThreadsFor(n, r.GetValue(threads)), r.GetValue(logs)!, TimeSpan.FromMinutes(2));
+            using var cluster = LocalCluster.Start(n, r.GetValue(port), perWorker, r.GetValue(logs)!, TimeSpan.FromMinutes(2));
             using var channel = Remote.Channel(cluster.Address);
             var client = new Jobs.JobsClient(channel);
             var id = client.Submit(JobCommands.BuildSubmit(client, file, r.GetValue(workers))).JobId;

@@ -16,6 +16,8 @@ public sealed class LocalCluster : IDisposable
     private int workerCount;
     private string[] coordinatorArgs = [];
 
+    public const int MinWorkers = 1, MaxWorkers = 64, MinThreads = 1, MaxThreads = 1024;
+
     public string Address { get; }
     public string LogDir { get; }
 
@@ -30,10 +32,21 @@ public sealed class LocalCluster : IDisposable
         LogDir = logDir;
     }
 
+    /// <summary>
+    /// Refuses (<see cref="ArgumentException"/> naming the option and its range) a worker count, thread count or port
+    /// the cluster cannot start with, before any process starts.
+    /// </summary>
+    public static void CheckOptions(int workers, int port, int? threadsPerWorker)
+    {
+        if (workers is < MinWorkers or > MaxWorkers) throw new ArgumentException($"--workers {workers} must be a number of workers from {MinWorkers} to {MaxWorkers}");
+        if (threadsPerWorker is < MinThreads or > MaxThreads) throw new ArgumentException($"--threads {threadsPerWorker} must be a number of torch threads per worker from {MinThreads} to {MaxThreads}");
+        if (port is < 0 or > IPEndPoint.MaxPort) throw new ArgumentException($"--port {port} must be a TCP port from 1 to {IPEndPoint.MaxPort}, or 0 for any free port");
+    }
+
     /// <summary>Starts the processes and waits until every worker is registered and idle.</summary>
     public static LocalCluster Start(int workers, int port, int threadsPerWorker, string logDir, TimeSpan timeout, IDictionary<string, string>? environment = null)
     {
-        if (workers is < 1 or > 64) throw new ArgumentException($"--workers {workers} must be in [1, 64]");
+        CheckOptions(workers, port, threadsPerWorker);
         if (port == 0) port = FreePort();
         Directory.CreateDirectory(logDir);
         var cluster = new LocalCluster($"http://127.0.0.1:{port}", Path.GetFullPath(logDir)) { environment = environment, threads = threadsPerWorker };
