@@ -17,7 +17,7 @@ public static class ClusterCommand
 
     static (Option<int> Workers, Option<int> Port, Option<int?> Threads, Option<string> Logs) CommonOptions(int defaultPort) => (
         new Option<int>("--workers", "-w") { Description = $"Number of workers, {LocalCluster.MinWorkers} to {LocalCluster.MaxWorkers}.", DefaultValueFactory = _ => 2 },
-        new Option<int>("--port", "-p") { Description = "Coordinator port (0 = any free port).", DefaultValueFactory = _ => defaultPort },
+        new Option<int>("--port", "-p") { Description = "Coordinator port (0 = any free port); a port something already listens on is refused.", DefaultValueFactory = _ => defaultPort },
         new Option<int?>("--threads") { Description = $"Torch threads per worker, {LocalCluster.MinThreads} to {LocalCluster.MaxThreads} (default: cores / workers, at least 1)." },
         new Option<string>("--logs") { Description = "Directory for the processes' logs and the coordinator's data.", DefaultValueFactory = _ => ".dtrain/cluster" });
 
@@ -30,14 +30,14 @@ public static class ClusterCommand
 
     static Command Up()
     {
-        var (workers, port, threads, logs) = CommonOptions(0);
+        var (workers, port, threads, logs) = CommonOptions(5000);
         var cmd = new Command("up", "Start a coordinator and workers and keep them running until Ctrl-C; submit jobs from another terminal with --coordinator.");
         foreach (var o in new Option[] { workers, port, threads, logs }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var n = r.GetValue(workers);
             var perWorker = Checked(n, r.GetValue(port), r.GetValue(threads));
-            using var cluster = LocalCluster.Start(n, r.GetValue(port) is 0 ? 5000 : r.GetValue(port), perWorker, r.GetValue(logs)!, TimeSpan.FromMinutes(2));
+            using var cluster = LocalCluster.Start(n, r.GetValue(port), perWorker, r.GetValue(logs)!, TimeSpan.FromMinutes(2));
             Console.WriteLine($"cluster up: coordinator {cluster.Address}, {n} worker(s), logs in {cluster.LogDir}");
             if (cluster.DashboardUrl is { } web) Console.WriteLine($"  dashboard: {web}");
             Console.WriteLine($"  export DTRAIN_COORDINATOR={cluster.Address}; ./dtrain submit examples/quickstart.json --watch");

@@ -15,6 +15,8 @@ public sealed class LocalCluster : IDisposable
     private int threads = 1;
     private int workerCount;
     private string[] coordinatorArgs = [];
+    private bool portChosen;
+    private volatile bool coordinatorListening;
 
     public const int MinWorkers = 1, MaxWorkers = 64, MinThreads = 1, MaxThreads = 1024;
 
@@ -26,6 +28,9 @@ public sealed class LocalCluster : IDisposable
 
     private const string DashboardLine = "dashboard and /metrics on ";
 
+    /// <summary>What `dtrain serve` prints once it listens (on <see cref="Address"/>): the sign that the coordinator at the address is this cluster's own.</summary>
+    private const string ListeningLine = "coordinator listening on ";
+
     private LocalCluster(string address, string logDir)
     {
         Address = address;
@@ -34,22 +39,28 @@ public sealed class LocalCluster : IDisposable
 
     /// <summary>
     /// Refuses (<see cref="ArgumentException"/> naming the option and its range) a worker count, thread count or port
-    /// the cluster cannot start with, before any process starts.
+    /// the cluster cannot start with, and a port something already listens on, before any process starts.
     /// </summary>
     public static void CheckOptions(int workers, int port, int? threadsPerWorker)
     {
         if (workers is < MinWorkers or > MaxWorkers) throw new ArgumentException($"--workers {workers} must be a number of workers from {MinWorkers} to {MaxWorkers}");
         if (threadsPerWorker is < MinThreads or > MaxThreads) throw new ArgumentException($"--threads {threadsPerWorker} must be a number of torch threads per worker from {MinThreads} to {MaxThreads}");
         if (port is < 0 or > IPEndPoint.MaxPort) throw new ArgumentException($"--port {port} must be a TCP port from 1 to {IPEndPoint.MaxPort}, or 0 for any free port");
+        if (port != 0 && !IsFree(port))
+            throw new ArgumentException($"--port {port}: something already listens on 127.0.0.1:{port} (another coordinator or cluster?); stop it, choose another port, or give --port 0 for any free port");
     }
 
-    /// <summary>Starts the processes and waits until every worker is registered and idle.</summary>
+    /// <summary>
+    /// Starts the processes and waits until this cluster's own coordinator listens and every worker is registered
+    /// with it and idle. <paramref name="port"/> 0 = any free port; a port something already listens on is refused.
+    /// </summary>
     public static LocalCluster Start(int workers, int port, int threadsPerWorker, string logDir, TimeSpan timeout, IDictionary<string, string>? environment = null)
     {
         CheckOptions(workers, port, threadsPerWorker);
-        if (port == 0) port = FreePort();
+        var chosen = port == 0;
+        if (chosen) port = FreePort();
         Directory.CreateDirectory(logDir);
-        var cluster = new LocalCluster($"http://127.0.0.1:{port}", Path.GetFullPath(logDir)) { environment = environment, threads = threadsPerWorker };
+        var cluster = new LocalCluster($"http://127.0.0.1:{port}", Path.GetFullPath(logDir)) { environment = environment, threads = threadsPerWorker, portChosen = chosen };
         try
         {
             cluster.coordinatorArgs = ["serve", "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--data-dir", Path.Combine(logDir, "coordinator"), "--http-port", "0"];
@@ -87,6 +98,7 @@ public sealed class LocalCluster : IDisposable
             if (e.Data is null) return;
             lock (log) log.WriteLine(e.Data);
             if (name == "coordinator" && e.Data.StartsWith(DashboardLine, StringComparison.Ordinal)) DashboardUrl = e.Data[DashboardLine.Length..].Trim() + "/";
+            if (name == "coordinator" && e.Data.StartsWith(ListeningLine + Address, StringComparison.Ordinal)) coordinatorListening = true;
         };
         p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
         p.BeginOutputReadLine();
@@ -109,12 +121,20 @@ public sealed class LocalCluster : IDisposable
         var clock = Stopwatch.StartNew();
         while (true)
         {
-            foreach (var p in processes.Where(p => p.HasExited))
-                throw new InvalidOperationException($"a cluster process exited with status {p.ExitCode} during start-up; see the logs in {LogDir}");
+            CheckCoordinatorAlive("during start-up");
+            for (var i = 1; i < processes.Count; i++)
+                if (processes[i].HasExited)
+                    throw new InvalidOperationException($"worker-{i} exited with status {processes[i].ExitCode} during start-up; see {Path.Combine(LogDir, $"worker-{i}.log")}");
             try
             {
-                var idle = client.ListWorkers(new ListWorkersRequest(), deadline: DateTime.UtcNow.AddSeconds(5)).Workers.Count(w => w.State == WorkerState.Idle);
-                if (idle >= count) return;
+                // Only the coordinator this cluster started counts: until it has said it listens on the address,
+                // whatever answers there is someone else's.
+                var idle = coordinatorListening ? client.ListWorkers(new ListWorkersRequest(), deadline: DateTime.UtcNow.AddSeconds(5)).Workers.Count(w => w.State == WorkerState.Idle) : 0;
+                if (idle >= count)
+                {
+                    CheckCoordinatorAlive("during start-up");
+                    return;
+                }
             }
             catch (RpcException)
             {
@@ -140,16 +160,17 @@ public sealed class LocalCluster : IDisposable
     {
         if (!processes[0].HasExited) throw new InvalidOperationException("the coordinator is still running: kill it first");
         processes[0].Dispose();
+        coordinatorListening = false;
         processes[0] = Spawn("coordinator", environment, coordinatorArgs);
         using var channel = Remote.Channel(Address);
         var client = new Jobs.JobsClient(channel);
         var clock = Stopwatch.StartNew();
         while (true)
         {
-            if (processes[0].HasExited) throw new InvalidOperationException($"the restarted coordinator exited with status {processes[0].ExitCode}; see {Path.Combine(LogDir, "coordinator.log")}");
+            CheckCoordinatorAlive("after its restart");
             try
             {
-                if (client.ListWorkers(new ListWorkersRequest(), deadline: DateTime.UtcNow.AddSeconds(5)).Workers.Count >= processes.Count(p => !p.HasExited) - 1) return;
+                if (coordinatorListening && client.ListWorkers(new ListWorkersRequest(), deadline: DateTime.UtcNow.AddSeconds(5)).Workers.Count >= processes.Count(p => !p.HasExited) - 1) return;
             }
             catch (RpcException)
             {
@@ -169,6 +190,45 @@ public sealed class LocalCluster : IDisposable
     /// <summary>Exit status of worker <paramref name="index"/> (0-based) once it exits within <paramref name="timeout"/>; null if it is still running.</summary>
     public int? WaitForWorkerExit(int index, TimeSpan timeout) =>
         processes[index + 1].WaitForExit(timeout) ? processes[index + 1].ExitCode : null;
+
+    /// <summary>
+    /// Throws when this cluster's coordinator process has exited: when it could not listen because something else
+    /// already does (an <see cref="ArgumentException"/> naming the port), else naming its exit status and log.
+    /// </summary>
+    private void CheckCoordinatorAlive(string when)
+    {
+        if (!processes[0].HasExited) return;
+        var log = Path.Combine(LogDir, "coordinator.log");
+        processes[0].WaitForExit(); // flushes the redirected output into the log
+        string text;
+        try { text = File.ReadAllText(log); }
+        catch (IOException) { text = ""; }
+        var port = new Uri(Address).Port;
+        if (text.Contains("address already in use", StringComparison.OrdinalIgnoreCase))
+            throw new ArgumentException(portChosen
+                ? $"the free port {port} chosen for the coordinator was taken by another process before the coordinator could listen on it; run again (see {log})"
+                : $"--port {port}: something already listens on 127.0.0.1:{port}, so the coordinator could not; stop it, choose another port, or give --port 0 for any free port (see {log})");
+        throw new InvalidOperationException($"the coordinator exited with status {processes[0].ExitCode} {when}; see {log}");
+    }
+
+    /// <summary>Whether nothing listens on 127.0.0.1:<paramref name="port"/> (a listener can be opened there now).</summary>
+    private static bool IsFree(int port)
+    {
+        try
+        {
+            using var l = new TcpListener(IPAddress.Loopback, port);
+            l.Start();
+            return true;
+        }
+        catch (SocketException e) when (e.SocketErrorCode == SocketError.AddressAlreadyInUse)
+        {
+            return false;
+        }
+        catch (SocketException e)
+        {
+            throw new ArgumentException($"--port {port}: cannot listen on 127.0.0.1:{port}: {e.Message}");
+        }
+    }
 
     private static int FreePort()
     {

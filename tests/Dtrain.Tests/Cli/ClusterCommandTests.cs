@@ -1,5 +1,11 @@
+using System.Text.RegularExpressions;
+using Dtrain.Cli;
+using Dtrain.Protos.Jobs;
+using Dtrain.Server;
 using Dtrain.Specs;
+using Dtrain.Tests.Cluster;
 using Dtrain.Tests.Support;
+using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Tests.Cli;
 
@@ -35,5 +41,68 @@ public sealed class ClusterCommandTests
             Assert.DoesNotContain("cluster up:", r.Stdout);
         }
         Assert.False(Directory.Exists(Path.Combine(tmp.Path, "logs")), "a process was started");
+    }
+
+    [Fact]
+    public async Task Run_and_up_refuse_a_port_another_coordinator_listens_on_instead_of_using_it()
+    {
+        using var tmp = new TempDir();
+        var spec = TinySpec(tmp);
+        // Someone else's coordinator with idle workers: before, `cluster run` trained on it (exit 0) and `cluster up`
+        // reported it as its own while its own coordinator had died with "address already in use".
+        await using var other = await InProcessCluster.StartAsync(2, new CoordinatorOptions { Auth = "off" });
+        var port = new Uri(other.Address).Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        var expected = $"error: --port {port}: something already listens on 127.0.0.1:{port}";
+
+        var run = CliRunner.Run(tmp.Path, TimeSpan.FromMinutes(2), "cluster", "run", spec, "--workers", "2", "--threads", "1", "--port", port, "--logs", Path.Combine(tmp.Path, "run"));
+        Assert.True(run.ExitCode == 2, run.ToString());
+        Assert.Contains(expected, run.Stderr);
+        Assert.DoesNotContain("starting", run.Stdout);
+
+        var (upReady, up) = CliRunner.RunUntil(tmp.Path, TimeSpan.FromMinutes(1), null, line => line.StartsWith("cluster up:", StringComparison.Ordinal),
+            "cluster", "up", "--workers", "1", "--threads", "1", "--port", port, "--logs", Path.Combine(tmp.Path, "up"));
+        Assert.False(upReady, up.ToString());
+        Assert.True(up.ExitCode == 2, up.ToString());
+        Assert.Contains(expected, up.Stderr);
+
+        Assert.Empty(other.Client.List(new ListJobsRequest()).Jobs);
+    }
+
+    [Fact]
+    public void Up_with_port_0_listens_on_a_free_port_of_its_own()
+    {
+        using var tmp = new TempDir();
+        var logs = Path.Combine(tmp.Path, "logs");
+        // `cluster up --port 0` used to mean port 5000; any free port comes from the ephemeral range, never 5000.
+        var (ready, up) = CliRunner.RunUntil(tmp.Path, TimeSpan.FromMinutes(2), null, line => line.StartsWith("cluster up:", StringComparison.Ordinal),
+            "cluster", "up", "--workers", "1", "--threads", "1", "--port", "0", "--logs", logs);
+        Assert.True(ready, up.ToString());
+        var address = Regex.Match(up.Stdout, @"cluster up: coordinator (http://127\.0\.0\.1:(\d+)),").Groups;
+        Assert.True(address[1].Success, up.ToString());
+        Assert.NotEqual("5000", address[2].Value);
+        Assert.Contains($"coordinator listening on {address[1].Value}", File.ReadAllText(Path.Combine(logs, "coordinator.log")));
+    }
+
+    [Fact]
+    public async Task A_restarted_coordinator_that_cannot_listen_is_reported_not_replaced_by_the_one_that_does()
+    {
+        using var tmp = new TempDir();
+        using var cluster = LocalCluster.Start(1, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2));
+        var port = new Uri(cluster.Address).Port;
+        cluster.KillCoordinator();
+        // Another coordinator takes the port before this cluster's own comes back: its workers would find that one.
+        var other = CoordinatorHost.Build(new CoordinatorOptions { Port = port, Auth = "off", HttpPort = -1, DataDir = Path.Combine(tmp.Path, "other") }, l => l.SetMinimumLevel(LogLevel.Warning));
+        await other.StartAsync();
+        try
+        {
+            var e = Assert.Throws<ArgumentException>(() => cluster.RestartCoordinator(TimeSpan.FromMinutes(1)));
+            Assert.Contains($"port {port}", e.Message);
+            Assert.Contains("could listen on it", e.Message);
+        }
+        finally
+        {
+            await other.StopAsync();
+            await other.DisposeAsync();
+        }
     }
 }
