@@ -44,7 +44,7 @@ public static partial class CertsCommand
         foreach (var o in new Option[] { hosts, days, caDays, ifAbsent }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
-            var root = Path.GetFullPath(r.GetValue(dir)!);
+            var root = CliPaths.DirectoryToUse(r.GetValue(dir)!, "certs init DIR", "the directory to create the CA and certificates in");
             var validity = CheckDays(r.GetValue(days), "--days");
             var caValidity = CheckDays(r.GetValue(caDays), "--ca-days");
             var extra = r.GetValue(hosts) ?? [];

@@ -37,7 +37,8 @@ public static class ClusterCommand
         {
             var n = r.GetValue(workers);
             var perWorker = Checked(n, r.GetValue(port), r.GetValue(threads));
-            using var cluster = LocalCluster.Start(n, r.GetValue(port), perWorker, r.GetValue(logs)!, TimeSpan.FromMinutes(2));
+            var logDir = LogDir(r.GetValue(logs)!);
+            using var cluster = LocalCluster.Start(n, r.GetValue(port), perWorker, logDir, TimeSpan.FromMinutes(2));
             Console.WriteLine($"cluster up: coordinator {cluster.Address}, {n} worker(s), logs in {cluster.LogDir}");
             if (cluster.DashboardUrl is { } web) Console.WriteLine($"  dashboard: {web}");
             Console.WriteLine($"  export DTRAIN_COORDINATOR={cluster.Address}; ./dtrain submit examples/quickstart.json --watch");
@@ -64,13 +65,14 @@ public static class ClusterCommand
             var file = r.GetValue(spec)!;
             var n = r.GetValue(workers);
             var perWorker = Checked(n, r.GetValue(port), r.GetValue(threads));
+            var logDir = LogDir(r.GetValue(logs)!);
             var job = JobSpecSerializer.Load(file.FullName);
             // Like `dtrain train`: the spec's "output" (relative to the spec file), else runs/NAME, is the run directory.
             var runDir = r.GetValue(output) is null ? JobSpecPaths.OutputDir(job, file.DirectoryName!) : null;
             var target = r.GetValue(output)?.FullName ?? Path.Combine(runDir!, Checkpoints.RunDirectory.ModelFile);
             CheckModelTarget(target, r.GetValue(output) is not null ? "--output" : job.Output is null ? "the default output runs/NAME/model.dtck" : "$.output");
             Console.WriteLine($"starting a local cluster: coordinator + {n} worker(s)...");
-            using var cluster = LocalCluster.Start(n, r.GetValue(port), perWorker, r.GetValue(logs)!, TimeSpan.FromMinutes(2));
+            using var cluster = LocalCluster.Start(n, r.GetValue(port), perWorker, logDir, TimeSpan.FromMinutes(2));
             using var channel = Remote.Channel(cluster.Address);
             var client = new Jobs.JobsClient(channel);
             var id = client.Submit(JobCommands.BuildSubmit(client, file, r.GetValue(workers))).JobId;
@@ -89,12 +91,10 @@ public static class ClusterCommand
     }
 
     /// <summary>Refuses, before any training, a model file that could not be written at the end: a directory, or under a file.</summary>
-    static void CheckModelTarget(string target, string setting)
-    {
-        if (Directory.Exists(target)) throw new ArgumentException($"{setting}: {target} is an existing directory; give the file to save the model to, e.g. {Path.Combine(target, "model.dtck")}");
-        for (var dir = Path.GetDirectoryName(target); !string.IsNullOrEmpty(dir) && !Directory.Exists(dir); dir = Path.GetDirectoryName(dir))
-            if (File.Exists(dir)) throw new ArgumentException($"{setting}: cannot write {target}: {dir} is an existing file");
-    }
+    static void CheckModelTarget(string target, string setting) => CliPaths.FileToWrite(target, setting, "model.dtck");
+
+    /// <summary>Refuses, before anything starts, a --logs that is a file (or under one).</summary>
+    static string LogDir(string logs) => CliPaths.DirectoryToUse(logs, "--logs", "the directory for the processes' logs and the coordinator's data");
 
     /// <summary>Ctrl-C cancels the job (the watcher then sees it end) instead of killing the CLI mid-stream.</summary>
     sealed class CancelOnCtrlC : IDisposable

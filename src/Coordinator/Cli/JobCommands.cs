@@ -240,7 +240,7 @@ public static class JobCommands
         cmd.SetAction(r => Remote.Guard(r, client =>
         {
             var job = r.GetValue(id)!;
-            var target = r.GetValue(output)?.FullName ?? Path.GetFullPath($"{job}.dtck");
+            var target = CliPaths.FileToWrite(r.GetValue(output)?.FullName ?? $"{job}.dtck", r.GetValue(output) is null ? $"the default output {job}.dtck" : "--output", $"{job}.dtck");
             return DownloadTo(client, job, target);
         }));
         return cmd;

@@ -22,11 +22,11 @@ public static class MetricsCommand
         cmd.Options.Add(output);
         cmd.SetAction(r => Remote.Guard(r, client =>
         {
+            var target = r.GetValue(output) is { } file ? CliPaths.FileToWrite(file.FullName, "--output", $"{r.GetValue(id)}.{r.GetValue(format)}") : null;
             var history = client.History(new GetJobRequest { JobId = r.GetValue(id)! });
             var rows = MetricsTable.Rows(history.Events);
-            var target = r.GetValue(output);
-            if (target is not null) Directory.CreateDirectory(target.DirectoryName!);
-            using (var stream = target is null ? Console.OpenStandardOutput() : File.Create(target.FullName))
+            if (target is not null) Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+            using (var stream = target is null ? Console.OpenStandardOutput() : File.Create(target))
             {
                 if (r.GetValue(format) == "jsonl") MetricsTable.WriteJsonLines(rows, stream);
                 else
@@ -35,7 +35,7 @@ public static class MetricsCommand
                     MetricsTable.WriteCsv(rows, text);
                 }
             }
-            if (target is not null) Console.Error.WriteLine($"{target.FullName}: {rows.Count} rows of job {history.Job.JobId} ({JobCommands.StateName(history.Job.State)})");
+            if (target is not null) Console.Error.WriteLine($"{target}: {rows.Count} rows of job {history.Job.JobId} ({JobCommands.StateName(history.Job.State)})");
             return CliErrors.Ok;
         }));
         return cmd;

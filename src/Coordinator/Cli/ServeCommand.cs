@@ -30,7 +30,7 @@ public static class ServeCommand
                 Port = r.GetValue(port) ?? options.Port,
                 Listen = r.GetValue(listen) ?? options.Listen,
                 HttpPort = r.GetValue(httpPort) ?? options.HttpPort ?? DefaultHttpPort(r.GetValue(listen) ?? options.Listen),
-                DataDir = r.GetValue(dataDir) ?? options.DataDir,
+                DataDir = r.GetValue(dataDir) is { } dir && CliPaths.DirectoryToUse(dir, "--data-dir", "the directory for job data and checkpoints") is not null ? dir : options.DataDir,
                 DataRoots = r.GetValue(dataRoots) is { Length: > 0 } roots ? [.. roots.Select(Path.GetFullPath)] : options.DataRoots,
                 Tls = (options.Tls ?? new TlsSettings()).Over(CliTls.CommandLine(r) with { CaKey = r.GetValue(caKey), Insecure = r.GetValue(insecure) }),
                 JoinTokenFile = r.GetValue(joinTokens) ?? options.JoinTokenFile,

@@ -30,7 +30,9 @@ public static class TokensCommand
         Description = "The coordinator's data directory (default: as `dtrain serve`: DTRAIN_Coordinator__DataDir or appsettings.json, else .dtrain/coordinator).",
     };
 
-    static string DataDir(ParseResult r, Option<string?> option) => Path.GetFullPath(r.GetValue(option) ?? CoordinatorHost.ReadOptions([]).DataDir);
+    static string DataDir(ParseResult r, Option<string?> option) => r.GetValue(option) is { } dir
+        ? CliPaths.DirectoryToUse(dir, "--data-dir", "the coordinator's data directory")
+        : CliPaths.DirectoryToUse(CoordinatorHost.ReadOptions([]).DataDir, "Coordinator:DataDir", "the coordinator's data directory");
 
     static AuditLog Audit(string dataDir) => new(dataDir, NullLogger.Instance, TimeProvider.System);
 
@@ -48,12 +50,13 @@ public static class TokensCommand
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var dir = DataDir(r, dataDir);
+            // Before the token is created: a token stored but not written anywhere is a token nobody has.
+            var tokenFile = r.GetValue(output) is { Length: > 0 } o ? CliPaths.FileToWrite(o, "--output", "token") : null;
             Roles.TryParse(r.GetValue(role), out var parsed);
             var (entry, secret) = TokenStore.Create(dir, r.GetValue(name)!, parsed, DateTimeOffset.UtcNow);
             Audit(dir).Write("token.create", null, "local", ("id", entry.Id), ("name", entry.Name), ("role", entry.Role), By());
-            if (r.GetValue(output) is { Length: > 0 } file)
+            if (tokenFile is { } file)
             {
-                file = Path.GetFullPath(file);
                 SecureFiles.WriteAtomically(file, System.Text.Encoding.ASCII.GetBytes(secret + "\n"));
                 Console.Error.WriteLine($"created token {entry.Id} \"{entry.Name}\" ({entry.Role}) in {TokenStore.PathIn(dir)}; written to {file} (mode 0600): use --token-file {file} or DTRAIN_TOKEN_FILE");
             }

@@ -133,6 +133,8 @@ public sealed record CoordinatorOptions
         if (ChecksumInterval < 1) e.Add($"Coordinator:ChecksumInterval {ChecksumInterval} must be >= 1");
         if (MaxMessageBytes < 1024 * 1024) e.Add($"Coordinator:MaxMessageBytes {MaxMessageBytes} must be at least 1 MiB");
         if (ShardChunkValues < 1024) e.Add($"Coordinator:ShardChunkValues {ShardChunkValues} must be at least 1024");
+        if (!string.IsNullOrWhiteSpace(DataDir) && Path.Exists(DataDir) && !Directory.Exists(DataDir))
+            e.Add($"Coordinator:DataDir: \"{DataDir}\" is an existing file, not a directory; the coordinator keeps job data and checkpoints in a directory");
         foreach (var root in DataRoots ?? [])
         {
             if (string.IsNullOrWhiteSpace(root) || !Path.IsPathRooted(root)) e.Add($"Coordinator:DataRoots: \"{root}\" must be an absolute path");
