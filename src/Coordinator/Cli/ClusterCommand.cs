@@ -84,7 +84,7 @@ public static class ClusterCommand
             // A new run's model: an earlier run's files in the run directory (local checkpoints, model.dtck) are kept,
             // moved aside, so that the directory stands for this run's model only.
             if (runDir is not null && Checkpoints.RunDirectory.MoveEarlierRunAside(runDir, DateTime.UtcNow) is { } earlier)
-                Console.WriteLine($"{runDir} held an earlier run's checkpoints; moved them to {earlier}");
+                Console.WriteLine($"{runDir} held an earlier run's model or checkpoints; moved them to {earlier}");
             return JobCommands.DownloadTo(client, id, target);
         }));
         return cmd;

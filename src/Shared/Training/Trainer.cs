@@ -92,7 +92,7 @@ public static class Trainer
         {
             // A fresh run: an earlier run's checkpoints would be taken for this run's (by eval, predict, --resume) and
             // pruned by its saves; they are kept, out of the way.
-            observer.OnMessage($"{outputDir} held an earlier run's checkpoints; moved them to {earlier} (this run starts from scratch; use --resume to continue a run)");
+            observer.OnMessage($"{outputDir} held an earlier run's checkpoints or model; moved them to {earlier} (this run starts from scratch; use --resume to continue a run)");
         }
 
         observer.OnMessage($"allocator: {NativeAllocator.Describe()}");
