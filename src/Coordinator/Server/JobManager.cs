@@ -61,7 +61,13 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         var id = $"job-{Interlocked.Increment(ref nextId):D4}";
         var dir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs", id));
         Directory.CreateDirectory(dir);
+        var submitted = spec.Data;
         if (!ownData) spec = StoreFiles(spec, request, Path.Combine(dir, "data"), source);
+        // Uploaded files are stored under the job's directory; messages about them name them as the spec did.
+        var dataNames = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (named, stored) in new[] { (submitted.Train, spec.Data.Train), (submitted.Validation, spec.Data.Validation) })
+            if (named is not null && stored is not null && named != stored && stored.StartsWith(dir + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+                dataNames[stored] = named;
         if (request.ResumeUpload != "")
         {
             // The upload becomes the job's: it stays with the job (and is not counted as a pending upload).
@@ -72,7 +78,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         spec = spec with { Output = dir };
         // The spec as it runs (data paths on this coordinator): what `dtrain resume` continues with.
         File.WriteAllText(Path.Combine(dir, "spec.json"), JobSpecSerializer.Serialize(spec));
-        var record = new JobRecord(id, spec, dir, workers, clock.GetUtcNow(), owner) { Resume = resume, DataLimits = data.LimitsFor(id, Path.Combine(dir, "data")) };
+        var record = new JobRecord(id, spec, dir, workers, clock.GetUtcNow(), owner) { Resume = resume, DataLimits = data.LimitsFor(id, Path.Combine(dir, "data")), DataNames = dataNames };
         record.Update(p => p with
         {
             MinWorkers = request.MinWorkers,

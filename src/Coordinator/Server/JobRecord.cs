@@ -28,6 +28,19 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     public SampleLedger Ledger { get; } = new(Path.Combine(dir, "ledger.jsonl"));
     /// <summary>How the job's data files are read (size limit, quoting in messages, progress); set at submit.</summary>
     public DataReadLimits DataLimits { get; init; } = DataReadLimits.Local;
+    /// <summary>
+    /// The job's data files as this coordinator stores them → as the submitter named them in the spec (uploads only;
+    /// set at submit, not kept across a coordinator restart): messages about a file name it as the user wrote it.
+    /// </summary>
+    public IReadOnlyDictionary<string, string> DataNames { get; init; } = new Dictionary<string, string>();
+
+    /// <summary><paramref name="text"/> with every stored data file's path replaced by the name its submitter gave it (see <see cref="DataNames"/>).</summary>
+    public string AsSubmitted(string text)
+    {
+        foreach (var (stored, named) in DataNames) text = text.Replace(stored, named, StringComparison.Ordinal);
+        return text;
+    }
+
     /// <summary>When the job was submitted; never changes.</summary>
     public DateTimeOffset Submitted { get; } = submitted;
     /// <summary>How many workers the job asked for (0: all idle ones); never changes.</summary>
@@ -134,6 +147,7 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
 
     private bool Move(JobTrigger trigger, string message, Func<JobProgress, JobProgress>? alongside, Func<JobStatus, bool>? when, bool throwIfRefused)
     {
+        message = AsSubmitted(message);
         JobStatus next = default;
         return Write(p =>
         {
@@ -190,7 +204,7 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     }
 
     /// <summary>Publishes a line of the job's log to its watchers (not kept in the store).</summary>
-    public void Log(string text) => Publish(new JobNotice.Log(text));
+    public void Log(string text) => Publish(new JobNotice.Log(AsSubmitted(text)));
 
     /// <summary>Publishes a committed step to the job's watchers and keeps it in the job's metrics history.</summary>
     public void PublishStep(StepReport step) => Publish(new JobNotice.Step(step));

@@ -59,6 +59,9 @@ public class ClusterBehaviourTests
         var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(1));
         Assert.Equal(JobState.Failed, info.State);
         Assert.Contains("bad.jsonl:3", info.Message);
+        // Named as the spec named it, not by the copy the coordinator stores under its jobs/ directory.
+        Assert.StartsWith("bad.jsonl:3", info.Message);
+        Assert.DoesNotContain("jobs", info.Message);
 
         var good = cluster.Client.Submit(Submit(cluster, tmp, SmallLm(tmp, "good", 5), 2)).JobId;
         Assert.Equal(JobState.Succeeded, (await cluster.WaitAsync(good, TimeSpan.FromMinutes(1))).State);
