@@ -49,6 +49,7 @@ public static class Credentials
     static Token FromFile(string path, string how)
     {
         path = Path.GetFullPath(path);
+        if (Directory.Exists(path)) throw new ArgumentException($"token file {path} ({how}) is a directory; give the file that holds the token");
         if (!File.Exists(path)) throw new FileNotFoundException($"token file {path} ({how}) not found", path);
         SecureFiles.RequirePrivate(path, "token file");
         var value = File.ReadLines(path).Select(l => l.Trim()).FirstOrDefault(l => l.Length > 0)

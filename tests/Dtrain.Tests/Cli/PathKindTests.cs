@@ -28,6 +28,7 @@ public sealed class PathKindTests
                      (["certs", "init", file], $"certs init DIR: {file} is an existing file, not a directory"),
                      (["tokens", "create", "--role", "admin", "--name", "a", "--data-dir", tokenStore, "-o", dir], $"--output: {dir} is an existing directory"),
                      (["tokens", "list", "--data-dir", file], $"--data-dir: {file} is an existing file, not a directory"),
+                     (["list", "--token-file", dir, "--coordinator", nowhere], $"token file {dir} (--token-file) is a directory"),
                  })
         {
             var r = CliRunner.Run(tmp.Path, TimeSpan.FromMinutes(1), args);
