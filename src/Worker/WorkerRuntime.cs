@@ -317,7 +317,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         }
         finally
         {
-            state.Activity.Enter(ActivityPhases.WaitingForData, $"step {request.Step + 2} from the coordinator");
+            state.Activity.EnterFor(job.JobId, ActivityPhases.WaitingForData, $"step {request.Step + 2} from the coordinator");
             job.ExitStep(request.Step, completed);
         }
     }

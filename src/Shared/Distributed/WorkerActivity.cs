@@ -74,6 +74,28 @@ public sealed class WorkerActivity
         if (changed) PhaseChanged?.Invoke(newPhase);
     }
 
+    /// <summary>
+    /// <see cref="Enter"/>, only while <paramref name="job"/> is still this worker's job (checked under the same lock
+    /// <see cref="Job"/> takes): a step that ends after its job was released must not leave a released, idle worker
+    /// reporting a phase of that job.
+    /// </summary>
+    public void EnterFor(string job, string newPhase, string newDetail = "")
+    {
+        bool changed;
+        lock (gate)
+        {
+            if (jobId != job) return;
+            changed = phase != newPhase;
+            if (changed) since = Stopwatch.GetTimestamp();
+            phase = newPhase;
+            detail = newDetail;
+            waitingOn = "";
+            subPhase = "";
+            piece = pieces = 0;
+        }
+        if (changed) PhaseChanged?.Invoke(newPhase);
+    }
+
     /// <summary>A new job (or none): its id and the ring transport it uses; back to <see cref="ActivityPhases.Idle"/> when <paramref name="job"/> is "".</summary>
     public void Job(string job, string ringTransport = "")
     {

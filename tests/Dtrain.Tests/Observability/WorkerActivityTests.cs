@@ -7,6 +7,24 @@ namespace Dtrain.Tests.Observability;
 public class WorkerActivityTests
 {
     [Fact]
+    public void A_step_that_ends_after_its_job_was_released_leaves_the_worker_idle()
+    {
+        // `workers` showed an idle worker "waiting for data step 401" after a cancel: the step's end came after the release.
+        var activity = new WorkerActivity();
+        activity.Job("job-0001");
+        activity.EnterFor("job-0001", ActivityPhases.WaitingForData, "step 2 from the coordinator");
+        Assert.Equal(ActivityPhases.WaitingForData, activity.Snapshot().Phase);
+        activity.Job("");
+        activity.EnterFor("job-0001", ActivityPhases.WaitingForData, "step 401 from the coordinator");
+        Assert.Equal(ActivityPhases.Idle, activity.Snapshot().Phase);
+        Assert.Equal("", activity.Snapshot().Detail);
+        // Another job's late step changes nothing either.
+        activity.Job("job-0002");
+        activity.EnterFor("job-0001", ActivityPhases.WaitingForData, "step 3 from the coordinator");
+        Assert.NotEqual(ActivityPhases.WaitingForData, activity.Snapshot().Phase);
+    }
+
+    [Fact]
     public async Task The_ring_reports_every_piece_it_waits_for_with_the_left_neighbour_as_the_peer()
     {
         const int world = 3, length = 30, piece = 4;   // chunks of 10 floats: 3 pieces each, 2(W-1) = 4 ring steps
