@@ -95,10 +95,7 @@ public class CliTests
         using var tmp = new TempDir();
         tmp.Write("t.txt", TestJobs.Text());
         var spec = WriteSpec(tmp, TestJobs.CharLm("t.txt", steps: 1_000_000) with { Output = "lm" });
-        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { WorkingDirectory = tmp.Path, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[] { "exec", Path.Combine(AppContext.BaseDirectory, "dtrain.dll"), "train", spec, "--plain" }) psi.ArgumentList.Add(a);
-        psi.Environment["DTRAIN_THREADS"] = "1";
-        using var p = System.Diagnostics.Process.Start(psi)!;
+        using var p = System.Diagnostics.Process.Start(CliRunner.StartInfo(tmp.Path, null, "train", spec, "--plain"))!;
         var stderr = p.StandardError.ReadToEndAsync();
         var stdout = new System.Text.StringBuilder();
         using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(3));

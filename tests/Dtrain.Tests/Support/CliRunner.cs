@@ -14,8 +14,11 @@ public static class CliRunner
 
     public static Result Run(string workDir, TimeSpan timeout, params string[] args) => Run(workDir, timeout, null, args);
 
-    /// <summary>Runs with extra environment variables (a null value removes the variable).</summary>
-    public static Result Run(string workDir, TimeSpan timeout, IReadOnlyDictionary<string, string?>? environment, params string[] args)
+    /// <summary>
+    /// How the CLI is started (output redirected, 1 torch thread), with extra environment variables (a null value
+    /// removes the variable): for a test that drives the process itself.
+    /// </summary>
+    public static ProcessStartInfo StartInfo(string workDir, IReadOnlyDictionary<string, string?>? environment, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { WorkingDirectory = workDir, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         psi.ArgumentList.Add("exec");
@@ -25,6 +28,13 @@ public static class CliRunner
         foreach (var (k, v) in environment ?? new Dictionary<string, string?>())
             if (v is null) psi.Environment.Remove(k);
             else psi.Environment[k] = v;
+        return psi;
+    }
+
+    /// <summary>Runs with extra environment variables (a null value removes the variable).</summary>
+    public static Result Run(string workDir, TimeSpan timeout, IReadOnlyDictionary<string, string?>? environment, params string[] args)
+    {
+        var psi = StartInfo(workDir, environment, args);
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
@@ -43,14 +53,7 @@ public static class CliRunner
     /// </summary>
     public static (bool Ready, Result Output) RunUntil(string workDir, TimeSpan timeout, IReadOnlyDictionary<string, string?>? environment, Func<string, bool> ready, params string[] args)
     {
-        var psi = new ProcessStartInfo("dotnet") { WorkingDirectory = workDir, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add("exec");
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "dtrain.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        psi.Environment["DTRAIN_THREADS"] = "1";
-        foreach (var (k, v) in environment ?? new Dictionary<string, string?>())
-            if (v is null) psi.Environment.Remove(k);
-            else psi.Environment[k] = v;
+        var psi = StartInfo(workDir, environment, args);
         var stdout = new System.Text.StringBuilder();
         var stderr = new System.Text.StringBuilder();
         var seen = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
