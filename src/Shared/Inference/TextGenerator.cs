@@ -1,4 +1,5 @@
 using Dtrain.Models;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Dtrain.Inference;
@@ -62,14 +63,17 @@ public static class TextGenerator
         if (logits.isnan().any().item<bool>() || logits.isposinf().any().item<bool>())
             throw new InvalidDataException("the model's output is not finite (the checkpoint's weights have diverged): nothing to sample from");
         // Never emit <pad> or <unk>: neither is text (<unk> would print as \uFFFD).
-        logits[0] = double.NegativeInfinity;
-        if (unk > 0 && unk < vocab && vocab > 2) logits[unk] = double.NegativeInfinity;
+        // Explicit Scalars, alive until the sample is drawn (an implicit temporary may be finalized during the call).
+        using var never = double.NegativeInfinity.ToScalar();
+        using var t = temperature.ToScalar();
+        logits[0].fill_(never);
+        if (unk > 0 && unk < vocab && vocab > 2) logits[unk].fill_(never);
         if (temperature == 0) return (int)logits.argmax().item<long>();
-        logits = (logits - logits.max()) / temperature;
+        logits = (logits - logits.max()).div_(t);
         if (topK > 0 && topK < vocab)
         {
             var kth = logits.topk(topK).values[-1];
-            logits = logits.masked_fill(logits < kth, double.NegativeInfinity);
+            logits = logits.masked_fill(logits < kth, never);
         }
         var probs = nn.functional.softmax(logits, 0);
         return (int)multinomial(probs, 1, generator: gen).item<long>();

@@ -1,5 +1,6 @@
 using Dtrain.Models;
 using Dtrain.Specs;
+using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
@@ -150,7 +151,10 @@ public sealed class TrainingEngine : IDisposable
         var scale = 1.0 / globalCount;
         using (no_grad())
         {
-            foreach (var p in parameters) p.grad?.mul_(scale);
+            // An explicit Scalar, alive until after the last call: an implicit one (mul_(double)) is a temporary the GC
+            // may finalize while libtorch still reads it (a run died once in Scalar::toDouble inside mul_).
+            using var factor = scale.ToScalar();
+            foreach (var p in parameters) p.grad?.mul_(factor);
         }
         var norm = spec.Training.ClipNorm > 0
             ? nn.utils.clip_grad_norm_(parameters, spec.Training.ClipNorm)

@@ -271,10 +271,12 @@ public sealed partial class PipelineStage : IDisposable
         }
         using (no_grad())
         {
+            // An explicit Scalar kept alive across the calls (see TrainingEngine.ApplyGradients).
+            using var factor = scale.ToScalar();
             foreach (var p in parameters)
             {
                 if (p.grad is null) p.grad = zeros_like(p);
-                else p.grad.mul_(scale);
+                else p.grad.mul_(factor);
             }
         }
         SettleCarriedState(restore: false);
