@@ -67,6 +67,9 @@ public static class ClusterCommand
             var perWorker = Checked(n, r.GetValue(port), r.GetValue(threads));
             var logDir = LogDir(r.GetValue(logs)!);
             var job = JobSpecSerializer.Load(file.FullName);
+            // What the coordinator would refuse is refused before anything starts (a pipeline's worker count), and
+            // anything else it refuses at submit is bad input too (exit 2), as for `dtrain submit`.
+            JobSpecValidator.PipelineWorkers(job, n, file.Name);
             // Like `dtrain train`: the spec's "output" (relative to the spec file), else runs/NAME, is the run directory.
             var runDir = r.GetValue(output) is null ? JobSpecPaths.OutputDir(job, file.DirectoryName!) : null;
             var target = r.GetValue(output)?.FullName ?? Path.Combine(runDir!, Checkpoints.RunDirectory.ModelFile);
@@ -75,7 +78,15 @@ public static class ClusterCommand
             using var cluster = LocalCluster.Start(n, r.GetValue(port), perWorker, logDir, TimeSpan.FromMinutes(2));
             using var channel = Remote.Channel(cluster.Address);
             var client = new Jobs.JobsClient(channel);
-            var id = client.Submit(JobCommands.BuildSubmit(client, file, r.GetValue(workers))).JobId;
+            string id;
+            try
+            {
+                id = client.Submit(JobCommands.BuildSubmit(client, file, r.GetValue(workers))).JobId;
+            }
+            catch (Grpc.Core.RpcException e) when (e.StatusCode is Grpc.Core.StatusCode.InvalidArgument or Grpc.Core.StatusCode.FailedPrecondition)
+            {
+                throw new ArgumentException(e.Status.Detail, e);
+            }
             Console.WriteLine($"{id} submitted to {cluster.Address} (logs in {cluster.LogDir})");
             if (cluster.DashboardUrl is { } web) Console.WriteLine($"dashboard: {web}jobs/{id}");
             using var cancel = new CancelOnCtrlC(client, id);

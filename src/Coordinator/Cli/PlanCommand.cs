@@ -26,6 +26,8 @@ public static class PlanCommand
             var job = JobSpecSerializer.Load(file.FullName);
             var mb = r.GetValue(budget);
             if (!(mb >= 0 && double.IsFinite(mb))) throw new ArgumentException($"--memory-budget {mb} must be >= 0");
+            // The worker count the coordinator would refuse for this pipeline is refused here too.
+            if (r.GetValue(workers) >= 1) JobSpecValidator.PipelineWorkers(job, r.GetValue(workers), file.Name);
             var data = PreparedData.Load(job, file.DirectoryName ?? ".");
             var outputs = job.Task == TaskKinds.LanguageModel ? data.Tokenizer.VocabSize : data.Labels.Count;
             var plan = PipelinePlan.Create(job, r.GetValue(workers), data.Tokenizer.VocabSize, outputs, (long)(mb * 1e6));

@@ -24,23 +24,7 @@ public sealed partial class JobManager
     /// </summary>
     private int RunnableWorkers(JobSubmission request, JobSpec spec, string source)
     {
-        var workers = request.Workers;
-        if (spec.Parallelism?.Pipeline is { } pipeline)
-        {
-            var k = pipeline.Stages;
-            var d = spec.Parallelism.Data;
-            if (d > 0)
-            {
-                if (workers == 0) workers = d * k;
-                else if (workers != d * k)
-                    throw new SpecException(source, [new SpecError("$.parallelism.data", $"{d} replica(s) × {k} pipeline stages run on exactly {d * k} workers, but --workers is {workers}: submit it with --workers {d * k} (or 0)")]);
-            }
-            else if (workers == 0 || workers % k != 0)
-            {
-                throw new SpecException(source, [new SpecError("$.parallelism.pipeline.stages",
-                    $"a pipeline of {k} stages with parallelism.data 0 (replicas = workers / stages) needs --workers set to a multiple of {k}; it is {workers}")]);
-            }
-        }
+        var workers = JobSpecValidator.PipelineWorkers(spec, request.Workers, source);
         var limit = options.MaxWorkers > 0 ? Math.Min(options.MaxWorkers, options.MaxWorkersPerJob) : options.MaxWorkersPerJob;
         var why = options.MaxWorkers > 0 && options.MaxWorkers < options.MaxWorkersPerJob
             ? $"the cluster has at most Coordinator:MaxWorkers = {options.MaxWorkers} workers"

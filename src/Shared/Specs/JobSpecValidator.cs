@@ -144,6 +144,29 @@ public static partial class JobSpecValidator
     }
 
     /// <summary>
+    /// The workers a job with a pipeline runs on when given <paramref name="workers"/> (0 = as the spec decides): exactly
+    /// D × K with parallelism.data D, else a multiple of K; a <see cref="SpecException"/> naming the field otherwise.
+    /// The coordinator's submit, `dtrain plan` and `dtrain cluster run` apply the same rule. Unchanged for a job without a pipeline.
+    /// </summary>
+    public static int PipelineWorkers(JobSpec spec, int workers, string source)
+    {
+        if (spec.Parallelism?.Pipeline is not { } pipeline) return workers;
+        var k = pipeline.Stages;
+        var d = spec.Parallelism.Data;
+        if (d > 0)
+        {
+            if (workers == 0) return d * k;
+            if (workers != d * k)
+                throw new SpecException(source, [new SpecError("$.parallelism.data", $"{d} replica(s) × {k} pipeline stages run on exactly {d * k} workers, but --workers is {workers}: submit it with --workers {d * k} (or 0)")]);
+            return workers;
+        }
+        if (workers == 0 || workers % k != 0)
+            throw new SpecException(source, [new SpecError("$.parallelism.pipeline.stages",
+                $"a pipeline of {k} stages with parallelism.data 0 (replicas = workers / stages) needs --workers set to a multiple of {k}; it is {workers}")]);
+        return workers;
+    }
+
+    /// <summary>
     /// Refuses what this version cannot run: pipeline stages run on a cluster only (<paramref name="onCluster"/>); a job
     /// whose whole model and its share of the batch over <paramref name="workers"/> need more than
     /// <paramref name="memory"/> in one process (see <see cref="Training.TrainingMemory.ThrowIfOver"/>; pipeline stages

@@ -41,6 +41,19 @@ public sealed class ClusterCommandTests
             Assert.DoesNotContain("cluster up:", r.Stdout);
         }
         Assert.False(Directory.Exists(Path.Combine(tmp.Path, "logs")), "a process was started");
+
+        // A pipeline the coordinator would refuse for this many workers: exit 2 naming the field, before anything starts
+        // (it used to start the cluster and end in an RpcException, exit 1).
+        var pipeline = tmp.Write("pipe.json", JobSpecSerializer.Serialize(TestJobs.CharLm("t.txt", steps: 2) with
+        {
+            Parallelism = new ParallelismSpec { Pipeline = new PipelineSpec { Stages = 2, Microbatches = 2 } },
+        }));
+        var refused = CliRunner.Run(tmp.Path, TimeSpan.FromMinutes(1), "cluster", "run", pipeline, "--workers", "3", "--logs", Path.Combine(tmp.Path, "logs"));
+        Assert.True(refused.ExitCode == 2, refused.ToString());
+        Assert.Contains("$.parallelism.pipeline.stages", refused.Stderr);
+        Assert.Contains("needs --workers set to a multiple of 2; it is 3", refused.Stderr);
+        Assert.DoesNotContain("starting", refused.Stdout);
+        Assert.False(Directory.Exists(Path.Combine(tmp.Path, "logs")), "a process was started");
     }
 
     [Fact]

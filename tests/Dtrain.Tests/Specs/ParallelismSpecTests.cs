@@ -94,7 +94,11 @@ public class ParallelismSpecTests
 
         var few = CliRunner.Run(tmp.Path, "plan", "p.json", "--workers", "3");
         Assert.Equal(2, few.ExitCode);
-        Assert.Contains("need 4 workers; --workers is 3", few.Stderr);
+        Assert.Contains("$.parallelism.pipeline.stages: a pipeline of 4 stages with parallelism.data 0 (replicas = workers / stages) needs --workers set to a multiple of 4; it is 3", few.Stderr);
+        // What the coordinator refuses at submit, plan refuses too (it used to plan 1 replica on 4 of 6 workers).
+        var six = CliRunner.Run(tmp.Path, "plan", "p.json", "--workers", "6");
+        Assert.Equal(2, six.ExitCode);
+        Assert.Contains("needs --workers set to a multiple of 4; it is 6", six.Stderr);
 
         // This version plans pipelines but does not run them: train refuses, naming the field.
         var train = CliRunner.Run(tmp.Path, "train", "p.json");
