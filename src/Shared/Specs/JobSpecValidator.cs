@@ -30,6 +30,8 @@ public static partial class JobSpecValidator
                 Range(e, "$.data.synthetic.samples", d.Synthetic.Samples, 10, 10_000_000);
             }
             if (spec.Task != TaskKinds.Classification) e.Add(new("$.task", "the synthetic recall task is a classification task; set task to \"classification\""));
+            if (d.Train is not null) e.Add(new("$.data.train", "not read when format is \"synthetic\" (the data is generated): remove it"));
+            if (d.Validation is not null) e.Add(new("$.data.validation", "not read when format is \"synthetic\" (the data is generated): remove it"));
         }
         else
         {
@@ -43,6 +45,11 @@ public static partial class JobSpecValidator
         if (string.IsNullOrEmpty(d.TextField)) e.Add(new("$.data.text_field", "must not be empty"));
         if (spec.Task == TaskKinds.Classification && string.IsNullOrEmpty(d.LabelField)) e.Add(new("$.data.label_field", "must not be empty for classification"));
         Range(e, "$.data.max_length", d.MaxLength, 1, MaxLengthLimit);
+        // A language model reads its text as one stream cut into training.seq_len chunks: no record is too long.
+        if (spec.Task == TaskKinds.LanguageModel && d.MaxLength != new DataSpec().MaxLength)
+            e.Add(new("$.data.max_length", "only used for classification (a language model's text is one stream, cut into training.seq_len chunks): remove it"));
+        if (spec.Task == TaskKinds.LanguageModel && d.Overlength != OverlengthPolicies.Truncate)
+            e.Add(new("$.data.overlength", "only used for classification (a language model's text is one stream, cut into training.seq_len chunks): remove it"));
 
         var t = spec.Tokenizer;
         OneOf(e, "$.tokenizer.kind", t.Kind, TokenizerKinds.All);

@@ -26,7 +26,14 @@ public sealed class PreparedData
     {
         var data = DatasetLoader.Load(spec, specDir, limits, cancel);
         cancel.ThrowIfCancellationRequested();
-        tokenizer ??= TokenizerFactory.Fit(spec.Tokenizer, data.Train.Select(r => r.Text));
+        if (tokenizer is null)
+        {
+            tokenizer = TokenizerFactory.Fit(spec.Tokenizer, data.Train.Select(r => r.Text));
+            // <pad> and <unk> only: every token of the training split was left out (a model could not be built).
+            if (tokenizer.VocabSize < 3)
+                throw new SpecException(spec.Name, [new SpecError("$.tokenizer.min_frequency",
+                    $"{spec.Tokenizer.MinFrequency} leaves no {spec.Tokenizer.Kind} token of the training data in the vocabulary (none occurs that often): lower it")]);
+        }
         cancel.ThrowIfCancellationRequested();
         if (spec.Task == TaskKinds.LanguageModel)
         {

@@ -126,6 +126,19 @@ public class CliTests
     }
 
     [Fact]
+    public void A_min_frequency_that_leaves_no_token_is_refused_naming_the_field()
+    {
+        // It ended in .NET's "vocabulary must hold <pad>, <unk> and at least one token. Actual value was 2." with no field.
+        using var tmp = new TempDir();
+        tmp.Write("c.jsonl", TestJobs.ClassificationJsonl());
+        var spec = WriteSpec(tmp, TestJobs.Classifier("c.jsonl") with { Tokenizer = new TokenizerSpec { Kind = TokenizerKinds.Word, MinFrequency = 1000 } });
+        var r = CliRunner.Run(tmp.Path, "train", spec);
+        Assert.True(r.ExitCode == 2, r.ToString());
+        Assert.Contains("$.tokenizer.min_frequency: 1000 leaves no word token of the training data in the vocabulary", r.Stderr);
+        Assert.DoesNotContain("Actual value", r.Stderr);
+    }
+
+    [Fact]
     public void Invalid_spec_fails_with_field_paths_and_exit_code_2()
     {
         using var tmp = new TempDir();

@@ -59,6 +59,20 @@ public class JobSpecTests
     }
 
     [Fact]
+    public void Fields_a_task_or_format_never_reads_are_rejected_instead_of_ignored()
+    {
+        // A language model's text is one stream: max_length / overlength were accepted and silently did nothing.
+        var e = Reject("""{"data":{"train":"x.txt","max_length":10,"overlength":"error"}}""");
+        Assert.Equal(["$.data.max_length", "$.data.overlength"], e.Errors.Select(x => x.Path).Order());
+        Assert.Contains("only used for classification", e.Message);
+        // Synthetic data is generated: a data file next to it was accepted and never read.
+        e = Reject("""{"task":"classification","data":{"format":"synthetic","train":"x.jsonl","synthetic":{"kind":"recall"}}}""");
+        Assert.Equal("$.data.train", Assert.Single(e.Errors).Path);
+        // For classification both stay allowed.
+        Assert.Empty(JobSpecValidator.Validate(JobSpecSerializer.Parse("""{"task":"classification","data":{"format":"jsonl","train":"x.jsonl","max_length":10,"overlength":"error"}}""", "test")));
+    }
+
+    [Fact]
     public void Bidirectional_language_model_is_rejected()
     {
         var e = Reject("""{"data":{"train":"x.txt"},"model":{"bidirectional":true}}""");
