@@ -52,6 +52,9 @@ public static class TokensCommand
             var dir = DataDir(r, dataDir);
             // Before the token is created: a token stored but not written anywhere is a token nobody has.
             var tokenFile = r.GetValue(output) is { Length: > 0 } o ? CliPaths.FileToWrite(o, "--output", "token") : null;
+            // A new file, as documented: replacing one would lose the secret of the token it holds (still active).
+            if (tokenFile is not null && File.Exists(tokenFile))
+                throw new ArgumentException($"--output: {tokenFile} already exists (it may hold another token's secret); give a new file, or delete it first");
             Roles.TryParse(r.GetValue(role), out var parsed);
             var (entry, secret) = TokenStore.Create(dir, r.GetValue(name)!, parsed, DateTimeOffset.UtcNow);
             Audit(dir).Write("token.create", null, "local", ("id", entry.Id), ("name", entry.Name), ("role", entry.Role), By());

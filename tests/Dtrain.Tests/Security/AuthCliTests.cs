@@ -52,6 +52,13 @@ public class AuthCliTests
         Assert.True(toFile.ExitCode == 0, toFile.ToString());
         Assert.Equal("", toFile.Stdout);
         Assert.Equal(SecureFiles.OwnerOnly, File.GetUnixFileMode(Path.Combine(tmp.Path, "dash.token")));
+        // A second token to the same file is refused before it is made: replacing the file lost the first's secret.
+        var first = File.ReadAllText(Path.Combine(tmp.Path, "dash.token"));
+        var again = Cli(tmp, null, "tokens", "create", "--role", "viewer", "--name", "dash2", "--data-dir", data, "--output", "dash.token");
+        Assert.True(again.ExitCode == 2, again.ToString());
+        Assert.Contains("already exists", again.Stderr);
+        Assert.Equal(first, File.ReadAllText(Path.Combine(tmp.Path, "dash.token")));
+        Assert.Equal(2, TokenStore.Load(path).Count);
 
         var list = Cli(tmp, null, "tokens", "list", "--data-dir", data);
         Assert.True(list.ExitCode == 0, list.ToString());
