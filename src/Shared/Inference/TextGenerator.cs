@@ -1,3 +1,4 @@
+using Dtrain.Data;
 using Dtrain.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -45,7 +46,10 @@ public static class TextGenerator
         {
             state?.Dispose();
         }
-        return tokenizer.Decode(output);
+        var text = tokenizer.Decode(output);
+        // Words are decoded with a space between them: the first generated word needs one after the prompt too
+        // ("The whale" + "their" would print "The whaletheir").
+        return tokenizer is WordTokenizer && prompt.Length > 0 && !char.IsWhiteSpace(prompt[^1]) && text.Length > 0 ? " " + text : text;
     }
 
     /// <summary>With no prompt, start from a newline when the vocabulary has one, else from the most frequent token.</summary>

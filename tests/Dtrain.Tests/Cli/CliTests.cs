@@ -126,6 +126,20 @@ public class CliTests
     }
 
     [Fact]
+    public void Word_level_generation_puts_a_space_between_the_prompt_and_the_first_generated_word()
+    {
+        using var tmp = new TempDir();
+        tmp.Write("t.txt", TestJobs.Text());
+        var spec = WriteSpec(tmp, TestJobs.CharLm("t.txt", steps: 5) with { Output = "words", Tokenizer = new TokenizerSpec { Kind = TokenizerKinds.Word } });
+        var train = CliRunner.Run(tmp.Path, "train", spec);
+        Assert.True(train.ExitCode == 0, train.ToString());
+        var g = CliRunner.Run(tmp.Path, "generate", "words", "--prompt", "the cat", "--length", "5");
+        Assert.True(g.ExitCode == 0, g.ToString());
+        Assert.StartsWith("the cat ", g.Stdout);   // it printed "the catsat ..."
+        Assert.DoesNotContain("  ", g.Stdout.TrimEnd());
+    }
+
+    [Fact]
     public void A_min_frequency_that_leaves_no_token_is_refused_naming_the_field()
     {
         // It ended in .NET's "vocabulary must hold <pad>, <unk> and at least one token. Actual value was 2." with no field.
