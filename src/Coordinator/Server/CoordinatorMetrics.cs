@@ -216,7 +216,8 @@ public sealed class CoordinatorMetrics : BackgroundService
                 if (e is not JobNotice.Step { Report: var s }) continue;
                 var id = job.Id;
                 steps.WithLabels(id).Inc();
-                if (s.Skipped) skipped.WithLabels(id).Inc();
+                // The series exists (at 0) from the job's first step, as docs/cluster.md lists it, not only after a skip.
+                skipped.WithLabels(id).Inc(s.Skipped ? 1 : 0);
                 if (s.Lr > 0) learningRate.WithLabels(id).Set(s.Lr);
                 if (s.StepMs > 0) stepSeconds.WithLabels(id).Observe(s.StepMs / 1000);
                 if (s.ComputeMs > 0) computeSeconds.WithLabels(id).Observe(s.ComputeMs / 1000);

@@ -115,7 +115,7 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
         var job = access.Job(context, request.JobId, "download");
         var path = job.Progress.Checkpoint;
         if (string.IsNullOrEmpty(path) || !File.Exists(path))
-            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {request.JobId} has no checkpoint yet (state {job.Status.ToProto()})"));
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"job {request.JobId} has no checkpoint yet (state {job.Status.ToString().ToLowerInvariant()})"));
         long sent = 0;
         var complete = false;
         try

@@ -65,6 +65,8 @@ public class MetricsTests
         Assert.True(Value(coordinator, $"dtrain_job_validation{{job_id=\"{id}\",metric=\"perplexity\"}}") > 1);
         Assert.Equal(20, Value(coordinator, $"dtrain_job_step_seconds_count{{job_id=\"{id}\"}}"));
         Assert.Equal(20, Value(coordinator, $"dtrain_job_allreduce_seconds_count{{job_id=\"{id}\"}}"));
+        // Listed from the first step on, at 0 while nothing was skipped (it appeared only after a skipped step).
+        Assert.Equal(0, Value(coordinator, $"dtrain_job_skipped_steps_total{{job_id=\"{id}\"}}"));
         Assert.Equal(done.CheckpointBytes, Value(coordinator, $"dtrain_job_checkpoint_bytes{{job_id=\"{id}\"}}"));
         Assert.True(done.CheckpointBytes > 0 && done.CheckpointSeconds > 0, done.ToString());
         Assert.Equal(1, Value(coordinator, "dtrain_jobs{state=\"succeeded\"}"));
