@@ -20,7 +20,7 @@ public static class ConsoleProgress
                 var task = ctx.AddTask("preparing data", autoStart: true, maxValue: 1);
                 summary = run(new BarObserver(task));
                 // An interrupted run keeps its bar where it stopped.
-                if (summary.StopReason == "finished") task.Value = task.MaxValue;
+                if (summary.StopReason is "finished" or "nothing left to train") task.Value = task.MaxValue;
                 task.StopTask();
             });
         return summary!;
@@ -28,7 +28,7 @@ public static class ConsoleProgress
 
     public static void PrintSummary(TrainingSummary s)
     {
-        Console.WriteLine($"done: {s.StopReason} after {s.Steps} steps in {s.Elapsed:hh\\:mm\\:ss} ({s.SamplesPerSecond:F1} samples/s)");
+        Console.WriteLine($"done: {s.StopReason} after {s.Steps} steps in {s.Elapsed:hh\\:mm\\:ss}{(s.SamplesPerSecond > 0 ? $" ({s.SamplesPerSecond:F1} samples/s)" : "")}");
         if (s.Final is not null) Console.WriteLine($"validation: {s.Final}");
         if (s.Checkpoint is not null) Console.WriteLine($"checkpoint: {s.Checkpoint}");
     }

@@ -26,6 +26,8 @@ public sealed record EvalMetrics(double Loss, long Count, double? Accuracy = nul
         double.NaN => "NaN",
         double.PositiveInfinity => "inf",
         double.NegativeInfinity => "-inf",
+        // A diverging model's loss can be finite and huge: 8.7e29, not 31 digits.
+        _ when Math.Abs(value) >= 1e9 => value.ToString("E3", System.Globalization.CultureInfo.InvariantCulture),
         _ => value.ToString(format, System.Globalization.CultureInfo.InvariantCulture),
     };
 }

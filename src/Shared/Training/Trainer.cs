@@ -116,6 +116,12 @@ public static class Trainer
         var runStartStep = state.Step;
         long runSamples = 0;
         var stopReason = "finished";
+        // A resume from a checkpoint at or past the run's last step: nothing runs (said, rather than a 0.0 samples/s run).
+        if (state.Step >= total && runStartStep > 0)
+        {
+            stopReason = "nothing left to train";
+            observer.OnMessage($"nothing left to train: the checkpoint is at step {state.Step} and this run has {total} steps (raise training.max_steps or training.epochs, or give --max-steps)");
+        }
         var maxSeconds = spec.Training.MaxMinutes * 60;
         while (state.Step < total)
         {

@@ -158,6 +158,8 @@ public class CheckpointSectionTests
         Assert.Equal(0, back.Count);
         Assert.Equal("no validation data (the validation split is empty): loss and metrics are undefined", back.ToString());
         Assert.Equal("loss inf, perplexity inf (not finite: the model diverged)", new EvalMetrics(double.PositiveInfinity, 10, Perplexity: double.PositiveInfinity).ToString());
+        // Finite but huge: in scientific notation (it printed 31 digits).
+        Assert.Equal("loss 8.700E+029, perplexity inf (not finite: the model diverged)", new EvalMetrics(8.7e29, 10, Perplexity: double.PositiveInfinity).ToString());
     }
 
     [Fact]

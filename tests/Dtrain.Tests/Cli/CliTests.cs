@@ -123,6 +123,11 @@ public class CliTests
         var resumed = CliRunner.Run(tmp.Path, "train", spec, "--resume", "--max-steps", "1000000", "--max-minutes", "0.05", "--plain");
         Assert.True(resumed.ExitCode == 0, resumed.ToString());
         Assert.Contains($"resumed from {saved[0]} at step", resumed.Stdout + resumed.Stderr);
+        // A resume with nothing left to run says so (it printed a run of "0.0 samples/s").
+        var nothing = CliRunner.Run(tmp.Path, "train", spec, "--resume", "--max-steps", "1", "--plain");
+        Assert.True(nothing.ExitCode == 0, nothing.ToString());
+        Assert.Contains("nothing left to train: the checkpoint is at step", nothing.Stdout + nothing.Stderr);
+        Assert.DoesNotContain("0.0 samples/s", nothing.Stdout);
     }
 
     [Fact]
