@@ -145,6 +145,18 @@ public sealed class LocalCluster : IDisposable
         }
     }
 
+    /// <summary>
+    /// Stops the coordinator as an operator would (SIGTERM: a graceful shutdown) and waits until it has exited;
+    /// returns how long that took.
+    /// </summary>
+    public TimeSpan StopCoordinator(TimeSpan timeout)
+    {
+        var clock = Stopwatch.StartNew();
+        using (var kill = Process.Start("kill", ["-TERM", processes[0].Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])) kill.WaitForExit();
+        if (!processes[0].WaitForExit(timeout)) throw new TimeoutException($"the coordinator did not exit within {timeout} of SIGTERM; see {Path.Combine(LogDir, "coordinator.log")}");
+        return clock.Elapsed;
+    }
+
     /// <summary>Kills the coordinator abruptly (SIGKILL), as a crash would; its data directory stays.</summary>
     public void KillCoordinator()
     {
@@ -153,7 +165,7 @@ public sealed class LocalCluster : IDisposable
     }
 
     /// <summary>
-    /// Starts the coordinator again on the same port and data directory (after <see cref="KillCoordinator"/>) and
+    /// Starts the coordinator again on the same port and data directory (after <see cref="KillCoordinator"/> or <see cref="StopCoordinator"/>) and
     /// waits until every worker has registered with it again (busy or idle).
     /// </summary>
     public void RestartCoordinator(TimeSpan timeout)

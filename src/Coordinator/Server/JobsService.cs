@@ -6,7 +6,7 @@ using Grpc.Core;
 namespace Dtrain.Server;
 
 /// <summary>The CLI's API: submit, inspect, watch, cancel and download jobs; list workers. Behind <see cref="AuthInterceptor"/>; per-job access through <see cref="JobAccess"/>.</summary>
-public sealed class JobsService(JobManager jobs, WorkerRegistry registry, UploadStore uploads, JobAccess access, StallMonitor stalls, TimeProvider clock) : Jobs.JobsBase
+public sealed class JobsService(JobManager jobs, WorkerRegistry registry, UploadStore uploads, JobAccess access, StallMonitor stalls, TimeProvider clock, Microsoft.Extensions.Hosting.IHostApplicationLifetime lifetime) : Jobs.JobsBase
 {
     public override async Task<UploadReply> Upload(IAsyncStreamReader<FileChunk> requestStream, ServerCallContext context)
     {
@@ -51,10 +51,18 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
     {
         var job = access.Job(context, request.JobId, "watch");
         var reader = job.Watch();
+        // A stopping coordinator ends its watches at once (Unavailable: `dtrain watch` reconnects to the next one).
+        // Kestrel's graceful shutdown waits for open streams while it refuses new calls, heartbeats included: an open
+        // watch kept it waiting until the job's workers counted as lost and the job failed for good.
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, lifetime.ApplicationStopping);
         try
         {
-            await foreach (var e in reader.ReadAllAsync(context.CancellationToken).ConfigureAwait(false))
-                await responseStream.WriteAsync(job.ToProto(e), context.CancellationToken).ConfigureAwait(false);
+            await foreach (var e in reader.ReadAllAsync(stop.Token).ConfigureAwait(false))
+                await responseStream.WriteAsync(job.ToProto(e), stop.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (lifetime.ApplicationStopping.IsCancellationRequested && !context.CancellationToken.IsCancellationRequested)
+        {
+            throw new RpcException(new Status(StatusCode.Unavailable, "the coordinator is shutting down; watch again once it is back"));
         }
         finally
         {
