@@ -356,7 +356,9 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         try
         {
             var lm = job.Spec.Task == TaskKinds.LanguageModel;
-            if (lm ? job.ValidationTokens.Count < 2 : job.ValidationSequences.Count == 0)
+            // A classifier's validation split may be empty (its records' labels were moved back to training): that
+            // evaluates to "no validation data", as in one process, instead of failing the job.
+            if (lm && job.ValidationTokens.Count < 2)
                 throw new InvalidOperationException($"job {job.JobId}: this replica holds no validation data");
             var m = await job.Torch.RunAsync(() => lm
                 ? Evaluator.LanguageModel(job.Replica.Engine, [.. job.ValidationTokens], request.BatchSize, job.Spec.Training.SeqLen, request.MaxBatches)

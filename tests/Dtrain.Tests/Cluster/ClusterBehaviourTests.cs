@@ -49,6 +49,23 @@ public class ClusterBehaviourTests
     }
 
     [Fact]
+    public async Task A_classifier_whose_validation_split_is_empty_succeeds_on_a_cluster_as_in_one_process()
+    {
+        // Three records, one per label: the validation record goes back to training, the split is empty. One process
+        // printed "no validation data"; the cluster failed at its evaluation ("this replica holds no validation data").
+        using var tmp = new TempDir();
+        await using var cluster = await InProcessCluster.StartAsync(2);
+        tmp.Write("few.jsonl", "{\"text\":\"red apple\",\"label\":\"a\"}\n{\"text\":\"blue sky\",\"label\":\"b\"}\n{\"text\":\"green leaf\",\"label\":\"c\"}\n");
+        var spec = TestJobs.Classifier("few.jsonl", steps: 4) with { Name = "few" };
+        spec = spec with { Training = spec.Training with { BatchSize = 2, EvalInterval = 2 } };
+        var id = cluster.Client.Submit(Submit(cluster, tmp, spec, 2)).JobId;
+        var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(1));
+        Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
+        Assert.Equal(0, info.LastEval.Count);
+        Assert.True(double.IsNaN(info.LastEval.Loss));
+    }
+
+    [Fact]
     public async Task Malformed_dataset_fails_the_job_with_file_and_line_and_the_next_job_still_runs()
     {
         using var tmp = new TempDir();
