@@ -90,7 +90,7 @@ public static class ClusterCommand
             Console.WriteLine($"{id} submitted to {cluster.Address} (logs in {cluster.LogDir})");
             if (cluster.DashboardUrl is { } web) Console.WriteLine($"dashboard: {web}jobs/{id}");
             using var cancel = new CancelOnCtrlC(client, id);
-            var status = JobWatcher.Watch(client, id, r.GetValue(plain));
+            var status = JobWatcher.Watch(client, id, r.GetValue(plain), detachOnCtrlC: false);
             if (status != CliErrors.Ok) return status;
             // A new run's model: an earlier run's files in the run directory (local checkpoints, model.dtck) are kept,
             // moved aside, so that the directory stands for this run's model only.

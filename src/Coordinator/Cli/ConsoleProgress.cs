@@ -14,7 +14,7 @@ public static class ConsoleProgress
         AnsiConsole.Progress()
             .AutoClear(false)
             .HideCompleted(false)
-            .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+            .Columns(BarColumns())
             .Start(ctx =>
             {
                 var task = ctx.AddTask("preparing data", autoStart: true, maxValue: 1);
@@ -24,6 +24,22 @@ public static class ConsoleProgress
                 task.StopTask();
             });
         return summary!;
+    }
+
+    /// <summary>
+    /// The bar's columns for `train` and `watch`: description, a 20-column bar, percentage, time remaining — with a short
+    /// description (<see cref="BarText"/>) they fit an 80-column terminal, where the wide default layout left only "…".
+    /// </summary>
+    public static ProgressColumn[] BarColumns() =>
+        [new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn { Width = 20 }, new PercentageColumn(), new RemainingTimeColumn(), new SpinnerColumn()];
+
+    /// <summary><paramref name="text"/> cut (at a space) to what the bar's other columns leave of the terminal's width.</summary>
+    public static string BarText(string text)
+    {
+        var room = Math.Max(20, AnsiConsole.Profile.Width - 40);
+        if (text.Length <= room) return text;
+        var cut = text.LastIndexOf(' ', room);
+        return text[..(cut > 0 ? cut : room)];
     }
 
     public static void PrintSummary(TrainingSummary s)
@@ -50,7 +66,7 @@ public static class ConsoleProgress
         public void OnStep(StepReport r)
         {
             task.Value = r.Step;
-            task.Description = $"step {r.Step}/{r.TotalSteps} epoch {r.Epoch + 1} loss {r.Loss:F4}{(r.Skipped ? " (skipped)" : "")} lr {r.Lr:G3} {r.SamplesPerSecond:F0} samples/s";
+            task.Description = BarText($"step {r.Step}/{r.TotalSteps} loss {r.Loss:F4}{(r.Skipped ? " (skipped)" : "")} {r.SamplesPerSecond:F0} samples/s lr {r.Lr:G3} epoch {r.Epoch + 1}");
         }
 
         public void OnEvaluation(long step, EvalMetrics m) => AnsiConsole.MarkupLineInterpolated($"[green]step {step}[/] validation: {m}");

@@ -13,7 +13,35 @@ public static class JobWatcher
     /// <summary>How long `watch` keeps reconnecting to a coordinator it cannot reach before it gives up (exit 1).</summary>
     public static readonly TimeSpan GiveUpAfter = TimeSpan.FromMinutes(15);
 
-    public static int Watch(Jobs.JobsClient client, string jobId, bool plain)
+    /// <summary>
+    /// Follows a job until it ends. With <paramref name="detachOnCtrlC"/> (watch, submit --watch, resume --watch), Ctrl-C
+    /// stops watching and leaves the job running, saying so (exit 130); `cluster run` handles Ctrl-C itself (it cancels the job).
+    /// </summary>
+    public static int Watch(Jobs.JobsClient client, string jobId, bool plain, bool detachOnCtrlC = true)
+    {
+        ConsoleCancelEventHandler? detach = null;
+        if (detachOnCtrlC)
+        {
+            detach = (_, e) =>
+            {
+                // The bar hides the cursor until it ends: show it again, and say what became of the job.
+                if (!Console.IsOutputRedirected) Console.Write("\u001b[?25h");
+                Console.Error.WriteLine($"{Environment.NewLine}stopped watching {jobId}; it keeps running: `dtrain watch {jobId}` follows it again, `dtrain cancel {jobId}` stops it");
+                e.Cancel = false;
+            };
+            Console.CancelKeyPress += detach;
+        }
+        try
+        {
+            return WatchCore(client, jobId, plain);
+        }
+        finally
+        {
+            if (detach is not null) Console.CancelKeyPress -= detach;
+        }
+    }
+
+    static int WatchCore(Jobs.JobsClient client, string jobId, bool plain)
     {
         var call = new Reconnecting(client, jobId);
         JobInfo? last = null;
@@ -48,7 +76,7 @@ public static class JobWatcher
         else
         {
             AnsiConsole.Progress().AutoClear(false)
-                .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+                .Columns(ConsoleProgress.BarColumns())
                 .Start(ctx =>
                 {
                     var task = ctx.AddTask($"{jobId}: waiting", maxValue: 1);
@@ -65,7 +93,8 @@ public static class JobWatcher
                             case JobEvent.KindOneofCase.Step:
                                 task.MaxValue = e.Step.TotalSteps;
                                 task.Value = e.Step.Step;
-                                task.Description = StepLine(e.Step);
+                                task.Description = ConsoleProgress.BarText($"step {e.Step.Step}/{e.Step.TotalSteps} loss {e.Step.Loss:F4}{(e.Step.Skipped ? " (skipped)" : "")} " +
+                                    $"{e.Step.SamplesPerSecond:F0} samples/s workers {e.Step.Workers} lr {e.Step.Lr:G3} epoch {e.Step.Epoch + 1}");
                                 break;
                             case JobEvent.KindOneofCase.Eval:
                                 AnsiConsole.MarkupLineInterpolated($"[green]step {e.Eval.Step}[/] validation: {Describe(e.Eval.Metrics)}");

@@ -49,6 +49,32 @@ public class ClusterBehaviourTests
     }
 
     [Fact]
+    public async Task Ctrl_C_on_watch_stops_watching_says_the_job_keeps_running_and_leaves_it_running()
+    {
+        using var tmp = new TempDir();
+        await using var cluster = await InProcessCluster.StartAsync(1);
+        var id = cluster.Client.Submit(Submit(cluster, tmp, SmallLm(tmp, "long", 100_000), 1)).JobId;
+        var psi = CliRunner.StartInfo(tmp.Path, new Dictionary<string, string?> { ["DTRAIN_TOKEN"] = cluster.AdminToken }, "watch", id, "--plain", "--coordinator", cluster.Address);
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var stderr = p.StandardError.ReadToEndAsync();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+        try
+        {
+            while (await p.StandardOutput.ReadLineAsync(timeout.Token) is { } line)
+                if (line.StartsWith("step ", StringComparison.Ordinal)) break;
+            using (var kill = System.Diagnostics.Process.Start("kill", ["-INT", p.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])!) await kill.WaitForExitAsync(timeout.Token);
+            await p.WaitForExitAsync(timeout.Token);
+        }
+        finally
+        {
+            if (!p.HasExited) p.Kill(entireProcessTree: true);
+        }
+        Assert.Contains($"stopped watching {id}; it keeps running: `dtrain watch {id}` follows it again, `dtrain cancel {id}` stops it", await stderr);
+        Assert.Equal(JobState.Running, cluster.Client.Get(new GetJobRequest { JobId = id }).State);
+        cluster.Client.Cancel(new CancelJobRequest { JobId = id });
+    }
+
+    [Fact]
     public async Task A_classifier_whose_validation_split_is_empty_succeeds_on_a_cluster_as_in_one_process()
     {
         // Three records, one per label: the validation record goes back to training, the split is empty. One process
