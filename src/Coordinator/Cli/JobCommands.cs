@@ -222,7 +222,14 @@ public static class JobCommands
         cmd.SetAction(r => Remote.Guard(r, client =>
         {
             var j = client.Cancel(new CancelJobRequest { JobId = r.GetValue(id)! });
-            Console.WriteLine($"{j.JobId}: {(j.State is JobState.Running or JobState.Preparing ? "cancelling" : StateName(j.State))}");
+            Console.WriteLine(j.State switch
+            {
+                // A running, preparing or waiting job stops at its next step boundary (or at once, if it waits).
+                JobState.Running or JobState.Preparing or JobState.Waiting => $"{j.JobId}: cancelling",
+                JobState.Cancelled => $"{j.JobId}: cancelled",
+                // Nothing to cancel: it had ended.
+                _ => $"{j.JobId}: already {StateName(j.State)}, nothing to cancel",
+            });
             return CliErrors.Ok;
         }));
         return cmd;

@@ -1,3 +1,4 @@
+using Dtrain.Protos.Jobs;
 using Dtrain.Server.Auth;
 using Dtrain.Specs;
 using Dtrain.Tests.Cluster;
@@ -171,5 +172,10 @@ public class AuthCliTests
         var cancel = Cli(tmp, alice, "cancel", id, "--coordinator", cluster.Address);
         Assert.True(cancel.ExitCode == 0, cancel.ToString());
         Assert.Single(Lines(cluster.DataDir, "job.cancel", ("job", id), ("user", "alice")));
+        // Once it has ended, cancelling says there was nothing to cancel (it printed the bare state).
+        while (cluster.Client.Get(new GetJobRequest { JobId = id }).State is not (JobState.Cancelled or JobState.Succeeded or JobState.Failed)) await Task.Delay(50);
+        var again = Cli(tmp, alice, "cancel", id, "--coordinator", cluster.Address);
+        Assert.True(again.ExitCode == 0, again.ToString());
+        Assert.Matches($@"^{id}: (cancelled|already (succeeded|failed), nothing to cancel)$", again.Stdout.Trim());
     }
 }
