@@ -13,7 +13,7 @@ public static class EvalCommand
     {
         var checkpoint = new Argument<string>("checkpoint") { Description = "A checkpoint file (.dtck) or a run directory (the model its run wrote last: newest valid checkpoints/ckpt-*.dtck or model.dtck)." };
         var data = new Option<FileInfo?>("--data") { Description = "Evaluate on this file instead of the job's validation split (same format and fields as in training unless overridden)." };
-        var format = new Option<string?>("--format") { Description = "Format of --data: text, jsonl or csv (default: the training format)." };
+        var format = new Option<string?>("--format") { Description = "Format of --data: text, jsonl or csv (default: from its extension — .jsonl/.json, .csv, .txt — else the training format)." };
         var textField = new Option<string?>("--text-field") { Description = "Text field/column of --data (default: as in training)." };
         var labelField = new Option<string?>("--label-field") { Description = "Label field/column of --data (default: as in training)." };
         var batch = new Option<int?>("--batch-size") { Description = "Evaluation batch size (default: the job's training.batch_size, as training's own validation used, so the figures match it)." };
@@ -29,7 +29,7 @@ public static class EvalCommand
             var batchSize = r.GetValue(batch) ?? spec.Training.BatchSize;
             var dataSpec = spec.Data with
             {
-                Format = r.GetValue(format) ?? (spec.Data.Format == DataFormats.Synthetic ? DataFormats.Jsonl : spec.Data.Format),
+                Format = r.GetValue(format) ?? FormatOf(r.GetValue(data), spec.Task == TaskKinds.LanguageModel) ?? (spec.Data.Format == DataFormats.Synthetic ? DataFormats.Jsonl : spec.Data.Format),
                 TextField = r.GetValue(textField) ?? spec.Data.TextField,
                 LabelField = r.GetValue(labelField) ?? spec.Data.LabelField,
             };
@@ -66,4 +66,14 @@ public static class EvalCommand
         }));
         return cmd;
     }
+
+    /// <summary>The format a --data file's extension names (as `predict --file` reads it); null when it names none.</summary>
+    static string? FormatOf(FileInfo? file, bool languageModel) => file is null ? null : Path.GetExtension(file.Name).TrimStart('.').ToLowerInvariant() switch
+    {
+        "jsonl" or "json" => DataFormats.Jsonl,
+        "csv" => DataFormats.Csv,
+        // Plain text has no labels: only a language model reads it.
+        "txt" or "text" when languageModel => DataFormats.Text,
+        _ => null,
+    };
 }

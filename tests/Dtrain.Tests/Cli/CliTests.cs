@@ -40,6 +40,10 @@ public class CliTests
         var eval = CliRunner.Run(tmp.Path, "eval", "out", "--data", "test.csv", "--format", "csv");
         Assert.True(eval.ExitCode == 0, eval.ToString());
         Assert.Contains("accuracy 100.00%", eval.Stdout);
+        // Without --format the extension says csv (it was read as the training format, JSONL: "malformed JSON").
+        var byExtension = CliRunner.Run(tmp.Path, "eval", "out", "--data", "test.csv");
+        Assert.True(byExtension.ExitCode == 0, byExtension.ToString());
+        Assert.Contains("accuracy 100.00%", byExtension.Stdout);
 
         var predict = CliRunner.Run(tmp.Path, "predict", "out", "win money now offer 5", "meeting notes for project 5");
         Assert.True(predict.ExitCode == 0, predict.ToString());
