@@ -51,7 +51,7 @@ public static class ConsoleProgress
 
     static string Describe(TrainingPlan p) =>
         $"{p.Name}: {p.Task}, {p.Parameters:N0} parameters, vocabulary {p.VocabSize}{(p.Classes > 0 ? $", {p.Classes} classes" : "")}, " +
-        $"{p.TrainExamples:N0} training {(p.Task == Specs.TaskKinds.LanguageModel ? "tokens" : "examples")}, {p.StepsPerEpoch} steps/epoch, " +
+        $"{p.TrainExamples:N0} training {(p.Task == Specs.TaskKinds.LanguageModel ? "token" : "example")}{(p.TrainExamples == 1 ? "" : "s")}, {p.StepsPerEpoch} steps/epoch, " +
         $"{p.TotalSteps} steps{(p.StartStep > 0 ? $" (resuming at {p.StartStep})" : "")}, device {p.Device}, {p.Threads} thread(s), output {p.OutputDir}";
 
     sealed class BarObserver(ProgressTask task) : ITrainingObserver

@@ -60,7 +60,7 @@ public static class EvalCommand
             }
             var rep = report.ToReport();
             if (rep.Skipped > 0) Console.Error.WriteLine($"skipped {rep.Skipped} malformed record(s): {string.Join("; ", rep.SkippedExamples)}");
-            Console.WriteLine($"{model.Path} (step {model.State.Step}) on {what}: {metrics.Count} {(isLm ? "tokens" : "examples")}");
+            Console.WriteLine($"{model.Path} (step {model.State.Step}) on {what}: {metrics.Count} {(isLm ? "token" : "example")}{(metrics.Count == 1 ? "" : "s")}");
             Console.WriteLine(metrics.ToString());
             return CliErrors.Ok;
         }));
