@@ -57,11 +57,15 @@ public class BenchSmokeTests
     public async Task Numbers_that_do_not_parse_or_are_out_of_range_are_refused_naming_the_argument()
     {
         // These ended in an unhandled FormatException (or an overflowed size) before.
-        await AssertRefusedAsync("--workers: \"x\" is not a whole number from 2 to 16", "allreduce", "--workers", "x");
-        await AssertRefusedAsync("--sizes: \"4096\" is not a whole number from 1 to 256", "allreduce", "--sizes", "16,4096");
-        await AssertRefusedAsync("--rounds: \"0\" is not a whole number from 1 to 100", "allreduce", "--rounds", "0");
-        await AssertRefusedAsync("threads: \"two\" is not a whole number from 1 to 64", "speed", "two");
-        await AssertRefusedAsync("rounds: \"-1\" is not a whole number from 1 to 100", "pipeline", "links", "-1");
+        foreach (var (name, value, range, args) in new (string, string, string, string[])[]
+                 {
+                     ("--workers", "x", "2 to 16", ["allreduce", "--workers", "x"]),
+                     ("--sizes", "4096", "1 to 256", ["allreduce", "--sizes", "16,4096"]),
+                     ("--rounds", "0", "1 to 100", ["allreduce", "--rounds", "0"]),
+                     ("threads", "two", "1 to 64", ["speed", "two"]),
+                     ("rounds", "-1", "1 to 100", ["pipeline", "links", "-1"]),
+                 })
+            await AssertRefusedAsync($"{name}: \"{value}\" is not a whole number from {range}", args);
     }
 
     [Fact]

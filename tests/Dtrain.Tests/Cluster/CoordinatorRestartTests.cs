@@ -37,15 +37,23 @@ public class CoordinatorRestartTests
     // at step 50 (the job, then the queued one, had finished). 2000 leave seconds between that look and the end.
     const int Steps = 2000;
 
+    /// <summary>
+    /// Writes t.txt and lm.json: a job of <see cref="Steps"/> steps checkpointing every 20, long enough that it is still
+    /// running when a test looks at step 30-50 (steps over shared memory take milliseconds).
+    /// </summary>
+    static string LongJob(TempDir tmp)
+    {
+        tmp.Write("t.txt", TestJobs.Text(200));
+        var spec = TestJobs.CharLm("t.txt", steps: Steps);
+        spec = spec with { Training = spec.Training with { BatchSize = 8, SeqLen = 16, LmSampling = LmSamplingKinds.Random, EvalInterval = 0, CheckpointInterval = 20 } };
+        return tmp.Write("lm.json", JobSpecSerializer.Serialize(spec));
+    }
+
     [Fact]
     public async Task Killed_coordinator_restarts_on_its_data_dir_and_its_jobs_resume_stay_queued_and_stay_downloadable()
     {
         using var tmp = new TempDir();
-        tmp.Write("t.txt", TestJobs.Text(200));
-        // Long enough that the job is still running when the test sees step 50 (steps over shared memory take milliseconds).
-        var spec = TestJobs.CharLm("t.txt", steps: Steps);
-        spec = spec with { Training = spec.Training with { BatchSize = 8, SeqLen = 16, LmSampling = LmSamplingKinds.Random, EvalInterval = 0, CheckpointInterval = 20 } };
-        var path = tmp.Write("lm.json", JobSpecSerializer.Serialize(spec));
+        var path = LongJob(tmp);
         var small = tmp.Write("small.json", JobSpecSerializer.Serialize(TestJobs.CharLm("t.txt", steps: 10)));
         using var cluster = LocalCluster.Start(2, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), FastTimeouts);
         using var channel = Remote.Channel(cluster.Address);
@@ -117,10 +125,7 @@ public class CoordinatorRestartTests
         // An open `dtrain watch` kept Kestrel's graceful shutdown waiting while it refused heartbeats: the job's workers
         // counted as lost and the job failed for good instead of resuming after the restart.
         using var tmp = new TempDir();
-        tmp.Write("t.txt", TestJobs.Text(200));
-        var spec = TestJobs.CharLm("t.txt", steps: Steps);
-        spec = spec with { Training = spec.Training with { BatchSize = 8, SeqLen = 16, LmSampling = LmSamplingKinds.Random, EvalInterval = 0, CheckpointInterval = 20 } };
-        var path = tmp.Write("lm.json", JobSpecSerializer.Serialize(spec));
+        var path = LongJob(tmp);
         using var cluster = LocalCluster.Start(1, 0, 1, Path.Combine(tmp.Path, "cluster"), TimeSpan.FromMinutes(2), FastTimeouts);
         using var channel = Remote.Channel(cluster.Address);
         var client = new Jobs.JobsClient(channel);
