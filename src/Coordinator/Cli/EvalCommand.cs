@@ -29,7 +29,8 @@ public static class EvalCommand
             var batchSize = r.GetValue(batch) ?? spec.Training.BatchSize;
             var dataSpec = spec.Data with
             {
-                Format = r.GetValue(format) ?? FormatOf(r.GetValue(data), spec.Task == TaskKinds.LanguageModel) ?? (spec.Data.Format == DataFormats.Synthetic ? DataFormats.Jsonl : spec.Data.Format),
+                Format = r.GetValue(format) ?? (r.GetValue(data) is { } named && DataFormats.OfExtension(named.Name) is { } byName
+                    && (byName != DataFormats.Text || spec.Task == TaskKinds.LanguageModel) ? byName : null) ?? (spec.Data.Format == DataFormats.Synthetic ? DataFormats.Jsonl : spec.Data.Format),
                 TextField = r.GetValue(textField) ?? spec.Data.TextField,
                 LabelField = r.GetValue(labelField) ?? spec.Data.LabelField,
             };
@@ -66,14 +67,4 @@ public static class EvalCommand
         }));
         return cmd;
     }
-
-    /// <summary>The format a --data file's extension names (as `predict --file` reads it); null when it names none.</summary>
-    static string? FormatOf(FileInfo? file, bool languageModel) => file is null ? null : Path.GetExtension(file.Name).TrimStart('.').ToLowerInvariant() switch
-    {
-        "jsonl" or "json" => DataFormats.Jsonl,
-        "csv" => DataFormats.Csv,
-        // Plain text has no labels: only a language model reads it.
-        "txt" or "text" when languageModel => DataFormats.Text,
-        _ => null,
-    };
 }

@@ -31,12 +31,7 @@ public static class PredictCommand
             var sources = inputs.Select((_, i) => $"argument {i + 1}").ToList();
             if (r.GetValue(file) is { } f)
             {
-                var fmt = r.GetValue(format) ?? Path.GetExtension(f.Name).TrimStart('.').ToLowerInvariant() switch
-                {
-                    "jsonl" or "json" => DataFormats.Jsonl,
-                    "csv" => DataFormats.Csv,
-                    _ => "lines",
-                };
+                var fmt = r.GetValue(format) ?? (DataFormats.OfExtension(f.Name) is { } named && named != DataFormats.Text ? named : "lines");
                 if (fmt == "lines")
                 {
                     // One text per line, an empty line included (it is classified as `predict ""` is): one output row per line.

@@ -57,11 +57,23 @@ public sealed class WorkerActivity
     /// Enters <paramref name="newPhase"/> (the clock restarts only when the phase changes) with <paramref name="newDetail"/>;
     /// <paramref name="newStep"/>: the step worked on (from 1), unchanged when null.
     /// </summary>
-    public void Enter(string newPhase, string newDetail = "", long? newStep = null, string newWaitingOn = "")
+    public void Enter(string newPhase, string newDetail = "", long? newStep = null, string newWaitingOn = "") =>
+        Move(null, newPhase, newDetail, newStep, newWaitingOn);
+
+    /// <summary>
+    /// <see cref="Enter"/>, only while <paramref name="job"/> is still this worker's job (checked under the same lock
+    /// <see cref="Job"/> takes): a step that ends after its job was released must not leave a released, idle worker
+    /// reporting a phase of that job.
+    /// </summary>
+    public void EnterFor(string job, string newPhase, string newDetail = "") => Move(job, newPhase, newDetail, null, "");
+
+    /// <summary>The phase change of <see cref="Enter"/> and <see cref="EnterFor"/>; nothing when <paramref name="onlyFor"/> is given and is not the current job.</summary>
+    private void Move(string? onlyFor, string newPhase, string newDetail, long? newStep, string newWaitingOn)
     {
         bool changed;
         lock (gate)
         {
+            if (onlyFor is not null && jobId != onlyFor) return;
             changed = phase != newPhase;
             if (changed) since = Stopwatch.GetTimestamp();
             phase = newPhase;
@@ -70,28 +82,6 @@ public sealed class WorkerActivity
             subPhase = "";
             piece = pieces = 0;
             if (newStep is { } s) step = s;
-        }
-        if (changed) PhaseChanged?.Invoke(newPhase);
-    }
-
-    /// <summary>
-    /// <see cref="Enter"/>, only while <paramref name="job"/> is still this worker's job (checked under the same lock
-    /// <see cref="Job"/> takes): a step that ends after its job was released must not leave a released, idle worker
-    /// reporting a phase of that job.
-    /// </summary>
-    public void EnterFor(string job, string newPhase, string newDetail = "")
-    {
-        bool changed;
-        lock (gate)
-        {
-            if (jobId != job) return;
-            changed = phase != newPhase;
-            if (changed) since = Stopwatch.GetTimestamp();
-            phase = newPhase;
-            detail = newDetail;
-            waitingOn = "";
-            subPhase = "";
-            piece = pieces = 0;
         }
         if (changed) PhaseChanged?.Invoke(newPhase);
     }

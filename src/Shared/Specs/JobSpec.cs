@@ -133,6 +133,15 @@ public static class DataFormats
     public const string Csv = "csv";
     public const string Synthetic = "synthetic";
     public static readonly string[] All = [Text, Jsonl, Csv, Synthetic];
+
+    /// <summary>The format a file's extension names (.jsonl/.json, .csv, .txt/.text); null when it names none.</summary>
+    public static string? OfExtension(string path) => Path.GetExtension(path).TrimStart('.').ToLowerInvariant() switch
+    {
+        "jsonl" or "json" => Jsonl,
+        "csv" => Csv,
+        "txt" or "text" => Text,
+        _ => null,
+    };
 }
 
 public static class OverlengthPolicies
