@@ -28,7 +28,7 @@ public static partial class CertsCommand
         AllowMultipleArgumentsPerToken = false,
     };
 
-    static Option<int> Days(int fallback, string what) => new("--days") { Description = $"Days {what} is valid (default {fallback}).", DefaultValueFactory = _ => fallback };
+    static Option<int> Days(int fallback, string what) => new("--days") { Description = $"Days {what} valid (default {fallback}).", DefaultValueFactory = _ => fallback };
 
     static Command Init()
     {
