@@ -86,7 +86,7 @@ public sealed class JobStore : IDisposable
         catch (SqliteException e)
         {
             db?.Dispose();
-            throw new InvalidDataException($"{Path}: cannot open the coordinator's job store: {e.Message} (SQLite error {e.SqliteErrorCode}); move the damaged file aside to start with no jobs", e);
+            throw new InvalidDataException($"{Path}: {OpenProblem(e)}", e);
         }
         catch (InvalidDataException)
         {
@@ -94,6 +94,27 @@ public sealed class JobStore : IDisposable
             throw;
         }
         flusher = new Timer(_ => Flush(), null, FlushInterval, FlushInterval);
+    }
+
+    /// <summary>
+    /// Why the store could not be opened, and what to do: only a file SQLite finds damaged is called damaged — a data
+    /// directory that cannot be written (read-only mount, another user's directory) is not.
+    /// </summary>
+    private string OpenProblem(SqliteException e)
+    {
+        var dir = System.IO.Path.GetDirectoryName(Path)!;
+        var code = $"(SQLite error {e.SqliteErrorCode}: {e.Message})";
+        const string writable = "make it writable by the user the coordinator runs as, or give `dtrain serve --data-dir` (Coordinator:DataDir) a writable directory";
+        return (e.SqliteErrorCode, File.Exists(Path)) switch
+        {
+            // SQLITE_CANTOPEN with no file: it could not be created.
+            (14, false) => $"cannot create the coordinator's job store: the data directory {dir} cannot be written (read-only, or not this user's) {code}; {writable}",
+            // SQLITE_CANTOPEN, SQLITE_READONLY or SQLITE_PERM on a file that is there: it (or its directory, for the journal) cannot be written.
+            (14 or 8 or 3, true) => $"cannot open the coordinator's job store for writing: the file or its directory {dir} is read-only, or not this user's {code}; {writable} (the store and its -wal and -shm files beside it)",
+            // SQLITE_CORRUPT, SQLITE_NOTADB: the file is damaged.
+            (11 or 26, _) => $"the coordinator's job store is damaged {code}; move the damaged file aside to start with no jobs",
+            _ => $"cannot open the coordinator's job store {code}",
+        };
     }
 
     /// <summary>Writes the job's current record now, after every queued write (its ledger steps first); false (and logged) when the disk refused it.</summary>
