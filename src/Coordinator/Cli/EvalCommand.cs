@@ -53,6 +53,7 @@ public static class EvalCommand
             }
             else
             {
+                ThrowIfDataMissing(model);
                 var prepared = PreparedData.Load(spec, Directory.GetCurrentDirectory(), model.Tokenizer, isLm ? null : model.Labels);
                 what = "the job's validation split";
                 metrics = isLm
@@ -66,5 +67,25 @@ public static class EvalCommand
             return CliErrors.Ok;
         }));
         return cmd;
+    }
+
+    /// <summary>
+    /// The job's validation split is read from the data the model was trained on, as its spec names it (a model trained
+    /// on a cluster: as its submitter named it). Not on this machine, e.g. a model downloaded to another one: say which
+    /// file, and that --data evaluates on a file given here.
+    /// </summary>
+    static void ThrowIfDataMissing(TrainedModel model)
+    {
+        var d = model.Spec.Data;
+        if (d.Format == DataFormats.Synthetic) return;
+        foreach (var (field, named) in new[] { ("train", d.Train), ("validation", d.Validation) })
+        {
+            if (named is null) continue;
+            var here = JobSpecPaths.Resolve(Directory.GetCurrentDirectory(), named)!;
+            if (File.Exists(here)) continue;
+            throw new FileNotFoundException(
+                $"{model.Path} was trained on \"{named}\" (data.{field} of its spec), which is not on this machine{(here == named ? "" : $" ({here})")}: " +
+                $"give the file to evaluate on with --data FILE (a copy of it, or other data in the same format)");
+        }
     }
 }

@@ -119,11 +119,16 @@ public static class JobCommands
         else throw new FileNotFoundException($"--resume {from}: neither a checkpoint file, a run directory nor a job id (job-NNNN)");
     }
 
-    /// <summary>Validates the spec locally (fast, precise errors) and uploads its data files in chunks (unless <paramref name="upload"/> is false: then they name files on the coordinator).</summary>
+    /// <summary>
+    /// Validates the spec locally (fast, precise errors) and uploads its data files in chunks (unless <paramref name="upload"/>
+    /// is false: then they name files on the coordinator). The spec's directory goes with it: the job's checkpoints name
+    /// the data by its full path here, as `train` records it, so `dtrain eval MODEL` on this machine finds the data, and
+    /// elsewhere says which file it needs.
+    /// </summary>
     public static SubmitRequest BuildSubmit(Jobs.JobsClient client, FileInfo file, int workers, bool upload = true)
     {
         var parsed = JobSpecSerializer.Load(file.FullName);
-        var request = new SubmitRequest { SpecJson = File.ReadAllText(file.FullName), Workers = workers, Source = file.Name };
+        var request = new SubmitRequest { SpecJson = File.ReadAllText(file.FullName), Workers = workers, Source = file.Name, SpecDir = file.DirectoryName! };
         foreach (var (path, field) in new[] { (parsed.Data.Train, "train"), (parsed.Data.Validation, "validation") })
         {
             if (path is null || parsed.Data.Format == DataFormats.Synthetic) continue;
@@ -187,7 +192,7 @@ public static class JobCommands
             if (j.Generation > 1 || j.MaxWorkers > 0)
                 Console.WriteLine($"  membership generation {j.Generation}, workers min {j.MinWorkers} max {j.MaxWorkers}{(j.Restarts > 0 ? $", {j.Restarts} restart(s)" : "")}");
             if (j.ResumedFrom != "") Console.WriteLine($"  resumed from {j.ResumedFrom} at step {j.StartStep}");
-            if (j.Checkpoint != "") Console.WriteLine($"  checkpoint: {j.Checkpoint}");
+            if (j.Checkpoint != "") Console.WriteLine($"  checkpoint: {j.Checkpoint} (`dtrain download {j.JobId}` fetches it)");
             if (j.Stall != "") Console.WriteLine($"  STALL: {j.Stall}");
             if (j.WorkerRows.Count > 0) WorkerRows(j);
             if (r.GetValue(ledger)) LedgerView.Print(client.Ledger(new GetJobRequest { JobId = j.JobId }), j);
@@ -253,24 +258,54 @@ public static class JobCommands
         return cmd;
     }
 
+    /// <summary>
+    /// Streams the job's newest checkpoint into TARGET.part, verifies it and only then moves it to <paramref name="target"/>:
+    /// a refused or broken download (no such job, no permission, no checkpoint yet, a cut connection, a damaged file)
+    /// leaves nothing behind, and an earlier file at <paramref name="target"/> stays as it was.
+    /// </summary>
     public static int DownloadTo(Jobs.JobsClient client, string job, string target)
     {
         Directory.CreateDirectory(Path.GetDirectoryName(target)!);
         var tmp = target + ".part";
         long total = 0;
-        using (var call = client.Download(new DownloadRequest { JobId = job }))
-        using (var file = File.Create(tmp))
+        try
         {
-            while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
+            using (var call = client.Download(new DownloadRequest { JobId = job }))
             {
-                call.ResponseStream.Current.Data.WriteTo(file);
-                total += call.ResponseStream.Current.Data.Length;
+                FileStream? file = null;
+                try
+                {
+                    while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
+                    {
+                        // Created with the first chunk: a refused call creates no file at all.
+                        file ??= File.Create(tmp);
+                        call.ResponseStream.Current.Data.WriteTo(file);
+                        total += call.ResponseStream.Current.Data.Length;
+                    }
+                    if (file is null) throw new InvalidDataException($"{job}: the coordinator sent an empty checkpoint; nothing was written to {target}");
+                    file.Flush(flushToDisk: true);
+                }
+                finally
+                {
+                    file?.Dispose();
+                }
             }
-            file.Flush(flushToDisk: true);
+            // Verify what arrived before it takes the target's place and the user is told it is there.
+            try
+            {
+                Checkpoints.CheckpointStore.ReadFile(tmp);
+            }
+            catch (Checkpoints.CorruptCheckpointException e)
+            {
+                throw new InvalidDataException($"{job}: the downloaded checkpoint is damaged ({e.Reason}); nothing was written to {target}", e);
+            }
+            File.Move(tmp, target, overwrite: true);
         }
-        File.Move(tmp, target, overwrite: true);
-        // Verify what arrived before telling the user it is there.
-        Checkpoints.CheckpointStore.ReadFile(target);
+        catch
+        {
+            File.Delete(tmp);
+            throw;
+        }
         Console.WriteLine($"{target} ({total:N0} bytes)");
         return CliErrors.Ok;
     }

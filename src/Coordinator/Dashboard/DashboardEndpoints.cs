@@ -323,7 +323,8 @@ public static class DashboardEndpoints
     static JsonObject JobDetail(HttpContext http, JobRecord job)
     {
         var o = JobJson(job.ToProto(), Services(http).Clock.GetUtcNow());
-        o["spec"] = JsonNode.Parse(JobSpecSerializer.Serialize(job.Spec));
+        // As submitted: the data as the user named it, no path on this coordinator.
+        o["spec"] = JsonNode.Parse(JobSpecSerializer.Serialize(job.SpecAsSubmitted));
         var dir = Path.Combine(job.Dir, "checkpoints");
         var files = Directory.Exists(dir) ? new DirectoryInfo(dir).GetFiles("ckpt-*.dtck").OrderBy(f => f.Name, StringComparer.Ordinal) : Enumerable.Empty<FileInfo>();
         o["checkpoints"] = new JsonArray([.. files.Select(f => (JsonNode)new JsonObject

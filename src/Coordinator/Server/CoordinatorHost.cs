@@ -30,6 +30,7 @@ public static class CoordinatorHost
         builder.Services.TryAddSingleton<ICallerIdentity, PeerAddressIdentity>();
         builder.Services.AddSingleton<UploadStore>();
         builder.Services.AddSingleton<DataAccess>();
+        builder.Services.AddSingleton<IClientMessageFilter, ServerPathFilter>();
         builder.Services.AddSingleton<CallRateLimits>();
         builder.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<CallRateLimits>());
         builder.Services.AddSingleton<WorkerClients>();

@@ -28,7 +28,8 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
     {
         var spec = job.Spec;
         var (data, source, total) = (prepared.Data, prepared.Source, prepared.TotalSteps);
-        var specJson = JobSpecSerializer.Serialize(spec);
+        // The spec as on the submitting machine (the data as the user has it): workers read no data files, and the checkpoints they capture keep it.
+        var specJson = JobSpecSerializer.Serialize(job.SpecOnClient);
         var tokenizer = data.Tokenizer.ToState();
         AssignRequest Assignment(int rank, int world, long generation, long startStep, IReadOnlyList<Peer> peers)
         {

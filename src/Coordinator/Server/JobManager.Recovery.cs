@@ -25,17 +25,19 @@ public sealed partial class JobManager
                 continue;
             }
             var dir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs", id));
-            JobSpec spec;
+            JobSpec spec, submitted, onClient;
             try
             {
                 spec = JobSpecSerializer.Parse(File.ReadAllText(Path.Combine(dir, "spec.json")), $"{id}/spec.json");
+                submitted = SubmittedSpecOf(dir, spec);
+                onClient = ClientSpecOf(dir, submitted);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or SpecException)
             {
                 log.LogError("{Store}: job {Id} is left out: its spec cannot be read: {Message}", store.Path, id, e.Message);
                 continue;
             }
-            var job = JobRecord.Restore(stored, spec, dir, data.LimitsFor(id, Path.Combine(dir, "data")));
+            var job = JobRecord.Restore(stored, spec, dir, data.LimitsFor(id, Path.Combine(dir, "data")), submitted, onClient);
             job.Persist(store);
             jobs[id] = job;
             JobAdded?.Invoke(job);

@@ -37,23 +37,26 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         var resume = request.ResumeJob != "" ? ResumeOfJob(request.ResumeJob)
             : request.ResumeUpload != "" ? ResumeOfUpload(request.ResumeUpload)
             : null;
-        JobSpec spec;
+        JobSpec spec, asSubmitted, onClient;
         var ownData = false;
         if (string.IsNullOrWhiteSpace(request.SpecJson))
         {
             // `dtrain resume JOB`: that job's spec and the data files it was given.
             if (request.ResumeJob == "") throw new ArgumentException("the job spec is empty (only a resumed job may leave it out, to reuse its spec)");
-            spec = SpecOfJob(request.ResumeJob);
+            (spec, asSubmitted, onClient) = SpecOfJob(request.ResumeJob);
             source = $"spec of {request.ResumeJob}";
             ownData = true;
         }
         else
         {
-            spec = JobSpecSerializer.Parse(request.SpecJson, source);
+            spec = asSubmitted = JobSpecSerializer.Parse(request.SpecJson, source);
+            // Relative data paths as they are on the submitting machine (its spec file's directory): what checkpoints keep.
+            onClient = Path.IsPathRooted(request.SpecDir) ? JobSpecPaths.WithAbsoluteDataPaths(asSubmitted, request.SpecDir) : asSubmitted;
         }
         var workers = RunnableWorkers(request, spec, source);
         JobSpecValidator.ThrowIfNotRunnable(spec, source, onCluster: true, LargestWorker(), workers > 0 ? workers : Math.Max(1, registry.Snapshot().Count));
         resume?.CheckCompatible(spec, source);
+        resume?.Verify(spec);
         // Refused here rather than as a job that fails at once (a resume of a job that trained all its max_steps).
         if (resume is not null && spec.Training.MaxSteps > 0 && resume.State.Step >= spec.Training.MaxSteps)
             throw new ArgumentException($"{source}: the checkpoint {resume.From} is at step {resume.State.Step} and training.max_steps is {spec.Training.MaxSteps}: " +
@@ -61,13 +64,9 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         var id = $"job-{Interlocked.Increment(ref nextId):D4}";
         var dir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs", id));
         Directory.CreateDirectory(dir);
-        var submitted = spec.Data;
         if (!ownData) spec = StoreFiles(spec, request, Path.Combine(dir, "data"), source);
         // Uploaded files are stored under the job's directory; messages about them name them as the spec did.
-        var dataNames = new Dictionary<string, string>(StringComparer.Ordinal);
-        foreach (var (named, stored) in new[] { (submitted.Train, spec.Data.Train), (submitted.Validation, spec.Data.Validation) })
-            if (named is not null && stored is not null && named != stored && stored.StartsWith(dir + Path.DirectorySeparatorChar, StringComparison.Ordinal))
-                dataNames[stored] = named;
+        var dataNames = JobRecord.NamesOf(asSubmitted, spec);
         if (request.ResumeUpload != "")
         {
             // The upload becomes the job's: it stays with the job (and is not counted as a pending upload).
@@ -76,9 +75,15 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
             resume = ResumePoint.OfFile(resume!.From, kept);
         }
         spec = spec with { Output = dir };
-        // The spec as it runs (data paths on this coordinator): what `dtrain resume` continues with.
+        // The spec as it runs (data paths on this coordinator): what `dtrain resume` continues with; as it was submitted
+        // (the names the user gave): what clients see; and so on the submitting machine: what workers and checkpoints get.
         File.WriteAllText(Path.Combine(dir, "spec.json"), JobSpecSerializer.Serialize(spec));
-        var record = new JobRecord(id, spec, dir, workers, clock.GetUtcNow(), owner) { Resume = resume, DataLimits = data.LimitsFor(id, Path.Combine(dir, "data")), DataNames = dataNames };
+        File.WriteAllText(Path.Combine(dir, SubmittedSpecFile), JobSpecSerializer.Serialize(asSubmitted));
+        File.WriteAllText(Path.Combine(dir, ClientSpecFile), JobSpecSerializer.Serialize(onClient));
+        var record = new JobRecord(id, spec, dir, workers, clock.GetUtcNow(), owner)
+        {
+            Resume = resume, DataLimits = data.LimitsFor(id, Path.Combine(dir, "data")), DataNames = dataNames, SpecAsSubmitted = asSubmitted, SpecOnClient = onClient,
+        };
         record.Update(p => p with
         {
             MinWorkers = request.MinWorkers,
@@ -133,13 +138,38 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         }
     }
 
-    /// <summary>The spec a job ran with: from memory, or from its directory after a coordinator restart.</summary>
-    private JobSpec SpecOfJob(string jobId)
+    /// <summary>The spec a job ran with, as it was submitted and so on the submitting machine: from memory, or from its directory after a coordinator restart.</summary>
+    private (JobSpec Running, JobSpec Submitted, JobSpec OnClient) SpecOfJob(string jobId)
     {
-        if (jobs.TryGetValue(jobId, out var job)) return job.Spec;
-        var file = Path.Combine(JobDir(jobId), "spec.json");
+        if (jobs.TryGetValue(jobId, out var job)) return (job.Spec, job.SpecAsSubmitted, job.SpecOnClient);
+        var dir = JobDir(jobId);
+        var file = Path.Combine(dir, "spec.json");
         if (!File.Exists(file)) throw new KeyNotFoundException($"no job \"{jobId}\" on this coordinator");
-        return JobSpecSerializer.Parse(File.ReadAllText(file), $"{jobId}/spec.json");
+        var running = JobSpecSerializer.Parse(File.ReadAllText(file), $"{jobId}/spec.json");
+        var submitted = SubmittedSpecOf(dir, running);
+        return (running, submitted, ClientSpecOf(dir, submitted));
+    }
+
+    /// <summary>The spec of a job as it was submitted, and so on the submitting machine: kept in its directory beside spec.json.</summary>
+    private const string SubmittedSpecFile = "submitted-spec.json", ClientSpecFile = "client-spec.json";
+
+    /// <summary>The spec of the job in <paramref name="dir"/> as on the submitting machine; <paramref name="submitted"/> when not kept.</summary>
+    private static JobSpec ClientSpecOf(string dir, JobSpec submitted)
+    {
+        var file = Path.Combine(dir, ClientSpecFile);
+        return File.Exists(file) ? JobSpecSerializer.Parse(File.ReadAllText(file), $"{Path.GetFileName(dir)}/{ClientSpecFile}") : submitted;
+    }
+
+    /// <summary>
+    /// The spec of the job in <paramref name="dir"/> as it was submitted; for a job of an older coordinator that did not
+    /// keep it, <paramref name="running"/> with its stored data files by their file names and no output.
+    /// </summary>
+    private static JobSpec SubmittedSpecOf(string dir, JobSpec running)
+    {
+        var file = Path.Combine(dir, SubmittedSpecFile);
+        if (File.Exists(file)) return JobSpecSerializer.Parse(File.ReadAllText(file), $"{Path.GetFileName(dir)}/{SubmittedSpecFile}");
+        string? Named(string? path) => path is not null && path.StartsWith(dir + Path.DirectorySeparatorChar, StringComparison.Ordinal) ? Path.GetFileName(path) : path;
+        return running with { Data = running.Data with { Train = Named(running.Data.Train), Validation = Named(running.Data.Validation) }, Output = null };
     }
 
     /// <summary>The directory of job <paramref name="jobId"/>; only well-formed ids (no path tricks).</summary>

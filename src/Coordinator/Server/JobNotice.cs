@@ -60,6 +60,8 @@ public sealed record JobSubmission
     public int Workers { get; init; }
     /// <summary>Name of the spec file, for messages only ("" = "submitted spec").</summary>
     public string Source { get; init; } = "";
+    /// <summary>The spec file's directory on the submitting machine ("" = unknown): its data paths are relative to it.</summary>
+    public string SpecDir { get; init; } = "";
     /// <summary>Small data files sent inline, by the path written in the spec.</summary>
     public IReadOnlyDictionary<string, ReadOnlyMemory<byte>> Files { get; init; } = new Dictionary<string, ReadOnlyMemory<byte>>();
     /// <summary>Data files uploaded beforehand, by the path written in the spec: their upload handles.</summary>

@@ -29,16 +29,63 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     /// <summary>How the job's data files are read (size limit, quoting in messages, progress); set at submit.</summary>
     public DataReadLimits DataLimits { get; init; } = DataReadLimits.Local;
     /// <summary>
-    /// The job's data files as this coordinator stores them → as the submitter named them in the spec (uploads only;
-    /// set at submit, not kept across a coordinator restart): messages about a file name it as the user wrote it.
+    /// The job's data files as this coordinator stores them → as the submitter named them in the spec (uploads and the
+    /// files of a resumed job; set at submit and again when a restarted coordinator takes the job back): messages about a
+    /// file name it as the user wrote it.
     /// </summary>
     public IReadOnlyDictionary<string, string> DataNames { get; init; } = new Dictionary<string, string>();
 
-    /// <summary><paramref name="text"/> with every stored data file's path replaced by the name its submitter gave it (see <see cref="DataNames"/>).</summary>
+    /// <summary>
+    /// The spec as its submitter gave it: data files by the names they gave (not where this coordinator stores them),
+    /// the output as they wrote it; the rest is <see cref="Spec"/>'s. What clients see (`/api/jobs/J`).
+    /// </summary>
+    public JobSpec SpecAsSubmitted
+    {
+        get => WithNamesOf(submittedSpec);
+        init => submittedSpec = value;
+    }
+    private JobSpec? submittedSpec;
+
+    /// <summary>
+    /// <see cref="SpecAsSubmitted"/> with its relative data paths resolved on the submitting machine (as `dtrain train`
+    /// records them): what workers get and what the job's checkpoints hold, so `dtrain eval MODEL` finds the data where
+    /// the user has it, and names it as theirs where it is not — never a path on this coordinator.
+    /// </summary>
+    public JobSpec SpecOnClient
+    {
+        get => WithNamesOf(clientSpec ?? submittedSpec);
+        init => clientSpec = value;
+    }
+    private JobSpec? clientSpec;
+
+    /// <summary><see cref="Spec"/> with the data files and output of <paramref name="names"/> (null: as it is).</summary>
+    private JobSpec WithNamesOf(JobSpec? names) =>
+        names is null ? Spec : Spec with { Data = Spec.Data with { Train = names.Data.Train, Validation = names.Data.Validation }, Output = names.Output };
+
+    /// <summary>
+    /// <paramref name="text"/> as a client may see it: every stored data file's path replaced by the name its submitter
+    /// gave it (see <see cref="DataNames"/>), and any other path under the coordinator's data directory made relative
+    /// to it (<see cref="ServerPaths.Hide"/>).
+    /// </summary>
     public string AsSubmitted(string text)
     {
         foreach (var (stored, named) in DataNames) text = text.Replace(stored, named, StringComparison.Ordinal);
+        // Dir is DATA_DIR/jobs/ID.
+        var jobsDir = Path.GetDirectoryName(Dir);
+        if (jobsDir is not null && Path.GetFileName(jobsDir) == "jobs" && Path.GetDirectoryName(jobsDir) is { } dataDir) text = ServerPaths.Hide(text, dataDir);
         return text;
+    }
+
+    /// <summary>
+    /// Stored data path → the name its submitter gave it, for each data file of <paramref name="running"/> that differs
+    /// from <paramref name="submitted"/>'s (the files a coordinator copied into a job directory).
+    /// </summary>
+    public static Dictionary<string, string> NamesOf(JobSpec submitted, JobSpec running)
+    {
+        var names = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (named, stored) in new[] { (submitted.Data.Train, running.Data.Train), (submitted.Data.Validation, running.Data.Validation) })
+            if (named is not null && stored is not null && named != stored) names[stored] = named;
+        return names;
     }
 
     /// <summary>When the job was submitted; never changes.</summary>
@@ -95,7 +142,9 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     /// A job as an earlier coordinator run left it in its store: its state, progress, ledger and place in the queue; its
     /// event history starts with that state and its last progress.
     /// </summary>
-    public static JobRecord Restore(StoredJob stored, JobSpec spec, string dir, DataReadLimits limits)
+    /// <param name="submitted">The spec as its submitter gave it (<see cref="SpecAsSubmitted"/>), when the job directory keeps it.</param>
+    /// <param name="onClient">The same, resolved on the submitting machine (<see cref="SpecOnClient"/>).</param>
+    public static JobRecord Restore(StoredJob stored, JobSpec spec, string dir, DataReadLimits limits, JobSpec? submitted = null, JobSpec? onClient = null)
     {
         var d = stored.Job;
         var record = new JobRecord(d.Id, spec, dir, d.WorkersRequested, d.Submitted, d.Owner)
@@ -104,6 +153,9 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
             Status = d.Status,
             QueueOrder = stored.QueueOrder,
             DataLimits = limits,
+            submittedSpec = submitted,
+            clientSpec = onClient,
+            DataNames = submitted is null ? new Dictionary<string, string>() : NamesOf(submitted, spec),
         };
         record.Ledger.Restore(stored.Ledger);
         record.history.Add(new JobNotice.State(d.Status, d.Progress));

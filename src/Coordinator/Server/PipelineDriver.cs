@@ -43,7 +43,8 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         var store = new CheckpointStore(Path.Combine(job.Dir, "checkpoints"), spec.Training.KeepCheckpoints);
         int Slot(int replica, int stage) => replica * k + stage;
 
-        var specJson = Specs.JobSpecSerializer.Serialize(spec);
+        // The spec as on the submitting machine (the data as the user has it): workers read no data files, and their checkpoints keep it.
+        var specJson = Specs.JobSpecSerializer.Serialize(job.SpecOnClient);
         var generation = job.NextGeneration();
         var tokenizer = data.Tokenizer.ToState();
         var assigned = await workers.AssignAsync(slot =>
@@ -181,7 +182,8 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         CheckpointData? state = null;
         try
         {
-            if (checkpoint) state = TrainingCheckpoint.Capture(spec with { Parallelism = null }, data.Tokenizer, data.Labels, training, engine);
+            // The checkpoint keeps the spec as on the submitting machine: `dtrain eval MODEL` finds the data there, and never names a path on this coordinator.
+            if (checkpoint) state = TrainingCheckpoint.Capture(job.SpecOnClient with { Parallelism = null }, data.Tokenizer, data.Labels, training, engine);
         }
         catch (TrainingDivergedException e)
         {

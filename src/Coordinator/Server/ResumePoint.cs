@@ -70,13 +70,42 @@ public sealed class ResumePoint
     }
 
     /// <summary>
+    /// Refuses a checkpoint whose sections do not fit the model <paramref name="spec"/> builds with its vocabulary and
+    /// labels — its model weights, optimizer state (kind, counts, every tensor's dtype and shape), torch RNG state and
+    /// carried hidden state — with the section named, as `train --resume` does: a crafted or mismatched checkpoint is
+    /// refused at submit, in managed code, before any byte of it reaches libtorch (whose errors abort the process).
+    /// </summary>
+    public void Verify(JobSpec spec)
+    {
+        using var torch = new Runtime.TorchThread("resume-check", 1);
+        torch.RunAsync(() =>
+        {
+            try
+            {
+                TrainingCheckpoint.CheckModelFits(Checkpoint, Path, spec, Tokenizer.VocabSize, Labels.Count);
+                using var engine = new TrainingEngine(spec with { Parallelism = null }, Tokenizer.VocabSize, Labels.Count, CPU);
+                TrainingCheckpoint.CheckResumable(Checkpoint, Path, engine);
+            }
+            catch (CorruptCheckpointException e)
+            {
+                // "job-0003 (ckpt-000000007.dtck)" or "an uploaded checkpoint": no path on this coordinator.
+                var what = From.StartsWith("job-", StringComparison.Ordinal) ? $"{From} ({System.IO.Path.GetFileName(Path)})" : From;
+                throw new InvalidDataException($"cannot resume from {what}: {e.Reason}", e);
+            }
+        }).GetAwaiter().GetResult();
+    }
+
+    /// <summary>
     /// The checkpoint's parameters and optimizer state, one message per parameter under its whole-model name, and
     /// their checksum (what the workers must report once loaded). Runs torch: call it on a torch thread.
     /// </summary>
     public (List<NamedTensor> Tensors, double Checksum) Tensors(JobSpec spec)
     {
         var classes = Labels.Count;
+        TrainingCheckpoint.CheckModelFits(Checkpoint, Path, spec, Tokenizer.VocabSize, classes);
         using var engine = new TrainingEngine(spec with { Parallelism = null }, Tokenizer.VocabSize, classes, CPU);
+        // Checked again before loading (a job restarting from its own checkpoint comes here without a submit).
+        TrainingCheckpoint.CheckResumable(Checkpoint, Path, engine);
         using (var ms = new MemoryStream(Checkpoint.Sections[TrainingCheckpoint.Model]))
             engine.Model.load(ms);
         using (var ms = new MemoryStream(Checkpoint.Sections[TrainingCheckpoint.Optimizer]))

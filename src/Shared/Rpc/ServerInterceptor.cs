@@ -13,7 +13,7 @@ namespace Dtrain.Rpc;
 /// codes with the offending value in the message (bad spec/data → InvalidArgument, missing → NotFound), so no
 /// handler leaks "Exception was thrown by handler" and no bad request takes the process down.
 /// </summary>
-public sealed class ServerInterceptor(ILogger<ServerInterceptor> log) : Interceptor
+public sealed class ServerInterceptor(ILogger<ServerInterceptor> log, IEnumerable<IClientMessageFilter> filters) : Interceptor
 {
     public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
     {
@@ -77,6 +77,13 @@ public sealed class ServerInterceptor(ILogger<ServerInterceptor> log) : Intercep
         };
         if (code == StatusCode.Internal) log.LogError(e, "{Method} failed", context.Method);
         else log.LogInformation("{Method}: {Code}: {Message}", context.Method, code, e.Message);
-        return new RpcException(new Status(code, e.Message));
+        // The log keeps the message as it was; the caller gets it through the server's filters (no server paths).
+        return new RpcException(new Status(code, filters.Aggregate(e.Message, (m, f) => f.Filter(m))));
     }
+}
+
+/// <summary>Rewrites the message of a refused call before a client sees it (e.g. hides server paths); a server registers any number.</summary>
+public interface IClientMessageFilter
+{
+    string Filter(string message);
 }

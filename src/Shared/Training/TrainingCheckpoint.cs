@@ -141,25 +141,52 @@ public static class TrainingCheckpoint
         }
     }
 
+    /// <summary>
+    /// Checks, without loading anything, that the checkpoint's model weights and training state (optimizer state, torch
+    /// RNG state, carried hidden state) fit <paramref name="engine"/> (built from the spec that resumes it): what a resume
+    /// runs before any byte reaches torch — locally (<see cref="Restore"/>) and on a cluster, where the coordinator
+    /// refuses a crafted or mismatched checkpoint at submit. A <see cref="CorruptCheckpointException"/> names the section.
+    /// </summary>
+    public static void CheckResumable(CheckpointData data, string source, TrainingEngine engine)
+    {
+        var model = Require(data, Model, source);
+        Read(source, Model, () => TorchStateFormat.CheckModule(model, engine.Model));
+        CheckTrainingState(data, source, engine);
+    }
+
+    /// <summary>The optimizer, RNG and carried state of <see cref="CheckResumable"/>.</summary>
+    private static void CheckTrainingState(CheckpointData data, string source, TrainingEngine engine)
+    {
+        var optimizer = Require(data, Optimizer, source);
+        Read(source, Optimizer, () => TorchStateFormat.CheckOptimizer(optimizer, engine.Optimizer, engine.Parameters));
+        var rng = Require(data, Rng, source);
+        using (var current = random.get_rng_state())
+        {
+            var length = current.bytes.Length;
+            Read(source, Rng, () => TorchStateFormat.CheckRngState(rng, length));
+        }
+        if (data.Sections.TryGetValue(Carried, out var carriedBytes))
+            Read(source, Carried, () => LoadState(carriedBytes, engine.Spec)).Dispose();
+    }
+
     /// <summary>Loads weights (and, when <paramref name="withOptimizer"/>, optimizer, RNG and carried state) into an engine built from the same spec.</summary>
     public static void Restore(CheckpointData data, string source, TrainingEngine engine, bool withOptimizer)
     {
         var model = Require(data, Model, source);
         Read(source, Model, () => TorchStateFormat.CheckModule(model, engine.Model));
+        // Every section is checked before any is loaded: a bad one leaves the engine as it was.
+        if (withOptimizer) CheckTrainingState(data, source, engine);
         using (var ms = new MemoryStream(model))
             engine.Model.load(ms);
         if (!withOptimizer) return;
 
         var optimizer = Require(data, Optimizer, source);
-        Read(source, Optimizer, () => TorchStateFormat.CheckOptimizer(optimizer, engine.Optimizer, engine.Parameters));
         using (var ms = new MemoryStream(optimizer))
         using (var reader = new BinaryReader(ms))
             ((OptimizerHelper)engine.Optimizer).load_state_dict(reader);
 
         var rng = random.get_rng_state();
-        var bytes = Require(data, Rng, source);
-        Read(source, Rng, () => TorchStateFormat.CheckRngState(bytes, rng.bytes.Length));
-        rng.bytes = bytes;
+        rng.bytes = Require(data, Rng, source);
         random.set_rng_state(rng);
 
         RecurrentState? carried = null;

@@ -86,12 +86,12 @@ public class ClusterResumeTests
         Assert.Equal(Break, info.StartStep);
         Assert.Equal(Total, info.Step);
 
-        using var continued = TrainedModel.Load(info.Checkpoint);
+        using var continued = TrainedModel.Load(cluster.CheckpointFile(info));
         Assert.Equal(Total, continued.State.Step);
         var relative = ParameterDiff.MaxRelative(reference.Engine.Parameters, continued.Engine.Parameters);
         Assert.True(relative <= 1e-5, $"{task}: {Break} steps on {before} + {Total - Break} resumed on {after} vs {Total} in one process: max |dp| / max |p| = {relative:E2}");
         // And it did continue: the first job's model is not the final one.
-        using var atBreak = TrainedModel.Load(firstInfo.Checkpoint);
+        using var atBreak = TrainedModel.Load(cluster.CheckpointFile(firstInfo));
         Assert.True(ParameterDiff.MaxRelative(reference.Engine.Parameters, atBreak.Engine.Parameters) > 1e-3);
     }
 
@@ -113,7 +113,7 @@ public class ClusterResumeTests
         var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
         Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
         Assert.Equal(Break, info.StartStep);
-        using var continued = TrainedModel.Load(info.Checkpoint);
+        using var continued = TrainedModel.Load(cluster.CheckpointFile(info));
         var relative = ParameterDiff.MaxRelative(reference.Engine.Parameters, continued.Engine.Parameters);
         Assert.True(relative <= 1e-5, $"{Break} local steps + {Total - Break} on 2 stages vs {Total} in one process: max |dp| / max |p| = {relative:E2}");
     }
@@ -136,7 +136,7 @@ public class ClusterResumeTests
         cluster.Client.Cancel(new CancelJobRequest { JobId = id });
         var cancelled = await cluster.WaitAsync(id, TimeSpan.FromMinutes(1));
         Assert.Equal(JobState.Cancelled, cancelled.State);
-        var saved = TrainedModel.Load(cancelled.Checkpoint);
+        var saved = TrainedModel.Load(cluster.CheckpointFile(cancelled));
         var savedStep = saved.State.Step;
         saved.Dispose();
 

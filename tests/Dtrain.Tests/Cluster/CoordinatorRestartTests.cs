@@ -83,7 +83,7 @@ public class CoordinatorRestartTests
         Assert.Equal(reference.Checkpoint, kept.Checkpoint);
         var model = Path.Combine(tmp.Path, "clean.dtck");
         Assert.Equal(0, JobCommands.DownloadTo(client, clean, model));
-        Assert.Equal(File.ReadAllBytes(reference.Checkpoint), File.ReadAllBytes(model));
+        Assert.Equal(File.ReadAllBytes(InProcessCluster.CheckpointFile(Path.Combine(cluster.LogDir, "coordinator"), reference)), File.ReadAllBytes(model));
         Assert.Equal(Steps, client.Ledger(new GetJobRequest { JobId = clean }).Steps.Count);
 
         // The interrupted job resumes from its newest checkpoint: one of every 20 steps, no older than the newest one
@@ -98,8 +98,8 @@ public class CoordinatorRestartTests
         Assert.Equal(Steps, info.Step);
         var drift = Math.Abs(info.LastEval.Loss - reference.LastEval.Loss) / reference.LastEval.Loss;
         Assert.True(drift <= 0.02, $"validation loss {info.LastEval.Loss} after the restart vs {reference.LastEval.Loss} uninterrupted ({drift:P2})");
-        using (var a = Dtrain.Inference.TrainedModel.Load(reference.Checkpoint))
-        using (var b = Dtrain.Inference.TrainedModel.Load(info.Checkpoint))
+        using (var a = Dtrain.Inference.TrainedModel.Load(InProcessCluster.CheckpointFile(Path.Combine(cluster.LogDir, "coordinator"), reference)))
+        using (var b = Dtrain.Inference.TrainedModel.Load(InProcessCluster.CheckpointFile(Path.Combine(cluster.LogDir, "coordinator"), info)))
         {
             var relative = ParameterDiff.MaxRelative(a.Engine.Parameters, b.Engine.Parameters);
             Assert.True(relative <= 1e-5, $"resumed vs uninterrupted: max |dp| / max |p| = {relative:E2}");

@@ -367,7 +367,7 @@ public class RestartTests
             Assert.True(DateTime.UtcNow < deadline && info.State is not (JobState.Failed or JobState.Cancelled), $"{info.State}: {info.Message}");
             await Task.Delay(50);
         }
-        using var reference = Dtrain.Inference.TrainedModel.Load(info.Checkpoint);
+        using var reference = Dtrain.Inference.TrainedModel.Load(InProcessCluster.CheckpointFile(Path.Combine(cluster.LogDir, "coordinator"), info));
 
         var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(path), 2)).JobId;
         // Kill a stage's worker once a checkpoint exists.
@@ -386,7 +386,7 @@ public class RestartTests
         }
         Assert.Equal(1, info.Restarts);
         Assert.DoesNotContain(victim, info.WorkerIds);
-        using var trained = Dtrain.Inference.TrainedModel.Load(info.Checkpoint);
+        using var trained = Dtrain.Inference.TrainedModel.Load(InProcessCluster.CheckpointFile(Path.Combine(cluster.LogDir, "coordinator"), info));
         var relative = Support.ParameterDiff.MaxRelative(reference.Engine.Parameters, trained.Engine.Parameters);
         Assert.True(relative <= 1e-6, $"restarted vs uninterrupted pipeline: max |dp| / max |p| = {relative:E2}");
     }

@@ -63,7 +63,7 @@ public class EquivalenceTests
             Assert.True(info.State == JobState.Succeeded, $"{world} worker(s): {info.State} {info.Message}");
             Assert.Equal(20, info.Step);
             Assert.Equal(world, info.WorkerIds.Count);
-            using var distributed = TrainedModel.Load(info.Checkpoint);
+            using var distributed = TrainedModel.Load(cluster.CheckpointFile(info));
             var relative = ParameterDiff.MaxRelative(reference.Engine.Parameters, distributed.Engine.Parameters);
             Assert.True(relative <= 1e-5, $"{task}/{cell} with {world} worker(s): max |dp| / max |p| = {relative:E2}");
         }

@@ -121,6 +121,12 @@ public sealed class InProcessCluster : IAsyncDisposable
         return Client.Get(new GetJobRequest { JobId = jobId });
     }
 
+    /// <summary>The file of the checkpoint <paramref name="info"/> names (clients see its name only) in this coordinator's data directory.</summary>
+    public string CheckpointFile(JobInfo info) => CheckpointFile(DataDir, info);
+
+    /// <summary>The file of the checkpoint <paramref name="info"/> names in the coordinator data directory <paramref name="dataDir"/>.</summary>
+    public static string CheckpointFile(string dataDir, JobInfo info) => Path.Combine(dataDir, "jobs", info.JobId, "checkpoints", info.Checkpoint);
+
     /// <summary>A Jobs client on this cluster's channel that sends <paramref name="token"/> (none when null).</summary>
     public Jobs.JobsClient ClientFor(string? token) => token is null
         ? new Jobs.JobsClient(channel)

@@ -86,7 +86,7 @@ public class JobStoreUpgradeTests
         Assert.Equal(before[0], after[0]);
         var model = Path.Combine(tmp.Path, "model.dtck");
         Assert.Equal(0, JobCommands.DownloadTo(cluster.Client, done, model));
-        Assert.Equal(File.ReadAllBytes(finished.Checkpoint), File.ReadAllBytes(model));
+        Assert.Equal(File.ReadAllBytes(cluster.CheckpointFile(finished)), File.ReadAllBytes(model));
         Assert.Equal(8, cluster.Client.History(new GetJobRequest { JobId = done }).Events.Count(e => e.KindCase == JobEvent.KindOneofCase.Step));
         // The queued job: still queued, and it runs once a second worker registers.
         Assert.Equal(JobState.Queued, after[1].State);

@@ -140,7 +140,7 @@ public class NonFiniteClusterTests
         Assert.True(double.IsNaN(steps.Single(s => s.Step == 6).Loss));
         var line = Assert.Single(logs, l => l.StartsWith("step 6 skipped: ", StringComparison.Ordinal));
         Assert.Matches(@"^step 6 skipped: non-finite loss \(NaN from rank [0-2], worker [^;)]+\); no parameter or optimizer state changed \(1 in a row", line);
-        using var distributed = TrainedModel.Load(info.Checkpoint);
+        using var distributed = TrainedModel.Load(cluster.CheckpointFile(info));
         var relative = ParameterDiff.MaxRelative(skipping.Engine.Parameters, distributed.Engine.Parameters);
         Assert.True(relative <= 1e-5, $"vs the local run that skipped step 6: max |dp| / max |p| = {relative:E2}");
 
@@ -164,7 +164,7 @@ public class NonFiniteClusterTests
         await cluster.WaitForIdleAsync(1, TimeSpan.FromSeconds(30));
         var (first, _, _) = await RunOnClusterAsync(cluster, path, 1);
         Assert.True(first.State == JobState.Succeeded, $"{first.State}: {first.Message}");
-        using (var file = File.OpenRead(first.Checkpoint))
+        using (var file = File.OpenRead(cluster.CheckpointFile(first)))
             Assert.Equal(2, TrainingCheckpoint.ReadState(CheckpointFormat.Read(file, first.Checkpoint), first.Checkpoint).NonFiniteStreak);
 
         // Resumed to 8 steps: step 6 is the third skipped in a row.
@@ -261,7 +261,7 @@ public class NonFiniteClusterTests
         Assert.Contains(logs, l => l.StartsWith("pipeline: ", StringComparison.Ordinal) && l.Contains($"replica 0 stage {faultyStage} (layers ", StringComparison.Ordinal) &&
             l.Contains($"stage {faultyStage} (layers {faultyStage * 2}-{faultyStage * 2 + 1}) = {faulty} ", StringComparison.Ordinal));
         Assert.Single(logs, l => l.StartsWith("step 4 skipped: non-finite loss (NaN from replica 0, worker ", StringComparison.Ordinal));
-        using var gathered = TrainedModel.Load(info.Checkpoint);
+        using var gathered = TrainedModel.Load(cluster.CheckpointFile(info));
         var relative = ParameterDiff.MaxRelative(skipping.Engine.Parameters, gathered.Engine.Parameters);
         Assert.True(relative <= 1e-5, $"vs the local run that skipped step 4: max |dp| / max |p| = {relative:E2}");
         var fromClean = ParameterDiff.MaxRelative(clean.Engine.Parameters, gathered.Engine.Parameters);

@@ -28,7 +28,7 @@ public class OverlapClusterTests
             var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
             Assert.True(info.State == JobState.Succeeded, $"overlap {overlap}, compression {compression}: {info.State} {info.Message}");
             Assert.Equal(8, info.Step);
-            return TrainedModel.Load(info.Checkpoint);
+            return TrainedModel.Load(cluster.CheckpointFile(info));
         }
         using var off = await Run(OverlapKinds.Off, CompressionKinds.None);
         using var on = await Run(OverlapKinds.On, CompressionKinds.None);

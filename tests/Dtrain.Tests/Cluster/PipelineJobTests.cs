@@ -63,7 +63,7 @@ public class PipelineJobTests
         Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
         Assert.Equal(10, info.Step);
         Assert.Equal(stages * replicas, info.WorkerIds.Count);
-        using var gathered = TrainedModel.Load(info.Checkpoint);
+        using var gathered = TrainedModel.Load(cluster.CheckpointFile(info));
         var relative = ParameterDiff.MaxRelative(reference.Engine.Parameters, gathered.Engine.Parameters);
         Assert.True(relative <= 1e-5, $"{replicas} x {stages} stages, {micro} micro-batches, {schedule}: max |dp| / max |p| = {relative:E2}");
         // The coordinator evaluated the gathered model as one process evaluates its own.
@@ -96,7 +96,7 @@ public class PipelineJobTests
         // Resume the rest without a pipeline (K = 1) from the gathered checkpoint.
         var resumed = Path.Combine(tmp.Path, "resumed");
         Directory.CreateDirectory(Path.Combine(resumed, "checkpoints"));
-        File.Copy(info.Checkpoint, Path.Combine(resumed, "checkpoints", Path.GetFileName(info.Checkpoint)));
+        File.Copy(cluster.CheckpointFile(info), Path.Combine(resumed, "checkpoints", info.Checkpoint));
         var rest = Trainer.Run(spec, tmp.Path, new TrainOptions { OutputDir = resumed, Resume = true }, new NullObserver(), CancellationToken.None);
         Assert.Equal(12, rest.Steps);
         using var continued = TrainedModel.Load(rest.Checkpoint!);

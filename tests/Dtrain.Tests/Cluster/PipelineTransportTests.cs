@@ -59,7 +59,7 @@ public class PipelineTransportTests
         Assert.Equal(2, lines.Count);
         Assert.All(lines, l => Assert.Matches($@"^stage links \S+->\S+: {logged} \(job {id} generation \d+, stage [01]/2 of replica 0, Worker:Transport = {transport}\)$", l));
 
-        using var gathered = TrainedModel.Load(info.Checkpoint);
+        using var gathered = TrainedModel.Load(cluster.CheckpointFile(info));
         var relative = ParameterDiff.MaxRelative(reference.Engine.Parameters, gathered.Engine.Parameters);
         Assert.True(relative <= 1e-5, $"{transport}: max |dp| / max |p| = {relative:E2}");
         Assert.Equal(single.Final!.Loss, info.LastEval.Loss, 4);

@@ -183,7 +183,7 @@ public class DashboardApiTests
         var checkpoints = detail.GetProperty("checkpoints").EnumerateArray().ToList();
         Assert.Equal([10L, 20L], checkpoints.Select(c => c.GetProperty("step").GetInt64()));
         var newest = checkpoints[^1].GetProperty("url").GetString()!;
-        Assert.Equal(File.ReadAllBytes(info.Checkpoint), await http.GetByteArrayAsync(newest));
+        Assert.Equal(File.ReadAllBytes(cluster.CheckpointFile(info)), await http.GetByteArrayAsync(newest));
         using (var anonymous = Http(cluster.HttpAddress!))
             Assert.Equal(HttpStatusCode.Unauthorized, (await anonymous.GetAsync(newest)).StatusCode);
         Assert.Equal(HttpStatusCode.NotFound, (await http.GetAsync($"/api/jobs/{id}/checkpoints/..%2Fspec.json")).StatusCode);

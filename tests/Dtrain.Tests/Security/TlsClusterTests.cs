@@ -38,7 +38,7 @@ public class TlsClusterTests
             var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
             Assert.True(info.State == JobState.Succeeded, $"{(tls is null ? "plaintext" : "mTLS")} {Path.GetFileName(specPath)}: {info.State} {info.Message}");
             Assert.Equal(12, info.Step);
-            using var model = TrainedModel.Load(info.Checkpoint);
+            using var model = TrainedModel.Load(cluster.CheckpointFile(info));
             return [.. model.Engine.Parameters.Select(p => p.data<float>().ToArray())];
         }
 
