@@ -80,7 +80,9 @@ public sealed record CoordinatorOptions
 
     /// <summary>
     /// Directories whose regular files a job may name as data without uploading them (absolute paths; symbolic links
-    /// and <c>..</c> are resolved before the containment check). Empty (the default): only uploaded files are read.
+    /// and <c>..</c> are resolved before the containment check; the file is then opened without following any link, and
+    /// one with several hard links or that is the coordinator's own is refused: see <see cref="DataAccess"/>). Empty (the
+    /// default): only uploaded files are read.
     /// </summary>
     public string[] DataRoots { get; init; } = [];
     /// <summary>Largest data file the coordinator reads, uploaded or under a data root, in bytes (at most 1 GiB).</summary>

@@ -1,5 +1,6 @@
 using Dtrain.Data;
 using Dtrain.Specs;
+using Microsoft.Win32.SafeHandles;
 
 namespace Dtrain.Server;
 
@@ -11,6 +12,15 @@ namespace Dtrain.Server;
 /// same message whether or not the file exists. Every file must be a regular file within
 /// <see cref="CoordinatorOptions.MaxDataFileBytes"/>; the readers check that again when the job prepares.
 /// <para>
+/// A data-root file is opened without following any symbolic link (<see cref="DataFile.OpenWithoutLinks"/>), at submit to
+/// check it and again when the job prepares, and every check is made on the descriptor that is then read: swapping the
+/// file or a directory on its path for a symbolic link while the job waits makes the job fail, never read elsewhere. A
+/// file with more than one hard link is refused (its other name may be outside the root), and so is any of the
+/// coordinator's own files — its TLS certificates and keys, its join token file, and anything in its data directory
+/// (tokens, job store, other jobs) or its TLS directory — even when the operator put them under a root; they are
+/// recognised by identity (device and inode), so a bind mount or another name does not hide them.
+/// </para>
+/// <para>
 /// Messages about data problems quote the offending value only from files the submitter uploaded (their own data);
 /// for a data-root file they name the file, line and field and the kind of problem, never its content.
 /// </para>
@@ -20,12 +30,14 @@ public sealed class DataAccess
     private readonly CoordinatorOptions options;
     private readonly UploadStore uploads;
     private readonly string[] roots;
+    private readonly string jobsDir;
 
     public DataAccess(CoordinatorOptions options, UploadStore uploads)
     {
         this.options = options;
         this.uploads = uploads;
         roots = [.. (options.DataRoots ?? []).Select(r => DataFile.RealPath(r) ?? throw new ArgumentException($"Coordinator:DataRoots: \"{r}\" is not an existing directory"))];
+        jobsDir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs"));
     }
 
     /// <summary>The data roots as resolved (canonical) paths.</summary>
@@ -90,7 +102,105 @@ public sealed class DataAccess
         if (!exists) throw Refuse(source, at, $"\"{path}\": no such file under the data roots");
         if (DataFile.Problem(physical, options.MaxDataFileBytes, "Coordinator:MaxDataFileBytes") is { } problem)
             throw Refuse(source, at, $"\"{path}\" {problem}");
+        try
+        {
+            OpenUnderRoot(physical).Dispose();
+        }
+        catch (DataFormatException e)
+        {
+            throw Refuse(source, at, $"\"{path}\" {e.Problem}");
+        }
         return physical;
+    }
+
+    /// <summary>
+    /// Opens a job's data file for reading: one the coordinator stored in a job's directory (an upload, an inline file),
+    /// or a file under a data root as <see cref="OpenUnderRoot"/> does. Anything else — a data root removed from the
+    /// configuration since the job was submitted — is refused.
+    /// </summary>
+    /// <exception cref="DataFormatException">The file may not be read, or cannot be opened; the problem names why.</exception>
+    public SafeFileHandle Open(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        var full = Path.GetFullPath(path);
+        if (DataFile.IsUnder(full, jobsDir) && full != jobsDir)
+        {
+            // Written by the coordinator into its own (owner-only) directory; still, no link is followed.
+            var own = DataFile.OpenWithoutLinks(full);
+            return own.Handle;
+        }
+        return OpenUnderRoot(full).Handle;
+    }
+
+    /// <summary>
+    /// Opens <paramref name="physical"/> (a resolved path) under a data root without following any link, and checks on
+    /// the open descriptor: a regular file with one hard link, not on a path through the coordinator's data or TLS
+    /// directory, not one of its TLS or join token files. The caller reads (or closes) what is returned.
+    /// </summary>
+    /// <exception cref="DataFormatException">The file may not be read, or cannot be opened; the problem names why.</exception>
+    public OpenedFile OpenUnderRoot(string physical)
+    {
+        ArgumentNullException.ThrowIfNull(physical);
+        if (!roots.Any(r => DataFile.IsUnder(physical, r)))
+            throw new DataFormatException(physical, 0, roots.Length == 0
+                ? "is not under a data root: this coordinator has none configured (Coordinator:DataRoots) and reads no other files"
+                : $"is not under the coordinator's data roots ({string.Join(", ", roots)})");
+        // The outermost root holding the file: the directories from it down are the ones that must not be the coordinator's.
+        var root = roots.Where(r => DataFile.IsUnder(physical, r)).MinBy(r => r.Length)!;
+        var depth = root.Split('/', StringSplitOptions.RemoveEmptyEntries).Length;
+        var file = DataFile.OpenWithoutLinks(physical);
+        try
+        {
+            if (OwnFileProblem(file, depth) is { } problem) throw new DataFormatException(physical, 0, problem);
+            return file;
+        }
+        catch
+        {
+            file.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Why the opened file may not be read as a data-root file, or null.</summary>
+    private string? OwnFileProblem(OpenedFile file, int rootDepth)
+    {
+        // Looked up on every open, so a key or token file replaced since start-up is recognised too.
+        var tls = options.Tls ?? new Rpc.TlsSettings();
+        var ownFiles = new[] { tls.CaKeyPath, tls.KeyPath, tls.CertPath, tls.CaPath, options.JoinTokenFile }
+            .Where(p => !string.IsNullOrWhiteSpace(p)).Select(p => DataFile.IdentityOf(p!.Trim())).OfType<FileId>();
+        if (ownFiles.Contains(file.Id))
+            return "is one of the coordinator's own files (a TLS certificate or key, or its join token file), never read as job data";
+        var ownDirs = new[] { options.DataDir, tls.Dir }
+            .Where(p => !string.IsNullOrWhiteSpace(p)).Select(p => DataFile.IdentityOf(p!.Trim())).OfType<FileId>().ToHashSet();
+        if (file.Directories.Skip(rootDepth).Any(ownDirs.Contains))
+            return "is inside the coordinator's own data directory or TLS directory (tokens, job store, other jobs' files, keys), never read as job data";
+        // A copy of a key (`dtrain certs init DIR` writes DIR/ca.key beside DIR/coordinator/ca.key) is as secret as the key.
+        foreach (var secret in new[] { tls.CaKeyPath, tls.KeyPath, options.JoinTokenFile }.Where(p => !string.IsNullOrWhiteSpace(p)))
+            if (SameContent(file, secret!.Trim()))
+                return "has the content of one of the coordinator's own secrets (a TLS key or its join token file), never read as job data";
+        if (file.Links > 1)
+            return $"has {file.Links} hard links; a data-root file is read only when it has exactly one, since another name for it may lie outside the data roots: copy the file into the root instead of linking it";
+        return null;
+    }
+
+    /// <summary>Whether the opened file holds exactly the bytes of <paramref name="secret"/> (only small files are compared: keys and tokens are).</summary>
+    private static bool SameContent(OpenedFile file, string secret)
+    {
+        const int largest = 1 << 20;
+        try
+        {
+            var info = new FileInfo(secret);
+            if (!info.Exists || info.Length != (long)file.Size || info.Length > largest) return false;
+            var theirs = File.ReadAllBytes(secret);
+            var mine = new byte[theirs.Length];
+            var done = 0;
+            while (done < mine.Length && RandomAccess.Read(file.Handle, mine.AsSpan(done), done) is var n and > 0) done += n;
+            return done == mine.Length && theirs.AsSpan().SequenceEqual(mine);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
     }
 
     /// <summary>How the job <paramref name="jobId"/> reads its data: the coordinator's size limit, quoting only from files in its own (uploaded) data directory.</summary>
@@ -103,6 +213,7 @@ public sealed class DataAccess
             MaxFileBytesName = "Coordinator:MaxDataFileBytes",
             QuotesContentOf = path => Path.GetFullPath(path).StartsWith(own, StringComparison.Ordinal),
             Progress = p => ChunkRead?.Invoke(jobId, p),
+            Open = Open,
         };
     }
 

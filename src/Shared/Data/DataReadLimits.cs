@@ -22,10 +22,16 @@ public sealed record DataReadLimits
     /// <summary>Told after each chunk of a data file is read.</summary>
     public Action<DataReadProgress>? Progress { get; init; }
 
+    /// <summary>
+    /// Opens a data file for reading (null: open(2) on its path). The coordinator's opens a data-root file without
+    /// following any symbolic link and checks, on the descriptor it then reads, that the file is still allowed.
+    /// </summary>
+    public Func<string, Microsoft.Win32.SafeHandles.SafeFileHandle>? Open { get; init; }
+
     /// <summary><paramref name="options"/> for reading the file at <paramref name="path"/> under these limits.</summary>
     public ReadOptions Apply(ReadOptions options, string path)
     {
         ArgumentNullException.ThrowIfNull(options);
-        return options with { MaxFileBytes = MaxFileBytes, MaxFileBytesName = MaxFileBytesName, QuoteContent = QuotesContentOf(path), Progress = Progress };
+        return options with { MaxFileBytes = MaxFileBytes, MaxFileBytesName = MaxFileBytesName, QuoteContent = QuotesContentOf(path), Progress = Progress, Open = Open };
     }
 }

@@ -40,7 +40,7 @@ public static class DatasetReader
     public static string ReadAllText(string path, ReadOptions options, CancellationToken cancel)
     {
         ArgumentNullException.ThrowIfNull(options);
-        return DecodeUtf8(path, DataFile.ReadAllBytes(path, options.MaxFileBytes, options.MaxFileBytesName, cancel, options.Progress));
+        return DecodeUtf8(path, DataFile.ReadAllBytes(path, options.MaxFileBytes, options.MaxFileBytesName, cancel, options.Progress, options.Open));
     }
 
     /// <summary>Strict UTF-8 decoding of <paramref name="bytes"/> read from <paramref name="file"/>.</summary>

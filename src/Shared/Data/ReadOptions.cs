@@ -28,6 +28,8 @@ public sealed record ReadOptions
     public bool QuoteContent { get; init; } = true;
     /// <summary>Told after each chunk of the file is read.</summary>
     public Action<DataReadProgress>? Progress { get; init; }
+    /// <summary>Opens the file instead of open(2) (the coordinator: without following links, with its checks); see <see cref="DataFile.ReadAllBytes"/>.</summary>
+    public Func<string, Microsoft.Win32.SafeHandles.SafeFileHandle>? Open { get; init; }
 
     /// <summary>Options for a job's data files; <paramref name="labels"/> reads labels, <paramref name="limitLength"/> applies max_length.</summary>
     public static ReadOptions From(DataSpec data, bool labels, bool limitLength) => new()
