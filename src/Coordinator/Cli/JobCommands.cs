@@ -206,14 +206,17 @@ public static class JobCommands
         var cmd = new Command("list", "List the coordinator's jobs (a submitter token sees only its own) with their owner.");
         cmd.SetAction(r => Remote.Guard(r, client =>
         {
-            var table = new Table().AddColumns("job", "owner", "name", "task", "state", "step", "loss", "workers", "message");
+            var table = new Table().AddColumns("job", "owner", "name", "task", "state", "step", "loss", "workers", "stored", "message");
             // Ids, states and steps never wrap (scripts grep for them); redirected output is not squeezed to 80 columns.
-            foreach (var c in table.Columns.Take(8)) c.NoWrap();
+            foreach (var c in table.Columns.Take(9)) c.NoWrap();
             if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 200);
-            foreach (var j in client.List(new ListJobsRequest()).Jobs)
+            var reply = client.List(new ListJobsRequest());
+            foreach (var j in reply.Jobs)
                 table.AddRow(Markup.Escape(j.JobId), Markup.Escape(Owner(j)), Markup.Escape(j.Name), j.Task, StateName(j.State), $"{j.Step}/{j.TotalSteps}", j.Step > 0 ? j.Loss.ToString("F4", CultureInfo.InvariantCulture) : "-",
-                    j.WorkerIds.Count.ToString(CultureInfo.InvariantCulture), Markup.Escape(j.Message));
+                    j.WorkerIds.Count.ToString(CultureInfo.InvariantCulture), ShortBytes(j.StoredBytes), Markup.Escape(j.Message));
             TableOutput.Console().Write(table);
+            foreach (var s in reply.Storage)
+                Console.WriteLine(StorageLine(s));
             return CliErrors.Ok;
         }));
         return cmd;
@@ -335,4 +338,24 @@ public static class JobCommands
 
     /// <summary>The token name that submitted a job; "-" when the coordinator's auth was off.</summary>
     static string Owner(JobInfo j) => j.Owner == "" ? "-" : j.Owner;
+
+    /// <summary>"1.5 MB": a job's storage in the list.</summary>
+    static string ShortBytes(long n)
+    {
+        if (n < 1000) return n.ToString(CultureInfo.InvariantCulture) + " B";
+        string[] units = ["kB", "MB", "GB", "TB", "PB"];
+        double v = n;
+        var u = -1;
+        while (v >= 1000 && u < units.Length - 1) { v /= 1000; u++; }
+        return $"{v.ToString("0.#", CultureInfo.InvariantCulture)} {units[u]}";
+    }
+
+    /// <summary>"storage of alice: 1.5 MB of 10 GB (Coordinator:MaxStoredBytesPerOwner)", under the job list.</summary>
+    public static string StorageLine(OwnerStorage s)
+    {
+        var who = s.Owner == "" ? "storage" : $"storage of {s.Owner}";
+        return s.QuotaBytes > 0
+            ? $"{who}: {ShortBytes(s.StoredBytes)} of {ShortBytes(s.QuotaBytes)} ({Math.Min(999, 100.0 * s.StoredBytes / s.QuotaBytes).ToString("0", CultureInfo.InvariantCulture)}%, Coordinator:MaxStoredBytesPerOwner)"
+            : $"{who}: {ShortBytes(s.StoredBytes)} (no quota: Coordinator:MaxStoredBytesPerOwner is 0)";
+    }
 }

@@ -35,6 +35,8 @@ public static class ServeCommand
                 Tls = (options.Tls ?? new TlsSettings()).Over(CliTls.CommandLine(r) with { CaKey = r.GetValue(caKey), Insecure = r.GetValue(insecure) }),
                 JoinTokenFile = r.GetValue(joinTokens) ?? options.JoinTokenFile,
             };
+            // Job data, uploads, checkpoints and the job store are the coordinator's alone (0600 files, 0700 directories).
+            PrivateFiles.RestrictUmask();
             var app = CoordinatorHost.Build(options);
             app.Lifetime.ApplicationStarted.Register(() =>
             {

@@ -57,6 +57,12 @@ public static class DashboardEndpoints
         }));
         Get("/api/jobs", (HttpContext http) => Api(http, caller =>
             new JsonArray([.. Visible(http, caller).Select(j => (JsonNode)JobJson(j.ToProto(), Services(http).Clock.GetUtcNow()))])));
+        Get("/api/storage", (HttpContext http) => Api(http, caller => new JsonArray([.. Services(http).Jobs.StorageOf(Visible(http, caller)).Select(s => (JsonNode)new JsonObject
+        {
+            ["owner"] = s.Owner,
+            ["stored_bytes"] = s.Bytes,
+            ["quota_bytes"] = s.Quota,
+        })])));
         Get("/api/jobs/{id}", (HttpContext http, string id) => Api(http, caller => JobDetail(http, Job(http, caller, id, "get"))));
         Get("/api/jobs/{id}/history", (HttpContext http, string id) => Api(http, caller =>
         {
@@ -279,6 +285,7 @@ public static class DashboardEndpoints
             ["state"] = State(i.State),
             ["message"] = i.Message,
             ["owner"] = i.Owner,
+            ["stored_bytes"] = i.StoredBytes,
             ["step"] = i.Step,
             ["total_steps"] = i.TotalSteps,
             ["progress"] = i.TotalSteps > 0 ? Math.Min(1.0, (double)i.Step / i.TotalSteps) : 0.0,

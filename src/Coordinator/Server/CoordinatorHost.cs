@@ -20,6 +20,8 @@ public static class CoordinatorHost
     {
         var errors = options.Validate();
         if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
+        // Owner-only from the start (its tokens, job store, jobs' data and checkpoints); an existing directory keeps its mode.
+        PrivateFiles.CreateDirectory(options.DataDir);
         var security = CoordinatorSecurity.Create(options);
         var builder = GrpcServerHost.CreateBuilder(options.Listen, options.Port, options.MaxMessageBytes, logging,
             security: security.Server, insecureWarning: security.InsecureWarning, httpPort: options.HttpPort);

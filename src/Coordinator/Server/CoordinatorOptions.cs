@@ -97,6 +97,17 @@ public sealed record CoordinatorOptions
     public long MaxPendingUploadBytes { get; init; } = 4L << 30;
     /// <summary>An upload no job has used this long after it completed is deleted.</summary>
     public double UploadTtlMinutes { get; init; } = 60;
+    /// <summary>
+    /// A job's data files stored with it (uploaded or inline: DATA_DIR/jobs/JOB/data) are deleted this long after the job
+    /// ended — succeeded, failed or cancelled (0 = as soon as it ends). Its checkpoints and record stay.
+    /// </summary>
+    public double JobDataRetentionMinutes { get; init; } = 1440;
+    /// <summary>
+    /// Most bytes one owner (a token's name; everyone when auth is off) may keep on the coordinator: its jobs' data files,
+    /// checkpoints and records. A submission that would go over it is refused (ResourceExhausted, naming the quota and the
+    /// usage); a running job's checkpoints may still take it over. 0 (the default) = no limit.
+    /// </summary>
+    public long MaxStoredBytesPerOwner { get; init; }
     /// <summary>Job submissions each client may make per minute on average (0 = no limit); beyond it, ResourceExhausted.</summary>
     public double SubmitsPerMinute { get; init; } = 60;
     /// <summary>Submissions a client may make in a burst before <see cref="SubmitsPerMinute"/> applies.</summary>
@@ -151,6 +162,8 @@ public sealed record CoordinatorOptions
         if (MaxPendingUploads < 1) e.Add($"Coordinator:MaxPendingUploads {MaxPendingUploads} must be >= 1");
         if (MaxPendingUploadBytes < MaxUploadBytes) e.Add($"Coordinator:MaxPendingUploadBytes {MaxPendingUploadBytes} must be at least MaxUploadBytes = {MaxUploadBytes}");
         if (!(UploadTtlMinutes > 0)) e.Add($"Coordinator:UploadTtlMinutes {UploadTtlMinutes} must be positive");
+        if (MaxStoredBytesPerOwner < 0) e.Add($"Coordinator:MaxStoredBytesPerOwner {MaxStoredBytesPerOwner} must be >= 0 (0 = no limit)");
+        if (!(JobDataRetentionMinutes >= 0) || !(JobDataRetentionMinutes <= 5_256_000)) e.Add($"Coordinator:JobDataRetentionMinutes {JobDataRetentionMinutes} must be a number of minutes >= 0 (0 = when the job ends) and at most 5256000 (10 years)");
         if (!(SubmitsPerMinute >= 0)) e.Add($"Coordinator:SubmitsPerMinute {SubmitsPerMinute} must be >= 0 (0 = no limit)");
         if (SubmitBurst < 1) e.Add($"Coordinator:SubmitBurst {SubmitBurst} must be >= 1");
         if (!(RegistrationsPerMinute >= 0)) e.Add($"Coordinator:RegistrationsPerMinute {RegistrationsPerMinute} must be >= 0 (0 = no limit)");

@@ -67,13 +67,13 @@ public sealed class DataAccess
             if (request.UploadedFiles.TryGetValue(path, out var fileId))
             {
                 uploads.Check(fileId, at);
-                plans[path] = () => { Directory.CreateDirectory(dataDir); uploads.Claim(fileId, at, target); return target; };
+                plans[path] = () => { PrivateFiles.CreateDirectory(dataDir); uploads.Claim(fileId, at, target); return target; };
             }
             else if (request.Files.TryGetValue(path, out var bytes))
             {
                 if (bytes.Length > options.MaxDataFileBytes)
                     throw Refuse(source, at, $"the inline file \"{path}\" is {bytes.Length} bytes, over Coordinator:MaxDataFileBytes = {options.MaxDataFileBytes}");
-                plans[path] = () => { Directory.CreateDirectory(dataDir); File.WriteAllBytes(target, bytes.Span); return target; };
+                plans[path] = () => { PrivateFiles.CreateDirectory(dataDir); PrivateFiles.WriteAllBytes(target, bytes.Span); return target; };
             }
             else
             {

@@ -146,7 +146,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         var generation = fleet.Generation;
         var world = members.Count;
         var (data, total, schedule) = (prepared.Data, prepared.TotalSteps, prepared.Schedule);
-        var store = new CheckpointStore(Path.Combine(job.Dir, "checkpoints"), spec.Training.KeepCheckpoints);
+        var store = new CheckpointStore(Path.Combine(job.Dir, "checkpoints"), spec.Training.KeepCheckpoints, ownerOnly: true);
         var globalCounts = new Dictionary<long, long>();
         var start = progress.Next;
         long loadedUntil = start;

@@ -44,6 +44,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
             // `dtrain resume JOB`: that job's spec and the data files it was given.
             if (request.ResumeJob == "") throw new ArgumentException("the job spec is empty (only a resumed job may leave it out, to reuse its spec)");
             (spec, asSubmitted, onClient) = SpecOfJob(request.ResumeJob);
+            RequireStoredData(request.ResumeJob, spec);
             source = $"spec of {request.ResumeJob}";
             ownData = true;
         }
@@ -61,9 +62,10 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         if (resume is not null && spec.Training.MaxSteps > 0 && resume.State.Step >= spec.Training.MaxSteps)
             throw new ArgumentException($"{source}: the checkpoint {resume.From} is at step {resume.State.Step} and training.max_steps is {spec.Training.MaxSteps}: " +
                                         "nothing left to train (submit the spec with a larger training.max_steps and --resume)");
+        RequireStorage(owner, spec, request);
         var id = $"job-{Interlocked.Increment(ref nextId):D4}";
         var dir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs", id));
-        Directory.CreateDirectory(dir);
+        PrivateFiles.CreateDirectory(dir);
         if (!ownData) spec = StoreFiles(spec, request, Path.Combine(dir, "data"), source);
         // Uploaded files are stored under the job's directory; messages about them name them as the spec did.
         var dataNames = JobRecord.NamesOf(asSubmitted, spec);
@@ -77,9 +79,9 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         spec = spec with { Output = dir };
         // The spec as it runs (data paths on this coordinator): what `dtrain resume` continues with; as it was submitted
         // (the names the user gave): what clients see; and so on the submitting machine: what workers and checkpoints get.
-        File.WriteAllText(Path.Combine(dir, "spec.json"), JobSpecSerializer.Serialize(spec));
-        File.WriteAllText(Path.Combine(dir, SubmittedSpecFile), JobSpecSerializer.Serialize(asSubmitted));
-        File.WriteAllText(Path.Combine(dir, ClientSpecFile), JobSpecSerializer.Serialize(onClient));
+        PrivateFiles.WriteAllText(Path.Combine(dir, "spec.json"), JobSpecSerializer.Serialize(spec));
+        PrivateFiles.WriteAllText(Path.Combine(dir, SubmittedSpecFile), JobSpecSerializer.Serialize(asSubmitted));
+        PrivateFiles.WriteAllText(Path.Combine(dir, ClientSpecFile), JobSpecSerializer.Serialize(onClient));
         var record = new JobRecord(id, spec, dir, workers, clock.GetUtcNow(), owner)
         {
             Resume = resume, DataLimits = data.LimitsFor(id, Path.Combine(dir, "data")), DataNames = dataNames, SpecAsSubmitted = asSubmitted, SpecOnClient = onClient,
@@ -92,6 +94,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
             StartStep = resume?.State.Step ?? 0,
         }, publishState: false);
         record.QueueOrder = Interlocked.Increment(ref enqueued);
+        record.StoredBytes = BytesUnder(dir);
         record.Persist(store);
         // Queued only once the store holds it: a coordinator restart keeps every job it said it accepted.
         if (!store.SaveNow(record)) throw new IOException($"job {id} could not be saved in {store.Path} (see the coordinator's log); it was not queued");
@@ -267,6 +270,8 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
             registry.Sweep();
             // In submission order, with backfilling while the head waits for workers to register (JobQueue.cs).
             Schedule(stop);
+            ExpireData();
+            MeasureStorage();
         }
     }
 

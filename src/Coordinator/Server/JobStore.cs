@@ -58,7 +58,9 @@ public sealed class JobStore : IDisposable
     {
         Path = System.IO.Path.GetFullPath(path);
         this.log = log;
-        Directory.CreateDirectory(System.IO.Path.GetDirectoryName(Path)!);
+        PrivateFiles.CreateDirectory(System.IO.Path.GetDirectoryName(Path)!);
+        // Created owner-only before SQLite opens it: its -wal and -shm files take the database file's mode.
+        if (!File.Exists(Path)) PrivateFiles.Create(Path, FileMode.CreateNew).Dispose();
         try
         {
             db = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = Path, Mode = SqliteOpenMode.ReadWriteCreate, Pooling = false }.ToString());

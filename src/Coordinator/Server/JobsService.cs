@@ -35,7 +35,9 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
     public override Task<ListJobsReply> List(ListJobsRequest request, ServerCallContext context)
     {
         var reply = new ListJobsReply();
-        reply.Jobs.AddRange(access.Visible(context).Select(j => j.ToProto()));
+        var visible = access.Visible(context).ToList();
+        reply.Jobs.AddRange(visible.Select(j => j.ToProto()));
+        reply.Storage.AddRange(jobs.StorageOf(visible).Select(s => new OwnerStorage { Owner = s.Owner, StoredBytes = s.Bytes, QuotaBytes = s.Quota }));
         return Task.FromResult(reply);
     }
 

@@ -40,7 +40,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         var d = layout.Replicas;
         if (d * k != n) throw new JobFailure($"the layout uses {d} replica(s) × {k} stages = {d * k} workers, but the job has {n}: submit it with --workers {d * k}");
         var shards = new ShardPlan(source, d, total);
-        var store = new CheckpointStore(Path.Combine(job.Dir, "checkpoints"), spec.Training.KeepCheckpoints);
+        var store = new CheckpointStore(Path.Combine(job.Dir, "checkpoints"), spec.Training.KeepCheckpoints, ownerOnly: true);
         int Slot(int replica, int stage) => replica * k + stage;
 
         // The spec as on the submitting machine (the data as the user has it): workers read no data files, and their checkpoints keep it.

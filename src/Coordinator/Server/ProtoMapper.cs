@@ -79,6 +79,7 @@ public static class ProtoMapper
             Name = job.Spec.Name,
             Task = job.Spec.Task,
             Owner = job.Owner,
+            StoredBytes = job.StoredBytes,
             WorkersRequested = job.WorkersRequested,
             SubmittedUnixMs = job.Submitted.ToUnixTimeMilliseconds(),
             State = status.ToProto(),

@@ -65,8 +65,8 @@ public sealed class SampleLedger(string? file = null)
             if (!steps.TryAdd(step, entry)) throw new InvalidOperationException($"step {step} committed twice (generation {steps[step].Generation} and {generation})");
             if (file is not null)
             {
-                Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(file))!);
-                File.AppendAllText(file, JsonSerializer.Serialize(entry, LedgerJson.Default.LedgerEntry) + "\n");
+                PrivateFiles.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(file))!);
+                PrivateFiles.AppendAllText(file, JsonSerializer.Serialize(entry, LedgerJson.Default.LedgerEntry) + "\n");
             }
             OnCommit?.Invoke(entry);
         }

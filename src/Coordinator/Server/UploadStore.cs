@@ -62,14 +62,14 @@ public sealed class UploadStore : IDisposable
     public async Task<UploadReply> ReceiveAsync(IAsyncStreamReader<FileChunk> chunks, string owner, CancellationToken cancel)
     {
         ArgumentNullException.ThrowIfNull(chunks);
-        Directory.CreateDirectory(Dir);
+        PrivateFiles.CreateDirectory(Dir);
         var id = Guid.NewGuid().ToString("N");
         var part = Path.Combine(Dir, id + ".part");
         long total = -1, received = 0;
         var name = "";
         try
         {
-            await using (var file = File.Create(part))
+            await using (var file = PrivateFiles.Create(part))
             {
                 await foreach (var chunk in chunks.ReadAllAsync(cancel).ConfigureAwait(false))
                 {

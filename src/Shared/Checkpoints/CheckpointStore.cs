@@ -26,12 +26,23 @@ public sealed class CheckpointStore
 
     /// <param name="directory">Created on the first save when missing.</param>
     /// <param name="keepLast">How many checkpoints to keep (the one just saved included); 1 or more.</param>
-    public CheckpointStore(string directory, int keepLast)
+    /// <param name="ownerOnly">Create the directory 0700 and checkpoints 0600 (the coordinator's); otherwise as the umask allows.</param>
+    public CheckpointStore(string directory, int keepLast, bool ownerOnly = false)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(directory);
         ArgumentOutOfRangeException.ThrowIfLessThan(keepLast, 1);
         Directory = System.IO.Path.GetFullPath(directory);
         KeepLast = keepLast;
+        this.ownerOnly = ownerOnly;
+    }
+
+    private readonly bool ownerOnly;
+    private const UnixFileMode OwnerDirectory = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
+
+    private void CreateDirectory()
+    {
+        if (ownerOnly) System.IO.Directory.CreateDirectory(Directory, OwnerDirectory);
+        else System.IO.Directory.CreateDirectory(Directory);
     }
 
     /// <summary>Absolute path of the store directory.</summary>
@@ -65,15 +76,16 @@ public sealed class CheckpointStore
     public string Save(CheckpointData data, Action<long>? bytesWritten = null)
     {
         ArgumentNullException.ThrowIfNull(data);
-        System.IO.Directory.CreateDirectory(Directory);
+        CreateDirectory();
 
         string finalPath = System.IO.Path.Combine(Directory, FileName(data.Step));
         string tempPath = System.IO.Path.Combine(Directory,
             $"{TempPrefix}{data.Step.ToString("D9", CultureInfo.InvariantCulture)}-{Guid.NewGuid():N}{TempExtension}");
         try
         {
-            using (var stream = new FileStream(tempPath, FileMode.CreateNew, FileAccess.Write, FileShare.None,
-                       bufferSize: 1 << 20, FileOptions.None))
+            var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, Share = FileShare.None, BufferSize = 1 << 20 };
+            if (ownerOnly) options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+            using (var stream = new FileStream(tempPath, options))
             {
                 CheckpointFormat.Write(stream, data, bytesWritten);
                 stream.Flush(flushToDisk: true);
@@ -111,7 +123,7 @@ public sealed class CheckpointStore
         var probe = System.IO.Path.Combine(Directory, $"{TempPrefix}probe-{Guid.NewGuid():N}{TempExtension}");
         try
         {
-            System.IO.Directory.CreateDirectory(Directory);
+            CreateDirectory();
             using (new FileStream(probe, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1, FileOptions.DeleteOnClose))
             {
             }

@@ -56,6 +56,14 @@
     return es;
   }
 
+  function bytes(n) {
+    if (!(n >= 1000)) return `${n || 0} B`;
+    const units = ['kB', 'MB', 'GB', 'TB', 'PB'];
+    let v = n, u = -1;
+    while (v >= 1000 && u < units.length - 1) { v /= 1000; u++; }
+    return `${Math.round(v * 10) / 10} ${units[u]}`;
+  }
+
   function progress(j) {
     const pct = Math.round((j.progress || 0) * 100);
     return el('span', {}, el('span', { class: 'bar' }, el('span', { style: `width:${pct}%` })), `${j.step}/${j.total_steps || '?'} (${pct}%)`);
@@ -66,8 +74,8 @@
     document.title = 'dtrain: jobs';
     const tbody = el('tbody');
     app.replaceChildren(el('h1', { text: 'Jobs' }), el('table', { id: 'jobs-table' },
-      el('thead', {}, el('tr', {}, ['job', 'name', 'task', 'state', 'progress', 'ETA', 'loss', 'val', 'samples/s', 'workers', 'owner', 'submitted'].map(h => el('th', { text: h })))),
-      tbody), el('p', { class: 'muted', id: 'jobs-empty', text: '' }));
+      el('thead', {}, el('tr', {}, ['job', 'name', 'task', 'state', 'progress', 'ETA', 'loss', 'val', 'samples/s', 'workers', 'owner', 'stored', 'submitted'].map(h => el('th', { text: h })))),
+      tbody), el('p', { class: 'muted', id: 'jobs-empty', text: '' }), el('p', { class: 'muted', id: 'jobs-storage', text: '' }));
     const render = jobs => {
       dtrain.jobs = jobs;
       document.getElementById('jobs-empty').textContent = jobs.length ? '' : 'No jobs yet: submit one with `dtrain submit SPEC`.';
@@ -82,7 +90,12 @@
         el('td', { class: 'num', text: fixed(j.samples_per_second) }),
         el('td', { class: 'num', text: j.workers.length || j.workers_requested || '' }),
         el('td', { text: j.owner || '-' }),
+        el('td', { class: 'num', text: bytes(j.stored_bytes) }),
         el('td', { text: when(j.submitted_unix_ms) }))));
+      api('/api/storage').then(storage => {
+        document.getElementById('jobs-storage').textContent = storage.map(s => `${s.owner ? 'storage of ' + s.owner : 'storage'}: ${bytes(s.stored_bytes)}` +
+          (s.quota_bytes > 0 ? ` of ${bytes(s.quota_bytes)} (Coordinator:MaxStoredBytesPerOwner)` : '')).join(' · ');
+      }).catch(() => {});
     };
     api('/api/jobs').then(render).catch(fail);
     stream('/api/stream', { jobs: render });

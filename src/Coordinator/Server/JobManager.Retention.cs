@@ -1,0 +1,63 @@
+using Microsoft.Extensions.Logging;
+
+namespace Dtrain.Server;
+
+/// <summary>
+/// A job's data files stored with it (what was uploaded or sent inline with it: DATA_DIR/jobs/JOB/data) go
+/// <see cref="CoordinatorOptions.JobDataRetentionMinutes"/> after the job ended, on the coordinator's clock, across
+/// restarts (the end time is in the job store). The job's record, spec and checkpoints stay: it is still listed and
+/// downloadable, and `dtrain submit JOB.json --resume JOB` continues it with its data sent again.
+/// </summary>
+public sealed partial class JobManager
+{
+    // Jobs whose data directory is gone (deleted here, or never had one): not looked at again.
+    private readonly HashSet<string> expired = [];
+
+    /// <summary>The data directory of a job (its uploaded and inline files).</summary>
+    internal static string DataDirOf(JobRecord job) => Path.Combine(job.Dir, "data");
+
+    /// <summary>Deletes the data of every job that ended more than the retention ago; returns how many jobs' data went.</summary>
+    private int ExpireData()
+    {
+        var now = clock.GetUtcNow();
+        var retention = TimeSpan.FromMinutes(options.JobDataRetentionMinutes);
+        var deleted = 0;
+        foreach (var job in jobs.Values)
+        {
+            var (status, progress) = job.Read();
+            if (!JobLifecycle.IsFinished(status) || expired.Contains(job.Id)) continue;
+            if (progress.Finished is not { } finished || now - finished < retention) continue;
+            var dir = DataDirOf(job);
+            try
+            {
+                if (Directory.Exists(dir))
+                {
+                    var bytes = Directory.EnumerateFiles(dir, "*", SearchOption.AllDirectories).Sum(f => new FileInfo(f).Length);
+                    Directory.Delete(dir, recursive: true);
+                    measured.Remove(job.Id);
+                    deleted++;
+                    log.LogInformation("job {Id}: its data files ({Bytes} bytes) deleted {Minutes} min after it ended (Coordinator:JobDataRetentionMinutes)", job.Id, bytes, options.JobDataRetentionMinutes);
+                }
+                expired.Add(job.Id);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                log.LogWarning("job {Id}: could not delete its data files in {Dir}: {Message}", job.Id, dir, e.Message);
+                expired.Add(job.Id);
+            }
+        }
+        return deleted;
+    }
+
+    /// <summary>`dtrain resume JOB` reuses the job's stored data files: refused, saying what to do, once they are gone.</summary>
+    private void RequireStoredData(string jobId, Specs.JobSpec spec)
+    {
+        var own = Path.Combine(JobDir(jobId), "data") + Path.DirectorySeparatorChar;
+        foreach (var path in new[] { spec.Data.Train, spec.Data.Validation })
+        {
+            if (path is null || !path.StartsWith(own, StringComparison.Ordinal) || File.Exists(path)) continue;
+            throw new InvalidOperationException($"job {jobId}'s data files were deleted {options.JobDataRetentionMinutes:0.##} min after it ended (Coordinator:JobDataRetentionMinutes): " +
+                                                $"send them again with its spec: `dtrain submit JOB.json --resume {jobId}`");
+        }
+    }
+}
