@@ -166,10 +166,11 @@ public sealed class DataAccess
     {
         // Looked up on every open, so a key or token file replaced since start-up is recognised too.
         var tls = options.Tls ?? new Rpc.TlsSettings();
-        var ownFiles = new[] { tls.CaKeyPath, tls.KeyPath, tls.CertPath, tls.CaPath, options.JoinTokenFile }
+        // appsettings.json (read from the program's directory) may hold join tokens or the metrics token.
+        var ownFiles = new[] { tls.CaKeyPath, tls.KeyPath, tls.CertPath, tls.CaPath, options.JoinTokenFile, Path.Combine(AppContext.BaseDirectory, "appsettings.json") }
             .Where(p => !string.IsNullOrWhiteSpace(p)).Select(p => DataFile.IdentityOf(p!.Trim())).OfType<FileId>();
         if (ownFiles.Contains(file.Id))
-            return "is one of the coordinator's own files (a TLS certificate or key, or its join token file), never read as job data";
+            return "is one of the coordinator's own files (a TLS certificate or key, its join token file or its appsettings.json), never read as job data";
         var ownDirs = new[] { options.DataDir, tls.Dir }
             .Where(p => !string.IsNullOrWhiteSpace(p)).Select(p => DataFile.IdentityOf(p!.Trim())).OfType<FileId>().ToHashSet();
         if (file.Directories.Skip(rootDepth).Any(ownDirs.Contains))
