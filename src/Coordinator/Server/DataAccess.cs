@@ -125,8 +125,9 @@ public sealed class DataAccess
         var full = Path.GetFullPath(path);
         if (DataFile.IsUnder(full, jobsDir) && full != jobsDir)
         {
-            // Written by the coordinator into its own (owner-only) directory; still, no link is followed.
-            var own = DataFile.OpenWithoutLinks(full);
+            // Written by the coordinator into its own (owner-only) directory, which may itself be reached through a
+            // symbolic link (DataDir = /var/lib/dtrain -> /data/dtrain): resolved, then opened without following any.
+            var own = DataFile.OpenWithoutLinks(DataFile.RealPath(full) ?? full);
             return own.Handle;
         }
         return OpenUnderRoot(full).Handle;

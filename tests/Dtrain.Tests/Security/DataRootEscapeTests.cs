@@ -163,6 +163,22 @@ public class DataRootEscapeTests
     }
 
     [Fact]
+    public void A_jobs_own_data_is_read_when_the_data_directory_is_reached_through_a_symbolic_link()
+    {
+        using var tmp = new TempDir();
+        var real = Directory.CreateDirectory(Path.Combine(tmp.Path, "real")).FullName;
+        var link = Path.Combine(tmp.Path, "link");
+        Directory.CreateSymbolicLink(link, real);
+        var file = Path.Combine(link, "jobs", "job-0001", "data", "train-t.txt");
+        Directory.CreateDirectory(Path.GetDirectoryName(file)!);
+        File.WriteAllText(file, "hello");
+        // DataDir = /var/lib/dtrain -> /data/dtrain: uploads are read; a data-root file would not be through a link.
+        var access = new DataAccess(new CoordinatorOptions { DataDir = link }, null!);
+        Assert.Equal("hello", System.Text.Encoding.UTF8.GetString(DataFile.ReadAllBytes(file, 100, open: access.Open)));
+        Assert.Contains("is not under a data root", Assert.Throws<DataFormatException>(() => access.Open(Path.Combine(real, "elsewhere.txt"))).Problem);
+    }
+
+    [Fact]
     public void OpenWithoutLinks_reads_the_file_it_checked_and_follows_no_link()
     {
         using var tmp = new TempDir();
