@@ -15,13 +15,15 @@ if ! bash scripts/docker-setup.sh; then
     echo "test: no usable Docker engine: the container tests will be skipped (run scripts/docker-setup.sh as root to enable them)" >&2
   fi
 fi
-# The Prometheus scrape test (tests/Dtrain.Tests/Observability) runs a real Prometheus (Debian: apt-get install -y
-# prometheus). Without it, it fails in CI or with DTRAIN_REQUIRE_PROMETHEUS=1 (.ci/run installs it), and is skipped elsewhere.
-if [[ -z "${DTRAIN_PROMETHEUS:-}" ]] && ! command -v prometheus >/dev/null 2>&1 && [[ ! -x /usr/bin/prometheus ]]; then
-  if [[ -n "${CI:-}" || "${DTRAIN_REQUIRE_PROMETHEUS:-}" == "1" ]]; then
-    echo "test: no prometheus binary: the Prometheus scrape test will fail (apt-get install -y prometheus)" >&2
+# The Prometheus scrape tests (tests/Dtrain.Tests/Observability) run a real Prometheus, and the dashboard's browser
+# tests headless Chromium: scripts/test-tools.sh installs Debian's prometheus, chromium and chromium-driver where
+# missing (needs root or sudo). Without them those tests fail in CI or with DTRAIN_REQUIRE_PROMETHEUS=1 /
+# DTRAIN_REQUIRE_BROWSER=1 (.ci/run sets both), and are skipped elsewhere.
+if ! bash scripts/test-tools.sh; then
+  if [[ -n "${CI:-}" || "${DTRAIN_REQUIRE_PROMETHEUS:-}" == "1" || "${DTRAIN_REQUIRE_BROWSER:-}" == "1" ]]; then
+    echo "test: Prometheus or Chromium missing: the scrape or browser tests will fail" >&2
   else
-    echo "test: no prometheus binary: the Prometheus scrape test will be skipped (apt-get install -y prometheus to run it)" >&2
+    echo "test: Prometheus or Chromium missing: the scrape or browser tests will be skipped (run scripts/test-tools.sh as root to enable them)" >&2
   fi
 fi
 log="$(mktemp)"
