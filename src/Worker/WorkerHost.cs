@@ -49,7 +49,7 @@ public static class WorkerHost
         app.MapDtrainCollective();
         app.MapGrpcService<Dtrain.Distributed.Pipeline.StageLinkService>();
         GrpcServerHost.MapHealth(app, ReadinessService);
-        if (options.HttpPort is >= 0) MetricsEndpoint.Map(app, app.Services.GetRequiredService<WorkerMetrics>().Registry, options.MetricsToken);
+        if (options.HttpPort is >= 0) MetricsEndpoint.Map(app, app.Services.GetRequiredService<WorkerMetrics>().Registry, MetricsEndpoint.WorkerGate(app.Services, options.MetricsToken));
         app.Lifetime.ApplicationStarted.Register(() =>
         {
             var port = GrpcServerHost.BoundAddress(app).Port;

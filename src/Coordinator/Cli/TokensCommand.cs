@@ -18,7 +18,7 @@ public static class TokensCommand
     {
         var cmd = new Command("tokens",
             "Manage the coordinator's bearer tokens in DATA_DIR/tokens.json (run it where the coordinator's data directory is: its host, or `docker compose exec coordinator dtrain tokens ...`). " +
-            "Roles: submitter (submits; sees, watches, cancels, downloads its own jobs), viewer (reads every job and the workers), admin (everything).");
+            "Roles: submitter (submits; sees, watches, cancels, downloads its own jobs), viewer (reads every job and the workers), admin (everything), metrics (only scrapes Prometheus /metrics and /metrics/targets).");
         cmd.Subcommands.Add(CreateToken());
         cmd.Subcommands.Add(List());
         cmd.Subcommands.Add(Revoke());
@@ -40,7 +40,7 @@ public static class TokensCommand
 
     static Command CreateToken()
     {
-        var role = new Option<string>("--role") { Description = "submitter, viewer or admin.", Required = true };
+        var role = new Option<string>("--role") { Description = "submitter, viewer, admin or metrics.", Required = true };
         role.AcceptOnlyFromAmong([.. Roles.Names]);
         var name = new Option<string>("--name") { Description = "Who holds the token: the owner recorded on the jobs it submits (letters, digits, ._@-). Several tokens may share a name (rotation); they share its jobs.", Required = true };
         var output = new Option<string?>("--output", "-o") { Description = "Write the token to this file (mode 0600, usable with --token-file) instead of printing it." };

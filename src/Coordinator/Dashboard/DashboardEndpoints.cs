@@ -112,14 +112,22 @@ public static class DashboardEndpoints
             header = "Bearer " + cookie;
             carrier = "cookie";
         }
+        Caller caller;
         try
         {
-            return Services(http).Auth.Authenticate(header.Length == 0 ? null : header, Peer(http), $"dashboard {http.Request.Method} {http.Request.Path}", carrier);
+            caller = Services(http).Auth.Authenticate(header.Length == 0 ? null : header, Peer(http), $"dashboard {http.Request.Method} {http.Request.Path}", carrier);
         }
         catch (RpcException e)
         {
             throw new Refusal(e.StatusCode == StatusCode.Unauthenticated ? StatusCodes.Status401Unauthorized : StatusCodes.Status500InternalServerError, e.Status.Detail);
         }
+        if (caller.Role == Role.Metrics)
+            throw new Refusal(StatusCodes.Status403Forbidden, $"token {caller.TokenId} (\"{caller.Name}\") has role metrics, which may only read /metrics and /metrics/targets; the dashboard needs submitter, viewer or admin");
+        // With auth off the gRPC port still asks a TLS client for its certificate, and so does the dashboard then: a
+        // token is the credential when auth is on (browsers have no certificate), the certificate when it is off.
+        if (!caller.Authenticated && HttpAccess.RequireCertificate(http, http.RequestServices.GetRequiredService<ServerMode>(), "the dashboard (Coordinator:Auth=off)") is { } refusal)
+            throw new Refusal(StatusCodes.Status403Forbidden, refusal.Message);
+        return caller;
     }
 
     static bool MayListWorkers(Caller caller) => caller.Role is Role.Viewer or Role.Admin;

@@ -1,5 +1,7 @@
 using System.Text.Json;
 using Dtrain.Rpc;
+using Dtrain.Server.Auth;
+using Grpc.Core;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
@@ -68,18 +70,62 @@ public sealed class CoordinatorMetrics : BackgroundService
         Registry.AddBeforeCollectCallback(Refresh);
     }
 
-    /// <summary>Maps GET /metrics and GET /metrics/targets (Prometheus HTTP service discovery: the workers' /metrics addresses) on the HTTP listener.</summary>
+    /// <summary>Maps GET /metrics and GET /metrics/targets (Prometheus HTTP service discovery: the workers' /metrics addresses) on the HTTP listener, admitted by <see cref="Gate"/>.</summary>
     public static void Map(WebApplication app, CoordinatorOptions options)
     {
         var metrics = app.Services.GetRequiredService<CoordinatorMetrics>();
-        MetricsEndpoint.Map(app, metrics.Registry, options.MetricsToken);
+        var gate = Gate(app.Services, options);
+        MetricsEndpoint.Map(app, metrics.Registry, gate);
         var targets = app.MapGet(MetricsEndpoint.Path + "/targets", (HttpContext http) =>
         {
             http.Response.ContentType = "application/json";
             return http.Response.WriteAsync(metrics.Targets(), http.RequestAborted);
         });
-        MetricsEndpoint.RequireToken(targets, options.MetricsToken);
+        MetricsEndpoint.Guard(targets, gate);
         GrpcServerHost.RequireHttpPort(targets, app);
+    }
+
+    /// <summary>The roles whose tokens may scrape: metrics (made for Prometheus), and viewer and admin, who read every job anyway.</summary>
+    public static readonly Role[] ScrapeRoles = [Role.Metrics, Role.Viewer, Role.Admin];
+
+    /// <summary>
+    /// Who may read /metrics and /metrics/targets — every job's figures and every worker's name and address, so never a
+    /// submitter: over TLS a client certificate from the cluster CA (as the gRPC port asks); and whenever auth is on
+    /// (Coordinator:Auth; beyond loopback it always is) a bearer token of role metrics, viewer or admin, or the
+    /// Coordinator:MetricsToken when set (which is then needed even with auth off). On loopback with auth off and no
+    /// scrape token, anyone on this machine, as the Jobs API.
+    /// </summary>
+    public static HttpGate Gate(IServiceProvider services, CoordinatorOptions options)
+    {
+        var mode = services.GetRequiredService<ServerMode>();
+        var tokens = services.GetRequiredService<TokenAuthenticator>();
+        var scrapeToken = string.IsNullOrWhiteSpace(options.MetricsToken) ? null : options.MetricsToken;
+        var make = "`dtrain tokens create --role metrics --name prometheus` on the coordinator's host";
+        return http =>
+        {
+            var path = http.Request.Path.ToString();
+            if (HttpAccess.RequireCertificate(http, mode, path) is { } refusal) return refusal;
+            if (scrapeToken is not null && HttpAccess.HasBearer(http, scrapeToken)) return null;
+            var state = tokens.Current();
+            if (!state.Required)
+                return scrapeToken is null ? null
+                    : new HttpRefusal(StatusCodes.Status401Unauthorized, $"{path} needs \"Authorization: Bearer TOKEN\" with Coordinator:MetricsToken");
+            var header = http.Request.Headers.Authorization.ToString();
+            var peer = http.Connection.RemoteIpAddress is { } ip ? $"{ip}:{http.Connection.RemotePort}" : "unknown";
+            Caller caller;
+            try
+            {
+                caller = tokens.Authenticate(header.Length == 0 ? null : header, peer, $"metrics GET {path}");
+            }
+            catch (RpcException e)
+            {
+                return new HttpRefusal(e.StatusCode == StatusCode.Unauthenticated ? StatusCodes.Status401Unauthorized : StatusCodes.Status500InternalServerError,
+                    $"{path}: {e.Status.Detail} (Prometheus: authorization credentials_file with a token of role metrics: {make})");
+            }
+            if (ScrapeRoles.Contains(caller.Role)) return null;
+            return new HttpRefusal(StatusCodes.Status403Forbidden,
+                $"{path}: token {caller.TokenId} (\"{caller.Name}\") has role {caller.Role.Name()}, which may not read every job's metrics; that needs metrics, viewer or admin ({make})");
+        };
     }
 
     /// <summary>

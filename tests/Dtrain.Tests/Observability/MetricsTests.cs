@@ -7,8 +7,10 @@ using Dtrain.Cli;
 using Dtrain.Protos.Jobs;
 using Dtrain.Rpc;
 using Dtrain.Server;
+using Dtrain.Server.Auth;
 using Dtrain.Specs;
 using Dtrain.Tests.Cluster;
+using Dtrain.Tests.Security;
 using Dtrain.Tests.Support;
 using Dtrain.Worker;
 
@@ -25,6 +27,12 @@ public class MetricsTests
         await cluster.WaitForIdleAsync(workers, TimeSpan.FromSeconds(30));
         return cluster;
     }
+
+    /// <summary>A token of role metrics on <paramref name="cluster"/> (auth is on in every test cluster): what Prometheus scrapes the coordinator with.</summary>
+    internal static string ScrapeToken(InProcessCluster cluster) => AuthTestSupport.Token(cluster, "prometheus", Role.Metrics).Token;
+
+    /// <summary>An HTTP client that sends <paramref name="token"/> as its bearer token.</summary>
+    internal static HttpClient Scraper(string token) => new() { DefaultRequestHeaders = { Authorization = new AuthenticationHeaderValue("Bearer", token) } };
 
     internal static string CoordinatorHttp(InProcessCluster cluster) => $"http://127.0.0.1:{cluster.CoordinatorService<ServerEndpoints>().Http!.IPEndPoint!.Port}";
 
@@ -56,7 +64,7 @@ public class MetricsTests
         Assert.Equal(JobState.Succeeded, done.State);
         await cluster.WaitForIdleAsync(2, TimeSpan.FromSeconds(30));   // the job's workers are released just after it ends
 
-        using var http = new HttpClient();
+        using var http = Scraper(ScrapeToken(cluster));
         var coordinator = await http.GetStringAsync(CoordinatorHttp(cluster) + "/metrics");
         Assert.Equal(20, Value(coordinator, $"dtrain_job_step{{job_id=\"{id}\"}}"));
         Assert.Equal(done.Loss, Value(coordinator, $"dtrain_job_loss{{job_id=\"{id}\"}}"), 6);

@@ -5,7 +5,11 @@ using Dtrain.Tests.Support;
 
 namespace Dtrain.Tests.Observability;
 
-/// <summary>A real Prometheus scrapes a live coordinator (static target) and its workers (found through the coordinator's /metrics/targets, http_sd) while a job trains.</summary>
+/// <summary>
+/// A real Prometheus scrapes a live coordinator (static target, with a token of role metrics) and its workers (found
+/// through the coordinator's /metrics/targets, http_sd) while a job trains; the same coordinator scraped without the
+/// token is down (401).
+/// </summary>
 public class PrometheusScrapeTests
 {
     [PrometheusFact]
@@ -16,18 +20,28 @@ public class PrometheusScrapeTests
         await using var cluster = await MetricsTests.StartAsync(2);
         var coordinator = new Uri(MetricsTests.CoordinatorHttp(cluster));
         var id = MetricsTests.Submit(cluster, tmp, 100_000, 2);
+        // Auth is on (the cluster has tokens): Prometheus scrapes the coordinator with a token of role metrics, from a file.
+        var tokenFile = tmp.Write("metrics-token", MetricsTests.ScrapeToken(cluster));
         var config = $"""
             global:
               scrape_interval: 1s
               evaluation_interval: 1s
             scrape_configs:
               - job_name: dtrain-coordinator
+                authorization:
+                  credentials_file: {tokenFile}
+                static_configs:
+                  - targets: ["{coordinator.Authority}"]
+              - job_name: dtrain-anonymous
                 static_configs:
                   - targets: ["{coordinator.Authority}"]
               - job_name: dtrain-workers
                 http_sd_configs:
                   - url: {coordinator}metrics/targets
                     refresh_interval: 1s
+                    authorization:
+                      type: Bearer   # Prometheus 2.42's http_sd sends the bare token unless the type is spelled out
+                      credentials_file: {tokenFile}
             """;
         Directory.CreateDirectory(Path.Combine(tmp.Path, "prometheus"));
         using var prometheus = await PrometheusServer.StartAsync(Path.Combine(tmp.Path, "prometheus"), config, TimeSpan.FromSeconds(60));
@@ -46,6 +60,11 @@ public class PrometheusScrapeTests
                 await Task.Delay(500);
             }
             Assert.Equal("dtrain-coordinator", step[0].Labels["job"]);
+            // The same coordinator scraped without the token: refused (401), so Prometheus has it down and none of its figures.
+            var anonymous = await prometheus.QueryAsync("up{job=\"dtrain-anonymous\"}");
+            Assert.True(anonymous.Count == 1 && anonymous[0].Value == 0, $"{string.Join(", ", anonymous.Select(a => a.Value))}\n{await prometheus.TargetsAsync()}");
+            Assert.Contains("401", await prometheus.TargetsAsync(), StringComparison.Ordinal);
+            Assert.Empty(await prometheus.QueryAsync($"dtrain_job_step{{job=\"dtrain-anonymous\"}}"));
             Assert.True(double.IsFinite(loss[0].Value) && loss[0].Value > 0, loss[0].Value.ToString(CultureInfo.InvariantCulture));
             // The workers came from service discovery, labelled with their ids.
             var ids = cluster.Client.ListWorkers(new ListWorkersRequest()).Workers.Select(w => w.WorkerId).Order().ToList();

@@ -12,8 +12,8 @@ public sealed record Caller(string Name, Role Role, string TokenId)
 
     public bool Authenticated => TokenId != "";
 
-    /// <summary>Viewers and admins see every job; a submitter only the jobs submitted under its token name.</summary>
-    public bool CanSee(JobRecord job) => Role != Role.Submitter || job.Owner == Name;
+    /// <summary>Viewers and admins see every job; a submitter only the jobs submitted under its token name; a metrics token none.</summary>
+    public bool CanSee(JobRecord job) => Role is Role.Viewer or Role.Admin || (Role == Role.Submitter && job.Owner == Name);
 
     public override string ToString() => Authenticated ? $"\"{Name}\" ({Role.Name()}, token {TokenId})" : "anonymous (auth off)";
 

@@ -9,16 +9,19 @@ public enum Role
     Submitter,
     /// <summary>Everything: every job, and the workers.</summary>
     Admin,
+    /// <summary>Only scrapes Prometheus /metrics and /metrics/targets (a Prometheus server's token); no job, worker or dashboard page.</summary>
+    Metrics,
 }
 
 public static class Roles
 {
-    public static readonly IReadOnlyList<string> Names = ["submitter", "viewer", "admin"];
+    public static readonly IReadOnlyList<string> Names = ["submitter", "viewer", "admin", "metrics"];
 
     public static string Name(this Role role) => role switch
     {
         Role.Viewer => "viewer",
         Role.Submitter => "submitter",
+        Role.Metrics => "metrics",
         _ => "admin",
     };
 
@@ -29,6 +32,7 @@ public static class Roles
             case "viewer": role = Role.Viewer; return true;
             case "submitter": role = Role.Submitter; return true;
             case "admin": role = Role.Admin; return true;
+            case "metrics": role = Role.Metrics; return true;
             default: role = default; return false;
         }
     }
