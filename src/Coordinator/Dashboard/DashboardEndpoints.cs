@@ -13,6 +13,7 @@ using Dtrain.Specs;
 using Grpc.Core;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.AspNetCore.StaticFiles;
 using Microsoft.Extensions.DependencyInjection;
@@ -34,9 +35,33 @@ public static class DashboardEndpoints
     public const string CookieName = "dtrain_token";
     const string ResourcePrefix = "dashboard/";
 
+    /// <summary>The largest login form accepted (a token is 47 characters; the form adds the next page's path).</summary>
+    public const int MaxLoginBytes = 16 * 1024;
+
+    /// <summary>
+    /// Sent with every answer of the HTTP listener: the pages load scripts, styles and data only from this site, with no
+    /// inline script or style (dashboard.js sets styles through the CSSOM), and may not be framed by another site.
+    /// </summary>
+    public const string ContentSecurityPolicy =
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; font-src 'self'; " +
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
     /// <summary>Maps the pages, /api and /static on the HTTP listener only.</summary>
     public static void Map(WebApplication app)
     {
+        var endpoints = app.Services.GetRequiredService<ServerEndpoints>();
+        app.Use((http, next) =>
+        {
+            if (endpoints.Http?.IPEndPoint is { } ep && http.Connection.LocalPort == ep.Port)
+            {
+                var headers = http.Response.Headers;
+                headers.ContentSecurityPolicy = ContentSecurityPolicy;
+                headers.XFrameOptions = "DENY";
+                headers.XContentTypeOptions = "nosniff";
+                headers["Referrer-Policy"] = "no-referrer";
+            }
+            return next(http);
+        });
         void Get(string pattern, Delegate handler) => GrpcServerHost.RequireHttpPort(app.MapGet(pattern, handler), app);
         void Post(string pattern, Delegate handler) => GrpcServerHost.RequireHttpPort(app.MapPost(pattern, handler), app);
 
@@ -225,7 +250,24 @@ public static class DashboardEndpoints
 
     static async Task<IResult> Login(HttpContext http)
     {
-        var form = await http.Request.ReadFormAsync(http.RequestAborted).ConfigureAwait(false);
+        // The listener has no body limit of its own (gRPC streams need none): a login form is small, anything larger is refused.
+        var tooLarge = $"the login form is at most {MaxLoginBytes / 1024} KiB (a token and the page to go back to)";
+        if (http.Request.ContentLength is > MaxLoginBytes and var length)
+            return LoginPage(http, $"request body of {length} bytes refused: {tooLarge}", StatusCodes.Status413PayloadTooLarge);
+        if (http.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit) limit.MaxRequestBodySize = MaxLoginBytes;
+        IFormCollection form;
+        try
+        {
+            form = await http.Request.ReadFormAsync(http.RequestAborted).ConfigureAwait(false);
+        }
+        catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
+        {
+            return LoginPage(http, $"request body refused: {tooLarge}", StatusCodes.Status413PayloadTooLarge);
+        }
+        catch (Exception e) when (e is InvalidDataException or InvalidOperationException or BadHttpRequestException or IOException)
+        {
+            return LoginPage(http, $"malformed login form: {e.Message}", StatusCodes.Status400BadRequest);
+        }
         var token = form["token"].ToString().Trim();
         var next = SafeNext(form["next"].ToString());
         try
@@ -444,8 +486,8 @@ public static class DashboardEndpoints
 
     /// <summary>
     /// A job's events as server-sent events, from the same source as the Watch RPC: the events so far, then live ones —
-    /// "step" (a metrics row), "eval" (a row with validation metrics), "state" (the job), "log" (a line) — and "end" when
-    /// the job has finished.
+    /// "step" (a metrics row), "eval" (a row with validation metrics), "state" (the job as it is now, also when replayed),
+    /// "log" (a line) — and "end" when the job has finished.
     /// </summary>
     static IResult JobEvents(HttpContext http, string id)
     {
@@ -484,7 +526,9 @@ public static class DashboardEndpoints
                 }
                 yield return e.KindCase switch
                 {
-                    JobEvent.KindOneofCase.State => new SseItem<string>(JobJson(e.State, now.GetUtcNow()).ToJsonString(), "state"),
+                    // The job as it is now, not the snapshot the notice kept: the events so far are replayed first, and
+                    // a replayed state (step 0 when the job started) would take the page back behind the detail it just drew.
+                    JobEvent.KindOneofCase.State => new SseItem<string>(JobJson(job.ToProto(), now.GetUtcNow()).ToJsonString(), "state"),
                     JobEvent.KindOneofCase.Step or JobEvent.KindOneofCase.Eval => new SseItem<string>(RowJson(MetricsTable.Rows([e])[0]).ToJsonString(), e.KindCase == JobEvent.KindOneofCase.Step ? "step" : "eval"),
                     _ => new SseItem<string>(new JsonObject { ["text"] = e.Log }.ToJsonString(), "log"),
                 };

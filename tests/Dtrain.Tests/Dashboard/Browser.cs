@@ -38,7 +38,16 @@ public sealed class Browser : IDisposable
         service.HideCommandPromptWindow = true;
         Driver = new ChromeDriver(service, options, TimeSpan.FromMinutes(2));
         Driver.Manage().Timeouts().PageLoad = TimeSpan.FromMinutes(1);
+        // Every page notes what its Content-Security-Policy blocked (see CspViolations); this script is the browser's, not the page's.
+        Driver.ExecuteCdpCommand("Page.addScriptToEvaluateOnNewDocument", new Dictionary<string, object?>
+        {
+            ["source"] = "window.__cspViolations = []; document.addEventListener('securitypolicyviolation', e => window.__cspViolations.push(`${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`));",
+        });
     }
+
+    /// <summary>What the current page's Content-Security-Policy refused so far (an inline style or script, another origin): should be nothing.</summary>
+    public IReadOnlyList<string> CspViolations() =>
+        Script("return window.__cspViolations || [];") is IEnumerable<object> list ? [.. list.Select(o => o?.ToString() ?? "")] : [];
 
     /// <summary>Waits (bounded, generous for a loaded machine) until <paramref name="condition"/> holds; the failure names <paramref name="what"/>.</summary>
     public T Wait<T>(Func<IWebDriver, T> condition, string what, int seconds = 90)

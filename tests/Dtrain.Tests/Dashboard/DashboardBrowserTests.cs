@@ -77,6 +77,7 @@ public class DashboardBrowserTests(ITestOutputHelper output)
         Assert.Equal(3, browser.Driver.FindElements(By.CssSelector("#checkpoints-table tbody tr")).Count);
         browser.Wait(d => d.FindElement(By.Id("sample")).Text.Length > 0, "the generated sample");
         Keep(browser, "job-page");
+        Assert.Empty(browser.CspViolations());
 
         browser.Driver.Navigate().GoToUrl($"{web}/workers");
         var expected = cluster.Client.ListWorkers(new ListWorkersRequest()).Workers.Select(w => w.WorkerId).Order().ToList();
@@ -97,6 +98,69 @@ public class DashboardBrowserTests(ITestOutputHelper output)
     }
 
     [BrowserFact]
+    public async Task The_header_of_a_running_job_shows_its_real_step_at_once_and_a_single_evaluation_is_drawn()
+    {
+        await using var cluster = await InProcessCluster.StartAsync(1, WithDashboard);
+        var web = cluster.HttpAddress!;
+        using var tmp = new TempDir();
+        tmp.Write("t.txt", TestJobs.Text(100));
+        using var browser = new Browser();
+        LogIn(browser, web, cluster.AdminToken!);
+
+        // A job with exactly one evaluation: its validation series is a single point, drawn as a marker.
+        var one = TestJobs.CharLm("t.txt", steps: 10);
+        one = one with { Training = one.Training with { EvalInterval = 10, CheckpointInterval = 10 } };
+        var onePath = tmp.Write("one.json", JobSpecSerializer.Serialize(one));
+        var oneId = cluster.Client.Submit(JobCommands.BuildSubmit(cluster.Client, new FileInfo(onePath), 1)).JobId;
+        Assert.Equal(JobState.Succeeded, (await cluster.WaitAsync(oneId, TimeSpan.FromMinutes(3))).State);
+        Assert.Equal(1, cluster.Client.History(new GetJobRequest { JobId = oneId }).Events.Count(e => e.KindCase == JobEvent.KindOneofCase.Eval));
+        browser.Driver.Navigate().GoToUrl($"{web}/jobs/{oneId}");
+        browser.Wait(d => d.FindElement(By.TagName("body")).GetAttribute("data-job-ended") == "true", "the page of the finished job");
+        browser.Wait(d => d.FindElement(By.Id("chart-validation")).Displayed, "the validation chart");
+        // Coloured pixels on the validation chart's canvas (the axes and grid are grey): none when the point is not drawn.
+        const string coloured = """
+            const c = document.querySelector('#chart-validation canvas');
+            const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0;
+            for (let i = 0; i < px.length; i += 4) if (px[i + 3] > 0 && Math.abs(px[i] - px[i + 1]) + Math.abs(px[i + 1] - px[i + 2]) > 60) n++;
+            return n;
+            """;
+        var pixels = Convert.ToInt64(browser.Wait(d => browser.Script(coloured) is long n && n > 0 ? (object)n : null, "the single evaluation drawn on the validation chart", 30));
+        Assert.True(pixels > 0);
+        Keep(browser, "one-evaluation");
+
+        // A long job, running: its page's header shows the step it is at from the start, and never goes back to 0 when
+        // the event stream replays the job's earlier states.
+        var spec = TestJobs.CharLm("t.txt", steps: 1_000_000);
+        spec = spec with { Training = spec.Training with { EvalInterval = 1_000_000, CheckpointInterval = 1_000_000 } };
+        var path = tmp.Write("long.json", JobSpecSerializer.Serialize(spec));
+        var id = cluster.Client.Submit(JobCommands.BuildSubmit(cluster.Client, new FileInfo(path), 1)).JobId;
+        long before;
+        var deadline = DateTime.UtcNow + TimeSpan.FromMinutes(3);
+        while ((before = cluster.Client.Get(new GetJobRequest { JobId = id }).Step) < 20)
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"{id} did not reach step 20 in 3 minutes");
+            await Task.Delay(100);
+        }
+        browser.Driver.Navigate().GoToUrl($"{web}/jobs/{id}");
+        // Once a step event at or past the step seen before the page opened has arrived, the replay is over.
+        browser.Wait(d => browser.Script("return window.dtrain.lastEventStep;") is long s && s >= before, $"the event stream to reach step {before}");
+        var shown = ((IEnumerable<object>)browser.Script("return window.dtrain.shownSteps;")!).Select(Convert.ToInt64).ToList();
+        Assert.NotEmpty(shown);
+        Assert.All(shown, s => Assert.True(s >= before, $"the header showed step {s} of a job already at step {before} (all shown: {string.Join(", ", shown)})"));
+        var header = browser.Wait(d => d.FindElement(By.Id("job-progress")).Text, "the header's progress");
+        var match = System.Text.RegularExpressions.Regex.Match(header, @"(\d+)/1000000");
+        Assert.True(match.Success, $"header progress \"{header}\"");
+        var step = long.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(step >= before, $"header \"{header}\" of a job at step {before}");
+        // The progress bar's width is set through the CSSOM, which the Content-Security-Policy allows (no inline styles).
+        Assert.NotEqual("", browser.Script("return document.querySelector('#job-progress .bar span').style.width;"));
+        Assert.Empty(browser.CspViolations());
+        Keep(browser, "running-job-header");
+        cluster.Client.Cancel(new CancelJobRequest { JobId = id });
+    }
+
+    [BrowserFact]
     public async Task With_auth_on_a_browser_without_a_token_gets_the_login_page_and_a_submitter_sees_only_its_own_jobs()
     {
         await using var cluster = await InProcessCluster.StartAsync(1, WithDashboard);
@@ -114,6 +178,7 @@ public class DashboardBrowserTests(ITestOutputHelper output)
         Assert.NotEmpty(browser.Driver.FindElements(By.Id("login-form")));
         Assert.Contains("requires a token", browser.Driver.FindElement(By.TagName("main")).Text, StringComparison.Ordinal);
         Keep(browser, "login-page");
+        Assert.Empty(browser.CspViolations());
 
         browser.Driver.FindElement(By.Id("token")).SendKeys("not-a-token");
         browser.Driver.FindElement(By.Id("login-submit")).Click();

@@ -5,7 +5,7 @@
   const app = document.getElementById('app');
   const liveDot = document.getElementById('live');
   // What the page shows, for people poking at it in the console and for the browser tests.
-  const dtrain = window.dtrain = { charts: {}, rows: new Map(), job: null, workers: [], jobs: [] };
+  const dtrain = window.dtrain = { charts: {}, rows: new Map(), job: null, workers: [], jobs: [], shownSteps: [], lastEventStep: null };
 
   // ---------- helpers ----------
   function el(tag, attrs, ...children) {
@@ -66,7 +66,9 @@
 
   function progress(j) {
     const pct = Math.round((j.progress || 0) * 100);
-    return el('span', {}, el('span', { class: 'bar' }, el('span', { style: `width:${pct}%` })), `${j.step}/${j.total_steps || '?'} (${pct}%)`);
+    const fill = el('span');
+    fill.style.width = `${pct}%`; // through the CSSOM: the Content-Security-Policy allows no inline style attributes
+    return el('span', {}, el('span', { class: 'bar' }, fill), `${j.step}/${j.total_steps || '?'} (${pct}%)`);
   }
 
   // ---------- jobs ----------
@@ -160,6 +162,10 @@
     for (let i = 0; i < k; i++) def.series.push([`stage_compute_ms#${i}`, `stage ${i}`]);
   }
 
+  // Validation series have a value every eval_interval steps only: markers on each, or a job's single evaluation draws
+  // nothing (a line needs two points). Training series have one per step: a line.
+  const pointsOf = (key, i) => key.startsWith('val_') ? { show: true, size: 6, stroke: palette[i % palette.length], fill: palette[i % palette.length] } : { show: false };
+
   function drawCharts(container) {
     for (const def of chartDefs) {
       stageSeries(def);
@@ -178,7 +184,7 @@
         chart = dtrain.charts[def.id] = new uPlot({
           width, height: 220,
           scales: { x: { time: false } },
-          series: [{ label: 'step' }, ...def.series.map(([, label], i) => ({ label, stroke: palette[i % palette.length], width: 1.5, spanGaps: true, points: { show: false } }))],
+          series: [{ label: 'step' }, ...def.series.map(([key, label], i) => ({ label, stroke: palette[i % palette.length], width: 1.5, spanGaps: true, points: pointsOf(key, i) }))],
           axes: [{ label: 'step' }, {}],
         }, data, box);
       } else {
@@ -228,7 +234,10 @@
     const [detail, history] = await Promise.all([api(`/api/jobs/${encodeURIComponent(id)}`), api(`/api/jobs/${encodeURIComponent(id)}/history`)]);
     dtrain.job = detail;
     for (const r of history.rows) mergeRow(r, r.loss === undefined ? 'eval' : 'step');
-    const factsBox = el('div', { class: 'facts', id: 'job-facts' }, facts(detail));
+    const factsBox = el('div', { class: 'facts', id: 'job-facts' });
+    // The header: every render is noted (dtrain.shownSteps) so the browser tests can see it never goes back.
+    const showFacts = j => { factsBox.replaceChildren(...facts(j).filter(Boolean)); dtrain.shownSteps.push(j.step); };
+    showFacts(detail);
     const charts = el('div', { class: 'charts', id: 'charts' });
     const checkpoints = el('div', { id: 'checkpoints' });
     const sample = el('div', { id: 'sample-box' });
@@ -244,10 +253,17 @@
     drawCharts(charts);
     window.addEventListener('resize', () => { for (const c of Object.values(dtrain.charts)) c.setSize({ width: Math.max(300, c.root.parentElement.clientWidth - 16), height: 220 }); });
 
+    let pendingFacts = false;
+    const scheduleFacts = () => {
+      if (pendingFacts) return;
+      pendingFacts = true;
+      requestAnimationFrame(() => { pendingFacts = false; showFacts(dtrain.job); });
+    };
+
     let sampleFor = null;
     const showDetail = d => {
       dtrain.job = d;
-      factsBox.replaceChildren(...facts(d).filter(Boolean));
+      showFacts(d);
       checkpoints.replaceChildren(d.checkpoints.length === 0 ? el('p', { class: 'muted', text: 'none yet' }) : el('table', { id: 'checkpoints-table' },
         el('thead', {}, el('tr', {}, ['step', 'file', 'size', 'written'].map(h => el('th', { text: h })))),
         el('tbody', {}, d.checkpoints.map(c => el('tr', {},
@@ -271,9 +287,27 @@
     const timer = ended.includes(detail.state) ? null : setInterval(refresh, 10000);
     const lines = [];
     const es = stream(`/api/jobs/${encodeURIComponent(id)}/events`, {
-      step: r => { mergeRow(r, 'step'); scheduleDraw(charts); },
+      step: r => {
+        mergeRow(r, 'step'); scheduleDraw(charts);
+        dtrain.lastEventStep = r.step;
+        // A step newer than the header moves it on (the events so far are replayed first: older steps leave it alone).
+        const j = dtrain.job;
+        if (r.step > j.step) {
+          Object.assign(j, { step: r.step, epoch: r.epoch ?? j.epoch, loss: r.loss ?? j.loss, samples_per_second: r.samples_per_second ?? j.samples_per_second,
+            progress: j.total_steps > 0 ? Math.min(1, r.step / j.total_steps) : j.progress });
+          scheduleFacts();
+        }
+      },
       eval: r => { mergeRow(r, 'eval'); scheduleDraw(charts); },
-      state: j => { Object.assign(dtrain.job, j); factsBox.replaceChildren(...facts(dtrain.job).filter(Boolean)); },
+      // The job as it is now (the server sends its current record with every state event, replayed ones included).
+      state: j => {
+        const shown = dtrain.job;
+        // A step event may have moved the header past the record's step already: keep the newer progress.
+        const ahead = j.generation === shown.generation && j.step < shown.step
+          ? { step: shown.step, epoch: shown.epoch, loss: shown.loss, samples_per_second: shown.samples_per_second, progress: shown.progress } : {};
+        Object.assign(shown, j, ahead);
+        scheduleFacts();
+      },
       log: l => { lines.push(l.text); if (lines.length > 200) lines.shift(); log.textContent = lines.join('\n'); },
       end: j => {
         es.close(); setLive(false);
