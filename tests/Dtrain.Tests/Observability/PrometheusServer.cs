@@ -122,3 +122,13 @@ public sealed class PrometheusFactAttribute : FactAttribute
         if (PrometheusServer.Binary is null && !PrometheusServer.Required) Skip = PrometheusServer.SkipReason;
     }
 }
+
+/// <summary>A theory that needs Prometheus: skipped without it, unless CI or DTRAIN_REQUIRE_PROMETHEUS=1 make that a failure.</summary>
+[AttributeUsage(AttributeTargets.Method, AllowMultiple = false)]
+public sealed class PrometheusTheoryAttribute : TheoryAttribute
+{
+    public PrometheusTheoryAttribute()
+    {
+        if (PrometheusServer.Binary is null && !PrometheusServer.Required) Skip = PrometheusServer.SkipReason;
+    }
+}
