@@ -15,7 +15,9 @@ namespace Dtrain.Worker;
 /// its ring are released — an open collective stream would otherwise hold Kestrel's graceful stop for its timeout.
 /// </summary>
 /// <remarks>
-/// With TLS, each registration carries a signing request for a fresh key (and the join token, if any); the certificate
+/// With TLS, each registration carries a signing request for this process's key (and the join token, if any): the
+/// coordinator keeps the worker's name and address for that key, so a registration again (the reply was lost, the
+/// coordinator forgot it) is the same worker, and nobody else can take them over; the certificate
 /// the coordinator returns is installed at once, and the channel to the coordinator is made anew to present it.
 /// </remarks>
 public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identity, WorkerSlot state, ServerHealth health, WorkerSecurity security, ILogger<CoordinatorLink> log)
@@ -26,6 +28,8 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
     private readonly List<GrpcChannel> channels = [];
     private Membership.MembershipClient? client;
     private int left;
+    // This process's key: the same in every registration (it owns the worker's name and address at the coordinator).
+    private readonly System.Security.Cryptography.ECDsa key = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
 
     private Membership.MembershipClient Connect()
     {
@@ -62,38 +66,31 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
                             Version = typeof(CoordinatorLink).Assembly.GetName().Version?.ToString() ?? "",
                         },
                     };
-                    System.Security.Cryptography.ECDsa? key = null;
+                    if (security.Tls is not null)
+                        request.Csr = Google.Protobuf.ByteString.CopyFrom(WorkerSecurity.SigningRequest(key, options.Name ?? "worker"));
+                    var reply = await client.RegisterAsync(request, deadline: DateTime.UtcNow.AddSeconds(options.CoordinatorCallTimeoutSeconds), cancellationToken: stop).ConfigureAwait(false);
                     if (security.Tls is not null)
                     {
-                        (key, var csr) = WorkerSecurity.NewSigningRequest(options.Name ?? "worker");
-                        request.Csr = Google.Protobuf.ByteString.CopyFrom(csr);
-                    }
-                    using (key)
-                    {
-                        var reply = await client.RegisterAsync(request, deadline: DateTime.UtcNow.AddSeconds(options.CoordinatorCallTimeoutSeconds), cancellationToken: stop).ConfigureAwait(false);
-                        if (key is not null)
+                        PeerIdentity issued;
+                        try
                         {
-                            PeerIdentity issued;
-                            try
-                            {
-                                issued = security.Install(reply.Certificate, key);
-                            }
-                            catch (InvalidDataException e)
-                            {
-                                log.LogError("registered with {Coordinator} as {WorkerId}, but {Message}; registering again in {Delay}", options.Coordinator, reply.WorkerId, e.Message, delay);
-                                await Task.Delay(delay, stop).ConfigureAwait(false);
-                                delay = TimeSpan.FromMilliseconds(Math.Min(5000, delay.TotalMilliseconds * 2));
-                                continue;
-                            }
-                            client = Connect();
-                            log.LogInformation("{WorkerId}: serving and dialling with the certificate the coordinator issued ({Identity})", reply.WorkerId, issued);
+                            issued = security.Install(reply.Certificate, key);
                         }
-                        identity.WorkerId = reply.WorkerId;
-                        identity.Token = reply.Token;
-                        interval = TimeSpan.FromMilliseconds(Math.Max(100, reply.HeartbeatIntervalMs));
-                        log.LogInformation("registered with {Coordinator} as {WorkerId}{Name} ({Address}, {Threads} torch thread(s))", options.Coordinator, reply.WorkerId,
-                            string.IsNullOrWhiteSpace(options.Name) ? "" : $" (name {options.Name.Trim()})", address, options.ResolvedThreads);
+                        catch (InvalidDataException e)
+                        {
+                            log.LogError("registered with {Coordinator} as {WorkerId}, but {Message}; registering again in {Delay}", options.Coordinator, reply.WorkerId, e.Message, delay);
+                            await Task.Delay(delay, stop).ConfigureAwait(false);
+                            delay = TimeSpan.FromMilliseconds(Math.Min(5000, delay.TotalMilliseconds * 2));
+                            continue;
+                        }
+                        client = Connect();
+                        log.LogInformation("{WorkerId}: serving and dialling with the certificate the coordinator issued ({Identity})", reply.WorkerId, issued);
                     }
+                    identity.WorkerId = reply.WorkerId;
+                    identity.Token = reply.Token;
+                    interval = TimeSpan.FromMilliseconds(Math.Max(100, reply.HeartbeatIntervalMs));
+                    log.LogInformation("registered with {Coordinator} as {WorkerId}{Name} ({Address}, {Threads} torch thread(s))", options.Coordinator, reply.WorkerId,
+                        string.IsNullOrWhiteSpace(options.Name) ? "" : $" (name {options.Name.Trim()})", address, options.ResolvedThreads);
                 }
                 var beat = await client.HeartbeatAsync(new HeartbeatRequest { WorkerId = identity.WorkerId, Token = identity.Token, JobId = state.Current?.JobId ?? "", Step = state.Step, Activity = Report(state.Activity.Snapshot()) },
                     deadline: DateTime.UtcNow.AddSeconds(options.CoordinatorCallTimeoutSeconds), cancellationToken: stop).ConfigureAwait(false);
@@ -186,6 +183,7 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
             foreach (var c in channels) c.Dispose();
             channels.Clear();
         }
+        key.Dispose();
         base.Dispose();
     }
 }

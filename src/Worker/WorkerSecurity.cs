@@ -8,7 +8,8 @@ namespace Dtrain.Worker;
 /// A worker's TLS and its proof for joining. TLS is on whenever TLS files are configured (the coordinator URL is then
 /// https), and required when the worker listens beyond loopback (plaintext then only with --insecure). The worker
 /// proves it may join with a worker certificate from the cluster CA (a bootstrap certificate, e.g. DIR/worker of
-/// `dtrain certs init`) or a join token; at registration it sends a certificate signing request for a fresh key and
+/// `dtrain certs init`) or a join token; at registration it sends a certificate signing request for its key (one per
+/// process: the coordinator lets only that key register again under the worker's name and address) and
 /// installs the certificate the coordinator signs for it (CN = its worker id): from then on it serves, heartbeats and
 /// dials its ring and pipeline neighbours with that certificate, and its bootstrap certificate is no longer used.
 /// </summary>
@@ -92,9 +93,12 @@ public sealed class WorkerSecurity
     public static (ECDsa Key, byte[] Request) NewSigningRequest(string name)
     {
         var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest(ClusterCertificates.Subject(name, ClusterRoles.Worker), key, HashAlgorithmName.SHA256);
-        return (key, request.CreateSigningRequest());
+        return (key, SigningRequest(key, name));
     }
+
+    /// <summary>A PKCS#10 request (DER) for <paramref name="key"/>: signed with it, so it proves this worker holds the key.</summary>
+    public static byte[] SigningRequest(ECDsa key, string name) =>
+        new CertificateRequest(ClusterCertificates.Subject(name, ClusterRoles.Worker), key, HashAlgorithmName.SHA256).CreateSigningRequest();
 
     /// <summary>
     /// Installs the certificate the coordinator issued (PEM) for <paramref name="key"/>: it must chain to the cluster

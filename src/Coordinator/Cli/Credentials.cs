@@ -24,6 +24,17 @@ public static class Credentials
         Recursive = true,
     };
 
+    /// <summary>
+    /// The CLI's --insecure: lets a verb send its token over plain http:// to a host beyond loopback (refused without it:
+    /// anyone on the path could read the token and act as its holder). `serve` and `worker` have their own --insecure.
+    /// </summary>
+    public static readonly Option<bool> InsecureOption = new("--insecure")
+    {
+        Description = "Send the token over plain http:// to a coordinator beyond loopback (refused without it: anyone on the network path can read the token). " +
+                      "With serve and worker: listen beyond loopback without TLS (see their --help).",
+        Recursive = true,
+    };
+
     /// <summary>A token and where it came from (for messages; never the token itself).</summary>
     public sealed record Token(string Value, string Source);
 
@@ -88,12 +99,21 @@ public static class Credentials
             ? token
             : throw new ArgumentException($"the token in {source} contains spaces or characters outside printable ASCII");
 
-    /// <summary>Calls through <paramref name="channel"/> carrying <paramref name="token"/> (none when null).</summary>
-    public static CallInvoker Attach(ChannelBase channel, Token? token, string address)
+    /// <summary>
+    /// Calls through <paramref name="channel"/> carrying <paramref name="token"/> (none when null). A token is not sent in
+    /// plaintext (http://) to a host beyond loopback unless <paramref name="insecure"/> (--insecure): ArgumentException
+    /// (exit status 2) naming the address; with --insecure it is sent with a warning.
+    /// </summary>
+    public static CallInvoker Attach(ChannelBase channel, Token? token, string address, bool insecure = false)
     {
         if (token is null) return channel.CreateCallInvoker();
         if (Uri.TryCreate(address, UriKind.Absolute, out var uri) && uri.Scheme == "http" && !IsLoopback(uri.Host))
-            Console.Error.WriteLine($"warning: sending the token from {token.Source} unencrypted to {address}; use https:// (TLS) beyond a trusted network");
+        {
+            if (!insecure)
+                throw new ArgumentException($"refusing to send the token from {token.Source} unencrypted to {address} (http:// beyond loopback: anyone on the network path could read it and act as its holder); " +
+                                            "use the coordinator's https:// address (TLS), or pass --insecure to send it anyway on a network you trust");
+            Console.Error.WriteLine($"warning: sending the token from {token.Source} unencrypted to {address} (--insecure); use https:// (TLS) beyond a trusted network");
+        }
         var header = "Bearer " + token.Value;
         return channel.Intercept(metadata =>
         {

@@ -15,6 +15,7 @@ public static class DtrainCli
             "Start with: dtrain train examples/quickstart.json, or on a local cluster: dtrain cluster run examples/quickstart.json --workers 2");
         root.Options.Add(Remote.CoordinatorOption);
         root.Options.Add(Credentials.TokenFileOption);
+        root.Options.Add(Credentials.InsecureOption);
         CliTls.AddTo(root);
         root.Subcommands.Add(TrainCommand.Create());
         root.Subcommands.Add(ValidateCommand.Create());

@@ -29,7 +29,7 @@ public static class Remote
         using var channel = Channel(address);
         try
         {
-            return action(new Jobs.JobsClient(Credentials.Attach(channel, token, address)));
+            return action(new Jobs.JobsClient(Credentials.Attach(channel, token, address, r.GetValue(Credentials.InsecureOption))));
         }
         catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
         {

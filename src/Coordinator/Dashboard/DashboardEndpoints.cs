@@ -481,8 +481,29 @@ public static class DashboardEndpoints
     // ---- live ----
 
     /// <summary>Ends with the request or with the coordinator stopping (an open stream must not hold shutdown up).</summary>
-    static CancellationTokenSource StreamCancel(HttpContext http) =>
-        CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted, Services(http).Lifetime.ApplicationStopping);
+    /// <summary>Ends a server-sent event stream when the browser goes, the coordinator stops, or the caller's token is revoked (the page then asks to log in again).</summary>
+    sealed class StreamEnd : IDisposable
+    {
+        private readonly CancellationTokenSource cancel;
+        private readonly TokenAuthenticator.OpenStream? held;
+
+        public StreamEnd(HttpContext http, Caller caller)
+        {
+            held = caller.Authenticated ? Services(http).Auth.Hold(caller, $"dashboard {http.Request.Method} {http.Request.Path}", Peer(http)) : null;
+            cancel = CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted, Services(http).Lifetime.ApplicationStopping, held?.Ended ?? CancellationToken.None);
+        }
+
+        public CancellationToken Token => cancel.Token;
+        public bool IsCancellationRequested => cancel.IsCancellationRequested;
+
+        public void Dispose()
+        {
+            cancel.Dispose();
+            held?.Dispose();
+        }
+    }
+
+    static StreamEnd StreamCancel(HttpContext http, Caller caller) => new(http, caller);
 
     /// <summary>
     /// A job's events as server-sent events, from the same source as the Watch RPC: the events so far, then live ones —
@@ -492,21 +513,23 @@ public static class DashboardEndpoints
     static IResult JobEvents(HttpContext http, string id)
     {
         JobRecord job;
+        Caller caller;
         try
         {
-            job = Job(http, Authenticate(http), id, "watch");
+            caller = Authenticate(http);
+            job = Job(http, caller, id, "watch");
         }
         catch (Refusal r)
         {
             return Error(r);
         }
         http.Response.Headers.CacheControl = "no-store";
-        return TypedResults.ServerSentEvents(JobEventStream(http, job));
+        return TypedResults.ServerSentEvents(JobEventStream(http, job, caller));
     }
 
-    static async IAsyncEnumerable<SseItem<string>> JobEventStream(HttpContext http, JobRecord job)
+    static async IAsyncEnumerable<SseItem<string>> JobEventStream(HttpContext http, JobRecord job, Caller caller)
     {
-        using var cancel = StreamCancel(http);
+        using var cancel = StreamCancel(http, caller);
         var reader = job.Watch();
         var now = Services(http).Clock;
         try
@@ -559,7 +582,7 @@ public static class DashboardEndpoints
 
     static async IAsyncEnumerable<SseItem<string>> ClusterEvents(HttpContext http, Caller caller)
     {
-        using var cancel = StreamCancel(http);
+        using var cancel = StreamCancel(http, caller);
         using var timer = new PeriodicTimer(TimeSpan.FromSeconds(1));
         string? lastJobs = null, lastWorkers = null;
         var parts = Services(http);

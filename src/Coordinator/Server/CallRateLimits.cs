@@ -7,7 +7,8 @@ namespace Dtrain.Server;
 
 /// <summary>
 /// Per-client rate limits on job submission and worker registration (a token bucket per <see cref="ICallerIdentity"/>:
-/// a burst, then an average rate per minute). A call over the limit ends with ResourceExhausted saying which limit,
+/// a burst, then an average rate per minute; a registration without a client certificate that carries a valid join
+/// token counts against that token). A call over the limit ends with ResourceExhausted saying which limit,
 /// for whom, and when to retry; other calls pass untouched.
 /// </summary>
 public sealed class CallRateLimits : Interceptor, IDisposable
@@ -15,12 +16,14 @@ public sealed class CallRateLimits : Interceptor, IDisposable
     private sealed record Limit(PartitionedRateLimiter<string> Limiter, string What, string RateSetting, double PerMinute, string BurstSetting, int Burst);
 
     private readonly ICallerIdentity identity;
+    private readonly CoordinatorSecurity? security;
     private readonly Dictionary<string, Limit> limits = new(StringComparer.Ordinal);
 
-    public CallRateLimits(CoordinatorOptions options, ICallerIdentity identity)
+    public CallRateLimits(CoordinatorOptions options, ICallerIdentity identity, CoordinatorSecurity? security = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         this.identity = identity;
+        this.security = security;
         Add($"/{Protos.Jobs.Jobs.Descriptor.FullName}/Submit", "job submissions", "Coordinator:SubmitsPerMinute", options.SubmitsPerMinute, "Coordinator:SubmitBurst", options.SubmitBurst);
         Add($"/{Protos.Membership.Membership.Descriptor.FullName}/Register", "worker registrations", "Coordinator:RegistrationsPerMinute", options.RegistrationsPerMinute, "Coordinator:RegistrationBurst", options.RegistrationBurst);
     }
@@ -46,7 +49,9 @@ public sealed class CallRateLimits : Interceptor, IDisposable
         ArgumentNullException.ThrowIfNull(continuation);
         if (limits.TryGetValue(context.Method, out var limit))
         {
-            var caller = identity.Of(context);
+            var caller = request is Protos.Membership.RegisterRequest { JoinToken.Length: > 0 } register && Rpc.PeerIdentity.Of(context) is null && security?.JoinTokenKey(register.JoinToken) is { } joinToken
+                ? joinToken
+                : identity.Of(context);
             using var lease = limit.Limiter.AttemptAcquire(caller);
             if (!lease.IsAcquired)
             {

@@ -29,7 +29,7 @@ public static class CoordinatorHost
         builder.Services.AddSingleton(security);
         builder.Services.AddSingleton(TimeProvider.System);
         builder.Services.AddSingleton<WorkerRegistry>();
-        builder.Services.TryAddSingleton<ICallerIdentity, PeerAddressIdentity>();
+        builder.Services.TryAddSingleton<ICallerIdentity, AuthenticatedCallerIdentity>();
         builder.Services.AddSingleton<UploadStore>();
         builder.Services.AddSingleton<DataAccess>();
         builder.Services.AddSingleton<IClientMessageFilter, ServerPathFilter>();

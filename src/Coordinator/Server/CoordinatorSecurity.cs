@@ -106,8 +106,16 @@ public sealed class CoordinatorSecurity
         return match;
     }
 
-    /// <summary>A registration admitted: what proved it, and (with TLS) how to sign the worker's certificate once it has an id.</summary>
-    public sealed record Admission(string Proof, Func<string, X509Certificate2>? Certify);
+    /// <summary>"join token sha256 0a1b…" for one of the join tokens (a key for per-client limits that does not reveal it); null for any other string.</summary>
+    public string? JoinTokenKey(string token) =>
+        IsJoinToken(token) ? $"join token sha256 {Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(token.Trim())))[..16].ToLowerInvariant()}" : null;
+
+    /// <summary>
+    /// A registration admitted: what proved it, and (with TLS) how to sign the worker's certificate once it has an id,
+    /// and the SHA-256 of the worker's public key (its signing request's, whose signature proves the worker holds the
+    /// private key), which owns the worker's name and address in the registry ("" in plaintext: no key exists).
+    /// </summary>
+    public sealed record Admission(string Proof, Func<string, X509Certificate2>? Certify, string Key = "");
 
     /// <summary>
     /// Admits a Register call or throws: over TLS it needs a worker certificate from the cluster CA or a join token, an
@@ -151,9 +159,10 @@ public sealed class CoordinatorSecurity
         }
         var signer = Tls.Signer!;
         string[] hosts = [address.Host, "127.0.0.1", "localhost"];
+        var key = Convert.ToHexString(SHA256.HashData(csr.PublicKey.ExportSubjectPublicKeyInfo()));
         return new Admission(proof, id => ClusterCertificates.Sign(signer,
             new CertificateRequest(ClusterCertificates.Subject(id, ClusterRoles.Worker), csr.PublicKey, HashAlgorithmName.SHA256),
-            ClusterRoles.Worker, hosts, ClusterCertificates.IssuedWorkerValidity));
+            ClusterRoles.Worker, hosts, ClusterCertificates.IssuedWorkerValidity), key);
     }
 
     /// <summary>

@@ -20,10 +20,11 @@ public sealed class MembershipService(WorkerRegistry registry, CoordinatorOption
                 using var issued = admission.Certify(id);
                 certificate = issued.ExportCertificatePem();
                 return ClusterCertificates.Sha256(issued);
-            });
+            }, admission.Key);
         }
         catch (WorkerNameTakenException e)
         {
+            log.LogWarning("registration from {Peer} ({Address}, proof: {Proof}) refused: {Message}", context.Peer, request.Address, admission.Proof, e.Message);
             throw new RpcException(new Status(StatusCode.AlreadyExists, e.Message));
         }
         catch (ClusterFullException e)

@@ -9,7 +9,7 @@ namespace Dtrain.Server;
 
 /// <summary>
 /// Data files uploaded in chunks before a submission, kept under DATA_DIR/uploads until a job claims them. Each client
-/// (<see cref="ICallerIdentity"/>) may have at most <see cref="CoordinatorOptions.MaxPendingUploads"/> pending uploads
+/// (<see cref="ICallerIdentity"/>: its token's user, else its certificate, else its address) may have at most <see cref="CoordinatorOptions.MaxPendingUploads"/> pending uploads
 /// totalling <see cref="CoordinatorOptions.MaxPendingUploadBytes"/> (an upload in progress counts at its announced
 /// size); an upload no job claimed within <see cref="CoordinatorOptions.UploadTtlMinutes"/> of completing is deleted by
 /// a sweep that runs on the coordinator's clock. A completed upload is on disk (file fsynced, renamed, directory fsynced)
@@ -120,10 +120,10 @@ public sealed class UploadStore : IDisposable
             var advice = $"submit the jobs that use them, or wait for unused ones to expire (Coordinator:UploadTtlMinutes = {options.UploadTtlMinutes.ToString(CultureInfo.InvariantCulture)})";
             if (mine.Count >= options.MaxPendingUploads)
                 throw new RpcException(new Status(StatusCode.ResourceExhausted,
-                    $"upload \"{name}\" refused: client {owner} already has {mine.Count} pending uploads, the most allowed (Coordinator:MaxPendingUploads = {options.MaxPendingUploads}); {advice}"));
+                    $"upload \"{name}\" refused: {owner} already has {mine.Count} pending uploads, the most allowed (Coordinator:MaxPendingUploads = {options.MaxPendingUploads}); {advice}"));
             if (pendingBytes + bytes > options.MaxPendingUploadBytes)
                 throw new RpcException(new Status(StatusCode.ResourceExhausted,
-                    $"upload \"{name}\" of {bytes} bytes refused: client {owner} already has {pendingBytes} bytes in pending uploads, and at most Coordinator:MaxPendingUploadBytes = {options.MaxPendingUploadBytes} are allowed; {advice}"));
+                    $"upload \"{name}\" of {bytes} bytes refused: {owner} already has {pendingBytes} bytes in pending uploads, and at most Coordinator:MaxPendingUploadBytes = {options.MaxPendingUploadBytes} are allowed; {advice}"));
             entries[id] = new Entry(owner, bytes);
         }
     }

@@ -37,33 +37,62 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
     /// <summary>
     /// Adds a worker (Joining) under a new id. With TLS, <paramref name="certify"/> signs its certificate for that id
     /// and returns the certificate's SHA-256, which the record pins: heartbeats and leave must come with it.
+    /// <paramref name="key"/> is the SHA-256 of the worker's own public key (its signing request's; "" without TLS): a
+    /// live worker's name and advertised address belong to the key that registered them until it leaves or is lost. A
+    /// registration with the same key is that worker again and replaces it; with another key it is refused, naming the
+    /// holder (<see cref="WorkerNameTakenException"/>). Without a key (plaintext) a name is the holder's own address's:
+    /// from there a registration replaces it, from anywhere else it is refused.
     /// </summary>
-    public WorkerRecord Register(RegisterRequest request, Func<string, string>? certify = null)
+    public WorkerRecord Register(RegisterRequest request, Func<string, string>? certify = null, string key = "")
     {
         if (!Uri.TryCreate(request.Address, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))
             throw new ArgumentException($"address \"{request.Address}\" must be an http(s) URL the coordinator and peers can reach");
         var name = request.Name?.Trim() ?? "";
         if (name != "" && WorkerNames.Problem(name) is { } problem) throw new ArgumentException(problem);
+        var endpoint = Endpoint(uri);
         WorkerRecord record;
-        WorkerRecord? replaced = null;
+        var replaced = new List<WorkerRecord>();
+        List<WorkerRecord> lost;
         lock (gate)
         {
             if (name != "" && workers.Values.FirstOrDefault(w => w.Name == name && w.State != MembershipState.Lost) is { } holder)
             {
+                if (holder.Key.Length > 0)
+                {
+                    // Anyone with the bootstrap certificate or a join token may register, but only the holder has its key.
+                    if (!SameKey(holder.Key, key))
+                        throw new WorkerNameTakenException($"worker name \"{name}\" is held by worker {holder.Id} at {holder.Address} ({Describe(holder)}), registered with another key " +
+                            $"(sha256 {holder.Key[..16]}…): a name belongs to the key that registered it until that worker leaves or is lost; give this worker another --name (Worker:Name), " +
+                            "or stop that one (a restarted worker, which has a new key, is admitted once its old registration is lost)");
+                }
                 // The same name from the holder's own address is that worker restarted (its old process cannot still
                 // serve there): the new registration replaces the old one. From anywhere else it is a second worker.
-                if (holder.Address != request.Address)
+                else if (holder.Address != request.Address)
                     throw new WorkerNameTakenException($"worker name \"{name}\" is held by worker {holder.Id} at {holder.Address} ({Describe(holder)}); " +
                         "give this worker another --name (Worker:Name), or stop that one (a lost worker's name is free again)");
-                holder.Apply(MembershipEvent.Lose);
-                replaced = holder.Clone();
+                replaced.Add(holder);
             }
+            // With keys, an advertised address is the live worker's that registered it: another key cannot claim it
+            // (the coordinator would hand that worker's address to jobs as someone else's).
+            if (key.Length > 0)
+            {
+                foreach (var w in workers.Values.Where(w => w.State != MembershipState.Lost && !replaced.Contains(w) && w.Endpoint == endpoint))
+                {
+                    if (!SameKey(w.Key, key))
+                        throw new WorkerNameTakenException($"address {request.Address} is held by worker {w.Id}{(w.Name == "" ? "" : $" \"{w.Name}\"")} ({Describe(w)}), registered with another key: " +
+                            "a worker advertises the address it serves on (--advertise, --port); a restarted worker is admitted there once its old registration is lost");
+                    replaced.Add(w);
+                }
+            }
+            foreach (var w in replaced) w.Apply(MembershipEvent.Lose);
+            lost = [.. replaced.Select(w => w.Clone())];
             var live = workers.Values.Count(w => w.State != MembershipState.Lost);
             if (options.MaxWorkers > 0 && live >= options.MaxWorkers)
                 throw new ClusterFullException($"the cluster is full: {live} workers are registered and Coordinator:MaxWorkers is {options.MaxWorkers}; this worker ({request.Address}) is not admitted");
             var id = WorkerNames.Id(++nextId);
             record = new WorkerRecord(id, name, request.Address, request.Capabilities ?? new WorkerCapabilities(), clock.GetUtcNow())
             {
+                Key = key,
                 Token = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(16)),
                 Certificate = certify?.Invoke(id) ?? "",
                 Cordoned = request.Cordoned,
@@ -73,10 +102,11 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
             };
             workers[id] = record;
         }
-        if (replaced is not null)
+        foreach (var old in lost)
         {
-            log.LogWarning("worker {Id} ({Address}) replaced: a worker named {Name} registered again from its address", replaced.Id, replaced.Address, name);
-            WorkerLost?.Invoke(replaced);
+            log.LogWarning("worker {Id} ({Address}) replaced by {New}: {Why}", old.Id, old.Address, record.Id,
+                old.Key.Length > 0 ? "the same worker (its key) registered again" : $"a worker named {name} registered again from its address");
+            WorkerLost?.Invoke(old);
         }
         log.LogInformation("worker {Id}{Name} registered from {Address} ({Cores} cores, {Device}){Cordoned}", record.Id, name == "" ? "" : $" \"{name}\"", record.Address,
             record.Capabilities.Cores, record.Capabilities.Device, record.Cordoned ? ", cordoned" : "");
@@ -397,6 +427,11 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
         }
     }
 
+    private static bool SameKey(string a, string b) => a.Length > 0 && string.Equals(a, b, StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>scheme://host:port of an advertised address, as compared between workers (case, default ports and IP spellings aside).</summary>
+    internal static string Endpoint(Uri uri) => $"{uri.Scheme}://{uri.Host.ToLowerInvariant()}:{uri.Port}";
+
     private static string Describe(WorkerRecord w) =>
         w.State.ToString().ToLowerInvariant() + (w.JobId == "" ? "" : $" in {w.JobId}") + ", last heartbeat " + w.LastHeartbeat.ToString("u", System.Globalization.CultureInfo.InvariantCulture);
 }
@@ -404,7 +439,7 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
 /// <summary>The registry's counts for the scheduler (see <see cref="WorkerRegistry.Capacity"/>).</summary>
 public readonly record struct ClusterCapacity(int Idle, int Free, int Schedulable, int Cordoned, int Live);
 
-/// <summary>A worker asked for a name a live worker at another address holds (gRPC ALREADY_EXISTS).</summary>
+/// <summary>A worker asked for a name (or, with TLS, an address) a live worker holds under another key or address (gRPC ALREADY_EXISTS).</summary>
 public sealed class WorkerNameTakenException(string message) : InvalidOperationException(message);
 
 /// <summary>Coordinator:MaxWorkers workers are registered already (gRPC RESOURCE_EXHAUSTED).</summary>
@@ -417,6 +452,8 @@ public sealed class WorkerRecord(string id, string name, string address, WorkerC
     /// <summary>The operator's name for it ("" when none was given); never of the form of an id.</summary>
     public string Name { get; } = name;
     public string Address { get; } = address;
+    /// <summary>The address as compared with other workers' (<see cref="WorkerRegistry.Endpoint"/>).</summary>
+    public string Endpoint { get; } = Uri.TryCreate(address, UriKind.Absolute, out var u) ? WorkerRegistry.Endpoint(u) : address;
     public WorkerCapabilities Capabilities { get; } = capabilities;
     public DateTimeOffset Registered { get; } = registered;
     public DateTimeOffset LastHeartbeat { get; set; } = registered;
@@ -428,6 +465,8 @@ public sealed class WorkerRecord(string id, string name, string address, WorkerC
     public string JobId { get; set; } = "";
     /// <summary>This registration's secret (<see cref="RegisterReply.Token"/>).</summary>
     public string Token { get; init; } = "";
+    /// <summary>With TLS: SHA-256 (hex) of the worker's public key (SubjectPublicKeyInfo of its signing request), which owns its name and address; "" without TLS.</summary>
+    public string Key { get; init; } = "";
     /// <summary>With TLS: SHA-256 (hex) of the certificate the coordinator issued to this registration; "" without TLS.</summary>
     public string Certificate { get; init; } = "";
     /// <summary>Takes no new job (cordon or drain), until uncordoned.</summary>
@@ -459,7 +498,7 @@ public sealed class WorkerRecord(string id, string name, string address, WorkerC
 
     public WorkerRecord Clone() => new(Id, Name, Address, Capabilities, Registered)
     {
-        LastHeartbeat = LastHeartbeat, State = State, JobId = JobId, Token = Token, Certificate = Certificate, Cordoned = Cordoned, Leaving = Leaving, Message = Message, CordonedBy = CordonedBy,
+        LastHeartbeat = LastHeartbeat, State = State, JobId = JobId, Token = Token, Key = Key, Certificate = Certificate, Cordoned = Cordoned, Leaving = Leaving, Message = Message, CordonedBy = CordonedBy,
         Activity = Activity, HttpAddress = HttpAddress,
     };
 }

@@ -13,6 +13,13 @@ public abstract class AdmissionInterceptor : Interceptor
     /// <summary>Lets the call go ahead, or throws the refusal.</summary>
     protected abstract void Admit(ServerCallContext context);
 
+    /// <summary>
+    /// Runs an admitted streaming call (client, server or both ways), which may last long after it was admitted; an
+    /// override may pass the handler another context (e.g. one whose cancellation also ends the call once the caller's
+    /// credential is withdrawn). Unary calls run as admitted.
+    /// </summary>
+    protected virtual Task<T> Stream<T>(ServerCallContext context, Func<ServerCallContext, Task<T>> call) => call(context);
+
     public sealed override Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
     {
         Admit(context);
@@ -22,18 +29,26 @@ public abstract class AdmissionInterceptor : Interceptor
     public sealed override Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
     {
         Admit(context);
-        return continuation(requestStream, context);
+        return Stream(context, c => continuation(requestStream, c));
     }
 
     public sealed override Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
     {
         Admit(context);
-        return continuation(request, responseStream, context);
+        return Stream(context, async c =>
+        {
+            await continuation(request, responseStream, c).ConfigureAwait(false);
+            return true;
+        });
     }
 
     public sealed override Task DuplexStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, DuplexStreamingServerMethod<TRequest, TResponse> continuation)
     {
         Admit(context);
-        return continuation(requestStream, responseStream, context);
+        return Stream(context, async c =>
+        {
+            await continuation(requestStream, responseStream, c).ConfigureAwait(false);
+            return true;
+        });
     }
 }

@@ -44,4 +44,33 @@ public sealed class AuthInterceptor(TokenAuthenticator authenticator, AuditLog a
         caller.AttachTo(context);
     }
 
+    /// <summary>
+    /// A stream admitted with a token (watch, download, upload) ends once that token is revoked or removed: the handler's
+    /// cancellation fires and the call ends with Unauthenticated saying why, as a new call with that token would.
+    /// </summary>
+    protected override async Task<T> Stream<T>(ServerCallContext context, Func<ServerCallContext, Task<T>> call)
+    {
+        var caller = Caller.Of(context);
+        if (!caller.Authenticated) return await call(context).ConfigureAwait(false);
+        using var held = authenticator.Hold(caller, context.Method, context.Peer);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, held.Ended);
+        try
+        {
+            return await call(new LinkedCallContext(context, linked.Token)).ConfigureAwait(false);
+        }
+        catch (Exception e) when (held.Reason is { } reason && !context.CancellationToken.IsCancellationRequested
+                                  && e is OperationCanceledException or IOException or RpcException { StatusCode: StatusCode.Cancelled })
+        {
+            throw new RpcException(new Status(StatusCode.Unauthenticated, $"{reason}: this {Verb(context.Method)} ended"));
+        }
+    }
+
+    static string Verb(string method) => method[(method.LastIndexOf('/') + 1)..] switch
+    {
+        "Watch" => "watch",
+        "Download" => "download",
+        "Upload" => "upload",
+        var m => $"{m} stream",
+    };
+
 }

@@ -10,8 +10,11 @@ namespace Dtrain.Server.Auth;
 /// token created or revoked with `dtrain tokens` counts from the next call). Coordinator:Auth decides whether a
 /// token is needed: on, off, or auto — needed when the coordinator listens beyond loopback or the file holds any
 /// token; on loopback with no token ever created the API stays open (`dtrain cluster run`, the quickstart).
+/// A streaming call (watch, download, upload) is held open under the token it was admitted with (<see cref="Hold"/>):
+/// when the file changes (watched, and looked at every second while any stream is open) and that token is revoked or
+/// gone — or the file is broken, which refuses every call — the stream ends.
 /// </summary>
-public sealed class TokenAuthenticator
+public sealed class TokenAuthenticator : IDisposable
 {
     private readonly CoordinatorOptions options;
     private readonly AuditLog audit;
@@ -23,6 +26,9 @@ public sealed class TokenAuthenticator
     private IReadOnlyList<TokenEntry> tokens = [];
     private string? fileError;
     private bool? lastRequired;
+    private readonly List<OpenStream> open = [];
+    private FileSystemWatcher? watcher;
+    private ITimer? poll;
 
     public TokenAuthenticator(CoordinatorOptions options, AuditLog audit, TimeProvider clock, ILogger<TokenAuthenticator> log)
     {
@@ -143,6 +149,161 @@ public sealed class TokenAuthenticator
         var caller = new Caller(entry.Name, entry.Parsed, entry.Id);
         NoteUse(caller, peer, method);
         return caller;
+    }
+
+    /// <summary>A streaming call admitted with a token, held open until it ends or the token no longer admits it (<see cref="Ended"/>, <see cref="Reason"/>).</summary>
+    public sealed class OpenStream : IDisposable
+    {
+        private readonly TokenAuthenticator owner;
+        private readonly CancellationTokenSource ended = new();
+
+        internal OpenStream(TokenAuthenticator owner, Caller caller, string method, string peer)
+        {
+            this.owner = owner;
+            Caller = caller;
+            Method = method;
+            Peer = peer;
+        }
+
+        public Caller Caller { get; }
+        public string Method { get; }
+        public string Peer { get; }
+        /// <summary>Cancelled when the token no longer admits the stream.</summary>
+        public CancellationToken Ended => ended.Token;
+        /// <summary>Why it ended ("token tok-… ("alice") was revoked at …"); null while it may go on.</summary>
+        public string? Reason { get; internal set; }
+
+        internal void End()
+        {
+            try
+            {
+                ended.Cancel();
+            }
+            catch (ObjectDisposedException)
+            {
+                // The stream ended by itself meanwhile.
+            }
+        }
+
+        public void Dispose()
+        {
+            owner.Release(this);
+            ended.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Holds a streaming call of <paramref name="caller"/> (an authenticated token) open: its <see cref="OpenStream.Ended"/>
+    /// is cancelled once the token is revoked or removed, or tokens.json breaks. Dispose it when the call ends.
+    /// </summary>
+    public OpenStream Hold(Caller caller, string method, string peer)
+    {
+        var stream = new OpenStream(this, caller, method, peer);
+        lock (gate)
+        {
+            open.Add(stream);
+            if (watcher is null && Path.GetDirectoryName(TokensPath) is { } dir && Directory.Exists(dir))
+            {
+                try
+                {
+                    watcher = new FileSystemWatcher(dir, Path.GetFileName(TokensPath))
+                    {
+                        NotifyFilter = NotifyFilters.FileName | NotifyFilters.LastWrite | NotifyFilters.Size | NotifyFilters.CreationTime,
+                    };
+                    FileSystemEventHandler changed = (_, _) => CheckOpenStreams();
+                    watcher.Changed += changed;
+                    watcher.Created += changed;
+                    watcher.Deleted += changed;
+                    watcher.Renamed += (_, _) => CheckOpenStreams();
+                    watcher.EnableRaisingEvents = true;
+                }
+                catch (Exception e) when (e is IOException or ArgumentException or PlatformNotSupportedException)
+                {
+                    // No file notifications here (e.g. out of inotify watches): the poll below still looks every second.
+                    log.LogWarning("cannot watch {Path} for changes ({Message}); open streams are checked against it every second", TokensPath, e.Message);
+                    watcher?.Dispose();
+                    watcher = null;
+                }
+            }
+            // A stat every second while streams are open, in case a change notification is missed (network filesystems).
+            poll ??= TimeProvider.System.CreateTimer(_ => CheckOpenStreams(), null, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1));
+        }
+        // A revocation between the call's token check and now.
+        CheckOpenStreams();
+        return stream;
+    }
+
+    void Release(OpenStream stream)
+    {
+        lock (gate)
+        {
+            open.Remove(stream);
+            if (open.Count == 0)
+            {
+                poll?.Dispose();
+                poll = null;
+            }
+        }
+    }
+
+    /// <summary>Ends the open streams whose token no longer admits calls (revoked, removed, or tokens.json broken).</summary>
+    void CheckOpenStreams()
+    {
+        List<(OpenStream Stream, string Reason)> ending = [];
+        State state;
+        try
+        {
+            state = Current();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return;
+        }
+        lock (gate)
+        {
+            if (!state.Required) return;
+            foreach (var s in open.Where(s => s.Reason is null).ToList())
+            {
+                var entry = state.Tokens.FirstOrDefault(t => t.Id == s.Caller.TokenId);
+                var reason = state.FileError is not null ? $"the coordinator cannot check tokens: {state.FileError}"
+                    : entry is null ? $"token {s.Caller.TokenId} (\"{s.Caller.Name}\") no longer exists in {TokensPath}"
+                    : !entry.Active ? string.Create(CultureInfo.InvariantCulture, $"token {entry.Id} (\"{entry.Name}\") was revoked at {entry.Revoked:yyyy-MM-dd HH:mm:ss} UTC")
+                    : null;
+                if (reason is null) continue;
+                s.Reason = reason;
+                ending.Add((s, reason));
+            }
+        }
+        foreach (var (s, reason) in ending)
+        {
+            audit.Write("stream.ended", s.Caller, s.Peer, ("method", s.Method), ("reason", reason));
+            log.LogInformation("ending {Method} of {Caller} from {Peer}: {Reason}", s.Method, s.Caller, s.Peer, reason);
+            s.End();
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (gate)
+        {
+            watcher?.Dispose();
+            watcher = null;
+            poll?.Dispose();
+            poll = null;
+        }
+    }
+
+    /// <summary>
+    /// The holder of the valid, active token in <paramref name="authorization"/> ("Bearer TOKEN"), or null (none, malformed,
+    /// unknown, revoked, or tokens not required): who a call is for per-client limits, with no audit line (the call's
+    /// own check audits it).
+    /// </summary>
+    public Caller? Identify(string? authorization)
+    {
+        if (string.IsNullOrEmpty(authorization) || !authorization.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) || authorization.Length <= 7) return null;
+        var state = Current();
+        if (!state.Required || state.FileError is not null) return null;
+        return TokenStore.Match(state.Tokens, authorization[7..].Trim()) is { Active: true } entry ? new Caller(entry.Name, entry.Parsed, entry.Id) : null;
     }
 
     RpcException Fail(string peer, string method, StatusCode code, string reason, string message, TokenEntry? entry = null)
