@@ -20,7 +20,8 @@ public sealed record NonFiniteInjection(string Cause, IReadOnlySet<long> Steps)
     public static void PoisonParameters(IEnumerable<TorchSharp.Modules.Parameter> parameters)
     {
         using var _ = TorchSharp.torch.no_grad();
-        foreach (var p in parameters) p.fill_(double.NaN);
+        using var nan = TorchSharp.ScalarExtensionMethods.ToScalar(double.NaN);
+        foreach (var p in parameters) p.fill_(nan);
     }
 
     /// <summary>Parses "loss:3,7" or "gradient:5"; errors name <paramref name="where"/>.</summary>

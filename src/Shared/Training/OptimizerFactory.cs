@@ -4,14 +4,17 @@ using static TorchSharp.torch;
 
 namespace Dtrain.Training;
 
-/// <summary>Builds SGD (with momentum), Adam or AdamW from the spec and sets the rate of every parameter group.</summary>
+/// <summary>
+/// Builds SGD (with momentum), Adam or AdamW from the spec — dtrain's own steps (<see cref="Optimizers"/>: TorchSharp's
+/// math and state, explicit Scalars) — and sets the rate of every parameter group.
+/// </summary>
 public static class OptimizerFactory
 {
     public static optim.Optimizer Create(OptimizerSpec spec, IEnumerable<Parameter> parameters) => spec.Kind switch
     {
-        OptimizerKinds.Sgd => optim.SGD(parameters, spec.Lr, momentum: spec.Momentum, weight_decay: spec.WeightDecay),
-        OptimizerKinds.Adam => optim.Adam(parameters, spec.Lr, spec.Beta1, spec.Beta2, spec.Eps, spec.WeightDecay),
-        OptimizerKinds.AdamW => optim.AdamW(parameters, spec.Lr, spec.Beta1, spec.Beta2, spec.Eps, spec.WeightDecay),
+        OptimizerKinds.Sgd => new Optimizers.SGD(parameters, spec.Lr, momentum: spec.Momentum, weightDecay: spec.WeightDecay),
+        OptimizerKinds.Adam => new Optimizers.Adam(parameters, spec.Lr, spec.Beta1, spec.Beta2, spec.Eps, spec.WeightDecay),
+        OptimizerKinds.AdamW => new Optimizers.AdamW(parameters, spec.Lr, spec.Beta1, spec.Beta2, spec.Eps, spec.WeightDecay),
         _ => throw new ArgumentException($"unknown optimizer \"{spec.Kind}\"; allowed: {string.Join(", ", OptimizerKinds.All)}"),
     };
 

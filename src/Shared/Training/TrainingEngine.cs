@@ -119,7 +119,8 @@ public sealed class TrainingEngine : IDisposable
         using var scope = NewDisposeScope();
         PhaseChanged?.Invoke(Distributed.ActivityPhases.Forward);
         var loss = SummedLoss(batch, carryState);
-        if (inject == NonFiniteCauses.Loss) loss = loss * double.NaN;
+        using var nan = double.NaN.ToScalar();
+        if (inject == NonFiniteCauses.Loss) loss = loss.mul(nan);
         lossReady?.Invoke(loss.item<float>());
         PhaseChanged?.Invoke(Distributed.ActivityPhases.Backward);
         loss.backward();
@@ -135,7 +136,8 @@ public sealed class TrainingEngine : IDisposable
         p.grad ??= zeros_like(p);
         var element = p.grad;
         while (element.dim() > 0) element = element[0];
-        element.fill_(float.PositiveInfinity);
+        using var infinity = double.PositiveInfinity.ToScalar();
+        element.fill_(infinity);
     }
 
     /// <summary>

@@ -208,7 +208,8 @@ public sealed partial class PipelineStage : IDisposable
         }
         if (InjectNonFinite)
         {
-            output = output * double.NaN;
+            using var nan = double.NaN.ToScalar();
+            output = output.mul(nan);
             result = output.detach();
         }
         inFlight[micro] = new InFlight(leaf.MoveToOuterDisposeScope(), output.MoveToOuterDisposeScope());
