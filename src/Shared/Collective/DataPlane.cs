@@ -26,8 +26,9 @@ namespace Dtrain.Collective;
 /// Authentication: the receiver hands a fresh 32-byte token to the sender in the answer to <c>Hello</c> — a gRPC call
 /// that, with cluster TLS, is mutually authenticated and pinned to the left neighbour's certificate — and accepts a
 /// TCP connection or a shared-memory file only with that token, once, for that job, generation and sender rank
-/// (a stranger, another job or an older generation is refused). With cluster TLS, TCP also runs inside TLS with
-/// the workers' certificates, each side pinned to the peer the coordinator named. Shared-memory files are created
+/// (a stranger, another job or an older generation is refused). With cluster TLS, a TCP link opens with mutual TLS
+/// with the workers' certificates, each side pinned to the peer the coordinator named, and its frames then go as
+/// AES-GCM records keyed from that handshake (<see cref="SealedRecords"/>). Shared-memory files are created
 /// with mode 0600 and deleted as soon as the receiver has mapped them.
 /// </remarks>
 public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options = null, ILogger<DataPlane>? logger = null) : IAsyncDisposable
@@ -183,8 +184,10 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
     /// <summary>One inbound TCP connection: TLS (if configured), the claim, the checks, then the frames into the ring's mailbox.</summary>
     private async Task ServeAsync(Socket socket)
     {
-        Stream stream = new NetworkStream(socket, ownsSocket: true);
+        var network = new NetworkStream(socket, ownsSocket: true);
+        Stream stream = network;
         RingMailbox? mailbox = null;
+        SealedRecords.Opener? opener = null;
         try
         {
             TcpLink.Tune(socket);
@@ -194,7 +197,8 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
             var tls = Tls;
             if (tls is not null)
             {
-                var ssl = new SslStream(stream, leaveInnerStreamOpen: false);
+                // The inner stream stays open: after the handshake the sender's records come in plain TCP (see SealedRecords).
+                var ssl = new SslStream(network, leaveInnerStreamOpen: true);
                 stream = ssl;
                 await ssl.AuthenticateAsServerAsync(new SslServerAuthenticationOptions
                 {
@@ -206,25 +210,37 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
             }
             var claim = await TcpLink.ReadClaimAsync(stream, handshake.Token).ConfigureAwait(false);
             var refusal = Check(claim, peer, tls is not null, out mailbox);
-            await TcpLink.AnswerAsync(stream, refusal, handshake.Token).ConfigureAwait(false);
+            opener = await TcpLink.AnswerAsync(stream, refusal, claim, handshake.Token).ConfigureAwait(false);
             if (refusal is not null)
             {
                 logger?.LogWarning("data plane: refused a TCP connection from {Remote}: {Reason}", socket.RemoteEndPoint, refusal);
                 await stream.DisposeAsync().ConfigureAwait(false);
+                await network.DisposeAsync().ConfigureAwait(false);
                 return;
+            }
+            if (stream is SslStream done)
+            {
+                // Its key share was the last thing sent inside TLS; the sender's records follow on the socket itself.
+                await done.DisposeAsync().ConfigureAwait(false);
+                stream = network;
             }
         }
         catch (Exception ex)
         {
             logger?.LogWarning("data plane: TCP connection from {Remote} failed before it was accepted: {Reason}", SafeRemote(socket), ex.Message);
+            if (mailbox is not null) mailbox.CompleteInbound(ex);
+            opener?.Dispose();
             await stream.DisposeAsync().ConfigureAwait(false);
+            await network.DisposeAsync().ConfigureAwait(false);
             return;
         }
-        // Blocking reads on a thread of the link's own (no async hop per segment or TLS record), like the shared-memory reader.
+        // Blocking reads on a thread of the link's own (no async hop per segment or record), like the shared-memory reader.
         var maxBytes = mailboxes.MaxPieceFloats * sizeof(float);
         var inbound = mailbox!;
-        var thread = new Thread(() => TcpLink.ReceiveBlocking(socket, stream, inbound, maxBytes, _stopping.Token,
-            ex => logger?.LogWarning("data plane: the TCP link from rank {Sender} of ring {Job}/{Generation} broke: {Reason}", inbound.LeftRank, inbound.JobId, inbound.Generation, ex.Message)))
+        var records = opener;
+        var thread = new Thread(() => TcpLink.ReceiveBlocking(socket, network, inbound, maxBytes, _stopping.Token,
+            ex => logger?.LogWarning("data plane: the TCP link from rank {Sender} of ring {Job}/{Generation} broke: {Reason}", inbound.LeftRank, inbound.JobId, inbound.Generation, ex.Message),
+            records))
         {
             IsBackground = true,
             Name = $"dtrain tcp {inbound.LeftRank}->{inbound.Rank}",

@@ -3,6 +3,7 @@ using System.Buffers.Binary;
 using System.Net.Security;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
+using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using System.Text;
 using Dtrain.Rpc;
@@ -14,12 +15,15 @@ namespace Dtrain.Collective;
 /// generation, sender rank, world size, and the one-time token the receiver handed out over the authenticated gRPC
 /// <c>Hello</c>); the receiver answers with a status byte and a reason. Then frames: <see cref="PieceFrame"/> + the
 /// piece's bytes, written straight from the caller's memory (no copy) and read into pooled buffers. With cluster TLS
-/// the connection is an <see cref="SslStream"/> with the workers' certificates, each side pinned to the peer the
-/// coordinator named.
+/// (<c>tcp+tls</c>) the handshake runs inside mutual TLS with the workers' certificates, each side pinned to the peer
+/// the coordinator named, and carries an ephemeral ECDH exchange bound to both certificates and the claim; the frames
+/// then go as AES-GCM records under the key it gives (<see cref="SealedRecords"/>), in plain TCP: large records sealed
+/// in one pass and opened in place, where <see cref="SslStream"/> cut them into 16 KB TLS records and copied them
+/// through its own buffers.
 /// </summary>
 internal static class TcpLink
 {
-    private static readonly byte[] Magic = "DTRNTCP1"u8.ToArray();
+    private static readonly byte[] Magic = "DTRNTCP2"u8.ToArray();
     public const int SocketBufferBytes = 4 * 1024 * 1024;
     private const int MaxJobIdBytes = 4096;
 
@@ -34,21 +38,28 @@ internal static class TcpLink
         socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveRetryCount, 3);
     }
 
-    /// <summary>Connects, authenticates (TLS if <paramref name="tls"/>) and hands the connection over as an outbound link.</summary>
+    /// <summary>
+    /// Connects, authenticates (with <paramref name="tls"/>: mutual TLS, the receiver pinned to <paramref name="expectedRight"/>,
+    /// then the key exchange of the sealed records) and hands the connection over as an outbound link.
+    /// </summary>
     public static async Task<IOutboundLink> ConnectAsync(string host, int port, string jobId, long generation, int rank, int worldSize, byte[] token,
         ClusterTls? tls, ExpectedPeer? expectedRight, CancellationToken cancellationToken)
     {
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
-        Stream? stream = null;
+        NetworkStream? network = null;
+        SslStream? ssl = null;
         var done = false;
         try
         {
             Tune(socket);
             await socket.ConnectAsync(host, port, cancellationToken).ConfigureAwait(false);
-            stream = new NetworkStream(socket, ownsSocket: true);
+            network = new NetworkStream(socket, ownsSocket: true);
+            Stream stream = network;
+            using var share = tls is null ? null : ECDiffieHellman.Create(ECCurve.NamedCurves.nistP256);
             if (tls is not null)
             {
-                var ssl = new SslStream(stream, leaveInnerStreamOpen: false);
+                // The inner stream stays open: after the handshake the records go in plain TCP (see SealedRecords).
+                ssl = new SslStream(network, leaveInnerStreamOpen: true);
                 stream = ssl;
                 await ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
                 {
@@ -59,19 +70,8 @@ internal static class TcpLink
                         && (expectedRight ?? ExpectedPeer.AnyMember).Mismatch(identity) is null,
                 }, cancellationToken).ConfigureAwait(false);
             }
-            var job = Encoding.UTF8.GetBytes(jobId);
-            var hello = new byte[Magic.Length + 4 + job.Length + 8 + 4 + 4 + 4 + token.Length];
-            var span = hello.AsSpan();
-            Magic.CopyTo(span);
-            var at = Magic.Length;
-            BinaryPrimitives.WriteInt32LittleEndian(span[at..], job.Length); at += 4;
-            job.CopyTo(span[at..]); at += job.Length;
-            BinaryPrimitives.WriteInt64LittleEndian(span[at..], generation); at += 8;
-            BinaryPrimitives.WriteInt32LittleEndian(span[at..], rank); at += 4;
-            BinaryPrimitives.WriteInt32LittleEndian(span[at..], worldSize); at += 4;
-            BinaryPrimitives.WriteInt32LittleEndian(span[at..], token.Length); at += 4;
-            token.CopyTo(span[at..]);
-            await stream.WriteAsync(hello, cancellationToken).ConfigureAwait(false);
+            var claim = new Claim(jobId, generation, rank, worldSize, token, share?.PublicKey.ExportSubjectPublicKeyInfo());
+            await stream.WriteAsync(claim.Encode(), cancellationToken).ConfigureAwait(false);
             await stream.FlushAsync(cancellationToken).ConfigureAwait(false);
             var status = new byte[5];
             await stream.ReadExactlyAsync(status, cancellationToken).ConfigureAwait(false);
@@ -82,7 +82,17 @@ internal static class TcpLink
                 await stream.ReadExactlyAsync(reason, cancellationToken).ConfigureAwait(false);
                 throw new InvalidOperationException($"refused: {Encoding.UTF8.GetString(reason)}");
             }
-            var link = new Outbound(socket, stream, tls is not null);
+            SealedRecords.Sealer? sealer = null;
+            if (ssl is not null)
+            {
+                // The receiver's key share is the last thing either side sends inside TLS: nothing is left in the SslStream.
+                var theirs = await ReadShareAsync(ssl, cancellationToken).ConfigureAwait(false);
+                var secret = KeyAgreement(share!, theirs, Transcript(claim, theirs, sender: ssl.LocalCertificate, receiver: ssl.RemoteCertificate));
+                sealer = new SealedRecords.Sealer(secret);
+                CryptographicOperations.ZeroMemory(secret);
+                ssl.Dispose();
+            }
+            var link = new Outbound(socket, network, sealer);
             done = true;
             return link;
         }
@@ -90,20 +100,101 @@ internal static class TcpLink
         {
             if (!done)
             {
-                if (stream is not null) await stream.DisposeAsync().ConfigureAwait(false);
+                if (ssl is not null) await ssl.DisposeAsync().ConfigureAwait(false);
+                if (network is not null) await network.DisposeAsync().ConfigureAwait(false);
                 socket.Dispose();
             }
         }
     }
 
-    /// <summary>What the connecting side claims, read by the listener before it looks the ring up.</summary>
-    public sealed record Claim(string JobId, long Generation, int Sender, int WorldSize, byte[] Token);
+    private const int MaxShareBytes = 512;
+
+    private static async Task<byte[]> ReadShareAsync(Stream stream, CancellationToken cancellationToken)
+    {
+        var length = new byte[4];
+        await stream.ReadExactlyAsync(length, cancellationToken).ConfigureAwait(false);
+        var n = BinaryPrimitives.ReadInt32LittleEndian(length);
+        if (n is < 1 or > MaxShareBytes) throw new InvalidDataException($"a key share of {n} bytes (at most {MaxShareBytes})");
+        var share = new byte[n];
+        await stream.ReadExactlyAsync(share, cancellationToken).ConfigureAwait(false);
+        return share;
+    }
+
+    /// <summary>
+    /// SHA-256 of everything the two ends agreed on: a label, the sender's and the receiver's certificates as presented in
+    /// the TLS handshake, the claim (job, generation, ranks, the one-time token, the sender's key share) and the
+    /// receiver's key share. Both ends compute it from what they sent and saw; any difference gives different keys.
+    /// </summary>
+    internal static byte[] Transcript(Claim claim, byte[] receiverShare, X509Certificate? sender, X509Certificate? receiver)
+    {
+        if (sender is null || receiver is null) throw new System.Security.Authentication.AuthenticationException("the TLS handshake ended without both workers' certificates");
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        hash.AppendData("dtrain tcp+tls transcript v1"u8);
+        hash.AppendData(SHA256.HashData(sender.GetRawCertData()));
+        hash.AppendData(SHA256.HashData(receiver.GetRawCertData()));
+        hash.AppendData(claim.Encode());
+        Span<byte> length = stackalloc byte[4];
+        BinaryPrimitives.WriteInt32LittleEndian(length, receiverShare.Length);
+        hash.AppendData(length);
+        hash.AppendData(receiverShare);
+        return hash.GetHashAndReset();
+    }
+
+    /// <summary>The traffic secret from our ephemeral key and the peer's share (a P-256 point; anything else is refused).</summary>
+    internal static byte[] KeyAgreement(ECDiffieHellman own, byte[] theirShare, byte[] transcript)
+    {
+        using var theirs = ECDiffieHellman.Create();
+        try
+        {
+            theirs.ImportSubjectPublicKeyInfo(theirShare, out var read);
+            if (read != theirShare.Length || theirs.KeySize != 256 || theirs.ExportParameters(false).Curve.Oid.Value != ECCurve.NamedCurves.nistP256.Oid.Value)
+                throw new InvalidDataException("the peer's key share is not a P-256 public key");
+            var shared = own.DeriveRawSecretAgreement(theirs.PublicKey);
+            try
+            {
+                return SealedRecords.TrafficSecret(shared, transcript);
+            }
+            finally
+            {
+                CryptographicOperations.ZeroMemory(shared);
+            }
+        }
+        catch (CryptographicException ex)
+        {
+            throw new InvalidDataException($"the peer's key share is not a usable P-256 public key: {ex.Message}", ex);
+        }
+    }
+
+    /// <summary>What the connecting side claims, read by the listener before it looks the ring up; with TLS, its key share.</summary>
+    public sealed record Claim(string JobId, long Generation, int Sender, int WorldSize, byte[] Token, byte[]? Share = null)
+    {
+        /// <summary>The bytes on the wire: magic, job, generation, sender, world, token, and the key share (length 0 without TLS).</summary>
+        public byte[] Encode()
+        {
+            var job = Encoding.UTF8.GetBytes(JobId);
+            var share = Share ?? [];
+            var hello = new byte[Magic.Length + 4 + job.Length + 8 + 4 + 4 + 4 + Token.Length + 4 + share.Length];
+            var span = hello.AsSpan();
+            Magic.CopyTo(span);
+            var at = Magic.Length;
+            BinaryPrimitives.WriteInt32LittleEndian(span[at..], job.Length); at += 4;
+            job.CopyTo(span[at..]); at += job.Length;
+            BinaryPrimitives.WriteInt64LittleEndian(span[at..], Generation); at += 8;
+            BinaryPrimitives.WriteInt32LittleEndian(span[at..], Sender); at += 4;
+            BinaryPrimitives.WriteInt32LittleEndian(span[at..], WorldSize); at += 4;
+            BinaryPrimitives.WriteInt32LittleEndian(span[at..], Token.Length); at += 4;
+            Token.CopyTo(span[at..]); at += Token.Length;
+            BinaryPrimitives.WriteInt32LittleEndian(span[at..], share.Length); at += 4;
+            share.CopyTo(span[at..]);
+            return hello;
+        }
+    }
 
     public static async Task<Claim> ReadClaimAsync(Stream stream, CancellationToken cancellationToken)
     {
         var magic = new byte[Magic.Length + 4];
         await stream.ReadExactlyAsync(magic, cancellationToken).ConfigureAwait(false);
-        if (!magic.AsSpan(0, Magic.Length).SequenceEqual(Magic)) throw new InvalidDataException("not a dtrain data-plane connection (bad magic)");
+        if (!magic.AsSpan(0, Magic.Length).SequenceEqual(Magic)) throw new InvalidDataException("not a dtrain data-plane connection of this version (bad magic)");
         var jobLength = BinaryPrimitives.ReadInt32LittleEndian(magic.AsSpan(Magic.Length));
         if (jobLength is < 1 or > MaxJobIdBytes) throw new InvalidDataException($"job id of {jobLength} bytes");
         var rest = new byte[jobLength + 8 + 4 + 4 + 4];
@@ -116,36 +207,73 @@ internal static class TcpLink
         var world = BinaryPrimitives.ReadInt32LittleEndian(span[at..]); at += 4;
         var tokenLength = BinaryPrimitives.ReadInt32LittleEndian(span[at..]);
         if (tokenLength is < 0 or > 256) throw new InvalidDataException($"token of {tokenLength} bytes");
-        var token = new byte[tokenLength];
+        var token = new byte[tokenLength + 4];
         await stream.ReadExactlyAsync(token, cancellationToken).ConfigureAwait(false);
-        return new Claim(job, generation, sender, world, token);
+        var shareLength = BinaryPrimitives.ReadInt32LittleEndian(token.AsSpan(tokenLength));
+        if (shareLength is < 0 or > MaxShareBytes) throw new InvalidDataException($"a key share of {shareLength} bytes (at most {MaxShareBytes})");
+        var share = new byte[shareLength];
+        await stream.ReadExactlyAsync(share, cancellationToken).ConfigureAwait(false);
+        return new Claim(job, generation, sender, world, token[..tokenLength], shareLength == 0 ? null : share);
     }
 
-    public static async Task AnswerAsync(Stream stream, string? refusal, CancellationToken cancellationToken)
+    /// <summary>
+    /// The receiver's answer: a status byte and the refusal's reason; when accepted over TLS, its key share, and the
+    /// opener of the sender's records (the traffic secret from a fresh key share of its own and the claim's).
+    /// </summary>
+    public static async Task<SealedRecords.Opener?> AnswerAsync(Stream stream, string? refusal, Claim? claim, CancellationToken cancellationToken)
     {
         var reason = refusal is null ? [] : Encoding.UTF8.GetBytes(refusal);
-        var answer = new byte[5 + reason.Length];
+        SealedRecords.Opener? opener = null;
+        byte[] share = [];
+        if (refusal is null && stream is SslStream ssl)
+        {
+            if (claim?.Share is not { } theirs) throw new InvalidDataException("a TLS connection without the sender's key share");
+            using var own = ECDiffieHellman.Create(ECCurve.NamedCurves.nistP256);
+            share = own.PublicKey.ExportSubjectPublicKeyInfo();
+            var secret = KeyAgreement(own, theirs, Transcript(claim, share, sender: ssl.RemoteCertificate, receiver: ssl.LocalCertificate));
+            opener = new SealedRecords.Opener(secret);
+            CryptographicOperations.ZeroMemory(secret);
+        }
+        var answer = new byte[5 + reason.Length + (share.Length > 0 ? 4 + share.Length : 0)];
         answer[0] = refusal is null ? (byte)0 : (byte)1;
         BinaryPrimitives.WriteInt32LittleEndian(answer.AsSpan(1), reason.Length);
         reason.CopyTo(answer, 5);
-        await stream.WriteAsync(answer, cancellationToken).ConfigureAwait(false);
-        await stream.FlushAsync(cancellationToken).ConfigureAwait(false);
+        if (share.Length > 0)
+        {
+            BinaryPrimitives.WriteInt32LittleEndian(answer.AsSpan(5 + reason.Length), share.Length);
+            share.CopyTo(answer, 9 + reason.Length);
+        }
+        try
+        {
+            await stream.WriteAsync(answer, cancellationToken).ConfigureAwait(false);
+            await stream.FlushAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            opener?.Dispose();
+            throw;
+        }
+        return opener;
     }
 
-    /// <summary>Reads frames with blocking reads (on a thread of its own; a stop closes the socket) until the sender closes or the connection breaks.</summary>
-    public static void ReceiveBlocking(Socket socket, Stream stream, RingMailbox mailbox, int maxBytes, CancellationToken stop, Action<Exception>? failed = null)
+    /// <summary>
+    /// Reads frames with blocking reads (on a thread of its own; a stop closes the socket) until the sender closes or the
+    /// connection breaks. With <paramref name="opener"/> (a tcp+tls link) the frames come as sealed records: one that
+    /// fails authentication, comes out of order or is cut short breaks the link with that reason.
+    /// </summary>
+    public static void ReceiveBlocking(Socket socket, Stream stream, RingMailbox mailbox, int maxBytes, CancellationToken stop, Action<Exception>? failed = null,
+        SealedRecords.Opener? opener = null)
     {
         using var closeOnStop = stop.Register(() => socket.Dispose());
         mailbox.AbortInbound = socket.Dispose;
         var header = new byte[PieceFrame.Size];
+        var frames = opener is null ? new FrameReader(stream) : new SealedFrameReader(stream, opener);
         byte[]? scratch = null;
         try
         {
             while (mailbox.ClosedReason is null)
             {
-                var got = Fill(stream, header);
-                if (got == 0) break;
-                if (got < header.Length) throw new EndOfStreamException("the connection ended inside a frame header");
+                if (!frames.ReadHeader(header)) break;
                 var (tag, pieces, offset, length, shape) = PieceFrame.Read(header, maxBytes, mailbox.WorldSize, mailbox.Kind);
                 if (shape is null && mailbox.TryClaim(tag, blockingRead: true) is { } landing)
                 {
@@ -154,13 +282,13 @@ internal static class TcpLink
                     {
                         if (landing.TakesDirect(offset, pieces, length))
                         {
-                            if (Fill(stream, MemoryMarshal.AsBytes(landing.Destination.Span)) < length) throw new EndOfStreamException("the connection ended inside a frame");
+                            frames.ReadPayload(MemoryMarshal.AsBytes(landing.Destination.Span));
                             landing.Complete();
                         }
                         else
                         {
                             scratch ??= new byte[maxBytes];
-                            if (Fill(stream, scratch.AsSpan(0, length)) < length) throw new EndOfStreamException("the connection ended inside a frame");
+                            frames.ReadPayload(scratch.AsSpan(0, length));
                             landing.Apply(scratch.AsSpan(0, length), offset, pieces);
                         }
                     }
@@ -177,10 +305,14 @@ internal static class TcpLink
                 }
                 var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(length, 1));
                 var owner = new Pooled(buffer);
-                if (Fill(stream, buffer.AsSpan(0, length)) < length)
+                try
+                {
+                    frames.ReadPayload(buffer.AsSpan(0, length));
+                }
+                catch
                 {
                     owner.Dispose();
-                    throw new EndOfStreamException("the connection ended inside a frame");
+                    throw;
                 }
                 mailbox.Deliver(RingPiece.FromBytes(tag, offset, pieces, buffer.AsMemory(0, length), owner).WithShape(shape));
             }
@@ -193,12 +325,71 @@ internal static class TcpLink
         }
         finally
         {
+            opener?.Dispose();
             stream.Dispose();
         }
     }
 
     /// <summary>Reads until <paramref name="buffer"/> is full or the peer closes; returns the bytes read.</summary>
     private static int Fill(Stream stream, Span<byte> buffer) => stream.ReadAtLeast(buffer, buffer.Length, throwOnEndOfStream: false);
+
+    /// <summary>Frames as they are on a plain TCP link: the header, then the payload.</summary>
+    private class FrameReader(Stream stream)
+    {
+        protected Stream Stream => stream;
+
+        /// <summary>Reads the next frame header; false when the sender closed the connection (cleanly) before it.</summary>
+        public virtual bool ReadHeader(Span<byte> header)
+        {
+            var got = Fill(stream, header);
+            if (got == 0) return false;
+            if (got < header.Length) throw new EndOfStreamException("the connection ended inside a frame header");
+            return true;
+        }
+
+        public virtual void ReadPayload(Span<byte> payload)
+        {
+            if (Fill(stream, payload) < payload.Length) throw new EndOfStreamException("the connection ended inside a frame");
+        }
+    }
+
+    /// <summary>Frames as sealed records (tcp+tls): the header record, then the payload records, each opened in place; a close record ends the stream.</summary>
+    private sealed class SealedFrameReader(Stream stream, SealedRecords.Opener opener) : FrameReader(stream)
+    {
+        private readonly byte[] _head = new byte[SealedRecords.HeadBytes];
+
+        public override bool ReadHeader(Span<byte> header)
+        {
+            var got = Fill(Stream, _head);
+            if (got == 0) throw new EndOfStreamException("the connection ended without the sender's close record (cut short, or the sender died)");
+            if (got < _head.Length) throw new EndOfStreamException("the connection ended inside a record");
+            var (type, length) = opener.Check(_head, SealedRecords.FrameHeader, header.Length, orClose: true);
+            if (type == SealedRecords.Close)
+            {
+                opener.Open(_head, []);
+                return false;
+            }
+            if (length != header.Length) throw new InvalidDataException($"a frame header record of {length} bytes (a header is {header.Length})");
+            if (Fill(Stream, header) < header.Length) throw new EndOfStreamException("the connection ended inside a record");
+            opener.Open(_head, header);
+            return true;
+        }
+
+        public override void ReadPayload(Span<byte> payload)
+        {
+            for (var done = 0; done < payload.Length;)
+            {
+                var n = Math.Min(SealedRecords.ChunkBytes, payload.Length - done);
+                if (Fill(Stream, _head) < _head.Length) throw new EndOfStreamException("the connection ended inside a frame");
+                var (_, length) = opener.Check(_head, SealedRecords.Payload, SealedRecords.ChunkBytes, orClose: false);
+                if (length != n) throw new InvalidDataException($"a payload record of {length} bytes where the frame's next {n} bytes were due");
+                var chunk = payload.Slice(done, n);
+                if (Fill(Stream, chunk) < n) throw new EndOfStreamException("the connection ended inside a record");
+                opener.Open(_head, chunk);
+                done += n;
+            }
+        }
+    }
 
     private sealed class Pooled(byte[] buffer) : IDisposable
     {
@@ -210,22 +401,28 @@ internal static class TcpLink
         }
     }
 
-    /// <summary>The sending end: one writer at a time; a watcher notices the receiver closing or dying while we are idle.</summary>
+    /// <summary>
+    /// The sending end: one writer at a time; a watcher notices the receiver closing or dying while we are idle. With a
+    /// <see cref="SealedRecords.Sealer"/> (tcp+tls) each frame is sealed into this link's buffer and sent in one write.
+    /// </summary>
     private sealed class Outbound : IOutboundLink
     {
         private readonly Socket _socket;
         private readonly Stream _stream;
+        private readonly SealedRecords.Sealer? _sealer;
         private readonly SemaphoreSlim _writeLock = new(1, 1);
         private readonly byte[] _header = new byte[PieceFrame.Size];
         private readonly CancellationTokenSource _broken = new();
+        private byte[]? _sealed;
         private Exception? _fault;
         private int _disposed;
 
-        public Outbound(Socket socket, Stream stream, bool tls)
+        public Outbound(Socket socket, Stream stream, SealedRecords.Sealer? sealer)
         {
             _socket = socket;
             _stream = stream;
-            Kind = DataTransports.Describe(DataTransport.Tcp, tls);
+            _sealer = sealer;
+            Kind = DataTransports.Describe(DataTransport.Tcp, sealer is not null);
             _ = WatchAsync();
         }
 
@@ -241,9 +438,7 @@ internal static class TcpLink
             var one = new byte[1];
             try
             {
-                var n = _stream is SslStream
-                    ? await _stream.ReadAsync(one, _broken.Token).ConfigureAwait(false)
-                    : await _socket.ReceiveAsync(one, SocketFlags.None, _broken.Token).ConfigureAwait(false);
+                var n = await _socket.ReceiveAsync(one, SocketFlags.None, _broken.Token).ConfigureAwait(false);
                 Break(new IOException(n == 0 ? "the receiver closed the connection" : "the receiver sent unexpected bytes"), clean: n == 0);
             }
             catch (OperationCanceledException)
@@ -251,7 +446,7 @@ internal static class TcpLink
             }
             catch (Exception ex)
             {
-                // A TLS receiver that closed after its last operation often shows as a reset: also with grace.
+                // A receiver that closed after its last operation often shows as a reset: also with grace.
                 Break(ex, clean: true);
             }
         }
@@ -281,6 +476,14 @@ internal static class TcpLink
             {
                 if (Volatile.Read(ref _fault) is { } f) throw new IOException(f.Message, f);
                 PieceFrame.Write(_header, piece);
+                if (_sealer is not null)
+                {
+                    // Sealing advances the record sequence: from here a failure leaves the link unusable, like half a frame sent.
+                    writing = true;
+                    var length = Seal(piece.Bytes.Span);
+                    await _stream.WriteAsync(_sealed.AsMemory(0, length), cancellationToken).ConfigureAwait(false);
+                    return;
+                }
                 writing = true;
                 await _stream.WriteAsync(_header, cancellationToken).ConfigureAwait(false);
                 if (!piece.Bytes.IsEmpty) await _stream.WriteAsync(piece.Bytes, cancellationToken).ConfigureAwait(false);
@@ -298,6 +501,14 @@ internal static class TcpLink
             }
         }
 
+        /// <summary>Seals the frame (the header in <see cref="_header"/>, then <paramref name="payload"/>) into this link's buffer; returns its length.</summary>
+        private int Seal(ReadOnlySpan<byte> payload)
+        {
+            var length = SealedRecords.FrameBytes(_header.Length, payload.Length);
+            if (_sealed is null || _sealed.Length < length) _sealed = GC.AllocateUninitializedArray<byte>(length);
+            return _sealer!.SealFrame(_header, payload, _sealed);
+        }
+
         public async ValueTask DisposeAsync()
         {
             if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
@@ -305,9 +516,12 @@ internal static class TcpLink
             {
                 using var grace = new CancellationTokenSource(TimeSpan.FromSeconds(5));
                 await _writeLock.WaitAsync(grace.Token).ConfigureAwait(false);
-                if (_stream is SslStream ssl && Volatile.Read(ref _fault) is null)
+                if (_sealer is not null && Volatile.Read(ref _fault) is null)
                 {
-                    try { await ssl.ShutdownAsync().WaitAsync(grace.Token).ConfigureAwait(false); } catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException) { }
+                    // The close record: without it the receiver takes the end of the stream for a cut.
+                    var close = new byte[SealedRecords.Sealed(0)];
+                    _sealer.Seal(SealedRecords.Close, [], close);
+                    try { await _stream.WriteAsync(close, grace.Token).ConfigureAwait(false); } catch (Exception e) when (e is IOException or ObjectDisposedException or SocketException) { }
                 }
                 try { _socket.Shutdown(SocketShutdown.Send); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
             }
@@ -317,6 +531,7 @@ internal static class TcpLink
             Interlocked.CompareExchange(ref _fault, new ObjectDisposedException(nameof(TcpLink), "the link was closed on this side"), null);
             try { await _broken.CancelAsync().ConfigureAwait(false); } catch (ObjectDisposedException) { }
             await _stream.DisposeAsync().ConfigureAwait(false);
+            _sealer?.Dispose();
         }
     }
 }

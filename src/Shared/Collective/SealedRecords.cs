@@ -1,0 +1,204 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+using System.Text;
+
+namespace Dtrain.Collective;
+
+/// <summary>
+/// The record layer of a <c>tcp+tls</c> link after its mutual-TLS handshake: AES-256-GCM records sent in plain TCP,
+/// keyed from an ephemeral ECDH exchange made inside the authenticated TLS session (see <see cref="TcpLink"/> and
+/// docs/cluster.md, "The TCP data plane with TLS"). A record on the wire is
+/// <c>[type:1][0:3][length:4 LE][GCM tag:16][ciphertext:length]</c>; the first 8 bytes are the associated data, the
+/// nonce is the key's 12-byte IV XOR the record's sequence number under that key (never sent, never repeated), so a
+/// record that is altered, replayed, dropped, reordered or moved to another link fails authentication. The traffic
+/// secret ratchets forward (and the sequence restarts) every <see cref="RecordsPerKey"/> records, as TLS 1.3's KeyUpdate
+/// does, so no key protects more than 2^38 bytes (RFC 8446 §5.5's margin for AES-GCM).
+/// </summary>
+internal static class SealedRecords
+{
+    /// <summary>Bytes before a record's ciphertext: type, reserved, length (the associated data), then the tag.</summary>
+    public const int HeadBytes = 24;
+
+    private const int AdBytes = 8;
+    private const int TagBytes = 16;
+
+    /// <summary>Largest plaintext of one record: a frame's payload goes in records of at most this many bytes.</summary>
+    public const int ChunkBytes = 256 * 1024;
+
+    /// <summary>Records per key before the secret ratchets: 2^20 records of at most 256 KiB = 2^38 bytes.</summary>
+    public const long RecordsPerKey = 1L << 20;
+
+    public const byte FrameHeader = 1;
+    public const byte Payload = 2;
+    public const byte Close = 3;
+
+    private static readonly byte[] Label = "dtrain tcp+tls records v1"u8.ToArray();
+
+    /// <summary>Bytes on the wire for a record of <paramref name="plaintext"/> bytes.</summary>
+    public static int Sealed(int plaintext) => HeadBytes + plaintext;
+
+    /// <summary>Bytes on the wire for a frame: its header record and its payload in records of at most <see cref="ChunkBytes"/>.</summary>
+    public static int FrameBytes(int headerBytes, int payloadBytes) =>
+        Sealed(headerBytes) + payloadBytes + HeadBytes * ((payloadBytes + ChunkBytes - 1) / ChunkBytes);
+
+    public static string Describe(byte type) => type switch
+    {
+        FrameHeader => "frame header",
+        Payload => "payload",
+        Close => "close",
+        _ => $"unknown ({type})",
+    };
+
+    /// <summary>
+    /// The sender-to-receiver traffic secret: HKDF-SHA256 over the ECDH shared secret, salted with the hash of the
+    /// transcript (both certificates, the claim, both key shares).
+    /// </summary>
+    public static byte[] TrafficSecret(ReadOnlySpan<byte> sharedSecret, ReadOnlySpan<byte> transcriptHash)
+    {
+        Span<byte> prk = stackalloc byte[32];
+        HKDF.Extract(HashAlgorithmName.SHA256, sharedSecret, transcriptHash, prk);
+        var secret = new byte[32];
+        HKDF.Expand(HashAlgorithmName.SHA256, prk, secret, Info("sender to receiver"));
+        CryptographicOperations.ZeroMemory(prk);
+        return secret;
+    }
+
+    private static byte[] Info(string what) => [.. Label, (byte)' ', .. Encoding.ASCII.GetBytes(what)];
+
+    /// <summary>One direction's keys: the current AES-GCM key and IV, the sequence under it, the ratchet.</summary>
+    private sealed class Keys : IDisposable
+    {
+        private readonly long _recordsPerKey;
+        private readonly byte[] _secret;
+        private readonly byte[] _iv = new byte[12];
+        private readonly byte[] _nonce = new byte[12];
+        private AesGcm? _aes;
+        private long _sequence;
+
+        public Keys(byte[] trafficSecret, long recordsPerKey)
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(recordsPerKey, 1);
+            _recordsPerKey = recordsPerKey;
+            _secret = (byte[])trafficSecret.Clone();
+            Derive();
+        }
+
+        /// <summary>Records sealed or opened so far over all keys (for messages).</summary>
+        public long Records { get; private set; }
+
+        public AesGcm Aes => _aes ?? throw new ObjectDisposedException(nameof(SealedRecords));
+
+        private void Derive()
+        {
+            Span<byte> key = stackalloc byte[32];
+            HKDF.Expand(HashAlgorithmName.SHA256, _secret, key, Info("key"));
+            HKDF.Expand(HashAlgorithmName.SHA256, _secret, _iv, Info("iv"));
+            _aes?.Dispose();
+            _aes = new AesGcm(key, TagBytes);
+            CryptographicOperations.ZeroMemory(key);
+            _sequence = 0;
+        }
+
+        /// <summary>This record's nonce (IV XOR sequence).</summary>
+        public ReadOnlySpan<byte> Nonce()
+        {
+            _iv.CopyTo(_nonce, 0);
+            var counter = BinaryPrimitives.ReadUInt64BigEndian(_nonce.AsSpan(4)) ^ (ulong)_sequence;
+            BinaryPrimitives.WriteUInt64BigEndian(_nonce.AsSpan(4), counter);
+            return _nonce;
+        }
+
+        /// <summary>After a record: the next sequence number, or the next key (the old secret erased) when this one has done its share.</summary>
+        public void Advance()
+        {
+            Records++;
+            if (++_sequence < _recordsPerKey) return;
+            Span<byte> next = stackalloc byte[32];
+            HKDF.Expand(HashAlgorithmName.SHA256, _secret, next, Info("next"));
+            next.CopyTo(_secret);
+            CryptographicOperations.ZeroMemory(next);
+            Derive();
+        }
+
+        public void Dispose()
+        {
+            _aes?.Dispose();
+            _aes = null;
+            CryptographicOperations.ZeroMemory(_secret);
+            CryptographicOperations.ZeroMemory(_iv);
+        }
+    }
+
+    /// <summary>The sending end: seals records into the caller's buffer. One writer at a time.</summary>
+    public sealed class Sealer(byte[] trafficSecret, long recordsPerKey = RecordsPerKey) : IDisposable
+    {
+        private readonly Keys _keys = new(trafficSecret, recordsPerKey);
+
+        /// <summary>Seals <paramref name="plaintext"/> as a record of <paramref name="type"/> into <paramref name="output"/>; returns the bytes written.</summary>
+        public int Seal(byte type, ReadOnlySpan<byte> plaintext, Span<byte> output)
+        {
+            var length = Sealed(plaintext.Length);
+            if (output.Length < length) throw new ArgumentException($"a record of {plaintext.Length} bytes needs {length} bytes of output", nameof(output));
+            output[..AdBytes].Clear();
+            output[0] = type;
+            BinaryPrimitives.WriteInt32LittleEndian(output[4..], plaintext.Length);
+            _keys.Aes.Encrypt(_keys.Nonce(), plaintext, output.Slice(HeadBytes, plaintext.Length), output.Slice(AdBytes, TagBytes), output[..AdBytes]);
+            _keys.Advance();
+            return length;
+        }
+
+        /// <summary>Seals a frame: its header, then its payload in records of at most <see cref="ChunkBytes"/>; returns the bytes written.</summary>
+        public int SealFrame(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload, Span<byte> output)
+        {
+            var at = Seal(FrameHeader, header, output);
+            for (var done = 0; done < payload.Length;)
+            {
+                var n = Math.Min(ChunkBytes, payload.Length - done);
+                at += Seal(Payload, payload.Slice(done, n), output[at..]);
+                done += n;
+            }
+            return at;
+        }
+
+        public void Dispose() => _keys.Dispose();
+    }
+
+    /// <summary>The receiving end: checks a record's head, then opens its ciphertext in place.</summary>
+    public sealed class Opener(byte[] trafficSecret, long recordsPerKey = RecordsPerKey) : IDisposable
+    {
+        private readonly Keys _keys = new(trafficSecret, recordsPerKey);
+
+        /// <summary>
+        /// The type and length a record head announces; <see cref="InvalidDataException"/> when it is not a record
+        /// of <paramref name="expected"/> type (or a close, when <paramref name="orClose"/>) of at most <paramref name="maxLength"/> bytes.
+        /// </summary>
+        public (byte Type, int Length) Check(ReadOnlySpan<byte> head, byte expected, int maxLength, bool orClose)
+        {
+            var type = head[0];
+            var length = BinaryPrimitives.ReadInt32LittleEndian(head[4..]);
+            if (head[1] != 0 || head[2] != 0 || head[3] != 0 || (type != expected && !(orClose && type == Close)))
+                throw new InvalidDataException($"record {_keys.Records + 1}: a {Describe(type)} record where a {Describe(expected)} record was due (the stream was altered, or is not this link's)");
+            var max = type == Close ? 0 : maxLength;
+            if (length < 0 || length > max)
+                throw new InvalidDataException($"record {_keys.Records + 1}: a {Describe(type)} record of {length} bytes (at most {max} here)");
+            return (type, length);
+        }
+
+        /// <summary>Opens the record whose head is <paramref name="head"/> and whose ciphertext is <paramref name="data"/>, decrypting in place.</summary>
+        public void Open(ReadOnlySpan<byte> head, Span<byte> data)
+        {
+            try
+            {
+                _keys.Aes.Decrypt(_keys.Nonce(), data, head.Slice(AdBytes, TagBytes), data, head[..AdBytes]);
+            }
+            catch (CryptographicException ex)
+            {
+                throw new InvalidDataException(
+                    $"record {_keys.Records + 1} ({Describe(head[0])}, {data.Length} bytes) failed authentication: it was altered, replayed, reordered or dropped on the way, or sealed with another key; the link is closed", ex);
+            }
+            _keys.Advance();
+        }
+
+        public void Dispose() => _keys.Dispose();
+    }
+}
