@@ -104,6 +104,21 @@ public class KubernetesManifestTests
     }
 
     [Fact]
+    public void Workers_of_one_node_share_its_dev_shm_so_the_data_plane_finds_them_on_one_host()
+    {
+        // The data plane's same-host probe is a file in /dev/shm (Dtrain.Collective.SharedMemoryRing.Directory): pods
+        // of one node see each other's only when their /dev/shm is the node's.
+        var c = OnlyContainer(Workers);
+        var mount = Assert.Single(c.Seq("volumeMounts"), m => m.Str("mountPath") == Dtrain.Collective.SharedMemoryRing.Directory);
+        Assert.NotEqual("true", mount.Str("readOnly"));
+        var volume = Assert.Single(PodSpec(Workers).Seq("volumes"), v => v.Str("name") == mount.Str("name"));
+        Assert.Equal("/dev/shm", volume.Str("hostPath", "path"));
+        Assert.Equal("Directory", volume.Str("hostPath", "type"));
+        // The coordinator holds no ring: it does not get the node's shared memory.
+        Assert.DoesNotContain(OnlyContainer(Coordinator).Seq("volumeMounts"), m => m.Str("mountPath") == Dtrain.Collective.SharedMemoryRing.Directory);
+    }
+
+    [Fact]
     public void Servers_listen_beyond_loopback_only_with_tls_certificates_from_secrets()
     {
         foreach (var (workload, role, secret) in new[] { (Coordinator, "coordinator", "dtrain-coordinator-tls"), (Workers, "worker", "dtrain-worker-tls") })
