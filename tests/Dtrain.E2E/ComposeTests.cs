@@ -7,7 +7,8 @@ namespace Dtrain.E2E;
 
 /// <summary>
 /// deploy/docker-compose.yml itself: up with 3 workers over mutual TLS (the CLI on the host needs the client certificate
-/// copied out with `compose cp`, as the README says, and is refused without it), a job on all 3; scaled to 4 without
+/// copied out with `compose cp`, as the README says, and is refused without it), a job on all 3 (summing through the
+/// shared memory the workers' /dev/shm volume gives them); scaled to 4 without
 /// touching the running containers, a job on 4; scaled back to 3 while idle (the removed worker leaves cleanly: gone
 /// from the list, never "lost"); `down -v` leaves no container, network or volume of the project.
 /// </summary>
@@ -49,6 +50,14 @@ public sealed class ComposeTests(ImageFixture image, ITestOutputHelper output)
             var (job3, watch3) = await cli.SubmitAsync(compose.Address, spec, workers: 3, watch: true);
             Assert.True(watch3.ExitCode == 0, watch3.ToString());
             Assert.Equal(3, (await cli.StatusWorkersAsync(compose.Address, job3)).Count);
+            // The workers share the `shm` volume at /dev/shm: the data plane finds them on one host and they sum through
+            // shared memory (each ring link says so when the ring forms: `ring w1->w2: shared memory (job ...)`), not tcp+tls.
+            foreach (var id in first)
+            {
+                var logs = await DockerEngine.CheckAsync("logs", id);
+                Assert.True((logs.Stdout + logs.Stderr).Contains(": shared memory (job ", StringComparison.Ordinal),
+                    $"worker {id[..12]} did not link to its neighbour through shared memory:\n{logs.Stdout}{logs.Stderr}");
+            }
 
             // Scale up: one new container; the coordinator and the 3 workers are neither recreated nor restarted.
             await compose.CheckAsync(TimeSpan.FromMinutes(3), "up", "-d", "--scale", "worker=4");
