@@ -37,10 +37,6 @@ internal static class SealedRecords
     /// <summary>Bytes on the wire for a record of <paramref name="plaintext"/> bytes.</summary>
     public static int Sealed(int plaintext) => HeadBytes + plaintext;
 
-    /// <summary>Bytes on the wire for a frame: its header record and its payload in records of at most <see cref="ChunkBytes"/>.</summary>
-    public static int FrameBytes(int headerBytes, int payloadBytes) =>
-        Sealed(headerBytes) + payloadBytes + HeadBytes * ((payloadBytes + ChunkBytes - 1) / ChunkBytes);
-
     public static string Describe(byte type) => type switch
     {
         FrameHeader => "frame header",
@@ -145,19 +141,6 @@ internal static class SealedRecords
             _keys.Aes.Encrypt(_keys.Nonce(), plaintext, output.Slice(HeadBytes, plaintext.Length), output.Slice(AdBytes, TagBytes), output[..AdBytes]);
             _keys.Advance();
             return length;
-        }
-
-        /// <summary>Seals a frame: its header, then its payload in records of at most <see cref="ChunkBytes"/>; returns the bytes written.</summary>
-        public int SealFrame(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload, Span<byte> output)
-        {
-            var at = Seal(FrameHeader, header, output);
-            for (var done = 0; done < payload.Length;)
-            {
-                var n = Math.Min(ChunkBytes, payload.Length - done);
-                at += Seal(Payload, payload.Slice(done, n), output[at..]);
-                done += n;
-            }
-            return at;
         }
 
         public void Dispose() => _keys.Dispose();

@@ -403,7 +403,7 @@ internal static class TcpLink
 
     /// <summary>
     /// The sending end: one writer at a time; a watcher notices the receiver closing or dying while we are idle. With a
-    /// <see cref="SealedRecords.Sealer"/> (tcp+tls) each frame is sealed into this link's buffer and sent in one write.
+    /// <see cref="SealedRecords.Sealer"/> (tcp+tls) each frame goes as sealed records, each written as soon as it is sealed.
     /// </summary>
     private sealed class Outbound : IOutboundLink
     {
@@ -479,9 +479,22 @@ internal static class TcpLink
                 if (_sealer is not null)
                 {
                     // Sealing advances the record sequence: from here a failure leaves the link unusable, like half a frame sent.
+                    // Record by record (the header with the first), each written as soon as it is sealed: the receiver opens
+                    // one while the next is sealed, and the buffer stays in cache.
                     writing = true;
-                    var length = Seal(piece.Bytes.Span);
-                    await _stream.WriteAsync(_sealed.AsMemory(0, length), cancellationToken).ConfigureAwait(false);
+                    _sealed ??= GC.AllocateUninitializedArray<byte>(SealedRecords.Sealed(PieceFrame.Size) + SealedRecords.Sealed(SealedRecords.ChunkBytes));
+                    var payload = piece.Bytes;
+                    var length = _sealer.Seal(SealedRecords.FrameHeader, _header, _sealed);
+                    var done = 0;
+                    do
+                    {
+                        var n = Math.Min(SealedRecords.ChunkBytes, payload.Length - done);
+                        if (n > 0) length += _sealer.Seal(SealedRecords.Payload, payload.Span.Slice(done, n), _sealed.AsSpan(length));
+                        await _stream.WriteAsync(_sealed.AsMemory(0, length), cancellationToken).ConfigureAwait(false);
+                        done += n;
+                        length = 0;
+                    }
+                    while (done < payload.Length);
                     return;
                 }
                 writing = true;
@@ -499,14 +512,6 @@ internal static class TcpLink
             {
                 _writeLock.Release();
             }
-        }
-
-        /// <summary>Seals the frame (the header in <see cref="_header"/>, then <paramref name="payload"/>) into this link's buffer; returns its length.</summary>
-        private int Seal(ReadOnlySpan<byte> payload)
-        {
-            var length = SealedRecords.FrameBytes(_header.Length, payload.Length);
-            if (_sealed is null || _sealed.Length < length) _sealed = GC.AllocateUninitializedArray<byte>(length);
-            return _sealer!.SealFrame(_header, payload, _sealed);
         }
 
         public async ValueTask DisposeAsync()
