@@ -20,8 +20,15 @@ public static class CoordinatorHost
     {
         var errors = options.Validate();
         if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
-        // Owner-only from the start (its tokens, job store, jobs' data and checkpoints); an existing directory keeps its mode.
-        PrivateFiles.CreateDirectory(options.DataDir);
+        // Owner-only from the start (its tokens, job store, jobs' data and checkpoints); an existing directory keeps its
+        // mode. One that cannot be made is reported by the job store, as before.
+        try
+        {
+            PrivateFiles.CreateDirectory(options.DataDir);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+        }
         var security = CoordinatorSecurity.Create(options);
         var builder = GrpcServerHost.CreateBuilder(options.Listen, options.Port, options.MaxMessageBytes, logging,
             security: security.Server, insecureWarning: security.InsecureWarning, httpPort: options.HttpPort);

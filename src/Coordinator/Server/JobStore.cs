@@ -59,8 +59,15 @@ public sealed class JobStore : IDisposable
         Path = System.IO.Path.GetFullPath(path);
         this.log = log;
         PrivateFiles.CreateDirectory(System.IO.Path.GetDirectoryName(Path)!);
-        // Created owner-only before SQLite opens it: its -wal and -shm files take the database file's mode.
-        if (!File.Exists(Path)) PrivateFiles.Create(Path, FileMode.CreateNew).Dispose();
+        // Created owner-only before SQLite opens it: its -wal and -shm files take the database file's mode. Should that
+        // fail (a read-only directory), SQLite's own open below says what is wrong.
+        try
+        {
+            if (!File.Exists(Path)) PrivateFiles.Create(Path, FileMode.CreateNew).Dispose();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+        }
         try
         {
             db = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = Path, Mode = SqliteOpenMode.ReadWriteCreate, Pooling = false }.ToString());
