@@ -25,13 +25,14 @@ public static class Credentials
     };
 
     /// <summary>
-    /// The CLI's --insecure: lets a verb send its token over plain http:// to a host beyond loopback (refused without it:
-    /// anyone on the path could read the token and act as its holder). `serve` and `worker` have their own --insecure.
+    /// --insecure, on every verb: plaintext beyond loopback, on purpose. A verb that talks to a coordinator sends its token
+    /// over plain http:// to a host beyond loopback only with it (anyone on the path could read the token and act as its
+    /// holder); `serve` and `worker` listen beyond loopback without TLS only with it.
     /// </summary>
     public static readonly Option<bool> InsecureOption = new("--insecure")
     {
-        Description = "Send the token over plain http:// to a coordinator beyond loopback (refused without it: anyone on the network path can read the token). " +
-                      "With serve and worker: listen beyond loopback without TLS (see their --help).",
+        Description = "Plaintext beyond loopback, on purpose. CLI verbs: send the token over plain http:// to a coordinator beyond loopback (refused without it: anyone on the network path can read the token). " +
+                      "serve, worker: listen beyond loopback WITHOUT TLS or authentication (anyone who reaches the port controls it; logged as a warning).",
         Recursive = true,
     };
 

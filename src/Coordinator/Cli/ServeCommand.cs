@@ -17,11 +17,11 @@ public static class ServeCommand
         var dataDir = new Option<string?>("--data-dir") { Description = "Directory for job data and checkpoints (default .dtrain/coordinator)." };
         var dataRoots = new Option<string[]>("--data-root") { Description = "A directory whose regular files jobs may name as data by absolute path instead of uploading them (repeatable; default none: the coordinator reads only uploaded files)." };
         var caKey = new Option<string?>("--ca-key") { Description = "TLS: the CA's private key, with which the coordinator signs each worker's certificate (default: ca.key in --tls-dir)." };
-        var insecure = Insecure("the coordinator");
+        var insecure = Credentials.InsecureOption; // the global option: one --insecure in --help
         var joinTokens = new Option<string?>("--join-token-file") { Description = "Join tokens, one per line: a worker may join with one instead of a worker certificate (Coordinator:JoinTokens)." };
         var cmd = new Command("serve", "Run the coordinator: workers register with it, the CLI submits jobs to it. TLS with --tls-dir DIR/coordinator " +
                                        "(from `dtrain certs init`); required when listening beyond loopback. Settings also come from appsettings.json and DTRAIN_Coordinator__* variables.");
-        foreach (var o in new Option[] { port, listen, httpPort, dataDir, dataRoots, caKey, insecure, joinTokens }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { port, listen, httpPort, dataDir, dataRoots, caKey, joinTokens }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var options = CoordinatorHost.ReadOptions(r.UnmatchedTokens.ToArray());
@@ -64,11 +64,11 @@ public static class ServeCommand
         var name = new Option<string?>("--name") { Description = "A name shown next to this worker's id by `dtrain workers` and accepted in its place (1-63 letters, digits, '.', '_', '-'; not w followed by digits: ids w1, w2, ... are the coordinator's)." };
         var transport = new Option<string?>("--transport") { Description = "How gradient bytes (and a pipeline stage's activations and activation gradients) travel between workers: auto (default; shared memory to a worker on this host, TCP to one elsewhere), shm, tcp or grpc." };
         var budget = new Option<double?>("--memory-budget") { Description = "Memory this worker may use for a job, in MB (default 0 = no limit): a larger model is refused, to be split into pipeline stages." };
-        var insecure = Insecure("this worker");
+        var insecure = Credentials.InsecureOption;
         var joinToken = new Option<string?>("--join-token-file") { Description = "A file holding a join token: proof for joining instead of a worker certificate (with --ca and an https --coordinator)." };
         var cmd = new Command("worker", "Run a worker that registers with the coordinator (--coordinator) and trains replicas of its jobs. TLS with --tls-dir DIR/worker " +
                                         "(from `dtrain certs init`) and an https coordinator; required when listening beyond loopback. Settings also come from DTRAIN_Worker__* variables.");
-        foreach (var o in new Option[] { port, listen, httpPort, advertise, threads, device, name, budget, transport, insecure, joinToken }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { port, listen, httpPort, advertise, threads, device, name, budget, transport, joinToken }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var options = WorkerHost.ReadOptions(r.UnmatchedTokens.ToArray());
@@ -112,11 +112,6 @@ public static class ServeCommand
             return 0;
         }
     }
-
-    static Option<bool> Insecure(string who) => new("--insecure")
-    {
-        Description = $"Let {who} listen beyond loopback WITHOUT TLS or authentication (plaintext; anyone who reaches the port controls it). Logged as a warning.",
-    };
 
     static string SecurityLine(CoordinatorSecurity security)
     {

@@ -91,7 +91,7 @@ public sealed record CoordinatorOptions
     public int MaxWorkersPerJob { get; init; } = 64;
     /// <summary>The cluster's size: most workers registered at once (0 = no limit). Registrations beyond it are refused; a job asking for more can never run and is refused at submit.</summary>
     public int MaxWorkers { get; init; }
-    /// <summary>Most uploads one client may have pending (received, not yet used by a job, not expired), in progress included.</summary>
+    /// <summary>Most uploads one client (<see cref="ICallerIdentity"/>: its token's user, else its certificate, else its address) may have pending (received, not yet used by a job, not expired), in progress included.</summary>
     public int MaxPendingUploads { get; init; } = 16;
     /// <summary>Most bytes one client may have in pending uploads (in progress counted at their announced size).</summary>
     public long MaxPendingUploadBytes { get; init; } = 4L << 30;
@@ -112,9 +112,9 @@ public sealed record CoordinatorOptions
     public double SubmitsPerMinute { get; init; } = 60;
     /// <summary>Submissions a client may make in a burst before <see cref="SubmitsPerMinute"/> applies.</summary>
     public int SubmitBurst { get; init; } = 20;
-    /// <summary>Worker registrations each client address may make per minute on average (0 = no limit).</summary>
+    /// <summary>Worker registrations each client (its certificate, else its join token, else its address: <see cref="CallRateLimits"/>) may make per minute on average (0 = no limit).</summary>
     public double RegistrationsPerMinute { get; init; } = 60;
-    /// <summary>Registrations a client address may make in a burst (a machine starting many workers at once).</summary>
+    /// <summary>Registrations a client may make in a burst (many workers starting at once with one bootstrap certificate or join token).</summary>
     public int RegistrationBurst { get; init; } = 64;
 
     /// <summary>TLS: Dir (ca.crt, tls.crt, tls.key, ca.key), or Ca, Cert, Key, CaKey; Insecure = plaintext beyond loopback. See <see cref="CoordinatorSecurity"/>.</summary>

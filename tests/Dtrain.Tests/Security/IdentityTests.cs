@@ -314,10 +314,13 @@ public class IdentityTests
         Assert.Contains($"warning: sending the token from $DTRAIN_TOKEN unencrypted to {address} (--insecure)", insecure.Stderr);
         Assert.Contains("unreachable", insecure.Stderr);
 
-        // serve and worker keep their own --insecure; the global one is in --help.
-        var help = CliRunner.Run(tmp.Path, "--help");
-        Assert.Contains("--insecure", help.Stdout);
-        var serveHelp = CliRunner.Run(tmp.Path, "serve", "--help");
-        Assert.Contains("WITHOUT TLS or authentication", serveHelp.Stdout);
+        // One --insecure, in every verb's --help (serve's and worker's included: theirs is the same option).
+        foreach (var verb in new[] { "workers", "serve", "worker" })
+        {
+            var help = CliRunner.Run(tmp.Path, verb, "--help");
+            Assert.Single(System.Text.RegularExpressions.Regex.Matches(help.Stdout, @"--insecure\s"));
+            Assert.Contains("send the token over plain http://", help.Stdout);
+            Assert.Contains("WITHOUT TLS or authentication", help.Stdout);
+        }
     }
 }
