@@ -266,7 +266,7 @@ public sealed class TokenAuthenticator : IDisposable
             {
                 var entry = state.Tokens.FirstOrDefault(t => t.Id == s.Caller.TokenId);
                 var reason = state.FileError is not null ? $"the coordinator cannot check tokens: {state.FileError}"
-                    : entry is null ? $"token {s.Caller.TokenId} (\"{s.Caller.Name}\") no longer exists in {TokensPath}"
+                    : entry is null ? $"token {s.Caller.TokenId} (\"{s.Caller.Name}\") is no longer one of the coordinator's tokens (removed from its tokens file)"
                     : !entry.Active ? string.Create(CultureInfo.InvariantCulture, $"token {entry.Id} (\"{entry.Name}\") was revoked at {entry.Revoked:yyyy-MM-dd HH:mm:ss} UTC")
                     : null;
                 if (reason is null) continue;
