@@ -429,8 +429,18 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
 
     private static bool SameKey(string a, string b) => a.Length > 0 && string.Equals(a, b, StringComparison.OrdinalIgnoreCase);
 
-    /// <summary>scheme://host:port of an advertised address, as compared between workers (case, default ports and IP spellings aside).</summary>
-    internal static string Endpoint(Uri uri) => $"{uri.Scheme}://{uri.Host.ToLowerInvariant()}:{uri.Port}";
+    /// <summary>
+    /// scheme://host:port of an advertised address, as compared between workers: case, a trailing slash, default ports,
+    /// IP spellings (127.1, an IPv4-mapped IPv6 address) and localhost (as 127.0.0.1) aside. Other host names are not resolved.
+    /// </summary>
+    internal static string Endpoint(Uri uri)
+    {
+        var host = uri.Host.ToLowerInvariant().TrimEnd('.');
+        if (host == "localhost") host = "127.0.0.1";
+        else if (System.Net.IPAddress.TryParse(host.Trim('[', ']'), out var ip))
+            host = ip.IsIPv4MappedToIPv6 ? ip.MapToIPv4().ToString() : ip.ToString();
+        return $"{uri.Scheme}://{host}:{uri.Port}";
+    }
 
     private static string Describe(WorkerRecord w) =>
         w.State.ToString().ToLowerInvariant() + (w.JobId == "" ? "" : $" in {w.JobId}") + ", last heartbeat " + w.LastHeartbeat.ToString("u", System.Globalization.CultureInfo.InvariantCulture);

@@ -121,6 +121,21 @@ public class IdentityTests
         Assert.Equal(MembershipState.Joining, registry.StateOf(other.WorkerId));
     }
 
+    [Theory]
+    [InlineData("https://LOCALHOST:7000/")]
+    [InlineData("https://127.1:7000")]
+    [InlineData("https://[::ffff:127.0.0.1]:7000")]
+    [InlineData("HTTPS://127.0.0.1:7000/x")]
+    public void Another_spelling_of_a_live_workers_address_is_its_address(string spelling)
+    {
+        var registry = new WorkerRegistry(new CoordinatorOptions(), TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger<WorkerRegistry>.Instance);
+        var holder = registry.Register(new RegisterRequest { Address = "https://127.0.0.1:7000", Name = "gpu-a" }, key: "AA");
+        var e = Assert.Throws<WorkerNameTakenException>(() => registry.Register(new RegisterRequest { Address = spelling, Name = "other" }, key: "BB"));
+        Assert.Contains($"address {spelling} is held by worker {holder.Id} \"gpu-a\"", e.Message);
+        // Another port is another address.
+        registry.Register(new RegisterRequest { Address = "https://127.0.0.1:7001", Name = "other" }, key: "BB");
+    }
+
     /// <summary>A channel whose connections come from <paramref name="source"/> (a loopback address other than 127.0.0.1).</summary>
     static GrpcChannel From(string source, string address) => GrpcChannel.ForAddress(address, new GrpcChannelOptions
     {
