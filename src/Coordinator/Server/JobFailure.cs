@@ -8,4 +8,6 @@ public sealed class JobFailure(string message, WorkerRecord? unreachable = null,
     public bool PeerFailure { get; } = peerFailure;
     /// <summary>No change of workers can help (too few of them for too long, none left): the job stops here.</summary>
     public bool Terminal { get; init; }
+    /// <summary>A worker's whole error text when the message carries only its first line (for the coordinator's log, never the job's state).</summary>
+    public string? FullText { get; init; }
 }

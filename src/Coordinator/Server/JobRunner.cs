@@ -86,16 +86,20 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         }
         catch (JobFailure e) when (e.Terminal || e.PeerFailure)
         {
+            LogFullText(job, e);
             if (!Restarts(e.Message)) Finish(job, JobTrigger.Fail, e.Message);
         }
         catch (Exception e) when (e is JobFailure or DataFormatException or SpecException or ArgumentException or InvalidDataException or CorruptCheckpointException)
         {
+            LogFullText(job, e);
             Finish(job, JobTrigger.Fail, e.Message);
         }
         catch (Exception e)
         {
+            // Logged whole; the job's state (list, status, /api) gets the first line of an unexpected error (a native
+            // one continues with libtorch's stack trace and this machine's paths) and the step it failed at.
             log.LogError(e, "job {Id} failed", job.Id);
-            Finish(job, JobTrigger.Fail, $"{e.GetType().Name}: {e.Message}");
+            Finish(job, JobTrigger.Fail, $"{e.GetType().Name} at step {job.Progress.Step}: {Rpc.ErrorText.FirstLine(e.Message)}");
         }
         finally
         {
@@ -106,6 +110,12 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
             registry.Release(job.Id);
         }
         return restart;
+    }
+
+    /// <summary>A worker's whole error text, when the job's message carries only its first line.</summary>
+    private void LogFullText(JobRecord job, Exception e)
+    {
+        if (e is JobFailure { FullText: { } full }) log.LogError("job {Id}: {Message}; the worker's whole error:{NewLine}{Text}", job.Id, e.Message, Environment.NewLine, full);
     }
 
     private void Finish(JobRecord job, JobTrigger trigger, string message)

@@ -157,7 +157,14 @@ public sealed class GrpcJobWorkers(IReadOnlyList<WorkerRecord> workers, WorkerCl
         }
         catch (RpcException e) when (!cancel.IsCancellationRequested || e.StatusCode == StatusCode.Aborted)
         {
-            throw new JobFailure($"worker {w.Id} ({w.Address}) failed {what} at step {step}: {e.StatusCode}: {e.Status.Detail}", peerFailure: e.StatusCode == StatusCode.Aborted);
+            // An unexpected error's text past its first line (a native stack trace, from a worker of an older version)
+            // goes to the coordinator's log only (JobRunner), not into the job's state.
+            var unexpected = e.StatusCode is StatusCode.Internal or StatusCode.Unknown;
+            var detail = unexpected ? Rpc.ErrorText.FirstLine(e.Status.Detail) : e.Status.Detail;
+            throw new JobFailure($"worker {w.Id} ({w.Address}) failed {what} at step {step}: {e.StatusCode}: {detail}", peerFailure: e.StatusCode == StatusCode.Aborted)
+            {
+                FullText = unexpected && detail != e.Status.Detail ? e.Status.Detail : null,
+            };
         }
     }
 }

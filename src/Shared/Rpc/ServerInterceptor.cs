@@ -75,8 +75,14 @@ public sealed class ServerInterceptor(ILogger<ServerInterceptor> log, IEnumerabl
             InvalidOperationException => StatusCode.FailedPrecondition,
             _ => StatusCode.Internal,
         };
-        if (code == StatusCode.Internal) log.LogError(e, "{Method} failed", context.Method);
-        else log.LogInformation("{Method}: {Code}: {Message}", context.Method, code, e.Message);
+        if (code == StatusCode.Internal)
+        {
+            // An unexpected error — a native one from libtorch among them — is logged whole (its native stack trace
+            // names this machine's paths); the caller gets its first line, through the server's filters.
+            log.LogError(e, "{Method} failed", context.Method);
+            return new RpcException(new Status(code, filters.Aggregate(ErrorText.FirstLine(e.Message), (m, f) => f.Filter(m))));
+        }
+        log.LogInformation("{Method}: {Code}: {Message}", context.Method, code, e.Message);
         // The log keeps the message as it was; the caller gets it through the server's filters (no server paths).
         return new RpcException(new Status(code, filters.Aggregate(e.Message, (m, f) => f.Filter(m))));
     }
