@@ -47,7 +47,8 @@ public sealed class DashboardSamples(ILogger<DashboardSamples> log) : IDisposabl
         catch (Exception e) when (e is CorruptCheckpointException or IOException or InvalidDataException or ArgumentException)
         {
             log.LogWarning("dashboard sample from {Checkpoint}: {Message}", checkpoint, e.Message);
-            return new Result($"(no sample: {e.Message})", 0);
+            // The checkpoint by its file name: the dashboard shows no path on this coordinator.
+            return new Result($"(no sample: {e.Message.Replace(checkpoint, Path.GetFileName(checkpoint), StringComparison.Ordinal)})", 0);
         }
     }
 

@@ -41,7 +41,10 @@ public class JobStoreUpgradeTests
         Sql("CREATE TABLE jobs (id TEXT PRIMARY KEY, info BLOB NOT NULL, hash BLOB NOT NULL, resume_path TEXT NOT NULL, queue_order INTEGER NOT NULL)");
         foreach (var info in jobs)
         {
-            var bytes = info.ToByteArray();
+            // As a coordinator of that format stored it: the checkpoint by its path (clients are shown its name).
+            var stored = info.Clone();
+            if (stored.Checkpoint != "") stored.Checkpoint = InProcessCluster.CheckpointFile(Path.GetDirectoryName(db)!, info);
+            var bytes = stored.ToByteArray();
             Sql("INSERT INTO jobs (id, info, hash, resume_path, queue_order) VALUES ($id, $info, $hash, $resume, $order)",
                 ("$id", info.JobId), ("$info", bytes), ("$hash", SHA256.HashData(bytes)), ("$resume", kept[info.JobId].Resume), ("$order", kept[info.JobId].Order));
         }
