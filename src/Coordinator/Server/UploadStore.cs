@@ -97,7 +97,7 @@ public sealed class UploadStore : IDisposable
             if (!store.AddUpload(new StoredUpload(id, owner, received, done, name)))
             {
                 File.Delete(Path.Combine(Dir, id));
-                throw new RpcException(new Status(StatusCode.Unavailable, $"upload \"{name}\" received but the coordinator could not record it in its job store ({store.Path}); upload it again"));
+                throw new RpcException(new Status(StatusCode.Unavailable, $"upload \"{name}\" received but the coordinator could not record it in its job store (see the coordinator's log); upload it again"));
             }
             entries[id].Completed = done;
             return new UploadReply { FileId = id, Bytes = received };

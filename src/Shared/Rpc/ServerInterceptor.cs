@@ -26,6 +26,10 @@ public sealed class ServerInterceptor(ILogger<ServerInterceptor> log, IEnumerabl
         {
             throw Map(e, context);
         }
+        catch (RpcException e) when (Filtered(e) is { } filtered)
+        {
+            throw filtered;
+        }
         finally
         {
             log.LogDebug("{Method} {Ms:F1} ms", context.Method, clock.Elapsed.TotalMilliseconds);
@@ -42,6 +46,10 @@ public sealed class ServerInterceptor(ILogger<ServerInterceptor> log, IEnumerabl
         {
             throw Map(e, context);
         }
+        catch (RpcException e) when (Filtered(e) is { } filtered)
+        {
+            throw filtered;
+        }
     }
 
     public override async Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
@@ -54,6 +62,17 @@ public sealed class ServerInterceptor(ILogger<ServerInterceptor> log, IEnumerabl
         {
             throw Map(e, context);
         }
+        catch (RpcException e) when (Filtered(e) is { } filtered)
+        {
+            throw filtered;
+        }
+    }
+
+    /// <summary>A refusal a handler raised itself, with its message through the server's filters; null when they change nothing.</summary>
+    private RpcException? Filtered(RpcException e)
+    {
+        var detail = filters.Aggregate(e.Status.Detail, (m, f) => f.Filter(m));
+        return detail == e.Status.Detail ? null : new RpcException(new Status(e.StatusCode, detail, e.Status.DebugException), e.Trailers);
     }
 
     private RpcException Map(Exception e, ServerCallContext context)
