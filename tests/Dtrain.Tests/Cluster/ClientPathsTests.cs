@@ -90,6 +90,11 @@ public class ClientPathsTests
         Assert.DoesNotContain(dataDir, elsewhere.Stderr);
         var withData = Cli(cluster, tmp.Path, "eval", "model.dtck", "--data", "moved.txt");
         Assert.True(withData.ExitCode == 0, withData.ToString());
+
+        // The dashboard's sample of a checkpoint it cannot read names the checkpoint, not where it is.
+        CheckpointSectionTests.Rewrite(cluster.CheckpointFile(info), TrainingCheckpoint.Model, bytes => bytes[..^9]);
+        var sample = JsonNode.Parse(await http.GetStringAsync($"/api/jobs/{id}/sample"))!;
+        Assert.StartsWith("(no sample: corrupt checkpoint ckpt-000000004.dtck: section model.bin: ", (string?)sample["text"]);
     }
 
     [Fact]
