@@ -61,7 +61,11 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
                         {
                             Cores = Environment.ProcessorCount,
                             Device = options.Device,
-                            MemoryBytes = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes,
+                            // What this worker may use: its memory, or its Worker:MemoryBudgetMb when that is less (the
+                            // coordinator checks a job against it before the first step, once the vocabulary is known).
+                            MemoryBytes = options.MemoryBudgetMb is > 0 and var mb
+                                ? Math.Min(GC.GetGCMemoryInfo().TotalAvailableMemoryBytes, (long)Math.Min(mb * 1e6, long.MaxValue))
+                                : GC.GetGCMemoryInfo().TotalAvailableMemoryBytes,
                             Threads = options.ResolvedThreads,
                             Version = typeof(CoordinatorLink).Assembly.GetName().Version?.ToString() ?? "",
                         },

@@ -28,8 +28,12 @@ public sealed record WorkerOptions
     /// affinity, as a container or pod is given). Default 1: several workers may share a machine.
     /// </summary>
     public string Threads { get; init; } = "1";
-    /// <summary>Memory this worker may use for a job, in MB (0 = no limit): an assignment whose estimated weights, gradients, optimizer state and activations exceed it is refused (split the model into pipeline stages).</summary>
-    public double MemoryBudgetMb { get; init; }
+    /// <summary>
+    /// Memory this worker may use for a job, in MB: an assignment whose estimated weights, gradients, optimizer state and
+    /// activations exceed it is refused (split the model into pipeline stages). Unset (the default): the memory
+    /// available when the assignment comes (MemAvailable, the room under the cgroup's limit); 0 = no check.
+    /// </summary>
+    public double? MemoryBudgetMb { get; init; }
     /// <summary>On shutdown (SIGTERM), how long a training worker waits for its current step before it leaves anyway.</summary>
     public double DrainTimeoutSeconds { get; init; } = 60;
     public string Device { get; init; } = "cpu";
@@ -90,7 +94,7 @@ public sealed record WorkerOptions
         if (!(CoordinatorCallTimeoutSeconds > 0 && CoordinatorCallTimeoutSeconds <= 86_400)) e.Add($"Worker:CoordinatorCallTimeoutSeconds {CoordinatorCallTimeoutSeconds} must be a number of seconds > 0 and at most 86400");
         if (!string.IsNullOrWhiteSpace(Name) && Dtrain.Distributed.WorkerNames.Problem(Name.Trim()) is { } name) e.Add($"Worker:Name (--name): {name}");
         if (!(DrainTimeoutSeconds >= 0)) e.Add($"Worker:DrainTimeoutSeconds {DrainTimeoutSeconds} must be >= 0");
-        if (!(MemoryBudgetMb >= 0 && double.IsFinite(MemoryBudgetMb))) e.Add($"Worker:MemoryBudgetMb {MemoryBudgetMb} must be >= 0 (0 = no limit)");
+        if (MemoryBudgetMb is { } budget && !(budget >= 0 && double.IsFinite(budget))) e.Add($"Worker:MemoryBudgetMb {budget} must be >= 0 (0 = no check; unset = the memory available)");
         try
         {
             _ = NonFiniteInjection;

@@ -115,10 +115,19 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         return request.Peers.Count(p => Uri.TryCreate(p.Address, UriKind.Absolute, out var u) && string.Equals(u.Host, own.Host, StringComparison.OrdinalIgnoreCase));
     }
 
-    /// <summary>Refuses an assignment whose estimated memory (the whole model, or this stage) exceeds Worker:MemoryBudgetMb.</summary>
+    /// <summary>
+    /// Refuses an assignment whose estimated memory (the whole model, or this stage) exceeds Worker:MemoryBudgetMb — by
+    /// default the memory available now — naming the fields and the estimate.
+    /// </summary>
     private void CheckMemoryBudget(AssignRequest request, JobSpec spec, int vocabSize, int classes)
     {
-        if (options.MemoryBudgetMb <= 0) return;
+        var limit = options.MemoryBudgetMb switch
+        {
+            null => MemoryBudget.Available(),
+            0 => MemoryBudget.None,
+            { } mb => MemoryBudget.FromMegabytes(mb, "Worker:MemoryBudgetMb"),
+        };
+        if (limit.Bytes <= 0) return;
         var outputs = spec.Task == TaskKinds.LanguageModel ? vocabSize : classes;
         var layout = ModelLayout.Of(spec.Model, vocabSize, outputs);
         StageMemory need;
@@ -138,12 +147,12 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             need = PipelinePlan.Estimate(spec, whole, Math.Max(1, spec.Training.BatchSize / Math.Max(1, request.WorldSize)), 1, outputs);
             what = "the whole model";
         }
-        var budget = (long)(options.MemoryBudgetMb * 1e6);
-        if (need.Total > budget)
+        if (need.Total > limit.Bytes)
             throw new InsufficientMemoryException(
                 $"job {request.JobId}: {what} needs about {PipelinePlan.Mb(need.Total)} MB (weights {PipelinePlan.Mb(need.Weights)}, gradients {PipelinePlan.Mb(need.Gradients)}, " +
-                $"optimizer {PipelinePlan.Mb(need.OptimizerState)}, activations {PipelinePlan.Mb(need.Activations)}), over this worker's budget of {PipelinePlan.Mb(budget)} MB (Worker:MemoryBudgetMb); " +
-                "split the model into pipeline stages (parallelism.pipeline; `dtrain plan` shows the memory per stage)");
+                $"optimizer {PipelinePlan.Mb(need.OptimizerState)}, activations {PipelinePlan.Mb(need.Activations)}) for {TrainingMemory.Fields(spec, vocabSize, outputs, known: true)} and training.batch_size {spec.Training.BatchSize}, " +
+                $"over this worker's budget of {limit.Describe()} (Worker:MemoryBudgetMb, `dtrain worker --memory-budget MB`; 0 = no check); " +
+                "make the model or the batch smaller, or split the model into pipeline stages (parallelism.pipeline; `dtrain plan` shows the memory per stage)");
     }
 
     /// <summary>Checks a pipeline assignment in managed code: nothing unchecked reaches torch.</summary>

@@ -127,6 +127,7 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
     private async Task RunCoreAsync(JobRecord job, IReadOnlyList<WorkerRecord> workers, JobFleet? fleet, CancellationToken cancel)
     {
         var prepared = await PreparedJob.LoadAsync(job, cancel).ConfigureAwait(false);
+        JobMemory.ThrowIfOver(job, prepared.Data, workers);
         if (fleet is null) await new PipelineDriver(options).RunAsync(job, prepared, new GrpcJobWorkers(workers, clients, options), cancel).ConfigureAwait(false);
         else await new DataParallelDriver(options).RunAsync(job, prepared, fleet, cancel).ConfigureAwait(false);
     }

@@ -145,18 +145,32 @@ public static class TrainingMemory
         throw new SpecException(source, [Error(spec, need, budget, vocabSize, vocab, outputs, longestSequence, rows)]);
     }
 
+    /// <summary>
+    /// The fields the model's size comes from, for messages: "model.layers 2 × model.hidden_size 2048 (model.embedding_dim
+    /// 64, model.cell lstm, optimizer.kind adam; 2,109,000,000 parameters with a vocabulary of 40 tokens (tokenizer) and
+    /// 1,000,000 labels (in the data))"; without the data (<paramref name="known"/> false) "with the smallest possible vocabulary".
+    /// </summary>
+    public static string Fields(JobSpec spec, int vocab, int outputs, bool known)
+    {
+        var m = spec.Model;
+        var inv = CultureInfo.InvariantCulture;
+        var parameters = ModelLayout.Of(m, vocab, outputs).Total;
+        var data = !known ? " with the smallest possible vocabulary"
+            : $" with a vocabulary of {vocab.ToString("N0", inv)} tokens (tokenizer){(spec.Task == TaskKinds.LanguageModel ? "" : $" and {outputs.ToString("N0", inv)} labels (in the data)")}";
+        return $"model.layers {m.Layers} × model.hidden_size {m.HiddenSize} (model.embedding_dim {m.EmbeddingDim}, model.cell {m.Cell}{(m.Bidirectional ? ", bidirectional" : "")}, " +
+            $"optimizer.kind {spec.Optimizer.Kind}; {parameters.ToString("N0", inv)} parameters{data})";
+    }
+
     private static SpecError Error(JobSpec spec, StageMemory need, MemoryBudget budget, int? knownVocab, int vocab, int outputs, int? longest, int rows)
     {
         var m = spec.Model;
         var t = spec.Training;
         var inv = CultureInfo.InvariantCulture;
-        var parameters = ModelLayout.Of(m, vocab, outputs).Total;
         var state = need.Weights + need.Gradients + need.OptimizerState;
         var length = spec.Task == TaskKinds.LanguageModel
             ? $"training.seq_len {t.SeqLen}"
             : longest is { } l ? $"sequences of up to {l} tokens" : $"data.max_length {spec.Data.MaxLength}";
-        var model = $"model.layers {m.Layers} × model.hidden_size {m.HiddenSize} (model.embedding_dim {m.EmbeddingDim}, model.cell {m.Cell}{(m.Bidirectional ? ", bidirectional" : "")}, " +
-            $"optimizer.kind {spec.Optimizer.Kind}; {parameters.ToString("N0", inv)} parameters{(knownVocab is null ? " with the smallest possible vocabulary" : $" with a vocabulary of {vocab.ToString("N0", inv)}")})";
+        var model = Fields(spec, vocab, outputs, known: knownVocab is not null);
         var message = $"training needs about {PipelinePlan.Mb(need.Total)} MB — weights {PipelinePlan.Mb(need.Weights)} + gradients {PipelinePlan.Mb(need.Gradients)} + " +
             $"optimizer state {PipelinePlan.Mb(need.OptimizerState)} + activations {PipelinePlan.Mb(need.Activations)} — for {model} and the activations of " +
             $"training.batch_size {t.BatchSize}{(rows == t.BatchSize ? "" : $" ({rows} rows per worker)")} × {length}; that is over the memory budget of {budget.Describe()}. " +

@@ -129,11 +129,12 @@ public class MemoryBudgetTests
         for (var i = 0; i < 2; i++) await cluster.AddWorkerAsync(new Dtrain.Worker.WorkerOptions { MemoryBudgetMb = budgetMb });
         await cluster.WaitForIdleAsync(2, TimeSpan.FromSeconds(30));
 
-        var unsplit = cluster.Client.Submit(Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(tmp.Write("whole.json", JobSpecSerializer.Serialize(spec))), 1)).JobId;
-        var refused = await cluster.WaitAsync(unsplit, TimeSpan.FromMinutes(1));
-        Assert.Equal(JobState.Failed, refused.State);
-        Assert.Contains("the whole model needs about", refused.Message);
-        Assert.Contains("Worker:MemoryBudgetMb", refused.Message);
+        // The workers report their budget: the unsplit model is refused at submit, with the estimate and the fields.
+        var refused = Assert.Throws<Grpc.Core.RpcException>(() => cluster.Client.Submit(Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(tmp.Write("whole.json", JobSpecSerializer.Serialize(spec))), 1)));
+        Assert.Equal(Grpc.Core.StatusCode.InvalidArgument, refused.StatusCode);
+        Assert.Contains("training needs about", refused.Status.Detail);
+        Assert.Contains("model.hidden_size 192", refused.Status.Detail);
+        Assert.Contains("the memory of the largest worker", refused.Status.Detail);
 
         var staged = cluster.Client.Submit(Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(tmp.Write("split.json", JobSpecSerializer.Serialize(split))), 2)).JobId;
         var trained = await cluster.WaitAsync(staged, TimeSpan.FromMinutes(1));

@@ -105,6 +105,79 @@ public class MemoryBudgetTests
         Assert.Empty(Directory.GetFiles(Path.Combine(tmp.Path, "checkpoints")));
     }
 
+    /// <summary>A word language model over 3,000 distinct words, or a classifier of 3,000 labels: small by the spec, large by its data.</summary>
+    static (JobSpec Spec, string File) DataSizedJob(TempDir tmp, string kind)
+    {
+        if (kind == "vocabulary")
+        {
+            var lm = TestJobs.CharLm(tmp.Write("w.txt", string.Join(' ', Enumerable.Range(0, 3000).Select(i => $"w{i}"))), steps: 2);
+            return (lm with
+            {
+                Tokenizer = new TokenizerSpec { Kind = TokenizerKinds.Word },
+                Model = lm.Model with { EmbeddingDim = 256, HiddenSize = 64, Layers = 1 },
+                Training = lm.Training with { BatchSize = 64, SeqLen = 8 },
+            }, "w.txt");
+        }
+        var lines = Enumerable.Range(0, 3000).Select(i => $"{{\"text\": \"item {i}\", \"label\": \"label-{i}\"}}");
+        var clf = TestJobs.Classifier(tmp.Write("l.jsonl", string.Join('\n', lines) + "\n"), steps: 2);
+        return (clf with { Model = clf.Model with { HiddenSize = 256 }, Data = clf.Data with { MaxLength = 4 } }, "l.jsonl");
+    }
+
+    [Theory]
+    [InlineData("vocabulary")]
+    [InlineData("labels")]
+    public async Task A_job_that_passes_submit_is_refused_after_its_data_is_prepared_against_its_workers_memory(string kind)
+    {
+        using var tmp = new TempDir();
+        var (spec, _) = DataSizedJob(tmp, kind);
+        var prepared = PreparedData.Load(spec, tmp.Path);
+        var outputs = spec.Task == TaskKinds.LanguageModel ? prepared.Tokenizer.VocabSize : prepared.Labels.Count;
+        var atSubmit = TrainingMemory.Estimate(spec, TrainingMemory.MinimumVocabulary, spec.Task == TaskKinds.LanguageModel ? TrainingMemory.MinimumVocabulary : 2, spec.Training.BatchSize).Total;
+        int? longest = spec.Task == TaskKinds.LanguageModel ? null : prepared.TrainSequences.Concat(prepared.ValidationSequences).Max(x => x.Length);
+        var real = TrainingMemory.Estimate(spec, prepared.Tokenizer.VocabSize, outputs, spec.Training.BatchSize, longest).Total;
+        Assert.True(real > 2 * atSubmit, $"{real} vs {atSubmit}");
+        // The worker reports its budget (less than its memory) at registration: between the two estimates.
+        await using var cluster = await Dtrain.Tests.Cluster.InProcessCluster.StartAsync(0);
+        await cluster.AddWorkerAsync(new Dtrain.Worker.WorkerOptions { MemoryBudgetMb = (atSubmit + real) / 2 / 1e6 });
+        await cluster.WaitForIdleAsync(1, TimeSpan.FromSeconds(30));
+        var worker = cluster.Client.ListWorkers(new Dtrain.Protos.Jobs.ListWorkersRequest()).Workers.Single();
+
+        var id = cluster.Client.Submit(Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(tmp.Write("job.json", JobSpecSerializer.Serialize(spec))), 1)).JobId;
+        var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(2));
+        Assert.Equal(Dtrain.Protos.Jobs.JobState.Failed, info.State);
+        Assert.Equal(0, info.Step);
+        foreach (var expected in new[] { "after preparing the data", "training needs about", $"{PipelinePlan.Mb(real)} MB", "model.hidden_size", "training.batch_size",
+                     $"with a vocabulary of {prepared.Tokenizer.VocabSize:N0} tokens (tokenizer)", $"what worker {worker.WorkerId} reports" })
+            Assert.Contains(expected, info.Message);
+        if (kind == "labels") Assert.Contains($"and {prepared.Labels.Count:N0} labels (in the data)", info.Message);
+        // The coordinator refused it before any worker was assigned (a worker's own refusal names Worker:MemoryBudgetMb).
+        Assert.DoesNotContain("Worker:MemoryBudgetMb", info.Message);
+    }
+
+    [Fact]
+    public async Task A_worker_refuses_by_default_an_assignment_over_the_memory_available()
+    {
+        // Straight to a worker with its default options (no --memory-budget): 16 layers of 8192 need ~140 GB for the
+        // weights alone, more than any machine this runs on has available. Without the default check it would start allocating.
+        await using var cluster = await Dtrain.Tests.Cluster.InProcessCluster.StartAsync(1);
+        var worker = cluster.Client.ListWorkers(new Dtrain.Protos.Jobs.ListWorkersRequest()).Workers.Single();
+        var spec = TestJobs.CharLm("unused.txt") with { Model = new ModelSpec { Layers = 16, HiddenSize = 8192, EmbeddingDim = 64 } };
+        var request = new Dtrain.Protos.Worker.AssignRequest { JobId = "j", Generation = 1, WorldSize = 1, SpecJson = JobSpecSerializer.Serialize(spec), TokenizerKind = "char" };
+        request.Peers.Add(new Dtrain.Protos.Worker.Peer { Rank = 0, Address = worker.Address });
+        request.TokenizerTokens.AddRange(["<pad>", "<unk>", "a", "b", "c"]);
+        using var channel = Grpc.Net.Client.GrpcChannel.ForAddress(worker.Address);
+        var e = Assert.Throws<Grpc.Core.RpcException>(() => new Dtrain.Protos.Worker.WorkerControl.WorkerControlClient(channel).Assign(request));
+        Assert.Equal(Grpc.Core.StatusCode.ResourceExhausted, e.StatusCode);
+        foreach (var expected in new[] { "the whole model needs about", "model.layers 16 × model.hidden_size 8192", "with a vocabulary of 5 tokens (tokenizer)", "training.batch_size 4",
+                     "over this worker's budget of", "available memory", "Worker:MemoryBudgetMb" })
+            Assert.Contains(expected, e.Status.Detail);
+        // ... and keeps serving: a job that fits runs on it.
+        using var tmp = new TempDir();
+        tmp.Write("t.txt", TestJobs.Text());
+        var ok = cluster.Client.Submit(Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(tmp.Write("ok.json", JobSpecSerializer.Serialize(TestJobs.CharLm("t.txt", steps: 2)))), 1));
+        Assert.Equal(Dtrain.Protos.Jobs.JobState.Succeeded, (await cluster.WaitAsync(ok.JobId, TimeSpan.FromMinutes(2))).State);
+    }
+
     [Fact]
     public void The_estimate_is_the_pipeline_planners_for_a_single_stage()
     {
