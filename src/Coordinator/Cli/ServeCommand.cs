@@ -63,7 +63,7 @@ public static class ServeCommand
         var device = new Option<string?>("--device") { Description = "cpu, cuda or cuda:N (falls back to CPU when CUDA is absent)." };
         var name = new Option<string?>("--name") { Description = "A name shown next to this worker's id by `dtrain workers` and accepted in its place (1-63 letters, digits, '.', '_', '-'; not w followed by digits: ids w1, w2, ... are the coordinator's)." };
         var transport = new Option<string?>("--transport") { Description = "How gradient bytes (and a pipeline stage's activations and activation gradients) travel between workers: auto (default; shared memory to a worker on this host, TCP to one elsewhere), shm, tcp or grpc." };
-        var budget = new Option<double?>("--memory-budget") { Description = "Memory this worker may use for a job, in MB (default 0 = no limit): a larger model is refused, to be split into pipeline stages." };
+        var budget = new Option<double?>("--memory-budget") { Description = "Memory this worker may use for a job, in MB: a larger model is refused, to be split into pipeline stages. Default: the memory available when the job comes (MemAvailable, cgroup limit); 0 = no check. Reported to the coordinator, which checks jobs against it." };
         var insecure = Credentials.InsecureOption;
         var joinToken = new Option<string?>("--join-token-file") { Description = "A file holding a join token: proof for joining instead of a worker certificate (with --ca and an https --coordinator)." };
         var cmd = new Command("worker", "Run a worker that registers with the coordinator (--coordinator) and trains replicas of its jobs. TLS with --tls-dir DIR/worker " +
