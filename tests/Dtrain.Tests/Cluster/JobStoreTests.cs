@@ -293,7 +293,10 @@ public class JobStoreTests
             Assert.Equal((JobStatus.Queued, "waiting for 2 idle workers", 8L), (b.Job.Status, b.Job.Progress.Message, b.QueueOrder));
             // Every field comes through: the restored job shows the proto it was stored as.
             var restored = JobRecord.Restore(a, spec, Path.Combine(tmp.Path, "jobs", "job-0004"), Dtrain.Data.DataReadLimits.Local);
-            Assert.Equal(running, restored.ToProto());
+            // Clients see a checkpoint by its file name, never the coordinator's path to it.
+            var shown = running.Clone();
+            shown.Checkpoint = "ckpt-000002.dtck";
+            Assert.Equal(shown, restored.ToProto());
             Assert.Equal(queued, JobRecord.Restore(b, spec, Path.Combine(tmp.Path, "jobs", "job-0005"), Dtrain.Data.DataReadLimits.Local).ToProto());
             // The other tables are untouched.
             Assert.Equal(3, Assert.IsType<JobNotice.Step>(Assert.Single(store.Events("job-0004", out _))).Report.Step);
