@@ -182,7 +182,29 @@ public sealed class DataAccess
                 return "has the content of one of the coordinator's own secrets (a TLS key or its join token file), never read as job data";
         if (file.Links > 1)
             return $"has {file.Links} hard links; a data-root file is read only when it has exactly one, since another name for it may lie outside the data roots: copy the file into the root instead of linking it";
+        // Any private key (the workers' bootstrap key, a client's, an SSH key) is a credential, not training data: a job
+        // trained on one would hand it to the submitter in the model's vocabulary (`certs init DIR` puts all of them in DIR).
+        if (HoldsPrivateKey(file))
+            return "holds a private key (a PEM \"PRIVATE KEY\" block), never read as job data: keep keys out of the data roots";
         return null;
+    }
+
+    /// <summary>Whether the opened file (up to 1 MiB: keys are small) holds a PEM private key's header or footer line.</summary>
+    private static bool HoldsPrivateKey(OpenedFile file)
+    {
+        const int largest = 1 << 20;
+        if (file.Size > largest) return false;
+        var bytes = new byte[(int)file.Size];
+        var done = 0;
+        try
+        {
+            while (done < bytes.Length && RandomAccess.Read(file.Handle, bytes.AsSpan(done), done) is var n and > 0) done += n;
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+        return bytes.AsSpan(0, done).IndexOf("PRIVATE KEY-----"u8) >= 0;
     }
 
     /// <summary>Whether the opened file holds exactly the bytes of <paramref name="secret"/> (only small files are compared: keys and tokens are).</summary>

@@ -153,6 +153,16 @@ public class DataRootEscapeTests
         Assert.Contains("is one of the coordinator's own files", Refused(cluster, Raw(Lm(joinTokens))));
         // `dtrain certs init DIR` leaves a copy of the CA key in DIR itself: as secret as the coordinator's.
         Assert.Contains("has the content of one of the coordinator's own secrets", Refused(cluster, Raw(Lm(Path.Combine(pki.Root, "ca.key")))));
+        // Every other private key of `certs init DIR` too: the workers' bootstrap key (with it anyone joins as a worker and
+        // is sent other tenants' data), a client's; or any PEM private key, wherever under the root (it was trained on).
+        foreach (var key in new[] { Path.Combine(pki.WorkerDir, "tls.key"), Path.Combine(pki.ClientDir, "tls.key") })
+            Assert.Contains("holds a private key", Refused(cluster, Raw(Lm(key))));
+        var ssh = Path.Combine(pki.Root, "notes", "id_ed25519");
+        Directory.CreateDirectory(Path.GetDirectoryName(ssh)!);
+        File.WriteAllText(ssh, TestJobs.Text() + "\n-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n-----END OPENSSH PRIVATE KEY-----\n");
+        var detail = Refused(cluster, Raw(Lm(ssh)));
+        Assert.Contains("holds a private key", detail);
+        Assert.DoesNotContain("b3Bl", detail);
         // Anything else in its TLS directory too.
         Assert.Contains("is inside the coordinator's own data directory or TLS directory", Refused(cluster, Raw(Lm(Path.Combine(pki.CoordinatorDir, "readme.txt")))));
         Assert.Empty(cluster.Client.List(new ListJobsRequest()).Jobs);
