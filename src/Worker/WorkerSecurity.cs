@@ -71,6 +71,11 @@ public sealed class WorkerSecurity
         if (https)
             throw new ArgumentException($"Worker:Coordinator \"{options.Coordinator}\" is https: give the cluster CA and proof for joining: --tls-dir DIR/worker (from `dtrain certs init`), " +
                                         "or --ca CA_FILE with --join-token-file FILE");
+        // A join token is proof for a TLS coordinator; over plain http:// beyond loopback anyone on the path could read it
+        // (it travels in the registration) and join the cluster with it, as the CLI refuses to send its token there.
+        if (token is not null && coordinator is not null && !TlsSettings.IsLoopback(coordinator.Host))
+            throw new ArgumentException($"refusing to send the join token unencrypted to {options.Coordinator} (http:// beyond loopback: anyone on the network path could read it and join " +
+                                        "the cluster with it); use the coordinator's https:// address with --ca CA_FILE, or leave out --join-token-file (Worker:JoinToken) for a plaintext coordinator");
         if (TlsSettings.IsLoopback(options.Listen)) return new WorkerSecurity(null, token, null);
         if (!settings.Insecure)
             throw new ArgumentException($"Worker:Listen {options.Listen} reaches beyond this machine, so TLS is required: pass --tls-dir DIR/worker (from `dtrain certs init`; " +

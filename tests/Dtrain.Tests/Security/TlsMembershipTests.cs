@@ -33,6 +33,21 @@ public class TlsMembershipTests
 
     static RpcException Refused(Func<object> call) => Assert.Throws<RpcException>(call);
 
+    [Theory]
+    [InlineData("http://192.0.2.77:5000")]
+    [InlineData("http://coordinator.example.com:5000")]
+    [InlineData("http://[2001:db8::7]:5000")]
+    public void A_worker_refuses_to_send_its_join_token_over_plain_http_beyond_loopback(string coordinator)
+    {
+        // A mistyped http:// would have put the join token on the network in the clear, in the registration.
+        var e = Assert.Throws<ArgumentException>(() => WorkerSecurity.Create(new WorkerOptions { Coordinator = coordinator, JoinToken = "correct-horse-battery-staple" }));
+        Assert.Contains($"refusing to send the join token unencrypted to {coordinator}", e.Message);
+        Assert.DoesNotContain("correct-horse", e.Message);
+        // On loopback (dtrain cluster, tests) it stays allowed, and without a token nothing is sent.
+        Assert.NotNull(WorkerSecurity.Create(new WorkerOptions { Coordinator = "http://127.0.0.1:5000", JoinToken = "correct-horse-battery-staple" }));
+        Assert.NotNull(WorkerSecurity.Create(new WorkerOptions { Coordinator = coordinator }));
+    }
+
     [Fact]
     public async Task Register_without_proof_is_refused_and_no_phantom_worker_appears()
     {
