@@ -66,7 +66,19 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         var id = $"job-{Interlocked.Increment(ref nextId):D4}";
         var dir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs", id));
         PrivateFiles.CreateDirectory(dir);
-        if (!ownData) spec = StoreFiles(spec, request, Path.Combine(dir, "data"), source);
+        if (!ownData)
+        {
+            try
+            {
+                spec = StoreFiles(spec, request, Path.Combine(dir, "data"), source);
+            }
+            catch
+            {
+                // A refused submission leaves nothing behind (each one used to leave an empty job directory).
+                try { Directory.Delete(dir, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+                throw;
+            }
+        }
         // Uploaded files are stored under the job's directory; messages about them name them as the spec did.
         var dataNames = JobRecord.NamesOf(asSubmitted, spec);
         if (request.ResumeUpload != "")

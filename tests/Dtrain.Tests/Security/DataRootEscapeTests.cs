@@ -166,6 +166,9 @@ public class DataRootEscapeTests
         // Anything else in its TLS directory too.
         Assert.Contains("is inside the coordinator's own data directory or TLS directory", Refused(cluster, Raw(Lm(Path.Combine(pki.CoordinatorDir, "readme.txt")))));
         Assert.Empty(cluster.Client.List(new ListJobsRequest()).Jobs);
+        // A refused submission leaves no job directory behind (a loop of them filled DATA_DIR/jobs with empty ones).
+        var jobsDir = Path.Combine(cluster.DataDir, "jobs");
+        Assert.True(!Directory.Exists(jobsDir) || Directory.GetDirectories(jobsDir).Length == 0, string.Join(", ", Directory.Exists(jobsDir) ? Directory.GetDirectories(jobsDir) : []));
 
         // The rest of the root is data as before.
         var info = await cluster.WaitAsync(cluster.Client.Submit(Raw(Lm(Path.Combine(pki.Root, "train.txt")))).JobId, TimeSpan.FromMinutes(2));
