@@ -25,7 +25,7 @@ namespace Dtrain.Server;
 /// for a data-root file they name the file, line and field and the kind of problem, never its content.
 /// </para>
 /// </summary>
-public sealed class DataAccess
+public sealed partial class DataAccess
 {
     private readonly CoordinatorOptions options;
     private readonly UploadStore uploads;
@@ -184,16 +184,23 @@ public sealed class DataAccess
             return $"has {file.Links} hard links; a data-root file is read only when it has exactly one, since another name for it may lie outside the data roots: copy the file into the root instead of linking it";
         // Any private key (the workers' bootstrap key, a client's, an SSH key) is a credential, not training data: a job
         // trained on one would hand it to the submitter in the model's vocabulary (`certs init DIR` puts all of them in DIR).
-        if (HoldsPrivateKey(file))
+        var small = SmallContent(file);
+        if (small.IndexOf("PRIVATE KEY-----"u8) >= 0)
             return "holds a private key (a PEM \"PRIVATE KEY\" block), never read as job data: keep keys out of the data roots";
+        // A user's token file or CLI config ({"token": "dtr_..."}) is as much a credential: it acts as that user.
+        if (ApiToken().IsMatch(System.Text.Encoding.Latin1.GetString(small)))
+            return $"holds a coordinator token ({Auth.TokenStore.Prefix}...), never read as job data: keep token files and CLI configurations out of the data roots";
         return null;
     }
 
-    /// <summary>Whether the opened file (up to 1 MiB: keys are small) holds a PEM private key's header or footer line.</summary>
-    private static bool HoldsPrivateKey(OpenedFile file)
+    [System.Text.RegularExpressions.GeneratedRegex("dtr_[A-Za-z0-9_-]{43}")]
+    private static partial System.Text.RegularExpressions.Regex ApiToken();
+
+    /// <summary>The opened file's bytes when it is at most 1 MiB (keys and token files are small), else none.</summary>
+    private static ReadOnlySpan<byte> SmallContent(OpenedFile file)
     {
         const int largest = 1 << 20;
-        if (file.Size > largest) return false;
+        if (file.Size > largest) return [];
         var bytes = new byte[(int)file.Size];
         var done = 0;
         try
@@ -202,9 +209,9 @@ public sealed class DataAccess
         }
         catch (IOException)
         {
-            return false;
+            return [];
         }
-        return bytes.AsSpan(0, done).IndexOf("PRIVATE KEY-----"u8) >= 0;
+        return bytes.AsSpan(0, done);
     }
 
     /// <summary>Whether the opened file holds exactly the bytes of <paramref name="secret"/> (only small files are compared: keys and tokens are).</summary>

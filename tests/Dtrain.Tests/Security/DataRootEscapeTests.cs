@@ -163,6 +163,17 @@ public class DataRootEscapeTests
         var detail = Refused(cluster, Raw(Lm(ssh)));
         Assert.Contains("holds a private key", detail);
         Assert.DoesNotContain("b3Bl", detail);
+        // A user's token file or CLI configuration: the token acts as that user.
+        var tokenFile = Path.Combine(pki.Root, "notes", "admin.tok");
+        File.WriteAllText(tokenFile, "dtr_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ\n");
+        var config = Path.Combine(pki.Root, "notes", "config.json");
+        File.WriteAllText(config, "{\"token\": \"dtr_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ\"}\n");
+        foreach (var file in new[] { tokenFile, config })
+        {
+            detail = Refused(cluster, Raw(Lm(file)));
+            Assert.Contains("holds a coordinator token", detail);
+            Assert.DoesNotContain("abcdefgh", detail);
+        }
         // Anything else in its TLS directory too.
         Assert.Contains("is inside the coordinator's own data directory or TLS directory", Refused(cluster, Raw(Lm(Path.Combine(pki.CoordinatorDir, "readme.txt")))));
         Assert.Empty(cluster.Client.List(new ListJobsRequest()).Jobs);
