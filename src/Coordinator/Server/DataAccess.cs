@@ -187,10 +187,35 @@ public sealed partial class DataAccess
         var small = SmallContent(file);
         if (small.IndexOf("PRIVATE KEY-----"u8) >= 0)
             return "holds a private key (a PEM \"PRIVATE KEY\" block), never read as job data: keep keys out of the data roots";
+        // A copy of a join token (the workers' join token file), also when the coordinator has its tokens from its
+        // configuration (Coordinator:JoinTokens) rather than a file: with it anyone joins as a worker.
+        var holdsJoinToken = false;
+        if (small.Length > 0)
+            foreach (var t in JoinTokens())
+                holdsJoinToken |= small.IndexOf(System.Text.Encoding.UTF8.GetBytes(t)) >= 0;
+        if (holdsJoinToken)
+            return "holds one of the coordinator's join tokens, never read as job data: keep join token files out of the data roots";
         // A user's token file or CLI config ({"token": "dtr_..."}) is as much a credential: it acts as that user.
         if (ApiToken().IsMatch(System.Text.Encoding.Latin1.GetString(small)))
             return $"holds a coordinator token ({Auth.TokenStore.Prefix}...), never read as job data: keep token files and CLI configurations out of the data roots";
         return null;
+    }
+
+    /// <summary>The join tokens the coordinator accepts: Coordinator:JoinTokens and the lines of its join token file.</summary>
+    private IEnumerable<string> JoinTokens()
+    {
+        var tokens = (options.JoinTokens ?? []).Select(t => (t ?? "").Trim()).ToList();
+        if (!string.IsNullOrWhiteSpace(options.JoinTokenFile))
+        {
+            try
+            {
+                tokens.AddRange(File.ReadAllLines(options.JoinTokenFile.Trim()).Select(l => l.Trim()).Where(l => l.Length > 0 && !l.StartsWith('#')));
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+            }
+        }
+        return tokens.Where(t => t.Length >= CoordinatorSecurity.MinJoinTokenLength);
     }
 
     [System.Text.RegularExpressions.GeneratedRegex("dtr_[A-Za-z0-9_-]{43}")]

@@ -146,7 +146,7 @@ public class DataRootEscapeTests
         File.WriteAllText(Path.Combine(pki.Root, "train.txt"), TestJobs.Text());
         var joinTokens = Path.Combine(pki.Root, "join-tokens.txt");
         File.WriteAllText(joinTokens, "join-token-of-at-least-16-chars\n");
-        await using var cluster = await InProcessCluster.StartAsync(1, new CoordinatorOptions { DataRoots = [pki.Root], JoinTokenFile = joinTokens }, pki: pki);
+        await using var cluster = await InProcessCluster.StartAsync(1, new CoordinatorOptions { DataRoots = [pki.Root], JoinTokenFile = joinTokens, JoinTokens = ["configured-join-token-0123456789"] }, pki: pki);
 
         foreach (var file in new[] { "ca.key", "tls.key", "tls.crt", "ca.crt" })
             Assert.Contains("is one of the coordinator's own files", Refused(cluster, Raw(Lm(Path.Combine(pki.CoordinatorDir, file)))));
@@ -163,6 +163,14 @@ public class DataRootEscapeTests
         var detail = Refused(cluster, Raw(Lm(ssh)));
         Assert.Contains("holds a private key", detail);
         Assert.DoesNotContain("b3Bl", detail);
+        // A worker host's copy of a join token file, here with a comment line the coordinator's file does not have.
+        var joinCopy = Path.Combine(pki.Root, "notes", "join.txt");
+        File.WriteAllText(joinCopy, "# for the workers\njoin-token-of-at-least-16-chars\n");
+        Assert.Contains("holds one of the coordinator's join tokens", Refused(cluster, Raw(Lm(joinCopy))));
+        // And one the coordinator has from its configuration only (DTRAIN_Coordinator__JoinTokens__0), in a worker's settings.
+        var workerSettings = Path.Combine(pki.Root, "notes", "worker.env");
+        File.WriteAllText(workerSettings, "DTRAIN_Worker__JoinToken=configured-join-token-0123456789\n");
+        Assert.Contains("holds one of the coordinator's join tokens", Refused(cluster, Raw(Lm(workerSettings))));
         // A user's token file or CLI configuration: the token acts as that user.
         var tokenFile = Path.Combine(pki.Root, "notes", "admin.tok");
         File.WriteAllText(tokenFile, "dtr_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ\n");
