@@ -244,9 +244,14 @@ public static class DashboardEndpoints
         return Results.Text(html, "text/html", Encoding.UTF8, status);
     }
 
-    /// <summary>Only a path on this site (no scheme, no "//host"): the login form must not redirect elsewhere.</summary>
-    static string SafeNext(string? next) =>
-        next is { Length: > 0 } n && n[0] == '/' && !n.StartsWith("//", StringComparison.Ordinal) && !n.StartsWith("/\\", StringComparison.Ordinal) ? n : "/";
+    /// <summary>
+    /// Only a path on this site (no scheme, no "//host"): the login form must not redirect elsewhere. Browsers drop tabs
+    /// and newlines from a URL and read a backslash as a slash (so "/\t/evil.example" is "//evil.example"): a path with
+    /// a control character, a space or a backslash anywhere is not taken.
+    /// </summary>
+    internal static string SafeNext(string? next) =>
+        next is { Length: > 0 } n && n[0] == '/' && !n.StartsWith("//", StringComparison.Ordinal)
+            && n.All(c => c > ' ' && c < 0x7f && c != '\\') ? n : "/";
 
     static async Task<IResult> Login(HttpContext http)
     {

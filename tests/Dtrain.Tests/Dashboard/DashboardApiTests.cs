@@ -103,7 +103,8 @@ public class DashboardApiTests
         Assert.Contains("dashboard.js", await (await http.SendAsync(pageWithCookie)).Content.ReadAsStringAsync(), StringComparison.Ordinal);
 
         // "next" must be a path of this site: anything else goes to the jobs page.
-        foreach (var next in new[] { "//evil.example/x", "https://evil.example/", "/\\evil.example" })
+        // Browsers drop tabs and newlines in a URL and read a backslash as '/': "/\t/evil.example" would be "//evil.example".
+        foreach (var next in new[] { "//evil.example/x", "https://evil.example/", "/\\evil.example", "/\t/evil.example", "/\n/evil.example", "/ /evil.example", "/x\\..\\\\evil.example" })
         {
             var r = await http.PostAsync("/login", new FormUrlEncodedContent(new Dictionary<string, string> { ["token"] = cluster.AdminToken!, ["next"] = next }));
             Assert.Equal("/", r.Headers.Location!.OriginalString);
