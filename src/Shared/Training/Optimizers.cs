@@ -52,48 +52,34 @@ internal sealed class StepScalars : IDisposable
 public sealed class Adam(IEnumerable<Parameter> parameters, double lr, double beta1, double beta2, double eps, double weightDecay, bool amsgrad = false)
     : TorchSharp.Modules.Adam(parameters, lr, beta1, beta2, eps, weightDecay, amsgrad)
 {
-    public override Tensor step(Func<Tensor>? closure = null)
-    {
-        var loss = StepScalars.Closure(closure);
-        using var _ = no_grad();
-        using var scope = NewDisposeScope();
-        using var scalars = new StepScalars();
-        foreach (var group in _parameter_groups)
+    public override Tensor step(Func<Tensor>? closure = null) => AdamStep.Run(closure, _parameter_groups,
+        (scalars, options) =>
         {
-            var o = (Options)group.Options;
-            var step = new AdamStep(scalars, o.beta1!.Value, o.beta2!.Value, o.eps!.Value, o.weight_decay!.Value, o.amsgrad!.Value, o.maximize!.Value, o.LearningRate!.Value, decoupled: false);
-            foreach (var p in group.Parameters)
-            {
-                var state = (State)_state[p.Handle];
-                step.Update(p, ref state.step, state.exp_avg, state.exp_avg_sq, ref state.max_exp_avg_sq);
-            }
-        }
-        return loss!;
-    }
+            var o = (Options)options;
+            return new AdamStep(scalars, o.beta1!.Value, o.beta2!.Value, o.eps!.Value, o.weight_decay!.Value, o.amsgrad!.Value, o.maximize!.Value, o.LearningRate!.Value, decoupled: false);
+        },
+        (step, p) =>
+        {
+            var state = (State)_state[p.Handle];
+            step.Update(p, ref state.step, state.exp_avg, state.exp_avg_sq, ref state.max_exp_avg_sq);
+        });
 }
 
 /// <summary>AdamW (decoupled weight decay), as TorchSharp 0.107's <see cref="TorchSharp.Modules.AdamW"/>, with explicit Scalars.</summary>
 public sealed class AdamW(IEnumerable<Parameter> parameters, double lr, double beta1, double beta2, double eps, double weightDecay, bool amsgrad = false)
     : TorchSharp.Modules.AdamW(parameters, lr, beta1, beta2, eps, weightDecay, amsgrad)
 {
-    public override Tensor step(Func<Tensor>? closure = null)
-    {
-        var loss = StepScalars.Closure(closure);
-        using var _ = no_grad();
-        using var scope = NewDisposeScope();
-        using var scalars = new StepScalars();
-        foreach (var group in _parameter_groups)
+    public override Tensor step(Func<Tensor>? closure = null) => AdamStep.Run(closure, _parameter_groups,
+        (scalars, options) =>
         {
-            var o = (Options)group.Options;
-            var step = new AdamStep(scalars, o.beta1!.Value, o.beta2!.Value, o.eps!.Value, o.weight_decay!.Value, o.amsgrad!.Value, o.maximize!.Value, o.LearningRate!.Value, decoupled: true);
-            foreach (var p in group.Parameters)
-            {
-                var state = (State)_state[p.Handle];
-                step.Update(p, ref state.step, state.exp_avg, state.exp_avg_sq, ref state.max_exp_avg_sq);
-            }
-        }
-        return loss!;
-    }
+            var o = (Options)options;
+            return new AdamStep(scalars, o.beta1!.Value, o.beta2!.Value, o.eps!.Value, o.weight_decay!.Value, o.amsgrad!.Value, o.maximize!.Value, o.LearningRate!.Value, decoupled: true);
+        },
+        (step, p) =>
+        {
+            var state = (State)_state[p.Handle];
+            step.Update(p, ref state.step, state.exp_avg, state.exp_avg_sq, ref state.max_exp_avg_sq);
+        });
 }
 
 /// <summary>SGD with momentum, dampening, Nesterov and L2 weight decay, as TorchSharp 0.107's <see cref="TorchSharp.Modules.SGD"/>, with explicit Scalars.</summary>
@@ -157,6 +143,25 @@ internal readonly struct AdamStep
         one = scalars.Of(1L);
         // Adam adds weight_decay × parameter to the gradient; AdamW shrinks the parameter by lr × weight_decay first.
         decay = scalars.Of(decoupled ? 1.0 - lr * weightDecay : weightDecay);
+    }
+
+    /// <summary>
+    /// Adam's or AdamW's whole step (their own Options and State types are told apart by <paramref name="stepOf"/> and
+    /// <paramref name="update"/>): the closure's loss first, then every group's update without gradients, every Scalar
+    /// kept until the last native call.
+    /// </summary>
+    public static Tensor Run(Func<Tensor>? closure, IEnumerable<ParamGroup> groups, Func<StepScalars, OptimizerOptions, AdamStep> stepOf, Action<AdamStep, Parameter> update)
+    {
+        var loss = StepScalars.Closure(closure);
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        using var scalars = new StepScalars();
+        foreach (var group in groups)
+        {
+            var step = stepOf(scalars, group.Options);
+            foreach (var p in group.Parameters) update(step, p);
+        }
+        return loss!;
     }
 
     public void Update(Parameter p, ref long step, Tensor expAvg, Tensor expAvgSq, ref Tensor? maxExpAvgSq)
