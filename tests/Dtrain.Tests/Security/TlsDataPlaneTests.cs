@@ -1,11 +1,8 @@
-using System.Security.Cryptography.X509Certificates;
 using Dtrain.Collective;
 using Dtrain.Protos.Collective;
 using Dtrain.Rpc;
 using Dtrain.Tests.Collective;
 using Grpc.Core;
-using Microsoft.AspNetCore.Builder;
-using Microsoft.Extensions.DependencyInjection;
 using CollectiveGrpc = Dtrain.Protos.Collective.Collective;
 
 namespace Dtrain.Tests.Security;
@@ -16,29 +13,11 @@ namespace Dtrain.Tests.Security;
 /// </summary>
 public class TlsDataPlaneTests
 {
-    sealed class Member(TestPki pki, string name) : IDisposable
-    {
-        public X509Certificate2 Certificate { get; } = pki.Issue(name, ClusterRoles.Worker);
-        public ClusterTls Tls { get; } = pki.Tls(null);
-        public ExpectedPeer Expected => ExpectedPeer.Worker(name, ClusterCertificates.Sha256(Certificate));
-        public WebApplication? App { get; set; }
-        public string Address => GrpcServerHost.LocalAddress(App!);
-        public DataPlane Plane => App!.Services.GetRequiredService<DataPlane>();
-
-        public ClusterTls Own()
-        {
-            Tls.Certificate = Certificate;
-            return Tls;
-        }
-
-        public void Dispose() => Certificate.Dispose();
-    }
-
     [Fact]
     public async Task A_tcp_ring_runs_inside_TLS_and_strangers_are_refused()
     {
         using var pki = new TestPki();
-        var members = new[] { new Member(pki, "w0"), new Member(pki, "w1"), new Member(pki, "w2") };
+        var members = new[] { new TlsWorker(pki, "w0"), new TlsWorker(pki, "w1"), new TlsWorker(pki, "w2") };
         try
         {
             foreach (var m in members.Take(2))

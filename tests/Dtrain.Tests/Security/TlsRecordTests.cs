@@ -3,12 +3,9 @@ using System.Net;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using System.Security.Cryptography;
-using System.Security.Cryptography.X509Certificates;
 using Dtrain.Collective;
 using Dtrain.Protos.Collective;
 using Dtrain.Rpc;
-using Microsoft.AspNetCore.Builder;
-using Microsoft.Extensions.DependencyInjection;
 using CollectiveGrpc = Dtrain.Protos.Collective.Collective;
 
 namespace Dtrain.Tests.Security;
@@ -106,24 +103,6 @@ public class TlsRecordTests
         }
     }
 
-    sealed class Worker(TestPki pki, string name) : IDisposable
-    {
-        public X509Certificate2 Certificate { get; } = pki.Issue(name, ClusterRoles.Worker);
-        public ClusterTls Tls { get; } = pki.Tls(null);
-        public ExpectedPeer Expected => ExpectedPeer.Worker(name, ClusterCertificates.Sha256(Certificate));
-        public WebApplication? App { get; set; }
-        public string Address => GrpcServerHost.LocalAddress(App!);
-        public DataPlane Plane => App!.Services.GetRequiredService<DataPlane>();
-
-        public ClusterTls Own()
-        {
-            Tls.Certificate = Certificate;
-            return Tls;
-        }
-
-        public void Dispose() => Certificate.Dispose();
-    }
-
     /// <summary>Pieces of 3 x 64K floats: each frame is a header record and three payload records of 256 KiB.</summary>
     const int Floats = 3 * 64 * 1024;
 
@@ -145,8 +124,8 @@ public class TlsRecordTests
     static async Task<(List<float[]> Received, string? Refusal, byte[] Wire)> SendThroughAsync(Plan plan, int frames = 3, bool close = true)
     {
         using var pki = new TestPki();
-        using var w0 = new Worker(pki, "w0");
-        using var w1 = new Worker(pki, "w1");
+        using var w0 = new TlsWorker(pki, "w0");
+        using var w1 = new TlsWorker(pki, "w1");
         w1.App = await TlsHosts.StartAsync(new ServerSecurity(w1.Own(), AccessPolicy.Worker()), b => b.Services.AddDtrainCollective(), a => a.MapDtrainCollective());
         try
         {
@@ -305,9 +284,9 @@ public class TlsRecordTests
     public async Task The_sender_refuses_a_receiver_that_is_not_the_worker_it_expects()
     {
         using var pki = new TestPki();
-        using var w0 = new Worker(pki, "w0");
-        using var w1 = new Worker(pki, "w1");
-        using var w2 = new Worker(pki, "w2");
+        using var w0 = new TlsWorker(pki, "w0");
+        using var w1 = new TlsWorker(pki, "w1");
+        using var w2 = new TlsWorker(pki, "w2");
         w1.App = await TlsHosts.StartAsync(new ServerSecurity(w1.Own(), AccessPolicy.Worker()), b => b.Services.AddDtrainCollective(), a => a.MapDtrainCollective());
         try
         {

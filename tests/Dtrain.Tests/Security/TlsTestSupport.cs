@@ -1,8 +1,10 @@
 using System.Diagnostics;
 using System.Security.Cryptography.X509Certificates;
+using Dtrain.Collective;
 using Dtrain.Rpc;
 using Grpc.Net.Client;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Tests.Security;
@@ -94,6 +96,25 @@ public static class TlsHosts
         await app.StartAsync();
         return app;
     }
+}
+
+/// <summary>A worker of a TLS ring test: its own certificate issued by the test CA, what its peers expect of it, and its server once started.</summary>
+public sealed class TlsWorker(TestPki pki, string name) : IDisposable
+{
+    public X509Certificate2 Certificate { get; } = pki.Issue(name, ClusterRoles.Worker);
+    public ClusterTls Tls { get; } = pki.Tls(null);
+    public ExpectedPeer Expected => ExpectedPeer.Worker(name, ClusterCertificates.Sha256(Certificate));
+    public WebApplication? App { get; set; }
+    public string Address => GrpcServerHost.LocalAddress(App!);
+    public DataPlane Plane => App!.Services.GetRequiredService<DataPlane>();
+
+    public ClusterTls Own()
+    {
+        Tls.Certificate = Certificate;
+        return Tls;
+    }
+
+    public void Dispose() => Certificate.Dispose();
 }
 
 /// <summary>The real `dtrain` CLI as a child process, with extra environment variables (DTRAIN_TLS_DIR and the like).</summary>
