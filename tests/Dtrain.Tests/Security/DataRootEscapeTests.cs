@@ -39,6 +39,27 @@ public class DataRootEscapeTests
         return e.Status.Detail;
     }
 
+    /// <summary>A data root holding train.txt (training text), and beside it, outside the root, <paramref name="outsideFile"/> holding the secret.</summary>
+    static (string Root, string Outside, string Train) RootAndOutside(TempDir tmp, string outsideFile)
+    {
+        var root = Directory.CreateDirectory(Path.Combine(tmp.Path, "root")).FullName;
+        var outside = Directory.CreateDirectory(Path.Combine(tmp.Path, "outside")).FullName;
+        var train = Path.Combine(root, "train.txt");
+        File.WriteAllText(train, TestJobs.Text());
+        File.WriteAllText(Path.Combine(outside, outsideFile), Secret);
+        return (root, outside, train);
+    }
+
+    /// <summary>The job failed naming each of <paramref name="reasons"/>, with nothing of a secret in its message and no checkpoint.</summary>
+    static void FailedWithoutReading(JobInfo info, params string[] reasons)
+    {
+        Assert.True(info.State == JobState.Failed, $"{info.State}: {info.Message}");
+        foreach (var reason in reasons) Assert.Contains(reason, info.Message);
+        Assert.DoesNotContain("QZXJ", info.Message);
+        Assert.DoesNotContain("PRIVATE KEY", info.Message);
+        Assert.Equal("", info.Checkpoint);
+    }
+
     /// <summary>Submits while no worker is registered (the job waits in the queue), runs <paramref name="swap"/>, then lets the job start.</summary>
     static async Task<JobInfo> SwapWhileQueued(InProcessCluster cluster, string train, Action swap)
     {
@@ -53,11 +74,7 @@ public class DataRootEscapeTests
     public async Task A_file_swapped_for_a_symbolic_link_after_submit_fails_the_job_without_reading_the_target()
     {
         using var tmp = new TempDir();
-        var root = Directory.CreateDirectory(Path.Combine(tmp.Path, "root")).FullName;
-        var outside = Directory.CreateDirectory(Path.Combine(tmp.Path, "outside")).FullName;
-        var train = Path.Combine(root, "train.txt");
-        File.WriteAllText(train, TestJobs.Text());
-        File.WriteAllText(Path.Combine(outside, "ca.key"), Secret);
+        var (root, outside, train) = RootAndOutside(tmp, "ca.key");
         await using var cluster = await InProcessCluster.StartAsync(0, new CoordinatorOptions { DataRoots = [root] });
 
         var info = await SwapWhileQueued(cluster, train, () =>
@@ -65,11 +82,7 @@ public class DataRootEscapeTests
             File.Delete(train);
             File.CreateSymbolicLink(train, Path.Combine(outside, "ca.key"));
         });
-        Assert.True(info.State == JobState.Failed, $"{info.State}: {info.Message}");
-        Assert.Contains(train, info.Message);
-        Assert.Contains("is a symbolic link; no symbolic link is followed", info.Message);
-        Assert.DoesNotContain("QZXJ", info.Message);
-        Assert.Equal("", info.Checkpoint);
+        FailedWithoutReading(info, train, "is a symbolic link; no symbolic link is followed");
     }
 
     [Fact]
@@ -89,9 +102,7 @@ public class DataRootEscapeTests
             Directory.Move(sub, sub + ".old");
             Directory.CreateSymbolicLink(sub, outside);
         });
-        Assert.True(info.State == JobState.Failed, $"{info.State}: {info.Message}");
-        Assert.Contains($"{sub} on its path is a symbolic link", info.Message);
-        Assert.Equal("", info.Checkpoint);
+        FailedWithoutReading(info, $"{sub} on its path is a symbolic link");
 
         // The same swap higher up (the root's own parent stays as the operator configured it): a file at submit, a
         // symbolic link to a directory holding one now.
@@ -106,11 +117,7 @@ public class DataRootEscapeTests
     {
         using var pki = new TestPki();
         using var tmp = new TempDir();
-        var root = Directory.CreateDirectory(Path.Combine(tmp.Path, "root")).FullName;
-        var outside = Directory.CreateDirectory(Path.Combine(tmp.Path, "outside")).FullName;
-        var train = Path.Combine(root, "train.txt");
-        File.WriteAllText(train, TestJobs.Text());
-        File.WriteAllText(Path.Combine(outside, "other.txt"), Secret);
+        var (root, outside, train) = RootAndOutside(tmp, "other.txt");
         await using var cluster = await InProcessCluster.StartAsync(0, new CoordinatorOptions { DataRoots = [root] }, pki: pki);
         var caKey = Path.Combine(pki.CoordinatorDir, "ca.key");
 
@@ -131,10 +138,7 @@ public class DataRootEscapeTests
             File.Delete(train);
             Link(caKey, train);
         });
-        Assert.True(info.State == JobState.Failed, $"{info.State}: {info.Message}");
-        Assert.Contains("is one of the coordinator's own files", info.Message);
-        Assert.DoesNotContain("PRIVATE KEY", info.Message);
-        Assert.Equal("", info.Checkpoint);
+        FailedWithoutReading(info, "is one of the coordinator's own files");
     }
 
     [Fact]
