@@ -41,15 +41,21 @@ public class ClientPathsTests
         return Path.Combine(tmp.Path, "data", "t.txt");
     }
 
+    /// <summary>Submits specs/lm.json (see <see cref="WriteJob"/>) to one worker through the CLI; the job's id.</summary>
+    static string Submit(InProcessCluster cluster, TempDir tmp)
+    {
+        var submit = Cli(cluster, tmp.Path, "submit", "specs/lm.json", "--workers", "1");
+        Assert.True(submit.ExitCode == 0, submit.ToString());
+        return submit.Stdout.Trim();
+    }
+
     [Fact]
     public async Task Status_list_watch_the_api_and_a_downloaded_model_name_the_data_as_the_user_did_and_no_coordinator_path()
     {
         using var tmp = new TempDir();
         var data = WriteJob(tmp);
         await using var cluster = await InProcessCluster.StartAsync(1, WithDashboard);
-        var submit = Cli(cluster, tmp.Path, "submit", "specs/lm.json", "--workers", "1");
-        Assert.True(submit.ExitCode == 0, submit.ToString());
-        var id = submit.Stdout.Trim();
+        var id = Submit(cluster, tmp);
         var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
         Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
         var dataDir = Path.GetFullPath(cluster.DataDir);
@@ -103,15 +109,14 @@ public class ClientPathsTests
         using var tmp = new TempDir();
         WriteJob(tmp);
         await using var cluster = await InProcessCluster.StartAsync(1);
-        var first = Cli(cluster, tmp.Path, "submit", "specs/lm.json", "--workers", "1");
-        Assert.True(first.ExitCode == 0, first.ToString());
-        Assert.Equal(JobState.Succeeded, (await cluster.WaitAsync(first.Stdout.Trim(), TimeSpan.FromMinutes(3))).State);
+        var id = Submit(cluster, tmp);
+        Assert.Equal(JobState.Succeeded, (await cluster.WaitAsync(id, TimeSpan.FromMinutes(3))).State);
         // A job resumed from it: its log names the checkpoint it loaded; and a refusal names the job's checkpoint.
-        var resumed = Cli(cluster, tmp.Path, "resume", first.Stdout.Trim());
+        var resumed = Cli(cluster, tmp.Path, "resume", id);
         Assert.True(resumed.ExitCode == 2, resumed.ToString());
         Assert.Contains("nothing left to train", resumed.Stderr);
         Assert.DoesNotContain(Path.GetFullPath(cluster.DataDir), resumed.Stderr);
-        var watch = Cli(cluster, tmp.Path, "watch", first.Stdout.Trim(), "--plain");
+        var watch = Cli(cluster, tmp.Path, "watch", id, "--plain");
         Assert.Contains("checkpoint job-0001/checkpoints/ckpt-000000002.dtck", watch.Stdout);
         Assert.DoesNotContain(Path.GetFullPath(cluster.DataDir), watch.Stdout);
     }
@@ -123,9 +128,7 @@ public class ClientPathsTests
         WriteJob(tmp);
         // No worker: the job stays queued, with no checkpoint yet.
         await using var cluster = await InProcessCluster.StartAsync(0);
-        var submit = Cli(cluster, tmp.Path, "submit", "specs/lm.json", "--workers", "1");
-        Assert.True(submit.ExitCode == 0, submit.ToString());
-        var id = submit.Stdout.Trim();
+        var id = Submit(cluster, tmp);
         foreach (var (job, target, says) in new[] { (id, "out/model.dtck", "has no checkpoint yet"), ("job-0077", "other.dtck", "no job") })
         {
             var refused = Cli(cluster, tmp.Path, "download", job, "-o", target);
@@ -187,8 +190,7 @@ public class ClientPathsTests
         using var tmp = new TempDir();
         WriteJob(tmp, steps: 2);
         await using var cluster = await InProcessCluster.StartAsync(1);
-        var first = Cli(cluster, tmp.Path, "submit", "specs/lm.json", "--workers", "1");
-        var id = first.Stdout.Trim();
+        var id = Submit(cluster, tmp);
         Assert.Equal(JobState.Succeeded, (await cluster.WaitAsync(id, TimeSpan.FromMinutes(3))).State);
         var file = Path.Combine(cluster.DataDir, "jobs", id, "checkpoints", "ckpt-000000002.dtck");
         CheckpointSectionTests.Rewrite(file, TrainingCheckpoint.Rng, bytes => [.. bytes[..8], 0, 0, 0, 0, .. bytes[12..]]);
