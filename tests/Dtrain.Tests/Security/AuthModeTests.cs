@@ -88,7 +88,8 @@ public class AuthModeTests
         await using var c = new Coordinator(tmp.Path, new CoordinatorOptions { Listen = "0.0.0.0", Tls = new Dtrain.Rpc.TlsSettings { Insecure = true } });
         var e = Assert.Throws<RpcException>(() => c.Client().ListWorkers(new ListWorkersRequest()));
         Assert.Equal(StatusCode.Unauthenticated, e.StatusCode);
-        Assert.Contains($"no token exists yet: on the coordinator's host run `dtrain tokens create --role admin --name NAME --data-dir {tmp.Path}`", e.Status.Detail);
+        Assert.Contains("no token exists yet: on the coordinator's host run `dtrain tokens create --role admin --name NAME --data-dir DIR`, DIR being the coordinator's data directory (Coordinator:DataDir)", e.Status.Detail);
+        Assert.DoesNotContain(tmp.Path, e.Status.Detail);
         Assert.Contains(c.Logs.Entries, l => l.Level == LogLevel.Warning && l.Message.Contains("auth on (Coordinator:Auth=auto, listening on 0.0.0.0) and no active token exists"));
     }
 
@@ -142,6 +143,8 @@ public class AuthModeTests
         // Fail closed: the good token of a moment ago is refused too, with the file and the problem named.
         var e = Assert.Throws<RpcException>(() => c.Client(secret).List(new ListJobsRequest()));
         Assert.Equal(StatusCode.Internal, e.StatusCode);
-        Assert.Contains($"tokens file {path} is invalid", e.Status.Detail);
+        // Named as a client may see it: relative to the coordinator's data directory.
+        Assert.Contains($"tokens file {Path.GetFileName(path)} is invalid", e.Status.Detail);
+        Assert.DoesNotContain(tmp.Path, e.Status.Detail);
     }
 }

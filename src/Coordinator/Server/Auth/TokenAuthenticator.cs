@@ -135,7 +135,8 @@ public sealed class TokenAuthenticator : IDisposable
         if (string.IsNullOrEmpty(header))
         {
             var hint = state.Tokens.Any(t => t.Active) ? "" :
-                $"; no token exists yet: on the coordinator's host run `dtrain tokens create --role admin --name NAME --data-dir {Path.GetDirectoryName(TokensPath)}`";
+                // Said to a caller who has no token: the coordinator's own paths stay out of it (its log names the directory).
+                "; no token exists yet: on the coordinator's host run `dtrain tokens create --role admin --name NAME --data-dir DIR`, DIR being the coordinator's data directory (Coordinator:DataDir)";
             throw Fail(peer, method, StatusCode.Unauthenticated, "no token", $"this coordinator requires a bearer token ({carrier} \"authorization: Bearer TOKEN\") and none was sent{hint}");
         }
         if (!header.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) || header.Length <= 7)
