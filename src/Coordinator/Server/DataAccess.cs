@@ -176,15 +176,16 @@ public sealed partial class DataAccess
             .Where(p => !string.IsNullOrWhiteSpace(p)).Select(p => DataFile.IdentityOf(p!.Trim())).OfType<FileId>().ToHashSet();
         if (file.Directories.Skip(rootDepth).Any(ownDirs.Contains))
             return "is inside the coordinator's own data directory or TLS directory (tokens, job store, other jobs' files, keys), never read as job data";
+        // The file's bytes when it is small (keys and token files are), read once for the content checks below.
+        var small = SmallContent(file);
         // A copy of a key (`dtrain certs init DIR` writes DIR/ca.key beside DIR/coordinator/ca.key) is as secret as the key.
         foreach (var secret in new[] { tls.CaKeyPath, tls.KeyPath, options.JoinTokenFile }.Where(p => !string.IsNullOrWhiteSpace(p)))
-            if (SameContent(file, secret!.Trim()))
+            if (SameContent(file, small, secret!.Trim()))
                 return "has the content of one of the coordinator's own secrets (a TLS key or its join token file), never read as job data";
         if (file.Links > 1)
             return $"has {file.Links} hard links; a data-root file is read only when it has exactly one, since another name for it may lie outside the data roots: copy the file into the root instead of linking it";
         // Any private key (the workers' bootstrap key, a client's, an SSH key) is a credential, not training data: a job
         // trained on one would hand it to the submitter in the model's vocabulary (`certs init DIR` puts all of them in DIR).
-        var small = SmallContent(file);
         if (small.IndexOf("PRIVATE KEY-----"u8) >= 0)
             return "holds a private key (a PEM \"PRIVATE KEY\" block), never read as job data: keep keys out of the data roots";
         // A copy of a join token (the workers' join token file), also when the coordinator has its tokens from its
@@ -221,11 +222,13 @@ public sealed partial class DataAccess
     [System.Text.RegularExpressions.GeneratedRegex("dtr_[A-Za-z0-9_-]{43}")]
     private static partial System.Text.RegularExpressions.Regex ApiToken();
 
-    /// <summary>The opened file's bytes when it is at most 1 MiB (keys and token files are small), else none.</summary>
+    /// <summary>Files up to this size are read for the content checks (keys and token files are small).</summary>
+    private const int LargestChecked = 1 << 20;
+
+    /// <summary>The opened file's bytes when it is at most <see cref="LargestChecked"/>, else none.</summary>
     private static ReadOnlySpan<byte> SmallContent(OpenedFile file)
     {
-        const int largest = 1 << 20;
-        if (file.Size > largest) return [];
+        if (file.Size > LargestChecked) return [];
         var bytes = new byte[(int)file.Size];
         var done = 0;
         try
@@ -239,19 +242,17 @@ public sealed partial class DataAccess
         return bytes.AsSpan(0, done);
     }
 
-    /// <summary>Whether the opened file holds exactly the bytes of <paramref name="secret"/> (only small files are compared: keys and tokens are).</summary>
-    private static bool SameContent(OpenedFile file, string secret)
+    /// <summary>
+    /// Whether the opened file, whose bytes are <paramref name="content"/> (<see cref="SmallContent"/>), holds exactly the
+    /// bytes of <paramref name="secret"/> (only small files are compared: keys and tokens are).
+    /// </summary>
+    private static bool SameContent(OpenedFile file, ReadOnlySpan<byte> content, string secret)
     {
-        const int largest = 1 << 20;
         try
         {
             var info = new FileInfo(secret);
-            if (!info.Exists || info.Length != (long)file.Size || info.Length > largest) return false;
-            var theirs = File.ReadAllBytes(secret);
-            var mine = new byte[theirs.Length];
-            var done = 0;
-            while (done < mine.Length && RandomAccess.Read(file.Handle, mine.AsSpan(done), done) is var n and > 0) done += n;
-            return done == mine.Length && theirs.AsSpan().SequenceEqual(mine);
+            if (!info.Exists || info.Length != (long)file.Size || info.Length > LargestChecked || content.Length != info.Length) return false;
+            return content.SequenceEqual(File.ReadAllBytes(secret));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
