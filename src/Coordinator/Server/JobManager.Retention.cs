@@ -32,7 +32,7 @@ public sealed partial class JobManager
             {
                 if (Directory.Exists(dir))
                 {
-                    var bytes = Directory.EnumerateFiles(dir, "*", SearchOption.AllDirectories).Sum(f => new FileInfo(f).Length);
+                    var bytes = BytesUnder(dir);
                     Directory.Delete(dir, recursive: true);
                     measured.Remove(job.Id);
                     deleted++;
