@@ -485,8 +485,10 @@ public static class DashboardEndpoints
 
     // ---- live ----
 
-    /// <summary>Ends with the request or with the coordinator stopping (an open stream must not hold shutdown up).</summary>
-    /// <summary>Ends a server-sent event stream when the browser goes, the coordinator stops, or the caller's token is revoked (the page then asks to log in again).</summary>
+    /// <summary>
+    /// Ends a server-sent event stream when the browser goes, the coordinator stops (an open stream must not hold shutdown
+    /// up), or the caller's token is revoked (the page then asks to log in again).
+    /// </summary>
     sealed class StreamEnd : IDisposable
     {
         private readonly CancellationTokenSource cancel;
