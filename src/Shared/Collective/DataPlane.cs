@@ -518,28 +518,3 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         _probes.Clear();
     }
 }
-
-/// <summary>
-/// Channel ids of pipeline stage links: each directed link (replica, from-stage → to-stage) of a job is a channel of
-/// its own in <see cref="RingMailboxes"/>, negotiated and fenced by generation exactly like the job's ring (whose
-/// channel id is the job id itself).
-/// </summary>
-public static class StageChannels
-{
-    /// <summary>"JOB|stage FROM->TO replica R": the channel of one directed stage link.</summary>
-    public static string Link(string jobId, int replica, int fromStage, int toStage) =>
-        string.Create(CultureInfo.InvariantCulture, $"{jobId}|stage {fromStage}->{toStage} replica {replica}");
-}
-
-/// <summary>Where the data plane listens and how big its shared-memory rings are.</summary>
-public sealed record DataPlaneOptions
-{
-    /// <summary>Address of the TCP listener (the worker's listen address).</summary>
-    public string Listen { get; init; } = "127.0.0.1";
-
-    /// <summary>TCP port (0 = any free port; peers learn it through <c>Hello</c>).</summary>
-    public int TcpPort { get; init; }
-
-    /// <summary>Bytes of data per shared-memory ring (one per directed pair), at least two pieces' worth.</summary>
-    public long SharedMemoryBytes { get; init; } = 8L * 1024 * 1024;
-}

@@ -1,10 +1,8 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Globalization;
-using System.IO.MemoryMappedFiles;
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
-using System.Security.Cryptography;
 
 namespace Dtrain.Collective;
 
@@ -30,7 +28,7 @@ namespace Dtrain.Collective;
 /// unusable (its ranks are out of step) and every later operation fails at once; the membership change that follows
 /// forms a new one.
 /// </remarks>
-public sealed class SharedMemoryAllReduce : IAsyncDisposable, SharedMemoryLiveness.IBeating
+public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemoryLiveness.IBeating
 {
     private const long MagicValue = 0x3150524723544444;   // arbitrary, "DDT#GRP1"
     private const int HeaderBytes = 4096;
@@ -56,7 +54,7 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable, SharedMemoryLivene
     private readonly float[] _tile = new float[TileFloats];
     private Exception? _broken;
     private RegisteredBuffer? _region;
-    private Mapping[]? _peerRegions;
+    private SharedMemoryMapping[]? _peerRegions;
     private long _barrier;
     private long _block;
     private int _disposed;
@@ -348,10 +346,10 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable, SharedMemoryLivene
         var floats = request.RegisterFloats;
         var own = _segments[_rank];
         ReleaseRegions();
-        Mapping? mine = null;
+        SharedMemoryMapping? mine = null;
         try
         {
-            mine = Mapping.Create(".buf", (long)floats * sizeof(float));
+            mine = SharedMemoryMapping.Create(".buf", (long)floats * sizeof(float));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -363,7 +361,7 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable, SharedMemoryLivene
         own.SetInt(OffRegionMapped, 0);
         Barrier(request, phase: 0, 0, 1);
         CheckSameOperation(request.Operation, floats, 0, 0);
-        var peers = new Mapping?[_world];
+        var peers = new SharedMemoryMapping?[_world];
         var ok = mine is not null;
         for (var r = 0; r < _world && ok; r++)
         {
@@ -376,7 +374,7 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable, SharedMemoryLivene
             }
             try
             {
-                peers[r] = Mapping.Open(".buf", (ulong)peer.Long(OffRegionId), (long)floats * sizeof(float));
+                peers[r] = SharedMemoryMapping.Open(".buf", (ulong)peer.Long(OffRegionId), (long)floats * sizeof(float));
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException)
             {
@@ -550,273 +548,4 @@ public sealed class SharedMemoryAllReduce : IAsyncDisposable, SharedMemoryLivene
     }
 
     void SharedMemoryLiveness.IBeating.Beat() => _segments[_rank].Beat();
-
-    /// <summary>A file in /dev/shm mapped read-write: a registered buffer (this rank's or a peer's).</summary>
-    internal sealed unsafe class Mapping : IDisposable
-    {
-        private readonly MemoryMappedFile _file;
-        private readonly MemoryMappedViewAccessor _view;
-        private readonly string _path;
-        private readonly bool _owned;
-        private int _disposed;
-
-        private Mapping(MemoryMappedFile file, string path, ulong id, long bytes, bool owned)
-        {
-            _file = file;
-            _path = path;
-            _owned = owned;
-            Id = id;
-            _view = file.CreateViewAccessor(0, bytes, MemoryMappedFileAccess.ReadWrite);
-            byte* pointer = null;
-            _view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
-            Base = pointer + _view.PointerOffset;
-        }
-
-        public ulong Id { get; }
-
-        public string FilePath => _path;
-
-        public byte* Base { get; }
-
-        private static string PathOf(string suffix, ulong id) => Path.Combine(SharedMemoryRing.Directory, $"dtrain-group-{id:x16}{suffix}");
-
-        /// <summary>Creates a new file (mode 0600), its pages reserved up front: a full /dev/shm fails here, not later with SIGBUS.</summary>
-        public static Mapping Create(string suffix, long bytes)
-        {
-            var id = BitConverter.ToUInt64(RandomNumberGenerator.GetBytes(8));
-            var path = PathOf(suffix, id);
-            var stream = new FileStream(path, new FileStreamOptions
-            {
-                Mode = FileMode.CreateNew,
-                Access = FileAccess.ReadWrite,
-                Share = FileShare.ReadWrite | FileShare.Delete,
-                UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
-                PreallocationSize = bytes,
-            });
-            try
-            {
-                stream.SetLength(bytes);
-                var file = MemoryMappedFile.CreateFromFile(stream, null, bytes, MemoryMappedFileAccess.ReadWrite, HandleInheritability.None, leaveOpen: false);
-                return new Mapping(file, path, id, bytes, owned: true);
-            }
-            catch
-            {
-                stream.Dispose();
-                try { File.Delete(path); } catch (IOException) { }
-                throw;
-            }
-        }
-
-        /// <summary>Maps a peer's file by its id; its length must be <paramref name="bytes"/>.</summary>
-        public static Mapping Open(string suffix, ulong id, long bytes)
-        {
-            var path = PathOf(suffix, id);
-            var stream = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite | FileShare.Delete);
-            try
-            {
-                if (stream.Length != bytes) throw new InvalidDataException($"{path} has {stream.Length} bytes, expected {bytes}");
-                var file = MemoryMappedFile.CreateFromFile(stream, null, bytes, MemoryMappedFileAccess.ReadWrite, HandleInheritability.None, leaveOpen: false);
-                return new Mapping(file, path, id, bytes, owned: false);
-            }
-            catch
-            {
-                stream.Dispose();
-                throw;
-            }
-        }
-
-        public Span<float> Floats(int count) => new(Base, count);
-
-        /// <summary>Removes the file's name (its creator only; the mappings stay valid).</summary>
-        public void DeleteFile()
-        {
-            if (!_owned) return;
-            try { File.Delete(_path); } catch (IOException) { }
-        }
-
-        public void Dispose()
-        {
-            if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-            _view.SafeMemoryMappedViewHandle.ReleasePointer();
-            _view.Dispose();
-            _file.Dispose();
-            DeleteFile();
-        }
-    }
-
-    /// <summary>One rank's segment, mapped: a 4 KiB header, then two slots of values.</summary>
-    private sealed unsafe class Segment : IDisposable
-    {
-        private const string Suffix = ".seg";
-        private readonly Mapping _mapping;
-        private readonly byte* _base;
-        private readonly int _slotFloats;
-        private readonly PeerLiveness _liveness = new();
-
-        private Segment(Mapping mapping, int slotFloats)
-        {
-            _mapping = mapping;
-            _base = mapping.Base;
-            _slotFloats = slotFloats;
-        }
-
-        public ulong Id => _mapping.Id;
-
-        public string FilePath => _mapping.FilePath;
-
-        /// <summary>Creates this rank's segment (mode 0600), its pages reserved up front: a full /dev/shm fails here, not later with SIGBUS.</summary>
-        public static Segment Create(int rank, int world, int slotFloats)
-        {
-            var segment = new Segment(Mapping.Create(Suffix, SegmentBytes(slotFloats)), slotFloats);
-            segment.SetInt(OffRank, rank);
-            segment.SetInt(OffWorld, world);
-            segment.SetInt(OffPid, Environment.ProcessId);
-            segment.SetLong(OffPidNs, SharedMemoryLiveness.OwnPidNamespace);
-            segment.SetLong(OffSlotFloats, slotFloats);
-            segment.SetLong(OffMagic, MagicValue);
-            return segment;
-        }
-
-        /// <summary>Maps rank <paramref name="rank"/>'s segment by its id and checks its header.</summary>
-        public static Segment Open(ulong id, int rank, int world, int slotFloats)
-        {
-            var segment = new Segment(Mapping.Open(Suffix, id, SegmentBytes(slotFloats)), slotFloats);
-            if (segment.Long(OffMagic) != MagicValue || segment.Int(OffRank) != rank || segment.Int(OffWorld) != world || segment.Long(OffSlotFloats) != slotFloats)
-            {
-                segment.Dispose();
-                throw new InvalidDataException($"{segment.FilePath} is not rank {rank}'s segment of this group of {world}");
-            }
-            return segment;
-        }
-
-        /// <summary>Removes the segment's name (its owner only; the mappings stay valid).</summary>
-        public void DeleteFile() => _mapping.DeleteFile();
-
-        public Span<float> Slot(int slot, int offset, int count) =>
-            new((float*)(_base + HeaderBytes) + (long)slot * _slotFloats + offset, count);
-
-        public long Long(int offset) => Volatile.Read(ref *(long*)(_base + offset));
-
-        public void SetLong(int offset, long value) => Volatile.Write(ref *(long*)(_base + offset), value);
-
-        public int Int(int offset) => Volatile.Read(ref *(int*)(_base + offset));
-
-        public void SetInt(int offset, int value) => Volatile.Write(ref *(int*)(_base + offset), value);
-
-        public void Wake() => SharedMemoryRing.Futex.WakeAll((int*)(_base + OffArrive));
-
-        /// <summary>Waits until the word at <paramref name="offset"/> is no longer <paramref name="seen"/>, or 20 ms pass.</summary>
-        public void WaitChange(int offset, int seen) => SharedMemoryRing.Futex.Wait((int*)(_base + offset), seen, 20_000_000);
-
-        public void Beat() => Interlocked.Increment(ref *(long*)(_base + OffBeat));
-
-        /// <summary>Why this (peer's) segment's owner is gone, or null while it is alive and in the group.</summary>
-        public string? Gone()
-        {
-            if (Int(OffClosed) != 0) return "it left the group (its operation failed, or it was stopped)";
-            var pid = Int(OffPid);
-            return _liveness.Check(pid, Long(OffPidNs), Long(OffBeat)) switch
-            {
-                PeerLiveness.Verdict.Died => $"its process {pid} died",
-                PeerLiveness.Verdict.Silent => $"it has shown no heartbeat for {SharedMemoryLiveness.PeerSilentAfter.TotalSeconds:0.#} s",
-                _ => null,
-            };
-        }
-
-        public void Dispose() => _mapping.Dispose();
-    }
-}
-
-/// <summary>
-/// A rank's buffer in shared memory that the other ranks of its <see cref="SharedMemoryAllReduce"/> group have mapped
-/// (<see cref="SharedMemoryAllReduce.RegisterBufferAsync"/>): sums of its slices are zero-copy. Use it as any
-/// <see cref="Memory{T}"/> (<see cref="System.Buffers.MemoryManager{T}.Memory"/>); dispose it when done. The memory stays
-/// mapped until both its owner and the group have let it go, so a group that ends first never pulls it away.
-/// </summary>
-public sealed unsafe class RegisteredBuffer : System.Buffers.MemoryManager<float>
-{
-    private readonly SharedMemoryAllReduce.Mapping _mapping;
-    private readonly int _length;
-    private int _references = 2;   // the caller's and the group's
-    private int _ownerReleased;
-
-    internal RegisteredBuffer(SharedMemoryAllReduce.Mapping mapping, int length)
-    {
-        _mapping = mapping;
-        _length = length;
-    }
-
-    /// <summary>Values in the buffer.</summary>
-    public int Length => _length;
-
-    private byte* Base => _mapping.Base;
-
-    public Span<float> Span => GetSpan();
-
-    public override Span<float> GetSpan() => Volatile.Read(ref _references) > 0 ? new Span<float>(Base, _length) : throw new ObjectDisposedException(nameof(RegisteredBuffer));
-
-    public override System.Buffers.MemoryHandle Pin(int elementIndex = 0)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegative(elementIndex);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(elementIndex, _length);
-        return new System.Buffers.MemoryHandle((float*)Base + elementIndex);
-    }
-
-    public override void Unpin()
-    {
-    }
-
-    /// <summary>Drops one reference (the owner's through Dispose, the group's when it ends or registers again); the last one unmaps.</summary>
-    internal void Release()
-    {
-        if (Interlocked.Decrement(ref _references) == 0) _mapping.Dispose();
-    }
-
-    protected override void Dispose(bool disposing)
-    {
-        if (disposing && Interlocked.Exchange(ref _ownerReleased, 1) == 0) Release();
-    }
-}
-
-/// <summary>
-/// Copies with non-temporal (streaming) stores: the destination lines are not read first (no read-for-ownership) and
-/// do not displace the cache — for blocks another process reads next, or that this one reads only much later. The
-/// stores are weakly ordered: <see cref="Fence"/> before anyone else may look.
-/// </summary>
-internal static unsafe class NonTemporal
-{
-    /// <summary>Below this many values a plain copy is as fast.</summary>
-    private const int MinFloats = 1024;
-
-    public static void Copy(ReadOnlySpan<float> source, Span<float> destination)
-    {
-        if (destination.Length < source.Length) throw new ArgumentException("destination too short", nameof(destination));
-        var n = source.Length;
-        if (!System.Runtime.Intrinsics.X86.Avx.IsSupported || n < MinFloats)
-        {
-            source.CopyTo(destination);
-            return;
-        }
-        fixed (float* s = source)
-        fixed (float* d = destination)
-        {
-            var i = 0;
-            // Streaming stores need 32-byte aligned destinations: plain stores up to the first aligned address.
-            while (i < n && ((nuint)(d + i) & 31) != 0)
-            {
-                d[i] = s[i];
-                i++;
-            }
-            for (; i + 8 <= n; i += 8)
-                System.Runtime.Intrinsics.X86.Avx.StoreAlignedNonTemporal(d + i, System.Runtime.Intrinsics.X86.Avx.LoadVector256(s + i));
-            for (; i < n; i++) d[i] = s[i];
-        }
-    }
-
-    /// <summary>Orders the streaming stores before any later store (SFENCE).</summary>
-    public static void Fence()
-    {
-        if (System.Runtime.Intrinsics.X86.Sse.IsSupported) System.Runtime.Intrinsics.X86.Sse.StoreFence();
-        else Thread.MemoryBarrier();
-    }
 }

@@ -1,0 +1,52 @@
+namespace Dtrain.Collective;
+
+/// <summary>
+/// A rank's buffer in shared memory that the other ranks of its <see cref="SharedMemoryAllReduce"/> group have mapped
+/// (<see cref="SharedMemoryAllReduce.RegisterBufferAsync"/>): sums of its slices are zero-copy. Use it as any
+/// <see cref="Memory{T}"/> (<see cref="System.Buffers.MemoryManager{T}.Memory"/>); dispose it when done. The memory stays
+/// mapped until both its owner and the group have let it go, so a group that ends first never pulls it away.
+/// </summary>
+public sealed unsafe class RegisteredBuffer : System.Buffers.MemoryManager<float>
+{
+    private readonly SharedMemoryMapping _mapping;
+    private readonly int _length;
+    private int _references = 2;   // the caller's and the group's
+    private int _ownerReleased;
+
+    internal RegisteredBuffer(SharedMemoryMapping mapping, int length)
+    {
+        _mapping = mapping;
+        _length = length;
+    }
+
+    /// <summary>Values in the buffer.</summary>
+    public int Length => _length;
+
+    private byte* Base => _mapping.Base;
+
+    public Span<float> Span => GetSpan();
+
+    public override Span<float> GetSpan() => Volatile.Read(ref _references) > 0 ? new Span<float>(Base, _length) : throw new ObjectDisposedException(nameof(RegisteredBuffer));
+
+    public override System.Buffers.MemoryHandle Pin(int elementIndex = 0)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(elementIndex);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(elementIndex, _length);
+        return new System.Buffers.MemoryHandle((float*)Base + elementIndex);
+    }
+
+    public override void Unpin()
+    {
+    }
+
+    /// <summary>Drops one reference (the owner's through Dispose, the group's when it ends or registers again); the last one unmaps.</summary>
+    internal void Release()
+    {
+        if (Interlocked.Decrement(ref _references) == 0) _mapping.Dispose();
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing && Interlocked.Exchange(ref _ownerReleased, 1) == 0) Release();
+    }
+}

@@ -1,0 +1,61 @@
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Dtrain.Collective;
+
+/// <summary>
+/// The rings this worker takes part in, one mailbox per job (its current generation). Register it as a singleton
+/// (done by <see cref="CollectiveHosting.AddDtrainCollective(IServiceCollection, int)"/>).
+/// </summary>
+public sealed class RingMailboxes(int maxPieceFloats = RingAllReduce.DefaultMaxPieceFloats)
+{
+    private readonly Lock _gate = new();
+    private readonly Dictionary<string, RingMailbox> _current = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, long> _newest = new(StringComparer.Ordinal);
+
+    /// <summary>Largest piece accepted from a neighbour, in floats; must match the senders' <see cref="RingAllReduce.MaxPieceFloats"/>.</summary>
+    public int MaxPieceFloats { get; } = maxPieceFloats > 0 ? maxPieceFloats : throw new ArgumentOutOfRangeException(nameof(maxPieceFloats));
+
+    /// <summary>
+    /// Registers the mailbox of channel <paramref name="jobId"/> (a job's ring, or a stage link's channel id, see
+    /// <see cref="StageChannels"/>) at <paramref name="generation"/>, superseding older generations of that channel.
+    /// </summary>
+    internal RingMailbox Register(string jobId, long generation, int rank, int worldSize, Rpc.ExpectedPeer? expectedLeft = null, int? sender = null,
+        PeerMessageKind kind = PeerMessageKind.AllReduce)
+    {
+        RingMailbox? superseded = null;
+        RingMailbox mailbox;
+        lock (_gate)
+        {
+            if (_newest.TryGetValue(jobId, out var newest) && newest >= generation)
+                throw new InvalidOperationException($"ring {jobId}: generation {newest} is already registered here, cannot register generation {generation}");
+            _current.Remove(jobId, out superseded);
+            mailbox = new RingMailbox(jobId, generation, rank, worldSize, sender, kind) { ExpectedLeft = expectedLeft };
+            _current[jobId] = mailbox;
+            _newest[jobId] = generation;
+        }
+        superseded?.Close(new InvalidOperationException($"ring {jobId}/{superseded.Generation} superseded by generation {generation}"));
+        return mailbox;
+    }
+
+    internal void Unregister(RingMailbox mailbox, Exception reason)
+    {
+        lock (_gate)
+        {
+            if (_current.TryGetValue(mailbox.JobId, out var current) && current == mailbox) _current.Remove(mailbox.JobId);
+        }
+        mailbox.Close(reason);
+    }
+
+    /// <summary>The open mailbox of that ring, or null, a refusal kind (not-registered / superseded / closed) and why.</summary>
+    internal (RingMailbox? Mailbox, string? Refusal, string? Detail) Find(string jobId, long generation)
+    {
+        lock (_gate)
+        {
+            var newest = _newest.TryGetValue(jobId, out var n) ? n : long.MinValue;
+            if (generation < newest) return (null, "superseded", $"ring {jobId}/{generation} is superseded by generation {newest} on this worker");
+            if (_current.TryGetValue(jobId, out var mailbox) && mailbox.Generation == generation && mailbox.ClosedReason is null) return (mailbox, null, null);
+            if (generation == newest) return (null, "closed", $"ring {jobId}/{generation} is closed on this worker");
+            return (null, "not-registered", $"no ring {jobId}/{generation} is registered on this worker (yet)");
+        }
+    }
+}
