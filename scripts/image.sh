@@ -29,7 +29,7 @@ fi
 # 1. Publish. Separate obj/bin (artifacts/image/build) so the self-contained restore does not disturb normal builds.
 echo "image: publishing dtrain (self-contained linux-x64)..."
 rm -rf "$stage/publish"
-if ! out="$(dotnet publish "$root/src/Coordinator/Dtrain.Coordinator.csproj" -c Release -r linux-x64 --self-contained \
+if ! out="$(dotnet publish "$root/src/Cli/Dtrain.Cli.csproj" -c Release -r linux-x64 --self-contained \
       -p:DtrainTorchCompat=false --artifacts-path "$stage/build" -o "$stage/publish" -nologo -v q 2>&1)"; then
   echo "$out" >&2
   echo "image: dotnet publish failed" >&2

@@ -32,7 +32,7 @@ public sealed class ImageTests(ImageFixture image, ITestOutputHelper output)
         Assert.Contains("[\"dtrain\"]", inspect.Stdout);
     }
 
-    /// <summary>The dashboard's files (pages, scripts, the vendored uPlot) are inside the published dtrain.dll the image carries.</summary>
+    /// <summary>The dashboard's files (pages, scripts, the vendored uPlot) are inside the published Dtrain.Coordinator.dll the image carries.</summary>
     [DockerFact]
     public async Task The_image_serves_the_dashboard_and_its_chart_library_on_8265()
     {

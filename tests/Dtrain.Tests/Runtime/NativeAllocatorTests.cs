@@ -44,7 +44,7 @@ public sealed class NativeAllocatorTests
         var fresh = tmp.Write("dtrain.dll", "newer than every source: no build");
         var script = File.ReadAllText(Path.Combine(RepoFiles.Root, "dtrain"));
         var psi = new ProcessStartInfo("/bin/bash", ["-c", script.Replace("exec dotnet \"$dll\" \"$@\"", "echo \"LD_PRELOAD=${LD_PRELOAD:-}\"", StringComparison.Ordinal)
-            .Replace("dll=\"$root/src/Coordinator/bin/Release/net10.0/dtrain.dll\"", $"dll={fresh}", StringComparison.Ordinal)])
+            .Replace("dll=\"$root/src/Cli/bin/Release/net10.0/dtrain.dll\"", $"dll={fresh}", StringComparison.Ordinal)])
         { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false, WorkingDirectory = RepoFiles.Root };
         psi.Environment.Remove("LD_PRELOAD");
         psi.Environment["DTRAIN_MALLOC"] = setting;
