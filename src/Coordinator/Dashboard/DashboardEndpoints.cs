@@ -10,7 +10,6 @@ using Dtrain.Rpc;
 using Dtrain.Server;
 using Dtrain.Server.Auth;
 using Dtrain.Specs;
-using Grpc.Core;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
@@ -142,9 +141,9 @@ public static class DashboardEndpoints
         {
             caller = Services(http).Auth.Authenticate(header.Length == 0 ? null : header, Peer(http), $"dashboard {http.Request.Method} {http.Request.Path}", carrier);
         }
-        catch (RpcException e)
+        catch (AccessDeniedException e)
         {
-            throw new Refusal(e.StatusCode == StatusCode.Unauthenticated ? StatusCodes.Status401Unauthorized : StatusCodes.Status500InternalServerError, e.Status.Detail);
+            throw new Refusal(Refusals.HttpStatusOf(e.Kind), e.Message);
         }
         if (caller.Role == Role.Metrics)
             throw new Refusal(StatusCodes.Status403Forbidden, $"token {caller.TokenId} (\"{caller.Name}\") has role metrics, which may only read /metrics and /metrics/targets; the dashboard needs submitter, viewer or admin");
@@ -279,9 +278,9 @@ public static class DashboardEndpoints
         {
             Services(http).Auth.Authenticate(token.Length == 0 ? null : "Bearer " + token, Peer(http), "dashboard login", "form field");
         }
-        catch (RpcException e)
+        catch (AccessDeniedException e)
         {
-            return LoginPage(http, e.Status.Detail, StatusCodes.Status401Unauthorized);
+            return LoginPage(http, e.Message, StatusCodes.Status401Unauthorized);
         }
         http.Response.Cookies.Append(CookieName, token, new CookieOptions
         {

@@ -10,7 +10,15 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
 {
     public override async Task<UploadReply> Upload(IAsyncStreamReader<FileChunk> requestStream, ServerCallContext context)
     {
-        var reply = await uploads.ReceiveAsync(requestStream, context).ConfigureAwait(false);
+        UploadReply reply;
+        try
+        {
+            reply = await uploads.ReceiveAsync(requestStream, context).ConfigureAwait(false);
+        }
+        catch (RefusedException e)
+        {
+            throw e.ToRpc();
+        }
         access.Record(context, "data.upload", ("file", reply.FileId), ("bytes", reply.Bytes));
         return reply;
     }
@@ -24,7 +32,15 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
             if (jobs.Knows(request.ResumeJob)) access.Job(context, request.ResumeJob, "resume");
             else if (Caller.Of(context).Role != Role.Admin) throw new RpcException(new Status(StatusCode.NotFound, JobAccess.NotFoundMessage(request.ResumeJob)));
         }
-        var job = jobs.Submit(request.FromProto(), Caller.Of(context).Name);
+        JobRecord job;
+        try
+        {
+            job = jobs.Submit(request.FromProto(), Caller.Of(context).Name);
+        }
+        catch (RefusedException e)
+        {
+            throw e.ToRpc();
+        }
         access.Record(context, "job.submit", ("job", job.Id), ("name", job.Spec.Name), ("workers", request.Workers), ("source", request.Source));
         return Task.FromResult(new SubmitReply { JobId = job.Id });
     }

@@ -78,26 +78,26 @@ public sealed class UploadStore : IDisposable
                         total = chunk.TotalBytes;
                         name = chunk.Name;
                         if (total < 0 || total > options.MaxUploadBytes)
-                            throw new RpcException(new Status(StatusCode.ResourceExhausted, $"upload \"{chunk.Name}\" of {total} bytes exceeds Coordinator:MaxUploadBytes = {options.MaxUploadBytes}"));
+                            throw new QuotaExceededException($"upload \"{chunk.Name}\" of {total} bytes exceeds Coordinator:MaxUploadBytes = {options.MaxUploadBytes}");
                         Reserve(id, owner, total, chunk.Name);
                     }
                     received += chunk.Data.Length;
                     if (received > total)
-                        throw new RpcException(new Status(StatusCode.InvalidArgument, $"upload sent more than the announced {total} bytes"));
+                        throw new RefusedException(RefusalKind.InvalidArgument, $"upload sent more than the announced {total} bytes");
                     chunk.Data.WriteTo(file);
                 }
                 await file.FlushAsync(cancel).ConfigureAwait(false);
                 file.Flush(flushToDisk: true);
             }
-            if (total < 0) throw new RpcException(new Status(StatusCode.InvalidArgument, "empty upload: the first chunk must carry the file's name and total_bytes"));
-            if (received != total) throw new RpcException(new Status(StatusCode.InvalidArgument, $"upload ended after {received} of {total} bytes"));
+            if (total < 0) throw new RefusedException(RefusalKind.InvalidArgument, "empty upload: the first chunk must carry the file's name and total_bytes");
+            if (received != total) throw new RefusedException(RefusalKind.InvalidArgument, $"upload ended after {received} of {total} bytes");
             var done = clock.GetUtcNow();
             File.Move(part, Path.Combine(Dir, id));
             DirectorySync.Fsync(Dir);
             if (!store.AddUpload(new StoredUpload(id, owner, received, done, name)))
             {
                 File.Delete(Path.Combine(Dir, id));
-                throw new RpcException(new Status(StatusCode.Unavailable, $"upload \"{name}\" received but the coordinator could not record it in its job store (see the coordinator's log); upload it again"));
+                throw new RefusedException(RefusalKind.Unavailable, $"upload \"{name}\" received but the coordinator could not record it in its job store (see the coordinator's log); upload it again");
             }
             entries[id].Completed = done;
             return new UploadReply { FileId = id, Bytes = received };
@@ -110,7 +110,7 @@ public sealed class UploadStore : IDisposable
         }
     }
 
-    /// <summary>Counts an upload against its owner's quota, or refuses it with ResourceExhausted naming the limit.</summary>
+    /// <summary>Counts an upload against its owner's quota, or refuses it (<see cref="QuotaExceededException"/>) naming the limit.</summary>
     private void Reserve(string id, string owner, long bytes, string name)
     {
         lock (quota)
@@ -119,11 +119,11 @@ public sealed class UploadStore : IDisposable
             var pendingBytes = mine.Sum(e => e.Bytes);
             var advice = $"submit the jobs that use them, or wait for unused ones to expire (Coordinator:UploadTtlMinutes = {options.UploadTtlMinutes.ToString(CultureInfo.InvariantCulture)})";
             if (mine.Count >= options.MaxPendingUploads)
-                throw new RpcException(new Status(StatusCode.ResourceExhausted,
-                    $"upload \"{name}\" refused: {owner} already has {mine.Count} pending uploads, the most allowed (Coordinator:MaxPendingUploads = {options.MaxPendingUploads}); {advice}"));
+                throw new QuotaExceededException(
+                    $"upload \"{name}\" refused: {owner} already has {mine.Count} pending uploads, the most allowed (Coordinator:MaxPendingUploads = {options.MaxPendingUploads}); {advice}");
             if (pendingBytes + bytes > options.MaxPendingUploadBytes)
-                throw new RpcException(new Status(StatusCode.ResourceExhausted,
-                    $"upload \"{name}\" of {bytes} bytes refused: {owner} already has {pendingBytes} bytes in pending uploads, and at most Coordinator:MaxPendingUploadBytes = {options.MaxPendingUploadBytes} are allowed; {advice}"));
+                throw new QuotaExceededException(
+                    $"upload \"{name}\" of {bytes} bytes refused: {owner} already has {pendingBytes} bytes in pending uploads, and at most Coordinator:MaxPendingUploadBytes = {options.MaxPendingUploadBytes} are allowed; {advice}");
             entries[id] = new Entry(owner, bytes);
         }
     }

@@ -1,7 +1,6 @@
 using System.Text.Json;
 using Dtrain.Rpc;
 using Dtrain.Server.Auth;
-using Grpc.Core;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
@@ -117,10 +116,10 @@ public sealed class CoordinatorMetrics : BackgroundService
             {
                 caller = tokens.Authenticate(header.Length == 0 ? null : header, peer, $"metrics GET {path}");
             }
-            catch (RpcException e)
+            catch (AccessDeniedException e)
             {
-                return new HttpRefusal(e.StatusCode == StatusCode.Unauthenticated ? StatusCodes.Status401Unauthorized : StatusCodes.Status500InternalServerError,
-                    $"{path}: {e.Status.Detail} (Prometheus: authorization credentials_file with a token of role metrics: {make})");
+                return new HttpRefusal(Refusals.HttpStatusOf(e.Kind),
+                    $"{path}: {e.Message} (Prometheus: authorization credentials_file with a token of role metrics: {make})");
             }
             if (ScrapeRoles.Contains(caller.Role)) return null;
             return new HttpRefusal(StatusCodes.Status403Forbidden,

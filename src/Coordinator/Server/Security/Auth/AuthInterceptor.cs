@@ -32,7 +32,15 @@ public sealed class AuthInterceptor(TokenAuthenticator authenticator, AuditLog a
 
     protected override void Admit(ServerCallContext context)
     {
-        var caller = authenticator.Authenticate(context);
+        Caller caller;
+        try
+        {
+            caller = authenticator.Authenticate(context);
+        }
+        catch (AccessDeniedException e)
+        {
+            throw e.ToRpc();
+        }
         var method = context.Method[(context.Method.LastIndexOf('/') + 1)..];
         var (roles, action) = Methods.TryGetValue(method, out var m) ? m : ([Role.Admin], $"call {method}");
         if (!roles.Contains(caller.Role))

@@ -116,13 +116,13 @@ public sealed class TokenAuthenticator : IDisposable
         }
     }
 
-    /// <summary>The caller of <paramref name="context"/>, or an RpcException (Unauthenticated) that says what is wrong; failures are audited.</summary>
+    /// <summary>The caller of <paramref name="context"/>, or an <see cref="AccessDeniedException"/> that says what is wrong; failures are audited.</summary>
     public Caller Authenticate(ServerCallContext context) =>
         Authenticate(context.RequestHeaders.GetValue("authorization"), context.Peer, context.Method, "metadata");
 
     /// <summary>
-    /// The caller who sent <paramref name="authorization"/> ("Bearer TOKEN", or null), or an RpcException (Unauthenticated)
-    /// that says what is wrong; failures are audited with <paramref name="peer"/> and <paramref name="method"/>. The
+    /// The caller who sent <paramref name="authorization"/> ("Bearer TOKEN", or null), or an <see cref="AccessDeniedException"/>
+    /// (Unauthenticated; Internal when the tokens file is broken) that says what is wrong; failures are audited with <paramref name="peer"/> and <paramref name="method"/>. The
     /// dashboard checks its requests with this too (<paramref name="carrier"/> names where the token travels).
     /// </summary>
     public Caller Authenticate(string? authorization, string peer, string method, string carrier = "header")
@@ -130,22 +130,22 @@ public sealed class TokenAuthenticator : IDisposable
         var state = Current();
         if (!state.Required) return Caller.Open;
         if (state.FileError is not null)
-            throw Fail(peer, method, StatusCode.Internal, "tokens file invalid", $"the coordinator cannot check tokens: {state.FileError}");
+            throw Fail(peer, method, RefusalKind.Internal, "tokens file invalid", $"the coordinator cannot check tokens: {state.FileError}");
         var header = authorization;
         if (string.IsNullOrEmpty(header))
         {
             var hint = state.Tokens.Any(t => t.Active) ? "" :
                 // Said to a caller who has no token: the coordinator's own paths stay out of it (its log names the directory).
                 "; no token exists yet: on the coordinator's host run `dtrain tokens create --role admin --name NAME --data-dir DIR`, DIR being the coordinator's data directory (Coordinator:DataDir)";
-            throw Fail(peer, method, StatusCode.Unauthenticated, "no token", $"this coordinator requires a bearer token ({carrier} \"authorization: Bearer TOKEN\") and none was sent{hint}");
+            throw Fail(peer, method, RefusalKind.Unauthenticated, "no token", $"this coordinator requires a bearer token ({carrier} \"authorization: Bearer TOKEN\") and none was sent{hint}");
         }
         if (!header.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) || header.Length <= 7)
-            throw Fail(peer, method, StatusCode.Unauthenticated, "malformed authorization", $"the authorization {carrier} must be \"Bearer TOKEN\"");
+            throw Fail(peer, method, RefusalKind.Unauthenticated, "malformed authorization", $"the authorization {carrier} must be \"Bearer TOKEN\"");
         var entry = TokenStore.Match(state.Tokens, header[7..].Trim());
         if (entry is null)
-            throw Fail(peer, method, StatusCode.Unauthenticated, "unknown token", "the token is not valid on this coordinator (unknown token)");
+            throw Fail(peer, method, RefusalKind.Unauthenticated, "unknown token", "the token is not valid on this coordinator (unknown token)");
         if (!entry.Active)
-            throw Fail(peer, method, StatusCode.Unauthenticated, "revoked token",
+            throw Fail(peer, method, RefusalKind.Unauthenticated, "revoked token",
                 string.Create(CultureInfo.InvariantCulture, $"token {entry.Id} (\"{entry.Name}\") was revoked at {entry.Revoked:yyyy-MM-dd HH:mm:ss} UTC"), entry);
         var caller = new Caller(entry.Name, entry.Parsed, entry.Id);
         NoteUse(caller, peer, method);
@@ -307,12 +307,12 @@ public sealed class TokenAuthenticator : IDisposable
         return TokenStore.Match(state.Tokens, authorization[7..].Trim()) is { Active: true } entry ? new Caller(entry.Name, entry.Parsed, entry.Id) : null;
     }
 
-    RpcException Fail(string peer, string method, StatusCode code, string reason, string message, TokenEntry? entry = null)
+    AccessDeniedException Fail(string peer, string method, RefusalKind kind, string reason, string message, TokenEntry? entry = null)
     {
         var fields = new List<(string, object?)> { ("method", method), ("reason", reason) };
         if (entry is not null) { fields.Add(("token", entry.Id)); fields.Add(("name", entry.Name)); }
         audit.Write("auth.failed", null, peer, [.. fields]);
-        return new RpcException(new Status(code, message));
+        return new AccessDeniedException(kind, message);
     }
 
     /// <summary>Audits a token's first use, and again once <see cref="CoordinatorOptions.AuditTokenUseMinutes"/> have passed since the last line.</summary>
