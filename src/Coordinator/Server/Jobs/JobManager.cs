@@ -11,6 +11,9 @@ namespace Dtrain.Server;
 public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistry registry, JobRunner runner, DataAccess data, UploadStore uploads, JobStore store, TimeProvider clock, ILogger<JobManager> log) : BackgroundService
 {
     private readonly ConcurrentDictionary<string, JobRecord> jobs = new();
+    private readonly JobStorage storage = new(options, uploads);
+    private readonly JobRetention retention = new(options, clock, log);
+    private readonly JobRecovery recovery = new(options, store, data, clock, log);
 
     /// <summary>A job was submitted or restored from the store; called before it can start, so a follower of its events misses none.</summary>
     public event Action<JobRecord>? JobAdded;
@@ -18,7 +21,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
     // Jobs going back to work from their checkpoint (training.max_restarts): they start before the queue when workers allow.
     private readonly ConcurrentQueue<JobRecord> restarts = new();
     private readonly SemaphoreSlim wake = new(0);
-    // Job records are kept in the store (see JobManager.Recovery.cs); numbering continues after the highest job
+    // Job records are kept in the store (read back by JobRecovery); numbering continues after the highest job
     // directory too, so a new job never writes into an old one's (even one the store does not know).
     private int nextId = HighestJobNumber(Path.Combine(options.DataDir, "jobs"));
     private long enqueued;
@@ -44,7 +47,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
             // `dtrain resume JOB`: that job's spec and the data files it was given.
             if (request.ResumeJob == "") throw new ArgumentException("the job spec is empty (only a resumed job may leave it out, to reuse its spec)");
             (spec, asSubmitted, onClient) = SpecOfJob(request.ResumeJob);
-            RequireStoredData(request.ResumeJob, spec);
+            retention.RequireStoredData(request.ResumeJob, JobDir(request.ResumeJob), spec);
             source = $"spec of {request.ResumeJob}";
             ownData = true;
         }
@@ -62,7 +65,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         if (resume is not null && spec.Training.MaxSteps > 0 && resume.State.Step >= spec.Training.MaxSteps)
             throw new ArgumentException($"{source}: the checkpoint {resume.From} is at step {resume.State.Step} and training.max_steps is {spec.Training.MaxSteps}: " +
                                         "nothing left to train (submit the spec with a larger training.max_steps and --resume)");
-        RequireStorage(owner, spec, request);
+        storage.RequireRoom(owner, spec, request, jobs.Values);
         var id = $"job-{Interlocked.Increment(ref nextId):D4}";
         var dir = Path.GetFullPath(Path.Combine(options.DataDir, "jobs", id));
         PrivateFiles.CreateDirectory(dir);
@@ -106,7 +109,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
             StartStep = resume?.State.Step ?? 0,
         }, publishState: false);
         record.QueueOrder = Interlocked.Increment(ref enqueued);
-        record.StoredBytes = BytesUnder(dir);
+        record.StoredBytes = JobStorage.BytesUnder(dir);
         record.Persist(store);
         // Queued only once the store holds it: a coordinator restart keeps every job it said it accepted.
         if (!store.SaveNow(record)) throw new IOException($"job {id} could not be saved in {store.Path} (see the coordinator's log); it was not queued");
@@ -169,7 +172,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
     private const string SubmittedSpecFile = "submitted-spec.json", ClientSpecFile = "client-spec.json";
 
     /// <summary>The spec of the job in <paramref name="dir"/> as on the submitting machine; <paramref name="submitted"/> when not kept.</summary>
-    private static JobSpec ClientSpecOf(string dir, JobSpec submitted)
+    internal static JobSpec ClientSpecOf(string dir, JobSpec submitted)
     {
         var file = Path.Combine(dir, ClientSpecFile);
         return File.Exists(file) ? JobSpecSerializer.Parse(File.ReadAllText(file), $"{Path.GetFileName(dir)}/{ClientSpecFile}") : submitted;
@@ -179,7 +182,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
     /// The spec of the job in <paramref name="dir"/> as it was submitted; for a job of an older coordinator that did not
     /// keep it, <paramref name="running"/> with its stored data files by their file names and no output.
     /// </summary>
-    private static JobSpec SubmittedSpecOf(string dir, JobSpec running)
+    internal static JobSpec SubmittedSpecOf(string dir, JobSpec running)
     {
         var file = Path.Combine(dir, SubmittedSpecFile);
         if (File.Exists(file)) return JobSpecSerializer.Parse(File.ReadAllText(file), $"{Path.GetFileName(dir)}/{SubmittedSpecFile}");
@@ -197,7 +200,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
     }
 
     [System.Text.RegularExpressions.GeneratedRegex(@"^job-[0-9]{4,9}$")]
-    private static partial System.Text.RegularExpressions.Regex JobId();
+    internal static partial System.Text.RegularExpressions.Regex JobId();
 
     /// <summary>The memory of the largest registered worker: a job whose replica needs more can run on none of them (no check while none is registered).</summary>
     private Training.MemoryBudget? LargestWorker() =>
@@ -261,6 +264,12 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
 
     public IReadOnlyList<JobRecord> List() => [.. jobs.Values.OrderBy(j => j.Id, StringComparer.Ordinal)];
 
+    /// <summary>Bytes <paramref name="owner"/>'s jobs keep on the coordinator, as last measured (<see cref="JobStorage"/>).</summary>
+    public long StoredBytesOf(string owner) => JobStorage.StoredBytesOf(owner, jobs.Values);
+
+    /// <summary>The storage of each owner of <paramref name="listed"/>, with the quota.</summary>
+    public IEnumerable<(string Owner, long Bytes, long Quota)> StorageOf(IEnumerable<JobRecord> listed) => storage.StorageOf(listed, jobs.Values);
+
     public JobRecord Cancel(string id)
     {
         var job = Get(id);
@@ -282,8 +291,33 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
             registry.Sweep();
             // In submission order, with backfilling while the head waits for workers to register (JobQueue.cs).
             Schedule(stop);
-            ExpireData();
-            MeasureStorage();
+            foreach (var id in retention.ExpireData(jobs.Values)) storage.Changed(id);
+            storage.Measure(jobs.Values);
+        }
+    }
+
+    /// <summary>Takes back the jobs of the store (<see cref="JobRecovery"/>): the ones that were running first, then the queued ones in their order.</summary>
+    private void Recover()
+    {
+        var back = recovery.Load(job =>
+        {
+            jobs[job.Id] = job;
+            JobAdded?.Invoke(job);
+        });
+        // The jobs that were running started before any still queued: they go first.
+        foreach (var job in back.Interrupted.OrderBy(j => j.QueueOrder))
+            Requeue(job, "coordinator restarted", counted: false);
+        foreach (var job in back.Waiting.OrderBy(j => j.QueueOrder))
+        {
+            job.QueueOrder = Interlocked.Increment(ref enqueued);
+            store.SaveNow(job);
+            queue.Enqueue(job);
+        }
+        if (jobs.Count > 0)
+        {
+            log.LogInformation("{Store}: {Count} job(s) taken back: {Running} resume from their newest checkpoint, {Queued} stay queued, {Finished} finished",
+                store.Path, jobs.Count, back.Interrupted.Count, back.Waiting.Count, back.Finished);
+            wake.Release();
         }
     }
 

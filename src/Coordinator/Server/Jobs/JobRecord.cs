@@ -116,7 +116,7 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     /// <summary>Name of the token that submitted the job ("" when auth was off); never changes.</summary>
     public string Owner { get; } = owner;
 
-    /// <summary>Bytes under the job's directory, as last measured (JobManager.Storage.cs): what it counts against its owner's storage quota.</summary>
+    /// <summary>Bytes under the job's directory, as last measured (JobStorage): what it counts against its owner's storage quota.</summary>
     public long StoredBytes
     {
         get => Interlocked.Read(ref storedBytes);

@@ -7,11 +7,19 @@ namespace Dtrain.Server;
 /// <summary>
 /// A coordinator that starts on a data directory with a job store takes back its jobs: finished ones stay listed
 /// and downloadable, queued ones stay queued in their order, and ones that were running when it stopped go back to
-/// the head of the queue to restart from their newest checkpoint (the steps after it are trained again).
+/// the head of the queue to restart from their newest checkpoint (the steps after it are trained again). This reads
+/// them back; <see cref="JobManager"/> queues them.
 /// </summary>
-public sealed partial class JobManager
+public sealed class JobRecovery(CoordinatorOptions options, JobStore store, DataAccess data, TimeProvider clock, ILogger log)
 {
-    private void Recover()
+    /// <summary>The jobs taken back that go on: those that were running, and those that were queued (each in its old queue order).</summary>
+    public sealed record Recovered(IReadOnlyList<JobRecord> Interrupted, IReadOnlyList<JobRecord> Waiting, int Finished);
+
+    /// <summary>
+    /// Reads every job of the store back. Each one is handed to <paramref name="adopt"/> as soon as it is restored, before
+    /// anything happens to it (a job whose starting checkpoint is gone fails here, and its followers see that).
+    /// </summary>
+    public Recovered Load(Action<JobRecord> adopt)
     {
         var interrupted = new List<JobRecord>();
         var waiting = new List<JobRecord>();
@@ -19,7 +27,7 @@ public sealed partial class JobManager
         foreach (var stored in store.LoadAll())
         {
             var id = stored.Job.Id;
-            if (!JobId().IsMatch(id))
+            if (!JobManager.JobId().IsMatch(id))
             {
                 log.LogError("{Store}: a job record with id \"{Id}\" (not a job id) is left out", store.Path, id);
                 continue;
@@ -29,8 +37,8 @@ public sealed partial class JobManager
             try
             {
                 spec = JobSpecSerializer.Parse(File.ReadAllText(Path.Combine(dir, "spec.json")), $"{id}/spec.json");
-                submitted = SubmittedSpecOf(dir, spec);
-                onClient = ClientSpecOf(dir, submitted);
+                submitted = JobManager.SubmittedSpecOf(dir, spec);
+                onClient = JobManager.ClientSpecOf(dir, submitted);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or SpecException)
             {
@@ -39,8 +47,7 @@ public sealed partial class JobManager
             }
             var job = JobRecord.Restore(stored, spec, dir, data.LimitsFor(id, Path.Combine(dir, "data")), submitted, onClient);
             job.Persist(store);
-            jobs[id] = job;
-            JobAdded?.Invoke(job);
+            adopt(job);
             if (job.IsFinished)
             {
                 finished++;
@@ -56,21 +63,7 @@ public sealed partial class JobManager
             }
             (stored.Job.Status == JobStatus.Queued ? waiting : interrupted).Add(job);
         }
-        // The jobs that were running started before any still queued: they go first.
-        foreach (var job in interrupted.OrderBy(j => j.QueueOrder))
-            Requeue(job, "coordinator restarted", counted: false);
-        foreach (var job in waiting.OrderBy(j => j.QueueOrder))
-        {
-            job.QueueOrder = Interlocked.Increment(ref enqueued);
-            store.SaveNow(job);
-            queue.Enqueue(job);
-        }
-        if (jobs.Count > 0)
-        {
-            log.LogInformation("{Store}: {Count} job(s) taken back: {Running} resume from their newest checkpoint, {Queued} stay queued, {Finished} finished",
-                store.Path, jobs.Count, interrupted.Count, waiting.Count, finished);
-            wake.Release();
-        }
+        return new Recovered(interrupted, waiting, finished);
     }
 
     /// <summary>The checkpoint a job that has not finished started from (it restarts from it when it has none of its own); null when fine, else why the job cannot go on.</summary>
@@ -86,7 +79,7 @@ public sealed partial class JobManager
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException or CorruptCheckpointException)
         {
             // The checkpoint of another job may have been rotated away since: that job's newest serves as well.
-            if (JobId().IsMatch(from))
+            if (JobManager.JobId().IsMatch(from))
             {
                 try
                 {

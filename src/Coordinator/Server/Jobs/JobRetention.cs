@@ -8,21 +8,21 @@ namespace Dtrain.Server;
 /// restarts (the end time is in the job store). The job's record, spec and checkpoints stay: it is still listed and
 /// downloadable, and `dtrain submit JOB.json --resume JOB` continues it with its data sent again.
 /// </summary>
-public sealed partial class JobManager
+public sealed class JobRetention(CoordinatorOptions options, TimeProvider clock, ILogger log)
 {
     // Jobs whose data directory is gone (deleted here, or never had one): not looked at again.
     private readonly HashSet<string> expired = [];
 
     /// <summary>The data directory of a job (its uploaded and inline files).</summary>
-    internal static string DataDirOf(JobRecord job) => Path.Combine(job.Dir, "data");
+    public static string DataDirOf(JobRecord job) => Path.Combine(job.Dir, "data");
 
-    /// <summary>Deletes the data of every job that ended more than the retention ago; returns how many jobs' data went.</summary>
-    private int ExpireData()
+    /// <summary>Deletes the data of every job of <paramref name="jobs"/> that ended more than the retention ago; returns the jobs whose data went.</summary>
+    public IReadOnlyList<string> ExpireData(IEnumerable<JobRecord> jobs)
     {
         var now = clock.GetUtcNow();
         var retention = TimeSpan.FromMinutes(options.JobDataRetentionMinutes);
-        var deleted = 0;
-        foreach (var job in jobs.Values)
+        var deleted = new List<string>();
+        foreach (var job in jobs)
         {
             var (status, progress) = job.Read();
             if (!JobLifecycle.IsFinished(status) || expired.Contains(job.Id)) continue;
@@ -32,10 +32,9 @@ public sealed partial class JobManager
             {
                 if (Directory.Exists(dir))
                 {
-                    var bytes = BytesUnder(dir);
+                    var bytes = JobStorage.BytesUnder(dir);
                     Directory.Delete(dir, recursive: true);
-                    measured.Remove(job.Id);
-                    deleted++;
+                    deleted.Add(job.Id);
                     log.LogInformation("job {Id}: its data files ({Bytes} bytes) deleted {Minutes} min after it ended (Coordinator:JobDataRetentionMinutes)", job.Id, bytes, options.JobDataRetentionMinutes);
                 }
                 expired.Add(job.Id);
@@ -49,10 +48,13 @@ public sealed partial class JobManager
         return deleted;
     }
 
-    /// <summary>`dtrain resume JOB` reuses the job's stored data files: refused, saying what to do, once they are gone.</summary>
-    private void RequireStoredData(string jobId, Specs.JobSpec spec)
+    /// <summary>
+    /// `dtrain resume JOB` reuses the job's stored data files (under <paramref name="jobDir"/>): refused, saying what to
+    /// do, once they are gone.
+    /// </summary>
+    public void RequireStoredData(string jobId, string jobDir, Specs.JobSpec spec)
     {
-        var own = Path.Combine(JobDir(jobId), "data") + Path.DirectorySeparatorChar;
+        var own = Path.Combine(jobDir, "data") + Path.DirectorySeparatorChar;
         foreach (var path in new[] { spec.Data.Train, spec.Data.Validation })
         {
             if (path is null || !path.StartsWith(own, StringComparison.Ordinal) || File.Exists(path)) continue;

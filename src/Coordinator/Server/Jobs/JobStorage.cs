@@ -1,24 +1,23 @@
 using System.Globalization;
 using Dtrain.Specs;
-using Grpc.Core;
 
 namespace Dtrain.Server;
 
 /// <summary>
 /// What each owner stores on the coordinator — the bytes under its jobs' directories: data files (until they expire,
-/// JobManager.Retention.cs), checkpoints and records — measured on the scheduling loop, and the per-owner quota
+/// <see cref="JobRetention"/>), checkpoints and records — measured on the scheduling loop, and the per-owner quota
 /// <see cref="CoordinatorOptions.MaxStoredBytesPerOwner"/> checked at submit. Pending uploads have their own limit
 /// (<see cref="CoordinatorOptions.MaxPendingUploadBytes"/>) and count once a job claims them.
 /// </summary>
-public sealed partial class JobManager
+public sealed class JobStorage(CoordinatorOptions options, UploadStore uploads)
 {
     // Finished jobs measured since they finished (or since their data expired): their directories no longer change.
     private readonly HashSet<string> measured = [];
 
     /// <summary>Measures the jobs whose directories may have changed since last time (the active ones, and each finished one once more).</summary>
-    private void MeasureStorage()
+    public void Measure(IEnumerable<JobRecord> jobs)
     {
-        foreach (var job in jobs.Values)
+        foreach (var job in jobs)
         {
             if (job.IsFinished && measured.Contains(job.Id)) continue;
             var finished = job.IsFinished;
@@ -27,8 +26,11 @@ public sealed partial class JobManager
         }
     }
 
+    /// <summary>A finished job's directory changed (its data files went): it is measured once more.</summary>
+    public void Changed(string jobId) => measured.Remove(jobId);
+
     /// <summary>Bytes of the regular files under <paramref name="dir"/> (0 when it is gone).</summary>
-    internal static long BytesUnder(string dir)
+    public static long BytesUnder(string dir)
     {
         try
         {
@@ -44,16 +46,16 @@ public sealed partial class JobManager
         }
     }
 
-    /// <summary>Bytes <paramref name="owner"/>'s jobs keep on the coordinator, as last measured.</summary>
-    public long StoredBytesOf(string owner) => jobs.Values.Where(j => j.Owner == owner).Sum(j => j.StoredBytes);
+    /// <summary>Bytes <paramref name="owner"/>'s jobs (of <paramref name="jobs"/>) keep on the coordinator, as last measured.</summary>
+    public static long StoredBytesOf(string owner, IEnumerable<JobRecord> jobs) => jobs.Where(j => j.Owner == owner).Sum(j => j.StoredBytes);
 
-    /// <summary>The storage of each owner of <paramref name="listed"/>, with the quota.</summary>
-    public IEnumerable<(string Owner, long Bytes, long Quota)> StorageOf(IEnumerable<JobRecord> listed) =>
+    /// <summary>The storage of each owner of <paramref name="listed"/> (counting all their <paramref name="jobs"/>), with the quota.</summary>
+    public IEnumerable<(string Owner, long Bytes, long Quota)> StorageOf(IEnumerable<JobRecord> listed, IEnumerable<JobRecord> jobs) =>
         listed.Select(j => j.Owner).Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal)
-            .Select(o => (o, StoredBytesOf(o), options.MaxStoredBytesPerOwner));
+            .Select(o => (o, StoredBytesOf(o, jobs), options.MaxStoredBytesPerOwner));
 
-    /// <summary>Refuses (ResourceExhausted) a submission that would take its owner over <see cref="CoordinatorOptions.MaxStoredBytesPerOwner"/>.</summary>
-    private void RequireStorage(string owner, JobSpec spec, JobSubmission request)
+    /// <summary>Refuses (<see cref="QuotaExceededException"/>) a submission that would take its owner over <see cref="CoordinatorOptions.MaxStoredBytesPerOwner"/>.</summary>
+    public void RequireRoom(string owner, JobSpec spec, JobSubmission request, IEnumerable<JobRecord> jobs)
     {
         var quota = options.MaxStoredBytesPerOwner;
         if (quota <= 0) return;
@@ -65,14 +67,14 @@ public sealed partial class JobManager
             else if (request.UploadedFiles.TryGetValue(path, out var fileId)) incoming += UploadBytes(fileId);
         }
         if (request.ResumeUpload != "") incoming += UploadBytes(request.ResumeUpload);
-        var used = StoredBytesOf(owner);
+        var used = StoredBytesOf(owner, jobs);
         if (used + incoming <= quota && used < quota) return;
         var who = owner == "" ? "everyone (the coordinator's auth is off: one owner)" : $"owner \"{owner}\"";
-        throw new RpcException(new Status(StatusCode.ResourceExhausted,
+        throw new QuotaExceededException(
             $"job refused: {who} stores {Bytes(used)} on the coordinator (jobs' data files, checkpoints and records; `dtrain list` shows each job's) " +
             $"and this job brings {Bytes(incoming)}, over the quota Coordinator:MaxStoredBytesPerOwner = {Bytes(quota)}; " +
             $"finished jobs' data files are deleted {options.JobDataRetentionMinutes.ToString("0.##", CultureInfo.InvariantCulture)} min after they end (Coordinator:JobDataRetentionMinutes), " +
-            "or ask the coordinator's operator to raise the quota"));
+            "or ask the coordinator's operator to raise the quota");
     }
 
     private long UploadBytes(string fileId)
