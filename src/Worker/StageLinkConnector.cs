@@ -8,7 +8,7 @@ namespace Dtrain.Worker;
 
 /// <summary>
 /// Opens a pipeline stage's links to its neighbouring stages with the transport <see cref="WorkerOptions.Transport"/>
-/// names — the same choice and negotiation as the ring's (<see cref="DataPlane.ConnectStageLinksAsync"/>: shared
+/// names — the same choice and negotiation as the ring's (<see cref="DataPlaneStageLinks.ConnectStageLinksAsync"/>: shared
 /// memory to a stage on this host, TCP (TLS with cluster TLS) elsewhere; <c>grpc</c> = the StageLink streams,
 /// <see cref="GrpcStageLinks"/>) — and logs the choice ("stage links w1->w2: shared memory, w1->w0: shared memory").
 /// </summary>

@@ -5,7 +5,7 @@ namespace Dtrain.Collective;
 /// <summary>
 /// The frame every non-gRPC link writes before a piece's bytes (little-endian, 72 bytes): operation (8), phase (4),
 /// ring step (4), piece (4), pieces (4), offset (8), byte length (4), message kind (4), then up to four int64
-/// dimensions (32) — the tensor's shape for a <see cref="PeerMessageKind.StageTensor"/> piece, zeros for an
+/// dimensions (32) — the tensor's shape for a <see cref="PeerMessageKind.Tensor"/> piece, zeros for an
 /// all-reduce piece. Receivers check it as <see cref="CollectiveService"/> checks a chunk, and a link accepts only
 /// the kind of message its channel carries (<see cref="RingMailbox.Kind"/>).
 /// </summary>
@@ -43,7 +43,7 @@ internal static class PieceFrame
         PeerMessageKind kind = PeerMessageKind.AllReduce)
     {
         var rawKind = BinaryPrimitives.ReadInt32LittleEndian(header[36..]);
-        if (rawKind is not ((int)PeerMessageKind.AllReduce or (int)PeerMessageKind.StageTensor))
+        if (rawKind is not ((int)PeerMessageKind.AllReduce or (int)PeerMessageKind.Tensor))
             throw new InvalidDataException($"message kind {rawKind} is neither 0 (all-reduce piece) nor 1 (stage tensor)");
         var tag = new RingTag(
             BinaryPrimitives.ReadInt64LittleEndian(header),
@@ -52,7 +52,7 @@ internal static class PieceFrame
             BinaryPrimitives.ReadInt32LittleEndian(header[16..]),
             (PeerMessageKind)rawKind);
         if (tag.Kind != kind)
-            throw new InvalidDataException($"{(tag.Kind == PeerMessageKind.StageTensor ? "a stage tensor" : "an all-reduce piece")} on a link that carries {Describe(kind)}s only");
+            throw new InvalidDataException($"{(tag.Kind == PeerMessageKind.Tensor ? "a stage tensor" : "an all-reduce piece")} on a link that carries {Describe(kind)}s only");
         var pieces = BinaryPrimitives.ReadInt32LittleEndian(header[20..]);
         var offset = BinaryPrimitives.ReadInt64LittleEndian(header[24..]);
         var length = BinaryPrimitives.ReadInt32LittleEndian(header[32..]);
@@ -89,5 +89,5 @@ internal static class PieceFrame
         return (tag, pieces, offset, length, [.. dims]);
     }
 
-    private static string Describe(PeerMessageKind kind) => kind == PeerMessageKind.StageTensor ? "stage tensor" : "all-reduce piece";
+    private static string Describe(PeerMessageKind kind) => kind == PeerMessageKind.Tensor ? "stage tensor" : "all-reduce piece";
 }

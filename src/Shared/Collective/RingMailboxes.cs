@@ -16,8 +16,8 @@ public sealed class RingMailboxes(int maxPieceFloats = RingAllReduce.DefaultMaxP
     public int MaxPieceFloats { get; } = maxPieceFloats > 0 ? maxPieceFloats : throw new ArgumentOutOfRangeException(nameof(maxPieceFloats));
 
     /// <summary>
-    /// Registers the mailbox of channel <paramref name="jobId"/> (a job's ring, or a stage link's channel id, see
-    /// <see cref="StageChannels"/>) at <paramref name="generation"/>, superseding older generations of that channel.
+    /// Registers the mailbox of channel <paramref name="jobId"/> (a job's ring, or
+    /// a pipeline stage link's channel: <c>StageChannels</c>) at <paramref name="generation"/>, superseding older generations of that channel.
     /// </summary>
     internal RingMailbox Register(string jobId, long generation, int rank, int worldSize, Rpc.ExpectedPeer? expectedLeft = null, int? sender = null,
         PeerMessageKind kind = PeerMessageKind.AllReduce)

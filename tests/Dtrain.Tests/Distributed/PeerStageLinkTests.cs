@@ -10,7 +10,7 @@ using CollectiveGrpc = Dtrain.Protos.Collective.Collective;
 namespace Dtrain.Tests.Distributed;
 
 /// <summary>
-/// Pipeline stage links over the data plane (<see cref="PeerStageLinks"/> on <see cref="DataPlane.ConnectStageLinksAsync"/>)
+/// Pipeline stage links over the data plane (<see cref="PeerStageLinks"/> on <see cref="DataPlaneStageLinks.ConnectStageLinksAsync"/>)
 /// between real Kestrel hosts on loopback, over shared memory and TCP: tensors arrive whole and exact (also when split
 /// into several pieces), links are fenced by generation, and malformed stage-tensor frames are refused naming what is wrong.
 /// </summary>
@@ -128,15 +128,15 @@ public class PeerStageLinkTests
     public void Stage_tensor_frames_are_checked_strictly()
     {
         const int max = 4096;
-        var good = PieceFrame.Read(Header(1, 7, 1, 2, 1, 2, 6, 24, 3, 4), max, 2, PeerMessageKind.StageTensor);
-        Assert.Equal(RingTag.StageTag(7, 1, 2, 1), good.Tag);
+        var good = PieceFrame.Read(Header(1, 7, 1, 2, 1, 2, 6, 24, 3, 4), max, 2, PeerMessageKind.Tensor);
+        Assert.Equal(new StageTensorTag(7, StagePhase.Gradient, 2, 1).ToWire(), good.Tag);
         Assert.Equal(new long[] { 3, 4 }, good.Shape);
         // Round trip through the writer.
         var written = new byte[PieceFrame.Size];
-        using (var piece = RingPiece.FromBytes(RingTag.StageTag(7, 1, 2, 1), 6, 2, new byte[24]).WithShape([3, 4])) PieceFrame.Write(written, piece);
+        using (var piece = RingPiece.FromBytes(new StageTensorTag(7, StagePhase.Gradient, 2, 1).ToWire(), 6, 2, new byte[24]).WithShape([3, 4])) PieceFrame.Write(written, piece);
         Assert.Equal(Header(1, 7, 1, 2, 1, 2, 6, 24, 3, 4), written);
 
-        void Refused(byte[] header, string expected, PeerMessageKind link = PeerMessageKind.StageTensor)
+        void Refused(byte[] header, string expected, PeerMessageKind link = PeerMessageKind.Tensor)
         {
             var ex = Assert.Throws<InvalidDataException>(() => PieceFrame.Read(header, max, 2, link));
             Assert.Contains(expected, ex.Message, StringComparison.Ordinal);
@@ -168,16 +168,16 @@ public class PeerStageLinkTests
             var plane = host.Plane;
             var channel = StageChannels.Link("job", 0, 0, 1);
             // Stage 1's inbound channel from stage 0, as ConnectStageLinksAsync registers it.
-            var mailbox = plane.Mailboxes.Register(channel, 1, 1, 2, null, 0, PeerMessageKind.StageTensor);
+            var mailbox = plane.Mailboxes.Register(channel, 1, 1, 2, null, 0, PeerMessageKind.Tensor);
             // A sender that says Hello as stage 0 (so it has the one-time token), then writes a bad frame over TCP.
             using var grpc = GrpcChannel.ForAddress(host.Address);
             var offer = await new CollectiveGrpc.CollectiveClient(grpc).HelloAsync(new DataPlaneHello { JobId = channel, Generation = 1, SenderRank = 0, WorldSize = 2 }).ResponseAsync;
             await using var link = await TcpLink.ConnectAsync("127.0.0.1", offer.TcpPort, channel, 1, 0, 2, offer.Token.ToByteArray(), null, null, CancellationToken.None);
             using var piece = expected.StartsWith("run ", StringComparison.Ordinal)
-                ? RingPiece.FromBytes(RingTag.StageTag(5, 0, 0, 0), 2, 1, new byte[16]).WithShape([3])   // 4 values at offset 2 of 3
+                ? RingPiece.FromBytes(new StageTensorTag(5, StagePhase.Activation, 0, 0).ToWire(), 2, 1, new byte[16]).WithShape([3])   // 4 values at offset 2 of 3
                 : RingPiece.FromBytes(new RingTag(5, 0, 0, 0), 0, 1, new byte[16]);                       // an all-reduce piece
             await link.SendAsync(piece, CancellationToken.None);
-            var ex = await Assert.ThrowsAnyAsync<Exception>(() => mailbox.ReceiveAsync(RingTag.StageTag(5, 0, 0, 0), e => new RingTransportException(e.Message, 0, "stage 0", e), CancellationToken.None).AsTask().WaitAsync(TimeSpan.FromSeconds(30)));
+            var ex = await Assert.ThrowsAnyAsync<Exception>(() => mailbox.ReceiveAsync(new StageTensorTag(5, StagePhase.Activation, 0, 0).ToWire(), e => new RingTransportException(e.Message, 0, "stage 0", e), CancellationToken.None).AsTask().WaitAsync(TimeSpan.FromSeconds(30)));
             Assert.True(ex.Message.Contains(expected, StringComparison.Ordinal), ex.Message);
             plane.Mailboxes.Unregister(mailbox, new ObjectDisposedException("test"));
         }

@@ -16,9 +16,9 @@ public interface IStageLinkSet : IAsyncDisposable
 
 /// <summary>
 /// One stage's links over the data plane's point-to-point seam (<see cref="IPeerTransport"/>, ranks = stage indices;
-/// made by <see cref="DataPlane.ConnectStageLinksAsync"/>): activations go to stage + 1, activation gradients to
-/// stage - 1, as <see cref="PeerMessageKind.StageTensor"/> pieces tagged (step, activation|gradient, micro-batch,
-/// piece) and carrying the tensor's shape. A tensor larger than the links' piece size
+/// made by <see cref="DataPlaneStageLinks.ConnectStageLinksAsync"/>): activations go to stage + 1, activation gradients to
+/// stage - 1, as <see cref="PeerMessageKind.Tensor"/> pieces tagged by <see cref="StageTensorTag"/> (step, activation|gradient,
+/// micro-batch, piece) and carrying the tensor's shape. A tensor larger than the links' piece size
 /// (<see cref="RingMailboxes.MaxPieceFloats"/>) travels as several pieces. Sending reads the contiguous CPU tensor's
 /// own memory (no managed copy); receiving copies each piece once, straight into the new tensor's memory.
 /// </summary>
@@ -56,18 +56,18 @@ public sealed class PeerStageLinks : IStageLinkSet
 
     private int Next => stage + 1 < peers.WorldSize ? stage + 1 : -1;
 
-    private async Task SendAsync(int phase, long step, int micro, Tensor tensor, CancellationToken cancel)
+    private async Task SendAsync(StagePhase phase, long step, int micro, Tensor tensor, CancellationToken cancel)
     {
-        var to = phase == 0 ? Next : stage - 1;
-        var what = RingTag.StagePhaseName(phase);
-        if (to < 0 || peers.LinkTo(to) is null) throw new InvalidOperationException($"stage {stage} has no {(phase == 0 ? "next" : "previous")} stage to send a {what} to");
+        var to = phase == StagePhase.Activation ? Next : stage - 1;
+        var what = StageTensorTag.PhaseName(phase);
+        if (to < 0 || peers.LinkTo(to) is null) throw new InvalidOperationException($"stage {stage} has no {(phase == StagePhase.Activation ? "next" : "previous")} stage to send a {what} to");
         using var cpu = tensor.to(CPU).contiguous();
         if (cpu.dtype != ScalarType.Float32) throw new InvalidOperationException($"stage {stage}: the {what} of step {step} micro-batch {micro} is {cpu.dtype}, stage links carry float32");
         var shape = cpu.shape;
         var count = cpu.numel();
         if (shape.Length is < 1 or > PieceFrame.MaxDims || count < 1 || count > PieceFrame.MaxTensorElements)
             throw new InvalidOperationException($"stage {stage}: the {what} of step {step} micro-batch {micro} has shape [{string.Join(", ", shape)}]; stage links carry 1 to {PieceFrame.MaxDims} dimensions and 1 to {PieceFrame.MaxTensorElements} values");
-        var gate = phase == 0 ? toNext : toPrevious;
+        var gate = phase == StagePhase.Activation ? toNext : toPrevious;
         await gate.WaitAsync(cancel).ConfigureAwait(false);
         try
         {
@@ -77,7 +77,7 @@ public sealed class PeerStageLinks : IStageLinkSet
             {
                 var offset = (long)i * maxPieceFloats;
                 var n = (int)Math.Min(maxPieceFloats, count - offset);
-                using var piece = RingPiece.FromBytes(RingTag.StageTag(step, phase, micro, i), offset, pieces,
+                using var piece = RingPiece.FromBytes(new StageTensorTag(step, phase, micro, i).ToWire(), offset, pieces,
                     memory.Memory.Slice((int)(offset * sizeof(float)), n * sizeof(float))).WithShape(shape);
                 await peers.SendAsync(to, piece, cancel).ConfigureAwait(false);
             }
@@ -92,24 +92,24 @@ public sealed class PeerStageLinks : IStageLinkSet
         }
     }
 
-    private async Task<Tensor> ReceiveAsync(int phase, long step, int micro, CancellationToken cancel)
+    private async Task<Tensor> ReceiveAsync(StagePhase phase, long step, int micro, CancellationToken cancel)
     {
-        var from = phase == 0 ? stage - 1 : Next;
-        var what = RingTag.StagePhaseName(phase);
-        if (from < 0) throw new InvalidOperationException($"stage {stage} has no {(phase == 0 ? "previous" : "next")} stage to receive a {what} from");
+        var from = phase == StagePhase.Activation ? stage - 1 : Next;
+        var what = StageTensorTag.PhaseName(phase);
+        if (from < 0) throw new InvalidOperationException($"stage {stage} has no {(phase == StagePhase.Activation ? "previous" : "next")} stage to receive a {what} from");
         Tensor? result = null;
         try
         {
-            var first = await peers.ReceiveAsync(from, RingTag.StageTag(step, phase, micro, 0), cancel).ConfigureAwait(false);
+            var first = await peers.ReceiveAsync(from, new StageTensorTag(step, phase, micro, 0).ToWire(), cancel).ConfigureAwait(false);
             long[] shape;
             int pieces;
             long count;
             try
             {
-                shape = first.Shape ?? throw new InvalidDataException($"{first.Tag} from stage {from} carries no shape");
+                shape = first.Shape ?? throw new InvalidDataException($"{StageTensorTag.FromWire(first.Tag)} from stage {from} carries no shape");
                 pieces = first.Pieces;
                 count = shape.Aggregate(1L, (a, b) => a * b);
-                if (pieces > count) throw new InvalidDataException($"{first.Tag} from stage {from}: {pieces} pieces for {count} values");
+                if (pieces > count) throw new InvalidDataException($"{StageTensorTag.FromWire(first.Tag)} from stage {from}: {pieces} pieces for {count} values");
                 result = empty(shape, ScalarType.Float32);
                 Fill(result, first, 0, count);
             }
@@ -120,9 +120,9 @@ public sealed class PeerStageLinks : IStageLinkSet
             var filled = (long)first.Count;
             for (var i = 1; i < pieces; i++)
             {
-                using var piece = await peers.ReceiveAsync(from, RingTag.StageTag(step, phase, micro, i), cancel).ConfigureAwait(false);
+                using var piece = await peers.ReceiveAsync(from, new StageTensorTag(step, phase, micro, i).ToWire(), cancel).ConfigureAwait(false);
                 if (piece.Pieces != pieces || piece.Shape is not { } s || !s.AsSpan().SequenceEqual(shape))
-                    throw new InvalidDataException($"{piece.Tag} from stage {from} says {piece.Pieces} pieces of shape [{string.Join(", ", piece.Shape ?? [])}], piece 0 said {pieces} of [{string.Join(", ", shape)}]");
+                    throw new InvalidDataException($"{StageTensorTag.FromWire(piece.Tag)} from stage {from} says {piece.Pieces} pieces of shape [{string.Join(", ", piece.Shape ?? [])}], piece 0 said {pieces} of [{string.Join(", ", shape)}]");
                 Fill(result, piece, filled, count);
                 filled += piece.Count;
             }
@@ -145,7 +145,7 @@ public sealed class PeerStageLinks : IStageLinkSet
     private static void Fill(Tensor tensor, RingPiece piece, long expectedOffset, long count)
     {
         if (piece.Offset != expectedOffset || piece.Offset + piece.Count > count)
-            throw new InvalidDataException($"{piece.Tag}: {piece.Count} values at offset {piece.Offset}, expected offset {expectedOffset} of {count}");
+            throw new InvalidDataException($"{StageTensorTag.FromWire(piece.Tag)}: {piece.Count} values at offset {piece.Offset}, expected offset {expectedOffset} of {count}");
         using var memory = TensorMemory.Of(tensor);
         piece.Bytes.Span.CopyTo(memory.Memory.Span.Slice((int)(piece.Offset * sizeof(float))));
     }
@@ -159,10 +159,10 @@ public sealed class PeerStageLinks : IStageLinkSet
 
     private sealed class StepLinks(PeerStageLinks links, long step) : IStageLinks
     {
-        public Task SendActivationAsync(int micro, Tensor activation, CancellationToken cancel) => links.SendAsync(0, step, micro, activation, cancel);
-        public Task<Tensor> ReceiveActivationAsync(int micro, CancellationToken cancel) => links.ReceiveAsync(0, step, micro, cancel);
-        public Task SendGradientAsync(int micro, Tensor gradient, CancellationToken cancel) => links.SendAsync(1, step, micro, gradient, cancel);
-        public Task<Tensor> ReceiveGradientAsync(int micro, CancellationToken cancel) => links.ReceiveAsync(1, step, micro, cancel);
+        public Task SendActivationAsync(int micro, Tensor activation, CancellationToken cancel) => links.SendAsync(StagePhase.Activation, step, micro, activation, cancel);
+        public Task<Tensor> ReceiveActivationAsync(int micro, CancellationToken cancel) => links.ReceiveAsync(StagePhase.Activation, step, micro, cancel);
+        public Task SendGradientAsync(int micro, Tensor gradient, CancellationToken cancel) => links.SendAsync(StagePhase.Gradient, step, micro, gradient, cancel);
+        public Task<Tensor> ReceiveGradientAsync(int micro, CancellationToken cancel) => links.ReceiveAsync(StagePhase.Gradient, step, micro, cancel);
     }
 }
 

@@ -1,10 +1,10 @@
 using System.Globalization;
 
-namespace Dtrain.Collective;
+namespace Dtrain.Distributed.Pipeline;
 
 /// <summary>
 /// Channel ids of pipeline stage links: each directed link (replica, from-stage → to-stage) of a job is a channel of
-/// its own in <see cref="RingMailboxes"/>, negotiated and fenced by generation exactly like the job's ring (whose
+/// its own in <see cref="Collective.RingMailboxes"/>, negotiated and fenced by generation exactly like the job's ring (whose
 /// channel id is the job id itself).
 /// </summary>
 public static class StageChannels
