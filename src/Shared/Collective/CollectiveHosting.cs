@@ -3,6 +3,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Dtrain.Rpc;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace Dtrain.Collective;
@@ -14,19 +15,26 @@ public static class CollectiveHosting
     public const int MessageOverheadBytes = 64 * 1024;
 
     /// <summary>
-    /// Listens on <paramref name="endpoint"/> with HTTP/2 only and registers gRPC, <see cref="CollectiveService"/> options
+    /// Listens on <paramref name="endpoint"/> with HTTP/2 only (<see cref="Http2Settings.Default"/>) and registers gRPC, <see cref="CollectiveService"/> options
     /// and the <see cref="RingMailboxes"/> singleton. Then call <see cref="MapDtrainCollective"/> on the built app.
     /// </summary>
     public static WebApplicationBuilder AddDtrainCollective(this WebApplicationBuilder builder, IPEndPoint endpoint, int maxPieceFloats = RingAllReduce.DefaultMaxPieceFloats)
     {
         ArgumentNullException.ThrowIfNull(builder);
         ArgumentNullException.ThrowIfNull(endpoint);
-        builder.WebHost.ConfigureKestrel(kestrel => kestrel.ListenDtrainCollective(endpoint));
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            Http2Settings.Default.ApplyTo(kestrel);
+            kestrel.ListenDtrainCollective(endpoint);
+        });
         builder.Services.AddDtrainCollective(maxPieceFloats);
         return builder;
     }
 
-    /// <summary>gRPC with the message limits, HTTP/2 flow-control windows and keep-alive, and the <see cref="RingMailboxes"/> singleton (no listener).</summary>
+    /// <summary>
+    /// gRPC with the message limits, the <see cref="RingMailboxes"/> and <see cref="DataPlane"/> singletons (no listener; the
+    /// Kestrel it runs in has its HTTP/2 settings from whoever made the listener: <see cref="GrpcServerHost"/> on a worker).
+    /// </summary>
     public static IServiceCollection AddDtrainCollective(this IServiceCollection services, int maxPieceFloats = RingAllReduce.DefaultMaxPieceFloats)
     {
         ArgumentNullException.ThrowIfNull(services);
@@ -37,18 +45,7 @@ public static class CollectiveHosting
             options.MaxReceiveMessageSize = maxPieceFloats * sizeof(float) + MessageOverheadBytes;
             options.MaxSendMessageSize = MessageOverheadBytes;
         });
-        services.Configure<KestrelServerOptions>(ConfigureHttp2Limits);
         return services;
-    }
-
-    /// <summary>Large HTTP/2 windows (a 1 MiB piece must not wait for window updates) and keep-alive pings.</summary>
-    public static void ConfigureHttp2Limits(KestrelServerOptions kestrel)
-    {
-        ArgumentNullException.ThrowIfNull(kestrel);
-        kestrel.Limits.Http2.InitialStreamWindowSize = 16 * 1024 * 1024;
-        kestrel.Limits.Http2.InitialConnectionWindowSize = 32 * 1024 * 1024;
-        kestrel.Limits.Http2.KeepAlivePingDelay = TimeSpan.FromSeconds(10);
-        kestrel.Limits.Http2.KeepAlivePingTimeout = TimeSpan.FromSeconds(20);
     }
 
     /// <summary>An HTTP/2-only (cleartext h2c) listener for the collective traffic.</summary>

@@ -19,8 +19,8 @@ namespace Dtrain.Collective;
 /// </code>
 /// What that configures: the endpoint speaks HTTP/2 only (<c>Protocols = Http2</c>, cleartext h2c; a worker's own
 /// listener, made by <see cref="Rpc.GrpcServerHost"/>, adds TLS); gRPC
-/// <c>MaxReceiveMessageSize</c> = maxPieceFloats * 4 + 64 KiB; HTTP/2 stream/connection windows of 16/32 MiB; HTTP/2
-/// keep-alive pings every 10 s (20 s timeout) so a silently dead sender is noticed.
+/// <c>MaxReceiveMessageSize</c> = maxPieceFloats * 4 + 64 KiB; the HTTP/2 windows and keep-alive pings of
+/// <see cref="Rpc.Http2Settings"/> (16/32 MiB, a ping after 10 s, 20 s to answer) so a silently dead sender is noticed.
 /// Refusals: on a TLS server, a stream whose client certificate is not the left neighbour's (as registered with the
 /// ring) gets PermissionDenied; a stream for an unknown (not yet registered) ring gets FailedPrecondition with trailer
 /// <c>dtrain-refusal: not-registered</c> (the client retries until its connect timeout), one for an older generation

@@ -112,15 +112,6 @@ public sealed class GrpcRingTransport : IRingTransport
         {
             MaxSendMessageSize = maxPieceFloats * sizeof(float) + CollectiveHosting.MessageOverheadBytes,
             MaxReceiveMessageSize = CollectiveHosting.MessageOverheadBytes,
-        }, handler =>
-        {
-            handler.EnableMultipleHttp2Connections = true;
-            handler.InitialHttp2StreamWindowSize = 16 * 1024 * 1024;
-            handler.KeepAlivePingDelay = TimeSpan.FromSeconds(10);
-            handler.KeepAlivePingTimeout = TimeSpan.FromSeconds(20);
-            handler.KeepAlivePingPolicy = HttpKeepAlivePingPolicy.Always;
-            handler.PooledConnectionIdleTimeout = Timeout.InfiniteTimeSpan;
-            handler.ConnectTimeout = TimeSpan.FromSeconds(10);
         });
 
     /// <summary>Starts Push and waits for the neighbour's "accepted" response headers, retrying refusals that may be transient.</summary>

@@ -27,16 +27,16 @@ public static class Channels
     /// <param name="tls">The cluster CA and this process's certificate; null = the system's trust store, no client certificate.</param>
     /// <param name="expected">Whom the server certificate must belong to.</param>
     /// <param name="options">Message limits and the like (its HttpHandler is set here).</param>
-    /// <param name="tune">Connection settings (keep-alive, windows, timeouts) of the handler.</param>
+    /// <param name="http2">Windows, keep-alive and connect timeout (<see cref="Http2Settings.Default"/> when null).</param>
     /// <param name="warnInsecure">Print a warning once per process when the server runs with --insecure (the CLI).</param>
     public static GrpcChannel Create(string address, ClusterTls? tls, ExpectedPeer expected, GrpcChannelOptions? options = null,
-        Action<SocketsHttpHandler>? tune = null, bool warnInsecure = false)
+        Http2Settings? http2 = null, bool warnInsecure = false)
     {
         ArgumentNullException.ThrowIfNull(expected);
         if (!Uri.TryCreate(address, UriKind.Absolute, out var uri) || (uri.Scheme != Uri.UriSchemeHttp && uri.Scheme != Uri.UriSchemeHttps))
             throw new ArgumentException($"address \"{address}\" must be an http(s) URL, e.g. https://127.0.0.1:5000");
-        var handler = new SocketsHttpHandler { EnableMultipleHttp2Connections = true, ConnectTimeout = TimeSpan.FromSeconds(10) };
-        tune?.Invoke(handler);
+        var handler = new SocketsHttpHandler();
+        (http2 ?? Http2Settings.Default).ApplyTo(handler);
         var state = new CheckState();
         if (uri.Scheme == Uri.UriSchemeHttps)
         {

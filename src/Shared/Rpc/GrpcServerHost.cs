@@ -13,7 +13,7 @@ using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Rpc;
 
-/// <summary>What the coordinator and worker servers share: how options are read, logging, HTTP/2-only Kestrel with large windows, gRPC limits and the interceptor.</summary>
+/// <summary>What the coordinator and worker servers share: how options are read, logging, HTTP/2-only Kestrel with the <see cref="Http2Settings"/>, gRPC limits and the interceptor.</summary>
 public static class GrpcServerHost
 {
     /// <summary>Options of <paramref name="section"/> from appsettings.json, DTRAIN_-prefixed environment variables (DTRAIN_Section__Key) and --Section:Key=value arguments, in that order.</summary>
@@ -67,8 +67,7 @@ public static class GrpcServerHost
                     endpoints.Http = l;
                     endpoints.HttpScheme = security is null ? "http" : "https";
                 });
-            k.Limits.Http2.InitialConnectionWindowSize = 16 * 1024 * 1024;
-            k.Limits.Http2.InitialStreamWindowSize = 16 * 1024 * 1024;
+            Http2Settings.Default.ApplyTo(k);
             // Each gRPC message is bounded by maxMessageBytes below. Kestrel's own body limit would count a whole
             // stream, and it is checked as DATA frames arrive, before the gRPC handler can lift it: a large unary
             // request then raced the handler and was reset (the client saw Unknown instead of ResourceExhausted).

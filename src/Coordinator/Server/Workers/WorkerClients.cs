@@ -19,12 +19,11 @@ public sealed class WorkerClients(CoordinatorOptions options, CoordinatorSecurit
             {
                 MaxReceiveMessageSize = options.MaxMessageBytes,
                 MaxSendMessageSize = options.MaxMessageBytes,
-            }, handler =>
+            }, Http2Settings.Default with
             {
-                handler.EnableMultipleHttp2Connections = true;
-                handler.KeepAlivePingDelay = TimeSpan.FromSeconds(options.KeepAlivePingSeconds);
-                handler.KeepAlivePingTimeout = TimeSpan.FromSeconds(options.KeepAlivePingSeconds);
-                handler.ConnectTimeout = TimeSpan.FromSeconds(options.WorkerConnectTimeoutSeconds);
+                KeepAlivePingDelay = TimeSpan.FromSeconds(options.KeepAlivePingSeconds),
+                KeepAlivePingTimeout = TimeSpan.FromSeconds(options.KeepAlivePingSeconds),
+                ConnectTimeout = TimeSpan.FromSeconds(options.WorkerConnectTimeoutSeconds),
             })));
 
     /// <summary>
