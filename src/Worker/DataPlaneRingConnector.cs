@@ -58,7 +58,7 @@ public sealed class DataPlaneRingConnector : IRingConnector
             using var formTimeout = CancellationTokenSource.CreateLinkedTokenSource(cancel);
             formTimeout.CancelAfter(TimeSpan.FromSeconds(options.RingConnectTimeoutSeconds));
             (group, whyNot) = await SharedMemoryAllReduce.FormAsync(ring, options.SharedMemoryGroup, kind == DataTransports.Describe(DataTransport.Shm),
-                GroupSetupOperation, TimeSpan.FromSeconds(options.CollectiveTimeoutSeconds), cancel: formTimeout.Token).ConfigureAwait(false);
+                GroupSetupOperation, TimeSpan.FromSeconds(options.CollectiveTimeoutSeconds), cancel: formTimeout.Token, peerSilentAfter: options.CollectiveTimeouts.PeerSilentAfter).ConfigureAwait(false);
         }
         catch (Exception e) when (e is CollectiveException or OperationCanceledException && !cancel.IsCancellationRequested)
         {

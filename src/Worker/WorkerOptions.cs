@@ -59,6 +59,20 @@ public sealed record WorkerOptions
     public int DataPort { get; init; }
     /// <summary>Deadline of this worker's calls to the coordinator: register, heartbeat, leave.</summary>
     public double CoordinatorCallTimeoutSeconds { get; init; } = 10;
+    /// <summary>An inbound data-plane TCP connection must finish its TLS handshake and its claim within this many seconds, or it is dropped.</summary>
+    public double DataHandshakeTimeoutSeconds { get; init; } = 15;
+    /// <summary>A shared-memory peer (ring side or group rank) whose heartbeat has not moved for this many seconds is taken for dead.</summary>
+    public double PeerSilentAfterSeconds { get; init; } = 10;
+    /// <summary>Closing a ring link when a job ends: how many seconds it waits for the neighbour (gRPC stream acknowledgement, last TCP or shared-memory frame).</summary>
+    public double LinkCloseGraceSeconds { get; init; } = 5;
+
+    /// <summary>The data plane's waits from <see cref="DataHandshakeTimeoutSeconds"/>, <see cref="PeerSilentAfterSeconds"/> and <see cref="LinkCloseGraceSeconds"/> (call after <see cref="Validate"/>).</summary>
+    public Collective.CollectiveTimeouts CollectiveTimeouts => Collective.CollectiveTimeouts.Default with
+    {
+        Handshake = TimeSpan.FromSeconds(DataHandshakeTimeoutSeconds),
+        PeerSilentAfter = TimeSpan.FromSeconds(PeerSilentAfterSeconds),
+        CloseGrace = TimeSpan.FromSeconds(LinkCloseGraceSeconds),
+    };
 
     /// <summary>TLS: Dir (ca.crt, and the worker certificate tls.crt, tls.key), or Ca, Cert, Key; Insecure = plaintext beyond loopback. See <see cref="WorkerSecurity"/>.</summary>
     public Rpc.TlsSettings Tls { get; init; } = new();
@@ -92,6 +106,9 @@ public sealed record WorkerOptions
         if (!(CollectiveTimeoutSeconds > 0)) e.Add($"Worker:CollectiveTimeoutSeconds {CollectiveTimeoutSeconds} must be positive");
         if (!(RingConnectTimeoutSeconds > 0 && RingConnectTimeoutSeconds <= 86_400)) e.Add($"Worker:RingConnectTimeoutSeconds {RingConnectTimeoutSeconds} must be a number of seconds > 0 and at most 86400");
         if (!(CoordinatorCallTimeoutSeconds > 0 && CoordinatorCallTimeoutSeconds <= 86_400)) e.Add($"Worker:CoordinatorCallTimeoutSeconds {CoordinatorCallTimeoutSeconds} must be a number of seconds > 0 and at most 86400");
+        if (!(DataHandshakeTimeoutSeconds > 0 && DataHandshakeTimeoutSeconds <= 86_400)) e.Add($"Worker:DataHandshakeTimeoutSeconds {DataHandshakeTimeoutSeconds} must be a number of seconds > 0 and at most 86400");
+        if (!(PeerSilentAfterSeconds > 0 && PeerSilentAfterSeconds <= 86_400)) e.Add($"Worker:PeerSilentAfterSeconds {PeerSilentAfterSeconds} must be a number of seconds > 0 and at most 86400");
+        if (!(LinkCloseGraceSeconds > 0 && LinkCloseGraceSeconds <= 86_400)) e.Add($"Worker:LinkCloseGraceSeconds {LinkCloseGraceSeconds} must be a number of seconds > 0 and at most 86400");
         if (!string.IsNullOrWhiteSpace(Name) && Dtrain.Distributed.WorkerNames.Problem(Name.Trim()) is { } name) e.Add($"Worker:Name (--name): {name}");
         if (!(DrainTimeoutSeconds >= 0)) e.Add($"Worker:DrainTimeoutSeconds {DrainTimeoutSeconds} must be >= 0");
         if (MemoryBudgetMb is { } budget && !(budget >= 0 && double.IsFinite(budget))) e.Add($"Worker:MemoryBudgetMb {budget} must be >= 0 (0 = no check; unset = the memory available)");

@@ -35,6 +35,7 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
 {
     private static readonly Lazy<string> OwnHostId = new(ReadHostId);
     private readonly DataPlaneOptions _options = options ?? new DataPlaneOptions();
+    private readonly CollectiveTimeouts _timeouts = (options?.Timeouts ?? CollectiveTimeouts.Default).Validated();
     private readonly ConcurrentDictionary<(string Job, long Generation, int Sender), byte[]> _tokens = new();
     private readonly ConcurrentDictionary<string, byte> _probes = new();
     private readonly Lock _gate = new();
@@ -114,7 +115,7 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         SharedMemoryRing ring;
         try
         {
-            ring = SharedMemoryRing.Open(request.Path, request.JobId, request.Generation, request.SenderRank, token);
+            ring = SharedMemoryRing.Open(request.Path, request.JobId, request.Generation, request.SenderRank, token, _timeouts.PeerSilentAfter);
         }
         catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException or ArgumentException)
         {
@@ -192,7 +193,7 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         {
             TcpLink.Tune(socket);
             using var handshake = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token);
-            handshake.CancelAfter(TimeSpan.FromSeconds(15));
+            handshake.CancelAfter(_timeouts.Handshake);
             PeerIdentity? peer = null;
             var tls = Tls;
             if (tls is not null)
@@ -292,7 +293,7 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         if (security is not null) Tls ??= security.Tls;
         var timeout = connectTimeout ?? GrpcRingTransport.DefaultConnectTimeout;
         if (transport == DataTransport.Grpc)
-            return await GrpcRingTransport.ConnectAsync(jobId, generation, rank, worldSize, peerAddresses, mailboxes, timeout, security, cancellationToken).ConfigureAwait(false);
+            return await GrpcRingTransport.ConnectAsync(jobId, generation, rank, worldSize, peerAddresses, mailboxes, timeout, security, _timeouts, cancellationToken).ConfigureAwait(false);
         ArgumentOutOfRangeException.ThrowIfLessThan(worldSize, 1);
         ArgumentOutOfRangeException.ThrowIfNegative(rank);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(rank, worldSize);
@@ -351,7 +352,7 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
             {
                 var capacity = Math.Max(_options.SharedMemoryBytes, 2L * (mailboxes.MaxPieceFloats * sizeof(float) + PieceFrame.Size + 8));
                 var path = Path.Combine(SharedMemoryRing.Directory, $"dtrain-{Environment.ProcessId}-{Guid.NewGuid():N}.ring");
-                var ring = SharedMemoryRing.Create(path, capacity, jobId, generation, rank, token);
+                var ring = SharedMemoryRing.Create(path, capacity, jobId, generation, rank, token, _timeouts.PeerSilentAfter);
                 try
                 {
                     await client.AttachSharedMemoryAsync(new SharedMemoryAttach { JobId = jobId, Generation = generation, SenderRank = rank, Path = path },
@@ -366,10 +367,10 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
                 {
                     SharedMemoryRing.TryDelete(path);
                 }
-                return new SharedMemoryOutbound(ring);
+                return new SharedMemoryOutbound(ring, _timeouts.CloseGrace);
             }
             var host = new Uri(address).Host;
-            return await TcpLink.ConnectAsync(host, offer.TcpPort, jobId, generation, rank, worldSize, token, tls, expected, cancellationToken).ConfigureAwait(false);
+            return await TcpLink.ConnectAsync(host, offer.TcpPort, jobId, generation, rank, worldSize, token, tls, expected, cancellationToken, _timeouts.CloseGrace).ConfigureAwait(false);
         }
         catch (RpcException ex)
         {

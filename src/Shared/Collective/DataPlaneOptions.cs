@@ -11,4 +11,7 @@ public sealed record DataPlaneOptions
 
     /// <summary>Bytes of data per shared-memory ring (one per directed pair), at least two pieces' worth.</summary>
     public long SharedMemoryBytes { get; init; } = 8L * 1024 * 1024;
+
+    /// <summary>Handshake, peer-silence and close waits of the links this data plane makes and accepts.</summary>
+    public CollectiveTimeouts Timeouts { get; init; } = CollectiveTimeouts.Default;
 }

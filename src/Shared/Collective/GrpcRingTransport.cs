@@ -31,12 +31,15 @@ public sealed class GrpcRingTransport : IRingTransport
     private readonly AsyncClientStreamingCall<RingChunk, PushReply>? _call;
     private readonly SemaphoreSlim _writeLock = new(1, 1);
     private readonly CancellationTokenSource _broken = new();
+    private readonly TimeSpan _closeGrace;
     private Exception? _fault;
     private volatile bool _completing;
     private int _disposed;
 
-    private GrpcRingTransport(RingMailboxes registry, RingMailbox mailbox, string[] peers, GrpcChannel? channel, AsyncClientStreamingCall<RingChunk, PushReply>? call)
+    private GrpcRingTransport(RingMailboxes registry, RingMailbox mailbox, string[] peers, GrpcChannel? channel, AsyncClientStreamingCall<RingChunk, PushReply>? call,
+        TimeSpan closeGrace)
     {
+        _closeGrace = closeGrace;
         _registry = registry;
         _mailbox = mailbox;
         _peers = peers;
@@ -73,7 +76,7 @@ public sealed class GrpcRingTransport : IRingTransport
     /// </remarks>
     public static async Task<GrpcRingTransport> ConnectAsync(
         string jobId, long generation, int rank, int worldSize, IReadOnlyList<string> peerAddresses, RingMailboxes localMailboxes,
-        TimeSpan? connectTimeout = null, RingSecurity? security = null, CancellationToken cancellationToken = default)
+        TimeSpan? connectTimeout = null, RingSecurity? security = null, CollectiveTimeouts? timeouts = null, CancellationToken cancellationToken = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(jobId);
         ArgumentNullException.ThrowIfNull(peerAddresses);
@@ -84,12 +87,13 @@ public sealed class GrpcRingTransport : IRingTransport
         if (peerAddresses.Count != worldSize) throw new ArgumentException($"need {worldSize} peer addresses (one per rank), got {peerAddresses.Count}", nameof(peerAddresses));
         if (security is not null && security.Ranks.Count != worldSize)
             throw new ArgumentException($"need {worldSize} peer identities (one per rank), got {security.Ranks.Count}", nameof(security));
+        var closeGrace = (timeouts ?? CollectiveTimeouts.Default).Validated().CloseGrace;
         var scheme = security is null ? "http://" : "https://";
         var peers = peerAddresses.Select(a => a.Contains("://", StringComparison.Ordinal) ? a : scheme + a).ToArray();
 
         var left = (rank - 1 + worldSize) % worldSize;
         var mailbox = localMailboxes.Register(jobId, generation, rank, worldSize, security?.Ranks[left]);
-        if (worldSize == 1) return new GrpcRingTransport(localMailboxes, mailbox, peers, null, null);
+        if (worldSize == 1) return new GrpcRingTransport(localMailboxes, mailbox, peers, null, null, closeGrace);
 
         var right = (rank + 1) % worldSize;
         var channel = CreateChannel(peers[right], localMailboxes.MaxPieceFloats, security, right);
@@ -97,7 +101,7 @@ public sealed class GrpcRingTransport : IRingTransport
         {
             var call = await OpenStreamAsync(new CollectiveGrpc.CollectiveClient(channel), jobId, generation, rank, worldSize, right, peers[right],
                 connectTimeout ?? DefaultConnectTimeout, cancellationToken).ConfigureAwait(false);
-            return new GrpcRingTransport(localMailboxes, mailbox, peers, channel, call);
+            return new GrpcRingTransport(localMailboxes, mailbox, peers, channel, call, closeGrace);
         }
         catch (Exception ex)
         {
@@ -252,7 +256,7 @@ public sealed class GrpcRingTransport : IRingTransport
         }
     }
 
-    /// <summary>Completes the Push stream (waiting up to 5 s for the neighbour to acknowledge), closes the channel and leaves the ring.</summary>
+    /// <summary>Completes the Push stream (waiting up to <see cref="CollectiveTimeouts.CloseGrace"/> for the neighbour to acknowledge), closes the channel and leaves the ring.</summary>
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
@@ -263,7 +267,7 @@ public sealed class GrpcRingTransport : IRingTransport
             {
                 try
                 {
-                    using var grace = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+                    using var grace = new CancellationTokenSource(_closeGrace);
                     await _writeLock.WaitAsync(grace.Token).ConfigureAwait(false);
                     await _call.RequestStream.CompleteAsync().WaitAsync(grace.Token).ConfigureAwait(false);
                     await _call.ResponseAsync.WaitAsync(grace.Token).ConfigureAwait(false);

@@ -9,10 +9,11 @@ public sealed partial class SharedMemoryAllReduce
         private readonly SharedMemoryMapping _mapping;
         private readonly byte* _base;
         private readonly int _slotFloats;
-        private readonly PeerLiveness _liveness = new();
+        private readonly PeerLiveness _liveness;
 
-        private Segment(SharedMemoryMapping mapping, int slotFloats)
+        private Segment(SharedMemoryMapping mapping, int slotFloats, TimeSpan? peerSilentAfter)
         {
+            _liveness = new PeerLiveness(peerSilentAfter);
             _mapping = mapping;
             _base = mapping.Base;
             _slotFloats = slotFloats;
@@ -23,9 +24,9 @@ public sealed partial class SharedMemoryAllReduce
         public string FilePath => _mapping.FilePath;
 
         /// <summary>Creates this rank's segment (mode 0600), its pages reserved up front: a full /dev/shm fails here, not later with SIGBUS.</summary>
-        public static Segment Create(int rank, int world, int slotFloats)
+        public static Segment Create(int rank, int world, int slotFloats, TimeSpan? peerSilentAfter)
         {
-            var segment = new Segment(SharedMemoryMapping.Create(Suffix, SegmentBytes(slotFloats)), slotFloats);
+            var segment = new Segment(SharedMemoryMapping.Create(Suffix, SegmentBytes(slotFloats)), slotFloats, peerSilentAfter);
             segment.SetInt(OffRank, rank);
             segment.SetInt(OffWorld, world);
             segment.SetInt(OffPid, Environment.ProcessId);
@@ -36,9 +37,9 @@ public sealed partial class SharedMemoryAllReduce
         }
 
         /// <summary>Maps rank <paramref name="rank"/>'s segment by its id and checks its header.</summary>
-        public static Segment Open(ulong id, int rank, int world, int slotFloats)
+        public static Segment Open(ulong id, int rank, int world, int slotFloats, TimeSpan? peerSilentAfter)
         {
-            var segment = new Segment(SharedMemoryMapping.Open(Suffix, id, SegmentBytes(slotFloats)), slotFloats);
+            var segment = new Segment(SharedMemoryMapping.Open(Suffix, id, SegmentBytes(slotFloats)), slotFloats, peerSilentAfter);
             if (segment.Long(OffMagic) != MagicValue || segment.Int(OffRank) != rank || segment.Int(OffWorld) != world || segment.Long(OffSlotFloats) != slotFloats)
             {
                 segment.Dispose();
@@ -76,7 +77,7 @@ public sealed partial class SharedMemoryAllReduce
             return _liveness.Check(pid, Long(OffPidNs), Long(OffBeat)) switch
             {
                 PeerLiveness.Verdict.Died => $"its process {pid} died",
-                PeerLiveness.Verdict.Silent => $"it has shown no heartbeat for {SharedMemoryLiveness.PeerSilentAfter.TotalSeconds:0.#} s",
+                PeerLiveness.Verdict.Silent => $"it has shown no heartbeat for {_liveness.SilentAfter.TotalSeconds:0.#} s",
                 _ => null,
             };
         }

@@ -96,7 +96,7 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
     /// WhyNot. Segment files are deleted once every rank has mapped them.
     /// </summary>
     public static async Task<(SharedMemoryAllReduce? Group, string? WhyNot)> FormAsync(RingAllReduce ring, bool willing, bool rightIsLocal, long setupOperation,
-        TimeSpan operationTimeout, int slotFloats = DefaultSlotFloats, CancellationToken cancel = default)
+        TimeSpan operationTimeout, int slotFloats = DefaultSlotFloats, CancellationToken cancel = default, TimeSpan? peerSilentAfter = null)
     {
         ArgumentNullException.ThrowIfNull(ring);
         ArgumentOutOfRangeException.ThrowIfLessThan(slotFloats, 1);
@@ -112,7 +112,7 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
         {
             try
             {
-                own = Segment.Create(rank, world, slotFloats);
+                own = Segment.Create(rank, world, slotFloats, peerSilentAfter);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
@@ -144,7 +144,7 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
                 for (var i = 0; i < 4; i++) id |= (ulong)offer[r * Fields + 1 + i] << (16 * i);
                 try
                 {
-                    segments[r] = Segment.Open(id, r, world, slotFloats);
+                    segments[r] = Segment.Open(id, r, world, slotFloats, peerSilentAfter);
                 }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException)
                 {

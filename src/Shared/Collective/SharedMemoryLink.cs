@@ -13,7 +13,7 @@ namespace Dtrain.Collective;
 /// bytes), and two 32-bit sequence words bumped with Interlocked after every publish; a side with nothing to do
 /// waits on the word with a Linux futex (shared, so it works across processes) for at most 20 ms, then re-checks
 /// the peer: its closed flag, its process (when in our pid namespace) and its heartbeat (a counter each side bumps
-/// every 250 ms). A dead or silent peer (no heartbeat for <see cref="SharedMemoryLiveness.PeerSilentAfter"/>) fails the link with an
+/// every 250 ms). A dead or silent peer (no heartbeat for <see cref="CollectiveTimeouts.PeerSilentAfter"/>) fails the link with an
 /// <see cref="IOException"/> the transport turns into a <see cref="RingTransportException"/>.
 /// </summary>
 internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLiveness.IBeating
@@ -32,19 +32,17 @@ internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLivenes
 
     internal const string ReceiverClosedMessage = "the receiver closed the shared-memory ring";
 
-    /// <summary>How long a sender's receives go on after its receiver closed cleanly.</summary>
-    public static readonly TimeSpan CleanCloseGrace = TimeSpan.FromSeconds(5);
-
     private readonly MemoryMappedFile _file;
     private readonly MemoryMappedViewAccessor _view;
     private readonly byte* _base;
     private readonly long _capacity;
     private readonly bool _writer;
-    private readonly PeerLiveness _peer = new();
+    private readonly PeerLiveness _peer;
     private int _disposed;
 
-    private SharedMemoryRing(MemoryMappedFile file, bool writer)
+    private SharedMemoryRing(MemoryMappedFile file, bool writer, TimeSpan? peerSilentAfter)
     {
+        _peer = new PeerLiveness(peerSilentAfter);
         _file = file;
         _view = file.CreateViewAccessor(0, 0, MemoryMappedFileAccess.ReadWrite);
         byte* pointer = null;
@@ -56,7 +54,7 @@ internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLivenes
         SharedMemoryLiveness.Start(this);
     }
 
-    private SharedMemoryRing(MemoryMappedFile file, long capacity) : this(file, writer: true)
+    private SharedMemoryRing(MemoryMappedFile file, long capacity, TimeSpan? peerSilentAfter) : this(file, writer: true, peerSilentAfter)
     {
         _capacity = capacity;
         SharedMemoryLiveness.Start(this);
@@ -67,8 +65,8 @@ internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLivenes
     /// <summary>Set before the writer unmaps: a send waiting for room gives up.</summary>
     public volatile bool Closing;
 
-    /// <summary>Creates the ring file (the sending side).</summary>
-    public static SharedMemoryRing Create(string path, long capacity, string jobId, long generation, int sender, ReadOnlySpan<byte> token)
+    /// <summary>Creates the ring file (the sending side); a receiver silent for <paramref name="peerSilentAfter"/> (default <see cref="CollectiveTimeouts.PeerSilentAfter"/>) is taken for dead.</summary>
+    public static SharedMemoryRing Create(string path, long capacity, string jobId, long generation, int sender, ReadOnlySpan<byte> token, TimeSpan? peerSilentAfter = null)
     {
         var job = Encoding.UTF8.GetBytes(jobId);
         if (job.Length > MaxJobBytes) throw new ArgumentException($"job id longer than {MaxJobBytes} bytes", nameof(jobId));
@@ -92,7 +90,7 @@ internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLivenes
             TryDelete(path);
             throw;
         }
-        var ring = new SharedMemoryRing(file, capacity);
+        var ring = new SharedMemoryRing(file, capacity, peerSilentAfter);
         ring.SetLong(OffCapacity, capacity);
         ring.SetLong(OffGeneration, generation);
         ring.SetInt(OffSender, sender);
@@ -107,7 +105,7 @@ internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLivenes
     }
 
     /// <summary>Maps a ring file made by the sender (the receiving side) and checks it belongs to this ring; deletes the file.</summary>
-    public static SharedMemoryRing Open(string path, string jobId, long generation, int sender, ReadOnlySpan<byte> token)
+    public static SharedMemoryRing Open(string path, string jobId, long generation, int sender, ReadOnlySpan<byte> token, TimeSpan? peerSilentAfter = null)
     {
         if (!path.StartsWith(Directory + "/", StringComparison.Ordinal) || path.Contains("..", StringComparison.Ordinal) || Path.GetFileName(path) is not { Length: > 0 } name || !name.StartsWith("dtrain-", StringComparison.Ordinal))
             throw new InvalidDataException($"\"{path}\" is not a dtrain ring file in {Directory}");
@@ -118,7 +116,7 @@ internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLivenes
         SharedMemoryRing ring;
         try
         {
-            ring = new SharedMemoryRing(file, writer: false);
+            ring = new SharedMemoryRing(file, writer: false, peerSilentAfter);
         }
         catch
         {
@@ -174,7 +172,7 @@ internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLivenes
         return _peer.Check(pid, Long(_writer ? OffReaderPidNs : OffWriterPidNs), Long(_writer ? OffReaderBeat : OffWriterBeat)) switch
         {
             PeerLiveness.Verdict.Died => $"the {(_writer ? "receiving" : "sending")} process {pid} died",
-            PeerLiveness.Verdict.Silent => $"the {(_writer ? "receiving" : "sending")} side has not shown a heartbeat for {SharedMemoryLiveness.PeerSilentAfter.TotalSeconds:0.#} s",
+            PeerLiveness.Verdict.Silent => $"the {(_writer ? "receiving" : "sending")} side has not shown a heartbeat for {_peer.SilentAfter.TotalSeconds:0.#} s",
             _ => null,
         };
     }
@@ -404,9 +402,13 @@ internal sealed class SharedMemoryOutbound : IOutboundLink
     private int _busy;
     private int _disposed;
 
-    public SharedMemoryOutbound(SharedMemoryRing ring)
+    private readonly TimeSpan closeGrace;
+
+    /// <param name="closeGrace">How long receives go on after the receiver closed cleanly, and disposing waits for the writer thread (default <see cref="CollectiveTimeouts.CloseGrace"/>).</param>
+    public SharedMemoryOutbound(SharedMemoryRing ring, TimeSpan? closeGrace = null)
     {
         this.ring = ring;
+        this.closeGrace = closeGrace ?? CollectiveTimeouts.Default.CloseGrace;
         _writer = new Thread(WriteLoop) { IsBackground = true, Name = "dtrain shm writer" };
         _writer.Start();
         // Notice a receiver that closed or died while we have nothing to send (the ring then fails its receives too).
@@ -454,7 +456,7 @@ internal sealed class SharedMemoryOutbound : IOutboundLink
     }
 
     /// <summary>
-    /// Sends fail from now on. Receives of this worker fail too — after <see cref="SharedMemoryRing.CleanCloseGrace"/>
+    /// Sends fail from now on. Receives of this worker fail too — after the close grace
     /// when the receiver closed the ring cleanly (it finished its last operation: this worker may still be receiving
     /// the end of that operation from its other neighbour), at once when it died.
     /// </summary>
@@ -463,7 +465,7 @@ internal sealed class SharedMemoryOutbound : IOutboundLink
         if (Interlocked.CompareExchange(ref _fault, ex, null) is not null) return;
         try
         {
-            if (ex.Message == SharedMemoryRing.ReceiverClosedMessage) _broken.CancelAfter(SharedMemoryRing.CleanCloseGrace);
+            if (ex.Message == SharedMemoryRing.ReceiverClosedMessage) _broken.CancelAfter(closeGrace);
             else _broken.Cancel();
         }
         catch (ObjectDisposedException)
@@ -497,7 +499,7 @@ internal sealed class SharedMemoryOutbound : IOutboundLink
         Break(new ObjectDisposedException(nameof(SharedMemoryOutbound), "the link was closed on this side"));
         _queue.CompleteAdding();
         // A write waiting for room notices Closing within 20 ms; only then may the mapping go.
-        if (await Task.Run(() => _writer.Join(TimeSpan.FromSeconds(5))).ConfigureAwait(false)) ring.Dispose();
+        if (await Task.Run(() => _writer.Join(closeGrace)).ConfigureAwait(false)) ring.Dispose();
         // else: a write is stuck in a copy; leave the mapping rather than pull it from under it
         _queue.Dispose();
     }

@@ -8,13 +8,10 @@ namespace Dtrain.Collective;
 /// id and pid namespace into the shared header, and one thread of this process (not a thread-pool timer: a busy pool
 /// must not make it look dead) bumps a heartbeat counter of each live structure every 250 ms. A peer is gone when its
 /// process has died (checked when it is in our pid namespace) or its counter has not moved for
-/// <see cref="PeerSilentAfter"/>.
+/// <see cref="CollectiveTimeouts.PeerSilentAfter"/> (each watcher is given its own, see <see cref="PeerLiveness"/>).
 /// </summary>
 internal static class SharedMemoryLiveness
 {
-    /// <summary>A peer whose heartbeat has not moved for this long is taken for dead.</summary>
-    public static TimeSpan PeerSilentAfter { get; set; } = TimeSpan.FromSeconds(10);
-
     /// <summary>This process's pid namespace (the inode of /proc/self/ns/pid), 0 when unknown.</summary>
     public static readonly long OwnPidNamespace = PidNamespace();
 
@@ -104,9 +101,12 @@ internal static class SharedMemoryLiveness
 }
 
 /// <summary>What a peer has shown of its life so far, and whether it still lives (<see cref="SharedMemoryLiveness"/>).</summary>
-/// <param name="silentAfter">A heartbeat that has not moved for this long means the peer is gone (default <see cref="SharedMemoryLiveness.PeerSilentAfter"/>).</param>
+/// <param name="silentAfter">A heartbeat that has not moved for this long means the peer is gone (default <see cref="CollectiveTimeouts.PeerSilentAfter"/>).</param>
 internal sealed class PeerLiveness(TimeSpan? silentAfter = null)
 {
+    /// <summary>How long a heartbeat may stand still before the peer counts as gone.</summary>
+    public TimeSpan SilentAfter { get; } = silentAfter ?? CollectiveTimeouts.Default.PeerSilentAfter;
+
     private long _lastBeat = -1;
     private long _lastBeatAt = Stopwatch.GetTimestamp();
     private long _lastPidCheckAt;
@@ -135,7 +135,7 @@ internal sealed class PeerLiveness(TimeSpan? silentAfter = null)
             _lastBeat = beat;
             _lastBeatAt = now;
         }
-        else if (Stopwatch.GetElapsedTime(_lastBeatAt, now) > (silentAfter ?? SharedMemoryLiveness.PeerSilentAfter))
+        else if (Stopwatch.GetElapsedTime(_lastBeatAt, now) > SilentAfter)
             return Verdict.Silent;
         return Verdict.Alive;
     }

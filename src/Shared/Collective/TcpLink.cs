@@ -40,10 +40,11 @@ internal static class TcpLink
 
     /// <summary>
     /// Connects, authenticates (with <paramref name="tls"/>: mutual TLS, the receiver pinned to <paramref name="expectedRight"/>,
-    /// then the key exchange of the sealed records) and hands the connection over as an outbound link.
+    /// then the key exchange of the sealed records) and hands the connection over as an outbound link, which closes within
+    /// <paramref name="closeGrace"/> (default <see cref="CollectiveTimeouts.CloseGrace"/>).
     /// </summary>
     public static async Task<IOutboundLink> ConnectAsync(string host, int port, string jobId, long generation, int rank, int worldSize, byte[] token,
-        ClusterTls? tls, ExpectedPeer? expectedRight, CancellationToken cancellationToken)
+        ClusterTls? tls, ExpectedPeer? expectedRight, CancellationToken cancellationToken, TimeSpan? closeGrace = null)
     {
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
         NetworkStream? network = null;
@@ -92,7 +93,7 @@ internal static class TcpLink
                 CryptographicOperations.ZeroMemory(secret);
                 ssl.Dispose();
             }
-            var link = new Outbound(socket, network, sealer);
+            var link = new Outbound(socket, network, sealer, closeGrace ?? CollectiveTimeouts.Default.CloseGrace);
             done = true;
             return link;
         }
@@ -417,8 +418,11 @@ internal static class TcpLink
         private Exception? _fault;
         private int _disposed;
 
-        public Outbound(Socket socket, Stream stream, SealedRecords.Sealer? sealer)
+        private readonly TimeSpan _closeGrace;
+
+        public Outbound(Socket socket, Stream stream, SealedRecords.Sealer? sealer, TimeSpan closeGrace)
         {
+            _closeGrace = closeGrace;
             _socket = socket;
             _stream = stream;
             _sealer = sealer;
@@ -457,7 +461,7 @@ internal static class TcpLink
             if (Interlocked.CompareExchange(ref _fault, ex, null) is not null) return;
             try
             {
-                if (clean) _broken.CancelAfter(SharedMemoryRing.CleanCloseGrace);
+                if (clean) _broken.CancelAfter(_closeGrace);
                 else _broken.Cancel();
             }
             catch (ObjectDisposedException)
@@ -519,7 +523,7 @@ internal static class TcpLink
             if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
             try
             {
-                using var grace = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+                using var grace = new CancellationTokenSource(_closeGrace);
                 await _writeLock.WaitAsync(grace.Token).ConfigureAwait(false);
                 if (_sealer is not null && Volatile.Read(ref _fault) is null)
                 {

@@ -125,11 +125,20 @@ public static class Channels
         }
     }
 
-    /// <summary>Whether something at the address completes a TLS handshake (true), answers but not with TLS (false), or cannot be reached (null).</summary>
-    public static async Task<bool?> SpeaksTlsAsync(Uri uri, CancellationToken cancel)
+    /// <summary>How long <see cref="SpeaksTlsAsync"/> tries to connect and handshake before it says "cannot be reached" (null) or "not TLS" (false).</summary>
+    public static readonly TimeSpan TlsProbeTimeout = TimeSpan.FromSeconds(3);
+
+    /// <summary>
+    /// Whether something at the address completes a TLS handshake (true), answers but not with TLS (false), or cannot be
+    /// reached (null), within <paramref name="probeTimeout"/> (default <see cref="TlsProbeTimeout"/>).
+    /// </summary>
+    public static async Task<bool?> SpeaksTlsAsync(Uri uri, CancellationToken cancel, TimeSpan? probeTimeout = null)
     {
+        ArgumentNullException.ThrowIfNull(uri);
+        var wait = probeTimeout ?? TlsProbeTimeout;
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(wait, TimeSpan.Zero, nameof(probeTimeout));
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancel);
-        timeout.CancelAfter(TimeSpan.FromSeconds(3));
+        timeout.CancelAfter(wait);
         using var tcp = new TcpClient();
         try
         {

@@ -31,8 +31,9 @@ public sealed class GrpcStageLinks : IStageLinkSet
     private readonly bool tls;
 
     public GrpcStageLinks(string jobId, long generation, int replica, int stage, string? previous, string? next, StageMailboxes mailboxes,
-        int frameBytes = 1 << 20, StageLinkSecurity? security = null)
+        int frameBytes = 1 << 20, StageLinkSecurity? security = null, CollectiveTimeouts? timeouts = null)
     {
+        var closeGrace = (timeouts ?? CollectiveTimeouts.Default).Validated().StageStreamCloseGrace;
         (this.jobId, this.generation, this.replica, this.stage, this.mailboxes, this.frameBytes) = (jobId, generation, replica, stage, mailboxes, frameBytes);
         tls = security is not null;
         if (security is not null)
@@ -40,8 +41,8 @@ public sealed class GrpcStageLinks : IStageLinkSet
             if (previous is not null) mailboxes.Expect(jobId, generation, replica, stage - 1, stage, security.Previous ?? throw new ArgumentException($"stage {stage}: no identity for the previous stage"));
             if (next is not null) mailboxes.Expect(jobId, generation, replica, stage + 1, stage, security.Next ?? throw new ArgumentException($"stage {stage}: no identity for the next stage"));
         }
-        toNext = next is null ? null : new Outbound(next, stage + 1, security?.Tls, security?.Next);
-        toPrevious = previous is null ? null : new Outbound(previous, stage - 1, security?.Tls, security?.Previous);
+        toNext = next is null ? null : new Outbound(next, stage + 1, security?.Tls, security?.Next, closeGrace);
+        toPrevious = previous is null ? null : new Outbound(previous, stage - 1, security?.Tls, security?.Previous, closeGrace);
     }
 
     /// <summary>The links as seen by step <paramref name="step"/> (tensors are matched by step and micro-batch).</summary>
@@ -105,7 +106,7 @@ public sealed class GrpcStageLinks : IStageLinkSet
         public Task<Tensor> ReceiveGradientAsync(int micro, CancellationToken cancel) => links.ReceiveAsync(StageTensorKind.Gradient, step, micro, cancel);
     }
 
-    private sealed class Outbound(string address, int stage, ClusterTls? tls, ExpectedPeer? expected) : IAsyncDisposable
+    private sealed class Outbound(string address, int stage, ClusterTls? tls, ExpectedPeer? expected, TimeSpan closeGrace) : IAsyncDisposable
     {
         public string Address { get; } = address;
         public int Stage { get; } = stage;
@@ -121,7 +122,7 @@ public sealed class GrpcStageLinks : IStageLinkSet
                 try
                 {
                     await call.RequestStream.CompleteAsync().ConfigureAwait(false);
-                    await call.ResponseAsync.WaitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+                    await call.ResponseAsync.WaitAsync(closeGrace).ConfigureAwait(false);
                 }
                 catch (Exception e) when (e is RpcException or TimeoutException or InvalidOperationException)
                 {
