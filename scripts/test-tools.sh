@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests run besides .NET and Docker, where missing: a real Prometheus (Debian package `prometheus`,
 # for the scrape tests in tests/Dtrain.Tests/Observability) and headless Chromium with its driver (`chromium`,
-# `chromium-driver`, for the dashboard's browser tests). Needs root (or sudo) and apt-get; safe to run again: does
-# nothing when /usr/bin/prometheus (or $DTRAIN_PROMETHEUS), /usr/bin/chromium and /usr/bin/chromedriver are there.
+# `chromium-driver`, for the dashboard's browser tests), and numpy for Python 3 (`python3-numpy`, for the test that reads a
+# prepared dataset with scripts/read_dataset.py). Needs root (or sudo) and apt-get; safe to run again: does
+# nothing when /usr/bin/prometheus (or $DTRAIN_PROMETHEUS), /usr/bin/chromium, /usr/bin/chromedriver and numpy are there.
 # Exit status 1 (with a line saying what is missing) when something could not be installed.
 set -uo pipefail
 SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
@@ -12,6 +13,7 @@ if [[ -z "${DTRAIN_PROMETHEUS:-}" ]] && ! command -v prometheus >/dev/null 2>&1 
 fi
 [[ -x "${DTRAIN_CHROMIUM:-/usr/bin/chromium}" ]] || missing+=(chromium)
 [[ -x "${DTRAIN_CHROMEDRIVER:-/usr/bin/chromedriver}" ]] || missing+=(chromium-driver)
+python3 -c 'import numpy' >/dev/null 2>&1 || missing+=(python3-numpy)
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "test-tools: no apt-get here; install ${missing[*]} yourself" >&2

@@ -3,7 +3,7 @@ using static TorchSharp.torch;
 
 // Usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--report FILE] | allreduce
 //        | pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8] | pipeline links [rounds] | elastic
-//        | history | activity | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model | recurrent
+//        | history | activity | prepare [--mb N] [--threads 1,2] | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model | recurrent
 var mode = args.FirstOrDefault() ?? "speed";
 try
 {
@@ -119,6 +119,14 @@ int Dispatch()
             return ElasticBench.Run();
         case "history":
             return HistoryBench.Run();
+        case "prepare":
+        {
+            var root = AppContext.BaseDirectory;
+            while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
+            return PrepareBench.Run(root, args.Skip(1).ToArray());
+        }
+        case "prepare-one":
+            return PrepareBench.One(args);
         case "recurrent":
             return RecurrentBench.Run(args[1..]);
         case "activity":

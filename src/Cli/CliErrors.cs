@@ -16,7 +16,7 @@ public static class CliErrors
         {
             return action();
         }
-        catch (Exception e) when (e is SpecException or DataFormatException or CorruptCheckpointException or InvalidDataException or ArgumentException or FileNotFoundException or DirectoryNotFoundException)
+        catch (Exception e) when (e is SpecException or DataFormatException or Data.Datasets.DatasetException or CorruptCheckpointException or InvalidDataException or ArgumentException or FileNotFoundException or DirectoryNotFoundException)
         {
             // An ArgumentException's Message ends in " (Parameter 'name')", a .NET name the user never typed.
             Error(e is ArgumentException { ParamName: { } name } ? e.Message.Replace($" (Parameter '{name}')", "", StringComparison.Ordinal) : e.Message);

@@ -19,6 +19,7 @@ public static class DtrainCli
         CliTls.AddTo(root);
         root.Subcommands.Add(TrainCommand.Create());
         root.Subcommands.Add(ValidateCommand.Create());
+        root.Subcommands.Add(PrepareCommand.Create());
         root.Subcommands.Add(EvalCommand.Create());
         root.Subcommands.Add(PredictCommand.Create());
         root.Subcommands.Add(GenerateCommand.Create());

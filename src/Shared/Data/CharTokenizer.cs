@@ -72,12 +72,53 @@ public sealed class CharTokenizer : ITokenizer
         return n == ids.Length ? ids : ids[..n];
     }
 
+    /// <summary>
+    /// Encodes <paramref name="text"/> into <paramref name="ids"/> (at least <c>text.Length</c> long) exactly as
+    /// <see cref="Encode(string)"/> would; returns the number of ids. Allocates nothing (dtrain prepare's hot path).
+    /// </summary>
+    public int Encode(ReadOnlySpan<char> text, Span<int> ids)
+    {
+        if (ids.Length < text.Length) throw new ArgumentException($"needs room for {text.Length} ids", nameof(ids));
+        var n = 0;
+        var dense = _dense;
+        for (var i = 0; i < text.Length;)
+        {
+            var v = NextScalar(text, ref i, Lowercase);
+            ids[n++] = (uint)v < (uint)dense.Length ? dense[v] : _sparse.GetValueOrDefault(v, Vocabulary.UnkId);
+        }
+        return n;
+    }
+
+    /// <summary>Adds the scalar values of <paramref name="text"/> to the counts as <see cref="Fit"/> counts them: below <see cref="CountDenseLimit"/> into <paramref name="dense"/>, the rest into <paramref name="sparse"/>.</summary>
+    internal static void Count(ReadOnlySpan<char> text, bool lowercase, long[] dense, Dictionary<int, long> sparse)
+    {
+        for (var i = 0; i < text.Length;)
+        {
+            var v = NextScalar(text, ref i, lowercase);
+            if ((uint)v < (uint)dense.Length) dense[v]++;
+            else sparse[v] = sparse.GetValueOrDefault(v) + 1;
+        }
+    }
+
+    /// <summary>The size of the dense count table <see cref="Count"/> fills.</summary>
+    internal const int CountDenseLimit = DenseLimit;
+
+    /// <summary>The tokenizer <see cref="Fit"/> would make from texts with these counts (see <see cref="Count"/>).</summary>
+    internal static CharTokenizer FromCounts(long[] dense, Dictionary<int, long> sparse, int minFrequency, int maxVocab, bool lowercase)
+    {
+        var byString = new Dictionary<string, long>(StringComparer.Ordinal);
+        for (var v = 0; v < dense.Length; v++)
+            if (dense[v] > 0) byString[new Rune(v).ToString()] = dense[v];
+        foreach (var (v, c) in sparse) byString[new Rune(v).ToString()] = c;
+        return new CharTokenizer(Vocabulary.Build(byString, minFrequency, maxVocab), lowercase);
+    }
+
     public string Decode(IEnumerable<int> ids) => Vocabulary.Decode(ids, _tokens, "\uFFFD", "");
 
     public TokenizerState ToState() => new(Kind, Lowercase, [.. _tokens]);
 
     /// <summary>The scalar value at <paramref name="i"/> (advancing past it); lone surrogates read as U+FFFD.</summary>
-    static int NextScalar(string s, ref int i, bool lowercase)
+    static int NextScalar(ReadOnlySpan<char> s, ref int i, bool lowercase)
     {
         int v = s[i];
         if (!char.IsSurrogate((char)v)) i++;

@@ -32,6 +32,18 @@ public static class JsonlReader
 
     static void ReadLine(ReadOnlySpan<char> line, int lineNo, ReadOptions options, RecordCollector records)
     {
+        if (ParseLine(line, options, out var text, out var label) is { } problem) records.Bad(lineNo, problem);
+        else records.Add(text, label, lineNo);
+    }
+
+    /// <summary>
+    /// One JSONL line (not blank, without its line end) as a record: its text and label (when <see cref="ReadOptions.LabelField"/>
+    /// is set), or what is wrong with it (then null is not returned). Shared with dtrain prepare's streaming reader.
+    /// </summary>
+    internal static string? ParseLine(ReadOnlySpan<char> line, ReadOptions options, out string text, out string? label)
+    {
+        text = "";
+        label = null;
         JsonDocument doc;
         try
         {
@@ -40,29 +52,15 @@ public static class JsonlReader
         catch (JsonException e)
         {
             var at = $"malformed JSON (at byte {(e.BytePositionInLine ?? 0) + 1} of the line)";
-            records.Bad(lineNo, options.QuoteContent ? $"{at}: {Describe(e)}" : at);
-            return;
+            return options.QuoteContent ? $"{at}: {Describe(e)}" : at;
         }
         using (doc)
         {
             var root = doc.RootElement;
-            if (root.ValueKind != JsonValueKind.Object)
-            {
-                records.Bad(lineNo, $"expected a JSON object, found {KindName(root, options.QuoteContent)}");
-                return;
-            }
-            if (!TryText(root, options.TextField, options.QuoteContent, out var text, out var problem))
-            {
-                records.Bad(lineNo, problem);
-                return;
-            }
-            string? label = null;
-            if (options.LabelField is { } labelField && !TryLabel(root, labelField, options.QuoteContent, out label, out problem))
-            {
-                records.Bad(lineNo, problem);
-                return;
-            }
-            records.Add(text, label, lineNo);
+            if (root.ValueKind != JsonValueKind.Object) return $"expected a JSON object, found {KindName(root, options.QuoteContent)}";
+            if (!TryText(root, options.TextField, options.QuoteContent, out text, out var problem)) return problem;
+            if (options.LabelField is { } labelField && !TryLabel(root, labelField, options.QuoteContent, out label, out problem)) return problem;
+            return null;
         }
     }
 

@@ -61,6 +61,37 @@ public sealed class WordTokenizer : ITokenizer
         return ids;
     }
 
+    /// <summary>
+    /// Encodes <paramref name="text"/> (already lowercased when <see cref="Lowercase"/>) into <paramref name="ids"/> (at
+    /// least <c>text.Length</c> long) exactly as <see cref="Encode(string)"/> encodes the same text; returns the number
+    /// of ids. <paramref name="spans"/> is scratch space. Splitting a text after a whitespace character and encoding the
+    /// pieces gives the same ids as encoding it whole.
+    /// </summary>
+    internal int EncodeLowered(ReadOnlySpan<char> text, Span<int> ids, List<(int Start, int Length)> spans)
+    {
+        Split(text, spans);
+        if (ids.Length < spans.Count) throw new ArgumentException($"needs room for {spans.Count} ids", nameof(ids));
+        for (var i = 0; i < spans.Count; i++)
+            ids[i] = _lookup.TryGetValue(text.Slice(spans[i].Start, spans[i].Length), out var id) ? id : Vocabulary.UnkId;
+        return spans.Count;
+    }
+
+    /// <summary>Adds the tokens of <paramref name="text"/> (already lowercased when fitting a lowercasing tokenizer) to <paramref name="counts"/>, as <see cref="Fit"/> counts them.</summary>
+    internal static void Count(ReadOnlySpan<char> text, Dictionary<string, long> counts, List<(int Start, int Length)> spans)
+    {
+        var lookup = counts.GetAlternateLookup<ReadOnlySpan<char>>();
+        Split(text, spans);
+        foreach (var (start, length) in spans)
+        {
+            var token = text.Slice(start, length);
+            lookup[token] = lookup.TryGetValue(token, out var c) ? c + 1 : 1;
+        }
+    }
+
+    /// <summary>The tokenizer <see cref="Fit"/> would make from texts with these token counts (see <see cref="Count"/>).</summary>
+    internal static WordTokenizer FromCounts(IReadOnlyDictionary<string, long> counts, int minFrequency, int maxVocab, bool lowercase) =>
+        new(Vocabulary.Build(counts, minFrequency, maxVocab), lowercase);
+
     public string Decode(IEnumerable<int> ids) => Vocabulary.Decode(ids, _tokens, Vocabulary.Unk, " ");
 
     public TokenizerState ToState() => new(Kind, Lowercase, [.. _tokens]);
@@ -74,7 +105,7 @@ public sealed class WordTokenizer : ITokenizer
         return [.. spans.Select(s => text.Substring(s.Start, s.Length))];
     }
 
-    static void Split(string text, List<(int Start, int Length)> spans)
+    static void Split(ReadOnlySpan<char> text, List<(int Start, int Length)> spans)
     {
         spans.Clear();
         var i = 0;
@@ -102,7 +133,7 @@ public sealed class WordTokenizer : ITokenizer
         }
     }
 
-    static Rune RuneAt(string s, int i, out int length)
+    static Rune RuneAt(ReadOnlySpan<char> s, int i, out int length)
     {
         var c = s[i];
         if (char.IsHighSurrogate(c) && i + 1 < s.Length && char.IsLowSurrogate(s[i + 1]))

@@ -1,0 +1,94 @@
+using System.Diagnostics;
+using System.Globalization;
+using Dtrain.Data.Datasets;
+using Dtrain.Specs;
+
+namespace Dtrain.Bench;
+
+/// <summary>
+/// `prepare [--mb N] [--threads 1,2]`: dtrain prepare's throughput on bundled text (Moby Dick, data/) repeated to N MB
+/// (default 200) in a temporary directory, for the char and word tokenizers on 1 and 2 threads, and each run's peak
+/// resident memory (every run in a fresh process: VmHWM is per process). Targets (issue 23): 100 MB/s char and 30 MB/s
+/// word on one core, 1.8x that on two, peak RSS at most 500 MB whatever the size.
+/// </summary>
+internal static class PrepareBench
+{
+    const string Usage = "dtrain-bench prepare [--mb N] [--threads 1,2]";
+
+    public static int Run(string root, string[] args)
+    {
+        if (BenchArgs.Help(args, Usage)) return 0;
+        BenchArgs.CheckOptions(args, Usage, "--mb", "--threads");
+        var mb = 200;
+        var threads = new[] { 1, 2 };
+        for (var i = 0; i + 1 < args.Length; i += 2)
+        {
+            if (args[i] == "--mb") mb = BenchArgs.Number("--mb", args[i + 1], 1, 1_000_000);
+            else if (args[i] == "--threads") threads = args[i + 1].Split(',').Select(t => BenchArgs.Number("--threads", t, 1, 256)).ToArray();
+        }
+        var temp = Path.Combine(Path.GetTempPath(), $"dtrain-bench-prepare-{Environment.ProcessId}");
+        Directory.CreateDirectory(temp);
+        try
+        {
+            var corpus = Path.Combine(temp, "corpus.txt");
+            var seed = File.ReadAllBytes(Path.Combine(root, "data", "moby-dick", "moby-dick.txt"));
+            using (var f = File.Create(corpus))
+                for (long written = 0; written < mb * 1_000_000L; written += seed.Length) f.Write(seed);
+            var bytes = new FileInfo(corpus).Length;
+            Console.WriteLine($"dtrain prepare on Moby Dick repeated to {bytes / 1e6:F0} MB (language model, 5% held out), {Environment.ProcessorCount} cores");
+            Console.WriteLine();
+            Console.WriteLine("| tokenizer | threads | seconds | MB/s | vs 1 thread | peak RSS MB |");
+            Console.WriteLine("|---|---|---|---|---|---|");
+            foreach (var kind in new[] { TokenizerKinds.Char, TokenizerKinds.Word })
+            {
+                double? single = null;
+                foreach (var t in threads)
+                {
+                    var (seconds, peak) = Child(corpus, Path.Combine(temp, $"{kind}-{t}"), kind, t);
+                    var rate = bytes / 1e6 / seconds;
+                    single ??= t == 1 ? rate : null;
+                    Console.WriteLine($"| {kind} | {t} | {seconds:F1} | {rate:F1} | {(single is { } s ? $"{rate / s:F2}x" : "-")} | {peak:F0} |");
+                    Directory.Delete(Path.Combine(temp, $"{kind}-{t}"), recursive: true);
+                }
+            }
+            return 0;
+        }
+        finally
+        {
+            Directory.Delete(temp, recursive: true);
+        }
+    }
+
+    /// <summary>One preparation in a fresh process (this bench, `prepare-one`): its seconds and peak RSS.</summary>
+    static (double Seconds, double PeakMb) Child(string corpus, string output, string kind, int threads)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { typeof(PrepareBench).Assembly.Location, "prepare-one", corpus, output, kind, threads.ToString(CultureInfo.InvariantCulture) })
+            psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        p.WaitForExit();
+        if (p.ExitCode != 0) throw new BenchFailureException($"prepare-one {kind} {threads} failed: {stderr.Result}");
+        var fields = stdout.Result.Trim().Split(' ');
+        return (double.Parse(fields[0], CultureInfo.InvariantCulture), double.Parse(fields[1], CultureInfo.InvariantCulture));
+    }
+
+    /// <summary>`prepare-one CORPUS OUTPUT KIND THREADS`: prepares and prints "seconds peak-MB".</summary>
+    public static int One(string[] args)
+    {
+        var clock = Stopwatch.StartNew();
+        DatasetPreparer.Prepare(new PrepareOptions
+        {
+            Train = SourceFiles.Expand([args[1]], DatasetLayout.TrainSplit, DataFormats.Text),
+            Output = args[2],
+            Tokenizer = new TokenizerSpec { Kind = args[3] },
+            Threads = int.Parse(args[4], CultureInfo.InvariantCulture),
+        });
+        var seconds = clock.Elapsed.TotalSeconds;
+        var line = File.ReadLines("/proc/self/status").First(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
+        var peak = long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024.0;
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{seconds:R} {peak:F1}"));
+        return 0;
+    }
+}

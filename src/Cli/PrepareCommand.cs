@@ -1,0 +1,94 @@
+using System.CommandLine;
+using Dtrain.Data.Datasets;
+using Dtrain.Specs;
+
+namespace Dtrain.Cli;
+
+/// <summary>`dtrain prepare SOURCES... -o DIR`: tokenizes sources once into a dataset of memory-mappable shards (docs/data.md).</summary>
+public static class PrepareCommand
+{
+    public static Command Create()
+    {
+        var sources = new Argument<string[]>("sources") { Description = "Files, directories (every file below) and globs (*, ?, ** — quote them); .gz and .zst are decompressed.", Arity = ArgumentArity.OneOrMore };
+        var output = new Option<string>("--output", "-o") { Description = "The dataset directory to write (refused when it exists and is not empty, unless --force).", Required = true };
+        var force = new Option<bool>("--force") { Description = "Replace an existing output directory (only once the new dataset is complete)." };
+        var task = new Option<string>("--task") { Description = "language_model or classification (the spec's task).", DefaultValueFactory = _ => TaskKinds.LanguageModel };
+        task.AcceptOnlyFromAmong(TaskKinds.LanguageModel, TaskKinds.Classification);
+        var format = new Option<string?>("--format") { Description = "data.format of every source: text, jsonl or csv (default: from each file's extension, .txt/.jsonl/.json/.csv under .gz/.zst)." };
+        format.AcceptOnlyFromAmong(DataFormats.Text, DataFormats.Jsonl, DataFormats.Csv);
+        var validation = new Option<string[]>("--validation") { Description = "data.validation: validation sources (files, directories, globs); without it --validation-fraction of the training data is held out.", AllowMultipleArgumentsPerToken = true };
+        var fraction = new Option<double>("--validation-fraction") { Description = "data.validation_fraction: the held-out share (language model: the text's end; classification: a seeded random subset).", DefaultValueFactory = _ => 0.05 };
+        var textField = new Option<string>("--text-field") { Description = "data.text_field: JSONL field or CSV column of the text.", DefaultValueFactory = _ => "text" };
+        var labelField = new Option<string>("--label-field") { Description = "data.label_field: JSONL field or CSV column of the label (classification).", DefaultValueFactory = _ => "label" };
+        var maxLength = new Option<int?>("--max-length") { Description = "data.max_length: classification, longest record in characters (default 2000)." };
+        var overlength = new Option<string?>("--overlength") { Description = "data.overlength: classification, truncate (default), skip or error for longer records." };
+        overlength.AcceptOnlyFromAmong([.. OverlengthPolicies.All]);
+        var onError = new Option<string>("--on-error") { Description = "data.on_error: fail or skip malformed records.", DefaultValueFactory = _ => ErrorPolicies.Fail };
+        onError.AcceptOnlyFromAmong([.. ErrorPolicies.All]);
+        var tokenizer = new Option<string>("--tokenizer") { Description = "tokenizer.kind: char or word.", DefaultValueFactory = _ => TokenizerKinds.Char };
+        tokenizer.AcceptOnlyFromAmong(TokenizerKinds.Char, TokenizerKinds.Word);
+        var minFrequency = new Option<int>("--min-frequency") { Description = "tokenizer.min_frequency.", DefaultValueFactory = _ => 1 };
+        var maxVocab = new Option<int>("--max-vocab") { Description = "tokenizer.max_vocab (0 = no limit).", DefaultValueFactory = _ => 0 };
+        var lowercase = new Option<bool>("--lowercase") { Description = "tokenizer.lowercase." };
+        var seed = new Option<int>("--seed") { Description = "training.seed: chooses the validation records of a classification split (use the job's seed).", DefaultValueFactory = _ => 1 };
+        var threads = new Option<int>("--threads") { Description = "Tokenizing threads (default: all cores); the output is the same for any number.", DefaultValueFactory = _ => Environment.ProcessorCount };
+        var shardTokens = new Option<long>("--shard-tokens") { Description = "Most tokens per shard.", DefaultValueFactory = _ => 1L << 26 };
+        var cmd = new Command("prepare",
+            "Tokenize sources once into a dataset: token shards that can be memory-mapped, an index, the tokenizer, SHA-256 of every " +
+            "file and of the sources, and a manifest written last (docs/data.md). Holds exactly the ids `dtrain train` makes from the " +
+            "same data and options (named as in the job spec). Streams in constant memory on every core.");
+        cmd.Arguments.Add(sources);
+        foreach (var o in new Option[] { output, force, task, format, validation, fraction, textField, labelField, maxLength, overlength, onError, tokenizer, minFrequency, maxVocab, lowercase, seed, threads, shardTokens })
+            cmd.Options.Add(o);
+        cmd.SetAction(r => CliErrors.Guard(() =>
+        {
+            var kind = r.GetValue(task)!;
+            var lm = kind == TaskKinds.LanguageModel;
+            if (lm && r.GetValue(maxLength) is not null) throw new ArgumentException("--max-length applies to classification; a language model's text is one stream cut into seq_len chunks");
+            if (lm && r.GetValue(overlength) is not null) throw new ArgumentException("--overlength applies to classification; a language model's text is one stream cut into seq_len chunks");
+            var options = new PrepareOptions
+            {
+                Train = SourceFiles.Expand(r.GetValue(sources)!, DatasetLayout.TrainSplit, r.GetValue(format)),
+                Validation = r.GetValue(validation) is { Length: > 0 } v ? SourceFiles.Expand(v, DatasetLayout.ValidationSplit, r.GetValue(format)) : [],
+                Output = r.GetValue(output)!,
+                Force = r.GetValue(force),
+                Task = kind,
+                TextField = r.GetValue(textField)!,
+                LabelField = r.GetValue(labelField)!,
+                MaxLength = r.GetValue(maxLength) ?? 2000,
+                Overlength = r.GetValue(overlength) ?? OverlengthPolicies.Truncate,
+                OnError = r.GetValue(onError)!,
+                ValidationFraction = r.GetValue(fraction),
+                Seed = r.GetValue(seed),
+                Tokenizer = new TokenizerSpec { Kind = r.GetValue(tokenizer)!, MinFrequency = r.GetValue(minFrequency), MaxVocab = r.GetValue(maxVocab), Lowercase = r.GetValue(lowercase) },
+                Threads = r.GetValue(threads),
+                ShardTokens = r.GetValue(shardTokens),
+            };
+            using var cancel = new CancellationTokenSource();
+            ConsoleCancelEventHandler stop = (_, e) => { e.Cancel = true; cancel.Cancel(); };
+            Console.CancelKeyPress += stop;
+            try
+            {
+                var manifest = DatasetPreparer.Prepare(options, line => Console.Error.WriteLine(line), cancel.Token);
+                var report = manifest.Report;
+                if (report.Skipped > 0 || report.Truncated > 0)
+                {
+                    Console.Error.WriteLine($"{report.Read} records kept, {report.Skipped} skipped, {report.Truncated} truncated");
+                    foreach (var example in report.SkippedExamples) Console.Error.WriteLine($"  skipped: {example}");
+                }
+                Console.WriteLine(options.Output);
+                return CliErrors.Ok;
+            }
+            catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+            {
+                CliErrors.Error("interrupted; nothing was written to the output");
+                return CliErrors.Interrupted;
+            }
+            finally
+            {
+                Console.CancelKeyPress -= stop;
+            }
+        }));
+        return cmd;
+    }
+}

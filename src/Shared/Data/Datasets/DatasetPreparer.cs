@@ -1,0 +1,369 @@
+using System.Buffers;
+using System.Diagnostics;
+using System.Text.Json;
+using Dtrain.Specs;
+
+namespace Dtrain.Data.Datasets;
+
+/// <summary>
+/// <c>dtrain prepare</c>: turns sources into a dataset (docs/data.md) holding exactly the ids the in-memory path
+/// (<see cref="DatasetLoader"/> and <see cref="Training.PreparedData"/>) makes from the same data and options, in
+/// constant memory. Passes over the sources: (1, only when a fraction is held out) the length of a language model's
+/// joined text or the labels of the classification records, to place the split as the in-memory path does; (2) the
+/// token counts of the training split, on every thread, for the vocabulary; (3) encoding on every thread, written in
+/// order into shards. The output does not depend on the number of threads.
+/// </summary>
+public static class DatasetPreparer
+{
+    /// <summary>Prepares the dataset and returns its manifest; <paramref name="log"/> is told of each pass.</summary>
+    public static DatasetManifest Prepare(PrepareOptions o, Action<string>? log = null, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(o);
+        log ??= _ => { };
+        Check(o);
+        using var writer = new DatasetWriter(o.Output, o.Force);
+        var lm = o.Task == TaskKinds.LanguageModel;
+        var read = new ReadOptions
+        {
+            TextField = o.TextField,
+            LabelField = lm ? null : o.LabelField,
+            MaxLength = lm ? 0 : o.MaxLength,
+            Overlength = o.Overlength,
+            OnError = o.OnError,
+        };
+        var clock = Stopwatch.StartNew();
+        var result = lm ? LanguageModel(o, read, writer, log, cancel) : Classification(o, read, writer, log, cancel);
+        var tokenizerFile = writer.WriteFile(DatasetLayout.TokenizerFile, JsonSerializer.SerializeToUtf8Bytes(result.Tokenizer.ToState(), DatasetLayout.TokenizerJson));
+        var manifest = new DatasetManifest
+        {
+            TokenDtype = DatasetLayout.DtypeFor(result.Tokenizer.VocabSize),
+            VocabSize = result.Tokenizer.VocabSize,
+            Tokenizer = tokenizerFile,
+            Labels = result.Labels.Names,
+            Settings = new DatasetSettings
+            {
+                Task = o.Task,
+                TextField = o.TextField,
+                LabelField = lm ? null : o.LabelField,
+                MaxLength = lm ? 0 : o.MaxLength,
+                Overlength = o.Overlength,
+                OnError = o.OnError,
+                ValidationFraction = o.Validation.Count > 0 ? 0 : o.ValidationFraction,
+                Seed = o.Seed,
+                Tokenizer = o.Tokenizer,
+                ShardTokens = o.ShardTokens,
+            },
+            Sources = result.Sources,
+            Train = result.Train,
+            Validation = result.Validation,
+            Report = result.Report,
+        };
+        writer.Commit(manifest);
+        log($"prepared {o.Output} in {clock.Elapsed.TotalSeconds:F1} s: train {manifest.Train.Tokens:N0} tokens in {manifest.Train.Shards.Count} shard(s), validation {manifest.Validation.Tokens:N0}; vocabulary {manifest.VocabSize:N0} ({manifest.TokenDtype})");
+        return manifest;
+    }
+
+    static void Check(PrepareOptions o)
+    {
+        if (o.Train.Count == 0) throw new ArgumentException("no sources: name at least one file, directory or glob");
+        if (o.Task is not (TaskKinds.LanguageModel or TaskKinds.Classification)) throw new ArgumentException($"--task \"{o.Task}\" must be {TaskKinds.LanguageModel} or {TaskKinds.Classification}");
+        if (o.Tokenizer.Kind is not (TokenizerKinds.Char or TokenizerKinds.Word)) throw new ArgumentException($"--tokenizer \"{o.Tokenizer.Kind}\" must be char or word");
+        if (o.Tokenizer.MinFrequency < 1) throw new ArgumentException($"--min-frequency {o.Tokenizer.MinFrequency} must be at least 1");
+        if (o.Tokenizer.MaxVocab is < 0 or 1 or 2) throw new ArgumentException($"--max-vocab {o.Tokenizer.MaxVocab} must be 0 (no limit) or at least 3: <pad> and <unk> take two ids");
+        if (!OverlengthPolicies.All.Contains(o.Overlength)) throw new ArgumentException($"--overlength \"{o.Overlength}\" must be one of: {string.Join(", ", OverlengthPolicies.All)}");
+        if (!ErrorPolicies.All.Contains(o.OnError)) throw new ArgumentException($"--on-error \"{o.OnError}\" must be one of: {string.Join(", ", ErrorPolicies.All)}");
+        if (o.Validation.Count == 0 && !(o.ValidationFraction > 0 && o.ValidationFraction < 1))
+            throw new ArgumentException($"--validation-fraction {o.ValidationFraction} must be in (0, 1) when no --validation source is given");
+        if (o.Task == TaskKinds.Classification)
+        {
+            if (o.MaxLength < 1) throw new ArgumentException($"--max-length {o.MaxLength} must be at least 1");
+            foreach (var s in o.Train.Concat(o.Validation))
+                if (s.Format == DataFormats.Text) throw new ArgumentException($"{s.Path}: plain text has no labels; use jsonl or csv for classification");
+        }
+        if (o.Threads < 1) throw new ArgumentException($"--threads {o.Threads} must be at least 1");
+        if (o.ShardTokens < 1) throw new ArgumentException($"--shard-tokens {o.ShardTokens} must be at least 1");
+    }
+
+    sealed record Result(ITokenizer Tokenizer, LabelSet Labels, IReadOnlyList<DatasetSource> Sources, DatasetSplit Train, DatasetSplit Validation, DataReport Report);
+
+    /// <summary>Per-thread scratch space and counts.</summary>
+    sealed class Worker(bool word)
+    {
+        public int[] Ids = [];
+        public char[] Lowered = [];
+        public readonly List<(int Start, int Length)> Spans = [];
+        public readonly long[] Dense = word ? [] : new long[CharTokenizer.CountDenseLimit];
+        public readonly Dictionary<int, long> Sparse = [];
+        public readonly Dictionary<string, long> Words = new(StringComparer.Ordinal);
+
+        public Span<int> IdsFor(int length)
+        {
+            if (Ids.Length < length) Ids = new int[Math.Max(length, 1 << 16)];
+            return Ids;
+        }
+
+        /// <summary>The text as the tokenizer sees it: lowercased (word tokenizer with lowercase) into scratch space, else as is.</summary>
+        public ReadOnlySpan<char> Prepared(ReadOnlySpan<char> text, bool lower)
+        {
+            if (!lower) return text;
+            if (Lowered.Length < text.Length) Lowered = new char[Math.Max(text.Length, 1 << 16)];
+            text.ToLowerInvariant(Lowered);
+            return Lowered.AsSpan(0, text.Length);
+        }
+    }
+
+    /// <summary>Counting and encoding as the tokenizer of <paramref name="spec"/> does.</summary>
+    sealed class Tokenizing(TokenizerSpec spec, int threads)
+    {
+        readonly bool word = spec.Kind == TokenizerKinds.Word;
+        public readonly Worker[] Workers = Enumerable.Range(0, threads).Select(_ => new Worker(spec.Kind == TokenizerKinds.Word)).ToArray();
+        ITokenizer? tokenizer;
+
+        public void Count(int w, ReadOnlySpan<char> text)
+        {
+            var s = Workers[w];
+            if (word) WordTokenizer.Count(s.Prepared(text, spec.Lowercase), s.Words, s.Spans);
+            else CharTokenizer.Count(text, spec.Lowercase, s.Dense, s.Sparse);
+        }
+
+        /// <summary>The tokenizer fitted on everything counted (the counts of all threads summed).</summary>
+        public ITokenizer Fit()
+        {
+            if (word)
+            {
+                var all = Workers[0].Words;
+                foreach (var s in Workers.Skip(1))
+                    foreach (var (k, v) in s.Words) all[k] = all.GetValueOrDefault(k) + v;
+                tokenizer = WordTokenizer.FromCounts(all, spec.MinFrequency, spec.MaxVocab, spec.Lowercase);
+            }
+            else
+            {
+                var dense = Workers[0].Dense;
+                var sparse = Workers[0].Sparse;
+                foreach (var s in Workers.Skip(1))
+                {
+                    for (var i = 0; i < dense.Length; i++) dense[i] += s.Dense[i];
+                    foreach (var (k, v) in s.Sparse) sparse[k] = sparse.GetValueOrDefault(k) + v;
+                }
+                tokenizer = CharTokenizer.FromCounts(dense, sparse, spec.MinFrequency, spec.MaxVocab, spec.Lowercase);
+            }
+            foreach (var s in Workers)
+            {
+                s.Words.Clear();
+                s.Words.TrimExcess();
+            }
+            return tokenizer;
+        }
+
+        /// <summary>The ids of <paramref name="text"/>, in the worker's scratch space (valid until its next call).</summary>
+        public ReadOnlySpan<int> Encode(int w, ReadOnlySpan<char> text)
+        {
+            var s = Workers[w];
+            var ids = s.IdsFor(text.Length);
+            var n = tokenizer is WordTokenizer wt ? wt.EncodeLowered(s.Prepared(text, spec.Lowercase), ids, s.Spans) : ((CharTokenizer)tokenizer!).Encode(text, ids);
+            return ids[..n];
+        }
+    }
+
+    static string VocabularyProblem(PrepareOptions o) =>
+        $"--min-frequency {o.Tokenizer.MinFrequency} leaves no {o.Tokenizer.Kind} token of the training data in the vocabulary (none occurs that often): lower it";
+
+    static IEnumerable<TextPiece> Pieces(IEnumerable<SourceFile> sources, ReadOptions read, DataReportBuilder report, List<DatasetSource>? stored, CancellationToken cancel)
+    {
+        foreach (var source in sources)
+        {
+            var info = stored is null ? null : new SourceReader.Stored();
+            foreach (var piece in SourceReader.Read(source, read, report, info, cancel)) yield return piece;
+            if (info is not null) stored!.Add(new DatasetSource(source.Path, source.Split, source.Format, source.Compression, info.Bytes, info.Sha256!));
+        }
+    }
+
+    // ---- language model ----
+
+    static Result LanguageModel(PrepareOptions o, ReadOptions read, DatasetWriter writer, Action<string> log, CancellationToken cancel)
+    {
+        var word = o.Tokenizer.Kind == TokenizerKinds.Word;
+        var passes = o.Validation.Count == 0 ? 3 : 2;
+        long cut = -1;
+        if (o.Validation.Count == 0)
+        {
+            log($"pass 1/3: the length of the text ({o.Train.Count} source(s)), to hold out the last {o.ValidationFraction:P1} for validation");
+            long total = 0;
+            var joiner = false;
+            foreach (var piece in Pieces(o.Train, read, new DataReportBuilder(), null, cancel))
+            {
+                if (joiner) total++;
+                total += piece.Text.Length;
+                joiner = piece.EndOfRecord;
+            }
+            var validationLength = Math.Clamp((long)Math.Ceiling(o.ValidationFraction * total - 1e-9), 1, Math.Max(1, total - 1));
+            cut = total - validationLength;
+            if (cut <= 0) throw new DataFormatException(o.Train[0].Path, 0, $"the text is {total} character(s) long, too short to split into training and validation");
+        }
+
+        log($"pass {passes - 1}/{passes}: counting {o.Tokenizer.Kind} tokens of the training split on {o.Threads} thread(s)");
+        var tokenizing = new Tokenizing(o.Tokenizer, o.Threads);
+        var trainChunks = new TextChunker(word, o.ChunkChars).Chunks(Pieces(o.Train, read, new DataReportBuilder(), null, cancel), cut, allValidation: false);
+        OrderedParallel.Run(trainChunks.TakeWhile(c => !c.Validation || Return(c)), o.Threads, (w, c) =>
+        {
+            tokenizing.Count(w, c.Text);
+            c.Return();
+            return 0;
+        }, _ => { }, cancel);
+        var tokenizer = tokenizing.Fit();
+        if (tokenizer.VocabSize < 3) throw new ArgumentException(VocabularyProblem(o));
+
+        log($"pass {passes}/{passes}: encoding on {o.Threads} thread(s) (vocabulary {tokenizer.VocabSize:N0})");
+        var width = DatasetLayout.WidthFor(tokenizer.VocabSize);
+        var report = new DataReportBuilder();
+        var sources = new List<DatasetSource>();
+        using var train = writer.Split(DatasetLayout.TrainSplit, width, records: false, o.ShardTokens);
+        using var validation = writer.Split(DatasetLayout.ValidationSplit, width, records: false, o.ShardTokens);
+        var chunks = new TextChunker(word, o.ChunkChars).Chunks(Pieces(o.Train, read, report, sources, cancel), cut, allValidation: false);
+        if (o.Validation.Count > 0)
+            chunks = chunks.Concat(new TextChunker(word, o.ChunkChars).Chunks(Pieces(o.Validation, read, report, sources, cancel), -1, allValidation: true));
+        OrderedParallel.Run(chunks, o.Threads, (w, c) =>
+        {
+            var ids = tokenizing.Encode(w, c.Text);
+            var copy = ArrayPool<int>.Shared.Rent(Math.Max(1, ids.Length));
+            ids.CopyTo(copy);
+            c.Return();
+            return (Ids: copy, Count: ids.Length, c.Validation);
+        }, r =>
+        {
+            (r.Validation ? validation : train).AppendTokens(r.Ids.AsSpan(0, r.Count));
+            ArrayPool<int>.Shared.Return(r.Ids);
+        }, cancel);
+        if (validation.Tokens < 2)
+            throw new DataFormatException((o.Validation.Count > 0 ? o.Validation : o.Train)[^1].Path, 0,
+                $"the validation split has {validation.Tokens} token(s); raise --validation-fraction or give a longer validation source");
+        return new Result(tokenizer, LabelSet.Empty, sources, train.Finish(), validation.Finish(), report.ToReport());
+    }
+
+    static bool Return(TextChunk c)
+    {
+        c.Return();
+        return false;
+    }
+
+    // ---- classification ----
+
+    /// <summary>A batch of records for one unit of parallel work.</summary>
+    sealed class RecordBatch
+    {
+        public readonly List<(string Text, string Label, bool Validation, string File, long Line)> Records = [];
+        public long Chars;
+    }
+
+    const int BatchChars = 1 << 20, BatchRecords = 8192;
+
+    /// <summary>Records in batches; <paramref name="inValidation"/> (by record number across the sources) marks held-out records, <paramref name="allValidation"/> all.</summary>
+    static IEnumerable<RecordBatch> Batches(IEnumerable<TextPiece> pieces, bool[]? inValidation, bool allValidation, Action<string>? onTrainLabel)
+    {
+        var batch = new RecordBatch();
+        long k = 0;
+        foreach (var p in pieces)
+        {
+            var validation = allValidation || (inValidation is not null && inValidation[k]);
+            k++;
+            if (!validation) onTrainLabel?.Invoke(p.Label!);
+            batch.Records.Add((p.Text.ToString(), p.Label!, validation, p.File, p.Line));
+            batch.Chars += p.Text.Length;
+            if (batch.Chars >= BatchChars || batch.Records.Count >= BatchRecords)
+            {
+                yield return batch;
+                batch = new RecordBatch();
+            }
+        }
+        if (batch.Records.Count > 0) yield return batch;
+    }
+
+    static Result Classification(PrepareOptions o, ReadOptions read, DatasetWriter writer, Action<string> log, CancellationToken cancel)
+    {
+        var passes = o.Validation.Count == 0 ? 3 : 2;
+        bool[]? inValidation = null;
+        if (o.Validation.Count == 0)
+        {
+            log($"pass 1/3: the records' labels ({o.Train.Count} source(s)), to hold out {o.ValidationFraction:P1} for validation (seed {o.Seed})");
+            var labelIds = new Dictionary<string, int>(StringComparer.Ordinal);
+            var labels = new List<int>();
+            foreach (var p in Pieces(o.Train, read, new DataReportBuilder(), null, cancel))
+            {
+                if (!labelIds.TryGetValue(p.Label!, out var id)) labelIds[p.Label!] = id = labelIds.Count;
+                labels.Add(id);
+            }
+            inValidation = Split(labels, o.Train[0].Path, o.ValidationFraction, o.Seed);
+        }
+
+        log($"pass {passes - 1}/{passes}: counting {o.Tokenizer.Kind} tokens of the training split on {o.Threads} thread(s)");
+        var tokenizing = new Tokenizing(o.Tokenizer, o.Threads);
+        var trainLabels = new SortedSet<string>(StringComparer.Ordinal);
+        OrderedParallel.Run(Batches(Pieces(o.Train, read, new DataReportBuilder(), null, cancel), inValidation, false, l => trainLabels.Add(l)), o.Threads, (w, b) =>
+        {
+            foreach (var r in b.Records)
+                if (!r.Validation) tokenizing.Count(w, r.Text);
+            return 0;
+        }, _ => { }, cancel);
+        var tokenizer = tokenizing.Fit();
+        if (tokenizer.VocabSize < 3) throw new ArgumentException(VocabularyProblem(o));
+        var labelSet = new LabelSet(trainLabels);
+        if (labelSet.Count < 2)
+            throw new DataFormatException(o.Train[0].Path, 0, $"classification needs at least 2 distinct labels in the training split, found {labelSet.Count}");
+
+        log($"pass {passes}/{passes}: encoding on {o.Threads} thread(s) (vocabulary {tokenizer.VocabSize:N0}, {labelSet.Count} labels)");
+        var width = DatasetLayout.WidthFor(tokenizer.VocabSize);
+        var report = new DataReportBuilder();
+        var sources = new List<DatasetSource>();
+        using var train = writer.Split(DatasetLayout.TrainSplit, width, records: true, o.ShardTokens);
+        using var validation = writer.Split(DatasetLayout.ValidationSplit, width, records: true, o.ShardTokens);
+        var batches = Batches(Pieces(o.Train, read, report, sources, cancel), inValidation, false, null);
+        if (o.Validation.Count > 0) batches = batches.Concat(Batches(Pieces(o.Validation, read, report, sources, cancel), null, true, null));
+        var trainFiles = string.Join(", ", o.Train.Select(s => s.Path).Take(3)) + (o.Train.Count > 3 ? ", ..." : "");
+        OrderedParallel.Run(batches, o.Threads, (w, b) =>
+        {
+            var lengths = new int[b.Records.Count];
+            var all = new List<int>(checked((int)Math.Min(int.MaxValue, b.Chars)));
+            for (var i = 0; i < b.Records.Count; i++)
+            {
+                var ids = tokenizing.Encode(w, b.Records[i].Text);
+                if (ids.IsEmpty) ids = [Vocabulary.UnkId]; // as PreparedData.EncodeNonEmpty
+                lengths[i] = ids.Length;
+                foreach (var id in ids) all.Add(id);
+            }
+            return (Batch: b, Lengths: lengths, Ids: all);
+        }, r =>
+        {
+            var ids = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Ids);
+            var at = 0;
+            for (var i = 0; i < r.Lengths.Length; i++)
+            {
+                var rec = r.Batch.Records[i];
+                if (!labelSet.TryGetId(rec.Label, out var label))
+                    throw new DataFormatException(rec.File, RecordPolicy.Line(rec.Line), $"label \"{rec.Label}\" never occurs in the training data ({trainFiles}), so the model cannot predict it; training labels: {labelSet.Describe()}");
+                (rec.Validation ? validation : train).AppendRecord(ids.Slice(at, r.Lengths[i]), label);
+                at += r.Lengths[i];
+            }
+        }, cancel);
+        return new Result(tokenizer, labelSet, sources, train.Finish(), validation.Finish(), report.ToReport());
+    }
+
+    /// <summary><see cref="DatasetLoader.SplitRecords"/> on label ids: the same seeded shuffle and the same moves back to training.</summary>
+    static bool[] Split(List<int> labels, string file, double fraction, int seed)
+    {
+        var n = labels.Count;
+        if (n < 2)
+            throw new DataFormatException(file, 0, $"{n} record(s) cannot be split into training and validation; give more data or a separate --validation source");
+        var validationCount = Math.Clamp((int)Math.Ceiling(fraction * n - 1e-9), 1, n - 1);
+        var order = Enumerable.Range(0, n).ToArray();
+        new SplitMix64(0x73_706C_6974UL ^ (ulong)(long)seed).Shuffle(order); // "split", as DatasetLoader
+        var inValidation = new bool[n];
+        foreach (var i in order.AsSpan(n - validationCount)) inValidation[i] = true;
+        var trainLabels = new HashSet<int>();
+        for (var i = 0; i < n; i++) if (!inValidation[i]) trainLabels.Add(labels[i]);
+        for (var i = 0; i < n; i++)
+        {
+            if (inValidation[i] && trainLabels.Add(labels[i])) inValidation[i] = false;
+        }
+        return inValidation;
+    }
+}

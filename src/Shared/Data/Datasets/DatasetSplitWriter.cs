@@ -1,0 +1,176 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using System.Security.Cryptography;
+
+namespace Dtrain.Data.Datasets;
+
+/// <summary>
+/// Writes one split's shards into a dataset's (temporary) directory: ids narrowed to the dataset's width, little-endian,
+/// a new shard when the current one would pass the shard size; for classification, each record whole in one shard
+/// with its offset and label. Each file is hashed as it is written and fsynced when its shard is closed.
+/// </summary>
+public sealed class DatasetSplitWriter : IDisposable
+{
+    readonly string directory;
+    readonly string split;
+    readonly int width;
+    readonly bool records;
+    readonly long shardTokens;
+    readonly List<DatasetShard> shards = [];
+    byte[] scratch = ArrayPool<byte>.Shared.Rent(1 << 16);
+    ShardFile? tokens, offsets, labels;
+    long shardTokenCount, shardRecords, totalTokens, totalRecords;
+
+    /// <param name="width">Bytes per id: 2 or 4.</param>
+    /// <param name="records">Classification: records with offsets and labels.</param>
+    public DatasetSplitWriter(string directory, string split, int width, bool records, long shardTokens)
+    {
+        if (width is not (2 or 4)) throw new ArgumentOutOfRangeException(nameof(width), width, "2 or 4");
+        ArgumentOutOfRangeException.ThrowIfLessThan(shardTokens, 1);
+        this.directory = directory;
+        this.split = split;
+        this.width = width;
+        this.records = records;
+        this.shardTokens = shardTokens;
+    }
+
+    public long Tokens => totalTokens;
+
+    /// <summary>Language model: appends ids to the split's stream (a shard boundary may fall anywhere).</summary>
+    public void AppendTokens(ReadOnlySpan<int> ids)
+    {
+        if (records) throw new InvalidOperationException("a classification split takes whole records");
+        while (!ids.IsEmpty)
+        {
+            if (tokens is null || shardTokenCount == shardTokens) Open();
+            var n = (int)Math.Min(ids.Length, shardTokens - shardTokenCount);
+            WriteIds(ids[..n]);
+            ids = ids[n..];
+        }
+    }
+
+    /// <summary>Classification: appends one record (never split between shards) with its label id.</summary>
+    public void AppendRecord(ReadOnlySpan<int> ids, int label)
+    {
+        if (!records) throw new InvalidOperationException("a language model's split takes a token stream");
+        if (tokens is null || (shardTokenCount > 0 && shardTokenCount + ids.Length > shardTokens)) Open();
+        WriteIds(ids);
+        Span<byte> eight = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(eight, (ulong)shardTokenCount);
+        offsets!.Write(eight);
+        BinaryPrimitives.WriteInt32LittleEndian(eight, label);
+        labels!.Write(eight[..4]);
+        shardRecords++;
+        totalRecords++;
+    }
+
+    void WriteIds(ReadOnlySpan<int> ids)
+    {
+        var need = ids.Length * width;
+        if (scratch.Length < need)
+        {
+            ArrayPool<byte>.Shared.Return(scratch);
+            scratch = ArrayPool<byte>.Shared.Rent(need);
+        }
+        var bytes = scratch.AsSpan(0, need);
+        if (width == 2)
+        {
+            var narrow = MemoryMarshal.Cast<byte, ushort>(bytes);
+            for (var i = 0; i < ids.Length; i++) narrow[i] = (ushort)ids[i];
+            if (!BitConverter.IsLittleEndian) BinaryPrimitives.ReverseEndianness(narrow, narrow);
+        }
+        else
+        {
+            var wide = MemoryMarshal.Cast<byte, int>(bytes);
+            ids.CopyTo(wide);
+            if (!BitConverter.IsLittleEndian) BinaryPrimitives.ReverseEndianness(wide, wide);
+        }
+        tokens!.Write(bytes);
+        shardTokenCount += ids.Length;
+        totalTokens += ids.Length;
+    }
+
+    void Open()
+    {
+        Close();
+        var index = shards.Count;
+        tokens = new ShardFile(directory, DatasetLayout.ShardName(split, index, "tokens"));
+        if (records)
+        {
+            offsets = new ShardFile(directory, DatasetLayout.ShardName(split, index, "offsets"));
+            labels = new ShardFile(directory, DatasetLayout.ShardName(split, index, "labels"));
+            offsets.Write(stackalloc byte[8]); // offset 0
+        }
+        shardTokenCount = 0;
+        shardRecords = 0;
+    }
+
+    void Close()
+    {
+        if (tokens is null) return;
+        shards.Add(new DatasetShard
+        {
+            Tokens = tokens.Finish(),
+            TokenCount = shardTokenCount,
+            Records = shardRecords,
+            Offsets = offsets?.Finish(),
+            Labels = labels?.Finish(),
+        });
+        tokens = offsets = labels = null;
+    }
+
+    /// <summary>Closes the last shard (fsynced) and describes the split.</summary>
+    public DatasetSplit Finish()
+    {
+        Close();
+        return new DatasetSplit { Tokens = totalTokens, Records = totalRecords, Shards = [.. shards] };
+    }
+
+    public void Dispose()
+    {
+        tokens?.Dispose();
+        offsets?.Dispose();
+        labels?.Dispose();
+        tokens = offsets = labels = null;
+        if (scratch.Length > 0) ArrayPool<byte>.Shared.Return(scratch);
+        scratch = [];
+    }
+
+    /// <summary>One file being written: buffered, hashed on the way, fsynced on <see cref="Finish"/>.</summary>
+    sealed class ShardFile : IDisposable
+    {
+        readonly string name;
+        readonly FileStream stream;
+        readonly IncrementalHash hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        long bytes;
+
+        public ShardFile(string directory, string name)
+        {
+            this.name = name;
+            stream = new FileStream(Path.Combine(directory, name), FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20);
+        }
+
+        public void Write(ReadOnlySpan<byte> data)
+        {
+            stream.Write(data);
+            hash.AppendData(data);
+            bytes += data.Length;
+        }
+
+        public DatasetFile Finish()
+        {
+            stream.Flush(flushToDisk: true);
+            stream.Dispose();
+            var file = new DatasetFile(name, bytes, Convert.ToHexStringLower(hash.GetHashAndReset()));
+            hash.Dispose();
+            return file;
+        }
+
+        public void Dispose()
+        {
+            stream.Dispose();
+            hash.Dispose();
+        }
+    }
+}

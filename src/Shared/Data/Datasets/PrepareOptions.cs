@@ -1,0 +1,29 @@
+using Dtrain.Specs;
+
+namespace Dtrain.Data.Datasets;
+
+/// <summary>What <c>dtrain prepare</c> does: its sources, output and the job-spec options that decide the ids (see <see cref="DatasetSettings"/>).</summary>
+public sealed record PrepareOptions
+{
+    /// <summary>The training sources, in order (see <see cref="SourceFiles.Expand"/>).</summary>
+    public required IReadOnlyList<SourceFile> Train { get; init; }
+    /// <summary>data.validation: separate validation sources; empty to hold out <see cref="ValidationFraction"/> of the training data.</summary>
+    public IReadOnlyList<SourceFile> Validation { get; init; } = [];
+    public required string Output { get; init; }
+    public bool Force { get; init; }
+    public string Task { get; init; } = TaskKinds.LanguageModel;
+    public string TextField { get; init; } = "text";
+    public string LabelField { get; init; } = "label";
+    public int MaxLength { get; init; } = 2000;
+    public string Overlength { get; init; } = OverlengthPolicies.Truncate;
+    public string OnError { get; init; } = ErrorPolicies.Fail;
+    public double ValidationFraction { get; init; } = 0.05;
+    public int Seed { get; init; } = 1;
+    public TokenizerSpec Tokenizer { get; init; } = new();
+    /// <summary>Tokenizing threads (1: everything on the calling thread).</summary>
+    public int Threads { get; init; } = 1;
+    /// <summary>Most tokens per shard.</summary>
+    public long ShardTokens { get; init; } = 1L << 26;
+    /// <summary>Characters per unit of parallel work.</summary>
+    public int ChunkChars { get; init; } = TextChunker.DefaultChunkChars;
+}

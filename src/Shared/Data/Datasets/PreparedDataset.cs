@@ -1,0 +1,221 @@
+using System.Buffers;
+using System.Security.Cryptography;
+using System.Text.Json;
+
+namespace Dtrain.Data.Datasets;
+
+/// <summary>
+/// A prepared dataset opened for reading (docs/data.md): the manifest is read and checked (format and version), every
+/// file it names must exist with its recorded size and — with <c>verify</c> — its SHA-256, ids below the vocabulary,
+/// offsets rising and labels known; then the shards are memory-mapped. Every problem is a <see cref="DatasetException"/>
+/// naming the dataset and the file: no manifest (preparation never finished), unknown version, missing, truncated or
+/// altered shard.
+/// </summary>
+public sealed class PreparedDataset : IDisposable
+{
+    readonly List<PreparedShard> opened = [];
+
+    PreparedDataset(string directory, DatasetManifest manifest, ITokenizer tokenizer)
+    {
+        Directory = directory;
+        Manifest = manifest;
+        Tokenizer = tokenizer;
+        Labels = new LabelSet(manifest.Labels);
+        Train = new PreparedSplit(manifest.Train, [.. manifest.Train.Shards.Select(Map)]);
+        Validation = new PreparedSplit(manifest.Validation, [.. manifest.Validation.Shards.Select(Map)]);
+    }
+
+    PreparedShard Map(DatasetShard s)
+    {
+        var shard = new PreparedShard(Directory, s, DatasetLayout.WidthFor(Manifest.VocabSize));
+        opened.Add(shard);
+        return shard;
+    }
+
+    public string Directory { get; }
+    public DatasetManifest Manifest { get; }
+    public ITokenizer Tokenizer { get; }
+    public LabelSet Labels { get; }
+    public PreparedSplit Train { get; }
+    public PreparedSplit Validation { get; }
+
+    /// <summary>Opens the dataset in <paramref name="directory"/>; <paramref name="verify"/> also hashes every file and checks its content.</summary>
+    /// <exception cref="DatasetException">The dataset is incomplete, of an unknown version, or a file is missing, truncated or altered.</exception>
+    public static PreparedDataset Open(string directory, bool verify = true)
+    {
+        ArgumentNullException.ThrowIfNull(directory);
+        if (!System.IO.Directory.Exists(directory)) throw new DatasetException(directory, null, "no such directory");
+        var manifestPath = Path.Combine(directory, DatasetLayout.ManifestFile);
+        if (!File.Exists(manifestPath))
+            throw new DatasetException(directory, null, $"has no {DatasetLayout.ManifestFile}: it is not a prepared dataset, or its preparation did not finish (the manifest is written last); prepare it again");
+        var manifest = ReadManifest(directory, manifestPath);
+        var width = DatasetLayout.WidthFor(manifest.VocabSize);
+
+        var tokenizerBytes = CheckedBytes(directory, manifest.Tokenizer);
+        ITokenizer tokenizer;
+        try
+        {
+            tokenizer = TokenizerFactory.FromState(JsonSerializer.Deserialize<TokenizerState>(tokenizerBytes, DatasetLayout.TokenizerJson) ?? throw new InvalidDataException("is null"));
+        }
+        catch (Exception e) when (e is JsonException or InvalidDataException)
+        {
+            throw new DatasetException(directory, manifest.Tokenizer.Name, $"is not a valid tokenizer: {e.Message}");
+        }
+        if (tokenizer.VocabSize != manifest.VocabSize)
+            throw new DatasetException(directory, manifest.Tokenizer.Name, $"holds {tokenizer.VocabSize} tokens, the manifest says {manifest.VocabSize}");
+
+        foreach (var split in new[] { manifest.Train, manifest.Validation })
+        {
+            long tokens = 0, records = 0;
+            foreach (var s in split.Shards)
+            {
+                if (s.Tokens.Bytes != s.TokenCount * width)
+                    throw new DatasetException(directory, DatasetLayout.ManifestFile, $"is inconsistent: {s.Tokens.Name} is {s.Tokens.Bytes} bytes for {s.TokenCount} ids of {width} bytes");
+                CheckFile(directory, s.Tokens, verify, bytes => CheckIds(directory, s.Tokens.Name, bytes, width, manifest.VocabSize));
+                if (manifest.Settings.Task == Specs.TaskKinds.Classification)
+                {
+                    if (s.Offsets is null || s.Labels is null || s.Offsets.Bytes != (s.Records + 1) * 8 || s.Labels.Bytes != s.Records * 4)
+                        throw new DatasetException(directory, DatasetLayout.ManifestFile, $"is inconsistent: the index of {s.Tokens.Name} does not match its {s.Records} records");
+                    CheckFile(directory, s.Offsets, verify, null);
+                    CheckFile(directory, s.Labels, verify, null);
+                }
+                tokens += s.TokenCount;
+                records += s.Records;
+            }
+            if (tokens != split.Tokens || records != split.Records)
+                throw new DatasetException(directory, DatasetLayout.ManifestFile, $"is inconsistent: a split's shards hold {tokens} tokens and {records} records, its totals say {split.Tokens} and {split.Records}");
+        }
+
+        var dataset = new PreparedDataset(directory, manifest, tokenizer);
+        try
+        {
+            if (verify && manifest.Settings.Task == Specs.TaskKinds.Classification)
+                foreach (var shard in dataset.Train.Shards.Concat(dataset.Validation.Shards)) CheckIndex(directory, shard, manifest.Labels.Count);
+            return dataset;
+        }
+        catch
+        {
+            dataset.Dispose();
+            throw;
+        }
+    }
+
+    static DatasetManifest ReadManifest(string directory, string path)
+    {
+        JsonDocument doc;
+        try
+        {
+            doc = JsonDocument.Parse(File.ReadAllBytes(path));
+        }
+        catch (JsonException e)
+        {
+            throw new DatasetException(directory, DatasetLayout.ManifestFile, $"is not valid JSON: {e.Message}");
+        }
+        using (doc)
+        {
+            var root = doc.RootElement;
+            if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("format", out var format) || format.ValueKind != JsonValueKind.String || format.GetString() != DatasetLayout.FormatName)
+                throw new DatasetException(directory, DatasetLayout.ManifestFile, $"is not a dtrain dataset manifest (its \"format\" is not \"{DatasetLayout.FormatName}\")");
+            if (!root.TryGetProperty("version", out var version) || !version.TryGetInt32(out var v))
+                throw new DatasetException(directory, DatasetLayout.ManifestFile, "has no format version");
+            if (v != DatasetLayout.Version)
+                throw new DatasetException(directory, DatasetLayout.ManifestFile, $"is of format version {v}, which this dtrain does not know (it reads version {DatasetLayout.Version}); use a dtrain that does, or prepare the dataset again");
+            try
+            {
+                var manifest = root.Deserialize<DatasetManifest>(DatasetLayout.Json) ?? throw new JsonException("null");
+                if (manifest.TokenDtype != DatasetLayout.DtypeFor(manifest.VocabSize))
+                    throw new DatasetException(directory, DatasetLayout.ManifestFile, $"says token_dtype {manifest.TokenDtype} for a vocabulary of {manifest.VocabSize}");
+                return manifest;
+            }
+            catch (JsonException e)
+            {
+                throw new DatasetException(directory, DatasetLayout.ManifestFile, $"is malformed: {e.Message}");
+            }
+        }
+    }
+
+    static byte[] CheckedBytes(string directory, DatasetFile entry)
+    {
+        var path = Path.Combine(directory, entry.Name);
+        if (!File.Exists(path)) throw new DatasetException(directory, entry.Name, "is missing");
+        var bytes = File.ReadAllBytes(path);
+        if (bytes.Length != entry.Bytes) throw new DatasetException(directory, entry.Name, SizeProblem(bytes.Length, entry.Bytes));
+        if (Convert.ToHexStringLower(SHA256.HashData(bytes)) != entry.Sha256)
+            throw new DatasetException(directory, entry.Name, "does not match its SHA-256 in the manifest: it was altered after preparation");
+        return bytes;
+    }
+
+    static string SizeProblem(long actual, long expected) => actual < expected
+        ? $"is truncated: {actual:N0} bytes, the manifest says {expected:N0}"
+        : $"is {actual:N0} bytes, the manifest says {expected:N0}: it was altered after preparation";
+
+    /// <summary>Size always; with <paramref name="verify"/>, SHA-256 and <paramref name="content"/> checks on each chunk read.</summary>
+    static void CheckFile(string directory, DatasetFile entry, bool verify, Action<ReadOnlySpan<byte>>? content)
+    {
+        if (entry.Name.Contains('/') || entry.Name.Contains('\\') || entry.Name is "." or "..")
+            throw new DatasetException(directory, DatasetLayout.ManifestFile, $"names a file outside the dataset: \"{entry.Name}\"");
+        var path = Path.Combine(directory, entry.Name);
+        var info = new FileInfo(path);
+        if (!info.Exists) throw new DatasetException(directory, entry.Name, "is missing");
+        if (info.Length != entry.Bytes) throw new DatasetException(directory, entry.Name, SizeProblem(info.Length, entry.Bytes));
+        if (!verify) return;
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
+        try
+        {
+            using var s = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.SequentialScan);
+            int n;
+            long carry = 0;
+            while ((n = s.Read(buffer, (int)carry, buffer.Length - (int)carry)) > 0)
+            {
+                var have = (int)carry + n;
+                hash.AppendData(buffer, (int)carry, n);
+                var whole = have - have % 4;
+                content?.Invoke(buffer.AsSpan(0, whole));
+                carry = have - whole;
+                buffer.AsSpan(whole, (int)carry).CopyTo(buffer);
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+        if (Convert.ToHexStringLower(hash.GetHashAndReset()) != entry.Sha256)
+            throw new DatasetException(directory, entry.Name, "does not match its SHA-256 in the manifest: it was altered after preparation");
+    }
+
+    static void CheckIds(string directory, string name, ReadOnlySpan<byte> bytes, int width, int vocab)
+    {
+        if (width == 2)
+        {
+            if (vocab >= 65536) return;
+            var ids = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(bytes);
+            for (var i = 0; i < ids.Length; i++)
+                if (ids[i] >= vocab) throw new DatasetException(directory, name, $"holds id {ids[i]}, outside the vocabulary of {vocab}");
+        }
+        else
+        {
+            var ids = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(bytes);
+            for (var i = 0; i < ids.Length; i++)
+                if ((uint)ids[i] >= (uint)vocab) throw new DatasetException(directory, name, $"holds id {ids[i]}, outside the vocabulary of {vocab}");
+        }
+    }
+
+    static void CheckIndex(string directory, PreparedShard shard, int labels)
+    {
+        var e = shard.Entry;
+        if (shard.Offset(0) != 0 || (long)shard.Offset(e.Records) != e.TokenCount)
+            throw new DatasetException(directory, e.Offsets!.Name, $"does not span the {e.TokenCount} tokens of {e.Tokens.Name}");
+        for (long k = 0; k < e.Records; k++)
+        {
+            if (shard.Offset(k + 1) < shard.Offset(k)) throw new DatasetException(directory, e.Offsets!.Name, $"offset {k + 1} is below offset {k}");
+            if ((uint)shard.Label(k) >= (uint)labels) throw new DatasetException(directory, e.Labels!.Name, $"record {k} has label id {shard.Label(k)}, outside the {labels} labels");
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var s in opened) s.Dispose();
+        opened.Clear();
+    }
+}

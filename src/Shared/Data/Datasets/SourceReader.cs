@@ -1,0 +1,189 @@
+using System.Buffers;
+using Dtrain.Specs;
+
+namespace Dtrain.Data.Datasets;
+
+/// <summary>
+/// Reads one source file in constant memory as <see cref="TextPiece"/>s with the record semantics of the in-memory
+/// readers (<see cref="TextFileReader"/>: the whole file one record, CRLF made LF; <see cref="JsonlReader"/>: one object
+/// per non-blank line; <see cref="CsvReader"/>: RFC 4180 with a header) and the same errors, files and lines.
+/// </summary>
+internal static class SourceReader
+{
+    const int TextBuffer = 1 << 18;
+
+    /// <summary>What reading a source to its end found: its size and SHA-256 as stored (the hash only when asked for).</summary>
+    public sealed class Stored
+    {
+        public long Bytes { get; set; }
+        public string? Sha256 { get; set; }
+    }
+
+    public static IEnumerable<TextPiece> Read(SourceFile source, ReadOptions options, DataReportBuilder report, Stored? stored, CancellationToken cancel)
+    {
+        using var stream = SourceFiles.Open(source, out var raw);
+        using var reader = new Utf8CharReader(stream, source.Path);
+        var policy = new RecordPolicy(source.Path, options, report);
+        var pieces = source.Format switch
+        {
+            DataFormats.Text => Text(source.Path, reader, policy, options, cancel),
+            DataFormats.Jsonl => Jsonl(source.Path, reader, policy, options, cancel),
+            DataFormats.Csv => Csv(source.Path, reader, policy, options, cancel),
+            _ => throw new ArgumentException($"cannot read format \"{source.Format}\"; expected text, jsonl or csv"),
+        };
+        foreach (var piece in pieces) yield return piece;
+        policy.Finish();
+        if (stored is not null)
+        {
+            // Whatever the decompressor left unread (trailing bytes) still belongs to the file's size and hash.
+            var rest = ArrayPool<byte>.Shared.Rent(1 << 16);
+            while (raw.Read(rest, 0, rest.Length) > 0) { }
+            ArrayPool<byte>.Shared.Return(rest);
+            stored.Bytes = raw.BytesRead;
+            stored.Sha256 = raw.Sha256();
+        }
+    }
+
+    static IEnumerable<TextPiece> Text(string path, Utf8CharReader reader, RecordPolicy policy, ReadOptions options, CancellationToken cancel)
+    {
+        if (options.LabelField is not null) throw new ArgumentException("plain text files have no labels; use jsonl or csv for classification");
+        var buffer = ArrayPool<char>.Shared.Rent(TextBuffer);
+        try
+        {
+            var content = false;
+            var pendingCr = false;
+            while (true)
+            {
+                cancel.ThrowIfCancellationRequested();
+                var n = 0;
+                if (pendingCr) buffer[n++] = '\r';
+                var got = reader.Read(buffer.AsSpan(n));
+                n += got;
+                pendingCr = got > 0 && buffer[n - 1] == '\r'; // its "\n" may come with the next read
+                if (pendingCr) n--;
+                n = NormalizeLineEnds(buffer, n);
+                if (!content && !buffer.AsSpan(0, n).IsWhiteSpace()) content = true;
+                if (got == 0)
+                {
+                    if (!content) throw new DataFormatException(path, 0, "file is empty");
+                    policy.CountWhole();
+                    yield return new TextPiece(buffer.AsMemory(0, n), true, null, path, 1);
+                    yield break;
+                }
+                if (n > 0) yield return new TextPiece(buffer.AsMemory(0, n), false, null, path, 1);
+            }
+        }
+        finally
+        {
+            ArrayPool<char>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>"\r\n" becomes "\n" in place; returns the new length.</summary>
+    static int NormalizeLineEnds(char[] buffer, int length)
+    {
+        var span = buffer.AsSpan(0, length);
+        var at = span.IndexOf("\r\n");
+        if (at < 0) return length;
+        var write = at;
+        var read = at;
+        while (read < length)
+        {
+            if (buffer[read] == '\r' && read + 1 < length && buffer[read + 1] == '\n') read++;
+            buffer[write++] = buffer[read++];
+        }
+        return write;
+    }
+
+    static IEnumerable<TextPiece> Jsonl(string path, Utf8CharReader reader, RecordPolicy policy, ReadOptions options, CancellationToken cancel)
+    {
+        var buffer = ArrayPool<char>.Shared.Rent(TextBuffer);
+        var line = ArrayPool<char>.Shared.Rent(1 << 12);
+        try
+        {
+            var lineLength = 0;
+            long lineNo = 0;
+            var content = false;
+            while (true)
+            {
+                var n = reader.Read(buffer);
+                var at = 0;
+                while (true)
+                {
+                    var nl = n == 0 ? -1 : buffer.AsSpan(at, n - at).IndexOf('\n');
+                    var partLength = nl < 0 ? n - at : nl;
+                    if (lineLength + partLength > line.Length)
+                    {
+                        var bigger = ArrayPool<char>.Shared.Rent(Math.Max(line.Length * 2, lineLength + partLength));
+                        line.AsSpan(0, lineLength).CopyTo(bigger);
+                        ArrayPool<char>.Shared.Return(line);
+                        line = bigger;
+                    }
+                    buffer.AsSpan(at, partLength).CopyTo(line.AsSpan(lineLength));
+                    lineLength += partLength;
+                    if (nl < 0 && n > 0) break; // the line goes on in the next read
+                    if (++lineNo % 4096 == 0) cancel.ThrowIfCancellationRequested();
+                    var length = lineLength;
+                    lineLength = 0;
+                    if (!line.AsSpan(0, length).IsWhiteSpace())
+                    {
+                        content = true;
+                        if (JsonlReader.ParseLine(line.AsSpan(0, length).TrimEnd('\r'), options, out var value, out var label) is { } problem) policy.Bad(lineNo, problem);
+                        else if (policy.Add(value, lineNo) is { } kept) yield return new TextPiece(kept.AsMemory(), true, label, path, lineNo);
+                    }
+                    if (nl < 0) break; // the end of the file
+                    at += nl + 1;
+                }
+                if (n == 0) break;
+            }
+            if (!content) throw new DataFormatException(path, 0, "file is empty");
+        }
+        finally
+        {
+            ArrayPool<char>.Shared.Return(buffer);
+            ArrayPool<char>.Shared.Return(line);
+        }
+    }
+
+    static IEnumerable<TextPiece> Csv(string path, Utf8CharReader reader, RecordPolicy policy, ReadOptions options, CancellationToken cancel)
+    {
+        using var parser = new CsvStreamParser(path, reader, options.QuoteContent);
+        var header = new List<string>();
+        if (!parser.Next(header, out var headerLine, out _)) throw new DataFormatException(path, 0, "file is empty");
+        var textColumn = Column(path, parser, header, headerLine, options.TextField, options.QuoteContent);
+        var labelColumn = options.LabelField is { } lf ? Column(path, parser, header, headerLine, lf, options.QuoteContent) : -1;
+        var fields = new List<string>();
+        long count = 0;
+        while (parser.Next(fields, out var line, out var problem))
+        {
+            if (++count % 4096 == 0) cancel.ThrowIfCancellationRequested();
+            if (problem is not null) { policy.Bad(line, problem); continue; }
+            if (fields.Count != header.Count)
+            {
+                policy.Bad(line, $"expected {header.Count} fields as in the header, found {fields.Count}");
+                continue;
+            }
+            var value = fields[textColumn];
+            if (string.IsNullOrWhiteSpace(value)) { policy.Bad(line, $"field '{options.TextField}' is empty"); continue; }
+            string? label = null;
+            if (labelColumn >= 0)
+            {
+                label = fields[labelColumn];
+                if (string.IsNullOrWhiteSpace(label)) { policy.Bad(line, $"field '{options.LabelField}' is empty"); continue; }
+            }
+            if (policy.Add(value, line) is { } kept) yield return new TextPiece(kept.AsMemory(), true, label, path, line);
+        }
+        if (!parser.SawContent) throw new DataFormatException(path, 0, "file is empty");
+    }
+
+    static int Column(string path, CsvStreamParser parser, List<string> header, long headerLine, string name, bool quote)
+    {
+        var index = header.IndexOf(name);
+        if (index >= 0) return index;
+        parser.Drain();
+        if (!parser.SawContent) throw new DataFormatException(path, 0, "file is empty");
+        throw new DataFormatException(path, RecordPolicy.Line(headerLine), quote
+            ? $"no column '{name}' in header; columns are: {string.Join(", ", header)}"
+            : $"no column '{name}' in header (it has {header.Count} columns)");
+    }
+}

@@ -1,0 +1,91 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Dtrain.Data.Datasets;
+using Dtrain.Tests.Support;
+
+namespace Dtrain.Tests.Data.Datasets;
+
+/// <summary>`dtrain prepare` as a real process, and the Python reader of docs/data.md on what it wrote.</summary>
+public sealed class PrepareCliTests : IDisposable
+{
+    readonly TempDir dir = new();
+
+    public void Dispose() => dir.Dispose();
+
+    [Fact]
+    public void Prepare_writes_a_dataset_the_python_reader_reads_as_the_csharp_reader_does()
+    {
+        var spam = RepoFiles.PathOf("data", "spam-assassin", "spam-assassin.jsonl");
+        var moby = dir.Write("moby.txt", File.ReadAllText(RepoFiles.PathOf("data", "moby-dick", "moby-dick.txt"))[..200_000]);
+        var cls = Path.Combine(dir.Path, "cls");
+        var lm = Path.Combine(dir.Path, "lm");
+        var r = CliRunner.Run(dir.Path, "prepare", spam, "-o", cls, "--task", "classification", "--tokenizer", "word", "--max-vocab", "5000", "--shard-tokens", "100000", "--threads", "2");
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("pass 3/3", r.Stderr);
+        r = CliRunner.Run(dir.Path, "prepare", moby, "-o", lm, "--shard-tokens", "50000");
+        Assert.True(r.ExitCode == 0, r.ToString());
+
+        foreach (var output in new[] { cls, lm })
+        {
+            using var ds = PreparedDataset.Open(output);
+            using var doc = JsonDocument.Parse(Python(output));
+            var root = doc.RootElement;
+            Assert.Equal(ds.Tokenizer.ToState().Tokens, root.GetProperty("vocab").EnumerateArray().Select(e => e.GetString()!));
+            Assert.Equal(ds.Labels.Names, root.GetProperty("labels").EnumerateArray().Select(e => e.GetString()!));
+            foreach (var (name, split) in new[] { ("train", ds.Train), ("validation", ds.Validation) })
+            {
+                var py = root.GetProperty(name);
+                if (output == lm)
+                {
+                    Assert.Equal(split.ReadAllTokens(), py.EnumerateArray().Select(e => e.GetInt32()));
+                    continue;
+                }
+                var records = split.ReadAllRecords().ToList();
+                Assert.Equal(records.Count, py.GetArrayLength());
+                var k = 0;
+                foreach (var rec in py.EnumerateArray())
+                {
+                    Assert.Equal(records[k].Ids, rec[0].EnumerateArray().Select(e => e.GetInt32()));
+                    Assert.Equal(records[k].Label, rec[1].GetInt32());
+                    k++;
+                }
+            }
+            Assert.True(ds.Train.Shards.Count > 1);
+        }
+    }
+
+    [Fact]
+    public void Prepare_refuses_bad_input_and_a_non_empty_output_with_exit_2()
+    {
+        var bad = dir.Write("bad.csv", "text,label\n\"fine\",a\n\"never closed,b\n");
+        var r = CliRunner.Run(dir.Path, "prepare", bad, "-o", "out", "--task", "classification");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains($"{bad}:3: unterminated quoted field", r.Stderr);
+        Assert.False(Directory.Exists(Path.Combine(dir.Path, "out")));
+
+        Directory.CreateDirectory(Path.Combine(dir.Path, "full"));
+        File.WriteAllText(Path.Combine(dir.Path, "full", "keep.txt"), "mine");
+        var ok = dir.Write("ok.txt", "some text to prepare, long enough");
+        r = CliRunner.Run(dir.Path, "prepare", ok, "-o", "full");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("exists and is not empty", r.Stderr);
+        Assert.Contains("--force", r.Stderr);
+        Assert.Equal("mine", File.ReadAllText(Path.Combine(dir.Path, "full", "keep.txt")));
+
+        r = CliRunner.Run(dir.Path, "prepare", ok, "-o", "lm", "--max-length", "10");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("--max-length applies to classification", r.Stderr);
+    }
+
+    static string Python(string dataset)
+    {
+        var psi = new ProcessStartInfo("python3") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { RepoFiles.PathOf("scripts", "read_dataset.py"), dataset, "--json", "--verify" }) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        Assert.True(p.WaitForExit(TimeSpan.FromMinutes(2)), "python3 scripts/read_dataset.py did not finish");
+        Assert.True(p.ExitCode == 0, $"python3 scripts/read_dataset.py failed (numpy missing? scripts/test-tools.sh installs it): {stderr.Result}");
+        return stdout.Result;
+    }
+}

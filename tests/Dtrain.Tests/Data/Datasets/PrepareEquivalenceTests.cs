@@ -1,0 +1,195 @@
+using System.IO.Compression;
+using System.Text;
+using Dtrain.Data;
+using Dtrain.Data.Datasets;
+using Dtrain.Specs;
+using Dtrain.Tests.Support;
+using Dtrain.Training;
+using static Dtrain.Tests.Data.Datasets.PrepareTestSupport;
+
+namespace Dtrain.Tests.Data.Datasets;
+
+/// <summary>A prepared dataset holds exactly the ids, vocabulary and labels the in-memory path makes from the same data and options.</summary>
+public sealed class PrepareEquivalenceTests : IDisposable
+{
+    readonly TempDir dir = new();
+
+    public void Dispose() => dir.Dispose();
+
+    /// <summary>Text with CRLF line ends, words with apostrophes, capitals, non-ASCII letters and characters outside the BMP.</summary>
+    static string Text(int lines) => string.Concat(Enumerable.Range(0, lines).Select(i =>
+        $"Line {i}: Don't STOP, naïve café — 𝄞 music {i % 7} and 😀 faces\r\n{(i % 5 == 0 ? "  \t" : "")}Ünïcödé words' end.\n"));
+
+    string Out(string name = "ds") => Path.Combine(dir.Path, name);
+
+    PreparedDataset PrepareAndOpen(PrepareOptions o)
+    {
+        DatasetPreparer.Prepare(o);
+        return PreparedDataset.Open(o.Output);
+    }
+
+    [Theory]
+    [InlineData("char", false, 1)]
+    [InlineData("char", true, 2)]
+    [InlineData("word", false, 2)]
+    [InlineData("word", true, 1)]
+    public void Language_model_text_is_the_in_memory_ids(string tokenizer, bool lowercase, int threads)
+    {
+        var file = dir.Write("corpus.txt", "\uFEFF" + Text(60));
+        var o = Options(Out(), [file]) with { Tokenizer = new TokenizerSpec { Kind = tokenizer, Lowercase = lowercase }, Threads = threads, ValidationFraction = 0.13 };
+        using var ds = PrepareAndOpen(o);
+        AssertSame(PreparedData.Load(Spec(o, "text", "corpus.txt"), dir.Path), ds);
+        Assert.True(ds.Train.Shards.Count > 1, "small shards: several");
+    }
+
+    [Theory]
+    [InlineData("jsonl", "char")]
+    [InlineData("csv", "word")]
+    public void Language_model_records_are_joined_as_in_memory(string format, string tokenizer)
+    {
+        var texts = Enumerable.Range(0, 80).Select(i => $"Record {i} says \"hi\",\r\nand 😀 {new string('x', i % 13)}").ToList();
+        var file = format == "jsonl"
+            ? dir.Write("r.jsonl", string.Concat(texts.Select((t, i) => System.Text.Json.JsonSerializer.Serialize(new { text = t, n = i }) + (i % 9 == 0 ? "\n\n" : "\r\n"))))
+            : dir.Write("r.csv", "n,text\r\n" + string.Concat(texts.Select((t, i) => $"{i},\"{t.Replace("\"", "\"\"")}\"\n")));
+        var o = Options(Out(), [file]) with { Tokenizer = new TokenizerSpec { Kind = tokenizer }, Threads = 2, ValidationFraction = 0.2 };
+        using var ds = PrepareAndOpen(o);
+        AssertSame(PreparedData.Load(Spec(o, format, Path.GetFileName(file)), dir.Path), ds);
+    }
+
+    [Theory]
+    [InlineData("jsonl", "char", 1)]
+    [InlineData("jsonl", "word", 2)]
+    [InlineData("csv", "char", 2)]
+    [InlineData("csv", "word", 1)]
+    public void Classification_is_the_in_memory_split_ids_and_labels(string format, string tokenizer, int threads)
+    {
+        var rng = new Random(3);
+        var rows = Enumerable.Range(0, 300).Select(i => (Text: $"Message {i}: {string.Join(' ', Enumerable.Range(0, rng.Next(1, 40)).Select(k => (char)('a' + rng.Next(26)) + "ß" + k))} 𝄞",
+            Label: i % 11 == 0 ? "rare" : i % 2 == 0 ? "spam" : "ham")).ToList();
+        var file = format == "jsonl"
+            ? dir.Write("c.jsonl", string.Concat(rows.Select(r => System.Text.Json.JsonSerializer.Serialize(new { text = r.Text, label = r.Label }) + "\n")) + "{\"text\": 5}\n")
+            : dir.Write("c.csv", "label,text\n" + string.Concat(rows.Select(r => $"{r.Label},\"{r.Text}\"\n")) + "x,y,z\n");
+        var o = Options(Out(), [file]) with
+        {
+            Task = TaskKinds.Classification,
+            Tokenizer = new TokenizerSpec { Kind = tokenizer, MinFrequency = 2 },
+            Threads = threads,
+            MaxLength = 60,
+            OnError = ErrorPolicies.Skip,
+            Seed = 17,
+            ValidationFraction = 0.25,
+        };
+        using var ds = PrepareAndOpen(o);
+        var expected = PreparedData.Load(Spec(o, format, Path.GetFileName(file)), dir.Path);
+        AssertSame(expected, ds);
+        Assert.Equal(expected.Report.Skipped, ds.Manifest.Report.Skipped);
+        Assert.Equal(expected.Report.Truncated, ds.Manifest.Report.Truncated);
+        Assert.True(ds.Manifest.Report.Truncated > 0);
+    }
+
+    [Fact]
+    public void Separate_validation_sources_are_the_in_memory_validation_file()
+    {
+        var train = dir.Write("train.jsonl", string.Concat(Enumerable.Range(0, 50).Select(i => $"{{\"text\":\"t{i} words here\",\"label\":{i % 3}}}\n")));
+        var valid = dir.Write("valid.jsonl", string.Concat(Enumerable.Range(0, 9).Select(i => $"{{\"text\":\"v{i} words unseen\",\"label\":{i % 3}}}\n")));
+        var o = Options(Out(), [train], validation: [valid]) with { Task = TaskKinds.Classification, Tokenizer = new TokenizerSpec { Kind = "word" } };
+        using var ds = PrepareAndOpen(o);
+        AssertSame(PreparedData.Load(Spec(o, "jsonl", "train.jsonl", "valid.jsonl"), dir.Path), ds);
+
+        var lmTrain = dir.Write("a.txt", Text(20));
+        var lmValid = dir.Write("b.txt", Text(3));
+        var lm = Options(Out("lm"), [lmTrain], validation: [lmValid]);
+        using var lmds = PrepareAndOpen(lm);
+        AssertSame(PreparedData.Load(Spec(lm, "text", "a.txt", "b.txt"), dir.Path), lmds);
+    }
+
+    [Fact]
+    public void A_validation_label_never_seen_in_training_is_refused_at_its_line()
+    {
+        var train = dir.Write("train.jsonl", "{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\",\"label\":\"y\"}\n");
+        var valid = dir.Write("valid.jsonl", "{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"c\",\"label\":\"z\"}\n");
+        var e = Assert.Throws<DataFormatException>(() => DatasetPreparer.Prepare(Options(Out(), [train], validation: [valid]) with { Task = TaskKinds.Classification }));
+        Assert.Equal(valid, e.File);
+        Assert.Equal(2, e.Line);
+        Assert.Contains("label \"z\" never occurs in the training data", e.Message);
+        Assert.False(Directory.Exists(Out()));
+    }
+
+    [Fact]
+    public void Gzip_zstd_directories_and_globs_read_as_the_same_text_joined()
+    {
+        var a = Text(30);
+        var b = "Second file 𝄞 with words.\r\nAnd more.";
+        var c = "third";
+        Directory.CreateDirectory(Path.Combine(dir.Path, "in", "sub"));
+        File.WriteAllBytes(Path.Combine(dir.Path, "in", "a.txt.gz"), Gzip(Encoding.UTF8.GetBytes(a)));
+        File.WriteAllBytes(Path.Combine(dir.Path, "in", "sub", "b.txt.zst"), Zstd(Encoding.UTF8.GetBytes(b)));
+        File.WriteAllText(Path.Combine(dir.Path, "in", "c.txt"), c);
+        File.WriteAllText(Path.Combine(dir.Path, "in", ".hidden.txt"), "never read");
+        var joined = dir.Write("joined.txt", (a + "\n" + b + "\n" + c).Replace("\r\n", "\n"));
+
+        foreach (var (name, sources) in new[]
+        {
+            ("dir", new[] { Path.Combine(dir.Path, "in") }),
+            ("glob", new[] { Path.Combine(dir.Path, "in", "**", "*.txt*") }),
+            ("files", new[] { Path.Combine(dir.Path, "in", "a.txt.gz"), Path.Combine(dir.Path, "in", "sub", "b.txt.zst"), Path.Combine(dir.Path, "in", "c.txt") }),
+        })
+        {
+            var o = Options(Out(name), sources) with { Tokenizer = new TokenizerSpec { Kind = "word" }, Threads = 2 };
+            using var ds = PrepareAndOpen(o);
+            Assert.Equal(["a.txt.gz", "b.txt.zst", "c.txt"], ds.Manifest.Sources.Select(s => Path.GetFileName(s.Path)));
+            Assert.Equal(["gzip", "zstd", "none"], ds.Manifest.Sources.Select(s => s.Compression));
+            var stored = ds.Manifest.Sources[1];
+            Assert.Equal(new FileInfo(stored.Path).Length, stored.Bytes);
+            Assert.Equal(Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(stored.Path))), stored.Sha256);
+            AssertSame(PreparedData.Load(Spec(o, "text", "joined.txt"), dir.Path), ds);
+        }
+    }
+
+    [Fact]
+    public void One_and_two_threads_write_byte_identical_datasets()
+    {
+        var moby = RepoFiles.PathOf("data", "moby-dick", "moby-dick.txt");
+        var spam = RepoFiles.PathOf("data", "spam-assassin", "spam-assassin.jsonl");
+        foreach (var (kind, task, source) in new[] { ("word", TaskKinds.LanguageModel, moby), ("char", TaskKinds.Classification, spam) })
+        {
+            var outputs = new List<string>();
+            foreach (var threads in new[] { 1, 2 })
+            {
+                var output = Out($"{kind}-{threads}");
+                DatasetPreparer.Prepare(Options(output, [source]) with { Task = task, Tokenizer = new TokenizerSpec { Kind = kind }, Threads = threads, ShardTokens = 50_000, ChunkChars = 4096 });
+                outputs.Add(output);
+            }
+            var files = Directory.GetFiles(outputs[0]).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList();
+            Assert.Equal(files, Directory.GetFiles(outputs[1]).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+            Assert.True(files.Count > 4, $"several shards: {string.Join(", ", files)}");
+            foreach (var f in files) Assert.True(File.ReadAllBytes(Path.Combine(outputs[0], f!)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(outputs[1], f!))), $"{kind}: {f} differs");
+        }
+    }
+
+    [Fact]
+    public void Round_trip_decodes_to_the_text()
+    {
+        var text = string.Concat(Enumerable.Repeat("Call me Ishmael. Some years ago — never mind how long 𝄞.\nIt is a way I have. ", 3));
+        var file = dir.Write("t.txt", text);
+        using var ds = PrepareAndOpen(Options(Out(), [file]) with { ValidationFraction = 0.1 });
+        var all = ds.Train.ReadAllTokens().Concat(ds.Validation.ReadAllTokens());
+        Assert.Equal(text, ds.Tokenizer.Decode(all));
+        Assert.Equal(DatasetLayout.Uint16, ds.Manifest.TokenDtype);
+        Assert.Equal(ds.Train.Tokens, ds.Train.Shards.Sum(s => s.TokenCount));
+        Assert.Equal(ds.Train.ReadAllTokens()[100], ds.Train.Shards[1][100 - 97]);
+    }
+
+    internal static byte[] Gzip(byte[] data)
+    {
+        using var ms = new MemoryStream();
+        using (var gz = new GZipStream(ms, CompressionLevel.Fastest)) gz.Write(data);
+        return ms.ToArray();
+    }
+
+    internal static byte[] Zstd(byte[] data)
+    {
+        using var c = new ZstdSharp.Compressor(3);
+        return c.Wrap(data).ToArray();
+    }
+}

@@ -1,0 +1,69 @@
+using Dtrain.Data.Datasets;
+using Dtrain.Specs;
+using Dtrain.Training;
+
+namespace Dtrain.Tests.Data.Datasets;
+
+/// <summary>Preparing datasets in tests and comparing them with what the in-memory path makes of the same data.</summary>
+static class PrepareTestSupport
+{
+    /// <summary>Options for <paramref name="sources"/> with small chunks and shards, so that tests cross their boundaries.</summary>
+    public static PrepareOptions Options(string output, IEnumerable<string> sources, string? format = null, IEnumerable<string>? validation = null) => new()
+    {
+        Train = SourceFiles.Expand(sources, DatasetLayout.TrainSplit, format),
+        Validation = validation is null ? [] : SourceFiles.Expand(validation, DatasetLayout.ValidationSplit, format),
+        Output = output,
+        ShardTokens = 97,
+        ChunkChars = 64,
+    };
+
+    /// <summary>The job spec of the in-memory path with the same options.</summary>
+    public static JobSpec Spec(PrepareOptions o, string format, string train, string? validation = null) => new()
+    {
+        Task = o.Task,
+        Data = new DataSpec
+        {
+            Format = format,
+            Train = train,
+            Validation = validation,
+            ValidationFraction = o.ValidationFraction,
+            TextField = o.TextField,
+            LabelField = o.LabelField,
+            MaxLength = o.MaxLength,
+            Overlength = o.Overlength,
+            OnError = o.OnError,
+        },
+        Tokenizer = o.Tokenizer,
+        Training = new TrainingSpec { Seed = o.Seed },
+    };
+
+    /// <summary>Asserts that the dataset holds exactly the tokenizer, labels and ids of <paramref name="expected"/>.</summary>
+    public static void AssertSame(PreparedData expected, PreparedDataset actual)
+    {
+        Assert.Equal(expected.Tokenizer.ToState().Tokens, actual.Tokenizer.ToState().Tokens);
+        Assert.Equal(expected.Tokenizer.Kind, actual.Tokenizer.Kind);
+        Assert.Equal(expected.Labels.Names, actual.Labels.Names);
+        if (actual.Manifest.Settings.Task == TaskKinds.LanguageModel)
+        {
+            Assert.Equal(expected.TrainTokens, actual.Train.ReadAllTokens());
+            Assert.Equal(expected.ValidationTokens, actual.Validation.ReadAllTokens());
+        }
+        else
+        {
+            var train = actual.Train.ReadAllRecords().ToList();
+            Assert.Equal(expected.TrainSequences.Count, train.Count);
+            for (var i = 0; i < train.Count; i++)
+            {
+                Assert.Equal(expected.TrainSequences[i], train[i].Ids);
+                Assert.Equal(expected.TrainLabels[i], train[i].Label);
+            }
+            var validation = actual.Validation.ReadAllRecords().ToList();
+            Assert.Equal(expected.ValidationSequences.Count, validation.Count);
+            for (var i = 0; i < validation.Count; i++)
+            {
+                Assert.Equal(expected.ValidationSequences[i], validation[i].Ids);
+                Assert.Equal(expected.ValidationLabels[i], validation[i].Label);
+            }
+        }
+    }
+}
