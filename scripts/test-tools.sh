@@ -13,7 +13,7 @@ if [[ -z "${DTRAIN_PROMETHEUS:-}" ]] && ! command -v prometheus >/dev/null 2>&1 
 fi
 [[ -x "${DTRAIN_CHROMIUM:-/usr/bin/chromium}" ]] || missing+=(chromium)
 [[ -x "${DTRAIN_CHROMEDRIVER:-/usr/bin/chromedriver}" ]] || missing+=(chromium-driver)
-python3 -c 'import numpy' >/dev/null 2>&1 || missing+=(python3-numpy)
+{ python3 -c 'import numpy' || /usr/bin/python3 -c 'import numpy'; } >/dev/null 2>&1 || missing+=(python3-numpy)
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "test-tools: no apt-get here; install ${missing[*]} yourself" >&2

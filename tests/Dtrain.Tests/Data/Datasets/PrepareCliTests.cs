@@ -77,9 +77,27 @@ public sealed class PrepareCliTests : IDisposable
         Assert.Contains("--max-length applies to classification", r.Stderr);
     }
 
+    /// <summary>A Python 3 with numpy: the one on PATH, else Debian's (python3-numpy, which scripts/test-tools.sh installs, is for /usr/bin/python3).</summary>
+    static string PythonWithNumpy()
+    {
+        foreach (var candidate in new[] { "python3", "/usr/bin/python3" })
+        {
+            try
+            {
+                var check = new ProcessStartInfo(candidate) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+                check.ArgumentList.Add("-c");
+                check.ArgumentList.Add("import numpy");
+                using var p = Process.Start(check)!;
+                if (p.WaitForExit(TimeSpan.FromMinutes(1)) && p.ExitCode == 0) return candidate;
+            }
+            catch (System.ComponentModel.Win32Exception) { }
+        }
+        return "python3";
+    }
+
     static string Python(string dataset)
     {
-        var psi = new ProcessStartInfo("python3") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        var psi = new ProcessStartInfo(PythonWithNumpy()) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in new[] { RepoFiles.PathOf("scripts", "read_dataset.py"), dataset, "--json", "--verify" }) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();

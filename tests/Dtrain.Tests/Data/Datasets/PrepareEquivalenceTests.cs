@@ -121,9 +121,9 @@ public sealed class PrepareEquivalenceTests : IDisposable
         var a = Text(30);
         var b = "Second file 𝄞 with words.\r\nAnd more.";
         var c = "third";
-        Directory.CreateDirectory(Path.Combine(dir.Path, "in", "sub"));
+        Directory.CreateDirectory(Path.Combine(dir.Path, "in", "bsub"));
         File.WriteAllBytes(Path.Combine(dir.Path, "in", "a.txt.gz"), Gzip(Encoding.UTF8.GetBytes(a)));
-        File.WriteAllBytes(Path.Combine(dir.Path, "in", "sub", "b.txt.zst"), Zstd(Encoding.UTF8.GetBytes(b)));
+        File.WriteAllBytes(Path.Combine(dir.Path, "in", "bsub", "b.txt.zst"), Zstd(Encoding.UTF8.GetBytes(b)));
         File.WriteAllText(Path.Combine(dir.Path, "in", "c.txt"), c);
         File.WriteAllText(Path.Combine(dir.Path, "in", ".hidden.txt"), "never read");
         var joined = dir.Write("joined.txt", (a + "\n" + b + "\n" + c).Replace("\r\n", "\n"));
@@ -132,7 +132,7 @@ public sealed class PrepareEquivalenceTests : IDisposable
         {
             ("dir", new[] { Path.Combine(dir.Path, "in") }),
             ("glob", new[] { Path.Combine(dir.Path, "in", "**", "*.txt*") }),
-            ("files", new[] { Path.Combine(dir.Path, "in", "a.txt.gz"), Path.Combine(dir.Path, "in", "sub", "b.txt.zst"), Path.Combine(dir.Path, "in", "c.txt") }),
+            ("files", new[] { Path.Combine(dir.Path, "in", "a.txt.gz"), Path.Combine(dir.Path, "in", "bsub", "b.txt.zst"), Path.Combine(dir.Path, "in", "c.txt") }),
         })
         {
             var o = Options(Out(name), sources) with { Tokenizer = new TokenizerSpec { Kind = "word" }, Threads = 2 };
