@@ -1,0 +1,324 @@
+using System.Collections.Concurrent;
+using System.Security.Cryptography;
+using Amazon.S3;
+using Amazon.S3.Model;
+
+namespace Dtrain.Data.Storage;
+
+/// <summary>
+/// A dataset under <c>s3://bucket/prefix</c> on S3 or an S3-compatible server. Reads are ranged GETs of fixed-size
+/// blocks (<see cref="S3StoreOptions.BlockBytes"/>) kept in a bounded LRU cache on local disk (<see cref="DiskCache"/>),
+/// so a block is fetched once; after each read the next blocks are fetched in the background (read-ahead). An object's
+/// size and ETag are taken once (HEAD); a later GET that sees another ETag or size fails ("changed while being read").
+/// Transient failures are retried with exponential backoff (<see cref="S3StoreOptions.Retry"/>), then fail naming the
+/// URI; refused credentials, a missing bucket or key and a truncated object fail at once. Also uploads a directory
+/// (<see cref="UploadDirectoryAsync"/>).
+/// </summary>
+public sealed class S3DatasetStore : IDatasetStore
+{
+    readonly S3Location location;
+    readonly S3StoreOptions options;
+    readonly IAmazonS3 client;
+    readonly bool ownsClient;
+    readonly DiskCache cache;
+    readonly ConcurrentDictionary<string, Task<ObjectInfo>> objects = new(StringComparer.Ordinal);
+    readonly ConcurrentDictionary<string, Task<byte[]>> inflight = new(StringComparer.Ordinal);
+    readonly ConcurrentDictionary<Task, bool> readAheads = new();
+    readonly CancellationTokenSource disposal = new();
+    long getRequests;
+
+    public S3DatasetStore(string uri, S3StoreOptions? options = null, IAmazonS3? client = null)
+    {
+        location = S3Location.Parse(uri);
+        this.options = options ?? S3StoreOptions.FromEnvironment();
+        if (this.options.BlockBytes < 1) throw new ArgumentException($"{uri}: BlockBytes is {this.options.BlockBytes}; at least 1");
+        ownsClient = client is null;
+        this.client = client ?? this.options.CreateClient();
+        cache = new DiskCache(this.options.CacheDirectory, this.options.CacheBytes);
+        Root = location.ToString();
+    }
+
+    public string Root { get; }
+    public S3Location Location => location;
+    public DiskCache Cache => cache;
+
+    /// <summary>GET requests sent so far, every attempt counted (for tests and diagnostics).</summary>
+    public long GetRequests => Interlocked.Read(ref getRequests);
+
+    public string UriOf(string name) => location.UriOf(StoreNames.Check(Root, name));
+
+    public async Task<IReadOnlyList<StoredFile>> ListAsync(CancellationToken cancellationToken = default)
+    {
+        var files = new List<StoredFile>();
+        string? token = null;
+        do
+        {
+            var request = new ListObjectsV2Request { BucketName = location.Bucket, Prefix = location.Prefix, ContinuationToken = token };
+            var page = await options.Retry.RunAsync(Root, "listing",
+                (_, ct) => client.ListObjectsV2Async(request, ct), S3Failures.Classify, cancellationToken).ConfigureAwait(false);
+            foreach (var o in page.S3Objects ?? [])
+                if (!o.Key.EndsWith('/')) files.Add(new StoredFile(o.Key[location.Prefix.Length..], o.Size ?? 0));
+            token = page.IsTruncated == true ? page.NextContinuationToken : null;
+        }
+        while (token is not null);
+        files.Sort((a, b) => string.CompareOrdinal(a.Name, b.Name));
+        return files;
+    }
+
+    public async Task<long> SizeAsync(string name, CancellationToken cancellationToken = default) =>
+        (await InfoAsync(name, cancellationToken).ConfigureAwait(false)).Size;
+
+    public async Task ReadAsync(string name, long offset, Memory<byte> destination, CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ObjectDisposedException.ThrowIf(disposal.IsCancellationRequested, this);
+        var info = await InfoAsync(name, cancellationToken).ConfigureAwait(false);
+        if (offset + destination.Length > info.Size)
+            throw new DatasetStorageException(info.Uri, $"truncated: holds {info.Size} bytes, bytes {offset}..{offset + destination.Length - 1} were asked for");
+        if (destination.Length == 0) return;
+        long block = options.BlockBytes;
+        var first = offset / block;
+        var last = (offset + destination.Length - 1) / block;
+        for (var index = first; index <= last; index++)
+        {
+            var blockStart = index * block;
+            var from = Math.Max(offset, blockStart);
+            var to = Math.Min(offset + destination.Length, blockStart + block);
+            var target = destination.Slice((int)(from - offset), (int)(to - from));
+            var key = BlockKey(info, index);
+            if (cache.TryRead(key, from - blockStart, target.Span)) continue;
+            var bytes = await BlockAsync(info, index, key).WaitAsync(cancellationToken).ConfigureAwait(false);
+            bytes.AsSpan((int)(from - blockStart), target.Length).CopyTo(target.Span);
+        }
+        for (var ahead = last + 1; ahead <= last + options.ReadAheadBlocks && ahead * block < info.Size; ahead++)
+        {
+            var key = BlockKey(info, ahead);
+            if (inflight.ContainsKey(key) || cache.TryGet(key) is not null) continue;
+            var task = BlockAsync(info, ahead, key);
+            readAheads[task] = true;
+            // A failed read-ahead is forgotten: the read that needs the block fetches it again and reports.
+            _ = task.ContinueWith(t => { _ = t.Exception; readAheads.TryRemove(t, out _); }, TaskScheduler.Default);
+        }
+    }
+
+    /// <summary>Completes when every read-ahead started so far has finished (succeeded or not): for tests.</summary>
+    public Task ReadAheadIdleAsync() => Task.WhenAll(readAheads.Keys.Select(t => t.ContinueWith(_ => { }, TaskScheduler.Default)));
+
+    public async Task<string> LocalFileAsync(string name, string? sha256 = null, CancellationToken cancellationToken = default)
+    {
+        if (sha256 is not null && !StoreNames.IsSha256(sha256))
+            throw new ArgumentException($"{UriOf(name)}: \"{sha256}\" is not a SHA-256 (64 hex digits)", nameof(sha256));
+        var info = await InfoAsync(name, cancellationToken).ConfigureAwait(false);
+        var key = $"file|{location.Bucket}|{info.Key}|{info.ETag}|{info.Size}";
+        if (cache.TryGet(key) is { } cached)
+        {
+            if (sha256 is null) return cached;
+            // Checked when it was stored, and again now: the cache directory is local disk others may touch.
+            if (await FileSha256(cached, cancellationToken).ConfigureAwait(false) is var again && again.Equals(sha256, StringComparison.OrdinalIgnoreCase))
+                return cached;
+            cache.Remove(key);
+        }
+        if (info.Size > cache.CapacityBytes)
+            throw new DatasetStorageException(info.Uri, $"holds {info.Size} bytes, more than the local cache's {cache.CapacityBytes} (DTRAIN_S3_CACHE_MB)");
+        var temp = cache.TempPath();
+        try
+        {
+            string actual;
+            await using (var file = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous))
+            using (var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256))
+            {
+                var buffer = new byte[Math.Min(options.BlockBytes, Math.Max(1, info.Size))];
+                for (long at = 0; at < info.Size; at += buffer.Length)
+                {
+                    var chunk = buffer.AsMemory(0, (int)Math.Min(buffer.Length, info.Size - at));
+                    await ReadAsync(name, at, chunk, cancellationToken).ConfigureAwait(false);
+                    hash.AppendData(chunk.Span);
+                    await file.WriteAsync(chunk, cancellationToken).ConfigureAwait(false);
+                }
+                actual = Convert.ToHexStringLower(hash.GetHashAndReset());
+            }
+            if (sha256 is not null && !actual.Equals(sha256, StringComparison.OrdinalIgnoreCase))
+                throw new DatasetStorageException(info.Uri, $"SHA-256 is {actual}, expected {sha256.ToLowerInvariant()} (the object changed or is corrupt)");
+            return cache.Adopt(key, temp);
+        }
+        finally
+        {
+            if (File.Exists(temp)) File.Delete(temp);
+        }
+    }
+
+    /// <summary>
+    /// Uploads every file under <paramref name="directory"/> (recursively) to this store's prefix, names relative to
+    /// it, in ordinal order except that the names in <paramref name="last"/> go last, in the order given (a manifest
+    /// written last: a reader never sees it before the files it lists). Files larger than
+    /// <see cref="S3StoreOptions.PartBytes"/> go as multipart uploads. Returns the files uploaded.
+    /// </summary>
+    public async Task<IReadOnlyList<StoredFile>> UploadDirectoryAsync(string directory, IReadOnlyList<string>? last = null, CancellationToken cancellationToken = default)
+    {
+        var root = Path.GetFullPath(directory);
+        if (!Directory.Exists(root)) throw new DatasetStorageException(directory, "no such directory to upload");
+        var files = new DirectoryInfo(root).EnumerateFiles("*", new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = 0 })
+            .Select(f => new StoredFile(Path.GetRelativePath(root, f.FullName).Replace(Path.DirectorySeparatorChar, '/'), f.Length))
+            .OrderBy(f => last is null ? -1 : IndexOf(last, f.Name)).ThenBy(f => f.Name, StringComparer.Ordinal).ToList();
+        foreach (var file in files)
+        {
+            var path = Path.Combine(root, file.Name);
+            if (file.Size > options.PartBytes) await PutMultipartAsync(file.Name, path, file.Size, cancellationToken).ConfigureAwait(false);
+            else await PutAsync(file.Name, path, cancellationToken).ConfigureAwait(false);
+            objects.TryRemove(file.Name, out _);
+        }
+        return files;
+    }
+
+    static int IndexOf(IReadOnlyList<string> names, string name)
+    {
+        for (var i = 0; i < names.Count; i++) if (names[i] == name) return i;
+        return -1;
+    }
+
+    Task PutAsync(string name, string path, CancellationToken cancellationToken) =>
+        options.Retry.RunAsync(UriOf(name), "upload",
+            (_, ct) => client.PutObjectAsync(new PutObjectRequest
+            {
+                BucketName = location.Bucket, Key = location.KeyOf(name), FilePath = path, UseChunkEncoding = false,
+            }, ct), S3Failures.Classify, cancellationToken);
+
+    async Task PutMultipartAsync(string name, string path, long size, CancellationToken cancellationToken)
+    {
+        var uri = UriOf(name);
+        var key = location.KeyOf(name);
+        var start = await options.Retry.RunAsync(uri, "starting a multipart upload",
+            (_, ct) => client.InitiateMultipartUploadAsync(new InitiateMultipartUploadRequest { BucketName = location.Bucket, Key = key }, ct),
+            S3Failures.Classify, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            var parts = new List<PartETag>();
+            var number = 1;
+            for (long at = 0; at < size; at += options.PartBytes, number++)
+            {
+                var partNumber = number;
+                var position = at;
+                var part = await options.Retry.RunAsync(uri, $"uploading part {partNumber}",
+                    (_, ct) => client.UploadPartAsync(new UploadPartRequest
+                    {
+                        BucketName = location.Bucket, Key = key, UploadId = start.UploadId, PartNumber = partNumber,
+                        FilePath = path, FilePosition = position, PartSize = Math.Min(options.PartBytes, size - position), UseChunkEncoding = false,
+                    }, ct), S3Failures.Classify, cancellationToken).ConfigureAwait(false);
+                parts.Add(new PartETag(partNumber, part.ETag));
+            }
+            await options.Retry.RunAsync(uri, "completing a multipart upload",
+                (_, ct) => client.CompleteMultipartUploadAsync(new CompleteMultipartUploadRequest
+                {
+                    BucketName = location.Bucket, Key = key, UploadId = start.UploadId, PartETags = parts,
+                }, ct), S3Failures.Classify, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            try
+            {
+                await client.AbortMultipartUploadAsync(new AbortMultipartUploadRequest { BucketName = location.Bucket, Key = key, UploadId = start.UploadId },
+                    CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (Exception e) when (S3Failures.Classify(e, CancellationToken.None) is not null)
+            {
+                // The upload failed already; an incomplete upload left behind is the bucket's lifecycle rules' to clear.
+            }
+            throw;
+        }
+    }
+
+    Task<ObjectInfo> InfoAsync(string name, CancellationToken cancellationToken)
+    {
+        StoreNames.Check(Root, name);
+        var task = objects.GetOrAdd(name, n => HeadAsync(n, disposal.Token));
+        if (task.IsFaulted || task.IsCanceled) objects.TryRemove(KeyValuePair.Create(name, task));   // asked again next time
+        return task.WaitAsync(cancellationToken);
+    }
+
+    async Task<ObjectInfo> HeadAsync(string name, CancellationToken cancellationToken)
+    {
+        var uri = location.UriOf(name);
+        var key = location.KeyOf(name);
+        var head = await options.Retry.RunAsync(uri, "looking up the object",
+            (_, ct) => client.GetObjectMetadataAsync(new GetObjectMetadataRequest { BucketName = location.Bucket, Key = key }, ct),
+            S3Failures.Classify, cancellationToken).ConfigureAwait(false);
+        return new ObjectInfo(name, key, uri, head.ContentLength, head.ETag ?? "");
+    }
+
+    string BlockKey(ObjectInfo info, long index) => $"block|{location.Bucket}|{info.Key}|{info.ETag}|{info.Size}|{options.BlockBytes}|{index}";
+
+    /// <summary>Block <paramref name="index"/> of the object, fetched once however many readers want it at the same time.</summary>
+    Task<byte[]> BlockAsync(ObjectInfo info, long index, string key)
+    {
+        var fresh = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var task = inflight.GetOrAdd(key, fresh.Task);
+        if (task != fresh.Task) return task;
+        _ = FetchBlockAsync(info, index, key, fresh);
+        return fresh.Task;
+    }
+
+    async Task FetchBlockAsync(ObjectInfo info, long index, string key, TaskCompletionSource<byte[]> result)
+    {
+        try
+        {
+            var start = index * options.BlockBytes;
+            var length = (int)Math.Min(options.BlockBytes, info.Size - start);
+            var bytes = await options.Retry.RunAsync(info.Uri, $"reading bytes {start}..{start + length - 1}",
+                (_, ct) => GetRangeAsync(info, start, length, ct), S3Failures.Classify, disposal.Token).ConfigureAwait(false);
+            if (bytes.Length <= cache.CapacityBytes) cache.Put(key, bytes);
+            result.TrySetResult(bytes);
+        }
+        catch (Exception e)
+        {
+            result.TrySetException(e);
+        }
+        finally
+        {
+            inflight.TryRemove(KeyValuePair.Create(key, result.Task));
+        }
+    }
+
+    async Task<byte[]> GetRangeAsync(ObjectInfo info, long start, int length, CancellationToken cancellationToken)
+    {
+        Interlocked.Increment(ref getRequests);
+        using var response = await client.GetObjectAsync(new GetObjectRequest
+        {
+            BucketName = location.Bucket, Key = info.Key, ByteRange = new ByteRange(start, start + length - 1),
+        }, cancellationToken).ConfigureAwait(false);
+        if (!string.IsNullOrEmpty(info.ETag) && !string.IsNullOrEmpty(response.ETag) && response.ETag != info.ETag)
+            throw new DatasetStorageException(info.Uri, $"changed while being read: ETag {response.ETag}, was {info.ETag}");
+        if (TotalOf(response.ContentRange) is { } total && total != info.Size)
+            throw new DatasetStorageException(info.Uri, $"changed while being read: holds {total} bytes, held {info.Size}");
+        var bytes = new byte[length];
+        var done = 0;
+        await using var body = response.ResponseStream;
+        while (done < length)
+        {
+            var n = await body.ReadAsync(bytes.AsMemory(done), cancellationToken).ConfigureAwait(false);
+            if (n == 0) throw new IOException($"the connection ended after {done} of {length} bytes");
+            done += n;
+        }
+        return bytes;
+    }
+
+    /// <summary>The object's total size from a Content-Range header ("bytes 0-99/1234"), when there is one.</summary>
+    static long? TotalOf(string? contentRange) =>
+        contentRange is not null && contentRange.LastIndexOf('/') is var slash and >= 0
+            && long.TryParse(contentRange.AsSpan(slash + 1), out var total) ? total : null;
+
+    static async Task<string> FileSha256(string path, CancellationToken cancellationToken)
+    {
+        await using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete, 1 << 16, FileOptions.Asynchronous | FileOptions.SequentialScan);
+        return Convert.ToHexStringLower(await SHA256.HashDataAsync(stream, cancellationToken).ConfigureAwait(false));
+    }
+
+    public void Dispose()
+    {
+        if (disposal.IsCancellationRequested) return;
+        disposal.Cancel();
+        if (ownsClient) client.Dispose();
+        disposal.Dispose();
+    }
+
+    sealed record ObjectInfo(string Name, string Key, string Uri, long Size, string ETag);
+}
