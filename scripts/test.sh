@@ -15,15 +15,17 @@ if ! bash scripts/docker-setup.sh; then
     echo "test: no usable Docker engine: the container tests will be skipped (run scripts/docker-setup.sh as root to enable them)" >&2
   fi
 fi
-# The Prometheus scrape tests (tests/Dtrain.Tests/Observability) run a real Prometheus, and the dashboard's browser
-# tests headless Chromium: scripts/test-tools.sh installs Debian's prometheus, chromium and chromium-driver where
-# missing (needs root or sudo). Without them those tests fail in CI or with DTRAIN_REQUIRE_PROMETHEUS=1 /
-# DTRAIN_REQUIRE_BROWSER=1 (.ci/run sets both), and are skipped elsewhere.
+# The Prometheus scrape tests (tests/Dtrain.Tests/Observability) run a real Prometheus, the dashboard's browser
+# tests headless Chromium, and the dataset storage tests (tests/Dtrain.Tests/Data/Storage) a real S3-compatible server:
+# scripts/test-tools.sh installs Debian's prometheus, chromium and chromium-driver where missing (needs root or sudo),
+# and the S3 server's npm packages (eng/s3-server). Without them those tests fail in CI or with
+# DTRAIN_REQUIRE_PROMETHEUS=1 / DTRAIN_REQUIRE_BROWSER=1 / DTRAIN_REQUIRE_S3=1 (.ci/run sets all three), and are
+# skipped elsewhere.
 if ! bash scripts/test-tools.sh; then
-  if [[ -n "${CI:-}" || "${DTRAIN_REQUIRE_PROMETHEUS:-}" == "1" || "${DTRAIN_REQUIRE_BROWSER:-}" == "1" ]]; then
-    echo "test: Prometheus or Chromium missing: the scrape or browser tests will fail" >&2
+  if [[ -n "${CI:-}" || "${DTRAIN_REQUIRE_PROMETHEUS:-}" == "1" || "${DTRAIN_REQUIRE_BROWSER:-}" == "1" || "${DTRAIN_REQUIRE_S3:-}" == "1" ]]; then
+    echo "test: Prometheus, Chromium or the S3 test server missing: the scrape, browser or storage tests will fail" >&2
   else
-    echo "test: Prometheus or Chromium missing: the scrape or browser tests will be skipped (run scripts/test-tools.sh as root to enable them)" >&2
+    echo "test: Prometheus, Chromium or the S3 test server missing: those tests will be skipped (run scripts/test-tools.sh as root to enable them)" >&2
   fi
 fi
 log="$(mktemp)"

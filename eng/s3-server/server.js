@@ -14,6 +14,18 @@
 
 const S3rver = require('@20minutes/s3rver');
 const Account = require('@20minutes/s3rver/lib/models/account');
+const v4 = require('@20minutes/s3rver/lib/signature/v4');
+
+// SigV4's canonical URI is the request's path as sent (URI-encoded once). s3rver rebuilds it from the decoded bucket and
+// key, which drops the trailing slash of a path-style bucket request (`GET /bucket/?list-type=2`, as the AWS SDK for
+// .NET sends it) and so refuses every correctly signed bucket request with SignatureDoesNotMatch. The path as sent is
+// kept on the request (below) and used instead; the signature is still computed and compared by s3rver.
+const rawPaths = new WeakMap(); // a request's headers object -> its path as sent
+const stringToSign = v4.getStringToSign;
+v4.getStringToSign = (canonicalRequest, request) => {
+  const uri = rawPaths.get(canonicalRequest.headers);
+  return stringToSign(uri ? { ...canonicalRequest, uri } : canonicalRequest, request);
+};
 
 function fail(message) {
   process.stderr.write(`s3-server: ${message}\n`);
@@ -55,6 +67,7 @@ const app = new S3rver({
 // First middleware: refuse anonymous requests (s3rver lets them through), and log every request with its outcome.
 app.middleware.unshift(async (ctx, next) => {
   let status;
+  rawPaths.set(ctx.headers, ctx.req.url.split('?')[0]);
   try {
     const signed = 'authorization' in ctx.headers || 'X-Amz-Algorithm' in ctx.query || 'Signature' in ctx.query;
     if (!signed) {

@@ -227,12 +227,19 @@ public sealed class S3DatasetStore : IDatasetStore
         }
     }
 
-    Task<ObjectInfo> InfoAsync(string name, CancellationToken cancellationToken)
+    async Task<ObjectInfo> InfoAsync(string name, CancellationToken cancellationToken)
     {
         StoreNames.Check(Root, name);
         var task = objects.GetOrAdd(name, n => HeadAsync(n, disposal.Token));
-        if (task.IsFaulted || task.IsCanceled) objects.TryRemove(KeyValuePair.Create(name, task));   // asked again next time
-        return task.WaitAsync(cancellationToken);
+        try
+        {
+            return await task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch when (task.IsFaulted || task.IsCanceled)
+        {
+            objects.TryRemove(KeyValuePair.Create(name, task));   // a failed look-up is made again next time
+            throw;
+        }
     }
 
     async Task<ObjectInfo> HeadAsync(string name, CancellationToken cancellationToken)

@@ -35,7 +35,7 @@ public sealed record S3StoreOptions
     /// <summary>Files larger than this are uploaded in parts of this size (multipart upload); at least 5 MiB.</summary>
     public long PartBytes { get; init; } = 16 << 20;
     public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(60);
-    public RetryPolicy Retry { get; init; } = new();
+    public StoreRetryPolicy Retry { get; init; } = new();
 
     /// <summary>The options the environment gives (see the type's summary); a malformed value is an <see cref="ArgumentException"/> naming the variable.</summary>
     public static S3StoreOptions FromEnvironment(Func<string, string?>? read = null)

@@ -5,7 +5,7 @@ namespace Dtrain.Data.Storage;
 /// again: up to <see cref="MaxAttempts"/> attempts in all, waiting <see cref="BaseDelay"/>, then twice that, ... up to
 /// <see cref="MaxDelay"/> between them (on <see cref="Time"/>). The number of attempts bounds it, never the clock alone.
 /// </summary>
-public sealed record RetryPolicy
+public sealed record StoreRetryPolicy
 {
     public int MaxAttempts { get; init; } = 5;
     public TimeSpan BaseDelay { get; init; } = TimeSpan.FromMilliseconds(200);
@@ -29,7 +29,7 @@ public sealed record RetryPolicy
     public async Task<T> RunAsync<T>(string uri, string what, Func<int, CancellationToken, Task<T>> operation,
         Func<Exception, CancellationToken, (string Problem, bool Transient)?> classify, CancellationToken cancellationToken)
     {
-        if (MaxAttempts < 1) throw new InvalidOperationException($"RetryPolicy.MaxAttempts is {MaxAttempts}; at least 1");
+        if (MaxAttempts < 1) throw new InvalidOperationException($"StoreRetryPolicy.MaxAttempts is {MaxAttempts}; at least 1");
         for (var attempt = 1; ; attempt++)
         {
             try

@@ -1,0 +1,106 @@
+using System.Diagnostics;
+using Dtrain.Tests.Support;
+using YamlDotNet.RepresentationModel;
+
+namespace Dtrain.Tests.Deploy;
+
+/// <summary>
+/// Where the containers find datasets (docs/storage.md): compose workers mount the shared `datasets` volume read-only
+/// and pass S3 settings through, and the optional `s3` service runs only in its profile; on Kubernetes the workers take
+/// the optional Secret dtrain-s3, and the datasets component (rendered with `kubectl kustomize` from a copy of
+/// deploy/k8s with it enabled, as a user would) adds a ReadOnlyMany claim mounted read-only at /datasets.
+/// </summary>
+public class DatasetStorageDeployTests
+{
+    static YamlMappingNode Load(string text)
+    {
+        var yaml = new YamlStream();
+        yaml.Load(new StringReader(text));
+        return (YamlMappingNode)yaml.Documents[0].RootNode;
+    }
+
+    static YamlNode? At(YamlNode? node, params string[] keys)
+    {
+        foreach (var k in keys)
+            if (node is not YamlMappingNode map || !map.Children.TryGetValue(new YamlScalarNode(k), out node)) return null;
+        return node;
+    }
+
+    static string? Str(YamlNode? node, params string[] keys) => (At(node, keys) as YamlScalarNode)?.Value;
+
+    static IEnumerable<YamlNode> Seq(YamlNode? node, params string[] keys) => At(node, keys) is YamlSequenceNode s ? s.Children : [];
+
+    [Fact]
+    public void Compose_workers_mount_the_datasets_volume_read_only_and_the_s3_service_is_only_in_its_profile()
+    {
+        var compose = Load(File.ReadAllText(RepoFiles.PathOf("deploy", "docker-compose.yml")));
+        var worker = At(compose, "services", "worker");
+        Assert.Contains("datasets:/datasets:ro", Seq(worker, "volumes").Select(v => ((YamlScalarNode)v).Value));
+        Assert.NotNull(At(compose, "volumes", "datasets"));
+        foreach (var variable in new[] { "DTRAIN_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION" })
+            Assert.Equal($"${{{variable}:-}}", Str(worker, "environment", variable));
+        var s3 = At(compose, "services", "s3");
+        Assert.Equal(["s3"], Seq(s3, "profiles").Select(p => ((YamlScalarNode)p).Value));
+        Assert.StartsWith("${DTRAIN_S3_IMAGE:-dtrain-s3:", Str(s3, "image"));
+        Assert.NotNull(Str(s3, "environment", "S3_SERVER_SECRET_KEY"));
+        // The image's entry point is the same server the tests run.
+        var dockerfile = File.ReadAllText(RepoFiles.PathOf("deploy", "s3.Dockerfile"));
+        Assert.Contains("ENTRYPOINT [\"node\", \"/opt/s3-server/app/server.js\"", dockerfile);
+    }
+
+    [Fact]
+    public void Kubernetes_workers_take_the_optional_s3_secret_and_the_datasets_component_mounts_a_read_only_many_claim()
+    {
+        using var tmp = new TempDir();
+        var copy = Path.Combine(tmp.Path, "k8s");
+        CopyDirectory(RepoFiles.PathOf("deploy", "k8s"), copy);
+        var plain = Render(copy);
+        Assert.DoesNotContain(plain, d => Str(d, "kind") == "PersistentVolumeClaim" && Str(d, "metadata", "name") == "dtrain-datasets");
+        var secret = Assert.Single(Seq(WorkerContainer(plain), "envFrom"), e => At(e, "secretRef") is not null);
+        Assert.Equal("dtrain-s3", Str(secret, "secretRef", "name"));
+        Assert.Equal("true", Str(secret, "secretRef", "optional"));
+
+        // Enabled as kustomization.yaml says: uncomment `components: [datasets]`.
+        var kustomization = Path.Combine(copy, "kustomization.yaml");
+        var text = File.ReadAllText(kustomization);
+        Assert.Contains("# components:\n#   - datasets\n", text);
+        File.WriteAllText(kustomization, text.Replace("# components:\n#   - datasets\n", "components:\n  - datasets\n", StringComparison.Ordinal));
+        var docs = Render(copy);
+        var claim = Assert.Single(docs, d => Str(d, "kind") == "PersistentVolumeClaim" && Str(d, "metadata", "name") == "dtrain-datasets");
+        Assert.Equal(["ReadOnlyMany"], Seq(claim, "spec", "accessModes").Select(m => ((YamlScalarNode)m).Value));
+        var mount = Assert.Single(Seq(WorkerContainer(docs), "volumeMounts"), m => Str(m, "mountPath") == "/datasets");
+        Assert.Equal("true", Str(mount, "readOnly"));
+        var workers = Assert.Single(docs, d => Str(d, "kind") == "Deployment" && Str(d, "metadata", "name") == "dtrain-worker");
+        var volume = Assert.Single(Seq(workers, "spec", "template", "spec", "volumes"), v => Str(v, "name") == Str(mount, "name"));
+        Assert.Equal("dtrain-datasets", Str(volume, "persistentVolumeClaim", "claimName"));
+        Assert.Equal("true", Str(volume, "persistentVolumeClaim", "readOnly"));
+        // The other containers' mounts are untouched: the coordinator does not read datasets.
+        var coordinator = Assert.Single(docs, d => Str(d, "kind") == "StatefulSet");
+        Assert.DoesNotContain(Seq(coordinator, "spec", "template", "spec", "containers").SelectMany(c => Seq(c, "volumeMounts")), m => Str(m, "mountPath") == "/datasets");
+    }
+
+    static YamlNode WorkerContainer(IReadOnlyList<YamlMappingNode> docs) =>
+        Assert.Single(Seq(Assert.Single(docs, d => Str(d, "kind") == "Deployment" && Str(d, "metadata", "name") == "dtrain-worker"), "spec", "template", "spec", "containers"));
+
+    static void CopyDirectory(string from, string to)
+    {
+        Directory.CreateDirectory(to);
+        foreach (var file in Directory.EnumerateFiles(from)) File.Copy(file, Path.Combine(to, Path.GetFileName(file)));
+        foreach (var dir in Directory.EnumerateDirectories(from)) CopyDirectory(dir, Path.Combine(to, Path.GetFileName(dir)));
+    }
+
+    static List<YamlMappingNode> Render(string directory)
+    {
+        var psi = new ProcessStartInfo("kubectl") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add("kustomize");
+        psi.ArgumentList.Add(directory);
+        using var p = Process.Start(psi) ?? throw new InvalidOperationException("kubectl did not start");
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        p.WaitForExit();
+        Assert.True(p.ExitCode == 0, $"kubectl kustomize {directory}: exit {p.ExitCode}\n{stderr.Result}");
+        var stream = new YamlStream();
+        stream.Load(new StringReader(stdout.Result));
+        return [.. stream.Documents.Select(d => (YamlMappingNode)d.RootNode)];
+    }
+}
