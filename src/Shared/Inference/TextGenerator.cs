@@ -59,7 +59,12 @@ public static class TextGenerator
         return nl.Length == 1 && nl[0] != trained.Tokenizer.UnkId ? nl[0] : Math.Min(2, trained.Tokenizer.VocabSize - 1);
     }
 
-    private static int Sample(Tensor logits, double temperature, int topK, Generator gen, int vocab, int unk)
+    /// <summary>
+    /// The next token from one position's logits (vocab), as <see cref="Generate"/> draws it: never &lt;pad&gt; or &lt;unk&gt;,
+    /// greedy at temperature 0, else from the top-k softmax with <paramref name="gen"/> (a model run elsewhere, e.g. an
+    /// exported ONNX model, samples the same text from the same logits and seed).
+    /// </summary>
+    public static int Sample(Tensor logits, double temperature, int topK, Generator gen, int vocab, int unk)
     {
         // In float64 and from the largest logit down, so that no temperature in range overflows: (x - max) / T is 0 for
         // the most likely token and at most 0 for every other, -inf at worst; softmax of that is always a distribution.
