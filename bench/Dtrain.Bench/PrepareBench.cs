@@ -8,7 +8,8 @@ namespace Dtrain.Bench;
 /// <summary>
 /// `prepare [--mb N] [--threads 1,2]`: dtrain prepare's throughput on bundled text (Moby Dick, data/) repeated to N MB
 /// (default 200) in a temporary directory, for the char and word tokenizers on 1 and 2 threads, and each run's peak
-/// resident memory (every run in a fresh process: VmHWM is per process). Targets (issue 23): 100 MB/s char and 30 MB/s
+/// resident memory (every run in a fresh process: VmHWM is per process), and its CPU time: MB per CPU second is the
+/// one-core speed even on a machine busy with other work. Targets (issue 23): 100 MB/s char and 30 MB/s
 /// word on one core, 1.8x that on two, peak RSS at most 500 MB whatever the size.
 /// </summary>
 internal static class PrepareBench
@@ -37,17 +38,17 @@ internal static class PrepareBench
             var bytes = new FileInfo(corpus).Length;
             Console.WriteLine($"dtrain prepare on Moby Dick repeated to {bytes / 1e6:F0} MB (language model, 5% held out), {Environment.ProcessorCount} cores");
             Console.WriteLine();
-            Console.WriteLine("| tokenizer | threads | seconds | MB/s | vs 1 thread | peak RSS MB |");
-            Console.WriteLine("|---|---|---|---|---|---|");
+            Console.WriteLine("| tokenizer | threads | seconds | MB/s | vs 1 thread | CPU seconds | MB per CPU second | peak RSS MB |");
+            Console.WriteLine("|---|---|---|---|---|---|---|---|");
             foreach (var kind in new[] { TokenizerKinds.Char, TokenizerKinds.Word })
             {
                 double? single = null;
                 foreach (var t in threads)
                 {
-                    var (seconds, peak) = Child(corpus, Path.Combine(temp, $"{kind}-{t}"), kind, t);
+                    var (seconds, cpu, peak) = Child(corpus, Path.Combine(temp, $"{kind}-{t}"), kind, t);
                     var rate = bytes / 1e6 / seconds;
                     single ??= t == 1 ? rate : null;
-                    Console.WriteLine($"| {kind} | {t} | {seconds:F1} | {rate:F1} | {(single is { } s ? $"{rate / s:F2}x" : "-")} | {peak:F0} |");
+                    Console.WriteLine($"| {kind} | {t} | {seconds:F1} | {rate:F1} | {(single is { } s ? $"{rate / s:F2}x" : "-")} | {cpu:F1} | {bytes / 1e6 / cpu:F1} | {peak:F0} |");
                     Directory.Delete(Path.Combine(temp, $"{kind}-{t}"), recursive: true);
                 }
             }
@@ -60,7 +61,7 @@ internal static class PrepareBench
     }
 
     /// <summary>One preparation in a fresh process (this bench, `prepare-one`): its seconds and peak RSS.</summary>
-    static (double Seconds, double PeakMb) Child(string corpus, string output, string kind, int threads)
+    static (double Seconds, double CpuSeconds, double PeakMb) Child(string corpus, string output, string kind, int threads)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in new[] { typeof(PrepareBench).Assembly.Location, "prepare-one", corpus, output, kind, threads.ToString(CultureInfo.InvariantCulture) })
@@ -71,10 +72,10 @@ internal static class PrepareBench
         p.WaitForExit();
         if (p.ExitCode != 0) throw new BenchFailureException($"prepare-one {kind} {threads} failed: {stderr.Result}");
         var fields = stdout.Result.Trim().Split(' ');
-        return (double.Parse(fields[0], CultureInfo.InvariantCulture), double.Parse(fields[1], CultureInfo.InvariantCulture));
+        return (double.Parse(fields[0], CultureInfo.InvariantCulture), double.Parse(fields[1], CultureInfo.InvariantCulture), double.Parse(fields[2], CultureInfo.InvariantCulture));
     }
 
-    /// <summary>`prepare-one CORPUS OUTPUT KIND THREADS`: prepares and prints "seconds peak-MB".</summary>
+    /// <summary>`prepare-one CORPUS OUTPUT KIND THREADS`: prepares and prints "seconds cpu-seconds peak-MB" (CPU time: the process's user + system time, JIT included, which a loaded machine does not inflate).</summary>
     public static int One(string[] args)
     {
         var clock = Stopwatch.StartNew();
@@ -86,9 +87,10 @@ internal static class PrepareBench
             Threads = int.Parse(args[4], CultureInfo.InvariantCulture),
         });
         var seconds = clock.Elapsed.TotalSeconds;
+        var cpu = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
         var line = File.ReadLines("/proc/self/status").First(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
         var peak = long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024.0;
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{seconds:R} {peak:F1}"));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{seconds:R} {cpu:R} {peak:F1}"));
         return 0;
     }
 }
