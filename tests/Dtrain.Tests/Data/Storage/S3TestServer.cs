@@ -20,6 +20,7 @@ public sealed class S3TestServer : IDisposable
         get
         {
             if (Node is null) return "no `node` on PATH (Debian: apt-get install nodejs)";
+            if (!File.Exists(Node)) return $"DTRAIN_NODE is {Node}, which does not exist";
             if (!File.Exists(RepoFiles.PathOf("eng", "s3-server", "node_modules", "@20minutes", "s3rver", "package.json")))
                 return "eng/s3-server/node_modules is not installed (scripts/test-tools.sh runs npm ci there)";
             return null;
