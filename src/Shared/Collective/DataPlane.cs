@@ -293,7 +293,7 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         if (security is not null) Tls ??= security.Tls;
         var timeout = connectTimeout ?? GrpcRingTransport.DefaultConnectTimeout;
         if (transport == DataTransport.Grpc)
-            return await GrpcRingTransport.ConnectAsync(jobId, generation, rank, worldSize, peerAddresses, mailboxes, timeout, security, _timeouts, cancellationToken).ConfigureAwait(false);
+            return await GrpcRingTransport.ConnectAsync(jobId, generation, rank, worldSize, peerAddresses, mailboxes, timeout, security, _timeouts, cancellationToken: cancellationToken).ConfigureAwait(false);
         ArgumentOutOfRangeException.ThrowIfLessThan(worldSize, 1);
         ArgumentOutOfRangeException.ThrowIfNegative(rank);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(rank, worldSize);

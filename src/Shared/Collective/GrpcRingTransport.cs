@@ -76,7 +76,8 @@ public sealed class GrpcRingTransport : IRingTransport
     /// </remarks>
     public static async Task<GrpcRingTransport> ConnectAsync(
         string jobId, long generation, int rank, int worldSize, IReadOnlyList<string> peerAddresses, RingMailboxes localMailboxes,
-        TimeSpan? connectTimeout = null, RingSecurity? security = null, CollectiveTimeouts? timeouts = null, CancellationToken cancellationToken = default)
+        TimeSpan? connectTimeout = null, RingSecurity? security = null, CollectiveTimeouts? timeouts = null, TimeProvider? time = null,
+        CancellationToken cancellationToken = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(jobId);
         ArgumentNullException.ThrowIfNull(peerAddresses);
@@ -100,7 +101,7 @@ public sealed class GrpcRingTransport : IRingTransport
         try
         {
             var call = await OpenStreamAsync(new CollectiveGrpc.CollectiveClient(channel), jobId, generation, rank, worldSize, right, peers[right],
-                connectTimeout ?? DefaultConnectTimeout, cancellationToken).ConfigureAwait(false);
+                connectTimeout ?? DefaultConnectTimeout, time ?? TimeProvider.System, cancellationToken).ConfigureAwait(false);
             return new GrpcRingTransport(localMailboxes, mailbox, peers, channel, call, closeGrace);
         }
         catch (Exception ex)
@@ -121,9 +122,9 @@ public sealed class GrpcRingTransport : IRingTransport
     /// <summary>Starts Push and waits for the neighbour's "accepted" response headers, retrying refusals that may be transient.</summary>
     private static async Task<AsyncClientStreamingCall<RingChunk, PushReply>> OpenStreamAsync(
         CollectiveGrpc.CollectiveClient client, string jobId, long generation, int rank, int worldSize, int right, string address,
-        TimeSpan connectTimeout, CancellationToken cancellationToken)
+        TimeSpan connectTimeout, TimeProvider time, CancellationToken cancellationToken)
     {
-        var deadline = DateTime.UtcNow + connectTimeout;
+        var deadline = time.GetUtcNow() + connectTimeout;
         var delay = TimeSpan.FromMilliseconds(25);
         var headers = new Metadata
         {
@@ -140,7 +141,7 @@ public sealed class GrpcRingTransport : IRingTransport
             try
             {
                 using var attemptTimeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-                attemptTimeout.CancelAfter(Max(deadline - DateTime.UtcNow, TimeSpan.FromMilliseconds(1)));
+                attemptTimeout.CancelAfter(Max(deadline - time.GetUtcNow(), TimeSpan.FromMilliseconds(1)));
                 var response = await call.ResponseHeadersAsync.WaitAsync(attemptTimeout.Token).ConfigureAwait(false);
                 if (response.GetValue(CollectiveService.AcceptedHeader) == "accepted") return call;
                 // A trailers-only answer: the status says why we were refused.
@@ -165,14 +166,14 @@ public sealed class GrpcRingTransport : IRingTransport
                 throw;
             }
             call.Dispose();
-            if (!retryable || DateTime.UtcNow + delay > deadline)
+            if (!retryable || time.GetUtcNow() + delay > deadline)
             {
                 var why = failure is RpcException rpc ? $"{rpc.StatusCode}: {rpc.Status.Detail}" : failure.Message;
                 throw new RingTransportException(
                     $"rank {rank} cannot open the ring stream of {jobId}/{generation} to its right neighbour rank {right} ({address}) after {attempt} attempt(s): {why}",
                     right, $"rank {right} ({address})", failure);
             }
-            await Task.Delay(delay, cancellationToken).ConfigureAwait(false);
+            await Task.Delay(delay, time, cancellationToken).ConfigureAwait(false);
             delay = delay * 2 > TimeSpan.FromSeconds(1) ? TimeSpan.FromSeconds(1) : delay * 2;
         }
     }

@@ -31,7 +31,7 @@ public static class ClusterCertificates
     public static readonly TimeSpan IssuedWorkerValidity = TimeSpan.FromDays(365);
 
     /// <summary>A self-signed CA (path length 0: it signs only end-entity certificates), with its private key.</summary>
-    public static X509Certificate2 CreateAuthority(string name, TimeSpan validity)
+    public static X509Certificate2 CreateAuthority(string name, TimeSpan validity, TimeProvider? time = null)
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var subject = new X500DistinguishedNameBuilder();
@@ -41,7 +41,7 @@ public static class ClusterCertificates
         request.CertificateExtensions.Add(new X509BasicConstraintsExtension(true, true, 0, true));
         request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.KeyCertSign | X509KeyUsageFlags.CrlSign | X509KeyUsageFlags.DigitalSignature, true));
         request.CertificateExtensions.Add(new X509SubjectKeyIdentifierExtension(request.PublicKey, false));
-        var now = DateTimeOffset.UtcNow;
+        var now = (time ?? TimeProvider.System).GetUtcNow();
         return request.CreateSelfSigned(now.AddMinutes(-5), now.Add(validity));
     }
 
@@ -59,10 +59,11 @@ public static class ClusterCertificates
     }
 
     /// <summary>A new key and a certificate for it, signed by <paramref name="authority"/> (which must hold its private key).</summary>
-    public static X509Certificate2 Issue(X509Certificate2 authority, string name, string role, IEnumerable<string> hosts, TimeSpan validity)
+    public static X509Certificate2 Issue(X509Certificate2 authority, string name, string role, IEnumerable<string> hosts, TimeSpan validity,
+        TimeProvider? time = null)
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        using var issued = Sign(authority, new CertificateRequest(Subject(name, role), key, HashAlgorithmName.SHA256), role, hosts, validity);
+        using var issued = Sign(authority, new CertificateRequest(Subject(name, role), key, HashAlgorithmName.SHA256), role, hosts, validity, time);
         return issued.CopyWithPrivateKey(key);
     }
 
@@ -70,7 +71,8 @@ public static class ClusterCertificates
     /// Signs a certificate for the public key of <paramref name="request"/> (its own subject and extensions are
     /// replaced by this role's): EKU server and/or client authentication, the host names and IPs as SANs.
     /// </summary>
-    public static X509Certificate2 Sign(X509Certificate2 authority, CertificateRequest request, string role, IEnumerable<string> hosts, TimeSpan validity)
+    public static X509Certificate2 Sign(X509Certificate2 authority, CertificateRequest request, string role, IEnumerable<string> hosts, TimeSpan validity,
+        TimeProvider? time = null)
     {
         var leaf = new CertificateRequest(request.SubjectName, request.PublicKey, HashAlgorithmName.SHA256);
         leaf.CertificateExtensions.Add(new X509BasicConstraintsExtension(false, false, 0, true));
@@ -91,7 +93,7 @@ public static class ClusterCertificates
         if (any) leaf.CertificateExtensions.Add(names.Build());
         leaf.CertificateExtensions.Add(new X509SubjectKeyIdentifierExtension(leaf.PublicKey, false));
         leaf.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(authority, includeKeyIdentifier: true, includeIssuerAndSerial: false));
-        var now = DateTimeOffset.UtcNow;
+        var now = (time ?? TimeProvider.System).GetUtcNow();
         var notAfter = now.Add(validity);
         if (notAfter > authority.NotAfter) notAfter = authority.NotAfter;
         var serial = RandomNumberGenerator.GetBytes(16);

@@ -15,11 +15,14 @@ public sealed class ClusterTls
     const string ClientAuth = "1.3.6.1.5.5.7.3.2";
     static readonly TimeSpan CacheFor = TimeSpan.FromMinutes(1);
 
-    private readonly ConcurrentDictionary<(string Sha256, bool Server), (PeerIdentity? Identity, string? Error, DateTime Until)> checkedCertificates = new();
+    private readonly ConcurrentDictionary<(string Sha256, bool Server), (PeerIdentity? Identity, string? Error, DateTimeOffset Until)> checkedCertificates = new();
     private X509Certificate2? certificate;
 
-    public ClusterTls(X509Certificate2Collection authorities, string authorityPath, X509Certificate2? certificate = null, X509Certificate2? signer = null)
+    /// <param name="time">The clock certificates are checked against (their validity, the cache of checked ones); the system's by default.</param>
+    public ClusterTls(X509Certificate2Collection authorities, string authorityPath, X509Certificate2? certificate = null, X509Certificate2? signer = null,
+        TimeProvider? time = null)
     {
+        Time = time ?? TimeProvider.System;
         ArgumentNullException.ThrowIfNull(authorities);
         if (authorities.Count == 0) throw new ArgumentException("a cluster needs at least one CA certificate", nameof(authorities));
         Authorities = authorities;
@@ -27,6 +30,9 @@ public sealed class ClusterTls
         this.certificate = certificate;
         Signer = signer;
     }
+
+    /// <summary>The clock certificates are checked against.</summary>
+    public TimeProvider Time { get; }
 
     /// <summary>The CA certificates trusted (a bundle: during a CA rotation, the old and the new one).</summary>
     public X509Certificate2Collection Authorities { get; }
@@ -58,7 +64,7 @@ public sealed class ClusterTls
     {
         ArgumentNullException.ThrowIfNull(presented);
         var sha = ClusterCertificates.Sha256(presented);
-        var now = DateTime.UtcNow;
+        var now = Time.GetUtcNow();
         if (checkedCertificates.TryGetValue((sha, asServer), out var cached) && cached.Until > now)
         {
             error = cached.Error;
@@ -66,7 +72,7 @@ public sealed class ClusterTls
         }
         var identity = Check(presented, sha, asServer, out error);
         var until = now + CacheFor;
-        if (presented.NotAfter.ToUniversalTime() < until) until = presented.NotAfter.ToUniversalTime();
+        if (new DateTimeOffset(presented.NotAfter.ToUniversalTime()) < until) until = new DateTimeOffset(presented.NotAfter.ToUniversalTime());
         if (checkedCertificates.Count > 10_000) checkedCertificates.Clear();
         checkedCertificates[(sha, asServer)] = (identity, error, until);
         return identity;
@@ -80,6 +86,7 @@ public sealed class ClusterTls
         policy.CustomTrustStore.AddRange(Authorities);
         policy.RevocationMode = X509RevocationMode.NoCheck;
         policy.DisableCertificateDownloads = true;
+        policy.VerificationTime = Time.GetUtcNow().LocalDateTime;
         policy.ApplicationPolicy.Add(new Oid(asServer ? ServerAuth : ClientAuth));
         var subject = presented.Subject;
         if (!chain.Build(presented))
@@ -100,11 +107,11 @@ public sealed class ClusterTls
     }
 
     /// <summary>A self-signed certificate for a worker's server while it has none from the CA (it joins with a token).</summary>
-    public static X509Certificate2 SelfSignedStandIn(string name)
+    public static X509Certificate2 SelfSignedStandIn(string name, TimeProvider? time = null)
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var request = new CertificateRequest(ClusterCertificates.Subject(name, ClusterRoles.Worker), key, HashAlgorithmName.SHA256);
-        var now = DateTimeOffset.UtcNow;
+        var now = (time ?? TimeProvider.System).GetUtcNow();
         return request.CreateSelfSigned(now.AddMinutes(-5), now.AddDays(1));
     }
 }

@@ -73,7 +73,7 @@ public sealed record TlsSettings
     /// Loads the files; every problem is an <see cref="ArgumentException"/> naming the file and <paramref name="where"/>
     /// (the setting, e.g. "Coordinator:Tls" or "--tls-dir"). The own certificate must chain to the CA and be valid now.
     /// </summary>
-    public ClusterTls Load(string where, CertificateNeed need, bool signer = false)
+    public ClusterTls Load(string where, CertificateNeed need, bool signer = false, TimeProvider? time = null)
     {
         var caPath = CaPath ?? throw new ArgumentException($"{where}: no cluster CA given: set --tls-dir DIR (with {CaFile}) or --ca FILE");
         var authorities = ReadAuthorities(where, caPath);
@@ -95,7 +95,7 @@ public sealed record TlsSettings
             {
                 throw new ArgumentException($"{where}: cannot load the certificate {certPath} with the key {keyPath}: {e.Message}");
             }
-            var now = DateTime.Now;
+            var now = (time ?? TimeProvider.System).GetLocalNow().DateTime;
             if (own.NotAfter < now) throw new ArgumentException($"{where}: the certificate {certPath} expired on {own.NotAfter:u}: issue a new one (`dtrain certs issue`)");
             if (own.NotBefore > now.AddMinutes(5)) throw new ArgumentException($"{where}: the certificate {certPath} is valid only from {own.NotBefore:u} (check this machine's clock)");
         }
@@ -112,7 +112,7 @@ public sealed record TlsSettings
             authority = MatchSigner(where, authorities, caPath, caKeyPath);
         }
 
-        var tls = new ClusterTls(authorities, caPath, own, authority);
+        var tls = new ClusterTls(authorities, caPath, own, authority, time);
         if (own is not null && tls.Identify(own, asServer: false, out var error) is null && tls.Identify(own, asServer: true, out _) is null)
             throw new ArgumentException($"{where}: {certPath}: {error}");
         return tls;
