@@ -39,7 +39,8 @@ public static class CollectiveHosting
     {
         ArgumentNullException.ThrowIfNull(services);
         services.AddSingleton(new RingMailboxes(maxPieceFloats));
-        services.AddSingleton(sp => new DataPlane(sp.GetRequiredService<RingMailboxes>(), sp.GetService<DataPlaneOptions>(), sp.GetService<Microsoft.Extensions.Logging.ILogger<DataPlane>>()));
+        services.AddSingleton(sp => new DataPlane(sp.GetRequiredService<RingMailboxes>(), sp.GetService<DataPlaneOptions>(), sp.GetService<Microsoft.Extensions.Logging.ILogger<DataPlane>>(),
+            sp.GetService<TimeProvider>()));
         services.AddGrpc().AddServiceOptions<CollectiveService>(options =>
         {
             options.MaxReceiveMessageSize = maxPieceFloats * sizeof(float) + MessageOverheadBytes;

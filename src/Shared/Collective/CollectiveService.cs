@@ -74,10 +74,10 @@ public class CollectiveService(RingMailboxes mailboxes, DataPlane dataPlane) : C
         Marshallers.Create(m => m.ToByteArray(), SharedMemoryAttach.Parser.ParseFrom), Marshallers.Create(m => m.ToByteArray(), SharedMemoryAttached.Parser.ParseFrom));
 
     /// <summary>(Declared here, not overridden: grpc-dotnet binds only methods of the type carrying BindService.) Data-plane negotiation: where and how the left neighbour may send tensor bytes (see <see cref="DataPlane"/>).</summary>
-    public new virtual Task<DataPlaneOffer> Hello(DataPlaneHello request, ServerCallContext context) => Task.FromResult(dataPlane.Hello(request, context));
+    public new virtual Task<DataPlaneOffer> Hello(DataPlaneHello request, ServerCallContext context) => Task.FromResult(GrpcDataPlane.Hello(dataPlane, request, context));
 
     /// <summary>Maps the left neighbour's shared-memory ring (see <see cref="DataPlane"/>).</summary>
-    public new virtual Task<SharedMemoryAttached> AttachSharedMemory(SharedMemoryAttach request, ServerCallContext context) => Task.FromResult(dataPlane.AttachSharedMemory(request, context));
+    public new virtual Task<SharedMemoryAttached> AttachSharedMemory(SharedMemoryAttach request, ServerCallContext context) => Task.FromResult(GrpcDataPlane.AttachSharedMemory(dataPlane, request, context));
 
     /// <summary>The Push handler (bound by <see cref="BindService"/>; virtual only because grpc-dotnet requires it).</summary>
     public virtual async Task<PushReply> Push(IAsyncStreamReader<PooledRingChunk> requestStream, ServerCallContext context)

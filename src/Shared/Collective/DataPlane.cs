@@ -5,11 +5,8 @@ using System.Net.Security;
 using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
-using Dtrain.Protos.Collective;
 using Dtrain.Rpc;
-using Grpc.Core;
 using Microsoft.Extensions.Logging;
-using CollectiveGrpc = Dtrain.Protos.Collective.Collective;
 
 namespace Dtrain.Collective;
 
@@ -30,8 +27,11 @@ namespace Dtrain.Collective;
 /// with the workers' certificates, each side pinned to the peer the coordinator named, and its frames then go as
 /// AES-GCM records keyed from that handshake (<see cref="SealedRecords"/>). Shared-memory files are created
 /// with mode 0600 and deleted as soon as the receiver has mapped them.
+/// The negotiation's gRPC calls, statuses and trailers live in <see cref="GrpcDataPlane"/>: this class speaks in
+/// <see cref="DataPlaneLinkOffer"/> and <see cref="DataPlaneRefusal"/>.
 /// </remarks>
-public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options = null, ILogger<DataPlane>? logger = null) : IAsyncDisposable
+/// <param name="time">The clock of its deadlines and of the age of stale probe files (the system's by default).</param>
+public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options = null, ILogger<DataPlane>? logger = null, TimeProvider? time = null) : IAsyncDisposable
 {
     private static readonly Lazy<string> OwnHostId = new(ReadHostId);
     private readonly DataPlaneOptions _options = options ?? new DataPlaneOptions();
@@ -40,9 +40,13 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
     private readonly ConcurrentDictionary<string, byte> _probes = new();
     private readonly Lock _gate = new();
     private readonly CancellationTokenSource _stopping = new();
+    private readonly TimeProvider _time = time ?? TimeProvider.System;
     private TcpListener? _listener;
 
     public RingMailboxes Mailboxes => mailboxes;
+
+    /// <summary>How a sender reaches a receiver's negotiation calls (gRPC; tests may put another in).</summary>
+    internal DataPlanePeerFactory ConnectPeer { get; init; } = GrpcDataPlane.Connect;
 
     /// <summary>Cluster TLS of this worker (set by the first ring that has it): TCP links then run inside TLS.</summary>
     public ClusterTls? Tls { get; set; }
@@ -84,12 +88,16 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
 
     // ---------------------------------------------------------------- receiving side (server)
 
-    internal DataPlaneOffer Hello(DataPlaneHello request, ServerCallContext context)
+    /// <summary>
+    /// A sender's <c>Hello</c> for channel (<paramref name="jobId"/>, <paramref name="generation"/>): a one-time token,
+    /// this host's identity and TCP port, and a /dev/shm probe. <paramref name="caller"/> is who the caller's TLS
+    /// certificate says it is (null without TLS). Refusals: <see cref="DataPlaneRefusal"/>.
+    /// </summary>
+    internal DataPlaneLinkOffer Hello(string jobId, long generation, int sender, int worldSize, PeerIdentity? caller)
     {
-        _ = CheckedMailbox(request.JobId, request.Generation, request.SenderRank, request.WorldSize, context);
+        _ = CheckedMailbox(jobId, generation, sender, worldSize, caller);
         var token = RandomNumberGenerator.GetBytes(32);
-        _tokens[(request.JobId, request.Generation, request.SenderRank)] = token;
-        var offer = new DataPlaneOffer { HostId = HostId, Token = Google.Protobuf.ByteString.CopyFrom(token), TcpPort = TcpPort };
+        _tokens[(jobId, generation, sender)] = token;
         // A probe only the same /dev/shm shows: the sender reads it (and deletes it).
         try
         {
@@ -97,58 +105,65 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
             var path = Path.Combine(SharedMemoryRing.Directory, $"dtrain-probe-{Guid.NewGuid():N}");
             File.WriteAllText(path, nonce);
             _probes[path] = 0;
-            offer.ProbePath = path;
-            offer.ProbeNonce = nonce;
+            return new DataPlaneLinkOffer(HostId, token, TcpPort, path, nonce);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
             // no /dev/shm here: shared memory is not offered
+            return new DataPlaneLinkOffer(HostId, token, TcpPort, null, null);
         }
-        return offer;
     }
 
-    internal SharedMemoryAttached AttachSharedMemory(SharedMemoryAttach request, ServerCallContext context)
+    /// <summary>Maps the sender's shared-memory ring at <paramref name="path"/> (it said Hello first); refusals: <see cref="DataPlaneRefusal"/>.</summary>
+    internal void AttachSharedMemory(string jobId, long generation, int sender, string path, PeerIdentity? caller)
     {
-        var mailbox = CheckedMailbox(request.JobId, request.Generation, request.SenderRank, null, context);
-        if (!_tokens.TryRemove((request.JobId, request.Generation, request.SenderRank), out var token))
-            throw new RpcException(new Status(StatusCode.PermissionDenied, $"ring {request.JobId}/{request.Generation}: rank {request.SenderRank} did not say Hello first (no token issued)"));
+        var mailbox = CheckedMailbox(jobId, generation, sender, null, caller);
+        if (!_tokens.TryRemove((jobId, generation, sender), out var token))
+            throw new DataPlaneRefusal(DataPlaneRefusalKind.Forbidden, $"ring {jobId}/{generation}: rank {sender} did not say Hello first (no token issued)");
         SharedMemoryRing ring;
         try
         {
-            ring = SharedMemoryRing.Open(request.Path, request.JobId, request.Generation, request.SenderRank, token, _timeouts.PeerSilentAfter);
+            ring = SharedMemoryRing.Open(path, jobId, generation, sender, token, _timeouts.PeerSilentAfter);
         }
         catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException or ArgumentException)
         {
-            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"ring {request.JobId}/{request.Generation}: cannot map the shared-memory ring of rank {request.SenderRank}: {ex.Message}"));
+            throw new DataPlaneRefusal(DataPlaneRefusalKind.Refused, $"ring {jobId}/{generation}: cannot map the shared-memory ring of rank {sender}: {ex.Message}");
         }
         if (!mailbox.TryAttachInbound())
         {
             ring.Dispose();
-            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"ring {request.JobId}/{request.Generation}: rank {mailbox.Rank} already has (or had) a link from rank {request.SenderRank}, or the ring is closed"));
+            throw new DataPlaneRefusal(DataPlaneRefusalKind.Refused, $"ring {jobId}/{generation}: rank {mailbox.Rank} already has (or had) a link from rank {sender}, or the ring is closed");
         }
         var thread = new Thread(() => ring.ReadInto(mailbox, mailboxes.MaxPieceFloats * sizeof(float),
-            ex => logger?.LogWarning("data plane: the shared-memory link from rank {Sender} of ring {Job}/{Generation} broke: {Reason}", request.SenderRank, request.JobId, request.Generation, ex.Message)))
+            ex => logger?.LogWarning("data plane: the shared-memory link from rank {Sender} of ring {Job}/{Generation} broke: {Reason}", sender, jobId, generation, ex.Message)))
         {
             IsBackground = true,
-            Name = $"dtrain shm {request.SenderRank}->{mailbox.Rank}",
+            Name = $"dtrain shm {sender}->{mailbox.Rank}",
         };
         thread.Start();
         CleanProbes();
-        return new SharedMemoryAttached();
     }
 
-    /// <summary>The mailbox of that ring if the caller is its left neighbour (by rank, and with TLS by certificate); RpcException otherwise.</summary>
-    private RingMailbox CheckedMailbox(string jobId, long generation, int sender, int? world, ServerCallContext context)
+    /// <summary>The mailbox of that ring if the caller is its left neighbour (by rank, and with TLS by certificate); <see cref="DataPlaneRefusal"/> otherwise.</summary>
+    private RingMailbox CheckedMailbox(string jobId, long generation, int sender, int? world, PeerIdentity? caller)
     {
         var (mailbox, refusal, detail) = mailboxes.Find(jobId, generation);
         if (mailbox is null)
-            throw new RpcException(new Status(StatusCode.FailedPrecondition, detail!), new Metadata { { CollectiveService.RefusalTrailer, refusal! } });
+        {
+            var kind = refusal switch
+            {
+                "superseded" => DataPlaneRefusalKind.Superseded,
+                "closed" => DataPlaneRefusalKind.Closed,
+                _ => DataPlaneRefusalKind.NotRegistered,
+            };
+            throw new DataPlaneRefusal(kind, detail!);
+        }
         if ((world is { } w && w != mailbox.WorldSize) || sender != mailbox.LeftRank)
-            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"ring {jobId}/{generation}: rank {sender} of {world ?? mailbox.WorldSize} is not the {mailbox.SenderRole} of rank {mailbox.Rank} of {mailbox.WorldSize}"));
-        if (PeerIdentity.Of(context) is { } peer
-            && (mailbox.ExpectedLeft is null ? $"rank {mailbox.Rank} was given no identity for its {mailbox.SenderRole}" : mailbox.ExpectedLeft.Mismatch(peer)) is { } refused)
-            throw new RpcException(new Status(StatusCode.PermissionDenied,
-                $"ring {jobId}/{generation}: a caller claiming to be rank {sender} is refused: {refused}; rank {mailbox.Rank} accepts only its {mailbox.SenderRole} rank {mailbox.LeftRank}"));
+            throw new DataPlaneRefusal(DataPlaneRefusalKind.Refused, $"ring {jobId}/{generation}: rank {sender} of {world ?? mailbox.WorldSize} is not the {mailbox.SenderRole} of rank {mailbox.Rank} of {mailbox.WorldSize}");
+        if (caller is not null
+            && (mailbox.ExpectedLeft is null ? $"rank {mailbox.Rank} was given no identity for its {mailbox.SenderRole}" : mailbox.ExpectedLeft.Mismatch(caller)) is { } refused)
+            throw new DataPlaneRefusal(DataPlaneRefusalKind.Forbidden,
+                $"ring {jobId}/{generation}: a caller claiming to be rank {sender} is refused: {refused}; rank {mailbox.Rank} accepts only its {mailbox.SenderRole} rank {mailbox.LeftRank}");
         return mailbox;
     }
 
@@ -156,7 +171,7 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
     {
         foreach (var path in _probes.Keys)
         {
-            if (!File.Exists(path) || File.GetCreationTimeUtc(path) < DateTime.UtcNow.AddMinutes(-1))
+            if (!File.Exists(path) || File.GetCreationTimeUtc(path) < _time.GetUtcNow().UtcDateTime.AddMinutes(-1))
             {
                 SharedMemoryRing.TryDelete(path);
                 _probes.TryRemove(path, out _);
@@ -293,7 +308,7 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         if (security is not null) Tls ??= security.Tls;
         var timeout = connectTimeout ?? GrpcRingTransport.DefaultConnectTimeout;
         if (transport == DataTransport.Grpc)
-            return await GrpcRingTransport.ConnectAsync(jobId, generation, rank, worldSize, peerAddresses, mailboxes, timeout, security, _timeouts, cancellationToken: cancellationToken).ConfigureAwait(false);
+            return await GrpcRingTransport.ConnectAsync(jobId, generation, rank, worldSize, peerAddresses, mailboxes, timeout, security, _timeouts, _time, cancellationToken).ConfigureAwait(false);
         ArgumentOutOfRangeException.ThrowIfLessThan(worldSize, 1);
         ArgumentOutOfRangeException.ThrowIfNegative(rank);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(rank, worldSize);
@@ -329,14 +344,12 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
     internal async Task<IOutboundLink> OpenLinkAsync(string jobId, long generation, int rank, int worldSize, int peer, string address, DataTransport transport,
         TimeSpan connectTimeout, ExpectedPeer? expected, ClusterTls? tls, string what, CancellationToken cancellationToken)
     {
-        using var channel = Channels.Create(address, tls, expected ?? ExpectedPeer.AnyMember);
-        var client = new CollectiveGrpc.CollectiveClient(channel);
-        var deadline = DateTime.UtcNow + connectTimeout;
+        using var receiver = ConnectPeer(address, tls, expected ?? ExpectedPeer.AnyMember);
+        var deadline = _time.GetUtcNow() + connectTimeout;
         RingTransportException Failed(string why, Exception? inner = null) =>
             new($"rank {rank} cannot open {what} rank {peer} ({address}): {why}", peer, $"rank {peer} ({address})", inner);
 
-        var offer = await RetryAsync(() => client.HelloAsync(new DataPlaneHello { JobId = jobId, Generation = generation, SenderRank = rank, WorldSize = worldSize },
-            deadline: deadline, cancellationToken: cancellationToken).ResponseAsync, deadline, Failed, cancellationToken).ConfigureAwait(false);
+        var offer = await RetryAsync(() => receiver.HelloAsync(jobId, generation, rank, worldSize, deadline, cancellationToken), deadline, Failed, cancellationToken).ConfigureAwait(false);
         var sameHost = SameHost(offer, out var why);
         var kind = transport switch
         {
@@ -345,7 +358,7 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
             DataTransport.Tcp => DataTransport.Tcp,
             _ => sameHost ? DataTransport.Shm : DataTransport.Tcp,
         };
-        var token = offer.Token.ToByteArray();
+        var token = offer.Token;
         try
         {
             if (kind == DataTransport.Shm)
@@ -355,8 +368,7 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
                 var ring = SharedMemoryRing.Create(path, capacity, jobId, generation, rank, token, _timeouts.PeerSilentAfter);
                 try
                 {
-                    await client.AttachSharedMemoryAsync(new SharedMemoryAttach { JobId = jobId, Generation = generation, SenderRank = rank, Path = path },
-                        deadline: DateTime.UtcNow + connectTimeout, cancellationToken: cancellationToken).ResponseAsync.ConfigureAwait(false);
+                    await receiver.AttachSharedMemoryAsync(jobId, generation, rank, path, _time.GetUtcNow() + connectTimeout, cancellationToken).ConfigureAwait(false);
                 }
                 catch
                 {
@@ -372,9 +384,9 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
             var host = new Uri(address).Host;
             return await TcpLink.ConnectAsync(host, offer.TcpPort, jobId, generation, rank, worldSize, token, tls, expected, cancellationToken, _timeouts.CloseGrace).ConfigureAwait(false);
         }
-        catch (RpcException ex)
+        catch (DataPlaneRefusal ex)
         {
-            throw Failed($"{DataTransports.Describe(kind)}: {ex.StatusCode}: {ex.Status.Detail}", ex);
+            throw Failed($"{DataTransports.Describe(kind)}: {ex.Message}", ex);
         }
         catch (Exception ex) when (ex is IOException or SocketException or InvalidOperationException or System.Security.Authentication.AuthenticationException or UnauthorizedAccessException)
         {
@@ -382,7 +394,7 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         }
     }
 
-    private static bool SameHost(DataPlaneOffer offer, out string why)
+    private static bool SameHost(DataPlaneLinkOffer offer, out string why)
     {
         if (offer.HostId != HostId)
         {
@@ -410,7 +422,7 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
     }
 
     /// <summary>Retries calls refused as not-registered (the neighbour has not joined yet) or unavailable, until the deadline.</summary>
-    private static async Task<T> RetryAsync<T>(Func<Task<T>> call, DateTime deadline, Func<string, Exception?, RingTransportException> failed, CancellationToken cancellationToken)
+    private async Task<T> RetryAsync<T>(Func<Task<T>> call, DateTimeOffset deadline, Func<string, Exception?, RingTransportException> failed, CancellationToken cancellationToken)
     {
         var delay = TimeSpan.FromMilliseconds(25);
         for (var attempt = 1; ; attempt++)
@@ -419,15 +431,13 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
             {
                 return await call().ConfigureAwait(false);
             }
-            catch (RpcException ex)
+            catch (DataPlaneRefusal ex)
             {
-                var retryable = ex.StatusCode == StatusCode.Unavailable
-                    || (ex.StatusCode == StatusCode.FailedPrecondition && ex.Trailers.GetValue(CollectiveService.RefusalTrailer) == "not-registered");
-                if (ex.StatusCode == StatusCode.DeadlineExceeded) throw failed(string.Create(CultureInfo.InvariantCulture, $"no answer after {attempt} attempt(s)"), ex);
-                if (!retryable || DateTime.UtcNow + delay > deadline)
-                    throw failed(string.Create(CultureInfo.InvariantCulture, $"after {attempt} attempt(s): {ex.StatusCode}: {ex.Status.Detail}"), ex);
+                if (ex.Kind == DataPlaneRefusalKind.NoAnswer) throw failed(string.Create(CultureInfo.InvariantCulture, $"no answer after {attempt} attempt(s)"), ex);
+                if (!ex.Retryable || _time.GetUtcNow() + delay > deadline)
+                    throw failed(string.Create(CultureInfo.InvariantCulture, $"after {attempt} attempt(s): {ex.Message}"), ex);
             }
-            await Task.Delay(delay, cancellationToken).ConfigureAwait(false);
+            await Task.Delay(delay, _time, cancellationToken).ConfigureAwait(false);
             delay = delay * 2 > TimeSpan.FromSeconds(1) ? TimeSpan.FromSeconds(1) : delay * 2;
         }
     }
