@@ -1,5 +1,6 @@
 using Dtrain.Training;
 using Spectre.Console;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Cli;
 
@@ -51,7 +52,7 @@ public static class ConsoleProgress
 
     static string Describe(TrainingPlan p) =>
         $"{p.Name}: {p.Task}, {p.Parameters:N0} parameters, vocabulary {p.VocabSize}{(p.Classes > 0 ? $", {p.Classes} classes" : "")}, " +
-        $"{p.TrainExamples:N0} training {(p.Task == Specs.TaskKinds.LanguageModel ? "token" : "example")}{(p.TrainExamples == 1 ? "" : "s")}, {p.StepsPerEpoch} steps/epoch, " +
+        $"{p.TrainExamples:N0} training {TrainingTasks.For(p.Task).Unit}{(p.TrainExamples == 1 ? "" : "s")}, {p.StepsPerEpoch} steps/epoch, " +
         $"{p.TotalSteps} steps{(p.StartStep > 0 ? $" (resuming at {p.StartStep})" : "")}, device {p.Device}, {p.Threads} thread(s), output {p.OutputDir}";
 
     sealed class BarObserver(ProgressTask task) : ITrainingObserver

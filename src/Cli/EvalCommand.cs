@@ -3,6 +3,7 @@ using Dtrain.Data;
 using Dtrain.Inference;
 using Dtrain.Specs;
 using Dtrain.Training;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Cli;
 
@@ -27,42 +28,35 @@ public static class EvalCommand
             using var model = TrainedModel.Load(r.GetValue(checkpoint)!, r.GetValue(device)!, Console.Error.WriteLine);
             var spec = model.Spec;
             var batchSize = r.GetValue(batch) ?? spec.Training.BatchSize;
+            var task = TrainingTasks.For(spec);
             var dataSpec = spec.Data with
             {
                 Format = r.GetValue(format) ?? (r.GetValue(data) is { } named && DataFormats.OfExtension(named.Name) is { } byName
-                    && (byName != DataFormats.Text || spec.Task == TaskKinds.LanguageModel) ? byName : null) ?? (spec.Data.Format == DataFormats.Synthetic ? DataFormats.Jsonl : spec.Data.Format),
+                    && task.Reads(byName) ? byName : null) ?? (spec.Data.Format == DataFormats.Synthetic ? DataFormats.Jsonl : spec.Data.Format),
                 TextField = r.GetValue(textField) ?? spec.Data.TextField,
                 LabelField = r.GetValue(labelField) ?? spec.Data.LabelField,
             };
             if (!DataFormats.All.Contains(dataSpec.Format) || dataSpec.Format == DataFormats.Synthetic)
                 throw new ArgumentException($"--format \"{dataSpec.Format}\" must be text, jsonl or csv");
-            var isLm = spec.Task == TaskKinds.LanguageModel;
             EvalMetrics metrics;
             string what;
             var report = new DataReportBuilder();
             if (r.GetValue(data) is { } file)
             {
-                var records = DatasetReader.Read(file.FullName, ReadOptions.From(dataSpec, labels: !isLm, limitLength: !isLm), report);
+                var records = DatasetReader.Read(file.FullName, task.ReadOptions(dataSpec), report);
                 what = file.FullName;
-                metrics = isLm
-                    ? Evaluator.LanguageModel(model.Engine, model.Tokenizer.Encode(string.Join('\n', records.Select(x => x.Text))), batchSize, spec.Training.SeqLen, 0)
-                    : Evaluator.Classification(model.Engine,
-                        records.Select(x => PreparedData.EncodeNonEmpty(model.Tokenizer, x.Text)).ToArray(),
-                        records.Select(x => model.Labels.IdOf(x.Label ?? "", x.File, x.Line)).ToArray(),
-                        model.Labels.Count, batchSize, 0);
+                metrics = task.Evaluate(model.Engine, task.PrepareEvaluation(model.Tokenizer, model.Labels, records), batchSize, 0);
             }
             else
             {
                 ThrowIfDataMissing(model);
-                var prepared = PreparedData.Load(spec, Directory.GetCurrentDirectory(), model.Tokenizer, isLm ? null : model.Labels);
+                var prepared = PreparedData.Load(spec, Directory.GetCurrentDirectory(), model.Tokenizer, task.HasLabels ? model.Labels : null);
                 what = "the job's validation split";
-                metrics = isLm
-                    ? Evaluator.LanguageModel(model.Engine, prepared.ValidationTokens, batchSize, spec.Training.SeqLen, 0)
-                    : Evaluator.Classification(model.Engine, prepared.ValidationSequences, prepared.ValidationLabels, model.Labels.Count, batchSize, 0);
+                metrics = task.Evaluate(model.Engine, prepared, batchSize, 0);
             }
             var rep = report.ToReport();
             if (rep.Skipped > 0) Console.Error.WriteLine($"skipped {rep.Skipped} malformed record(s): {string.Join("; ", rep.SkippedExamples)}");
-            Console.WriteLine($"{model.Path} (step {model.State.Step}) on {what}: {metrics.Count} {(isLm ? "token" : "example")}{(metrics.Count == 1 ? "" : "s")}");
+            Console.WriteLine($"{model.Path} (step {model.State.Step}) on {what}: {metrics.Count} {task.Unit}{(metrics.Count == 1 ? "" : "s")}");
             Console.WriteLine(metrics.ToString());
             return CliErrors.Ok;
         }));

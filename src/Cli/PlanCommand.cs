@@ -2,6 +2,7 @@ using System.CommandLine;
 using Dtrain.Distributed.Pipeline;
 using Dtrain.Specs;
 using Dtrain.Training;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Cli;
 
@@ -29,7 +30,7 @@ public static class PlanCommand
             // The worker count the coordinator would refuse for this pipeline is refused here too.
             if (r.GetValue(workers) >= 1) JobSpecValidator.PipelineWorkers(job, r.GetValue(workers), file.Name);
             var data = PreparedData.Load(job, file.DirectoryName ?? ".");
-            var outputs = job.Task == TaskKinds.LanguageModel ? data.Tokenizer.VocabSize : data.Labels.Count;
+            var outputs = TrainingTasks.For(job).Outputs(data.Tokenizer.VocabSize, data.Labels.Count);
             var plan = PipelinePlan.Create(job, r.GetValue(workers), data.Tokenizer.VocabSize, outputs, (long)(mb * 1e6));
             Console.WriteLine($"plan for {file.Name} on {r.GetValue(workers)} worker(s) (vocabulary {data.Tokenizer.VocabSize:N0})");
             Console.Write(plan.Render());

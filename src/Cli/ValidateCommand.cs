@@ -2,6 +2,7 @@ using System.CommandLine;
 using Dtrain.Distributed.Pipeline;
 using Dtrain.Specs;
 using Dtrain.Training;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Cli;
 
@@ -27,7 +28,7 @@ public static class ValidateCommand
             Console.WriteLine(JobSpecSerializer.Serialize(parsed));
             if (parsed.Parallelism?.Pipeline is null)
             {
-                var need = TrainingMemory.Estimate(parsed, TrainingMemory.MinimumVocabulary, parsed.Task == TaskKinds.LanguageModel ? TrainingMemory.MinimumVocabulary : parsed.Data.Synthetic?.Classes ?? 2, parsed.Training.BatchSize);
+                var need = TrainingMemory.Estimate(parsed, TrainingMemory.MinimumVocabulary, TrainingTasks.For(parsed).Outputs(TrainingMemory.MinimumVocabulary, parsed.Data.Synthetic?.Classes ?? 2), parsed.Training.BatchSize);
                 Console.Error.WriteLine($"{file.Name}: valid; training in one process needs at least {PipelinePlan.Mb(need.Total)} MB (before the vocabulary is known) of {memory.Describe()}");
             }
             else

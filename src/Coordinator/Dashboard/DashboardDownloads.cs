@@ -2,6 +2,7 @@ using System.Text;
 using System.Text.Json.Nodes;
 using Dtrain.Server;
 using Dtrain.Specs;
+using Dtrain.Training.Tasks;
 using Microsoft.AspNetCore.Http;
 using static Dtrain.Dashboard.DashboardAccess;
 
@@ -49,7 +50,7 @@ internal static class DashboardDownloads
         try
         {
             var job = Job(http, Authenticate(http), id, "sample");
-            if (job.Spec.Task != TaskKinds.LanguageModel) throw new Refusal(StatusCodes.Status404NotFound, $"job {id} is not a language model (task {job.Spec.Task})");
+            if (!TrainingTasks.For(job.Spec).PredictsNextToken) throw new Refusal(StatusCodes.Status404NotFound, $"job {id} is not a language model (task {job.Spec.Task})");
             var checkpoint = job.Progress.Checkpoint;
             if (checkpoint.Length == 0 || !File.Exists(checkpoint)) return Results.Text(new JsonObject { ["text"] = null, ["note"] = "no checkpoint yet" }.ToJsonString(), "application/json");
             var sample = await Services(http).Samples.GetAsync(checkpoint).ConfigureAwait(false);

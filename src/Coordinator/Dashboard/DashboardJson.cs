@@ -4,6 +4,7 @@ using System.Text.Json.Nodes;
 using Dtrain.Protos.Jobs;
 using Dtrain.Server;
 using Dtrain.Specs;
+using Dtrain.Training.Tasks;
 using Microsoft.AspNetCore.Http;
 using static Dtrain.Dashboard.DashboardAccess;
 
@@ -86,7 +87,7 @@ internal static class DashboardJson
             ["modified_unix_ms"] = new DateTimeOffset(f.LastWriteTimeUtc).ToUnixTimeMilliseconds(),
             ["url"] = $"/api/jobs/{Uri.EscapeDataString(job.Id)}/checkpoints/{Uri.EscapeDataString(f.Name)}",
         })]);
-        o["language_model"] = job.Spec.Task == TaskKinds.LanguageModel;
+        o["language_model"] = TrainingTasks.For(job.Spec).PredictsNextToken;
         return o;
     }
 

@@ -1,4 +1,5 @@
 using Dtrain.Specs;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Data;
 
@@ -32,7 +33,7 @@ public static class DatasetLoader
         {
             var s = d.Synthetic ?? throw new ArgumentException("data.synthetic is required when data.format is \"synthetic\"", nameof(spec));
             if (s.Kind != "recall") throw new ArgumentException($"unknown synthetic task \"{s.Kind}\"; expected \"recall\"", nameof(spec));
-            if (spec.Task != TaskKinds.Classification) throw new ArgumentException("the synthetic recall task is a classification task", nameof(spec));
+            if (TrainingTasks.Find(spec.Task) is not { HasLabels: true }) throw new ArgumentException("the synthetic recall task is a classification task", nameof(spec));
             var generated = SyntheticTasks.Recall(s.Distance, s.Classes, s.Samples, s.Seed);
             report.CountRead(generated.Count);
             var (train, validation) = SplitRecords(generated, SyntheticTasks.RecallFile, d.ValidationFraction, spec.Training.Seed);
@@ -43,46 +44,7 @@ public static class DatasetLoader
             ?? throw new ArgumentException($"data.train is required for format \"{d.Format}\"", nameof(spec));
         var validationPath = JobSpecPaths.Resolve(baseDir, d.Validation);
 
-        switch (spec.Task)
-        {
-            case TaskKinds.LanguageModel:
-            {
-                var options = ReadOptions.From(d, labels: false, limitLength: false);
-                var trainRecords = DatasetReader.Read(trainPath, limits.Apply(options, trainPath), report, cancel);
-                if (validationPath is not null)
-                {
-                    var validationRecords = DatasetReader.Read(validationPath, limits.Apply(options, validationPath), report, cancel);
-                    return new LoadedDataset([Join(trainRecords)], [Join(validationRecords)], report.ToReport());
-                }
-                var (train, validation) = SplitText(trainRecords, d.Format, d.ValidationFraction);
-                return new LoadedDataset([train], [validation], report.ToReport());
-            }
-            case TaskKinds.Classification:
-            {
-                if (d.Format == DataFormats.Text)
-                    throw new ArgumentException("plain text has no labels; use jsonl or csv for classification", nameof(spec));
-                var options = ReadOptions.From(d, labels: true, limitLength: true);
-                var trainRecords = DatasetReader.Read(trainPath, limits.Apply(options, trainPath), report, cancel);
-                if (validationPath is null)
-                {
-                    var (train, validation) = SplitRecords(trainRecords, trainPath, d.ValidationFraction, spec.Training.Seed);
-                    return new LoadedDataset(train, validation, report.ToReport());
-                }
-                var validationRecords = DatasetReader.Read(validationPath, limits.Apply(options, validationPath), report, cancel);
-                var known = new HashSet<string>(trainRecords.Select(r => r.Label!), StringComparer.Ordinal);
-                var quote = limits.QuotesContentOf(trainPath) && limits.QuotesContentOf(validationPath);
-                foreach (var r in validationRecords)
-                {
-                    if (!known.Contains(r.Label!))
-                        throw new DataFormatException(r.File, r.Line, quote
-                            ? $"label \"{r.Label}\" never occurs in the training data ({trainPath}), so the model cannot predict it; training labels: {LabelSet.FromTraining(known).Describe()}"
-                            : $"the label (field '{d.LabelField}') never occurs in the training data ({trainPath}), so the model cannot predict it");
-                }
-                return new LoadedDataset(trainRecords, validationRecords, report.ToReport());
-            }
-            default:
-                throw new ArgumentException($"unknown task \"{spec.Task}\"", nameof(spec));
-        }
+        return TrainingTasks.For(spec).Read(spec, trainPath, validationPath, limits, report, cancel);
     }
 
     /// <summary>
@@ -120,7 +82,7 @@ public static class DatasetLoader
     }
 
     /// <summary>Language modelling: the joined text cut into a leading training part and a trailing validation part.</summary>
-    static (TextRecord Train, TextRecord Validation) SplitText(IReadOnlyList<TextRecord> records, string format, double validationFraction)
+    internal static (TextRecord Train, TextRecord Validation) SplitText(IReadOnlyList<TextRecord> records, string format, double validationFraction)
     {
         CheckFraction(validationFraction);
         var joined = Join(records);
@@ -152,7 +114,7 @@ public static class DatasetLoader
         return 1;
     }
 
-    static TextRecord Join(IReadOnlyList<TextRecord> records) =>
+    internal static TextRecord Join(IReadOnlyList<TextRecord> records) =>
         records.Count == 1 ? records[0] with { Label = null }
         : new TextRecord(string.Join('\n', records.Select(r => r.Text)), null, records[0].File, records[0].Line);
 

@@ -86,7 +86,7 @@ public sealed class DataParallelReplica : IDisposable
         gradients = new GradientBuffer(Engine.Parameters);
         // The same buckets with overlap on or off (only when they leave differs): each bucket's ring splits it into
         // its own chunks, and the order in which ranks add an element depends on the chunk it falls in.
-        buckets = Engine.IsLanguageModel
+        buckets = Engine.TrainingTask.SignalsLayerGradients
             ? PlanBuckets(Engine, gradients, spec.Model.Layers, bucketFloats)
             : [new GradientBucket(0, Engine.Parameters.Count, 0, gradients.Values.Length, GradientBucket.AfterBackward)];
         inFlight = new Task?[buckets.Count];

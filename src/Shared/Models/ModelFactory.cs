@@ -1,4 +1,5 @@
 using Dtrain.Specs;
+using Dtrain.Training.Tasks;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -12,6 +13,7 @@ public static class ModelFactory
     private static readonly Lock SeedLock = new();
 
     /// <summary>
+    /// The spec's task builds the model (<see cref="ITrainingTask.CreateModel"/>).
     /// <paramref name="perLayer"/>: a language model with one module per recurrent layer (same parameters and results; see
     /// <see cref="RecurrentStack"/>). CPU only: moving the model to another device would not move the layer modules,
     /// whose parameters are registered by name rather than as children; elsewhere the fused stack is built.
@@ -19,14 +21,13 @@ public static class ModelFactory
     public static nn.Module Create(JobSpec spec, int vocabSize, int classes, Device device, bool perLayer = false)
     {
         if (vocabSize < 3) throw new ArgumentOutOfRangeException(nameof(vocabSize), vocabSize, "vocabulary must hold <pad>, <unk> and at least one token");
-        if (spec.Task == TaskKinds.Classification && classes < 2) throw new ArgumentOutOfRangeException(nameof(classes), classes, "a classifier needs at least 2 classes");
+        var task = TrainingTasks.For(spec);
+        if (classes < task.MinimumLabels) throw new ArgumentOutOfRangeException(nameof(classes), classes, $"a classifier needs at least {task.MinimumLabels} classes");
         nn.Module model;
         lock (SeedLock)
         {
             random.manual_seed(spec.Training.Seed);
-            model = spec.Task == TaskKinds.Classification
-                ? new RecurrentClassifier(spec.Model, vocabSize, classes)
-                : new RecurrentLanguageModel(spec.Model, vocabSize, perLayer && device.type == DeviceType.CPU);
+            model = task.CreateModel(spec.Model, vocabSize, classes, perLayer && device.type == DeviceType.CPU);
         }
         return model.to(device);
     }

@@ -1,3 +1,4 @@
+using Dtrain.Training.Tasks;
 namespace Dtrain.Specs;
 
 /// <summary>One training job: everything needed to reproduce a run, locally or on the cluster.</summary>
@@ -47,7 +48,7 @@ public static class OverlapKinds
     /// with), no pipeline (stages reduce their own gradients after their last backward), and overlap not "off".
     /// </summary>
     public static bool Possible(JobSpec spec) =>
-        (spec.Parallelism?.Overlap ?? Auto) != Off && spec.Parallelism?.Pipeline is null && spec.Task == TaskKinds.LanguageModel && spec.Model.Layers >= 2;
+        (spec.Parallelism?.Overlap ?? Auto) != Off && spec.Parallelism?.Pipeline is null && TrainingTasks.Find(spec.Task) is { SignalsLayerGradients: true } && spec.Model.Layers >= 2;
 
     /// <summary>
     /// Whether a replica overlaps: "on" where <see cref="Possible"/>; "auto" only when its host has a core to spare for

@@ -1,4 +1,5 @@
 using System.Text.RegularExpressions;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Specs;
 
@@ -14,6 +15,7 @@ public static partial class JobSpecValidator
         if (string.IsNullOrWhiteSpace(spec.Name) || !NamePattern().IsMatch(spec.Name))
             e.Add(new("$.name", $"\"{spec.Name}\" must be 1-64 characters of letters, digits, '.', '_' or '-'"));
         OneOf(e, "$.task", spec.Task, TaskKinds.All);
+        var task = TrainingTasks.Find(spec.Task);
 
         var d = spec.Data;
         OneOf(e, "$.data.format", d.Format, DataFormats.All);
@@ -29,7 +31,7 @@ public static partial class JobSpecValidator
                 Range(e, "$.data.synthetic.classes", d.Synthetic.Classes, 2, 26);
                 Range(e, "$.data.synthetic.samples", d.Synthetic.Samples, 10, 10_000_000);
             }
-            if (spec.Task != TaskKinds.Classification) e.Add(new("$.task", "the synthetic recall task is a classification task; set task to \"classification\""));
+            if (task is not { HasLabels: true }) e.Add(new("$.task", "the synthetic recall task is a classification task; set task to \"classification\""));
             if (d.Train is not null) e.Add(new("$.data.train", "not read when format is \"synthetic\" (the data is generated): remove it"));
             if (d.Validation is not null) e.Add(new("$.data.validation", "not read when format is \"synthetic\" (the data is generated): remove it"));
         }
@@ -38,17 +40,17 @@ public static partial class JobSpecValidator
             if (string.IsNullOrWhiteSpace(d.Train)) e.Add(new("$.data.train", $"required for format \"{d.Format}\": the path of the training file"));
             if (d.Synthetic is not null) e.Add(new("$.data.synthetic", "only allowed when format is \"synthetic\""));
         }
-        if (d.Format == DataFormats.Text && spec.Task != TaskKinds.LanguageModel)
+        if (d.Format == DataFormats.Text && task?.Reads(DataFormats.Text) != true)
             e.Add(new("$.data.format", "\"text\" has no labels: it is for task \"language_model\"; use \"jsonl\" or \"csv\" for classification"));
         if (d.Validation is null && (d.ValidationFraction <= 0 || d.ValidationFraction >= 1 || double.IsNaN(d.ValidationFraction)))
             e.Add(new("$.data.validation_fraction", $"{d.ValidationFraction} must be in (0, 1) when no validation file is given"));
         if (string.IsNullOrEmpty(d.TextField)) e.Add(new("$.data.text_field", "must not be empty"));
-        if (spec.Task == TaskKinds.Classification && string.IsNullOrEmpty(d.LabelField)) e.Add(new("$.data.label_field", "must not be empty for classification"));
+        if (task is { HasLabels: true } && string.IsNullOrEmpty(d.LabelField)) e.Add(new("$.data.label_field", "must not be empty for classification"));
         Range(e, "$.data.max_length", d.MaxLength, 1, MaxLengthLimit);
         // A language model reads its text as one stream cut into training.seq_len chunks: no record is too long.
-        if (spec.Task == TaskKinds.LanguageModel && d.MaxLength != new DataSpec().MaxLength)
+        if (task is { PredictsNextToken: true } && d.MaxLength != new DataSpec().MaxLength)
             e.Add(new("$.data.max_length", "only used for classification (a language model's text is one stream, cut into training.seq_len chunks): remove it"));
-        if (spec.Task == TaskKinds.LanguageModel && d.Overlength != OverlengthPolicies.Truncate)
+        if (task is { PredictsNextToken: true } && d.Overlength != OverlengthPolicies.Truncate)
             e.Add(new("$.data.overlength", "only used for classification (a language model's text is one stream, cut into training.seq_len chunks): remove it"));
 
         var t = spec.Tokenizer;
@@ -64,7 +66,7 @@ public static partial class JobSpecValidator
         Range(e, "$.model.hidden_size", m.HiddenSize, 1, MaxWidth);
         if (!(m.Dropout >= 0 && m.Dropout < 1)) e.Add(new("$.model.dropout", $"{m.Dropout} must be in [0, 1)"));
         if (!(m.GateBias >= -10 && m.GateBias <= 10)) e.Add(new("$.model.gate_bias", $"{m.GateBias} must be in [-10, 10]"));
-        if (m.Bidirectional && spec.Task == TaskKinds.LanguageModel)
+        if (m.Bidirectional && task is { PredictsNextToken: true })
             e.Add(new("$.model.bidirectional", "a language model predicts the next token and cannot read the future; bidirectional is for classification"));
 
         var o = spec.Optimizer;
@@ -107,7 +109,7 @@ public static partial class JobSpecValidator
         {
             Range(e, "$.parallelism.data", par.Data, 0, 4096);
             OneOf(e, "$.parallelism.overlap", par.Overlap, OverlapKinds.All);
-            if (par.Overlap == OverlapKinds.On && spec.Task != TaskKinds.LanguageModel)
+            if (par.Overlap == OverlapKinds.On && task is not { SignalsLayerGradients: true })
                 e.Add(new("$.parallelism.overlap", "\"on\" needs task language_model: classifiers run packed sequences through the fused recurrent stack, with no point between layers to signal; use \"auto\" or \"off\""));
             else if (par.Overlap == OverlapKinds.On && m.Layers < 2)
                 e.Add(new("$.parallelism.overlap", $"\"on\" needs model.layers >= 2 (got {m.Layers}): with one layer no backward is left to overlap with; use \"auto\" or \"off\""));

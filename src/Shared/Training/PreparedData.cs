@@ -1,5 +1,6 @@
 using Dtrain.Data;
 using Dtrain.Specs;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Training;
 
@@ -19,7 +20,7 @@ public sealed class PreparedData
 
     /// <summary>
     /// Loads the spec's data (under <paramref name="limits"/>, see <see cref="DatasetLoader"/>), fits the tokenizer and label
-    /// set on the training split (or reuses those given, when resuming) and encodes everything; <paramref name="cancel"/>
+    /// set on the training split (or reuses those given, when resuming) and encodes everything as the spec's task does (<see cref="ITrainingTask.Prepare"/>); <paramref name="cancel"/>
     /// stops reading between chunks and records, and between these phases.
     /// </summary>
     public static PreparedData Load(JobSpec spec, string specDir, ITokenizer? tokenizer = null, LabelSet? labels = null, DataReadLimits? limits = null, CancellationToken cancel = default)
@@ -35,27 +36,7 @@ public sealed class PreparedData
                     $"{spec.Tokenizer.MinFrequency} leaves no {spec.Tokenizer.Kind} token of the training data in the vocabulary (none occurs that often): lower it")]);
         }
         cancel.ThrowIfCancellationRequested();
-        if (spec.Task == TaskKinds.LanguageModel)
-        {
-            var train = tokenizer.Encode(string.Join('\n', data.Train.Select(r => r.Text)));
-            var valid = tokenizer.Encode(string.Join('\n', data.Validation.Select(r => r.Text)));
-            if (valid.Length < 2)
-                throw new DataFormatException(data.Validation.FirstOrDefault()?.File ?? spec.Data.Train ?? "?", 0, $"the validation split has {valid.Length} token(s); raise data.validation_fraction or give a longer validation file");
-            return new PreparedData { Tokenizer = tokenizer, Labels = LabelSet.Empty, TrainTokens = train, ValidationTokens = valid, Report = data.Report };
-        }
-        labels ??= LabelSet.FromTraining(data.Train.Select(r => r.Label ?? ""));
-        if (labels.Count < 2)
-            throw new DataFormatException(data.Train.FirstOrDefault()?.File ?? "?", 0, $"classification needs at least 2 distinct labels in the training split, found {labels.Count}");
-        return new PreparedData
-        {
-            Tokenizer = tokenizer,
-            Labels = labels,
-            TrainSequences = data.Train.Select(r => EncodeNonEmpty(tokenizer, r.Text)).ToArray(),
-            TrainLabels = data.Train.Select(r => labels.IdOf(r.Label ?? "", r.File, r.Line)).ToArray(),
-            ValidationSequences = data.Validation.Select(r => EncodeNonEmpty(tokenizer, r.Text)).ToArray(),
-            ValidationLabels = data.Validation.Select(r => labels.IdOf(r.Label ?? "", r.File, r.Line)).ToArray(),
-            Report = data.Report,
-        };
+        return TrainingTasks.For(spec).Prepare(spec, tokenizer, labels, data);
     }
 
     /// <summary>A text that yields no tokens (e.g. only whitespace for the word tokenizer) becomes one &lt;unk&gt;, so no sequence is empty.</summary>

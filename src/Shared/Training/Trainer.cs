@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Dtrain.Checkpoints;
 using Dtrain.Runtime;
 using Dtrain.Specs;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Training;
 
@@ -64,16 +65,14 @@ public static class Trainer
             foreach (var example in data.Report.SkippedExamples) observer.OnMessage($"  skipped {example}");
         }
 
-        var isLm = spec.Task == TaskKinds.LanguageModel;
+        var task = TrainingTasks.For(spec);
         if (resume is not null) TrainingCheckpoint.CheckModelFits(resume.Data, resume.Path, spec, data.Tokenizer.VocabSize, data.Labels.Count);
         TrainingMemory.ThrowIfOver(spec, specName, budget, data.Tokenizer.VocabSize, data.Labels.Count,
-            isLm ? null : data.TrainSequences.Concat(data.ValidationSequences).Select(x => x.Length).DefaultIfEmpty(1).Max());
-        IBatchSource source = isLm
-            ? new LanguageModelBatches(data.TrainTokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.LmSampling, spec.Training.Seed)
-            : new ClassificationBatches(data.TrainSequences, data.TrainLabels, spec.Training.BatchSize, spec.Training.Seed);
-        var carries = source is LanguageModelBatches { CarriesState: true };
-        var total = spec.Training.MaxSteps > 0 ? spec.Training.MaxSteps : spec.Training.Epochs * source.StepsPerEpoch;
-        var schedule = new LearningRateSchedule(spec.Schedule, spec.Optimizer.Lr, total);
+            task.LongestSequence(data));
+        var source = task.TrainBatches(spec, data);
+        var carries = task.CarriesState(spec);
+        var plan = StepPlan.For(spec, source);
+        var total = plan.TotalSteps;
 
         using var engine = new TrainingEngine(spec, data.Tokenizer.VocabSize, data.Labels.Count, device);
         var state = new TrainingState();
@@ -96,12 +95,10 @@ public static class Trainer
         }
 
         observer.OnMessage($"allocator: {NativeAllocator.Describe()}");
-        observer.OnStart(new TrainingPlan(spec.Name, spec.Task, total, source.StepsPerEpoch, state.Step, Models.ModelFactory.ParameterCount(engine.Model),
-            data.Tokenizer.VocabSize, data.Labels.Count, isLm ? data.TrainTokens.Length : data.TrainSequences.Count, device.ToString(), threads, outputDir));
+        observer.OnStart(new TrainingPlan(spec.Name, task.Kind, total, plan.StepsPerEpoch, state.Step, Models.ModelFactory.ParameterCount(engine.Model),
+            data.Tokenizer.VocabSize, data.Labels.Count, task.TrainExamples(data), device.ToString(), threads, outputDir));
 
-        EvalMetrics Evaluate() => isLm
-            ? Evaluator.LanguageModel(engine, data.ValidationTokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.EvalBatches)
-            : Evaluator.Classification(engine, data.ValidationSequences, data.ValidationLabels, data.Labels.Count, spec.Training.BatchSize, spec.Training.EvalBatches);
+        EvalMetrics Evaluate() => task.Evaluate(engine, data, spec.Training.BatchSize, spec.Training.EvalBatches);
 
         string? lastCheckpoint = null;
         void Save()
@@ -128,9 +125,9 @@ public static class Trainer
             if (cancel.IsCancellationRequested) { stopReason = "interrupted"; break; }
             if (maxSeconds > 0 && startElapsed + clock.Elapsed.TotalSeconds >= maxSeconds) { stopReason = $"time limit of {spec.Training.MaxMinutes} min reached"; break; }
 
-            var position = new StepPosition(state.Step / source.StepsPerEpoch, state.Step % source.StepsPerEpoch);
+            var position = plan.PositionOf(state.Step);
             if (carries && position.StepInEpoch == 0) engine.ResetState();
-            var lr = schedule.At(state.Step);
+            var lr = plan.Schedule.At(state.Step);
             double loss;
             AppliedStep applied;
             int rows;
@@ -158,13 +155,14 @@ public static class Trainer
             if (maxSeconds > 0) eta = TimeSpan.FromSeconds(Math.Min(eta.TotalSeconds, Math.Max(0, maxSeconds - elapsed.TotalSeconds)));
             observer.OnStep(new StepReport(state.Step, total, position.Epoch, loss, lr, norm, runSamples / clock.Elapsed.TotalSeconds, elapsed, eta, applied.Skipped));
 
-            if (spec.Training.EvalInterval > 0 && state.Step % spec.Training.EvalInterval == 0 && state.Step < total)
+            // The end's evaluation and checkpoint follow the loop (also after an interruption or the time limit).
+            if (state.Step < total && plan.EvaluatesAfter(state.Step))
             {
                 var m = Evaluate();
                 state = state with { LastEval = m };
                 observer.OnEvaluation(state.Step, m);
             }
-            if (spec.Training.CheckpointInterval > 0 && state.Step % spec.Training.CheckpointInterval == 0 && state.Step < total) Save();
+            if (state.Step < total && plan.CheckpointsAfter(state.Step)) Save();
         }
 
         var final = Evaluate();

@@ -8,6 +8,7 @@ using Dtrain.Models;
 using Dtrain.Specs;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Training;
 
@@ -130,14 +131,15 @@ public static class TrainingCheckpoint
     public static void CheckModelFits(CheckpointData data, string source, JobSpec spec, int vocabSize, int classes)
     {
         if (vocabSize < 3) throw new CorruptCheckpointException(source, Tokenizer, $"holds {vocabSize} token(s); a model needs <pad>, <unk> and at least one more");
-        if (spec.Task == TaskKinds.Classification && classes < 2) throw new CorruptCheckpointException(source, Labels, $"holds {classes} label(s); a classifier needs at least 2");
-        var layout = ModelLayout.Of(spec.Model, vocabSize, spec.Task == TaskKinds.LanguageModel ? vocabSize : classes);
+        var task = TrainingTasks.For(spec);
+        if (classes < task.MinimumLabels) throw new CorruptCheckpointException(source, Labels, $"holds {classes} label(s); a classifier needs at least {task.MinimumLabels}");
+        var layout = ModelLayout.Of(spec.Model, vocabSize, task.Outputs(vocabSize, classes));
         var have = Require(data, Model, source).LongLength;
         if (layout.Total * sizeof(float) > have)
         {
             throw new CorruptCheckpointException(source, Model,
                 $"holds {have:N0} bytes, but the spec's model ({spec.Model.Cell}, {spec.Model.Layers} layer(s) × hidden {spec.Model.HiddenSize}, embedding {spec.Model.EmbeddingDim}) " +
-                $"with the checkpoint's vocabulary of {vocabSize:N0}{(spec.Task == TaskKinds.Classification ? $" and {classes} labels" : "")} has {layout.Total:N0} parameters ({layout.Total * sizeof(float):N0} bytes)");
+                $"with the checkpoint's vocabulary of {vocabSize:N0}{(task.HasLabels ? $" and {classes} labels" : "")} has {layout.Total:N0} parameters ({layout.Total * sizeof(float):N0} bytes)");
         }
     }
 
@@ -253,7 +255,7 @@ public static class TrainingCheckpoint
     /// <summary>The carried state: h, and c exactly for an LSTM, each (layers, streams, hidden) of the spec's model; nothing after them.</summary>
     private static RecurrentState LoadState(byte[] bytes, JobSpec spec)
     {
-        if (spec.Task != TaskKinds.LanguageModel) throw new InvalidDataException("a classifier carries no hidden state");
+        if (TrainingTasks.Find(spec.Task) is not { PredictsNextToken: true }) throw new InvalidDataException("a classifier carries no hidden state");
         using var r = new BinaryReader(new MemoryStream(bytes));
         var h = ReadTensor(r, spec.Model, "h");
         try

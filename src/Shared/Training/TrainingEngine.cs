@@ -1,5 +1,6 @@
 using Dtrain.Models;
 using Dtrain.Specs;
+using Dtrain.Training.Tasks;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -46,14 +47,15 @@ public sealed class TrainingEngine : IDisposable
 
     public nn.Module Model { get; }
     public optim.Optimizer Optimizer { get; }
-    public bool IsLanguageModel { get; }
+    /// <summary>The job's task: it built <see cref="Model"/> and runs its forward pass and loss.</summary>
+    public ITrainingTask TrainingTask { get; }
 
     /// <param name="perLayer">A language model with one module per recurrent layer, so that <see cref="GradientsReady"/> can fire between layers (same parameters and results).</param>
     public TrainingEngine(JobSpec spec, int vocabSize, int classes, Device device, bool perLayer = false)
     {
         this.spec = spec;
         this.device = device;
-        IsLanguageModel = spec.Task == TaskKinds.LanguageModel;
+        TrainingTask = TrainingTasks.For(spec);
         Model = ModelFactory.Create(spec, vocabSize, classes, device, perLayer);
         parameters = Model.parameters().ToList();
         Optimizer = OptimizerFactory.Create(spec.Optimizer, parameters);
@@ -70,7 +72,7 @@ public sealed class TrainingEngine : IDisposable
     {
         set
         {
-            if (Model is RecurrentLanguageModel lm) lm.GradientsReady = value;
+            TrainingTask.SetGradientsReady(Model, value);
         }
     }
 
@@ -182,44 +184,27 @@ public sealed class TrainingEngine : IDisposable
         Model.eval();
         using var _ = no_grad();
         using var scope = NewDisposeScope();
-        var inputs = batch.Inputs.to(device);
-        var targets = batch.Targets.to(device);
-        if (IsLanguageModel)
+        var forward = TrainingTask.Forward(Model, batch, device, state);
+        if (forward.State is { } next)
         {
-            var lm = (RecurrentLanguageModel)Model;
-            var (logits, next) = lm.Forward(inputs, state);
-            var loss = nn.functional.cross_entropy(logits.reshape(-1, lm.VocabSize), targets.reshape(-1), reduction: nn.Reduction.Sum);
             state?.Dispose();
             state = next.Detach();
-            return (loss.item<float>(), null);
         }
-        var clf = (RecurrentClassifier)Model;
-        var output = clf.Forward(inputs, batch.Lengths!);
-        var l = nn.functional.cross_entropy(output, targets, reduction: nn.Reduction.Sum);
-        var predictions = output.argmax(1).cpu().data<long>().ToArray();
-        return (l.item<float>(), predictions);
+        return (forward.LossSum.item<float>(), TrainingTask.Predictions(forward.Output));
     }
 
     private Tensor SummedLoss(Batch batch, bool carryState)
     {
-        var inputs = batch.Inputs.to(device);
-        var targets = batch.Targets.to(device);
-        if (IsLanguageModel)
+        var forward = TrainingTask.Forward(Model, batch, device, carryState ? carried : null);
+        if (carryState && forward.State is { } next)
         {
-            var lm = (RecurrentLanguageModel)Model;
-            var (logits, next) = lm.Forward(inputs, carryState ? carried : null);
-            if (carryState)
-            {
-                // The state before this step is kept until the step is applied or skipped.
-                SettleCarriedState(restore: false);
-                beforeStep = carried;
-                stepCarried = true;
-                carried = next.Detach();
-            }
-            return nn.functional.cross_entropy(logits.reshape(-1, lm.VocabSize), targets.reshape(-1), reduction: nn.Reduction.Sum);
+            // The state before this step is kept until the step is applied or skipped.
+            SettleCarriedState(restore: false);
+            beforeStep = carried;
+            stepCarried = true;
+            carried = next.Detach();
         }
-        var clf = (RecurrentClassifier)Model;
-        return nn.functional.cross_entropy(clf.Forward(inputs, batch.Lengths!), targets, reduction: nn.Reduction.Sum);
+        return forward.LossSum;
     }
 
     private double GradientNorm()

@@ -1,6 +1,7 @@
 using System.Globalization;
 using Dtrain.Distributed.Pipeline;
 using Dtrain.Specs;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Training;
 
@@ -136,7 +137,7 @@ public static class TrainingMemory
     {
         if (budget.Bytes <= 0) return;
         var vocab = vocabSize ?? MinimumVocabulary;
-        var outputs = spec.Task == TaskKinds.LanguageModel ? vocab : classes ?? (spec.Data.Synthetic?.Classes ?? 2);
+        var outputs = TrainingTasks.For(spec).Outputs(vocab, classes ?? (spec.Data.Synthetic?.Classes ?? 2));
         var rows = (int)Math.Max(1, ((long)spec.Training.BatchSize + Math.Max(1, workers) - 1) / Math.Max(1, workers));
         // Within the validator's bounds (16 layers, widths 8192, batch 65536, sequences 10^6, vocabulary 10^7) the
         // estimate stays below 10^18 bytes: no overflow.
@@ -156,7 +157,7 @@ public static class TrainingMemory
         var inv = CultureInfo.InvariantCulture;
         var parameters = ModelLayout.Of(m, vocab, outputs).Total;
         var data = !known ? " with the smallest possible vocabulary"
-            : $" with a vocabulary of {vocab.ToString("N0", inv)} tokens (tokenizer){(spec.Task == TaskKinds.LanguageModel ? "" : $" and {outputs.ToString("N0", inv)} labels (in the data)")}";
+            : $" with a vocabulary of {vocab.ToString("N0", inv)} tokens (tokenizer){(TrainingTasks.For(spec).HasLabels ? $" and {outputs.ToString("N0", inv)} labels (in the data)" : "")}";
         return $"model.layers {m.Layers} × model.hidden_size {m.HiddenSize} (model.embedding_dim {m.EmbeddingDim}, model.cell {m.Cell}{(m.Bidirectional ? ", bidirectional" : "")}, " +
             $"optimizer.kind {spec.Optimizer.Kind}; {parameters.ToString("N0", inv)} parameters{data})";
     }
@@ -167,9 +168,7 @@ public static class TrainingMemory
         var t = spec.Training;
         var inv = CultureInfo.InvariantCulture;
         var state = need.Weights + need.Gradients + need.OptimizerState;
-        var length = spec.Task == TaskKinds.LanguageModel
-            ? $"training.seq_len {t.SeqLen}"
-            : longest is { } l ? $"sequences of up to {l} tokens" : $"data.max_length {spec.Data.MaxLength}";
+        var length = TrainingTasks.For(spec).DescribeLength(spec, longest);
         var model = Fields(spec, vocab, outputs, known: knownVocab is not null);
         var message = $"training needs about {PipelinePlan.Mb(need.Total)} MB — weights {PipelinePlan.Mb(need.Weights)} + gradients {PipelinePlan.Mb(need.Gradients)} + " +
             $"optimizer state {PipelinePlan.Mb(need.OptimizerState)} + activations {PipelinePlan.Mb(need.Activations)} — for {model} and the activations of " +

@@ -1,6 +1,7 @@
 using Dtrain.Distributed.Pipeline;
 using Dtrain.Specs;
 using Dtrain.Training;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Server;
 
@@ -18,7 +19,8 @@ public static class JobMemory
         var spec = job.Spec;
         var vocab = data.Tokenizer.VocabSize;
         var classes = data.Labels.Count;
-        var outputs = spec.Task == TaskKinds.LanguageModel ? vocab : classes;
+        var task = TrainingTasks.For(spec);
+        var outputs = task.Outputs(vocab, classes);
         var measured = workers.Where(w => w.Capabilities.MemoryBytes > 0).ToList();
         if (measured.Count == 0) return;
         if (spec.Parallelism?.Pipeline is { } pipeline)
@@ -49,8 +51,7 @@ public static class JobMemory
             }
             return;
         }
-        var longest = spec.Task == TaskKinds.LanguageModel ? (int?)null
-            : data.TrainSequences.Concat(data.ValidationSequences).Select(x => x.Length).DefaultIfEmpty(1).Max();
+        var longest = task.LongestSequence(data);
         // The smallest worker decides: every replica holds the whole model and its share of the batch.
         var smallest = measured.MinBy(w => w.Capabilities.MemoryBytes)!;
         var budget = new MemoryBudget(smallest.Capabilities.MemoryBytes, $"what worker {smallest.Id} reports", "or run it on workers with more memory");

@@ -1,6 +1,7 @@
 using System.Threading.Channels;
 using Dtrain.Data;
 using Dtrain.Specs;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Server;
 
@@ -250,7 +251,8 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
     /// <summary>Records and publishes validation metrics after <paramref name="step"/>, adding perplexity and bits per token for language models.</summary>
     public void PublishEval(long step, EvalMetrics metrics)
     {
-        if (Spec.Task == TaskKinds.LanguageModel)
+        // (This record's own EvalMetrics; ITrainingTask.WithDerivedMetrics does the same for the training one.)
+        if (TrainingTasks.For(Spec).PredictsNextToken)
             metrics = metrics with { Perplexity = Math.Exp(metrics.Loss), BitsPerToken = metrics.Loss / Math.Log(2) };
         Update(p => p with { LastEval = metrics }, publishState: false);
         Publish(new JobNotice.Eval(step, metrics));

@@ -1,14 +1,19 @@
 using Dtrain.Specs;
 using Dtrain.Training;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Server;
 
 /// <summary>
-/// A job's data read and tokenized once, its batches, its length in steps, its learning-rate schedule and where it
-/// starts (step 0, or a resumed job's checkpoint step with the time and samples before it): what every way of running it shares.
+/// A job's data read and tokenized once, its batches, its step plan (length, learning-rate schedule, evaluations and
+/// checkpoints; the same <see cref="StepPlan"/> a local run follows) and where it starts (step 0, or a resumed job's
+/// checkpoint step with the time and samples before it): what every way of running it shares.
 /// </summary>
-public sealed record PreparedJob(PreparedData Data, IBatchSource Source, long TotalSteps, LearningRateSchedule Schedule)
+public sealed record PreparedJob(PreparedData Data, IBatchSource Source, StepPlan Plan)
 {
+    public long TotalSteps => Plan.TotalSteps;
+    public LearningRateSchedule Schedule => Plan.Schedule;
+
     /// <summary>The first step to run: 0, or the step of the checkpoint a resumed job starts from.</summary>
     public long StartStep { get; init; }
     /// <summary>Training time and samples before <see cref="StartStep"/> (carried into checkpoints).</summary>
@@ -17,11 +22,11 @@ public sealed record PreparedJob(PreparedData Data, IBatchSource Source, long To
     /// <summary>Steps skipped in a row for a non-finite loss or gradient before <see cref="StartStep"/> (the checkpoint's count).</summary>
     public int NonFiniteBefore { get; init; }
 
-    /// <summary>Whether the job evaluates after <paramref name="done"/> steps: every eval_interval steps and at the end.</summary>
-    public bool EvaluatesAfter(TrainingSpec t, long done) => done == TotalSteps || (t.EvalInterval > 0 && done % t.EvalInterval == 0);
+    /// <summary>Whether the job evaluates after <paramref name="done"/> steps: every eval_interval steps and at the end (<see cref="StepPlan.EvaluatesAfter"/>; <paramref name="t"/>, the job's own settings, is the plan's).</summary>
+    public bool EvaluatesAfter(TrainingSpec t, long done) => Plan.EvaluatesAfter(done);
 
-    /// <summary>Whether the job checkpoints after <paramref name="done"/> steps: every checkpoint_interval steps and at the end.</summary>
-    public bool CheckpointsAfter(TrainingSpec t, long done) => done == TotalSteps || (t.CheckpointInterval > 0 && done % t.CheckpointInterval == 0);
+    /// <summary>Whether the job checkpoints after <paramref name="done"/> steps: every checkpoint_interval steps and at the end (<see cref="StepPlan.CheckpointsAfter"/>; <paramref name="t"/> is the plan's).</summary>
+    public bool CheckpointsAfter(TrainingSpec t, long done) => Plan.CheckpointsAfter(done);
 
     public static async Task<PreparedJob> LoadAsync(JobRecord job, CancellationToken cancel)
     {
@@ -31,14 +36,13 @@ public sealed record PreparedJob(PreparedData Data, IBatchSource Source, long To
         var data = await Task.Run(() => PreparedData.Load(spec, job.Dir, resume?.Tokenizer, resume?.Labels, limits: job.DataLimits, cancel: cancel), cancel).ConfigureAwait(false);
         if (data.Report.Skipped > 0 || data.Report.Truncated > 0)
             job.Log($"data: read {data.Report.Read} records, skipped {data.Report.Skipped}, truncated {data.Report.Truncated}");
-        IBatchSource source = spec.Task == TaskKinds.LanguageModel
-            ? new LanguageModelBatches(data.TrainTokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.LmSampling, spec.Training.Seed)
-            : new ClassificationBatches(data.TrainSequences, data.TrainLabels, spec.Training.BatchSize, spec.Training.Seed);
-        var total = spec.Training.MaxSteps > 0 ? spec.Training.MaxSteps : spec.Training.Epochs * source.StepsPerEpoch;
+        var source = TrainingTasks.For(spec).TrainBatches(spec, data);
+        var plan = StepPlan.For(spec, source);
+        var total = plan.TotalSteps;
         var start = resume?.State.Step ?? 0;
         if (start >= total)
             throw new JobFailure($"the checkpoint {resume!.Path} is at step {start} and the job has {total} steps: nothing left to train (raise training.max_steps or training.epochs)");
-        return new PreparedJob(data, source, total, new LearningRateSchedule(spec.Schedule, spec.Optimizer.Lr, total))
+        return new PreparedJob(data, source, plan)
         {
             StartStep = start, ElapsedBefore = resume?.State.ElapsedSeconds ?? 0, SamplesBefore = resume?.State.SamplesSeen ?? 0,
             NonFiniteBefore = resume?.State.NonFiniteStreak ?? 0,

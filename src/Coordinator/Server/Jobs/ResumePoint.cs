@@ -6,6 +6,7 @@ using Dtrain.Specs;
 using Dtrain.Training;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Server;
 
@@ -65,8 +66,9 @@ public sealed class ResumePoint
             .Select(m => new SpecError(m.Field, $"{m.Spec} here, {m.Checkpoint} in the checkpoint this job resumes from ({From}): a resumed job keeps the checkpoint's model and optimizer"))
             .ToList();
         if (errors.Count > 0) throw new SpecException(source, errors);
-        if (spec.Task == TaskKinds.Classification && Labels.Count < 2)
-            throw new SpecException(source, [new SpecError("$.task", $"the checkpoint this job resumes from ({From}) has {Labels.Count} label(s); a classifier needs at least 2")]);
+        var least = TrainingTasks.For(spec).MinimumLabels;
+        if (Labels.Count < least)
+            throw new SpecException(source, [new SpecError("$.task", $"the checkpoint this job resumes from ({From}) has {Labels.Count} label(s); a classifier needs at least {least}")]);
     }
 
     /// <summary>

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using Dtrain.Specs;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Distributed.Pipeline;
 
@@ -90,11 +91,12 @@ public sealed class PipelinePlan
         };
         var mdl = spec.Model;
         var dirs = mdl.Bidirectional ? 2 : 1;
-        long t = spec.Task == TaskKinds.LanguageModel ? spec.Training.SeqLen : spec.Data.MaxLength;
+        var task = TrainingTasks.For(spec);
+        var t = task.ActivationLength(spec);
         var gates = mdl.Cell switch { CellKinds.Lstm => 4, CellKinds.Gru => 3, _ => 1 };
         long perMicro = rows * t * (s.HasEmbedding ? mdl.EmbeddingDim : (long)mdl.HiddenSize * dirs);
         perMicro += s.LayerCount * rows * t * (long)dirs * mdl.HiddenSize * (gates + 2);
-        if (s.HasHead) perMicro += 2L * rows * (spec.Task == TaskKinds.LanguageModel ? t : 1) * outputs;
+        if (s.HasHead) perMicro += 2L * rows * task.LogitsPerRow(t) * outputs;
         return new StageMemory(4 * p, 4 * p, 4L * moments * p, 4 * perMicro * inFlight);
     }
 

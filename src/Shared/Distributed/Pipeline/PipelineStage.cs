@@ -5,6 +5,7 @@ using Dtrain.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Distributed.Pipeline;
 
@@ -47,7 +48,7 @@ public sealed partial class PipelineStage : IDisposable
     public PipelineStage(JobSpec spec, int vocabSize, int outputs, StagePlan plan, Device device)
     {
         this.spec = spec;
-        languageModel = spec.Task == TaskKinds.LanguageModel;
+        languageModel = TrainingTasks.For(spec).PredictsNextToken;
         this.device = device;
         Plan = plan;
         var m = spec.Model;
