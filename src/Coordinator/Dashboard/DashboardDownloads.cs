@@ -1,7 +1,6 @@
 using System.Text;
 using System.Text.Json.Nodes;
 using Dtrain.Server;
-using Dtrain.Specs;
 using Dtrain.Training.Tasks;
 using Microsoft.AspNetCore.Http;
 using static Dtrain.Dashboard.DashboardAccess;
