@@ -11,6 +11,8 @@ public sealed record StoreRetryPolicy
     public TimeSpan BaseDelay { get; init; } = TimeSpan.FromMilliseconds(200);
     public TimeSpan MaxDelay { get; init; } = TimeSpan.FromSeconds(5);
     public TimeProvider Time { get; init; } = TimeProvider.System;
+    /// <summary>Told of each transient failure that will be tried again: the URI, the attempt that failed, the wait, the cause (for logs and tests).</summary>
+    public Action<string, int, TimeSpan, string>? OnRetry { get; init; }
 
     /// <summary>The wait before attempt <paramref name="attempt"/> + 1 (attempts count from 1).</summary>
     public TimeSpan DelayAfter(int attempt)
@@ -42,6 +44,7 @@ public sealed record StoreRetryPolicy
                     throw new DatasetStorageException(uri, $"{what}: {failure.Problem}", attempt, e);
                 if (attempt >= MaxAttempts)
                     throw new DatasetStorageException(uri, $"{what} failed {attempt} times, giving up: {failure.Problem}", attempt, e);
+                OnRetry?.Invoke(uri, attempt, DelayAfter(attempt), $"{what}: {failure.Problem}");
             }
             await Task.Delay(DelayAfter(attempt), Time, cancellationToken).ConfigureAwait(false);
         }

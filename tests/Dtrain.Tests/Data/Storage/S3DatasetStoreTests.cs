@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using Dtrain.Data.Storage;
 using Dtrain.Tests.Support;
+using Microsoft.Extensions.Time.Testing;
 
 namespace Dtrain.Tests.Data.Storage;
 
@@ -234,6 +235,43 @@ public class S3DatasetStoreTests
         var cached = new byte[Block];
         await s3.ReadAsync("shards/000000.bin", 0, cached);
         Assert.Equal(head, cached);
+    }
+
+    [S3Fact]
+    public async Task A_server_that_comes_back_between_attempts_is_read_from_after_one_retry()
+    {
+        await using var scene = await Scene.StartAsync();
+        var files = scene.WriteSource();
+        var time = new FakeTimeProvider();
+        var retried = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var s3 = await scene.UploadedAsync(o => o with
+        {
+            ReadAheadBlocks = 0,
+            Retry = o.Retry with { Time = time, BaseDelay = TimeSpan.FromSeconds(1), MaxDelay = TimeSpan.FromSeconds(1), OnRetry = (uri, attempt, delay, problem) => retried.TrySetResult($"{uri} {attempt} {delay} {problem}") },
+        });
+        await s3.ReadAsync("shards/000000.bin", 0, new byte[10]);   // size known, block 0 cached
+        scene.Server.Kill();
+        var before = s3.GetRequests;
+
+        var read = new byte[20];
+        var reading = s3.ReadAsync("shards/000000.bin", Block - 10, read);
+        // The first attempt fails (nothing listens) and waits 1 s of the fake clock; the server comes back meanwhile.
+        var told = await retried.Task;
+        Assert.True(told.StartsWith($"{scene.Uri}/shards/000000.bin 1 00:00:01 reading bytes {Block}..{2 * Block - 1}: unreachable (", StringComparison.Ordinal), told);
+        Assert.False(reading.IsCompleted);
+        var gone = scene.Server;
+        scene.Server = await S3TestServer.RestartAsync(gone, Path.Combine(scene.Tmp.Path, "s3"));
+        gone.Dispose();
+        // The wait is registered right after OnRetry; advance until the read is done (bounded by steps, not the clock).
+        for (var step = 0; !reading.IsCompleted; step++)
+        {
+            Assert.True(step < 500, "the read did not finish after the server came back");
+            time.Advance(TimeSpan.FromSeconds(1));
+            await Task.WhenAny(reading, Task.Delay(20));
+        }
+        await reading;
+        Assert.Equal(files["shards/000000.bin"].AsSpan(Block - 10, 20).ToArray(), read);
+        Assert.Equal(before + 2, s3.GetRequests);
     }
 
     [Fact]

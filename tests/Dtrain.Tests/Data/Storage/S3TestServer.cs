@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using Amazon.Runtime;
 using Dtrain.Data.Storage;
 using Dtrain.Tests.Support;
@@ -60,14 +61,20 @@ public sealed class S3TestServer : IDisposable
     }
 
     /// <summary>Starts the server with its storage in <paramref name="directory"/> and bucket <paramref name="bucket"/>; waits until it listens.</summary>
-    public static async Task<S3TestServer> StartAsync(string directory, string bucket = "datasets")
+    public static Task<S3TestServer> StartAsync(string directory, string bucket = "datasets") => StartAsync(directory, bucket, 0, null, null);
+
+    /// <summary>A server on the same port, storage and account as <paramref name="previous"/> (killed before): as if it came back.</summary>
+    public static Task<S3TestServer> RestartAsync(S3TestServer previous, string directory) =>
+        StartAsync(directory, previous.Bucket, previous.Endpoint.Port, previous.AccessKey, previous.SecretKey);
+
+    static async Task<S3TestServer> StartAsync(string directory, string bucket, int port, string? accessKey, string? secretKey)
     {
         Assert.True(Missing is null, $"the S3 test server cannot start: {Missing} ({SkipReason})");
         var psi = new ProcessStartInfo(Node!) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[] { RepoFiles.PathOf("eng", "s3-server", "server.js"), "--directory", directory, "--address", "127.0.0.1", "--port", "0", "--bucket", bucket })
+        foreach (var a in new[] { RepoFiles.PathOf("eng", "s3-server", "server.js"), "--directory", directory, "--address", "127.0.0.1", "--port", port.ToString(CultureInfo.InvariantCulture), "--bucket", bucket })
             psi.ArgumentList.Add(a);
-        var accessKey = "AK" + Guid.NewGuid().ToString("N")[..18].ToUpperInvariant();
-        var secretKey = Convert.ToBase64String(Guid.NewGuid().ToByteArray()) + Guid.NewGuid().ToString("N");
+        accessKey ??= "AK" + Guid.NewGuid().ToString("N")[..18].ToUpperInvariant();
+        secretKey ??= Convert.ToBase64String(Guid.NewGuid().ToByteArray()) + Guid.NewGuid().ToString("N");
         psi.Environment["S3_SERVER_ACCESS_KEY"] = accessKey;
         psi.Environment["S3_SERVER_SECRET_KEY"] = secretKey;
         var server = new S3TestServer(Process.Start(psi)!, bucket, accessKey, secretKey);
