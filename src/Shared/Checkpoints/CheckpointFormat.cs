@@ -141,41 +141,41 @@ public static class CheckpointFormat
 
     private sealed class Reader(Stream stream, string file)
     {
-        private readonly IncrementalHash _hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        private readonly long _start = stream.Position;
-        private readonly long _length = stream.Length - stream.Position;
+        private readonly IncrementalHash hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        private readonly long start = stream.Position;
+        private readonly long length = stream.Length - stream.Position;
 
         private CorruptCheckpointException Corrupt(string reason) => new(file, reason);
 
         public CheckpointData Read()
         {
-            using var _ = _hash;
-            if (_length == 0)
+            using var _ = this.hash;
+            if (this.length == 0)
                 throw Corrupt("truncated: the file is empty");
-            if (_length < Magic.Length)
-                throw Corrupt($"truncated: only {_length} bytes, not even the 8-byte magic");
+            if (this.length < Magic.Length)
+                throw Corrupt($"truncated: only {this.length} bytes, not even the 8-byte magic");
 
             Span<byte> buf = stackalloc byte[8];
             ReadHashed(buf);
             if (!buf.SequenceEqual(Magic))
                 throw Corrupt("bad magic: not a dtrain checkpoint (expected \"DTRAINCK\")");
 
-            if (_length < Magic.Length + 4)
-                throw Corrupt($"truncated: only {_length} bytes, header incomplete");
+            if (this.length < Magic.Length + 4)
+                throw Corrupt($"truncated: only {this.length} bytes, header incomplete");
             ReadHashed(buf[..4]);
             uint version = BinaryPrimitives.ReadUInt32LittleEndian(buf);
             if (version != Version)
                 throw Corrupt($"unsupported format version {version} (this build reads version {Version})");
 
-            if (_length < MinFileSize)
-                throw Corrupt($"truncated: only {_length} bytes, a checkpoint is at least {MinFileSize}");
+            if (this.length < MinFileSize)
+                throw Corrupt($"truncated: only {this.length} bytes, a checkpoint is at least {MinFileSize}");
 
             // Trailer first: a torn write is reported as truncated before anything is hashed.
-            stream.Position = _start + _length - TrailerMagic.Length;
+            stream.Position = start + this.length - TrailerMagic.Length;
             stream.ReadExactly(buf);
             if (!buf.SequenceEqual(TrailerMagic))
-                throw Corrupt($"truncated or incomplete write: end marker missing ({_length} bytes)");
-            stream.Position = _start + Magic.Length + 4;
+                throw Corrupt($"truncated or incomplete write: end marker missing ({this.length} bytes)");
+            stream.Position = start + Magic.Length + 4;
 
             ReadHashed(buf);
             long step = BinaryPrimitives.ReadInt64LittleEndian(buf);
@@ -199,9 +199,9 @@ public static class CheckpointFormat
 
             ReadHashed(buf[..4]);
             uint count = BinaryPrimitives.ReadUInt32LittleEndian(buf);
-            long room = _length - MinFileSize;
+            long room = this.length - MinFileSize;
             if (count > CheckpointData.MaxSections || count * (long)MinEntrySize > room)
-                throw Corrupt($"invalid section count {count} for a file of {_length} bytes");
+                throw Corrupt($"invalid section count {count} for a file of {this.length} bytes");
 
             var names = new string[count];
             var lengths = new long[count];
@@ -223,7 +223,7 @@ public static class CheckpointFormat
 
                 ReadHashed(buf);
                 long length = BinaryPrimitives.ReadInt64LittleEndian(buf);
-                long remaining = _length - (stream.Position - _start) - FooterSize - declared;
+                long remaining = this.length - (stream.Position - start) - FooterSize - declared;
                 if (length < 0 || length > Array.MaxLength || length > remaining)
                 {
                     throw Corrupt(
@@ -233,7 +233,7 @@ public static class CheckpointFormat
                 declared += length;
             }
 
-            long payloadBytes = _length - (stream.Position - _start) - FooterSize;
+            long payloadBytes = this.length - (stream.Position - start) - FooterSize;
             if (declared != payloadBytes)
             {
                 throw Corrupt(
@@ -252,7 +252,7 @@ public static class CheckpointFormat
             Span<byte> expected = stackalloc byte[HashSize];
             Span<byte> actual = stackalloc byte[HashSize];
             stream.ReadExactly(expected);
-            _hash.GetHashAndReset(actual);
+            this.hash.GetHashAndReset(actual);
             if (!expected.SequenceEqual(actual))
                 throw Corrupt("checksum mismatch: SHA-256 of the contents does not match the stored value");
 
@@ -262,7 +262,7 @@ public static class CheckpointFormat
         private void ReadHashed(Span<byte> destination)
         {
             stream.ReadExactly(destination);
-            _hash.AppendData(destination);
+            this.hash.AppendData(destination);
         }
     }
 }

@@ -34,14 +34,14 @@ namespace Dtrain.Collective;
 public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options = null, ILogger<DataPlane>? logger = null, TimeProvider? time = null) : IAsyncDisposable
 {
     private static readonly Lazy<string> OwnHostId = new(ReadHostId);
-    private readonly DataPlaneOptions _options = options ?? new DataPlaneOptions();
-    private readonly CollectiveTimeouts _timeouts = (options?.Timeouts ?? CollectiveTimeouts.Default).Validated();
-    private readonly ConcurrentDictionary<(string Job, long Generation, int Sender), byte[]> _tokens = new();
-    private readonly ConcurrentDictionary<string, byte> _probes = new();
-    private readonly Lock _gate = new();
-    private readonly CancellationTokenSource _stopping = new();
-    private readonly TimeProvider _time = time ?? TimeProvider.System;
-    private TcpListener? _listener;
+    private readonly DataPlaneOptions options = options ?? new DataPlaneOptions();
+    private readonly CollectiveTimeouts timeouts = (options?.Timeouts ?? CollectiveTimeouts.Default).Validated();
+    private readonly ConcurrentDictionary<(string Job, long Generation, int Sender), byte[]> tokens = new();
+    private readonly ConcurrentDictionary<string, byte> probes = new();
+    private readonly Lock gate = new();
+    private readonly CancellationTokenSource stopping = new();
+    private readonly TimeProvider time = time ?? TimeProvider.System;
+    private TcpListener? listener;
 
     public RingMailboxes Mailboxes => mailboxes;
 
@@ -71,17 +71,17 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
     {
         get
         {
-            lock (_gate)
+            lock (gate)
             {
-                if (_listener is null)
+                if (this.listener is null)
                 {
-                    var address = _options.Listen == "localhost" ? IPAddress.Loopback : IPAddress.TryParse(_options.Listen, out var ip) ? ip : IPAddress.Any;
-                    var listener = new TcpListener(address, _options.TcpPort);
+                    var address = this.options.Listen == "localhost" ? IPAddress.Loopback : IPAddress.TryParse(this.options.Listen, out var ip) ? ip : IPAddress.Any;
+                    var listener = new TcpListener(address, this.options.TcpPort);
                     listener.Start(64);
-                    _listener = listener;
+                    this.listener = listener;
                     _ = AcceptLoopAsync(listener);
                 }
-                return ((IPEndPoint)_listener.LocalEndpoint).Port;
+                return ((IPEndPoint)this.listener.LocalEndpoint).Port;
             }
         }
     }
@@ -97,14 +97,14 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
     {
         _ = CheckedMailbox(jobId, generation, sender, worldSize, caller);
         var token = RandomNumberGenerator.GetBytes(32);
-        _tokens[(jobId, generation, sender)] = token;
+        tokens[(jobId, generation, sender)] = token;
         // A probe only the same /dev/shm shows: the sender reads it (and deletes it).
         try
         {
             var nonce = Convert.ToHexString(RandomNumberGenerator.GetBytes(16));
             var path = Path.Combine(SharedMemoryRing.Directory, $"dtrain-probe-{Guid.NewGuid():N}");
             File.WriteAllText(path, nonce);
-            _probes[path] = 0;
+            probes[path] = 0;
             return new DataPlaneLinkOffer(HostId, token, TcpPort, path, nonce);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
@@ -118,12 +118,12 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
     internal void AttachSharedMemory(string jobId, long generation, int sender, string path, PeerIdentity? caller)
     {
         var mailbox = CheckedMailbox(jobId, generation, sender, null, caller);
-        if (!_tokens.TryRemove((jobId, generation, sender), out var token))
+        if (!tokens.TryRemove((jobId, generation, sender), out var token))
             throw new DataPlaneRefusal(DataPlaneRefusalKind.Forbidden, $"ring {jobId}/{generation}: rank {sender} did not say Hello first (no token issued)");
         SharedMemoryRing ring;
         try
         {
-            ring = SharedMemoryRing.Open(path, jobId, generation, sender, token, _timeouts.PeerSilentAfter);
+            ring = SharedMemoryRing.Open(path, jobId, generation, sender, token, timeouts.PeerSilentAfter);
         }
         catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException or ArgumentException)
         {
@@ -169,28 +169,28 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
 
     private void CleanProbes()
     {
-        foreach (var path in _probes.Keys)
+        foreach (var path in probes.Keys)
         {
-            if (!File.Exists(path) || File.GetCreationTimeUtc(path) < _time.GetUtcNow().UtcDateTime.AddMinutes(-1))
+            if (!File.Exists(path) || File.GetCreationTimeUtc(path) < this.time.GetUtcNow().UtcDateTime.AddMinutes(-1))
             {
                 SharedMemoryRing.TryDelete(path);
-                _probes.TryRemove(path, out _);
+                probes.TryRemove(path, out _);
             }
         }
     }
 
     private async Task AcceptLoopAsync(TcpListener listener)
     {
-        while (!_stopping.IsCancellationRequested)
+        while (!stopping.IsCancellationRequested)
         {
             Socket socket;
             try
             {
-                socket = await listener.AcceptSocketAsync(_stopping.Token).ConfigureAwait(false);
+                socket = await listener.AcceptSocketAsync(stopping.Token).ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException or SocketException)
             {
-                if (_stopping.IsCancellationRequested) return;
+                if (stopping.IsCancellationRequested) return;
                 continue;
             }
             _ = ServeAsync(socket);
@@ -207,8 +207,8 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         try
         {
             TcpLink.Tune(socket);
-            using var handshake = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token);
-            handshake.CancelAfter(_timeouts.Handshake);
+            using var handshake = CancellationTokenSource.CreateLinkedTokenSource(stopping.Token);
+            handshake.CancelAfter(timeouts.Handshake);
             PeerIdentity? peer = null;
             var tls = Tls;
             if (tls is not null)
@@ -254,7 +254,7 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         var maxBytes = mailboxes.MaxPieceFloats * sizeof(float);
         var inbound = mailbox!;
         var records = opener;
-        var thread = new Thread(() => TcpLink.ReceiveBlocking(socket, network, inbound, maxBytes, _stopping.Token,
+        var thread = new Thread(() => TcpLink.ReceiveBlocking(socket, network, inbound, maxBytes, stopping.Token,
             ex => logger?.LogWarning("data plane: the TCP link from rank {Sender} of ring {Job}/{Generation} broke: {Reason}", inbound.LeftRank, inbound.JobId, inbound.Generation, ex.Message),
             records))
         {
@@ -285,7 +285,7 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
             return $"ring {claim.JobId}/{claim.Generation}: rank {claim.Sender} of {claim.WorldSize} is not the {found.SenderRole} of rank {found.Rank} of {found.WorldSize}";
         if (tls && (found.ExpectedLeft is null ? $"no identity is known for the {found.SenderRole}" : found.ExpectedLeft.Mismatch(peer)) is { } who)
             return $"ring {claim.JobId}/{claim.Generation}: the connection claiming to be rank {claim.Sender} is refused: {who}";
-        if (!_tokens.TryRemove((claim.JobId, claim.Generation, claim.Sender), out var token) || !CryptographicOperations.FixedTimeEquals(token, claim.Token))
+        if (!tokens.TryRemove((claim.JobId, claim.Generation, claim.Sender), out var token) || !CryptographicOperations.FixedTimeEquals(token, claim.Token))
             return $"ring {claim.JobId}/{claim.Generation}: rank {claim.Sender} did not present the token this worker gave it (say Hello over gRPC first)";
         if (!found.TryAttachInbound()) return $"ring {claim.JobId}/{claim.Generation}: rank {found.Rank} already has (or had) a link from rank {claim.Sender}, or the ring is closed";
         mailbox = found;
@@ -308,7 +308,7 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         if (security is not null) Tls ??= security.Tls;
         var timeout = connectTimeout ?? GrpcRingTransport.DefaultConnectTimeout;
         if (transport == DataTransport.Grpc)
-            return await GrpcRingTransport.ConnectAsync(jobId, generation, rank, worldSize, peerAddresses, mailboxes, timeout, security, _timeouts, _time, cancellationToken).ConfigureAwait(false);
+            return await GrpcRingTransport.ConnectAsync(jobId, generation, rank, worldSize, peerAddresses, mailboxes, timeout, security, timeouts, this.time, cancellationToken).ConfigureAwait(false);
         ArgumentOutOfRangeException.ThrowIfLessThan(worldSize, 1);
         ArgumentOutOfRangeException.ThrowIfNegative(rank);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(rank, worldSize);
@@ -345,7 +345,7 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         TimeSpan connectTimeout, ExpectedPeer? expected, ClusterTls? tls, string what, CancellationToken cancellationToken)
     {
         using var receiver = ConnectPeer(address, tls, expected ?? ExpectedPeer.AnyMember);
-        var deadline = _time.GetUtcNow() + connectTimeout;
+        var deadline = this.time.GetUtcNow() + connectTimeout;
         RingTransportException Failed(string why, Exception? inner = null) =>
             new($"rank {rank} cannot open {what} rank {peer} ({address}): {why}", peer, $"rank {peer} ({address})", inner);
 
@@ -363,12 +363,12 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
         {
             if (kind == DataTransport.Shm)
             {
-                var capacity = Math.Max(_options.SharedMemoryBytes, 2L * (mailboxes.MaxPieceFloats * sizeof(float) + PieceFrame.Size + 8));
+                var capacity = Math.Max(this.options.SharedMemoryBytes, 2L * (mailboxes.MaxPieceFloats * sizeof(float) + PieceFrame.Size + 8));
                 var path = Path.Combine(SharedMemoryRing.Directory, $"dtrain-{Environment.ProcessId}-{Guid.NewGuid():N}.ring");
-                var ring = SharedMemoryRing.Create(path, capacity, jobId, generation, rank, token, _timeouts.PeerSilentAfter);
+                var ring = SharedMemoryRing.Create(path, capacity, jobId, generation, rank, token, timeouts.PeerSilentAfter);
                 try
                 {
-                    await receiver.AttachSharedMemoryAsync(jobId, generation, rank, path, _time.GetUtcNow() + connectTimeout, cancellationToken).ConfigureAwait(false);
+                    await receiver.AttachSharedMemoryAsync(jobId, generation, rank, path, this.time.GetUtcNow() + connectTimeout, cancellationToken).ConfigureAwait(false);
                 }
                 catch
                 {
@@ -379,10 +379,10 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
                 {
                     SharedMemoryRing.TryDelete(path);
                 }
-                return new SharedMemoryOutbound(ring, _timeouts.CloseGrace);
+                return new SharedMemoryOutbound(ring, timeouts.CloseGrace);
             }
             var host = new Uri(address).Host;
-            return await TcpLink.ConnectAsync(host, offer.TcpPort, jobId, generation, rank, worldSize, token, tls, expected, cancellationToken, _timeouts.CloseGrace).ConfigureAwait(false);
+            return await TcpLink.ConnectAsync(host, offer.TcpPort, jobId, generation, rank, worldSize, token, tls, expected, cancellationToken, timeouts.CloseGrace).ConfigureAwait(false);
         }
         catch (DataPlaneRefusal ex)
         {
@@ -434,23 +434,23 @@ public sealed class DataPlane(RingMailboxes mailboxes, DataPlaneOptions? options
             catch (DataPlaneRefusal ex)
             {
                 if (ex.Kind == DataPlaneRefusalKind.NoAnswer) throw failed(string.Create(CultureInfo.InvariantCulture, $"no answer after {attempt} attempt(s)"), ex);
-                if (!ex.Retryable || _time.GetUtcNow() + delay > deadline)
+                if (!ex.Retryable || this.time.GetUtcNow() + delay > deadline)
                     throw failed(string.Create(CultureInfo.InvariantCulture, $"after {attempt} attempt(s): {ex.Message}"), ex);
             }
-            await Task.Delay(delay, _time, cancellationToken).ConfigureAwait(false);
+            await Task.Delay(delay, this.time, cancellationToken).ConfigureAwait(false);
             delay = delay * 2 > TimeSpan.FromSeconds(1) ? TimeSpan.FromSeconds(1) : delay * 2;
         }
     }
 
     public async ValueTask DisposeAsync()
     {
-        await _stopping.CancelAsync().ConfigureAwait(false);
-        lock (_gate)
+        await stopping.CancelAsync().ConfigureAwait(false);
+        lock (gate)
         {
-            _listener?.Stop();
-            _listener = null;
+            this.listener?.Stop();
+            this.listener = null;
         }
-        foreach (var path in _probes.Keys) SharedMemoryRing.TryDelete(path);
-        _probes.Clear();
+        foreach (var path in probes.Keys) SharedMemoryRing.TryDelete(path);
+        probes.Clear();
     }
 }

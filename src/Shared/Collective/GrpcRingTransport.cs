@@ -24,43 +24,43 @@ public sealed class GrpcRingTransport : IRingTransport
     /// <summary>How long <see cref="ConnectAsync"/> keeps retrying while the right neighbour is not up / not registered yet.</summary>
     public static readonly TimeSpan DefaultConnectTimeout = TimeSpan.FromSeconds(30);
 
-    private readonly RingMailboxes _registry;
-    private readonly RingMailbox _mailbox;
-    private readonly string[] _peers;
-    private readonly GrpcChannel? _channel;
-    private readonly AsyncClientStreamingCall<RingChunk, PushReply>? _call;
-    private readonly SemaphoreSlim _writeLock = new(1, 1);
-    private readonly CancellationTokenSource _broken = new();
-    private readonly TimeSpan _closeGrace;
-    private Exception? _fault;
-    private volatile bool _completing;
-    private int _disposed;
+    private readonly RingMailboxes registry;
+    private readonly RingMailbox mailbox;
+    private readonly string[] peers;
+    private readonly GrpcChannel? channel;
+    private readonly AsyncClientStreamingCall<RingChunk, PushReply>? call;
+    private readonly SemaphoreSlim writeLock = new(1, 1);
+    private readonly CancellationTokenSource broken = new();
+    private readonly TimeSpan closeGrace;
+    private Exception? fault;
+    private volatile bool completing;
+    private int disposed;
 
     private GrpcRingTransport(RingMailboxes registry, RingMailbox mailbox, string[] peers, GrpcChannel? channel, AsyncClientStreamingCall<RingChunk, PushReply>? call,
         TimeSpan closeGrace)
     {
-        _closeGrace = closeGrace;
-        _registry = registry;
-        _mailbox = mailbox;
-        _peers = peers;
-        _channel = channel;
-        _call = call;
+        this.closeGrace = closeGrace;
+        this.registry = registry;
+        this.mailbox = mailbox;
+        this.peers = peers;
+        this.channel = channel;
+        this.call = call;
         if (call is not null) _ = WatchStreamAsync(call);
     }
 
-    public string JobId => _mailbox.JobId;
+    public string JobId => this.mailbox.JobId;
 
-    public long Generation => _mailbox.Generation;
+    public long Generation => this.mailbox.Generation;
 
-    public int Rank => _mailbox.Rank;
+    public int Rank => this.mailbox.Rank;
 
-    public int WorldSize => _mailbox.WorldSize;
+    public int WorldSize => this.mailbox.WorldSize;
 
     private int RightRank => (Rank + 1) % WorldSize;
 
-    private int LeftRank => _mailbox.LeftRank;
+    private int LeftRank => this.mailbox.LeftRank;
 
-    public string DescribeRank(int rank) => rank >= 0 && rank < _peers.Length ? $"rank {rank} ({_peers[rank]})" : $"rank {rank}";
+    public string DescribeRank(int rank) => rank >= 0 && rank < this.peers.Length ? $"rank {rank} ({this.peers[rank]})" : $"rank {rank}";
 
     /// <summary>
     /// Joins ring (<paramref name="jobId"/>, <paramref name="generation"/>) as <paramref name="rank"/>: registers this
@@ -183,8 +183,8 @@ public sealed class GrpcRingTransport : IRingTransport
     public async ValueTask SendAsync(RingPiece piece, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(piece);
-        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
-        if (_call is null) throw new InvalidOperationException("a ring of one worker has no neighbour to send to");
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref disposed) != 0, this);
+        if (this.call is null) throw new InvalidOperationException("a ring of one worker has no neighbour to send to");
         ThrowIfBroken();
         var tag = piece.Tag;
         var chunk = new RingChunk
@@ -201,10 +201,10 @@ public sealed class GrpcRingTransport : IRingTransport
             // Zero-copy: the caller keeps the memory unchanged until this send completes (IRingTransport contract).
             Data = UnsafeByteOperations.UnsafeWrap(piece.Bytes),
         };
-        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _broken.Token);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, broken.Token);
         try
         {
-            await _writeLock.WaitAsync(linked.Token).ConfigureAwait(false);
+            await writeLock.WaitAsync(linked.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {
@@ -216,7 +216,7 @@ public sealed class GrpcRingTransport : IRingTransport
             ThrowIfBroken();
             linked.Token.ThrowIfCancellationRequested();
             writing = true;
-            await _call.RequestStream.WriteAsync(chunk, linked.Token).ConfigureAwait(false);
+            await this.call.RequestStream.WriteAsync(chunk, linked.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested && !writing)
         {
@@ -235,23 +235,23 @@ public sealed class GrpcRingTransport : IRingTransport
         }
         finally
         {
-            _writeLock.Release();
+            writeLock.Release();
         }
     }
 
     public async ValueTask<RingPiece> ReceiveAsync(RingTag tag, CancellationToken cancellationToken)
     {
-        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref disposed) != 0, this);
         ThrowIfBroken();
         var left = LeftRank;
-        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _broken.Token);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, broken.Token);
         try
         {
-            return await _mailbox.ReceiveAsync(tag,
+            return await this.mailbox.ReceiveAsync(tag,
                 ex => new RingTransportException($"cannot receive {tag} from left neighbour {DescribeRank(left)}: {ex.Message}", left, DescribeRank(left), ex),
                 linked.Token).ConfigureAwait(false);
         }
-        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested && Volatile.Read(ref _fault) is not null)
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested && Volatile.Read(ref this.fault) is not null)
         {
             throw BrokenException();
         }
@@ -260,28 +260,28 @@ public sealed class GrpcRingTransport : IRingTransport
     /// <summary>Completes the Push stream (waiting up to <see cref="CollectiveTimeouts.CloseGrace"/> for the neighbour to acknowledge), closes the channel and leaves the ring.</summary>
     public async ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        _completing = true;
-        if (_call is not null)
+        if (Interlocked.Exchange(ref disposed, 1) != 0) return;
+        completing = true;
+        if (this.call is not null)
         {
-            if (Volatile.Read(ref _fault) is null)
+            if (Volatile.Read(ref this.fault) is null)
             {
                 try
                 {
-                    using var grace = new CancellationTokenSource(_closeGrace);
-                    await _writeLock.WaitAsync(grace.Token).ConfigureAwait(false);
-                    await _call.RequestStream.CompleteAsync().WaitAsync(grace.Token).ConfigureAwait(false);
-                    await _call.ResponseAsync.WaitAsync(grace.Token).ConfigureAwait(false);
+                    using var grace = new CancellationTokenSource(this.closeGrace);
+                    await writeLock.WaitAsync(grace.Token).ConfigureAwait(false);
+                    await this.call.RequestStream.CompleteAsync().WaitAsync(grace.Token).ConfigureAwait(false);
+                    await this.call.ResponseAsync.WaitAsync(grace.Token).ConfigureAwait(false);
                 }
                 catch (Exception ex) when (ex is RpcException or OperationCanceledException or IOException or InvalidOperationException)
                 {
                     // best effort: the neighbour may be gone already
                 }
             }
-            _call.Dispose();
+            this.call.Dispose();
         }
-        _channel?.Dispose();
-        _registry.Unregister(_mailbox, new ObjectDisposedException(nameof(GrpcRingTransport), $"rank {Rank} left ring {JobId}/{Generation}"));
+        this.channel?.Dispose();
+        this.registry.Unregister(this.mailbox, new ObjectDisposedException(nameof(GrpcRingTransport), $"rank {Rank} left ring {JobId}/{Generation}"));
     }
 
     private async Task WatchStreamAsync(AsyncClientStreamingCall<RingChunk, PushReply> call)
@@ -289,12 +289,12 @@ public sealed class GrpcRingTransport : IRingTransport
         try
         {
             var reply = await call.ResponseAsync.ConfigureAwait(false);
-            if (!_completing)
+            if (!completing)
                 Fault(new RingTransportException($"right neighbour {DescribeRank(RightRank)} ended the ring stream after {reply.ChunksReceived} chunks", RightRank, DescribeRank(RightRank)));
         }
         catch (Exception ex)
         {
-            if (!_completing) Fault(Describe(ex));
+            if (!completing) Fault(Describe(ex));
         }
     }
 
@@ -306,18 +306,18 @@ public sealed class GrpcRingTransport : IRingTransport
 
     private void Fault(RingTransportException fault)
     {
-        if (Interlocked.CompareExchange(ref _fault, fault, null) is not null) return;
-        try { _broken.Cancel(); } catch (ObjectDisposedException) { }
+        if (Interlocked.CompareExchange(ref this.fault, fault, null) is not null) return;
+        try { broken.Cancel(); } catch (ObjectDisposedException) { }
     }
 
     private void ThrowIfBroken()
     {
-        if (Volatile.Read(ref _fault) is not null) throw BrokenException();
+        if (Volatile.Read(ref this.fault) is not null) throw BrokenException();
     }
 
     private RingTransportException BrokenException()
     {
-        var fault = Volatile.Read(ref _fault)!;
+        var fault = Volatile.Read(ref this.fault)!;
         return new RingTransportException(fault.Message, RightRank, DescribeRank(RightRank), fault);
     }
 }

@@ -6,16 +6,16 @@ namespace Dtrain.Collective;
 /// </summary>
 public sealed class InMemoryRingTransport : IRingTransport
 {
-    private readonly RingMailbox _mailbox;
-    private readonly bool _landings;
-    private InMemoryRingTransport? _right;
-    private int _disposed;
+    private readonly RingMailbox mailbox;
+    private readonly bool landings;
+    private InMemoryRingTransport? right;
+    private int disposed;
 
     private InMemoryRingTransport(int rank, int worldSize, bool landings)
     {
-        _mailbox = new RingMailbox("in-memory", 0, rank, worldSize);
-        _mailbox.TryAttachInbound();
-        _landings = landings;
+        mailbox = new RingMailbox("in-memory", 0, rank, worldSize);
+        mailbox.TryAttachInbound();
+        this.landings = landings;
     }
 
     /// <summary>
@@ -27,13 +27,13 @@ public sealed class InMemoryRingTransport : IRingTransport
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(worldSize, 1);
         var ring = Enumerable.Range(0, worldSize).Select(rank => new InMemoryRingTransport(rank, worldSize, landings)).ToArray();
-        for (var rank = 0; rank < worldSize; rank++) ring[rank]._right = ring[(rank + 1) % worldSize];
+        for (var rank = 0; rank < worldSize; rank++) ring[rank].right = ring[(rank + 1) % worldSize];
         return ring;
     }
 
-    public int Rank => _mailbox.Rank;
+    public int Rank => mailbox.Rank;
 
-    public int WorldSize => _mailbox.WorldSize;
+    public int WorldSize => mailbox.WorldSize;
 
     public string DescribeRank(int rank) => $"rank {rank}";
 
@@ -41,11 +41,11 @@ public sealed class InMemoryRingTransport : IRingTransport
     {
         ArgumentNullException.ThrowIfNull(piece);
         cancellationToken.ThrowIfCancellationRequested();
-        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
-        var right = _right!;
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref disposed) != 0, this);
+        var right = this.right!;
         try
         {
-            right._mailbox.Deliver(RingPiece.CopyOf(piece.Tag, piece.Offset, piece.Pieces, piece.Bytes.Span));
+            right.mailbox.Deliver(RingPiece.CopyOf(piece.Tag, piece.Offset, piece.Pieces, piece.Bytes.Span));
         }
         catch (Exception ex) when (ex is InvalidOperationException or InvalidDataException)
         {
@@ -56,25 +56,25 @@ public sealed class InMemoryRingTransport : IRingTransport
 
     public ValueTask<RingPiece> ReceiveAsync(RingTag tag, CancellationToken cancellationToken)
     {
-        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
-        var left = _mailbox.LeftRank;
-        return _mailbox.ReceiveAsync(tag, ex => new RingTransportException($"cannot receive {tag} from left neighbour rank {left}: {ex.Message}", left, DescribeRank(left), ex), cancellationToken);
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref disposed) != 0, this);
+        var left = mailbox.LeftRank;
+        return mailbox.ReceiveAsync(tag, ex => new RingTransportException($"cannot receive {tag} from left neighbour rank {left}: {ex.Message}", left, DescribeRank(left), ex), cancellationToken);
     }
 
     public RingLandingZone? Expect(IReadOnlyList<RingLanding> landings)
     {
-        if (!_landings) return null;
-        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
-        var left = _mailbox.LeftRank;
-        _mailbox.Expect(landings, ex => new RingTransportException($"cannot receive from left neighbour rank {left}: {ex.Message}", left, DescribeRank(left), ex));
-        return new RingLandingZone(() => _mailbox.Revoke(landings), CancellationToken.None, () => null);
+        if (!this.landings) return null;
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref disposed) != 0, this);
+        var left = mailbox.LeftRank;
+        mailbox.Expect(landings, ex => new RingTransportException($"cannot receive from left neighbour rank {left}: {ex.Message}", left, DescribeRank(left), ex));
+        return new RingLandingZone(() => mailbox.Revoke(landings), CancellationToken.None, () => null);
     }
 
     public ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0) return ValueTask.CompletedTask;
-        _mailbox.Close(new ObjectDisposedException(nameof(InMemoryRingTransport), $"rank {Rank} left the ring"));
-        _right?._mailbox.CompleteInbound(null);
+        if (Interlocked.Exchange(ref disposed, 1) != 0) return ValueTask.CompletedTask;
+        mailbox.Close(new ObjectDisposedException(nameof(InMemoryRingTransport), $"rank {Rank} left the ring"));
+        this.right?.mailbox.CompleteInbound(null);
         return ValueTask.CompletedTask;
     }
 }

@@ -7,7 +7,7 @@ namespace Dtrain.Collective;
 internal sealed class PeerMesh(int rank, int worldSize, string[] peers, IReadOnlyDictionary<int, IOutboundLink> outbound,
     IReadOnlyDictionary<int, RingMailbox> inbound, Func<ValueTask> leave) : IPeerTransport
 {
-    private int _disposed;
+    private int disposed;
 
     public int Rank { get; } = rank;
 
@@ -20,7 +20,7 @@ internal sealed class PeerMesh(int rank, int worldSize, string[] peers, IReadOnl
     public async ValueTask SendAsync(int peer, RingPiece piece, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(piece);
-        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref disposed) != 0, this);
         if (!outbound.TryGetValue(peer, out var link)) throw new InvalidOperationException($"rank {Rank} has no link to {DescribeRank(peer)}");
         try
         {
@@ -38,7 +38,7 @@ internal sealed class PeerMesh(int rank, int worldSize, string[] peers, IReadOnl
     /// </summary>
     public async ValueTask<RingPiece> ReceiveAsync(int peer, RingTag tag, CancellationToken cancellationToken)
     {
-        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref disposed) != 0, this);
         if (!inbound.TryGetValue(peer, out var mailbox)) throw new InvalidOperationException($"rank {Rank} has no link from {DescribeRank(peer)}");
         ThrowIfBroken();
         using var linked = CancellationTokenSource.CreateLinkedTokenSource([cancellationToken, .. outbound.Values.Select(l => l.Broken)]);
@@ -56,7 +56,7 @@ internal sealed class PeerMesh(int rank, int worldSize, string[] peers, IReadOnl
     /// <summary>Pieces from <paramref name="peer"/> land where the caller says; the zone is broken as soon as any outbound link of this worker breaks (see <see cref="ReceiveAsync"/>).</summary>
     public RingLandingZone? Expect(int peer, IReadOnlyList<RingLanding> landings)
     {
-        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref disposed) != 0, this);
         if (!inbound.TryGetValue(peer, out var mailbox)) throw new InvalidOperationException($"rank {Rank} has no link from {DescribeRank(peer)}");
         mailbox.Expect(landings, ex => new RingTransportException($"cannot receive from {DescribeRank(peer)}: {ex.Message}", peer, DescribeRank(peer), ex));
         var broken = outbound.Count == 0 ? null : CancellationTokenSource.CreateLinkedTokenSource([.. outbound.Values.Select(l => l.Broken)]);
@@ -82,7 +82,7 @@ internal sealed class PeerMesh(int rank, int worldSize, string[] peers, IReadOnl
 
     public async ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        if (Interlocked.Exchange(ref disposed, 1) != 0) return;
         foreach (var link in outbound.Values) await link.DisposeAsync().ConfigureAwait(false);
         await leave().ConfigureAwait(false);
     }

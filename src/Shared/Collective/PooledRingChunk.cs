@@ -10,8 +10,8 @@ namespace Dtrain.Collective;
 public sealed class PooledRingChunk : IDisposable
 {
     private const int MaxJobIdBytes = 4096;
-    private byte[]? _data;
-    private int _length;
+    private byte[]? data;
+    private int length;
 
     public string JobId { get; private set; } = "";
 
@@ -32,11 +32,11 @@ public sealed class PooledRingChunk : IDisposable
     public long Offset { get; private set; }
 
     /// <summary>The float32 little-endian bytes (valid until disposed).</summary>
-    public ReadOnlyMemory<byte> Data => _data is null ? ReadOnlyMemory<byte>.Empty : _data.AsMemory(0, _length);
+    public ReadOnlyMemory<byte> Data => this.data is null ? ReadOnlyMemory<byte>.Empty : this.data.AsMemory(0, this.length);
 
     public void Dispose()
     {
-        var data = Interlocked.Exchange(ref _data, null);
+        var data = Interlocked.Exchange(ref this.data, null);
         if (data is not null) ArrayPool<byte>.Shared.Return(data);
     }
 
@@ -70,9 +70,9 @@ public sealed class PooledRingChunk : IDisposable
                     case (10, 2):
                         var length = ReadLength(ref reader, int.MaxValue);
                         chunk.Dispose();   // a repeated field: the last one wins
-                        chunk._data = ArrayPool<byte>.Shared.Rent(length);
-                        chunk._length = length;
-                        reader.UnreadSequence.Slice(0, length).CopyTo(chunk._data);
+                        chunk.data = ArrayPool<byte>.Shared.Rent(length);
+                        chunk.length = length;
+                        reader.UnreadSequence.Slice(0, length).CopyTo(chunk.data);
                         reader.Advance(length);
                         break;
                     default: Skip(ref reader, wire); break;

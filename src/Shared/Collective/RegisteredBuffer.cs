@@ -8,30 +8,30 @@ namespace Dtrain.Collective;
 /// </summary>
 public sealed unsafe class RegisteredBuffer : System.Buffers.MemoryManager<float>
 {
-    private readonly SharedMemoryMapping _mapping;
-    private readonly int _length;
-    private int _references = 2;   // the caller's and the group's
-    private int _ownerReleased;
+    private readonly SharedMemoryMapping mapping;
+    private readonly int length;
+    private int references = 2;   // the caller's and the group's
+    private int ownerReleased;
 
     internal RegisteredBuffer(SharedMemoryMapping mapping, int length)
     {
-        _mapping = mapping;
-        _length = length;
+        this.mapping = mapping;
+        this.length = length;
     }
 
     /// <summary>Values in the buffer.</summary>
-    public int Length => _length;
+    public int Length => this.length;
 
-    private byte* Base => _mapping.Base;
+    private byte* Base => this.mapping.Base;
 
     public Span<float> Span => GetSpan();
 
-    public override Span<float> GetSpan() => Volatile.Read(ref _references) > 0 ? new Span<float>(Base, _length) : throw new ObjectDisposedException(nameof(RegisteredBuffer));
+    public override Span<float> GetSpan() => Volatile.Read(ref references) > 0 ? new Span<float>(Base, this.length) : throw new ObjectDisposedException(nameof(RegisteredBuffer));
 
     public override System.Buffers.MemoryHandle Pin(int elementIndex = 0)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(elementIndex);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(elementIndex, _length);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(elementIndex, this.length);
         return new System.Buffers.MemoryHandle((float*)Base + elementIndex);
     }
 
@@ -42,11 +42,11 @@ public sealed unsafe class RegisteredBuffer : System.Buffers.MemoryManager<float
     /// <summary>Drops one reference (the owner's through Dispose, the group's when it ends or registers again); the last one unmaps.</summary>
     internal void Release()
     {
-        if (Interlocked.Decrement(ref _references) == 0) _mapping.Dispose();
+        if (Interlocked.Decrement(ref references) == 0) this.mapping.Dispose();
     }
 
     protected override void Dispose(bool disposing)
     {
-        if (disposing && Interlocked.Exchange(ref _ownerReleased, 1) == 0) Release();
+        if (disposing && Interlocked.Exchange(ref ownerReleased, 1) == 0) Release();
     }
 }

@@ -25,7 +25,7 @@ public sealed class RingAllReduce
     /// <summary>Default per-operation timeout (it includes waiting for the slowest worker to arrive).</summary>
     public static readonly TimeSpan DefaultOperationTimeout = TimeSpan.FromMinutes(2);
 
-    private readonly IRingTransport _transport;
+    private readonly IRingTransport transport;
 
     public RingAllReduce(IRingTransport transport, int maxPieceFloats = DefaultMaxPieceFloats, TimeSpan? operationTimeout = null)
     {
@@ -33,16 +33,16 @@ public sealed class RingAllReduce
         ArgumentOutOfRangeException.ThrowIfLessThan(maxPieceFloats, 1);
         var timeout = operationTimeout ?? DefaultOperationTimeout;
         if (timeout <= TimeSpan.Zero && timeout != Timeout.InfiniteTimeSpan) throw new ArgumentOutOfRangeException(nameof(operationTimeout), "must be positive or infinite");
-        _transport = transport;
+        this.transport = transport;
         MaxPieceFloats = maxPieceFloats;
         OperationTimeout = timeout;
     }
 
-    public IRingTransport Transport => _transport;
+    public IRingTransport Transport => this.transport;
 
-    public int Rank => _transport.Rank;
+    public int Rank => this.transport.Rank;
 
-    public int WorldSize => _transport.WorldSize;
+    public int WorldSize => this.transport.WorldSize;
 
     /// <summary>Largest number of floats per message (all ranks must agree).</summary>
     public int MaxPieceFloats { get; }
@@ -107,7 +107,7 @@ public sealed class RingAllReduce
             ? (op.SendPosition, "sending to right neighbour", (Rank + 1) % world)
             : (op.ReceivePosition, "waiting for left neighbour", (Rank - 1 + world) % world);
         string Where(string what) =>
-            $"ring all-reduce operation {operation} ({buffer.Length} floats, rank {Rank} of {world}) {what} in {PhaseName(position.Phase)} step {position.RingStep}/{world - 1} piece {position.Piece}, {direction} {_transport.DescribeRank(peer)}";
+            $"ring all-reduce operation {operation} ({buffer.Length} floats, rank {Rank} of {world}) {what} in {PhaseName(position.Phase)} step {position.RingStep}/{world - 1} piece {position.Piece}, {direction} {this.transport.DescribeRank(peer)}";
         if (cancellationToken.IsCancellationRequested)
             throw new OperationCanceledException(Where("was cancelled"), op.FirstFailure, cancellationToken);
         throw new CollectiveTimeoutException(Where(string.Create(CultureInfo.InvariantCulture, $"timed out after {OperationTimeout.TotalSeconds:0.###} s")),
@@ -117,18 +117,18 @@ public sealed class RingAllReduce
     /// <summary>One operation in flight on this rank.</summary>
     private sealed class Op(RingAllReduce owner, Memory<float> buffer, long operation, RingCompression compression)
     {
-        private readonly IRingTransport _transport = owner._transport;
-        private readonly int _rank = owner.Rank;
-        private readonly int _world = owner.WorldSize;
-        private readonly int _maxPiece = owner.MaxPieceFloats;
-        private readonly IRingProgress? _progress = owner.Progress;
-        private Exception? _firstFailure;
-        private RingLanding[] _landings = [];   // every piece from the left, in the order it comes
-        private int[][] _landingIndex = [];     // [ring step][piece]: index in _landings
-        private int _pending;
-        private readonly TaskCompletionSource _allLanded = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly IRingTransport transport = owner.transport;
+        private readonly int rank = owner.Rank;
+        private readonly int world = owner.WorldSize;
+        private readonly int maxPiece = owner.MaxPieceFloats;
+        private readonly IRingProgress? progress = owner.Progress;
+        private Exception? firstFailure;
+        private RingLanding[] landings = [];   // every piece from the left, in the order it comes
+        private int[][] landingIndex = [];     // [ring step][piece]: index in this.landings
+        private int pending;
+        private readonly TaskCompletionSource allLanded = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-        public Exception? FirstFailure => Volatile.Read(ref _firstFailure);
+        public Exception? FirstFailure => Volatile.Read(ref firstFailure);
 
         public RingTag SendPosition { get; private set; }
 
@@ -136,29 +136,29 @@ public sealed class RingAllReduce
 
         public bool ReceiveDone { get; private set; }
 
-        private int Steps => 2 * (_world - 1);
+        private int Steps => 2 * (this.world - 1);
 
-        private int Mod(int x) => ((x % _world) + _world) % _world;
+        private int Mod(int x) => ((x % this.world) + this.world) % this.world;
 
         private (int Start, int Length) Chunk(int chunk)
         {
             var n = (long)buffer.Length;
-            var start = chunk * n / _world;
-            var end = (chunk + 1) * n / _world;
+            var start = chunk * n / this.world;
+            var end = (chunk + 1) * n / this.world;
             return ((int)start, (int)(end - start));
         }
 
-        private int PieceCount(int length) => (int)(((long)length + _maxPiece - 1) / _maxPiece);
+        private int PieceCount(int length) => (int)(((long)length + maxPiece - 1) / maxPiece);
 
         private RingTag TagOf(int step, int piece) =>
-            step < _world - 1 ? new RingTag(operation, 0, step, piece) : new RingTag(operation, 1, step - (_world - 1), piece);
+            step < this.world - 1 ? new RingTag(operation, 0, step, piece) : new RingTag(operation, 1, step - (this.world - 1), piece);
 
         /// <summary>A transport failure at <paramref name="tag"/>; the peer at fault is the one the transport names, if any.</summary>
         private CollectiveException Failed(RingTag tag, string doing, int neighbour, Exception ex)
         {
             var peer = ex is RingTransportException { PeerRank: >= 0 } transport ? transport.PeerRank : neighbour;
             return new CollectiveException(
-                $"ring all-reduce operation {operation} (rank {_rank} of {_world}) failed in {PhaseName(tag.Phase)} step {tag.RingStep} piece {tag.Piece} while {doing} {_transport.DescribeRank(neighbour)}: {ex.Message}",
+                $"ring all-reduce operation {operation} (rank {this.rank} of {this.world}) failed in {PhaseName(tag.Phase)} step {tag.RingStep} piece {tag.Piece} while {doing} {this.transport.DescribeRank(neighbour)}: {ex.Message}",
                 operation, tag.Phase, tag.RingStep, tag.Piece, peer, ex);
         }
 
@@ -175,17 +175,17 @@ public sealed class RingAllReduce
                 var failure = ex is OperationCanceledException or CollectiveException || !stopAll.IsCancellationRequested
                     ? ex
                     : new OperationCanceledException(ex.Message, ex, stopAll.Token);
-                Interlocked.CompareExchange(ref _firstFailure, failure, null);
+                Interlocked.CompareExchange(ref firstFailure, failure, null);
                 try { await stopAll.CancelAsync().ConfigureAwait(false); } catch (ObjectDisposedException) { }
                 throw;
             }
         }
 
-        private int Left => Mod(_rank - 1);
+        private int Left => Mod(this.rank - 1);
 
         /// <summary>A piece from the left that does not fit where it should land: ranks disagree on the layout.</summary>
         private CollectiveException Mismatch(RingTag tag, long offset, int bytes, int pieces, long expectedOffset, int count, int expectedPieces) => new(
-            $"ring all-reduce operation {operation} (rank {_rank} of {_world}): {tag} from left neighbour {_transport.DescribeRank(Left)} covers [{offset}, {bytes} bytes) of {pieces} pieces, expected [{expectedOffset}, +{count} values = {WireCodec.EncodedBytes(compression, count)} bytes) of {expectedPieces}; do all ranks use the same buffer length ({buffer.Length}), max piece size ({_maxPiece}) and gradient compression ({compression})?",
+            $"ring all-reduce operation {operation} (rank {this.rank} of {this.world}): {tag} from left neighbour {this.transport.DescribeRank(Left)} covers [{offset}, {bytes} bytes) of {pieces} pieces, expected [{expectedOffset}, +{count} values = {WireCodec.EncodedBytes(compression, count)} bytes) of {expectedPieces}; do all ranks use the same buffer length ({buffer.Length}), max piece size ({maxPiece}) and gradient compression ({compression})?",
             operation, tag.Phase, tag.RingStep, tag.Piece, Left);
 
         /// <summary>Why a piece could not land, as this operation reports it.</summary>
@@ -198,7 +198,7 @@ public sealed class RingAllReduce
         {
             var order = new List<(int, int)>();
             for (var step = 0; step < Steps; step++)
-                for (var p = 0; p < PieceCount(Chunk(Mod(_rank - step - (receive ? 1 : 0))).Length); p++)
+                for (var p = 0; p < PieceCount(Chunk(Mod(this.rank - step - (receive ? 1 : 0))).Length); p++)
                     order.Add((step, p));
             return order;
         }
@@ -211,49 +211,49 @@ public sealed class RingAllReduce
         {
             var order = Order(receive: true);
             var landings = new RingLanding[order.Count];
-            _landingIndex = new int[Steps][];
-            for (var step = 0; step < Steps; step++) _landingIndex[step] = new int[PieceCount(Chunk(Mod(_rank - step - 1)).Length)];
+            landingIndex = new int[Steps][];
+            for (var step = 0; step < Steps; step++) landingIndex[step] = new int[PieceCount(Chunk(Mod(this.rank - step - 1)).Length)];
             for (var i = 0; i < order.Count; i++)
             {
                 var (step, p) = order[i];
-                var (start, length) = Chunk(Mod(_rank - step - 1));
-                var offset = start + p * _maxPiece;
-                var count = Math.Min(_maxPiece, length - p * _maxPiece);
-                _landingIndex[step][p] = i;
+                var (start, length) = Chunk(Mod(this.rank - step - 1));
+                var offset = start + p * maxPiece;
+                var count = Math.Min(maxPiece, length - p * maxPiece);
+                landingIndex[step][p] = i;
                 // Reduce-scatter adds; the rank that computes a chunk's final sum (step W - 2) rounds it for the wire; all-gather copies.
-                landings[i] = new RingLanding(TagOf(step, p), offset, PieceCount(length), buffer.Slice(offset, count), add: step < _world - 1, compression, round: step == _world - 2, OnLanded);
+                landings[i] = new RingLanding(TagOf(step, p), offset, PieceCount(length), buffer.Slice(offset, count), add: step < this.world - 1, compression, round: step == this.world - 2, OnLanded);
             }
-            _landings = landings;
-            _pending = landings.Length;
+            this.landings = landings;
+            pending = landings.Length;
             ReceivePosition = landings[0].Tag;
-            var zone = _transport.Expect(landings);
+            var zone = this.transport.Expect(landings);
             // Later pieces are reported as the one before lands (OnLanded).
-            if (!landings[0].Landed.IsCompleted) _progress?.Waiting(operation, ReceivePosition.Phase, ReceivePosition.RingStep + 1, _world - 1, 1, landings.Length, Left);
+            if (!landings[0].Landed.IsCompleted) progress?.Waiting(operation, ReceivePosition.Phase, ReceivePosition.RingStep + 1, this.world - 1, 1, landings.Length, Left);
             return zone;
         }
 
-        private int IndexOf(RingTag tag) => _landingIndex[tag.Phase == 0 ? tag.RingStep : _world - 1 + tag.RingStep][tag.Piece];
+        private int IndexOf(RingTag tag) => landingIndex[tag.Phase == 0 ? tag.RingStep : this.world - 1 + tag.RingStep][tag.Piece];
 
         /// <summary>A piece landed (or cannot): on the thread that landed it, so keep it short.</summary>
         private void OnLanded(RingLanding landing, Exception? failure)
         {
             if (failure is not null)
             {
-                _allLanded.TrySetException(ReceiveFailure(landing, failure));
+                allLanded.TrySetException(ReceiveFailure(landing, failure));
                 return;
             }
-            if (Interlocked.Decrement(ref _pending) == 0)
+            if (Interlocked.Decrement(ref pending) == 0)
             {
                 ReceiveDone = true;
-                _allLanded.TrySetResult();
+                allLanded.TrySetResult();
                 return;
             }
             var next = IndexOf(landing.Tag) + 1;
-            if (next < _landings.Length && !_landings[next].Landed.IsCompleted)
+            if (next < this.landings.Length && !this.landings[next].Landed.IsCompleted)
             {
-                var tag = _landings[next].Tag;
+                var tag = this.landings[next].Tag;
                 ReceivePosition = tag;
-                _progress?.Waiting(operation, tag.Phase, tag.RingStep + 1, _world - 1, next + 1, _landings.Length, Left);
+                progress?.Waiting(operation, tag.Phase, tag.RingStep + 1, this.world - 1, next + 1, this.landings.Length, Left);
             }
         }
 
@@ -263,7 +263,7 @@ public sealed class RingAllReduce
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, zone.Broken);
             try
             {
-                await _allLanded.Task.WaitAsync(linked.Token).ConfigureAwait(false);
+                await allLanded.Task.WaitAsync(linked.Token).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested && zone.BrokenFailure() is { } broken)
             {
@@ -277,14 +277,14 @@ public sealed class RingAllReduce
             await Task.Yield();
             foreach (var (step, p) in Order(receive: false))
             {
-                var (start, length) = Chunk(Mod(_rank - step));
+                var (start, length) = Chunk(Mod(this.rank - step));
                 var pieces = PieceCount(length);
                 var tag = TagOf(step, p);
                 SendPosition = tag;
                 // Step k forwards what step k - 1 received into the same chunk: wait until that piece is reduced.
                 if (step > 0)
                 {
-                    var landing = _landings[_landingIndex[step - 1][p]];
+                    var landing = this.landings[landingIndex[step - 1][p]];
                     if (!landing.Landed.IsCompletedSuccessfully)
                     {
                         await landing.Landed.WaitAsync(cancellationToken).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
@@ -293,8 +293,8 @@ public sealed class RingAllReduce
                         if (!landing.Landed.IsCompletedSuccessfully) throw ReceiveFailure(landing, landing.Landed.Exception!.InnerException!);
                     }
                 }
-                var offset = start + p * _maxPiece;
-                var count = Math.Min(_maxPiece, length - p * _maxPiece);
+                var offset = start + p * maxPiece;
+                var count = Math.Min(maxPiece, length - p * maxPiece);
                 // Zero-copy: this region is not written again before the piece has reached the right neighbour
                 // (the next write to it is the all-gather copy W - 1 steps later, which causally depends on it).
                 using var piece = compression == RingCompression.None
@@ -302,11 +302,11 @@ public sealed class RingAllReduce
                     : WireCodec.Encode(compression, tag, offset, pieces, buffer.Span.Slice(offset, count));
                 try
                 {
-                    await _transport.SendAsync(piece, cancellationToken).ConfigureAwait(false);
+                    await this.transport.SendAsync(piece, cancellationToken).ConfigureAwait(false);
                 }
                 catch (Exception ex) when (!cancellationToken.IsCancellationRequested)
                 {
-                    throw Failed(tag, "sending to right neighbour", Mod(_rank + 1), ex);
+                    throw Failed(tag, "sending to right neighbour", Mod(this.rank + 1), ex);
                 }
             }
         }
@@ -315,12 +315,12 @@ public sealed class RingAllReduce
         public async Task ReceiveLoopAsync(CancellationToken cancellationToken)
         {
             await Task.Yield();
-            foreach (var landing in _landings)
+            foreach (var landing in this.landings)
             {
                 RingPiece piece;
                 try
                 {
-                    piece = await _transport.ReceiveAsync(landing.Tag, cancellationToken).ConfigureAwait(false);
+                    piece = await this.transport.ReceiveAsync(landing.Tag, cancellationToken).ConfigureAwait(false);
                 }
                 catch (Exception ex) when (!cancellationToken.IsCancellationRequested)
                 {

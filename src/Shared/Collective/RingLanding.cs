@@ -13,8 +13,8 @@ public sealed class RingLanding
 {
     internal const int Pending = 0, Claimed = 1, Ended = 2;
 
-    private readonly TaskCompletionSource _landed = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly Action<RingLanding, Exception?>? _ended;
+    private readonly TaskCompletionSource landed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly Action<RingLanding, Exception?>? ended;
 
     /// <param name="tag">The piece expected.</param>
     /// <param name="offset">Element offset the sender must announce (checked).</param>
@@ -34,7 +34,7 @@ public sealed class RingLanding
         Add = add;
         Compression = compression;
         Round = round && compression != RingCompression.None;
-        _ended = ended;
+        this.ended = ended;
     }
 
     public RingTag Tag { get; }
@@ -52,7 +52,7 @@ public sealed class RingLanding
     public bool Round { get; }
 
     /// <summary>Completes when the values are in place; fails when they never will be (<see cref="RingLandingMismatchException"/> for a piece that does not fit).</summary>
-    public Task Landed => _landed.Task;
+    public Task Landed => landed.Task;
 
     /// <summary><see cref="Pending"/>, <see cref="Claimed"/> (a thread is writing into the destination) or <see cref="Ended"/>; guarded by the mailbox's lock.</summary>
     internal int State { get; set; }
@@ -94,14 +94,14 @@ public sealed class RingLanding
     /// <summary>The values are in place (read straight into the destination).</summary>
     internal void Complete()
     {
-        if (_landed.TrySetResult()) _ended?.Invoke(this, null);
+        if (landed.TrySetResult()) this.ended?.Invoke(this, null);
     }
 
     internal void Fail(Exception failure)
     {
-        if (!_landed.TrySetException(failure)) return;
-        _ = _landed.Task.Exception;   // observed: the operation reports it (or has given up on this piece)
-        _ended?.Invoke(this, failure);
+        if (!landed.TrySetException(failure)) return;
+        _ = landed.Task.Exception;   // observed: the operation reports it (or has given up on this piece)
+        this.ended?.Invoke(this, failure);
     }
 }
 
@@ -122,7 +122,7 @@ public sealed class RingLandingMismatchException(RingLanding landing, long offse
 /// </summary>
 public sealed class RingLandingZone(Action revoke, CancellationToken broken, Func<Exception?> brokenFailure) : IDisposable
 {
-    private int _disposed;
+    private int disposed;
 
     /// <summary>Cancelled when a link of this worker breaks: in a ring, the operation cannot finish then.</summary>
     public CancellationToken Broken { get; } = broken;
@@ -132,6 +132,6 @@ public sealed class RingLandingZone(Action revoke, CancellationToken broken, Fun
 
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) == 0) revoke();
+        if (Interlocked.Exchange(ref disposed, 1) == 0) revoke();
     }
 }

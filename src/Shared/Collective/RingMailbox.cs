@@ -8,14 +8,14 @@ namespace Dtrain.Collective;
 /// </summary>
 internal sealed class RingMailbox(string jobId, long generation, int rank, int worldSize, int? sender = null, PeerMessageKind kind = PeerMessageKind.AllReduce)
 {
-    private readonly Lock _gate = new();
-    private readonly Dictionary<RingTag, RingPiece> _arrived = [];
-    private readonly Dictionary<RingTag, TaskCompletionSource<RingPiece>> _waiting = [];
-    private readonly Dictionary<RingTag, RingLanding> _landings = [];
-    private Func<Exception, Exception> _wrapLandingFailure = e => e;
-    private bool _inboundAttached;
-    private Exception? _inboundEnded;   // the left neighbour's stream is over: unmatched receives can never complete
-    private Exception? _closed;         // the ring is gone on this side: everything fails
+    private readonly Lock gate = new();
+    private readonly Dictionary<RingTag, RingPiece> arrived = [];
+    private readonly Dictionary<RingTag, TaskCompletionSource<RingPiece>> waiting = [];
+    private readonly Dictionary<RingTag, RingLanding> landings = [];
+    private Func<Exception, Exception> wrapLandingFailure = e => e;
+    private bool inboundAttached;
+    private Exception? inboundEnded;   // the left neighbour's stream is over: unmatched receives can never complete
+    private Exception? closed;         // the ring is gone on this side: everything fails
 
     public string JobId { get; } = jobId;
 
@@ -40,7 +40,7 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
     /// <summary>Why the ring was closed on this side, or null while open.</summary>
     public Exception? ClosedReason
     {
-        get { lock (_gate) return _closed; }
+        get { lock (gate) return this.closed; }
     }
 
     /// <summary>
@@ -52,10 +52,10 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
     /// <summary>Claims the single inbound stream of this generation; false if one is (or was) attached already.</summary>
     public bool TryAttachInbound()
     {
-        lock (_gate)
+        lock (gate)
         {
-            if (_inboundAttached || _closed is not null) return false;
-            _inboundAttached = true;
+            if (inboundAttached || this.closed is not null) return false;
+            inboundAttached = true;
             return true;
         }
     }
@@ -69,21 +69,21 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
             throw new InvalidDataException($"{piece.Tag} from rank {LeftRank}: channel {JobId} carries {(Kind == PeerMessageKind.AllReduce ? "all-reduce pieces" : "stage tensors")} only");
         }
         RingLanding? landing;
-        lock (_gate)
+        lock (gate)
         {
-            if (_closed is not null)
+            if (this.closed is not null)
             {
                 piece.Dispose();
-                throw new InvalidOperationException($"ring {JobId}/{Generation} is closed on rank {Rank}: {_closed.Message}", _closed);
+                throw new InvalidOperationException($"ring {JobId}/{Generation} is closed on rank {Rank}: {this.closed.Message}", this.closed);
             }
             landing = ClaimLocked(piece.Tag, blockingRead: false);
-            if (landing is null && _waiting.Remove(piece.Tag, out var waiter))
+            if (landing is null && waiting.Remove(piece.Tag, out var waiter))
             {
                 // Continuations run asynchronously, so completing under the lock is safe and keeps cancellation race-free.
                 waiter.SetResult(piece);
                 return;
             }
-            if (landing is null && !_arrived.TryAdd(piece.Tag, piece))
+            if (landing is null && !arrived.TryAdd(piece.Tag, piece))
             {
                 piece.Dispose();
                 throw new InvalidDataException($"duplicate piece {piece.Tag} from rank {LeftRank}");
@@ -117,21 +117,21 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
     {
         var early = new List<(RingLanding Landing, RingPiece Piece)>();
         Exception? failure;
-        lock (_gate)
+        lock (gate)
         {
-            _wrapLandingFailure = wrapFailure;
-            failure = _closed ?? _inboundEnded;
+            wrapLandingFailure = wrapFailure;
+            failure = this.closed ?? inboundEnded;
             // All or nothing: a refused landing must not leave the others registered.
             foreach (var landing in landings)
-                if (_waiting.ContainsKey(landing.Tag) || _landings.ContainsKey(landing.Tag)) throw new InvalidOperationException($"piece {landing.Tag} is already being received");
+                if (waiting.ContainsKey(landing.Tag) || this.landings.ContainsKey(landing.Tag)) throw new InvalidOperationException($"piece {landing.Tag} is already being received");
             foreach (var landing in landings)
             {
-                if (_arrived.Remove(landing.Tag, out var piece))
+                if (arrived.Remove(landing.Tag, out var piece))
                 {
                     landing.State = RingLanding.Claimed;
                     early.Add((landing, piece));
                 }
-                else if (failure is null) _landings.Add(landing.Tag, landing);
+                else if (failure is null) this.landings.Add(landing.Tag, landing);
                 else landing.State = RingLanding.Ended;
             }
         }
@@ -144,12 +144,12 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
     /// <summary>For a link reader: the landing waiting for this tag, now claimed (end it with <see cref="Release"/>), or null.</summary>
     public RingLanding? TryClaim(RingTag tag, bool blockingRead)
     {
-        lock (_gate) return ClaimLocked(tag, blockingRead);
+        lock (gate) return ClaimLocked(tag, blockingRead);
     }
 
     private RingLanding? ClaimLocked(RingTag tag, bool blockingRead)
     {
-        if (_landings.Count == 0 || !_landings.Remove(tag, out var landing)) return null;
+        if (this.landings.Count == 0 || !this.landings.Remove(tag, out var landing)) return null;
         landing.State = RingLanding.Claimed;
         landing.BlockingRead = blockingRead;
         return landing;
@@ -159,14 +159,14 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
     public void Fail(RingLanding landing, Exception error)
     {
         Func<Exception, Exception> wrap;
-        lock (_gate) wrap = _wrapLandingFailure;
+        lock (gate) wrap = wrapLandingFailure;
         landing.Fail(wrap(new IOException($"stream from {SenderRole} rank {LeftRank} broke: {error.Message}", error)));
     }
 
     /// <summary>Ends a claim (the landing has landed or failed, or the reader gave up on it).</summary>
     public void Release(RingLanding landing)
     {
-        lock (_gate) landing.State = RingLanding.Ended;
+        lock (gate) landing.State = RingLanding.Ended;
     }
 
     /// <summary>
@@ -181,13 +181,13 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
         {
             var busy = false;
             Action? abort = null;
-            lock (_gate)
+            lock (gate)
             {
                 foreach (var landing in landings)
                 {
                     if (landing.State == RingLanding.Pending)
                     {
-                        _landings.Remove(landing.Tag);
+                        this.landings.Remove(landing.Tag);
                         landing.State = RingLanding.Ended;
                     }
                     else if (landing.State == RingLanding.Claimed && !landing.Landed.IsCompleted)
@@ -218,13 +218,13 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
     public bool TryHandToWaiter(RingPiece piece)
     {
         RingLanding? landing;
-        lock (_gate)
+        lock (gate)
         {
-            if (_closed is not null) return false;
+            if (this.closed is not null) return false;
             landing = ClaimLocked(piece.Tag, blockingRead: false);
             if (landing is null)
             {
-                if (!_waiting.Remove(piece.Tag, out var waiter)) return false;
+                if (!waiting.Remove(piece.Tag, out var waiter)) return false;
                 waiter.SetResult(piece);
                 return true;
             }
@@ -237,14 +237,14 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
     public async ValueTask<RingPiece> ReceiveAsync(RingTag tag, Func<Exception, Exception> wrapFailure, CancellationToken cancellationToken)
     {
         TaskCompletionSource<RingPiece> waiter;
-        lock (_gate)
+        lock (gate)
         {
-            if (_arrived.Remove(tag, out var piece)) return piece;
-            if (_closed is not null) throw wrapFailure(_closed);
-            if (_inboundEnded is not null) throw wrapFailure(_inboundEnded);
-            if (_waiting.ContainsKey(tag)) throw new InvalidOperationException($"piece {tag} is already being received");
+            if (arrived.Remove(tag, out var piece)) return piece;
+            if (this.closed is not null) throw wrapFailure(this.closed);
+            if (inboundEnded is not null) throw wrapFailure(inboundEnded);
+            if (waiting.ContainsKey(tag)) throw new InvalidOperationException($"piece {tag} is already being received");
             waiter = new TaskCompletionSource<RingPiece>(TaskCreationOptions.RunContinuationsAsynchronously);
-            _waiting.Add(tag, waiter);
+            waiting.Add(tag, waiter);
         }
         try
         {
@@ -252,9 +252,9 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
         }
         catch (OperationCanceledException)
         {
-            lock (_gate)
+            lock (gate)
             {
-                if (_waiting.TryGetValue(tag, out var current) && current == waiter) _waiting.Remove(tag);
+                if (waiting.TryGetValue(tag, out var current) && current == waiter) waiting.Remove(tag);
             }
             // Delivered in the meantime: nobody will ever read it, release the buffer.
             if (waiter.Task.IsCompletedSuccessfully) waiter.Task.Result.Dispose();
@@ -275,12 +275,12 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
         List<TaskCompletionSource<RingPiece>> failed;
         List<RingLanding> landings;
         Func<Exception, Exception> wrap;
-        lock (_gate)
+        lock (gate)
         {
-            if (_inboundEnded is not null) return;
-            _inboundEnded = reason;
-            failed = [.. _waiting.Values];
-            _waiting.Clear();
+            if (inboundEnded is not null) return;
+            inboundEnded = reason;
+            failed = [.. waiting.Values];
+            waiting.Clear();
             (landings, wrap) = TakeLandingsLocked();
         }
         foreach (var waiter in failed) waiter.TrySetException(reason);
@@ -289,10 +289,10 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
 
     private (List<RingLanding>, Func<Exception, Exception>) TakeLandingsLocked()
     {
-        List<RingLanding> landings = [.. _landings.Values];
-        _landings.Clear();
+        List<RingLanding> landings = [.. this.landings.Values];
+        this.landings.Clear();
         foreach (var landing in landings) landing.State = RingLanding.Ended;
-        return (landings, _wrapLandingFailure);
+        return (landings, wrapLandingFailure);
     }
 
     /// <summary>The ring is over on this side (transport disposed, or superseded by a newer generation).</summary>
@@ -302,14 +302,14 @@ internal sealed class RingMailbox(string jobId, long generation, int rank, int w
         List<RingPiece> dropped;
         List<RingLanding> landings;
         Func<Exception, Exception> wrap;
-        lock (_gate)
+        lock (gate)
         {
-            if (_closed is not null) return;
-            _closed = reason;
-            failed = [.. _waiting.Values];
-            dropped = [.. _arrived.Values];
-            _waiting.Clear();
-            _arrived.Clear();
+            if (this.closed is not null) return;
+            this.closed = reason;
+            failed = [.. waiting.Values];
+            dropped = [.. arrived.Values];
+            waiting.Clear();
+            arrived.Clear();
             (landings, wrap) = TakeLandingsLocked();
         }
         foreach (var waiter in failed) waiter.TrySetException(reason);

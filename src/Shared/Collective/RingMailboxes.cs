@@ -8,9 +8,9 @@ namespace Dtrain.Collective;
 /// </summary>
 public sealed class RingMailboxes(int maxPieceFloats = RingAllReduce.DefaultMaxPieceFloats)
 {
-    private readonly Lock _gate = new();
-    private readonly Dictionary<string, RingMailbox> _current = new(StringComparer.Ordinal);
-    private readonly Dictionary<string, long> _newest = new(StringComparer.Ordinal);
+    private readonly Lock gate = new();
+    private readonly Dictionary<string, RingMailbox> current = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, long> newest = new(StringComparer.Ordinal);
 
     /// <summary>Largest piece accepted from a neighbour, in floats; must match the senders' <see cref="RingAllReduce.MaxPieceFloats"/>.</summary>
     public int MaxPieceFloats { get; } = maxPieceFloats > 0 ? maxPieceFloats : throw new ArgumentOutOfRangeException(nameof(maxPieceFloats));
@@ -24,14 +24,14 @@ public sealed class RingMailboxes(int maxPieceFloats = RingAllReduce.DefaultMaxP
     {
         RingMailbox? superseded = null;
         RingMailbox mailbox;
-        lock (_gate)
+        lock (gate)
         {
-            if (_newest.TryGetValue(jobId, out var newest) && newest >= generation)
+            if (this.newest.TryGetValue(jobId, out var newest) && newest >= generation)
                 throw new InvalidOperationException($"ring {jobId}: generation {newest} is already registered here, cannot register generation {generation}");
-            _current.Remove(jobId, out superseded);
+            this.current.Remove(jobId, out superseded);
             mailbox = new RingMailbox(jobId, generation, rank, worldSize, sender, kind) { ExpectedLeft = expectedLeft };
-            _current[jobId] = mailbox;
-            _newest[jobId] = generation;
+            this.current[jobId] = mailbox;
+            this.newest[jobId] = generation;
         }
         superseded?.Close(new InvalidOperationException($"ring {jobId}/{superseded.Generation} superseded by generation {generation}"));
         return mailbox;
@@ -39,9 +39,9 @@ public sealed class RingMailboxes(int maxPieceFloats = RingAllReduce.DefaultMaxP
 
     internal void Unregister(RingMailbox mailbox, Exception reason)
     {
-        lock (_gate)
+        lock (gate)
         {
-            if (_current.TryGetValue(mailbox.JobId, out var current) && current == mailbox) _current.Remove(mailbox.JobId);
+            if (this.current.TryGetValue(mailbox.JobId, out var current) && current == mailbox) this.current.Remove(mailbox.JobId);
         }
         mailbox.Close(reason);
     }
@@ -49,11 +49,11 @@ public sealed class RingMailboxes(int maxPieceFloats = RingAllReduce.DefaultMaxP
     /// <summary>The open mailbox of that ring, or null, a refusal kind (not-registered / superseded / closed) and why.</summary>
     internal (RingMailbox? Mailbox, string? Refusal, string? Detail) Find(string jobId, long generation)
     {
-        lock (_gate)
+        lock (gate)
         {
-            var newest = _newest.TryGetValue(jobId, out var n) ? n : long.MinValue;
+            var newest = this.newest.TryGetValue(jobId, out var n) ? n : long.MinValue;
             if (generation < newest) return (null, "superseded", $"ring {jobId}/{generation} is superseded by generation {newest} on this worker");
-            if (_current.TryGetValue(jobId, out var mailbox) && mailbox.Generation == generation && mailbox.ClosedReason is null) return (mailbox, null, null);
+            if (this.current.TryGetValue(jobId, out var mailbox) && mailbox.Generation == generation && mailbox.ClosedReason is null) return (mailbox, null, null);
             if (generation == newest) return (null, "closed", $"ring {jobId}/{generation} is closed on this worker");
             return (null, "not-registered", $"no ring {jobId}/{generation} is registered on this worker (yet)");
         }

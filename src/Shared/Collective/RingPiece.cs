@@ -10,7 +10,7 @@ namespace Dtrain.Collective;
 /// </summary>
 public sealed class RingPiece : IDisposable
 {
-    private IDisposable? _owner;
+    private IDisposable? owner;
 
     static RingPiece()
     {
@@ -24,7 +24,7 @@ public sealed class RingPiece : IDisposable
         Offset = offset;
         Pieces = pieces;
         Bytes = bytes;
-        _owner = owner;
+        this.owner = owner;
     }
 
     /// <summary>A piece that borrows <paramref name="values"/> (no copy); the memory must stay valid and unchanged until the send completes.</summary>
@@ -72,7 +72,7 @@ public sealed class RingPiece : IDisposable
     public int Count => Bytes.Length / sizeof(float);
 
     /// <summary>Releases the pooled buffer, if the piece owns one. Idempotent.</summary>
-    public void Dispose() => Interlocked.Exchange(ref _owner, null)?.Dispose();
+    public void Dispose() => Interlocked.Exchange(ref this.owner, null)?.Dispose();
 
     private sealed class PooledBytes(int length) : IDisposable
     {

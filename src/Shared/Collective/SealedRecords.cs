@@ -64,71 +64,71 @@ internal static class SealedRecords
     /// <summary>One direction's keys: the current AES-GCM key and IV, the sequence under it, the ratchet.</summary>
     private sealed class Keys : IDisposable
     {
-        private readonly long _recordsPerKey;
-        private readonly byte[] _secret;
-        private readonly byte[] _iv = new byte[12];
-        private readonly byte[] _nonce = new byte[12];
-        private AesGcm? _aes;
-        private long _sequence;
+        private readonly long recordsPerKey;
+        private readonly byte[] secret;
+        private readonly byte[] iv = new byte[12];
+        private readonly byte[] nonce = new byte[12];
+        private AesGcm? aes;
+        private long sequence;
 
         public Keys(byte[] trafficSecret, long recordsPerKey)
         {
             ArgumentOutOfRangeException.ThrowIfLessThan(recordsPerKey, 1);
-            _recordsPerKey = recordsPerKey;
-            _secret = (byte[])trafficSecret.Clone();
+            this.recordsPerKey = recordsPerKey;
+            this.secret = (byte[])trafficSecret.Clone();
             Derive();
         }
 
         /// <summary>Records sealed or opened so far over all keys (for messages).</summary>
         public long Records { get; private set; }
 
-        public AesGcm Aes => _aes ?? throw new ObjectDisposedException(nameof(SealedRecords));
+        public AesGcm Aes => aes ?? throw new ObjectDisposedException(nameof(SealedRecords));
 
         private void Derive()
         {
             Span<byte> key = stackalloc byte[32];
-            HKDF.Expand(HashAlgorithmName.SHA256, _secret, key, Info("key"));
-            HKDF.Expand(HashAlgorithmName.SHA256, _secret, _iv, Info("iv"));
-            _aes?.Dispose();
-            _aes = new AesGcm(key, TagBytes);
+            HKDF.Expand(HashAlgorithmName.SHA256, this.secret, key, Info("key"));
+            HKDF.Expand(HashAlgorithmName.SHA256, this.secret, iv, Info("iv"));
+            aes?.Dispose();
+            aes = new AesGcm(key, TagBytes);
             CryptographicOperations.ZeroMemory(key);
-            _sequence = 0;
+            sequence = 0;
         }
 
         /// <summary>This record's nonce (IV XOR sequence).</summary>
         public ReadOnlySpan<byte> Nonce()
         {
-            _iv.CopyTo(_nonce, 0);
-            var counter = BinaryPrimitives.ReadUInt64BigEndian(_nonce.AsSpan(4)) ^ (ulong)_sequence;
-            BinaryPrimitives.WriteUInt64BigEndian(_nonce.AsSpan(4), counter);
-            return _nonce;
+            iv.CopyTo(nonce, 0);
+            var counter = BinaryPrimitives.ReadUInt64BigEndian(nonce.AsSpan(4)) ^ (ulong)sequence;
+            BinaryPrimitives.WriteUInt64BigEndian(nonce.AsSpan(4), counter);
+            return nonce;
         }
 
         /// <summary>After a record: the next sequence number, or the next key (the old secret erased) when this one has done its share.</summary>
         public void Advance()
         {
             Records++;
-            if (++_sequence < _recordsPerKey) return;
+            if (++sequence < this.recordsPerKey) return;
             Span<byte> next = stackalloc byte[32];
-            HKDF.Expand(HashAlgorithmName.SHA256, _secret, next, Info("next"));
-            next.CopyTo(_secret);
+            HKDF.Expand(HashAlgorithmName.SHA256, this.secret, next, Info("next"));
+            next.CopyTo(this.secret);
             CryptographicOperations.ZeroMemory(next);
             Derive();
         }
 
         public void Dispose()
         {
-            _aes?.Dispose();
-            _aes = null;
-            CryptographicOperations.ZeroMemory(_secret);
-            CryptographicOperations.ZeroMemory(_iv);
+            aes?.Dispose();
+            aes = null;
+            CryptographicOperations.ZeroMemory(this.secret);
+            CryptographicOperations.ZeroMemory(iv);
         }
     }
 
     /// <summary>The sending end: seals records into the caller's buffer. One writer at a time.</summary>
     public sealed class Sealer(byte[] trafficSecret, long recordsPerKey = RecordsPerKey) : IDisposable
     {
-        private readonly Keys _keys = new(trafficSecret, recordsPerKey);
+        private readonly Keys keys = new(trafficSecret, recordsPerKey);
 
         /// <summary>Seals <paramref name="plaintext"/> as a record of <paramref name="type"/> into <paramref name="output"/>; returns the bytes written.</summary>
         public int Seal(byte type, ReadOnlySpan<byte> plaintext, Span<byte> output)
@@ -138,18 +138,18 @@ internal static class SealedRecords
             output[..AdBytes].Clear();
             output[0] = type;
             BinaryPrimitives.WriteInt32LittleEndian(output[4..], plaintext.Length);
-            _keys.Aes.Encrypt(_keys.Nonce(), plaintext, output.Slice(HeadBytes, plaintext.Length), output.Slice(AdBytes, TagBytes), output[..AdBytes]);
-            _keys.Advance();
+            keys.Aes.Encrypt(keys.Nonce(), plaintext, output.Slice(HeadBytes, plaintext.Length), output.Slice(AdBytes, TagBytes), output[..AdBytes]);
+            keys.Advance();
             return length;
         }
 
-        public void Dispose() => _keys.Dispose();
+        public void Dispose() => keys.Dispose();
     }
 
     /// <summary>The receiving end: checks a record's head, then opens its ciphertext in place.</summary>
     public sealed class Opener(byte[] trafficSecret, long recordsPerKey = RecordsPerKey) : IDisposable
     {
-        private readonly Keys _keys = new(trafficSecret, recordsPerKey);
+        private readonly Keys keys = new(trafficSecret, recordsPerKey);
 
         /// <summary>
         /// The type and length a record head announces; <see cref="InvalidDataException"/> when it is not a record
@@ -160,10 +160,10 @@ internal static class SealedRecords
             var type = head[0];
             var length = BinaryPrimitives.ReadInt32LittleEndian(head[4..]);
             if (head[1] != 0 || head[2] != 0 || head[3] != 0 || (type != expected && !(orClose && type == Close)))
-                throw new InvalidDataException($"record {_keys.Records + 1}: a {Describe(type)} record where a {Describe(expected)} record was due (the stream was altered, or is not this link's)");
+                throw new InvalidDataException($"record {keys.Records + 1}: a {Describe(type)} record where a {Describe(expected)} record was due (the stream was altered, or is not this link's)");
             var max = type == Close ? 0 : maxLength;
             if (length < 0 || length > max)
-                throw new InvalidDataException($"record {_keys.Records + 1}: a {Describe(type)} record of {length} bytes (at most {max} here)");
+                throw new InvalidDataException($"record {keys.Records + 1}: a {Describe(type)} record of {length} bytes (at most {max} here)");
             return (type, length);
         }
 
@@ -172,16 +172,16 @@ internal static class SealedRecords
         {
             try
             {
-                _keys.Aes.Decrypt(_keys.Nonce(), data, head.Slice(AdBytes, TagBytes), data, head[..AdBytes]);
+                keys.Aes.Decrypt(keys.Nonce(), data, head.Slice(AdBytes, TagBytes), data, head[..AdBytes]);
             }
             catch (CryptographicException ex)
             {
                 throw new InvalidDataException(
-                    $"record {_keys.Records + 1} ({Describe(head[0])}, {data.Length} bytes) failed authentication: it was altered, replayed, reordered or dropped on the way, or sealed with another key; the link is closed", ex);
+                    $"record {keys.Records + 1} ({Describe(head[0])}, {data.Length} bytes) failed authentication: it was altered, replayed, reordered or dropped on the way, or sealed with another key; the link is closed", ex);
             }
-            _keys.Advance();
+            keys.Advance();
         }
 
-        public void Dispose() => _keys.Dispose();
+        public void Dispose() => keys.Dispose();
     }
 }

@@ -6,22 +6,22 @@ public sealed partial class SharedMemoryAllReduce
     private sealed unsafe class Segment : IDisposable
     {
         private const string Suffix = ".seg";
-        private readonly SharedMemoryMapping _mapping;
-        private readonly byte* _base;
-        private readonly int _slotFloats;
-        private readonly PeerLiveness _liveness;
+        private readonly SharedMemoryMapping mapping;
+        private readonly byte* basePointer;
+        private readonly int slotFloats;
+        private readonly PeerLiveness liveness;
 
         private Segment(SharedMemoryMapping mapping, int slotFloats, TimeSpan? peerSilentAfter)
         {
-            _liveness = new PeerLiveness(peerSilentAfter);
-            _mapping = mapping;
-            _base = mapping.Base;
-            _slotFloats = slotFloats;
+            liveness = new PeerLiveness(peerSilentAfter);
+            this.mapping = mapping;
+            basePointer = mapping.Base;
+            this.slotFloats = slotFloats;
         }
 
-        public ulong Id => _mapping.Id;
+        public ulong Id => this.mapping.Id;
 
-        public string FilePath => _mapping.FilePath;
+        public string FilePath => this.mapping.FilePath;
 
         /// <summary>Creates this rank's segment (mode 0600), its pages reserved up front: a full /dev/shm fails here, not later with SIGBUS.</summary>
         public static Segment Create(int rank, int world, int slotFloats, TimeSpan? peerSilentAfter)
@@ -49,39 +49,39 @@ public sealed partial class SharedMemoryAllReduce
         }
 
         /// <summary>Removes the segment's name (its owner only; the mappings stay valid).</summary>
-        public void DeleteFile() => _mapping.DeleteFile();
+        public void DeleteFile() => this.mapping.DeleteFile();
 
         public Span<float> Slot(int slot, int offset, int count) =>
-            new((float*)(_base + HeaderBytes) + (long)slot * _slotFloats + offset, count);
+            new((float*)(basePointer + HeaderBytes) + (long)slot * this.slotFloats + offset, count);
 
-        public long Long(int offset) => Volatile.Read(ref *(long*)(_base + offset));
+        public long Long(int offset) => Volatile.Read(ref *(long*)(basePointer + offset));
 
-        public void SetLong(int offset, long value) => Volatile.Write(ref *(long*)(_base + offset), value);
+        public void SetLong(int offset, long value) => Volatile.Write(ref *(long*)(basePointer + offset), value);
 
-        public int Int(int offset) => Volatile.Read(ref *(int*)(_base + offset));
+        public int Int(int offset) => Volatile.Read(ref *(int*)(basePointer + offset));
 
-        public void SetInt(int offset, int value) => Volatile.Write(ref *(int*)(_base + offset), value);
+        public void SetInt(int offset, int value) => Volatile.Write(ref *(int*)(basePointer + offset), value);
 
-        public void Wake() => SharedMemoryRing.Futex.WakeAll((int*)(_base + OffArrive));
+        public void Wake() => SharedMemoryRing.Futex.WakeAll((int*)(basePointer + OffArrive));
 
         /// <summary>Waits until the word at <paramref name="offset"/> is no longer <paramref name="seen"/>, or 20 ms pass.</summary>
-        public void WaitChange(int offset, int seen) => SharedMemoryRing.Futex.Wait((int*)(_base + offset), seen, 20_000_000);
+        public void WaitChange(int offset, int seen) => SharedMemoryRing.Futex.Wait((int*)(basePointer + offset), seen, 20_000_000);
 
-        public void Beat() => Interlocked.Increment(ref *(long*)(_base + OffBeat));
+        public void Beat() => Interlocked.Increment(ref *(long*)(basePointer + OffBeat));
 
         /// <summary>Why this (peer's) segment's owner is gone, or null while it is alive and in the group.</summary>
         public string? Gone()
         {
             if (Int(OffClosed) != 0) return "it left the group (its operation failed, or it was stopped)";
             var pid = Int(OffPid);
-            return _liveness.Check(pid, Long(OffPidNs), Long(OffBeat)) switch
+            return liveness.Check(pid, Long(OffPidNs), Long(OffBeat)) switch
             {
                 PeerLiveness.Verdict.Died => $"its process {pid} died",
-                PeerLiveness.Verdict.Silent => $"it has shown no heartbeat for {_liveness.SilentAfter.TotalSeconds:0.#} s",
+                PeerLiveness.Verdict.Silent => $"it has shown no heartbeat for {liveness.SilentAfter.TotalSeconds:0.#} s",
                 _ => null,
             };
         }
 
-        public void Dispose() => _mapping.Dispose();
+        public void Dispose() => this.mapping.Dispose();
     }
 }

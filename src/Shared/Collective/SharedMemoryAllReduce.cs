@@ -45,39 +45,39 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
     /// <summary>Values per slot unless told otherwise: 4M floats (16 MiB); a segment holds two slots.</summary>
     public const int DefaultSlotFloats = 4 << 20;
 
-    private readonly Segment[] _segments;
-    private readonly int _rank;
-    private readonly int _world;
-    private readonly Func<int, string> _describe;
-    private readonly BlockingCollection<Request> _queue = new();
-    private readonly Thread _thread;
-    private readonly float[] _tile = new float[TileFloats];
-    private Exception? _broken;
-    private RegisteredBuffer? _region;
-    private SharedMemoryMapping[]? _peerRegions;
-    private long _barrier;
-    private long _block;
-    private int _disposed;
+    private readonly Segment[] segments;
+    private readonly int rank;
+    private readonly int world;
+    private readonly Func<int, string> describe;
+    private readonly BlockingCollection<Request> queue = new();
+    private readonly Thread thread;
+    private readonly float[] tile = new float[TileFloats];
+    private Exception? broken;
+    private RegisteredBuffer? region;
+    private SharedMemoryMapping[]? peerRegions;
+    private long barrier;
+    private long block;
+    private int disposed;
 
     private SharedMemoryAllReduce(Segment[] segments, int rank, int slotFloats, Func<int, string> describe, TimeSpan operationTimeout)
     {
-        _segments = segments;
-        _rank = rank;
-        _world = segments.Length;
+        this.segments = segments;
+        this.rank = rank;
+        this.world = segments.Length;
         SlotFloats = slotFloats;
-        _describe = describe;
+        this.describe = describe;
         OperationTimeout = operationTimeout;
         SharedMemoryLiveness.Start(this);
-        _thread = new Thread(Run) { IsBackground = true, Name = $"dtrain shm all-reduce rank {rank}" };
-        _thread.Start();
+        thread = new Thread(Run) { IsBackground = true, Name = $"dtrain shm all-reduce rank {rank}" };
+        thread.Start();
     }
 
-    public int Rank => _rank;
+    public int Rank => this.rank;
 
-    public int WorldSize => _world;
+    public int WorldSize => this.world;
 
     /// <summary>The segments' file names (for tests: none exists once the group is formed).</summary>
-    internal IEnumerable<string> FilePaths => _segments.Select(s => s.FilePath);
+    internal IEnumerable<string> FilePaths => this.segments.Select(s => s.FilePath);
 
     /// <summary>Largest block reduced between two barriers.</summary>
     public int SlotFloats { get; }
@@ -184,7 +184,7 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
     /// </summary>
     public Task SumAsync(Memory<float> buffer, long operation, CancellationToken cancellationToken = default)
     {
-        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref disposed) != 0, this);
         cancellationToken.ThrowIfCancellationRequested();
         if (buffer.IsEmpty) return Task.CompletedTask;
         return Enqueue(new Request(buffer, operation, cancellationToken, Stopwatch.GetTimestamp())).Done.Task;
@@ -202,7 +202,7 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
     public async Task<RegisteredBuffer?> RegisterBufferAsync(int floats, long operation, CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(floats, 1);
-        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref disposed) != 0, this);
         var request = Enqueue(new Request(Memory<float>.Empty, operation, cancellationToken, Stopwatch.GetTimestamp()) { RegisterFloats = floats });
         await request.Done.Task.ConfigureAwait(false);
         return request.Registered;
@@ -212,7 +212,7 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
     {
         try
         {
-            _queue.Add(request, CancellationToken.None);
+            queue.Add(request, CancellationToken.None);
         }
         catch (InvalidOperationException)
         {
@@ -233,29 +233,29 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
 
     private void Run()
     {
-        foreach (var request in _queue.GetConsumingEnumerable())
+        foreach (var request in queue.GetConsumingEnumerable())
         {
-            if (_broken is { } broken)
+            if (this.broken is { } broken)
             {
                 request.Done.TrySetException(new CollectiveException(
-                    $"shared-memory all-reduce operation {request.Operation} (rank {_rank} of {_world}): the group failed earlier: {broken.Message}", request.Operation, 0, 0, 0, -1, broken));
+                    $"shared-memory all-reduce operation {request.Operation} (rank {this.rank} of {this.world}): the group failed earlier: {broken.Message}", request.Operation, 0, 0, 0, -1, broken));
                 continue;
             }
             try
             {
                 if (request.RegisterFloats > 0) Register(request);
                 else if (MemoryMarshal.TryGetMemoryManager<float, RegisteredBuffer>(request.Buffer, out var registered, out var start, out var length)
-                         && registered == _region && _peerRegions is not null)
+                         && registered == region && peerRegions is not null)
                     SumRegistered(request, start, length);
                 else Sum(request);
                 request.Done.TrySetResult();
             }
             catch (Exception e)
             {
-                _broken = e;
+                this.broken = e;
                 // Tell the peers at once: they fail their waits on us instead of waiting out a heartbeat.
-                _segments[_rank].SetInt(OffClosed, 1);
-                _segments[_rank].Wake();
+                this.segments[this.rank].SetInt(OffClosed, 1);
+                this.segments[this.rank].Wake();
                 if (e is OperationCanceledException oce) request.Done.TrySetCanceled(oce.CancellationToken);
                 else request.Done.TrySetException(e);
             }
@@ -271,18 +271,18 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
         var buffer = request.Buffer.Span;
         var n = buffer.Length;
         var op = request.Operation;
-        var own = _segments[_rank];
+        var own = this.segments[this.rank];
         Publish(op, n, ModeCopy, 0);
         var blocks = (n + SlotFloats - 1) / SlotFloats;
         for (var b = 0; b < blocks; b++)
         {
             var start = b * SlotFloats;
             var length = Math.Min(SlotFloats, n - start);
-            var slot = (int)(_block++ & 1);
+            var slot = (int)(this.block++ & 1);
             // 1. The parts other ranks own, into this rank's slot (at the same place as in the buffer's block).
-            for (var q = 0; q < _world; q++)
+            for (var q = 0; q < this.world; q++)
             {
-                if (q == _rank) continue;
+                if (q == this.rank) continue;
                 var (ps, pl) = Part(length, q);
                 NonTemporal.Copy(buffer.Slice(start + ps, pl), own.Slot(slot, ps, pl));
             }
@@ -290,10 +290,10 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
             if (b == 0) CheckSameOperation(op, n, ModeCopy, 0);
             // 2. This rank's part: summed in the ring's order, into its slot (where the others read it) and its buffer.
             {
-                var (ps, pl) = Part(length, _rank);
+                var (ps, pl) = Part(length, this.rank);
                 var sum = own.Slot(slot, ps, pl);
                 // Rank r's values at buffer index i: this rank's from its buffer, the others' from their slots (at i - start).
-                RankValues values = (r, i, count) => r == _rank ? request.Buffer.Span.Slice(i, count) : _segments[r].Slot(slot, i - start, count);
+                RankValues values = (r, i, count) => r == this.rank ? request.Buffer.Span.Slice(i, count) : this.segments[r].Slot(slot, i - start, count);
                 for (var at = 0; at < pl;)
                 {
                     var tile = SumTile(start + ps + at, n, pl - at, values);
@@ -304,11 +304,11 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
             }
             Barrier(request, phase: 1, b, blocks);
             // 3. The other parts' sums, from their owners' slots.
-            for (var q = 0; q < _world; q++)
+            for (var q = 0; q < this.world; q++)
             {
-                if (q == _rank) continue;
+                if (q == this.rank) continue;
                 var (ps, pl) = Part(length, q);
-                NonTemporal.Copy(_segments[q].Slot(slot, ps, pl), buffer.Slice(start + ps, pl));
+                NonTemporal.Copy(this.segments[q].Slot(slot, ps, pl), buffer.Slice(start + ps, pl));
             }
         }
         NonTemporal.Fence();
@@ -316,7 +316,7 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
 
     private void Publish(long op, int n, long mode, int start)
     {
-        var own = _segments[_rank];
+        var own = this.segments[this.rank];
         own.SetLong(OffOperation, op);
         own.SetLong(OffLength, n);
         own.SetLong(OffMode, mode);
@@ -326,13 +326,13 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
     /// <summary>After the first barrier of an operation: every rank must be running the same one, the same way.</summary>
     private void CheckSameOperation(long op, int n, long mode, int start)
     {
-        for (var r = 0; r < _world; r++)
+        for (var r = 0; r < this.world; r++)
         {
-            var peer = _segments[r];
+            var peer = this.segments[r];
             if (peer.Long(OffOperation) == op && peer.Long(OffLength) == n && peer.Long(OffMode) == mode && peer.Long(OffStart) == start) continue;
             static string How(long m, long at) => m == ModeRegistered ? $"values at {at} of its registered buffer" : "values of its own memory";
             throw new CollectiveException(
-                $"shared-memory all-reduce operation {op} ({n} {How(mode, start)}, rank {_rank} of {_world}): {_describe(r)} runs operation {peer.Long(OffOperation)} ({peer.Long(OffLength)} {How(peer.Long(OffMode), peer.Long(OffStart))}) instead; every rank must call its sums in the same order with the same lengths (and register its buffer alike)",
+                $"shared-memory all-reduce operation {op} ({n} {How(mode, start)}, rank {this.rank} of {this.world}): {this.describe(r)} runs operation {peer.Long(OffOperation)} ({peer.Long(OffLength)} {How(peer.Long(OffMode), peer.Long(OffStart))}) instead; every rank must call its sums in the same order with the same lengths (and register its buffer alike)",
                 op, 0, 0, 0, r);
         }
     }
@@ -344,7 +344,7 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
     private void Register(Request request)
     {
         var floats = request.RegisterFloats;
-        var own = _segments[_rank];
+        var own = this.segments[this.rank];
         ReleaseRegions();
         SharedMemoryMapping? mine = null;
         try
@@ -361,12 +361,12 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
         own.SetInt(OffRegionMapped, 0);
         Barrier(request, phase: 0, 0, 1);
         CheckSameOperation(request.Operation, floats, 0, 0);
-        var peers = new SharedMemoryMapping?[_world];
+        var peers = new SharedMemoryMapping?[this.world];
         var ok = mine is not null;
-        for (var r = 0; r < _world && ok; r++)
+        for (var r = 0; r < this.world && ok; r++)
         {
-            if (r == _rank) continue;
-            var peer = _segments[r];
+            if (r == this.rank) continue;
+            var peer = this.segments[r];
             if (peer.Int(OffRegionState) != 1 || peer.Long(OffRegionFloats) != floats)
             {
                 ok = false;
@@ -383,8 +383,8 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
         }
         own.SetInt(OffRegionMapped, ok ? 1 : -1);
         Barrier(request, phase: 1, 0, 1);
-        for (var r = 0; r < _world; r++)
-            if (_segments[r].Int(OffRegionMapped) != 1) ok = false;
+        for (var r = 0; r < this.world; r++)
+            if (this.segments[r].Int(OffRegionMapped) != 1) ok = false;
         // Every rank has mapped every region (or given up): the names can go.
         mine?.DeleteFile();
         if (!ok)
@@ -393,18 +393,18 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
             mine?.Dispose();
             return;
         }
-        _peerRegions = peers!;
-        _region = new RegisteredBuffer(mine!, floats);
-        request.Registered = _region;
+        peerRegions = peers!;
+        region = new RegisteredBuffer(mine!, floats);
+        request.Registered = region;
     }
 
     private void ReleaseRegions()
     {
-        if (_peerRegions is { } peers)
+        if (peerRegions is { } peers)
             foreach (var m in peers) m?.Dispose();
-        _peerRegions = null;
-        _region?.Release();
-        _region = null;
+        peerRegions = null;
+        region?.Release();
+        region = null;
     }
 
     /// <summary>
@@ -416,12 +416,12 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
     private void SumRegistered(Request request, int start, int n)
     {
         var op = request.Operation;
-        var own = _region!.Span;
+        var own = region!.Span;
         Publish(op, n, ModeRegistered, start);
         Barrier(request, phase: 0, 0, 1);
         CheckSameOperation(op, n, ModeRegistered, start);
         {
-            var (ps, pl) = Part(n, _rank);
+            var (ps, pl) = Part(n, this.rank);
             RankValues values = (r, i, count) => Region(r).Slice(start + i, count);
             for (var at = 0; at < pl;)
             {
@@ -431,9 +431,9 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
             }
         }
         Barrier(request, phase: 1, 0, 1);
-        for (var q = 0; q < _world; q++)
+        for (var q = 0; q < this.world; q++)
         {
-            if (q == _rank) continue;
+            if (q == this.rank) continue;
             var (ps, pl) = Part(n, q);
             NonTemporal.Copy(Region(q).Slice(start + ps, pl), own.Slice(start + ps, pl));
         }
@@ -441,7 +441,7 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
     }
 
     /// <summary>Rank <paramref name="r"/>'s registered buffer.</summary>
-    private Span<float> Region(int r) => r == _rank ? _region!.Span : _peerRegions![r].Floats(_region!.Length);
+    private Span<float> Region(int r) => r == this.rank ? region!.Span : peerRegions![r].Floats(region!.Length);
 
     /// <summary>Rank <paramref name="rank"/>'s values [<paramref name="index"/>, +<paramref name="count"/>) of the buffer being summed.</summary>
     private delegate ReadOnlySpan<float> RankValues(int rank, int index, int count);
@@ -456,44 +456,44 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
     {
         var chunk = ChunkOf(i, n);
         var run = (int)Math.Min(Math.Min(left, ChunkEnd(chunk, n) - i), TileFloats);
-        var tile = _tile.AsSpan(0, run);
-        TensorPrimitives.Add(values((chunk + 1) % _world, i, run), values(chunk, i, run), tile);
-        for (var j = 2; j < _world; j++) TensorPrimitives.Add(values((chunk + j) % _world, i, run), tile, tile);
+        var tile = this.tile.AsSpan(0, run);
+        TensorPrimitives.Add(values((chunk + 1) % this.world, i, run), values(chunk, i, run), tile);
+        for (var j = 2; j < this.world; j++) TensorPrimitives.Add(values((chunk + j) % this.world, i, run), tile, tile);
         return tile;
     }
 
     /// <summary>Part q of a block of <paramref name="length"/> values: W near-equal contiguous runs.</summary>
     private (int Start, int Length) Part(int length, int q)
     {
-        var s = (int)((long)q * length / _world);
-        var e = (int)((long)(q + 1) * length / _world);
+        var s = (int)((long)q * length / this.world);
+        var e = (int)((long)(q + 1) * length / this.world);
         return (s, e - s);
     }
 
     /// <summary>The ring's chunk of value <paramref name="i"/> of <paramref name="n"/> (chunk c = [c n / W, (c + 1) n / W)).</summary>
     private int ChunkOf(int i, int n)
     {
-        var c = (int)((long)i * _world / n);
-        while (c > 0 && (long)c * n / _world > i) c--;
-        while (c < _world - 1 && (long)(c + 1) * n / _world <= i) c++;
+        var c = (int)((long)i * this.world / n);
+        while (c > 0 && (long)c * n / this.world > i) c--;
+        while (c < this.world - 1 && (long)(c + 1) * n / this.world <= i) c++;
         return c;
     }
 
-    private long ChunkEnd(int chunk, int n) => (long)(chunk + 1) * n / _world;
+    private long ChunkEnd(int chunk, int n) => (long)(chunk + 1) * n / this.world;
 
     /// <summary>Arrives at the next barrier and waits until every peer has, checking that they are alive.</summary>
     private void Barrier(Request request, int phase, int block, int blocks)
     {
         // Non-temporal stores are weakly ordered: make the block's bytes visible before the peers are told they are there.
         NonTemporal.Fence();
-        var target = ++_barrier;
-        var own = _segments[_rank];
+        var target = ++barrier;
+        var own = this.segments[this.rank];
         own.SetInt(OffArrive, (int)target);
         own.Wake();
-        for (var r = 0; r < _world; r++)
+        for (var r = 0; r < this.world; r++)
         {
-            if (r == _rank) continue;
-            var peer = _segments[r];
+            if (r == this.rank) continue;
+            var peer = this.segments[r];
             var reported = false;
             var lastCheck = Stopwatch.GetTimestamp();
             for (var spin = 0; ; spin++)
@@ -522,30 +522,30 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
                     lastCheck = now;
                     if (peer.Gone() is { } why)
                         throw new CollectiveException(Where(request, phase, block, blocks, r, $"failed: {why}"), request.Operation, phase, 0, block, r,
-                            new RingTransportException($"shared-memory group peer {_describe(r)}: {why}", r, _describe(r)));
+                            new RingTransportException($"shared-memory group peer {this.describe(r)}: {why}", r, this.describe(r)));
                 }
             }
         }
     }
 
     private string Where(Request request, int phase, int block, int blocks, int peer, string what) =>
-        $"shared-memory all-reduce operation {request.Operation} ({request.Buffer.Length} floats, rank {_rank} of {_world}) {what} in {phase switch { 0 => "reduce", 1 => "gather", _ => "release" }} of block {block + 1}/{blocks}, waiting for {_describe(peer)}";
+        $"shared-memory all-reduce operation {request.Operation} ({request.Buffer.Length} floats, rank {this.rank} of {this.world}) {what} in {phase switch { 0 => "reduce", 1 => "gather", _ => "release" }} of block {block + 1}/{blocks}, waiting for {this.describe(peer)}";
 
     public async ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        if (Interlocked.Exchange(ref disposed, 1) != 0) return;
         SharedMemoryLiveness.Stop(this);
-        _queue.CompleteAdding();
-        _segments[_rank].SetInt(OffClosed, 1);
-        _segments[_rank].Wake();
+        queue.CompleteAdding();
+        this.segments[this.rank].SetInt(OffClosed, 1);
+        this.segments[this.rank].Wake();
         // The worker thread ends after the operation in hand; it cannot wait long: peers see our closed flag.
-        var ended = await Task.Run(() => _thread.Join(TimeSpan.FromSeconds(30))).ConfigureAwait(false);
+        var ended = await Task.Run(() => thread.Join(TimeSpan.FromSeconds(30))).ConfigureAwait(false);
         // Never unmap under a thread that may still touch the mappings (the process ends before it matters).
         if (!ended) return;
         ReleaseRegions();
-        foreach (var s in _segments) s.Dispose();
-        _queue.Dispose();
+        foreach (var s in this.segments) s.Dispose();
+        queue.Dispose();
     }
 
-    void SharedMemoryLiveness.IBeating.Beat() => _segments[_rank].Beat();
+    void SharedMemoryLiveness.IBeating.Beat() => this.segments[this.rank].Beat();
 }

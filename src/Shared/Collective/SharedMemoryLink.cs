@@ -32,35 +32,35 @@ internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLivenes
 
     internal const string ReceiverClosedMessage = "the receiver closed the shared-memory ring";
 
-    private readonly MemoryMappedFile _file;
-    private readonly MemoryMappedViewAccessor _view;
-    private readonly byte* _base;
-    private readonly long _capacity;
-    private readonly bool _writer;
-    private readonly PeerLiveness _peer;
-    private int _disposed;
+    private readonly MemoryMappedFile file;
+    private readonly MemoryMappedViewAccessor view;
+    private readonly byte* basePointer;
+    private readonly long capacity;
+    private readonly bool writer;
+    private readonly PeerLiveness peer;
+    private int disposed;
 
     private SharedMemoryRing(MemoryMappedFile file, bool writer, TimeSpan? peerSilentAfter)
     {
-        _peer = new PeerLiveness(peerSilentAfter);
-        _file = file;
-        _view = file.CreateViewAccessor(0, 0, MemoryMappedFileAccess.ReadWrite);
+        peer = new PeerLiveness(peerSilentAfter);
+        this.file = file;
+        view = file.CreateViewAccessor(0, 0, MemoryMappedFileAccess.ReadWrite);
         byte* pointer = null;
-        _view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
-        _base = pointer + _view.PointerOffset;
-        _writer = writer;
-        _capacity = writer ? 0 : Long(OffCapacity);
+        view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
+        basePointer = pointer + view.PointerOffset;
+        this.writer = writer;
+        this.capacity = writer ? 0 : Long(OffCapacity);
         if (writer) return;
         SharedMemoryLiveness.Start(this);
     }
 
     private SharedMemoryRing(MemoryMappedFile file, long capacity, TimeSpan? peerSilentAfter) : this(file, writer: true, peerSilentAfter)
     {
-        _capacity = capacity;
+        this.capacity = capacity;
         SharedMemoryLiveness.Start(this);
     }
 
-    public long Capacity => _capacity;
+    public long Capacity => this.capacity;
 
     /// <summary>Set before the writer unmaps: a send waiting for room gives up.</summary>
     public volatile bool Closing;
@@ -95,12 +95,12 @@ internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLivenes
         ring.SetLong(OffGeneration, generation);
         ring.SetInt(OffSender, sender);
         ring.SetInt(OffTokenLength, token.Length);
-        token.CopyTo(new Span<byte>(ring._base + OffToken, token.Length));
+        token.CopyTo(new Span<byte>(ring.basePointer + OffToken, token.Length));
         ring.SetInt(OffJobLength, job.Length);
-        job.CopyTo(new Span<byte>(ring._base + OffJob, job.Length));
+        job.CopyTo(new Span<byte>(ring.basePointer + OffJob, job.Length));
         ring.SetInt(OffWriterPid, Environment.ProcessId);
         ring.SetLong(OffWriterPidNs, SharedMemoryLiveness.OwnPidNamespace);
-        Volatile.Write(ref *(long*)(ring._base + OffMagic), MagicValue);
+        Volatile.Write(ref *(long*)(ring.basePointer + OffMagic), MagicValue);
         return ring;
     }
 
@@ -125,12 +125,12 @@ internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLivenes
         }
         try
         {
-            if (Volatile.Read(ref *(long*)(ring._base + OffMagic)) != MagicValue) throw new InvalidDataException($"{path} is not a dtrain ring (bad magic)");
-            if (ring._capacity <= 0 || ring._capacity != info.Length - HeaderBytes) throw new InvalidDataException($"{path}: capacity {ring._capacity} does not match the file");
+            if (Volatile.Read(ref *(long*)(ring.basePointer + OffMagic)) != MagicValue) throw new InvalidDataException($"{path} is not a dtrain ring (bad magic)");
+            if (ring.capacity <= 0 || ring.capacity != info.Length - HeaderBytes) throw new InvalidDataException($"{path}: capacity {ring.capacity} does not match the file");
             var jobLength = ring.Int(OffJobLength);
-            var job = jobLength is > 0 and <= MaxJobBytes ? Encoding.UTF8.GetString(new ReadOnlySpan<byte>(ring._base + OffJob, jobLength)) : "";
+            var job = jobLength is > 0 and <= MaxJobBytes ? Encoding.UTF8.GetString(new ReadOnlySpan<byte>(ring.basePointer + OffJob, jobLength)) : "";
             var tokenLength = ring.Int(OffTokenLength);
-            var presented = tokenLength is >= 0 and <= OffJobLength - OffToken ? new ReadOnlySpan<byte>(ring._base + OffToken, tokenLength) : [];
+            var presented = tokenLength is >= 0 and <= OffJobLength - OffToken ? new ReadOnlySpan<byte>(ring.basePointer + OffToken, tokenLength) : [];
             if (job != jobId || ring.Long(OffGeneration) != generation || ring.Int(OffSender) != sender)
                 throw new InvalidDataException($"{path} belongs to ring {job}/{ring.Long(OffGeneration)} from rank {ring.Int(OffSender)}, not {jobId}/{generation} from rank {sender}");
             if (token.IsEmpty || !System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(presented, token))
@@ -152,27 +152,27 @@ internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLivenes
         try { File.Delete(path); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
 
-    private long Long(int offset) => Volatile.Read(ref *(long*)(_base + offset));
+    private long Long(int offset) => Volatile.Read(ref *(long*)(basePointer + offset));
 
-    private void SetLong(int offset, long value) => Volatile.Write(ref *(long*)(_base + offset), value);
+    private void SetLong(int offset, long value) => Volatile.Write(ref *(long*)(basePointer + offset), value);
 
-    private int Int(int offset) => Volatile.Read(ref *(int*)(_base + offset));
+    private int Int(int offset) => Volatile.Read(ref *(int*)(basePointer + offset));
 
-    private void SetInt(int offset, int value) => Volatile.Write(ref *(int*)(_base + offset), value);
+    private void SetInt(int offset, int value) => Volatile.Write(ref *(int*)(basePointer + offset), value);
 
-    private int* Word(int offset) => (int*)(_base + offset);
+    private int* Word(int offset) => (int*)(basePointer + offset);
 
-    void SharedMemoryLiveness.IBeating.Beat() => Interlocked.Increment(ref *(long*)(_base + (_writer ? OffWriterBeat : OffReaderBeat)));
+    void SharedMemoryLiveness.IBeating.Beat() => Interlocked.Increment(ref *(long*)(basePointer + (this.writer ? OffWriterBeat : OffReaderBeat)));
 
     /// <summary>Why the other side is gone, or null while it is alive and has not closed.</summary>
     private string? PeerGone()
     {
-        if (Int(_writer ? OffReaderClosed : OffWriterClosed) != 0) return _writer ? ReceiverClosedMessage : null;
-        var pid = Int(_writer ? OffReaderPid : OffWriterPid);
-        return _peer.Check(pid, Long(_writer ? OffReaderPidNs : OffWriterPidNs), Long(_writer ? OffReaderBeat : OffWriterBeat)) switch
+        if (Int(this.writer ? OffReaderClosed : OffWriterClosed) != 0) return this.writer ? ReceiverClosedMessage : null;
+        var pid = Int(this.writer ? OffReaderPid : OffWriterPid);
+        return peer.Check(pid, Long(this.writer ? OffReaderPidNs : OffWriterPidNs), Long(this.writer ? OffReaderBeat : OffWriterBeat)) switch
         {
-            PeerLiveness.Verdict.Died => $"the {(_writer ? "receiving" : "sending")} process {pid} died",
-            PeerLiveness.Verdict.Silent => $"the {(_writer ? "receiving" : "sending")} side has not shown a heartbeat for {_peer.SilentAfter.TotalSeconds:0.#} s",
+            PeerLiveness.Verdict.Died => $"the {(this.writer ? "receiving" : "sending")} process {pid} died",
+            PeerLiveness.Verdict.Silent => $"the {(this.writer ? "receiving" : "sending")} side has not shown a heartbeat for {peer.SilentAfter.TotalSeconds:0.#} s",
             _ => null,
         };
     }
@@ -199,18 +199,18 @@ internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLivenes
 
     private void CopyIn(long position, ReadOnlySpan<byte> source)
     {
-        var at = position % _capacity;
-        var first = (int)Math.Min(source.Length, _capacity - at);
-        source[..first].CopyTo(new Span<byte>(_base + HeaderBytes + at, first));
-        if (first < source.Length) source[first..].CopyTo(new Span<byte>(_base + HeaderBytes, source.Length - first));
+        var at = position % this.capacity;
+        var first = (int)Math.Min(source.Length, this.capacity - at);
+        source[..first].CopyTo(new Span<byte>(basePointer + HeaderBytes + at, first));
+        if (first < source.Length) source[first..].CopyTo(new Span<byte>(basePointer + HeaderBytes, source.Length - first));
     }
 
     private void CopyOut(long position, Span<byte> destination)
     {
-        var at = position % _capacity;
-        var first = (int)Math.Min(destination.Length, _capacity - at);
-        new ReadOnlySpan<byte>(_base + HeaderBytes + at, first).CopyTo(destination);
-        if (first < destination.Length) new ReadOnlySpan<byte>(_base + HeaderBytes, destination.Length - first).CopyTo(destination[first..]);
+        var at = position % this.capacity;
+        var first = (int)Math.Min(destination.Length, this.capacity - at);
+        new ReadOnlySpan<byte>(basePointer + HeaderBytes + at, first).CopyTo(destination);
+        if (first < destination.Length) new ReadOnlySpan<byte>(basePointer + HeaderBytes, destination.Length - first).CopyTo(destination[first..]);
     }
 
     private static long Aligned(long bytes) => (bytes + 7) & ~7L;
@@ -219,22 +219,22 @@ internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLivenes
     public void Write(RingPiece piece, CancellationToken cancellationToken)
     {
         var need = PieceFrame.Size + Aligned(piece.Bytes.Length);
-        if (need > _capacity / 2) throw new InvalidOperationException($"a piece of {piece.Bytes.Length} bytes does not fit the shared-memory ring of {_capacity} bytes");
+        if (need > this.capacity / 2) throw new InvalidOperationException($"a piece of {piece.Bytes.Length} bytes does not fit the shared-memory ring of {this.capacity} bytes");
         var write = Long(OffWrite);
         // Frames are contiguous (the reader lends the payload in place): one that would wrap starts at the ring's
         // beginning instead, after a pad (a header with length -1 when there is room for one; else implied).
-        var at = write % _capacity;
-        var pad = at + need > _capacity ? _capacity - at : 0;
+        var at = write % this.capacity;
+        var pad = at + need > this.capacity ? this.capacity - at : 0;
         while (true)
         {
-            ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0 || Closing, this);
+            ObjectDisposedException.ThrowIf(Volatile.Read(ref disposed) != 0 || Closing, this);
             var seen = Int(OffSpaceSeq);
-            if (_capacity - (write - Long(OffRead)) >= pad + need) break;
+            if (this.capacity - (write - Long(OffRead)) >= pad + need) break;
             cancellationToken.ThrowIfCancellationRequested();
             if (PeerGone() is { } gone) throw new IOException(gone);
             Wait(OffSpaceSeq, seen);
         }
-        if (pad >= PieceFrame.Size) *(int*)(_base + HeaderBytes + at + 32) = -1;
+        if (pad >= PieceFrame.Size) *(int*)(basePointer + HeaderBytes + at + 32) = -1;
         Span<byte> header = stackalloc byte[PieceFrame.Size];
         PieceFrame.Write(header, piece);
         CopyIn(write + pad, header);
@@ -244,7 +244,7 @@ internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLivenes
     }
 
     /// <summary>Checks, without waiting, whether the receiver is gone (for sends that found room).</summary>
-    public string? ReceiverGone() => _writer ? PeerGone() : null;
+    public string? ReceiverGone() => this.writer ? PeerGone() : null;
 
     /// <summary>
     /// Reader loop (its own thread), until the sender closes or dies. A frame whose receiver is already waiting is lent
@@ -257,22 +257,22 @@ internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLivenes
         try
         {
             Span<byte> header = stackalloc byte[PieceFrame.Size];
-            while (Volatile.Read(ref _disposed) == 0 && mailbox.ClosedReason is null)
+            while (Volatile.Read(ref disposed) == 0 && mailbox.ClosedReason is null)
             {
                 var seen = Int(OffDataSeq);
                 var read = Long(OffRead);
                 if (Long(OffWrite) > read)
                 {
-                    var at = read % _capacity;
-                    if (_capacity - at < PieceFrame.Size || *(int*)(_base + HeaderBytes + at + 32) == -1)
+                    var at = read % this.capacity;
+                    if (this.capacity - at < PieceFrame.Size || *(int*)(basePointer + HeaderBytes + at + 32) == -1)
                     {
-                        SetLong(OffRead, read + (_capacity - at));   // pad before a frame that would have wrapped
+                        SetLong(OffRead, read + (this.capacity - at));   // pad before a frame that would have wrapped
                         continue;
                     }
                     CopyOut(read, header);
                     var (tag, pieces, offset, length, shape) = PieceFrame.Read(header, maxBytes, mailbox.WorldSize, mailbox.Kind);
-                    if (at + PieceFrame.Size + length > _capacity) throw new InvalidDataException($"a frame of {length} bytes at {at} runs past the ring's end");
-                    var lent = new Lent(_base + HeaderBytes + at + PieceFrame.Size, length, returned);
+                    if (at + PieceFrame.Size + length > this.capacity) throw new InvalidDataException($"a frame of {length} bytes at {at} runs past the ring's end");
+                    var lent = new Lent(basePointer + HeaderBytes + at + PieceFrame.Size, length, returned);
                     returned.Reset();
                     if (LendInPlace && mailbox.TryHandToWaiter(RingPiece.FromBytes(tag, offset, pieces, lent.Memory, lent).WithShape(shape)))
                     {
@@ -312,20 +312,20 @@ internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLivenes
     /// <summary>Unmaps. A reader ring is disposed only by its own reader thread (it stops within 20 ms of its mailbox closing).</summary>
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        if (Interlocked.Exchange(ref disposed, 1) != 0) return;
         SharedMemoryLiveness.Stop(this);   // no beat after this: the view is about to go
-        SetInt(_writer ? OffWriterClosed : OffReaderClosed, 1);
+        SetInt(this.writer ? OffWriterClosed : OffReaderClosed, 1);
         Signal(OffDataSeq);
         Signal(OffSpaceSeq);
-        _view.SafeMemoryMappedViewHandle.ReleasePointer();
-        _view.Dispose();
-        _file.Dispose();
+        view.SafeMemoryMappedViewHandle.ReleasePointer();
+        view.Dispose();
+        this.file.Dispose();
     }
 
     /// <summary>A payload lent in place from the mapping; disposing the piece gives the slot back to the reader.</summary>
     private sealed class Lent(byte* pointer, int length, ManualResetEventSlim returned) : MemoryManager<byte>, IDisposable
     {
-        private int _returned;
+        private int released;
 
         public override Span<byte> GetSpan() => new(pointer, length);
 
@@ -337,22 +337,22 @@ internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLivenes
 
         void IDisposable.Dispose()
         {
-            if (Interlocked.Exchange(ref _returned, 1) == 0) returned.Set();
+            if (Interlocked.Exchange(ref released, 1) == 0) returned.Set();
         }
 
         protected override void Dispose(bool disposing)
         {
-            if (Interlocked.Exchange(ref _returned, 1) == 0) returned.Set();
+            if (Interlocked.Exchange(ref released, 1) == 0) returned.Set();
         }
     }
 
     private sealed class Pooled(byte[] buffer) : IDisposable
     {
-        private byte[]? _buffer = buffer;
+        private byte[]? buffer = buffer;
 
         public void Dispose()
         {
-            if (Interlocked.Exchange(ref _buffer, null) is { } b) ArrayPool<byte>.Shared.Return(b);
+            if (Interlocked.Exchange(ref this.buffer, null) is { } b) ArrayPool<byte>.Shared.Return(b);
         }
     }
 
@@ -394,13 +394,13 @@ internal sealed unsafe class SharedMemoryRing : IDisposable, SharedMemoryLivenes
 internal sealed class SharedMemoryOutbound : IOutboundLink
 {
     private readonly SharedMemoryRing ring;
-    private readonly System.Collections.Concurrent.BlockingCollection<(RingPiece Piece, TaskCompletionSource Done, CancellationToken Cancel)> _queue = new();
-    private readonly Thread _writer;
-    private readonly CancellationTokenSource _broken = new();
-    private readonly Timer _watch;
-    private Exception? _fault;
-    private int _busy;
-    private int _disposed;
+    private readonly System.Collections.Concurrent.BlockingCollection<(RingPiece Piece, TaskCompletionSource Done, CancellationToken Cancel)> queue = new();
+    private readonly Thread writer;
+    private readonly CancellationTokenSource broken = new();
+    private readonly Timer watch;
+    private Exception? fault;
+    private int busy;
+    private int disposed;
 
     private readonly TimeSpan closeGrace;
 
@@ -409,26 +409,26 @@ internal sealed class SharedMemoryOutbound : IOutboundLink
     {
         this.ring = ring;
         this.closeGrace = closeGrace ?? CollectiveTimeouts.Default.CloseGrace;
-        _writer = new Thread(WriteLoop) { IsBackground = true, Name = "dtrain shm writer" };
-        _writer.Start();
+        this.writer = new Thread(WriteLoop) { IsBackground = true, Name = "dtrain shm writer" };
+        this.writer.Start();
         // Notice a receiver that closed or died while we have nothing to send (the ring then fails its receives too).
-        _watch = new Timer(_ => Check(), null, TimeSpan.FromMilliseconds(100), TimeSpan.FromMilliseconds(100));
+        watch = new Timer(_ => Check(), null, TimeSpan.FromMilliseconds(100), TimeSpan.FromMilliseconds(100));
     }
 
     public string Kind => DataTransports.Describe(DataTransport.Shm);
 
-    public CancellationToken Broken => _broken.Token;
+    public CancellationToken Broken => broken.Token;
 
-    public Exception? Fault => Volatile.Read(ref _fault);
+    public Exception? Fault => Volatile.Read(ref this.fault);
 
     private void WriteLoop()
     {
-        foreach (var (piece, done, cancel) in _queue.GetConsumingEnumerable())
+        foreach (var (piece, done, cancel) in queue.GetConsumingEnumerable())
         {
-            Volatile.Write(ref _busy, 1);
+            Volatile.Write(ref busy, 1);
             try
             {
-                if (Volatile.Read(ref _fault) is { } fault) throw new IOException(fault.Message, fault);
+                if (Volatile.Read(ref this.fault) is { } fault) throw new IOException(fault.Message, fault);
                 if (ring.ReceiverGone() is { } gone) throw new IOException(gone);
                 ring.Write(piece, cancel);
                 done.SetResult();
@@ -444,14 +444,14 @@ internal sealed class SharedMemoryOutbound : IOutboundLink
             }
             finally
             {
-                Volatile.Write(ref _busy, 0);
+                Volatile.Write(ref busy, 0);
             }
         }
     }
 
     private void Check()
     {
-        if (Volatile.Read(ref _disposed) != 0 || Volatile.Read(ref _fault) is not null || Volatile.Read(ref _busy) != 0) return;
+        if (Volatile.Read(ref disposed) != 0 || Volatile.Read(ref this.fault) is not null || Volatile.Read(ref busy) != 0) return;
         if (ring.ReceiverGone() is { } gone) Break(new IOException(gone));
     }
 
@@ -462,11 +462,11 @@ internal sealed class SharedMemoryOutbound : IOutboundLink
     /// </summary>
     private void Break(Exception ex)
     {
-        if (Interlocked.CompareExchange(ref _fault, ex, null) is not null) return;
+        if (Interlocked.CompareExchange(ref this.fault, ex, null) is not null) return;
         try
         {
-            if (ex.Message == SharedMemoryRing.ReceiverClosedMessage) _broken.CancelAfter(closeGrace);
-            else _broken.Cancel();
+            if (ex.Message == SharedMemoryRing.ReceiverClosedMessage) broken.CancelAfter(closeGrace);
+            else broken.Cancel();
         }
         catch (ObjectDisposedException)
         {
@@ -476,12 +476,12 @@ internal sealed class SharedMemoryOutbound : IOutboundLink
     /// <summary>Completes when the piece is in the ring (the caller's memory is not read after that).</summary>
     public async ValueTask SendAsync(RingPiece piece, CancellationToken cancellationToken)
     {
-        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
-        if (Volatile.Read(ref _fault) is { } fault) throw new IOException(fault.Message, fault);
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref disposed) != 0, this);
+        if (Volatile.Read(ref this.fault) is { } fault) throw new IOException(fault.Message, fault);
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         try
         {
-            _queue.Add((piece, done, cancellationToken), CancellationToken.None);
+            queue.Add((piece, done, cancellationToken), CancellationToken.None);
         }
         catch (InvalidOperationException)
         {
@@ -493,14 +493,14 @@ internal sealed class SharedMemoryOutbound : IOutboundLink
 
     public async ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        await _watch.DisposeAsync().ConfigureAwait(false);
+        if (Interlocked.Exchange(ref disposed, 1) != 0) return;
+        await watch.DisposeAsync().ConfigureAwait(false);
         ring.Closing = true;
         Break(new ObjectDisposedException(nameof(SharedMemoryOutbound), "the link was closed on this side"));
-        _queue.CompleteAdding();
+        queue.CompleteAdding();
         // A write waiting for room notices Closing within 20 ms; only then may the mapping go.
-        if (await Task.Run(() => _writer.Join(closeGrace)).ConfigureAwait(false)) ring.Dispose();
+        if (await Task.Run(() => this.writer.Join(closeGrace)).ConfigureAwait(false)) ring.Dispose();
         // else: a write is stuck in a copy; leave the mapping rather than pull it from under it
-        _queue.Dispose();
+        queue.Dispose();
     }
 }

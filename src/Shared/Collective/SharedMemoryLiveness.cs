@@ -16,7 +16,7 @@ internal static class SharedMemoryLiveness
     public static readonly long OwnPidNamespace = PidNamespace();
 
     private static readonly List<WeakReference<IBeating>> Live = [];
-    private static Thread? _thread;
+    private static Thread? thread;
 
     /// <summary>Something with a heartbeat counter in shared memory.</summary>
     public interface IBeating
@@ -31,7 +31,7 @@ internal static class SharedMemoryLiveness
         lock (Live)
         {
             Live.Add(new WeakReference<IBeating>(beating));
-            _thread ??= StartThread();
+            thread ??= StartThread();
         }
     }
 
@@ -107,9 +107,9 @@ internal sealed class PeerLiveness(TimeSpan? silentAfter = null)
     /// <summary>How long a heartbeat may stand still before the peer counts as gone.</summary>
     public TimeSpan SilentAfter { get; } = silentAfter ?? CollectiveTimeouts.Default.PeerSilentAfter;
 
-    private long _lastBeat = -1;
-    private long _lastBeatAt = Stopwatch.GetTimestamp();
-    private long _lastPidCheckAt;
+    private long lastBeat = -1;
+    private long lastBeatAt = Stopwatch.GetTimestamp();
+    private long lastPidCheckAt;
 
     /// <summary>How the peer is gone: its process died, or its heartbeat stopped.</summary>
     public enum Verdict
@@ -123,19 +123,19 @@ internal sealed class PeerLiveness(TimeSpan? silentAfter = null)
     public Verdict Check(int pid, long pidNamespace, long beat)
     {
         var now = Stopwatch.GetTimestamp();
-        if (Stopwatch.GetElapsedTime(_lastPidCheckAt, now) > TimeSpan.FromMilliseconds(100))
+        if (Stopwatch.GetElapsedTime(lastPidCheckAt, now) > TimeSpan.FromMilliseconds(100))
         {
-            _lastPidCheckAt = now;
+            lastPidCheckAt = now;
             if (pid > 0 && pidNamespace != 0 && pidNamespace == SharedMemoryLiveness.OwnPidNamespace && pid != Environment.ProcessId
                 && !SharedMemoryLiveness.ProcessAlive(pid))
                 return Verdict.Died;
         }
-        if (beat != _lastBeat)
+        if (beat != lastBeat)
         {
-            _lastBeat = beat;
-            _lastBeatAt = now;
+            lastBeat = beat;
+            lastBeatAt = now;
         }
-        else if (Stopwatch.GetElapsedTime(_lastBeatAt, now) > SilentAfter)
+        else if (Stopwatch.GetElapsedTime(lastBeatAt, now) > SilentAfter)
             return Verdict.Silent;
         return Verdict.Alive;
     }

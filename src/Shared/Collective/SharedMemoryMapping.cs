@@ -6,27 +6,27 @@ namespace Dtrain.Collective;
 /// <summary>A file in /dev/shm mapped read-write: a registered buffer (this rank's or a peer's).</summary>
 internal sealed unsafe class SharedMemoryMapping : IDisposable
 {
-    private readonly MemoryMappedFile _file;
-    private readonly MemoryMappedViewAccessor _view;
-    private readonly string _path;
-    private readonly bool _owned;
-    private int _disposed;
+    private readonly MemoryMappedFile file;
+    private readonly MemoryMappedViewAccessor view;
+    private readonly string path;
+    private readonly bool owned;
+    private int disposed;
 
     private SharedMemoryMapping(MemoryMappedFile file, string path, ulong id, long bytes, bool owned)
     {
-        _file = file;
-        _path = path;
-        _owned = owned;
+        this.file = file;
+        this.path = path;
+        this.owned = owned;
         Id = id;
-        _view = file.CreateViewAccessor(0, bytes, MemoryMappedFileAccess.ReadWrite);
+        view = file.CreateViewAccessor(0, bytes, MemoryMappedFileAccess.ReadWrite);
         byte* pointer = null;
-        _view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
-        Base = pointer + _view.PointerOffset;
+        view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
+        Base = pointer + view.PointerOffset;
     }
 
     public ulong Id { get; }
 
-    public string FilePath => _path;
+    public string FilePath => this.path;
 
     public byte* Base { get; }
 
@@ -82,16 +82,16 @@ internal sealed unsafe class SharedMemoryMapping : IDisposable
     /// <summary>Removes the file's name (its creator only; the mappings stay valid).</summary>
     public void DeleteFile()
     {
-        if (!_owned) return;
-        try { File.Delete(_path); } catch (IOException) { }
+        if (!this.owned) return;
+        try { File.Delete(this.path); } catch (IOException) { }
     }
 
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        _view.SafeMemoryMappedViewHandle.ReleasePointer();
-        _view.Dispose();
-        _file.Dispose();
+        if (Interlocked.Exchange(ref disposed, 1) != 0) return;
+        view.SafeMemoryMappedViewHandle.ReleasePointer();
+        view.Dispose();
+        this.file.Dispose();
         DeleteFile();
     }
 }

@@ -357,22 +357,22 @@ internal static class TcpLink
     /// <summary>Frames as sealed records (tcp+tls): the header record, then the payload records, each opened in place; a close record ends the stream.</summary>
     private sealed class SealedFrameReader(Stream stream, SealedRecords.Opener opener) : FrameReader(stream)
     {
-        private readonly byte[] _head = new byte[SealedRecords.HeadBytes];
+        private readonly byte[] head = new byte[SealedRecords.HeadBytes];
 
         public override bool ReadHeader(Span<byte> header)
         {
-            var got = Fill(Stream, _head);
+            var got = Fill(Stream, head);
             if (got == 0) throw new EndOfStreamException("the connection ended without the sender's close record (cut short, or the sender died)");
-            if (got < _head.Length) throw new EndOfStreamException("the connection ended inside a record");
-            var (type, length) = opener.Check(_head, SealedRecords.FrameHeader, header.Length, orClose: true);
+            if (got < head.Length) throw new EndOfStreamException("the connection ended inside a record");
+            var (type, length) = opener.Check(head, SealedRecords.FrameHeader, header.Length, orClose: true);
             if (type == SealedRecords.Close)
             {
-                opener.Open(_head, []);
+                opener.Open(head, []);
                 return false;
             }
             if (length != header.Length) throw new InvalidDataException($"a frame header record of {length} bytes (a header is {header.Length})");
             if (Fill(Stream, header) < header.Length) throw new EndOfStreamException("the connection ended inside a record");
-            opener.Open(_head, header);
+            opener.Open(head, header);
             return true;
         }
 
@@ -381,12 +381,12 @@ internal static class TcpLink
             for (var done = 0; done < payload.Length;)
             {
                 var n = Math.Min(SealedRecords.ChunkBytes, payload.Length - done);
-                if (Fill(Stream, _head) < _head.Length) throw new EndOfStreamException("the connection ended inside a frame");
-                var (_, length) = opener.Check(_head, SealedRecords.Payload, SealedRecords.ChunkBytes, orClose: false);
+                if (Fill(Stream, head) < head.Length) throw new EndOfStreamException("the connection ended inside a frame");
+                var (_, length) = opener.Check(head, SealedRecords.Payload, SealedRecords.ChunkBytes, orClose: false);
                 if (length != n) throw new InvalidDataException($"a payload record of {length} bytes where the frame's next {n} bytes were due");
                 var chunk = payload.Slice(done, n);
                 if (Fill(Stream, chunk) < n) throw new EndOfStreamException("the connection ended inside a record");
-                opener.Open(_head, chunk);
+                opener.Open(head, chunk);
                 done += n;
             }
         }
@@ -394,11 +394,11 @@ internal static class TcpLink
 
     private sealed class Pooled(byte[] buffer) : IDisposable
     {
-        private byte[]? _buffer = buffer;
+        private byte[]? buffer = buffer;
 
         public void Dispose()
         {
-            if (Interlocked.Exchange(ref _buffer, null) is { } b) ArrayPool<byte>.Shared.Return(b);
+            if (Interlocked.Exchange(ref this.buffer, null) is { } b) ArrayPool<byte>.Shared.Return(b);
         }
     }
 
@@ -408,33 +408,33 @@ internal static class TcpLink
     /// </summary>
     private sealed class Outbound : IOutboundLink
     {
-        private readonly Socket _socket;
-        private readonly Stream _stream;
-        private readonly SealedRecords.Sealer? _sealer;
-        private readonly SemaphoreSlim _writeLock = new(1, 1);
-        private readonly byte[] _header = new byte[PieceFrame.Size];
-        private readonly CancellationTokenSource _broken = new();
-        private byte[]? _sealed;
-        private Exception? _fault;
-        private int _disposed;
+        private readonly Socket socket;
+        private readonly Stream stream;
+        private readonly SealedRecords.Sealer? sealer;
+        private readonly SemaphoreSlim writeLock = new(1, 1);
+        private readonly byte[] header = new byte[PieceFrame.Size];
+        private readonly CancellationTokenSource broken = new();
+        private byte[]? sealedBuffer;
+        private Exception? fault;
+        private int disposed;
 
-        private readonly TimeSpan _closeGrace;
+        private readonly TimeSpan closeGrace;
 
         public Outbound(Socket socket, Stream stream, SealedRecords.Sealer? sealer, TimeSpan closeGrace)
         {
-            _closeGrace = closeGrace;
-            _socket = socket;
-            _stream = stream;
-            _sealer = sealer;
+            this.closeGrace = closeGrace;
+            this.socket = socket;
+            this.stream = stream;
+            this.sealer = sealer;
             Kind = DataTransports.Describe(DataTransport.Tcp, sealer is not null);
             _ = WatchAsync();
         }
 
         public string Kind { get; }
 
-        public CancellationToken Broken => _broken.Token;
+        public CancellationToken Broken => broken.Token;
 
-        public Exception? Fault => Volatile.Read(ref _fault);
+        public Exception? Fault => Volatile.Read(ref this.fault);
 
         private async Task WatchAsync()
         {
@@ -442,7 +442,7 @@ internal static class TcpLink
             var one = new byte[1];
             try
             {
-                var n = await _socket.ReceiveAsync(one, SocketFlags.None, _broken.Token).ConfigureAwait(false);
+                var n = await this.socket.ReceiveAsync(one, SocketFlags.None, broken.Token).ConfigureAwait(false);
                 Break(new IOException(n == 0 ? "the receiver closed the connection" : "the receiver sent unexpected bytes"), clean: n == 0);
             }
             catch (OperationCanceledException)
@@ -458,43 +458,43 @@ internal static class TcpLink
         /// <summary>Sends fail from now on; receives too, after a grace when the receiver closed cleanly (see SharedMemoryOutbound).</summary>
         private void Break(Exception ex, bool clean = false)
         {
-            if (Interlocked.CompareExchange(ref _fault, ex, null) is not null) return;
+            if (Interlocked.CompareExchange(ref this.fault, ex, null) is not null) return;
             try
             {
-                if (clean) _broken.CancelAfter(_closeGrace);
-                else _broken.Cancel();
+                if (clean) broken.CancelAfter(this.closeGrace);
+                else broken.Cancel();
             }
             catch (ObjectDisposedException)
             {
             }
-            try { _socket.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+            try { this.socket.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
         }
 
         public async ValueTask SendAsync(RingPiece piece, CancellationToken cancellationToken)
         {
-            ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
-            if (Volatile.Read(ref _fault) is { } fault) throw new IOException(fault.Message, fault);
-            await _writeLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+            ObjectDisposedException.ThrowIf(Volatile.Read(ref disposed) != 0, this);
+            if (Volatile.Read(ref this.fault) is { } fault) throw new IOException(fault.Message, fault);
+            await writeLock.WaitAsync(cancellationToken).ConfigureAwait(false);
             var writing = false;
             try
             {
-                if (Volatile.Read(ref _fault) is { } f) throw new IOException(f.Message, f);
-                PieceFrame.Write(_header, piece);
-                if (_sealer is not null)
+                if (Volatile.Read(ref this.fault) is { } f) throw new IOException(f.Message, f);
+                PieceFrame.Write(this.header, piece);
+                if (this.sealer is not null)
                 {
                     // Sealing advances the record sequence: from here a failure leaves the link unusable, like half a frame sent.
                     // Record by record (the header with the first), each written as soon as it is sealed: the receiver opens
                     // one while the next is sealed, and the buffer stays in cache.
                     writing = true;
-                    _sealed ??= GC.AllocateUninitializedArray<byte>(SealedRecords.Sealed(PieceFrame.Size) + SealedRecords.Sealed(SealedRecords.ChunkBytes));
+                    sealedBuffer ??= GC.AllocateUninitializedArray<byte>(SealedRecords.Sealed(PieceFrame.Size) + SealedRecords.Sealed(SealedRecords.ChunkBytes));
                     var payload = piece.Bytes;
-                    var length = _sealer.Seal(SealedRecords.FrameHeader, _header, _sealed);
+                    var length = this.sealer.Seal(SealedRecords.FrameHeader, this.header, sealedBuffer);
                     var done = 0;
                     do
                     {
                         var n = Math.Min(SealedRecords.ChunkBytes, payload.Length - done);
-                        if (n > 0) length += _sealer.Seal(SealedRecords.Payload, payload.Span.Slice(done, n), _sealed.AsSpan(length));
-                        await _stream.WriteAsync(_sealed.AsMemory(0, length), cancellationToken).ConfigureAwait(false);
+                        if (n > 0) length += this.sealer.Seal(SealedRecords.Payload, payload.Span.Slice(done, n), sealedBuffer.AsSpan(length));
+                        await this.stream.WriteAsync(sealedBuffer.AsMemory(0, length), cancellationToken).ConfigureAwait(false);
                         done += n;
                         length = 0;
                     }
@@ -502,45 +502,45 @@ internal static class TcpLink
                     return;
                 }
                 writing = true;
-                await _stream.WriteAsync(_header, cancellationToken).ConfigureAwait(false);
-                if (!piece.Bytes.IsEmpty) await _stream.WriteAsync(piece.Bytes, cancellationToken).ConfigureAwait(false);
+                await this.stream.WriteAsync(this.header, cancellationToken).ConfigureAwait(false);
+                if (!piece.Bytes.IsEmpty) await this.stream.WriteAsync(piece.Bytes, cancellationToken).ConfigureAwait(false);
             }
             catch (Exception ex) when (writing)
             {
                 // Half a frame may be on the wire: nothing more can go on this connection.
                 Break(ex);
                 if (ex is OperationCanceledException) throw;
-                throw new IOException(Volatile.Read(ref _fault)!.Message, ex);
+                throw new IOException(Volatile.Read(ref this.fault)!.Message, ex);
             }
             finally
             {
-                _writeLock.Release();
+                writeLock.Release();
             }
         }
 
         public async ValueTask DisposeAsync()
         {
-            if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+            if (Interlocked.Exchange(ref disposed, 1) != 0) return;
             try
             {
-                using var grace = new CancellationTokenSource(_closeGrace);
-                await _writeLock.WaitAsync(grace.Token).ConfigureAwait(false);
-                if (_sealer is not null && Volatile.Read(ref _fault) is null)
+                using var grace = new CancellationTokenSource(this.closeGrace);
+                await writeLock.WaitAsync(grace.Token).ConfigureAwait(false);
+                if (this.sealer is not null && Volatile.Read(ref this.fault) is null)
                 {
                     // The close record: without it the receiver takes the end of the stream for a cut.
                     var close = new byte[SealedRecords.Sealed(0)];
-                    _sealer.Seal(SealedRecords.Close, [], close);
-                    try { await _stream.WriteAsync(close, grace.Token).ConfigureAwait(false); } catch (Exception e) when (e is IOException or ObjectDisposedException or SocketException) { }
+                    this.sealer.Seal(SealedRecords.Close, [], close);
+                    try { await this.stream.WriteAsync(close, grace.Token).ConfigureAwait(false); } catch (Exception e) when (e is IOException or ObjectDisposedException or SocketException) { }
                 }
-                try { _socket.Shutdown(SocketShutdown.Send); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+                try { this.socket.Shutdown(SocketShutdown.Send); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
             }
             catch (OperationCanceledException)
             {
             }
-            Interlocked.CompareExchange(ref _fault, new ObjectDisposedException(nameof(TcpLink), "the link was closed on this side"), null);
-            try { await _broken.CancelAsync().ConfigureAwait(false); } catch (ObjectDisposedException) { }
-            await _stream.DisposeAsync().ConfigureAwait(false);
-            _sealer?.Dispose();
+            Interlocked.CompareExchange(ref this.fault, new ObjectDisposedException(nameof(TcpLink), "the link was closed on this side"), null);
+            try { await broken.CancelAsync().ConfigureAwait(false); } catch (ObjectDisposedException) { }
+            await this.stream.DisposeAsync().ConfigureAwait(false);
+            this.sealer?.Dispose();
         }
     }
 }

@@ -12,32 +12,32 @@ public sealed class CharTokenizer : ITokenizer
     /// <summary>Scalar values below this are looked up in a flat table (the hot path); the rest in a dictionary.</summary>
     const int DenseLimit = 0x3000;
 
-    readonly string[] _tokens;
-    readonly int[] _dense;
-    readonly Dictionary<int, int> _sparse = [];
+    readonly string[] tokens;
+    readonly int[] dense;
+    readonly Dictionary<int, int> sparse = [];
 
     internal CharTokenizer(IReadOnlyList<string> tokens, bool lowercase)
     {
-        _tokens = [.. tokens];
+        this.tokens = [.. tokens];
         Lowercase = lowercase;
         var maxDense = 0;
-        for (var id = 2; id < _tokens.Length; id++)
+        for (var id = 2; id < this.tokens.Length; id++)
         {
-            var v = Rune.GetRuneAt(_tokens[id], 0).Value;
+            var v = Rune.GetRuneAt(this.tokens[id], 0).Value;
             if (v < DenseLimit) maxDense = Math.Max(maxDense, v + 1);
         }
-        _dense = new int[maxDense];
-        Array.Fill(_dense, Vocabulary.UnkId);
-        for (var id = 2; id < _tokens.Length; id++)
+        this.dense = new int[maxDense];
+        Array.Fill(this.dense, Vocabulary.UnkId);
+        for (var id = 2; id < this.tokens.Length; id++)
         {
-            var v = Rune.GetRuneAt(_tokens[id], 0).Value;
-            if (v < DenseLimit) _dense[v] = id;
-            else _sparse[v] = id;
+            var v = Rune.GetRuneAt(this.tokens[id], 0).Value;
+            if (v < DenseLimit) this.dense[v] = id;
+            else sparse[v] = id;
         }
     }
 
     public string Kind => "char";
-    public int VocabSize => _tokens.Length;
+    public int VocabSize => this.tokens.Length;
     public bool Lowercase { get; }
 
     /// <summary>Fits the vocabulary to <paramref name="texts"/> (the training split only).</summary>
@@ -63,11 +63,11 @@ public sealed class CharTokenizer : ITokenizer
         ArgumentNullException.ThrowIfNull(text);
         var ids = new int[text.Length];
         var n = 0;
-        var dense = _dense;
+        var dense = this.dense;
         for (var i = 0; i < text.Length;)
         {
             var v = NextScalar(text, ref i, Lowercase);
-            ids[n++] = (uint)v < (uint)dense.Length ? dense[v] : _sparse.GetValueOrDefault(v, Vocabulary.UnkId);
+            ids[n++] = (uint)v < (uint)dense.Length ? dense[v] : sparse.GetValueOrDefault(v, Vocabulary.UnkId);
         }
         return n == ids.Length ? ids : ids[..n];
     }
@@ -80,11 +80,11 @@ public sealed class CharTokenizer : ITokenizer
     {
         if (ids.Length < text.Length) throw new ArgumentException($"needs room for {text.Length} ids", nameof(ids));
         var n = 0;
-        var dense = _dense;
+        var dense = this.dense;
         for (var i = 0; i < text.Length;)
         {
             var v = NextScalar(text, ref i, Lowercase);
-            ids[n++] = (uint)v < (uint)dense.Length ? dense[v] : _sparse.GetValueOrDefault(v, Vocabulary.UnkId);
+            ids[n++] = (uint)v < (uint)dense.Length ? dense[v] : this.sparse.GetValueOrDefault(v, Vocabulary.UnkId);
         }
         return n;
     }
@@ -113,9 +113,9 @@ public sealed class CharTokenizer : ITokenizer
         return new CharTokenizer(Vocabulary.Build(byString, minFrequency, maxVocab), lowercase);
     }
 
-    public string Decode(IEnumerable<int> ids) => Vocabulary.Decode(ids, _tokens, "\uFFFD", "");
+    public string Decode(IEnumerable<int> ids) => Vocabulary.Decode(ids, this.tokens, "\uFFFD", "");
 
-    public TokenizerState ToState() => new(Kind, Lowercase, [.. _tokens]);
+    public TokenizerState ToState() => new(Kind, Lowercase, [.. this.tokens]);
 
     /// <summary>The scalar value at <paramref name="i"/> (advancing past it); lone surrogates read as U+FFFD.</summary>
     static int NextScalar(ReadOnlySpan<char> s, ref int i, bool lowercase)

@@ -57,34 +57,34 @@ public static class CsvReader
     /// <summary>Splits the text into records; tracks line numbers across quoted line breaks.</summary>
     sealed class Parser(string file, string s, bool quote)
     {
-        int _pos;
-        int _line = 1;
-        readonly StringBuilder _field = new();
+        int pos;
+        int line = 1;
+        readonly StringBuilder field = new();
 
         /// <summary>The next record's fields and start line; <paramref name="problem"/> is set for a malformed record.</summary>
         public bool Next(out List<string> fields, out int startLine, out string? problem)
         {
             fields = [];
             problem = null;
-            while (_pos < s.Length && (s[_pos] == '\n' || (s[_pos] == '\r' && _pos + 1 < s.Length && s[_pos + 1] == '\n')))
+            while (pos < s.Length && (s[pos] == '\n' || (s[pos] == '\r' && pos + 1 < s.Length && s[pos + 1] == '\n')))
             {
-                _pos += s[_pos] == '\n' ? 1 : 2;
-                _line++;
+                pos += s[pos] == '\n' ? 1 : 2;
+                this.line++;
             }
-            startLine = _line;
-            if (_pos >= s.Length) return false;
+            startLine = this.line;
+            if (pos >= s.Length) return false;
 
             while (true)
             {
-                _field.Clear();
-                if (s[_pos] == '"') problem ??= QuotedField(startLine);
+                this.field.Clear();
+                if (s[pos] == '"') problem ??= QuotedField(startLine);
                 UnquotedRest();
-                fields.Add(_field.ToString());
-                if (_pos >= s.Length) return true;
-                var c = s[_pos];
-                if (c == ',') { _pos++; if (_pos >= s.Length) { fields.Add(""); return true; } continue; }
-                _pos += c == '\r' ? 2 : 1; // "\r\n" or "\n"
-                _line++;
+                fields.Add(this.field.ToString());
+                if (pos >= s.Length) return true;
+                var c = s[pos];
+                if (c == ',') { pos++; if (pos >= s.Length) { fields.Add(""); return true; } continue; }
+                pos += c == '\r' ? 2 : 1; // "\r\n" or "\n"
+                this.line++;
                 return true;
             }
         }
@@ -92,25 +92,25 @@ public static class CsvReader
         /// <summary>Reads a quoted field starting at the opening quote; returns a problem if text follows the closing quote.</summary>
         string? QuotedField(int startLine)
         {
-            _pos++;
+            pos++;
             while (true)
             {
-                if (_pos >= s.Length)
+                if (pos >= s.Length)
                     throw new DataFormatException(file, startLine, "unterminated quoted field: the record starting on this line never closes its quote");
-                var c = s[_pos];
+                var c = s[pos];
                 if (c == '"')
                 {
-                    if (_pos + 1 < s.Length && s[_pos + 1] == '"') { _field.Append('"'); _pos += 2; continue; }
-                    _pos++;
+                    if (pos + 1 < s.Length && s[pos + 1] == '"') { this.field.Append('"'); pos += 2; continue; }
+                    pos++;
                     break;
                 }
-                if (c == '\n') _line++;
-                _field.Append(c);
-                _pos++;
+                if (c == '\n') this.line++;
+                this.field.Append(c);
+                pos++;
             }
             if (AtFieldEnd()) return null;
             return quote
-                ? $"unexpected character '{s[_pos]}' after a closing quote (a quote inside a quoted field must be doubled)"
+                ? $"unexpected character '{s[pos]}' after a closing quote (a quote inside a quoted field must be doubled)"
                 : "unexpected character after a closing quote (a quote inside a quoted field must be doubled)";
         }
 
@@ -119,12 +119,12 @@ public static class CsvReader
         {
             while (!AtFieldEnd())
             {
-                _field.Append(s[_pos]);
-                _pos++;
+                this.field.Append(s[pos]);
+                pos++;
             }
         }
 
         bool AtFieldEnd() =>
-            _pos >= s.Length || s[_pos] == ',' || s[_pos] == '\n' || (s[_pos] == '\r' && _pos + 1 < s.Length && s[_pos + 1] == '\n');
+            pos >= s.Length || s[pos] == ',' || s[pos] == '\n' || (s[pos] == '\r' && pos + 1 < s.Length && s[pos + 1] == '\n');
     }
 }

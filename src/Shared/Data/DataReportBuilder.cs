@@ -4,7 +4,7 @@ namespace Dtrain.Data;
 public sealed class DataReportBuilder
 {
     public const int MaxExamples = 5;
-    readonly List<string> _examples = [];
+    readonly List<string> examples = [];
 
     /// <summary>Records read and kept (truncated ones included).</summary>
     public int Read { get; private set; }
@@ -18,8 +18,8 @@ public sealed class DataReportBuilder
     public void Skip(string file, int line, string problem)
     {
         Skipped++;
-        if (_examples.Count < MaxExamples) _examples.Add(line > 0 ? $"{file}:{line}: {problem}" : $"{file}: {problem}");
+        if (examples.Count < MaxExamples) examples.Add(line > 0 ? $"{file}:{line}: {problem}" : $"{file}: {problem}");
     }
 
-    public DataReport ToReport() => new(Read, Skipped, Truncated, [.. _examples]);
+    public DataReport ToReport() => new(Read, Skipped, Truncated, [.. examples]);
 }

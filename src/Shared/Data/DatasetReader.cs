@@ -73,14 +73,14 @@ public static class DatasetReader
 /// <summary>Applies the error and over-length policies to the records of one file.</summary>
 internal sealed class RecordCollector(string file, ReadOptions options, DataReportBuilder report)
 {
-    readonly List<TextRecord> _records = [];
-    int _skipped;
+    readonly List<TextRecord> records = [];
+    int skipped;
 
     /// <summary>A malformed record: fatal, or skipped and counted under on_error = "skip".</summary>
     public void Bad(int line, string problem)
     {
         if (options.OnError != ErrorPolicies.Skip) throw new DataFormatException(file, line, problem);
-        _skipped++;
+        this.skipped++;
         report.Skip(file, line, problem);
     }
 
@@ -94,7 +94,7 @@ internal sealed class RecordCollector(string file, ReadOptions options, DataRepo
                 case OverlengthPolicies.Error:
                     throw new DataFormatException(file, line, problem);
                 case OverlengthPolicies.Skip:
-                    _skipped++;
+                    this.skipped++;
                     report.Skip(file, line, problem);
                     return;
                 default:
@@ -105,14 +105,14 @@ internal sealed class RecordCollector(string file, ReadOptions options, DataRepo
                     break;
             }
         }
-        _records.Add(new TextRecord(text, label, file, line));
+        this.records.Add(new TextRecord(text, label, file, line));
         report.CountRead();
     }
 
     public IReadOnlyList<TextRecord> Finish()
     {
-        if (_records.Count == 0)
-            throw new DataFormatException(file, 0, _skipped > 0 ? $"no records ({_skipped} skipped as malformed or over-long)" : "no records");
-        return _records;
+        if (this.records.Count == 0)
+            throw new DataFormatException(file, 0, this.skipped > 0 ? $"no records ({this.skipped} skipped as malformed or over-long)" : "no records");
+        return this.records;
     }
 }

@@ -6,8 +6,8 @@ namespace Dtrain.Data;
 /// </summary>
 public sealed class LabelSet
 {
-    readonly string[] _names;
-    readonly Dictionary<string, int> _ids;
+    readonly string[] names;
+    readonly Dictionary<string, int> ids;
 
     /// <summary>No labels: language modelling.</summary>
     public static readonly LabelSet Empty = new([]);
@@ -16,12 +16,12 @@ public sealed class LabelSet
     public LabelSet(IEnumerable<string> names)
     {
         ArgumentNullException.ThrowIfNull(names);
-        _names = [.. names];
-        _ids = new Dictionary<string, int>(_names.Length, StringComparer.Ordinal);
-        for (var i = 0; i < _names.Length; i++)
+        this.names = [.. names];
+        ids = new Dictionary<string, int>(this.names.Length, StringComparer.Ordinal);
+        for (var i = 0; i < this.names.Length; i++)
         {
-            if (string.IsNullOrWhiteSpace(_names[i])) throw new InvalidDataException($"label {i} is empty");
-            if (!_ids.TryAdd(_names[i], i)) throw new InvalidDataException($"label \"{_names[i]}\" appears twice");
+            if (string.IsNullOrWhiteSpace(this.names[i])) throw new InvalidDataException($"label {i} is empty");
+            if (!ids.TryAdd(this.names[i], i)) throw new InvalidDataException($"label \"{this.names[i]}\" appears twice");
         }
     }
 
@@ -39,25 +39,25 @@ public sealed class LabelSet
     }
 
     /// <summary>Labels in id order; serialize this list to save the set.</summary>
-    public IReadOnlyList<string> Names => _names;
-    public int Count => _names.Length;
+    public IReadOnlyList<string> Names => this.names;
+    public int Count => this.names.Length;
 
-    public bool Contains(string label) => _ids.ContainsKey(label);
-    public bool TryGetId(string label, out int id) => _ids.TryGetValue(label, out id);
+    public bool Contains(string label) => ids.ContainsKey(label);
+    public bool TryGetId(string label, out int id) => ids.TryGetValue(label, out id);
 
     /// <summary>The id of <paramref name="label"/>; throws <see cref="KeyNotFoundException"/> naming the known labels if there is none.</summary>
     public int IdOf(string label) =>
-        _ids.TryGetValue(label, out var id) ? id : throw new KeyNotFoundException($"unknown label \"{label}\"; known labels: {Describe()}");
+        ids.TryGetValue(label, out var id) ? id : throw new KeyNotFoundException($"unknown label \"{label}\"; known labels: {Describe()}");
 
     /// <summary>The id of <paramref name="label"/> read from <paramref name="file"/>:<paramref name="line"/>; an unknown label is a <see cref="DataFormatException"/> there.</summary>
     public int IdOf(string label, string file, int line) =>
-        _ids.TryGetValue(label, out var id) ? id : throw new DataFormatException(file, line, $"unknown label \"{label}\"; known labels: {Describe()}");
+        ids.TryGetValue(label, out var id) ? id : throw new DataFormatException(file, line, $"unknown label \"{label}\"; known labels: {Describe()}");
 
     public string NameOf(int id) =>
-        (uint)id < (uint)_names.Length ? _names[id] : throw new ArgumentOutOfRangeException(nameof(id), id, $"label id outside [0, {_names.Length})");
+        (uint)id < (uint)this.names.Length ? this.names[id] : throw new ArgumentOutOfRangeException(nameof(id), id, $"label id outside [0, {this.names.Length})");
 
     /// <summary>The labels for messages, shortened when there are many.</summary>
     public string Describe(int max = 20) =>
-        _names.Length == 0 ? "(none)"
-        : string.Join(", ", _names.Take(max).Select(n => $"\"{n}\"")) + (_names.Length > max ? $", ... ({_names.Length} in all)" : "");
+        this.names.Length == 0 ? "(none)"
+        : string.Join(", ", this.names.Take(max).Select(n => $"\"{n}\"")) + (this.names.Length > max ? $", ... ({this.names.Length} in all)" : "");
 }

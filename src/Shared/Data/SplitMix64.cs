@@ -7,11 +7,11 @@ namespace Dtrain.Data;
 /// </summary>
 public sealed class SplitMix64(ulong seed)
 {
-    ulong _state = seed;
+    ulong state = seed;
 
     public ulong NextUInt64()
     {
-        var z = _state += 0x9E3779B97F4A7C15UL;
+        var z = state += 0x9E3779B97F4A7C15UL;
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
         return z ^ (z >> 31);

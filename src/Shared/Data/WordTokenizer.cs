@@ -11,21 +11,21 @@ namespace Dtrain.Data;
 /// </summary>
 public sealed class WordTokenizer : ITokenizer
 {
-    readonly string[] _tokens;
-    readonly Dictionary<string, int> _ids;
-    readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _lookup;
+    readonly string[] tokens;
+    readonly Dictionary<string, int> ids;
+    readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> lookup;
 
     internal WordTokenizer(IReadOnlyList<string> tokens, bool lowercase)
     {
-        _tokens = [.. tokens];
+        this.tokens = [.. tokens];
         Lowercase = lowercase;
-        _ids = new Dictionary<string, int>(_tokens.Length, StringComparer.Ordinal);
-        for (var id = 2; id < _tokens.Length; id++) _ids[_tokens[id]] = id;
-        _lookup = _ids.GetAlternateLookup<ReadOnlySpan<char>>();
+        this.ids = new Dictionary<string, int>(this.tokens.Length, StringComparer.Ordinal);
+        for (var id = 2; id < this.tokens.Length; id++) this.ids[this.tokens[id]] = id;
+        this.lookup = this.ids.GetAlternateLookup<ReadOnlySpan<char>>();
     }
 
     public string Kind => "word";
-    public int VocabSize => _tokens.Length;
+    public int VocabSize => this.tokens.Length;
     public bool Lowercase { get; }
 
     /// <summary>Fits the vocabulary to <paramref name="texts"/> (the training split only).</summary>
@@ -57,7 +57,7 @@ public sealed class WordTokenizer : ITokenizer
         Split(text, spans);
         var ids = new int[spans.Count];
         for (var i = 0; i < ids.Length; i++)
-            ids[i] = _lookup.TryGetValue(text.AsSpan(spans[i].Start, spans[i].Length), out var id) ? id : Vocabulary.UnkId;
+            ids[i] = this.lookup.TryGetValue(text.AsSpan(spans[i].Start, spans[i].Length), out var id) ? id : Vocabulary.UnkId;
         return ids;
     }
 
@@ -72,7 +72,7 @@ public sealed class WordTokenizer : ITokenizer
         Split(text, spans);
         if (ids.Length < spans.Count) throw new ArgumentException($"needs room for {spans.Count} ids", nameof(ids));
         for (var i = 0; i < spans.Count; i++)
-            ids[i] = _lookup.TryGetValue(text.Slice(spans[i].Start, spans[i].Length), out var id) ? id : Vocabulary.UnkId;
+            ids[i] = this.lookup.TryGetValue(text.Slice(spans[i].Start, spans[i].Length), out var id) ? id : Vocabulary.UnkId;
         return spans.Count;
     }
 
@@ -92,9 +92,9 @@ public sealed class WordTokenizer : ITokenizer
     internal static WordTokenizer FromCounts(IReadOnlyDictionary<string, long> counts, int minFrequency, int maxVocab, bool lowercase) =>
         new(Vocabulary.Build(counts, minFrequency, maxVocab), lowercase);
 
-    public string Decode(IEnumerable<int> ids) => Vocabulary.Decode(ids, _tokens, Vocabulary.Unk, " ");
+    public string Decode(IEnumerable<int> ids) => Vocabulary.Decode(ids, this.tokens, Vocabulary.Unk, " ");
 
-    public TokenizerState ToState() => new(Kind, Lowercase, [.. _tokens]);
+    public TokenizerState ToState() => new(Kind, Lowercase, [.. this.tokens]);
 
     /// <summary>The token strings of <paramref name="text"/> (before any vocabulary lookup or lowercasing).</summary>
     public static IReadOnlyList<string> Tokenize(string text)

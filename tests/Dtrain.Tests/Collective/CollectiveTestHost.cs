@@ -39,11 +39,11 @@ internal sealed record CollectiveHost(WebApplication App, string Address)
 /// <summary>W in-process hosts on 127.0.0.1, each joined to one ring by <c>connect</c> (the transport under test).</summary>
 internal sealed class CollectiveTestRing<TTransport> : IAsyncDisposable where TTransport : IRingTransport
 {
-    private readonly CollectiveHost?[] _hosts;
+    private readonly CollectiveHost?[] hosts;
 
     private CollectiveTestRing(CollectiveHost[] hosts, TTransport[] transports)
     {
-        _hosts = hosts;
+        this.hosts = hosts;
         Transports = transports;
         Addresses = hosts.Select(h => h.Address).ToArray();
     }
@@ -66,8 +66,8 @@ internal sealed class CollectiveTestRing<TTransport> : IAsyncDisposable where TT
     /// <summary>Like a crash: the server aborts its connections, the worker's own links go away.</summary>
     public async Task KillAsync(int rank)
     {
-        var host = _hosts[rank]!;
-        _hosts[rank] = null;
+        var host = this.hosts[rank]!;
+        this.hosts[rank] = null;
         try
         {
             await host.App.StopAsync(new CancellationToken(canceled: true));
@@ -82,7 +82,7 @@ internal sealed class CollectiveTestRing<TTransport> : IAsyncDisposable where TT
     public async ValueTask DisposeAsync()
     {
         foreach (var transport in Transports) await transport.DisposeAsync();
-        foreach (var host in _hosts)
+        foreach (var host in this.hosts)
             if (host is not null) await host.App.DisposeAsync();
     }
 }

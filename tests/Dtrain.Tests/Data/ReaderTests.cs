@@ -6,9 +6,9 @@ namespace Dtrain.Tests.Data;
 
 public sealed class ReaderTests : IDisposable
 {
-    readonly TempDir _dir = new();
+    readonly TempDir dir = new();
 
-    public void Dispose() => _dir.Dispose();
+    public void Dispose() => dir.Dispose();
 
     static ReadOptions Jsonl(string onError = "fail") => new() { Format = "jsonl", LabelField = "label", OnError = onError };
     static ReadOptions Csv(string onError = "fail") => new() { Format = "csv", LabelField = "label", OnError = onError };
@@ -28,7 +28,7 @@ public sealed class ReaderTests : IDisposable
     [Fact]
     public void Jsonl_reads_text_and_labels_with_their_line_numbers_ignoring_blank_lines()
     {
-        var path = _dir.Write("a.jsonl", "{\"text\":\"hello\",\"label\":\"greet\"}\n\n   \r\n{\"label\":\"bye\",\"text\":\"see you\",\"extra\":[1]}\r\n");
+        var path = dir.Write("a.jsonl", "{\"text\":\"hello\",\"label\":\"greet\"}\n\n   \r\n{\"label\":\"bye\",\"text\":\"see you\",\"extra\":[1]}\r\n");
         var records = Read(path, Jsonl());
         Assert.Equal([new TextRecord("hello", "greet", path, 1), new TextRecord("see you", "bye", path, 4)], records);
     }
@@ -36,14 +36,14 @@ public sealed class ReaderTests : IDisposable
     [Fact]
     public void Jsonl_label_may_be_a_string_an_integer_or_a_boolean()
     {
-        var path = _dir.Write("a.jsonl", "{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\",\"label\":3}\n{\"text\":\"c\",\"label\":-7}\n{\"text\":\"d\",\"label\":true}\n{\"text\":\"e\",\"label\":false}\n");
+        var path = dir.Write("a.jsonl", "{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\",\"label\":3}\n{\"text\":\"c\",\"label\":-7}\n{\"text\":\"d\",\"label\":true}\n{\"text\":\"e\",\"label\":false}\n");
         Assert.Equal(["x", "3", "-7", "true", "false"], Read(path, Jsonl()).Select(r => r.Label));
     }
 
     [Fact]
     public void Jsonl_malformed_line_names_file_and_line()
     {
-        var path = _dir.Write("a.jsonl", "{\"text\":\"ok\",\"label\":\"a\"}\n{\"text\":\"broken\",\"label\":\"a\"\n{\"text\":\"ok\",\"label\":\"a\"}\n");
+        var path = dir.Write("a.jsonl", "{\"text\":\"ok\",\"label\":\"a\"}\n{\"text\":\"broken\",\"label\":\"a\"\n{\"text\":\"ok\",\"label\":\"a\"}\n");
         var e = Fails(path, Jsonl(), 2);
         Assert.Contains("malformed JSON", e.Problem);
     }
@@ -51,16 +51,16 @@ public sealed class ReaderTests : IDisposable
     [Fact]
     public void Jsonl_line_that_is_not_an_object_is_an_error()
     {
-        var path = _dir.Write("a.jsonl", "{\"text\":\"ok\",\"label\":\"a\"}\n[\"text\",\"a\"]\n");
+        var path = dir.Write("a.jsonl", "{\"text\":\"ok\",\"label\":\"a\"}\n[\"text\",\"a\"]\n");
         Assert.Contains("expected a JSON object, found an array", Fails(path, Jsonl(), 2).Problem);
     }
 
     [Fact]
     public void Jsonl_missing_field_names_the_field_and_line()
     {
-        var path = _dir.Write("a.jsonl", "{\"text\":\"ok\",\"label\":\"a\"}\n{\"text\":\"ok\",\"label\":\"a\"}\n{\"txt\":\"typo\",\"label\":\"a\"}\n");
+        var path = dir.Write("a.jsonl", "{\"text\":\"ok\",\"label\":\"a\"}\n{\"text\":\"ok\",\"label\":\"a\"}\n{\"txt\":\"typo\",\"label\":\"a\"}\n");
         Assert.Equal("missing field 'text'", Fails(path, Jsonl(), 3).Problem);
-        var noLabel = _dir.Write("b.jsonl", "{\"text\":\"no label\"}\n");
+        var noLabel = dir.Write("b.jsonl", "{\"text\":\"no label\"}\n");
         Assert.Equal("missing field 'label'", Fails(noLabel, Jsonl(), 1).Problem);
     }
 
@@ -73,7 +73,7 @@ public sealed class ReaderTests : IDisposable
     [InlineData("{\"text\":\"ok\",\"label\":\"\"}", "field 'label' is empty")]
     public void Jsonl_field_of_the_wrong_type_or_empty_names_the_field(string line, string problem)
     {
-        var path = _dir.Write("a.jsonl", "{\"text\":\"fine\",\"label\":\"a\"}\n" + line + "\n");
+        var path = dir.Write("a.jsonl", "{\"text\":\"fine\",\"label\":\"a\"}\n" + line + "\n");
         Assert.Equal(problem, Fails(path, Jsonl(), 2).Problem);
     }
 
@@ -82,7 +82,7 @@ public sealed class ReaderTests : IDisposable
     {
         var lines = new List<string>();
         for (var i = 1; i <= 10; i++) lines.Add(i % 2 == 0 ? "{\"text\":\"good\",\"label\":\"a\"}" : "not json");
-        var path = _dir.Write("a.jsonl", string.Join("\n", lines));
+        var path = dir.Write("a.jsonl", string.Join("\n", lines));
         var report = new DataReportBuilder();
         var records = DatasetReader.Read(path, Jsonl("skip"), report);
         Assert.Equal([2, 4, 6, 8, 10], records.Select(r => r.Line));
@@ -97,7 +97,7 @@ public sealed class ReaderTests : IDisposable
     [Fact]
     public void Skip_policy_keeps_at_most_five_examples()
     {
-        var path = _dir.Write("a.jsonl", string.Concat(Enumerable.Repeat("{}\n", 8)) + "{\"text\":\"t\",\"label\":\"a\"}\n");
+        var path = dir.Write("a.jsonl", string.Concat(Enumerable.Repeat("{}\n", 8)) + "{\"text\":\"t\",\"label\":\"a\"}\n");
         var report = new DataReportBuilder();
         DatasetReader.Read(path, Jsonl("skip"), report);
         Assert.Equal(8, report.Skipped);
@@ -107,7 +107,7 @@ public sealed class ReaderTests : IDisposable
     [Fact]
     public void File_whose_records_are_all_skipped_has_no_records()
     {
-        var path = _dir.Write("a.jsonl", "nope\n{}\n");
+        var path = dir.Write("a.jsonl", "nope\n{}\n");
         var e = Fails(path, Jsonl("skip"), 0);
         Assert.StartsWith("no records", e.Problem);
     }
@@ -115,7 +115,7 @@ public sealed class ReaderTests : IDisposable
     [Fact]
     public void Language_model_reading_needs_no_label_field()
     {
-        var path = _dir.Write("a.jsonl", "{\"text\":\"one\"}\n{\"text\":\"two\"}\n");
+        var path = dir.Write("a.jsonl", "{\"text\":\"one\"}\n{\"text\":\"two\"}\n");
         Assert.Equal(["one", "two"], Read(path, new ReadOptions { Format = "jsonl" }).Select(r => r.Text));
     }
 
@@ -129,7 +129,7 @@ public sealed class ReaderTests : IDisposable
     {
         foreach (var content in new[] { "", " \n\t\r\n" })
         {
-            var path = _dir.Write($"empty.{format}", content);
+            var path = dir.Write($"empty.{format}", content);
             Assert.Equal("file is empty", Fails(path, new ReadOptions { Format = format }, 0).Problem);
         }
     }
@@ -137,7 +137,7 @@ public sealed class ReaderTests : IDisposable
     [Fact]
     public void Missing_file_is_reported_as_not_found()
     {
-        var path = Path.Combine(_dir.Path, "nope.jsonl");
+        var path = Path.Combine(dir.Path, "nope.jsonl");
         Assert.Equal("file not found", Fails(path, Jsonl(), 0).Problem);
     }
 
@@ -155,7 +155,7 @@ public sealed class ReaderTests : IDisposable
         };
         var prefix = System.Text.Encoding.UTF8.GetBytes(head + "caf");
         byte[] bytes = [.. prefix, 0xE9, .. "\"\n"u8]; // Latin-1 é
-        var path = _dir.WriteBytes($"bad.{format}", bytes);
+        var path = dir.WriteBytes($"bad.{format}", bytes);
         var e = Fails(path, new ReadOptions { Format = format, LabelField = format == "text" ? null : "label" }, 3);
         Assert.Equal($"invalid UTF-8 byte sequence at byte offset {prefix.Length}", e.Problem);
     }
@@ -164,7 +164,7 @@ public sealed class ReaderTests : IDisposable
     public void Invalid_utf8_offsets_count_the_byte_order_mark()
     {
         byte[] bytes = [0xEF, 0xBB, 0xBF, .. "ab\n"u8, 0xC3, 0x28];
-        var path = _dir.WriteBytes("bad.txt", bytes);
+        var path = dir.WriteBytes("bad.txt", bytes);
         var e = Fails(path, new ReadOptions { Format = "text" }, 2);
         Assert.Equal("invalid UTF-8 byte sequence at byte offset 6", e.Problem);
     }
@@ -172,14 +172,14 @@ public sealed class ReaderTests : IDisposable
     [Fact]
     public void Byte_order_mark_is_stripped()
     {
-        var path = _dir.WriteBytes("bom.csv", [0xEF, 0xBB, 0xBF, .. "text,label\nhi,a\n"u8]);
+        var path = dir.WriteBytes("bom.csv", [0xEF, 0xBB, 0xBF, .. "text,label\nhi,a\n"u8]);
         Assert.Equal([new TextRecord("hi", "a", path, 2)], Read(path, Csv()));
     }
 
     [Fact]
     public void Text_file_is_one_record_on_line_one_with_lf_line_ends()
     {
-        var path = _dir.Write("book.txt", "Chapter 1\r\nCall me Ishmael.\r\n\r\nThe end.\n");
+        var path = dir.Write("book.txt", "Chapter 1\r\nCall me Ishmael.\r\n\r\nThe end.\n");
         Assert.Equal([new TextRecord("Chapter 1\nCall me Ishmael.\n\nThe end.\n", null, path, 1)], Read(path, new ReadOptions { Format = "text" }));
     }
 
@@ -188,7 +188,7 @@ public sealed class ReaderTests : IDisposable
     [Fact]
     public void Overlength_truncate_cuts_the_record_and_counts_it()
     {
-        var path = _dir.Write("a.jsonl", "{\"text\":\"0123456789\",\"label\":\"a\"}\n{\"text\":\"short\",\"label\":\"b\"}\n");
+        var path = dir.Write("a.jsonl", "{\"text\":\"0123456789\",\"label\":\"a\"}\n{\"text\":\"short\",\"label\":\"b\"}\n");
         var report = new DataReportBuilder();
         var records = DatasetReader.Read(path, Jsonl() with { MaxLength = 6, Overlength = "truncate" }, report);
         Assert.Equal(["012345", "short"], records.Select(r => r.Text));
@@ -198,7 +198,7 @@ public sealed class ReaderTests : IDisposable
     [Fact]
     public void Overlength_truncation_never_splits_a_surrogate_pair()
     {
-        var path = _dir.Write("a.csv", "text,label\nabcde😀f,a\n");
+        var path = dir.Write("a.csv", "text,label\nabcde😀f,a\n");
         var records = Read(path, Csv() with { MaxLength = 6 });
         Assert.Equal("abcde", records[0].Text);
     }
@@ -206,7 +206,7 @@ public sealed class ReaderTests : IDisposable
     [Fact]
     public void Overlength_skip_drops_the_record_and_counts_it()
     {
-        var path = _dir.Write("a.csv", "text,label\n0123456789,a\nshort,b\n");
+        var path = dir.Write("a.csv", "text,label\n0123456789,a\nshort,b\n");
         var report = new DataReportBuilder();
         var records = DatasetReader.Read(path, Csv() with { MaxLength = 6, Overlength = "skip" }, report);
         Assert.Equal(["short"], records.Select(r => r.Text));
@@ -217,7 +217,7 @@ public sealed class ReaderTests : IDisposable
     [Fact]
     public void Overlength_error_names_the_line_and_length_even_when_skipping_malformed_records()
     {
-        var path = _dir.Write("a.jsonl", "{\"text\":\"short\",\"label\":\"b\"}\n{\"text\":\"0123456789\",\"label\":\"a\"}\n");
+        var path = dir.Write("a.jsonl", "{\"text\":\"short\",\"label\":\"b\"}\n{\"text\":\"0123456789\",\"label\":\"a\"}\n");
         var e = Fails(path, Jsonl("skip") with { MaxLength = 6, Overlength = "error" }, 2);
         Assert.Equal("record is 10 characters long, more than max_length 6", e.Problem);
     }
@@ -228,7 +228,7 @@ public sealed class ReaderTests : IDisposable
     public void Csv_reads_quoted_fields_escapes_and_embedded_newlines_with_record_start_lines()
     {
         const string csv = "id,text,label\r\n1,plain,a\r\n2,\"with, comma and \"\"quotes\"\"\",b\r\n3,\"two\r\nlines\nthree\",a\r\n\r\n4,last,\"b\"";
-        var path = _dir.Write("a.csv", csv);
+        var path = dir.Write("a.csv", csv);
         var records = Read(path, Csv());
         Assert.Equal(
             [
@@ -243,7 +243,7 @@ public sealed class ReaderTests : IDisposable
     [Fact]
     public void Csv_missing_column_lists_the_columns_of_the_header()
     {
-        var path = _dir.Write("a.csv", "body,category,id\nhello,a,1\n");
+        var path = dir.Write("a.csv", "body,category,id\nhello,a,1\n");
         var e = Fails(path, Csv() with { TextField = "text" }, 1);
         Assert.Equal("no column 'text' in header; columns are: body, category, id", e.Problem);
     }
@@ -251,14 +251,14 @@ public sealed class ReaderTests : IDisposable
     [Fact]
     public void Csv_row_with_the_wrong_number_of_fields_names_its_line()
     {
-        var path = _dir.Write("a.csv", "text,label\n\"multi\nline\",a\nok,b\ntoo,many,fields\n");
+        var path = dir.Write("a.csv", "text,label\n\"multi\nline\",a\nok,b\ntoo,many,fields\n");
         Assert.Equal("expected 2 fields as in the header, found 3", Fails(path, Csv(), 5).Problem);
     }
 
     [Fact]
     public void Csv_skip_policy_drops_rows_with_the_wrong_field_count_and_counts_them()
     {
-        var path = _dir.Write("a.csv", "text,label\nok,a\nonly one field\nok,b\nx,y,z\n");
+        var path = dir.Write("a.csv", "text,label\nok,a\nonly one field\nok,b\nx,y,z\n");
         var report = new DataReportBuilder();
         var records = DatasetReader.Read(path, Csv("skip"), report);
         Assert.Equal([2, 4], records.Select(r => r.Line));
@@ -269,7 +269,7 @@ public sealed class ReaderTests : IDisposable
     [Fact]
     public void Csv_unterminated_quote_names_the_line_where_the_record_started()
     {
-        var path = _dir.Write("a.csv", "text,label\nok,a\n\"never closed,b\nmore\nlines\n");
+        var path = dir.Write("a.csv", "text,label\nok,a\n\"never closed,b\nmore\nlines\n");
         var e = Fails(path, Csv("skip"), 3);
         Assert.Contains("unterminated quoted field", e.Problem);
     }
@@ -277,21 +277,21 @@ public sealed class ReaderTests : IDisposable
     [Fact]
     public void Csv_text_after_a_closing_quote_is_a_malformed_record()
     {
-        var path = _dir.Write("a.csv", "text,label\n\"quoted\"junk,a\n");
+        var path = dir.Write("a.csv", "text,label\n\"quoted\"junk,a\n");
         Assert.Contains("after a closing quote", Fails(path, Csv(), 2).Problem);
     }
 
     [Fact]
     public void Csv_empty_label_is_an_error()
     {
-        var path = _dir.Write("a.csv", "text,label\nfine,a\nno label,\n");
+        var path = dir.Write("a.csv", "text,label\nfine,a\nno label,\n");
         Assert.Equal("field 'label' is empty", Fails(path, Csv(), 3).Problem);
     }
 
     [Fact]
     public void Csv_with_only_a_header_has_no_records()
     {
-        var path = _dir.Write("a.csv", "text,label\r\n");
+        var path = dir.Write("a.csv", "text,label\r\n");
         Assert.Equal("no records", Fails(path, Csv(), 0).Problem);
     }
 }

@@ -29,25 +29,25 @@ public class TlsRecordTests
     /// </summary>
     sealed class RecordProxy : IAsyncDisposable
     {
-        private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
-        private readonly Task _run;
-        private readonly List<IDisposable> _owned = [];
+        private readonly TcpListener listener = new(IPAddress.Loopback, 0);
+        private readonly Task run;
+        private readonly List<IDisposable> owned = [];
 
         public RecordProxy(int target, Plan plan)
         {
-            _listener.Start();
-            _run = RunAsync(target, plan);
+            listener.Start();
+            run = RunAsync(target, plan);
         }
 
-        public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
+        public int Port => ((IPEndPoint)listener.LocalEndpoint).Port;
 
         public MemoryStream Sealed { get; } = new();
 
         private async Task RunAsync(int target, Plan plan)
         {
-            var client = await _listener.AcceptTcpClientAsync();
+            var client = await listener.AcceptTcpClientAsync();
             var server = new TcpClient();
-            lock (_owned) _owned.AddRange([client, server]);
+            lock (owned) owned.AddRange([client, server]);
             await server.ConnectAsync(IPAddress.Loopback, target);
             var fromClient = client.GetStream();
             var toServer = server.GetStream();
@@ -97,9 +97,9 @@ public class TlsRecordTests
         /// <summary>Waits for both directions to end (the sender closes its link before this), then lets the sockets go.</summary>
         public async ValueTask DisposeAsync()
         {
-            _listener.Stop();
-            try { await _run; } catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException) { }
-            lock (_owned) foreach (var o in _owned) o.Dispose();
+            listener.Stop();
+            try { await run; } catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException) { }
+            lock (owned) foreach (var o in owned) o.Dispose();
         }
     }
 
