@@ -9,6 +9,9 @@ public static class ParameterChecksums
     public static double Sum(IEnumerable<Parameter> parameters)
     {
         using var _ = no_grad();
+        // The float64 copies and their sums are temporaries used by native calls: kept by the scope until those end
+        // (unreferenced, a collection started by another thread could free one mid-call), then freed at once.
+        using var scope = NewDisposeScope();
         double sum = 0;
         foreach (var p in parameters) sum += p.to_type(ScalarType.Float64).sum().item<double>();
         return sum;

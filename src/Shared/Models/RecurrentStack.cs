@@ -1,4 +1,5 @@
 using Dtrain.Specs;
+using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
@@ -180,10 +181,17 @@ public sealed class RecurrentStack : nn.Module
     {
         using var _ = no_grad();
         var slice = (gate * hiddenSize)..((gate + 1) * hiddenSize);
+        // Explicit Scalars and a view disposed after the call: with no dispose scope here, an implicit Scalar (fill_(bias))
+        // or the view p[slice] is garbage while libtorch still uses it, and a collection triggered by another thread may
+        // free it mid-call ("Expected false to be true ... toFloat" from fill_ was seen that way).
+        using var memory = bias.ToScalar();
+        using var zero = 0.0.ToScalar();
         foreach (var (name, p) in rnn.named_parameters())
         {
-            if (name.StartsWith("bias_ih", StringComparison.Ordinal)) p[slice].fill_(bias);
-            else if (name.StartsWith("bias_hh", StringComparison.Ordinal)) p[slice].fill_(0.0);
+            var value = name.StartsWith("bias_ih", StringComparison.Ordinal) ? memory : name.StartsWith("bias_hh", StringComparison.Ordinal) ? zero : null;
+            if (value is null) continue;
+            using var part = p[slice];
+            part.fill_(value);
         }
     }
 

@@ -15,7 +15,10 @@ public static class FiniteParameters
         foreach (var (name, value) in parameters)
         {
             using var finite = isfinite(value);
-            var n = value.numel() - finite.sum().item<long>();
+            // Disposed after item(): a temporary sum() is garbage during that native call, and a collection started by
+            // another thread (a signal handler, an RPC) may free it under libtorch.
+            using var count = finite.sum();
+            var n = value.numel() - count.item<long>();
             if (n == 0) continue;
             total += n;
             if (bad.Count < 3) bad.Add($"{name} ({n:N0} of {value.numel():N0})");

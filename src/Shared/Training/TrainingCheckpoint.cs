@@ -45,7 +45,7 @@ public static class TrainingCheckpoint
             [State] = JsonSerializer.SerializeToUtf8Bytes(state, StateJson),
             [Model] = SaveModel(engine.Model),
             [Optimizer] = SaveOptimizer(engine.Optimizer),
-            [Rng] = random.get_rng_state().bytes.ToArray(),
+            [Rng] = RngState(),
         };
         if (engine.CarriedState is { } carried) sections[Carried] = SaveState(carried);
         return new CheckpointData(state.Step, sections, DateTimeOffset.UtcNow);
@@ -225,6 +225,17 @@ public static class TrainingCheckpoint
 
     private static byte[] Require(CheckpointData data, string name, string source) =>
         data.Sections.TryGetValue(name, out var bytes) ? bytes : throw new CorruptCheckpointException(source, $"has no section \"{name}\"");
+
+    /// <summary>
+    /// The generator's state, copied while the tensor holding it is alive: <c>get_rng_state().bytes</c> is a span over
+    /// native memory that outlives the unreferenced tensor, and a collection before or during the copy (started by
+    /// ToArray's own allocation, or by any other thread) freed that memory under it.
+    /// </summary>
+    private static byte[] RngState()
+    {
+        using var state = random.get_rng_state();
+        return state.bytes.ToArray();
+    }
 
     private static byte[] SaveModel(nn.Module model)
     {

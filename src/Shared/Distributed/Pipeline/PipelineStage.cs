@@ -246,6 +246,8 @@ public sealed partial class PipelineStage : IDisposable
     public double SquaredGradientNorm(long globalCount)
     {
         using var _ = no_grad();
+        // p.grad and its norm are temporaries used by native calls: kept by the scope until those end (see ParameterChecksums).
+        using var scope = NewDisposeScope();
         double sum = 0;
         foreach (var p in parameters)
         {

@@ -1,0 +1,129 @@
+using System.Diagnostics;
+using Dtrain.Distributed;
+using Dtrain.Models;
+using Dtrain.Specs;
+using Dtrain.Tests.Support;
+using Dtrain.Training;
+using static TorchSharp.torch;
+
+namespace Dtrain.Tests.Training;
+
+/// <summary>
+/// Torch calls made outside the training step's dispose scopes — building a model, capturing a checkpoint, parameter
+/// checksums — while another thread collects garbage and runs finalizers flat out. Any thread that allocates can start a
+/// collection at any moment (a SIGTERM or Ctrl-C handler, RPC threads): a temporary tensor or Scalar that nothing
+/// references any more is then freed while libtorch still uses it. Seen that way: "Expected false to be true" from
+/// Scalar::toFloat in fill_ while a model was built, and a segmentation fault while a checkpoint was captured.
+/// </summary>
+[Collection(TorchRngCollection.Name)]
+public class ConstantCollectionTests
+{
+    /// <summary>
+    /// Runs <paramref name="round"/> while another thread forces collections: at least <paramref name="rounds"/> times and
+    /// until the collector has run 100 times (at most 20 times as many rounds); the failures, rounds and collections.
+    /// </summary>
+    static (List<string> Failures, int Rounds, int Collections) WhileCollecting(int rounds, Action<int> round)
+    {
+        var stop = 0;
+        var collections = 0;
+        var collector = new Thread(() =>
+        {
+            while (Volatile.Read(ref stop) == 0)
+            {
+                GC.Collect();
+                GC.WaitForPendingFinalizers();
+                Interlocked.Increment(ref collections);
+            }
+        }) { IsBackground = true };
+        collector.Start();
+        var failures = new List<string>();
+        var done = 0;
+        try
+        {
+            for (; done < rounds || (Volatile.Read(ref collections) < 100 && done < 20 * rounds); done++)
+            {
+                var k = done;
+                try
+                {
+                    round(k);
+                }
+                catch (Exception e)
+                {
+                    failures.Add($"round {k + 1}: {e.Message.Split('\n')[0]}");
+                }
+            }
+        }
+        finally
+        {
+            Volatile.Write(ref stop, 1);
+            collector.Join();
+        }
+        return (failures, done, collections);
+    }
+
+    static void AssertClean((List<string> Failures, int Rounds, int Collections) run, Stopwatch clock)
+    {
+        var (failures, rounds, collections) = run;
+        Assert.True(failures.Count == 0, $"{failures.Count} of {rounds} rounds failed: {string.Join("; ", failures.Take(3))}");
+        // The collector really ran alongside, or the test proves nothing.
+        Assert.True(collections >= 50, $"only {collections} forced collections during {rounds} rounds ({clock.Elapsed.TotalSeconds:F1} s)");
+    }
+
+    [Fact]
+    public void Recurrent_stacks_build_with_their_gate_bias_under_constant_garbage_collection()
+    {
+        // The memory gate's bias is filled through a view with a Scalar, before any dispose scope exists.
+        const int rounds = 300;
+        var clock = Stopwatch.StartNew();
+        var run = WhileCollecting(rounds, k =>
+        {
+            var cell = k % 2 == 0 ? CellKinds.Lstm : CellKinds.Gru;
+            using var stack = new RecurrentStack(cell, 4, 8, 2, 0.0, bidirectional: false, memoryGateBias: 1.5);
+            foreach (var (name, p) in stack.named_parameters())
+            {
+                if (!name.StartsWith("bias_", StringComparison.Ordinal)) continue;
+                using var gate = p[8..16];
+                var expected = name.StartsWith("bias_ih", StringComparison.Ordinal) ? 1.5f : 0f;
+                if (gate.data<float>().ToArray().Any(v => v != expected)) throw new InvalidOperationException($"{cell} {name}: the memory gate's bias is not what was set");
+            }
+        });
+        AssertClean(run, clock);
+    }
+
+    [Fact]
+    public void Checkpoints_captured_under_constant_garbage_collection_hold_the_generator_state()
+    {
+        // FiniteParameters' counts and the generator's state are read from temporaries outside any dispose scope.
+        var spec = TestJobs.CharLm("t.txt");
+        using var engine = new TrainingEngine(spec, 20, 0, CPU);
+        var tokenizer = Dtrain.Data.TokenizerFactory.Fit(spec.Tokenizer, [TestJobs.Text(1)]);
+        var state = new TrainingState { Step = 3 };
+        byte[] expected;
+        using (var rng = random.get_rng_state()) expected = rng.bytes.ToArray();
+        const int rounds = 300;
+        var clock = Stopwatch.StartNew();
+        var run = WhileCollecting(rounds, _ =>
+        {
+            var data = TrainingCheckpoint.Capture(spec, tokenizer, Dtrain.Data.LabelSet.Empty, state, engine);
+            if (!data.Sections[TrainingCheckpoint.Rng].AsSpan().SequenceEqual(expected)) throw new InvalidOperationException("the captured generator state differs from the generator's");
+        });
+        AssertClean(run, clock);
+    }
+
+    [Fact]
+    public void Parameter_checksums_under_constant_garbage_collection_are_exact()
+    {
+        // Replicas compare these sums after every resume and reconfiguration, while RPC threads allocate all the time.
+        var ps = Enumerable.Range(0, 32).Select(i => new TorchSharp.Modules.Parameter(full(8, 0.5f + i))).ToList();
+        var expected = ParameterChecksums.Sum(ps);
+        const int rounds = 300;
+        var clock = Stopwatch.StartNew();
+        var run = WhileCollecting(rounds, _ =>
+        {
+            var sum = ParameterChecksums.Sum(ps);
+            if (sum != expected) throw new InvalidOperationException($"checksum {sum}, expected {expected}");
+        });
+        AssertClean(run, clock);
+        foreach (var p in ps) p.Dispose();
+    }
+}
