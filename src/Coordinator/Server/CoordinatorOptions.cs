@@ -41,6 +41,8 @@ public sealed record CoordinatorOptions
     public string? MetricsToken { get; init; }
     /// <summary>A worker that does not finish a step within this long fails its job (a hung worker).</summary>
     public double StepTimeoutSeconds { get; init; } = 300;
+    /// <summary>How a data-parallel step's deadline follows the steps seen so far (<see cref="StepDeadlineOptions"/>).</summary>
+    public StepDeadlineOptions StepDeadline { get; init; } = new();
     /// <summary>An elastic job below its minimum of workers waits this long for more (state "waiting") before it fails (or restarts from its checkpoint, training.max_restarts).</summary>
     public double WaitForWorkersSeconds { get; init; } = 60;
     /// <summary>
@@ -133,6 +135,7 @@ public sealed record CoordinatorOptions
         if (HeartbeatIntervalMs is < 50 or > 60_000) e.Add($"Coordinator:HeartbeatIntervalMs {HeartbeatIntervalMs} must be in [50, 60000]");
         if (!(WorkerTimeoutSeconds * 1000 > 2 * HeartbeatIntervalMs)) e.Add($"Coordinator:WorkerTimeoutSeconds {WorkerTimeoutSeconds} must exceed two heartbeat intervals");
         if (!(StepTimeoutSeconds > 0)) e.Add($"Coordinator:StepTimeoutSeconds {StepTimeoutSeconds} must be positive");
+        e.AddRange((StepDeadline ?? new()).Validate());
         Positive(e, "StallWarningSeconds", StallWarningSeconds);
         if (MetricsToken is { } token && token.Trim().Length < 16) e.Add("Coordinator:MetricsToken must be at least 16 characters (or unset)");
         if (!(WaitForWorkersSeconds >= 0)) e.Add($"Coordinator:WaitForWorkersSeconds {WaitForWorkersSeconds} must be >= 0");

@@ -75,25 +75,28 @@ public sealed class ServerInterceptor(ILogger<ServerInterceptor> log, IEnumerabl
         return detail == e.Status.Detail ? null : new RpcException(new Status(e.StatusCode, detail, e.Status.DebugException), e.Trailers);
     }
 
+    /// <summary>The status code a handler's exception becomes (<paramref name="callCancelled"/>: the caller had cancelled the call).</summary>
+    public static StatusCode CodeOf(Exception e, bool callCancelled) => e switch
+    {
+        // A collective failure is a peer's fault (dead or hung neighbour): Aborted tells the coordinator so.
+        Collective.CollectiveException or Collective.RingTransportException => StatusCode.Aborted,
+        PeerFailureException => StatusCode.Aborted,
+        WorkStoppedException => StatusCode.Cancelled,
+        InsufficientMemoryException => StatusCode.ResourceExhausted,
+        UnauthorizedAccessException => StatusCode.PermissionDenied,
+        SpecException or DataFormatException or ArgumentException or InvalidDataException or FormatException => StatusCode.InvalidArgument,
+        KeyNotFoundException or FileNotFoundException => StatusCode.NotFound,
+        CorruptCheckpointException => StatusCode.DataLoss,
+        OperationCanceledException when callCancelled => StatusCode.Cancelled,
+        OperationCanceledException => StatusCode.Aborted,
+        TimeoutException => StatusCode.DeadlineExceeded,
+        InvalidOperationException => StatusCode.FailedPrecondition,
+        _ => StatusCode.Internal,
+    };
+
     private RpcException Map(Exception e, ServerCallContext context)
     {
-        var code = e switch
-        {
-            // A collective failure is a peer's fault (dead or hung neighbour): Aborted tells the coordinator so.
-            Collective.CollectiveException or Collective.RingTransportException => StatusCode.Aborted,
-            PeerFailureException => StatusCode.Aborted,
-            WorkStoppedException => StatusCode.Cancelled,
-            InsufficientMemoryException => StatusCode.ResourceExhausted,
-            UnauthorizedAccessException => StatusCode.PermissionDenied,
-            SpecException or DataFormatException or ArgumentException or InvalidDataException or FormatException => StatusCode.InvalidArgument,
-            KeyNotFoundException or FileNotFoundException => StatusCode.NotFound,
-            CorruptCheckpointException => StatusCode.DataLoss,
-            OperationCanceledException when context.CancellationToken.IsCancellationRequested => StatusCode.Cancelled,
-            OperationCanceledException => StatusCode.Aborted,
-            TimeoutException => StatusCode.DeadlineExceeded,
-            InvalidOperationException => StatusCode.FailedPrecondition,
-            _ => StatusCode.Internal,
-        };
+        var code = CodeOf(e, context.CancellationToken.IsCancellationRequested);
         if (code == StatusCode.Internal)
         {
             // An unexpected error — a native one from libtorch among them — is logged whole (its native stack trace

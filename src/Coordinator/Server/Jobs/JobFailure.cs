@@ -10,4 +10,8 @@ public sealed class JobFailure(string message, WorkerRecord? unreachable = null,
     public bool Terminal { get; init; }
     /// <summary>A worker's whole error text when the message carries only its first line (for the coordinator's log, never the job's state).</summary>
     public string? FullText { get; init; }
+    /// <summary>The worker answered but does not hold the job (a newcomer of a re-forming that failed half way: healthy and idle).</summary>
+    public bool UnknownJob { get; init; }
+    /// <summary>The worker's own words, without the worker and step the message adds.</summary>
+    public string? Detail { get; init; }
 }

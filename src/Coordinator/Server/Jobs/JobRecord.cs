@@ -258,6 +258,10 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
         Publish(new JobNotice.Eval(step, metrics));
     }
 
+    /// <summary>Records and publishes a worker's (or the gathered model's) validation metrics after <paramref name="step"/>.</summary>
+    public void PublishEval(long step, Training.EvalMetrics metrics) =>
+        PublishEval(step, new EvalMetrics(metrics.Loss, metrics.Count) { Accuracy = metrics.Accuracy, MacroF1 = metrics.MacroF1 });
+
     /// <summary>Publishes the record as it is now to watchers (a state event).</summary>
     public void PublishState()
     {

@@ -1,7 +1,6 @@
 using Dtrain.Checkpoints;
 using Dtrain.Data;
 using Dtrain.Specs;
-using Grpc.Core;
 using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Server;
@@ -38,7 +37,7 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         // stages cannot change: a worker that goes fails the job (or restarts it from its checkpoint).
         var progress = job.Progress;
         using var fleet = job.Spec.Parallelism?.Pipeline is null
-            ? new JobFleet(job, workers, progress.MinWorkers, progress.MaxWorkers, registry, clients, options, log)
+            ? new JobFleet(job, workers, progress.MinWorkers, progress.MaxWorkers, registry, Connect, options, log, clock)
             : null;
         void Depart(WorkerRecord w, string message)
         {
@@ -70,7 +69,7 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         }
         catch (Exception e) when (job.Cancel.IsCancellationRequested && lostMessage is null)
         {
-            Finish(job, JobTrigger.Cancel, "cancelled by user" + (e is OperationCanceledException or RpcException ? "" : $" ({e.Message})"));
+            Finish(job, JobTrigger.Cancel, "cancelled by user" + (e is OperationCanceledException ? "" : $" ({e.Message})"));
         }
         catch (Exception e) when (lostMessage is not null)
         {
@@ -106,11 +105,14 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
             registry.WorkerLost -= OnLost;
             registry.WorkerLeft -= OnLeft;
             registry.DrainRequested -= OnDrained;
-            await GrpcJobWorkers.ReleaseAsync(fleet?.Everyone ?? workers, clients, registry, job.Id, restart is null ? job.Status.ToString() : "restarting", options.ReleaseTimeoutSeconds, log).ConfigureAwait(false);
+            await JobWorkers.ReleaseAsync(fleet?.Everyone ?? workers.Select(Connect), registry, job.Id, restart is null ? job.Status.ToString() : "restarting", options.ReleaseTimeoutSeconds, log).ConfigureAwait(false);
             registry.Release(job.Id);
         }
         return restart;
     }
+
+    /// <summary>How the coordinator reaches a worker: over gRPC.</summary>
+    private IWorkerHandle Connect(WorkerRecord w) => new GrpcWorkerHandle(w, clients, options, clock);
 
     /// <summary>A worker's whole error text, when the job's message carries only its first line.</summary>
     private void LogFullText(JobRecord job, Exception e)
@@ -128,7 +130,7 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
     {
         var prepared = await PreparedJob.LoadAsync(job, cancel).ConfigureAwait(false);
         JobMemory.ThrowIfOver(job, prepared.Data, workers);
-        if (fleet is null) await new PipelineDriver(options).RunAsync(job, prepared, new GrpcJobWorkers(workers, clients, options), cancel).ConfigureAwait(false);
+        if (fleet is null) await new PipelineDriver(options).RunAsync(job, prepared, new JobWorkers([.. workers.Select(Connect)], options), cancel).ConfigureAwait(false);
         else await new DataParallelDriver(options).RunAsync(job, prepared, fleet, cancel).ConfigureAwait(false);
     }
 }

@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using Dtrain.Checkpoints;
+using Dtrain.Cluster;
 using Dtrain.Distributed;
-using Dtrain.Protos.Worker;
 using Dtrain.Specs;
 using Dtrain.Training;
 
@@ -11,12 +11,12 @@ namespace Dtrain.Server;
 /// Drives a data-parallel job on its workers: assigns ranks (every replica builds the same model from the seed; the
 /// checksums prove it), streams every rank its rows epoch by epoch, runs the steps (pipelined with a window of two),
 /// checks that replicas agree, evaluates and checkpoints from rank 0. It reaches the workers only through
-/// <see cref="IJobWorkers"/>, so it runs the same over gRPC and in memory; failures surface as <see cref="JobFailure"/>.
+/// <see cref="JobWorkers"/> (a handle per worker), so it runs the same over gRPC and in memory; failures surface as <see cref="JobFailure"/>.
 /// </summary>
 public sealed class DataParallelDriver(CoordinatorOptions options)
 {
     /// <summary>Runs the job on workers that never change.</summary>
-    public Task RunAsync(JobRecord job, PreparedJob prepared, IJobWorkers workers, CancellationToken cancel) => RunAsync(job, prepared, new FixedFleet(workers), cancel);
+    public Task RunAsync(JobRecord job, PreparedJob prepared, JobWorkers workers, CancellationToken cancel) => RunAsync(job, prepared, new FixedFleet(workers), cancel);
 
     /// <summary>
     /// Runs the job on <paramref name="fleet"/>: generation after generation, each on the workers it has then. When a
@@ -27,44 +27,30 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
     public async Task RunAsync(JobRecord job, PreparedJob prepared, IJobFleet fleet, CancellationToken cancel)
     {
         var spec = job.Spec;
-        var (data, source, total) = (prepared.Data, prepared.Source, prepared.TotalSteps);
-        // The spec as on the submitting machine (the data as the user has it): workers read no data files, and the checkpoints they capture keep it.
-        var specJson = JobSpecSerializer.Serialize(job.SpecOnClient);
-        var tokenizer = data.Tokenizer.ToState();
-        AssignRequest Assignment(int rank, int world, long generation, long startStep, IReadOnlyList<Peer> peers)
-        {
-            var request = new AssignRequest
-            {
-                JobId = job.Id, Generation = generation, SpecJson = specJson, Rank = rank, WorldSize = world,
-                TokenizerKind = tokenizer.Kind, TokenizerLowercase = tokenizer.Lowercase,
-                TotalSteps = total, StepsPerEpoch = source.StepsPerEpoch, Threads = spec.Training.Threads, StartStep = startStep,
-            };
-            request.Peers.AddRange(peers);
-            request.TokenizerTokens.AddRange(tokenizer.Tokens);
-            request.Labels.AddRange(data.Labels.Names);
-            return request;
-        }
+        var (source, total) = (prepared.Source, prepared.TotalSteps);
+        var assignments = new JobAssignments(job, prepared);
+        Assignment Assignment(int rank, int world, long generation, long startStep, IReadOnlyList<ClusterPeer> peers) => assignments.For(rank, world, generation, startStep, peers);
 
         // Assign ranks: every replica builds the same model from the same seed; the checksums prove it. A worker that
         // dies or is cut off meanwhile (before any step) is dropped and the others are assigned again, in a new generation,
         // at most Coordinator:AssignAttempts times in all, with a doubling wait between attempts.
-        IJobWorkers workers;
+        JobWorkers workers;
         int world;
-        AssignReply[] assigned;
+        AssignResult[] assigned;
         for (var attempt = 1; ; attempt++)
         {
             workers = fleet.Workers;
             world = workers.Members.Count;
             CheckBatch(spec, world);
-            var peers = workers.Members.Select((w, r) => new Peer { Rank = r, WorkerId = w.Id, Address = w.Address }).ToList();
+            var peers = workers.Peers;
             try
             {
                 assigned = await workers.AssignAsync(rank => Assignment(rank, world, fleet.Generation, prepared.StartStep, peers), cancel).ConfigureAwait(false);
-                CheckChecksums(workers, assigned.Select(a => a.ParameterChecksum).ToArray(), "after initialisation");
+                ReplicaChecksums.Check(workers, [.. assigned.Select(a => a.ParameterChecksum)], 1, "after initialisation");
                 await ResumeLoader.LoadAsync(job, prepared, workers, assigned, cancel).ConfigureAwait(false);
                 break;
             }
-            catch (Exception e) when (!cancel.IsCancellationRequested && e is JobFailure or Grpc.Core.RpcException)
+            catch (JobFailure e) when (!cancel.IsCancellationRequested)
             {
                 if (!await fleet.AbsorbsAsync(e, cancel).ConfigureAwait(false)) throw;
                 if (attempt >= options.AssignAttempts)
@@ -106,7 +92,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                     change = await fleet.ReconfigureAsync(reason, Assignment, cancel).ConfigureAwait(false);
                     break;
                 }
-                catch (Exception e) when (!cancel.IsCancellationRequested && e is JobFailure or Grpc.Core.RpcException)
+                catch (JobFailure e) when (!cancel.IsCancellationRequested)
                 {
                     if (!await fleet.AbsorbsAsync(e, cancel).ConfigureAwait(false)) throw;
                     reason = e.Message;
@@ -146,14 +132,12 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         var generation = fleet.Generation;
         var world = members.Count;
         var (data, total, schedule) = (prepared.Data, prepared.TotalSteps, prepared.Schedule);
-        var store = new CheckpointStore(Path.Combine(job.Dir, "checkpoints"), spec.Training.KeepCheckpoints, ownerOnly: true);
-        var globalCounts = new Dictionary<long, long>();
+        var checkpoints = new JobCheckpoints(job);
         var start = progress.Next;
-        long loadedUntil = start;
+        var shards = new EpochShards(job.Id, plan, total, start);
         var sendValidation = true;
         var clock = progress.Clock;
-        var firstStep = true;
-        var recentMs = new Queue<double>();
+        var deadline = new StepDeadline(options.StepTimeoutSeconds, options.StepDeadline);
         using var generationCancel = CancellationTokenSource.CreateLinkedTokenSource(cancel, fleet.Departed);
         using var pipeline = CancellationTokenSource.CreateLinkedTokenSource(generationCancel.Token);
 
@@ -162,22 +146,16 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         // coordinator evaluates or checkpoints are not overlapped: those need the replicas to stand still.
         async Task<InFlight> LaunchAsync(long step, bool behindAnother)
         {
-            if (step == loadedUntil)
-            {
-                // Stream each rank its rows of the whole next epoch (and rank 0 the validation split, once per generation).
-                var epochEnd = Math.Min(total, (plan.PositionOf(step).Epoch + 1) * plan.StepsPerEpoch);
-                await SendShardsAsync(job, workers, plan, step, epochEnd, globalCounts, sendValidation ? data : null, pipeline.Token).ConfigureAwait(false);
-                sendValidation = false;
-                loadedUntil = epochEnd;
-            }
+            // Stream each rank its rows of the whole next epoch (and rank 0 the validation split, once per generation).
+            var validation = sendValidation ? data : null;
+            sendValidation = false;
+            await shards.EnsureLoadedAsync(step, workers, world, rank => rank, validation, pipeline.Token).ConfigureAwait(false);
             var lr = schedule.At(step);
             var checksum = (step + 1) % options.ChecksumInterval == 0 || step + 1 == total;
-            var count = globalCounts[step];
-            globalCounts.Remove(step);
+            var count = shards.TakeCount(step);
             // The deadline follows the steps seen so far (a first step warms up); a queued step may wait for the whole of the one before it.
-            var timeout = StepDeadline(firstStep, recentMs) * (behindAnother ? 2 : 1);
-            firstStep = false;
-            var replies = workers.RunStepAsync(new RunStepRequest { JobId = job.Id, Step = step, Lr = lr, GlobalCount = count, ReportChecksum = checksum, Generation = generation }, timeout, pipeline.Token);
+            var timeout = deadline.Next(behindAnother);
+            var replies = workers.RunStepAsync(new StepCommand(job.Id, step, lr, count, checksum, generation), timeout, pipeline.Token);
             return new InFlight(lr, checksum, clock.Elapsed.TotalMilliseconds, replies);
         }
 
@@ -197,7 +175,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                 next = EvaluatesAfter(done) || CheckpointsAfter(done) || Pause(done) ? null : await LaunchAsync(done, behindAnother: true).ConfigureAwait(false);
                 var replies = await current!.Replies.ConfigureAwait(false);
                 var finishedMs = clock.Elapsed.TotalMilliseconds;
-                if (current.Checksum) CheckChecksums(workers, replies.Select(r => r.ParameterChecksum).ToArray(), $"at step {done}");
+                if (current.Checksum) ReplicaChecksums.Check(workers, [.. replies.Select(r => r.ParameterChecksum)], 1, $"at step {done}");
                 job.Ledger.Commit(step, plan, generation, members);
                 progress.Next = done;
                 progress.StepsRun++;
@@ -209,8 +187,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                 var eta = elapsed / progress.StepsRun * (total - done);
                 var epoch = plan.PositionOf(step).Epoch;
                 var stepMs = finishedMs - Math.Max(current.SentMs, progress.LastDoneMs);
-                recentMs.Enqueue(stepMs);
-                if (recentMs.Count > 20) recentMs.Dequeue();
+                deadline.Record(stepMs);
                 job.Update(p => p with { Step = done, Epoch = epoch, Loss = loss, SamplesPerSecond = sps }, publishState: false);
                 job.PublishStep(new StepReport
                 {
@@ -218,7 +195,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                     ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs),
                     // From when this step could start (sent, and the step before it finished) to its last reply.
                     StepMs = stepMs, GradNorm = replies[0].GradNorm,
-                    Skipped = skipped is not null, Nonfinite = skipped is null ? "" : replies[0].Nonfinite,
+                    Skipped = skipped is not null, Nonfinite = skipped is null ? "" : replies[0].NonFinite,
                 });
                 progress.LastDoneMs = finishedMs;
                 if (skipped is not null)
@@ -229,7 +206,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
 
                 if (EvaluatesAfter(done)) await EvaluateAsync(job, workers, done, generationCancel.Token).ConfigureAwait(false);
                 if (CheckpointsAfter(done))
-                    await CheckpointAsync(job, workers, store, done, prepared.ElapsedBefore + elapsed, prepared.SamplesBefore + progress.Samples, progress.NonFinite.Consecutive, generationCancel.Token).ConfigureAwait(false);
+                    await CheckpointAsync(job, workers, checkpoints, done, prepared.ElapsedBefore + elapsed, prepared.SamplesBefore + progress.Samples, progress.NonFinite.Consecutive, generationCancel.Token).ConfigureAwait(false);
                 if (done < total && next is null && Pause(done)) return;
                 current = done < total ? next ?? await LaunchAsync(done, behindAnother: false).ConfigureAwait(false) : null;
                 next = null;
@@ -245,117 +222,21 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         }
     }
 
-    /// <summary>
-    /// How long a step may take before its slowest worker counts as hung: at least <see cref="CoordinatorOptions.StepTimeoutSeconds"/>,
-    /// and 10 times the slowest of the last 20 steps; a generation's first step (warm-up, shards) gets 6 times the minimum.
-    /// </summary>
-    private double StepDeadline(bool first, IEnumerable<double> recentMs)
-    {
-        if (first) return Math.Max(options.StepTimeoutSeconds * 6, 60);
-        var slowest = recentMs.DefaultIfEmpty(0).Max() / 1000;
-        return Math.Max(options.StepTimeoutSeconds, 10 * slowest);
-    }
-
     /// <summary>A step sent to every worker: its learning rate, whether replies carry checksums, when it was sent, and the replies.</summary>
-    private sealed record InFlight(double Lr, bool Checksum, double SentMs, Task<RunStepReply[]> Replies);
+    private sealed record InFlight(double Lr, bool Checksum, double SentMs, Task<StepResult[]> Replies);
 
-    private async Task SendShardsAsync(JobRecord job, IJobWorkers workers, ShardPlan plan, long from, long to, Dictionary<long, long> globalCounts, PreparedData? validation, CancellationToken cancel)
+    private static async Task EvaluateAsync(JobRecord job, JobWorkers workers, long step, CancellationToken cancel)
     {
-        var perRank = BuildShards(job.Id, plan, workers.Members.Count, from, to, globalCounts, validation, options.ShardChunkValues);
-        await workers.LoadShardsAsync(perRank, from, cancel).ConfigureAwait(false);
+        var metrics = await workers.EvaluateAsync(0, new EvalCommand(job.Id, job.Spec.Training.BatchSize, job.Spec.Training.EvalBatches), step, cancel).ConfigureAwait(false);
+        job.PublishEval(step, metrics);
     }
 
-    /// <summary>
-    /// Every rank's rows of steps [<paramref name="from"/>, <paramref name="to"/>) in chunks of at most
-    /// <paramref name="chunkValues"/> values, and the validation split for rank 0 when given; records each step's global count.
-    /// </summary>
-    internal static List<ShardChunk>[] BuildShards(string jobId, ShardPlan plan, int world, long from, long to, Dictionary<long, long> globalCounts, PreparedData? validation, int chunkValues)
+    private static async Task CheckpointAsync(JobRecord job, JobWorkers workers, JobCheckpoints checkpoints, long step, double elapsed, long samples, int nonFiniteStreak, CancellationToken cancel)
     {
-        var perRank = Enumerable.Range(0, world).Select(_ => new List<ShardChunk>()).ToArray();
-        var sizes = new long[world];
-        for (var step = from; step < to; step++)
-        {
-            long count = 0;
-            var position = plan.PositionOf(step);
-            for (var rank = 0; rank < world; rank++)
-            {
-                var rows = plan.RowsFor(step, rank);
-                var s = new ShardStep { Step = step, ResetState = position.StepInEpoch == 0 };
-                if (rows is not null)
-                {
-                    s.Rows = rows.Rows;
-                    s.Width = rows.Width;
-                    s.Count = rows.Count;
-                    s.Inputs.AddRange(rows.Inputs.Select(v => (int)v));
-                    s.Targets.AddRange(rows.Targets.Select(v => (int)v));
-                    if (rows.Lengths is not null) s.Lengths.AddRange(rows.Lengths.Select(v => (int)v));
-                    count += rows.Count;
-                }
-                else
-                {
-                    s.Width = 1;
-                }
-                var chunks = perRank[rank];
-                if (chunks.Count == 0 || sizes[rank] + s.Inputs.Count + s.Targets.Count > chunkValues)
-                {
-                    chunks.Add(new ShardChunk { JobId = jobId });
-                    sizes[rank] = 0;
-                }
-                chunks[^1].Steps.Add(s);
-                sizes[rank] += s.Inputs.Count + s.Targets.Count;
-            }
-            globalCounts[step] = count;
-        }
-        if (validation is not null)
-        {
-            // Validation goes to rank 0 only, in chunks of its own.
-            if (validation.ValidationTokens.Length > 0)
-            {
-                foreach (var part in validation.ValidationTokens.Chunk(chunkValues))
-                {
-                    var c = new ShardChunk { JobId = jobId };
-                    c.ValidationTokens.AddRange(part);
-                    perRank[0].Add(c);
-                }
-            }
-            var current = new ShardChunk { JobId = jobId };
-            long size = 0;
-            for (var i = 0; i < validation.ValidationSequences.Count; i++)
-            {
-                var ex = new ValidationExample { Label = validation.ValidationLabels[i] };
-                ex.Tokens.AddRange(validation.ValidationSequences[i]);
-                if (size + ex.Tokens.Count > chunkValues && current.ValidationExamples.Count > 0)
-                {
-                    perRank[0].Add(current);
-                    current = new ShardChunk { JobId = jobId };
-                    size = 0;
-                }
-                current.ValidationExamples.Add(ex);
-                size += ex.Tokens.Count;
-            }
-            if (current.ValidationExamples.Count > 0) perRank[0].Add(current);
-        }
-        return perRank;
-    }
-
-    private static async Task EvaluateAsync(JobRecord job, IJobWorkers workers, long step, CancellationToken cancel)
-    {
-        var reply = await workers.EvaluateAsync(0, new EvaluateRequest { JobId = job.Id, BatchSize = job.Spec.Training.BatchSize, MaxBatches = job.Spec.Training.EvalBatches }, step, cancel).ConfigureAwait(false);
-        job.PublishEval(step, new EvalMetrics(reply.Loss, reply.Count) { Accuracy = reply.HasAccuracy ? reply.Accuracy : null, MacroF1 = reply.HasMacroF1 ? reply.MacroF1 : null });
-    }
-
-    private static async Task CheckpointAsync(JobRecord job, IJobWorkers workers, CheckpointStore store, long step, double elapsed, long samples, int nonFiniteStreak, CancellationToken cancel)
-    {
-        var clock = System.Diagnostics.Stopwatch.StartNew();
-        var bytes = await workers.GetStateAsync(0, new GetStateRequest { JobId = job.Id, Step = step, ElapsedSeconds = elapsed, SamplesSeen = samples, NonfiniteStreak = nonFiniteStreak }, step, cancel).ConfigureAwait(false);
+        var started = checkpoints.Now();
+        var bytes = await workers.GetStateAsync(0, new StateSnapshot(job.Id, step, elapsed, samples, nonFiniteStreak), cancel).ConfigureAwait(false);
         var data = CheckpointFormat.Read(new MemoryStream(bytes), $"state of job {job.Id} from worker {workers.Members[0].Id}");
-        // The ledger's steps up to this one are on disk before the checkpoint file is: a coordinator killed right after
-        // resumes from this file, and its ledger must already hold every step the file includes.
-        job.Store?.Flush();
-        var path = store.Save(data);
-        var size = new FileInfo(path).Length;
-        job.Update(p => p with { Checkpoint = path, CheckpointSeconds = clock.Elapsed.TotalSeconds, CheckpointBytes = size }, publishState: false);
-        job.Log($"step {step}: checkpoint {path}");
+        checkpoints.Save(data, step, started);
     }
 
     /// <summary>Every worker needs at least one row of the global batch.</summary>
@@ -363,14 +244,5 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
     {
         if (spec.Training.BatchSize < world)
             throw new JobFailure($"training.batch_size {spec.Training.BatchSize} is smaller than the {world} workers: every worker needs at least one row");
-    }
-
-    private static void CheckChecksums(IJobWorkers workers, double[] sums, string when)
-    {
-        for (var r = 1; r < sums.Length; r++)
-        {
-            if (!ParameterChecksums.Agree(sums[r], sums[0]))
-                throw new JobFailure($"replicas diverged {when}: worker {workers.Members[r].Id} (rank {r}) parameter checksum {sums[r]:R} != {sums[0]:R} of worker {workers.Members[0].Id} (rank 0)");
-        }
     }
 }

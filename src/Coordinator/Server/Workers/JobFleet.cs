@@ -1,65 +1,24 @@
 using System.Collections.Concurrent;
-using Dtrain.Protos.Worker;
-using Grpc.Core;
+using Dtrain.Cluster;
 using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Server;
 
-/// <summary>Builds the assignment of a rank: (rank, world, generation, first step, peers in rank order).</summary>
-public delegate AssignRequest AssignmentBuilder(int rank, int world, long generation, long startStep, IReadOnlyList<Peer> peers);
-
-/// <summary>What a change of a job's workers did: where training continues, who went, who came.</summary>
-public sealed record Reconfiguration(long NextStep, long Generation, IReadOnlyList<string> Gone, IReadOnlyList<string> Joined, IReadOnlyList<string> Members);
-
 /// <summary>
-/// The workers of a data-parallel job across membership generations. A fixed fleet (in-memory tests) never changes;
-/// an elastic one (<see cref="JobFleet"/>) loses members that die, hang, are cut off or drain, admits idle workers
-/// while below its maximum, and re-forms the job on the new membership at a step boundary.
+/// An elastic data-parallel job's workers, tracking membership through the registry's events and reaching each
+/// worker through its <see cref="IWorkerHandle"/> (made by the constructor's connect: over gRPC in a cluster, in process in tests).
 /// </summary>
-public interface IJobFleet
-{
-    /// <summary>The workers of the current generation, by rank.</summary>
-    IJobWorkers Workers { get; }
-    long Generation { get; }
-    /// <summary>Cancelled when a member of the current generation is lost or leaves.</summary>
-    CancellationToken Departed { get; }
-    /// <summary>Why the membership should change at the next step boundary — idle workers could join, or an admin drained a member — or null (checked at step boundaries).</summary>
-    string? ChangeDue { get; }
-    /// <summary>Whether a failure is one a new membership recovers from (a member lost, hung, unreachable or gone); removes the culprit.</summary>
-    Task<bool> AbsorbsAsync(Exception failure, CancellationToken cancel);
-    /// <summary>Stops the generation, drops departed members, admits joiners (waiting while below the minimum), and starts the next generation with every member at one committed step.</summary>
-    Task<Reconfiguration> ReconfigureAsync(string reason, AssignmentBuilder assign, CancellationToken cancel);
-    /// <summary>
-    /// The job's first assignment (Assign, and LoadState when resumed) failed before any step: drops departed members,
-    /// releases what the others half built, admits idle workers (waiting while below the minimum) and starts a new
-    /// generation that the caller assigns from scratch.
-    /// </summary>
-    Task ReassignAsync(string reason, CancellationToken cancel);
-}
-
-/// <summary>A job's workers that never change (in-memory drivers, and jobs that may not resize).</summary>
-public sealed class FixedFleet(IJobWorkers workers) : IJobFleet
-{
-    public IJobWorkers Workers { get; } = workers;
-    public long Generation => 1;
-    public CancellationToken Departed => CancellationToken.None;
-    public string? ChangeDue => null;
-    public Task<bool> AbsorbsAsync(Exception failure, CancellationToken cancel) => Task.FromResult(false);
-    public Task<Reconfiguration> ReconfigureAsync(string reason, AssignmentBuilder assign, CancellationToken cancel) => throw new InvalidOperationException("a fixed set of workers cannot change");
-    public Task ReassignAsync(string reason, CancellationToken cancel) => throw new InvalidOperationException("a fixed set of workers cannot change");
-}
-
-/// <summary>An elastic data-parallel job's workers over gRPC, tracking membership through the registry's events.</summary>
 public sealed class JobFleet : IJobFleet, IDisposable
 {
     private readonly JobRecord job;
     private readonly WorkerRegistry registry;
-    private readonly WorkerClients clients;
+    private readonly Func<WorkerRecord, IWorkerHandle> connect;
     private readonly CoordinatorOptions options;
+    private readonly TimeProvider clock;
     private readonly ILogger log;
     private readonly Lock gate = new();
     private List<WorkerRecord> members;
-    private readonly Dictionary<string, WorkerRecord> everyone = [];
+    private readonly Dictionary<string, IWorkerHandle> everyone = [];
     private readonly ConcurrentQueue<(WorkerRecord Worker, string Reason)> departures = new();
     private CancellationTokenSource departed = new();
     private volatile bool idleSeen;
@@ -67,7 +26,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
     public int Min { get; }
     public int Max { get; }
     public long Generation { get; private set; }
-    public IJobWorkers Workers { get; private set; }
+    public JobWorkers Workers { get; private set; }
     public CancellationToken Departed => departed.Token;
     private int MemberCount { get { lock (gate) return members.Count; } }
 
@@ -98,29 +57,42 @@ public sealed class JobFleet : IJobFleet, IDisposable
     }
 
     /// <summary>Every worker that was ever a member (to release at the end).</summary>
-    public IReadOnlyList<WorkerRecord> Everyone
+    public IReadOnlyList<IWorkerHandle> Everyone
     {
         get { lock (gate) return [.. everyone.Values]; }
     }
 
-    public JobFleet(JobRecord job, IReadOnlyList<WorkerRecord> workers, int min, int max, WorkerRegistry registry, WorkerClients clients, CoordinatorOptions options, ILogger log)
+    public JobFleet(JobRecord job, IReadOnlyList<WorkerRecord> workers, int min, int max, WorkerRegistry registry, Func<WorkerRecord, IWorkerHandle> connect,
+        CoordinatorOptions options, ILogger log, TimeProvider? clock = null)
     {
         this.job = job;
         this.registry = registry;
-        this.clients = clients;
+        this.connect = connect;
         this.options = options;
+        this.clock = clock ?? TimeProvider.System;
         this.log = log;
         members = [.. workers];
-        foreach (var w in workers) everyone[w.Id] = w;
         Min = Math.Max(1, min);
         Max = Math.Max(max, workers.Count);
-        Workers = new GrpcJobWorkers(members, clients, options);
+        Workers = Group(members);
         registry.WorkerLost += OnLost;
         registry.WorkerLeft += OnLeft;
         registry.Changed += OnChanged;
         Generation = job.NextGeneration();
         job.Update(p => p with { MinWorkers = Min, MaxWorkers = Max });
     }
+
+    /// <summary>The handle of a worker, made once per worker for the job's life.</summary>
+    private IWorkerHandle Handle(WorkerRecord w)
+    {
+        lock (gate)
+        {
+            if (!everyone.TryGetValue(w.Id, out var h)) everyone[w.Id] = h = connect(w);
+            return h;
+        }
+    }
+
+    private JobWorkers Group(IEnumerable<WorkerRecord> workers) => new([.. workers.Select(Handle)], options);
 
     private bool IsMember(WorkerRecord w)
     {
@@ -134,7 +106,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
         lock (gate) departed.Cancel();
     }
 
-    private void OnLost(WorkerRecord w) => Depart(w, $"worker {w.Id} ({w.Address}) lost: no heartbeat for {options.WorkerTimeoutSeconds:F0}s at step {job.Progress.Step}{w.LastSeenDoing(DateTimeOffset.UtcNow)}");
+    private void OnLost(WorkerRecord w) => Depart(w, $"worker {w.Id} ({w.Address}) lost: no heartbeat for {options.WorkerTimeoutSeconds:F0}s at step {job.Progress.Step}{w.LastSeenDoing(clock.GetUtcNow())}");
     private void OnLeft(WorkerRecord w, string reason) => Depart(w, $"worker {w.Id} ({w.Address}) left after step {job.Progress.Step}: {reason}");
     private void OnChanged() => idleSeen = true;
 
@@ -149,13 +121,13 @@ public sealed class JobFleet : IJobFleet, IDisposable
             return true;
         }
         if (Departed.IsCancellationRequested) return true;
-        if (failure is JobFailure { PeerFailure: true } or RpcException or OperationCanceledException)
+        if (failure is JobFailure { PeerFailure: true } or OperationCanceledException)
         {
             // A peer's failure without a named culprit: the culprit is usually declared lost within one heartbeat timeout.
             using var either = CancellationTokenSource.CreateLinkedTokenSource(cancel, Departed);
             try
             {
-                await Task.Delay(TimeSpan.FromSeconds(options.WorkerTimeoutSeconds + 1), either.Token).ConfigureAwait(false);
+                await Task.Delay(TimeSpan.FromSeconds(options.WorkerTimeoutSeconds + 1), clock, either.Token).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (!cancel.IsCancellationRequested)
             {
@@ -165,45 +137,87 @@ public sealed class JobFleet : IJobFleet, IDisposable
         return false;
     }
 
+    /// <summary>
+    /// The members that go on into generation <see cref="Generation"/>, as a change of membership (re-forming or
+    /// assigning again) drops those that departed, failed or drained — each logged once, lost or merely let go.
+    /// </summary>
+    private sealed class Change(JobFleet fleet, long generation, string logAs)
+    {
+        public readonly long Generation = generation;
+        public List<WorkerRecord> Survivors = fleet.Current();
+        public readonly List<string> Gone = [];
+        public readonly List<string> Why = [];
+
+        public void Drop(WorkerRecord w, string cause, bool lost)
+        {
+            lock (this)
+            {
+                if (Survivors.RemoveAll(s => s.Id == w.Id) == 0) return;
+                Gone.Add(w.Id);
+                Why.Add(cause);
+            }
+            if (lost) fleet.registry.MarkLost(w.Id, cause);
+            else fleet.registry.Detach(w.Id, fleet.job.Id);
+            fleet.job.Log($"generation {Generation}: {logAs}{cause}");
+        }
+
+        /// <summary>Drops every member that departed (lost or left; a drained one is let go, not lost) since the last look.</summary>
+        public void DropDeparted()
+        {
+            while (fleet.departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: fleet.registry.StateOf(d.Worker.Id) != MembershipState.Draining);
+        }
+
+        public string Cause(string reason) => Why.Count > 0 ? string.Join("; ", Why) : reason;
+    }
+
+    private List<WorkerRecord> Current()
+    {
+        lock (gate) return [.. members];
+    }
+
+    /// <summary>Makes <paramref name="all"/> the members of <paramref name="generation"/>: the workers, a fresh departure signal (already raised by a departure that came meanwhile) and the job's record.</summary>
+    private void Commit(List<WorkerRecord> all, long generation)
+    {
+        var workers = Group(all);
+        lock (gate)
+        {
+            members = all;
+            departed.Dispose();
+            departed = new CancellationTokenSource();
+            // A departure raised while re-forming (after the last look) belongs to the new generation.
+            if (!departures.IsEmpty) departed.Cancel();
+        }
+        Generation = generation;
+        Workers = workers;
+        job.Update(p => p with { Generation = generation, WorkerIds = [.. all.Select(w => w.Id)] });
+    }
+
     public async Task<Reconfiguration> ReconfigureAsync(string reason, AssignmentBuilder assign, CancellationToken cancel)
     {
-        var generation = Generation + 1;
-        var gone = new List<string>();
-        var why = new List<string>();
+        var change = new Change(this, Generation + 1, "without ");
+        var generation = change.Generation;
         var joined = new List<string>();
-        List<WorkerRecord> survivors;
-        lock (gate) survivors = [.. members];
-
-        void Drop(WorkerRecord w, string cause, bool lost)
-        {
-            if (survivors.RemoveAll(s => s.Id == w.Id) == 0) return;
-            gone.Add(w.Id);
-            why.Add(cause);
-            if (lost) registry.MarkLost(w.Id, cause);
-            else registry.Detach(w.Id, job.Id);
-            job.Log($"generation {generation}: without {cause}");
-        }
-        while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != MembershipState.Draining);
+        change.DropDeparted();
 
         // Stop every survivor's steps; where each stands decides the committed step (a step is applied whole or not at all).
-        var standing = new Dictionary<string, AbortReply>();
-        await Task.WhenAll(survivors.ToList().Select(async w =>
+        var standing = new Dictionary<string, StepStanding>();
+        await Task.WhenAll(change.Survivors.ToList().Select(async w =>
         {
             try
             {
-                var reply = await clients.For(w).AbortAsync(new AbortRequest { JobId = job.Id, Generation = generation, Reason = reason },
-                    deadline: DateTime.UtcNow.AddSeconds(options.CallTimeoutSeconds), cancellationToken: cancel).ConfigureAwait(false);
-                lock (standing) standing[w.Id] = reply;
+                var at = await Handle(w).AbortAsync(job.Id, generation, reason, cancel).ConfigureAwait(false);
+                lock (standing) standing[w.Id] = at;
             }
-            catch (RpcException e) when (!cancel.IsCancellationRequested)
+            catch (JobFailure e) when (!cancel.IsCancellationRequested)
             {
-                // NotFound: a newcomer of a re-forming that failed half way never got the job; it is healthy and idle.
-                lock (standing) Drop(w, $"worker {w.Id} ({w.Address}): abort failed: {e.Status.Detail}", lost: e.StatusCode != StatusCode.NotFound);
+                // Does not know the job: a newcomer of a re-forming that failed half way never got it; it is healthy and idle.
+                change.Drop(w, $"worker {w.Id} ({w.Address}): abort failed: {e.Detail ?? e.Message}", lost: !e.UnknownJob);
             }
         })).ConfigureAwait(false);
-        while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != MembershipState.Draining);
+        change.DropDeparted();
+        var survivors = change.Survivors;
         survivors.RemoveAll(s => !standing.ContainsKey(s.Id));
-        if (survivors.Count == 0) throw new JobFailure($"no worker of the job is left: {(why.Count > 0 ? string.Join("; ", why) : reason)}") { Terminal = true };
+        if (survivors.Count == 0) throw new JobFailure($"no worker of the job is left: {change.Cause(reason)}") { Terminal = true };
         var drained = Drained().Where(standing.ContainsKey).ToHashSet();
         var next = survivors.Max(s => standing[s.Id].NextStep);
         // A member that stays is the preferred source of the committed state; a drained one is as good (it still holds the job).
@@ -227,34 +241,27 @@ public sealed class JobFleet : IJobFleet, IDisposable
                 newcomers.Remove(extra);
             }
         }
-        await WaitForMinimumAsync(survivors, newcomers, why.Count > 0 ? string.Join("; ", why) : reason, cancel).ConfigureAwait(false);
+        await WaitForMinimumAsync(survivors, newcomers, change.Cause(reason), cancel).ConfigureAwait(false);
         idleSeen = false;
 
         var all = survivors.Concat(newcomers).ToList();
         var world = all.Count;
-        var peers = all.Select((w, r) => new Peer { Rank = r, WorkerId = w.Id, Address = w.Address, CertificateSha256 = w.Certificate }).ToList();
-        lock (gate)
-        {
-            foreach (var n in newcomers) everyone[n.Id] = n;
-            members = all;
-        }
+        var group = Group(all);
+        var peers = group.Peers;
+        lock (gate) members = all;
         try
         {
             // Survivors re-form the ring while newcomers are assigned into it: both sides connect at once.
-            var reconfigured = new GrpcJobWorkers(survivors, clients, options).ReconfigureAsync(r =>
-            {
-                var request = new ReconfigureRequest { JobId = job.Id, Generation = generation, Rank = r, WorldSize = world, NextStep = next };
-                request.Peers.AddRange(peers);
-                return request;
-            }, cancel);
-            var assigned = newcomers.Count == 0 ? Task.FromResult(Array.Empty<AssignReply>())
-                : new GrpcJobWorkers(newcomers, clients, options).AssignAsync(r => assign(survivors.Count + r, world, generation, next, peers), cancel);
+            var reconfigured = Group(survivors).ReconfigureAsync(r => new RingMembership(job.Id, generation, r, world, peers, next), cancel);
+            var assigned = newcomers.Count == 0 ? Task.FromResult(Array.Empty<AssignResult>())
+                : Group(newcomers).AssignAsync(r => assign(survivors.Count + r, world, generation, next, peers), cancel);
             await Task.WhenAll(reconfigured, assigned).ConfigureAwait(false);
             // Newcomers and replicas behind the committed step take the state from one that stands at it, worker to worker.
             var pullers = all.Where(w => !standing.TryGetValue(w.Id, out var s) || s.NextStep != next).ToList();
             if (pullers.Count > 0)
             {
-                var synced = await new GrpcJobWorkers(pullers, clients, options).SyncStateAsync(new SyncStateRequest { JobId = job.Id, Generation = generation, SourceAddress = source.Address, SourceWorkerId = source.Id, SourceCertificateSha256 = source.Certificate, NextStep = next }, next, cancel).ConfigureAwait(false);
+                var from = new ClusterPeer(all.IndexOf(source), source.Id, source.Address, source.Certificate);
+                var synced = await Group(pullers).SyncStateAsync(new SyncSource(job.Id, generation, from, next), cancel).ConfigureAwait(false);
                 for (var i = 0; i < pullers.Count; i++)
                     if (synced[i].ParameterChecksum != expected)
                         throw new JobFailure($"worker {pullers[i].Id} took the state of step {next} from {source.Id} but its checksum {synced[i].ParameterChecksum:R} != {expected:R}");
@@ -271,23 +278,15 @@ public sealed class JobFleet : IJobFleet, IDisposable
             // Drained members are let go whether or not the re-forming succeeded: they are no longer members.
             foreach (var w in leaving)
             {
-                gone.Add(w.Id);
+                change.Gone.Add(w.Id);
                 job.Log($"generation {generation}: without worker {w.Id} ({w.Address}): drained; it stays up, cordoned");
             }
-            await GrpcJobWorkers.ReleaseAsync(leaving, clients, registry, job.Id, "drained", options.ReleaseTimeoutSeconds, log).ConfigureAwait(false);
+            await JobWorkers.ReleaseAsync(leaving.Select(Handle), registry, job.Id, "drained", options.ReleaseTimeoutSeconds, log).ConfigureAwait(false);
             foreach (var w in leaving) registry.Detach(w.Id, job.Id);
         }
         joined.AddRange(newcomers.Select(n => n.Id));
-        Generation = generation;
-        Workers = new GrpcJobWorkers(all, clients, options);
-        lock (gate)
-        {
-            departed.Dispose();
-            departed = new CancellationTokenSource();
-            // A departure raised while re-forming (after the drain above) belongs to the new generation.
-            if (!departures.IsEmpty) departed.Cancel();
-        }
-        job.Update(p => p with { Generation = generation, WorkerIds = [.. all.Select(w => w.Id)] });
+        Commit(all, generation);
+        var gone = change.Gone;
         log.LogInformation("job {Job} generation {Generation}: {World} worker(s) from step {Step}{Gone}{Joined}", job.Id, generation, world, next,
             gone.Count > 0 ? $"; without {string.Join(", ", gone)}" : "", joined.Count > 0 ? $"; admitted {string.Join(", ", joined)}" : "");
         return new Reconfiguration(next, generation, gone, joined, [.. all.Select(w => w.Id)]);
@@ -297,10 +296,10 @@ public sealed class JobFleet : IJobFleet, IDisposable
     private async Task WaitForMinimumAsync(List<WorkerRecord> survivors, List<WorkerRecord> newcomers, string after, CancellationToken cancel)
     {
         if (survivors.Count + newcomers.Count >= Min) return;
-        var waitUntil = DateTime.UtcNow.AddSeconds(options.WaitForWorkersSeconds);
+        var waitUntil = clock.GetUtcNow().AddSeconds(options.WaitForWorkersSeconds);
         while (survivors.Count + newcomers.Count < Min)
         {
-            var left = (waitUntil - DateTime.UtcNow).TotalSeconds;
+            var left = (waitUntil - clock.GetUtcNow()).TotalSeconds;
             if (left <= 0)
             {
                 foreach (var n in newcomers) registry.Detach(n.Id, job.Id);
@@ -308,7 +307,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
             }
             var missing = Min - survivors.Count - newcomers.Count;
             job.Transition(JobTrigger.Wait, $"waiting for {missing} more worker(s), {left:F0} s left");
-            await Task.Delay(TimeSpan.FromMilliseconds(500), cancel).ConfigureAwait(false);
+            await Task.Delay(TimeSpan.FromMilliseconds(500), clock, cancel).ConfigureAwait(false);
             newcomers.AddRange(registry.TryReserveUpTo(Max - survivors.Count - newcomers.Count, job.Id, needed: Min - survivors.Count - newcomers.Count));
         }
         job.Transition(JobTrigger.Run, "");
@@ -316,56 +315,34 @@ public sealed class JobFleet : IJobFleet, IDisposable
 
     public async Task ReassignAsync(string reason, CancellationToken cancel)
     {
-        var generation = Generation + 1;
-        var why = new List<string>();
-        List<WorkerRecord> survivors;
-        lock (gate) survivors = [.. members];
-
-        void Drop(WorkerRecord w, string cause, bool lost)
-        {
-            if (survivors.RemoveAll(s => s.Id == w.Id) == 0) return;
-            why.Add(cause);
-            if (lost) registry.MarkLost(w.Id, cause);
-            else registry.Detach(w.Id, job.Id);
-            job.Log($"generation {generation}: assigning again without {cause}");
-        }
-        while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != MembershipState.Draining);
+        var change = new Change(this, Generation + 1, "assigning again without ");
+        change.DropDeparted();
 
         // No step ran: what the others built of the failed assignment is released (a worker that never got it answers all the
         // same, and Assign would replace it anyway). Only one that cannot be reached is dropped.
-        await Task.WhenAll(survivors.ToList().Select(async w =>
+        await Task.WhenAll(change.Survivors.ToList().Select(async w =>
         {
             try
             {
-                await clients.For(w).ReleaseAsync(new ReleaseRequest { JobId = job.Id, Reason = $"assigning again: {reason}" },
-                    deadline: DateTime.UtcNow.AddSeconds(options.ReleaseTimeoutSeconds), cancellationToken: cancel).ConfigureAwait(false);
+                await Handle(w).ReleaseAsync(job.Id, $"assigning again: {reason}", options.ReleaseTimeoutSeconds, cancel).ConfigureAwait(false);
             }
-            catch (RpcException e) when (!cancel.IsCancellationRequested)
+            catch (JobFailure e) when (!cancel.IsCancellationRequested)
             {
-                lock (survivors) Drop(w, $"worker {w.Id} ({w.Address}): release failed: {e.Status.Detail}", lost: e.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded);
+                change.Drop(w, $"worker {w.Id} ({w.Address}): release failed: {e.Detail ?? e.Message}", lost: e.Unreachable is not null);
             }
         })).ConfigureAwait(false);
-        while (departures.TryDequeue(out var d)) Drop(d.Worker, d.Reason, lost: registry.StateOf(d.Worker.Id) != MembershipState.Draining);
+        change.DropDeparted();
         // Drained members hold nothing yet: they go at once.
         foreach (var id in Drained())
-            if (survivors.FirstOrDefault(s => s.Id == id) is { } w) Drop(w, $"worker {w.Id} ({w.Address}): drained", lost: false);
+            if (change.Survivors.FirstOrDefault(s => s.Id == id) is { } w) change.Drop(w, $"worker {w.Id} ({w.Address}): drained", lost: false);
 
+        var survivors = change.Survivors;
         var newcomers = registry.TryReserveUpTo(Max - survivors.Count, job.Id, needed: Min - survivors.Count).ToList();
-        await WaitForMinimumAsync(survivors, newcomers, why.Count > 0 ? string.Join("; ", why) : reason, cancel).ConfigureAwait(false);
+        await WaitForMinimumAsync(survivors, newcomers, change.Cause(reason), cancel).ConfigureAwait(false);
         idleSeen = false;
         var all = survivors.Concat(newcomers).ToList();
-        lock (gate)
-        {
-            foreach (var n in newcomers) everyone[n.Id] = n;
-            members = all;
-            departed.Dispose();
-            departed = new CancellationTokenSource();
-            if (!departures.IsEmpty) departed.Cancel();
-        }
-        Generation = generation;
-        Workers = new GrpcJobWorkers(all, clients, options);
-        job.Update(p => p with { Generation = generation, WorkerIds = [.. all.Select(w => w.Id)] });
-        log.LogInformation("job {Job} generation {Generation}: assigning {World} worker(s) again ({Reason})", job.Id, generation, all.Count, reason);
+        Commit(all, change.Generation);
+        log.LogInformation("job {Job} generation {Generation}: assigning {World} worker(s) again ({Reason})", job.Id, change.Generation, all.Count, reason);
     }
 
     public void Dispose()

@@ -1,121 +1,89 @@
+using Dtrain.Cluster;
 using Dtrain.Protos.Worker;
-using Grpc.Core;
 using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Server;
 
 /// <summary>
-/// The workers of one job, by rank — the only way a step driver reaches them. Every call that fails throws a
-/// <see cref="JobFailure"/> naming the worker and the step; a call on all ranks fails with the first real cause
-/// (not a peer that only saw the failure) and cancels the others. Over gRPC in a cluster (<see cref="GrpcJobWorkers"/>),
-/// or in memory in tests.
+/// The workers of one job, by rank — the only way a step driver reaches them, each through its
+/// <see cref="IWorkerHandle"/> (over gRPC in a cluster, in process in tests). A call on all ranks fails with the first
+/// real cause (not a peer that only saw the failure) and cancels the others.
 /// </summary>
-public interface IJobWorkers
+public class JobWorkers(IReadOnlyList<IWorkerHandle> handles, CoordinatorOptions options)
 {
+    public IReadOnlyList<IWorkerHandle> Handles { get; } = handles;
+
     /// <summary>Worker id and address of each rank.</summary>
-    IReadOnlyList<(string Id, string Address)> Members { get; }
+    public IReadOnlyList<(string Id, string Address)> Members { get; } = [.. handles.Select(h => (h.Worker.Id, h.Worker.Address))];
 
-    Task<AssignReply[]> AssignAsync(Func<int, AssignRequest> request, CancellationToken cancel);
-    Task LoadShardsAsync(IReadOnlyList<IReadOnlyList<ShardChunk>> perRank, long step, CancellationToken cancel);
-    Task<RunStepReply[]> RunStepAsync(RunStepRequest request, double timeoutSeconds, CancellationToken cancel);
-    Task<EvaluateReply> EvaluateAsync(int rank, EvaluateRequest request, long step, CancellationToken cancel);
-    Task<byte[]> GetStateAsync(int rank, GetStateRequest request, long step, CancellationToken cancel);
+    public int Count => Handles.Count;
+
+    /// <summary>Rank <paramref name="rank"/> as its peers reach it (with TLS, the certificate it must present).</summary>
+    public ClusterPeer Peer(int rank, int asRank) => new(asRank, Handles[rank].Worker.Id, Handles[rank].Worker.Address, Handles[rank].Worker.Certificate);
+
+    /// <summary>Every rank, in rank order, as a ring's peers.</summary>
+    public IReadOnlyList<ClusterPeer> Peers => [.. Enumerable.Range(0, Count).Select(r => Peer(r, r))];
+
+    public Task<AssignResult[]> AssignAsync(Func<int, Assignment> assignment, CancellationToken cancel) =>
+        OnAllAsync(cancel, (h, rank, ct) => h.AssignAsync(assignment(rank), ct));
+
+    public Task LoadShardsAsync(string jobId, IReadOnlyList<ShardSlice> perRank, long step, CancellationToken cancel) =>
+        OnAllAsync(cancel, async (h, rank, ct) =>
+        {
+            await h.LoadShardsAsync(jobId, perRank[rank], step, ct).ConfigureAwait(false);
+            return true;
+        });
+
+    public Task<StepResult[]> RunStepAsync(StepCommand command, double timeoutSeconds, CancellationToken cancel) =>
+        OnAllAsync(cancel, (h, _, ct) => h.RunStepAsync(command, timeoutSeconds, ct));
+
     /// <summary>Pipeline jobs: the second half of a step on every worker.</summary>
-    Task<ApplyStepReply[]> ApplyStepAsync(ApplyStepRequest request, CancellationToken cancel);
+    public Task<ApplyResult[]> ApplyStepAsync(ApplyCommand command, CancellationToken cancel) =>
+        OnAllAsync(cancel, (h, _, ct) => h.ApplyStepAsync(command, options.StepTimeoutSeconds, ct));
+
+    public Task<Training.EvalMetrics> EvaluateAsync(int rank, EvalCommand command, long step, CancellationToken cancel) => Handles[rank].EvaluateAsync(command, step, cancel);
+
+    public Task<byte[]> GetStateAsync(int rank, StateSnapshot snapshot, CancellationToken cancel) => Handles[rank].GetStateAsync(snapshot, cancel);
+
     /// <summary>Pipeline jobs: a stage's parameters under their whole-model names.</summary>
-    Task<IReadOnlyList<NamedTensor>> GetStageParametersAsync(int rank, GetStateRequest request, long step, CancellationToken cancel);
+    public Task<IReadOnlyList<NamedTensor>> GetStageParametersAsync(int rank, StateSnapshot snapshot, CancellationToken cancel) => Handles[rank].GetStageParametersAsync(snapshot, cancel);
+
     /// <summary>Resumed jobs: every rank's parameters and optimizer state (the tensors it holds), after Assign.</summary>
-    Task<LoadStateReply[]> LoadStateAsync(string jobId, Func<int, IEnumerable<NamedTensor>> perRank, long step, CancellationToken cancel);
-}
-
-/// <summary>A job's workers over gRPC, with the failure attribution the user sees.</summary>
-public sealed class GrpcJobWorkers(IReadOnlyList<WorkerRecord> workers, WorkerClients clients, CoordinatorOptions options) : IJobWorkers
-{
-    public IReadOnlyList<(string Id, string Address)> Members { get; } = [.. workers.Select(w => (w.Id, w.Address))];
-
-    public Task<AssignReply[]> AssignAsync(Func<int, AssignRequest> request, CancellationToken cancel) =>
-        OnAllAsync("assign", 0, options.CallTimeoutSeconds, cancel, (w, rank, deadline, ct) =>
-            clients.For(w).AssignAsync(WorkerClients.Pin(request(rank), workers), deadline: deadline, cancellationToken: ct).ResponseAsync);
-
-    public Task LoadShardsAsync(IReadOnlyList<IReadOnlyList<ShardChunk>> perRank, long step, CancellationToken cancel) =>
-        OnAllAsync("load shard", step, options.CallTimeoutSeconds, cancel, async (w, rank, deadline, ct) =>
-        {
-            using var call = clients.For(w).LoadShard(deadline: deadline, cancellationToken: ct);
-            foreach (var chunk in perRank[rank]) await call.RequestStream.WriteAsync(chunk, ct).ConfigureAwait(false);
-            await call.RequestStream.CompleteAsync().ConfigureAwait(false);
-            return await call.ResponseAsync.ConfigureAwait(false);
-        });
-
-    public Task<RunStepReply[]> RunStepAsync(RunStepRequest request, double timeoutSeconds, CancellationToken cancel) =>
-        OnAllAsync("step", request.Step, timeoutSeconds, cancel, (w, rank, deadline, ct) =>
-            clients.For(w).RunStepAsync(request, deadline: deadline, cancellationToken: ct).ResponseAsync);
-
-    public Task<EvaluateReply> EvaluateAsync(int rank, EvaluateRequest request, long step, CancellationToken cancel) =>
-        Call(workers[rank], "evaluate", step, options.CallTimeoutSeconds, cancel, (deadline, ct) =>
-            clients.For(workers[rank]).EvaluateAsync(request, deadline: deadline, cancellationToken: ct).ResponseAsync);
-
-    public Task<byte[]> GetStateAsync(int rank, GetStateRequest request, long step, CancellationToken cancel) =>
-        Call(workers[rank], "checkpoint", step, options.CallTimeoutSeconds, cancel, async (deadline, ct) =>
-        {
-            using var call = clients.For(workers[rank]).GetState(request, deadline: deadline, cancellationToken: ct);
-            using var ms = new MemoryStream();
-            await foreach (var chunk in call.ResponseStream.ReadAllAsync(ct).ConfigureAwait(false)) chunk.Data.WriteTo(ms);
-            return ms.ToArray();
-        });
-
-    public Task<ApplyStepReply[]> ApplyStepAsync(ApplyStepRequest request, CancellationToken cancel) =>
-        OnAllAsync("apply step", request.Step, options.StepTimeoutSeconds, cancel, (w, rank, deadline, ct) =>
-            clients.For(w).ApplyStepAsync(request, deadline: deadline, cancellationToken: ct).ResponseAsync);
-
-    public Task<IReadOnlyList<NamedTensor>> GetStageParametersAsync(int rank, GetStateRequest request, long step, CancellationToken cancel) =>
-        Call(workers[rank], "checkpoint", step, options.CallTimeoutSeconds, cancel, async (deadline, ct) =>
-        {
-            using var call = clients.For(workers[rank]).GetStageParameters(request, deadline: deadline, cancellationToken: ct);
-            var list = new List<NamedTensor>();
-            await foreach (var t in call.ResponseStream.ReadAllAsync(ct).ConfigureAwait(false)) list.Add(t);
-            return (IReadOnlyList<NamedTensor>)list;
-        });
-
-    public Task<LoadStateReply[]> LoadStateAsync(string jobId, Func<int, IEnumerable<NamedTensor>> perRank, long step, CancellationToken cancel) =>
-        OnAllAsync("load the checkpoint's state", step, options.CallTimeoutSeconds, cancel, async (w, rank, deadline, ct) =>
-        {
-            using var call = clients.For(w).LoadState(deadline: deadline, cancellationToken: ct);
-            foreach (var t in perRank(rank)) await call.RequestStream.WriteAsync(new LoadStateChunk { JobId = jobId, Tensor = t }, ct).ConfigureAwait(false);
-            await call.RequestStream.CompleteAsync().ConfigureAwait(false);
-            return await call.ResponseAsync.ConfigureAwait(false);
-        });
+    public Task<LoadStateResult[]> LoadStateAsync(string jobId, Func<int, IEnumerable<NamedTensor>> perRank, long step, CancellationToken cancel) =>
+        OnAllAsync(cancel, (h, rank, ct) => h.LoadStateAsync(jobId, perRank(rank), step, ct));
 
     /// <summary>Elastic jobs: every member joins the ring of a new generation.</summary>
-    public Task<ReconfigureReply[]> ReconfigureAsync(Func<int, ReconfigureRequest> request, CancellationToken cancel) =>
-        OnAllAsync("re-form the ring", 0, options.CallTimeoutSeconds, cancel, (w, rank, deadline, ct) =>
-            clients.For(w).ReconfigureAsync(request(rank), deadline: deadline, cancellationToken: ct).ResponseAsync);
+    public Task ReconfigureAsync(Func<int, RingMembership> membership, CancellationToken cancel) =>
+        OnAllAsync(cancel, async (h, rank, ct) =>
+        {
+            await h.ReconfigureAsync(membership(rank), ct).ConfigureAwait(false);
+            return true;
+        });
 
     /// <summary>Elastic jobs: every one of these workers takes the state of a peer.</summary>
-    public Task<SyncStateReply[]> SyncStateAsync(SyncStateRequest request, long step, CancellationToken cancel) =>
-        OnAllAsync("take a peer's state", step, options.CallTimeoutSeconds, cancel, (w, rank, deadline, ct) =>
-            clients.For(w).SyncStateAsync(request, deadline: deadline, cancellationToken: ct).ResponseAsync);
+    public Task<SyncResult[]> SyncStateAsync(SyncSource source, CancellationToken cancel) =>
+        OnAllAsync(cancel, (h, _, ct) => h.SyncStateAsync(source, ct));
 
     /// <summary>Releases every worker that is not lost from the job (best effort, within <paramref name="timeoutSeconds"/>: a worker that cannot be told is logged).</summary>
-    public static Task ReleaseAsync(IReadOnlyList<WorkerRecord> workers, WorkerClients clients, WorkerRegistry registry, string jobId, string reason, double timeoutSeconds, ILogger log) =>
-        Task.WhenAll(workers.Select(async w =>
+    public static Task ReleaseAsync(IEnumerable<IWorkerHandle> workers, WorkerRegistry registry, string jobId, string reason, double timeoutSeconds, ILogger log) =>
+        Task.WhenAll(workers.Select(async h =>
         {
-            if (registry.StateOf(w.Id) == MembershipState.Lost) return;
+            if (registry.StateOf(h.Worker.Id) == MembershipState.Lost) return;
             try
             {
-                await clients.For(w).ReleaseAsync(new ReleaseRequest { JobId = jobId, Reason = reason }, deadline: DateTime.UtcNow.AddSeconds(timeoutSeconds)).ConfigureAwait(false);
+                await h.ReleaseAsync(jobId, reason, timeoutSeconds, CancellationToken.None).ConfigureAwait(false);
             }
-            catch (RpcException e)
+            catch (JobFailure e)
             {
-                log.LogWarning("could not release worker {Id} from job {Job}: {Status}", w.Id, jobId, e.Status.Detail);
+                log.LogWarning("could not release worker {Id} from job {Job}: {Status}", h.Worker.Id, jobId, e.Detail ?? e.Message);
             }
         }));
 
     /// <summary>Runs a call on every worker at once; the first failure fails the job naming that worker and step, and cancels the other calls.</summary>
-    private async Task<T[]> OnAllAsync<T>(string what, long step, double timeoutSeconds, CancellationToken cancel,
-        Func<WorkerRecord, int, DateTime, CancellationToken, Task<T>> call)
+    private async Task<T[]> OnAllAsync<T>(CancellationToken cancel, Func<IWorkerHandle, int, CancellationToken, Task<T>> call)
     {
         using var group = CancellationTokenSource.CreateLinkedTokenSource(cancel);
-        var tasks = workers.Select((w, rank) => Call(w, what, step, timeoutSeconds, group.Token, (deadline, ct) => call(w, rank, deadline, ct))).ToList();
+        var tasks = Handles.Select((h, rank) => call(h, rank, group.Token)).ToList();
         var pending = new List<Task<T>>(tasks);
         while (pending.Count > 0)
         {
@@ -139,32 +107,5 @@ public sealed class GrpcJobWorkers(IReadOnlyList<WorkerRecord> workers, WorkerCl
             }
         }
         return [.. tasks.Select(t => t.Result)];
-    }
-
-    private static async Task<T> Call<T>(WorkerRecord w, string what, long step, double timeoutSeconds, CancellationToken cancel, Func<DateTime, CancellationToken, Task<T>> call)
-    {
-        try
-        {
-            return await call(DateTime.UtcNow.AddSeconds(timeoutSeconds), cancel).ConfigureAwait(false);
-        }
-        catch (RpcException e) when (e.StatusCode == StatusCode.DeadlineExceeded)
-        {
-            throw new JobFailure($"worker {w.Id} ({w.Address}) did not finish {what} at step {step} within {timeoutSeconds:F0}s (hung or overloaded)", w);
-        }
-        catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && !cancel.IsCancellationRequested)
-        {
-            throw new JobFailure($"worker {w.Id} ({w.Address}) unreachable during {what} at step {step}: {e.Status.Detail}", w);
-        }
-        catch (RpcException e) when (!cancel.IsCancellationRequested || e.StatusCode == StatusCode.Aborted)
-        {
-            // An unexpected error's text past its first line (a native stack trace, from a worker of an older version)
-            // goes to the coordinator's log only (JobRunner), not into the job's state.
-            var unexpected = e.StatusCode is StatusCode.Internal or StatusCode.Unknown;
-            var detail = unexpected ? Rpc.ErrorText.FirstLine(e.Status.Detail) : e.Status.Detail;
-            throw new JobFailure($"worker {w.Id} ({w.Address}) failed {what} at step {step}: {e.StatusCode}: {detail}", peerFailure: e.StatusCode == StatusCode.Aborted)
-            {
-                FullText = unexpected && detail != e.Status.Detail ? e.Status.Detail : null,
-            };
-        }
     }
 }

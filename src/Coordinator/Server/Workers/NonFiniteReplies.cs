@@ -1,4 +1,4 @@
-using Dtrain.Protos.Worker;
+using Dtrain.Cluster;
 using Dtrain.Training;
 
 namespace Dtrain.Server;
@@ -12,16 +12,16 @@ namespace Dtrain.Server;
 public static class NonFiniteReplies
 {
     /// <summary>Data-parallel step <paramref name="done"/> (1-based): null when every replica applied it, else what was not finite.</summary>
-    public static string? DataParallel(IReadOnlyList<RunStepReply> replies, IJobWorkers workers, long done, double loss)
+    public static string? DataParallel(IReadOnlyList<StepResult> replies, JobWorkers workers, long done, double loss)
     {
         var skipped = replies.Count(r => r.Skipped);
         if (skipped == 0) return null;
         if (skipped != replies.Count)
         {
             string Ranks(bool s) => string.Join(", ", replies.Select((r, rank) => (r, rank)).Where(x => x.r.Skipped == s).Select(x => $"rank {x.rank} ({workers.Members[x.rank].Id})"));
-            throw new JobFailure($"replicas disagreed on step {done}: {Ranks(true)} skipped it for a non-finite {replies.First(r => r.Skipped).Nonfinite}, {Ranks(false)} applied it") { Terminal = true };
+            throw new JobFailure($"replicas disagreed on step {done}: {Ranks(true)} skipped it for a non-finite {replies.First(r => r.Skipped).NonFinite}, {Ranks(false)} applied it") { Terminal = true };
         }
-        if (replies[0].Nonfinite == NonFiniteCauses.Loss || !double.IsFinite(loss))
+        if (replies[0].NonFinite == NonFiniteCauses.Loss || !double.IsFinite(loss))
         {
             var from = replies.Select((r, rank) => (r, rank)).Where(x => !double.IsFinite(x.r.LossSum)).Select(x => $"rank {x.rank}, worker {workers.Members[x.rank].Id}").ToList();
             return $"non-finite loss ({NonFiniteSteps.G(loss)}{(from.Count > 0 ? $" from {string.Join("; ", from)}" : "")})";
@@ -33,7 +33,7 @@ public static class NonFiniteReplies
     /// Pipeline step: null when the loss (summed over the last stages <paramref name="lastStages"/>) and the global
     /// gradient norm are finite, else what was not (every stage is then told to skip).
     /// </summary>
-    public static string? Pipeline(IReadOnlyList<RunStepReply> replies, IJobWorkers workers, int stages, IReadOnlyList<int> lastStages, double loss, double norm)
+    public static string? Pipeline(IReadOnlyList<StepResult> replies, JobWorkers workers, int stages, IReadOnlyList<int> lastStages, double loss, double norm)
     {
         if (!double.IsFinite(loss))
         {

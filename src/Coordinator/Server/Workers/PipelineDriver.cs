@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Dtrain.Checkpoints;
 using Dtrain.Distributed;
 using Dtrain.Distributed.Pipeline;
+using Dtrain.Cluster;
 using Dtrain.Protos.Worker;
 using Dtrain.Runtime;
 using Dtrain.Training;
@@ -19,7 +20,7 @@ namespace Dtrain.Server;
 /// </summary>
 public sealed class PipelineDriver(CoordinatorOptions options)
 {
-    public async Task RunAsync(JobRecord job, PreparedJob prepared, IJobWorkers workers, CancellationToken cancel)
+    public async Task RunAsync(JobRecord job, PreparedJob prepared, JobWorkers workers, CancellationToken cancel)
     {
         var spec = job.Spec;
         var pipeline = spec.Parallelism?.Pipeline ?? throw new ArgumentException("not a pipeline job");
@@ -40,37 +41,22 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         var d = layout.Replicas;
         if (d * k != n) throw new JobFailure($"the layout uses {d} replica(s) × {k} stages = {d * k} workers, but the job has {n}: submit it with --workers {d * k}");
         var shards = new ShardPlan(source, d, total);
-        var store = new CheckpointStore(Path.Combine(job.Dir, "checkpoints"), spec.Training.KeepCheckpoints, ownerOnly: true);
+        var saver = new JobCheckpoints(job);
         int Slot(int replica, int stage) => replica * k + stage;
 
-        // The spec as on the submitting machine (the data as the user has it): workers read no data files, and their checkpoints keep it.
-        var specJson = Specs.JobSpecSerializer.Serialize(job.SpecOnClient);
         var generation = job.NextGeneration();
-        var tokenizer = data.Tokenizer.ToState();
+        var assignments = new JobAssignments(job, prepared);
         var assigned = await workers.AssignAsync(slot =>
         {
             var (replica, stage) = (slot / k, slot % k);
             var plan = layout.Stages[stage];
-            var request = new AssignRequest
-            {
-                JobId = job.Id, Generation = generation, SpecJson = specJson, Rank = replica, WorldSize = d,
-                TokenizerKind = tokenizer.Kind, TokenizerLowercase = tokenizer.Lowercase,
-                TotalSteps = total, StepsPerEpoch = source.StepsPerEpoch, Threads = spec.Training.Threads, StartStep = prepared.StartStep,
-                Pipeline = new PipelineAssignment
-                {
-                    Stage = stage, Stages = k, FirstLayer = plan.FirstLayer, LayerCount = plan.LayerCount, Microbatches = pipeline.Microbatches,
-                    Schedule = pipeline.Schedule, Replica = replica, Replicas = d,
-                    PreviousAddress = stage > 0 ? workers.Members[Slot(replica, stage - 1)].Address : "",
-                    NextAddress = stage < k - 1 ? workers.Members[Slot(replica, stage + 1)].Address : "",
-                },
-            };
+            var place = new PipelineStageAssignment(stage, k, plan.FirstLayer, plan.LayerCount, pipeline.Microbatches, pipeline.Schedule, replica, d,
+                Previous: stage > 0 ? workers.Peer(Slot(replica, stage - 1), -1) : null,
+                Next: stage < k - 1 ? workers.Peer(Slot(replica, stage + 1), -1) : null);
             // The ring of this stage: the same stage of every replica.
-            request.Peers.AddRange(Enumerable.Range(0, d).Select(r => new Peer { Rank = r, WorkerId = workers.Members[Slot(r, stage)].Id, Address = workers.Members[Slot(r, stage)].Address }));
-            request.TokenizerTokens.AddRange(tokenizer.Tokens);
-            request.Labels.AddRange(data.Labels.Names);
-            return request;
+            return assignments.For(replica, d, generation, prepared.StartStep, [.. Enumerable.Range(0, d).Select(r => workers.Peer(Slot(r, stage), r))], place);
         }, cancel).ConfigureAwait(false);
-        CheckChecksums(workers, k, d, assigned.Select(a => a.ParameterChecksum).ToArray(), "after initialisation");
+        ReplicaChecksums.Check(workers, [.. assigned.Select(a => a.ParameterChecksum)], k, "after initialisation");
         await ResumeLoader.LoadAsync(job, prepared, workers, assigned, cancel).ConfigureAwait(false);
         var start = prepared.StartStep;
         job.Transition(JobTrigger.Run, "", p => p with { Parameters = layout.Model.Total, TotalSteps = total });
@@ -79,26 +65,20 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             $"; {layout.Model.Total:N0} parameters, {total} steps");
 
         using var torch = new TorchThread($"gather-{job.Id}", 1);
-        var globalCounts = new Dictionary<long, long>();
-        long loadedUntil = start, samples = 0;
+        var epochs = new EpochShards(job.Id, shards, total, start);
+        long samples = 0;
         var clock = Stopwatch.StartNew();
         var lastStage = Enumerable.Range(0, d).Select(r => Slot(r, k - 1)).ToArray();
         var nonFinite = new NonFiniteSteps(spec, prepared.NonFiniteBefore);
         for (long step = start; step < total; step++)
         {
             cancel.ThrowIfCancellationRequested();
-            if (step == loadedUntil)
-            {
-                var epochEnd = Math.Min(total, (shards.PositionOf(step).Epoch + 1) * shards.StepsPerEpoch);
-                var perReplica = DataParallelDriver.BuildShards(job.Id, shards, d, step, epochEnd, globalCounts, null, options.ShardChunkValues);
-                await workers.LoadShardsAsync([.. Enumerable.Range(0, n).Select(slot => (IReadOnlyList<ShardChunk>)perReplica[slot / k])], step, cancel).ConfigureAwait(false);
-                loadedUntil = epochEnd;
-            }
+            // Every stage of a replica gets the replica's rows (only the first stage reads the inputs, the last the targets).
+            await epochs.EnsureLoadedAsync(step, workers, d, slot => slot / k, null, cancel).ConfigureAwait(false);
             var started = clock.Elapsed.TotalMilliseconds;
             var lr = lrSchedule.At(step);
-            var count = globalCounts[step];
-            globalCounts.Remove(step);
-            var replies = await workers.RunStepAsync(new RunStepRequest { JobId = job.Id, Step = step, Lr = lr, GlobalCount = count }, options.StepTimeoutSeconds, cancel).ConfigureAwait(false);
+            var count = epochs.TakeCount(step);
+            var replies = await workers.RunStepAsync(new StepCommand(job.Id, step, lr, count), options.StepTimeoutSeconds, cancel).ConfigureAwait(false);
             // After the all-reduce every replica of a stage holds the same gradients: one replica's norms cover the model.
             var norm = Math.Sqrt(Enumerable.Range(0, k).Sum(s => replies[Slot(0, s)].SquaredGradNorm));
             var done = step + 1;
@@ -106,8 +86,8 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             var loss = lastStage.Sum(s => replies[s].LossSum) / lastStage.Sum(s => replies[s].Count);
             // A non-finite loss or gradient norm anywhere: every stage of every replica skips the optimizer step.
             var why = NonFiniteReplies.Pipeline(replies, workers, k, lastStage, loss, norm);
-            var applied = await workers.ApplyStepAsync(new ApplyStepRequest { JobId = job.Id, Step = step, Lr = lr, GlobalCount = count, GlobalNorm = why is null ? norm : 0, ReportChecksum = checksum, Skip = why is not null }, cancel).ConfigureAwait(false);
-            if (checksum) CheckChecksums(workers, k, d, applied.Select(a => a.ParameterChecksum).ToArray(), $"at step {done}");
+            var applied = await workers.ApplyStepAsync(new ApplyCommand(job.Id, step, lr, count, why is null ? norm : 0, checksum, why is not null), cancel).ConfigureAwait(false);
+            if (checksum) ReplicaChecksums.Check(workers, [.. applied.Select(a => a.ParameterChecksum)], k, $"at step {done}");
             var skipped = nonFinite.Record(done, why);
             samples += lastStage.Sum(s => replies[s].Rows);
             var runSeconds = clock.Elapsed.TotalSeconds;
@@ -134,24 +114,19 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             if (!evaluates && !checkpoints) continue;
             var parameters = new List<NamedTensor>();
             for (var s = 0; s < k; s++)
-                parameters.AddRange(await workers.GetStageParametersAsync(Slot(0, s), new GetStateRequest { JobId = job.Id, Step = done }, done, cancel).ConfigureAwait(false));
+                parameters.AddRange(await workers.GetStageParametersAsync(Slot(0, s), new StateSnapshot(job.Id, done), cancel).ConfigureAwait(false));
             var training = new TrainingState { Step = done, ElapsedSeconds = elapsed, SamplesSeen = prepared.SamplesBefore + samples, LastLr = lr, NonFiniteStreak = nonFinite.Consecutive };
             var (metrics, checkpoint) = await torch.RunAsync(() => Gather(job, data, parameters, training, evaluates, checkpoints)).ConfigureAwait(false);
             if (metrics is not null) job.PublishEval(done, metrics);
             if (checkpoint is not null)
             {
-                job.Store?.Flush(); // the ledger up to this step before the file (a restart resumes from the file)
-                var saving = System.Diagnostics.Stopwatch.StartNew();
-                var path = store.Save(checkpoint);
-                var size = new FileInfo(path).Length;
-                job.Update(p => p with { Checkpoint = path, CheckpointSeconds = saving.Elapsed.TotalSeconds, CheckpointBytes = size }, publishState: false);
-                job.Log($"step {done}: checkpoint {path} (gathered from {k} stages)");
+                saver.Save(checkpoint, done, saver.Now(), $" (gathered from {k} stages)");
             }
         }
     }
 
     /// <summary>Builds the whole model from the stages' parameters; evaluates it on the validation split and/or captures a checkpoint.</summary>
-    private static (EvalMetrics?, CheckpointData?) Gather(JobRecord job, PreparedData data, IReadOnlyList<NamedTensor> parameters, TrainingState training, bool evaluate, bool checkpoint)
+    private static (Training.EvalMetrics?, CheckpointData?) Gather(JobRecord job, PreparedData data, IReadOnlyList<NamedTensor> parameters, TrainingState training, bool evaluate, bool checkpoint)
     {
         var spec = job.Spec;
         using var engine = new TrainingEngine(spec, data.Tokenizer.VocabSize, data.Labels.Count, CPU);
@@ -165,19 +140,12 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         {
             throw new JobFailure($"gathering the model from every stage: {e.Message}");
         }
-        EvalMetrics? metrics = null;
+        Training.EvalMetrics? metrics = null;
         if (evaluate)
         {
-            if (spec.Task == Specs.TaskKinds.LanguageModel)
-            {
-                var m = Evaluator.LanguageModel(engine, data.ValidationTokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.EvalBatches);
-                metrics = new EvalMetrics(m.Loss, m.Count);
-            }
-            else
-            {
-                var m = Evaluator.Classification(engine, data.ValidationSequences, data.ValidationLabels, data.Labels.Count, spec.Training.BatchSize, spec.Training.EvalBatches);
-                metrics = new EvalMetrics(m.Loss, m.Count) { Accuracy = m.Accuracy, MacroF1 = m.MacroF1 };
-            }
+            metrics = spec.Task == Specs.TaskKinds.LanguageModel
+                ? Evaluator.LanguageModel(engine, data.ValidationTokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.EvalBatches)
+                : Evaluator.Classification(engine, data.ValidationSequences, data.ValidationLabels, data.Labels.Count, spec.Training.BatchSize, spec.Training.EvalBatches);
         }
         CheckpointData? state = null;
         try
@@ -190,20 +158,5 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             throw new JobFailure($"gathered from every stage: {e.Message}") { Terminal = true };
         }
         return (metrics, state);
-    }
-
-    /// <summary>Replicas of the same stage must hold the same parameters.</summary>
-    private static void CheckChecksums(IJobWorkers workers, int k, int d, double[] sums, string when)
-    {
-        for (var s = 0; s < k; s++)
-        {
-            var first = sums[s];
-            for (var r = 1; r < d; r++)
-            {
-                var other = sums[r * k + s];
-                if (!ParameterChecksums.Agree(other, first))
-                    throw new JobFailure($"replicas of stage {s} diverged {when}: worker {workers.Members[r * k + s].Id} (replica {r}) checksum {other:R} != {first:R} of worker {workers.Members[s].Id} (replica 0)");
-            }
-        }
     }
 }

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Dtrain.Cluster;
 using Dtrain.Protos.Worker;
 using Dtrain.Runtime;
 
@@ -11,7 +12,7 @@ namespace Dtrain.Server;
 /// </summary>
 public static class ResumeLoader
 {
-    public static async Task LoadAsync(JobRecord job, PreparedJob prepared, IJobWorkers workers, IReadOnlyList<AssignReply> assigned, CancellationToken cancel)
+    public static async Task LoadAsync(JobRecord job, PreparedJob prepared, JobWorkers workers, IReadOnlyList<AssignResult> assigned, CancellationToken cancel)
     {
         if (job.Resume is not { } resume) return;
         List<NamedTensor> tensors;

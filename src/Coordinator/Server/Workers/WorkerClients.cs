@@ -26,24 +26,6 @@ public sealed class WorkerClients(CoordinatorOptions options, CoordinatorSecurit
                 ConnectTimeout = TimeSpan.FromSeconds(options.WorkerConnectTimeoutSeconds),
             })));
 
-    /// <summary>
-    /// Adds who each peer is to an assignment (the certificates its ring and pipeline neighbours must present), from
-    /// the job's own worker records; without TLS there is nothing to add.
-    /// </summary>
-    public static AssignRequest Pin(AssignRequest request, IReadOnlyList<WorkerRecord> members)
-    {
-        var byId = members.ToDictionary(w => w.Id);
-        foreach (var peer in request.Peers)
-            if (byId.TryGetValue(peer.WorkerId, out var w)) peer.CertificateSha256 = w.Certificate;
-        if (request.Pipeline is { } p)
-        {
-            Peer? At(string address) => members.FirstOrDefault(w => w.Address == address) is { } w ? new Peer { WorkerId = w.Id, Address = w.Address, CertificateSha256 = w.Certificate } : null;
-            if (p.PreviousAddress.Length > 0) p.Previous = At(p.PreviousAddress);
-            if (p.NextAddress.Length > 0) p.Next = At(p.NextAddress);
-        }
-        return request;
-    }
-
     public void Dispose()
     {
         foreach (var c in channels.Values) c.Dispose();

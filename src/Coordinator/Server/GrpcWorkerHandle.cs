@@ -1,0 +1,91 @@
+using Dtrain.Cluster;
+using Dtrain.Protos.Worker;
+using Grpc.Core;
+
+namespace Dtrain.Server;
+
+/// <summary>
+/// A worker over gRPC (WorkerControl): the deadlines of its calls (<see cref="CoordinatorOptions"/>), the wire form of
+/// the protocol (<see cref="WorkerProtoMapping"/>), and the translation of its failures (<see cref="WorkerCallFailure"/>).
+/// </summary>
+public sealed class GrpcWorkerHandle(WorkerRecord worker, WorkerClients clients, CoordinatorOptions options, TimeProvider? clock = null) : IWorkerHandle
+{
+    private readonly TimeProvider clock = clock ?? TimeProvider.System;
+
+    public WorkerRecord Worker { get; } = worker;
+
+    private WorkerControl.WorkerControlClient Client => clients.For(Worker);
+
+    private DateTime Deadline(double seconds) => clock.GetUtcNow().UtcDateTime.AddSeconds(seconds);
+
+    private Task<T> Call<T>(string what, long step, double timeoutSeconds, CancellationToken cancel, Func<DateTime, Task<T>> call) =>
+        WorkerCallFailure.GuardAsync(Worker, what, step, timeoutSeconds, cancel, () => call(Deadline(timeoutSeconds)));
+
+    public Task<AssignResult> AssignAsync(Assignment assignment, CancellationToken cancel) =>
+        Call("assign", 0, options.CallTimeoutSeconds, cancel, async deadline =>
+            WorkerProtoMapping.FromProto(await Client.AssignAsync(assignment.ToProto(), deadline: deadline, cancellationToken: cancel).ResponseAsync.ConfigureAwait(false)));
+
+    public Task LoadShardsAsync(string jobId, ShardSlice slice, long step, CancellationToken cancel) =>
+        Call("load shard", step, options.CallTimeoutSeconds, cancel, async deadline =>
+        {
+            using var call = Client.LoadShard(deadline: deadline, cancellationToken: cancel);
+            foreach (var chunk in slice.ToChunks(jobId, options.ShardChunkValues)) await call.RequestStream.WriteAsync(chunk, cancel).ConfigureAwait(false);
+            await call.RequestStream.CompleteAsync().ConfigureAwait(false);
+            return await call.ResponseAsync.ConfigureAwait(false);
+        });
+
+    public Task<StepResult> RunStepAsync(StepCommand command, double timeoutSeconds, CancellationToken cancel) =>
+        Call("step", command.Step, timeoutSeconds, cancel, async deadline =>
+            WorkerProtoMapping.FromProto(await Client.RunStepAsync(command.ToProto(), deadline: deadline, cancellationToken: cancel).ResponseAsync.ConfigureAwait(false)));
+
+    public Task<ApplyResult> ApplyStepAsync(ApplyCommand command, double timeoutSeconds, CancellationToken cancel) =>
+        Call("apply step", command.Step, timeoutSeconds, cancel, async deadline =>
+            WorkerProtoMapping.FromProto(await Client.ApplyStepAsync(command.ToProto(), deadline: deadline, cancellationToken: cancel).ResponseAsync.ConfigureAwait(false)));
+
+    public Task<Training.EvalMetrics> EvaluateAsync(EvalCommand command, long step, CancellationToken cancel) =>
+        Call("evaluate", step, options.CallTimeoutSeconds, cancel, async deadline =>
+            WorkerProtoMapping.FromProto(await Client.EvaluateAsync(command.ToProto(), deadline: deadline, cancellationToken: cancel).ResponseAsync.ConfigureAwait(false)));
+
+    public Task<byte[]> GetStateAsync(StateSnapshot snapshot, CancellationToken cancel) =>
+        Call("checkpoint", snapshot.Step, options.CallTimeoutSeconds, cancel, async deadline =>
+        {
+            using var call = Client.GetState(snapshot.ToProto(), deadline: deadline, cancellationToken: cancel);
+            using var ms = new MemoryStream();
+            await foreach (var chunk in call.ResponseStream.ReadAllAsync(cancel).ConfigureAwait(false)) chunk.Data.WriteTo(ms);
+            return ms.ToArray();
+        });
+
+    public Task<IReadOnlyList<NamedTensor>> GetStageParametersAsync(StateSnapshot snapshot, CancellationToken cancel) =>
+        Call("checkpoint", snapshot.Step, options.CallTimeoutSeconds, cancel, async deadline =>
+        {
+            using var call = Client.GetStageParameters(snapshot.ToProto(), deadline: deadline, cancellationToken: cancel);
+            var list = new List<NamedTensor>();
+            await foreach (var t in call.ResponseStream.ReadAllAsync(cancel).ConfigureAwait(false)) list.Add(t);
+            return (IReadOnlyList<NamedTensor>)list;
+        });
+
+    public Task<LoadStateResult> LoadStateAsync(string jobId, IEnumerable<NamedTensor> tensors, long step, CancellationToken cancel) =>
+        Call("load the checkpoint's state", step, options.CallTimeoutSeconds, cancel, async deadline =>
+        {
+            using var call = Client.LoadState(deadline: deadline, cancellationToken: cancel);
+            foreach (var t in tensors) await call.RequestStream.WriteAsync(new LoadStateChunk { JobId = jobId, Tensor = t }, cancel).ConfigureAwait(false);
+            await call.RequestStream.CompleteAsync().ConfigureAwait(false);
+            return WorkerProtoMapping.FromProto(await call.ResponseAsync.ConfigureAwait(false));
+        });
+
+    public Task<StepStanding> AbortAsync(string jobId, long generation, string reason, CancellationToken cancel) =>
+        Call("abort", 0, options.CallTimeoutSeconds, cancel, async deadline =>
+            WorkerProtoMapping.FromProto(await Client.AbortAsync(new AbortRequest { JobId = jobId, Generation = generation, Reason = reason }, deadline: deadline, cancellationToken: cancel).ResponseAsync.ConfigureAwait(false)));
+
+    public Task ReconfigureAsync(RingMembership membership, CancellationToken cancel) =>
+        Call("re-form the ring", 0, options.CallTimeoutSeconds, cancel, async deadline =>
+            await Client.ReconfigureAsync(membership.ToProto(), deadline: deadline, cancellationToken: cancel).ResponseAsync.ConfigureAwait(false));
+
+    public Task<SyncResult> SyncStateAsync(SyncSource source, CancellationToken cancel) =>
+        Call("take a peer's state", source.NextStep, options.CallTimeoutSeconds, cancel, async deadline =>
+            WorkerProtoMapping.FromProto(await Client.SyncStateAsync(source.ToProto(), deadline: deadline, cancellationToken: cancel).ResponseAsync.ConfigureAwait(false)));
+
+    public Task ReleaseAsync(string jobId, string reason, double timeoutSeconds, CancellationToken cancel) =>
+        Call("release", 0, timeoutSeconds, cancel, async deadline =>
+            await Client.ReleaseAsync(new ReleaseRequest { JobId = jobId, Reason = reason }, deadline: deadline, cancellationToken: cancel).ResponseAsync.ConfigureAwait(false));
+}

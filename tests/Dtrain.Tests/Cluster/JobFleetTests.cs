@@ -1,0 +1,208 @@
+using Dtrain.Protos.Membership;
+using Dtrain.Server;
+using Dtrain.Specs;
+using Dtrain.Tests.Support;
+using Dtrain.Training;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Dtrain.Tests.Cluster;
+
+/// <summary>
+/// An elastic job's fleet and the data-parallel driver without gRPC or processes: real worker runtimes behind
+/// in-process handles, a real registry, the faults chosen by the test at a chosen step. A worker lost, one added, one
+/// drained: the job re-forms at a step boundary and ends with the model a single process trains, every step committed once.
+/// </summary>
+public class JobFleetTests
+{
+    const int Steps = 24;
+
+    /// <summary>Random windows (no carried state), Adam, 12-row batches (split evenly over 2 or 3 workers), validation at the end.</summary>
+    static (TempDir Tmp, JobSpec Spec) Job()
+    {
+        var tmp = new TempDir();
+        tmp.Write("t.txt", TestJobs.Text(200));
+        var spec = TestJobs.CharLm(Path.Combine(tmp.Path, "t.txt"), steps: Steps);
+        spec = spec with
+        {
+            Model = spec.Model with { HiddenSize = 32 },
+            Training = spec.Training with { BatchSize = 12, SeqLen = 16, LmSampling = LmSamplingKinds.Random, EvalInterval = 0, CheckpointInterval = 0 },
+        };
+        return (tmp, spec);
+    }
+
+    static double SingleProcessLoss(TempDir tmp, JobSpec spec) =>
+        Trainer.Run(spec, tmp.Path, new TrainOptions { OutputDir = Path.Combine(tmp.Path, "single") }, new NullObserver(), CancellationToken.None).Final!.Loss;
+
+    /// <summary>A coordinator's registry and job, and a pool of in-process workers registered with it.</summary>
+    sealed class Fleet : IAsyncDisposable
+    {
+        public readonly CoordinatorOptions Options;
+        public readonly WorkerRegistry Registry;
+        public readonly InMemoryWorkerPool Pool;
+        public readonly Dictionary<string, string> IdOf = [];
+
+        public Fleet(double waitForWorkersSeconds = 30)
+        {
+            Options = new() { WorkerTimeoutSeconds = 2, WaitForWorkersSeconds = waitForWorkersSeconds, FailureBlameGraceSeconds = 1 };
+            Registry = new WorkerRegistry(Options, TimeProvider.System, NullLogger<WorkerRegistry>.Instance);
+            Pool = new InMemoryWorkerPool(Options);
+        }
+
+        /// <summary>Starts a worker, registers it and sends its first heartbeat (it is idle).</summary>
+        public WorkerRecord Start(string name)
+        {
+            Pool.Add(name);
+            var record = Registry.Register(new RegisterRequest { Address = InMemoryWorkerPool.AddressOf(name), Name = name, Capabilities = new WorkerCapabilities { Cores = 1 } });
+            Assert.True(Registry.Heartbeat(record.Id, record.Token));
+            IdOf[name] = record.Id;
+            return record;
+        }
+
+        public InProcessWorkerHandle Handle(string name) => Pool.Connect(Registry.Snapshot().Single(w => w.Id == IdOf[name]));
+
+        public ValueTask DisposeAsync() => Pool.DisposeAsync();
+    }
+
+    static async Task<JobRecord> RunAsync(Fleet fleet, JobSpec spec, string dir, int workers, int min, int max, Action<JobRecord>? started = null)
+    {
+        var job = new JobRecord("job-0001", spec with { Output = dir }, dir, workers, DateTimeOffset.UtcNow);
+        job.Transition(JobTrigger.Start, "preparing data");
+        var reserved = fleet.Registry.TryReserve(workers, job.Id);
+        Assert.NotNull(reserved);
+        started?.Invoke(job);
+        var prepared = await PreparedJob.LoadAsync(job, CancellationToken.None);
+        using var jobFleet = new JobFleet(job, reserved, min, max, fleet.Registry, fleet.Pool.Connect, fleet.Options, NullLogger.Instance);
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(3));
+        await new DataParallelDriver(fleet.Options).RunAsync(job, prepared, jobFleet, timeout.Token);
+        return job;
+    }
+
+    /// <summary>Every step committed once, every row of it trained by exactly one worker; the members of each step.</summary>
+    static IReadOnlyList<LedgerEntry> AssertLedger(JobRecord job)
+    {
+        var ledger = job.Ledger.Snapshot();
+        var problems = SampleLedger.Check(ledger, 0, Steps);
+        Assert.True(problems.Count == 0, string.Join("; ", problems.Take(10)));
+        return ledger;
+    }
+
+    static void AssertLoss(double single, JobRecord job)
+    {
+        var loss = job.Progress.LastEval?.Loss ?? double.NaN;
+        Assert.True(Math.Abs(loss - single) <= 0.02 * single, $"validation loss {loss:F4} vs single process {single:F4}");
+    }
+
+    [Fact]
+    public async Task A_worker_lost_mid_step_is_dropped_and_the_others_finish_with_the_single_process_loss()
+    {
+        var (tmp, spec) = Job();
+        using var _ = tmp;
+        var single = SingleProcessLoss(tmp, spec);
+        await using var fleet = new Fleet();
+        foreach (var n in new[] { "a", "b", "c" }) fleet.Start(n);
+        // Worker b dies as step 8 starts: its call fails as unreachable, its ring neighbours as peers of a dead one.
+        fleet.Handle("b").BeforeStep = step =>
+        {
+            if (step.Step != 8) return true;
+            fleet.Pool.StopAsync("b").GetAwaiter().GetResult();
+            return false;
+        };
+
+        var job = await RunAsync(fleet, spec, Path.Combine(tmp.Path, "job"), 3, min: 2, max: 3);
+
+        var info = job.Progress;
+        Assert.Equal(Steps, info.Step);
+        Assert.Equal(2, info.Generation);
+        Assert.Equal([fleet.IdOf["a"], fleet.IdOf["c"]], info.WorkerIds);
+        Assert.Equal(MembershipState.Lost, fleet.Registry.StateOf(fleet.IdOf["b"]));
+        var ledger = AssertLedger(job);
+        // Step 7 ran beside step 8 (a window of two): it was lost with b, and committed again without it.
+        Assert.All(ledger.Where(s => s.Step < 7), s => Assert.Equal((3, 1L), (s.Shares.Count, s.Generation)));
+        Assert.All(ledger.Where(s => s.Step >= 7), s => Assert.Equal((2, 2L), (s.Shares.Count, s.Generation)));
+        Assert.DoesNotContain(ledger.Where(s => s.Step >= 7), s => s.Shares.Any(x => x.WorkerId == fleet.IdOf["b"]));
+        AssertLoss(single, job);
+    }
+
+    [Fact]
+    public async Task A_worker_that_registers_mid_job_joins_at_a_step_boundary_and_takes_the_state_of_a_member()
+    {
+        var (tmp, spec) = Job();
+        using var _ = tmp;
+        var single = SingleProcessLoss(tmp, spec);
+        await using var fleet = new Fleet();
+        foreach (var n in new[] { "a", "b" }) fleet.Start(n);
+        // Worker c registers while step 6 runs.
+        fleet.Handle("a").BeforeStep = step =>
+        {
+            if (step.Step == 6) fleet.Start("c");
+            return true;
+        };
+
+        var job = await RunAsync(fleet, spec, Path.Combine(tmp.Path, "job"), 2, min: 2, max: 3);
+
+        var info = job.Progress;
+        Assert.Equal(Steps, info.Step);
+        Assert.Equal(2, info.Generation);
+        Assert.Equal([fleet.IdOf["a"], fleet.IdOf["b"], fleet.IdOf["c"]], info.WorkerIds);
+        var ledger = AssertLedger(job);
+        var joined = ledger.First(s => s.Shares.Count == 3).Step;
+        // Admitted within two steps of registering (the step in flight, and the one queued behind it).
+        Assert.InRange(joined, 7, 9);
+        Assert.All(ledger.Where(s => s.Step >= joined), s => Assert.Contains(s.Shares, x => x.WorkerId == fleet.IdOf["c"]));
+        AssertLoss(single, job);
+    }
+
+    [Fact]
+    public async Task A_drained_worker_leaves_at_a_step_boundary_while_the_minimum_stays_and_is_cordoned_not_lost()
+    {
+        var (tmp, spec) = Job();
+        using var _ = tmp;
+        var single = SingleProcessLoss(tmp, spec);
+        await using var fleet = new Fleet();
+        foreach (var n in new[] { "a", "b", "c" }) fleet.Start(n);
+        fleet.Handle("a").BeforeStep = step =>
+        {
+            if (step.Step == 5) fleet.Registry.Cordon(fleet.IdOf["c"], drain: true, by: "test");
+            return true;
+        };
+
+        var job = await RunAsync(fleet, spec, Path.Combine(tmp.Path, "job"), 3, min: 2, max: 3);
+
+        var info = job.Progress;
+        Assert.Equal(Steps, info.Step);
+        Assert.Equal(2, info.Generation);
+        Assert.Equal([fleet.IdOf["a"], fleet.IdOf["b"]], info.WorkerIds);
+        var drained = fleet.Registry.Snapshot().Single(w => w.Id == fleet.IdOf["c"]);
+        Assert.NotEqual(MembershipState.Lost, drained.State);
+        Assert.True(drained.Cordoned);
+        Assert.Equal("", drained.JobId);
+        var ledger = AssertLedger(job);
+        Assert.All(ledger.Where(s => s.Step >= 8), s => Assert.Equal(2, s.Shares.Count));
+        AssertLoss(single, job);
+    }
+
+    [Fact]
+    public async Task Below_the_minimum_with_no_idle_worker_the_job_fails_naming_the_lost_worker()
+    {
+        var (tmp, spec) = Job();
+        using var _ = tmp;
+        await using var fleet = new Fleet(waitForWorkersSeconds: 1);
+        foreach (var n in new[] { "a", "b" }) fleet.Start(n);
+        fleet.Handle("b").BeforeStep = step =>
+        {
+            if (step.Step != 3) return true;
+            fleet.Pool.StopAsync("b").GetAwaiter().GetResult();
+            return false;
+        };
+        var options = fleet.Options;
+
+        var e = await Assert.ThrowsAsync<JobFailure>(() => RunAsync(fleet, spec, Path.Combine(tmp.Path, "job"), 2, min: 2, max: 2));
+
+        Assert.True(e.Terminal);
+        Assert.StartsWith($"fewer than the minimum of 2 worker(s) for {options.WaitForWorkersSeconds:F0}s after worker {fleet.IdOf["b"]} (", e.Message);
+        // b stopped as step 3 was sent beside step 2: its step 2 was cut off.
+        Assert.Matches(@"\(.*\) unreachable during step at step 2: connection reset \(the in-process worker stopped\)", e.Message);
+    }
+
+    sealed class NullObserver : ITrainingObserver;
+}
