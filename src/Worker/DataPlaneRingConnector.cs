@@ -1,6 +1,6 @@
+using Dtrain.Cluster;
 using Dtrain.Collective;
 using Dtrain.Distributed;
-using Dtrain.Protos.Worker;
 using Dtrain.Rpc;
 using Microsoft.Extensions.Logging;
 
@@ -28,27 +28,27 @@ public sealed class DataPlaneRingConnector : IRingConnector
         if (security.Tls is { } tls) dataPlane.Tls ??= tls;
     }
 
-    public async Task<RingConnection> ConnectAsync(AssignRequest request, CancellationToken cancel)
+    public async Task<RingConnection> ConnectAsync(RingMembership membership, CancellationToken cancel)
     {
-        if (request.WorldSize == 1) return new RingConnection(LocalReducer.Instance);
-        var peers = request.Peers.OrderBy(p => p.Rank).ToList();
+        if (membership.World == 1) return new RingConnection(LocalReducer.Instance);
+        var peers = membership.Peers.OrderBy(p => p.Rank).ToList();
         var addresses = peers.Select(p => p.Address).ToList();
         // With TLS each neighbour is who the coordinator says (its worker id and issued certificate), not who it claims.
         var ringSecurity = security.Tls is { } tls ? new RingSecurity(tls, [.. peers.Select(p => ExpectedPeer.Worker(p.WorkerId, p.CertificateSha256))]) : null;
         IRingTransport transport;
         try
         {
-            transport = await dataPlane.ConnectRingAsync(request.JobId, request.Generation, request.Rank, request.WorldSize, addresses, options.DataTransport,
+            transport = await dataPlane.ConnectRingAsync(membership.JobId, membership.Generation, membership.Rank, membership.World, addresses, options.DataTransport,
                 TimeSpan.FromSeconds(options.RingConnectTimeoutSeconds), ringSecurity, cancel).ConfigureAwait(false);
         }
         catch (RingTransportException e)
         {
             throw new RingTransportException($"{e.Message} (gave up after Worker:RingConnectTimeoutSeconds = {options.RingConnectTimeoutSeconds:0.###} s)", e.PeerRank, e.Peer, e);
         }
-        var right = (request.Rank + 1) % request.WorldSize;
+        var right = (membership.Rank + 1) % membership.World;
         var kind = transport is PeerRingTransport mesh ? mesh.Peers.LinkTo(right) : DataTransports.Describe(DataTransport.Grpc, ringSecurity is not null);
         logger?.LogInformation("ring {From}->{To}: {Kind} (job {Job} generation {Generation}, Worker:Transport = {Option})",
-            Name(peers, request.Rank), Name(peers, right), kind, request.JobId, request.Generation, options.Transport);
+            Name(peers, membership.Rank), Name(peers, right), kind, membership.JobId, membership.Generation, options.Transport);
         var ring = new RingAllReduce(transport, operationTimeout: TimeSpan.FromSeconds(options.CollectiveTimeoutSeconds));
         // Every rank takes part in forming the group (two tiny sums on the ring), whether or not it can join it.
         SharedMemoryAllReduce? group;
@@ -64,21 +64,21 @@ public sealed class DataPlaneRingConnector : IRingConnector
         {
             await transport.DisposeAsync().ConfigureAwait(false);
             var peer = e is CollectiveException c ? c.PeerRank : -1;
-            throw new RingTransportException($"ring of job {request.JobId} generation {request.Generation} connected but its ranks did not agree on the all-reduce (Worker:RingConnectTimeoutSeconds = {options.RingConnectTimeoutSeconds:0.###} s): {e.Message}",
+            throw new RingTransportException($"ring of job {membership.JobId} generation {membership.Generation} connected but its ranks did not agree on the all-reduce (Worker:RingConnectTimeoutSeconds = {options.RingConnectTimeoutSeconds:0.###} s): {e.Message}",
                 peer, peer >= 0 ? transport.DescribeRank(peer) : "", e);
         }
         if (group is not null)
         {
             logger?.LogInformation("all-reduce of job {Job} generation {Generation}: shared-memory group of {World} workers on this host (no ring; {SlotMiB} MiB blocks)",
-                request.JobId, request.Generation, request.WorldSize, group.SlotFloats * sizeof(float) >> 20);
+                membership.JobId, membership.Generation, membership.World, group.SlotFloats * sizeof(float) >> 20);
             void Registered(int floats, RegisteredBuffer? buffer)
             {
                 if (buffer is not null)
                     logger?.LogInformation("gradient buffer of job {Job} generation {Generation}: {Floats} values registered with the shared-memory group (sums are zero-copy)",
-                        request.JobId, request.Generation, floats);
+                        membership.JobId, membership.Generation, floats);
                 else
                     logger?.LogWarning("gradient buffer of job {Job} generation {Generation}: a rank could not make or map a {MiB} MiB buffer in /dev/shm; sums copy through the group's blocks",
-                        request.JobId, request.Generation, (long)floats * sizeof(float) >> 20);
+                        membership.JobId, membership.Generation, (long)floats * sizeof(float) >> 20);
             }
             return new RingConnection(new SharedMemoryGroupReducer(group, ring, Registered), async () =>
             {
@@ -86,7 +86,7 @@ public sealed class DataPlaneRingConnector : IRingConnector
                 await transport.DisposeAsync().ConfigureAwait(false);
             });
         }
-        logger?.LogInformation("all-reduce of job {Job} generation {Generation}: ring (no shared-memory group: {Reason})", request.JobId, request.Generation, whyNot);
+        logger?.LogInformation("all-reduce of job {Job} generation {Generation}: ring (no shared-memory group: {Reason})", membership.JobId, membership.Generation, whyNot);
         return new RingConnection(new RingReducer(ring, ShortName(kind)), () => transport.DisposeAsync());
     }
 
@@ -101,6 +101,6 @@ public sealed class DataPlaneRingConnector : IRingConnector
         _ => kind,
     };
 
-    private static string Name(List<Peer> peers, int rank) => rank < peers.Count && !string.IsNullOrEmpty(peers[rank].WorkerId) ? peers[rank].WorkerId : $"rank {rank}";
+    private static string Name(List<ClusterPeer> peers, int rank) => rank < peers.Count && !string.IsNullOrEmpty(peers[rank].WorkerId) ? peers[rank].WorkerId : $"rank {rank}";
 
 }

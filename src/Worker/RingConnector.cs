@@ -1,5 +1,5 @@
+using Dtrain.Cluster;
 using Dtrain.Distributed;
-using Dtrain.Protos.Worker;
 
 namespace Dtrain.Worker;
 
@@ -10,8 +10,8 @@ public sealed class RingConnection(IGradientReducer reducer, Func<ValueTask>? di
     public ValueTask DisposeAsync() => dispose?.Invoke() ?? ValueTask.CompletedTask;
 }
 
-/// <summary>Joins the ring of the peers named in an assignment.</summary>
+/// <summary>Joins the ring of a job's generation: this worker's rank among its peers.</summary>
 public interface IRingConnector
 {
-    Task<RingConnection> ConnectAsync(AssignRequest request, CancellationToken cancel);
+    Task<RingConnection> ConnectAsync(RingMembership ring, CancellationToken cancel);
 }

@@ -71,7 +71,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         TorchThread? torch = null;
         try
         {
-            ring = await rings.ConnectAsync(request, cancel).ConfigureAwait(false);
+            ring = await rings.ConnectAsync(WorkerProtocol.Ring(request), cancel).ConfigureAwait(false);
             state.Observe(ring.Reducer, [.. request.Peers.OrderBy(p => p.Rank).Select(p => p.WorkerId)]);
             activity.Job(request.JobId, ring.Reducer.Transport);
             torch = new TorchThread($"torch-{request.JobId}", threads);
@@ -530,9 +530,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
         try
         {
-            var ringRequest = new AssignRequest { JobId = job.JobId, Generation = request.Generation, Rank = request.Rank, WorldSize = request.WorldSize };
-            ringRequest.Peers.AddRange(request.Peers);
-            var ring = await rings.ConnectAsync(ringRequest, cancel).ConfigureAwait(false);
+            var ring = await rings.ConnectAsync(WorkerProtocol.Ring(request), cancel).ConfigureAwait(false);
             state.Observe(ring.Reducer, [.. request.Peers.OrderBy(p => p.Rank).Select(p => p.WorkerId)]);
             job.Reconfigure(request.Generation, request.Rank, request.WorldSize, ring, request.NextStep, [.. request.Peers.OrderBy(p => p.Rank).Select(p => p.WorkerId)]);
             // The rows each replica holds change with the world: a carried hidden state belongs to the old rows.

@@ -1,6 +1,6 @@
 using System.Net;
 using Dtrain.Collective;
-using Dtrain.Protos.Worker;
+using Dtrain.Cluster;
 using Dtrain.Worker;
 
 namespace Dtrain.Tests.Cluster;
@@ -20,9 +20,7 @@ public class DataPlaneConnectorTests
         var options = new WorkerOptions { RingConnectTimeoutSeconds = 1, Transport = transport };
         await using var plane = new DataPlane(new RingMailboxes());
         var connector = new DataPlaneRingConnector(plane, options, WorkerSecurity.Create(options));
-        var request = new AssignRequest { JobId = "job-0001", Generation = 1, Rank = 0, WorldSize = 2 };
-        request.Peers.Add(new Peer { Rank = 0, WorkerId = "w1", Address = "http://127.0.0.1:1" });
-        request.Peers.Add(new Peer { Rank = 1, WorkerId = "w2", Address = $"http://127.0.0.1:{port}" });
+        var request = new RingMembership("job-0001", 1, 0, 2, [new ClusterPeer(0, "w1", "http://127.0.0.1:1"), new ClusterPeer(1, "w2", $"http://127.0.0.1:{port}")], 0);
         using var guard = new CancellationTokenSource(TimeSpan.FromSeconds(60));
         var e = await Assert.ThrowsAsync<RingTransportException>(() => connector.ConnectAsync(request, guard.Token));
         Assert.Contains($"cannot open the ring stream of job-0001/1 to its right neighbour rank 1 (http://127.0.0.1:{port})", e.Message);

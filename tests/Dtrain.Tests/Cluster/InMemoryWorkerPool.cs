@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Dtrain.Cluster;
 using Dtrain.Collective;
 using Dtrain.Distributed;
 using Dtrain.Protos.Worker;
@@ -51,11 +52,11 @@ public sealed class InMemoryWorkerPool(CoordinatorOptions options) : IAsyncDispo
     {
         private readonly ConcurrentDictionary<(string Job, long Generation), IReadOnlyList<InMemoryRingTransport>> rings = new();
 
-        public Task<RingConnection> ConnectAsync(AssignRequest request, CancellationToken cancel)
+        public Task<RingConnection> ConnectAsync(RingMembership membership, CancellationToken cancel)
         {
-            if (request.WorldSize == 1) return Task.FromResult(new RingConnection(LocalReducer.Instance));
-            var ring = rings.GetOrAdd((request.JobId, request.Generation), _ => InMemoryRingTransport.CreateRing(request.WorldSize));
-            var transport = ring[request.Rank];
+            if (membership.World == 1) return Task.FromResult(new RingConnection(LocalReducer.Instance));
+            var ring = rings.GetOrAdd((membership.JobId, membership.Generation), _ => InMemoryRingTransport.CreateRing(membership.World));
+            var transport = ring[membership.Rank];
             return Task.FromResult(new RingConnection(new Reducer(new RingAllReduce(transport)), transport.DisposeAsync));
         }
     }
