@@ -63,6 +63,36 @@ public static class ProtoMapper
         Message = w.Message,
     };
 
+    /// <summary>The worker as `dtrain status` and `dtrain workers` show it: its activity with the time in phase as of the view's time, and its heartbeat age.</summary>
+    public static WorkerInfo ToInfo(this WorkerView view)
+    {
+        var w = view.Worker;
+        var info = w.ToInfo();
+        info.HeartbeatAgeMs = (long)(StallDiagnosis.Age(w, view.Now) * 1000);
+        if (w.Activity is { } a)
+        {
+            info.Activity = a.Clone();
+            info.Activity.InPhaseMs = a.InPhaseMs + info.HeartbeatAgeMs;
+        }
+        info.Stalled = view.Stalled;
+        return info;
+    }
+
+    /// <summary>The job as `dtrain status` shows it, live: a row per worker (no address: where workers run is the operator's business, `dtrain workers`) and the stall line.</summary>
+    public static JobInfo ToProto(this JobRecord job, JobView view)
+    {
+        var info = job.ToProto(view.Status, view.Progress);
+        foreach (var w in view.Workers)
+        {
+            var row = w.ToInfo();
+            row.Address = "";
+            if (!view.Names) row.Name = "";
+            info.WorkerRows.Add(row);
+        }
+        if (view.Stall is not null) info.Stall = view.Stall;
+        return info;
+    }
+
     /// <summary>The job as the gRPC services, the dashboard and `dtrain status` show it: the only place a job's <see cref="JobInfo"/> is built.</summary>
     public static JobInfo ToProto(this JobRecord job)
     {

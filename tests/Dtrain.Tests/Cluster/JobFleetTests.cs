@@ -202,8 +202,8 @@ public class JobFleetTests
 
         Assert.True(e.Terminal);
         Assert.StartsWith($"fewer than the minimum of 2 worker(s) for {options.WaitForWorkersSeconds:F0}s after worker {fleet.IdOf["b"]} (", e.Message);
-        // b stopped as step 3 was sent beside step 2: its step 2 was cut off, or its step 3 refused.
-        Assert.True(System.Text.RegularExpressions.Regex.IsMatch(e.Message, @"\(.*\) unreachable during step at step [23]: connection re"), e.Message);
+        // Named by its failed step, or by the abort it could not answer (when a peer's failure was heard first).
+        Assert.Contains("the in-process worker", e.Message);
     }
 
     sealed class NullObserver : ITrainingObserver;

@@ -45,8 +45,11 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
         return Task.FromResult(new SubmitReply { JobId = job.Id });
     }
 
-    public override Task<JobInfo> Get(GetJobRequest request, ServerCallContext context) =>
-        Task.FromResult(stalls.Describe(access.Job(context, request.JobId, "get"), names: Caller.Of(context).Role != Role.Submitter));
+    public override Task<JobInfo> Get(GetJobRequest request, ServerCallContext context)
+    {
+        var job = access.Job(context, request.JobId, "get");
+        return Task.FromResult(job.ToProto(stalls.Describe(job, names: Caller.Of(context).Role != Role.Submitter)));
+    }
 
     public override Task<ListJobsReply> List(ListJobsRequest request, ServerCallContext context)
     {
@@ -94,12 +97,7 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
         var reply = new ListWorkersReply();
         var now = clock.GetUtcNow();
         var stalled = stalls.StalledWorkers();
-        reply.Workers.AddRange(registry.Snapshot().Select(w =>
-        {
-            var info = StallDiagnosis.Info(w, now);
-            info.Stalled = stalled.Contains(w.Id);
-            return info;
-        }));
+        reply.Workers.AddRange(registry.Snapshot().Select(w => new WorkerView(w, now, stalled.Contains(w.Id)).ToInfo()));
         return Task.FromResult(reply);
     }
 

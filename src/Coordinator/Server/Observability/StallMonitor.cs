@@ -1,6 +1,5 @@
 using System.Globalization;
 using Dtrain.Distributed;
-using Dtrain.Protos.Jobs;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 
@@ -17,21 +16,7 @@ public sealed record Stall(IReadOnlyList<string> Culprits, string Text);
 /// </summary>
 public static class StallDiagnosis
 {
-    /// <summary>The worker as `dtrain status` and `dtrain workers` show it: its activity with the time in phase as of <paramref name="now"/>, and its heartbeat age.</summary>
-    public static WorkerInfo Info(WorkerRecord w, DateTimeOffset now)
-    {
-        var info = w.ToInfo();
-        var age = Age(w, now);
-        info.HeartbeatAgeMs = (long)(age * 1000);
-        if (w.Activity is { } a)
-        {
-            info.Activity = a.Clone();
-            info.Activity.InPhaseMs = a.InPhaseMs + info.HeartbeatAgeMs;
-        }
-        return info;
-    }
-
-    private static double Age(WorkerRecord w, DateTimeOffset now) => Math.Max(0, (now - w.LastHeartbeat).TotalSeconds);
+    internal static double Age(WorkerRecord w, DateTimeOffset now) => Math.Max(0, (now - w.LastHeartbeat).TotalSeconds);
 
     private static double InPhase(WorkerRecord w, DateTimeOffset now) => (w.Activity?.InPhaseMs ?? 0) / 1000.0 + Age(w, now);
 
@@ -156,28 +141,18 @@ public sealed class StallMonitor(CoordinatorOptions options, WorkerRegistry regi
     private static bool Running(JobStatus status) => status is JobStatus.Running or JobStatus.Waiting;
 
     /// <summary>
-    /// The job as `dtrain status` shows it (<see cref="ProtoMapper.ToProto(JobRecord)"/>) with its live fields: a row per
-    /// worker (<see cref="JobInfo.WorkerRows"/>) and the stall line, if any.
-    /// <paramref name="names"/>: whether workers' names are shown (callers who may list workers), else ids only.
+    /// The job as `dtrain status` shows it, with its live fields: a row per worker and the stall line, if any (for a job
+    /// that is not preparing or running: none). <paramref name="names"/>: whether workers' names are shown (callers who
+    /// may list workers), else ids only. <see cref="ProtoMapper"/> builds the <c>JobInfo</c>.
     /// </summary>
-    public JobInfo Describe(JobRecord job, bool names = true)
+    public JobView Describe(JobRecord job, bool names = true)
     {
         var (status, progress) = job.Read();
-        var info = job.ToProto(status, progress);
-        if (!Running(status) && status != JobStatus.Preparing) return info;
+        if (!Running(status) && status != JobStatus.Preparing) return new JobView(status, progress, [], null, names);
         var now = clock.GetUtcNow();
         var workers = WorkersOf(job.Id, progress.WorkerIds);
         var stall = status == JobStatus.Preparing ? null : StallDiagnosis.Diagnose(workers, now, options.StallWarningSeconds, SilentSeconds, names, LateSeconds);
-        foreach (var w in workers)
-        {
-            var row = StallDiagnosis.Info(w, now);
-            row.Address = "";   // status is for the job's owner: where workers run is the operator's business (`dtrain workers`)
-            if (!names) row.Name = "";
-            row.Stalled = stall?.Culprits.Contains(w.Id) == true;
-            info.WorkerRows.Add(row);
-        }
-        if (stall is not null) info.Stall = stall.Text;
-        return info;
+        return new JobView(status, progress, [.. workers.Select(w => new WorkerView(w, now, stall?.Culprits.Contains(w.Id) == true))], stall?.Text, names);
     }
 
     /// <summary>Whether the stall warning names this worker now (for `dtrain workers`).</summary>
