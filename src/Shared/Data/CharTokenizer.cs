@@ -81,9 +81,18 @@ public sealed class CharTokenizer : ITokenizer
         if (ids.Length < text.Length) throw new ArgumentException($"needs room for {text.Length} ids", nameof(ids));
         var n = 0;
         var dense = this.dense;
+        var lower = Lowercase;
         for (var i = 0; i < text.Length;)
         {
-            var v = NextScalar(text, ref i, Lowercase);
+            int c = text[i];
+            if (!lower && c < 0xD800 && c < dense.Length)
+            {
+                // Not a surrogate and nothing to lowercase: the scalar value is the character (the hot path).
+                ids[n++] = dense[c];
+                i++;
+                continue;
+            }
+            var v = NextScalar(text, ref i, lower);
             ids[n++] = (uint)v < (uint)dense.Length ? dense[v] : this.sparse.GetValueOrDefault(v, Vocabulary.UnkId);
         }
         return n;
@@ -94,6 +103,13 @@ public sealed class CharTokenizer : ITokenizer
     {
         for (var i = 0; i < text.Length;)
         {
+            int c = text[i];
+            if (!lowercase && c < 0xD800 && c < dense.Length)
+            {
+                dense[c]++;
+                i++;
+                continue;
+            }
             var v = NextScalar(text, ref i, lowercase);
             if ((uint)v < (uint)dense.Length) dense[v]++;
             else sparse[v] = sparse.GetValueOrDefault(v) + 1;

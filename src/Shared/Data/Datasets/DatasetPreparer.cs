@@ -158,10 +158,15 @@ public static class DatasetPreparer
         /// <summary>The ids of <paramref name="text"/>, in the worker's scratch space (valid until its next call).</summary>
         public ReadOnlySpan<int> Encode(int w, ReadOnlySpan<char> text)
         {
+            var ids = Workers[w].IdsFor(text.Length);
+            return ids[..Encode(w, text, ids)];
+        }
+
+        /// <summary>Encodes <paramref name="text"/> into <paramref name="ids"/> (at least as long as the text); returns the number of ids.</summary>
+        public int Encode(int w, ReadOnlySpan<char> text, Span<int> ids)
+        {
             var s = Workers[w];
-            var ids = s.IdsFor(text.Length);
-            var n = tokenizer is WordTokenizer wt ? wt.EncodeLowered(s.Prepared(text, spec.Lowercase), ids, s.Spans) : ((CharTokenizer)tokenizer!).Encode(text, ids);
-            return ids[..n];
+            return tokenizer is WordTokenizer wt ? wt.EncodeLowered(s.Prepared(text, spec.Lowercase), ids, s.Spans) : ((CharTokenizer)tokenizer!).Encode(text, ids);
         }
     }
 
@@ -224,11 +229,10 @@ public static class DatasetPreparer
             chunks = chunks.Concat(new TextChunker(word, o.ChunkChars).Chunks(Pieces(o.Validation, read, report, sources, cancel), -1, allValidation: true));
         OrderedParallel.Run(chunks, o.Threads, (w, c) =>
         {
-            var ids = tokenizing.Encode(w, c.Text);
-            var copy = ArrayPool<int>.Shared.Rent(Math.Max(1, ids.Length));
-            ids.CopyTo(copy);
+            var ids = ArrayPool<int>.Shared.Rent(Math.Max(1, c.Length));
+            var count = tokenizing.Encode(w, c.Text, ids);
             c.Return();
-            return (Ids: copy, Count: ids.Length, c.Validation);
+            return (Ids: ids, Count: count, c.Validation);
         }, r =>
         {
             (r.Validation ? validation : train).AppendTokens(r.Ids.AsSpan(0, r.Count));

@@ -77,7 +77,7 @@ public sealed class DatasetSplitWriter : IDisposable
         if (width == 2)
         {
             var narrow = MemoryMarshal.Cast<byte, ushort>(bytes);
-            for (var i = 0; i < ids.Length; i++) narrow[i] = (ushort)ids[i];
+            System.Numerics.Tensors.TensorPrimitives.ConvertTruncating<int, ushort>(ids, narrow);
             if (!BitConverter.IsLittleEndian) BinaryPrimitives.ReverseEndianness(narrow, narrow);
         }
         else
