@@ -20,13 +20,9 @@ internal static class PrepareBench
     {
         if (BenchArgs.Help(args, Usage)) return 0;
         BenchArgs.CheckOptions(args, Usage, "--mb", "--threads");
-        var mb = 200;
-        var threads = new[] { 1, 2 };
-        for (var i = 0; i + 1 < args.Length; i += 2)
-        {
-            if (args[i] == "--mb") mb = BenchArgs.Number("--mb", args[i + 1], 1, 1_000_000);
-            else if (args[i] == "--threads") threads = args[i + 1].Split(',').Select(t => BenchArgs.Number("--threads", t, 1, 256)).ToArray();
-        }
+        if (BenchArgs.Positional(args) is [var stray, ..]) throw new ArgumentException($"unexpected argument \"{stray}\" (usage: {Usage})");
+        var mb = BenchArgs.Option(args, "--mb") is { } m ? BenchArgs.Number("--mb", m, 1, 1_000_000, Usage) : 200;
+        var threads = BenchArgs.Option(args, "--threads") is { } list ? BenchArgs.Numbers("--threads", list, 1, 256, Usage) : [1, 2];
         var temp = Path.Combine(Path.GetTempPath(), $"dtrain-bench-prepare-{Environment.ProcessId}");
         Directory.CreateDirectory(temp);
         try

@@ -90,6 +90,17 @@ public class BenchSmokeTests
         await AssertRefusedAsync("unexpected argument \"gru\"", "cluster", "1", "w1", "gru");
     }
 
+    [Fact]
+    public async Task Prepare_prints_a_row_per_tokenizer_and_thread_count_and_refuses_stray_arguments()
+    {
+        var (code, stdout, stderr) = await RunAsync("prepare", "--mb", "2", "--threads", "1,2");
+        Assert.True(code == 0, $"exit status {code}\n{stdout}\n{stderr}");
+        foreach (var row in new[] { "| char | 1 |", "| char | 2 |", "| word | 1 |", "| word | 2 |" }) Assert.Contains(row, stdout);
+        Assert.Contains("peak RSS MB", stdout);
+        await AssertRefusedAsync("unexpected argument \"50\"", "prepare", "50");
+        await AssertRefusedAsync("--threads: \"0\" is not a whole number from 1 to 256", "prepare", "--threads", "1,0");
+    }
+
     /// <summary>The bench exits with status 2 and says <paramref name="expected"/> on stderr.</summary>
     private static async Task AssertRefusedAsync(string expected, params string[] args)
     {
