@@ -37,6 +37,9 @@ public static class OnnxExport
     /// <summary>The metadata_props key holding the whole <see cref="OnnxModelInfo"/> JSON document.</summary>
     public const string MetadataKey = "dtrain";
 
+    /// <summary>Weights an exported file holds at most: a protobuf message is limited to 2 GiB, with room left for the graph.</summary>
+    private const long MaxWeightBytes = 2_000_000_000;
+
     /// <summary>Formats <c>dtrain export --format</c> accepts.</summary>
     public static readonly string[] Formats = ["onnx"];
 
@@ -83,6 +86,10 @@ public static class OnnxExport
             default:
                 throw new NotSupportedException($"a {model.GetType().Name} model ({spec.Task}) has no ONNX export; supported: classification and language_model recurrent models");
         }
+        // A protobuf message cannot exceed 2 GiB; larger ONNX models keep their weights in external files, which this does not write.
+        var bytes = graph.Graph.Initializer.Sum(t => (long)t.RawData.Length + t.Int64Data.Count * 8L);
+        if (bytes > MaxWeightBytes)
+            throw new NotSupportedException($"the model's weights take {bytes / 1_000_000} MB; an ONNX file holds at most {MaxWeightBytes / 1_000_000} MB (larger models need ONNX external data, which dtrain export does not write)");
         var vocab = weights.Get("embedding.weight").Shape[0];
         if (vocab != tokenizer.VocabSize)
             throw new InvalidDataException($"the model's embedding has {vocab} rows but the tokenizer {tokenizer.VocabSize} tokens");
