@@ -5,6 +5,7 @@ using Dtrain.Checkpoints;
 using Dtrain.Data;
 using Dtrain.Inference;
 using Dtrain.Specs;
+using Dtrain.Tests.Cluster;
 using Dtrain.Tests.Support;
 using Dtrain.Training;
 using static TorchSharp.torch;
@@ -32,7 +33,7 @@ public class PackageConsumerTests
     ];
 
     [Fact]
-    public void App_restoring_the_packages_from_a_local_feed_predicts_and_generates_as_dtrain_does()
+    public async Task App_restoring_the_packages_from_a_local_feed_predicts_generates_and_trains_on_a_coordinator()
     {
         TestEnvironment.Init();
         using var tmp = new TempDir();
@@ -69,6 +70,31 @@ public class PackageConsumerTests
         var generatedOnnx = RunJson(app, ["generate", Path.Combine(tmp.Path, "lm.onnx"), "the ", "40", "0.8", "5", "3"]);
         Assert.Equal("onnx", generatedOnnx.GetProperty("runtime").GetString());
         Assert.Equal(generated.GetProperty("generate").GetString(), generatedOnnx.GetProperty("generate").GetString());
+
+        // Dtrain.Client against a real coordinator and worker on loopback, its token from $DTRAIN_TOKEN as the CLI's:
+        // submit a spec file (its data uploaded), watch to the end, status, download the model.
+        await using var cluster = await InProcessCluster.StartAsync(1);
+        Directory.CreateDirectory(Path.Combine(tmp.Path, "job", "data"));
+        tmp.Write("job/data/t.txt", TestJobs.Text());
+        var spec = TestJobs.CharLm("data/t.txt", steps: 4) with { Name = "packaged" };
+        var specPath = tmp.Write("job/lm.json", JobSpecSerializer.Serialize(spec));
+        var downloaded = Path.Combine(tmp.Path, "downloaded", "model.dtck");
+        var remote = RunJson(app, ["remote", cluster.Address, specPath, downloaded], new Dictionary<string, string?>
+        {
+            ["HOME"] = tmp.Path,
+            ["XDG_CONFIG_HOME"] = Path.Combine(tmp.Path, ".config"),
+            ["DTRAIN_TOKEN"] = cluster.AdminToken,
+            ["DTRAIN_TOKEN_FILE"] = null,
+            ["DTRAIN_TLS_DIR"] = null,
+            ["DTRAIN_COORDINATOR"] = null,
+        });
+        Assert.True(remote.GetProperty("state").GetString() == "Succeeded", remote.ToString());
+        Assert.Equal("Succeeded", remote.GetProperty("watched").GetString());
+        Assert.True(remote.GetProperty("events").GetInt32() >= 2, remote.ToString());
+        Assert.Equal(4, remote.GetProperty("step").GetInt64());
+        Assert.Equal(new FileInfo(downloaded).Length, remote.GetProperty("bytes").GetInt64());
+        using var model = TrainedModel.Load(downloaded);
+        Assert.Equal(("packaged", 4L), (model.Spec.Name, model.State.Step));
     }
 
     private static void AssertPredictions(IReadOnlyList<Prediction> expected, JsonElement got, double tolerance)
@@ -128,20 +154,26 @@ public class PackageConsumerTests
         return Path.Combine(app, "out", "PackageSample.dll");
     }
 
-    private static JsonElement RunJson(string dll, string[] args)
+    private static JsonElement RunJson(string dll, string[] args, IReadOnlyDictionary<string, string?>? environment = null)
     {
-        var r = Dotnet(Path.GetDirectoryName(dll)!, ["exec", dll, .. args]);
+        var r = Dotnet(Path.GetDirectoryName(dll)!, environment, ["exec", dll, .. args]);
         var line = r.Stdout.Split('\n').LastOrDefault(l => l.StartsWith('{')) ?? throw new Xunit.Sdk.XunitException($"no JSON from the sample app:\n{r}");
         return JsonDocument.Parse(line).RootElement.Clone();
     }
 
-    private static CliRunner.Result Dotnet(string workDir, params string[] args)
+    private static CliRunner.Result Dotnet(string workDir, params string[] args) => Dotnet(workDir, null, args);
+
+    /// <summary>Runs dotnet with extra environment variables (a null value removes the variable); asserts it succeeded.</summary>
+    private static CliRunner.Result Dotnet(string workDir, IReadOnlyDictionary<string, string?>? environment, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { WorkingDirectory = workDir, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
         psi.Environment["DOTNET_NOLOGO"] = "1";
         psi.Environment["MSBUILDDISABLENODEREUSE"] = "1";
+        foreach (var (k, v) in environment ?? new Dictionary<string, string?>())
+            if (v is null) psi.Environment.Remove(k);
+            else psi.Environment[k] = v;
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
