@@ -1,4 +1,3 @@
-using Dtrain.Specs;
 using Dtrain.Training;
 using Dtrain.Training.Tasks;
 
@@ -22,11 +21,11 @@ public sealed record PreparedJob(PreparedData Data, IBatchSource Source, StepPla
     /// <summary>Steps skipped in a row for a non-finite loss or gradient before <see cref="StartStep"/> (the checkpoint's count).</summary>
     public int NonFiniteBefore { get; init; }
 
-    /// <summary>Whether the job evaluates after <paramref name="done"/> steps: every eval_interval steps and at the end (<see cref="StepPlan.EvaluatesAfter"/>; <paramref name="t"/>, the job's own settings, is the plan's).</summary>
-    public bool EvaluatesAfter(TrainingSpec t, long done) => Plan.EvaluatesAfter(done);
+    /// <summary>Whether the job evaluates after <paramref name="done"/> steps: every eval_interval steps and at the end (<see cref="StepPlan.EvaluatesAfter"/>).</summary>
+    public bool EvaluatesAfter(long done) => Plan.EvaluatesAfter(done);
 
-    /// <summary>Whether the job checkpoints after <paramref name="done"/> steps: every checkpoint_interval steps and at the end (<see cref="StepPlan.CheckpointsAfter"/>; <paramref name="t"/> is the plan's).</summary>
-    public bool CheckpointsAfter(TrainingSpec t, long done) => Plan.CheckpointsAfter(done);
+    /// <summary>Whether the job checkpoints after <paramref name="done"/> steps: every checkpoint_interval steps and at the end (<see cref="StepPlan.CheckpointsAfter"/>).</summary>
+    public bool CheckpointsAfter(long done) => Plan.CheckpointsAfter(done);
 
     public static async Task<PreparedJob> LoadAsync(JobRecord job, CancellationToken cancel)
     {

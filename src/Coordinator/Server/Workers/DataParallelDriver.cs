@@ -159,8 +159,8 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
             return new InFlight(lr, checksum, clock.Elapsed.TotalMilliseconds, replies);
         }
 
-        bool EvaluatesAfter(long done) => prepared.EvaluatesAfter(spec.Training, done);
-        bool CheckpointsAfter(long done) => prepared.CheckpointsAfter(spec.Training, done);
+        bool EvaluatesAfter(long done) => prepared.EvaluatesAfter(done);
+        bool CheckpointsAfter(long done) => prepared.CheckpointsAfter(done);
         // Joiners are admitted, and drained members let go, at a step boundary: no step is launched behind one while a change is due.
         bool Pause(long done) => done < total && fleet.ChangeDue is not null;
 

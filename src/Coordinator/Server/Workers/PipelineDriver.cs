@@ -6,6 +6,7 @@ using Dtrain.Cluster;
 using Dtrain.Protos.Worker;
 using Dtrain.Runtime;
 using Dtrain.Training;
+using Dtrain.Training.Tasks;
 using static TorchSharp.torch;
 
 namespace Dtrain.Server;
@@ -28,7 +29,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         var n = workers.Members.Count;
         var (data, source, total, lrSchedule) = (prepared.Data, prepared.Source, prepared.TotalSteps, prepared.Schedule);
         var vocab = data.Tokenizer.VocabSize;
-        var outputs = spec.Task == Specs.TaskKinds.LanguageModel ? vocab : data.Labels.Count;
+        var outputs = TrainingTasks.For(spec).Outputs(vocab, data.Labels.Count);
         PipelinePlan layout;
         try
         {
@@ -109,8 +110,8 @@ public sealed class PipelineDriver(CoordinatorOptions options)
                 if (skipped.Failure is { } failure) throw new JobFailure(failure) { Terminal = true };
             }
 
-            var evaluates = prepared.EvaluatesAfter(spec.Training, done);
-            var checkpoints = prepared.CheckpointsAfter(spec.Training, done);
+            var evaluates = prepared.EvaluatesAfter(done);
+            var checkpoints = prepared.CheckpointsAfter(done);
             if (!evaluates && !checkpoints) continue;
             var parameters = new List<NamedTensor>();
             for (var s = 0; s < k; s++)
@@ -143,9 +144,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         Training.EvalMetrics? metrics = null;
         if (evaluate)
         {
-            metrics = spec.Task == Specs.TaskKinds.LanguageModel
-                ? Evaluator.LanguageModel(engine, data.ValidationTokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.EvalBatches)
-                : Evaluator.Classification(engine, data.ValidationSequences, data.ValidationLabels, data.Labels.Count, spec.Training.BatchSize, spec.Training.EvalBatches);
+            metrics = TrainingTasks.For(spec).Evaluate(engine, data, spec.Training.BatchSize, spec.Training.EvalBatches);
         }
         CheckpointData? state = null;
         try
