@@ -4,6 +4,7 @@ using Dtrain.Protos.Worker;
 using Dtrain.Runtime;
 using Dtrain.Specs;
 using Dtrain.Training;
+using Dtrain.Training.Tasks;
 using Dtrain.Rpc;
 
 namespace Dtrain.Worker;
@@ -24,6 +25,8 @@ public sealed class ReplicaJob : IAsyncDisposable
     public int Rank { get; private set; }
     public int WorldSize { get; private set; }
     public JobSpec Spec { get; }
+    /// <summary>The task of <see cref="Spec"/>.</summary>
+    public ITrainingTask TrainingTask { get; }
     public ITokenizer Tokenizer { get; }
     public LabelSet Labels { get; }
     private readonly DataParallelReplica? replica;
@@ -104,6 +107,7 @@ public sealed class ReplicaJob : IAsyncDisposable
         LastStep = request.StartStep - 1;
         WorldSize = request.WorldSize;
         Spec = spec;
+        TrainingTask = TrainingTasks.For(spec);
         Tokenizer = tokenizer;
         Labels = labels;
         this.replica = replica;
@@ -191,35 +195,20 @@ public sealed class ReplicaJob : IAsyncDisposable
         return false;
     }
 
-    public static BatchRows? ToRows(ShardStep? s, bool languageModel)
-    {
-        if (s is null || s.Rows == 0) return null;
-        return new BatchRows(s.Rows, s.Width,
+    /// <summary>The rows of step <paramref name="s"/> (with their lengths when <paramref name="lengths"/>: a classifier's), or null when there are none.</summary>
+    public static BatchRows? ToRows(ShardStep? s, bool lengths) =>
+        s is null || s.Rows == 0 ? null : AsRows(s, lengths);
+
+    private static BatchRows AsRows(ShardStep s, bool lengths) =>
+        new(s.Rows, s.Width,
             s.Inputs.Select(v => (long)v).ToArray(),
             s.Targets.Select(v => (long)v).ToArray(),
-            languageModel ? null : s.Lengths.Select(v => (long)v).ToArray(),
+            lengths ? s.Lengths.Select(v => (long)v).ToArray() : null,
             s.Count);
-    }
 
-    private void CheckStep(ShardStep s, int vocab)
-    {
-        var lm = Spec.Task == TaskKinds.LanguageModel;
-        if (s.Rows < 0 || s.Width < 1 || (long)s.Rows * s.Width != s.Inputs.Count)
-            throw new ArgumentException($"step {s.Step}: {s.Inputs.Count} inputs do not fill {s.Rows} x {s.Width}");
-        if (s.Targets.Count != (lm ? s.Inputs.Count : s.Rows))
-            throw new ArgumentException($"step {s.Step}: {s.Targets.Count} targets for {s.Rows} rows");
-        foreach (var t in s.Inputs) CheckToken(t, vocab, $"step {s.Step} input");
-        if (lm)
-        {
-            foreach (var t in s.Targets) CheckToken(t, vocab, $"step {s.Step} target");
-        }
-        else
-        {
-            if (s.Lengths.Count != s.Rows) throw new ArgumentException($"step {s.Step}: {s.Lengths.Count} lengths for {s.Rows} rows");
-            foreach (var l in s.Lengths) if (l < 1 || l > s.Width) throw new ArgumentException($"step {s.Step}: length {l} outside [1, {s.Width}]");
-            foreach (var t in s.Targets) if (t < 0 || t >= Labels.Count) throw new ArgumentException($"step {s.Step}: label id {t} outside [0, {Labels.Count})");
-        }
-    }
+    /// <summary>Checks step <paramref name="s"/> as the task does (<see cref="ITrainingTask.CheckRows"/>), even when it has no rows.</summary>
+    private void CheckStep(ShardStep s, int vocab) =>
+        TrainingTask.CheckRows(AsRows(s, TrainingTask.HasLabels), vocab, Labels.Count, $"step {s.Step}");
 
     private static void CheckToken(int id, int vocab, string what)
     {

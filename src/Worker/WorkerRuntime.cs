@@ -7,6 +7,7 @@ using Dtrain.Rpc;
 using Dtrain.Runtime;
 using Dtrain.Specs;
 using Dtrain.Training;
+using Dtrain.Training.Tasks;
 using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Worker;
@@ -52,7 +53,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         {
             throw new ArgumentException(e.Message);
         }
-        if (spec.Task == TaskKinds.Classification && labels.Count < 2)
+        if (labels.Count < TrainingTasks.For(spec).MinimumLabels)
             throw new ArgumentException($"classification job with {labels.Count} labels");
 
         CheckMemoryBudget(request, spec, tokenizer.VocabSize, labels.Count);
@@ -128,7 +129,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             { } mb => MemoryBudget.FromMegabytes(mb, "Worker:MemoryBudgetMb"),
         };
         if (limit.Bytes <= 0) return;
-        var outputs = spec.Task == TaskKinds.LanguageModel ? vocabSize : classes;
+        var outputs = TrainingTasks.For(spec).Outputs(vocabSize, classes);
         var layout = ModelLayout.Of(spec.Model, vocabSize, outputs);
         StageMemory need;
         string what;
@@ -179,7 +180,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         RingConnection ring, TorchThread torch, int threads, CancellationToken cancel)
     {
         var plan = new StagePlan(p.Stage, p.FirstLayer, p.LayerCount, 0, HasEmbedding: p.Stage == 0, HasHead: p.Stage == p.Stages - 1);
-        var stage = await torch.RunAsync(() => new PipelineStage(spec, tokenizer.VocabSize, spec.Task == TaskKinds.LanguageModel ? tokenizer.VocabSize : labels.Count, plan, device)).ConfigureAwait(false);
+        var stage = await torch.RunAsync(() => new PipelineStage(spec, tokenizer.VocabSize, TrainingTasks.For(spec).Outputs(tokenizer.VocabSize, labels.Count), plan, device)).ConfigureAwait(false);
         // Over the worker's data transport (shm / tcp / grpc, as its ring); without a connector (in-memory tests) the gRPC StageLink streams.
         IStageLinkSet links;
         try
@@ -260,9 +261,8 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         try
         {
             job.TryTake(request.Step, out var shardStep);
-            var lm = job.Spec.Task == TaskKinds.LanguageModel;
-            var carries = lm && job.Spec.Training.LmSampling == LmSamplingKinds.Stream;
-            var rows = ReplicaJob.ToRows(shardStep, lm);
+            var carries = job.TrainingTask.CarriesState(job.Spec);
+            var rows = ReplicaJob.ToRows(shardStep, lengths: job.TrainingTask.HasLabels);
             if (shardStep is null && job.StepsReceived == 0 && request.Step == job.StartStep)
                 throw new InvalidOperationException($"job {job.JobId}: no shard loaded");
             if (job.Stage is { } work)
@@ -364,14 +364,15 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         using var phase = Phase(ActivityPhases.Evaluation);
         try
         {
-            var lm = job.Spec.Task == TaskKinds.LanguageModel;
             // A classifier's validation split may be empty (its records' labels were moved back to training): that
             // evaluates to "no validation data", as in one process, instead of failing the job.
-            if (lm && job.ValidationTokens.Count < 2)
+            if (!job.TrainingTask.HasLabels && job.ValidationTokens.Count < 2)
                 throw new InvalidOperationException($"job {job.JobId}: this replica holds no validation data");
-            var m = await job.Torch.RunAsync(() => lm
-                ? Evaluator.LanguageModel(job.Replica.Engine, [.. job.ValidationTokens], request.BatchSize, job.Spec.Training.SeqLen, request.MaxBatches)
-                : Evaluator.Classification(job.Replica.Engine, job.ValidationSequences, job.ValidationLabels, job.Labels.Count, request.BatchSize, request.MaxBatches)).ConfigureAwait(false);
+            var m = await job.Torch.RunAsync(() => job.TrainingTask.Evaluate(job.Replica.Engine, new PreparedData
+            {
+                Tokenizer = job.Tokenizer, Labels = job.Labels,
+                ValidationTokens = [.. job.ValidationTokens], ValidationSequences = job.ValidationSequences, ValidationLabels = job.ValidationLabels,
+            }, request.BatchSize, request.MaxBatches)).ConfigureAwait(false);
             var reply = new EvaluateReply { Loss = m.Loss, Count = m.Count };
             if (m.Accuracy is { } a) reply.Accuracy = a;
             if (m.MacroF1 is { } f) reply.MacroF1 = f;
