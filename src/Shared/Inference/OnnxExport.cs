@@ -5,6 +5,7 @@ using Dtrain.Data;
 using Dtrain.Models;
 using Dtrain.Onnx;
 using Dtrain.Specs;
+using Dtrain.Training.Tasks;
 using Google.Protobuf;
 using static TorchSharp.torch;
 
@@ -100,7 +101,8 @@ public static class OnnxExport
             Layers = spec.Model.Layers,
             EmbeddingDim = spec.Model.EmbeddingDim,
             HiddenSize = spec.Model.HiddenSize,
-            Bidirectional = spec.Model.Bidirectional && spec.Task == TaskKinds.Classification,
+            // A model that predicts the next token reads its text one way only.
+            Bidirectional = spec.Model.Bidirectional && TrainingTasks.Find(spec.Task) is { PredictsNextToken: false },
             Opset = Opset,
             Step = step,
             Tokenizer = tokenizer.ToState(),
