@@ -1,6 +1,7 @@
 using System.CommandLine;
 using Dtrain.Data.Datasets;
 using Dtrain.Specs;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Cli;
 
@@ -12,8 +13,8 @@ public static class PrepareCommand
         var sources = new Argument<string[]>("sources") { Description = "Files, directories (every file below) and globs (*, ?, ** — quote them); .gz and .zst are decompressed.", Arity = ArgumentArity.OneOrMore };
         var output = new Option<string>("--output", "-o") { Description = "The dataset directory to write (refused when it exists and is not empty, unless --force).", Required = true };
         var force = new Option<bool>("--force") { Description = "Replace an existing output directory (only once the new dataset is complete)." };
-        var task = new Option<string>("--task") { Description = "language_model or classification (the spec's task).", DefaultValueFactory = _ => TaskKinds.LanguageModel };
-        task.AcceptOnlyFromAmong(TaskKinds.LanguageModel, TaskKinds.Classification);
+        var task = new Option<string>("--task") { Description = "language_model or classification (the spec's task).", DefaultValueFactory = _ => TrainingTasks.LanguageModel.Kind };
+        task.AcceptOnlyFromAmong([.. TrainingTasks.All.Select(t => t.Kind)]);
         var format = new Option<string?>("--format") { Description = "data.format of every source: text, jsonl or csv (default: from each file's extension, .txt/.jsonl/.json/.csv under .gz/.zst)." };
         format.AcceptOnlyFromAmong(DataFormats.Text, DataFormats.Jsonl, DataFormats.Csv);
         var validation = new Option<string[]>("--validation") { Description = "data.validation: validation sources (files, directories, globs); without it --validation-fraction of the training data is held out.", AllowMultipleArgumentsPerToken = true };
@@ -43,7 +44,7 @@ public static class PrepareCommand
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var kind = r.GetValue(task)!;
-            var lm = kind == TaskKinds.LanguageModel;
+            var lm = TrainingTasks.For(kind).PredictsNextToken;
             if (lm && r.GetValue(maxLength) is not null) throw new ArgumentException("--max-length applies to classification; a language model's text is one stream cut into seq_len chunks");
             if (lm && r.GetValue(overlength) is not null) throw new ArgumentException("--overlength applies to classification; a language model's text is one stream cut into seq_len chunks");
             var options = new PrepareOptions

@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Diagnostics;
 using System.Text.Json;
 using Dtrain.Specs;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Data.Datasets;
 
@@ -20,19 +21,18 @@ public static class DatasetPreparer
     {
         ArgumentNullException.ThrowIfNull(o);
         log ??= _ => { };
-        Check(o);
+        var task = Check(o);
         using var writer = new DatasetWriter(o.Output, o.Force);
-        var lm = o.Task == TaskKinds.LanguageModel;
         var read = new ReadOptions
         {
             TextField = o.TextField,
-            LabelField = lm ? null : o.LabelField,
-            MaxLength = lm ? 0 : o.MaxLength,
+            LabelField = task.HasLabels ? o.LabelField : null,
+            MaxLength = task.PredictsNextToken ? 0 : o.MaxLength,
             Overlength = o.Overlength,
             OnError = o.OnError,
         };
         var clock = Stopwatch.StartNew();
-        var result = lm ? LanguageModel(o, read, writer, log, cancel) : Classification(o, read, writer, log, cancel);
+        var result = task.PredictsNextToken ? LanguageModel(o, read, writer, log, cancel) : Classification(o, read, writer, log, cancel);
         var tokenizerFile = writer.WriteFile(DatasetLayout.TokenizerFile, JsonSerializer.SerializeToUtf8Bytes(result.Tokenizer.ToState(), DatasetLayout.TokenizerJson));
         var manifest = new DatasetManifest
         {
@@ -44,8 +44,8 @@ public static class DatasetPreparer
             {
                 Task = o.Task,
                 TextField = o.TextField,
-                LabelField = lm ? null : o.LabelField,
-                MaxLength = lm ? 0 : o.MaxLength,
+                LabelField = task.HasLabels ? o.LabelField : null,
+                MaxLength = task.PredictsNextToken ? 0 : o.MaxLength,
                 Overlength = o.Overlength,
                 OnError = o.OnError,
                 ValidationFraction = o.Validation.Count > 0 ? 0 : o.ValidationFraction,
@@ -63,10 +63,11 @@ public static class DatasetPreparer
         return manifest;
     }
 
-    static void Check(PrepareOptions o)
+    /// <summary>Checks the options and returns their task.</summary>
+    static ITrainingTask Check(PrepareOptions o)
     {
         if (o.Train.Count == 0) throw new ArgumentException("no sources: name at least one file, directory or glob");
-        if (o.Task is not (TaskKinds.LanguageModel or TaskKinds.Classification)) throw new ArgumentException($"--task \"{o.Task}\" must be {TaskKinds.LanguageModel} or {TaskKinds.Classification}");
+        var task = TrainingTasks.Find(o.Task) ?? throw new ArgumentException($"--task \"{o.Task}\" must be {string.Join(" or ", TrainingTasks.All.Select(t => t.Kind))}");
         if (o.Tokenizer.Kind is not (TokenizerKinds.Char or TokenizerKinds.Word)) throw new ArgumentException($"--tokenizer \"{o.Tokenizer.Kind}\" must be char or word");
         if (o.Tokenizer.MinFrequency < 1) throw new ArgumentException($"--min-frequency {o.Tokenizer.MinFrequency} must be at least 1");
         if (o.Tokenizer.MaxVocab is < 0 or 1 or 2) throw new ArgumentException($"--max-vocab {o.Tokenizer.MaxVocab} must be 0 (no limit) or at least 3: <pad> and <unk> take two ids");
@@ -74,14 +75,15 @@ public static class DatasetPreparer
         if (!ErrorPolicies.All.Contains(o.OnError)) throw new ArgumentException($"--on-error \"{o.OnError}\" must be one of: {string.Join(", ", ErrorPolicies.All)}");
         if (o.Validation.Count == 0 && !(o.ValidationFraction > 0 && o.ValidationFraction < 1))
             throw new ArgumentException($"--validation-fraction {o.ValidationFraction} must be in (0, 1) when no --validation source is given");
-        if (o.Task == TaskKinds.Classification)
+        if (task.HasLabels)
         {
             if (o.MaxLength < 1) throw new ArgumentException($"--max-length {o.MaxLength} must be at least 1");
             foreach (var s in o.Train.Concat(o.Validation))
-                if (s.Format == DataFormats.Text) throw new ArgumentException($"{s.Path}: plain text has no labels; use jsonl or csv for classification");
+                if (!task.Reads(s.Format)) throw new ArgumentException($"{s.Path}: plain text has no labels; use jsonl or csv for classification");
         }
         if (o.Threads < 1) throw new ArgumentException($"--threads {o.Threads} must be at least 1");
         if (o.ShardTokens < 1) throw new ArgumentException($"--shard-tokens {o.ShardTokens} must be at least 1");
+        return task;
     }
 
     sealed record Result(ITokenizer Tokenizer, LabelSet Labels, IReadOnlyList<DatasetSource> Sources, DatasetSplit Train, DatasetSplit Validation, DataReport Report);

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Security.Cryptography;
 using System.Text.Json;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Data.Datasets;
 
@@ -64,6 +65,8 @@ public sealed class PreparedDataset : IDisposable
         if (tokenizer.VocabSize != manifest.VocabSize)
             throw new DatasetException(directory, manifest.Tokenizer.Name, $"holds {tokenizer.VocabSize} tokens, the manifest says {manifest.VocabSize}");
 
+        // A labelled task's shards have an index (offsets and labels); a name no task has is read as unlabelled.
+        var labelled = TrainingTasks.Find(manifest.Settings.Task) is { HasLabels: true };
         foreach (var split in new[] { manifest.Train, manifest.Validation })
         {
             long tokens = 0, records = 0;
@@ -72,7 +75,7 @@ public sealed class PreparedDataset : IDisposable
                 if (s.Tokens.Bytes != s.TokenCount * width)
                     throw new DatasetException(directory, DatasetLayout.ManifestFile, $"is inconsistent: {s.Tokens.Name} is {s.Tokens.Bytes} bytes for {s.TokenCount} ids of {width} bytes");
                 CheckFile(directory, s.Tokens, verify, bytes => CheckIds(directory, s.Tokens.Name, bytes, width, manifest.VocabSize));
-                if (manifest.Settings.Task == Specs.TaskKinds.Classification)
+                if (labelled)
                 {
                     if (s.Offsets is null || s.Labels is null || s.Offsets.Bytes != (s.Records + 1) * 8 || s.Labels.Bytes != s.Records * 4)
                         throw new DatasetException(directory, DatasetLayout.ManifestFile, $"is inconsistent: the index of {s.Tokens.Name} does not match its {s.Records} records");
@@ -89,7 +92,7 @@ public sealed class PreparedDataset : IDisposable
         var dataset = new PreparedDataset(directory, manifest, tokenizer);
         try
         {
-            if (verify && manifest.Settings.Task == Specs.TaskKinds.Classification)
+            if (verify && labelled)
                 foreach (var shard in dataset.Train.Shards.Concat(dataset.Validation.Shards)) CheckIndex(directory, shard, manifest.Labels.Count);
             return dataset;
         }
