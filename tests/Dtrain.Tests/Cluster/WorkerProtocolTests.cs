@@ -65,6 +65,40 @@ public class WorkerProtocolTests
         client.Release(new ReleaseRequest { JobId = "j", Reason = "test" });
     }
 
+    [Theory]
+    [InlineData(1, 5, 2, "step 0: label id 5 outside [0, 2)")]
+    [InlineData(1, 1, 3, "step 0: length 3 outside [1, 2]")]
+    [InlineData(0, 0, 1, "step 0: 1 lengths for 0 rows")]
+    public async Task A_classifier_shard_with_a_bad_label_or_length_is_refused_naming_the_step(int rows, int label, int length, string expected)
+    {
+        await using var cluster = await InProcessCluster.StartAsync(1);
+        var worker = cluster.Client.ListWorkers(new ListWorkersRequest()).Workers.Single();
+        using var channel = GrpcChannel.ForAddress(worker.Address);
+        var client = new WorkerControl.WorkerControlClient(channel);
+        var assign = CharLmAssignment(worker.Address);
+        assign.SpecJson = JobSpecSerializer.Serialize(TestJobs.Classifier("unused.jsonl"));
+        assign.TokenizerKind = "word";
+        assign.Labels.AddRange(["neg", "pos"]);
+        client.Assign(assign);
+        using var call = client.LoadShard();
+        var chunk = new ShardChunk { JobId = "j" };
+        // One row of two tokens with its label and length, or no rows with a stray length (checked too).
+        var step = new ShardStep { Step = 0, Rows = rows, Width = 2, Count = rows };
+        if (rows > 0)
+        {
+            step.Inputs.AddRange([2, 3]);
+            step.Targets.Add(label);
+        }
+        step.Lengths.Add(length);
+        chunk.Steps.Add(step);
+        await call.RequestStream.WriteAsync(chunk);
+        await call.RequestStream.CompleteAsync();
+        var e = await Assert.ThrowsAsync<RpcException>(() => call.ResponseAsync);
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.Contains(expected, e.Status.Detail);
+        client.Release(new ReleaseRequest { JobId = "j", Reason = "test" });
+    }
+
     [Fact]
     public async Task A_step_sent_ahead_waits_for_the_one_before_it_and_steps_out_of_the_window_are_refused()
     {
