@@ -1,3 +1,5 @@
+using Dtrain.Cluster;
+using Dtrain.Distributed;
 using Dtrain.Protos.Jobs;
 
 namespace Dtrain.Server;
@@ -63,6 +65,34 @@ public static class ProtoMapper
         Message = w.Message,
     };
 
+    /// <summary>A worker's registration as the registry takes it, with <paramref name="key"/>: the SHA-256 of its public key ("" without TLS).</summary>
+    public static WorkerRegistration FromProto(Protos.Membership.RegisterRequest request, string key) =>
+        new(request.Address, request.Name, request.Capabilities is { } c ? new WorkerCapabilities(c.Cores, c.Device, c.MemoryBytes, c.Threads, c.Version) : WorkerCapabilities.Unknown)
+        {
+            Key = key,
+            Cordoned = request.Cordoned,
+            HttpAddress = request.HttpAddress,
+        };
+
+    /// <summary>What a worker said it was doing with a heartbeat; null when it said nothing.</summary>
+    public static ActivitySnapshot? FromProto(Protos.Membership.WorkerActivity? a) => a is null ? null :
+        new(a.Phase, a.Detail, a.Step, TimeSpan.FromMilliseconds(a.InPhaseMs), a.WaitingOn, a.JobId, a.SubPhase, a.Piece, a.Pieces, a.Transport);
+
+    /// <summary>A worker's activity as the listings carry it (the time in phase as of its heartbeat).</summary>
+    public static Protos.Membership.WorkerActivity ToProto(this ActivitySnapshot a) => new()
+    {
+        Phase = a.Phase,
+        Detail = a.Detail,
+        Step = a.Step,
+        InPhaseMs = (long)a.InPhase.TotalMilliseconds,
+        WaitingOn = a.WaitingOn,
+        JobId = a.JobId,
+        SubPhase = a.SubPhase,
+        Piece = a.Piece,
+        Pieces = a.Pieces,
+        Transport = a.Transport,
+    };
+
     /// <summary>The worker as `dtrain status` and `dtrain workers` show it: its activity with the time in phase as of the view's time, and its heartbeat age.</summary>
     public static WorkerInfo ToInfo(this WorkerView view)
     {
@@ -71,8 +101,8 @@ public static class ProtoMapper
         info.HeartbeatAgeMs = (long)(StallDiagnosis.Age(w, view.Now) * 1000);
         if (w.Activity is { } a)
         {
-            info.Activity = a.Clone();
-            info.Activity.InPhaseMs = a.InPhaseMs + info.HeartbeatAgeMs;
+            info.Activity = a.ToProto();
+            info.Activity.InPhaseMs += info.HeartbeatAgeMs;
         }
         info.Stalled = view.Stalled;
         return info;

@@ -33,7 +33,7 @@ public sealed class InMemoryJobWorkers : JobWorkers, IAsyncDisposable
 
     /// <summary>A worker the coordinator knows by id, at its in-memory address.</summary>
     public static WorkerRecord Record(string id) =>
-        new(id, "", InMemoryWorkerPool.AddressOf(id), new Protos.Membership.WorkerCapabilities(), DateTimeOffset.UtcNow);
+        new(id, "", InMemoryWorkerPool.AddressOf(id), Dtrain.Cluster.WorkerCapabilities.Unknown, DateTimeOffset.UtcNow);
 
     public ValueTask DisposeAsync() => pool.DisposeAsync();
 }

@@ -1,4 +1,4 @@
-using Dtrain.Protos.Membership;
+using Dtrain.Cluster;
 using Dtrain.Server;
 using Dtrain.Specs;
 using Dtrain.Tests.Support;
@@ -52,7 +52,7 @@ public class JobFleetTests
         public WorkerRecord Start(string name)
         {
             Pool.Add(name);
-            var record = Registry.Register(new RegisterRequest { Address = InMemoryWorkerPool.AddressOf(name), Name = name, Capabilities = new WorkerCapabilities { Cores = 1 } });
+            var record = Registry.Register(new WorkerRegistration(InMemoryWorkerPool.AddressOf(name), name, WorkerCapabilities.Unknown with { Cores = 1 }));
             Assert.True(Registry.Heartbeat(record.Id, record.Token));
             IdOf[name] = record.Id;
             return record;

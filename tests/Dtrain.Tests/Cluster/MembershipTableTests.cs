@@ -63,7 +63,7 @@ public class MembershipTableTests
     [Fact]
     public void A_worker_record_changes_state_only_through_the_table()
     {
-        var w = new WorkerRecord("w1", "", "http://127.0.0.1:1", new Protos.Membership.WorkerCapabilities(), DateTimeOffset.UnixEpoch);
+        var w = new WorkerRecord("w1", "", "http://127.0.0.1:1", Dtrain.Cluster.WorkerCapabilities.Unknown, DateTimeOffset.UnixEpoch);
         Assert.Equal(MembershipState.Joining, w.State);
         Assert.Throws<InvalidTransitionException>(() => w.Apply(MembershipEvent.Reserve));
         Assert.Equal(MembershipState.Joining, w.State);

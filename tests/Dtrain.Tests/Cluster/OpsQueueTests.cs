@@ -49,7 +49,7 @@ public class OpsQueueTests
         var registry = new WorkerRegistry(new CoordinatorOptions(), TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger<WorkerRegistry>.Instance);
         for (var i = 0; i < 3; i++)
         {
-            var w = registry.Register(new Protos.Membership.RegisterRequest { Address = $"http://10.0.0.{i + 1}:7000" });
+            var w = registry.Register(new Dtrain.Cluster.WorkerRegistration($"http://10.0.0.{i + 1}:7000", "", Dtrain.Cluster.WorkerCapabilities.Unknown));
             registry.Heartbeat(w.Id, w.Token);
         }
         Assert.NotNull(registry.TryReserve(1, "job-0001"));

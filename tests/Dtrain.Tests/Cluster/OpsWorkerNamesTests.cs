@@ -1,5 +1,5 @@
+using Dtrain.Cluster;
 using Dtrain.Protos.Jobs;
-using Dtrain.Protos.Membership;
 using Dtrain.Server;
 using Dtrain.Tests.Support;
 using Dtrain.Worker;
@@ -16,7 +16,7 @@ public class OpsWorkerNamesTests
 {
     static WorkerRegistry NewRegistry(CoordinatorOptions? options = null) => new(options ?? new CoordinatorOptions(), TimeProvider.System, NullLogger<WorkerRegistry>.Instance);
 
-    static RegisterRequest At(string address, string name = "") => new() { Address = address, Name = name, Capabilities = new WorkerCapabilities { Cores = 1 } };
+    static WorkerRegistration At(string address, string name = "") => new(address, name, WorkerCapabilities.Unknown with { Cores = 1 });
 
     [Theory]
     [InlineData("w2")]

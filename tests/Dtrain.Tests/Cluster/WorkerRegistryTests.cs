@@ -1,4 +1,4 @@
-using Dtrain.Protos.Membership;
+using Dtrain.Cluster;
 using Dtrain.Server;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -9,7 +9,7 @@ public class WorkerRegistryTests
 {
     static WorkerRegistry NewRegistry() => new(new CoordinatorOptions(), TimeProvider.System, NullLogger<WorkerRegistry>.Instance);
 
-    static RegisterRequest At(string address) => new() { Address = address, Capabilities = new WorkerCapabilities { Cores = 1 } };
+    static WorkerRegistration At(string address) => new(address, "", WorkerCapabilities.Unknown with { Cores = 1 });
 
     [Fact]
     public void A_restarted_coordinator_hands_out_the_same_ids_but_an_old_token_is_not_accepted()

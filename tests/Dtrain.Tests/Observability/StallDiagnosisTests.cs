@@ -1,4 +1,5 @@
-using Dtrain.Protos.Membership;
+using Dtrain.Cluster;
+using Dtrain.Distributed;
 using Dtrain.Server;
 
 namespace Dtrain.Tests.Observability;
@@ -10,11 +11,11 @@ public class StallDiagnosisTests
 
     static WorkerRecord Worker(string id, double heartbeatAgo, string phase, double inPhase, string waitingOn = "", string detail = "", long step = 17)
     {
-        var w = new WorkerRecord(id, "", "http://127.0.0.1:1", new WorkerCapabilities(), Now.AddMinutes(-5))
+        var w = new WorkerRecord(id, "", "http://127.0.0.1:1", WorkerCapabilities.Unknown, Now.AddMinutes(-5))
         {
             JobId = "job-0001",
             LastHeartbeat = Now.AddSeconds(-heartbeatAgo),
-            Activity = new WorkerActivity { Phase = phase, Detail = detail, Step = step, InPhaseMs = (long)(inPhase * 1000), WaitingOn = waitingOn },
+            Activity = new ActivitySnapshot(phase, detail, step, TimeSpan.FromMilliseconds((long)(inPhase * 1000)), waitingOn, "", "", 0, 0, ""),
         };
         w.Apply(MembershipEvent.Ready);
         w.Apply(MembershipEvent.Reserve);

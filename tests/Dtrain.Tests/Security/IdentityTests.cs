@@ -129,11 +129,11 @@ public class IdentityTests
     public void Another_spelling_of_a_live_workers_address_is_its_address(string spelling)
     {
         var registry = new WorkerRegistry(new CoordinatorOptions(), TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger<WorkerRegistry>.Instance);
-        var holder = registry.Register(new RegisterRequest { Address = "https://127.0.0.1:7000", Name = "gpu-a" }, key: "AA");
-        var e = Assert.Throws<WorkerNameTakenException>(() => registry.Register(new RegisterRequest { Address = spelling, Name = "other" }, key: "BB"));
+        var holder = registry.Register(new Dtrain.Cluster.WorkerRegistration("https://127.0.0.1:7000", "gpu-a", Dtrain.Cluster.WorkerCapabilities.Unknown) { Key = "AA" });
+        var e = Assert.Throws<WorkerNameTakenException>(() => registry.Register(new Dtrain.Cluster.WorkerRegistration(spelling, "other", Dtrain.Cluster.WorkerCapabilities.Unknown) { Key = "BB" }));
         Assert.Contains($"address {spelling} is held by worker {holder.Id} \"gpu-a\"", e.Message);
         // Another port is another address.
-        registry.Register(new RegisterRequest { Address = "https://127.0.0.1:7001", Name = "other" }, key: "BB");
+        registry.Register(new Dtrain.Cluster.WorkerRegistration("https://127.0.0.1:7001", "other", Dtrain.Cluster.WorkerCapabilities.Unknown) { Key = "BB" });
     }
 
     /// <summary>A channel whose connections come from <paramref name="source"/> (a loopback address other than 127.0.0.1).</summary>

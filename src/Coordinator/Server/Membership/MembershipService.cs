@@ -15,12 +15,12 @@ public sealed class MembershipService(WorkerRegistry registry, CoordinatorOption
         WorkerRecord w;
         try
         {
-            w = registry.Register(request, admission.Certify is null ? null : id =>
+            w = registry.Register(ProtoMapper.FromProto(request, admission.Key), admission.Certify is null ? null : id =>
             {
                 using var issued = admission.Certify(id);
                 certificate = issued.ExportCertificatePem();
                 return ClusterCertificates.Sha256(issued);
-            }, admission.Key);
+            });
         }
         catch (WorkerNameTakenException e)
         {
@@ -39,7 +39,7 @@ public sealed class MembershipService(WorkerRegistry registry, CoordinatorOption
     {
         security.CheckSpeaksFor(registry, request.WorkerId, request.Token, context, "heartbeat");
         var known = registry.Heartbeat(request.WorkerId, request.Token, PeerIdentity.Of(context)?.Sha256, out var cordoned);
-        if (known) registry.Report(request.WorkerId, request.Activity);
+        if (known) registry.Report(request.WorkerId, ProtoMapper.FromProto(request.Activity));
         return Task.FromResult(new HeartbeatReply { Known = known, Cordoned = cordoned });
     }
 

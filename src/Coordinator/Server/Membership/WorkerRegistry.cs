@@ -1,5 +1,5 @@
+using Dtrain.Cluster;
 using Dtrain.Distributed;
-using Dtrain.Protos.Membership;
 using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Server;
@@ -37,14 +37,15 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
     /// <summary>
     /// Adds a worker (Joining) under a new id. With TLS, <paramref name="certify"/> signs its certificate for that id
     /// and returns the certificate's SHA-256, which the record pins: heartbeats and leave must come with it.
-    /// <paramref name="key"/> is the SHA-256 of the worker's own public key (its signing request's; "" without TLS): a
+    /// <see cref="WorkerRegistration.Key"/> is the SHA-256 of the worker's own public key (its signing request's; "" without TLS): a
     /// live worker's name and advertised address belong to the key that registered them until it leaves or is lost. A
     /// registration with the same key is that worker again and replaces it; with another key it is refused, naming the
     /// holder (<see cref="WorkerNameTakenException"/>). Without a key (plaintext) a name is the holder's own address's:
     /// from there a registration replaces it, from anywhere else it is refused.
     /// </summary>
-    public WorkerRecord Register(RegisterRequest request, Func<string, string>? certify = null, string key = "")
+    public WorkerRecord Register(WorkerRegistration request, Func<string, string>? certify = null)
     {
+        var key = request.Key ?? "";
         if (!Uri.TryCreate(request.Address, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))
             throw new ArgumentException($"address \"{request.Address}\" must be an http(s) URL the coordinator and peers can reach");
         var name = request.Name?.Trim() ?? "";
@@ -90,7 +91,7 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
             if (options.MaxWorkers > 0 && live >= options.MaxWorkers)
                 throw new ClusterFullException($"the cluster is full: {live} workers are registered and Coordinator:MaxWorkers is {options.MaxWorkers}; this worker ({request.Address}) is not admitted");
             var id = WorkerNames.Id(++nextId);
-            record = new WorkerRecord(id, name, request.Address, request.Capabilities ?? new WorkerCapabilities(), clock.GetUtcNow())
+            record = new WorkerRecord(id, name, request.Address, request.Capabilities ?? WorkerCapabilities.Unknown, clock.GetUtcNow())
             {
                 Key = key,
                 Token = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(16)),
@@ -136,7 +137,7 @@ public sealed class WorkerRegistry(CoordinatorOptions options, TimeProvider cloc
     }
 
     /// <summary>Keeps what a worker said it is doing with its last heartbeat (<see cref="WorkerRecord.Activity"/>); ignored for an unknown or lost worker.</summary>
-    public void Report(string id, Protos.Membership.WorkerActivity? activity)
+    public void Report(string id, ActivitySnapshot? activity)
     {
         if (activity is null) return;
         lock (gate)
@@ -473,7 +474,7 @@ public sealed class WorkerRecord(string id, string name, string address, WorkerC
     /// <summary>Moves the worker by one transition of <see cref="MembershipTable.Table"/>; <see cref="InvalidTransitionException"/> when it does not allow it.</summary>
     public void Apply(MembershipEvent happened) => State = MembershipTable.Next($"worker {Id}", State, happened);
     public string JobId { get; set; } = "";
-    /// <summary>This registration's secret (<see cref="RegisterReply.Token"/>).</summary>
+    /// <summary>This registration's secret: heartbeats and leave must carry it.</summary>
     public string Token { get; init; } = "";
     /// <summary>With TLS: SHA-256 (hex) of the worker's public key (SubjectPublicKeyInfo of its signing request), which owns its name and address; "" without TLS.</summary>
     public string Key { get; init; } = "";
@@ -488,17 +489,17 @@ public sealed class WorkerRecord(string id, string name, string address, WorkerC
     /// <summary>"drained by alice", "cordoned by bob": who took it out of scheduling ("" when not cordoned).</summary>
     public string CordonedBy { get; set; } = "";
     /// <summary>What it said it was doing with its last heartbeat (phase, step, time in phase then); null before its first report.</summary>
-    public Protos.Membership.WorkerActivity? Activity { get; set; }
-    /// <summary>Its HTTP listener for Prometheus (<see cref="RegisterRequest.HttpAddress"/>); "" when it has none.</summary>
+    public ActivitySnapshot? Activity { get; set; }
+    /// <summary>Its HTTP listener for Prometheus (<see cref="WorkerRegistration.HttpAddress"/>); "" when it has none.</summary>
     public string HttpAddress { get; init; } = "";
 
     /// <summary>", last seen in backward for 12 s at step 17" — its last reported phase, for messages about it; "" before any report.</summary>
     public string LastSeenDoing(DateTimeOffset now)
     {
         if (Activity is not { Phase.Length: > 0 } a || a.Phase == Distributed.ActivityPhases.Idle) return "";
-        var seconds = (a.InPhaseMs + Math.Max(0, (now - LastHeartbeat).TotalMilliseconds)) / 1000;
+        var seconds = (a.InPhase.TotalMilliseconds + Math.Max(0, (now - LastHeartbeat).TotalMilliseconds)) / 1000;
         return string.Create(System.Globalization.CultureInfo.InvariantCulture,
-            $", last seen in {Distributed.WorkerActivity.Describe(a.Phase, a.Detail, a.WaitingOn)} for {seconds:F0} s{(a.Step > 0 ? $" at step {a.Step}" : "")}");
+            $", last seen in {WorkerActivity.Describe(a.Phase, a.Detail, a.WaitingOn)} for {seconds:F0} s{(a.Step > 0 ? $" at step {a.Step}" : "")}");
     }
 
     /// <summary>Whether a call with this token (and, with TLS, this client certificate) comes from this registration.</summary>

@@ -18,7 +18,7 @@ public static class StallDiagnosis
 {
     internal static double Age(WorkerRecord w, DateTimeOffset now) => Math.Max(0, (now - w.LastHeartbeat).TotalSeconds);
 
-    private static double InPhase(WorkerRecord w, DateTimeOffset now) => (w.Activity?.InPhaseMs ?? 0) / 1000.0 + Age(w, now);
+    private static double InPhase(WorkerRecord w, DateTimeOffset now) => (w.Activity?.InPhase.TotalSeconds ?? 0) + Age(w, now);
 
     private static string Phase(WorkerRecord w) => w.Activity?.Phase is { Length: > 0 } p ? p : "unknown phase (no report yet)";
 
