@@ -58,7 +58,7 @@ public static class Credentials
         return File.Exists(config) ? FromConfig(config) : null;
     }
 
-    static Token FromFile(string path, string how)
+    internal static Token FromFile(string path, string how)
     {
         path = Path.GetFullPath(path);
         if (Directory.Exists(path)) throw new ArgumentException($"token file {path} ({how}) is a directory; give the file that holds the token");

@@ -24,6 +24,7 @@ public static class DtrainCli
         root.Subcommands.Add(PredictCommand.Create());
         root.Subcommands.Add(GenerateCommand.Create());
         root.Subcommands.Add(ExportCommand.Create());
+        root.Subcommands.Add(ServeModelCommand.Create());
         root.Subcommands.Add(ServeCommand.Create());
         root.Subcommands.Add(ServeCommand.CreateWorker());
         foreach (var c in JobCommands.Create()) root.Subcommands.Add(c);

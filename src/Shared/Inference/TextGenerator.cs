@@ -10,7 +10,11 @@ public static class TextGenerator
 {
     public const int MaxTokens = 100_000;
 
-    public static string Generate(TrainedModel trained, string prompt, int length, double temperature, int topK, long seed)
+    /// <summary>
+    /// The text <paramref name="length"/> tokens long that follows <paramref name="prompt"/>; <paramref name="onToken"/>, when
+    /// given, sees each token as it is drawn (the model server streams them; throwing from it stops generating).
+    /// </summary>
+    public static string Generate(TrainedModel trained, string prompt, int length, double temperature, int topK, long seed, Action<int>? onToken = null)
     {
         if (trained.Engine.Model is not RecurrentLanguageModel lm)
             throw new ArgumentException($"{trained.Path} holds a {trained.Spec.Task} model; generate needs a language_model checkpoint");
@@ -32,6 +36,7 @@ public static class TextGenerator
                 var (logits, next) = lm.Forward(tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Length]).to(device), null);
                 state = next.Detach();
                 output.Add(Sample(logits[0, -1], temperature, topK, gen, tokenizer.VocabSize, tokenizer.UnkId));
+                onToken?.Invoke(output[^1]);
             }
             while (output.Count < length)
             {
@@ -40,6 +45,7 @@ public static class TextGenerator
                 state.Dispose();
                 state = next.Detach();
                 output.Add(Sample(logits[0, -1], temperature, topK, gen, tokenizer.VocabSize, tokenizer.UnkId));
+                onToken?.Invoke(output[^1]);
             }
         }
         finally

@@ -1,0 +1,234 @@
+using System.Threading.Channels;
+using Dtrain.Data;
+using Dtrain.Inference;
+using Dtrain.Models;
+
+namespace Dtrain.Serving;
+
+/// <summary>A request waiting for the inference thread.</summary>
+internal abstract class WorkItem
+{
+    /// <summary>The client went away: a generation stops at its next token.</summary>
+    public CancellationToken Aborted { get; init; }
+}
+
+/// <summary>Texts to classify; they join other requests' texts in one forward pass.</summary>
+internal sealed class PredictWork : WorkItem
+{
+    public required IReadOnlyList<string> Texts { get; init; }
+    public TaskCompletionSource<IReadOnlyList<Prediction>> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+}
+
+/// <summary>A generation: run alone (one sequence), its text streamed piece by piece when <see cref="Pieces"/> is set.</summary>
+internal sealed class GenerateWork : WorkItem
+{
+    public required string Prompt { get; init; }
+    public required int Length { get; init; }
+    public required double Temperature { get; init; }
+    public required int TopK { get; init; }
+    public required long Seed { get; init; }
+    public Channel<string>? Pieces { get; init; }
+    public TaskCompletionSource<string> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+}
+
+/// <summary>
+/// Dynamic batching as Triton does it: a bounded queue of requests and one inference thread that loads the model, then
+/// takes the first waiting request and lets more classification requests join it — until --max-batch texts or
+/// --max-wait-ms after it was taken — and classifies them all in one forward pass (<see cref="Predictor"/>, the code of
+/// `dtrain predict`). Generations run one at a time (<see cref="TextGenerator"/>, the code of `dtrain generate`).
+/// </summary>
+internal sealed class InferenceQueue : IDisposable
+{
+    readonly ServingOptions options;
+    readonly ServingMetrics metrics;
+    readonly Channel<WorkItem> channel;
+    readonly Thread thread;
+    readonly TaskCompletionSource<TrainedModel> loaded = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    int depth;
+
+    public InferenceQueue(ServingOptions options, ServingMetrics metrics)
+    {
+        this.options = options;
+        this.metrics = metrics;
+        channel = Channel.CreateBounded<WorkItem>(new BoundedChannelOptions(options.QueueCapacity) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
+        thread = new Thread(Run) { Name = "dtrain inference", IsBackground = true };
+    }
+
+    /// <summary>The model, once the inference thread has loaded it (faulted when it could not).</summary>
+    public Task<TrainedModel> Loaded => loaded.Task;
+
+    /// <summary>Requests waiting now.</summary>
+    public int Depth => Volatile.Read(ref depth);
+
+    public void Start() => thread.Start();
+
+    /// <summary>Queues a request; false when the queue is full (or closed): answer 503.</summary>
+    public bool TryEnqueue(WorkItem item)
+    {
+        Interlocked.Increment(ref depth);
+        if (channel.Writer.TryWrite(item))
+        {
+            metrics.QueueDepth.Set(Depth);
+            return true;
+        }
+        Interlocked.Decrement(ref depth);
+        return false;
+    }
+
+    /// <summary>Takes no more requests; the inference thread finishes those queued, then exits (<see cref="Dispose"/> waits for it).</summary>
+    public void Complete() => channel.Writer.TryComplete();
+
+    public void Dispose()
+    {
+        Complete();
+        if (thread.IsAlive) thread.Join();
+    }
+
+    void Run()
+    {
+        TrainedModel model;
+        try
+        {
+            TorchSharp.torch.set_num_threads(options.Threads);
+            model = TrainedModel.Load(options.ModelPath, options.Device, Console.Error.WriteLine);
+            if (model.Engine.Model is not (RecurrentClassifier or RecurrentLanguageModel))
+                throw new ArgumentException($"{model.Path} holds a {model.Spec.Task} model: serve-model serves classifiers and language models");
+        }
+        catch (Exception e)
+        {
+            loaded.TrySetException(e);
+            Complete();
+            while (channel.Reader.TryRead(out var item)) Fail(item, e);
+            return;
+        }
+        loaded.TrySetResult(model);
+        using (model)
+        {
+            var reader = channel.Reader;
+            while (reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult())
+            {
+                if (!reader.TryRead(out var first)) continue;
+                Taken();
+                if (first is GenerateWork generate)
+                {
+                    RunGenerate(model, generate);
+                    continue;
+                }
+                var batch = new List<PredictWork> { (PredictWork)first };
+                Gather(reader, batch);
+                RunPredict(model, batch);
+            }
+        }
+    }
+
+    void Taken()
+    {
+        Interlocked.Decrement(ref depth);
+        metrics.QueueDepth.Set(Depth);
+    }
+
+    /// <summary>Lets classification requests join <paramref name="batch"/> until it holds --max-batch texts or --max-wait-ms have passed since its first was taken.</summary>
+    void Gather(ChannelReader<WorkItem> reader, List<PredictWork> batch)
+    {
+        var texts = batch[0].Texts.Count;
+        var started = options.Time.GetTimestamp();
+        var window = TimeSpan.FromMilliseconds(options.MaxWaitMs);
+        while (texts < options.MaxBatch)
+        {
+            if (reader.TryPeek(out var next))
+            {
+                if (next is not PredictWork p || texts + p.Texts.Count > options.MaxBatch) return;
+                reader.TryRead(out _);
+                Taken();
+                batch.Add(p);
+                texts += p.Texts.Count;
+                continue;
+            }
+            var left = window - options.Time.GetElapsedTime(started);
+            if (left <= TimeSpan.Zero) return;
+            using var wait = new CancellationTokenSource(left, options.Time);
+            try
+            {
+                if (!reader.WaitToReadAsync(wait.Token).AsTask().GetAwaiter().GetResult()) return;
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+    }
+
+    void RunPredict(TrainedModel model, List<PredictWork> batch)
+    {
+        var texts = batch.SelectMany(w => w.Texts).ToList();
+        metrics.BatchSize.Observe(texts.Count);
+        IReadOnlyList<Prediction> predictions;
+        try
+        {
+            predictions = Predictor.Predict(model, texts, options.MaxBatch);
+        }
+        catch (Exception e)
+        {
+            foreach (var w in batch) w.Done.TrySetException(e);
+            return;
+        }
+        var at = 0;
+        foreach (var w in batch)
+        {
+            w.Done.TrySetResult(predictions.Skip(at).Take(w.Texts.Count).ToList());
+            at += w.Texts.Count;
+        }
+    }
+
+    void RunGenerate(TrainedModel model, GenerateWork work)
+    {
+        metrics.BatchSize.Observe(1);
+        try
+        {
+            var pieces = Pieces(model.Tokenizer, work.Prompt);
+            var text = TextGenerator.Generate(model, work.Prompt, work.Length, work.Temperature, work.TopK, work.Seed, id =>
+            {
+                work.Aborted.ThrowIfCancellationRequested();
+                work.Pieces?.Writer.TryWrite(pieces(id));
+            });
+            work.Done.TrySetResult(text);
+        }
+        catch (Exception e)
+        {
+            work.Done.TrySetException(e);
+        }
+        finally
+        {
+            work.Pieces?.Writer.TryComplete();
+        }
+    }
+
+    /// <summary>
+    /// Each token's text as it is drawn, such that the pieces joined are the text <see cref="TextGenerator.Generate"/>
+    /// returns: words are separated by a space (and the first from a prompt that does not end in one).
+    /// </summary>
+    internal static Func<int, string> Pieces(ITokenizer tokenizer, string prompt)
+    {
+        if (tokenizer is not WordTokenizer) return id => tokenizer.Decode([id]);
+        var first = true;
+        return id =>
+        {
+            var word = tokenizer.Decode([id]);
+            var spaced = first ? prompt.Length > 0 && !char.IsWhiteSpace(prompt[^1]) : true;
+            first = false;
+            return spaced ? " " + word : word;
+        };
+    }
+
+    static void Fail(WorkItem item, Exception e)
+    {
+        switch (item)
+        {
+            case PredictWork p: p.Done.TrySetException(e); break;
+            case GenerateWork g:
+                g.Done.TrySetException(e);
+                g.Pieces?.Writer.TryComplete();
+                break;
+        }
+    }
+}

@@ -1,0 +1,24 @@
+using Prometheus;
+
+namespace Dtrain.Serving;
+
+/// <summary>The model server's Prometheus metrics (its own registry, served at /metrics).</summary>
+internal sealed class ServingMetrics
+{
+    public CollectorRegistry Registry { get; } = Metrics.NewCustomRegistry();
+    public Counter Requests { get; }
+    public Histogram Latency { get; }
+    public Histogram BatchSize { get; }
+    public Gauge QueueDepth { get; }
+
+    public ServingMetrics()
+    {
+        var factory = Metrics.WithCustomRegistry(Registry);
+        Requests = factory.CreateCounter("dtrain_serving_requests_total", "HTTP requests answered, by route and status code.", "route", "status");
+        Latency = factory.CreateHistogram("dtrain_serving_request_duration_seconds", "Time from a request's arrival to its last byte, by route.",
+            new HistogramConfiguration { LabelNames = ["route"], Buckets = Histogram.ExponentialBuckets(0.0005, 2, 18) });
+        BatchSize = factory.CreateHistogram("dtrain_serving_batch_size", "Texts classified in one forward pass (1 for a generation).",
+            new HistogramConfiguration { Buckets = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096] });
+        QueueDepth = factory.CreateGauge("dtrain_serving_queue_depth", "Requests waiting for the inference thread.");
+    }
+}
