@@ -202,7 +202,7 @@ public sealed class ModelServer : IAsyncDisposable
         }
         catch (JsonException e)
         {
-            throw new BadRequestException("$", $"the request body is not valid JSON: {e.Message}");
+            throw new BadRequestException("$", $"$ (the request body) is not valid JSON: {e.Message}");
         }
     }
 

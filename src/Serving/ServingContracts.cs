@@ -142,7 +142,7 @@ public static class RequestReader
 
     static void Object(JsonElement root)
     {
-        if (root.ValueKind != JsonValueKind.Object) throw new BadRequestException("$", $"the request body must be a JSON object, not {Kind(root)}");
+        if (root.ValueKind != JsonValueKind.Object) throw new BadRequestException("$", $"$ (the request body) must be a JSON object, not {Kind(root)}");
     }
 
     static int Int(JsonElement v, string field, int min, int max, string range)
