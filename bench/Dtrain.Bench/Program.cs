@@ -4,6 +4,7 @@ using static TorchSharp.torch;
 // Usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--report FILE] | allreduce
 //        | pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8] | pipeline links [rounds] | elastic
 //        | history | activity | prepare [--mb N] [--threads 1,2] | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model | recurrent
+//        | serve [--requests N] [--total N] [--max-batch N] [--max-wait-ms N] [--words N] [--model PATH]
 var mode = args.FirstOrDefault() ?? "speed";
 try
 {
@@ -125,6 +126,8 @@ int Dispatch()
             while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
             return PrepareBench.Run(root, args.Skip(1).ToArray());
         }
+        case "serve":
+            return ServeBench.Run(args.Skip(1).ToArray());
         case "prepare-one":
             return PrepareBench.One(args);
         case "recurrent":

@@ -1,0 +1,148 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.Http.Json;
+using Dtrain.Checkpoints;
+using Dtrain.Data;
+using Dtrain.Serving;
+using Dtrain.Specs;
+using Dtrain.Training;
+using static TorchSharp.torch;
+
+namespace Dtrain.Bench;
+
+/// <summary>
+/// `dtrain-bench serve`: the model server (`dtrain serve-model`) on loopback under load — requests per second and p50/p99
+/// latency at --max-batch 1 against dynamic batching, both at concurrency 32, then --total requests from 64 concurrent
+/// clients, none of which may be lost or fail. The model: a spam-lstm-sized classifier (examples/spam-lstm.json: word
+/// tokens, embedding 64, bidirectional LSTM 96) with untrained weights (the cost of a forward pass does not depend on
+/// them), or --model PATH.
+/// </summary>
+internal static class ServeBench
+{
+    public const string Usage = "dtrain-bench serve [--requests N (2000)] [--total N (10000)] [--max-batch N (32)] [--max-wait-ms N (5)] [--words N (40)] [--model PATH]";
+
+    public static int Run(string[] args)
+    {
+        if (BenchArgs.Help(args, Usage)) return 0;
+        BenchArgs.CheckOptions(args, Usage, "--requests", "--total", "--max-batch", "--max-wait-ms", "--words", "--model");
+        var requests = Number(args, "--requests", 2000, 1, 10_000_000);
+        var total = Number(args, "--total", 10_000, 1, 10_000_000);
+        var maxBatch = Number(args, "--max-batch", 32, 2, 4096);
+        var maxWait = Number(args, "--max-wait-ms", 5, 0, 10_000);
+        var words = Number(args, "--words", 40, 1, 1000);
+        using var tmp = new TempDirectory();
+        var model = BenchArgs.Option(args, "--model") ?? SpamSizedClassifier(tmp.Path);
+        var texts = Texts(words, 256);
+        Console.WriteLine($"serve: {model}, texts of {words} words, loopback HTTP/1.1, {Environment.ProcessorCount} CPUs");
+
+        var single = Load(model, 1, 0, texts, requests, 32);
+        Console.WriteLine(single.Line("max-batch 1, concurrency 32"));
+        var batched = Load(model, maxBatch, maxWait, texts, requests, 32);
+        Console.WriteLine(batched.Line($"max-batch {maxBatch}, max-wait {maxWait} ms, concurrency 32"));
+        var speedup = batched.PerSecond / single.PerSecond;
+        var tail = batched.P99 / batched.P50;
+        Console.WriteLine($"dynamic batching: {speedup:F2}x the requests/s of max-batch 1 (target >= 5x: {(speedup >= 5 ? "met" : "NOT met")}); " +
+                          $"p99/p50 {tail:F2} (target <= 3: {(tail <= 3 ? "met" : "NOT met")})");
+        var many = Load(model, maxBatch, maxWait, texts, total, 64);
+        Console.WriteLine(many.Line($"{total} requests from 64 clients"));
+        if (many.Failed > 0 || many.Answered != total)
+            throw new BenchFailureException($"{total} requests from 64 clients: {many.Answered} answered, {many.Failed} failed or lost");
+        Console.WriteLine($"none lost or failed: {many.Answered} of {total} answered 200 with one prediction each");
+        return 0;
+    }
+
+    sealed record Result(int Answered, int Failed, double Seconds, double P50, double P99, double MeanBatch)
+    {
+        public double PerSecond => Answered / Seconds;
+
+        public string Line(string what) => string.Create(CultureInfo.InvariantCulture,
+            $"{what}: {PerSecond:F0} requests/s, p50 {P50 * 1e3:F1} ms, p99 {P99 * 1e3:F1} ms, mean batch {MeanBatch:F1} texts ({Answered} answered, {Failed} failed)");
+    }
+
+    static Result Load(string model, int maxBatch, int maxWait, string[] texts, int count, int clients) => LoadAsync(model, maxBatch, maxWait, texts, count, clients).GetAwaiter().GetResult();
+
+    static async Task<Result> LoadAsync(string model, int maxBatch, int maxWait, string[] texts, int count, int clients)
+    {
+        await using var server = await ModelServer.StartAsync(new ServingOptions
+        {
+            ModelPath = model, Port = 0, MaxBatch = maxBatch, MaxWaitMs = maxWait, QueueCapacity = Math.Max(1024, clients * 2),
+        });
+        await server.Loaded;
+        using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = clients }) { BaseAddress = server.Address };
+        // Warm-up: the first requests pay for JIT and torch's first allocations.
+        for (var i = 0; i < 20; i++) (await http.PostAsJsonAsync("/v1/predict", new { texts = new[] { texts[i % texts.Length] } })).EnsureSuccessStatusCode();
+        var before = BatchStats(await http.GetStringAsync("/metrics"));
+        var latencies = new double[count];
+        var next = -1;
+        var failed = 0;
+        var answered = 0;
+        var clock = Stopwatch.StartNew();
+        await Task.WhenAll(Enumerable.Range(0, clients).Select(_ => Task.Run(async () =>
+        {
+            int i;
+            while ((i = Interlocked.Increment(ref next)) < count)
+            {
+                var started = Stopwatch.GetTimestamp();
+                try
+                {
+                    using var response = await http.PostAsJsonAsync("/v1/predict", new { texts = new[] { texts[i % texts.Length] }, top_k = 1 });
+                    var body = response.StatusCode == HttpStatusCode.OK ? await response.Content.ReadFromJsonAsync<PredictResponse>() : null;
+                    if (body is { Predictions.Count: 1 }) Interlocked.Increment(ref answered);
+                    else Interlocked.Increment(ref failed);
+                }
+                catch (HttpRequestException)
+                {
+                    Interlocked.Increment(ref failed);
+                }
+                latencies[i] = Stopwatch.GetElapsedTime(started).TotalSeconds;
+            }
+        })));
+        var seconds = clock.Elapsed.TotalSeconds;
+        var after = BatchStats(await http.GetStringAsync("/metrics"));
+        Array.Sort(latencies);
+        var meanBatch = (after.Sum - before.Sum) / Math.Max(1, after.Count - before.Count);
+        return new Result(answered, failed, seconds, latencies[(int)(0.50 * (count - 1))], latencies[(int)(0.99 * (count - 1))], meanBatch);
+    }
+
+    static (double Sum, double Count) BatchStats(string metrics)
+    {
+        double Value(string name) => double.Parse(metrics.Split('\n').First(l => l.StartsWith(name + " ", StringComparison.Ordinal))[(name.Length + 1)..], CultureInfo.InvariantCulture);
+        return (Value("dtrain_serving_batch_size_sum"), Value("dtrain_serving_batch_size_count"));
+    }
+
+    static int Number(string[] args, string name, int fallback, int min, int max) =>
+        BenchArgs.Option(args, name) is { } v ? BenchArgs.Number(name, v, min, max) : fallback;
+
+    /// <summary>Texts of <paramref name="words"/> words from a 2,000-word vocabulary, seeded.</summary>
+    static string[] Texts(int words, int count)
+    {
+        var random = new Random(7);
+        return [.. Enumerable.Range(0, count).Select(_ => string.Join(' ', Enumerable.Range(0, words).Select(_ => $"w{random.Next(2000)}")))];
+    }
+
+    /// <summary>A classifier the size of examples/spam-lstm.json (vocabulary 2,000 words), saved untrained.</summary>
+    static string SpamSizedClassifier(string dir)
+    {
+        var spec = new JobSpec
+        {
+            Name = "bench-serve",
+            Task = TaskKinds.Classification,
+            Data = new DataSpec { Format = DataFormats.Jsonl, Train = "unused", MaxLength = 1000 },
+            Tokenizer = new TokenizerSpec { Kind = TokenizerKinds.Word, Lowercase = true },
+            Model = new ModelSpec { Cell = CellKinds.Lstm, Layers = 1, EmbeddingDim = 64, HiddenSize = 96, Bidirectional = true },
+            Training = new TrainingSpec { Seed = 1 },
+        };
+        var tokenizer = TokenizerFactory.Fit(spec.Tokenizer, [string.Join(' ', Enumerable.Range(0, 2000).Select(i => $"w{i}"))]);
+        var labels = new LabelSet(["ham", "spam"]);
+        using var engine = new TrainingEngine(spec, tokenizer.VocabSize, labels.Count, CPU);
+        return new CheckpointStore(Path.Combine(dir, "checkpoints"), 1).Save(TrainingCheckpoint.Capture(spec, tokenizer, labels, new TrainingState(), engine));
+    }
+
+    sealed class TempDirectory : IDisposable
+    {
+        public string Path { get; } = Directory.CreateTempSubdirectory("dtrain-bench-serve-").FullName;
+
+        public void Dispose() => Directory.Delete(Path, recursive: true);
+    }
+}
