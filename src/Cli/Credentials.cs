@@ -20,7 +20,7 @@ public static class Credentials
 
     public static readonly Option<string?> TokenFileOption = new("--token-file")
     {
-        Description = "File holding the coordinator token, mode 0600 (default: $DTRAIN_TOKEN, $DTRAIN_TOKEN_FILE, then \"token\" in ~/.config/dtrain/config.json, or $XDG_CONFIG_HOME/dtrain/config.json when set).",
+        Description = "File holding the coordinator token, mode 0600 (default: $DTRAIN_TOKEN, $DTRAIN_TOKEN_FILE, then \"token\" in ~/.config/dtrain/config.json, or $XDG_CONFIG_HOME/dtrain/config.json when set). With serve-model: the only place its token comes from, the bearer token its clients must send.",
         Recursive = true,
     };
 
@@ -32,7 +32,7 @@ public static class Credentials
     public static readonly Option<bool> InsecureOption = new("--insecure")
     {
         Description = "Plaintext beyond loopback, on purpose. CLI verbs: send the token over plain http:// to a coordinator beyond loopback (refused without it: anyone on the network path can read the token). " +
-                      "serve, worker: listen beyond loopback WITHOUT TLS or authentication (anyone who reaches the port controls it; logged as a warning).",
+                      "serve, worker, serve-model: listen beyond loopback WITHOUT TLS or authentication (anyone who reaches the port controls it; logged as a warning).",
         Recursive = true,
     };
 
