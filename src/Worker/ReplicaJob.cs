@@ -1,6 +1,6 @@
+using Dtrain.Cluster;
 using Dtrain.Data;
 using Dtrain.Distributed;
-using Dtrain.Protos.Worker;
 using Dtrain.Runtime;
 using Dtrain.Specs;
 using Dtrain.Training;
@@ -12,7 +12,7 @@ namespace Dtrain.Worker;
 /// <summary>The job this worker is assigned: its replica, its shard of the data and its place in the ring.</summary>
 public sealed class ReplicaJob : IAsyncDisposable
 {
-    private readonly Dictionary<long, ShardStep> steps = [];
+    private readonly Dictionary<long, ShardRows> steps = [];
     private IAsyncDisposable? ring;
     /// <summary>Rings of earlier generations still closing (see <see cref="AbortAsync"/>); the job's disposal waits for them.</summary>
     private readonly List<Task> closing = [];
@@ -94,7 +94,7 @@ public sealed class ReplicaJob : IAsyncDisposable
         Gate.Release();
     }
 
-    public ReplicaJob(AssignRequest request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, DataParallelReplica? replica, StageWork? stage, IAsyncDisposable? ring, TorchThread torch)
+    public ReplicaJob(Assignment request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, DataParallelReplica? replica, StageWork? stage, IAsyncDisposable? ring, TorchThread torch)
     {
         if ((replica is null) == (stage is null)) throw new ArgumentException("a job holds either a whole replica or a pipeline stage");
         this.stage = stage;
@@ -105,7 +105,7 @@ public sealed class ReplicaJob : IAsyncDisposable
         StartStep = request.StartStep;
         PeerIds = [.. request.Peers.OrderBy(p => p.Rank).Select(p => p.WorkerId)];
         LastStep = request.StartStep - 1;
-        WorldSize = request.WorldSize;
+        WorldSize = request.World;
         Spec = spec;
         TrainingTask = TrainingTasks.For(spec);
         Tokenizer = tokenizer;
@@ -164,7 +164,7 @@ public sealed class ReplicaJob : IAsyncDisposable
     }
 
     /// <summary>Adds a chunk of the shard after checking every token id against the vocabulary (an out-of-range id would abort libtorch).</summary>
-    public void Add(ShardChunk chunk)
+    public void Add(ShardSlice chunk)
     {
         var vocab = Tokenizer.VocabSize;
         foreach (var s in chunk.Steps)
@@ -178,14 +178,14 @@ public sealed class ReplicaJob : IAsyncDisposable
         {
             foreach (var t in ex.Tokens) CheckToken(t, vocab, "validation token");
             if (ex.Label < 0 || ex.Label >= Labels.Count) throw new ArgumentException($"validation label id {ex.Label} outside [0, {Labels.Count})");
-            if (ex.Tokens.Count == 0) throw new ArgumentException("validation example without tokens");
+            if (ex.Tokens.Length == 0) throw new ArgumentException("validation example without tokens");
             ValidationSequences.Add([.. ex.Tokens]);
             ValidationLabels.Add(ex.Label);
         }
     }
 
     /// <summary>The micro-batch of step <paramref name="step"/>, or null when this rank has no rows then; removed once taken.</summary>
-    public bool TryTake(long step, out ShardStep? shardStep)
+    public bool TryTake(long step, out ShardRows? shardStep)
     {
         lock (steps)
         {
@@ -196,18 +196,18 @@ public sealed class ReplicaJob : IAsyncDisposable
     }
 
     /// <summary>The rows of step <paramref name="s"/> (with their lengths when <paramref name="lengths"/>: a classifier's), or null when there are none.</summary>
-    public static BatchRows? ToRows(ShardStep? s, bool lengths) =>
+    public static BatchRows? ToRows(ShardRows? s, bool lengths) =>
         s is null || s.Rows == 0 ? null : AsRows(s, lengths);
 
-    private static BatchRows AsRows(ShardStep s, bool lengths) =>
+    private static BatchRows AsRows(ShardRows s, bool lengths) =>
         new(s.Rows, s.Width,
             s.Inputs.Select(v => (long)v).ToArray(),
             s.Targets.Select(v => (long)v).ToArray(),
-            lengths ? s.Lengths.Select(v => (long)v).ToArray() : null,
+            lengths ? (s.Lengths ?? []).Select(v => (long)v).ToArray() : null,
             s.Count);
 
     /// <summary>Checks step <paramref name="s"/> as the task does (<see cref="ITrainingTask.CheckRows"/>), even when it has no rows.</summary>
-    private void CheckStep(ShardStep s, int vocab) =>
+    private void CheckStep(ShardRows s, int vocab) =>
         TrainingTask.CheckRows(AsRows(s, TrainingTask.HasLabels), vocab, Labels.Count, $"step {s.Step}");
 
     private static void CheckToken(int id, int vocab, string what)

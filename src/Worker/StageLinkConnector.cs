@@ -1,6 +1,6 @@
+using Dtrain.Cluster;
 using Dtrain.Collective;
 using Dtrain.Distributed.Pipeline;
-using Dtrain.Protos.Worker;
 using Dtrain.Rpc;
 using Microsoft.Extensions.Logging;
 
@@ -14,10 +14,10 @@ namespace Dtrain.Worker;
 /// </summary>
 public sealed class StageLinkConnector(DataPlane dataPlane, WorkerOptions options, WorkerSecurity security, StageMailboxes mailboxes, ILogger<StageLinkConnector>? logger = null)
 {
-    public async Task<IStageLinkSet> ConnectAsync(AssignRequest request, PipelineAssignment p, CancellationToken cancel)
+    public async Task<IStageLinkSet> ConnectAsync(Assignment request, PipelineStageAssignment p, CancellationToken cancel)
     {
-        var previous = p.Stage > 0 ? p.PreviousAddress : null;
-        var next = p.Stage < p.Stages - 1 ? p.NextAddress : null;
+        var previous = p.Stage > 0 ? p.Previous?.Address ?? "" : null;
+        var next = p.Stage < p.Stages - 1 ? p.Next?.Address ?? "" : null;
         var tls = security.Tls;
         var expectPrevious = Neighbour(p.Previous);
         var expectNext = Neighbour(p.Next);
@@ -51,15 +51,15 @@ public sealed class StageLinkConnector(DataPlane dataPlane, WorkerOptions option
     }
 
     /// <summary>"w1->w2: shared memory, w1->w0: tcp": each outbound link (next stage first) and how it travels.</summary>
-    private static string Describe(AssignRequest request, PipelineAssignment p, Func<int, string?> kind) =>
+    private static string Describe(Assignment request, PipelineStageAssignment p, Func<int, string?> kind) =>
         string.Join(", ", new[] { (Stage: p.Stage + 1, Peer: p.Next), (Stage: p.Stage - 1, Peer: p.Previous) }
             .Where(x => kind(x.Stage) is not null)
             .Select(x => $"{Self(request)}->{Name(x.Peer, x.Stage)}: {kind(x.Stage)}"));
 
-    private static ExpectedPeer? Neighbour(Peer? peer) => peer is null || peer.WorkerId.Length == 0 ? null : ExpectedPeer.Worker(peer.WorkerId, peer.CertificateSha256);
+    private static ExpectedPeer? Neighbour(ClusterPeer? peer) => peer is null || peer.WorkerId.Length == 0 ? null : ExpectedPeer.Worker(peer.WorkerId, peer.CertificateSha256);
 
-    private static string Self(AssignRequest request) =>
+    private static string Self(Assignment request) =>
         request.Peers.FirstOrDefault(x => x.Rank == request.Rank) is { WorkerId.Length: > 0 } me ? me.WorkerId : "this worker";
 
-    private static string Name(Peer? peer, int stage) => peer is { WorkerId.Length: > 0 } ? peer.WorkerId : $"stage {stage}";
+    private static string Name(ClusterPeer? peer, int stage) => peer is { WorkerId.Length: > 0 } ? peer.WorkerId : $"stage {stage}";
 }

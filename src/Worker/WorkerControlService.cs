@@ -1,30 +1,53 @@
 using Dtrain.Protos.Worker;
 using Google.Protobuf;
 using Grpc.Core;
+using static Dtrain.Worker.WorkerProtocol;
 
 namespace Dtrain.Worker;
 
 /// <summary>
-/// The coordinator's handle on this worker over gRPC: a thin adapter over <see cref="WorkerRuntime"/> (streams in and
-/// out, the call's cancellation); the runtime's exceptions become status codes in the server interceptor.
+/// The coordinator's handle on this worker over gRPC: a thin adapter over <see cref="WorkerRuntime"/> — the messages
+/// to and from the protocol's domain types (<see cref="WorkerProtocol"/>), streams in and out, the call's
+/// cancellation; the runtime's exceptions become status codes in the server interceptor.
 /// </summary>
 public sealed class WorkerControlService(WorkerRuntime runtime) : WorkerControl.WorkerControlBase
 {
-    public override Task<AssignReply> Assign(AssignRequest request, ServerCallContext context) => runtime.AssignAsync(request, context.CancellationToken);
+    public override async Task<AssignReply> Assign(AssignRequest request, ServerCallContext context) =>
+        ToProto(await runtime.AssignAsync(FromProto(request), context.CancellationToken).ConfigureAwait(false));
 
-    public override Task<ShardReply> LoadShard(IAsyncStreamReader<ShardChunk> requestStream, ServerCallContext context) =>
-        runtime.LoadShardAsync(requestStream.ReadAllAsync(context.CancellationToken), context.CancellationToken);
+    public override async Task<ShardReply> LoadShard(IAsyncStreamReader<ShardChunk> requestStream, ServerCallContext context)
+    {
+        // Every chunk names its job; the worker holds one job at a time, so a stream names one job.
+        var chunks = requestStream.ReadAllAsync(context.CancellationToken).GetAsyncEnumerator(context.CancellationToken);
+        await using var _ = chunks.ConfigureAwait(false);
+        if (!await chunks.MoveNextAsync().ConfigureAwait(false)) return new ShardReply();
+        var jobId = chunks.Current.JobId;
+        return new ShardReply { StepsReceived = await runtime.LoadShardAsync(jobId, Slices(chunks, jobId, "shard"), context.CancellationToken).ConfigureAwait(false) };
+    }
 
-    public override Task<RunStepReply> RunStep(RunStepRequest request, ServerCallContext context) => runtime.RunStepAsync(request, context.CancellationToken);
+    private static async IAsyncEnumerable<Cluster.ShardSlice> Slices(IAsyncEnumerator<ShardChunk> chunks, string jobId, string what)
+    {
+        do
+        {
+            var chunk = chunks.Current;
+            if (chunk.JobId != jobId) throw new ArgumentException($"{what} of job {chunk.JobId} sent with job {jobId}");
+            yield return FromProto(chunk);
+        }
+        while (await chunks.MoveNextAsync().ConfigureAwait(false));
+    }
 
-    public override Task<EvaluateReply> Evaluate(EvaluateRequest request, ServerCallContext context) => runtime.EvaluateAsync(request, context.CancellationToken);
+    public override async Task<RunStepReply> RunStep(RunStepRequest request, ServerCallContext context) =>
+        ToProto(await runtime.RunStepAsync(FromProto(request), context.CancellationToken).ConfigureAwait(false));
+
+    public override async Task<EvaluateReply> Evaluate(EvaluateRequest request, ServerCallContext context) =>
+        ToProto(await runtime.EvaluateAsync(FromProto(request), context.CancellationToken).ConfigureAwait(false));
 
     public override async Task GetState(GetStateRequest request, IServerStreamWriter<StateChunk> responseStream, ServerCallContext context)
     {
         // The coordinator (checkpoints), or — worker to worker — a peer of an elastic job taking this replica's state.
         var caller = Dtrain.Rpc.PeerIdentity.Of(context);
         var peer = caller is { Role: Dtrain.Rpc.ClusterRoles.Worker } ? caller.Name : null;
-        var bytes = await runtime.GetStateAsync(request, context.CancellationToken, peer).ConfigureAwait(false);
+        var bytes = await runtime.GetStateAsync(FromProto(request), context.CancellationToken, peer).ConfigureAwait(false);
         const int chunk = 1024 * 1024;
         for (var offset = 0; offset < bytes.Length || offset == 0; offset += chunk)
         {
@@ -34,22 +57,50 @@ public sealed class WorkerControlService(WorkerRuntime runtime) : WorkerControl.
         }
     }
 
-    public override Task<ApplyStepReply> ApplyStep(ApplyStepRequest request, ServerCallContext context) => runtime.ApplyStepAsync(request, context.CancellationToken);
+    public override async Task<ApplyStepReply> ApplyStep(ApplyStepRequest request, ServerCallContext context) =>
+        ToProto(await runtime.ApplyStepAsync(FromProto(request), context.CancellationToken).ConfigureAwait(false));
 
     public override async Task GetStageParameters(GetStateRequest request, IServerStreamWriter<NamedTensor> responseStream, ServerCallContext context)
     {
-        foreach (var t in await runtime.GetStageParametersAsync(request, context.CancellationToken).ConfigureAwait(false))
+        foreach (var t in await runtime.GetStageParametersAsync(FromProto(request), context.CancellationToken).ConfigureAwait(false))
             await responseStream.WriteAsync(t, context.CancellationToken).ConfigureAwait(false);
     }
 
-    public override Task<LoadStateReply> LoadState(IAsyncStreamReader<LoadStateChunk> requestStream, ServerCallContext context) =>
-        runtime.LoadStateAsync(requestStream.ReadAllAsync(context.CancellationToken), context.CancellationToken);
+    public override async Task<LoadStateReply> LoadState(IAsyncStreamReader<LoadStateChunk> requestStream, ServerCallContext context)
+    {
+        var chunks = requestStream.ReadAllAsync(context.CancellationToken).GetAsyncEnumerator(context.CancellationToken);
+        await using var _ = chunks.ConfigureAwait(false);
+        if (!await chunks.MoveNextAsync().ConfigureAwait(false)) throw new ArgumentException("empty state");
+        var jobId = chunks.Current.JobId;
+        return ToProto(await runtime.LoadStateAsync(jobId, Tensors(chunks, jobId), context.CancellationToken).ConfigureAwait(false));
+    }
 
-    public override Task<AbortReply> Abort(AbortRequest request, ServerCallContext context) => runtime.AbortAsync(request);
+    private static async IAsyncEnumerable<NamedTensor?> Tensors(IAsyncEnumerator<LoadStateChunk> chunks, string jobId)
+    {
+        do
+        {
+            var chunk = chunks.Current;
+            if (chunk.JobId != jobId) throw new ArgumentException($"state of job {chunk.JobId} sent with job {jobId}");
+            yield return chunk.Tensor;
+        }
+        while (await chunks.MoveNextAsync().ConfigureAwait(false));
+    }
 
-    public override Task<ReconfigureReply> Reconfigure(ReconfigureRequest request, ServerCallContext context) => runtime.ReconfigureAsync(request, context.CancellationToken);
+    public override async Task<AbortReply> Abort(AbortRequest request, ServerCallContext context) =>
+        ToProto(await runtime.AbortAsync(request.JobId, request.Generation, request.Reason).ConfigureAwait(false));
 
-    public override Task<SyncStateReply> SyncState(SyncStateRequest request, ServerCallContext context) => runtime.SyncStateAsync(request, context.CancellationToken);
+    public override async Task<ReconfigureReply> Reconfigure(ReconfigureRequest request, ServerCallContext context)
+    {
+        await runtime.ReconfigureAsync(FromProto(request), context.CancellationToken).ConfigureAwait(false);
+        return new ReconfigureReply();
+    }
 
-    public override Task<ReleaseReply> Release(ReleaseRequest request, ServerCallContext context) => runtime.ReleaseAsync(request);
+    public override async Task<SyncStateReply> SyncState(SyncStateRequest request, ServerCallContext context) =>
+        ToProto(await runtime.SyncStateAsync(FromProto(request), context.CancellationToken).ConfigureAwait(false));
+
+    public override async Task<ReleaseReply> Release(ReleaseRequest request, ServerCallContext context)
+    {
+        await runtime.ReleaseAsync(request.JobId, request.Reason).ConfigureAwait(false);
+        return new ReleaseReply();
+    }
 }

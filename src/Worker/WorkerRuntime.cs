@@ -1,4 +1,5 @@
 using Dtrain.Checkpoints;
+using Dtrain.Cluster;
 using Dtrain.Data;
 using Dtrain.Distributed;
 using Dtrain.Distributed.Pipeline;
@@ -17,7 +18,8 @@ namespace Dtrain.Worker;
 /// state, change membership generation, release — without gRPC: requests in, replies out, and failures as the
 /// exceptions the server interceptor maps to status codes (bad request → ArgumentException, wrong moment →
 /// InvalidOperationException, unknown job → KeyNotFoundException, over budget → InsufficientMemoryException, a peer
-/// gone → PeerFailureException, stopped on purpose → WorkStoppedException). <see cref="WorkerControlService"/> adapts it to gRPC.
+/// gone → PeerFailureException, stopped on purpose → WorkStoppedException). It speaks the protocol's domain types
+/// (<see cref="Dtrain.Cluster"/>); <see cref="WorkerControlService"/> adapts it to gRPC.
 /// </summary>
 public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerState peers, WorkerOptions options, StageMailboxes mailboxes, ILogger<WorkerRuntime> log,
     WorkerSecurity? security = null, WorkerMetrics? metrics = null, StageLinkConnector? stageLinks = null)
@@ -25,14 +27,14 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     /// <summary>Worker:InjectNonFinite, the fault drill (null in normal operation).</summary>
     private readonly NonFiniteInjection? inject = options.NonFiniteInjection;
 
-    public async Task<AssignReply> AssignAsync(AssignRequest request, CancellationToken cancel)
+    public async Task<AssignResult> AssignAsync(Assignment request, CancellationToken cancel)
     {
         if (request.StartStep < 0 || (request.TotalSteps > 0 && request.StartStep >= request.TotalSteps))
             throw new ArgumentException($"start_step {request.StartStep} outside [0, {request.TotalSteps})");
-        if (request.WorldSize < 1 || request.Rank < 0 || request.Rank >= request.WorldSize)
-            throw new ArgumentException($"rank {request.Rank} outside world of {request.WorldSize}");
-        if (request.Peers.Count != request.WorldSize)
-            throw new ArgumentException($"{request.Peers.Count} peers for a world of {request.WorldSize}");
+        if (request.World < 1 || request.Rank < 0 || request.Rank >= request.World)
+            throw new ArgumentException($"rank {request.Rank} outside world of {request.World}");
+        if (request.Peers.Count != request.World)
+            throw new ArgumentException($"{request.Peers.Count} peers for a world of {request.World}");
         JobSpec spec;
         try
         {
@@ -46,7 +48,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         LabelSet labels;
         try
         {
-            tokenizer = TokenizerFactory.FromState(new TokenizerState(request.TokenizerKind, request.TokenizerLowercase, [.. request.TokenizerTokens]));
+            tokenizer = TokenizerFactory.FromState(request.Tokenizer);
             labels = new LabelSet(request.Labels);
         }
         catch (InvalidDataException e)
@@ -67,16 +69,16 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         if (request.Threads > threads)
             log.LogInformation("job {JobId}: training.threads {Requested} capped at this worker's {Threads} (Worker:Threads)", request.JobId, request.Threads, threads);
         var device = DeviceSelector.Resolve(options.Device, m => log.LogWarning("{Message}", m));
-        if (request.Pipeline is { } pipeline) CheckStage(request, pipeline, spec);
+        if (request.Stage is { } pipeline) CheckStage(request, pipeline, spec);
         RingConnection? ring = null;
         TorchThread? torch = null;
         try
         {
-            ring = await rings.ConnectAsync(WorkerProtocol.Ring(request), cancel).ConfigureAwait(false);
+            ring = await rings.ConnectAsync(Ring(request), cancel).ConfigureAwait(false);
             state.Observe(ring.Reducer, [.. request.Peers.OrderBy(p => p.Rank).Select(p => p.WorkerId)]);
             activity.Job(request.JobId, ring.Reducer.Transport);
             torch = new TorchThread($"torch-{request.JobId}", threads);
-            var (job, reply) = request.Pipeline is { } p
+            var (job, reply) = request.Stage is { } p
                 ? await AssignStageAsync(request, p, spec, tokenizer, labels, device, ring, torch, threads, cancel).ConfigureAwait(false)
                 : await AssignReplicaAsync(request, spec, tokenizer, labels, device, ring, torch, threads).ConfigureAwait(false);
             state.Current = job;
@@ -93,7 +95,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         }
     }
 
-    private async Task<(ReplicaJob, AssignReply)> AssignReplicaAsync(AssignRequest request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, TorchSharp.torch.Device device, RingConnection ring, TorchThread torch, int threads)
+    private async Task<(ReplicaJob, AssignResult)> AssignReplicaAsync(Assignment request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, TorchSharp.torch.Device device, RingConnection ring, TorchThread torch, int threads)
     {
         // parallelism.overlap "auto" needs a core beyond the torch threads of every worker of this job on this host.
         var spare = Environment.ProcessorCount - threads * Math.Max(1, SameHost(request));
@@ -101,15 +103,15 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         replica.Activity = state.Activity;
         var job = new ReplicaJob(request, spec, tokenizer, labels, replica, null, ring, torch);
         log.LogInformation("assigned job {JobId} generation {Generation}: rank {Rank}/{World}, {Parameters} parameters, {Threads} thread(s), {Buckets} gradient bucket(s), overlap with backward {Overlap}; allocator: {Allocator}",
-            request.JobId, request.Generation, request.Rank, request.WorldSize, replica.ParameterCount, threads, replica.Buckets.Count,
+            request.JobId, request.Generation, request.Rank, request.World, replica.ParameterCount, threads, replica.Buckets.Count,
             replica.Overlap ? "on" : $"off ({spec.Parallelism?.Overlap ?? OverlapKinds.Auto}, {spare} spare core(s))", NativeAllocator.Describe());
-        var reply = new AssignReply { Parameters = replica.ParameterCount, ParameterChecksum = await torch.RunAsync(replica.ParameterChecksum).ConfigureAwait(false) };
-        reply.ParameterNames.AddRange(await torch.RunAsync(() => replica.Engine.Model.named_parameters().Select(p => p.name).ToList()).ConfigureAwait(false));
-        return (job, reply);
+        var checksum = await torch.RunAsync(replica.ParameterChecksum).ConfigureAwait(false);
+        var names = await torch.RunAsync(() => replica.Engine.Model.named_parameters().Select(p => p.name).ToList()).ConfigureAwait(false);
+        return (job, new AssignResult(replica.ParameterCount, checksum, names));
     }
 
     /// <summary>Workers of the assignment on this worker's host (its own address's host; 1 when unknown).</summary>
-    private static int SameHost(AssignRequest request)
+    private static int SameHost(Assignment request)
     {
         var self = request.Peers.FirstOrDefault(p => p.Rank == request.Rank);
         if (self is null || !Uri.TryCreate(self.Address, UriKind.Absolute, out var own)) return 1;
@@ -120,7 +122,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     /// Refuses an assignment whose estimated memory (the whole model, or this stage) exceeds Worker:MemoryBudgetMb — by
     /// default the memory available now — naming the fields and the estimate.
     /// </summary>
-    private void CheckMemoryBudget(AssignRequest request, JobSpec spec, int vocabSize, int classes)
+    private void CheckMemoryBudget(Assignment request, JobSpec spec, int vocabSize, int classes)
     {
         var limit = options.MemoryBudgetMb switch
         {
@@ -133,7 +135,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         var layout = ModelLayout.Of(spec.Model, vocabSize, outputs);
         StageMemory need;
         string what;
-        if (request.Pipeline is { } p && p.Stages > 0 && p.FirstLayer >= 0 && p.LayerCount >= 1 && p.FirstLayer + p.LayerCount <= layout.Layers.Count)
+        if (request.Stage is { } p && p.Stages > 0 && p.FirstLayer >= 0 && p.LayerCount >= 1 && p.FirstLayer + p.LayerCount <= layout.Layers.Count)
         {
             var last = p.Stage == p.Stages - 1;
             var parameters = layout.Layers.Skip(p.FirstLayer).Take(p.LayerCount).Sum() + (p.Stage == 0 ? layout.Embedding : 0) + (last ? layout.Head : 0);
@@ -145,7 +147,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         else
         {
             var whole = new StagePlan(0, 0, layout.Layers.Count, layout.Total, true, true);
-            need = PipelinePlan.Estimate(spec, whole, Math.Max(1, spec.Training.BatchSize / Math.Max(1, request.WorldSize)), 1, outputs);
+            need = PipelinePlan.Estimate(spec, whole, Math.Max(1, spec.Training.BatchSize / Math.Max(1, request.World)), 1, outputs);
             what = "the whole model";
         }
         if (need.Total > limit.Bytes)
@@ -157,7 +159,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     }
 
     /// <summary>Checks a pipeline assignment in managed code: nothing unchecked reaches torch.</summary>
-    private void CheckStage(AssignRequest request, PipelineAssignment p, JobSpec spec)
+    private void CheckStage(Assignment request, PipelineStageAssignment p, JobSpec spec)
     {
         string? Bad()
         {
@@ -166,8 +168,8 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             if (p.Microbatches < 1 || p.Microbatches > JobSpecValidator.MaxBatch) return $"microbatches {p.Microbatches} out of range";
             if (!PipelineSchedule.Kinds.Contains(p.Schedule)) return $"schedule \"{p.Schedule}\" is not one of {string.Join(", ", PipelineSchedule.Kinds)}";
             if (p.Replicas < 1 || p.Replica < 0 || p.Replica >= p.Replicas) return $"replica {p.Replica} outside [0, {p.Replicas})";
-            if (p.Stage > 0 && !Uri.TryCreate(p.PreviousAddress, UriKind.Absolute, out _)) return $"stage {p.Stage} needs the previous stage's address, got \"{p.PreviousAddress}\"";
-            if (p.Stage < p.Stages - 1 && !Uri.TryCreate(p.NextAddress, UriKind.Absolute, out _)) return $"stage {p.Stage} needs the next stage's address, got \"{p.NextAddress}\"";
+            if (p.Stage > 0 && !Uri.TryCreate(p.Previous?.Address ?? "", UriKind.Absolute, out _)) return $"stage {p.Stage} needs the previous stage's address, got \"{p.Previous?.Address}\"";
+            if (p.Stage < p.Stages - 1 && !Uri.TryCreate(p.Next?.Address ?? "", UriKind.Absolute, out _)) return $"stage {p.Stage} needs the next stage's address, got \"{p.Next?.Address}\"";
             if (security?.Tls is not null && ((p.Stage > 0 && Neighbour(p.Previous) is null) || (p.Stage < p.Stages - 1 && Neighbour(p.Next) is null)))
                 return $"stage {p.Stage}: with TLS the assignment must name the neighbouring stages' workers and certificates (pipeline.previous / pipeline.next)";
             return null;
@@ -176,7 +178,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     }
 
     /// <summary>Builds a checked pipeline assignment's stage and its links.</summary>
-    private async Task<(ReplicaJob, AssignReply)> AssignStageAsync(AssignRequest request, PipelineAssignment p, JobSpec spec, ITokenizer tokenizer, LabelSet labels, TorchSharp.torch.Device device,
+    private async Task<(ReplicaJob, AssignResult)> AssignStageAsync(Assignment request, PipelineStageAssignment p, JobSpec spec, ITokenizer tokenizer, LabelSet labels, TorchSharp.torch.Device device,
         RingConnection ring, TorchThread torch, int threads, CancellationToken cancel)
     {
         var plan = new StagePlan(p.Stage, p.FirstLayer, p.LayerCount, 0, HasEmbedding: p.Stage == 0, HasHead: p.Stage == p.Stages - 1);
@@ -187,7 +189,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         {
             links = stageLinks is not null
                 ? await stageLinks.ConnectAsync(request, p, cancel).ConfigureAwait(false)
-                : new GrpcStageLinks(request.JobId, request.Generation, p.Replica, p.Stage, p.Stage > 0 ? p.PreviousAddress : null, p.Stage < p.Stages - 1 ? p.NextAddress : null, mailboxes,
+                : new GrpcStageLinks(request.JobId, request.Generation, p.Replica, p.Stage, p.Stage > 0 ? p.Previous?.Address ?? "" : null, p.Stage < p.Stages - 1 ? p.Next?.Address ?? "" : null, mailboxes,
                     security: security?.Tls is { } tls ? new StageLinkSecurity(tls, Neighbour(p.Previous), Neighbour(p.Next)) : null);
         }
         catch
@@ -207,9 +209,9 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             var parameters = stage.Parameters.Sum(x => x.numel());
             log.LogInformation("assigned job {JobId} generation {Generation}: pipeline stage {Stage}/{Stages} (layers {First}-{Last}) of replica {Replica}/{Replicas}, {Parameters} parameters, {Threads} thread(s); allocator: {Allocator}",
                 request.JobId, request.Generation, p.Stage, p.Stages, p.FirstLayer, p.FirstLayer + p.LayerCount - 1, p.Replica, p.Replicas, parameters, threads, NativeAllocator.Describe());
-            var reply = new AssignReply { Parameters = parameters, ParameterChecksum = await torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false) };
-            reply.ParameterNames.AddRange(await torch.RunAsync(() => stage.NamedParameters().Select(p => p.Name).ToList()).ConfigureAwait(false));
-            return (job, reply);
+            var checksum = await torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false);
+            var names = await torch.RunAsync(() => stage.NamedParameters().Select(p => p.Name).ToList()).ConfigureAwait(false);
+            return (job, new AssignResult(parameters, checksum, names));
         }
         catch
         {
@@ -224,29 +226,33 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     private static string CombinedTransport(string ring, string stages) =>
         ring.Length == 0 ? stages : stages.Length == 0 || stages == ring ? ring : $"{ring}, stages {stages}";
 
-    private static ExpectedPeer? Neighbour(Peer? peer) => peer is null || peer.WorkerId.Length == 0 ? null : ExpectedPeer.Worker(peer.WorkerId, peer.CertificateSha256);
+    private static ExpectedPeer? Neighbour(ClusterPeer? peer) => peer is null || peer.WorkerId.Length == 0 ? null : ExpectedPeer.Worker(peer.WorkerId, peer.CertificateSha256);
 
-    public async Task<ShardReply> LoadShardAsync(IAsyncEnumerable<ShardChunk> chunks, CancellationToken cancel)
+    /// <summary>The ring an assignment joins: its rank among the peers of its generation.</summary>
+    private static RingMembership Ring(Assignment a) => new(a.JobId, a.Generation, a.Rank, a.World, a.Peers, a.StartStep);
+
+    /// <summary>Takes job <paramref name="jobId"/>'s rows (and validation split) in slices; returns how many steps it holds.</summary>
+    public async Task<int> LoadShardAsync(string jobId, IAsyncEnumerable<ShardSlice> slices, CancellationToken cancel)
     {
         ReplicaJob? job = null;
-        await foreach (var chunk in chunks.WithCancellation(cancel).ConfigureAwait(false))
+        await foreach (var slice in slices.WithCancellation(cancel).ConfigureAwait(false))
         {
-            job = state.Require(chunk.JobId);
+            job = state.Require(jobId);
             state.Activity.Enter(ActivityPhases.Loading, "shard");
             try
             {
-                job.Add(chunk);
+                job.Add(slice);
             }
             catch (ArgumentException e)
             {
-                throw new ArgumentException($"job {chunk.JobId}: bad shard: {e.Message}");
+                throw new ArgumentException($"job {jobId}: bad shard: {e.Message}");
             }
         }
         if (job is not null) state.Activity.Enter(ActivityPhases.WaitingForData, $"step {job.LastStep + 2}");
-        return new ShardReply { StepsReceived = job?.StepsReceived ?? 0 };
+        return job?.StepsReceived ?? 0;
     }
 
-    public async Task<RunStepReply> RunStepAsync(RunStepRequest request, CancellationToken cancel)
+    public async Task<StepResult> RunStepAsync(StepCommand request, CancellationToken cancel)
     {
         var job = state.Require(request.JobId);
         if (request.Generation != 0 && request.Generation != job.Generation)
@@ -288,7 +294,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
                 completed = true;
                 state.Step = request.Step;
                 metrics?.Step(job.JobId, report.ComputeMs, report.ReduceMs, 0, job.WorldSize, state.Activity.Snapshot().Transport);
-                return new RunStepReply
+                return new StepResult
                 {
                     LossSum = report.LossSum, Count = report.Count, Rows = report.Rows, SquaredGradNorm = report.SquaredNorm,
                     ComputeMs = report.ComputeMs, AllreduceMs = report.ReduceMs, IdleMs = report.IdleMs,
@@ -311,7 +317,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             log.LogDebug("job {JobId} step {Step}: {Rows} rows, compute {Compute:F1} ms, all-reduce {Reduce:F1} ms", job.JobId, request.Step, result.Rows, result.ComputeMs, result.ReduceMs);
             if (result.Skipped)
                 log.LogWarning("job {JobId} step {Step}: skipped, the {What} summed over the replicas is not finite (local loss sum {Loss})", job.JobId, request.Step + 1, result.NonFinite, result.LossSum);
-            return new RunStepReply
+            return new StepResult
             {
                 LossSum = result.LossSum,
                 Count = result.Count,
@@ -321,7 +327,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
                 ComputeMs = result.ComputeMs,
                 AllreduceMs = result.ReduceMs,
                 Skipped = result.Skipped,
-                Nonfinite = result.NonFinite ?? "",
+                NonFinite = result.NonFinite ?? "",
             };
         }
         finally
@@ -356,7 +362,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             ? $"job {job.JobId}: step {step} abandoned for a new membership generation"
             : $"job {job.JobId} was released during step {step}");
 
-    public async Task<EvaluateReply> EvaluateAsync(EvaluateRequest request, CancellationToken cancel)
+    public async Task<EvalMetrics> EvaluateAsync(EvalCommand request, CancellationToken cancel)
     {
         var job = state.Require(request.JobId);
         if (request.BatchSize is < 1 or > JobSpecValidator.MaxBatch) throw new ArgumentException($"batch_size {request.BatchSize} out of range");
@@ -373,10 +379,8 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
                 Tokenizer = job.Tokenizer, Labels = job.Labels,
                 ValidationTokens = [.. job.ValidationTokens], ValidationSequences = job.ValidationSequences, ValidationLabels = job.ValidationLabels,
             }, request.BatchSize, request.MaxBatches)).ConfigureAwait(false);
-            var reply = new EvaluateReply { Loss = m.Loss, Count = m.Count };
-            if (m.Accuracy is { } a) reply.Accuracy = a;
-            if (m.MacroF1 is { } f) reply.MacroF1 = f;
-            return reply;
+            // What the protocol reports: the loss, and a classifier's accuracy and macro-F1.
+            return new EvalMetrics(m.Loss, m.Count, m.Accuracy, m.MacroF1);
         }
         finally
         {
@@ -389,7 +393,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     /// must be where it stands. <paramref name="peerWorker"/>: the worker asking (a peer of an elastic job taking this
     /// state), which must be a member of the job's current generation; null for the coordinator.
     /// </summary>
-    public async Task<byte[]> GetStateAsync(GetStateRequest request, CancellationToken cancel, string? peerWorker = null)
+    public async Task<byte[]> GetStateAsync(StateSnapshot request, CancellationToken cancel, string? peerWorker = null)
     {
         var job = state.Require(request.JobId);
         if (peerWorker is not null && !job.PeerIds.Contains(peerWorker))
@@ -401,7 +405,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         {
             if (request.Step != job.LastStep + 1)
                 throw new InvalidOperationException($"job {job.JobId}: state at step {request.Step} asked, but this replica stands at step {job.LastStep + 1}");
-            var training = new TrainingState { Step = request.Step, ElapsedSeconds = request.ElapsedSeconds, SamplesSeen = request.SamplesSeen, NonFiniteStreak = request.NonfiniteStreak };
+            var training = new TrainingState { Step = request.Step, ElapsedSeconds = request.ElapsedSeconds, SamplesSeen = request.SamplesSeen, NonFiniteStreak = request.NonFiniteStreak };
             var data = await job.Torch.RunAsync(() => TrainingCheckpoint.Capture(job.Spec, job.Tokenizer, job.Labels, training, job.Replica.Engine)).ConfigureAwait(false);
             using var ms = new MemoryStream();
             CheckpointFormat.Write(ms, data);
@@ -414,7 +418,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         return bytes;
     }
 
-    public async Task<ApplyStepReply> ApplyStepAsync(ApplyStepRequest request, CancellationToken cancel)
+    public async Task<ApplyResult> ApplyStepAsync(ApplyCommand request, CancellationToken cancel)
     {
         var job = state.Require(request.JobId);
         var work = job.Stage ?? throw new InvalidOperationException($"job {job.JobId}: ApplyStep is for pipeline stages; this worker holds a whole replica");
@@ -429,7 +433,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             if (inject?.At(request.Step) == NonFiniteInjection.Parameters)
                 await job.Torch.RunAsync(() => NonFiniteInjection.PoisonParameters(work.Stage.Parameters)).ConfigureAwait(false);
             if (request.Skip) log.LogWarning("job {JobId} step {Step}: skipped (the coordinator found a non-finite loss or gradient norm)", job.JobId, request.Step + 1);
-            return new ApplyStepReply { ParameterChecksum = request.ReportChecksum ? await job.Torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false) : 0, Skipped = request.Skip };
+            return new ApplyResult(request.ReportChecksum ? await job.Torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false) : 0, request.Skip);
         }
         catch (InvalidOperationException e)
         {
@@ -441,7 +445,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         }
     }
 
-    public async Task<List<NamedTensor>> GetStageParametersAsync(GetStateRequest request, CancellationToken cancel)
+    public async Task<List<NamedTensor>> GetStageParametersAsync(StateSnapshot request, CancellationToken cancel)
     {
         var job = state.Require(request.JobId);
         var work = job.Stage ?? throw new InvalidOperationException($"job {job.JobId}: this worker holds a whole replica; use GetState");
@@ -459,16 +463,16 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         return tensors;
     }
 
-    public async Task<LoadStateReply> LoadStateAsync(IAsyncEnumerable<LoadStateChunk> chunks, CancellationToken cancel)
+    /// <summary>Resumed jobs: job <paramref name="jobId"/>'s parameters and optimizer state, after Assign and before its first step.</summary>
+    public async Task<LoadStateResult> LoadStateAsync(string jobId, IAsyncEnumerable<NamedTensor?> parameters, CancellationToken cancel)
     {
         ReplicaJob? job = null;
         var tensors = new Dictionary<string, NamedTensor>(StringComparer.Ordinal);
-        await foreach (var chunk in chunks.WithCancellation(cancel).ConfigureAwait(false))
+        await foreach (var tensor in parameters.WithCancellation(cancel).ConfigureAwait(false))
         {
-            job ??= state.Require(chunk.JobId);
-            if (chunk.JobId != job.JobId) throw new ArgumentException($"state of job {chunk.JobId} sent with job {job.JobId}");
-            if (chunk.Tensor is null || !tensors.TryAdd(chunk.Tensor.Name, chunk.Tensor))
-                throw new ArgumentException($"job {job.JobId}: state without a tensor, or parameter \"{chunk.Tensor?.Name}\" sent twice");
+            job ??= state.Require(jobId);
+            if (tensor is null || !tensors.TryAdd(tensor.Name, tensor))
+                throw new ArgumentException($"job {job.JobId}: state without a tensor, or parameter \"{tensor?.Name}\" sent twice");
         }
         if (job is null) throw new ArgumentException("empty state");
         await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
@@ -488,7 +492,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
                 return job.Replica.ParameterChecksum();
             }).ConfigureAwait(false);
             log.LogInformation("job {JobId}: loaded {Count} parameter(s) and their optimizer state; continuing at step {Step}", job.JobId, tensors.Count, job.StartStep);
-            return new LoadStateReply { ParameterChecksum = checksum, Tensors = tensors.Count };
+            return new LoadStateResult(checksum, tensors.Count);
         }
         catch (InvalidDataException e)
         {
@@ -501,16 +505,16 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     }
 
     /// <summary>Elastic jobs: abandons the step in flight (and any queued one), closes the ring, and says where this replica stands.</summary>
-    public async Task<AbortReply> AbortAsync(AbortRequest request)
+    public async Task<StepStanding> AbortAsync(string jobId, long generation, string reason)
     {
-        var job = state.Require(request.JobId);
+        var job = state.Require(jobId);
         if (job.Stage is not null) throw new InvalidOperationException($"job {job.JobId}: a pipeline stage cannot change membership; the job restarts from its checkpoint instead");
-        await job.AbortAsync(request.Generation, TimeSpan.FromSeconds(options.CollectiveTimeoutSeconds)).ConfigureAwait(false);
+        await job.AbortAsync(generation, TimeSpan.FromSeconds(options.CollectiveTimeoutSeconds)).ConfigureAwait(false);
         try
         {
             var checksum = await job.Torch.RunAsync(job.Replica.ParameterChecksum).ConfigureAwait(false);
-            log.LogInformation("job {JobId}: steps of generation {Old} abandoned for generation {New} ({Reason}); standing at step {Step}", job.JobId, job.Generation, request.Generation, request.Reason, job.LastStep + 1);
-            return new AbortReply { NextStep = job.LastStep + 1, ParameterChecksum = checksum };
+            log.LogInformation("job {JobId}: steps of generation {Old} abandoned for generation {New} ({Reason}); standing at step {Step}", job.JobId, job.Generation, generation, reason, job.LastStep + 1);
+            return new StepStanding(job.LastStep + 1, checksum);
         }
         finally
         {
@@ -518,26 +522,25 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         }
     }
 
-    /// <summary>Elastic jobs: joins the ring of a new generation as a new rank, standing at <see cref="ReconfigureRequest.NextStep"/>.</summary>
-    public async Task<ReconfigureReply> ReconfigureAsync(ReconfigureRequest request, CancellationToken cancel)
+    /// <summary>Elastic jobs: joins the ring of a new generation as a new rank, standing at <see cref="RingMembership.NextStep"/>.</summary>
+    public async Task ReconfigureAsync(RingMembership request, CancellationToken cancel)
     {
         var job = state.Require(request.JobId);
         if (job.Stage is not null) throw new InvalidOperationException($"job {job.JobId}: a pipeline stage cannot change membership");
         if (request.Generation <= job.Generation)
             throw new StaleGenerationException($"job {job.JobId}: reconfigure to generation {request.Generation}, but this worker is already at generation {job.Generation}");
-        if (request.WorldSize < 1 || request.Rank < 0 || request.Rank >= request.WorldSize || request.Peers.Count != request.WorldSize)
-            throw new ArgumentException($"rank {request.Rank} of a world of {request.WorldSize} with {request.Peers.Count} peers");
+        if (request.World < 1 || request.Rank < 0 || request.Rank >= request.World || request.Peers.Count != request.World)
+            throw new ArgumentException($"rank {request.Rank} of a world of {request.World} with {request.Peers.Count} peers");
         if (request.NextStep < 0) throw new ArgumentException($"next_step {request.NextStep} must be >= 0");
         await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
         try
         {
-            var ring = await rings.ConnectAsync(WorkerProtocol.Ring(request), cancel).ConfigureAwait(false);
+            var ring = await rings.ConnectAsync(request, cancel).ConfigureAwait(false);
             state.Observe(ring.Reducer, [.. request.Peers.OrderBy(p => p.Rank).Select(p => p.WorkerId)]);
-            job.Reconfigure(request.Generation, request.Rank, request.WorldSize, ring, request.NextStep, [.. request.Peers.OrderBy(p => p.Rank).Select(p => p.WorkerId)]);
+            job.Reconfigure(request.Generation, request.Rank, request.World, ring, request.NextStep, [.. request.Peers.OrderBy(p => p.Rank).Select(p => p.WorkerId)]);
             // The rows each replica holds change with the world: a carried hidden state belongs to the old rows.
             await job.Torch.RunAsync(job.Replica.Engine.ResetState).ConfigureAwait(false);
-            log.LogInformation("job {JobId}: generation {Generation}: rank {Rank}/{World} from step {Step}", job.JobId, request.Generation, request.Rank, request.WorldSize, request.NextStep);
-            return new ReconfigureReply();
+            log.LogInformation("job {JobId}: generation {Generation}: rank {Rank}/{World} from step {Step}", job.JobId, request.Generation, request.Rank, request.World, request.NextStep);
         }
         finally
         {
@@ -546,36 +549,36 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     }
 
     /// <summary>Elastic jobs: replaces this replica's parameters, optimizer and RNG state with a peer's (worker to worker), at a committed step.</summary>
-    public async Task<SyncStateReply> SyncStateAsync(SyncStateRequest request, CancellationToken cancel)
+    public async Task<SyncResult> SyncStateAsync(SyncSource request, CancellationToken cancel)
     {
         var job = state.Require(request.JobId);
         if (job.Stage is not null) throw new InvalidOperationException($"job {job.JobId}: a pipeline stage cannot take a peer's state");
         if (request.Generation != job.Generation)
             throw new StaleGenerationException($"job {job.JobId}: state sync of generation {request.Generation}, but this worker is at generation {job.Generation}");
-        if (!Uri.TryCreate(request.SourceAddress, UriKind.Absolute, out _)) throw new ArgumentException($"source_address \"{request.SourceAddress}\" is not a URL");
+        if (!Uri.TryCreate(request.Source.Address, UriKind.Absolute, out _)) throw new ArgumentException($"source_address \"{request.Source.Address}\" is not a URL");
         byte[] bytes;
-        using var phase = Phase(ActivityPhases.CheckpointTransfer, $"state from {request.SourceWorkerId}");
+        using var phase = Phase(ActivityPhases.CheckpointTransfer, $"state from {request.Source.WorkerId}");
         try
         {
-            bytes = await peers.FetchStateAsync(request.SourceAddress, request.SourceWorkerId, request.SourceCertificateSha256, job.JobId, request.NextStep, cancel).ConfigureAwait(false);
+            bytes = await peers.FetchStateAsync(request.Source.Address, request.Source.WorkerId, request.Source.CertificateSha256, job.JobId, request.NextStep, cancel).ConfigureAwait(false);
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {
-            throw new PeerFailureException($"job {job.JobId}: could not take the state of step {request.NextStep} from {request.SourceAddress}: {e.Message}", e);
+            throw new PeerFailureException($"job {job.JobId}: could not take the state of step {request.NextStep} from {request.Source.Address}: {e.Message}", e);
         }
         await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
         try
         {
-            var data = CheckpointFormat.Read(new MemoryStream(bytes), $"state of job {job.JobId} from {request.SourceAddress}");
+            var data = CheckpointFormat.Read(new MemoryStream(bytes), $"state of job {job.JobId} from {request.Source.Address}");
             var checksum = await job.Torch.RunAsync(() =>
             {
-                TrainingCheckpoint.Restore(data, request.SourceAddress, job.Replica.Engine, withOptimizer: true);
+                TrainingCheckpoint.Restore(data, request.Source.Address, job.Replica.Engine, withOptimizer: true);
                 job.Replica.Engine.ResetState();
                 return job.Replica.ParameterChecksum();
             }).ConfigureAwait(false);
             job.StandAt(request.NextStep);
-            log.LogInformation("job {JobId}: took the state of step {Step} ({Bytes} bytes) from {Source}", job.JobId, request.NextStep, bytes.Length, request.SourceAddress);
-            return new SyncStateReply { ParameterChecksum = checksum, Bytes = bytes.Length };
+            log.LogInformation("job {JobId}: took the state of step {Step} ({Bytes} bytes) from {Source}", job.JobId, request.NextStep, bytes.Length, request.Source.Address);
+            return new SyncResult(checksum, bytes.Length);
         }
         finally
         {
@@ -583,9 +586,8 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         }
     }
 
-    public async Task<ReleaseReply> ReleaseAsync(ReleaseRequest request)
+    public async Task ReleaseAsync(string jobId, string reason)
     {
-        if (state.Current?.JobId == request.JobId) await state.ReleaseAsync(request.Reason).ConfigureAwait(false);
-        return new ReleaseReply();
+        if (state.Current?.JobId == jobId) await state.ReleaseAsync(reason).ConfigureAwait(false);
     }
 }

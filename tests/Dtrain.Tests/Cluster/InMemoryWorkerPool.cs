@@ -2,7 +2,6 @@ using System.Collections.Concurrent;
 using Dtrain.Cluster;
 using Dtrain.Collective;
 using Dtrain.Distributed;
-using Dtrain.Protos.Worker;
 using Dtrain.Server;
 using Dtrain.Worker;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -75,7 +74,7 @@ public sealed class InMemoryWorkerPool(CoordinatorOptions options) : IAsyncDispo
         public Task<byte[]> FetchStateAsync(string address, string workerId, string certificateSha256, string jobId, long step, CancellationToken cancel)
         {
             if (pool.stopped.ContainsKey(address) || !pool.workers.TryGetValue(address, out var peer)) throw new IOException($"peer {workerId} at {address} unreachable");
-            return peer.Runtime.GetStateAsync(new GetStateRequest { JobId = jobId, Step = step }, cancel);
+            return peer.Runtime.GetStateAsync(new StateSnapshot(jobId, step), cancel);
         }
     }
 }

@@ -8,7 +8,8 @@ using Grpc.Core;
 namespace Dtrain.Tests.Cluster;
 
 /// <summary>
-/// A worker reached in process: the real <see cref="WorkerRuntime"/> (what the gRPC service adapts) called directly,
+/// A worker reached in process: the real <see cref="WorkerRuntime"/> (what the gRPC service adapts) called directly
+/// with the protocol's domain types (no wire form),
 /// its exceptions turned into the status codes the server interceptor gives them and then into the job failures the
 /// gRPC handle raises (<see cref="WorkerCallFailure"/>). Deadlines hold as over gRPC; a call the caller cancels returns
 /// at once while the worker finishes or abandons it on its own. A stopped worker (<paramref name="stopped"/>) answers
@@ -44,43 +45,46 @@ public sealed class InProcessWorkerHandle(WorkerRecord worker, WorkerRuntime run
     }
 
     public Task<AssignResult> AssignAsync(Assignment assignment, CancellationToken cancel) =>
-        Call("assign", 0, options.CallTimeoutSeconds, cancel, async ct => WorkerProtoMapping.FromProto(await runtime.AssignAsync(assignment.ToProto(), ct)));
+        Call("assign", 0, options.CallTimeoutSeconds, cancel, ct => runtime.AssignAsync(assignment, ct));
 
     public Task LoadShardsAsync(string jobId, ShardSlice slice, long step, CancellationToken cancel) =>
-        Call("load shard", step, options.CallTimeoutSeconds, cancel, ct => runtime.LoadShardAsync(slice.ToChunks(jobId, options.ShardChunkValues).ToAsyncEnumerable(), ct));
+        Call("load shard", step, options.CallTimeoutSeconds, cancel, ct => runtime.LoadShardAsync(jobId, (Empty(slice) ? [] : new[] { slice }).ToAsyncEnumerable(), ct));
+
+    /// <summary>Nothing to send (over gRPC: no message).</summary>
+    private static bool Empty(ShardSlice slice) => slice.Steps.Count == 0 && slice.ValidationTokens.Length == 0 && slice.ValidationExamples.Count == 0;
 
     public Task<StepResult> RunStepAsync(StepCommand command, double timeoutSeconds, CancellationToken cancel) =>
         Call("step", command.Step, timeoutSeconds, cancel, async ct =>
         {
             if (BeforeStep is { } hook && !hook(command)) throw new RpcException(new Status(StatusCode.Unavailable, "the in-process worker stopped before the step"));
-            return WorkerProtoMapping.FromProto(await runtime.RunStepAsync(command.ToProto(), ct));
+            return await runtime.RunStepAsync(command, ct);
         });
 
     public Task<ApplyResult> ApplyStepAsync(ApplyCommand command, double timeoutSeconds, CancellationToken cancel) =>
-        Call("apply step", command.Step, timeoutSeconds, cancel, async ct => WorkerProtoMapping.FromProto(await runtime.ApplyStepAsync(command.ToProto(), ct)));
+        Call("apply step", command.Step, timeoutSeconds, cancel, ct => runtime.ApplyStepAsync(command, ct));
 
     public Task<Dtrain.Training.EvalMetrics> EvaluateAsync(EvalCommand command, long step, CancellationToken cancel) =>
-        Call("evaluate", step, options.CallTimeoutSeconds, cancel, async ct => WorkerProtoMapping.FromProto(await runtime.EvaluateAsync(command.ToProto(), ct)));
+        Call("evaluate", step, options.CallTimeoutSeconds, cancel, ct => runtime.EvaluateAsync(command, ct));
 
     public Task<byte[]> GetStateAsync(StateSnapshot snapshot, CancellationToken cancel) =>
-        Call("checkpoint", snapshot.Step, options.CallTimeoutSeconds, cancel, ct => runtime.GetStateAsync(snapshot.ToProto(), ct));
+        Call("checkpoint", snapshot.Step, options.CallTimeoutSeconds, cancel, ct => runtime.GetStateAsync(snapshot, ct));
 
     public Task<IReadOnlyList<NamedTensor>> GetStageParametersAsync(StateSnapshot snapshot, CancellationToken cancel) =>
-        Call("checkpoint", snapshot.Step, options.CallTimeoutSeconds, cancel, async ct => (IReadOnlyList<NamedTensor>)await runtime.GetStageParametersAsync(snapshot.ToProto(), ct));
+        Call("checkpoint", snapshot.Step, options.CallTimeoutSeconds, cancel, async ct => (IReadOnlyList<NamedTensor>)await runtime.GetStageParametersAsync(snapshot, ct));
 
     public Task<LoadStateResult> LoadStateAsync(string jobId, IEnumerable<NamedTensor> tensors, long step, CancellationToken cancel) =>
-        Call("load the checkpoint's state", step, options.CallTimeoutSeconds, cancel, async ct =>
-            WorkerProtoMapping.FromProto(await runtime.LoadStateAsync(tensors.Select(t => new LoadStateChunk { JobId = jobId, Tensor = t }).ToAsyncEnumerable(), ct)));
+        Call("load the checkpoint's state", step, options.CallTimeoutSeconds, cancel, ct =>
+            runtime.LoadStateAsync(jobId, tensors.Select(t => (NamedTensor?)t).ToAsyncEnumerable(), ct));
 
     public Task<StepStanding> AbortAsync(string jobId, long generation, string reason, CancellationToken cancel) =>
-        Call("abort", 0, options.CallTimeoutSeconds, cancel, async _ => WorkerProtoMapping.FromProto(await runtime.AbortAsync(new AbortRequest { JobId = jobId, Generation = generation, Reason = reason })));
+        Call("abort", 0, options.CallTimeoutSeconds, cancel, _ => runtime.AbortAsync(jobId, generation, reason));
 
     public Task ReconfigureAsync(RingMembership membership, CancellationToken cancel) =>
-        Call("re-form the ring", 0, options.CallTimeoutSeconds, cancel, ct => runtime.ReconfigureAsync(membership.ToProto(), ct));
+        Call("re-form the ring", 0, options.CallTimeoutSeconds, cancel, async ct => { await runtime.ReconfigureAsync(membership, ct); return true; });
 
     public Task<SyncResult> SyncStateAsync(SyncSource source, CancellationToken cancel) =>
-        Call("take a peer's state", source.NextStep, options.CallTimeoutSeconds, cancel, async ct => WorkerProtoMapping.FromProto(await runtime.SyncStateAsync(source.ToProto(), ct)));
+        Call("take a peer's state", source.NextStep, options.CallTimeoutSeconds, cancel, ct => runtime.SyncStateAsync(source, ct));
 
     public Task ReleaseAsync(string jobId, string reason, double timeoutSeconds, CancellationToken cancel) =>
-        Call("release", 0, timeoutSeconds, cancel, _ => runtime.ReleaseAsync(new ReleaseRequest { JobId = jobId, Reason = reason }));
+        Call("release", 0, timeoutSeconds, cancel, async _ => { await runtime.ReleaseAsync(jobId, reason); return true; });
 }

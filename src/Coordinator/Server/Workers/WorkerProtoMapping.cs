@@ -5,7 +5,7 @@ namespace Dtrain.Server;
 
 /// <summary>
 /// The coordinator's side of the worker protocol's wire form: the domain types (<see cref="Dtrain.Cluster"/>) to and
-/// from WorkerControl's messages. Only the worker handle over gRPC (and the in-process one of the tests) uses it.
+/// from WorkerControl's messages. Only the worker handle over gRPC uses it (the in-process one of the tests calls the worker runtime with the domain types).
 /// </summary>
 public static class WorkerProtoMapping
 {
