@@ -29,13 +29,15 @@ public sealed class ReplicaJob : IAsyncDisposable
     public ITrainingTask TrainingTask { get; }
     public ITokenizer Tokenizer { get; }
     public LabelSet Labels { get; }
-    private readonly DataParallelReplica? replica;
-    private readonly StageWork? stage;
+    /// <summary>What this worker holds of the job: a whole replica or a pipeline stage.</summary>
+    public IWorkerJob Work { get; }
 
     /// <summary>The whole-model replica of a data-parallel job.</summary>
-    public DataParallelReplica Replica => replica ?? throw new InvalidOperationException($"job {JobId}: this worker holds pipeline stage {stage!.Stage.Plan.Stage}, not a whole replica");
-    /// <summary>The pipeline stage of a pipelined job, or null.</summary>
-    public StageWork? Stage => stage;
+    public DataParallelReplica Replica => Work is ReplicaWork r ? r.Replica : throw new InvalidOperationException($"job {JobId}: this worker holds pipeline stage {((StageWork)Work).Stage.Plan.Stage}, not a whole replica");
+
+    /// <summary>The work as a <typeparamref name="T"/>, or the refusal "job …: <paramref name="refusal"/>" (InvalidOperationException).</summary>
+    public T Require<T>(string refusal) where T : class, IWorkerJob =>
+        Work as T ?? throw new InvalidOperationException($"job {JobId}: {refusal}");
     /// <summary>The one thread all of this replica's torch work runs on.</summary>
     public TorchThread Torch { get; }
     public List<int> ValidationTokens { get; } = [];
@@ -94,10 +96,9 @@ public sealed class ReplicaJob : IAsyncDisposable
         Gate.Release();
     }
 
-    public ReplicaJob(Assignment request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, DataParallelReplica? replica, StageWork? stage, IAsyncDisposable? ring, TorchThread torch)
+    public ReplicaJob(Assignment request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, IWorkerJob work, IAsyncDisposable? ring, TorchThread torch)
     {
-        if ((replica is null) == (stage is null)) throw new ArgumentException("a job holds either a whole replica or a pipeline stage");
-        this.stage = stage;
+        Work = work;
         Torch = torch;
         JobId = request.JobId;
         Generation = request.Generation;
@@ -110,7 +111,6 @@ public sealed class ReplicaJob : IAsyncDisposable
         TrainingTask = TrainingTasks.For(spec);
         Tokenizer = tokenizer;
         Labels = labels;
-        this.replica = replica;
         this.ring = ring;
     }
 
@@ -146,7 +146,7 @@ public sealed class ReplicaJob : IAsyncDisposable
         Rank = rank;
         WorldSize = world;
         ring = newRing;
-        replica?.Reducer = newRing.Reducer;
+        if (Work is ReplicaWork r) r.Replica.Reducer = newRing.Reducer;
         LastStep = nextStep - 1;
         lock (steps) steps.Clear();
         ValidationTokens.Clear();
@@ -227,12 +227,7 @@ public sealed class ReplicaJob : IAsyncDisposable
             lock (closing) old = [.. closing];
             // Earlier generations' rings were abandoned: how they closed does not matter any more.
             await Task.WhenAll(old).ContinueWith(t => _ = t.Exception, TaskScheduler.Default).ConfigureAwait(false);
-            if (stage is not null)
-            {
-                await stage.DisposeAsync().ConfigureAwait(false);
-                await Torch.RunAsync(stage.Stage.Dispose).ConfigureAwait(false);
-            }
-            if (replica is not null) await Torch.RunAsync(replica.Dispose).ConfigureAwait(false);
+            await Work.ReleaseAsync(Torch).ConfigureAwait(false);
             Torch.Dispose();
         }
         finally

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Dtrain.Distributed;
 using Dtrain.Distributed.Pipeline;
+using Dtrain.Protos.Worker;
 using Dtrain.Runtime;
 using Dtrain.Training;
 
@@ -15,7 +16,7 @@ public sealed record StageStepReport(double LossSum, long Count, int Rows, doubl
 /// A step is two calls: <see cref="RunAsync"/> (the schedule, the all-reduce, the squared norm) and, once the
 /// coordinator has added every stage's norm, <see cref="Apply"/>.
 /// </summary>
-public sealed class StageWork(PipelineStage stage, IStageLinkSet links, PipelineSchedule schedule, IGradientReducer reducer) : IAsyncDisposable
+public sealed class StageWork(PipelineStage stage, IStageLinkSet links, PipelineSchedule schedule, IGradientReducer reducer) : IWorkerJob, IAsyncDisposable
 {
     private readonly GradientBuffer? gradients = reducer.WorldSize == 1 ? null : new GradientBuffer(stage.Parameters);
     private bool gradientsBound;
@@ -137,6 +138,15 @@ public sealed class StageWork(PipelineStage stage, IStageLinkSet links, Pipeline
     }
 
     public double ParameterChecksum() => ParameterChecksums.Sum(Stage.Parameters);
+
+    public void LoadParameters(IReadOnlyDictionary<string, NamedTensor> tensors) =>
+        ParameterTransfer.Load(Stage.NamedParameters(), (TorchSharp.Modules.OptimizerHelper)Stage.Optimizer, tensors);
+
+    public async Task ReleaseAsync(TorchThread torch)
+    {
+        await DisposeAsync().ConfigureAwait(false);
+        await torch.RunAsync(Stage.Dispose).ConfigureAwait(false);
+    }
 
     public async ValueTask DisposeAsync()
     {

@@ -101,7 +101,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         var spare = Environment.ProcessorCount - threads * Math.Max(1, SameHost(request));
         var replica = await torch.RunAsync(() => new DataParallelReplica(spec, tokenizer.VocabSize, labels.Count, device, ring.Reducer, spareCores: spare)).ConfigureAwait(false);
         replica.Activity = state.Activity;
-        var job = new ReplicaJob(request, spec, tokenizer, labels, replica, null, ring, torch);
+        var job = new ReplicaJob(request, spec, tokenizer, labels, new ReplicaWork(replica), ring, torch);
         log.LogInformation("assigned job {JobId} generation {Generation}: rank {Rank}/{World}, {Parameters} parameters, {Threads} thread(s), {Buckets} gradient bucket(s), overlap with backward {Overlap}; allocator: {Allocator}",
             request.JobId, request.Generation, request.Rank, request.World, replica.ParameterCount, threads, replica.Buckets.Count,
             replica.Overlap ? "on" : $"off ({spec.Parallelism?.Overlap ?? OverlapKinds.Auto}, {spare} spare core(s))", NativeAllocator.Describe());
@@ -205,7 +205,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
                 Activity = state.Activity,
                 Neighbours = (p.Previous?.WorkerId ?? "", p.Next?.WorkerId ?? ""),
             };
-            var job = new ReplicaJob(request, spec, tokenizer, labels, null, work, ring, torch);
+            var job = new ReplicaJob(request, spec, tokenizer, labels, work, ring, torch);
             var parameters = stage.Parameters.Sum(x => x.numel());
             log.LogInformation("assigned job {JobId} generation {Generation}: pipeline stage {Stage}/{Stages} (layers {First}-{Last}) of replica {Replica}/{Replicas}, {Parameters} parameters, {Threads} thread(s); allocator: {Allocator}",
                 request.JobId, request.Generation, p.Stage, p.Stages, p.FirstLayer, p.FirstLayer + p.LayerCount - 1, p.Replica, p.Replicas, parameters, threads, NativeAllocator.Describe());
@@ -271,7 +271,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             var rows = ReplicaJob.ToRows(shardStep, lengths: job.TrainingTask.HasLabels);
             if (shardStep is null && job.StepsReceived == 0 && request.Step == job.StartStep)
                 throw new InvalidOperationException($"job {job.JobId}: no shard loaded");
-            if (job.Stage is { } work)
+            if (job.Work is StageWork work)
             {
                 StageStepReport report;
                 try
@@ -421,7 +421,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     public async Task<ApplyResult> ApplyStepAsync(ApplyCommand request, CancellationToken cancel)
     {
         var job = state.Require(request.JobId);
-        var work = job.Stage ?? throw new InvalidOperationException($"job {job.JobId}: ApplyStep is for pipeline stages; this worker holds a whole replica");
+        var work = job.Require<StageWork>("ApplyStep is for pipeline stages; this worker holds a whole replica");
         if (request.GlobalCount <= 0) throw new ArgumentException($"global_count {request.GlobalCount} must be positive");
         if (!(request.Lr > 0 && double.IsFinite(request.Lr))) throw new ArgumentException($"lr {request.Lr} must be positive");
         if (!request.Skip && !(request.GlobalNorm >= 0 && double.IsFinite(request.GlobalNorm))) throw new ArgumentException($"global_norm {request.GlobalNorm} must be a finite number >= 0");
@@ -448,7 +448,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     public async Task<List<NamedTensor>> GetStageParametersAsync(StateSnapshot request, CancellationToken cancel)
     {
         var job = state.Require(request.JobId);
-        var work = job.Stage ?? throw new InvalidOperationException($"job {job.JobId}: this worker holds a whole replica; use GetState");
+        var work = job.Require<StageWork>("this worker holds a whole replica; use GetState");
         List<NamedTensor> tensors;
         await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
         using var phase = Phase(ActivityPhases.CheckpointTransfer, "stage parameters to the coordinator");
@@ -482,14 +482,8 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             if (job.LastStep >= job.StartStep) throw new InvalidOperationException($"job {job.JobId}: state loaded after step {job.LastStep} ran");
             var checksum = await job.Torch.RunAsync(() =>
             {
-                if (job.Stage is { } work)
-                {
-                    ParameterTransfer.Load(work.Stage.NamedParameters(), (TorchSharp.Modules.OptimizerHelper)work.Stage.Optimizer, tensors);
-                    return work.ParameterChecksum();
-                }
-                var engine = job.Replica.Engine;
-                ParameterTransfer.Load(engine.Model.named_parameters().Select(p => (p.name, p.parameter)), (TorchSharp.Modules.OptimizerHelper)engine.Optimizer, tensors);
-                return job.Replica.ParameterChecksum();
+                job.Work.LoadParameters(tensors);
+                return job.Work.ParameterChecksum();
             }).ConfigureAwait(false);
             log.LogInformation("job {JobId}: loaded {Count} parameter(s) and their optimizer state; continuing at step {Step}", job.JobId, tensors.Count, job.StartStep);
             return new LoadStateResult(checksum, tensors.Count);
@@ -508,7 +502,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     public async Task<StepStanding> AbortAsync(string jobId, long generation, string reason)
     {
         var job = state.Require(jobId);
-        if (job.Stage is not null) throw new InvalidOperationException($"job {job.JobId}: a pipeline stage cannot change membership; the job restarts from its checkpoint instead");
+        job.Require<ReplicaWork>("a pipeline stage cannot change membership; the job restarts from its checkpoint instead");
         await job.AbortAsync(generation, TimeSpan.FromSeconds(options.CollectiveTimeoutSeconds)).ConfigureAwait(false);
         try
         {
@@ -526,7 +520,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     public async Task ReconfigureAsync(RingMembership request, CancellationToken cancel)
     {
         var job = state.Require(request.JobId);
-        if (job.Stage is not null) throw new InvalidOperationException($"job {job.JobId}: a pipeline stage cannot change membership");
+        job.Require<ReplicaWork>("a pipeline stage cannot change membership");
         if (request.Generation <= job.Generation)
             throw new StaleGenerationException($"job {job.JobId}: reconfigure to generation {request.Generation}, but this worker is already at generation {job.Generation}");
         if (request.World < 1 || request.Rank < 0 || request.Rank >= request.World || request.Peers.Count != request.World)
@@ -552,7 +546,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     public async Task<SyncResult> SyncStateAsync(SyncSource request, CancellationToken cancel)
     {
         var job = state.Require(request.JobId);
-        if (job.Stage is not null) throw new InvalidOperationException($"job {job.JobId}: a pipeline stage cannot take a peer's state");
+        job.Require<ReplicaWork>("a pipeline stage cannot take a peer's state");
         if (request.Generation != job.Generation)
             throw new StaleGenerationException($"job {job.JobId}: state sync of generation {request.Generation}, but this worker is at generation {job.Generation}");
         if (!Uri.TryCreate(request.Source.Address, UriKind.Absolute, out _)) throw new ArgumentException($"source_address \"{request.Source.Address}\" is not a URL");
