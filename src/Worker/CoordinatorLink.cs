@@ -96,7 +96,7 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
                     log.LogInformation("registered with {Coordinator} as {WorkerId}{Name} ({Address}, {Threads} torch thread(s))", options.Coordinator, reply.WorkerId,
                         string.IsNullOrWhiteSpace(options.Name) ? "" : $" (name {options.Name.Trim()})", address, options.ResolvedThreads);
                 }
-                var beat = await client.HeartbeatAsync(new HeartbeatRequest { WorkerId = identity.WorkerId, Token = identity.Token, JobId = state.Current?.JobId ?? "", Step = state.Step, Activity = Report(state.Activity.Snapshot()) },
+                var beat = await client.HeartbeatAsync(new HeartbeatRequest { WorkerId = identity.WorkerId, Token = identity.Token, JobId = state.Current?.JobId ?? "", Step = state.Step, Activity = state.Activity.Snapshot().ToProto() },
                     deadline: DateTime.UtcNow.AddSeconds(options.CoordinatorCallTimeoutSeconds), cancellationToken: stop).ConfigureAwait(false);
                 if (!beat.Known)
                 {
@@ -136,21 +136,6 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
             }
         }
     }
-
-    /// <summary>The activity as the heartbeat carries it.</summary>
-    public static WorkerActivity Report(Distributed.ActivitySnapshot a) => new()
-    {
-        Phase = a.Phase,
-        Detail = a.Detail,
-        Step = a.Step,
-        InPhaseMs = (long)a.InPhase.TotalMilliseconds,
-        WaitingOn = a.WaitingOn,
-        JobId = a.JobId,
-        SubPhase = a.SubPhase,
-        Piece = a.Piece,
-        Pieces = a.Pieces,
-        Transport = a.Transport,
-    };
 
     /// <summary>Tells the coordinator this worker leaves (once); heartbeats stop, so it is not registered again.</summary>
     public async Task LeaveAsync(string reason)

@@ -1,6 +1,7 @@
 using Dtrain.Cluster;
 using Dtrain.Distributed;
 using Dtrain.Protos.Jobs;
+using Dtrain.Rpc;
 
 namespace Dtrain.Server;
 
@@ -77,21 +78,6 @@ public static class ProtoMapper
     /// <summary>What a worker said it was doing with a heartbeat; null when it said nothing.</summary>
     public static ActivitySnapshot? FromProto(Protos.Membership.WorkerActivity? a) => a is null ? null :
         new(a.Phase, a.Detail, a.Step, TimeSpan.FromMilliseconds(a.InPhaseMs), a.WaitingOn, a.JobId, a.SubPhase, a.Piece, a.Pieces, a.Transport);
-
-    /// <summary>A worker's activity as the listings carry it (the time in phase as of its heartbeat).</summary>
-    public static Protos.Membership.WorkerActivity ToProto(this ActivitySnapshot a) => new()
-    {
-        Phase = a.Phase,
-        Detail = a.Detail,
-        Step = a.Step,
-        InPhaseMs = (long)a.InPhase.TotalMilliseconds,
-        WaitingOn = a.WaitingOn,
-        JobId = a.JobId,
-        SubPhase = a.SubPhase,
-        Piece = a.Piece,
-        Pieces = a.Pieces,
-        Transport = a.Transport,
-    };
 
     /// <summary>The worker as `dtrain status` and `dtrain workers` show it: its activity with the time in phase as of the view's time, and its heartbeat age.</summary>
     public static WorkerInfo ToInfo(this WorkerView view)

@@ -1,5 +1,6 @@
 using Dtrain.Cluster;
 using Dtrain.Distributed;
+using Dtrain.Rpc;
 using Dtrain.Server;
 using Google.Protobuf;
 
