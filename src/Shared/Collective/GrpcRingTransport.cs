@@ -133,6 +133,7 @@ public sealed class GrpcRingTransport : IRingTransport
             { CollectiveService.SenderHeader, rank.ToString(CultureInfo.InvariantCulture) },
             { CollectiveService.WorldHeader, worldSize.ToString(CultureInfo.InvariantCulture) },
         };
+        RpcException? lastRefusal = null;
         for (var attempt = 1; ; attempt++)
         {
             var call = client.Push(headers);
@@ -152,12 +153,15 @@ public sealed class GrpcRingTransport : IRingTransport
             catch (RpcException ex)
             {
                 failure = ex;
+                lastRefusal = ex;
                 retryable = ex.StatusCode == StatusCode.Unavailable
                     || (ex.StatusCode == StatusCode.FailedPrecondition && ex.Trailers.GetValue(CollectiveService.RefusalTrailer) == "not-registered");
             }
             catch (OperationCanceledException ex) when (!cancellationToken.IsCancellationRequested)
             {
-                failure = new TimeoutException($"no answer within the connect timeout of {connectTimeout.TotalSeconds:0.#} s", ex);
+                // The deadline can cut the last of several refused attempts: say why the earlier ones were refused.
+                var before = lastRefusal is null ? "" : $" (the attempt before was refused: {lastRefusal.StatusCode}: {lastRefusal.Status.Detail})";
+                failure = new TimeoutException($"no answer within the connect timeout of {connectTimeout.TotalSeconds:0.#} s{before}", ex);
                 retryable = false;
             }
             catch
