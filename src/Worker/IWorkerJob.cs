@@ -1,4 +1,4 @@
-using Dtrain.Protos.Worker;
+using Dtrain.Cluster;
 using Dtrain.Runtime;
 
 namespace Dtrain.Worker;
@@ -13,7 +13,7 @@ public interface IWorkerJob
     double ParameterChecksum();
 
     /// <summary>Replaces its parameters and their optimizer state with <paramref name="tensors"/> (whole-model names).</summary>
-    void LoadParameters(IReadOnlyDictionary<string, NamedTensor> tensors);
+    void LoadParameters(IReadOnlyDictionary<string, ParameterTensor> tensors);
 
     /// <summary>Frees what it holds (links, buffers), then its torch state on <paramref name="torch"/>.</summary>
     Task ReleaseAsync(TorchThread torch);

@@ -1,5 +1,5 @@
+using Dtrain.Cluster;
 using Dtrain.Distributed;
-using Dtrain.Protos.Worker;
 using Dtrain.Runtime;
 
 namespace Dtrain.Worker;
@@ -11,7 +11,7 @@ public sealed class ReplicaWork(DataParallelReplica replica) : IWorkerJob
 
     public double ParameterChecksum() => Replica.ParameterChecksum();
 
-    public void LoadParameters(IReadOnlyDictionary<string, NamedTensor> tensors)
+    public void LoadParameters(IReadOnlyDictionary<string, ParameterTensor> tensors)
     {
         var engine = Replica.Engine;
         ParameterTransfer.Load(engine.Model.named_parameters().Select(p => (p.name, p.parameter)), (TorchSharp.Modules.OptimizerHelper)engine.Optimizer, tensors);

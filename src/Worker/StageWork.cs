@@ -1,7 +1,7 @@
 using System.Diagnostics;
+using Dtrain.Cluster;
 using Dtrain.Distributed;
 using Dtrain.Distributed.Pipeline;
-using Dtrain.Protos.Worker;
 using Dtrain.Runtime;
 using Dtrain.Training;
 
@@ -139,7 +139,7 @@ public sealed class StageWork(PipelineStage stage, IStageLinkSet links, Pipeline
 
     public double ParameterChecksum() => ParameterChecksums.Sum(Stage.Parameters);
 
-    public void LoadParameters(IReadOnlyDictionary<string, NamedTensor> tensors) =>
+    public void LoadParameters(IReadOnlyDictionary<string, ParameterTensor> tensors) =>
         ParameterTransfer.Load(Stage.NamedParameters(), (TorchSharp.Modules.OptimizerHelper)Stage.Optimizer, tensors);
 
     public async Task ReleaseAsync(TorchThread torch)

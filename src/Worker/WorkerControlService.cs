@@ -1,3 +1,4 @@
+using Dtrain.Cluster;
 using Dtrain.Protos.Worker;
 using Google.Protobuf;
 using Grpc.Core;
@@ -63,7 +64,7 @@ public sealed class WorkerControlService(WorkerRuntime runtime) : WorkerControl.
     public override async Task GetStageParameters(GetStateRequest request, IServerStreamWriter<NamedTensor> responseStream, ServerCallContext context)
     {
         foreach (var t in await runtime.GetStageParametersAsync(FromProto(request), context.CancellationToken).ConfigureAwait(false))
-            await responseStream.WriteAsync(t, context.CancellationToken).ConfigureAwait(false);
+            await responseStream.WriteAsync(ToProto(t), context.CancellationToken).ConfigureAwait(false);
     }
 
     public override async Task<LoadStateReply> LoadState(IAsyncStreamReader<LoadStateChunk> requestStream, ServerCallContext context)
@@ -75,13 +76,13 @@ public sealed class WorkerControlService(WorkerRuntime runtime) : WorkerControl.
         return ToProto(await runtime.LoadStateAsync(jobId, Tensors(chunks, jobId), context.CancellationToken).ConfigureAwait(false));
     }
 
-    private static async IAsyncEnumerable<NamedTensor?> Tensors(IAsyncEnumerator<LoadStateChunk> chunks, string jobId)
+    private static async IAsyncEnumerable<ParameterTensor?> Tensors(IAsyncEnumerator<LoadStateChunk> chunks, string jobId)
     {
         do
         {
             var chunk = chunks.Current;
             if (chunk.JobId != jobId) throw new ArgumentException($"state of job {chunk.JobId} sent with job {jobId}");
-            yield return chunk.Tensor;
+            yield return chunk.Tensor is null ? null : FromProto(chunk.Tensor);
         }
         while (await chunks.MoveNextAsync().ConfigureAwait(false));
     }

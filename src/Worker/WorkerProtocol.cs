@@ -2,6 +2,7 @@ using Dtrain.Cluster;
 using Dtrain.Data;
 using Dtrain.Protos.Worker;
 using Dtrain.Training;
+using Google.Protobuf;
 
 namespace Dtrain.Worker;
 
@@ -69,6 +70,17 @@ public static class WorkerProtocol
     }
 
     public static StateSnapshot FromProto(GetStateRequest r) => new(r.JobId, r.Step, r.ElapsedSeconds, r.SamplesSeen, r.NonfiniteStreak);
+
+    /// <summary>A parameter as received: its bytes are the message's (not copied).</summary>
+    public static ParameterTensor FromProto(NamedTensor t) => new(t.Name, [.. t.Shape], t.Data.Memory, t.OptimizerState.Memory);
+
+    /// <summary>A parameter as sent: its bytes are wrapped, not copied (the tensor is not changed while it is sent).</summary>
+    public static NamedTensor ToProto(ParameterTensor t)
+    {
+        var message = new NamedTensor { Name = t.Name, Data = UnsafeByteOperations.UnsafeWrap(t.Values), OptimizerState = UnsafeByteOperations.UnsafeWrap(t.OptimizerState) };
+        message.Shape.AddRange(t.Shape);
+        return message;
+    }
 
     public static LoadStateReply ToProto(LoadStateResult r) => new() { ParameterChecksum = r.ParameterChecksum, Tensors = r.Tensors };
 

@@ -3,7 +3,6 @@ using Dtrain.Cluster;
 using Dtrain.Data;
 using Dtrain.Distributed;
 using Dtrain.Distributed.Pipeline;
-using Dtrain.Protos.Worker;
 using Dtrain.Rpc;
 using Dtrain.Runtime;
 using Dtrain.Specs;
@@ -445,11 +444,11 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         }
     }
 
-    public async Task<List<NamedTensor>> GetStageParametersAsync(StateSnapshot request, CancellationToken cancel)
+    public async Task<List<ParameterTensor>> GetStageParametersAsync(StateSnapshot request, CancellationToken cancel)
     {
         var job = state.Require(request.JobId);
         var work = job.Require<StageWork>("this worker holds a whole replica; use GetState");
-        List<NamedTensor> tensors;
+        List<ParameterTensor> tensors;
         await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
         using var phase = Phase(ActivityPhases.CheckpointTransfer, "stage parameters to the coordinator");
         try
@@ -464,10 +463,10 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     }
 
     /// <summary>Resumed jobs: job <paramref name="jobId"/>'s parameters and optimizer state, after Assign and before its first step.</summary>
-    public async Task<LoadStateResult> LoadStateAsync(string jobId, IAsyncEnumerable<NamedTensor?> parameters, CancellationToken cancel)
+    public async Task<LoadStateResult> LoadStateAsync(string jobId, IAsyncEnumerable<ParameterTensor?> parameters, CancellationToken cancel)
     {
         ReplicaJob? job = null;
-        var tensors = new Dictionary<string, NamedTensor>(StringComparer.Ordinal);
+        var tensors = new Dictionary<string, ParameterTensor>(StringComparer.Ordinal);
         await foreach (var tensor in parameters.WithCancellation(cancel).ConfigureAwait(false))
         {
             job ??= state.Require(jobId);

@@ -1,5 +1,4 @@
 using Dtrain.Cluster;
-using Dtrain.Protos.Worker;
 using Dtrain.Rpc;
 using Dtrain.Server;
 using Dtrain.Worker;
@@ -69,12 +68,12 @@ public sealed class InProcessWorkerHandle(WorkerRecord worker, WorkerRuntime run
     public Task<byte[]> GetStateAsync(StateSnapshot snapshot, CancellationToken cancel) =>
         Call("checkpoint", snapshot.Step, options.CallTimeoutSeconds, cancel, ct => runtime.GetStateAsync(snapshot, ct));
 
-    public Task<IReadOnlyList<NamedTensor>> GetStageParametersAsync(StateSnapshot snapshot, CancellationToken cancel) =>
-        Call("checkpoint", snapshot.Step, options.CallTimeoutSeconds, cancel, async ct => (IReadOnlyList<NamedTensor>)await runtime.GetStageParametersAsync(snapshot, ct));
+    public Task<IReadOnlyList<ParameterTensor>> GetStageParametersAsync(StateSnapshot snapshot, CancellationToken cancel) =>
+        Call("checkpoint", snapshot.Step, options.CallTimeoutSeconds, cancel, async ct => (IReadOnlyList<ParameterTensor>)await runtime.GetStageParametersAsync(snapshot, ct));
 
-    public Task<LoadStateResult> LoadStateAsync(string jobId, IEnumerable<NamedTensor> tensors, long step, CancellationToken cancel) =>
+    public Task<LoadStateResult> LoadStateAsync(string jobId, IEnumerable<ParameterTensor> tensors, long step, CancellationToken cancel) =>
         Call("load the checkpoint's state", step, options.CallTimeoutSeconds, cancel, ct =>
-            runtime.LoadStateAsync(jobId, tensors.Select(t => (NamedTensor?)t).ToAsyncEnumerable(), ct));
+            runtime.LoadStateAsync(jobId, tensors.Select(t => (ParameterTensor?)t).ToAsyncEnumerable(), ct));
 
     public Task<StepStanding> AbortAsync(string jobId, long generation, string reason, CancellationToken cancel) =>
         Call("abort", 0, options.CallTimeoutSeconds, cancel, _ => runtime.AbortAsync(jobId, generation, reason));

@@ -1,7 +1,7 @@
 using Dtrain.Checkpoints;
+using Dtrain.Cluster;
 using Dtrain.Data;
 using Dtrain.Distributed;
-using Dtrain.Protos.Worker;
 using Dtrain.Specs;
 using Dtrain.Training;
 using TorchSharp.Modules;
@@ -98,10 +98,10 @@ public sealed class ResumePoint
     }
 
     /// <summary>
-    /// The checkpoint's parameters and optimizer state, one message per parameter under its whole-model name, and
+    /// The checkpoint's parameters and optimizer state, one tensor per parameter under its whole-model name, and
     /// their checksum (what the workers must report once loaded). Runs torch: call it on a torch thread.
     /// </summary>
-    public (List<NamedTensor> Tensors, double Checksum) Tensors(JobSpec spec)
+    public (List<ParameterTensor> Tensors, double Checksum) Tensors(JobSpec spec)
     {
         var classes = Labels.Count;
         TrainingCheckpoint.CheckModelFits(Checkpoint, Path, spec, Tokenizer.VocabSize, classes);

@@ -55,20 +55,20 @@ public sealed class GrpcWorkerHandle(WorkerRecord worker, WorkerClients clients,
             return ms.ToArray();
         });
 
-    public Task<IReadOnlyList<NamedTensor>> GetStageParametersAsync(StateSnapshot snapshot, CancellationToken cancel) =>
+    public Task<IReadOnlyList<ParameterTensor>> GetStageParametersAsync(StateSnapshot snapshot, CancellationToken cancel) =>
         Call("checkpoint", snapshot.Step, options.CallTimeoutSeconds, cancel, async deadline =>
         {
             using var call = Client.GetStageParameters(snapshot.ToProto(), deadline: deadline, cancellationToken: cancel);
-            var list = new List<NamedTensor>();
-            await foreach (var t in call.ResponseStream.ReadAllAsync(cancel).ConfigureAwait(false)) list.Add(t);
-            return (IReadOnlyList<NamedTensor>)list;
+            var list = new List<ParameterTensor>();
+            await foreach (var t in call.ResponseStream.ReadAllAsync(cancel).ConfigureAwait(false)) list.Add(WorkerProtoMapping.FromProto(t));
+            return (IReadOnlyList<ParameterTensor>)list;
         });
 
-    public Task<LoadStateResult> LoadStateAsync(string jobId, IEnumerable<NamedTensor> tensors, long step, CancellationToken cancel) =>
+    public Task<LoadStateResult> LoadStateAsync(string jobId, IEnumerable<ParameterTensor> tensors, long step, CancellationToken cancel) =>
         Call("load the checkpoint's state", step, options.CallTimeoutSeconds, cancel, async deadline =>
         {
             using var call = Client.LoadState(deadline: deadline, cancellationToken: cancel);
-            foreach (var t in tensors) await call.RequestStream.WriteAsync(new LoadStateChunk { JobId = jobId, Tensor = t }, cancel).ConfigureAwait(false);
+            foreach (var t in tensors) await call.RequestStream.WriteAsync(new LoadStateChunk { JobId = jobId, Tensor = t.ToProto() }, cancel).ConfigureAwait(false);
             await call.RequestStream.CompleteAsync().ConfigureAwait(false);
             return WorkerProtoMapping.FromProto(await call.ResponseAsync.ConfigureAwait(false));
         });

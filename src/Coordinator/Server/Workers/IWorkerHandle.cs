@@ -1,5 +1,4 @@
 using Dtrain.Cluster;
-using Dtrain.Protos.Worker;
 
 namespace Dtrain.Server;
 
@@ -25,9 +24,9 @@ public interface IWorkerHandle
     /// <summary>The worker's training state (a checkpoint's bytes).</summary>
     Task<byte[]> GetStateAsync(StateSnapshot snapshot, CancellationToken cancel);
     /// <summary>Pipeline jobs: a stage's parameters (and optimizer state) under their whole-model names.</summary>
-    Task<IReadOnlyList<NamedTensor>> GetStageParametersAsync(StateSnapshot snapshot, CancellationToken cancel);
+    Task<IReadOnlyList<ParameterTensor>> GetStageParametersAsync(StateSnapshot snapshot, CancellationToken cancel);
     /// <summary>Resumed jobs: the parameters and optimizer state the worker holds, after Assign.</summary>
-    Task<LoadStateResult> LoadStateAsync(string jobId, IEnumerable<NamedTensor> tensors, long step, CancellationToken cancel);
+    Task<LoadStateResult> LoadStateAsync(string jobId, IEnumerable<ParameterTensor> tensors, long step, CancellationToken cancel);
     /// <summary>Elastic jobs: stops the worker's steps before generation <paramref name="generation"/>; where it stands.</summary>
     Task<StepStanding> AbortAsync(string jobId, long generation, string reason, CancellationToken cancel);
     /// <summary>Elastic jobs: joins the ring of a new generation.</summary>

@@ -1,5 +1,4 @@
 using Dtrain.Cluster;
-using Dtrain.Protos.Worker;
 using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Server;
@@ -46,10 +45,10 @@ public class JobWorkers(IReadOnlyList<IWorkerHandle> handles, CoordinatorOptions
     public Task<byte[]> GetStateAsync(int rank, StateSnapshot snapshot, CancellationToken cancel) => Handles[rank].GetStateAsync(snapshot, cancel);
 
     /// <summary>Pipeline jobs: a stage's parameters under their whole-model names.</summary>
-    public Task<IReadOnlyList<NamedTensor>> GetStageParametersAsync(int rank, StateSnapshot snapshot, CancellationToken cancel) => Handles[rank].GetStageParametersAsync(snapshot, cancel);
+    public Task<IReadOnlyList<ParameterTensor>> GetStageParametersAsync(int rank, StateSnapshot snapshot, CancellationToken cancel) => Handles[rank].GetStageParametersAsync(snapshot, cancel);
 
     /// <summary>Resumed jobs: every rank's parameters and optimizer state (the tensors it holds), after Assign.</summary>
-    public Task<LoadStateResult[]> LoadStateAsync(string jobId, Func<int, IEnumerable<NamedTensor>> perRank, long step, CancellationToken cancel) =>
+    public Task<LoadStateResult[]> LoadStateAsync(string jobId, Func<int, IEnumerable<ParameterTensor>> perRank, long step, CancellationToken cancel) =>
         OnAllAsync(cancel, (h, rank, ct) => h.LoadStateAsync(jobId, perRank(rank), step, ct));
 
     /// <summary>Elastic jobs: every member joins the ring of a new generation.</summary>

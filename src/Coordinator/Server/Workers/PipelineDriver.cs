@@ -3,7 +3,6 @@ using Dtrain.Checkpoints;
 using Dtrain.Distributed;
 using Dtrain.Distributed.Pipeline;
 using Dtrain.Cluster;
-using Dtrain.Protos.Worker;
 using Dtrain.Runtime;
 using Dtrain.Training;
 using Dtrain.Training.Tasks;
@@ -113,7 +112,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             var evaluates = prepared.EvaluatesAfter(done);
             var checkpoints = prepared.CheckpointsAfter(done);
             if (!evaluates && !checkpoints) continue;
-            var parameters = new List<NamedTensor>();
+            var parameters = new List<ParameterTensor>();
             for (var s = 0; s < k; s++)
                 parameters.AddRange(await workers.GetStageParametersAsync(Slot(0, s), new StateSnapshot(job.Id, done), cancel).ConfigureAwait(false));
             var training = new TrainingState { Step = done, ElapsedSeconds = elapsed, SamplesSeen = prepared.SamplesBefore + samples, LastLr = lr, NonFiniteStreak = nonFinite.Consecutive };
@@ -127,7 +126,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
     }
 
     /// <summary>Builds the whole model from the stages' parameters; evaluates it on the validation split and/or captures a checkpoint.</summary>
-    private static (Training.EvalMetrics?, CheckpointData?) Gather(JobRecord job, PreparedData data, IReadOnlyList<NamedTensor> parameters, TrainingState training, bool evaluate, bool checkpoint)
+    private static (Training.EvalMetrics?, CheckpointData?) Gather(JobRecord job, PreparedData data, IReadOnlyList<ParameterTensor> parameters, TrainingState training, bool evaluate, bool checkpoint)
     {
         var spec = job.Spec;
         using var engine = new TrainingEngine(spec, data.Tokenizer.VocabSize, data.Labels.Count, CPU);

@@ -1,6 +1,4 @@
-using System.Runtime.InteropServices;
 using Dtrain.Cluster;
-using Dtrain.Protos.Worker;
 using Dtrain.Runtime;
 
 namespace Dtrain.Server;
@@ -15,11 +13,11 @@ public static class ResumeLoader
     public static async Task LoadAsync(JobRecord job, PreparedJob prepared, JobWorkers workers, IReadOnlyList<AssignResult> assigned, CancellationToken cancel)
     {
         if (job.Resume is not { } resume) return;
-        List<NamedTensor> tensors;
+        List<ParameterTensor> tensors;
         using (var torch = new TorchThread($"resume-{job.Id}", 1))
             (tensors, _) = await torch.RunAsync(() => resume.Tensors(job.Spec)).ConfigureAwait(false);
         var byName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
-        IEnumerable<NamedTensor> For(int rank) => assigned[rank].ParameterNames.Select(n => byName.TryGetValue(n, out var t) ? t
+        IEnumerable<ParameterTensor> For(int rank) => assigned[rank].ParameterNames.Select(n => byName.TryGetValue(n, out var t) ? t
             : throw new JobFailure($"worker {workers.Members[rank].Id} holds parameter {n}, which the checkpoint {resume.Path} does not have"));
         var replies = await workers.LoadStateAsync(job.Id, For, prepared.StartStep, cancel).ConfigureAwait(false);
         for (var rank = 0; rank < replies.Length; rank++)
@@ -31,10 +29,10 @@ public static class ResumeLoader
         job.Log($"resumed from {resume.From} ({resume.Path}) at step {prepared.StartStep}: {tensors.Count} parameter tensors and their optimizer state loaded into {replies.Length} worker(s)");
     }
 
-    private static double Sum(NamedTensor t)
+    private static double Sum(ParameterTensor t)
     {
         double sum = 0;
-        foreach (var v in MemoryMarshal.Cast<byte, float>(t.Data.Span)) sum += v;
+        foreach (var v in t.Floats) sum += v;
         return sum;
     }
 }

@@ -1,5 +1,6 @@
 using Dtrain.Cluster;
 using Dtrain.Protos.Worker;
+using Google.Protobuf;
 
 namespace Dtrain.Server;
 
@@ -103,6 +104,16 @@ public static class WorkerProtoMapping
 
     public static GetStateRequest ToProto(this StateSnapshot s) =>
         new() { JobId = s.JobId, Step = s.Step, ElapsedSeconds = s.ElapsedSeconds, SamplesSeen = s.SamplesSeen, NonfiniteStreak = s.NonFiniteStreak };
+
+    /// <summary>A parameter as sent: its bytes are wrapped, not copied (the tensor is not changed while it is sent).</summary>
+    public static NamedTensor ToProto(this ParameterTensor t)
+    {
+        var message = new NamedTensor { Name = t.Name, Data = UnsafeByteOperations.UnsafeWrap(t.Values), OptimizerState = UnsafeByteOperations.UnsafeWrap(t.OptimizerState) };
+        message.Shape.AddRange(t.Shape);
+        return message;
+    }
+
+    public static ParameterTensor FromProto(NamedTensor t) => new(t.Name, [.. t.Shape], t.Data.Memory, t.OptimizerState.Memory);
 
     public static LoadStateResult FromProto(LoadStateReply r) => new(r.ParameterChecksum, r.Tensors);
 
