@@ -1,26 +1,32 @@
 using Dtrain.Protos.Jobs;
 using Dtrain.Rpc;
 using Dtrain.Server.Auth;
+using System.Runtime.CompilerServices;
 using Grpc.Core;
 
 namespace Dtrain.Server;
 
 /// <summary>The CLI's API: submit, inspect, watch, cancel and download jobs; list workers. Behind <see cref="AuthInterceptor"/>; per-job access through <see cref="JobAccess"/>.</summary>
-public sealed class JobsService(JobManager jobs, WorkerRegistry registry, UploadStore uploads, JobAccess access, StallMonitor stalls, TimeProvider clock, Microsoft.Extensions.Hosting.IHostApplicationLifetime lifetime) : Jobs.JobsBase
+public sealed class JobsService(JobManager jobs, WorkerRegistry registry, UploadStore uploads, ICallerIdentity identity, JobAccess access, StallMonitor stalls, TimeProvider clock, Microsoft.Extensions.Hosting.IHostApplicationLifetime lifetime) : Jobs.JobsBase
 {
     public override async Task<UploadReply> Upload(IAsyncStreamReader<FileChunk> requestStream, ServerCallContext context)
     {
-        UploadReply reply;
+        UploadedFile file;
         try
         {
-            reply = await uploads.ReceiveAsync(requestStream, context).ConfigureAwait(false);
+            file = await uploads.ReceiveAsync(Chunks(requestStream, context.CancellationToken), identity.Of(context), context.CancellationToken).ConfigureAwait(false);
         }
         catch (RefusedException e)
         {
             throw e.ToRpc();
         }
-        access.Record(context, "data.upload", ("file", reply.FileId), ("bytes", reply.Bytes));
-        return reply;
+        access.Record(context, "data.upload", ("file", file.FileId), ("bytes", file.Bytes));
+        return new UploadReply { FileId = file.FileId, Bytes = file.Bytes };
+    }
+
+    private static async IAsyncEnumerable<UploadChunk> Chunks(IAsyncStreamReader<FileChunk> stream, [EnumeratorCancellation] CancellationToken cancel)
+    {
+        await foreach (var c in stream.ReadAllAsync(cancel).ConfigureAwait(false)) yield return new UploadChunk(c.Name, c.TotalBytes, c.Data.Memory);
     }
 
     public override Task<SubmitReply> Submit(SubmitRequest request, ServerCallContext context)

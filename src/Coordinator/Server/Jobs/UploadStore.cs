@@ -1,15 +1,13 @@
 using Dtrain.Checkpoints;
 using System.Collections.Concurrent;
 using System.Globalization;
-using Dtrain.Protos.Jobs;
-using Grpc.Core;
 using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Server;
 
 /// <summary>
 /// Data files uploaded in chunks before a submission, kept under DATA_DIR/uploads until a job claims them. Each client
-/// (<see cref="ICallerIdentity"/>: its token's user, else its certificate, else its address) may have at most <see cref="CoordinatorOptions.MaxPendingUploads"/> pending uploads
+/// (as the Jobs service names it, by <see cref="ICallerIdentity"/>: its token's user, else its certificate, else its address) may have at most <see cref="CoordinatorOptions.MaxPendingUploads"/> pending uploads
 /// totalling <see cref="CoordinatorOptions.MaxPendingUploadBytes"/> (an upload in progress counts at its announced
 /// size); an upload no job claimed within <see cref="CoordinatorOptions.UploadTtlMinutes"/> of completing is deleted by
 /// a sweep that runs on the coordinator's clock. A completed upload is on disk (file fsynced, renamed, directory fsynced)
@@ -28,18 +26,16 @@ public sealed class UploadStore : IDisposable
 
     private readonly CoordinatorOptions options;
     private readonly JobStore store;
-    private readonly ICallerIdentity identity;
     private readonly TimeProvider clock;
     private readonly ILogger<UploadStore> log;
     private readonly ConcurrentDictionary<string, Entry> entries = new();
     private readonly Lock quota = new();
     private readonly ITimer sweeper;
 
-    public UploadStore(CoordinatorOptions options, JobStore store, ICallerIdentity identity, TimeProvider clock, ILogger<UploadStore> log)
+    public UploadStore(CoordinatorOptions options, JobStore store, TimeProvider clock, ILogger<UploadStore> log)
     {
         this.options = options;
         this.store = store;
-        this.identity = identity;
         this.clock = clock;
         this.log = log;
         Adopt();
@@ -53,13 +49,11 @@ public sealed class UploadStore : IDisposable
     /// <summary>How often expired uploads are looked for: a tenth of the TTL, between 1 s and 1 min.</summary>
     private TimeSpan SweepInterval => TimeSpan.FromTicks(Math.Clamp(Ttl.Ticks / 10, TimeSpan.TicksPerSecond, TimeSpan.TicksPerMinute));
 
-    public Task<UploadReply> ReceiveAsync(IAsyncStreamReader<FileChunk> chunks, ServerCallContext context)
-    {
-        ArgumentNullException.ThrowIfNull(context);
-        return ReceiveAsync(chunks, identity.Of(context), context.CancellationToken);
-    }
-
-    public async Task<UploadReply> ReceiveAsync(IAsyncStreamReader<FileChunk> chunks, string owner, CancellationToken cancel)
+    /// <summary>
+    /// Receives a file of <paramref name="owner"/> (counted against its quota) and records it; refuses it
+    /// (<see cref="RefusedException"/>) when it goes over a limit or its chunks do not add up to the announced size.
+    /// </summary>
+    public async Task<UploadedFile> ReceiveAsync(IAsyncEnumerable<UploadChunk> chunks, string owner, CancellationToken cancel)
     {
         ArgumentNullException.ThrowIfNull(chunks);
         PrivateFiles.CreateDirectory(Dir);
@@ -71,7 +65,7 @@ public sealed class UploadStore : IDisposable
         {
             await using (var file = PrivateFiles.Create(part))
             {
-                await foreach (var chunk in chunks.ReadAllAsync(cancel).ConfigureAwait(false))
+                await foreach (var chunk in chunks.WithCancellation(cancel).ConfigureAwait(false))
                 {
                     if (total < 0)
                     {
@@ -84,7 +78,7 @@ public sealed class UploadStore : IDisposable
                     received += chunk.Data.Length;
                     if (received > total)
                         throw new RefusedException(RefusalKind.InvalidArgument, $"upload sent more than the announced {total} bytes");
-                    chunk.Data.WriteTo(file);
+                    file.Write(chunk.Data.Span);
                 }
                 await file.FlushAsync(cancel).ConfigureAwait(false);
                 file.Flush(flushToDisk: true);
@@ -100,7 +94,7 @@ public sealed class UploadStore : IDisposable
                 throw new RefusedException(RefusalKind.Unavailable, $"upload \"{name}\" received but the coordinator could not record it in its job store (see the coordinator's log); upload it again");
             }
             entries[id].Completed = done;
-            return new UploadReply { FileId = id, Bytes = received };
+            return new UploadedFile(id, received);
         }
         catch
         {
