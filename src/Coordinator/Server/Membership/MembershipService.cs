@@ -10,7 +10,7 @@ public sealed class MembershipService(WorkerRegistry registry, CoordinatorOption
 {
     public override Task<RegisterReply> Register(RegisterRequest request, ServerCallContext context)
     {
-        var admission = security.Admit(request, context);
+        var admission = Refused(() => security.Admit(request.Address, request.JoinToken, request.Csr.Memory, PeerIdentity.Of(context)));
         var certificate = "";
         WorkerRecord w;
         try
@@ -37,7 +37,7 @@ public sealed class MembershipService(WorkerRegistry registry, CoordinatorOption
 
     public override Task<HeartbeatReply> Heartbeat(HeartbeatRequest request, ServerCallContext context)
     {
-        security.CheckSpeaksFor(registry, request.WorkerId, request.Token, context, "heartbeat");
+        Refused(() => security.CheckSpeaksFor(registry, request.WorkerId, request.Token, PeerIdentity.Of(context), "heartbeat"));
         var known = registry.Heartbeat(request.WorkerId, request.Token, PeerIdentity.Of(context)?.Sha256, out var cordoned);
         if (known) registry.Report(request.WorkerId, ProtoMapper.FromProto(request.Activity));
         return Task.FromResult(new HeartbeatReply { Known = known, Cordoned = cordoned });
@@ -45,8 +45,27 @@ public sealed class MembershipService(WorkerRegistry registry, CoordinatorOption
 
     public override Task<LeaveReply> Leave(LeaveRequest request, ServerCallContext context)
     {
-        security.CheckSpeaksFor(registry, request.WorkerId, request.Token, context, "leave");
+        Refused(() => security.CheckSpeaksFor(registry, request.WorkerId, request.Token, PeerIdentity.Of(context), "leave"));
         registry.Leave(request.WorkerId, request.Token, string.IsNullOrWhiteSpace(request.Reason) ? "no reason given" : request.Reason, PeerIdentity.Of(context)?.Sha256);
         return Task.FromResult(new LeaveReply());
     }
+
+    /// <summary>A refusal of <see cref="CoordinatorSecurity"/> as the call's status (its message unchanged).</summary>
+    private static T Refused<T>(Func<T> check)
+    {
+        try
+        {
+            return check();
+        }
+        catch (RefusedException e)
+        {
+            throw e.ToRpc();
+        }
+    }
+
+    private static void Refused(Action check) => Refused(() =>
+    {
+        check();
+        return true;
+    });
 }

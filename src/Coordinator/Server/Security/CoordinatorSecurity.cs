@@ -1,9 +1,7 @@
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using System.Text;
-using Dtrain.Protos.Membership;
 using Dtrain.Rpc;
-using Grpc.Core;
 
 namespace Dtrain.Server;
 
@@ -118,20 +116,22 @@ public sealed class CoordinatorSecurity
     public sealed record Admission(string Proof, Func<string, X509Certificate2>? Certify, string Key = "");
 
     /// <summary>
-    /// Admits a Register call or throws: over TLS it needs a worker certificate from the cluster CA or a join token, an
-    /// https address and a certificate signing request; in plaintext, a join token when the coordinator has any.
+    /// Admits a worker that registers from <paramref name="address"/>, with <paramref name="joinToken"/> ("" for none) and
+    /// <paramref name="csr"/> (its certificate signing request, PKCS#10; empty for none), over a connection that presented
+    /// <paramref name="peer"/> (null: no certificate), or refuses it (<see cref="RefusedException"/>): over TLS it needs a
+    /// worker certificate from the cluster CA or a join token, an https address and a certificate signing request; in
+    /// plaintext, a join token when the coordinator has any.
     /// </summary>
-    public Admission Admit(RegisterRequest request, ServerCallContext context)
+    public Admission Admit(string address, string joinToken, ReadOnlyMemory<byte> csr, PeerIdentity? peer)
     {
-        var peer = PeerIdentity.Of(context);
-        var tokenGiven = !string.IsNullOrEmpty(request.JoinToken);
-        var tokenOk = tokenGiven && IsJoinToken(request.JoinToken);
+        var tokenGiven = !string.IsNullOrEmpty(joinToken);
+        var tokenOk = tokenGiven && IsJoinToken(joinToken);
         if (tokenGiven && !tokenOk)
-            throw new RpcException(new Status(StatusCode.PermissionDenied, "Register refused: the join token is not one of this coordinator's (Coordinator:JoinTokens / --join-token-file)"));
+            throw new RefusedException(RefusalKind.PermissionDenied, "Register refused: the join token is not one of this coordinator's (Coordinator:JoinTokens / --join-token-file)");
         if (Tls is null)
         {
             if (joinTokens.Length > 0 && !tokenOk)
-                throw new RpcException(new Status(StatusCode.Unauthenticated, "Register refused: this coordinator admits workers with a join token only: start the worker with --join-token-file FILE"));
+                throw new RefusedException(RefusalKind.Unauthenticated, "Register refused: this coordinator admits workers with a join token only: start the worker with --join-token-file FILE");
             return new Admission(tokenOk ? "join token" : "none (plaintext)", null);
         }
 
@@ -139,29 +139,28 @@ public sealed class CoordinatorSecurity
         if (peer is { Role: ClusterRoles.Worker }) proof = $"certificate {peer}";
         else if (tokenOk) proof = "join token";
         else if (peer is not null)
-            throw new RpcException(new Status(StatusCode.PermissionDenied, $"Register refused: {peer} is not a worker certificate; a worker joins with one (--tls-dir DIR/worker of `dtrain certs init`) or with a join token"));
+            throw new RefusedException(RefusalKind.PermissionDenied, $"Register refused: {peer} is not a worker certificate; a worker joins with one (--tls-dir DIR/worker of `dtrain certs init`) or with a join token");
         else
-            throw new RpcException(new Status(StatusCode.Unauthenticated,
-                "Register refused: a worker must prove it may join: a worker certificate signed by the cluster CA on the connection (--tls-dir DIR/worker of `dtrain certs init`) or a join token (--join-token-file FILE)"));
+            throw new RefusedException(RefusalKind.Unauthenticated, "Register refused: a worker must prove it may join: a worker certificate signed by the cluster CA on the connection (--tls-dir DIR/worker of `dtrain certs init`) or a join token (--join-token-file FILE)");
 
-        if (!Uri.TryCreate(request.Address, UriKind.Absolute, out var address) || address.Scheme != Uri.UriSchemeHttps)
-            throw new RpcException(new Status(StatusCode.InvalidArgument, $"address \"{request.Address}\" must be an https URL: this coordinator uses TLS, and so must its workers"));
-        if (request.Csr.IsEmpty)
-            throw new RpcException(new Status(StatusCode.InvalidArgument, "Register over TLS needs a certificate signing request (csr) for the worker's own certificate"));
-        CertificateRequest csr;
+        if (!Uri.TryCreate(address, UriKind.Absolute, out var url) || url.Scheme != Uri.UriSchemeHttps)
+            throw new RefusedException(RefusalKind.InvalidArgument, $"address \"{address}\" must be an https URL: this coordinator uses TLS, and so must its workers");
+        if (csr.IsEmpty)
+            throw new RefusedException(RefusalKind.InvalidArgument, "Register over TLS needs a certificate signing request (csr) for the worker's own certificate");
+        CertificateRequest request;
         try
         {
-            csr = CertificateRequest.LoadSigningRequest(request.Csr.ToByteArray(), HashAlgorithmName.SHA256, CertificateRequestLoadOptions.Default);
+            request = CertificateRequest.LoadSigningRequest(csr.ToArray(), HashAlgorithmName.SHA256, CertificateRequestLoadOptions.Default);
         }
         catch (CryptographicException e)
         {
-            throw new RpcException(new Status(StatusCode.InvalidArgument, $"the certificate signing request (csr) is not a valid PKCS#10 request: {e.Message}"));
+            throw new RefusedException(RefusalKind.InvalidArgument, $"the certificate signing request (csr) is not a valid PKCS#10 request: {e.Message}");
         }
         var signer = Tls.Signer!;
-        string[] hosts = [address.Host, "127.0.0.1", "localhost"];
-        var key = Convert.ToHexString(SHA256.HashData(csr.PublicKey.ExportSubjectPublicKeyInfo()));
+        string[] hosts = [url.Host, "127.0.0.1", "localhost"];
+        var key = Convert.ToHexString(SHA256.HashData(request.PublicKey.ExportSubjectPublicKeyInfo()));
         return new Admission(proof, id => ClusterCertificates.Sign(signer,
-            new CertificateRequest(ClusterCertificates.Subject(id, ClusterRoles.Worker), csr.PublicKey, HashAlgorithmName.SHA256),
+            new CertificateRequest(ClusterCertificates.Subject(id, ClusterRoles.Worker), request.PublicKey, HashAlgorithmName.SHA256),
             ClusterRoles.Worker, hosts, ClusterCertificates.IssuedWorkerValidity), key);
     }
 
@@ -169,14 +168,13 @@ public sealed class CoordinatorSecurity
     /// With TLS, refuses a heartbeat or leave of worker <paramref name="id"/> that comes with its token but with another
     /// certificate than the one it was issued (someone else speaking for it). Without TLS, or for an unknown id or
     /// another registration's token (a worker the coordinator forgot, which registers again), does nothing.
+    /// <paramref name="peer"/> is the certificate the connection presented (null: none).
     /// </summary>
-    public void CheckSpeaksFor(WorkerRegistry registry, string id, string token, ServerCallContext context, string what)
+    public void CheckSpeaksFor(WorkerRegistry registry, string id, string token, PeerIdentity? peer, string what)
     {
         if (Tls is null) return;
         if (registry.Claim(id, token) is not (true, { Length: > 0 } pinned)) return;
-        var peer = PeerIdentity.Of(context);
         if (string.Equals(peer?.Sha256, pinned, StringComparison.OrdinalIgnoreCase)) return;
-        throw new RpcException(new Status(StatusCode.PermissionDenied,
-            $"{what} for worker {id} refused: {(peer is null ? "no certificate" : peer.ToString())} is not the certificate issued to {id} (sha256 {pinned[..16]}…)"));
+        throw new RefusedException(RefusalKind.PermissionDenied, $"{what} for worker {id} refused: {(peer is null ? "no certificate" : peer.ToString())} is not the certificate issued to {id} (sha256 {pinned[..16]}…)");
     }
 }

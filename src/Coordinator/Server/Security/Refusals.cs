@@ -9,6 +9,7 @@ public static class Refusals
     public static StatusCode StatusCodeOf(RefusalKind kind) => kind switch
     {
         RefusalKind.Unauthenticated => StatusCode.Unauthenticated,
+        RefusalKind.PermissionDenied => StatusCode.PermissionDenied,
         RefusalKind.InvalidArgument => StatusCode.InvalidArgument,
         RefusalKind.ResourceExhausted => StatusCode.ResourceExhausted,
         RefusalKind.Unavailable => StatusCode.Unavailable,
@@ -18,6 +19,7 @@ public static class Refusals
     public static int HttpStatusOf(RefusalKind kind) => kind switch
     {
         RefusalKind.Unauthenticated => StatusCodes.Status401Unauthorized,
+        RefusalKind.PermissionDenied => StatusCodes.Status403Forbidden,
         RefusalKind.InvalidArgument => StatusCodes.Status400BadRequest,
         RefusalKind.ResourceExhausted => StatusCodes.Status429TooManyRequests,
         RefusalKind.Unavailable => StatusCodes.Status503ServiceUnavailable,

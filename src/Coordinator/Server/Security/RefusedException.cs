@@ -9,6 +9,9 @@ public enum RefusalKind
     /// <summary>The caller's credential is missing or not valid (gRPC Unauthenticated, HTTP 401).</summary>
     Unauthenticated,
 
+    /// <summary>The caller proved who it is (or offered a proof), and that is not enough for this request (PermissionDenied, 403).</summary>
+    PermissionDenied,
+
     /// <summary>The request itself is malformed (InvalidArgument, 400).</summary>
     InvalidArgument,
 
