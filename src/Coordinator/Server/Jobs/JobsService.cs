@@ -1,7 +1,7 @@
+using System.Runtime.CompilerServices;
 using Dtrain.Protos.Jobs;
 using Dtrain.Rpc;
 using Dtrain.Server.Auth;
-using System.Runtime.CompilerServices;
 using Grpc.Core;
 
 namespace Dtrain.Server;
