@@ -5,12 +5,6 @@ using Grpc.Net.Client;
 
 namespace Dtrain.Worker;
 
-/// <summary>Takes a peer's training state, worker to worker (a joining or lagging replica of an elastic job).</summary>
-public interface IPeerState
-{
-    Task<byte[]> FetchStateAsync(string address, string workerId, string certificateSha256, string jobId, long step, CancellationToken cancel);
-}
-
 /// <summary>Over the peer's WorkerControl.GetState (chunked), on a channel made for the transfer; with TLS it accepts only the peer's issued certificate.</summary>
 public sealed class GrpcPeerState(WorkerOptions options, WorkerSecurity security) : IPeerState
 {
