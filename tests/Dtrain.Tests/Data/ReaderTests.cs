@@ -241,6 +241,28 @@ public sealed class ReaderTests : IDisposable
     }
 
     [Fact]
+    public void Csv_much_larger_than_the_parsers_buffer_reads_every_record_across_its_refills()
+    {
+        // The file's text reaches the parser a buffer (64K characters) at a time: with records of every length from 1 to
+        // 40 characters, doubled quotes, CRLFs inside and after quotes and trailing commas land on the refills' edges.
+        var csv = new System.Text.StringBuilder("text,label,note\r\n");
+        var expected = new List<TextRecord>();
+        var path = Path.Combine(dir.Path, "big.csv");
+        var line = 2;
+        for (var i = 0; i < 60_000; i++)
+        {
+            var pad = new string((char)('a' + i % 26), 1 + i % 40);
+            var text = i % 3 == 0 ? $"{pad}\"q\"\r\n{i}" : $"{pad},{i}";
+            csv.Append('"').Append(text.Replace("\"", "\"\"", StringComparison.Ordinal)).Append("\",").Append(i % 5).Append(i % 2 == 0 ? ",\r\n" : ",n\n");
+            expected.Add(new TextRecord(text, (i % 5).ToString(System.Globalization.CultureInfo.InvariantCulture), path, line));
+            line += i % 3 == 0 ? 2 : 1;
+        }
+        Assert.True(csv.Length > 20 * 65536, $"the file ({csv.Length} characters) spans many buffers");
+        File.WriteAllText(path, csv.ToString());
+        Assert.Equal(expected, Read(path, Csv()));
+    }
+
+    [Fact]
     public void Csv_missing_column_lists_the_columns_of_the_header()
     {
         var path = dir.Write("a.csv", "body,category,id\nhello,a,1\n");

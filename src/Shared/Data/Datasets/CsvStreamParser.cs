@@ -4,12 +4,33 @@ using System.Text;
 namespace Dtrain.Data.Datasets;
 
 /// <summary>
-/// <see cref="CsvReader"/>'s RFC 4180 parser over a stream of characters instead of one string: the same records, fields,
-/// problems and line numbers (a record's line is where it starts; line breaks inside quotes count), holding only the
-/// current record.
+/// The RFC 4180 parser of both CSV readers (<see cref="CsvReader"/> over a file's text in memory, <see cref="SourceReader"/>
+/// over a stream): records, fields, problems and line numbers (a record's line is where it starts; line breaks inside
+/// quotes count), holding only the current record and a buffer of characters.
 /// </summary>
-internal sealed class CsvStreamParser(string file, Utf8CharReader reader, bool quote) : IDisposable
+internal sealed class CsvStreamParser(string file, CsvStreamParser.CharSource read, bool quote) : IDisposable
 {
+    /// <summary>Fills <c>destination</c> (at least 2 long) with the next characters; 0 at the end.</summary>
+    public delegate int CharSource(Span<char> destination);
+
+    /// <summary>Over a stream, decoded as strict UTF-8.</summary>
+    public CsvStreamParser(string file, Utf8CharReader reader, bool quote) : this(file, reader.Read, quote) { }
+
+    /// <summary>Over a file's whole text, already decoded.</summary>
+    public CsvStreamParser(string file, string text, bool quote) : this(file, Chunks(text), quote) { }
+
+    static CharSource Chunks(string text)
+    {
+        var at = 0;
+        return destination =>
+        {
+            var n = Math.Min(destination.Length, text.Length - at);
+            text.AsSpan(at, n).CopyTo(destination);
+            at += n;
+            return n;
+        };
+    }
+
     char[] buffer = ArrayPool<char>.Shared.Rent(1 << 16);
     int pos, length;
     bool eof;
@@ -30,7 +51,7 @@ internal sealed class CsvStreamParser(string file, Utf8CharReader reader, bool q
         buffer.AsSpan(pos, length - pos).CopyTo(buffer);
         length -= pos;
         pos = 0;
-        var n = reader.Read(buffer.AsSpan(length));
+        var n = read(buffer.AsSpan(length));
         if (n == 0) eof = true;
         if (!SawContent && !buffer.AsSpan(length, n).IsWhiteSpace()) SawContent = true;
         length += n;

@@ -148,42 +148,11 @@ internal static class SourceReader
     static IEnumerable<TextPiece> Csv(string path, Utf8CharReader reader, RecordPolicy policy, ReadOptions options, CancellationToken cancel)
     {
         using var parser = new CsvStreamParser(path, reader, options.QuoteContent);
-        var header = new List<string>();
-        if (!parser.Next(header, out var headerLine, out _)) throw new DataFormatException(path, 0, "file is empty");
-        var textColumn = Column(path, parser, header, headerLine, options.TextField, options.QuoteContent);
-        var labelColumn = options.LabelField is { } lf ? Column(path, parser, header, headerLine, lf, options.QuoteContent) : -1;
-        var fields = new List<string>();
-        long count = 0;
-        while (parser.Next(fields, out var line, out var problem))
+        var records = new CsvRecords(path, parser, options);
+        while (records.Next(cancel, out var line, out var value, out var label, out var problem))
         {
-            if (++count % 4096 == 0) cancel.ThrowIfCancellationRequested();
-            if (problem is not null) { policy.Bad(line, problem); continue; }
-            if (fields.Count != header.Count)
-            {
-                policy.Bad(line, $"expected {header.Count} fields as in the header, found {fields.Count}");
-                continue;
-            }
-            var value = fields[textColumn];
-            if (string.IsNullOrWhiteSpace(value)) { policy.Bad(line, $"field '{options.TextField}' is empty"); continue; }
-            string? label = null;
-            if (labelColumn >= 0)
-            {
-                label = fields[labelColumn];
-                if (string.IsNullOrWhiteSpace(label)) { policy.Bad(line, $"field '{options.LabelField}' is empty"); continue; }
-            }
-            if (policy.Add(value, line) is { } kept) yield return new TextPiece(kept.AsMemory(), true, label, path, line);
+            if (problem is not null) policy.Bad(line, problem);
+            else if (policy.Add(value, line) is { } kept) yield return new TextPiece(kept.AsMemory(), true, label, path, line);
         }
-        if (!parser.SawContent) throw new DataFormatException(path, 0, "file is empty");
-    }
-
-    static int Column(string path, CsvStreamParser parser, List<string> header, long headerLine, string name, bool quote)
-    {
-        var index = header.IndexOf(name);
-        if (index >= 0) return index;
-        parser.Drain();
-        if (!parser.SawContent) throw new DataFormatException(path, 0, "file is empty");
-        throw new DataFormatException(path, RecordPolicy.Line(headerLine), quote
-            ? $"no column '{name}' in header; columns are: {string.Join(", ", header)}"
-            : $"no column '{name}' in header (it has {header.Count} columns)");
     }
 }
