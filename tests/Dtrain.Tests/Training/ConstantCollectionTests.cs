@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Dtrain.Distributed;
 using Dtrain.Models;
 using Dtrain.Specs;
@@ -21,64 +20,12 @@ namespace Dtrain.Tests.Training;
 [Collection(TorchRngCollection.Name)]
 public class ConstantCollectionTests
 {
-    /// <summary>
-    /// Runs <paramref name="round"/> while another thread forces collections: at least <paramref name="rounds"/> times and
-    /// until the collector has run 100 times (at most 20 times as many rounds); the failures, rounds and collections.
-    /// </summary>
-    static (List<string> Failures, int Rounds, int Collections) WhileCollecting(int rounds, Action<int> round)
-    {
-        var stop = 0;
-        var collections = 0;
-        var collector = new Thread(() =>
-        {
-            while (Volatile.Read(ref stop) == 0)
-            {
-                GC.Collect();
-                GC.WaitForPendingFinalizers();
-                Interlocked.Increment(ref collections);
-            }
-        }) { IsBackground = true };
-        collector.Start();
-        var failures = new List<string>();
-        var done = 0;
-        try
-        {
-            for (; done < rounds || (Volatile.Read(ref collections) < 100 && done < 20 * rounds); done++)
-            {
-                var k = done;
-                try
-                {
-                    round(k);
-                }
-                catch (Exception e)
-                {
-                    failures.Add($"round {k + 1}: {e.Message.Split('\n')[0]}");
-                }
-            }
-        }
-        finally
-        {
-            Volatile.Write(ref stop, 1);
-            collector.Join();
-        }
-        return (failures, done, collections);
-    }
-
-    static void AssertClean((List<string> Failures, int Rounds, int Collections) run, Stopwatch clock)
-    {
-        var (failures, rounds, collections) = run;
-        Assert.True(failures.Count == 0, $"{failures.Count} of {rounds} rounds failed: {string.Join("; ", failures.Take(3))}");
-        // The collector really ran alongside, or the test proves nothing.
-        Assert.True(collections >= 50, $"only {collections} forced collections during {rounds} rounds ({clock.Elapsed.TotalSeconds:F1} s)");
-    }
-
     [Fact]
     public void Recurrent_stacks_build_with_their_gate_bias_under_constant_garbage_collection()
     {
         // The memory gate's bias is filled through a view with a Scalar, before any dispose scope exists.
         const int rounds = 300;
-        var clock = Stopwatch.StartNew();
-        var run = WhileCollecting(rounds, k =>
+        var run = GcPressure.While(rounds, k =>
         {
             var cell = k % 2 == 0 ? CellKinds.Lstm : CellKinds.Gru;
             using var stack = new RecurrentStack(cell, 4, 8, 2, 0.0, bidirectional: false, memoryGateBias: 1.5);
@@ -89,8 +36,8 @@ public class ConstantCollectionTests
                 var expected = name.StartsWith("bias_ih", StringComparison.Ordinal) ? 1.5f : 0f;
                 if (gate.data<float>().ToArray().Any(v => v != expected)) throw new InvalidOperationException($"{cell} {name}: the memory gate's bias is not what was set");
             }
-        });
-        AssertClean(run, clock);
+        }, untilCollections: 100);
+        GcPressure.AssertClean(run);
     }
 
     [Fact]
@@ -104,13 +51,12 @@ public class ConstantCollectionTests
         byte[] expected;
         using (var rng = random.get_rng_state()) expected = rng.bytes.ToArray();
         const int rounds = 300;
-        var clock = Stopwatch.StartNew();
-        var run = WhileCollecting(rounds, _ =>
+        var run = GcPressure.While(rounds, _ =>
         {
             var data = TrainingCheckpoint.Capture(spec, tokenizer, Dtrain.Data.LabelSet.Empty, state, engine);
             if (!data.Sections[TrainingCheckpoint.Rng].AsSpan().SequenceEqual(expected)) throw new InvalidOperationException("the captured generator state differs from the generator's");
-        });
-        AssertClean(run, clock);
+        }, untilCollections: 100);
+        GcPressure.AssertClean(run);
     }
 
     [Fact]
@@ -120,13 +66,12 @@ public class ConstantCollectionTests
         var ps = Enumerable.Range(0, 32).Select(i => new TorchSharp.Modules.Parameter(full(8, 0.5f + i))).ToList();
         var expected = ParameterChecksums.Sum(ps);
         const int rounds = 300;
-        var clock = Stopwatch.StartNew();
-        var run = WhileCollecting(rounds, _ =>
+        var run = GcPressure.While(rounds, _ =>
         {
             var sum = ParameterChecksums.Sum(ps);
             if (sum != expected) throw new InvalidOperationException($"checksum {sum}, expected {expected}");
-        });
-        AssertClean(run, clock);
+        }, untilCollections: 100);
+        GcPressure.AssertClean(run);
         foreach (var p in ps) p.Dispose();
     }
 }

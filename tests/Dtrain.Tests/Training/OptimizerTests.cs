@@ -1,5 +1,5 @@
-using System.Diagnostics;
 using Dtrain.Specs;
+using Dtrain.Tests.Support;
 using Dtrain.Training;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -194,43 +194,9 @@ public class OptimizerTests
         var ps = Enumerable.Range(0, 32).Select(i => new Parameter(full(8, 0.5f + i))).ToList();
         using var optimizer = OptimizerFactory.Create(new OptimizerSpec { Kind = kind, Lr = 1e-3, Momentum = kind == OptimizerKinds.Sgd ? 0.9 : 0, WeightDecay = 1e-4 }, ps);
         foreach (var p in ps) p.grad = ones_like(p);
-        var stop = 0;
-        var collections = 0;
-        var collector = new Thread(() =>
-        {
-            while (Volatile.Read(ref stop) == 0)
-            {
-                GC.Collect();
-                GC.WaitForPendingFinalizers();
-                Interlocked.Increment(ref collections);
-            }
-        }) { IsBackground = true };
-        collector.Start();
-        var failures = new List<string>();
         const int steps = 1500;
-        var clock = Stopwatch.StartNew();
-        try
-        {
-            for (var k = 0; k < steps; k++)
-            {
-                try
-                {
-                    optimizer.step();
-                }
-                catch (Exception e)
-                {
-                    failures.Add($"step {k + 1}: {e.Message.Split('\n')[0]}");
-                }
-            }
-        }
-        finally
-        {
-            Volatile.Write(ref stop, 1);
-            collector.Join();
-        }
-        Assert.True(failures.Count == 0, $"{failures.Count} of {steps} steps failed: {string.Join("; ", failures.Take(3))}");
-        // The collector really ran alongside (many collections during the steps), or the test proves nothing.
-        Assert.True(collections >= 50, $"only {collections} forced collections during {steps} steps ({clock.Elapsed.TotalSeconds:F1} s)");
+        var run = GcPressure.While(steps, _ => optimizer.step(), "step");
+        GcPressure.AssertClean(run);
         Assert.All(ps, p => Assert.True(p.isfinite().all().item<bool>()));
     }
 }
