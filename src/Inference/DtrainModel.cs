@@ -175,17 +175,8 @@ public sealed class DtrainModel : IDisposable
 
     private List<LabelPrediction> PredictOnnx(IReadOnlyList<string> texts, int topK)
     {
-        var maxLength = info!.MaxLength ?? int.MaxValue;
-        var sequences = texts.Select(t => tokenizer.Encode(t.Length > maxLength ? t[..maxLength] : t) is { Length: > 0 } ids ? ids : [info.UnkId]).ToArray();
-        var time = sequences.Max(s => s.Length);
-        var tokens = new DenseTensor<long>([sequences.Length, time]);
-        var lengths = new DenseTensor<long>([sequences.Length]);
-        for (var i = 0; i < sequences.Length; i++)
-        {
-            lengths[i] = sequences[i].Length;
-            for (var t = 0; t < time; t++) tokens[i, t] = t < sequences[i].Length ? sequences[i][t] : info.PadId;
-        }
-        using var results = session!.Run([NamedOnnxValue.CreateFromTensor("tokens", tokens), NamedOnnxValue.CreateFromTensor("lengths", lengths)]);
+        var (tokens, lengths) = OnnxInputs.Classifier(info!, tokenizer, texts);
+        using var results = session!.Run(OnnxInputs.Named(tokens, lengths));
         var probabilities = results.Single(r => r.Name == "probabilities").AsTensor<float>();
         var predictions = new List<LabelPrediction>(texts.Count);
         for (var i = 0; i < texts.Count; i++)
@@ -219,13 +210,7 @@ public sealed class DtrainModel : IDisposable
         using var noGrad = torch.no_grad();
         while (output.Count < length)
         {
-            var inputs = new List<NamedOnnxValue>
-            {
-                NamedOnnxValue.CreateFromTensor("tokens", new DenseTensor<long>(input, [1, input.Length])),
-                NamedOnnxValue.CreateFromTensor("h0", h),
-            };
-            if (c is not null) inputs.Add(NamedOnnxValue.CreateFromTensor("c0", c));
-            using var results = session!.Run(inputs);
+            using var results = session!.Run(OnnxInputs.Named(new DenseTensor<long>(input, [1, input.Length]), h, c));
             var logits = results.Single(r => r.Name == "logits").AsTensor<float>();
             var vocab = (int)logits.Dimensions[2];
             var last = new float[vocab];

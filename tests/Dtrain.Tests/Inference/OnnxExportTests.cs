@@ -97,25 +97,14 @@ public class OnnxExportTests
         using var _ = trained;
         var expected = Predictor.Predict(trained, Texts);
 
-        // Encoded as the exported description says: cut to max_length characters, tokenized, one <unk> for a text
-        // without tokens, padded with pad_id up to the batch's longest.
+        // Encoded as DtrainModel encodes for ONNX Runtime, from the exported description: cut to max_length characters,
+        // tokenized, one <unk> for a text without tokens, padded with pad_id up to the batch's longest.
         var info = ReadInfo(onnx);
-        var tokenizer = TokenizerFactory.FromState(info.Tokenizer!);
-        var sequences = Texts
-            .Select(t => t.Length > info.MaxLength!.Value ? t[..info.MaxLength.Value] : t)
-            .Select(t => tokenizer.Encode(t) is { Length: > 0 } ids ? ids : [info.UnkId])
-            .ToArray();
-        Assert.True(Texts[^1].Length > MaxChars && sequences.Select(s => s.Length).Distinct().Count() >= 5, "the batch mixes lengths and cuts a long text");
-        var time = sequences.Max(s => s.Length);
-        var tokens = new DenseTensor<long>([sequences.Length, time]);
-        var lengths = new DenseTensor<long>([sequences.Length]);
-        for (var i = 0; i < sequences.Length; i++)
-        {
-            lengths[i] = sequences[i].Length;
-            for (var t = 0; t < time; t++) tokens[i, t] = t < sequences[i].Length ? sequences[i][t] : info.PadId;
-        }
+        var (tokens, lengths) = OnnxInputs.Classifier(info, TokenizerFactory.FromState(info.Tokenizer!), Texts);
+        Assert.True(Texts[^1].Length > MaxChars && lengths.ToArray().Distinct().Count() >= 5, "the batch mixes lengths and cuts a long text");
+        var (rows, time) = ((int)tokens.Dimensions[0], (int)tokens.Dimensions[1]);
         using var session = new InferenceSession(onnx);
-        using var results = session.Run([NamedOnnxValue.CreateFromTensor("tokens", tokens), NamedOnnxValue.CreateFromTensor("lengths", lengths)]);
+        using var results = session.Run(OnnxInputs.Named(tokens, lengths));
         var probabilities = results.Single(r => r.Name == "probabilities").AsTensor<float>();
         var logits = results.Single(r => r.Name == "logits").AsTensor<float>();
         Assert.Equal(new[] { "ham", "spam", "eggs" }, info.Labels);
@@ -127,7 +116,7 @@ public class OnnxExportTests
 
         // The logits too, against the classifier itself on the very same padded batch.
         using var noGrad = no_grad();
-        using var torchLogits = ((RecurrentClassifier)trained.Engine.Model).Forward(tensor(tokens.ToArray(), [sequences.Length, time]), tensor(lengths.ToArray()));
+        using var torchLogits = ((RecurrentClassifier)trained.Engine.Model).Forward(tensor(tokens.ToArray(), [rows, time]), tensor(lengths.ToArray()));
         var reference = torchLogits.data<float>().ToArray();
         worst = 0.0;
         for (var i = 0; i < Texts.Length; i++)
@@ -171,13 +160,10 @@ public class OnnxExportTests
             torchState = next;
 
             var stateShape = new[] { layers, rows, 16 };
-            var inputs = new List<NamedOnnxValue>
-            {
-                NamedOnnxValue.CreateFromTensor("tokens", new DenseTensor<long>(chunk, [rows, time])),
-                NamedOnnxValue.CreateFromTensor("h0", new DenseTensor<float>(h ?? new float[layers * rows * 16], stateShape)),
-            };
-            if (lstm) inputs.Add(NamedOnnxValue.CreateFromTensor("c0", new DenseTensor<float>(c ?? new float[layers * rows * 16], stateShape)));
-            using var results = session.Run(inputs);
+            using var results = session.Run(OnnxInputs.Named(
+                new DenseTensor<long>(chunk, [rows, time]),
+                new DenseTensor<float>(h ?? new float[layers * rows * 16], stateShape),
+                lstm ? new DenseTensor<float>(c ?? new float[layers * rows * 16], stateShape) : null));
             AssertClose(torchLogits, results.Single(x => x.Name == "logits").AsTensor<float>().ToArray(), $"logits of the {time}-step chunk");
             h = results.Single(x => x.Name == "h_n").AsTensor<float>().ToArray();
             AssertClose(torchState.H, h, "h_n");
@@ -210,36 +196,11 @@ public class OnnxExportTests
         const int length = 60;
         var expected = TextGenerator.Generate(trained, prompt, length, temperature, topK, seed);
 
-        // dtrain generate's loop over ONNX Runtime: the prompt once from a zero state, then one token at a time carrying
+        // DtrainModel's loop over ONNX Runtime: the prompt once from a zero state, then one token at a time carrying
         // h_n/c_n back in; each token drawn by dtrain's sampler from ONNX Runtime's logits with a generator of the same seed.
-        var info = ReadInfo(onnx);
-        var tokenizer = TokenizerFactory.FromState(info.Tokenizer!);
-        using var session = new InferenceSession(onnx);
-        var gen = new Generator((ulong)seed);
-        var lstm = cell == CellKinds.Lstm;
-        var stateShape = new[] { layers, 1, info.HiddenSize };
-        var h = new float[layers * info.HiddenSize];
-        var c = new float[layers * info.HiddenSize];
-        var input = tokenizer.Encode(prompt).Select(i => (long)i).ToArray();
-        var output = new List<int>();
-        using var noGrad = no_grad();
-        while (output.Count < length)
-        {
-            var inputs = new List<NamedOnnxValue>
-            {
-                NamedOnnxValue.CreateFromTensor("tokens", new DenseTensor<long>(input, [1, input.Length])),
-                NamedOnnxValue.CreateFromTensor("h0", new DenseTensor<float>(h, stateShape)),
-            };
-            if (lstm) inputs.Add(NamedOnnxValue.CreateFromTensor("c0", new DenseTensor<float>(c, stateShape)));
-            using var results = session.Run(inputs);
-            var logits = results.Single(x => x.Name == "logits").AsTensor<float>().ToArray();
-            h = results.Single(x => x.Name == "h_n").AsTensor<float>().ToArray();
-            if (lstm) c = results.Single(x => x.Name == "c_n").AsTensor<float>().ToArray();
-            using var last = tensor(logits[^info.VocabSize..]);
-            output.Add(TextGenerator.Sample(last, temperature, topK, gen, info.VocabSize, info.UnkId));
-            input = [output[^1]];
-        }
-        Assert.Equal(expected, tokenizer.Decode(output));
+        using var model = DtrainModel.Load(onnx);
+        Assert.Equal("onnx", model.Runtime);
+        Assert.Equal(expected, model.Generate(prompt, length, temperature, topK, seed));
         Assert.True(expected.Distinct().Count() > 3, $"generated text is not degenerate: \"{expected}\"");
     }
 
