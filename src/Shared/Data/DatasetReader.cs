@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Unicode;
+using Dtrain.Data.Datasets;
 using Dtrain.Specs;
 
 namespace Dtrain.Data;
@@ -70,49 +71,24 @@ public static class DatasetReader
     }
 }
 
-/// <summary>Applies the error and over-length policies to the records of one file.</summary>
+/// <summary>The records of one file, kept under the error and over-length policies of <see cref="RecordPolicy"/>.</summary>
 internal sealed class RecordCollector(string file, ReadOptions options, DataReportBuilder report)
 {
+    readonly string file = file;
+    readonly RecordPolicy policy = new(file, options, report);
     readonly List<TextRecord> records = [];
-    int skipped;
 
     /// <summary>A malformed record: fatal, or skipped and counted under on_error = "skip".</summary>
-    public void Bad(int line, string problem)
-    {
-        if (options.OnError != ErrorPolicies.Skip) throw new DataFormatException(file, line, problem);
-        this.skipped++;
-        report.Skip(file, line, problem);
-    }
+    public void Bad(int line, string problem) => policy.Bad(line, problem);
 
     public void Add(string text, string? label, int line)
     {
-        if (options.MaxLength > 0 && text.Length > options.MaxLength)
-        {
-            var problem = $"record is {text.Length} characters long, more than max_length {options.MaxLength}";
-            switch (options.Overlength)
-            {
-                case OverlengthPolicies.Error:
-                    throw new DataFormatException(file, line, problem);
-                case OverlengthPolicies.Skip:
-                    this.skipped++;
-                    report.Skip(file, line, problem);
-                    return;
-                default:
-                    var cut = options.MaxLength;
-                    if (char.IsHighSurrogate(text[cut - 1]) && char.IsLowSurrogate(text[cut])) cut--; // never split a pair
-                    text = text[..cut];
-                    report.CountTruncated();
-                    break;
-            }
-        }
-        this.records.Add(new TextRecord(text, label, file, line));
-        report.CountRead();
+        if (policy.Add(text, line) is { } kept) records.Add(new TextRecord(kept, label, file, line));
     }
 
     public IReadOnlyList<TextRecord> Finish()
     {
-        if (this.records.Count == 0)
-            throw new DataFormatException(file, 0, this.skipped > 0 ? $"no records ({this.skipped} skipped as malformed or over-long)" : "no records");
-        return this.records;
+        policy.Finish();
+        return records;
     }
 }

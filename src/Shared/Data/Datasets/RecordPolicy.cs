@@ -3,9 +3,10 @@ using Dtrain.Specs;
 namespace Dtrain.Data.Datasets;
 
 /// <summary>
-/// The error and over-length policies for the records of one source file, applied as the in-memory readers apply them
-/// (on_error fail/skip, overlength truncate/skip/error at max_length characters, never splitting a surrogate pair,
-/// "no records" for a file that yields none), one record at a time.
+/// The error and over-length policies for the records of one source file, for the in-memory readers (through
+/// <see cref="RecordCollector"/>) and dtrain prepare's <see cref="SourceReader"/> alike (on_error fail/skip, overlength
+/// truncate/skip/error at max_length characters, never splitting a surrogate pair, "no records" for a file that yields
+/// none), one record at a time.
 /// </summary>
 internal sealed class RecordPolicy(string file, ReadOptions options, DataReportBuilder report)
 {
