@@ -12,12 +12,13 @@ using Microsoft.Extensions.Logging;
 namespace Dtrain.Bench;
 
 /// <summary>
-/// <c>dtrain-bench allreduce [--transports shm,shm-copy,shm-ring,tcp,tcp+tls,grpc] [--workers 2,4] [--sizes 4,16,64] [--rounds 5] [--report FILE]</c>:
+/// <c>dtrain-bench allreduce [--transports shm,shm-copy,shm-ring,tcp,tcp+tls,tcp+tls256,grpc] [--workers 2,4] [--sizes 4,16,64] [--rounds 5] [--report FILE]</c>:
 /// the ring all-reduce over each data-plane transport, every worker a separate process (children of this exe,
 /// <c>allreduce --peer ...</c>) on loopback, each told it has one CPU (DOTNET_PROCESSOR_COUNT=1), joined exactly as
 /// workers join (gRPC Hello, then shared memory / TCP / the gRPC streams). Bus bandwidth as in nccl-tests:
 /// algbw = bytes / time, busbw = algbw * 2(W-1)/W; per round the slowest rank's mean over the round's iterations;
-/// the table shows the median of the rounds and their min–max. Beside each row, gloo's bus bandwidth for the same
+/// the table shows the median of the rounds and their min–max. <c>tcp+tls256</c> is <c>tcp+tls</c> with the records sealed
+/// with AES-256-GCM instead of AES-128-GCM (the suite before; not in the default list), to compare the two in one run. Beside each row, gloo's bus bandwidth for the same
 /// world and size from bench/anchors/pytorch_ddp_bench.py (median of 3 runs) when PyTorch is installed.
 /// </summary>
 public static class CollectiveBench
@@ -28,7 +29,7 @@ public static class CollectiveBench
     {
         ArgumentNullException.ThrowIfNull(args);
         if (args.Length > 1 && args[1] == "--peer") return PeerAsync(args[2..]).GetAwaiter().GetResult();
-        const string Usage = "dtrain-bench allreduce [--transports shm,shm-copy,shm-ring,tcp,tcp+tls,grpc] [--workers 2,4] [--sizes 4,16,64] [--rounds 5] [--report FILE]";
+        const string Usage = "dtrain-bench allreduce [--transports shm,shm-copy,shm-ring,tcp,tcp+tls,tcp+tls256,grpc] [--workers 2,4] [--sizes 4,16,64] [--rounds 5] [--report FILE]";
         if (BenchArgs.Help(args, Usage)) return 0;
         BenchArgs.CheckOptions(args[1..], Usage, "--transports", "--workers", "--sizes", "--rounds", "--report");
         string Option(string name, string fallback) => BenchArgs.Option(args, name) ?? fallback;
@@ -39,8 +40,9 @@ public static class CollectiveBench
         var rounds = BenchArgs.Number("--rounds", Option("--rounds", "5"), 1, 100, Usage);
         var report = Option("--report", "");
         foreach (var t in transports)
-            if (!DataTransports.TryParse(BaseTransport(t), out var parsed) || parsed == DataTransport.Auto || ((t.EndsWith("-ring", StringComparison.Ordinal) || t.EndsWith("-copy", StringComparison.Ordinal)) && parsed != DataTransport.Shm))
-                throw new ArgumentException($"--transports: \"{t}\" is not shm, shm-copy, shm-ring, tcp, tcp+tls, grpc or grpc+tls");
+            if (!DataTransports.TryParse(BaseTransport(t), out var parsed) || parsed == DataTransport.Auto || ((t.EndsWith("-ring", StringComparison.Ordinal) || t.EndsWith("-copy", StringComparison.Ordinal)) && parsed != DataTransport.Shm)
+                || (t.EndsWith("+tls256", StringComparison.Ordinal) && parsed != DataTransport.Tcp))
+                throw new ArgumentException($"--transports: \"{t}\" is not shm, shm-copy, shm-ring, tcp, tcp+tls, tcp+tls256, grpc or grpc+tls");
         return MainAsync(transports, workers, sizes, rounds, report).GetAwaiter().GetResult();
     }
 
@@ -49,7 +51,9 @@ public static class CollectiveBench
     /// "shm-copy" is the group summing memory of the caller's own (copied through its slots); "shm-ring" the ring over
     /// shared-memory links.
     /// </summary>
-    private static string BaseTransport(string name) => name.Replace("+tls", "", StringComparison.Ordinal).Replace("-ring", "", StringComparison.Ordinal).Replace("-copy", "", StringComparison.Ordinal);
+    private static string BaseTransport(string name) => name.Replace("+tls256", "", StringComparison.Ordinal).Replace("+tls", "", StringComparison.Ordinal).Replace("-ring", "", StringComparison.Ordinal).Replace("-copy", "", StringComparison.Ordinal);
+
+    private static bool IsTls(string transport) => transport.EndsWith("+tls", StringComparison.Ordinal) || transport.EndsWith("+tls256", StringComparison.Ordinal);
 
     private static async Task<int> MainAsync(string[] transports, int[] workers, int[] sizes, int rounds, string report)
     {
@@ -59,7 +63,7 @@ public static class CollectiveBench
         var lines = new List<string>
         {
             $"all-reduce: {conditions}",
-            "shm = the shared-memory group workers of one host use by default (Worker:SharedMemoryGroup), on the registered gradient buffer as replicas sum it (zero-copy); shm-copy = the group on a buffer of the caller's own (copied through the group's slots); shm-ring = the ring over shared-memory links; tcp, tcp+tls, grpc = the ring over those links",
+            "shm = the shared-memory group workers of one host use by default (Worker:SharedMemoryGroup), on the registered gradient buffer as replicas sum it (zero-copy); shm-copy = the group on a buffer of the caller's own (copied through the group's slots); shm-ring = the ring over shared-memory links; tcp, tcp+tls, grpc = the ring over those links (tcp+tls: AES-128-GCM records; tcp+tls256: the same with AES-256-GCM)",
             gloo ? "gloo: bench/anchors/pytorch_ddp_bench.py allreduce (PyTorch gloo over TCP on loopback, 1 thread per process), median of 3 runs, measured in this run"
                  : $"gloo: not measured ({glooWhy}); install it with `apt-get install -y python3-torch libopenblas0-pthread`",
             "",
@@ -184,7 +188,7 @@ public static class CollectiveBench
     {
         var (exe, prefix) = SelfCommand();
         var peers = new List<Process>();
-        var pki = transport.EndsWith("+tls", StringComparison.Ordinal) ? Pki(world) : null;
+        var pki = IsTls(transport) ? Pki(world) : null;
         // Stopped (Ctrl-C, `timeout`), the bench takes its peers with it: none is left holding a core.
         void KillPeers()
         {
@@ -279,7 +283,8 @@ public static class CollectiveBench
     /// <summary>A worker: host the collective endpoint, print its address, read everyone's, join the ring, run, print each round's mean.</summary>
     private static async Task<int> PeerAsync(string[] args)
     {
-        var tls = args[0].EndsWith("+tls", StringComparison.Ordinal);
+        var tls = IsTls(args[0]);
+        if (args[0].EndsWith("+tls256", StringComparison.Ordinal)) SealedRecords.KeyBytes = 32;
         var transport = DataTransports.TryParse(BaseTransport(args[0]), out var t) ? t : throw new ArgumentException(args[0]);
         var useGroup = args[0] is "shm" or "shm-copy";
         var registered = args[0] == "shm";

@@ -5,14 +5,16 @@ using System.Text;
 namespace Dtrain.Collective;
 
 /// <summary>
-/// The record layer of a <c>tcp+tls</c> link after its mutual-TLS handshake: AES-256-GCM records sent in plain TCP,
+/// The record layer of a <c>tcp+tls</c> link after its mutual-TLS handshake: AES-128-GCM records sent in plain TCP,
 /// keyed from an ephemeral ECDH exchange made inside the authenticated TLS session (see <see cref="TcpLink"/> and
 /// docs/cluster.md, "The TCP data plane with TLS"). A record on the wire is
 /// <c>[type:1][0:3][length:4 LE][GCM tag:16][ciphertext:length]</c>; the first 8 bytes are the associated data, the
 /// nonce is the key's 12-byte IV XOR the record's sequence number under that key (never sent, never repeated), so a
 /// record that is altered, replayed, dropped, reordered or moved to another link fails authentication. The traffic
 /// secret ratchets forward (and the sequence restarts) every <see cref="RecordsPerKey"/> records, as TLS 1.3's KeyUpdate
-/// does, so no key protects more than 2^38 bytes (RFC 8446 §5.5's margin for AES-GCM).
+/// does, so no key protects more than 2^38 bytes (2^34 AES blocks: RFC 8446 §5.5's margin for AES-GCM, which is the
+/// 128-bit block's birthday bound and so the same for AES-128 and AES-256). AES-128-GCM is TLS 1.3's mandatory suite
+/// (RFC 8446 §9.1): 10 rounds where AES-256 takes 14, the same GHASH.
 /// </summary>
 internal static class SealedRecords
 {
@@ -25,14 +27,34 @@ internal static class SealedRecords
     /// <summary>Largest plaintext of one record: a frame's payload goes in records of at most this many bytes.</summary>
     public const int ChunkBytes = 256 * 1024;
 
-    /// <summary>Records per key before the secret ratchets: 2^20 records of at most 256 KiB = 2^38 bytes.</summary>
+    /// <summary>
+    /// Records per key before the secret ratchets: 2^20 records of at most 256 KiB = 2^38 bytes = 2^34 blocks, so an
+    /// attacker's advantage in telling the records from random stays below (2^34 + 2^20)^2 / 2^129 ≈ 2^-61 per key
+    /// (the AEAD limits draft's confidentiality bound for AES-GCM; RFC 8446 §5.5 allows 2^34.5 blocks for 2^-60). The
+    /// bound is the block size's, not the key's: it is the same for AES-128-GCM as for AES-256-GCM.
+    /// </summary>
     public const long RecordsPerKey = 1L << 20;
+
+    /// <summary>AES key bytes: 16 (AES-128-GCM).</summary>
+    public const int DefaultKeyBytes = 16;
+
+    /// <summary>
+    /// The key size new links use: <see cref="DefaultKeyBytes"/>. Only dtrain-bench sets it (to 32, AES-256-GCM, for
+    /// its <c>tcp+tls256</c> rows beside <c>tcp+tls</c>): both ends of a link must use the same, or its first record fails.
+    /// </summary>
+    internal static int KeyBytes
+    {
+        get => keyBytes;
+        set => keyBytes = value is 16 or 32 ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "an AES key is 16 or 32 bytes here");
+    }
+
+    private static int keyBytes = DefaultKeyBytes;
 
     public const byte FrameHeader = 1;
     public const byte Payload = 2;
     public const byte Close = 3;
 
-    private static readonly byte[] Label = "dtrain tcp+tls records v1"u8.ToArray();
+    private static readonly byte[] Label = "dtrain tcp+tls records v2"u8.ToArray();
 
     /// <summary>Bytes on the wire for a record of <paramref name="plaintext"/> bytes.</summary>
     public static int Sealed(int plaintext) => HeadBytes + plaintext;
@@ -65,16 +87,19 @@ internal static class SealedRecords
     private sealed class Keys : IDisposable
     {
         private readonly long recordsPerKey;
+        private readonly int keyBytes;
         private readonly byte[] secret;
         private readonly byte[] iv = new byte[12];
         private readonly byte[] nonce = new byte[12];
         private AesGcm? aes;
         private long sequence;
 
-        public Keys(byte[] trafficSecret, long recordsPerKey)
+        public Keys(byte[] trafficSecret, long recordsPerKey, int keyBytes)
         {
             ArgumentOutOfRangeException.ThrowIfLessThan(recordsPerKey, 1);
+            if (keyBytes is not (16 or 32)) throw new ArgumentOutOfRangeException(nameof(keyBytes), keyBytes, "an AES key is 16 or 32 bytes here");
             this.recordsPerKey = recordsPerKey;
+            this.keyBytes = keyBytes;
             this.secret = (byte[])trafficSecret.Clone();
             Derive();
         }
@@ -86,7 +111,7 @@ internal static class SealedRecords
 
         private void Derive()
         {
-            Span<byte> key = stackalloc byte[32];
+            Span<byte> key = stackalloc byte[this.keyBytes];
             HKDF.Expand(HashAlgorithmName.SHA256, this.secret, key, Info("key"));
             HKDF.Expand(HashAlgorithmName.SHA256, this.secret, iv, Info("iv"));
             aes?.Dispose();
@@ -126,9 +151,9 @@ internal static class SealedRecords
     }
 
     /// <summary>The sending end: seals records into the caller's buffer. One writer at a time.</summary>
-    public sealed class Sealer(byte[] trafficSecret, long recordsPerKey = RecordsPerKey) : IDisposable
+    public sealed class Sealer(byte[] trafficSecret, long recordsPerKey = RecordsPerKey, int keyBytes = DefaultKeyBytes) : IDisposable
     {
-        private readonly Keys keys = new(trafficSecret, recordsPerKey);
+        private readonly Keys keys = new(trafficSecret, recordsPerKey, keyBytes);
 
         /// <summary>Seals <paramref name="plaintext"/> as a record of <paramref name="type"/> into <paramref name="output"/>; returns the bytes written.</summary>
         public int Seal(byte type, ReadOnlySpan<byte> plaintext, Span<byte> output)
@@ -147,9 +172,9 @@ internal static class SealedRecords
     }
 
     /// <summary>The receiving end: checks a record's head, then opens its ciphertext in place.</summary>
-    public sealed class Opener(byte[] trafficSecret, long recordsPerKey = RecordsPerKey) : IDisposable
+    public sealed class Opener(byte[] trafficSecret, long recordsPerKey = RecordsPerKey, int keyBytes = DefaultKeyBytes) : IDisposable
     {
-        private readonly Keys keys = new(trafficSecret, recordsPerKey);
+        private readonly Keys keys = new(trafficSecret, recordsPerKey, keyBytes);
 
         /// <summary>
         /// The type and length a record head announces; <see cref="InvalidDataException"/> when it is not a record

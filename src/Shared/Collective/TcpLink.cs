@@ -17,13 +17,13 @@ namespace Dtrain.Collective;
 /// piece's bytes, written straight from the caller's memory (no copy) and read into pooled buffers. With cluster TLS
 /// (<c>tcp+tls</c>) the handshake runs inside mutual TLS with the workers' certificates, each side pinned to the peer
 /// the coordinator named, and carries an ephemeral ECDH exchange bound to both certificates and the claim; the frames
-/// then go as AES-GCM records under the key it gives (<see cref="SealedRecords"/>), in plain TCP: large records sealed
+/// then go as AES-128-GCM records under the key it gives (<see cref="SealedRecords"/>), in plain TCP: large records sealed
 /// in one pass and opened in place, where <see cref="SslStream"/> cut them into 16 KB TLS records and copied them
 /// through its own buffers.
 /// </summary>
 internal static class TcpLink
 {
-    private static readonly byte[] Magic = "DTRNTCP2"u8.ToArray();
+    private static readonly byte[] Magic = "DTRNTCP3"u8.ToArray();
     public const int SocketBufferBytes = 4 * 1024 * 1024;
     private const int MaxJobIdBytes = 4096;
 
@@ -89,7 +89,7 @@ internal static class TcpLink
                 // The receiver's key share is the last thing either side sends inside TLS: nothing is left in the SslStream.
                 var theirs = await ReadShareAsync(ssl, cancellationToken).ConfigureAwait(false);
                 var secret = KeyAgreement(share!, theirs, Transcript(claim, theirs, sender: ssl.LocalCertificate, receiver: ssl.RemoteCertificate));
-                sealer = new SealedRecords.Sealer(secret);
+                sealer = new SealedRecords.Sealer(secret, keyBytes: SealedRecords.KeyBytes);
                 CryptographicOperations.ZeroMemory(secret);
                 ssl.Dispose();
             }
@@ -232,7 +232,7 @@ internal static class TcpLink
             using var own = ECDiffieHellman.Create(ECCurve.NamedCurves.nistP256);
             share = own.PublicKey.ExportSubjectPublicKeyInfo();
             var secret = KeyAgreement(own, theirs, Transcript(claim, share, sender: ssl.RemoteCertificate, receiver: ssl.LocalCertificate));
-            opener = new SealedRecords.Opener(secret);
+            opener = new SealedRecords.Opener(secret, keyBytes: SealedRecords.KeyBytes);
             CryptographicOperations.ZeroMemory(secret);
         }
         var answer = new byte[5 + reason.Length + (share.Length > 0 ? 4 + share.Length : 0)];

@@ -331,6 +331,63 @@ public class SealedRecordsTests
         for (var i = 0; i < 10; i++) Open(fresh, records[i], i);
     }
 
+    [Fact]
+    public void Records_are_AES_128_GCM_under_the_key_and_IV_HKDF_gives_with_the_nonce_IV_xor_sequence()
+    {
+        // The suite as docs/cluster.md states it, computed here independently: key = HKDF-Expand(secret, "... key", 16),
+        // iv = HKDF-Expand(secret, "... iv", 12), record n's nonce = iv XOR n (big-endian, in the last 8 bytes), the
+        // 8-byte head the associated data, the tag after it.
+        var secret = RandomNumberGenerator.GetBytes(32);
+        using var sealer = new SealedRecords.Sealer(secret);
+        static byte[] Info(string what) => System.Text.Encoding.ASCII.GetBytes("dtrain tcp+tls records v2 " + what);
+        var key = HKDF.Expand(HashAlgorithmName.SHA256, secret, 16, Info("key"));
+        var iv = HKDF.Expand(HashAlgorithmName.SHA256, secret, 12, Info("iv"));
+        using var aes = new AesGcm(key, 16);
+        for (var n = 0; n < 3; n++)
+        {
+            var plain = RandomNumberGenerator.GetBytes(1000 + n);
+            var record = new byte[SealedRecords.Sealed(plain.Length)];
+            Assert.Equal(record.Length, sealer.Seal(SealedRecords.Payload, plain, record));
+            var nonce = (byte[])iv.Clone();
+            BinaryPrimitives.WriteUInt64BigEndian(nonce.AsSpan(4), BinaryPrimitives.ReadUInt64BigEndian(iv.AsSpan(4)) ^ (ulong)n);
+            var opened = new byte[plain.Length];
+            aes.Decrypt(nonce, record.AsSpan(SealedRecords.HeadBytes), record.AsSpan(8, 16), opened, record.AsSpan(0, 8));
+            Assert.Equal(plain, opened);
+        }
+    }
+
+    [Fact]
+    public void Ends_of_different_key_sizes_do_not_understand_each_other_and_AES_256_still_round_trips()
+    {
+        // dtrain-bench's tcp+tls256 rows seal with AES-256-GCM on both ends; an end that does not agree refuses the first record.
+        var secret = RandomNumberGenerator.GetBytes(32);
+        var plain = RandomNumberGenerator.GetBytes(4096);
+        byte[] SealOne(int keyBytes)
+        {
+            using var sealer = new SealedRecords.Sealer(secret, keyBytes: keyBytes);
+            var record = new byte[SealedRecords.Sealed(plain.Length)];
+            sealer.Seal(SealedRecords.Payload, plain, record);
+            return record;
+        }
+        var aes128 = SealOne(16);
+        var aes256 = SealOne(32);
+        using (var opener = new SealedRecords.Opener(secret, keyBytes: 32))
+        {
+            var data = aes128.AsSpan(SealedRecords.HeadBytes).ToArray();
+            var e = Assert.Throws<InvalidDataException>(() => opener.Open(aes128, data));
+            Assert.Contains("failed authentication", e.Message, StringComparison.Ordinal);
+        }
+        using (var opener = new SealedRecords.Opener(secret, keyBytes: 32))
+        {
+            var data = aes256.AsSpan(SealedRecords.HeadBytes).ToArray();
+            opener.Open(aes256, data);
+            Assert.Equal(plain, data);
+        }
+        Assert.Throws<ArgumentOutOfRangeException>(() => new SealedRecords.Sealer(secret, keyBytes: 24));
+        Assert.Throws<ArgumentOutOfRangeException>(() => SealedRecords.KeyBytes = 24);
+        Assert.Equal(SealedRecords.DefaultKeyBytes, SealedRecords.KeyBytes);
+    }
+
     static void Open(SealedRecords.Opener opener, byte[] record, int i)
     {
         var (type, length) = opener.Check(record, SealedRecords.Payload, 1000, orClose: false);
