@@ -34,6 +34,40 @@ public class BenchSmokeTests
     }
 
     [Fact]
+    public async Task Allreduce_runs_tcp_tls_with_AES_128_and_AES_256_records_side_by_side()
+    {
+        var (code, stdout, stderr) = await RunAsync("allreduce", "--transports", "tcp+tls,tcp+tls256", "--workers", "2", "--sizes", "1", "--rounds", "1");
+        Assert.True(code == 0, $"exit status {code}\n{stdout}\n{stderr}");
+        foreach (var transport in new[] { @"tcp\+tls", @"tcp\+tls256" })
+            Assert.Matches($@"(?m)^\| {transport} \| 2 \| 1M \| 4 \| [0-9.]+ \| [0-9.]+ \[", stdout);
+        await AssertRefusedAsync("\"shm+tls256\" is not shm, shm-copy, shm-ring, tcp, tcp+tls, tcp+tls256, grpc or grpc+tls", "allreduce", "--transports", "shm+tls256");
+    }
+
+    [Fact]
+    public async Task Compose_allreduce_puts_the_loopback_clusters_all_reduce_per_step_in_its_table_and_refuses_what_it_cannot_run()
+    {
+        // The loopback half only (the compose half needs a Docker engine and an image: tests/Dtrain.E2E's ground).
+        var report = Path.Combine(Path.GetTempPath(), $"dtrain-compose-bench-{Guid.NewGuid():N}.md");
+        try
+        {
+            var (code, stdout, stderr) = await RunAsync("compose-allreduce", "w1", "--warmup", "1", "--steps", "2", "--clusters", "loopback", "--transports", "auto,tcp", "--report", report);
+            Assert.True(code == 0, $"exit status {code}\n{stdout}\n{stderr}");
+            // auto on one host: the shared-memory group; Worker:Transport=tcp: the ring over plain TCP (no TLS on loopback).
+            Assert.Matches(@"(?m)^\| w1 \| 1 \+ 2 \| loopback \| auto \| shared-memory group \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|$", stdout);
+            Assert.Matches(@"(?m)^\| w1 \| 1 \+ 2 \| loopback \| tcp \| ring over tcp \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|$", stdout);
+            Assert.Contains("| w1 | 1 + 2 | loopback | tcp |", File.ReadAllText(report));
+        }
+        finally
+        {
+            File.Delete(report);
+        }
+        await AssertRefusedAsync("--clusters: \"kubernetes\" is not loopback or compose", "compose-allreduce", "--clusters", "kubernetes");
+        await AssertRefusedAsync("--transports: \"shm\" is not auto or tcp", "compose-allreduce", "--transports", "shm");
+        await AssertRefusedAsync("unknown workload \"gru\": w1 or w2", "compose-allreduce", "gru");
+        await AssertRefusedAsync("--steps: \"0\" is not a whole number from 1 to 10000", "compose-allreduce", "--steps", "0");
+    }
+
+    [Fact]
     public async Task Recurrent_prints_each_batch_size_and_the_split_ceiling()
     {
         var (code, stdout, stderr) = await RunAsync("recurrent", "--cell", "gru", "--hidden", "32", "--rows", "4", "--batch", "8", "--rounds", "1");
