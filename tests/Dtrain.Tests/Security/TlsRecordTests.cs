@@ -388,6 +388,18 @@ public class SealedRecordsTests
         Assert.Equal(SealedRecords.DefaultKeyBytes, SealedRecords.KeyBytes);
     }
 
+    [Fact]
+    public async Task A_claim_from_a_build_that_sealed_AES_256_records_is_refused_as_another_version()
+    {
+        // Its records would fail authentication one by one as if tampered with; its magic (DTRNTCP2) says what it is.
+        var claim = new TcpLink.Claim("job", 1, 0, 2, RandomNumberGenerator.GetBytes(32)).Encode();
+        Assert.Equal("DTRNTCP3"u8.ToArray(), claim[..8]);
+        await TcpLink.ReadClaimAsync(new MemoryStream(claim), CancellationToken.None);
+        "DTRNTCP2"u8.CopyTo(claim);
+        var e = await Assert.ThrowsAsync<InvalidDataException>(() => TcpLink.ReadClaimAsync(new MemoryStream(claim), CancellationToken.None));
+        Assert.Contains("not a dtrain data-plane connection of this version", e.Message, StringComparison.Ordinal);
+    }
+
     static void Open(SealedRecords.Opener opener, byte[] record, int i)
     {
         var (type, length) = opener.Check(record, SealedRecords.Payload, 1000, orClose: false);
