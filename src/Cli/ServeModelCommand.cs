@@ -4,13 +4,14 @@ using Dtrain.Serving;
 
 namespace Dtrain.Cli;
 
-/// <summary>`dtrain serve-model MODEL [--port P]`: the model as an HTTP/JSON service with dynamic batching (docs/serving.md).</summary>
+/// <summary>`dtrain serve-model MODEL [--port P] [--grpc-port G]`: the model as an HTTP/JSON and gRPC service with dynamic batching (docs/serving.md).</summary>
 public static class ServeModelCommand
 {
     public static Command Create()
     {
         var model = new Argument<string>("model") { Description = "A classification or language-model checkpoint file (.dtck) or run directory." };
         var port = new Option<int>("--port", "-p") { Description = $"Port to listen on (0 = any free port).", DefaultValueFactory = _ => ServingOptions.DefaultPort };
+        var grpcPort = new Option<int>("--grpc-port") { Description = "Port of the gRPC service (protos/dtrain/serving.proto: Predict, Generate, GenerateStream; HTTP/2, same TLS and token; 0 = any free port).", DefaultValueFactory = _ => ServingOptions.DefaultGrpcPort };
         var listen = new Option<string>("--listen") { Description = "Interface to listen on. Beyond loopback (e.g. 0.0.0.0) only with TLS (--tls-dir or --cert/--key) and --token-file, or --insecure.", DefaultValueFactory = _ => "127.0.0.1" };
         var maxBatch = new Option<int>("--max-batch") { Description = "Most texts classified in one forward pass; requests waiting together are grouped up to it (1 = no batching).", DefaultValueFactory = _ => 32 };
         var maxWait = new Option<int>("--max-wait-ms") { Description = "How long the first request of a batch waits for others to join it, in ms (0 = take only those already waiting).", DefaultValueFactory = _ => 5 };
@@ -20,10 +21,11 @@ public static class ServeModelCommand
         var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N.", DefaultValueFactory = _ => "cpu" };
         var cmd = new Command("serve-model",
             "Serve a trained model over HTTP/JSON: POST /v1/predict (classifier: top-k labels with probabilities) or /v1/generate (language model; " +
-            "\"stream\": true for NDJSON), dynamic batching, /health/live, /health/ready, Prometheus /metrics, OpenAPI at /openapi.json. " +
+            "\"stream\": true for NDJSON), dynamic batching, /health/live, /health/ready, Prometheus /metrics, OpenAPI at /openapi.json; " +
+            "and over gRPC on --grpc-port (dtrain.serving.v1.ModelServing: Predict, Generate, GenerateStream). " +
             "SIGTERM drains (queued requests are answered) and exits 0. Token (--token-file): clients send \"Authorization: Bearer TOKEN\". docs/serving.md.");
         cmd.Arguments.Add(model);
-        foreach (var o in new Option[] { port, listen, maxBatch, maxWait, queue, threads, maxLength, device }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { port, grpcPort, listen, maxBatch, maxWait, queue, threads, maxLength, device }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var tls = CliTls.CommandLine(r);
@@ -31,6 +33,7 @@ public static class ServeModelCommand
             {
                 ModelPath = r.GetValue(model)!,
                 Port = r.GetValue(port),
+                GrpcPort = r.GetValue(grpcPort),
                 Listen = r.GetValue(listen)!,
                 MaxBatch = r.GetValue(maxBatch),
                 MaxWaitMs = r.GetValue(maxWait),
@@ -50,6 +53,7 @@ public static class ServeModelCommand
                 var loaded = server.Loaded.GetAwaiter().GetResult();
                 var kind = loaded.Engine.Model is Models.RecurrentClassifier ? "classifier: POST /v1/predict" : "language model: POST /v1/generate";
                 Console.WriteLine($"serving {loaded.Path} ({kind}) on {server.Address.ToString().TrimEnd('/')}");
+                Console.WriteLine($"gRPC ({(loaded.Engine.Model is Models.RecurrentClassifier ? "Predict" : "Generate, GenerateStream")}) on {server.GrpcAddress.ToString().TrimEnd('/')}");
                 Console.WriteLine(options.Certificate is null
                     ? (TlsSettings.IsLoopback(options.Listen) ? "plaintext on loopback" : "WARNING: plaintext beyond loopback (--insecure)") + (options.Token is null ? "; no token" : "; token required")
                     : $"TLS: certificate \"{options.Certificate.Subject}\"" + (options.Token is null ? "; no token" : "; token required"));

@@ -8,9 +8,9 @@ using Dtrain.Inference;
 using Dtrain.Models;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -20,7 +20,8 @@ namespace Dtrain.Serving;
 /// <summary>
 /// `dtrain serve-model`: HTTP/JSON prediction (/v1/predict) and generation (/v1/generate, streamed as NDJSON on request)
 /// with dynamic batching (<see cref="InferenceQueue"/>), /health/live, /health/ready, Prometheus /metrics and an OpenAPI
-/// document at /openapi.json. On stop (SIGTERM) it drains: readiness turns 503, new requests are refused with 503, and
+/// document at /openapi.json; the same over gRPC on a second port (<see cref="ModelServingService"/>, protos/dtrain/serving.proto),
+/// sharing the queue, the metrics, TLS, the token and the drain. On stop (SIGTERM) it drains: readiness turns 503, new requests are refused with 503, and
 /// every request already taken is answered before the process exits. docs/serving.md.
 /// </summary>
 public sealed class ModelServer : IAsyncDisposable
@@ -31,6 +32,8 @@ public sealed class ModelServer : IAsyncDisposable
     readonly ServingMetrics metrics = new();
     readonly InferenceQueue queue;
     readonly WebApplication app;
+    ListenOptions? httpListen;
+    ListenOptions? grpcListen;
     volatile bool draining;
 
     ModelServer(ServingOptions options)
@@ -43,6 +46,8 @@ public sealed class ModelServer : IAsyncDisposable
         builder.Logging.AddSimpleConsole().SetMinimumLevel(LogLevel.Warning);
         // Drain: every request taken is answered (bounded by the requests, not a clock: the queue is finite).
         builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = Timeout.InfiniteTimeSpan);
+        builder.Services.AddGrpc(g => g.MaxReceiveMessageSize = 64 * 1024 * 1024);
+        builder.Services.AddSingleton(this);
         builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
         {
             doc.Info.Title = "dtrain model server";
@@ -56,6 +61,14 @@ public sealed class ModelServer : IAsyncDisposable
             var ip = string.Equals(options.Listen, "localhost", StringComparison.OrdinalIgnoreCase) ? IPAddress.Loopback : IPAddress.Parse(options.Listen);
             k.Listen(ip, options.Port, l =>
             {
+                httpListen = l;
+                if (options.Certificate is { } cert) l.UseHttps(cert);
+            });
+            // gRPC on a port of its own (as Triton's 8001 beside 8000): HTTP/2 only, so plaintext clients need no upgrade.
+            k.Listen(ip, options.GrpcPort, l =>
+            {
+                grpcListen = l;
+                l.Protocols = HttpProtocols.Http2;
                 if (options.Certificate is { } cert) l.UseHttps(cert);
             });
         });
@@ -71,6 +84,7 @@ public sealed class ModelServer : IAsyncDisposable
             await metrics.Registry.CollectAndExportAsTextAsync(ctx.Response.Body, ctx.RequestAborted);
         }).ExcludeFromDescription();
         app.MapOpenApi("/openapi.json");
+        app.MapGrpcService<ModelServingService>();
         app.MapPost("/v1/predict", (Func<HttpContext, Task<IResult>>)PredictAsync)
             .WithName("predict")
             .WithSummary("Classify texts: per text the top_k labels with their probabilities (a classification model).")
@@ -101,16 +115,23 @@ public sealed class ModelServer : IAsyncDisposable
         return server;
     }
 
-    /// <summary>The address clients use (a wildcard bind is shown as loopback).</summary>
-    public Uri Address
+    /// <summary>The HTTP/JSON address clients use (a wildcard bind is shown as loopback).</summary>
+    public Uri Address => Bound(httpListen!);
+
+    /// <summary>The gRPC address clients use (a wildcard bind is shown as loopback).</summary>
+    public Uri GrpcAddress => Bound(grpcListen!);
+
+    Uri Bound(ListenOptions listen)
     {
-        get
-        {
-            var bound = new Uri(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First());
-            var host = bound.Host is "0.0.0.0" or "[::]" ? "127.0.0.1" : bound.Host;
-            return new UriBuilder(bound.Scheme, host, bound.Port).Uri;
-        }
+        // Kestrel sets the endpoint's port to the one it bound (port 0 = any free port).
+        var endpoint = listen.IPEndPoint!;
+        var host = endpoint.Address.Equals(IPAddress.Any) || endpoint.Address.Equals(IPAddress.IPv6Any) ? "127.0.0.1" : endpoint.Address.ToString();
+        return new UriBuilder(options.Certificate is null ? "http" : "https", host, endpoint.Port).Uri;
     }
+
+    internal ServingOptions Options => options;
+    internal ServingMetrics Metrics => metrics;
+    internal InferenceQueue Queue => queue;
 
     /// <summary>The model, once loaded (faulted when it could not be).</summary>
     public Task<TrainedModel> Loaded => queue.Loaded;
@@ -143,8 +164,21 @@ public sealed class ModelServer : IAsyncDisposable
     static string Route(PathString path) => path.Value switch
     {
         "/v1/predict" or "/v1/generate" or "/health/live" or "/health/ready" or "/metrics" or "/openapi.json" => path.Value,
+        _ when ModelServingService.Methods.Contains(path.Value!) => path.Value!,
         _ => "other",
     };
+
+    /// <summary>The HTTP status code, or for a gRPC call its status name (OK, InvalidArgument, ...) from grpc-status.</summary>
+    static string Status(HttpContext ctx)
+    {
+        if (ctx.Request.ContentType?.StartsWith("application/grpc", StringComparison.Ordinal) == true)
+        {
+            var status = ctx.Response.Headers["grpc-status"].ToString();
+            if (status.Length == 0) status = ctx.Features.Get<IHttpResponseTrailersFeature>()?.Trailers["grpc-status"].ToString() ?? "";
+            if (int.TryParse(status, System.Globalization.CultureInfo.InvariantCulture, out var code)) return ((Grpc.Core.StatusCode)code).ToString();
+        }
+        return ctx.Response.StatusCode.ToString(System.Globalization.CultureInfo.InvariantCulture);
+    }
 
     async Task Observe(HttpContext ctx, RequestDelegate next)
     {
@@ -156,7 +190,7 @@ public sealed class ModelServer : IAsyncDisposable
         finally
         {
             var route = Route(ctx.Request.Path);
-            metrics.Requests.WithLabels(route, ctx.Response.StatusCode.ToString(System.Globalization.CultureInfo.InvariantCulture)).Inc();
+            metrics.Requests.WithLabels(route, Status(ctx)).Inc();
             metrics.Latency.WithLabels(route).Observe(Stopwatch.GetElapsedTime(started).TotalSeconds);
         }
     }
@@ -164,12 +198,18 @@ public sealed class ModelServer : IAsyncDisposable
     /// <summary>With a token (--token-file), /v1/* needs "Authorization: Bearer TOKEN"; health, metrics and the OpenAPI document do not.</summary>
     Task Authorize(HttpContext ctx, RequestDelegate next)
     {
-        if (options.Token is not { } token || !ctx.Request.Path.StartsWithSegments("/v1")) return next(ctx);
-        var header = ctx.Request.Headers.Authorization.ToString();
-        var given = header.StartsWith("Bearer ", StringComparison.Ordinal) ? header["Bearer ".Length..].Trim() : "";
-        if (CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(given), Encoding.UTF8.GetBytes(token))) return next(ctx);
+        if (!ctx.Request.Path.StartsWithSegments("/v1") || TokenRefusal(ctx.Request.Headers.Authorization.ToString()) is not { } refusal) return next(ctx);
         ctx.Response.Headers.WWWAuthenticate = "Bearer";
-        return Results.Json(new ErrorResponse(given.Length == 0 ? "this server needs a token: send \"Authorization: Bearer TOKEN\"" : "the token is not valid for this server"), Json, statusCode: 401).ExecuteAsync(ctx);
+        return Results.Json(new ErrorResponse(refusal), Json, statusCode: 401).ExecuteAsync(ctx);
+    }
+
+    /// <summary>Why a request with this Authorization header (or gRPC "authorization" metadata) is refused; null when no token is needed or it is the token.</summary>
+    internal string? TokenRefusal(string header)
+    {
+        if (options.Token is not { } token) return null;
+        var given = header.StartsWith("Bearer ", StringComparison.Ordinal) ? header["Bearer ".Length..].Trim() : "";
+        if (CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(given), Encoding.UTF8.GetBytes(token))) return null;
+        return given.Length == 0 ? "this server needs a token: send \"Authorization: Bearer TOKEN\"" : "the token is not valid for this server";
     }
 
     static IResult Error(int status, string message, string? field = null) => Results.Json(new ErrorResponse(message, field), Json, statusCode: status);
@@ -180,18 +220,61 @@ public sealed class ModelServer : IAsyncDisposable
         return Error(503, message);
     }
 
-    /// <summary>The model when it can take requests now, else the answer to give (503 loading/draining, 404 wrong kind).</summary>
-    async Task<(TrainedModel? Model, IResult? Refusal)> Admit(HttpContext ctx, bool classifier)
+    /// <summary>Why a request cannot be taken now; HTTP answers 503 (with Retry-After when it may be retried) or 404, gRPC the matching status.</summary>
+    internal enum RefusalKind { Draining, Loading, Failed, WrongModel, QueueFull }
+
+    internal sealed record Refusal(RefusalKind Kind, string Message)
     {
-        if (draining) return (null, Unavailable(ctx, "the server is draining (shutting down): send the request to another replica"));
-        if (!queue.Loaded.IsCompleted) return (null, Unavailable(ctx, "the model is still loading: retry when /health/ready answers 200"));
-        if (!queue.Loaded.IsCompletedSuccessfully) return (null, Error(503, $"the model could not be loaded: {queue.Loaded.Exception!.InnerException!.Message}"));
-        var model = await queue.Loaded;
+        public bool RetryLater => Kind is RefusalKind.Draining or RefusalKind.Loading or RefusalKind.QueueFull;
+    }
+
+    /// <summary>The model when it can take requests now, else why not (loading, draining, failed, the other kind of model).</summary>
+    internal (TrainedModel? Model, Refusal? Refusal) Admit(bool classifier, bool grpc)
+    {
+        if (draining) return (null, new(RefusalKind.Draining, "the server is draining (shutting down): send the request to another replica"));
+        if (!queue.Loaded.IsCompleted) return (null, new(RefusalKind.Loading, "the model is still loading: retry when /health/ready answers 200"));
+        if (!queue.Loaded.IsCompletedSuccessfully) return (null, new(RefusalKind.Failed, $"the model could not be loaded: {queue.Loaded.Exception!.InnerException!.Message}"));
+        var model = queue.Loaded.Result;
         var isClassifier = model.Engine.Model is RecurrentClassifier;
         if (isClassifier != classifier)
-            return (null, Error(404, isClassifier ? "this server serves a classifier: use POST /v1/predict" : "this server serves a language model: use POST /v1/generate"));
+            return (null, new(RefusalKind.WrongModel, (isClassifier, grpc) switch
+            {
+                (true, false) => "this server serves a classifier: use POST /v1/predict",
+                (false, false) => "this server serves a language model: use POST /v1/generate",
+                (true, true) => "this server serves a classifier: use Predict",
+                (false, true) => "this server serves a language model: use Generate or GenerateStream",
+            }));
         return (model, null);
     }
+
+    internal Refusal QueueFull => new(RefusalKind.QueueFull, $"the queue is full ({options.QueueCapacity} requests waiting): retry later");
+
+    static IResult Answer(HttpContext ctx, Refusal refusal) => refusal.Kind switch
+    {
+        RefusalKind.WrongModel => Error(404, refusal.Message),
+        _ when refusal.RetryLater => Unavailable(ctx, refusal.Message),
+        _ => Error(503, refusal.Message),
+    };
+
+    /// <summary>Each text's top <paramref name="topK"/> labels (unset: 3, or all when fewer), most probable first.</summary>
+    internal static List<TextPrediction> Ranked(IReadOnlyList<Prediction> predictions, int? topK, int labels)
+    {
+        var k = topK ?? Math.Min(RequestReader.DefaultTopK, labels);
+        return [.. predictions.Select(p => new TextPrediction(p.Label, p.Probability,
+            [.. p.Probabilities.OrderByDescending(kv => kv.Value).Take(k).Select(kv => new LabelProbability(kv.Key, kv.Value))]))];
+    }
+
+    /// <summary>The work of a checked generation request; <paramref name="stream"/> gets each token's text as it is drawn.</summary>
+    internal GenerateWork Generation(GenerateRequest request, bool stream, CancellationToken aborted) => new()
+    {
+        Prompt = request.Prompt ?? "",
+        Length = request.Length ?? Math.Min(RequestReader.DefaultLength, options.MaxGenerateLength),
+        Temperature = request.Temperature ?? 0.8,
+        TopK = request.TopK ?? 0,
+        Seed = request.Seed ?? 1,
+        Pieces = stream ? Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true }) : null,
+        Aborted = aborted,
+    };
 
     static async Task<JsonElement> Body(HttpContext ctx)
     {
@@ -208,8 +291,8 @@ public sealed class ModelServer : IAsyncDisposable
 
     async Task<IResult> PredictAsync(HttpContext ctx)
     {
-        var (model, refusal) = await Admit(ctx, classifier: true);
-        if (refusal is not null) return refusal;
+        var (model, refusal) = Admit(classifier: true, grpc: false);
+        if (refusal is not null) return Answer(ctx, refusal);
         PredictRequest request;
         try
         {
@@ -220,17 +303,15 @@ public sealed class ModelServer : IAsyncDisposable
             return Error(400, e.Message, e.Field);
         }
         var work = new PredictWork { Texts = request.Texts, Aborted = ctx.RequestAborted };
-        if (!queue.TryEnqueue(work)) return Unavailable(ctx, $"the queue is full ({options.QueueCapacity} requests waiting): retry later");
+        if (!queue.TryEnqueue(work)) return Answer(ctx, QueueFull);
         var predictions = await work.Done.Task;
-        var k = request.TopK ?? Math.Min(RequestReader.DefaultTopK, model.Labels.Count);
-        return Results.Json(new PredictResponse([.. predictions.Select(p => new TextPrediction(p.Label, p.Probability,
-            [.. p.Probabilities.OrderByDescending(kv => kv.Value).Take(k).Select(kv => new LabelProbability(kv.Key, kv.Value))]))]), Json);
+        return Results.Json(new PredictResponse(Ranked(predictions, request.TopK, model.Labels.Count)), Json);
     }
 
     async Task<IResult> GenerateAsync(HttpContext ctx)
     {
-        var (model, refusal) = await Admit(ctx, classifier: false);
-        if (refusal is not null) return refusal;
+        var (model, refusal) = Admit(classifier: false, grpc: false);
+        if (refusal is not null) return Answer(ctx, refusal);
         GenerateRequest request;
         try
         {
@@ -241,17 +322,8 @@ public sealed class ModelServer : IAsyncDisposable
             return Error(400, e.Message, e.Field);
         }
         var stream = request.Stream == true;
-        var work = new GenerateWork
-        {
-            Prompt = request.Prompt ?? "",
-            Length = request.Length ?? Math.Min(RequestReader.DefaultLength, options.MaxGenerateLength),
-            Temperature = request.Temperature ?? 0.8,
-            TopK = request.TopK ?? 0,
-            Seed = request.Seed ?? 1,
-            Pieces = stream ? Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true }) : null,
-            Aborted = ctx.RequestAborted,
-        };
-        if (!queue.TryEnqueue(work)) return Unavailable(ctx, $"the queue is full ({options.QueueCapacity} requests waiting): retry later");
+        var work = Generation(request, stream, ctx.RequestAborted);
+        if (!queue.TryEnqueue(work)) return Answer(ctx, QueueFull);
         if (!stream)
         {
             var text = await work.Done.Task;

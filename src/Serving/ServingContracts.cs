@@ -85,13 +85,9 @@ public static class RequestReader
                     {
                         var at = $"{field}[{i++}]";
                         if (t.ValueKind != JsonValueKind.String) throw new BadRequestException(at, $"{at} must be a string, not {Kind(t)}");
-                        var s = t.GetString()!;
-                        if (s.Length > maxLength) throw new BadRequestException(at, $"{at} is {s.Length} characters long: the model's data.max_length is {maxLength}");
-                        list.Add(s);
+                        list.Add(CheckText(t.GetString()!, at, maxLength));
                     }
-                    if (list.Count == 0) throw new BadRequestException(field, $"{field} is empty: give at least one text");
-                    if (list.Count > maxTexts) throw new BadRequestException(field, $"{field} holds {list.Count} texts: at most {maxTexts} per request");
-                    texts = list;
+                    texts = CheckTexts(list, field, maxLength, maxTexts);
                     break;
                 case "top_k":
                     topK = Int(p.Value, field, 1, labels, $"1 to the model's {labels} labels");
@@ -126,18 +122,54 @@ public static class RequestReader
         return request;
     }
 
+    /// <summary>
+    /// A request that arrived typed (gRPC): the same checks and messages as the JSON one, its fields named without the
+    /// JSON path's "$." (texts[2], top_k).
+    /// </summary>
+    public static PredictRequest Predict(IReadOnlyList<string> texts, int? topK, int maxLength, int labels, int maxTexts)
+    {
+        var checkedTexts = CheckTexts(texts, "texts", maxLength, maxTexts);
+        if (topK is { } k) CheckRange(k, "top_k", 1, labels, $"1 to the model's {labels} labels");
+        return new PredictRequest { Texts = checkedTexts, TopK = topK };
+    }
+
+    /// <summary>A typed generation request (gRPC), checked as the JSON one; fields named prompt, length, temperature, top_k.</summary>
+    public static GenerateRequest Generate(string? prompt, int? length, double? temperature, int? topK, long? seed, int maxPrompt, int maxGenerate)
+    {
+        if (prompt is not null) CheckText(prompt, "prompt", maxPrompt);
+        if (length is { } n) CheckRange(n, "length", 1, maxGenerate, $"1 to {maxGenerate} tokens (the server's --max-length)");
+        if (temperature is { } t) CheckTemperature(t, "temperature");
+        if (topK is { } k) CheckRange(k, "top_k", 0, int.MaxValue, "0 (all tokens) or more");
+        return new GenerateRequest { Prompt = prompt, Length = length, Temperature = temperature, TopK = topK, Seed = seed };
+    }
+
+    static IReadOnlyList<string> CheckTexts(IReadOnlyList<string> texts, string field, int maxLength, int maxTexts)
+    {
+        if (texts.Count == 0) throw new BadRequestException(field, $"{field} is empty: give at least one text");
+        if (texts.Count > maxTexts) throw new BadRequestException(field, $"{field} holds {texts.Count} texts: at most {maxTexts} per request");
+        for (var i = 0; i < texts.Count; i++) CheckText(texts[i], $"{field}[{i}]", maxLength);
+        return texts;
+    }
+
+    static string CheckText(string s, string field, int maxLength) =>
+        s.Length <= maxLength ? s : throw new BadRequestException(field, $"{field} is {s.Length} characters long: the model's data.max_length is {maxLength}");
+
+    static int CheckRange(long n, string field, int min, int max, string range) =>
+        n >= min && n <= max ? (int)n : throw new BadRequestException(field, $"{field} is {n}: it must be {range}");
+
+    static double CheckTemperature(double t, string field) =>
+        t >= 0 && double.IsFinite(t) ? t : throw new BadRequestException(field, $"{field} is {t}: it must be 0 or more");
+
     static string Prompt(JsonElement v, string field, int max)
     {
         if (v.ValueKind != JsonValueKind.String) throw new BadRequestException(field, $"{field} must be a string, not {Kind(v)}");
-        var s = v.GetString()!;
-        return s.Length <= max ? s : throw new BadRequestException(field, $"{field} is {s.Length} characters long: the model's data.max_length is {max}");
+        return CheckText(v.GetString()!, field, max);
     }
 
     static double Temperature(JsonElement v, string field)
     {
         if (v.ValueKind != JsonValueKind.Number) throw new BadRequestException(field, $"{field} must be a number, not {Kind(v)}");
-        var t = v.GetDouble();
-        return t >= 0 && double.IsFinite(t) ? t : throw new BadRequestException(field, $"{field} is {t}: it must be 0 or more");
+        return CheckTemperature(v.GetDouble(), field);
     }
 
     static void Object(JsonElement root)
@@ -148,7 +180,7 @@ public static class RequestReader
     static int Int(JsonElement v, string field, int min, int max, string range)
     {
         if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt64(out var n)) throw new BadRequestException(field, $"{field} must be an integer, not {Kind(v)}");
-        return n >= min && n <= max ? (int)n : throw new BadRequestException(field, $"{field} is {n}: it must be {range}");
+        return CheckRange(n, field, min, max, range);
     }
 
     static BadRequestException Unknown(string field, string known) => new(field, $"{field} is not a field of this request (known: {known})");
