@@ -19,7 +19,7 @@ internal sealed class PredictWork : WorkItem
     public TaskCompletionSource<IReadOnlyList<Prediction>> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 }
 
-/// <summary>A generation: run alone (one sequence), its text streamed piece by piece when <see cref="Pieces"/> is set.</summary>
+/// <summary>A generation: stepped together with the other generations running (one token each per forward pass), its text streamed piece by piece when <see cref="Pieces"/> is set.</summary>
 internal sealed class GenerateWork : WorkItem
 {
     public required string Prompt { get; init; }
@@ -35,7 +35,9 @@ internal sealed class GenerateWork : WorkItem
 /// Dynamic batching as Triton does it: a bounded queue of requests and one inference thread that loads the model, then
 /// takes the first waiting request and lets more classification requests join it — until --max-batch texts or
 /// --max-wait-ms after it was taken — and classifies them all in one forward pass (<see cref="Predictor"/>, the code of
-/// `dtrain predict`). Generations run one at a time (<see cref="TextGenerator"/>, the code of `dtrain generate`).
+/// `dtrain predict`). Generations are batched by step (continuous batching): up to --max-batch run at once, each forward
+/// pass draws the next token of every one (<see cref="TextGenerator.Step"/>, the code of `dtrain generate`), and a
+/// generation that arrives joins at the next step after reading its prompt alone.
 /// </summary>
 internal sealed class InferenceQueue : IDisposable
 {
@@ -111,7 +113,7 @@ internal sealed class InferenceQueue : IDisposable
                 Taken();
                 if (first is GenerateWork generate)
                 {
-                    RunGenerate(model, generate);
+                    RunGenerations(model, generate, reader);
                     continue;
                 }
                 var batch = new List<PredictWork> { (PredictWork)first };
@@ -180,27 +182,80 @@ internal sealed class InferenceQueue : IDisposable
         }
     }
 
-    void RunGenerate(TrainedModel model, GenerateWork work)
+    /// <summary>A generation running: its work, its sequence and how its tokens read as text.</summary>
+    sealed record Running(GenerateWork Work, TextGenerator.Sequence Sequence, Func<int, string> Pieces);
+
+    /// <summary>
+    /// Runs <paramref name="first"/> and every generation that arrives while any runs, up to --max-batch at once: each
+    /// forward pass draws one token for all of them. A generation whose client went away stops at its next token.
+    /// </summary>
+    void RunGenerations(TrainedModel model, GenerateWork first, ChannelReader<WorkItem> reader)
     {
-        metrics.BatchSize.Observe(1);
+        var running = new List<Running>();
+        Join(model, first, running);
         try
         {
-            var pieces = Pieces(model.Tokenizer, work.Prompt);
-            var text = TextGenerator.Generate(model, work.Prompt, work.Length, work.Temperature, work.TopK, work.Seed, id =>
+            while (true)
             {
-                work.Aborted.ThrowIfCancellationRequested();
-                work.Pieces?.Writer.TryWrite(pieces(id));
-            });
-            work.Done.TrySetResult(text);
+                while (running.Count < options.MaxBatch && reader.TryPeek(out var next) && next is GenerateWork)
+                {
+                    reader.TryRead(out _);
+                    Taken();
+                    Join(model, (GenerateWork)next, running);
+                }
+                if (running.Count == 0) return;
+                metrics.BatchSize.Observe(running.Count);
+                TextGenerator.Step(model, [.. running.Select(r => r.Sequence)]);
+                for (var i = running.Count - 1; i >= 0; i--)
+                    if (!Drawn(running[i])) running.RemoveAt(i);
+            }
+        }
+        catch (Exception e)
+        {
+            foreach (var r in running) Stop(r, e);
+        }
+    }
+
+    /// <summary>Reads the prompt and draws the first token; a generation refused or done at once is answered here.</summary>
+    void Join(TrainedModel model, GenerateWork work, List<Running> running)
+    {
+        TextGenerator.Sequence sequence;
+        try
+        {
+            work.Aborted.ThrowIfCancellationRequested();
+            sequence = TextGenerator.Begin(model, work.Prompt, work.Length, work.Temperature, work.TopK, work.Seed);
         }
         catch (Exception e)
         {
             work.Done.TrySetException(e);
-        }
-        finally
-        {
             work.Pieces?.Writer.TryComplete();
+            return;
         }
+        var r = new Running(work, sequence, Pieces(model.Tokenizer, work.Prompt));
+        if (Drawn(r)) running.Add(r);
+    }
+
+    /// <summary>Passes on the token just drawn; false when the generation is over (done, or its client went away).</summary>
+    static bool Drawn(Running r)
+    {
+        if (r.Work.Aborted.IsCancellationRequested)
+        {
+            Stop(r, new OperationCanceledException(r.Work.Aborted));
+            return false;
+        }
+        r.Work.Pieces?.Writer.TryWrite(r.Pieces(r.Sequence.Last));
+        if (!r.Sequence.Done) return true;
+        r.Work.Done.TrySetResult(r.Sequence.Text());
+        r.Work.Pieces?.Writer.TryComplete();
+        r.Sequence.Dispose();
+        return false;
+    }
+
+    static void Stop(Running r, Exception e)
+    {
+        r.Work.Done.TrySetException(e);
+        r.Work.Pieces?.Writer.TryComplete();
+        r.Sequence.Dispose();
     }
 
     /// <summary>

@@ -17,7 +17,7 @@ internal sealed class ServingMetrics
         Requests = factory.CreateCounter("dtrain_serving_requests_total", "HTTP requests answered, by route and status code.", "route", "status");
         Latency = factory.CreateHistogram("dtrain_serving_request_duration_seconds", "Time from a request's arrival to its last byte, by route.",
             new HistogramConfiguration { LabelNames = ["route"], Buckets = Histogram.ExponentialBuckets(0.0005, 2, 18) });
-        BatchSize = factory.CreateHistogram("dtrain_serving_batch_size", "Texts classified in one forward pass (1 for a generation).",
+        BatchSize = factory.CreateHistogram("dtrain_serving_batch_size", "Texts classified, or generations stepped by one token, in one forward pass.",
             new HistogramConfiguration { Buckets = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096] });
         QueueDepth = factory.CreateGauge("dtrain_serving_queue_depth", "Requests waiting for the inference thread.");
     }

@@ -12,9 +12,26 @@ public static class TextGenerator
 
     /// <summary>
     /// The text <paramref name="length"/> tokens long that follows <paramref name="prompt"/>; <paramref name="onToken"/>, when
-    /// given, sees each token as it is drawn (the model server streams them; throwing from it stops generating).
+    /// given, sees each token as it is drawn (throwing from it stops generating).
     /// </summary>
     public static string Generate(TrainedModel trained, string prompt, int length, double temperature, int topK, long seed, Action<int>? onToken = null)
+    {
+        using var sequence = Begin(trained, prompt, length, temperature, topK, seed);
+        onToken?.Invoke(sequence.Last);
+        while (!sequence.Done)
+        {
+            Step(trained, [sequence]);
+            onToken?.Invoke(sequence.Last);
+        }
+        return sequence.Text();
+    }
+
+    /// <summary>
+    /// Starts a generation: checks the settings, reads the prompt from a zero state and draws the first token. Then
+    /// <see cref="Step"/> draws one more token for each of any number of sequences at once (the model server batches
+    /// concurrent generations so), until <see cref="Sequence.Done"/>; <see cref="Sequence.Text"/> is the text.
+    /// </summary>
+    public static Sequence Begin(TrainedModel trained, string prompt, int length, double temperature, int topK, long seed)
     {
         if (trained.Engine.Model is not RecurrentLanguageModel lm)
             throw new ArgumentException($"{trained.Path} holds a {trained.Spec.Task} model; generate needs a language_model checkpoint");
@@ -25,37 +42,98 @@ public static class TextGenerator
         var ids = tokenizer.Encode(prompt);
         if (ids.Length == 0) ids = [StartToken(trained)];
         var device = trained.Engine.Model.parameters().First().device;
-        var gen = new Generator((ulong)seed);
-        var output = new List<int>(length);
-        using var noGrad = no_grad();
-        RecurrentState? state = null;
+        var sequence = new Sequence(tokenizer, prompt, length, temperature, topK, new Generator((ulong)seed));
         try
         {
-            using (var scope = NewDisposeScope())
-            {
-                var (logits, next) = lm.Forward(tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Length]).to(device), null);
-                state = next.Detach();
-                output.Add(Sample(logits[0, -1], temperature, topK, gen, tokenizer.VocabSize, tokenizer.UnkId));
-                onToken?.Invoke(output[^1]);
-            }
-            while (output.Count < length)
-            {
-                using var scope = NewDisposeScope();
-                var (logits, next) = lm.Forward(tensor(new long[] { output[^1] }, [1, 1]).to(device), state);
-                state.Dispose();
-                state = next.Detach();
-                output.Add(Sample(logits[0, -1], temperature, topK, gen, tokenizer.VocabSize, tokenizer.UnkId));
-                onToken?.Invoke(output[^1]);
-            }
+            using var noGrad = no_grad();
+            using var scope = NewDisposeScope();
+            var (logits, next) = lm.Forward(tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Length]).to(device), null);
+            sequence.State = next.Detach();
+            sequence.Output.Add(Sample(logits[0, -1], temperature, topK, sequence.Random, tokenizer.VocabSize, tokenizer.UnkId));
         }
-        finally
+        catch
         {
-            state?.Dispose();
+            sequence.Dispose();
+            throw;
         }
-        var text = tokenizer.Decode(output);
-        // Words are decoded with a space between them: the first generated word needs one after the prompt too
-        // ("The whale" + "their" would print "The whaletheir").
-        return tokenizer is WordTokenizer && prompt.Length > 0 && !char.IsWhiteSpace(prompt[^1]) && text.Length > 0 ? " " + text : text;
+        return sequence;
+    }
+
+    /// <summary>
+    /// Draws the next token of every sequence not yet done, in one forward pass over all of them (their states stacked
+    /// along the batch); each is sampled with its own seeded generator, so a sequence's text does not depend on the
+    /// others (up to float rounding: a batch's matrix products may round differently from a single row's).
+    /// </summary>
+    public static void Step(TrainedModel trained, IReadOnlyList<Sequence> sequences)
+    {
+        var lm = (RecurrentLanguageModel)trained.Engine.Model;
+        var running = sequences.Where(q => !q.Done).ToList();
+        if (running.Count == 0) return;
+        var device = trained.Engine.Model.parameters().First().device;
+        var tokenizer = trained.Tokenizer;
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        var h = running.Count == 1 ? running[0].State!.H : cat([.. running.Select(q => q.State!.H)], 1);
+        var c = running[0].State!.C is null ? null : running.Count == 1 ? running[0].State!.C : cat([.. running.Select(q => q.State!.C!)], 1);
+        var (logits, next) = lm.Forward(tensor(running.Select(q => (long)q.Output[^1]).ToArray(), [running.Count, 1]).to(device), new RecurrentState(h, c));
+        for (var b = 0; b < running.Count; b++)
+        {
+            var q = running[b];
+            var state = running.Count == 1 ? next : new RecurrentState(next.H.narrow(1, b, 1), next.C?.narrow(1, b, 1));
+            q.State!.Dispose();
+            q.State = state.Detach();
+            q.Output.Add(Sample(logits[b, -1], q.Temperature, q.TopK, q.Random, tokenizer.VocabSize, tokenizer.UnkId));
+        }
+    }
+
+    /// <summary>A generation in progress (<see cref="Begin"/>): its settings, seeded generator, carried state and tokens so far.</summary>
+    public sealed class Sequence : IDisposable
+    {
+        readonly ITokenizer tokenizer;
+        readonly string prompt;
+
+        internal Sequence(ITokenizer tokenizer, string prompt, int length, double temperature, int topK, Generator random)
+        {
+            this.tokenizer = tokenizer;
+            this.prompt = prompt;
+            Length = length;
+            Temperature = temperature;
+            TopK = topK;
+            Random = random;
+            Output = new List<int>(length);
+        }
+
+        public int Length { get; }
+        public double Temperature { get; }
+        public int TopK { get; }
+        internal Generator Random { get; }
+        internal RecurrentState? State { get; set; }
+        internal List<int> Output { get; }
+
+        /// <summary>Tokens drawn so far.</summary>
+        public int Count => Output.Count;
+
+        /// <summary>The token drawn last.</summary>
+        public int Last => Output[^1];
+
+        public bool Done => Output.Count >= Length;
+
+        /// <summary>
+        /// The tokens drawn so far as text. Words are decoded with a space between them: the first generated word needs
+        /// one after the prompt too ("The whale" + "their" would print "The whaletheir").
+        /// </summary>
+        public string Text()
+        {
+            var text = tokenizer.Decode(Output);
+            return tokenizer is WordTokenizer && prompt.Length > 0 && !char.IsWhiteSpace(prompt[^1]) && text.Length > 0 ? " " + text : text;
+        }
+
+        public void Dispose()
+        {
+            State?.Dispose();
+            State = null;
+            Random.Dispose();
+        }
     }
 
     /// <summary>With no prompt, start from a newline when the vocabulary has one, else from the most frequent token.</summary>

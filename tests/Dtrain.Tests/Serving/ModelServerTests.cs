@@ -131,6 +131,44 @@ public sealed class ModelServerTests(ServingModels models) : IClassFixture<Servi
         Assert.Contains("dtrain_serving_queue_depth 0", metrics);
     }
 
+    [Fact]
+    public async Task Concurrent_generations_are_stepped_together_and_each_equals_its_text_alone()
+    {
+        await using var server = await Start(models.CharLm, o => o with { MaxBatch = 8, MaxGenerateLength = 100_000 });
+        using var http = Client(server);
+        static object Body(int seed, bool stream = false) => new { prompt = "the ", length = 60, temperature = 0.9, top_k = 5, seed, stream };
+        var alone = new Dictionary<int, string>();
+        for (var seed = 1; seed <= 5; seed++)
+            alone[seed] = (await (await http.PostAsJsonAsync("/v1/generate", Body(seed))).Content.ReadFromJsonAsync<GenerateResponse>())!.Text;
+        var before = await http.GetStringAsync("/metrics");
+
+        // A long streamed generation runs (its first token arrived) ...
+        using var abort = new CancellationTokenSource();
+        using var longRequest = new HttpRequestMessage(HttpMethod.Post, "/v1/generate") { Content = JsonBody("""{"length": 100000, "stream": true}""") };
+        using var running = await http.SendAsync(longRequest, HttpCompletionOption.ResponseHeadersRead, abort.Token);
+        var reader = new StreamReader(await running.Content.ReadAsStreamAsync(abort.Token));
+        Assert.NotNull(await reader.ReadLineAsync(abort.Token));
+        // ... five more join it, each stepped with the others, one of them streamed: each is its text alone.
+        var answers = await Task.WhenAll(Enumerable.Range(1, 5).Select(async seed =>
+        {
+            var response = await http.PostAsJsonAsync("/v1/generate", Body(seed, stream: seed == 5));
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            if (seed != 5) return (seed, (await response.Content.ReadFromJsonAsync<GenerateResponse>())!.Text);
+            var lines = (await response.Content.ReadAsStringAsync()).Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+            Assert.Equal(60 + 1, lines.Count);
+            Assert.Equal(lines[^1].GetProperty("text").GetString(), string.Concat(lines.Take(60).Select(l => l.GetProperty("text").GetString())));
+            return (seed, lines[^1].GetProperty("text").GetString()!);
+        }));
+        foreach (var (seed, text) in answers) Assert.Equal(alone[seed], text);
+        await abort.CancelAsync();
+        running.Dispose();
+
+        // Forward passes that stepped more than one generation: the batch-size histogram's observations above 1.
+        var after = await http.GetStringAsync("/metrics");
+        double Above1(string m) => Metric(m, "dtrain_serving_batch_size_count") - Metric(m, "dtrain_serving_batch_size_bucket{le=\"1\"}");
+        Assert.True(Above1(after) - Above1(before) > 0, $"no forward pass stepped more than one generation:\n{after}");
+    }
+
     static double Metric(string text, string name)
     {
         var line = text.Split('\n').FirstOrDefault(l => l.StartsWith(name + " ", StringComparison.Ordinal)) ?? throw new Xunit.Sdk.XunitException($"no {name} in\n{text}");
@@ -191,7 +229,8 @@ public sealed class ModelServerTests(ServingModels models) : IClassFixture<Servi
     [Fact]
     public async Task A_full_queue_answers_503_with_retry_after_and_health_metrics_and_openapi_are_served()
     {
-        await using var server = await Start(models.CharLm, o => o with { QueueCapacity = 1, MaxGenerateLength = 100_000 });
+        // --max-batch 1: one generation at a time, so a second one waits in the queue.
+        await using var server = await Start(models.CharLm, o => o with { QueueCapacity = 1, MaxGenerateLength = 100_000, MaxBatch = 1 });
         using var http = Client(server);
         Assert.Equal(HttpStatusCode.OK, (await http.GetAsync("/health/live")).StatusCode);
         Assert.Equal(HttpStatusCode.OK, (await http.GetAsync("/health/ready")).StatusCode);
