@@ -6,6 +6,7 @@ using static TorchSharp.torch;
 //        | history | activity | prepare [--mb N] [--threads 1,2] | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model | recurrent
 //        | compose-allreduce [w1,w2] [--warmup N] [--steps N] [--clusters loopback,compose] [--transports auto,tcp] [--image TAG] [--report FILE]
 //        | serve [--requests N] [--total N] [--max-batch N] [--max-wait-ms N] [--words N] [--model PATH]
+//        | inference [--calls N] [--texts PATH.jsonl] [--model PATH]
 var mode = args.FirstOrDefault() ?? "speed";
 try
 {
@@ -135,6 +136,12 @@ int Dispatch()
         }
         case "serve":
             return ServeBench.Run(args.Skip(1).ToArray());
+        case "inference":
+        {
+            var root = AppContext.BaseDirectory;
+            while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
+            return InferenceBench.Run(root, args.Skip(1).ToArray());
+        }
         case "prepare-one":
             return PrepareBench.One(args);
         case "recurrent":
@@ -142,7 +149,7 @@ int Dispatch()
         case "activity":
             return ActivityBench.Run();
         default:
-            Console.Error.WriteLine("usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--systems TEXT,...] [--report FILE] | allreduce [--transports ...] [--workers ...] [--sizes ...] [--rounds N] [--report FILE] | compose-allreduce [w1,w2] [--warmup N] [--steps N] [--clusters loopback,compose] [--transports auto,tcp] [--image TAG] [--report FILE] | pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8] | pipeline links [rounds] | elastic | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model | recurrent [--cell lstm|gru] [--hidden 256,1024] [--rows 8,16,32,64] [--batch 32] [--rounds 3]");
+            Console.Error.WriteLine("usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--systems TEXT,...] [--report FILE] | allreduce [--transports ...] [--workers ...] [--sizes ...] [--rounds N] [--report FILE] | compose-allreduce [w1,w2] [--warmup N] [--steps N] [--clusters loopback,compose] [--transports auto,tcp] [--image TAG] [--report FILE] | pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8] | pipeline links [rounds] | elastic | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model | recurrent [--cell lstm|gru] [--hidden 256,1024] [--rows 8,16,32,64] [--batch 32] [--rounds 3] | serve [--help] | inference [--help]");
             return 2;
     }
 }

@@ -14,7 +14,9 @@ namespace Dtrain.Bench;
 /// <summary>
 /// `dtrain-bench serve`: the model server (`dtrain serve-model`) on loopback under load — requests per second and p50/p99
 /// latency at --max-batch 1 against dynamic batching, both at concurrency 32, then --total requests from 64 concurrent
-/// clients, none of which may be lost or fail. The model: a spam-lstm-sized classifier (examples/spam-lstm.json: word
+/// clients, none of which may be lost or fail. Beside them, to show where the time goes: the same dynamic batching over
+/// gRPC (protobuf instead of JSON, HTTP/2), and the forward passes alone in-process (no server: texts/s at batch 1 and at
+/// --max-batch on the inference thread's one torch thread, the most batching can gain). The model: a spam-lstm-sized classifier (examples/spam-lstm.json: word
 /// tokens, embedding 64, bidirectional LSTM 96) with untrained weights (the cost of a forward pass does not depend on
 /// them), or --model PATH.
 /// </summary>
@@ -34,8 +36,11 @@ internal static class ServeBench
         using var tmp = new TempDirectory();
         var model = BenchArgs.Option(args, "--model") ?? SpamSizedClassifier(tmp.Path);
         var texts = Texts(words, 256);
-        Console.WriteLine($"serve: {model}, texts of {words} words, loopback HTTP/1.1, {Environment.ProcessorCount} CPUs");
+        Console.WriteLine($"serve: {model}, texts of {words} words, loopback HTTP/1.1 (and gRPC), {Environment.ProcessorCount} CPUs, clients in the same process");
 
+        var (alone1, aloneN) = ForwardOnly(model, texts, maxBatch, requests);
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"forward passes alone (no server, 1 torch thread): batch 1 {alone1:F0} texts/s, batch {maxBatch} {aloneN:F0} texts/s: {aloneN / alone1:F2}x, the most batching can gain"));
         var single = Load(model, 1, 0, texts, requests, 32);
         Console.WriteLine(single.Line("max-batch 1, concurrency 32"));
         var batched = Load(model, maxBatch, maxWait, texts, requests, 32);
@@ -44,6 +49,8 @@ internal static class ServeBench
         var tail = batched.P99 / batched.P50;
         Console.WriteLine($"dynamic batching: {speedup:F2}x the requests/s of max-batch 1 (target >= 5x: {(speedup >= 5 ? "met" : "NOT met")}); " +
                           $"p99/p50 {tail:F2} (target <= 3: {(tail <= 3 ? "met" : "NOT met")})");
+        var grpc = LoadGrpc(model, maxBatch, maxWait, texts, requests, 32);
+        Console.WriteLine(grpc.Line($"gRPC: max-batch {maxBatch}, max-wait {maxWait} ms, concurrency 32") + string.Create(CultureInfo.InvariantCulture, $" ({grpc.PerSecond / single.PerSecond:F2}x HTTP's max-batch 1)"));
         var many = Load(model, maxBatch, maxWait, texts, total, 64);
         Console.WriteLine(many.Line($"{total} requests from 64 clients"));
         if (many.Failed > 0 || many.Answered != total)
@@ -66,7 +73,7 @@ internal static class ServeBench
     {
         await using var server = await ModelServer.StartAsync(new ServingOptions
         {
-            ModelPath = model, Port = 0, MaxBatch = maxBatch, MaxWaitMs = maxWait, QueueCapacity = Math.Max(1024, clients * 2),
+            ModelPath = model, Port = 0, GrpcPort = 0, MaxBatch = maxBatch, MaxWaitMs = maxWait, QueueCapacity = Math.Max(1024, clients * 2),
         });
         await server.Loaded;
         using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = clients }) { BaseAddress = server.Address };
@@ -111,29 +118,110 @@ internal static class ServeBench
         return (Value("dtrain_serving_batch_size_sum"), Value("dtrain_serving_batch_size_count"));
     }
 
+    /// <summary>Texts per second classifying <paramref name="count"/> texts in-process, in passes of 1 and of <paramref name="maxBatch"/>, with 1 torch thread (serve-model's default).</summary>
+    static (double One, double Batched) ForwardOnly(string model, string[] texts, int maxBatch, int count)
+    {
+        var threads = get_num_threads();
+        set_num_threads(1);
+        try
+        {
+            using var trained = Dtrain.Inference.TrainedModel.Load(model);
+            double Rate(int batch)
+            {
+                for (var i = 0; i < 10; i++) Dtrain.Inference.Predictor.Predict(trained, [.. texts.Take(batch)], batch); // warm-up
+                var passes = Math.Max(1, count / batch);
+                var clock = Stopwatch.StartNew();
+                for (var p = 0; p < passes; p++)
+                    Dtrain.Inference.Predictor.Predict(trained, [.. Enumerable.Range(p * batch, batch).Select(k => texts[k % texts.Length])], batch);
+                return passes * batch / clock.Elapsed.TotalSeconds;
+            }
+            return (Rate(1), Rate(maxBatch));
+        }
+        finally
+        {
+            set_num_threads(threads);
+        }
+    }
+
+    static Result LoadGrpc(string model, int maxBatch, int maxWait, string[] texts, int count, int clients) => LoadGrpcAsync(model, maxBatch, maxWait, texts, count, clients).GetAwaiter().GetResult();
+
+    static async Task<Result> LoadGrpcAsync(string model, int maxBatch, int maxWait, string[] texts, int count, int clients)
+    {
+        await using var server = await ModelServer.StartAsync(new ServingOptions
+        {
+            ModelPath = model, Port = 0, GrpcPort = 0, MaxBatch = maxBatch, MaxWaitMs = maxWait, QueueCapacity = Math.Max(1024, clients * 2),
+        });
+        await server.Loaded;
+        using var http = new HttpClient { BaseAddress = server.Address };
+        using var channel = Grpc.Net.Client.GrpcChannel.ForAddress(server.GrpcAddress);
+        var client = new Dtrain.Protos.Serving.ModelServing.ModelServingClient(channel);
+        Dtrain.Protos.Serving.PredictRequest Request(int i)
+        {
+            var r = new Dtrain.Protos.Serving.PredictRequest { TopK = 1 };
+            r.Texts.Add(texts[i % texts.Length]);
+            return r;
+        }
+        for (var i = 0; i < 20; i++) await client.PredictAsync(Request(i));
+        var before = BatchStats(await http.GetStringAsync("/metrics"));
+        var latencies = new double[count];
+        var next = -1;
+        var failed = 0;
+        var answered = 0;
+        var clock = Stopwatch.StartNew();
+        await Task.WhenAll(Enumerable.Range(0, clients).Select(_ => Task.Run(async () =>
+        {
+            int i;
+            while ((i = Interlocked.Increment(ref next)) < count)
+            {
+                var started = Stopwatch.GetTimestamp();
+                try
+                {
+                    var reply = await client.PredictAsync(Request(i));
+                    if (reply.Predictions.Count == 1) Interlocked.Increment(ref answered);
+                    else Interlocked.Increment(ref failed);
+                }
+                catch (Grpc.Core.RpcException)
+                {
+                    Interlocked.Increment(ref failed);
+                }
+                latencies[i] = Stopwatch.GetElapsedTime(started).TotalSeconds;
+            }
+        })));
+        var seconds = clock.Elapsed.TotalSeconds;
+        var after = BatchStats(await http.GetStringAsync("/metrics"));
+        Array.Sort(latencies);
+        var meanBatch = (after.Sum - before.Sum) / Math.Max(1, after.Count - before.Count);
+        return new Result(answered, failed, seconds, latencies[(int)(0.50 * (count - 1))], latencies[(int)(0.99 * (count - 1))], meanBatch);
+    }
+
     static int Number(string[] args, string name, int fallback, int min, int max) =>
         BenchArgs.Option(args, name) is { } v ? BenchArgs.Number(name, v, min, max) : fallback;
 
     /// <summary>Texts of <paramref name="words"/> words from a 2,000-word vocabulary, seeded.</summary>
-    static string[] Texts(int words, int count)
+    internal static string[] Texts(int words, int count)
     {
         var random = new Random(7);
         return [.. Enumerable.Range(0, count).Select(_ => string.Join(' ', Enumerable.Range(0, words).Select(_ => $"w{random.Next(2000)}")))];
     }
 
-    /// <summary>A classifier the size of examples/spam-lstm.json (vocabulary 2,000 words), saved untrained.</summary>
-    static string SpamSizedClassifier(string dir)
+    /// <summary>
+    /// A classifier the size of examples/spam-lstm.json, saved untrained: its vocabulary fitted on <paramref name="corpus"/>
+    /// as the example fits it (lowercase words seen twice, at most 20,000), else the 2,000 words w0..w1999.
+    /// </summary>
+    internal static string SpamSizedClassifier(string dir, IReadOnlyList<string>? corpus = null)
     {
         var spec = new JobSpec
         {
             Name = "bench-serve",
             Task = TaskKinds.Classification,
             Data = new DataSpec { Format = DataFormats.Jsonl, Train = "unused", MaxLength = 1000 },
-            Tokenizer = new TokenizerSpec { Kind = TokenizerKinds.Word, Lowercase = true },
+            Tokenizer = corpus is null
+                ? new TokenizerSpec { Kind = TokenizerKinds.Word, Lowercase = true }
+                : new TokenizerSpec { Kind = TokenizerKinds.Word, Lowercase = true, MinFrequency = 2, MaxVocab = 20_000 },
             Model = new ModelSpec { Cell = CellKinds.Lstm, Layers = 1, EmbeddingDim = 64, HiddenSize = 96, Bidirectional = true },
             Training = new TrainingSpec { Seed = 1 },
         };
-        var tokenizer = TokenizerFactory.Fit(spec.Tokenizer, [string.Join(' ', Enumerable.Range(0, 2000).Select(i => $"w{i}"))]);
+        var tokenizer = TokenizerFactory.Fit(spec.Tokenizer, corpus ?? [string.Join(' ', Enumerable.Range(0, 2000).Select(i => $"w{i}"))]);
         var labels = new LabelSet(["ham", "spam"]);
         using var engine = new TrainingEngine(spec, tokenizer.VocabSize, labels.Count, CPU);
         return new CheckpointStore(Path.Combine(dir, "checkpoints"), 1).Save(TrainingCheckpoint.Capture(spec, tokenizer, labels, new TrainingState(), engine));

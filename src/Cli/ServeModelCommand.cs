@@ -11,7 +11,7 @@ public static class ServeModelCommand
     {
         var model = new Argument<string>("model") { Description = "A classification or language-model checkpoint file (.dtck) or run directory." };
         var port = new Option<int>("--port", "-p") { Description = $"Port to listen on (0 = any free port).", DefaultValueFactory = _ => ServingOptions.DefaultPort };
-        var grpcPort = new Option<int>("--grpc-port") { Description = "Port of the gRPC service (protos/dtrain/serving.proto: Predict, Generate, GenerateStream; HTTP/2, same TLS and token; 0 = any free port).", DefaultValueFactory = _ => ServingOptions.DefaultGrpcPort };
+        var grpcPort = new Option<int?>("--grpc-port") { Description = $"Port of the gRPC service (protos/dtrain/serving.proto: Predict, Generate, GenerateStream; HTTP/2, same TLS and token; 0 = any free port). Default: {ServingOptions.DefaultGrpcPort}, or any free port when --port is 0." };
         var listen = new Option<string>("--listen") { Description = "Interface to listen on. Beyond loopback (e.g. 0.0.0.0) only with TLS (--tls-dir or --cert/--key) and --token-file, or --insecure.", DefaultValueFactory = _ => "127.0.0.1" };
         var maxBatch = new Option<int>("--max-batch") { Description = "Most texts classified in one forward pass (requests waiting together are grouped up to it), and most generations stepped together, one token each per pass (1 = no batching).", DefaultValueFactory = _ => 32 };
         var maxWait = new Option<int>("--max-wait-ms") { Description = "How long the first classification request of a batch waits for others to join it, in ms (0 = take only those already waiting; generations join at the next step without waiting).", DefaultValueFactory = _ => 5 };

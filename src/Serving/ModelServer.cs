@@ -65,7 +65,7 @@ public sealed class ModelServer : IAsyncDisposable
                 if (options.Certificate is { } cert) l.UseHttps(cert);
             });
             // gRPC on a port of its own (as Triton's 8001 beside 8000): HTTP/2 only, so plaintext clients need no upgrade.
-            k.Listen(ip, options.GrpcPort, l =>
+            k.Listen(ip, options.GrpcPortToBind, l =>
             {
                 grpcListen = l;
                 l.Protocols = HttpProtocols.Http2;

@@ -14,8 +14,14 @@ public sealed record ServingOptions
     public string Listen { get; init; } = "127.0.0.1";
     /// <summary>The port (0 = any free port).</summary>
     public int Port { get; init; } = DefaultPort;
-    /// <summary>The gRPC port (0 = any free port): the same service over gRPC (protos/dtrain/serving.proto), HTTP/2 only.</summary>
-    public int GrpcPort { get; init; } = DefaultGrpcPort;
+    /// <summary>
+    /// The gRPC port (0 = any free port): the same service over gRPC (protos/dtrain/serving.proto), HTTP/2 only. Unset:
+    /// 8601, or any free port when <see cref="Port"/> is 0 (a server on a free port should not hold a fixed one).
+    /// </summary>
+    public int? GrpcPort { get; init; }
+
+    /// <summary>The port gRPC binds (<see cref="GrpcPort"/> or its default).</summary>
+    public int GrpcPortToBind => GrpcPort ?? (Port == 0 ? 0 : DefaultGrpcPort);
     /// <summary>The most texts one forward pass classifies (1 = no batching).</summary>
     public int MaxBatch { get; init; } = 32;
     /// <summary>How long the first request of a batch waits for more to join it, in milliseconds.</summary>
@@ -44,7 +50,7 @@ public sealed record ServingOptions
     {
         if (Port is < 0 or > 65535) throw new ArgumentException($"--port {Port} is out of range: 0 (any free port) to 65535");
         if (GrpcPort is < 0 or > 65535) throw new ArgumentException($"--grpc-port {GrpcPort} is out of range: 0 (any free port) to 65535");
-        if (GrpcPort == Port && Port != 0) throw new ArgumentException($"--grpc-port {GrpcPort} is also --port: gRPC needs a port of its own");
+        if (GrpcPortToBind == Port && Port != 0) throw new ArgumentException($"--grpc-port {GrpcPortToBind} is also --port: gRPC needs a port of its own");
         if (MaxBatch is < 1 or > 4096) throw new ArgumentException($"--max-batch {MaxBatch} is out of range: 1 to 4096 texts per forward pass");
         if (MaxWaitMs is < 0 or > 10_000) throw new ArgumentException($"--max-wait-ms {MaxWaitMs} is out of range: 0 to 10000");
         if (QueueCapacity is < 1 or > 1_000_000) throw new ArgumentException($"--queue {QueueCapacity} is out of range: 1 to 1000000 requests");

@@ -135,6 +135,22 @@ public class BenchSmokeTests
         await AssertRefusedAsync("--threads: \"0\" is not a whole number from 1 to 256", "prepare", "--threads", "1,0");
     }
 
+    [Fact]
+    public async Task Inference_compares_onnx_runtime_and_torchsharp_and_serve_runs_every_row()
+    {
+        var (code, stdout, stderr) = await RunAsync("inference", "--calls", "20", "--words", "10");
+        Assert.True(code == 0, $"exit status {code}\n{stdout}\n{stderr}");
+        Assert.Matches(@"(?m)^ONNX Runtime \(\.onnx\): single text p50 [0-9.]+ ms, p99 [0-9.]+ ms, .* 32: [0-9]+ ", stdout);
+        Assert.Matches(@"(?m)^TorchSharp \(\.dtck\): single text p50 [0-9.]+ ms, p99 [0-9.]+ ms, .* 32: [0-9]+ ", stdout);
+        Assert.Contains("target <= 1 ms", stdout);
+        await AssertRefusedAsync("--texts and --words: give one of them", "inference", "--words", "3", "--texts", "x.jsonl");
+
+        (code, stdout, stderr) = await RunAsync("serve", "--requests", "40", "--total", "64", "--words", "5");
+        Assert.True(code == 0, $"exit status {code}\n{stdout}\n{stderr}");
+        foreach (var row in new[] { "forward passes alone", "max-batch 1, concurrency 32:", "max-batch 32, max-wait 5 ms, concurrency 32:", "gRPC: max-batch 32", "64 requests from 64 clients:", "none lost or failed: 64 of 64" })
+            Assert.Contains(row, stdout);
+    }
+
     /// <summary>The bench exits with status 2 and says <paramref name="expected"/> on stderr.</summary>
     private static async Task AssertRefusedAsync(string expected, params string[] args)
     {

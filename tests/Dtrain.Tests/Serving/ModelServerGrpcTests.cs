@@ -43,6 +43,17 @@ public sealed class ModelServerGrpcTests(ServingModels models) : IClassFixture<S
     }
 
     [Fact]
+    public void The_grpc_port_is_8601_or_any_free_port_beside_port_0_and_never_the_http_port()
+    {
+        Assert.Equal(8601, new ServingOptions { ModelPath = "m" }.GrpcPortToBind);
+        Assert.Equal(0, new ServingOptions { ModelPath = "m", Port = 0 }.GrpcPortToBind);
+        Assert.Equal(9001, new ServingOptions { ModelPath = "m", Port = 0, GrpcPort = 9001 }.GrpcPortToBind);
+        var same = Assert.Throws<ArgumentException>(() => new ServingOptions { ModelPath = "m", Port = 8601 }.Validate());
+        Assert.Contains("--grpc-port 8601 is also --port", same.Message);
+        Assert.Contains("--grpc-port 70000 is out of range", Assert.Throws<ArgumentException>(() => new ServingOptions { ModelPath = "m", GrpcPort = 70000 }.Validate()).Message);
+    }
+
+    [Fact]
     public async Task Grpc_predict_and_generate_equal_the_http_answers()
     {
         await using (var server = await Start(models.Classifier))
