@@ -12,16 +12,20 @@ namespace Dtrain.Bench;
 /// (texts/s; their ratio is the most dynamic batching can gain over batch size 1). The model: a classifier of
 /// examples/spam-lstm.json's shape (word tokens, embedding 64, bidirectional LSTM 96) with a vocabulary fitted on
 /// data/spam-assassin (untrained weights: a pass costs the same), on held-out-sized texts: SpamAssassin messages cut to
-/// its max_length of 1,000 characters; or --model PATH (a .dtck or run directory, exported here).
+/// its max_length of 1,000 characters; or --model PATH (a .dtck or run directory, exported here). Torch runs on
+/// --threads intra-op threads (default 1, as serve-model); ONNX Runtime on its defaults (Dtrain.Inference's session).
 /// </summary>
 internal static class InferenceBench
 {
-    public const string Usage = "dtrain-bench inference [--calls N (1000)] [--texts PATH.jsonl (data/spam-assassin/spam-assassin.jsonl) | --words N (synthetic N-word texts, as dtrain-bench serve)] [--model PATH]";
+    public const string Usage = "dtrain-bench inference [--calls N (1000)] [--texts PATH.jsonl (data/spam-assassin/spam-assassin.jsonl) | --words N (synthetic N-word texts, as dtrain-bench serve)] [--threads N (1)] [--model PATH]";
 
     public static int Run(string root, string[] args)
     {
         if (BenchArgs.Help(args, Usage)) return 0;
-        BenchArgs.CheckOptions(args, Usage, "--calls", "--texts", "--words", "--model");
+        BenchArgs.CheckOptions(args, Usage, "--calls", "--texts", "--words", "--threads", "--model");
+        // Torch's intra-op threads (serve-model's default is 1; an app's default is every core, which on a loaded
+        // machine can make a small pass many times slower). ONNX Runtime keeps its own default (Dtrain.Inference's session).
+        TorchSharp.torch.set_num_threads(BenchArgs.Option(args, "--threads") is { } th ? BenchArgs.Number("--threads", th, 1, 256) : 1);
         var calls = BenchArgs.Option(args, "--calls") is { } c ? BenchArgs.Number("--calls", c, 10, 10_000_000) : 1000;
         var words = BenchArgs.Option(args, "--words") is { } w ? BenchArgs.Number("--words", w, 1, 1000) : (int?)null;
         if (words is not null && BenchArgs.Option(args, "--texts") is not null) throw new ArgumentException("--texts and --words: give one of them");
