@@ -231,6 +231,36 @@ public sealed class ModelServerGrpcTests(ServingModels models) : IClassFixture<S
     }
 
     [Fact]
+    public async Task The_typed_client_of_dtrain_client_predicts_and_generates_over_tls_with_the_token()
+    {
+        using var pki = new TestPki();
+        var certificate = pki.Issue("model-server", ClusterRoles.Coordinator);
+        await using (var server = await Start(models.Classifier, o => o with { Listen = "0.0.0.0", Certificate = certificate, Token = "dtr_secret" }))
+        {
+            using var http = new HttpClient(new SocketsHttpHandler { SslOptions = { RemoteCertificateValidationCallback = (_, _, _, _) => true } }) { BaseAddress = server.Address };
+            using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/predict") { Content = JsonContent.Create(new { texts = Texts, top_k = 2 }), Headers = { { "Authorization", "Bearer dtr_secret" } } };
+            var json = (await (await http.SendAsync(request)).Content.ReadFromJsonAsync<PredictResponse>())!;
+            var tls = new TlsSettings { Ca = pki.CaPath };
+            using var client = new Dtrain.Client.ModelServingClient(new() { Address = server.GrpcAddress.ToString(), Token = "dtr_secret", Tls = tls });
+            var predictions = await client.PredictAsync(Texts, topK: 2);
+            Assert.Equal(json.Predictions.Select(p => (p.Label, p.Top.Count)), predictions.Select(p => (p.Label, p.Top.Count)));
+            using var anonymous = new Dtrain.Client.ModelServingClient(new() { Address = server.GrpcAddress.ToString(), Tls = tls });
+            Assert.Equal(StatusCode.Unauthenticated, (await Assert.ThrowsAsync<RpcException>(() => anonymous.PredictAsync(["win"]))).StatusCode);
+        }
+        await using (var server = await Start(models.CharLm))
+        {
+            using var client = new Dtrain.Client.ModelServingClient(new() { Address = server.GrpcAddress.ToString() });
+            var whole = await client.GenerateAsync("the ", length: 40, temperature: 0.9, topK: 5, seed: 7);
+            var pieces = new List<string>();
+            await foreach (var piece in client.GenerateStreamAsync("the ", length: 40, temperature: 0.9, topK: 5, seed: 7)) pieces.Add(piece);
+            Assert.Equal(40, pieces.Count);
+            Assert.Equal(whole, string.Concat(pieces));
+        }
+        var plain = Assert.Throws<ArgumentException>(() => new Dtrain.Client.ModelServingClient(new() { Address = "http://10.1.2.3:8601", Token = "t" }));
+        Assert.Contains("refusing to send the token unencrypted", plain.Message);
+    }
+
+    [Fact]
     public async Task Sigterm_drains_a_grpc_stream_in_flight_and_the_server_exits_0()
     {
         var psi = CliRunner.StartInfo(models.Dir, null, "serve-model", models.CharLm, "--port", "0", "--grpc-port", "0", "--max-length", "20000");
