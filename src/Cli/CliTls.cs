@@ -15,7 +15,7 @@ public static class CliTls
     {
         Description = "TLS: a directory with ca.crt (the cluster CA) and tls.crt, tls.key (this party's certificate and key), e.g. DIR/client of " +
                       "`dtrain certs init DIR` (CLI default: $DTRAIN_TLS_DIR). With serve and worker: their own certificates (DIR/coordinator, DIR/worker; " +
-                      "else Coordinator:Tls:Dir / Worker:Tls:Dir); with serve-model: the certificate it serves HTTPS with.",
+                      "else Coordinator:Tls:Dir / Worker:Tls:Dir); with serve-model: the certificate it serves HTTPS and gRPC with.",
         Recursive = true,
     };
 

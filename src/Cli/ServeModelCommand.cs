@@ -17,7 +17,7 @@ public static class ServeModelCommand
         var maxWait = new Option<int>("--max-wait-ms") { Description = "How long the first classification request of a batch waits for others to join it, in ms (0 = take only those already waiting; generations join at the next step without waiting).", DefaultValueFactory = _ => 5 };
         var queue = new Option<int>("--queue") { Description = "Requests that may wait for the inference thread; beyond it a request is answered 503 with Retry-After.", DefaultValueFactory = _ => 1024 };
         var threads = new Option<int>("--threads") { Description = "Torch intra-op threads of the one inference thread.", DefaultValueFactory = _ => 1 };
-        var maxLength = new Option<int>("--max-length") { Description = "Most tokens one /v1/generate request may ask for.", DefaultValueFactory = _ => 2000 };
+        var maxLength = new Option<int>("--max-length") { Description = "Most tokens one generation (/v1/generate, gRPC Generate/GenerateStream) may ask for.", DefaultValueFactory = _ => 2000 };
         var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N.", DefaultValueFactory = _ => "cpu" };
         var cmd = new Command("serve-model",
             "Serve a trained model over HTTP/JSON: POST /v1/predict (classifier: top-k labels with probabilities) or /v1/generate (language model; " +
