@@ -49,6 +49,11 @@ public interface IBatchSource
     int RowsAt(StepPosition position);
     /// <summary>Rows [rowStart, rowStart + rowCount) of the global batch at <paramref name="position"/>; null when the range is empty.</summary>
     BatchRows? GetRows(StepPosition position, int rowStart, int rowCount);
+    /// <summary>
+    /// What the loss of rows [rowStart, rowStart + rowCount) at <paramref name="position"/> sums over (tokens or examples:
+    /// <see cref="BatchRows.Count"/> of <see cref="GetRows"/>), without reading them: a coordinator plans a dataset's steps from its counts alone.
+    /// </summary>
+    long CountAt(StepPosition position, int rowStart, int rowCount);
 }
 
 public static class BatchSourceExtensions

@@ -10,7 +10,7 @@ namespace Dtrain.Training;
 /// </summary>
 public sealed class LanguageModelBatches : IBatchSource
 {
-    private readonly int[] tokens;
+    private readonly ITokenSequence tokens;
     private readonly int batchSize, seqLen;
     private readonly bool stream;
     private readonly long seed;
@@ -19,6 +19,12 @@ public sealed class LanguageModelBatches : IBatchSource
     public long StepsPerEpoch { get; }
 
     public LanguageModelBatches(int[] tokens, int batchSize, int seqLen, string sampling, long seed)
+        : this(new ArrayTokenSequence(tokens), batchSize, seqLen, sampling, seed)
+    {
+    }
+
+    /// <summary>Batches over <paramref name="tokens"/>: an array in memory or a prepared dataset's split, cut alike.</summary>
+    public LanguageModelBatches(ITokenSequence tokens, int batchSize, int seqLen, string sampling, long seed)
     {
         this.tokens = tokens;
         this.batchSize = batchSize;
@@ -62,16 +68,25 @@ public sealed class LanguageModelBatches : IBatchSource
         }
         var x = new long[rowCount * width];
         var y = new long[rowCount * width];
+        var window = new int[width + 1];
         for (var r = 0; r < rowCount; r++)
         {
-            var off = offsetOf(r);
+            tokens.Read(offsetOf(r), window);
             for (var t = 0; t < width; t++)
             {
-                x[r * width + t] = tokens[off + t];
-                y[r * width + t] = tokens[off + t + 1];
+                x[r * width + t] = window[t];
+                y[r * width + t] = window[t + 1];
             }
         }
         return new BatchRows(rowCount, width, x, y, null, (long)rowCount * width);
+    }
+
+    public long CountAt(StepPosition position, int rowStart, int rowCount)
+    {
+        rowCount = Math.Min(rowCount, batchSize - rowStart);
+        if (rowCount <= 0) return 0;
+        var width = stream ? (int)Math.Min(seqLen, streamLength - position.StepInEpoch * seqLen) : seqLen;
+        return (long)rowCount * width;
     }
 
     /// <summary>Whether the hidden state should carry from the previous step of the same epoch.</summary>
