@@ -41,6 +41,10 @@ public sealed class ReplicaJob : IAsyncDisposable
     /// <summary>The one thread all of this replica's torch work runs on.</summary>
     public TorchThread Torch { get; }
     public List<int> ValidationTokens { get; } = [];
+    /// <summary>A dataset job: the rows this worker reads itself (null when they are sent).</summary>
+    public DatasetRows? Dataset { get; private set; }
+    /// <summary>A dataset job: this replica evaluates on the dataset's validation split (read by it).</summary>
+    public bool ValidationFromDataset { get; private set; }
     public List<int[]> ValidationSequences { get; } = [];
     public List<int> ValidationLabels { get; } = [];
     /// <summary>Cancelled when the job is released: unblocks a collective waiting for a dead peer.</summary>
@@ -149,6 +153,8 @@ public sealed class ReplicaJob : IAsyncDisposable
         if (Work is ReplicaWork r) r.Replica.Reducer = newRing.Reducer;
         LastStep = nextStep - 1;
         lock (steps) steps.Clear();
+        Dataset?.Clear();
+        ValidationFromDataset = false;
         ValidationTokens.Clear();
         ValidationSequences.Clear();
         ValidationLabels.Clear();
@@ -163,15 +169,32 @@ public sealed class ReplicaJob : IAsyncDisposable
         get { lock (steps) return steps.Count; }
     }
 
-    /// <summary>Adds a chunk of the shard after checking every token id against the vocabulary (an out-of-range id would abort libtorch).</summary>
+    /// <summary>A dataset job: the worker reads its rows from <paramref name="rows"/> (owned by the job from now on).</summary>
+    public void UseDataset(DatasetRows rows) => Dataset = rows;
+
+    /// <summary>
+    /// Adds a chunk of the shard after checking every token id against the vocabulary (an out-of-range id would abort
+    /// libtorch); a dataset job's planned steps are checked when read, and the first to run is read at once in the background.
+    /// </summary>
     public void Add(ShardSlice chunk)
     {
         var vocab = Tokenizer.VocabSize;
         foreach (var s in chunk.Steps)
         {
-            CheckStep(s, vocab);
+            if (s.Planned)
+            {
+                if (Dataset is null) throw new ArgumentException($"step {s.Step}: a planned step (rows to read from a dataset) for a job assigned without a dataset");
+                if (s.RowStart < 0 || s.Rows < 0 || s.Count < 0) throw new ArgumentException($"step {s.Step}: rows {s.RowStart} + {s.Rows} (count {s.Count}) is not a row range");
+            }
+            else CheckStep(s, vocab);
             lock (steps) steps[s.Step] = s;
         }
+        if (chunk.DatasetValidation)
+        {
+            if (Dataset is null) throw new ArgumentException("the dataset's validation split for a job assigned without a dataset");
+            ValidationFromDataset = true;
+        }
+        PrefetchFrom(LastStep + 1);
         foreach (var t in chunk.ValidationTokens) CheckToken(t, vocab, "validation token");
         ValidationTokens.AddRange(chunk.ValidationTokens);
         foreach (var ex in chunk.ValidationExamples)
@@ -187,17 +210,33 @@ public sealed class ReplicaJob : IAsyncDisposable
     /// <summary>The micro-batch of step <paramref name="step"/>, or null when this rank has no rows then; removed once taken.</summary>
     public bool TryTake(long step, out ShardRows? shardStep)
     {
+        ShardRows? s;
         lock (steps)
         {
-            if (steps.Remove(step, out var s)) { shardStep = s; return true; }
+            if (!steps.Remove(step, out s)) { shardStep = null; return false; }
         }
-        shardStep = null;
-        return false;
+        if (s.Planned && Dataset is { } dataset)
+        {
+            // The next step's rows are read while this one runs.
+            PrefetchFrom(step + 1);
+            s = s with { Read = dataset.Take(s) };
+        }
+        shardStep = s;
+        return true;
+    }
+
+    /// <summary>A dataset job: starts reading planned step <paramref name="step"/>'s rows in the background when it is held.</summary>
+    private void PrefetchFrom(long step)
+    {
+        if (Dataset is not { } dataset) return;
+        ShardRows? s;
+        lock (steps) steps.TryGetValue(step, out s);
+        if (s is not null) dataset.Prefetch(s);
     }
 
     /// <summary>The rows of step <paramref name="s"/> (with their lengths when <paramref name="lengths"/>: a classifier's), or null when there are none.</summary>
     public static BatchRows? ToRows(ShardRows? s, bool lengths) =>
-        s is null || s.Rows == 0 ? null : AsRows(s, lengths);
+        s is null || s.Rows == 0 ? null : s.Read ?? AsRows(s, lengths);
 
     private static BatchRows AsRows(ShardRows s, bool lengths) =>
         new(s.Rows, s.Width,
@@ -229,6 +268,7 @@ public sealed class ReplicaJob : IAsyncDisposable
             await Task.WhenAll(old).ContinueWith(t => _ = t.Exception, TaskScheduler.Default).ConfigureAwait(false);
             await Work.ReleaseAsync(Torch).ConfigureAwait(false);
             Torch.Dispose();
+            Dataset?.Dispose();
         }
         finally
         {

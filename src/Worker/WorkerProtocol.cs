@@ -23,6 +23,7 @@ public static class WorkerProtocol
         Labels = [.. r.Labels],
         TotalSteps = r.TotalSteps, StepsPerEpoch = r.StepsPerEpoch, Threads = r.Threads, StartStep = r.StartStep,
         Stage = r.Pipeline is { } p ? FromProto(p) : null,
+        Dataset = r.Dataset is { } d ? new AssignedDataset(d.Uri, d.ManifestSha256) : null,
     };
 
     /// <summary>A neighbouring stage: its address is the message's previous/next address, its identity the peer's (when named).</summary>
@@ -42,9 +43,9 @@ public static class WorkerProtocol
 
     /// <summary>One message of a shard: its steps' rows and its part of the validation split.</summary>
     public static ShardSlice FromProto(ShardChunk c) => new(
-        [.. c.Steps.Select(s => new ShardRows(s.Step, s.Rows, s.Width, [.. s.Inputs], [.. s.Targets], [.. s.Lengths], s.Count, s.ResetState))],
+        [.. c.Steps.Select(s => new ShardRows(s.Step, s.Rows, s.Width, [.. s.Inputs], [.. s.Targets], [.. s.Lengths], s.Count, s.ResetState) { Planned = s.Planned, RowStart = s.RowStart })],
         [.. c.ValidationTokens],
-        [.. c.ValidationExamples.Select(e => new ValidationSample([.. e.Tokens], e.Label))]);
+        [.. c.ValidationExamples.Select(e => new ValidationSample([.. e.Tokens], e.Label))]) { DatasetValidation = c.DatasetValidation };
 
     public static StepCommand FromProto(RunStepRequest r) => new(r.JobId, r.Step, r.Lr, r.GlobalCount, r.ReportChecksum, r.Generation);
 

@@ -71,8 +71,10 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         if (request.Stage is { } pipeline) CheckStage(request, pipeline, spec);
         RingConnection? ring = null;
         TorchThread? torch = null;
+        DatasetRows? dataset = null;
         try
         {
+            if (request.Dataset is { } named) dataset = await OpenDatasetAsync(request, named, spec, tokenizer, labels, cancel).ConfigureAwait(false);
             ring = await rings.ConnectAsync(Ring(request), cancel).ConfigureAwait(false);
             state.Observe(ring.Reducer, [.. request.Peers.OrderBy(p => p.Rank).Select(p => p.WorkerId)]);
             activity.Job(request.JobId, ring.Reducer.Transport);
@@ -80,6 +82,8 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             var (job, reply) = request.Stage is { } p
                 ? await AssignStageAsync(request, p, spec, tokenizer, labels, device, ring, torch, threads, cancel).ConfigureAwait(false)
                 : await AssignReplicaAsync(request, spec, tokenizer, labels, device, ring, torch, threads).ConfigureAwait(false);
+            if (dataset is not null) job.UseDataset(dataset);
+            dataset = null;
             state.Current = job;
             ring = null;
             torch = null;
@@ -91,6 +95,36 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             // Anything that failed after the ring or the torch thread existed must not leak them.
             if (ring is not null) await ring.DisposeAsync().ConfigureAwait(false);
             torch?.Dispose();
+            dataset?.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// A dataset job's dataset, opened as the coordinator planned it: the same manifest (else "changed under the job"),
+    /// the same vocabulary and labels. What fails is the job's problem (the dataset's URI and file named), never the worker's.
+    /// </summary>
+    private static async Task<DatasetRows> OpenDatasetAsync(Assignment request, AssignedDataset named, JobSpec spec, ITokenizer tokenizer, LabelSet labels, CancellationToken cancel)
+    {
+        if (request.Stage is not null) throw new ArgumentException($"job {request.JobId}: a pipeline stage cannot read a dataset");
+        Data.Datasets.StoredDataset opened;
+        try
+        {
+            opened = await Data.Datasets.StoredDataset.OpenAsync(named.Uri, named.ManifestSha256, cancel: cancel).ConfigureAwait(false);
+        }
+        catch (Data.Datasets.DatasetException e)
+        {
+            throw new InvalidOperationException($"job {request.JobId}: {e.Message}", e);
+        }
+        try
+        {
+            if (!opened.Tokenizer.ToState().Tokens.SequenceEqual(tokenizer.ToState().Tokens) || !opened.Labels.Names.SequenceEqual(labels.Names))
+                throw new InvalidOperationException($"job {request.JobId}: dataset {named.Uri} has another vocabulary or labels than the job's");
+            return new DatasetRows(request.JobId, spec, opened, request.StepsPerEpoch);
+        }
+        catch
+        {
+            opened.Dispose();
+            throw;
         }
     }
 
@@ -371,13 +405,23 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         {
             // A classifier's validation split may be empty (its records' labels were moved back to training): that
             // evaluates to "no validation data", as in one process, instead of failing the job.
-            if (!job.TrainingTask.HasLabels && job.ValidationTokens.Count < 2)
+            if (!job.TrainingTask.HasLabels && job.ValidationTokens.Count < 2 && !job.ValidationFromDataset)
                 throw new InvalidOperationException($"job {job.JobId}: this replica holds no validation data");
-            var m = await job.Torch.RunAsync(() => job.TrainingTask.Evaluate(job.Replica.Engine, new PreparedData
+            // A dataset job's validation split is read from the dataset by this worker.
+            var validation = job.ValidationFromDataset && job.Dataset is { } dataset ? dataset.Data : new PreparedData
             {
                 Tokenizer = job.Tokenizer, Labels = job.Labels,
                 ValidationTokens = [.. job.ValidationTokens], ValidationSequences = job.ValidationSequences, ValidationLabels = job.ValidationLabels,
-            }, request.BatchSize, request.MaxBatches)).ConfigureAwait(false);
+            };
+            Training.EvalMetrics m;
+            try
+            {
+                m = await job.Torch.RunAsync(() => job.TrainingTask.Evaluate(job.Replica.Engine, validation, request.BatchSize, request.MaxBatches)).ConfigureAwait(false);
+            }
+            catch (Data.Datasets.DatasetException e)
+            {
+                throw new InvalidOperationException($"job {job.JobId}: evaluation: {e.Message}", e);
+            }
             // What the protocol reports: the loss, and a classifier's accuracy and macro-F1.
             return new EvalMetrics(m.Loss, m.Count, m.Accuracy, m.MacroF1);
         }

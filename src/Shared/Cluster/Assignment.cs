@@ -25,4 +25,9 @@ public sealed record Assignment
     /// <summary>The first step this job runs (a resumed job starts at its checkpoint's step).</summary>
     public long StartStep { get; init; }
     public PipelineStageAssignment? Stage { get; init; }
+    /// <summary>A job that trains from a prepared dataset: the worker opens it and reads its rows itself (null: rows are sent).</summary>
+    public AssignedDataset? Dataset { get; init; }
 }
+
+/// <summary>A prepared dataset as a job names it: its URI and the SHA-256 of the manifest the job was planned from.</summary>
+public sealed record AssignedDataset(string Uri, string ManifestSha256);

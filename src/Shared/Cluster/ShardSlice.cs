@@ -7,4 +7,7 @@ namespace Dtrain.Cluster;
 public sealed record ShardSlice(IReadOnlyList<ShardRows> Steps, int[] ValidationTokens, IReadOnlyList<ValidationSample> ValidationExamples)
 {
     public static ShardSlice Of(IReadOnlyList<ShardRows> steps) => new(steps, [], []);
+
+    /// <summary>A dataset job: this worker evaluates on the dataset's validation split, which it reads itself.</summary>
+    public bool DatasetValidation { get; init; }
 }

@@ -21,6 +21,14 @@ public sealed class ShardPlan(IBatchSource source, int worldSize, long totalStep
     /// <summary>The rows [Start, Start + Count) of step <paramref name="step"/>'s global batch that rank <paramref name="rank"/> gets.</summary>
     public (int Start, int Count) RangeFor(long step, int rank) => BatchSourceExtensions.RowRange(RowsAt(step), rank, WorldSize);
 
+    /// <summary>What the loss of rank <paramref name="rank"/>'s rows at step <paramref name="step"/> sums over, without reading them.</summary>
+    public long CountFor(long step, int rank)
+    {
+        var position = PositionOf(step);
+        var (start, count) = BatchSourceExtensions.RowRange(source.RowsAt(position), rank, WorldSize);
+        return count == 0 ? 0 : source.CountAt(position, start, count);
+    }
+
     /// <summary>Rows of rank <paramref name="rank"/> at global step <paramref name="step"/>; null when it has none.</summary>
     public BatchRows? RowsFor(long step, int rank)
     {

@@ -114,6 +114,12 @@ public sealed record DataSpec
     public string? Train { get; init; }
     /// <summary>Optional separate validation file in the same format; otherwise split off the training data.</summary>
     public string? Validation { get; init; }
+    /// <summary>
+    /// A dataset made by <c>dtrain prepare</c> (docs/data.md): a directory on storage the coordinator and the workers share,
+    /// or <c>s3://bucket/prefix</c>. Exclusive with <see cref="Train"/>, <see cref="Validation"/>, <see cref="Synthetic"/> and
+    /// the reading options: the dataset holds the data already split and tokenized; workers read their rows themselves.
+    /// </summary>
+    public string? Dataset { get; init; }
     /// <summary>Share held out for validation: the last part of the text (language modelling) or a seeded random subset (classification).</summary>
     public double ValidationFraction { get; init; } = 0.05;
     public string TextField { get; init; } = "text";

@@ -9,6 +9,34 @@ public static partial class JobSpecValidator
     /// <summary>Upper bounds that keep user input from asking libtorch for absurd shapes.</summary>
     public const int MaxLayers = 16, MaxWidth = 8192, MaxBatch = 65536, MaxSeqLen = 100_000, MaxLengthLimit = 1_000_000;
 
+    /// <summary>
+    /// data.dataset: the dataset holds the data already read, split and tokenized by <c>dtrain prepare</c>, so the fields
+    /// that say how to read and split files are refused with it, naming each; the task and tokenizer are checked against
+    /// the dataset's when it is opened (<see cref="Data.Datasets.DatasetSpecs"/>).
+    /// </summary>
+    private static void DatasetRules(List<SpecError> e, JobSpec spec)
+    {
+        var d = spec.Data;
+        var defaults = new DataSpec();
+        if (string.IsNullOrWhiteSpace(d.Dataset)) e.Add(new("$.data.dataset", "must not be empty: a directory made by `dtrain prepare` on storage the workers share, or s3://bucket/prefix"));
+        void NotWith(string field, bool given, string why)
+        {
+            if (given) e.Add(new($"$.data.{field}", $"not read with data.dataset ({why}): remove it"));
+        }
+        NotWith("train", d.Train is not null, "the dataset holds the training split");
+        NotWith("validation", d.Validation is not null, "the dataset holds the validation split");
+        NotWith("synthetic", d.Synthetic is not null, "the dataset holds the data");
+        NotWith("format", d.Format != defaults.Format, "dtrain prepare read the files: its --format");
+        NotWith("validation_fraction", d.ValidationFraction != defaults.ValidationFraction, "dtrain prepare split the data: its --validation-fraction");
+        NotWith("text_field", d.TextField != defaults.TextField, "dtrain prepare read the files: its --text-field");
+        NotWith("label_field", d.LabelField != defaults.LabelField, "dtrain prepare read the files: its --label-field");
+        NotWith("max_length", d.MaxLength != defaults.MaxLength, "dtrain prepare cut the records: its --max-length");
+        NotWith("overlength", d.Overlength != defaults.Overlength, "dtrain prepare cut the records: its --overlength");
+        NotWith("on_error", d.OnError != defaults.OnError, "dtrain prepare read the files: its --on-error");
+        if (spec.Parallelism?.Pipeline is not null)
+            e.Add(new("$.data.dataset", "a pipeline job cannot train from a dataset yet: use data parallelism (no parallelism.pipeline), or data.train"));
+    }
+
     public static IReadOnlyList<SpecError> Validate(JobSpec spec)
     {
         var e = new List<SpecError>();
@@ -21,37 +49,41 @@ public static partial class JobSpecValidator
         OneOf(e, "$.data.format", d.Format, DataFormats.All);
         OneOf(e, "$.data.overlength", d.Overlength, OverlengthPolicies.All);
         OneOf(e, "$.data.on_error", d.OnError, ErrorPolicies.All);
-        if (d.Format == DataFormats.Synthetic)
-        {
-            if (d.Synthetic is null) e.Add(new("$.data.synthetic", "required when format is \"synthetic\""));
-            else
-            {
-                OneOf(e, "$.data.synthetic.kind", d.Synthetic.Kind, ["recall"]);
-                Range(e, "$.data.synthetic.distance", d.Synthetic.Distance, 1, MaxSeqLen);
-                Range(e, "$.data.synthetic.classes", d.Synthetic.Classes, 2, 26);
-                Range(e, "$.data.synthetic.samples", d.Synthetic.Samples, 10, 10_000_000);
-            }
-            if (task is not { HasLabels: true }) e.Add(new("$.task", "the synthetic recall task is a classification task; set task to \"classification\""));
-            if (d.Train is not null) e.Add(new("$.data.train", "not read when format is \"synthetic\" (the data is generated): remove it"));
-            if (d.Validation is not null) e.Add(new("$.data.validation", "not read when format is \"synthetic\" (the data is generated): remove it"));
-        }
+        if (d.Dataset is not null) DatasetRules(e, spec);
         else
         {
-            if (string.IsNullOrWhiteSpace(d.Train)) e.Add(new("$.data.train", $"required for format \"{d.Format}\": the path of the training file"));
-            if (d.Synthetic is not null) e.Add(new("$.data.synthetic", "only allowed when format is \"synthetic\""));
+            if (d.Format == DataFormats.Synthetic)
+            {
+                if (d.Synthetic is null) e.Add(new("$.data.synthetic", "required when format is \"synthetic\""));
+                else
+                {
+                    OneOf(e, "$.data.synthetic.kind", d.Synthetic.Kind, ["recall"]);
+                    Range(e, "$.data.synthetic.distance", d.Synthetic.Distance, 1, MaxSeqLen);
+                    Range(e, "$.data.synthetic.classes", d.Synthetic.Classes, 2, 26);
+                    Range(e, "$.data.synthetic.samples", d.Synthetic.Samples, 10, 10_000_000);
+                }
+                if (task is not { HasLabels: true }) e.Add(new("$.task", "the synthetic recall task is a classification task; set task to \"classification\""));
+                if (d.Train is not null) e.Add(new("$.data.train", "not read when format is \"synthetic\" (the data is generated): remove it"));
+                if (d.Validation is not null) e.Add(new("$.data.validation", "not read when format is \"synthetic\" (the data is generated): remove it"));
+            }
+            else
+            {
+                if (string.IsNullOrWhiteSpace(d.Train)) e.Add(new("$.data.train", $"required for format \"{d.Format}\": the path of the training file"));
+                if (d.Synthetic is not null) e.Add(new("$.data.synthetic", "only allowed when format is \"synthetic\""));
+            }
+            if (d.Format == DataFormats.Text && task?.Reads(DataFormats.Text) != true)
+                e.Add(new("$.data.format", "\"text\" has no labels: it is for task \"language_model\"; use \"jsonl\" or \"csv\" for classification"));
+            if (d.Validation is null && (d.ValidationFraction <= 0 || d.ValidationFraction >= 1 || double.IsNaN(d.ValidationFraction)))
+                e.Add(new("$.data.validation_fraction", $"{d.ValidationFraction} must be in (0, 1) when no validation file is given"));
+            if (string.IsNullOrEmpty(d.TextField)) e.Add(new("$.data.text_field", "must not be empty"));
+            if (task is { HasLabels: true } && string.IsNullOrEmpty(d.LabelField)) e.Add(new("$.data.label_field", "must not be empty for classification"));
+            Range(e, "$.data.max_length", d.MaxLength, 1, MaxLengthLimit);
+            // A language model reads its text as one stream cut into training.seq_len chunks: no record is too long.
+            if (task is { PredictsNextToken: true } && d.MaxLength != new DataSpec().MaxLength)
+                e.Add(new("$.data.max_length", "only used for classification (a language model's text is one stream, cut into training.seq_len chunks): remove it"));
+            if (task is { PredictsNextToken: true } && d.Overlength != OverlengthPolicies.Truncate)
+                e.Add(new("$.data.overlength", "only used for classification (a language model's text is one stream, cut into training.seq_len chunks): remove it"));
         }
-        if (d.Format == DataFormats.Text && task?.Reads(DataFormats.Text) != true)
-            e.Add(new("$.data.format", "\"text\" has no labels: it is for task \"language_model\"; use \"jsonl\" or \"csv\" for classification"));
-        if (d.Validation is null && (d.ValidationFraction <= 0 || d.ValidationFraction >= 1 || double.IsNaN(d.ValidationFraction)))
-            e.Add(new("$.data.validation_fraction", $"{d.ValidationFraction} must be in (0, 1) when no validation file is given"));
-        if (string.IsNullOrEmpty(d.TextField)) e.Add(new("$.data.text_field", "must not be empty"));
-        if (task is { HasLabels: true } && string.IsNullOrEmpty(d.LabelField)) e.Add(new("$.data.label_field", "must not be empty for classification"));
-        Range(e, "$.data.max_length", d.MaxLength, 1, MaxLengthLimit);
-        // A language model reads its text as one stream cut into training.seq_len chunks: no record is too long.
-        if (task is { PredictsNextToken: true } && d.MaxLength != new DataSpec().MaxLength)
-            e.Add(new("$.data.max_length", "only used for classification (a language model's text is one stream, cut into training.seq_len chunks): remove it"));
-        if (task is { PredictsNextToken: true } && d.Overlength != OverlengthPolicies.Truncate)
-            e.Add(new("$.data.overlength", "only used for classification (a language model's text is one stream, cut into training.seq_len chunks): remove it"));
 
         var t = spec.Tokenizer;
         OneOf(e, "$.tokenizer.kind", t.Kind, TokenizerKinds.All);

@@ -5,10 +5,13 @@ namespace Dtrain.Training;
 /// <summary>Runs the model over a validation split (all of it, or the first <c>maxBatches</c>) and computes the task's metrics.</summary>
 public static class Evaluator
 {
-    public static EvalMetrics LanguageModel(TrainingEngine engine, int[] tokens, int batchSize, int seqLen, int maxBatches)
+    public static EvalMetrics LanguageModel(TrainingEngine engine, int[] tokens, int batchSize, int seqLen, int maxBatches) =>
+        LanguageModel(engine, new ArrayTokenSequence(tokens), batchSize, seqLen, maxBatches);
+
+    public static EvalMetrics LanguageModel(TrainingEngine engine, ITokenSequence tokens, int batchSize, int seqLen, int maxBatches)
     {
         // Fewer streams for a short validation text, so it is still read in order with the state carried.
-        var streams = Math.Max(1, Math.Min(batchSize, (tokens.Length - 1) / Math.Max(1, seqLen)));
+        var streams = (int)Math.Max(1, Math.Min(batchSize, (tokens.Length - 1) / Math.Max(1, seqLen)));
         var source = new LanguageModelBatches(tokens, streams, seqLen, Specs.LmSamplingKinds.Stream, seed: 0);
         RecurrentState? state = null;
         double lossSum = 0;
@@ -31,9 +34,12 @@ public static class Evaluator
         return new EvalMetrics(loss, count, Perplexity: Math.Exp(loss), BitsPerToken: loss / Math.Log(2));
     }
 
-    public static EvalMetrics Classification(TrainingEngine engine, IReadOnlyList<int[]> sequences, IReadOnlyList<int> labels, int classes, int batchSize, int maxBatches)
+    public static EvalMetrics Classification(TrainingEngine engine, IReadOnlyList<int[]> sequences, IReadOnlyList<int> labels, int classes, int batchSize, int maxBatches) =>
+        Classification(engine, new ListRecordSource(sequences, labels), classes, batchSize, maxBatches);
+
+    public static EvalMetrics Classification(TrainingEngine engine, IRecordSource records, int classes, int batchSize, int maxBatches)
     {
-        var source = new ClassificationBatches(sequences, labels, batchSize, seed: 0, shuffle: false);
+        var source = new ClassificationBatches(records, batchSize, seed: 0, shuffle: false);
         var predicted = new List<long>();
         var actual = new List<long>();
         double lossSum = 0;
@@ -48,7 +54,7 @@ public static class Evaluator
             lossSum += loss;
             predicted.AddRange(predictions!);
             var first = (int)(k * batchSize);
-            for (var r = 0; r < batch.Rows; r++) actual.Add(labels[first + r]);
+            for (var r = 0; r < batch.Rows; r++) actual.Add(records.Label(first + r));
         }
         var (accuracy, f1) = ClassificationMetrics.Compute(predicted, actual, classes);
         return new EvalMetrics(actual.Count == 0 ? double.NaN : lossSum / actual.Count, actual.Count, accuracy, f1);

@@ -82,6 +82,8 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
                 throw;
             }
         }
+        // A dataset job runs with its dataset's tokenizer options (DataAccess.PlaceDataset), wherever its spec goes.
+        if (spec.Data.Dataset is not null) onClient = onClient with { Tokenizer = spec.Tokenizer };
         // Uploaded files are stored under the job's directory; messages about them name them as the spec did.
         var dataNames = JobRecord.NamesOf(asSubmitted, spec);
         if (request.ResumeUpload != "")

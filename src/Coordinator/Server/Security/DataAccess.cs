@@ -1,4 +1,5 @@
 using Dtrain.Data;
+using Dtrain.Data.Datasets;
 using Dtrain.Specs;
 using Microsoft.Win32.SafeHandles;
 
@@ -56,6 +57,7 @@ public sealed partial class DataAccess
         ArgumentNullException.ThrowIfNull(spec);
         ArgumentNullException.ThrowIfNull(request);
         if (spec.Data.Format == DataFormats.Synthetic) return spec;
+        if (spec.Data.Dataset is { } dataset) return PlaceDataset(spec, dataset, source);
         var fields = new[] { ("train", spec.Data.Train), ("validation", spec.Data.Validation) };
         // First decide where every file comes from (refusing before anything moves), then move the uploads.
         var plans = new Dictionary<string, Func<string>>(StringComparer.Ordinal);
@@ -84,6 +86,45 @@ public sealed partial class DataAccess
         var placed = plans.ToDictionary(p => p.Key, p => p.Value(), StringComparer.Ordinal);
         string? Placed(string? path) => path is null ? null : placed[path];
         return spec with { Data = spec.Data with { Train = Placed(spec.Data.Train), Validation = Placed(spec.Data.Validation) } };
+    }
+
+    /// <summary>
+    /// data.dataset: <c>s3://bucket/prefix</c> (read with the coordinator's and the workers' S3 credentials), or a directory
+    /// named by its absolute path under a data root (the coordinator reads its manifest there; the workers must see the same
+    /// path: shared storage). Its manifest and tokenizer are read and checked (never a shard), the spec's task and tokenizer
+    /// against the dataset's (<see cref="DatasetSpecs"/>); returns the spec with the dataset's tokenizer options.
+    /// </summary>
+    private JobSpec PlaceDataset(JobSpec spec, string dataset, string source)
+    {
+        const string at = "$.data.dataset";
+        var uri = dataset;
+        if (!Dtrain.Data.Storage.S3Location.IsS3(dataset))
+        {
+            const string allow = "have the coordinator's operator allow a directory with `dtrain serve --data-root DIR` (Coordinator:DataRoots)";
+            if (roots.Length == 0)
+                throw Refuse(source, at, $"\"{dataset}\": this coordinator reads datasets only from s3://bucket/prefix, or from directories under its data roots; {allow}");
+            var list = string.Join(", ", roots);
+            if (!Path.IsPathRooted(dataset))
+                throw Refuse(source, at, $"\"{dataset}\": a dataset on the coordinator's storage must be named by its absolute path under a data root ({list}), which the workers see at the same path");
+            var physical = DataFile.RealPath(dataset);
+            if (physical is null || !roots.Any(r => DataFile.IsUnder(physical, r)))
+                throw Refuse(source, at, $"\"{dataset}\" is not a directory under the coordinator's data roots ({list})");
+            uri = dataset;
+        }
+        StoredDataset opened;
+        try
+        {
+            opened = StoredDataset.OpenAsync(uri).GetAwaiter().GetResult();
+        }
+        catch (DatasetException e)
+        {
+            throw Refuse(source, at, e.Message);
+        }
+        using (opened)
+        {
+            DatasetSpecs.Check(spec, opened.Manifest, source);
+            return DatasetSpecs.Resolve(spec, opened.Manifest);
+        }
     }
 
     /// <summary>The file a spec names without uploading it: allowed only under a data root, as a regular file within the size limit.</summary>

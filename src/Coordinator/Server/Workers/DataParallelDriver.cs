@@ -134,7 +134,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         var (data, total, schedule) = (prepared.Data, prepared.TotalSteps, prepared.Schedule);
         var checkpoints = new JobCheckpoints(job);
         var start = progress.Next;
-        var shards = new EpochShards(job.Id, plan, total, start);
+        var shards = new EpochShards(job.Id, plan, total, start, planned: data.Dataset is not null);
         var sendValidation = true;
         var clock = progress.Clock;
         var deadline = new StepDeadline(options.StepTimeoutSeconds, options.StepDeadline);

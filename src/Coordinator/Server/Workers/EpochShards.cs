@@ -8,8 +8,11 @@ namespace Dtrain.Server;
 /// Feeds a job's workers their rows epoch by epoch, whichever driver runs it: when the next step to launch is the first
 /// not yet sent, every replica gets its rows of the rest of that epoch at once (and rank 0 the validation split when
 /// given); each step's global count (what the loss of every replica sums over) is kept until the step is launched.
+/// A dataset job (<paramref name="planned"/>) sends only the plan — each rank's row range of each step and its count —
+/// and the workers read the rows (and rank 0 the validation split) from the dataset themselves: the coordinator never
+/// reads a token of it.
 /// </summary>
-public sealed class EpochShards(string jobId, ShardPlan plan, long totalSteps, long start)
+public sealed class EpochShards(string jobId, ShardPlan plan, long totalSteps, long start, bool planned = false)
 {
     private readonly Dictionary<long, long> globalCounts = [];
     private long loadedUntil = start;
@@ -22,7 +25,7 @@ public sealed class EpochShards(string jobId, ShardPlan plan, long totalSteps, l
     {
         if (step != loadedUntil) return;
         var epochEnd = Math.Min(totalSteps, (plan.PositionOf(step).Epoch + 1) * plan.StepsPerEpoch);
-        var perReplica = Build(plan, replicas, step, epochEnd, globalCounts, validation);
+        var perReplica = planned ? BuildPlan(plan, replicas, step, epochEnd, globalCounts, validation is not null) : Build(plan, replicas, step, epochEnd, globalCounts, validation);
         await workers.LoadShardsAsync(jobId, [.. Enumerable.Range(0, workers.Count).Select(slot => perReplica[replicaOf(slot)])], step, cancel).ConfigureAwait(false);
         loadedUntil = epochEnd;
     }
@@ -33,6 +36,30 @@ public sealed class EpochShards(string jobId, ShardPlan plan, long totalSteps, l
         var count = globalCounts[step];
         globalCounts.Remove(step);
         return count;
+    }
+
+    /// <summary>
+    /// A dataset job's plan of steps [<paramref name="from"/>, <paramref name="to"/>): every replica's row range and count
+    /// of each step (nothing read), and for replica 0 the word to evaluate on the dataset's validation split; records
+    /// each step's global count.
+    /// </summary>
+    internal static ShardSlice[] BuildPlan(ShardPlan plan, int replicas, long from, long to, Dictionary<long, long> globalCounts, bool validation)
+    {
+        var perReplica = Enumerable.Range(0, replicas).Select(_ => new List<ShardRows>()).ToArray();
+        for (var step = from; step < to; step++)
+        {
+            long total = 0;
+            var reset = plan.PositionOf(step).StepInEpoch == 0;
+            for (var rank = 0; rank < replicas; rank++)
+            {
+                var (start, count) = plan.RangeFor(step, rank);
+                var sum = plan.CountFor(step, rank);
+                perReplica[rank].Add(ShardRows.Plan(step, start, count, sum, reset));
+                total += sum;
+            }
+            globalCounts[step] = total;
+        }
+        return [.. perReplica.Select((steps, rank) => ShardSlice.Of(steps) with { DatasetValidation = rank == 0 && validation })];
     }
 
     /// <summary>

@@ -19,5 +19,6 @@ public sealed class JobAssignments(JobRecord job, PreparedJob prepared)
         JobId = job.Id, Generation = generation, SpecJson = specJson, Rank = rank, World = world, Peers = peers,
         Tokenizer = tokenizer, Labels = labels, TotalSteps = prepared.TotalSteps, StepsPerEpoch = prepared.Source.StepsPerEpoch,
         Threads = job.Spec.Training.Threads, StartStep = startStep, Stage = stage,
+        Dataset = prepared.Data.Dataset is { } d ? new AssignedDataset(d.Uri, d.ManifestSha256) : null,
     };
 }

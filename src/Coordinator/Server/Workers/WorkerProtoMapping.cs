@@ -23,6 +23,7 @@ public static class WorkerProtoMapping
         request.Peers.AddRange(a.Peers.Select(ToProto));
         request.TokenizerTokens.AddRange(a.Tokenizer.Tokens);
         request.Labels.AddRange(a.Labels);
+        if (a.Dataset is { } d) request.Dataset = new Protos.Worker.DatasetRef { Uri = d.Uri, ManifestSha256 = d.ManifestSha256 };
         if (a.Stage is { } s)
         {
             request.Pipeline = new PipelineAssignment
@@ -45,7 +46,7 @@ public static class WorkerProtoMapping
         long size = 0;
         foreach (var rows in slice.Steps)
         {
-            var s = new ShardStep { Step = rows.Step, Rows = rows.Rows, Width = rows.Width, Count = rows.Count, ResetState = rows.ResetState };
+            var s = new ShardStep { Step = rows.Step, Rows = rows.Rows, Width = rows.Width, Count = rows.Count, ResetState = rows.ResetState, Planned = rows.Planned, RowStart = rows.RowStart };
             s.Inputs.AddRange(rows.Inputs);
             s.Targets.AddRange(rows.Targets);
             if (rows.Lengths is not null) s.Lengths.AddRange(rows.Lengths);
@@ -79,6 +80,7 @@ public static class WorkerProtoMapping
             size += ex.Tokens.Count;
         }
         if (current.ValidationExamples.Count > 0) chunks.Add(current);
+        if (slice.DatasetValidation) chunks.Add(new ShardChunk { JobId = jobId, DatasetValidation = true });
         return chunks;
     }
 

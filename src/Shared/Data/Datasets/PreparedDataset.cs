@@ -103,12 +103,15 @@ public sealed class PreparedDataset : IDisposable
         }
     }
 
-    static DatasetManifest ReadManifest(string directory, string path)
+    static DatasetManifest ReadManifest(string directory, string path) => ParseManifest(directory, File.ReadAllBytes(path));
+
+    /// <summary>The manifest in <paramref name="bytes"/>, checked for its format, version and token width (<paramref name="directory"/>: the dataset, for messages).</summary>
+    internal static DatasetManifest ParseManifest(string directory, byte[] bytes)
     {
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(File.ReadAllBytes(path));
+            doc = JsonDocument.Parse(bytes);
         }
         catch (JsonException e)
         {
@@ -148,7 +151,7 @@ public sealed class PreparedDataset : IDisposable
         return bytes;
     }
 
-    static string SizeProblem(long actual, long expected) => actual < expected
+    internal static string SizeProblem(long actual, long expected) => actual < expected
         ? $"is truncated: {actual:N0} bytes, the manifest says {expected:N0}"
         : $"is {actual:N0} bytes, the manifest says {expected:N0}: it was altered after preparation";
 

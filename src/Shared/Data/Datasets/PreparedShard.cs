@@ -13,13 +13,27 @@ public sealed unsafe class PreparedShard : IDisposable
     readonly Mapping? offsets, labels;
     readonly int width;
 
-    internal PreparedShard(string directory, DatasetShard entry, int width)
+    internal PreparedShard(string directory, DatasetShard entry, int width) : this(entry, width, name => Path.Combine(directory, name))
+    {
+    }
+
+    /// <summary>The shard whose files are at <paramref name="pathOf"/>(name): their sizes must already have been checked.</summary>
+    internal PreparedShard(DatasetShard entry, int width, Func<string, string> pathOf)
     {
         Entry = entry;
         this.width = width;
-        tokens = new Mapping(Path.Combine(directory, entry.Tokens.Name), entry.Tokens.Bytes);
-        if (entry.Offsets is { } o) offsets = new Mapping(Path.Combine(directory, o.Name), o.Bytes);
-        if (entry.Labels is { } l) labels = new Mapping(Path.Combine(directory, l.Name), l.Bytes);
+        tokens = new Mapping(pathOf(entry.Tokens.Name), entry.Tokens.Bytes);
+        try
+        {
+            if (entry.Offsets is { } o) offsets = new Mapping(pathOf(o.Name), o.Bytes);
+            if (entry.Labels is { } l) labels = new Mapping(pathOf(l.Name), l.Bytes);
+        }
+        catch
+        {
+            tokens.Dispose();
+            offsets?.Dispose();
+            throw;
+        }
     }
 
     public DatasetShard Entry { get; }

@@ -73,13 +73,14 @@ public sealed class ClassificationTask : ITrainingTask
         ValidationLabels = records.Select(x => labels.IdOf(x.Label ?? "", x.File, x.Line)).ToArray(),
     };
 
-    public long TrainExamples(PreparedData data) => data.TrainSequences.Count;
+    public long TrainExamples(PreparedData data) => data.TrainRecords.Count;
 
-    public int? LongestSequence(PreparedData data) =>
+    // A dataset's records are not read to find the longest (its index is the workers'): the estimate takes data.max_length.
+    public int? LongestSequence(PreparedData data) => data.Dataset is not null ? null :
         data.TrainSequences.Concat(data.ValidationSequences).Select(x => x.Length).DefaultIfEmpty(1).Max();
 
     public IBatchSource TrainBatches(JobSpec spec, PreparedData data) =>
-        new ClassificationBatches(data.TrainSequences, data.TrainLabels, spec.Training.BatchSize, spec.Training.Seed);
+        new ClassificationBatches(data.TrainRecords, spec.Training.BatchSize, spec.Training.Seed);
 
     public void CheckRows(BatchRows rows, int vocabSize, int labels, string what)
     {
@@ -113,7 +114,7 @@ public sealed class ClassificationTask : ITrainingTask
     public void SetGradientsReady(nn.Module model, Action<int>? ready) { }
 
     public EvalMetrics Evaluate(TrainingEngine engine, PreparedData data, int batchSize, int maxBatches) =>
-        Evaluator.Classification(engine, data.ValidationSequences, data.ValidationLabels, data.Labels.Count, batchSize, maxBatches);
+        Evaluator.Classification(engine, data.ValidationRecords, data.Labels.Count, batchSize, maxBatches);
 
     public EvalMetrics WithDerivedMetrics(EvalMetrics metrics) => metrics;
 

@@ -48,12 +48,12 @@ public sealed class LanguageModelTask : ITrainingTask
     public PreparedData PrepareEvaluation(ITokenizer tokenizer, LabelSet labels, IReadOnlyList<TextRecord> records) =>
         new() { Tokenizer = tokenizer, Labels = LabelSet.Empty, ValidationTokens = tokenizer.Encode(string.Join('\n', records.Select(x => x.Text))) };
 
-    public long TrainExamples(PreparedData data) => data.TrainTokens.Length;
+    public long TrainExamples(PreparedData data) => data.TrainStream.Length;
 
     public int? LongestSequence(PreparedData data) => null;
 
     public IBatchSource TrainBatches(JobSpec spec, PreparedData data) =>
-        new LanguageModelBatches(data.TrainTokens, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.LmSampling, spec.Training.Seed);
+        new LanguageModelBatches(data.TrainStream, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.LmSampling, spec.Training.Seed);
 
     public void CheckRows(BatchRows rows, int vocabSize, int labels, string what)
     {
@@ -84,7 +84,7 @@ public sealed class LanguageModelTask : ITrainingTask
     public void SetGradientsReady(nn.Module model, Action<int>? ready) => Of(model).GradientsReady = ready;
 
     public EvalMetrics Evaluate(TrainingEngine engine, PreparedData data, int batchSize, int maxBatches) =>
-        Evaluator.LanguageModel(engine, data.ValidationTokens, batchSize, engine.Spec.Training.SeqLen, maxBatches);
+        Evaluator.LanguageModel(engine, data.ValidationStream, batchSize, engine.Spec.Training.SeqLen, maxBatches);
 
     public EvalMetrics WithDerivedMetrics(EvalMetrics metrics) =>
         metrics with { Perplexity = Math.Exp(metrics.Loss), BitsPerToken = metrics.Loss / Math.Log(2) };

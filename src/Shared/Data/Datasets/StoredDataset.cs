@@ -1,0 +1,219 @@
+using System.Security.Cryptography;
+using System.Text.Json;
+using Dtrain.Data.Storage;
+using Dtrain.Training.Tasks;
+
+namespace Dtrain.Data.Datasets;
+
+/// <summary>
+/// A prepared dataset opened from its store (<see cref="DatasetStores.Open"/>: a directory the workers share, or
+/// <c>s3://bucket/prefix</c>) for a job: opening reads only the manifest and the tokenizer, and checks them (format,
+/// version, totals); a split's shards are opened when a read first touches them (<see cref="PreparedSplit"/>), so a
+/// coordinator that plans from the counts never reads a token. A shard is checked against its size and SHA-256 in the
+/// manifest when it is opened — memory-mapped in place from a directory; from S3 fetched whole into the store's disk
+/// cache (checked there) and mapped, the next shard of the split fetched in the background meanwhile. Every problem is a
+/// <see cref="DatasetException"/> naming the dataset's URI and the file: a missing or truncated shard, a shard or a
+/// manifest that changed under the job (<see cref="ManifestSha256"/> differs from the one the job started with), storage
+/// that cannot be reached.
+/// </summary>
+public sealed class StoredDataset : IDisposable
+{
+    readonly IDatasetStore store;
+    readonly int width;
+    readonly List<PreparedShard> shards = [];
+    readonly List<Task> readAheads = [];
+    readonly CancellationTokenSource closing = new();
+    int disposed;
+
+    StoredDataset(string uri, IDatasetStore store, DatasetManifest manifest, string manifestSha256, ITokenizer tokenizer)
+    {
+        Uri = uri;
+        this.store = store;
+        Manifest = manifest;
+        ManifestSha256 = manifestSha256;
+        Tokenizer = tokenizer;
+        Labels = new LabelSet(manifest.Labels);
+        width = DatasetLayout.WidthFor(manifest.VocabSize);
+        Train = new PreparedSplit(manifest.Train, i => OpenShard(manifest.Train, i));
+        Validation = new PreparedSplit(manifest.Validation, i => OpenShard(manifest.Validation, i));
+    }
+
+    /// <summary>The dataset's root as a job names it (data.dataset).</summary>
+    public string Uri { get; }
+    public DatasetManifest Manifest { get; }
+    /// <summary>SHA-256 (hex) of manifest.json: what a job checks to see the dataset it started with.</summary>
+    public string ManifestSha256 { get; }
+    public ITokenizer Tokenizer { get; }
+    public LabelSet Labels { get; }
+    public PreparedSplit Train { get; }
+    public PreparedSplit Validation { get; }
+    /// <summary>Whether its shards are fetched from object storage (else memory-mapped where they are).</summary>
+    public bool Remote => store is S3DatasetStore;
+    /// <summary>How many shards of either split have been opened.</summary>
+    public int ShardsOpened => Train.ShardsOpened + Validation.ShardsOpened;
+
+    /// <summary>
+    /// Opens the dataset at <paramref name="uri"/> (its manifest and tokenizer only). With <paramref name="expectedManifestSha256"/>,
+    /// a manifest with another SHA-256 is refused: the dataset changed since the job started.
+    /// </summary>
+    /// <exception cref="DatasetException">No dataset there, an unknown version, an inconsistent manifest, storage failing, or another manifest than expected.</exception>
+    public static async Task<StoredDataset> OpenAsync(string uri, string? expectedManifestSha256 = null, S3StoreOptions? s3 = null, CancellationToken cancel = default)
+    {
+        IDatasetStore store;
+        try
+        {
+            store = DatasetStores.Open(uri, s3);
+        }
+        catch (Exception e) when (e is ArgumentException or DatasetStorageException)
+        {
+            throw new DatasetException(uri, null, e.Message.StartsWith(uri, StringComparison.Ordinal) ? e.Message[uri.Length..].TrimStart(':', ' ') : e.Message);
+        }
+        try
+        {
+            if (store is LocalDatasetStore && !System.IO.Directory.Exists(uri)) throw new DatasetException(uri, null, "no such directory");
+            var manifestBytes = await ReadWholeAsync(store, uri, DatasetLayout.ManifestFile, cancel,
+                missing: $"has no {DatasetLayout.ManifestFile}: it is not a prepared dataset, or its preparation did not finish (the manifest is written last); prepare it again").ConfigureAwait(false);
+            var sha = Convert.ToHexStringLower(SHA256.HashData(manifestBytes));
+            if (expectedManifestSha256 is not null && !sha.Equals(expectedManifestSha256, StringComparison.OrdinalIgnoreCase))
+                throw new DatasetException(uri, DatasetLayout.ManifestFile,
+                    $"changed under the job: its SHA-256 is {sha}, the job started with {expectedManifestSha256.ToLowerInvariant()} (the dataset was prepared again or altered); submit the job again");
+            var manifest = PreparedDataset.ParseManifest(uri, manifestBytes);
+            var tokenizerBytes = await ReadWholeAsync(store, uri, manifest.Tokenizer.Name, cancel, missing: "is missing").ConfigureAwait(false);
+            if (tokenizerBytes.Length != manifest.Tokenizer.Bytes) throw new DatasetException(uri, manifest.Tokenizer.Name, PreparedDataset.SizeProblem(tokenizerBytes.Length, manifest.Tokenizer.Bytes));
+            if (Convert.ToHexStringLower(SHA256.HashData(tokenizerBytes)) != manifest.Tokenizer.Sha256)
+                throw new DatasetException(uri, manifest.Tokenizer.Name, "does not match its SHA-256 in the manifest: it was altered after preparation");
+            ITokenizer tokenizer;
+            try
+            {
+                tokenizer = TokenizerFactory.FromState(JsonSerializer.Deserialize<TokenizerState>(tokenizerBytes, DatasetLayout.TokenizerJson) ?? throw new InvalidDataException("is null"));
+            }
+            catch (Exception e) when (e is JsonException or InvalidDataException)
+            {
+                throw new DatasetException(uri, manifest.Tokenizer.Name, $"is not a valid tokenizer: {e.Message}");
+            }
+            if (tokenizer.VocabSize != manifest.VocabSize)
+                throw new DatasetException(uri, manifest.Tokenizer.Name, $"holds {tokenizer.VocabSize} tokens, the manifest says {manifest.VocabSize}");
+            CheckTotals(uri, manifest);
+            return new StoredDataset(uri, store, manifest, sha, tokenizer);
+        }
+        catch
+        {
+            store.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The split's totals and every shard's sizes agree with each other (nothing is read but the manifest).</summary>
+    static void CheckTotals(string uri, DatasetManifest manifest)
+    {
+        var width = DatasetLayout.WidthFor(manifest.VocabSize);
+        var labelled = TrainingTasks.Find(manifest.Settings.Task) is { HasLabels: true };
+        foreach (var split in new[] { manifest.Train, manifest.Validation })
+        {
+            long tokens = 0, records = 0;
+            foreach (var s in split.Shards)
+            {
+                foreach (var f in new[] { s.Tokens, s.Offsets, s.Labels })
+                    if (f is not null && (f.Name.Contains('/') || f.Name.Contains('\\') || f.Name is "." or ".."))
+                        throw new DatasetException(uri, DatasetLayout.ManifestFile, $"names a file outside the dataset: \"{f.Name}\"");
+                if (s.Tokens.Bytes != s.TokenCount * width)
+                    throw new DatasetException(uri, DatasetLayout.ManifestFile, $"is inconsistent: {s.Tokens.Name} is {s.Tokens.Bytes} bytes for {s.TokenCount} ids of {width} bytes");
+                if (labelled && (s.Offsets is null || s.Labels is null || s.Offsets.Bytes != (s.Records + 1) * 8 || s.Labels.Bytes != s.Records * 4))
+                    throw new DatasetException(uri, DatasetLayout.ManifestFile, $"is inconsistent: the index of {s.Tokens.Name} does not match its {s.Records} records");
+                tokens += s.TokenCount;
+                records += s.Records;
+            }
+            if (tokens != split.Tokens || records != split.Records)
+                throw new DatasetException(uri, DatasetLayout.ManifestFile, $"is inconsistent: a split's shards hold {tokens} tokens and {records} records, its totals say {split.Tokens} and {split.Records}");
+        }
+    }
+
+    static async Task<byte[]> ReadWholeAsync(IDatasetStore store, string uri, string name, CancellationToken cancel, string missing)
+    {
+        try
+        {
+            var size = await store.SizeAsync(name, cancel).ConfigureAwait(false);
+            if (size > 256 << 20) throw new DatasetException(uri, name, $"is {size:N0} bytes: too large for a manifest or tokenizer");
+            var bytes = new byte[size];
+            await store.ReadAsync(name, 0, bytes, cancel).ConfigureAwait(false);
+            return bytes;
+        }
+        catch (DatasetStorageException e) when (e.Problem.StartsWith("no such", StringComparison.Ordinal) && !e.Problem.StartsWith("no such bucket", StringComparison.Ordinal))
+        {
+            throw new DatasetException(uri, name, missing);
+        }
+        catch (DatasetStorageException e)
+        {
+            throw new DatasetException(uri, name, e.Problem);
+        }
+    }
+
+    /// <summary>Shard <paramref name="index"/> of <paramref name="split"/>: its files checked (size and SHA-256) and mapped; from S3, the next shard's fetched in the background.</summary>
+    PreparedShard OpenShard(DatasetSplit split, int index)
+    {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref disposed) != 0, this);
+        var entry = split.Shards[index];
+        var paths = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var f in Files(entry)) paths[f.Name] = Fetch(f).GetAwaiter().GetResult();
+        if (Remote && index + 1 < split.Shards.Count)
+        {
+            var next = split.Shards[index + 1];
+            lock (readAheads)
+            {
+                readAheads.RemoveAll(t => t.IsCompleted);
+                // Errors show when the shard is opened for real.
+                readAheads.Add(Task.Run(async () => { foreach (var f in Files(next)) await Fetch(f, closing.Token).ConfigureAwait(false); }).ContinueWith(t => _ = t.Exception, TaskScheduler.Default));
+            }
+        }
+        var shard = new PreparedShard(entry, width, name => paths[name]);
+        lock (shards) shards.Add(shard);
+        return shard;
+    }
+
+    static IEnumerable<DatasetFile> Files(DatasetShard s) => new[] { s.Tokens, s.Offsets, s.Labels }.OfType<DatasetFile>();
+
+    /// <summary>A local path holding <paramref name="file"/> whole, checked against its size and SHA-256.</summary>
+    async Task<string> Fetch(DatasetFile file, CancellationToken cancel = default)
+    {
+        string path;
+        try
+        {
+            path = await store.LocalFileAsync(file.Name, file.Sha256, cancel).ConfigureAwait(false);
+        }
+        catch (DatasetStorageException e) when (e.Problem.StartsWith("no such file", StringComparison.Ordinal) || e.Problem.StartsWith("no such object", StringComparison.Ordinal))
+        {
+            throw new DatasetException(Uri, file.Name, "is missing: the dataset changed under the job, or was never whole");
+        }
+        catch (DatasetStorageException e) when (e.Problem.StartsWith("SHA-256 is", StringComparison.Ordinal))
+        {
+            var size = new FileInfo(store.UriOf(file.Name)) is { Exists: true } local ? local.Length : -1;
+            throw new DatasetException(Uri, file.Name, size >= 0 && size != file.Bytes
+                ? $"{PreparedDataset.SizeProblem(size, file.Bytes)}: the dataset changed under the job"
+                : $"does not match its SHA-256 in the manifest ({e.Problem}): the dataset changed under the job");
+        }
+        catch (DatasetStorageException e)
+        {
+            throw new DatasetException(Uri, file.Name, e.Problem);
+        }
+        var length = new FileInfo(path).Length;
+        if (length != file.Bytes) throw new DatasetException(Uri, file.Name, PreparedDataset.SizeProblem(length, file.Bytes));
+        return path;
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref disposed, 1) != 0) return;
+        closing.Cancel();
+        Task[] pending;
+        lock (readAheads) pending = [.. readAheads];
+        // Cancelled: they end at once (their errors were observed).
+        Task.WaitAll(pending);
+        closing.Dispose();
+        lock (shards)
+        {
+            foreach (var s in shards) s.Dispose();
+            shards.Clear();
+        }
+        store.Dispose();
+    }
+}

@@ -1,0 +1,109 @@
+using Dtrain.Cluster;
+using Dtrain.Data.Datasets;
+using Dtrain.Specs;
+using Dtrain.Training;
+using Dtrain.Training.Tasks;
+
+namespace Dtrain.Worker;
+
+/// <summary>
+/// A dataset job's rows, read by this worker: the coordinator sends only the plan (each step's row range), and the
+/// rows come from the job's batch source over the dataset — the same <see cref="IBatchSource"/> the coordinator and a
+/// single process build, so the rows are exactly theirs. The next step's rows are read on a background task while the
+/// step before runs, so a step rarely waits for data. Rows are checked as the task checks rows from elsewhere before
+/// they reach torch; a failure to read (a missing, truncated or changed shard, storage unreachable) is an
+/// <see cref="InvalidOperationException"/> naming the job, the dataset's URI and the shard.
+/// </summary>
+public sealed class DatasetRows : IDisposable
+{
+    private readonly string jobId;
+    private readonly ITrainingTask task;
+    private readonly int vocabSize, labels;
+    private readonly Dictionary<(long Step, int Start, int Rows), Task<BatchRows?>> reads = [];
+
+    public DatasetRows(string jobId, JobSpec spec, StoredDataset dataset, long stepsPerEpoch)
+    {
+        this.jobId = jobId;
+        Dataset = dataset;
+        task = TrainingTasks.For(spec);
+        Data = PreparedData.FromDataset(dataset);
+        vocabSize = dataset.Tokenizer.VocabSize;
+        labels = dataset.Labels.Count;
+        Source = task.TrainBatches(spec, Data);
+        if (Source.StepsPerEpoch != stepsPerEpoch)
+            throw new InvalidOperationException($"job {jobId}: dataset {dataset.Uri} makes {Source.StepsPerEpoch} steps per epoch here, the coordinator planned {stepsPerEpoch}: the dataset is not the one the job was planned from");
+    }
+
+    public StoredDataset Dataset { get; }
+    /// <summary>The dataset's splits (for evaluation on its validation split).</summary>
+    public PreparedData Data { get; }
+    public IBatchSource Source { get; }
+
+    /// <summary>Starts reading the rows of planned step <paramref name="s"/> in the background, unless already started.</summary>
+    public void Prefetch(ShardRows s)
+    {
+        if (!s.Planned || s.Rows == 0) return;
+        lock (reads)
+        {
+            var key = (s.Step, s.RowStart, s.Rows);
+            if (!reads.ContainsKey(key)) reads[key] = Task.Run(() => Read(s));
+        }
+    }
+
+    /// <summary>The rows of planned step <paramref name="s"/>: the prefetched ones (waited for) or read now.</summary>
+    public BatchRows? Take(ShardRows s)
+    {
+        if (s.Rows == 0) return null;
+        Task<BatchRows?>? read;
+        lock (reads) reads.Remove((s.Step, s.RowStart, s.Rows), out read);
+        return read is null ? Read(s) : read.GetAwaiter().GetResult();
+    }
+
+    /// <summary>Forgets prefetched rows (a new generation plans other ranges).</summary>
+    public void Clear()
+    {
+        lock (reads) reads.Clear();
+    }
+
+    private BatchRows? Read(ShardRows s)
+    {
+        var what = $"step {s.Step}";
+        BatchRows? rows;
+        try
+        {
+            rows = Source.GetRows(new StepPosition(s.Step / Source.StepsPerEpoch, s.Step % Source.StepsPerEpoch), s.RowStart, s.Rows);
+        }
+        catch (DatasetException e)
+        {
+            throw new InvalidOperationException($"job {jobId}: {what}: {e.Message}", e);
+        }
+        catch (ArgumentOutOfRangeException e)
+        {
+            throw new InvalidOperationException($"job {jobId}: {what}: rows {s.RowStart}..{s.RowStart + s.Rows - 1} are outside dataset {Dataset.Uri} ({e.Message})", e);
+        }
+        if (rows is null || rows.Rows != s.Rows || rows.Count != s.Count)
+            throw new InvalidOperationException($"job {jobId}: {what}: dataset {Dataset.Uri} gives {rows?.Rows ?? 0} rows counting {rows?.Count ?? 0}, the plan says {s.Rows} counting {s.Count}: the dataset is not the one the job was planned from");
+        try
+        {
+            task.CheckRows(rows, vocabSize, labels, $"{what} from dataset {Dataset.Uri}");
+        }
+        catch (ArgumentException e)
+        {
+            throw new InvalidOperationException($"job {jobId}: {e.Message}", e);
+        }
+        return rows;
+    }
+
+    public void Dispose()
+    {
+        Task[] pending;
+        lock (reads)
+        {
+            pending = [.. reads.Values];
+            reads.Clear();
+        }
+        // A read in flight ends on its own (it reads memory-mapped or cached shards); its error no longer matters.
+        foreach (var t in pending) t.ContinueWith(x => _ = x.Exception, TaskScheduler.Default).Wait();
+        Dataset.Dispose();
+    }
+}
