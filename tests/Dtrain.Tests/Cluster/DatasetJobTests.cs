@@ -1,0 +1,232 @@
+using Dtrain.Data.Datasets;
+using Dtrain.Data.Storage;
+using Dtrain.Protos.Jobs;
+using Dtrain.Protos.Worker;
+using Dtrain.Server;
+using Dtrain.Specs;
+using Dtrain.Tests.Data.Datasets;
+using Dtrain.Tests.Data.Storage;
+using Dtrain.Tests.Support;
+using Grpc.AspNetCore.Server;
+using Grpc.Core;
+using Grpc.Core.Interceptors;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Dtrain.Tests.Cluster;
+
+/// <summary>
+/// A job that names a prepared dataset (data.dataset) on a real cluster (coordinator and 2 workers over gRPC on
+/// loopback): it trains exactly the batches of the same data held in memory — the same loss at every step and the same
+/// final evaluation — while the coordinator sends only the plan (no token reaches a worker over the wire) and the
+/// workers read the rows themselves, from a shared directory or from S3 (the real S3 test server).
+/// </summary>
+[Collection(DatasetJobCollection.Name)]
+public sealed class DatasetJobTests
+{
+    public static TheoryData<string> Tasks() => [TaskKinds.LanguageModel, TaskKinds.Classification];
+
+    /// <summary>The in-memory spec for <paramref name="task"/> and its data file (written into <paramref name="tmp"/>).</summary>
+    static (JobSpec Spec, string File) MemoryJob(TempDir tmp, string task)
+    {
+        if (task == TaskKinds.LanguageModel)
+        {
+            var file = tmp.Write("t.txt", TestJobs.Text(80));
+            var lm = TestJobs.CharLm("t.txt", steps: 12);
+            return (lm with { Training = lm.Training with { BatchSize = 7, SeqLen = 12 } }, file);
+        }
+        var jsonl = tmp.Write("d.jsonl", TestJobs.ClassificationJsonl(90));
+        var clf = TestJobs.Classifier("d.jsonl", steps: 12);
+        // 72 training examples, batch 10: the last batch of an epoch has 2 rows, so a rank has none then.
+        return (clf with { Training = clf.Training with { BatchSize = 10 } }, jsonl);
+    }
+
+    /// <summary>`dtrain prepare` of <paramref name="file"/> with the spec's options, in small shards (rows cross them).</summary>
+    static string Prepare(JobSpec spec, string file, string output)
+    {
+        DatasetPreparer.Prepare(PrepareTestSupport.Options(output, [file]) with
+        {
+            Task = spec.Task, ValidationFraction = spec.Data.ValidationFraction, Seed = spec.Training.Seed, Tokenizer = spec.Tokenizer,
+        });
+        return output;
+    }
+
+    static JobSpec DatasetJob(JobSpec memory, string dataset) => memory with { Data = new DataSpec { Dataset = dataset } };
+
+    static async Task<(JobInfo Info, double[] Losses)> RunAsync(InProcessCluster cluster, TempDir tmp, JobSpec spec, string name)
+    {
+        var path = tmp.Write(name, JobSpecSerializer.Serialize(spec));
+        var id = cluster.Client.Submit(Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(path), 2)).JobId;
+        var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
+        var losses = cluster.Client.History(new GetJobRequest { JobId = id }).Events.Where(e => e.KindCase == JobEvent.KindOneofCase.Step).Select(e => e.Step.Loss).ToArray();
+        return (info, losses);
+    }
+
+    static async Task<InProcessCluster> StartAsync(string dataRoot, ShardTap tap)
+    {
+        var cluster = await InProcessCluster.StartAsync(0, new CoordinatorOptions { DataRoots = [dataRoot] });
+        for (var i = 0; i < 2; i++) await cluster.AddWorkerAsync(configure: b => b.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<ShardTapInterceptor>(tap)));
+        await cluster.WaitForIdleAsync(2, TimeSpan.FromSeconds(30));
+        return cluster;
+    }
+
+    static void AssertSameTraining(JobInfo memory, double[] memoryLosses, JobInfo dataset, double[] datasetLosses, string what)
+    {
+        Assert.True(memory.State == JobState.Succeeded, $"from memory: {memory.State} {memory.Message}");
+        Assert.True(dataset.State == JobState.Succeeded, $"{what}: {dataset.State} {dataset.Message}");
+        Assert.Equal(12, memoryLosses.Length);
+        Assert.Equal(memoryLosses.Length, datasetLosses.Length);
+        for (var i = 0; i < memoryLosses.Length; i++)
+            Assert.True(Math.Abs(memoryLosses[i] - datasetLosses[i]) <= 1e-6 * Math.Max(1, Math.Abs(memoryLosses[i])),
+                $"{what}, step {i + 1}: loss {datasetLosses[i]:R}, from memory {memoryLosses[i]:R}");
+        // The final evaluation: rank 0 read the validation split from the dataset.
+        Assert.True(Math.Abs(memory.LastEval.Loss - dataset.LastEval.Loss) <= 1e-6 * Math.Max(1, memory.LastEval.Loss),
+            $"{what}: validation loss {dataset.LastEval.Loss:R}, from memory {memory.LastEval.Loss:R}");
+    }
+
+    [Theory]
+    [MemberData(nameof(Tasks))]
+    public async Task Two_workers_train_the_same_losses_from_a_prepared_dataset_as_from_memory_with_no_token_on_the_wire(string task)
+    {
+        using var tmp = new TempDir();
+        var (spec, file) = MemoryJob(tmp, task);
+        var dataset = Prepare(spec, file, Path.Combine(tmp.Path, "ds"));
+        var tap = new ShardTap();
+        await using var cluster = await StartAsync(tmp.Path, tap);
+
+        var (memory, memoryLosses) = await RunAsync(cluster, tmp, spec, "memory.json");
+        Assert.True(tap.Values > 0, "the tap sees the rows of a job from memory");
+        tap.Reset();
+        var (fromDataset, datasetLosses) = await RunAsync(cluster, tmp, DatasetJob(spec, dataset), "dataset.json");
+        AssertSameTraining(memory, memoryLosses, fromDataset, datasetLosses, "from the dataset");
+        Assert.Equal(0, tap.Values);
+        Assert.True(tap.PlannedSteps >= 12, $"{tap.PlannedSteps} planned steps reached the workers");
+        Assert.True(tap.DatasetValidation >= 1, "rank 0 was told to evaluate on the dataset's validation split");
+    }
+
+    [Fact]
+    public async Task A_dataset_job_is_refused_at_submit_naming_the_field_that_disagrees()
+    {
+        using var tmp = new TempDir();
+        var (spec, file) = MemoryJob(tmp, TaskKinds.LanguageModel);
+        var dataset = Prepare(spec, file, Path.Combine(tmp.Path, "ds"));
+        await using var cluster = await StartAsync(tmp.Path, new ShardTap());
+        void Refused(JobSpec bad, string field, string words)
+        {
+            var path = tmp.Write("bad.json", JobSpecSerializer.Serialize(bad));
+            var e = Assert.ThrowsAny<Exception>(() => cluster.Client.Submit(Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(path), 2)));
+            Assert.Contains(field, e.Message);
+            Assert.Contains(words, e.Message);
+        }
+        Refused(DatasetJob(spec, dataset) with { Data = new DataSpec { Dataset = dataset, Train = "t.txt" } }, "$.data.train", "not read with data.dataset");
+        Refused(DatasetJob(spec, dataset) with { Tokenizer = new TokenizerSpec { Kind = TokenizerKinds.Word } }, "$.tokenizer.kind", "was prepared with \"char\"");
+        Refused(DatasetJob(spec, dataset) with { Task = TaskKinds.Classification }, "$.task", "prepared for task \"language_model\"");
+        Refused(DatasetJob(spec, Path.Combine(tmp.Path, "nothing-here")), "$.data.dataset", "nothing-here");
+        Refused(DatasetJob(spec, "/etc"), "$.data.dataset", "not a directory under the coordinator's data roots");
+    }
+
+    [Fact]
+    public async Task A_shard_truncated_under_a_job_fails_it_naming_the_shard_and_the_dataset()
+    {
+        using var tmp = new TempDir();
+        var (spec, file) = MemoryJob(tmp, TaskKinds.LanguageModel);
+        var dataset = Prepare(spec, file, Path.Combine(tmp.Path, "ds"));
+        var shard = Path.Combine(dataset, "train-00000.tokens");
+        var bytes = File.ReadAllBytes(shard);
+        // After preparation: the manifest (all the coordinator reads) still says the old size.
+        File.WriteAllBytes(shard, bytes[..(bytes.Length / 2)]);
+        await using var cluster = await StartAsync(tmp.Path, new ShardTap());
+        var (info, _) = await RunAsync(cluster, tmp, DatasetJob(spec, dataset), "dataset.json");
+        Assert.Equal(JobState.Failed, info.State);
+        Assert.Contains("train-00000.tokens", info.Message);
+        Assert.Contains(dataset, info.Message);
+        // The workers are fine: the next job runs.
+        File.WriteAllBytes(shard, bytes);
+        var (again, _) = await RunAsync(cluster, tmp, DatasetJob(spec, dataset), "again.json");
+        Assert.True(again.State == JobState.Succeeded, $"{again.State} {again.Message}");
+    }
+
+    [S3Fact]
+    public async Task Two_workers_train_from_an_s3_dataset_the_same_losses_as_from_memory()
+    {
+        using var tmp = new TempDir();
+        using var server = await S3TestServer.StartAsync(Path.Combine(tmp.Path, "s3"));
+        var (spec, file) = MemoryJob(tmp, TaskKinds.LanguageModel);
+        var dataset = Prepare(spec, file, Path.Combine(tmp.Path, "ds"));
+        var uri = $"s3://{server.Bucket}/datasets/lm";
+        using (var upload = new S3DatasetStore(uri, server.Options(Path.Combine(tmp.Path, "upload-cache"))))
+            await upload.UploadDirectoryAsync(dataset, [DatasetLayout.ManifestFile]);
+        var environment = new Dictionary<string, string?>
+        {
+            ["DTRAIN_S3_ENDPOINT"] = server.Endpoint.ToString(), ["AWS_REGION"] = "us-east-1",
+            ["AWS_ACCESS_KEY_ID"] = server.AccessKey, ["AWS_SECRET_ACCESS_KEY"] = server.SecretKey,
+            ["DTRAIN_S3_CACHE_DIR"] = Path.Combine(tmp.Path, "cache"),
+        };
+        var saved = environment.Keys.ToDictionary(k => k, Environment.GetEnvironmentVariable);
+        foreach (var (k, v) in environment) Environment.SetEnvironmentVariable(k, v);
+        try
+        {
+            var tap = new ShardTap();
+            await using var cluster = await StartAsync(tmp.Path, tap);
+            var (memory, memoryLosses) = await RunAsync(cluster, tmp, spec, "memory.json");
+            tap.Reset();
+            var (fromS3, s3Losses) = await RunAsync(cluster, tmp, DatasetJob(spec, uri), "s3.json");
+            AssertSameTraining(memory, memoryLosses, fromS3, s3Losses, "from S3");
+            Assert.Equal(0, tap.Values);
+            await server.FlushLogAsync();
+            Assert.True(server.Count("GET", "train-00000.tokens") >= 1, "the workers fetched the shards from S3");
+        }
+        finally
+        {
+            foreach (var (k, v) in saved) Environment.SetEnvironmentVariable(k, v);
+        }
+    }
+
+    /// <summary>What reached the workers' LoadShard streams: token values (inputs, targets, lengths, validation), planned steps.</summary>
+    public sealed class ShardTap
+    {
+        long values, planned, validation;
+        public long Values => Interlocked.Read(ref values);
+        public long PlannedSteps => Interlocked.Read(ref planned);
+        public long DatasetValidation => Interlocked.Read(ref validation);
+
+        public void Add(ShardChunk c)
+        {
+            Interlocked.Add(ref values, c.ValidationTokens.Count + c.ValidationExamples.Sum(e => e.Tokens.Count)
+                + c.Steps.Sum(s => (long)s.Inputs.Count + s.Targets.Count + s.Lengths.Count));
+            Interlocked.Add(ref planned, c.Steps.Count(s => s.Planned));
+            if (c.DatasetValidation) Interlocked.Increment(ref validation);
+        }
+
+        public void Reset()
+        {
+            Interlocked.Exchange(ref values, 0);
+            Interlocked.Exchange(ref planned, 0);
+            Interlocked.Exchange(ref validation, 0);
+        }
+    }
+
+    sealed class ShardTapInterceptor(ShardTap tap) : Interceptor
+    {
+        public override Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation) =>
+            continuation(new Tapped<TRequest>(requestStream, tap), context);
+
+        sealed class Tapped<T>(IAsyncStreamReader<T> inner, ShardTap tap) : IAsyncStreamReader<T>
+        {
+            public T Current => inner.Current;
+
+            public async Task<bool> MoveNext(CancellationToken cancellationToken)
+            {
+                var more = await inner.MoveNext(cancellationToken);
+                if (more && inner.Current is ShardChunk c) tap.Add(c);
+                return more;
+            }
+        }
+    }
+}
+
+/// <summary>The dataset job tests set S3 variables of the process for the in-process coordinator and workers: they run alone.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class DatasetJobCollection
+{
+    public const string Name = "dataset jobs";
+}
