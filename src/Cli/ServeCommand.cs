@@ -15,7 +15,7 @@ public static class ServeCommand
         var listen = new Option<string?>("--listen") { Description = "Interface to listen on (default 127.0.0.1; 0.0.0.0 for all)." };
         var httpPort = new Option<int?>("--http-port") { Description = $"Port of the dashboard and Prometheus /metrics (HTTP/1.1, same interface; HTTPS with TLS; default {CoordinatorOptions.DefaultHttpPort}; 0 = any free port; -1 = off)." };
         var dataDir = new Option<string?>("--data-dir") { Description = "Directory for job data and checkpoints (default .dtrain/coordinator)." };
-        var dataRoots = new Option<string[]>("--data-root") { Description = "A directory whose regular files jobs may name as data by absolute path instead of uploading them (repeatable; default none: the coordinator reads only uploaded files)." };
+        var dataRoots = new Option<string[]>("--data-root") { Description = "A directory whose regular files jobs may name as data by absolute path instead of uploading them, and whose prepared datasets (data.dataset) they may train from (repeatable; default none: the coordinator reads only uploaded files, and datasets only from s3://)." };
         var caKey = new Option<string?>("--ca-key") { Description = "TLS: the CA's private key, with which the coordinator signs each worker's certificate (default: ca.key in --tls-dir)." };
         var insecure = Credentials.InsecureOption; // the global option: one --insecure in --help
         var joinTokens = new Option<string?>("--join-token-file") { Description = "Join tokens, one per line: a worker may join with one instead of a worker certificate (Coordinator:JoinTokens)." };

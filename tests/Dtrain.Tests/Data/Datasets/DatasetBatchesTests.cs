@@ -66,3 +66,80 @@ public sealed class DatasetBatchesTests : IDisposable
         AssertSameRows(new ClassificationBatches(memory.TrainSequences, memory.TrainLabels, 8, 11), new ClassificationBatches(ds.Train, 8, 11), 30);
     }
 }
+
+/// <summary>A dataset opened for a job (<see cref="StoredDataset"/>): what it reads when, and how a dataset changed under a job fails.</summary>
+public sealed class StoredDatasetTests : IDisposable
+{
+    readonly TempDir dir = new();
+
+    public void Dispose() => dir.Dispose();
+
+    string Prepared()
+    {
+        var file = dir.Write("corpus.txt", string.Concat(Enumerable.Range(0, 40).Select(i => $"Line {i}: some words {i % 7}\n")));
+        var o = PrepareTestSupport.Options(Path.Combine(dir.Path, "ds"), [file]);
+        DatasetPreparer.Prepare(o);
+        return o.Output;
+    }
+
+    [Fact]
+    public async Task Opening_reads_only_the_manifest_and_tokenizer_and_reads_equal_the_prepared_ids()
+    {
+        var root = Prepared();
+        using var expected = PreparedDataset.Open(root);
+        using var ds = await StoredDataset.OpenAsync(root);
+        Assert.Equal(0, ds.ShardsOpened);
+        Assert.Equal(expected.Train.Tokens, ((ITokenSequence)ds.Train).Length);
+        Assert.Equal(0, ds.ShardsOpened);
+        var some = new int[150];
+        ds.Train.Read(90, some);
+        Assert.Equal(expected.Train.ReadAllTokens()[90..240], some);
+        Assert.Equal(3, ds.ShardsOpened);
+    }
+
+    [Fact]
+    public async Task Another_manifest_than_the_job_started_with_is_refused_as_changed_under_the_job()
+    {
+        var root = Prepared();
+        string sha;
+        using (var first = await StoredDataset.OpenAsync(root)) sha = first.ManifestSha256;
+        var manifest = Path.Combine(root, DatasetLayout.ManifestFile);
+        File.WriteAllText(manifest, File.ReadAllText(manifest).Replace("\"seed\": 1", "\"seed\": 2", StringComparison.Ordinal));
+        var e = await Assert.ThrowsAsync<DatasetException>(() => StoredDataset.OpenAsync(root, sha));
+        Assert.Contains($"dataset {root}: manifest.json changed under the job", e.Message);
+    }
+
+    [Fact]
+    public async Task An_altered_or_missing_shard_is_refused_by_name_when_read()
+    {
+        var root = Prepared();
+        using var ds = await StoredDataset.OpenAsync(root);
+        var shard = Path.Combine(root, "train-00001.tokens");
+        var bytes = File.ReadAllBytes(shard);
+        bytes[0] ^= 1;
+        File.WriteAllBytes(shard, bytes);
+        var e = Assert.Throws<DatasetException>(() => ds.Train.Read(100, new int[5]));
+        Assert.Contains($"dataset {root}: train-00001.tokens does not match its SHA-256 in the manifest", e.Message);
+        File.Delete(Path.Combine(root, "train-00002.tokens"));
+        e = Assert.Throws<DatasetException>(() => ds.Train.Read(200, new int[5]));
+        Assert.Contains($"dataset {root}: train-00002.tokens is missing", e.Message);
+    }
+
+    [Fact]
+    public async Task S3_unreachable_is_refused_naming_the_manifest_uri_after_the_retries()
+    {
+        var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        listener.Stop();
+        var options = new Dtrain.Data.Storage.S3StoreOptions
+        {
+            Endpoint = new Uri($"http://127.0.0.1:{port}"), Region = "us-east-1",
+            Credentials = new Amazon.Runtime.BasicAWSCredentials("key", "secret"), CacheDirectory = Path.Combine(dir.Path, "cache"),
+            Retry = new Dtrain.Data.Storage.StoreRetryPolicy { MaxAttempts = 2, BaseDelay = TimeSpan.FromMilliseconds(10), MaxDelay = TimeSpan.FromMilliseconds(20) },
+        };
+        var e = await Assert.ThrowsAsync<DatasetException>(() => StoredDataset.OpenAsync("s3://bucket/nowhere", s3: options));
+        Assert.StartsWith("dataset s3://bucket/nowhere: manifest.json ", e.Message);
+        Assert.Contains("unreachable", e.Message);
+    }
+}
