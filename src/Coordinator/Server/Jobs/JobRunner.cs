@@ -129,6 +129,8 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
     private async Task RunCoreAsync(JobRecord job, IReadOnlyList<WorkerRecord> workers, JobFleet? fleet, CancellationToken cancel)
     {
         var prepared = await PreparedJob.LoadAsync(job, cancel).ConfigureAwait(false);
+        // A dataset job's manifest and store (the coordinator opens no shard of it) are let go when the run ends.
+        using var dataset = prepared.Data.Dataset;
         JobMemory.ThrowIfOver(job, prepared.Data, workers);
         if (fleet is null) await new PipelineDriver(options).RunAsync(job, prepared, new JobWorkers([.. workers.Select(Connect)], options), cancel).ConfigureAwait(false);
         else await new DataParallelDriver(options).RunAsync(job, prepared, fleet, cancel).ConfigureAwait(false);
