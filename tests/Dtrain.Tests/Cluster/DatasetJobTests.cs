@@ -181,6 +181,61 @@ public sealed class DatasetJobTests
         }
     }
 
+    [Fact]
+    public async Task A_worker_joining_a_dataset_job_mid_way_reads_its_own_rows_and_the_ledger_has_every_sample_once()
+    {
+        using var tmp = new TempDir();
+        var (spec, file) = MemoryJob(tmp, TaskKinds.LanguageModel);
+        const int Steps = 60;
+        spec = spec with { Training = spec.Training with { MaxSteps = Steps, BatchSize = 12, LmSampling = LmSamplingKinds.Random } };
+        var dataset = Prepare(spec, file, Path.Combine(tmp.Path, "ds"));
+        var tap = new ShardTap();
+        await using var cluster = await InProcessCluster.StartAsync(0, new CoordinatorOptions { DataRoots = [tmp.Path] });
+        // The first worker holds step 30 until the joiner is registered, so the job cannot end before it may join.
+        var joinerRegistered = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await cluster.AddWorkerAsync(configure: b => b.Services.Configure<GrpcServiceOptions>(o =>
+        {
+            o.Interceptors.Add<ShardTapInterceptor>(tap);
+            o.Interceptors.Add<GatedStep>(30L, joinerRegistered.Task);
+        }));
+        await cluster.AddWorkerAsync(configure: b => b.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<ShardTapInterceptor>(tap)));
+        await cluster.WaitForIdleAsync(2, TimeSpan.FromSeconds(30));
+        var request = Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(tmp.Write("elastic.json", JobSpecSerializer.Serialize(DatasetJob(spec, dataset)))), 2);
+        request.MaxWorkers = 3;
+        var id = cluster.Client.Submit(request).JobId;
+        var until = DateTime.UtcNow.AddSeconds(120);
+        while (cluster.Client.Get(new GetJobRequest { JobId = id }) is { Step: < 20 } seen)
+        {
+            Assert.True(seen.State is JobState.Queued or JobState.Preparing or JobState.Running && DateTime.UtcNow < until, $"job {id}: {seen.State} {seen.Message} at step {seen.Step}");
+            await Task.Delay(20);
+        }
+        await cluster.AddWorkerAsync(configure: b => b.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<ShardTapInterceptor>(tap)));
+        while (cluster.Client.ListWorkers(new ListWorkersRequest()).Workers.Count(w => w.State is WorkerState.Idle or WorkerState.Training) < 3)
+        {
+            Assert.True(DateTime.UtcNow < until, "the joiner did not register");
+            await Task.Delay(20);
+        }
+        joinerRegistered.SetResult();
+        var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
+        Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
+        Assert.Equal(3, info.WorkerIds.Count);
+        Assert.True(info.Generation >= 2);
+        var problems = SampleLedger.Check(ProtoMapper.FromProto(cluster.Client.Ledger(new GetJobRequest { JobId = id })), 0, Steps);
+        Assert.True(problems.Count == 0, string.Join("; ", problems.Take(10)));
+        Assert.Equal(0, tap.Values);
+    }
+
+    /// <summary>Holds RunStep of step <paramref name="at"/> (0-based) until <paramref name="open"/> completes; other calls run on.</summary>
+    sealed class GatedStep(long at, Task open) : Interceptor
+    {
+        public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
+        {
+            if (request is RunStepRequest step && step.Step == at)
+                await open.WaitAsync(context.CancellationToken);
+            return await continuation(request, context);
+        }
+    }
+
     /// <summary>What reached the workers' LoadShard streams: token values (inputs, targets, lengths, validation), planned steps.</summary>
     public sealed class ShardTap
     {
