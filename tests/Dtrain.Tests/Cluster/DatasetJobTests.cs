@@ -225,6 +225,32 @@ public sealed class DatasetJobTests
         Assert.Equal(0, tap.Values);
     }
 
+    [Fact]
+    public async Task A_dataset_job_resumed_from_its_checkpoint_trains_the_steps_an_uninterrupted_one_does()
+    {
+        using var tmp = new TempDir();
+        var (memory, file) = MemoryJob(tmp, TaskKinds.LanguageModel);
+        var dataset = Prepare(memory, file, Path.Combine(tmp.Path, "ds"));
+        var spec = DatasetJob(memory, dataset);
+        spec = spec with { Training = spec.Training with { MaxSteps = 18, CheckpointInterval = 6, LmSampling = LmSamplingKinds.Random } };
+        await using var cluster = await StartAsync(tmp.Path, new ShardTap());
+        var (whole, wholeLosses) = await RunAsync(cluster, tmp, spec, "whole.json");
+        Assert.True(whole.State == JobState.Succeeded, $"{whole.State} {whole.Message}");
+
+        var (first, _) = await RunAsync(cluster, tmp, spec with { Training = spec.Training with { MaxSteps = 12 } }, "first.json");
+        Assert.True(first.State == JobState.Succeeded, $"{first.State} {first.Message}");
+        var request = Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(tmp.Write("resume.json", JobSpecSerializer.Serialize(spec))), 2);
+        request.ResumeJob = first.JobId;
+        var id = cluster.Client.Submit(request).JobId;
+        var resumed = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
+        Assert.True(resumed.State == JobState.Succeeded, $"{resumed.State} {resumed.Message}");
+        Assert.Equal(12, resumed.StartStep);
+        var losses = cluster.Client.History(new GetJobRequest { JobId = id }).Events.Where(e => e.KindCase == JobEvent.KindOneofCase.Step).Select(e => e.Step.Loss).ToArray();
+        Assert.Equal(6, losses.Length);
+        for (var i = 0; i < 6; i++)
+            Assert.True(Math.Abs(losses[i] - wholeLosses[12 + i]) <= 1e-5 * Math.Max(1, wholeLosses[12 + i]), $"step {13 + i}: resumed {losses[i]:R}, uninterrupted {wholeLosses[12 + i]:R}");
+    }
+
     /// <summary>Holds RunStep of step <paramref name="at"/> (0-based) until <paramref name="open"/> completes; other calls run on.</summary>
     sealed class GatedStep(long at, Task open) : Interceptor
     {
