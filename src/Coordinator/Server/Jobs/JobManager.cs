@@ -282,9 +282,18 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         return job;
     }
 
-    protected override async Task ExecuteAsync(CancellationToken stop)
+    /// <summary>
+    /// Takes back the store's jobs before the scheduling loop starts — and so before the server takes calls (hosted
+    /// services start before it): a job submitted at once must not be read back from the store as a second record.
+    /// </summary>
+    public override Task StartAsync(CancellationToken cancellationToken)
     {
         Recover();
+        return base.StartAsync(cancellationToken);
+    }
+
+    protected override async Task ExecuteAsync(CancellationToken stop)
+    {
         registry.Changed += () => wake.Release();
         while (!stop.IsCancellationRequested)
         {

@@ -11,7 +11,9 @@ namespace Dtrain.Server;
 /// into the message the user sees — naming the worker and the step when a worker errs, hangs, is lost or leaves —
 /// and releases the workers.
 /// </summary>
-public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registry, WorkerClients clients, TimeProvider clock, ILogger<JobRunner> log)
+/// <param name="connect">How the coordinator reaches a worker (default: over gRPC, <see cref="GrpcWorkerHandle"/>; in-process handles in tests).</param>
+public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registry, WorkerClients clients, TimeProvider clock, ILogger<JobRunner> log,
+    Func<WorkerRecord, IWorkerHandle>? connect = null)
 {
     /// <summary>Runs the job to its end; returns why it should restart from its checkpoint (training.max_restarts), or null when it ended.</summary>
     public async Task<string?> RunAsync(JobRecord job, IReadOnlyList<WorkerRecord> workers, CancellationToken stop)
@@ -111,8 +113,8 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
         return restart;
     }
 
-    /// <summary>How the coordinator reaches a worker: over gRPC.</summary>
-    private IWorkerHandle Connect(WorkerRecord w) => new GrpcWorkerHandle(w, clients, options, clock);
+    /// <summary>How the coordinator reaches a worker: over gRPC, unless the runner was given another way.</summary>
+    private IWorkerHandle Connect(WorkerRecord w) => connect?.Invoke(w) ?? new GrpcWorkerHandle(w, clients, options, clock);
 
     /// <summary>A worker's whole error text, when the job's message carries only its first line.</summary>
     private void LogFullText(JobRecord job, Exception e)
