@@ -12,7 +12,7 @@ namespace Dtrain.Worker;
 /// memory to a stage on this host, TCP (TLS with cluster TLS) elsewhere; <c>grpc</c> = the StageLink streams,
 /// <see cref="GrpcStageLinks"/>) — and logs the choice ("stage links w1->w2: shared memory, w1->w0: shared memory").
 /// </summary>
-public sealed class StageLinkConnector(DataPlane dataPlane, WorkerOptions options, WorkerSecurity security, StageMailboxes mailboxes, ILogger<StageLinkConnector>? logger = null)
+public sealed class StageLinkConnector(DataPlane dataPlane, WorkerOptions options, WorkerSecurity security, StageMailboxes mailboxes, ILogger<StageLinkConnector>? logger = null) : IStageLinkConnector
 {
     public async Task<IStageLinkSet> ConnectAsync(Assignment request, PipelineStageAssignment p, CancellationToken cancel)
     {

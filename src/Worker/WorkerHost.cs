@@ -30,6 +30,7 @@ public static class WorkerHost
         builder.Services.AddSingleton<WorkerSlot>();
         builder.Services.AddSingleton<IRingConnector, DataPlaneRingConnector>();
         builder.Services.AddSingleton<StageLinkConnector>();
+        builder.Services.AddSingleton<IStageLinkConnector>(sp => sp.GetRequiredService<StageLinkConnector>());
         builder.Services.AddSingleton(new Dtrain.Collective.DataPlaneOptions { Listen = options.Listen, TcpPort = options.DataPort, Timeouts = options.CollectiveTimeouts });
         builder.Services.AddSingleton<IPeerState, GrpcPeerState>();
         builder.Services.AddSingleton<WorkerRuntime>();

@@ -21,7 +21,7 @@ namespace Dtrain.Worker;
 /// (<see cref="Dtrain.Cluster"/>); <see cref="WorkerControlService"/> adapts it to gRPC.
 /// </summary>
 public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerState peers, WorkerOptions options, StageMailboxes mailboxes, ILogger<WorkerRuntime> log,
-    WorkerSecurity? security = null, WorkerMetrics? metrics = null, StageLinkConnector? stageLinks = null)
+    WorkerSecurity? security = null, WorkerMetrics? metrics = null, IStageLinkConnector? stageLinks = null)
 {
     /// <summary>Worker:InjectNonFinite, the fault drill (null in normal operation).</summary>
     private readonly NonFiniteInjection? inject = options.NonFiniteInjection;

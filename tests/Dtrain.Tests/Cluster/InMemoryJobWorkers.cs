@@ -35,5 +35,8 @@ public sealed class InMemoryJobWorkers : JobWorkers, IAsyncDisposable
     public static WorkerRecord Record(string id) =>
         new(id, "", InMemoryWorkerPool.AddressOf(id), Dtrain.Cluster.WorkerCapabilities.Unknown, DateTimeOffset.UtcNow);
 
+    /// <summary>From now on worker <c>mem{rank}</c> answers nothing, as one whose process died (<see cref="InMemoryWorkerPool.StopAsync"/>).</summary>
+    public Task StopAsync(int rank) => pool.StopAsync($"mem{rank}");
+
     public ValueTask DisposeAsync() => pool.DisposeAsync();
 }

@@ -11,7 +11,8 @@ namespace Dtrain.Tests.Cluster;
 /// <summary>
 /// Workers without gRPC or processes: each a real <see cref="WorkerRuntime"/> known by its address, reached through an
 /// <see cref="InProcessWorkerHandle"/>. The ring of each job's generation is in memory (made when its first member
-/// joins); a worker takes a peer's state straight from that peer's runtime. <see cref="StopAsync"/> makes a worker answer
+/// joins; one per stage for a pipeline's replicas), and so are a pipeline's stage links (<see cref="InMemoryStageLinks"/>); a worker takes a peer's state
+/// straight from that peer's runtime. <see cref="StopAsync"/> makes a worker answer
 /// nothing from then on, as one whose process died.
 /// </summary>
 public sealed class InMemoryWorkerPool(CoordinatorOptions options) : IAsyncDisposable
@@ -20,6 +21,7 @@ public sealed class InMemoryWorkerPool(CoordinatorOptions options) : IAsyncDispo
     private readonly ConcurrentDictionary<string, bool> stopped = new();
     private readonly ConcurrentDictionary<string, InProcessWorkerHandle> handles = new();
     private readonly Rings rings = new();
+    private readonly InMemoryStageLinks stageLinks = new();
 
     public static string AddressOf(string id) => $"http://{id}.in-memory.invalid:1";
 
@@ -27,7 +29,8 @@ public sealed class InMemoryWorkerPool(CoordinatorOptions options) : IAsyncDispo
     public void Add(string id, WorkerOptions? workerOptions = null)
     {
         var slot = new WorkerSlot(NullLogger<WorkerSlot>.Instance);
-        var runtime = new WorkerRuntime(slot, rings, new Peers(this), workerOptions ?? new WorkerOptions(), new Dtrain.Distributed.Pipeline.StageMailboxes(), NullLogger<WorkerRuntime>.Instance);
+        var runtime = new WorkerRuntime(slot, rings, new Peers(this), workerOptions ?? new WorkerOptions(), new Dtrain.Distributed.Pipeline.StageMailboxes(), NullLogger<WorkerRuntime>.Instance,
+            stageLinks: stageLinks);
         workers[AddressOf(id)] = (slot, runtime);
     }
 
@@ -49,12 +52,14 @@ public sealed class InMemoryWorkerPool(CoordinatorOptions options) : IAsyncDispo
 
     private sealed class Rings : IRingConnector
     {
-        private readonly ConcurrentDictionary<(string Job, long Generation), IReadOnlyList<InMemoryRingTransport>> rings = new();
+        // By job, generation and members: a pipeline of D replicas has one ring per stage in each generation.
+        private readonly ConcurrentDictionary<(string Job, long Generation, string Members), IReadOnlyList<InMemoryRingTransport>> rings = new();
 
         public Task<RingConnection> ConnectAsync(RingMembership membership, CancellationToken cancel)
         {
             if (membership.World == 1) return Task.FromResult(new RingConnection(LocalReducer.Instance));
-            var ring = rings.GetOrAdd((membership.JobId, membership.Generation), _ => InMemoryRingTransport.CreateRing(membership.World));
+            var members = string.Join(" ", membership.Peers.Select(p => p.Address));
+            var ring = rings.GetOrAdd((membership.JobId, membership.Generation, members), _ => InMemoryRingTransport.CreateRing(membership.World));
             var transport = ring[membership.Rank];
             return Task.FromResult(new RingConnection(new Reducer(new RingAllReduce(transport)), transport.DisposeAsync));
         }
