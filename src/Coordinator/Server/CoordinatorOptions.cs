@@ -45,6 +45,8 @@ public sealed record CoordinatorOptions
     public StepDeadlineOptions StepDeadline { get; init; } = new();
     /// <summary>An elastic job below its minimum of workers waits this long for more (state "waiting") before it fails (or restarts from its checkpoint, training.max_restarts).</summary>
     public double WaitForWorkersSeconds { get; init; } = 60;
+    /// <summary>While a job waits for workers (state waiting), how often its message's countdown is refreshed; a worker that becomes idle is taken at once, not at the next refresh.</summary>
+    public int WaitingRefreshMs { get; init; } = 500;
     /// <summary>
     /// How many times a job's first assignment (Assign, and LoadState when resumed) is tried before any step: after a
     /// failed attempt the failing worker is dropped and the job assigned again (a new generation); when the last
@@ -139,6 +141,7 @@ public sealed record CoordinatorOptions
         Positive(e, "StallWarningSeconds", StallWarningSeconds);
         if (MetricsToken is { } token && token.Trim().Length < 16) e.Add("Coordinator:MetricsToken must be at least 16 characters (or unset)");
         if (!(WaitForWorkersSeconds >= 0)) e.Add($"Coordinator:WaitForWorkersSeconds {WaitForWorkersSeconds} must be >= 0");
+        if (WaitingRefreshMs is < 10 or > 60_000) e.Add($"Coordinator:WaitingRefreshMs {WaitingRefreshMs} must be in [10, 60000]");
         if (AssignAttempts < 1) e.Add($"Coordinator:AssignAttempts {AssignAttempts} must be >= 1");
         Positive(e, "AssignBackoffSeconds", AssignBackoffSeconds, zeroAllowed: true);
         if (!(CallTimeoutSeconds > 0)) e.Add($"Coordinator:CallTimeoutSeconds {CallTimeoutSeconds} must be positive");

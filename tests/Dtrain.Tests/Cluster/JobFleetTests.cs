@@ -63,7 +63,7 @@ public class JobFleetTests
         public ValueTask DisposeAsync() => Pool.DisposeAsync();
     }
 
-    static async Task<JobRecord> RunAsync(Fleet fleet, JobSpec spec, string dir, int workers, int min, int max, Action<JobRecord>? started = null)
+    static async Task<JobRecord> RunAsync(Fleet fleet, JobSpec spec, string dir, int workers, int min, int max, Action<JobRecord>? started = null, TimeProvider? clock = null)
     {
         var job = new JobRecord("job-0001", spec with { Output = dir }, dir, workers, DateTimeOffset.UtcNow);
         job.Transition(JobTrigger.Start, "preparing data");
@@ -71,7 +71,7 @@ public class JobFleetTests
         Assert.NotNull(reserved);
         started?.Invoke(job);
         var prepared = await PreparedJob.LoadAsync(job, CancellationToken.None);
-        using var jobFleet = new JobFleet(job, reserved, min, max, fleet.Registry, fleet.Pool.Connect, fleet.Options, NullLogger.Instance);
+        using var jobFleet = new JobFleet(job, reserved, min, max, fleet.Registry, fleet.Pool.Connect, fleet.Options, NullLogger.Instance, clock);
         using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(3));
         await new DataParallelDriver(fleet.Options).RunAsync(job, prepared, jobFleet, timeout.Token);
         return job;
@@ -204,6 +204,48 @@ public class JobFleetTests
         Assert.StartsWith($"fewer than the minimum of 2 worker(s) for {options.WaitForWorkersSeconds:F0}s after worker {fleet.IdOf["b"]} (", e.Message);
         // Named by its failed step, or by the abort it could not answer (when a peer's failure was heard first).
         Assert.Contains("the in-process worker", e.Message);
+    }
+
+    [Fact]
+    public async Task Below_the_minimum_the_job_takes_a_worker_as_soon_as_it_registers_not_at_its_next_look()
+    {
+        var (tmp, spec) = Job();
+        using var _ = tmp;
+        var single = SingleProcessLoss(tmp, spec);
+        await using var fleet = new Fleet();
+        foreach (var n in new[] { "a", "b" }) fleet.Start(n);
+        fleet.Handle("b").BeforeStep = step =>
+        {
+            if (step.Step != 3) return true;
+            fleet.Pool.StopAsync("b").GetAwaiter().GetResult();
+            return false;
+        };
+        // The fleet's clock never moves: a wait that looked again after a while on it would never end (and never time
+        // out); only the registration of worker c can wake the job waiting below its minimum of 2.
+        var frozen = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        JobRecord? running = null;
+        var joiner = Task.Run(async () =>
+        {
+            var deadline = DateTime.UtcNow.AddMinutes(2);
+            JobRecord? seen;
+            while ((seen = Volatile.Read(ref running)) is not { Status: JobStatus.Waiting })
+            {
+                Assert.True(DateTime.UtcNow < deadline, $"the job never waited for workers: {seen?.Status} {seen?.Progress.Message}");
+                await Task.Delay(10);
+            }
+            Assert.Equal($"waiting for 1 more worker(s), {fleet.Options.WaitForWorkersSeconds:F0} s left", seen.Progress.Message);
+            fleet.Start("c");
+        });
+
+        var job = await RunAsync(fleet, spec, Path.Combine(tmp.Path, "job"), 2, min: 2, max: 2, started: j => Volatile.Write(ref running, j), clock: frozen);
+        await joiner;
+
+        var info = job.Progress;
+        Assert.Equal(Steps, info.Step);
+        Assert.Equal(2, info.Generation);
+        Assert.Equal([fleet.IdOf["a"], fleet.IdOf["c"]], info.WorkerIds);
+        AssertLedger(job);
+        AssertLoss(single, job);
     }
 
     sealed class NullObserver : ITrainingObserver;

@@ -22,6 +22,8 @@ public sealed class JobFleet : IJobFleet, IDisposable
     private readonly ConcurrentQueue<(WorkerRecord Worker, string Reason)> departures = new();
     private CancellationTokenSource departed = new();
     private volatile bool idleSeen;
+    // Completed (and replaced) at each change of the registry's membership: what a job below its minimum waits for.
+    private TaskCompletionSource membershipChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     public int Min { get; }
     public int Max { get; }
@@ -108,7 +110,14 @@ public sealed class JobFleet : IJobFleet, IDisposable
 
     private void OnLost(WorkerRecord w) => Depart(w, $"worker {w.Id} ({w.Address}) lost: no heartbeat for {options.WorkerTimeoutSeconds:F0}s at step {job.Progress.Step}{w.LastSeenDoing(clock.GetUtcNow())}");
     private void OnLeft(WorkerRecord w, string reason) => Depart(w, $"worker {w.Id} ({w.Address}) left after step {job.Progress.Step}: {reason}");
-    private void OnChanged() => idleSeen = true;
+    private void OnChanged()
+    {
+        idleSeen = true;
+        Interlocked.Exchange(ref membershipChanged, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
+    }
+
+    /// <summary>Completes at the registry's next membership change (a worker became idle, was released or uncordoned).</summary>
+    private Task NextMembershipChange() => Volatile.Read(ref membershipChanged).Task;
 
     public async Task<bool> AbsorbsAsync(Exception failure, CancellationToken cancel)
     {
@@ -292,11 +301,18 @@ public sealed class JobFleet : IJobFleet, IDisposable
         return new Reconfiguration(next, generation, gone, joined, [.. all.Select(w => w.Id)]);
     }
 
-    /// <summary>Below the minimum, waits (visibly, state waiting) for idle workers to reserve, at most Coordinator:WaitForWorkersSeconds; then the job fails.</summary>
+    /// <summary>
+    /// Below the minimum, waits (visibly, state waiting) for idle workers to reserve, at most Coordinator:WaitForWorkersSeconds;
+    /// then the job fails. It tries again at each change of the registry's membership, and refreshes the waiting message's
+    /// countdown every Coordinator:WaitingRefreshMs.
+    /// </summary>
     private async Task WaitForMinimumAsync(List<WorkerRecord> survivors, List<WorkerRecord> newcomers, string after, CancellationToken cancel)
     {
         if (survivors.Count + newcomers.Count >= Min) return;
         var waitUntil = clock.GetUtcNow().AddSeconds(options.WaitForWorkersSeconds);
+        // A worker that became idle since the caller's reservation is taken now; later ones wake the wait.
+        var change = NextMembershipChange();
+        newcomers.AddRange(registry.TryReserveUpTo(Max - survivors.Count - newcomers.Count, job.Id, needed: Min - survivors.Count - newcomers.Count));
         while (survivors.Count + newcomers.Count < Min)
         {
             var left = (waitUntil - clock.GetUtcNow()).TotalSeconds;
@@ -307,7 +323,14 @@ public sealed class JobFleet : IJobFleet, IDisposable
             }
             var missing = Min - survivors.Count - newcomers.Count;
             job.Transition(JobTrigger.Wait, $"waiting for {missing} more worker(s), {left:F0} s left");
-            await Task.Delay(TimeSpan.FromMilliseconds(500), clock, cancel).ConfigureAwait(false);
+            using (var woken = CancellationTokenSource.CreateLinkedTokenSource(cancel))
+            {
+                var refresh = Task.Delay(TimeSpan.FromMilliseconds(Math.Min(options.WaitingRefreshMs, Math.Ceiling(left * 1000))), clock, woken.Token);
+                await Task.WhenAny(change, refresh).ConfigureAwait(false);
+                await woken.CancelAsync().ConfigureAwait(false);
+            }
+            cancel.ThrowIfCancellationRequested();
+            change = NextMembershipChange();
             newcomers.AddRange(registry.TryReserveUpTo(Max - survivors.Count - newcomers.Count, job.Id, needed: Min - survivors.Count - newcomers.Count));
         }
         job.Transition(JobTrigger.Run, "");
