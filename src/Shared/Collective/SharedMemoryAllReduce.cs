@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using System.Diagnostics;
 using System.Globalization;
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
@@ -58,9 +57,12 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
     private long barrier;
     private long block;
     private int disposed;
+    // Where operation deadlines and peer checks read the time.
+    private readonly TimeProvider clock;
 
-    private SharedMemoryAllReduce(Segment[] segments, int rank, int slotFloats, Func<int, string> describe, TimeSpan operationTimeout)
+    private SharedMemoryAllReduce(Segment[] segments, int rank, int slotFloats, Func<int, string> describe, TimeSpan operationTimeout, TimeProvider clock)
     {
+        this.clock = clock;
         this.segments = segments;
         this.rank = rank;
         this.world = segments.Length;
@@ -96,7 +98,7 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
     /// WhyNot. Segment files are deleted once every rank has mapped them.
     /// </summary>
     public static async Task<(SharedMemoryAllReduce? Group, string? WhyNot)> FormAsync(RingAllReduce ring, bool willing, bool rightIsLocal, long setupOperation,
-        TimeSpan operationTimeout, int slotFloats = DefaultSlotFloats, CancellationToken cancel = default, TimeSpan? peerSilentAfter = null)
+        TimeSpan operationTimeout, int slotFloats = DefaultSlotFloats, CancellationToken cancel = default, TimeSpan? peerSilentAfter = null, TimeProvider? clock = null)
     {
         ArgumentNullException.ThrowIfNull(ring);
         ArgumentOutOfRangeException.ThrowIfLessThan(slotFloats, 1);
@@ -161,7 +163,7 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
             }
             // Every rank has mapped every segment: the names can go (the mappings stay valid; nothing outlives the processes).
             own!.DeleteFile();
-            return (new SharedMemoryAllReduce(segments!, rank, slotFloats, ring.Transport.DescribeRank, operationTimeout), null);
+            return (new SharedMemoryAllReduce(segments!, rank, slotFloats, ring.Transport.DescribeRank, operationTimeout, clock ?? TimeProvider.System), null);
         }
         catch
         {
@@ -187,7 +189,7 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
         ObjectDisposedException.ThrowIf(Volatile.Read(ref disposed) != 0, this);
         cancellationToken.ThrowIfCancellationRequested();
         if (buffer.IsEmpty) return Task.CompletedTask;
-        return Enqueue(new Request(buffer, operation, cancellationToken, Stopwatch.GetTimestamp())).Done.Task;
+        return Enqueue(new Request(buffer, operation, cancellationToken, this.clock.GetTimestamp())).Done.Task;
     }
 
     /// <summary>
@@ -203,7 +205,7 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(floats, 1);
         ObjectDisposedException.ThrowIf(Volatile.Read(ref disposed) != 0, this);
-        var request = Enqueue(new Request(Memory<float>.Empty, operation, cancellationToken, Stopwatch.GetTimestamp()) { RegisterFloats = floats });
+        var request = Enqueue(new Request(Memory<float>.Empty, operation, cancellationToken, this.clock.GetTimestamp()) { RegisterFloats = floats });
         await request.Done.Task.ConfigureAwait(false);
         return request.Registered;
     }
@@ -495,7 +497,7 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
             if (r == this.rank) continue;
             var peer = this.segments[r];
             var reported = false;
-            var lastCheck = Stopwatch.GetTimestamp();
+            var lastCheck = this.clock.GetTimestamp();
             for (var spin = 0; ; spin++)
             {
                 var seen = peer.Int(OffArrive);
@@ -511,13 +513,13 @@ public sealed partial class SharedMemoryAllReduce : IAsyncDisposable, SharedMemo
                     reported = true;
                 }
                 peer.WaitChange(OffArrive, seen);
-                var now = Stopwatch.GetTimestamp();
+                var now = this.clock.GetTimestamp();
                 if (request.Cancel.IsCancellationRequested)
                     throw new OperationCanceledException(Where(request, phase, block, blocks, r, "was cancelled"), request.Cancel);
-                if (OperationTimeout != Timeout.InfiniteTimeSpan && Stopwatch.GetElapsedTime(request.Called, now) > OperationTimeout)
+                if (OperationTimeout != Timeout.InfiniteTimeSpan && this.clock.GetElapsedTime(request.Called, now) > OperationTimeout)
                     throw new CollectiveTimeoutException(Where(request, phase, block, blocks, r, string.Create(CultureInfo.InvariantCulture, $"timed out after {OperationTimeout.TotalSeconds:0.###} s")),
                         request.Operation, phase, 0, block, r);
-                if (Stopwatch.GetElapsedTime(lastCheck, now) > TimeSpan.FromMilliseconds(100))
+                if (this.clock.GetElapsedTime(lastCheck, now) > TimeSpan.FromMilliseconds(100))
                 {
                     lastCheck = now;
                     if (peer.Gone() is { } why)

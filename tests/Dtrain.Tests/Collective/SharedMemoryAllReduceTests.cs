@@ -28,12 +28,13 @@ public class SharedMemoryAllReduceTests
             WhyNot = formed.Select(f => f.Item2).ToArray();
         }
 
-        public static async Task<Group> FormAsync(int world, int slotFloats, Func<int, bool>? willing = null, Func<int, bool>? local = null, TimeSpan? operationTimeout = null)
+        public static async Task<Group> FormAsync(int world, int slotFloats, Func<int, bool>? willing = null, Func<int, bool>? local = null, TimeSpan? operationTimeout = null,
+            TimeProvider? clock = null)
         {
             var transports = InMemoryRingTransport.CreateRing(world);
             var rings = transports.Select(t => new RingAllReduce(t, operationTimeout: Timeout)).ToArray();
             var formed = await Task.WhenAll(rings.Select((ring, rank) => SharedMemoryAllReduce.FormAsync(ring, willing?.Invoke(rank) ?? true, local?.Invoke(rank) ?? true, -1000,
-                operationTimeout ?? Timeout, slotFloats)));
+                operationTimeout ?? Timeout, slotFloats, clock: clock)));
             return new Group(transports, rings, formed);
         }
 
@@ -190,6 +191,21 @@ public class SharedMemoryAllReduceTests
         var e = await Assert.ThrowsAsync<CollectiveTimeoutException>(() => group.Members[0]!.SumAsync(new float[10], 5).WaitAsync(Timeout));
         Assert.Equal(1, e.PeerRank);
         Assert.Contains("timed out", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task The_operation_deadline_follows_the_clock_the_group_is_given()
+    {
+        // An hour's timeout on a clock the test moves: the sum fails once the clock has moved past it, not before.
+        var clock = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var group = await Group.FormAsync(2, 1024, operationTimeout: TimeSpan.FromHours(1), clock: clock);
+        var waiting = group.Members[0]!.SumAsync(new float[10], 5);
+        await Task.Delay(200);
+        Assert.False(waiting.IsCompleted);
+        clock.Advance(TimeSpan.FromHours(1) + TimeSpan.FromSeconds(1));
+        var e = await Assert.ThrowsAsync<CollectiveTimeoutException>(() => waiting.WaitAsync(Timeout));
+        Assert.Equal(1, e.PeerRank);
+        Assert.Contains("timed out after 3600 s", e.Message, StringComparison.Ordinal);
     }
 
     /// <summary>Every rank registers a buffer of <paramref name="length"/> values (a collective call).</summary>
