@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Dtrain.Checkpoints;
 using Dtrain.Data;
 using Dtrain.Specs;
@@ -13,11 +12,14 @@ namespace Dtrain.Rpc;
 /// codes with the offending value in the message (bad spec/data → InvalidArgument, missing → NotFound), so no
 /// handler leaks "Exception was thrown by handler" and no bad request takes the process down.
 /// </summary>
-public sealed class ServerInterceptor(ILogger<ServerInterceptor> log, IEnumerable<IClientMessageFilter> filters) : Interceptor
+/// <param name="clock">Where a call's duration is read (default: the system's).</param>
+public sealed class ServerInterceptor(ILogger<ServerInterceptor> log, IEnumerable<IClientMessageFilter> filters, TimeProvider? clock = null) : Interceptor
 {
+    private readonly TimeProvider clock = clock ?? TimeProvider.System;
+
     public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
     {
-        var clock = Stopwatch.StartNew();
+        var started = this.clock.GetTimestamp();
         try
         {
             return await continuation(request, context).ConfigureAwait(false);
@@ -32,7 +34,7 @@ public sealed class ServerInterceptor(ILogger<ServerInterceptor> log, IEnumerabl
         }
         finally
         {
-            log.LogDebug("{Method} {Ms:F1} ms", context.Method, clock.Elapsed.TotalMilliseconds);
+            log.LogDebug("{Method} {Ms:F1} ms", context.Method, this.clock.GetElapsedTime(started).TotalMilliseconds);
         }
     }
 
