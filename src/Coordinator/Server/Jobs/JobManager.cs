@@ -7,7 +7,7 @@ using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Server;
 
-/// <summary>The job queue: accepts submissions (validated before any worker is touched), starts jobs in submission order as workers become idle (with backfilling: JobQueue.cs), keeps every job's record, durably (JobStore).</summary>
+/// <summary>The jobs: accepts submissions (validated before any worker is touched), starts jobs in submission order as workers become idle (with backfilling: <see cref="JobQueue"/>), keeps every job's record, durably (JobStore).</summary>
 public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistry registry, JobRunner runner, DataAccess data, UploadStore uploads, JobStore store, TimeProvider clock, ILogger<JobManager> log) : BackgroundService
 {
     private readonly ConcurrentDictionary<string, JobRecord> jobs = new();
@@ -17,9 +17,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
 
     /// <summary>A job was submitted or restored from the store; called before it can start, so a follower of its events misses none.</summary>
     public event Action<JobRecord>? JobAdded;
-    private readonly ConcurrentQueue<JobRecord> queue = new();
-    // Jobs going back to work from their checkpoint (training.max_restarts): they start before the queue when workers allow.
-    private readonly ConcurrentQueue<JobRecord> restarts = new();
+    private readonly JobQueue queue = new(options, registry, log);
     private readonly SemaphoreSlim wake = new(0);
     // Job records are kept in the store (read back by JobRecovery); numbering continues after the highest job
     // directory too, so a new job never writes into an old one's (even one the store does not know).
@@ -57,7 +55,7 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
             // Relative data paths as they are on the submitting machine (its spec file's directory): what checkpoints keep.
             onClient = Path.IsPathRooted(request.SpecDir) ? JobSpecPaths.WithAbsoluteDataPaths(asSubmitted, request.SpecDir) : asSubmitted;
         }
-        var workers = RunnableWorkers(request, spec, source);
+        var workers = queue.RunnableWorkers(request, spec, source);
         JobSpecValidator.ThrowIfNotRunnable(spec, source, onCluster: true, LargestWorker(), workers > 0 ? workers : Math.Max(1, registry.Snapshot().Count));
         resume?.CheckCompatible(spec, source);
         resume?.Verify(spec);
@@ -246,19 +244,8 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
                 ? $"restart {restart} of {job.Spec.Training.MaxRestarts} from step {step} once workers are idle, after: {reason}"
                 : $"{reason}; resuming from step {step} once workers are idle", p => p with { Restarts = restart, StartStep = step, Step = step, WorkerIds = [] });
         log.LogWarning("job {Id} restarts from step {Step}: {Reason}", job.Id, step, reason);
-        restarts.Enqueue(job);
+        queue.EnqueueRestart(job);
         wake.Release();
-    }
-
-    /// <summary>
-    /// Workers to reserve for the job: what it asked for; a restarted data-parallel job starts with its minimum and
-    /// grows as workers become idle (a pipeline needs all its stages).
-    /// </summary>
-    private static int WorkersWanted(JobRecord job)
-    {
-        var p = job.Progress;
-        if (p.Restarts == 0 || job.Spec.Parallelism?.Pipeline is not null) return job.WorkersRequested;
-        return Math.Max(1, p.MinWorkers);
     }
 
     /// <summary>Whether the job is in this coordinator's memory (not only on its disk).</summary>
@@ -300,12 +287,19 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
             // Half a heartbeat interval (at most 1 s) between sweeps: a silent worker is declared lost at most that long after its timeout.
             await wake.WaitAsync(TimeSpan.FromMilliseconds(Math.Min(1000, options.HeartbeatIntervalMs / 2.0)), stop).ConfigureAwait(false);
             registry.Sweep();
-            // In submission order, with backfilling while the head waits for workers to register (JobQueue.cs).
-            Schedule(stop);
+            // In submission order, with backfilling while the head waits for workers to register (JobQueue).
+            queue.Schedule((job, workers) => Start(job, workers, stop));
             foreach (var id in retention.ExpireData(jobs.Values)) storage.Changed(id);
             storage.Measure(jobs.Values);
         }
     }
+
+    /// <summary>Runs a job on its reserved workers; a job that asks to restart from its checkpoint goes back to the queue.</summary>
+    private void Start(JobRecord job, IReadOnlyList<WorkerRecord> workers, CancellationToken stop) =>
+        _ = Task.Run(async () =>
+        {
+            if (await runner.RunAsync(job, workers, stop).ConfigureAwait(false) is { } reason) Requeue(job, reason);
+        }, CancellationToken.None);
 
     /// <summary>Takes back the jobs of the store (<see cref="JobRecovery"/>): the ones that were running first, then the queued ones in their order.</summary>
     private void Recover()

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Globalization;
 using Dtrain.Specs;
 using Microsoft.Extensions.Logging;
@@ -11,18 +12,29 @@ namespace Dtrain.Server;
 /// no job that ends would let it start — and only on idle workers. Once the workers that can take jobs are enough
 /// for the head, nothing overtakes it: it starts as soon as the running jobs release enough of them, and idle
 /// workers are held for it (running elastic jobs do not grow onto them).
+/// Jobs going back to work from their checkpoint (restarts) start before the queue when workers allow.
+/// <see cref="JobManager"/> owns one and calls <see cref="Schedule"/> from its loop (one thread).
 /// </summary>
-public sealed partial class JobManager
+public sealed class JobQueue(CoordinatorOptions options, WorkerRegistry registry, ILogger log)
 {
+    private readonly ConcurrentQueue<JobRecord> queue = new();
+    // Jobs going back to work from their checkpoint (training.max_restarts, or the coordinator restarted).
+    private readonly ConcurrentQueue<JobRecord> restarts = new();
     // Jobs the scheduling loop has started but that are still in the queue (behind a head that waits).
     private readonly HashSet<string> startedFromQueue = [];
+
+    /// <summary>Queues a job behind those already queued.</summary>
+    public void Enqueue(JobRecord job) => queue.Enqueue(job);
+
+    /// <summary>Queues a job that restarts from its checkpoint: it starts before any queued job when workers allow.</summary>
+    public void EnqueueRestart(JobRecord job) => restarts.Enqueue(job);
 
     /// <summary>
     /// The number of workers a job runs on, checked against what the cluster can ever give it: --workers and
     /// max_workers at most Coordinator:MaxWorkersPerJob and Coordinator:MaxWorkers; a pipeline job exactly D × K
     /// workers (--workers 0 stands for that when parallelism.data is set).
     /// </summary>
-    private int RunnableWorkers(JobSubmission request, JobSpec spec, string source)
+    public int RunnableWorkers(JobSubmission request, JobSpec spec, string source)
     {
         var workers = JobSpecValidator.PipelineWorkers(spec, request.Workers, source);
         var limit = options.MaxWorkers > 0 ? Math.Min(options.MaxWorkers, options.MaxWorkersPerJob) : options.MaxWorkersPerJob;
@@ -35,15 +47,11 @@ public sealed partial class JobManager
         return workers;
     }
 
-    /// <summary>Runs a job on its reserved workers; a job that asks to restart from its checkpoint goes back to the queue.</summary>
-    private void Start(JobRecord job, IReadOnlyList<WorkerRecord> workers, CancellationToken stop) =>
-        _ = Task.Run(async () =>
-        {
-            if (await runner.RunAsync(job, workers, stop).ConfigureAwait(false) is { } reason) Requeue(job, reason);
-        }, CancellationToken.None);
-
-    /// <summary>One pass over the queue: starts what may start now, and says in each waiting job's message why it waits.</summary>
-    private void Schedule(CancellationToken stop)
+    /// <summary>
+    /// One pass over the queue: reserves workers for what may start now and hands each such job with its workers to
+    /// <paramref name="start"/>, and says in each waiting job's message why it waits.
+    /// </summary>
+    public void Schedule(Action<JobRecord, IReadOnlyList<WorkerRecord>> start)
     {
         // Restarting jobs first: they were running, and they take their minimum (a pipeline all its stages).
         while (restarts.TryPeek(out var again))
@@ -51,7 +59,7 @@ public sealed partial class JobManager
             if (again.IsFinished) { restarts.TryDequeue(out _); continue; }
             if (registry.TryReserve(WorkersWanted(again), again.Id) is not { } reserved) break;
             restarts.TryDequeue(out _);
-            Start(again, reserved, stop);
+            start(again, reserved);
         }
         while (queue.TryPeek(out var first) && (first.IsFinished || startedFromQueue.Contains(first.Id)))
         {
@@ -75,7 +83,7 @@ public sealed partial class JobManager
                     log.LogInformation("job {Id} starts ahead of {Head} (backfill: {Head} waits for {Need} workers to register)", job.Id, head.Id, head.Id, headNeed);
                     job.Log($"started ahead of {head.Id}, which waits for {headNeed} workers while fewer can take jobs (backfill)");
                 }
-                Start(job, workers, stop);
+                start(job, workers);
                 continue;
             }
             var capacity = registry.Capacity();
@@ -98,6 +106,17 @@ public sealed partial class JobManager
             if (job.Progress.Message != message) job.Update(p => p with { Message = message });
         }
         registry.HoldForQueue(head is null ? 0 : headNeed);
+    }
+
+    /// <summary>
+    /// Workers to reserve for the job: what it asked for; a restarted data-parallel job starts with its minimum and
+    /// grows as workers become idle (a pipeline needs all its stages).
+    /// </summary>
+    private static int WorkersWanted(JobRecord job)
+    {
+        var p = job.Progress;
+        if (p.Restarts == 0 || job.Spec.Parallelism?.Pipeline is not null) return job.WorkersRequested;
+        return Math.Max(1, p.MinWorkers);
     }
 
     /// <summary>"waiting for 3 idle workers: 2 can take jobs (1 idle, 1 cordoned of 3 registered)".</summary>
