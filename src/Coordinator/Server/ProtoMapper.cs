@@ -2,6 +2,7 @@ using Dtrain.Cluster;
 using Dtrain.Distributed;
 using Dtrain.Protos.Jobs;
 using Dtrain.Rpc;
+using Dtrain.Training;
 
 namespace Dtrain.Server;
 

@@ -171,7 +171,7 @@ public class JobStoreTests
         Epoch = 2,
         Loss = double.NaN,
         SamplesPerSecond = 123.5,
-        LastEval = new EvalMetrics(1.75, 640) { Accuracy = 0.5, MacroF1 = 0.25, Perplexity = Math.Exp(1.75), BitsPerToken = 1.75 / Math.Log(2) },
+        LastEval = new Dtrain.Training.EvalMetrics(1.75, 640) { Accuracy = 0.5, MacroF1 = 0.25, Perplexity = Math.Exp(1.75), BitsPerToken = 1.75 / Math.Log(2) },
         Started = DateTimeOffset.FromUnixTimeMilliseconds(1_700_000_001_234),
         Finished = DateTimeOffset.FromUnixTimeMilliseconds(1_700_000_099_999),
         Checkpoint = "/data/jobs/job-0009/checkpoints/ckpt-000050.dtck",

@@ -48,7 +48,7 @@ public class JobHistoryTests
             job.Persist(store);
             store.SaveNow(job);
             for (var s = 1; s <= 40; s++) job.Publish(ProtoMapper.FromProto(StepAt(s, 3.0 - s * 0.01)));
-            job.PublishEval(40, new EvalMetrics(2.5, 64));
+            job.PublishEval(40, new Dtrain.Training.EvalMetrics(2.5, 64));
             // Log lines and state changes are not metrics: not kept in the events table.
             job.Log("step 40: checkpoint x");
             job.Transition(JobTrigger.Start, "starting");

@@ -1,3 +1,5 @@
+using Dtrain.Training;
+
 namespace Dtrain.Server;
 
 /// <summary>

@@ -1,15 +1,6 @@
-namespace Dtrain.Server;
+using Dtrain.Training;
 
-/// <summary>Validation metrics after a step (the domain's own type; the proto <c>Metrics</c> is built from it at the service edge).</summary>
-public sealed record EvalMetrics(double Loss, long Count)
-{
-    public double? Accuracy { get; init; }
-    public double? MacroF1 { get; init; }
-    /// <summary>Language models: exp(loss).</summary>
-    public double? Perplexity { get; init; }
-    /// <summary>Language models: loss / ln 2.</summary>
-    public double? BitsPerToken { get; init; }
-}
+namespace Dtrain.Server;
 
 /// <summary>
 /// Everything a job's record holds besides its identity (<see cref="JobRecord.Id"/>, spec, owner, submission) and its

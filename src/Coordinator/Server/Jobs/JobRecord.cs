@@ -1,6 +1,7 @@
 using System.Threading.Channels;
 using Dtrain.Data;
 using Dtrain.Specs;
+using Dtrain.Training;
 using Dtrain.Training.Tasks;
 
 namespace Dtrain.Server;
@@ -248,19 +249,16 @@ public sealed class JobRecord(string id, JobSpec spec, string dir, int workersRe
         return true;
     }
 
-    /// <summary>Records and publishes validation metrics after <paramref name="step"/>, adding perplexity and bits per token for language models.</summary>
+    /// <summary>
+    /// Records and publishes a worker's (or the gathered model's) validation metrics after <paramref name="step"/>, with
+    /// the task's derived ones (perplexity and bits per token for language models).
+    /// </summary>
     public void PublishEval(long step, EvalMetrics metrics)
     {
-        // (This record's own EvalMetrics; ITrainingTask.WithDerivedMetrics does the same for the training one.)
-        if (TrainingTasks.For(Spec).PredictsNextToken)
-            metrics = metrics with { Perplexity = Math.Exp(metrics.Loss), BitsPerToken = metrics.Loss / Math.Log(2) };
+        metrics = TrainingTasks.For(Spec).WithDerivedMetrics(metrics);
         Update(p => p with { LastEval = metrics }, publishState: false);
         Publish(new JobNotice.Eval(step, metrics));
     }
-
-    /// <summary>Records and publishes a worker's (or the gathered model's) validation metrics after <paramref name="step"/>.</summary>
-    public void PublishEval(long step, Training.EvalMetrics metrics) =>
-        PublishEval(step, new EvalMetrics(metrics.Loss, metrics.Count) { Accuracy = metrics.Accuracy, MacroF1 = metrics.MacroF1 });
 
     /// <summary>Publishes the record as it is now to watchers (a state event).</summary>
     public void PublishState()
