@@ -313,8 +313,10 @@ public sealed class JobFleet : IJobFleet, IDisposable
         // A worker that became idle since the caller's reservation is taken now; later ones wake the wait.
         var change = NextMembershipChange();
         newcomers.AddRange(registry.TryReserveUpTo(Max - survivors.Count - newcomers.Count, job.Id, needed: Min - survivors.Count - newcomers.Count));
+        var waited = false;
         while (survivors.Count + newcomers.Count < Min)
         {
+            waited = true;
             var left = (waitUntil - clock.GetUtcNow()).TotalSeconds;
             if (left <= 0)
             {
@@ -333,7 +335,7 @@ public sealed class JobFleet : IJobFleet, IDisposable
             change = NextMembershipChange();
             newcomers.AddRange(registry.TryReserveUpTo(Max - survivors.Count - newcomers.Count, job.Id, needed: Min - survivors.Count - newcomers.Count));
         }
-        job.Transition(JobTrigger.Run, "");
+        if (waited) job.Transition(JobTrigger.Run, "");
     }
 
     public async Task ReassignAsync(string reason, CancellationToken cancel)
