@@ -30,7 +30,7 @@ public sealed class InMemoryCoordinator : IAsyncDisposable
         Pool = new InMemoryWorkerPool(Options);
         Directory.CreateDirectory(dataDir);
         store = new JobStore(Path.Combine(dataDir, "jobs.db"), NullLogger.Instance);
-        uploads = new UploadStore(Options, store, new PeerAddressIdentity(), TimeProvider.System, NullLogger<UploadStore>.Instance);
+        uploads = new UploadStore(Options, store, TimeProvider.System, NullLogger<UploadStore>.Instance);
         var runner = new JobRunner(Options, Registry, new WorkerClients(Options, CoordinatorSecurity.Create(Options)), TimeProvider.System, NullLogger<JobRunner>.Instance,
             connect: w => Pool.Connect(w));
         Jobs = new JobManager(Options, Registry, runner, new DataAccess(Options, uploads), uploads, store, TimeProvider.System, NullLogger<JobManager>.Instance);
