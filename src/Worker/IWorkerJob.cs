@@ -1,11 +1,19 @@
+using Dtrain.Checkpoints;
 using Dtrain.Cluster;
+using Dtrain.Data;
+using Dtrain.Distributed;
 using Dtrain.Runtime;
+using Dtrain.Specs;
+using Dtrain.Training;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Worker;
 
 /// <summary>
 /// What a worker holds of its job: a whole data-parallel replica (<see cref="ReplicaWork"/>) or one pipeline stage
-/// (<see cref="StageWork"/>). Its torch work runs on the job's torch thread.
+/// (<see cref="StageWork"/>). Each runs a step, evaluates, captures its state and joins a new ring in its own way, or
+/// refuses what its kind cannot do (an <see cref="InvalidOperationException"/> naming the job: the same refusal the
+/// protocol has always given). Its torch work runs on the job's torch thread.
 /// </summary>
 public interface IWorkerJob
 {
@@ -15,6 +23,46 @@ public interface IWorkerJob
     /// <summary>Replaces its parameters and their optimizer state with <paramref name="tensors"/> (whole-model names).</summary>
     void LoadParameters(IReadOnlyDictionary<string, ParameterTensor> tensors);
 
+    /// <summary>
+    /// Runs step <paramref name="step"/> on its rows, its torch work on <paramref name="torch"/>: a replica computes,
+    /// sums its gradients with its peers and takes the optimizer step; a stage runs its schedule with its neighbours
+    /// and keeps its gradients until <see cref="StageWork.Apply"/>. A cancelled step throws
+    /// <see cref="OperationCanceledException"/> (the caller says why).
+    /// </summary>
+    Task<WorkStepReport> StepAsync(WorkStep step, TorchThread torch, CancellationToken cancel);
+
+    /// <summary>
+    /// Evaluates the model on <paramref name="data"/>'s validation split as <paramref name="task"/> does (on the torch
+    /// thread); a pipeline stage, which holds part of the model, refuses.
+    /// </summary>
+    EvalMetrics Evaluate(ITrainingTask task, PreparedData data, int batchSize, int maxBatches);
+
+    /// <summary>
+    /// Its training state in the checkpoint format (the model, optimizer and RNG state with <paramref name="training"/>),
+    /// on the torch thread; a pipeline stage refuses (its parameters are gathered by GetStageParameters).
+    /// </summary>
+    CheckpointData CaptureState(JobSpec spec, ITokenizer tokenizer, LabelSet labels, TrainingState training);
+
+    /// <summary>
+    /// Enters a new membership generation (on the torch thread): its gradients are summed over <paramref name="reducer"/>
+    /// from now on, and a carried hidden state (which belonged to the old rows) is forgotten. A pipeline stage refuses.
+    /// </summary>
+    void JoinRing(IGradientReducer reducer);
+
     /// <summary>Frees what it holds (links, buffers), then its torch state on <paramref name="torch"/>.</summary>
     Task ReleaseAsync(TorchThread torch);
 }
+
+/// <summary>
+/// One training step as a worker's job runs it: the coordinator's command with this worker's <see cref="Rows"/> of it
+/// (null: none this step), whether the carried hidden state is forgotten first (<see cref="ResetState"/>, an epoch's
+/// first step) and carried at all (<see cref="CarryState"/>), and the fault drill's cause at this step
+/// (<see cref="Inject"/>, <see cref="NonFiniteInjection"/>; null in normal operation).
+/// </summary>
+public sealed record WorkStep(long Step, BatchRows? Rows, bool ResetState, bool CarryState, long GlobalCount, double Lr, bool ReportChecksum, string? Inject = null);
+
+/// <summary>
+/// What a step did: the reply to the coordinator, and for the worker's metrics the values it summed with its peers
+/// (<see cref="SummedValues"/>; 0 when not counted) and the transport they went over.
+/// </summary>
+public sealed record WorkStepReport(Cluster.StepResult Result, long SummedValues, string Transport);

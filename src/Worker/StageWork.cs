@@ -1,9 +1,14 @@
 using System.Diagnostics;
+using Dtrain.Checkpoints;
 using Dtrain.Cluster;
+using Dtrain.Data;
 using Dtrain.Distributed;
 using Dtrain.Distributed.Pipeline;
+using Dtrain.Rpc;
 using Dtrain.Runtime;
+using Dtrain.Specs;
 using Dtrain.Training;
+using Dtrain.Training.Tasks;
 
 namespace Dtrain.Worker;
 
@@ -14,14 +19,18 @@ public sealed record StageStepReport(double LossSum, long Count, int Rows, doubl
 /// This worker's pipeline stage of a job: the stage, its links to the neighbouring stages, its schedule, and — with
 /// several data-parallel replicas — the ring of the same stage of every replica, over which its gradients are summed.
 /// A step is two calls: <see cref="RunAsync"/> (the schedule, the all-reduce, the squared norm) and, once the
-/// coordinator has added every stage's norm, <see cref="Apply"/>.
+/// coordinator has added every stage's norm, <see cref="Apply"/>. A stage cannot evaluate, hand over its whole state or
+/// change membership: it refuses them (<paramref name="jobId"/>: the job its messages name).
 /// </summary>
-public sealed class StageWork(PipelineStage stage, IStageLinkSet links, PipelineSchedule schedule, IGradientReducer reducer) : IWorkerJob, IAsyncDisposable
+public sealed class StageWork(string jobId, PipelineStage stage, IStageLinkSet links, PipelineSchedule schedule, IGradientReducer reducer) : IWorkerJob, IAsyncDisposable
 {
     private readonly GradientBuffer? gradients = reducer.WorldSize == 1 ? null : new GradientBuffer(stage.Parameters);
     private bool gradientsBound;
 
     public PipelineStage Stage { get; } = stage;
+
+    /// <summary>What it sends over, for the activity and the metrics' transport label: its ring's transport and its stage links' ("shm", or "tcp, stages shm").</summary>
+    public string Transport { get; } = CombinedTransport(reducer.Transport, links.Transport);
 
     /// <summary>Optional: the worker's live phase (forward, backward, pipeline receive from a neighbour, all-reduce).</summary>
     public WorkerActivity? Activity { get; init; }
@@ -136,6 +145,45 @@ public sealed class StageWork(PipelineStage stage, IStageLinkSet links, Pipeline
             return t;
         }
     }
+
+    /// <summary>
+    /// <see cref="RunAsync"/> as the protocol's step: its loss, rows, squared gradient norm and idle time (no checksum:
+    /// the parameters change at <see cref="Apply"/>). A neighbouring stage gone is a <see cref="PeerFailureException"/>
+    /// (a consequence: the coordinator names the worker that failed); a step out of turn or bad data, a refusal naming the job.
+    /// </summary>
+    public async Task<WorkStepReport> StepAsync(WorkStep step, TorchThread torch, CancellationToken cancel)
+    {
+        StageStepReport report;
+        try
+        {
+            report = await RunAsync(step.Step, step.Rows, step.ResetState, step.CarryState, step.GlobalCount, torch, cancel, step.Inject).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is InvalidOperationException or InvalidDataException)
+        {
+            throw new InvalidOperationException($"job {jobId}: {e.Message}");
+        }
+        catch (IOException e)
+        {
+            throw new PeerFailureException(e.Message);
+        }
+        var reply = new StepResult
+        {
+            LossSum = report.LossSum, Count = report.Count, Rows = report.Rows, SquaredGradNorm = report.SquaredNorm,
+            ComputeMs = report.ComputeMs, AllreduceMs = report.ReduceMs, IdleMs = report.IdleMs,
+        };
+        return new WorkStepReport(reply, 0, Transport);
+    }
+
+    public EvalMetrics Evaluate(ITrainingTask task, PreparedData data, int batchSize, int maxBatches) => throw NotWholeReplica();
+
+    public CheckpointData CaptureState(JobSpec spec, ITokenizer tokenizer, LabelSet labels, TrainingState training) => throw NotWholeReplica();
+
+    public void JoinRing(IGradientReducer reducer) => throw new InvalidOperationException($"job {jobId}: a pipeline stage cannot change membership");
+
+    private InvalidOperationException NotWholeReplica() => new($"job {jobId}: this worker holds pipeline stage {Stage.Plan.Stage}, not a whole replica");
+
+    private static string CombinedTransport(string ring, string stages) =>
+        ring.Length == 0 ? stages : stages.Length == 0 || stages == ring ? ring : $"{ring}, stages {stages}";
 
     public double ParameterChecksum() => ParameterChecksums.Sum(Stage.Parameters);
 

@@ -128,13 +128,13 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         }
     }
 
-    private async Task<(ReplicaJob, AssignResult)> AssignReplicaAsync(Assignment request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, TorchSharp.torch.Device device, RingConnection ring, TorchThread torch, int threads)
+    private async Task<(AssignedJob, AssignResult)> AssignReplicaAsync(Assignment request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, TorchSharp.torch.Device device, RingConnection ring, TorchThread torch, int threads)
     {
         // parallelism.overlap "auto" needs a core beyond the torch threads of every worker of this job on this host.
         var spare = Environment.ProcessorCount - threads * Math.Max(1, SameHost(request));
         var replica = await torch.RunAsync(() => new DataParallelReplica(spec, tokenizer.VocabSize, labels.Count, device, ring.Reducer, spareCores: spare)).ConfigureAwait(false);
         replica.Activity = state.Activity;
-        var job = new ReplicaJob(request, spec, tokenizer, labels, new ReplicaWork(replica), ring, torch);
+        var job = new AssignedJob(request, spec, tokenizer, labels, new ReplicaWork(replica), ring, torch);
         log.LogInformation("assigned job {JobId} generation {Generation}: rank {Rank}/{World}, {Parameters} parameters, {Threads} thread(s), {Buckets} gradient bucket(s), overlap with backward {Overlap}; allocator: {Allocator}",
             request.JobId, request.Generation, request.Rank, request.World, replica.ParameterCount, threads, replica.Buckets.Count,
             replica.Overlap ? "on" : $"off ({spec.Parallelism?.Overlap ?? OverlapKinds.Auto}, {spare} spare core(s))", NativeAllocator.Describe());
@@ -211,7 +211,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     }
 
     /// <summary>Builds a checked pipeline assignment's stage and its links.</summary>
-    private async Task<(ReplicaJob, AssignResult)> AssignStageAsync(Assignment request, PipelineStageAssignment p, JobSpec spec, ITokenizer tokenizer, LabelSet labels, TorchSharp.torch.Device device,
+    private async Task<(AssignedJob, AssignResult)> AssignStageAsync(Assignment request, PipelineStageAssignment p, JobSpec spec, ITokenizer tokenizer, LabelSet labels, TorchSharp.torch.Device device,
         RingConnection ring, TorchThread torch, int threads, CancellationToken cancel)
     {
         var plan = new StagePlan(p.Stage, p.FirstLayer, p.LayerCount, 0, HasEmbedding: p.Stage == 0, HasHead: p.Stage == p.Stages - 1);
@@ -232,13 +232,13 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         }
         try
         {
-            state.Activity.Job(request.JobId, CombinedTransport(ring.Reducer.Transport, links.Transport));
-            var work = new StageWork(stage, links, PipelineSchedule.Create(p.Schedule, p.Stages, p.Microbatches), ring.Reducer)
+            var work = new StageWork(request.JobId, stage, links, PipelineSchedule.Create(p.Schedule, p.Stages, p.Microbatches), ring.Reducer)
             {
                 Activity = state.Activity,
                 Neighbours = (p.Previous?.WorkerId ?? "", p.Next?.WorkerId ?? ""),
             };
-            var job = new ReplicaJob(request, spec, tokenizer, labels, work, ring, torch);
+            state.Activity.Job(request.JobId, work.Transport);
+            var job = new AssignedJob(request, spec, tokenizer, labels, work, ring, torch);
             var parameters = stage.Parameters.Sum(x => x.numel());
             log.LogInformation("assigned job {JobId} generation {Generation}: pipeline stage {Stage}/{Stages} (layers {First}-{Last}) of replica {Replica}/{Replicas}, {Parameters} parameters, {Threads} thread(s); allocator: {Allocator}",
                 request.JobId, request.Generation, p.Stage, p.Stages, p.FirstLayer, p.FirstLayer + p.LayerCount - 1, p.Replica, p.Replicas, parameters, threads, NativeAllocator.Describe());
@@ -255,10 +255,6 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         }
     }
 
-    /// <summary>What the activity (and the metrics' transport label) names for a stage: its ring's transport and its stage links' ("shm", or "tcp, stages shm").</summary>
-    private static string CombinedTransport(string ring, string stages) =>
-        ring.Length == 0 ? stages : stages.Length == 0 || stages == ring ? ring : $"{ring}, stages {stages}";
-
     private static ExpectedPeer? Neighbour(ClusterPeer? peer) => peer is null || peer.WorkerId.Length == 0 ? null : ExpectedPeer.Worker(peer.WorkerId, peer.CertificateSha256);
 
     /// <summary>The ring an assignment joins: its rank among the peers of its generation.</summary>
@@ -267,7 +263,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     /// <summary>Takes job <paramref name="jobId"/>'s rows (and validation split) in slices; returns how many steps it holds.</summary>
     public async Task<int> LoadShardAsync(string jobId, IAsyncEnumerable<ShardSlice> slices, CancellationToken cancel)
     {
-        ReplicaJob? job = null;
+        AssignedJob? job = null;
         await foreach (var slice in slices.WithCancellation(cancel).ConfigureAwait(false))
         {
             job = state.Require(jobId);
@@ -301,44 +297,14 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         {
             job.TryTake(request.Step, out var shardStep);
             var carries = job.TrainingTask.CarriesState(job.Spec);
-            var rows = ReplicaJob.ToRows(shardStep, lengths: job.TrainingTask.HasLabels);
+            var rows = AssignedJob.ToRows(shardStep, lengths: job.TrainingTask.HasLabels);
             if (shardStep is null && job.StepsReceived == 0 && request.Step == job.StartStep)
                 throw new InvalidOperationException($"job {job.JobId}: no shard loaded");
-            if (job.Work is StageWork work)
-            {
-                StageStepReport report;
-                try
-                {
-                    report = await work.RunAsync(request.Step, rows, shardStep?.ResetState ?? false, carries, request.GlobalCount, job.Torch, linked.Token, Injected(job, request.Step)).ConfigureAwait(false);
-                }
-                catch (OperationCanceledException) when (job.Cancel.IsCancellationRequested || abandoned.IsCancellationRequested)
-                {
-                    throw Stopped(job, request.Step, abandoned);
-                }
-                catch (Exception e) when (e is InvalidOperationException or InvalidDataException)
-                {
-                    throw new InvalidOperationException($"job {job.JobId}: {e.Message}");
-                }
-                catch (IOException e)
-                {
-                    // A neighbouring stage went away: a consequence; the coordinator names the worker that failed.
-                    throw new PeerFailureException(e.Message);
-                }
-                completed = true;
-                state.Step = request.Step;
-                metrics?.Step(job.JobId, report.ComputeMs, report.ReduceMs, 0, job.WorldSize, state.Activity.Snapshot().Transport);
-                return new StepResult
-                {
-                    LossSum = report.LossSum, Count = report.Count, Rows = report.Rows, SquaredGradNorm = report.SquaredNorm,
-                    ComputeMs = report.ComputeMs, AllreduceMs = report.ReduceMs, IdleMs = report.IdleMs,
-                };
-            }
-            ReplicaStepResult result;
+            WorkStepReport report;
             try
             {
-                var fault = Injected(job, request.Step);
-                result = await job.Replica.StepAsync(rows, shardStep?.ResetState ?? false, carries, request.GlobalCount, request.Lr, request.Step, linked.Token, job.Torch, fault).ConfigureAwait(false);
-                if (fault == NonFiniteInjection.Parameters) await job.Torch.RunAsync(() => NonFiniteInjection.PoisonParameters(job.Replica.Engine.Parameters)).ConfigureAwait(false);
+                var step = new WorkStep(request.Step, rows, shardStep?.ResetState ?? false, carries, request.GlobalCount, request.Lr, request.ReportChecksum, Injected(job, request.Step));
+                report = await job.Work.StepAsync(step, job.Torch, linked.Token).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (job.Cancel.IsCancellationRequested || abandoned.IsCancellationRequested)
             {
@@ -346,22 +312,12 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             }
             completed = true;
             state.Step = request.Step;
-            metrics?.Step(job.JobId, result.ComputeMs, result.ReduceMs, job.Replica.ParameterCount + 1, job.WorldSize, job.Replica.Reducer.Transport);
-            log.LogDebug("job {JobId} step {Step}: {Rows} rows, compute {Compute:F1} ms, all-reduce {Reduce:F1} ms", job.JobId, request.Step, result.Rows, result.ComputeMs, result.ReduceMs);
+            var result = report.Result;
+            metrics?.Step(job.JobId, result.ComputeMs, result.AllreduceMs, report.SummedValues, job.WorldSize, report.Transport);
+            log.LogDebug("job {JobId} step {Step}: {Rows} rows, compute {Compute:F1} ms, all-reduce {Reduce:F1} ms", job.JobId, request.Step, result.Rows, result.ComputeMs, result.AllreduceMs);
             if (result.Skipped)
                 log.LogWarning("job {JobId} step {Step}: skipped, the {What} summed over the replicas is not finite (local loss sum {Loss})", job.JobId, request.Step + 1, result.NonFinite, result.LossSum);
-            return new StepResult
-            {
-                LossSum = result.LossSum,
-                Count = result.Count,
-                Rows = result.Rows,
-                GradNorm = result.GradNorm,
-                ParameterChecksum = request.ReportChecksum ? await job.Torch.RunAsync(job.Replica.ParameterChecksum).ConfigureAwait(false) : 0,
-                ComputeMs = result.ComputeMs,
-                AllreduceMs = result.ReduceMs,
-                Skipped = result.Skipped,
-                NonFinite = result.NonFinite ?? "",
-            };
+            return result;
         }
         finally
         {
@@ -383,14 +339,14 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     }
 
     /// <summary>The fault drill's cause at this step (0-based index), logged when it fires.</summary>
-    private string? Injected(ReplicaJob job, long step)
+    private string? Injected(AssignedJob job, long step)
     {
         var cause = inject?.At(step);
         if (cause is not null) log.LogWarning("job {JobId} step {Step}: injecting a non-finite {What} (Worker:InjectNonFinite)", job.JobId, step + 1, cause);
         return cause;
     }
 
-    private static WorkStoppedException Stopped(ReplicaJob job, long step, CancellationToken abandoned) =>
+    private static WorkStoppedException Stopped(AssignedJob job, long step, CancellationToken abandoned) =>
         new(abandoned.IsCancellationRequested
             ? $"job {job.JobId}: step {step} abandoned for a new membership generation"
             : $"job {job.JobId} was released during step {step}");
@@ -416,7 +372,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             Training.EvalMetrics m;
             try
             {
-                m = await job.Torch.RunAsync(() => job.TrainingTask.Evaluate(job.Replica.Engine, validation, request.BatchSize, request.MaxBatches)).ConfigureAwait(false);
+                m = await job.Torch.RunAsync(() => job.Work.Evaluate(job.TrainingTask, validation, request.BatchSize, request.MaxBatches)).ConfigureAwait(false);
             }
             catch (Data.Datasets.DatasetException e)
             {
@@ -449,7 +405,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             if (request.Step != job.LastStep + 1)
                 throw new InvalidOperationException($"job {job.JobId}: state at step {request.Step} asked, but this replica stands at step {job.LastStep + 1}");
             var training = new TrainingState { Step = request.Step, ElapsedSeconds = request.ElapsedSeconds, SamplesSeen = request.SamplesSeen, NonFiniteStreak = request.NonFiniteStreak };
-            var data = await job.Torch.RunAsync(() => TrainingCheckpoint.Capture(job.Spec, job.Tokenizer, job.Labels, training, job.Replica.Engine)).ConfigureAwait(false);
+            var data = await job.Torch.RunAsync(() => job.Work.CaptureState(job.Spec, job.Tokenizer, job.Labels, training)).ConfigureAwait(false);
             using var ms = new MemoryStream();
             CheckpointFormat.Write(ms, data);
             bytes = ms.ToArray();
@@ -509,7 +465,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     /// <summary>Resumed jobs: job <paramref name="jobId"/>'s parameters and optimizer state, after Assign and before its first step.</summary>
     public async Task<LoadStateResult> LoadStateAsync(string jobId, IAsyncEnumerable<ParameterTensor?> parameters, CancellationToken cancel)
     {
-        ReplicaJob? job = null;
+        AssignedJob? job = null;
         var tensors = new Dictionary<string, ParameterTensor>(StringComparer.Ordinal);
         await foreach (var tensor in parameters.WithCancellation(cancel).ConfigureAwait(false))
         {
@@ -545,11 +501,11 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     public async Task<StepStanding> AbortAsync(string jobId, long generation, string reason)
     {
         var job = state.Require(jobId);
-        job.Require<ReplicaWork>("a pipeline stage cannot change membership; the job restarts from its checkpoint instead");
+        var work = job.Require<ReplicaWork>("a pipeline stage cannot change membership; the job restarts from its checkpoint instead");
         await job.AbortAsync(generation, TimeSpan.FromSeconds(options.CollectiveTimeoutSeconds)).ConfigureAwait(false);
         try
         {
-            var checksum = await job.Torch.RunAsync(job.Replica.ParameterChecksum).ConfigureAwait(false);
+            var checksum = await job.Torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false);
             log.LogInformation("job {JobId}: steps of generation {Old} abandoned for generation {New} ({Reason}); standing at step {Step}", job.JobId, job.Generation, generation, reason, job.LastStep + 1);
             return new StepStanding(job.LastStep + 1, checksum);
         }
@@ -574,9 +530,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         {
             var ring = await rings.ConnectAsync(request, cancel).ConfigureAwait(false);
             state.Observe(ring.Reducer, [.. request.Peers.OrderBy(p => p.Rank).Select(p => p.WorkerId)]);
-            job.Reconfigure(request.Generation, request.Rank, request.World, ring, request.NextStep, [.. request.Peers.OrderBy(p => p.Rank).Select(p => p.WorkerId)]);
-            // The rows each replica holds change with the world: a carried hidden state belongs to the old rows.
-            await job.Torch.RunAsync(job.Replica.Engine.ResetState).ConfigureAwait(false);
+            await job.ReconfigureAsync(request.Generation, request.Rank, request.World, ring, request.NextStep, [.. request.Peers.OrderBy(p => p.Rank).Select(p => p.WorkerId)]).ConfigureAwait(false);
             log.LogInformation("job {JobId}: generation {Generation}: rank {Rank}/{World} from step {Step}", job.JobId, request.Generation, request.Rank, request.World, request.NextStep);
         }
         finally
@@ -589,7 +543,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     public async Task<SyncResult> SyncStateAsync(SyncSource request, CancellationToken cancel)
     {
         var job = state.Require(request.JobId);
-        job.Require<ReplicaWork>("a pipeline stage cannot take a peer's state");
+        var work = job.Require<ReplicaWork>("a pipeline stage cannot take a peer's state");
         if (request.Generation != job.Generation)
             throw new StaleGenerationException($"job {job.JobId}: state sync of generation {request.Generation}, but this worker is at generation {job.Generation}");
         if (!Uri.TryCreate(request.Source.Address, UriKind.Absolute, out _)) throw new ArgumentException($"source_address \"{request.Source.Address}\" is not a URL");
@@ -607,12 +561,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         try
         {
             var data = CheckpointFormat.Read(new MemoryStream(bytes), $"state of job {job.JobId} from {request.Source.Address}");
-            var checksum = await job.Torch.RunAsync(() =>
-            {
-                TrainingCheckpoint.Restore(data, request.Source.Address, job.Replica.Engine, withOptimizer: true);
-                job.Replica.Engine.ResetState();
-                return job.Replica.ParameterChecksum();
-            }).ConfigureAwait(false);
+            var checksum = await job.Torch.RunAsync(() => work.TakeState(data, request.Source.Address)).ConfigureAwait(false);
             job.StandAt(request.NextStep);
             log.LogInformation("job {JobId}: took the state of step {Step} ({Bytes} bytes) from {Source}", job.JobId, request.NextStep, bytes.Length, request.Source.Address);
             return new SyncResult(checksum, bytes.Length);

@@ -6,7 +6,7 @@ namespace Dtrain.Worker;
 /// <summary>The worker's single job slot.</summary>
 public sealed class WorkerSlot(ILogger<WorkerSlot> log)
 {
-    public ReplicaJob? Current { get; set; }
+    public AssignedJob? Current { get; set; }
     public long Step { get; set; }
     /// <summary>What this worker does right now (phase, step, since when), sent with every heartbeat.</summary>
     public WorkerActivity Activity { get; } = new();
@@ -14,7 +14,7 @@ public sealed class WorkerSlot(ILogger<WorkerSlot> log)
     /// <summary>Connects <paramref name="reducer"/>'s progress (all-reduce piece k of n, the peer waited on) to <see cref="Activity"/>; <paramref name="peerIds"/> in rank order.</summary>
     public void Observe(IGradientReducer reducer, IReadOnlyList<string> peerIds) => reducer.Progress = Activity.RingObserver(peerIds);
 
-    public ReplicaJob Require(string jobId)
+    public AssignedJob Require(string jobId)
     {
         var job = Current;
         if (job is null || job.JobId != jobId)

@@ -1,6 +1,5 @@
 using Dtrain.Cluster;
 using Dtrain.Data;
-using Dtrain.Distributed;
 using Dtrain.Runtime;
 using Dtrain.Specs;
 using Dtrain.Training;
@@ -9,8 +8,11 @@ using Dtrain.Rpc;
 
 namespace Dtrain.Worker;
 
-/// <summary>The job this worker is assigned: its replica, its shard of the data and its place in the ring.</summary>
-public sealed class ReplicaJob : IAsyncDisposable
+/// <summary>
+/// The job this worker is assigned, whatever its kind: what it holds of it (<see cref="Work"/>: a whole replica or a
+/// pipeline stage), its shard of the data, its place in the ring and the gate its steps pass one at a time.
+/// </summary>
+public sealed class AssignedJob : IAsyncDisposable
 {
     private readonly Dictionary<long, ShardRows> steps = [];
     private IAsyncDisposable? ring;
@@ -31,9 +33,6 @@ public sealed class ReplicaJob : IAsyncDisposable
     public LabelSet Labels { get; }
     /// <summary>What this worker holds of the job: a whole replica or a pipeline stage.</summary>
     public IWorkerJob Work { get; }
-
-    /// <summary>The whole-model replica of a data-parallel job.</summary>
-    public DataParallelReplica Replica => Work is ReplicaWork r ? r.Replica : throw new InvalidOperationException($"job {JobId}: this worker holds pipeline stage {((StageWork)Work).Stage.Plan.Stage}, not a whole replica");
 
     /// <summary>The work as a <typeparamref name="T"/>, or the refusal "job …: <paramref name="refusal"/>" (InvalidOperationException).</summary>
     public T Require<T>(string refusal) where T : class, IWorkerJob =>
@@ -100,7 +99,7 @@ public sealed class ReplicaJob : IAsyncDisposable
         Gate.Release();
     }
 
-    public ReplicaJob(Assignment request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, IWorkerJob work, IAsyncDisposable? ring, TorchThread torch)
+    public AssignedJob(Assignment request, JobSpec spec, ITokenizer tokenizer, LabelSet labels, IWorkerJob work, IAsyncDisposable? ring, TorchThread torch)
     {
         Work = work;
         Torch = torch;
@@ -123,7 +122,7 @@ public sealed class ReplicaJob : IAsyncDisposable
     /// it: a step is applied whole or not at all) and queued ones are refused; then lets the ring close in the
     /// background (a ring with a hung peer may take seconds to close: its streams to that peer never finish; the next
     /// generation's ring is another one, and fencing keeps the two apart). Returns with
-    /// <see cref="Gate"/> held, so nothing runs until <see cref="Reconfigure"/> or <see cref="EndAbort"/>.
+    /// <see cref="Gate"/> held, so nothing runs until <see cref="ReconfigureAsync"/> or <see cref="EndAbort"/>.
     /// </summary>
     public async Task AbortAsync(long generation, TimeSpan timeout)
     {
@@ -142,15 +141,17 @@ public sealed class ReplicaJob : IAsyncDisposable
     /// <summary>Ends an abort without a new ring (the gate is released; steps stay refused until the next Reconfigure).</summary>
     public void EndAbort() => Gate.Release();
 
-    /// <summary>Enters generation <paramref name="generation"/> as <paramref name="rank"/> of <paramref name="world"/> over <paramref name="newRing"/>, at step <paramref name="nextStep"/>, with no shard (it is sent again).</summary>
-    public void Reconfigure(long generation, int rank, int world, RingConnection newRing, long nextStep, IReadOnlyList<string> peerIds)
+    /// <summary>
+    /// Enters generation <paramref name="generation"/> as <paramref name="rank"/> of <paramref name="world"/> over <paramref name="newRing"/>, at step
+    /// <paramref name="nextStep"/>, with no shard (it is sent again); its work joins the new ring (<see cref="IWorkerJob.JoinRing"/>, on the torch thread).
+    /// </summary>
+    public async Task ReconfigureAsync(long generation, int rank, int world, RingConnection newRing, long nextStep, IReadOnlyList<string> peerIds)
     {
         PeerIds = peerIds;
         Generation = generation;
         Rank = rank;
         WorldSize = world;
         ring = newRing;
-        if (Work is ReplicaWork r) r.Replica.Reducer = newRing.Reducer;
         LastStep = nextStep - 1;
         lock (steps) steps.Clear();
         Dataset?.Clear();
@@ -159,6 +160,7 @@ public sealed class ReplicaJob : IAsyncDisposable
         ValidationSequences.Clear();
         ValidationLabels.Clear();
         stepCancel = new CancellationTokenSource();
+        await Torch.RunAsync(() => Work.JoinRing(newRing.Reducer)).ConfigureAwait(false);
     }
 
     /// <summary>A replica whose state was replaced (from a peer) stands at <paramref name="nextStep"/>.</summary>
