@@ -28,9 +28,6 @@ public static class ActivityPhases
     public static readonly IReadOnlyList<string> All = [Idle, Loading, WaitingForData, Forward, Backward, AllReduce, Optimizer, Evaluation, CheckpointTransfer, PipelineReceive];
 }
 
-/// <summary>What <see cref="WorkerActivity"/> says at one moment.</summary>
-public sealed record ActivitySnapshot(string Phase, string Detail, long Step, TimeSpan InPhase, string WaitingOn, string JobId, string SubPhase, int Piece, int Pieces, string Transport);
-
 /// <summary>
 /// A worker's live phase (idle, forward, backward, all-reduce piece k of n waiting on a peer, ...), the step it works
 /// on and since when: set by the worker's runtime, its replica (on the torch thread) and the ring's progress observer;
