@@ -42,13 +42,14 @@ public sealed partial class PipelineStage : IDisposable
     /// <summary>Fault drill (<see cref="NonFiniteInjection"/>): while set, <see cref="Forward"/> multiplies its output — the loss, or the activation it sends on — by NaN.</summary>
     public bool InjectNonFinite { get; set; }
 
-    private readonly bool languageModel;
+    /// <summary>The job's task: what the embedding is, and whether a micro-batch runs as a stream (carrying its hidden state) or as packed sequences.</summary>
+    private readonly ITrainingTask task;
 
     /// <param name="outputs">The head's outputs: the vocabulary size (language model) or the number of classes.</param>
     public PipelineStage(JobSpec spec, int vocabSize, int outputs, StagePlan plan, Device device)
     {
         this.spec = spec;
-        languageModel = TrainingTasks.For(spec).PredictsNextToken;
+        task = TrainingTasks.For(spec);
         this.device = device;
         Plan = plan;
         var m = spec.Model;
@@ -58,7 +59,7 @@ public sealed partial class PipelineStage : IDisposable
             // The stage's own initial draws are overwritten; then the whole model's initialisation is replayed piece by
             // piece from the seed, in the order RecurrentLanguageModel draws it (embedding, each layer, head) — one
             // layer at a time, so a stage never holds more than its share plus one layer.
-            var built = new StageModule(m, vocabSize, outputs, languageModel, plan);
+            var built = new StageModule(m, vocabSize, outputs, task, plan);
             var target = built.named_parameters().ToDictionary(p => p.name, p => p.parameter);
             void Take(nn.Module piece, Func<string, string> stageName)
             {
@@ -71,7 +72,7 @@ public sealed partial class PipelineStage : IDisposable
                 }
             }
             random.manual_seed(spec.Training.Seed);
-            using (var embedding = languageModel ? nn.Embedding(vocabSize, m.EmbeddingDim) : nn.Embedding(vocabSize, m.EmbeddingDim, padding_idx: 0))
+            using (var embedding = task.CreateEmbedding(vocabSize, m.EmbeddingDim))
                 if (plan.HasEmbedding) Take(embedding, n => $"embedding.{n}");
             var dirs = m.Bidirectional ? 2 : 1;
             for (var layer = 0; layer < m.Layers; layer++)
@@ -146,7 +147,7 @@ public sealed partial class PipelineStage : IDisposable
     {
         if (inFlight.ContainsKey(micro)) throw new InvalidOperationException($"stage {Plan.Stage}: micro-batch {micro} forwarded twice in one step");
         if (IsLast && targets is null) throw new ArgumentNullException(nameof(targets), "the last stage computes the loss: it needs the targets");
-        if (!languageModel && lengths is null) throw new ArgumentNullException(nameof(lengths), "a classifier's stages need the sequence lengths");
+        if (!task.PredictsNextToken && lengths is null) throw new ArgumentNullException(nameof(lengths), "a classifier's stages need the sequence lengths");
         using var scope = NewDisposeScope();
         Tensor leaf;
         Tensor x;
@@ -161,52 +162,7 @@ public sealed partial class PipelineStage : IDisposable
             // Dropout between layers, as the fused stack applies it before every layer but the first.
             x = spec.Model.Dropout > 0 ? nn.functional.dropout(leaf, spec.Model.Dropout, training: true) : leaf;
         }
-        Tensor output, result;
-        if (languageModel)
-        {
-            var (y, next) = module.Rnn.Run(x, carryState && carried.TryGetValue(micro, out var state) ? state : null);
-            if (carryState)
-            {
-                // The state before this step is kept until the step is applied or skipped.
-                carried.Remove(micro, out var old);
-                if (!beforeStep.TryAdd(micro, old)) old?.Dispose();
-                carried[micro] = next.Detach();
-            }
-            if (IsLast)
-            {
-                using var dropped = module.Dropout.call(y);
-                var logits = module.Head!.call(dropped);
-                output = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[^1]), targets!.to(device).reshape(-1), reduction: nn.Reduction.Sum);
-                result = output.detach();
-            }
-            else
-            {
-                output = y;
-                result = y.detach();
-            }
-        }
-        else
-        {
-            using var packed = nn.utils.rnn.pack_padded_sequence(x, lengths!, batch_first: true, enforce_sorted: false);
-            var (packedOut, hidden) = module.Rnn.RunPacked(packed);
-            if (IsLast)
-            {
-                packedOut.Dispose();
-                var dirs = module.Rnn.Directions;
-                var last = dirs == 1 ? hidden[-1] : cat([hidden[-2], hidden[-1]], dim: 1);
-                var logits = module.Head!.call(module.Dropout.call(last));
-                output = nn.functional.cross_entropy(logits, targets!.to(device), reduction: nn.Reduction.Sum);
-                result = output.detach();
-            }
-            else
-            {
-                // Padded again to the input's width, so every stage sees (B, T, H·dirs) and the gradient the same shape.
-                var (padded, _) = nn.utils.rnn.pad_packed_sequence(packedOut, batch_first: true, total_length: x.shape[1]);
-                packedOut.Dispose();
-                output = padded;
-                result = padded.detach();
-            }
-        }
+        var (output, result) = task.PredictsNextToken ? ForwardStream(micro, x, targets, carryState) : ForwardPacked(x, targets, lengths!);
         if (InjectNonFinite)
         {
             using var nan = double.NaN.ToScalar();
@@ -215,6 +171,51 @@ public sealed partial class PipelineStage : IDisposable
         }
         inFlight[micro] = new InFlight(leaf.MoveToOuterDisposeScope(), output.MoveToOuterDisposeScope());
         return result.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// One stream of text (a language model): the layers run from micro-batch <paramref name="micro"/>'s carried hidden
+    /// state (when <paramref name="carryState"/>), and the last stage's loss sums over every position. Returns the output
+    /// backward starts from and the detached result <see cref="Forward"/> returns.
+    /// </summary>
+    private (Tensor Output, Tensor Result) ForwardStream(int micro, Tensor x, Tensor? targets, bool carryState)
+    {
+        var (y, next) = module.Rnn.Run(x, carryState && carried.TryGetValue(micro, out var state) ? state : null);
+        if (carryState)
+        {
+            // The state before this step is kept until the step is applied or skipped.
+            carried.Remove(micro, out var old);
+            if (!beforeStep.TryAdd(micro, old)) old?.Dispose();
+            carried[micro] = next.Detach();
+        }
+        if (!IsLast) return (y, y.detach());
+        using var dropped = module.Dropout.call(y);
+        var logits = module.Head!.call(dropped);
+        var loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[^1]), targets!.to(device).reshape(-1), reduction: nn.Reduction.Sum);
+        return (loss, loss.detach());
+    }
+
+    /// <summary>
+    /// Padded sequences of <paramref name="lengths"/> (a classifier): the layers run packed, so padding never enters the
+    /// recurrence; the last stage classifies from its last layer's final hidden state. As <see cref="ForwardStream"/> returns.
+    /// </summary>
+    private (Tensor Output, Tensor Result) ForwardPacked(Tensor x, Tensor? targets, Tensor lengths)
+    {
+        using var packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first: true, enforce_sorted: false);
+        var (packedOut, hidden) = module.Rnn.RunPacked(packed);
+        if (IsLast)
+        {
+            packedOut.Dispose();
+            var dirs = module.Rnn.Directions;
+            var last = dirs == 1 ? hidden[-1] : cat([hidden[-2], hidden[-1]], dim: 1);
+            var logits = module.Head!.call(module.Dropout.call(last));
+            var loss = nn.functional.cross_entropy(logits, targets!.to(device), reduction: nn.Reduction.Sum);
+            return (loss, loss.detach());
+        }
+        // Padded again to the input's width, so every stage sees (B, T, H·dirs) and the gradient the same shape.
+        var (padded, _) = nn.utils.rnn.pad_packed_sequence(packedOut, batch_first: true, total_length: x.shape[1]);
+        packedOut.Dispose();
+        return (padded, padded.detach());
     }
 
     /// <summary>
@@ -330,10 +331,10 @@ public sealed partial class PipelineStage : IDisposable
         public Dropout Dropout => dropout;
         public Linear? Head => head;
 
-        public StageModule(ModelSpec m, int vocabSize, int outputs, bool languageModel, StagePlan plan) : base("pipeline_stage")
+        public StageModule(ModelSpec m, int vocabSize, int outputs, ITrainingTask task, StagePlan plan) : base("pipeline_stage")
         {
             var dirs = m.Bidirectional ? 2 : 1;
-            if (plan.HasEmbedding) embedding = languageModel ? nn.Embedding(vocabSize, m.EmbeddingDim) : nn.Embedding(vocabSize, m.EmbeddingDim, padding_idx: 0);
+            if (plan.HasEmbedding) embedding = task.CreateEmbedding(vocabSize, m.EmbeddingDim);
             rnn = new RecurrentStack(m.Cell, plan.HasEmbedding ? m.EmbeddingDim : m.HiddenSize * dirs, m.HiddenSize, plan.LayerCount, m.Dropout, m.Bidirectional, m.GateBias);
             dropout = nn.Dropout(m.Dropout);
             if (plan.HasHead) head = nn.Linear(m.HiddenSize * dirs, outputs);

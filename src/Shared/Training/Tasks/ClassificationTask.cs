@@ -98,6 +98,8 @@ public sealed class ClassificationTask : ITrainingTask
 
     public nn.Module CreateModel(ModelSpec model, int vocabSize, int classes, bool perLayer) => new RecurrentClassifier(model, vocabSize, classes);
 
+    public TorchSharp.Modules.Embedding CreateEmbedding(int vocabSize, int dim) => nn.Embedding(vocabSize, dim, padding_idx: 0);
+
     public TaskForward Forward(nn.Module model, Batch batch, Device device, RecurrentState? state)
     {
         var clf = model as RecurrentClassifier

@@ -81,6 +81,12 @@ public interface ITrainingTask
     nn.Module CreateModel(ModelSpec model, int vocabSize, int classes, bool perLayer);
 
     /// <summary>
+    /// The model's token embedding as <see cref="CreateModel"/> builds it (a classifier's keeps the padding id 0 at zero),
+    /// with fresh weights from torch's generator: a pipeline's first stage builds the same one.
+    /// </summary>
+    TorchSharp.Modules.Embedding CreateEmbedding(int vocabSize, int dim);
+
+    /// <summary>
     /// Runs <paramref name="model"/> (built by <see cref="CreateModel"/>) over <paramref name="batch"/>, moved to
     /// <paramref name="device"/>, from the hidden state <paramref name="state"/> (null: zeros), and sums its loss.
     /// </summary>

@@ -69,6 +69,8 @@ public sealed class LanguageModelTask : ITrainingTask
 
     public nn.Module CreateModel(ModelSpec model, int vocabSize, int classes, bool perLayer) => new RecurrentLanguageModel(model, vocabSize, perLayer);
 
+    public TorchSharp.Modules.Embedding CreateEmbedding(int vocabSize, int dim) => nn.Embedding(vocabSize, dim);
+
     public TaskForward Forward(nn.Module model, Batch batch, Device device, RecurrentState? state)
     {
         var lm = Of(model);
