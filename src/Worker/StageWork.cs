@@ -112,6 +112,17 @@ public sealed class StageWork(string jobId, PipelineStage stage, IStageLinkSet l
         Pending = -1;
     }
 
+    /// <summary>
+    /// <see cref="Apply"/> as the protocol asks it, on <paramref name="torch"/>; then the fault drill's non-finite
+    /// parameters (<paramref name="poisonParameters"/>, <see cref="NonFiniteInjection"/>) and the checksum when asked.
+    /// </summary>
+    public async Task<ApplyResult> ApplyAsync(ApplyCommand command, bool poisonParameters, TorchThread torch)
+    {
+        await torch.RunAsync(() => Apply(command.Step, command.GlobalCount, command.Lr, command.GlobalNorm, command.Skip)).ConfigureAwait(false);
+        if (poisonParameters) await torch.RunAsync(() => NonFiniteInjection.PoisonParameters(Stage.Parameters)).ConfigureAwait(false);
+        return new ApplyResult(command.ReportChecksum ? await torch.RunAsync(ParameterChecksum).ConfigureAwait(false) : 0, command.Skip);
+    }
+
     /// <summary>Rows [start, start + count) of a step: a language model's rows hold Width targets each, a classifier's one label.</summary>
     private static BatchRows Slice(BatchRows r, int start, int count)
     {

@@ -428,11 +428,9 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         using var phase = Phase(ActivityPhases.Optimizer);
         try
         {
-            await job.Torch.RunAsync(() => work.Apply(request.Step, request.GlobalCount, request.Lr, request.GlobalNorm, request.Skip)).ConfigureAwait(false);
-            if (inject?.At(request.Step) == NonFiniteInjection.Parameters)
-                await job.Torch.RunAsync(() => NonFiniteInjection.PoisonParameters(work.Stage.Parameters)).ConfigureAwait(false);
+            var applied = await work.ApplyAsync(request, inject?.At(request.Step) == NonFiniteInjection.Parameters, job.Torch).ConfigureAwait(false);
             if (request.Skip) log.LogWarning("job {JobId} step {Step}: skipped (the coordinator found a non-finite loss or gradient norm)", job.JobId, request.Step + 1);
-            return new ApplyResult(request.ReportChecksum ? await job.Torch.RunAsync(work.ParameterChecksum).ConfigureAwait(false) : 0, request.Skip);
+            return applied;
         }
         catch (InvalidOperationException e)
         {
