@@ -52,17 +52,3 @@ public interface IWorkerJob
     /// <summary>Frees what it holds (links, buffers), then its torch state on <paramref name="torch"/>.</summary>
     Task ReleaseAsync(TorchThread torch);
 }
-
-/// <summary>
-/// One training step as a worker's job runs it: the coordinator's command with this worker's <see cref="Rows"/> of it
-/// (null: none this step), whether the carried hidden state is forgotten first (<see cref="ResetState"/>, an epoch's
-/// first step) and carried at all (<see cref="CarryState"/>), and the fault drill's cause at this step
-/// (<see cref="Inject"/>, <see cref="NonFiniteInjection"/>; null in normal operation).
-/// </summary>
-public sealed record WorkStep(long Step, BatchRows? Rows, bool ResetState, bool CarryState, long GlobalCount, double Lr, bool ReportChecksum, string? Inject = null);
-
-/// <summary>
-/// What a step did: the reply to the coordinator, and for the worker's metrics the values it summed with its peers
-/// (<see cref="SummedValues"/>; 0 when not counted) and the transport they went over.
-/// </summary>
-public sealed record WorkStepReport(Cluster.StepResult Result, long SummedValues, string Transport);
