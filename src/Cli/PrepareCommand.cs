@@ -1,18 +1,19 @@
 using System.CommandLine;
 using Dtrain.Data.Datasets;
+using Dtrain.Data.Storage;
 using Dtrain.Specs;
 using Dtrain.Training.Tasks;
 
 namespace Dtrain.Cli;
 
-/// <summary>`dtrain prepare SOURCES... -o DIR`: tokenizes sources once into a dataset of memory-mappable shards (docs/data.md).</summary>
+/// <summary>`dtrain prepare SOURCES... -o DIR|s3://bucket/prefix`: tokenizes sources once into a dataset of memory-mappable shards (docs/data.md).</summary>
 public static class PrepareCommand
 {
     public static Command Create()
     {
         var sources = new Argument<string[]>("sources") { Description = "Files, directories (every file below) and globs (*, ?, ** — quote them); .gz and .zst are decompressed.", Arity = ArgumentArity.OneOrMore };
-        var output = new Option<string>("--output", "-o") { Description = "The dataset directory to write (refused when it exists and is not empty, unless --force).", Required = true };
-        var force = new Option<bool>("--force") { Description = "Replace an existing output directory (only once the new dataset is complete)." };
+        var output = new Option<string>("--output", "-o") { Description = "The dataset directory to write (refused when it exists and is not empty, unless --force), or s3://bucket/prefix: prepared in a temporary directory, then uploaded with the manifest last (refused when the prefix holds any object, unless --force; endpoint and credentials from the environment, docs/storage.md).", Required = true };
+        var force = new Option<bool>("--force") { Description = "Replace an existing output directory (only once the new dataset is complete); for s3:// the old objects, once the new dataset is prepared (its manifest is deleted first, the new manifest put last)." };
         var task = new Option<string>("--task") { Description = "language_model or classification (the spec's task).", DefaultValueFactory = _ => TrainingTasks.LanguageModel.Kind };
         task.AcceptOnlyFromAmong([.. TrainingTasks.All.Select(t => t.Kind)]);
         var format = new Option<string?>("--format") { Description = "data.format of every source: text, jsonl or csv (default: from each file's extension, .txt/.jsonl/.json/.csv under .gz/.zst)." };
@@ -35,7 +36,7 @@ public static class PrepareCommand
         var threads = new Option<int>("--threads") { Description = "Tokenizing threads (default: all cores); the output is the same for any number.", DefaultValueFactory = _ => Environment.ProcessorCount };
         var shardTokens = new Option<long>("--shard-tokens") { Description = "Most tokens per shard.", DefaultValueFactory = _ => 1L << 26 };
         var cmd = new Command("prepare",
-            "Tokenize sources once into a dataset: token shards that can be memory-mapped, an index, the tokenizer, SHA-256 of every " +
+            "Tokenize sources once into a dataset (a directory, or s3://bucket/prefix): token shards that can be memory-mapped, an index, the tokenizer, SHA-256 of every " +
             "file and of the sources, and a manifest written last (docs/data.md). Holds exactly the ids `dtrain train` makes from the " +
             "same data and options (named as in the job spec). Streams in constant memory on every core.");
         cmd.Arguments.Add(sources);
@@ -47,12 +48,17 @@ public static class PrepareCommand
             var lm = TrainingTasks.For(kind).PredictsNextToken;
             if (lm && r.GetValue(maxLength) is not null) throw new ArgumentException("--max-length applies to classification; a language model's text is one stream cut into seq_len chunks");
             if (lm && r.GetValue(overlength) is not null) throw new ArgumentException("--overlength applies to classification; a language model's text is one stream cut into seq_len chunks");
+            var target = r.GetValue(output)!;
+            using var s3 = S3Location.IsS3(target) ? new S3DatasetStore(target) : null;
+            // To S3: prepared complete in a temporary directory, then published with the manifest last.
+            var staging = s3 is null ? null : Path.Combine(Path.GetTempPath(), $"dtrain-prepare-{Guid.NewGuid():N}");
+            var uploading = false;
             var options = new PrepareOptions
             {
                 Train = SourceFiles.Expand(r.GetValue(sources)!, DatasetLayout.TrainSplit, r.GetValue(format)),
                 Validation = r.GetValue(validation) is { Length: > 0 } v ? SourceFiles.Expand(v, DatasetLayout.ValidationSplit, r.GetValue(format)) : [],
-                Output = r.GetValue(output)!,
-                Force = r.GetValue(force),
+                Output = staging is null ? target : Path.Combine(staging, "dataset"),
+                Force = staging is null && r.GetValue(force),
                 Task = kind,
                 TextField = r.GetValue(textField)!,
                 LabelField = r.GetValue(labelField)!,
@@ -70,6 +76,9 @@ public static class PrepareCommand
             Console.CancelKeyPress += stop;
             try
             {
+                if (s3 is not null && !r.GetValue(force) && s3.ListAsync(cancel.Token).GetAwaiter().GetResult() is { Count: > 0 } existing)
+                    throw new ArgumentException($"--output {s3.Root}: holds {existing.Count} object(s) already ({string.Join(", ", existing.Take(3).Select(f => f.Name))}{(existing.Count > 3 ? ", ..." : "")}); --force replaces them once the new dataset is prepared");
+                if (staging is not null) Directory.CreateDirectory(staging);
                 var manifest = DatasetPreparer.Prepare(options, line => Console.Error.WriteLine(line), cancel.Token);
                 var report = manifest.Report;
                 if (report.Skipped > 0 || report.Truncated > 0)
@@ -77,17 +86,29 @@ public static class PrepareCommand
                     Console.Error.WriteLine($"{report.Read} records kept, {report.Skipped} skipped, {report.Truncated} truncated");
                     foreach (var example in report.SkippedExamples) Console.Error.WriteLine($"  skipped: {example}");
                 }
-                Console.WriteLine(options.Output);
+                if (s3 is not null)
+                {
+                    Console.Error.WriteLine($"uploading to {s3.Root}");
+                    uploading = true;
+                    s3.PublishDirectoryAsync(options.Output, DatasetLayout.ManifestFile, r.GetValue(force), cancel.Token).GetAwaiter().GetResult();
+                }
+                Console.WriteLine(s3?.Root ?? options.Output);
                 return CliErrors.Ok;
+            }
+            catch (DatasetStorageException e)
+            {
+                CliErrors.Error(e.Message);
+                return CliErrors.Failed;
             }
             catch (OperationCanceledException) when (cancel.IsCancellationRequested)
             {
-                CliErrors.Error("interrupted; nothing was written to the output");
+                CliErrors.Error(uploading ? $"interrupted while uploading; {s3!.Root} holds no manifest (not a dataset)" : "interrupted; nothing was written to the output");
                 return CliErrors.Interrupted;
             }
             finally
             {
                 Console.CancelKeyPress -= stop;
+                if (staging is not null && Directory.Exists(staging)) Directory.Delete(staging, recursive: true);
             }
         }));
         return cmd;

@@ -181,6 +181,39 @@ public sealed class DatasetJobTests
         }
     }
 
+    [S3Fact]
+    public async Task A_job_trains_from_a_dataset_that_dtrain_prepare_uploaded_to_s3_the_same_losses_as_from_memory()
+    {
+        using var tmp = new TempDir();
+        using var server = await S3TestServer.StartAsync(Path.Combine(tmp.Path, "s3"));
+        var (spec, file) = MemoryJob(tmp, TaskKinds.LanguageModel);
+        var uri = $"s3://{server.Bucket}/prepared/lm";
+        var environment = new Dictionary<string, string?>
+        {
+            ["DTRAIN_S3_ENDPOINT"] = server.Endpoint.ToString(), ["AWS_REGION"] = "us-east-1",
+            ["AWS_ACCESS_KEY_ID"] = server.AccessKey, ["AWS_SECRET_ACCESS_KEY"] = server.SecretKey,
+            ["DTRAIN_S3_CACHE_DIR"] = Path.Combine(tmp.Path, "cache"),
+        };
+        // The spec's options, given to the CLI as a user would; small shards so that rows cross them.
+        var prepared = CliRunner.Run(tmp.Path, TimeSpan.FromMinutes(3), environment, "prepare", file, "-o", uri, "--shard-tokens", "97",
+            "--validation-fraction", spec.Data.ValidationFraction.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            "--seed", spec.Training.Seed.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        Assert.True(prepared.ExitCode == 0, prepared.ToString());
+        var saved = environment.Keys.ToDictionary(k => k, Environment.GetEnvironmentVariable);
+        foreach (var (k, v) in environment) Environment.SetEnvironmentVariable(k, v);
+        try
+        {
+            await using var cluster = await StartAsync(tmp.Path, new ShardTap());
+            var (memory, memoryLosses) = await RunAsync(cluster, tmp, spec, "memory.json");
+            var (fromS3, s3Losses) = await RunAsync(cluster, tmp, DatasetJob(spec, uri), "s3.json");
+            AssertSameTraining(memory, memoryLosses, fromS3, s3Losses, "from the dataset dtrain prepare uploaded");
+        }
+        finally
+        {
+            foreach (var (k, v) in saved) Environment.SetEnvironmentVariable(k, v);
+        }
+    }
+
     [Fact]
     public async Task A_worker_joining_a_dataset_job_mid_way_reads_its_own_rows_and_the_ledger_has_every_sample_once()
     {

@@ -12,7 +12,7 @@ namespace Dtrain.Data.Storage;
 /// size and ETag are taken once (HEAD); a later GET that sees another ETag or size fails ("changed while being read").
 /// Transient failures are retried with exponential backoff (<see cref="S3StoreOptions.Retry"/>), then fail naming the
 /// URI; refused credentials, a missing bucket or key and a truncated object fail at once. Also uploads a directory
-/// (<see cref="UploadDirectoryAsync"/>).
+/// (<see cref="UploadDirectoryAsync"/>) and publishes a prepared dataset, manifest last (<see cref="PublishDirectoryAsync"/>).
 /// </summary>
 public sealed class S3DatasetStore : IDatasetStore
 {
@@ -157,9 +157,42 @@ public sealed class S3DatasetStore : IDatasetStore
     {
         var root = Path.GetFullPath(directory);
         if (!Directory.Exists(root)) throw new DatasetStorageException(directory, "no such directory to upload");
-        var files = new DirectoryInfo(root).EnumerateFiles("*", new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = 0 })
-            .Select(f => new StoredFile(Path.GetRelativePath(root, f.FullName).Replace(Path.DirectorySeparatorChar, '/'), f.Length))
+        var files = LocalFiles(root)
             .OrderBy(f => last is null ? -1 : IndexOf(last, f.Name)).ThenBy(f => f.Name, StringComparer.Ordinal).ToList();
+        await PutFilesAsync(root, files, cancellationToken).ConfigureAwait(false);
+        return files;
+    }
+
+    /// <summary>
+    /// Publishes the complete dataset in <paramref name="directory"/> under this store's prefix with
+    /// <paramref name="manifest"/> put last, so the prefix never holds a manifest beside files it does not describe.
+    /// A prefix that holds any object is refused unless <paramref name="replace"/>; replacing deletes the old manifest
+    /// first (the old dataset stops being one), puts the new files, deletes the old objects the new dataset does not
+    /// have, then puts the new manifest. A failure part-way leaves the prefix without a manifest: not a dataset.
+    /// </summary>
+    public async Task<IReadOnlyList<StoredFile>> PublishDirectoryAsync(string directory, string manifest, bool replace, CancellationToken cancellationToken = default)
+    {
+        var root = Path.GetFullPath(directory);
+        if (!File.Exists(Path.Combine(root, manifest))) throw new DatasetStorageException(Path.Combine(root, manifest), "no such file to publish (the dataset is not complete)");
+        var files = LocalFiles(root).OrderBy(f => f.Name == manifest ? 1 : 0).ThenBy(f => f.Name, StringComparer.Ordinal).ToList();
+        var existing = await ListAsync(cancellationToken).ConfigureAwait(false);
+        if (existing.Count > 0 && !replace)
+            throw new DatasetStorageException(Root, $"is not empty: holds {existing.Count} object(s) ({string.Join(", ", existing.Take(3).Select(f => f.Name))}{(existing.Count > 3 ? ", ..." : "")})");
+        if (existing.Any(f => f.Name == manifest)) await DeleteAsync(manifest, cancellationToken).ConfigureAwait(false);
+        await PutFilesAsync(root, files.Where(f => f.Name != manifest), cancellationToken).ConfigureAwait(false);
+        var fresh = files.Select(f => f.Name).ToHashSet(StringComparer.Ordinal);
+        foreach (var stale in existing.Where(f => !fresh.Contains(f.Name) && f.Name != manifest))
+            await DeleteAsync(stale.Name, cancellationToken).ConfigureAwait(false);
+        await PutFilesAsync(root, files.Where(f => f.Name == manifest), cancellationToken).ConfigureAwait(false);
+        return files;
+    }
+
+    static IEnumerable<StoredFile> LocalFiles(string root) =>
+        new DirectoryInfo(root).EnumerateFiles("*", new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = 0 })
+            .Select(f => new StoredFile(Path.GetRelativePath(root, f.FullName).Replace(Path.DirectorySeparatorChar, '/'), f.Length));
+
+    async Task PutFilesAsync(string root, IEnumerable<StoredFile> files, CancellationToken cancellationToken)
+    {
         foreach (var file in files)
         {
             var path = Path.Combine(root, file.Name);
@@ -167,7 +200,15 @@ public sealed class S3DatasetStore : IDatasetStore
             else await PutAsync(file.Name, path, cancellationToken).ConfigureAwait(false);
             objects.TryRemove(file.Name, out _);
         }
-        return files;
+    }
+
+    /// <summary>Deletes object <paramref name="name"/> under the prefix (retried like every request).</summary>
+    public async Task DeleteAsync(string name, CancellationToken cancellationToken = default)
+    {
+        await options.Retry.RunAsync(UriOf(name), "deleting",
+            (_, ct) => client.DeleteObjectAsync(new DeleteObjectRequest { BucketName = location.Bucket, Key = location.KeyOf(name) }, ct),
+            S3Failures.Classify, cancellationToken).ConfigureAwait(false);
+        objects.TryRemove(name, out _);
     }
 
     static int IndexOf(IReadOnlyList<string> names, string name)
