@@ -36,7 +36,10 @@ public sealed class ComposeProject(ITestOutputHelper output) : IAsyncDisposable
 
     public bool IsDown { get; private set; }
 
-    Dictionary<string, string> Env => new()
+    /// <summary>More variables for compose (a profile's settings, S3 credentials); set before `up`.</summary>
+    public Dictionary<string, string> Environment { get; } = new(StringComparer.Ordinal);
+
+    Dictionary<string, string> Env => new(Environment)
     {
         ["DTRAIN_IMAGE"] = ImageFixture.Image,
         ["DTRAIN_PORT"] = Port.ToString(System.Globalization.CultureInfo.InvariantCulture),
@@ -118,7 +121,7 @@ public sealed class ComposeProject(ITestOutputHelper output) : IAsyncDisposable
             output.WriteLine($"removed leftovers of {Name}: {containers.Length} container(s), {networks.Length} network(s), {volumes.Length} volume(s)");
     }
 
-    static int FreeLoopbackPort()
+    public static int FreeLoopbackPort()
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
         listener.Start();

@@ -19,9 +19,12 @@ public sealed class HostCli(ITestOutputHelper output, string workDir)
     /// <summary>The client certificate directory of the cluster under test (DTRAIN_TLS_DIR), or null.</summary>
     public string? TlsDir { get; set; }
 
+    /// <summary>More variables for every command (S3 endpoint and credentials, ...).</summary>
+    public Dictionary<string, string> Environment { get; } = new(StringComparer.Ordinal);
+
     public async Task<ProcessResult> RunAsync(TimeSpan timeout, params string[] args)
     {
-        var env = new Dictionary<string, string> { ["DTRAIN_THREADS"] = "1", ["DTRAIN_TLS_DIR"] = TlsDir ?? "" };
+        var env = new Dictionary<string, string>(Environment) { ["DTRAIN_THREADS"] = "1", ["DTRAIN_TLS_DIR"] = TlsDir ?? "" };
         if (Token is not null) env["DTRAIN_TOKEN"] = Token;
         var r = await ProcessRunner.RunAsync("dotnet", ["exec", Path.Combine(AppContext.BaseDirectory, "dtrain.dll"), .. args], timeout, WorkDir, env).ConfigureAwait(false);
         output.WriteLine($"[{DateTime.Now:HH:mm:ss}] dtrain {string.Join(' ', args)}: exit {r.ExitCode} in {r.Elapsed.TotalSeconds:F1} s");
