@@ -49,7 +49,17 @@ public static class PrepareCommand
             if (lm && r.GetValue(maxLength) is not null) throw new ArgumentException("--max-length applies to classification; a language model's text is one stream cut into seq_len chunks");
             if (lm && r.GetValue(overlength) is not null) throw new ArgumentException("--overlength applies to classification; a language model's text is one stream cut into seq_len chunks");
             var target = r.GetValue(output)!;
-            using var s3 = S3Location.IsS3(target) ? new S3DatasetStore(target) : null;
+            S3DatasetStore? store;
+            try
+            {
+                store = S3Location.IsS3(target) ? new S3DatasetStore(target) : null;
+            }
+            catch (DatasetStorageException e)
+            {
+                CliErrors.Error(e.Message);
+                return CliErrors.Failed;
+            }
+            using var s3 = store;
             // To S3: prepared complete in a temporary directory, then published with the manifest last.
             var staging = s3 is null ? null : Path.Combine(Path.GetTempPath(), $"dtrain-prepare-{Guid.NewGuid():N}");
             var uploading = false;

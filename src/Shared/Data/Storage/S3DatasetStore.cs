@@ -33,7 +33,16 @@ public sealed class S3DatasetStore : IDatasetStore
         this.options = options ?? S3StoreOptions.FromEnvironment();
         if (this.options.BlockBytes < 1) throw new ArgumentException($"{uri}: BlockBytes is {this.options.BlockBytes}; at least 1");
         ownsClient = client is null;
-        this.client = client ?? this.options.CreateClient();
+        try
+        {
+            this.client = client ?? this.options.CreateClient();
+        }
+        catch (Amazon.Runtime.AmazonClientException e)
+        {
+            // The SDK's "No RegionEndpoint or ServiceURL configured" names neither dtrain's variables nor the dataset.
+            throw new DatasetStorageException(location.ToString(),
+                $"no S3 endpoint or region: set DTRAIN_S3_ENDPOINT (an S3-compatible server, http://host:9000) or AWS_REGION (AWS) ({e.Message})");
+        }
         cache = new DiskCache(this.options.CacheDirectory, this.options.CacheBytes);
         Root = location.ToString();
     }

@@ -101,5 +101,16 @@ public sealed class PrepareToS3Tests : IDisposable
         Assert.Contains("access refused", r.Stderr);
         using var store = new S3DatasetStore(uri, server.Options(Path.Combine(dir.Path, "list-cache")));
         Assert.Empty(await store.ListAsync());
+
+        // No endpoint and no region anywhere: said in dtrain's words, naming the URI, not the SDK's bare message.
+        var none = new Dictionary<string, string?>
+        {
+            ["DTRAIN_S3_ENDPOINT"] = null, ["AWS_ENDPOINT_URL_S3"] = null, ["AWS_ENDPOINT_URL"] = null, ["AWS_REGION"] = null, ["AWS_DEFAULT_REGION"] = null,
+            ["AWS_PROFILE"] = null, ["AWS_CONFIG_FILE"] = Path.Combine(dir.Path, "no-aws-config"), ["AWS_SHARED_CREDENTIALS_FILE"] = Path.Combine(dir.Path, "no-aws-credentials"),
+            ["AWS_EC2_METADATA_DISABLED"] = "true", ["DTRAIN_S3_CACHE_DIR"] = Path.Combine(dir.Path, "cache"),
+        };
+        r = CliRunner.Run(dir.Path, TimeSpan.FromMinutes(3), none, "prepare", text, "-o", "s3://some-bucket/x");
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains("s3://some-bucket/x: no S3 endpoint or region: set DTRAIN_S3_ENDPOINT", r.Stderr);
     }
 }
