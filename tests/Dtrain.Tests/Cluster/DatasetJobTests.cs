@@ -215,6 +215,34 @@ public sealed class DatasetJobTests
     }
 
     [Fact]
+    public async Task An_s3_dataset_job_is_refused_at_submit_naming_the_missing_endpoint_when_the_coordinator_has_no_s3_settings()
+    {
+        using var tmp = new TempDir();
+        var (spec, _) = MemoryJob(tmp, TaskKinds.LanguageModel);
+        var environment = new Dictionary<string, string?>
+        {
+            ["DTRAIN_S3_ENDPOINT"] = null, ["AWS_ENDPOINT_URL_S3"] = null, ["AWS_ENDPOINT_URL"] = null, ["AWS_REGION"] = null, ["AWS_DEFAULT_REGION"] = null,
+            ["AWS_PROFILE"] = null, ["AWS_CONFIG_FILE"] = Path.Combine(tmp.Path, "no-aws-config"), ["AWS_SHARED_CREDENTIALS_FILE"] = Path.Combine(tmp.Path, "no-aws-credentials"),
+            ["AWS_EC2_METADATA_DISABLED"] = "true", ["DTRAIN_S3_CACHE_DIR"] = Path.Combine(tmp.Path, "cache"),
+        };
+        var saved = environment.Keys.ToDictionary(k => k, Environment.GetEnvironmentVariable);
+        foreach (var (k, v) in environment) Environment.SetEnvironmentVariable(k, v);
+        try
+        {
+            await using var cluster = await StartAsync(tmp.Path, new ShardTap());
+            var path = tmp.Write("s3.json", JobSpecSerializer.Serialize(DatasetJob(spec, "s3://some-bucket/lm")));
+            var e = Assert.ThrowsAny<Exception>(() => cluster.Client.Submit(Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(path), 2)));
+            Assert.Contains("$.data.dataset", e.Message);
+            Assert.Contains("no S3 endpoint or region: set DTRAIN_S3_ENDPOINT", e.Message);
+            Assert.DoesNotContain("Internal", e.Message);
+        }
+        finally
+        {
+            foreach (var (k, v) in saved) Environment.SetEnvironmentVariable(k, v);
+        }
+    }
+
+    [Fact]
     public async Task A_worker_joining_a_dataset_job_mid_way_reads_its_own_rows_and_the_ledger_has_every_sample_once()
     {
         using var tmp = new TempDir();
