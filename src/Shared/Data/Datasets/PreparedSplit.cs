@@ -12,6 +12,7 @@ public sealed class PreparedSplit : ITokenSequence, IRecordSource
 {
     readonly Func<int, PreparedShard> open;
     readonly PreparedShard?[] opened;
+    readonly Lazy<PreparedShard>?[] opening;
     readonly long[] tokenStarts, recordStarts;
     readonly object gate = new();
 
@@ -19,12 +20,17 @@ public sealed class PreparedSplit : ITokenSequence, IRecordSource
     {
     }
 
-    /// <summary>A split whose shard <c>i</c> is opened by <paramref name="open"/> when first read (once; called under a lock).</summary>
+    /// <summary>
+    /// A split whose shard <c>i</c> is opened by <paramref name="open"/> when first read: once (a read of the same shard
+    /// meanwhile waits for that opening), outside the split's lock, so a slow fetch from object storage holds back only
+    /// the reads of its own shard. An opening that failed is tried again by the next read.
+    /// </summary>
     public PreparedSplit(DatasetSplit entry, Func<int, PreparedShard> open)
     {
         Entry = entry;
         this.open = open;
         opened = new PreparedShard?[entry.Shards.Count];
+        opening = new Lazy<PreparedShard>?[entry.Shards.Count];
         tokenStarts = new long[entry.Shards.Count + 1];
         recordStarts = new long[entry.Shards.Count + 1];
         for (var i = 0; i < entry.Shards.Count; i++)
@@ -53,7 +59,26 @@ public sealed class PreparedSplit : ITokenSequence, IRecordSource
     /// <summary>Shard <paramref name="index"/>, opened on first use.</summary>
     public PreparedShard Shard(int index)
     {
-        lock (gate) return opened[index] ??= open(index);
+        Lazy<PreparedShard> once;
+        lock (gate)
+        {
+            if (opened[index] is { } shard) return shard;
+            once = opening[index] ??= new Lazy<PreparedShard>(() => open(index), LazyThreadSafetyMode.ExecutionAndPublication);
+        }
+        try
+        {
+            var shard = once.Value;
+            lock (gate) opened[index] = shard;
+            return shard;
+        }
+        catch
+        {
+            lock (gate)
+            {
+                if (ReferenceEquals(opening[index], once)) opening[index] = null;
+            }
+            throw;
+        }
     }
 
     long ITokenSequence.Length => Tokens;

@@ -98,6 +98,47 @@ public sealed class StoredDatasetTests : IDisposable
     }
 
     [Fact]
+    public async Task A_shard_being_fetched_holds_back_only_the_reads_of_that_shard_and_is_fetched_once()
+    {
+        var root = Prepared();
+        using var ds = PreparedDataset.Open(root);
+        Assert.True(ds.Train.Entry.Shards.Count >= 3, "several shards");
+        using var held = new ManualResetEventSlim();
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var opens = new int[ds.Train.Entry.Shards.Count];
+        var failOnce = 1;
+        var split = new PreparedSplit(ds.Train.Entry, i =>
+        {
+            Interlocked.Increment(ref opens[i]);
+            if (i == 0)
+            {
+                // A slow download of shard 0.
+                started.TrySetResult();
+                held.Wait();
+            }
+            if (i == 2 && Interlocked.Exchange(ref failOnce, 0) == 1) throw new DatasetException(root, "train-00002.tokens", "storage unreachable");
+            return ds.Train.Shard(i);
+        });
+        var first = Task.Run(() => split.Shard(0));
+        await started.Task;
+        var again = Task.Run(() => split.Shard(0));
+        // Another shard of the split is read while shard 0 is still being fetched (the bound only limits a failure).
+        var other = Task.Run(() => split.Shard(1));
+        var done = await Task.WhenAny(other, Task.Delay(TimeSpan.FromSeconds(60)));
+        var otherRead = done == other;
+        held.Set();
+        Assert.True(otherRead, "a read of shard 1 waited for the fetch of shard 0");
+        Assert.Same(ds.Train.Shard(1), await other);
+        Assert.Same(await first, await again);
+        Assert.Equal(1, opens[0]);
+        // An opening that failed is tried again by the next read.
+        Assert.Throws<DatasetException>(() => split.Shard(2));
+        Assert.Same(ds.Train.Shard(2), split.Shard(2));
+        Assert.Equal(2, opens[2]);
+        Assert.Equal(3, split.ShardsOpened);
+    }
+
+    [Fact]
     public async Task Another_manifest_than_the_job_started_with_is_refused_as_changed_under_the_job()
     {
         var root = Prepared();
