@@ -20,6 +20,8 @@ public sealed class DatasetRows : IDisposable
     private readonly ITrainingTask task;
     private readonly int vocabSize, labels;
     private readonly Dictionary<(long Step, int Start, int Rows), Task<BatchRows?>> reads = [];
+    private readonly object validationGate = new();
+    private bool validationChecked;
 
     public DatasetRows(string jobId, JobSpec spec, StoredDataset dataset, long stepsPerEpoch)
     {
@@ -57,6 +59,66 @@ public sealed class DatasetRows : IDisposable
         Task<BatchRows?>? read;
         lock (reads) reads.Remove((s.Step, s.RowStart, s.Rows), out read);
         return read is null ? Read(s) : read.GetAwaiter().GetResult();
+    }
+
+    /// <summary>
+    /// Checks the dataset's validation split before the job evaluates on it (once): a language model's holds at least 2
+    /// tokens, every id is inside the vocabulary and every record (a classifier's) has tokens and a label of the set —
+    /// a bad id would reach libtorch, whose errors abort the process. A failure is an
+    /// <see cref="InvalidOperationException"/> naming the job, the dataset and the file.
+    /// </summary>
+    public void CheckValidation()
+    {
+        lock (validationGate)
+        {
+            if (validationChecked) return;
+            var split = Dataset.Validation;
+            string Problem(string file, string problem) => $"job {jobId}: evaluation: dataset {Dataset.Uri}: {file}: {problem}";
+            if (!task.HasLabels && split.Tokens < 2)
+                throw new InvalidOperationException(Problem(DatasetLayout.ManifestFile, $"the validation split holds {split.Tokens} token(s); a language model needs at least 2 to evaluate"));
+            try
+            {
+                for (var i = 0; i < split.Entry.Shards.Count; i++)
+                {
+                    var shard = split.Shard(i);
+                    var file = shard.Entry.Tokens.Name;
+                    if (task.HasLabels)
+                    {
+                        for (long k = 0; k < shard.Records; k++)
+                        {
+                            var (ids, label) = shard.Record(k);
+                            if (ids.Length == 0) throw new InvalidOperationException(Problem(file, $"validation record {k} has no tokens"));
+                            if ((uint)label >= (uint)labels) throw new InvalidOperationException(Problem(shard.Entry.Labels?.Name ?? file, $"validation record {k}: label id {label} outside [0, {labels})"));
+                            CheckIds(ids, k, "record", file);
+                        }
+                    }
+                    else
+                    {
+                        var chunk = new int[65536];
+                        for (long at = 0; at < shard.TokenCount; at += chunk.Length)
+                        {
+                            var n = (int)Math.Min(chunk.Length, shard.TokenCount - at);
+                            shard.Read(at, chunk.AsSpan(0, n));
+                            for (var j = 0; j < n; j++)
+                                if ((uint)chunk[j] >= (uint)vocabSize)
+                                    throw new InvalidOperationException(Problem(file, $"id {chunk[j]} at token {at + j} outside the vocabulary [0, {vocabSize})"));
+                        }
+                    }
+                }
+            }
+            catch (DatasetException e)
+            {
+                throw new InvalidOperationException($"job {jobId}: evaluation: {e.Message}", e);
+            }
+            validationChecked = true;
+
+            void CheckIds(int[] ids, long record, string what, string file)
+            {
+                foreach (var id in ids)
+                    if ((uint)id >= (uint)vocabSize)
+                        throw new InvalidOperationException(Problem(file, $"validation {what} {record}: id {id} outside the vocabulary [0, {vocabSize})"));
+            }
+        }
     }
 
     /// <summary>Forgets prefetched rows (a new generation plans other ranges).</summary>

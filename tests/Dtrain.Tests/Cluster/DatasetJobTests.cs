@@ -145,6 +145,66 @@ public sealed class DatasetJobTests
         Assert.True(again.State == JobState.Succeeded, $"{again.State} {again.Message}");
     }
 
+    /// <summary>Rewrites file <paramref name="name"/> of <paramref name="dataset"/> and its size and SHA-256 in the manifest (<paramref name="edit"/>: more manifest edits), as a dataset made elsewhere could be.</summary>
+    static void Rewrite(string dataset, string name, byte[] bytes, Action<System.Text.Json.Nodes.JsonObject>? edit = null)
+    {
+        var path = Path.Combine(dataset, DatasetLayout.ManifestFile);
+        var manifest = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+        File.WriteAllBytes(Path.Combine(dataset, name), bytes);
+        foreach (var split in new[] { "train", "validation" })
+            foreach (var shard in manifest[split]!["shards"]!.AsArray())
+                if ((string?)shard!["tokens"]!["name"] == name)
+                {
+                    shard["tokens"]!["bytes"] = bytes.Length;
+                    shard["tokens"]!["sha256"] = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bytes));
+                }
+        edit?.Invoke(manifest);
+        File.WriteAllText(path, manifest.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    [Fact]
+    public async Task A_validation_id_outside_the_vocabulary_fails_the_job_naming_the_dataset_and_the_file()
+    {
+        using var tmp = new TempDir();
+        var (spec, file) = MemoryJob(tmp, TaskKinds.LanguageModel);
+        var dataset = Prepare(spec, file, Path.Combine(tmp.Path, "ds"));
+        var shard = Path.Combine(dataset, "validation-00000.tokens");
+        var bytes = File.ReadAllBytes(shard);
+        // The first id becomes 65535 (2- or 4-byte ids, little-endian): far outside a character vocabulary.
+        bytes[0] = 0xFF;
+        bytes[1] = 0xFF;
+        Rewrite(dataset, "validation-00000.tokens", bytes);
+        await using var cluster = await StartAsync(tmp.Path, new ShardTap());
+        var (info, _) = await RunAsync(cluster, tmp, DatasetJob(spec, dataset), "dataset.json");
+        Assert.Equal(JobState.Failed, info.State);
+        Assert.Contains($"dataset {dataset}: validation-00000.tokens: id 65535 at token 0 outside the vocabulary", info.Message);
+    }
+
+    [Fact]
+    public async Task A_validation_split_of_one_token_fails_the_job_naming_the_dataset_and_its_manifest()
+    {
+        using var tmp = new TempDir();
+        var (spec, file) = MemoryJob(tmp, TaskKinds.LanguageModel);
+        var dataset = Prepare(spec, file, Path.Combine(tmp.Path, "ds"));
+        var path = Path.Combine(dataset, DatasetLayout.ManifestFile);
+        var width = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path))!["validation"]!["shards"]![0]!["tokens"]!["bytes"]!.GetValue<long>()
+            / System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path))!["validation"]!["shards"]![0]!["token_count"]!.GetValue<long>();
+        var one = File.ReadAllBytes(Path.Combine(dataset, "validation-00000.tokens"))[..(int)width];
+        // A validation split of one token (dtrain prepare refuses to make one; a dataset made elsewhere may hold it).
+        Rewrite(dataset, "validation-00000.tokens", one, m =>
+        {
+            var validation = m["validation"]!.AsObject();
+            var first = validation["shards"]![0]!.DeepClone();
+            first["token_count"] = 1;
+            validation["shards"] = new System.Text.Json.Nodes.JsonArray(first);
+            validation["tokens"] = 1;
+        });
+        await using var cluster = await StartAsync(tmp.Path, new ShardTap());
+        var (info, _) = await RunAsync(cluster, tmp, DatasetJob(spec, dataset), "dataset.json");
+        Assert.Equal(JobState.Failed, info.State);
+        Assert.Contains($"dataset {dataset}: manifest.json: the validation split holds 1 token(s); a language model needs at least 2 to evaluate", info.Message);
+    }
+
     [S3Fact]
     public async Task Two_workers_train_from_an_s3_dataset_the_same_losses_as_from_memory()
     {
