@@ -98,6 +98,12 @@ public sealed class StageWork(string jobId, PipelineStage stage, IStageLinkSet l
         }
     }
 
+    /// <summary>Refuses step <paramref name="step"/> while an earlier step is not applied (checked before the step's rows are taken).</summary>
+    public void CheckTurn(long step)
+    {
+        if (Pending >= 0) throw new InvalidOperationException($"job {jobId}: step {step} started before step {Pending} was applied");
+    }
+
     /// <summary>
     /// The second half of the step: the optimizer step clipped by the whole model's norm, or — when the coordinator saw
     /// a non-finite loss or gradient norm anywhere (<paramref name="skip"/>) — no step at all: the gradients are zeroed.

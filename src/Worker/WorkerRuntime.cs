@@ -295,6 +295,8 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         state.Activity.Enter(ActivityPhases.Forward, newStep: request.Step + 1);
         try
         {
+            // A step out of turn is refused before its rows are taken, so that its retry has them.
+            if (job.Work is StageWork stage) stage.CheckTurn(request.Step);
             job.TryTake(request.Step, out var shardStep);
             var carries = job.TrainingTask.CarriesState(job.Spec);
             var rows = AssignedJob.ToRows(shardStep, lengths: job.TrainingTask.HasLabels);

@@ -114,6 +114,31 @@ public class WorkerJobKindsTests
     }
 
     [Fact]
+    public async Task A_stage_step_refused_out_of_turn_keeps_its_rows_for_its_retry()
+    {
+        var slot = new WorkerSlot(NullLogger<WorkerSlot>.Instance);
+        try
+        {
+            var stage = Runtime(slot);
+            await stage.AssignAsync(Assignment(OneStage()), CancellationToken.None);
+            Assert.Equal(2, await stage.LoadShardAsync(JobId, new[] { Shard(2) }.ToAsyncEnumerable(), CancellationToken.None));
+            var lr = Spec().Optimizer.Lr;
+            var first = await stage.RunStepAsync(new StepCommand(JobId, 0, lr, 64), CancellationToken.None);
+            // Step 1 before step 0 was applied: refused, and its rows stay for the retry.
+            await Refused(() => stage.RunStepAsync(new StepCommand(JobId, 1, lr, 64), CancellationToken.None),
+                $"job {JobId}: step 1 started before step 0 was applied");
+            await stage.ApplyStepAsync(new ApplyCommand(JobId, 0, lr, 64, Math.Sqrt(first.SquaredGradNorm), ReportChecksum: false, Skip: false), CancellationToken.None);
+            var retried = await stage.RunStepAsync(new StepCommand(JobId, 1, lr, 64), CancellationToken.None);
+            Assert.Equal(64, retried.Count);
+            Assert.Equal(4, retried.Rows);
+        }
+        finally
+        {
+            await slot.ReleaseAsync("test over");
+        }
+    }
+
+    [Fact]
     public async Task Each_kind_refuses_what_only_the_other_does_with_the_protocols_messages()
     {
         var slot = new WorkerSlot(NullLogger<WorkerSlot>.Instance);
