@@ -209,22 +209,24 @@ public sealed class AssignedJob : IAsyncDisposable
         }
     }
 
-    /// <summary>The micro-batch of step <paramref name="step"/>, or null when this rank has no rows then; removed once taken.</summary>
-    public bool TryTake(long step, out ShardRows? shardStep)
+    /// <summary>
+    /// The micro-batch of step <paramref name="step"/>, or null when this rank has no rows then; removed once taken. A
+    /// dataset job's rows are awaited (read in the background) without blocking a thread.
+    /// </summary>
+    public async Task<ShardRows?> TakeAsync(long step, CancellationToken cancel)
     {
         ShardRows? s;
         lock (steps)
         {
-            if (!steps.Remove(step, out s)) { shardStep = null; return false; }
+            if (!steps.Remove(step, out s)) return null;
         }
         if (s.Planned && Dataset is { } dataset)
         {
             // The next step's rows are read while this one runs.
             PrefetchFrom(step + 1);
-            s = s with { Read = dataset.Take(s) };
+            s = s with { Read = await dataset.TakeAsync(s, cancel).ConfigureAwait(false) };
         }
-        shardStep = s;
-        return true;
+        return s;
     }
 
     /// <summary>A dataset job: starts reading planned step <paramref name="step"/>'s rows in the background when it is held.</summary>

@@ -52,13 +52,26 @@ public sealed class DatasetRows : IDisposable
         }
     }
 
-    /// <summary>The rows of planned step <paramref name="s"/>: the prefetched ones (waited for) or read now.</summary>
-    public BatchRows? Take(ShardRows s)
+    /// <summary>
+    /// The rows of planned step <paramref name="s"/>: the prefetched ones or read now, awaited without blocking a thread
+    /// (a read failure is its <see cref="InvalidOperationException"/> naming the job, the dataset and the shard).
+    /// </summary>
+    public async Task<BatchRows?> TakeAsync(ShardRows s, CancellationToken cancel)
     {
         if (s.Rows == 0) return null;
         Task<BatchRows?>? read;
         lock (reads) reads.Remove((s.Step, s.RowStart, s.Rows), out read);
-        return read is null ? Read(s) : read.GetAwaiter().GetResult();
+        read ??= Task.Run(() => Read(s));
+        try
+        {
+            return await read.WaitAsync(cancel).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+        {
+            // The read ends on its own; its error no longer matters.
+            _ = read.ContinueWith(x => _ = x.Exception, TaskScheduler.Default);
+            throw;
+        }
     }
 
     /// <summary>

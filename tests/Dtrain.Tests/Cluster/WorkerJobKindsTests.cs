@@ -173,13 +173,13 @@ public class WorkerJobKindsTests
     }
 
     /// <summary>Every job of these tests is a world of one.</summary>
-    private sealed class LocalRing : IRingConnector
+    internal sealed class LocalRing : IRingConnector
     {
         public Task<RingConnection> ConnectAsync(RingMembership membership, CancellationToken cancel) =>
             membership.World == 1 ? Task.FromResult(new RingConnection(LocalReducer.Instance)) : throw new ArgumentException($"a world of {membership.World}: these tests have none");
     }
 
-    private sealed class NoPeers : IPeerState
+    internal sealed class NoPeers : IPeerState
     {
         public Task<byte[]> FetchStateAsync(string address, string workerId, string certificateSha256, string jobId, long step, CancellationToken cancel) =>
             throw new IOException($"no peer {workerId} in this test");

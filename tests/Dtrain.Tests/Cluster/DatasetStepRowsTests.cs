@@ -1,0 +1,90 @@
+using System.Diagnostics;
+using Dtrain.Cluster;
+using Dtrain.Data;
+using Dtrain.Data.Datasets;
+using Dtrain.Distributed.Pipeline;
+using Dtrain.Specs;
+using Dtrain.Tests.Data.Datasets;
+using Dtrain.Tests.Support;
+using Dtrain.Training;
+using Dtrain.Training.Tasks;
+using Dtrain.Worker;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Dtrain.Tests.Cluster;
+
+/// <summary>
+/// A dataset job's step through the real <see cref="WorkerRuntime"/> in process, on a real prepared dataset whose shard is
+/// still being read when the step starts: the step awaits its rows without blocking a thread, and a read that fails
+/// fails the step naming the dataset and the shard.
+/// </summary>
+public sealed class DatasetStepRowsTests : IDisposable
+{
+    const string JobId = "rows";
+    readonly TempDir dir = new();
+
+    public void Dispose() => dir.Dispose();
+
+    [Fact]
+    public async Task A_step_awaits_rows_still_being_read_and_a_failed_read_fails_it_naming_the_shard()
+    {
+        var file = dir.Write("corpus.txt", string.Concat(Enumerable.Range(0, 40).Select(i => $"Line {i}: some words {i % 7}\n")));
+        var o = PrepareTestSupport.Options(Path.Combine(dir.Path, "ds"), [file]);
+        DatasetPreparer.Prepare(o);
+        var root = o.Output;
+        var lm = TestJobs.CharLm("unused.txt");
+        var spec = lm with { Data = new DataSpec { Dataset = root }, Training = lm.Training with { BatchSize = 4, SeqLen = 8, LmSampling = LmSamplingKinds.Stream } };
+        string sha;
+        TokenizerState tokenizer;
+        long stepsPerEpoch;
+        BatchRows expected;
+        using (var ds = await StoredDataset.OpenAsync(root))
+        {
+            sha = ds.ManifestSha256;
+            tokenizer = ds.Tokenizer.ToState();
+            using var reader = new DatasetRows("probe", spec, ds, TrainingTasks.For(spec).TrainBatches(spec, PreparedData.FromDataset(ds)).StepsPerEpoch);
+            stepsPerEpoch = reader.Source.StepsPerEpoch;
+            expected = reader.Source.GetRows(new StepPosition(0, 0), 0, 4)!;
+        }
+        // Shard 0 becomes a pipe: reading it waits until the test writes it (bytes that are not the shard's).
+        var shard = Path.Combine(root, "train-00000.tokens");
+        var length = new FileInfo(shard).Length;
+        File.Delete(shard);
+        using (var mkfifo = Process.Start("mkfifo", [shard])) await mkfifo.WaitForExitAsync();
+
+        var slot = new WorkerSlot(NullLogger<WorkerSlot>.Instance);
+        var runtime = new WorkerRuntime(slot, new WorkerJobKindsTests.LocalRing(), new WorkerJobKindsTests.NoPeers(), new WorkerOptions(), new StageMailboxes(), NullLogger<WorkerRuntime>.Instance);
+        var returned = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        // Bounded by the step: the bytes are written once the step has returned to its caller (the delay only limits a failure).
+        var writer = Task.Run(async () =>
+        {
+            await Task.WhenAny(returned.Task, Task.Delay(TimeSpan.FromSeconds(60)));
+            await using var w = new FileStream(shard, FileMode.Open, FileAccess.Write);
+            await w.WriteAsync(new byte[length]);
+        });
+        try
+        {
+            await runtime.AssignAsync(new Assignment
+            {
+                JobId = JobId, Generation = 1, SpecJson = JobSpecSerializer.Serialize(spec), Rank = 0, World = 1,
+                Peers = [new ClusterPeer(0, "w1", "http://w1.in-memory.invalid:1")], Tokenizer = tokenizer, Labels = [],
+                TotalSteps = 10, StepsPerEpoch = stepsPerEpoch, Threads = 1, Dataset = new AssignedDataset(root, sha),
+            }, CancellationToken.None);
+            var planned = new ShardRows(0, expected.Rows, expected.Width, [], [], null, expected.Count, ResetState: true) { Planned = true, RowStart = 0 };
+            Assert.Equal(1, await runtime.LoadShardAsync(JobId, new[] { ShardSlice.Of([planned]) }.ToAsyncEnumerable(), CancellationToken.None));
+            var step = runtime.RunStepAsync(new StepCommand(JobId, 0, spec.Optimizer.Lr, expected.Count), CancellationToken.None);
+            var awaited = !step.IsCompleted;
+            returned.SetResult();
+            var e = await Assert.ThrowsAnyAsync<InvalidOperationException>(() => step);
+            await writer;
+            Assert.True(awaited, "the step blocked its caller until its rows were read");
+            Assert.Contains($"job {JobId}: step 0: dataset {root}: train-00000.tokens", e.Message);
+        }
+        finally
+        {
+            returned.TrySetResult();
+            await writer.ContinueWith(_ => { }, TaskScheduler.Default);
+            await slot.ReleaseAsync("test over");
+        }
+    }
+}
