@@ -32,6 +32,12 @@ public interface IWorkerJob
     Task<WorkStepReport> StepAsync(WorkStep step, TorchThread torch, CancellationToken cancel);
 
     /// <summary>
+    /// Refuses step <paramref name="step"/> before its rows are taken when it may not run yet (a stage whose previous
+    /// step is not applied), so a retry of the step still finds its rows; a replica takes any step.
+    /// </summary>
+    void CheckTurn(long step);
+
+    /// <summary>
     /// Evaluates the model on <paramref name="data"/>'s validation split as <paramref name="task"/> does (on the torch
     /// thread); a pipeline stage, which holds part of the model, refuses.
     /// </summary>

@@ -22,6 +22,9 @@ public sealed class ReplicaWork(DataParallelReplica replica) : IWorkerJob
         ParameterTransfer.Load(engine.Model.named_parameters().Select(p => (p.name, p.parameter)), (TorchSharp.Modules.OptimizerHelper)engine.Optimizer, tensors);
     }
 
+    /// <summary>A replica takes any step: the coordinator orders them.</summary>
+    public void CheckTurn(long step) { }
+
     /// <summary>The whole step: compute, the gradients summed over the ring (with the loss, in one more value), the optimizer step or — when the sum is not finite — none.</summary>
     public async Task<WorkStepReport> StepAsync(WorkStep step, TorchThread torch, CancellationToken cancel)
     {

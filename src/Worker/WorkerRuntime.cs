@@ -296,7 +296,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         try
         {
             // A step out of turn is refused before its rows are taken, so that its retry has them.
-            if (job.Work is StageWork stage) stage.CheckTurn(request.Step);
+            job.Work.CheckTurn(request.Step);
             var shardStep = await job.TakeAsync(request.Step, linked.Token).ConfigureAwait(false);
             var carries = job.TrainingTask.CarriesState(job.Spec);
             var rows = AssignedJob.ToRows(shardStep, lengths: job.TrainingTask.HasLabels);
