@@ -84,8 +84,11 @@ public sealed class JobsService(JobManager jobs, WorkerRegistry registry, Upload
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, lifetime.ApplicationStopping);
         try
         {
+            // The stream ends between events (the read is cancelled), never inside a write: a write cancelled part way
+            // leaves the response half written and the server resets the stream, which the client sees as Cancelled
+            // instead of the status that ended it (Unauthenticated for a revoked token, Unavailable while stopping).
             await foreach (var e in reader.ReadAllAsync(stop.Token).ConfigureAwait(false))
-                await responseStream.WriteAsync(job.ToProto(e), stop.Token).ConfigureAwait(false);
+                await responseStream.WriteAsync(job.ToProto(e)).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (lifetime.ApplicationStopping.IsCancellationRequested && !context.CancellationToken.IsCancellationRequested)
         {
