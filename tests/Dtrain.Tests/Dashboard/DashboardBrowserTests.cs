@@ -148,7 +148,9 @@ public class DashboardBrowserTests(ITestOutputHelper output)
         var shown = ((IEnumerable<object>)browser.Script("return window.dtrain.shownSteps;")!).Select(Convert.ToInt64).ToList();
         Assert.NotEmpty(shown);
         Assert.All(shown, s => Assert.True(s >= before, $"the header showed step {s} of a job already at step {before} (all shown: {string.Join(", ", shown)})"));
-        var header = browser.Wait(d => d.FindElement(By.Id("job-progress")).Text, "the header's progress");
+        // Read in one script call: the header is re-rendered up to once per frame while the job runs, so an element found by
+        // one WebDriver call is often stale by the next (a loaded CI run timed out on StaleElementReferenceException).
+        var header = browser.Wait(d => browser.Script("const e = document.getElementById('job-progress'); return e ? e.innerText : null;") as string, "the header's progress")!;
         var match = System.Text.RegularExpressions.Regex.Match(header, @"(\d+)/1000000");
         Assert.True(match.Success, $"header progress \"{header}\"");
         var step = long.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
