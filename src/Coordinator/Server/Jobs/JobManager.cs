@@ -286,11 +286,20 @@ public sealed partial class JobManager(CoordinatorOptions options, WorkerRegistr
         {
             // Half a heartbeat interval (at most 1 s) between sweeps: a silent worker is declared lost at most that long after its timeout.
             await wake.WaitAsync(TimeSpan.FromMilliseconds(Math.Min(1000, options.HeartbeatIntervalMs / 2.0)), stop).ConfigureAwait(false);
-            registry.Sweep();
-            // In submission order, with backfilling while the head waits for workers to register (JobQueue).
-            queue.Schedule((job, workers) => Start(job, workers, stop));
-            foreach (var id in retention.ExpireData(jobs.Values)) storage.Changed(id);
-            storage.Measure(jobs.Values);
+            // One pass failing (a bug, a file system error) is logged and the next pass runs: the loop that sweeps
+            // workers, starts jobs and expires data must never stop while the coordinator runs.
+            try
+            {
+                registry.Sweep();
+                // In submission order, with backfilling while the head waits for workers to register (JobQueue).
+                queue.Schedule((job, workers) => Start(job, workers, stop));
+                foreach (var id in retention.ExpireData(jobs.Values)) storage.Changed(id);
+                storage.Measure(jobs.Values);
+            }
+            catch (Exception e) when (e is not OperationCanceledException || !stop.IsCancellationRequested)
+            {
+                log.LogError(e, "the scheduling loop's pass failed; the next pass runs as usual");
+            }
         }
     }
 
