@@ -50,7 +50,7 @@ public sealed class AssignedJob : IAsyncDisposable
     public CancellationTokenSource Cancel { get; } = new();
     /// <summary>Cancelled when the steps of this generation are abandoned (<see cref="AbortAsync"/>); replaced by the next generation's.</summary>
     public CancellationToken StepsCancelled => stepCancel.Token;
-    private CancellationTokenSource stepCancel = new();
+    private volatile CancellationTokenSource stepCancel = new();
     /// <summary>One step at a time: the replica and torch are not re-entrant.</summary>
     public SemaphoreSlim Gate { get; } = new(1, 1);
     public long LastStep { get; private set; }

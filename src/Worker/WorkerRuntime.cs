@@ -284,11 +284,14 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     public async Task<StepResult> RunStepAsync(StepCommand request, CancellationToken cancel)
     {
         var job = state.Require(request.JobId);
+        // The generation's abandon token is taken before its generation is checked: a re-forming landing in between
+        // (abort, then a new generation with a new token) then either fails the check or has cancelled this token —
+        // never lets a step of the old generation run in the new one.
+        var abandoned = job.StepsCancelled;
         if (request.Generation != 0 && request.Generation != job.Generation)
             throw new StaleGenerationException($"job {job.JobId}: step {request.Step} of generation {request.Generation}, but this worker is at generation {job.Generation}");
         if (request.GlobalCount <= 0) throw new ArgumentException($"global_count {request.GlobalCount} must be positive");
         if (!(request.Lr > 0 && double.IsFinite(request.Lr))) throw new ArgumentException($"lr {request.Lr} must be positive");
-        var abandoned = job.StepsCancelled;
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(job.Cancel.Token, abandoned, cancel);
         await job.EnterStepAsync(request.Step, linked.Token).ConfigureAwait(false);
         var completed = false;
