@@ -29,12 +29,40 @@ public sealed class RecurrentClassifier : nn.Module
     {
         using var scope = NewDisposeScope();
         var emb = embedding.call(tokens);
-        using var packed = nn.utils.rnn.pack_padded_sequence(emb, lengths, batch_first: true, enforce_sorted: false);
-        var hn = rnn.FinalHidden(packed);
-        // hn: (layers*dirs, B, H); the last layer's forward (and backward) direction summarise the sequence.
-        var last = rnn.Directions == 1
-            ? hn[-1]
-            : cat([hn[-2], hn[-1]], dim: 1);
+        var last = is_grad_enabled() ? null : Unpacked(emb, lengths);
+        if (last is null)
+        {
+            using var packed = nn.utils.rnn.pack_padded_sequence(emb, lengths, batch_first: true, enforce_sorted: false);
+            last = Summary(rnn.FinalHidden(packed));
+        }
         return head.call(dropout.call(last)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>hn (layers*dirs, B, H) -> (B, H*dirs): the last layer's forward (and backward) direction summarise the sequence.</summary>
+    private Tensor Summary(Tensor hn) => rnn.Directions == 1 ? hn[-1] : cat([hn[-2], hn[-1]], dim: 1);
+
+    /// <summary>
+    /// Inference (no gradients) without packing, where that reads every text exactly as the packed pass does: when all
+    /// rows have the whole length (one text, or texts of equal length) the final state is the same; a one-directional
+    /// stack's summary is then also its last layer's output at each row's last position (padding only follows it). The
+    /// unpacked pass is one fused kernel per layer on the CPU (oneDNN for LSTM) with the input products of all time steps
+    /// in one matrix product, against one cell call per time step for a packed sequence — several times faster for one
+    /// text. Null when it does not apply (mixed lengths in a bidirectional stack): the caller packs.
+    /// </summary>
+    private Tensor? Unpacked(Tensor emb, Tensor lengths)
+    {
+        var time = emb.shape[1];
+        var whole = true;
+        foreach (var n in lengths.data<long>())
+            if (n != time)
+            {
+                whole = false;
+                break;
+            }
+        if (whole) return Summary(rnn.Run(emb, null).State.H);
+        if (rnn.Directions != 1) return null;
+        var output = rnn.Run(emb, null).Output;
+        var at = (lengths - 1).to(output.device).view(-1, 1, 1).expand(-1, 1, output.shape[2]);
+        return output.gather(1, at).squeeze(1);
     }
 }

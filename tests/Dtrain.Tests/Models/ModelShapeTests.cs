@@ -59,6 +59,39 @@ public class ModelShapeTests
         Assert.True(a.allclose(b, rtol: 1e-5, atol: 1e-6));
     }
 
+    [Theory]
+    [InlineData(CellKinds.Lstm, false, 1)]
+    [InlineData(CellKinds.Lstm, false, 2)]
+    [InlineData(CellKinds.Lstm, true, 1)]
+    [InlineData(CellKinds.Lstm, true, 2)]
+    [InlineData(CellKinds.Gru, false, 2)]
+    [InlineData(CellKinds.Gru, true, 2)]
+    [InlineData(CellKinds.Rnn, false, 2)]
+    [InlineData(CellKinds.Rnn, true, 1)]
+    public void Classifier_inference_without_packing_equals_the_packed_pass(string cell, bool bidirectional, int layers)
+    {
+        // Without gradients the classifier skips packing where it can (one text, equal lengths, or one direction);
+        // with gradients it always packs, as in training. Both must read every text alike.
+        using var model = (RecurrentClassifier)ModelFactory.Create(Spec(TaskKinds.Classification, cell, bidirectional, layers), 50, 3, CPU);
+        model.eval();
+        var random = new Random(3);
+        foreach (var lens in new[] { new long[] { 9 }, new long[] { 1 }, new long[] { 7, 7, 7 }, new long[] { 9, 1, 4, 9, 6 }, new long[] { 3, 8, 2 } })
+        {
+            var time = (int)lens.Max();
+            var ids = new long[lens.Length * time];
+            for (var r = 0; r < lens.Length; r++)
+                for (var t = 0; t < lens[r]; t++) ids[r * time + t] = random.Next(1, 50);
+            using var x = tensor(ids, [lens.Length, time]);
+            using var lengths = tensor(lens);
+            using var packed = model.Forward(x, lengths);
+            Tensor fast;
+            using (no_grad()) fast = model.Forward(x, lengths);
+            using var _ = fast;
+            var gap = (fast - packed.detach()).abs().max().item<float>();
+            Assert.True(gap <= 1e-6, $"lengths [{string.Join(", ", lens)}]: logits differ by {gap}");
+        }
+    }
+
     [Fact]
     public void Same_seed_gives_identical_initial_weights()
     {
