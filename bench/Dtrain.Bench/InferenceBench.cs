@@ -13,19 +13,21 @@ namespace Dtrain.Bench;
 /// examples/spam-lstm.json's shape (word tokens, embedding 64, bidirectional LSTM 96) with a vocabulary fitted on
 /// data/spam-assassin (untrained weights: a pass costs the same), on held-out-sized texts: SpamAssassin messages cut to
 /// its max_length of 1,000 characters; or --model PATH (a .dtck or run directory, exported here). Torch runs on
-/// --threads intra-op threads (default 1, as serve-model); ONNX Runtime on its defaults (Dtrain.Inference's session).
+/// --threads intra-op threads (default 1, as serve-model); ONNX Runtime with Dtrain.Inference's default session options
+/// (one intra-op thread) or --onnx-threads N (0 = ONNX Runtime's own default, a thread per core).
 /// </summary>
 internal static class InferenceBench
 {
-    public const string Usage = "dtrain-bench inference [--calls N (1000)] [--texts PATH.jsonl (data/spam-assassin/spam-assassin.jsonl) | --words N (synthetic N-word texts, as dtrain-bench serve)] [--threads N (1)] [--model PATH]";
+    public const string Usage = "dtrain-bench inference [--calls N (1000)] [--texts PATH.jsonl (data/spam-assassin/spam-assassin.jsonl) | --words N (synthetic N-word texts, as dtrain-bench serve)] [--threads N (1)] [--onnx-threads N (1; 0 = ONNX Runtime's default)] [--model PATH]";
 
     public static int Run(string root, string[] args)
     {
         if (BenchArgs.Help(args, Usage)) return 0;
-        BenchArgs.CheckOptions(args, Usage, "--calls", "--texts", "--words", "--threads", "--model");
+        BenchArgs.CheckOptions(args, Usage, "--calls", "--texts", "--words", "--threads", "--onnx-threads", "--model");
         // Torch's intra-op threads (serve-model's default is 1; an app's default is every core, which on a loaded
-        // machine can make a small pass many times slower). ONNX Runtime keeps its own default (Dtrain.Inference's session).
+        // machine can make a small pass many times slower). ONNX Runtime's are Dtrain.Inference's OnnxRuntimeOptions.IntraOpThreads.
         TorchSharp.torch.set_num_threads(BenchArgs.Option(args, "--threads") is { } th ? BenchArgs.Number("--threads", th, 1, 256) : 1);
+        var onnxThreads = BenchArgs.Option(args, "--onnx-threads") is { } ot ? BenchArgs.Number("--onnx-threads", ot, 0, 256) : 1;
         var calls = BenchArgs.Option(args, "--calls") is { } c ? BenchArgs.Number("--calls", c, 10, 10_000_000) : 1000;
         var words = BenchArgs.Option(args, "--words") is { } w ? BenchArgs.Number("--words", w, 1, 1000) : (int?)null;
         if (words is not null && BenchArgs.Option(args, "--texts") is not null) throw new ArgumentException("--texts and --words: give one of them");
@@ -39,8 +41,9 @@ internal static class InferenceBench
             var onnx = Path.Combine(dir, "model.onnx");
             using (var trained = TrainedModel.Load(checkpoint)) OnnxExport.Write(trained, onnx);
             Console.WriteLine($"inference: {checkpoint}, {source} (mean {texts.Average(t => t.Length):F0} characters), " +
-                              $"{calls} single-text calls per runtime, {Environment.ProcessorCount} CPUs, torch threads {TorchSharp.torch.get_num_threads()}");
-            using var viaOnnx = DtrainModel.Load(onnx);
+                              $"{calls} single-text calls per runtime, {Environment.ProcessorCount} CPUs, torch threads {TorchSharp.torch.get_num_threads()}, " +
+                              $"ONNX Runtime intra-op threads {(onnxThreads == 0 ? "default" : onnxThreads)}");
+            using var viaOnnx = DtrainModel.Load(onnx, onnx: new OnnxRuntimeOptions { IntraOpThreads = onnxThreads });
             using var viaTorch = DtrainModel.Load(checkpoint, poolSize: 1);
             // Both give the same answers (within float rounding) before either is timed.
             var a = viaOnnx.Predict(texts[..8], 1);

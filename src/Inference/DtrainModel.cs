@@ -7,6 +7,40 @@ using TorchSharp;
 
 namespace Dtrain.Inference;
 
+/// <summary>
+/// How <see cref="DtrainModel"/> sets up ONNX Runtime for an exported <c>.onnx</c> model (ignored for a checkpoint).
+/// The defaults favour the latency of one call: one intra-op thread (ONNX Runtime's own default is one thread per core,
+/// whose spinning threads cost more than they give to a pass over one text, and compete with the app's other work),
+/// sequential execution, every graph optimization.
+/// </summary>
+public sealed record OnnxRuntimeOptions
+{
+    /// <summary>Threads one call's operators may use (ONNX Runtime's intra-op pool). 1 (default) = the calling thread only; 0 = ONNX Runtime's default (one per physical core).</summary>
+    public int IntraOpThreads { get; init; } = 1;
+
+    /// <summary>Whether idle intra-op threads spin waiting for work (only matters with more than one intra-op thread): lower latency on an idle machine, wasted cores on a busy one. Default true, as ONNX Runtime.</summary>
+    public bool AllowSpinning { get; init; } = true;
+
+    /// <summary>ONNX Runtime's graph optimizations (default: all).</summary>
+    public GraphOptimizationLevel GraphOptimization { get; init; } = GraphOptimizationLevel.ORT_ENABLE_ALL;
+
+    internal SessionOptions Create()
+    {
+        if (IntraOpThreads < 0) throw new ArgumentOutOfRangeException(nameof(IntraOpThreads), IntraOpThreads, "IntraOpThreads must be 0 (ONNX Runtime's default) or more");
+        var options = new SessionOptions
+        {
+            IntraOpNumThreads = IntraOpThreads,
+            InterOpNumThreads = 1,
+            ExecutionMode = ExecutionMode.ORT_SEQUENTIAL,
+            GraphOptimizationLevel = GraphOptimization,
+            EnableMemoryPattern = true,
+            EnableCpuMemArena = true,
+        };
+        options.AddSessionConfigEntry("session.intra_op.allow_spinning", AllowSpinning ? "1" : "0");
+        return options;
+    }
+}
+
 /// <summary>One text's most probable label and its probability, with the <c>topK</c> most probable labels, most probable first.</summary>
 public sealed record LabelPrediction(string Label, double Probability, IReadOnlyList<KeyValuePair<string, double>> Top);
 
@@ -16,7 +50,7 @@ public sealed record LabelPrediction(string Label, double Probability, IReadOnly
 /// run directory) is run by dtrain's own TorchSharp code, from a pool of model copies (each call takes one, so calls run in
 /// parallel up to the pool's size and wait beyond it): results equal <c>dtrain predict</c> / <c>dtrain generate</c>. An
 /// exported <c>.onnx</c> model (<c>dtrain export</c>; its description is read from MODEL.onnx.json, else from the model's
-/// metadata) is run by one ONNX Runtime session, which is thread-safe.
+/// metadata) is run by one ONNX Runtime session, which is thread-safe (set up by <see cref="OnnxRuntimeOptions"/>).
 /// </summary>
 public sealed class DtrainModel : IDisposable
 {
@@ -66,13 +100,14 @@ public sealed class DtrainModel : IDisposable
     }
 
     /// <summary>
-    /// Loads <paramref name="path"/>: a path ending in .onnx is an exported model (ONNX Runtime), anything else a
-    /// checkpoint file or run directory, loaded <paramref name="poolSize"/> times (default: the processor count, at most 4).
+    /// Loads <paramref name="path"/>: a path ending in .onnx is an exported model (ONNX Runtime, set up by
+    /// <paramref name="onnx"/>, default <see cref="OnnxRuntimeOptions"/>'s), anything else a checkpoint file or run
+    /// directory, loaded <paramref name="poolSize"/> times (default: the processor count, at most 4).
     /// </summary>
-    public static DtrainModel Load(string path, int? poolSize = null)
+    public static DtrainModel Load(string path, int? poolSize = null, OnnxRuntimeOptions? onnx = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
-        if (path.EndsWith(".onnx", StringComparison.OrdinalIgnoreCase)) return LoadOnnx(path);
+        if (path.EndsWith(".onnx", StringComparison.OrdinalIgnoreCase)) return LoadOnnx(path, onnx ?? new OnnxRuntimeOptions());
         var size = poolSize ?? Math.Min(4, Environment.ProcessorCount);
         if (size < 1) throw new ArgumentOutOfRangeException(nameof(poolSize), size, "poolSize must be 1 or more");
         var models = new List<TrainedModel>(size);
@@ -88,10 +123,11 @@ public sealed class DtrainModel : IDisposable
         return new DtrainModel(models);
     }
 
-    private static DtrainModel LoadOnnx(string path)
+    private static DtrainModel LoadOnnx(string path, OnnxRuntimeOptions onnx)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"ONNX model not found: {path}", path);
-        var session = new InferenceSession(path);
+        InferenceSession session;
+        using (var options = onnx.Create()) session = new InferenceSession(path, options);
         try
         {
             var infoPath = OnnxExport.InfoPath(path);
@@ -173,20 +209,30 @@ public sealed class DtrainModel : IDisposable
         return new LabelPrediction(top[0].Key, top[0].Value, top);
     }
 
+    private static readonly string[] ClassifierInputs = ["tokens", "lengths"];
+    private static readonly string[] ClassifierOutputs = ["probabilities"];
+
     private List<LabelPrediction> PredictOnnx(IReadOnlyList<string> texts, int topK)
     {
-        var (tokens, lengths) = OnnxInputs.Classifier(info!, tokenizer, texts);
-        using var results = session!.Run(OnnxInputs.Named(tokens, lengths));
-        var probabilities = results.Single(r => r.Name == "probabilities").AsTensor<float>();
+        // OrtValues over the managed arrays (no copies, no NamedOnnxValue wrappers), and only the output that is read.
+        var (tokens, lengths, time) = OnnxInputs.ClassifierArrays(info!, tokenizer, texts);
+        using var tokensValue = OrtValue.CreateTensorValueFromMemory(tokens, [texts.Count, time]);
+        using var lengthsValue = OrtValue.CreateTensorValueFromMemory(lengths, [texts.Count]);
+        using var results = session!.Run(RunDefaults, ClassifierInputs, [tokensValue, lengthsValue], ClassifierOutputs);
+        var probabilities = results[0].GetTensorDataAsSpan<float>();
+        var classes = Labels.Count;
         var predictions = new List<LabelPrediction>(texts.Count);
         for (var i = 0; i < texts.Count; i++)
         {
-            var row = new Dictionary<string, double>();
-            for (var c = 0; c < Labels.Count; c++) row[Labels[c]] = probabilities[i, c];
+            var row = new Dictionary<string, double>(classes);
+            for (var c = 0; c < classes; c++) row[Labels[c]] = probabilities[i * classes + c];
             predictions.Add(Ranked(row, topK));
         }
         return predictions;
     }
+
+    /// <summary>Default run options, shared by every call (only read by ONNX Runtime).</summary>
+    private static readonly RunOptions RunDefaults = new();
 
     /// <summary>The loop of <see cref="TextGenerator.Generate"/> over ONNX Runtime's logits, sampled by the same code.</summary>
     private string GenerateOnnx(string prompt, int length, double temperature, int topK, long seed)

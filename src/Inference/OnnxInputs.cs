@@ -13,17 +13,33 @@ internal static class OnnxInputs
     /// </summary>
     public static (DenseTensor<long> Tokens, DenseTensor<long> Lengths) Classifier(OnnxModelInfo info, ITokenizer tokenizer, IReadOnlyList<string> texts)
     {
+        var (tokens, lengths, time) = ClassifierArrays(info, tokenizer, texts);
+        return (new DenseTensor<long>(tokens, [texts.Count, time]), new DenseTensor<long>(lengths, [texts.Count]));
+    }
+
+    /// <summary><see cref="Classifier"/>'s batch as flat arrays: tokens (row-major, batch × time) and lengths.</summary>
+    public static (long[] Tokens, long[] Lengths, int Time) ClassifierArrays(OnnxModelInfo info, ITokenizer tokenizer, IReadOnlyList<string> texts)
+    {
         var maxLength = info.MaxLength ?? int.MaxValue;
-        var sequences = texts.Select(t => tokenizer.Encode(t.Length > maxLength ? t[..maxLength] : t) is { Length: > 0 } ids ? ids : [info.UnkId]).ToArray();
-        var time = sequences.Max(s => s.Length);
-        var tokens = new DenseTensor<long>([sequences.Length, time]);
-        var lengths = new DenseTensor<long>([sequences.Length]);
+        var sequences = new int[texts.Count][];
+        var time = 1;
         for (var i = 0; i < sequences.Length; i++)
         {
-            lengths[i] = sequences[i].Length;
-            for (var t = 0; t < time; t++) tokens[i, t] = t < sequences[i].Length ? sequences[i][t] : info.PadId;
+            var t = texts[i];
+            sequences[i] = tokenizer.Encode(t.Length > maxLength ? t[..maxLength] : t) is { Length: > 0 } ids ? ids : [info.UnkId];
+            time = Math.Max(time, sequences[i].Length);
         }
-        return (tokens, lengths);
+        var tokens = new long[sequences.Length * time];
+        var lengths = new long[sequences.Length];
+        for (var i = 0; i < sequences.Length; i++)
+        {
+            var row = tokens.AsSpan(i * time, time);
+            var s = sequences[i];
+            lengths[i] = s.Length;
+            for (var t = 0; t < s.Length; t++) row[t] = s[t];
+            if (s.Length < time) row[s.Length..].Fill(info.PadId);
+        }
+        return (tokens, lengths, time);
     }
 
     /// <summary>A classifier's inputs by name.</summary>

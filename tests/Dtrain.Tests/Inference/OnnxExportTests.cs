@@ -127,6 +127,37 @@ public class OnnxExportTests
         Assert.True(Math.Abs(probabilities[0, 0] - probabilities[2, 0]) > 1e-4);
     }
 
+    [Fact]
+    public void DtrainModel_runs_onnx_with_the_session_options_given_and_gives_dtrains_probabilities_alone_and_in_batches()
+    {
+        using var tmp = new TempDir();
+        var onnx = Export(tmp, SaveClassifier(tmp, CellKinds.Lstm, 1, bidirectional: true), out var trained);
+        using var _ = trained;
+        var expected = Predictor.Predict(trained, Texts);
+        foreach (var options in new OnnxRuntimeOptions?[]
+                 {
+                     null, new() { IntraOpThreads = 0 }, new() { IntraOpThreads = 2, AllowSpinning = false },
+                     new() { GraphOptimization = GraphOptimizationLevel.ORT_DISABLE_ALL },
+                 })
+        {
+            using var model = DtrainModel.Load(onnx, onnx: options);
+            var batched = model.Predict(Texts, topK: 3);
+            for (var i = 0; i < Texts.Length; i++)
+            {
+                var alone = model.Predict([Texts[i]], topK: 3)[0];
+                foreach (var p in new[] { batched[i], alone })
+                {
+                    Assert.Equal(expected[i].Label, p.Label);
+                    foreach (var (label, probability) in p.Top)
+                        Assert.True(Math.Abs(probability - expected[i].Probabilities[label]) <= Tolerance,
+                            $"text {i}, {label}, options {options}: {probability} against dtrain's {expected[i].Probabilities[label]}");
+                }
+            }
+        }
+        var bad = Assert.Throws<ArgumentOutOfRangeException>(() => DtrainModel.Load(onnx, onnx: new OnnxRuntimeOptions { IntraOpThreads = -1 }));
+        Assert.Contains("IntraOpThreads", bad.Message, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData(CellKinds.Lstm, 1)]
     [InlineData(CellKinds.Lstm, 2)]
