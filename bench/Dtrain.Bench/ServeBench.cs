@@ -77,8 +77,31 @@ internal static class ServeBench
         });
         await server.Loaded;
         using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = clients }) { BaseAddress = server.Address };
-        // Warm-up: the first requests pay for JIT and torch's first allocations.
-        for (var i = 0; i < 20; i++) (await http.PostAsJsonAsync("/v1/predict", new { texts = new[] { texts[i % texts.Length] } })).EnsureSuccessStatusCode();
+        return await RunLoad(http, count, clients, async i =>
+        {
+            try
+            {
+                using var response = await http.PostAsJsonAsync("/v1/predict", new { texts = new[] { texts[i % texts.Length] }, top_k = 1 });
+                var body = response.StatusCode == HttpStatusCode.OK ? await response.Content.ReadFromJsonAsync<PredictResponse>() : null;
+                return body is { Predictions.Count: 1 };
+            }
+            catch (HttpRequestException)
+            {
+                return false;
+            }
+        });
+    }
+
+    /// <summary>
+    /// Sends <paramref name="count"/> requests from <paramref name="clients"/> concurrent clients (<paramref name="request"/>
+    /// i sends request i: true = answered with one prediction, false = failed), after 20 warm-up requests (the first pay
+    /// for JIT and torch's first allocations; each must be answered): requests/s, p50/p99 latency and the server's mean
+    /// batch over the timed requests, from its /metrics (read through <paramref name="http"/>).
+    /// </summary>
+    static async Task<Result> RunLoad(HttpClient http, int count, int clients, Func<int, Task<bool>> request)
+    {
+        for (var i = 0; i < 20; i++)
+            if (!await request(i)) throw new BenchFailureException($"warm-up request {i} was not answered");
         var before = BatchStats(await http.GetStringAsync("/metrics"));
         var latencies = new double[count];
         var next = -1;
@@ -91,17 +114,8 @@ internal static class ServeBench
             while ((i = Interlocked.Increment(ref next)) < count)
             {
                 var started = Stopwatch.GetTimestamp();
-                try
-                {
-                    using var response = await http.PostAsJsonAsync("/v1/predict", new { texts = new[] { texts[i % texts.Length] }, top_k = 1 });
-                    var body = response.StatusCode == HttpStatusCode.OK ? await response.Content.ReadFromJsonAsync<PredictResponse>() : null;
-                    if (body is { Predictions.Count: 1 }) Interlocked.Increment(ref answered);
-                    else Interlocked.Increment(ref failed);
-                }
-                catch (HttpRequestException)
-                {
-                    Interlocked.Increment(ref failed);
-                }
+                if (await request(i)) Interlocked.Increment(ref answered);
+                else Interlocked.Increment(ref failed);
                 latencies[i] = Stopwatch.GetElapsedTime(started).TotalSeconds;
             }
         })));
@@ -161,37 +175,18 @@ internal static class ServeBench
             r.Texts.Add(texts[i % texts.Length]);
             return r;
         }
-        for (var i = 0; i < 20; i++) await client.PredictAsync(Request(i));
-        var before = BatchStats(await http.GetStringAsync("/metrics"));
-        var latencies = new double[count];
-        var next = -1;
-        var failed = 0;
-        var answered = 0;
-        var clock = Stopwatch.StartNew();
-        await Task.WhenAll(Enumerable.Range(0, clients).Select(_ => Task.Run(async () =>
+        return await RunLoad(http, count, clients, async i =>
         {
-            int i;
-            while ((i = Interlocked.Increment(ref next)) < count)
+            try
             {
-                var started = Stopwatch.GetTimestamp();
-                try
-                {
-                    var reply = await client.PredictAsync(Request(i));
-                    if (reply.Predictions.Count == 1) Interlocked.Increment(ref answered);
-                    else Interlocked.Increment(ref failed);
-                }
-                catch (Grpc.Core.RpcException)
-                {
-                    Interlocked.Increment(ref failed);
-                }
-                latencies[i] = Stopwatch.GetElapsedTime(started).TotalSeconds;
+                var reply = await client.PredictAsync(Request(i));
+                return reply.Predictions.Count == 1;
             }
-        })));
-        var seconds = clock.Elapsed.TotalSeconds;
-        var after = BatchStats(await http.GetStringAsync("/metrics"));
-        Array.Sort(latencies);
-        var meanBatch = (after.Sum - before.Sum) / Math.Max(1, after.Count - before.Count);
-        return new Result(answered, failed, seconds, latencies[(int)(0.50 * (count - 1))], latencies[(int)(0.99 * (count - 1))], meanBatch);
+            catch (Grpc.Core.RpcException)
+            {
+                return false;
+            }
+        });
     }
 
     static int Number(string[] args, string name, int fallback, int min, int max) =>
