@@ -9,9 +9,9 @@ namespace Dtrain.Inference;
 
 /// <summary>
 /// How <see cref="DtrainModel"/> sets up ONNX Runtime for an exported <c>.onnx</c> model (ignored for a checkpoint).
-/// The defaults favour the latency of one call: one intra-op thread (ONNX Runtime's own default is one thread per core,
-/// whose spinning threads cost more than they give to a pass over one text, and compete with the app's other work),
-/// sequential execution, every graph optimization.
+/// The defaults: one intra-op thread (ONNX Runtime's own default is one thread per physical core, which can shorten a
+/// call on an idle machine but whose spinning threads compete with the app's other work — on the project's loaded 2-core
+/// machine one thread halved the mean single-text latency, docs/benchmarks.md), sequential execution, every graph optimization.
 /// </summary>
 public sealed record OnnxRuntimeOptions
 {
