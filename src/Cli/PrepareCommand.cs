@@ -1,6 +1,8 @@
 using System.CommandLine;
+using Dtrain.Data;
 using Dtrain.Data.Datasets;
 using Dtrain.Data.Storage;
+using Dtrain.Protos.Jobs;
 using Dtrain.Specs;
 using Dtrain.Training.Tasks;
 
@@ -33,21 +35,35 @@ public static class PrepareCommand
         var maxVocab = new Option<int>("--max-vocab") { Description = "tokenizer.max_vocab (0 = no limit).", DefaultValueFactory = _ => 0 };
         var lowercase = new Option<bool>("--lowercase") { Description = "tokenizer.lowercase." };
         var seed = new Option<int>("--seed") { Description = "training.seed: chooses the validation records of a classification split (use the job's seed).", DefaultValueFactory = _ => 1 };
-        var threads = new Option<int>("--threads") { Description = "Tokenizing threads (default: all cores); the output is the same for any number.", DefaultValueFactory = _ => Environment.ProcessorCount };
+        var threads = new Option<int>("--threads") { Description = "Tokenizing threads (default: all cores); the output is the same for any number. With --on-cluster each worker uses all its cores.", DefaultValueFactory = _ => Environment.ProcessorCount };
         var shardTokens = new Option<long>("--shard-tokens") { Description = "Most tokens per shard.", DefaultValueFactory = _ => 1L << 26 };
+        var onCluster = new Option<bool>("--on-cluster")
+        {
+            Description = "Prepare on the idle workers of the coordinator (--coordinator): SOURCES, --validation and -o are absolute paths under its data roots " +
+                "(`dtrain serve --data-root`), which every worker sees at the same path; --validation is required. The same ids as a local prepare (docs/data.md).",
+        };
         var cmd = new Command("prepare",
             "Tokenize sources once into a dataset (a directory, or s3://bucket/prefix): token shards that can be memory-mapped, an index, the tokenizer, SHA-256 of every " +
             "file and of the sources, and a manifest written last (docs/data.md). Holds exactly the ids `dtrain train` makes from the " +
             "same data and options (named as in the job spec). Streams in constant memory on every core.");
         cmd.Arguments.Add(sources);
-        foreach (var o in new Option[] { output, force, task, format, validation, fraction, textField, labelField, maxLength, overlength, onError, tokenizer, minFrequency, maxVocab, lowercase, seed, threads, shardTokens })
+        foreach (var o in new Option[] { output, force, task, format, validation, fraction, textField, labelField, maxLength, overlength, onError, tokenizer, minFrequency, maxVocab, lowercase, seed, threads, shardTokens, onCluster })
             cmd.Options.Add(o);
-        cmd.SetAction(r => CliErrors.Guard(() =>
+        cmd.SetAction(r => r.GetValue(onCluster) ? Remote.Guard(r, client => CliErrors.Guard(() =>
         {
-            var kind = r.GetValue(task)!;
-            var lm = TrainingTasks.For(kind).PredictsNextToken;
-            if (lm && r.GetValue(maxLength) is not null) throw new ArgumentException("--max-length applies to classification; a language model's text is one stream cut into seq_len chunks");
-            if (lm && r.GetValue(overlength) is not null) throw new ArgumentException("--overlength applies to classification; a language model's text is one stream cut into seq_len chunks");
+            Check(r);
+            return OnCluster(client, new PrepareRequest
+            {
+                Sources = { r.GetValue(sources)! },
+                Validation = { r.GetValue(validation) ?? [] },
+                Output = r.GetValue(output)!,
+                Force = r.GetValue(force),
+                Format = r.GetValue(format) ?? "",
+                OptionsJson = DatasetPreparer.PartJson(Options(r, [], "", 1)),
+            });
+        })) : CliErrors.Guard(() =>
+        {
+            Check(r);
             var target = r.GetValue(output)!;
             S3DatasetStore? store;
             try
@@ -63,23 +79,13 @@ public static class PrepareCommand
             // To S3: prepared complete in a temporary directory, then published with the manifest last.
             var staging = s3 is null ? null : Path.Combine(Path.GetTempPath(), $"dtrain-prepare-{Guid.NewGuid():N}");
             var uploading = false;
-            var options = new PrepareOptions
+            var options = Options(r,
+                SourceFiles.Expand(r.GetValue(sources)!, DatasetLayout.TrainSplit, r.GetValue(format)),
+                staging is null ? target : Path.Combine(staging, "dataset"),
+                r.GetValue(threads)) with
             {
-                Train = SourceFiles.Expand(r.GetValue(sources)!, DatasetLayout.TrainSplit, r.GetValue(format)),
                 Validation = r.GetValue(validation) is { Length: > 0 } v ? SourceFiles.Expand(v, DatasetLayout.ValidationSplit, r.GetValue(format)) : [],
-                Output = staging is null ? target : Path.Combine(staging, "dataset"),
                 Force = staging is null && r.GetValue(force),
-                Task = kind,
-                TextField = r.GetValue(textField)!,
-                LabelField = r.GetValue(labelField)!,
-                MaxLength = r.GetValue(maxLength) ?? 2000,
-                Overlength = r.GetValue(overlength) ?? OverlengthPolicies.Truncate,
-                OnError = r.GetValue(onError)!,
-                ValidationFraction = r.GetValue(fraction),
-                Seed = r.GetValue(seed),
-                Tokenizer = new TokenizerSpec { Kind = r.GetValue(tokenizer)!, MinFrequency = r.GetValue(minFrequency), MaxVocab = r.GetValue(maxVocab), Lowercase = r.GetValue(lowercase) },
-                Threads = r.GetValue(threads),
-                ShardTokens = r.GetValue(shardTokens),
             };
             using var cancel = new CancellationTokenSource();
             ConsoleCancelEventHandler stop = (_, e) => { e.Cancel = true; cancel.Cancel(); };
@@ -90,12 +96,7 @@ public static class PrepareCommand
                     throw new ArgumentException($"--output {s3.Root}: holds {existing.Count} object(s) already ({string.Join(", ", existing.Take(3).Select(f => f.Name))}{(existing.Count > 3 ? ", ..." : "")}); --force replaces them once the new dataset is prepared");
                 if (staging is not null) Directory.CreateDirectory(staging);
                 var manifest = DatasetPreparer.Prepare(options, line => Console.Error.WriteLine(line), cancel.Token);
-                var report = manifest.Report;
-                if (report.Skipped > 0 || report.Truncated > 0)
-                {
-                    Console.Error.WriteLine($"{report.Read} records kept, {report.Skipped} skipped, {report.Truncated} truncated");
-                    foreach (var example in report.SkippedExamples) Console.Error.WriteLine($"  skipped: {example}");
-                }
+                PrintReport(manifest.Report);
                 if (s3 is not null)
                 {
                     Console.Error.WriteLine($"uploading to {s3.Root}");
@@ -121,6 +122,70 @@ public static class PrepareCommand
                 if (staging is not null && Directory.Exists(staging)) Directory.Delete(staging, recursive: true);
             }
         }));
+        void Check(ParseResult r)
+        {
+            var lm = TrainingTasks.For(r.GetValue(task)!).PredictsNextToken;
+            if (lm && r.GetValue(maxLength) is not null) throw new ArgumentException("--max-length applies to classification; a language model's text is one stream cut into seq_len chunks");
+            if (lm && r.GetValue(overlength) is not null) throw new ArgumentException("--overlength applies to classification; a language model's text is one stream cut into seq_len chunks");
+        }
+
+        PrepareOptions Options(ParseResult r, IReadOnlyList<SourceFile> train, string outputPath, int threadCount) => new()
+        {
+            Train = train,
+            Output = outputPath,
+            Task = r.GetValue(task)!,
+            TextField = r.GetValue(textField)!,
+            LabelField = r.GetValue(labelField)!,
+            MaxLength = r.GetValue(maxLength) ?? 2000,
+            Overlength = r.GetValue(overlength) ?? OverlengthPolicies.Truncate,
+            OnError = r.GetValue(onError)!,
+            ValidationFraction = r.GetValue(fraction),
+            Seed = r.GetValue(seed),
+            Tokenizer = new TokenizerSpec { Kind = r.GetValue(tokenizer)!, MinFrequency = r.GetValue(minFrequency), MaxVocab = r.GetValue(maxVocab), Lowercase = r.GetValue(lowercase) },
+            Threads = threadCount,
+            ShardTokens = r.GetValue(shardTokens),
+        };
+
         return cmd;
+    }
+
+    static void PrintReport(DataReport report)
+    {
+        if (report.Skipped == 0 && report.Truncated == 0) return;
+        Console.Error.WriteLine($"{report.Read} records kept, {report.Skipped} skipped, {report.Truncated} truncated");
+        foreach (var example in report.SkippedExamples) Console.Error.WriteLine($"  skipped: {example}");
+    }
+
+    /// <summary>--on-cluster: the coordinator's progress lines on stderr as they come, the dataset's path on stdout once its manifest is written.</summary>
+    static int OnCluster(Jobs.JobsClient client, PrepareRequest request)
+    {
+        using var cancel = new CancellationTokenSource();
+        ConsoleCancelEventHandler stop = (_, e) => { e.Cancel = true; cancel.Cancel(); };
+        Console.CancelKeyPress += stop;
+        try
+        {
+            using var call = client.Prepare(request, cancellationToken: cancel.Token);
+            while (call.ResponseStream.MoveNext(cancel.Token).GetAwaiter().GetResult())
+            {
+                var e = call.ResponseStream.Current;
+                if (e.Message != "") Console.Error.WriteLine(e.Message);
+                if (e.ManifestJson == "") continue;
+                var manifest = System.Text.Json.JsonSerializer.Deserialize<DatasetManifest>(e.ManifestJson, DatasetLayout.Json)!;
+                PrintReport(manifest.Report);
+                Console.WriteLine(request.Output);
+                return CliErrors.Ok;
+            }
+            CliErrors.Error("the coordinator ended the prepare without a manifest; the output was not written");
+            return CliErrors.Failed;
+        }
+        catch (Grpc.Core.RpcException e) when (e.StatusCode == Grpc.Core.StatusCode.Cancelled && cancel.IsCancellationRequested)
+        {
+            CliErrors.Error("interrupted; the coordinator stops the workers and writes nothing to the output");
+            return CliErrors.Interrupted;
+        }
+        finally
+        {
+            Console.CancelKeyPress -= stop;
+        }
     }
 }

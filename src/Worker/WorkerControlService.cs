@@ -99,6 +99,12 @@ public sealed class WorkerControlService(WorkerRuntime runtime) : WorkerControl.
     public override async Task<SyncStateReply> SyncState(SyncStateRequest request, ServerCallContext context) =>
         ToProto(await runtime.SyncStateAsync(FromProto(request), context.CancellationToken).ConfigureAwait(false));
 
+    public override Task<PrepareCountReply> PrepareCount(PrepareCountRequest request, ServerCallContext context) =>
+        WorkerPrepare.CountAsync(request, context.CancellationToken);
+
+    public override Task<PrepareEncodeReply> PrepareEncode(PrepareEncodeRequest request, ServerCallContext context) =>
+        WorkerPrepare.EncodeAsync(request, context.CancellationToken);
+
     public override async Task<ReleaseReply> Release(ReleaseRequest request, ServerCallContext context)
     {
         await runtime.ReleaseAsync(request.JobId, request.Reason).ConfigureAwait(false);

@@ -43,6 +43,7 @@ public static class CoordinatorHost
         builder.Services.AddSingleton<CallRateLimits>();
         builder.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<CallRateLimits>());
         builder.Services.AddSingleton<WorkerClients>();
+        builder.Services.AddSingleton<ClusterPrepare>();
         builder.Services.AddSingleton<JobRunner>();
         builder.Services.AddSingleton(sp => new JobStore(Path.Combine(options.DataDir, "jobs.db"), sp.GetRequiredService<ILogger<JobStore>>()));
         builder.Services.AddSingleton<JobManager>();

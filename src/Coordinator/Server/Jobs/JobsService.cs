@@ -7,8 +7,38 @@ using Grpc.Core;
 namespace Dtrain.Server;
 
 /// <summary>The CLI's API: submit, inspect, watch, cancel and download jobs; list workers. Behind <see cref="AuthInterceptor"/>; per-job access through <see cref="JobAccess"/>.</summary>
-public sealed class JobsService(JobManager jobs, WorkerRegistry registry, UploadStore uploads, ICallerIdentity identity, JobAccess access, StallMonitor stalls, TimeProvider clock, Microsoft.Extensions.Hosting.IHostApplicationLifetime lifetime) : Jobs.JobsBase
+public sealed class JobsService(JobManager jobs, WorkerRegistry registry, UploadStore uploads, ICallerIdentity identity, JobAccess access, StallMonitor stalls, TimeProvider clock, Microsoft.Extensions.Hosting.IHostApplicationLifetime lifetime, ClusterPrepare prepare) : Jobs.JobsBase
 {
+    /// <summary>`dtrain prepare --on-cluster`: progress lines as they happen, then the manifest (<see cref="ClusterPrepare"/>).</summary>
+    public override async Task Prepare(PrepareRequest request, IServerStreamWriter<PrepareEvent> responseStream, ServerCallContext context)
+    {
+        access.Record(context, "dataset.prepare", ("output", request.Output), ("sources", request.Sources.Count), ("validation", request.Validation.Count));
+        var lines = System.Threading.Channels.Channel.CreateUnbounded<string>();
+        var run = Task.Run(async () =>
+        {
+            try
+            {
+                return await prepare.RunAsync(request, line => lines.Writer.TryWrite(line), context.CancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                lines.Writer.TryComplete();
+            }
+        });
+        await foreach (var line in lines.Reader.ReadAllAsync(context.CancellationToken).ConfigureAwait(false))
+            await responseStream.WriteAsync(new PrepareEvent { Message = line }).ConfigureAwait(false);
+        Dtrain.Data.Datasets.DatasetManifest manifest;
+        try
+        {
+            manifest = await run.ConfigureAwait(false);
+        }
+        catch (ClusterPrepare.Refusal e)
+        {
+            throw new RpcException(new Status(e.Code, e.Message));
+        }
+        await responseStream.WriteAsync(new PrepareEvent { ManifestJson = System.Text.Json.JsonSerializer.Serialize(manifest, Dtrain.Data.Datasets.DatasetLayout.Json) }).ConfigureAwait(false);
+    }
+
     public override async Task<UploadReply> Upload(IAsyncStreamReader<FileChunk> requestStream, ServerCallContext context)
     {
         UploadedFile file;

@@ -14,7 +14,7 @@ namespace Dtrain.Data.Datasets;
 /// token counts of the training split, on every thread, for the vocabulary; (3) encoding on every thread, written in
 /// order into shards. The output does not depend on the number of threads.
 /// </summary>
-public static class DatasetPreparer
+public static partial class DatasetPreparer
 {
     /// <summary>Prepares the dataset and returns its manifest; <paramref name="log"/> is told of each pass.</summary>
     public static DatasetManifest Prepare(PrepareOptions o, Action<string>? log = null, CancellationToken cancel = default)
@@ -120,6 +120,9 @@ public static class DatasetPreparer
         readonly bool word = spec.Kind == TokenizerKinds.Word;
         public readonly Worker[] Workers = Enumerable.Range(0, threads).Select(_ => new Worker(spec.Kind == TokenizerKinds.Word)).ToArray();
         ITokenizer? tokenizer;
+
+        /// <summary>Encodes with <paramref name="fitted"/> (fitted elsewhere: on-cluster preparation) instead of <see cref="Fit"/>.</summary>
+        public void Use(ITokenizer fitted) => tokenizer = fitted;
 
         public void Count(int w, ReadOnlySpan<char> text)
         {

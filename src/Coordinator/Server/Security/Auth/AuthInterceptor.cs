@@ -18,6 +18,7 @@ public sealed class AuthInterceptor(TokenAuthenticator authenticator, AuditLog a
         ["Upload"] = ([Role.Submitter, Role.Admin], "submit jobs (upload their data)"),
         ["Submit"] = ([Role.Submitter, Role.Admin], "submit jobs"),
         ["Cancel"] = ([Role.Submitter, Role.Admin], "cancel jobs"),
+        ["Prepare"] = ([Role.Submitter, Role.Admin], "prepare datasets on the cluster"),
         ["Get"] = (Everyone, "read jobs"),
         ["List"] = (Everyone, "list jobs"),
         ["Watch"] = (Everyone, "watch jobs"),
