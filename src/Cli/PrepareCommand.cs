@@ -49,7 +49,7 @@ public static class PrepareCommand
         cmd.Arguments.Add(sources);
         foreach (var o in new Option[] { output, force, task, format, validation, fraction, textField, labelField, maxLength, overlength, onError, tokenizer, minFrequency, maxVocab, lowercase, seed, threads, shardTokens, onCluster })
             cmd.Options.Add(o);
-        cmd.SetAction(r => r.GetValue(onCluster) ? Remote.Guard(r, client => CliErrors.Guard(() =>
+        cmd.SetAction(r => r.GetValue(onCluster) ? Remote.Guard(r, client =>
         {
             Check(r);
             return OnCluster(client, new PrepareRequest
@@ -61,7 +61,7 @@ public static class PrepareCommand
                 Format = r.GetValue(format) ?? "",
                 OptionsJson = DatasetPreparer.PartJson(Options(r, [], "", 1)),
             });
-        })) : CliErrors.Guard(() =>
+        }) : CliErrors.Guard(() =>
         {
             Check(r);
             var target = r.GetValue(output)!;

@@ -52,7 +52,7 @@ public sealed class ClusterPrepare(DataAccess data, WorkerRegistry registry, Wor
                 progress($"  part {i + 1}: worker {Describe(workers[i])}: {Files(parts[i])} ({Enumerable.Range(0, all.Count).Where(k => parts[i].Contains(all[k])).Sum(k => sizes[k]):N0} bytes)");
 
             progress($"pass 1/2: counting {o.Tokenizer.Kind} tokens of the training sources on {parts.Count} worker(s)");
-            var counts = await OnEveryPartAsync(parts, workers, "counting", async (i, client, token) =>
+            var counts = await OnEveryPartAsync(parts, workers, "counting", cancelOthers: true, async (i, client, token) =>
             {
                 var reply = await client.PrepareCountAsync(new PrepareCountRequest { PrepareId = prepareId, Part = i, OptionsJson = DatasetPreparer.PartJson(options[i]) }, cancellationToken: token).ConfigureAwait(false);
                 progress($"  part {i + 1} counted by {workers[i].Id}: {reply.Words.Count + reply.Chars.Count:N0} distinct token(s)");
@@ -69,7 +69,7 @@ public sealed class ClusterPrepare(DataAccess data, WorkerRegistry registry, Wor
             var tokenizerJson = JsonSerializer.Serialize(tokenizer.ToState(), DatasetLayout.TokenizerJson);
 
             progress($"pass 2/2: encoding on {parts.Count} worker(s) (vocabulary {tokenizer.VocabSize:N0}{(labels.Count > 0 ? $", {labels.Count} labels" : "")})");
-            var encoded = await OnEveryPartAsync(parts, workers, "encoding", async (i, client, token) =>
+            var encoded = await OnEveryPartAsync(parts, workers, "encoding", cancelOthers: false, async (i, client, token) =>
             {
                 var request = new PrepareEncodeRequest
                 {
@@ -104,8 +104,13 @@ public sealed class ClusterPrepare(DataAccess data, WorkerRegistry registry, Wor
     static string Files(IReadOnlyList<SourceFile> part) =>
         string.Join(", ", part.Take(3).Select(s => s.Path)) + (part.Count > 3 ? $" and {part.Count - 3} more" : "");
 
-    /// <summary>Runs <paramref name="call"/> for every part on its worker at once; the first failure cancels the others and fails the prepare naming the worker and the part's files.</summary>
-    async Task<List<T>> OnEveryPartAsync<T>(IReadOnlyList<IReadOnlyList<SourceFile>> parts, IReadOnlyList<WorkerRecord> workers, string what,
+    /// <summary>
+    /// Runs <paramref name="call"/> for every part on its worker at once; a failure fails the prepare naming the worker and
+    /// the part's files. With <paramref name="cancelOthers"/> (counting: nothing written) the first failure cancels the
+    /// other parts; else (encoding) they are let finish, so that no worker still writes into the temporary directory when
+    /// it is deleted (a cancelled call may end here before the worker stops).
+    /// </summary>
+    async Task<List<T>> OnEveryPartAsync<T>(IReadOnlyList<IReadOnlyList<SourceFile>> parts, IReadOnlyList<WorkerRecord> workers, string what, bool cancelOthers,
         Func<int, WorkerControl.WorkerControlClient, CancellationToken, Task<T>> call, CancellationToken cancel)
     {
         using var failed = CancellationTokenSource.CreateLinkedTokenSource(cancel);
@@ -117,7 +122,7 @@ public sealed class ClusterPrepare(DataAccess data, WorkerRegistry registry, Wor
             }
             catch (Exception e) when (!cancel.IsCancellationRequested && !(e is RpcException { StatusCode: StatusCode.Cancelled } && failed.IsCancellationRequested))
             {
-                failed.Cancel();
+                if (cancelOthers) failed.Cancel();
                 var detail = e is RpcException r ? $"{r.StatusCode}: {r.Status.Detail}" : e.Message;
                 var code = e is RpcException { StatusCode: StatusCode.InvalidArgument or StatusCode.NotFound } ? StatusCode.InvalidArgument : StatusCode.Aborted;
                 throw new Refusal(code, $"worker {Describe(workers[i])} failed {what} part {i + 1} ({Files(parts[i])}): {detail}; nothing was written to the output");

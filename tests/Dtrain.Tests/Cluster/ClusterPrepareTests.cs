@@ -1,0 +1,262 @@
+using System.Text.Json;
+using Dtrain.Data.Datasets;
+using Dtrain.Protos.Jobs;
+using Dtrain.Server;
+using Dtrain.Specs;
+using Dtrain.Tests.Data.Datasets;
+using Dtrain.Tests.Support;
+using Grpc.Core;
+
+namespace Dtrain.Tests.Cluster;
+
+/// <summary>
+/// `dtrain prepare --on-cluster` on a real cluster (coordinator and 2 workers over gRPC on loopback, a shared data root
+/// of real files): the dataset holds exactly the tokenizer, labels and ids of a local `dtrain prepare` of the same
+/// sources, and a dataset job trains the same losses from it; a bad source fails it naming the worker and the file,
+/// with nothing written; what it cannot do is refused before any worker is asked.
+/// </summary>
+[Collection(DatasetJobCollection.Name)]
+public sealed class ClusterPrepareTests
+{
+    public static TheoryData<string> Cases() => ["char-lm", "word-lm", "classification"];
+
+    static async Task<InProcessCluster> StartAsync(string dataRoot, int workers = 2)
+    {
+        var cluster = await InProcessCluster.StartAsync(0, new CoordinatorOptions { DataRoots = [dataRoot] });
+        for (var i = 0; i < workers; i++) await cluster.AddWorkerAsync();
+        if (workers > 0) await cluster.WaitForIdleAsync(workers, TimeSpan.FromSeconds(30));
+        return cluster;
+    }
+
+    static PrepareRequest Request(PrepareOptions o, string output, IEnumerable<string> train, IEnumerable<string> validation) => new()
+    {
+        Sources = { train },
+        Validation = { validation },
+        Output = output,
+        OptionsJson = DatasetPreparer.PartJson(o with { Train = [], Validation = [], Output = "" }),
+    };
+
+    static async Task<(List<string> Lines, DatasetManifest Manifest)> PrepareAsync(InProcessCluster cluster, PrepareRequest request)
+    {
+        using var call = cluster.Client.Prepare(request);
+        var lines = new List<string>();
+        DatasetManifest? manifest = null;
+        await foreach (var e in call.ResponseStream.ReadAllAsync())
+        {
+            if (e.Message != "") lines.Add(e.Message);
+            if (e.ManifestJson != "") manifest = JsonSerializer.Deserialize<DatasetManifest>(e.ManifestJson, DatasetLayout.Json);
+        }
+        Assert.NotNull(manifest);
+        return (lines, manifest);
+    }
+
+    /// <summary>The sources of a case (train files, validation files) and its options; sizes chosen so that the byte split cuts where the case needs it.</summary>
+    static (List<string> Train, List<string> Validation, PrepareOptions Options) Sources(TempDir tmp, string c)
+    {
+        var data = Path.Combine(tmp.Path, "data");
+        Directory.CreateDirectory(data);
+        string Write(string name, string text)
+        {
+            var path = Path.Combine(data, name);
+            File.WriteAllText(path, text);
+            return path;
+        }
+        if (c == "classification")
+        {
+            var lines = TestJobs.ClassificationJsonl(90).Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            // The split falls after b.jsonl: the second part holds c.jsonl and the validation file.
+            var train = new List<string> { Write("a.jsonl", string.Join('\n', lines[..25]) + "\n"), Write("b.jsonl", string.Join('\n', lines[25..50]) + "\n"), Write("c.jsonl", string.Join('\n', lines[50..72]) + "\n") };
+            var validation = new List<string> { Write("v.jsonl", string.Join('\n', lines[72..]) + "\n") };
+            return (train, validation, PrepareTestSupport.Options("unused", train, validation: validation) with
+            {
+                Task = TaskKinds.Classification,
+                Tokenizer = new TokenizerSpec { Kind = TokenizerKinds.Word },
+                ShardTokens = 40,
+            });
+        }
+        if (c == "word-lm")
+        {
+            // The split falls between training files: the second part's first record is joined to the first part's with "\n".
+            var train = new List<string> { Write("t1.txt", TestJobs.Text(12)), Write("t2.txt", "The Cat SAT.\nOn the mat " + TestJobs.Text(9)), Write("t3.txt", TestJobs.Text(10) + "\n\n  the end") };
+            var validation = new List<string> { Write("v1.txt", "the Dog sat on the cat. " + TestJobs.Text(3)), Write("v2.txt", "mat log") };
+            return (train, validation, PrepareTestSupport.Options("unused", train, validation: validation) with
+            {
+                Tokenizer = new TokenizerSpec { Kind = TokenizerKinds.Word, Lowercase = true, MinFrequency = 2 },
+            });
+        }
+        {
+            // The split falls between validation files: the second part holds only validation text, joined to the first part's.
+            var train = new List<string> { Write("t1.txt", TestJobs.Text(20) + "😀é"), Write("t2.txt", "Ünïcode 😀 " + TestJobs.Text(18)), Write("t3.txt", TestJobs.Text(20)) };
+            var validation = new List<string> { Write("v1.txt", TestJobs.Text(20)), Write("v2.txt", "the Cat 😀 sat. " + TestJobs.Text(80)) };
+            return (train, validation, PrepareTestSupport.Options("unused", train, validation: validation));
+        }
+    }
+
+    static void AssertSameIds(PreparedDataset local, PreparedDataset cluster)
+    {
+        Assert.Equal(local.Tokenizer.Kind, cluster.Tokenizer.Kind);
+        Assert.Equal(local.Tokenizer.ToState().Tokens, cluster.Tokenizer.ToState().Tokens);
+        Assert.Equal(local.Labels.Names, cluster.Labels.Names);
+        Assert.Equal(local.Manifest.Settings, cluster.Manifest.Settings);
+        Assert.Equal(local.Manifest.Sources, cluster.Manifest.Sources);
+        Assert.Equal(local.Manifest.Report.Read, cluster.Manifest.Report.Read);
+        foreach (var (l, r) in new[] { (local.Train, cluster.Train), (local.Validation, cluster.Validation) })
+        {
+            Assert.Equal(l.Tokens, r.Tokens);
+            Assert.Equal(l.Records, r.Records);
+            if (local.Manifest.Settings.Task == TaskKinds.LanguageModel)
+            {
+                Assert.Equal(l.ReadAllTokens(), r.ReadAllTokens());
+                continue;
+            }
+            var a = l.ReadAllRecords().ToList();
+            var b = r.ReadAllRecords().ToList();
+            Assert.Equal(a.Count, b.Count);
+            for (var i = 0; i < a.Count; i++)
+            {
+                Assert.Equal(a[i].Ids, b[i].Ids);
+                Assert.Equal(a[i].Label, b[i].Label);
+            }
+        }
+    }
+
+    static JobSpec DatasetJob(string c, string dataset, TokenizerSpec tokenizer)
+    {
+        var spec = c == "classification" ? TestJobs.Classifier("unused", steps: 12) : TestJobs.CharLm("unused", steps: 12);
+        spec = spec with { Data = new DataSpec { Dataset = dataset }, Tokenizer = tokenizer };
+        return c == "classification" ? spec with { Training = spec.Training with { BatchSize = 10 } } : spec with { Training = spec.Training with { BatchSize = 7, SeqLen = 12 } };
+    }
+
+    static async Task<(JobInfo Info, double[] Losses)> TrainAsync(InProcessCluster cluster, TempDir tmp, JobSpec spec, string name)
+    {
+        var path = tmp.Write(name, JobSpecSerializer.Serialize(spec));
+        var id = cluster.Client.Submit(Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(path), 2)).JobId;
+        var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
+        Assert.True(info.State == JobState.Succeeded, $"{name}: {info.State} {info.Message}");
+        return (info, cluster.Client.History(new GetJobRequest { JobId = id }).Events.Where(e => e.KindCase == JobEvent.KindOneofCase.Step).Select(e => e.Step.Loss).ToArray());
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public async Task Two_workers_prepare_the_ids_of_a_local_prepare_and_a_job_trains_the_same_losses_from_it(string c)
+    {
+        using var tmp = new TempDir();
+        var (train, validation, options) = Sources(tmp, c);
+        var local = Path.Combine(tmp.Path, "local");
+        DatasetPreparer.Prepare(options with { Output = local });
+        await using var cluster = await StartAsync(tmp.Path);
+
+        var output = Path.Combine(tmp.Path, "datasets", "on-cluster");
+        var (lines, manifest) = await PrepareAsync(cluster, Request(options, output, train, validation));
+        Assert.Contains(lines, l => l.StartsWith("pass 1/2: counting", StringComparison.Ordinal));
+        Assert.Contains(lines, l => l.StartsWith("pass 2/2: encoding", StringComparison.Ordinal));
+        Assert.Contains(lines, l => l.Contains("part 2 encoded by", StringComparison.Ordinal));
+        Assert.Contains(lines, l => l.StartsWith($"prepared {output}", StringComparison.Ordinal));
+        using (var a = PreparedDataset.Open(local))
+        using (var b = PreparedDataset.Open(output, verify: true))
+        {
+            Assert.Equal(b.Manifest.Train.Shards.Select(f => f.Tokens), manifest.Train.Shards.Select(f => f.Tokens));
+            Assert.Equal(DatasetLayout.ShardName(DatasetLayout.TrainSplit, 0, "tokens"), b.Manifest.Train.Shards[0].Tokens.Name);
+            AssertSameIds(a, b);
+        }
+        Assert.Empty(Directory.EnumerateDirectories(Path.GetDirectoryName(output)!, ".*"));
+        Assert.All(cluster.Client.ListWorkers(new ListWorkersRequest()).Workers, w => Assert.Equal(WorkerState.Idle, w.State));
+
+        var (fromLocal, localLosses) = await TrainAsync(cluster, tmp, DatasetJob(c, local, options.Tokenizer), "local.json");
+        var (fromCluster, clusterLosses) = await TrainAsync(cluster, tmp, DatasetJob(c, output, options.Tokenizer), "cluster.json");
+        Assert.Equal(12, localLosses.Length);
+        Assert.Equal(localLosses, clusterLosses);
+        Assert.Equal(fromLocal.LastEval.Loss, fromCluster.LastEval.Loss);
+    }
+
+    [Fact]
+    public async Task The_cli_prints_the_progress_and_the_dataset()
+    {
+        using var tmp = new TempDir();
+        var (train, validation, _) = Sources(tmp, "char-lm");
+        await using var cluster = await StartAsync(tmp.Path);
+        var output = Path.Combine(tmp.Path, "cli-ds");
+        var args = new List<string> { "prepare", "--on-cluster", "--coordinator", cluster.Address };
+        args.AddRange(train);
+        args.Add("--validation");
+        args.AddRange(validation);
+        args.AddRange(["-o", output, "--shard-tokens", "500"]);
+        var env = new Dictionary<string, string?> { ["DTRAIN_TOKEN"] = cluster.AdminToken };
+        var r = CliRunner.Run(tmp.Path, TimeSpan.FromMinutes(3), env, [.. args]);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Equal(output, r.Stdout.Trim());
+        Assert.Contains("pass 1/2: counting char tokens of the training sources on 2 worker(s)", r.Stderr);
+        Assert.Contains("part 2 encoded by", r.Stderr);
+        using var ds = PreparedDataset.Open(output, verify: true);
+        Assert.Equal(500, ds.Manifest.Settings.ShardTokens);
+
+        // Refused by the coordinator: exit 2 and its message.
+        r = CliRunner.Run(tmp.Path, TimeSpan.FromMinutes(3), env, "prepare", "--on-cluster", "--coordinator", cluster.Address, train[0], "-o", Path.Combine(tmp.Path, "x"));
+        Assert.True(r.ExitCode == 2, r.ToString());
+        Assert.Contains("--on-cluster needs --validation sources", r.Stderr);
+    }
+
+    [Fact]
+    public async Task A_bad_source_fails_the_prepare_naming_the_worker_and_the_file_and_nothing_is_written()
+    {
+        using var tmp = new TempDir();
+        var (train, validation, options) = Sources(tmp, "classification");
+        await using var cluster = await StartAsync(tmp.Path);
+        var output = Path.Combine(tmp.Path, "out", "ds");
+
+        // Counting: a malformed record in the last training file (the second worker's part).
+        var good = File.ReadAllText(train[2]);
+        File.WriteAllText(train[2], good + "{\"text\": \"never closed\n");
+        var e = await Assert.ThrowsAsync<RpcException>(() => PrepareAsync(cluster, Request(options, output, train, validation)));
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.Contains("worker w", e.Status.Detail);
+        Assert.Contains("failed counting part 2", e.Status.Detail);
+        Assert.Contains($"{train[2]}:23", e.Status.Detail);
+        Assert.False(Directory.Exists(output));
+        AssertNothingIn(Path.GetDirectoryName(output)!);
+
+        // Encoding (shards already written): a validation label the training data never has.
+        File.WriteAllText(train[2], good);
+        File.AppendAllText(validation[0], "{\"text\": \"green eggs\", \"label\": \"eggs\"}\n");
+        e = await Assert.ThrowsAsync<RpcException>(() => PrepareAsync(cluster, Request(options, output, train, validation)));
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.Contains("failed encoding part 2", e.Status.Detail);
+        Assert.Contains(validation[0], e.Status.Detail);
+        Assert.Contains("label \"eggs\" never occurs in the training data", e.Status.Detail);
+        Assert.False(Directory.Exists(output));
+        AssertNothingIn(Path.GetDirectoryName(output)!);
+        Assert.All(cluster.Client.ListWorkers(new ListWorkersRequest()).Workers, w => Assert.Equal(WorkerState.Idle, w.State));
+    }
+
+    static void AssertNothingIn(string directory)
+    {
+        var left = Directory.EnumerateFileSystemEntries(directory, "*", SearchOption.AllDirectories).ToList();
+        Assert.True(left.Count == 0, $"left in {directory}: {string.Join(", ", left)}");
+    }
+
+    [Fact]
+    public async Task What_the_cluster_cannot_prepare_is_refused_before_any_worker_is_asked()
+    {
+        using var tmp = new TempDir();
+        var (train, validation, options) = Sources(tmp, "char-lm");
+        using var outside = new TempDir();
+        var elsewhere = outside.Write("t.txt", TestJobs.Text(5));
+        await using var cluster = await StartAsync(tmp.Path, workers: 0);
+        var output = Path.Combine(tmp.Path, "ds");
+        async Task Refused(PrepareRequest request, StatusCode code, string words)
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(() => PrepareAsync(cluster, request));
+            Assert.True(e.StatusCode == code, $"{e.StatusCode}: {e.Status.Detail}");
+            Assert.Contains(words, e.Status.Detail);
+            Assert.False(Directory.Exists(output));
+        }
+        await Refused(Request(options, output, [elsewhere], validation), StatusCode.InvalidArgument, $"\"{elsewhere}\" is not under the coordinator's data roots");
+        await Refused(Request(options, output, ["data/t1.txt"], validation), StatusCode.InvalidArgument, "needs absolute paths under the coordinator's data roots");
+        await Refused(Request(options, output, [Path.Combine(tmp.Path, "data", "nothing*.txt")], validation), StatusCode.InvalidArgument, "no file matches");
+        await Refused(Request(options, Path.Combine(outside.Path, "ds"), train, validation), StatusCode.InvalidArgument, "is not a directory under the coordinator's data roots");
+        await Refused(Request(options, "s3://bucket/ds", train, validation), StatusCode.InvalidArgument, "not s3://");
+        await Refused(Request(options, output, train, []), StatusCode.InvalidArgument, "--on-cluster needs --validation sources");
+        await Refused(Request(options with { Tokenizer = new TokenizerSpec { Kind = "bpe" } }, output, train, validation), StatusCode.InvalidArgument, "--tokenizer \"bpe\" must be char or word");
+        await Refused(Request(options, output, train, validation), StatusCode.FailedPrecondition, "no idle worker");
+    }
+}
