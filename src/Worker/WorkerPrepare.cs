@@ -29,7 +29,13 @@ public static class WorkerPrepare
     public static async Task<PrepareCountReply> CountAsync(PrepareCountRequest request, CancellationToken cancel)
     {
         var part = Part(request.OptionsJson);
-        var counts = await Task.Run(() => DatasetPreparer.CountPart(part, cancel), cancel).ConfigureAwait(false);
+        if (request.Measure)
+        {
+            var (length, pieces) = await Task.Run(() => DatasetPreparer.MeasurePart(part, cancel), cancel).ConfigureAwait(false);
+            return new PrepareCountReply { Length = length, TrainPieces = pieces };
+        }
+        DatasetPreparer.PartCut? at = request.JoinerCounted ? new(request.TrainJoiner, request.Cut, request.AllValidation) : null;
+        var counts = await Task.Run(() => DatasetPreparer.CountPart(part, at, cancel), cancel).ConfigureAwait(false);
         var reply = new PrepareCountReply { TrainPieces = counts.TrainPieces, ValidationPieces = counts.ValidationPieces };
         reply.Words.Add(counts.Words);
         reply.Chars.Add(counts.Chars);
@@ -42,7 +48,7 @@ public static class WorkerPrepare
         var part = Part(request.OptionsJson);
         var state = JsonSerializer.Deserialize<TokenizerState>(request.TokenizerJson, DatasetLayout.TokenizerJson) ?? throw new ArgumentException("no tokenizer");
         var tokenizer = TokenizerFactory.FromState(state);
-        var encoded = await Task.Run(() => DatasetPreparer.EncodePart(part, request.Part, request.Directory, tokenizer, [.. request.Labels], request.TrainJoiner, request.ValidationJoiner, cancel), cancel).ConfigureAwait(false);
+        var encoded = await Task.Run(() => DatasetPreparer.EncodePart(part, request.Part, request.Directory, tokenizer, [.. request.Labels], request.TrainJoiner, request.ValidationJoiner, request.Cut, request.AllValidation, cancel), cancel).ConfigureAwait(false);
         return new PrepareEncodeReply { ResultJson = JsonSerializer.Serialize(encoded, DatasetLayout.Json) };
     }
 }

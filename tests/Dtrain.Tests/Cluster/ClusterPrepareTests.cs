@@ -18,7 +18,7 @@ namespace Dtrain.Tests.Cluster;
 [Collection(DatasetJobCollection.Name)]
 public sealed class ClusterPrepareTests
 {
-    public static TheoryData<string> Cases() => ["char-lm", "word-lm", "classification"];
+    public static TheoryData<string> Cases() => ["char-lm", "word-lm", "classification", "char-lm-fraction", "word-lm-fraction-early"];
 
     static async Task<InProcessCluster> StartAsync(string dataRoot, int workers = 2)
     {
@@ -72,6 +72,22 @@ public sealed class ClusterPrepareTests
                 Task = TaskKinds.Classification,
                 Tokenizer = new TokenizerSpec { Kind = TokenizerKinds.Word },
                 ShardTokens = 40,
+            });
+        }
+        if (c == "char-lm-fraction")
+        {
+            // No validation source: the last 10% of the joined text, cut inside the second part.
+            var train = new List<string> { Write("t1.txt", TestJobs.Text(20) + "😀"), Write("t2.txt", "😀 Ünïcode " + TestJobs.Text(18)), Write("t3.txt", TestJobs.Text(20) + "😀😀") };
+            return (train, [], PrepareTestSupport.Options("unused", train) with { ValidationFraction = 0.1 });
+        }
+        if (c == "word-lm-fraction-early")
+        {
+            // 70% held out: the cut falls inside the first part, the second is all validation (joined to the first with "\n").
+            var train = new List<string> { Write("t1.txt", TestJobs.Text(20)), Write("t2.txt", "The Cat SAT.\nOn the mat " + TestJobs.Text(9)), Write("t3.txt", TestJobs.Text(10) + "\n\n  the end") };
+            return (train, [], PrepareTestSupport.Options("unused", train) with
+            {
+                ValidationFraction = 0.7,
+                Tokenizer = new TokenizerSpec { Kind = TokenizerKinds.Word, Lowercase = true },
             });
         }
         if (c == "word-lm")
@@ -148,8 +164,10 @@ public sealed class ClusterPrepareTests
 
         var output = Path.Combine(tmp.Path, "datasets", "on-cluster");
         var (lines, manifest) = await PrepareAsync(cluster, Request(options, output, train, validation));
-        Assert.Contains(lines, l => l.StartsWith("pass 1/2: counting", StringComparison.Ordinal));
-        Assert.Contains(lines, l => l.StartsWith("pass 2/2: encoding", StringComparison.Ordinal));
+        var passes = validation.Count == 0 ? 3 : 2;
+        if (passes == 3) Assert.Contains(lines, l => l.StartsWith("pass 1/3: the length of the text on 2 worker(s)", StringComparison.Ordinal));
+        Assert.Contains(lines, l => l.StartsWith($"pass {passes - 1}/{passes}: counting", StringComparison.Ordinal));
+        Assert.Contains(lines, l => l.StartsWith($"pass {passes}/{passes}: encoding", StringComparison.Ordinal));
         Assert.Contains(lines, l => l.Contains("part 2 encoded by", StringComparison.Ordinal));
         Assert.Contains(lines, l => l.StartsWith($"prepared {output}", StringComparison.Ordinal));
         using (var a = PreparedDataset.Open(local))
@@ -191,9 +209,9 @@ public sealed class ClusterPrepareTests
         Assert.Equal(500, ds.Manifest.Settings.ShardTokens);
 
         // Refused by the coordinator: exit 2 and its message.
-        r = CliRunner.Run(tmp.Path, TimeSpan.FromMinutes(3), env, "prepare", "--on-cluster", "--coordinator", cluster.Address, train[0], "-o", Path.Combine(tmp.Path, "x"));
+        r = CliRunner.Run(tmp.Path, TimeSpan.FromMinutes(3), env, "prepare", "--on-cluster", "--coordinator", cluster.Address, train[0], "-o", Path.Combine(tmp.Path, "x"), "--task", "classification", "--format", "jsonl");
         Assert.True(r.ExitCode == 2, r.ToString());
-        Assert.Contains("--on-cluster needs --validation sources", r.Stderr);
+        Assert.Contains("--on-cluster needs --validation sources for classification", r.Stderr);
     }
 
     [Fact]
@@ -255,7 +273,7 @@ public sealed class ClusterPrepareTests
         await Refused(Request(options, output, [Path.Combine(tmp.Path, "data", "nothing*.txt")], validation), StatusCode.InvalidArgument, "no file matches");
         await Refused(Request(options, Path.Combine(outside.Path, "ds"), train, validation), StatusCode.InvalidArgument, "is not a directory under the coordinator's data roots");
         await Refused(Request(options, "s3://bucket/ds", train, validation), StatusCode.InvalidArgument, "not s3://");
-        await Refused(Request(options, output, train, []), StatusCode.InvalidArgument, "--on-cluster needs --validation sources");
+        await Refused(Request(options with { Task = TaskKinds.Classification, Tokenizer = new TokenizerSpec { Kind = TokenizerKinds.Word } }, output, train, []), StatusCode.InvalidArgument, "--on-cluster needs --validation sources for classification");
         await Refused(Request(options with { Tokenizer = new TokenizerSpec { Kind = "bpe" } }, output, train, validation), StatusCode.InvalidArgument, "--tokenizer \"bpe\" must be char or word");
         await Refused(Request(options, output, train, validation), StatusCode.FailedPrecondition, "no idle worker");
     }

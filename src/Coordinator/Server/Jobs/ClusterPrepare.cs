@@ -51,10 +51,40 @@ public sealed class ClusterPrepare(DataAccess data, WorkerRegistry registry, Wor
             for (var i = 0; i < parts.Count; i++)
                 progress($"  part {i + 1}: worker {Describe(workers[i])}: {Files(parts[i])} ({Enumerable.Range(0, all.Count).Where(k => parts[i].Contains(all[k])).Sum(k => sizes[k]):N0} bytes)");
 
-            progress($"pass 1/2: counting {o.Tokenizer.Kind} tokens of the training sources on {parts.Count} worker(s)");
+            // A language model holding out a fraction: pass 1 measures each part's text to place the cut in the whole.
+            IReadOnlyList<DatasetPreparer.PartCut>? cuts = null;
+            var fraction = o.Validation.Count == 0;
+            var passes = fraction ? 3 : 2;
+            if (fraction)
+            {
+                progress($"pass 1/3: the length of the text on {parts.Count} worker(s), to hold out the last {o.ValidationFraction:P1} for validation");
+                var lengths = await OnEveryPartAsync(parts, workers, "measuring", cancelOthers: true, async (i, client, token) =>
+                {
+                    var reply = await client.PrepareCountAsync(new PrepareCountRequest { PrepareId = prepareId, Part = i, OptionsJson = DatasetPreparer.PartJson(options[i]), Measure = true }, cancellationToken: token).ConfigureAwait(false);
+                    return (reply.Length, reply.TrainPieces);
+                }, cancel).ConfigureAwait(false);
+                try
+                {
+                    cuts = DatasetPreparer.PlaceCut(o, lengths);
+                }
+                catch (DataFormatException e)
+                {
+                    throw new Refusal(StatusCode.InvalidArgument, e.Message);
+                }
+            }
+
+            progress($"pass {passes - 1}/{passes}: counting {o.Tokenizer.Kind} tokens of the training {(fraction ? "split" : "sources")} on {parts.Count} worker(s)");
             var counts = await OnEveryPartAsync(parts, workers, "counting", cancelOthers: true, async (i, client, token) =>
             {
-                var reply = await client.PrepareCountAsync(new PrepareCountRequest { PrepareId = prepareId, Part = i, OptionsJson = DatasetPreparer.PartJson(options[i]) }, cancellationToken: token).ConfigureAwait(false);
+                var count = new PrepareCountRequest { PrepareId = prepareId, Part = i, OptionsJson = DatasetPreparer.PartJson(options[i]), Cut = -1 };
+                if (cuts is not null)
+                {
+                    count.JoinerCounted = true;
+                    count.TrainJoiner = cuts[i].Joiner;
+                    count.Cut = cuts[i].Cut;
+                    count.AllValidation = cuts[i].AllValidation;
+                }
+                var reply = await client.PrepareCountAsync(count, cancellationToken: token).ConfigureAwait(false);
                 progress($"  part {i + 1} counted by {workers[i].Id}: {reply.Words.Count + reply.Chars.Count:N0} distinct token(s)");
                 return new PartCounts
                 {
@@ -65,10 +95,10 @@ public sealed class ClusterPrepare(DataAccess data, WorkerRegistry registry, Wor
                     ValidationPieces = reply.ValidationPieces,
                 };
             }, cancel).ConfigureAwait(false);
-            var (tokenizer, labels) = DatasetPreparer.FitParts(o, counts);
+            var (tokenizer, labels) = Fit(o, counts, cuts is not null);
             var tokenizerJson = JsonSerializer.Serialize(tokenizer.ToState(), DatasetLayout.TokenizerJson);
 
-            progress($"pass 2/2: encoding on {parts.Count} worker(s) (vocabulary {tokenizer.VocabSize:N0}{(labels.Count > 0 ? $", {labels.Count} labels" : "")})");
+            progress($"pass {passes}/{passes}: encoding on {parts.Count} worker(s) (vocabulary {tokenizer.VocabSize:N0}{(labels.Count > 0 ? $", {labels.Count} labels" : "")})");
             var encoded = await OnEveryPartAsync(parts, workers, "encoding", cancelOthers: false, async (i, client, token) =>
             {
                 var request = new PrepareEncodeRequest
@@ -80,6 +110,8 @@ public sealed class ClusterPrepare(DataAccess data, WorkerRegistry registry, Wor
                     TokenizerJson = tokenizerJson,
                     TrainJoiner = counts.Take(i).Any(c => c.TrainPieces),
                     ValidationJoiner = counts.Take(i).Any(c => c.ValidationPieces),
+                    Cut = cuts?[i].Cut ?? -1,
+                    AllValidation = cuts?[i].AllValidation ?? false,
                 };
                 request.Labels.AddRange(labels.Names);
                 var reply = await client.PrepareEncodeAsync(request, cancellationToken: token).ConfigureAwait(false);
@@ -88,7 +120,15 @@ public sealed class ClusterPrepare(DataAccess data, WorkerRegistry registry, Wor
                 return part;
             }, cancel).ConfigureAwait(false);
             cancel.ThrowIfCancellationRequested();
-            var manifest = DatasetPreparer.CommitParts(o, writer, tokenizer, labels, encoded);
+            DatasetManifest manifest;
+            try
+            {
+                manifest = DatasetPreparer.CommitParts(o, writer, tokenizer, labels, encoded);
+            }
+            catch (DataFormatException e)
+            {
+                throw new Refusal(StatusCode.InvalidArgument, $"{e.Message}; nothing was written to the output");
+            }
             progress($"prepared {request.Output} in {clock.GetElapsedTime(started).TotalSeconds:F1} s on {parts.Count} worker(s): train {manifest.Train.Tokens:N0} tokens in {manifest.Train.Shards.Count} shard(s), validation {manifest.Validation.Tokens:N0}; vocabulary {manifest.VocabSize:N0} ({manifest.TokenDtype})");
             log.LogInformation("{Id}: prepared {Output} from {Sources} source(s) on {Workers} worker(s)", prepareId, request.Output, all.Count, parts.Count);
             return manifest;
@@ -96,6 +136,18 @@ public sealed class ClusterPrepare(DataAccess data, WorkerRegistry registry, Wor
         finally
         {
             registry.Release(prepareId);
+        }
+    }
+
+    static (Dtrain.Data.ITokenizer, LabelSet) Fit(PrepareOptions o, IReadOnlyList<PartCounts> counts, bool joinersCounted)
+    {
+        try
+        {
+            return DatasetPreparer.FitParts(o, counts, joinersCounted);
+        }
+        catch (Exception e) when (e is ArgumentException or DataFormatException)
+        {
+            throw new Refusal(StatusCode.InvalidArgument, $"{e.Message}; nothing was written to the output");
         }
     }
 
@@ -184,8 +236,8 @@ public sealed class ClusterPrepare(DataAccess data, WorkerRegistry registry, Wor
             throw new Refusal(StatusCode.FailedPrecondition, $"this coordinator has no data root, so its workers share no storage to prepare on; {allow}, or prepare locally without --on-cluster");
         var list = string.Join(", ", roots);
         if (request.Sources.Count == 0) throw new Refusal(StatusCode.InvalidArgument, "no sources: name at least one file, directory or glob under the data roots");
-        if (request.Validation.Count == 0)
-            throw new Refusal(StatusCode.InvalidArgument, "--on-cluster needs --validation sources: holding out --validation-fraction of the training data needs a pass over all of it before counting, which the cluster does not do (yet); name validation files with --validation, or prepare locally without --on-cluster");
+        if (request.Validation.Count == 0 && !(Dtrain.Training.Tasks.TrainingTasks.Find(template.Task)?.PredictsNextToken ?? true))
+            throw new Refusal(StatusCode.InvalidArgument, "--on-cluster needs --validation sources for classification: holding out --validation-fraction of the records needs the labels of all of them in one seeded shuffle, which the cluster does not do (yet); name validation files with --validation, or prepare locally without --on-cluster");
         if (S3Location.IsS3(request.Output))
             throw new Refusal(StatusCode.InvalidArgument, $"--output {request.Output}: --on-cluster writes a directory under the coordinator's data roots ({list}), not s3:// (yet); prepare locally for s3://");
         if (!Path.IsPathRooted(request.Output))
@@ -233,7 +285,7 @@ public sealed class ClusterPrepare(DataAccess data, WorkerRegistry registry, Wor
         var o = template with
         {
             Train = Expand(request.Sources, DatasetLayout.TrainSplit),
-            Validation = Expand(request.Validation, DatasetLayout.ValidationSplit),
+            Validation = request.Validation.Count == 0 ? [] : Expand(request.Validation, DatasetLayout.ValidationSplit),
             Output = Path.GetFullPath(request.Output),
             Force = request.Force,
         };

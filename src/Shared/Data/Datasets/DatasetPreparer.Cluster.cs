@@ -62,8 +62,66 @@ public static partial class DatasetPreparer
     static ITrainingTask TaskOf(PrepareOptions o) =>
         TrainingTasks.Find(o.Task) ?? throw new ArgumentException($"--task \"{o.Task}\" must be {string.Join(" or ", TrainingTasks.All.Select(t => t.Kind))}");
 
-    /// <summary>Counts the tokens of the part's training sources as pass 2 of <see cref="Prepare"/> does (validation sources are only read far enough to know whether they hold a record).</summary>
-    public static PartCounts CountPart(PrepareOptions part, CancellationToken cancel = default)
+    /// <summary>Where a language model's part stands in the whole text, once a fraction is held out: whether it is joined to earlier records, and where validation starts in it.</summary>
+    public readonly record struct PartCut(bool Joiner, long Cut, bool AllValidation);
+
+    /// <summary>Pass 1 of a language model holding out a fraction, on one part: the length of its joined training text (without a leading joiner), and whether it holds a record.</summary>
+    public static (long Length, bool Pieces) MeasurePart(PrepareOptions part, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(part);
+        var read = ReadFor(part, TaskOf(part));
+        long total = 0;
+        bool joiner = false, any = false;
+        foreach (var piece in Pieces(part.Train, read, new DataReportBuilder(), null, cancel))
+        {
+            if (joiner) total++;
+            total += piece.Text.Length;
+            joiner = piece.EndOfRecord;
+            any = true;
+        }
+        return (total, any);
+    }
+
+    /// <summary>
+    /// The cut of a language model's held-out fraction placed as pass 1 of <see cref="Prepare"/> places it in the whole
+    /// text (the parts' texts joined with "\n"), as seen by each part: a part joined to earlier records starts with that
+    /// "\n"; a part after the cut is all validation; the part holding it is cut at its own offset.
+    /// </summary>
+    public static IReadOnlyList<PartCut> PlaceCut(PrepareOptions o, IReadOnlyList<(long Length, bool Pieces)> parts)
+    {
+        ArgumentNullException.ThrowIfNull(o);
+        ArgumentNullException.ThrowIfNull(parts);
+        var starts = new long[parts.Count];
+        var lengths = new long[parts.Count];
+        long total = 0;
+        var any = false;
+        for (var k = 0; k < parts.Count; k++)
+        {
+            starts[k] = total;
+            lengths[k] = parts[k].Length + (any && parts[k].Pieces ? 1 : 0);
+            total += lengths[k];
+            any |= parts[k].Pieces;
+        }
+        var validationLength = Math.Clamp((long)Math.Ceiling(o.ValidationFraction * total - 1e-9), 1, Math.Max(1, total - 1));
+        var cut = total - validationLength;
+        if (cut <= 0) throw new DataFormatException(o.Train[0].Path, 0, $"the text is {total} character(s) long, too short to split into training and validation");
+        var joined = false;
+        var result = new List<PartCut>();
+        for (var k = 0; k < parts.Count; k++)
+        {
+            var local = cut - starts[k];
+            result.Add(new PartCut(joined && parts[k].Pieces, local >= lengths[k] ? -1 : Math.Max(0, local), local <= 0));
+            joined |= parts[k].Pieces;
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Counts the tokens of the part's training sources as pass 2 of <see cref="Prepare"/> does (validation sources are only
+    /// read far enough to know whether they hold a record). With a held-out fraction, <paramref name="at"/> says where the
+    /// part stands (<see cref="PlaceCut"/>): only its text before the cut is counted, its leading joiner included.
+    /// </summary>
+    public static PartCounts CountPart(PrepareOptions part, PartCut? at = null, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(part);
         var task = TaskOf(part);
@@ -83,7 +141,10 @@ public static partial class DatasetPreparer
         var pieces = Seen(Pieces(part.Train, read, new DataReportBuilder(), null, cancel));
         if (task.PredictsNextToken)
         {
-            OrderedParallel.Run(new TextChunker(word, part.ChunkChars).Chunks(pieces, -1, allValidation: false), tokenizing.Workers.Length, (w, c) =>
+            var chunks = at is { } p
+                ? new TextChunker(word, part.ChunkChars).Chunks(Joined(pieces, p.Joiner), p.AllValidation ? -1 : p.Cut, p.AllValidation).TakeWhile(c => !c.Validation || Return(c))
+                : new TextChunker(word, part.ChunkChars).Chunks(pieces, -1, allValidation: false);
+            OrderedParallel.Run(chunks, tokenizing.Workers.Length, (w, c) =>
             {
                 tokenizing.Count(w, c.Text);
                 c.Return();
@@ -114,7 +175,8 @@ public static partial class DatasetPreparer
     /// The tokenizer (and, for classification, the labels) a local prepare fits from the same sources: the parts' counts
     /// summed, plus the "\n" that joins a language model's records across parts. <paramref name="o"/> holds all sources.
     /// </summary>
-    public static (ITokenizer Tokenizer, LabelSet Labels) FitParts(PrepareOptions o, IReadOnlyList<PartCounts> parts)
+    /// <param name="joinersCounted">The parts counted their joiners themselves (<see cref="PartCut"/>).</param>
+    public static (ITokenizer Tokenizer, LabelSet Labels) FitParts(PrepareOptions o, IReadOnlyList<PartCounts> parts, bool joinersCounted = false)
     {
         ArgumentNullException.ThrowIfNull(o);
         ArgumentNullException.ThrowIfNull(parts);
@@ -132,7 +194,7 @@ public static partial class DatasetPreparer
                 else all.Sparse[k] = all.Sparse.GetValueOrDefault(k) + v;
             }
         }
-        if (task.PredictsNextToken)
+        if (task.PredictsNextToken && !joinersCounted)
             for (var joins = parts.Count(p => p.TrainPieces) - 1; joins > 0; joins--) tokenizing.Count(0, "\n");
         var tokenizer = tokenizing.Fit();
         if (tokenizer.VocabSize < 3) throw new ArgumentException(VocabularyProblem(o));
@@ -152,7 +214,9 @@ public static partial class DatasetPreparer
     /// <paramref name="trainJoiner"/> (<paramref name="validationJoiner"/>): an earlier part holds training (validation)
     /// records, so the part's first one is joined to them with "\n" (language model).
     /// </summary>
-    public static PartEncoded EncodePart(PrepareOptions part, int index, string directory, ITokenizer tokenizer, IReadOnlyList<string> labels, bool trainJoiner, bool validationJoiner, CancellationToken cancel = default)
+    /// <param name="cut">A language model holding out a fraction: where validation starts in the part's text (<see cref="PlaceCut"/>); -1: nowhere.</param>
+    /// <param name="allValidation">The part lies after the cut.</param>
+    public static PartEncoded EncodePart(PrepareOptions part, int index, string directory, ITokenizer tokenizer, IReadOnlyList<string> labels, bool trainJoiner, bool validationJoiner, long cut, bool allValidation, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(part);
         ArgumentNullException.ThrowIfNull(tokenizer);
@@ -171,7 +235,7 @@ public static partial class DatasetPreparer
         using var validation = new DatasetSplitWriter(directory, PartShardPrefix(DatasetLayout.ValidationSplit, index), width, records, part.ShardTokens);
         if (task.PredictsNextToken)
         {
-            var chunks = new TextChunker(word, part.ChunkChars).Chunks(Joined(Pieces(part.Train, read, report, sources, cancel), trainJoiner), -1, allValidation: false);
+            var chunks = new TextChunker(word, part.ChunkChars).Chunks(Joined(Pieces(part.Train, read, report, sources, cancel), trainJoiner), allValidation || cut <= 0 ? -1 : cut, allValidation);
             if (part.Validation.Count > 0)
                 chunks = chunks.Concat(new TextChunker(word, part.ChunkChars).Chunks(Joined(Pieces(part.Validation, read, report, sources, cancel), validationJoiner), -1, allValidation: true));
             OrderedParallel.Run(chunks, tokenizing.Workers.Length, (w, c) =>
