@@ -246,6 +246,20 @@ public sealed class ClusterPrepareTests
         Assert.All(cluster.Client.ListWorkers(new ListWorkersRequest()).Workers, w => Assert.Equal(WorkerState.Idle, w.State));
     }
 
+    [Fact]
+    public void The_sources_are_cut_into_contiguous_parts_of_about_equal_bytes_at_most_one_per_worker_and_file()
+    {
+        var files = Enumerable.Range(0, 5).Select(i => new SourceFile($"/d/{i}.txt", DatasetLayout.TrainSplit, "text", "none")).ToList();
+        string Parts(long[] sizes, int workers) =>
+            string.Join(" | ", ClusterPrepare.Split(files, sizes, workers).Select(p => string.Join(",", p.Select(f => Path.GetFileNameWithoutExtension(f.Path)))));
+        Assert.Equal("0,1,2,3 | 4", Parts([10, 10, 10, 10, 60], 2));
+        Assert.Equal("0 | 1,2,3,4", Parts([60, 10, 10, 10, 10], 2));
+        Assert.Equal("0,1 | 2,3 | 4", Parts([10, 10, 10, 10, 10], 3));
+        Assert.Equal("0 | 1 | 2 | 3 | 4", Parts([1, 1, 1, 1, 1], 8));
+        Assert.Equal("0,1,2,3,4", Parts([1, 1, 1, 1, 1], 1));
+        Assert.Equal("0,1,2 | 3 | 4", Parts([0, 0, 0, 0, 0], 3));
+    }
+
     static void AssertNothingIn(string directory)
     {
         var left = Directory.EnumerateFileSystemEntries(directory, "*", SearchOption.AllDirectories).ToList();
@@ -276,5 +290,18 @@ public sealed class ClusterPrepareTests
         await Refused(Request(options with { Task = TaskKinds.Classification, Tokenizer = new TokenizerSpec { Kind = TokenizerKinds.Word } }, output, train, []), StatusCode.InvalidArgument, "--on-cluster needs --validation sources for classification");
         await Refused(Request(options with { Tokenizer = new TokenizerSpec { Kind = "bpe" } }, output, train, validation), StatusCode.InvalidArgument, "--tokenizer \"bpe\" must be char or word");
         await Refused(Request(options, output, train, validation), StatusCode.FailedPrecondition, "no idle worker");
+
+        // Authorized like submit: a viewer may not, a submitter may (and is told there is no idle worker).
+        var (viewer, _, _) = Dtrain.Tests.Security.AuthTestSupport.Token(cluster, "dashboard", Dtrain.Server.Auth.Role.Viewer);
+        var (alice, _, _) = Dtrain.Tests.Security.AuthTestSupport.Token(cluster, "alice", Dtrain.Server.Auth.Role.Submitter);
+        async Task<RpcException> Call(Jobs.JobsClient client)
+        {
+            using var call = client.Prepare(Request(options, output, train, validation));
+            return await Assert.ThrowsAsync<RpcException>(async () => { await foreach (var _ in call.ResponseStream.ReadAllAsync()) { } });
+        }
+        var denied = await Call(viewer);
+        Assert.Equal(StatusCode.PermissionDenied, denied.StatusCode);
+        Assert.Contains("may not prepare datasets on the cluster", denied.Status.Detail);
+        Assert.Equal(StatusCode.FailedPrecondition, (await Call(alice)).StatusCode);
     }
 }
