@@ -12,7 +12,10 @@ namespace Dtrain.Worker;
 /// single process build, so the rows are exactly theirs. The next step's rows are read on a background task while the
 /// step before runs, so a step rarely waits for data. Rows are checked as the task checks rows from elsewhere before
 /// they reach torch; a failure to read (a missing, truncated or changed shard, storage unreachable) is an
-/// <see cref="InvalidOperationException"/> naming the job, the dataset's URI and the shard.
+/// <see cref="InvalidOperationException"/> naming the job, the dataset's URI and the shard. A local shard's SHA-256 is
+/// checked in the background (<see cref="ShardVerification.Background"/>), so the first step does not wait for it: a
+/// shard found altered fails the next step, and the job's last step (and every evaluation) waits for the checks of the
+/// shards it read, so a job never ends on bytes that were not the ones prepared.
 /// </summary>
 public sealed class DatasetRows : IDisposable
 {
@@ -21,11 +24,14 @@ public sealed class DatasetRows : IDisposable
     private readonly int vocabSize, labels;
     private readonly Dictionary<(long Step, int Start, int Rows), Task<BatchRows?>> reads = [];
     private readonly object validationGate = new();
+    private readonly long totalSteps;
     private bool validationChecked;
 
-    public DatasetRows(string jobId, JobSpec spec, StoredDataset dataset, long stepsPerEpoch)
+    /// <param name="totalSteps">The job's steps: its last one waits for the background checks of the shards read (0: none is last).</param>
+    public DatasetRows(string jobId, JobSpec spec, StoredDataset dataset, long stepsPerEpoch, long totalSteps = 0)
     {
         this.jobId = jobId;
+        this.totalSteps = totalSteps;
         Dataset = dataset;
         task = TrainingTasks.For(spec);
         Data = PreparedData.FromDataset(dataset);
@@ -58,13 +64,19 @@ public sealed class DatasetRows : IDisposable
     /// </summary>
     public async Task<BatchRows?> TakeAsync(ShardRows s, CancellationToken cancel)
     {
-        if (s.Rows == 0) return null;
+        if (s.Rows == 0)
+        {
+            await CheckedAsync(s.Step, cancel).ConfigureAwait(false);
+            return null;
+        }
         Task<BatchRows?>? read;
         lock (reads) reads.Remove((s.Step, s.RowStart, s.Rows), out read);
         read ??= Task.Run(() => Read(s));
         try
         {
-            return await read.WaitAsync(cancel).ConfigureAwait(false);
+            var rows = await read.WaitAsync(cancel).ConfigureAwait(false);
+            await CheckedAsync(s.Step, cancel).ConfigureAwait(false);
+            return rows;
         }
         catch (OperationCanceledException) when (cancel.IsCancellationRequested)
         {
@@ -131,6 +143,36 @@ public sealed class DatasetRows : IDisposable
                     if ((uint)id >= (uint)vocabSize)
                         throw new InvalidOperationException(Problem(file, $"validation {what} {record}: id {id} outside the vocabulary [0, {vocabSize})"));
             }
+        }
+    }
+
+    /// <summary>
+    /// Fails step <paramref name="step"/> if a shard read so far turned out altered (its background SHA-256 check); the
+    /// job's last step first waits for the checks still running.
+    /// </summary>
+    private async Task CheckedAsync(long step, CancellationToken cancel)
+    {
+        try
+        {
+            if (totalSteps > 0 && step + 1 >= totalSteps) await Dataset.VerifiedAsync(cancel).ConfigureAwait(false);
+            else Dataset.ThrowIfCorrupt();
+        }
+        catch (DatasetException e)
+        {
+            throw new InvalidOperationException($"job {jobId}: step {step}: {e.Message}", e);
+        }
+    }
+
+    /// <summary>Waits for the background checks of the shards read so far (an evaluation's); a mismatch is the job's <see cref="InvalidOperationException"/> naming the dataset and the shard.</summary>
+    public async Task VerifiedAsync(string what, CancellationToken cancel)
+    {
+        try
+        {
+            await Dataset.VerifiedAsync(cancel).ConfigureAwait(false);
+        }
+        catch (DatasetException e)
+        {
+            throw new InvalidOperationException($"job {jobId}: {what}: {e.Message}", e);
         }
     }
 

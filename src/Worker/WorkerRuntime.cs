@@ -109,7 +109,8 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         Data.Datasets.StoredDataset opened;
         try
         {
-            opened = await Data.Datasets.StoredDataset.OpenAsync(named.Uri, named.ManifestSha256, cancel: cancel).ConfigureAwait(false);
+            // A local shard's SHA-256 is checked in the background: neither the first step nor this process's memory pays for it.
+            opened = await Data.Datasets.StoredDataset.OpenAsync(named.Uri, named.ManifestSha256, cancel: cancel, verification: Data.Datasets.ShardVerification.Background).ConfigureAwait(false);
         }
         catch (Data.Datasets.DatasetException e)
         {
@@ -119,7 +120,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         {
             if (!opened.Tokenizer.ToState().Tokens.SequenceEqual(tokenizer.ToState().Tokens) || !opened.Labels.Names.SequenceEqual(labels.Names))
                 throw new InvalidOperationException($"job {request.JobId}: dataset {named.Uri} has another vocabulary or labels than the job's");
-            return new DatasetRows(request.JobId, spec, opened, request.StepsPerEpoch);
+            return new DatasetRows(request.JobId, spec, opened, request.StepsPerEpoch, request.TotalSteps);
         }
         catch
         {
@@ -384,6 +385,8 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             {
                 throw new InvalidOperationException($"job {job.JobId}: evaluation: {e.Message}", e);
             }
+            // The shards read so far (the validation split's included) are checked whole before the figures count.
+            if (job.ValidationFromDataset && job.Dataset is { } read) await read.VerifiedAsync("evaluation", cancel).ConfigureAwait(false);
             // What the protocol reports: the loss, and a classifier's accuracy and macro-F1.
             return new EvalMetrics(m.Loss, m.Count, m.Accuracy, m.MacroF1);
         }

@@ -145,6 +145,29 @@ public sealed class DatasetJobTests
         Assert.True(again.State == JobState.Succeeded, $"{again.State} {again.Message}");
     }
 
+    [Fact]
+    public async Task A_shard_altered_in_place_under_a_job_fails_it_naming_the_shard_and_the_dataset()
+    {
+        using var tmp = new TempDir();
+        var (spec, file) = MemoryJob(tmp, TaskKinds.LanguageModel);
+        var dataset = Prepare(spec, file, Path.Combine(tmp.Path, "ds"));
+        var shard = Path.Combine(dataset, "train-00000.tokens");
+        var bytes = File.ReadAllBytes(shard);
+        var width = bytes.Length / System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dataset, DatasetLayout.ManifestFile)))!["train"]!["shards"]![0]!["token_count"]!.GetValue<int>();
+        // Same size, other bytes, every id still inside the vocabulary: two different ids swapped. Only the SHA-256 tells.
+        var other = Enumerable.Range(1, bytes.Length / width - 1).First(i => !bytes.AsSpan(i * width, width).SequenceEqual(bytes.AsSpan(0, width)));
+        var first = bytes[..width];
+        bytes.AsSpan(other * width, width).CopyTo(bytes);
+        first.CopyTo(bytes, other * width);
+        File.WriteAllBytes(shard, bytes);
+        await using var cluster = await StartAsync(tmp.Path, new ShardTap());
+        var (info, losses) = await RunAsync(cluster, tmp, DatasetJob(spec, dataset), "dataset.json");
+        // The check runs beside the steps; the last step waits for it, so the job cannot end as if the data were fine.
+        Assert.True(info.State == JobState.Failed, $"{info.State} {info.Message} after {losses.Length} steps");
+        Assert.Contains($"dataset {dataset}: train-00000.tokens does not match its SHA-256 in the manifest ({shard}: SHA-256 is ", info.Message);
+        Assert.True(losses.Length < 12, $"{losses.Length} steps ended");
+    }
+
     /// <summary>Rewrites file <paramref name="name"/> of <paramref name="dataset"/> and its size and SHA-256 in the manifest (<paramref name="edit"/>: more manifest edits), as a dataset made elsewhere could be.</summary>
     static void Rewrite(string dataset, string name, byte[] bytes, Action<System.Text.Json.Nodes.JsonObject>? edit = null)
     {

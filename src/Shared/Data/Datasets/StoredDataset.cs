@@ -11,7 +11,9 @@ namespace Dtrain.Data.Datasets;
 /// version, totals); a split's shards are opened when a read first touches them (<see cref="PreparedSplit"/>), so a
 /// coordinator that plans from the counts never reads a token. A shard is checked against its size and SHA-256 in the
 /// manifest when it is opened — memory-mapped in place from a directory; from S3 fetched whole into the store's disk
-/// cache (checked there) and mapped, the next shard of the split fetched in the background meanwhile. Every problem is a
+/// cache (checked there) and mapped, the next shard of the split fetched in the background meanwhile. With
+/// <see cref="ShardVerification.Background"/> (a worker), a local shard's size is checked when it is opened and its
+/// SHA-256 afterwards on a low-priority background thread (<see cref="ThrowIfCorrupt"/>, <see cref="VerifiedAsync"/>). Every problem is a
 /// <see cref="DatasetException"/> naming the dataset's URI and the file: a missing or truncated shard, a shard or a
 /// manifest that changed under the job (<see cref="ManifestSha256"/> differs from the one the job started with), storage
 /// that cannot be reached.
@@ -23,12 +25,14 @@ public sealed class StoredDataset : IDisposable
     readonly List<PreparedShard> shards = [];
     readonly List<Task> readAheads = [];
     readonly CancellationTokenSource closing = new();
+    readonly ShardVerifier? verifier;
     int disposed;
 
-    StoredDataset(string uri, IDatasetStore store, DatasetManifest manifest, string manifestSha256, ITokenizer tokenizer)
+    StoredDataset(string uri, IDatasetStore store, DatasetManifest manifest, string manifestSha256, ITokenizer tokenizer, ShardVerification verification)
     {
         Uri = uri;
         this.store = store;
+        if (verification == ShardVerification.Background && store is LocalDatasetStore) verifier = new ShardVerifier(uri, store.UriOf);
         Manifest = manifest;
         ManifestSha256 = manifestSha256;
         Tokenizer = tokenizer;
@@ -52,12 +56,38 @@ public sealed class StoredDataset : IDisposable
     /// <summary>How many shards of either split have been opened.</summary>
     public int ShardsOpened => Train.ShardsOpened + Validation.ShardsOpened;
 
+    /// <summary>With <see cref="ShardVerification.Background"/>: how many files of the opened shards have been checked whole and matched.</summary>
+    public int FilesVerified => verifier?.Verified ?? 0;
+
+    /// <summary>
+    /// With <see cref="ShardVerification.Background"/>: throws the <see cref="DatasetException"/> of the first opened shard
+    /// whose SHA-256 turned out not to match (naming the dataset, the file and its URI); else nothing (checks still
+    /// running are not waited for).
+    /// </summary>
+    public void ThrowIfCorrupt()
+    {
+        if (verifier?.Failure is { } failure) throw new DatasetException(failure.Dataset, failure.File, failure.Problem);
+    }
+
+    /// <summary>
+    /// Completes when every shard opened so far has been checked whole against its SHA-256 (at once unless
+    /// <see cref="ShardVerification.Background"/>); throws as <see cref="ThrowIfCorrupt"/> when one did not match.
+    /// </summary>
+    public async Task VerifiedAsync(CancellationToken cancel = default)
+    {
+        if (verifier is null) return;
+        await verifier.Idle.WaitAsync(cancel).ConfigureAwait(false);
+        ThrowIfCorrupt();
+    }
+
     /// <summary>
     /// Opens the dataset at <paramref name="uri"/> (its manifest and tokenizer only). With <paramref name="expectedManifestSha256"/>,
     /// a manifest with another SHA-256 is refused: the dataset changed since the job started.
     /// </summary>
+    /// <param name="verification">When a local shard's SHA-256 is checked: as it is opened, or in the background (S3 shards are always checked as they are fetched).</param>
     /// <exception cref="DatasetException">No dataset there, an unknown version, an inconsistent manifest, storage failing, or another manifest than expected.</exception>
-    public static async Task<StoredDataset> OpenAsync(string uri, string? expectedManifestSha256 = null, S3StoreOptions? s3 = null, CancellationToken cancel = default)
+    public static async Task<StoredDataset> OpenAsync(string uri, string? expectedManifestSha256 = null, S3StoreOptions? s3 = null, CancellationToken cancel = default,
+        ShardVerification verification = ShardVerification.AtOpen)
     {
         IDatasetStore store;
         try
@@ -94,7 +124,7 @@ public sealed class StoredDataset : IDisposable
             if (tokenizer.VocabSize != manifest.VocabSize)
                 throw new DatasetException(uri, manifest.Tokenizer.Name, $"holds {tokenizer.VocabSize} tokens, the manifest says {manifest.VocabSize}");
             CheckTotals(uri, manifest);
-            return new StoredDataset(uri, store, manifest, sha, tokenizer);
+            return new StoredDataset(uri, store, manifest, sha, tokenizer, verification);
         }
         catch
         {
@@ -172,13 +202,16 @@ public sealed class StoredDataset : IDisposable
 
     static IEnumerable<DatasetFile> Files(DatasetShard s) => new[] { s.Tokens, s.Offsets, s.Labels }.OfType<DatasetFile>();
 
-    /// <summary>A local path holding <paramref name="file"/> whole, checked against its size and SHA-256.</summary>
+    /// <summary>
+    /// A local path holding <paramref name="file"/> whole, checked against its size and SHA-256 (with
+    /// <see cref="ShardVerification.Background"/> and a local store: its size, the SHA-256 queued for the background).
+    /// </summary>
     async Task<string> Fetch(DatasetFile file, CancellationToken cancel = default)
     {
         string path;
         try
         {
-            path = await store.LocalFileAsync(file.Name, file.Sha256, cancel).ConfigureAwait(false);
+            path = await store.LocalFileAsync(file.Name, verifier is null ? file.Sha256 : null, cancel).ConfigureAwait(false);
         }
         catch (DatasetStorageException e) when (e.Problem.StartsWith("no such file", StringComparison.Ordinal) || e.Problem.StartsWith("no such object", StringComparison.Ordinal))
         {
@@ -195,8 +228,29 @@ public sealed class StoredDataset : IDisposable
         {
             throw new DatasetException(Uri, file.Name, e.Problem);
         }
-        var length = new FileInfo(path).Length;
-        if (length != file.Bytes) throw new DatasetException(Uri, file.Name, PreparedDataset.SizeProblem(length, file.Bytes));
+        if (verifier is null)
+        {
+            var length = new FileInfo(path).Length;
+            if (length != file.Bytes) throw new DatasetException(Uri, file.Name, PreparedDataset.SizeProblem(length, file.Bytes));
+            return path;
+        }
+        // The size of the file as opened (what will be mapped); its bytes are checked in the background.
+        long opened;
+        try
+        {
+            using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete);
+            opened = RandomAccess.GetLength(handle);
+        }
+        catch (NotSupportedException)
+        {
+            throw new DatasetException(Uri, file.Name, $"is not a regular file ({store.UriOf(file.Name)}: a pipe or a device): the dataset changed under the job");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new DatasetException(Uri, file.Name, $"cannot be opened ({store.UriOf(file.Name)}): {e.Message}");
+        }
+        if (opened != file.Bytes) throw new DatasetException(Uri, file.Name, $"{PreparedDataset.SizeProblem(opened, file.Bytes)}: the dataset changed under the job");
+        verifier.Enqueue(file, path);
         return path;
     }
 
@@ -204,6 +258,7 @@ public sealed class StoredDataset : IDisposable
     {
         if (Interlocked.Exchange(ref disposed, 1) != 0) return;
         closing.Cancel();
+        verifier?.Dispose();
         Task[] pending;
         lock (readAheads) pending = [.. readAheads];
         // Cancelled: they end at once (their errors were observed).

@@ -167,6 +167,44 @@ public sealed class StoredDatasetTests : IDisposable
     }
 
     [Fact]
+    public async Task Verified_in_the_background_a_shard_altered_in_place_fails_naming_it_and_a_truncated_one_fails_at_once()
+    {
+        var root = Prepared();
+        using var ds = await StoredDataset.OpenAsync(root, verification: ShardVerification.Background);
+        var shard = Path.Combine(root, "train-00001.tokens");
+        var bytes = File.ReadAllBytes(shard);
+        // Same size, other bytes: only the SHA-256 tells.
+        bytes[0] ^= 1;
+        File.WriteAllBytes(shard, bytes);
+        var some = new int[5];
+        // The read does not wait for the check (the ids read are the altered file's).
+        ds.Train.Read(100, some);
+        var e = await Assert.ThrowsAsync<DatasetException>(() => ds.VerifiedAsync());
+        Assert.Contains($"dataset {root}: train-00001.tokens does not match its SHA-256 in the manifest ({shard}: SHA-256 is ", e.Message);
+        Assert.Contains("the dataset changed under the job", e.Message);
+        Assert.Equal(e.Message, Assert.Throws<DatasetException>(ds.ThrowIfCorrupt).Message);
+        // A truncated shard fails when it is opened, naming it.
+        var third = Path.Combine(root, "train-00002.tokens");
+        File.WriteAllBytes(third, File.ReadAllBytes(third)[..10]);
+        e = Assert.Throws<DatasetException>(() => ds.Train.Read(200, some));
+        Assert.Contains($"dataset {root}: train-00002.tokens is truncated: 10 bytes", e.Message);
+    }
+
+    [Fact]
+    public async Task Verified_in_the_background_the_shards_read_are_checked_whole_and_match()
+    {
+        var root = Prepared();
+        using var expected = PreparedDataset.Open(root);
+        using var ds = await StoredDataset.OpenAsync(root, verification: ShardVerification.Background);
+        var some = new int[150];
+        ds.Train.Read(90, some);
+        Assert.Equal(expected.Train.ReadAllTokens()[90..240], some);
+        await ds.VerifiedAsync();
+        Assert.Equal(ds.ShardsOpened, ds.FilesVerified);
+        ds.ThrowIfCorrupt();
+    }
+
+    [Fact]
     public async Task S3_unreachable_is_refused_naming_the_manifest_uri_after_the_retries()
     {
         var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
