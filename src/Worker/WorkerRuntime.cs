@@ -301,7 +301,16 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         {
             // A step out of turn is refused before its rows are taken, so that its retry has them.
             job.Work.CheckTurn(request.Step);
-            var shardStep = await job.TakeAsync(request.Step, linked.Token).ConfigureAwait(false);
+            ShardRows? shardStep;
+            try
+            {
+                shardStep = await job.TakeAsync(request.Step, linked.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (job.Cancel.IsCancellationRequested || abandoned.IsCancellationRequested)
+            {
+                // Stopped while awaiting its dataset rows: as a step stopped while it computes.
+                throw Stopped(job, request.Step, abandoned);
+            }
             var carries = job.TrainingTask.CarriesState(job.Spec);
             var rows = AssignedJob.ToRows(shardStep, lengths: job.TrainingTask.HasLabels);
             if (shardStep is null && job.StepsReceived == 0 && request.Step == job.StartStep)

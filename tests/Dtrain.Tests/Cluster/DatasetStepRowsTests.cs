@@ -3,6 +3,7 @@ using Dtrain.Cluster;
 using Dtrain.Data;
 using Dtrain.Data.Datasets;
 using Dtrain.Distributed.Pipeline;
+using Dtrain.Rpc;
 using Dtrain.Specs;
 using Dtrain.Tests.Data.Datasets;
 using Dtrain.Tests.Support;
@@ -91,6 +92,60 @@ public sealed class DatasetStepRowsTests : IDisposable
         {
             returned.TrySetResult();
             await writer.ContinueWith(_ => { }, TaskScheduler.Default);
+            await slot.ReleaseAsync("test over");
+        }
+    }
+
+    [Fact]
+    public async Task A_step_abandoned_while_awaiting_its_rows_ends_as_abandoned_not_as_a_bare_cancellation()
+    {
+        var file = dir.Write("corpus.txt", string.Concat(Enumerable.Range(0, 40).Select(i => $"Line {i}: some words {i % 7}\n")));
+        var o = PrepareTestSupport.Options(Path.Combine(dir.Path, "ds"), [file]);
+        DatasetPreparer.Prepare(o);
+        var root = o.Output;
+        var lm = TestJobs.CharLm("unused.txt");
+        var spec = lm with { Data = new DataSpec { Dataset = root }, Training = lm.Training with { BatchSize = 4, SeqLen = 8, LmSampling = LmSamplingKinds.Stream } };
+        string sha;
+        TokenizerState tokenizer;
+        long stepsPerEpoch;
+        BatchRows expected;
+        using (var ds = await StoredDataset.OpenAsync(root))
+        {
+            sha = ds.ManifestSha256;
+            tokenizer = ds.Tokenizer.ToState();
+            using var reader = new DatasetRows("probe", spec, ds, TrainingTasks.For(spec).TrainBatches(spec, PreparedData.FromDataset(ds)).StepsPerEpoch);
+            stepsPerEpoch = reader.Source.StepsPerEpoch;
+            expected = reader.Source.GetRows(new StepPosition(0, 0), 0, 4)!;
+        }
+        // Shard 0 becomes a pipe: opening it waits until the test opens its other end, so the step awaits its rows.
+        var shard = Path.Combine(root, "train-00000.tokens");
+        File.Delete(shard);
+        using (var mkfifo = Process.Start("mkfifo", [shard])) await mkfifo.WaitForExitAsync();
+
+        var slot = new WorkerSlot(NullLogger<WorkerSlot>.Instance);
+        var runtime = new WorkerRuntime(slot, new WorkerJobKindsTests.LocalRing(), new WorkerJobKindsTests.NoPeers(), new WorkerOptions(), new StageMailboxes(), NullLogger<WorkerRuntime>.Instance);
+        try
+        {
+            await runtime.AssignAsync(new Assignment
+            {
+                JobId = JobId, Generation = 1, SpecJson = JobSpecSerializer.Serialize(spec), Rank = 0, World = 1,
+                Peers = [new ClusterPeer(0, "w1", "http://w1.in-memory.invalid:1")], Tokenizer = tokenizer, Labels = [],
+                TotalSteps = 10, StepsPerEpoch = stepsPerEpoch, Threads = 1, Dataset = new AssignedDataset(root, sha),
+            }, CancellationToken.None);
+            var planned = new ShardRows(0, expected.Rows, expected.Width, [], [], null, expected.Count, ResetState: true) { Planned = true, RowStart = 0 };
+            Assert.Equal(1, await runtime.LoadShardAsync(JobId, new[] { ShardSlice.Of([planned]) }.ToAsyncEnumerable(), CancellationToken.None));
+            var step = runtime.RunStepAsync(new StepCommand(JobId, 0, spec.Optimizer.Lr, expected.Count), CancellationToken.None);
+            Assert.False(step.IsCompleted, "the step did not await its rows");
+            // A new membership generation abandons the step while it awaits its rows.
+            var abort = runtime.AbortAsync(JobId, 2, "test");
+            var e = await Assert.ThrowsAsync<WorkStoppedException>(() => step);
+            Assert.Equal($"job {JobId}: step 0 abandoned for a new membership generation", e.Message);
+            await abort;
+        }
+        finally
+        {
+            // The read still waiting on the pipe ends: its other end opened (read-write: never blocks on Linux) and closed.
+            using (new FileStream(shard, FileMode.Open, FileAccess.ReadWrite)) { }
             await slot.ReleaseAsync("test over");
         }
     }
