@@ -20,6 +20,7 @@ public sealed class WorkerMetrics
     private readonly Gauge phaseSeconds;
     private readonly Gauge transport;
     private readonly Gauge step;
+    private readonly Histogram dataWait;
 
     public WorkerMetrics(WorkerSlot slot)
     {
@@ -34,6 +35,8 @@ public sealed class WorkerMetrics
         phaseSeconds = f.CreateGauge("dtrain_worker_phase_seconds", "How long this worker has been in its current phase.");
         transport = f.CreateGauge("dtrain_worker_transport_info", "1 for the ring transport this worker's job uses now (grpc, ...; none without a ring).", "transport");
         step = f.CreateGauge("dtrain_worker_step", "The step this worker works on (from 1; 0 when idle).");
+        dataWait = f.CreateHistogram("dtrain_worker_data_wait_seconds", "Dataset jobs: how long one step waited for its rows to be read from the dataset (0 when read ahead in time).",
+            new HistogramConfiguration { LabelNames = ["job_id"], Buckets = [0, .. Seconds] });
         Registry.AddBeforeCollectCallback(() =>
         {
             var a = slot.Activity.Snapshot();
@@ -45,6 +48,9 @@ public sealed class WorkerMetrics
             transport.WithLabels(now).Set(1);
         });
     }
+
+    /// <summary>A dataset job's step waited <paramref name="wait"/> for its rows.</summary>
+    public void DataWait(string job, TimeSpan wait) => dataWait.WithLabels(job).Observe(wait.TotalSeconds);
 
     /// <summary>One step done: <paramref name="gradientFloats"/> summed over a ring of <paramref name="world"/> (0 when there was no all-reduce).</summary>
     public void Step(string job, double computeMs, double allReduceMs, long gradientFloats, int world, string ringTransport)

@@ -53,7 +53,7 @@ public static class WorkerProtocol
     {
         LossSum = r.LossSum, Count = r.Count, Rows = r.Rows, GradNorm = r.GradNorm, ParameterChecksum = r.ParameterChecksum,
         ComputeMs = r.ComputeMs, AllreduceMs = r.AllreduceMs, SquaredGradNorm = r.SquaredGradNorm, IdleMs = r.IdleMs,
-        Skipped = r.Skipped, Nonfinite = r.NonFinite,
+        Skipped = r.Skipped, Nonfinite = r.NonFinite, DataWaitMs = r.DataWaitMs,
     };
 
     public static ApplyCommand FromProto(ApplyStepRequest r) => new(r.JobId, r.Step, r.Lr, r.GlobalCount, r.GlobalNorm, r.ReportChecksum, r.Skip);

@@ -302,6 +302,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             // A step out of turn is refused before its rows are taken, so that its retry has them.
             job.Work.CheckTurn(request.Step);
             ShardRows? shardStep;
+            var awaiting = System.Diagnostics.Stopwatch.GetTimestamp();
             try
             {
                 shardStep = await job.TakeAsync(request.Step, linked.Token).ConfigureAwait(false);
@@ -311,6 +312,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
                 // Stopped while awaiting its dataset rows: as a step stopped while it computes.
                 throw Stopped(job, request.Step, abandoned);
             }
+            var dataWait = System.Diagnostics.Stopwatch.GetElapsedTime(awaiting);
             var carries = job.TrainingTask.CarriesState(job.Spec);
             var rows = AssignedJob.ToRows(shardStep, lengths: job.TrainingTask.HasLabels);
             if (shardStep is null && job.StepsReceived == 0 && request.Step == job.StartStep)
@@ -327,8 +329,10 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             }
             completed = true;
             state.Step = request.Step;
-            var result = report.Result;
+            // A dataset job's rows: how long this step waited for them (read ahead while the step before ran, usually none).
+            var result = job.Dataset is null ? report.Result : report.Result with { DataWaitMs = dataWait.TotalMilliseconds };
             metrics?.Step(job.JobId, result.ComputeMs, result.AllreduceMs, report.SummedValues, job.WorldSize, report.Transport);
+            if (job.Dataset is not null) metrics?.DataWait(job.JobId, dataWait);
             log.LogDebug("job {JobId} step {Step}: {Rows} rows, compute {Compute:F1} ms, all-reduce {Reduce:F1} ms", job.JobId, request.Step, result.Rows, result.ComputeMs, result.AllreduceMs);
             if (result.Skipped)
                 log.LogWarning("job {JobId} step {Step}: skipped, the {What} summed over the replicas is not finite (local loss sum {Loss})", job.JobId, request.Step + 1, result.NonFinite, result.LossSum);

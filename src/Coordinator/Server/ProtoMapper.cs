@@ -219,7 +219,7 @@ public static class ProtoMapper
         {
             Step = s.Step, TotalSteps = s.TotalSteps, Epoch = s.Epoch, Loss = s.Loss, Lr = s.Lr, SamplesPerSecond = s.SamplesPerSecond,
             ElapsedSeconds = s.ElapsedSeconds, EtaSeconds = s.EtaSeconds, Workers = s.Workers, ComputeMs = s.ComputeMs, AllreduceMs = s.AllreduceMs,
-            StepMs = s.StepMs, Bubble = s.Bubble, Skipped = s.Skipped, Nonfinite = s.Nonfinite, GradNorm = s.GradNorm,
+            StepMs = s.StepMs, Bubble = s.Bubble, Skipped = s.Skipped, Nonfinite = s.Nonfinite, GradNorm = s.GradNorm, DataWaitMs = s.DataWaitMs,
         };
         e.StageComputeMs.AddRange(s.StageComputeMs);
         return e;
@@ -229,7 +229,7 @@ public static class ProtoMapper
     {
         Step = e.Step, TotalSteps = e.TotalSteps, Epoch = e.Epoch, Loss = e.Loss, Lr = e.Lr, SamplesPerSecond = e.SamplesPerSecond,
         ElapsedSeconds = e.ElapsedSeconds, EtaSeconds = e.EtaSeconds, Workers = e.Workers, ComputeMs = e.ComputeMs, AllreduceMs = e.AllreduceMs,
-        StepMs = e.StepMs, StageComputeMs = [.. e.StageComputeMs], Bubble = e.Bubble, Skipped = e.Skipped, Nonfinite = e.Nonfinite, GradNorm = e.GradNorm,
+        StepMs = e.StepMs, StageComputeMs = [.. e.StageComputeMs], Bubble = e.Bubble, Skipped = e.Skipped, Nonfinite = e.Nonfinite, GradNorm = e.GradNorm, DataWaitMs = e.DataWaitMs,
     };
 
     public static Metrics ToProto(this EvalMetrics m)

@@ -16,6 +16,8 @@ public sealed record StepResult
     public double AllreduceMs { get; init; }
     public double SquaredGradNorm { get; init; }
     public double IdleMs { get; init; }
+    /// <summary>A dataset job: how long the step waited for its rows to be read (0 when the read was done before the step took them).</summary>
+    public double DataWaitMs { get; init; }
     public bool Skipped { get; init; }
     /// <summary>What was not finite when skipped (<see cref="Training.NonFiniteCauses"/>), else "".</summary>
     public string NonFinite { get; init; } = "";

@@ -100,6 +100,10 @@ public sealed class DatasetJobTests
         AssertSameTraining(memory, memoryLosses, fromDataset, datasetLosses, "from the dataset");
         Assert.Equal(0, tap.Values);
         Assert.True(tap.PlannedSteps >= 12, $"{tap.PlannedSteps} planned steps reached the workers");
+        // Every step says how long it waited for its rows (the slowest replica's): something, and less than the step.
+        var steps = cluster.Client.History(new GetJobRequest { JobId = fromDataset.JobId }).Events.Where(e => e.KindCase == JobEvent.KindOneofCase.Step).Select(e => e.Step).ToList();
+        Assert.All(steps, s => Assert.True(s.DataWaitMs > 0 && s.DataWaitMs < s.StepMs, $"step {s.Step}: data wait {s.DataWaitMs} ms of {s.StepMs} ms"));
+        Assert.All(cluster.Client.History(new GetJobRequest { JobId = memory.JobId }).Events.Where(e => e.KindCase == JobEvent.KindOneofCase.Step), e => Assert.Equal(0, e.Step.DataWaitMs));
         Assert.True(tap.DatasetValidation >= 1, "rank 0 was told to evaluate on the dataset's validation split");
     }
 

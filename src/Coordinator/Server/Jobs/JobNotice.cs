@@ -28,6 +28,8 @@ public sealed record StepReport
     public bool Skipped { get; init; }
     public string Nonfinite { get; init; } = "";
     public double GradNorm { get; init; }
+    /// <summary>Dataset jobs: the longest any replica's step waited for its rows to be read, in milliseconds.</summary>
+    public double DataWaitMs { get; init; }
 }
 
 /// <summary>

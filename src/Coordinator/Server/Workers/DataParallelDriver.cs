@@ -192,7 +192,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                 job.PublishStep(new StepReport
                 {
                     Step = done, TotalSteps = total, Epoch = epoch, Loss = loss, Lr = current.Lr, SamplesPerSecond = sps, ElapsedSeconds = prepared.ElapsedBefore + elapsed, EtaSeconds = eta, Workers = world,
-                    ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs),
+                    ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs), DataWaitMs = replies.Max(r => r.DataWaitMs),
                     // From when this step could start (sent, and the step before it finished) to its last reply.
                     StepMs = stepMs, GradNorm = replies[0].GradNorm,
                     Skipped = skipped is not null, Nonfinite = skipped is null ? "" : replies[0].NonFinite,

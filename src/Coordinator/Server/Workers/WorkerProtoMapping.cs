@@ -91,7 +91,7 @@ public static class WorkerProtoMapping
     {
         LossSum = r.LossSum, Count = r.Count, Rows = r.Rows, GradNorm = r.GradNorm, ParameterChecksum = r.ParameterChecksum,
         ComputeMs = r.ComputeMs, AllreduceMs = r.AllreduceMs, SquaredGradNorm = r.SquaredGradNorm, IdleMs = r.IdleMs,
-        Skipped = r.Skipped, NonFinite = r.Nonfinite,
+        Skipped = r.Skipped, NonFinite = r.Nonfinite, DataWaitMs = r.DataWaitMs,
     };
 
     public static ApplyStepRequest ToProto(this ApplyCommand c) =>
