@@ -38,12 +38,18 @@ public sealed class DatasetRows : IDisposable
         vocabSize = dataset.Tokenizer.VocabSize;
         labels = dataset.Labels.Count;
         Source = task.TrainBatches(spec, Data);
+        var validation = new CheckedValidation(this);
+        Validation = new PreparedData
+        {
+            Tokenizer = dataset.Tokenizer, Labels = dataset.Labels, Dataset = dataset, Report = Data.Report,
+            ValidationStream = validation, ValidationRecords = validation,
+        };
         if (Source.StepsPerEpoch != stepsPerEpoch)
             throw new InvalidOperationException($"job {jobId}: dataset {dataset.Uri} makes {Source.StepsPerEpoch} steps per epoch here, the coordinator planned {stepsPerEpoch}: the dataset is not the one the job was planned from");
     }
 
     public StoredDataset Dataset { get; }
-    /// <summary>The dataset's splits (for evaluation on its validation split).</summary>
+    /// <summary>The dataset's splits as read (unchecked: the training rows are checked per step, the validation split through <see cref="Validation"/>).</summary>
     public PreparedData Data { get; }
     public IBatchSource Source { get; }
 
@@ -87,10 +93,17 @@ public sealed class DatasetRows : IDisposable
     }
 
     /// <summary>
-    /// Checks the dataset's validation split before the job evaluates on it (once): a language model's holds at least 2
-    /// tokens, every id is inside the vocabulary and every record (a classifier's) has tokens and a label of the set —
-    /// a bad id would reach libtorch, whose errors abort the process. A failure is an
+    /// The dataset's validation split as evaluation reads it: every id, record and label is checked as it is read, before
+    /// it reaches torch (a bad id would reach libtorch, whose errors abort the process), so only what evaluation reads is
+    /// read — the first eval_batches batches, not the whole split. A language model's ids inside the vocabulary; a
+    /// classifier's records have tokens, ids inside the vocabulary and a label of the set. A failure is an
     /// <see cref="InvalidOperationException"/> naming the job, the dataset and the file.
+    /// </summary>
+    public PreparedData Validation { get; }
+
+    /// <summary>
+    /// Checks what the manifest says of the validation split before the job first evaluates on it: a language model's
+    /// holds at least 2 tokens (its ids are checked as evaluation reads them, <see cref="Validation"/>).
     /// </summary>
     public void CheckValidation()
     {
@@ -98,51 +111,67 @@ public sealed class DatasetRows : IDisposable
         {
             if (validationChecked) return;
             var split = Dataset.Validation;
-            string Problem(string file, string problem) => $"job {jobId}: evaluation: dataset {Dataset.Uri}: {file}: {problem}";
             if (!task.HasLabels && split.Tokens < 2)
-                throw new InvalidOperationException(Problem(DatasetLayout.ManifestFile, $"the validation split holds {split.Tokens} token(s); a language model needs at least 2 to evaluate"));
-            try
-            {
-                for (var i = 0; i < split.Entry.Shards.Count; i++)
-                {
-                    var shard = split.Shard(i);
-                    var file = shard.Entry.Tokens.Name;
-                    if (task.HasLabels)
-                    {
-                        for (long k = 0; k < shard.Records; k++)
-                        {
-                            var (ids, label) = shard.Record(k);
-                            if (ids.Length == 0) throw new InvalidOperationException(Problem(file, $"validation record {k} has no tokens"));
-                            if ((uint)label >= (uint)labels) throw new InvalidOperationException(Problem(shard.Entry.Labels?.Name ?? file, $"validation record {k}: label id {label} outside [0, {labels})"));
-                            CheckIds(ids, k, "record", file);
-                        }
-                    }
-                    else
-                    {
-                        var chunk = new int[65536];
-                        for (long at = 0; at < shard.TokenCount; at += chunk.Length)
-                        {
-                            var n = (int)Math.Min(chunk.Length, shard.TokenCount - at);
-                            shard.Read(at, chunk.AsSpan(0, n));
-                            for (var j = 0; j < n; j++)
-                                if ((uint)chunk[j] >= (uint)vocabSize)
-                                    throw new InvalidOperationException(Problem(file, $"id {chunk[j]} at token {at + j} outside the vocabulary [0, {vocabSize})"));
-                        }
-                    }
-                }
-            }
-            catch (DatasetException e)
-            {
-                throw new InvalidOperationException($"job {jobId}: evaluation: {e.Message}", e);
-            }
+                throw Problem(DatasetLayout.ManifestFile, $"the validation split holds {split.Tokens} token(s); a language model needs at least 2 to evaluate");
             validationChecked = true;
+        }
+    }
 
-            void CheckIds(int[] ids, long record, string what, string file)
+    private InvalidOperationException Problem(string file, string problem) => new($"job {jobId}: evaluation: dataset {Dataset.Uri}: {file}: {problem}");
+
+    /// <summary>The validation split, every id, record and label checked as it is read (<see cref="Validation"/>).</summary>
+    private sealed class CheckedValidation(DatasetRows rows) : ITokenSequence, IRecordSource
+    {
+        private PreparedSplit Split => rows.Dataset.Validation;
+
+        public long Length => ((ITokenSequence)Split).Length;
+
+        public int Count => ((IRecordSource)Split).Count;
+
+        public void Read(long offset, Span<int> destination)
+        {
+            ((ITokenSequence)Split).Read(offset, destination);
+            for (var j = 0; j < destination.Length; j++)
+                if ((uint)destination[j] >= (uint)rows.vocabSize)
+                {
+                    var (shard, at) = Locate(offset + j, s => s.TokenCount);
+                    throw rows.Problem(shard.Tokens.Name, $"id {destination[j]} at token {at} outside the vocabulary [0, {rows.vocabSize})");
+                }
+        }
+
+        public int[] Tokens(int index)
+        {
+            var ids = ((IRecordSource)Split).Tokens(index);
+            if (ids.Length == 0 || ids.Any(id => (uint)id >= (uint)rows.vocabSize))
             {
-                foreach (var id in ids)
-                    if ((uint)id >= (uint)vocabSize)
-                        throw new InvalidOperationException(Problem(file, $"validation {what} {record}: id {id} outside the vocabulary [0, {vocabSize})"));
+                var (shard, k) = Locate(index, s => s.Records);
+                if (ids.Length == 0) throw rows.Problem(shard.Tokens.Name, $"validation record {k} has no tokens");
+                var bad = ids.First(id => (uint)id >= (uint)rows.vocabSize);
+                throw rows.Problem(shard.Tokens.Name, $"validation record {k}: id {bad} outside the vocabulary [0, {rows.vocabSize})");
             }
+            return ids;
+        }
+
+        public int Label(int index)
+        {
+            var label = ((IRecordSource)Split).Label(index);
+            if ((uint)label >= (uint)rows.labels)
+            {
+                var (shard, k) = Locate(index, s => s.Records);
+                throw rows.Problem(shard.Labels?.Name ?? shard.Tokens.Name, $"validation record {k}: label id {label} outside [0, {rows.labels})");
+            }
+            return label;
+        }
+
+        /// <summary>The shard holding item <paramref name="index"/> of the split (counted by <paramref name="count"/>), and its index there.</summary>
+        private (DatasetShard Shard, long At) Locate(long index, Func<DatasetShard, long> count)
+        {
+            foreach (var shard in Split.Entry.Shards)
+            {
+                if (index < count(shard)) return (shard, index);
+                index -= count(shard);
+            }
+            throw new ArgumentOutOfRangeException(nameof(index), index, "outside the validation split");
         }
     }
 

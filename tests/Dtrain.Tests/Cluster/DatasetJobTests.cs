@@ -180,11 +180,12 @@ public sealed class DatasetJobTests
         File.WriteAllBytes(Path.Combine(dataset, name), bytes);
         foreach (var split in new[] { "train", "validation" })
             foreach (var shard in manifest[split]!["shards"]!.AsArray())
-                if ((string?)shard!["tokens"]!["name"] == name)
-                {
-                    shard["tokens"]!["bytes"] = bytes.Length;
-                    shard["tokens"]!["sha256"] = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bytes));
-                }
+                foreach (var kind in new[] { "tokens", "offsets", "labels" })
+                    if (shard![kind] is { } entry && (string?)entry["name"] == name)
+                    {
+                        entry["bytes"] = bytes.Length;
+                        entry["sha256"] = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bytes));
+                    }
         edit?.Invoke(manifest);
         File.WriteAllText(path, manifest.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
     }
@@ -205,6 +206,40 @@ public sealed class DatasetJobTests
         var (info, _) = await RunAsync(cluster, tmp, DatasetJob(spec, dataset), "dataset.json");
         Assert.Equal(JobState.Failed, info.State);
         Assert.Contains($"dataset {dataset}: validation-00000.tokens: id 65535 at token 0 outside the vocabulary", info.Message);
+    }
+
+    [Theory]
+    [InlineData("label")]
+    [InlineData("empty")]
+    public async Task A_classifier_validation_record_without_tokens_or_with_a_label_outside_the_set_fails_the_job_naming_the_dataset_and_the_file(string fault)
+    {
+        using var tmp = new TempDir();
+        var (spec, file) = MemoryJob(tmp, TaskKinds.Classification);
+        var dataset = Prepare(spec, file, Path.Combine(tmp.Path, "ds"));
+        var entry = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dataset, DatasetLayout.ManifestFile)))!["validation"]!["shards"]![0]!;
+        string name, expected;
+        if (fault == "label")
+        {
+            // Record 0's label becomes 99: the set has 2.
+            name = (string)entry["labels"]!["name"]!;
+            var labels = File.ReadAllBytes(Path.Combine(dataset, name));
+            BitConverter.TryWriteBytes(labels.AsSpan(0, 4), 99);
+            Rewrite(dataset, name, labels);
+            expected = $"dataset {dataset}: {name}: validation record 0: label id 99 outside [0, 2)";
+        }
+        else
+        {
+            // Record 0 ends where it starts (its ids go to record 1): it has no tokens.
+            name = (string)entry["offsets"]!["name"]!;
+            var offsets = File.ReadAllBytes(Path.Combine(dataset, name));
+            BitConverter.TryWriteBytes(offsets.AsSpan(8, 8), 0UL);
+            Rewrite(dataset, name, offsets);
+            expected = $"dataset {dataset}: {(string)entry["tokens"]!["name"]!}: validation record 0 has no tokens";
+        }
+        await using var cluster = await StartAsync(tmp.Path, new ShardTap());
+        var (info, _) = await RunAsync(cluster, tmp, DatasetJob(spec, dataset), "dataset.json");
+        Assert.Equal(JobState.Failed, info.State);
+        Assert.Contains(expected, info.Message);
     }
 
     [Fact]
