@@ -243,6 +243,42 @@ public sealed class DatasetJobTests
     }
 
     [Fact]
+    public async Task A_validation_id_outside_the_vocabulary_that_evaluation_does_not_read_is_not_read()
+    {
+        using var tmp = new TempDir();
+        var (spec, file) = MemoryJob(tmp, TaskKinds.LanguageModel);
+        // One batch: 7 streams of 12 tokens (+1) from the starts of 7 equal stretches of the split. Token 30 is read by
+        // the third batch of stream 0, not the first.
+        spec = spec with { Training = spec.Training with { EvalBatches = 1 } };
+        var dataset = Prepare(spec, file, Path.Combine(tmp.Path, "ds"));
+        var manifest = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dataset, DatasetLayout.ManifestFile)))!["validation"]!;
+        Assert.True(manifest["tokens"]!.GetValue<long>() > 7 * 40, $"the validation split holds {manifest["tokens"]} tokens: too few for this test");
+        long at = 30;
+        var shard = manifest["shards"]!.AsArray().First(x =>
+        {
+            var count = x!["token_count"]!.GetValue<long>();
+            if (at < count) return true;
+            at -= count;
+            return false;
+        })!;
+        var name = (string)shard["tokens"]!["name"]!;
+        var bytes = File.ReadAllBytes(Path.Combine(dataset, name));
+        var width = bytes.Length / shard["token_count"]!.GetValue<int>();
+        // That id becomes 65535 (2- or 4-byte ids, little-endian).
+        bytes.AsSpan((int)at * width, width).Fill(0);
+        bytes[at * width] = 0xFF;
+        bytes[at * width + 1] = 0xFF;
+        Rewrite(dataset, name, bytes);
+        await using var cluster = await StartAsync(tmp.Path, new ShardTap());
+        var (info, _) = await RunAsync(cluster, tmp, DatasetJob(spec, dataset), "dataset.json");
+        Assert.True(info.State == JobState.Succeeded, $"{info.State} {info.Message}");
+        // Evaluating the whole split reads it, and fails naming it.
+        var (whole, _) = await RunAsync(cluster, tmp, DatasetJob(spec with { Training = spec.Training with { EvalBatches = 0 } }, dataset), "whole.json");
+        Assert.Equal(JobState.Failed, whole.State);
+        Assert.Contains($"dataset {dataset}: {name}: id 65535 at token {at} outside the vocabulary", whole.Message);
+    }
+
+    [Fact]
     public async Task A_validation_split_of_one_token_fails_the_job_naming_the_dataset_and_its_manifest()
     {
         using var tmp = new TempDir();
