@@ -3,7 +3,7 @@ using static TorchSharp.torch;
 
 // Usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--report FILE] | allreduce
 //        | pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8] | pipeline links [rounds] | elastic
-//        | history | activity | prepare [--mb N] [--threads 1,2] | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model | recurrent
+//        | history | activity | prepare [--mb N] [--threads 1,2] | dataset-job [--sizes 10MB,100MB,1GB] [--steps N] [--dir DIR] [--s3 s3://bucket/prefix] | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model | recurrent
 //        | compose-allreduce [w1,w2] [--warmup N] [--steps N] [--clusters loopback,compose] [--transports auto,tcp] [--image TAG] [--report FILE]
 //        | serve [--requests N] [--total N] [--max-batch N] [--max-wait-ms N] [--words N] [--model PATH]
 //        | inference [--calls N] [--texts PATH.jsonl] [--model PATH]
@@ -142,6 +142,12 @@ int Dispatch()
             while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
             return InferenceBench.Run(root, args.Skip(1).ToArray());
         }
+        case "dataset-job":
+        {
+            var root = AppContext.BaseDirectory;
+            while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
+            return DatasetJobBench.Run(root, args.Skip(1).ToArray());
+        }
         case "prepare-one":
             return PrepareBench.One(args);
         case "recurrent":
@@ -149,7 +155,7 @@ int Dispatch()
         case "activity":
             return ActivityBench.Run();
         default:
-            Console.Error.WriteLine("usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--systems TEXT,...] [--report FILE] | allreduce [--transports ...] [--workers ...] [--sizes ...] [--rounds N] [--report FILE] | compose-allreduce [w1,w2] [--warmup N] [--steps N] [--clusters loopback,compose] [--transports auto,tcp] [--image TAG] [--report FILE] | pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8] | pipeline links [rounds] | elastic | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model | recurrent [--cell lstm|gru] [--hidden 256,1024] [--rows 8,16,32,64] [--batch 32] [--rounds 3] | serve [--help] | inference [--help]");
+            Console.Error.WriteLine("usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--systems TEXT,...] [--report FILE] | allreduce [--transports ...] [--workers ...] [--sizes ...] [--rounds N] [--report FILE] | compose-allreduce [w1,w2] [--warmup N] [--steps N] [--clusters loopback,compose] [--transports auto,tcp] [--image TAG] [--report FILE] | pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8] | pipeline links [rounds] | elastic | prepare [--mb N] [--threads 1,2] | dataset-job [--sizes 10MB,100MB,1GB] [--steps N] [--dir DIR] [--s3 s3://bucket/prefix] | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model | recurrent [--cell lstm|gru] [--hidden 256,1024] [--rows 8,16,32,64] [--batch 32] [--rounds 3] | serve [--help] | inference [--help]");
             return 2;
     }
 }

@@ -196,6 +196,9 @@ public sealed class LocalCluster : IDisposable
     /// <summary>Kills worker <paramref name="index"/> (0-based) abruptly, as a crash would.</summary>
     public void KillWorker(int index) => processes[index + 1].Kill(entireProcessTree: true);
 
+    /// <summary>Process id of the coordinator (e.g. to read its peak memory).</summary>
+    public int CoordinatorProcessId => processes[0].Id;
+
     /// <summary>Process id of worker <paramref name="index"/> (0-based), e.g. to stop it with SIGSTOP as a hang would.</summary>
     public int WorkerProcessId(int index) => processes[index + 1].Id;
 
