@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using Dtrain.Cli;
 using Dtrain.Data.Datasets;
+using Dtrain.Data.Storage;
 using Dtrain.Protos.Jobs;
 using Dtrain.Specs;
 
@@ -12,8 +13,8 @@ namespace Dtrain.Bench;
 /// dataset (data.dataset) as the corpus grows. For each size, bundled text (Moby Dick, data/) repeated to that size is
 /// prepared (char tokenizer, language model) into a temporary directory, and the same job — the quickstart model (W1:
 /// char LSTM, 2 layers, hidden 256, batch 32 x 64), N steps, no evaluation or checkpoint before the end — runs from it on
-/// a fresh local loopback cluster of a coordinator and 2 workers x 1 thread (and, with --s3, from a copy prepared under
-/// that prefix, read through each worker's S3 cache). One table: the coordinator's and each worker's peak RSS (VmHWM
+/// a fresh local loopback cluster of a coordinator and 2 workers x 1 thread (and, with --s3, from a copy published under
+/// that prefix, read through the workers' S3 cache). One table: the coordinator's and each worker's peak RSS (VmHWM
 /// after the job) and each rank's ratio to the same rank in the smallest size's run of the same source, submit to first step, and the
 /// steps' data wait (the slowest replica's time awaiting its rows) as a share of step time. Targets (issue 23):
 /// coordinator ≤ 300 MB, each worker within 10 % of the smallest corpus's, submit to first step ≤ 10 s, data wait ≤ 1 %
@@ -55,8 +56,10 @@ internal static class DatasetJobBench
                 string? remote = null;
                 if (s3 is not null)
                 {
+                    // As `dtrain prepare -o s3://... --force` does: the prepared directory published with its manifest last.
                     remote = $"{s3.TrimEnd('/')}/dtrain-bench-{size}";
-                    Prepare(corpus, remote);
+                    using var store = new S3DatasetStore(remote);
+                    store.PublishDirectoryAsync(local, DatasetLayout.ManifestFile, true, CancellationToken.None).GetAwaiter().GetResult();
                 }
                 File.Delete(corpus);
                 runs.Add(Job("local", local, size, shards, steps, temp, remote: false));
@@ -108,19 +111,17 @@ internal static class DatasetJobBench
 
     static string Size(long bytes) => bytes >= 1_000_000_000 ? $"{bytes / 1e9:0.##} GB" : bytes >= 1_000_000 ? $"{bytes / 1e6:0.##} MB" : $"{bytes / 1e3:0.##} KB";
 
-    /// <summary>`dtrain prepare` of <paramref name="corpus"/> into <paramref name="output"/> (a directory or s3://): char tokens, 1 % held out; its training shards.</summary>
+    /// <summary>`dtrain prepare` of <paramref name="corpus"/> into directory <paramref name="output"/>: char tokens, 1 % held out; its training shards.</summary>
     static int Prepare(string corpus, string output)
     {
         DatasetPreparer.Prepare(new PrepareOptions
         {
             Train = SourceFiles.Expand([corpus], DatasetLayout.TrainSplit, DataFormats.Text),
             Output = output,
-            Force = output.StartsWith("s3://", StringComparison.Ordinal),
             Tokenizer = new TokenizerSpec { Kind = TokenizerKinds.Char },
             ValidationFraction = 0.01,
             Threads = Math.Max(1, Environment.ProcessorCount),
         });
-        if (output.StartsWith("s3://", StringComparison.Ordinal)) return 0;
         using var ds = PreparedDataset.Open(output);
         return ds.Train.Entry.Shards.Count;
     }
