@@ -16,12 +16,13 @@ public static class ServeCommand
         var httpPort = new Option<int?>("--http-port") { Description = $"Port of the dashboard and Prometheus /metrics (HTTP/1.1, same interface; HTTPS with TLS; default {CoordinatorOptions.DefaultHttpPort}; 0 = any free port; -1 = off)." };
         var dataDir = new Option<string?>("--data-dir") { Description = "Directory for job data and checkpoints (default .dtrain/coordinator)." };
         var dataRoots = new Option<string[]>("--data-root") { Description = "A directory whose regular files jobs may name as data by absolute path instead of uploading them, and whose prepared datasets (data.dataset) they may train from (repeatable; default none: the coordinator reads only uploaded files, and datasets only from s3://)." };
+        var sharedData = new Option<string?>("--shared-data-dir") { Description = "A directory every worker sees at the same path (shared storage): the data files uploaded with a job (not a pipeline) are prepared into a dataset there, streaming, and the workers read it themselves; uploads are then limited by the upload quota rather than 1 GiB (Coordinator:SharedDataDir; default none: a job reads its files into memory)." };
         var caKey = new Option<string?>("--ca-key") { Description = "TLS: the CA's private key, with which the coordinator signs each worker's certificate (default: ca.key in --tls-dir)." };
         var insecure = Credentials.InsecureOption; // the global option: one --insecure in --help
         var joinTokens = new Option<string?>("--join-token-file") { Description = "Join tokens, one per line: a worker may join with one instead of a worker certificate (Coordinator:JoinTokens)." };
         var cmd = new Command("serve", "Run the coordinator: workers register with it, the CLI submits jobs to it. TLS with --tls-dir DIR/coordinator " +
                                        "(from `dtrain certs init`); required when listening beyond loopback. Settings also come from appsettings.json and DTRAIN_Coordinator__* variables.");
-        foreach (var o in new Option[] { port, listen, httpPort, dataDir, dataRoots, caKey, joinTokens }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { port, listen, httpPort, dataDir, dataRoots, sharedData, caKey, joinTokens }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var options = CoordinatorHost.ReadOptions(r.UnmatchedTokens.ToArray());
@@ -32,6 +33,7 @@ public static class ServeCommand
                 HttpPort = r.GetValue(httpPort) ?? options.HttpPort ?? DefaultHttpPort(r.GetValue(listen) ?? options.Listen),
                 DataDir = r.GetValue(dataDir) is { } dir && CliPaths.DirectoryToUse(dir, "--data-dir", "the directory for job data and checkpoints") is not null ? dir : options.DataDir,
                 DataRoots = r.GetValue(dataRoots) is { Length: > 0 } roots ? [.. roots.Select(Path.GetFullPath)] : options.DataRoots,
+                SharedDataDir = r.GetValue(sharedData) is { Length: > 0 } shared ? Path.GetFullPath(shared) : options.SharedDataDir,
                 Tls = (options.Tls ?? new TlsSettings()).Over(CliTls.CommandLine(r) with { CaKey = r.GetValue(caKey), Insecure = r.GetValue(insecure) }),
                 JoinTokenFile = r.GetValue(joinTokens) ?? options.JoinTokenFile,
             };

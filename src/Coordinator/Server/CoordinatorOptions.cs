@@ -73,8 +73,27 @@ public sealed record CoordinatorOptions
     public int ChecksumInterval { get; init; } = 25;
     /// <summary>Largest gRPC message, in bytes; larger ones are refused with ResourceExhausted (data files travel in chunks).</summary>
     public int MaxMessageBytes { get; init; } = 64 * 1024 * 1024;
-    /// <summary>Largest data file a client may upload, in bytes (at most <see cref="MaxDataFileBytes"/>).</summary>
-    public long MaxUploadBytes { get; init; } = 1L << 30;
+    /// <summary>
+    /// Largest data file a client may upload, in bytes; 0 (the default): <see cref="UploadLimit"/> decides. Without
+    /// <see cref="SharedDataDir"/> at most <see cref="MaxDataFileBytes"/> (the job reads the file into memory); with it at
+    /// most <see cref="MaxPendingUploadBytes"/> (the coordinator prepares it into a dataset, streaming).
+    /// </summary>
+    public long MaxUploadBytes { get; init; }
+
+    /// <summary>
+    /// A directory every worker sees at the same path (storage they share: a compose volume, NFS). When set, the data files
+    /// uploaded or sent inline with a job that is not a pipeline are prepared by the coordinator, streaming, into a dataset
+    /// in SharedDataDir/JOB (<see cref="PreparedUploads"/>), and the job trains from it as a data.dataset job: the workers
+    /// read their rows themselves and the coordinator holds no text. Empty (the default): the job reads its files into memory,
+    /// each at most <see cref="MaxDataFileBytes"/>, and sends the workers their rows.
+    /// </summary>
+    public string SharedDataDir { get; init; } = "";
+
+    /// <summary>The largest upload accepted: <see cref="MaxUploadBytes"/>, or when that is 0 <see cref="MaxPendingUploadBytes"/> with a <see cref="SharedDataDir"/>, else <see cref="MaxDataFileBytes"/>.</summary>
+    public long UploadLimit => MaxUploadBytes > 0 ? MaxUploadBytes : PreparesUploads ? MaxPendingUploadBytes : MaxDataFileBytes;
+
+    /// <summary>Whether uploaded data is prepared into datasets under <see cref="SharedDataDir"/>.</summary>
+    public bool PreparesUploads => !string.IsNullOrWhiteSpace(SharedDataDir);
     /// <summary>Largest shard message sent to a worker, in int32 values (larger shards are chunked).</summary>
     public int ShardChunkValues { get; init; } = 1024 * 1024;
     /// <summary>Bearer tokens on the Jobs API: auto (on when listening beyond loopback or once DATA_DIR/tokens.json has a token), on, off.</summary>
@@ -89,7 +108,7 @@ public sealed record CoordinatorOptions
     /// default): only uploaded files are read.
     /// </summary>
     public string[] DataRoots { get; init; } = [];
-    /// <summary>Largest data file the coordinator reads, uploaded or under a data root, in bytes (at most 1 GiB).</summary>
+    /// <summary>Largest data file the coordinator reads into memory, uploaded or under a data root, in bytes (at most 1 GiB); not a limit on uploads it prepares into a dataset (<see cref="SharedDataDir"/>).</summary>
     public long MaxDataFileBytes { get; init; } = 1L << 30;
     /// <summary>Most workers one job may ask for (<c>submit --workers</c>); more is refused at submit.</summary>
     public int MaxWorkersPerJob { get; init; } = 64;
@@ -162,11 +181,21 @@ public sealed record CoordinatorOptions
                 e.Add($"Coordinator:DataRoots: \"{root}\" overlaps the data directory \"{DataDir}\": jobs could read other jobs' uploads and checkpoints; allow a directory apart from it");
         }
         if (MaxDataFileBytes is < 1 or > DataFile.DefaultMaxBytes) e.Add($"Coordinator:MaxDataFileBytes {MaxDataFileBytes} must be in [1, {DataFile.DefaultMaxBytes}] (1 GiB: a file is decoded into one string)");
-        if (MaxUploadBytes < 1 || MaxUploadBytes > MaxDataFileBytes) e.Add($"Coordinator:MaxUploadBytes {MaxUploadBytes} must be in [1, MaxDataFileBytes = {MaxDataFileBytes}]: a larger upload could not be read");
+        if (PreparesUploads)
+        {
+            if (!Path.IsPathRooted(SharedDataDir)) e.Add($"Coordinator:SharedDataDir: \"{SharedDataDir}\" must be an absolute path (the workers see it at the same path)");
+            else if (File.Exists(SharedDataDir)) e.Add($"Coordinator:SharedDataDir: \"{SharedDataDir}\" is an existing file, not a directory");
+            else if (!string.IsNullOrWhiteSpace(DataDir) && Overlaps(SharedDataDir, DataDir))
+                e.Add($"Coordinator:SharedDataDir: \"{SharedDataDir}\" overlaps the data directory \"{DataDir}\": the workers would see the coordinator's tokens, uploads and job store; share a directory apart from it");
+            if (MaxUploadBytes < 0 || MaxUploadBytes > MaxPendingUploadBytes)
+                e.Add($"Coordinator:MaxUploadBytes {MaxUploadBytes} must be in [0, MaxPendingUploadBytes = {MaxPendingUploadBytes}] (0 = MaxPendingUploadBytes)");
+        }
+        else if (MaxUploadBytes < 0 || MaxUploadBytes > MaxDataFileBytes)
+            e.Add($"Coordinator:MaxUploadBytes {MaxUploadBytes} must be in [0, MaxDataFileBytes = {MaxDataFileBytes}] (0 = MaxDataFileBytes): a job reads its uploads into memory unless Coordinator:SharedDataDir is set");
         if (MaxWorkersPerJob is < 1 or > 4096) e.Add($"Coordinator:MaxWorkersPerJob {MaxWorkersPerJob} must be in [1, 4096]");
         if (MaxWorkers is < 0 or > 65536) e.Add($"Coordinator:MaxWorkers {MaxWorkers} must be in [0, 65536] (0 = no limit)");
         if (MaxPendingUploads < 1) e.Add($"Coordinator:MaxPendingUploads {MaxPendingUploads} must be >= 1");
-        if (MaxPendingUploadBytes < MaxUploadBytes) e.Add($"Coordinator:MaxPendingUploadBytes {MaxPendingUploadBytes} must be at least MaxUploadBytes = {MaxUploadBytes}");
+        if (MaxPendingUploadBytes < UploadLimit) e.Add($"Coordinator:MaxPendingUploadBytes {MaxPendingUploadBytes} must be at least the largest upload, MaxUploadBytes = {UploadLimit}");
         if (!(UploadTtlMinutes > 0)) e.Add($"Coordinator:UploadTtlMinutes {UploadTtlMinutes} must be positive");
         if (MaxStoredBytesPerOwner < 0) e.Add($"Coordinator:MaxStoredBytesPerOwner {MaxStoredBytesPerOwner} must be >= 0 (0 = no limit)");
         if (!(JobDataRetentionMinutes >= 0) || !(JobDataRetentionMinutes <= 5_256_000)) e.Add($"Coordinator:JobDataRetentionMinutes {JobDataRetentionMinutes} must be a number of minutes >= 0 (0 = when the job ends) and at most 5256000 (10 years)");

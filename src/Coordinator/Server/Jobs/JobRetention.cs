@@ -3,7 +3,8 @@ using Microsoft.Extensions.Logging;
 namespace Dtrain.Server;
 
 /// <summary>
-/// A job's data files stored with it (what was uploaded or sent inline with it: DATA_DIR/jobs/JOB/data) go
+/// A job's data files stored with it (what was uploaded or sent inline with it: DATA_DIR/jobs/JOB/data), and the dataset
+/// they were prepared into (SharedDataDir/JOB, <see cref="PreparedUploads"/>), go
 /// <see cref="CoordinatorOptions.JobDataRetentionMinutes"/> after the job ended, on the coordinator's clock, across
 /// restarts (the end time is in the job store). The job's record, spec and checkpoints stay: it is still listed and
 /// downloadable, and `dtrain submit JOB.json --resume JOB` continues it with its data sent again.
@@ -30,10 +31,13 @@ public sealed class JobRetention(CoordinatorOptions options, TimeProvider clock,
             var dir = DataDirOf(job);
             try
             {
-                if (Directory.Exists(dir))
+                var dataset = PreparedUploads.DirOf(options, job.Id);
+                if (Directory.Exists(dir) || (dataset is not null && Directory.Exists(dataset)))
                 {
                     var bytes = JobStorage.BytesUnder(dir);
-                    Directory.Delete(dir, recursive: true);
+                    if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+                    // The dataset its files were prepared into goes with them.
+                    bytes += PreparedUploads.Remove(options, job.Id);
                     deleted.Add(job.Id);
                     log.LogInformation("job {Id}: its data files ({Bytes} bytes) deleted {Minutes} min after it ended (Coordinator:JobDataRetentionMinutes)", job.Id, bytes, options.JobDataRetentionMinutes);
                 }

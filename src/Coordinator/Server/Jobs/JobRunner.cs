@@ -130,7 +130,9 @@ public sealed class JobRunner(CoordinatorOptions options, WorkerRegistry registr
 
     private async Task RunCoreAsync(JobRecord job, IReadOnlyList<WorkerRecord> workers, JobFleet? fleet, CancellationToken cancel)
     {
-        var prepared = await PreparedJob.LoadAsync(job, cancel).ConfigureAwait(false);
+        // With a shared data directory, the files the job brought are prepared into a dataset its workers read themselves.
+        var spec = await PreparedUploads.SpecToRunAsync(options, job, log, cancel).ConfigureAwait(false);
+        var prepared = await PreparedJob.LoadAsync(job, spec, cancel).ConfigureAwait(false);
         // A dataset job's manifest and store (the coordinator opens no shard of it) are let go when the run ends.
         using var dataset = prepared.Data.Dataset;
         JobMemory.ThrowIfOver(job, prepared.Data, workers);

@@ -5,7 +5,7 @@ namespace Dtrain.Server;
 
 /// <summary>
 /// What each owner stores on the coordinator — the bytes under its jobs' directories: data files (until they expire,
-/// <see cref="JobRetention"/>), checkpoints and records — measured on the scheduling loop, and the per-owner quota
+/// <see cref="JobRetention"/>), checkpoints and records, and the datasets their files were prepared into — measured on the scheduling loop, and the per-owner quota
 /// <see cref="CoordinatorOptions.MaxStoredBytesPerOwner"/> checked at submit. Pending uploads have their own limit
 /// (<see cref="CoordinatorOptions.MaxPendingUploadBytes"/>) and count once a job claims them.
 /// </summary>
@@ -21,10 +21,13 @@ public sealed class JobStorage(CoordinatorOptions options, UploadStore uploads)
         {
             if (job.IsFinished && measured.Contains(job.Id)) continue;
             var finished = job.IsFinished;
-            job.StoredBytes = BytesUnder(job.Dir);
+            job.StoredBytes = BytesOf(job);
             if (finished) measured.Add(job.Id);
         }
     }
+
+    /// <summary>Bytes a job keeps: its directory, and the dataset its files were prepared into (<see cref="PreparedUploads"/>).</summary>
+    public long BytesOf(JobRecord job) => BytesUnder(job.Dir) + (PreparedUploads.DirOf(options, job.Id) is { } dataset ? BytesUnder(dataset) : 0);
 
     /// <summary>A finished job's directory changed (its data files went): it is measured once more.</summary>
     public void Changed(string jobId) => measured.Remove(jobId);

@@ -27,9 +27,11 @@ public sealed record PreparedJob(PreparedData Data, IBatchSource Source, StepPla
     /// <summary>Whether the job checkpoints after <paramref name="done"/> steps: every checkpoint_interval steps and at the end (<see cref="StepPlan.CheckpointsAfter"/>).</summary>
     public bool CheckpointsAfter(long done) => Plan.CheckpointsAfter(done);
 
-    public static async Task<PreparedJob> LoadAsync(JobRecord job, CancellationToken cancel)
+    public static Task<PreparedJob> LoadAsync(JobRecord job, CancellationToken cancel) => LoadAsync(job, job.Spec, cancel);
+
+    /// <summary>Prepares <paramref name="job"/> reading the data <paramref name="spec"/> names (its own, or the dataset its files were prepared into: <see cref="PreparedUploads"/>).</summary>
+    public static async Task<PreparedJob> LoadAsync(JobRecord job, Specs.JobSpec spec, CancellationToken cancel)
     {
-        var spec = job.Spec;
         var resume = job.Resume;
         // A resumed job keeps the checkpoint's vocabulary and labels: its token ids are the model's.
         var data = await Task.Run(() => PreparedData.Load(spec, job.Dir, resume?.Tokenizer, resume?.Labels, limits: job.DataLimits, cancel: cancel), cancel).ConfigureAwait(false);

@@ -71,8 +71,8 @@ public sealed class UploadStore : IDisposable
                     {
                         total = chunk.TotalBytes;
                         name = chunk.Name;
-                        if (total < 0 || total > options.MaxUploadBytes)
-                            throw new QuotaExceededException($"upload \"{chunk.Name}\" of {total} bytes exceeds Coordinator:MaxUploadBytes = {options.MaxUploadBytes}");
+                        if (total < 0 || total > options.UploadLimit)
+                            throw new QuotaExceededException($"upload \"{chunk.Name}\" of {total} bytes exceeds Coordinator:MaxUploadBytes = {options.UploadLimit}");
                         Reserve(id, owner, total, chunk.Name);
                     }
                     received += chunk.Data.Length;

@@ -61,6 +61,9 @@ public sealed partial class DataAccess
         var fields = new[] { ("train", spec.Data.Train), ("validation", spec.Data.Validation) };
         // First decide where every file comes from (refusing before anything moves), then move the uploads.
         var plans = new Dictionary<string, Func<string>>(StringComparer.Ordinal);
+        // The files the job brings (uploaded or inline), with their sizes: read into memory unless they are prepared into a dataset.
+        var brought = new List<(string At, string What, long Bytes)>();
+        var allBrought = true;
         foreach (var (field, path) in fields)
         {
             if (path is null || plans.ContainsKey(path)) continue;
@@ -69,20 +72,27 @@ public sealed partial class DataAccess
             if (request.UploadedFiles.TryGetValue(path, out var fileId))
             {
                 uploads.Check(fileId, at);
+                brought.Add((at, $"the uploaded file \"{path}\"", new FileInfo(uploads.PathOf(fileId, at)).Length));
                 plans[path] = () => { PrivateFiles.CreateDirectory(dataDir); uploads.Claim(fileId, at, target); return target; };
             }
             else if (request.Files.TryGetValue(path, out var bytes))
             {
-                if (bytes.Length > options.MaxDataFileBytes)
-                    throw Refuse(source, at, $"the inline file \"{path}\" is {bytes.Length} bytes, over Coordinator:MaxDataFileBytes = {options.MaxDataFileBytes}");
+                brought.Add((at, $"the inline file \"{path}\"", bytes.Length));
                 plans[path] = () => { PrivateFiles.CreateDirectory(dataDir); PrivateFiles.WriteAllBytes(target, bytes.Span); return target; };
             }
             else
             {
+                allBrought = false;
                 var resolved = Resolve(path, at, source);
                 plans[path] = () => resolved;
             }
         }
+        // Prepared into a dataset (PreparedUploads.Applies), a file is streamed: no size limit but the upload quotas.
+        var prepared = allBrought && options.PreparesUploads && spec.Parallelism?.Pipeline is null && TokenizerKinds.All.Contains(spec.Tokenizer.Kind);
+        if (!prepared)
+            foreach (var (at, what, size) in brought.Where(b => b.Bytes > options.MaxDataFileBytes))
+                throw Refuse(source, at, $"{what} is {size} bytes, over Coordinator:MaxDataFileBytes = {options.MaxDataFileBytes}, the most a job reads into memory" +
+                                         (options.PreparesUploads ? " (a pipeline job, or one that also reads a data-root file, reads its files into memory)" : ""));
         var placed = plans.ToDictionary(p => p.Key, p => p.Value(), StringComparer.Ordinal);
         string? Placed(string? path) => path is null ? null : placed[path];
         return spec with { Data = spec.Data with { Train = Placed(spec.Data.Train), Validation = Placed(spec.Data.Validation) } };

@@ -1,0 +1,228 @@
+using System.Collections.Concurrent;
+using Dtrain.Data.Datasets;
+using Dtrain.Protos.Jobs;
+using Dtrain.Protos.Worker;
+using Dtrain.Server;
+using Dtrain.Specs;
+using Dtrain.Tests.Support;
+using Grpc.AspNetCore.Server;
+using Grpc.Core;
+using Grpc.Core.Interceptors;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Dtrain.Tests.Cluster;
+
+/// <summary>
+/// With Coordinator:SharedDataDir, a job's uploaded files are prepared by the coordinator into a dataset in
+/// SharedDataDir/JOB, and the job trains from it as a dataset job, on a real cluster (coordinator and 2 workers over
+/// gRPC on loopback): the same losses as the same upload read into memory, no token on the wire, an upload over the
+/// in-memory limit accepted, bad data failing the job naming the file and line, and what an interrupted preparation left
+/// never used.
+/// </summary>
+[Collection(DatasetJobCollection.Name)]
+public sealed class PreparedUploadTests
+{
+    public static TheoryData<string> Tasks() => [TaskKinds.LanguageModel, TaskKinds.Classification];
+
+    /// <summary>What reached the workers: token values in shard chunks, and the dataset each assignment named.</summary>
+    sealed class Tap
+    {
+        long values;
+        public long Values => Interlocked.Read(ref values);
+        public ConcurrentBag<string> Datasets { get; } = [];
+        public void Add(long n) => Interlocked.Add(ref values, n);
+    }
+
+    sealed class TapInterceptor(Tap tap) : Interceptor
+    {
+        public override Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
+        {
+            if (request is AssignRequest a) tap.Datasets.Add(a.Dataset?.Uri ?? "");
+            return continuation(request, context);
+        }
+
+        public override Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation) =>
+            continuation(new Tapped<TRequest>(requestStream, tap), context);
+
+        sealed class Tapped<T>(IAsyncStreamReader<T> inner, Tap tap) : IAsyncStreamReader<T>
+        {
+            public T Current => inner.Current;
+
+            public async Task<bool> MoveNext(CancellationToken cancellationToken)
+            {
+                var more = await inner.MoveNext(cancellationToken);
+                if (more && inner.Current is ShardChunk c)
+                    tap.Add(c.ValidationTokens.Count + c.ValidationExamples.Sum(e => e.Tokens.Count) + c.Steps.Sum(s => (long)s.Inputs.Count + s.Targets.Count + s.Lengths.Count));
+                return more;
+            }
+        }
+    }
+
+    /// <summary>The spec for <paramref name="task"/> with its data file written into <paramref name="tmp"/> (as DatasetJobTests').</summary>
+    static JobSpec Job(TempDir tmp, string task)
+    {
+        if (task == TaskKinds.LanguageModel)
+        {
+            tmp.Write("t.txt", TestJobs.Text(80));
+            var lm = TestJobs.CharLm("t.txt", steps: 12);
+            return lm with { Training = lm.Training with { BatchSize = 7, SeqLen = 12 } };
+        }
+        tmp.Write("d.jsonl", TestJobs.ClassificationJsonl(90));
+        var clf = TestJobs.Classifier("d.jsonl", steps: 12);
+        return clf with { Training = clf.Training with { BatchSize = 10 } };
+    }
+
+    static async Task<InProcessCluster> StartAsync(CoordinatorOptions options, Tap tap, int workers = 2)
+    {
+        var cluster = await InProcessCluster.StartAsync(0, options);
+        for (var i = 0; i < workers; i++) await cluster.AddWorkerAsync(configure: b => b.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<TapInterceptor>(tap)));
+        if (workers > 0) await cluster.WaitForIdleAsync(workers, TimeSpan.FromSeconds(30));
+        return cluster;
+    }
+
+    /// <summary>Submits the spec as `dtrain submit` does (its data files uploaded).</summary>
+    static string Submit(InProcessCluster cluster, TempDir tmp, JobSpec spec, string name)
+    {
+        var path = tmp.Write(name, JobSpecSerializer.Serialize(spec));
+        return cluster.Client.Submit(Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(path), 2)).JobId;
+    }
+
+    static async Task<(JobInfo Info, double[] Losses)> RunAsync(InProcessCluster cluster, TempDir tmp, JobSpec spec, string name)
+    {
+        var id = Submit(cluster, tmp, spec, name);
+        var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
+        return (info, Losses(cluster, id));
+    }
+
+    static double[] Losses(InProcessCluster cluster, string id) =>
+        cluster.Client.History(new GetJobRequest { JobId = id }).Events.Where(e => e.KindCase == JobEvent.KindOneofCase.Step).Select(e => e.Step.Loss).ToArray();
+
+    static void AssertSameLosses(double[] expected, double[] actual, JobInfo expectedInfo, JobInfo actualInfo)
+    {
+        Assert.Equal(12, expected.Length);
+        Assert.Equal(expected.Length, actual.Length);
+        for (var i = 0; i < expected.Length; i++)
+            Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-6 * Math.Max(1, Math.Abs(expected[i])), $"step {i + 1}: loss {actual[i]:R}, from memory {expected[i]:R}");
+        Assert.True(Math.Abs(expectedInfo.LastEval.Loss - actualInfo.LastEval.Loss) <= 1e-6 * Math.Max(1, expectedInfo.LastEval.Loss),
+            $"validation loss {actualInfo.LastEval.Loss:R}, from memory {expectedInfo.LastEval.Loss:R}");
+    }
+
+    [Theory]
+    [MemberData(nameof(Tasks))]
+    public async Task An_uploaded_file_is_prepared_into_a_dataset_the_workers_read_with_the_losses_of_memory(string task)
+    {
+        using var tmp = new TempDir();
+        var spec = Job(tmp, task);
+
+        var memoryTap = new Tap();
+        JobInfo memory;
+        double[] memoryLosses;
+        await using (var cluster = await StartAsync(new CoordinatorOptions(), memoryTap))
+            (memory, memoryLosses) = await RunAsync(cluster, tmp, spec, "memory.json");
+        Assert.True(memory.State == JobState.Succeeded, $"from memory: {memory.State} {memory.Message}");
+        Assert.True(memoryTap.Values > 0, "without a shared data directory the rows travel to the workers");
+        Assert.All(memoryTap.Datasets, d => Assert.Equal("", d));
+
+        var shared = Path.Combine(tmp.Path, "shared");
+        var tap = new Tap();
+        await using (var cluster = await StartAsync(new CoordinatorOptions { SharedDataDir = shared }, tap))
+        {
+            var (prepared, losses) = await RunAsync(cluster, tmp, spec, "prepared.json");
+            Assert.True(prepared.State == JobState.Succeeded, $"prepared: {prepared.State} {prepared.Message}");
+            AssertSameLosses(memoryLosses, losses, memory, prepared);
+            var dataset = Path.Combine(shared, prepared.JobId);
+            Assert.True(File.Exists(Path.Combine(dataset, DatasetLayout.ManifestFile)), $"{dataset} holds a whole dataset");
+            // The workers were given the dataset and read their rows themselves: no token went over the wire.
+            Assert.NotEmpty(tap.Datasets);
+            Assert.All(tap.Datasets, d => Assert.Equal(dataset, d));
+            Assert.Equal(0, tap.Values);
+            // Its files count towards the owner's storage; they go with the job's data after the retention.
+            var stored = cluster.CoordinatorService<JobManager>().Get(prepared.JobId);
+            Assert.True(stored.StoredBytes >= JobStorage.BytesUnder(dataset) || !Directory.Exists(dataset), $"{stored.StoredBytes} bytes counted");
+        }
+    }
+
+    [Fact]
+    public async Task An_upload_over_the_in_memory_limit_is_prepared_rather_than_refused()
+    {
+        using var tmp = new TempDir();
+        var spec = Job(tmp, TaskKinds.LanguageModel);
+        var size = new FileInfo(Path.Combine(tmp.Path, "t.txt")).Length;
+        Assert.True(size > 2048, $"the file is {size} bytes");
+        var limits = new CoordinatorOptions { MaxDataFileBytes = 2048, MaxPendingUploadBytes = 1 << 20 };
+
+        // Read into memory, it is refused by the in-memory limit (as an upload: MaxUploadBytes follows MaxDataFileBytes).
+        await using (var cluster = await StartAsync(limits, new Tap(), workers: 0))
+        {
+            var e = Assert.ThrowsAny<Exception>(() => Submit(cluster, tmp, spec, "memory.json"));
+            Assert.Contains("Coordinator:MaxUploadBytes = 2048", e.Message);
+        }
+        // Prepared into a dataset, only the upload quota bounds it.
+        var tap = new Tap();
+        await using (var cluster = await StartAsync(limits with { SharedDataDir = Path.Combine(tmp.Path, "shared") }, tap))
+        {
+            var (info, losses) = await RunAsync(cluster, tmp, spec, "prepared.json");
+            Assert.True(info.State == JobState.Succeeded, $"{info.State} {info.Message}");
+            Assert.Equal(12, losses.Length);
+            Assert.Equal(0, tap.Values);
+        }
+        // A pipeline job still reads its files into memory: refused at submit, naming the limit.
+        await using (var cluster = await StartAsync(limits with { SharedDataDir = Path.Combine(tmp.Path, "shared2") }, new Tap(), workers: 0))
+        {
+            var pipeline = spec with { Parallelism = new ParallelismSpec { Pipeline = new PipelineSpec { Stages = 2 } } };
+            var e = Assert.ThrowsAny<Exception>(() => Submit(cluster, tmp, pipeline, "pipeline.json"));
+            Assert.Contains("$.data.train", e.Message);
+            Assert.Contains("over Coordinator:MaxDataFileBytes = 2048", e.Message);
+        }
+    }
+
+    [Fact]
+    public async Task Bad_data_fails_the_job_naming_the_file_and_line_and_leaves_no_dataset()
+    {
+        using var tmp = new TempDir();
+        var lines = TestJobs.ClassificationJsonl(90).Split('\n').ToList();
+        lines[4] = "{\"text\": \"broken\"";
+        tmp.Write("d.jsonl", string.Join('\n', lines));
+        var spec = TestJobs.Classifier("d.jsonl", steps: 12);
+        var shared = Path.Combine(tmp.Path, "shared");
+        await using var cluster = await StartAsync(new CoordinatorOptions { SharedDataDir = shared }, new Tap());
+        var (info, _) = await RunAsync(cluster, tmp, spec, "bad.json");
+        Assert.Equal(JobState.Failed, info.State);
+        // Named as the spec named it, not as stored on the coordinator.
+        Assert.Contains("d.jsonl", info.Message);
+        Assert.Contains("line 5", info.Message);
+        Assert.DoesNotContain("jobs/", info.Message);
+        Assert.False(Directory.Exists(Path.Combine(shared, info.JobId)), "no dataset of the failed job");
+        Assert.Empty(Directory.Exists(shared) ? Directory.EnumerateFileSystemEntries(shared) : []);
+    }
+
+    [Fact]
+    public async Task What_an_interrupted_preparation_left_is_never_used_after_a_coordinator_restart()
+    {
+        using var tmp = new TempDir();
+        var spec = Job(tmp, TaskKinds.LanguageModel);
+        var shared = Path.Combine(tmp.Path, "shared");
+        var tap = new Tap();
+        await using var cluster = await StartAsync(new CoordinatorOptions { SharedDataDir = shared }, tap, workers: 0);
+        // Queued: no worker yet.
+        var id = Submit(cluster, tmp, spec, "job.json");
+        // What a coordinator killed while preparing leaves (its temporary directory, half written, no manifest), and a
+        // whole dataset of other data at the job's place (left by an earlier coordinator whose job had the same id).
+        var partial = Path.Combine(shared, $".{id}.partial-12345-0123456789ab");
+        Directory.CreateDirectory(partial);
+        File.WriteAllBytes(Path.Combine(partial, "train-00000.tokens"), new byte[100]);
+        var other = tmp.Write("other.txt", "some other text, not the job's data at all. ");
+        DatasetPreparer.Prepare(PreparedUploads.OptionsFor(spec with { Data = spec.Data with { Train = other } }, Path.Combine(shared, id)));
+        await cluster.RestartCoordinatorAsync();
+        for (var i = 0; i < 2; i++) await cluster.AddWorkerAsync(configure: b => b.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<TapInterceptor>(tap)));
+        var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
+        Assert.True(info.State == JobState.Succeeded, $"{info.State} {info.Message}");
+        Assert.False(Directory.Exists(partial), "the partial directory was removed");
+        using var dataset = PreparedDataset.Open(Path.Combine(shared, id));
+        var source = Assert.Single(dataset.Manifest.Sources);
+        Assert.EndsWith("t.txt", source.Path);
+        Assert.Equal(new FileInfo(Path.Combine(tmp.Path, "t.txt")).Length, source.Bytes);
+        Assert.All(tap.Datasets, d => Assert.Equal(Path.Combine(shared, id), d));
+        Assert.Equal(0, tap.Values);
+    }
+}
