@@ -190,7 +190,7 @@ public sealed class PreparedUploadTests
         Assert.Equal(JobState.Failed, info.State);
         // Named as the spec named it, not as stored on the coordinator.
         Assert.Contains("d.jsonl", info.Message);
-        Assert.Contains("line 5", info.Message);
+        Assert.Contains("d.jsonl:5: malformed JSON", info.Message);
         Assert.DoesNotContain("jobs/", info.Message);
         Assert.False(Directory.Exists(Path.Combine(shared, info.JobId)), "no dataset of the failed job");
         Assert.Empty(Directory.Exists(shared) ? Directory.EnumerateFileSystemEntries(shared) : []);
