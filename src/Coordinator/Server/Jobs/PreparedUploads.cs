@@ -23,7 +23,8 @@ public static class PreparedUploads
 
     /// <summary>
     /// Whether the job's data is prepared into a dataset: a shared directory is configured, the job is not a pipeline, and
-    /// it reads files (no dataset, not synthetic) all of which it brought (stored under <paramref name="jobDir"/>/data).
+    /// it reads files (no dataset, not synthetic) all of which were brought with it (stored under <paramref name="jobDir"/>/data,
+    /// or for `dtrain resume JOB` under that job's).
     /// </summary>
     public static bool Applies(CoordinatorOptions options, JobSpec spec, string jobDir)
     {
@@ -31,8 +32,11 @@ public static class PreparedUploads
         var d = spec.Data;
         if (d.Dataset is not null || d.Format == DataFormats.Synthetic || d.Train is null) return false;
         if (!TokenizerKinds.All.Contains(spec.Tokenizer.Kind)) return false;
-        var own = Path.Combine(Path.GetFullPath(jobDir), "data") + Path.DirectorySeparatorChar;
-        return new[] { d.Train, d.Validation }.OfType<string>().All(p => Path.GetFullPath(p).StartsWith(own, StringComparison.Ordinal));
+        // DATA_DIR/jobs/JOB/data/FILE: this job's, or (`dtrain resume JOB`) the job's it continues.
+        var jobs = Path.GetDirectoryName(Path.GetFullPath(jobDir)) + Path.DirectorySeparatorChar;
+        static bool Stored(string path, string jobs) =>
+            path.StartsWith(jobs, StringComparison.Ordinal) && path[jobs.Length..].Split(Path.DirectorySeparatorChar) is [_, "data", _];
+        return new[] { d.Train, d.Validation }.OfType<string>().All(p => Stored(Path.GetFullPath(p), jobs));
     }
 
     /// <summary>The options of <see cref="DatasetPreparer"/> that make the ids the in-memory path makes of <paramref name="spec"/>'s files.</summary>
