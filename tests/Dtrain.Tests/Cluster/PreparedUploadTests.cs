@@ -136,10 +136,51 @@ public sealed class PreparedUploadTests
             Assert.NotEmpty(tap.Datasets);
             Assert.All(tap.Datasets, d => Assert.Equal(dataset, d));
             Assert.Equal(0, tap.Values);
-            // Its files count towards the owner's storage; they go with the job's data after the retention.
-            var stored = cluster.CoordinatorService<JobManager>().Get(prepared.JobId);
-            Assert.True(stored.StoredBytes >= JobStorage.BytesUnder(dataset) || !Directory.Exists(dataset), $"{stored.StoredBytes} bytes counted");
+            // Its files count towards the owner's storage (measured on the scheduling loop once the job ended).
+            var job = cluster.CoordinatorService<JobManager>().Get(prepared.JobId);
+            var expected = JobStorage.BytesUnder(job.Dir) + JobStorage.BytesUnder(dataset);
+            Assert.True(JobStorage.BytesUnder(dataset) > 0);
+            await Until(() => job.StoredBytes == expected, TimeSpan.FromSeconds(30), () => $"{job.StoredBytes} bytes counted, {expected} stored");
         }
+    }
+
+    static async Task Until(Func<bool> done, TimeSpan timeout, Func<string> what)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (!done())
+        {
+            Assert.True(DateTime.UtcNow < deadline, what());
+            await Task.Delay(50);
+        }
+    }
+
+    [Fact]
+    public async Task The_dataset_goes_with_the_job_data_after_the_retention()
+    {
+        using var tmp = new TempDir();
+        var spec = Job(tmp, TaskKinds.LanguageModel);
+        var shared = Path.Combine(tmp.Path, "shared");
+        await using var cluster = await StartAsync(new CoordinatorOptions { SharedDataDir = shared, JobDataRetentionMinutes = 0 }, new Tap());
+        var (info, _) = await RunAsync(cluster, tmp, spec, "job.json");
+        Assert.True(info.State == JobState.Succeeded, $"{info.State} {info.Message}");
+        var job = cluster.CoordinatorService<JobManager>().Get(info.JobId);
+        await Until(() => !Directory.Exists(Path.Combine(job.Dir, "data")), TimeSpan.FromSeconds(30), () => "the job's data files are still there");
+        Assert.False(Directory.Exists(Path.Combine(shared, info.JobId)), "the dataset went with them");
+    }
+
+    [Fact]
+    public async Task A_dataset_that_cannot_be_written_fails_the_job_saying_so()
+    {
+        using var tmp = new TempDir();
+        var spec = Job(tmp, TaskKinds.LanguageModel);
+        var shared = Path.Combine(tmp.Path, "shared");
+        await using var cluster = await StartAsync(new CoordinatorOptions { SharedDataDir = shared }, new Tap());
+        // The shared directory became a file (as a full disk, the dataset's files cannot be written).
+        File.WriteAllText(shared, "not a directory");
+        var (info, _) = await RunAsync(cluster, tmp, spec, "job.json");
+        Assert.Equal(JobState.Failed, info.State);
+        Assert.Contains($"preparing the job's data into the dataset {Path.Combine(shared, info.JobId)} failed", info.Message);
+        Assert.Contains("nothing of it is used", info.Message);
     }
 
     [Fact]
