@@ -155,6 +155,24 @@ public sealed class PreparedUploadTests
     }
 
     [Fact]
+    public async Task A_file_sent_inline_is_prepared_too()
+    {
+        using var tmp = new TempDir();
+        var spec = Job(tmp, TaskKinds.Classification);
+        var shared = Path.Combine(tmp.Path, "shared");
+        var tap = new Tap();
+        await using var cluster = await StartAsync(new CoordinatorOptions { SharedDataDir = shared }, tap);
+        var request = new SubmitRequest { SpecJson = JobSpecSerializer.Serialize(spec), Workers = 2, Source = "inline.json" };
+        request.Files["d.jsonl"] = Google.Protobuf.ByteString.CopyFrom(File.ReadAllBytes(Path.Combine(tmp.Path, "d.jsonl")));
+        var id = cluster.Client.Submit(request).JobId;
+        var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
+        Assert.True(info.State == JobState.Succeeded, $"{info.State} {info.Message}");
+        Assert.All(tap.Datasets, d => Assert.Equal(Path.Combine(shared, id), d));
+        Assert.NotEmpty(tap.Datasets);
+        Assert.Equal(0, tap.Values);
+    }
+
+    [Fact]
     public async Task The_dataset_goes_with_the_job_data_after_the_retention()
     {
         using var tmp = new TempDir();
