@@ -155,6 +155,23 @@ public sealed class PreparedUploadTests
     }
 
     [Fact]
+    public void The_shared_data_dir_and_the_upload_limit_are_validated_naming_the_key()
+    {
+        using var tmp = new TempDir();
+        var dataDir = Directory.CreateDirectory(Path.Combine(tmp.Path, "coordinator")).FullName;
+        var shared = Path.Combine(tmp.Path, "shared");
+        Assert.Contains(new CoordinatorOptions { DataDir = dataDir, SharedDataDir = "relative" }.Validate(), e => e.Contains("Coordinator:SharedDataDir: \"relative\" must be an absolute path", StringComparison.Ordinal));
+        Assert.Contains(new CoordinatorOptions { DataDir = dataDir, SharedDataDir = Path.Combine(dataDir, "shared") }.Validate(), e => e.Contains("overlaps the data directory", StringComparison.Ordinal));
+        // Prepared into a dataset, an upload may be larger than the in-memory limit, up to the pending-upload quota.
+        Assert.Empty(new CoordinatorOptions { DataDir = dataDir, SharedDataDir = shared, MaxUploadBytes = 3L << 30 }.Validate());
+        Assert.Equal(4L << 30, new CoordinatorOptions { DataDir = dataDir, SharedDataDir = shared }.UploadLimit);
+        Assert.Contains(new CoordinatorOptions { DataDir = dataDir, SharedDataDir = shared, MaxUploadBytes = 5L << 30 }.Validate(), e => e.Contains("Coordinator:MaxUploadBytes", StringComparison.Ordinal));
+        // Read into memory, it may not.
+        Assert.Equal(1L << 30, new CoordinatorOptions { DataDir = dataDir }.UploadLimit);
+        Assert.Contains(new CoordinatorOptions { DataDir = dataDir, MaxUploadBytes = 3L << 30 }.Validate(), e => e.Contains("Coordinator:MaxUploadBytes", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task A_file_sent_inline_is_prepared_too()
     {
         using var tmp = new TempDir();
