@@ -9,6 +9,7 @@ using Grpc.AspNetCore.Server;
 using Grpc.Core;
 using Grpc.Core.Interceptors;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Tests.Cluster;
 
@@ -270,6 +271,58 @@ public sealed class PreparedUploadTests
         Assert.DoesNotContain("jobs/", info.Message);
         Assert.False(Directory.Exists(Path.Combine(shared, info.JobId)), "no dataset of the failed job");
         Assert.Empty(Directory.Exists(shared) ? Directory.EnumerateFileSystemEntries(shared) : []);
+    }
+
+    /// <summary>Holds the coordinator's preparing thread at its first pass ("job JOB: pass 1/..."), until released.</summary>
+    sealed class PassGate : ILoggerProvider, ILogger
+    {
+        public readonly ManualResetEventSlim Reached = new(), Release = new();
+        public ILogger CreateLogger(string categoryName) => this;
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+        public bool IsEnabled(LogLevel logLevel) => true;
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+        {
+            if (!formatter(state, exception).Contains(": pass 1/", StringComparison.Ordinal) || Reached.IsSet) return;
+            Reached.Set();
+            Release.Wait(TimeSpan.FromMinutes(2));
+        }
+        public void Dispose() { }
+    }
+
+    [Fact]
+    public async Task A_preparation_stopped_by_a_coordinator_restart_is_prepared_again_and_never_used_half()
+    {
+        using var tmp = new TempDir();
+        var spec = Job(tmp, TaskKinds.LanguageModel);
+        var shared = Path.Combine(tmp.Path, "shared");
+        var gate = new PassGate();
+        var tap = new Tap();
+        await using var cluster = await InProcessCluster.StartAsync(0, new CoordinatorOptions { SharedDataDir = shared }, services: s =>
+        {
+            s.AddSingleton<ILoggerProvider>(gate);
+            s.Configure<LoggerFilterOptions>(o => o.Rules.Add(new LoggerFilterRule(typeof(PassGate).FullName, null, LogLevel.Information, null)));
+        });
+        for (var i = 0; i < 2; i++) await cluster.AddWorkerAsync(configure: b => b.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<TapInterceptor>(tap)));
+        var id = Submit(cluster, tmp, spec, "job.json");
+        Assert.True(gate.Reached.Wait(TimeSpan.FromMinutes(2)), "the coordinator started preparing the job's data");
+        // Half prepared: its temporary directory, no dataset at the job's place.
+        Assert.NotEmpty(Directory.EnumerateDirectories(shared, $".{id}.partial-*"));
+        Assert.False(Directory.Exists(Path.Combine(shared, id)));
+        await cluster.RestartCoordinatorAsync(whileStopped: () =>
+        {
+            // The stopped coordinator's preparation goes on, sees it was cancelled and removes what it wrote.
+            gate.Release.Set();
+            var deadline = DateTime.UtcNow + TimeSpan.FromMinutes(1);
+            while (Directory.EnumerateDirectories(shared, $".{id}.partial-*").Any() && DateTime.UtcNow < deadline) Thread.Sleep(20);
+        });
+        var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
+        Assert.True(info.State == JobState.Succeeded, $"{info.State} {info.Message}");
+        Assert.Empty(Directory.EnumerateDirectories(shared, $".{id}.*"));
+        using var dataset = PreparedDataset.Open(Path.Combine(shared, id));
+        Assert.EndsWith("t.txt", Assert.Single(dataset.Manifest.Sources).Path);
+        Assert.NotEmpty(tap.Datasets);
+        Assert.All(tap.Datasets, d => Assert.Equal(Path.Combine(shared, id), d));
+        Assert.Equal(0, tap.Values);
     }
 
     [Fact]
