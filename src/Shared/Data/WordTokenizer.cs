@@ -1,4 +1,6 @@
 using System.Globalization;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Text;
 
 namespace Dtrain.Data;
@@ -12,16 +14,13 @@ namespace Dtrain.Data;
 public sealed class WordTokenizer : ITokenizer
 {
     readonly string[] tokens;
-    readonly Dictionary<string, int> ids;
-    readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> lookup;
+    readonly WordTable ids = new();
 
     internal WordTokenizer(IReadOnlyList<string> tokens, bool lowercase)
     {
         this.tokens = [.. tokens];
         Lowercase = lowercase;
-        this.ids = new Dictionary<string, int>(this.tokens.Length, StringComparer.Ordinal);
-        for (var id = 2; id < this.tokens.Length; id++) this.ids[this.tokens[id]] = id;
-        this.lookup = this.ids.GetAlternateLookup<ReadOnlySpan<char>>();
+        for (var id = 2; id < this.tokens.Length; id++) this.ids.GetOrAdd(this.tokens[id]) = id;
     }
 
     public string Kind => "word";
@@ -32,63 +31,50 @@ public sealed class WordTokenizer : ITokenizer
     public static WordTokenizer Fit(IEnumerable<string> texts, int minFrequency, int maxVocab, bool lowercase)
     {
         ArgumentNullException.ThrowIfNull(texts);
-        var counts = new Dictionary<string, long>(StringComparer.Ordinal);
-        var lookup = counts.GetAlternateLookup<ReadOnlySpan<char>>();
-        var spans = new List<(int Start, int Length)>();
+        var counts = new WordTable();
         foreach (var raw in texts)
         {
             ArgumentNullException.ThrowIfNull(raw, nameof(texts));
-            var text = lowercase ? raw.ToLowerInvariant() : raw;
-            Split(text, spans);
-            foreach (var (start, length) in spans)
-            {
-                var token = text.AsSpan(start, length);
-                lookup[token] = lookup.TryGetValue(token, out var c) ? c + 1 : 1;
-            }
+            Count(lowercase ? raw.ToLowerInvariant() : raw, counts);
         }
-        return new WordTokenizer(Vocabulary.Build(counts, minFrequency, maxVocab), lowercase);
+        return FromCounts(counts, minFrequency, maxVocab, lowercase);
     }
 
     public int[] Encode(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
         if (Lowercase) text = text.ToLowerInvariant();
-        var spans = new List<(int Start, int Length)>();
-        Split(text, spans);
-        var ids = new int[spans.Count];
-        for (var i = 0; i < ids.Length; i++)
-            ids[i] = this.lookup.TryGetValue(text.AsSpan(spans[i].Start, spans[i].Length), out var id) ? id : Vocabulary.UnkId;
-        return ids;
+        var ids = new int[text.Length];
+        var n = EncodeLowered(text, ids);
+        return n == ids.Length ? ids : ids[..n];
     }
 
     /// <summary>
     /// Encodes <paramref name="text"/> (already lowercased when <see cref="Lowercase"/>) into <paramref name="ids"/> (at
     /// least <c>text.Length</c> long) exactly as <see cref="Encode(string)"/> encodes the same text; returns the number
-    /// of ids. <paramref name="spans"/> is scratch space. Splitting a text after a whitespace character and encoding the
-    /// pieces gives the same ids as encoding it whole.
+    /// of ids. Splitting a text after a whitespace character and encoding the pieces gives the same ids as encoding it
+    /// whole. Allocates nothing (dtrain prepare's hot path).
     /// </summary>
-    internal int EncodeLowered(ReadOnlySpan<char> text, Span<int> ids, List<(int Start, int Length)> spans)
+    internal int EncodeLowered(ReadOnlySpan<char> text, Span<int> ids)
     {
-        Split(text, spans);
-        if (ids.Length < spans.Count) throw new ArgumentException($"needs room for {spans.Count} ids", nameof(ids));
-        for (var i = 0; i < spans.Count; i++)
-            ids[i] = this.lookup.TryGetValue(text.Slice(spans[i].Start, spans[i].Length), out var id) ? id : Vocabulary.UnkId;
-        return spans.Count;
+        if (ids.Length < text.Length) throw new ArgumentException($"needs room for {text.Length} ids", nameof(ids));
+        var sink = new EncodeSink(this.ids, ids);
+        Scan(text, ref sink);
+        return sink.Count;
     }
 
     /// <summary>Adds the tokens of <paramref name="text"/> (already lowercased when fitting a lowercasing tokenizer) to <paramref name="counts"/>, as <see cref="Fit"/> counts them.</summary>
-    internal static void Count(ReadOnlySpan<char> text, Dictionary<string, long> counts, List<(int Start, int Length)> spans)
+    internal static void Count(ReadOnlySpan<char> text, WordTable counts)
     {
-        var lookup = counts.GetAlternateLookup<ReadOnlySpan<char>>();
-        Split(text, spans);
-        foreach (var (start, length) in spans)
-        {
-            var token = text.Slice(start, length);
-            lookup[token] = lookup.TryGetValue(token, out var c) ? c + 1 : 1;
-        }
+        var sink = new CountSink(counts);
+        Scan(text, ref sink);
     }
 
-    /// <summary>The tokenizer <see cref="Fit"/> would make from texts with these token counts (see <see cref="Count"/>).</summary>
+    /// <summary>The tokenizer <see cref="Fit"/> would make from texts with these token counts (see <see cref="Count(ReadOnlySpan{char}, WordTable)"/>).</summary>
+    internal static WordTokenizer FromCounts(WordTable counts, int minFrequency, int maxVocab, bool lowercase) =>
+        FromCounts(counts.ToDictionary(), minFrequency, maxVocab, lowercase);
+
+    /// <summary>The tokenizer <see cref="Fit"/> would make from texts with these token counts.</summary>
     internal static WordTokenizer FromCounts(IReadOnlyDictionary<string, long> counts, int minFrequency, int maxVocab, bool lowercase) =>
         new(Vocabulary.Build(counts, minFrequency, maxVocab), lowercase);
 
@@ -108,28 +94,105 @@ public sealed class WordTokenizer : ITokenizer
     static void Split(ReadOnlySpan<char> text, List<(int Start, int Length)> spans)
     {
         spans.Clear();
-        var i = 0;
-        while (i < text.Length)
+        var sink = new SpanSink(spans);
+        Scan(text, ref sink);
+    }
+
+    /// <summary>Where <see cref="Scan"/> puts each token.</summary>
+    interface ITokenSink
+    {
+        void Token(ReadOnlySpan<char> text, int start, int length);
+    }
+
+    struct SpanSink(List<(int Start, int Length)> spans) : ITokenSink
+    {
+        public readonly void Token(ReadOnlySpan<char> text, int start, int length) => spans.Add((start, length));
+    }
+
+    struct CountSink(WordTable counts) : ITokenSink
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public readonly void Token(ReadOnlySpan<char> text, int start, int length) => counts.GetOrAdd(text.Slice(start, length))++;
+    }
+
+    ref struct EncodeSink(WordTable vocabulary, Span<int> ids) : ITokenSink
+    {
+        readonly Span<int> ids = ids;
+        public int Count;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Token(ReadOnlySpan<char> text, int start, int length) =>
+            this.ids[Count++] = vocabulary.TryGet(text.Slice(start, length), out var id) ? (int)id : Vocabulary.UnkId;
+    }
+
+    /// <summary>Characters of the Basic Multilingual Plane by what they are to <see cref="Scan"/>.</summary>
+    const byte Space = 0, WordChar = 1, Other = 2, Apostrophe = 3, Surrogate = 4;
+
+    /// <summary>The class of every UTF-16 code unit: whitespace, a word character, an apostrophe (' or ’), a surrogate, or anything else.</summary>
+    static readonly byte[] Classes = MakeClasses();
+
+    static byte[] MakeClasses()
+    {
+        var classes = new byte[char.MaxValue + 1];
+        for (var c = 0; c <= char.MaxValue; c++)
         {
-            var r = RuneAt(text, i, out var len);
-            if (Rune.IsWhiteSpace(r)) { i += len; continue; }
+            if (char.IsSurrogate((char)c)) { classes[c] = Surrogate; continue; }
+            var r = new Rune(c);
+            classes[c] = Rune.IsWhiteSpace(r) ? Space : IsWordRune(r) ? WordChar : c is '\'' or '\u2019' ? Apostrophe : Other;
+        }
+        return classes;
+    }
+
+    /// <summary>
+    /// The tokens of <paramref name="text"/>, in order, to <paramref name="sink"/>: whitespace skipped; a run of word runes
+    /// (with single apostrophes between them); or any other single rune. A lone surrogate reads as U+FFFD (one token).
+    /// Characters outside the surrogates are classified by a table, the rest as runes.
+    /// </summary>
+    static void Scan<TSink>(ReadOnlySpan<char> text, ref TSink sink) where TSink : struct, ITokenSink, allows ref struct
+    {
+        ref var classes = ref MemoryMarshal.GetArrayDataReference(Classes);
+        var n = text.Length;
+        var i = 0;
+        while (i < n)
+        {
+            var k = Unsafe.Add(ref classes, text[i]);
+            if (k == Space) { i++; continue; }
             var start = i;
-            i += len;
-            if (IsWordRune(r))
+            bool word;
+            if (k == Surrogate)
             {
-                while (i < text.Length)
+                var r = RuneAt(text, i, out var len);
+                i += len;
+                if (Rune.IsWhiteSpace(r)) continue;
+                word = IsWordRune(r);
+            }
+            else
+            {
+                i++;
+                word = k == WordChar;
+            }
+            if (word)
+            {
+                while (i < n)
                 {
-                    var next = RuneAt(text, i, out var nlen);
-                    if (IsWordRune(next)) { i += nlen; continue; }
-                    if (next.Value is '\'' or '\u2019' && i + nlen < text.Length && IsWordRune(RuneAt(text, i + nlen, out var alen)))
+                    var next = Unsafe.Add(ref classes, text[i]);
+                    if (next == WordChar) { i++; continue; }
+                    if (next == Surrogate)
                     {
-                        i += nlen + alen;
+                        if (!IsWordRune(RuneAt(text, i, out var slen))) break;
+                        i += slen;
                         continue;
+                    }
+                    if (next == Apostrophe && i + 1 < n)
+                    {
+                        var after = Unsafe.Add(ref classes, text[i + 1]);
+                        if (after == WordChar) { i += 2; continue; }
+                        if (after == Surrogate && IsWordRune(RuneAt(text, i + 1, out var alen))) { i += 1 + alen; continue; }
                     }
                     break;
                 }
             }
-            spans.Add((start, i - start));
+            sink.Token(text, start, i - start);
         }
     }
 

@@ -195,4 +195,75 @@ public class TokenizerTests
         Assert.True(allocated <= sizeof(int) * (long)text.Length + 1024, $"encoding {text.Length:N0} characters allocated {allocated:N0} bytes; the id array alone is {sizeof(int) * (long)text.Length:N0}");
         Assert.Equal(text, tok.Decode(ids));
     }
+
+    [Fact]
+    public void Word_tokens_are_those_of_the_rune_by_rune_rules_on_random_text()
+    {
+        // The word tokenizer classifies characters by a table (dtrain prepare's hot path); these are the rules it
+        // replaced, rune by rune. Random text from characters at every edge: whitespace of every kind, apostrophes,
+        // marks, digits, letters in and outside the BMP, lone surrogates and symbols.
+        string[] pieces = ["a", "Z", "9", "é", "\u0301", "\u00A0", "\u2009", "\u3000", "\u0085", "\u001F", "\u000B", " ", "\t", "\r\n", "'", "\u2019",
+            "\u2018", "-", ".", "😀", "𝄞", "𝐀", "\uD835", "\uDC00", "\u0660", "\u00B2", "\u2160", "中", "\uFFFD", "_", "\u200B"];
+        var random = new Random(23);
+        for (var round = 0; round < 2000; round++)
+        {
+            var text = string.Concat(Enumerable.Range(0, random.Next(0, 40)).Select(_ => pieces[random.Next(pieces.Length)]));
+            Assert.Equal(RuneByRune(text), WordTokenizer.Tokenize(text));
+        }
+        var moby = File.ReadAllText(RepoFiles.PathOf("data", "moby-dick", "moby-dick.txt"))[..200_000];
+        Assert.Equal(RuneByRune(moby), WordTokenizer.Tokenize(moby));
+        var tok = (WordTokenizer)Fit("word", moby);
+        var ids = new int[moby.Length];
+        var n = tok.EncodeLowered(moby, ids);
+        Assert.Equal(tok.Encode(moby), ids[..n]);
+        Assert.DoesNotContain(Vocabulary.UnkId, ids[..n]);
+    }
+
+    /// <summary>The word tokenizer's rules as they were written first, rune by rune.</summary>
+    static List<string> RuneByRune(string text)
+    {
+        static System.Text.Rune At(string s, int i, out int length)
+        {
+            var c = s[i];
+            if (char.IsHighSurrogate(c) && i + 1 < s.Length && char.IsLowSurrogate(s[i + 1]))
+            {
+                length = 2;
+                return new System.Text.Rune(c, s[i + 1]);
+            }
+            length = 1;
+            return char.IsSurrogate(c) ? System.Text.Rune.ReplacementChar : new System.Text.Rune(c);
+        }
+        static bool IsWord(System.Text.Rune r)
+        {
+            if (r.Value < 128) return r.Value is (>= 'a' and <= 'z') or (>= 'A' and <= 'Z') or (>= '0' and <= '9');
+            if (System.Text.Rune.IsLetterOrDigit(r)) return true;
+            return System.Text.Rune.GetUnicodeCategory(r) is System.Globalization.UnicodeCategory.NonSpacingMark or System.Globalization.UnicodeCategory.SpacingCombiningMark
+                or System.Globalization.UnicodeCategory.EnclosingMark or System.Globalization.UnicodeCategory.LetterNumber or System.Globalization.UnicodeCategory.OtherNumber;
+        }
+        var tokens = new List<string>();
+        var i = 0;
+        while (i < text.Length)
+        {
+            var r = At(text, i, out var len);
+            if (System.Text.Rune.IsWhiteSpace(r)) { i += len; continue; }
+            var start = i;
+            i += len;
+            if (IsWord(r))
+            {
+                while (i < text.Length)
+                {
+                    var next = At(text, i, out var nlen);
+                    if (IsWord(next)) { i += nlen; continue; }
+                    if (next.Value is '\'' or '\u2019' && i + nlen < text.Length && IsWord(At(text, i + nlen, out var alen)))
+                    {
+                        i += nlen + alen;
+                        continue;
+                    }
+                    break;
+                }
+            }
+            tokens.Add(text[start..i]);
+        }
+        return tokens;
+    }
 }

@@ -93,10 +93,9 @@ public static partial class DatasetPreparer
     {
         public int[] Ids = [];
         public char[] Lowered = [];
-        public readonly List<(int Start, int Length)> Spans = [];
         public readonly long[] Dense = word ? [] : new long[CharTokenizer.CountDenseLimit];
         public readonly Dictionary<int, long> Sparse = [];
-        public readonly Dictionary<string, long> Words = new(StringComparer.Ordinal);
+        public WordTable Words = new();
 
         public Span<int> IdsFor(int length)
         {
@@ -127,7 +126,7 @@ public static partial class DatasetPreparer
         public void Count(int w, ReadOnlySpan<char> text)
         {
             var s = Workers[w];
-            if (word) WordTokenizer.Count(s.Prepared(text, spec.Lowercase), s.Words, s.Spans);
+            if (word) WordTokenizer.Count(s.Prepared(text, spec.Lowercase), s.Words);
             else CharTokenizer.Count(text, spec.Lowercase, s.Dense, s.Sparse);
         }
 
@@ -137,8 +136,7 @@ public static partial class DatasetPreparer
             if (word)
             {
                 var all = Workers[0].Words;
-                foreach (var s in Workers.Skip(1))
-                    foreach (var (k, v) in s.Words) all[k] = all.GetValueOrDefault(k) + v;
+                foreach (var s in Workers.Skip(1)) all.AddAll(s.Words);
                 tokenizer = WordTokenizer.FromCounts(all, spec.MinFrequency, spec.MaxVocab, spec.Lowercase);
             }
             else
@@ -152,11 +150,7 @@ public static partial class DatasetPreparer
                 }
                 tokenizer = CharTokenizer.FromCounts(dense, sparse, spec.MinFrequency, spec.MaxVocab, spec.Lowercase);
             }
-            foreach (var s in Workers)
-            {
-                s.Words.Clear();
-                s.Words.TrimExcess();
-            }
+            foreach (var s in Workers) s.Words = new();
             return tokenizer;
         }
 
@@ -171,7 +165,7 @@ public static partial class DatasetPreparer
         public int Encode(int w, ReadOnlySpan<char> text, Span<int> ids)
         {
             var s = Workers[w];
-            return tokenizer is WordTokenizer wt ? wt.EncodeLowered(s.Prepared(text, spec.Lowercase), ids, s.Spans) : ((CharTokenizer)tokenizer!).Encode(text, ids);
+            return tokenizer is WordTokenizer wt ? wt.EncodeLowered(s.Prepared(text, spec.Lowercase), ids) : ((CharTokenizer)tokenizer!).Encode(text, ids);
         }
     }
 
