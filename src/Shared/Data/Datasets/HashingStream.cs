@@ -2,20 +2,20 @@ using System.Security.Cryptography;
 
 namespace Dtrain.Data.Datasets;
 
-/// <summary>A read-only stream over a file that hashes (SHA-256) and counts every byte read through it.</summary>
-public sealed class HashingStream(Stream inner) : Stream
+/// <summary>A read-only stream over a file that hashes (SHA-256, unless told not to) and counts every byte read through it.</summary>
+public sealed class HashingStream(Stream inner, bool hash = true) : Stream
 {
-    readonly IncrementalHash hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+    readonly IncrementalHash? hash = hash ? IncrementalHash.CreateHash(HashAlgorithmName.SHA256) : null;
 
     public long BytesRead { get; private set; }
 
     /// <summary>The SHA-256 (lowercase hex) of the bytes read so far.</summary>
-    public string Sha256() => Convert.ToHexStringLower(hash.GetCurrentHash());
+    public string Sha256() => Convert.ToHexStringLower((hash ?? throw new InvalidOperationException("this stream was opened without hashing")).GetCurrentHash());
 
     public override int Read(Span<byte> buffer)
     {
         var n = inner.Read(buffer);
-        hash.AppendData(buffer[..n]);
+        hash?.AppendData(buffer[..n]);
         BytesRead += n;
         return n;
     }
@@ -37,7 +37,7 @@ public sealed class HashingStream(Stream inner) : Stream
         if (disposing)
         {
             inner.Dispose();
-            hash.Dispose();
+            hash?.Dispose();
         }
         base.Dispose(disposing);
     }

@@ -106,8 +106,8 @@ public static class SourceFiles
         return sb.ToString();
     }
 
-    /// <summary>Opens <paramref name="source"/> for reading its decompressed bytes; <paramref name="raw"/> hashes and counts the bytes as stored.</summary>
-    public static Stream Open(SourceFile source, out HashingStream raw)
+    /// <summary>Opens <paramref name="source"/> for reading its decompressed bytes; <paramref name="raw"/> counts the bytes as stored and hashes them unless <paramref name="hash"/> is false.</summary>
+    public static Stream Open(SourceFile source, out HashingStream raw, bool hash = true)
     {
         ArgumentNullException.ThrowIfNull(source);
         FileStream file;
@@ -119,7 +119,7 @@ public static class SourceFiles
         {
             throw new DataFormatException(source.Path, 0, $"cannot open the file: {e.Message}");
         }
-        raw = new HashingStream(file);
+        raw = new HashingStream(file, hash);
         return source.Compression switch
         {
             Gzip => new System.IO.Compression.GZipStream(raw, System.IO.Compression.CompressionMode.Decompress),

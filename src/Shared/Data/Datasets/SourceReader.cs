@@ -21,7 +21,7 @@ internal static class SourceReader
 
     public static IEnumerable<TextPiece> Read(SourceFile source, ReadOptions options, DataReportBuilder report, Stored? stored, CancellationToken cancel)
     {
-        using var stream = SourceFiles.Open(source, out var raw);
+        using var stream = SourceFiles.Open(source, out var raw, hash: stored is not null); // the passes that only count skip SHA-256
         using var reader = new Utf8CharReader(stream, source.Path);
         var policy = new RecordPolicy(source.Path, options, report);
         var pieces = source.Format switch
