@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Text;
 
 namespace Dtrain.Data;
@@ -82,13 +84,17 @@ public sealed class CharTokenizer : ITokenizer
         var n = 0;
         var dense = this.dense;
         var lower = Lowercase;
+        // Not a surrogate and nothing to lowercase: the scalar value is the character, looked up without bounds checks (the hot path).
+        var direct = lower ? 0u : (uint)Math.Min(dense.Length, 0xD800);
+        ref var table = ref MemoryMarshal.GetArrayDataReference(dense);
+        ref var chars = ref MemoryMarshal.GetReference(text);
+        ref var output = ref MemoryMarshal.GetReference(ids);
         for (var i = 0; i < text.Length;)
         {
-            int c = text[i];
-            if (!lower && c < 0xD800 && c < dense.Length)
+            uint c = Unsafe.Add(ref chars, i);
+            if (c < direct)
             {
-                // Not a surrogate and nothing to lowercase: the scalar value is the character (the hot path).
-                ids[n++] = dense[c];
+                Unsafe.Add(ref output, n++) = Unsafe.Add(ref table, c);
                 i++;
                 continue;
             }
@@ -101,12 +107,15 @@ public sealed class CharTokenizer : ITokenizer
     /// <summary>Adds the scalar values of <paramref name="text"/> to the counts as <see cref="Fit"/> counts them: below <see cref="CountDenseLimit"/> into <paramref name="dense"/>, the rest into <paramref name="sparse"/>.</summary>
     internal static void Count(ReadOnlySpan<char> text, bool lowercase, long[] dense, Dictionary<int, long> sparse)
     {
+        var direct = lowercase ? 0u : (uint)Math.Min(dense.Length, 0xD800);
+        ref var counts = ref MemoryMarshal.GetArrayDataReference(dense);
+        ref var chars = ref MemoryMarshal.GetReference(text);
         for (var i = 0; i < text.Length;)
         {
-            int c = text[i];
-            if (!lowercase && c < 0xD800 && c < dense.Length)
+            uint c = Unsafe.Add(ref chars, i);
+            if (c < direct)
             {
-                dense[c]++;
+                Unsafe.Add(ref counts, c)++;
                 i++;
                 continue;
             }
