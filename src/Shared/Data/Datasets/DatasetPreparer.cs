@@ -194,11 +194,21 @@ public static partial class DatasetPreparer
             log($"pass 1/3: the length of the text ({o.Train.Count} source(s)), to hold out the last {o.ValidationFraction:P1} for validation");
             long total = 0;
             var joiner = false;
-            foreach (var piece in Pieces(o.Train, read, new DataReportBuilder(), null, cancel))
+            foreach (var source in o.Train)
             {
-                if (joiner) total++;
-                total += piece.Text.Length;
-                joiner = piece.EndOfRecord;
+                // Plain text (one record) is measured from its bytes; what that cannot tell, or records, are read.
+                if (source.Format == DataFormats.Text && SourceReader.TextLength(source, cancel) is { } length)
+                {
+                    total += (joiner ? 1 : 0) + length;
+                    joiner = true;
+                    continue;
+                }
+                foreach (var piece in Pieces([source], read, new DataReportBuilder(), null, cancel))
+                {
+                    if (joiner) total++;
+                    total += piece.Text.Length;
+                    joiner = piece.EndOfRecord;
+                }
             }
             var validationLength = Math.Clamp((long)Math.Ceiling(o.ValidationFraction * total - 1e-9), 1, Math.Max(1, total - 1));
             cut = total - validationLength;

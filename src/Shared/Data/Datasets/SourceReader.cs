@@ -44,6 +44,94 @@ internal static class SourceReader
         }
     }
 
+    /// <summary>ASCII characters that are whitespace (a file of only whitespace is an error, found by <see cref="Read"/>).</summary>
+    static readonly SearchValues<byte> AsciiWhiteSpace = SearchValues.Create(Enumerable.Range(0, 128).Where(c => char.IsWhiteSpace((char)c)).Select(c => (byte)c).ToArray());
+
+    /// <summary>
+    /// The length in UTF-16 characters of a plain-text source as <see cref="Read"/> yields it (BOM dropped, CRLF made
+    /// LF), from its bytes without decoding them (UTF-8 validated and counted by vectorized loops), or null when only
+    /// <see cref="Read"/> can tell: the bytes are not valid UTF-8, or whether the text is more than whitespace is not
+    /// decided by its first non-whitespace byte being ASCII (<see cref="Read"/> then reports the error).
+    /// </summary>
+    public static long? TextLength(SourceFile source, CancellationToken cancel)
+    {
+        if (source.Format != DataFormats.Text) throw new ArgumentException($"{source.Path}: only plain text has a length without reading its records");
+        using var stream = SourceFiles.Open(source, out _, hash: false);
+        var bytes = ArrayPool<byte>.Shared.Rent(1 << 20);
+        try
+        {
+            long chars = 0, crlf = 0;
+            int kept = 0; // bytes of an unfinished UTF-8 sequence carried to the front of the buffer
+            bool first = true, content = false, crBefore = false;
+            while (true)
+            {
+                cancel.ThrowIfCancellationRequested();
+                var n = Fill(stream, bytes, kept, source.Path);
+                var end = kept + n;
+                var data = bytes.AsSpan(0, end);
+                if (first && (n == 0 || end >= 3))
+                {
+                    first = false;
+                    if (data.StartsWith((ReadOnlySpan<byte>)[0xEF, 0xBB, 0xBF])) data = data[3..];
+                }
+                else if (first) { kept = end; continue; } // fewer than 3 bytes so far: the BOM is still undecided
+                // Up to the last whole sequence; an unfinished one waits for the next read (at the end it is invalid).
+                var whole = n == 0 ? data.Length : WholeSequences(data);
+                var part = data[..whole];
+                if (!System.Text.Unicode.Utf8.IsValid(part)) return null;
+                if (!content && part.IndexOfAnyExcept(AsciiWhiteSpace) is var at and >= 0)
+                {
+                    if (part[at] >= 0x80) return null;
+                    content = true;
+                }
+                chars += System.Text.Encoding.UTF8.GetCharCount(part);
+                crlf += part.Count("\r\n"u8);
+                if (crBefore && part.Length > 0 && part[0] == (byte)'\n') crlf++;
+                if (part.Length > 0) crBefore = part[^1] == (byte)'\r';
+                if (n == 0) return content ? chars - crlf : null;
+                kept = data.Length - whole;
+                data[whole..].CopyTo(bytes);
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(bytes);
+        }
+    }
+
+    /// <summary>The length of <paramref name="data"/> up to the start of a multi-byte sequence its end cuts short.</summary>
+    static int WholeSequences(ReadOnlySpan<byte> data)
+    {
+        for (var back = 1; back <= Math.Min(4, data.Length); back++)
+        {
+            var b = data[^back];
+            if ((b & 0xC0) == 0x80) continue; // a continuation byte: look further back
+            var need = b < 0x80 ? 1 : b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC0 ? 2 : 1;
+            return need > back ? data.Length - back : data.Length;
+        }
+        return data.Length;
+    }
+
+    static int Fill(Stream stream, byte[] bytes, int from, string path)
+    {
+        try
+        {
+            return stream.Read(bytes, from, bytes.Length - from);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new DataFormatException(path, 0, $"cannot decompress it: {e.Message}");
+        }
+        catch (ZstdSharp.ZstdException e)
+        {
+            throw new DataFormatException(path, 0, $"cannot decompress it: {e.Message}");
+        }
+        catch (IOException e)
+        {
+            throw new DataFormatException(path, 0, $"cannot read it: {e.Message}");
+        }
+    }
+
     static IEnumerable<TextPiece> Text(string path, Utf8CharReader reader, RecordPolicy policy, ReadOptions options, CancellationToken cancel)
     {
         if (options.LabelField is not null) throw new ArgumentException("plain text files have no labels; use jsonl or csv for classification");

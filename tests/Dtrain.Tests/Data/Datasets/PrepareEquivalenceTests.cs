@@ -168,6 +168,38 @@ public sealed class PrepareEquivalenceTests : IDisposable
     }
 
     [Fact]
+    public void A_text_length_from_the_bytes_is_the_length_read_or_left_to_the_reader()
+    {
+        // Pass 1 measures plain text from its bytes; it must be the length the reader yields, across its 1 MiB reads:
+        // a BOM, CRLF (one split between two reads), sequences of 2-4 bytes split between reads, a lone CR at the end.
+        const int Read = 1 << 20;
+        var big = new StringBuilder("\uFEFFStart\r\n");
+        while (Encoding.UTF8.GetByteCount(big.ToString()) < Read - 1) big.Append("Call me Ishmael — 𝄞 naïve.\r\n");
+        var bytes = Encoding.UTF8.GetBytes(big.ToString());
+        var cases = new List<(string Name, byte[] Bytes)> { ("plain", Encoding.UTF8.GetBytes("Hello, world.\r\nBye\r")) };
+        foreach (var piece in new[] { "\r\n", "é", "—", "𝄞" })
+        {
+            var p = Encoding.UTF8.GetBytes(piece);
+            for (var shift = 1; shift < p.Length; shift++)
+            {
+                var prefix = bytes[..(Read - shift)];
+                cases.Add(($"split-{piece.Length}-{shift}", [.. prefix, .. p, .. Encoding.UTF8.GetBytes("tail\r\nend")]));
+            }
+        }
+        foreach (var (name, content) in cases)
+        {
+            var file = SourceFiles.Expand([dir.WriteBytes(name + ".txt", content)], DatasetLayout.TrainSplit, null)[0];
+            var read = SourceReader.Read(file, new ReadOptions(), new DataReportBuilder(), null, default).Sum(p => (long)p.Text.Length);
+            Assert.Equal(read, SourceReader.TextLength(file, default));
+        }
+        var gz = SourceFiles.Expand([dir.WriteBytes("z.txt.gz", Gzip(cases[^1].Bytes))], DatasetLayout.TrainSplit, null)[0];
+        Assert.Equal(SourceReader.Read(gz, new ReadOptions(), new DataReportBuilder(), null, default).Sum(p => (long)p.Text.Length), SourceReader.TextLength(gz, default));
+        // Left to the reader, which reports the error or decides: invalid UTF-8 (also cut short at the end), only whitespace, empty, non-ASCII first.
+        foreach (var (name, content) in new[] { ("invalid", [.. bytes, 0xFF, (byte)'a']), ("short", [.. bytes, 0xE2, 0x80]), ("blank", " \r\n\t"u8.ToArray()), ("empty", []), ("nbsp", "\u00A0x"u8.ToArray()) })
+            Assert.Null(SourceReader.TextLength(SourceFiles.Expand([dir.WriteBytes(name + ".txt", content)], DatasetLayout.TrainSplit, null)[0], default));
+    }
+
+    [Fact]
     public void Round_trip_decodes_to_the_text()
     {
         var text = string.Concat(Enumerable.Repeat("Call me Ishmael. Some years ago — never mind how long 𝄞.\nIt is a way I have. ", 3));
