@@ -151,12 +151,12 @@ public sealed class PrepareEquivalenceTests : IDisposable
     {
         var moby = RepoFiles.PathOf("data", "moby-dick", "moby-dick.txt");
         var spam = RepoFiles.PathOf("data", "spam-assassin", "spam-assassin.jsonl");
-        foreach (var (kind, task, source) in new[] { ("word", TaskKinds.LanguageModel, moby), ("char", TaskKinds.Classification, spam) })
+        foreach (var (kind, task, source, more) in new[] { ("word", TaskKinds.LanguageModel, moby, 2), ("char", TaskKinds.Classification, spam, 2), ("char", TaskKinds.LanguageModel, moby, 3), ("word", TaskKinds.Classification, spam, 3) })
         {
             var outputs = new List<string>();
-            foreach (var threads in new[] { 1, 2 })
+            foreach (var threads in new[] { 1, more })
             {
-                var output = Out($"{kind}-{threads}");
+                var output = Out($"{kind}-{task}-{threads}");
                 DatasetPreparer.Prepare(Options(output, [source]) with { Task = task, Tokenizer = new TokenizerSpec { Kind = kind }, Threads = threads, ShardTokens = 50_000, ChunkChars = 4096 });
                 outputs.Add(output);
             }
