@@ -238,14 +238,16 @@ public static partial class DatasetPreparer
             chunks = chunks.Concat(new TextChunker(word, o.ChunkChars).Chunks(Pieces(o.Validation, read, report, sources, cancel), -1, allValidation: true));
         OrderedParallel.Run(chunks, o.Threads, (w, c) =>
         {
-            var ids = ArrayPool<int>.Shared.Rent(Math.Max(1, c.Length));
-            var count = tokenizing.Encode(w, c.Text, ids);
+            // Encoded and narrowed to the shards' width here, on the tokenizing thread; the writing thread only hashes and writes.
+            var ids = tokenizing.Encode(w, c.Text);
             c.Return();
-            return (Ids: ids, Count: count, c.Validation);
+            var bytes = ArrayPool<byte>.Shared.Rent(Math.Max(1, ids.Length * width));
+            DatasetSplitWriter.Narrow(ids, bytes, width);
+            return (Bytes: bytes, Length: ids.Length * width, c.Validation);
         }, r =>
         {
-            (r.Validation ? validation : train).AppendTokens(r.Ids.AsSpan(0, r.Count));
-            ArrayPool<int>.Shared.Return(r.Ids);
+            (r.Validation ? validation : train).AppendNarrowed(r.Bytes.AsSpan(0, r.Length));
+            ArrayPool<byte>.Shared.Return(r.Bytes);
         }, cancel);
         if (validation.Tokens < 2)
             throw new DataFormatException((o.Validation.Count > 0 ? o.Validation : o.Train)[^1].Path, 0,

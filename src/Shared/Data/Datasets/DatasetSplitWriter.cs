@@ -50,6 +50,44 @@ public sealed class DatasetSplitWriter : IDisposable
         }
     }
 
+    /// <summary>
+    /// Language model: appends ids already narrowed by <see cref="Narrow"/> (on a tokenizing thread, off the thread that
+    /// writes), exactly as <see cref="AppendTokens"/> appends the same ids.
+    /// </summary>
+    public void AppendNarrowed(ReadOnlySpan<byte> ids)
+    {
+        if (records) throw new InvalidOperationException("a classification split takes whole records");
+        if (ids.Length % width != 0) throw new ArgumentException($"{ids.Length} bytes are not whole ids of {width} bytes", nameof(ids));
+        while (!ids.IsEmpty)
+        {
+            if (tokens is null || shardTokenCount == shardTokens) Open();
+            var n = (int)Math.Min(ids.Length / width, shardTokens - shardTokenCount);
+            tokens!.Write(ids[..(n * width)]);
+            shardTokenCount += n;
+            totalTokens += n;
+            ids = ids[(n * width)..];
+        }
+    }
+
+    /// <summary>Ids as a shard holds them: <paramref name="width"/> (2 or 4) bytes each, little-endian, into <paramref name="bytes"/> (at least <c>ids.Length × width</c> long).</summary>
+    public static void Narrow(ReadOnlySpan<int> ids, Span<byte> bytes, int width)
+    {
+        bytes = bytes[..(ids.Length * width)];
+        if (width == 2)
+        {
+            var narrow = MemoryMarshal.Cast<byte, ushort>(bytes);
+            System.Numerics.Tensors.TensorPrimitives.ConvertTruncating<int, ushort>(ids, narrow);
+            if (!BitConverter.IsLittleEndian) BinaryPrimitives.ReverseEndianness(narrow, narrow);
+        }
+        else if (width == 4)
+        {
+            var wide = MemoryMarshal.Cast<byte, int>(bytes);
+            ids.CopyTo(wide);
+            if (!BitConverter.IsLittleEndian) BinaryPrimitives.ReverseEndianness(wide, wide);
+        }
+        else throw new ArgumentOutOfRangeException(nameof(width), width, "2 or 4");
+    }
+
     /// <summary>Classification: appends one record (never split between shards) with its label id.</summary>
     public void AppendRecord(ReadOnlySpan<int> ids, int label)
     {
@@ -74,18 +112,7 @@ public sealed class DatasetSplitWriter : IDisposable
             scratch = ArrayPool<byte>.Shared.Rent(need);
         }
         var bytes = scratch.AsSpan(0, need);
-        if (width == 2)
-        {
-            var narrow = MemoryMarshal.Cast<byte, ushort>(bytes);
-            System.Numerics.Tensors.TensorPrimitives.ConvertTruncating<int, ushort>(ids, narrow);
-            if (!BitConverter.IsLittleEndian) BinaryPrimitives.ReverseEndianness(narrow, narrow);
-        }
-        else
-        {
-            var wide = MemoryMarshal.Cast<byte, int>(bytes);
-            ids.CopyTo(wide);
-            if (!BitConverter.IsLittleEndian) BinaryPrimitives.ReverseEndianness(wide, wide);
-        }
+        Narrow(ids, bytes, width);
         tokens!.Write(bytes);
         shardTokenCount += ids.Length;
         totalTokens += ids.Length;
