@@ -44,9 +44,12 @@ public sealed class WordTokenizer : ITokenizer
     {
         ArgumentNullException.ThrowIfNull(text);
         if (Lowercase) text = text.ToLowerInvariant();
-        var ids = new int[text.Length];
-        var n = EncodeLowered(text, ids);
-        return n == ids.Length ? ids : ids[..n];
+        var tally = new TallySink(); // the tokens counted first: only the ids are allocated, never an array per character
+        Scan(text, ref tally);
+        var ids = new int[tally.Count];
+        var sink = new EncodeSink(this.ids, ids);
+        Scan(text, ref sink);
+        return ids;
     }
 
     /// <summary>
@@ -107,6 +110,13 @@ public sealed class WordTokenizer : ITokenizer
     struct SpanSink(List<(int Start, int Length)> spans) : ITokenSink
     {
         public readonly void Token(ReadOnlySpan<char> text, int start, int length) => spans.Add((start, length));
+    }
+
+    struct TallySink : ITokenSink
+    {
+        public int Count;
+
+        public void Token(ReadOnlySpan<char> text, int start, int length) => Count++;
     }
 
     struct CountSink(WordTable counts) : ITokenSink

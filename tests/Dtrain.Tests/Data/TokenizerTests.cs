@@ -197,6 +197,20 @@ public class TokenizerTests
     }
 
     [Fact]
+    public void Word_encoding_of_moby_dick_allocates_only_the_ids()
+    {
+        // The in-memory path encodes whole files: the ids (one per token), not an array per character, nor strings.
+        var text = File.ReadAllText(RepoFiles.PathOf("data", "moby-dick", "moby-dick.txt"));
+        var tok = Fit("word", text);
+        tok.Encode(text[..1000]); // warm up (JIT)
+        var before = GC.GetAllocatedBytesForCurrentThread();
+        var ids = tok.Encode(text);
+        var allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.True(allocated <= sizeof(int) * (long)ids.Length + 1024, $"encoding {ids.Length:N0} tokens ({text.Length:N0} characters) allocated {allocated:N0} bytes; the id array alone is {sizeof(int) * (long)ids.Length:N0}");
+        Assert.Equal(WordTokenizer.Tokenize(text).Count, ids.Length);
+    }
+
+    [Fact]
     public void Word_tokens_are_those_of_the_rune_by_rune_rules_on_random_text()
     {
         // The word tokenizer classifies characters by a table (dtrain prepare's hot path); these are the rules it
