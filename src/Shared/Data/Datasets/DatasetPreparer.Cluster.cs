@@ -163,7 +163,7 @@ public static partial class DatasetPreparer
         var counts = new PartCounts { TrainLabels = [.. labels], TrainPieces = trainPieces, ValidationPieces = validationPieces };
         foreach (var s in tokenizing.Workers)
         {
-            foreach (var (k, v) in s.Words) counts.Words[k] = counts.Words.GetValueOrDefault(k) + v;
+            foreach (var (k, v) in s.Words.ToDictionary()) counts.Words[k] = counts.Words.GetValueOrDefault(k) + v;
             for (var i = 0; i < s.Dense.Length; i++)
                 if (s.Dense[i] > 0) counts.Chars[i] = counts.Chars.GetValueOrDefault(i) + s.Dense[i];
             foreach (var (k, v) in s.Sparse) counts.Chars[k] = counts.Chars.GetValueOrDefault(k) + v;
@@ -185,7 +185,7 @@ public static partial class DatasetPreparer
         var all = tokenizing.Workers[0];
         foreach (var p in parts)
         {
-            foreach (var (k, v) in p.Words) all.Words[k] = all.Words.GetValueOrDefault(k) + v;
+            foreach (var (k, v) in p.Words) all.Words.GetOrAdd(k) += v;
             foreach (var (k, v) in p.Chars)
             {
                 if (k < 0 || k > 0x10FFFF || k is >= 0xD800 and <= 0xDFFF) throw new InvalidDataException($"a part's counts hold {k}, not a Unicode scalar value");
