@@ -255,31 +255,7 @@ public static partial class DatasetPreparer
             var labelSet = new LabelSet(labels);
             var batches = Batches(Pieces(part.Train, read, report, sources, cancel), null, false, null);
             if (part.Validation.Count > 0) batches = batches.Concat(Batches(Pieces(part.Validation, read, report, sources, cancel), null, true, null));
-            OrderedParallel.Run(batches, tokenizing.Workers.Length, (w, b) =>
-            {
-                var lengths = new int[b.Records.Count];
-                var all = new List<int>(checked((int)Math.Min(int.MaxValue, b.Chars)));
-                for (var i = 0; i < b.Records.Count; i++)
-                {
-                    var ids = tokenizing.Encode(w, b.Records[i].Text);
-                    if (ids.IsEmpty) ids = [Vocabulary.UnkId]; // as PreparedData.EncodeNonEmpty
-                    lengths[i] = ids.Length;
-                    foreach (var id in ids) all.Add(id);
-                }
-                return (Batch: b, Lengths: lengths, Ids: all);
-            }, r =>
-            {
-                var ids = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Ids);
-                var at = 0;
-                for (var i = 0; i < r.Lengths.Length; i++)
-                {
-                    var rec = r.Batch.Records[i];
-                    if (!labelSet.TryGetId(rec.Label, out var label))
-                        throw new DataFormatException(rec.File, RecordPolicy.Line(rec.Line), $"label \"{rec.Label}\" never occurs in the training data, so the model cannot predict it; training labels: {labelSet.Describe()}");
-                    (rec.Validation ? validation : train).AppendRecord(ids.Slice(at, r.Lengths[i]), label);
-                    at += r.Lengths[i];
-                }
-            }, cancel);
+            EncodeRecords(batches, tokenizing.Workers.Length, tokenizing, labelSet, train, validation, "", cancel);
         }
         return new PartEncoded { Train = train.Finish(), Validation = validation.Finish(), Sources = sources, Report = report.ToReport() };
     }

@@ -272,6 +272,39 @@ public static partial class DatasetPreparer
 
     const int BatchChars = 1 << 20, BatchRecords = 8192;
 
+    /// <summary>
+    /// Encodes classification records on <paramref name="threads"/> threads and appends them, in order, with their label
+    /// ids to <paramref name="train"/> or <paramref name="validation"/>; a label the training split never had fails naming
+    /// the record (<paramref name="trainFiles"/>: what the message says the training data is, e.g. " (a.csv, b.csv)").
+    /// </summary>
+    static void EncodeRecords(IEnumerable<RecordBatch> batches, int threads, Tokenizing tokenizing, LabelSet labelSet, DatasetSplitWriter train, DatasetSplitWriter validation,
+        string trainFiles, CancellationToken cancel) =>
+        OrderedParallel.Run(batches, threads, (w, b) =>
+        {
+            var lengths = new int[b.Records.Count];
+            var all = new List<int>(checked((int)Math.Min(int.MaxValue, b.Chars)));
+            for (var i = 0; i < b.Records.Count; i++)
+            {
+                var ids = tokenizing.Encode(w, b.Records[i].Text);
+                if (ids.IsEmpty) ids = [Vocabulary.UnkId]; // as PreparedData.EncodeNonEmpty
+                lengths[i] = ids.Length;
+                foreach (var id in ids) all.Add(id);
+            }
+            return (Batch: b, Lengths: lengths, Ids: all);
+        }, r =>
+        {
+            var ids = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Ids);
+            var at = 0;
+            for (var i = 0; i < r.Lengths.Length; i++)
+            {
+                var rec = r.Batch.Records[i];
+                if (!labelSet.TryGetId(rec.Label, out var label))
+                    throw new DataFormatException(rec.File, RecordPolicy.Line(rec.Line), $"label \"{rec.Label}\" never occurs in the training data{trainFiles}, so the model cannot predict it; training labels: {labelSet.Describe()}");
+                (rec.Validation ? validation : train).AppendRecord(ids.Slice(at, r.Lengths[i]), label);
+                at += r.Lengths[i];
+            }
+        }, cancel);
+
     /// <summary>Records in batches; <paramref name="inValidation"/> (by record number across the sources) marks held-out records, <paramref name="allValidation"/> all.</summary>
     static IEnumerable<RecordBatch> Batches(IEnumerable<TextPiece> pieces, bool[]? inValidation, bool allValidation, Action<string>? onTrainLabel)
     {
@@ -334,31 +367,7 @@ public static partial class DatasetPreparer
         var batches = Batches(Pieces(o.Train, read, report, sources, cancel), inValidation, false, null);
         if (o.Validation.Count > 0) batches = batches.Concat(Batches(Pieces(o.Validation, read, report, sources, cancel), null, true, null));
         var trainFiles = string.Join(", ", o.Train.Select(s => s.Path).Take(3)) + (o.Train.Count > 3 ? ", ..." : "");
-        OrderedParallel.Run(batches, o.Threads, (w, b) =>
-        {
-            var lengths = new int[b.Records.Count];
-            var all = new List<int>(checked((int)Math.Min(int.MaxValue, b.Chars)));
-            for (var i = 0; i < b.Records.Count; i++)
-            {
-                var ids = tokenizing.Encode(w, b.Records[i].Text);
-                if (ids.IsEmpty) ids = [Vocabulary.UnkId]; // as PreparedData.EncodeNonEmpty
-                lengths[i] = ids.Length;
-                foreach (var id in ids) all.Add(id);
-            }
-            return (Batch: b, Lengths: lengths, Ids: all);
-        }, r =>
-        {
-            var ids = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Ids);
-            var at = 0;
-            for (var i = 0; i < r.Lengths.Length; i++)
-            {
-                var rec = r.Batch.Records[i];
-                if (!labelSet.TryGetId(rec.Label, out var label))
-                    throw new DataFormatException(rec.File, RecordPolicy.Line(rec.Line), $"label \"{rec.Label}\" never occurs in the training data ({trainFiles}), so the model cannot predict it; training labels: {labelSet.Describe()}");
-                (rec.Validation ? validation : train).AppendRecord(ids.Slice(at, r.Lengths[i]), label);
-                at += r.Lengths[i];
-            }
-        }, cancel);
+        EncodeRecords(batches, o.Threads, tokenizing, labelSet, train, validation, $" ({trainFiles})", cancel);
         return new Result(tokenizer, labelSet, sources, train.Finish(), validation.Finish(), report.ToReport());
     }
 
