@@ -200,8 +200,9 @@ public sealed class PreparedUploadTests
         var (info, _) = await RunAsync(cluster, tmp, spec, "job.json");
         Assert.True(info.State == JobState.Succeeded, $"{info.State} {info.Message}");
         var job = cluster.CoordinatorService<JobManager>().Get(info.JobId);
-        await Until(() => !Directory.Exists(Path.Combine(job.Dir, "data")), TimeSpan.FromSeconds(30), () => "the job's data files are still there");
-        Assert.False(Directory.Exists(Path.Combine(shared, info.JobId)), "the dataset went with them");
+        // The data files and the dataset go in one pass of the scheduling loop, one after the other: wait for both.
+        await Until(() => !Directory.Exists(Path.Combine(job.Dir, "data")) && !Directory.Exists(Path.Combine(shared, info.JobId)), TimeSpan.FromSeconds(60),
+            () => Directory.Exists(Path.Combine(job.Dir, "data")) ? "the job's data files are still there" : "the dataset did not go with the job's data files");
     }
 
     [Fact]

@@ -35,11 +35,14 @@ public class ProtoBoundaryTests
         ["Dtrain.Server.GrpcWorkerHandle"] = "a worker over gRPC (IWorkerHandle)",
         ["Dtrain.Server.WorkerClients"] = "the gRPC clients of the workers",
         ["Dtrain.Server.WorkerProtoMapping"] = "maps the protocol's domain types to and from WorkerControl's messages",
+        // Not on the job path: `dtrain prepare --on-cluster`, a dataset prepared by idle workers (no job, no driver).
+        ["Dtrain.Server.ClusterPrepare"] = "the on-cluster prepare: maps Jobs.Prepare and calls the workers' PrepareCount/PrepareEncode",
         // The worker
         ["Dtrain.Worker.WorkerControlService"] = "the WorkerControl gRPC service: maps the coordinator's calls to WorkerRuntime",
         ["Dtrain.Worker.WorkerProtocol"] = "maps WorkerControl's messages to and from the protocol's domain types",
         ["Dtrain.Worker.CoordinatorLink"] = "the worker's Membership gRPC client (register, heartbeat, leave)",
         ["Dtrain.Worker.GrpcPeerState"] = "takes a peer's state over gRPC (IPeerState)",
+        ["Dtrain.Worker.WorkerPrepare"] = "serves PrepareCount/PrepareEncode of the on-cluster prepare (not a job's path)",
     };
 
     /// <summary>The types on the job path: the coordinator's server, the worker, the protocol's domain types and how parameters move.</summary>

@@ -13,10 +13,12 @@ public static class GcPressure
 
     /// <summary>
     /// Runs <paramref name="round"/> (given its 0-based number) at least <paramref name="rounds"/> times while another
-    /// thread collects; with <paramref name="untilCollections"/>, more rounds (at most 20 times as many) until the
-    /// collector has run that often. A round that throws is a failure named "<paramref name="what"/> k: message".
+    /// thread collects, and more rounds (at most 20 times as many) until the collector has run
+    /// <paramref name="untilCollections"/> times (by default as often as <see cref="AssertClean"/> asks: on a loaded
+    /// machine the collector thread may get little CPU while the rounds run). A round that throws is a failure named
+    /// "<paramref name="what"/> k: message".
     /// </summary>
-    public static Run While(int rounds, Action<int> round, string what = "round", int untilCollections = 0)
+    public static Run While(int rounds, Action<int> round, string what = "round", int untilCollections = MinimumCollections)
     {
         var stop = 0;
         var collections = 0;
@@ -55,10 +57,13 @@ public static class GcPressure
         return new Run(what, failures, done, collections, clock.Elapsed);
     }
 
-    /// <summary>No round failed, and the collector really ran alongside (at least 50 collections), or the run proves nothing.</summary>
+    /// <summary>Collections a run must see alongside its rounds to prove anything.</summary>
+    public const int MinimumCollections = 50;
+
+    /// <summary>No round failed, and the collector really ran alongside (at least <see cref="MinimumCollections"/> collections), or the run proves nothing.</summary>
     public static void AssertClean(Run run)
     {
         Assert.True(run.Failures.Count == 0, $"{run.Failures.Count} of {run.Rounds} {run.What}s failed: {string.Join("; ", run.Failures.Take(3))}");
-        Assert.True(run.Collections >= 50, $"only {run.Collections} forced collections during {run.Rounds} {run.What}s ({run.Elapsed.TotalSeconds:F1} s)");
+        Assert.True(run.Collections >= MinimumCollections, $"only {run.Collections} forced collections during {run.Rounds} {run.What}s ({run.Elapsed.TotalSeconds:F1} s)");
     }
 }
