@@ -97,6 +97,32 @@ public sealed class DatasetStepRowsTests : IDisposable
     }
 
     [Fact]
+    public async Task A_dataset_jobs_background_shard_checks_run_at_normal_priority_from_half_its_steps_and_are_done_by_its_last()
+    {
+        var file = dir.Write("corpus.txt", string.Concat(Enumerable.Range(0, 40).Select(i => $"Line {i}: some words {i % 7}\n")));
+        var o = PrepareTestSupport.Options(Path.Combine(dir.Path, "ds"), [file]);
+        DatasetPreparer.Prepare(o);
+        var lm = TestJobs.CharLm("unused.txt");
+        var spec = lm with { Data = new DataSpec { Dataset = o.Output }, Training = lm.Training with { BatchSize = 4, SeqLen = 8, LmSampling = LmSamplingKinds.Stream } };
+        using var ds = await StoredDataset.OpenAsync(o.Output, verification: ShardVerification.Background);
+        var stepsPerEpoch = TrainingTasks.For(spec).TrainBatches(spec, PreparedData.FromDataset(ds)).StepsPerEpoch;
+        const int total = 6;
+        using var reader = new DatasetRows("probe", spec, ds, stepsPerEpoch, totalSteps: total);
+        for (var step = 0; step < total; step++)
+        {
+            var at = new StepPosition(step / stepsPerEpoch, step % stepsPerEpoch);
+            var rows = reader.Source.GetRows(at, 0, reader.Source.RowsAt(at))!;
+            var planned = new ShardRows(step, rows.Rows, rows.Width, [], [], null, rows.Count, ResetState: step == 0) { Planned = true, RowStart = 0 };
+            Assert.NotNull(await reader.TakeAsync(planned, CancellationToken.None));
+            // Steps 0 and 1 of 6 leave the checks at the lowest priority; from step 2 (the 3rd of 6) on they are hurried.
+            Assert.Equal(step >= 2, ds.VerificationHurried);
+        }
+        // The last step waited for the checks of every shard read.
+        Assert.True(ds.ShardsOpened > 0);
+        Assert.Equal(ds.ShardsOpened, ds.FilesVerified);
+    }
+
+    [Fact]
     public async Task A_step_abandoned_while_awaiting_its_rows_ends_as_abandoned_not_as_a_bare_cancellation()
     {
         var file = dir.Write("corpus.txt", string.Concat(Enumerable.Range(0, 40).Select(i => $"Line {i}: some words {i % 7}\n")));

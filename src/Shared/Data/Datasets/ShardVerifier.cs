@@ -10,7 +10,9 @@ public enum ShardVerification
     AtOpen,
     /// <summary>
     /// Read whole afterwards on one low-priority background thread, through a plain file stream (never the memory map,
-    /// so the process maps no page of it): the first read does not wait for it. A mismatch is reported by
+    /// so the process maps no page of it): the first read does not wait for it. Once hurried
+    /// (<see cref="StoredDataset.HurryVerification"/>: a job past half its steps, or waiting for the checks) the rest is
+    /// read at normal priority. A mismatch is reported by
     /// <see cref="StoredDataset.ThrowIfCorrupt"/> and <see cref="StoredDataset.VerifiedAsync"/> (what a worker does).
     /// </summary>
     Background,
@@ -19,17 +21,26 @@ public enum ShardVerification
 /// <summary>
 /// Checks the SHA-256 of the files it is given, one after the other in the order given, on one background thread at the
 /// lowest priority (nice 19 on Linux): the first mismatch (or unreadable file) is kept as a <see cref="DatasetException"/>
-/// naming the dataset, the file and its URI, and nothing more is checked.
+/// naming the dataset, the file and its URI, and nothing more is checked. Once <see cref="Hurry"/> is called (a job nearing
+/// its end, or waiting for the checks), the rest is checked at the caller's priority instead: a thread started by the
+/// caller (so with its priority: nice 19 cannot be undone without privileges) takes over the queue and the file being
+/// read, where the low-priority thread left it, and the low-priority thread ends.
 /// </summary>
 sealed class ShardVerifier : IDisposable
 {
+    const string ThreadName = "dataset-verify";
+
     readonly string dataset;
     readonly Func<string, string> uriOf;
     readonly object gate = new();
-    readonly Queue<(DatasetFile File, string Path)> queue = new();
+    readonly LinkedList<Pending> queue = new();
     readonly HashSet<string> seen = new(StringComparer.Ordinal);
+    readonly List<Thread> threads = [];
+    readonly List<(int Id, bool Low)> threadIds = [];
     volatile bool stopping;
-    Thread? thread;
+    volatile bool hurried;
+    bool started;
+    int checking;
     TaskCompletionSource idle = Done();
     volatile DatasetException? failure;
 
@@ -44,6 +55,18 @@ sealed class ShardVerifier : IDisposable
 
     /// <summary>How many files have been checked and matched.</summary>
     public int Verified { get; private set; }
+
+    /// <summary>Whether the checks left run at the caller's priority (<see cref="Hurry"/>), no longer at the lowest.</summary>
+    public bool Hurried => hurried;
+
+    /// <summary>On Linux: the threads that ran the checks (their ids as in /proc/self/task), and whether each is the low-priority one.</summary>
+    internal (int Id, bool Low)[] ThreadIds
+    {
+        get
+        {
+            lock (gate) return [.. threadIds];
+        }
+    }
 
     /// <summary>Completes when every file given so far has been checked (or one failed, or the verifier stopped).</summary>
     public Task Idle
@@ -60,29 +83,68 @@ sealed class ShardVerifier : IDisposable
         lock (gate)
         {
             if (stopping || failure is not null || !seen.Add(file.Name)) return;
-            queue.Enqueue((file, path));
+            queue.AddLast(new Pending(file, path));
             if (idle.Task.IsCompleted) idle = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            if (thread is null)
+            if (!started)
             {
-                thread = new Thread(Run) { IsBackground = true, Name = "dataset-verify", Priority = ThreadPriority.Lowest };
-                thread.Start();
+                started = true;
+                Start(low: !hurried);
             }
-            else Monitor.Pulse(gate);
+            else Monitor.PulseAll(gate);
         }
     }
 
-    void Run()
+    /// <summary>
+    /// From now on the files left (and the one being read) are checked at the caller's priority, not the lowest: on a
+    /// thread started here, which inherits the calling thread's priority. Idempotent.
+    /// </summary>
+    public void Hurry()
     {
-        LowerPriority();
+        lock (gate)
+        {
+            if (hurried || stopping) return;
+            hurried = true;
+            // Nothing queued yet: the first file starts the thread at the caller's priority.
+            if (!started) return;
+            // Idle again until the new thread has looked at the queue.
+            if (idle.Task.IsCompleted) idle = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            Start(low: false);
+            // The low-priority thread steps aside (at its next chunk, or now if it waits for files).
+            Monitor.PulseAll(gate);
+        }
+    }
+
+    void Start(bool low)
+    {
+        var thread = new Thread(() => Run(low)) { IsBackground = true, Name = ThreadName, Priority = low ? ThreadPriority.Lowest : ThreadPriority.Normal };
+        threads.Add(thread);
+        thread.Start();
+    }
+
+    void Run(bool low)
+    {
+        if (low) LowerPriority();
+        if (OperatingSystem.IsLinux())
+        {
+            try
+            {
+                var id = Native.gettid();
+                lock (gate) threadIds.Add((id, low));
+            }
+            catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+            {
+                // An old C library: no id to tell.
+            }
+        }
         var buffer = new byte[1 << 20];
         while (true)
         {
-            (DatasetFile File, string Path) next;
+            Pending next;
             lock (gate)
             {
-                while (queue.Count == 0 && !stopping)
+                while (queue.Count == 0 && !stopping && !(low && hurried))
                 {
-                    idle.TrySetResult();
+                    if (checking == 0) idle.TrySetResult();
                     Monitor.Wait(gate);
                 }
                 if (stopping)
@@ -90,49 +152,84 @@ sealed class ShardVerifier : IDisposable
                     idle.TrySetResult();
                     return;
                 }
-                next = queue.Dequeue();
+                // Hurried: the thread at the caller's priority goes on.
+                if (low && hurried) return;
+                next = queue.First!.Value;
+                queue.RemoveFirst();
+                checking++;
             }
-            var problem = Check(next.File, next.Path, buffer);
+            var (done, problem) = Check(next, buffer, low);
             lock (gate)
             {
+                checking--;
+                if (!done)
+                {
+                    // Hurried in the middle of a file: handed over where it was.
+                    queue.AddFirst(next);
+                    Monitor.PulseAll(gate);
+                    return;
+                }
+                next.Dispose();
                 if (problem is null)
                 {
                     if (!stopping) Verified++;
+                    if (queue.Count == 0 && checking == 0) idle.TrySetResult();
                     continue;
                 }
-                failure = problem;
+                failure ??= problem;
+                foreach (var p in queue) p.Dispose();
                 queue.Clear();
                 idle.TrySetResult();
+                Monitor.PulseAll(gate);
                 return;
             }
         }
     }
 
-    /// <summary>The file's problem, or null when it matches (or the verifier stopped meanwhile).</summary>
-    DatasetException? Check(DatasetFile file, string path, byte[] buffer)
+    /// <summary>
+    /// Reads on where <paramref name="p"/> was left: done with the file's problem, or null when it matches (or the
+    /// verifier stopped meanwhile); not done when the low-priority thread was hurried (the file is handed over).
+    /// </summary>
+    (bool Done, DatasetException? Problem) Check(Pending p, byte[] buffer, bool low)
     {
-        var uri = uriOf(file.Name);
+        var uri = uriOf(p.File.Name);
         try
         {
-            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete, 1, FileOptions.SequentialScan);
-            using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-            long read = 0;
+            p.Stream ??= new FileStream(p.Path, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete, 1, FileOptions.SequentialScan);
+            p.Hash ??= IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
             int n;
-            while ((n = stream.Read(buffer)) > 0)
+            while ((n = p.Stream.Read(buffer)) > 0)
             {
-                if (stopping) return null;
-                hash.AppendData(buffer, 0, n);
-                read += n;
+                if (stopping) return (true, null);
+                p.Hash.AppendData(buffer, 0, n);
+                p.Read += n;
+                if (low && hurried) return (false, null);
             }
-            if (read != file.Bytes)
-                return new DatasetException(dataset, file.Name, $"{PreparedDataset.SizeProblem(read, file.Bytes)} ({uri}): the dataset changed under the job");
-            var actual = Convert.ToHexStringLower(hash.GetHashAndReset());
-            return actual.Equals(file.Sha256, StringComparison.OrdinalIgnoreCase) ? null
-                : new DatasetException(dataset, file.Name, $"does not match its SHA-256 in the manifest ({uri}: SHA-256 is {actual}, expected {file.Sha256.ToLowerInvariant()}): the dataset changed under the job");
+            if (p.Read != p.File.Bytes)
+                return (true, new DatasetException(dataset, p.File.Name, $"{PreparedDataset.SizeProblem(p.Read, p.File.Bytes)} ({uri}): the dataset changed under the job"));
+            var actual = Convert.ToHexStringLower(p.Hash.GetHashAndReset());
+            return (true, actual.Equals(p.File.Sha256, StringComparison.OrdinalIgnoreCase) ? null
+                : new DatasetException(dataset, p.File.Name, $"does not match its SHA-256 in the manifest ({uri}: SHA-256 is {actual}, expected {p.File.Sha256.ToLowerInvariant()}): the dataset changed under the job"));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            return new DatasetException(dataset, file.Name, $"cannot be read to check its SHA-256 ({uri}): {e.Message}");
+            return (true, new DatasetException(dataset, p.File.Name, $"cannot be read to check its SHA-256 ({uri}): {e.Message}"));
+        }
+    }
+
+    /// <summary>A file to check, and how far it was read (its stream and hash so far), so that another thread can go on.</summary>
+    sealed class Pending(DatasetFile file, string path) : IDisposable
+    {
+        public DatasetFile File { get; } = file;
+        public string Path { get; } = path;
+        public FileStream? Stream { get; set; }
+        public IncrementalHash? Hash { get; set; }
+        public long Read { get; set; }
+
+        public void Dispose()
+        {
+            Stream?.Dispose();
+            Hash?.Dispose();
         }
     }
 
@@ -157,17 +254,22 @@ sealed class ShardVerifier : IDisposable
         return done;
     }
 
-    /// <summary>Stops: a file being read is left after its current chunk; waits for the thread to end.</summary>
+    /// <summary>Stops: a file being read is left after its current chunk; waits for the threads to end.</summary>
     public void Dispose()
     {
-        Thread? running;
+        Thread[] running;
         lock (gate)
         {
             stopping = true;
             Monitor.PulseAll(gate);
-            running = thread;
+            running = [.. threads];
         }
-        running?.Join();
+        foreach (var t in running) t.Join();
+        lock (gate)
+        {
+            foreach (var p in queue) p.Dispose();
+            queue.Clear();
+        }
     }
 
     static class Native

@@ -70,12 +70,24 @@ public sealed class StoredDataset : IDisposable
     }
 
     /// <summary>
+    /// With <see cref="ShardVerification.Background"/>: the checks left (of the shards opened so far and later) run at the
+    /// calling thread's priority from now on, no longer at the lowest — what a job nearing its end does, so that its
+    /// last step does not wait for them. Idempotent; nothing otherwise.
+    /// </summary>
+    public void HurryVerification() => verifier?.Hurry();
+
+    /// <summary>Whether <see cref="HurryVerification"/> was called (with <see cref="ShardVerification.Background"/>).</summary>
+    public bool VerificationHurried => verifier?.Hurried ?? false;
+
+    /// <summary>
     /// Completes when every shard opened so far has been checked whole against its SHA-256 (at once unless
-    /// <see cref="ShardVerification.Background"/>); throws as <see cref="ThrowIfCorrupt"/> when one did not match.
+    /// <see cref="ShardVerification.Background"/>; the checks left are hurried, <see cref="HurryVerification"/>: the caller
+    /// waits for them); throws as <see cref="ThrowIfCorrupt"/> when one did not match.
     /// </summary>
     public async Task VerifiedAsync(CancellationToken cancel = default)
     {
         if (verifier is null) return;
+        verifier.Hurry();
         await verifier.Idle.WaitAsync(cancel).ConfigureAwait(false);
         ThrowIfCorrupt();
     }
