@@ -152,7 +152,8 @@ internal static class DatasetJobBench
         File.WriteAllText(specPath, JobSpecSerializer.Serialize(spec));
         var clock = Stopwatch.StartNew();
         var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(specPath), 2)).JobId;
-        double firstStep = double.NaN, firstWait = 0, wait = 0, stepMs = 0;
+        double firstStep = double.NaN, firstWait = 0, wait = 0, stepMs = 0, longestWait = 0;
+        long longestAt = 0;
         var seen = 0;
         ClusterBench.FollowToSuccess(client, id, logs, e =>
         {
@@ -164,6 +165,7 @@ internal static class DatasetJobBench
             }
             wait += e.DataWaitMs;
             stepMs += e.StepMs;
+            if (e.DataWaitMs > longestWait) (longestWait, longestAt) = (e.DataWaitMs, e.Step);
         });
         // Rank order (rank 0 also evaluates, so its memory is compared with rank 0's of the smallest corpus): the job's
         // worker ids, named worker-N by the local cluster.
@@ -174,7 +176,7 @@ internal static class DatasetJobBench
         var run = new Result(source, bytes, shards, PeakMb(cluster.CoordinatorProcessId), [.. byRank.Select(i => PeakMb(cluster.WorkerProcessId(i)))],
             firstStep, firstWait, stepMs > 0 ? wait / stepMs : double.NaN, seen);
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"  {source} {Size(bytes)}: {seen} steps, coordinator {run.CoordinatorMb:F0} MB, ranks 0 / 1 {run.WorkerMb[0]:F0} / {run.WorkerMb[1]:F0} MB, first step after {firstStep:F2} s, data wait {wait:F1} of {stepMs:F0} ms after it"));
+            $"  {source} {Size(bytes)}: {seen} steps, coordinator {run.CoordinatorMb:F0} MB, ranks 0 / 1 {run.WorkerMb[0]:F0} / {run.WorkerMb[1]:F0} MB, first step after {firstStep:F2} s, data wait {wait:F1} of {stepMs:F0} ms after it (longest {longestWait:F1} ms, at step {longestAt} of {steps})"));
         if (Directory.Exists(cache)) Directory.Delete(cache, recursive: true);
         return run;
     }
