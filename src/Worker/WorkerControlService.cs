@@ -11,7 +11,7 @@ namespace Dtrain.Worker;
 /// to and from the protocol's domain types (<see cref="WorkerProtocol"/>), streams in and out, the call's
 /// cancellation; the runtime's exceptions become status codes in the server interceptor.
 /// </summary>
-public sealed class WorkerControlService(WorkerRuntime runtime) : WorkerControl.WorkerControlBase
+public sealed class WorkerControlService(WorkerRuntime runtime, WorkerPrepare prepare) : WorkerControl.WorkerControlBase
 {
     public override async Task<AssignReply> Assign(AssignRequest request, ServerCallContext context) =>
         ToProto(await runtime.AssignAsync(FromProto(request), context.CancellationToken).ConfigureAwait(false));
@@ -100,13 +100,15 @@ public sealed class WorkerControlService(WorkerRuntime runtime) : WorkerControl.
         ToProto(await runtime.SyncStateAsync(FromProto(request), context.CancellationToken).ConfigureAwait(false));
 
     public override Task<PrepareCountReply> PrepareCount(PrepareCountRequest request, ServerCallContext context) =>
-        WorkerPrepare.CountAsync(request, context.CancellationToken);
+        prepare.CountAsync(request, context.CancellationToken);
 
     public override Task<PrepareEncodeReply> PrepareEncode(PrepareEncodeRequest request, ServerCallContext context) =>
-        WorkerPrepare.EncodeAsync(request, context.CancellationToken);
+        prepare.EncodeAsync(request, context.CancellationToken);
 
     public override async Task<ReleaseReply> Release(ReleaseRequest request, ServerCallContext context)
     {
+        // A job's id, or a prepare's (`dtrain prepare --on-cluster`): answered once its calls here have ended.
+        await prepare.ReleaseAsync(request.JobId).ConfigureAwait(false);
         await runtime.ReleaseAsync(request.JobId, request.Reason).ConfigureAwait(false);
         return new ReleaseReply();
     }

@@ -34,6 +34,7 @@ public static class WorkerHost
         builder.Services.AddSingleton(new Dtrain.Collective.DataPlaneOptions { Listen = options.Listen, TcpPort = options.DataPort, Timeouts = options.CollectiveTimeouts });
         builder.Services.AddSingleton<IPeerState, GrpcPeerState>();
         builder.Services.AddSingleton<WorkerRuntime>();
+        builder.Services.AddSingleton<WorkerPrepare>();
         builder.Services.AddSingleton<WorkerMetrics>();
         // SIGTERM drains in CoordinatorLink.StoppingAsync (finish the step, tell the coordinator, release the ring)
         // before Kestrel stops; the host must give it that long.
