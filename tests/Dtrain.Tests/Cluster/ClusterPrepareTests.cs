@@ -247,6 +247,90 @@ public sealed class ClusterPrepareTests
     }
 
     [Fact]
+    public async Task A_worker_stopped_while_encoding_fails_the_prepare_once_it_is_lost_and_the_remaining_worker_prepares_alone()
+    {
+        using var tmp = new TempDir();
+        var data = Path.Combine(tmp.Path, "data");
+        Directory.CreateDirectory(data);
+        var train = Path.Combine(data, "t.txt");
+        File.WriteAllText(train, TestJobs.Text(20));
+        // Validation files no worker encodes before the test stops one (16 GiB each, sparse: NUL characters read from holes):
+        // part 1 is t.txt and v1.txt (worker-1), part 2 is v2.txt (worker-2).
+        string Sparse(string name)
+        {
+            var path = Path.Combine(data, name);
+            using var f = File.Create(path);
+            f.SetLength(16L << 30);
+            return path;
+        }
+        var (v1, v2) = (Sparse("v1.txt"), Sparse("v2.txt"));
+        var env = new Dictionary<string, string>(ElasticTests.FastTimeouts) { ["DTRAIN_Coordinator__DataRoots__0"] = data };
+        using var processes = new Processes(tmp, 2, env);
+        var output = Path.Combine(data, "out", "ds");
+
+        var stderr = new System.Text.StringBuilder();
+        var encoding = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var cli = new System.Diagnostics.Process { StartInfo = CliRunner.StartInfo(tmp.Path, null, "prepare", "--on-cluster", "--coordinator", processes.Cluster.Address, train, "--validation", v1, v2, "-o", output) };
+        cli.ErrorDataReceived += (_, e) =>
+        {
+            if (e.Data is null) return;
+            lock (stderr) stderr.AppendLine(e.Data);
+            if (e.Data.StartsWith("pass 2/2: encoding", StringComparison.Ordinal)) encoding.TrySetResult();
+        };
+        cli.Start();
+        cli.BeginErrorReadLine();
+        var exited = cli.WaitForExitAsync();
+        string Err()
+        {
+            lock (stderr) return stderr.ToString();
+        }
+        // Stopped as soon as the encoding pass starts (bounded by the CLI ending first: then it fails here).
+        Assert.True(await Task.WhenAny(encoding.Task, exited) == encoding.Task, $"the prepare ended before encoding: exit {(cli.HasExited ? cli.ExitCode : -1)}\n{Err()}");
+        var part2 = System.Text.RegularExpressions.Regex.Match(Err(), @"part 2: worker (w\d+) worker-(\d+) \(");
+        Assert.True(part2.Success, Err());
+        var (victim, index) = (part2.Groups[1].Value, int.Parse(part2.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture) - 1);
+        var pid = processes.Cluster.WorkerProcessId(index).ToString(System.Globalization.CultureInfo.InvariantCulture);
+        System.Diagnostics.Process.Start("kill", ["-STOP", pid])!.WaitForExit();
+        try
+        {
+            // Without a bound the prepare waited for the stopped worker until Ctrl-C: it ends once the registry declares it lost.
+            if (await Task.WhenAny(exited, Task.Delay(TimeSpan.FromMinutes(3))) != exited)
+            {
+                cli.Kill(entireProcessTree: true);
+                Assert.Fail($"the prepare still waits for the stopped worker {victim}:\n{Err()}");
+            }
+            await exited;
+            var err = Err();
+            Assert.True(cli.ExitCode == 1, $"exit {cli.ExitCode}\n{err}");
+            Assert.Contains($"worker {victim} worker-{index + 1} (", err);
+            Assert.Contains($"failed encoding part 2 ({v2}): lost: no heartbeat for 3s", err);
+            Assert.Contains("nothing was written to the output", err);
+            // The other worker's encoding was cancelled and it confirmed it stopped before the temporary directory went.
+            var other = processes.Client.ListWorkers(new ListWorkersRequest()).Workers.Single(w => w.WorkerId != victim && w.Name.StartsWith("worker-", StringComparison.Ordinal) && w.State != WorkerState.Lost);
+            Assert.Contains($"stopped on {other.WorkerId};", err);
+            Assert.False(Directory.Exists(output));
+            AssertNothingIn(Path.GetDirectoryName(output)!);
+            var states = processes.Client.ListWorkers(new ListWorkersRequest()).Workers.ToDictionary(w => w.WorkerId, w => w.State);
+            Assert.Equal(WorkerState.Lost, states[victim]);
+            Assert.Equal(WorkerState.Idle, states[other.WorkerId]);
+
+            // Again on the remaining worker (the stopped one still lost), into the same output.
+            var small = Path.Combine(data, "v3.txt");
+            File.WriteAllText(small, TestJobs.Text(5));
+            var r = CliRunner.Run(tmp.Path, TimeSpan.FromMinutes(3), "prepare", "--on-cluster", "--coordinator", processes.Cluster.Address, train, "--validation", small, "-o", output);
+            Assert.True(r.ExitCode == 0, r.ToString());
+            Assert.Contains("on 1 worker(s) (of 1 idle)", r.Stderr);
+            Assert.Contains($"part 1 encoded by {other.WorkerId}", r.Stderr);
+            using var ds = PreparedDataset.Open(output, verify: true);
+            Assert.True(ds.Train.Tokens > 0);
+        }
+        finally
+        {
+            System.Diagnostics.Process.Start("kill", ["-CONT", pid])!.WaitForExit();
+        }
+    }
+
+    [Fact]
     public void The_sources_are_cut_into_contiguous_parts_of_about_equal_bytes_at_most_one_per_worker_and_file()
     {
         var files = Enumerable.Range(0, 5).Select(i => new SourceFile($"/d/{i}.txt", DatasetLayout.TrainSplit, "text", "none")).ToList();
