@@ -331,6 +331,29 @@ public sealed class ClusterPrepareTests
     }
 
     [Fact]
+    public async Task A_released_prepare_is_stopped_on_the_worker_before_the_release_answers_and_its_late_calls_are_refused()
+    {
+        using var tmp = new TempDir();
+        var data = Path.Combine(tmp.Path, "data");
+        Directory.CreateDirectory(data);
+        // 16 GiB (sparse): counted to the end only if the release does not stop it.
+        var big = Path.Combine(data, "big.txt");
+        using (var f = File.Create(big)) f.SetLength(16L << 30);
+        using var processes = new Processes(tmp, 1);
+        var address = processes.Client.ListWorkers(new ListWorkersRequest()).Workers.Single().Address;
+        using var channel = Dtrain.Cli.Remote.Channel(address);
+        var worker = new Dtrain.Protos.Worker.WorkerControl.WorkerControlClient(channel);
+        var count = new Dtrain.Protos.Worker.PrepareCountRequest { PrepareId = "prepare-released", OptionsJson = DatasetPreparer.PartJson(PrepareTestSupport.Options("", [big])), Cut = -1 };
+        using var running = worker.PrepareCountAsync(count);
+        await worker.ReleaseAsync(new Dtrain.Protos.Worker.ReleaseRequest { JobId = "prepare-released", Reason = "the prepare failed" });
+        var stopped = await Assert.ThrowsAsync<RpcException>(() => running.ResponseAsync);
+        Assert.True(stopped.StatusCode is StatusCode.Aborted or StatusCode.FailedPrecondition, stopped.ToString());
+        var late = await Assert.ThrowsAsync<RpcException>(() => worker.PrepareCountAsync(count).ResponseAsync);
+        Assert.Equal(StatusCode.FailedPrecondition, late.StatusCode);
+        Assert.Contains("prepare-released was released by the coordinator", late.Status.Detail);
+    }
+
+    [Fact]
     public void The_sources_are_cut_into_contiguous_parts_of_about_equal_bytes_at_most_one_per_worker_and_file()
     {
         var files = Enumerable.Range(0, 5).Select(i => new SourceFile($"/d/{i}.txt", DatasetLayout.TrainSplit, "text", "none")).ToList();
