@@ -40,7 +40,8 @@ public static class PrepareCommand
         var onCluster = new Option<bool>("--on-cluster")
         {
             Description = "Prepare on the idle workers of the coordinator (--coordinator): SOURCES, --validation and -o are absolute paths under its data roots " +
-                "(`dtrain serve --data-root`; not s3://), which every worker sees at the same path; classification needs --validation sources. The same ids as a local prepare (docs/data.md).",
+                "(`dtrain serve --data-root`; not s3://), which every worker sees at the same path; classification needs --validation sources. The same ids as a local prepare (docs/data.md). " +
+                "A worker that fails, is declared lost (no heartbeat for Coordinator:WorkerTimeoutSeconds) or leaves fails it at once, naming the worker; nothing is written to the output.",
         };
         var cmd = new Command("prepare",
             "Tokenize sources once into a dataset (a directory, or s3://bucket/prefix): token shards that can be memory-mapped, an index, the tokenizer, SHA-256 of every " +
