@@ -63,7 +63,14 @@ public sealed class InProcessWorkerHandle(WorkerRecord worker, WorkerRuntime run
         Call("apply step", command.Step, timeoutSeconds, cancel, ct => runtime.ApplyStepAsync(command, ct));
 
     public Task<Dtrain.Training.EvalMetrics> EvaluateAsync(EvalCommand command, long step, CancellationToken cancel) =>
-        Call("evaluate", step, options.CallTimeoutSeconds, cancel, ct => runtime.EvaluateAsync(command, ct));
+        Call("evaluate", step, options.CallTimeoutSeconds, cancel, async ct =>
+        {
+            if (BeforeEvaluate is { } hook && !hook(step)) throw new RpcException(new Status(StatusCode.Unavailable, "the in-process worker stopped before the evaluation"));
+            return await runtime.EvaluateAsync(command, ct);
+        });
+
+    /// <summary>Called before an evaluation after step (1-based) <c>step</c> runs (whether it runs): a test's fault at a chosen moment.</summary>
+    public Func<long, bool>? BeforeEvaluate { get; set; }
 
     public Task<byte[]> GetStateAsync(StateSnapshot snapshot, CancellationToken cancel) =>
         Call("checkpoint", snapshot.Step, options.CallTimeoutSeconds, cancel, ct => runtime.GetStateAsync(snapshot, ct));

@@ -126,6 +126,36 @@ public class JobFleetTests
     }
 
     [Fact]
+    public async Task Rank_0_lost_during_the_final_evaluation_the_others_evaluate_and_the_job_ends_with_the_single_process_loss()
+    {
+        var (tmp, spec) = Job();
+        using var _ = tmp;
+        var single = SingleProcessLoss(tmp, spec);
+        await using var fleet = new Fleet();
+        foreach (var n in new[] { "a", "b", "c" }) fleet.Start(n);
+        // Rank 0 (a) dies as it starts the evaluation after the last step: every step is committed, the evaluation is not.
+        var evaluations = 0;
+        fleet.Handle("a").BeforeEvaluate = step =>
+        {
+            Interlocked.Increment(ref evaluations);
+            if (step != Steps) return true;
+            fleet.Pool.StopAsync("a").GetAwaiter().GetResult();
+            return false;
+        };
+
+        var job = await RunAsync(fleet, spec, Path.Combine(tmp.Path, "job"), 3, min: 2, max: 3);
+
+        var info = job.Progress;
+        Assert.Equal(1, evaluations);
+        Assert.Equal(Steps, info.Step);
+        Assert.Equal(2, info.Generation);
+        Assert.Equal([fleet.IdOf["b"], fleet.IdOf["c"]], info.WorkerIds);
+        Assert.All(AssertLedger(job), s => Assert.Equal(1L, s.Generation));
+        Assert.NotNull(info.LastEval);
+        AssertLoss(single, job);
+    }
+
+    [Fact]
     public async Task A_worker_that_registers_mid_job_joins_at_a_step_boundary_and_takes_the_state_of_a_member()
     {
         var (tmp, spec) = Job();

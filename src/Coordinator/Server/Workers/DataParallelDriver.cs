@@ -164,6 +164,22 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         // Joiners are admitted, and drained members let go, at a step boundary: no step is launched behind one while a change is due.
         bool Pause(long done) => done < total && fleet.ChangeDue is not null;
 
+        // Re-formed after the last step (its evaluation or checkpoint failed, e.g. rank 0 was lost during it): only what
+        // follows the last step is left, on the new members — rank 0 gets the validation split first. (Launching step
+        // `total` here used to fail the job with a KeyNotFoundException.)
+        if (start >= total)
+        {
+            if (EvaluatesAfter(total))
+            {
+                await shards.EnsureLoadedAsync(start, workers, world, rank => rank, data, generationCancel.Token).ConfigureAwait(false);
+                await EvaluateAsync(job, workers, total, generationCancel.Token).ConfigureAwait(false);
+            }
+            if (CheckpointsAfter(total))
+                await CheckpointAsync(job, workers, checkpoints, total, prepared.ElapsedBefore + clock.Elapsed.TotalSeconds, prepared.SamplesBefore + progress.Samples,
+                    progress.NonFinite.Consecutive, generationCancel.Token).ConfigureAwait(false);
+            return;
+        }
+
         InFlight? current = null, next = null;
         try
         {
