@@ -40,19 +40,7 @@ public static partial class DatasetPreparer
             VocabSize = result.Tokenizer.VocabSize,
             Tokenizer = tokenizerFile,
             Labels = result.Labels.Names,
-            Settings = new DatasetSettings
-            {
-                Task = o.Task,
-                TextField = o.TextField,
-                LabelField = task.HasLabels ? o.LabelField : null,
-                MaxLength = task.PredictsNextToken ? 0 : o.MaxLength,
-                Overlength = o.Overlength,
-                OnError = o.OnError,
-                ValidationFraction = o.Validation.Count > 0 ? 0 : o.ValidationFraction,
-                Seed = o.Seed,
-                Tokenizer = o.Tokenizer,
-                ShardTokens = o.ShardTokens,
-            },
+            Settings = SettingsOf(o, task),
             Sources = result.Sources,
             Train = result.Train,
             Validation = result.Validation,
@@ -62,6 +50,21 @@ public static partial class DatasetPreparer
         log($"prepared {o.Output} in {clock.Elapsed.TotalSeconds:F1} s: train {manifest.Train.Tokens:N0} tokens in {manifest.Train.Shards.Count} shard(s), validation {manifest.Validation.Tokens:N0}; vocabulary {manifest.VocabSize:N0} ({manifest.TokenDtype})");
         return manifest;
     }
+
+    /// <summary>The settings a dataset prepared with <paramref name="o"/> for <paramref name="task"/> records in its manifest (local and on the cluster alike).</summary>
+    static DatasetSettings SettingsOf(PrepareOptions o, ITrainingTask task) => new()
+    {
+        Task = o.Task,
+        TextField = o.TextField,
+        LabelField = task.HasLabels ? o.LabelField : null,
+        MaxLength = task.PredictsNextToken ? 0 : o.MaxLength,
+        Overlength = o.Overlength,
+        OnError = o.OnError,
+        ValidationFraction = o.Validation.Count > 0 ? 0 : o.ValidationFraction,
+        Seed = o.Seed,
+        Tokenizer = o.Tokenizer,
+        ShardTokens = o.ShardTokens,
+    };
 
     /// <summary>Checks the options and returns their task.</summary>
     static ITrainingTask Check(PrepareOptions o)
