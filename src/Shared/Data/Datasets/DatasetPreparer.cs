@@ -164,6 +164,37 @@ public static partial class DatasetPreparer
             return ids[..Encode(w, text, ids)];
         }
 
+        /// <summary>Characters the char tokenizer encodes at a time into scratch ids before narrowing them: small enough to stay in the core's cache.</summary>
+        const int NarrowBlock = 1 << 14;
+
+        /// <summary>
+        /// The ids of <paramref name="text"/> as a shard holds them (<see cref="DatasetSplitWriter.Narrow"/>) into
+        /// <paramref name="bytes"/> (at least <c>text.Length × width</c> long); returns the number of ids. The char
+        /// tokenizer encodes a cache-sized block at a time (cut between characters, never inside a surrogate pair, which
+        /// gives the same ids as the whole text), so the ids never take a chunk-sized int array through memory.
+        /// </summary>
+        public int EncodeNarrowed(int w, ReadOnlySpan<char> text, Span<byte> bytes, int width)
+        {
+            if (word)
+            {
+                var ids = Encode(w, text);
+                DatasetSplitWriter.Narrow(ids, bytes, width);
+                return ids.Length;
+            }
+            var scratch = Workers[w].IdsFor(Math.Min(text.Length, NarrowBlock));
+            var n = 0;
+            while (!text.IsEmpty)
+            {
+                var take = Math.Min(text.Length, NarrowBlock);
+                if (take < text.Length && char.IsHighSurrogate(text[take - 1]) && char.IsLowSurrogate(text[take])) take--;
+                var count = Encode(w, text[..take], scratch);
+                DatasetSplitWriter.Narrow(scratch[..count], bytes[(n * width)..], width);
+                n += count;
+                text = text[take..];
+            }
+            return n;
+        }
+
         /// <summary>Encodes <paramref name="text"/> into <paramref name="ids"/> (at least as long as the text); returns the number of ids.</summary>
         public int Encode(int w, ReadOnlySpan<char> text, Span<int> ids)
         {
@@ -242,11 +273,10 @@ public static partial class DatasetPreparer
         OrderedParallel.Run(chunks, o.Threads, (w, c) =>
         {
             // Encoded and narrowed to the shards' width here, on the tokenizing thread; the writing thread only hashes and writes.
-            var ids = tokenizing.Encode(w, c.Text);
+            var bytes = ArrayPool<byte>.Shared.Rent(Math.Max(1, c.Length * width));
+            var count = tokenizing.EncodeNarrowed(w, c.Text, bytes, width);
             c.Return();
-            var bytes = ArrayPool<byte>.Shared.Rent(Math.Max(1, ids.Length * width));
-            DatasetSplitWriter.Narrow(ids, bytes, width);
-            return (Bytes: bytes, Length: ids.Length * width, c.Validation);
+            return (Bytes: bytes, Length: count * width, c.Validation);
         }, r =>
         {
             (r.Validation ? validation : train).AppendNarrowed(r.Bytes.AsSpan(0, r.Length));

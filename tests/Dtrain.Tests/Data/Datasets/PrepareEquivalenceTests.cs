@@ -43,6 +43,18 @@ public sealed class PrepareEquivalenceTests : IDisposable
     }
 
     [Theory]
+    [InlineData(false, 1)]
+    [InlineData(true, 2)]
+    public void A_surrogate_pair_across_the_char_encoders_block_is_one_id(bool lowercase, int threads)
+    {
+        // The char tokenizer encodes a chunk 16,384 characters at a time: this pair's halves are the 16,384th and 16,385th.
+        var file = dir.Write("corpus.txt", new string('a', (1 << 14) - 1) + "😀" + Text(60));
+        var o = Options(Out(), [file]) with { Tokenizer = new TokenizerSpec { Kind = "char", Lowercase = lowercase }, Threads = threads, ValidationFraction = 0.13 };
+        using var ds = PrepareAndOpen(o);
+        AssertSame(PreparedData.Load(Spec(o, "text", "corpus.txt"), dir.Path), ds);
+    }
+
+    [Theory]
     [InlineData("jsonl", "char")]
     [InlineData("csv", "word")]
     public void Language_model_records_are_joined_as_in_memory(string format, string tokenizer)
