@@ -49,7 +49,7 @@ public sealed class PrepareEquivalenceTests : IDisposable
     {
         // The char tokenizer encodes a chunk 16,384 characters at a time: this pair's halves are the 16,384th and 16,385th.
         var file = dir.Write("corpus.txt", new string('a', (1 << 14) - 1) + "😀" + Text(60));
-        var o = Options(Out(), [file]) with { Tokenizer = new TokenizerSpec { Kind = "char", Lowercase = lowercase }, Threads = threads, ValidationFraction = 0.13 };
+        var o = Options(Out(), [file]) with { Tokenizer = new TokenizerSpec { Kind = "char", Lowercase = lowercase }, Threads = threads, ValidationFraction = 0.13, ChunkChars = 1 << 16 };
         using var ds = PrepareAndOpen(o);
         AssertSame(PreparedData.Load(Spec(o, "text", "corpus.txt"), dir.Path), ds);
     }
