@@ -12,7 +12,9 @@ namespace Dtrain.Bench;
 /// `dataset-job [--sizes 10MB,100MB,1GB] [--steps N] [--dir DIR] [--s3 s3://bucket/prefix]`: training from a prepared
 /// dataset (data.dataset) as the corpus grows. For each size, bundled text (Moby Dick, data/) repeated to that size is
 /// prepared (char tokenizer, language model) into a temporary directory, and the same job — the quickstart model (W1:
-/// char LSTM, 2 layers, hidden 256, batch 32 x 64), N steps, no evaluation or checkpoint before the end — runs from it on
+/// char LSTM, 2 layers, hidden 256, batch 32 x 64), N steps, no evaluation or checkpoint before the end (the final evaluation
+/// reads the validation split's first FinalEvalBatches batches, as `training.eval_batches` says: the bench measures training's data path, and
+/// a whole 1 %-of-the-corpus split would take minutes at 1 GB and more at 5 GB on this machine) — runs from it on
 /// a fresh local loopback cluster of a coordinator and 2 workers x 1 thread (and, with --s3, from a copy published under
 /// that prefix, read through the workers' S3 cache). One table: the coordinator's and each worker's peak RSS (VmHWM
 /// after the job) and each rank's ratio to the same rank in the smallest size's run of the same source, submit to first step, and the
@@ -22,6 +24,8 @@ namespace Dtrain.Bench;
 /// </summary>
 internal static class DatasetJobBench
 {
+    const int FinalEvalBatches = 100;
+
     const string Usage = "dtrain-bench dataset-job [--sizes 10MB,100MB,1GB] [--steps N (30)] [--dir DIR] [--s3 s3://bucket/prefix]";
 
     sealed record Result(string Source, long Bytes, int Shards, double CoordinatorMb, double[] WorkerMb, double FirstStepSeconds, double FirstWaitMs, double WaitShare, int Steps);
@@ -146,7 +150,7 @@ internal static class DatasetJobBench
             Tokenizer = new TokenizerSpec { Kind = TokenizerKinds.Char },
             Model = new ModelSpec { Cell = CellKinds.Lstm, Layers = 2, EmbeddingDim = 64, HiddenSize = 256 },
             Optimizer = new OptimizerSpec { Kind = OptimizerKinds.Adam, Lr = 2e-3 },
-            Training = new TrainingSpec { BatchSize = 32, SeqLen = 64, MaxSteps = steps, ClipNorm = 1.0, Seed = 1, EvalInterval = 0, CheckpointInterval = 0 },
+            Training = new TrainingSpec { BatchSize = 32, SeqLen = 64, MaxSteps = steps, ClipNorm = 1.0, Seed = 1, EvalInterval = 0, CheckpointInterval = 0, EvalBatches = FinalEvalBatches },
         };
         var specPath = Path.Combine(temp, "job.json");
         File.WriteAllText(specPath, JobSpecSerializer.Serialize(spec));
