@@ -29,24 +29,7 @@ public sealed class DatasetStepRowsTests : IDisposable
     [Fact]
     public async Task A_step_awaits_rows_still_being_read_and_a_failed_read_fails_it_naming_the_shard()
     {
-        var file = dir.Write("corpus.txt", string.Concat(Enumerable.Range(0, 40).Select(i => $"Line {i}: some words {i % 7}\n")));
-        var o = PrepareTestSupport.Options(Path.Combine(dir.Path, "ds"), [file]);
-        DatasetPreparer.Prepare(o);
-        var root = o.Output;
-        var lm = TestJobs.CharLm("unused.txt");
-        var spec = lm with { Data = new DataSpec { Dataset = root }, Training = lm.Training with { BatchSize = 4, SeqLen = 8, LmSampling = LmSamplingKinds.Stream } };
-        string sha;
-        TokenizerState tokenizer;
-        long stepsPerEpoch;
-        BatchRows expected;
-        using (var ds = await StoredDataset.OpenAsync(root))
-        {
-            sha = ds.ManifestSha256;
-            tokenizer = ds.Tokenizer.ToState();
-            using var reader = new DatasetRows("probe", spec, ds, TrainingTasks.For(spec).TrainBatches(spec, PreparedData.FromDataset(ds)).StepsPerEpoch);
-            stepsPerEpoch = reader.Source.StepsPerEpoch;
-            expected = reader.Source.GetRows(new StepPosition(0, 0), 0, 4)!;
-        }
+        var (root, spec, sha, tokenizer, stepsPerEpoch, expected) = await PrepareAsync();
         // Shard 0 becomes a pipe: opening it waits until the test opens its other end (then it is not the shard).
         var shard = Path.Combine(root, "train-00000.tokens");
         var length = new FileInfo(shard).Length;
@@ -54,7 +37,7 @@ public sealed class DatasetStepRowsTests : IDisposable
         using (var mkfifo = Process.Start("mkfifo", [shard])) await mkfifo.WaitForExitAsync();
 
         var slot = new WorkerSlot(NullLogger<WorkerSlot>.Instance);
-        var runtime = new WorkerRuntime(slot, new WorkerJobKindsTests.LocalRing(), new WorkerJobKindsTests.NoPeers(), new WorkerOptions(), new StageMailboxes(), NullLogger<WorkerRuntime>.Instance);
+        var runtime = NewRuntime(slot);
         var returned = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         // Bounded by the step: the pipe is opened once the step has returned to its caller (the delay only limits a failure).
         var writer = Task.Run(async () =>
@@ -72,14 +55,7 @@ public sealed class DatasetStepRowsTests : IDisposable
         });
         try
         {
-            await runtime.AssignAsync(new Assignment
-            {
-                JobId = JobId, Generation = 1, SpecJson = JobSpecSerializer.Serialize(spec), Rank = 0, World = 1,
-                Peers = [new ClusterPeer(0, "w1", "http://w1.in-memory.invalid:1")], Tokenizer = tokenizer, Labels = [],
-                TotalSteps = 10, StepsPerEpoch = stepsPerEpoch, Threads = 1, Dataset = new AssignedDataset(root, sha),
-            }, CancellationToken.None);
-            var planned = new ShardRows(0, expected.Rows, expected.Width, [], [], null, expected.Count, ResetState: true) { Planned = true, RowStart = 0 };
-            Assert.Equal(1, await runtime.LoadShardAsync(JobId, new[] { ShardSlice.Of([planned]) }.ToAsyncEnumerable(), CancellationToken.None));
+            await AssignFirstStepAsync(runtime, root, spec, sha, tokenizer, stepsPerEpoch, expected);
             var step = runtime.RunStepAsync(new StepCommand(JobId, 0, spec.Optimizer.Lr, expected.Count), CancellationToken.None);
             var awaited = !step.IsCompleted;
             returned.SetResult();
@@ -99,12 +75,8 @@ public sealed class DatasetStepRowsTests : IDisposable
     [Fact]
     public async Task A_dataset_jobs_background_shard_checks_run_at_normal_priority_from_half_its_steps_and_are_done_by_its_last()
     {
-        var file = dir.Write("corpus.txt", string.Concat(Enumerable.Range(0, 40).Select(i => $"Line {i}: some words {i % 7}\n")));
-        var o = PrepareTestSupport.Options(Path.Combine(dir.Path, "ds"), [file]);
-        DatasetPreparer.Prepare(o);
-        var lm = TestJobs.CharLm("unused.txt");
-        var spec = lm with { Data = new DataSpec { Dataset = o.Output }, Training = lm.Training with { BatchSize = 4, SeqLen = 8, LmSampling = LmSamplingKinds.Stream } };
-        using var ds = await StoredDataset.OpenAsync(o.Output, verification: ShardVerification.Background);
+        var (root, spec) = PrepareCorpus();
+        using var ds = await StoredDataset.OpenAsync(root, verification: ShardVerification.Background);
         var stepsPerEpoch = TrainingTasks.For(spec).TrainBatches(spec, PreparedData.FromDataset(ds)).StepsPerEpoch;
         const int total = 6;
         using var reader = new DatasetRows("probe", spec, ds, stepsPerEpoch, totalSteps: total);
@@ -125,41 +97,17 @@ public sealed class DatasetStepRowsTests : IDisposable
     [Fact]
     public async Task A_step_abandoned_while_awaiting_its_rows_ends_as_abandoned_not_as_a_bare_cancellation()
     {
-        var file = dir.Write("corpus.txt", string.Concat(Enumerable.Range(0, 40).Select(i => $"Line {i}: some words {i % 7}\n")));
-        var o = PrepareTestSupport.Options(Path.Combine(dir.Path, "ds"), [file]);
-        DatasetPreparer.Prepare(o);
-        var root = o.Output;
-        var lm = TestJobs.CharLm("unused.txt");
-        var spec = lm with { Data = new DataSpec { Dataset = root }, Training = lm.Training with { BatchSize = 4, SeqLen = 8, LmSampling = LmSamplingKinds.Stream } };
-        string sha;
-        TokenizerState tokenizer;
-        long stepsPerEpoch;
-        BatchRows expected;
-        using (var ds = await StoredDataset.OpenAsync(root))
-        {
-            sha = ds.ManifestSha256;
-            tokenizer = ds.Tokenizer.ToState();
-            using var reader = new DatasetRows("probe", spec, ds, TrainingTasks.For(spec).TrainBatches(spec, PreparedData.FromDataset(ds)).StepsPerEpoch);
-            stepsPerEpoch = reader.Source.StepsPerEpoch;
-            expected = reader.Source.GetRows(new StepPosition(0, 0), 0, 4)!;
-        }
+        var (root, spec, sha, tokenizer, stepsPerEpoch, expected) = await PrepareAsync();
         // Shard 0 becomes a pipe: opening it waits until the test opens its other end, so the step awaits its rows.
         var shard = Path.Combine(root, "train-00000.tokens");
         File.Delete(shard);
         using (var mkfifo = Process.Start("mkfifo", [shard])) await mkfifo.WaitForExitAsync();
 
         var slot = new WorkerSlot(NullLogger<WorkerSlot>.Instance);
-        var runtime = new WorkerRuntime(slot, new WorkerJobKindsTests.LocalRing(), new WorkerJobKindsTests.NoPeers(), new WorkerOptions(), new StageMailboxes(), NullLogger<WorkerRuntime>.Instance);
+        var runtime = NewRuntime(slot);
         try
         {
-            await runtime.AssignAsync(new Assignment
-            {
-                JobId = JobId, Generation = 1, SpecJson = JobSpecSerializer.Serialize(spec), Rank = 0, World = 1,
-                Peers = [new ClusterPeer(0, "w1", "http://w1.in-memory.invalid:1")], Tokenizer = tokenizer, Labels = [],
-                TotalSteps = 10, StepsPerEpoch = stepsPerEpoch, Threads = 1, Dataset = new AssignedDataset(root, sha),
-            }, CancellationToken.None);
-            var planned = new ShardRows(0, expected.Rows, expected.Width, [], [], null, expected.Count, ResetState: true) { Planned = true, RowStart = 0 };
-            Assert.Equal(1, await runtime.LoadShardAsync(JobId, new[] { ShardSlice.Of([planned]) }.ToAsyncEnumerable(), CancellationToken.None));
+            await AssignFirstStepAsync(runtime, root, spec, sha, tokenizer, stepsPerEpoch, expected);
             var step = runtime.RunStepAsync(new StepCommand(JobId, 0, spec.Optimizer.Lr, expected.Count), CancellationToken.None);
             Assert.False(step.IsCompleted, "the step did not await its rows");
             // A new membership generation abandons the step while it awaits its rows.
@@ -174,5 +122,40 @@ public sealed class DatasetStepRowsTests : IDisposable
             using (new FileStream(shard, FileMode.Open, FileAccess.ReadWrite)) { }
             await slot.ReleaseAsync("test over");
         }
+    }
+
+    /// <summary>A small corpus prepared (char LM) into dir/ds, and a stream-sampled job spec (batch 4 × 8) training from it.</summary>
+    (string Root, JobSpec Spec) PrepareCorpus()
+    {
+        var file = dir.Write("corpus.txt", string.Concat(Enumerable.Range(0, 40).Select(i => $"Line {i}: some words {i % 7}\n")));
+        var o = PrepareTestSupport.Options(Path.Combine(dir.Path, "ds"), [file]);
+        DatasetPreparer.Prepare(o);
+        var lm = TestJobs.CharLm("unused.txt");
+        return (o.Output, lm with { Data = new DataSpec { Dataset = o.Output }, Training = lm.Training with { BatchSize = 4, SeqLen = 8, LmSampling = LmSamplingKinds.Stream } });
+    }
+
+    /// <summary><see cref="PrepareCorpus"/>, then what a worker is assigned with and step 0's rows, read through <see cref="DatasetRows"/> before the test breaks a shard.</summary>
+    async Task<(string Root, JobSpec Spec, string Sha, TokenizerState Tokenizer, long StepsPerEpoch, BatchRows Expected)> PrepareAsync()
+    {
+        var (root, spec) = PrepareCorpus();
+        using var ds = await StoredDataset.OpenAsync(root);
+        using var reader = new DatasetRows("probe", spec, ds, TrainingTasks.For(spec).TrainBatches(spec, PreparedData.FromDataset(ds)).StepsPerEpoch);
+        return (root, spec, ds.ManifestSha256, ds.Tokenizer.ToState(), reader.Source.StepsPerEpoch, reader.Source.GetRows(new StepPosition(0, 0), 0, 4)!);
+    }
+
+    static WorkerRuntime NewRuntime(WorkerSlot slot) =>
+        new(slot, new WorkerJobKindsTests.LocalRing(), new WorkerJobKindsTests.NoPeers(), new WorkerOptions(), new StageMailboxes(), NullLogger<WorkerRuntime>.Instance);
+
+    /// <summary>Assigns the dataset job to the runtime (rank 0 of 1) and gives it step 0's planned rows.</summary>
+    static async Task AssignFirstStepAsync(WorkerRuntime runtime, string root, JobSpec spec, string sha, TokenizerState tokenizer, long stepsPerEpoch, BatchRows expected)
+    {
+        await runtime.AssignAsync(new Assignment
+        {
+            JobId = JobId, Generation = 1, SpecJson = JobSpecSerializer.Serialize(spec), Rank = 0, World = 1,
+            Peers = [new ClusterPeer(0, "w1", "http://w1.in-memory.invalid:1")], Tokenizer = tokenizer, Labels = [],
+            TotalSteps = 10, StepsPerEpoch = stepsPerEpoch, Threads = 1, Dataset = new AssignedDataset(root, sha),
+        }, CancellationToken.None);
+        var planned = new ShardRows(0, expected.Rows, expected.Width, [], [], null, expected.Count, ResetState: true) { Planned = true, RowStart = 0 };
+        Assert.Equal(1, await runtime.LoadShardAsync(JobId, new[] { ShardSlice.Of([planned]) }.ToAsyncEnumerable(), CancellationToken.None));
     }
 }
