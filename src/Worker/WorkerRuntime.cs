@@ -105,7 +105,6 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     /// </summary>
     private static async Task<DatasetRows> OpenDatasetAsync(Assignment request, AssignedDataset named, JobSpec spec, ITokenizer tokenizer, LabelSet labels, CancellationToken cancel)
     {
-        if (request.Stage is not null) throw new ArgumentException($"job {request.JobId}: a pipeline stage cannot read a dataset");
         Data.Datasets.StoredDataset opened;
         try
         {

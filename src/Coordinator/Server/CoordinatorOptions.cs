@@ -82,7 +82,7 @@ public sealed record CoordinatorOptions
 
     /// <summary>
     /// A directory every worker sees at the same path (storage they share: a compose volume, NFS). When set, the data files
-    /// uploaded or sent inline with a job that is not a pipeline are prepared by the coordinator, streaming, into a dataset
+    /// uploaded or sent inline with a job are prepared by the coordinator, streaming, into a dataset
     /// in SharedDataDir/JOB (<see cref="PreparedUploads"/>), and the job trains from it as a data.dataset job: the workers
     /// read their rows themselves and the coordinator holds no text. Empty (the default): the job reads its files into memory,
     /// each at most <see cref="MaxDataFileBytes"/>, and sends the workers their rows.

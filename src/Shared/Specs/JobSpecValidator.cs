@@ -33,8 +33,6 @@ public static partial class JobSpecValidator
         NotWith("max_length", d.MaxLength != defaults.MaxLength, "dtrain prepare cut the records: its --max-length");
         NotWith("overlength", d.Overlength != defaults.Overlength, "dtrain prepare cut the records: its --overlength");
         NotWith("on_error", d.OnError != defaults.OnError, "dtrain prepare read the files: its --on-error");
-        if (spec.Parallelism?.Pipeline is not null)
-            e.Add(new("$.data.dataset", "a pipeline job cannot train from a dataset yet: use data parallelism (no parallelism.pipeline), or data.train"));
     }
 
     public static IReadOnlyList<SpecError> Validate(JobSpec spec)

@@ -173,7 +173,7 @@ public sealed class DatasetJobTests
     }
 
     /// <summary>Rewrites file <paramref name="name"/> of <paramref name="dataset"/> and its size and SHA-256 in the manifest (<paramref name="edit"/>: more manifest edits), as a dataset made elsewhere could be.</summary>
-    static void Rewrite(string dataset, string name, byte[] bytes, Action<System.Text.Json.Nodes.JsonObject>? edit = null)
+    internal static void Rewrite(string dataset, string name, byte[] bytes, Action<System.Text.Json.Nodes.JsonObject>? edit = null)
     {
         var path = Path.Combine(dataset, DatasetLayout.ManifestFile);
         var manifest = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path))!.AsObject();
@@ -505,7 +505,7 @@ public sealed class DatasetJobTests
         }
     }
 
-    sealed class ShardTapInterceptor(ShardTap tap) : Interceptor
+    internal sealed class ShardTapInterceptor(ShardTap tap) : Interceptor
     {
         public override Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation) =>
             continuation(new Tapped<TRequest>(requestStream, tap), context);

@@ -12,8 +12,8 @@ namespace Dtrain.Server;
 /// path's), and the job trains from it as a data.dataset job. The dataset is written beside its place and renamed there
 /// once its manifest is written (<see cref="DatasetWriter"/>), so a dataset in SharedDataDir/JOB is whole; one that does
 /// not match the job's files (of another coordinator's job of the same id) is prepared again, and what an interrupted
-/// preparation left (SharedDataDir/.JOB.partial-*) is removed before preparing. A pipeline job, a job reading a data-root
-/// file and a synthetic one read their data into memory as before.
+/// preparation left (SharedDataDir/.JOB.partial-*) is removed before preparing. A data-parallel and a pipeline job alike;
+/// a job reading a data-root file and a synthetic one read their data into memory as before.
 /// </summary>
 public static class PreparedUploads
 {
@@ -22,13 +22,13 @@ public static class PreparedUploads
         options.PreparesUploads ? Path.Combine(Path.GetFullPath(options.SharedDataDir), jobId) : null;
 
     /// <summary>
-    /// Whether the job's data is prepared into a dataset: a shared directory is configured, the job is not a pipeline, and
+    /// Whether the job's data is prepared into a dataset: a shared directory is configured and
     /// it reads files (no dataset, not synthetic) all of which were brought with it (stored under <paramref name="jobDir"/>/data,
     /// or for `dtrain resume JOB` under that job's).
     /// </summary>
     public static bool Applies(CoordinatorOptions options, JobSpec spec, string jobDir)
     {
-        if (!options.PreparesUploads || spec.Parallelism?.Pipeline is not null) return false;
+        if (!options.PreparesUploads) return false;
         var d = spec.Data;
         if (d.Dataset is not null || d.Format == DataFormats.Synthetic || d.Train is null) return false;
         if (!TokenizerKinds.All.Contains(spec.Tokenizer.Kind)) return false;

@@ -88,11 +88,11 @@ public sealed partial class DataAccess
             }
         }
         // Prepared into a dataset (PreparedUploads.Applies), a file is streamed: no size limit but the upload quotas.
-        var prepared = allBrought && options.PreparesUploads && spec.Parallelism?.Pipeline is null && TokenizerKinds.All.Contains(spec.Tokenizer.Kind);
+        var prepared = allBrought && options.PreparesUploads && TokenizerKinds.All.Contains(spec.Tokenizer.Kind);
         if (!prepared)
             foreach (var (at, what, size) in brought.Where(b => b.Bytes > options.MaxDataFileBytes))
                 throw Refuse(source, at, $"{what} is {size} bytes, over Coordinator:MaxDataFileBytes = {options.MaxDataFileBytes}, the most a job reads into memory" +
-                                         (options.PreparesUploads ? " (a pipeline job, or one that also reads a data-root file, reads its files into memory)" : ""));
+                                         (options.PreparesUploads ? " (a job that also reads a data-root file reads its files into memory)" : ""));
         var placed = plans.ToDictionary(p => p.Key, p => p.Value(), StringComparer.Ordinal);
         string? Placed(string? path) => path is null ? null : placed[path];
         return spec with { Data = spec.Data with { Train = Placed(spec.Data.Train), Validation = Placed(spec.Data.Validation) } };

@@ -17,6 +17,10 @@ namespace Dtrain.Server;
 /// RunStep (every stage follows the schedule, all-reduces with its replicas and reports its squared gradient norm),
 /// then ApplyStep with the whole model's norm, so clipping is global. For evaluation and checkpoints the coordinator
 /// gathers every stage's parameters and optimizer state into the whole model, in today's checkpoint format.
+/// A dataset job (data.dataset) sends the stages only the plan, as a data-parallel one: every stage of a replica reads
+/// the replica's rows from the dataset itself (stage 0 uses the inputs, the last stage the targets), and the
+/// coordinator evaluates the gathered model on the dataset's validation split read through its shards, each id,
+/// record and label checked as it is read — it never holds the corpus.
 /// </summary>
 public sealed class PipelineDriver(CoordinatorOptions options)
 {
@@ -65,7 +69,7 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             $"; {layout.Model.Total:N0} parameters, {total} steps");
 
         using var torch = new TorchThread($"gather-{job.Id}", 1);
-        var epochs = new EpochShards(job.Id, shards, total, start);
+        var epochs = new EpochShards(job.Id, shards, total, start, planned: data.Dataset is not null);
         long samples = 0;
         var clock = Stopwatch.StartNew();
         var lastStage = Enumerable.Range(0, d).Select(r => Slot(r, k - 1)).ToArray();
@@ -73,7 +77,8 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         for (long step = start; step < total; step++)
         {
             cancel.ThrowIfCancellationRequested();
-            // Every stage of a replica gets the replica's rows (only the first stage reads the inputs, the last the targets).
+            // Every stage of a replica gets the replica's rows (only the first stage reads the inputs, the last the targets);
+            // a dataset job's stages get the plan and read them. The coordinator evaluates: no stage gets a validation split.
             await epochs.EnsureLoadedAsync(step, workers, d, slot => slot / k, null, cancel).ConfigureAwait(false);
             var started = clock.Elapsed.TotalMilliseconds;
             var lr = lrSchedule.At(step);
@@ -99,6 +104,8 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             {
                 Step = done, TotalSteps = total, Epoch = epoch, Loss = loss, Lr = lr, SamplesPerSecond = samples / Math.Max(1e-9, runSeconds), ElapsedSeconds = elapsed,
                 EtaSeconds = runSeconds / (done - start) * (total - done), Workers = n, ComputeMs = replies.Max(r => r.ComputeMs), AllreduceMs = replies.Max(r => r.AllreduceMs), StepMs = stepMs, GradNorm = norm,
+                // A dataset job's stages read their rows: the longest any stage waited for them (read ahead while the step before ran).
+                DataWaitMs = replies.Max(r => r.DataWaitMs),
                 Bubble = replies.Average(r => r.IdleMs / Math.Max(1e-9, r.IdleMs + r.ComputeMs)),
                 Skipped = skipped is not null, Nonfinite = why is null ? "" : double.IsFinite(loss) ? NonFiniteCauses.Gradient : NonFiniteCauses.Loss,
                 StageComputeMs = [.. Enumerable.Range(0, k).Select(s => Enumerable.Range(0, d).Max(r => replies[Slot(r, s)].ComputeMs))],
@@ -143,7 +150,14 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         Training.EvalMetrics? metrics = null;
         if (evaluate)
         {
-            metrics = TrainingTasks.For(spec).Evaluate(engine, data, spec.Training.BatchSize, spec.Training.EvalBatches);
+            try
+            {
+                metrics = TrainingTasks.For(spec).Evaluate(engine, Validation(job, data), spec.Training.BatchSize, spec.Training.EvalBatches);
+            }
+            catch (Data.Datasets.DatasetException e)
+            {
+                throw new JobFailure($"evaluation: {e.Message}");
+            }
         }
         CheckpointData? state = null;
         try
@@ -156,5 +170,20 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             throw new JobFailure($"gathered from every stage: {e.Message}") { Terminal = true };
         }
         return (metrics, state);
+    }
+
+    /// <summary>
+    /// What the gathered model is evaluated on: the job's data as read, or a dataset job's validation split read through
+    /// its shards (only the batches evaluated), every id, record and label checked before it reaches torch; a language
+    /// model's split must hold at least 2 tokens. A problem fails the job naming the dataset and the file.
+    /// </summary>
+    private static PreparedData Validation(JobRecord job, PreparedData data)
+    {
+        if (data.Dataset is not { } dataset) return data;
+        JobFailure Problem(string file, string problem) => new($"evaluation: dataset {dataset.Uri}: {file}: {problem}");
+        if (!TrainingTasks.For(job.Spec).HasLabels && dataset.Validation.Tokens < 2)
+            throw Problem(Data.Datasets.DatasetLayout.ManifestFile, $"the validation split holds {dataset.Validation.Tokens} token(s); a language model needs at least 2 to evaluate");
+        var split = new Data.Datasets.CheckedValidationSplit(dataset, data.Tokenizer.VocabSize, data.Labels.Count, Problem);
+        return new PreparedData { Tokenizer = data.Tokenizer, Labels = data.Labels, Dataset = dataset, Report = data.Report, ValidationStream = split, ValidationRecords = split };
     }
 }
