@@ -1,8 +1,10 @@
 using Dtrain.Data.Datasets;
+using Dtrain.Data.Storage;
 using Dtrain.Protos.Jobs;
 using Dtrain.Server;
 using Dtrain.Specs;
 using Dtrain.Tests.Data.Datasets;
+using Dtrain.Tests.Data.Storage;
 using Dtrain.Tests.Support;
 using Grpc.AspNetCore.Server;
 using Microsoft.Extensions.DependencyInjection;
@@ -126,6 +128,47 @@ public sealed class PipelineDatasetJobTests
         // Every step says how long its stages waited for their rows (the longest): something, and less than the step.
         var steps = cluster.Client.History(new GetJobRequest { JobId = fromDataset.JobId }).Events.Where(e => e.KindCase == JobEvent.KindOneofCase.Step).Select(e => e.Step).ToList();
         Assert.All(steps, s => Assert.True(s.DataWaitMs > 0 && s.DataWaitMs < s.StepMs, $"step {s.Step}: data wait {s.DataWaitMs} ms of {s.StepMs} ms"));
+    }
+
+    [S3Fact]
+    public async Task A_pipeline_job_trains_from_an_s3_dataset_the_same_losses_as_from_memory()
+    {
+        using var tmp = new TempDir();
+        using var server = await S3TestServer.StartAsync(Path.Combine(tmp.Path, "s3"));
+        var (spec, file) = MemoryJob(tmp, TaskKinds.LanguageModel, 2, 1);
+        var dataset = Prepare(spec, file, Path.Combine(tmp.Path, "ds"));
+        var uri = $"s3://{server.Bucket}/datasets/lm";
+        using (var upload = new S3DatasetStore(uri, server.Options(Path.Combine(tmp.Path, "upload-cache"))))
+            await upload.UploadDirectoryAsync(dataset, [DatasetLayout.ManifestFile]);
+        var environment = new Dictionary<string, string?>
+        {
+            ["DTRAIN_S3_ENDPOINT"] = server.Endpoint.ToString(), ["AWS_REGION"] = "us-east-1",
+            ["AWS_ACCESS_KEY_ID"] = server.AccessKey, ["AWS_SECRET_ACCESS_KEY"] = server.SecretKey,
+            ["DTRAIN_S3_CACHE_DIR"] = Path.Combine(tmp.Path, "cache"),
+        };
+        var saved = environment.Keys.ToDictionary(k => k, Environment.GetEnvironmentVariable);
+        foreach (var (k, v) in environment) Environment.SetEnvironmentVariable(k, v);
+        try
+        {
+            var tap = new DatasetJobTests.ShardTap();
+            await using var cluster = await StartAsync(tmp.Path, tap, 2);
+            var (memory, memoryLosses) = await RunAsync(cluster, tmp, spec, "memory.json");
+            Assert.True(memory.State == JobState.Succeeded, $"from memory: {memory.State} {memory.Message}");
+            tap.Reset();
+            var (fromS3, s3Losses) = await RunAsync(cluster, tmp, DatasetJob(spec, uri), "s3.json");
+            Assert.True(fromS3.State == JobState.Succeeded, $"from S3: {fromS3.State} {fromS3.Message}");
+            AssertSameLosses(memoryLosses, s3Losses, "2 stages from S3");
+            Assert.True(Math.Abs(memory.LastEval.Loss - fromS3.LastEval.Loss) <= 1e-6 * Math.Max(1, memory.LastEval.Loss),
+                $"validation loss {fromS3.LastEval.Loss:R}, from memory {memory.LastEval.Loss:R}");
+            Assert.Equal(0, tap.Values);
+            await server.FlushLogAsync();
+            Assert.True(server.Count("GET", "train-00000.tokens") >= 1, "the stages fetched the training shards from S3");
+            Assert.True(server.Count("GET", "validation-00000.tokens") >= 1, "the coordinator fetched the validation shard from S3");
+        }
+        finally
+        {
+            foreach (var (k, v) in saved) Environment.SetEnvironmentVariable(k, v);
+        }
     }
 
     [Fact]

@@ -244,14 +244,44 @@ public sealed class PreparedUploadTests
             Assert.Equal(12, losses.Length);
             Assert.Equal(0, tap.Values);
         }
-        // A pipeline job still reads its files into memory: refused at submit, naming the limit.
-        await using (var cluster = await StartAsync(limits with { SharedDataDir = Path.Combine(tmp.Path, "shared2") }, new Tap(), workers: 0))
+        // A pipeline job's too (it used to read its files into memory, and was refused at submit naming the limit).
+        var pipelineTap = new Tap();
+        await using (var cluster = await StartAsync(limits with { SharedDataDir = Path.Combine(tmp.Path, "shared2") }, pipelineTap))
         {
             var pipeline = spec with { Parallelism = new ParallelismSpec { Pipeline = new PipelineSpec { Stages = 2 } } };
-            var e = Assert.ThrowsAny<Exception>(() => Submit(cluster, tmp, pipeline, "pipeline.json"));
-            Assert.Contains("$.data.train", e.Message);
-            Assert.Contains("over Coordinator:MaxDataFileBytes = 2048", e.Message);
+            var (info, losses) = await RunAsync(cluster, tmp, pipeline, "pipeline.json");
+            Assert.True(info.State == JobState.Succeeded, $"pipeline: {info.State} {info.Message}");
+            Assert.Equal(12, losses.Length);
+            Assert.Equal(0, pipelineTap.Values);
         }
+    }
+
+    [Fact]
+    public async Task A_pipeline_jobs_upload_is_prepared_into_a_dataset_its_stages_read_with_the_losses_of_memory()
+    {
+        using var tmp = new TempDir();
+        var spec = Job(tmp, TaskKinds.LanguageModel);
+        spec = spec with { Parallelism = new ParallelismSpec { Pipeline = new PipelineSpec { Stages = 2 } } };
+
+        var memoryTap = new Tap();
+        JobInfo memory;
+        double[] memoryLosses;
+        await using (var cluster = await StartAsync(new CoordinatorOptions(), memoryTap))
+            (memory, memoryLosses) = await RunAsync(cluster, tmp, spec, "memory.json");
+        Assert.True(memory.State == JobState.Succeeded, $"from memory: {memory.State} {memory.Message}");
+        Assert.True(memoryTap.Values > 0, "without a shared data directory the rows travel to the stages");
+
+        var shared = Path.Combine(tmp.Path, "shared");
+        var tap = new Tap();
+        await using var prepared = await StartAsync(new CoordinatorOptions { SharedDataDir = shared }, tap);
+        var (info, losses) = await RunAsync(prepared, tmp, spec, "prepared.json");
+        Assert.True(info.State == JobState.Succeeded, $"prepared: {info.State} {info.Message}");
+        AssertSameLosses(memoryLosses, losses, memory, info);
+        // Both stages were given the dataset and read their rows themselves: no token went over the wire.
+        var dataset = Path.Combine(shared, info.JobId);
+        Assert.Equal(2, tap.Datasets.Count);
+        Assert.All(tap.Datasets, d => Assert.Equal(dataset, d));
+        Assert.Equal(0, tap.Values);
     }
 
     [Fact]
