@@ -41,7 +41,7 @@ public sealed class DatasetRows : IDisposable
         vocabSize = dataset.Tokenizer.VocabSize;
         labels = dataset.Labels.Count;
         Source = task.TrainBatches(spec, Data);
-        var validation = new CheckedValidation(this);
+        var validation = new CheckedValidationSplit(dataset, vocabSize, labels, Problem);
         Validation = new PreparedData
         {
             Tokenizer = dataset.Tokenizer, Labels = dataset.Labels, Dataset = dataset, Report = Data.Report,
@@ -121,62 +121,6 @@ public sealed class DatasetRows : IDisposable
     }
 
     private InvalidOperationException Problem(string file, string problem) => new($"job {jobId}: evaluation: dataset {Dataset.Uri}: {file}: {problem}");
-
-    /// <summary>The validation split, every id, record and label checked as it is read (<see cref="Validation"/>).</summary>
-    private sealed class CheckedValidation(DatasetRows rows) : ITokenSequence, IRecordSource
-    {
-        private PreparedSplit Split => rows.Dataset.Validation;
-
-        public long Length => ((ITokenSequence)Split).Length;
-
-        public int Count => ((IRecordSource)Split).Count;
-
-        public void Read(long offset, Span<int> destination)
-        {
-            ((ITokenSequence)Split).Read(offset, destination);
-            for (var j = 0; j < destination.Length; j++)
-                if ((uint)destination[j] >= (uint)rows.vocabSize)
-                {
-                    var (shard, at) = Locate(offset + j, s => s.TokenCount);
-                    throw rows.Problem(shard.Tokens.Name, $"id {destination[j]} at token {at} outside the vocabulary [0, {rows.vocabSize})");
-                }
-        }
-
-        public int[] Tokens(int index)
-        {
-            var ids = ((IRecordSource)Split).Tokens(index);
-            if (ids.Length == 0 || ids.Any(id => (uint)id >= (uint)rows.vocabSize))
-            {
-                var (shard, k) = Locate(index, s => s.Records);
-                if (ids.Length == 0) throw rows.Problem(shard.Tokens.Name, $"validation record {k} has no tokens");
-                var bad = ids.First(id => (uint)id >= (uint)rows.vocabSize);
-                throw rows.Problem(shard.Tokens.Name, $"validation record {k}: id {bad} outside the vocabulary [0, {rows.vocabSize})");
-            }
-            return ids;
-        }
-
-        public int Label(int index)
-        {
-            var label = ((IRecordSource)Split).Label(index);
-            if ((uint)label >= (uint)rows.labels)
-            {
-                var (shard, k) = Locate(index, s => s.Records);
-                throw rows.Problem(shard.Labels?.Name ?? shard.Tokens.Name, $"validation record {k}: label id {label} outside [0, {rows.labels})");
-            }
-            return label;
-        }
-
-        /// <summary>The shard holding item <paramref name="index"/> of the split (counted by <paramref name="count"/>), and its index there.</summary>
-        private (DatasetShard Shard, long At) Locate(long index, Func<DatasetShard, long> count)
-        {
-            foreach (var shard in Split.Entry.Shards)
-            {
-                if (index < count(shard)) return (shard, index);
-                index -= count(shard);
-            }
-            throw new ArgumentOutOfRangeException(nameof(index), index, "outside the validation split");
-        }
-    }
 
     /// <summary>
     /// Fails step <paramref name="step"/> if a shard read so far turned out altered (its background SHA-256 check); the
