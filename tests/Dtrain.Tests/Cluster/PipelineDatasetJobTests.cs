@@ -6,7 +6,10 @@ using Dtrain.Specs;
 using Dtrain.Tests.Data.Datasets;
 using Dtrain.Tests.Data.Storage;
 using Dtrain.Tests.Support;
+using Dtrain.Protos.Worker;
 using Grpc.AspNetCore.Server;
+using Grpc.Core;
+using Grpc.Core.Interceptors;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace Dtrain.Tests.Cluster;
@@ -194,6 +197,78 @@ public sealed class PipelineDatasetJobTests
         AssertSameLosses(wholeLosses, [.. firstLosses, .. restLosses], "6 steps, then resumed from the checkpoint");
         Assert.True(Math.Abs(whole.LastEval.Loss - rest.LastEval.Loss) <= 1e-6 * Math.Max(1, whole.LastEval.Loss),
             $"validation loss {rest.LastEval.Loss:R}, uninterrupted {whole.LastEval.Loss:R}");
+    }
+
+    [Fact]
+    public async Task A_dataset_pipeline_job_interrupted_by_a_coordinator_restart_continues_from_its_checkpoint_as_if_uninterrupted()
+    {
+        using var tmp = new TempDir();
+        var (spec, file) = MemoryJob(tmp, TaskKinds.LanguageModel, 2, 1);
+        spec = spec with { Training = spec.Training with { LmSampling = LmSamplingKinds.Random, CheckpointInterval = 4 } };
+        var dataset = Prepare(spec, file, Path.Combine(tmp.Path, "ds"));
+        var job = DatasetJob(spec, dataset);
+        // Step 7 (0-based 6) is held on one worker until the coordinator has gone: the job stops after its checkpoint at step 4.
+        var hold = new StepHold(6);
+        await using var cluster = await InProcessCluster.StartAsync(0, new CoordinatorOptions { DataRoots = [tmp.Path] });
+        await cluster.AddWorkerAsync(configure: b => b.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<HoldStepInterceptor>(hold)));
+        await cluster.AddWorkerAsync();
+        await cluster.WaitForIdleAsync(2, TimeSpan.FromSeconds(30));
+        try
+        {
+            hold.Enabled = false;
+            var (whole, _) = await RunAsync(cluster, tmp, job, "whole.json");
+            Assert.True(whole.State == JobState.Succeeded, $"uninterrupted: {whole.State} {whole.Message}");
+            using var reference = Dtrain.Inference.TrainedModel.Load(cluster.CheckpointFile(whole));
+
+            hold.Enabled = true;
+            var id = cluster.Client.Submit(Dtrain.Cli.JobCommands.BuildSubmit(cluster.Client, new FileInfo(tmp.Write("held.json", JobSpecSerializer.Serialize(job))), 2)).JobId;
+            await hold.Reached.Task.WaitAsync(TimeSpan.FromMinutes(2));
+            Assert.Equal("ckpt-000000004.dtck", cluster.Client.Get(new GetJobRequest { JobId = id }).Checkpoint);
+            await cluster.RestartCoordinatorAsync();
+            hold.Release();
+            var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
+            Assert.True(info.State == JobState.Succeeded, $"after the restart: {info.State} {info.Message}");
+            Assert.Equal(Steps, info.Step);
+            // It went on from its checkpoint at step 4 (steps 5-6 ran again).
+            Assert.Equal(4, info.StartStep);
+            using var trained = Dtrain.Inference.TrainedModel.Load(cluster.CheckpointFile(info));
+            var relative = ParameterDiff.MaxRelative(reference.Engine.Parameters, trained.Engine.Parameters);
+            Assert.True(relative <= 1e-6, $"restarted vs uninterrupted dataset pipeline: max |dp| / max |p| = {relative:E2}");
+            Assert.True(Math.Abs(whole.LastEval.Loss - info.LastEval.Loss) <= 1e-6 * Math.Max(1, whole.LastEval.Loss),
+                $"validation loss {info.LastEval.Loss:R}, uninterrupted {whole.LastEval.Loss:R}");
+        }
+        finally
+        {
+            hold.Release();
+        }
+    }
+
+    /// <summary>Holds the first RunStep of step <see cref="Step"/> (while enabled) until <see cref="Release"/> or the call is cancelled.</summary>
+    public sealed class StepHold(long step)
+    {
+        readonly CancellationTokenSource released = new();
+        int taken;
+        public long Step { get; } = step;
+        public volatile bool Enabled = true;
+        public TaskCompletionSource Reached { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public CancellationToken Released => released.Token;
+        public bool Take() => Enabled && Interlocked.Exchange(ref taken, 1) == 0;
+        public void Release() => released.Cancel();
+    }
+
+    internal sealed class HoldStepInterceptor(StepHold hold) : Interceptor
+    {
+        public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
+        {
+            if (request is RunStepRequest r && r.Step == hold.Step && hold.Take())
+            {
+                hold.Reached.TrySetResult();
+                using var either = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, hold.Released);
+                await Task.Delay(Timeout.Infinite, either.Token).ContinueWith(_ => { }, TaskScheduler.Default);
+                throw new RpcException(new Status(StatusCode.Unavailable, "held by the test until the coordinator restarted"));
+            }
+            return await continuation(request, context);
+        }
     }
 
     [Fact]
