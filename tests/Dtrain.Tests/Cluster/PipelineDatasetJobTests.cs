@@ -26,9 +26,9 @@ public sealed class PipelineDatasetJobTests
 {
     const int Steps = 10;
 
-    static (JobSpec Spec, string File) MemoryJob(TempDir tmp, string task, int stages, int replicas)
+    static (JobSpec Spec, string File) MemoryJob(TempDir tmp, string task, int stages, int replicas, int micro = 2)
     {
-        var parallelism = new ParallelismSpec { Data = replicas, Pipeline = new PipelineSpec { Stages = stages, Microbatches = 2, Schedule = PipelineSchedule1F1B } };
+        var parallelism = new ParallelismSpec { Data = replicas, Pipeline = new PipelineSpec { Stages = stages, Microbatches = micro, Schedule = PipelineSchedule1F1B } };
         if (task == TaskKinds.LanguageModel)
         {
             var file = tmp.Write("t.txt", TestJobs.Text(120));
@@ -95,18 +95,20 @@ public sealed class PipelineDatasetJobTests
                 $"{what}, step {i + 1}: loss {actual[i]:R}, from memory {expected[i]:R}");
     }
 
-    public static TheoryData<string, int, int> Layouts => new()
+    public static TheoryData<string, int, int, int> Layouts => new()
     {
-        { TaskKinds.LanguageModel, 2, 2 },
-        { TaskKinds.Classification, 2, 1 },
+        { TaskKinds.LanguageModel, 2, 2, 2 },
+        { TaskKinds.Classification, 2, 1, 2 },
+        // Batch 10 over 2 replicas: 5 rows each, one micro-batch.
+        { TaskKinds.Classification, 2, 2, 1 },
     };
 
     [Theory]
     [MemberData(nameof(Layouts))]
-    public async Task A_pipeline_job_trains_the_same_losses_from_a_prepared_dataset_as_from_memory_with_no_token_on_the_wire(string task, int stages, int replicas)
+    public async Task A_pipeline_job_trains_the_same_losses_from_a_prepared_dataset_as_from_memory_with_no_token_on_the_wire(string task, int stages, int replicas, int micro)
     {
         using var tmp = new TempDir();
-        var (spec, file) = MemoryJob(tmp, task, stages, replicas);
+        var (spec, file) = MemoryJob(tmp, task, stages, replicas, micro);
         var dataset = Prepare(spec, file, Path.Combine(tmp.Path, "ds"));
         var tap = new DatasetJobTests.ShardTap();
         await using var cluster = await StartAsync(tmp.Path, tap, stages * replicas);
