@@ -6,9 +6,11 @@ namespace Dtrain.Tests.Deploy;
 
 /// <summary>
 /// Where the containers find datasets (docs/storage.md): compose workers mount the shared `datasets` volume read-only
-/// and pass S3 settings through, and the optional `s3` service runs only in its profile; on Kubernetes the workers take
-/// the optional Secret dtrain-s3, and the datasets component (rendered with `kubectl kustomize` from a copy of
-/// deploy/k8s with it enabled, as a user would) adds a ReadOnlyMany claim mounted read-only at /datasets.
+/// and pass S3 settings through, the coordinator mounts it read-write and prepares uploads into a shared data directory
+/// in it (the image owns /datasets, so a new volume is writable by its user), and the optional `s3` service runs only in
+/// its profile; on Kubernetes the workers take the optional Secret dtrain-s3, and the datasets component (rendered with
+/// `kubectl kustomize` from a copy of deploy/k8s with it enabled, as a user would) adds a ReadWriteMany claim mounted
+/// read-only at /datasets in the workers and read-write in the coordinator, which then has a shared data directory there.
 /// </summary>
 public class DatasetStorageDeployTests
 {
@@ -31,12 +33,25 @@ public class DatasetStorageDeployTests
     static IEnumerable<YamlNode> Seq(YamlNode? node, params string[] keys) => At(node, keys) is YamlSequenceNode s ? s.Children : [];
 
     [Fact]
-    public void Compose_workers_mount_the_datasets_volume_read_only_and_the_s3_service_is_only_in_its_profile()
+    public void Compose_workers_mount_the_datasets_volume_read_only_the_coordinator_prepares_uploads_into_it_and_the_s3_service_is_only_in_its_profile()
     {
         var compose = Load(File.ReadAllText(RepoFiles.PathOf("deploy", "docker-compose.yml")));
         var worker = At(compose, "services", "worker");
         Assert.Contains("datasets:/datasets:ro", Seq(worker, "volumes").Select(v => ((YamlScalarNode)v).Value));
         Assert.NotNull(At(compose, "volumes", "datasets"));
+
+        // The coordinator writes the datasets it prepares from uploads into the same volume, which the workers read.
+        var coordinator = At(compose, "services", "coordinator");
+        Assert.Contains("datasets:/datasets", Seq(coordinator, "volumes").Select(v => ((YamlScalarNode)v).Value));
+        var shared = Str(coordinator, "environment", "DTRAIN_Coordinator__SharedDataDir");
+        Assert.True(shared is not null && shared.StartsWith("/datasets/", StringComparison.Ordinal), $"the coordinator's SharedDataDir is \"{shared}\", not in the datasets volume");
+        AssertPreparesUploads(shared, DataDirOfTheImage());
+        // A new named volume takes the owner of the image's directory it is mounted on: the image's user (10001) must own
+        // /datasets, or the coordinator (that user) cannot create its shared data directory in a fresh volume.
+        var dockerfile = File.ReadAllText(RepoFiles.PathOf("deploy", "Dockerfile"));
+        Assert.Matches(@"mkdir -p [^;]*/datasets[ ;]", dockerfile);
+        Assert.Matches(@"chown dtrain:dtrain [^;]*/datasets[ ;]", dockerfile);
+        Assert.Contains("USER 10001:10001", dockerfile);
         foreach (var variable in new[] { "DTRAIN_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION" })
             Assert.Equal($"${{{variable}:-}}", Str(worker, "environment", variable));
         var s3 = At(compose, "services", "s3");
@@ -44,12 +59,12 @@ public class DatasetStorageDeployTests
         Assert.StartsWith("${DTRAIN_S3_IMAGE:-dtrain-s3:", Str(s3, "image"));
         Assert.NotNull(Str(s3, "environment", "S3_SERVER_SECRET_KEY"));
         // The image's entry point is the same server the tests run.
-        var dockerfile = File.ReadAllText(RepoFiles.PathOf("deploy", "s3.Dockerfile"));
-        Assert.Contains("ENTRYPOINT [\"node\", \"/opt/s3-server/app/server.js\"", dockerfile);
+        var s3Dockerfile = File.ReadAllText(RepoFiles.PathOf("deploy", "s3.Dockerfile"));
+        Assert.Contains("ENTRYPOINT [\"node\", \"/opt/s3-server/app/server.js\"", s3Dockerfile);
     }
 
     [Fact]
-    public void Kubernetes_workers_take_the_optional_s3_secret_and_the_datasets_component_mounts_a_read_only_many_claim()
+    public void Kubernetes_workers_take_the_optional_s3_secret_and_the_datasets_component_shares_a_read_write_many_claim_the_coordinator_prepares_uploads_into()
     {
         using var tmp = new TempDir();
         var copy = Path.Combine(tmp.Path, "k8s");
@@ -67,16 +82,52 @@ public class DatasetStorageDeployTests
         File.WriteAllText(kustomization, text.Replace("# components:\n#   - datasets\n", "components:\n  - datasets\n", StringComparison.Ordinal));
         var docs = Render(copy);
         var claim = Assert.Single(docs, d => Str(d, "kind") == "PersistentVolumeClaim" && Str(d, "metadata", "name") == "dtrain-datasets");
-        Assert.Equal(["ReadOnlyMany"], Seq(claim, "spec", "accessModes").Select(m => ((YamlScalarNode)m).Value));
+        // One writer (the coordinator) and any number of readers on any nodes.
+        Assert.Equal(["ReadWriteMany"], Seq(claim, "spec", "accessModes").Select(m => ((YamlScalarNode)m).Value));
         var mount = Assert.Single(Seq(WorkerContainer(docs), "volumeMounts"), m => Str(m, "mountPath") == "/datasets");
         Assert.Equal("true", Str(mount, "readOnly"));
         var workers = Assert.Single(docs, d => Str(d, "kind") == "Deployment" && Str(d, "metadata", "name") == "dtrain-worker");
         var volume = Assert.Single(Seq(workers, "spec", "template", "spec", "volumes"), v => Str(v, "name") == Str(mount, "name"));
         Assert.Equal("dtrain-datasets", Str(volume, "persistentVolumeClaim", "claimName"));
         Assert.Equal("true", Str(volume, "persistentVolumeClaim", "readOnly"));
-        // The other containers' mounts are untouched: the coordinator does not read datasets.
+
+        // The coordinator mounts the same claim read-write at the same path and prepares uploads into a directory in it.
         var coordinator = Assert.Single(docs, d => Str(d, "kind") == "StatefulSet");
-        Assert.DoesNotContain(Seq(coordinator, "spec", "template", "spec", "containers").SelectMany(c => Seq(c, "volumeMounts")), m => Str(m, "mountPath") == "/datasets");
+        var container = Assert.Single(Seq(coordinator, "spec", "template", "spec", "containers"));
+        var coordinatorMount = Assert.Single(Seq(container, "volumeMounts"), m => Str(m, "mountPath") == "/datasets");
+        Assert.NotEqual("true", Str(coordinatorMount, "readOnly"));
+        var coordinatorVolume = Assert.Single(Seq(coordinator, "spec", "template", "spec", "volumes"), v => Str(v, "name") == Str(coordinatorMount, "name"));
+        Assert.Equal("dtrain-datasets", Str(coordinatorVolume, "persistentVolumeClaim", "claimName"));
+        Assert.NotEqual("true", Str(coordinatorVolume, "persistentVolumeClaim", "readOnly"));
+        var args = Seq(container, "args").Select(a => ((YamlScalarNode)a).Value!).ToList();
+        var at = args.IndexOf("--shared-data-dir");
+        Assert.True(at >= 0 && at + 1 < args.Count, $"the coordinator has no --shared-data-dir: [{string.Join(' ', args)}]");
+        Assert.StartsWith("/datasets/", args[at + 1], StringComparison.Ordinal);
+        AssertPreparesUploads(args[at + 1], args[args.IndexOf("--data-dir") + 1]);
+
+        // Without the component the coordinator has neither the mount nor a shared data directory (uploads in memory).
+        var plainCoordinator = Assert.Single(Seq(Assert.Single(plain, d => Str(d, "kind") == "StatefulSet"), "spec", "template", "spec", "containers"));
+        Assert.DoesNotContain(Seq(plainCoordinator, "volumeMounts"), m => Str(m, "mountPath") == "/datasets");
+        Assert.DoesNotContain("--shared-data-dir", Seq(plainCoordinator, "args").Select(a => ((YamlScalarNode)a).Value));
+        Assert.DoesNotContain(plain, d => Str(d, "kind") == "ConfigMap" && At(d, "data") is YamlMappingNode m && m.Children.Keys.Any(k => k.ToString().Contains("SharedDataDir", StringComparison.Ordinal)));
+    }
+
+    /// <summary>The data directory the image gives the coordinator (DTRAIN_Coordinator__DataDir in deploy/Dockerfile).</summary>
+    static string DataDirOfTheImage()
+    {
+        var match = System.Text.RegularExpressions.Regex.Match(File.ReadAllText(RepoFiles.PathOf("deploy", "Dockerfile")), @"DTRAIN_Coordinator__DataDir=(\S+)");
+        Assert.True(match.Success, "deploy/Dockerfile sets no DTRAIN_Coordinator__DataDir");
+        return match.Groups[1].Value;
+    }
+
+    /// <summary>The coordinator accepts the shared data directory with its data directory, and uploads are then not limited to 1 GiB.</summary>
+    static void AssertPreparesUploads(string sharedDataDir, string dataDir)
+    {
+        var options = new Dtrain.Server.CoordinatorOptions { DataDir = dataDir, SharedDataDir = sharedDataDir };
+        Assert.Empty(options.Validate());
+        Assert.True(options.PreparesUploads);
+        Assert.Equal(options.MaxPendingUploadBytes, options.UploadLimit);
+        Assert.True(options.UploadLimit > Dtrain.Data.DataFile.DefaultMaxBytes);
     }
 
     static YamlNode WorkerContainer(IReadOnlyList<YamlMappingNode> docs) =>
