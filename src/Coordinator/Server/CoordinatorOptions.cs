@@ -179,6 +179,8 @@ public sealed record CoordinatorOptions
             else if (!Directory.Exists(root)) e.Add($"Coordinator:DataRoots: \"{root}\" is not an existing directory");
             else if (Overlaps(root, DataDir))
                 e.Add($"Coordinator:DataRoots: \"{root}\" overlaps the data directory \"{DataDir}\": jobs could read other jobs' uploads and checkpoints; allow a directory apart from it");
+            else if (PreparesUploads && Path.IsPathRooted(SharedDataDir) && Overlaps(root, SharedDataDir))
+                e.Add($"Coordinator:DataRoots: \"{root}\" overlaps the shared data directory \"{SharedDataDir}\" (Coordinator:SharedDataDir): jobs could read the datasets other jobs' uploads were prepared into; allow a directory apart from it");
         }
         if (MaxDataFileBytes is < 1 or > DataFile.DefaultMaxBytes) e.Add($"Coordinator:MaxDataFileBytes {MaxDataFileBytes} must be in [1, {DataFile.DefaultMaxBytes}] (1 GiB: a file is decoded into one string)");
         if (PreparesUploads)

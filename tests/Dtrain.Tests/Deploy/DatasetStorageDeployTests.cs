@@ -112,6 +112,28 @@ public class DatasetStorageDeployTests
         Assert.DoesNotContain(plain, d => Str(d, "kind") == "ConfigMap" && At(d, "data") is YamlMappingNode m && m.Children.Keys.Any(k => k.ToString().Contains("SharedDataDir", StringComparison.Ordinal)));
     }
 
+    /// <summary>
+    /// The shared data directory lives in the volume a data root would naturally cover (compose: /datasets/uploads in the
+    /// `datasets` volume): a data root over it, or inside it, would let any job name another job's prepared upload as its
+    /// dataset, so it is refused naming both; a directory beside it is allowed.
+    /// </summary>
+    [Fact]
+    public void A_data_root_overlapping_the_shared_data_directory_is_refused_naming_both()
+    {
+        using var tmp = new TempDir();
+        var dataDir = Directory.CreateDirectory(Path.Combine(tmp.Path, "coordinator")).FullName;
+        var volume = Directory.CreateDirectory(Path.Combine(tmp.Path, "datasets")).FullName;
+        var shared = Path.Combine(volume, "uploads");
+        var options = new Dtrain.Server.CoordinatorOptions { DataDir = dataDir, SharedDataDir = shared };
+        var over = Assert.Single((options with { DataRoots = [volume] }).Validate());
+        Assert.Equal($"Coordinator:DataRoots: \"{volume}\" overlaps the shared data directory \"{shared}\" (Coordinator:SharedDataDir): jobs could read the datasets other jobs' uploads were prepared into; allow a directory apart from it", over);
+        var job = Directory.CreateDirectory(Path.Combine(shared, "job-0001")).FullName;
+        Assert.Contains((options with { DataRoots = [job] }).Validate(), e => e.Contains("overlaps the shared data directory", StringComparison.Ordinal));
+        Assert.Empty((options with { DataRoots = [Directory.CreateDirectory(Path.Combine(volume, "mine")).FullName] }).Validate());
+        // Without a shared data directory the volume may be a data root.
+        Assert.Empty(new Dtrain.Server.CoordinatorOptions { DataDir = dataDir, DataRoots = [volume] }.Validate());
+    }
+
     /// <summary>The data directory the image gives the coordinator (DTRAIN_Coordinator__DataDir in deploy/Dockerfile).</summary>
     static string DataDirOfTheImage()
     {
