@@ -11,8 +11,10 @@ namespace Dtrain.Worker;
 /// to and from the protocol's domain types (<see cref="WorkerProtocol"/>), streams in and out, the call's
 /// cancellation; the runtime's exceptions become status codes in the server interceptor.
 /// </summary>
-public sealed class WorkerControlService(WorkerRuntime runtime, WorkerPrepare prepare) : WorkerControl.WorkerControlBase
+public sealed class WorkerControlService(WorkerRuntime runtime, WorkerPrepare prepare, TimeProvider? clock = null) : WorkerControl.WorkerControlBase
 {
+    private readonly TimeProvider clock = clock ?? TimeProvider.System;
+
     public override async Task<AssignReply> Assign(AssignRequest request, ServerCallContext context) =>
         ToProto(await runtime.AssignAsync(FromProto(request), context.CancellationToken).ConfigureAwait(false));
 
@@ -40,8 +42,28 @@ public sealed class WorkerControlService(WorkerRuntime runtime, WorkerPrepare pr
     public override async Task<RunStepReply> RunStep(RunStepRequest request, ServerCallContext context) =>
         ToProto(await runtime.RunStepAsync(FromProto(request), context.CancellationToken).ConfigureAwait(false));
 
-    public override async Task<EvaluateReply> Evaluate(EvaluateRequest request, ServerCallContext context) =>
-        ToProto(await runtime.EvaluateAsync(FromProto(request), context.CancellationToken).ConfigureAwait(false));
+    public override async Task Evaluate(EvaluateRequest request, IServerStreamWriter<EvaluateUpdate> responseStream, ServerCallContext context)
+    {
+        // The batches done go out while it runs — at most every interval, and only when they advanced (a stuck
+        // evaluation goes silent, and the coordinator fails it) — then the metrics.
+        var interval = ProgressInterval(request.ProgressIntervalSeconds);
+        long done = 0;
+        var evaluation = runtime.EvaluateAsync(FromProto(request), context.CancellationToken, batches => Interlocked.Exchange(ref done, batches));
+        long sent = 0;
+        while (!evaluation.IsCompleted)
+        {
+            await Task.WhenAny(evaluation, Task.Delay(interval, clock)).ConfigureAwait(false);
+            var now = Interlocked.Read(ref done);
+            if (evaluation.IsCompleted || now <= sent) continue;
+            await responseStream.WriteAsync(new EvaluateUpdate { Progress = new EvaluateProgress { BatchesDone = now } }, context.CancellationToken).ConfigureAwait(false);
+            sent = now;
+        }
+        await responseStream.WriteAsync(new EvaluateUpdate { Metrics = ToProto(await evaluation.ConfigureAwait(false)) }, context.CancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>The coordinator's progress interval for an evaluation, within [0.05 s, 2 s]; 1 s when it gives none.</summary>
+    public static TimeSpan ProgressInterval(double seconds) =>
+        TimeSpan.FromSeconds(seconds > 0 && double.IsFinite(seconds) ? Math.Clamp(seconds, 0.05, 2) : 1);
 
     public override async Task GetState(GetStateRequest request, IServerStreamWriter<StateChunk> responseStream, ServerCallContext context)
     {

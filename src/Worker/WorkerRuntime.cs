@@ -21,7 +21,7 @@ namespace Dtrain.Worker;
 /// (<see cref="Dtrain.Cluster"/>); <see cref="WorkerControlService"/> adapts it to gRPC.
 /// </summary>
 public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerState peers, WorkerOptions options, StageMailboxes mailboxes, ILogger<WorkerRuntime> log,
-    WorkerSecurity? security = null, WorkerMetrics? metrics = null, IStageLinkConnector? stageLinks = null)
+    WorkerSecurity? security = null, WorkerMetrics? metrics = null, IStageLinkConnector? stageLinks = null, EvaluationProbe? evaluationProbe = null)
 {
     /// <summary>Worker:InjectNonFinite, the fault drill (null in normal operation).</summary>
     private readonly NonFiniteInjection? inject = options.NonFiniteInjection;
@@ -369,7 +369,11 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             ? $"job {job.JobId}: step {step} abandoned for a new membership generation"
             : $"job {job.JobId} was released during step {step}");
 
-    public async Task<EvalMetrics> EvaluateAsync(EvalCommand request, CancellationToken cancel)
+    /// <summary>
+    /// Evaluates the job's model on the validation split this worker holds, telling <paramref name="progress"/> the
+    /// batches done after each one (on the torch thread); a cancelled call stops at the next batch.
+    /// </summary>
+    public async Task<EvalMetrics> EvaluateAsync(EvalCommand request, CancellationToken cancel, Action<long>? progress = null)
     {
         var job = state.Require(request.JobId);
         if (request.BatchSize is < 1 or > JobSpecValidator.MaxBatch) throw new ArgumentException($"batch_size {request.BatchSize} out of range");
@@ -392,7 +396,13 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             Training.EvalMetrics m;
             try
             {
-                m = await job.Torch.RunAsync(() => job.Work.Evaluate(job.TrainingTask, validation, request.BatchSize, request.MaxBatches)).ConfigureAwait(false);
+                void Batches(long done)
+                {
+                    cancel.ThrowIfCancellationRequested();
+                    evaluationProbe?.AfterBatch?.Invoke(done, cancel);
+                    progress?.Invoke(done);
+                }
+                m = await job.Torch.RunAsync(() => job.Work.Evaluate(job.TrainingTask, validation, request.BatchSize, request.MaxBatches, Batches)).ConfigureAwait(false);
             }
             catch (Data.Datasets.DatasetException e)
             {

@@ -2,13 +2,17 @@ using Dtrain.Models;
 
 namespace Dtrain.Training;
 
-/// <summary>Runs the model over a validation split (all of it, or the first <c>maxBatches</c>) and computes the task's metrics.</summary>
+/// <summary>
+/// Runs the model over a validation split (all of it, or the first <c>maxBatches</c>) and computes the task's metrics;
+/// <c>progress</c>, when given, is told the batches done after each one (a worker reports them to the coordinator, which
+/// bounds an evaluation by its progress, not by the clock).
+/// </summary>
 public static class Evaluator
 {
     public static EvalMetrics LanguageModel(TrainingEngine engine, int[] tokens, int batchSize, int seqLen, int maxBatches) =>
         LanguageModel(engine, new ArrayTokenSequence(tokens), batchSize, seqLen, maxBatches);
 
-    public static EvalMetrics LanguageModel(TrainingEngine engine, ITokenSequence tokens, int batchSize, int seqLen, int maxBatches)
+    public static EvalMetrics LanguageModel(TrainingEngine engine, ITokenSequence tokens, int batchSize, int seqLen, int maxBatches, Action<long>? progress = null)
     {
         // Fewer streams for a short validation text, so it is still read in order with the state carried.
         var streams = (int)Math.Max(1, Math.Min(batchSize, (tokens.Length - 1) / Math.Max(1, seqLen)));
@@ -24,6 +28,7 @@ public static class Evaluator
                 using var batch = source.Get(new StepPosition(0, k), 0, streams)!;
                 lossSum += engine.Evaluate(batch, ref state).LossSum;
                 count += batch.Count;
+                progress?.Invoke(k + 1);
             }
         }
         finally
@@ -37,7 +42,7 @@ public static class Evaluator
     public static EvalMetrics Classification(TrainingEngine engine, IReadOnlyList<int[]> sequences, IReadOnlyList<int> labels, int classes, int batchSize, int maxBatches) =>
         Classification(engine, new ListRecordSource(sequences, labels), classes, batchSize, maxBatches);
 
-    public static EvalMetrics Classification(TrainingEngine engine, IRecordSource records, int classes, int batchSize, int maxBatches)
+    public static EvalMetrics Classification(TrainingEngine engine, IRecordSource records, int classes, int batchSize, int maxBatches, Action<long>? progress = null)
     {
         var source = new ClassificationBatches(records, batchSize, seed: 0, shuffle: false);
         var predicted = new List<long>();
@@ -55,6 +60,7 @@ public static class Evaluator
             predicted.AddRange(predictions!);
             var first = (int)(k * batchSize);
             for (var r = 0; r < batch.Rows; r++) actual.Add(records.Label(first + r));
+            progress?.Invoke(k + 1);
         }
         var (accuracy, f1) = ClassificationMetrics.Compute(predicted, actual, classes);
         return new EvalMetrics(actual.Count == 0 ? double.NaN : lossSum / actual.Count, actual.Count, accuracy, f1);

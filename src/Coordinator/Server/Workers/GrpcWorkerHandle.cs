@@ -42,9 +42,40 @@ public sealed class GrpcWorkerHandle(WorkerRecord worker, WorkerClients clients,
         Call("apply step", command.Step, timeoutSeconds, cancel, async deadline =>
             WorkerProtoMapping.FromProto(await Client.ApplyStepAsync(command.ToProto(), deadline: deadline, cancellationToken: cancel).ResponseAsync.ConfigureAwait(false)));
 
+    /// <summary>
+    /// An evaluation is bounded by its progress, not by the clock: the worker reports the batches done while it runs (at
+    /// most every quarter of the call timeout, 1 s at most), and the call fails only when none arrived for
+    /// <see cref="CoordinatorOptions.CallTimeoutSeconds"/> — a hung evaluation is caught, a long one that advances is not.
+    /// </summary>
     public Task<Training.EvalMetrics> EvaluateAsync(EvalCommand command, long step, CancellationToken cancel) =>
-        Call("evaluate", step, options.CallTimeoutSeconds, cancel, async deadline =>
-            WorkerProtoMapping.FromProto(await Client.EvaluateAsync(command.ToProto(), deadline: deadline, cancellationToken: cancel).ResponseAsync.ConfigureAwait(false)));
+        WorkerCallFailure.GuardAsync(Worker, "evaluate", step, options.CallTimeoutSeconds, cancel, async () =>
+        {
+            var silence = TimeSpan.FromSeconds(options.CallTimeoutSeconds);
+            using var quiet = new CancellationTokenSource(silence, clock);
+            using var either = CancellationTokenSource.CreateLinkedTokenSource(cancel, quiet.Token);
+            var request = command.ToProto();
+            request.ProgressIntervalSeconds = Math.Min(1, options.CallTimeoutSeconds / 4);
+            long done = 0;
+            try
+            {
+                using var call = Client.Evaluate(request, cancellationToken: either.Token);
+                await foreach (var update in call.ResponseStream.ReadAllAsync(either.Token).ConfigureAwait(false))
+                {
+                    if (update.Metrics is { } metrics) return WorkerProtoMapping.FromProto(metrics);
+                    if (update.Progress is { } progress && progress.BatchesDone > done)
+                    {
+                        done = progress.BatchesDone;
+                        quiet.CancelAfter(silence);
+                    }
+                }
+                throw new JobFailure($"worker {Worker.Id} ({Worker.Address}) ended evaluate at step {step} without its metrics", Worker);
+            }
+            catch (Exception e) when ((e is OperationCanceledException or RpcException) && quiet.IsCancellationRequested && !cancel.IsCancellationRequested)
+            {
+                throw new JobFailure($"worker {Worker.Id} ({Worker.Address}) made no progress in evaluate at step {step} for {options.CallTimeoutSeconds:F0}s " +
+                    $"after {done} batches (hung or overloaded)", Worker);
+            }
+        });
 
     public Task<byte[]> GetStateAsync(StateSnapshot snapshot, CancellationToken cancel) =>
         Call("checkpoint", snapshot.Step, options.CallTimeoutSeconds, cancel, async deadline =>

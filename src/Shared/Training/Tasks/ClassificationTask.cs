@@ -115,8 +115,8 @@ public sealed class ClassificationTask : ITrainingTask
 
     public void SetGradientsReady(nn.Module model, Action<int>? ready) { }
 
-    public EvalMetrics Evaluate(TrainingEngine engine, PreparedData data, int batchSize, int maxBatches) =>
-        Evaluator.Classification(engine, data.ValidationRecords, data.Labels.Count, batchSize, maxBatches);
+    public EvalMetrics Evaluate(TrainingEngine engine, PreparedData data, int batchSize, int maxBatches, Action<long>? progress = null) =>
+        Evaluator.Classification(engine, data.ValidationRecords, data.Labels.Count, batchSize, maxBatches, progress);
 
     public EvalMetrics WithDerivedMetrics(EvalMetrics metrics) => metrics;
 

@@ -98,8 +98,11 @@ public interface ITrainingTask
     /// <summary>Sets the model's during-backward signal (see <see cref="TrainingEngine.GradientsReady"/>); nothing when the task has none.</summary>
     void SetGradientsReady(nn.Module model, Action<int>? ready);
 
-    /// <summary>Evaluates <paramref name="engine"/>'s model on the validation split of <paramref name="data"/> (all of it, or the first <paramref name="maxBatches"/>).</summary>
-    EvalMetrics Evaluate(TrainingEngine engine, PreparedData data, int batchSize, int maxBatches);
+    /// <summary>
+    /// Evaluates <paramref name="engine"/>'s model on the validation split of <paramref name="data"/> (all of it, or the
+    /// first <paramref name="maxBatches"/>); <paramref name="progress"/> is told the batches done after each one.
+    /// </summary>
+    EvalMetrics Evaluate(TrainingEngine engine, PreparedData data, int batchSize, int maxBatches, Action<long>? progress = null);
 
     /// <summary>The task's metrics that follow from the mean loss (perplexity and bits per token for a language model), added to <paramref name="metrics"/>.</summary>
     EvalMetrics WithDerivedMetrics(EvalMetrics metrics);

@@ -85,8 +85,8 @@ public sealed class LanguageModelTask : ITrainingTask
 
     public void SetGradientsReady(nn.Module model, Action<int>? ready) => Of(model).GradientsReady = ready;
 
-    public EvalMetrics Evaluate(TrainingEngine engine, PreparedData data, int batchSize, int maxBatches) =>
-        Evaluator.LanguageModel(engine, data.ValidationStream, batchSize, engine.Spec.Training.SeqLen, maxBatches);
+    public EvalMetrics Evaluate(TrainingEngine engine, PreparedData data, int batchSize, int maxBatches, Action<long>? progress = null) =>
+        Evaluator.LanguageModel(engine, data.ValidationStream, batchSize, engine.Spec.Training.SeqLen, maxBatches, progress);
 
     public EvalMetrics WithDerivedMetrics(EvalMetrics metrics) =>
         metrics with { Perplexity = Math.Exp(metrics.Loss), BitsPerToken = metrics.Loss / Math.Log(2) };
