@@ -38,11 +38,11 @@ public interface IWorkerJob
     void CheckTurn(long step);
 
     /// <summary>
-    /// Evaluates the model on <paramref name="data"/>'s validation split as <paramref name="task"/> does (on the torch
-    /// thread), telling <paramref name="progress"/> the batches done after each one; a pipeline stage, which holds part
+    /// Evaluates the model on part <paramref name="part"/> of <paramref name="data"/>'s validation split as
+    /// <paramref name="task"/> does (on the torch thread), telling <paramref name="progress"/> the batches done after each one; a pipeline stage, which holds part
     /// of the model, refuses.
     /// </summary>
-    EvalMetrics Evaluate(ITrainingTask task, PreparedData data, int batchSize, int maxBatches, Action<long>? progress = null);
+    EvalSums Evaluate(ITrainingTask task, PreparedData data, int batchSize, int maxBatches, EvalPart part, Action<long>? progress = null);
 
     /// <summary>
     /// Its training state in the checkpoint format (the model, optimizer and RNG state with <paramref name="training"/>),

@@ -45,8 +45,8 @@ public sealed class ReplicaWork(DataParallelReplica replica) : IWorkerJob
         return new WorkStepReport(reply, Replica.ParameterCount + 1, Replica.Reducer.Transport);
     }
 
-    public EvalMetrics Evaluate(ITrainingTask task, PreparedData data, int batchSize, int maxBatches, Action<long>? progress = null) =>
-        task.Evaluate(Replica.Engine, data, batchSize, maxBatches, progress);
+    public EvalSums Evaluate(ITrainingTask task, PreparedData data, int batchSize, int maxBatches, EvalPart part, Action<long>? progress = null) =>
+        task.EvaluatePart(Replica.Engine, data, batchSize, maxBatches, part, progress);
 
     public CheckpointData CaptureState(JobSpec spec, ITokenizer tokenizer, LabelSet labels, TrainingState training) =>
         TrainingCheckpoint.Capture(spec, tokenizer, labels, training, Replica.Engine);

@@ -191,7 +191,7 @@ public sealed class StageWork(string jobId, PipelineStage stage, IStageLinkSet l
         return new WorkStepReport(reply, 0, Transport);
     }
 
-    public EvalMetrics Evaluate(ITrainingTask task, PreparedData data, int batchSize, int maxBatches, Action<long>? progress = null) => throw NotWholeReplica();
+    public EvalSums Evaluate(ITrainingTask task, PreparedData data, int batchSize, int maxBatches, EvalPart part, Action<long>? progress = null) => throw NotWholeReplica();
 
     public CheckpointData CaptureState(JobSpec spec, ITokenizer tokenizer, LabelSet labels, TrainingState training) => throw NotWholeReplica();
 

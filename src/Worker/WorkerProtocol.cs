@@ -60,13 +60,20 @@ public static class WorkerProtocol
 
     public static ApplyStepReply ToProto(ApplyResult r) => new() { ParameterChecksum = r.ParameterChecksum, Skipped = r.Skipped };
 
-    public static EvalCommand FromProto(EvaluateRequest r) => new(r.JobId, r.BatchSize, r.MaxBatches);
+    public static EvalCommand FromProto(EvaluateRequest r) => new(r.JobId, r.BatchSize, r.MaxBatches, r.Part, r.Parts == 0 ? 1 : r.Parts);
 
-    public static EvaluateReply ToProto(EvalMetrics m)
+    public static EvaluateReply ToProto(EvalSums s)
     {
-        var reply = new EvaluateReply { Loss = m.Loss, Count = m.Count };
+        var m = s.ToMetrics();
+        var reply = new EvaluateReply { Loss = m.Loss, Count = m.Count, LossSum = s.LossSum, Correct = s.Correct, Classification = s.Classification };
         if (m.Accuracy is { } a) reply.Accuracy = a;
         if (m.MacroF1 is { } f) reply.MacroF1 = f;
+        if (s.Classification)
+        {
+            reply.TruePositives.AddRange(s.TruePositives!);
+            reply.FalsePositives.AddRange(s.FalsePositives!);
+            reply.FalseNegatives.AddRange(s.FalseNegatives!);
+        }
         return reply;
     }
 

@@ -373,10 +373,11 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
     /// Evaluates the job's model on the validation split this worker holds, telling <paramref name="progress"/> the
     /// batches done after each one (on the torch thread); a cancelled call stops at the next batch.
     /// </summary>
-    public async Task<EvalMetrics> EvaluateAsync(EvalCommand request, CancellationToken cancel, Action<long>? progress = null)
+    public async Task<EvalSums> EvaluateAsync(EvalCommand request, CancellationToken cancel, Action<long>? progress = null)
     {
         var job = state.Require(request.JobId);
         if (request.BatchSize is < 1 or > JobSpecValidator.MaxBatch) throw new ArgumentException($"batch_size {request.BatchSize} out of range");
+        if (request.Parts < 1 || request.Part < 0 || request.Part >= request.Parts) throw new ArgumentException($"evaluation part {request.Part} of {request.Parts} is not a part");
         await job.Gate.WaitAsync(cancel).ConfigureAwait(false);
         using var phase = Phase(ActivityPhases.Evaluation);
         try
@@ -393,7 +394,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
                 Tokenizer = job.Tokenizer, Labels = job.Labels,
                 ValidationTokens = [.. job.ValidationTokens], ValidationSequences = job.ValidationSequences, ValidationLabels = job.ValidationLabels,
             };
-            Training.EvalMetrics m;
+            EvalSums m;
             try
             {
                 void Batches(long done)
@@ -402,7 +403,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
                     evaluationProbe?.AfterBatch?.Invoke(done, cancel);
                     progress?.Invoke(done);
                 }
-                m = await job.Torch.RunAsync(() => job.Work.Evaluate(job.TrainingTask, validation, request.BatchSize, request.MaxBatches, Batches)).ConfigureAwait(false);
+                m = await job.Torch.RunAsync(() => job.Work.Evaluate(job.TrainingTask, validation, request.BatchSize, request.MaxBatches, new EvalPart(request.Part, request.Parts), Batches)).ConfigureAwait(false);
             }
             catch (Data.Datasets.DatasetException e)
             {
@@ -410,8 +411,8 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             }
             // The shards read so far (the validation split's included) are checked whole before the figures count.
             if (job.ValidationFromDataset && job.Dataset is { } read) await read.VerifiedAsync("evaluation", cancel).ConfigureAwait(false);
-            // What the protocol reports: the loss, and a classifier's accuracy and macro-F1.
-            return new EvalMetrics(m.Loss, m.Count, m.Accuracy, m.MacroF1);
+            // What the protocol reports: the part's sums, which the coordinator combines with the other ranks'.
+            return m;
         }
         finally
         {

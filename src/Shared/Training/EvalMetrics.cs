@@ -37,8 +37,14 @@ public static class ClassificationMetrics
 {
     public static (double Accuracy, double MacroF1) Compute(IReadOnlyList<long> predicted, IReadOnlyList<long> actual, int classes)
     {
+        var (correct, tp, fp, fn) = Count(predicted, actual, classes);
+        return FromCounts(correct, actual.Count, tp, fp, fn);
+    }
+
+    /// <summary>The correct predictions and each class's true positives, false positives and false negatives.</summary>
+    public static (long Correct, long[] TruePositives, long[] FalsePositives, long[] FalseNegatives) Count(IReadOnlyList<long> predicted, IReadOnlyList<long> actual, int classes)
+    {
         if (predicted.Count != actual.Count) throw new ArgumentException("predictions and labels differ in length");
-        if (actual.Count == 0) return (0, 0);
         var tp = new long[classes];
         var fp = new long[classes];
         var fn = new long[classes];
@@ -48,6 +54,14 @@ public static class ClassificationMetrics
             if (predicted[i] == actual[i]) { correct++; tp[actual[i]]++; }
             else { fp[predicted[i]]++; fn[actual[i]]++; }
         }
+        return (correct, tp, fp, fn);
+    }
+
+    /// <summary>Accuracy and macro-F1 from the counts of <see cref="Count"/> (summed over parts of a split: the same figures as the whole).</summary>
+    public static (double Accuracy, double MacroF1) FromCounts(long correct, long total, long[] tp, long[] fp, long[] fn)
+    {
+        if (total == 0) return (0, 0);
+        var classes = tp.Length;
         double f1Sum = 0;
         var present = 0;
         for (var c = 0; c < classes; c++)
@@ -57,6 +71,6 @@ public static class ClassificationMetrics
             present++;
             f1Sum += 2.0 * tp[c] / (2.0 * tp[c] + fp[c] + fn[c]);
         }
-        return ((double)correct / actual.Count, present == 0 ? 0 : f1Sum / present);
+        return ((double)correct / total, present == 0 ? 0 : f1Sum / present);
     }
 }

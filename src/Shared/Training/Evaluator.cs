@@ -12,10 +12,20 @@ public static class Evaluator
     public static EvalMetrics LanguageModel(TrainingEngine engine, int[] tokens, int batchSize, int seqLen, int maxBatches) =>
         LanguageModel(engine, new ArrayTokenSequence(tokens), batchSize, seqLen, maxBatches);
 
-    public static EvalMetrics LanguageModel(TrainingEngine engine, ITokenSequence tokens, int batchSize, int seqLen, int maxBatches, Action<long>? progress = null)
+    public static EvalMetrics LanguageModel(TrainingEngine engine, ITokenSequence tokens, int batchSize, int seqLen, int maxBatches, Action<long>? progress = null) =>
+        LanguageModel(engine, tokens, batchSize, seqLen, maxBatches, EvalPart.Whole, progress).ToMetrics();
+
+    /// <summary>
+    /// Part <paramref name="part"/> of a language model's evaluation: the split is read as up to
+    /// <paramref name="batchSize"/> parallel contiguous streams with the recurrent state carried; this part reads its
+    /// contiguous range of the streams, so the parts' sums add up to the whole's.
+    /// </summary>
+    public static EvalSums LanguageModel(TrainingEngine engine, ITokenSequence tokens, int batchSize, int seqLen, int maxBatches, EvalPart part, Action<long>? progress = null)
     {
         // Fewer streams for a short validation text, so it is still read in order with the state carried.
         var streams = (int)Math.Max(1, Math.Min(batchSize, (tokens.Length - 1) / Math.Max(1, seqLen)));
+        var (first, rows) = part.Of(streams);
+        if (rows == 0) return new EvalSums(0, 0);
         var source = new LanguageModelBatches(tokens, streams, seqLen, Specs.LmSamplingKinds.Stream, seed: 0);
         RecurrentState? state = null;
         double lossSum = 0;
@@ -25,7 +35,7 @@ public static class Evaluator
         {
             for (long k = 0; k < steps; k++)
             {
-                using var batch = source.Get(new StepPosition(0, k), 0, streams)!;
+                using var batch = source.Get(new StepPosition(0, k), (int)first, (int)rows)!;
                 lossSum += engine.Evaluate(batch, ref state).LossSum;
                 count += batch.Count;
                 progress?.Invoke(k + 1);
@@ -35,14 +45,21 @@ public static class Evaluator
         {
             state?.Dispose();
         }
-        var loss = count == 0 ? double.NaN : lossSum / count;
-        return new EvalMetrics(loss, count, Perplexity: Math.Exp(loss), BitsPerToken: loss / Math.Log(2));
+        return new EvalSums(lossSum, count);
     }
 
     public static EvalMetrics Classification(TrainingEngine engine, IReadOnlyList<int[]> sequences, IReadOnlyList<int> labels, int classes, int batchSize, int maxBatches) =>
         Classification(engine, new ListRecordSource(sequences, labels), classes, batchSize, maxBatches);
 
-    public static EvalMetrics Classification(TrainingEngine engine, IRecordSource records, int classes, int batchSize, int maxBatches, Action<long>? progress = null)
+    public static EvalMetrics Classification(TrainingEngine engine, IRecordSource records, int classes, int batchSize, int maxBatches, Action<long>? progress = null) =>
+        Classification(engine, records, classes, batchSize, maxBatches, EvalPart.Whole, progress).ToMetrics();
+
+    /// <summary>
+    /// Part <paramref name="part"/> of a classifier's evaluation: the batches evaluated (all, or the first
+    /// <paramref name="maxBatches"/>) in order, this part a contiguous range of them — each batch the same rows as in
+    /// one process, so the predictions are too and the parts' counts add up to the whole's.
+    /// </summary>
+    public static EvalSums Classification(TrainingEngine engine, IRecordSource records, int classes, int batchSize, int maxBatches, EvalPart part, Action<long>? progress = null)
     {
         var source = new ClassificationBatches(records, batchSize, seed: 0, shuffle: false);
         var predicted = new List<long>();
@@ -50,7 +67,8 @@ public static class Evaluator
         double lossSum = 0;
         RecurrentState? none = null;
         var steps = maxBatches > 0 ? Math.Min(maxBatches, source.StepsPerEpoch) : source.StepsPerEpoch;
-        for (long k = 0; k < steps; k++)
+        var (first, length) = part.Of(steps);
+        for (var k = first; k < first + length; k++)
         {
             var position = new StepPosition(0, k);
             using var batch = source.Get(position, 0, source.RowsAt(position));
@@ -58,11 +76,11 @@ public static class Evaluator
             var (loss, predictions) = engine.Evaluate(batch, ref none);
             lossSum += loss;
             predicted.AddRange(predictions!);
-            var first = (int)(k * batchSize);
-            for (var r = 0; r < batch.Rows; r++) actual.Add(records.Label(first + r));
-            progress?.Invoke(k + 1);
+            var row = (int)(k * batchSize);
+            for (var r = 0; r < batch.Rows; r++) actual.Add(records.Label(row + r));
+            progress?.Invoke(k - first + 1);
         }
-        var (accuracy, f1) = ClassificationMetrics.Compute(predicted, actual, classes);
-        return new EvalMetrics(actual.Count == 0 ? double.NaN : lossSum / actual.Count, actual.Count, accuracy, f1);
+        var (correct, tp, fp, fn) = ClassificationMetrics.Count(predicted, actual, classes);
+        return new EvalSums(lossSum, actual.Count, correct, tp, fp, fn);
     }
 }

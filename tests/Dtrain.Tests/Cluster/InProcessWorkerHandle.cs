@@ -62,7 +62,7 @@ public sealed class InProcessWorkerHandle(WorkerRecord worker, WorkerRuntime run
     public Task<ApplyResult> ApplyStepAsync(ApplyCommand command, double timeoutSeconds, CancellationToken cancel) =>
         Call("apply step", command.Step, timeoutSeconds, cancel, ct => runtime.ApplyStepAsync(command, ct));
 
-    public Task<Dtrain.Training.EvalMetrics> EvaluateAsync(EvalCommand command, long step, CancellationToken cancel) =>
+    public Task<Dtrain.Training.EvalSums> EvaluateAsync(EvalCommand command, long step, CancellationToken cancel) =>
         Call("evaluate", step, options.CallTimeoutSeconds, cancel, async ct =>
         {
             if (BeforeEvaluate is { } hook && !hook(step)) throw new RpcException(new Status(StatusCode.Unavailable, "the in-process worker stopped before the evaluation"));

@@ -156,6 +156,75 @@ public class JobFleetTests
     }
 
     [Fact]
+    public async Task A_non_zero_rank_lost_during_the_final_evaluation_the_others_evaluate_again_and_the_job_ends_with_the_single_process_loss()
+    {
+        var (tmp, spec) = Job();
+        using var _ = tmp;
+        var single = SingleProcessLoss(tmp, spec);
+        await using var fleet = new Fleet();
+        foreach (var n in new[] { "a", "b", "c" }) fleet.Start(n);
+        // Rank 1 (b) dies as it starts its part of the evaluation after the last step; a and c evaluate theirs, which do
+        // not count: the new generation (a and c) evaluates the whole split again.
+        var evaluations = new System.Collections.Concurrent.ConcurrentDictionary<string, int>();
+        foreach (var n in new[] { "a", "b", "c" })
+        {
+            var name = n;
+            fleet.Handle(n).BeforeEvaluate = step =>
+            {
+                evaluations.AddOrUpdate(name, 1, (_, k) => k + 1);
+                if (name != "b" || step != Steps) return true;
+                fleet.Pool.StopAsync("b").GetAwaiter().GetResult();
+                return false;
+            };
+        }
+
+        var job = await RunAsync(fleet, spec, Path.Combine(tmp.Path, "job"), 3, min: 2, max: 3);
+
+        var info = job.Progress;
+        Assert.Equal(1, evaluations["b"]);
+        Assert.InRange(evaluations["a"], 1, 2);
+        Assert.InRange(evaluations["c"], 1, 2);
+        Assert.Equal(Steps, info.Step);
+        Assert.Equal(2, info.Generation);
+        Assert.Equal([fleet.IdOf["a"], fleet.IdOf["c"]], info.WorkerIds);
+        Assert.All(AssertLedger(job), s => Assert.Equal(1L, s.Generation));
+        Assert.NotNull(info.LastEval);
+        AssertLoss(single, job);
+    }
+
+    [Fact]
+    public async Task Every_rank_evaluates_its_part_and_the_job_s_evaluation_is_one_process_s_evaluation_of_its_model()
+    {
+        var (tmp, spec) = Job();
+        using var _ = tmp;
+        // 10 validation streams (batch_size 10) over 3 ranks: 3, 3 and 4 streams.
+        spec = spec with { Training = spec.Training with { BatchSize = 10 } };
+        await using var fleet = new Fleet();
+        foreach (var n in new[] { "a", "b", "c" }) fleet.Start(n);
+        var evaluations = new System.Collections.Concurrent.ConcurrentDictionary<string, int>();
+        foreach (var n in new[] { "a", "b", "c" })
+        {
+            var name = n;
+            fleet.Handle(n).BeforeEvaluate = _ => { evaluations.AddOrUpdate(name, 1, (_, k) => k + 1); return true; };
+        }
+        var dir = Path.Combine(tmp.Path, "job");
+
+        var job = await RunAsync(fleet, spec, dir, 3, min: 3, max: 3);
+
+        Assert.Equal(Steps, job.Progress.Step);
+        Assert.Equal(new Dictionary<string, int> { ["a"] = 1, ["b"] = 1, ["c"] = 1 }, evaluations.ToDictionary());
+        // The job's final checkpoint (its model after the last step) evaluated by one process.
+        var checkpoint = Directory.GetFiles(dir, "*.dtck", SearchOption.AllDirectories).Max()!;
+        using var model = Dtrain.Inference.TrainedModel.Load(checkpoint);
+        var task = Dtrain.Training.Tasks.TrainingTasks.For(model.Spec);
+        var one = task.Evaluate(model.Engine, PreparedData.Load(model.Spec, tmp.Path, model.Tokenizer, null), spec.Training.BatchSize, 0);
+        var eval = job.Progress.LastEval!;
+        Assert.Equal(one.Count, eval.Count);
+        Assert.True(Math.Abs(eval.Loss - one.Loss) <= 1e-6 * one.Loss, $"the job's loss {eval.Loss:R} vs one process {one.Loss:R}");
+        Assert.True(Math.Abs(eval.Perplexity!.Value - one.Perplexity!.Value) <= 1e-6 * one.Perplexity.Value);
+    }
+
+    [Fact]
     public async Task A_worker_that_registers_mid_job_joins_at_a_step_boundary_and_takes_the_state_of_a_member()
     {
         var (tmp, spec) = Job();

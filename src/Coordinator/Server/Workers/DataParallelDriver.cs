@@ -10,7 +10,7 @@ namespace Dtrain.Server;
 /// <summary>
 /// Drives a data-parallel job on its workers: assigns ranks (every replica builds the same model from the seed; the
 /// checksums prove it), streams every rank its rows epoch by epoch, runs the steps (pipelined with a window of two),
-/// checks that replicas agree, evaluates and checkpoints from rank 0. It reaches the workers only through
+/// checks that replicas agree, evaluates on every rank (each its part of the validation split) and checkpoints from rank 0. It reaches the workers only through
 /// <see cref="JobWorkers"/> (a handle per worker), so it runs the same over gRPC and in memory; failures surface as <see cref="JobFailure"/>.
 /// </summary>
 public sealed class DataParallelDriver(CoordinatorOptions options)
@@ -122,7 +122,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
 
     /// <summary>
     /// Runs steps on the current generation until the job ends, or until its membership should change (idle workers can join, a member was drained: at a step boundary).
-    /// Every rank streams its rows epoch by epoch (rank 0 also the validation split); steps are pipelined with a window of two.
+    /// Every rank streams its rows epoch by epoch (and the validation split, to evaluate its part); steps are pipelined with a window of two.
     /// </summary>
     private async Task RunGenerationAsync(JobRecord job, PreparedJob prepared, IJobFleet fleet, ShardPlan plan, Progress progress, CancellationToken cancel)
     {
@@ -146,7 +146,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         // coordinator evaluates or checkpoints are not overlapped: those need the replicas to stand still.
         async Task<InFlight> LaunchAsync(long step, bool behindAnother)
         {
-            // Stream each rank its rows of the whole next epoch (and rank 0 the validation split, once per generation).
+            // Stream each rank its rows of the whole next epoch (and the validation split, once per generation).
             var validation = sendValidation ? data : null;
             sendValidation = false;
             await shards.EnsureLoadedAsync(step, workers, world, rank => rank, validation, pipeline.Token).ConfigureAwait(false);
@@ -164,8 +164,8 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         // Joiners are admitted, and drained members let go, at a step boundary: no step is launched behind one while a change is due.
         bool Pause(long done) => done < total && fleet.ChangeDue is not null;
 
-        // Re-formed after the last step (its evaluation or checkpoint failed, e.g. rank 0 was lost during it): only what
-        // follows the last step is left, on the new members — rank 0 gets the validation split first. (Launching step
+        // Re-formed after the last step (its evaluation or checkpoint failed, e.g. a rank was lost during it): only what
+        // follows the last step is left, on the new members — they get the validation split first. (Launching step
         // `total` here used to fail the job with a KeyNotFoundException.)
         if (start >= total)
         {
@@ -243,8 +243,8 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
 
     private static async Task EvaluateAsync(JobRecord job, JobWorkers workers, long step, CancellationToken cancel)
     {
-        var metrics = await workers.EvaluateAsync(0, new EvalCommand(job.Id, job.Spec.Training.BatchSize, job.Spec.Training.EvalBatches), step, cancel).ConfigureAwait(false);
-        job.PublishEval(step, metrics);
+        var sums = await workers.EvaluateAsync(new EvalCommand(job.Id, job.Spec.Training.BatchSize, job.Spec.Training.EvalBatches), step, cancel).ConfigureAwait(false);
+        job.PublishEval(step, sums.ToMetrics());
     }
 
     private static async Task CheckpointAsync(JobRecord job, JobWorkers workers, JobCheckpoints checkpoints, long step, double elapsed, long samples, int nonFiniteStreak, CancellationToken cancel)

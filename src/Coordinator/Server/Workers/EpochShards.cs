@@ -6,10 +6,10 @@ namespace Dtrain.Server;
 
 /// <summary>
 /// Feeds a job's workers their rows epoch by epoch, whichever driver runs it: when the next step to launch is the first
-/// not yet sent, every replica gets its rows of the rest of that epoch at once (and rank 0 the validation split when
-/// given); each step's global count (what the loss of every replica sums over) is kept until the step is launched.
+/// not yet sent, every replica gets its rows of the rest of that epoch at once (and the validation split when given:
+/// each rank evaluates its part of it); each step's global count (what the loss of every replica sums over) is kept until the step is launched.
 /// A dataset job (<paramref name="planned"/>) sends only the plan — each rank's row range of each step and its count —
-/// and the workers read the rows (and rank 0 the validation split) from the dataset themselves: the coordinator never
+/// and the workers read the rows (and their parts of the validation split) from the dataset themselves: the coordinator never
 /// reads a token of it.
 /// </summary>
 public sealed class EpochShards(string jobId, ShardPlan plan, long totalSteps, long start, bool planned = false)
@@ -40,7 +40,7 @@ public sealed class EpochShards(string jobId, ShardPlan plan, long totalSteps, l
 
     /// <summary>
     /// A dataset job's plan of steps [<paramref name="from"/>, <paramref name="to"/>): every replica's row range and count
-    /// of each step (nothing read), and for replica 0 the word to evaluate on the dataset's validation split; records
+    /// of each step (nothing read), and for every replica the word to evaluate on the dataset's validation split; records
     /// each step's global count.
     /// </summary>
     internal static ShardSlice[] BuildPlan(ShardPlan plan, int replicas, long from, long to, Dictionary<long, long> globalCounts, bool validation)
@@ -59,12 +59,12 @@ public sealed class EpochShards(string jobId, ShardPlan plan, long totalSteps, l
             }
             globalCounts[step] = total;
         }
-        return [.. perReplica.Select((steps, rank) => ShardSlice.Of(steps) with { DatasetValidation = rank == 0 && validation })];
+        return [.. perReplica.Select((steps, rank) => ShardSlice.Of(steps) with { DatasetValidation = validation })];
     }
 
     /// <summary>
     /// Every replica's rows of steps [<paramref name="from"/>, <paramref name="to"/>), and the validation split for
-    /// replica 0 when given; records each step's global count.
+    /// every replica when given (each evaluates its part of it); records each step's global count.
     /// </summary>
     internal static ShardSlice[] Build(ShardPlan plan, int replicas, long from, long to, Dictionary<long, long> globalCounts, PreparedData? validation)
     {
@@ -87,8 +87,8 @@ public sealed class EpochShards(string jobId, ShardPlan plan, long totalSteps, l
             }
             globalCounts[step] = count;
         }
-        return [.. perReplica.Select((steps, rank) => rank == 0 && validation is not null
-            ? new ShardSlice(steps, validation.ValidationTokens, [.. validation.ValidationSequences.Select((tokens, i) => new ValidationSample(tokens, validation.ValidationLabels[i]))])
-            : ShardSlice.Of(steps))];
+        if (validation is null) return [.. perReplica.Select(ShardSlice.Of)];
+        ValidationSample[] examples = [.. validation.ValidationSequences.Select((tokens, i) => new ValidationSample(tokens, validation.ValidationLabels[i]))];
+        return [.. perReplica.Select(steps => new ShardSlice(steps, validation.ValidationTokens, examples))];
     }
 }

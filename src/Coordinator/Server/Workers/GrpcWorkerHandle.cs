@@ -47,7 +47,7 @@ public sealed class GrpcWorkerHandle(WorkerRecord worker, WorkerClients clients,
     /// most every quarter of the call timeout, 1 s at most), and the call fails only when none arrived for
     /// <see cref="CoordinatorOptions.CallTimeoutSeconds"/> — a hung evaluation is caught, a long one that advances is not.
     /// </summary>
-    public Task<Training.EvalMetrics> EvaluateAsync(EvalCommand command, long step, CancellationToken cancel) =>
+    public Task<Training.EvalSums> EvaluateAsync(EvalCommand command, long step, CancellationToken cancel) =>
         WorkerCallFailure.GuardAsync(Worker, "evaluate", step, options.CallTimeoutSeconds, cancel, async () =>
         {
             var silence = TimeSpan.FromSeconds(options.CallTimeoutSeconds);

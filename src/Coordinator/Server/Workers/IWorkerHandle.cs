@@ -20,7 +20,8 @@ public interface IWorkerHandle
     Task<StepResult> RunStepAsync(StepCommand command, double timeoutSeconds, CancellationToken cancel);
     /// <summary>Pipeline jobs: the second half of a step.</summary>
     Task<ApplyResult> ApplyStepAsync(ApplyCommand command, double timeoutSeconds, CancellationToken cancel);
-    Task<Training.EvalMetrics> EvaluateAsync(EvalCommand command, long step, CancellationToken cancel);
+    /// <summary>The worker's part of an evaluation (<see cref="EvalCommand.Part"/>): its sums, combined over the ranks by the caller.</summary>
+    Task<Training.EvalSums> EvaluateAsync(EvalCommand command, long step, CancellationToken cancel);
     /// <summary>The worker's training state (a checkpoint's bytes).</summary>
     Task<byte[]> GetStateAsync(StateSnapshot snapshot, CancellationToken cancel);
     /// <summary>Pipeline jobs: a stage's parameters (and optimizer state) under their whole-model names.</summary>

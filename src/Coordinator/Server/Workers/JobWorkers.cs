@@ -40,7 +40,9 @@ public class JobWorkers(IReadOnlyList<IWorkerHandle> handles, CoordinatorOptions
     public Task<ApplyResult[]> ApplyStepAsync(ApplyCommand command, CancellationToken cancel) =>
         OnAllAsync(cancel, (h, _, ct) => h.ApplyStepAsync(command, options.StepTimeoutSeconds, ct));
 
-    public Task<Training.EvalMetrics> EvaluateAsync(int rank, EvalCommand command, long step, CancellationToken cancel) => Handles[rank].EvaluateAsync(command, step, cancel);
+    /// <summary>Every rank evaluates its part of the validation split (rank r of the world: <see cref="Training.EvalPart"/>); the parts' sums combined.</summary>
+    public async Task<Training.EvalSums> EvaluateAsync(EvalCommand command, long step, CancellationToken cancel) =>
+        Training.EvalSums.Combine(await OnAllAsync(cancel, (h, rank, ct) => h.EvaluateAsync(command with { Part = rank, Parts = Count }, step, ct)).ConfigureAwait(false));
 
     public Task<byte[]> GetStateAsync(int rank, StateSnapshot snapshot, CancellationToken cancel) => Handles[rank].GetStateAsync(snapshot, cancel);
 

@@ -99,10 +99,11 @@ public static class WorkerProtoMapping
 
     public static ApplyResult FromProto(ApplyStepReply r) => new(r.ParameterChecksum, r.Skipped);
 
-    public static EvaluateRequest ToProto(this EvalCommand c) => new() { JobId = c.JobId, BatchSize = c.BatchSize, MaxBatches = c.MaxBatches };
+    public static EvaluateRequest ToProto(this EvalCommand c) => new() { JobId = c.JobId, BatchSize = c.BatchSize, MaxBatches = c.MaxBatches, Part = c.Part, Parts = c.Parts };
 
-    public static Training.EvalMetrics FromProto(EvaluateReply r) =>
-        new(r.Loss, r.Count) { Accuracy = r.HasAccuracy ? r.Accuracy : null, MacroF1 = r.HasMacroF1 ? r.MacroF1 : null };
+    public static Training.EvalSums FromProto(EvaluateReply r) => r.Classification
+        ? new(r.LossSum, r.Count, r.Correct, [.. r.TruePositives], [.. r.FalsePositives], [.. r.FalseNegatives])
+        : new(r.LossSum, r.Count);
 
     public static GetStateRequest ToProto(this StateSnapshot s) =>
         new() { JobId = s.JobId, Step = s.Step, ElapsedSeconds = s.ElapsedSeconds, SamplesSeen = s.SamplesSeen, NonfiniteStreak = s.NonFiniteStreak };

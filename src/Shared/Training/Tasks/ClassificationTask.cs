@@ -118,6 +118,9 @@ public sealed class ClassificationTask : ITrainingTask
     public EvalMetrics Evaluate(TrainingEngine engine, PreparedData data, int batchSize, int maxBatches, Action<long>? progress = null) =>
         Evaluator.Classification(engine, data.ValidationRecords, data.Labels.Count, batchSize, maxBatches, progress);
 
+    public EvalSums EvaluatePart(TrainingEngine engine, PreparedData data, int batchSize, int maxBatches, EvalPart part, Action<long>? progress = null) =>
+        Evaluator.Classification(engine, data.ValidationRecords, data.Labels.Count, batchSize, maxBatches, part, progress);
+
     public EvalMetrics WithDerivedMetrics(EvalMetrics metrics) => metrics;
 
     public long ActivationLength(JobSpec spec) => spec.Data.MaxLength;

@@ -104,6 +104,12 @@ public interface ITrainingTask
     /// </summary>
     EvalMetrics Evaluate(TrainingEngine engine, PreparedData data, int batchSize, int maxBatches, Action<long>? progress = null);
 
+    /// <summary>
+    /// Part <paramref name="part"/> of <see cref="Evaluate"/> (one rank's of a data-parallel job): its sums, which the
+    /// parts' combine into the whole's (<see cref="EvalSums.Combine"/>).
+    /// </summary>
+    EvalSums EvaluatePart(TrainingEngine engine, PreparedData data, int batchSize, int maxBatches, EvalPart part, Action<long>? progress = null);
+
     /// <summary>The task's metrics that follow from the mean loss (perplexity and bits per token for a language model), added to <paramref name="metrics"/>.</summary>
     EvalMetrics WithDerivedMetrics(EvalMetrics metrics);
 

@@ -88,6 +88,9 @@ public sealed class LanguageModelTask : ITrainingTask
     public EvalMetrics Evaluate(TrainingEngine engine, PreparedData data, int batchSize, int maxBatches, Action<long>? progress = null) =>
         Evaluator.LanguageModel(engine, data.ValidationStream, batchSize, engine.Spec.Training.SeqLen, maxBatches, progress);
 
+    public EvalSums EvaluatePart(TrainingEngine engine, PreparedData data, int batchSize, int maxBatches, EvalPart part, Action<long>? progress = null) =>
+        Evaluator.LanguageModel(engine, data.ValidationStream, batchSize, engine.Spec.Training.SeqLen, maxBatches, part, progress);
+
     public EvalMetrics WithDerivedMetrics(EvalMetrics metrics) =>
         metrics with { Perplexity = Math.Exp(metrics.Loss), BitsPerToken = metrics.Loss / Math.Log(2) };
 
