@@ -192,6 +192,45 @@ public class JobFleetTests
         AssertLoss(single, job);
     }
 
+    [Theory]
+    [InlineData("a")]
+    [InlineData("b")]
+    public async Task A_worker_lost_during_a_mid_job_evaluation_the_new_generation_does_that_evaluation_first_and_every_one_appears_once(string lost)
+    {
+        var (tmp, spec) = Job();
+        using var _ = tmp;
+        // Evaluations after steps 8, 16 and 24.
+        spec = spec with { Training = spec.Training with { EvalInterval = 8 } };
+        await using var fleet = new Fleet();
+        foreach (var n in new[] { "a", "b", "c" }) fleet.Start(n);
+        // The lost worker dies as it starts its part of the evaluation after step 8.
+        var evaluated = new System.Collections.Concurrent.ConcurrentQueue<(string Worker, long Step)>();
+        foreach (var n in new[] { "a", "b", "c" })
+        {
+            var name = n;
+            fleet.Handle(n).BeforeEvaluate = step =>
+            {
+                evaluated.Enqueue((name, step));
+                if (name != lost || step != 8) return true;
+                fleet.Pool.StopAsync(name).GetAwaiter().GetResult();
+                return false;
+            };
+        }
+
+        var job = await RunAsync(fleet, spec, Path.Combine(tmp.Path, "job"), 3, min: 2, max: 3);
+
+        var info = job.Progress;
+        Assert.Equal(Steps, info.Step);
+        Assert.Equal(2, info.Generation);
+        Assert.DoesNotContain(fleet.IdOf[lost], info.WorkerIds);
+        // Every scheduled evaluation appears once in the job's metrics, the one after step 8 included.
+        Assert.Equal([8L, 16L, 24L], job.History().OfType<JobNotice.Eval>().Select(e => e.AtStep));
+        // The survivors evaluated step 8 again, in the new generation, before step 9 ran.
+        var survivors = new[] { "a", "b", "c" }.Where(n => n != lost).ToArray();
+        Assert.All(survivors, n => Assert.Equal(2, evaluated.Count(e => e.Worker == n && e.Step == 8)));
+        Assert.All(AssertLedger(job), s => Assert.Equal(s.Step < 8 ? 1L : 2L, s.Generation));
+    }
+
     [Fact]
     public async Task Every_rank_evaluates_its_part_and_the_job_s_evaluation_is_one_process_s_evaluation_of_its_model()
     {

@@ -64,7 +64,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         job.Transition(JobTrigger.Run, "", p => p with { Parameters = assigned[0].Parameters, TotalSteps = total });
         job.Log($"{world} worker(s): {string.Join(", ", workers.Members.Select((w, r) => $"rank {r} = {w.Id} {w.Address}"))}; {assigned[0].Parameters:N0} parameters, {total} steps");
 
-        var progress = new Progress { Next = prepared.StartStep, Clock = Stopwatch.StartNew(), NonFinite = new NonFiniteSteps(spec, prepared.NonFiniteBefore) };
+        var progress = new Progress { Next = prepared.StartStep, Evaluated = prepared.StartStep, Clock = Stopwatch.StartNew(), NonFinite = new NonFiniteSteps(spec, prepared.NonFiniteBefore) };
         while (true)
         {
             var plan = new ShardPlan(source, fleet.Workers.Members.Count, total);
@@ -112,6 +112,8 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
     private sealed class Progress
     {
         public long Next;
+        /// <summary>The last step whose evaluation was published (this run's start step: a resumed job's was done before).</summary>
+        public long Evaluated;
         public long Samples;
         public double LastDoneMs;
         public required Stopwatch Clock;
@@ -160,6 +162,15 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         }
 
         bool EvaluatesAfter(long done) => prepared.EvaluatesAfter(done);
+        // An evaluation after step `done` that is due and not done yet: one whose generation failed during it is done
+        // first by the next generation (its members get the validation split first), so every scheduled evaluation
+        // appears once in the job's metrics.
+        bool EvaluationDue(long done) => EvaluatesAfter(done) && progress.Evaluated < done;
+        async Task EvaluateOnceAsync(long done)
+        {
+            await EvaluateAsync(job, workers, done, generationCancel.Token).ConfigureAwait(false);
+            progress.Evaluated = done;
+        }
         bool CheckpointsAfter(long done) => prepared.CheckpointsAfter(done);
         // Joiners are admitted, and drained members let go, at a step boundary: no step is launched behind one while a change is due.
         bool Pause(long done) => done < total && fleet.ChangeDue is not null;
@@ -169,15 +180,23 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         // `total` here used to fail the job with a KeyNotFoundException.)
         if (start >= total)
         {
-            if (EvaluatesAfter(total))
+            if (EvaluationDue(total))
             {
                 await shards.EnsureLoadedAsync(start, workers, world, rank => rank, data, generationCancel.Token).ConfigureAwait(false);
-                await EvaluateAsync(job, workers, total, generationCancel.Token).ConfigureAwait(false);
+                await EvaluateOnceAsync(total).ConfigureAwait(false);
             }
             if (CheckpointsAfter(total))
                 await CheckpointAsync(job, workers, checkpoints, total, prepared.ElapsedBefore + clock.Elapsed.TotalSeconds, prepared.SamplesBefore + progress.Samples,
                     progress.NonFinite.Consecutive, generationCancel.Token).ConfigureAwait(false);
             return;
+        }
+
+        // Re-formed after a mid-job evaluation failed (a member lost or past its deadline during it): that evaluation first.
+        if (EvaluationDue(start))
+        {
+            await shards.EnsureLoadedAsync(start, workers, world, rank => rank, data, generationCancel.Token).ConfigureAwait(false);
+            sendValidation = false;
+            await EvaluateOnceAsync(start).ConfigureAwait(false);
         }
 
         InFlight? current = null, next = null;
@@ -220,7 +239,7 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
                     if (skipped.Failure is { } failure) throw new JobFailure(failure) { Terminal = true };
                 }
 
-                if (EvaluatesAfter(done)) await EvaluateAsync(job, workers, done, generationCancel.Token).ConfigureAwait(false);
+                if (EvaluatesAfter(done)) await EvaluateOnceAsync(done).ConfigureAwait(false);
                 if (CheckpointsAfter(done))
                     await CheckpointAsync(job, workers, checkpoints, done, prepared.ElapsedBefore + elapsed, prepared.SamplesBefore + progress.Samples, progress.NonFinite.Consecutive, generationCancel.Token).ConfigureAwait(false);
                 if (done < total && next is null && Pause(done)) return;
