@@ -171,7 +171,7 @@ internal static class DatasetJobBench
             stepMs += e.StepMs;
             if (e.DataWaitMs > longestWait) (longestWait, longestAt) = (e.DataWaitMs, e.Step);
         });
-        // Rank order (rank 0 also evaluates, so its memory is compared with rank 0's of the smallest corpus): the job's
+        // Rank order (each rank is compared with the same rank of the smallest corpus; every rank evaluates its part of the validation split): the job's
         // worker ids, named worker-N by the local cluster.
         var names = client.ListWorkers(new ListWorkersRequest()).Workers.ToDictionary(w => w.WorkerId, w => w.Name);
         var byRank = client.Get(new GetJobRequest { JobId = id }).WorkerIds
