@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Text.Json;
 using Dtrain.Specs;
 using Dtrain.Training.Tasks;
@@ -69,17 +68,7 @@ public static partial class DatasetPreparer
     public static (long Length, bool Pieces) MeasurePart(PrepareOptions part, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(part);
-        var read = ReadFor(part, TaskOf(part));
-        long total = 0;
-        bool joiner = false, any = false;
-        foreach (var piece in Pieces(part.Train, read, new DataReportBuilder(), null, cancel))
-        {
-            if (joiner) total++;
-            total += piece.Text.Length;
-            joiner = piece.EndOfRecord;
-            any = true;
-        }
-        return (total, any);
+        return TextLength(part.Train, ReadFor(part, TaskOf(part)), cancel);
     }
 
     /// <summary>
@@ -142,23 +131,11 @@ public static partial class DatasetPreparer
         if (task.PredictsNextToken)
         {
             var chunks = at is { } p
-                ? new TextChunker(word, part.ChunkChars).Chunks(Joined(pieces, p.Joiner), p.AllValidation ? -1 : p.Cut, p.AllValidation).TakeWhile(c => !c.Validation || Return(c))
+                ? new TextChunker(word, part.ChunkChars).Chunks(Joined(pieces, p.Joiner), p.AllValidation ? -1 : p.Cut, p.AllValidation)
                 : new TextChunker(word, part.ChunkChars).Chunks(pieces, -1, allValidation: false);
-            OrderedParallel.Run(chunks, tokenizing.Workers.Length, (w, c) =>
-            {
-                tokenizing.Count(w, c.Text);
-                c.Return();
-                return 0;
-            }, _ => { }, cancel);
+            CountText(tokenizing, chunks, cancel);
         }
-        else
-        {
-            OrderedParallel.Run(Batches(pieces, null, false, l => labels.Add(l)), tokenizing.Workers.Length, (w, b) =>
-            {
-                foreach (var r in b.Records) tokenizing.Count(w, r.Text);
-                return 0;
-            }, _ => { }, cancel);
-        }
+        else CountRecords(tokenizing, Batches(pieces, null, false, l => labels.Add(l)), cancel);
         var validationPieces = Pieces(part.Validation, read, new DataReportBuilder(), null, cancel).Any();
         var counts = new PartCounts { TrainLabels = [.. labels], TrainPieces = trainPieces, ValidationPieces = validationPieces };
         foreach (var s in tokenizing.Workers)
@@ -238,24 +215,14 @@ public static partial class DatasetPreparer
             var chunks = new TextChunker(word, part.ChunkChars).Chunks(Joined(Pieces(part.Train, read, report, sources, cancel), trainJoiner), allValidation || cut <= 0 ? -1 : cut, allValidation);
             if (part.Validation.Count > 0)
                 chunks = chunks.Concat(new TextChunker(word, part.ChunkChars).Chunks(Joined(Pieces(part.Validation, read, report, sources, cancel), validationJoiner), -1, allValidation: true));
-            OrderedParallel.Run(chunks, tokenizing.Workers.Length, (w, c) =>
-            {
-                var ids = ArrayPool<int>.Shared.Rent(Math.Max(1, c.Length));
-                var count = tokenizing.Encode(w, c.Text, ids);
-                c.Return();
-                return (Ids: ids, Count: count, c.Validation);
-            }, r =>
-            {
-                (r.Validation ? validation : train).AppendTokens(r.Ids.AsSpan(0, r.Count));
-                ArrayPool<int>.Shared.Return(r.Ids);
-            }, cancel);
+            EncodeText(tokenizing, chunks, train, validation, cancel);
         }
         else
         {
             var labelSet = new LabelSet(labels);
             var batches = Batches(Pieces(part.Train, read, report, sources, cancel), null, false, null);
             if (part.Validation.Count > 0) batches = batches.Concat(Batches(Pieces(part.Validation, read, report, sources, cancel), null, true, null));
-            EncodeRecords(batches, tokenizing.Workers.Length, tokenizing, labelSet, train, validation, "", cancel);
+            EncodeRecords(batches, tokenizing, labelSet, train, validation, "", cancel);
         }
         return new PartEncoded { Train = train.Finish(), Validation = validation.Finish(), Sources = sources, Report = report.ToReport() };
     }

@@ -226,24 +226,7 @@ public static partial class DatasetPreparer
         if (o.Validation.Count == 0)
         {
             log($"pass 1/3: the length of the text ({o.Train.Count} source(s)), to hold out the last {o.ValidationFraction:P1} for validation");
-            long total = 0;
-            var joiner = false;
-            foreach (var source in o.Train)
-            {
-                // Plain text (one record) is measured from its bytes; what that cannot tell, or records, are read.
-                if (source.Format == DataFormats.Text && SourceReader.TextLength(source, cancel) is { } length)
-                {
-                    total += (joiner ? 1 : 0) + length;
-                    joiner = true;
-                    continue;
-                }
-                foreach (var piece in Pieces([source], read, new DataReportBuilder(), null, cancel))
-                {
-                    if (joiner) total++;
-                    total += piece.Text.Length;
-                    joiner = piece.EndOfRecord;
-                }
-            }
+            var (total, _) = TextLength(o.Train, read, cancel);
             var validationLength = Math.Clamp((long)Math.Ceiling(o.ValidationFraction * total - 1e-9), 1, Math.Max(1, total - 1));
             cut = total - validationLength;
             if (cut <= 0) throw new DataFormatException(o.Train[0].Path, 0, $"the text is {total} character(s) long, too short to split into training and validation");
@@ -251,13 +234,7 @@ public static partial class DatasetPreparer
 
         log($"pass {passes - 1}/{passes}: counting {o.Tokenizer.Kind} tokens of the training split on {o.Threads} thread(s)");
         var tokenizing = new Tokenizing(o.Tokenizer, o.Threads);
-        var trainChunks = new TextChunker(word, o.ChunkChars).Chunks(Pieces(o.Train, read, new DataReportBuilder(), null, cancel), cut, allValidation: false);
-        OrderedParallel.Run(trainChunks.TakeWhile(c => !c.Validation || Return(c)), o.Threads, (w, c) =>
-        {
-            tokenizing.Count(w, c.Text);
-            c.Return();
-            return 0;
-        }, _ => { }, cancel);
+        CountText(tokenizing, new TextChunker(word, o.ChunkChars).Chunks(Pieces(o.Train, read, new DataReportBuilder(), null, cancel), cut, allValidation: false), cancel);
         var tokenizer = tokenizing.Fit();
         if (tokenizer.VocabSize < 3) throw new ArgumentException(VocabularyProblem(o));
 
@@ -270,7 +247,59 @@ public static partial class DatasetPreparer
         var chunks = new TextChunker(word, o.ChunkChars).Chunks(Pieces(o.Train, read, report, sources, cancel), cut, allValidation: false);
         if (o.Validation.Count > 0)
             chunks = chunks.Concat(new TextChunker(word, o.ChunkChars).Chunks(Pieces(o.Validation, read, report, sources, cancel), -1, allValidation: true));
-        OrderedParallel.Run(chunks, o.Threads, (w, c) =>
+        EncodeText(tokenizing, chunks, train, validation, cancel);
+        if (validation.Tokens < 2)
+            throw new DataFormatException((o.Validation.Count > 0 ? o.Validation : o.Train)[^1].Path, 0,
+                $"the validation split has {validation.Tokens} token(s); raise --validation-fraction or give a longer validation source");
+        return new Result(tokenizer, LabelSet.Empty, sources, train.Finish(), validation.Finish(), report.ToReport());
+    }
+
+    /// <summary>
+    /// Pass 1 of a language model holding out a fraction (a whole prepare's, or a cluster part's): the length of the
+    /// sources' text with their records joined by "\n", and whether they hold a record. Plain text is measured from its
+    /// bytes; what that cannot tell, and records, are read.
+    /// </summary>
+    static (long Length, bool Pieces) TextLength(IEnumerable<SourceFile> sources, ReadOptions read, CancellationToken cancel)
+    {
+        long total = 0;
+        bool joiner = false, any = false;
+        foreach (var source in sources)
+        {
+            if (source.Format == DataFormats.Text && SourceReader.TextLength(source, cancel) is { } length)
+            {
+                total += (joiner ? 1 : 0) + length;
+                joiner = any = true; // a text file with a length is one record (one that is only whitespace has none)
+                continue;
+            }
+            foreach (var piece in Pieces([source], read, new DataReportBuilder(), null, cancel))
+            {
+                if (joiner) total++;
+                total += piece.Text.Length;
+                joiner = piece.EndOfRecord;
+                any = true;
+            }
+        }
+        return (total, any);
+    }
+
+    /// <summary>Pass 2 of a language model (a whole prepare's, or a cluster part's): counts the tokens of the chunks before the first of the validation split, on every thread of <paramref name="tokenizing"/>.</summary>
+    static void CountText(Tokenizing tokenizing, IEnumerable<TextChunk> chunks, CancellationToken cancel) =>
+        OrderedParallel.Run(chunks.TakeWhile(c => !c.Validation || Return(c)), tokenizing.Workers.Length, (w, c) =>
+        {
+            tokenizing.Count(w, c.Text);
+            c.Return();
+            return 0;
+        }, _ => { }, cancel);
+
+    /// <summary>
+    /// Pass 3 of a language model (a whole prepare's, or a cluster part's): encodes the chunks on every thread of
+    /// <paramref name="tokenizing"/> and appends their ids, in order, to <paramref name="train"/> or <paramref name="validation"/>.
+    /// </summary>
+    static void EncodeText(Tokenizing tokenizing, IEnumerable<TextChunk> chunks, DatasetSplitWriter train, DatasetSplitWriter validation, CancellationToken cancel)
+    {
+        var width = train.Width;
+        if (validation.Width != width) throw new ArgumentException($"the splits' widths differ: {width} and {validation.Width}", nameof(validation));
+        OrderedParallel.Run(chunks, tokenizing.Workers.Length, (w, c) =>
         {
             // Encoded and narrowed to the shards' width here, on the tokenizing thread; the writing thread only hashes and writes.
             var bytes = ArrayPool<byte>.Shared.Rent(Math.Max(1, c.Length * width));
@@ -282,10 +311,6 @@ public static partial class DatasetPreparer
             (r.Validation ? validation : train).AppendNarrowed(r.Bytes.AsSpan(0, r.Length));
             ArrayPool<byte>.Shared.Return(r.Bytes);
         }, cancel);
-        if (validation.Tokens < 2)
-            throw new DataFormatException((o.Validation.Count > 0 ? o.Validation : o.Train)[^1].Path, 0,
-                $"the validation split has {validation.Tokens} token(s); raise --validation-fraction or give a longer validation source");
-        return new Result(tokenizer, LabelSet.Empty, sources, train.Finish(), validation.Finish(), report.ToReport());
     }
 
     static bool Return(TextChunk c)
@@ -306,13 +331,13 @@ public static partial class DatasetPreparer
     const int BatchChars = 1 << 20, BatchRecords = 8192;
 
     /// <summary>
-    /// Encodes classification records on <paramref name="threads"/> threads and appends them, in order, with their label
+    /// Encodes classification records on every thread of <paramref name="tokenizing"/> and appends them, in order, with their label
     /// ids to <paramref name="train"/> or <paramref name="validation"/>; a label the training split never had fails naming
     /// the record (<paramref name="trainFiles"/>: what the message says the training data is, e.g. " (a.csv, b.csv)").
     /// </summary>
-    static void EncodeRecords(IEnumerable<RecordBatch> batches, int threads, Tokenizing tokenizing, LabelSet labelSet, DatasetSplitWriter train, DatasetSplitWriter validation,
+    static void EncodeRecords(IEnumerable<RecordBatch> batches, Tokenizing tokenizing, LabelSet labelSet, DatasetSplitWriter train, DatasetSplitWriter validation,
         string trainFiles, CancellationToken cancel) =>
-        OrderedParallel.Run(batches, threads, (w, b) =>
+        OrderedParallel.Run(batches, tokenizing.Workers.Length, (w, b) =>
         {
             var lengths = new int[b.Records.Count];
             var all = new List<int>(checked((int)Math.Min(int.MaxValue, b.Chars)));
@@ -337,6 +362,15 @@ public static partial class DatasetPreparer
                 at += r.Lengths[i];
             }
         }, cancel);
+
+    /// <summary>Pass 2 of classification (a whole prepare's, or a cluster part's): counts the tokens of the batches' training records on every thread of <paramref name="tokenizing"/>.</summary>
+    static void CountRecords(Tokenizing tokenizing, IEnumerable<RecordBatch> batches, CancellationToken cancel) =>
+        OrderedParallel.Run(batches, tokenizing.Workers.Length, (w, b) =>
+        {
+            foreach (var r in b.Records)
+                if (!r.Validation) tokenizing.Count(w, r.Text);
+            return 0;
+        }, _ => { }, cancel);
 
     /// <summary>Records in batches; <paramref name="inValidation"/> (by record number across the sources) marks held-out records, <paramref name="allValidation"/> all.</summary>
     static IEnumerable<RecordBatch> Batches(IEnumerable<TextPiece> pieces, bool[]? inValidation, bool allValidation, Action<string>? onTrainLabel)
@@ -379,12 +413,7 @@ public static partial class DatasetPreparer
         log($"pass {passes - 1}/{passes}: counting {o.Tokenizer.Kind} tokens of the training split on {o.Threads} thread(s)");
         var tokenizing = new Tokenizing(o.Tokenizer, o.Threads);
         var trainLabels = new SortedSet<string>(StringComparer.Ordinal);
-        OrderedParallel.Run(Batches(Pieces(o.Train, read, new DataReportBuilder(), null, cancel), inValidation, false, l => trainLabels.Add(l)), o.Threads, (w, b) =>
-        {
-            foreach (var r in b.Records)
-                if (!r.Validation) tokenizing.Count(w, r.Text);
-            return 0;
-        }, _ => { }, cancel);
+        CountRecords(tokenizing, Batches(Pieces(o.Train, read, new DataReportBuilder(), null, cancel), inValidation, false, l => trainLabels.Add(l)), cancel);
         var tokenizer = tokenizing.Fit();
         if (tokenizer.VocabSize < 3) throw new ArgumentException(VocabularyProblem(o));
         var labelSet = new LabelSet(trainLabels);
@@ -400,7 +429,7 @@ public static partial class DatasetPreparer
         var batches = Batches(Pieces(o.Train, read, report, sources, cancel), inValidation, false, null);
         if (o.Validation.Count > 0) batches = batches.Concat(Batches(Pieces(o.Validation, read, report, sources, cancel), null, true, null));
         var trainFiles = string.Join(", ", o.Train.Select(s => s.Path).Take(3)) + (o.Train.Count > 3 ? ", ..." : "");
-        EncodeRecords(batches, o.Threads, tokenizing, labelSet, train, validation, $" ({trainFiles})", cancel);
+        EncodeRecords(batches, tokenizing, labelSet, train, validation, $" ({trainFiles})", cancel);
         return new Result(tokenizer, labelSet, sources, train.Finish(), validation.Finish(), report.ToReport());
     }
 

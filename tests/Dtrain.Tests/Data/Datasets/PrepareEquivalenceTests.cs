@@ -55,6 +55,32 @@ public sealed class PrepareEquivalenceTests : IDisposable
     }
 
     [Theory]
+    [InlineData(false, 1)]
+    [InlineData(true, 2)]
+    public void Cluster_parts_encode_a_surrogate_pair_across_the_char_encoders_block_as_one_id(bool lowercase, int threads)
+    {
+        // The parts of `prepare --on-cluster` (measured, counted, fitted, encoded and committed as the coordinator and its
+        // workers do, here in one process) encode as the local prepare does, 16,384 characters at a time: each part's pair
+        // straddles a block's end (the second part's text starts with the "\n" that joins it to the first).
+        var a = dir.Write("a.txt", new string('a', (1 << 14) - 1) + "😀" + Text(40));
+        var b = dir.Write("b.txt", new string('B', (1 << 14) - 2) + "😀" + Text(40));
+        dir.Write("joined.txt", (File.ReadAllText(a) + "\n" + File.ReadAllText(b)).Replace("\r\n", "\n"));
+        var o = Options(Out(), [a, b]) with { Tokenizer = new TokenizerSpec { Kind = "char", Lowercase = lowercase }, Threads = threads, ValidationFraction = 0.13, ChunkChars = 1 << 16 };
+        var parts = o.Train.Select(s => o with { Train = [s] }).ToList();
+        var cuts = DatasetPreparer.PlaceCut(o, [.. parts.Select(p => DatasetPreparer.MeasurePart(p))]);
+        var counts = parts.Select((p, i) => DatasetPreparer.CountPart(p, cuts[i])).ToList();
+        var (tokenizer, labels) = DatasetPreparer.FitParts(o, counts, joinersCounted: true);
+        using (var writer = new DatasetWriter(o.Output, force: false))
+        {
+            var encoded = parts.Select((p, i) => DatasetPreparer.EncodePart(p, i, writer.Directory, tokenizer, labels.Names,
+                trainJoiner: counts.Take(i).Any(c => c.TrainPieces), validationJoiner: false, cuts[i].Cut, cuts[i].AllValidation)).ToList();
+            DatasetPreparer.CommitParts(o, writer, tokenizer, labels, encoded);
+        }
+        using var ds = PreparedDataset.Open(o.Output);
+        AssertSame(PreparedData.Load(Spec(o, "text", "joined.txt"), dir.Path), ds);
+    }
+
+    [Theory]
     [InlineData("jsonl", "char")]
     [InlineData("csv", "word")]
     public void Language_model_records_are_joined_as_in_memory(string format, string tokenizer)
