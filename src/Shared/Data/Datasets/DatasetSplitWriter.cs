@@ -41,22 +41,9 @@ public sealed class DatasetSplitWriter : IDisposable
     /// <summary>Bytes per id: 2 or 4.</summary>
     public int Width => width;
 
-    /// <summary>Language model: appends ids to the split's stream (a shard boundary may fall anywhere).</summary>
-    public void AppendTokens(ReadOnlySpan<int> ids)
-    {
-        if (records) throw new InvalidOperationException("a classification split takes whole records");
-        while (!ids.IsEmpty)
-        {
-            if (tokens is null || shardTokenCount == shardTokens) Open();
-            var n = (int)Math.Min(ids.Length, shardTokens - shardTokenCount);
-            WriteIds(ids[..n]);
-            ids = ids[n..];
-        }
-    }
-
     /// <summary>
     /// Language model: appends ids already narrowed by <see cref="Narrow"/> (on a tokenizing thread, off the thread that
-    /// writes), exactly as <see cref="AppendTokens"/> appends the same ids.
+    /// writes) to the split's stream (a shard boundary may fall anywhere).
     /// </summary>
     public void AppendNarrowed(ReadOnlySpan<byte> ids)
     {
