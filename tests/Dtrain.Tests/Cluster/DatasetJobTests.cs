@@ -26,7 +26,7 @@ public sealed class DatasetJobTests
     public static TheoryData<string> Tasks() => [TaskKinds.LanguageModel, TaskKinds.Classification];
 
     /// <summary>The in-memory spec for <paramref name="task"/> and its data file (written into <paramref name="tmp"/>).</summary>
-    static (JobSpec Spec, string File) MemoryJob(TempDir tmp, string task)
+    internal static (JobSpec Spec, string File) MemoryJob(TempDir tmp, string task)
     {
         if (task == TaskKinds.LanguageModel)
         {
@@ -41,7 +41,7 @@ public sealed class DatasetJobTests
     }
 
     /// <summary>`dtrain prepare` of <paramref name="file"/> with the spec's options, in small shards (rows cross them).</summary>
-    static string Prepare(JobSpec spec, string file, string output)
+    internal static string Prepare(JobSpec spec, string file, string output)
     {
         DatasetPreparer.Prepare(PrepareTestSupport.Options(output, [file]) with
         {
@@ -50,7 +50,7 @@ public sealed class DatasetJobTests
         return output;
     }
 
-    static JobSpec DatasetJob(JobSpec memory, string dataset) => memory with { Data = new DataSpec { Dataset = dataset } };
+    internal static JobSpec DatasetJob(JobSpec memory, string dataset) => memory with { Data = new DataSpec { Dataset = dataset } };
 
     static async Task<(JobInfo Info, double[] Losses)> RunAsync(InProcessCluster cluster, TempDir tmp, JobSpec spec, string name)
     {
@@ -61,11 +61,12 @@ public sealed class DatasetJobTests
         return (info, losses);
     }
 
-    static async Task<InProcessCluster> StartAsync(string dataRoot, ShardTap tap)
+    /// <summary>A coordinator with <paramref name="dataRoot"/> as its data root and <paramref name="workers"/> idle workers whose arrivals <paramref name="tap"/> records.</summary>
+    internal static async Task<InProcessCluster> StartAsync(string dataRoot, ShardTap tap, int workers = 2)
     {
         var cluster = await InProcessCluster.StartAsync(0, new CoordinatorOptions { DataRoots = [dataRoot] });
-        for (var i = 0; i < 2; i++) await cluster.AddWorkerAsync(configure: b => b.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<ShardTapInterceptor>(tap)));
-        await cluster.WaitForIdleAsync(2, TimeSpan.FromSeconds(30));
+        for (var i = 0; i < workers; i++) await cluster.AddWorkerAsync(configure: b => b.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<ShardTapInterceptor>(tap)));
+        await cluster.WaitForIdleAsync(workers, TimeSpan.FromSeconds(30));
         return cluster;
     }
 
@@ -478,48 +479,6 @@ public sealed class DatasetJobTests
             if (request is RunStepRequest step && step.Step == at)
                 await open.WaitAsync(context.CancellationToken);
             return await continuation(request, context);
-        }
-    }
-
-    /// <summary>What reached the workers' LoadShard streams: token values (inputs, targets, lengths, validation), planned steps.</summary>
-    public sealed class ShardTap
-    {
-        long values, planned, validation;
-        public long Values => Interlocked.Read(ref values);
-        public long PlannedSteps => Interlocked.Read(ref planned);
-        public long DatasetValidation => Interlocked.Read(ref validation);
-
-        public void Add(ShardChunk c)
-        {
-            Interlocked.Add(ref values, c.ValidationTokens.Count + c.ValidationExamples.Sum(e => e.Tokens.Count)
-                + c.Steps.Sum(s => (long)s.Inputs.Count + s.Targets.Count + s.Lengths.Count));
-            Interlocked.Add(ref planned, c.Steps.Count(s => s.Planned));
-            if (c.DatasetValidation) Interlocked.Increment(ref validation);
-        }
-
-        public void Reset()
-        {
-            Interlocked.Exchange(ref values, 0);
-            Interlocked.Exchange(ref planned, 0);
-            Interlocked.Exchange(ref validation, 0);
-        }
-    }
-
-    internal sealed class ShardTapInterceptor(ShardTap tap) : Interceptor
-    {
-        public override Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation) =>
-            continuation(new Tapped<TRequest>(requestStream, tap), context);
-
-        sealed class Tapped<T>(IAsyncStreamReader<T> inner, ShardTap tap) : IAsyncStreamReader<T>
-        {
-            public T Current => inner.Current;
-
-            public async Task<bool> MoveNext(CancellationToken cancellationToken)
-            {
-                var more = await inner.MoveNext(cancellationToken);
-                if (more && inner.Current is ShardChunk c) tap.Add(c);
-                return more;
-            }
         }
     }
 }

@@ -3,7 +3,6 @@ using Dtrain.Data.Storage;
 using Dtrain.Protos.Jobs;
 using Dtrain.Server;
 using Dtrain.Specs;
-using Dtrain.Tests.Data.Datasets;
 using Dtrain.Tests.Data.Storage;
 using Dtrain.Tests.Support;
 using Dtrain.Protos.Worker;
@@ -55,16 +54,9 @@ public sealed class PipelineDatasetJobTests
 
     const string PipelineSchedule1F1B = "1f1b";
 
-    static string Prepare(JobSpec spec, string file, string output)
-    {
-        DatasetPreparer.Prepare(PrepareTestSupport.Options(output, [file]) with
-        {
-            Task = spec.Task, ValidationFraction = spec.Data.ValidationFraction, Seed = spec.Training.Seed, Tokenizer = spec.Tokenizer,
-        });
-        return output;
-    }
+    static string Prepare(JobSpec spec, string file, string output) => DatasetJobTests.Prepare(spec, file, output);
 
-    static JobSpec DatasetJob(JobSpec memory, string dataset) => memory with { Data = new DataSpec { Dataset = dataset } };
+    static JobSpec DatasetJob(JobSpec memory, string dataset) => DatasetJobTests.DatasetJob(memory, dataset);
 
     static int Workers(JobSpec spec) => spec.Parallelism!.Pipeline!.Stages * spec.Parallelism.Data;
 
@@ -78,14 +70,7 @@ public sealed class PipelineDatasetJobTests
         return (info, losses);
     }
 
-    static async Task<InProcessCluster> StartAsync(string dataRoot, DatasetJobTests.ShardTap tap, int workers)
-    {
-        var cluster = await InProcessCluster.StartAsync(0, new CoordinatorOptions { DataRoots = [dataRoot] });
-        for (var i = 0; i < workers; i++)
-            await cluster.AddWorkerAsync(configure: b => b.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<DatasetJobTests.ShardTapInterceptor>(tap)));
-        await cluster.WaitForIdleAsync(workers, TimeSpan.FromSeconds(30));
-        return cluster;
-    }
+    static Task<InProcessCluster> StartAsync(string dataRoot, ShardTap tap, int workers) => DatasetJobTests.StartAsync(dataRoot, tap, workers);
 
     static void AssertSameLosses(double[] expected, double[] actual, string what)
     {
@@ -110,7 +95,7 @@ public sealed class PipelineDatasetJobTests
         using var tmp = new TempDir();
         var (spec, file) = MemoryJob(tmp, task, stages, replicas, micro);
         var dataset = Prepare(spec, file, Path.Combine(tmp.Path, "ds"));
-        var tap = new DatasetJobTests.ShardTap();
+        var tap = new ShardTap();
         await using var cluster = await StartAsync(tmp.Path, tap, stages * replicas);
 
         var (memory, memoryLosses) = await RunAsync(cluster, tmp, spec, "memory.json");
@@ -155,7 +140,7 @@ public sealed class PipelineDatasetJobTests
         foreach (var (k, v) in environment) Environment.SetEnvironmentVariable(k, v);
         try
         {
-            var tap = new DatasetJobTests.ShardTap();
+            var tap = new ShardTap();
             await using var cluster = await StartAsync(tmp.Path, tap, 2);
             var (memory, memoryLosses) = await RunAsync(cluster, tmp, spec, "memory.json");
             Assert.True(memory.State == JobState.Succeeded, $"from memory: {memory.State} {memory.Message}");
@@ -185,7 +170,7 @@ public sealed class PipelineDatasetJobTests
         spec = spec with { Training = spec.Training with { LmSampling = LmSamplingKinds.Random } };
         var dataset = Prepare(spec, file, Path.Combine(tmp.Path, "ds"));
         var job = DatasetJob(spec, dataset);
-        await using var cluster = await StartAsync(tmp.Path, new DatasetJobTests.ShardTap(), 2);
+        await using var cluster = await StartAsync(tmp.Path, new ShardTap(), 2);
 
         var (whole, wholeLosses) = await RunAsync(cluster, tmp, job, "whole.json");
         Assert.True(whole.State == JobState.Succeeded, $"uninterrupted: {whole.State} {whole.Message}");
@@ -282,7 +267,7 @@ public sealed class PipelineDatasetJobTests
         var shard = Path.Combine(dataset, "train-00000.tokens");
         var bytes = File.ReadAllBytes(shard);
         File.Delete(shard);
-        await using var cluster = await StartAsync(tmp.Path, new DatasetJobTests.ShardTap(), 2);
+        await using var cluster = await StartAsync(tmp.Path, new ShardTap(), 2);
         var (info, _) = await RunAsync(cluster, tmp, DatasetJob(spec, dataset), "dataset.json");
         Assert.Equal(JobState.Failed, info.State);
         Assert.Contains("train-00000.tokens", info.Message);
@@ -308,7 +293,7 @@ public sealed class PipelineDatasetJobTests
         bytes.AsSpan(other * width, width).CopyTo(bytes);
         head.CopyTo(bytes, other * width);
         File.WriteAllBytes(shard, bytes);
-        await using var cluster = await StartAsync(tmp.Path, new DatasetJobTests.ShardTap(), 2);
+        await using var cluster = await StartAsync(tmp.Path, new ShardTap(), 2);
         var (info, losses) = await RunAsync(cluster, tmp, DatasetJob(spec, dataset), "dataset.json");
         Assert.True(info.State == JobState.Failed, $"{info.State} {info.Message} after {losses.Length} steps");
         Assert.Contains($"dataset {dataset}: train-00000.tokens does not match its SHA-256 in the manifest ({shard}: SHA-256 is ", info.Message);
@@ -328,7 +313,7 @@ public sealed class PipelineDatasetJobTests
         bytes[0] = 0xFF;
         bytes[1] = 0xFF;
         DatasetJobTests.Rewrite(dataset, "validation-00000.tokens", bytes);
-        await using var cluster = await StartAsync(tmp.Path, new DatasetJobTests.ShardTap(), 2);
+        await using var cluster = await StartAsync(tmp.Path, new ShardTap(), 2);
         var (info, losses) = await RunAsync(cluster, tmp, DatasetJob(spec, dataset), "dataset.json");
         Assert.Equal(JobState.Failed, info.State);
         Assert.Contains($"evaluation: dataset {dataset}: validation-00000.tokens: id 65535 at token 0 outside the vocabulary", info.Message);

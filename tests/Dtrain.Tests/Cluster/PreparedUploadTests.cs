@@ -1,13 +1,9 @@
-using System.Collections.Concurrent;
 using Dtrain.Data.Datasets;
 using Dtrain.Protos.Jobs;
-using Dtrain.Protos.Worker;
 using Dtrain.Server;
 using Dtrain.Specs;
 using Dtrain.Tests.Support;
 using Grpc.AspNetCore.Server;
-using Grpc.Core;
-using Grpc.Core.Interceptors;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 
@@ -25,58 +21,13 @@ public sealed class PreparedUploadTests
 {
     public static TheoryData<string> Tasks() => [TaskKinds.LanguageModel, TaskKinds.Classification];
 
-    /// <summary>What reached the workers: token values in shard chunks, and the dataset each assignment named.</summary>
-    sealed class Tap
-    {
-        long values;
-        public long Values => Interlocked.Read(ref values);
-        public ConcurrentBag<string> Datasets { get; } = [];
-        public void Add(long n) => Interlocked.Add(ref values, n);
-    }
+    /// <summary>The spec for <paramref name="task"/> with its data file written into <paramref name="tmp"/> (DatasetJobTests').</summary>
+    static JobSpec Job(TempDir tmp, string task) => DatasetJobTests.MemoryJob(tmp, task).Spec;
 
-    sealed class TapInterceptor(Tap tap) : Interceptor
-    {
-        public override Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
-        {
-            if (request is AssignRequest a) tap.Datasets.Add(a.Dataset?.Uri ?? "");
-            return continuation(request, context);
-        }
-
-        public override Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation) =>
-            continuation(new Tapped<TRequest>(requestStream, tap), context);
-
-        sealed class Tapped<T>(IAsyncStreamReader<T> inner, Tap tap) : IAsyncStreamReader<T>
-        {
-            public T Current => inner.Current;
-
-            public async Task<bool> MoveNext(CancellationToken cancellationToken)
-            {
-                var more = await inner.MoveNext(cancellationToken);
-                if (more && inner.Current is ShardChunk c)
-                    tap.Add(c.ValidationTokens.Count + c.ValidationExamples.Sum(e => e.Tokens.Count) + c.Steps.Sum(s => (long)s.Inputs.Count + s.Targets.Count + s.Lengths.Count));
-                return more;
-            }
-        }
-    }
-
-    /// <summary>The spec for <paramref name="task"/> with its data file written into <paramref name="tmp"/> (as DatasetJobTests').</summary>
-    static JobSpec Job(TempDir tmp, string task)
-    {
-        if (task == TaskKinds.LanguageModel)
-        {
-            tmp.Write("t.txt", TestJobs.Text(80));
-            var lm = TestJobs.CharLm("t.txt", steps: 12);
-            return lm with { Training = lm.Training with { BatchSize = 7, SeqLen = 12 } };
-        }
-        tmp.Write("d.jsonl", TestJobs.ClassificationJsonl(90));
-        var clf = TestJobs.Classifier("d.jsonl", steps: 12);
-        return clf with { Training = clf.Training with { BatchSize = 10 } };
-    }
-
-    static async Task<InProcessCluster> StartAsync(CoordinatorOptions options, Tap tap, int workers = 2)
+    static async Task<InProcessCluster> StartAsync(CoordinatorOptions options, ShardTap tap, int workers = 2)
     {
         var cluster = await InProcessCluster.StartAsync(0, options);
-        for (var i = 0; i < workers; i++) await cluster.AddWorkerAsync(configure: b => b.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<TapInterceptor>(tap)));
+        for (var i = 0; i < workers; i++) await cluster.AddWorkerAsync(configure: b => b.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<ShardTapInterceptor>(tap)));
         if (workers > 0) await cluster.WaitForIdleAsync(workers, TimeSpan.FromSeconds(30));
         return cluster;
     }
@@ -115,7 +66,7 @@ public sealed class PreparedUploadTests
         using var tmp = new TempDir();
         var spec = Job(tmp, task);
 
-        var memoryTap = new Tap();
+        var memoryTap = new ShardTap();
         JobInfo memory;
         double[] memoryLosses;
         await using (var cluster = await StartAsync(new CoordinatorOptions(), memoryTap))
@@ -125,7 +76,7 @@ public sealed class PreparedUploadTests
         Assert.All(memoryTap.Datasets, d => Assert.Equal("", d));
 
         var shared = Path.Combine(tmp.Path, "shared");
-        var tap = new Tap();
+        var tap = new ShardTap();
         await using (var cluster = await StartAsync(new CoordinatorOptions { SharedDataDir = shared }, tap))
         {
             var (prepared, losses) = await RunAsync(cluster, tmp, spec, "prepared.json");
@@ -178,7 +129,7 @@ public sealed class PreparedUploadTests
         using var tmp = new TempDir();
         var spec = Job(tmp, TaskKinds.Classification);
         var shared = Path.Combine(tmp.Path, "shared");
-        var tap = new Tap();
+        var tap = new ShardTap();
         await using var cluster = await StartAsync(new CoordinatorOptions { SharedDataDir = shared }, tap);
         var request = new SubmitRequest { SpecJson = JobSpecSerializer.Serialize(spec), Workers = 2, Source = "inline.json" };
         request.Files["d.jsonl"] = Google.Protobuf.ByteString.CopyFrom(File.ReadAllBytes(Path.Combine(tmp.Path, "d.jsonl")));
@@ -196,7 +147,7 @@ public sealed class PreparedUploadTests
         using var tmp = new TempDir();
         var spec = Job(tmp, TaskKinds.LanguageModel);
         var shared = Path.Combine(tmp.Path, "shared");
-        await using var cluster = await StartAsync(new CoordinatorOptions { SharedDataDir = shared, JobDataRetentionMinutes = 0 }, new Tap());
+        await using var cluster = await StartAsync(new CoordinatorOptions { SharedDataDir = shared, JobDataRetentionMinutes = 0 }, new ShardTap());
         var (info, _) = await RunAsync(cluster, tmp, spec, "job.json");
         Assert.True(info.State == JobState.Succeeded, $"{info.State} {info.Message}");
         var job = cluster.CoordinatorService<JobManager>().Get(info.JobId);
@@ -211,7 +162,7 @@ public sealed class PreparedUploadTests
         using var tmp = new TempDir();
         var spec = Job(tmp, TaskKinds.LanguageModel);
         var shared = Path.Combine(tmp.Path, "shared");
-        await using var cluster = await StartAsync(new CoordinatorOptions { SharedDataDir = shared }, new Tap());
+        await using var cluster = await StartAsync(new CoordinatorOptions { SharedDataDir = shared }, new ShardTap());
         // The shared directory became a file (as a full disk, the dataset's files cannot be written).
         File.WriteAllText(shared, "not a directory");
         var (info, _) = await RunAsync(cluster, tmp, spec, "job.json");
@@ -230,13 +181,13 @@ public sealed class PreparedUploadTests
         var limits = new CoordinatorOptions { MaxDataFileBytes = 2048, MaxPendingUploadBytes = 1 << 20 };
 
         // Read into memory, it is refused by the in-memory limit (as an upload: MaxUploadBytes follows MaxDataFileBytes).
-        await using (var cluster = await StartAsync(limits, new Tap(), workers: 0))
+        await using (var cluster = await StartAsync(limits, new ShardTap(), workers: 0))
         {
             var e = Assert.ThrowsAny<Exception>(() => Submit(cluster, tmp, spec, "memory.json"));
             Assert.Contains("Coordinator:MaxUploadBytes = 2048", e.Message);
         }
         // Prepared into a dataset, only the upload quota bounds it.
-        var tap = new Tap();
+        var tap = new ShardTap();
         await using (var cluster = await StartAsync(limits with { SharedDataDir = Path.Combine(tmp.Path, "shared") }, tap))
         {
             var (info, losses) = await RunAsync(cluster, tmp, spec, "prepared.json");
@@ -245,7 +196,7 @@ public sealed class PreparedUploadTests
             Assert.Equal(0, tap.Values);
         }
         // A pipeline job's too (it used to read its files into memory, and was refused at submit naming the limit).
-        var pipelineTap = new Tap();
+        var pipelineTap = new ShardTap();
         await using (var cluster = await StartAsync(limits with { SharedDataDir = Path.Combine(tmp.Path, "shared2") }, pipelineTap))
         {
             var pipeline = spec with { Parallelism = new ParallelismSpec { Pipeline = new PipelineSpec { Stages = 2 } } };
@@ -263,7 +214,7 @@ public sealed class PreparedUploadTests
         var spec = Job(tmp, TaskKinds.LanguageModel);
         spec = spec with { Parallelism = new ParallelismSpec { Pipeline = new PipelineSpec { Stages = 2 } } };
 
-        var memoryTap = new Tap();
+        var memoryTap = new ShardTap();
         JobInfo memory;
         double[] memoryLosses;
         await using (var cluster = await StartAsync(new CoordinatorOptions(), memoryTap))
@@ -272,7 +223,7 @@ public sealed class PreparedUploadTests
         Assert.True(memoryTap.Values > 0, "without a shared data directory the rows travel to the stages");
 
         var shared = Path.Combine(tmp.Path, "shared");
-        var tap = new Tap();
+        var tap = new ShardTap();
         await using var prepared = await StartAsync(new CoordinatorOptions { SharedDataDir = shared }, tap);
         var (info, losses) = await RunAsync(prepared, tmp, spec, "prepared.json");
         Assert.True(info.State == JobState.Succeeded, $"prepared: {info.State} {info.Message}");
@@ -293,7 +244,7 @@ public sealed class PreparedUploadTests
         tmp.Write("d.jsonl", string.Join('\n', lines));
         var spec = TestJobs.Classifier("d.jsonl", steps: 12);
         var shared = Path.Combine(tmp.Path, "shared");
-        await using var cluster = await StartAsync(new CoordinatorOptions { SharedDataDir = shared }, new Tap());
+        await using var cluster = await StartAsync(new CoordinatorOptions { SharedDataDir = shared }, new ShardTap());
         var (info, _) = await RunAsync(cluster, tmp, spec, "bad.json");
         Assert.Equal(JobState.Failed, info.State);
         // Named as the spec named it, not as stored on the coordinator.
@@ -327,13 +278,13 @@ public sealed class PreparedUploadTests
         var spec = Job(tmp, TaskKinds.LanguageModel);
         var shared = Path.Combine(tmp.Path, "shared");
         var gate = new PassGate();
-        var tap = new Tap();
+        var tap = new ShardTap();
         await using var cluster = await InProcessCluster.StartAsync(0, new CoordinatorOptions { SharedDataDir = shared }, services: s =>
         {
             s.AddSingleton<ILoggerProvider>(gate);
             s.Configure<LoggerFilterOptions>(o => o.Rules.Add(new LoggerFilterRule(typeof(PassGate).FullName, null, LogLevel.Information, null)));
         });
-        for (var i = 0; i < 2; i++) await cluster.AddWorkerAsync(configure: b => b.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<TapInterceptor>(tap)));
+        for (var i = 0; i < 2; i++) await cluster.AddWorkerAsync(configure: b => b.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<ShardTapInterceptor>(tap)));
         var id = Submit(cluster, tmp, spec, "job.json");
         Assert.True(gate.Reached.Wait(TimeSpan.FromMinutes(2)), "the coordinator started preparing the job's data");
         // Half prepared: its temporary directory, no dataset at the job's place.
@@ -362,7 +313,7 @@ public sealed class PreparedUploadTests
         using var tmp = new TempDir();
         var spec = Job(tmp, TaskKinds.LanguageModel);
         var shared = Path.Combine(tmp.Path, "shared");
-        var tap = new Tap();
+        var tap = new ShardTap();
         await using var cluster = await StartAsync(new CoordinatorOptions { SharedDataDir = shared }, tap, workers: 0);
         // Queued: no worker yet.
         var id = Submit(cluster, tmp, spec, "job.json");
@@ -374,7 +325,7 @@ public sealed class PreparedUploadTests
         var other = tmp.Write("other.txt", "some other text, not the job's data at all. ");
         DatasetPreparer.Prepare(PreparedUploads.OptionsFor(spec with { Data = spec.Data with { Train = other } }, Path.Combine(shared, id)));
         await cluster.RestartCoordinatorAsync();
-        for (var i = 0; i < 2; i++) await cluster.AddWorkerAsync(configure: b => b.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<TapInterceptor>(tap)));
+        for (var i = 0; i < 2; i++) await cluster.AddWorkerAsync(configure: b => b.Services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<ShardTapInterceptor>(tap)));
         var info = await cluster.WaitAsync(id, TimeSpan.FromMinutes(3));
         Assert.True(info.State == JobState.Succeeded, $"{info.State} {info.Message}");
         Assert.False(Directory.Exists(partial), "the partial directory was removed");
