@@ -5,12 +5,14 @@ using YamlDotNet.RepresentationModel;
 namespace Dtrain.Tests.Deploy;
 
 /// <summary>
-/// Where the containers find datasets (docs/storage.md): compose workers mount the shared `datasets` volume read-only
-/// and pass S3 settings through, the coordinator mounts it read-write and prepares uploads into a shared data directory
-/// in it (the image owns /datasets, so a new volume is writable by its user), and the optional `s3` service runs only in
-/// its profile; on Kubernetes the workers take the optional Secret dtrain-s3, and the datasets component (rendered with
-/// `kubectl kustomize` from a copy of deploy/k8s with it enabled, as a user would) adds a ReadWriteMany claim mounted
-/// read-only at /datasets in the workers and read-write in the coordinator, which then has a shared data directory there.
+/// Where the containers find datasets (docs/storage.md): compose's coordinator and workers mount the user's `datasets`
+/// volume read-only at /datasets, which is the coordinator's data root (jobs name datasets there), and the `uploads`
+/// volume at /uploads, read-write only in the coordinator, which prepares uploads into it (its shared data directory; the
+/// image owns both mount points, so new volumes are writable by its user); the workers pass S3 settings through, and the
+/// optional `s3` service runs only in its profile. On Kubernetes the workers take the optional Secret dtrain-s3, and the
+/// datasets component (rendered with `kubectl kustomize` from a copy of deploy/k8s with it enabled, as a user would) adds
+/// the same two mounts: a ReadOnlyMany claim at /datasets (the coordinator's --data-root) and a ReadWriteMany one at
+/// /uploads (its --shared-data-dir), read-only in the workers.
 /// </summary>
 public class DatasetStorageDeployTests
 {
@@ -33,24 +35,36 @@ public class DatasetStorageDeployTests
     static IEnumerable<YamlNode> Seq(YamlNode? node, params string[] keys) => At(node, keys) is YamlSequenceNode s ? s.Children : [];
 
     [Fact]
-    public void Compose_workers_mount_the_datasets_volume_read_only_the_coordinator_prepares_uploads_into_it_and_the_s3_service_is_only_in_its_profile()
+    public void Compose_mounts_the_datasets_volume_read_only_as_the_coordinators_data_root_the_coordinator_prepares_uploads_into_the_uploads_volume_and_the_s3_service_is_only_in_its_profile()
     {
         var compose = Load(File.ReadAllText(RepoFiles.PathOf("deploy", "docker-compose.yml")));
         var worker = At(compose, "services", "worker");
-        Assert.Contains("datasets:/datasets:ro", Seq(worker, "volumes").Select(v => ((YamlScalarNode)v).Value));
+        var workerVolumes = Seq(worker, "volumes").Select(v => ((YamlScalarNode)v).Value).ToList();
+        Assert.Contains("datasets:/datasets:ro", workerVolumes);
+        Assert.Contains("uploads:/uploads:ro", workerVolumes);
         Assert.NotNull(At(compose, "volumes", "datasets"));
+        Assert.NotNull(At(compose, "volumes", "uploads"));
 
-        // The coordinator writes the datasets it prepares from uploads into the same volume, which the workers read.
+        // The coordinator reads the user's datasets (its data root, read-only: it never writes there) and writes the
+        // datasets it prepares from uploads into the other volume, which the workers read at the same path.
         var coordinator = At(compose, "services", "coordinator");
-        Assert.Contains("datasets:/datasets", Seq(coordinator, "volumes").Select(v => ((YamlScalarNode)v).Value));
+        var coordinatorVolumes = Seq(coordinator, "volumes").Select(v => ((YamlScalarNode)v).Value).ToList();
+        Assert.Contains("datasets:/datasets:ro", coordinatorVolumes);
+        Assert.Contains("uploads:/uploads", coordinatorVolumes);
+        Assert.Equal("/datasets", Str(coordinator, "environment", "DTRAIN_Coordinator__DataRoots__0"));
+        Assert.Null(Str(coordinator, "environment", "DTRAIN_Coordinator__DataRoots__1"));
         var shared = Str(coordinator, "environment", "DTRAIN_Coordinator__SharedDataDir");
-        Assert.True(shared is not null && shared.StartsWith("/datasets/", StringComparison.Ordinal), $"the coordinator's SharedDataDir is \"{shared}\", not in the datasets volume");
-        AssertPreparesUploads(shared, DataDirOfTheImage());
+        Assert.True(shared is "/uploads", $"the coordinator's SharedDataDir is \"{shared}\", not the uploads volume's /uploads");
+        AssertPreparesUploads("/datasets", shared, DataDirOfTheImage());
         // A new named volume takes the owner of the image's directory it is mounted on: the image's user (10001) must own
-        // /datasets, or the coordinator (that user) cannot create its shared data directory in a fresh volume.
+        // /datasets (the documented recipe copies datasets into a fresh volume as that user) and /uploads (the
+        // coordinator, that user, writes its prepared uploads there).
         var dockerfile = File.ReadAllText(RepoFiles.PathOf("deploy", "Dockerfile"));
-        Assert.Matches(@"mkdir -p [^;]*/datasets[ ;]", dockerfile);
-        Assert.Matches(@"chown dtrain:dtrain [^;]*/datasets[ ;]", dockerfile);
+        foreach (var dir in new[] { "/datasets", "/uploads" })
+        {
+            Assert.Matches($@"mkdir -p [^;]*{dir}[ ;]", dockerfile);
+            Assert.Matches($@"chown dtrain:dtrain [^;]*{dir}[ ;]", dockerfile);
+        }
         Assert.Contains("USER 10001:10001", dockerfile);
         foreach (var variable in new[] { "DTRAIN_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION" })
             Assert.Equal($"${{{variable}:-}}", Str(worker, "environment", variable));
@@ -64,13 +78,13 @@ public class DatasetStorageDeployTests
     }
 
     [Fact]
-    public void Kubernetes_workers_take_the_optional_s3_secret_and_the_datasets_component_shares_a_read_write_many_claim_the_coordinator_prepares_uploads_into()
+    public void Kubernetes_workers_take_the_optional_s3_secret_and_the_datasets_component_shares_a_read_only_datasets_claim_and_a_read_write_many_uploads_claim()
     {
         using var tmp = new TempDir();
         var copy = Path.Combine(tmp.Path, "k8s");
         CopyDirectory(RepoFiles.PathOf("deploy", "k8s"), copy);
         var plain = Render(copy);
-        Assert.DoesNotContain(plain, d => Str(d, "kind") == "PersistentVolumeClaim" && Str(d, "metadata", "name") == "dtrain-datasets");
+        Assert.DoesNotContain(plain, d => Str(d, "kind") == "PersistentVolumeClaim");
         var secret = Assert.Single(Seq(WorkerContainer(plain), "envFrom"), e => At(e, "secretRef") is not null);
         Assert.Equal("dtrain-s3", Str(secret, "secretRef", "name"));
         Assert.Equal("true", Str(secret, "secretRef", "optional"));
@@ -81,34 +95,50 @@ public class DatasetStorageDeployTests
         Assert.Contains("# components:\n#   - datasets\n", text);
         File.WriteAllText(kustomization, text.Replace("# components:\n#   - datasets\n", "components:\n  - datasets\n", StringComparison.Ordinal));
         var docs = Render(copy);
+        // The user's datasets: read by any number of pods on any nodes, written by none of them.
         var claim = Assert.Single(docs, d => Str(d, "kind") == "PersistentVolumeClaim" && Str(d, "metadata", "name") == "dtrain-datasets");
-        // One writer (the coordinator) and any number of readers on any nodes.
-        Assert.Equal(["ReadWriteMany"], Seq(claim, "spec", "accessModes").Select(m => ((YamlScalarNode)m).Value));
-        var mount = Assert.Single(Seq(WorkerContainer(docs), "volumeMounts"), m => Str(m, "mountPath") == "/datasets");
-        Assert.Equal("true", Str(mount, "readOnly"));
-        var workers = Assert.Single(docs, d => Str(d, "kind") == "Deployment" && Str(d, "metadata", "name") == "dtrain-worker");
-        var volume = Assert.Single(Seq(workers, "spec", "template", "spec", "volumes"), v => Str(v, "name") == Str(mount, "name"));
-        Assert.Equal("dtrain-datasets", Str(volume, "persistentVolumeClaim", "claimName"));
-        Assert.Equal("true", Str(volume, "persistentVolumeClaim", "readOnly"));
+        Assert.Equal(["ReadOnlyMany"], Seq(claim, "spec", "accessModes").Select(m => ((YamlScalarNode)m).Value));
+        // The prepared uploads: one writer (the coordinator) and any number of readers.
+        var uploads = Assert.Single(docs, d => Str(d, "kind") == "PersistentVolumeClaim" && Str(d, "metadata", "name") == "dtrain-uploads");
+        Assert.Equal(["ReadWriteMany"], Seq(uploads, "spec", "accessModes").Select(m => ((YamlScalarNode)m).Value));
 
-        // The coordinator mounts the same claim read-write at the same path and prepares uploads into a directory in it.
+        var workers = Assert.Single(docs, d => Str(d, "kind") == "Deployment" && Str(d, "metadata", "name") == "dtrain-worker");
+        foreach (var (path, claimName) in new[] { ("/datasets", "dtrain-datasets"), ("/uploads", "dtrain-uploads") })
+        {
+            var (mount, volume) = Mounted(workers, path);
+            Assert.Equal("true", Str(mount, "readOnly"));
+            Assert.Equal(claimName, Str(volume, "persistentVolumeClaim", "claimName"));
+            Assert.Equal("true", Str(volume, "persistentVolumeClaim", "readOnly"));
+        }
+
+        // The coordinator mounts the datasets read-only as its data root, and the uploads claim read-write at the
+        // workers' path as its shared data directory.
         var coordinator = Assert.Single(docs, d => Str(d, "kind") == "StatefulSet");
+        var (datasetsMount, datasetsVolume) = Mounted(coordinator, "/datasets");
+        Assert.Equal("true", Str(datasetsMount, "readOnly"));
+        Assert.Equal("dtrain-datasets", Str(datasetsVolume, "persistentVolumeClaim", "claimName"));
+        Assert.Equal("true", Str(datasetsVolume, "persistentVolumeClaim", "readOnly"));
+        var (uploadsMount, uploadsVolume) = Mounted(coordinator, "/uploads");
+        Assert.NotEqual("true", Str(uploadsMount, "readOnly"));
+        Assert.Equal("dtrain-uploads", Str(uploadsVolume, "persistentVolumeClaim", "claimName"));
+        Assert.NotEqual("true", Str(uploadsVolume, "persistentVolumeClaim", "readOnly"));
         var container = Assert.Single(Seq(coordinator, "spec", "template", "spec", "containers"));
-        var coordinatorMount = Assert.Single(Seq(container, "volumeMounts"), m => Str(m, "mountPath") == "/datasets");
-        Assert.NotEqual("true", Str(coordinatorMount, "readOnly"));
-        var coordinatorVolume = Assert.Single(Seq(coordinator, "spec", "template", "spec", "volumes"), v => Str(v, "name") == Str(coordinatorMount, "name"));
-        Assert.Equal("dtrain-datasets", Str(coordinatorVolume, "persistentVolumeClaim", "claimName"));
-        Assert.NotEqual("true", Str(coordinatorVolume, "persistentVolumeClaim", "readOnly"));
         var args = Seq(container, "args").Select(a => ((YamlScalarNode)a).Value!).ToList();
-        var at = args.IndexOf("--shared-data-dir");
-        Assert.True(at >= 0 && at + 1 < args.Count, $"the coordinator has no --shared-data-dir: [{string.Join(' ', args)}]");
-        Assert.StartsWith("/datasets/", args[at + 1], StringComparison.Ordinal);
-        AssertPreparesUploads(args[at + 1], args[args.IndexOf("--data-dir") + 1]);
+        string Flag(string name)
+        {
+            var at = args.IndexOf(name);
+            Assert.True(at >= 0 && at + 1 < args.Count && args.LastIndexOf(name) == at, $"the coordinator has no single {name}: [{string.Join(' ', args)}]");
+            return args[at + 1];
+        }
+        Assert.Equal("/datasets", Flag("--data-root"));
+        Assert.Equal("/uploads", Flag("--shared-data-dir"));
+        AssertPreparesUploads(Flag("--data-root"), Flag("--shared-data-dir"), Flag("--data-dir"));
 
         // Without the component the coordinator has neither the mount nor a shared data directory (uploads in memory).
         var plainCoordinator = Assert.Single(Seq(Assert.Single(plain, d => Str(d, "kind") == "StatefulSet"), "spec", "template", "spec", "containers"));
-        Assert.DoesNotContain(Seq(plainCoordinator, "volumeMounts"), m => Str(m, "mountPath") == "/datasets");
+        Assert.DoesNotContain(Seq(plainCoordinator, "volumeMounts"), m => Str(m, "mountPath") is "/datasets" or "/uploads");
         Assert.DoesNotContain("--shared-data-dir", Seq(plainCoordinator, "args").Select(a => ((YamlScalarNode)a).Value));
+        Assert.DoesNotContain("--data-root", Seq(plainCoordinator, "args").Select(a => ((YamlScalarNode)a).Value));
         Assert.DoesNotContain(plain, d => Str(d, "kind") == "ConfigMap" && At(d, "data") is YamlMappingNode m && m.Children.Keys.Any(k => k.ToString().Contains("SharedDataDir", StringComparison.Ordinal)));
     }
 
@@ -142,14 +172,34 @@ public class DatasetStorageDeployTests
         return match.Groups[1].Value;
     }
 
-    /// <summary>The coordinator accepts the shared data directory with its data directory, and uploads are then not limited to 1 GiB.</summary>
-    static void AssertPreparesUploads(string sharedDataDir, string dataDir)
+    /// <summary>
+    /// The coordinator accepts the data root, the shared data directory and its data directory together (a data root
+    /// over the shared data directory would be refused), and uploads are then not limited to 1 GiB. The three are made
+    /// under a temporary directory at the same relative places (a data root must exist).
+    /// </summary>
+    static void AssertPreparesUploads(string dataRoot, string sharedDataDir, string dataDir)
     {
-        var options = new Dtrain.Server.CoordinatorOptions { DataDir = dataDir, SharedDataDir = sharedDataDir };
+        using var tmp = new TempDir();
+        string At(string path)
+        {
+            Assert.True(Path.IsPathRooted(path), $"\"{path}\" is not an absolute path");
+            return Path.Join(tmp.Path, path);
+        }
+        Directory.CreateDirectory(At(dataRoot));
+        var options = new Dtrain.Server.CoordinatorOptions { DataDir = At(dataDir), DataRoots = [At(dataRoot)], SharedDataDir = At(sharedDataDir) };
         Assert.Empty(options.Validate());
         Assert.True(options.PreparesUploads);
         Assert.Equal(options.MaxPendingUploadBytes, options.UploadLimit);
         Assert.True(options.UploadLimit > Dtrain.Data.DataFile.DefaultMaxBytes);
+    }
+
+    /// <summary>The pod template's single container's mount at <paramref name="path"/> and the volume it mounts.</summary>
+    static (YamlNode Mount, YamlNode Volume) Mounted(YamlNode workload, string path)
+    {
+        var container = Assert.Single(Seq(workload, "spec", "template", "spec", "containers"));
+        var mount = Assert.Single(Seq(container, "volumeMounts"), m => Str(m, "mountPath") == path);
+        var volume = Assert.Single(Seq(workload, "spec", "template", "spec", "volumes"), v => Str(v, "name") == Str(mount, "name"));
+        return (mount, volume);
     }
 
     static YamlNode WorkerContainer(IReadOnlyList<YamlMappingNode> docs) =>
