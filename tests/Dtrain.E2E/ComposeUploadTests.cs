@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.RegularExpressions;
 using Dtrain.E2E.Support;
 using Dtrain.Protos.Jobs;
+using Dtrain.Specs;
 using Google.Protobuf;
 using Grpc.Core;
 using Xunit.Abstractions;
@@ -9,18 +10,21 @@ using Xunit.Abstractions;
 namespace Dtrain.E2E;
 
 /// <summary>
-/// Uploads on deploy/docker-compose.yml as shipped: the coordinator mounts the `datasets` volume read-write and prepares
-/// the files `dtrain submit` uploads into a dataset in its shared data directory /datasets/uploads/JOB (a fresh volume is
+/// Data on deploy/docker-compose.yml as shipped. Uploads: the coordinator mounts the `uploads` volume read-write and
+/// prepares the files `dtrain submit` uploads into a dataset in its shared data directory /uploads/JOB (a fresh volume is
 /// writable by the image's user), which the 2 workers read from their read-only mount of the same volume: the job says
-/// it prepared its files into that dataset, the dataset is whole in every worker's /datasets, the job trains on both and
-/// its loss falls. And an upload announced over 1 GiB is not refused for its size (MaxUploadBytes follows
-/// MaxPendingUploadBytes), as it is by a coordinator that reads uploads into memory.
+/// it prepared its files into that dataset, the dataset is whole in every worker's /uploads, the job trains on both and
+/// its loss falls. An upload announced over 1 GiB is not refused for its size (MaxUploadBytes follows
+/// MaxPendingUploadBytes), as it is by a coordinator that reads uploads into memory. And a user's own dataset:
+/// `dtrain prepare` on the host, copied into the `datasets` volume with the compose file's recipe (cp as the image's
+/// user), is named by a job as data.dataset /datasets/NAME (the coordinator's data root) and trains on both workers.
 /// </summary>
 [Collection(DockerCollection.Name)]
 public sealed class ComposeUploadTests(ImageFixture image, ITestOutputHelper output)
 {
     const int Steps = 16;
-    const string SharedDataDir = "/datasets/uploads";
+    const int DatasetSteps = 8;
+    const string SharedDataDir = "/uploads";
 
     [DockerFact]
     public async Task Compose_coordinator_prepares_an_uploaded_file_into_a_dataset_the_workers_train_from()
@@ -62,9 +66,12 @@ public sealed class ComposeUploadTests(ImageFixture image, ITestOutputHelper out
                 Assert.True(listed.ExitCode == 0 && Regex.IsMatch(listed.Stdout, @"\smanifest\.json\s*$", RegexOptions.Multiline),
                     $"worker {id[..12]} does not see the dataset {dataset} with its manifest:\n{listed}");
                 Assert.Contains("train-00000.tokens", listed.Stdout);
-                var write = await DockerEngine.RunAsync("exec", id, "touch", $"{SharedDataDir}/written-by-a-worker");
-                Assert.True(write.ExitCode != 0 && write.Stderr.Contains("Read-only file system", StringComparison.Ordinal),
-                    $"worker {id[..12]} could write into the datasets volume:\n{write}");
+                foreach (var dir in new[] { SharedDataDir, "/datasets" })
+                {
+                    var write = await DockerEngine.RunAsync("exec", id, "touch", $"{dir}/written-by-a-worker");
+                    Assert.True(write.ExitCode != 0 && write.Stderr.Contains("Read-only file system", StringComparison.Ordinal),
+                        $"worker {id[..12]} could write into {dir}:\n{write}");
+                }
             }
 
             // The upload limit follows the shared data directory: an upload announced at 1 GiB + 1 is accepted for its
@@ -77,6 +84,35 @@ public sealed class ComposeUploadTests(ImageFixture image, ITestOutputHelper out
             output.WriteLine($"upload of 4096 of an announced {OverOneGiB} bytes: {refused.StatusCode} {refused.Status.Detail}");
             Assert.True(refused.StatusCode == StatusCode.InvalidArgument && refused.Status.Detail.Contains($"upload ended after 4096 of {OverOneGiB} bytes", StringComparison.Ordinal),
                 $"{refused.StatusCode}: {refused.Status.Detail}");
+
+            // A dataset of the user's: prepared on the host, copied into the `datasets` volume as the compose file says
+            // (`docker run --rm -v PROJECT_datasets:/datasets -v $PWD/datasets:/src:ro --entrypoint cp IMAGE -r /src/. /datasets/`).
+            await cli.CheckAsync("prepare", "moby-train.txt", "--validation", "moby-valid.txt", "-o", "datasets/moby");
+            await DockerEngine.CheckAsync("run", "--rm", "-v", $"{compose.Name}_datasets:/datasets", "-v", $"{Path.Combine(tmp.Path, "datasets")}:/src:ro",
+                "--entrypoint", "cp", ImageFixture.Image, "-r", "/src/.", "/datasets/");
+            var coordinatorWrite = await compose.RunAsync(TimeSpan.FromSeconds(60), "exec", "-T", "coordinator", "touch", "/datasets/written-by-the-coordinator");
+            Assert.True(coordinatorWrite.ExitCode != 0 && coordinatorWrite.Stderr.Contains("Read-only file system", StringComparison.Ordinal),
+                $"the coordinator could write into /datasets:\n{coordinatorWrite}");
+
+            var datasetSpec = tmp.Write("dataset.json", JobSpecSerializer.Serialize(new JobSpec
+            {
+                Name = "e2e-dataset",
+                Task = TaskKinds.LanguageModel,
+                Data = new DataSpec { Dataset = "/datasets/moby" },
+                Model = new ModelSpec { Cell = CellKinds.Lstm, Layers = 1, EmbeddingDim = 16, HiddenSize = 48 },
+                Optimizer = new OptimizerSpec { Kind = OptimizerKinds.Adam, Lr = 0.01 },
+                Training = new TrainingSpec { BatchSize = 12, SeqLen = 32, Epochs = 100, MaxSteps = DatasetSteps, Seed = 11, Threads = 1, EvalInterval = DatasetSteps, CheckpointInterval = 0 },
+            }));
+            // `dtrain submit` uploads nothing for a data.dataset job (no --coordinator-data needed): the path is the
+            // coordinator's and the workers'.
+            var (datasetJob, datasetWatch) = await cli.SubmitAsync(compose.Address, datasetSpec, workers: 2, watch: true);
+            Assert.True(datasetWatch.ExitCode == 0, datasetWatch.ToString());
+            Assert.DoesNotContain("preparing the job's files", datasetWatch.Stdout);
+            Assert.Equal(2, (await cli.StatusWorkersAsync(compose.Address, datasetJob)).Count);
+            var datasetSteps = Regex.Matches(datasetWatch.Stdout, @"^step (?<n>\d+)/\d+ .*? loss (?<loss>[0-9.]+) .*? workers (?<w>\d+)", RegexOptions.Multiline);
+            Assert.True(datasetSteps.Count == DatasetSteps, $"{datasetSteps.Count} step lines, expected {DatasetSteps}:\n{datasetWatch}");
+            Assert.All(datasetSteps, m => Assert.Equal("2", m.Groups["w"].Value));
+            Assert.Matches(@"(?m)^step \d+ validation: loss [0-9.]+", datasetWatch.Stdout);
         }
         catch
         {
