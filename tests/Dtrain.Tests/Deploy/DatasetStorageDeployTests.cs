@@ -143,9 +143,9 @@ public class DatasetStorageDeployTests
     }
 
     /// <summary>
-    /// The shared data directory lives in the volume a data root would naturally cover (compose: /datasets/uploads in the
-    /// `datasets` volume): a data root over it, or inside it, would let any job name another job's prepared upload as its
-    /// dataset, so it is refused naming both; a directory beside it is allowed.
+    /// A shared data directory inside the volume a data root would naturally cover (e.g. DIR/uploads beside the datasets
+    /// in DIR): a data root over it, or inside it, would let any job name another job's prepared upload as its dataset,
+    /// so it is refused naming both; a directory beside it is allowed (hence compose's separate `uploads` volume).
     /// </summary>
     [Fact]
     public void A_data_root_overlapping_the_shared_data_directory_is_refused_naming_both()
