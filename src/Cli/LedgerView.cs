@@ -20,14 +20,14 @@ public static class LedgerView
             var steps = epoch.OrderBy(s => s.Step).ToList();
             var samples = steps.Sum(s => (long)s.Rows);
             Console.WriteLine($"    epoch {epoch.Key + 1}: {steps.Count} step(s) committed ({steps[0].Step + 1}-{steps[^1].Step + 1}), {samples.ToString("N0", CultureInfo.InvariantCulture)} samples");
-            // Runs of consecutive steps in one generation, with who trained how many rows of each batch.
+            // Runs of consecutive steps in one generation, with who trained how many rows of each batch (a pipeline replica: its stages' workers joined with '+').
             var i = 0;
             while (i < steps.Count)
             {
                 var j = i;
                 while (j + 1 < steps.Count && steps[j + 1].Generation == steps[i].Generation && steps[j + 1].Step == steps[j].Step + 1) j++;
                 var shares = string.Join(", ", steps[i].Shares.Select(x => $"{x.WorkerId} rows {x.FirstRow}-{x.FirstRow + x.Rows - 1}"));
-                Console.WriteLine($"      generation {steps[i].Generation}: steps {steps[i].Step + 1}-{steps[j].Step + 1} on {steps[i].Shares.Count} worker(s) ({shares}{(j > i ? ", ..." : "")})");
+                Console.WriteLine($"      generation {steps[i].Generation}: steps {steps[i].Step + 1}-{steps[j].Step + 1} on {steps[i].Shares.Sum(x => x.WorkerId.Split('+').Length)} worker(s) ({shares}{(j > i ? ", ..." : "")})");
                 i = j + 1;
             }
         }

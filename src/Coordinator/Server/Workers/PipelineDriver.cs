@@ -17,6 +17,8 @@ namespace Dtrain.Server;
 /// RunStep (every stage follows the schedule, all-reduces with its replicas and reports its squared gradient norm),
 /// then ApplyStep with the whole model's norm, so clipping is global. For evaluation and checkpoints the coordinator
 /// gathers every stage's parameters and optimizer state into the whole model, in today's checkpoint format.
+/// Every committed step goes into the job's sample ledger: its global batch's rows split among the D replicas (each
+/// named by its stages' workers joined with '+', e.g. <c>w1+w2</c>), as a data-parallel job's among its workers.
 /// A dataset job (data.dataset) sends the stages only the plan, as a data-parallel one: every stage of a replica reads
 /// the replica's rows from the dataset itself (stage 0 uses the inputs, the last stage the targets), and the
 /// coordinator evaluates the gathered model on the dataset's validation split read through its shards, each id,
@@ -74,6 +76,8 @@ public sealed class PipelineDriver(CoordinatorOptions options)
         var clock = Stopwatch.StartNew();
         var lastStage = Enumerable.Range(0, d).Select(r => Slot(r, k - 1)).ToArray();
         var nonFinite = new NonFiniteSteps(spec, prepared.NonFiniteBefore);
+        // The sample ledger's workers are the D replicas (the shard plan's ranks), each named by its stages' workers in stage order joined with '+'.
+        var replicaIds = Enumerable.Range(0, d).Select(r => string.Join('+', Enumerable.Range(0, k).Select(s => workers.Members[Slot(r, s)].Id))).ToArray();
         for (long step = start; step < total; step++)
         {
             cancel.ThrowIfCancellationRequested();
@@ -93,6 +97,8 @@ public sealed class PipelineDriver(CoordinatorOptions options)
             var why = NonFiniteReplies.Pipeline(replies, workers, k, lastStage, loss, norm);
             var applied = await workers.ApplyStepAsync(new ApplyCommand(job.Id, step, lr, count, why is null ? norm : 0, checksum, why is not null), cancel).ConfigureAwait(false);
             if (checksum) ReplicaChecksums.Check(workers, [.. applied.Select(a => a.ParameterChecksum)], k, $"at step {done}");
+            // Committed once every stage of every replica applied it (a skipped non-finite step used its rows all the same).
+            job.Ledger.Commit(step, shards, generation, replicaIds);
             var skipped = nonFinite.Record(done, why);
             samples += lastStage.Sum(s => replies[s].Rows);
             var runSeconds = clock.Elapsed.TotalSeconds;
