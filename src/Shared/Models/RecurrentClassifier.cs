@@ -14,6 +14,9 @@ public sealed class RecurrentClassifier : nn.Module
 
     public int Classes { get; }
 
+    /// <summary>Whether the last <see cref="Forward"/> packed its rows (with gradients, or where the unpacked pass does not apply).</summary>
+    internal bool LastPassPacked { get; private set; }
+
     public RecurrentClassifier(ModelSpec spec, int vocabSize, int classes) : base("classifier")
     {
         Classes = classes;
@@ -29,9 +32,11 @@ public sealed class RecurrentClassifier : nn.Module
     {
         using var scope = NewDisposeScope();
         var emb = embedding.call(tokens);
+        LastPassPacked = false;
         var last = is_grad_enabled() ? null : Unpacked(emb, lengths);
         if (last is null)
         {
+            LastPassPacked = true;
             using var packed = nn.utils.rnn.pack_padded_sequence(emb, lengths, batch_first: true, enforce_sorted: false);
             last = Summary(rnn.FinalHidden(packed));
         }
@@ -47,7 +52,9 @@ public sealed class RecurrentClassifier : nn.Module
     /// stack's summary is then also its last layer's output at each row's last position (padding only follows it). The
     /// unpacked pass is one fused kernel per layer on the CPU (oneDNN for LSTM) with the input products of all time steps
     /// in one matrix product, against one cell call per time step for a packed sequence — several times faster for one
-    /// text. Null when it does not apply (mixed lengths in a bidirectional stack): the caller packs.
+    /// text. Mixed lengths in a bidirectional stack run each direction as a fused pass too (<see cref="RecurrentStack.BidirectionalSummary"/>:
+    /// the backward direction over each row's reversed prefix). Null when it does not apply (dropout between layers in
+    /// training mode): the caller packs.
     /// </summary>
     private Tensor? Unpacked(Tensor emb, Tensor lengths)
     {
@@ -60,7 +67,7 @@ public sealed class RecurrentClassifier : nn.Module
                 break;
             }
         if (whole) return Summary(rnn.Run(emb, null).State.H);
-        if (rnn.Directions != 1) return null;
+        if (rnn.Directions != 1) return rnn.RunsBidirectionalUnpacked ? rnn.BidirectionalSummary(emb, lengths) : null;
         var output = rnn.Run(emb, null).Output;
         var at = (lengths - 1).to(output.device).view(-1, 1, 1).expand(-1, 1, output.shape[2]);
         return output.gather(1, at).squeeze(1);

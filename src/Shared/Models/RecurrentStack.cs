@@ -18,6 +18,13 @@ public sealed class RecurrentStack : nn.Module
     /// <summary>Per-layer mode: the single-layer modules, in order (their parameters are registered under the fused names).</summary>
     private readonly nn.Module[]? layerModules;
     private readonly double between;
+    private readonly int inputSize;
+    /// <summary>
+    /// Inference of a fused bidirectional stack over rows of different lengths: one single-layer one-directional module
+    /// per layer and direction (layer k's forward at 2k, backward at 2k + 1), made on first use and loaded with the fused
+    /// module's weights at every call; not registered (the model's parameters stay the fused ones).
+    /// </summary>
+    private nn.Module[]? directionModules;
 
     /// <summary>
     /// Per-layer mode only: called during backward with layer k once the gradients of layers k.. are final (see
@@ -40,6 +47,7 @@ public sealed class RecurrentStack : nn.Module
         Layers = layers;
         HiddenSize = hiddenSize;
         Directions = bidirectional ? 2 : 1;
+        this.inputSize = inputSize;
         // PyTorch applies RNN dropout only between layers; asking for it with one layer is a no-op that warns.
         between = layers > 1 ? dropout : 0.0;
         if (perLayer && !bidirectional && layers > 1)
@@ -149,6 +157,83 @@ public sealed class RecurrentStack : nn.Module
         return (x, new RecurrentState(hn, cn));
     }
 
+    /// <summary>
+    /// Whether <see cref="BidirectionalSummary"/> reads rows of different lengths exactly as the packed pass: a fused
+    /// bidirectional stack, without gradients, and no dropout between layers (one layer, or evaluation mode).
+    /// </summary>
+    public bool RunsBidirectionalUnpacked => Directions == 2 && layerModules is null && !is_grad_enabled() && (between == 0 || !training);
+
+    /// <summary>
+    /// Inference over right-padded rows of different lengths (B,T,E) with <paramref name="lengths"/> (B), without packing:
+    /// the last layer's summary (B, 2H) — its forward direction's output at each row's last position and its backward
+    /// direction's state after the whole row — as the packed pass's final hidden state gives it. Each layer runs each
+    /// direction as one fused one-directional pass: forward over the rows as they are (padding only follows a row), backward
+    /// over every row's valid prefix reversed (again padding only follows it), its outputs put back in order for the next
+    /// layer. A packed sequence instead runs one cell call per time step.
+    /// </summary>
+    public Tensor BidirectionalSummary(Tensor input, Tensor lengths)
+    {
+        if (!RunsBidirectionalUnpacked) throw new InvalidOperationException("BidirectionalSummary needs a fused bidirectional stack, no gradients and no dropout between layers");
+        var fused = (nn.Module?)lstm ?? (nn.Module?)gru ?? rnn!;
+        var weights = fused.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        var device = input.device;
+        directionModules ??= new nn.Module[2 * Layers];
+        var (rows, time) = (input.shape[0], input.shape[1]);
+        var last = lengths.to(device).view(rows, 1) - 1;
+        using var positions = arange(time, device: device).view(1, time).expand(rows, time);
+        // Row b's position t < length reversed within the row (length - 1 - t); padding stays where it is. Its own inverse.
+        var reversed = where(positions <= last, last - positions, positions);
+        var x = input;
+        Tensor? summary = null;
+        for (var k = 0; k < Layers; k++)
+        {
+            var forward = Direction(k, 0, weights).call(x);
+            var backwardReversed = Direction(k, 1, weights).call(x.gather(1, reversed.unsqueeze(2).expand(rows, time, x.shape[2])));
+            if (k == Layers - 1)
+            {
+                var at = last.unsqueeze(2).expand(rows, 1, HiddenSize);
+                summary = cat([forward.gather(1, at).squeeze(1), backwardReversed.gather(1, at).squeeze(1)], 1);
+            }
+            else
+            {
+                x = cat([forward, backwardReversed.gather(1, reversed.unsqueeze(2).expand(rows, time, HiddenSize))], 2);
+            }
+        }
+        return summary!;
+    }
+
+    /// <summary>Layer <paramref name="k"/>'s direction <paramref name="d"/> (1: backward) as a one-directional module holding the fused module's current weights.</summary>
+    private DirectionPass Direction(int k, int d, Dictionary<string, Parameter> weights)
+    {
+        var slot = 2 * k + d;
+        var input = k == 0 ? inputSize : 2 * HiddenSize;
+        var weight = weights[$"weight_ih_l{k}"];
+        var module = directionModules![slot] ??= Cell switch
+        {
+            CellKinds.Lstm => nn.LSTM(input, HiddenSize, 1, batchFirst: true),
+            CellKinds.Gru => nn.GRU(input, HiddenSize, 1, batchFirst: true),
+            _ => nn.RNN(input, HiddenSize, 1, nn.NonLinearities.Tanh, batchFirst: true),
+        };
+        module.to(weight.device);
+        module.to(weight.dtype);
+        var suffix = d == 1 ? "_reverse" : "";
+        using (no_grad())
+            foreach (var (name, p) in module.named_parameters())
+                p.copy_(weights[name.Replace("_l0", $"_l{k}", StringComparison.Ordinal) + suffix]);
+        return new DirectionPass(module, HiddenSize);
+    }
+
+    /// <summary>One direction's pass over (B,T,I) from a zero state: its outputs (B,T,H).</summary>
+    private readonly struct DirectionPass(nn.Module module, int hidden)
+    {
+        public Tensor call(Tensor x) => module switch
+        {
+            LSTM l => l.call(x, null).Item1,
+            GRU g => g.call(x, null).Item1,
+            _ => ((RNN)module).call(x, zeros(1, x.shape[0], hidden, dtype: x.dtype, device: x.device)).Item1,
+        };
+    }
+
     /// <summary>Runs a packed batch of variable-length sequences: the packed outputs of the last layer and the final hidden state (layers*dirs, B, H).</summary>
     public (nn.utils.rnn.PackedSequence Output, Tensor Hidden) RunPacked(nn.utils.rnn.PackedSequence packed)
     {
@@ -200,6 +285,8 @@ public sealed class RecurrentStack : nn.Module
     {
         if (disposing && layerModules is not null)
             foreach (var m in layerModules) m.Dispose();
+        if (disposing && directionModules is not null)
+            foreach (var m in directionModules) m?.Dispose();
         base.Dispose(disposing);
     }
 
