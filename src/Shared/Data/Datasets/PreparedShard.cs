@@ -1,16 +1,18 @@
+using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.MemoryMappedFiles;
 
 namespace Dtrain.Data.Datasets;
 
 /// <summary>
-/// One shard of an opened dataset, memory-mapped read-only: its ids (and, for classification, records and labels) are
-/// read from the page cache on demand, never loaded whole.
+/// One shard of an opened dataset, memory-mapped read-only (its ids, and for classification its records and labels, read
+/// from the page cache on demand, never loaded whole), or read by ranges from object storage: each read fetches only
+/// the bytes it touches (through the store's block cache), so opening a remote shard downloads nothing.
 /// </summary>
 public sealed unsafe class PreparedShard : IDisposable
 {
-    readonly Mapping tokens;
-    readonly Mapping? offsets, labels;
+    readonly Source tokens;
+    readonly Source? offsets, labels;
     readonly int width;
 
     internal PreparedShard(string directory, DatasetShard entry, int width) : this(entry, width, name => Path.Combine(directory, name))
@@ -36,6 +38,22 @@ public sealed unsafe class PreparedShard : IDisposable
         }
     }
 
+    /// <summary>
+    /// The shard whose files are read by ranges: <paramref name="readerOf"/>(file) fills a buffer with the file's bytes
+    /// from an offset (blocking until they are there; its failures are the reads'). Their sizes must already have been checked.
+    /// </summary>
+    internal PreparedShard(DatasetShard entry, int width, Func<DatasetFile, Action<long, Memory<byte>>> readerOf)
+    {
+        Entry = entry;
+        this.width = width;
+        tokens = new Ranged(readerOf(entry.Tokens), entry.Tokens.Bytes);
+        if (entry.Offsets is { } o) offsets = new Ranged(readerOf(o), o.Bytes);
+        if (entry.Labels is { } l) labels = new Ranged(readerOf(l), l.Bytes);
+    }
+
+    /// <summary>Whether its files are read by ranges from object storage (else memory-mapped).</summary>
+    public bool Remote => tokens is Ranged;
+
     public DatasetShard Entry { get; }
     public long TokenCount => Entry.TokenCount;
     public long Records => Entry.Records;
@@ -46,8 +64,9 @@ public sealed unsafe class PreparedShard : IDisposable
         get
         {
             if ((ulong)index >= (ulong)TokenCount) throw new ArgumentOutOfRangeException(nameof(index), index, $"outside the shard's {TokenCount} tokens");
-            return width == 2 ? BinaryPrimitives.ReadUInt16LittleEndian(new ReadOnlySpan<byte>(tokens.Pointer + index * 2, 2))
-                : BinaryPrimitives.ReadInt32LittleEndian(new ReadOnlySpan<byte>(tokens.Pointer + index * 4, 4));
+            Span<byte> id = stackalloc byte[4];
+            tokens.Read(index * width, id[..width]);
+            return width == 2 ? BinaryPrimitives.ReadUInt16LittleEndian(id) : BinaryPrimitives.ReadInt32LittleEndian(id);
         }
     }
 
@@ -57,14 +76,32 @@ public sealed unsafe class PreparedShard : IDisposable
         if (start < 0 || start + destination.Length > TokenCount)
             throw new ArgumentOutOfRangeException(nameof(start), start, $"[{start}, {start + destination.Length}) is outside the shard's {TokenCount} tokens");
         if (destination.IsEmpty) return;
+        if (tokens is not Mapping mapped)
+        {
+            var bytes = checked(destination.Length * width);
+            var buffer = ArrayPool<byte>.Shared.Rent(bytes);
+            try
+            {
+                tokens.Read(start * width, buffer.AsSpan(0, bytes));
+                if (width == 2)
+                    for (var i = 0; i < destination.Length; i++) destination[i] = BinaryPrimitives.ReadUInt16LittleEndian(buffer.AsSpan(i * 2, 2));
+                else
+                    for (var i = 0; i < destination.Length; i++) destination[i] = BinaryPrimitives.ReadInt32LittleEndian(buffer.AsSpan(i * 4, 4));
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+            return;
+        }
         if (width == 2)
         {
-            var source = new ReadOnlySpan<ushort>(tokens.Pointer + start * 2, destination.Length);
+            var source = new ReadOnlySpan<ushort>(mapped.Pointer + start * 2, destination.Length);
             for (var i = 0; i < source.Length; i++) destination[i] = BitConverter.IsLittleEndian ? source[i] : BinaryPrimitives.ReverseEndianness(source[i]);
         }
         else
         {
-            var source = new ReadOnlySpan<int>(tokens.Pointer + start * 4, destination.Length);
+            var source = new ReadOnlySpan<int>(mapped.Pointer + start * 4, destination.Length);
             source.CopyTo(destination);
             if (!BitConverter.IsLittleEndian) BinaryPrimitives.ReverseEndianness(destination, destination);
         }
@@ -79,14 +116,25 @@ public sealed unsafe class PreparedShard : IDisposable
         var end = (long)Offset(index + 1);
         var ids = new int[end - start];
         Read(start, ids);
-        return (ids, BinaryPrimitives.ReadInt32LittleEndian(new ReadOnlySpan<byte>(labels.Pointer + index * 4, 4)));
+        return (ids, Label(index));
     }
 
-    internal ulong Offset(long index) => BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(offsets!.Pointer + index * 8, 8));
+    internal ulong Offset(long index)
+    {
+        Span<byte> bytes = stackalloc byte[8];
+        offsets!.Read(index * 8, bytes);
+        return BinaryPrimitives.ReadUInt64LittleEndian(bytes);
+    }
 
-    internal int Label(long index) => BinaryPrimitives.ReadInt32LittleEndian(new ReadOnlySpan<byte>(labels!.Pointer + index * 4, 4));
+    internal int Label(long index)
+    {
+        Span<byte> bytes = stackalloc byte[4];
+        labels!.Read(index * 4, bytes);
+        return BinaryPrimitives.ReadInt32LittleEndian(bytes);
+    }
 
-    internal ReadOnlySpan<byte> TokenBytes => new(tokens.Pointer, checked((int)Math.Min(int.MaxValue, tokens.Length)));
+    internal ReadOnlySpan<byte> TokenBytes => tokens is Mapping m ? new(m.Pointer, checked((int)Math.Min(int.MaxValue, m.Length)))
+        : throw new NotSupportedException("a shard read by ranges has no mapped bytes");
 
     public void Dispose()
     {
@@ -95,8 +143,40 @@ public sealed unsafe class PreparedShard : IDisposable
         labels?.Dispose();
     }
 
+    /// <summary>The bytes of one of the shard's files.</summary>
+    abstract class Source : IDisposable
+    {
+        /// <summary>Fills <paramref name="destination"/> with the bytes from <paramref name="offset"/> on (within the file: the callers check).</summary>
+        public abstract void Read(long offset, Span<byte> destination);
+
+        public virtual void Dispose()
+        {
+        }
+    }
+
+    /// <summary>A file read by ranges (object storage): each read fetches only the bytes it asks for, through a buffer held for the read only.</summary>
+    sealed class Ranged(Action<long, Memory<byte>> read, long length) : Source
+    {
+        public override void Read(long offset, Span<byte> destination)
+        {
+            if (destination.IsEmpty) return;
+            if (offset < 0 || offset + destination.Length > length)
+                throw new ArgumentOutOfRangeException(nameof(offset), offset, $"[{offset}, {offset + destination.Length}) is outside the file's {length} bytes");
+            var buffer = ArrayPool<byte>.Shared.Rent(destination.Length);
+            try
+            {
+                read(offset, buffer.AsMemory(0, destination.Length));
+                buffer.AsSpan(0, destination.Length).CopyTo(destination);
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+    }
+
     /// <summary>A read-only mapping of a whole file (none for an empty one).</summary>
-    sealed class Mapping : IDisposable
+    sealed class Mapping : Source
     {
         readonly MemoryMappedFile? file;
         readonly MemoryMappedViewAccessor? view;
@@ -115,7 +195,9 @@ public sealed unsafe class PreparedShard : IDisposable
         public byte* Pointer { get; }
         public long Length { get; }
 
-        public void Dispose()
+        public override void Read(long offset, Span<byte> destination) => new ReadOnlySpan<byte>(Pointer + offset, destination.Length).CopyTo(destination);
+
+        public override void Dispose()
         {
             if (view is null) return;
             view.SafeMemoryMappedViewHandle.ReleasePointer();

@@ -3,14 +3,15 @@ using System.Security.Cryptography;
 
 namespace Dtrain.Data.Datasets;
 
-/// <summary>When a local shard's SHA-256 is checked against the manifest (its size always is, when it is opened).</summary>
+/// <summary>When a shard's SHA-256 is checked against the manifest (its size always is, when it is opened).</summary>
 public enum ShardVerification
 {
     /// <summary>Read whole when it is opened, before the first read returns (what <c>dtrain train</c> and the coordinator do).</summary>
     AtOpen,
     /// <summary>
     /// Read whole afterwards on one low-priority background thread, through a plain file stream (never the memory map,
-    /// so the process maps no page of it): the first read does not wait for it. Once hurried
+    /// so the process maps no page of it; an S3 shard through the store's block cache, which fetches the blocks no read
+    /// fetched yet, while the reads fetch only the blocks they touch): the first read does not wait for it. Once hurried
     /// (<see cref="StoredDataset.HurryVerification"/>: a job past half its steps, or waiting for the checks) the rest is
     /// read at normal priority. A mismatch is reported by
     /// <see cref="StoredDataset.ThrowIfCorrupt"/> and <see cref="StoredDataset.VerifiedAsync"/> (what a worker does).
@@ -78,12 +79,16 @@ sealed class ShardVerifier : IDisposable
     }
 
     /// <summary>Queues <paramref name="file"/> (at <paramref name="path"/>) unless it was given before.</summary>
-    public void Enqueue(DatasetFile file, string path)
+    public void Enqueue(DatasetFile file, string path) =>
+        Enqueue(file, () => new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete, 1, FileOptions.SequentialScan));
+
+    /// <summary>Queues <paramref name="file"/>, read whole from the stream <paramref name="open"/> gives (a remote file's), unless it was given before.</summary>
+    public void Enqueue(DatasetFile file, Func<Stream> open)
     {
         lock (gate)
         {
             if (stopping || failure is not null || !seen.Add(file.Name)) return;
-            queue.AddLast(new Pending(file, path));
+            queue.AddLast(new Pending(file, open));
             if (idle.Task.IsCompleted) idle = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             if (!started)
             {
@@ -195,10 +200,10 @@ sealed class ShardVerifier : IDisposable
         var uri = uriOf(p.File.Name);
         try
         {
-            p.Stream ??= new FileStream(p.Path, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete, 1, FileOptions.SequentialScan);
+            p.Stream ??= p.Open();
             p.Hash ??= IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
             int n;
-            while ((n = p.Stream.Read(buffer)) > 0)
+            while ((n = p.Stream.Read(buffer, 0, buffer.Length)) > 0)
             {
                 if (stopping) return (true, null);
                 p.Hash.AppendData(buffer, 0, n);
@@ -215,14 +220,27 @@ sealed class ShardVerifier : IDisposable
         {
             return (true, new DatasetException(dataset, p.File.Name, $"cannot be read to check its SHA-256 ({uri}): {e.Message}"));
         }
+        catch (DatasetException e)
+        {
+            // A remote file's read (its block changed, or could not be fetched): named already.
+            return (true, e);
+        }
+        catch (Dtrain.Data.Storage.DatasetStorageException e)
+        {
+            return (true, new DatasetException(dataset, p.File.Name, $"cannot be read to check its SHA-256 ({uri}): {e.Problem}"));
+        }
+        catch (Exception e) when (stopping && e is OperationCanceledException or ObjectDisposedException)
+        {
+            return (true, null);
+        }
     }
 
     /// <summary>A file to check, and how far it was read (its stream and hash so far), so that another thread can go on.</summary>
-    sealed class Pending(DatasetFile file, string path) : IDisposable
+    sealed class Pending(DatasetFile file, Func<Stream> open) : IDisposable
     {
         public DatasetFile File { get; } = file;
-        public string Path { get; } = path;
-        public FileStream? Stream { get; set; }
+        public Func<Stream> Open { get; } = open;
+        public Stream? Stream { get; set; }
         public IncrementalHash? Hash { get; set; }
         public long Read { get; set; }
 
@@ -252,6 +270,16 @@ sealed class ShardVerifier : IDisposable
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         done.SetResult();
         return done;
+    }
+
+    /// <summary>Stops without waiting: a file being read is left after its current chunk (a read cancelled now is no failure).</summary>
+    public void Stop()
+    {
+        lock (gate)
+        {
+            stopping = true;
+            Monitor.PulseAll(gate);
+        }
     }
 
     /// <summary>Stops: a file being read is left after its current chunk; waits for the threads to end.</summary>

@@ -12,8 +12,9 @@ namespace Dtrain.Data.Datasets;
 /// coordinator that plans from the counts never reads a token. A shard is checked against its size and SHA-256 in the
 /// manifest when it is opened — memory-mapped in place from a directory; from S3 fetched whole into the store's disk
 /// cache (checked there) and mapped, the next shard of the split fetched in the background meanwhile. With
-/// <see cref="ShardVerification.Background"/> (a worker), a local shard's size is checked when it is opened and its
-/// SHA-256 afterwards on a low-priority background thread (<see cref="ThrowIfCorrupt"/>, <see cref="VerifiedAsync"/>). Every problem is a
+/// <see cref="ShardVerification.Background"/> (a worker), a shard's size is checked when it is opened and its SHA-256
+/// afterwards on a low-priority background thread (<see cref="ThrowIfCorrupt"/>, <see cref="VerifiedAsync"/>); an S3
+/// shard is then read by ranges, each read fetching only the blocks it touches, never downloaded whole first. Every problem is a
 /// <see cref="DatasetException"/> naming the dataset's URI and the file: a missing or truncated shard, a shard or a
 /// manifest that changed under the job (<see cref="ManifestSha256"/> differs from the one the job started with), storage
 /// that cannot be reached.
@@ -32,7 +33,7 @@ public sealed class StoredDataset : IDisposable
     {
         Uri = uri;
         this.store = store;
-        if (verification == ShardVerification.Background && store is LocalDatasetStore) verifier = new ShardVerifier(uri, store.UriOf);
+        if (verification == ShardVerification.Background) verifier = new ShardVerifier(uri, store.UriOf);
         Manifest = manifest;
         ManifestSha256 = manifestSha256;
         Tokenizer = tokenizer;
@@ -96,7 +97,7 @@ public sealed class StoredDataset : IDisposable
     /// Opens the dataset at <paramref name="uri"/> (its manifest and tokenizer only). With <paramref name="expectedManifestSha256"/>,
     /// a manifest with another SHA-256 is refused: the dataset changed since the job started.
     /// </summary>
-    /// <param name="verification">When a local shard's SHA-256 is checked: as it is opened, or in the background (S3 shards are always checked as they are fetched).</param>
+    /// <param name="verification">When a shard's SHA-256 is checked: as it is opened (an S3 shard fetched whole first), or in the background (an S3 shard read by ranges meanwhile).</param>
     /// <exception cref="DatasetException">No dataset there, an unknown version, an inconsistent manifest, storage failing, or another manifest than expected.</exception>
     public static async Task<StoredDataset> OpenAsync(string uri, string? expectedManifestSha256 = null, S3StoreOptions? s3 = null, CancellationToken cancel = default,
         ShardVerification verification = ShardVerification.AtOpen)
@@ -190,11 +191,21 @@ public sealed class StoredDataset : IDisposable
         }
     }
 
-    /// <summary>Shard <paramref name="index"/> of <paramref name="split"/>: its files checked (size and SHA-256) and mapped; from S3, the next shard's fetched in the background.</summary>
+    /// <summary>
+    /// Shard <paramref name="index"/> of <paramref name="split"/>: its files checked (size and SHA-256) and mapped; from S3,
+    /// the next shard's fetched in the background. With <see cref="ShardVerification.Background"/>, an S3 shard is
+    /// read by ranges instead (<see cref="OpenRanged"/>).
+    /// </summary>
     PreparedShard OpenShard(DatasetSplit split, int index)
     {
         ObjectDisposedException.ThrowIf(Volatile.Read(ref disposed) != 0, this);
         var entry = split.Shards[index];
+        if (Remote && verifier is not null)
+        {
+            var ranged = OpenRanged(entry);
+            lock (shards) shards.Add(ranged);
+            return ranged;
+        }
         var paths = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var f in Files(entry)) paths[f.Name] = Fetch(f).GetAwaiter().GetResult();
         if (Remote && index + 1 < split.Shards.Count)
@@ -210,6 +221,96 @@ public sealed class StoredDataset : IDisposable
         var shard = new PreparedShard(entry, width, name => paths[name]);
         lock (shards) shards.Add(shard);
         return shard;
+    }
+
+    /// <summary>
+    /// An S3 shard read by ranges: opening it checks only its files' sizes (one HEAD each); a read fetches the blocks it
+    /// touches (through the store's disk cache, with read-ahead); every file's SHA-256 is checked in the background by
+    /// reading it whole through the same cache (the blocks not read yet fetched then), as a local shard's is.
+    /// </summary>
+    PreparedShard OpenRanged(DatasetShard entry)
+    {
+        foreach (var f in Files(entry))
+        {
+            long size;
+            try
+            {
+                size = store.SizeAsync(f.Name, closing.Token).GetAwaiter().GetResult();
+            }
+            catch (DatasetStorageException e)
+            {
+                throw Problem(f, e);
+            }
+            if (size != f.Bytes) throw new DatasetException(Uri, f.Name, $"{PreparedDataset.SizeProblem(size, f.Bytes)} ({store.UriOf(f.Name)}): the dataset changed under the job");
+        }
+        foreach (var f in Files(entry))
+        {
+            var file = f;
+            verifier!.Enqueue(file, () => new StoreStream(this, file));
+        }
+        return new PreparedShard(entry, width, f => (offset, destination) => ReadRange(f, offset, destination, closing.Token));
+    }
+
+    /// <summary>For tests: while set and not completed, the background checks of S3 shards fetch nothing (what a read fetches can be counted alone).</summary>
+    internal TaskCompletionSource? RemoteChecksHeld { get; set; }
+
+    /// <summary>Bytes of <paramref name="file"/> from the store (blocking: a shard's reads are synchronous; the rows are read off the step's thread).</summary>
+    void ReadRange(DatasetFile file, long offset, Memory<byte> destination, CancellationToken cancel)
+    {
+        try
+        {
+            store.ReadAsync(file.Name, offset, destination, cancel).GetAwaiter().GetResult();
+        }
+        catch (DatasetStorageException e)
+        {
+            throw Problem(file, e);
+        }
+    }
+
+    DatasetException Problem(DatasetFile file, DatasetStorageException e) =>
+        e.Problem.StartsWith("no such file", StringComparison.Ordinal) || e.Problem.StartsWith("no such object", StringComparison.Ordinal)
+            ? new DatasetException(Uri, file.Name, "is missing: the dataset changed under the job, or was never whole")
+            : new DatasetException(Uri, file.Name, $"{e.Problem} ({store.UriOf(file.Name)})");
+
+    /// <summary>A file of the store read from start to end through <see cref="IDatasetStore.ReadAsync"/> (the background check of a ranged shard).</summary>
+    sealed class StoreStream(StoredDataset dataset, DatasetFile file) : Stream
+    {
+        long position;
+
+        public override int Read(byte[] buffer, int offset, int count)
+        {
+            var n = (int)Math.Min(count, file.Bytes - position);
+            if (n <= 0) return 0;
+            dataset.RemoteChecksHeld?.Task.Wait(dataset.closing.Token);
+            dataset.store.ReadAsync(file.Name, position, buffer.AsMemory(offset, n), dataset.closing.Token).GetAwaiter().GetResult();
+            position += n;
+            return n;
+        }
+
+        public override int Read(Span<byte> buffer)
+        {
+            var bytes = System.Buffers.ArrayPool<byte>.Shared.Rent(buffer.Length);
+            try
+            {
+                var n = Read(bytes, 0, buffer.Length);
+                bytes.AsSpan(0, n).CopyTo(buffer);
+                return n;
+            }
+            finally
+            {
+                System.Buffers.ArrayPool<byte>.Shared.Return(bytes);
+            }
+        }
+
+        public override bool CanRead => true;
+        public override bool CanSeek => false;
+        public override bool CanWrite => false;
+        public override long Length => file.Bytes;
+        public override long Position { get => position; set => throw new NotSupportedException(); }
+        public override void Flush() { }
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
     }
 
     static IEnumerable<DatasetFile> Files(DatasetShard s) => new[] { s.Tokens, s.Offsets, s.Labels }.OfType<DatasetFile>();
@@ -269,6 +370,8 @@ public sealed class StoredDataset : IDisposable
     public void Dispose()
     {
         if (Interlocked.Exchange(ref disposed, 1) != 0) return;
+        // Stopped first: a remote check whose read the cancellation ends is no failure.
+        verifier?.Stop();
         closing.Cancel();
         verifier?.Dispose();
         Task[] pending;

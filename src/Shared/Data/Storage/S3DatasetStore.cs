@@ -22,7 +22,7 @@ public sealed class S3DatasetStore : IDatasetStore
     readonly bool ownsClient;
     readonly DiskCache cache;
     readonly ConcurrentDictionary<string, Task<ObjectInfo>> objects = new(StringComparer.Ordinal);
-    readonly ConcurrentDictionary<string, Task<byte[]>> inflight = new(StringComparer.Ordinal);
+    readonly ConcurrentDictionary<string, Task> inflight = new(StringComparer.Ordinal);
     readonly ConcurrentDictionary<Task, bool> readAheads = new();
     readonly CancellationTokenSource disposal = new();
     long getRequests;
@@ -95,9 +95,14 @@ public sealed class S3DatasetStore : IDatasetStore
             var to = Math.Min(offset + destination.Length, blockStart + block);
             var target = destination.Slice((int)(from - offset), (int)(to - from));
             var key = BlockKey(info, index);
-            if (cache.TryRead(key, from - blockStart, target.Span)) continue;
-            var bytes = await BlockAsync(info, index, key).WaitAsync(cancellationToken).ConfigureAwait(false);
-            bytes.AsSpan((int)(from - blockStart), target.Length).CopyTo(target.Span);
+            // A block fetched goes straight to the disk cache and is read from there (never held on the heap whole);
+            // one evicted again before it could be read (reads at once needing more than the cache holds) is fetched again.
+            for (var attempt = 1; !cache.TryRead(key, from - blockStart, target.Span); attempt++)
+            {
+                if (attempt > 3)
+                    throw new DatasetStorageException(info.Uri, $"bytes {blockStart}..{Math.Min(info.Size, blockStart + block) - 1} were evicted from the local cache before they could be read, {attempt - 1} times: the cache ({cache.CapacityBytes} bytes, DTRAIN_S3_CACHE_MB) is too small for the reads running at once");
+                await BlockAsync(info, index, key).WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
         }
         for (var ahead = last + 1; ahead <= last + options.ReadAheadBlocks && ahead * block < info.Size; ahead++)
         {
@@ -304,26 +309,28 @@ public sealed class S3DatasetStore : IDatasetStore
 
     string BlockKey(ObjectInfo info, long index) => $"block|{location.Bucket}|{info.Key}|{info.ETag}|{info.Size}|{options.BlockBytes}|{index}";
 
-    /// <summary>Block <paramref name="index"/> of the object, fetched once however many readers want it at the same time.</summary>
-    Task<byte[]> BlockAsync(ObjectInfo info, long index, string key)
+    /// <summary>Block <paramref name="index"/> of the object into the disk cache, fetched once however many readers want it at the same time.</summary>
+    Task BlockAsync(ObjectInfo info, long index, string key)
     {
-        var fresh = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var fresh = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var task = inflight.GetOrAdd(key, fresh.Task);
         if (task != fresh.Task) return task;
         _ = FetchBlockAsync(info, index, key, fresh);
         return fresh.Task;
     }
 
-    async Task FetchBlockAsync(ObjectInfo info, long index, string key, TaskCompletionSource<byte[]> result)
+    async Task FetchBlockAsync(ObjectInfo info, long index, string key, TaskCompletionSource result)
     {
+        var temp = cache.TempPath();
         try
         {
             var start = index * options.BlockBytes;
             var length = (int)Math.Min(options.BlockBytes, info.Size - start);
-            var bytes = await options.Retry.RunAsync(info.Uri, $"reading bytes {start}..{start + length - 1}",
-                (_, ct) => GetRangeAsync(info, start, length, ct), S3Failures.Classify, disposal.Token).ConfigureAwait(false);
-            if (bytes.Length <= cache.CapacityBytes) cache.Put(key, bytes);
-            result.TrySetResult(bytes);
+            await options.Retry.RunAsync(info.Uri, $"reading bytes {start}..{start + length - 1}",
+                async (_, ct) => { await GetRangeAsync(info, start, length, temp, ct).ConfigureAwait(false); return true; },
+                S3Failures.Classify, disposal.Token).ConfigureAwait(false);
+            cache.Adopt(key, temp);
+            result.TrySetResult();
         }
         catch (Exception e)
         {
@@ -331,11 +338,20 @@ public sealed class S3DatasetStore : IDatasetStore
         }
         finally
         {
-            inflight.TryRemove(KeyValuePair.Create(key, result.Task));
+            inflight.TryRemove(KeyValuePair.Create(key, (Task)result.Task));
+            try
+            {
+                if (File.Exists(temp)) File.Delete(temp);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                // Left for the next start to clean (a temporary name).
+            }
         }
     }
 
-    async Task<byte[]> GetRangeAsync(ObjectInfo info, long start, int length, CancellationToken cancellationToken)
+    /// <summary>Bytes [start, start + length) of the object streamed into the file <paramref name="path"/> (replaced).</summary>
+    async Task GetRangeAsync(ObjectInfo info, long start, int length, string path, CancellationToken cancellationToken)
     {
         Interlocked.Increment(ref getRequests);
         using var response = await client.GetObjectAsync(new GetObjectRequest
@@ -346,16 +362,24 @@ public sealed class S3DatasetStore : IDatasetStore
             throw new DatasetStorageException(info.Uri, $"changed while being read: ETag {response.ETag}, was {info.ETag}");
         if (TotalOf(response.ContentRange) is { } total && total != info.Size)
             throw new DatasetStorageException(info.Uri, $"changed while being read: holds {total} bytes, held {info.Size}");
-        var bytes = new byte[length];
-        var done = 0;
-        await using var body = response.ResponseStream;
-        while (done < length)
+        var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(Math.Min(length, 1 << 16));
+        try
         {
-            var n = await body.ReadAsync(bytes.AsMemory(done), cancellationToken).ConfigureAwait(false);
-            if (n == 0) throw new IOException($"the connection ended after {done} of {length} bytes");
-            done += n;
+            await using var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1, FileOptions.Asynchronous);
+            await using var body = response.ResponseStream;
+            var done = 0;
+            while (done < length)
+            {
+                var n = await body.ReadAsync(buffer.AsMemory(0, Math.Min(buffer.Length, length - done)), cancellationToken).ConfigureAwait(false);
+                if (n == 0) throw new IOException($"the connection ended after {done} of {length} bytes");
+                await file.WriteAsync(buffer.AsMemory(0, n), cancellationToken).ConfigureAwait(false);
+                done += n;
+            }
         }
-        return bytes;
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
+        }
     }
 
     /// <summary>The object's total size from a Content-Range header ("bytes 0-99/1234"), when there is one.</summary>
