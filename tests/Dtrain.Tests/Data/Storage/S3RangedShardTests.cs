@@ -3,13 +3,15 @@ using Dtrain.Data.Datasets;
 using Dtrain.Data.Storage;
 using Dtrain.Tests.Data.Datasets;
 using Dtrain.Tests.Support;
+using Dtrain.Specs;
 
 namespace Dtrain.Tests.Data.Storage;
 
 /// <summary>
 /// A worker's <see cref="StoredDataset"/> from S3 (<see cref="ShardVerification.Background"/>, the real S3 test server):
 /// a read fetches only the blocks it touches, not the whole shard (counted in the server's own log), and reads the
-/// prepared ids; the shard's SHA-256 is checked afterwards by reading it whole through the same cache; an object
+/// prepared ids (a classifier's records and labels too); the shard's SHA-256 is checked afterwards by reading it whole
+/// through the same cache; an object
 /// changed after preparation fails that check naming the shard and its URI.
 /// </summary>
 public sealed class S3RangedShardTests : IDisposable
@@ -86,6 +88,25 @@ public sealed class S3RangedShardTests : IDisposable
         await server.FlushLogAsync();
         Assert.Equal(blocks, BlocksFetched(server, first.Tokens.Name).Count);
         Assert.Empty(BlocksFetched(server, expected.Manifest.Train.Shards[1].Tokens.Name));
+    }
+
+    [S3Fact]
+    public async Task A_classifier_reads_every_record_and_label_by_ranges_as_prepared_and_the_checks_match()
+    {
+        var file = dir.Write("c.jsonl", string.Concat(Enumerable.Range(0, 90).Select(i => $"{{\"text\":\"message {i} {new string('w', i % 17)} end\",\"label\":\"{(i % 3 == 0 ? "spam" : "ham")}\"}}\n")));
+        var o = PrepareTestSupport.Options(Path.Combine(dir.Path, "ds"), [file]) with { Task = TaskKinds.Classification, Seed = 3 };
+        DatasetPreparer.Prepare(o);
+        using var expected = PreparedDataset.Open(o.Output);
+        Assert.True(expected.Train.Entry.Shards.Count > 3, "records in several shards");
+        using var server = await S3TestServer.StartAsync(Path.Combine(dir.Path, "s3"));
+        var uri = await UploadAsync(server, o.Output, Path.Combine(dir.Path, "upload-cache"));
+        var options = server.Options(Path.Combine(dir.Path, "cache")) with { BlockBytes = 64 };
+        using var ds = await StoredDataset.OpenAsync(uri, s3: options, verification: ShardVerification.Background);
+        var records = ds.Train.ReadAllRecords().ToList();
+        Assert.Equal(expected.Train.ReadAllRecords().Select(r => (string.Join(",", r.Ids), r.Label)), records.Select(r => (string.Join(",", r.Ids), r.Label)));
+        Assert.Equal(expected.Validation.ReadAllRecords().Select(r => r.Label), ds.Validation.ReadAllRecords().Select(r => r.Label));
+        await ds.VerifiedAsync();
+        Assert.Equal(3 * ds.ShardsOpened, ds.FilesVerified);
     }
 
     [S3Fact]
