@@ -259,7 +259,10 @@ public sealed class StoredDataset : IDisposable
     {
         try
         {
-            store.ReadAsync(file.Name, offset, destination, cancel).GetAwaiter().GetResult();
+            // No blocks read ahead: a step's rows are scattered (random windows), and the next steps' rows are read
+            // ahead by the worker already; the background check reads sequentially, with the store's read-ahead.
+            (store is S3DatasetStore s3 ? s3.ReadAsync(file.Name, offset, destination, readAheadBlocks: 0, cancel)
+                : store.ReadAsync(file.Name, offset, destination, cancel)).GetAwaiter().GetResult();
         }
         catch (DatasetStorageException e)
         {

@@ -77,8 +77,17 @@ public sealed class S3DatasetStore : IDatasetStore
     public async Task<long> SizeAsync(string name, CancellationToken cancellationToken = default) =>
         (await InfoAsync(name, cancellationToken).ConfigureAwait(false)).Size;
 
-    public async Task ReadAsync(string name, long offset, Memory<byte> destination, CancellationToken cancellationToken = default)
+    public Task ReadAsync(string name, long offset, Memory<byte> destination, CancellationToken cancellationToken = default) =>
+        ReadAsync(name, offset, destination, options.ReadAheadBlocks, cancellationToken);
+
+    /// <summary>
+    /// <see cref="ReadAsync(string, long, Memory{byte}, CancellationToken)"/> reading <paramref name="readAheadBlocks"/>
+    /// blocks ahead instead of <see cref="S3StoreOptions.ReadAheadBlocks"/>: 0 for scattered reads (a step's random
+    /// windows), where blocks read ahead would only compete with the blocks needed.
+    /// </summary>
+    public async Task ReadAsync(string name, long offset, Memory<byte> destination, int readAheadBlocks, CancellationToken cancellationToken = default)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(readAheadBlocks);
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
         ObjectDisposedException.ThrowIf(disposal.IsCancellationRequested, this);
         var info = await InfoAsync(name, cancellationToken).ConfigureAwait(false);
@@ -104,7 +113,7 @@ public sealed class S3DatasetStore : IDatasetStore
                 await BlockAsync(info, index, key).WaitAsync(cancellationToken).ConfigureAwait(false);
             }
         }
-        for (var ahead = last + 1; ahead <= last + options.ReadAheadBlocks && ahead * block < info.Size; ahead++)
+        for (var ahead = last + 1; ahead <= last + readAheadBlocks && ahead * block < info.Size; ahead++)
         {
             var key = BlockKey(info, ahead);
             if (inflight.ContainsKey(key) || cache.TryGet(key) is not null) continue;
