@@ -140,6 +140,21 @@ public class S3DatasetStoreTests
     }
 
     [S3Fact]
+    public async Task A_cache_smaller_than_a_block_still_reads_every_byte_and_stays_within_one_block()
+    {
+        await using var scene = await Scene.StartAsync();
+        var files = scene.WriteSource();
+        // Blocks are streamed into the cache and read from there: one larger than the whole cache is kept until the next.
+        using var s3 = await scene.UploadedAsync(o => o with { CacheBytes = Block / 2, ReadAheadBlocks = 0 });
+        var all = new byte[files["shards/000000.bin"].Length];
+        await s3.ReadAsync("shards/000000.bin", 0, all);
+        Assert.Equal(files["shards/000000.bin"], all);
+        Assert.Equal(6, s3.GetRequests);
+        Assert.True(s3.Cache.SizeBytes <= Block, $"{s3.Cache.SizeBytes} bytes cached");
+        Assert.Empty(Directory.EnumerateFiles(s3.Cache.Directory, "*.tmp-*"));
+    }
+
+    [S3Fact]
     public async Task Read_ahead_fetches_the_next_blocks_so_the_next_read_sends_no_request()
     {
         await using var scene = await Scene.StartAsync();
