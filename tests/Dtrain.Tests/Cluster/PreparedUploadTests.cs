@@ -32,6 +32,23 @@ public sealed class PreparedUploadTests
         return cluster;
     }
 
+    /// <summary>
+    /// The spec's job on a cluster without a shared data directory (the reference run): it succeeds, its rows travel to
+    /// the workers and no assignment names a dataset.
+    /// </summary>
+    static async Task<(JobInfo Info, double[] Losses)> RunInMemoryAsync(TempDir tmp, JobSpec spec)
+    {
+        var tap = new ShardTap();
+        JobInfo memory;
+        double[] losses;
+        await using (var cluster = await StartAsync(new CoordinatorOptions(), tap))
+            (memory, losses) = await RunAsync(cluster, tmp, spec, "memory.json");
+        Assert.True(memory.State == JobState.Succeeded, $"from memory: {memory.State} {memory.Message}");
+        Assert.True(tap.Values > 0, "without a shared data directory the rows travel to the workers");
+        Assert.All(tap.Datasets, d => Assert.Equal("", d));
+        return (memory, losses);
+    }
+
     /// <summary>Submits the spec as `dtrain submit` does (its data files uploaded).</summary>
     static string Submit(InProcessCluster cluster, TempDir tmp, JobSpec spec, string name)
     {
@@ -66,14 +83,7 @@ public sealed class PreparedUploadTests
         using var tmp = new TempDir();
         var spec = Job(tmp, task);
 
-        var memoryTap = new ShardTap();
-        JobInfo memory;
-        double[] memoryLosses;
-        await using (var cluster = await StartAsync(new CoordinatorOptions(), memoryTap))
-            (memory, memoryLosses) = await RunAsync(cluster, tmp, spec, "memory.json");
-        Assert.True(memory.State == JobState.Succeeded, $"from memory: {memory.State} {memory.Message}");
-        Assert.True(memoryTap.Values > 0, "without a shared data directory the rows travel to the workers");
-        Assert.All(memoryTap.Datasets, d => Assert.Equal("", d));
+        var (memory, memoryLosses) = await RunInMemoryAsync(tmp, spec);
 
         var shared = Path.Combine(tmp.Path, "shared");
         var tap = new ShardTap();
@@ -214,13 +224,7 @@ public sealed class PreparedUploadTests
         var spec = Job(tmp, TaskKinds.LanguageModel);
         spec = spec with { Parallelism = new ParallelismSpec { Pipeline = new PipelineSpec { Stages = 2 } } };
 
-        var memoryTap = new ShardTap();
-        JobInfo memory;
-        double[] memoryLosses;
-        await using (var cluster = await StartAsync(new CoordinatorOptions(), memoryTap))
-            (memory, memoryLosses) = await RunAsync(cluster, tmp, spec, "memory.json");
-        Assert.True(memory.State == JobState.Succeeded, $"from memory: {memory.State} {memory.Message}");
-        Assert.True(memoryTap.Values > 0, "without a shared data directory the rows travel to the stages");
+        var (memory, memoryLosses) = await RunInMemoryAsync(tmp, spec);
 
         var shared = Path.Combine(tmp.Path, "shared");
         var tap = new ShardTap();
