@@ -203,9 +203,17 @@ public class TokenizerTests
         var text = File.ReadAllText(RepoFiles.PathOf("data", "moby-dick", "moby-dick.txt"));
         var tok = Fit("word", text);
         tok.Encode(text[..1000]); // warm up (JIT)
-        var before = GC.GetAllocatedBytesForCurrentThread();
-        var ids = tok.Encode(text);
-        var allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        // The fewest bytes of three encodings: a few KB more were seen once in CI and in a worktree (the runtime's own
+        // first-time work on this thread while the scanner's loops moved between JIT tiers); an array or string per
+        // token or character would show in every encoding.
+        int[] ids = [];
+        var allocated = long.MaxValue;
+        for (var round = 0; round < 3; round++)
+        {
+            var before = GC.GetAllocatedBytesForCurrentThread();
+            ids = tok.Encode(text);
+            allocated = Math.Min(allocated, GC.GetAllocatedBytesForCurrentThread() - before);
+        }
         Assert.True(allocated <= sizeof(int) * (long)ids.Length + 1024, $"encoding {ids.Length:N0} tokens ({text.Length:N0} characters) allocated {allocated:N0} bytes; the id array alone is {sizeof(int) * (long)ids.Length:N0}");
         Assert.Equal(WordTokenizer.Tokenize(text).Count, ids.Length);
     }
