@@ -16,6 +16,8 @@ public sealed class LocalCluster : IDisposable
     private int workerCount;
     private string[] coordinatorArgs = [];
     private bool portChosen;
+    private long coordinatorLogStart;
+    private bool started;
     private volatile bool coordinatorListening;
 
     public const int MinWorkers = 1, MaxWorkers = 64, MinThreads = 1, MaxThreads = 1024;
@@ -54,26 +56,53 @@ public sealed class LocalCluster : IDisposable
     /// Starts the processes and waits until this cluster's own coordinator listens and every worker is registered
     /// with it and idle. <paramref name="port"/> 0 = any free port; a port something already listens on is refused.
     /// </summary>
-    public static LocalCluster Start(int workers, int port, int threadsPerWorker, string logDir, TimeSpan timeout, IDictionary<string, string>? environment = null)
+    public static LocalCluster Start(int workers, int port, int threadsPerWorker, string logDir, TimeSpan timeout, IDictionary<string, string>? environment = null) =>
+        Start(workers, port, threadsPerWorker, logDir, timeout, environment, FreePort);
+
+    /// <summary>How many ports <see cref="Start(int, int, int, string, TimeSpan, IDictionary{string, string}?)"/> tries when it chooses one.</summary>
+    internal const int PortAttempts = 3;
+
+    /// <summary>
+    /// <see cref="Start(int, int, int, string, TimeSpan, IDictionary{string, string}?)"/> with the free-port picker given
+    /// (tests hand it a port something holds). A chosen port can be taken by another process between the pick and the
+    /// coordinator's listen; then the cluster starts again on another chosen port, up to <see cref="PortAttempts"/> times.
+    /// </summary>
+    internal static LocalCluster Start(int workers, int port, int threadsPerWorker, string logDir, TimeSpan timeout, IDictionary<string, string>? environment, Func<int> pickPort)
     {
         CheckOptions(workers, port, threadsPerWorker);
         var chosen = port == 0;
-        if (chosen) port = FreePort();
         Directory.CreateDirectory(logDir);
-        var cluster = new LocalCluster($"http://127.0.0.1:{port}", Path.GetFullPath(logDir)) { environment = environment, threads = threadsPerWorker, portChosen = chosen };
-        try
+        for (var attempt = 1; ; attempt++)
         {
-            cluster.coordinatorArgs = ["serve", "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--data-dir", Path.Combine(logDir, "coordinator"), "--http-port", "0"];
-            cluster.processes.Add(cluster.Spawn("coordinator", environment, cluster.coordinatorArgs));
-            for (var i = 0; i < workers; i++) cluster.AddWorker();
-            cluster.WaitForWorkers(workers, timeout);
-            return cluster;
+            var listenPort = chosen ? pickPort() : port;
+            var cluster = new LocalCluster($"http://127.0.0.1:{listenPort}", Path.GetFullPath(logDir)) { environment = environment, threads = threadsPerWorker, portChosen = chosen };
+            try
+            {
+                cluster.coordinatorArgs = ["serve", "--port", listenPort.ToString(System.Globalization.CultureInfo.InvariantCulture), "--data-dir", Path.Combine(logDir, "coordinator"), "--http-port", "0"];
+                cluster.coordinatorLogStart = LogLength(Path.Combine(cluster.LogDir, "coordinator.log"));
+                cluster.processes.Add(cluster.Spawn("coordinator", environment, cluster.coordinatorArgs));
+                for (var i = 0; i < workers; i++) cluster.AddWorker();
+                cluster.WaitForWorkers(workers, timeout);
+                cluster.started = true;
+                return cluster;
+            }
+            catch (ChosenPortTakenException) when (attempt < PortAttempts)
+            {
+                cluster.Dispose();
+                // Another process took the port between the pick and the coordinator's listen: pick again.
+            }
+            catch
+            {
+                cluster.Dispose();
+                throw;
+            }
         }
-        catch
-        {
-            cluster.Dispose();
-            throw;
-        }
+    }
+
+    private static long LogLength(string path)
+    {
+        try { return new FileInfo(path).Length; }
+        catch (FileNotFoundException) { return 0; }
     }
 
     /// <summary>Starts one more worker process (named worker-N, N counting from 1); returns its 0-based index.</summary>
@@ -173,6 +202,7 @@ public sealed class LocalCluster : IDisposable
         if (!processes[0].HasExited) throw new InvalidOperationException("the coordinator is still running: kill it first");
         processes[0].Dispose();
         coordinatorListening = false;
+        coordinatorLogStart = LogLength(Path.Combine(LogDir, "coordinator.log"));
         processes[0] = Spawn("coordinator", environment, coordinatorArgs);
         using var channel = Remote.Channel(Address);
         var client = new Jobs.JobsClient(channel);
@@ -216,13 +246,23 @@ public sealed class LocalCluster : IDisposable
         var log = Path.Combine(LogDir, "coordinator.log");
         processes[0].WaitForExit(); // flushes the redirected output into the log
         string text;
-        try { text = File.ReadAllText(log); }
+        try
+        {
+            // Only what this coordinator wrote: the log is appended to by every start (and restart) in the directory.
+            using var file = new FileStream(log, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            file.Seek(Math.Min(coordinatorLogStart, file.Length), SeekOrigin.Begin);
+            text = new StreamReader(file).ReadToEnd();
+        }
         catch (IOException) { text = ""; }
         var port = new Uri(Address).Port;
         if (text.Contains("address already in use", StringComparison.OrdinalIgnoreCase))
-            throw new ArgumentException(portChosen
-                ? $"the free port {port} chosen for the coordinator was taken by another process before the coordinator could listen on it; run again (see {log})"
-                : $"--port {port}: something already listens on 127.0.0.1:{port}, so the coordinator could not; stop it, choose another port, or give --port 0 for any free port (see {log})");
+        {
+            if (portChosen && !started)
+                throw new ChosenPortTakenException($"the free port {port} chosen for the coordinator was taken by another process before the coordinator could listen on it, {PortAttempts} times in a row; run again (see {log})");
+            if (portChosen)
+                throw new ArgumentException($"the free port {port} chosen for the coordinator was taken by another process before the coordinator could listen on it again; run again (see {log})");
+            throw new ArgumentException($"--port {port}: something already listens on 127.0.0.1:{port}, so the coordinator could not; stop it, choose another port, or give --port 0 for any free port (see {log})");
+        }
         throw new InvalidOperationException($"the coordinator exited with status {processes[0].ExitCode} {when}; see {log}");
     }
 
@@ -271,3 +311,6 @@ public sealed class LocalCluster : IDisposable
         processes.Clear();
     }
 }
+
+/// <summary>The port <see cref="LocalCluster"/> chose for its coordinator was taken before the coordinator listened on it.</summary>
+internal sealed class ChosenPortTakenException(string message) : ArgumentException(message);

@@ -97,6 +97,41 @@ public sealed class ClusterCommandTests
     }
 
     [Fact]
+    public void A_chosen_port_taken_before_the_coordinator_listens_is_replaced_by_another_free_port()
+    {
+        // CI saw "the free port N chosen for the coordinator was taken" (another test's listener got the port between
+        // the pick and the coordinator's listen) fail a whole test. The first pick here is a port a listener holds:
+        // the cluster starts again on the next pick instead of failing.
+        using var tmp = new TempDir();
+        using var held = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        held.Start();
+        var heldPort = ((System.Net.IPEndPoint)held.LocalEndpoint).Port;
+        var picks = 0;
+        int Pick()
+        {
+            if (++picks == 1) return heldPort;
+            using var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+            l.Start();
+            return ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
+        }
+        var logs = Path.Combine(tmp.Path, "logs");
+        using (var cluster = LocalCluster.Start(1, 0, 1, logs, TimeSpan.FromMinutes(2), null, Pick))
+        {
+            Assert.Equal(2, picks);
+            Assert.NotEqual(heldPort, new Uri(cluster.Address).Port);
+            var log = File.ReadAllText(Path.Combine(logs, "coordinator.log"));
+            Assert.Contains("address already in use", log, StringComparison.OrdinalIgnoreCase); // the first attempt did fail
+            Assert.Contains($"coordinator listening on {cluster.Address}", log);
+        }
+
+        // Every pick taken: after LocalCluster.PortAttempts tries, the error names the port and says what happened.
+        picks = 0;
+        var e = Assert.ThrowsAny<ArgumentException>(() => LocalCluster.Start(1, 0, 1, Path.Combine(tmp.Path, "taken"), TimeSpan.FromMinutes(2), null, () => { picks++; return heldPort; }));
+        Assert.Equal(LocalCluster.PortAttempts, picks);
+        Assert.Contains($"the free port {heldPort} chosen for the coordinator was taken by another process", e.Message);
+    }
+
+    [Fact]
     public async Task A_restarted_coordinator_that_cannot_listen_is_reported_not_replaced_by_the_one_that_does()
     {
         using var tmp = new TempDir();
