@@ -93,6 +93,13 @@ public sealed class ComposeUploadTests(ImageFixture image, ITestOutputHelper out
             var coordinatorWrite = await compose.RunAsync(TimeSpan.FromSeconds(60), "exec", "-T", "coordinator", "touch", "/datasets/written-by-the-coordinator");
             Assert.True(coordinatorWrite.ExitCode != 0 && coordinatorWrite.Stderr.Contains("Read-only file system", StringComparison.Ordinal),
                 $"the coordinator could write into /datasets:\n{coordinatorWrite}");
+            // `prepare --on-cluster` cannot write into the read-only volume: refused before any worker is asked, naming
+            // the output, the volume and what to do instead.
+            var onCluster = await cli.RunAsync("prepare", "--on-cluster", "-c", compose.Address, "/datasets/moby/tokenizer.json", "-o", "/datasets/again");
+            Assert.True(onCluster.ExitCode != 0, onCluster.ToString());
+            Assert.Contains("-o /datasets/again: the coordinator cannot write in /datasets", onCluster.Stderr);
+            Assert.Contains("Read-only file system", onCluster.Stderr);
+            Assert.Contains("prepare on the host", onCluster.Stderr);
 
             var datasetSpec = tmp.Write("dataset.json", JobSpecSerializer.Serialize(new JobSpec
             {

@@ -396,6 +396,13 @@ public sealed class ClusterPrepareTests
         await Refused(Request(options, "s3://bucket/ds", train, validation), StatusCode.InvalidArgument, "not s3://");
         await Refused(Request(options with { Task = TaskKinds.Classification, Tokenizer = new TokenizerSpec { Kind = TokenizerKinds.Word } }, output, train, []), StatusCode.InvalidArgument, "--on-cluster needs --validation sources for classification");
         await Refused(Request(options with { Tokenizer = new TokenizerSpec { Kind = "bpe" } }, output, train, validation), StatusCode.InvalidArgument, "--tokenizer \"bpe\" must be char or word");
+        // An output the coordinator cannot write beside (here: under a file; in the shipped compose file: the read-only
+        // `datasets` volume) is refused before any worker is reserved — it used to fail after, with the bare IOException.
+        var underFile = Path.Combine(train[0], "ds");
+        var unwritable = await Assert.ThrowsAsync<RpcException>(() => PrepareAsync(cluster, Request(options, underFile, train, validation)));
+        Assert.True(unwritable.StatusCode == StatusCode.FailedPrecondition, $"{unwritable.StatusCode}: {unwritable.Status.Detail}");
+        Assert.Contains($"-o {underFile}: the coordinator cannot write in {train[0]}", unwritable.Status.Detail);
+        Assert.Contains("prepare on the host", unwritable.Status.Detail);
         await Refused(Request(options, output, train, validation), StatusCode.FailedPrecondition, "no idle worker");
 
         // Authorized like submit: a viewer may not, a submitter may (and is told there is no idle worker).

@@ -461,7 +461,32 @@ public sealed class ClusterPrepare(DataAccess data, WorkerRegistry registry, Wor
         {
             throw new Refusal(StatusCode.InvalidArgument, e.Message);
         }
+        CheckWritable(o.Output);
         return o;
+    }
+
+    /// <summary>
+    /// Refuses, before any worker is asked, an output the coordinator cannot write beside (it creates the temporary
+    /// directory, writes the manifest and renames it into place): a read-only volume — the shipped compose file's
+    /// <c>datasets</c> — used to fail only once the workers had been reserved, with the file system's bare message.
+    /// </summary>
+    static void CheckWritable(string output)
+    {
+        var directory = Path.GetDirectoryName(output.TrimEnd('/'));
+        if (directory is null) return; // DatasetWriter refuses the root itself
+        var probe = Path.Combine(directory, $".{Path.GetFileName(output.TrimEnd('/'))}.probe-{Guid.NewGuid():N}");
+        try
+        {
+            Directory.CreateDirectory(directory); // as DatasetWriter will
+            Directory.CreateDirectory(probe);
+            Directory.Delete(probe);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new Refusal(StatusCode.FailedPrecondition,
+                $"-o {output}: the coordinator cannot write in {directory} ({e.Message}); the output must be on storage the coordinator and every " +
+                "worker can write (the shipped compose file's `datasets` volume is read-only: prepare on the host and copy the dataset in, docs/deploy.md)");
+        }
     }
 
     static DatasetWriter Writer(PrepareOptions o)
@@ -473,6 +498,10 @@ public sealed class ClusterPrepare(DataAccess data, WorkerRegistry registry, Wor
         catch (ArgumentException e)
         {
             throw new Refusal(StatusCode.InvalidArgument, e.Message);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new Refusal(StatusCode.FailedPrecondition, $"-o {o.Output}: the coordinator cannot create the dataset's temporary directory beside it: {e.Message}");
         }
     }
 }
