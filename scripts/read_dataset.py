@@ -16,6 +16,8 @@ import sys
 import numpy as np
 
 FORMAT, VERSION = "dtrain-dataset", 1
+# The shards' ids: fixed width, little-endian; dtrain writes the narrowest that holds the vocabulary.
+DTYPES = {"uint8": np.dtype("u1"), "uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 
 
 class Split:
@@ -49,7 +51,9 @@ class Dataset:
             raise ValueError(f"{root}: format version {m.get('version')} is unknown (this reader knows {VERSION})")
         if verify:
             _verify(root, m)
-        dtype = np.dtype("<u2") if m["token_dtype"] == "uint16" else np.dtype("<u4")
+        if m.get("token_dtype") not in DTYPES:
+            raise ValueError(f"{root}: token_dtype {m.get('token_dtype')!r} is unknown (this reader knows {', '.join(DTYPES)})")
+        dtype = DTYPES[m["token_dtype"]]
         with open(os.path.join(root, m["tokenizer"]["name"]), encoding="utf-8") as f:
             self.tokenizer = json.load(f)  # {"kind", "lowercase", "tokens"}: id i is tokens[i]
         self.labels = m["labels"]

@@ -199,14 +199,14 @@ public sealed class DatasetJobTests
         var dataset = Prepare(spec, file, Path.Combine(tmp.Path, "ds"));
         var shard = Path.Combine(dataset, "validation-00000.tokens");
         var bytes = File.ReadAllBytes(shard);
-        // The first id becomes 65535 (2- or 4-byte ids, little-endian): far outside a character vocabulary.
+        // The first id becomes 255 (a character vocabulary's 1-byte ids): outside this one.
+        Assert.Equal(DatasetLayout.Uint8, (string?)System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dataset, DatasetLayout.ManifestFile)))!["token_dtype"]);
         bytes[0] = 0xFF;
-        bytes[1] = 0xFF;
         Rewrite(dataset, "validation-00000.tokens", bytes);
         await using var cluster = await StartAsync(tmp.Path, new ShardTap());
         var (info, _) = await RunAsync(cluster, tmp, DatasetJob(spec, dataset), "dataset.json");
         Assert.Equal(JobState.Failed, info.State);
-        Assert.Contains($"dataset {dataset}: validation-00000.tokens: id 65535 at token 0 outside the vocabulary", info.Message);
+        Assert.Contains($"dataset {dataset}: validation-00000.tokens: id 255 at token 0 outside the vocabulary", info.Message);
     }
 
     [Theory]
@@ -265,10 +265,9 @@ public sealed class DatasetJobTests
         var name = (string)shard["tokens"]!["name"]!;
         var bytes = File.ReadAllBytes(Path.Combine(dataset, name));
         var width = bytes.Length / shard["token_count"]!.GetValue<int>();
-        // That id becomes 65535 (2- or 4-byte ids, little-endian).
-        bytes.AsSpan((int)at * width, width).Fill(0);
-        bytes[at * width] = 0xFF;
-        bytes[at * width + 1] = 0xFF;
+        // That id becomes 255 (1-byte ids: a character vocabulary), outside this one.
+        Assert.Equal(1, width);
+        bytes[at] = 0xFF;
         Rewrite(dataset, name, bytes);
         await using var cluster = await StartAsync(tmp.Path, new ShardTap());
         var (info, _) = await RunAsync(cluster, tmp, DatasetJob(spec, dataset), "dataset.json");
@@ -276,7 +275,7 @@ public sealed class DatasetJobTests
         // Evaluating the whole split reads it, and fails naming it.
         var (whole, _) = await RunAsync(cluster, tmp, DatasetJob(spec with { Training = spec.Training with { EvalBatches = 0 } }, dataset), "whole.json");
         Assert.Equal(JobState.Failed, whole.State);
-        Assert.Contains($"dataset {dataset}: {name}: id 65535 at token {at} outside the vocabulary", whole.Message);
+        Assert.Contains($"dataset {dataset}: {name}: id 255 at token {at} outside the vocabulary", whole.Message);
     }
 
     [Fact]

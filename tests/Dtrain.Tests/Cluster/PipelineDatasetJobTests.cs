@@ -308,15 +308,14 @@ public sealed class PipelineDatasetJobTests
         var dataset = Prepare(spec, file, Path.Combine(tmp.Path, "ds"));
         var shard = Path.Combine(dataset, "validation-00000.tokens");
         var bytes = File.ReadAllBytes(shard);
-        // The first id becomes 65535, and the manifest says so (size and SHA-256): a dataset made elsewhere. libtorch
-        // would abort the coordinator's process on it; it must be refused before it reaches torch.
+        // The first id becomes 255 (1-byte ids: a character vocabulary), and the manifest says so (size and SHA-256): a
+        // dataset made elsewhere. libtorch would abort the coordinator's process on it; it must be refused before it reaches torch.
         bytes[0] = 0xFF;
-        bytes[1] = 0xFF;
         DatasetJobTests.Rewrite(dataset, "validation-00000.tokens", bytes);
         await using var cluster = await StartAsync(tmp.Path, new ShardTap(), 2);
         var (info, losses) = await RunAsync(cluster, tmp, DatasetJob(spec, dataset), "dataset.json");
         Assert.Equal(JobState.Failed, info.State);
-        Assert.Contains($"evaluation: dataset {dataset}: validation-00000.tokens: id 65535 at token 0 outside the vocabulary", info.Message);
+        Assert.Contains($"evaluation: dataset {dataset}: validation-00000.tokens: id 255 at token 0 outside the vocabulary", info.Message);
         // The first evaluation (after step 5) failed it.
         Assert.Equal(5, losses.Length);
     }

@@ -12,13 +12,23 @@ public static class DatasetLayout
     public const int Version = 1;
     public const string ManifestFile = "manifest.json";
     public const string TokenizerFile = "tokenizer.json";
-    public const string Uint16 = "uint16", Uint32 = "uint32";
+    public const string Uint8 = "uint8", Uint16 = "uint16", Uint32 = "uint32";
     public const string TrainSplit = "train", ValidationSplit = "validation";
 
-    /// <summary>The width of one id: 2 bytes when the vocabulary fits uint16, else 4.</summary>
-    public static int WidthFor(int vocabSize) => vocabSize <= 65536 ? 2 : 4;
+    /// <summary>
+    /// The width a writer gives one id: the narrowest that holds every id of the vocabulary — 1 byte for at most 256
+    /// tokens (a char vocabulary), 2 for at most 65,536, else 4.
+    /// </summary>
+    public static int WidthFor(int vocabSize) => vocabSize <= 256 ? 1 : vocabSize <= 65536 ? 2 : 4;
 
-    public static string DtypeFor(int vocabSize) => WidthFor(vocabSize) == 2 ? Uint16 : Uint32;
+    /// <summary>The manifest's <c>token_dtype</c> a writer gives a vocabulary of <paramref name="vocabSize"/> tokens (<see cref="WidthFor"/>).</summary>
+    public static string DtypeFor(int vocabSize) => WidthFor(vocabSize) switch { 1 => Uint8, 2 => Uint16, _ => Uint32 };
+
+    /// <summary>Bytes per id of a manifest's <c>token_dtype</c>; null for a name this build does not know.</summary>
+    public static int? WidthOf(string? dtype) => dtype switch { Uint8 => 1, Uint16 => 2, Uint32 => 4, _ => null };
+
+    /// <summary>The largest vocabulary whose ids fit <paramref name="width"/> bytes (1, 2 or 4).</summary>
+    public static long MaxVocabulary(int width) => width == 4 ? int.MaxValue : 1L << (8 * width);
 
     /// <summary>The manifest's JSON: snake_case names, indented; unknown members are refused when read.</summary>
     public static readonly JsonSerializerOptions Json = new()

@@ -9,7 +9,7 @@ public sealed record DatasetManifest
     /// <summary>Always <see cref="DatasetLayout.FormatName"/>.</summary>
     public string Format { get; init; } = DatasetLayout.FormatName;
     public int Version { get; init; } = DatasetLayout.Version;
-    /// <summary>"uint16" (vocabulary of at most 65,536) or "uint32".</summary>
+    /// <summary>"uint8" (vocabulary of at most 256), "uint16" (at most 65,536) or "uint32": the shards' ids, little-endian.</summary>
     public required string TokenDtype { get; init; }
     public required int VocabSize { get; init; }
     /// <summary>The tokenizer, serialized as in a checkpoint's tokenizer.json.</summary>

@@ -23,11 +23,11 @@ public sealed class DatasetSplitWriter : IDisposable
     ShardFile? tokens, offsets, labels;
     long shardTokenCount, shardRecords, totalTokens, totalRecords;
 
-    /// <param name="width">Bytes per id: 2 or 4.</param>
+    /// <param name="width">Bytes per id: 1, 2 or 4.</param>
     /// <param name="records">Classification: records with offsets and labels.</param>
     public DatasetSplitWriter(string directory, string split, int width, bool records, long shardTokens)
     {
-        if (width is not (2 or 4)) throw new ArgumentOutOfRangeException(nameof(width), width, "2 or 4");
+        if (width is not (1 or 2 or 4)) throw new ArgumentOutOfRangeException(nameof(width), width, "1, 2 or 4");
         ArgumentOutOfRangeException.ThrowIfLessThan(shardTokens, 1);
         this.directory = directory;
         this.split = split;
@@ -38,7 +38,7 @@ public sealed class DatasetSplitWriter : IDisposable
 
     public long Tokens => totalTokens;
 
-    /// <summary>Bytes per id: 2 or 4.</summary>
+    /// <summary>Bytes per id: 1, 2 or 4.</summary>
     public int Width => width;
 
     /// <summary>
@@ -60,11 +60,28 @@ public sealed class DatasetSplitWriter : IDisposable
         }
     }
 
-    /// <summary>Ids as a shard holds them: <paramref name="width"/> (2 or 4) bytes each, little-endian, into <paramref name="bytes"/> (at least <c>ids.Length × width</c> long).</summary>
+    /// <summary>Ids as a shard holds them: <paramref name="width"/> (1, 2 or 4) bytes each, little-endian, into <paramref name="bytes"/> (at least <c>ids.Length × width</c> long).</summary>
     public static void Narrow(ReadOnlySpan<int> ids, Span<byte> bytes, int width)
     {
         bytes = bytes[..(ids.Length * width)];
-        if (width == 2)
+        if (width == 1)
+        {
+            // Truncating, a vector at a time (the callers' ids are below the vocabulary: at most 256).
+            var i = 0;
+            if (System.Numerics.Vector.IsHardwareAccelerated)
+            {
+                var wide = MemoryMarshal.Cast<int, uint>(ids);
+                var n = System.Numerics.Vector<uint>.Count;
+                for (; i <= wide.Length - 4 * n; i += 4 * n)
+                {
+                    var low = System.Numerics.Vector.Narrow(new System.Numerics.Vector<uint>(wide[i..]), new System.Numerics.Vector<uint>(wide[(i + n)..]));
+                    var high = System.Numerics.Vector.Narrow(new System.Numerics.Vector<uint>(wide[(i + 2 * n)..]), new System.Numerics.Vector<uint>(wide[(i + 3 * n)..]));
+                    System.Numerics.Vector.Narrow(low, high).CopyTo(bytes[i..]);
+                }
+            }
+            for (; i < ids.Length; i++) bytes[i] = (byte)ids[i];
+        }
+        else if (width == 2)
         {
             var narrow = MemoryMarshal.Cast<byte, ushort>(bytes);
             System.Numerics.Tensors.TensorPrimitives.ConvertTruncating<int, ushort>(ids, narrow);
@@ -76,7 +93,7 @@ public sealed class DatasetSplitWriter : IDisposable
             ids.CopyTo(wide);
             if (!BitConverter.IsLittleEndian) BinaryPrimitives.ReverseEndianness(wide, wide);
         }
-        else throw new ArgumentOutOfRangeException(nameof(width), width, "2 or 4");
+        else throw new ArgumentOutOfRangeException(nameof(width), width, "1, 2 or 4");
     }
 
     /// <summary>Classification: appends one record (never split between shards) with its label id.</summary>

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Buffers.Binary;
 using System.Security.Cryptography;
 using System.Text.Json;
 using Dtrain.Training.Tasks;
@@ -28,7 +29,7 @@ public sealed class PreparedDataset : IDisposable
 
     PreparedShard Map(DatasetShard s)
     {
-        var shard = new PreparedShard(Directory, s, DatasetLayout.WidthFor(Manifest.VocabSize));
+        var shard = new PreparedShard(Directory, s, WidthOf(Manifest));
         opened.Add(shard);
         return shard;
     }
@@ -50,7 +51,7 @@ public sealed class PreparedDataset : IDisposable
         if (!File.Exists(manifestPath))
             throw new DatasetException(directory, null, $"has no {DatasetLayout.ManifestFile}: it is not a prepared dataset, or its preparation did not finish (the manifest is written last); prepare it again");
         var manifest = ReadManifest(directory, manifestPath);
-        var width = DatasetLayout.WidthFor(manifest.VocabSize);
+        var width = WidthOf(manifest);
 
         var tokenizerBytes = CheckedBytes(directory, manifest.Tokenizer);
         ITokenizer tokenizer;
@@ -74,7 +75,7 @@ public sealed class PreparedDataset : IDisposable
             {
                 if (s.Tokens.Bytes != s.TokenCount * width)
                     throw new DatasetException(directory, DatasetLayout.ManifestFile, $"is inconsistent: {s.Tokens.Name} is {s.Tokens.Bytes} bytes for {s.TokenCount} ids of {width} bytes");
-                CheckFile(directory, s.Tokens, verify, bytes => CheckIds(directory, s.Tokens.Name, bytes, width, manifest.VocabSize));
+                CheckFile(directory, s.Tokens, verify, (offset, bytes) => CheckIds(directory, s.Tokens.Name, offset / width, bytes, width, manifest.VocabSize));
                 if (labelled)
                 {
                     if (s.Offsets is null || s.Labels is null || s.Offsets.Bytes != (s.Records + 1) * 8 || s.Labels.Bytes != s.Records * 4)
@@ -105,6 +106,10 @@ public sealed class PreparedDataset : IDisposable
 
     static DatasetManifest ReadManifest(string directory, string path) => ParseManifest(directory, File.ReadAllBytes(path));
 
+    /// <summary>Bytes per id of the shards of <paramref name="manifest"/> (one <see cref="ParseManifest"/> accepted: its token_dtype is known).</summary>
+    internal static int WidthOf(DatasetManifest manifest) => DatasetLayout.WidthOf(manifest.TokenDtype)
+        ?? throw new InvalidOperationException($"token_dtype \"{manifest.TokenDtype}\" was not checked");
+
     /// <summary>The manifest in <paramref name="bytes"/>, checked for its format, version and token width (<paramref name="directory"/>: the dataset, for messages).</summary>
     internal static DatasetManifest ParseManifest(string directory, byte[] bytes)
     {
@@ -129,8 +134,11 @@ public sealed class PreparedDataset : IDisposable
             try
             {
                 var manifest = root.Deserialize<DatasetManifest>(DatasetLayout.Json) ?? throw new JsonException("null");
-                if (manifest.TokenDtype != DatasetLayout.DtypeFor(manifest.VocabSize))
-                    throw new DatasetException(directory, DatasetLayout.ManifestFile, $"says token_dtype {manifest.TokenDtype} for a vocabulary of {manifest.VocabSize}");
+                // Any known width that holds the vocabulary is read (dtrain writes the narrowest: DatasetLayout.WidthFor).
+                if (DatasetLayout.WidthOf(manifest.TokenDtype) is not { } width)
+                    throw new DatasetException(directory, DatasetLayout.ManifestFile, $"has token_dtype \"{manifest.TokenDtype}\", which this dtrain does not know (it reads {DatasetLayout.Uint8}, {DatasetLayout.Uint16} and {DatasetLayout.Uint32}); use a dtrain that does, or prepare the dataset again");
+                if (manifest.VocabSize < 1 || manifest.VocabSize > DatasetLayout.MaxVocabulary(width))
+                    throw new DatasetException(directory, DatasetLayout.ManifestFile, $"says token_dtype {manifest.TokenDtype} for a vocabulary of {manifest.VocabSize}: its ids do not fit");
                 return manifest;
             }
             catch (JsonException e)
@@ -156,7 +164,7 @@ public sealed class PreparedDataset : IDisposable
         : $"is {actual:N0} bytes, the manifest says {expected:N0}: it was altered after preparation";
 
     /// <summary>Size always; with <paramref name="verify"/>, SHA-256 and <paramref name="content"/> checks on each chunk read.</summary>
-    static void CheckFile(string directory, DatasetFile entry, bool verify, Action<ReadOnlySpan<byte>>? content)
+    static void CheckFile(string directory, DatasetFile entry, bool verify, Action<long, ReadOnlySpan<byte>>? content)
     {
         if (entry.Name.Contains('/') || entry.Name.Contains('\\') || entry.Name is "." or "..")
             throw new DatasetException(directory, DatasetLayout.ManifestFile, $"names a file outside the dataset: \"{entry.Name}\"");
@@ -171,13 +179,14 @@ public sealed class PreparedDataset : IDisposable
         {
             using var s = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.SequentialScan);
             int n;
-            long carry = 0;
+            long carry = 0, offset = 0;
             while ((n = s.Read(buffer, (int)carry, buffer.Length - (int)carry)) > 0)
             {
                 var have = (int)carry + n;
                 hash.AppendData(buffer, (int)carry, n);
                 var whole = have - have % 4;
-                content?.Invoke(buffer.AsSpan(0, whole));
+                content?.Invoke(offset, buffer.AsSpan(0, whole));
+                offset += whole;
                 carry = have - whole;
                 buffer.AsSpan(whole, (int)carry).CopyTo(buffer);
             }
@@ -190,21 +199,30 @@ public sealed class PreparedDataset : IDisposable
             throw new DatasetException(directory, entry.Name, "does not match its SHA-256 in the manifest: it was altered after preparation");
     }
 
-    static void CheckIds(string directory, string name, ReadOnlySpan<byte> bytes, int width, int vocab)
+    /// <summary>The ids in <paramref name="bytes"/> (from id <paramref name="first"/> of the shard on) are below the vocabulary; else the first that is not, by its position in the shard.</summary>
+    static void CheckIds(string directory, string name, long first, ReadOnlySpan<byte> bytes, int width, int vocab)
     {
-        if (width == 2)
+        if (vocab >= DatasetLayout.MaxVocabulary(width)) return; // every id of the width is inside
+        int at;
+        if (width == 1)
+            at = bytes.IndexOfAnyInRange((byte)vocab, byte.MaxValue);
+        else if (width == 2)
         {
-            if (vocab >= 65536) return;
             var ids = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(bytes);
-            for (var i = 0; i < ids.Length; i++)
-                if (ids[i] >= vocab) throw new DatasetException(directory, name, $"holds id {ids[i]}, outside the vocabulary of {vocab}");
+            at = BitConverter.IsLittleEndian ? ids.IndexOfAnyInRange((ushort)vocab, ushort.MaxValue) : -1;
+            if (!BitConverter.IsLittleEndian)
+                for (var i = 0; i < ids.Length && at < 0; i++) if (BinaryPrimitives.ReverseEndianness(ids[i]) >= vocab) at = i;
         }
         else
         {
-            var ids = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(bytes);
-            for (var i = 0; i < ids.Length; i++)
-                if ((uint)ids[i] >= (uint)vocab) throw new DatasetException(directory, name, $"holds id {ids[i]}, outside the vocabulary of {vocab}");
+            var ids = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, uint>(bytes);
+            at = BitConverter.IsLittleEndian ? ids.IndexOfAnyInRange((uint)vocab, uint.MaxValue) : -1;
+            if (!BitConverter.IsLittleEndian)
+                for (var i = 0; i < ids.Length && at < 0; i++) if (BinaryPrimitives.ReverseEndianness(ids[i]) >= (uint)vocab) at = i;
         }
+        if (at < 0) return;
+        var id = width == 1 ? bytes[at] : width == 2 ? BinaryPrimitives.ReadUInt16LittleEndian(bytes[(at * 2)..]) : (long)BinaryPrimitives.ReadUInt32LittleEndian(bytes[(at * 4)..]);
+        throw new DatasetException(directory, name, $"holds id {id} at token {first + at}, outside the vocabulary of {vocab}");
     }
 
     static void CheckIndex(string directory, PreparedShard shard, int labels)

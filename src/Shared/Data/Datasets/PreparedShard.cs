@@ -1,6 +1,8 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.MemoryMappedFiles;
+using System.Numerics;
+using System.Runtime.InteropServices;
 
 namespace Dtrain.Data.Datasets;
 
@@ -66,7 +68,7 @@ public sealed unsafe class PreparedShard : IDisposable
             if ((ulong)index >= (ulong)TokenCount) throw new ArgumentOutOfRangeException(nameof(index), index, $"outside the shard's {TokenCount} tokens");
             Span<byte> id = stackalloc byte[4];
             tokens.Read(index * width, id[..width]);
-            return width == 2 ? BinaryPrimitives.ReadUInt16LittleEndian(id) : BinaryPrimitives.ReadInt32LittleEndian(id);
+            return width switch { 1 => id[0], 2 => BinaryPrimitives.ReadUInt16LittleEndian(id), _ => BinaryPrimitives.ReadInt32LittleEndian(id) };
         }
     }
 
@@ -83,10 +85,7 @@ public sealed unsafe class PreparedShard : IDisposable
             try
             {
                 tokens.Read(start * width, buffer.AsSpan(0, bytes));
-                if (width == 2)
-                    for (var i = 0; i < destination.Length; i++) destination[i] = BinaryPrimitives.ReadUInt16LittleEndian(buffer.AsSpan(i * 2, 2));
-                else
-                    for (var i = 0; i < destination.Length; i++) destination[i] = BinaryPrimitives.ReadInt32LittleEndian(buffer.AsSpan(i * 4, 4));
+                Widen(buffer.AsSpan(0, bytes), destination, width);
             }
             finally
             {
@@ -94,17 +93,56 @@ public sealed unsafe class PreparedShard : IDisposable
             }
             return;
         }
-        if (width == 2)
+        Widen(new ReadOnlySpan<byte>(mapped.Pointer + start * width, checked(destination.Length * width)), destination, width);
+    }
+
+    /// <summary>
+    /// Ids as a shard holds them (<paramref name="width"/> bytes each, little-endian) into <paramref name="destination"/>
+    /// (as long as the ids): 1- and 2-byte ids widened a vector at a time.
+    /// </summary>
+    internal static void Widen(ReadOnlySpan<byte> bytes, Span<int> destination, int width)
+    {
+        if (bytes.Length != destination.Length * width) throw new ArgumentException($"{bytes.Length} bytes are not {destination.Length} ids of {width} bytes", nameof(bytes));
+        var i = 0;
+        if (width == 1)
         {
-            var source = new ReadOnlySpan<ushort>(mapped.Pointer + start * 2, destination.Length);
-            for (var i = 0; i < source.Length; i++) destination[i] = BitConverter.IsLittleEndian ? source[i] : BinaryPrimitives.ReverseEndianness(source[i]);
+            if (Vector.IsHardwareAccelerated)
+            {
+                var n = Vector<int>.Count;
+                for (; i <= bytes.Length - Vector<byte>.Count; i += Vector<byte>.Count)
+                {
+                    Vector.Widen(new Vector<byte>(bytes[i..]), out var low, out var high);
+                    Vector.Widen(low, out var a, out var b);
+                    Vector.Widen(high, out var c, out var d);
+                    Vector.AsVectorInt32(a).CopyTo(destination[i..]);
+                    Vector.AsVectorInt32(b).CopyTo(destination[(i + n)..]);
+                    Vector.AsVectorInt32(c).CopyTo(destination[(i + 2 * n)..]);
+                    Vector.AsVectorInt32(d).CopyTo(destination[(i + 3 * n)..]);
+                }
+            }
+            for (; i < bytes.Length; i++) destination[i] = bytes[i];
         }
-        else
+        else if (width == 2)
         {
-            var source = new ReadOnlySpan<int>(mapped.Pointer + start * 4, destination.Length);
-            source.CopyTo(destination);
+            var ids = MemoryMarshal.Cast<byte, ushort>(bytes);
+            if (Vector.IsHardwareAccelerated && BitConverter.IsLittleEndian)
+            {
+                var n = Vector<int>.Count;
+                for (; i <= ids.Length - Vector<ushort>.Count; i += Vector<ushort>.Count)
+                {
+                    Vector.Widen(new Vector<ushort>(ids[i..]), out var low, out var high);
+                    Vector.AsVectorInt32(low).CopyTo(destination[i..]);
+                    Vector.AsVectorInt32(high).CopyTo(destination[(i + n)..]);
+                }
+            }
+            for (; i < ids.Length; i++) destination[i] = BitConverter.IsLittleEndian ? ids[i] : BinaryPrimitives.ReverseEndianness(ids[i]);
+        }
+        else if (width == 4)
+        {
+            MemoryMarshal.Cast<byte, int>(bytes).CopyTo(destination);
             if (!BitConverter.IsLittleEndian) BinaryPrimitives.ReverseEndianness(destination, destination);
         }
+        else throw new ArgumentOutOfRangeException(nameof(width), width, "1, 2 or 4");
     }
 
     /// <summary>Classification: record <paramref name="index"/>'s ids and label id.</summary>

@@ -38,7 +38,7 @@ public sealed class StoredDataset : IDisposable
         ManifestSha256 = manifestSha256;
         Tokenizer = tokenizer;
         Labels = new LabelSet(manifest.Labels);
-        width = DatasetLayout.WidthFor(manifest.VocabSize);
+        width = PreparedDataset.WidthOf(manifest);
         Train = new PreparedSplit(manifest.Train, i => OpenShard(manifest.Train, i));
         Validation = new PreparedSplit(manifest.Validation, i => OpenShard(manifest.Validation, i));
     }
@@ -149,7 +149,7 @@ public sealed class StoredDataset : IDisposable
     /// <summary>The split's totals and every shard's sizes agree with each other (nothing is read but the manifest).</summary>
     static void CheckTotals(string uri, DatasetManifest manifest)
     {
-        var width = DatasetLayout.WidthFor(manifest.VocabSize);
+        var width = PreparedDataset.WidthOf(manifest);
         var labelled = TrainingTasks.Find(manifest.Settings.Task) is { HasLabels: true };
         foreach (var split in new[] { manifest.Train, manifest.Validation })
         {

@@ -94,6 +94,66 @@ public sealed class DatasetIntegrityTests : IDisposable
     }
 
     [Fact]
+    public void An_id_outside_the_vocabulary_in_a_uint8_shard_is_refused_naming_the_shard_and_its_position()
+    {
+        var output = Prepared();
+        using (var ds = PreparedDataset.Open(output)) Assert.Equal(DatasetLayout.Uint8, ds.Manifest.TokenDtype);
+        var vocab = JsonNode.Parse(File.ReadAllText(Path.Combine(output, DatasetLayout.ManifestFile)))!["vocab_size"]!.GetValue<int>();
+        var bytes = File.ReadAllBytes(Path.Combine(output, "train-00001.tokens"));
+        bytes[50] = (byte)vocab; // the first id past the vocabulary; size and SHA-256 rewritten, as a dataset made elsewhere
+        Dtrain.Tests.Cluster.DatasetJobTests.Rewrite(output, "train-00001.tokens", bytes);
+        var e = Refused(output);
+        Assert.Equal("train-00001.tokens", e.File);
+        Assert.Contains($"train-00001.tokens holds id {vocab} at token 50, outside the vocabulary of {vocab}", e.Message);
+
+        bytes[50] = 0;
+        bytes[bytes.Length - 1] = 255;
+        Dtrain.Tests.Cluster.DatasetJobTests.Rewrite(output, "train-00001.tokens", bytes);
+        Assert.Contains($"train-00001.tokens holds id 255 at token {bytes.Length - 1}, outside the vocabulary of {vocab}", Refused(output).Message);
+    }
+
+    [Fact]
+    public void An_unknown_token_dtype_or_one_too_narrow_for_the_vocabulary_is_refused_naming_it()
+    {
+        var output = Prepared();
+        var path = Path.Combine(output, DatasetLayout.ManifestFile);
+        var original = File.ReadAllText(path);
+        var json = JsonNode.Parse(original)!;
+        json["token_dtype"] = "int8";
+        File.WriteAllText(path, json.ToJsonString());
+        var e = Refused(output, verify: false);
+        Assert.Equal(DatasetLayout.ManifestFile, e.File);
+        Assert.Contains("has token_dtype \"int8\", which this dtrain does not know (it reads uint8, uint16 and uint32)", e.Message);
+
+        json = JsonNode.Parse(original)!;
+        json["vocab_size"] = 300;
+        File.WriteAllText(path, json.ToJsonString());
+        Assert.Contains("says token_dtype uint8 for a vocabulary of 300: its ids do not fit", Refused(output, verify: false).Message);
+    }
+
+    [Fact]
+    public void A_char_dataset_stored_with_two_byte_ids_reads_the_same_ids()
+    {
+        var output = Prepared();
+        int[] expected;
+        using (var ds = PreparedDataset.Open(output)) expected = [.. ds.Train.ReadAllTokens(), .. ds.Validation.ReadAllTokens()];
+        var manifest = JsonNode.Parse(File.ReadAllText(Path.Combine(output, DatasetLayout.ManifestFile)))!;
+        foreach (var split in new[] { "train", "validation" })
+            foreach (var shard in manifest[split]!["shards"]!.AsArray())
+            {
+                var name = (string)shard!["tokens"]!["name"]!;
+                var narrow = File.ReadAllBytes(Path.Combine(output, name));
+                var wide = new byte[narrow.Length * 2];
+                for (var i = 0; i < narrow.Length; i++) wide[2 * i] = narrow[i];
+                Dtrain.Tests.Cluster.DatasetJobTests.Rewrite(output, name, wide, m => m["token_dtype"] = DatasetLayout.Uint16);
+            }
+        using var reread = PreparedDataset.Open(output);
+        Assert.Equal(DatasetLayout.Uint16, reread.Manifest.TokenDtype);
+        int[] read = [.. reread.Train.ReadAllTokens(), .. reread.Validation.ReadAllTokens()];
+        Assert.Equal(expected, read);
+    }
+
+    [Fact]
     public void A_failed_preparation_leaves_no_output_and_no_temporary_directory()
     {
         var bad = dir.Write("bad.jsonl", "{\"text\":\"fine\"}\n{\"text\":\"fine too\"}\n{broken\n");

@@ -28,6 +28,9 @@ public sealed class PrepareCliTests : IDisposable
         foreach (var output in new[] { cls, lm })
         {
             using var ds = PreparedDataset.Open(output);
+            // The char dataset's ids take 1 byte (numpy uint8), the word vocabulary of 5,000 tokens' 2.
+            Assert.Equal(output == lm ? DatasetLayout.Uint8 : DatasetLayout.Uint16, ds.Manifest.TokenDtype);
+            PrepareTestSupport.AssertNarrowest(ds);
             using var doc = JsonDocument.Parse(Python(output));
             var root = doc.RootElement;
             Assert.Equal(ds.Tokenizer.ToState().Tokens, root.GetProperty("vocab").EnumerateArray().Select(e => e.GetString()!));

@@ -245,9 +245,56 @@ public sealed class PrepareEquivalenceTests : IDisposable
         using var ds = PrepareAndOpen(Options(Out(), [file]) with { ValidationFraction = 0.1 });
         var all = ds.Train.ReadAllTokens().Concat(ds.Validation.ReadAllTokens());
         Assert.Equal(text, ds.Tokenizer.Decode(all));
-        Assert.Equal(DatasetLayout.Uint16, ds.Manifest.TokenDtype);
+        Assert.Equal(DatasetLayout.Uint8, ds.Manifest.TokenDtype);
+        Assert.Equal(ds.Train.Shards[0].TokenCount, new FileInfo(Path.Combine(ds.Directory, ds.Manifest.Train.Shards[0].Tokens.Name)).Length);
         Assert.Equal(ds.Train.Tokens, ds.Train.Shards.Sum(s => s.TokenCount));
         Assert.Equal(ds.Train.ReadAllTokens()[100], ds.Train.Shards[1][100 - 97]);
+    }
+
+    [Fact]
+    public void A_char_dataset_of_moby_dick_takes_one_byte_per_token_and_holds_the_in_memory_ids()
+    {
+        var file = dir.Write("moby.txt", File.ReadAllText(RepoFiles.PathOf("data", "moby-dick", "moby-dick.txt")));
+        var o = Options(Out(), [file]) with { ShardTokens = 300_000, ChunkChars = 1 << 16, Threads = 2 };
+        using var ds = PrepareAndOpen(o);
+        Assert.Equal(DatasetLayout.Uint8, ds.Manifest.TokenDtype);
+        Assert.True(ds.Manifest.VocabSize is > 64 and <= 256, $"vocabulary {ds.Manifest.VocabSize}");
+        Assert.True(ds.Train.Shards.Count > 1, $"{ds.Train.Shards.Count} shard(s)");
+        foreach (var s in ds.Manifest.Train.Shards.Concat(ds.Manifest.Validation.Shards))
+        {
+            Assert.Equal(s.TokenCount, s.Tokens.Bytes);
+            Assert.Equal(s.TokenCount, new FileInfo(Path.Combine(ds.Directory, s.Tokens.Name)).Length);
+        }
+        AssertSame(PreparedData.Load(Spec(o, "text", "moby.txt"), dir.Path), ds);
+        // Reads at every alignment and length around a vector's width, across a shard boundary too.
+        var all = ds.Train.ReadAllTokens();
+        var boundary = ds.Train.Shards[0].TokenCount;
+        foreach (var start in new[] { 0L, 1, 7, 31, boundary - 40, boundary - 1 })
+            foreach (var length in new[] { 1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100 })
+            {
+                var ids = new int[length];
+                ds.Train.Read(start, ids);
+                Assert.Equal(all.AsSpan((int)start, length).ToArray(), ids);
+            }
+    }
+
+    [Theory]
+    [InlineData(256, "uint8", 1)]
+    [InlineData(257, "uint16", 2)]
+    public void A_word_vocabulary_of_256_tokens_takes_one_byte_per_token_and_of_257_two(int maxVocab, string dtype, int width)
+    {
+        // 400 words, each more frequent than the next: the vocabulary is <pad>, <unk> and the first maxVocab - 2.
+        var text = string.Join(' ', Enumerable.Range(0, 400).SelectMany(i => Enumerable.Repeat($"w{i}", 1 + (400 - i) / 40).Append($"v{i}"))) + "\n";
+        var file = dir.Write("words.txt", string.Concat(Enumerable.Repeat(text, 3)));
+        var o = Options(Out(), [file]) with { Tokenizer = new TokenizerSpec { Kind = TokenizerKinds.Word, MaxVocab = maxVocab }, ShardTokens = 1000, ChunkChars = 4096, Threads = 2 };
+        using var ds = PrepareAndOpen(o);
+        Assert.Equal(maxVocab, ds.Manifest.VocabSize);
+        Assert.Equal(dtype, ds.Manifest.TokenDtype);
+        foreach (var s in ds.Manifest.Train.Shards.Concat(ds.Manifest.Validation.Shards))
+            Assert.Equal(s.TokenCount * width, new FileInfo(Path.Combine(ds.Directory, s.Tokens.Name)).Length);
+        AssertSame(PreparedData.Load(Spec(o, "text", "words.txt"), dir.Path), ds);
+        // The last id of the vocabulary is there, read back unsigned (255 from one byte).
+        Assert.Equal(maxVocab - 1, ds.Train.ReadAllTokens().Concat(ds.Validation.ReadAllTokens()).Max());
     }
 
     internal static byte[] Gzip(byte[] data)

@@ -37,12 +37,27 @@ static class PrepareTestSupport
         Training = new TrainingSpec { Seed = o.Seed },
     };
 
+    /// <summary>
+    /// The dataset's ids are of the narrowest width that holds its vocabulary (a char vocabulary of at most 256 tokens:
+    /// uint8), and every shard's file on disk is its token count times that width.
+    /// </summary>
+    public static void AssertNarrowest(PreparedDataset actual)
+    {
+        var vocab = actual.Manifest.VocabSize;
+        var (dtype, width) = vocab <= 256 ? (DatasetLayout.Uint8, 1) : vocab <= 65536 ? (DatasetLayout.Uint16, 2) : (DatasetLayout.Uint32, 4);
+        Assert.Equal(dtype, actual.Manifest.TokenDtype);
+        if (actual.Tokenizer.Kind == TokenizerKinds.Char && vocab <= 256) Assert.Equal(DatasetLayout.Uint8, actual.Manifest.TokenDtype);
+        foreach (var s in actual.Manifest.Train.Shards.Concat(actual.Manifest.Validation.Shards))
+            Assert.Equal(s.TokenCount * width, new FileInfo(Path.Combine(actual.Directory, s.Tokens.Name)).Length);
+    }
+
     /// <summary>Asserts that the dataset holds exactly the tokenizer, labels and ids of <paramref name="expected"/>.</summary>
     public static void AssertSame(PreparedData expected, PreparedDataset actual)
     {
         Assert.Equal(expected.Tokenizer.ToState().Tokens, actual.Tokenizer.ToState().Tokens);
         Assert.Equal(expected.Tokenizer.Kind, actual.Tokenizer.Kind);
         Assert.Equal(expected.Labels.Names, actual.Labels.Names);
+        AssertNarrowest(actual);
         if (actual.Manifest.Settings.Task == TaskKinds.LanguageModel)
         {
             Assert.Equal(expected.TrainTokens, actual.Train.ReadAllTokens());

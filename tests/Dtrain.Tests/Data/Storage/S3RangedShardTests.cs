@@ -22,12 +22,12 @@ public sealed class S3RangedShardTests : IDisposable
 
     public void Dispose() => dir.Dispose();
 
-    /// <summary>A language-model dataset of a few shards of 16 KiB (16 blocks each).</summary>
+    /// <summary>A language-model dataset (char: 1-byte ids) of a few shards of 16 KiB (16 blocks each).</summary>
     string Prepared()
     {
         var text = string.Concat(Enumerable.Range(0, 2500).Select(i => $"Line {i}: some words {i % 13} and {i % 7}\n"));
         var file = dir.Write("corpus.txt", text);
-        var o = PrepareTestSupport.Options(Path.Combine(dir.Path, "ds"), [file]) with { ShardTokens = 8192, ChunkChars = 4096 };
+        var o = PrepareTestSupport.Options(Path.Combine(dir.Path, "ds"), [file]) with { ShardTokens = 16384, ChunkChars = 4096 };
         DatasetPreparer.Prepare(o);
         return o.Output;
     }
@@ -61,7 +61,8 @@ public sealed class S3RangedShardTests : IDisposable
         using var ds = await StoredDataset.OpenAsync(uri, s3: options, verification: ShardVerification.Background);
         var held = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         ds.RemoteChecksHeld = held;
-        // 100 ids (200 bytes) from the middle of shard 0, and 100 from the start of shard 2: what a step's rows are.
+        Assert.Equal(DatasetLayout.Uint8, expected.Manifest.TokenDtype);
+        // 100 ids (100 bytes) from the middle of shard 0, and 100 from the start of shard 2: what a step's rows are.
         var middle = first.TokenCount / 2;
         var ids = new int[100];
         ds.Train.Read(middle, ids);
@@ -74,7 +75,7 @@ public sealed class S3RangedShardTests : IDisposable
 
         // Only the block(s) read (nothing read ahead for scattered rows), out of 16: opening a shard no longer downloads it whole.
         var fetched = BlocksFetched(server, first.Tokens.Name);
-        Assert.True(fetched.SetEquals([middle * 2 / Block, (middle * 2 + 199) / Block]),
+        Assert.True(fetched.SetEquals([middle / Block, (middle + 99) / Block]),
             $"{first.Tokens.Name}: blocks {string.Join(", ", fetched.Order())} of {blocks} fetched:\n{string.Join('\n', server.Log)}");
         Assert.Equal([0L], BlocksFetched(server, expected.Manifest.Train.Shards[2].Tokens.Name));
         Assert.Empty(BlocksFetched(server, expected.Manifest.Train.Shards[1].Tokens.Name));
