@@ -190,6 +190,8 @@ public sealed class PreparedDataset : IDisposable
                 carry = have - whole;
                 buffer.AsSpan(whole, (int)carry).CopyTo(buffer);
             }
+            // The last bytes short of 4: whole ids of a 1- or 2-byte shard (an odd count of uint16 ids was left unchecked).
+            if (carry > 0) content?.Invoke(offset, buffer.AsSpan(0, (int)carry));
         }
         finally
         {
