@@ -116,6 +116,9 @@ public sealed class ClusterPrepareTests
         Assert.Equal(local.Manifest.Settings, cluster.Manifest.Settings);
         Assert.Equal(local.Manifest.Sources, cluster.Manifest.Sources);
         Assert.Equal(local.Manifest.Report.Read, cluster.Manifest.Report.Read);
+        // The workers narrow the ids to the vocabulary's width as a local prepare does (a char vocabulary: 1 byte).
+        Assert.Equal(local.Manifest.TokenDtype, cluster.Manifest.TokenDtype);
+        PrepareTestSupport.AssertNarrowest(cluster);
         foreach (var (l, r) in new[] { (local.Train, cluster.Train), (local.Validation, cluster.Validation) })
         {
             Assert.Equal(l.Tokens, r.Tokens);

@@ -306,6 +306,7 @@ public sealed class PreparedUploadTests
         Assert.Empty(Directory.EnumerateDirectories(shared, $".{id}.*"));
         using var dataset = PreparedDataset.Open(Path.Combine(shared, id));
         Assert.EndsWith("t.txt", Assert.Single(dataset.Manifest.Sources).Path);
+        Dtrain.Tests.Data.Datasets.PrepareTestSupport.AssertNarrowest(dataset); // the coordinator's prepare: the narrowest width too
         Assert.NotEmpty(tap.Datasets);
         Assert.All(tap.Datasets, d => Assert.Equal(Path.Combine(shared, id), d));
         Assert.Equal(0, tap.Values);
