@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 //        | pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8] | pipeline links [rounds] | elastic
 //        | history | activity | prepare [--mb N] [--threads 1,2] | dataset-job [--sizes 10MB,100MB,1GB] [--steps N] [--dir DIR] [--s3 s3://bucket/prefix] | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model | recurrent
 //        | compose-allreduce [w1,w2] [--warmup N] [--steps N] [--clusters loopback,compose] [--transports auto,tcp] [--image TAG] [--report FILE]
-//        | serve [--requests N] [--total N] [--max-batch N] [--max-wait-ms N] [--words N] [--model PATH]
+//        | serve [--requests N] [--total N] [--max-batch N] [--max-wait-ms N] [--words N] [--vocab N] [--sizes EMBxHIDDEN[xLAYERS],... | --embedding N --hidden N --layers N | --model PATH]
 //        | inference [--calls N] [--texts PATH.jsonl] [--model PATH]
 var mode = args.FirstOrDefault() ?? "speed";
 try

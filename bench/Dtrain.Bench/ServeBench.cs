@@ -16,53 +16,101 @@ namespace Dtrain.Bench;
 /// latency at --max-batch 1 against dynamic batching, both at concurrency 32, then --total requests from 64 concurrent
 /// clients, none of which may be lost or fail. Beside them, to show where the time goes: the same dynamic batching over
 /// gRPC (protobuf instead of JSON, HTTP/2), and the forward passes alone in-process (no server: texts/s at batch 1 and at
-/// --max-batch on the inference thread's one torch thread, the most batching can gain). The model: a spam-lstm-sized classifier (examples/spam-lstm.json: word
-/// tokens, embedding 64, bidirectional LSTM 96) with untrained weights (the cost of a forward pass does not depend on
-/// them), or --model PATH.
+/// --max-batch on the inference thread's one torch thread, the most batching can gain). The model: a bidirectional LSTM
+/// classifier with word tokens and untrained weights (the cost of a forward pass does not depend on them) of each size in
+/// --sizes (embedding x hidden [x layers]; default spam-lstm's 64x96, examples/spam-lstm.json, then larger ones), or of
+/// --embedding/--hidden/--layers, or --model PATH. The first size gets every line above; each further size the forward
+/// passes alone and the two loads at concurrency 32; at the end one line per size with both ratios, so a user sees from
+/// which size dynamic batching gives 5x here.
 /// </summary>
 internal static class ServeBench
 {
-    public const string Usage = "dtrain-bench serve [--requests N (2000)] [--total N (10000)] [--max-batch N (32)] [--max-wait-ms N (5)] [--words N (40)] [--model PATH]";
+    public const string Usage = "dtrain-bench serve [--requests N (2000)] [--total N (10000)] [--max-batch N (32)] [--max-wait-ms N (5)] [--words N (40)] " +
+                                "[--vocab N (2000)] [--sizes EMBxHIDDEN[xLAYERS],... (64x96,128x256,256x512) | --embedding N (64) --hidden N (96) --layers N (1) | --model PATH]";
+
+    /// <summary>A bidirectional LSTM classifier's size: embedding, hidden units per direction, layers.</summary>
+    internal sealed record Size(int Embedding, int Hidden, int Layers)
+    {
+        public static readonly Size Spam = new(64, 96, 1);
+
+        public override string ToString() => Layers == 1 ? $"{Embedding}x{Hidden}" : $"{Embedding}x{Hidden}x{Layers}";
+
+        /// <summary>"64x96,256x512x2": sizes as --sizes takes them; anything else is an ArgumentException naming the item.</summary>
+        public static Size[] ParseList(string text) => [.. text.Split(',').Select(item =>
+        {
+            var parts = item.Split('x');
+            if (parts.Length is < 2 or > 3) throw new ArgumentException($"--sizes: \"{item}\" is not EMBEDDINGxHIDDEN or EMBEDDINGxHIDDENxLAYERS (e.g. 64x96, 256x512x2) (usage: {Usage})");
+            return new Size(BenchArgs.Number("--sizes embedding", parts[0], 1, 4096, Usage), BenchArgs.Number("--sizes hidden", parts[1], 1, 4096, Usage),
+                parts.Length == 3 ? BenchArgs.Number("--sizes layers", parts[2], 1, 16, Usage) : 1);
+        })];
+    }
 
     public static int Run(string[] args)
     {
         if (BenchArgs.Help(args, Usage)) return 0;
-        BenchArgs.CheckOptions(args, Usage, "--requests", "--total", "--max-batch", "--max-wait-ms", "--words", "--model");
+        BenchArgs.CheckOptions(args, Usage, "--requests", "--total", "--max-batch", "--max-wait-ms", "--words", "--vocab", "--sizes", "--embedding", "--hidden", "--layers", "--model");
         var requests = Number(args, "--requests", 2000, 1, 10_000_000);
         var total = Number(args, "--total", 10_000, 1, 10_000_000);
         var maxBatch = Number(args, "--max-batch", 32, 2, 4096);
         var maxWait = Number(args, "--max-wait-ms", 5, 0, 10_000);
         var words = Number(args, "--words", 40, 1, 1000);
+        var vocab = Number(args, "--vocab", 2000, 1, 1_000_000);
+        var single = new[] { "--embedding", "--hidden", "--layers" }.Any(o => BenchArgs.Option(args, o) is not null);
+        var given = BenchArgs.Option(args, "--model");
+        if (new[] { single, BenchArgs.Option(args, "--sizes") is not null, given is not null }.Count(b => b) > 1)
+            throw new ArgumentException($"--sizes, --embedding/--hidden/--layers and --model: give one of them (usage: {Usage})");
+        if (given is not null && BenchArgs.Option(args, "--vocab") is not null) throw new ArgumentException($"--vocab is for the built classifiers, not --model (usage: {Usage})");
+        Size[] sizes = single
+            ? [new(Number(args, "--embedding", Size.Spam.Embedding, 1, 4096), Number(args, "--hidden", Size.Spam.Hidden, 1, 4096), Number(args, "--layers", Size.Spam.Layers, 1, 16))]
+            : Size.ParseList(BenchArgs.Option(args, "--sizes") ?? "64x96,128x256,256x512");
         using var tmp = new TempDirectory();
-        var model = BenchArgs.Option(args, "--model") ?? SpamSizedClassifier(tmp.Path);
-        var texts = Texts(words, 256);
-        Console.WriteLine($"serve: {model}, texts of {words} words, loopback HTTP/1.1 (and gRPC), {Environment.ProcessorCount} CPUs, clients in the same process");
+        var texts = Texts(words, 256, vocab);
+        (string Name, string Path)[] models = given is not null ? [(Name: given, Path: given)]
+            : sizes.Select(s => (Name: $"size {s}", Path: Classifier(Path.Combine(tmp.Path, s.ToString()), s, vocab))).ToArray();
+        Console.WriteLine($"serve: {(given ?? $"bidirectional LSTM classifiers (word vocabulary {vocab}) of embedding x hidden [x layers] {string.Join(", ", sizes)}")}, " +
+                          $"texts of {words} words, loopback HTTP/1.1 (and gRPC), {Environment.ProcessorCount} CPUs, clients in the same process");
 
-        var (alone1, aloneN) = ForwardOnly(model, texts, maxBatch, requests);
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"forward passes alone (no server, 1 torch thread): batch 1 {alone1.PerSecond:F0} texts/s, batch {maxBatch} {aloneN.PerSecond:F0} texts/s: {aloneN.PerSecond / alone1.PerSecond:F2}x, the most batching can gain; " +
-            $"per CPU second (what a loaded machine does not inflate): {alone1.PerCpuSecond:F0} and {aloneN.PerCpuSecond:F0} texts, {aloneN.PerCpuSecond / alone1.PerCpuSecond:F2}x"));
-        var single = Load(model, 1, 0, texts, requests, 32);
-        Console.WriteLine(single.Line("max-batch 1, concurrency 32"));
-        var batched = Load(model, maxBatch, maxWait, texts, requests, 32);
-        Console.WriteLine(batched.Line($"max-batch {maxBatch}, max-wait {maxWait} ms, concurrency 32"));
-        var speedup = batched.PerSecond / single.PerSecond;
-        var tail = batched.P99 / batched.P50;
-        Console.WriteLine($"dynamic batching: {speedup:F2}x the requests/s of max-batch 1 (target >= 5x: {(speedup >= 5 ? "met" : "NOT met")}); " +
-                          $"p99/p50 {tail:F2} (target <= 3: {(tail <= 3 ? "met" : "NOT met")})");
-        var grpc = LoadGrpc(model, maxBatch, maxWait, texts, requests, 32);
-        Console.WriteLine(grpc.Line($"gRPC: max-batch {maxBatch}, max-wait {maxWait} ms, concurrency 32") + string.Create(CultureInfo.InvariantCulture, $" ({grpc.PerSecond / single.PerSecond:F2}x HTTP's max-batch 1)"));
-        var many = Load(model, maxBatch, maxWait, texts, total, 64);
-        Console.WriteLine(many.Line($"{total} requests from 64 clients"));
-        if (many.Failed > 0 || many.Answered != total)
-            throw new BenchFailureException($"{total} requests from 64 clients: {many.Answered} answered, {many.Failed} failed or lost");
-        Console.WriteLine($"none lost or failed: {many.Answered} of {total} answered 200 with one prediction each");
+        var summary = new List<string>();
+        for (var m = 0; m < models.Length; m++)
+        {
+            var (name, model) = models[m];
+            var prefix = m == 0 ? "" : $"{name}: ";
+            if (m == 0 && given is null) Console.WriteLine($"{name} (embedding {sizes[0].Embedding}, hidden {sizes[0].Hidden}, {sizes[0].Layers} layer{(sizes[0].Layers == 1 ? "" : "s")}):");
+            var (alone1, aloneN) = ForwardOnly(model, texts, maxBatch, requests);
+            Console.WriteLine(prefix + string.Create(CultureInfo.InvariantCulture,
+                $"forward passes alone (no server, 1 torch thread): batch 1 {alone1.PerSecond:F0} texts/s, batch {maxBatch} {aloneN.PerSecond:F0} texts/s: {aloneN.PerSecond / alone1.PerSecond:F2}x, the most batching can gain; " +
+                $"per CPU second (what a loaded machine does not inflate): {alone1.PerCpuSecond:F0} and {aloneN.PerCpuSecond:F0} texts, {aloneN.PerCpuSecond / alone1.PerCpuSecond:F2}x"));
+            var one = Load(model, 1, 0, texts, requests, 32);
+            Console.WriteLine(prefix + one.Line("max-batch 1, concurrency 32"));
+            var batched = Load(model, maxBatch, maxWait, texts, requests, 32);
+            Console.WriteLine(prefix + batched.Line($"max-batch {maxBatch}, max-wait {maxWait} ms, concurrency 32"));
+            var speedup = batched.PerSecond / one.PerSecond;
+            var tail = batched.P99 / batched.P50;
+            Console.WriteLine(prefix + $"dynamic batching: {speedup:F2}x the requests/s of max-batch 1 (target >= 5x: {(speedup >= 5 ? "met" : "NOT met")}); " +
+                              $"p99/p50 {tail:F2} (target <= 3: {(tail <= 3 ? "met" : "NOT met")})");
+            summary.Add(string.Create(CultureInfo.InvariantCulture,
+                $"{name}: forward passes alone batch {maxBatch} / batch 1 {aloneN.PerSecond / alone1.PerSecond:F2}x ({aloneN.PerCpuSecond / alone1.PerCpuSecond:F2}x per CPU second); " +
+                $"server dynamic batching / max-batch 1 {speedup:F2}x ({batched.PerCpuSecond / one.PerCpuSecond:F2}x per CPU second; {one.CpuPerRequest * 1e3:F2} and {batched.CpuPerRequest * 1e3:F2} ms CPU per request, clients included), " +
+                $"p99/p50 {tail:F2}: {(speedup >= 5 && tail <= 3 ? "met" : "NOT met")}"));
+            if (m > 0) continue;
+            var grpc = LoadGrpc(model, maxBatch, maxWait, texts, requests, 32);
+            Console.WriteLine(grpc.Line($"gRPC: max-batch {maxBatch}, max-wait {maxWait} ms, concurrency 32") + string.Create(CultureInfo.InvariantCulture, $" ({grpc.PerSecond / one.PerSecond:F2}x HTTP's max-batch 1)"));
+            var many = Load(model, maxBatch, maxWait, texts, total, 64);
+            Console.WriteLine(many.Line($"{total} requests from 64 clients"));
+            if (many.Failed > 0 || many.Answered != total)
+                throw new BenchFailureException($"{total} requests from 64 clients: {many.Answered} answered, {many.Failed} failed or lost");
+            Console.WriteLine($"none lost or failed: {many.Answered} of {total} answered 200 with one prediction each");
+        }
+        Console.WriteLine($"by size (target: dynamic batching >= 5x the requests/s of max-batch 1 at concurrency 32, p99 <= 3x p50):");
+        foreach (var line in summary) Console.WriteLine("  " + line);
         return 0;
     }
 
-    sealed record Result(int Answered, int Failed, double Seconds, double P50, double P99, double MeanBatch)
+    sealed record Result(int Answered, int Failed, double Seconds, double P50, double P99, double MeanBatch, double CpuSeconds)
     {
         public double PerSecond => Answered / Seconds;
+        public double PerCpuSecond => Answered / CpuSeconds;
+        public double CpuPerRequest => CpuSeconds / Math.Max(1, Answered);
 
         public string Line(string what) => string.Create(CultureInfo.InvariantCulture,
             $"{what}: {PerSecond:F0} requests/s, p50 {P50 * 1e3:F1} ms, p99 {P99 * 1e3:F1} ms, mean batch {MeanBatch:F1} texts ({Answered} answered, {Failed} failed)");
@@ -108,6 +156,7 @@ internal static class ServeBench
         var next = -1;
         var failed = 0;
         var answered = 0;
+        var cpu = Environment.CpuUsage.TotalTime;
         var clock = Stopwatch.StartNew();
         await Task.WhenAll(Enumerable.Range(0, clients).Select(_ => Task.Run(async () =>
         {
@@ -121,10 +170,11 @@ internal static class ServeBench
             }
         })));
         var seconds = clock.Elapsed.TotalSeconds;
+        var cpuSeconds = (Environment.CpuUsage.TotalTime - cpu).TotalSeconds;
         var after = BatchStats(await http.GetStringAsync("/metrics"));
         Array.Sort(latencies);
         var meanBatch = (after.Sum - before.Sum) / Math.Max(1, after.Count - before.Count);
-        return new Result(answered, failed, seconds, latencies[(int)(0.50 * (count - 1))], latencies[(int)(0.99 * (count - 1))], meanBatch);
+        return new Result(answered, failed, seconds, latencies[(int)(0.50 * (count - 1))], latencies[(int)(0.99 * (count - 1))], meanBatch, cpuSeconds);
     }
 
     static (double Sum, double Count) BatchStats(string metrics)
@@ -195,18 +245,22 @@ internal static class ServeBench
     static int Number(string[] args, string name, int fallback, int min, int max) =>
         BenchArgs.Option(args, name) is { } v ? BenchArgs.Number(name, v, min, max) : fallback;
 
-    /// <summary>Texts of <paramref name="words"/> words from a 2,000-word vocabulary, seeded.</summary>
-    internal static string[] Texts(int words, int count)
+    /// <summary>Texts of <paramref name="words"/> words from a <paramref name="vocab"/>-word vocabulary (w0, w1, ...), seeded.</summary>
+    internal static string[] Texts(int words, int count, int vocab = 2000)
     {
         var random = new Random(7);
-        return [.. Enumerable.Range(0, count).Select(_ => string.Join(' ', Enumerable.Range(0, words).Select(_ => $"w{random.Next(2000)}")))];
+        return [.. Enumerable.Range(0, count).Select(_ => string.Join(' ', Enumerable.Range(0, words).Select(_ => $"w{random.Next(vocab)}")))];
     }
 
+    /// <summary>A classifier the size of examples/spam-lstm.json (<see cref="Classifier"/>), on <paramref name="corpus"/> or else the 2,000 words w0..w1999.</summary>
+    internal static string SpamSizedClassifier(string dir, IReadOnlyList<string>? corpus = null) => Classifier(dir, Size.Spam, 2000, corpus);
+
     /// <summary>
-    /// A classifier the size of examples/spam-lstm.json, saved untrained: its vocabulary fitted on <paramref name="corpus"/>
-    /// as the example fits it (lowercase words seen twice, at most 20,000), else the 2,000 words w0..w1999.
+    /// A word-token bidirectional LSTM classifier of <paramref name="size"/>, saved untrained: its vocabulary fitted on
+    /// <paramref name="corpus"/> as examples/spam-lstm.json fits it (lowercase words seen twice, at most 20,000), else the
+    /// <paramref name="vocab"/> words w0, w1, ...
     /// </summary>
-    internal static string SpamSizedClassifier(string dir, IReadOnlyList<string>? corpus = null)
+    internal static string Classifier(string dir, Size size, int vocab, IReadOnlyList<string>? corpus = null)
     {
         var spec = new JobSpec
         {
@@ -216,10 +270,10 @@ internal static class ServeBench
             Tokenizer = corpus is null
                 ? new TokenizerSpec { Kind = TokenizerKinds.Word, Lowercase = true }
                 : new TokenizerSpec { Kind = TokenizerKinds.Word, Lowercase = true, MinFrequency = 2, MaxVocab = 20_000 },
-            Model = new ModelSpec { Cell = CellKinds.Lstm, Layers = 1, EmbeddingDim = 64, HiddenSize = 96, Bidirectional = true },
+            Model = new ModelSpec { Cell = CellKinds.Lstm, Layers = size.Layers, EmbeddingDim = size.Embedding, HiddenSize = size.Hidden, Bidirectional = true },
             Training = new TrainingSpec { Seed = 1 },
         };
-        var tokenizer = TokenizerFactory.Fit(spec.Tokenizer, corpus ?? [string.Join(' ', Enumerable.Range(0, 2000).Select(i => $"w{i}"))]);
+        var tokenizer = TokenizerFactory.Fit(spec.Tokenizer, corpus ?? [string.Join(' ', Enumerable.Range(0, vocab).Select(i => $"w{i}"))]);
         var labels = new LabelSet(["ham", "spam"]);
         using var engine = new TrainingEngine(spec, tokenizer.VocabSize, labels.Count, CPU);
         return new CheckpointStore(Path.Combine(dir, "checkpoints"), 1).Save(TrainingCheckpoint.Capture(spec, tokenizer, labels, new TrainingState(), engine));

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Text.RegularExpressions;
 using Dtrain.Tests.Support;
 
 namespace Dtrain.Tests.Bench;
@@ -145,10 +146,19 @@ public class BenchSmokeTests
         Assert.Contains("target <= 1 ms", stdout);
         await AssertRefusedAsync("--texts and --words: give one of them", "inference", "--words", "3", "--texts", "x.jsonl");
 
-        (code, stdout, stderr) = await RunAsync("serve", "--requests", "40", "--total", "64", "--words", "5");
+        (code, stdout, stderr) = await RunAsync("serve", "--requests", "40", "--total", "64", "--words", "5", "--sizes", "16x24,24x32x2", "--vocab", "50");
         Assert.True(code == 0, $"exit status {code}\n{stdout}\n{stderr}");
         foreach (var row in new[] { "forward passes alone", "max-batch 1, concurrency 32:", "max-batch 32, max-wait 5 ms, concurrency 32:", "gRPC: max-batch 32", "64 requests from 64 clients:", "none lost or failed: 64 of 64" })
             Assert.Contains(row, stdout);
+        // Each further size gets its own forward-only and load lines, and every size a line with both ratios.
+        foreach (var row in new[] { "size 24x32x2: forward passes alone", "size 24x32x2: max-batch 1, concurrency 32:", "size 24x32x2: dynamic batching:" })
+            Assert.Contains(row, stdout);
+        foreach (var size in new[] { "16x24", "24x32x2" })
+            Assert.Matches($@"(?m)^  size {size}: forward passes alone batch 32 / batch 1 [0-9.]+x \([0-9.]+x per CPU second\); server dynamic batching / max-batch 1 [0-9.]+x .*p99/p50 [0-9.]+: (met|NOT met)$", stdout);
+        Assert.Single(Regex.Matches(stdout, "none lost or failed"));
+        await AssertRefusedAsync("--sizes: \"64\" is not EMBEDDINGxHIDDEN", "serve", "--sizes", "64");
+        await AssertRefusedAsync("--sizes hidden: \"0\" is not a whole number", "serve", "--sizes", "64x0");
+        await AssertRefusedAsync("give one of them", "serve", "--sizes", "64x96", "--hidden", "128");
     }
 
     /// <summary>The bench exits with status 2 and says <paramref name="expected"/> on stderr.</summary>
