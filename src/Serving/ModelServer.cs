@@ -26,8 +26,6 @@ namespace Dtrain.Serving;
 /// </summary>
 public sealed class ModelServer : IAsyncDisposable
 {
-    static readonly JsonSerializerOptions Json = new() { DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.Never };
-
     readonly ServingOptions options;
     readonly ServingMetrics metrics = new();
     readonly InferenceQueue queue;
@@ -200,7 +198,7 @@ public sealed class ModelServer : IAsyncDisposable
     {
         if (!ctx.Request.Path.StartsWithSegments("/v1") || TokenRefusal(ctx.Request.Headers.Authorization.ToString()) is not { } refusal) return next(ctx);
         ctx.Response.Headers.WWWAuthenticate = "Bearer";
-        return Results.Json(new ErrorResponse(refusal), Json, statusCode: 401).ExecuteAsync(ctx);
+        return Results.Json(new ErrorResponse(refusal), ServingJson.Default.ErrorResponse, statusCode: 401).ExecuteAsync(ctx);
     }
 
     /// <summary>Why a request with this Authorization header (or gRPC "authorization" metadata) is refused; null when no token is needed or it is the token.</summary>
@@ -212,7 +210,7 @@ public sealed class ModelServer : IAsyncDisposable
         return given.Length == 0 ? "this server needs a token: send \"Authorization: Bearer TOKEN\"" : "the token is not valid for this server";
     }
 
-    static IResult Error(int status, string message, string? field = null) => Results.Json(new ErrorResponse(message, field), Json, statusCode: status);
+    static IResult Error(int status, string message, string? field = null) => Results.Json(new ErrorResponse(message, field), ServingJson.Default.ErrorResponse, statusCode: status);
 
     static IResult Unavailable(HttpContext ctx, string message)
     {
@@ -276,12 +274,12 @@ public sealed class ModelServer : IAsyncDisposable
         Aborted = aborted,
     };
 
-    static async Task<JsonElement> Body(HttpContext ctx)
+    /// <summary>The request body parsed (its buffers pooled: dispose it once read, rather than copy it out).</summary>
+    static async Task<JsonDocument> Body(HttpContext ctx)
     {
         try
         {
-            using var doc = await JsonDocument.ParseAsync(ctx.Request.Body, cancellationToken: ctx.RequestAborted);
-            return doc.RootElement.Clone();
+            return await JsonDocument.ParseAsync(ctx.Request.Body, cancellationToken: ctx.RequestAborted);
         }
         catch (JsonException e)
         {
@@ -296,7 +294,8 @@ public sealed class ModelServer : IAsyncDisposable
         PredictRequest request;
         try
         {
-            request = RequestReader.Predict(await Body(ctx), model!.Spec.Data.MaxLength, model.Labels.Count, options.MaxTexts);
+            using var body = await Body(ctx);
+            request = RequestReader.Predict(body.RootElement, model!.Spec.Data.MaxLength, model.Labels.Count, options.MaxTexts);
         }
         catch (BadRequestException e)
         {
@@ -305,7 +304,7 @@ public sealed class ModelServer : IAsyncDisposable
         var work = new PredictWork { Texts = request.Texts, Aborted = ctx.RequestAborted };
         if (!queue.TryEnqueue(work)) return Answer(ctx, QueueFull);
         var predictions = await work.Done.Task;
-        return Results.Json(new PredictResponse(Ranked(predictions, request.TopK, model.Labels.Count)), Json);
+        return Results.Json(new PredictResponse(Ranked(predictions, request.TopK, model.Labels.Count)), ServingJson.Default.PredictResponse);
     }
 
     async Task<IResult> GenerateAsync(HttpContext ctx)
@@ -315,7 +314,8 @@ public sealed class ModelServer : IAsyncDisposable
         GenerateRequest request;
         try
         {
-            request = RequestReader.Generate(await Body(ctx), model!.Spec.Data.MaxLength, options.MaxGenerateLength);
+            using var body = await Body(ctx);
+            request = RequestReader.Generate(body.RootElement, model!.Spec.Data.MaxLength, options.MaxGenerateLength);
         }
         catch (BadRequestException e)
         {
@@ -327,7 +327,7 @@ public sealed class ModelServer : IAsyncDisposable
         if (!stream)
         {
             var text = await work.Done.Task;
-            return Results.Json(new GenerateResponse(text, work.Length), Json);
+            return Results.Json(new GenerateResponse(text, work.Length), ServingJson.Default.GenerateResponse);
         }
         ctx.Response.ContentType = "application/x-ndjson";
         await ctx.Response.StartAsync(ctx.RequestAborted);
@@ -337,7 +337,7 @@ public sealed class ModelServer : IAsyncDisposable
             await ctx.Response.Body.FlushAsync(ctx.RequestAborted);
         }
         var full = await work.Done.Task;
-        await ctx.Response.WriteAsync(JsonSerializer.Serialize(new GenerateResponse(full, work.Length), Json) + "\n", ctx.RequestAborted);
+        await ctx.Response.WriteAsync(JsonSerializer.Serialize(new GenerateResponse(full, work.Length), ServingJson.Default.GenerateResponse) + "\n", ctx.RequestAborted);
         return Results.Empty;
     }
 }

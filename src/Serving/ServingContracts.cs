@@ -52,6 +52,16 @@ public sealed record ErrorResponse(
     [property: JsonPropertyName("error")] string Error,
     [property: JsonPropertyName("field"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] string? Field = null);
 
+/// <summary>
+/// The answers' JSON serialization, generated at build time: a response is written straight to the body, without the
+/// reflection-based serializer's per-call property accessors (the answers are the same bytes).
+/// </summary>
+[JsonSourceGenerationOptions(DefaultIgnoreCondition = JsonIgnoreCondition.Never)]
+[JsonSerializable(typeof(PredictResponse))]
+[JsonSerializable(typeof(GenerateResponse))]
+[JsonSerializable(typeof(ErrorResponse))]
+internal sealed partial class ServingJson : JsonSerializerContext;
+
 /// <summary>A request body that is not acceptable, naming the field.</summary>
 public sealed class BadRequestException(string field, string message) : Exception(message)
 {

@@ -273,11 +273,17 @@ public sealed class ModelServerTests(ServingModels models) : IClassFixture<Servi
         await using var server = await Start(models.Classifier, o => o with { Token = "dtr_secret" });
         using var http = Client(server);
         var body = """{"texts": ["win money"]}""";
-        Assert.Equal(HttpStatusCode.Unauthorized, (await http.PostAsync("/v1/predict", JsonBody(body))).StatusCode);
+        var refused = await http.PostAsync("/v1/predict", JsonBody(body));
+        Assert.Equal(HttpStatusCode.Unauthorized, refused.StatusCode);
+        // The answers' JSON is generated at build time (ServingJson): an error without a field has no "field" key.
+        Assert.Equal("application/json; charset=utf-8", refused.Content.Headers.ContentType!.ToString());
+        Assert.Equal("""{"error":"this server needs a token: send \u0022Authorization: Bearer TOKEN\u0022"}""", await refused.Content.ReadAsStringAsync());
         using var wrong = new HttpRequestMessage(HttpMethod.Post, "/v1/predict") { Content = JsonBody(body), Headers = { { "Authorization", "Bearer dtr_other" } } };
         Assert.Equal(HttpStatusCode.Unauthorized, (await http.SendAsync(wrong)).StatusCode);
         using var right = new HttpRequestMessage(HttpMethod.Post, "/v1/predict") { Content = JsonBody(body), Headers = { { "Authorization", "Bearer dtr_secret" } } };
-        Assert.Equal(HttpStatusCode.OK, (await http.SendAsync(right)).StatusCode);
+        var answered = await http.SendAsync(right);
+        Assert.Equal(HttpStatusCode.OK, answered.StatusCode);
+        Assert.Matches("""^\{"predictions":\[\{"label":"[a-z]+","probability":[0-9.E-]+,"top":\[(\{"label":"[a-z]+","probability":[0-9.E-]+\},?)+\]\}\]\}$""", await answered.Content.ReadAsStringAsync());
         Assert.Equal(HttpStatusCode.OK, (await http.GetAsync("/health/ready")).StatusCode);
 
         var beyond = await Assert.ThrowsAsync<ArgumentException>(() => ModelServer.StartAsync(new ServingOptions { ModelPath = models.Classifier, Listen = "0.0.0.0", Port = 0, Token = "t" }));
