@@ -169,7 +169,7 @@ public sealed class DatasetJobTests
         var (info, losses) = await RunAsync(cluster, tmp, DatasetJob(spec, dataset), "dataset.json");
         // The check runs beside the steps; the last step waits for it, so the job cannot end as if the data were fine.
         Assert.True(info.State == JobState.Failed, $"{info.State} {info.Message} after {losses.Length} steps");
-        Assert.Contains($"dataset {dataset}: train-00000.tokens does not match its SHA-256 in the manifest ({shard}: SHA-256 is ", info.Message);
+        Assert.Contains($"dataset {dataset}: train-00000.tokens block 0 (bytes 0-{bytes.Length - 1}) does not match its SHA-256 in the manifest ({shard}: SHA-256 is ", info.Message);
         Assert.True(losses.Length < 12, $"{losses.Length} steps ended");
     }
 
@@ -186,6 +186,7 @@ public sealed class DatasetJobTests
                     {
                         entry["bytes"] = bytes.Length;
                         entry["sha256"] = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bytes));
+                        if (entry["block_bytes"] is { } block) entry["block_sha256"] = PrepareTestSupport.BlockHashes(bytes, block.GetValue<int>());
                     }
         edit?.Invoke(manifest);
         File.WriteAllText(path, manifest.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));

@@ -296,7 +296,7 @@ public sealed class PipelineDatasetJobTests
         await using var cluster = await StartAsync(tmp.Path, new ShardTap(), 2);
         var (info, losses) = await RunAsync(cluster, tmp, DatasetJob(spec, dataset), "dataset.json");
         Assert.True(info.State == JobState.Failed, $"{info.State} {info.Message} after {losses.Length} steps");
-        Assert.Contains($"dataset {dataset}: train-00000.tokens does not match its SHA-256 in the manifest ({shard}: SHA-256 is ", info.Message);
+        Assert.Contains($"dataset {dataset}: train-00000.tokens block 0 (bytes 0-{bytes.Length - 1}) does not match its SHA-256 in the manifest ({shard}: SHA-256 is ", info.Message);
         Assert.True(losses.Length < Steps, $"{losses.Length} steps ended");
     }
 

@@ -8,8 +8,17 @@ namespace Dtrain.Data.Datasets;
 public static class DatasetLayout
 {
     public const string FormatName = "dtrain-dataset";
-    /// <summary>The format version this build writes and reads.</summary>
-    public const int Version = 1;
+    /// <summary>The format version this build writes; it reads <see cref="MinVersion"/> to this one.</summary>
+    public const int Version = 2;
+    /// <summary>The oldest format version this build reads: version 1 records no block hashes (its files are checked whole).</summary>
+    public const int MinVersion = 1;
+    /// <summary>
+    /// Version 2: each shard file's SHA-256 is also recorded per block of this many bytes (the last block shorter), the
+    /// size of the blocks an <see cref="Storage.S3DatasetStore"/> fetches and caches, so a job checks exactly the blocks it reads.
+    /// </summary>
+    public const int BlockBytes = 8 << 20;
+    /// <summary>The largest block size a manifest may give (a block is fetched and hashed as one piece).</summary>
+    public const int MaxBlockBytes = 1 << 30;
     public const string ManifestFile = "manifest.json";
     public const string TokenizerFile = "tokenizer.json";
     public const string Uint8 = "uint8", Uint16 = "uint16", Uint32 = "uint32";

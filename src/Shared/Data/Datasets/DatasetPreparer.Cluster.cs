@@ -208,8 +208,8 @@ public static partial class DatasetPreparer
         var report = new DataReportBuilder();
         var sources = new List<DatasetSource>();
         var records = task.HasLabels;
-        using var train = new DatasetSplitWriter(directory, PartShardPrefix(DatasetLayout.TrainSplit, index), width, records, part.ShardTokens);
-        using var validation = new DatasetSplitWriter(directory, PartShardPrefix(DatasetLayout.ValidationSplit, index), width, records, part.ShardTokens);
+        using var train = new DatasetSplitWriter(directory, PartShardPrefix(DatasetLayout.TrainSplit, index), width, records, part.ShardTokens, part.BlockBytes);
+        using var validation = new DatasetSplitWriter(directory, PartShardPrefix(DatasetLayout.ValidationSplit, index), width, records, part.ShardTokens, part.BlockBytes);
         if (task.PredictsNextToken)
         {
             var chunks = new TextChunker(word, part.ChunkChars).Chunks(Joined(Pieces(part.Train, read, report, sources, cancel), trainJoiner), allValidation || cut <= 0 ? -1 : cut, allValidation);
@@ -264,6 +264,8 @@ public static partial class DatasetPreparer
                     var from = Path.Combine(writer.Directory, f.Name);
                     var bytes = new FileInfo(from).Length;
                     if (bytes != f.Bytes) throw new InvalidDataException($"{f.Name}: {bytes:N0} bytes, the worker reported {f.Bytes:N0}");
+                    if (f.BlockBytes != o.BlockBytes || f.BlockSha256 is null || f.BlockSha256.Count != DatasetFile.BlockCount(f.Bytes, o.BlockBytes))
+                        throw new InvalidDataException($"{f.Name}: the worker reported no SHA-256 for each block of {o.BlockBytes} bytes (format version {DatasetLayout.Version}): is it an older dtrain?");
                     File.Move(from, Path.Combine(writer.Directory, name));
                     return f with { Name = name };
                 }

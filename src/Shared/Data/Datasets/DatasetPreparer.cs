@@ -86,6 +86,7 @@ public static partial class DatasetPreparer
         }
         if (o.Threads < 1) throw new ArgumentException($"--threads {o.Threads} must be at least 1");
         if (o.ShardTokens < 1) throw new ArgumentException($"--shard-tokens {o.ShardTokens} must be at least 1");
+        if (o.BlockBytes is < 1 or > DatasetLayout.MaxBlockBytes) throw new ArgumentException($"block_bytes {o.BlockBytes} must be in 1..{DatasetLayout.MaxBlockBytes}");
         return task;
     }
 
@@ -242,8 +243,8 @@ public static partial class DatasetPreparer
         var width = DatasetLayout.WidthFor(tokenizer.VocabSize);
         var report = new DataReportBuilder();
         var sources = new List<DatasetSource>();
-        using var train = writer.Split(DatasetLayout.TrainSplit, width, records: false, o.ShardTokens);
-        using var validation = writer.Split(DatasetLayout.ValidationSplit, width, records: false, o.ShardTokens);
+        using var train = writer.Split(DatasetLayout.TrainSplit, width, records: false, o.ShardTokens, o.BlockBytes);
+        using var validation = writer.Split(DatasetLayout.ValidationSplit, width, records: false, o.ShardTokens, o.BlockBytes);
         var chunks = new TextChunker(word, o.ChunkChars).Chunks(Pieces(o.Train, read, report, sources, cancel), cut, allValidation: false);
         if (o.Validation.Count > 0)
             chunks = chunks.Concat(new TextChunker(word, o.ChunkChars).Chunks(Pieces(o.Validation, read, report, sources, cancel), -1, allValidation: true));
@@ -424,8 +425,8 @@ public static partial class DatasetPreparer
         var width = DatasetLayout.WidthFor(tokenizer.VocabSize);
         var report = new DataReportBuilder();
         var sources = new List<DatasetSource>();
-        using var train = writer.Split(DatasetLayout.TrainSplit, width, records: true, o.ShardTokens);
-        using var validation = writer.Split(DatasetLayout.ValidationSplit, width, records: true, o.ShardTokens);
+        using var train = writer.Split(DatasetLayout.TrainSplit, width, records: true, o.ShardTokens, o.BlockBytes);
+        using var validation = writer.Split(DatasetLayout.ValidationSplit, width, records: true, o.ShardTokens, o.BlockBytes);
         var batches = Batches(Pieces(o.Train, read, report, sources, cancel), inValidation, false, null);
         if (o.Validation.Count > 0) batches = batches.Concat(Batches(Pieces(o.Validation, read, report, sources, cancel), null, true, null));
         var trainFiles = string.Join(", ", o.Train.Select(s => s.Path).Take(3)) + (o.Train.Count > 3 ? ", ..." : "");

@@ -38,7 +38,7 @@ public sealed class DatasetWriter : IDisposable
     }
 
     /// <summary>A writer for one split's shards.</summary>
-    public DatasetSplitWriter Split(string name, int width, bool records, long shardTokens) => new(Directory, name, width, records, shardTokens);
+    public DatasetSplitWriter Split(string name, int width, bool records, long shardTokens, int blockBytes = DatasetLayout.BlockBytes) => new(Directory, name, width, records, shardTokens, blockBytes);
 
     /// <summary>Writes a small whole file (the tokenizer) into the dataset, fsynced; returns its entry.</summary>
     public DatasetFile WriteFile(string name, byte[] content)

@@ -26,4 +26,6 @@ public sealed record PrepareOptions
     public long ShardTokens { get; init; } = 1L << 26;
     /// <summary>Characters per unit of parallel work.</summary>
     public int ChunkChars { get; init; } = TextChunker.DefaultChunkChars;
+    /// <summary>The block size of the shard files' block hashes (the manifest's block_bytes): <see cref="DatasetLayout.BlockBytes"/>; smaller in tests.</summary>
+    public int BlockBytes { get; init; } = DatasetLayout.BlockBytes;
 }

@@ -129,8 +129,8 @@ public sealed class PreparedDataset : IDisposable
                 throw new DatasetException(directory, DatasetLayout.ManifestFile, $"is not a dtrain dataset manifest (its \"format\" is not \"{DatasetLayout.FormatName}\")");
             if (!root.TryGetProperty("version", out var version) || !version.TryGetInt32(out var v))
                 throw new DatasetException(directory, DatasetLayout.ManifestFile, "has no format version");
-            if (v != DatasetLayout.Version)
-                throw new DatasetException(directory, DatasetLayout.ManifestFile, $"is of format version {v}, which this dtrain does not know (it reads version {DatasetLayout.Version}); use a dtrain that does, or prepare the dataset again");
+            if (v is < DatasetLayout.MinVersion or > DatasetLayout.Version)
+                throw new DatasetException(directory, DatasetLayout.ManifestFile, $"is of format version {v}, which this dtrain does not know (it reads versions {DatasetLayout.MinVersion} to {DatasetLayout.Version}); use a dtrain that does, or prepare the dataset again");
             try
             {
                 var manifest = root.Deserialize<DatasetManifest>(DatasetLayout.Json) ?? throw new JsonException("null");
@@ -139,13 +139,43 @@ public sealed class PreparedDataset : IDisposable
                     throw new DatasetException(directory, DatasetLayout.ManifestFile, $"has token_dtype \"{manifest.TokenDtype}\", which this dtrain does not know (it reads {DatasetLayout.Uint8}, {DatasetLayout.Uint16} and {DatasetLayout.Uint32}); use a dtrain that does, or prepare the dataset again");
                 if (manifest.VocabSize < 1 || manifest.VocabSize > DatasetLayout.MaxVocabulary(width))
                     throw new DatasetException(directory, DatasetLayout.ManifestFile, $"says token_dtype {manifest.TokenDtype} for a vocabulary of {manifest.VocabSize}: its ids do not fit");
-                return manifest;
+                return CheckBlocks(directory, manifest);
             }
             catch (JsonException e)
             {
                 throw new DatasetException(directory, DatasetLayout.ManifestFile, $"is malformed: {e.Message}");
             }
         }
+    }
+
+    /// <summary>
+    /// Version 2: every shard file records its block size and one SHA-256 (64 lowercase hex digits) per block. Version 1
+    /// records none: block fields there are dropped, so its files are checked whole as that version's readers do.
+    /// </summary>
+    static DatasetManifest CheckBlocks(string directory, DatasetManifest manifest)
+    {
+        static IEnumerable<DatasetFile> Files(DatasetSplit split) => split.Shards.SelectMany(s => new[] { s.Tokens, s.Offsets, s.Labels }).OfType<DatasetFile>();
+        if (manifest.Version < 2)
+        {
+            static DatasetFile? Whole(DatasetFile? f) => f is null ? null : f with { BlockBytes = null, BlockSha256 = null };
+            static DatasetSplit Strip(DatasetSplit split) => split with { Shards = [.. split.Shards.Select(s => s with { Tokens = Whole(s.Tokens)!, Offsets = Whole(s.Offsets), Labels = Whole(s.Labels) })] };
+            return Files(manifest.Train).Concat(Files(manifest.Validation)).Any(f => f.BlockBytes is not null || f.BlockSha256 is not null)
+                ? manifest with { Train = Strip(manifest.Train), Validation = Strip(manifest.Validation) }
+                : manifest;
+        }
+        foreach (var f in Files(manifest.Train).Concat(Files(manifest.Validation)))
+        {
+            if (f.BlockBytes is not { } size || f.BlockSha256 is not { } hashes)
+                throw new DatasetException(directory, DatasetLayout.ManifestFile, $"is inconsistent: {f.Name} has no block_bytes and block_sha256 (format version {manifest.Version} records them for every shard file)");
+            if (size is < 1 or > DatasetLayout.MaxBlockBytes)
+                throw new DatasetException(directory, DatasetLayout.ManifestFile, $"is inconsistent: {f.Name} has block_bytes {size}, not in 1..{DatasetLayout.MaxBlockBytes}");
+            if (hashes.Count != DatasetFile.BlockCount(f.Bytes, size))
+                throw new DatasetException(directory, DatasetLayout.ManifestFile, $"is inconsistent: {f.Name} lists {hashes.Count} block SHA-256, its {f.Bytes:N0} bytes make {DatasetFile.BlockCount(f.Bytes, size)} blocks of {size}");
+            for (var i = 0; i < hashes.Count; i++)
+                if (hashes[i] is not { Length: 64 } h || !h.All(c => c is >= '0' and <= '9' or >= 'a' and <= 'f'))
+                    throw new DatasetException(directory, DatasetLayout.ManifestFile, $"is inconsistent: {f.Name} block {i}'s SHA-256 \"{hashes[i]}\" is not 64 lowercase hex digits");
+        }
+        return manifest;
     }
 
     static byte[] CheckedBytes(string directory, DatasetFile entry)

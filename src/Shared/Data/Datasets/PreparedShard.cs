@@ -21,16 +21,20 @@ public sealed unsafe class PreparedShard : IDisposable
     {
     }
 
-    /// <summary>The shard whose files are at <paramref name="pathOf"/>(name): their sizes must already have been checked.</summary>
-    internal PreparedShard(DatasetShard entry, int width, Func<string, string> pathOf)
+    /// <summary>
+    /// The shard whose files are at <paramref name="pathOf"/>(name): their sizes must already have been checked. With
+    /// <paramref name="touchedOf"/>, each read of a file reports the byte range it touches ([offset, offset + length))
+    /// to the action given for that file (none: not reported), before it returns.
+    /// </summary>
+    internal PreparedShard(DatasetShard entry, int width, Func<string, string> pathOf, Func<DatasetFile, Action<long, long>?>? touchedOf = null)
     {
         Entry = entry;
         this.width = width;
-        tokens = new Mapping(pathOf(entry.Tokens.Name), entry.Tokens.Bytes);
+        tokens = new Mapping(pathOf(entry.Tokens.Name), entry.Tokens.Bytes, touchedOf?.Invoke(entry.Tokens));
         try
         {
-            if (entry.Offsets is { } o) offsets = new Mapping(pathOf(o.Name), o.Bytes);
-            if (entry.Labels is { } l) labels = new Mapping(pathOf(l.Name), l.Bytes);
+            if (entry.Offsets is { } o) offsets = new Mapping(pathOf(o.Name), o.Bytes, touchedOf?.Invoke(o));
+            if (entry.Labels is { } l) labels = new Mapping(pathOf(l.Name), l.Bytes, touchedOf?.Invoke(l));
         }
         catch
         {
@@ -93,6 +97,7 @@ public sealed unsafe class PreparedShard : IDisposable
             }
             return;
         }
+        mapped.Touched?.Invoke(start * width, (long)destination.Length * width);
         Widen(new ReadOnlySpan<byte>(mapped.Pointer + start * width, checked(destination.Length * width)), destination, width);
     }
 
@@ -171,7 +176,7 @@ public sealed unsafe class PreparedShard : IDisposable
         return BinaryPrimitives.ReadInt32LittleEndian(bytes);
     }
 
-    internal ReadOnlySpan<byte> TokenBytes => tokens is Mapping m ? new(m.Pointer, checked((int)Math.Min(int.MaxValue, m.Length)))
+    internal ReadOnlySpan<byte> TokenBytes => tokens is Mapping m ? m.Touch(new(m.Pointer, checked((int)Math.Min(int.MaxValue, m.Length))))
         : throw new NotSupportedException("a shard read by ranges has no mapped bytes");
 
     public void Dispose()
@@ -219,9 +224,10 @@ public sealed unsafe class PreparedShard : IDisposable
         readonly MemoryMappedFile? file;
         readonly MemoryMappedViewAccessor? view;
 
-        public Mapping(string path, long length)
+        public Mapping(string path, long length, Action<long, long>? touched)
         {
             Length = length;
+            Touched = touched;
             if (length == 0) return;
             file = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
             view = file.CreateViewAccessor(0, length, MemoryMappedFileAccess.Read);
@@ -232,8 +238,20 @@ public sealed unsafe class PreparedShard : IDisposable
 
         public byte* Pointer { get; }
         public long Length { get; }
+        /// <summary>Told the byte range each read touches (the blocks a job reads are checked), or null.</summary>
+        public Action<long, long>? Touched { get; }
 
-        public override void Read(long offset, Span<byte> destination) => new ReadOnlySpan<byte>(Pointer + offset, destination.Length).CopyTo(destination);
+        public ReadOnlySpan<byte> Touch(ReadOnlySpan<byte> bytes)
+        {
+            Touched?.Invoke(0, bytes.Length);
+            return bytes;
+        }
+
+        public override void Read(long offset, Span<byte> destination)
+        {
+            Touched?.Invoke(offset, destination.Length);
+            new ReadOnlySpan<byte>(Pointer + offset, destination.Length).CopyTo(destination);
+        }
 
         public override void Dispose()
         {

@@ -3,7 +3,12 @@ using System.Security.Cryptography;
 
 namespace Dtrain.Data.Datasets;
 
-/// <summary>When a shard's SHA-256 is checked against the manifest (its size always is, when it is opened).</summary>
+/// <summary>
+/// When a shard's SHA-256 is checked against the manifest (its size always is, when it is opened). With
+/// <see cref="ShardVerification.Background"/> and a dataset of format version 2 (block hashes in the manifest), only the
+/// blocks the job reads are checked: a local shard's as a read first touches them, queued here; an S3 shard's as each
+/// block arrives, before it is cached or used.
+/// </summary>
 public enum ShardVerification
 {
     /// <summary>Read whole when it is opened, before the first read returns (what <c>dtrain train</c> and the coordinator do).</summary>
@@ -20,7 +25,7 @@ public enum ShardVerification
 }
 
 /// <summary>
-/// Checks the SHA-256 of the files it is given, one after the other in the order given, on one background thread at the
+/// Checks the SHA-256 of the files (or blocks of files) it is given, one after the other in the order given, on one background thread at the
 /// lowest priority (nice 19 on Linux): the first mismatch (or unreadable file) is kept as a <see cref="DatasetException"/>
 /// naming the dataset, the file and its URI, and nothing more is checked. Once <see cref="Hurry"/> is called (a job nearing
 /// its end, or waiting for the checks), the rest is checked at the caller's priority instead: a thread started by the
@@ -54,8 +59,11 @@ sealed class ShardVerifier : IDisposable
     /// <summary>The first file that did not match (or could not be read), or null.</summary>
     public DatasetException? Failure => failure;
 
-    /// <summary>How many files have been checked and matched.</summary>
+    /// <summary>How many whole files have been checked and matched.</summary>
     public int Verified { get; private set; }
+
+    /// <summary>How many blocks (<see cref="EnqueueBlock"/>) have been checked and matched.</summary>
+    public long BlocksVerified { get; private set; }
 
     /// <summary>Whether the checks left run at the caller's priority (<see cref="Hurry"/>), no longer at the lowest.</summary>
     public bool Hurried => hurried;
@@ -83,12 +91,30 @@ sealed class ShardVerifier : IDisposable
         Enqueue(file, () => new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete, 1, FileOptions.SequentialScan));
 
     /// <summary>Queues <paramref name="file"/>, read whole from the stream <paramref name="open"/> gives (a remote file's), unless it was given before.</summary>
-    public void Enqueue(DatasetFile file, Func<Stream> open)
+    public void Enqueue(DatasetFile file, Func<Stream> open) => Add(file.Name, new Pending(file, open, null));
+
+    /// <summary>
+    /// Queues block <paramref name="index"/> of <paramref name="file"/> (format version 2: checked against
+    /// <see cref="DatasetFile.BlockSha256"/>), read from the file at <paramref name="path"/> through a plain file stream,
+    /// unless it was given before.
+    /// </summary>
+    public void EnqueueBlock(DatasetFile file, long index, string path)
+    {
+        var blockBytes = file.BlockBytes ?? throw new ArgumentException($"{file.Name} records no block hashes", nameof(file));
+        Add($"{file.Name}#{index}", new Pending(file, () =>
+        {
+            var s = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete, 1, FileOptions.RandomAccess);
+            s.Position = index * (long)blockBytes;
+            return s;
+        }, index));
+    }
+
+    void Add(string key, Pending pending)
     {
         lock (gate)
         {
-            if (stopping || failure is not null || !seen.Add(file.Name)) return;
-            queue.AddLast(new Pending(file, open));
+            if (stopping || failure is not null || !seen.Add(key)) return;
+            queue.AddLast(pending);
             if (idle.Task.IsCompleted) idle = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             if (!started)
             {
@@ -177,7 +203,8 @@ sealed class ShardVerifier : IDisposable
                 next.Dispose();
                 if (problem is null)
                 {
-                    if (!stopping) Verified++;
+                    if (!stopping && next.Block is null) Verified++;
+                    else if (!stopping) BlocksVerified++;
                     if (queue.Count == 0 && checking == 0) idle.TrySetResult();
                     continue;
                 }
@@ -192,7 +219,7 @@ sealed class ShardVerifier : IDisposable
     }
 
     /// <summary>
-    /// Reads on where <paramref name="p"/> was left: done with the file's problem, or null when it matches (or the
+    /// Reads on where <paramref name="p"/> was left: done with the file's (block's) problem, or null when it matches (or the
     /// verifier stopped meanwhile); not done when the low-priority thread was hurried (the file is handed over).
     /// </summary>
     (bool Done, DatasetException? Problem) Check(Pending p, byte[] buffer, bool low)
@@ -202,13 +229,24 @@ sealed class ShardVerifier : IDisposable
         {
             p.Stream ??= p.Open();
             p.Hash ??= IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+            // A block: exactly its bytes; a whole file: to its end.
+            var length = p.Block is { } b ? Math.Min(p.File.BlockBytes!.Value, p.File.Bytes - b * p.File.BlockBytes!.Value) : long.MaxValue;
             int n;
-            while ((n = p.Stream.Read(buffer, 0, buffer.Length)) > 0)
+            while (p.Read < length && (n = p.Stream.Read(buffer, 0, (int)Math.Min(buffer.Length, length - p.Read))) > 0)
             {
                 if (stopping) return (true, null);
                 p.Hash.AppendData(buffer, 0, n);
                 p.Read += n;
                 if (low && hurried) return (false, null);
+            }
+            if (p.Block is { } block)
+            {
+                if (p.Read != length)
+                    return (true, new DatasetException(dataset, p.File.Name, $"is truncated: {p.File.DescribeBlock(block)} ends after {p.Read:N0} of its {length:N0} bytes ({uri}): the dataset changed under the job"));
+                var got = Convert.ToHexStringLower(p.Hash.GetHashAndReset());
+                var expected = p.File.BlockSha256![(int)block];
+                return (true, got.Equals(expected, StringComparison.OrdinalIgnoreCase) ? null
+                    : new DatasetException(dataset, p.File.Name, $"{p.File.DescribeBlock(block)} does not match its SHA-256 in the manifest ({uri}: SHA-256 is {got}, expected {expected.ToLowerInvariant()}): the dataset changed under the job"));
             }
             if (p.Read != p.File.Bytes)
                 return (true, new DatasetException(dataset, p.File.Name, $"{PreparedDataset.SizeProblem(p.Read, p.File.Bytes)} ({uri}): the dataset changed under the job"));
@@ -235,10 +273,12 @@ sealed class ShardVerifier : IDisposable
         }
     }
 
-    /// <summary>A file to check, and how far it was read (its stream and hash so far), so that another thread can go on.</summary>
-    sealed class Pending(DatasetFile file, Func<Stream> open) : IDisposable
+    /// <summary>A file (or one block of it) to check, and how far it was read (its stream and hash so far), so that another thread can go on.</summary>
+    sealed class Pending(DatasetFile file, Func<Stream> open, long? block) : IDisposable
     {
         public DatasetFile File { get; } = file;
+        /// <summary>The block to check (its stream opened at the block's start), or null for the whole file.</summary>
+        public long? Block { get; } = block;
         public Func<Stream> Open { get; } = open;
         public Stream? Stream { get; set; }
         public IncrementalHash? Hash { get; set; }

@@ -14,7 +14,10 @@ namespace Dtrain.Data.Datasets;
 /// cache (checked there) and mapped, the next shard of the split fetched in the background meanwhile. With
 /// <see cref="ShardVerification.Background"/> (a worker), a shard's size is checked when it is opened and its SHA-256
 /// afterwards on a low-priority background thread (<see cref="ThrowIfCorrupt"/>, <see cref="VerifiedAsync"/>); an S3
-/// shard is then read by ranges, each read fetching only the blocks it touches, never downloaded whole first. Every problem is a
+/// shard is then read by ranges, each read fetching only the blocks it touches, never downloaded whole first. A dataset of
+/// format version 2 records each shard file's SHA-256 by blocks too: then only the blocks the job reads are checked — a
+/// local shard's blocks queued to the background thread as a read first touches them, an S3 shard's blocks as each
+/// arrives, before it is cached or used — and nothing else is read for the checks (version 1: whole files). Every problem is a
 /// <see cref="DatasetException"/> naming the dataset's URI and the file: a missing or truncated shard, a shard or a
 /// manifest that changed under the job (<see cref="ManifestSha256"/> differs from the one the job started with), storage
 /// that cannot be reached.
@@ -57,8 +60,11 @@ public sealed class StoredDataset : IDisposable
     /// <summary>How many shards of either split have been opened.</summary>
     public int ShardsOpened => Train.ShardsOpened + Validation.ShardsOpened;
 
-    /// <summary>With <see cref="ShardVerification.Background"/>: how many files of the opened shards have been checked whole and matched.</summary>
+    /// <summary>With <see cref="ShardVerification.Background"/>: how many files of the opened shards have been checked whole and matched (format version 1).</summary>
     public int FilesVerified => verifier?.Verified ?? 0;
+
+    /// <summary>With <see cref="ShardVerification.Background"/>: how many blocks of local shards read so far have been checked and matched (format version 2).</summary>
+    public long BlocksVerified => verifier?.BlocksVerified ?? 0;
 
     /// <summary>
     /// With <see cref="ShardVerification.Background"/>: throws the <see cref="DatasetException"/> of the first opened shard
@@ -218,15 +224,18 @@ public sealed class StoredDataset : IDisposable
                 readAheads.Add(Task.Run(async () => { foreach (var f in Files(next)) await Fetch(f, closing.Token).ConfigureAwait(false); }).ContinueWith(t => _ = t.Exception, TaskScheduler.Default));
             }
         }
-        var shard = new PreparedShard(entry, width, name => paths[name]);
+        // Version 2 with background checks: the blocks a read touches are queued for their check (nothing else is read).
+        var shard = new PreparedShard(entry, width, name => paths[name],
+            verifier is null ? null : f => f.HasBlocks ? new TouchedBlocks(f, paths[f.Name], verifier).Touch : null);
         lock (shards) shards.Add(shard);
         return shard;
     }
 
     /// <summary>
     /// An S3 shard read by ranges: opening it checks only its files' sizes (one HEAD each); a read fetches the blocks it
-    /// touches (through the store's disk cache, with read-ahead); every file's SHA-256 is checked in the background by
-    /// reading it whole through the same cache (the blocks not read yet fetched then), as a local shard's is.
+    /// touches (through the store's disk cache). Format version 2: each block fetched is checked against its SHA-256 in
+    /// the manifest as it arrives, and nothing more is fetched. Version 1: every file's SHA-256 is checked in the
+    /// background by reading it whole through the same cache (the blocks not read yet fetched then), as a local shard's is.
     /// </summary>
     PreparedShard OpenRanged(DatasetShard entry)
     {
@@ -246,7 +255,7 @@ public sealed class StoredDataset : IDisposable
         foreach (var f in Files(entry))
         {
             var file = f;
-            verifier!.Enqueue(file, () => new StoreStream(this, file));
+            if (!file.HasBlocks) verifier!.Enqueue(file, () => new StoreStream(this, file));
         }
         return new PreparedShard(entry, width, f => (offset, destination) => ReadRange(f, offset, destination, closing.Token));
     }
@@ -261,8 +270,9 @@ public sealed class StoredDataset : IDisposable
         {
             // No blocks read ahead: a step's rows are scattered (random windows), and the next steps' rows are read
             // ahead by the worker already; the background check reads sequentially, with the store's read-ahead.
-            (store is S3DatasetStore s3 ? s3.ReadAsync(file.Name, offset, destination, readAheadBlocks: 0, cancel)
-                : store.ReadAsync(file.Name, offset, destination, cancel)).GetAwaiter().GetResult();
+            (store is S3DatasetStore s3
+                    ? s3.ReadAsync(file.Name, offset, destination, readAheadBlocks: 0, file.HasBlocks ? new BlockHashes(file.BlockBytes!.Value, file.BlockSha256!) : null, cancel)
+                    : store.ReadAsync(file.Name, offset, destination, cancel)).GetAwaiter().GetResult();
         }
         catch (DatasetStorageException e)
         {
@@ -271,9 +281,32 @@ public sealed class StoredDataset : IDisposable
     }
 
     DatasetException Problem(DatasetFile file, DatasetStorageException e) =>
-        e.Problem.StartsWith("no such file", StringComparison.Ordinal) || e.Problem.StartsWith("no such object", StringComparison.Ordinal)
+        e.MismatchedBlock is not null ? new DatasetException(Uri, file.Name, $"{e.Problem} ({store.UriOf(file.Name)}): the dataset changed under the job")
+        : e.Problem.StartsWith("no such file", StringComparison.Ordinal) || e.Problem.StartsWith("no such object", StringComparison.Ordinal)
             ? new DatasetException(Uri, file.Name, "is missing: the dataset changed under the job, or was never whole")
             : new DatasetException(Uri, file.Name, $"{e.Problem} ({store.UriOf(file.Name)})");
+
+    /// <summary>
+    /// The blocks of a local shard file (format version 2) that reads have touched: each queued once for its background
+    /// check (<see cref="ShardVerifier.EnqueueBlock"/>) when a read first touches it; a bit per block says it was.
+    /// </summary>
+    sealed class TouchedBlocks(DatasetFile file, string path, ShardVerifier verifier)
+    {
+        readonly long[] queued = new long[(DatasetFile.BlockCount(file.Bytes, file.BlockBytes!.Value) + 63) / 64];
+        readonly long blockBytes = file.BlockBytes!.Value;
+
+        public void Touch(long offset, long length)
+        {
+            if (length <= 0) return;
+            for (long b = offset / blockBytes, last = (offset + length - 1) / blockBytes; b <= last; b++)
+            {
+                var bit = 1L << (int)(b & 63);
+                ref var word = ref queued[b >> 6];
+                if ((Volatile.Read(ref word) & bit) != 0 || (Interlocked.Or(ref word, bit) & bit) != 0) continue;
+                verifier.EnqueueBlock(file, b, path);
+            }
+        }
+    }
 
     /// <summary>A file of the store read from start to end through <see cref="IDatasetStore.ReadAsync"/> (the background check of a ranged shard).</summary>
     sealed class StoreStream(StoredDataset dataset, DatasetFile file) : Stream
@@ -350,7 +383,7 @@ public sealed class StoredDataset : IDisposable
             if (length != file.Bytes) throw new DatasetException(Uri, file.Name, PreparedDataset.SizeProblem(length, file.Bytes));
             return path;
         }
-        // The size of the file as opened (what will be mapped); its bytes are checked in the background.
+        // The size of the file as opened (what will be mapped); its bytes are checked in the background (version 2: the blocks read, as they are read).
         long opened;
         try
         {
@@ -366,7 +399,7 @@ public sealed class StoredDataset : IDisposable
             throw new DatasetException(Uri, file.Name, $"cannot be opened ({store.UriOf(file.Name)}): {e.Message}");
         }
         if (opened != file.Bytes) throw new DatasetException(Uri, file.Name, $"{PreparedDataset.SizeProblem(opened, file.Bytes)}: the dataset changed under the job");
-        verifier.Enqueue(file, path);
+        if (!file.HasBlocks) verifier.Enqueue(file, path);
         return path;
     }
 

@@ -10,4 +10,6 @@ public sealed class DatasetStorageException(string uri, string problem, int atte
     public string Uri { get; } = uri;
     public string Problem { get; } = problem;
     public int Attempts { get; } = attempts;
+    /// <summary>The block whose bytes did not match their SHA-256 (<see cref="BlockHashes"/>), or null for any other failure.</summary>
+    public long? MismatchedBlock { get; init; }
 }

@@ -8,7 +8,10 @@ namespace Dtrain.Data.Storage;
 /// <summary>
 /// A dataset under <c>s3://bucket/prefix</c> on S3 or an S3-compatible server. Reads are ranged GETs of fixed-size
 /// blocks (<see cref="S3StoreOptions.BlockBytes"/>) kept in a bounded LRU cache on local disk (<see cref="DiskCache"/>),
-/// so a block is fetched once; after each read the next blocks are fetched in the background (read-ahead). An object's
+/// so a block is fetched once; after each read the next blocks are fetched in the background (read-ahead). A read given
+/// the file's <see cref="BlockHashes"/> (a dataset of format version 2) uses their block size and checks each block's
+/// SHA-256 as it arrives, before it enters the cache: a mismatch fails the read naming the block, and a cached block
+/// (stored only once it matched, under a key naming its SHA-256) is trusted as it is. An object's
 /// size and ETag are taken once (HEAD); a later GET that sees another ETag or size fails ("changed while being read").
 /// Transient failures are retried with exponential backoff (<see cref="S3StoreOptions.Retry"/>), then fail naming the
 /// URI; refused credentials, a missing bucket or key and a truncated object fail at once. Also uploads a directory
@@ -85,7 +88,16 @@ public sealed class S3DatasetStore : IDatasetStore
     /// blocks ahead instead of <see cref="S3StoreOptions.ReadAheadBlocks"/>: 0 for scattered reads (a step's random
     /// windows), where blocks read ahead would only compete with the blocks needed.
     /// </summary>
-    public async Task ReadAsync(string name, long offset, Memory<byte> destination, int readAheadBlocks, CancellationToken cancellationToken = default)
+    public Task ReadAsync(string name, long offset, Memory<byte> destination, int readAheadBlocks, CancellationToken cancellationToken = default) =>
+        ReadAsync(name, offset, destination, readAheadBlocks, null, cancellationToken);
+
+    /// <summary>
+    /// <see cref="ReadAsync(string, long, Memory{byte}, int, CancellationToken)"/> by the blocks of <paramref name="blocks"/>
+    /// (when given): each block fetched is checked against its SHA-256 there before it is cached or used; a mismatch is a
+    /// <see cref="DatasetStorageException"/> with <see cref="DatasetStorageException.MismatchedBlock"/>, naming the object
+    /// and the block (the block is not cached).
+    /// </summary>
+    public async Task ReadAsync(string name, long offset, Memory<byte> destination, int readAheadBlocks, BlockHashes? blocks, CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(readAheadBlocks);
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
@@ -94,7 +106,9 @@ public sealed class S3DatasetStore : IDatasetStore
         if (offset + destination.Length > info.Size)
             throw new DatasetStorageException(info.Uri, $"truncated: holds {info.Size} bytes, bytes {offset}..{offset + destination.Length - 1} were asked for");
         if (destination.Length == 0) return;
-        long block = options.BlockBytes;
+        long block = blocks?.BlockBytes ?? options.BlockBytes;
+        if (blocks is not null && (block < 1 || blocks.Sha256.Count != (info.Size + block - 1) / block))
+            throw new DatasetStorageException(info.Uri, $"holds {info.Size} bytes: {(info.Size + block - 1) / Math.Max(1, block)} blocks of {block}, the manifest lists {blocks.Sha256.Count} block SHA-256 (the object changed)");
         var first = offset / block;
         var last = (offset + destination.Length - 1) / block;
         for (var index = first; index <= last; index++)
@@ -103,21 +117,21 @@ public sealed class S3DatasetStore : IDatasetStore
             var from = Math.Max(offset, blockStart);
             var to = Math.Min(offset + destination.Length, blockStart + block);
             var target = destination.Slice((int)(from - offset), (int)(to - from));
-            var key = BlockKey(info, index);
+            var key = BlockKey(info, index, block, blocks);
             // A block fetched goes straight to the disk cache and is read from there (never held on the heap whole);
             // one evicted again before it could be read (reads at once needing more than the cache holds) is fetched again.
             for (var attempt = 1; !cache.TryRead(key, from - blockStart, target.Span); attempt++)
             {
                 if (attempt > 3)
                     throw new DatasetStorageException(info.Uri, $"bytes {blockStart}..{Math.Min(info.Size, blockStart + block) - 1} were evicted from the local cache before they could be read, {attempt - 1} times: the cache ({cache.CapacityBytes} bytes, DTRAIN_S3_CACHE_MB) is too small for the reads running at once");
-                await BlockAsync(info, index, key).WaitAsync(cancellationToken).ConfigureAwait(false);
+                await BlockAsync(info, index, key, (int)block, blocks?.Sha256[(int)index]).WaitAsync(cancellationToken).ConfigureAwait(false);
             }
         }
         for (var ahead = last + 1; ahead <= last + readAheadBlocks && ahead * block < info.Size; ahead++)
         {
-            var key = BlockKey(info, ahead);
+            var key = BlockKey(info, ahead, block, blocks);
             if (inflight.ContainsKey(key) || cache.TryGet(key) is not null) continue;
-            var task = BlockAsync(info, ahead, key);
+            var task = BlockAsync(info, ahead, key, (int)block, blocks?.Sha256[(int)ahead]);
             readAheads[task] = true;
             // A failed read-ahead is forgotten: the read that needs the block fetches it again and reports.
             _ = task.ContinueWith(t => { _ = t.Exception; readAheads.TryRemove(t, out _); }, TaskScheduler.Default);
@@ -316,28 +330,33 @@ public sealed class S3DatasetStore : IDatasetStore
         return new ObjectInfo(name, key, uri, head.ContentLength, head.ETag ?? "");
     }
 
-    string BlockKey(ObjectInfo info, long index) => $"block|{location.Bucket}|{info.Key}|{info.ETag}|{info.Size}|{options.BlockBytes}|{index}";
+    /// <summary>A block's cache key; a checked block's names the SHA-256 it matched, so a cached entry is one that passed that check.</summary>
+    string BlockKey(ObjectInfo info, long index, long blockBytes, BlockHashes? blocks) =>
+        $"block|{location.Bucket}|{info.Key}|{info.ETag}|{info.Size}|{blockBytes}|{index}" + (blocks is null ? "" : $"|sha256={blocks.Sha256[(int)index]}");
 
-    /// <summary>Block <paramref name="index"/> of the object into the disk cache, fetched once however many readers want it at the same time.</summary>
-    Task BlockAsync(ObjectInfo info, long index, string key)
+    /// <summary>Block <paramref name="index"/> of the object into the disk cache (checked against <paramref name="sha256"/> when given), fetched once however many readers want it at the same time.</summary>
+    Task BlockAsync(ObjectInfo info, long index, string key, int blockBytes, string? sha256)
     {
         var fresh = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var task = inflight.GetOrAdd(key, fresh.Task);
         if (task != fresh.Task) return task;
-        _ = FetchBlockAsync(info, index, key, fresh);
+        _ = FetchBlockAsync(info, index, key, blockBytes, sha256, fresh);
         return fresh.Task;
     }
 
-    async Task FetchBlockAsync(ObjectInfo info, long index, string key, TaskCompletionSource result)
+    async Task FetchBlockAsync(ObjectInfo info, long index, string key, int blockBytes, string? sha256, TaskCompletionSource result)
     {
         var temp = cache.TempPath();
         try
         {
-            var start = index * options.BlockBytes;
-            var length = (int)Math.Min(options.BlockBytes, info.Size - start);
-            await options.Retry.RunAsync(info.Uri, $"reading bytes {start}..{start + length - 1}",
-                async (_, ct) => { await GetRangeAsync(info, start, length, temp, ct).ConfigureAwait(false); return true; },
+            var start = index * (long)blockBytes;
+            var length = (int)Math.Min(blockBytes, info.Size - start);
+            var actual = await options.Retry.RunAsync(info.Uri, $"reading bytes {start}..{start + length - 1}",
+                (_, ct) => GetRangeAsync(info, start, length, temp, ct),
                 S3Failures.Classify, disposal.Token).ConfigureAwait(false);
+            if (sha256 is not null && !actual.Equals(sha256, StringComparison.OrdinalIgnoreCase))
+                throw new DatasetStorageException(info.Uri, $"block {index} (bytes {start}-{start + length - 1}) does not match its SHA-256 in the manifest (SHA-256 is {actual}, expected {sha256.ToLowerInvariant()})")
+                    { MismatchedBlock = index };
             cache.Adopt(key, temp);
             result.TrySetResult();
         }
@@ -359,8 +378,8 @@ public sealed class S3DatasetStore : IDatasetStore
         }
     }
 
-    /// <summary>Bytes [start, start + length) of the object streamed into the file <paramref name="path"/> (replaced).</summary>
-    async Task GetRangeAsync(ObjectInfo info, long start, int length, string path, CancellationToken cancellationToken)
+    /// <summary>Bytes [start, start + length) of the object streamed into the file <paramref name="path"/> (replaced); returns their SHA-256 (lowercase hex), hashed on the way.</summary>
+    async Task<string> GetRangeAsync(ObjectInfo info, long start, int length, string path, CancellationToken cancellationToken)
     {
         Interlocked.Increment(ref getRequests);
         using var response = await client.GetObjectAsync(new GetObjectRequest
@@ -372,6 +391,7 @@ public sealed class S3DatasetStore : IDatasetStore
         if (TotalOf(response.ContentRange) is { } total && total != info.Size)
             throw new DatasetStorageException(info.Uri, $"changed while being read: holds {total} bytes, held {info.Size}");
         var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(Math.Min(length, 1 << 16));
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         try
         {
             await using var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1, FileOptions.Asynchronous);
@@ -382,8 +402,10 @@ public sealed class S3DatasetStore : IDatasetStore
                 var n = await body.ReadAsync(buffer.AsMemory(0, Math.Min(buffer.Length, length - done)), cancellationToken).ConfigureAwait(false);
                 if (n == 0) throw new IOException($"the connection ended after {done} of {length} bytes");
                 await file.WriteAsync(buffer.AsMemory(0, n), cancellationToken).ConfigureAwait(false);
+                hash.AppendData(buffer, 0, n);
                 done += n;
             }
+            return Convert.ToHexStringLower(hash.GetHashAndReset());
         }
         finally
         {

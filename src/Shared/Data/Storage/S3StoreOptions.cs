@@ -28,8 +28,12 @@ public sealed record S3StoreOptions
     public AWSCredentials? Credentials { get; init; }
     public string CacheDirectory { get; init; } = DefaultCacheDirectory();
     public long CacheBytes { get; init; } = 2_048_000_000;
-    /// <summary>Reads are made and cached in blocks of this size (the last block of a file is shorter).</summary>
-    public int BlockBytes { get; init; } = 8 << 20;
+    /// <summary>
+    /// Reads are made and cached in blocks of this size (the last block of a file is shorter): the block size a dataset's
+    /// manifest records its block hashes for (<see cref="Datasets.DatasetLayout.BlockBytes"/>). A read given a file's
+    /// block hashes uses their block size instead.
+    /// </summary>
+    public int BlockBytes { get; init; } = Datasets.DatasetLayout.BlockBytes;
     /// <summary>Blocks fetched in the background after the last one a read touched (0 = none).</summary>
     public int ReadAheadBlocks { get; init; } = 2;
     /// <summary>Files larger than this are uploaded in parts of this size (multipart upload); at least 5 MiB.</summary>

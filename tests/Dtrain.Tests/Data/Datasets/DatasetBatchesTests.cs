@@ -180,7 +180,8 @@ public sealed class StoredDatasetTests : IDisposable
         // The read does not wait for the check (the ids read are the altered file's).
         ds.Train.Read(100, some);
         var e = await Assert.ThrowsAsync<DatasetException>(() => ds.VerifiedAsync());
-        Assert.Contains($"dataset {root}: train-00001.tokens does not match its SHA-256 in the manifest ({shard}: SHA-256 is ", e.Message);
+        // Format version 2: the block read (the shard's only one here) is checked, named with its bytes.
+        Assert.Contains($"dataset {root}: train-00001.tokens block 0 (bytes 0-{bytes.Length - 1}) does not match its SHA-256 in the manifest ({shard}: SHA-256 is ", e.Message);
         Assert.Contains("the dataset changed under the job", e.Message);
         Assert.Equal(e.Message, Assert.Throws<DatasetException>(ds.ThrowIfCorrupt).Message);
         // A truncated shard fails when it is opened, naming it.
@@ -191,7 +192,7 @@ public sealed class StoredDatasetTests : IDisposable
     }
 
     [Fact]
-    public async Task Verified_in_the_background_the_shards_read_are_checked_whole_and_match()
+    public async Task Verified_in_the_background_the_blocks_read_are_checked_and_match()
     {
         var root = Prepared();
         using var expected = PreparedDataset.Open(root);
@@ -200,7 +201,9 @@ public sealed class StoredDatasetTests : IDisposable
         ds.Train.Read(90, some);
         Assert.Equal(expected.Train.ReadAllTokens()[90..240], some);
         await ds.VerifiedAsync();
-        Assert.Equal(ds.ShardsOpened, ds.FilesVerified);
+        // One block per shard here (8 MiB blocks): each shard read had its block checked, no file whole.
+        Assert.Equal(ds.ShardsOpened, ds.BlocksVerified);
+        Assert.Equal(0, ds.FilesVerified);
         ds.ThrowIfCorrupt();
     }
 

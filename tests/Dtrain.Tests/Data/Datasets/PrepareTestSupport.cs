@@ -17,6 +17,30 @@ static class PrepareTestSupport
         ChunkChars = 64,
     };
 
+    /// <summary>The SHA-256 of each block of <paramref name="blockBytes"/> of <paramref name="bytes"/> (the last one short), as a manifest's block_sha256.</summary>
+    public static System.Text.Json.Nodes.JsonArray BlockHashes(byte[] bytes, int blockBytes) =>
+        [.. bytes.Chunk(blockBytes).Select(b => (System.Text.Json.Nodes.JsonNode)Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(b)))];
+
+    /// <summary>
+    /// Rewrites the manifest of <paramref name="dataset"/> as format version 1 wrote it: version 1, no block_bytes or
+    /// block_sha256 (a dataset prepared before version 2).
+    /// </summary>
+    public static void AsVersion1(string dataset)
+    {
+        var path = Path.Combine(dataset, DatasetLayout.ManifestFile);
+        var manifest = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+        manifest["version"] = 1;
+        foreach (var split in new[] { "train", "validation" })
+            foreach (var shard in manifest[split]!["shards"]!.AsArray())
+                foreach (var kind in new[] { "tokens", "offsets", "labels" })
+                    if (shard![kind] is System.Text.Json.Nodes.JsonObject entry)
+                    {
+                        entry.Remove("block_bytes");
+                        entry.Remove("block_sha256");
+                    }
+        File.WriteAllText(path, manifest.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+    }
+
     /// <summary>The job spec of the in-memory path with the same options.</summary>
     public static JobSpec Spec(PrepareOptions o, string format, string train, string? validation = null) => new()
     {
