@@ -108,6 +108,9 @@ public sealed class ClusterPrepareTests
         }
     }
 
+    static IEnumerable<DatasetFile> Files(PreparedDataset ds) =>
+        ds.Manifest.Train.Shards.Concat(ds.Manifest.Validation.Shards).SelectMany(s => new[] { s.Tokens, s.Offsets, s.Labels }).OfType<DatasetFile>();
+
     static void AssertSameIds(PreparedDataset local, PreparedDataset cluster)
     {
         Assert.Equal(local.Tokenizer.Kind, cluster.Tokenizer.Kind);
@@ -161,6 +164,8 @@ public sealed class ClusterPrepareTests
     {
         using var tmp = new TempDir();
         var (train, validation, options) = Sources(tmp, c);
+        // Blocks of 64 bytes: every shard file has several, each hashed by whoever wrote it.
+        options = options with { BlockBytes = 64 };
         var local = Path.Combine(tmp.Path, "local");
         DatasetPreparer.Prepare(options with { Output = local });
         await using var cluster = await StartAsync(tmp.Path);
@@ -179,6 +184,22 @@ public sealed class ClusterPrepareTests
             Assert.Equal(b.Manifest.Train.Shards.Select(f => f.Tokens), manifest.Train.Shards.Select(f => f.Tokens));
             Assert.Equal(DatasetLayout.ShardName(DatasetLayout.TrainSplit, 0, "tokens"), b.Manifest.Train.Shards[0].Tokens.Name);
             AssertSameIds(a, b);
+            // Format version 2 from both: the workers report each block's SHA-256, the same a local prepare computes
+            // (checked against the files themselves; a file the same in both has the same entry).
+            var locals = Files(a).ToDictionary(f => f.Name);
+            var same = 0;
+            foreach (var (ds, f) in Files(a).Select(f => (a, f)).Concat(Files(b).Select(f => (b, f))))
+            {
+                Assert.Equal(2, ds.Manifest.Version);
+                Assert.Equal(64, f.BlockBytes);
+                Assert.Equal(PrepareTestSupport.BlockHashes(File.ReadAllBytes(Path.Combine(ds.Directory, f.Name)), 64).Select(h => h!.GetValue<string>()), f.BlockSha256!);
+                if (ds == b && locals.TryGetValue(f.Name, out var l) && l.Sha256 == f.Sha256)
+                {
+                    Assert.Equal(l, f);
+                    same++;
+                }
+            }
+            Assert.True(same > 0, "some shard file is the same from both");
         }
         Assert.Empty(Directory.EnumerateDirectories(Path.GetDirectoryName(output)!, ".*"));
         Assert.All(cluster.Client.ListWorkers(new ListWorkersRequest()).Workers, w => Assert.Equal(WorkerState.Idle, w.State));

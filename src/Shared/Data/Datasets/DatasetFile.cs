@@ -19,6 +19,13 @@ public sealed record DatasetFile(string Name, long Bytes, string Sha256)
     /// <summary>How many blocks of <paramref name="blockBytes"/> a file of <paramref name="bytes"/> has (the last one short; none when empty).</summary>
     public static long BlockCount(long bytes, long blockBytes) => (bytes + blockBytes - 1) / blockBytes;
 
+    /// <summary>Equal when every field is, the block hashes compared one by one.</summary>
+    public bool Equals(DatasetFile? other) =>
+        other is not null && Name == other.Name && Bytes == other.Bytes && Sha256 == other.Sha256 && BlockBytes == other.BlockBytes
+        && (ReferenceEquals(BlockSha256, other.BlockSha256) || (BlockSha256 is not null && other.BlockSha256 is not null && BlockSha256.SequenceEqual(other.BlockSha256)));
+
+    public override int GetHashCode() => HashCode.Combine(Name, Bytes, Sha256, BlockBytes, BlockSha256?.Count);
+
     /// <summary>"block 5 (bytes 41943040-50331647)": block <paramref name="index"/> as messages name it.</summary>
     public string DescribeBlock(long index)
     {

@@ -193,7 +193,7 @@ public sealed class PreparedDataset : IDisposable
         ? $"is truncated: {actual:N0} bytes, the manifest says {expected:N0}"
         : $"is {actual:N0} bytes, the manifest says {expected:N0}: it was altered after preparation";
 
-    /// <summary>Size always; with <paramref name="verify"/>, SHA-256 and <paramref name="content"/> checks on each chunk read.</summary>
+    /// <summary>Size always; with <paramref name="verify"/>, SHA-256 (and each block's, format version 2) and <paramref name="content"/> checks on each chunk read.</summary>
     static void CheckFile(string directory, DatasetFile entry, bool verify, Action<long, ReadOnlySpan<byte>>? content)
     {
         if (entry.Name.Contains('/') || entry.Name.Contains('\\') || entry.Name is "." or "..")
@@ -204,6 +204,23 @@ public sealed class PreparedDataset : IDisposable
         if (info.Length != entry.Bytes) throw new DatasetException(directory, entry.Name, SizeProblem(info.Length, entry.Bytes));
         if (!verify) return;
         using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        using var blockHash = entry.HasBlocks ? IncrementalHash.CreateHash(HashAlgorithmName.SHA256) : null;
+        long block = 0, blockFill = 0;
+        void Blocks(ReadOnlySpan<byte> bytes, bool end)
+        {
+            while (blockHash is not null && (!bytes.IsEmpty || (end && blockFill > 0)))
+            {
+                var n = (int)Math.Min(bytes.Length, entry.BlockBytes!.Value - blockFill);
+                blockHash.AppendData(bytes[..n]);
+                blockFill += n;
+                bytes = bytes[n..];
+                if (blockFill < entry.BlockBytes.Value && !(end && bytes.IsEmpty)) continue;
+                if (block >= entry.BlockSha256!.Count || Convert.ToHexStringLower(blockHash.GetHashAndReset()) != entry.BlockSha256[(int)block])
+                    throw new DatasetException(directory, entry.Name, $"{entry.DescribeBlock(block)} does not match its SHA-256 in the manifest: it was altered after preparation");
+                block++;
+                blockFill = 0;
+            }
+        }
         var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
         try
         {
@@ -214,6 +231,7 @@ public sealed class PreparedDataset : IDisposable
             {
                 var have = (int)carry + n;
                 hash.AppendData(buffer, (int)carry, n);
+                Blocks(buffer.AsSpan((int)carry, n), end: false);
                 var whole = have - have % 4;
                 content?.Invoke(offset, buffer.AsSpan(0, whole));
                 offset += whole;
@@ -229,6 +247,7 @@ public sealed class PreparedDataset : IDisposable
         }
         if (Convert.ToHexStringLower(hash.GetHashAndReset()) != entry.Sha256)
             throw new DatasetException(directory, entry.Name, "does not match its SHA-256 in the manifest: it was altered after preparation");
+        Blocks([], end: true);
     }
 
     /// <summary>The ids in <paramref name="bytes"/> (from id <paramref name="first"/> of the shard on) are below the vocabulary; else the first that is not, by its position in the shard.</summary>

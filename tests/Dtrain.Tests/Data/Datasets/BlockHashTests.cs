@@ -202,6 +202,20 @@ public sealed class BlockHashTests : IDisposable
     }
 
     [Fact]
+    public void Opened_eagerly_with_verify_every_block_is_checked_against_its_sha256_too()
+    {
+        var dataset = Prepared();
+        var path = Path.Combine(dataset, DatasetLayout.ManifestFile);
+        var m = Manifest(dataset);
+        // The whole file's SHA-256 still right, block 1's another (a manifest altered by hand): what a job would check.
+        m["train"]!["shards"]![0]!["tokens"]!["block_sha256"]![1] = new string('0', 64);
+        File.WriteAllText(path, m.ToJsonString());
+        using (PreparedDataset.Open(dataset, verify: false)) { }
+        var e = Assert.Throws<DatasetException>(() => PreparedDataset.Open(dataset));
+        Assert.Contains($"dataset {dataset}: train-00000.tokens block 1 (bytes 64-127) does not match its SHA-256 in the manifest: it was altered after preparation", e.Message);
+    }
+
+    [Fact]
     public async Task A_version_this_dtrain_does_not_know_is_refused_naming_it()
     {
         var dataset = Prepared();
