@@ -3,7 +3,7 @@
 
     python3 scripts/read_dataset.py DIR            # a summary
     python3 scripts/read_dataset.py DIR --json     # every split's ids (and records/labels) as JSON: small datasets only
-    python3 scripts/read_dataset.py DIR --verify   # also check every file's SHA-256
+    python3 scripts/read_dataset.py DIR --verify   # also check every file's SHA-256 (format version 2: each block's too)
 
 As a module: `ds = open_dataset(DIR)`; `ds.train.tokens()` is the training token stream (a language model), and
 `ds.train.records()` yields (ids, label) pairs (classification). Shards stay memory-mapped: nothing is read whole.
@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-FORMAT, VERSION = "dtrain-dataset", 1
+FORMAT, VERSIONS = "dtrain-dataset", (1, 2)  # version 2 adds block_bytes and block_sha256 to every shard file
 # The shards' ids: fixed width, little-endian; dtrain writes the narrowest that holds the vocabulary.
 DTYPES = {"uint8": np.dtype("u1"), "uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 
@@ -47,8 +47,8 @@ class Dataset:
             self.manifest = m = json.load(f)
         if m.get("format") != FORMAT:
             raise ValueError(f"{root}: not a dtrain dataset")
-        if m.get("version") != VERSION:
-            raise ValueError(f"{root}: format version {m.get('version')} is unknown (this reader knows {VERSION})")
+        if m.get("version") not in VERSIONS:
+            raise ValueError(f"{root}: format version {m.get('version')} is unknown (this reader knows {', '.join(map(str, VERSIONS))})")
         if verify:
             _verify(root, m)
         if m.get("token_dtype") not in DTYPES:
@@ -80,11 +80,18 @@ def _verify(root, m):
             files += [s[k] for k in ("tokens", "offsets", "labels") if s.get(k)]
     for entry in files:
         h = hashlib.sha256()
+        size = entry.get("block_bytes") or (1 << 20)  # version 2: read by the manifest's blocks, each checked
+        blocks = entry.get("block_sha256")
         with open(os.path.join(root, entry["name"]), "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
+            for i, block in enumerate(iter(lambda: f.read(size), b"")):
                 h.update(block)
+                if blocks is not None and (i >= len(blocks) or hashlib.sha256(block).hexdigest() != blocks[i]):
+                    end = i * size + len(block) - 1
+                    raise ValueError(f"{root}: {entry['name']} block {i} (bytes {i * size}-{end}) does not match its SHA-256")
         if h.hexdigest() != entry["sha256"]:
             raise ValueError(f"{root}: {entry['name']} does not match its SHA-256")
+        if blocks is not None and len(blocks) != -(-entry["bytes"] // size):
+            raise ValueError(f"{root}: {entry['name']} lists {len(blocks)} block SHA-256, its {entry['bytes']} bytes make {-(-entry['bytes'] // size)}")
 
 
 def main(argv):

@@ -12,10 +12,12 @@ namespace Dtrain.Worker;
 /// single process build, so the rows are exactly theirs. The next step's rows are read on a background task while the
 /// step before runs, so a step rarely waits for data. Rows are checked as the task checks rows from elsewhere before
 /// they reach torch; a failure to read (a missing, truncated or changed shard, storage unreachable) is an
-/// <see cref="InvalidOperationException"/> naming the job, the dataset's URI and the shard. A local shard's SHA-256 is
-/// checked in the background (<see cref="ShardVerification.Background"/>), so the first step does not wait for it: a
-/// shard found altered fails the next step, and the job's last step (and every evaluation) waits for the checks of the
-/// shards it read, so a job never ends on bytes that were not the ones prepared. The checks run at the lowest priority
+/// <see cref="InvalidOperationException"/> naming the job, the dataset's URI and the shard. What the job reads is checked
+/// against the manifest's SHA-256 (<see cref="ShardVerification.Background"/>): with format version 2 only the blocks its
+/// reads touch — a local shard's on the background thread, an S3 shard's as each block arrives — with version 1 each
+/// shard read, whole, in the background. The first step does not wait for the checks: a shard found altered fails the
+/// next step, and the job's last step (and every evaluation) waits for the checks of what it read (and only that), so a
+/// job never ends on bytes that were not the ones prepared. The checks run at the lowest priority
 /// for the first half of the job's steps and at normal priority from then on (<see cref="StoredDataset.HurryVerification"/>),
 /// so that they are done before the last step on a busy machine — a short job over a large dataset (30 steps over 1 GB)
 /// otherwise had its last step wait for them.

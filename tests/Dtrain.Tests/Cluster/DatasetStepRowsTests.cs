@@ -95,6 +95,33 @@ public sealed class DatasetStepRowsTests : IDisposable
     }
 
     [Fact]
+    public async Task A_dataset_jobs_last_step_waits_only_for_the_blocks_its_rows_read()
+    {
+        // 3 steps of 4 random windows over shards of 97 ids in blocks of 16 bytes: most blocks are never read.
+        var file = dir.Write("corpus.txt", string.Concat(Enumerable.Range(0, 200).Select(i => $"Line {i}: some words {i % 7}\n")));
+        var o = PrepareTestSupport.Options(Path.Combine(dir.Path, "ds"), [file]) with { BlockBytes = 16 };
+        DatasetPreparer.Prepare(o);
+        var lm = TestJobs.CharLm("unused.txt");
+        var spec = lm with { Data = new DataSpec { Dataset = o.Output }, Training = lm.Training with { BatchSize = 4, SeqLen = 8 } };
+        using var ds = await StoredDataset.OpenAsync(o.Output, verification: ShardVerification.Background);
+        var stepsPerEpoch = TrainingTasks.For(spec).TrainBatches(spec, PreparedData.FromDataset(ds)).StepsPerEpoch;
+        const int total = 3;
+        using var reader = new DatasetRows("probe", spec, ds, stepsPerEpoch, totalSteps: total);
+        for (var step = 0; step < total; step++)
+        {
+            var at = new StepPosition(step / stepsPerEpoch, step % stepsPerEpoch);
+            var rows = reader.Source.GetRows(at, 0, reader.Source.RowsAt(at))!;
+            var planned = new ShardRows(step, rows.Rows, rows.Width, [], [], null, rows.Count, ResetState: step == 0) { Planned = true, RowStart = 0 };
+            Assert.NotNull(await reader.TakeAsync(planned, CancellationToken.None));
+        }
+        // The last step waited for the blocks read (12 windows of 9 ids: at most 2 blocks each) and for nothing else.
+        var blocks = ds.Train.Entry.Shards.Sum(s => s.Tokens.BlockSha256!.Count);
+        Assert.InRange(ds.BlocksVerified, 1, 2 * total * 4);
+        Assert.True(ds.BlocksVerified < blocks / 4, $"{ds.BlocksVerified} blocks checked of {blocks}");
+        Assert.Equal(0, ds.FilesVerified);
+    }
+
+    [Fact]
     public async Task A_step_abandoned_while_awaiting_its_rows_ends_as_abandoned_not_as_a_bare_cancellation()
     {
         var (root, spec, sha, tokenizer, stepsPerEpoch, expected) = await PrepareAsync();

@@ -80,6 +80,46 @@ public sealed class PrepareCliTests : IDisposable
         Assert.Contains("--max-length applies to classification", r.Stderr);
     }
 
+    [Fact]
+    public void The_python_reader_reads_versions_1_and_2_and_verifies_each_block_of_version_2()
+    {
+        var file = dir.Write("t.txt", string.Concat(Enumerable.Range(0, 200).Select(i => $"Line {i}: some words {i % 7}\n")));
+        var o = PrepareTestSupport.Options(Path.Combine(dir.Path, "ds"), [file]) with { ShardTokens = 400, BlockBytes = 64 };
+        DatasetPreparer.Prepare(o);
+        Assert.Contains("\"train\"", Python(o.Output));
+        var path = Path.Combine(o.Output, DatasetLayout.ManifestFile);
+        var good = File.ReadAllText(path);
+        // The whole file's SHA-256 right, block 2's not: --verify names the block.
+        var m = System.Text.Json.Nodes.JsonNode.Parse(good)!;
+        m["train"]!["shards"]![0]!["tokens"]!["block_sha256"]![2] = new string('0', 64);
+        File.WriteAllText(path, m.ToJsonString());
+        var (code, stderr) = PythonFails(o.Output);
+        Assert.NotEqual(0, code);
+        Assert.Contains($"{o.Output}: train-00000.tokens block 2 (bytes 128-191) does not match its SHA-256", stderr);
+        // Version 1 (no block hashes) is read and verified whole; version 3 is refused naming it.
+        File.WriteAllText(path, good);
+        PrepareTestSupport.AsVersion1(o.Output);
+        Assert.Contains("\"train\"", Python(o.Output));
+        m = System.Text.Json.Nodes.JsonNode.Parse(good)!;
+        m["version"] = 3;
+        File.WriteAllText(path, m.ToJsonString());
+        (code, stderr) = PythonFails(o.Output);
+        Assert.NotEqual(0, code);
+        Assert.Contains("format version 3 is unknown (this reader knows 1, 2)", stderr);
+    }
+
+    static (int Code, string Stderr) PythonFails(string dataset)
+    {
+        var psi = new ProcessStartInfo(PythonWithNumpy()) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { RepoFiles.PathOf("scripts", "read_dataset.py"), dataset, "--verify" }) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        Assert.True(p.WaitForExit(TimeSpan.FromMinutes(2)), "python3 scripts/read_dataset.py did not finish");
+        _ = stdout.Result;
+        return (p.ExitCode, stderr.Result);
+    }
+
     /// <summary>A Python 3 with numpy: the one on PATH, else Debian's (python3-numpy, which scripts/test-tools.sh installs, is for /usr/bin/python3).</summary>
     static string PythonWithNumpy()
     {
