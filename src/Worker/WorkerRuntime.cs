@@ -108,7 +108,8 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         Data.Datasets.StoredDataset opened;
         try
         {
-            // A local shard's SHA-256 is checked in the background: neither the first step nor this process's memory pays for it.
+            // What is read is checked against the manifest's SHA-256 in the background (format version 2: only the blocks
+            // read): neither the first step nor this process's memory pays for it.
             opened = await Data.Datasets.StoredDataset.OpenAsync(named.Uri, named.ManifestSha256, cancel: cancel, verification: Data.Datasets.ShardVerification.Background).ConfigureAwait(false);
         }
         catch (Data.Datasets.DatasetException e)
@@ -409,7 +410,7 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
             {
                 throw new InvalidOperationException($"job {job.JobId}: evaluation: {e.Message}", e);
             }
-            // The shards read so far (the validation split's included) are checked whole before the figures count.
+            // What was read so far (the validation split's included) is checked before the figures count.
             if (job.ValidationFromDataset && job.Dataset is { } read) await read.VerifiedAsync("evaluation", cancel).ConfigureAwait(false);
             // What the protocol reports: the part's sums, which the coordinator combines with the other ranks'.
             return m;

@@ -14,9 +14,10 @@ public enum ShardVerification
     /// <summary>Read whole when it is opened, before the first read returns (what <c>dtrain train</c> and the coordinator do).</summary>
     AtOpen,
     /// <summary>
-    /// Read whole afterwards on one low-priority background thread, through a plain file stream (never the memory map,
-    /// so the process maps no page of it; an S3 shard through the store's block cache, which fetches the blocks no read
-    /// fetched yet, while the reads fetch only the blocks they touch): the first read does not wait for it. Once hurried
+    /// Format version 2: each block a read touches is checked — a local shard's on one low-priority background thread
+    /// through a plain file stream (never the memory map, so the process maps no page of it), an S3 shard's as it
+    /// arrives — and no other. Version 1: each shard is read whole afterwards on that thread (an S3 shard through the
+    /// store's block cache, which fetches the blocks no read fetched yet). The first read does not wait for it. Once hurried
     /// (<see cref="StoredDataset.HurryVerification"/>: a job past half its steps, or waiting for the checks) the rest is
     /// read at normal priority. A mismatch is reported by
     /// <see cref="StoredDataset.ThrowIfCorrupt"/> and <see cref="StoredDataset.VerifiedAsync"/> (what a worker does).

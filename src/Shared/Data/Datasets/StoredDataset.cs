@@ -87,7 +87,8 @@ public sealed class StoredDataset : IDisposable
     public bool VerificationHurried => verifier?.Hurried ?? false;
 
     /// <summary>
-    /// Completes when every shard opened so far has been checked whole against its SHA-256 (at once unless
+    /// Completes when everything read so far has been checked against its SHA-256 — the blocks read (format version 2),
+    /// or each shard opened, whole (version 1) — (at once unless
     /// <see cref="ShardVerification.Background"/>; the checks left are hurried, <see cref="HurryVerification"/>: the caller
     /// waits for them); throws as <see cref="ThrowIfCorrupt"/> when one did not match.
     /// </summary>
