@@ -24,6 +24,38 @@ public sealed class ShardVerifierTests : IDisposable
     }
 
     [Fact]
+    public async Task Blocks_are_checked_each_once_whenever_the_hurry_falls_and_an_altered_one_is_named_with_its_bytes()
+    {
+        // Blocks of 3 MiB (the verifier reads 1 MiB at a time, so a hurry can fall inside a block), the last one short.
+        const int block = 3 << 20;
+        var data = new byte[4 * block + 12345];
+        new Random(7).NextBytes(data);
+        var path = Path.Combine(dir.Path, "train-00000.tokens");
+        File.WriteAllBytes(path, data);
+        var file = new DatasetFile("train-00000.tokens", data.Length, Convert.ToHexStringLower(SHA256.HashData(data)))
+        {
+            BlockBytes = block,
+            BlockSha256 = [.. data.Chunk(block).Select(b => Convert.ToHexStringLower(SHA256.HashData(b)))],
+        };
+        using var verifier = new ShardVerifier("ds", name => Path.Combine(dir.Path, name));
+        foreach (var b in new long[] { 4, 1, 3, 1 }) verifier.EnqueueBlock(file, b, path);
+        verifier.Hurry();
+        await verifier.Idle;
+        Assert.Null(verifier.Failure);
+        Assert.Equal(3, verifier.BlocksVerified);
+        Assert.Equal(0, verifier.Verified);
+        // Block 2 altered on disk (blocks 0 and 2 were never given): checked now, named with its bytes.
+        data[2 * block + 5] ^= 1;
+        File.WriteAllBytes(path, data);
+        verifier.EnqueueBlock(file, 2, path);
+        await verifier.Idle;
+        var failure = Assert.IsType<DatasetException>(verifier.Failure);
+        Assert.Equal("train-00000.tokens", failure.File);
+        Assert.StartsWith($"block 2 (bytes {2 * block}-{3 * block - 1}) does not match its SHA-256 in the manifest ({path}: SHA-256 is ", failure.Problem);
+        Assert.Equal(3, verifier.BlocksVerified);
+    }
+
+    [Fact]
     public async Task Hurried_the_checks_left_run_at_the_callers_priority_and_still_check_every_file_and_name_the_altered_one()
     {
         var files = Enumerable.Range(0, 3).Select(i => Write($"train-0000{i}.tokens", 6 << 20, i)).ToList();
