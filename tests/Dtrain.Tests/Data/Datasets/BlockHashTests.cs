@@ -21,7 +21,7 @@ public sealed class BlockHashTests : IDisposable
 
     public void Dispose() => dir.Dispose();
 
-    /// <summary>A dataset in shards of 400 tokens (800 bytes of uint16 ids: 13 blocks of 64, the last one 32 bytes), blocks of 64 bytes.</summary>
+    /// <summary>A dataset in shards of 400 tokens (400 bytes of uint8 char ids: 7 blocks of 64, the last one 16 bytes; more with wider ids).</summary>
     string Prepared(string name = "ds", string task = TaskKinds.LanguageModel)
     {
         var file = task == TaskKinds.LanguageModel
