@@ -341,6 +341,7 @@ public static class CollectiveBench
         long op = 0;
         for (var i = 0; i < Warmup; i++) await Sum(buffer, op++);
         var perRound = new List<double>();
+        var cpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
         for (var round = 0; round < rounds; round++)
         {
             await Sum(new float[world], op++);   // barrier
@@ -348,9 +349,10 @@ public static class CollectiveBench
             for (var i = 0; i < iterations; i++) await Sum(buffer, op++);
             perRound.Add(clock.Elapsed.TotalSeconds / iterations);
         }
+        var cpuTimed = Process.GetCurrentProcess().TotalProcessorTime - cpuBefore;
         if (group is not null) await group.DisposeAsync();
         if (Environment.GetEnvironmentVariable("DTRAIN_BENCH_GC") is not null)
-            Console.Error.WriteLine($"[{args[0]} w{world} r{rank} {floats >> 20}M] gc {GC.CollectionCount(0)}/{GC.CollectionCount(1)}/{GC.CollectionCount(2)} allocated {GC.GetTotalAllocatedBytes() >> 20} MiB cpu {Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds:F2}s");
+            Console.Error.WriteLine($"[{args[0]} w{world} r{rank} {floats >> 20}M] gc {GC.CollectionCount(0)}/{GC.CollectionCount(1)}/{GC.CollectionCount(2)} allocated {GC.GetTotalAllocatedBytes() >> 20} MiB cpu {Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds:F2}s, {cpuTimed.TotalSeconds:F2}s of it in the {rounds * iterations} timed sums (and {rounds} barriers)");
         var result = new StringBuilder();
         foreach (var seconds in perRound) result.Append(result.Length > 0 ? "," : "").Append(seconds.ToString("R", CultureInfo.InvariantCulture));
         Console.WriteLine($"RESULT {result}");

@@ -118,6 +118,8 @@ int Dispatch()
         }
         case "allreduce":
             return CollectiveBench.Run(args);
+        case "seal":
+            return SealBench.Run(args);
         case "compose-allreduce":
         {
             var root = AppContext.BaseDirectory;
@@ -155,7 +157,7 @@ int Dispatch()
         case "activity":
             return ActivityBench.Run();
         default:
-            Console.Error.WriteLine("usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--systems TEXT,...] [--report FILE] | allreduce [--transports ...] [--workers ...] [--sizes ...] [--rounds N] [--report FILE] | compose-allreduce [w1,w2] [--warmup N] [--steps N] [--clusters loopback,compose] [--transports auto,tcp] [--image TAG] [--report FILE] | pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8] | pipeline links [rounds] | elastic | prepare [--mb N] [--threads 1,2] | dataset-job [--sizes 10MB,100MB,1GB] [--steps N] [--dir DIR] [--s3 s3://bucket/prefix] | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model | recurrent [--cell lstm|gru] [--hidden 256,1024] [--rows 8,16,32,64] [--batch 32] [--rounds 3] | serve [--help] | inference [--help]");
+            Console.Error.WriteLine("usage: dtrain-bench speed [threads] | cluster [rounds] [w1,w2,gru,spam] [--systems TEXT,...] [--report FILE] | allreduce [--transports ...] [--workers ...] [--sizes ...] [--rounds N] [--report FILE] | seal [--sizes 16,64,256,1024] [--mb 64] [--key 16|32] [--rounds 3] | compose-allreduce [w1,w2] [--warmup N] [--steps N] [--clusters loopback,compose] [--transports auto,tcp] [--image TAG] [--report FILE] | pipeline [--transports grpc,shm,tcp] [--layouts 2x4,4x8] | pipeline links [rounds] | elastic | prepare [--mb N] [--threads 1,2] | dataset-job [--sizes 10MB,100MB,1GB] [--steps N] [--dir DIR] [--s3 s3://bucket/prefix] | quality [moby|spam|recall ...] | compression [steps] | compression codec [rounds] | scaling-model | recurrent [--cell lstm|gru] [--hidden 256,1024] [--rows 8,16,32,64] [--batch 32] [--rounds 3] | serve [--help] | inference [--help]");
             return 2;
     }
 }
