@@ -24,16 +24,21 @@ internal static class SealedRecords
     private const int AdBytes = 8;
     private const int TagBytes = 16;
 
-    /// <summary>Largest plaintext of one record: a frame's payload goes in records of at most this many bytes.</summary>
-    public const int ChunkBytes = 256 * 1024;
+    /// <summary>
+    /// Largest plaintext of one record: a frame's payload goes in records of at most this many bytes. 1 MiB, the
+    /// ring's piece (<see cref="RingAllReduce.DefaultMaxPieceFloats"/> floats), so a piece is one header record and one
+    /// payload record: per MiB one cipher call and one write on the sending side, one read of the ciphertext and one
+    /// cipher call on the receiving side (256 KiB records took 9 % more CPU in the ring: docs/benchmarks.md, issue 25).
+    /// </summary>
+    public const int ChunkBytes = 1024 * 1024;
 
     /// <summary>
-    /// Records per key before the secret ratchets: 2^20 records of at most 256 KiB = 2^38 bytes = 2^34 blocks, so an
-    /// attacker's advantage in telling the records from random stays below (2^34 + 2^20)^2 / 2^129 ≈ 2^-61 per key
+    /// Records per key before the secret ratchets: 2^18 records of at most 1 MiB = 2^38 bytes = 2^34 blocks, so an
+    /// attacker's advantage in telling the records from random stays below (2^34 + 2^18)^2 / 2^129 ≈ 2^-61 per key
     /// (the AEAD limits draft's confidentiality bound for AES-GCM; RFC 8446 §5.5 allows 2^34.5 blocks for 2^-60). The
     /// bound is the block size's, not the key's: it is the same for AES-128-GCM as for AES-256-GCM.
     /// </summary>
-    public const long RecordsPerKey = 1L << 20;
+    public const long RecordsPerKey = (1L << 38) / ChunkBytes;
 
     /// <summary>AES key bytes: 16 (AES-128-GCM).</summary>
     public const int DefaultKeyBytes = 16;
@@ -193,16 +198,24 @@ internal static class SealedRecords
         }
 
         /// <summary>Opens the record whose head is <paramref name="head"/> and whose ciphertext is <paramref name="data"/>, decrypting in place.</summary>
-        public void Open(ReadOnlySpan<byte> head, Span<byte> data)
+        public void Open(ReadOnlySpan<byte> head, Span<byte> data) => Open(head, data, data);
+
+        /// <summary>
+        /// Opens the record whose head is <paramref name="head"/> and whose ciphertext is <paramref name="ciphertext"/>
+        /// into <paramref name="plaintext"/> (of the same length, or the same memory); when it fails authentication
+        /// <paramref name="plaintext"/> is cleared (the platform's AES-GCM never leaves unauthenticated plaintext there).
+        /// </summary>
+        public void Open(ReadOnlySpan<byte> head, ReadOnlySpan<byte> ciphertext, Span<byte> plaintext)
         {
+            if (plaintext.Length != ciphertext.Length) throw new ArgumentException($"a record of {ciphertext.Length} bytes opens into as many bytes, not {plaintext.Length}", nameof(plaintext));
             try
             {
-                keys.Aes.Decrypt(keys.Nonce(), data, head.Slice(AdBytes, TagBytes), data, head[..AdBytes]);
+                keys.Aes.Decrypt(keys.Nonce(), ciphertext, head.Slice(AdBytes, TagBytes), plaintext, head[..AdBytes]);
             }
             catch (CryptographicException ex)
             {
                 throw new InvalidDataException(
-                    $"record {keys.Records + 1} ({Describe(head[0])}, {data.Length} bytes) failed authentication: it was altered, replayed, reordered or dropped on the way, or sealed with another key; the link is closed", ex);
+                    $"record {keys.Records + 1} ({Describe(head[0])}, {ciphertext.Length} bytes) failed authentication: it was altered, replayed, reordered or dropped on the way, or sealed with another key; the link is closed", ex);
             }
             keys.Advance();
         }

@@ -103,8 +103,8 @@ public class TlsRecordTests
         }
     }
 
-    /// <summary>Pieces of 3 x 64K floats: each frame is a header record and three payload records of 256 KiB.</summary>
-    const int Floats = 3 * 64 * 1024;
+    /// <summary>Pieces of 3 x 256K floats (the receiver accepts pieces this large): each frame is a header record and three payload records of 1 MiB.</summary>
+    const int Floats = 3 * SealedRecords.ChunkBytes / sizeof(float);
 
     static float[] Values(int frame)
     {
@@ -121,16 +121,21 @@ public class TlsRecordTests
     /// frames and closes; returns what w1 received in order (stopping at the first refusal, with its message) and the
     /// sealed bytes the proxy saw.
     /// </summary>
-    static async Task<(List<float[]> Received, string? Refusal, byte[] Wire)> SendThroughAsync(Plan plan, int frames = 3, bool close = true)
+    /// With <paramref name="landInto"/>, frame f is expected straight into landInto[f] (a copy landing, as the ring's
+    /// all-gather takes its pieces) instead of arriving in the mailbox.
+    static async Task<(List<float[]> Received, string? Refusal, byte[] Wire)> SendThroughAsync(Plan plan, int frames = 3, bool close = true, float[][]? landInto = null)
     {
         using var pki = new TestPki();
         using var w0 = new TlsWorker(pki, "w0");
         using var w1 = new TlsWorker(pki, "w1");
-        w1.App = await TlsHosts.StartAsync(new ServerSecurity(w1.Own(), AccessPolicy.Worker()), b => b.Services.AddDtrainCollective(), a => a.MapDtrainCollective());
+        // Pieces of three records (a ring piece is one: SealedRecords.ChunkBytes), so that records can be moved within a frame.
+        w1.App = await TlsHosts.StartAsync(new ServerSecurity(w1.Own(), AccessPolicy.Worker()), b => b.Services.AddDtrainCollective(Floats), a => a.MapDtrainCollective());
         try
         {
             w1.Plane.Tls = w1.Own();
             var mailbox = w1.Plane.Mailboxes.Register("job", 1, 1, 2, w0.Expected);
+            var landings = landInto?.Select((values, f) => new RingLanding(Tag(f), 0, 1, values, add: false)).ToArray();
+            if (landings is not null) mailbox.Expect(landings, e => e);
             DataPlaneOffer offer;
             using (var channel = pki.Channel(w1.Address, w0.Certificate, w1.Expected))
                 offer = await new CollectiveGrpc.CollectiveClient(channel).HelloAsync(new DataPlaneHello { JobId = "job", Generation = 1, SenderRank = 0, WorldSize = 2 });
@@ -162,6 +167,12 @@ public class TlsRecordTests
             {
                 try
                 {
+                    if (landings is not null && f < frames)
+                    {
+                        await landings[f].Landed.WaitAsync(patience.Token);
+                        received.Add(landInto![f]);
+                        continue;
+                    }
                     using var piece = await mailbox.ReceiveAsync(Tag(f), e => e, patience.Token);
                     received.Add(MemoryMarshal.Cast<byte, float>(piece.Bytes.Span).ToArray());
                 }
@@ -181,6 +192,9 @@ public class TlsRecordTests
     }
 
     static (byte[][], bool) Pass(byte[] record) => ([record], false);
+
+    /// <summary>Three frames' destinations, every value -1 (so that what lands, and what is cleared, shows).</summary>
+    static float[][] Filled() => Enumerable.Range(0, 3).Select(_ => Enumerable.Repeat(-1f, Floats).ToArray()).ToArray();
 
     static void AssertFrames(List<float[]> received, int count)
     {
@@ -215,7 +229,30 @@ public class TlsRecordTests
         });
         AssertFrames(received, 1);
         Assert.Contains("left neighbour rank 0 broke", refusal, StringComparison.Ordinal);
-        Assert.Contains("record 6 (payload, 262144 bytes) failed authentication", refusal, StringComparison.Ordinal);
+        Assert.Contains("record 6 (payload, 1048576 bytes) failed authentication", refusal, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Records_landing_straight_into_place_arrive_exactly_and_an_altered_one_leaves_zeros_not_its_bytes()
+    {
+        // Frames expected as the ring's all-gather expects them: each record opened from the link's buffer into place.
+        var (received, refusal, _) = await SendThroughAsync((_, r) => Pass(r), landInto: Filled());
+        AssertFrames(received, 3);
+        Assert.Contains("closed its stream", refusal, StringComparison.Ordinal);
+
+        // Record 5 = frame 1's first payload record (its first 1 MiB): one bit flipped in its ciphertext.
+        var into = Filled();
+        (received, refusal, _) = await SendThroughAsync((i, r) =>
+        {
+            if (i == 5) r[SealedRecords.HeadBytes + 1000] ^= 0x01;
+            return Pass(r);
+        }, landInto: into);
+        AssertFrames(received, 1);
+        Assert.Contains("record 6 (payload, 1048576 bytes) failed authentication", refusal, StringComparison.Ordinal);
+        var perRecord = SealedRecords.ChunkBytes / sizeof(float);
+        Assert.All(into[1].AsSpan(0, perRecord).ToArray(), v => Assert.Equal(0f, v));   // cleared: no unauthenticated plaintext
+        Assert.All(into[1].AsSpan(perRecord).ToArray(), v => Assert.Equal(-1f, v));     // the records after it never came
+        Assert.All(into[2], v => Assert.Equal(-1f, v));
     }
 
     [Fact]
@@ -308,6 +345,15 @@ public class TlsRecordTests
 public class SealedRecordsTests
 {
     [Fact]
+    public void A_ring_piece_is_one_record_and_no_key_protects_more_than_2_to_the_38_bytes()
+    {
+        // One payload record per piece of the ring (one cipher call, one write, one read per MiB), and the ratchet
+        // scaled with the record size so that a key still seals at most 2^34 AES blocks (RFC 8446 §5.5's margin).
+        Assert.Equal(RingAllReduce.DefaultMaxPieceFloats * sizeof(float), SealedRecords.ChunkBytes);
+        Assert.Equal(1L << 38, SealedRecords.RecordsPerKey * SealedRecords.ChunkBytes);
+    }
+
+    [Fact]
     public void The_key_ratchets_every_N_records_on_both_ends_and_old_records_do_not_open_under_the_new_key()
     {
         var secret = RandomNumberGenerator.GetBytes(32);
@@ -389,15 +435,19 @@ public class SealedRecordsTests
     }
 
     [Fact]
-    public async Task A_claim_from_a_build_that_sealed_AES_256_records_is_refused_as_another_version()
+    public async Task A_claim_from_a_build_that_sealed_AES_256_or_256_KiB_records_is_refused_as_another_version()
     {
-        // Its records would fail authentication one by one as if tampered with; its magic (DTRNTCP2) says what it is.
+        // Its records would fail authentication one by one as if tampered with (AES-256: DTRNTCP2), or be refused as
+        // too large (a build of 256 KiB records: DTRNTCP3); its magic says what it is.
         var claim = new TcpLink.Claim("job", 1, 0, 2, RandomNumberGenerator.GetBytes(32)).Encode();
-        Assert.Equal("DTRNTCP3"u8.ToArray(), claim[..8]);
+        Assert.Equal("DTRNTCP4"u8.ToArray(), claim[..8]);
         await TcpLink.ReadClaimAsync(new MemoryStream(claim), CancellationToken.None);
-        "DTRNTCP2"u8.CopyTo(claim);
-        var e = await Assert.ThrowsAsync<InvalidDataException>(() => TcpLink.ReadClaimAsync(new MemoryStream(claim), CancellationToken.None));
-        Assert.Contains("not a dtrain data-plane connection of this version", e.Message, StringComparison.Ordinal);
+        foreach (var earlier in new[] { "DTRNTCP2"u8.ToArray(), "DTRNTCP3"u8.ToArray() })
+        {
+            earlier.CopyTo(claim, 0);
+            var e = await Assert.ThrowsAsync<InvalidDataException>(() => TcpLink.ReadClaimAsync(new MemoryStream(claim), CancellationToken.None));
+            Assert.Contains("not a dtrain data-plane connection of this version", e.Message, StringComparison.Ordinal);
+        }
     }
 
     static void Open(SealedRecords.Opener opener, byte[] record, int i)
