@@ -125,7 +125,7 @@ public static class SealBench
                     var clock = Stopwatch.StartNew();
                     body();
                     var w = clock.Elapsed.TotalSeconds;
-                    var cpu = ThreadCpuSeconds() - cpu0;
+                    var cpu = Math.Max(ThreadCpuSeconds() - cpu0, 1e-6);
                     perCpu.Add(bytes / cpu / 1e9);
                     wall.Add(bytes / w / 1e9);
                 }
@@ -143,20 +143,18 @@ public static class SealBench
     }
 
     [StructLayout(LayoutKind.Sequential)]
-    private struct RUsage
+    private struct TimeSpec
     {
-        public long UserSeconds, UserMicroseconds, SystemSeconds, SystemMicroseconds;
-        public long MaxRss, IxRss, IdRss, IsRss, MinFlt, MajFlt, NSwap, InBlock, OuBlock, MsgSnd, MsgRcv, NSignals, NvCsw, NivCsw;
+        public long Seconds, Nanoseconds;
     }
 
     [DllImport("libc", SetLastError = true)]
-    private static extern int getrusage(int who, out RUsage usage);
+    private static extern int clock_gettime(int clock, out TimeSpec time);
 
-    /// <summary>This thread's user + system CPU seconds (Linux RUSAGE_THREAD); the process's elsewhere.</summary>
+    /// <summary>This thread's CPU seconds (Linux CLOCK_THREAD_CPUTIME_ID, to the nanosecond; getrusage's are in scheduler ticks); the process's elsewhere.</summary>
     private static double ThreadCpuSeconds()
     {
-        if (OperatingSystem.IsLinux() && getrusage(1, out var u) == 0)
-            return u.UserSeconds + u.UserMicroseconds / 1e6 + u.SystemSeconds + u.SystemMicroseconds / 1e6;
+        if (OperatingSystem.IsLinux() && clock_gettime(3, out var t) == 0) return t.Seconds + t.Nanoseconds / 1e9;
         return Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
     }
 }

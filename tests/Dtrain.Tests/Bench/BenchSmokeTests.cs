@@ -89,6 +89,17 @@ public class BenchSmokeTests
     }
 
     [Fact]
+    public async Task Seal_prints_each_record_size_and_case_and_refuses_a_key_that_is_not_AES_128_or_256()
+    {
+        var (code, stdout, stderr) = await RunAsync("seal", "--sizes", "16,64", "--mb", "8", "--rounds", "1");
+        Assert.True(code == 0, $"exit status {code}\n{stdout}\n{stderr}");
+        foreach (var size in new[] { 16, 64 })
+            foreach (var what in new[] { @"\(a\) seal in cache", @"\(b\) seal stream -> one small buffer", @"\(b\) open small -> stream \(one pass\)" })
+                Assert.Matches($@"(?m)^\| {size} KiB \| {what}[^|]* \| [0-9.]+ \[[0-9.]+-[0-9.]+\] \| [0-9.]+ \|$", stdout);
+        await AssertRefusedAsync("--key: 24 is not 16 or 32", "seal", "--key", "24");
+    }
+
+    [Fact]
     public async Task Numbers_that_do_not_parse_or_are_out_of_range_are_refused_naming_the_argument()
     {
         // These ended in an unhandled FormatException (or an overflowed size) before.
