@@ -148,6 +148,47 @@ public class ElasticTests
     }
 
     [Fact]
+    public async Task A_dataset_job_replaces_a_killed_worker_with_a_new_one_and_trains_every_sample_once_to_the_fault_free_loss()
+    {
+        // Issue 23's check: a job from a prepared dataset (the workers read their rows themselves) keeps the ledger
+        // intact when a worker process is killed mid-job and another one is started. --min-workers 3 makes the job
+        // wait for the replacement (state waiting) instead of ending on 2, so the new worker trains for certain.
+        var (tmp, spec, _) = Job();
+        using var __ = tmp;
+        // The data root holds only datasets: the coordinator refuses one that holds its own data directory.
+        var root = Path.Combine(tmp.Path, "datasets");
+        var dataset = DatasetJobTests.Prepare(spec, Path.Combine(tmp.Path, "t.txt"), Path.Combine(root, "ds"));
+        var path = tmp.Write("dataset.json", JobSpecSerializer.Serialize(DatasetJobTests.DatasetJob(spec, dataset)));
+        var faultFree = FaultFreeLoss(tmp, spec);
+        var env = new Dictionary<string, string>(FastTimeouts)
+        {
+            ["DTRAIN_Coordinator__DataRoots__0"] = root,
+            // Only a bound on how long a new worker process may take to register on a slow machine.
+            ["DTRAIN_Coordinator__WaitForWorkersSeconds"] = "300",
+        };
+        using var processes = new Processes(tmp, 3, env);
+        var (cluster, client) = (processes.Cluster, processes.Client);
+        var id = processes.Submit(path, 3, min: 3, max: 3);
+        await WaitForStep(client, id, new Random(11).Next(20, 60));
+        var victim = IdOfWorker(client, 1);
+        cluster.KillWorker(1);
+        cluster.AddWorker();
+
+        var info = await WaitForEnd(client, id);
+        Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
+        Assert.Equal(Steps, info.Step);
+        Assert.DoesNotContain(victim, info.WorkerIds);
+        var joiner = IdOfWorker(client, 3);
+        Assert.Contains(joiner, info.WorkerIds);
+        Assert.Equal(3, info.WorkerIds.Count);
+        var ledger = AssertLedger(client, id);
+        Assert.Contains(ledger.Steps, s => s.Shares.Any(x => x.WorkerId == victim));
+        Assert.Contains(ledger.Steps, s => s.Shares.Any(x => x.WorkerId == joiner));
+        AssertLoss(faultFree, info, client);
+        Assert.True(info.Generation >= 2, $"generation {info.Generation}");
+    }
+
+    [Fact]
     public async Task A_worker_started_mid_job_is_admitted_within_two_steps_and_the_replicas_stay_identical()
     {
         var (tmp, spec, _) = Job();
