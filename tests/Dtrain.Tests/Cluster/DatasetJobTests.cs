@@ -320,15 +320,8 @@ public sealed class DatasetJobTests
         var uri = $"s3://{server.Bucket}/datasets/lm";
         using (var upload = new S3DatasetStore(uri, server.Options(Path.Combine(tmp.Path, "upload-cache"))))
             await upload.UploadDirectoryAsync(dataset, [DatasetLayout.ManifestFile]);
-        var environment = new Dictionary<string, string?>
-        {
-            ["DTRAIN_S3_ENDPOINT"] = server.Endpoint.ToString(), ["AWS_REGION"] = "us-east-1",
-            ["AWS_ACCESS_KEY_ID"] = server.AccessKey, ["AWS_SECRET_ACCESS_KEY"] = server.SecretKey,
-            ["DTRAIN_S3_CACHE_DIR"] = Path.Combine(tmp.Path, "cache"),
-        };
-        var saved = environment.Keys.ToDictionary(k => k, Environment.GetEnvironmentVariable);
-        foreach (var (k, v) in environment) Environment.SetEnvironmentVariable(k, v);
-        try
+        var environment = server.ClientEnvironment(Path.Combine(tmp.Path, "cache"));
+        using (ProcessEnvironment.Set(environment))
         {
             var tap = new ShardTap();
             await using var cluster = await StartAsync(tmp.Path, tap);
@@ -339,10 +332,6 @@ public sealed class DatasetJobTests
             Assert.Equal(0, tap.Values);
             await server.FlushLogAsync();
             Assert.True(server.Count("GET", "train-00000.tokens") >= 1, "the workers fetched the shards from S3");
-        }
-        finally
-        {
-            foreach (var (k, v) in saved) Environment.SetEnvironmentVariable(k, v);
         }
     }
 
@@ -370,24 +359,13 @@ public sealed class DatasetJobTests
             await upload.UploadDirectoryAsync(dataset, [DatasetLayout.ManifestFile]);
         await server.FlushLogAsync();
         var before = server.Log.Count;
-        var environment = new Dictionary<string, string?>
-        {
-            ["DTRAIN_S3_ENDPOINT"] = server.Endpoint.ToString(), ["AWS_REGION"] = "us-east-1",
-            ["AWS_ACCESS_KEY_ID"] = server.AccessKey, ["AWS_SECRET_ACCESS_KEY"] = server.SecretKey,
-            ["DTRAIN_S3_CACHE_DIR"] = Path.Combine(tmp.Path, "cache"),
-        };
-        var saved = environment.Keys.ToDictionary(k => k, Environment.GetEnvironmentVariable);
-        foreach (var (k, v) in environment) Environment.SetEnvironmentVariable(k, v);
-        try
+        var environment = server.ClientEnvironment(Path.Combine(tmp.Path, "cache"));
+        using (ProcessEnvironment.Set(environment))
         {
             await using var cluster = await StartAsync(tmp.Path, new ShardTap());
             var (info, losses) = await RunAsync(cluster, tmp, DatasetJob(spec, uri), "s3.json");
             Assert.True(info.State == JobState.Succeeded, $"{info.State} {info.Message}");
             Assert.Equal(6, losses.Length);
-        }
-        finally
-        {
-            foreach (var (k, v) in saved) Environment.SetEnvironmentVariable(k, v);
         }
         // The job is over (its last step waited for every check): what was fetched from the training shards.
         await server.FlushLogAsync();
@@ -413,29 +391,18 @@ public sealed class DatasetJobTests
         using var server = await S3TestServer.StartAsync(Path.Combine(tmp.Path, "s3"));
         var (spec, file) = MemoryJob(tmp, TaskKinds.LanguageModel);
         var uri = $"s3://{server.Bucket}/prepared/lm";
-        var environment = new Dictionary<string, string?>
-        {
-            ["DTRAIN_S3_ENDPOINT"] = server.Endpoint.ToString(), ["AWS_REGION"] = "us-east-1",
-            ["AWS_ACCESS_KEY_ID"] = server.AccessKey, ["AWS_SECRET_ACCESS_KEY"] = server.SecretKey,
-            ["DTRAIN_S3_CACHE_DIR"] = Path.Combine(tmp.Path, "cache"),
-        };
+        var environment = server.ClientEnvironment(Path.Combine(tmp.Path, "cache"));
         // The spec's options, given to the CLI as a user would; small shards so that rows cross them.
         var prepared = CliRunner.Run(tmp.Path, TimeSpan.FromMinutes(3), environment, "prepare", file, "-o", uri, "--shard-tokens", "97",
             "--validation-fraction", spec.Data.ValidationFraction.ToString(System.Globalization.CultureInfo.InvariantCulture),
             "--seed", spec.Training.Seed.ToString(System.Globalization.CultureInfo.InvariantCulture));
         Assert.True(prepared.ExitCode == 0, prepared.ToString());
-        var saved = environment.Keys.ToDictionary(k => k, Environment.GetEnvironmentVariable);
-        foreach (var (k, v) in environment) Environment.SetEnvironmentVariable(k, v);
-        try
+        using (ProcessEnvironment.Set(environment))
         {
             await using var cluster = await StartAsync(tmp.Path, new ShardTap());
             var (memory, memoryLosses) = await RunAsync(cluster, tmp, spec, "memory.json");
             var (fromS3, s3Losses) = await RunAsync(cluster, tmp, DatasetJob(spec, uri), "s3.json");
             AssertSameTraining(memory, memoryLosses, fromS3, s3Losses, "from the dataset dtrain prepare uploaded");
-        }
-        finally
-        {
-            foreach (var (k, v) in saved) Environment.SetEnvironmentVariable(k, v);
         }
     }
 
@@ -450,9 +417,7 @@ public sealed class DatasetJobTests
             ["AWS_PROFILE"] = null, ["AWS_CONFIG_FILE"] = Path.Combine(tmp.Path, "no-aws-config"), ["AWS_SHARED_CREDENTIALS_FILE"] = Path.Combine(tmp.Path, "no-aws-credentials"),
             ["AWS_EC2_METADATA_DISABLED"] = "true", ["DTRAIN_S3_CACHE_DIR"] = Path.Combine(tmp.Path, "cache"),
         };
-        var saved = environment.Keys.ToDictionary(k => k, Environment.GetEnvironmentVariable);
-        foreach (var (k, v) in environment) Environment.SetEnvironmentVariable(k, v);
-        try
+        using (ProcessEnvironment.Set(environment))
         {
             await using var cluster = await StartAsync(tmp.Path, new ShardTap());
             var path = tmp.Write("s3.json", JobSpecSerializer.Serialize(DatasetJob(spec, "s3://some-bucket/lm")));
@@ -460,10 +425,6 @@ public sealed class DatasetJobTests
             Assert.Contains("$.data.dataset", e.Message);
             Assert.Contains("no S3 endpoint or region: set DTRAIN_S3_ENDPOINT", e.Message);
             Assert.DoesNotContain("Internal", e.Message);
-        }
-        finally
-        {
-            foreach (var (k, v) in saved) Environment.SetEnvironmentVariable(k, v);
         }
     }
 

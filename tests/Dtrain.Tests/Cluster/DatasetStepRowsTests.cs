@@ -82,10 +82,7 @@ public sealed class DatasetStepRowsTests : IDisposable
         using var reader = new DatasetRows("probe", spec, ds, stepsPerEpoch, totalSteps: total);
         for (var step = 0; step < total; step++)
         {
-            var at = new StepPosition(step / stepsPerEpoch, step % stepsPerEpoch);
-            var rows = reader.Source.GetRows(at, 0, reader.Source.RowsAt(at))!;
-            var planned = new ShardRows(step, rows.Rows, rows.Width, [], [], null, rows.Count, ResetState: step == 0) { Planned = true, RowStart = 0 };
-            Assert.NotNull(await reader.TakeAsync(planned, CancellationToken.None));
+            await TakeStepAsync(reader, step, stepsPerEpoch);
             // Steps 0 and 1 of 6 leave the checks at the lowest priority; from step 2 (the 3rd of 6) on they are hurried.
             Assert.Equal(step >= 2, ds.VerificationHurried);
         }
@@ -109,10 +106,7 @@ public sealed class DatasetStepRowsTests : IDisposable
         using var reader = new DatasetRows("probe", spec, ds, stepsPerEpoch, totalSteps: total);
         for (var step = 0; step < total; step++)
         {
-            var at = new StepPosition(step / stepsPerEpoch, step % stepsPerEpoch);
-            var rows = reader.Source.GetRows(at, 0, reader.Source.RowsAt(at))!;
-            var planned = new ShardRows(step, rows.Rows, rows.Width, [], [], null, rows.Count, ResetState: step == 0) { Planned = true, RowStart = 0 };
-            Assert.NotNull(await reader.TakeAsync(planned, CancellationToken.None));
+            await TakeStepAsync(reader, step, stepsPerEpoch);
         }
         // The last step waited for the blocks read (12 windows of 9 ids: at most 2 blocks each) and for nothing else.
         var blocks = ds.Train.Entry.Shards.Sum(s => s.Tokens.BlockSha256!.Count);
@@ -184,5 +178,14 @@ public sealed class DatasetStepRowsTests : IDisposable
         }, CancellationToken.None);
         var planned = new ShardRows(0, expected.Rows, expected.Width, [], [], null, expected.Count, ResetState: true) { Planned = true, RowStart = 0 };
         Assert.Equal(1, await runtime.LoadShardAsync(JobId, new[] { ShardSlice.Of([planned]) }.ToAsyncEnumerable(), CancellationToken.None));
+    }
+
+    /// <summary>One step of a single-rank job as a worker takes it: the whole global batch planned, then awaited from the reader.</summary>
+    static async Task TakeStepAsync(DatasetRows reader, int step, long stepsPerEpoch)
+    {
+        var at = new StepPosition(step / stepsPerEpoch, step % stepsPerEpoch);
+        var rows = reader.Source.GetRows(at, 0, reader.Source.RowsAt(at))!;
+        var planned = new ShardRows(step, rows.Rows, rows.Width, [], [], null, rows.Count, ResetState: step == 0) { Planned = true, RowStart = 0 };
+        Assert.NotNull(await reader.TakeAsync(planned, CancellationToken.None));
     }
 }

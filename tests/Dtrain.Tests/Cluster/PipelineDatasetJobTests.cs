@@ -130,15 +130,8 @@ public sealed class PipelineDatasetJobTests
         var uri = $"s3://{server.Bucket}/datasets/lm";
         using (var upload = new S3DatasetStore(uri, server.Options(Path.Combine(tmp.Path, "upload-cache"))))
             await upload.UploadDirectoryAsync(dataset, [DatasetLayout.ManifestFile]);
-        var environment = new Dictionary<string, string?>
-        {
-            ["DTRAIN_S3_ENDPOINT"] = server.Endpoint.ToString(), ["AWS_REGION"] = "us-east-1",
-            ["AWS_ACCESS_KEY_ID"] = server.AccessKey, ["AWS_SECRET_ACCESS_KEY"] = server.SecretKey,
-            ["DTRAIN_S3_CACHE_DIR"] = Path.Combine(tmp.Path, "cache"),
-        };
-        var saved = environment.Keys.ToDictionary(k => k, Environment.GetEnvironmentVariable);
-        foreach (var (k, v) in environment) Environment.SetEnvironmentVariable(k, v);
-        try
+        var environment = server.ClientEnvironment(Path.Combine(tmp.Path, "cache"));
+        using (ProcessEnvironment.Set(environment))
         {
             var tap = new ShardTap();
             await using var cluster = await StartAsync(tmp.Path, tap, 2);
@@ -154,10 +147,6 @@ public sealed class PipelineDatasetJobTests
             await server.FlushLogAsync();
             Assert.True(server.Count("GET", "train-00000.tokens") >= 1, "the stages fetched the training shards from S3");
             Assert.True(server.Count("GET", "validation-00000.tokens") >= 1, "the coordinator fetched the validation shard from S3");
-        }
-        finally
-        {
-            foreach (var (k, v) in saved) Environment.SetEnvironmentVariable(k, v);
         }
     }
 

@@ -159,10 +159,7 @@ public sealed class S3RangedShardTests : IDisposable
         var shard = expected.Manifest.Train.Shards[1];
         // The same size, other bytes in the shard's last block only (two ids swapped): the manifest does not change.
         var path = Path.Combine(dataset, shard.Tokens.Name);
-        var bytes = File.ReadAllBytes(path);
-        (bytes[^2], bytes[^1], bytes[^4], bytes[^3]) = (bytes[^4], bytes[^3], bytes[^2], bytes[^1]);
-        if (bytes.AsSpan().SequenceEqual(File.ReadAllBytes(path))) bytes[^1] ^= 1;
-        File.WriteAllBytes(path, bytes);
+        SwapLastIds(path);
         await UploadAsync(server, dataset, Path.Combine(dir.Path, "upload-cache-2"));
 
         var options = server.Options(Path.Combine(dir.Path, "cache")) with { BlockBytes = Block };
@@ -193,10 +190,7 @@ public sealed class S3RangedShardTests : IDisposable
         var shard = expected.Manifest.Train.Shards[1].Tokens;
         // The same size, other bytes (two ids swapped far from where the job reads): the manifest does not change.
         var path = Path.Combine(dataset, shard.Name);
-        var bytes = File.ReadAllBytes(path);
-        (bytes[^2], bytes[^1], bytes[^4], bytes[^3]) = (bytes[^4], bytes[^3], bytes[^2], bytes[^1]);
-        if (bytes.AsSpan().SequenceEqual(File.ReadAllBytes(path))) bytes[^1] ^= 1;
-        File.WriteAllBytes(path, bytes);
+        SwapLastIds(path);
         await UploadAsync(server, dataset, Path.Combine(dir.Path, "upload-cache-2"));
 
         var options = server.Options(Path.Combine(dir.Path, "cache")) with { BlockBytes = Block };
@@ -208,5 +202,14 @@ public sealed class S3RangedShardTests : IDisposable
         Assert.Contains("the dataset changed under the job", e.Message);
         var again = Assert.Throws<DatasetException>(ds.ThrowIfCorrupt);
         Assert.Equal(e.Message, again.Message);
+    }
+
+    /// <summary>Other bytes of the same size at the end of the file (its last two pairs of bytes swapped, or its last byte flipped when they are equal): a change only the hashes see.</summary>
+    static void SwapLastIds(string path)
+    {
+        var bytes = File.ReadAllBytes(path);
+        (bytes[^2], bytes[^1], bytes[^4], bytes[^3]) = (bytes[^4], bytes[^3], bytes[^2], bytes[^1]);
+        if (bytes.AsSpan().SequenceEqual(File.ReadAllBytes(path))) bytes[^1] ^= 1;
+        File.WriteAllBytes(path, bytes);
     }
 }

@@ -105,6 +105,14 @@ public sealed class S3TestServer : IDisposable
         return server;
     }
 
+    /// <summary>The environment of a process that reads this server's datasets (a coordinator, a worker, the CLI): endpoint, region, keys and an S3 cache directory.</summary>
+    public Dictionary<string, string?> ClientEnvironment(string cacheDirectory) => new()
+    {
+        ["DTRAIN_S3_ENDPOINT"] = Endpoint.ToString(), ["AWS_REGION"] = "us-east-1",
+        ["AWS_ACCESS_KEY_ID"] = AccessKey, ["AWS_SECRET_ACCESS_KEY"] = SecretKey,
+        ["DTRAIN_S3_CACHE_DIR"] = cacheDirectory,
+    };
+
     /// <summary>Store options that reach this server with its credentials (or <paramref name="secretKey"/> instead), caching in <paramref name="cacheDirectory"/>.</summary>
     public S3StoreOptions Options(string cacheDirectory, string? accessKey = null, string? secretKey = null) => new()
     {
