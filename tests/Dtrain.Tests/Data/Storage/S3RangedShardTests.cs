@@ -63,13 +63,7 @@ public sealed class S3RangedShardTests : IDisposable
         var options = server.Options(Path.Combine(dir.Path, "cache")) with { BlockBytes = 4096, ReadAheadBlocks = 1 };
 
         using var ds = await StoredDataset.OpenAsync(uri, s3: options, verification: ShardVerification.Background);
-        var middle = first.TokenCount / 2;
-        var ids = new int[100];
-        ds.Train.Read(middle, ids);
-        Assert.Equal(expected.Train.ReadAllTokens().AsSpan((int)middle, 100).ToArray(), ids);
-        var third = expected.Train.Entry.Shards.Take(2).Sum(s => s.TokenCount);
-        ds.Train.Read(third, ids);
-        Assert.Equal(expected.Train.ReadAllTokens().AsSpan((int)third, 100).ToArray(), ids);
+        var (middle, third) = ReadAStepsRows(ds, expected, first);
         // What the job's last step waits for: nothing is left to fetch.
         await ds.VerifiedAsync();
         Assert.Equal(0, ds.FilesVerified);
@@ -102,13 +96,7 @@ public sealed class S3RangedShardTests : IDisposable
         ds.RemoteChecksHeld = held;
         Assert.Equal(DatasetLayout.Uint8, expected.Manifest.TokenDtype);
         // 100 ids (100 bytes) from the middle of shard 0, and 100 from the start of shard 2: what a step's rows are.
-        var middle = first.TokenCount / 2;
-        var ids = new int[100];
-        ds.Train.Read(middle, ids);
-        Assert.Equal(expected.Train.ReadAllTokens().AsSpan((int)middle, 100).ToArray(), ids);
-        var third = expected.Train.Entry.Shards.Take(2).Sum(s => s.TokenCount);
-        ds.Train.Read(third, ids);
-        Assert.Equal(expected.Train.ReadAllTokens().AsSpan((int)third, 100).ToArray(), ids);
+        var (middle, third) = ReadAStepsRows(ds, expected, first);
         Assert.Equal(2, ds.ShardsOpened);
         await server.FlushLogAsync();
 
@@ -211,5 +199,18 @@ public sealed class S3RangedShardTests : IDisposable
         (bytes[^2], bytes[^1], bytes[^4], bytes[^3]) = (bytes[^4], bytes[^3], bytes[^2], bytes[^1]);
         if (bytes.AsSpan().SequenceEqual(File.ReadAllBytes(path))) bytes[^1] ^= 1;
         File.WriteAllBytes(path, bytes);
+    }
+
+    /// <summary>What a step's rows read: 100 ids from the middle of shard 0 and 100 from the start of shard 2, checked against the local dataset; returns where they start.</summary>
+    static (long Middle, long Third) ReadAStepsRows(StoredDataset ds, PreparedDataset expected, DatasetShard first)
+    {
+        var middle = first.TokenCount / 2;
+        var ids = new int[100];
+        ds.Train.Read(middle, ids);
+        Assert.Equal(expected.Train.ReadAllTokens().AsSpan((int)middle, 100).ToArray(), ids);
+        var third = expected.Train.Entry.Shards.Take(2).Sum(s => s.TokenCount);
+        ds.Train.Read(third, ids);
+        Assert.Equal(expected.Train.ReadAllTokens().AsSpan((int)third, 100).ToArray(), ids);
+        return (middle, third);
     }
 }
