@@ -18,7 +18,7 @@ namespace Dtrain.Bench;
 /// workers join (gRPC Hello, then shared memory / TCP / the gRPC streams). Bus bandwidth as in nccl-tests:
 /// algbw = bytes / time, busbw = algbw * 2(W-1)/W; per round the slowest rank's mean over the round's iterations;
 /// the table shows the median of the rounds and their min–max. <c>tcp+tls256</c> is <c>tcp+tls</c> with the records sealed
-/// with AES-256-GCM instead of AES-128-GCM (the suite before; not in the default list), to compare the two in one run. Beside each row, gloo's bus bandwidth for the same
+/// with AEGIS-256 instead of AEGIS-128L (not in the default list), to compare the two in one run. Beside each row, gloo's bus bandwidth for the same
 /// world and size from bench/anchors/pytorch_ddp_bench.py (median of 3 runs) when PyTorch is installed.
 /// </summary>
 public static class CollectiveBench
@@ -63,7 +63,7 @@ public static class CollectiveBench
         var lines = new List<string>
         {
             $"all-reduce: {conditions}",
-            "shm = the shared-memory group workers of one host use by default (Worker:SharedMemoryGroup), on the registered gradient buffer as replicas sum it (zero-copy); shm-copy = the group on a buffer of the caller's own (copied through the group's slots); shm-ring = the ring over shared-memory links; tcp, tcp+tls, grpc = the ring over those links (tcp+tls: AES-128-GCM records; tcp+tls256: the same with AES-256-GCM)",
+            "shm = the shared-memory group workers of one host use by default (Worker:SharedMemoryGroup), on the registered gradient buffer as replicas sum it (zero-copy); shm-copy = the group on a buffer of the caller's own (copied through the group's slots); shm-ring = the ring over shared-memory links; tcp, tcp+tls, grpc = the ring over those links (tcp+tls: AEGIS-128L records; tcp+tls256: the same with AEGIS-256)",
             gloo ? "gloo: bench/anchors/pytorch_ddp_bench.py allreduce (PyTorch gloo over TCP on loopback, 1 thread per process), median of 3 runs, measured in this run"
                  : $"gloo: not measured ({glooWhy}); install it with `apt-get install -y python3-torch libopenblas0-pthread`",
             "",

@@ -1,28 +1,31 @@
 using System.Buffers.Binary;
+using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using System.Text;
 
 namespace Dtrain.Collective;
 
 /// <summary>
-/// The record layer of a <c>tcp+tls</c> link after its mutual-TLS handshake: AES-128-GCM records sent in plain TCP,
-/// keyed from an ephemeral ECDH exchange made inside the authenticated TLS session (see <see cref="TcpLink"/> and
-/// docs/cluster.md, "The TCP data plane with TLS"). A record on the wire is
-/// <c>[type:1][0:3][length:4 LE][GCM tag:16][ciphertext:length]</c>; the first 8 bytes are the associated data, the
-/// nonce is the key's 12-byte IV XOR the record's sequence number under that key (never sent, never repeated), so a
+/// The record layer of a <c>tcp+tls</c> link after its mutual-TLS handshake: AEGIS-128L records (libsodium's, through the
+/// native library NSec.Cryptography ships) sent in plain TCP, keyed from an ephemeral ECDH exchange made inside the
+/// authenticated TLS session (see <see cref="TcpLink"/> and docs/cluster.md, "The TCP data plane with TLS"). A record on
+/// the wire is <c>[type:1][0:3][length:4 LE][tag:32][ciphertext:length]</c>; the first 8 bytes are the associated data,
+/// the nonce is the key's 16-byte IV XOR the record's sequence number under that key (never sent, never repeated), so a
 /// record that is altered, replayed, dropped, reordered or moved to another link fails authentication. The traffic
 /// secret ratchets forward (and the sequence restarts) every <see cref="RecordsPerKey"/> records, as TLS 1.3's KeyUpdate
-/// does, so no key protects more than 2^38 bytes (2^34 AES blocks: RFC 8446 §5.5's margin for AES-GCM, which is the
-/// 128-bit block's birthday bound and so the same for AES-128 and AES-256). AES-128-GCM is TLS 1.3's mandatory suite
-/// (RFC 8446 §9.1): 10 rounds where AES-256 takes 14, the same GHASH.
+/// does. AEGIS-128L (the CAESAR competition's high-performance choice, draft-irtf-cfrg-aegis-aead) runs on the AES round
+/// instruction without GCM's GHASH: 16-17 GB per CPU-second here against AES-128-GCM's 4.6 (docs/benchmarks.md, issue 25).
+/// dtrain-bench's <c>tcp+tls256</c> rows use AEGIS-256 (32-byte key and nonce) instead.
 /// </summary>
 internal static class SealedRecords
 {
     /// <summary>Bytes before a record's ciphertext: type, reserved, length (the associated data), then the tag.</summary>
-    public const int HeadBytes = 24;
+    public const int HeadBytes = AdBytes + TagBytes;
 
     private const int AdBytes = 8;
-    private const int TagBytes = 16;
+
+    /// <summary>AEGIS's 256-bit tag (libsodium's crypto_aead_aegis128l_ABYTES and aegis256's).</summary>
+    private const int TagBytes = 32;
 
     /// <summary>
     /// Largest plaintext of one record: a frame's payload goes in records of at most this many bytes. 1 MiB, the
@@ -33,24 +36,23 @@ internal static class SealedRecords
     public const int ChunkBytes = 1024 * 1024;
 
     /// <summary>
-    /// Records per key before the secret ratchets: 2^18 records of at most 1 MiB = 2^38 bytes = 2^34 blocks, so an
-    /// attacker's advantage in telling the records from random stays below (2^34 + 2^18)^2 / 2^129 ≈ 2^-61 per key
-    /// (the AEAD limits draft's confidentiality bound for AES-GCM; RFC 8446 §5.5 allows 2^34.5 blocks for 2^-60). The
-    /// bound is the block size's, not the key's: it is the same for AES-128-GCM as for AES-256-GCM.
+    /// Records per key before the secret ratchets: 2^18 records of at most 1 MiB = 2^38 bytes per key. AEGIS-128L allows
+    /// far more under one key (messages of up to 2^61 bytes; its nonce is 128 bits and ours never repeats), so this is a
+    /// margin, kept from the AES-GCM records (2^34 blocks, RFC 8446 §5.5) that it replaced.
     /// </summary>
     public const long RecordsPerKey = (1L << 38) / ChunkBytes;
 
-    /// <summary>AES key bytes: 16 (AES-128-GCM).</summary>
+    /// <summary>Key bytes: 16 (AEGIS-128L); 32 selects AEGIS-256.</summary>
     public const int DefaultKeyBytes = 16;
 
     /// <summary>
-    /// The key size new links use: <see cref="DefaultKeyBytes"/>. Only dtrain-bench sets it (to 32, AES-256-GCM, for
+    /// The key size new links use: <see cref="DefaultKeyBytes"/>. Only dtrain-bench sets it (to 32, AEGIS-256, for
     /// its <c>tcp+tls256</c> rows beside <c>tcp+tls</c>): both ends of a link must use the same, or its first record fails.
     /// </summary>
     internal static int KeyBytes
     {
         get => keyBytes;
-        set => keyBytes = value is 16 or 32 ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "an AES key is 16 or 32 bytes here");
+        set => keyBytes = value is 16 or 32 ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "a key is 16 (AEGIS-128L) or 32 (AEGIS-256) bytes here");
     }
 
     private static int keyBytes = DefaultKeyBytes;
@@ -59,7 +61,7 @@ internal static class SealedRecords
     public const byte Payload = 2;
     public const byte Close = 3;
 
-    private static readonly byte[] Label = "dtrain tcp+tls records v2"u8.ToArray();
+    private static readonly byte[] Label = "dtrain tcp+tls records v3 aegis"u8.ToArray();
 
     /// <summary>Bytes on the wire for a record of <paramref name="plaintext"/> bytes.</summary>
     public static int Sealed(int plaintext) => HeadBytes + plaintext;
@@ -88,50 +90,103 @@ internal static class SealedRecords
 
     private static byte[] Info(string what) => [.. Label, (byte)' ', .. Encoding.ASCII.GetBytes(what)];
 
-    /// <summary>One direction's keys: the current AES-GCM key and IV, the sequence under it, the ratchet.</summary>
+    /// <summary>libsodium's AEGIS in detached mode (the tag apart from the ciphertext, which may be the plaintext's own memory).</summary>
+    private static unsafe class Sodium
+    {
+        [DllImport("libsodium", CallingConvention = CallingConvention.Cdecl)]
+        private static extern int sodium_init();
+
+        [DllImport("libsodium", CallingConvention = CallingConvention.Cdecl)]
+        public static extern int crypto_aead_aegis128l_encrypt_detached(byte* c, byte* mac, ulong* maclen, byte* m, ulong mlen, byte* ad, ulong adlen, byte* nsec, byte* npub, byte* k);
+
+        [DllImport("libsodium", CallingConvention = CallingConvention.Cdecl)]
+        public static extern int crypto_aead_aegis128l_decrypt_detached(byte* m, byte* nsec, byte* c, ulong clen, byte* mac, byte* ad, ulong adlen, byte* npub, byte* k);
+
+        [DllImport("libsodium", CallingConvention = CallingConvention.Cdecl)]
+        public static extern int crypto_aead_aegis256_encrypt_detached(byte* c, byte* mac, ulong* maclen, byte* m, ulong mlen, byte* ad, ulong adlen, byte* nsec, byte* npub, byte* k);
+
+        [DllImport("libsodium", CallingConvention = CallingConvention.Cdecl)]
+        public static extern int crypto_aead_aegis256_decrypt_detached(byte* m, byte* nsec, byte* c, ulong clen, byte* mac, byte* ad, ulong adlen, byte* npub, byte* k);
+
+        private static readonly int Initialized = sodium_init();
+
+        /// <summary>libsodium initialized (it picks the AES-NI code once); throws when it could not be.</summary>
+        public static void Ready()
+        {
+            if (Initialized < 0) throw new CryptographicException("libsodium could not be initialized (sodium_init failed)");
+        }
+    }
+
+    /// <summary>One direction's keys: the current AEGIS key and IV, the sequence under it, the ratchet.</summary>
     private sealed class Keys : IDisposable
     {
         private readonly long recordsPerKey;
         private readonly int keyBytes;
         private readonly byte[] secret;
-        private readonly byte[] iv = new byte[12];
-        private readonly byte[] nonce = new byte[12];
-        private AesGcm? aes;
+        private readonly byte[] key;
+        private readonly byte[] iv;
+        private readonly byte[] nonce;
+        private bool disposed;
         private long sequence;
 
         public Keys(byte[] trafficSecret, long recordsPerKey, int keyBytes)
         {
             ArgumentOutOfRangeException.ThrowIfLessThan(recordsPerKey, 1);
-            if (keyBytes is not (16 or 32)) throw new ArgumentOutOfRangeException(nameof(keyBytes), keyBytes, "an AES key is 16 or 32 bytes here");
+            if (keyBytes is not (16 or 32)) throw new ArgumentOutOfRangeException(nameof(keyBytes), keyBytes, "a key is 16 (AEGIS-128L) or 32 (AEGIS-256) bytes here");
+            Sodium.Ready();
             this.recordsPerKey = recordsPerKey;
             this.keyBytes = keyBytes;
             this.secret = (byte[])trafficSecret.Clone();
+            key = new byte[keyBytes];
+            iv = new byte[keyBytes];      // AEGIS-128L: 16-byte nonce; AEGIS-256: 32
+            nonce = new byte[keyBytes];
             Derive();
         }
 
         /// <summary>Records sealed or opened so far over all keys (for messages).</summary>
         public long Records { get; private set; }
 
-        public AesGcm Aes => aes ?? throw new ObjectDisposedException(nameof(SealedRecords));
-
         private void Derive()
         {
-            Span<byte> key = stackalloc byte[this.keyBytes];
             HKDF.Expand(HashAlgorithmName.SHA256, this.secret, key, Info("key"));
             HKDF.Expand(HashAlgorithmName.SHA256, this.secret, iv, Info("iv"));
-            aes?.Dispose();
-            aes = new AesGcm(key, TagBytes);
-            CryptographicOperations.ZeroMemory(key);
             sequence = 0;
         }
 
-        /// <summary>This record's nonce (IV XOR sequence).</summary>
-        public ReadOnlySpan<byte> Nonce()
+        /// <summary>This record's nonce (IV XOR sequence, in its last 8 bytes).</summary>
+        private void Nonce()
         {
             iv.CopyTo(nonce, 0);
-            var counter = BinaryPrimitives.ReadUInt64BigEndian(nonce.AsSpan(4)) ^ (ulong)sequence;
-            BinaryPrimitives.WriteUInt64BigEndian(nonce.AsSpan(4), counter);
-            return nonce;
+            var at = nonce.AsSpan(nonce.Length - 8);
+            BinaryPrimitives.WriteUInt64BigEndian(at, BinaryPrimitives.ReadUInt64BigEndian(at) ^ (ulong)sequence);
+        }
+
+        public unsafe void Seal(ReadOnlySpan<byte> plaintext, Span<byte> ciphertext, Span<byte> tag, ReadOnlySpan<byte> ad)
+        {
+            ObjectDisposedException.ThrowIf(disposed, this);
+            Nonce();
+            ulong tagLength;
+            int result;
+            fixed (byte* m = plaintext, c = ciphertext, t = tag, a = ad, n = nonce, k = key)
+                result = keyBytes == 16
+                    ? Sodium.crypto_aead_aegis128l_encrypt_detached(c, t, &tagLength, m, (ulong)plaintext.Length, a, (ulong)ad.Length, null, n, k)
+                    : Sodium.crypto_aead_aegis256_encrypt_detached(c, t, &tagLength, m, (ulong)plaintext.Length, a, (ulong)ad.Length, null, n, k);
+            if (result != 0 || tagLength != TagBytes) throw new CryptographicException($"AEGIS sealing failed ({result})");
+        }
+
+        /// <summary>False when the record fails authentication (then <paramref name="plaintext"/> holds no record bytes: cleared).</summary>
+        public unsafe bool Open(ReadOnlySpan<byte> ciphertext, ReadOnlySpan<byte> tag, Span<byte> plaintext, ReadOnlySpan<byte> ad)
+        {
+            ObjectDisposedException.ThrowIf(disposed, this);
+            Nonce();
+            int result;
+            fixed (byte* m = plaintext, c = ciphertext, t = tag, a = ad, n = nonce, k = key)
+                result = keyBytes == 16
+                    ? Sodium.crypto_aead_aegis128l_decrypt_detached(m, null, c, (ulong)ciphertext.Length, t, a, (ulong)ad.Length, n, k)
+                    : Sodium.crypto_aead_aegis256_decrypt_detached(m, null, c, (ulong)ciphertext.Length, t, a, (ulong)ad.Length, n, k);
+            if (result == 0) return true;
+            CryptographicOperations.ZeroMemory(plaintext);
+            return false;
         }
 
         /// <summary>After a record: the next sequence number, or the next key (the old secret erased) when this one has done its share.</summary>
@@ -148,9 +203,9 @@ internal static class SealedRecords
 
         public void Dispose()
         {
-            aes?.Dispose();
-            aes = null;
+            disposed = true;
             CryptographicOperations.ZeroMemory(this.secret);
+            CryptographicOperations.ZeroMemory(key);
             CryptographicOperations.ZeroMemory(iv);
         }
     }
@@ -168,7 +223,7 @@ internal static class SealedRecords
             output[..AdBytes].Clear();
             output[0] = type;
             BinaryPrimitives.WriteInt32LittleEndian(output[4..], plaintext.Length);
-            keys.Aes.Encrypt(keys.Nonce(), plaintext, output.Slice(HeadBytes, plaintext.Length), output.Slice(AdBytes, TagBytes), output[..AdBytes]);
+            keys.Seal(plaintext, output.Slice(HeadBytes, plaintext.Length), output.Slice(AdBytes, TagBytes), output[..AdBytes]);
             keys.Advance();
             return length;
         }
@@ -203,20 +258,14 @@ internal static class SealedRecords
         /// <summary>
         /// Opens the record whose head is <paramref name="head"/> and whose ciphertext is <paramref name="ciphertext"/>
         /// into <paramref name="plaintext"/> (of the same length, or the same memory); when it fails authentication
-        /// <paramref name="plaintext"/> is cleared (the platform's AES-GCM never leaves unauthenticated plaintext there).
+        /// <paramref name="plaintext"/> is cleared (no unauthenticated plaintext is left there).
         /// </summary>
         public void Open(ReadOnlySpan<byte> head, ReadOnlySpan<byte> ciphertext, Span<byte> plaintext)
         {
             if (plaintext.Length != ciphertext.Length) throw new ArgumentException($"a record of {ciphertext.Length} bytes opens into as many bytes, not {plaintext.Length}", nameof(plaintext));
-            try
-            {
-                keys.Aes.Decrypt(keys.Nonce(), ciphertext, head.Slice(AdBytes, TagBytes), plaintext, head[..AdBytes]);
-            }
-            catch (CryptographicException ex)
-            {
+            if (!keys.Open(ciphertext, head.Slice(AdBytes, TagBytes), plaintext, head[..AdBytes]))
                 throw new InvalidDataException(
-                    $"record {keys.Records + 1} ({Describe(head[0])}, {ciphertext.Length} bytes) failed authentication: it was altered, replayed, reordered or dropped on the way, or sealed with another key; the link is closed", ex);
-            }
+                    $"record {keys.Records + 1} ({Describe(head[0])}, {ciphertext.Length} bytes) failed authentication: it was altered, replayed, reordered or dropped on the way, or sealed with another key; the link is closed");
             keys.Advance();
         }
 

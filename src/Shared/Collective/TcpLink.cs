@@ -17,13 +17,13 @@ namespace Dtrain.Collective;
 /// piece's bytes, written straight from the caller's memory (no copy) and read into pooled buffers. With cluster TLS
 /// (<c>tcp+tls</c>) the handshake runs inside mutual TLS with the workers' certificates, each side pinned to the peer
 /// the coordinator named, and carries an ephemeral ECDH exchange bound to both certificates and the claim; the frames
-/// then go as AES-128-GCM records under the key it gives (<see cref="SealedRecords"/>), in plain TCP: large records sealed
+/// then go as AEGIS-128L records under the key it gives (<see cref="SealedRecords"/>), in plain TCP: large records sealed
 /// in one pass and opened in one pass (in place, or from the link's record buffer into place), where <see cref="SslStream"/> cut them into 16 KB TLS records and copied them
 /// through its own buffers.
 /// </summary>
 internal static class TcpLink
 {
-    private static readonly byte[] Magic = "DTRNTCP4"u8.ToArray();   // 4: 1 MiB records (3: 256 KiB, AES-128; 2: AES-256)
+    private static readonly byte[] Magic = "DTRNTCP5"u8.ToArray();   // 5: AEGIS-128L (4: AES-128-GCM, 1 MiB records; 3: 256 KiB; 2: AES-256)
     public const int SocketBufferBytes = 4 * 1024 * 1024;
     private const int MaxJobIdBytes = 4096;
 
