@@ -176,7 +176,16 @@ public class PeerStageLinkTests
             using var piece = expected.StartsWith("run ", StringComparison.Ordinal)
                 ? RingPiece.FromBytes(new StageTensorTag(5, StagePhase.Activation, 0, 0).ToWire(), 2, 1, new byte[16]).WithShape([3])   // 4 values at offset 2 of 3
                 : RingPiece.FromBytes(new RingTag(5, 0, 0, 0), 0, 1, new byte[16]);                       // an all-reduce piece
-            await link.SendAsync(piece, CancellationToken.None);
+            try
+            {
+                await link.SendAsync(piece, CancellationToken.None);
+            }
+            catch (IOException)
+            {
+                // The receiver refuses the frame from its header and closes the link: the sender's write of the rest
+                // can meet the closed socket (a CI run saw "the receiver closed the connection" here). What the test
+                // checks is the receiving stage's error below.
+            }
             var ex = await Assert.ThrowsAnyAsync<Exception>(() => mailbox.ReceiveAsync(new StageTensorTag(5, StagePhase.Activation, 0, 0).ToWire(), e => new RingTransportException(e.Message, 0, "stage 0", e), CancellationToken.None).AsTask().WaitAsync(TimeSpan.FromSeconds(30)));
             Assert.True(ex.Message.Contains(expected, StringComparison.Ordinal), ex.Message);
             plane.Mailboxes.Unregister(mailbox, new ObjectDisposedException("test"));
