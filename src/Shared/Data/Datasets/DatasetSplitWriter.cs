@@ -194,16 +194,18 @@ public sealed class DatasetSplitWriter : IDisposable
         readonly string name;
         readonly FileStream stream;
         readonly IncrementalHash hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        readonly IncrementalHash blockHash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        readonly BlockHasher blockHash;
         readonly List<string> blocks = [];
+        readonly Action<long, string> addBlock;
         readonly int blockBytes;
         long bytes, started, dropped;
-        int blockFill;
 
         public ShardFile(string directory, string name, int blockBytes)
         {
             this.name = name;
             this.blockBytes = blockBytes;
+            blockHash = new BlockHasher(blockBytes);
+            addBlock = (_, sha) => blocks.Add(sha);
             stream = new FileStream(Path.Combine(directory, name), FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20);
         }
 
@@ -212,14 +214,7 @@ public sealed class DatasetSplitWriter : IDisposable
             stream.Write(data);
             hash.AppendData(data);
             bytes += data.Length;
-            while (!data.IsEmpty)
-            {
-                var n = Math.Min(data.Length, blockBytes - blockFill);
-                blockHash.AppendData(data[..n]);
-                blockFill += n;
-                data = data[n..];
-                if (blockFill == blockBytes) EndBlock();
-            }
+            blockHash.Append(data, addBlock);
             if (bytes - started >= WriteBehindBytes) WriteBehind();
         }
 
@@ -237,15 +232,9 @@ public sealed class DatasetSplitWriter : IDisposable
             started = bytes;
         }
 
-        void EndBlock()
-        {
-            blocks.Add(Convert.ToHexStringLower(blockHash.GetHashAndReset()));
-            blockFill = 0;
-        }
-
         public DatasetFile Finish()
         {
-            if (blockFill > 0) EndBlock();
+            blockHash.Finish(addBlock);
             stream.Flush(flushToDisk: true);
             if (OperatingSystem.IsLinux()) _ = Native.PosixFadvise(stream.SafeFileHandle, 0, 0, Native.FadviseDontNeed); // on disk now: drop the rest
             stream.Dispose();

@@ -204,22 +204,11 @@ public sealed class PreparedDataset : IDisposable
         if (info.Length != entry.Bytes) throw new DatasetException(directory, entry.Name, SizeProblem(info.Length, entry.Bytes));
         if (!verify) return;
         using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        using var blockHash = entry.HasBlocks ? IncrementalHash.CreateHash(HashAlgorithmName.SHA256) : null;
-        long block = 0, blockFill = 0;
-        void Blocks(ReadOnlySpan<byte> bytes, bool end)
+        using var blockHash = entry.HasBlocks ? new BlockHasher(entry.BlockBytes!.Value) : null;
+        void Matches(long block, string sha)
         {
-            while (blockHash is not null && (!bytes.IsEmpty || (end && blockFill > 0)))
-            {
-                var n = (int)Math.Min(bytes.Length, entry.BlockBytes!.Value - blockFill);
-                blockHash.AppendData(bytes[..n]);
-                blockFill += n;
-                bytes = bytes[n..];
-                if (blockFill < entry.BlockBytes.Value && !(end && bytes.IsEmpty)) continue;
-                if (block >= entry.BlockSha256!.Count || Convert.ToHexStringLower(blockHash.GetHashAndReset()) != entry.BlockSha256[(int)block])
-                    throw new DatasetException(directory, entry.Name, $"{entry.DescribeBlock(block)} does not match its SHA-256 in the manifest: it was altered after preparation");
-                block++;
-                blockFill = 0;
-            }
+            if (block >= entry.BlockSha256!.Count || sha != entry.BlockSha256[(int)block])
+                throw new DatasetException(directory, entry.Name, $"{entry.DescribeBlock(block)} does not match its SHA-256 in the manifest: it was altered after preparation");
         }
         var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
         try
@@ -231,7 +220,7 @@ public sealed class PreparedDataset : IDisposable
             {
                 var have = (int)carry + n;
                 hash.AppendData(buffer, (int)carry, n);
-                Blocks(buffer.AsSpan((int)carry, n), end: false);
+                blockHash?.Append(buffer.AsSpan((int)carry, n), Matches);
                 var whole = have - have % 4;
                 content?.Invoke(offset, buffer.AsSpan(0, whole));
                 offset += whole;
@@ -247,7 +236,7 @@ public sealed class PreparedDataset : IDisposable
         }
         if (Convert.ToHexStringLower(hash.GetHashAndReset()) != entry.Sha256)
             throw new DatasetException(directory, entry.Name, "does not match its SHA-256 in the manifest: it was altered after preparation");
-        Blocks([], end: true);
+        blockHash?.Finish(Matches);
     }
 
     /// <summary>The ids in <paramref name="bytes"/> (from id <paramref name="first"/> of the shard on) are below the vocabulary; else the first that is not, by its position in the shard.</summary>
