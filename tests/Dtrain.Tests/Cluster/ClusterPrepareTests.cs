@@ -428,6 +428,12 @@ public sealed class ClusterPrepareTests
         Assert.Contains($"-o {underFile}: the coordinator cannot write in {train[0]}", unwritable.Status.Detail);
         Assert.Contains("prepare on the host", unwritable.Status.Detail);
         await Refused(Request(options, output, train, validation), StatusCode.FailedPrecondition, "no idle worker");
+        // An output whose parents do not exist yet: the writability check created them (to probe) and a prepare refused
+        // after it left them behind, empty. Nothing is left now.
+        var nested = Path.Combine(tmp.Path, "new", "deeper", "ds");
+        var noWorker = await Assert.ThrowsAsync<RpcException>(() => PrepareAsync(cluster, Request(options, nested, train, validation)));
+        Assert.True(noWorker.StatusCode == StatusCode.FailedPrecondition && noWorker.Status.Detail.Contains("no idle worker", StringComparison.Ordinal), $"{noWorker.StatusCode}: {noWorker.Status.Detail}");
+        Assert.False(Directory.Exists(Path.Combine(tmp.Path, "new")), $"{Path.Combine(tmp.Path, "new")} was left behind by a refused prepare");
 
         // Authorized like submit: a viewer may not, a submitter may (and is told there is no idle worker).
         var (viewer, _, _) = Dtrain.Tests.Security.AuthTestSupport.Token(cluster, "dashboard", Dtrain.Server.Auth.Role.Viewer);

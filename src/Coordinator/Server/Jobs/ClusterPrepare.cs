@@ -469,12 +469,17 @@ public sealed class ClusterPrepare(DataAccess data, WorkerRegistry registry, Wor
     /// Refuses, before any worker is asked, an output the coordinator cannot write beside (it creates the temporary
     /// directory, writes the manifest and renames it into place): a read-only volume — the shipped compose file's
     /// <c>datasets</c> — used to fail only once the workers had been reserved, with the file system's bare message.
+    /// It leaves nothing behind: the output's missing parent directories it creates to probe are removed again (a
+    /// prepare refused after it, e.g. with no idle worker, used to leave them, empty); DatasetWriter creates them for good.
     /// </summary>
     static void CheckWritable(string output)
     {
         var directory = Path.GetDirectoryName(output.TrimEnd('/'));
         if (directory is null) return; // DatasetWriter refuses the root itself
         var probe = Path.Combine(directory, $".{Path.GetFileName(output.TrimEnd('/'))}.probe-{Guid.NewGuid():N}");
+        // The directories this check creates, deepest first: the missing ones from the output's parent up.
+        var created = new List<string>();
+        for (var d = directory; !Directory.Exists(d) && !File.Exists(d) && Path.GetDirectoryName(d) is { } up; d = up) created.Add(d);
         try
         {
             Directory.CreateDirectory(directory); // as DatasetWriter will
@@ -486,6 +491,14 @@ public sealed class ClusterPrepare(DataAccess data, WorkerRegistry registry, Wor
             throw new Refusal(StatusCode.FailedPrecondition,
                 $"-o {output}: the coordinator cannot write in {directory} ({e.Message}); the output must be on storage the coordinator and every " +
                 "worker can write (the shipped compose file's `datasets` volume is read-only: prepare on the host and copy the dataset in, docs/deploy.md)");
+        }
+        finally
+        {
+            // Only while empty: another prepare may have put its own output there meanwhile.
+            foreach (var d in created)
+            {
+                try { Directory.Delete(d); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            }
         }
     }
 
