@@ -106,4 +106,56 @@ public class JobQueueTests
         Assert.Equal([("job-0002", 2)], c.Started);
         Assert.Contains("waiting for 2 idle worker(s)", queued.Progress.Message);
     }
+
+    [Fact]
+    public void A_restart_waiting_for_a_worker_that_is_joining_is_not_overtaken_by_a_queued_job()
+    {
+        // After a coordinator restart the workers register again one by one: the job that was running waits for its 2,
+        // one idle and one joining (registered, no heartbeat yet). The queued job used to take the idle one and run
+        // first, or — when the joining worker became idle between the restart's look and the queue's — both
+        // (CoordinatorRestartTests saw "the queued job ran after the resumed one" once).
+        var c = new Cluster(1);
+        var joining = c.Registry.Register(new WorkerRegistration(InMemoryWorkerPool.AddressOf("node-1"), "node-1", WorkerCapabilities.Unknown with { Cores = 1 }));
+        var resumed = Job(1, 2);
+        c.Queue.EnqueueRestart(resumed);
+        var queued = Job(2, 1);
+        c.Queue.Enqueue(queued);
+
+        c.Schedule();
+
+        Assert.Empty(c.Started);
+        Assert.Equal("queued behind job-0001, which resumes from its checkpoint once 2 workers are idle", queued.Progress.Message);
+        Assert.Equal(0, c.Registry.FreeCount());   // the idle worker is held for it
+
+        Assert.True(c.Registry.Heartbeat(joining.Id, joining.Token));
+        c.Schedule();
+        Assert.Equal([("job-0001", 2)], c.Started);
+        c.Registry.Release("job-0001");
+        c.Schedule();
+        Assert.Equal([("job-0001", 2), ("job-0002", 1)], c.Started);
+    }
+
+    [Fact]
+    public void While_a_restart_waits_for_workers_to_register_queued_jobs_may_start_on_the_idle_ones_and_then_none_overtakes_it()
+    {
+        // The restart needs 3 and only 2 workers can take jobs: it waits for one more to register. Queued jobs may use
+        // the 2 idle meanwhile (as behind a head that waits for workers to register), in submission order.
+        var c = new Cluster(2);
+        c.Queue.EnqueueRestart(Job(1, 3));
+        var last = Job(4, 1);
+        foreach (var job in new[] { Job(2, 1), Job(3, 1), last }) c.Queue.Enqueue(job);
+
+        c.Schedule();
+
+        Assert.Equal([("job-0002", 1), ("job-0003", 1)], c.Started);
+        // A third registers: enough can take jobs, the restart only waits for running jobs; the new idle worker is its.
+        c.Add("node-2");
+        c.Schedule();
+        Assert.Equal(2, c.Started.Count);
+        Assert.Equal("queued behind job-0001, which resumes from its checkpoint once 3 workers are idle", last.Progress.Message);
+        c.Registry.Release("job-0002");
+        c.Registry.Release("job-0003");
+        c.Schedule();
+        Assert.Equal([("job-0002", 1), ("job-0003", 1), ("job-0001", 3)], c.Started);
+    }
 }

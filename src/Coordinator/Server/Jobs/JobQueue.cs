@@ -12,7 +12,12 @@ namespace Dtrain.Server;
 /// no job that ends would let it start — and only on idle workers. Once the workers that can take jobs are enough
 /// for the head, nothing overtakes it: it starts as soon as the running jobs release enough of them, and idle
 /// workers are held for it (running elastic jobs do not grow onto them).
-/// Jobs going back to work from their checkpoint (restarts) start before the queue when workers allow.
+/// Jobs going back to work from their checkpoint (restarts: training.max_restarts, or jobs that were running when the
+/// coordinator stopped) start before the queue, in the order they went back; the queue is to a waiting restart as the
+/// jobs behind a head are to it: while the workers that can take jobs are enough for the restart, no queued job starts
+/// (the idle workers are held for it); while they are fewer (they are still registering, e.g. after a coordinator
+/// restart), queued jobs may start only on the workers that were idle when it could not. So a queued job never takes
+/// workers that became idle for the restart meanwhile: the order does not depend on when the workers come back.
 /// <see cref="JobManager"/> owns one and calls <see cref="Schedule"/> from its loop (one thread).
 /// </summary>
 public sealed class JobQueue(CoordinatorOptions options, WorkerRegistry registry, ILogger log)
@@ -54,12 +59,30 @@ public sealed class JobQueue(CoordinatorOptions options, WorkerRegistry registry
     public void Schedule(Action<JobRecord, IReadOnlyList<WorkerRecord>> start)
     {
         // Restarting jobs first: they were running, and they take their minimum (a pipeline all its stages).
+        JobRecord? restart = null;
+        var restartNeed = 0;
         while (restarts.TryPeek(out var again))
         {
             if (again.IsFinished) { restarts.TryDequeue(out _); continue; }
-            if (registry.TryReserve(WorkersWanted(again), again.Id) is not { } reserved) break;
+            var wanted = WorkersWanted(again);
+            if (registry.TryReserve(wanted, again.Id) is not { } reserved)
+            {
+                restart = again;
+                restartNeed = Math.Max(1, wanted);
+                break;
+            }
             restarts.TryDequeue(out _);
             start(again, reserved);
+        }
+        // Workers the queue may take in this pass (null: any idle). A worker may become idle between the restart's look
+        // and the queue's (a heartbeat, a release): the queue's share is fixed by one look after the restart's.
+        int? budget = null;
+        var restartBlocks = false;
+        if (restart is not null)
+        {
+            var seen = registry.Capacity();
+            restartBlocks = seen.Schedulable >= restartNeed;
+            budget = restartBlocks ? 0 : seen.Idle;
         }
         while (queue.TryPeek(out var first) && (first.IsFinished || startedFromQueue.Contains(first.Id)))
         {
@@ -75,8 +98,11 @@ public sealed class JobQueue(CoordinatorOptions options, WorkerRegistry registry
             if (job.IsFinished || startedFromQueue.Contains(job.Id)) continue;
             var requested = job.WorkersRequested;
             var need = Math.Max(1, requested);
-            if ((head is null || backfill) && registry.TryReserve(requested, job.Id) is { } workers)
+            // Behind a waiting restart: at most the budget ("all idle workers" is those idle at its look).
+            var fits = budget is not { } left || (left > 0 && (requested == 0 || requested <= left));
+            if ((head is null || backfill) && fits && registry.TryReserve(budget is { } b && requested == 0 ? b : requested, job.Id) is { } workers)
             {
+                if (budget is not null) budget -= workers.Count;
                 startedFromQueue.Add(job.Id);
                 if (head is not null)
                 {
@@ -88,7 +114,11 @@ public sealed class JobQueue(CoordinatorOptions options, WorkerRegistry registry
             }
             var capacity = registry.Capacity();
             string message;
-            if (head is null)
+            if (restartBlocks)
+            {
+                message = $"queued behind {restart!.Id}, which resumes from its checkpoint once {restartNeed} workers are idle";
+            }
+            else if (head is null)
             {
                 head = job;
                 headNeed = need;
@@ -105,7 +135,8 @@ public sealed class JobQueue(CoordinatorOptions options, WorkerRegistry registry
             }
             if (job.Progress.Message != message) job.Update(p => p with { Message = message });
         }
-        registry.HoldForQueue(head is null ? 0 : headNeed);
+        // Idle workers are held for a restart that only waits for running jobs, else for the head of the queue.
+        registry.HoldForQueue(restartBlocks ? restartNeed : head is not null ? headNeed : restart is not null ? restartNeed : 0);
     }
 
     /// <summary>
