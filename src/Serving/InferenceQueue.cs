@@ -10,6 +10,9 @@ internal abstract class WorkItem
 {
     /// <summary>The client went away: a generation stops at its next token.</summary>
     public CancellationToken Aborted { get; init; }
+
+    /// <summary>When it was queued (<see cref="ServingOptions.Time"/>'s timestamp): its queue wait ends when the inference thread takes it into a pass.</summary>
+    public long Queued { get; set; }
 }
 
 /// <summary>Texts to classify; they join other requests' texts in one forward pass.</summary>
@@ -34,7 +37,7 @@ internal sealed class GenerateWork : WorkItem
 /// <summary>
 /// Dynamic batching as Triton does it: a bounded queue of requests and one inference thread that loads the model, then
 /// takes the first waiting request and lets more classification requests join it — until --max-batch texts or
-/// --max-wait-ms after it was taken — and classifies them all in one forward pass (<see cref="Predictor"/>, the code of
+/// --max-wait-ms after it was queued — and classifies them all in one forward pass (<see cref="Predictor"/>, the code of
 /// `dtrain predict`). Generations are batched by step (continuous batching): up to --max-batch run at once, each forward
 /// pass draws the next token of every one (<see cref="TextGenerator.Step"/>, the code of `dtrain generate`), and a
 /// generation that arrives joins at the next step after reading its prompt alone.
@@ -46,6 +49,10 @@ internal sealed class InferenceQueue : IDisposable
     readonly Channel<WorkItem> channel;
     readonly Thread thread;
     readonly TaskCompletionSource<TrainedModel> loaded = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    // Wakes the inference thread from the thread that queued a request (or completed the queue). Waiting on the
+    // channel's WaitToReadAsync instead woke it through a thread-pool work item, queued behind the clients' and
+    // Kestrel's own: under load a request sat in the queue, and a batch's window ran long, until a pool thread came.
+    readonly ManualResetEventSlim wake = new(false);
     int depth;
 
     public InferenceQueue(ServingOptions options, ServingMetrics metrics)
@@ -68,8 +75,10 @@ internal sealed class InferenceQueue : IDisposable
     public bool TryEnqueue(WorkItem item)
     {
         Interlocked.Increment(ref depth);
+        item.Queued = options.Time.GetTimestamp();
         if (channel.Writer.TryWrite(item))
         {
+            wake.Set();
             metrics.QueueDepth.Set(Depth);
             return true;
         }
@@ -78,7 +87,11 @@ internal sealed class InferenceQueue : IDisposable
     }
 
     /// <summary>Takes no more requests; the inference thread finishes those queued, then exits (<see cref="Dispose"/> waits for it).</summary>
-    public void Complete() => channel.Writer.TryComplete();
+    public void Complete()
+    {
+        channel.Writer.TryComplete();
+        wake.Set();
+    }
 
     public void Dispose()
     {
@@ -107,9 +120,15 @@ internal sealed class InferenceQueue : IDisposable
         using (model)
         {
             var reader = channel.Reader;
-            while (reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult())
+            while (true)
             {
-                if (!reader.TryRead(out var first)) continue;
+                wake.Reset();
+                if (!reader.TryRead(out var first))
+                {
+                    if (reader.Completion.IsCompleted) return;
+                    wake.Wait();
+                    continue;
+                }
                 Taken();
                 if (first is GenerateWork generate)
                 {
@@ -129,14 +148,19 @@ internal sealed class InferenceQueue : IDisposable
         metrics.QueueDepth.Set(Depth);
     }
 
-    /// <summary>Lets classification requests join <paramref name="batch"/> until it holds --max-batch texts or --max-wait-ms have passed since its first was taken.</summary>
+    /// <summary>
+    /// Lets classification requests join <paramref name="batch"/> until it holds --max-batch texts or --max-wait-ms have
+    /// passed since its first was queued (as Triton's max_queue_delay): a request that already waited that long behind a
+    /// forward pass goes at once with whatever is queued, rather than waiting a whole window more.
+    /// </summary>
     void Gather(ChannelReader<WorkItem> reader, List<PredictWork> batch)
     {
         var texts = batch[0].Texts.Count;
-        var started = options.Time.GetTimestamp();
+        var started = batch[0].Queued;
         var window = TimeSpan.FromMilliseconds(options.MaxWaitMs);
         while (texts < options.MaxBatch)
         {
+            wake.Reset();
             if (reader.TryPeek(out var next))
             {
                 if (next is not PredictWork p || texts + p.Texts.Count > options.MaxBatch) return;
@@ -146,28 +170,37 @@ internal sealed class InferenceQueue : IDisposable
                 texts += p.Texts.Count;
                 continue;
             }
+            if (reader.Completion.IsCompleted) return;
             var left = window - options.Time.GetElapsedTime(started);
             if (left <= TimeSpan.Zero) return;
-            using var wait = new CancellationTokenSource(left, options.Time);
-            try
-            {
-                if (!reader.WaitToReadAsync(wait.Token).AsTask().GetAwaiter().GetResult()) return;
-            }
-            catch (OperationCanceledException)
-            {
-                return;
-            }
+            Wait(left);
         }
+    }
+
+    /// <summary>Sleeps until a request is queued (or the queue completed) or <paramref name="left"/> has passed on <see cref="ServingOptions.Time"/>.</summary>
+    void Wait(TimeSpan left)
+    {
+        if (options.Time == TimeProvider.System)
+        {
+            // Whole milliseconds, rounded up: a wait of 0 would return at once and spin out the window's last fraction.
+            wake.Wait((int)Math.Ceiling(left.TotalMilliseconds));
+            return;
+        }
+        using var timer = options.Time.CreateTimer(_ => wake.Set(), null, left, Timeout.InfiniteTimeSpan);
+        wake.Wait();
     }
 
     void RunPredict(TrainedModel model, List<PredictWork> batch)
     {
         var texts = batch.SelectMany(w => w.Texts).ToList();
         metrics.BatchSize.Observe(texts.Count);
+        var started = options.Time.GetTimestamp();
+        foreach (var w in batch) metrics.QueueWait.Observe(options.Time.GetElapsedTime(w.Queued, started).TotalSeconds);
         IReadOnlyList<Prediction> predictions;
         try
         {
             predictions = Predictor.Predict(model, texts, options.MaxBatch);
+            metrics.Pass.Observe(options.Time.GetElapsedTime(started).TotalSeconds);
         }
         catch (Exception e)
         {
@@ -205,7 +238,9 @@ internal sealed class InferenceQueue : IDisposable
                 }
                 if (running.Count == 0) return;
                 metrics.BatchSize.Observe(running.Count);
+                var started = options.Time.GetTimestamp();
                 TextGenerator.Step(model, [.. running.Select(r => r.Sequence)]);
+                metrics.Pass.Observe(options.Time.GetElapsedTime(started).TotalSeconds);
                 for (var i = running.Count - 1; i >= 0; i--)
                     if (!Drawn(running[i])) running.RemoveAt(i);
             }
@@ -219,6 +254,7 @@ internal sealed class InferenceQueue : IDisposable
     /// <summary>Reads the prompt and draws the first token; a generation refused or done at once is answered here.</summary>
     void Join(TrainedModel model, GenerateWork work, List<Running> running)
     {
+        metrics.QueueWait.Observe(options.Time.GetElapsedTime(work.Queued).TotalSeconds);
         TextGenerator.Sequence sequence;
         try
         {

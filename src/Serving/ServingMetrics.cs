@@ -10,6 +10,8 @@ internal sealed class ServingMetrics
     public Histogram Latency { get; }
     public Histogram BatchSize { get; }
     public Gauge QueueDepth { get; }
+    public Histogram QueueWait { get; }
+    public Histogram Pass { get; }
 
     public ServingMetrics()
     {
@@ -20,5 +22,9 @@ internal sealed class ServingMetrics
         BatchSize = factory.CreateHistogram("dtrain_serving_batch_size", "Texts classified, or generations stepped by one token, in one forward pass.",
             new HistogramConfiguration { Buckets = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096] });
         QueueDepth = factory.CreateGauge("dtrain_serving_queue_depth", "Requests waiting for the inference thread.");
+        QueueWait = factory.CreateHistogram("dtrain_serving_queue_wait_seconds", "Time from a request's queueing to the inference thread taking it into a forward pass (its batch's window included).",
+            new HistogramConfiguration { Buckets = Histogram.ExponentialBuckets(0.0001, 2, 18) });
+        Pass = factory.CreateHistogram("dtrain_serving_pass_seconds", "Time of one forward pass: a batch of texts classified, or one token drawn for the generations running.",
+            new HistogramConfiguration { Buckets = Histogram.ExponentialBuckets(0.0001, 2, 18) });
     }
 }

@@ -24,7 +24,7 @@ public sealed record ServingOptions
     public int GrpcPortToBind => GrpcPort ?? (Port == 0 ? 0 : DefaultGrpcPort);
     /// <summary>The most texts one forward pass classifies (1 = no batching).</summary>
     public int MaxBatch { get; init; } = 32;
-    /// <summary>How long the first request of a batch waits for more to join it, in milliseconds.</summary>
+    /// <summary>How long the first request of a batch may wait, counted from its queueing, for more to join it, in milliseconds.</summary>
     public int MaxWaitMs { get; init; } = 5;
     /// <summary>Requests waiting for the inference thread at most; one more is answered 503 with Retry-After.</summary>
     public int QueueCapacity { get; init; } = 1024;
