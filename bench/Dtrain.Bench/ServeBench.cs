@@ -26,7 +26,8 @@ namespace Dtrain.Bench;
 internal static class ServeBench
 {
     public const string Usage = "dtrain-bench serve [--requests N (2000)] [--total N (10000)] [--max-batch N (32)] [--max-wait-ms N (5)] [--words N (40)] " +
-                                "[--vocab N (2000)] [--sizes EMBxHIDDEN[xLAYERS],... (64x96,128x256,256x512) | --embedding N (64) --hidden N (96) --layers N (1) | --model PATH]";
+                                "[--vocab N (2000)] [--texts FILE (JSONL with a \"text\" field per line if it ends in .jsonl, else one text per line)] " +
+                                "[--sizes EMBxHIDDEN[xLAYERS],... (64x96,128x256,256x512) | --embedding N (64) --hidden N (96) --layers N (1) | --model PATH]";
 
     /// <summary>A bidirectional LSTM classifier's size: embedding, hidden units per direction, layers.</summary>
     internal sealed record Size(int Embedding, int Hidden, int Layers)
@@ -48,7 +49,7 @@ internal static class ServeBench
     public static int Run(string[] args)
     {
         if (BenchArgs.Help(args, Usage)) return 0;
-        BenchArgs.CheckOptions(args, Usage, "--requests", "--total", "--max-batch", "--max-wait-ms", "--words", "--vocab", "--sizes", "--embedding", "--hidden", "--layers", "--model");
+        BenchArgs.CheckOptions(args, Usage, "--requests", "--total", "--max-batch", "--max-wait-ms", "--words", "--vocab", "--texts", "--sizes", "--embedding", "--hidden", "--layers", "--model");
         var requests = Number(args, "--requests", 2000, 1, 10_000_000);
         var total = Number(args, "--total", 10_000, 1, 10_000_000);
         var maxBatch = Number(args, "--max-batch", 32, 2, 4096);
@@ -63,12 +64,17 @@ internal static class ServeBench
         Size[] sizes = single
             ? [new(Number(args, "--embedding", Size.Spam.Embedding, 1, 4096), Number(args, "--hidden", Size.Spam.Hidden, 1, 4096), Number(args, "--layers", Size.Spam.Layers, 1, 16))]
             : Size.ParseList(BenchArgs.Option(args, "--sizes") ?? "64x96,128x256,256x512");
+        var textsFile = BenchArgs.Option(args, "--texts");
+        if (textsFile is not null && BenchArgs.Option(args, "--words") is not null) throw new ArgumentException($"--texts and --words: give one of them (usage: {Usage})");
+        if (textsFile is not null && BenchArgs.Option(args, "--vocab") is not null)
+            throw new ArgumentException($"--vocab is for the synthetic texts of --words: with --texts the vocabulary is fitted on the texts (usage: {Usage})");
         using var tmp = new TempDirectory();
-        var texts = Texts(words, 256, vocab);
+        var texts = textsFile is null ? Texts(words, 256, vocab) : ReadTexts(textsFile);
         (string Name, string Path)[] models = given is not null ? [(Name: given, Path: given)]
-            : sizes.Select(s => (Name: $"size {s}", Path: Classifier(Path.Combine(tmp.Path, s.ToString()), s, vocab))).ToArray();
-        Console.WriteLine($"serve: {(given ?? $"bidirectional LSTM classifiers (word vocabulary {vocab}) of embedding x hidden [x layers] {string.Join(", ", sizes)}")}, " +
-                          $"texts of {words} words, loopback HTTP/1.1 (and gRPC), {Environment.ProcessorCount} CPUs, clients in the same process");
+            : sizes.Select(s => (Name: $"size {s}", Path: Classifier(Path.Combine(tmp.Path, s.ToString()), s, vocab, textsFile is null ? null : texts))).ToArray();
+        var vocabulary = textsFile is null ? $"word vocabulary {vocab}" : "word vocabulary fitted on the texts";
+        Console.WriteLine($"serve: {(given ?? $"bidirectional LSTM classifiers ({vocabulary}) of embedding x hidden [x layers] {string.Join(", ", sizes)}")}, " +
+                          $"{(textsFile is null ? $"texts of {words} words" : Lengths(textsFile, texts))}, loopback HTTP/1.1 (and gRPC), {Environment.ProcessorCount} CPUs, clients in the same process");
 
         var summary = new List<string>();
         for (var m = 0; m < models.Length; m++)
@@ -106,7 +112,7 @@ internal static class ServeBench
         return 0;
     }
 
-    sealed record Result(int Answered, int Failed, double Seconds, double P50, double P99, double MeanBatch, double CpuSeconds, long Allocated)
+    sealed record Result(int Answered, int Failed, double Seconds, double P50, double P99, double MeanBatch, double CpuSeconds, long Allocated, double QueueWait, double Pass, double QueueWaitP99, double PassP99)
     {
         public double KbPerRequest => Allocated / 1024.0 / Math.Max(1, Answered);
         public double PerSecond => Answered / Seconds;
@@ -114,7 +120,9 @@ internal static class ServeBench
         public double CpuPerRequest => CpuSeconds / Math.Max(1, Answered);
 
         public string Line(string what) => string.Create(CultureInfo.InvariantCulture,
-            $"{what}: {PerSecond:F0} requests/s, p50 {P50 * 1e3:F1} ms, p99 {P99 * 1e3:F1} ms, mean batch {MeanBatch:F1} texts ({Answered} answered, {Failed} failed)");
+            $"{what}: {PerSecond:F0} requests/s, p50 {P50 * 1e3:F1} ms, p99 {P99 * 1e3:F1} ms, mean batch {MeanBatch:F1} texts ({Answered} answered, {Failed} failed); " +
+            $"in the server: queue wait mean {QueueWait * 1e3:F2} ms, p99 <= {QueueWaitP99 * 1e3:F1} ms, forward pass mean {Pass * 1e3:F2} ms, p99 <= {PassP99 * 1e3:F1} ms; " +
+            $"{CpuPerRequest * 1e3:F2} ms CPU per request, clients included");
     }
 
     static Result Load(string model, int maxBatch, int maxWait, string[] texts, int count, int clients) => LoadAsync(model, maxBatch, maxWait, texts, count, clients).GetAwaiter().GetResult();
@@ -158,7 +166,7 @@ internal static class ServeBench
     {
         for (var i = 0; i < 20; i++)
             if (!await request(i)) throw new BenchFailureException($"warm-up request {i} was not answered");
-        var before = BatchStats(await http.GetStringAsync("/metrics"));
+        var before = ServerStats(await http.GetStringAsync("/metrics"));
         var latencies = new double[count];
         var next = -1;
         var failed = 0;
@@ -180,16 +188,37 @@ internal static class ServeBench
         var seconds = clock.Elapsed.TotalSeconds;
         var cpuSeconds = (Environment.CpuUsage.TotalTime - cpu).TotalSeconds;
         allocated = GC.GetTotalAllocatedBytes(precise: true) - allocated;
-        var after = BatchStats(await http.GetStringAsync("/metrics"));
+        var after = ServerStats(await http.GetStringAsync("/metrics"));
         Array.Sort(latencies);
-        var meanBatch = (after.Sum - before.Sum) / Math.Max(1, after.Count - before.Count);
-        return new Result(answered, failed, seconds, latencies[(int)(0.50 * (count - 1))], latencies[(int)(0.99 * (count - 1))], meanBatch, cpuSeconds, allocated);
+        double Mean(string histogram) => (after[histogram + "_sum"] - before[histogram + "_sum"]) / Math.Max(1, after[histogram + "_count"] - before[histogram + "_count"]);
+        return new Result(answered, failed, seconds, latencies[(int)(0.50 * (count - 1))], latencies[(int)(0.99 * (count - 1))], Mean("dtrain_serving_batch_size"), cpuSeconds, allocated,
+            Mean("dtrain_serving_queue_wait_seconds"), Mean("dtrain_serving_pass_seconds"), P99(before, after, "dtrain_serving_queue_wait_seconds"), P99(before, after, "dtrain_serving_pass_seconds"));
     }
 
-    static (double Sum, double Count) BatchStats(string metrics)
+    /// <summary>The upper bound of the histogram bucket that holds the 99th percentile of the observations between the two readings.</summary>
+    static double P99(Dictionary<string, double> before, Dictionary<string, double> after, string histogram)
+    {
+        var prefix = histogram + "_bucket{le=\"";
+        var bounds = after.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal)).ToArray();
+        var total = after[histogram + "_count"] - before[histogram + "_count"];
+        foreach (var key in bounds)
+            if (after[key] - before.GetValueOrDefault(key) >= 0.99 * total)
+                return key[prefix.Length..^2] is var le && le == "+Inf" ? double.PositiveInfinity : double.Parse(le, CultureInfo.InvariantCulture);
+        return double.PositiveInfinity;
+    }
+
+    /// <summary>The sums and counts of the server's batch-size, queue-wait and forward-pass histograms, and the buckets of the last two, from its /metrics text.</summary>
+    static Dictionary<string, double> ServerStats(string metrics)
     {
         double Value(string name) => double.Parse(metrics.Split('\n').First(l => l.StartsWith(name + " ", StringComparison.Ordinal))[(name.Length + 1)..], CultureInfo.InvariantCulture);
-        return (Value("dtrain_serving_batch_size_sum"), Value("dtrain_serving_batch_size_count"));
+        var stats = new[] { "dtrain_serving_batch_size", "dtrain_serving_queue_wait_seconds", "dtrain_serving_pass_seconds" }
+            .SelectMany(h => new[] { h + "_sum", h + "_count" }).ToDictionary(n => n, Value);
+        // The cumulative buckets of the two time histograms, in the order /metrics lists them (ascending bounds).
+        foreach (var line in metrics.Split('\n'))
+            if ((line.StartsWith("dtrain_serving_queue_wait_seconds_bucket{", StringComparison.Ordinal) || line.StartsWith("dtrain_serving_pass_seconds_bucket{", StringComparison.Ordinal))
+                && line.LastIndexOf(' ') is var space and > 0)
+                stats[line[..space]] = double.Parse(line[(space + 1)..], CultureInfo.InvariantCulture);
+        return stats;
     }
 
     /// <summary>Texts per second (and per second of this process's CPU time) classifying <paramref name="count"/> texts in-process, in passes of 1 and of <paramref name="maxBatch"/>, with 1 torch thread (serve-model's default).</summary>
@@ -253,6 +282,51 @@ internal static class ServeBench
 
     static int Number(string[] args, string name, int fallback, int min, int max) =>
         BenchArgs.Option(args, name) is { } v ? BenchArgs.Number(name, v, min, max) : fallback;
+
+    /// <summary>
+    /// The texts of --texts FILE: the "text" field of each line of a JSONL file (a name ending in .jsonl), else each
+    /// non-empty line; each cut to 1,000 characters (the bench classifiers' max_length). An empty or unreadable file is an
+    /// ArgumentException naming it (and the line).
+    /// </summary>
+    internal static string[] ReadTexts(string path)
+    {
+        if (!File.Exists(path)) throw new ArgumentException($"--texts {path}: no such file (JSONL with a \"text\" field per line if it ends in .jsonl, else one text per line)");
+        var jsonl = path.EndsWith(".jsonl", StringComparison.OrdinalIgnoreCase);
+        var texts = new List<string>();
+        var number = 0;
+        foreach (var line in File.ReadLines(path))
+        {
+            number++;
+            if (string.IsNullOrWhiteSpace(line)) continue;
+            var text = line;
+            if (jsonl)
+            {
+                try
+                {
+                    using var doc = JsonDocument.Parse(line);
+                    if (doc.RootElement.ValueKind != JsonValueKind.Object || !doc.RootElement.TryGetProperty("text", out var t) || t.ValueKind != JsonValueKind.String)
+                        throw new ArgumentException($"--texts {path}, line {number}: not an object with a \"text\" string");
+                    text = t.GetString()!;
+                }
+                catch (JsonException e)
+                {
+                    throw new ArgumentException($"--texts {path}, line {number}: not valid JSON ({e.Message})");
+                }
+            }
+            if (string.IsNullOrWhiteSpace(text)) continue;
+            texts.Add(text.Length > 1000 ? text[..1000] : text);
+        }
+        if (texts.Count == 0) throw new ArgumentException($"--texts {path}: no texts in it");
+        return [.. texts];
+    }
+
+    /// <summary>"N texts of FILE, words per text p10/p50/p90/max a/b/c/d": how mixed the lengths are.</summary>
+    static string Lengths(string path, string[] texts)
+    {
+        var words = texts.Select(t => t.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries).Length).Order().ToArray();
+        int At(double q) => words[(int)(q * (words.Length - 1))];
+        return $"{texts.Length} texts of {path} (words per text p10/p50/p90/max {At(0.1)}/{At(0.5)}/{At(0.9)}/{words[^1]})";
+    }
 
     /// <summary>Texts of <paramref name="words"/> words from a <paramref name="vocab"/>-word vocabulary (w0, w1, ...), seeded.</summary>
     internal static string[] Texts(int words, int count, int vocab = 2000)

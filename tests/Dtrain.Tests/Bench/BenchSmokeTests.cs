@@ -172,6 +172,29 @@ public class BenchSmokeTests
         await AssertRefusedAsync("give one of them", "serve", "--sizes", "64x96", "--hidden", "128");
     }
 
+    [Fact]
+    public async Task Serve_takes_real_texts_of_mixed_lengths_and_prints_where_the_time_goes()
+    {
+        using var tmp = new TempDir();
+        var lines = Path.Combine(tmp.Path, "texts.txt");
+        File.WriteAllLines(lines, ["win money now", "", "meeting notes for the project on monday at ten with everyone from the team", "offer", "notes notes money zebra win win"]);
+        var (code, stdout, stderr) = await RunAsync("serve", "--requests", "40", "--total", "64", "--texts", lines, "--sizes", "16x24");
+        Assert.True(code == 0, $"exit status {code}\n{stdout}\n{stderr}");
+        Assert.Contains($"4 texts of {lines} (words per text p10/p50/p90/max 1/3/6/14)", stdout);
+        Assert.Contains("word vocabulary fitted on the texts", stdout);
+        Assert.Matches(@"(?m)^max-batch 32, max-wait 5 ms, concurrency 32: .*; in the server: queue wait mean [0-9.]+ ms, p99 <= [0-9.]+ ms, forward pass mean [0-9.]+ ms, p99 <= [0-9.]+ ms; [0-9.]+ ms CPU per request", stdout);
+        Assert.Contains("none lost or failed: 64 of 64", stdout);
+
+        var jsonl = Path.Combine(tmp.Path, "texts.jsonl");
+        File.WriteAllLines(jsonl, ["""{"text": "win money now", "label": "spam"}""", """{"label": "ham"}"""]);
+        await AssertRefusedAsync($"--texts {jsonl}, line 2: not an object with a \"text\" string", "serve", "--texts", jsonl);
+        File.WriteAllLines(jsonl, ["""{"text": "win money now"}""", "{not json"]);
+        await AssertRefusedAsync($"--texts {jsonl}, line 2: not valid JSON", "serve", "--texts", jsonl);
+        await AssertRefusedAsync("no such file", "serve", "--texts", Path.Combine(tmp.Path, "missing.txt"));
+        await AssertRefusedAsync("--texts and --words: give one of them", "serve", "--texts", lines, "--words", "3");
+        await AssertRefusedAsync("--vocab is for the synthetic texts of --words", "serve", "--texts", lines, "--vocab", "50");
+    }
+
     /// <summary>The bench exits with status 2 and says <paramref name="expected"/> on stderr.</summary>
     private static async Task AssertRefusedAsync(string expected, params string[] args)
     {
