@@ -4,6 +4,7 @@ using System.Net;
 using System.Text.Json;
 using Dtrain.Checkpoints;
 using Dtrain.Data;
+using Dtrain.Runtime;
 using Dtrain.Serving;
 using Dtrain.Specs;
 using Dtrain.Training;
@@ -49,6 +50,7 @@ internal static class ServeBench
     public static int Run(string[] args)
     {
         if (BenchArgs.Help(args, Usage)) return 0;
+        if (Environment.GetEnvironmentVariable(ChildVariable) is null) return InDtrainSettings(args);
         BenchArgs.CheckOptions(args, Usage, "--requests", "--total", "--max-batch", "--max-wait-ms", "--words", "--vocab", "--texts", "--sizes", "--embedding", "--hidden", "--layers", "--model");
         var requests = Number(args, "--requests", 2000, 1, 10_000_000);
         var total = Number(args, "--total", 10_000, 1, 10_000_000);
@@ -74,7 +76,8 @@ internal static class ServeBench
             : sizes.Select(s => (Name: $"size {s}", Path: Classifier(Path.Combine(tmp.Path, s.ToString()), s, vocab, textsFile is null ? null : texts))).ToArray();
         var vocabulary = textsFile is null ? $"word vocabulary {vocab}" : "word vocabulary fitted on the texts";
         Console.WriteLine($"serve: {(given ?? $"bidirectional LSTM classifiers ({vocabulary}) of embedding x hidden [x layers] {string.Join(", ", sizes)}")}, " +
-                          $"{(textsFile is null ? $"texts of {words} words" : Lengths(textsFile, texts))}, loopback HTTP/1.1 (and gRPC), {Environment.ProcessorCount} CPUs, clients in the same process");
+                          $"{(textsFile is null ? $"texts of {words} words" : Lengths(textsFile, texts))}, loopback HTTP/1.1 (and gRPC), {Environment.ProcessorCount} CPUs, clients in the same process; " +
+                          $"serve-model's process settings: tiered compilation {(Environment.GetEnvironmentVariable("DOTNET_TieredCompilation") == "0" ? "off" : "on")}, {NativeAllocator.Describe()}");
 
         var summary = new List<string>();
         for (var m = 0; m < models.Length; m++)
@@ -110,6 +113,28 @@ internal static class ServeBench
         Console.WriteLine($"by size (target: dynamic batching >= 5x the requests/s of max-batch 1 at concurrency 32, p99 <= 3x p50):");
         foreach (var line in summary) Console.WriteLine("  " + line);
         return 0;
+    }
+
+    const string ChildVariable = "DTRAIN_BENCH_SERVE_CHILD";
+
+    /// <summary>
+    /// Runs the bench again in a child process with `dtrain serve-model`'s process settings (no tiered compilation, as
+    /// src/Cli/Dtrain.Cli.csproj; tcmalloc preloaded where installed), as `dtrain-bench recurrent` does: with the bench's
+    /// default tiering the short timed loads ran partly on unoptimised code being re-compiled in the background, a cost
+    /// the server does not have (docs/benchmarks.md).
+    /// </summary>
+    static int InDtrainSettings(string[] args)
+    {
+        var (exe, prefix) = CollectiveBench.SelfCommand();
+        var psi = new ProcessStartInfo(exe, prefix) { UseShellExecute = false };
+        NativeAllocator.Preload(psi);
+        psi.Environment["DOTNET_TieredCompilation"] = "0";
+        psi.Environment[ChildVariable] = "1";
+        psi.ArgumentList.Add("serve");
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var child = Process.Start(psi) ?? throw new BenchFailureException("could not start the measuring process");
+        child.WaitForExit();
+        return child.ExitCode;
     }
 
     sealed record Result(int Answered, int Failed, double Seconds, double P50, double P99, double MeanBatch, double CpuSeconds, long Allocated, double QueueWait, double Pass, double QueueWaitP99, double PassP99)

@@ -182,6 +182,8 @@ public class BenchSmokeTests
         Assert.True(code == 0, $"exit status {code}\n{stdout}\n{stderr}");
         Assert.Contains($"4 texts of {lines} (words per text p10/p50/p90/max 1/3/6/14)", stdout);
         Assert.Contains("word vocabulary fitted on the texts", stdout);
+        // Measured in a child process with serve-model's own process settings.
+        Assert.Contains("serve-model's process settings: tiered compilation off", stdout);
         Assert.Matches(@"(?m)^max-batch 32, max-wait 5 ms, concurrency 32: .*; in the server: queue wait mean [0-9.]+ ms, p99 <= [0-9.]+ ms, forward pass mean [0-9.]+ ms, p99 <= [0-9.]+ ms; [0-9.]+ ms CPU per request", stdout);
         Assert.Contains("none lost or failed: 64 of 64", stdout);
 
