@@ -7,8 +7,11 @@ namespace Dtrain.Tests.Serving;
 /// The inference thread's batching window and wake-up, on the queue itself with the tiny trained classifier: the window
 /// counts from a request's queueing (driven by a fake clock), and a queued request is taken without a thread-pool thread.
 /// </summary>
+[Collection(InferenceQueueTests.Alone)]   // one test blocks every thread-pool thread of the process for a moment
 public sealed class InferenceQueueTests(ServingModels models) : IClassFixture<ServingModels>
 {
+    public const string Alone = "thread pool blocked on purpose";
+
     static readonly TimeSpan Bound = TimeSpan.FromSeconds(60);
 
     static PredictWork Work(string text) => new() { Texts = [text] };
@@ -67,3 +70,7 @@ public sealed class InferenceQueueTests(ServingModels models) : IClassFixture<Se
         Assert.Single(await work.Done.Task.WaitAsync(Bound));
     }
 }
+
+/// <summary>Runs <see cref="InferenceQueueTests"/> with no other test beside it: a test that blocks the thread pool stalls every other test's continuations.</summary>
+[CollectionDefinition(InferenceQueueTests.Alone, DisableParallelization = true)]
+public sealed class InferenceQueueAloneCollection;
