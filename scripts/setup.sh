@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time machine set-up for dtrain on Debian/Ubuntu: the .NET SDK check and, only where the system
 # libstdc++ is older than GCC 13 (Debian 12, Ubuntu 22.04), the tools of the TorchSharp compatibility step
-# (g++ and patchelf; see eng/TorchCompat.targets), and tcmalloc (libtcmalloc-minimal4), which dtrain's processes
+# (g++ and patchelf; see eng/TorchCompat.targets), a C compiler (gcc: the build compiles the tcp+tls record cipher,
+# eng/native/aegis128x2.c), and tcmalloc (libtcmalloc-minimal4), which dtrain's processes
 # preload because it makes recurrent training ~1.5x faster (src/Shared/Runtime/NativeAllocator.cs). Safe to run again.
 set -euo pipefail
 need=()
@@ -14,6 +15,7 @@ if [[ -n "$libstdcxx" ]] && ! grep -q "GLIBCXX_3.4.32" "$libstdcxx"; then
   command -v patchelf >/dev/null 2>&1 || need+=(patchelf)
   command -v g++ >/dev/null 2>&1 || need+=(g++)
 fi
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 if ! ldconfig -p 2>/dev/null | grep "libtcmalloc_minimal\.so\.4" >/dev/null; then
   need+=(libtcmalloc-minimal4)
 fi

@@ -25,7 +25,7 @@ namespace Dtrain.Collective;
 /// TCP connection or a shared-memory file only with that token, once, for that job, generation and sender rank
 /// (a stranger, another job or an older generation is refused). With cluster TLS, a TCP link opens with mutual TLS
 /// with the workers' certificates, each side pinned to the peer the coordinator named, and its frames then go as
-/// AEGIS-128L records keyed from that handshake (<see cref="SealedRecords"/>). Shared-memory files are created
+/// AEGIS-128X2 records keyed from that handshake (<see cref="SealedRecords"/>). Shared-memory files are created
 /// with mode 0600 and deleted as soon as the receiver has mapped them.
 /// The negotiation's gRPC calls, statuses and trailers live in <see cref="GrpcDataPlane"/>: this class speaks in
 /// <see cref="DataPlaneLinkOffer"/> and <see cref="DataPlaneRefusal"/>.

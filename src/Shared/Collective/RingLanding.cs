@@ -68,6 +68,17 @@ public sealed class RingLanding
     /// <summary>Whether a frame that announces these values can be read straight into the destination's bytes (a plain copy that fits).</summary>
     internal bool TakesDirect(long offset, int pieces, int bytes) => !Add && Compression == RingCompression.None && Fits(offset, pieces, bytes);
 
+    /// <summary>
+    /// Whether a frame that announces these values can be added into the destination part by part as it is read (an
+    /// uncompressed sum that fits): the reader adds each part from a buffer that stays in cache instead of landing the
+    /// whole piece in a buffer of its own first (<see cref="AddPart"/>, then <see cref="Complete"/>).
+    /// </summary>
+    internal bool TakesStreamed(long offset, int pieces, int bytes) => Add && Compression == RingCompression.None && Fits(offset, pieces, bytes);
+
+    /// <summary>Adds the piece's bytes [<paramref name="at"/>, + <paramref name="bytes"/>.Length) into their place in the destination (both multiples of 4).</summary>
+    internal void AddPart(ReadOnlySpan<byte> bytes, int at) =>
+        RingAllReduce.Add(Destination.Span.Slice(at / sizeof(float), bytes.Length / sizeof(float)), MemoryMarshal.Cast<byte, float>(bytes));
+
     /// <summary>Lands a piece's bytes (adding, copying or decoding), or fails with <see cref="RingLandingMismatchException"/> when they do not fit.</summary>
     internal void Apply(ReadOnlySpan<byte> bytes, long offset, int pieces)
     {

@@ -6,16 +6,18 @@ using System.Text;
 namespace Dtrain.Collective;
 
 /// <summary>
-/// The record layer of a <c>tcp+tls</c> link after its mutual-TLS handshake: AEGIS-128L records (libsodium's, through the
-/// native library NSec.Cryptography ships) sent in plain TCP, keyed from an ephemeral ECDH exchange made inside the
-/// authenticated TLS session (see <see cref="TcpLink"/> and docs/cluster.md, "The TCP data plane with TLS"). A record on
-/// the wire is <c>[type:1][0:3][length:4 LE][tag:32][ciphertext:length]</c>; the first 8 bytes are the associated data,
-/// the nonce is the key's 16-byte IV XOR the record's sequence number under that key (never sent, never repeated), so a
-/// record that is altered, replayed, dropped, reordered or moved to another link fails authentication. The traffic
-/// secret ratchets forward (and the sequence restarts) every <see cref="RecordsPerKey"/> records, as TLS 1.3's KeyUpdate
-/// does. AEGIS-128L (the CAESAR competition's high-performance choice, draft-irtf-cfrg-aegis-aead) runs on the AES round
-/// instruction without GCM's GHASH: 16-17 GB per CPU-second here against AES-128-GCM's 4.6 (docs/benchmarks.md, issue 25).
-/// dtrain-bench's <c>tcp+tls256</c> rows use AEGIS-256 (32-byte key and nonce) instead.
+/// The record layer of a <c>tcp+tls</c> link after its mutual-TLS handshake: AEGIS-128X2 records (dtrain's own
+/// native build of the draft's algorithm, eng/native/aegis128x2.c) sent in plain TCP, keyed from an ephemeral ECDH
+/// exchange made inside the authenticated TLS session (see <see cref="TcpLink"/> and docs/cluster.md, "The TCP data plane
+/// with TLS"). A record on the wire is <c>[type:1][0:3][length:4 LE][tag:32][ciphertext:length]</c>; the first 8 bytes are
+/// the associated data, the nonce is the key's 16-byte IV XOR the record's sequence number under that key (never sent,
+/// never repeated), so a record that is altered, replayed, dropped, reordered or moved to another link fails
+/// authentication. The traffic secret ratchets forward (and the sequence restarts) every <see cref="RecordsPerKey"/>
+/// records, as TLS 1.3's KeyUpdate does. AEGIS-128X2 (draft-irtf-cfrg-aegis-aead §7: AEGIS-128L, the CAESAR
+/// competition's high-performance choice, run on two lanes) runs on the AES round instruction without GCM's GHASH; with
+/// VAES both lanes go through one 256-bit instruction: about twice libsodium's AEGIS-128L here, which was 3.5x
+/// AES-128-GCM (docs/benchmarks.md, issue 25). dtrain-bench's <c>tcp+tls256</c> rows use libsodium's AEGIS-256 (32-byte
+/// key and nonce) instead.
 /// </summary>
 internal static class SealedRecords
 {
@@ -24,7 +26,7 @@ internal static class SealedRecords
 
     private const int AdBytes = 8;
 
-    /// <summary>AEGIS's 256-bit tag (libsodium's crypto_aead_aegis128l_ABYTES and aegis256's).</summary>
+    /// <summary>AEGIS's 256-bit tag (AEGIS-128X2's and libsodium's crypto_aead_aegis256_ABYTES).</summary>
     private const int TagBytes = 32;
 
     /// <summary>
@@ -36,13 +38,13 @@ internal static class SealedRecords
     public const int ChunkBytes = 1024 * 1024;
 
     /// <summary>
-    /// Records per key before the secret ratchets: 2^18 records of at most 1 MiB = 2^38 bytes per key. AEGIS-128L allows
+    /// Records per key before the secret ratchets: 2^18 records of at most 1 MiB = 2^38 bytes per key. AEGIS-128X2 allows
     /// far more under one key (messages of up to 2^61 bytes; its nonce is 128 bits and ours never repeats), so this is a
     /// margin, kept from the AES-GCM records (2^34 blocks, RFC 8446 §5.5) that it replaced.
     /// </summary>
     public const long RecordsPerKey = (1L << 38) / ChunkBytes;
 
-    /// <summary>Key bytes: 16 (AEGIS-128L); 32 selects AEGIS-256.</summary>
+    /// <summary>Key bytes: 16 (AEGIS-128X2); 32 selects AEGIS-256.</summary>
     public const int DefaultKeyBytes = 16;
 
     /// <summary>
@@ -52,7 +54,7 @@ internal static class SealedRecords
     internal static int KeyBytes
     {
         get => keyBytes;
-        set => keyBytes = value is 16 or 32 ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "a key is 16 (AEGIS-128L) or 32 (AEGIS-256) bytes here");
+        set => keyBytes = value is 16 or 32 ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "a key is 16 (AEGIS-128X2) or 32 (AEGIS-256) bytes here");
     }
 
     private static int keyBytes = DefaultKeyBytes;
@@ -61,7 +63,7 @@ internal static class SealedRecords
     public const byte Payload = 2;
     public const byte Close = 3;
 
-    private static readonly byte[] Label = "dtrain tcp+tls records v3 aegis"u8.ToArray();
+    private static readonly byte[] Label = "dtrain tcp+tls records v4 aegis128x2"u8.ToArray();
 
     /// <summary>Bytes on the wire for a record of <paramref name="plaintext"/> bytes.</summary>
     public static int Sealed(int plaintext) => HeadBytes + plaintext;
@@ -90,38 +92,114 @@ internal static class SealedRecords
 
     private static byte[] Info(string what) => [.. Label, (byte)' ', .. Encoding.ASCII.GetBytes(what)];
 
-    /// <summary>libsodium's AEGIS in detached mode (the tag apart from the ciphertext, which may be the plaintext's own memory).</summary>
+    /// <summary>An AEAD in detached mode (the tag apart from the ciphertext, which may be the plaintext's own memory).</summary>
+    private abstract unsafe class Cipher
+    {
+        /// <summary>The cipher for a key of <paramref name="keyBytes"/> bytes: 16, AEGIS-128X2 (dtrain's native library); 32, AEGIS-256 (libsodium's).</summary>
+        public static Cipher For(int keyBytes) => keyBytes switch
+        {
+            16 => Aegis128X2.Instance(),
+            32 => Aegis256.Instance(),
+            _ => throw new ArgumentOutOfRangeException(nameof(keyBytes), keyBytes, "a key is 16 (AEGIS-128X2) or 32 (AEGIS-256) bytes here"),
+        };
+
+        public abstract int Encrypt(byte* c, byte* tag, byte* m, int length, byte* ad, int adLength, byte* nonce, byte* key);
+
+        /// <summary>0 when the record authenticates (else the plaintext is cleared by the cipher or by the caller).</summary>
+        public abstract int Decrypt(byte* m, byte* c, int length, byte* tag, byte* ad, int adLength, byte* nonce, byte* key);
+    }
+
+    /// <summary>
+    /// AEGIS-128X2 with its 256-bit tag (draft-irtf-cfrg-aegis-aead §7, degree 2), from eng/native/aegis128x2.c, which the
+    /// build compiles into libdtrain_aegis.so beside the assemblies: VAES (both lanes in one 256-bit register, about
+    /// twice AEGIS-128L's rate) where the CPU has it, AES-NI otherwise; the same bytes either way.
+    /// </summary>
+    private sealed unsafe class Aegis128X2 : Cipher
+    {
+        private static readonly Lazy<Aegis128X2> Loaded = new(() =>
+        {
+            int implementation;
+            try
+            {
+                implementation = Native.dtrain_aegis128x2_implementation();
+            }
+            catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException or BadImageFormatException)
+            {
+                throw new CryptographicException(
+                    $"tcp+tls records need dtrain's native cipher library (libdtrain_aegis.so, built from eng/native/aegis128x2.c with the system C compiler; run scripts/setup.sh and rebuild): {e.Message}", e);
+            }
+            if (implementation == 0)
+                throw new CryptographicException("tcp+tls records need the CPU's AES instructions (x86-64 AES-NI), and this CPU has none: use the grpc data-plane transport (Worker:DataTransport) on this host");
+            return new Aegis128X2();
+        });
+
+        public static Aegis128X2 Instance() => Loaded.Value;
+
+        /// <summary>2: VAES; 1: AES-NI (for messages and the benches).</summary>
+        public static int Implementation => Native.dtrain_aegis128x2_implementation();
+
+        public override int Encrypt(byte* c, byte* tag, byte* m, int length, byte* ad, int adLength, byte* nonce, byte* key) =>
+            Native.dtrain_aegis128x2_encrypt(c, tag, m, (nuint)length, ad, (nuint)adLength, nonce, key);
+
+        public override int Decrypt(byte* m, byte* c, int length, byte* tag, byte* ad, int adLength, byte* nonce, byte* key) =>
+            Native.dtrain_aegis128x2_decrypt(m, c, (nuint)length, tag, ad, (nuint)adLength, nonce, key);
+    }
+
+    /// <summary>AEGIS-256 (libsodium 1.0.22's, through the native library NSec.Cryptography ships): dtrain-bench's tcp+tls256 rows.</summary>
+    private sealed unsafe class Aegis256 : Cipher
+    {
+        private static readonly Lazy<Aegis256> Loaded = new(() =>
+        {
+            if (Sodium.sodium_init() < 0) throw new CryptographicException("libsodium could not be initialized (sodium_init failed)");
+            return new Aegis256();
+        });
+
+        public static Aegis256 Instance() => Loaded.Value;
+
+        public override int Encrypt(byte* c, byte* tag, byte* m, int length, byte* ad, int adLength, byte* nonce, byte* key)
+        {
+            ulong tagLength;
+            var result = Sodium.crypto_aead_aegis256_encrypt_detached(c, tag, &tagLength, m, (ulong)length, ad, (ulong)adLength, null, nonce, key);
+            return result == 0 && tagLength == TagBytes ? 0 : -1;
+        }
+
+        public override int Decrypt(byte* m, byte* c, int length, byte* tag, byte* ad, int adLength, byte* nonce, byte* key) =>
+            Sodium.crypto_aead_aegis256_decrypt_detached(m, null, c, (ulong)length, tag, ad, (ulong)adLength, nonce, key);
+    }
+
+    internal static unsafe class Native
+    {
+        [DllImport("dtrain_aegis", CallingConvention = CallingConvention.Cdecl)]
+        public static extern int dtrain_aegis128x2_implementation();
+
+        /// <summary>Tests: run the AES-NI build (1) on a VAES CPU, or back to the best (2); -1 when the CPU lacks it.</summary>
+        [DllImport("dtrain_aegis", CallingConvention = CallingConvention.Cdecl)]
+        public static extern int dtrain_aegis128x2_force(int which);
+
+        [DllImport("dtrain_aegis", CallingConvention = CallingConvention.Cdecl)]
+        public static extern int dtrain_aegis128x2_encrypt(byte* c, byte* tag, byte* m, nuint mlen, byte* ad, nuint adlen, byte* nonce, byte* key);
+
+        [DllImport("dtrain_aegis", CallingConvention = CallingConvention.Cdecl)]
+        public static extern int dtrain_aegis128x2_decrypt(byte* m, byte* c, nuint clen, byte* tag, byte* ad, nuint adlen, byte* nonce, byte* key);
+    }
+
     private static unsafe class Sodium
     {
         [DllImport("libsodium", CallingConvention = CallingConvention.Cdecl)]
-        private static extern int sodium_init();
-
-        [DllImport("libsodium", CallingConvention = CallingConvention.Cdecl)]
-        public static extern int crypto_aead_aegis128l_encrypt_detached(byte* c, byte* mac, ulong* maclen, byte* m, ulong mlen, byte* ad, ulong adlen, byte* nsec, byte* npub, byte* k);
-
-        [DllImport("libsodium", CallingConvention = CallingConvention.Cdecl)]
-        public static extern int crypto_aead_aegis128l_decrypt_detached(byte* m, byte* nsec, byte* c, ulong clen, byte* mac, byte* ad, ulong adlen, byte* npub, byte* k);
+        public static extern int sodium_init();
 
         [DllImport("libsodium", CallingConvention = CallingConvention.Cdecl)]
         public static extern int crypto_aead_aegis256_encrypt_detached(byte* c, byte* mac, ulong* maclen, byte* m, ulong mlen, byte* ad, ulong adlen, byte* nsec, byte* npub, byte* k);
 
         [DllImport("libsodium", CallingConvention = CallingConvention.Cdecl)]
         public static extern int crypto_aead_aegis256_decrypt_detached(byte* m, byte* nsec, byte* c, ulong clen, byte* mac, byte* ad, ulong adlen, byte* npub, byte* k);
-
-        private static readonly int Initialized = sodium_init();
-
-        /// <summary>libsodium initialized (it picks the AES-NI code once); throws when it could not be.</summary>
-        public static void Ready()
-        {
-            if (Initialized < 0) throw new CryptographicException("libsodium could not be initialized (sodium_init failed)");
-        }
     }
 
     /// <summary>One direction's keys: the current AEGIS key and IV, the sequence under it, the ratchet.</summary>
     private sealed class Keys : IDisposable
     {
         private readonly long recordsPerKey;
-        private readonly int keyBytes;
+        private readonly Cipher cipher;
         private readonly byte[] secret;
         private readonly byte[] key;
         private readonly byte[] iv;
@@ -132,13 +210,11 @@ internal static class SealedRecords
         public Keys(byte[] trafficSecret, long recordsPerKey, int keyBytes)
         {
             ArgumentOutOfRangeException.ThrowIfLessThan(recordsPerKey, 1);
-            if (keyBytes is not (16 or 32)) throw new ArgumentOutOfRangeException(nameof(keyBytes), keyBytes, "a key is 16 (AEGIS-128L) or 32 (AEGIS-256) bytes here");
-            Sodium.Ready();
+            cipher = Cipher.For(keyBytes);
             this.recordsPerKey = recordsPerKey;
-            this.keyBytes = keyBytes;
             this.secret = (byte[])trafficSecret.Clone();
             key = new byte[keyBytes];
-            iv = new byte[keyBytes];      // AEGIS-128L: 16-byte nonce; AEGIS-256: 32
+            iv = new byte[keyBytes];      // AEGIS-128X2: 16-byte nonce; AEGIS-256: 32
             nonce = new byte[keyBytes];
             Derive();
         }
@@ -164,32 +240,29 @@ internal static class SealedRecords
         public unsafe void Seal(ReadOnlySpan<byte> plaintext, Span<byte> ciphertext, Span<byte> tag, ReadOnlySpan<byte> ad)
         {
             ObjectDisposedException.ThrowIf(disposed, this);
+            if (ciphertext.Length != plaintext.Length || tag.Length != TagBytes) throw new ArgumentException("a record seals into as many bytes and a 32-byte tag");
             Nonce();
-            ulong tagLength;
             int result;
             fixed (byte* m = plaintext, c = ciphertext, t = tag, a = ad, n = nonce, k = key)
-                result = keyBytes == 16
-                    ? Sodium.crypto_aead_aegis128l_encrypt_detached(c, t, &tagLength, m, (ulong)plaintext.Length, a, (ulong)ad.Length, null, n, k)
-                    : Sodium.crypto_aead_aegis256_encrypt_detached(c, t, &tagLength, m, (ulong)plaintext.Length, a, (ulong)ad.Length, null, n, k);
-            if (result != 0 || tagLength != TagBytes) throw new CryptographicException($"AEGIS sealing failed ({result})");
+                result = cipher.Encrypt(c, t, m, plaintext.Length, a, ad.Length, n, k);
+            if (result != 0) throw new CryptographicException($"AEGIS sealing failed ({result})");
         }
 
         /// <summary>False when the record fails authentication (then <paramref name="plaintext"/> holds no record bytes: cleared).</summary>
         public unsafe bool Open(ReadOnlySpan<byte> ciphertext, ReadOnlySpan<byte> tag, Span<byte> plaintext, ReadOnlySpan<byte> ad)
         {
             ObjectDisposedException.ThrowIf(disposed, this);
+            if (ciphertext.Length != plaintext.Length || tag.Length != TagBytes) throw new ArgumentException("a record opens into as many bytes, with a 32-byte tag");
             Nonce();
             int result;
             fixed (byte* m = plaintext, c = ciphertext, t = tag, a = ad, n = nonce, k = key)
-                result = keyBytes == 16
-                    ? Sodium.crypto_aead_aegis128l_decrypt_detached(m, null, c, (ulong)ciphertext.Length, t, a, (ulong)ad.Length, n, k)
-                    : Sodium.crypto_aead_aegis256_decrypt_detached(m, null, c, (ulong)ciphertext.Length, t, a, (ulong)ad.Length, n, k);
+                result = cipher.Decrypt(m, c, ciphertext.Length, t, a, ad.Length, n, k);
             if (result == 0) return true;
             CryptographicOperations.ZeroMemory(plaintext);
             return false;
         }
 
-        /// <summary>After a record: the next sequence number, or the next key (the old secret erased) when this one has done its share.</summary>
+    /// <summary>After a record: the next sequence number, or the next key (the old secret erased) when this one has done its share.</summary>
         public void Advance()
         {
             Records++;

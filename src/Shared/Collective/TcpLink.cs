@@ -17,13 +17,13 @@ namespace Dtrain.Collective;
 /// piece's bytes, written straight from the caller's memory (no copy) and read into pooled buffers. With cluster TLS
 /// (<c>tcp+tls</c>) the handshake runs inside mutual TLS with the workers' certificates, each side pinned to the peer
 /// the coordinator named, and carries an ephemeral ECDH exchange bound to both certificates and the claim; the frames
-/// then go as AEGIS-128L records under the key it gives (<see cref="SealedRecords"/>), in plain TCP: large records sealed
+/// then go as AEGIS-128X2 records under the key it gives (<see cref="SealedRecords"/>), in plain TCP: large records sealed
 /// in one pass and opened in one pass (in place, or from the link's record buffer into place), where <see cref="SslStream"/> cut them into 16 KB TLS records and copied them
 /// through its own buffers.
 /// </summary>
 internal static class TcpLink
 {
-    private static readonly byte[] Magic = "DTRNTCP5"u8.ToArray();   // 5: AEGIS-128L (4: AES-128-GCM, 1 MiB records; 3: 256 KiB; 2: AES-256)
+    private static readonly byte[] Magic = "DTRNTCP6"u8.ToArray();   // 6: AEGIS-128X2 (5: AEGIS-128L; 4: AES-128-GCM, 1 MiB records; 3: 256 KiB; 2: AES-256)
     public const int SocketBufferBytes = 4 * 1024 * 1024;
     private const int MaxJobIdBytes = 4096;
 
@@ -286,6 +286,11 @@ internal static class TcpLink
                             frames.ReadPayloadInto(MemoryMarshal.AsBytes(landing.Destination.Span));
                             landing.Complete();
                         }
+                        else if (landing.TakesStreamed(offset, pieces, length))
+                        {
+                            frames.ReadPayloadAdding(landing, length);
+                            landing.Complete();
+                        }
                         else
                         {
                             scratch ??= new byte[maxBytes];
@@ -355,6 +360,29 @@ internal static class TcpLink
 
         /// <summary>Reads a payload straight into its place in the caller's memory.</summary>
         public virtual void ReadPayloadInto(Span<byte> destination) => ReadPayload(destination);
+
+        private byte[]? part;
+
+        /// <summary>
+        /// Reads a payload of <paramref name="length"/> bytes part by part into this link's one part buffer and adds each
+        /// part into <paramref name="landing"/>'s destination: the buffer stays in cache, so the sum reads the piece's values
+        /// from there instead of from a whole-piece buffer in memory (one pass over the destination, none over a scratch copy).
+        /// </summary>
+        public virtual void ReadPayloadAdding(RingLanding landing, int length)
+        {
+            var buffer = part ??= GC.AllocateUninitializedArray<byte>(PartBytes);
+            for (var done = 0; done < length;)
+            {
+                var n = Math.Min(PartBytes, length - done);
+                var chunk = buffer.AsSpan(0, n);
+                ReadPayload(chunk);
+                landing.AddPart(chunk, done);
+                done += n;
+            }
+        }
+
+        /// <summary>The part a streamed sum reads at a time: the sealed records' size, so both links add from a buffer of the same size.</summary>
+        protected const int PartBytes = SealedRecords.ChunkBytes;
     }
 
     /// <summary>
@@ -389,6 +417,20 @@ internal static class TcpLink
             if (Fill(Stream, header) < header.Length) throw new EndOfStreamException("the connection ended inside a record");
             opener.Open(head, header);
             return true;
+        }
+
+        /// <summary>Each record read into this link's record buffer, opened there in place and added from there into its place.</summary>
+        public override void ReadPayloadAdding(RingLanding landing, int length)
+        {
+            var buffer = record ??= GC.AllocateUninitializedArray<byte>(SealedRecords.ChunkBytes);
+            for (var done = 0; done < length;)
+            {
+                var n = Math.Min(SealedRecords.ChunkBytes, length - done);
+                var chunk = buffer.AsSpan(0, n);
+                Read(chunk, viaBuffer: false);
+                landing.AddPart(chunk, done);
+                done += n;
+            }
         }
 
         /// <summary>Each record's ciphertext read into <paramref name="payload"/> and opened there, in place.</summary>

@@ -378,19 +378,18 @@ public class SealedRecordsTests
     }
 
     [Fact]
-    public void Records_are_AEGIS_128L_under_the_key_and_IV_HKDF_gives_with_the_nonce_IV_xor_sequence()
+    public unsafe void Records_are_AEGIS_128X2_under_the_key_and_IV_HKDF_gives_with_the_nonce_IV_xor_sequence()
     {
-        // The suite as docs/cluster.md states it, checked here through NSec's own (combined ciphertext-then-tag) AEGIS-128L:
-        // key = HKDF-Expand(secret, "... key", 16), iv = HKDF-Expand(secret, "... iv", 16), record n's nonce = iv XOR n
-        // (big-endian, in the last 8 bytes), the 8-byte head the associated data, the 32-byte tag after it.
+        // The suite as docs/cluster.md states it, checked through the AEGIS-128X2 primitive itself (which
+        // Aegis128X2Tests checks against the draft's test vectors): key = HKDF-Expand(secret, "... key", 16),
+        // iv = HKDF-Expand(secret, "... iv", 16), record n's nonce = iv XOR n (big-endian, in the last 8 bytes), the 8-byte
+        // head the associated data, the 32-byte tag after it.
         var secret = RandomNumberGenerator.GetBytes(32);
         using var sealer = new SealedRecords.Sealer(secret);
-        static byte[] Info(string what) => System.Text.Encoding.ASCII.GetBytes("dtrain tcp+tls records v3 aegis " + what);
+        static byte[] Info(string what) => System.Text.Encoding.ASCII.GetBytes("dtrain tcp+tls records v4 aegis128x2 " + what);
         var key = HKDF.Expand(HashAlgorithmName.SHA256, secret, 16, Info("key"));
         var iv = HKDF.Expand(HashAlgorithmName.SHA256, secret, 16, Info("iv"));
-        var aegis = NSec.Cryptography.AeadAlgorithm.Aegis128L;
-        using var nsecKey = NSec.Cryptography.Key.Import(aegis, key, NSec.Cryptography.KeyBlobFormat.RawSymmetricKey);
-        Assert.Equal(SealedRecords.HeadBytes, 8 + aegis.TagSize);
+        Assert.Equal(SealedRecords.HeadBytes, 8 + 32);
         for (var n = 0; n < 3; n++)
         {
             var plain = RandomNumberGenerator.GetBytes(1000 + n);
@@ -398,9 +397,11 @@ public class SealedRecordsTests
             Assert.Equal(record.Length, sealer.Seal(SealedRecords.Payload, plain, record));
             var nonce = (byte[])iv.Clone();
             BinaryPrimitives.WriteUInt64BigEndian(nonce.AsSpan(8), BinaryPrimitives.ReadUInt64BigEndian(iv.AsSpan(8)) ^ (ulong)n);
-            byte[] combined = [.. record.AsSpan(SealedRecords.HeadBytes), .. record.AsSpan(8, aegis.TagSize)];
             var opened = new byte[plain.Length];
-            Assert.True(aegis.Decrypt(nsecKey, nonce, record.AsSpan(0, 8), combined, opened), $"record {n} does not open as AEGIS-128L");
+            int result;
+            fixed (byte* m = opened, c = record.AsSpan(SealedRecords.HeadBytes), t = record.AsSpan(8, 32), a = record.AsSpan(0, 8), nn = nonce, k = key)
+                result = SealedRecords.Native.dtrain_aegis128x2_decrypt(m, c, (nuint)plain.Length, t, a, 8, nn, k);
+            Assert.True(result == 0, $"record {n} does not open as AEGIS-128X2 ({result})");
             Assert.Equal(plain, opened);
         }
     }
@@ -438,14 +439,15 @@ public class SealedRecordsTests
     }
 
     [Fact]
-    public async Task A_claim_from_a_build_that_sealed_AES_GCM_or_256_KiB_records_is_refused_as_another_version()
+    public async Task A_claim_from_a_build_that_sealed_AES_GCM_AEGIS_128L_or_256_KiB_records_is_refused_as_another_version()
     {
         // Its records would fail authentication one by one as if tampered with (AES-256-GCM: DTRNTCP2; AES-128-GCM with
-        // 1 MiB records: DTRNTCP4), or be refused as too large (256 KiB records: DTRNTCP3); its magic says what it is.
+        // 1 MiB records: DTRNTCP4; AEGIS-128L: DTRNTCP5), or be refused as too large (256 KiB records: DTRNTCP3); its magic
+        // says what it is.
         var claim = new TcpLink.Claim("job", 1, 0, 2, RandomNumberGenerator.GetBytes(32)).Encode();
-        Assert.Equal("DTRNTCP5"u8.ToArray(), claim[..8]);
+        Assert.Equal("DTRNTCP6"u8.ToArray(), claim[..8]);
         await TcpLink.ReadClaimAsync(new MemoryStream(claim), CancellationToken.None);
-        foreach (var earlier in new[] { "DTRNTCP2"u8.ToArray(), "DTRNTCP3"u8.ToArray(), "DTRNTCP4"u8.ToArray() })
+        foreach (var earlier in new[] { "DTRNTCP2"u8.ToArray(), "DTRNTCP3"u8.ToArray(), "DTRNTCP4"u8.ToArray(), "DTRNTCP5"u8.ToArray() })
         {
             earlier.CopyTo(claim, 0);
             var e = await Assert.ThrowsAsync<InvalidDataException>(() => TcpLink.ReadClaimAsync(new MemoryStream(claim), CancellationToken.None));
