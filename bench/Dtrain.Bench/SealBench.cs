@@ -11,7 +11,9 @@ namespace Dtrain.Bench;
 /// thread's CPU time, so other load on the machine does not count): .NET's <see cref="AesGcm"/> (OpenSSL's EVP on
 /// Linux) sealing and opening records of 16 KiB .. 1 MiB, (a) one buffer over and over in cache (as
 /// <c>openssl speed -evp aes-128-gcm -bytes N</c> does), (b) streaming through a 64 MB source and a 64 MB destination
-/// as the ring does, with the plain copies the link adds beside them for scale.
+/// as the ring does, with the plain copies the link adds beside them for scale; and the record layer's own cipher
+/// (<see cref="SealedRecords.Sealer"/>: AEGIS-128X2, VAES and AES-NI builds, with a 16-byte key; AEGIS-256 with 32) beside
+/// libsodium's AEGIS-128L, in cache.
 /// </summary>
 public static class SealBench
 {
@@ -42,6 +44,9 @@ public static class SealBench
         destination.AsSpan().Fill(1);
 
         Console.WriteLine($"AES-{keyBytes * 8}-GCM via System.Security.Cryptography.AesGcm ({RuntimeInformation.OSDescription}), one thread; GB of plaintext per CPU-second of this thread, median of {rounds} rounds [min-max]; stream {mb} MB");
+        Console.WriteLine(keyBytes == 16
+            ? $"SealedRecords.Sealer rows: AEGIS-128X2 (eng/native/aegis128x2.c, {(SealedRecords.Native.dtrain_aegis128x2_implementation() == 2 ? "VAES build" : "AES-NI build: this CPU has no VAES")})"
+            : "SealedRecords.Sealer rows: AEGIS-256 (libsodium)");
         Console.WriteLine("| record | case | GB/s per CPU-s | wall GB/s |");
         Console.WriteLine("|---|---|---|---|");
         foreach (var kib in sizes)
@@ -80,6 +85,28 @@ public static class SealBench
                     var output = new byte[SealedRecords.Sealed(r)];
                     for (var i = 0; i < cacheReps; i++) sealer.Seal(SealedRecords.Payload, inCache, output);
                 }, (long)cacheReps * r, null),
+                ("(a) SealedRecords.Sealer in cache, AEGIS-128X2's AES-NI build (no VAES)", () =>
+                {
+                    if (keyBytes != 16 || SealedRecords.Native.dtrain_aegis128x2_force(1) != 0) return;
+                    try
+                    {
+                        using var sealer = new SealedRecords.Sealer(secret, keyBytes: keyBytes);
+                        var output = new byte[SealedRecords.Sealed(r)];
+                        for (var i = 0; i < cacheReps; i++) sealer.Seal(SealedRecords.Payload, inCache, output);
+                    }
+                    finally
+                    {
+                        SealedRecords.Native.dtrain_aegis128x2_force(2);
+                    }
+                }, keyBytes == 16 ? (long)cacheReps * r : 0, null),
+                ("(a) AEGIS-128L (libsodium through NSec: tcp+tls's cipher before AEGIS-128X2) seal in cache", () =>
+                {
+                    var aegis = NSec.Cryptography.AeadAlgorithm.Aegis128L;
+                    using var k = NSec.Cryptography.Key.Import(aegis, key.AsSpan(0, 16), NSec.Cryptography.KeyBlobFormat.RawSymmetricKey);
+                    var output = new byte[r + aegis.TagSize];
+                    var n = new byte[aegis.NonceSize];
+                    for (var i = 0; i < cacheReps; i++) aegis.Encrypt(k, n, ad, inCache, output);
+                }, (long)cacheReps * r, null),
                 ("(b) seal stream -> one small buffer (the link's send)", () =>
                 {
                     for (var k = 0; k < records; k++) aes.Encrypt(Nonce(nonce, k), source.AsSpan(k * r, r), sealedOne, tags.AsSpan(k * 16, 16), ad);
@@ -114,6 +141,7 @@ public static class SealBench
             };
             foreach (var (name, body, bytes, prepare) in cases)
             {
+                if (bytes == 0) continue;   // not for this key size or CPU
                 prepare?.Invoke();
                 body();
                 var perCpu = new List<double>();

@@ -129,7 +129,7 @@ internal static class SealedRecords
                     $"tcp+tls records need dtrain's native cipher library (libdtrain_aegis.so, built from eng/native/aegis128x2.c with the system C compiler; run scripts/setup.sh and rebuild): {e.Message}", e);
             }
             if (implementation == 0)
-                throw new CryptographicException("tcp+tls records need the CPU's AES instructions (x86-64 AES-NI), and this CPU has none: use the grpc data-plane transport (Worker:DataTransport) on this host");
+                throw new CryptographicException("tcp+tls records need the CPU's AES instructions (x86-64 AES-NI), and this CPU has none: use the grpc data-plane transport on this host (`dtrain worker --transport grpc`, Worker:Transport)");
             return new Aegis128X2();
         });
 
