@@ -46,6 +46,12 @@ public sealed class AssignedJob : IAsyncDisposable
     public bool ValidationFromDataset { get; private set; }
     public List<int[]> ValidationSequences { get; } = [];
     public List<int> ValidationLabels { get; } = [];
+    /// <summary>
+    /// Set when the validation tokens or examples held are only this rank's part of the split: the split's whole length
+    /// (tokens, or examples), the part starting at <see cref="ValidationOffset"/>; null: they are the whole split.
+    /// </summary>
+    public long? ValidationTotal { get; private set; }
+    public long ValidationOffset { get; private set; }
     /// <summary>Cancelled when the job is released: unblocks a collective waiting for a dead peer.</summary>
     public CancellationTokenSource Cancel { get; } = new();
     /// <summary>Cancelled when the steps of this generation are abandoned (<see cref="AbortAsync"/>); replaced by the next generation's.</summary>
@@ -159,6 +165,8 @@ public sealed class AssignedJob : IAsyncDisposable
         ValidationTokens.Clear();
         ValidationSequences.Clear();
         ValidationLabels.Clear();
+        ValidationTotal = null;
+        ValidationOffset = 0;
         stepCancel = new CancellationTokenSource();
         await Torch.RunAsync(() => Work.JoinRing(newRing.Reducer)).ConfigureAwait(false);
     }
@@ -197,6 +205,15 @@ public sealed class AssignedJob : IAsyncDisposable
             ValidationFromDataset = true;
         }
         PrefetchFrom(LastStep + 1);
+        if (chunk.ValidationTotal is { } total)
+        {
+            if (total < 0 || chunk.ValidationOffset < 0 || chunk.ValidationOffset > total)
+                throw new ArgumentException($"validation part from item {chunk.ValidationOffset} of {total} is not a part of a split");
+            if (ValidationTokens.Count > 0 || ValidationSequences.Count > 0)
+                throw new ArgumentException("the validation part's place in the split after some of its data");
+            ValidationTotal = total;
+            ValidationOffset = chunk.ValidationOffset;
+        }
         foreach (var t in chunk.ValidationTokens) CheckToken(t, vocab, "validation token");
         ValidationTokens.AddRange(chunk.ValidationTokens);
         foreach (var ex in chunk.ValidationExamples)
@@ -207,7 +224,29 @@ public sealed class AssignedJob : IAsyncDisposable
             ValidationSequences.Add([.. ex.Tokens]);
             ValidationLabels.Add(ex.Label);
         }
+        if (ValidationTotal is { } whole && ValidationOffset + Math.Max(ValidationTokens.Count, ValidationSequences.Count) > whole)
+            throw new ArgumentException($"validation part from item {ValidationOffset} holds more than the split's {whole}");
     }
+
+    /// <summary>
+    /// The validation split sent to this replica, as its evaluation reads it: the whole split, or this rank's part read
+    /// by the whole split's positions (so its streams or batches are cut as one process cuts them).
+    /// </summary>
+    public PreparedData SentValidation()
+    {
+        var data = new PreparedData
+        {
+            Tokenizer = Tokenizer, Labels = Labels,
+            ValidationTokens = [.. ValidationTokens], ValidationSequences = ValidationSequences, ValidationLabels = ValidationLabels,
+        };
+        if (ValidationTotal is not { } total) return data;
+        return TrainingTask.HasLabels
+            ? new PreparedData { Tokenizer = Tokenizer, Labels = Labels, ValidationRecords = new PartRecordSource(ValidationSequences, ValidationLabels, ValidationOffset, total) }
+            : new PreparedData { Tokenizer = Tokenizer, Labels = Labels, ValidationStream = new PartTokenSequence(data.ValidationTokens, ValidationOffset, total) };
+    }
+
+    /// <summary>The validation split's length sent for (tokens of a language model): the whole split's, not only the part held.</summary>
+    public long ValidationLength => ValidationTotal ?? ValidationTokens.Count;
 
     /// <summary>
     /// The micro-batch of step <paramref name="step"/>, or null when this rank has no rows then; removed once taken. A

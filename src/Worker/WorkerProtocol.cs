@@ -45,7 +45,9 @@ public static class WorkerProtocol
     public static ShardSlice FromProto(ShardChunk c) => new(
         [.. c.Steps.Select(s => new ShardRows(s.Step, s.Rows, s.Width, [.. s.Inputs], [.. s.Targets], [.. s.Lengths], s.Count, s.ResetState) { Planned = s.Planned, RowStart = s.RowStart })],
         [.. c.ValidationTokens],
-        [.. c.ValidationExamples.Select(e => new ValidationSample([.. e.Tokens], e.Label))]) { DatasetValidation = c.DatasetValidation };
+        [.. c.ValidationExamples.Select(e => new ValidationSample([.. e.Tokens], e.Label))]) {
+            DatasetValidation = c.DatasetValidation, ValidationOffset = c.ValidationOffset, ValidationTotal = c.HasValidationTotal ? c.ValidationTotal : null,
+        };
 
     public static StepCommand FromProto(RunStepRequest r) => new(r.JobId, r.Step, r.Lr, r.GlobalCount, r.ReportChecksum, r.Generation);
 

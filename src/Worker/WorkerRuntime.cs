@@ -385,16 +385,12 @@ public sealed class WorkerRuntime(WorkerSlot state, IRingConnector rings, IPeerS
         {
             // A classifier's validation split may be empty (its records' labels were moved back to training): that
             // evaluates to "no validation data", as in one process, instead of failing the job.
-            if (!job.TrainingTask.HasLabels && job.ValidationTokens.Count < 2 && !job.ValidationFromDataset)
+            if (!job.TrainingTask.HasLabels && job.ValidationLength < 2 && !job.ValidationFromDataset)
                 throw new InvalidOperationException($"job {job.JobId}: this replica holds no validation data");
             // A dataset job's validation split is read from the dataset by this worker: what its manifest says is checked
             // first, its ids, records and labels as evaluation reads them (only the batches evaluated are read).
             if (job.ValidationFromDataset && job.Dataset is { } checkedDataset) await Task.Run(checkedDataset.CheckValidation, cancel).ConfigureAwait(false);
-            var validation = job.ValidationFromDataset && job.Dataset is { } dataset ? dataset.Validation : new PreparedData
-            {
-                Tokenizer = job.Tokenizer, Labels = job.Labels,
-                ValidationTokens = [.. job.ValidationTokens], ValidationSequences = job.ValidationSequences, ValidationLabels = job.ValidationLabels,
-            };
+            var validation = job.ValidationFromDataset && job.Dataset is { } dataset ? dataset.Validation : job.SentValidation();
             EvalSums m;
             try
             {

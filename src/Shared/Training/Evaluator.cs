@@ -22,8 +22,7 @@ public static class Evaluator
     /// </summary>
     public static EvalSums LanguageModel(TrainingEngine engine, ITokenSequence tokens, int batchSize, int seqLen, int maxBatches, EvalPart part, Action<long>? progress = null)
     {
-        // Fewer streams for a short validation text, so it is still read in order with the state carried.
-        var streams = (int)Math.Max(1, Math.Min(batchSize, (tokens.Length - 1) / Math.Max(1, seqLen)));
+        var streams = Streams(tokens.Length, batchSize, seqLen);
         var (first, rows) = part.Of(streams);
         if (rows == 0) return new EvalSums(0, 0);
         var source = new LanguageModelBatches(tokens, streams, seqLen, Specs.LmSamplingKinds.Stream, seed: 0);
@@ -46,6 +45,41 @@ public static class Evaluator
             state?.Dispose();
         }
         return new EvalSums(lossSum, count);
+    }
+
+    /// <summary>Fewer streams than <paramref name="batchSize"/> for a short validation text, so it is still read in order with the state carried.</summary>
+    private static int Streams(long length, int batchSize, int seqLen) => (int)Math.Max(1, Math.Min(batchSize, (length - 1) / Math.Max(1, seqLen)));
+
+    /// <summary>
+    /// The tokens [Start, End) of a language model's validation split of <paramref name="length"/> tokens that part
+    /// <paramref name="part"/> of its evaluation reads (<see cref="LanguageModel(TrainingEngine, ITokenSequence, int, int, int, EvalPart, Action{long}?)"/>):
+    /// from the start of its first stream to the last token its last stream reads (the target of its last column).
+    /// A part with no stream reads nothing ([0, 0)); a split too short to evaluate is read whole.
+    /// </summary>
+    public static (long Start, long End) LanguageModelRange(long length, int batchSize, int seqLen, int maxBatches, EvalPart part)
+    {
+        if (length < 2 || seqLen < 1 || batchSize < 1) return (0, length);
+        var streams = Streams(length, batchSize, seqLen);
+        var (first, rows) = part.Of(streams);
+        if (rows == 0) return (0, 0);
+        var streamLength = (length - 1) / streams;
+        var steps = (streamLength + seqLen - 1) / seqLen;
+        if (maxBatches > 0) steps = Math.Min(steps, maxBatches);
+        var columns = Math.Min(streamLength, steps * seqLen);
+        return (first * streamLength, (first + rows - 1) * streamLength + columns + 1);
+    }
+
+    /// <summary>
+    /// The records [Start, End) of a classifier's validation split of <paramref name="count"/> records that part
+    /// <paramref name="part"/> of its evaluation reads (<see cref="Classification(TrainingEngine, IRecordSource, int, int, int, EvalPart, Action{long}?)"/>): its batches' rows.
+    /// </summary>
+    public static (int Start, int End) ClassificationRange(int count, int batchSize, int maxBatches, EvalPart part)
+    {
+        if (batchSize < 1) return (0, count);
+        var steps = Math.Max(1, ((long)count + batchSize - 1) / batchSize);
+        if (maxBatches > 0) steps = Math.Min(steps, maxBatches);
+        var (first, length) = part.Of(steps);
+        return ((int)Math.Min(count, first * batchSize), (int)Math.Min(count, (first + length) * batchSize));
     }
 
     public static EvalMetrics Classification(TrainingEngine engine, IReadOnlyList<int[]> sequences, IReadOnlyList<int> labels, int classes, int batchSize, int maxBatches) =>

@@ -56,3 +56,60 @@ public sealed class ListRecordSource : IRecordSource
     public int[] Tokens(int index) => sequences[index];
     public int Label(int index) => labels[index];
 }
+
+/// <summary>
+/// A part of a token stream held in memory — tokens [offset, offset + held.Length) of a stream of length tokens — read by the stream's positions (a rank's part of a language model's validation split:
+/// its streams are cut from the whole split's length, so they are the ones one process reads). Reading outside the
+/// part is refused.
+/// </summary>
+public sealed class PartTokenSequence : ITokenSequence
+{
+    private readonly int[] held;
+    private readonly long offset;
+
+    public PartTokenSequence(int[] held, long offset, long length)
+    {
+        if (offset < 0 || length < 0 || offset + held.Length > length)
+            throw new ArgumentException($"tokens [{offset}, {offset + held.Length}) are not a part of a stream of {length} tokens");
+        this.held = held;
+        this.offset = offset;
+        Length = length;
+    }
+
+    public long Length { get; }
+
+    public void Read(long position, Span<int> destination)
+    {
+        if (position < offset || position + destination.Length > offset + held.Length)
+            throw new ArgumentOutOfRangeException(nameof(position), position,
+                $"tokens [{position}, {position + destination.Length}) of the {Length} are not in the part held here, [{offset}, {offset + held.Length})");
+        held.AsSpan((int)(position - offset), destination.Length).CopyTo(destination);
+    }
+}
+
+/// <summary>
+/// A part of a record list held in memory — records [offset, offset + sequences.Count) of count records — read by the whole list's indices (a rank's part of a classifier's validation split, its
+/// batches cut as one process cuts them). Reading outside the part is refused.
+/// </summary>
+public sealed class PartRecordSource : IRecordSource
+{
+    private readonly ListRecordSource held;
+    private readonly int offset;
+
+    public PartRecordSource(IReadOnlyList<int[]> sequences, IReadOnlyList<int> labels, long offset, long count)
+    {
+        if (offset < 0 || count < 0 || count > int.MaxValue || offset + sequences.Count > count)
+            throw new ArgumentException($"records [{offset}, {offset + sequences.Count}) are not a part of {count} records");
+        held = new ListRecordSource(sequences, labels);
+        this.offset = (int)offset;
+        Count = (int)count;
+    }
+
+    public int Count { get; }
+    public int[] Tokens(int index) => held.Tokens(Local(index));
+    public int Label(int index) => held.Label(Local(index));
+
+    private int Local(int index) =>
+        index >= offset && index < offset + held.Count ? index - offset
+            : throw new ArgumentOutOfRangeException(nameof(index), index, $"record {index} of the {Count} is not in the part held here, [{offset}, {offset + held.Count})");
+}

@@ -50,7 +50,7 @@ public sealed class InProcessWorkerHandle(WorkerRecord worker, WorkerRuntime run
         Call("load shard", step, options.CallTimeoutSeconds, cancel, ct => runtime.LoadShardAsync(jobId, (Empty(slice) ? [] : new[] { slice }).ToAsyncEnumerable(), ct));
 
     /// <summary>Nothing to send (over gRPC: no message).</summary>
-    private static bool Empty(ShardSlice slice) => slice.Steps.Count == 0 && slice.ValidationTokens.Length == 0 && slice.ValidationExamples.Count == 0;
+    private static bool Empty(ShardSlice slice) => slice.Steps.Count == 0 && slice.ValidationTokens.Length == 0 && slice.ValidationExamples.Count == 0 && slice.ValidationTotal is null;
 
     public Task<StepResult> RunStepAsync(StepCommand command, double timeoutSeconds, CancellationToken cancel) =>
         Call("step", command.Step, timeoutSeconds, cancel, async ct =>

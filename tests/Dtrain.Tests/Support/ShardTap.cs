@@ -12,8 +12,10 @@ namespace Dtrain.Tests.Support;
 /// </summary>
 public sealed class ShardTap
 {
-    long values, planned, validation;
+    long values, planned, validation, validationValues;
     public long Values => Interlocked.Read(ref values);
+    /// <summary>Of <see cref="Values"/>, the validation split's: its tokens (language model) or its examples' tokens (classification).</summary>
+    public long ValidationValues => Interlocked.Read(ref validationValues);
     public long PlannedSteps => Interlocked.Read(ref planned);
     public long DatasetValidation => Interlocked.Read(ref validation);
     public ConcurrentBag<string> Datasets { get; } = [];
@@ -22,6 +24,7 @@ public sealed class ShardTap
     {
         Interlocked.Add(ref values, c.ValidationTokens.Count + c.ValidationExamples.Sum(e => e.Tokens.Count)
             + c.Steps.Sum(s => (long)s.Inputs.Count + s.Targets.Count + s.Lengths.Count));
+        Interlocked.Add(ref validationValues, c.ValidationTokens.Count + c.ValidationExamples.Sum(e => e.Tokens.Count));
         Interlocked.Add(ref planned, c.Steps.Count(s => s.Planned));
         if (c.DatasetValidation) Interlocked.Increment(ref validation);
     }
@@ -31,6 +34,7 @@ public sealed class ShardTap
         Interlocked.Exchange(ref values, 0);
         Interlocked.Exchange(ref planned, 0);
         Interlocked.Exchange(ref validation, 0);
+        Interlocked.Exchange(ref validationValues, 0);
         Datasets.Clear();
     }
 }

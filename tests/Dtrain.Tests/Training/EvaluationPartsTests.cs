@@ -10,13 +10,35 @@ namespace Dtrain.Tests.Training;
 /// A data-parallel job's evaluation split over its ranks (<see cref="EvalPart"/>): the parts' sums combined
 /// (<see cref="EvalSums.Combine"/>) give one process's evaluation — a language model's mean loss within 1e-6 relative
 /// (float summation order), its token count exactly; a classifier's accuracy and macro-F1 exactly — for 1, 2 and 3
-/// ranks, streams or batches not divisible by the ranks, the whole split or its first eval_batches batches.
+/// ranks, streams or batches not divisible by the ranks, the whole split or its first eval_batches batches. Each part
+/// evaluated from only the tokens or examples a cluster sends its rank (<see cref="Evaluator.LanguageModelRange"/>,
+/// <see cref="Evaluator.ClassificationRange"/>, read by the whole split's positions) gives the same sums.
 /// </summary>
 [Collection(TorchRngCollection.Name)]
 public class EvaluationPartsTests
 {
     static EvalMetrics Combined(int ranks, Func<EvalPart, EvalSums> part) =>
         EvalSums.Combine([.. Enumerable.Range(0, ranks).Select(r => part(new EvalPart(r, ranks)))]).ToMetrics();
+
+    /// <summary>Only the validation tokens a rank evaluating <paramref name="part"/> is sent (reading any other fails).</summary>
+    static PreparedData TokensOf(PreparedData data, int streams, int seqLen, int evalBatches, EvalPart part)
+    {
+        var tokens = data.ValidationTokens;
+        var (start, end) = Evaluator.LanguageModelRange(tokens.Length, streams, seqLen, evalBatches, part);
+        return new PreparedData { Tokenizer = data.Tokenizer, Labels = data.Labels, ValidationStream = new PartTokenSequence(tokens[(int)start..(int)end], start, tokens.Length) };
+    }
+
+    /// <summary>Only the validation examples a rank evaluating <paramref name="part"/> is sent (reading any other fails).</summary>
+    static PreparedData ExamplesOf(PreparedData data, int batchSize, int evalBatches, EvalPart part)
+    {
+        var count = data.ValidationSequences.Count;
+        var (start, end) = Evaluator.ClassificationRange(count, batchSize, evalBatches, part);
+        return new PreparedData
+        {
+            Tokenizer = data.Tokenizer, Labels = data.Labels,
+            ValidationRecords = new PartRecordSource([.. data.ValidationSequences.Skip(start).Take(end - start)], [.. data.ValidationLabels.Skip(start).Take(end - start)], start, count),
+        };
+    }
 
     [Theory]
     [InlineData(5, 0)]
@@ -41,11 +63,20 @@ public class EvaluationPartsTests
             Assert.Equal(whole.Count, m.Count);
             Assert.True(Math.Abs(m.Loss - whole.Loss) <= 1e-6 * Math.Abs(whole.Loss), $"{n} ranks: loss {m.Loss:R} vs one process {whole.Loss:R}");
             Assert.True(Math.Abs(m.Perplexity!.Value - whole.Perplexity!.Value) <= 1e-6 * whole.Perplexity.Value);
+            var sent = Combined(ranks, part => task.EvaluatePart(engine, TokensOf(data, streams, spec.Training.SeqLen, evalBatches, part), streams, evalBatches, part));
+            Assert.Equal(m.Count, sent.Count);
+            Assert.Equal(m.Loss, sent.Loss);
+            // About 1/N of the split each (a whole number of streams; the last target is the next stream's first token).
+            var largest = Enumerable.Range(0, ranks).Max(r => Evaluator.LanguageModelRange(data.ValidationTokens.Length, streams, spec.Training.SeqLen, 0, new EvalPart(r, ranks)) is var (a, b) ? b - a : 0);
+            Assert.True(largest <= (data.ValidationTokens.Length - 1) / streams * ((streams + ranks - 1) / ranks) + 1, $"{n} ranks: a part of {largest} of {data.ValidationTokens.Length} tokens");
         }
         // More ranks than streams: the extra ranks evaluate nothing, the sums are still the whole's.
         var many = Combined(streams + 2, part => task.EvaluatePart(engine, data, streams, evalBatches, part));
         Assert.Equal(whole.Count, many.Count);
         Assert.True(Math.Abs(many.Loss - whole.Loss) <= 1e-6 * Math.Abs(whole.Loss));
+        var manySent = Combined(streams + 2, part => task.EvaluatePart(engine, TokensOf(data, streams, spec.Training.SeqLen, evalBatches, part), streams, evalBatches, part));
+        Assert.Equal(many.Count, manySent.Count);
+        Assert.Equal(many.Loss, manySent.Loss);
     }
 
     [Theory]
@@ -72,6 +103,8 @@ public class EvaluationPartsTests
             Assert.Equal(whole.Accuracy, m.Accuracy);
             Assert.Equal(whole.MacroF1, m.MacroF1);
             Assert.True(Math.Abs(m.Loss - whole.Loss) <= 1e-9 * Math.Abs(whole.Loss), $"{n} ranks: loss {m.Loss:R} vs one process {whole.Loss:R}");
+            var sent = Combined(ranks, part => task.EvaluatePart(engine, ExamplesOf(data, batchSize, evalBatches, part), batchSize, evalBatches, part));
+            Assert.Equal(m, sent);
         }
     }
 
@@ -94,5 +127,23 @@ public class EvaluationPartsTests
         Assert.Equal(1.0, m.Loss);
         Assert.Throws<ArgumentException>(() => EvalSums.Combine([Part(0, 3), new EvalSums(1, 1)]));
         Assert.Throws<ArgumentException>(() => new EvalPart(2, 2).Of(10));
+    }
+
+    [Fact]
+    public void A_part_held_refuses_reads_outside_it_naming_both_ranges()
+    {
+        var tokens = new PartTokenSequence([5, 6, 7], 10, 20);
+        var read = new int[2];
+        tokens.Read(11, read);
+        Assert.Equal([6, 7], read);
+        Assert.Equal(20, tokens.Length);
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => tokens.Read(12, read));
+        Assert.Contains("tokens [12, 14) of the 20 are not in the part held here, [10, 13)", e.Message);
+        Assert.Throws<ArgumentException>(() => new PartTokenSequence([1, 2], 19, 20));
+        var records = new PartRecordSource([[1], [2]], [0, 1], 4, 9);
+        Assert.Equal(9, records.Count);
+        Assert.Equal(1, records.Label(5));
+        Assert.Equal([1], records.Tokens(4));
+        Assert.Contains("record 6 of the 9 is not in the part held here, [4, 6)", Assert.Throws<ArgumentOutOfRangeException>(() => records.Label(6)).Message);
     }
 }

@@ -136,7 +136,8 @@ public sealed class DataParallelDriver(CoordinatorOptions options)
         var (data, total, schedule) = (prepared.Data, prepared.TotalSteps, prepared.Schedule);
         var checkpoints = new JobCheckpoints(job);
         var start = progress.Next;
-        var shards = new EpochShards(job.Id, plan, total, start, planned: data.Dataset is not null);
+        // Each rank is sent only its part of an in-memory validation split (the parts follow this generation's world).
+        var shards = new EpochShards(job.Id, plan, total, start, planned: data.Dataset is not null, cut: ValidationCut.For(spec));
         var sendValidation = true;
         var clock = progress.Clock;
         var deadline = new StepDeadline(options.StepTimeoutSeconds, options.StepDeadline);

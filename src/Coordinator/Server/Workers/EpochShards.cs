@@ -10,9 +10,10 @@ namespace Dtrain.Server;
 /// each rank evaluates its part of it); each step's global count (what the loss of every replica sums over) is kept until the step is launched.
 /// A dataset job (<paramref name="planned"/>) sends only the plan — each rank's row range of each step and its count —
 /// and the workers read the rows (and their parts of the validation split) from the dataset themselves: the coordinator never
-/// reads a token of it.
+/// reads a token of it. With <paramref name="cut"/> (a data-parallel job's evaluation), each rank is sent only the part
+/// of an in-memory validation split its evaluation reads; without it, every rank gets the whole split.
 /// </summary>
-public sealed class EpochShards(string jobId, ShardPlan plan, long totalSteps, long start, bool planned = false)
+public sealed class EpochShards(string jobId, ShardPlan plan, long totalSteps, long start, bool planned = false, ValidationCut? cut = null)
 {
     private readonly Dictionary<long, long> globalCounts = [];
     private long loadedUntil = start;
@@ -25,7 +26,7 @@ public sealed class EpochShards(string jobId, ShardPlan plan, long totalSteps, l
     {
         if (step != loadedUntil) return;
         var epochEnd = Math.Min(totalSteps, (plan.PositionOf(step).Epoch + 1) * plan.StepsPerEpoch);
-        var perReplica = planned ? BuildPlan(plan, replicas, step, epochEnd, globalCounts, validation is not null) : Build(plan, replicas, step, epochEnd, globalCounts, validation);
+        var perReplica = planned ? BuildPlan(plan, replicas, step, epochEnd, globalCounts, validation is not null) : Build(plan, replicas, step, epochEnd, globalCounts, validation, cut);
         await workers.LoadShardsAsync(jobId, [.. Enumerable.Range(0, workers.Count).Select(slot => perReplica[replicaOf(slot)])], step, cancel).ConfigureAwait(false);
         loadedUntil = epochEnd;
     }
@@ -64,9 +65,10 @@ public sealed class EpochShards(string jobId, ShardPlan plan, long totalSteps, l
 
     /// <summary>
     /// Every replica's rows of steps [<paramref name="from"/>, <paramref name="to"/>), and the validation split for
-    /// every replica when given (each evaluates its part of it); records each step's global count.
+    /// every replica when given (each evaluates its part of it: with <paramref name="cut"/>, only that part is sent, rank
+    /// r of <paramref name="replicas"/> evaluating part r); records each step's global count.
     /// </summary>
-    internal static ShardSlice[] Build(ShardPlan plan, int replicas, long from, long to, Dictionary<long, long> globalCounts, PreparedData? validation)
+    internal static ShardSlice[] Build(ShardPlan plan, int replicas, long from, long to, Dictionary<long, long> globalCounts, PreparedData? validation, ValidationCut? cut = null)
     {
         var perReplica = Enumerable.Range(0, replicas).Select(_ => new List<ShardRows>()).ToArray();
         for (var step = from; step < to; step++)
@@ -88,7 +90,36 @@ public sealed class EpochShards(string jobId, ShardPlan plan, long totalSteps, l
             globalCounts[step] = count;
         }
         if (validation is null) return [.. perReplica.Select(ShardSlice.Of)];
+        if (cut is not null) return [.. perReplica.Select((steps, rank) => cut.Part(steps, validation, new EvalPart(rank, replicas)))];
         ValidationSample[] examples = [.. validation.ValidationSequences.Select((tokens, i) => new ValidationSample(tokens, validation.ValidationLabels[i]))];
         return [.. perReplica.Select(steps => new ShardSlice(steps, validation.ValidationTokens, examples))];
+    }
+}
+
+/// <summary>
+/// How a data-parallel job's evaluation cuts its validation split (the job's batch size, sequence length and
+/// evaluation batches, as <see cref="Evaluator"/> reads it), so the coordinator sends each rank only the tokens or
+/// examples of its part: a language model's contiguous range of its streams (the tokens from its first stream's start
+/// to its last one's last target), a classifier's of its batches. The worker reads them by the whole split's positions,
+/// so every rank evaluates exactly what it would with the whole split, and the metrics are unchanged.
+/// </summary>
+public sealed record ValidationCut(bool Classification, int BatchSize, int SeqLen, int MaxBatches)
+{
+    public static ValidationCut For(Specs.JobSpec spec) =>
+        new(Training.Tasks.TrainingTasks.For(spec).HasLabels, spec.Training.BatchSize, spec.Training.SeqLen, spec.Training.EvalBatches);
+
+    /// <summary>The slice of <paramref name="steps"/> with part <paramref name="part"/> of <paramref name="validation"/>.</summary>
+    public ShardSlice Part(IReadOnlyList<ShardRows> steps, PreparedData validation, EvalPart part)
+    {
+        if (Classification)
+        {
+            var count = validation.ValidationSequences.Count;
+            var (first, end) = Evaluator.ClassificationRange(count, BatchSize, MaxBatches, part);
+            ValidationSample[] examples = [.. Enumerable.Range(first, end - first).Select(i => new ValidationSample(validation.ValidationSequences[i], validation.ValidationLabels[i]))];
+            return new ShardSlice(steps, [], examples) { ValidationOffset = first, ValidationTotal = count };
+        }
+        var tokens = validation.ValidationTokens;
+        var (start, stop) = Evaluator.LanguageModelRange(tokens.Length, BatchSize, SeqLen, MaxBatches, part);
+        return new ShardSlice(steps, tokens[(int)start..(int)stop], []) { ValidationOffset = start, ValidationTotal = tokens.Length };
     }
 }

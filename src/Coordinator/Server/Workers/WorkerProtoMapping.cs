@@ -58,6 +58,8 @@ public static class WorkerProtoMapping
             chunks[^1].Steps.Add(s);
             size += s.Inputs.Count + s.Targets.Count;
         }
+        // Only this rank's part of the validation split follows: where it starts, and the whole split's length.
+        if (slice.ValidationTotal is { } total) chunks.Add(new ShardChunk { JobId = jobId, ValidationOffset = slice.ValidationOffset, ValidationTotal = total });
         foreach (var part in slice.ValidationTokens.Chunk(chunkValues))
         {
             var c = new ShardChunk { JobId = jobId };
