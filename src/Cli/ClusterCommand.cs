@@ -74,14 +74,17 @@ public static class ClusterCommand
             var runDir = r.GetValue(output) is null ? JobSpecPaths.OutputDir(job, file.DirectoryName!) : null;
             var target = r.GetValue(output)?.FullName ?? Path.Combine(runDir!, Checkpoints.RunDirectory.ModelFile);
             CheckModelTarget(target, r.GetValue(output) is not null ? "--output" : job.Output is null ? "the default output runs/NAME/model.dtck" : "$.output");
+            var dataset = LocalDataset(job, file);
             Console.WriteLine($"starting a local cluster: coordinator + {n} worker(s)...");
-            using var cluster = LocalCluster.Start(n, r.GetValue(port), perWorker, logDir, TimeSpan.FromMinutes(2));
+            using var cluster = LocalCluster.Start(n, r.GetValue(port), perWorker, logDir, TimeSpan.FromMinutes(2), dataRoots: dataset is null ? null : [dataset]);
             using var channel = Remote.Channel(cluster.Address);
             var client = new Jobs.JobsClient(channel);
             string id;
             try
             {
-                id = client.Submit(JobCommands.BuildSubmit(client, file, r.GetValue(workers))).JobId;
+                var request = JobCommands.BuildSubmit(client, file, r.GetValue(workers));
+                if (dataset is not null) request.SpecJson = JobSpecSerializer.Serialize(job with { Data = job.Data with { Dataset = dataset } });
+                id = client.Submit(request).JobId;
             }
             catch (Grpc.Core.RpcException e) when (e.StatusCode is Grpc.Core.StatusCode.InvalidArgument or Grpc.Core.StatusCode.FailedPrecondition)
             {
@@ -99,6 +102,19 @@ public static class ClusterCommand
             return JobCommands.DownloadTo(client, id, target);
         }));
         return cmd;
+    }
+
+    /// <summary>
+    /// A spec's dataset in a local directory (data.dataset, relative to the spec file as for `dtrain train`): its real
+    /// absolute path, which the local coordinator is given as its data root and the job names (the local workers see the
+    /// same path); null for none or s3://. A directory that does not exist is refused before anything starts.
+    /// </summary>
+    static string? LocalDataset(JobSpec job, FileInfo file)
+    {
+        if (job.Data.Dataset is not { } dataset || Dtrain.Data.Storage.S3Location.IsS3(dataset)) return null;
+        var full = JobSpecPaths.Resolve(file.DirectoryName!, dataset)!;
+        return Directory.Exists(full) && Dtrain.Data.DataFile.RealPath(full) is { } real ? real
+            : throw new SpecException(file.Name, [new SpecError("$.data.dataset", $"\"{dataset}\": no such directory ({full})")]);
     }
 
     /// <summary>Refuses, before any training, a model file that could not be written at the end: a directory, or under a file.</summary>

@@ -56,18 +56,19 @@ public sealed class LocalCluster : IDisposable
     /// Starts the processes and waits until this cluster's own coordinator listens and every worker is registered
     /// with it and idle. <paramref name="port"/> 0 = any free port; a port something already listens on is refused.
     /// </summary>
-    public static LocalCluster Start(int workers, int port, int threadsPerWorker, string logDir, TimeSpan timeout, IDictionary<string, string>? environment = null) =>
-        Start(workers, port, threadsPerWorker, logDir, timeout, environment, FreePort);
+    /// <paramref name="dataRoots"/>: the coordinator's data roots (`dtrain serve --data-root`), none by default.
+    public static LocalCluster Start(int workers, int port, int threadsPerWorker, string logDir, TimeSpan timeout, IDictionary<string, string>? environment = null, IReadOnlyList<string>? dataRoots = null) =>
+        Start(workers, port, threadsPerWorker, logDir, timeout, environment, FreePort, dataRoots);
 
-    /// <summary>How many ports <see cref="Start(int, int, int, string, TimeSpan, IDictionary{string, string}?)"/> tries when it chooses one.</summary>
+    /// <summary>How many ports <see cref="Start(int, int, int, string, TimeSpan, IDictionary{string, string}?, IReadOnlyList{string}?)"/> tries when it chooses one.</summary>
     internal const int PortAttempts = 3;
 
     /// <summary>
-    /// <see cref="Start(int, int, int, string, TimeSpan, IDictionary{string, string}?)"/> with the free-port picker given
+    /// <see cref="Start(int, int, int, string, TimeSpan, IDictionary{string, string}?, IReadOnlyList{string}?)"/> with the free-port picker given
     /// (tests hand it a port something holds). A chosen port can be taken by another process between the pick and the
     /// coordinator's listen; then the cluster starts again on another chosen port, up to <see cref="PortAttempts"/> times.
     /// </summary>
-    internal static LocalCluster Start(int workers, int port, int threadsPerWorker, string logDir, TimeSpan timeout, IDictionary<string, string>? environment, Func<int> pickPort)
+    internal static LocalCluster Start(int workers, int port, int threadsPerWorker, string logDir, TimeSpan timeout, IDictionary<string, string>? environment, Func<int> pickPort, IReadOnlyList<string>? dataRoots = null)
     {
         CheckOptions(workers, port, threadsPerWorker);
         var chosen = port == 0;
@@ -78,7 +79,8 @@ public sealed class LocalCluster : IDisposable
             var cluster = new LocalCluster($"http://127.0.0.1:{listenPort}", Path.GetFullPath(logDir)) { environment = environment, threads = threadsPerWorker, portChosen = chosen };
             try
             {
-                cluster.coordinatorArgs = ["serve", "--port", listenPort.ToString(System.Globalization.CultureInfo.InvariantCulture), "--data-dir", Path.Combine(logDir, "coordinator"), "--http-port", "0"];
+                cluster.coordinatorArgs = ["serve", "--port", listenPort.ToString(System.Globalization.CultureInfo.InvariantCulture), "--data-dir", Path.Combine(logDir, "coordinator"), "--http-port", "0",
+                    .. (dataRoots ?? []).SelectMany(root => new[] { "--data-root", root })];
                 cluster.coordinatorLogStart = LogLength(Path.Combine(cluster.LogDir, "coordinator.log"));
                 cluster.processes.Add(cluster.Spawn("coordinator", environment, cluster.coordinatorArgs));
                 for (var i = 0; i < workers; i++) cluster.AddWorker();

@@ -293,6 +293,29 @@ public class CliTests
     }
 
     [Fact]
+    public void Cluster_run_trains_from_a_local_dataset_named_relative_to_the_spec_like_train()
+    {
+        // `cluster run` used to refuse it: its coordinator had no data root ("reads datasets only from s3://"), and a
+        // relative path could not be named anyway. Now the dataset's directory is the local coordinator's data root and
+        // the job names it by its absolute path, which the local workers see too.
+        using var tmp = new TempDir();
+        tmp.Write("t.txt", TestJobs.Text());
+        var prepared = CliRunner.Run(tmp.Path, "prepare", "t.txt", "-o", "ds");
+        Assert.True(prepared.ExitCode == 0, prepared.ToString());
+        var spec = WriteSpec(tmp, TestJobs.CharLm("unused", steps: 4) with { Data = new DataSpec { Dataset = "ds" } });
+        var r = CliRunner.Run(tmp.Path, "cluster", "run", spec, "--workers", "2", "--threads", "1", "--plain");
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("step 4/4", r.Stdout);
+        Assert.True(File.Exists(Path.Combine(tmp.Path, "runs", "test-lm", "model.dtck")), r.ToString());
+
+        // A dataset directory that does not exist is refused before any cluster starts, naming the field.
+        var missing = CliRunner.Run(tmp.Path, "cluster", "run", WriteSpec(tmp, TestJobs.CharLm("unused", steps: 4) with { Data = new DataSpec { Dataset = "nowhere" } }));
+        Assert.True(missing.ExitCode == 2, missing.ToString());
+        Assert.Contains($"$.data.dataset: \"nowhere\": no such directory ({Path.Combine(tmp.Path, "nowhere")})", missing.Stderr);
+        Assert.DoesNotContain("starting a local cluster", missing.Stdout);
+    }
+
+    [Fact]
     public void Predict_file_gives_every_record_a_row_in_order_or_fails_naming_the_line()
     {
         // Trained to skip malformed and over-long records: predict must still not drop any of its input.
