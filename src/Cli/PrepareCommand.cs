@@ -13,7 +13,7 @@ public static class PrepareCommand
 {
     public static Command Create()
     {
-        var sources = new Argument<string[]>("sources") { Description = "Files, directories (every file below) and globs (*, ?, ** — quote them); .gz and .zst are decompressed.", Arity = ArgumentArity.OneOrMore };
+        var sources = new Argument<string[]>("sources") { Description = "Files, directories (every file below) and globs (*, ?, [abc], ** — quote them; a file or directory that exists under the name given is taken as named); .gz and .zst are decompressed.", Arity = ArgumentArity.OneOrMore };
         var output = new Option<string>("--output", "-o") { Description = "The dataset directory to write (refused when it exists and is not empty, unless --force), or s3://bucket/prefix: prepared in a temporary directory, then uploaded with the manifest last (refused when the prefix holds any object, unless --force; endpoint and credentials from the environment, docs/storage.md).", Required = true };
         var force = new Option<bool>("--force") { Description = "Replace an existing output directory (only once the new dataset is complete); for s3:// the old objects, once the new dataset is prepared (its manifest is deleted first, the new manifest put last)." };
         var task = new Option<string>("--task") { Description = "language_model or classification (the spec's task).", DefaultValueFactory = _ => TrainingTasks.LanguageModel.Kind };

@@ -5,7 +5,8 @@ namespace Dtrain.Data.Datasets;
 
 /// <summary>
 /// Expands <c>dtrain prepare</c>'s source arguments — files, directories (every regular file below, in ordinal order of
-/// its relative path, hidden ones skipped) and globs (<c>*</c>, <c>?</c>, <c>**</c> for any depth) — into files in
+/// its relative path, hidden ones skipped) and globs (<c>*</c>, <c>?</c>, <c>[abc]</c>, <c>**</c> for any depth; a file or
+/// directory that exists under the name given is taken as named) — into files in
 /// order, and opens each as a stream of its decompressed bytes (<c>.gz</c> by System.IO.Compression, <c>.zst</c> by
 /// ZstdSharp) while hashing the bytes as stored.
 /// </summary>
@@ -23,9 +24,11 @@ public static class SourceFiles
         foreach (var argument in arguments)
         {
             IEnumerable<string> paths;
-            if (argument.IndexOfAny(['*', '?', '[']) >= 0) paths = Glob(argument);
+            // A file or directory that exists under the name given is the one named, even with a glob character in its
+            // name ("notes[2024].txt" is that file, not a pattern matching "notes2.txt").
+            if (File.Exists(argument)) paths = [argument];
             else if (Directory.Exists(argument)) paths = Below(argument);
-            else if (File.Exists(argument)) paths = [argument];
+            else if (argument.IndexOfAny(['*', '?', '[']) >= 0) paths = Glob(argument);
             else throw new DataFormatException(argument, 0, "file not found");
             var any = false;
             foreach (var path in paths)
@@ -37,7 +40,7 @@ public static class SourceFiles
                 var compression = CompressionOf(path);
                 var inner = compression == None ? path : path[..path.LastIndexOf('.')];
                 var kind = format ?? DataFormats.OfExtension(inner)
-                    ?? throw new ArgumentException($"{path}: cannot tell its format from the extension (.txt, .jsonl, .csv, each optionally .gz or .zst); give --format text, jsonl or csv");
+                    ?? throw new ArgumentException($"{path}: cannot tell its format from the extension (.txt or .text, .jsonl or .json, .csv, each optionally .gz or .zst); give --format text, jsonl or csv");
                 files.Add(new SourceFile(path, split, kind, compression));
             }
             if (!any) throw new DataFormatException(argument, 0, Directory.Exists(argument) ? "the directory holds no files" : "no file matches");

@@ -185,6 +185,20 @@ public sealed class PrepareEquivalenceTests : IDisposable
     }
 
     [Fact]
+    public void A_file_named_with_a_glob_character_is_that_file_and_patterns_still_match()
+    {
+        // "notes[1].txt" used to be read as a pattern: it matched "notes1.txt" and silently read that file instead.
+        var named = dir.Write("notes[1].txt", "named");
+        dir.Write("notes1.txt", "other");
+        Assert.Equal(["notes[1].txt"], SourceFiles.Expand([named], DatasetLayout.TrainSplit, null).Select(f => Path.GetFileName(f.Path)));
+        Assert.Equal(["notes1.txt"], SourceFiles.Expand([Path.Combine(dir.Path, "notes[0-9].txt")], DatasetLayout.TrainSplit, null).Select(f => Path.GetFileName(f.Path)));
+        Assert.Equal(2, SourceFiles.Expand([Path.Combine(dir.Path, "notes*.txt")], DatasetLayout.TrainSplit, null).Count);
+        var unknown = dir.Write("notes.data", "x");
+        Assert.Contains("cannot tell its format from the extension (.txt or .text, .jsonl or .json, .csv, each optionally .gz or .zst)",
+            Assert.Throws<ArgumentException>(() => SourceFiles.Expand([unknown], DatasetLayout.TrainSplit, null)).Message);
+    }
+
+    [Fact]
     public void One_and_two_threads_write_byte_identical_datasets()
     {
         var moby = RepoFiles.PathOf("data", "moby-dick", "moby-dick.txt");
