@@ -207,12 +207,13 @@ public static partial class DatasetPreparer
     static string VocabularyProblem(PrepareOptions o) =>
         $"--min-frequency {o.Tokenizer.MinFrequency} leaves no {o.Tokenizer.Kind} token of the training data in the vocabulary (none occurs that often): lower it";
 
-    static IEnumerable<TextPiece> Pieces(IEnumerable<SourceFile> sources, ReadOptions read, DataReportBuilder report, List<DatasetSource>? stored, CancellationToken cancel)
+    /// <param name="hashAside">Hash the stored sources on a thread of their own, beside their decoding (more than one thread).</param>
+    static IEnumerable<TextPiece> Pieces(IEnumerable<SourceFile> sources, ReadOptions read, DataReportBuilder report, List<DatasetSource>? stored, CancellationToken cancel, bool hashAside = false)
     {
         foreach (var source in sources)
         {
             var info = stored is null ? null : new SourceReader.Stored();
-            foreach (var piece in SourceReader.Read(source, read, report, info, cancel)) yield return piece;
+            foreach (var piece in SourceReader.Read(source, read, report, info, cancel, hashAside)) yield return piece;
             if (info is not null) stored!.Add(new DatasetSource(source.Path, source.Split, source.Format, source.Compression, info.Bytes, info.Sha256!));
         }
     }
@@ -243,11 +244,12 @@ public static partial class DatasetPreparer
         var width = DatasetLayout.WidthFor(tokenizer.VocabSize);
         var report = new DataReportBuilder();
         var sources = new List<DatasetSource>();
-        using var train = writer.Split(DatasetLayout.TrainSplit, width, records: false, o.ShardTokens, o.BlockBytes);
-        using var validation = writer.Split(DatasetLayout.ValidationSplit, width, records: false, o.ShardTokens, o.BlockBytes);
-        var chunks = new TextChunker(word, o.ChunkChars).Chunks(Pieces(o.Train, read, report, sources, cancel), cut, allValidation: false);
+        // More than one thread: the token files are hashed on a thread of their own, the sources beside their decoding.
+        using var train = writer.Split(DatasetLayout.TrainSplit, width, records: false, o.ShardTokens, o.BlockBytes, hashBehind: o.Threads > 1);
+        using var validation = writer.Split(DatasetLayout.ValidationSplit, width, records: false, o.ShardTokens, o.BlockBytes, hashBehind: o.Threads > 1);
+        var chunks = new TextChunker(word, o.ChunkChars).Chunks(Pieces(o.Train, read, report, sources, cancel, hashAside: o.Threads > 1), cut, allValidation: false);
         if (o.Validation.Count > 0)
-            chunks = chunks.Concat(new TextChunker(word, o.ChunkChars).Chunks(Pieces(o.Validation, read, report, sources, cancel), -1, allValidation: true));
+            chunks = chunks.Concat(new TextChunker(word, o.ChunkChars).Chunks(Pieces(o.Validation, read, report, sources, cancel, hashAside: o.Threads > 1), -1, allValidation: true));
         EncodeText(tokenizing, chunks, train, validation, cancel);
         if (validation.Tokens < 2)
             throw new DataFormatException((o.Validation.Count > 0 ? o.Validation : o.Train)[^1].Path, 0,
@@ -309,8 +311,15 @@ public static partial class DatasetPreparer
             return (Bytes: bytes, Length: count * width, c.Validation);
         }, r =>
         {
-            (r.Validation ? validation : train).AppendNarrowed(r.Bytes.AsSpan(0, r.Length));
-            ArrayPool<byte>.Shared.Return(r.Bytes);
+            var bytes = new PooledBytes(r.Bytes); // the hashing thread may hold it until it has hashed it
+            try
+            {
+                (r.Validation ? validation : train).AppendNarrowed(bytes, r.Length);
+            }
+            finally
+            {
+                bytes.Release();
+            }
         }, cancel);
     }
 

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Buffers.Binary;
+using System.Collections.Concurrent;
 using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using Microsoft.Win32.SafeHandles;
@@ -11,6 +12,8 @@ namespace Dtrain.Data.Datasets;
 /// a new shard when the current one would pass the shard size; for classification, each record whole in one shard
 /// with its offset and label. Each file is hashed as it is written — whole, and by blocks of <c>blockBytes</c>
 /// (format version 2: <see cref="DatasetFile.BlockSha256"/>), with no second read — and fsynced when its shard is closed.
+/// With <c>hashBehind</c> a language model's token files are hashed on a thread of their own, fed the written buffers
+/// in order, so the writing thread only writes.
 /// </summary>
 public sealed class DatasetSplitWriter : IDisposable
 {
@@ -20,6 +23,7 @@ public sealed class DatasetSplitWriter : IDisposable
     readonly bool records;
     readonly long shardTokens;
     readonly int blockBytes;
+    readonly bool hashBehind;
     readonly List<DatasetShard> shards = [];
     byte[] scratch = ArrayPool<byte>.Shared.Rent(1 << 16);
     ShardFile? tokens, offsets, labels;
@@ -28,7 +32,8 @@ public sealed class DatasetSplitWriter : IDisposable
     /// <param name="width">Bytes per id: 1, 2 or 4.</param>
     /// <param name="records">Classification: records with offsets and labels.</param>
     /// <param name="blockBytes">The block size of the files' block hashes (<see cref="DatasetLayout.BlockBytes"/>).</param>
-    public DatasetSplitWriter(string directory, string split, int width, bool records, long shardTokens, int blockBytes = DatasetLayout.BlockBytes)
+    /// <param name="hashBehind">Hash the token files on a thread of their own (a language model written from more than one thread's work).</param>
+    public DatasetSplitWriter(string directory, string split, int width, bool records, long shardTokens, int blockBytes = DatasetLayout.BlockBytes, bool hashBehind = false)
     {
         if (width is not (1 or 2 or 4)) throw new ArgumentOutOfRangeException(nameof(width), width, "1, 2 or 4");
         ArgumentOutOfRangeException.ThrowIfLessThan(shardTokens, 1);
@@ -40,6 +45,7 @@ public sealed class DatasetSplitWriter : IDisposable
         this.width = width;
         this.records = records;
         this.shardTokens = shardTokens;
+        this.hashBehind = hashBehind && !records;
     }
 
     public long Tokens => totalTokens;
@@ -55,6 +61,20 @@ public sealed class DatasetSplitWriter : IDisposable
     {
         if (records) throw new InvalidOperationException("a classification split takes whole records");
         if (ids.Length % width != 0) throw new ArgumentException($"{ids.Length} bytes are not whole ids of {width} bytes", nameof(ids));
+        if (hashBehind)
+        {
+            var copy = new PooledBytes(ArrayPool<byte>.Shared.Rent(Math.Max(1, ids.Length)));
+            try
+            {
+                ids.CopyTo(copy.Array);
+                AppendNarrowed(copy, ids.Length);
+            }
+            finally
+            {
+                copy.Release();
+            }
+            return;
+        }
         while (!ids.IsEmpty)
         {
             if (tokens is null || shardTokenCount == shardTokens) Open();
@@ -63,6 +83,30 @@ public sealed class DatasetSplitWriter : IDisposable
             shardTokenCount += n;
             totalTokens += n;
             ids = ids[(n * width)..];
+        }
+    }
+
+    /// <summary>
+    /// <see cref="AppendNarrowed(ReadOnlySpan{byte})"/> of the first <paramref name="length"/> bytes of <paramref name="ids"/>;
+    /// with hashing behind, the hashing thread holds a reference to them until it has hashed them.
+    /// </summary>
+    internal void AppendNarrowed(PooledBytes ids, int length)
+    {
+        if (!hashBehind)
+        {
+            AppendNarrowed(ids.Array.AsSpan(0, length));
+            return;
+        }
+        if (length % width != 0) throw new ArgumentException($"{length} bytes are not whole ids of {width} bytes", nameof(length));
+        var at = 0;
+        while (at < length)
+        {
+            if (tokens is null || shardTokenCount == shardTokens) Open();
+            var n = (int)Math.Min((length - at) / width, shardTokens - shardTokenCount);
+            tokens!.Write(ids, at, n * width);
+            shardTokenCount += n;
+            totalTokens += n;
+            at += n * width;
         }
     }
 
@@ -136,7 +180,7 @@ public sealed class DatasetSplitWriter : IDisposable
     {
         Close();
         var index = shards.Count;
-        tokens = new ShardFile(directory, DatasetLayout.ShardName(split, index, "tokens"), blockBytes);
+        tokens = new ShardFile(directory, DatasetLayout.ShardName(split, index, "tokens"), blockBytes, hashBehind);
         if (records)
         {
             offsets = new ShardFile(directory, DatasetLayout.ShardName(split, index, "offsets"), blockBytes);
@@ -193,28 +237,41 @@ public sealed class DatasetSplitWriter : IDisposable
 
         readonly string name;
         readonly FileStream stream;
-        readonly IncrementalHash hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        readonly BlockHasher blockHash;
-        readonly List<string> blocks = [];
-        readonly Action<long, string> addBlock;
+        readonly FileHashes hashes;
+        readonly HashBehind? behind;
         readonly int blockBytes;
         long bytes, started, dropped;
 
-        public ShardFile(string directory, string name, int blockBytes)
+        public ShardFile(string directory, string name, int blockBytes, bool hashBehind = false)
         {
             this.name = name;
             this.blockBytes = blockBytes;
-            blockHash = new BlockHasher(blockBytes);
-            addBlock = (_, sha) => blocks.Add(sha);
+            hashes = new FileHashes(blockBytes);
             stream = new FileStream(Path.Combine(directory, name), FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20);
+            if (hashBehind) behind = new HashBehind(hashes);
         }
 
         public void Write(ReadOnlySpan<byte> data)
         {
+            if (behind is not null) throw new InvalidOperationException("a file hashed behind takes pooled buffers");
             stream.Write(data);
-            hash.AppendData(data);
-            bytes += data.Length;
-            blockHash.Append(data, addBlock);
+            hashes.Append(data);
+            Wrote(data.Length);
+        }
+
+        /// <summary>Writes <paramref name="length"/> bytes of <paramref name="data"/> from <paramref name="offset"/>; they are hashed on the hashing thread, which holds a reference to them until then.</summary>
+        public void Write(PooledBytes data, int offset, int length)
+        {
+            var span = data.Array.AsSpan(offset, length);
+            stream.Write(span);
+            if (behind is not null) behind.Add(data, offset, length);
+            else hashes.Append(span);
+            Wrote(length);
+        }
+
+        void Wrote(int length)
+        {
+            bytes += length;
             if (bytes - started >= WriteBehindBytes) WriteBehind();
         }
 
@@ -234,21 +291,116 @@ public sealed class DatasetSplitWriter : IDisposable
 
         public DatasetFile Finish()
         {
-            blockHash.Finish(addBlock);
+            behind?.CompleteAdding(); // the hashing thread finishes while the file is synced
             stream.Flush(flushToDisk: true);
             if (OperatingSystem.IsLinux()) _ = Native.PosixFadvise(stream.SafeFileHandle, 0, 0, Native.FadviseDontNeed); // on disk now: drop the rest
             stream.Dispose();
-            var file = new DatasetFile(name, bytes, Convert.ToHexStringLower(hash.GetHashAndReset())) { BlockBytes = blockBytes, BlockSha256 = [.. blocks] };
-            hash.Dispose();
-            blockHash.Dispose();
-            return file;
+            behind?.Finish();
+            var (sha, blocks) = hashes.Finish();
+            hashes.Dispose();
+            return new DatasetFile(name, bytes, sha) { BlockBytes = blockBytes, BlockSha256 = blocks };
         }
 
         public void Dispose()
         {
+            behind?.Dispose();
             stream.Dispose();
+            hashes.Dispose();
+        }
+    }
+
+    /// <summary>A file's SHA-256, whole and by blocks (format version 2), of the bytes appended in order.</summary>
+    sealed class FileHashes : IDisposable
+    {
+        readonly IncrementalHash hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        readonly BlockHasher blockHash;
+        readonly List<string> blocks = [];
+        readonly Action<long, string> addBlock;
+
+        public FileHashes(int blockBytes)
+        {
+            blockHash = new BlockHasher(blockBytes);
+            addBlock = (_, sha) => blocks.Add(sha);
+        }
+
+        public void Append(ReadOnlySpan<byte> data)
+        {
+            hash.AppendData(data);
+            blockHash.Append(data, addBlock);
+        }
+
+        public (string Sha256, string[] Blocks) Finish()
+        {
+            blockHash.Finish(addBlock);
+            return (Convert.ToHexStringLower(hash.GetHashAndReset()), [.. blocks]);
+        }
+
+        public void Dispose()
+        {
             hash.Dispose();
             blockHash.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Feeds <see cref="FileHashes"/> on a thread of its own, in the order the buffers were written; at most
+    /// <see cref="Queued"/> buffers wait (the writer waits for the hashing, bounded memory).
+    /// </summary>
+    sealed class HashBehind : IDisposable
+    {
+        const int Queued = 4;
+        readonly BlockingCollection<(PooledBytes Data, int Offset, int Length)> queue = new(Queued);
+        readonly Thread thread;
+        Exception? failure;
+
+        public HashBehind(FileHashes hashes)
+        {
+            thread = new Thread(() =>
+            {
+                foreach (var (data, offset, length) in queue.GetConsumingEnumerable())
+                {
+                    try
+                    {
+                        if (failure is null) hashes.Append(data.Array.AsSpan(offset, length));
+                    }
+                    catch (Exception e)
+                    {
+                        failure = e;
+                    }
+                    finally
+                    {
+                        data.Release();
+                    }
+                }
+            }) { IsBackground = true, Name = "prepare-hash" };
+            thread.Start();
+        }
+
+        public void Add(PooledBytes data, int offset, int length)
+        {
+            if (failure is { } e) throw new IOException($"hashing the shard failed: {e.Message}", e);
+            data.AddRef();
+            queue.Add((data, offset, length));
+        }
+
+        public void CompleteAdding()
+        {
+            if (!queue.IsAddingCompleted) queue.CompleteAdding();
+        }
+
+        /// <summary>Waits until everything added is hashed.</summary>
+        public void Finish()
+        {
+            CompleteAdding();
+            thread.Join();
+            if (failure is { } e) throw new IOException($"hashing the shard failed: {e.Message}", e);
+        }
+
+        public void Dispose()
+        {
+            CompleteAdding();
+            thread.Join();
+            queue.Dispose();
         }
     }
 
@@ -263,5 +415,20 @@ public sealed class DatasetSplitWriter : IDisposable
         /// <summary>Returns 0 or an error number (not errno).</summary>
         [DllImport("libc", EntryPoint = "posix_fadvise")]
         public static extern int PosixFadvise(SafeFileHandle fd, long offset, long length, int advice);
+    }
+}
+
+/// <summary>A pooled byte array shared by reference count: returned to <see cref="ArrayPool{T}.Shared"/> by its last <see cref="Release"/>.</summary>
+internal sealed class PooledBytes(byte[] array)
+{
+    int references = 1;
+
+    public byte[] Array { get; } = array;
+
+    public void AddRef() => Interlocked.Increment(ref references);
+
+    public void Release()
+    {
+        if (Interlocked.Decrement(ref references) == 0) ArrayPool<byte>.Shared.Return(Array);
     }
 }

@@ -37,8 +37,9 @@ public sealed class DatasetWriter : IDisposable
             throw new ArgumentException($"{output} exists and is not empty; give another directory, or --force to replace it");
     }
 
-    /// <summary>A writer for one split's shards.</summary>
-    public DatasetSplitWriter Split(string name, int width, bool records, long shardTokens, int blockBytes = DatasetLayout.BlockBytes) => new(Directory, name, width, records, shardTokens, blockBytes);
+    /// <summary>A writer for one split's shards (<paramref name="hashBehind"/>: <see cref="DatasetSplitWriter"/>).</summary>
+    public DatasetSplitWriter Split(string name, int width, bool records, long shardTokens, int blockBytes = DatasetLayout.BlockBytes, bool hashBehind = false) =>
+        new(Directory, name, width, records, shardTokens, blockBytes, hashBehind);
 
     /// <summary>Writes a small whole file (the tokenizer) into the dataset, fsynced; returns its entry.</summary>
     public DatasetFile WriteFile(string name, byte[] content)

@@ -19,28 +19,81 @@ internal static class SourceReader
         public string? Sha256 { get; set; }
     }
 
-    public static IEnumerable<TextPiece> Read(SourceFile source, ReadOptions options, DataReportBuilder report, Stored? stored, CancellationToken cancel)
+    /// <param name="hashAside">
+    /// With <paramref name="stored"/>: the file's size and SHA-256 come from a second read of it on a thread of its own
+    /// (from the page cache, beside the decoding) instead of from the bytes decoded.
+    /// </param>
+    public static IEnumerable<TextPiece> Read(SourceFile source, ReadOptions options, DataReportBuilder report, Stored? stored, CancellationToken cancel, bool hashAside = false)
     {
-        using var stream = SourceFiles.Open(source, out var raw, hash: stored is not null); // the passes that only count skip SHA-256
-        using var reader = new Utf8CharReader(stream, source.Path);
-        var policy = new RecordPolicy(source.Path, options, report);
-        var pieces = source.Format switch
+        hashAside &= stored is not null;
+        using var stop = hashAside ? CancellationTokenSource.CreateLinkedTokenSource(cancel) : null;
+        var aside = hashAside ? Task.Factory.StartNew(() => HashFile(source.Path, stop!.Token), stop!.Token, TaskCreationOptions.LongRunning, TaskScheduler.Default) : null;
+        try
         {
-            DataFormats.Text => Text(source.Path, reader, policy, options, cancel),
-            DataFormats.Jsonl => Jsonl(source.Path, reader, policy, options, cancel),
-            DataFormats.Csv => Csv(source.Path, reader, policy, options, cancel),
-            _ => throw new ArgumentException($"cannot read format \"{source.Format}\"; expected text, jsonl or csv"),
-        };
-        foreach (var piece in pieces) yield return piece;
-        policy.Finish();
-        if (stored is not null)
+            using var stream = SourceFiles.Open(source, out var raw, hash: stored is not null && !hashAside); // the passes that only count skip SHA-256
+            using var reader = new Utf8CharReader(stream, source.Path);
+            var policy = new RecordPolicy(source.Path, options, report);
+            var pieces = source.Format switch
+            {
+                DataFormats.Text => Text(source.Path, reader, policy, options, cancel),
+                DataFormats.Jsonl => Jsonl(source.Path, reader, policy, options, cancel),
+                DataFormats.Csv => Csv(source.Path, reader, policy, options, cancel),
+                _ => throw new ArgumentException($"cannot read format \"{source.Format}\"; expected text, jsonl or csv"),
+            };
+            foreach (var piece in pieces) yield return piece;
+            policy.Finish();
+            if (aside is not null)
+            {
+                (stored!.Bytes, stored.Sha256) = aside.GetAwaiter().GetResult();
+                aside = null;
+            }
+            else if (stored is not null)
+            {
+                // Whatever the decompressor left unread (trailing bytes) still belongs to the file's size and hash.
+                var rest = ArrayPool<byte>.Shared.Rent(1 << 16);
+                while (raw.Read(rest, 0, rest.Length) > 0) { }
+                ArrayPool<byte>.Shared.Return(rest);
+                stored.Bytes = raw.BytesRead;
+                stored.Sha256 = raw.Sha256();
+            }
+        }
+        finally
         {
-            // Whatever the decompressor left unread (trailing bytes) still belongs to the file's size and hash.
-            var rest = ArrayPool<byte>.Shared.Rent(1 << 16);
-            while (raw.Read(rest, 0, rest.Length) > 0) { }
-            ArrayPool<byte>.Shared.Return(rest);
-            stored.Bytes = raw.BytesRead;
-            stored.Sha256 = raw.Sha256();
+            if (aside is not null)
+            {
+                // Reading failed or stopped: stop the hashing and wait for it (its own error, if any, is superseded).
+                stop!.Cancel();
+                try { aside.Wait(CancellationToken.None); }
+                catch (AggregateException) { }
+            }
+        }
+    }
+
+    /// <summary>The size and SHA-256 (lowercase hex) of the file at <paramref name="path"/> as stored.</summary>
+    internal static (long Bytes, string Sha256) HashFile(string path, CancellationToken cancel)
+    {
+        var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
+        try
+        {
+            using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.SequentialScan);
+            using var hash = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+            long bytes = 0;
+            int n;
+            while ((n = file.Read(buffer)) > 0)
+            {
+                cancel.ThrowIfCancellationRequested();
+                hash.AppendData(buffer.AsSpan(0, n));
+                bytes += n;
+            }
+            return (bytes, Convert.ToHexStringLower(hash.GetHashAndReset()));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new DataFormatException(path, 0, $"cannot read it: {e.Message}");
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
         }
     }
 
