@@ -116,7 +116,8 @@ public sealed class DatasetSplitWriter : IDisposable
         bytes = bytes[..(ids.Length * width)];
         if (width == 1)
         {
-            // Truncating, a vector at a time (the callers' ids are below the vocabulary: at most 256).
+            // Truncating, a vector at a time (the callers' ids are below the vocabulary: at most 256). Hand-written:
+            // TensorPrimitives.ConvertTruncating<int, byte> took 3-4x as long (0.28-0.36 against 0.07-0.10 ns per id).
             var i = 0;
             if (System.Numerics.Vector.IsHardwareAccelerated)
             {
