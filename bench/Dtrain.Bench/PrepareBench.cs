@@ -7,7 +7,8 @@ namespace Dtrain.Bench;
 
 /// <summary>
 /// `prepare [--mb N] [--threads 1,2]`: dtrain prepare's throughput on bundled text (Moby Dick, data/) repeated to N MB
-/// (default 200) in a temporary directory, for the char and word tokenizers on 1 and 2 threads, and each run's peak
+/// (default 600: a prepare's fixed start-up, ~0.25 CPU-s of JIT and runtime, is ~30 % of a 2-thread char run at 200 MB and
+/// ~11 % at 600 MB; docs/benchmarks.md) in a temporary directory, for the char and word tokenizers on 1 and 2 threads, and each run's peak
 /// resident memory (every run in a fresh process: VmHWM is per process), and its CPU time: MB per CPU second is the
 /// one-core speed even on a machine busy with other work. Targets (issue 23): 100 MB/s char and 30 MB/s
 /// word on one core, 1.8x that on two, peak RSS at most 500 MB whatever the size.
@@ -21,7 +22,7 @@ internal static class PrepareBench
         if (BenchArgs.Help(args, Usage)) return 0;
         BenchArgs.CheckOptions(args, Usage, "--mb", "--threads");
         if (BenchArgs.Positional(args) is [var stray, ..]) throw new ArgumentException($"unexpected argument \"{stray}\" (usage: {Usage})");
-        var mb = BenchArgs.Option(args, "--mb") is { } m ? BenchArgs.Number("--mb", m, 1, 1_000_000, Usage) : 200;
+        var mb = BenchArgs.Option(args, "--mb") is { } m ? BenchArgs.Number("--mb", m, 1, 1_000_000, Usage) : 600;
         var threads = BenchArgs.Option(args, "--threads") is { } list ? BenchArgs.Numbers("--threads", list, 1, 256, Usage) : [1, 2];
         var temp = Path.Combine(Path.GetTempPath(), $"dtrain-bench-prepare-{Environment.ProcessId}");
         Directory.CreateDirectory(temp);
