@@ -280,6 +280,25 @@ public static class CollectiveBench
         return Path.GetFileNameWithoutExtension(process) == "dotnet" ? (process, [typeof(CollectiveBench).Assembly.Location]) : (process, []);
     }
 
+    /// <summary>
+    /// Runs `dtrain-bench COMMAND ARGS` again in a child process with dtrain's process settings — tcmalloc preloaded where
+    /// installed, no tiered compilation (as src/Cli/Dtrain.Cli.csproj) — marked by <paramref name="childVariable"/> so
+    /// the child measures instead of starting another; returns its exit code.
+    /// </summary>
+    internal static int InDtrainSettings(string command, string childVariable, string[] args)
+    {
+        var (exe, prefix) = SelfCommand();
+        var psi = new System.Diagnostics.ProcessStartInfo(exe, prefix) { UseShellExecute = false };
+        Dtrain.Runtime.NativeAllocator.Preload(psi);
+        psi.Environment["DOTNET_TieredCompilation"] = "0";
+        psi.Environment[childVariable] = "1";
+        psi.ArgumentList.Add(command);
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var child = System.Diagnostics.Process.Start(psi) ?? throw new BenchFailureException("could not start the measuring process");
+        child.WaitForExit();
+        return child.ExitCode;
+    }
+
     /// <summary>A worker: host the collective endpoint, print its address, read everyone's, join the ring, run, print each round's mean.</summary>
     private static async Task<int> PeerAsync(string[] args)
     {

@@ -103,19 +103,7 @@ public static class RecurrentBench
     /// Runs the measurement again in a child process with dtrain's process settings (tcmalloc preloaded, no tiered
     /// compilation), as the cluster suite runs its single processes: the allocator alone moves these times by 20-40 %.
     /// </summary>
-    static int InDtrainSettings(string[] args)
-    {
-        var (exe, prefix) = CollectiveBench.SelfCommand();
-        var psi = new ProcessStartInfo(exe, prefix) { UseShellExecute = false };
-        NativeAllocator.Preload(psi);
-        psi.Environment["DOTNET_TieredCompilation"] = "0";
-        psi.Environment[ChildVariable] = "1";
-        psi.ArgumentList.Add("recurrent");
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var child = Process.Start(psi) ?? throw new BenchFailureException("could not start the measuring process");
-        child.WaitForExit();
-        return child.ExitCode;
-    }
+    static int InDtrainSettings(string[] args) => CollectiveBench.InDtrainSettings("recurrent", ChildVariable, args);
 
     static void Print(int h, double weightMb, int rows, int threads, double ms) =>
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {h} | {weightMb:F0} | {rows} | {threads} | {ms:F2} | {ms / rows:F3} |"));

@@ -123,19 +123,7 @@ internal static class ServeBench
     /// default tiering the short timed loads ran partly on unoptimised code being re-compiled in the background, a cost
     /// the server does not have (docs/benchmarks.md).
     /// </summary>
-    static int InDtrainSettings(string[] args)
-    {
-        var (exe, prefix) = CollectiveBench.SelfCommand();
-        var psi = new ProcessStartInfo(exe, prefix) { UseShellExecute = false };
-        NativeAllocator.Preload(psi);
-        psi.Environment["DOTNET_TieredCompilation"] = "0";
-        psi.Environment[ChildVariable] = "1";
-        psi.ArgumentList.Add("serve");
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var child = Process.Start(psi) ?? throw new BenchFailureException("could not start the measuring process");
-        child.WaitForExit();
-        return child.ExitCode;
-    }
+    static int InDtrainSettings(string[] args) => CollectiveBench.InDtrainSettings("serve", ChildVariable, args);
 
     sealed record Result(int Answered, int Failed, double Seconds, double P50, double P99, double MeanBatch, double CpuSeconds, long Allocated, double QueueWait, double Pass, double QueueWaitP99, double PassP99)
     {
