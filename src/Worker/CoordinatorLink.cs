@@ -68,6 +68,7 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
                                 : GC.GetGCMemoryInfo().TotalAvailableMemoryBytes,
                             Threads = options.ResolvedThreads,
                             Version = typeof(CoordinatorLink).Assembly.GetName().Version?.ToString() ?? "",
+                            Protocol = WireProtocol.Version,
                         },
                     };
                     if (security.Tls is not null)
@@ -117,7 +118,7 @@ public sealed class CoordinatorLink(WorkerOptions options, WorkerIdentity identi
                 delay = TimeSpan.FromMilliseconds(200);
                 await Task.Delay(interval, stop).ConfigureAwait(false);
             }
-            catch (RpcException e) when (!stop.IsCancellationRequested && e.StatusCode is StatusCode.AlreadyExists or StatusCode.ResourceExhausted or StatusCode.InvalidArgument or StatusCode.PermissionDenied)
+            catch (RpcException e) when (!stop.IsCancellationRequested && e.StatusCode is StatusCode.AlreadyExists or StatusCode.ResourceExhausted or StatusCode.InvalidArgument or StatusCode.PermissionDenied or StatusCode.FailedPrecondition)
             {
                 // Refused, not unreachable: say why. A name held by a worker that is then lost, or a full cluster that
                 // gets room, admits it later, so keep trying.

@@ -1,3 +1,4 @@
+using Dtrain.Rpc;
 using Dtrain.Protos.Jobs;
 using Dtrain.Protos.Membership;
 using Dtrain.Server;
@@ -140,7 +141,7 @@ public class LimitsTests
 
         using var channel = GrpcChannel.ForAddress(cluster.Address);
         var membership = new Membership.MembershipClient(channel);
-        var register = new RegisterRequest { Address = "http://127.0.0.1:9", Name = "fake" };
+        var register = new RegisterRequest { Address = "http://127.0.0.1:9", Name = "fake", Capabilities = new WorkerCapabilities { Protocol = WireProtocol.Version } };
         membership.Register(register);
         var r = Assert.Throws<RpcException>(() => membership.Register(register));
         Assert.Equal(StatusCode.ResourceExhausted, r.StatusCode);

@@ -28,7 +28,7 @@ public class TlsMembershipTests
         var (key, csr) = WorkerSecurity.NewSigningRequest("phantom");
         key.Dispose();
         var name = $"phantom-{Interlocked.Increment(ref registrations)}";
-        return new RegisterRequest { Address = address, Name = name, JoinToken = token, Csr = ByteString.CopyFrom(csr), Capabilities = new WorkerCapabilities { Cores = 1 } };
+        return new RegisterRequest { Address = address, Name = name, JoinToken = token, Csr = ByteString.CopyFrom(csr), Capabilities = new WorkerCapabilities { Cores = 1, Protocol = WireProtocol.Version } };
     }
 
     static RpcException Refused(Func<object> call) => Assert.Throws<RpcException>(call);

@@ -11,6 +11,16 @@ public sealed class MembershipService(WorkerRegistry registry, CoordinatorOption
     public override Task<RegisterReply> Register(RegisterRequest request, ServerCallContext context)
     {
         var admission = Refused(() => security.Admit(request.Address, request.JoinToken, request.Csr.Memory, PeerIdentity.Of(context)));
+        // After admission: a caller that may not join learns nothing about this coordinator.
+        if (request.Capabilities?.Protocol is not WireProtocol.Version)
+        {
+            var theirs = request.Capabilities?.Protocol ?? 0;
+            var message = $"worker {request.Address} speaks dtrain wire protocol {theirs}{(theirs == 0 ? " (a build from before protocols were numbered)" : "")}"
+                + $"{(request.Capabilities?.Version is { Length: > 0 } v ? $", build {v}" : "")}; this coordinator speaks {WireProtocol.Version}"
+                + $" (build {typeof(MembershipService).Assembly.GetName().Version}): run the same dtrain build on the coordinator and every worker";
+            log.LogWarning("registration from {Peer} refused: {Message}", context.Peer, message);
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, message));
+        }
         var certificate = "";
         WorkerRecord w;
         try
