@@ -33,7 +33,7 @@ public class IdentityTests
         Name = name,
         JoinToken = joinToken,
         Csr = key is null ? ByteString.Empty : ByteString.CopyFrom(WorkerSecurity.SigningRequest(key, name == "" ? "worker" : name)),
-        Capabilities = new WorkerCapabilities { Cores = 1 },
+        Capabilities = new WorkerCapabilities { Cores = 1, Protocol = WireProtocol.Version },
     };
 
     static ECDsa NewKey() => ECDsa.Create(ECCurve.NamedCurves.nistP256);
