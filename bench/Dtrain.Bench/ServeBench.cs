@@ -27,7 +27,7 @@ namespace Dtrain.Bench;
 internal static class ServeBench
 {
     public const string Usage = "dtrain-bench serve [--requests N (2000)] [--total N (10000)] [--max-batch N (32)] [--max-wait-ms N (5)] [--words N (40)] " +
-                                "[--vocab N (2000)] [--texts FILE (JSONL with a \"text\" field per line if it ends in .jsonl, else one text per line)] " +
+                                "[--vocab N (2000)] [--threads N (1): torch threads of the server's inference thread and of the forward passes alone, serve-model --threads] [--texts FILE (JSONL with a \"text\" field per line if it ends in .jsonl, else one text per line)] " +
                                 "[--sizes EMBxHIDDEN[xLAYERS],... (64x96,128x256,256x512) | --embedding N (64) --hidden N (96) --layers N (1) | --model PATH]";
 
     /// <summary>A bidirectional LSTM classifier's size: embedding, hidden units per direction, layers.</summary>
@@ -51,13 +51,14 @@ internal static class ServeBench
     {
         if (BenchArgs.Help(args, Usage)) return 0;
         if (Environment.GetEnvironmentVariable(ChildVariable) is null) return InDtrainSettings(args);
-        BenchArgs.CheckOptions(args, Usage, "--requests", "--total", "--max-batch", "--max-wait-ms", "--words", "--vocab", "--texts", "--sizes", "--embedding", "--hidden", "--layers", "--model");
+        BenchArgs.CheckOptions(args, Usage, "--requests", "--total", "--max-batch", "--max-wait-ms", "--words", "--vocab", "--texts", "--sizes", "--embedding", "--hidden", "--layers", "--model", "--threads");
         var requests = Number(args, "--requests", 2000, 1, 10_000_000);
         var total = Number(args, "--total", 10_000, 1, 10_000_000);
         var maxBatch = Number(args, "--max-batch", 32, 2, 4096);
         var maxWait = Number(args, "--max-wait-ms", 5, 0, 10_000);
         var words = Number(args, "--words", 40, 1, 1000);
         var vocab = Number(args, "--vocab", 2000, 1, 1_000_000);
+        torchThreads = Number(args, "--threads", 1, 1, 256);
         var single = new[] { "--embedding", "--hidden", "--layers" }.Any(o => BenchArgs.Option(args, o) is not null);
         var given = BenchArgs.Option(args, "--model");
         if (new[] { single, BenchArgs.Option(args, "--sizes") is not null, given is not null }.Count(b => b) > 1)
@@ -76,7 +77,7 @@ internal static class ServeBench
             : sizes.Select(s => (Name: $"size {s}", Path: Classifier(Path.Combine(tmp.Path, s.ToString()), s, vocab, textsFile is null ? null : texts))).ToArray();
         var vocabulary = textsFile is null ? $"word vocabulary {vocab}" : "word vocabulary fitted on the texts";
         Console.WriteLine($"serve: {(given ?? $"bidirectional LSTM classifiers ({vocabulary}) of embedding x hidden [x layers] {string.Join(", ", sizes)}")}, " +
-                          $"{(textsFile is null ? $"texts of {words} words" : Lengths(textsFile, texts))}, loopback HTTP/1.1 (and gRPC), {Environment.ProcessorCount} CPUs, clients in the same process; " +
+                          $"{(textsFile is null ? $"texts of {words} words" : Lengths(textsFile, texts))}, loopback HTTP/1.1 (and gRPC), {Environment.ProcessorCount} CPUs, {Threads()} for inference, clients in the same process; " +
                           $"serve-model's process settings: tiered compilation {(Environment.GetEnvironmentVariable("DOTNET_TieredCompilation") == "0" ? "off" : "on")}, {NativeAllocator.Describe()}");
 
         var summary = new List<string>();
@@ -87,7 +88,7 @@ internal static class ServeBench
             if (m == 0 && given is null) Console.WriteLine($"{name} (embedding {sizes[0].Embedding}, hidden {sizes[0].Hidden}, {sizes[0].Layers} layer{(sizes[0].Layers == 1 ? "" : "s")}):");
             var (alone1, aloneN) = ForwardOnly(model, texts, maxBatch, requests);
             Console.WriteLine(prefix + string.Create(CultureInfo.InvariantCulture,
-                $"forward passes alone (no server, 1 torch thread): batch 1 {alone1.PerSecond:F0} texts/s, batch {maxBatch} {aloneN.PerSecond:F0} texts/s: {aloneN.PerSecond / alone1.PerSecond:F2}x, the most batching can gain; " +
+                $"forward passes alone (no server, {Threads()}): batch 1 {alone1.PerSecond:F0} texts/s, batch {maxBatch} {aloneN.PerSecond:F0} texts/s: {aloneN.PerSecond / alone1.PerSecond:F2}x, the most batching can gain; " +
                 $"per CPU second (what a loaded machine does not inflate): {alone1.PerCpuSecond:F0} and {aloneN.PerCpuSecond:F0} texts, {aloneN.PerCpuSecond / alone1.PerCpuSecond:F2}x"));
             var one = Load(model, 1, 0, texts, requests, 32);
             Console.WriteLine(prefix + one.Line("max-batch 1, concurrency 32"));
@@ -144,7 +145,7 @@ internal static class ServeBench
     {
         await using var server = await ModelServer.StartAsync(new ServingOptions
         {
-            ModelPath = model, Port = 0, GrpcPort = 0, MaxBatch = maxBatch, MaxWaitMs = maxWait, QueueCapacity = Math.Max(1024, clients * 2),
+            ModelPath = model, Port = 0, GrpcPort = 0, MaxBatch = maxBatch, MaxWaitMs = maxWait, QueueCapacity = Math.Max(1024, clients * 2), Threads = torchThreads,
         });
         await server.Loaded;
         using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = clients }) { BaseAddress = server.Address };
@@ -234,11 +235,16 @@ internal static class ServeBench
         return stats;
     }
 
-    /// <summary>Texts per second (and per second of this process's CPU time) classifying <paramref name="count"/> texts in-process, in passes of 1 and of <paramref name="maxBatch"/>, with 1 torch thread (serve-model's default).</summary>
+    /// <summary>Torch intra-op threads of the server's inference thread and of the forward passes alone (--threads; serve-model's default 1).</summary>
+    static int torchThreads = 1;
+
+    static string Threads() => torchThreads == 1 ? "1 torch thread" : $"{torchThreads} torch threads";
+
+    /// <summary>Texts per second (and per second of this process's CPU time) classifying <paramref name="count"/> texts in-process, in passes of 1 and of <paramref name="maxBatch"/>, with --threads torch threads (serve-model's default 1).</summary>
     static ((double PerSecond, double PerCpuSecond) One, (double PerSecond, double PerCpuSecond) Batched) ForwardOnly(string model, string[] texts, int maxBatch, int count)
     {
         var threads = get_num_threads();
-        set_num_threads(1);
+        set_num_threads(torchThreads);
         try
         {
             using var trained = Dtrain.Inference.TrainedModel.Load(model);
@@ -267,7 +273,7 @@ internal static class ServeBench
     {
         await using var server = await ModelServer.StartAsync(new ServingOptions
         {
-            ModelPath = model, Port = 0, GrpcPort = 0, MaxBatch = maxBatch, MaxWaitMs = maxWait, QueueCapacity = Math.Max(1024, clients * 2),
+            ModelPath = model, Port = 0, GrpcPort = 0, MaxBatch = maxBatch, MaxWaitMs = maxWait, QueueCapacity = Math.Max(1024, clients * 2), Threads = torchThreads,
         });
         await server.Loaded;
         using var http = new HttpClient { BaseAddress = server.Address };
