@@ -361,28 +361,27 @@ internal static class TcpLink
         /// <summary>Reads a payload straight into its place in the caller's memory.</summary>
         public virtual void ReadPayloadInto(Span<byte> destination) => ReadPayload(destination);
 
-        private byte[]? part;
+        private byte[]? buffer;
+
+        /// <summary>This link's one buffer of a sealed record's size (allocated at first use): a streamed sum's parts, a sealed link's ciphertext.</summary>
+        protected byte[] LinkBuffer => buffer ??= GC.AllocateUninitializedArray<byte>(SealedRecords.ChunkBytes);
 
         /// <summary>
-        /// Reads a payload of <paramref name="length"/> bytes part by part into this link's one part buffer and adds each
-        /// part into <paramref name="landing"/>'s destination: the buffer stays in cache, so the sum reads the piece's values
-        /// from there instead of from a whole-piece buffer in memory (one pass over the destination, none over a scratch copy).
+        /// Reads a payload of <paramref name="length"/> bytes part by part into <see cref="LinkBuffer"/> (a sealed link: a
+        /// record at a time, opened there in place) and adds each part into <paramref name="landing"/>'s destination: the
+        /// buffer stays in cache, so the sum reads the piece's values from there instead of from a whole-piece buffer in
+        /// memory (one pass over the destination, none over a scratch copy).
         /// </summary>
-        public virtual void ReadPayloadAdding(RingLanding landing, int length)
+        public void ReadPayloadAdding(RingLanding landing, int length)
         {
-            var buffer = part ??= GC.AllocateUninitializedArray<byte>(PartBytes);
             for (var done = 0; done < length;)
             {
-                var n = Math.Min(PartBytes, length - done);
-                var chunk = buffer.AsSpan(0, n);
+                var chunk = LinkBuffer.AsSpan(0, Math.Min(SealedRecords.ChunkBytes, length - done));
                 ReadPayload(chunk);
                 landing.AddPart(chunk, done);
-                done += n;
+                done += chunk.Length;
             }
         }
-
-        /// <summary>The part a streamed sum reads at a time: the sealed records' size, so both links add from a buffer of the same size.</summary>
-        protected const int PartBytes = SealedRecords.ChunkBytes;
     }
 
     /// <summary>
@@ -392,7 +391,6 @@ internal static class TcpLink
     private sealed class SealedFrameReader(Stream stream, SealedRecords.Opener opener) : FrameReader(stream)
     {
         private readonly byte[] head = new byte[SealedRecords.HeadBytes];
-        private byte[]? record;
 
         /// <summary>
         /// Each record's ciphertext into this link's one record buffer (the kernel's copy lands in cache), opened from
@@ -419,26 +417,12 @@ internal static class TcpLink
             return true;
         }
 
-        /// <summary>Each record read into this link's record buffer, opened there in place and added from there into its place.</summary>
-        public override void ReadPayloadAdding(RingLanding landing, int length)
-        {
-            var buffer = record ??= GC.AllocateUninitializedArray<byte>(SealedRecords.ChunkBytes);
-            for (var done = 0; done < length;)
-            {
-                var n = Math.Min(SealedRecords.ChunkBytes, length - done);
-                var chunk = buffer.AsSpan(0, n);
-                Read(chunk, viaBuffer: false);
-                landing.AddPart(chunk, done);
-                done += n;
-            }
-        }
-
         /// <summary>Each record's ciphertext read into <paramref name="payload"/> and opened there, in place.</summary>
         public override void ReadPayload(Span<byte> payload) => Read(payload, viaBuffer: false);
 
         private void Read(Span<byte> payload, bool viaBuffer)
         {
-            var buffer = viaBuffer ? record ??= GC.AllocateUninitializedArray<byte>(SealedRecords.ChunkBytes) : null;
+            var buffer = viaBuffer ? LinkBuffer : null;
             for (var done = 0; done < payload.Length;)
             {
                 var n = Math.Min(SealedRecords.ChunkBytes, payload.Length - done);
