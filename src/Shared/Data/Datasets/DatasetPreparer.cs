@@ -97,6 +97,8 @@ public static partial class DatasetPreparer
     {
         public int[] Ids = [];
         public char[] Lowered = [];
+        /// <summary>A range's text (<see cref="TextRanges"/>).</summary>
+        public char[] Text = [];
         public readonly long[] Dense = word ? [] : new long[CharTokenizer.CountDenseLimit];
         public readonly Dictionary<int, long> Sparse = [];
         public WordTable Words = new();
@@ -223,15 +225,14 @@ public static partial class DatasetPreparer
     static Result LanguageModel(PrepareOptions o, ReadOptions read, DatasetWriter writer, Action<string> log, CancellationToken cancel)
     {
         var word = o.Tokenizer.Kind == TokenizerKinds.Word;
+        if (LanguageModelInRanges(o, writer, log, cancel) is { } inRanges) return inRanges;
         var passes = o.Validation.Count == 0 ? 3 : 2;
         long cut = -1;
         if (o.Validation.Count == 0)
         {
             log($"pass 1/3: the length of the text ({o.Train.Count} source(s)), to hold out the last {o.ValidationFraction:P1} for validation");
             var (total, _) = TextLength(o.Train, read, cancel);
-            var validationLength = Math.Clamp((long)Math.Ceiling(o.ValidationFraction * total - 1e-9), 1, Math.Max(1, total - 1));
-            cut = total - validationLength;
-            if (cut <= 0) throw new DataFormatException(o.Train[0].Path, 0, $"the text is {total} character(s) long, too short to split into training and validation");
+            cut = Cut(o, total);
         }
 
         log($"pass {passes - 1}/{passes}: counting {o.Tokenizer.Kind} tokens of the training split on {o.Threads} thread(s)");
@@ -255,6 +256,15 @@ public static partial class DatasetPreparer
             throw new DataFormatException((o.Validation.Count > 0 ? o.Validation : o.Train)[^1].Path, 0,
                 $"the validation split has {validation.Tokens} token(s); raise --validation-fraction or give a longer validation source");
         return new Result(tokenizer, LabelSet.Empty, sources, train.Finish(), validation.Finish(), report.ToReport());
+    }
+
+    /// <summary>Where a language model's validation split begins in its <paramref name="total"/> characters of training text (the in-memory path's cut).</summary>
+    static long Cut(PrepareOptions o, long total)
+    {
+        var validationLength = Math.Clamp((long)Math.Ceiling(o.ValidationFraction * total - 1e-9), 1, Math.Max(1, total - 1));
+        var cut = total - validationLength;
+        if (cut <= 0) throw new DataFormatException(o.Train[0].Path, 0, $"the text is {total} character(s) long, too short to split into training and validation");
+        return cut;
     }
 
     /// <summary>

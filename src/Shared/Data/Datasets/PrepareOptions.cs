@@ -28,4 +28,8 @@ public sealed record PrepareOptions
     public int ChunkChars { get; init; } = TextChunker.DefaultChunkChars;
     /// <summary>The block size of the shard files' block hashes (the manifest's block_bytes): <see cref="DatasetLayout.BlockBytes"/>; smaller in tests.</summary>
     public int BlockBytes { get; init; } = DatasetLayout.BlockBytes;
+    /// <summary>Bytes per range when a language model's sources are all uncompressed plain text (<see cref="TextRanges"/>); smaller in tests.</summary>
+    internal int RangeBytes { get; init; } = TextRanges.DefaultRangeBytes;
+    /// <summary>Read every source as one stream even when <see cref="TextRanges"/> could read it in ranges (tests compare the two).</summary>
+    internal bool StreamOnly { get; init; }
 }

@@ -202,7 +202,7 @@ internal static class SourceReader
                 n += got;
                 pendingCr = got > 0 && buffer[n - 1] == '\r'; // its "\n" may come with the next read
                 if (pendingCr) n--;
-                n = NormalizeLineEnds(buffer, n);
+                n = NormalizeLineEnds(buffer.AsSpan(0, n));
                 if (!content && !buffer.AsSpan(0, n).IsWhiteSpace()) content = true;
                 if (got == 0)
                 {
@@ -221,17 +221,16 @@ internal static class SourceReader
     }
 
     /// <summary>"\r\n" becomes "\n" in place; returns the new length.</summary>
-    static int NormalizeLineEnds(char[] buffer, int length)
+    internal static int NormalizeLineEnds(Span<char> span)
     {
-        var span = buffer.AsSpan(0, length);
         var at = span.IndexOf("\r\n");
-        if (at < 0) return length;
+        if (at < 0) return span.Length;
         var write = at;
         var read = at;
-        while (read < length)
+        while (read < span.Length)
         {
-            if (buffer[read] == '\r' && read + 1 < length && buffer[read + 1] == '\n') read++;
-            buffer[write++] = buffer[read++];
+            if (span[read] == '\r' && read + 1 < span.Length && span[read + 1] == '\n') read++;
+            span[write++] = span[read++];
         }
         return write;
     }

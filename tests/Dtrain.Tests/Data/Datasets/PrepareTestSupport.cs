@@ -7,7 +7,7 @@ namespace Dtrain.Tests.Data.Datasets;
 /// <summary>Preparing datasets in tests and comparing them with what the in-memory path makes of the same data.</summary>
 static class PrepareTestSupport
 {
-    /// <summary>Options for <paramref name="sources"/> with small chunks and shards, so that tests cross their boundaries.</summary>
+    /// <summary>Options for <paramref name="sources"/> with small chunks, ranges and shards, so that tests cross their boundaries.</summary>
     public static PrepareOptions Options(string output, IEnumerable<string> sources, string? format = null, IEnumerable<string>? validation = null) => new()
     {
         Train = SourceFiles.Expand(sources, DatasetLayout.TrainSplit, format),
@@ -15,6 +15,7 @@ static class PrepareTestSupport
         Output = output,
         ShardTokens = 97,
         ChunkChars = 64,
+        RangeBytes = 61,
     };
 
     /// <summary>The SHA-256 of each block of <paramref name="blockBytes"/> of <paramref name="bytes"/> (the last one short), as a manifest's block_sha256.</summary>
