@@ -82,6 +82,7 @@ internal static class PrepareBench
             Output = args[2],
             Tokenizer = new TokenizerSpec { Kind = args[3] },
             Threads = int.Parse(args[4], CultureInfo.InvariantCulture),
+            RangeBytes = Environment.GetEnvironmentVariable("DTRAIN_BENCH_RANGE_BYTES") is { } range ? int.Parse(range, CultureInfo.InvariantCulture) : TextRanges.DefaultRangeBytes,
         }, log: Environment.GetEnvironmentVariable("DTRAIN_BENCH_PASSES") == "1" ? m => Console.Error.WriteLine($"{clock.Elapsed.TotalSeconds:F3} s cpu {Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds:F3} {m}") : null);
         var seconds = clock.Elapsed.TotalSeconds;
         var cpu = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;

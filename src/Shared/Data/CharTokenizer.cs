@@ -78,6 +78,7 @@ public sealed class CharTokenizer : ITokenizer
     /// Encodes <paramref name="text"/> into <paramref name="ids"/> (at least <c>text.Length</c> long) exactly as
     /// <see cref="Encode(string)"/> would; returns the number of ids. Allocates nothing (dtrain prepare's hot path).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot loop: optimized from its first call, not after tiers that threads sharing two cores climb slowly
     public int Encode(ReadOnlySpan<char> text, Span<int> ids)
     {
         if (ids.Length < text.Length) throw new ArgumentException($"needs room for {text.Length} ids", nameof(ids));
@@ -105,6 +106,7 @@ public sealed class CharTokenizer : ITokenizer
     }
 
     /// <summary>Adds the scalar values of <paramref name="text"/> to the counts as <see cref="Fit"/> counts them: below <see cref="CountDenseLimit"/> into <paramref name="dense"/>, the rest into <paramref name="sparse"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // as Encode
     internal static void Count(ReadOnlySpan<char> text, bool lowercase, long[] dense, Dictionary<int, long> sparse)
     {
         var direct = lowercase ? 0u : (uint)Math.Min(dense.Length, 0xD800);

@@ -37,8 +37,16 @@ public static partial class DatasetPreparer
             var bytes = ArrayPool<byte>.Shared.Rent(Math.Max(1, r.Bytes));
             try
             {
-                var text = TextOf(ranges, r, bytes, tokenizing.Workers[w]);
-                tokenizing.Count(w, text[..TrainChars(ranges, r, text, cut)]);
+                ranges.Read(r, bytes);
+                var text = ranges.Text(r, bytes, tokenizing.Workers[w].TextBuffer(word, r.Bytes, o.PieceChars));
+                var at = r.CharStart;
+                while (text.Next(out var piece))
+                {
+                    var t = TrainChars(ranges, r, piece, at, cut);
+                    tokenizing.Count(w, piece[..t]);
+                    if (t < piece.Length) break; // the rest is validation text
+                    at += piece.Length;
+                }
                 return 0;
             }
             finally
@@ -62,9 +70,19 @@ public static partial class DatasetPreparer
             {
                 // The range's bytes stay with it: the writing thread hashes them, in order, into its source's SHA-256.
                 var bytes = ArrayPool<byte>.Shared.Rent(Math.Max(1, r.Bytes));
-                var text = TextOf(ranges, r, bytes, tokenizing.Workers[w]);
-                var t = TrainChars(ranges, r, text, cut);
-                return (Range: r, Bytes: bytes, Train: Encoded(tokenizing, w, text[..t], width), Validation: Encoded(tokenizing, w, text[t..], width));
+                ranges.Read(r, bytes);
+                var text = ranges.Text(r, bytes, tokenizing.Workers[w].TextBuffer(word, r.Bytes, o.PieceChars));
+                var train = new RangeIds(width);
+                var validation = new RangeIds(width);
+                var at = r.CharStart;
+                while (text.Next(out var piece))
+                {
+                    var t = TrainChars(ranges, r, piece, at, cut);
+                    train.Add(tokenizing, w, piece[..t], r.Chars);
+                    validation.Add(tokenizing, w, piece[t..], r.Chars);
+                    at += piece.Length;
+                }
+                return (Range: r, Bytes: bytes, Train: train, Validation: validation);
             }, x =>
             {
                 var r = x.Range;
@@ -80,8 +98,8 @@ public static partial class DatasetPreparer
                 }
                 hash.AppendData(x.Bytes.AsSpan(0, r.Bytes));
                 ArrayPool<byte>.Shared.Return(x.Bytes);
-                Append(train, x.Train);
-                Append(validation, x.Validation);
+                x.Train.AppendTo(train);
+                x.Validation.AppendTo(validation);
                 if (r.Last)
                 {
                     ranges.CheckUnchanged(r.Source);
@@ -103,51 +121,51 @@ public static partial class DatasetPreparer
         return new Result(tokenizer, LabelSet.Empty, sources, train.Finish(), validation.Finish(), report.ToReport());
     }
 
-    /// <summary>The text of range <paramref name="r"/>, read into <paramref name="bytes"/> and decoded into the worker's scratch space.</summary>
-    static ReadOnlySpan<char> TextOf(TextRanges ranges, TextRanges.Range r, byte[] bytes, Worker s)
-    {
-        ranges.Read(r, bytes);
-        if (s.Text.Length < r.Bytes + 1) s.Text = new char[Math.Max(r.Bytes + 1, 1 << 16)];
-        return s.Text.AsSpan(0, ranges.Decode(r, bytes, s.Text));
-    }
-
     /// <summary>
-    /// How many of range <paramref name="r"/>'s characters <paramref name="text"/> are training text: all before the cut
-    /// (none in a validation source), moved back one character so as not to split a surrogate pair, as
-    /// <see cref="TextChunker"/> cuts.
+    /// How many characters of <paramref name="piece"/> (of range <paramref name="r"/>, from character
+    /// <paramref name="at"/> of its split's text) are training text: all before the cut (none in a validation source),
+    /// moved back one character so as not to split a surrogate pair, as <see cref="TextChunker"/> cuts.
     /// </summary>
-    static int TrainChars(TextRanges ranges, TextRanges.Range r, ReadOnlySpan<char> text, long cut)
+    static int TrainChars(TextRanges ranges, TextRanges.Range r, ReadOnlySpan<char> piece, long at, long cut)
     {
         if (r.Validation) return 0;
-        if (cut < 0 || cut >= r.CharStart + text.Length) return text.Length;
-        if (cut <= r.CharStart) return 0;
-        var take = (int)(cut - r.CharStart);
-        if (char.IsHighSurrogate(text[take - 1]) && char.IsLowSurrogate(text[take]))
+        if (cut < 0 || cut >= at + piece.Length) return piece.Length;
+        if (cut <= at) return 0;
+        var take = (int)(cut - at);
+        if (char.IsHighSurrogate(piece[take - 1]) && char.IsLowSurrogate(piece[take]))
         {
             take--;
-            if (r.CharStart + take <= 0) throw new DataFormatException(ranges.Sources[r.Source].Path, 0, "the text is too short to split into training and validation");
+            if (at + take <= 0) throw new DataFormatException(ranges.Sources[r.Source].Path, 0, "the text is too short to split into training and validation");
         }
         return take;
     }
 
-    /// <summary>The ids of <paramref name="text"/> narrowed to <paramref name="width"/> bytes, in a pooled buffer (null for no text).</summary>
-    static (PooledBytes? Bytes, int Length) Encoded(Tokenizing tokenizing, int w, ReadOnlySpan<char> text, int width)
+    /// <summary>A range's ids for one split, narrowed to the shards' width, in a pooled buffer rented at the first text.</summary>
+    sealed class RangeIds(int width)
     {
-        if (text.IsEmpty) return (null, 0);
-        var bytes = new PooledBytes(ArrayPool<byte>.Shared.Rent(text.Length * width));
-        return (bytes, tokenizing.EncodeNarrowed(w, text, bytes.Array, width) * width);
-    }
+        PooledBytes? bytes;
+        int length;
 
-    static void Append(DatasetSplitWriter split, (PooledBytes? Bytes, int Length) ids)
-    {
-        if (ids.Bytes is null) return;
-        try
+        /// <summary>Encodes <paramref name="text"/> after what is there (<paramref name="rangeChars"/>: the most the range's text can take).</summary>
+        public void Add(Tokenizing tokenizing, int w, ReadOnlySpan<char> text, int rangeChars)
         {
-            split.AppendNarrowed(ids.Bytes, ids.Length);
+            if (text.IsEmpty) return;
+            bytes ??= new PooledBytes(ArrayPool<byte>.Shared.Rent(rangeChars * width));
+            length += tokenizing.EncodeNarrowed(w, text, bytes.Array.AsSpan(length), width) * width;
         }
-        finally
+
+        public void AppendTo(DatasetSplitWriter split)
         {
-            ids.Bytes.Release();
+            if (bytes is null) return;
+            try
+            {
+                split.AppendNarrowed(bytes, length);
+            }
+            finally
+            {
+                bytes.Release();
+                bytes = null;
+            }
         }
     }
 }

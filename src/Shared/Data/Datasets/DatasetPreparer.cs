@@ -97,8 +97,20 @@ public static partial class DatasetPreparer
     {
         public int[] Ids = [];
         public char[] Lowered = [];
-        /// <summary>A range's text (<see cref="TextRanges"/>).</summary>
+        /// <summary>A range's text, a piece at a time (<see cref="RangeText"/>).</summary>
         public char[] Text = [];
+
+        /// <summary>
+        /// Room for the pieces of a range of <paramref name="bytes"/>: <paramref name="pieceChars"/> for the char tokenizer
+        /// (small enough to stay in the core's cache; any cut between two pieces gives the same ids), the whole range for
+        /// the word tokenizer (a piece may only end after a separator).
+        /// </summary>
+        public Span<char> TextBuffer(bool word, int bytes, int pieceChars)
+        {
+            var chars = word ? bytes + 4 : pieceChars;
+            if (word ? Text.Length < chars : Text.Length != chars) Text = new char[word ? Math.Max(chars, TextRanges.DefaultRangeBytes + 4) : chars];
+            return Text;
+        }
         public readonly long[] Dense = word ? [] : new long[CharTokenizer.CountDenseLimit];
         public readonly Dictionary<int, long> Sparse = [];
         public WordTable Words = new();

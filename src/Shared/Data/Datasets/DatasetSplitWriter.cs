@@ -111,6 +111,7 @@ public sealed class DatasetSplitWriter : IDisposable
     }
 
     /// <summary>Ids as a shard holds them: <paramref name="width"/> (1, 2 or 4) bytes each, little-endian, into <paramref name="bytes"/> (at least <c>ids.Length × width</c> long).</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)] // hot loop, as CharTokenizer.Encode
     public static void Narrow(ReadOnlySpan<int> ids, Span<byte> bytes, int width)
     {
         bytes = bytes[..(ids.Length * width)];
@@ -233,7 +234,7 @@ public sealed class DatasetSplitWriter : IDisposable
     /// </summary>
     sealed class ShardFile : IDisposable
     {
-        /// <summary>How much is written before it is handed to the disk; the window before it is then waited for and dropped.</summary>
+        /// <summary>How much is written before it is handed to the disk; the window handed two windows before is then waited for and dropped.</summary>
         internal const long WriteBehindBytes = 8 << 20;
 
         readonly string name;
@@ -241,7 +242,7 @@ public sealed class DatasetSplitWriter : IDisposable
         readonly FileHashes hashes;
         readonly HashBehind? behind;
         readonly int blockBytes;
-        long bytes, started, dropped;
+        long bytes, started, handed, dropped;
 
         public ShardFile(string directory, string name, int blockBytes, bool hashBehind = false)
         {
@@ -276,7 +277,10 @@ public sealed class DatasetSplitWriter : IDisposable
             if (bytes - started >= WriteBehindBytes) WriteBehind();
         }
 
-        /// <summary>Starts writing what was written since the last call to the disk, then waits for the window before it and drops that from the page cache.</summary>
+        /// <summary>
+        /// Hands what was written since the last call to the disk, then waits for the window handed two calls ago (by now
+        /// mostly on the disk, so the wait seldom blocks the writing thread) and drops it from the page cache.
+        /// </summary>
         void WriteBehind()
         {
             if (!OperatingSystem.IsLinux()) return;
@@ -284,9 +288,10 @@ public sealed class DatasetSplitWriter : IDisposable
             var handle = stream.SafeFileHandle;
             // Hints: a file system without them (or an error, which the fsync on Finish reports) only keeps the pages cached.
             _ = Native.SyncFileRange(handle, started, bytes - started, Native.SyncFileRangeWrite);
-            if (started > dropped && Native.SyncFileRange(handle, dropped, started - dropped, Native.SyncFileRangeWaitBefore | Native.SyncFileRangeWrite | Native.SyncFileRangeWaitAfter) == 0)
-                _ = Native.PosixFadvise(handle, dropped, started - dropped, Native.FadviseDontNeed);
-            dropped = started;
+            if (handed > dropped && Native.SyncFileRange(handle, dropped, handed - dropped, Native.SyncFileRangeWaitBefore | Native.SyncFileRangeWrite | Native.SyncFileRangeWaitAfter) == 0)
+                _ = Native.PosixFadvise(handle, dropped, handed - dropped, Native.FadviseDontNeed);
+            dropped = handed;
+            handed = started;
             started = bytes;
         }
 
@@ -352,7 +357,7 @@ public sealed class DatasetSplitWriter : IDisposable
         const int Queued = 4;
         readonly BlockingCollection<(PooledBytes Data, int Offset, int Length)> queue = new(Queued);
         readonly Thread thread;
-        Exception? failure;
+        volatile Exception? failure; // set by the hashing thread, read by the writer
 
         public HashBehind(FileHashes hashes)
         {

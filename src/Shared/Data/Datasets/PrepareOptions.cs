@@ -30,6 +30,8 @@ public sealed record PrepareOptions
     public int BlockBytes { get; init; } = DatasetLayout.BlockBytes;
     /// <summary>Bytes per range when a language model's sources are all uncompressed plain text (<see cref="TextRanges"/>); smaller in tests.</summary>
     internal int RangeBytes { get; init; } = TextRanges.DefaultRangeBytes;
+    /// <summary>Characters of a range decoded at a time (<see cref="RangeText"/>): small enough to stay in a core's cache; smaller in tests.</summary>
+    internal int PieceChars { get; init; } = 1 << 15;
     /// <summary>Read every source as one stream even when <see cref="TextRanges"/> could read it in ranges (tests compare the two).</summary>
     internal bool StreamOnly { get; init; }
 }

@@ -143,7 +143,7 @@ internal sealed class TextRanges : IDisposable
     /// <summary>The ranges of every source in order, cut where <see cref="NextCut"/> says; <paramref name="noCut"/> when a word tokenizer's source has none.</summary>
     static IEnumerable<Range> Cut(List<SourceFile> sources, int trainCount, SafeFileHandle[] handles, long[] lengths, bool word, int rangeBytes, Action noCut)
     {
-        var window = new byte[1 << 16];
+        var window = new byte[1 << 12];
         for (var i = 0; i < sources.Count; i++)
         {
             var length = lengths[i];
@@ -219,21 +219,10 @@ internal sealed class TextRanges : IDisposable
     /// <summary>Bytes <c>[offset, offset + data.Length)</c> of source <paramref name="source"/> (a BOM the ranges leave out, for the source's hash).</summary>
     public void ReadAt(int source, Span<byte> data, long offset) => ReadExactly(handles[source], Sources[source].Path, data, offset);
 
-    /// <summary>
-    /// The text of <paramref name="r"/> as <see cref="SourceReader"/> yields it (the joining "\n" first, CRLF made LF)
-    /// from its <paramref name="bytes"/> into <paramref name="text"/> (at least <c>Bytes + 1</c> long); its length is
-    /// <see cref="Range.Chars"/>, or the file changed since it was planned.
-    /// </summary>
-    public int Decode(Range r, ReadOnlySpan<byte> bytes, Span<char> text)
-    {
-        var at = 0;
-        if (r.Joined) text[at++] = '\n';
-        var status = Utf8.ToUtf16(bytes[..r.Bytes], text[at..], out var read, out var written, replaceInvalidSequences: false, isFinalBlock: true);
-        if (status != OperationStatus.Done || read != r.Bytes) throw Changed(Sources[r.Source].Path);
-        var n = at + SourceReader.NormalizeLineEnds(text.Slice(at, written));
-        if (n != r.Chars) throw Changed(Sources[r.Source].Path);
-        return n;
-    }
+    /// <summary>The text of <paramref name="r"/> from its <paramref name="bytes"/>, a piece at a time into <paramref name="buffer"/> (see <see cref="RangeText"/>).</summary>
+    public RangeText Text(Range r, ReadOnlySpan<byte> bytes, Span<char> buffer) => new(r, bytes[..r.Bytes], buffer, Sources[r.Source].Path);
+
+    internal static DataFormatException ChangedError(string path) => Changed(path);
 
     /// <summary>Fails naming the source when its size is no longer the one planned.</summary>
     public void CheckUnchanged(int source)
@@ -244,5 +233,63 @@ internal sealed class TextRanges : IDisposable
     public void Dispose()
     {
         foreach (var h in handles) h.Dispose();
+    }
+}
+
+/// <summary>
+/// A range's text as <see cref="SourceReader"/> yields it (the joining "\n" first, CRLF made LF), decoded a piece of at
+/// most the buffer's length at a time, so that the characters are counted or encoded while they are in the core's cache
+/// rather than written out to memory and read back. A piece never ends inside a surrogate pair (the decoder writes a
+/// pair whole) nor between "\r" and "\n" (a trailing "\r" waits for the next piece). When the pieces do not add up
+/// to the planned <see cref="TextRanges.Range.Chars"/> or the bytes are no longer valid UTF-8, the file changed since
+/// it was planned: the error names it.
+/// </summary>
+internal ref struct RangeText
+{
+    readonly Span<char> buffer;
+    readonly string path;
+    readonly int planned;
+    ReadOnlySpan<byte> bytes;
+    bool joined, pendingCr, done;
+    int total;
+
+    public RangeText(TextRanges.Range r, ReadOnlySpan<byte> bytes, Span<char> buffer, string path)
+    {
+        if (buffer.Length < 4) throw new ArgumentException("needs room for a joining line feed, a held-back CR and a surrogate pair", nameof(buffer));
+        this.buffer = buffer;
+        this.bytes = bytes;
+        this.path = path;
+        planned = r.Chars;
+        joined = r.Joined;
+    }
+
+    /// <summary>The next piece of the text (never empty), or false at its end.</summary>
+    public bool Next(out ReadOnlySpan<char> piece)
+    {
+        while (!done)
+        {
+            var n = 0;
+            if (joined) { buffer[n++] = '\n'; joined = false; }
+            if (pendingCr) { buffer[n++] = '\r'; pendingCr = false; }
+            var status = Utf8.ToUtf16(bytes, buffer[n..], out var read, out var written, replaceInvalidSequences: false, isFinalBlock: true);
+            if (status is not (OperationStatus.Done or OperationStatus.DestinationTooSmall) || (status == OperationStatus.DestinationTooSmall && written == 0))
+                throw TextRanges.ChangedError(path);
+            bytes = bytes[read..];
+            n += written;
+            if (!bytes.IsEmpty && n > 0 && buffer[n - 1] == '\r')
+            {
+                pendingCr = true; // its "\n" may begin the next piece
+                n--;
+            }
+            n = SourceReader.NormalizeLineEnds(buffer[..n]);
+            done = bytes.IsEmpty && !pendingCr;
+            total += n;
+            if (done && total != planned) throw TextRanges.ChangedError(path);
+            if (n == 0) continue;
+            piece = buffer[..n];
+            return true;
+        }
+        piece = default;
+        return false;
     }
 }

@@ -52,11 +52,11 @@ public sealed class PrepareRangesTests : IDisposable
             var o = Options("", [a, b, c], validation: validation ? [v] : null) with { Tokenizer = new TokenizerSpec { Kind = kind }, ShardTokens = 5_000, BlockBytes = 1000 };
             var logs = new List<string>();
             var stream = Prepare($"{kind}-{validation}-stream", o with { StreamOnly = true });
-            foreach (var (rangeBytes, threads) in new[] { (1, 1), (2, 2), (7, 3), (61, 2), (4096, 1), (4096, 2), (1 << 21, 2) })
+            foreach (var (rangeBytes, threads, pieceChars) in new[] { (1, 1, 4), (2, 2, 4), (7, 3, 5), (61, 2, 4), (4096, 1, 7), (4096, 2, 1 << 15), (1 << 21, 2, 33), (1 << 21, 1, 1 << 15) })
             {
-                var output = Path.Combine(dir.Path, $"{kind}-{validation}-{rangeBytes}-{threads}");
-                DatasetPreparer.Prepare(o with { Output = output, RangeBytes = rangeBytes, Threads = threads }, logs.Add);
-                AssertSameDataset(stream, output, $"{kind}, validation source {validation}, {rangeBytes}-byte ranges, {threads} thread(s)");
+                var output = Path.Combine(dir.Path, $"{kind}-{validation}-{rangeBytes}-{threads}-{pieceChars}");
+                DatasetPreparer.Prepare(o with { Output = output, RangeBytes = rangeBytes, Threads = threads, PieceChars = pieceChars }, logs.Add);
+                AssertSameDataset(stream, output, $"{kind}, validation source {validation}, {rangeBytes}-byte ranges, {threads} thread(s), {pieceChars}-character pieces");
             }
             Assert.Contains(logs, l => l.Contains("read in ranges", StringComparison.Ordinal));
             Assert.DoesNotContain(logs, l => l.Contains("as one stream", StringComparison.Ordinal));
@@ -75,8 +75,9 @@ public sealed class PrepareRangesTests : IDisposable
         {
             var o = Options("", [a, b, c]) with { ValidationFraction = percent / 100.0, ShardTokens = 7, BlockBytes = 5 };
             var stream = Prepare($"cut-{percent}-stream", o with { StreamOnly = true });
-            foreach (var threads in new[] { 1, 2 })
-                AssertSameDataset(stream, Prepare($"cut-{percent}-{threads}", o with { RangeBytes = 3, Threads = threads }), $"{percent} % held out, {threads} thread(s)");
+            foreach (var (threads, rangeBytes, pieceChars) in new[] { (1, 3, 4), (2, 3, 4), (2, 1 << 21, 4), (1, 1 << 21, 5), (2, 1 << 21, 1 << 15) })
+                AssertSameDataset(stream, Prepare($"cut-{percent}-{threads}-{rangeBytes}-{pieceChars}", o with { RangeBytes = rangeBytes, Threads = threads, PieceChars = pieceChars }),
+                    $"{percent} % held out, {threads} thread(s), {rangeBytes}-byte ranges, {pieceChars}-character pieces");
         }
     }
 
@@ -117,6 +118,37 @@ public sealed class PrepareRangesTests : IDisposable
         Assert.DoesNotContain(logs, l => l.Contains("as one stream", StringComparison.Ordinal));
     }
 
+    [Theory]
+    [InlineData(4)]
+    [InlineData(5)]
+    [InlineData(64)]
+    public void A_ranges_text_in_pieces_of_any_size_is_the_stream_paths_text(int buffer)
+    {
+        var content = "\uFEFF" + Text(20, 5) + "\r";
+        var a = dir.Write("a.txt", "x");
+        var b = dir.Write("b.txt", content);
+        var train = SourceFiles.Expand([a, b], DatasetLayout.TrainSplit, null);
+        using var ranges = TextRanges.Plan(train, [], word: false, threads: 1, rangeBytes: 13, CancellationToken.None)!;
+        var joined = new StringBuilder();
+        foreach (var r in ranges.Ranges)
+        {
+            var bytes = new byte[r.Bytes];
+            ranges.Read(r, bytes);
+            var text = ranges.Text(r, bytes, new char[buffer]);
+            var length = 0;
+            while (text.Next(out var piece))
+            {
+                Assert.False(piece.IsEmpty);
+                Assert.False(char.IsHighSurrogate(piece[^1]), "a piece ends inside a surrogate pair");
+                joined.Append(piece);
+                length += piece.Length;
+            }
+            Assert.Equal(r.Chars, length);
+        }
+        Assert.Equal("x\n" + content[1..].Replace("\r\n", "\n", StringComparison.Ordinal), joined.ToString());
+        Assert.Equal(joined.Length, ranges.TrainChars);
+    }
+
     [Fact]
     public void A_source_changed_after_its_ranges_were_planned_fails_naming_it()
     {
@@ -128,9 +160,12 @@ public sealed class PrepareRangesTests : IDisposable
         File.WriteAllText(a, "one\n\ntwo\n\nthree\n\n"); // as long, but no "\r\n" left: other characters
         var r = ranges.Ranges[0];
         var bytes = new byte[r.Bytes];
-        var text = new char[r.Bytes + 1];
         ranges.Read(r, bytes);
-        var e = Assert.Throws<DataFormatException>(() => ranges.Decode(r, bytes, text));
+        var e = Assert.Throws<DataFormatException>(() =>
+        {
+            var text = ranges.Text(r, bytes, new char[4]);
+            while (text.Next(out _)) { }
+        });
         Assert.Contains("a.txt", e.Message);
         Assert.Contains("changed while it was being prepared", e.Message);
         File.WriteAllText(a, "one");
