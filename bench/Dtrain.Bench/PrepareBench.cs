@@ -10,8 +10,10 @@ namespace Dtrain.Bench;
 /// (default 600: a prepare's fixed start-up, ~0.25 CPU-s of JIT and runtime, is ~30 % of a 2-thread char run at 200 MB and
 /// ~11 % at 600 MB; docs/benchmarks.md) in a temporary directory, for the char and word tokenizers on 1 and 2 threads, and each run's peak
 /// resident memory (every run in a fresh process: VmHWM is per process), and its CPU time: MB per CPU second is the
-/// one-core speed even on a machine busy with other work. Targets (issue 23): 100 MB/s char and 30 MB/s
-/// word on one core, 1.8x that on two, peak RSS at most 500 MB whatever the size.
+/// one-core speed even on a machine busy with other work. The first row of each tokenizer is one core: one thread in a
+/// process pinned to CPU 0, whose runtime threads (tiered JIT, GC) share that core as on a one-core machine (unpinned,
+/// they take ~0.2 CPU-s of a 600 MB char run on the other core); the others run on all cores. Targets (issue 23): 100 MB/s char and 30 MB/s word on one core, 1.8x that on two, peak
+/// RSS at most 500 MB whatever the size.
 /// </summary>
 internal static class PrepareBench
 {
@@ -35,18 +37,23 @@ internal static class PrepareBench
             var bytes = new FileInfo(corpus).Length;
             Console.WriteLine($"dtrain prepare on Moby Dick repeated to {bytes / 1e6:F0} MB (language model, 5% held out), {Environment.ProcessorCount} cores");
             Console.WriteLine();
-            Console.WriteLine("| tokenizer | threads | seconds | MB/s | vs 1 thread | CPU seconds | MB per CPU second | peak RSS MB |");
-            Console.WriteLine("|---|---|---|---|---|---|---|---|");
+            Console.WriteLine("| tokenizer | cores | threads | seconds | MB/s | vs 1 core | vs 1 thread | CPU seconds | MB per CPU second | peak RSS MB |");
+            Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
             foreach (var kind in new[] { TokenizerKinds.Char, TokenizerKinds.Word })
             {
-                double? single = null;
-                foreach (var t in threads)
+                // One core: the process pinned to CPU 0 (taskset), so that its runtime's background threads (tiered JIT,
+                // GC) share that core, as on a one-core machine. Then every thread count on all the cores.
+                double? oneCore = null, oneThread = null;
+                foreach (var (cores, t) in new[] { (1, 1) }.Concat(threads.Select(t => (Environment.ProcessorCount, t))))
                 {
-                    var (seconds, cpu, peak) = Child(corpus, Path.Combine(temp, $"{kind}-{t}"), kind, t);
+                    var output = Path.Combine(temp, $"{kind}-{cores}-{t}");
+                    var (seconds, cpu, peak) = Child(corpus, output, kind, t, pinned: cores == 1);
                     var rate = bytes / 1e6 / seconds;
-                    single ??= t == 1 ? rate : null;
-                    Console.WriteLine($"| {kind} | {t} | {seconds:F1} | {rate:F1} | {(single is { } s ? $"{rate / s:F2}x" : "-")} | {cpu:F1} | {bytes / 1e6 / cpu:F1} | {peak:F0} |");
-                    Directory.Delete(Path.Combine(temp, $"{kind}-{t}"), recursive: true);
+                    oneCore ??= rate;
+                    if (cores > 1 && t == 1) oneThread ??= rate;
+                    var vsThread = cores > 1 && oneThread is { } one ? $"{rate / one:F2}x" : "-";
+                    Console.WriteLine($"| {kind} | {cores} | {t} | {seconds:F1} | {rate:F1} | {rate / oneCore:F2}x | {vsThread} | {cpu:F1} | {bytes / 1e6 / cpu:F1} | {peak:F0} |");
+                    Directory.Delete(output, recursive: true);
                 }
             }
             return 0;
@@ -57,17 +64,24 @@ internal static class PrepareBench
         }
     }
 
-    /// <summary>One preparation in a fresh process (this bench, `prepare-one`): its seconds and peak RSS.</summary>
-    static (double Seconds, double CpuSeconds, double PeakMb) Child(string corpus, string output, string kind, int threads)
+    /// <summary>One preparation in a fresh process (this bench, `prepare-one`), pinned to CPU 0 when <paramref name="pinned"/>: its seconds, CPU seconds and peak RSS.</summary>
+    static (double Seconds, double CpuSeconds, double PeakMb) Child(string corpus, string output, string kind, int threads, bool pinned)
     {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[] { typeof(PrepareBench).Assembly.Location, "prepare-one", corpus, output, kind, threads.ToString(CultureInfo.InvariantCulture) })
-            psi.ArgumentList.Add(a);
+        var command = new List<string>();
+        if (pinned)
+        {
+            var taskset = new[] { "/usr/bin/taskset", "/bin/taskset" }.FirstOrDefault(File.Exists)
+                ?? throw new BenchFailureException("the one-core row needs taskset (util-linux) to pin the process to one CPU");
+            command.AddRange([taskset, "-c", "0"]);
+        }
+        command.AddRange(["dotnet", typeof(PrepareBench).Assembly.Location, "prepare-one", corpus, output, kind, threads.ToString(CultureInfo.InvariantCulture)]);
+        var psi = new ProcessStartInfo(command[0]) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in command.Skip(1)) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
         p.WaitForExit();
-        if (p.ExitCode != 0) throw new BenchFailureException($"prepare-one {kind} {threads} failed: {stderr.Result}");
+        if (p.ExitCode != 0) throw new BenchFailureException($"prepare-one {kind} {threads}{(pinned ? " on one core" : "")} failed: {stderr.Result}");
         var fields = stdout.Result.Trim().Split(' ');
         return (double.Parse(fields[0], CultureInfo.InvariantCulture), double.Parse(fields[1], CultureInfo.InvariantCulture), double.Parse(fields[2], CultureInfo.InvariantCulture));
     }

@@ -137,11 +137,13 @@ public class BenchSmokeTests
     }
 
     [Fact]
-    public async Task Prepare_prints_a_row_per_tokenizer_and_thread_count_and_refuses_stray_arguments()
+    public async Task Prepare_prints_a_one_core_row_and_a_row_per_thread_count_for_each_tokenizer_and_refuses_stray_arguments()
     {
         var (code, stdout, stderr) = await RunAsync("prepare", "--mb", "2", "--threads", "1,2");
         Assert.True(code == 0, $"exit status {code}\n{stdout}\n{stderr}");
-        foreach (var row in new[] { "| char | 1 |", "| char | 2 |", "| word | 1 |", "| word | 2 |" }) Assert.Contains(row, stdout);
+        var cores = Environment.ProcessorCount;
+        foreach (var kind in new[] { "char", "word" })
+            foreach (var row in new[] { $"| {kind} | 1 | 1 |", $"| {kind} | {cores} | 1 |", $"| {kind} | {cores} | 2 |" }) Assert.Contains(row, stdout);
         Assert.Contains("peak RSS MB", stdout);
         await AssertRefusedAsync("unexpected argument \"50\"", "prepare", "50");
         await AssertRefusedAsync("--threads: \"0\" is not a whole number from 1 to 256", "prepare", "--threads", "1,0");
