@@ -86,7 +86,7 @@ internal static class PrepareBench
         return (double.Parse(fields[0], CultureInfo.InvariantCulture), double.Parse(fields[1], CultureInfo.InvariantCulture), double.Parse(fields[2], CultureInfo.InvariantCulture));
     }
 
-    /// <summary>`prepare-one CORPUS OUTPUT KIND THREADS`: prepares and prints "seconds cpu-seconds peak-MB" (CPU time: the process's user + system time, JIT included, which a loaded machine does not inflate).</summary>
+    /// <summary>`prepare-one CORPUS OUTPUT KIND THREADS`: prepares and prints "seconds cpu-seconds peak-MB" (DTRAIN_BENCH_PASSES=1: each pass's start, seconds and CPU seconds, on stderr; DTRAIN_BENCH_RANGE_BYTES: the plain-text range size) (CPU time: the process's user + system time, JIT included, which a loaded machine does not inflate).</summary>
     public static int One(string[] args)
     {
         var clock = Stopwatch.StartNew();
