@@ -31,15 +31,21 @@ public static class ClusterCommand
     static Command Up()
     {
         var (workers, port, threads, logs) = CommonOptions(5000);
+        var dataRoots = new Option<string[]>("--data-root")
+        {
+            Description = "A directory the coordinator's jobs may name data in by absolute path — prepared datasets (data.dataset) and files — as `dtrain serve --data-root` (repeatable; default none). The local workers see it at the same path.",
+        };
         var cmd = new Command("up", "Start a coordinator and workers and keep them running until Ctrl-C; submit jobs from another terminal with --coordinator.");
-        foreach (var o in new Option[] { workers, port, threads, logs }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { workers, port, threads, logs, dataRoots }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var n = r.GetValue(workers);
             var perWorker = Checked(n, r.GetValue(port), r.GetValue(threads));
             var logDir = LogDir(r.GetValue(logs)!);
-            using var cluster = LocalCluster.Start(n, r.GetValue(port), perWorker, logDir, TimeSpan.FromMinutes(2));
+            var roots = (r.GetValue(dataRoots) ?? []).Select(DataRoot).ToList();
+            using var cluster = LocalCluster.Start(n, r.GetValue(port), perWorker, logDir, TimeSpan.FromMinutes(2), dataRoots: roots.Count > 0 ? roots : null);
             Console.WriteLine($"cluster up: coordinator {cluster.Address}, {n} worker(s), logs in {cluster.LogDir}");
+            if (roots.Count > 0) Console.WriteLine($"  data roots: {string.Join(", ", roots)}");
             if (cluster.DashboardUrl is { } web) Console.WriteLine($"  dashboard: {web}");
             Console.WriteLine($"  export DTRAIN_COORDINATOR={cluster.Address}; ./dtrain submit examples/quickstart.json --watch");
             Console.WriteLine("press Ctrl-C to stop");
@@ -115,6 +121,14 @@ public static class ClusterCommand
         var full = JobSpecPaths.Resolve(file.DirectoryName!, dataset)!;
         return Directory.Exists(full) && Dtrain.Data.DataFile.RealPath(full) is { } real ? real
             : throw new SpecException(file.Name, [new SpecError("$.data.dataset", $"\"{dataset}\": no such directory ({full})")]);
+    }
+
+    /// <summary>A --data-root of `cluster up`: its real absolute path; one that is not a directory is refused before anything starts (exit 2).</summary>
+    static string DataRoot(string root)
+    {
+        var full = Path.GetFullPath(root);
+        return Directory.Exists(full) && Dtrain.Data.DataFile.RealPath(full) is { } real ? real
+            : throw new ArgumentException($"--data-root {root}: no such directory ({full})");
     }
 
     /// <summary>Refuses, before any training, a model file that could not be written at the end: a directory, or under a file.</summary>

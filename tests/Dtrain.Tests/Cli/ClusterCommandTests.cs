@@ -82,6 +82,34 @@ public sealed class ClusterCommandTests
     }
 
     [Fact]
+    public void Up_with_a_data_root_trains_a_job_that_names_a_prepared_dataset_under_it_and_refuses_a_missing_one()
+    {
+        using var tmp = new TempDir();
+        var missing = CliRunner.Run(tmp.Path, TimeSpan.FromMinutes(1), "cluster", "up", "--workers", "1", "--data-root", Path.Combine(tmp.Path, "nope"));
+        Assert.True(missing.ExitCode == 2, missing.ToString());
+        Assert.Contains($"--data-root {Path.Combine(tmp.Path, "nope")}: no such directory", missing.Stderr);
+        Assert.DoesNotContain("cluster up:", missing.Stdout);
+
+        var (memory, file) = DatasetJobTests.MemoryJob(tmp, TaskKinds.LanguageModel);
+        var root = Path.Combine(tmp.Path, "datasets");
+        var dataset = DatasetJobTests.Prepare(memory, file, Path.Combine(root, "lm"));
+        var spec = tmp.Write("dataset.json", JobSpecSerializer.Serialize(DatasetJobTests.DatasetJob(memory, dataset)));
+        CliRunner.Result? submit = null;
+        var (ready, up) = CliRunner.RunUntil(tmp.Path, TimeSpan.FromMinutes(4), null, line =>
+        {
+            if (Regex.Match(line, @"cluster up: coordinator (http://127\.0\.0\.1:\d+),") is not { Success: true } m) return false;
+            // The cluster is up: a job naming the dataset by its absolute path trains on it (the output thread waits here).
+            submit = CliRunner.Run(tmp.Path, TimeSpan.FromMinutes(3), "submit", spec, "--coordinator", m.Groups[1].Value, "--watch", "--plain");
+            return true;
+        }, "cluster", "up", "--workers", "1", "--threads", "1", "--port", "0", "--logs", Path.Combine(tmp.Path, "logs"), "--data-root", root);
+        Assert.True(ready, up.ToString());
+        Assert.Contains($"data roots: {Dtrain.Data.DataFile.RealPath(root)}", up.Stdout);
+        Assert.NotNull(submit);
+        Assert.True(submit!.ExitCode == 0, submit.ToString());
+        Assert.Contains("succeeded", submit.Stdout + submit.Stderr, StringComparison.OrdinalIgnoreCase);
+    }
+
+    [Fact]
     public void Up_with_port_0_listens_on_a_free_port_of_its_own()
     {
         using var tmp = new TempDir();
