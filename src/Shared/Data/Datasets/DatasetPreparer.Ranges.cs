@@ -22,7 +22,7 @@ public static partial class DatasetPreparer
         log(o.Validation.Count == 0
             ? $"pass 1/3: the length of the text ({o.Train.Count} source(s), read in ranges on {o.Threads} thread(s)), to hold out the last {o.ValidationFraction:P1} for validation"
             : $"pass 1/3: the text of {sourceCount} source(s), read in ranges on {o.Threads} thread(s)");
-        using var ranges = TextRanges.Plan(o.Train, o.Validation, word, o.Threads, o.RangeBytes, cancel);
+        var ranges = TextRanges.Plan(o.Train, o.Validation, word, o.Threads, o.RangeBytes, cancel);
         if (ranges is null)
         {
             log("a source is not plain UTF-8 text with content (or, for the word tokenizer, has no space for too long): reading the sources as one stream");

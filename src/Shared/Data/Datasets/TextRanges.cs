@@ -16,7 +16,7 @@ namespace Dtrain.Data.Datasets;
 /// finds a source <see cref="SourceReader"/> would refuse (invalid UTF-8, only whitespace, empty) or no cut point for
 /// the word tokenizer within <see cref="MaxCutSearch"/> bytes, it returns null and the stream path runs and reports.
 /// </summary>
-internal sealed class TextRanges : IDisposable
+internal sealed class TextRanges
 {
     public const int DefaultRangeBytes = 1 << 21;
     /// <summary>How far past a range's nominal end a cut point is looked for before giving the sources to the stream path.</summary>
@@ -40,8 +40,6 @@ internal sealed class TextRanges : IDisposable
         public bool Last { get; set; }
     }
 
-    readonly SafeFileHandle[] handles;
-
     public IReadOnlyList<SourceFile> Sources { get; }
     public IReadOnlyList<Range> Ranges { get; }
     /// <summary>Each source's size as planned.</summary>
@@ -49,10 +47,9 @@ internal sealed class TextRanges : IDisposable
     /// <summary>The characters of the training sources joined (what <see cref="DatasetPreparer"/>'s length pass measures).</summary>
     public long TrainChars { get; }
 
-    TextRanges(IReadOnlyList<SourceFile> sources, SafeFileHandle[] handles, long[] lengths, List<Range> ranges, long trainChars)
+    TextRanges(IReadOnlyList<SourceFile> sources, long[] lengths, List<Range> ranges, long trainChars)
     {
         Sources = sources;
-        this.handles = handles;
         Lengths = lengths;
         Ranges = ranges;
         TrainChars = trainChars;
@@ -67,63 +64,66 @@ internal sealed class TextRanges : IDisposable
         ArgumentOutOfRangeException.ThrowIfLessThan(rangeBytes, 1);
         var sources = train.Concat(validation).ToList();
         if (sources.Count == 0 || sources.Any(s => s.Format != DataFormats.Text || s.Compression != SourceFiles.None)) return null;
-        var handles = new SafeFileHandle[sources.Count];
+        // A file is opened for each read and closed after it (never all at once: a directory of many files would
+        // exceed the limit on open files).
         var lengths = new long[sources.Count];
-        var done = false;
+        for (var i = 0; i < sources.Count; i++)
+        {
+            using var handle = Open(sources[i].Path);
+            lengths[i] = RandomAccess.GetLength(handle);
+        }
+        var ranges = new List<Range>();
+        var cutFound = true;
+        var content = new bool[sources.Count];
+        var valid = true;
+        long trainChars = 0, validationChars = 0;
+        OrderedParallel.Run(Cut(sources, train.Count, lengths, word, rangeBytes, () => cutFound = false), threads, (_, r) =>
+        {
+            var bytes = ArrayPool<byte>.Shared.Rent(Math.Max(1, r.Bytes));
+            try
+            {
+                var data = bytes.AsSpan(0, r.Bytes);
+                ReadAt(sources[r.Source].Path, data, r.Offset);
+                if (!Utf8.IsValid(data)) return (Range: r, Valid: false, Content: false, Chars: 0);
+                var chars = System.Text.Encoding.UTF8.GetCharCount(data) - data.Count("\r\n"u8) + (r.Joined ? 1 : 0);
+                return (Range: r, Valid: true, Content: HasContent(data), Chars: chars);
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(bytes);
+            }
+        }, s =>
+        {
+            valid &= s.Valid;
+            content[s.Range.Source] |= s.Content;
+            ref var at = ref s.Range.Validation ? ref validationChars : ref trainChars;
+            s.Range.CharStart = at;
+            s.Range.Chars = s.Chars;
+            at += s.Chars;
+            ranges.Add(s.Range);
+        }, cancel);
+        if (!cutFound || !valid || content.Contains(false)) return null;
+        for (var i = 0; i < ranges.Count; i++) ranges[i].Last = i == ranges.Count - 1 || ranges[i + 1].Source != ranges[i].Source;
+        return new TextRanges(sources, lengths, ranges, trainChars);
+    }
+
+    static SafeFileHandle Open(string path)
+    {
         try
         {
-            for (var i = 0; i < sources.Count; i++)
-            {
-                try
-                {
-                    handles[i] = File.OpenHandle(sources[i].Path, FileMode.Open, FileAccess.Read, FileShare.Read);
-                    lengths[i] = RandomAccess.GetLength(handles[i]);
-                }
-                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-                {
-                    throw new DataFormatException(sources[i].Path, 0, $"cannot open the file: {e.Message}");
-                }
-            }
-            var ranges = new List<Range>();
-            var cutFound = true;
-            var content = new bool[sources.Count];
-            var valid = true;
-            long trainChars = 0, validationChars = 0;
-            OrderedParallel.Run(Cut(sources, train.Count, handles, lengths, word, rangeBytes, () => cutFound = false), threads, (_, r) =>
-            {
-                var bytes = ArrayPool<byte>.Shared.Rent(Math.Max(1, r.Bytes));
-                try
-                {
-                    var data = bytes.AsSpan(0, r.Bytes);
-                    ReadExactly(handles[r.Source], sources[r.Source].Path, data, r.Offset);
-                    if (!Utf8.IsValid(data)) return (Range: r, Valid: false, Content: false, Chars: 0);
-                    var chars = System.Text.Encoding.UTF8.GetCharCount(data) - data.Count("\r\n"u8) + (r.Joined ? 1 : 0);
-                    return (Range: r, Valid: true, Content: HasContent(data), Chars: chars);
-                }
-                finally
-                {
-                    ArrayPool<byte>.Shared.Return(bytes);
-                }
-            }, s =>
-            {
-                valid &= s.Valid;
-                content[s.Range.Source] |= s.Content;
-                ref var at = ref s.Range.Validation ? ref validationChars : ref trainChars;
-                s.Range.CharStart = at;
-                s.Range.Chars = s.Chars;
-                at += s.Chars;
-                ranges.Add(s.Range);
-            }, cancel);
-            if (!cutFound || !valid || content.Contains(false)) return null;
-            for (var i = 0; i < ranges.Count; i++) ranges[i].Last = i == ranges.Count - 1 || ranges[i + 1].Source != ranges[i].Source;
-            done = true;
-            return new TextRanges(sources, handles, lengths, ranges, trainChars);
+            return File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read);
         }
-        finally
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            if (!done)
-                foreach (var h in handles) h?.Dispose();
+            throw new DataFormatException(path, 0, $"cannot open the file: {e.Message}");
         }
+    }
+
+    /// <summary>Reads <paramref name="data"/>.Length bytes of the file at <paramref name="offset"/>; a short read means the file changed.</summary>
+    static void ReadAt(string path, Span<byte> data, long offset)
+    {
+        using var handle = Open(path);
+        ReadExactly(handle, path, data, offset);
     }
 
     /// <summary>Whether valid UTF-8 <paramref name="data"/> holds a character that is not whitespace (as <see cref="MemoryExtensions.IsWhiteSpace"/> tells of the decoded text).</summary>
@@ -141,19 +141,20 @@ internal sealed class TextRanges : IDisposable
     }
 
     /// <summary>The ranges of every source in order, cut where <see cref="NextCut"/> says; <paramref name="noCut"/> when a word tokenizer's source has none.</summary>
-    static IEnumerable<Range> Cut(List<SourceFile> sources, int trainCount, SafeFileHandle[] handles, long[] lengths, bool word, int rangeBytes, Action noCut)
+    static IEnumerable<Range> Cut(List<SourceFile> sources, int trainCount, long[] lengths, bool word, int rangeBytes, Action noCut)
     {
         var window = new byte[1 << 12];
         for (var i = 0; i < sources.Count; i++)
         {
+            using var handle = Open(sources[i].Path);
             var length = lengths[i];
             var head = window.AsSpan(0, (int)Math.Min(3, length));
-            ReadExactly(handles[i], sources[i].Path, head, 0);
+            ReadExactly(handle, sources[i].Path, head, 0);
             long at = head.SequenceEqual((ReadOnlySpan<byte>)[0xEF, 0xBB, 0xBF]) ? 3 : 0;
             var joined = i != 0 && i != trainCount; // "\n" joins a split's records
             while (at < length)
             {
-                var end = at + rangeBytes >= length ? length : NextCut(handles[i], sources[i].Path, at + rangeBytes, length, word, window);
+                var end = at + rangeBytes >= length ? length : NextCut(handle, sources[i].Path, at + rangeBytes, length, word, window);
                 if (end < 0)
                 {
                     noCut();
@@ -214,10 +215,10 @@ internal sealed class TextRanges : IDisposable
     static DataFormatException Changed(string path) => new(path, 0, "the file changed while it was being prepared (it is shorter, or no longer the text it was); prepare it again once it stays as it is");
 
     /// <summary>The bytes of <paramref name="r"/> into <paramref name="bytes"/> (at least <see cref="Range.Bytes"/> long).</summary>
-    public void Read(Range r, Span<byte> bytes) => ReadExactly(handles[r.Source], Sources[r.Source].Path, bytes[..r.Bytes], r.Offset);
+    public void Read(Range r, Span<byte> bytes) => ReadAt(Sources[r.Source].Path, bytes[..r.Bytes], r.Offset);
 
     /// <summary>Bytes <c>[offset, offset + data.Length)</c> of source <paramref name="source"/> (a BOM the ranges leave out, for the source's hash).</summary>
-    public void ReadAt(int source, Span<byte> data, long offset) => ReadExactly(handles[source], Sources[source].Path, data, offset);
+    public void ReadAt(int source, Span<byte> data, long offset) => ReadAt(Sources[source].Path, data, offset);
 
     /// <summary>The text of <paramref name="r"/> from its <paramref name="bytes"/>, a piece at a time into <paramref name="buffer"/> (see <see cref="RangeText"/>).</summary>
     public RangeText Text(Range r, ReadOnlySpan<byte> bytes, Span<char> buffer) => new(r, bytes[..r.Bytes], buffer, Sources[r.Source].Path);
@@ -227,12 +228,8 @@ internal sealed class TextRanges : IDisposable
     /// <summary>Fails naming the source when its size is no longer the one planned.</summary>
     public void CheckUnchanged(int source)
     {
-        if (RandomAccess.GetLength(handles[source]) != Lengths[source]) throw Changed(Sources[source].Path);
-    }
-
-    public void Dispose()
-    {
-        foreach (var h in handles) h.Dispose();
+        using var handle = Open(Sources[source].Path);
+        if (RandomAccess.GetLength(handle) != Lengths[source]) throw Changed(Sources[source].Path);
     }
 }
 

@@ -128,7 +128,7 @@ public sealed class PrepareRangesTests : IDisposable
         var a = dir.Write("a.txt", "x");
         var b = dir.Write("b.txt", content);
         var train = SourceFiles.Expand([a, b], DatasetLayout.TrainSplit, null);
-        using var ranges = TextRanges.Plan(train, [], word: false, threads: 1, rangeBytes: 13, CancellationToken.None)!;
+        var ranges = TextRanges.Plan(train, [], word: false, threads: 1, rangeBytes: 13, CancellationToken.None)!;
         var joined = new StringBuilder();
         foreach (var r in ranges.Ranges)
         {
@@ -150,11 +150,37 @@ public sealed class PrepareRangesTests : IDisposable
     }
 
     [Fact]
+    public async Task A_directory_of_more_files_than_the_process_may_open_at_once_is_prepared_in_ranges()
+    {
+        // 600 files, the CLI under `ulimit -n 300`: the ranges open a file for each read, never all of them at once.
+        var corpus = Directory.CreateDirectory(Path.Combine(dir.Path, "corpus")).FullName;
+        for (var i = 0; i < 600; i++) File.WriteAllText(Path.Combine(corpus, $"part-{i:D4}.txt"), Text(2, i + 1));
+        var output = Path.Combine(dir.Path, "many");
+        var psi = CliRunner.StartInfo(dir.Path, null, "prepare", corpus, "-o", output, "--threads", "2");
+        var command = new List<string> { psi.FileName };
+        command.AddRange(psi.ArgumentList);
+        psi.FileName = "bash";
+        psi.ArgumentList.Clear();
+        foreach (var a in (string[])["-c", "ulimit -n 300 && exec \"$@\"", "bash", .. command]) psi.ArgumentList.Add(a);
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        using (var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(3))) await p.WaitForExitAsync(timeout.Token);
+        var errors = await stderr;
+        Assert.True(p.ExitCode == 0, $"exit {p.ExitCode}: {errors}");
+        Assert.Contains("read in ranges", errors);
+        using var ds = PreparedDataset.Open(output);
+        Assert.Equal(600, ds.Manifest.Sources.Count);
+        var stream = Prepare("many-stream", Options("", [corpus]) with { StreamOnly = true, ShardTokens = 1L << 26, ChunkChars = TextChunker.DefaultChunkChars });
+        AssertSameDataset(stream, output, "600 files");
+    }
+
+    [Fact]
     public void A_source_changed_after_its_ranges_were_planned_fails_naming_it()
     {
         var a = dir.Write("a.txt", "one\r\ntwo\r\nthree\r\n");
         var train = SourceFiles.Expand([a], DatasetLayout.TrainSplit, null);
-        using var ranges = TextRanges.Plan(train, [], word: false, threads: 1, rangeBytes: 4, CancellationToken.None)!;
+        var ranges = TextRanges.Plan(train, [], word: false, threads: 1, rangeBytes: 4, CancellationToken.None)!;
         Assert.NotNull(ranges);
         Assert.Equal("one\ntwo\nthree\n".Length, ranges.TrainChars);
         File.WriteAllText(a, "one\n\ntwo\n\nthree\n\n"); // as long, but no "\r\n" left: other characters
