@@ -61,8 +61,9 @@ public static partial class DatasetPreparer
         var width = DatasetLayout.WidthFor(tokenizer.VocabSize);
         var report = new DataReportBuilder();
         var sources = new List<DatasetSource>();
-        using var train = writer.Split(DatasetLayout.TrainSplit, width, records: false, o.ShardTokens, o.BlockBytes, hashBehind: o.Threads > 1);
-        using var validation = writer.Split(DatasetLayout.ValidationSplit, width, records: false, o.ShardTokens, o.BlockBytes, hashBehind: o.Threads > 1);
+        var splits = TextSplits(writer, o, width);
+        using var train = splits.Train;
+        using var validation = splits.Validation;
         IncrementalHash? hash = null;
         try
         {

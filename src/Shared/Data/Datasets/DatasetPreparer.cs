@@ -257,9 +257,10 @@ public static partial class DatasetPreparer
         var width = DatasetLayout.WidthFor(tokenizer.VocabSize);
         var report = new DataReportBuilder();
         var sources = new List<DatasetSource>();
-        // More than one thread: the token files are hashed on a thread of their own, the sources beside their decoding.
-        using var train = writer.Split(DatasetLayout.TrainSplit, width, records: false, o.ShardTokens, o.BlockBytes, hashBehind: o.Threads > 1);
-        using var validation = writer.Split(DatasetLayout.ValidationSplit, width, records: false, o.ShardTokens, o.BlockBytes, hashBehind: o.Threads > 1);
+        // More than one thread: the sources are hashed beside their decoding.
+        var splits = TextSplits(writer, o, width);
+        using var train = splits.Train;
+        using var validation = splits.Validation;
         var chunks = new TextChunker(word, o.ChunkChars).Chunks(Pieces(o.Train, read, report, sources, cancel, hashAside: o.Threads > 1), cut, allValidation: false);
         if (o.Validation.Count > 0)
             chunks = chunks.Concat(new TextChunker(word, o.ChunkChars).Chunks(Pieces(o.Validation, read, report, sources, cancel, hashAside: o.Threads > 1), -1, allValidation: true));
@@ -277,6 +278,21 @@ public static partial class DatasetPreparer
         var cut = total - validationLength;
         if (cut <= 0) throw new DataFormatException(o.Train[0].Path, 0, $"the text is {total} character(s) long, too short to split into training and validation");
         return cut;
+    }
+
+    /// <summary>A language model's two splits; with more than one thread their token files are hashed on a thread of their own.</summary>
+    static (DatasetSplitWriter Train, DatasetSplitWriter Validation) TextSplits(DatasetWriter writer, PrepareOptions o, int width)
+    {
+        var train = writer.Split(DatasetLayout.TrainSplit, width, records: false, o.ShardTokens, o.BlockBytes, hashBehind: o.Threads > 1);
+        try
+        {
+            return (train, writer.Split(DatasetLayout.ValidationSplit, width, records: false, o.ShardTokens, o.BlockBytes, hashBehind: o.Threads > 1));
+        }
+        catch
+        {
+            train.Dispose();
+            throw;
+        }
     }
 
     /// <summary>

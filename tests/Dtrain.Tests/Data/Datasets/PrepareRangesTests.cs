@@ -22,15 +22,6 @@ public sealed class PrepareRangesTests : IDisposable
     static string Text(int lines, int seed) => string.Concat(Enumerable.Range(0, lines).Select(i =>
         $"Line {i * seed}: Don't\tSTOP, naïve café — 𝄞 music {(i + seed) % 7} and 😀 faces\r\nÜnïcödé words' end {i % 13}.\r" + (i % 3 == 0 ? "\r\n\r\n" : "\n")));
 
-    /// <summary>Every file of the two datasets, byte for byte (manifest included).</summary>
-    static void AssertSameDataset(string expected, string actual, string what)
-    {
-        var files = Directory.GetFiles(expected).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList();
-        Assert.Equal(files, Directory.GetFiles(actual).Select(Path.GetFileName).Order(StringComparer.Ordinal));
-        foreach (var f in files)
-            Assert.True(File.ReadAllBytes(Path.Combine(expected, f!)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(actual, f!))), $"{what}: {f} differs");
-    }
-
     string Prepare(string name, PrepareOptions o)
     {
         var output = Path.Combine(dir.Path, name);

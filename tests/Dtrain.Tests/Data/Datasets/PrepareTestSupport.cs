@@ -18,6 +18,15 @@ static class PrepareTestSupport
         RangeBytes = 61,
     };
 
+    /// <summary>Every file of the two datasets, byte for byte (manifest included); <paramref name="what"/> names the comparison in a failure.</summary>
+    public static void AssertSameDataset(string expected, string actual, string what)
+    {
+        var files = Directory.GetFiles(expected).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList();
+        Assert.Equal(files, Directory.GetFiles(actual).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+        foreach (var f in files)
+            Assert.True(File.ReadAllBytes(Path.Combine(expected, f!)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(actual, f!))), $"{what}: {f} differs");
+    }
+
     /// <summary>The SHA-256 of each block of <paramref name="blockBytes"/> of <paramref name="bytes"/> (the last one short), as a manifest's block_sha256.</summary>
     public static System.Text.Json.Nodes.JsonArray BlockHashes(byte[] bytes, int blockBytes) =>
         [.. bytes.Chunk(blockBytes).Select(b => (System.Text.Json.Nodes.JsonNode)Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(b)))];

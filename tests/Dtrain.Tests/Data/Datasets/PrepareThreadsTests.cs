@@ -62,12 +62,7 @@ public sealed class PrepareThreadsTests : IDisposable
             }
             var files = Directory.GetFiles(outputs[0]).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList();
             Assert.True(files.Count > 5, $"several shards: {string.Join(", ", files)}");
-            foreach (var other in outputs.Skip(1))
-            {
-                Assert.Equal(files, Directory.GetFiles(other).Select(Path.GetFileName).Order(StringComparer.Ordinal));
-                foreach (var f in files)
-                    Assert.True(File.ReadAllBytes(Path.Combine(outputs[0], f!)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(other, f!))), $"{kind} {other}: {f} differs");
-            }
+            foreach (var other in outputs.Skip(1)) AssertSameDataset(outputs[0], other, $"{kind} {other}");
             using var ds = PreparedDataset.Open(outputs[^1]);
             Assert.Equal(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(a)), Convert.FromHexString(ds.Manifest.Sources[0].Sha256));
             Assert.Equal(new FileInfo(b).Length, ds.Manifest.Sources[1].Bytes);
