@@ -27,7 +27,7 @@ namespace Dtrain.Bench;
 internal static class ServeBench
 {
     public const string Usage = "dtrain-bench serve [--requests N (2000)] [--total N (10000)] [--max-batch N (32)] [--max-wait-ms N (5)] [--words N (40)] " +
-                                "[--vocab N (2000)] [--threads N (1): torch threads of the server's inference thread and of the forward passes alone, serve-model --threads] [--texts FILE (JSONL with a \"text\" field per line if it ends in .jsonl, else one text per line)] " +
+                                "[--vocab N (2000)] [--threads auto|N (auto): torch threads of the server's inference thread and of the forward passes alone, serve-model --threads] [--texts FILE (JSONL with a \"text\" field per line if it ends in .jsonl, else one text per line)] " +
                                 "[--sizes EMBxHIDDEN[xLAYERS],... (64x96,128x256,256x512) | --embedding N (64) --hidden N (96) --layers N (1) | --model PATH]";
 
     /// <summary>A bidirectional LSTM classifier's size: embedding, hidden units per direction, layers.</summary>
@@ -58,7 +58,7 @@ internal static class ServeBench
         var maxWait = Number(args, "--max-wait-ms", 5, 0, 10_000);
         var words = Number(args, "--words", 40, 1, 1000);
         var vocab = Number(args, "--vocab", 2000, 1, 1_000_000);
-        torchThreads = Number(args, "--threads", 1, 1, 256);
+        torchThreads = BenchArgs.Option(args, "--threads") is { } t ? ServingOptions.ParseThreads(t) : null;
         var single = new[] { "--embedding", "--hidden", "--layers" }.Any(o => BenchArgs.Option(args, o) is not null);
         var given = BenchArgs.Option(args, "--model");
         if (new[] { single, BenchArgs.Option(args, "--sizes") is not null, given is not null }.Count(b => b) > 1)
@@ -235,27 +235,42 @@ internal static class ServeBench
         return stats;
     }
 
-    /// <summary>Torch intra-op threads of the server's inference thread and of the forward passes alone (--threads; serve-model's default 1).</summary>
-    static int torchThreads = 1;
+    /// <summary>Torch intra-op threads of the server's inference thread and of the forward passes alone (--threads; null = auto, serve-model's default).</summary>
+    static int? torchThreads;
 
-    static string Threads() => torchThreads == 1 ? "1 torch thread" : $"{torchThreads} torch threads";
+    static string Threads() => torchThreads switch
+    {
+        null => $"torch threads auto (per pass: 1 under {PassThreads.ParallelWork / 1_000_000} million multiply-adds, {Environment.ProcessorCount} above)",
+        1 => "1 torch thread",
+        var n => $"{n} torch threads",
+    };
 
-    /// <summary>Texts per second (and per second of this process's CPU time) classifying <paramref name="count"/> texts in-process, in passes of 1 and of <paramref name="maxBatch"/>, with --threads torch threads (serve-model's default 1).</summary>
+    /// <summary>The torch threads of a pass over <paramref name="sequences"/> (--threads N, or auto as serve-model chooses them).</summary>
+    static int PassThreadsFor(Dtrain.Inference.TrainedModel trained, int[][] sequences) =>
+        torchThreads ?? PassThreads.For(trained.Spec.Model, sequences.Sum(s => (long)s.Length), Environment.ProcessorCount);
+
+    /// <summary>Texts per second (and per second of this process's CPU time) classifying <paramref name="count"/> texts in-process, in passes of 1 and of <paramref name="maxBatch"/>, with --threads torch threads (auto: chosen per pass as serve-model does).</summary>
     static ((double PerSecond, double PerCpuSecond) One, (double PerSecond, double PerCpuSecond) Batched) ForwardOnly(string model, string[] texts, int maxBatch, int count)
     {
         var threads = get_num_threads();
-        set_num_threads(torchThreads);
         try
         {
             using var trained = Dtrain.Inference.TrainedModel.Load(model);
             (double, double) Rate(int batch)
             {
-                for (var i = 0; i < 10; i++) Dtrain.Inference.Predictor.Predict(trained, [.. texts.Take(batch)], batch); // warm-up
+                void Pass(string[] sample)
+                {
+                    // As the server's inference thread: encode, choose the pass's threads, classify.
+                    var sequences = Dtrain.Inference.Predictor.Encode(trained, sample);
+                    set_num_threads(PassThreadsFor(trained, sequences));
+                    Dtrain.Inference.Predictor.Predict(trained, sequences, batch);
+                }
+                for (var i = 0; i < 10; i++) Pass([.. texts.Take(batch)]); // warm-up
                 var passes = Math.Max(1, count / batch);
                 var cpu = Environment.CpuUsage.TotalTime;
                 var clock = Stopwatch.StartNew();
                 for (var p = 0; p < passes; p++)
-                    Dtrain.Inference.Predictor.Predict(trained, [.. Enumerable.Range(p * batch, batch).Select(k => texts[k % texts.Length])], batch);
+                    Pass([.. Enumerable.Range(p * batch, batch).Select(k => texts[k % texts.Length])]);
                 var seconds = clock.Elapsed.TotalSeconds;
                 return (passes * batch / seconds, passes * batch / (Environment.CpuUsage.TotalTime - cpu).TotalSeconds);
             }

@@ -16,7 +16,7 @@ public static class ServeModelCommand
         var maxBatch = new Option<int>("--max-batch") { Description = "Most texts classified in one forward pass (requests waiting together are grouped up to it), and most generations stepped together, one token each per pass (1 = no batching).", DefaultValueFactory = _ => 32 };
         var maxWait = new Option<int>("--max-wait-ms") { Description = "How long the first classification request of a batch may wait, counted from its arrival, for others to join it, in ms (0 = take only those already waiting; generations join at the next step without waiting).", DefaultValueFactory = _ => 5 };
         var queue = new Option<int>("--queue") { Description = "Requests that may wait for the inference thread; beyond it a request is answered 503 with Retry-After.", DefaultValueFactory = _ => 1024 };
-        var threads = new Option<int>("--threads") { Description = "Torch intra-op threads of the one inference thread.", DefaultValueFactory = _ => 1 };
+        var threads = new Option<string>("--threads") { Description = $"Torch intra-op threads of the one inference thread: a number for every forward pass, or auto = chosen per pass from its size: 1 for a pass under {PassThreads.ParallelWork / 1_000_000} million multiply-adds (a small model, or few texts), all the CPUs this process may use for a larger one.", DefaultValueFactory = _ => "auto" };
         var maxLength = new Option<int>("--max-length") { Description = "Most tokens one generation (/v1/generate, gRPC Generate/GenerateStream) may ask for.", DefaultValueFactory = _ => 2000 };
         var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N.", DefaultValueFactory = _ => "cpu" };
         var cmd = new Command("serve-model",
@@ -38,7 +38,7 @@ public static class ServeModelCommand
                 MaxBatch = r.GetValue(maxBatch),
                 MaxWaitMs = r.GetValue(maxWait),
                 QueueCapacity = r.GetValue(queue),
-                Threads = r.GetValue(threads),
+                Threads = ServingOptions.ParseThreads(r.GetValue(threads)!),
                 MaxGenerateLength = r.GetValue(maxLength),
                 Device = r.GetValue(device)!,
                 Insecure = r.GetValue(Credentials.InsecureOption),
@@ -53,6 +53,7 @@ public static class ServeModelCommand
                 var loaded = server.Loaded.GetAwaiter().GetResult();
                 var kind = loaded.Engine.Model is Models.RecurrentClassifier ? "classifier: POST /v1/predict" : "language model: POST /v1/generate";
                 Console.WriteLine($"serving {loaded.Path} ({kind}) on {server.Address.ToString().TrimEnd('/')}");
+                Console.WriteLine($"inference: {options.DescribeThreads()}");
                 Console.WriteLine($"gRPC ({(loaded.Engine.Model is Models.RecurrentClassifier ? "Predict" : "Generate, GenerateStream")}) on {server.GrpcAddress.ToString().TrimEnd('/')}");
                 Console.WriteLine(options.Certificate is null
                     ? (TlsSettings.IsLoopback(options.Listen) ? "plaintext on loopback" : "WARNING: plaintext beyond loopback (--insecure)") + (options.Token is null ? "; no token" : "; token required")

@@ -12,6 +12,7 @@ internal sealed class ServingMetrics
     public Gauge QueueDepth { get; }
     public Histogram QueueWait { get; }
     public Histogram Pass { get; }
+    public Counter PassesByThreads { get; }
 
     public ServingMetrics()
     {
@@ -26,5 +27,6 @@ internal sealed class ServingMetrics
             new HistogramConfiguration { Buckets = Histogram.ExponentialBuckets(0.0001, 2, 18) });
         Pass = factory.CreateHistogram("dtrain_serving_pass_seconds", "Time of one forward pass: a batch of texts classified, or one token drawn for the generations running.",
             new HistogramConfiguration { Buckets = Histogram.ExponentialBuckets(0.0001, 2, 18) });
+        PassesByThreads = factory.CreateCounter("dtrain_serving_passes_total", "Forward passes, by the torch threads they ran on (--threads: fixed, or auto = chosen per pass from its size).", "threads");
     }
 }

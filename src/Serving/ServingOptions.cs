@@ -28,8 +28,29 @@ public sealed record ServingOptions
     public int MaxWaitMs { get; init; } = 5;
     /// <summary>Requests waiting for the inference thread at most; one more is answered 503 with Retry-After.</summary>
     public int QueueCapacity { get; init; } = 1024;
-    /// <summary>Torch intra-op threads of the inference thread.</summary>
-    public int Threads { get; init; } = 1;
+    /// <summary>
+    /// Torch intra-op threads of the inference thread: a fixed number, or null (--threads auto) = chosen per forward pass
+    /// from its size (<see cref="PassThreads"/>): 1 for small passes, <see cref="Cores"/> for large ones.
+    /// </summary>
+    public int? Threads { get; init; }
+    /// <summary>The cores --threads auto gives a large pass (default: the CPUs this process may use, a container's CPU quota included).</summary>
+    public int Cores { get; init; } = Environment.ProcessorCount;
+
+    /// <summary>"--threads N" or "auto", as serve-model takes it: null for auto; anything else is an ArgumentException naming the value.</summary>
+    public static int? ParseThreads(string value)
+    {
+        if (value.Equals("auto", StringComparison.OrdinalIgnoreCase)) return null;
+        if (int.TryParse(value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var n) && n is >= 1 and <= 256) return n;
+        throw new ArgumentException($"--threads \"{value}\" is not auto or a number of torch threads from 1 to 256");
+    }
+
+    /// <summary>The multiply-adds from which --threads auto runs a pass on every core (<see cref="PassThreads.ParallelWork"/>; tests lower it).</summary>
+    internal long ParallelWork { get; init; } = PassThreads.ParallelWork;
+
+    /// <summary>How the inference thread's torch threads are set, as serve-model prints it.</summary>
+    public string DescribeThreads() => Threads is { } n
+        ? $"{n} torch thread{(n == 1 ? "" : "s")} for every forward pass"
+        : $"torch threads auto: 1 for a forward pass under {ParallelWork / 1_000_000} million multiply-adds, {Cores} (the CPUs) for a larger one";
     /// <summary>The most texts one /v1/predict request may carry.</summary>
     public int MaxTexts { get; init; } = 1024;
     /// <summary>The most tokens one /v1/generate request may ask for.</summary>
@@ -54,7 +75,8 @@ public sealed record ServingOptions
         if (MaxBatch is < 1 or > 4096) throw new ArgumentException($"--max-batch {MaxBatch} is out of range: 1 to 4096 texts per forward pass");
         if (MaxWaitMs is < 0 or > 10_000) throw new ArgumentException($"--max-wait-ms {MaxWaitMs} is out of range: 0 to 10000");
         if (QueueCapacity is < 1 or > 1_000_000) throw new ArgumentException($"--queue {QueueCapacity} is out of range: 1 to 1000000 requests");
-        if (Threads is < 1 or > 256) throw new ArgumentException($"--threads {Threads} is out of range: 1 to 256");
+        if (Threads is < 1 or > 256) throw new ArgumentException($"--threads {Threads} is out of range: auto or 1 to 256");
+        if (Cores is < 1 or > 4096) throw new ArgumentException($"cores {Cores} is out of range: 1 to 4096");
         if (MaxGenerateLength is < 1 or > Inference.TextGenerator.MaxTokens) throw new ArgumentException($"--max-length {MaxGenerateLength} is out of range: 1 to {Inference.TextGenerator.MaxTokens} tokens");
         if (!System.Net.IPAddress.TryParse(Listen, out _) && !string.Equals(Listen, "localhost", StringComparison.OrdinalIgnoreCase))
             throw new ArgumentException($"--listen \"{Listen}\" is not an IP address (e.g. 127.0.0.1, or 0.0.0.0 for every interface)");

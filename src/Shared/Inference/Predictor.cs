@@ -10,15 +10,24 @@ public sealed record Prediction(string Label, double Probability, IReadOnlyDicti
 /// <summary>Classifies texts with a trained classifier, encoding them exactly as in training.</summary>
 public static class Predictor
 {
-    public static IReadOnlyList<Prediction> Predict(TrainedModel trained, IReadOnlyList<string> texts, int batchSize = 64)
+    public static IReadOnlyList<Prediction> Predict(TrainedModel trained, IReadOnlyList<string> texts, int batchSize = 64) =>
+        Predict(trained, Encode(trained, texts), batchSize);
+
+    /// <summary>The token ids of each text as <see cref="Predict(TrainedModel, IReadOnlyList{string}, int)"/> reads it (cut to data.max_length characters).</summary>
+    public static int[][] Encode(TrainedModel trained, IReadOnlyList<string> texts)
+    {
+        var maxChars = trained.Spec.Data.MaxLength;
+        return texts.Select(t => PreparedData.EncodeNonEmpty(trained.Tokenizer, t.Length > maxChars ? t[..maxChars] : t)).ToArray();
+    }
+
+    /// <summary>Classifies texts already encoded by <see cref="Encode"/>.</summary>
+    public static IReadOnlyList<Prediction> Predict(TrainedModel trained, int[][] sequences, int batchSize = 64)
     {
         if (trained.Engine.Model is not RecurrentClassifier clf)
             throw new ArgumentException($"{trained.Path} holds a {trained.Spec.Task} model; predict needs a classification checkpoint");
-        var maxChars = trained.Spec.Data.MaxLength;
-        var sequences = texts.Select(t => PreparedData.EncodeNonEmpty(trained.Tokenizer, t.Length > maxChars ? t[..maxChars] : t)).ToArray();
         var labels = new int[sequences.Length];
         var source = new ClassificationBatches(sequences, labels, batchSize, seed: 0, shuffle: false);
-        var results = new List<Prediction>(texts.Count);
+        var results = new List<Prediction>(sequences.Length);
         using var noGrad = no_grad();
         for (long k = 0; k < source.StepsPerEpoch; k++)
         {
