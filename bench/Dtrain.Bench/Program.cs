@@ -136,6 +136,8 @@ int Dispatch()
             while (!File.Exists(Path.Combine(root, "Distributed.sln"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("run from inside the repository");
             return PrepareBench.Run(root, args.Skip(1).ToArray());
         }
+        case "serve-clients":
+            return ServeBench.Clients(args.Skip(1).ToArray());
         case "serve":
             return ServeBench.Run(args.Skip(1).ToArray());
         case "inference":

@@ -77,7 +77,7 @@ internal static class ServeBench
             : sizes.Select(s => (Name: $"size {s}", Path: Classifier(Path.Combine(tmp.Path, s.ToString()), s, vocab, textsFile is null ? null : texts))).ToArray();
         var vocabulary = textsFile is null ? $"word vocabulary {vocab}" : "word vocabulary fitted on the texts";
         Console.WriteLine($"serve: {(given ?? $"bidirectional LSTM classifiers ({vocabulary}) of embedding x hidden [x layers] {string.Join(", ", sizes)}")}, " +
-                          $"{(textsFile is null ? $"texts of {words} words" : Lengths(textsFile, texts))}, loopback HTTP/1.1 (and gRPC), {Environment.ProcessorCount} CPUs, {Threads()} for inference, clients in the same process; " +
+                          $"{(textsFile is null ? $"texts of {words} words" : Lengths(textsFile, texts))}, loopback HTTP/1.1 (and gRPC), {Environment.ProcessorCount} CPUs, {Threads()} for inference (both servers), the clients in a process of their own; " +
                           $"serve-model's process settings: tiered compilation {(Environment.GetEnvironmentVariable("DOTNET_TieredCompilation") == "0" ? "off" : "on")}, {NativeAllocator.Describe()}");
 
         var summary = new List<string>();
@@ -100,7 +100,7 @@ internal static class ServeBench
                               $"p99/p50 {tail:F2} (target <= 3: {(tail <= 3 ? "met" : "NOT met")})");
             summary.Add(string.Create(CultureInfo.InvariantCulture,
                 $"{name}: forward passes alone batch {maxBatch} / batch 1 {aloneN.PerSecond / alone1.PerSecond:F2}x ({aloneN.PerCpuSecond / alone1.PerCpuSecond:F2}x per CPU second); " +
-                $"server dynamic batching / max-batch 1 {speedup:F2}x ({batched.PerCpuSecond / one.PerCpuSecond:F2}x per CPU second; {one.CpuPerRequest * 1e3:F2} and {batched.CpuPerRequest * 1e3:F2} ms CPU and {one.KbPerRequest:F1} and {batched.KbPerRequest:F1} KB allocated per request, clients included), " +
+                $"server dynamic batching / max-batch 1 {speedup:F2}x ({batched.PerCpuSecond / one.PerCpuSecond:F2}x per CPU second; {one.CpuPerRequest * 1e3:F2} and {batched.CpuPerRequest * 1e3:F2} ms CPU and {one.KbPerRequest:F1} and {batched.KbPerRequest:F1} KB allocated per request in the server), " +
                 $"p99/p50 {tail:F2}: {(speedup >= 5 && tail <= 3 ? "met" : "NOT met")}"));
             if (m > 0) continue;
             var grpc = LoadGrpc(model, maxBatch, maxWait, texts, requests, 32);
@@ -126,17 +126,19 @@ internal static class ServeBench
     /// </summary>
     static int InDtrainSettings(string[] args) => CollectiveBench.InDtrainSettings("serve", ChildVariable, args);
 
-    sealed record Result(int Answered, int Failed, double Seconds, double P50, double P99, double MeanBatch, double CpuSeconds, long Allocated, double QueueWait, double Pass, double QueueWaitP99, double PassP99)
+    /// <summary>A load's result: <paramref name="CpuSeconds"/> and <paramref name="Allocated"/> are the server's process, <paramref name="ClientCpuSeconds"/> the clients'.</summary>
+    sealed record Result(int Answered, int Failed, double Seconds, double P50, double P99, double MeanBatch, double CpuSeconds, double ClientCpuSeconds, long Allocated, double QueueWait, double Pass, double QueueWaitP99, double PassP99)
     {
         public double KbPerRequest => Allocated / 1024.0 / Math.Max(1, Answered);
         public double PerSecond => Answered / Seconds;
         public double PerCpuSecond => Answered / CpuSeconds;
         public double CpuPerRequest => CpuSeconds / Math.Max(1, Answered);
+        public double ClientCpuPerRequest => ClientCpuSeconds / Math.Max(1, Answered);
 
         public string Line(string what) => string.Create(CultureInfo.InvariantCulture,
             $"{what}: {PerSecond:F0} requests/s, p50 {P50 * 1e3:F1} ms, p99 {P99 * 1e3:F1} ms, mean batch {MeanBatch:F1} texts ({Answered} answered, {Failed} failed); " +
             $"in the server: queue wait mean {QueueWait * 1e3:F2} ms, p99 <= {QueueWaitP99 * 1e3:F1} ms, forward pass mean {Pass * 1e3:F2} ms, p99 <= {PassP99 * 1e3:F1} ms; " +
-            $"{CpuPerRequest * 1e3:F2} ms CPU per request, clients included");
+            $"{CpuPerRequest * 1e3:F2} ms CPU per request in the server, {ClientCpuPerRequest * 1e3:F2} in the clients");
     }
 
     static Result Load(string model, int maxBatch, int maxWait, string[] texts, int count, int clients) => LoadAsync(model, maxBatch, maxWait, texts, count, clients).GetAwaiter().GetResult();
@@ -148,11 +150,109 @@ internal static class ServeBench
             ModelPath = model, Port = 0, GrpcPort = 0, MaxBatch = maxBatch, MaxWaitMs = maxWait, QueueCapacity = Math.Max(1024, clients * 2), Threads = torchThreads,
         });
         await server.Loaded;
-        using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = clients }) { BaseAddress = server.Address };
-        // The clients share the machine with the server: their bodies are serialized once, and an answer is checked by
-        // reading it as a JSON document (one prediction) rather than deserialized into objects.
+        using var http = new HttpClient { BaseAddress = server.Address };
+        return await RunLoad(http, server.Address, "http", texts, count, clients);
+    }
+
+    /// <summary>
+    /// Sends <paramref name="count"/> requests from <paramref name="clients"/> concurrent clients in a process of their
+    /// own (`dtrain-bench serve-clients`, <see cref="Clients"/>), as the issue's outside client does: the server's process
+    /// only serves. The clients send 20 warm-up requests (the first pay for JIT and torch's first allocations; each must be
+    /// answered), then the timed ones: requests/s, p50/p99 latency, the server's CPU and the clients', and the server's mean
+    /// batch, queue wait and pass over the timed requests, from its /metrics (read through <paramref name="http"/>).
+    /// </summary>
+    static async Task<Result> RunLoad(HttpClient http, Uri address, string protocol, string[] texts, int count, int clients)
+    {
+        var textsFile = Path.GetTempFileName();
+        await File.WriteAllTextAsync(textsFile, JsonSerializer.Serialize(texts));
+        try
+        {
+            var (exe, prefix) = CollectiveBench.SelfCommand();
+            var psi = new ProcessStartInfo(exe, prefix) { UseShellExecute = false, RedirectStandardInput = true, RedirectStandardOutput = true };
+            foreach (var a in new[] { "serve-clients", address.ToString(), protocol, textsFile, count.ToString(CultureInfo.InvariantCulture), clients.ToString(CultureInfo.InvariantCulture) })
+                psi.ArgumentList.Add(a);
+            using var child = Process.Start(psi) ?? throw new BenchFailureException("could not start the clients' process");
+            try
+            {
+                var warm = await child.StandardOutput.ReadLineAsync();
+                if (warm != "warm") throw new BenchFailureException($"the clients' process did not warm up: {warm ?? "it exited"}");
+                var before = ServerStats(await http.GetStringAsync("/metrics"));
+                var cpu = Environment.CpuUsage.TotalTime;
+                var allocated = GC.GetTotalAllocatedBytes(precise: true);
+                await child.StandardInput.WriteLineAsync("go");
+                await child.StandardInput.FlushAsync();
+                var line = await child.StandardOutput.ReadLineAsync() ?? throw new BenchFailureException("the clients' process exited without its result");
+                var serverCpu = (Environment.CpuUsage.TotalTime - cpu).TotalSeconds;
+                allocated = GC.GetTotalAllocatedBytes(precise: true) - allocated;
+                var after = ServerStats(await http.GetStringAsync("/metrics"));
+                await child.WaitForExitAsync();
+                var r = JsonSerializer.Deserialize<ClientsResult>(line) ?? throw new BenchFailureException($"the clients' result is not readable: {line}");
+                double Mean(string histogram) => (after[histogram + "_sum"] - before[histogram + "_sum"]) / Math.Max(1, after[histogram + "_count"] - before[histogram + "_count"]);
+                return new Result(r.Answered, r.Failed, r.Seconds, r.P50, r.P99, Mean("dtrain_serving_batch_size"), serverCpu, r.CpuSeconds, allocated,
+                    Mean("dtrain_serving_queue_wait_seconds"), Mean("dtrain_serving_pass_seconds"), P99(before, after, "dtrain_serving_queue_wait_seconds"), P99(before, after, "dtrain_serving_pass_seconds"));
+            }
+            finally
+            {
+                if (!child.HasExited) child.Kill(entireProcessTree: true);
+            }
+        }
+        finally
+        {
+            File.Delete(textsFile);
+        }
+    }
+
+    /// <summary>What the clients' process measured: answered and failed requests, wall seconds, p50/p99 latency, its CPU seconds.</summary>
+    sealed record ClientsResult(int Answered, int Failed, double Seconds, double P50, double P99, double CpuSeconds);
+
+    /// <summary>
+    /// `dtrain-bench serve-clients URL http|grpc TEXTS.json COUNT CLIENTS`: the load's clients, in a process of their own
+    /// (<see cref="RunLoad"/> starts it). 20 warm-up requests, then "warm" on stdout; on a line on stdin the timed
+    /// requests, then one JSON line of <see cref="ClientsResult"/>.
+    /// </summary>
+    public static int Clients(string[] args)
+    {
+        if (args.Length != 5 || args[1] is not ("http" or "grpc")) throw new ArgumentException("usage: dtrain-bench serve-clients URL http|grpc TEXTS.json COUNT CLIENTS (started by dtrain-bench serve)");
+        var address = new Uri(args[0]);
+        var texts = JsonSerializer.Deserialize<string[]>(File.ReadAllText(args[2]))!;
+        var count = int.Parse(args[3], CultureInfo.InvariantCulture);
+        var clients = int.Parse(args[4], CultureInfo.InvariantCulture);
+        using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = clients }) { BaseAddress = address };
+        using var channel = Grpc.Net.Client.GrpcChannel.ForAddress(address);
+        Func<int, Task<bool>> request = args[1] == "http" ? HttpRequest(http, texts) : GrpcRequest(channel, texts);
+        for (var i = 0; i < 20; i++)
+            if (!request(i).GetAwaiter().GetResult()) throw new BenchFailureException($"warm-up request {i} was not answered");
+        Console.WriteLine("warm");
+        Console.ReadLine();
+        var latencies = new double[count];
+        var next = -1;
+        var failed = 0;
+        var answered = 0;
+        var cpu = Environment.CpuUsage.TotalTime;
+        var clock = Stopwatch.StartNew();
+        Task.WhenAll(Enumerable.Range(0, clients).Select(_ => Task.Run(async () =>
+        {
+            int i;
+            while ((i = Interlocked.Increment(ref next)) < count)
+            {
+                var started = Stopwatch.GetTimestamp();
+                if (await request(i)) Interlocked.Increment(ref answered);
+                else Interlocked.Increment(ref failed);
+                latencies[i] = Stopwatch.GetElapsedTime(started).TotalSeconds;
+            }
+        }))).GetAwaiter().GetResult();
+        var seconds = clock.Elapsed.TotalSeconds;
+        var cpuSeconds = (Environment.CpuUsage.TotalTime - cpu).TotalSeconds;
+        Array.Sort(latencies);
+        Console.WriteLine(JsonSerializer.Serialize(new ClientsResult(answered, failed, seconds, latencies[(int)(0.50 * (count - 1))], latencies[(int)(0.99 * (count - 1))], cpuSeconds)));
+        return 0;
+    }
+
+    /// <summary>A /v1/predict request of one text (true = answered 200 with one prediction). The bodies are serialized once, and an answer is checked by reading it as a JSON document rather than deserialized into objects.</summary>
+    static Func<int, Task<bool>> HttpRequest(HttpClient http, string[] texts)
+    {
         var bodies = texts.Select(t => JsonSerializer.SerializeToUtf8Bytes(new { texts = new[] { t }, top_k = 1 })).ToArray();
-        return await RunLoad(http, count, clients, async i =>
+        return async i =>
         {
             try
             {
@@ -167,46 +267,27 @@ internal static class ServeBench
             {
                 return false;
             }
-        });
+        };
     }
 
-    /// <summary>
-    /// Sends <paramref name="count"/> requests from <paramref name="clients"/> concurrent clients (<paramref name="request"/>
-    /// i sends request i: true = answered with one prediction, false = failed), after 20 warm-up requests (the first pay
-    /// for JIT and torch's first allocations; each must be answered): requests/s, p50/p99 latency and the server's mean
-    /// batch over the timed requests, from its /metrics (read through <paramref name="http"/>).
-    /// </summary>
-    static async Task<Result> RunLoad(HttpClient http, int count, int clients, Func<int, Task<bool>> request)
+    /// <summary>A gRPC Predict call of one text (true = answered with one prediction).</summary>
+    static Func<int, Task<bool>> GrpcRequest(Grpc.Net.Client.GrpcChannel channel, string[] texts)
     {
-        for (var i = 0; i < 20; i++)
-            if (!await request(i)) throw new BenchFailureException($"warm-up request {i} was not answered");
-        var before = ServerStats(await http.GetStringAsync("/metrics"));
-        var latencies = new double[count];
-        var next = -1;
-        var failed = 0;
-        var answered = 0;
-        var cpu = Environment.CpuUsage.TotalTime;
-        var allocated = GC.GetTotalAllocatedBytes(precise: true);
-        var clock = Stopwatch.StartNew();
-        await Task.WhenAll(Enumerable.Range(0, clients).Select(_ => Task.Run(async () =>
+        var client = new Dtrain.Protos.Serving.ModelServing.ModelServingClient(channel);
+        return async i =>
         {
-            int i;
-            while ((i = Interlocked.Increment(ref next)) < count)
+            try
             {
-                var started = Stopwatch.GetTimestamp();
-                if (await request(i)) Interlocked.Increment(ref answered);
-                else Interlocked.Increment(ref failed);
-                latencies[i] = Stopwatch.GetElapsedTime(started).TotalSeconds;
+                var r = new Dtrain.Protos.Serving.PredictRequest { TopK = 1 };
+                r.Texts.Add(texts[i % texts.Length]);
+                var reply = await client.PredictAsync(r);
+                return reply.Predictions.Count == 1;
             }
-        })));
-        var seconds = clock.Elapsed.TotalSeconds;
-        var cpuSeconds = (Environment.CpuUsage.TotalTime - cpu).TotalSeconds;
-        allocated = GC.GetTotalAllocatedBytes(precise: true) - allocated;
-        var after = ServerStats(await http.GetStringAsync("/metrics"));
-        Array.Sort(latencies);
-        double Mean(string histogram) => (after[histogram + "_sum"] - before[histogram + "_sum"]) / Math.Max(1, after[histogram + "_count"] - before[histogram + "_count"]);
-        return new Result(answered, failed, seconds, latencies[(int)(0.50 * (count - 1))], latencies[(int)(0.99 * (count - 1))], Mean("dtrain_serving_batch_size"), cpuSeconds, allocated,
-            Mean("dtrain_serving_queue_wait_seconds"), Mean("dtrain_serving_pass_seconds"), P99(before, after, "dtrain_serving_queue_wait_seconds"), P99(before, after, "dtrain_serving_pass_seconds"));
+            catch (Grpc.Core.RpcException)
+            {
+                return false;
+            }
+        };
     }
 
     /// <summary>The upper bound of the histogram bucket that holds the 99th percentile of the observations between the two readings.</summary>
@@ -292,26 +373,7 @@ internal static class ServeBench
         });
         await server.Loaded;
         using var http = new HttpClient { BaseAddress = server.Address };
-        using var channel = Grpc.Net.Client.GrpcChannel.ForAddress(server.GrpcAddress);
-        var client = new Dtrain.Protos.Serving.ModelServing.ModelServingClient(channel);
-        Dtrain.Protos.Serving.PredictRequest Request(int i)
-        {
-            var r = new Dtrain.Protos.Serving.PredictRequest { TopK = 1 };
-            r.Texts.Add(texts[i % texts.Length]);
-            return r;
-        }
-        return await RunLoad(http, count, clients, async i =>
-        {
-            try
-            {
-                var reply = await client.PredictAsync(Request(i));
-                return reply.Predictions.Count == 1;
-            }
-            catch (Grpc.Core.RpcException)
-            {
-                return false;
-            }
-        });
+        return await RunLoad(http, server.GrpcAddress, "grpc", texts, count, clients);
     }
 
     static int Number(string[] args, string name, int fallback, int min, int max) =>
