@@ -6,13 +6,13 @@ namespace Dtrain.Serving;
 /// `serve-model --threads auto`: the torch intra-op threads of each forward pass, chosen from its size. A pass of a
 /// small model, or of few texts, runs on the inference thread alone — a second thread costs it more in hand-offs (and
 /// in CPU the HTTP side needs) than it saves; a large pass runs on every core. Measured on the project's 2-core machine
-/// (docs/benchmarks.md, "All cores for inference"): 2 threads paid in the server from passes of ~250 million
-/// multiply-adds (~8 ms on one thread), and cost it requests/s below that.
+/// (docs/benchmarks.md, "--threads auto"): in the server, 2 threads raised a 256x512 classifier's requests/s by a third
+/// (passes of 2-4 billion multiply-adds, 50-80 ms on one thread) and cost a 128x256 one 11-20 % (passes of 1 billion).
 /// </summary>
 public static class PassThreads
 {
     /// <summary>The multiply-adds of a pass from which it runs on every core.</summary>
-    public const long ParallelWork = 250_000_000;
+    public const long ParallelWork = 1_500_000_000;
 
     /// <summary>
     /// The multiply-adds of a forward pass over <paramref name="tokens"/> tokens (every text's tokens, or one per
