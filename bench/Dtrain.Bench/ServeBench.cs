@@ -17,7 +17,7 @@ namespace Dtrain.Bench;
 /// latency at --max-batch 1 against dynamic batching, both at concurrency 32, then --total requests from 64 concurrent
 /// clients, none of which may be lost or fail. Beside them, to show where the time goes: the same dynamic batching over
 /// gRPC (protobuf instead of JSON, HTTP/2), and the forward passes alone in-process (no server: texts/s at batch 1 and at
-/// --max-batch on the inference thread's one torch thread, the most batching can gain). The model: a bidirectional LSTM
+/// --max-batch with the server's --threads, the most batching can gain). The model: a bidirectional LSTM
 /// classifier with word tokens and untrained weights (the cost of a forward pass does not depend on them) of each size in
 /// --sizes (embedding x hidden [x layers]; default spam-lstm's 64x96, examples/spam-lstm.json, then larger ones), or of
 /// --embedding/--hidden/--layers, or --model PATH. The first size gets every line above; each further size the forward
