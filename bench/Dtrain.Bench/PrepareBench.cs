@@ -12,20 +12,22 @@ namespace Dtrain.Bench;
 /// resident memory (every run in a fresh process: VmHWM is per process), and its CPU time: MB per CPU second is the
 /// one-core speed even on a machine busy with other work. The first row of each tokenizer is one core: one thread in a
 /// process pinned to CPU 0, whose runtime threads (tiered JIT, GC) share that core as on a one-core machine (unpinned,
-/// they take ~0.2 CPU-s of a 600 MB char run on the other core); the others run on all cores. Targets (issue 23): 100 MB/s char and 30 MB/s word on one core, 1.8x that on two, peak
+/// they take ~0.2 CPU-s of a 600 MB char run on the other core); the others run on all cores. Each row is the median of --repeat runs (default 3), the rows' runs
+/// interleaved so that a slow minute of the machine falls on every row alike. Targets (issue 23): 100 MB/s char and 30 MB/s word on one core, 1.8x that on two, peak
 /// RSS at most 500 MB whatever the size.
 /// </summary>
 internal static class PrepareBench
 {
-    const string Usage = "dtrain-bench prepare [--mb N] [--threads 1,2]";
+    const string Usage = "dtrain-bench prepare [--mb N] [--threads 1,2] [--repeat N (3)]";
 
     public static int Run(string root, string[] args)
     {
         if (BenchArgs.Help(args, Usage)) return 0;
-        BenchArgs.CheckOptions(args, Usage, "--mb", "--threads");
+        BenchArgs.CheckOptions(args, Usage, "--mb", "--threads", "--repeat");
         if (BenchArgs.Positional(args) is [var stray, ..]) throw new ArgumentException($"unexpected argument \"{stray}\" (usage: {Usage})");
         var mb = BenchArgs.Option(args, "--mb") is { } m ? BenchArgs.Number("--mb", m, 1, 1_000_000, Usage) : 600;
         var threads = BenchArgs.Option(args, "--threads") is { } list ? BenchArgs.Numbers("--threads", list, 1, 256, Usage) : [1, 2];
+        var repeat = BenchArgs.Option(args, "--repeat") is { } r ? BenchArgs.Number("--repeat", r, 1, 100, Usage) : 3;
         var temp = Path.Combine(Path.GetTempPath(), $"dtrain-bench-prepare-{Environment.ProcessId}");
         Directory.CreateDirectory(temp);
         try
@@ -35,26 +37,34 @@ internal static class PrepareBench
             using (var f = File.Create(corpus))
                 for (long written = 0; written < mb * 1_000_000L; written += seed.Length) f.Write(seed);
             var bytes = new FileInfo(corpus).Length;
-            Console.WriteLine($"dtrain prepare on Moby Dick repeated to {bytes / 1e6:F0} MB (language model, 5% held out), {Environment.ProcessorCount} cores");
+            Console.WriteLine($"dtrain prepare on Moby Dick repeated to {bytes / 1e6:F0} MB (language model, 5% held out), {Environment.ProcessorCount} cores; " +
+                $"each row the median of {repeat} run(s), the rows' runs interleaved (all runs' seconds in the last column)");
             Console.WriteLine();
-            Console.WriteLine("| tokenizer | cores | threads | seconds | MB/s | vs 1 core | vs 1 thread | CPU seconds | MB per CPU second | peak RSS MB |");
-            Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
-            foreach (var kind in new[] { TokenizerKinds.Char, TokenizerKinds.Word })
-            {
-                // One core: the process pinned to CPU 0 (taskset), so that its runtime's background threads (tiered JIT,
-                // GC) share that core, as on a one-core machine. Then every thread count on all the cores.
-                double? oneCore = null, oneThread = null;
-                foreach (var (cores, t) in new[] { (1, 1) }.Concat(threads.Select(t => (Environment.ProcessorCount, t))))
+            // One core: the process pinned to CPU 0 (taskset), so that its runtime's background threads (tiered JIT, GC)
+            // share that core, as on a one-core machine. Then every thread count on all the cores.
+            var rows = new[] { TokenizerKinds.Char, TokenizerKinds.Word }
+                .SelectMany(kind => new[] { (Kind: kind, Cores: 1, Threads: 1) }.Concat(threads.Select(t => (Kind: kind, Cores: Environment.ProcessorCount, Threads: t))))
+                .ToList();
+            var runs = rows.ToDictionary(row => row, _ => new List<(double Seconds, double Cpu, double Peak)>());
+            for (var i = 0; i < repeat; i++)
+                foreach (var row in rows)
                 {
-                    var output = Path.Combine(temp, $"{kind}-{cores}-{t}");
-                    var (seconds, cpu, peak) = Child(corpus, output, kind, t, pinned: cores == 1);
-                    var rate = bytes / 1e6 / seconds;
-                    oneCore ??= rate;
-                    if (cores > 1 && t == 1) oneThread ??= rate;
-                    var vsThread = cores > 1 && oneThread is { } one ? $"{rate / one:F2}x" : "-";
-                    Console.WriteLine($"| {kind} | {cores} | {t} | {seconds:F1} | {rate:F1} | {rate / oneCore:F2}x | {vsThread} | {cpu:F1} | {bytes / 1e6 / cpu:F1} | {peak:F0} |");
+                    var output = Path.Combine(temp, $"{row.Kind}-{row.Cores}-{row.Threads}");
+                    runs[row].Add(Child(corpus, output, row.Kind, row.Threads, pinned: row.Cores == 1));
                     Directory.Delete(output, recursive: true);
                 }
+            Console.WriteLine("| tokenizer | cores | threads | seconds | MB/s | vs 1 core | vs 1 thread | CPU seconds | MB per CPU second | peak RSS MB | runs (seconds) |");
+            Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|");
+            double? oneCore = null, oneThread = null;
+            foreach (var row in rows)
+            {
+                var all = runs[row];
+                var (seconds, cpu, peak) = all.OrderBy(x => x.Seconds).ElementAt(all.Count / 2);
+                var rate = bytes / 1e6 / seconds;
+                if (row.Cores == 1) (oneCore, oneThread) = (rate, null);
+                if (row.Cores > 1 && row.Threads == 1) oneThread ??= rate;
+                var vsThread = row.Cores > 1 && oneThread is { } one ? $"{rate / one:F2}x" : "-";
+                Console.WriteLine($"| {row.Kind} | {row.Cores} | {row.Threads} | {seconds:F2} | {rate:F1} | {rate / oneCore:F2}x | {vsThread} | {cpu:F1} | {bytes / 1e6 / cpu:F1} | {peak:F0} | {string.Join(", ", all.Select(x => x.Seconds.ToString("F2", CultureInfo.InvariantCulture)))} |");
             }
             return 0;
         }
