@@ -54,11 +54,7 @@ public static partial class DatasetPreparer
                 ArrayPool<byte>.Shared.Return(bytes);
             }
         }, _ => { }, cancel);
-        var tokenizer = tokenizing.Fit();
-        if (tokenizer.VocabSize < 3) throw new ArgumentException(VocabularyProblem(o));
-
-        log($"pass 3/3: encoding on {o.Threads} thread(s) (vocabulary {tokenizer.VocabSize:N0})");
-        var width = DatasetLayout.WidthFor(tokenizer.VocabSize);
+        var (tokenizer, width) = FitToEncode(tokenizing, o, log, "3/3");
         var report = new DataReportBuilder();
         var sources = new List<DatasetSource>();
         var splits = TextSplits(writer, o, width);

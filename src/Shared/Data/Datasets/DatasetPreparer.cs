@@ -250,11 +250,7 @@ public static partial class DatasetPreparer
         log($"pass {passes - 1}/{passes}: counting {o.Tokenizer.Kind} tokens of the training split on {o.Threads} thread(s)");
         var tokenizing = new Tokenizing(o.Tokenizer, o.Threads);
         CountText(tokenizing, new TextChunker(word, o.ChunkChars).Chunks(Pieces(o.Train, read, new DataReportBuilder(), null, cancel), cut, allValidation: false), cancel);
-        var tokenizer = tokenizing.Fit();
-        if (tokenizer.VocabSize < 3) throw new ArgumentException(VocabularyProblem(o));
-
-        log($"pass {passes}/{passes}: encoding on {o.Threads} thread(s) (vocabulary {tokenizer.VocabSize:N0})");
-        var width = DatasetLayout.WidthFor(tokenizer.VocabSize);
+        var (tokenizer, width) = FitToEncode(tokenizing, o, log, $"{passes}/{passes}");
         var report = new DataReportBuilder();
         var sources = new List<DatasetSource>();
         // More than one thread: the sources are hashed beside their decoding.
@@ -278,6 +274,15 @@ public static partial class DatasetPreparer
         var cut = total - validationLength;
         if (cut <= 0) throw new DataFormatException(o.Train[0].Path, 0, $"the text is {total} character(s) long, too short to split into training and validation");
         return cut;
+    }
+
+    /// <summary>The tokenizer fitted on the counts (refused when it holds no token of the data), logged as pass <paramref name="pass"/> begins, and the shards' id width.</summary>
+    static (ITokenizer Tokenizer, int Width) FitToEncode(Tokenizing tokenizing, PrepareOptions o, Action<string> log, string pass)
+    {
+        var tokenizer = tokenizing.Fit();
+        if (tokenizer.VocabSize < 3) throw new ArgumentException(VocabularyProblem(o));
+        log($"pass {pass}: encoding on {o.Threads} thread(s) (vocabulary {tokenizer.VocabSize:N0})");
+        return (tokenizer, DatasetLayout.WidthFor(tokenizer.VocabSize));
     }
 
     /// <summary>A language model's two splits; with more than one thread their token files are hashed on a thread of their own.</summary>
