@@ -25,7 +25,7 @@ public static partial class DatasetPreparer
         var ranges = TextRanges.Plan(o.Train, o.Validation, word, o.Threads, o.RangeBytes, cancel);
         if (ranges is null)
         {
-            log("a source is not plain UTF-8 text with content (or, for the word tokenizer, has no space for too long): reading the sources as one stream");
+            log($"a source is not valid UTF-8 text with content, or (word tokenizer) has no space, tab or line feed within {TextRanges.MaxCutSearch / (1 << 20)} MiB: reading the sources as one stream, which names the problem");
             return null;
         }
         var cut = o.Validation.Count == 0 ? Cut(o, ranges.TrainChars) : -1;
