@@ -135,11 +135,15 @@ internal sealed class InferenceQueue : IDisposable
                 if (first is GenerateWork generate)
                 {
                     RunGenerations(model, generate, reader);
+                    UseThreads(options.Threads ?? 1);
                     continue;
                 }
                 var batch = new List<PredictWork> { (PredictWork)first };
                 Gather(reader, batch);
                 RunPredict(model, batch);
+                // Back to the base count between passes: the last count set is also the default of threads that
+                // start running torch later (an app or test hosting the server in its own process).
+                UseThreads(options.Threads ?? 1);
             }
         }
     }

@@ -11,8 +11,18 @@ namespace Dtrain.Tests.Serving;
 /// `serve-model --threads auto`: each forward pass's torch threads chosen from its size — 1 for a small pass (a small
 /// model, or few texts), every core for a large one — and a fixed --threads N as before.
 /// </summary>
-public sealed class PassThreadsTests(ServingModels models) : IClassFixture<ServingModels>
+[Collection(Alone)] // its servers run passes on 2 torch threads: no other test's float sums beside them
+public sealed class PassThreadsTests(ServingModels models) : IClassFixture<ServingModels>, IDisposable
 {
+    public const string Alone = "torch threads above 1";
+
+    /// <summary>
+    /// libtorch makes the last thread count set the default of threads that run torch for the first time later: back to
+    /// the suite's 1 (TestEnvironment), or a later test's new threads would sum floats on 2 (PipelineEquivalenceTests
+    /// then differed from one process in the last bits).
+    /// </summary>
+    public void Dispose() => TorchSharp.torch.set_num_threads(1);
+
     static ModelSpec Lstm(int embedding, int hidden, int layers = 1, bool bidirectional = true) =>
         new() { Cell = CellKinds.Lstm, EmbeddingDim = embedding, HiddenSize = hidden, Layers = layers, Bidirectional = bidirectional };
 
@@ -120,3 +130,7 @@ public sealed class PassThreadsTests(ServingModels models) : IClassFixture<Servi
         Assert.Contains("--threads \"many\" is not auto or a number of torch threads from 1 to 256", bad.Stderr);
     }
 }
+
+/// <summary>Runs <see cref="PassThreadsTests"/> with no other test beside it (see its <see cref="PassThreadsTests.Dispose"/>).</summary>
+[CollectionDefinition(PassThreadsTests.Alone, DisableParallelization = true)]
+public sealed class PassThreadsAloneCollection;
