@@ -106,7 +106,7 @@ internal sealed class InferenceQueue : IDisposable
         TrainedModel model;
         try
         {
-            UseThreads(options.Threads ?? 1);
+            UseThreads(BaseThreads);
             model = TrainedModel.Load(options.ModelPath, options.Device, Console.Error.WriteLine);
             if (model.Engine.Model is not (RecurrentClassifier or RecurrentLanguageModel))
                 throw new ArgumentException($"{model.Path} holds a {model.Spec.Task} model: serve-model serves classifiers and language models");
@@ -132,18 +132,16 @@ internal sealed class InferenceQueue : IDisposable
                     continue;
                 }
                 Taken();
-                if (first is GenerateWork generate)
+                if (first is GenerateWork generate) RunGenerations(model, generate, reader);
+                else
                 {
-                    RunGenerations(model, generate, reader);
-                    UseThreads(options.Threads ?? 1);
-                    continue;
+                    var batch = new List<PredictWork> { (PredictWork)first };
+                    Gather(reader, batch);
+                    RunPredict(model, batch);
                 }
-                var batch = new List<PredictWork> { (PredictWork)first };
-                Gather(reader, batch);
-                RunPredict(model, batch);
                 // Back to the base count between passes: the last count set is also the default of threads that
                 // start running torch later (an app or test hosting the server in its own process).
-                UseThreads(options.Threads ?? 1);
+                UseThreads(BaseThreads);
             }
         }
     }
@@ -158,6 +156,9 @@ internal sealed class InferenceQueue : IDisposable
         if (n != threads) TorchSharp.torch.set_num_threads(n);
         threads = n;
     }
+
+    /// <summary>The torch threads between passes: --threads N, or 1 for auto.</summary>
+    int BaseThreads => options.Threads ?? 1;
 
     /// <summary>The threads of a pass over <paramref name="tokens"/> tokens: --threads N, or auto (<see cref="PassThreads"/>).</summary>
     int Choose(TrainedModel model, long tokens) => options.Threads ?? PassThreads.For(model.Spec.Model, tokens, options.Cores, options.ParallelWork);

@@ -20,11 +20,22 @@ public static class Predictor
         return texts.Select(t => PreparedData.EncodeNonEmpty(trained.Tokenizer, t.Length > maxChars ? t[..maxChars] : t)).ToArray();
     }
 
-    /// <summary>Classifies texts already encoded by <see cref="Encode"/>.</summary>
+    /// <summary>
+    /// Classifies texts already encoded by <see cref="Encode"/>. Every sequence must hold at least one id and every id be
+    /// below the vocabulary's size (libtorch's embedding would abort the process on another): else an ArgumentException
+    /// naming the sequence and position.
+    /// </summary>
     public static IReadOnlyList<Prediction> Predict(TrainedModel trained, int[][] sequences, int batchSize = 64)
     {
         if (trained.Engine.Model is not RecurrentClassifier clf)
             throw new ArgumentException($"{trained.Path} holds a {trained.Spec.Task} model; predict needs a classification checkpoint");
+        var vocab = trained.Tokenizer.VocabSize;
+        for (var i = 0; i < sequences.Length; i++)
+        {
+            if (sequences[i] is not { Length: > 0 } ids) throw new ArgumentException($"sequences[{i}] is empty: every text has at least one id (Encode gives <unk> for an empty one)", nameof(sequences));
+            for (var j = 0; j < ids.Length; j++)
+                if ((uint)ids[j] >= (uint)vocab) throw new ArgumentException($"sequences[{i}][{j}] = {ids[j]} is not a token id of this model (0 to {vocab - 1})", nameof(sequences));
+        }
         var labels = new int[sequences.Length];
         var source = new ClassificationBatches(sequences, labels, batchSize, seed: 0, shuffle: false);
         var results = new List<Prediction>(sequences.Length);

@@ -82,6 +82,22 @@ public class OnnxExportTests
     private static OnnxModelInfo ReadInfo(string onnx) =>
         JsonSerializer.Deserialize<OnnxModelInfo>(File.ReadAllText(OnnxExport.InfoPath(onnx)), OnnxExport.Json)!;
 
+    [Fact]
+    public void Predict_of_encoded_sequences_refuses_an_id_outside_the_vocabulary_or_an_empty_sequence_before_libtorch_sees_it()
+    {
+        // An out-of-range id would abort the process inside libtorch's embedding; the public overload checks first.
+        using var tmp = new TempDir();
+        Export(tmp, SaveClassifier(tmp, CellKinds.Lstm, 1, false), out var trained);
+        using var _ = trained;
+        var good = Predictor.Encode(trained, Texts);
+        Assert.Equal(Predictor.Predict(trained, Texts).Select(p => p.Label), Predictor.Predict(trained, good).Select(p => p.Label));
+        var vocab = trained.Tokenizer.VocabSize;
+        var high = Assert.Throws<ArgumentException>(() => Predictor.Predict(trained, [good[0], [2, vocab]]));
+        Assert.Contains($"sequences[1][1] = {vocab} is not a token id of this model (0 to {vocab - 1})", high.Message);
+        Assert.Contains("sequences[0][0] = -1", Assert.Throws<ArgumentException>(() => Predictor.Predict(trained, [[-1]])).Message);
+        Assert.Contains("sequences[0] is empty", Assert.Throws<ArgumentException>(() => Predictor.Predict(trained, [[]])).Message);
+    }
+
     [Theory]
     [InlineData(CellKinds.Lstm, 1, false)]
     [InlineData(CellKinds.Lstm, 2, false)]
