@@ -200,23 +200,36 @@ internal sealed class InferenceQueue : IDisposable
                 continue;
             }
             if (reader.Completion.IsCompleted) return;
-            var left = window - options.Time.GetElapsedTime(started);
-            if (left <= TimeSpan.Zero) return;
-            Wait(left);
+            if (options.Time.GetElapsedTime(started) >= window) return;
+            Wait(started, window);
         }
     }
 
-    /// <summary>Sleeps until a request is queued (or the queue completed) or <paramref name="left"/> has passed on <see cref="ServingOptions.Time"/>.</summary>
-    void Wait(TimeSpan left)
+    /// <summary>
+    /// Sleeps until a request is queued (or the queue completed) or <paramref name="window"/> has passed since
+    /// <paramref name="started"/> on <see cref="ServingOptions.Time"/>.
+    /// </summary>
+    void Wait(long started, TimeSpan window)
     {
         if (options.Time == TimeProvider.System)
         {
             // Whole milliseconds, rounded up: a wait of 0 would return at once and spin out the window's last fraction.
-            wake.Wait((int)Math.Ceiling(left.TotalMilliseconds));
+            wake.Wait((int)Math.Max(0, Math.Ceiling((window - options.Time.GetElapsedTime(started)).TotalMilliseconds)));
             return;
         }
-        using var timer = options.Time.CreateTimer(_ => wake.Set(), null, left, Timeout.InfiniteTimeSpan);
-        wake.Wait();
+        // Another clock (a test's fake one) counts a timer's due time from the timer's making: when the clock moved
+        // between reading the time left and making the timer, that timer would end past the window (and a fake clock
+        // that never moves again would never end it). Made again until the clock stood still meanwhile.
+        while (true)
+        {
+            var now = options.Time.GetTimestamp();
+            var left = window - options.Time.GetElapsedTime(started, now);
+            if (left <= TimeSpan.Zero) return;
+            using var timer = options.Time.CreateTimer(_ => wake.Set(), null, left, Timeout.InfiniteTimeSpan);
+            if (options.Time.GetTimestamp() != now) continue;
+            wake.Wait();
+            return;
+        }
     }
 
     void RunPredict(TrainedModel model, List<PredictWork> batch)

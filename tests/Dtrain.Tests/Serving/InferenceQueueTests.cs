@@ -46,6 +46,38 @@ public sealed class InferenceQueueTests(ServingModels models) : IClassFixture<Se
     }
 
     [Fact]
+    public async Task A_window_whose_clock_moves_while_its_timer_is_made_still_ends_when_its_time_is_up()
+    {
+        // The clock moves 999 ms just as the inference thread makes the window's timer (as a test's Advance, or a
+        // real clock, may between reading the time left and making the timer): a timer counted from its making
+        // would end at 1999 ms, and this clock moves only once more, to 1000 ms.
+        var clock = new ClockMovingAtTimer(TimeSpan.FromMilliseconds(999));
+        using var queue = new InferenceQueue(new ServingOptions { ModelPath = models.Classifier, Port = 0, MaxWaitMs = 1000, Time = clock }, new ServingMetrics());
+        queue.Start();
+        await queue.Loaded;
+        var work = Work("meeting notes");
+        Assert.True(queue.TryEnqueue(work));
+        Assert.True(SpinWait.SpinUntil(() => clock.Moved, Bound), "the inference thread made no timer for the window");
+        Assert.False(work.Done.Task.IsCompleted, "the batch ran before its window ended");
+        clock.Advance(TimeSpan.FromMilliseconds(1));
+        Assert.Single(await work.Done.Task.WaitAsync(Bound));
+    }
+
+    /// <summary>A fake clock that moves by <paramref name="step"/> the first time a timer is made on it, before making it.</summary>
+    sealed class ClockMovingAtTimer(TimeSpan step) : FakeTimeProvider
+    {
+        int moved;
+
+        public bool Moved => Volatile.Read(ref moved) == 1;
+
+        public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
+        {
+            if (Interlocked.Exchange(ref moved, 1) == 0) Advance(step);
+            return base.CreateTimer(callback, state, dueTime, period);
+        }
+    }
+
+    [Fact]
     public async Task A_queued_request_is_taken_while_every_thread_pool_thread_is_busy()
     {
         using var queue = new InferenceQueue(new ServingOptions { ModelPath = models.Classifier, Port = 0, MaxBatch = 1, MaxWaitMs = 0 }, new ServingMetrics());
