@@ -18,6 +18,12 @@ public sealed class ComposeProject(ITestOutputHelper output) : IAsyncDisposable
 
     public int Port { get; } = FreeLoopbackPort();
 
+    /// <summary>
+    /// The dashboard's published port (DTRAIN_HTTP_PORT): a free one too, not the default 8265, so that a test never
+    /// fails on a port some other process of the machine holds (a user's dashboard, or a project a killed run left).
+    /// </summary>
+    public int HttpPort { get; } = FreeLoopbackPort();
+
     public string Address => $"https://127.0.0.1:{Port}";
 
     /// <summary>
@@ -43,6 +49,7 @@ public sealed class ComposeProject(ITestOutputHelper output) : IAsyncDisposable
     {
         ["DTRAIN_IMAGE"] = ImageFixture.Image,
         ["DTRAIN_PORT"] = Port.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        ["DTRAIN_HTTP_PORT"] = HttpPort.ToString(System.Globalization.CultureInfo.InvariantCulture),
         ["DTRAIN_BIND"] = "127.0.0.1",
     };
 
