@@ -144,24 +144,8 @@ public static class JobCommands
         return request;
     }
 
-    /// <summary>Streams a file to the coordinator in 512 KiB chunks (under the smallest allowed message limit); returns its upload handle.</summary>
-    public static string Upload(Jobs.JobsClient client, string path)
-    {
-        using var call = client.Upload();
-        try
-        {
-            foreach (var chunk in FileChunks.Read(path, 512 * 1024))
-                call.RequestStream.WriteAsync(chunk).GetAwaiter().GetResult();
-            call.RequestStream.CompleteAsync().GetAwaiter().GetResult();
-        }
-        catch (RpcException)
-        {
-            // The call ended while sending (e.g. the coordinator refused the upload mid-stream): its final
-            // status, read below, says why. (A filter that waits on the response would throw on a faulted
-            // response and let the less precise write error escape instead.)
-        }
-        return call.ResponseAsync.GetAwaiter().GetResult().FileId;
-    }
+    /// <summary>Streams a file to the coordinator in 512 KiB chunks (<see cref="FileUpload"/>); returns its upload handle.</summary>
+    public static string Upload(Jobs.JobsClient client, string path) => FileUpload.Send(client, path);
 
     static Command Watch()
     {

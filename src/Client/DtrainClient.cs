@@ -112,21 +112,7 @@ public sealed class DtrainClient : IDisposable
         return (await Jobs.SubmitAsync(request, cancellationToken: cancellationToken)).JobId;
     }
 
-    private async Task<string> UploadAsync(string path, CancellationToken cancellationToken)
-    {
-        using var call = Jobs.Upload(cancellationToken: cancellationToken);
-        try
-        {
-            foreach (var chunk in FileChunks.Read(path, 512 * 1024))
-                await call.RequestStream.WriteAsync(chunk, cancellationToken);
-            await call.RequestStream.CompleteAsync();
-        }
-        catch (RpcException)
-        {
-            // The call ended while sending: its final status, read below, says why.
-        }
-        return (await call.ResponseAsync).FileId;
-    }
+    private Task<string> UploadAsync(string path, CancellationToken cancellationToken) => FileUpload.SendAsync(Jobs, path, cancellationToken);
 
     /// <summary>The job's record now: state, step, loss, last evaluation, workers, checkpoint.</summary>
     public async Task<JobInfo> StatusAsync(string jobId, CancellationToken cancellationToken = default) =>

@@ -83,7 +83,7 @@ public sealed class UploadStore : IDisposable
                 await file.FlushAsync(cancel).ConfigureAwait(false);
                 file.Flush(flushToDisk: true);
             }
-            if (total < 0) throw new RefusedException(RefusalKind.InvalidArgument, "empty upload: the first chunk must carry the file's name and total_bytes");
+            if (total < 0) throw EmptyStream();
             if (received != total) throw new RefusedException(RefusalKind.InvalidArgument, $"upload ended after {received} of {total} bytes");
             var done = clock.GetUtcNow();
             File.Move(part, Path.Combine(Dir, id));
@@ -103,6 +103,19 @@ public sealed class UploadStore : IDisposable
             throw;
         }
     }
+
+    /// <summary>
+    /// The refusal of an upload whose request stream ended before its first message: nothing arrived, not even the file's
+    /// name. dtrain's clients always send one (an empty file is one empty chunk), so their stream lost its messages on
+    /// the way (<see cref="Rpc.FileUpload"/>: an HTTP/2 request replayed on a new connection without them); Unavailable
+    /// with the <see cref="Rpc.FileUpload.EmptyStream"/> reason, on which they send the file again.
+    /// </summary>
+    private static RefusedException EmptyStream() => new(RefusalKind.Unavailable,
+        "upload received no message: its request stream ended before the first chunk (the file's name and total_bytes), so nothing was uploaded. " +
+        "A client that sent one lost it on the way (e.g. an HTTP/2 request replayed on a new connection without its messages); upload the file again")
+    {
+        Reason = Rpc.FileUpload.EmptyStream,
+    };
 
     /// <summary>Counts an upload against its owner's quota, or refuses it (<see cref="QuotaExceededException"/>) naming the limit.</summary>
     private void Reserve(string id, string owner, long bytes, string name)

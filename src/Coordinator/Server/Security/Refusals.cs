@@ -26,6 +26,11 @@ public static class Refusals
         _ => StatusCodes.Status500InternalServerError,
     };
 
-    /// <summary>The refusal as a gRPC call's error, with the same message.</summary>
-    public static RpcException ToRpc(this RefusedException e) => new(new Status(StatusCodeOf(e.Kind), e.Message));
+    /// <summary>The refusal as a gRPC call's error, with the same message (and its <see cref="RefusedException.Reason"/> as the <c>dtrain-refusal</c> trailer).</summary>
+    public static RpcException ToRpc(this RefusedException e)
+    {
+        ArgumentNullException.ThrowIfNull(e);
+        var status = new Status(StatusCodeOf(e.Kind), e.Message);
+        return e.Reason is null ? new RpcException(status) : new RpcException(status, new Metadata { { Rpc.FileUpload.RefusalTrailer, e.Reason } });
+    }
 }

@@ -29,6 +29,9 @@ public enum RefusalKind
 public class RefusedException(RefusalKind kind, string message) : Exception(message)
 {
     public RefusalKind Kind { get; } = kind;
+
+    /// <summary>What a client may act on beyond the status code (the gRPC trailer <c>dtrain-refusal</c>, e.g. <see cref="Rpc.FileUpload.EmptyStream"/>); null when the code says it all.</summary>
+    public string? Reason { get; init; }
 }
 
 /// <summary>A request refused by the token check (<see cref="Auth.TokenAuthenticator"/>): no valid token, or the tokens cannot be checked.</summary>

@@ -1,0 +1,81 @@
+using Dtrain.Protos.Jobs;
+using Grpc.Core;
+
+namespace Dtrain.Rpc;
+
+/// <summary>
+/// Sends a file to the coordinator's <c>Jobs.Upload</c> (<see cref="FileChunks"/>, 512 KiB a message, under the smallest
+/// allowed message limit) and returns its upload handle; the one upload of the CLI and of <c>DtrainClient</c>.
+/// <para>
+/// An upload whose request stream reached the coordinator without a message is sent again (at most
+/// <see cref="Attempts"/> times in all): this client always sends at least one, so such a stream lost its messages on
+/// the way. That happens when the coordinator's Kestrel closes the HTTP/2 connection (GOAWAY) under a call whose
+/// messages were already written: .NET's HTTP/2 client replays the request on a new connection, and grpc-dotnet's
+/// request content, whose messages went to the first connection, replays as headers and an end of stream only. The
+/// coordinator says so with Unavailable and the <see cref="RefusalTrailer"/> trailer <see cref="EmptyStream"/>
+/// (a connection is closed that way, for one, when the coordinator refused an upload mid-stream: .NET's client
+/// still sends the rest of a message it was writing after it reset the stream, which Kestrel answers with GOAWAY).
+/// </para>
+/// </summary>
+public static class FileUpload
+{
+    /// <summary>The trailer that says why the coordinator refused an upload, when the status code alone does not.</summary>
+    public const string RefusalTrailer = "dtrain-refusal";
+
+    /// <summary><see cref="RefusalTrailer"/>'s value for an upload whose request stream carried no message.</summary>
+    public const string EmptyStream = "empty-stream";
+
+    /// <summary>How many times one file is sent at most while its stream keeps arriving empty.</summary>
+    public const int Attempts = 3;
+
+    /// <summary>Message size: under the smallest allowed message limit.</summary>
+    public const int ChunkBytes = 512 * 1024;
+
+    /// <summary>Whether <paramref name="e"/> is the coordinator's answer to an upload stream that arrived without a message.</summary>
+    public static bool ArrivedEmpty(RpcException e)
+    {
+        ArgumentNullException.ThrowIfNull(e);
+        return e.StatusCode == StatusCode.Unavailable && e.Trailers.GetValue(RefusalTrailer) == EmptyStream;
+    }
+
+    /// <summary>Uploads <paramref name="path"/>; returns its handle. The coordinator's refusal is an <see cref="RpcException"/> with its status.</summary>
+    public static string Send(Jobs.JobsClient client, string path) => SendAsync(client, path, CancellationToken.None).GetAwaiter().GetResult();
+
+    /// <inheritdoc cref="Send"/>
+    public static async Task<string> SendAsync(Jobs.JobsClient client, string path, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(client);
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                return await SendOnceAsync(client, path, cancellationToken).ConfigureAwait(false);
+            }
+            catch (RpcException e) when (ArrivedEmpty(e) && attempt < Attempts)
+            {
+            }
+        }
+    }
+
+    private static async Task<string> SendOnceAsync(Jobs.JobsClient client, string path, CancellationToken cancellationToken)
+    {
+        using var call = client.Upload(cancellationToken: cancellationToken);
+        try
+        {
+            foreach (var chunk in FileChunks.Read(path, ChunkBytes))
+            {
+                // The coordinator answered before the end (it refused the upload): no more bytes for it.
+                if (call.ResponseAsync.IsCompleted) break;
+                await call.RequestStream.WriteAsync(chunk, cancellationToken).ConfigureAwait(false);
+            }
+            await call.RequestStream.CompleteAsync().ConfigureAwait(false);
+        }
+        catch (RpcException)
+        {
+            // The call ended while sending (e.g. the coordinator refused the upload mid-stream): its final
+            // status, read below, says why. (A filter that waits on the response would throw on a faulted
+            // response and let the less precise write error escape instead.)
+        }
+        return (await call.ResponseAsync.ConfigureAwait(false)).FileId;
+    }
+}
