@@ -15,6 +15,8 @@ namespace Dtrain.Rpc;
 /// coordinator says so with Unavailable and the <see cref="RefusalTrailer"/> trailer <see cref="EmptyStream"/>
 /// (a connection is closed that way, for one, when the coordinator refused an upload mid-stream: .NET's client
 /// still sends the rest of a message it was writing after it reset the stream, which Kestrel answers with GOAWAY).
+/// A write after the replay began fails (HttpRequestException) as its stream is gone; the request stream is ended
+/// all the same, so the replayed request reaches the coordinator empty and gets that answer.
 /// </para>
 /// </summary>
 public static class FileUpload
@@ -68,14 +70,16 @@ public static class FileUpload
                 if (call.ResponseAsync.IsCompleted) break;
                 await call.RequestStream.WriteAsync(chunk, cancellationToken).ConfigureAwait(false);
             }
-            await call.RequestStream.CompleteAsync().ConfigureAwait(false);
         }
-        catch (RpcException)
+        catch (Exception e) when (e is RpcException or HttpRequestException or IOException)
         {
-            // The call ended while sending (e.g. the coordinator refused the upload mid-stream): its final
-            // status, read below, says why. (A filter that waits on the response would throw on a faulted
-            // response and let the less precise write error escape instead.)
+            // The call ended while sending (the coordinator refused the upload mid-stream: RpcException), or the HTTP/2
+            // stream the messages went to was cut (HttpRequestException: "The request was aborted") while .NET replays
+            // the request on a new connection, which these messages never reach. Either way the final status, read
+            // below, says what happened: for a replay, the coordinator's empty-stream answer, on which the file is sent again.
         }
+        // Ends the request stream in every case: a replayed request waits for it, and the coordinator answers then.
+        await call.RequestStream.CompleteAsync().ConfigureAwait(false);
         return (await call.ResponseAsync.ConfigureAwait(false)).FileId;
     }
 }
