@@ -112,6 +112,8 @@ internal static class PrepareBench
         var cpu = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
         var line = File.ReadLines("/proc/self/status").First(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
         var peak = long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024.0;
+        if (Environment.GetEnvironmentVariable("DTRAIN_BENCH_PASSES") == "1")
+            Console.Error.WriteLine($"allocated {GC.GetTotalAllocatedBytes() / 1e6:F0} MB, collections gen0 {GC.CollectionCount(0)} gen1 {GC.CollectionCount(1)} gen2 {GC.CollectionCount(2)}, GC pause {GC.GetTotalPauseDuration().TotalSeconds:F3} s");
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{seconds:R} {cpu:R} {peak:F1}"));
         return 0;
     }
