@@ -23,16 +23,28 @@ public sealed class WorkerControlService(WorkerRuntime runtime, WorkerPrepare pr
         // Every chunk names its job; the worker holds one job at a time, so a stream names one job.
         var chunks = requestStream.ReadAllAsync(context.CancellationToken).GetAsyncEnumerator(context.CancellationToken);
         await using var _ = chunks.ConfigureAwait(false);
-        if (!await chunks.MoveNextAsync().ConfigureAwait(false)) return new ShardReply();
+        // The coordinator sends at least one chunk: a stream without one lost its messages on the way (an HTTP/2
+        // request replayed without them, Dtrain.Rpc.ClientStreams) and is refused, not answered as an empty shard.
+        if (!await chunks.MoveNextAsync().ConfigureAwait(false))
+            throw Dtrain.Rpc.ClientStreams.EmptyStreamRefusal("LoadShard", "a ShardChunk naming the job");
         var jobId = chunks.Current.JobId;
-        return new ShardReply { StepsReceived = await runtime.LoadShardAsync(jobId, Slices(chunks, jobId, "shard"), context.CancellationToken).ConfigureAwait(false) };
+        var read = new Counter();
+        var steps = await runtime.LoadShardAsync(jobId, Slices(chunks, jobId, "shard", read), context.CancellationToken).ConfigureAwait(false);
+        return new ShardReply { StepsReceived = steps, ChunksReceived = read.Count };
     }
 
-    private static async IAsyncEnumerable<Cluster.ShardSlice> Slices(IAsyncEnumerator<ShardChunk> chunks, string jobId, string what)
+    /// <summary>Messages read from a request stream (the reply says how many, checked by the sender).</summary>
+    private sealed class Counter
+    {
+        public long Count;
+    }
+
+    private static async IAsyncEnumerable<Cluster.ShardSlice> Slices(IAsyncEnumerator<ShardChunk> chunks, string jobId, string what, Counter read)
     {
         do
         {
             var chunk = chunks.Current;
+            read.Count++;
             if (chunk.JobId != jobId) throw new ArgumentException($"{what} of job {chunk.JobId} sent with job {jobId}");
             yield return FromProto(chunk);
         }
@@ -93,7 +105,9 @@ public sealed class WorkerControlService(WorkerRuntime runtime, WorkerPrepare pr
     {
         var chunks = requestStream.ReadAllAsync(context.CancellationToken).GetAsyncEnumerator(context.CancellationToken);
         await using var _ = chunks.ConfigureAwait(false);
-        if (!await chunks.MoveNextAsync().ConfigureAwait(false)) throw new ArgumentException("empty state");
+        // The coordinator sends one message a tensor, at least one: a stream without one lost them on the way.
+        if (!await chunks.MoveNextAsync().ConfigureAwait(false))
+            throw Dtrain.Rpc.ClientStreams.EmptyStreamRefusal("LoadState", "a LoadStateChunk naming the job and its first tensor");
         var jobId = chunks.Current.JobId;
         return ToProto(await runtime.LoadStateAsync(jobId, Tensors(chunks, jobId), context.CancellationToken).ConfigureAwait(false));
     }

@@ -16,29 +16,26 @@ namespace Dtrain.Rpc;
 /// (a connection is closed that way, for one, when the coordinator refused an upload mid-stream: .NET's client
 /// still sends the rest of a message it was writing after it reset the stream, which Kestrel answers with GOAWAY).
 /// A write after the replay began fails (HttpRequestException) as its stream is gone; the request stream is ended
-/// all the same, so the replayed request reaches the coordinator empty and gets that answer.
+/// all the same, so the replayed request reaches the coordinator empty and gets that answer. The other client-streaming
+/// calls (a worker's LoadShard and LoadState) go through <see cref="ClientStreams"/>, which does the same and checks counts.
 /// </para>
 /// </summary>
 public static class FileUpload
 {
     /// <summary>The trailer that says why the coordinator refused an upload, when the status code alone does not.</summary>
-    public const string RefusalTrailer = "dtrain-refusal";
+    public const string RefusalTrailer = ClientStreams.RefusalTrailer;
 
     /// <summary><see cref="RefusalTrailer"/>'s value for an upload whose request stream carried no message.</summary>
-    public const string EmptyStream = "empty-stream";
+    public const string EmptyStream = ClientStreams.EmptyStream;
 
     /// <summary>How many times one file is sent at most while its stream keeps arriving empty.</summary>
-    public const int Attempts = 3;
+    public const int Attempts = ClientStreams.Attempts;
 
     /// <summary>Message size: under the smallest allowed message limit.</summary>
     public const int ChunkBytes = 512 * 1024;
 
     /// <summary>Whether <paramref name="e"/> is the coordinator's answer to an upload stream that arrived without a message.</summary>
-    public static bool ArrivedEmpty(RpcException e)
-    {
-        ArgumentNullException.ThrowIfNull(e);
-        return e.StatusCode == StatusCode.Unavailable && e.Trailers.GetValue(RefusalTrailer) == EmptyStream;
-    }
+    public static bool ArrivedEmpty(RpcException e) => ClientStreams.ArrivedEmpty(e);
 
     /// <summary>Uploads <paramref name="path"/>; returns its handle. The coordinator's refusal is an <see cref="RpcException"/> with its status.</summary>
     public static string Send(Jobs.JobsClient client, string path) => SendAsync(client, path, CancellationToken.None).GetAwaiter().GetResult();

@@ -1,5 +1,6 @@
 using Dtrain.Cluster;
 using Dtrain.Protos.Worker;
+using Dtrain.Rpc;
 using Grpc.Core;
 
 namespace Dtrain.Server;
@@ -28,11 +29,26 @@ public sealed class GrpcWorkerHandle(WorkerRecord worker, WorkerClients clients,
     public Task LoadShardsAsync(string jobId, ShardSlice slice, long step, CancellationToken cancel) =>
         Call("load shard", step, options.CallTimeoutSeconds, cancel, async deadline =>
         {
-            using var call = Client.LoadShard(deadline: deadline, cancellationToken: cancel);
-            foreach (var chunk in slice.ToChunks(jobId, options.ShardChunkValues)) await call.RequestStream.WriteAsync(chunk, cancel).ConfigureAwait(false);
-            await call.RequestStream.CompleteAsync().ConfigureAwait(false);
-            return await call.ResponseAsync.ConfigureAwait(false);
+            var chunks = slice.ToChunks(jobId, options.ShardChunkValues);
+            return await Streamed("load shard", step, () => Client.LoadShard(deadline: deadline, cancellationToken: cancel), chunks, r => r.ChunksReceived, cancel).ConfigureAwait(false);
         });
+
+    /// <summary>
+    /// A client-streaming call to the worker (<see cref="ClientStreams"/>): sent again while its stream arrives empty,
+    /// and failed — naming the worker, the call and what was lost — when the worker read fewer messages than were sent.
+    /// </summary>
+    private async Task<TResponse> Streamed<TRequest, TResponse>(string what, long step, Func<AsyncClientStreamingCall<TRequest, TResponse>> open,
+        IReadOnlyList<TRequest> messages, Func<TResponse, long> received, CancellationToken cancel)
+    {
+        try
+        {
+            return await ClientStreams.SendAsync($"worker {Worker.Id} ({Worker.Address}) {what} at step {step}", open, messages, received, cancel).ConfigureAwait(false);
+        }
+        catch (StreamLossException e)
+        {
+            throw new JobFailure(e.Message, Worker);
+        }
+    }
 
     public Task<StepResult> RunStepAsync(StepCommand command, double timeoutSeconds, CancellationToken cancel) =>
         Call("step", command.Step, timeoutSeconds, cancel, async deadline =>
@@ -98,10 +114,10 @@ public sealed class GrpcWorkerHandle(WorkerRecord worker, WorkerClients clients,
     public Task<LoadStateResult> LoadStateAsync(string jobId, IEnumerable<ParameterTensor> tensors, long step, CancellationToken cancel) =>
         Call("load the checkpoint's state", step, options.CallTimeoutSeconds, cancel, async deadline =>
         {
-            using var call = Client.LoadState(deadline: deadline, cancellationToken: cancel);
-            foreach (var t in tensors) await call.RequestStream.WriteAsync(new LoadStateChunk { JobId = jobId, Tensor = t.ToProto() }, cancel).ConfigureAwait(false);
-            await call.RequestStream.CompleteAsync().ConfigureAwait(false);
-            return WorkerProtoMapping.FromProto(await call.ResponseAsync.ConfigureAwait(false));
+            var chunks = tensors.Select(t => new LoadStateChunk { JobId = jobId, Tensor = t.ToProto() }).ToList();
+            if (chunks.Count == 0) return new LoadStateResult(0, 0);
+            return WorkerProtoMapping.FromProto(await Streamed("load the checkpoint's state", step, () => Client.LoadState(deadline: deadline, cancellationToken: cancel),
+                chunks, r => r.Tensors, cancel).ConfigureAwait(false));
         });
 
     public Task<StepStanding> AbortAsync(string jobId, long generation, string reason, CancellationToken cancel) =>

@@ -39,7 +39,7 @@ public static class WorkerProtoMapping
 
     public static AssignResult FromProto(AssignReply r) => new(r.Parameters, r.ParameterChecksum, [.. r.ParameterNames]);
 
-    /// <summary>The slice in messages of at most <paramref name="chunkValues"/> values each (validation in chunks of its own).</summary>
+    /// <summary>The slice in messages of at most <paramref name="chunkValues"/> values each (validation in chunks of its own); at least one.</summary>
     public static List<ShardChunk> ToChunks(this ShardSlice slice, string jobId, int chunkValues)
     {
         var chunks = new List<ShardChunk>();
@@ -83,6 +83,8 @@ public static class WorkerProtoMapping
         }
         if (current.ValidationExamples.Count > 0) chunks.Add(current);
         if (slice.DatasetValidation) chunks.Add(new ShardChunk { JobId = jobId, DatasetValidation = true });
+        // At least one message, naming the job: the worker refuses a stream without one (it lost its messages on the way).
+        if (chunks.Count == 0) chunks.Add(new ShardChunk { JobId = jobId });
         return chunks;
     }
 
