@@ -3,6 +3,7 @@ using Dtrain.Protos.Pipeline;
 using Google.Protobuf;
 using Dtrain.Rpc;
 using Grpc.Core;
+using Grpc.Core.Interceptors;
 using Grpc.Net.Client;
 using static TorchSharp.torch;
 
@@ -62,7 +63,7 @@ public sealed class GrpcStageLinks : IStageLinkSet
         await to.Gate.WaitAsync(cancel).ConfigureAwait(false);
         try
         {
-            var call = to.Call ??= new StageLink.StageLinkClient(to.Channel).Send(cancellationToken: to.Closing.Token);
+            var call = to.Call ??= await OpenAsync(to, cancel).ConfigureAwait(false);
             for (var offset = 0; offset < bytes.Length || offset == 0; offset += frameBytes)
             {
                 var n = Math.Min(frameBytes, bytes.Length - offset);
@@ -76,8 +77,9 @@ public sealed class GrpcStageLinks : IStageLinkSet
                 if (n == 0) break;
             }
         }
-        catch (Exception e) when (e is RpcException or IOException or InvalidOperationException && !cancel.IsCancellationRequested)
+        catch (Exception e) when (e is RpcException or IOException or HttpRequestException or InvalidOperationException && !cancel.IsCancellationRequested)
         {
+            // HttpRequestException: the HTTP/2 stream was cut under the write (e.g. "The request was aborted").
             throw new IOException($"job {jobId}: stage {stage} could not send the {kind.ToString().ToLowerInvariant()} of step {step} micro-batch {micro} to stage {to.Stage} ({to.Address}): {e.Message}", e);
         }
         finally
@@ -85,6 +87,34 @@ public sealed class GrpcStageLinks : IStageLinkSet
             to.Gate.Release();
         }
     }
+
+    /// <summary>
+    /// Opens the link's stream and waits until the receiving stage accepted it (<see cref="StageLinkService.AcceptedHeader"/>)
+    /// before any frame is written: a request the server has not answered yet is replayed by .NET's HTTP/2 client on a new
+    /// connection when the old one is closed (GOAWAY), and grpc-dotnet replays it without the frames already written
+    /// (Dtrain.Rpc.ClientStreams) — the receiver would wait for tensors this stage believes sent. An answered one is not replayed.
+    /// </summary>
+    private async Task<AsyncClientStreamingCall<TensorFrame, SendReply>> OpenAsync(Outbound to, CancellationToken cancel)
+    {
+        var invoker = ClientInterceptor is null ? to.Channel.CreateCallInvoker() : to.Channel.Intercept(ClientInterceptor);
+        var call = new StageLink.StageLinkClient(invoker).Send(cancellationToken: to.Closing.Token);
+        try
+        {
+            var headers = await call.ResponseHeadersAsync.WaitAsync(cancel).ConfigureAwait(false);
+            if (headers.GetValue(StageLinkService.AcceptedHeader) == "accepted") return call;
+            // A trailers-only answer: its status says why the link was refused.
+            await call.ResponseAsync.WaitAsync(cancel).ConfigureAwait(false);
+            throw new InvalidOperationException("the receiving stage ended the link without accepting it");
+        }
+        catch
+        {
+            call.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Tests: an interceptor on the links' calls (e.g. to watch or cut their writes).</summary>
+    internal Interceptor? ClientInterceptor { get; init; }
 
     private async Task<Tensor> ReceiveAsync(StageTensorKind kind, long step, int micro, CancellationToken cancel)
     {

@@ -86,8 +86,19 @@ public sealed class StageMailboxes
 /// </summary>
 public sealed class StageLinkService(StageMailboxes mailboxes) : StageLink.StageLinkBase
 {
+    /// <summary>
+    /// The response header a receiving stage sends as soon as a link's stream reaches it, before any frame: the sending
+    /// stage writes its first frame only once it has it (<see cref="GrpcStageLinks"/>).
+    /// </summary>
+    internal const string AcceptedHeader = "dtrain-link";
+
     public override async Task<SendReply> Send(IAsyncStreamReader<TensorFrame> requestStream, ServerCallContext context)
     {
+        // The stream reached this worker: say so at once. A request whose HEADERS the server has answered is never
+        // replayed by .NET's HTTP/2 client when the connection is closed (GOAWAY) — a replay of a stream the sender
+        // had written frames to would arrive without them (Dtrain.Rpc.ClientStreams), and the tensors would be lost
+        // while the sender believes them sent.
+        await context.WriteResponseHeadersAsync(new Metadata { { AcceptedHeader, "accepted" } }).ConfigureAwait(false);
         long received = 0;
         TensorFrame? head = null;
         float[]? values = null;
