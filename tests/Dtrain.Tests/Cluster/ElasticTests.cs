@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using Dtrain.Cli;
+using Dtrain.Cluster;
 using Dtrain.Protos.Jobs;
 using Dtrain.Server;
 using Dtrain.Specs;
@@ -27,6 +28,15 @@ public class ElasticTests
         ["DTRAIN_Coordinator__WorkerTimeoutSeconds"] = "3",
         ["DTRAIN_Coordinator__StepTimeoutSeconds"] = "10",
         ["DTRAIN_Coordinator__WaitForWorkersSeconds"] = "20",
+    };
+
+    /// <summary><see cref="FastTimeouts"/> for a coordinator in the test process.</summary>
+    internal static readonly CoordinatorOptions FastOptions = new()
+    {
+        HeartbeatIntervalMs = 300,
+        WorkerTimeoutSeconds = 3,
+        StepTimeoutSeconds = 10,
+        WaitForWorkersSeconds = 20,
     };
 
     /// <summary>Random windows (no carried state), Adam, 12-row batches (split evenly over 2, 3 or 4 workers), validation at the end.</summary>
@@ -122,17 +132,24 @@ public class ElasticTests
     [Fact]
     public async Task Killing_one_of_three_workers_mid_job_loses_no_step_and_ends_with_the_fault_free_loss()
     {
-        var (tmp, spec, path) = Job();
+        var (tmp, spec, _) = Job();
         using var _ = tmp;
         var faultFree = FaultFreeLoss(tmp, spec);
-        using var processes = new Processes(tmp, 3);
-        var (cluster, client) = (processes.Cluster, processes.Client);
-        var id = processes.Submit(path, 3);
+        // The coordinator holds the job at step `at` until the victim is dead: a 240-step job of this size runs in a
+        // second or two, and a kill sent when the test saw step `at` could land after the job had ended (CI saw it:
+        // succeeded in generation 1, the kill too late to matter).
         var at = new Random(7).Next(20, 60);
-        await WaitForStep(client, id, at);
+        var hold = new StepHold(at);
+        await using var cluster = await InProcessCluster.StartAsync(0, FastOptions, hold.Install);
+        using var workers = new WorkerProcesses(tmp, cluster.Address, 3);
+        await cluster.WaitForIdleAsync(3, TimeSpan.FromMinutes(2));
+        var client = cluster.Client;
+        var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(tmp.Write("kill.json", JobSpecSerializer.Serialize(spec with { Data = spec.Data with { Train = Path.Combine(tmp.Path, "t.txt") } }))), 3)).JobId;
+        var heldAt = await WaitForStep(client, id, at);
+        Assert.Equal(at, heldAt);
         var victim = IdOfWorker(client, 1);
-        cluster.KillWorker(1);
-        var killedAt = client.Get(new GetJobRequest { JobId = id }).Step;
+        workers.Kill(1);
+        hold.Release();
 
         var info = await WaitForEnd(client, id);
         Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
@@ -142,9 +159,9 @@ public class ElasticTests
         Assert.Equal(2, info.WorkerIds.Count);
         AssertLoss(faultFree, info, client);
         var ledger = AssertLedger(client, id);
-        // The victim trained its share up to the kill, the survivors the whole batch after it.
-        Assert.Contains(ledger.Steps, s => s.Shares.Any(x => x.WorkerId == victim));
-        Assert.All(ledger.Steps.Where(s => s.Step > killedAt + 2), s => Assert.Equal(2, s.Shares.Count));
+        // The victim trained its share of every step before the kill, the survivors the whole batch of every step after it.
+        Assert.All(ledger.Steps.Where(s => s.Step < at), s => Assert.Contains(s.Shares, x => x.WorkerId == victim));
+        Assert.All(ledger.Steps.Where(s => s.Step >= at), s => Assert.Equal(2, s.Shares.Count));
     }
 
     [Fact]
@@ -369,6 +386,102 @@ public class ElasticTests
             if (request is Dtrain.Protos.Worker.RunStepRequest step && step.Step == at)
                 await open.WaitAsync(context.CancellationToken);
             return await continuation(request, context);
+        }
+    }
+}
+
+/// <summary>
+/// Holds a job at a step: the coordinator (in the test process, <see cref="Install"/>ed into it)
+/// sends no worker step <see cref="At"/> or a later one until <see cref="Release"/> — so a fault the test injects meanwhile
+/// lands mid-job whatever the machine's speed. The job's step stands at <see cref="At"/> while held.
+/// </summary>
+internal sealed class StepHold(long at)
+{
+    private readonly TaskCompletionSource released = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public long At { get; } = at;
+
+    public void Release() => released.TrySetResult();
+
+    /// <summary>Makes the coordinator reach its workers through handles that hold the steps (a coordinator service replacement for <see cref="InProcessCluster.StartAsync"/>).</summary>
+    public void Install(IServiceCollection services) =>
+        services.AddSingleton(sp =>
+        {
+            var (options, clients, clock) = (sp.GetRequiredService<CoordinatorOptions>(), sp.GetRequiredService<WorkerClients>(), sp.GetRequiredService<TimeProvider>());
+            return new JobRunner(options, sp.GetRequiredService<WorkerRegistry>(), clients, clock, sp.GetRequiredService<Microsoft.Extensions.Logging.ILogger<JobRunner>>(),
+                w => new Held(new GrpcWorkerHandle(w, clients, options, clock), this));
+        });
+
+    private sealed class Held(IWorkerHandle inner, StepHold hold) : IWorkerHandle
+    {
+        public WorkerRecord Worker => inner.Worker;
+
+        public async Task<StepResult> RunStepAsync(StepCommand command, double timeoutSeconds, CancellationToken cancel)
+        {
+            // The step's deadline starts when it is sent, after the hold.
+            if (command.Step >= hold.At) await hold.released.Task.WaitAsync(cancel).ConfigureAwait(false);
+            return await inner.RunStepAsync(command, timeoutSeconds, cancel).ConfigureAwait(false);
+        }
+
+        public Task<AssignResult> AssignAsync(Assignment assignment, CancellationToken cancel) => inner.AssignAsync(assignment, cancel);
+        public Task LoadShardsAsync(string jobId, ShardSlice slice, long step, CancellationToken cancel) => inner.LoadShardsAsync(jobId, slice, step, cancel);
+        public Task<ApplyResult> ApplyStepAsync(ApplyCommand command, double timeoutSeconds, CancellationToken cancel) => inner.ApplyStepAsync(command, timeoutSeconds, cancel);
+        public Task<EvalSums> EvaluateAsync(Dtrain.Cluster.EvalCommand command, long step, CancellationToken cancel) => inner.EvaluateAsync(command, step, cancel);
+        public Task<byte[]> GetStateAsync(StateSnapshot snapshot, CancellationToken cancel) => inner.GetStateAsync(snapshot, cancel);
+        public Task<IReadOnlyList<ParameterTensor>> GetStageParametersAsync(StateSnapshot snapshot, CancellationToken cancel) => inner.GetStageParametersAsync(snapshot, cancel);
+        public Task<LoadStateResult> LoadStateAsync(string jobId, IEnumerable<ParameterTensor> tensors, long step, CancellationToken cancel) => inner.LoadStateAsync(jobId, tensors, step, cancel);
+        public Task<StepStanding> AbortAsync(string jobId, long generation, string reason, CancellationToken cancel) => inner.AbortAsync(jobId, generation, reason, cancel);
+        public Task ReconfigureAsync(RingMembership membership, CancellationToken cancel) => inner.ReconfigureAsync(membership, cancel);
+        public Task<SyncResult> SyncStateAsync(SyncSource source, CancellationToken cancel) => inner.SyncStateAsync(source, cancel);
+        public Task ReleaseAsync(string jobId, string reason, double timeoutSeconds, CancellationToken cancel) => inner.ReleaseAsync(jobId, reason, timeoutSeconds, cancel);
+    }
+}
+
+/// <summary>
+/// `dtrain worker` processes (worker-1, worker-2, ...) registered with a coordinator at <c>address</c> (one in the test
+/// process: <see cref="InProcessCluster"/>), each one torch thread, logging to TMP/worker-N.log; all killed on dispose.
+/// </summary>
+internal sealed class WorkerProcesses : IDisposable
+{
+    private readonly List<Process> processes = [];
+
+    public WorkerProcesses(TempDir tmp, string address, int count)
+    {
+        for (var n = 1; n <= count; n++)
+        {
+            var psi = CliRunner.StartInfo(tmp.Path, null, "worker", "--coordinator", address, "--threads", "1", "--name", $"worker-{n}");
+            Dtrain.Runtime.NativeAllocator.Preload(psi);
+            var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start worker-{n}");
+            var log = new StreamWriter(Path.Combine(tmp.Path, $"worker-{n}.log"), append: true) { AutoFlush = true };
+            p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
+            p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
+            p.BeginOutputReadLine();
+            p.BeginErrorReadLine();
+            processes.Add(p);
+        }
+    }
+
+    /// <summary>Kills worker <paramref name="index"/> (0-based; worker-(index+1)) with SIGKILL, as a crash would, and waits until it is gone.</summary>
+    public void Kill(int index)
+    {
+        processes[index].Kill(entireProcessTree: true);
+        Assert.True(processes[index].WaitForExit(TimeSpan.FromSeconds(30)), $"worker-{index + 1} (pid {processes[index].Id}) still runs 30 s after SIGKILL");
+    }
+
+    public void Dispose()
+    {
+        foreach (var p in processes)
+        {
+            try
+            {
+                if (!p.HasExited) p.Kill(entireProcessTree: true);
+                p.WaitForExit(5000);
+            }
+            catch (InvalidOperationException)
+            {
+                // Already gone.
+            }
+            p.Dispose();
         }
     }
 }
