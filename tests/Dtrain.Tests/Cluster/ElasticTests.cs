@@ -111,8 +111,8 @@ public class ElasticTests
     /// larger: a run long enough to learn the test's repeated sentence ends near zero loss, where 2 % is less than the
     /// difference the order of floating-point sums makes (a join changes which rows each worker sums). Measured: 2, 3 and
     /// 4 fault-free workers end within 0.0002 nats of one process after 1000 steps. On failure the message names the first
-    /// step whose training loss left the fault-free run's and the job's re-formings, to tell a lost or repeated step
-    /// from drift.
+    /// step whose training loss left the fault-free run's (with its neighbours' losses) and the job's generations from
+    /// its ledger, to tell a lost or repeated step from drift.
     /// </summary>
     static void AssertLoss(FaultFree faultFree, JobInfo info, Jobs.JobsClient client, double absolute = 0)
     {
@@ -120,13 +120,19 @@ public class ElasticTests
         var relative = difference / faultFree.Loss;
         if (relative <= 0.02 || difference <= absolute) return;
         var history = client.History(new GetJobRequest { JobId = info.JobId });
-        var first = history.Events.Where(e => e.KindCase == JobEvent.KindOneofCase.Step)
-            .Select(e => e.Step)
-            .FirstOrDefault(e => faultFree.StepLosses.TryGetValue(e.Step, out var l) && Math.Abs(e.Loss - l) > 1e-3 * Math.Max(1, Math.Abs(l)));
-        var reforms = history.Events.Where(e => e.KindCase == JobEvent.KindOneofCase.Log && e.Log.Contains("generation", StringComparison.Ordinal)).Select(e => e.Log);
+        var steps = history.Events.Where(e => e.KindCase == JobEvent.KindOneofCase.Step).Select(e => e.Step).ToList();
+        var first = steps.FirstOrDefault(e => faultFree.StepLosses.TryGetValue(e.Step, out var l) && Math.Abs(e.Loss - l) > 1e-3 * Math.Max(1, Math.Abs(l)));
+        // Where the job re-formed, from its ledger (History holds only step and evaluation events, not the job's log lines);
+        // counted from 1 as the losses are (the ledger's step k is the loss's step k + 1).
+        var reforms = client.Ledger(new GetJobRequest { JobId = info.JobId }).Steps
+            .GroupBy(x => x.Generation)
+            .Select(g => $"generation {g.Key}: steps {g.Min(x => x.Step) + 1}-{g.Max(x => x.Step) + 1} on {string.Join(", ", g.First().Shares.Select(x => x.WorkerId))}");
+        // The training losses around the first step that left the fault-free run's (drift grows smoothly; a lost, doubled or stale step jumps).
+        var around = first is null ? "" : " (steps " + string.Join(", ", steps.Where(e => Math.Abs(e.Step - first.Step) <= 3 && faultFree.StepLosses.ContainsKey(e.Step))
+            .Select(e => $"{e.Step}: {e.Loss:F5} vs {faultFree.StepLosses[e.Step]:F5}")) + ")";
         Assert.Fail($"validation loss {info.LastEval.Loss:F4} vs fault-free {faultFree.Loss:F4}: {relative:P2} ({difference:F4} nats; allowed 2 %{(absolute > 0 ? $" or {absolute} nats" : "")}); " +
-            (first is null ? "every step's training loss within 0.1 % of the fault-free run's" : $"the training loss first left the fault-free run's at step {first.Step}: {first.Loss:F5} vs {faultFree.StepLosses[first.Step]:F5}") +
-            $"; the job's log: {string.Join(" | ", reforms)}");
+            (first is null ? "every step's training loss within 0.1 % of the fault-free run's" : $"the training loss first left the fault-free run's at step {first.Step}: {first.Loss:F5} vs {faultFree.StepLosses[first.Step]:F5}{around}") +
+            $"; the job's generations: {string.Join(" | ", reforms)}");
     }
 
     [Fact]
