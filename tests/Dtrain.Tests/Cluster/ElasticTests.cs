@@ -108,9 +108,12 @@ public class ElasticTests
 
     /// <summary>
     /// Within 2 % of the fault-free run's validation loss, or within <paramref name="absolute"/> nats of it when that is
-    /// larger: a run long enough to learn the test's repeated sentence ends near zero loss, where 2 % is less than the
-    /// difference the order of floating-point sums makes (a join changes which rows each worker sums). Measured: 2, 3 and
-    /// 4 fault-free workers end within 0.0002 nats of one process after 1000 steps. On failure the message names the first
+    /// larger. A re-forming changes only the order of the gradient's floating-point sums (which rows each worker sums), and
+    /// that difference grows: measured in process (1, 2 or 3 workers, one drained and let back at various steps), every
+    /// run of this 240-step job ended at the fault-free validation loss to 5 decimals, no step's training loss 0.1 % off;
+    /// every run of it at 1000 steps left the fault-free training loss by more than 0.1 % between steps 423 and 478, and
+    /// 38 such runs ended 0.00001 to 0.0035 nats (up to 7.8 %) from the fault-free validation loss. Hence the tests here
+    /// run 240 steps and hold the job (<see cref="StepHold"/>) where they need it to last. On failure the message names the first
     /// step whose training loss left the fault-free run's (with its neighbours' losses) and the job's generations from
     /// its ledger, to tell a lost or repeated step from drift.
     /// </summary>
@@ -252,19 +255,23 @@ public class ElasticTests
     {
         var (tmp, spec, _) = Job();
         using var __ = tmp;
-        // Long enough that the survivors still hold the job when the test asks one of them, a few calls after the
-        // re-forming, on a loaded machine (at 240 steps the job could end first, and a worker that no longer holds the
-        // job answers NotFound, not the fence under test).
-        const int steps = 1000;
-        spec = spec with { Training = spec.Training with { MaxSteps = steps } };
-        var path = tmp.Write("long.json", JobSpecSerializer.Serialize(spec));
         var faultFree = FaultFreeLoss(tmp, spec);
-        using var processes = new Processes(tmp, 3);
-        var (cluster, client) = (processes.Cluster, processes.Client);
-        var id = processes.Submit(path, 3);
-        await WaitForStep(client, id, 20);
+        // The coordinator sends no step after step `at` until the stopped worker has been evicted, fenced, continued and
+        // has registered again: the survivors still hold the job when the test asks one of them, and the worker, back,
+        // rejoins the job at the next step boundary — whatever the machine's speed. (This test used to run 1000 steps
+        // instead, so that the job would likely last; near zero loss, the order of sums then moved the final loss by up to
+        // 0.0013 nats between runs that differ only in when they re-formed, and CI once saw 0.0058.)
+        const int at = 20;
+        var hold = new StepHold(at + 1);
+        await using var cluster = await InProcessCluster.StartAsync(0, FastOptions, hold.Install);
+        using var workers = new WorkerProcesses(tmp, cluster.Address, 3);
+        await cluster.WaitForIdleAsync(3, TimeSpan.FromMinutes(2));
+        var client = cluster.Client;
+        var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(tmp.Write("stop.json", JobSpecSerializer.Serialize(spec with { Data = spec.Data with { Train = Path.Combine(tmp.Path, "t.txt") } }))), 3)).JobId;
+        // Step `at` (counted from 0) is sent, running or done; the next one is held.
+        await WaitForStep(client, id, at);
         var victim = IdOfWorker(client, 2);
-        var pid = cluster.WorkerProcessId(2).ToString(CultureInfo.InvariantCulture);
+        var pid = workers.ProcessId(2).ToString(CultureInfo.InvariantCulture);
         Process.Start("kill", ["-STOP", pid])!.WaitForExit();
         try
         {
@@ -277,6 +284,7 @@ public class ElasticTests
             }
             var after = client.Get(new GetJobRequest { JobId = id });
             Assert.DoesNotContain(victim, after.WorkerIds);
+            Assert.True(after.State == JobState.Running && after.Step <= at + 1, $"the job went past the held step {at + 1}: {after.State} at step {after.Step}");
             // A survivor refuses a step of the old generation.
             var survivor = client.ListWorkers(new ListWorkersRequest()).Workers.First(w => w.WorkerId == after.WorkerIds[0]);
             using (var workerChannel = Remote.Channel(survivor.Address))
@@ -298,11 +306,16 @@ public class ElasticTests
             Assert.True(DateTime.UtcNow < until, "the continued worker did not register again");
             await Task.Delay(100);
         }
+        var back = IdOfWorker(client, 2);
+        hold.Release();
         var info = await WaitForEnd(client, id);
         Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
-        AssertLedger(client, id, steps);
-        // Near zero loss after 1000 steps (see the joining test): 2 % of it is below the order-of-sums difference.
-        AssertLoss(faultFree, info, client, absolute: 0.005);
+        Assert.True(info.Generation >= 3, $"generation {info.Generation}");
+        Assert.Contains(back, info.WorkerIds);
+        var ledger = AssertLedger(client, id);
+        // It rejoined with the state of the others (a peer's, checked by checksum) and trained its share to the end.
+        Assert.Contains(ledger.Steps, s => s.Shares.Any(x => x.WorkerId == back));
+        AssertLoss(faultFree, info, client);
     }
 
     [Fact]
@@ -466,6 +479,9 @@ internal sealed class WorkerProcesses : IDisposable
             processes.Add(p);
         }
     }
+
+    /// <summary>Process id of worker <paramref name="index"/> (0-based; worker-(index+1)), e.g. to stop it with SIGSTOP as a hang would.</summary>
+    public int ProcessId(int index) => processes[index].Id;
 
     /// <summary>Kills worker <paramref name="index"/> (0-based; worker-(index+1)) with SIGKILL, as a crash would, and waits until it is gone.</summary>
     public void Kill(int index)
