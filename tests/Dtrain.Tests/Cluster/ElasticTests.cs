@@ -219,35 +219,42 @@ public class ElasticTests
     {
         var (tmp, spec, _) = Job();
         using var __ = tmp;
-        // Long enough that a worker process started at step 20 registers well before the end on a loaded machine.
-        spec = spec with { Training = spec.Training with { MaxSteps = 1000 } };
-        var path = tmp.Write("long.json", JobSpecSerializer.Serialize(spec));
         var faultFree = FaultFreeLoss(tmp, spec);
-        using var processes = new Processes(tmp, 2);
-        var (cluster, client) = (processes.Cluster, processes.Client);
-        var id = processes.Submit(path, 2, max: 3);
-        await WaitForStep(client, id, 20);
-        cluster.AddWorker();
+        // The coordinator sends no step after step 20 until the worker process started then has registered: it joins
+        // mid-job whatever the machine's speed. (This test used to run 1000 steps instead, so that the job would likely
+        // last; near zero loss, the order of sums then moves the final loss by up to 0.0035 nats: see AssertLoss.)
+        const int at = 20;
+        var hold = new StepHold(at + 1);
+        await using var cluster = await InProcessCluster.StartAsync(0, FastOptions, hold.Install);
+        using var workers = new WorkerProcesses(tmp, cluster.Address, 2);
+        await cluster.WaitForIdleAsync(2, TimeSpan.FromMinutes(2));
+        var client = cluster.Client;
+        var request = JobCommands.BuildSubmit(client, new FileInfo(tmp.Write("join.json", JobSpecSerializer.Serialize(spec with { Data = spec.Data with { Train = Path.Combine(tmp.Path, "t.txt") } }))), 2);
+        request.MaxWorkers = 3;
+        var id = client.Submit(request).JobId;
+        await WaitForStep(client, id, at);
+        workers.Add();
         // When the new worker is idle (registered), note the step: it must train from at most two steps later.
         long idleAt;
+        var until = DateTime.UtcNow.AddMinutes(2);
         while (true)
         {
             var w = client.ListWorkers(new ListWorkersRequest()).Workers.SingleOrDefault(x => x.Name == "worker-3");
             if (w is { State: WorkerState.Idle or WorkerState.Training }) { idleAt = client.Get(new GetJobRequest { JobId = id }).Step; break; }
+            Assert.True(DateTime.UtcNow < until, "the worker started mid-job did not register");
             await Task.Delay(10);
         }
+        Assert.True(idleAt <= at + 1, $"the job went past the held step {at + 1}: at step {idleAt}");
+        hold.Release();
         var info = await WaitForEnd(client, id);
         // Success includes the replicas' checksums agreeing every 25 steps and at the end.
         Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
         Assert.Equal(3, info.WorkerIds.Count);
         var joiner = IdOfWorker(client, 2);
-        var ledger = client.Ledger(new GetJobRequest { JobId = id });
-        var problems = SampleLedger.Check(ProtoMapper.FromProto(ledger), 0, 1000);
-        Assert.True(problems.Count == 0, string.Join("; ", problems.Take(10)));
+        var ledger = AssertLedger(client, id);
         var firstWithJoiner = ledger.Steps.Where(s => s.Shares.Any(x => x.WorkerId == joiner)).Min(s => s.Step);
         Assert.True(firstWithJoiner <= idleAt + 2, $"idle at step {idleAt}, first trained step {firstWithJoiner}");
-        // 1000 steps learn the repeated sentence: the fault-free loss is ~0.045, where 2 % is 0.0009 nats.
-        AssertLoss(faultFree, info, client, absolute: 0.005);
+        AssertLoss(faultFree, info, client);
     }
 
     [Fact]
@@ -464,20 +471,28 @@ internal sealed class WorkerProcesses : IDisposable
 {
     private readonly List<Process> processes = [];
 
+    private readonly TempDir tmp;
+    private readonly string address;
+
     public WorkerProcesses(TempDir tmp, string address, int count)
     {
-        for (var n = 1; n <= count; n++)
-        {
-            var psi = CliRunner.StartInfo(tmp.Path, null, "worker", "--coordinator", address, "--threads", "1", "--name", $"worker-{n}");
-            Dtrain.Runtime.NativeAllocator.Preload(psi);
-            var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start worker-{n}");
-            var log = new StreamWriter(Path.Combine(tmp.Path, $"worker-{n}.log"), append: true) { AutoFlush = true };
-            p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
-            p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
-            p.BeginOutputReadLine();
-            p.BeginErrorReadLine();
-            processes.Add(p);
-        }
+        (this.tmp, this.address) = (tmp, address);
+        for (var n = 1; n <= count; n++) Add();
+    }
+
+    /// <summary>Starts one more worker process (worker-N, N counting from 1).</summary>
+    public void Add()
+    {
+        var n = processes.Count + 1;
+        var psi = CliRunner.StartInfo(tmp.Path, null, "worker", "--coordinator", address, "--threads", "1", "--name", $"worker-{n}");
+        Dtrain.Runtime.NativeAllocator.Preload(psi);
+        var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start worker-{n}");
+        var log = new StreamWriter(Path.Combine(tmp.Path, $"worker-{n}.log"), append: true) { AutoFlush = true };
+        p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
+        p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
+        p.BeginOutputReadLine();
+        p.BeginErrorReadLine();
+        processes.Add(p);
     }
 
     /// <summary>Process id of worker <paramref name="index"/> (0-based; worker-(index+1)), e.g. to stop it with SIGSTOP as a hang would.</summary>
