@@ -186,19 +186,22 @@ public class ElasticTests
         var dataset = DatasetJobTests.Prepare(spec, Path.Combine(tmp.Path, "t.txt"), Path.Combine(root, "ds"));
         var path = tmp.Write("dataset.json", JobSpecSerializer.Serialize(DatasetJobTests.DatasetJob(spec, dataset)));
         var faultFree = FaultFreeLoss(tmp, spec);
-        var env = new Dictionary<string, string>(FastTimeouts)
-        {
-            ["DTRAIN_Coordinator__DataRoots__0"] = root,
-            // Only a bound on how long a new worker process may take to register on a slow machine.
-            ["DTRAIN_Coordinator__WaitForWorkersSeconds"] = "300",
-        };
-        using var processes = new Processes(tmp, 3, env);
-        var (cluster, client) = (processes.Cluster, processes.Client);
-        var id = processes.Submit(path, 3, min: 3, max: 3);
-        await WaitForStep(client, id, new Random(11).Next(20, 60));
+        // Held at step `at` until the victim is dead and its replacement started: the kill lands mid-job (see the killing test).
+        var at = new Random(11).Next(20, 60);
+        var hold = new StepHold(at);
+        // WaitForWorkersSeconds: only a bound on how long a new worker process may take to register on a slow machine.
+        await using var cluster = await InProcessCluster.StartAsync(0, FastOptions with { DataRoots = [root], WaitForWorkersSeconds = 300 }, hold.Install);
+        using var workers = new WorkerProcesses(tmp, cluster.Address, 3);
+        await cluster.WaitForIdleAsync(3, TimeSpan.FromMinutes(2));
+        var client = cluster.Client;
+        var request = JobCommands.BuildSubmit(client, new FileInfo(path), 3);
+        (request.MinWorkers, request.MaxWorkers) = (3, 3);
+        var id = client.Submit(request).JobId;
+        Assert.Equal(at, await WaitForStep(client, id, at));
         var victim = IdOfWorker(client, 1);
-        cluster.KillWorker(1);
-        cluster.AddWorker();
+        workers.Kill(1);
+        workers.Add();
+        hold.Release();
 
         var info = await WaitForEnd(client, id);
         Assert.True(info.State == JobState.Succeeded, $"{info.State}: {info.Message}");
@@ -348,13 +351,19 @@ public class ElasticTests
     {
         var (tmp, _, path) = Job();
         using var __ = tmp;
-        var env = new Dictionary<string, string>(FastTimeouts) { ["DTRAIN_Coordinator__WaitForWorkersSeconds"] = "4" };
-        using var processes = new Processes(tmp, 2, env);
-        var (cluster, client) = (processes.Cluster, processes.Client);
-        var id = processes.Submit(path, 2, min: 2);
-        await WaitForStep(client, id, 10);
+        // Held at step 10 until the victim is dead: the kill lands mid-job (see the killing test).
+        var hold = new StepHold(10);
+        await using var cluster = await InProcessCluster.StartAsync(0, FastOptions with { WaitForWorkersSeconds = 4 }, hold.Install);
+        using var workers = new WorkerProcesses(tmp, cluster.Address, 2);
+        await cluster.WaitForIdleAsync(2, TimeSpan.FromMinutes(2));
+        var client = cluster.Client;
+        var request = JobCommands.BuildSubmit(client, new FileInfo(path), 2);
+        request.MinWorkers = 2;
+        var id = client.Submit(request).JobId;
+        Assert.Equal(10, await WaitForStep(client, id, 10));
         var victim = IdOfWorker(client, 1);
-        cluster.KillWorker(1);
+        workers.Kill(1);
+        hold.Release();
         var deadline = DateTime.UtcNow.AddSeconds(60);
         JobInfo seen;
         while ((seen = client.Get(new GetJobRequest { JobId = id })).State != JobState.Waiting)
