@@ -89,7 +89,14 @@ public sealed class InProcessWorkerHandle(WorkerRecord worker, WorkerRuntime run
         Call("re-form the ring", 0, options.CallTimeoutSeconds, cancel, async ct => { await runtime.ReconfigureAsync(membership, ct); return true; });
 
     public Task<SyncResult> SyncStateAsync(SyncSource source, CancellationToken cancel) =>
-        Call("take a peer's state", source.NextStep, options.CallTimeoutSeconds, cancel, ct => runtime.SyncStateAsync(source, ct));
+        Call("take a peer's state", source.NextStep, options.CallTimeoutSeconds, cancel, async ct =>
+        {
+            if (BeforeSync is { } hook && !hook(source)) throw new RpcException(new Status(StatusCode.Aborted, $"the peer {source.Source.WorkerId} whose state it was to take went away"));
+            return await runtime.SyncStateAsync(source, ct);
+        });
+
+    /// <summary>Called before the worker takes a peer's state (whether it does: false fails the call as when that peer goes away): a test's fault at a chosen moment.</summary>
+    public Func<SyncSource, bool>? BeforeSync { get; set; }
 
     public Task ReleaseAsync(string jobId, string reason, double timeoutSeconds, CancellationToken cancel) =>
         Call("release", 0, timeoutSeconds, cancel, async _ => { await runtime.ReleaseAsync(jobId, reason); return true; });

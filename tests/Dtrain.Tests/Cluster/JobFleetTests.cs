@@ -293,6 +293,46 @@ public class JobFleetTests
     }
 
     [Fact]
+    public async Task A_joiner_assigned_but_not_yet_given_the_state_when_the_re_forming_fails_takes_it_in_the_next_one()
+    {
+        var (tmp, spec) = Job();
+        using var _ = tmp;
+        var single = SingleProcessLoss(tmp, spec);
+        await using var fleet = new Fleet();
+        var a = fleet.Start("a");
+        fleet.Start("b");
+        // Worker c registers while step 6 runs and is admitted; as it is about to take a's state (a is the source: rank 0,
+        // at the committed step), a goes away (its process stops; it said so, as on SIGTERM, for the registry to tell the job). The re-forming fails half way and is made again with b and c: c was assigned
+        // (its replica stands at the committed step, with the parameters it was built with) but never took the state.
+        var failedOnce = 0;
+        fleet.Handle("a").BeforeStep = step =>
+        {
+            if (step.Step != 6) return true;
+            fleet.Start("c");
+            fleet.Handle("c").BeforeSync = source =>
+            {
+                if (Interlocked.Exchange(ref failedOnce, 1) == 1) return true;
+                Assert.Equal(fleet.IdOf["a"], source.Source.WorkerId);
+                fleet.Pool.StopAsync("a").GetAwaiter().GetResult();
+                fleet.Registry.Leave(a.Id, a.Token, "the test: a went away while c took its state");
+                return false;
+            };
+            return true;
+        };
+
+        var job = await RunAsync(fleet, spec, Path.Combine(tmp.Path, "job"), 2, min: 2, max: 3);
+
+        // Success includes the replicas' checksums agreeing every 25 steps and at the end: c took b's state in the next re-forming.
+        var info = job.Progress;
+        Assert.Equal(1, failedOnce);
+        Assert.Equal(Steps, info.Step);
+        Assert.Equal([fleet.IdOf["b"], fleet.IdOf["c"]], info.WorkerIds);
+        var ledger = AssertLedger(job);
+        Assert.Contains(ledger, s => s.Shares.Any(x => x.WorkerId == fleet.IdOf["c"]));
+        AssertLoss(single, job);
+    }
+
+    [Fact]
     public async Task A_drained_worker_leaves_at_a_step_boundary_while_the_minimum_stays_and_is_cordoned_not_lost()
     {
         var (tmp, spec) = Job();

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using Dtrain.Cluster;
+using Dtrain.Distributed;
 using Microsoft.Extensions.Logging;
 
 namespace Dtrain.Server;
@@ -265,8 +266,10 @@ public sealed class JobFleet : IJobFleet, IDisposable
             var assigned = newcomers.Count == 0 ? Task.FromResult(Array.Empty<AssignResult>())
                 : Group(newcomers).AssignAsync(r => assign(survivors.Count + r, world, generation, next, peers), cancel);
             await Task.WhenAll(reconfigured, assigned).ConfigureAwait(false);
-            // Newcomers and replicas behind the committed step take the state from one that stands at it, worker to worker.
-            var pullers = all.Where(w => !standing.TryGetValue(w.Id, out var s) || s.NextStep != next).ToList();
+            // Newcomers, replicas behind the committed step, and any standing at it with other parameters take the state from
+            // one that stands at it, worker to worker. The last: a newcomer of a re-forming that failed after it was assigned
+            // but before it took the state stands at the committed step too, with the parameters it was built with.
+            var pullers = all.Where(w => !standing.TryGetValue(w.Id, out var s) || s.NextStep != next || !ParameterChecksums.Agree(s.ParameterChecksum, expected)).ToList();
             if (pullers.Count > 0)
             {
                 var from = new ClusterPeer(all.IndexOf(source), source.Id, source.Address, source.Certificate);
