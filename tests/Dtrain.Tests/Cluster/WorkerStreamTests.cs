@@ -219,37 +219,6 @@ public class WorkerStreamTests
         }
     }
 
-    /// <summary>
-    /// The client's view of a replayed first call: its first message goes to the HTTP/2 stream that was cut (the write
-    /// seems to succeed), the later writes fail as .NET's do then (HttpRequestException "The request was aborted").
-    /// </summary>
-    sealed class CutFirstCallsWrites : Interceptor
-    {
-        public int Calls;
-
-        public override AsyncClientStreamingCall<TRequest, TResponse> AsyncClientStreamingCall<TRequest, TResponse>(
-            ClientInterceptorContext<TRequest, TResponse> context, AsyncClientStreamingCallContinuation<TRequest, TResponse> continuation)
-        {
-            var call = continuation(context);
-            if (Interlocked.Increment(ref Calls) > 1) return call;
-            return new AsyncClientStreamingCall<TRequest, TResponse>(new Cut<TRequest>(call.RequestStream),
-                call.ResponseAsync, call.ResponseHeadersAsync, call.GetStatus, call.GetTrailers, call.Dispose);
-        }
-
-        sealed class Cut<T>(IClientStreamWriter<T> inner) : IClientStreamWriter<T>
-        {
-            int writes;
-
-            public WriteOptions? WriteOptions { get => inner.WriteOptions; set => inner.WriteOptions = value; }
-
-            public Task WriteAsync(T message) => ++writes == 1
-                ? Task.CompletedTask
-                : Task.FromException(new HttpRequestException("The request was aborted.", new IOException("the HTTP/2 connection was closed (GOAWAY)")));
-
-            public Task CompleteAsync() => inner.CompleteAsync();
-        }
-    }
-
     [Fact]
     public async Task A_shard_whose_request_is_replayed_without_its_chunks_is_sent_again_whole_by_ClientStreams()
     {
@@ -258,7 +227,7 @@ public class WorkerStreamTests
         {
             var worker = cluster.Client.ListWorkers(new ListWorkersRequest()).Workers.Single();
             using var channel = GrpcChannel.ForAddress(worker.Address);
-            var cut = new CutFirstCallsWrites();
+            var cut = new ReplayedFirstCall();
             var client = new WorkerControl.WorkerControlClient(channel.Intercept(cut));
             Assert.True(client.Assign(CharLmAssignment(worker.Address)).Parameters > 0);
             var chunks = Enumerable.Range(0, 3).Select(i =>

@@ -38,38 +38,6 @@ public class UploadStreamTests
         public Task<bool> MoveNext(CancellationToken cancellationToken) => Task.FromResult(false);
     }
 
-    /// <summary>
-    /// The client's view of a replayed first Upload: its messages go to the HTTP/2 stream that was cut (the first write
-    /// seems to succeed, the later ones fail as .NET's do then: HttpRequestException "The request was aborted"), and
-    /// only its end of stream reaches the coordinator, on the replayed request.
-    /// </summary>
-    sealed class ReplayFirstUploadWithoutMessages : Interceptor
-    {
-        public int Uploads;
-
-        public override AsyncClientStreamingCall<TRequest, TResponse> AsyncClientStreamingCall<TRequest, TResponse>(
-            ClientInterceptorContext<TRequest, TResponse> context, AsyncClientStreamingCallContinuation<TRequest, TResponse> continuation)
-        {
-            var call = continuation(context);
-            if (Interlocked.Increment(ref Uploads) > 1) return call;
-            return new AsyncClientStreamingCall<TRequest, TResponse>(new CutStream<TRequest>(call.RequestStream),
-                call.ResponseAsync, call.ResponseHeadersAsync, call.GetStatus, call.GetTrailers, call.Dispose);
-        }
-    }
-
-    sealed class CutStream<T>(IClientStreamWriter<T> inner) : IClientStreamWriter<T>
-    {
-        int writes;
-
-        public WriteOptions? WriteOptions { get => inner.WriteOptions; set => inner.WriteOptions = value; }
-
-        public Task WriteAsync(T message) => ++writes == 1
-            ? Task.CompletedTask
-            : Task.FromException(new HttpRequestException("The request was aborted.", new IOException("the HTTP/2 connection was closed (GOAWAY)")));
-
-        public Task CompleteAsync() => inner.CompleteAsync();
-    }
-
     static async Task<(InProcessCluster Cluster, LoseFirstUploadsMessages Losing)> StartAsync(int lostCalls)
     {
         var losing = new LoseFirstUploadsMessages(lostCalls);
@@ -120,11 +88,11 @@ public class UploadStreamTests
         var text = new string('x', FileUpload.ChunkBytes * 2 + 1000);
         var path = tmp.Write("big.txt", text);
         await using var cluster = await InProcessCluster.StartAsync(0);
-        var replay = new ReplayFirstUploadWithoutMessages();
+        var replay = new ReplayedFirstCall();
         using var channel = Channels.Create(cluster.Address, null, ExpectedPeer.Coordinator);
         var client = new Jobs.JobsClient(channel.Intercept(replay).Intercept(m => { m.Add("authorization", "Bearer " + cluster.AdminToken); return m; }));
         var id = Dtrain.Cli.JobCommands.Upload(client, path);
-        Assert.Equal(2, replay.Uploads);
+        Assert.Equal(2, replay.Calls);
         Assert.Equal(text, File.ReadAllText(Path.Combine(cluster.DataDir, "uploads", id)));
     }
 
