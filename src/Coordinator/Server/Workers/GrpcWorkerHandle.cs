@@ -30,7 +30,10 @@ public sealed class GrpcWorkerHandle(WorkerRecord worker, WorkerClients clients,
         Call("load shard", step, options.CallTimeoutSeconds, cancel, async deadline =>
         {
             var chunks = slice.ToChunks(jobId, options.ShardChunkValues);
-            return await Streamed("load shard", step, () => Client.LoadShard(deadline: deadline, cancellationToken: cancel), chunks, r => r.ChunksReceived, cancel).ConfigureAwait(false);
+            // chunks_received 0 in a reply: a worker of an earlier version, which does not report it (one of this version
+            // refuses a stream without a chunk, so it never answers 0): taken as it was before, unchecked.
+            return await Streamed("load shard", step, () => Client.LoadShard(deadline: deadline, cancellationToken: cancel), chunks,
+                r => r.ChunksReceived == 0 ? chunks.Count : r.ChunksReceived, cancel).ConfigureAwait(false);
         });
 
     /// <summary>
