@@ -6,7 +6,7 @@ namespace Dtrain.Rpc;
 /// Client-streaming calls whose request stream can reach the server with fewer messages than the client wrote, and
 /// the one way dtrain tells and handles it: the server refuses a stream without a message where its protocol says
 /// there is at least one (<see cref="EmptyStreamRefusal"/>: Unavailable with the <see cref="RefusalTrailer"/> trailer
-/// <see cref="EmptyStream"/>), and the client (<see cref="SendAsync{TRequest,TResponse}"/>) sends the call again on
+/// <see cref="EmptyStream"/>), and the client (<see cref="SendAsync{TRequest,TResponse}(string, Func{AsyncClientStreamingCall{TRequest,TResponse}}, IReadOnlyList{TRequest}, Func{TResponse,long}?, CancellationToken)"/>) sends the call again on
 /// that answer, at most <see cref="Attempts"/> times, and checks the count of messages the server says it read
 /// against the count it wrote: a call is never taken as done when messages were lost.
 /// <para>
@@ -60,26 +60,44 @@ public static class ClientStreams
         ArgumentNullException.ThrowIfNull(open);
         ArgumentNullException.ThrowIfNull(messages);
         if (messages.Count == 0) throw new ArgumentException($"{what}: a client-streaming call of dtrain sends at least one message", nameof(messages));
+        var (reply, attempt) = await SendWithRetriesAsync(open, messages, cancel).ConfigureAwait(false);
+        if (received is not null && received(reply) is var count && count != messages.Count)
+            throw new StreamLossException($"{what}: the server read {count} of the {messages.Count} message(s) sent on attempt {attempt}; " +
+                $"{messages.Count - count} lost on the way (or read twice) — the call is not taken as done", count, messages.Count);
+        return reply;
+    }
+
+    /// <summary>
+    /// <see cref="SendAsync{TRequest,TResponse}(string, Func{AsyncClientStreamingCall{TRequest,TResponse}}, IReadOnlyList{TRequest}, Func{TResponse,long}?, CancellationToken)"/>
+    /// of messages produced as they are sent (enumerated again for each call, e.g. a file read a chunk at a time), without
+    /// the count check: sent again while the server answers that the stream arrived empty. A failure to produce a message
+    /// (reading the file) goes up as it is.
+    /// </summary>
+    public static async Task<TResponse> SendAsync<TRequest, TResponse>(Func<AsyncClientStreamingCall<TRequest, TResponse>> open, IEnumerable<TRequest> messages, CancellationToken cancel)
+    {
+        ArgumentNullException.ThrowIfNull(open);
+        ArgumentNullException.ThrowIfNull(messages);
+        return (await SendWithRetriesAsync(open, messages, cancel).ConfigureAwait(false)).Reply;
+    }
+
+    /// <summary>The reply of the first call whose stream did not arrive empty (at most <see cref="Attempts"/> calls; the last answer goes up as it is), and that call's number.</summary>
+    private static async Task<(TResponse Reply, int Attempt)> SendWithRetriesAsync<TRequest, TResponse>(Func<AsyncClientStreamingCall<TRequest, TResponse>> open,
+        IEnumerable<TRequest> messages, CancellationToken cancel)
+    {
         for (var attempt = 1; ; attempt++)
         {
-            TResponse reply;
             try
             {
-                reply = await SendOnceAsync(open, messages, cancel).ConfigureAwait(false);
+                return (await SendOnceAsync(open, messages, cancel).ConfigureAwait(false), attempt);
             }
             catch (RpcException e) when (ArrivedEmpty(e) && attempt < Attempts)
             {
-                continue;
             }
-            if (received is not null && received(reply) is var count && count != messages.Count)
-                throw new StreamLossException($"{what}: the server read {count} of the {messages.Count} message(s) sent on attempt {attempt}; " +
-                    $"{messages.Count - count} lost on the way (or read twice) — the call is not taken as done", count, messages.Count);
-            return reply;
         }
     }
 
     private static async Task<TResponse> SendOnceAsync<TRequest, TResponse>(Func<AsyncClientStreamingCall<TRequest, TResponse>> open,
-        IReadOnlyList<TRequest> messages, CancellationToken cancel)
+        IEnumerable<TRequest> messages, CancellationToken cancel)
     {
         using var call = open();
         foreach (var message in messages)

@@ -44,43 +44,8 @@ public static class FileUpload
     public static async Task<string> SendAsync(Jobs.JobsClient client, string path, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(client);
-        for (var attempt = 1; ; attempt++)
-        {
-            try
-            {
-                return await SendOnceAsync(client, path, cancellationToken).ConfigureAwait(false);
-            }
-            catch (RpcException e) when (ArrivedEmpty(e) && attempt < Attempts)
-            {
-            }
-        }
-    }
-
-    private static async Task<string> SendOnceAsync(Jobs.JobsClient client, string path, CancellationToken cancellationToken)
-    {
-        using var call = client.Upload(cancellationToken: cancellationToken);
-        // A failure to read the local file is the user's and goes up as it is (the call, disposed, is cancelled); only
-        // the writes' failures are the call's, which the final status explains.
-        foreach (var chunk in FileChunks.Read(path, ChunkBytes))
-        {
-            // The coordinator answered before the end (it refused the upload): no more bytes for it.
-            if (call.ResponseAsync.IsCompleted) break;
-            try
-            {
-                await call.RequestStream.WriteAsync(chunk, cancellationToken).ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is RpcException or HttpRequestException or IOException)
-            {
-                // The call ended while sending (the coordinator refused the upload mid-stream: RpcException), or the
-                // HTTP/2 stream the messages went to was cut (HttpRequestException: "The request was aborted") while
-                // .NET replays the request on a new connection, which these messages never reach. Either way the
-                // final status, read below, says what happened: for a replay, the coordinator's empty-stream answer,
-                // on which the file is sent again.
-                break;
-            }
-        }
-        // Ends the request stream in every case: a replayed request waits for it, and the coordinator answers then.
-        await call.RequestStream.CompleteAsync().ConfigureAwait(false);
-        return (await call.ResponseAsync.ConfigureAwait(false)).FileId;
+        // The file is read again, a chunk at a time, for each call; a failure to read it is the user's and goes up as it is.
+        var reply = await ClientStreams.SendAsync(() => client.Upload(cancellationToken: cancellationToken), FileChunks.Read(path, ChunkBytes), cancellationToken).ConfigureAwait(false);
+        return reply.FileId;
     }
 }
