@@ -1,13 +1,22 @@
-using System.Collections.Concurrent;
 using System.Runtime.ExceptionServices;
 
 namespace Dtrain.Data.Datasets;
 
 /// <summary>
-/// Runs <c>work</c> on items on several threads and hands the results to <c>consume</c> on the calling thread in the
-/// items' order, so the output never depends on the thread count. Items are enumerated on one thread; at most a few
-/// items per thread are in flight (bounded memory). With one thread everything runs on the calling thread.
+/// Runs <c>work</c> on items on several threads and hands the results to <c>consume</c> in the items' order, so the
+/// output never depends on the thread count. With one thread everything runs on the calling thread.
 /// </summary>
+/// <remarks>
+/// With more than one thread the calling thread is worker 0 and <c>threads - 1</c> threads join it; there is no reading
+/// or consuming thread of its own (a 2-core machine runs exactly 2 busy threads, and a hand-off costs no thread switch):
+/// each worker takes the next item (the enumeration runs on one worker at a time, under a lock, never two at once),
+/// works on it, and posts its result; the worker that posts the result the consumer waits for becomes the consumer and
+/// consumes every result ready in order, then goes back to work (<c>consume</c> runs on one worker at a time, in order).
+/// At most <c>2 × threads + 2</c> items are taken and not yet consumed (bounded memory): a worker waits for room before
+/// taking one. The first failure (of the enumeration, a <c>work</c> or a <c>consume</c>) stops every worker and is
+/// thrown as it is; results not consumed are dropped. A worker index <c>w</c> passed to <c>work</c> is used by one
+/// thread only.
+/// </remarks>
 internal static class OrderedParallel
 {
     public static void Run<TIn, TOut>(IEnumerable<TIn> items, int threads, Func<int, TIn, TOut> work, Action<TOut> consume, CancellationToken cancel)
@@ -21,99 +30,158 @@ internal static class OrderedParallel
             }
             return;
         }
-        var window = threads * 2 + 2;
-        var slots = new TOut[window];
-        var filled = new bool[window];
-        var gate = new object();
-        Exception? failure = null;
-        long produced = -1;
-        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel);
-        using var free = new SemaphoreSlim(window);
-        using var queue = new BlockingCollection<(long Seq, TIn Item)>(window);
-        using var wake = stop.Token.Register(() => { lock (gate) Monitor.PulseAll(gate); });
+        cancel.ThrowIfCancellationRequested();
+        using var source = items.GetEnumerator();
+        new Runner<TIn, TOut>(source, threads, work, consume, cancel).Run();
+    }
+
+    sealed class Runner<TIn, TOut>(IEnumerator<TIn> source, int threads, Func<int, TIn, TOut> work, Action<TOut> consume, CancellationToken cancel)
+    {
+        readonly int window = threads * 2 + 2;
+        /// <summary>Guards the slots, the counts below and <see cref="failure"/>; waited on for room.</summary>
+        readonly object gate = new();
+        /// <summary>Guards the enumeration (the source, <see cref="taken"/>, <see cref="exhausted"/>).</summary>
+        readonly object take = new();
+        readonly TOut[] slots = new TOut[threads * 2 + 2];
+        readonly bool[] filled = new bool[threads * 2 + 2];
+        long taken, consumed;
+        bool exhausted;
+        /// <summary>Items taken or about to be taken and not yet consumed (at most <see cref="window"/>).</summary>
+        int inFlight;
+        int waiting;
+        bool consuming;
+        volatile bool stopped;
+        Exception? failure;
+
+        public void Run()
+        {
+            using var wake = cancel.Register(() =>
+            {
+                lock (gate)
+                {
+                    stopped = true;
+                    Monitor.PulseAll(gate);
+                }
+            });
+            var others = new Thread[threads - 1];
+            for (var i = 0; i < others.Length; i++)
+            {
+                var w = i + 1;
+                others[i] = new Thread(() => Work(w)) { IsBackground = true, Name = $"prepare-{w}" };
+                others[i].Start();
+            }
+            Work(0);
+            foreach (var t in others) t.Join();
+            if (failure is not null) ExceptionDispatchInfo.Throw(failure);
+            cancel.ThrowIfCancellationRequested();
+        }
+
+        void Work(int w)
+        {
+            try
+            {
+                while (Take() is var (seq, item, any) && any)
+                {
+                    var result = work(w, item);
+                    Post(seq, result);
+                }
+            }
+            catch (Exception e)
+            {
+                Fail(e);
+            }
+        }
+
+        /// <summary>Room for one more item, then the next item and its number; nothing when the items are exhausted or the run stopped.</summary>
+        (long Seq, TIn Item, bool Any) Take()
+        {
+            lock (gate)
+            {
+                while (!stopped && inFlight >= window)
+                {
+                    waiting++;
+                    Monitor.Wait(gate);
+                    waiting--;
+                }
+                if (stopped) return default;
+                inFlight++;
+            }
+            lock (take)
+            {
+                if (!exhausted && !stopped)
+                {
+                    if (source.MoveNext()) return (taken++, source.Current, true);
+                    exhausted = true;
+                }
+            }
+            lock (gate)
+            {
+                inFlight--;
+                if (waiting > 0) Monitor.Pulse(gate);
+            }
+            return default;
+        }
+
+        /// <summary>Posts result <paramref name="seq"/>; consumes what is ready in order unless another worker is consuming.</summary>
+        void Post(long seq, TOut result)
+        {
+            TOut next;
+            lock (gate)
+            {
+                var slot = (int)(seq % window);
+                slots[slot] = result;
+                filled[slot] = true;
+                if (consuming || !TryNext(out next)) return;
+                consuming = true;
+            }
+            try
+            {
+                while (true)
+                {
+                    consume(next);
+                    lock (gate)
+                    {
+                        consumed++;
+                        inFlight--;
+                        if (waiting > 0) Monitor.Pulse(gate);
+                        if (!TryNext(out next))
+                        {
+                            consuming = false;
+                            return;
+                        }
+                    }
+                }
+            }
+            catch
+            {
+                lock (gate) consuming = false;
+                throw;
+            }
+        }
+
+        /// <summary>The result to consume next when it is ready and the run goes on (under <see cref="gate"/>).</summary>
+        bool TryNext(out TOut next)
+        {
+            var slot = (int)(consumed % window);
+            if (stopped || !filled[slot])
+            {
+                next = default!;
+                return false;
+            }
+            next = slots[slot];
+            slots[slot] = default!;
+            filled[slot] = false;
+            return true;
+        }
 
         void Fail(Exception e)
         {
             lock (gate)
             {
-                failure ??= e;
+                if (failure is null && !(e is OperationCanceledException && cancel.IsCancellationRequested)) failure = e;
+                stopped = true;
                 Monitor.PulseAll(gate);
             }
-            stop.Cancel();
         }
-
-        var producer = new Thread(() =>
-        {
-            long seq = 0;
-            try
-            {
-                foreach (var item in items)
-                {
-                    free.Wait(stop.Token);
-                    queue.Add((seq++, item), stop.Token);
-                }
-            }
-            catch (OperationCanceledException) when (stop.IsCancellationRequested) { }
-            catch (Exception e) { Fail(e); }
-            finally
-            {
-                queue.CompleteAdding();
-                lock (gate)
-                {
-                    produced = seq;
-                    Monitor.PulseAll(gate);
-                }
-            }
-        }) { IsBackground = true, Name = "prepare-read" };
-        var workers = Enumerable.Range(0, threads).Select(w => new Thread(() =>
-        {
-            try
-            {
-                foreach (var (seq, item) in queue.GetConsumingEnumerable(stop.Token))
-                {
-                    var result = work(w, item);
-                    lock (gate)
-                    {
-                        slots[seq % window] = result;
-                        filled[seq % window] = true;
-                        Monitor.PulseAll(gate);
-                    }
-                }
-            }
-            catch (OperationCanceledException) when (stop.IsCancellationRequested) { }
-            catch (Exception e) { Fail(e); }
-        }) { IsBackground = true, Name = $"prepare-{w}" }).ToList();
-        producer.Start();
-        foreach (var t in workers) t.Start();
-        try
-        {
-            for (long next = 0; ; next++)
-            {
-                TOut result;
-                lock (gate)
-                {
-                    var slot = next % window;
-                    while (!filled[slot] && failure is null && !stop.IsCancellationRequested && (produced < 0 || next < produced)) Monitor.Wait(gate);
-                    if (failure is not null || stop.IsCancellationRequested || !filled[slot]) break;
-                    result = slots[slot];
-                    slots[slot] = default!;
-                    filled[slot] = false;
-                }
-                consume(result);
-                free.Release();
-            }
-        }
-        catch (Exception e)
-        {
-            Fail(e);
-        }
-        finally
-        {
-            stop.Cancel();
-            producer.Join();
-            foreach (var t in workers) t.Join();
-        }
-        if (failure is not null) ExceptionDispatchInfo.Throw(failure);
-        cancel.ThrowIfCancellationRequested();
     }
 }
