@@ -366,7 +366,7 @@ public static partial class DatasetPreparer
             tokenizing.Count(w, c.Text);
             c.Return();
             return 0;
-        }, _ => { }, cancel);
+        }, _ => { }, cancel, readAhead: true);
 
     /// <summary>
     /// Pass 3 of a language model (a whole prepare's, or a cluster part's): encodes the chunks on every thread of
@@ -394,7 +394,7 @@ public static partial class DatasetPreparer
             {
                 bytes.Release();
             }
-        }, cancel);
+        }, cancel, readAhead: true);
     }
 
     static bool Return(TextChunk c)
@@ -445,7 +445,7 @@ public static partial class DatasetPreparer
                 (rec.Validation ? validation : train).AppendRecord(ids.Slice(at, r.Lengths[i]), label);
                 at += r.Lengths[i];
             }
-        }, cancel);
+        }, cancel, readAhead: true);
 
     /// <summary>Pass 2 of classification (a whole prepare's, or a cluster part's): counts the tokens of the batches' training records on every thread of <paramref name="tokenizing"/>.</summary>
     static void CountRecords(Tokenizing tokenizing, IEnumerable<RecordBatch> batches, CancellationToken cancel) =>
@@ -454,7 +454,7 @@ public static partial class DatasetPreparer
             foreach (var r in b.Records)
                 if (!r.Validation) tokenizing.Count(w, r.Text);
             return 0;
-        }, _ => { }, cancel);
+        }, _ => { }, cancel, readAhead: true);
 
     /// <summary>Records in batches; <paramref name="inValidation"/> (by record number across the sources) marks held-out records, <paramref name="allValidation"/> all.</summary>
     static IEnumerable<RecordBatch> Batches(IEnumerable<TextPiece> pieces, bool[]? inValidation, bool allValidation, Action<string>? onTrainLabel)

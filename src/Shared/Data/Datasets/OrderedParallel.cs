@@ -15,11 +15,13 @@ namespace Dtrain.Data.Datasets;
 /// At most <c>2 × threads + 2</c> items are taken and not yet consumed (bounded memory): a worker waits for room before
 /// taking one. The first failure (of the enumeration, a <c>work</c> or a <c>consume</c>) stops every worker and is
 /// thrown as it is; results not consumed are dropped. A worker index <c>w</c> passed to <c>work</c> is used by one
-/// thread only.
+/// thread only. With <c>readAhead</c> (items whose enumeration is work of its own, e.g. decoding a compressed
+/// stream) a reading thread enumerates them into a buffer of as many, ahead of the workers, so the decoding and the
+/// tokenizing overlap as they would with a decoding thread beside every tokenizing one.
 /// </remarks>
 internal static class OrderedParallel
 {
-    public static void Run<TIn, TOut>(IEnumerable<TIn> items, int threads, Func<int, TIn, TOut> work, Action<TOut> consume, CancellationToken cancel)
+    public static void Run<TIn, TOut>(IEnumerable<TIn> items, int threads, Func<int, TIn, TOut> work, Action<TOut> consume, CancellationToken cancel, bool readAhead = false)
     {
         if (threads <= 1)
         {
@@ -31,8 +33,76 @@ internal static class OrderedParallel
             return;
         }
         cancel.ThrowIfCancellationRequested();
-        using var source = items.GetEnumerator();
+        using var source = (readAhead ? ReadAhead(items, threads * 2 + 2) : items).GetEnumerator();
         new Runner<TIn, TOut>(source, threads, work, consume, cancel).Run();
+    }
+
+    /// <summary>
+    /// <paramref name="items"/> enumerated on a thread of their own into a buffer of at most <paramref name="depth"/>;
+    /// a failure of the enumeration is thrown after the items before it. Disposing the enumerator stops the reading
+    /// thread (once its current item is read) and waits for it.
+    /// </summary>
+    internal static IEnumerable<T> ReadAhead<T>(IEnumerable<T> items, int depth)
+    {
+        var gate = new object();
+        var buffer = new Queue<T>(depth);
+        bool done = false, stop = false;
+        Exception? failure = null;
+        var reader = new Thread(() =>
+        {
+            try
+            {
+                foreach (var item in items)
+                    lock (gate)
+                    {
+                        while (buffer.Count >= depth && !stop) Monitor.Wait(gate);
+                        if (stop) return;
+                        buffer.Enqueue(item);
+                        Monitor.PulseAll(gate);
+                    }
+            }
+            catch (Exception e)
+            {
+                lock (gate) failure = e;
+            }
+            finally
+            {
+                lock (gate)
+                {
+                    done = true;
+                    Monitor.PulseAll(gate);
+                }
+            }
+        }) { IsBackground = true, Name = "prepare-read" };
+        reader.Start();
+        try
+        {
+            while (true)
+            {
+                T item;
+                lock (gate)
+                {
+                    while (buffer.Count == 0 && !done) Monitor.Wait(gate);
+                    if (buffer.Count == 0)
+                    {
+                        if (failure is not null) ExceptionDispatchInfo.Throw(failure);
+                        break;
+                    }
+                    item = buffer.Dequeue();
+                    Monitor.PulseAll(gate);
+                }
+                yield return item;
+            }
+        }
+        finally
+        {
+            lock (gate)
+            {
+                stop = true;
+                Monitor.PulseAll(gate);
+            }
+            reader.Join();
+        }
     }
 
     sealed class Runner<TIn, TOut>(IEnumerator<TIn> source, int threads, Func<int, TIn, TOut> work, Action<TOut> consume, CancellationToken cancel)

@@ -20,14 +20,16 @@ public sealed class OrderedParallelTests
     }
 
     [Theory]
-    [InlineData(1)]
-    [InlineData(2)]
-    [InlineData(3)]
-    [InlineData(8)]
-    public void Results_are_consumed_in_the_items_order_and_every_one_once(int threads)
+    [InlineData(1, false)]
+    [InlineData(2, false)]
+    [InlineData(3, false)]
+    [InlineData(8, false)]
+    [InlineData(2, true)]
+    [InlineData(3, true)]
+    public void Results_are_consumed_in_the_items_order_and_every_one_once(int threads, bool readAhead)
     {
         var got = new List<int>();
-        OrderedParallel.Run(Enumerable.Range(0, 500), threads, (_, i) => Jittered(i), got.Add, CancellationToken.None);
+        OrderedParallel.Run(Enumerable.Range(0, 500), threads, (_, i) => Jittered(i), got.Add, CancellationToken.None, readAhead);
         Assert.Equal(Enumerable.Range(0, 500).Select(i => i * 3), got);
     }
 
@@ -99,10 +101,13 @@ public sealed class OrderedParallelTests
     }
 
     [Theory]
-    [InlineData("work")]
-    [InlineData("consume")]
-    [InlineData("enumeration")]
-    public void The_first_failure_is_thrown_as_it_is_and_stops_the_run(string where)
+    [InlineData("work", false)]
+    [InlineData("consume", false)]
+    [InlineData("enumeration", false)]
+    [InlineData("work", true)]
+    [InlineData("consume", true)]
+    [InlineData("enumeration", true)]
+    public void The_first_failure_is_thrown_as_it_is_and_stops_the_run(string where, bool readAhead)
     {
         var consumedCount = 0;
         var worked = 0;
@@ -123,7 +128,7 @@ public sealed class OrderedParallelTests
         {
             if (where == "consume" && i == 50) throw new InvalidDataException("bad item 50");
             consumedCount++;
-        }, CancellationToken.None));
+        }, CancellationToken.None, readAhead));
         Assert.Equal("bad item 50", e.Message);
         Assert.True(consumedCount <= 50, $"consumed {consumedCount}: results after the failed item were consumed");
         Assert.True(worked < 1000, $"worked {worked} items: the failure did not stop the run");
@@ -147,5 +152,44 @@ public sealed class OrderedParallelTests
         var consumedCount = 0;
         OrderedParallel.Run(Enumerable.Empty<int>(), 3, (_, i) => i, _ => consumedCount++, CancellationToken.None);
         Assert.Equal(0, consumedCount);
+    }
+
+    [Fact]
+    public void A_read_ahead_gives_the_items_in_order_then_the_enumerations_failure_and_stops_its_thread_when_disposed()
+    {
+        IEnumerable<int> Failing()
+        {
+            for (var i = 0; i < 20; i++) yield return i;
+            throw new InvalidDataException("source cut at 20");
+        }
+        var got = new List<int>();
+        var e = Assert.Throws<InvalidDataException>(() =>
+        {
+            foreach (var i in OrderedParallel.ReadAhead(Failing(), 3)) got.Add(i);
+        });
+        Assert.Equal("source cut at 20", e.Message);
+        Assert.Equal(Enumerable.Range(0, 20), got);
+
+        // Abandoned after 5 items: disposing stops the reading thread, which disposes the source (its finally runs).
+        var read = 0;
+        var disposed = false;
+        IEnumerable<int> Endless()
+        {
+            try
+            {
+                for (var i = 0; ; i++)
+                {
+                    Interlocked.Increment(ref read);
+                    yield return i;
+                }
+            }
+            finally
+            {
+                disposed = true;
+            }
+        }
+        Assert.Equal(Enumerable.Range(0, 5), OrderedParallel.ReadAhead(Endless(), 4).Take(5));
+        Assert.True(disposed, "the source was not disposed when the read-ahead was");
+        Assert.InRange(read, 5, 5 + 4 + 1); // never more than the buffer ahead
     }
 }
