@@ -35,7 +35,7 @@ public static class PrepareCommand
         var maxVocab = new Option<int>("--max-vocab") { Description = "tokenizer.max_vocab (0 = no limit).", DefaultValueFactory = _ => 0 };
         var lowercase = new Option<bool>("--lowercase") { Description = "tokenizer.lowercase." };
         var seed = new Option<int>("--seed") { Description = "training.seed: chooses the validation records of a classification split (use the job's seed).", DefaultValueFactory = _ => 1 };
-        var threads = new Option<int>("--threads") { Description = "Tokenizing threads (default: all cores); the output is the same for any number. With --on-cluster each worker uses all its cores.", DefaultValueFactory = _ => Environment.ProcessorCount };
+        var threads = new Option<int>("--threads") { Description = $"Tokenizing threads, 1 to {PrepareOptions.MaxThreads} (default: all cores); the output is the same for any number. With --on-cluster each worker uses all its cores.", DefaultValueFactory = _ => Environment.ProcessorCount };
         var shardTokens = new Option<long>("--shard-tokens") { Description = "Most tokens per shard.", DefaultValueFactory = _ => 1L << 26 };
         var onCluster = new Option<bool>("--on-cluster")
         {

@@ -115,7 +115,7 @@ public static partial class DatasetPreparer
             foreach (var s in o.Train.Concat(o.Validation))
                 if (!task.Reads(s.Format)) throw new ArgumentException($"{s.Path}: plain text has no labels; use jsonl or csv for classification");
         }
-        if (o.Threads < 1) throw new ArgumentException($"--threads {o.Threads} must be at least 1");
+        if (o.Threads is < 1 or > PrepareOptions.MaxThreads) throw new ArgumentException($"--threads {o.Threads} must be from 1 to {PrepareOptions.MaxThreads}");
         if (o.ShardTokens < 1) throw new ArgumentException($"--shard-tokens {o.ShardTokens} must be at least 1");
         if (o.BlockBytes is < 1 or > DatasetLayout.MaxBlockBytes) throw new ArgumentException($"block_bytes {o.BlockBytes} must be in 1..{DatasetLayout.MaxBlockBytes}");
         return task;

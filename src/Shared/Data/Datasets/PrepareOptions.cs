@@ -20,8 +20,10 @@ public sealed record PrepareOptions
     public double ValidationFraction { get; init; } = 0.05;
     public int Seed { get; init; } = 1;
     public TokenizerSpec Tokenizer { get; init; } = new();
-    /// <summary>Tokenizing threads (1: everything on the calling thread).</summary>
+    /// <summary>Tokenizing threads (1: everything on the calling thread), at most <see cref="MaxThreads"/>.</summary>
     public int Threads { get; init; } = 1;
+    /// <summary>The most tokenizing threads (as `dtrain cluster run --threads`): each holds a few ranges or chunks of a few MiB in flight.</summary>
+    public const int MaxThreads = 1024;
     /// <summary>Most tokens per shard.</summary>
     public long ShardTokens { get; init; } = 1L << 26;
     /// <summary>Characters per unit of parallel work.</summary>

@@ -78,6 +78,15 @@ public sealed class PrepareCliTests : IDisposable
         r = CliRunner.Run(dir.Path, "prepare", ok, "-o", "lm", "--max-length", "10");
         Assert.Equal(2, r.ExitCode);
         Assert.Contains("--max-length applies to classification", r.Stderr);
+
+        // A thread count out of range is refused before anything is read or written (100,000 threads used to be started).
+        foreach (var threads in new[] { "0", "1025" })
+        {
+            r = CliRunner.Run(dir.Path, "prepare", ok, "-o", "t" + threads, "--threads", threads);
+            Assert.Equal(2, r.ExitCode);
+            Assert.Contains($"--threads {threads} must be from 1 to 1024", r.Stderr);
+            Assert.False(Directory.Exists(Path.Combine(dir.Path, "t" + threads)));
+        }
     }
 
     [Fact]
