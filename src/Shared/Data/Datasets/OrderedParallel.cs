@@ -16,8 +16,10 @@ namespace Dtrain.Data.Datasets;
 /// taking one. The first failure (of the enumeration, a <c>work</c> or a <c>consume</c>) stops every worker and is
 /// thrown as it is; results not consumed are dropped. A worker index <c>w</c> passed to <c>work</c> is used by one
 /// thread only. With <c>readAhead</c> (items whose enumeration is work of its own, e.g. decoding a compressed
-/// stream) a reading thread enumerates them into a buffer of as many, ahead of the workers, so the decoding and the
-/// tokenizing overlap as they would with a decoding thread beside every tokenizing one.
+/// stream) a reading thread enumerates them ahead of the workers into a buffer of <c>threads</c> items, so the
+/// decoding and the tokenizing overlap; the workers then have at most <c>threads + 2</c> items in flight (with the one
+/// the reading thread holds, <c>2 × threads + 3</c> in all, as a reading thread gated by a window of
+/// <c>2 × threads + 2</c> had).
 /// </remarks>
 internal static class OrderedParallel
 {
@@ -33,8 +35,9 @@ internal static class OrderedParallel
             return;
         }
         cancel.ThrowIfCancellationRequested();
-        using var source = (readAhead ? ReadAhead(items, threads * 2 + 2) : items).GetEnumerator();
-        new Runner<TIn, TOut>(source, threads, work, consume, cancel).Run();
+        // Read ahead, the buffer and the workers' window share the bound of 2 x threads + 3 items in flight.
+        using var source = (readAhead ? ReadAhead(items, threads) : items).GetEnumerator();
+        new Runner<TIn, TOut>(source, threads, readAhead ? threads + 2 : threads * 2 + 2, work, consume, cancel).Run();
     }
 
     /// <summary>
@@ -105,18 +108,17 @@ internal static class OrderedParallel
         }
     }
 
-    sealed class Runner<TIn, TOut>(IEnumerator<TIn> source, int threads, Func<int, TIn, TOut> work, Action<TOut> consume, CancellationToken cancel)
+    sealed class Runner<TIn, TOut>(IEnumerator<TIn> source, int threads, int window, Func<int, TIn, TOut> work, Action<TOut> consume, CancellationToken cancel)
     {
-        readonly int window = threads * 2 + 2;
         /// <summary>Guards the slots, the counts below and <see cref="failure"/>; waited on for room.</summary>
         readonly object gate = new();
         /// <summary>Guards the enumeration (the source, <see cref="taken"/>, <see cref="exhausted"/>).</summary>
         readonly object take = new();
-        readonly TOut[] slots = new TOut[threads * 2 + 2];
-        readonly bool[] filled = new bool[threads * 2 + 2];
+        readonly TOut[] slots = new TOut[window];
+        readonly bool[] filled = new bool[window];
         long taken, consumed;
         bool exhausted;
-        /// <summary>Items taken or about to be taken and not yet consumed (at most <see cref="window"/>).</summary>
+        /// <summary>Items taken or about to be taken and not yet consumed (at most <c>window</c>).</summary>
         int inFlight;
         int waiting;
         bool consuming;
