@@ -206,28 +206,21 @@ internal static class OrderedParallel
                 if (consuming || !TryNext(out next)) return;
                 consuming = true;
             }
-            try
+            // A consume that throws fails the run (Work), which stops every worker: nobody consumes after it.
+            while (true)
             {
-                while (true)
+                consume(next);
+                lock (gate)
                 {
-                    consume(next);
-                    lock (gate)
+                    consumed++;
+                    inFlight--;
+                    if (waiting > 0) Monitor.Pulse(gate);
+                    if (!TryNext(out next))
                     {
-                        consumed++;
-                        inFlight--;
-                        if (waiting > 0) Monitor.Pulse(gate);
-                        if (!TryNext(out next))
-                        {
-                            consuming = false;
-                            return;
-                        }
+                        consuming = false;
+                        return;
                     }
                 }
-            }
-            catch
-            {
-                lock (gate) consuming = false;
-                throw;
             }
         }
 
