@@ -149,10 +149,8 @@ public class ElasticTests
         // succeeded in generation 1, the kill too late to matter).
         var at = new Random(7).Next(20, 60);
         var hold = new StepHold(at);
-        await using var cluster = await InProcessCluster.StartAsync(0, FastOptions, hold.Install);
-        using var workers = new WorkerProcesses(tmp, cluster.Address, 3);
-        await cluster.WaitForIdleAsync(3, TimeSpan.FromMinutes(2));
-        var client = cluster.Client;
+        await using var held = await HeldCluster.StartAsync(tmp, hold, 3, FastOptions);
+        var (workers, client) = (held.Workers, held.Client);
         var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(tmp.Write("kill.json", JobSpecSerializer.Serialize(spec with { Data = spec.Data with { Train = Path.Combine(tmp.Path, "t.txt") } }))), 3)).JobId;
         var heldAt = await WaitForStep(client, id, at);
         Assert.Equal(at, heldAt);
@@ -190,10 +188,8 @@ public class ElasticTests
         var at = new Random(11).Next(20, 60);
         var hold = new StepHold(at);
         // WaitForWorkersSeconds: only a bound on how long a new worker process may take to register on a slow machine.
-        await using var cluster = await InProcessCluster.StartAsync(0, FastOptions with { DataRoots = [root], WaitForWorkersSeconds = 300 }, hold.Install);
-        using var workers = new WorkerProcesses(tmp, cluster.Address, 3);
-        await cluster.WaitForIdleAsync(3, TimeSpan.FromMinutes(2));
-        var client = cluster.Client;
+        await using var held = await HeldCluster.StartAsync(tmp, hold, 3, FastOptions with { DataRoots = [root], WaitForWorkersSeconds = 300 });
+        var (workers, client) = (held.Workers, held.Client);
         var request = JobCommands.BuildSubmit(client, new FileInfo(path), 3);
         (request.MinWorkers, request.MaxWorkers) = (3, 3);
         var id = client.Submit(request).JobId;
@@ -228,10 +224,8 @@ public class ElasticTests
         // last; near zero loss, the order of sums then moves the final loss by up to 0.0035 nats: see AssertLoss.)
         const int at = 20;
         var hold = new StepHold(at + 1);
-        await using var cluster = await InProcessCluster.StartAsync(0, FastOptions, hold.Install);
-        using var workers = new WorkerProcesses(tmp, cluster.Address, 2);
-        await cluster.WaitForIdleAsync(2, TimeSpan.FromMinutes(2));
-        var client = cluster.Client;
+        await using var held = await HeldCluster.StartAsync(tmp, hold, 2, FastOptions);
+        var (workers, client) = (held.Workers, held.Client);
         var request = JobCommands.BuildSubmit(client, new FileInfo(tmp.Write("join.json", JobSpecSerializer.Serialize(spec with { Data = spec.Data with { Train = Path.Combine(tmp.Path, "t.txt") } }))), 2);
         request.MaxWorkers = 3;
         var id = client.Submit(request).JobId;
@@ -273,10 +267,8 @@ public class ElasticTests
         // 0.0013 nats between runs that differ only in when they re-formed, and CI once saw 0.0058.)
         const int at = 20;
         var hold = new StepHold(at + 1);
-        await using var cluster = await InProcessCluster.StartAsync(0, FastOptions, hold.Install);
-        using var workers = new WorkerProcesses(tmp, cluster.Address, 3);
-        await cluster.WaitForIdleAsync(3, TimeSpan.FromMinutes(2));
-        var client = cluster.Client;
+        await using var held = await HeldCluster.StartAsync(tmp, hold, 3, FastOptions);
+        var (workers, client) = (held.Workers, held.Client);
         var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(tmp.Write("stop.json", JobSpecSerializer.Serialize(spec with { Data = spec.Data with { Train = Path.Combine(tmp.Path, "t.txt") } }))), 3)).JobId;
         // Step `at` (counted from 0) is sent, running or done; the next one is held.
         await WaitForStep(client, id, at);
@@ -353,10 +345,8 @@ public class ElasticTests
         using var __ = tmp;
         // Held at step 10 until the victim is dead: the kill lands mid-job (see the killing test).
         var hold = new StepHold(10);
-        await using var cluster = await InProcessCluster.StartAsync(0, FastOptions with { WaitForWorkersSeconds = 4 }, hold.Install);
-        using var workers = new WorkerProcesses(tmp, cluster.Address, 2);
-        await cluster.WaitForIdleAsync(2, TimeSpan.FromMinutes(2));
-        var client = cluster.Client;
+        await using var held = await HeldCluster.StartAsync(tmp, hold, 2, FastOptions with { WaitForWorkersSeconds = 4 });
+        var (workers, client) = (held.Workers, held.Client);
         var request = JobCommands.BuildSubmit(client, new FileInfo(path), 2);
         request.MinWorkers = 2;
         var id = client.Submit(request).JobId;
@@ -473,6 +463,44 @@ internal sealed class StepHold(long at)
 }
 
 /// <summary>
+/// A coordinator in the test process whose worker steps a <see cref="StepHold"/> holds, with <c>count</c> real
+/// `dtrain worker` processes (<see cref="WorkerProcesses"/>) registered and idle; disposing kills the processes, then
+/// stops the coordinator.
+/// </summary>
+internal sealed class HeldCluster : IAsyncDisposable
+{
+    private HeldCluster(InProcessCluster cluster, WorkerProcesses workers) => (Cluster, Workers) = (cluster, workers);
+
+    public InProcessCluster Cluster { get; }
+    public WorkerProcesses Workers { get; }
+    public Jobs.JobsClient Client => Cluster.Client;
+
+    public static async Task<HeldCluster> StartAsync(TempDir tmp, StepHold hold, int count, CoordinatorOptions options)
+    {
+        var cluster = await InProcessCluster.StartAsync(0, options, hold.Install);
+        WorkerProcesses? workers = null;
+        try
+        {
+            workers = new WorkerProcesses(tmp, cluster.Address, count);
+            await cluster.WaitForIdleAsync(count, TimeSpan.FromMinutes(2));
+            return new HeldCluster(cluster, workers);
+        }
+        catch
+        {
+            workers?.Dispose();
+            await cluster.DisposeAsync();
+            throw;
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Workers.Dispose();
+        await Cluster.DisposeAsync();
+    }
+}
+
+/// <summary>
 /// `dtrain worker` processes (worker-1, worker-2, ...) registered with a coordinator at <c>address</c> (one in the test
 /// process: <see cref="InProcessCluster"/>), each one torch thread, logging to TMP/worker-N.log; all killed on dispose.
 /// </summary>
@@ -583,10 +611,8 @@ public class RestartTests
         // when the test saw a checkpoint could land after the 300 steps had ended).
         const int at = 30;
         var hold = new StepHold(at);
-        await using var cluster = await InProcessCluster.StartAsync(0, ElasticTests.FastOptions, hold.Install);
-        using var workers = new WorkerProcesses(tmp, cluster.Address, 3);
-        await cluster.WaitForIdleAsync(3, TimeSpan.FromMinutes(2));
-        var client = cluster.Client;
+        await using var held = await HeldCluster.StartAsync(tmp, hold, 3, ElasticTests.FastOptions);
+        var (cluster, workers, client) = (held.Cluster, held.Workers, held.Client);
         var id = client.Submit(JobCommands.BuildSubmit(client, new FileInfo(path), 2)).JobId;
         Assert.Equal(at, await ElasticTests.WaitForStep(client, id, at));
         JobInfo info;
